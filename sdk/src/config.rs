@@ -1,0 +1,95 @@
+//! Parsing a plugin's config table, and serde helpers for the value types configs use.
+
+use crate::{abi::InstanceInfo, error::PluginError};
+use serde::de::DeserializeOwned;
+
+/// Parses the plugin keys of an instance table into `T`.
+///
+/// Errors read like `gateway.toml:12: [sources.temp] unknown field `intervall`, expected one of
+/// `interval`, `path``: the host keeps each key on its line of the original file.
+pub fn parse<T: DeserializeOwned>(info: &InstanceInfo) -> Result<T, PluginError> {
+    toml::from_str::<T>(&info.config_toml).map_err(|e| {
+        let message = e.message().trim_end();
+        match e.span() {
+            Some(span) => {
+                let line = info.config_toml[..span.start.min(info.config_toml.len())]
+                    .matches('\n')
+                    .count()
+                    + 1;
+                PluginError::config(format!(
+                    "{}:{}: [{}] {}",
+                    info.config_file, line, info.table, message
+                ))
+            }
+            None => PluginError::config(format!("{}: [{}] {}", info.config_file, info.table, message)),
+        }
+    })
+}
+
+/// `#[serde(with = "gateway_sdk::config::duration")]` for a `std::time::Duration` written as
+/// `"5s"`, `"250ms"`, `"1h 30m"`.
+pub mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Reads a human-readable duration.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write it like \"5s\" or \"250ms\"")))
+    }
+    /// Writes a human-readable duration.
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::time::Duration;
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Cfg {
+        #[serde(with = "duration")]
+        interval: Duration,
+    }
+
+    fn info(toml: &str) -> InstanceInfo {
+        InstanceInfo {
+            instance: "temp".into(),
+            device: "dev".into(),
+            config_toml: toml.into(),
+            config_file: "gateway.toml".into(),
+            table: "sources.temp".into(),
+            data_dir: "/tmp".into(),
+        }
+    }
+
+    #[test]
+    fn parses_durations() {
+        let c: Cfg = parse(&info("interval = \"1m 5s\"\n")).unwrap();
+        assert_eq!(c.interval, Duration::from_secs(65));
+    }
+
+    #[test]
+    fn unknown_key_error_names_file_line_table_and_key() {
+        let e = parse::<Cfg>(&info("\n\n\ninterval = \"1s\"\nintervall = \"5s\"\n")).unwrap_err();
+        assert_eq!(e.kind, crate::ErrorKind::CONFIG);
+        assert!(e.message().starts_with("gateway.toml:5: [sources.temp] unknown field `intervall`"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_error_says_what_was_expected() {
+        let e = parse::<Cfg>(&info("\ninterval = \"soon\"\n")).unwrap_err();
+        assert!(e.message().starts_with("gateway.toml:2: [sources.temp] invalid duration \"soon\""), "{e}");
+    }
+
+    #[test]
+    fn missing_key_is_reported() {
+        let e = parse::<Cfg>(&info("")).unwrap_err();
+        assert!(e.message().contains("missing field `interval`"), "{e}");
+    }
+}

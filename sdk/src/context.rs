@@ -1,0 +1,212 @@
+//! What a plugin instance sees of the host: its config when it is built, and the emit channel
+//! and stop signal while a source runs.
+
+use crate::{
+    abi::{AckBox, AckFfi, AckFfi_TO, HostSourceCtxBox, InstanceInfo},
+    config,
+    error::PluginError,
+    reading::{IdGenerator, Label, Reading, Timestamp, Value},
+};
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RBox, RErr, ROk, RResult, RSome, RVec},
+};
+use serde::de::DeserializeOwned;
+use std::{
+    path::PathBuf,
+    sync::{mpsc, Arc},
+    time::Duration,
+};
+
+/// What a plugin is told when the host builds an instance.
+#[derive(Debug, Clone)]
+pub struct InitContext {
+    info: InstanceInfo,
+}
+
+impl InitContext {
+    #[doc(hidden)]
+    pub fn new(info: InstanceInfo) -> Self {
+        InitContext { info }
+    }
+    /// The instance name (`temp` in `[sources.temp]`).
+    pub fn instance(&self) -> &str {
+        &self.info.instance
+    }
+    /// The gateway's device name.
+    pub fn device(&self) -> &str {
+        &self.info.device
+    }
+    /// A directory this instance may keep state in. The host creates it.
+    pub fn data_dir(&self) -> PathBuf {
+        PathBuf::from(self.info.data_dir.as_str())
+    }
+    /// The raw TOML of the plugin's keys.
+    pub fn config_toml(&self) -> &str {
+        &self.info.config_toml
+    }
+    /// Parses the plugin's keys into `T`. Use `#[serde(deny_unknown_fields)]` on `T`: the error
+    /// then names the unknown key, the file, its line and the instance's table.
+    pub fn parse_config<T: DeserializeOwned>(&self) -> Result<T, PluginError> {
+        config::parse(&self.info)
+    }
+    /// The host-side description of this instance.
+    pub fn info(&self) -> &InstanceInfo {
+        &self.info
+    }
+}
+
+/// What a running source uses to hand readings to the host. Cheap to clone; clones may be used
+/// from other threads.
+#[derive(Clone)]
+pub struct SourceContext {
+    host: Arc<HostSourceCtxBox>,
+    device: Label,
+    instance: Arc<str>,
+    ids: Arc<IdGenerator>,
+}
+
+impl SourceContext {
+    #[doc(hidden)]
+    pub fn new(host: HostSourceCtxBox, info: &InstanceInfo) -> Self {
+        SourceContext {
+            host: Arc::new(host),
+            device: Label::new(&info.device),
+            instance: Arc::from(info.instance.as_str()),
+            ids: Arc::new(IdGenerator::new()),
+        }
+    }
+
+    /// The gateway's device name, as a label to put into readings.
+    pub fn device(&self) -> &Label {
+        &self.device
+    }
+    /// The instance name.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// A reading of this device, taken now, with a fresh id.
+    pub fn reading(&self, sensor: &Label, name: &Label, unit: &Label, value: impl Into<Value>) -> Reading {
+        self.reading_at(Timestamp::now(), sensor, name, unit, value)
+    }
+
+    /// A reading of this device taken at `time`, with a fresh id.
+    pub fn reading_at(
+        &self,
+        time: Timestamp,
+        sensor: &Label,
+        name: &Label,
+        unit: &Label,
+        value: impl Into<Value>,
+    ) -> Reading {
+        Reading {
+            id: self.ids.next(time),
+            time,
+            device: self.device.clone(),
+            sensor: sensor.clone(),
+            name: name.clone(),
+            unit: unit.clone(),
+            value: value.into(),
+        }
+    }
+
+    /// The id generator behind [`SourceContext::reading`].
+    pub fn ids(&self) -> &IdGenerator {
+        &self.ids
+    }
+
+    /// Hands a batch to the host and returns a handle that tells when every routed sink took
+    /// it. Blocks while the sinks' queues are full. Fails when the host is stopping.
+    pub fn emit(&self, batch: Vec<Reading>) -> Result<Ack, PluginError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.emit_with(batch, move |outcome| {
+            let _ = tx.send(outcome);
+        })?;
+        Ok(Ack { rx })
+    }
+
+    /// Hands a batch to the host; `on_ack` is called once, from a host thread, when every
+    /// routed sink took it (or with the error that made a sink give it up). Keep it short.
+    pub fn emit_with<F>(&self, batch: Vec<Reading>, on_ack: F) -> Result<(), PluginError>
+    where
+        F: FnOnce(Result<(), PluginError>) + Send + 'static,
+    {
+        let ack: AckBox = AckFfi_TO::from_value(AckCallback(Some(on_ack)), TD_Opaque);
+        self.host.emit(RVec::from(batch), RSome(ack)).into_result()
+    }
+
+    /// Hands a batch to the host without asking to be told when it was taken.
+    pub fn emit_nowait(&self, batch: Vec<Reading>) -> Result<(), PluginError> {
+        self.host.emit(RVec::from(batch), abi_stable::std_types::RNone).into_result()
+    }
+
+    /// Whether the host asked the source to stop.
+    pub fn is_stopping(&self) -> bool {
+        self.host.is_stopping()
+    }
+
+    /// Sleeps for `d`, or less if the host asks to stop; returns `true` when stopping.
+    pub fn wait_stop(&self, d: Duration) -> bool {
+        self.host.wait_stop(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Tells when an emitted batch was taken by every sink it was routed to.
+#[derive(Debug)]
+pub struct Ack {
+    rx: mpsc::Receiver<Result<(), PluginError>>,
+}
+
+impl Ack {
+    /// Waits for the outcome.
+    pub fn wait(self) -> Result<(), PluginError> {
+        self.rx
+            .recv()
+            .unwrap_or_else(|_| Err(PluginError::new(crate::ErrorKind::STOPPED, "the host dropped the batch")))
+    }
+    /// Waits at most `d`; `None` if the outcome is not known yet.
+    pub fn wait_timeout(&self, d: Duration) -> Option<Result<(), PluginError>> {
+        match self.rx.recv_timeout(d) {
+            Ok(r) => Some(r),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Some(Err(PluginError::new(crate::ErrorKind::STOPPED, "the host dropped the batch")))
+            }
+        }
+    }
+}
+
+/// The plugin-side half of an acknowledgement: runs the plugin's closure once, and never lets
+/// a panic in it reach the host.
+struct AckCallback<F: FnOnce(Result<(), PluginError>) + Send>(Option<F>);
+
+impl<F: FnOnce(Result<(), PluginError>) + Send> AckFfi for AckCallback<F> {
+    fn done(&mut self, outcome: RResult<(), PluginError>) {
+        if let Some(f) = self.0.take() {
+            let outcome = match outcome {
+                ROk(()) => Ok(()),
+                RErr(e) => Err(e),
+            };
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(outcome)));
+        }
+    }
+}
+
+impl<F: FnOnce(Result<(), PluginError>) + Send> Drop for AckCallback<F> {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            self.done(RErr(PluginError::new(
+                crate::ErrorKind::STOPPED,
+                "the host dropped the batch without taking it",
+            )));
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_types() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<SourceContext>();
+    let _ = RBox::new(());
+}

@@ -1,0 +1,138 @@
+//! The SDK that gateway plugins are written against, and the stable ABI between them and the host.
+//!
+//! A plugin library is a Rust `cdylib` that depends on this crate only. It implements [`Source`]
+//! (something that produces readings: a sensor, a network ingress) or [`Sink`] (something that
+//! takes readings: a console, an uplink, a database), or several of them, and exports them with
+//! one line of [`export!`]. The host (`gateway`) loads the library, checks that it was built
+//! against a compatible SDK, and creates one instance per table of its TOML file.
+//!
+//! What crosses the library boundary is defined in [`abi`] and uses only `abi_stable` types;
+//! plugin authors work with the safe traits in this crate and never touch it. The SDK catches
+//! panics inside the plugin (they reach the host as errors), forwards the plugin's `tracing`
+//! events to the host's log, and parses the plugin's config table with one call
+//! ([`InitContext::parse_config`]). [`testing`] runs a source or a sink without a host.
+//!
+//! This crate does no I/O of its own besides what a plugin asks of it.
+#![warn(missing_docs)]
+
+pub mod abi;
+pub mod config;
+mod context;
+mod error;
+mod log;
+mod reading;
+#[doc(hidden)]
+pub mod shim;
+pub mod testing;
+
+pub use context::{Ack, InitContext, SourceContext};
+pub use error::{ErrorKind, PluginError};
+pub use reading::{IdGenerator, Label, Reading, ReadingId, Timestamp, Value};
+
+/// Re-exported so that [`export!`] expands without the plugin depending on it directly.
+#[doc(hidden)]
+pub use abi_stable;
+/// Re-exported so that plugins log through the same `tracing` that the SDK forwards to the host.
+pub use tracing;
+
+/// The version of this SDK, which the host compares with its own when it loads a plugin.
+pub const SDK_VERSION: &str = abi::SDK_VERSION;
+
+/// A plugin that produces readings.
+///
+/// The host calls [`Source::new`] once per configured instance (and again after a failure), then
+/// [`Source::run`] on a thread of its own. `run` should loop until
+/// [`SourceContext::is_stopping`] says so, handing readings to the host with
+/// [`SourceContext::emit`]. Returning an error asks the host to restart the instance with
+/// backoff; returning `Ok(())` before the host asked to stop means the source has nothing more
+/// to produce (a finite replay, say).
+pub trait Source: Send + Sized + 'static {
+    /// The plugin id used in `plugin = "..."` in the host's TOML file.
+    const ID: &'static str;
+    /// One line that `gateway plugins` shows.
+    const DESCRIPTION: &'static str = "";
+    /// Builds an instance from its config table. Do no long-running I/O here.
+    fn new(ctx: &InitContext) -> Result<Self, PluginError>;
+    /// Produces readings until the host asks to stop.
+    fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError>;
+}
+
+/// A plugin that takes readings.
+///
+/// The host calls [`Sink::write`] from a thread of its own, one batch at a time, in order.
+/// `write` returns only when the batch is durably taken (written, committed, acknowledged by
+/// the next hop): only then does the host consider it delivered. An error says whether a retry
+/// can help ([`ErrorKind`]).
+pub trait Sink: Send + Sized + 'static {
+    /// The plugin id used in `plugin = "..."` in the host's TOML file.
+    const ID: &'static str;
+    /// One line that `gateway plugins` shows.
+    const DESCRIPTION: &'static str = "";
+    /// Builds an instance from its config table. Do no long-running I/O here.
+    fn new(ctx: &InitContext) -> Result<Self, PluginError>;
+    /// Takes one batch; returns once it is durably stored.
+    fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError>;
+    /// Called once when the host shuts down, after the last write.
+    fn close(&mut self) -> Result<(), PluginError> {
+        Ok(())
+    }
+}
+
+/// Exports the plugins of this library to the host. Use it once, at the crate root:
+///
+/// ```ignore
+/// gateway_sdk::export!(sources: [Counter], sinks: [Console]);
+/// ```
+///
+/// Either list may be left out. The library's name and version in `gateway plugins` come from
+/// its `Cargo.toml`.
+#[macro_export]
+macro_rules! export {
+    (sources: [$($src:ty),* $(,)?], sinks: [$($sink:ty),* $(,)?] $(,)?) => {
+        $crate::__export_library!([$($crate::shim::source_descriptor::<$src>()),* $(, $crate::shim::sink_descriptor::<$sink>())*]);
+    };
+    (sinks: [$($sink:ty),* $(,)?], sources: [$($src:ty),* $(,)?] $(,)?) => {
+        $crate::export!(sources: [$($src),*], sinks: [$($sink),*]);
+    };
+    (sources: [$($src:ty),* $(,)?] $(,)?) => {
+        $crate::export!(sources: [$($src),*], sinks: []);
+    };
+    (sinks: [$($sink:ty),* $(,)?] $(,)?) => {
+        $crate::export!(sources: [], sinks: [$($sink),*]);
+    };
+}
+
+/// Expands to the library header that the host looks up by symbol name. This is what
+/// `abi_stable`'s `#[export_root_module]` generates, written out so that plugins need no direct
+/// dependency on `abi_stable`; a unit test checks the symbol name against `abi_stable`'s.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_library {
+    ([$($descriptor:expr),* $(,)?]) => {
+        fn __gateway_plugin_descriptors() -> ::std::vec::Vec<$crate::abi::PluginDescriptor> {
+            ::std::vec![$($descriptor),*]
+        }
+
+        fn __gateway_plugin_root() -> $crate::abi::PluginLibraryRef {
+            $crate::shim::library(
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_PKG_VERSION"),
+                __gateway_plugin_descriptors,
+            )
+        }
+
+        #[no_mangle]
+        #[allow(non_upper_case_globals)]
+        pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::abi_stable::library::LibHeader = {
+            extern "C" fn erased() -> $crate::abi_stable::library::RootModuleResult {
+                $crate::abi_stable::library::__call_root_module_loader(__gateway_plugin_root)
+            }
+            unsafe {
+                $crate::abi_stable::library::LibHeader::from_constructor::<$crate::abi::PluginLibraryRef>(
+                    erased,
+                    $crate::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+    };
+}

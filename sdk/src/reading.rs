@@ -1,0 +1,333 @@
+//! The reading model: what sources produce and sinks take, laid out for the ABI.
+//!
+//! It follows SenML (RFC 8428) so that a reading maps onto a SenML record and onto a database
+//! row without loss: device and sensor (SenML's base name and name), measurement name, unit
+//! (SenML units such as `Cel`, `m`, `m/s`), time, a typed value, and a unique id created at the
+//! source that later hops use to drop duplicates.
+
+use abi_stable::{
+    std_types::{RArc, RString, RVec},
+    StableAbi,
+};
+use std::{
+    fmt,
+    ops::Deref,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+/// An immutable shared string (device, sensor, measurement name, unit).
+///
+/// Cloning is a reference-count increment: a source builds its labels once and clones them into
+/// every reading, so producing a reading allocates nothing for them.
+#[repr(transparent)]
+#[derive(StableAbi, Clone)]
+pub struct Label(RArc<RString>);
+
+impl Label {
+    /// A label holding `s`.
+    pub fn new(s: &str) -> Self {
+        Label(RArc::new(RString::from(s)))
+    }
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl Deref for Label {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+impl From<&str> for Label {
+    fn from(s: &str) -> Self {
+        Label::new(s)
+    }
+}
+impl From<String> for Label {
+    fn from(s: String) -> Self {
+        Label(RArc::new(RString::from(s)))
+    }
+}
+impl PartialEq for Label {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for Label {}
+impl PartialEq<str> for Label {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+impl PartialEq<&str> for Label {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+impl std::hash::Hash for Label {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+impl fmt::Debug for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A point in time, UTC, in microseconds since the Unix epoch.
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The current time of the system clock.
+    pub fn now() -> Self {
+        Self::from_system_time(SystemTime::now())
+    }
+    /// Converts, saturating outside the range of `i64` microseconds.
+    pub fn from_system_time(t: SystemTime) -> Self {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+            Err(e) => Timestamp(-i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX)),
+        }
+    }
+    /// Microseconds since the Unix epoch.
+    pub fn as_micros(self) -> i64 {
+        self.0
+    }
+    /// Seconds since the Unix epoch, as SenML writes time.
+    pub fn as_secs_f64(self) -> f64 {
+        self.0 as f64 / 1e6
+    }
+    /// The same instant as a [`SystemTime`].
+    pub fn to_system_time(self) -> SystemTime {
+        if self.0 >= 0 {
+            UNIX_EPOCH + Duration::from_micros(self.0 as u64)
+        } else {
+            UNIX_EPOCH - Duration::from_micros(self.0.unsigned_abs())
+        }
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// RFC 3339 with microseconds, e.g. `2026-11-25T15:42:31.123456Z`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_micros(self.to_system_time()))
+    }
+}
+
+/// The value of a reading.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub enum Value {
+    /// A number (SenML `v`).
+    Float(f64),
+    /// An integer, kept exact (SenML `v` as well; databases keep it as an integer).
+    Int(i64),
+    /// A boolean (SenML `vb`).
+    Bool(bool),
+    /// A string (SenML `vs`).
+    Text(RString),
+    /// Raw bytes (SenML `vd`).
+    Bytes(RVec<u8>),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Float(v) => write!(f, "{v}"),
+            Value::Int(v) => write!(f, "{v}"),
+            Value::Bool(v) => write!(f, "{v}"),
+            Value::Text(v) => write!(f, "{:?}", v.as_str()),
+            Value::Bytes(v) => {
+                f.write_str("0x")?;
+                v.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+        }
+    }
+}
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::Float(v)
+    }
+}
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Bool(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Text(v.into())
+    }
+}
+
+/// The unique id of a reading, created where the reading is made.
+///
+/// 128 bits laid out as a UUID version 7: 48 bits of Unix milliseconds, then a random per-process
+/// prefix and a counter, so ids sort roughly by creation time and two processes (or one process
+/// restarted) do not collide.
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReadingId(pub [u8; 16]);
+
+impl ReadingId {
+    /// The id as one 128-bit number (big-endian).
+    pub fn as_u128(self) -> u128 {
+        u128::from_be_bytes(self.0)
+    }
+    /// Parses the hyphenated or plain 32-hex-digit form.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex: String = s.chars().filter(|c| *c != '-').collect();
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u128::from_str_radix(&hex, 16).ok().map(|v| ReadingId(v.to_be_bytes()))
+    }
+}
+
+impl fmt::Display for ReadingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.0;
+        for (i, byte) in b.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+impl fmt::Debug for ReadingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Makes [`ReadingId`]s. Cheap to call from any thread.
+#[derive(Debug)]
+pub struct IdGenerator {
+    seed: u64,
+    counter: AtomicU64,
+}
+
+impl IdGenerator {
+    /// A generator with a fresh random prefix.
+    pub fn new() -> Self {
+        let mut seed = [0u8; 8];
+        if getrandom::getrandom(&mut seed).is_err() {
+            // No entropy source: fall back on time and address, still distinct per process.
+            let t = Timestamp::now().0 as u64;
+            seed = (t ^ (std::process::id() as u64) << 32 ^ (&seed as *const _ as u64)).to_le_bytes();
+        }
+        IdGenerator { seed: u64::from_le_bytes(seed), counter: AtomicU64::new(0) }
+    }
+
+    /// The next id, stamped with `time`'s millisecond.
+    pub fn next(&self, time: Timestamp) -> ReadingId {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let ms = (time.0.max(0) as u64 / 1000) & 0xFFFF_FFFF_FFFF;
+        // 48 bits time, version nibble 7, 12 bits of the seed.
+        let hi = (ms << 16) | 0x7000 | (self.seed >> 52);
+        // variant bits 10, then 62 bits: seed plus counter, unique within this generator.
+        let lo = (0b10 << 62) | (self.seed.wrapping_add(n) & ((1 << 62) - 1));
+        ReadingId(((hi as u128) << 64 | lo as u128).to_be_bytes())
+    }
+}
+
+impl Default for IdGenerator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One measurement.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct Reading {
+    /// Unique id made at the source; later hops drop a reading whose id they already stored.
+    pub id: ReadingId,
+    /// When the measurement was taken.
+    pub time: Timestamp,
+    /// The device that took it (the gateway's `device` name, or a remote device's).
+    pub device: Label,
+    /// The sensor on that device: a probe id, an alias, `gps`.
+    pub sensor: Label,
+    /// What was measured: `temperature`, `latitude`.
+    pub name: Label,
+    /// The SenML unit (`Cel`, `lat`, `m/s`), or empty for none.
+    pub unit: Label,
+    /// The value.
+    pub value: Value,
+}
+
+impl fmt::Display for Reading {
+    /// One line: time, device/sensor, name, value and unit, id.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{} {}={}", self.time, self.device, self.sensor, self.name, self.value)?;
+        if !self.unit.is_empty() {
+            write!(f, " {}", self.unit)?;
+        }
+        write!(f, " id={}", self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_version_7() {
+        let g = IdGenerator::new();
+        let t = Timestamp::now();
+        let a = g.next(t);
+        let b = g.next(t);
+        assert_ne!(a, b);
+        assert_eq!(a.0[6] >> 4, 7, "version nibble");
+        assert_eq!(a.0[8] >> 6, 0b10, "variant bits");
+        assert_eq!(ReadingId::parse(&a.to_string()), Some(a));
+        let other = IdGenerator::new();
+        assert_ne!(other.next(t), a, "two generators start apart");
+    }
+
+    #[test]
+    fn timestamp_round_trips_and_formats_rfc3339() {
+        let t = Timestamp(1_764_085_351_123_456);
+        assert_eq!(Timestamp::from_system_time(t.to_system_time()), t);
+        assert_eq!(t.to_string(), "2025-11-25T15:42:31.123456Z");
+        let before = Timestamp(-1_500_000);
+        assert_eq!(Timestamp::from_system_time(before.to_system_time()), before);
+    }
+
+    #[test]
+    fn reading_displays_on_one_line() {
+        let r = Reading {
+            id: ReadingId([0; 16]),
+            time: Timestamp(0),
+            device: "pi-01".into(),
+            sensor: "28-0000".into(),
+            name: "temperature".into(),
+            unit: "Cel".into(),
+            value: Value::Float(21.5),
+        };
+        assert_eq!(
+            r.to_string(),
+            "1970-01-01T00:00:00.000000Z pi-01/28-0000 temperature=21.5 Cel id=00000000-0000-0000-0000-000000000000"
+        );
+    }
+}

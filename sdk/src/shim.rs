@@ -1,0 +1,181 @@
+//! The glue between the safe [`Source`]/[`Sink`] traits and the ABI: builds instances, enters
+//! the instance's span, and catches panics so that none unwinds into the host.
+
+use crate::{
+    abi::{
+        HostLogBox, HostSourceCtxBox, InstanceInfo, PluginDescriptor, PluginKind, PluginLibrary,
+        PluginLibraryRef, SinkBox, SinkFfi, SinkFfi_TO, SourceBox, SourceFfi, SourceFfi_TO,
+    },
+    context::{InitContext, SourceContext},
+    error::{ErrorKind, PluginError},
+    reading::Reading,
+    Sink, Source,
+};
+use abi_stable::{
+    prefix_type::PrefixTypeTrait,
+    sabi_trait::TD_Opaque,
+    std_types::{RResult, RSlice, RStr, RVec},
+};
+use std::{
+    any::Any,
+    panic::{catch_unwind, AssertUnwindSafe},
+    sync::OnceLock,
+};
+
+static DESCRIPTORS: OnceLock<fn() -> Vec<PluginDescriptor>> = OnceLock::new();
+
+/// Builds the library's root module. Called by [`export!`](crate::export).
+pub fn library(
+    name: &'static str,
+    version: &'static str,
+    descriptors: fn() -> Vec<PluginDescriptor>,
+) -> PluginLibraryRef {
+    let _ = DESCRIPTORS.set(descriptors);
+    PluginLibrary {
+        sdk_version: RStr::from_str(crate::abi::SDK_VERSION),
+        name: RStr::from_str(name),
+        version: RStr::from_str(version),
+        init: init_ffi,
+        plugins: plugins_ffi,
+    }
+    .leak_into_prefix()
+}
+
+extern "C" fn init_ffi(host: HostLogBox) {
+    let _ = catch_unwind(AssertUnwindSafe(|| crate::log::init(host)));
+}
+
+extern "C" fn plugins_ffi() -> RVec<PluginDescriptor> {
+    catch_unwind(|| DESCRIPTORS.get().map(|f| f()).unwrap_or_default())
+        .unwrap_or_default()
+        .into()
+}
+
+/// The descriptor of source `S`.
+pub fn source_descriptor<S: Source>() -> PluginDescriptor {
+    PluginDescriptor {
+        id: RStr::from_str(S::ID),
+        kind: PluginKind::Source,
+        description: RStr::from_str(S::DESCRIPTION),
+        new_source: Some(new_source::<S>),
+        new_sink: None,
+    }
+}
+
+/// The descriptor of sink `S`.
+pub fn sink_descriptor<S: Sink>() -> PluginDescriptor {
+    PluginDescriptor {
+        id: RStr::from_str(S::ID),
+        kind: PluginKind::Sink,
+        description: RStr::from_str(S::DESCRIPTION),
+        new_source: None,
+        new_sink: Some(new_sink::<S>),
+    }
+}
+
+/// Turns a panic payload into an error.
+pub(crate) fn panic_error(what: &str, payload: Box<dyn Any + Send>) -> PluginError {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    PluginError::new(ErrorKind::PANIC, format!("plugin panicked in {what}: {msg}"))
+}
+
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.into(),
+        Err(payload) => RResult::RErr(panic_error(what, payload)),
+    }
+}
+
+fn instance_span(info: &InstanceInfo) -> tracing::Span {
+    tracing::info_span!("instance", instance = %info.instance)
+}
+
+/// Builds a source instance from the host's description. `pub` for [`crate::testing`].
+pub extern "C" fn new_source<S: Source>(info: &InstanceInfo) -> RResult<SourceBox, PluginError> {
+    let span = instance_span(info);
+    let _enter = span.enter();
+    guarded("new", || {
+        let inner = S::new(&InitContext::new(info.clone()))?;
+        Ok(SourceFfi_TO::from_value(
+            SourceShim { inner: Some(inner), info: info.clone(), span: span.clone() },
+            TD_Opaque,
+        ))
+    })
+}
+
+/// Builds a sink instance from the host's description.
+pub extern "C" fn new_sink<S: Sink>(info: &InstanceInfo) -> RResult<SinkBox, PluginError> {
+    let span = instance_span(info);
+    let _enter = span.enter();
+    guarded("new", || {
+        let inner = S::new(&InitContext::new(info.clone()))?;
+        Ok(SinkFfi_TO::from_value(SinkShim { inner: Some(inner), span: span.clone() }, TD_Opaque))
+    })
+}
+
+struct SourceShim<S: Source> {
+    inner: Option<S>,
+    info: InstanceInfo,
+    span: tracing::Span,
+}
+
+impl<S: Source> SourceFfi for SourceShim<S> {
+    fn run(&mut self, ctx: HostSourceCtxBox) -> RResult<(), PluginError> {
+        let _enter = self.span.enter();
+        let ctx = SourceContext::new(ctx, &self.info);
+        let Some(inner) = self.inner.as_mut() else {
+            return RResult::RErr(PluginError::fatal("instance was poisoned by an earlier panic"));
+        };
+        let r = guarded("run", || inner.run(&ctx));
+        if matches!(&r, RResult::RErr(e) if e.kind == ErrorKind::PANIC) {
+            // Whatever state the panic left is not to be used again; dropping it may panic too.
+            let _ = catch_unwind(AssertUnwindSafe(|| drop(self.inner.take())));
+        }
+        r
+    }
+}
+
+impl<S: Source> Drop for SourceShim<S> {
+    fn drop(&mut self) {
+        let _enter = self.span.enter();
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(self.inner.take())));
+    }
+}
+
+struct SinkShim<S: Sink> {
+    inner: Option<S>,
+    span: tracing::Span,
+}
+
+impl<S: Sink> SinkFfi for SinkShim<S> {
+    fn write(&mut self, batch: RSlice<'_, Reading>) -> RResult<(), PluginError> {
+        let _enter = self.span.enter();
+        let Some(inner) = self.inner.as_mut() else {
+            return RResult::RErr(PluginError::fatal("instance was poisoned by an earlier panic"));
+        };
+        let r = guarded("write", || inner.write(batch.as_slice()));
+        if matches!(&r, RResult::RErr(e) if e.kind == ErrorKind::PANIC) {
+            let _ = catch_unwind(AssertUnwindSafe(|| drop(self.inner.take())));
+        }
+        r
+    }
+
+    fn close(&mut self) -> RResult<(), PluginError> {
+        let _enter = self.span.enter();
+        match self.inner.as_mut() {
+            Some(inner) => guarded("close", || inner.close()),
+            None => RResult::ROk(()),
+        }
+    }
+}
+
+impl<S: Sink> Drop for SinkShim<S> {
+    fn drop(&mut self) {
+        let _enter = self.span.enter();
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(self.inner.take())));
+    }
+}
