@@ -1,0 +1,13 @@
+//! The gateway host: reads the TOML file, loads the plugin libraries it names, builds every
+//! source and sink instance, moves readings between them through bounded queues, supervises the
+//! instances, and shuts down without losing what is in flight.
+//!
+//! It does I/O: it loads shared libraries, reads the config, spawns a thread per instance, and
+//! handles signals. The `gateway` binary (`main.rs`) is a thin CLI over this library.
+
+pub mod config;
+pub mod loader;
+pub mod logging;
+pub mod pipeline;
+pub mod run;
+pub mod stats;

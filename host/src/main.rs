@@ -1,1 +1,153 @@
-fn main(){}
+//! `gateway`: the command line.
+
+use anyhow::{anyhow, Context as _};
+use clap::{Parser, Subcommand};
+use gateway_host::{
+    config::{default_plugin_dir, Config, LogFormat},
+    loader::Catalog,
+    logging::{self, HostLogger},
+    run::{self, Plan, RunOptions},
+};
+use std::{path::PathBuf, process::ExitCode};
+use tracing::level_filters::LevelFilter;
+
+/// Moves sensor readings from source plugins to sink plugins, as a TOML file describes.
+#[derive(Parser)]
+#[command(name = "gateway", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGINT or SIGTERM (a second signal exits at once).
+    Run {
+        /// The config file.
+        #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
+        config: PathBuf,
+        /// Log level, overriding `[gateway] log_level` (off, error, warn, info, debug, trace).
+        #[arg(long, value_name = "LEVEL")]
+        log_level: Option<LevelFilter>,
+        /// Log as JSON, overriding `[gateway] log_format`.
+        #[arg(long)]
+        json: bool,
+        /// Drain and exit once every source finished on its own (replays, benchmarks).
+        #[arg(long)]
+        until_sources_finish: bool,
+    },
+    /// Check a config: parse it, load every plugin, build every instance, print the graph.
+    /// Exits non-zero on any problem, listing them all.
+    Check {
+        /// The config file.
+        #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// List the plugin libraries of a directory: name, version, SDK version, plugins and kinds.
+    Plugins {
+        /// The directory (default: `plugin_dir` of --config if given, else the directory of this binary).
+        #[arg(long, value_name = "DIR")]
+        plugin_dir: Option<PathBuf>,
+        /// Take the directory from this config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(errors: &[String]) -> anyhow::Error {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    anyhow!("{} problem{} found; nothing was started", errors.len(), if errors.len() == 1 { "" } else { "s" })
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config, log_level, json, until_sources_finish } => {
+            let config = Config::load(&config)?;
+            let level = log_level.unwrap_or(config.gateway.log_level);
+            let format = if json { LogFormat::Json } else { config.gateway.log_format };
+            let logger = HostLogger::new(level);
+            for d in config.sources.iter().chain(&config.sinks) {
+                if let Some(l) = d.log_level {
+                    logger.set_level(&d.name, l);
+                }
+            }
+            logging::init(format, level, logger.max_level());
+            tracing::info!(config = %config.path.display(), version = env!("CARGO_PKG_VERSION"), "gateway starting");
+            let plan = Plan::build(config, &logger).map_err(|e| report(&e))?;
+            let shutdown = signals()?;
+            let summary = run::run(plan, &RunOptions { until_sources_finish }, shutdown);
+            Ok(if summary.clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Check { config } => {
+            let config = Config::load(&config)?;
+            let path = config.path.clone();
+            logging::init(config.gateway.log_format, LevelFilter::WARN, LevelFilter::WARN);
+            let logger = HostLogger::new(LevelFilter::WARN);
+            let plan = Plan::build(config, &logger).map_err(|e| report(&e))?;
+            println!("{}: OK", path.display());
+            print!("{}", plan.describe());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins { plugin_dir, config } => {
+            let dir = match (plugin_dir, config) {
+                (Some(d), _) => d,
+                (None, Some(c)) => Config::load(&c)?.gateway.plugin_dir,
+                (None, None) => default_plugin_dir(),
+            };
+            logging::init(LogFormat::Text, LevelFilter::WARN, LevelFilter::WARN);
+            let mut catalog = Catalog::new(&dir, HostLogger::new(LevelFilter::WARN));
+            let all = catalog.load_all().with_context(|| format!("cannot list {}", dir.display()))?;
+            println!("plugin libraries in {}:", dir.display());
+            if all.is_empty() {
+                println!("  (none)");
+            }
+            for (path, r) in all {
+                let file = path.file_name().unwrap_or_default().to_string_lossy();
+                match r {
+                    Ok(lib) => {
+                        println!("  {file}: {} {} (gateway-sdk {})", lib.name, lib.version, lib.sdk_version);
+                        for p in &lib.plugins {
+                            println!("    {:<8} {:<16} {}", p.kind.name(), p.id.as_str(), p.description.as_str());
+                        }
+                    }
+                    Err(e) => println!("  {file}: refused: it {e}"),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// First SIGINT/SIGTERM: a message on the returned channel. Second: exit at once.
+fn signals() -> anyhow::Result<crossbeam_channel::Receiver<()>> {
+    use signal_hook::{consts::*, iterator::Signals};
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut seen = 0;
+        for sig in signals.forever() {
+            seen += 1;
+            if seen == 1 {
+                tracing::info!(signal = sig, "signal received");
+                let _ = tx.send(());
+            } else {
+                eprintln!("gateway: second signal, exiting at once");
+                std::process::exit(130);
+            }
+        }
+    })?;
+    Ok(rx)
+}

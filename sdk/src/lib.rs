@@ -89,7 +89,7 @@ pub trait Sink: Send + Sized + 'static {
 #[macro_export]
 macro_rules! export {
     (sources: [$($src:ty),* $(,)?], sinks: [$($sink:ty),* $(,)?] $(,)?) => {
-        $crate::__export_library!([$($crate::shim::source_descriptor::<$src>()),* $(, $crate::shim::sink_descriptor::<$sink>())*]);
+        $crate::__export_library!(sources: [$($src),*], sinks: [$($sink),*]);
     };
     (sinks: [$($sink:ty),* $(,)?], sources: [$($src:ty),* $(,)?] $(,)?) => {
         $crate::export!(sources: [$($src),*], sinks: [$($sink),*]);
@@ -108,9 +108,13 @@ macro_rules! export {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __export_library {
-    ([$($descriptor:expr),* $(,)?]) => {
+    (sources: [$($src:ty),*], sinks: [$($sink:ty),*]) => {
         fn __gateway_plugin_descriptors() -> ::std::vec::Vec<$crate::abi::PluginDescriptor> {
-            ::std::vec![$($descriptor),*]
+            #[allow(unused_mut)]
+            let mut all = ::std::vec::Vec::new();
+            $(all.push($crate::shim::source_descriptor::<$src>());)*
+            $(all.push($crate::shim::sink_descriptor::<$sink>());)*
+            all
         }
 
         fn __gateway_plugin_root() -> $crate::abi::PluginLibraryRef {

@@ -1,0 +1,234 @@
+//! Plugins that misbehave on purpose, for the host's integration tests and benchmarks: a
+//! sequence source that can panic mid-run, a recording sink that can fail, stall or panic, and a
+//! null source and sink for throughput. Not for production. I/O: the recorder's file only.
+#![forbid(unsafe_code)]
+
+use gateway_sdk::{config::duration, tracing, InitContext, Label, PluginError, Reading, Sink, Source, SourceContext};
+use serde::Deserialize;
+use std::{
+    collections::HashMap,
+    io::Write,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+    },
+    time::Duration,
+};
+
+/// State that outlives an instance (so a restarted instance continues where the failed one was).
+fn counters() -> &'static Mutex<HashMap<String, u64>> {
+    static C: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SequenceConfig {
+    #[serde(default = "one")]
+    batch_size: u64,
+    #[serde(default, with = "duration")]
+    interval: Duration,
+    /// Stop (finish) after this many readings in total; 0 = never.
+    #[serde(default)]
+    count: u64,
+    /// Panic once this instance has emitted this many readings.
+    panic_after: Option<u64>,
+    #[serde(default = "yes")]
+    wait_ack: bool,
+    /// After each accepted emit, write the next value to this file.
+    emitted_path: Option<String>,
+}
+
+fn one() -> u64 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+/// Emits 0, 1, 2, ... as integer readings of sensor = the instance name.
+pub struct Sequence {
+    cfg: SequenceConfig,
+    instance: String,
+}
+
+impl Source for Sequence {
+    const ID: &'static str = "sequence";
+    const DESCRIPTION: &'static str = "test: emits 0, 1, 2, ...; can panic mid-run";
+    fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+        Ok(Sequence { cfg: ctx.parse_config()?, instance: ctx.instance().to_owned() })
+    }
+    fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError> {
+        let sensor = Label::from(self.instance.as_str());
+        let (name, unit) = (Label::from("seq"), Label::from(""));
+        let mut next = *counters().lock().unwrap().get(&self.instance).unwrap_or(&0);
+        let mut emitted_here = 0;
+        tracing::info!(from = next, "sequence starting");
+        loop {
+            if ctx.is_stopping() || (self.cfg.count > 0 && next >= self.cfg.count) {
+                return Ok(());
+            }
+            if let Some(limit) = self.cfg.panic_after {
+                if emitted_here >= limit {
+                    panic!("sequence panics after {limit} readings, as configured");
+                }
+            }
+            let n = if self.cfg.count > 0 { self.cfg.batch_size.min(self.cfg.count - next) } else { self.cfg.batch_size };
+            let batch: Vec<Reading> = (next..next + n).map(|v| ctx.reading(&sensor, &name, &unit, v as i64)).collect();
+            if self.cfg.wait_ack {
+                match ctx.emit(batch) {
+                    Ok(ack) => ack.wait()?,
+                    Err(e) if ctx.is_stopping() => {
+                        tracing::info!(error = %e, "stopping");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else if let Err(e) = ctx.emit_nowait(batch) {
+                if ctx.is_stopping() {
+                    return Ok(());
+                }
+                return Err(e);
+            }
+            next += n;
+            emitted_here += n;
+            counters().lock().unwrap().insert(self.instance.clone(), next);
+            if let Some(p) = &self.cfg.emitted_path {
+                std::fs::write(p, next.to_string())?;
+            }
+            if !self.cfg.interval.is_zero() && ctx.wait_stop(self.cfg.interval) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecorderConfig {
+    path: String,
+    #[serde(default, with = "duration")]
+    delay: Duration,
+    /// The first this-many writes fail with a retryable error.
+    #[serde(default)]
+    fail_first: u64,
+    /// The write with this number (1-based, counted across rebuilds) panics.
+    panic_on_write: Option<u64>,
+}
+
+/// Appends `SENSOR VALUE ID` per reading to a file, after an optional delay; can fail or panic.
+pub struct Recorder {
+    cfg: RecorderConfig,
+    key: String,
+    file: std::fs::File,
+}
+
+impl Sink for Recorder {
+    const ID: &'static str = "recorder";
+    const DESCRIPTION: &'static str = "test: appends readings to a file; can stall, fail or panic";
+    fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+        let cfg: RecorderConfig = ctx.parse_config()?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&cfg.path)
+            .map_err(|e| PluginError::config(format!("cannot open {}: {e}", cfg.path)))?;
+        Ok(Recorder { cfg, key: format!("recorder:{}", ctx.instance()), file })
+    }
+    fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        let call = {
+            let mut c = counters().lock().unwrap();
+            let n = c.entry(self.key.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if !self.cfg.delay.is_zero() {
+            std::thread::sleep(self.cfg.delay);
+        }
+        if call <= self.cfg.fail_first {
+            return Err(PluginError::retry(format!("simulated outage (write {call} of {} that fail)", self.cfg.fail_first)));
+        }
+        if self.cfg.panic_on_write == Some(call) {
+            panic!("recorder panics on write {call}, as configured");
+        }
+        let mut out = String::new();
+        for r in batch {
+            out.push_str(&format!("{} {} {}\n", r.sensor, r.value, r.id));
+        }
+        self.file.write_all(out.as_bytes())?;
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NullSourceConfig {
+    #[serde(default = "hundred")]
+    batch_size: usize,
+    /// Readings in total; 0 = unlimited.
+    #[serde(default)]
+    count: u64,
+}
+fn hundred() -> usize {
+    100
+}
+
+/// Emits readings as fast as the host takes them, without waiting for each acknowledgement.
+pub struct NullSource {
+    cfg: NullSourceConfig,
+}
+
+impl Source for NullSource {
+    const ID: &'static str = "null-source";
+    const DESCRIPTION: &'static str = "benchmark: emits readings as fast as the host takes them";
+    fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+        Ok(NullSource { cfg: ctx.parse_config()? })
+    }
+    fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError> {
+        let (sensor, name, unit) = (Label::from("null"), Label::from("value"), Label::from("1"));
+        let acked = Arc::new(AtomicU64::new(0));
+        let mut sent = 0u64;
+        let time = gateway_sdk::Timestamp::now();
+        while !ctx.is_stopping() && (self.cfg.count == 0 || sent < self.cfg.count) {
+            let n = if self.cfg.count > 0 { (self.cfg.count - sent).min(self.cfg.batch_size as u64) } else { self.cfg.batch_size as u64 };
+            let batch: Vec<Reading> = (0..n).map(|i| ctx.reading_at(time, &sensor, &name, &unit, i as f64)).collect();
+            let a = acked.clone();
+            if ctx.emit_with(batch, move |r| if r.is_ok() { a.fetch_add(n, Ordering::Relaxed); }).is_err() {
+                break;
+            }
+            sent += n;
+        }
+        // Finish only once everything sent was acknowledged.
+        while acked.load(Ordering::Relaxed) < sent && !ctx.wait_stop(Duration::from_millis(1)) {}
+        tracing::info!(sent, acked = acked.load(Ordering::Relaxed), "null source done");
+        Ok(())
+    }
+}
+
+/// Takes everything and keeps nothing.
+pub struct NullSink {
+    readings: u64,
+}
+
+impl Sink for NullSink {
+    const ID: &'static str = "null-sink";
+    const DESCRIPTION: &'static str = "benchmark: takes readings and drops them";
+    fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Empty {}
+        let _: Empty = ctx.parse_config()?;
+        Ok(NullSink { readings: 0 })
+    }
+    fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        self.readings += batch.len() as u64;
+        Ok(())
+    }
+    fn close(&mut self) -> Result<(), PluginError> {
+        tracing::info!(readings = self.readings, "null sink closed");
+        Ok(())
+    }
+}
+
+gateway_sdk::export!(sources: [Sequence, NullSource], sinks: [Recorder, NullSink]);

@@ -1,0 +1,561 @@
+//! The gateway's TOML file: the `[gateway]` table, and one table per source and sink instance.
+//!
+//! Every error names the file, the line, the table and the key. An instance table holds the
+//! host's keys (`plugin`, `inputs`, batching, retries) and the plugin's own keys; the latter are
+//! handed to the plugin as TOML in which every key sits on its original line, so that the
+//! plugin's own errors point at the right line too.
+
+use indexmap::IndexMap;
+use serde::{de::DeserializeOwned, Deserialize};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+use toml::Spanned;
+use tracing::level_filters::LevelFilter;
+
+/// A configuration error, already worded for the person who wrote the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The `[gateway]` table.
+    pub gateway: Gateway,
+    /// Source instances, in file order.
+    pub sources: Vec<Instance>,
+    /// Sink instances, in file order.
+    pub sinks: Vec<Instance>,
+}
+
+/// The `[gateway]` table.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    /// Name of this device; sources stamp it into their readings.
+    pub device: String,
+    /// Where plugin libraries are looked up.
+    pub plugin_dir: PathBuf,
+    /// Where instances may keep state.
+    pub data_dir: PathBuf,
+    /// Default log level.
+    pub log_level: LevelFilter,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// How long a shutdown may take to drain what is in flight.
+    pub shutdown_timeout: Duration,
+    /// How often each instance's counters are logged (0 = never).
+    pub stats_interval: Duration,
+}
+
+/// Whether an instance is a source or a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `[sources.NAME]`.
+    Source,
+    /// `[sinks.NAME]`.
+    Sink,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Source => "source",
+            Role::Sink => "sink",
+        })
+    }
+}
+
+/// One `[sources.NAME]` or `[sinks.NAME]` table.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// The instance name.
+    pub name: String,
+    /// Source or sink.
+    pub role: Role,
+    /// The plugin id.
+    pub plugin: String,
+    /// The line of the table (its first key), for messages.
+    pub line: usize,
+    /// The plugin's own keys as TOML, line-aligned with the file.
+    pub plugin_toml: String,
+    /// This instance's log level, if set.
+    pub log_level: Option<LevelFilter>,
+    /// First wait before rebuilding a failed instance.
+    pub restart_backoff: Duration,
+    /// Longest wait between rebuilds.
+    pub restart_backoff_max: Duration,
+    /// Settings that only sinks have.
+    pub sink: SinkSettings,
+}
+
+/// Keys that only sinks take.
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    /// Source instances feeding this sink (`None`: all of them).
+    pub inputs: Option<Vec<String>>,
+    /// Most readings per write (a single source batch larger than this is written whole).
+    pub batch_size: usize,
+    /// How long to wait for more readings before writing a batch that is not full.
+    pub batch_timeout: Duration,
+    /// How many source batches may wait in the sink's queue before sources are held back.
+    pub queue_capacity: usize,
+    /// First wait before retrying a write that failed with a retryable error.
+    pub retry_backoff: Duration,
+    /// Longest wait between retries.
+    pub retry_backoff_max: Duration,
+}
+
+impl Default for SinkSettings {
+    fn default() -> Self {
+        SinkSettings {
+            inputs: None,
+            batch_size: 1000,
+            batch_timeout: Duration::from_millis(100),
+            queue_capacity: 16,
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_secs(1);
+const DEFAULT_RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    gateway: Option<RawGateway>,
+    #[serde(default)]
+    sources: IndexMap<String, RawTable>,
+    #[serde(default)]
+    sinks: IndexMap<String, RawTable>,
+}
+
+type RawTable = IndexMap<Spanned<String>, Spanned<toml::Value>>;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    device: Option<String>,
+    plugin_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    log_level: Option<Level>,
+    log_format: Option<LogFormat>,
+    #[serde(default, with = "opt_duration")]
+    shutdown_timeout: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    stats_interval: Option<Duration>,
+}
+
+/// A log level as written in the file.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Level {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<Level> for LevelFilter {
+    fn from(l: Level) -> Self {
+        match l {
+            Level::Off => LevelFilter::OFF,
+            Level::Error => LevelFilter::ERROR,
+            Level::Warn => LevelFilter::WARN,
+            Level::Info => LevelFilter::INFO,
+            Level::Debug => LevelFilter::DEBUG,
+            Level::Trace => LevelFilter::TRACE,
+        }
+    }
+}
+
+mod opt_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write it like \"5s\" or \"250ms\""))
+        })
+    }
+}
+
+/// Line number (1-based) of byte offset `at` in `text`.
+pub(crate) fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read the config file: {e}", path.display())))?;
+        Config::parse(path, &text)
+    }
+
+    /// Checks `text`, read from `path` (used for messages and to resolve relative paths).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| format!(":{}", line_of(text, s.start))).unwrap_or_default();
+            ConfigError(format!("{file}{at}: {}", e.message().trim_end()))
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let g = raw.gateway.unwrap_or_default();
+        let gateway = Gateway {
+            device: match g.device {
+                Some(d) if d.trim().is_empty() => {
+                    return Err(ConfigError(format!("{file}: [gateway] device: must not be empty")))
+                }
+                Some(d) => d,
+                None => hostname(),
+            },
+            plugin_dir: match g.plugin_dir {
+                Some(p) => resolve(p),
+                None => default_plugin_dir(),
+            },
+            data_dir: resolve(g.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
+            log_level: g.log_level.map(Into::into).unwrap_or(LevelFilter::INFO),
+            log_format: g.log_format.unwrap_or(LogFormat::Text),
+            shutdown_timeout: g.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
+            stats_interval: g.stats_interval.unwrap_or(Duration::from_secs(60)),
+        };
+
+        let mut sources = Vec::new();
+        for (name, table) in raw.sources {
+            sources.push(instance(&file, text, Role::Source, name, table)?);
+        }
+        let mut sinks = Vec::new();
+        for (name, table) in raw.sinks {
+            sinks.push(instance(&file, text, Role::Sink, name, table)?);
+        }
+
+        let config = Config { path: path.to_path_buf(), gateway, sources, sinks };
+        config.check_graph(&file)?;
+        Ok(config)
+    }
+
+    fn check_graph(&self, file: &str) -> Result<(), ConfigError> {
+        for s in self.sources.iter().chain(&self.sinks) {
+            if let Some(other) = self.sources.iter().chain(&self.sinks).find(|o| o.name == s.name && o.role != s.role) {
+                if s.role == Role::Sink {
+                    return Err(ConfigError(format!(
+                        "{file}:{}: [sinks.{}] the name {:?} is already used by the source on line {}: instance names must be unique",
+                        s.line, s.name, s.name, other.line
+                    )));
+                }
+            }
+        }
+        if self.sinks.is_empty() && !self.sources.is_empty() {
+            return Err(ConfigError(format!(
+                "{file}: there are sources but no sink: add a [sinks.NAME] table (e.g. plugin = \"console\")"
+            )));
+        }
+        for sink in &self.sinks {
+            for input in sink.sink.inputs.iter().flatten() {
+                if !self.sources.iter().any(|s| &s.name == input) {
+                    let known: Vec<_> = self.sources.iter().map(|s| s.name.as_str()).collect();
+                    return Err(ConfigError(format!(
+                        "{file}:{}: [sinks.{}] inputs: no source is named {input:?} (sources: {})",
+                        sink.line,
+                        sink.name,
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    )));
+                }
+            }
+        }
+        for source in &self.sources {
+            if self.sinks_of(&source.name).next().is_none() {
+                return Err(ConfigError(format!(
+                    "{file}:{}: [sources.{}] no sink takes this source's readings: name it in a sink's `inputs`",
+                    source.line, source.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The sinks that take readings from source `name`.
+    pub fn sinks_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.sinks
+            .iter()
+            .filter(move |s| s.sink.inputs.as_ref().map_or(true, |i| i.iter().any(|n| n == name)))
+    }
+
+    /// The sources feeding sink `sink`.
+    pub fn sources_of<'a>(&'a self, sink: &'a Instance) -> impl Iterator<Item = &'a Instance> + 'a {
+        self.sources
+            .iter()
+            .filter(move |s| sink.sink.inputs.as_ref().map_or(true, |i| i.iter().any(|n| n == &s.name)))
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "gateway".to_owned())
+}
+
+/// The directory the running binary is in.
+pub fn default_plugin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+struct TableReader<'a> {
+    file: &'a str,
+    text: &'a str,
+    table: String,
+    line: usize,
+    entries: RawTable,
+}
+
+impl TableReader<'_> {
+    fn err(&self, line: usize, key: &str, msg: impl fmt::Display) -> ConfigError {
+        ConfigError(format!("{}:{line}: [{}] {key}: {msg}", self.file, self.table))
+    }
+
+    /// Removes host key `key` and parses its value.
+    fn take<T: DeserializeOwned>(&mut self, key: &str, expected: &str) -> Result<Option<T>, ConfigError> {
+        let Some((k, v)) = self.entries.shift_remove_entry(key) else { return Ok(None) };
+        let line = line_of(self.text, k.span().start);
+        let value = v.into_inner();
+        T::deserialize(value.clone())
+            .map(Some)
+            .map_err(|_| self.err(line, key, format!("expected {expected}, found {}", describe(&value))))
+    }
+
+    fn take_duration(&mut self, key: &str) -> Result<Option<Duration>, ConfigError> {
+        let line = self.entries.get_key_value(key).map(|(k, _)| line_of(self.text, k.span().start));
+        match self.take::<String>(key, "a duration such as \"5s\"")? {
+            None => Ok(None),
+            Some(s) => humantime::parse_duration(&s)
+                .map(Some)
+                .map_err(|e| self.err(line.unwrap_or(self.line), key, format!("invalid duration {s:?} ({e}); write it like \"5s\" or \"250ms\""))),
+        }
+    }
+
+    fn take_positive(&mut self, key: &str) -> Result<Option<usize>, ConfigError> {
+        let line = self.entries.get_key_value(key).map(|(k, _)| line_of(self.text, k.span().start));
+        match self.take::<i64>(key, "a positive integer")? {
+            Some(n) if n >= 1 => Ok(Some(n as usize)),
+            Some(n) => Err(self.err(line.unwrap_or(self.line), key, format!("expected a positive integer, found {n}"))),
+            None => Ok(None),
+        }
+    }
+}
+
+fn describe(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => format!("the string {s:?}"),
+        toml::Value::Integer(i) => format!("the integer {i}"),
+        toml::Value::Float(f) => format!("the float {f}"),
+        toml::Value::Boolean(b) => format!("the boolean {b}"),
+        toml::Value::Datetime(d) => format!("the datetime {d}"),
+        toml::Value::Array(_) => "an array".to_owned(),
+        toml::Value::Table(_) => "a table".to_owned(),
+    }
+}
+
+fn instance(file: &str, text: &str, role: Role, name: String, entries: RawTable) -> Result<Instance, ConfigError> {
+    let group = match role {
+        Role::Source => "sources",
+        Role::Sink => "sinks",
+    };
+    let table = format!("{group}.{name}");
+    let line = entries.keys().map(|k| line_of(text, k.span().start)).min().unwrap_or(1);
+    if !valid_name(&name) {
+        return Err(ConfigError(format!(
+            "{file}:{line}: [{table}] instance names may use letters, digits, '-' and '_' only"
+        )));
+    }
+    let mut r = TableReader { file, text, table, line, entries };
+    let plugin: String = r.take("plugin", "a plugin id such as \"console\"")?.ok_or_else(|| {
+        ConfigError(format!("{file}:{line}: [{}] plugin: missing; say which plugin runs this instance, e.g. plugin = \"console\"", r.table))
+    })?;
+    let log_level = r.take::<Level>("log_level", "one of \"off\", \"error\", \"warn\", \"info\", \"debug\", \"trace\"")?.map(Into::into);
+    let restart_backoff = r.take_duration("restart_backoff")?.unwrap_or(DEFAULT_RESTART_BACKOFF);
+    let restart_backoff_max = r.take_duration("restart_backoff_max")?.unwrap_or(DEFAULT_RESTART_BACKOFF_MAX);
+    let mut sink = SinkSettings::default();
+    if role == Role::Sink {
+        sink.inputs = r.take("inputs", "an array of source names, e.g. [\"temp\"]")?;
+        if let Some(v) = r.take_positive("batch_size")? {
+            sink.batch_size = v;
+        }
+        if let Some(v) = r.take_duration("batch_timeout")? {
+            sink.batch_timeout = v;
+        }
+        if let Some(v) = r.take_positive("queue_capacity")? {
+            sink.queue_capacity = v;
+        }
+        if let Some(v) = r.take_duration("retry_backoff")? {
+            sink.retry_backoff = v;
+        }
+        if let Some(v) = r.take_duration("retry_backoff_max")? {
+            sink.retry_backoff_max = v;
+        }
+    } else if let Some((k, _)) = r.entries.get_key_value("inputs") {
+        let l = line_of(text, k.span().start);
+        return Err(r.err(l, "inputs", "sources take no inputs; put `inputs` on the sink that reads this source"));
+    }
+    let plugin_toml = plugin_toml(text, &r.entries);
+    Ok(Instance {
+        name,
+        role,
+        plugin,
+        line,
+        plugin_toml,
+        log_level,
+        restart_backoff,
+        restart_backoff_max,
+        sink,
+    })
+}
+
+/// Renders the plugin's keys with each one on the line it had in the file.
+fn plugin_toml(text: &str, entries: &RawTable) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    for (k, v) in entries {
+        let mut at = line_of(text, k.span().start) - 1;
+        while lines.get(at).is_some_and(|l| !l.is_empty()) {
+            at += 1;
+        }
+        if lines.len() <= at {
+            lines.resize(at + 1, String::new());
+        }
+        let key = if valid_name(k.get_ref()) {
+            k.get_ref().clone()
+        } else {
+            toml::Value::String(k.get_ref().clone()).to_string()
+        };
+        lines[at] = format!("{key} = {}", v.get_ref());
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/gw/gateway.toml"), text)
+    }
+
+    const GOOD: &str = r#"
+[gateway]
+device = "pi-01"
+plugin_dir = "plugins"
+
+[sources.temp]
+plugin = "ds18b20"
+interval = "5s"
+sensors = [{ id = "28-1", alias = "tank" }]
+
+[sinks.out]
+plugin = "console"
+inputs = ["temp"]
+batch_size = 50
+"#;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.gateway.device, "pi-01");
+        assert_eq!(c.gateway.plugin_dir, PathBuf::from("/etc/gw/plugins"));
+        assert_eq!(c.gateway.data_dir, PathBuf::from("/etc/gw/data"));
+        assert_eq!(c.sources[0].plugin, "ds18b20");
+        assert_eq!(c.sinks[0].sink.batch_size, 50);
+        assert_eq!(c.sinks[0].sink.inputs.as_deref(), Some(&["temp".to_owned()][..]));
+        assert_eq!(c.sinks_of("temp").count(), 1);
+    }
+
+    #[test]
+    fn plugin_keys_keep_their_lines() {
+        let c = parse(GOOD).unwrap();
+        let lines: Vec<&str> = c.sources[0].plugin_toml.lines().collect();
+        assert_eq!(lines[7], "interval = \"5s\"", "{lines:?}");
+        assert!(lines[8].starts_with("sensors = ["), "{lines:?}");
+        assert!(!c.sources[0].plugin_toml.contains("plugin ="), "host keys are not passed on");
+        let v: toml::Table = toml::from_str(&c.sources[0].plugin_toml).unwrap();
+        assert_eq!(v["sensors"][0]["alias"].as_str(), Some("tank"));
+    }
+
+    #[test]
+    fn unknown_gateway_key_names_file_line_and_key() {
+        let e = parse("[gateway]\ndevice = \"x\"\nplugins = \"p\"\n").unwrap_err().0;
+        assert!(e.starts_with("/etc/gw/gateway.toml:3: unknown field `plugins`, expected one of"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_table_key_and_expectation() {
+        let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\nbatch_size = \"big\"\n").unwrap_err().0;
+        assert_eq!(
+            e,
+            "/etc/gw/gateway.toml:5: [sinks.b] batch_size: expected a positive integer, found the string \"big\""
+        );
+        let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\nbatch_timeout = \"soon\"\n").unwrap_err().0;
+        assert!(e.starts_with("/etc/gw/gateway.toml:5: [sinks.b] batch_timeout: invalid duration \"soon\""), "{e}");
+        let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\nqueue_capacity = 0\n").unwrap_err().0;
+        assert!(e.ends_with("queue_capacity: expected a positive integer, found 0"), "{e}");
+    }
+
+    #[test]
+    fn missing_plugin_key_is_explained() {
+        let e = parse("[sources.a]\ninterval = \"1s\"\n").unwrap_err().0;
+        assert!(e.starts_with("/etc/gw/gateway.toml:2: [sources.a] plugin: missing"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_instance_name_is_refused() {
+        let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.a]\nplugin = \"y\"\n").unwrap_err().0;
+        assert!(e.contains("[sinks.a] the name \"a\" is already used by the source on line 2"), "{e}");
+        // Within one group TOML itself refuses the second table.
+        let e = parse("[sources.a]\nplugin = \"x\"\n[sources.a]\nplugin = \"y\"\n").unwrap_err().0;
+        assert!(e.starts_with("/etc/gw/gateway.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_input_and_orphan_source_are_refused() {
+        let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\ninputs = [\"nope\"]\n").unwrap_err().0;
+        assert!(e.contains("[sinks.b] inputs: no source is named \"nope\" (sources: a)"), "{e}");
+        let e = parse("[sources.a]\nplugin = \"x\"\n[sources.c]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\ninputs = [\"a\"]\n")
+            .unwrap_err()
+            .0;
+        assert!(e.contains(":4: [sources.c] no sink takes this source's readings"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let e = parse("[gateway]\ndevice = \n").unwrap_err().0;
+        assert!(e.starts_with("/etc/gw/gateway.toml:2: "), "{e}");
+    }
+}

@@ -1,0 +1,216 @@
+//! Finds plugin libraries, checks that they were built against a compatible SDK, and hands out
+//! their plugins by id.
+//!
+//! Libraries are loaded with `dlopen` and never unloaded (neither `abi_stable` nor the plugins'
+//! own statics allow it). The library named after the plugin id (`libds18b20.so` for `ds18b20`,
+//! with `-` as `_`) is tried first; only if it does not export the id are the other libraries of
+//! the directory loaded, since one library may export several plugins.
+
+use crate::logging::HostLogger;
+use abi_stable::{
+    library::{lib_header_from_path, LibraryError},
+    sabi_trait::TD_Opaque,
+};
+use gateway_sdk::abi::{self, HostLog_TO, PluginDescriptor, PluginKind, PluginLibraryRef};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+/// A loaded, compatible plugin library.
+#[derive(Clone)]
+pub struct Library {
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// Its package name.
+    pub name: String,
+    /// Its package version.
+    pub version: String,
+    /// The SDK version it was built against.
+    pub sdk_version: String,
+    /// The plugins it exports.
+    pub plugins: Vec<PluginDescriptor>,
+}
+
+impl Library {
+    /// The file name, for messages.
+    pub fn file_name(&self) -> String {
+        self.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+}
+
+/// Why a file could not be used as a plugin library.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    /// The file does not exist or the dynamic loader refused it.
+    #[error("cannot be loaded: {0}")]
+    Open(String),
+    /// It is a shared library but exports no gateway plugin module.
+    #[error("is not a gateway plugin (it exports no plugin module)")]
+    NotAPlugin,
+    /// Built against an SDK whose major version differs from the host's.
+    #[error("was built against gateway-sdk {plugin}, but this gateway uses gateway-sdk {host}; rebuild the plugin against gateway-sdk {host} (the major versions must match)")]
+    IncompatibleSdk {
+        /// The host's SDK version.
+        host: String,
+        /// The plugin's SDK version.
+        plugin: String,
+    },
+    /// Same SDK version, but a type's layout differs (e.g. a patched SDK).
+    #[error("has an incompatible ABI layout: {0}")]
+    Layout(String),
+    /// Built with an incompatible `abi_stable`.
+    #[error("was built with an incompatible abi_stable: {0}")]
+    AbiStable(String),
+    /// The library's module constructor failed.
+    #[error("failed to initialise: {0}")]
+    Init(String),
+}
+
+/// Keeps the useful end of `abi_stable`'s layout report, which runs to a thousand lines.
+fn summarize(report: &str) -> String {
+    let lines: Vec<&str> = report.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(4)..];
+    tail.join(" ")
+}
+
+/// Loads one library file and checks it.
+pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError> {
+    if !path.exists() {
+        return Err(LoadError::Open("no such file".into()));
+    }
+    let header = lib_header_from_path(path).map_err(|e| match e {
+        LibraryError::OpenError { err, .. } => LoadError::Open(err.to_string().trim().replace('\n', " ")),
+        LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin,
+        LibraryError::InvalidAbiHeader(h) => LoadError::AbiStable(format!("{h:?}")),
+        other => LoadError::Open(summarize(&other.to_string())),
+    })?;
+    let plugin_sdk = header.version_strings().version.to_string();
+    if !abi::versions_compatible(gateway_sdk::SDK_VERSION, &plugin_sdk) {
+        return Err(LoadError::IncompatibleSdk { host: gateway_sdk::SDK_VERSION.into(), plugin: plugin_sdk });
+    }
+    let root = header.init_root_module::<PluginLibraryRef>().map_err(|e| match e {
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => LoadError::IncompatibleSdk {
+            host: expected_version.to_string(),
+            plugin: actual_version.to_string(),
+        },
+        LibraryError::AbiInstability(report) => LoadError::Layout(summarize(&report.to_string())),
+        other => LoadError::Init(summarize(&other.to_string())),
+    })?;
+    let name = root.name().to_string();
+    (root.init())(HostLog_TO::from_value(HostLogger::for_library(logger, &name), TD_Opaque));
+    Ok(Library {
+        path: path.to_path_buf(),
+        name,
+        version: root.version().to_string(),
+        sdk_version: root.sdk_version().to_string(),
+        plugins: (root.plugins())().into_vec(),
+    })
+}
+
+/// The plugin libraries of one directory, loaded on demand.
+pub struct Catalog {
+    dir: PathBuf,
+    logger: Arc<HostLogger>,
+    loaded: HashMap<PathBuf, Result<Library, LoadError>>,
+}
+
+/// What `Catalog::find` found.
+pub struct Found {
+    /// The library.
+    pub library: Library,
+    /// The plugin.
+    pub plugin: PluginDescriptor,
+}
+
+impl Catalog {
+    /// A catalog of `dir`; nothing is loaded yet.
+    pub fn new(dir: &Path, logger: Arc<HostLogger>) -> Self {
+        Catalog { dir: dir.to_path_buf(), logger, loaded: HashMap::new() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The library files of the directory, sorted.
+    pub fn files(&self) -> std::io::Result<Vec<PathBuf>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == std::env::consts::DLL_EXTENSION))
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    fn load(&mut self, path: &Path) -> &Result<Library, LoadError> {
+        if !self.loaded.contains_key(path) {
+            let r = load(path, &self.logger);
+            self.loaded.insert(path.to_path_buf(), r);
+        }
+        &self.loaded[path]
+    }
+
+    /// Loads every library of the directory.
+    pub fn load_all(&mut self) -> std::io::Result<Vec<(PathBuf, Result<Library, LoadError>)>> {
+        let files = self.files()?;
+        Ok(files.into_iter().map(|f| { let r = self.load(&f).clone(); (f, r) }).collect())
+    }
+
+    /// The file a plugin id is expected in: `libNAME.so` with `-` written `_`.
+    pub fn conventional_path(&self, id: &str) -> PathBuf {
+        let stem = id.replace('-', "_");
+        self.dir.join(format!("{}{stem}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX))
+    }
+
+    /// Finds the library exporting plugin `id` of kind `kind`. The error says what was looked at.
+    pub fn find(&mut self, id: &str, kind: PluginKind) -> Result<Found, String> {
+        let first = self.conventional_path(id);
+        let mut candidates = vec![first.clone()];
+        if let Ok(files) = self.files() {
+            candidates.extend(files.into_iter().filter(|f| *f != first));
+        }
+        let mut refused = Vec::new();
+        let mut wrong_kind = None;
+        for path in &candidates {
+            if path != &first && !path.exists() {
+                continue;
+            }
+            match self.load(path) {
+                Ok(lib) => {
+                    if let Some(p) = lib.plugins.iter().find(|p| p.id.as_str() == id) {
+                        if p.kind == kind {
+                            return Ok(Found { library: lib.clone(), plugin: p.clone() });
+                        }
+                        wrong_kind = Some((lib.file_name(), p.kind));
+                    }
+                }
+                Err(LoadError::Open(_)) if path == &first && !first.exists() => {}
+                Err(e) => refused.push(format!("{}: {e}", path.display())),
+            }
+        }
+        if let Some((file, k)) = wrong_kind {
+            return Err(format!(
+                "plugin {id:?} in {file} is a {}, but it is configured as a {}",
+                k.name(),
+                kind.name()
+            ));
+        }
+        // When the library named after the plugin was refused, that is the reason to give.
+        if let Some(reason) = refused.iter().find(|r| r.starts_with(&first.display().to_string())) {
+            return Err(format!("plugin {id:?}: {reason}"));
+        }
+        let mut msg = format!(
+            "plugin {id:?}: no library in {} exports it (looked for {} first)",
+            self.dir.display(),
+            first.file_name().unwrap_or_default().to_string_lossy()
+        );
+        if !refused.is_empty() {
+            msg.push_str("; libraries that were refused: ");
+            msg.push_str(&refused.join("; "));
+        }
+        Err(msg)
+    }
+}

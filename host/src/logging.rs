@@ -1,0 +1,105 @@
+//! The host's log: `tracing` to stderr, human-readable or JSON, with a level per instance; and
+//! the logger handed to each plugin library, through which the plugins' own `tracing` events
+//! arrive (a plugin has its own copy of `tracing`'s statics, so they cannot reach the host's
+//! subscriber directly).
+
+use crate::config::LogFormat;
+use gateway_sdk::abi::{HostLog, LogRecord};
+use std::{
+    collections::HashMap,
+    io::IsTerminal,
+    sync::{Arc, RwLock},
+};
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::EnvFilter;
+
+/// The target under which plugin events appear in the host's log.
+pub const PLUGIN_TARGET: &str = "plugin";
+
+/// Installs the host's subscriber. `GATEWAY_LOG` (in `RUST_LOG` syntax) overrides the levels.
+pub fn init(format: LogFormat, level: LevelFilter, plugin_level: LevelFilter) {
+    let filter = match std::env::var("GATEWAY_LOG") {
+        Ok(s) if !s.trim().is_empty() => EnvFilter::new(s),
+        _ => EnvFilter::new(format!("{level},{PLUGIN_TARGET}={plugin_level}")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Per-instance levels for plugin events.
+#[derive(Debug)]
+pub struct HostLogger {
+    default: LevelFilter,
+    levels: RwLock<HashMap<String, LevelFilter>>,
+}
+
+impl HostLogger {
+    /// Plugin events at `default` and above are logged unless an instance has its own level.
+    pub fn new(default: LevelFilter) -> Arc<Self> {
+        Arc::new(HostLogger { default, levels: RwLock::new(HashMap::new()) })
+    }
+
+    /// Sets the level of one instance's plugin events.
+    pub fn set_level(&self, instance: &str, level: LevelFilter) {
+        self.levels.write().unwrap().insert(instance.to_owned(), level);
+    }
+
+    /// The most verbose level any instance uses: what plugins need to produce at all.
+    pub fn max_level(&self) -> LevelFilter {
+        self.levels.read().unwrap().values().copied().fold(self.default, LevelFilter::max)
+    }
+
+    fn level_of(&self, instance: &str) -> LevelFilter {
+        self.levels.read().unwrap().get(instance).copied().unwrap_or(self.default)
+    }
+
+    /// The logger object handed to library `library`.
+    pub fn for_library(this: &Arc<Self>, library: &str) -> LibraryLog {
+        LibraryLog { host: this.clone(), library: library.to_owned() }
+    }
+}
+
+/// The logger one library writes to.
+pub struct LibraryLog {
+    host: Arc<HostLogger>,
+    library: String,
+}
+
+fn level_number(l: LevelFilter) -> u8 {
+    match l.into_level() {
+        None => 0,
+        Some(tracing::Level::ERROR) => 1,
+        Some(tracing::Level::WARN) => 2,
+        Some(tracing::Level::INFO) => 3,
+        Some(tracing::Level::DEBUG) => 4,
+        Some(tracing::Level::TRACE) => 5,
+    }
+}
+
+impl HostLog for LibraryLog {
+    fn max_level(&self) -> u8 {
+        level_number(self.host.max_level())
+    }
+
+    fn log(&self, record: LogRecord<'_>) {
+        let instance = record.instance.as_str();
+        let who = if instance.is_empty() { self.library.as_str() } else { instance };
+        if record.level > level_number(self.host.level_of(who)) {
+            return;
+        }
+        let (msg, module) = (record.message.as_str(), record.target.as_str());
+        match record.level {
+            0 | 1 => tracing::error!(target: PLUGIN_TARGET, plugin = who, module, "{msg}"),
+            2 => tracing::warn!(target: PLUGIN_TARGET, plugin = who, module, "{msg}"),
+            3 => tracing::info!(target: PLUGIN_TARGET, plugin = who, module, "{msg}"),
+            4 => tracing::debug!(target: PLUGIN_TARGET, plugin = who, module, "{msg}"),
+            _ => tracing::trace!(target: PLUGIN_TARGET, plugin = who, module, "{msg}"),
+        }
+    }
+}

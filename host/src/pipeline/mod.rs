@@ -1,0 +1,139 @@
+//! Moving batches from sources to sinks: bounded queues, batching, retries, acknowledgements.
+//!
+//! Each source runs on a thread of its own and calls into the plugin there; its `emit` pushes a
+//! shared batch onto the bounded queue of every sink it is routed to, blocking while a queue is
+//! full (that is the backpressure). Each sink runs on a thread of its own that gathers queued
+//! batches into writes, retries what may be retried, rebuilds a failed instance, and acknowledges
+//! every source batch once its write returned. A source batch is acknowledged to the source once
+//! every sink it went to has acknowledged it.
+
+pub mod sink;
+pub mod source;
+
+use abi_stable::std_types::{RErr, ROk, RVec};
+use gateway_sdk::{abi::AckBox, ErrorKind, PluginError, Reading};
+use std::sync::{
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+    Arc, Mutex,
+};
+
+/// Counts the sinks a batch still waits for, and tells the source when none is left.
+pub struct AckTracker {
+    remaining: AtomicUsize,
+    error: Mutex<Option<PluginError>>,
+    callback: Mutex<Option<AckBox>>,
+}
+
+impl AckTracker {
+    /// A tracker waiting for `sinks` acknowledgements.
+    pub fn new(sinks: usize, callback: Option<AckBox>) -> Arc<Self> {
+        Arc::new(AckTracker { remaining: AtomicUsize::new(sinks), error: Mutex::new(None), callback: Mutex::new(callback) })
+    }
+
+    fn done(&self, outcome: Result<(), PluginError>) {
+        if let Err(e) = outcome {
+            let mut first = self.error.lock().unwrap();
+            if first.is_none() {
+                *first = Some(e);
+            }
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(mut cb) = self.callback.lock().unwrap().take() {
+                match self.error.lock().unwrap().take() {
+                    None => cb.done(ROk(())),
+                    Some(e) => cb.done(RErr(e)),
+                }
+            }
+        }
+    }
+}
+
+/// One sink's share of the acknowledgement of a batch. Dropping it unacknowledged (at a forced
+/// shutdown) tells the source that this sink did not take the batch.
+pub struct AckHandle(Option<Arc<AckTracker>>);
+
+impl AckHandle {
+    /// A handle on `tracker`.
+    pub fn new(tracker: Arc<AckTracker>) -> Self {
+        AckHandle(Some(tracker))
+    }
+    /// Reports this sink's outcome.
+    pub fn done(mut self, outcome: Result<(), PluginError>) {
+        if let Some(t) = self.0.take() {
+            t.done(outcome);
+        }
+    }
+}
+
+impl Drop for AckHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.done(Err(PluginError::new(ErrorKind::STOPPED, "the gateway stopped before the sink took the batch")));
+        }
+    }
+}
+
+/// A source batch on its way to one sink.
+pub struct Envelope {
+    /// The readings, shared between the sinks the batch goes to.
+    pub readings: Arc<RVec<Reading>>,
+    /// This sink's share of the acknowledgement.
+    pub ack: AckHandle,
+}
+
+/// The signal that tells sources to stop.
+#[derive(Clone)]
+pub struct StopSignal {
+    flag: Arc<AtomicBool>,
+    rx: crossbeam_channel::Receiver<()>,
+}
+
+/// Raises a [`StopSignal`].
+pub struct StopTrigger {
+    flag: Arc<AtomicBool>,
+    tx: Mutex<Option<crossbeam_channel::Sender<()>>>,
+}
+
+/// A connected trigger and signal.
+pub fn stop_signal() -> (StopTrigger, StopSignal) {
+    let (tx, rx) = crossbeam_channel::bounded(0);
+    let flag = Arc::new(AtomicBool::new(false));
+    (StopTrigger { flag: flag.clone(), tx: Mutex::new(Some(tx)) }, StopSignal { flag, rx })
+}
+
+impl StopTrigger {
+    /// Raises the signal; every waiter wakes up.
+    pub fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.tx.lock().unwrap().take();
+    }
+}
+
+impl StopSignal {
+    /// Whether the signal was raised.
+    pub fn is_raised(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+    /// Waits up to `d`; `true` if the signal was raised.
+    pub fn wait(&self, d: std::time::Duration) -> bool {
+        if self.is_raised() {
+            return true;
+        }
+        matches!(self.rx.recv_timeout(d), Err(crossbeam_channel::RecvTimeoutError::Disconnected))
+    }
+}
+
+/// Sleeps `d` in small steps, returning early (with `true`) once `abort` is set.
+pub(crate) fn sleep_unless(abort: &AtomicBool, d: std::time::Duration) -> bool {
+    let end = std::time::Instant::now() + d;
+    loop {
+        if abort.load(Ordering::SeqCst) {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        if now >= end {
+            return false;
+        }
+        std::thread::sleep((end - now).min(std::time::Duration::from_millis(50)));
+    }
+}

@@ -1,0 +1,214 @@
+//! A sink instance on its own thread: gathers queued source batches into writes (by size and by
+//! time), retries retryable failures with exponential backoff, rebuilds a failed instance, and
+//! acknowledges each source batch once it was written.
+
+use super::{sleep_unless, Envelope};
+use crate::{config::SinkSettings, stats::SinkStats};
+use abi_stable::std_types::RSlice;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use gateway_sdk::{abi::SinkBox, ErrorKind, PluginError, Reading};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+/// Builds a new instance of the sink's plugin.
+pub type SinkFactory = Box<dyn Fn() -> Result<SinkBox, PluginError> + Send>;
+
+/// Everything a sink thread needs.
+pub struct SinkRunner {
+    /// Instance name.
+    pub name: String,
+    /// The first instance, built before anything started.
+    pub instance: SinkBox,
+    /// Builds replacements.
+    pub factory: SinkFactory,
+    /// Batching, queue and retry settings.
+    pub settings: SinkSettings,
+    /// First restart delay.
+    pub restart_backoff: Duration,
+    /// Longest restart delay.
+    pub restart_backoff_max: Duration,
+    /// The queue.
+    pub rx: Receiver<Envelope>,
+    /// Set when the sink should finish what is queued and stop.
+    pub drain: Arc<AtomicBool>,
+    /// Set when the shutdown deadline passed: give up at once.
+    pub abort: Arc<AtomicBool>,
+    /// Counters.
+    pub stats: Arc<SinkStats>,
+}
+
+struct Worker {
+    name: String,
+    instance: Option<SinkBox>,
+    factory: SinkFactory,
+    settings: SinkSettings,
+    restart_backoff: Duration,
+    restart_backoff_max: Duration,
+    restart_delay: Duration,
+    abort: Arc<AtomicBool>,
+    stats: Arc<SinkStats>,
+}
+
+impl SinkRunner {
+    /// Runs until drained (or aborted), then closes the instance.
+    pub fn run(self) {
+        let span = tracing::info_span!("sink", instance = %self.name);
+        let _enter = span.enter();
+        let SinkRunner { name, instance, factory, settings, restart_backoff, restart_backoff_max, rx, drain, abort, stats } =
+            self;
+        let mut w = Worker {
+            name,
+            instance: Some(instance),
+            factory,
+            settings,
+            restart_backoff,
+            restart_backoff_max,
+            restart_delay: restart_backoff,
+            abort,
+            stats,
+        };
+        tracing::info!("sink running");
+        let mut carry: Option<Envelope> = None;
+        let mut scratch: Vec<Reading> = Vec::new();
+        loop {
+            if w.abort.load(Ordering::SeqCst) {
+                break;
+            }
+            let first = match carry.take() {
+                Some(e) => e,
+                None => match next(&rx, &drain, &w.abort) {
+                    Some(e) => e,
+                    None => break,
+                },
+            };
+            let mut envelopes = vec![first];
+            let mut n = envelopes[0].readings.len();
+            let deadline = Instant::now() + w.settings.batch_timeout;
+            while n < w.settings.batch_size {
+                let got = if drain.load(Ordering::SeqCst) {
+                    rx.try_recv().ok()
+                } else {
+                    rx.recv_deadline(deadline).ok()
+                };
+                let Some(e) = got else { break };
+                if n + e.readings.len() > w.settings.batch_size {
+                    carry = Some(e);
+                    break;
+                }
+                n += e.readings.len();
+                envelopes.push(e);
+            }
+            let outcome = if envelopes.len() == 1 {
+                w.write(&envelopes[0].readings)
+            } else {
+                scratch.clear();
+                scratch.reserve(n);
+                for e in &mut envelopes {
+                    let shared = std::mem::replace(&mut e.readings, Arc::new(Default::default()));
+                    match Arc::try_unwrap(shared) {
+                        Ok(owned) => scratch.extend(owned),
+                        Err(shared) => scratch.extend(shared.iter().cloned()),
+                    }
+                }
+                w.write(&scratch)
+            };
+            for e in envelopes {
+                e.ack.done(outcome.clone());
+            }
+        }
+        let left = rx.len() + usize::from(carry.is_some());
+        if left > 0 {
+            tracing::error!(batches = left, readings = w.stats.pending(), "sink stopped with batches it did not write");
+        }
+        drop(carry);
+        drop(rx);
+        if let Some(mut inst) = w.instance.take() {
+            if let Err(e) = inst.close().into_result() {
+                tracing::warn!(error = %e, "closing the sink failed");
+            }
+        }
+        tracing::info!("sink stopped");
+    }
+}
+
+/// The next queued batch; `None` once draining finds the queue empty, or on abort.
+fn next(rx: &Receiver<Envelope>, drain: &AtomicBool, abort: &AtomicBool) -> Option<Envelope> {
+    loop {
+        if abort.load(Ordering::SeqCst) {
+            return None;
+        }
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(e) => return Some(e),
+            Err(RecvTimeoutError::Timeout) if drain.load(Ordering::SeqCst) => return rx.try_recv().ok(),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}
+
+impl Worker {
+    /// Writes one batch, retrying and rebuilding as its errors say, until it is written, refused
+    /// for good, or the shutdown deadline passes.
+    fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        let n = batch.len() as u64;
+        let mut backoff = self.settings.retry_backoff;
+        let mut attempts = 0u32;
+        loop {
+            if self.abort.load(Ordering::SeqCst) {
+                return Err(PluginError::new(ErrorKind::STOPPED, "the shutdown deadline passed before the write succeeded"));
+            }
+            let Some(inst) = self.instance.as_mut() else {
+                self.rebuild();
+                continue;
+            };
+            match inst.write(RSlice::from_slice(batch)).into_result() {
+                Ok(()) => {
+                    self.stats.written.fetch_add(n, Ordering::Relaxed);
+                    self.stats.writes.fetch_add(1, Ordering::Relaxed);
+                    self.restart_delay = self.restart_backoff;
+                    if attempts > 0 {
+                        tracing::info!(readings = n, attempts = attempts + 1, "write succeeded after retrying");
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.kind.is_retryable() => {
+                    attempts += 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(readings = n, attempt = attempts, error = %e.message(), "write failed; retrying in {backoff:?}");
+                    sleep_unless(&self.abort, backoff);
+                    backoff = (backoff * 2).min(self.settings.retry_backoff_max);
+                }
+                Err(e) if e.kind.needs_restart() => {
+                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(kind = %e.kind, error = %e.message(), "sink failed; rebuilding it in {:?}", self.restart_delay);
+                    // Dropping the broken instance runs the plugin's destructor (guarded by the SDK).
+                    self.instance = None;
+                }
+                Err(e) => {
+                    self.stats.rejected.fetch_add(n, Ordering::Relaxed);
+                    tracing::error!(readings = n, kind = %e.kind, error = %e.message(), "sink refused the batch for good; its readings are dropped");
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn rebuild(&mut self) {
+        if sleep_unless(&self.abort, self.restart_delay) {
+            return;
+        }
+        self.restart_delay = (self.restart_delay * 2).min(self.restart_backoff_max);
+        match (self.factory)() {
+            Ok(inst) => {
+                tracing::info!(sink = %self.name, "sink rebuilt");
+                self.instance = Some(inst);
+            }
+            Err(e) => tracing::error!(error = %e, "rebuilding the sink failed; next try in {:?}", self.restart_delay),
+        }
+    }
+}

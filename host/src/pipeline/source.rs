@@ -1,0 +1,188 @@
+//! A source instance on its own thread: runs it, restarts it with backoff when it fails, and
+//! offers it the host's side of `emit`.
+
+use super::{AckHandle, AckTracker, Envelope, StopSignal};
+use crate::stats::{SinkStats, SourceStats};
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RErr, ROk, ROption, RResult, RVec},
+};
+use crossbeam_channel::{SendTimeoutError, Sender};
+use gateway_sdk::{
+    abi::{AckBox, HostSourceCtx, HostSourceCtx_TO, SourceBox},
+    ErrorKind, PluginError, Reading,
+};
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+/// Builds a new instance of the source's plugin.
+pub type SourceFactory = Box<dyn Fn() -> Result<SourceBox, PluginError> + Send>;
+
+/// The queue of one sink, as a source sees it.
+pub struct SinkPort {
+    /// The sink's queue.
+    pub tx: Sender<Envelope>,
+    /// The sink's counters (`accepted` grows as batches are queued).
+    pub stats: Arc<SinkStats>,
+}
+
+/// The host's side of a running source.
+struct Emitter {
+    sinks: Arc<Vec<SinkPort>>,
+    stop: StopSignal,
+    /// Set once the sinks stopped taking batches.
+    closed: Arc<std::sync::atomic::AtomicBool>,
+    stats: Arc<SourceStats>,
+}
+
+fn stopped(msg: &str) -> PluginError {
+    PluginError::new(ErrorKind::STOPPED, msg)
+}
+
+impl HostSourceCtx for Emitter {
+    fn emit(&self, batch: RVec<Reading>, ack: ROption<AckBox>) -> RResult<(), PluginError> {
+        if batch.is_empty() {
+            if let abi_stable::std_types::RSome(mut a) = ack {
+                a.done(ROk(()));
+            }
+            return ROk(());
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            return RErr(stopped("the gateway is shutting down and takes no more readings"));
+        }
+        let n = batch.len() as u64;
+        let tracker = AckTracker::new(self.sinks.len(), ack.into_option());
+        let readings = Arc::new(batch);
+        for port in self.sinks.iter() {
+            let tx = &port.tx;
+            let mut env = Envelope { readings: readings.clone(), ack: AckHandle::new(tracker.clone()) };
+            let mut blocked_since = None;
+            loop {
+                match tx.send_timeout(env, Duration::from_millis(100)) {
+                    Ok(()) => {
+                        port.stats.accepted.fetch_add(n, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(SendTimeoutError::Timeout(e)) => {
+                        if self.closed.load(Ordering::SeqCst) {
+                            return RErr(stopped("the gateway is shutting down and takes no more readings"));
+                        }
+                        let since = *blocked_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= Duration::from_secs(10) {
+                            tracing::debug!("a sink's queue has been full for 10 s; the source waits");
+                            blocked_since = Some(Instant::now());
+                        }
+                        env = e;
+                    }
+                    Err(SendTimeoutError::Disconnected(_)) => {
+                        return RErr(stopped("the sink stopped taking readings"));
+                    }
+                }
+            }
+        }
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.readings.fetch_add(n, Ordering::Relaxed);
+        ROk(())
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stop.is_raised()
+    }
+
+    fn wait_stop(&self, timeout_ms: u64) -> bool {
+        self.stop.wait(Duration::from_millis(timeout_ms))
+    }
+}
+
+/// Everything a source thread needs.
+pub struct SourceRunner {
+    /// Instance name.
+    pub name: String,
+    /// The first instance, built before anything started.
+    pub instance: SourceBox,
+    /// Builds replacements.
+    pub factory: SourceFactory,
+    /// The queues of the sinks this source feeds.
+    pub sinks: Arc<Vec<SinkPort>>,
+    /// Raised at shutdown.
+    pub stop: StopSignal,
+    /// Set when the sinks stop taking batches.
+    pub closed: Arc<std::sync::atomic::AtomicBool>,
+    /// Counters.
+    pub stats: Arc<SourceStats>,
+    /// First restart delay.
+    pub restart_backoff: Duration,
+    /// Longest restart delay.
+    pub restart_backoff_max: Duration,
+}
+
+/// A run that lasted this long resets the restart delay.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+
+impl SourceRunner {
+    /// Runs the source until it finishes or the stop signal is raised.
+    pub fn run(self) {
+        let span = tracing::info_span!("source", instance = %self.name);
+        let _enter = span.enter();
+        let mut delay = self.restart_backoff;
+        let mut instance = Some(self.instance);
+        loop {
+            let mut source = match instance.take() {
+                Some(s) => s,
+                None => match (self.factory)() {
+                    Ok(s) => {
+                        tracing::info!("source rebuilt");
+                        s
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "rebuilding the source failed; next try in {delay:?}");
+                        if self.stop.wait(delay) {
+                            return;
+                        }
+                        delay = (delay * 2).min(self.restart_backoff_max);
+                        continue;
+                    }
+                },
+            };
+            let ctx = HostSourceCtx_TO::from_value(
+                Emitter {
+                    sinks: self.sinks.clone(),
+                    stop: self.stop.clone(),
+                    closed: self.closed.clone(),
+                    stats: self.stats.clone(),
+                },
+                TD_Opaque,
+            );
+            tracing::info!("source running");
+            let started = Instant::now();
+            let outcome = source.run(ctx).into_result();
+            drop(source);
+            if self.stop.is_raised() {
+                match outcome {
+                    Err(e) if e.kind != ErrorKind::STOPPED => tracing::warn!(error = %e, "source stopped with an error"),
+                    _ => tracing::info!("source stopped"),
+                }
+                return;
+            }
+            match outcome {
+                Ok(()) => {
+                    tracing::info!("source finished: it has nothing more to produce");
+                    return;
+                }
+                Err(e) => {
+                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                    if started.elapsed() >= STABLE_RUN {
+                        delay = self.restart_backoff;
+                    }
+                    tracing::error!(kind = %e.kind, error = %e.message(), "source failed; restarting it in {delay:?}");
+                    if self.stop.wait(delay) {
+                        return;
+                    }
+                    delay = (delay * 2).min(self.restart_backoff_max);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Per-instance counters, logged periodically and at shutdown.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A source's counters.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Batches handed to the sinks' queues.
+    pub batches: AtomicU64,
+    /// Readings handed to the sinks' queues.
+    pub readings: AtomicU64,
+    /// Times the instance was rebuilt after a failure.
+    pub restarts: AtomicU64,
+}
+
+/// A sink's counters.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Readings put on the sink's queue.
+    pub accepted: AtomicU64,
+    /// Readings the sink durably took.
+    pub written: AtomicU64,
+    /// Writes that succeeded.
+    pub writes: AtomicU64,
+    /// Writes that failed with a retryable error and were retried.
+    pub retries: AtomicU64,
+    /// Readings the sink refused for good (dropped, counted).
+    pub rejected: AtomicU64,
+    /// Times the instance was rebuilt after a failure.
+    pub restarts: AtomicU64,
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+impl SourceStats {
+    /// Logs one line.
+    pub fn log(&self, name: &str) {
+        tracing::info!(
+            source = name,
+            readings = get(&self.readings),
+            batches = get(&self.batches),
+            restarts = get(&self.restarts),
+            "source stats"
+        );
+    }
+}
+
+impl SinkStats {
+    /// Readings accepted but neither written nor rejected yet.
+    pub fn pending(&self) -> u64 {
+        get(&self.accepted).saturating_sub(get(&self.written) + get(&self.rejected))
+    }
+
+    /// Logs one line.
+    pub fn log(&self, name: &str) {
+        tracing::info!(
+            sink = name,
+            written = get(&self.written),
+            writes = get(&self.writes),
+            pending = self.pending(),
+            retries = get(&self.retries),
+            rejected = get(&self.rejected),
+            restarts = get(&self.restarts),
+            "sink stats"
+        );
+    }
+}
