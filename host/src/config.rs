@@ -141,9 +141,9 @@ const DEFAULT_RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
 struct RawFile {
     gateway: Option<RawGateway>,
     #[serde(default)]
-    sources: IndexMap<String, RawTable>,
+    sources: IndexMap<String, Spanned<RawTable>>,
     #[serde(default)]
-    sinks: IndexMap<String, RawTable>,
+    sinks: IndexMap<String, Spanned<RawTable>>,
 }
 
 type RawTable = IndexMap<Spanned<String>, Spanned<toml::Value>>;
@@ -384,13 +384,15 @@ fn describe(v: &toml::Value) -> String {
     }
 }
 
-fn instance(file: &str, text: &str, role: Role, name: String, entries: RawTable) -> Result<Instance, ConfigError> {
+fn instance(file: &str, text: &str, role: Role, name: String, spanned: Spanned<RawTable>) -> Result<Instance, ConfigError> {
     let group = match role {
         Role::Source => "sources",
         Role::Sink => "sinks",
     };
     let table = format!("{group}.{name}");
-    let line = entries.keys().map(|k| line_of(text, k.span().start)).min().unwrap_or(1);
+    // The table's span starts at its header (`[sources.temp]`), or at the key of an inline table.
+    let line = line_of(text, spanned.span().start);
+    let entries = spanned.into_inner();
     if !valid_name(&name) {
         return Err(ConfigError(format!(
             "{file}:{line}: [{table}] instance names may use letters, digits, '-' and '_' only"
@@ -531,13 +533,13 @@ batch_size = 50
     #[test]
     fn missing_plugin_key_is_explained() {
         let e = parse("[sources.a]\ninterval = \"1s\"\n").unwrap_err().0;
-        assert!(e.starts_with("/etc/gw/gateway.toml:2: [sources.a] plugin: missing"), "{e}");
+        assert!(e.starts_with("/etc/gw/gateway.toml:1: [sources.a] plugin: missing"), "{e}");
     }
 
     #[test]
     fn duplicate_instance_name_is_refused() {
         let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.a]\nplugin = \"y\"\n").unwrap_err().0;
-        assert!(e.contains("[sinks.a] the name \"a\" is already used by the source on line 2"), "{e}");
+        assert!(e.contains(":3: [sinks.a] the name \"a\" is already used by the source on line 1"), "{e}");
         // Within one group TOML itself refuses the second table.
         let e = parse("[sources.a]\nplugin = \"x\"\n[sources.a]\nplugin = \"y\"\n").unwrap_err().0;
         assert!(e.starts_with("/etc/gw/gateway.toml:3:"), "{e}");
@@ -550,7 +552,7 @@ batch_size = 50
         let e = parse("[sources.a]\nplugin = \"x\"\n[sources.c]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\ninputs = [\"a\"]\n")
             .unwrap_err()
             .0;
-        assert!(e.contains(":4: [sources.c] no sink takes this source's readings"), "{e}");
+        assert!(e.contains(":3: [sources.c] no sink takes this source's readings"), "{e}");
     }
 
     #[test]

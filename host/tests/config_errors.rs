@@ -1,0 +1,59 @@
+//! Config errors as the user sees them: file, line, table, key, and what was expected.
+
+mod support;
+use support::*;
+
+fn check(s: &Setup, body: &str) -> String {
+    let cfg = s.config("", body);
+    let (status, _, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!status.success(), "expected failure for:\n{body}");
+    err
+}
+
+// `Setup::config` writes four [gateway] lines and an empty one: the body starts on line 6.
+
+#[test]
+fn unknown_plugin_key_names_file_line_table_and_key() {
+    let s = Setup::new();
+    let err = check(&s, "[sources.c]\nplugin = \"example\"\nintervall = \"1s\"\n[sinks.o]\nplugin = \"console\"\n");
+    let file = s.path("gateway.toml").display().to_string();
+    assert!(err.contains(&format!("{file}:8: [sources.c] unknown field `intervall`, expected `interval` or `sensor`")), "{err}");
+}
+
+#[test]
+fn bad_plugin_value_names_the_line_and_the_expected_form() {
+    let s = Setup::new();
+    let err = check(&s, "[sources.c]\nplugin = \"example\"\n\ninterval = \"often\"\n[sinks.o]\nplugin = \"console\"\n");
+    assert!(err.contains("gateway.toml:9: [sources.c] invalid duration \"often\""), "{err}");
+}
+
+#[test]
+fn unknown_host_key_in_gateway_table() {
+    let s = Setup::new();
+    let cfg = s.path("g.toml");
+    std::fs::write(&cfg, "[gateway]\ndevice = \"d\"\nlog_levle = \"debug\"\n").unwrap();
+    let (status, _, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(err.contains("g.toml:3: unknown field `log_levle`"), "{err}");
+}
+
+#[test]
+fn wrong_type_for_a_host_key_of_a_sink() {
+    let s = Setup::new();
+    let err = check(&s, "[sources.c]\nplugin = \"example\"\n[sinks.o]\nplugin = \"console\"\ninputs = \"c\"\n");
+    assert!(err.contains("gateway.toml:10: [sinks.o] inputs: expected an array of source names"), "{err}");
+}
+
+#[test]
+fn two_instances_with_the_same_name_are_refused() {
+    let s = Setup::new();
+    let err = check(&s, "[sources.x]\nplugin = \"example\"\n[sinks.x]\nplugin = \"console\"\n");
+    assert!(err.contains("gateway.toml:8: [sinks.x] the name \"x\" is already used by the source on line 6"), "{err}");
+}
+
+#[test]
+fn missing_config_file_is_a_clear_error() {
+    let (status, _, err) = gateway(&["run", "--config", "/nonexistent/gateway.toml"]);
+    assert!(!status.success());
+    assert!(err.contains("/nonexistent/gateway.toml: cannot read the config file"), "{err}");
+}

@@ -1,0 +1,185 @@
+//! Shared by the host's integration tests: builds the real plugin libraries once, writes
+//! configs, and runs the real `gateway` binary as a child process.
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn cargo_build(args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace())
+        .arg("build")
+        .arg("--quiet")
+        .args(args)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
+}
+
+/// The directory holding freshly built plugin libraries (built once per test binary; cargo
+/// makes the second build a no-op). The incompatible fixture is built on its own so that its
+/// sdk feature does not leak into the others.
+pub fn plugin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        cargo_build(&["-p", "gateway-plugin-console", "-p", "gateway-plugin-example", "-p", "gateway-testkit-plugins"]);
+        cargo_build(&["-p", "gateway-incompatible-plugin"]);
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_gateway"));
+        let dir = bin.parent().unwrap().to_path_buf();
+        for lib in ["libconsole.so", "libexample.so", "libtestkit.so", "libincompatible.so"] {
+            assert!(dir.join(lib).exists(), "{lib} was not built into {}", dir.display());
+        }
+        dir
+    })
+    .clone()
+}
+
+/// A temporary directory with a config file in it.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        Setup { dir: tempfile::tempdir().unwrap() }
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    /// Writes `gateway.toml` with `[gateway]` pointing at the plugin dir, then `body`.
+    pub fn config(&self, gateway_extra: &str, body: &str) -> PathBuf {
+        let text = format!(
+            "[gateway]\ndevice = \"test\"\nplugin_dir = {:?}\nstats_interval = \"0s\"\n{gateway_extra}\n{body}",
+            plugin_dir().display().to_string()
+        );
+        let p = self.path("gateway.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    /// Lines of a file (empty if missing).
+    pub fn lines(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+    /// Values recorded by the `recorder` sink for `sensor`, in file order.
+    pub fn recorded(&self, file: &str, sensor: &str) -> Vec<i64> {
+        self.lines(file)
+            .iter()
+            .filter_map(|l| {
+                let mut parts = l.split(' ');
+                (parts.next()? == sensor).then(|| parts.next()?.parse().ok()).flatten()
+            })
+            .collect()
+    }
+}
+
+/// Runs `gateway ARGS` to completion, returning status, stdout, stderr.
+pub fn gateway(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway")).args(args).env_remove("GATEWAY_LOG").output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A running `gateway run`.
+pub struct Running {
+    pub child: Child,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Running {
+    pub fn start(setup: &Setup, config: &Path, extra: &[&str]) -> Running {
+        let stdout = setup.path("stdout.log");
+        let stderr = setup.path("stderr.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(extra)
+            .env_remove("GATEWAY_LOG")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Running { child, stdout, stderr }
+    }
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+    /// Waits until stderr contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+    /// Resident set size in kB, from /proc.
+    pub fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+    /// SIGTERM, then wait; panics with the log if it does not exit in time.
+    pub fn stop(&mut self, limit: Duration) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        match self.wait(limit) {
+            Some(s) => s,
+            None => {
+                let _ = self.child.kill();
+                panic!("gateway did not exit within {limit:?} of SIGTERM; stderr:\n{}", self.stderr());
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts `values` is exactly 0, 1, ..., n-1.
+pub fn assert_contiguous(values: &[i64], what: &str) {
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(*v, i as i64, "{what}: value #{i} is {v}: a reading was lost or repeated (all: {values:?})");
+    }
+}
