@@ -193,7 +193,9 @@ mod opt_duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map(Some).map_err(|e| {
-            serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write it like \"5s\" or \"250ms\""))
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write it like \"5s\" or \"250ms\""
+            ))
         })
     }
 }
@@ -206,8 +208,12 @@ pub(crate) fn line_of(text: &str, at: usize) -> usize {
 impl Config {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{}: cannot read the config file: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "{}: cannot read the config file: {e}",
+                path.display()
+            ))
+        })?;
         Config::parse(path, &text)
     }
 
@@ -215,7 +221,10 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let raw: RawFile = toml::from_str(text).map_err(|e| {
-            let at = e.span().map(|s| format!(":{}", line_of(text, s.start))).unwrap_or_default();
+            let at = e
+                .span()
+                .map(|s| format!(":{}", line_of(text, s.start)))
+                .unwrap_or_default();
             ConfigError(format!("{file}{at}: {}", e.message().trim_end()))
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -224,7 +233,9 @@ impl Config {
         let gateway = Gateway {
             device: match g.device {
                 Some(d) if d.trim().is_empty() => {
-                    return Err(ConfigError(format!("{file}: [gateway] device: must not be empty")))
+                    return Err(ConfigError(format!(
+                        "{file}: [gateway] device: must not be empty"
+                    )))
                 }
                 Some(d) => d,
                 None => hostname(),
@@ -249,14 +260,24 @@ impl Config {
             sinks.push(instance(&file, text, Role::Sink, name, table)?);
         }
 
-        let config = Config { path: path.to_path_buf(), gateway, sources, sinks };
+        let config = Config {
+            path: path.to_path_buf(),
+            gateway,
+            sources,
+            sinks,
+        };
         config.check_graph(&file)?;
         Ok(config)
     }
 
     fn check_graph(&self, file: &str) -> Result<(), ConfigError> {
         for s in self.sources.iter().chain(&self.sinks) {
-            if let Some(other) = self.sources.iter().chain(&self.sinks).find(|o| o.name == s.name && o.role != s.role) {
+            if let Some(other) = self
+                .sources
+                .iter()
+                .chain(&self.sinks)
+                .find(|o| o.name == s.name && o.role != s.role)
+            {
                 if s.role == Role::Sink {
                     return Err(ConfigError(format!(
                         "{file}:{}: [sinks.{}] the name {:?} is already used by the source on line {}: instance names must be unique",
@@ -278,7 +299,11 @@ impl Config {
                         "{file}:{}: [sinks.{}] inputs: no source is named {input:?} (sources: {})",
                         sink.line,
                         sink.name,
-                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
                     )));
                 }
             }
@@ -296,16 +321,22 @@ impl Config {
 
     /// The sinks that take readings from source `name`.
     pub fn sinks_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
-        self.sinks
-            .iter()
-            .filter(move |s| s.sink.inputs.as_ref().map_or(true, |i| i.iter().any(|n| n == name)))
+        self.sinks.iter().filter(move |s| {
+            s.sink
+                .inputs
+                .as_ref()
+                .is_none_or(|i| i.iter().any(|n| n == name))
+        })
     }
 
     /// The sources feeding sink `sink`.
     pub fn sources_of<'a>(&'a self, sink: &'a Instance) -> impl Iterator<Item = &'a Instance> + 'a {
-        self.sources
-            .iter()
-            .filter(move |s| sink.sink.inputs.as_ref().map_or(true, |i| i.iter().any(|n| n == &s.name)))
+        self.sources.iter().filter(move |s| {
+            sink.sink
+                .inputs
+                .as_ref()
+                .is_none_or(|i| i.iter().any(|n| n == &s.name))
+        })
     }
 }
 
@@ -326,7 +357,10 @@ pub fn default_plugin_dir() -> PathBuf {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 struct TableReader<'a> {
@@ -339,34 +373,61 @@ struct TableReader<'a> {
 
 impl TableReader<'_> {
     fn err(&self, line: usize, key: &str, msg: impl fmt::Display) -> ConfigError {
-        ConfigError(format!("{}:{line}: [{}] {key}: {msg}", self.file, self.table))
+        ConfigError(format!(
+            "{}:{line}: [{}] {key}: {msg}",
+            self.file, self.table
+        ))
     }
 
     /// Removes host key `key` and parses its value.
-    fn take<T: DeserializeOwned>(&mut self, key: &str, expected: &str) -> Result<Option<T>, ConfigError> {
-        let Some((k, v)) = self.entries.shift_remove_entry(key) else { return Ok(None) };
+    fn take<T: DeserializeOwned>(
+        &mut self,
+        key: &str,
+        expected: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some((k, v)) = self.entries.shift_remove_entry(key) else {
+            return Ok(None);
+        };
         let line = line_of(self.text, k.span().start);
         let value = v.into_inner();
-        T::deserialize(value.clone())
-            .map(Some)
-            .map_err(|_| self.err(line, key, format!("expected {expected}, found {}", describe(&value))))
+        T::deserialize(value.clone()).map(Some).map_err(|_| {
+            self.err(
+                line,
+                key,
+                format!("expected {expected}, found {}", describe(&value)),
+            )
+        })
     }
 
     fn take_duration(&mut self, key: &str) -> Result<Option<Duration>, ConfigError> {
-        let line = self.entries.get_key_value(key).map(|(k, _)| line_of(self.text, k.span().start));
+        let line = self
+            .entries
+            .get_key_value(key)
+            .map(|(k, _)| line_of(self.text, k.span().start));
         match self.take::<String>(key, "a duration such as \"5s\"")? {
             None => Ok(None),
-            Some(s) => humantime::parse_duration(&s)
-                .map(Some)
-                .map_err(|e| self.err(line.unwrap_or(self.line), key, format!("invalid duration {s:?} ({e}); write it like \"5s\" or \"250ms\""))),
+            Some(s) => humantime::parse_duration(&s).map(Some).map_err(|e| {
+                self.err(
+                    line.unwrap_or(self.line),
+                    key,
+                    format!("invalid duration {s:?} ({e}); write it like \"5s\" or \"250ms\""),
+                )
+            }),
         }
     }
 
     fn take_positive(&mut self, key: &str) -> Result<Option<usize>, ConfigError> {
-        let line = self.entries.get_key_value(key).map(|(k, _)| line_of(self.text, k.span().start));
+        let line = self
+            .entries
+            .get_key_value(key)
+            .map(|(k, _)| line_of(self.text, k.span().start));
         match self.take::<i64>(key, "a positive integer")? {
             Some(n) if n >= 1 => Ok(Some(n as usize)),
-            Some(n) => Err(self.err(line.unwrap_or(self.line), key, format!("expected a positive integer, found {n}"))),
+            Some(n) => Err(self.err(
+                line.unwrap_or(self.line),
+                key,
+                format!("expected a positive integer, found {n}"),
+            )),
             None => Ok(None),
         }
     }
@@ -384,7 +445,13 @@ fn describe(v: &toml::Value) -> String {
     }
 }
 
-fn instance(file: &str, text: &str, role: Role, name: String, spanned: Spanned<RawTable>) -> Result<Instance, ConfigError> {
+fn instance(
+    file: &str,
+    text: &str,
+    role: Role,
+    name: String,
+    spanned: Spanned<RawTable>,
+) -> Result<Instance, ConfigError> {
     let group = match role {
         Role::Source => "sources",
         Role::Sink => "sinks",
@@ -398,13 +465,28 @@ fn instance(file: &str, text: &str, role: Role, name: String, spanned: Spanned<R
             "{file}:{line}: [{table}] instance names may use letters, digits, '-' and '_' only"
         )));
     }
-    let mut r = TableReader { file, text, table, line, entries };
+    let mut r = TableReader {
+        file,
+        text,
+        table,
+        line,
+        entries,
+    };
     let plugin: String = r.take("plugin", "a plugin id such as \"console\"")?.ok_or_else(|| {
         ConfigError(format!("{file}:{line}: [{}] plugin: missing; say which plugin runs this instance, e.g. plugin = \"console\"", r.table))
     })?;
-    let log_level = r.take::<Level>("log_level", "one of \"off\", \"error\", \"warn\", \"info\", \"debug\", \"trace\"")?.map(Into::into);
-    let restart_backoff = r.take_duration("restart_backoff")?.unwrap_or(DEFAULT_RESTART_BACKOFF);
-    let restart_backoff_max = r.take_duration("restart_backoff_max")?.unwrap_or(DEFAULT_RESTART_BACKOFF_MAX);
+    let log_level = r
+        .take::<Level>(
+            "log_level",
+            "one of \"off\", \"error\", \"warn\", \"info\", \"debug\", \"trace\"",
+        )?
+        .map(Into::into);
+    let restart_backoff = r
+        .take_duration("restart_backoff")?
+        .unwrap_or(DEFAULT_RESTART_BACKOFF);
+    let restart_backoff_max = r
+        .take_duration("restart_backoff_max")?
+        .unwrap_or(DEFAULT_RESTART_BACKOFF_MAX);
     let mut sink = SinkSettings::default();
     if role == Role::Sink {
         sink.inputs = r.take("inputs", "an array of source names, e.g. [\"temp\"]")?;
@@ -425,7 +507,11 @@ fn instance(file: &str, text: &str, role: Role, name: String, spanned: Spanned<R
         }
     } else if let Some((k, _)) = r.entries.get_key_value("inputs") {
         let l = line_of(text, k.span().start);
-        return Err(r.err(l, "inputs", "sources take no inputs; put `inputs` on the sink that reads this source"));
+        return Err(r.err(
+            l,
+            "inputs",
+            "sources take no inputs; put `inputs` on the sink that reads this source",
+        ));
     }
     let plugin_toml = plugin_toml(text, &r.entries);
     Ok(Instance {
@@ -496,7 +582,10 @@ batch_size = 50
         assert_eq!(c.gateway.data_dir, PathBuf::from("/etc/gw/data"));
         assert_eq!(c.sources[0].plugin, "ds18b20");
         assert_eq!(c.sinks[0].sink.batch_size, 50);
-        assert_eq!(c.sinks[0].sink.inputs.as_deref(), Some(&["temp".to_owned()][..]));
+        assert_eq!(
+            c.sinks[0].sink.inputs.as_deref(),
+            Some(&["temp".to_owned()][..])
+        );
         assert_eq!(c.sinks_of("temp").count(), 1);
     }
 
@@ -506,53 +595,98 @@ batch_size = 50
         let lines: Vec<&str> = c.sources[0].plugin_toml.lines().collect();
         assert_eq!(lines[7], "interval = \"5s\"", "{lines:?}");
         assert!(lines[8].starts_with("sensors = ["), "{lines:?}");
-        assert!(!c.sources[0].plugin_toml.contains("plugin ="), "host keys are not passed on");
+        assert!(
+            !c.sources[0].plugin_toml.contains("plugin ="),
+            "host keys are not passed on"
+        );
         let v: toml::Table = toml::from_str(&c.sources[0].plugin_toml).unwrap();
         assert_eq!(v["sensors"][0]["alias"].as_str(), Some("tank"));
     }
 
     #[test]
     fn unknown_gateway_key_names_file_line_and_key() {
-        let e = parse("[gateway]\ndevice = \"x\"\nplugins = \"p\"\n").unwrap_err().0;
-        assert!(e.starts_with("/etc/gw/gateway.toml:3: unknown field `plugins`, expected one of"), "{e}");
+        let e = parse("[gateway]\ndevice = \"x\"\nplugins = \"p\"\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.starts_with("/etc/gw/gateway.toml:3: unknown field `plugins`, expected one of"),
+            "{e}"
+        );
     }
 
     #[test]
     fn wrong_type_names_table_key_and_expectation() {
-        let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\nbatch_size = \"big\"\n").unwrap_err().0;
+        let e =
+            parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\nbatch_size = \"big\"\n")
+                .unwrap_err()
+                .0;
         assert_eq!(
             e,
             "/etc/gw/gateway.toml:5: [sinks.b] batch_size: expected a positive integer, found the string \"big\""
         );
-        let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\nbatch_timeout = \"soon\"\n").unwrap_err().0;
-        assert!(e.starts_with("/etc/gw/gateway.toml:5: [sinks.b] batch_timeout: invalid duration \"soon\""), "{e}");
-        let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\nqueue_capacity = 0\n").unwrap_err().0;
-        assert!(e.ends_with("queue_capacity: expected a positive integer, found 0"), "{e}");
+        let e = parse(
+            "[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\nbatch_timeout = \"soon\"\n",
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            e.starts_with(
+                "/etc/gw/gateway.toml:5: [sinks.b] batch_timeout: invalid duration \"soon\""
+            ),
+            "{e}"
+        );
+        let e =
+            parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\nqueue_capacity = 0\n")
+                .unwrap_err()
+                .0;
+        assert!(
+            e.ends_with("queue_capacity: expected a positive integer, found 0"),
+            "{e}"
+        );
     }
 
     #[test]
     fn missing_plugin_key_is_explained() {
         let e = parse("[sources.a]\ninterval = \"1s\"\n").unwrap_err().0;
-        assert!(e.starts_with("/etc/gw/gateway.toml:1: [sources.a] plugin: missing"), "{e}");
+        assert!(
+            e.starts_with("/etc/gw/gateway.toml:1: [sources.a] plugin: missing"),
+            "{e}"
+        );
     }
 
     #[test]
     fn duplicate_instance_name_is_refused() {
-        let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.a]\nplugin = \"y\"\n").unwrap_err().0;
-        assert!(e.contains(":3: [sinks.a] the name \"a\" is already used by the source on line 1"), "{e}");
+        let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.a]\nplugin = \"y\"\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains(":3: [sinks.a] the name \"a\" is already used by the source on line 1"),
+            "{e}"
+        );
         // Within one group TOML itself refuses the second table.
-        let e = parse("[sources.a]\nplugin = \"x\"\n[sources.a]\nplugin = \"y\"\n").unwrap_err().0;
+        let e = parse("[sources.a]\nplugin = \"x\"\n[sources.a]\nplugin = \"y\"\n")
+            .unwrap_err()
+            .0;
         assert!(e.starts_with("/etc/gw/gateway.toml:3:"), "{e}");
     }
 
     #[test]
     fn unknown_input_and_orphan_source_are_refused() {
-        let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\ninputs = [\"nope\"]\n").unwrap_err().0;
-        assert!(e.contains("[sinks.b] inputs: no source is named \"nope\" (sources: a)"), "{e}");
+        let e =
+            parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\ninputs = [\"nope\"]\n")
+                .unwrap_err()
+                .0;
+        assert!(
+            e.contains("[sinks.b] inputs: no source is named \"nope\" (sources: a)"),
+            "{e}"
+        );
         let e = parse("[sources.a]\nplugin = \"x\"\n[sources.c]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\ninputs = [\"a\"]\n")
             .unwrap_err()
             .0;
-        assert!(e.contains(":3: [sources.c] no sink takes this source's readings"), "{e}");
+        assert!(
+            e.contains(":3: [sources.c] no sink takes this source's readings"),
+            "{e}"
+        );
     }
 
     #[test]

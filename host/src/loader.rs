@@ -36,7 +36,10 @@ pub struct Library {
 impl Library {
     /// The file name, for messages.
     pub fn file_name(&self) -> String {
-        self.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+        self.path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -70,7 +73,11 @@ pub enum LoadError {
 
 /// Keeps the useful end of `abi_stable`'s layout report, which runs to a thousand lines.
 fn summarize(report: &str) -> String {
-    let lines: Vec<&str> = report.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = report
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let tail = &lines[lines.len().saturating_sub(4)..];
     tail.join(" ")
 }
@@ -81,25 +88,41 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
         return Err(LoadError::Open("no such file".into()));
     }
     let header = lib_header_from_path(path).map_err(|e| match e {
-        LibraryError::OpenError { err, .. } => LoadError::Open(err.to_string().trim().replace('\n', " ")),
+        LibraryError::OpenError { err, .. } => {
+            LoadError::Open(err.to_string().trim().replace('\n', " "))
+        }
         LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin,
         LibraryError::InvalidAbiHeader(h) => LoadError::AbiStable(format!("{h:?}")),
         other => LoadError::Open(summarize(&other.to_string())),
     })?;
     let plugin_sdk = header.version_strings().version.to_string();
     if !abi::versions_compatible(gateway_sdk::SDK_VERSION, &plugin_sdk) {
-        return Err(LoadError::IncompatibleSdk { host: gateway_sdk::SDK_VERSION.into(), plugin: plugin_sdk });
+        return Err(LoadError::IncompatibleSdk {
+            host: gateway_sdk::SDK_VERSION.into(),
+            plugin: plugin_sdk,
+        });
     }
-    let root = header.init_root_module::<PluginLibraryRef>().map_err(|e| match e {
-        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => LoadError::IncompatibleSdk {
-            host: expected_version.to_string(),
-            plugin: actual_version.to_string(),
-        },
-        LibraryError::AbiInstability(report) => LoadError::Layout(summarize(&report.to_string())),
-        other => LoadError::Init(summarize(&other.to_string())),
-    })?;
+    let root = header
+        .init_root_module::<PluginLibraryRef>()
+        .map_err(|e| match e {
+            LibraryError::IncompatibleVersionNumber {
+                expected_version,
+                actual_version,
+                ..
+            } => LoadError::IncompatibleSdk {
+                host: expected_version.to_string(),
+                plugin: actual_version.to_string(),
+            },
+            LibraryError::AbiInstability(report) => {
+                LoadError::Layout(summarize(&report.to_string()))
+            }
+            other => LoadError::Init(summarize(&other.to_string())),
+        })?;
     let name = root.name().to_string();
-    (root.init())(HostLog_TO::from_value(HostLogger::for_library(logger, &name), TD_Opaque));
+    (root.init())(HostLog_TO::from_value(
+        HostLogger::for_library(logger, &name),
+        TD_Opaque,
+    ));
     Ok(Library {
         path: path.to_path_buf(),
         name,
@@ -127,7 +150,11 @@ pub struct Found {
 impl Catalog {
     /// A catalog of `dir`; nothing is loaded yet.
     pub fn new(dir: &Path, logger: Arc<HostLogger>) -> Self {
-        Catalog { dir: dir.to_path_buf(), logger, loaded: HashMap::new() }
+        Catalog {
+            dir: dir.to_path_buf(),
+            logger,
+            loaded: HashMap::new(),
+        }
     }
 
     /// The directory.
@@ -139,7 +166,11 @@ impl Catalog {
     pub fn files(&self) -> std::io::Result<Vec<PathBuf>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == std::env::consts::DLL_EXTENSION))
+            .filter(|p| {
+                p.is_file()
+                    && p.extension()
+                        .is_some_and(|x| x == std::env::consts::DLL_EXTENSION)
+            })
             .collect();
         files.sort();
         Ok(files)
@@ -156,13 +187,23 @@ impl Catalog {
     /// Loads every library of the directory.
     pub fn load_all(&mut self) -> std::io::Result<Vec<(PathBuf, Result<Library, LoadError>)>> {
         let files = self.files()?;
-        Ok(files.into_iter().map(|f| { let r = self.load(&f).clone(); (f, r) }).collect())
+        Ok(files
+            .into_iter()
+            .map(|f| {
+                let r = self.load(&f).clone();
+                (f, r)
+            })
+            .collect())
     }
 
     /// The file a plugin id is expected in: `libNAME.so` with `-` written `_`.
     pub fn conventional_path(&self, id: &str) -> PathBuf {
         let stem = id.replace('-', "_");
-        self.dir.join(format!("{}{stem}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX))
+        self.dir.join(format!(
+            "{}{stem}{}",
+            std::env::consts::DLL_PREFIX,
+            std::env::consts::DLL_SUFFIX
+        ))
     }
 
     /// Finds the library exporting plugin `id` of kind `kind`. The error says what was looked at.
@@ -182,7 +223,10 @@ impl Catalog {
                 Ok(lib) => {
                     if let Some(p) = lib.plugins.iter().find(|p| p.id.as_str() == id) {
                         if p.kind == kind {
-                            return Ok(Found { library: lib.clone(), plugin: p.clone() });
+                            return Ok(Found {
+                                library: lib.clone(),
+                                plugin: p.clone(),
+                            });
                         }
                         wrong_kind = Some((lib.file_name(), p.kind));
                     }
@@ -199,7 +243,10 @@ impl Catalog {
             ));
         }
         // When the library named after the plugin was refused, that is the reason to give.
-        if let Some(reason) = refused.iter().find(|r| r.starts_with(&first.display().to_string())) {
+        if let Some(reason) = refused
+            .iter()
+            .find(|r| r.starts_with(&first.display().to_string()))
+        {
             return Err(format!("plugin {id:?}: {reason}"));
         }
         let mut msg = format!(

@@ -42,26 +42,45 @@ pub struct HostLogger {
 impl HostLogger {
     /// Plugin events at `default` and above are logged unless an instance has its own level.
     pub fn new(default: LevelFilter) -> Arc<Self> {
-        Arc::new(HostLogger { default, levels: RwLock::new(HashMap::new()) })
+        Arc::new(HostLogger {
+            default,
+            levels: RwLock::new(HashMap::new()),
+        })
     }
 
     /// Sets the level of one instance's plugin events.
     pub fn set_level(&self, instance: &str, level: LevelFilter) {
-        self.levels.write().unwrap().insert(instance.to_owned(), level);
+        self.levels
+            .write()
+            .unwrap()
+            .insert(instance.to_owned(), level);
     }
 
     /// The most verbose level any instance uses: what plugins need to produce at all.
     pub fn max_level(&self) -> LevelFilter {
-        self.levels.read().unwrap().values().copied().fold(self.default, LevelFilter::max)
+        self.levels
+            .read()
+            .unwrap()
+            .values()
+            .copied()
+            .fold(self.default, LevelFilter::max)
     }
 
     fn level_of(&self, instance: &str) -> LevelFilter {
-        self.levels.read().unwrap().get(instance).copied().unwrap_or(self.default)
+        self.levels
+            .read()
+            .unwrap()
+            .get(instance)
+            .copied()
+            .unwrap_or(self.default)
     }
 
     /// The logger object handed to library `library`.
     pub fn for_library(this: &Arc<Self>, library: &str) -> LibraryLog {
-        LibraryLog { host: this.clone(), library: library.to_owned() }
+        LibraryLog {
+            host: this.clone(),
+            library: library.to_owned(),
+        }
     }
 }
 
@@ -89,7 +108,11 @@ impl HostLog for LibraryLog {
 
     fn log(&self, record: LogRecord<'_>) {
         let instance = record.instance.as_str();
-        let who = if instance.is_empty() { self.library.as_str() } else { instance };
+        let who = if instance.is_empty() {
+            self.library.as_str()
+        } else {
+            instance
+        };
         if record.level > level_number(self.host.level_of(who)) {
             return;
         }

@@ -69,15 +69,28 @@ fn report(errors: &[String]) -> anyhow::Error {
     for e in errors {
         eprintln!("error: {e}");
     }
-    anyhow!("{} problem{} found; nothing was started", errors.len(), if errors.len() == 1 { "" } else { "s" })
+    anyhow!(
+        "{} problem{} found; nothing was started",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    )
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { config, log_level, json, until_sources_finish } => {
+        Command::Run {
+            config,
+            log_level,
+            json,
+            until_sources_finish,
+        } => {
             let config = Config::load(&config)?;
             let level = log_level.unwrap_or(config.gateway.log_level);
-            let format = if json { LogFormat::Json } else { config.gateway.log_format };
+            let format = if json {
+                LogFormat::Json
+            } else {
+                config.gateway.log_format
+            };
             let logger = HostLogger::new(level);
             for d in config.sources.iter().chain(&config.sinks) {
                 if let Some(l) = d.log_level {
@@ -88,13 +101,27 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!(config = %config.path.display(), version = env!("CARGO_PKG_VERSION"), "gateway starting");
             let plan = Plan::build(config, &logger).map_err(|e| report(&e))?;
             let shutdown = signals()?;
-            let summary = run::run(plan, &RunOptions { until_sources_finish }, shutdown);
-            Ok(if summary.clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let summary = run::run(
+                plan,
+                &RunOptions {
+                    until_sources_finish,
+                },
+                shutdown,
+            );
+            Ok(if summary.clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Check { config } => {
             let config = Config::load(&config)?;
             let path = config.path.clone();
-            logging::init(config.gateway.log_format, LevelFilter::WARN, LevelFilter::WARN);
+            logging::init(
+                config.gateway.log_format,
+                LevelFilter::WARN,
+                LevelFilter::WARN,
+            );
             let logger = HostLogger::new(LevelFilter::WARN);
             let plan = Plan::build(config, &logger).map_err(|e| report(&e))?;
             println!("{}: OK", path.display());
@@ -109,7 +136,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             logging::init(LogFormat::Text, LevelFilter::WARN, LevelFilter::WARN);
             let mut catalog = Catalog::new(&dir, HostLogger::new(LevelFilter::WARN));
-            let all = catalog.load_all().with_context(|| format!("cannot list {}", dir.display()))?;
+            let all = catalog
+                .load_all()
+                .with_context(|| format!("cannot list {}", dir.display()))?;
             println!("plugin libraries in {}:", dir.display());
             if all.is_empty() {
                 println!("  (none)");
@@ -118,9 +147,17 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 let file = path.file_name().unwrap_or_default().to_string_lossy();
                 match r {
                     Ok(lib) => {
-                        println!("  {file}: {} {} (gateway-sdk {})", lib.name, lib.version, lib.sdk_version);
+                        println!(
+                            "  {file}: {} {} (gateway-sdk {})",
+                            lib.name, lib.version, lib.sdk_version
+                        );
                         for p in &lib.plugins {
-                            println!("    {:<8} {:<16} {}", p.kind.name(), p.id.as_str(), p.description.as_str());
+                            println!(
+                                "    {:<8} {:<16} {}",
+                                p.kind.name(),
+                                p.id.as_str(),
+                                p.description.as_str()
+                            );
                         }
                     }
                     Err(e) => println!("  {file}: refused: it {e}"),
@@ -136,18 +173,20 @@ fn signals() -> anyhow::Result<crossbeam_channel::Receiver<()>> {
     use signal_hook::{consts::*, iterator::Signals};
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
     let (tx, rx) = crossbeam_channel::bounded(1);
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        let mut seen = 0;
-        for sig in signals.forever() {
-            seen += 1;
-            if seen == 1 {
-                tracing::info!(signal = sig, "signal received");
-                let _ = tx.send(());
-            } else {
-                eprintln!("gateway: second signal, exiting at once");
-                std::process::exit(130);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    tracing::info!(signal = sig, "signal received");
+                    let _ = tx.send(());
+                } else {
+                    eprintln!("gateway: second signal, exiting at once");
+                    std::process::exit(130);
+                }
             }
-        }
-    })?;
+        })?;
     Ok(rx)
 }

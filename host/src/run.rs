@@ -26,7 +26,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-type NewSource = extern "C" fn(&InstanceInfo) -> abi_stable::std_types::RResult<SourceBox, PluginError>;
+type NewSource =
+    extern "C" fn(&InstanceInfo) -> abi_stable::std_types::RResult<SourceBox, PluginError>;
 type NewSink = extern "C" fn(&InstanceInfo) -> abi_stable::std_types::RResult<SinkBox, PluginError>;
 
 struct Built<T, F> {
@@ -66,7 +67,13 @@ fn located(config: &Config, decl: &Instance, group: &str, what: &str, e: &Plugin
     if e.message().starts_with(&file) {
         e.message().to_owned()
     } else {
-        format!("{file}:{}: [{group}.{}] {what}: {} ({})", decl.line, decl.name, e.message(), e.kind)
+        format!(
+            "{file}:{}: [{group}.{}] {what}: {} ({})",
+            decl.line,
+            decl.name,
+            e.message(),
+            e.kind
+        )
     }
 }
 
@@ -98,28 +105,54 @@ impl Plan {
             };
             let info = info_for(&config, decl);
             if let Err(e) = std::fs::create_dir_all(info.data_dir.as_str()) {
-                errors.push(format!("{file}:{}: [{group}.{}] cannot create its data directory {}: {e}", decl.line, decl.name, info.data_dir));
+                errors.push(format!(
+                    "{file}:{}: [{group}.{}] cannot create its data directory {}: {e}",
+                    decl.line, decl.name, info.data_dir
+                ));
                 continue;
             }
             match decl.role {
                 Role::Source => {
-                    let new = found.plugin.new_source.expect("source descriptor has new_source");
+                    let new = found
+                        .plugin
+                        .new_source
+                        .expect("source descriptor has new_source");
                     match new(&info).into_result() {
-                        Ok(instance) => sources.push(Built { decl: decl.clone(), library: found.library, info, new, instance }),
-                        Err(e) => errors.push(located(&config, decl, group, "could not be built", &e)),
+                        Ok(instance) => sources.push(Built {
+                            decl: decl.clone(),
+                            library: found.library,
+                            info,
+                            new,
+                            instance,
+                        }),
+                        Err(e) => {
+                            errors.push(located(&config, decl, group, "could not be built", &e))
+                        }
                     }
                 }
                 Role::Sink => {
                     let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
                     match new(&info).into_result() {
-                        Ok(instance) => sinks.push(Built { decl: decl.clone(), library: found.library, info, new, instance }),
-                        Err(e) => errors.push(located(&config, decl, group, "could not be built", &e)),
+                        Ok(instance) => sinks.push(Built {
+                            decl: decl.clone(),
+                            library: found.library,
+                            info,
+                            new,
+                            instance,
+                        }),
+                        Err(e) => {
+                            errors.push(located(&config, decl, group, "could not be built", &e))
+                        }
                     }
                 }
             }
         }
         if errors.is_empty() {
-            Ok(Plan { config, sources, sinks })
+            Ok(Plan {
+                config,
+                sources,
+                sinks,
+            })
         } else {
             Err(errors)
         }
@@ -129,10 +162,20 @@ impl Plan {
     pub fn describe(&self) -> String {
         let mut out = String::new();
         let c = &self.config.gateway;
-        let _ = writeln!(out, "device {:?}, plugins from {}, data in {}", c.device, c.plugin_dir.display(), c.data_dir.display());
+        let _ = writeln!(
+            out,
+            "device {:?}, plugins from {}, data in {}",
+            c.device,
+            c.plugin_dir.display(),
+            c.data_dir.display()
+        );
         let _ = writeln!(out, "sources:");
         for s in &self.sources {
-            let to: Vec<_> = self.config.sinks_of(&s.decl.name).map(|k| k.name.as_str()).collect();
+            let to: Vec<_> = self
+                .config
+                .sinks_of(&s.decl.name)
+                .map(|k| k.name.as_str())
+                .collect();
             let _ = writeln!(
                 out,
                 "  {:<16} {} ({} {}, {})  -> {}",
@@ -146,7 +189,11 @@ impl Plan {
         }
         let _ = writeln!(out, "sinks:");
         for k in &self.sinks {
-            let from: Vec<_> = self.config.sources_of(&k.decl).map(|s| s.name.as_str()).collect();
+            let from: Vec<_> = self
+                .config
+                .sources_of(&k.decl)
+                .map(|s| s.name.as_str())
+                .collect();
             let st = &k.decl.sink;
             let _ = writeln!(
                 out,
@@ -187,7 +234,11 @@ pub struct RunSummary {
 /// Runs the plan until `shutdown` receives (or, with `until_sources_finish`, until every source
 /// finished), then shuts down.
 pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<()>) -> RunSummary {
-    let Plan { config, sources, sinks } = plan;
+    let Plan {
+        config,
+        sources,
+        sinks,
+    } = plan;
     let started = Instant::now();
     let (trigger, stop) = stop_signal();
     let drain = Arc::new(AtomicBool::new(false));
@@ -215,7 +266,9 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
             abort: abort.clone(),
             stats,
         };
-        let h = std::thread::Builder::new().name(format!("sink:{}", k.decl.name)).spawn(move || runner.run());
+        let h = std::thread::Builder::new()
+            .name(format!("sink:{}", k.decl.name))
+            .spawn(move || runner.run());
         sink_threads.push(h.expect("spawn sink thread"));
     }
 
@@ -227,7 +280,10 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
             .sinks_of(&s.decl.name)
             .map(|k| {
                 let (tx, stats) = &ports[&k.name];
-                SinkPort { tx: tx.clone(), stats: stats.clone() }
+                SinkPort {
+                    tx: tx.clone(),
+                    stats: stats.clone(),
+                }
             })
             .collect();
         let stats = Arc::new(SourceStats::default());
@@ -266,7 +322,11 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
         }
     };
     if !config.gateway.stats_interval.is_zero() {
-        let (stop, interval, log_stats) = (stop.clone(), config.gateway.stats_interval, log_stats.clone());
+        let (stop, interval, log_stats) = (
+            stop.clone(),
+            config.gateway.stats_interval,
+            log_stats.clone(),
+        );
         std::thread::Builder::new()
             .name("stats".into())
             .spawn(move || {
@@ -358,5 +418,9 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
     } else {
         tracing::error!("gateway stopped before everything in flight was delivered");
     }
-    RunSummary { clean, elapsed, written }
+    RunSummary {
+        clean,
+        elapsed,
+        written,
+    }
 }

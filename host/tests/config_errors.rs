@@ -15,16 +15,27 @@ fn check(s: &Setup, body: &str) -> String {
 #[test]
 fn unknown_plugin_key_names_file_line_table_and_key() {
     let s = Setup::new();
-    let err = check(&s, "[sources.c]\nplugin = \"example\"\nintervall = \"1s\"\n[sinks.o]\nplugin = \"console\"\n");
+    let err = check(
+        &s,
+        "[sources.c]\nplugin = \"example\"\nintervall = \"1s\"\n[sinks.o]\nplugin = \"console\"\n",
+    );
     let file = s.path("gateway.toml").display().to_string();
-    assert!(err.contains(&format!("{file}:8: [sources.c] unknown field `intervall`, expected `interval` or `sensor`")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{file}:8: [sources.c] unknown field `intervall`, expected `interval` or `sensor`"
+        )),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_plugin_value_names_the_line_and_the_expected_form() {
     let s = Setup::new();
     let err = check(&s, "[sources.c]\nplugin = \"example\"\n\ninterval = \"often\"\n[sinks.o]\nplugin = \"console\"\n");
-    assert!(err.contains("gateway.toml:9: [sources.c] invalid duration \"often\""), "{err}");
+    assert!(
+        err.contains("gateway.toml:9: [sources.c] invalid duration \"often\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -40,20 +51,37 @@ fn unknown_host_key_in_gateway_table() {
 #[test]
 fn wrong_type_for_a_host_key_of_a_sink() {
     let s = Setup::new();
-    let err = check(&s, "[sources.c]\nplugin = \"example\"\n[sinks.o]\nplugin = \"console\"\ninputs = \"c\"\n");
-    assert!(err.contains("gateway.toml:10: [sinks.o] inputs: expected an array of source names"), "{err}");
+    let err = check(
+        &s,
+        "[sources.c]\nplugin = \"example\"\n[sinks.o]\nplugin = \"console\"\ninputs = \"c\"\n",
+    );
+    assert!(
+        err.contains("gateway.toml:10: [sinks.o] inputs: expected an array of source names"),
+        "{err}"
+    );
 }
 
 #[test]
 fn two_instances_with_the_same_name_are_refused() {
     let s = Setup::new();
-    let err = check(&s, "[sources.x]\nplugin = \"example\"\n[sinks.x]\nplugin = \"console\"\n");
-    assert!(err.contains("gateway.toml:8: [sinks.x] the name \"x\" is already used by the source on line 6"), "{err}");
+    let err = check(
+        &s,
+        "[sources.x]\nplugin = \"example\"\n[sinks.x]\nplugin = \"console\"\n",
+    );
+    assert!(
+        err.contains(
+            "gateway.toml:8: [sinks.x] the name \"x\" is already used by the source on line 6"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_config_file_is_a_clear_error() {
     let (status, _, err) = gateway(&["run", "--config", "/nonexistent/gateway.toml"]);
     assert!(!status.success());
-    assert!(err.contains("/nonexistent/gateway.toml: cannot read the config file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/gateway.toml: cannot read the config file"),
+        "{err}"
+    );
 }

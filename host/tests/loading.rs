@@ -9,23 +9,36 @@ const CONSOLE_SINK: &str = "[sinks.out]\nplugin = \"console\"\n";
 #[test]
 fn check_loads_real_plugins_and_prints_the_graph() {
     let s = Setup::new();
-    let cfg = s.config("", &format!("[sources.count]\nplugin = \"example\"\ninterval = \"1s\"\n{CONSOLE_SINK}"));
+    let cfg = s.config(
+        "",
+        &format!("[sources.count]\nplugin = \"example\"\ninterval = \"1s\"\n{CONSOLE_SINK}"),
+    );
     let (status, out, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
     assert!(status.success(), "{err}");
     assert!(out.contains(": OK"), "{out}");
-    assert!(out.contains("count") && out.contains("example (gateway-plugin-example 0.1.0, libexample.so)  -> out"), "{out}");
+    assert!(
+        out.contains("count")
+            && out.contains("example (gateway-plugin-example 0.1.0, libexample.so)  -> out"),
+        "{out}"
+    );
     assert!(out.contains("out") && out.contains("<- count"), "{out}");
 }
 
 #[test]
 fn plugin_built_against_an_incompatible_sdk_is_refused_naming_both_versions() {
     let s = Setup::new();
-    let cfg = s.config("", "[sources.c]\nplugin = \"example\"\n[sinks.out]\nplugin = \"incompatible\"\n");
+    let cfg = s.config(
+        "",
+        "[sources.c]\nplugin = \"example\"\n[sinks.out]\nplugin = \"incompatible\"\n",
+    );
     let (status, _, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
     assert!(!status.success());
     assert!(err.contains("[sinks.out] plugin \"incompatible\""), "{err}");
     assert!(err.contains("libincompatible.so"), "names the file: {err}");
-    assert!(err.contains("built against gateway-sdk 0.2.0, but this gateway uses gateway-sdk 0.1.0"), "{err}");
+    assert!(
+        err.contains("built against gateway-sdk 0.2.0, but this gateway uses gateway-sdk 0.1.0"),
+        "{err}"
+    );
     assert!(err.contains("nothing was started"), "{err}");
     assert!(err.lines().count() < 10, "the message stays short: {err}");
 }
@@ -33,10 +46,16 @@ fn plugin_built_against_an_incompatible_sdk_is_refused_naming_both_versions() {
 #[test]
 fn missing_plugin_names_the_directory_and_the_file_looked_for() {
     let s = Setup::new();
-    let cfg = s.config("", &format!("[sources.t]\nplugin = \"ds18b20x\"\n{CONSOLE_SINK}"));
+    let cfg = s.config(
+        "",
+        &format!("[sources.t]\nplugin = \"ds18b20x\"\n{CONSOLE_SINK}"),
+    );
     let (status, _, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
     assert!(!status.success());
-    assert!(err.contains("gateway.toml:6: [sources.t] plugin \"ds18b20x\": no library in"), "{err}");
+    assert!(
+        err.contains("gateway.toml:6: [sources.t] plugin \"ds18b20x\": no library in"),
+        "{err}"
+    );
     assert!(err.contains("looked for libds18b20x.so first"), "{err}");
 }
 
@@ -47,10 +66,14 @@ fn files_that_are_not_plugins_are_refused_with_the_reason() {
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("libbogus.so"), "this is not a shared library").unwrap();
     // A real shared library that is not a gateway plugin.
-    let libm = ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6", "/lib64/libm.so.6"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("libm");
+    let libm = [
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/usr/lib/x86_64-linux-gnu/libm.so.6",
+        "/lib64/libm.so.6",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("libm");
     std::fs::copy(libm, dir.join("libnotaplugin.so")).unwrap();
     let cfg = s.path("g.toml");
     std::fs::write(
@@ -63,35 +86,71 @@ fn files_that_are_not_plugins_are_refused_with_the_reason() {
     .unwrap();
     let (status, _, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
     assert!(!status.success());
-    assert!(err.contains("[sources.a] plugin \"bogus\"") && err.contains("libbogus.so: cannot be loaded"), "{err}");
-    assert!(err.contains("[sinks.b] plugin \"notaplugin\"") && err.contains("libnotaplugin.so: is not a gateway plugin"), "{err}");
-    assert!(err.contains("2 problems found"), "every problem is listed: {err}");
+    assert!(
+        err.contains("[sources.a] plugin \"bogus\"")
+            && err.contains("libbogus.so: cannot be loaded"),
+        "{err}"
+    );
+    assert!(
+        err.contains("[sinks.b] plugin \"notaplugin\"")
+            && err.contains("libnotaplugin.so: is not a gateway plugin"),
+        "{err}"
+    );
+    assert!(
+        err.contains("2 problems found"),
+        "every problem is listed: {err}"
+    );
 
     let (status, out, _) = gateway(&["plugins", "--plugin-dir", dir.to_str().unwrap()]);
     assert!(status.success());
-    assert!(out.contains("libbogus.so: refused: it cannot be loaded"), "{out}");
-    assert!(out.contains("libnotaplugin.so: refused: it is not a gateway plugin"), "{out}");
+    assert!(
+        out.contains("libbogus.so: refused: it cannot be loaded"),
+        "{out}"
+    );
+    assert!(
+        out.contains("libnotaplugin.so: refused: it is not a gateway plugin"),
+        "{out}"
+    );
 }
 
 #[test]
 fn plugins_lists_each_library_with_versions_and_kinds() {
     let (status, out, err) = gateway(&["plugins", "--plugin-dir", plugin_dir().to_str().unwrap()]);
     assert!(status.success(), "{err}");
-    assert!(out.contains("libconsole.so: gateway-plugin-console 0.1.0 (gateway-sdk 0.1.0)"), "{out}");
+    assert!(
+        out.contains("libconsole.so: gateway-plugin-console 0.1.0 (gateway-sdk 0.1.0)"),
+        "{out}"
+    );
     assert!(out.contains("sink     console"), "{out}");
     assert!(out.contains("source   example"), "{out}");
     // One library exporting several plugins of both kinds.
-    for line in ["source   sequence", "source   null-source", "sink     recorder", "sink     null-sink"] {
+    for line in [
+        "source   sequence",
+        "source   null-source",
+        "sink     recorder",
+        "sink     null-sink",
+    ] {
         assert!(out.contains(line), "{line} missing from {out}");
     }
-    assert!(out.contains("libincompatible.so: refused: it was built against gateway-sdk 0.2.0"), "{out}");
+    assert!(
+        out.contains("libincompatible.so: refused: it was built against gateway-sdk 0.2.0"),
+        "{out}"
+    );
 }
 
 #[test]
 fn a_source_configured_as_a_sink_is_refused() {
     let s = Setup::new();
-    let cfg = s.config("", "[sources.a]\nplugin = \"example\"\n[sinks.b]\nplugin = \"example\"\n");
+    let cfg = s.config(
+        "",
+        "[sources.a]\nplugin = \"example\"\n[sinks.b]\nplugin = \"example\"\n",
+    );
     let (status, _, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
     assert!(!status.success());
-    assert!(err.contains("plugin \"example\" in libexample.so is a source, but it is configured as a sink"), "{err}");
+    assert!(
+        err.contains(
+            "plugin \"example\" in libexample.so is a source, but it is configured as a sink"
+        ),
+        "{err}"
+    );
 }

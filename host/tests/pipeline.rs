@@ -25,21 +25,41 @@ fn a_source_that_panics_is_restarted_and_the_others_keep_flowing() {
         ),
     );
     let mut gw = Running::start(&s, &cfg, &[]);
-    assert!(gw.wait_for_log("source failed; restarting it", Duration::from_secs(10)), "{}", gw.stderr());
+    assert!(
+        gw.wait_for_log("source failed; restarting it", Duration::from_secs(10)),
+        "{}",
+        gw.stderr()
+    );
     std::thread::sleep(Duration::from_millis(600));
-    assert!(gw.child.try_wait().unwrap().is_none(), "the host survived the panic");
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "the host survived the panic"
+    );
     let status = gw.stop(Duration::from_secs(10));
     let err = gw.stderr();
     assert!(status.success(), "{err}");
-    assert!(err.contains("plugin panicked in run: sequence panics after 5 readings"), "{err}");
+    assert!(
+        err.contains("plugin panicked in run: sequence panics after 5 readings"),
+        "{err}"
+    );
     // The plugin's panic message reaches the host's log, tagged with the instance.
     assert!(err.contains("plugin=\"bad\""), "{err}");
-    assert!(err.matches("source failed; restarting it").count() >= 2, "restarted more than once: {err}");
+    assert!(
+        err.matches("source failed; restarting it").count() >= 2,
+        "restarted more than once: {err}"
+    );
     let bad_values = s.recorded("bad.txt", "bad");
-    assert!(bad_values.len() >= 10, "the restarted source went on: {bad_values:?}");
+    assert!(
+        bad_values.len() >= 10,
+        "the restarted source went on: {bad_values:?}"
+    );
     assert_contiguous(&bad_values, "panicking source");
     let good_values = s.recorded("good.txt", "good");
-    assert!(good_values.len() >= 20, "the healthy source kept flowing: {}", good_values.len());
+    assert!(
+        good_values.len() >= 20,
+        "the healthy source kept flowing: {}",
+        good_values.len()
+    );
     assert_contiguous(&good_values, "healthy source");
 }
 
@@ -51,14 +71,24 @@ fn a_sink_that_panics_is_rebuilt_and_nothing_is_lost() {
         "",
         &format!(
             "[sources.seq]\nplugin = \"sequence\"\ncount = 50\nbatch_size = 5\n{}",
-            recorder("rec", out.to_str().unwrap(), &["seq"], "panic_on_write = 3\nrestart_backoff = \"20ms\"")
+            recorder(
+                "rec",
+                out.to_str().unwrap(),
+                &["seq"],
+                "panic_on_write = 3\nrestart_backoff = \"20ms\""
+            )
         ),
     );
     let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
-    let status = gw.wait(Duration::from_secs(20)).expect("exits once the source finished");
+    let status = gw
+        .wait(Duration::from_secs(20))
+        .expect("exits once the source finished");
     let err = gw.stderr();
     assert!(status.success(), "{err}");
-    assert!(err.contains("plugin panicked in write: recorder panics on write 3"), "{err}");
+    assert!(
+        err.contains("plugin panicked in write: recorder panics on write 3"),
+        "{err}"
+    );
     assert!(err.contains("sink failed; rebuilding it"), "{err}");
     assert!(err.contains("sink rebuilt"), "{err}");
     assert_contiguous(&s.recorded("out.txt", "seq"), "sink with a panic");
@@ -73,7 +103,12 @@ fn retryable_failures_are_retried_with_backoff_and_nothing_is_lost() {
         "",
         &format!(
             "[sources.seq]\nplugin = \"sequence\"\ncount = 40\nbatch_size = 4\n{}",
-            recorder("rec", out.to_str().unwrap(), &["seq"], "fail_first = 5\nretry_backoff = \"10ms\"\nretry_backoff_max = \"40ms\"")
+            recorder(
+                "rec",
+                out.to_str().unwrap(),
+                &["seq"],
+                "fail_first = 5\nretry_backoff = \"10ms\"\nretry_backoff_max = \"40ms\""
+            )
         ),
     );
     let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
@@ -81,7 +116,12 @@ fn retryable_failures_are_retried_with_backoff_and_nothing_is_lost() {
     let err = gw.stderr();
     assert!(status.success(), "{err}");
     assert_eq!(err.matches("write failed; retrying in").count(), 5, "{err}");
-    assert!(err.contains("retrying in 10ms") && err.contains("retrying in 20ms") && err.contains("retrying in 40ms"), "backoff doubles up to the max: {err}");
+    assert!(
+        err.contains("retrying in 10ms")
+            && err.contains("retrying in 20ms")
+            && err.contains("retrying in 40ms"),
+        "backoff doubles up to the max: {err}"
+    );
     assert!(err.contains("write succeeded after retrying"), "{err}");
     let values = s.recorded("out.txt", "seq");
     assert_eq!(values.len(), 40);
@@ -103,16 +143,27 @@ fn a_slow_sink_holds_sources_back_and_memory_stays_bounded() {
     let mut gw = Running::start(&s, &cfg, &[]);
     std::thread::sleep(Duration::from_millis(1500));
     let rss_kb = gw.rss_kb();
-    let emitted: u64 = std::fs::read_to_string(s.path("emitted")).unwrap().trim().parse().unwrap();
+    let emitted: u64 = std::fs::read_to_string(s.path("emitted"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let status = gw.stop(Duration::from_secs(10));
     assert!(status.success(), "{}", gw.stderr());
     // 1.5 s at 50 ms per write is about 30 writes of 10: without backpressure an unthrottled
     // source would have emitted millions by now.
-    assert!(emitted <= 30 * 10 + 200, "the source was held back: it emitted {emitted}");
+    assert!(
+        emitted <= 30 * 10 + 200,
+        "the source was held back: it emitted {emitted}"
+    );
     assert!(rss_kb < 64 * 1024, "resident memory {rss_kb} kB");
     let values = s.recorded("out.txt", "fast");
     assert_contiguous(&values, "slow sink");
-    assert!(values.len() as u64 >= emitted, "everything emitted was drained at shutdown: {} < {emitted}", values.len());
+    assert!(
+        values.len() as u64 >= emitted,
+        "everything emitted was drained at shutdown: {} < {emitted}",
+        values.len()
+    );
 }
 
 #[test]
@@ -139,8 +190,13 @@ fn shutdown_delivers_the_batch_in_flight() {
     let values = s.recorded("out.txt", "seq");
     assert!(!values.is_empty(), "the batch in flight reached the sink");
     assert_contiguous(&values, "shutdown");
-    let emitted: usize = std::fs::read_to_string(s.path("emitted")).map(|t| t.trim().parse().unwrap()).unwrap_or(0);
-    assert!(values.len() >= emitted, "every acknowledged batch is in the file");
+    let emitted: usize = std::fs::read_to_string(s.path("emitted"))
+        .map(|t| t.trim().parse().unwrap())
+        .unwrap_or(0);
+    assert!(
+        values.len() >= emitted,
+        "every acknowledged batch is in the file"
+    );
 }
 
 #[test]
@@ -149,16 +205,24 @@ fn a_second_signal_exits_at_once() {
     let out = s.path("out.txt");
     let cfg = s.config(
         "shutdown_timeout = \"60s\"",
-        &format!("[sources.seq]\nplugin = \"sequence\"\n{}", recorder("rec", out.to_str().unwrap(), &["seq"], "delay = \"30s\"")),
+        &format!(
+            "[sources.seq]\nplugin = \"sequence\"\n{}",
+            recorder("rec", out.to_str().unwrap(), &["seq"], "delay = \"30s\"")
+        ),
     );
     let mut gw = Running::start(&s, &cfg, &[]);
     assert!(gw.wait_for_log("sink running", Duration::from_secs(10)));
     std::thread::sleep(Duration::from_millis(200));
     gw.signal(libc::SIGTERM);
     assert!(gw.wait_for_log("shutdown requested", Duration::from_secs(5)));
-    assert!(gw.wait(Duration::from_millis(500)).is_none(), "the first signal waits for the drain");
+    assert!(
+        gw.wait(Duration::from_millis(500)).is_none(),
+        "the first signal waits for the drain"
+    );
     gw.signal(libc::SIGINT);
-    let status = gw.wait(Duration::from_secs(2)).expect("the second signal exits at once");
+    let status = gw
+        .wait(Duration::from_secs(2))
+        .expect("the second signal exits at once");
     assert_eq!(status.code(), Some(130));
 }
 
@@ -170,15 +234,27 @@ fn shutdown_is_bounded_when_a_sink_cannot_finish() {
         "shutdown_timeout = \"1s\"",
         &format!(
             "[sources.seq]\nplugin = \"sequence\"\n{}",
-            recorder("rec", out.to_str().unwrap(), &["seq"], "fail_first = 1000000\nretry_backoff = \"10ms\"")
+            recorder(
+                "rec",
+                out.to_str().unwrap(),
+                &["seq"],
+                "fail_first = 1000000\nretry_backoff = \"10ms\""
+            )
         ),
     );
     let mut gw = Running::start(&s, &cfg, &[]);
     assert!(gw.wait_for_log("write failed; retrying", Duration::from_secs(10)));
     let started = std::time::Instant::now();
     let status = gw.stop(Duration::from_secs(5));
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
-    assert!(!status.success(), "undelivered readings make a non-zero exit");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !status.success(),
+        "undelivered readings make a non-zero exit"
+    );
     let err = gw.stderr();
     assert!(err.contains("readings not delivered at shutdown"), "{err}");
 }
@@ -198,7 +274,10 @@ fn plugin_logs_are_tagged_and_levels_are_per_instance() {
     let status = gw.wait(Duration::from_secs(20)).expect("exits");
     let err = gw.stderr();
     assert!(status.success(), "{err}");
-    let starting: Vec<&str> = err.lines().filter(|l| l.contains("sequence starting")).collect();
+    let starting: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("sequence starting"))
+        .collect();
     assert_eq!(starting.len(), 1, "{err}");
     assert!(starting[0].contains("plugin=\"loud\""), "{err}");
     assert_eq!(s.recorded("out.txt", "quiet").len(), 3);
@@ -216,14 +295,22 @@ fn json_logs_are_one_object_per_line_and_readings_go_to_stdout() {
     assert!(status.success(), "{}", gw.stderr());
     let err = gw.stderr();
     for line in err.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{line}");
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
     }
     assert!(err.contains("\"plugin\":\"seq\""), "{err}");
     let stdout = gw.stdout();
     let values: Vec<i64> = stdout
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["value"].as_i64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["value"]
+                .as_i64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(values, [0, 1, 2], "only readings on stdout: {stdout}");
 }
@@ -246,5 +333,8 @@ fn a_sink_fed_by_two_sources_acknowledges_each_once_both_sinks_took_it() {
     assert_contiguous(&s.recorded("one.txt", "b"), "b into one");
     assert_contiguous(&s.recorded("two.txt", "a"), "a into two");
     assert_eq!(s.recorded("two.txt", "a").len(), 20);
-    assert!(s.recorded("two.txt", "b").is_empty(), "routing honours inputs");
+    assert!(
+        s.recorded("two.txt", "b").is_empty(),
+        "routing honours inputs"
+    );
 }

@@ -21,7 +21,10 @@ pub fn parse<T: DeserializeOwned>(info: &InstanceInfo) -> Result<T, PluginError>
                     info.config_file, line, info.table, message
                 ))
             }
-            None => PluginError::config(format!("{}: [{}] {}", info.config_file, info.table, message)),
+            None => PluginError::config(format!(
+                "{}: [{}] {}",
+                info.config_file, info.table, message
+            )),
         }
     })
 }
@@ -35,8 +38,11 @@ pub mod duration {
     /// Reads a human-readable duration.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write it like \"5s\" or \"250ms\"")))
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write it like \"5s\" or \"250ms\""
+            ))
+        })
     }
     /// Writes a human-readable duration.
     pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -78,13 +84,21 @@ mod tests {
     fn unknown_key_error_names_file_line_table_and_key() {
         let e = parse::<Cfg>(&info("\n\n\ninterval = \"1s\"\nintervall = \"5s\"\n")).unwrap_err();
         assert_eq!(e.kind, crate::ErrorKind::CONFIG);
-        assert!(e.message().starts_with("gateway.toml:5: [sources.temp] unknown field `intervall`"), "{e}");
+        assert!(
+            e.message()
+                .starts_with("gateway.toml:5: [sources.temp] unknown field `intervall`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_duration_error_says_what_was_expected() {
         let e = parse::<Cfg>(&info("\ninterval = \"soon\"\n")).unwrap_err();
-        assert!(e.message().starts_with("gateway.toml:2: [sources.temp] invalid duration \"soon\""), "{e}");
+        assert!(
+            e.message()
+                .starts_with("gateway.toml:2: [sources.temp] invalid duration \"soon\""),
+            "{e}"
+        );
     }
 
     #[test]

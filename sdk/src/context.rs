@@ -87,7 +87,13 @@ impl SourceContext {
     }
 
     /// A reading of this device, taken now, with a fresh id.
-    pub fn reading(&self, sensor: &Label, name: &Label, unit: &Label, value: impl Into<Value>) -> Reading {
+    pub fn reading(
+        &self,
+        sensor: &Label,
+        name: &Label,
+        unit: &Label,
+        value: impl Into<Value>,
+    ) -> Reading {
         self.reading_at(Timestamp::now(), sensor, name, unit, value)
     }
 
@@ -138,7 +144,9 @@ impl SourceContext {
 
     /// Hands a batch to the host without asking to be told when it was taken.
     pub fn emit_nowait(&self, batch: Vec<Reading>) -> Result<(), PluginError> {
-        self.host.emit(RVec::from(batch), abi_stable::std_types::RNone).into_result()
+        self.host
+            .emit(RVec::from(batch), abi_stable::std_types::RNone)
+            .into_result()
     }
 
     /// Whether the host asked the source to stop.
@@ -148,7 +156,8 @@ impl SourceContext {
 
     /// Sleeps for `d`, or less if the host asks to stop; returns `true` when stopping.
     pub fn wait_stop(&self, d: Duration) -> bool {
-        self.host.wait_stop(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        self.host
+            .wait_stop(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 }
 
@@ -161,18 +170,22 @@ pub struct Ack {
 impl Ack {
     /// Waits for the outcome.
     pub fn wait(self) -> Result<(), PluginError> {
-        self.rx
-            .recv()
-            .unwrap_or_else(|_| Err(PluginError::new(crate::ErrorKind::STOPPED, "the host dropped the batch")))
+        self.rx.recv().unwrap_or_else(|_| {
+            Err(PluginError::new(
+                crate::ErrorKind::STOPPED,
+                "the host dropped the batch",
+            ))
+        })
     }
     /// Waits at most `d`; `None` if the outcome is not known yet.
     pub fn wait_timeout(&self, d: Duration) -> Option<Result<(), PluginError>> {
         match self.rx.recv_timeout(d) {
             Ok(r) => Some(r),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Some(Err(PluginError::new(crate::ErrorKind::STOPPED, "the host dropped the batch")))
-            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Some(Err(PluginError::new(
+                crate::ErrorKind::STOPPED,
+                "the host dropped the batch",
+            ))),
         }
     }
 }

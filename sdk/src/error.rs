@@ -83,7 +83,10 @@ pub struct PluginError {
 impl PluginError {
     /// An error of the given kind.
     pub fn new(kind: ErrorKind, message: impl fmt::Display) -> Self {
-        PluginError { kind, message: RString::from(message.to_string()) }
+        PluginError {
+            kind,
+            message: RString::from(message.to_string()),
+        }
     }
     /// The configuration is wrong ([`ErrorKind::CONFIG`]).
     pub fn config(message: impl fmt::Display) -> Self {

@@ -25,6 +25,11 @@ mod reading;
 pub mod shim;
 pub mod testing;
 
+/// The README's Rust examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use context::{Ack, InitContext, SourceContext};
 pub use error::{ErrorKind, PluginError};
 pub use reading::{IdGenerator, Label, Reading, ReadingId, Timestamp, Value};

@@ -14,7 +14,9 @@ use tracing::{
     field::{Field, Visit},
     span, Event, Level, Subscriber,
 };
-use tracing_subscriber::{filter::LevelFilter, layer::Context, prelude::*, registry::LookupSpan, Layer};
+use tracing_subscriber::{
+    filter::LevelFilter, layer::Context, prelude::*, registry::LookupSpan, Layer,
+};
 
 static HOST: OnceLock<HostLogBox> = OnceLock::new();
 
@@ -103,7 +105,10 @@ where
             .event_scope(event)
             .and_then(|scope| {
                 scope.from_root().fold(None, |found, span| {
-                    span.extensions().get::<InstanceName>().map(|n| n.0.clone()).or(found)
+                    span.extensions()
+                        .get::<InstanceName>()
+                        .map(|n| n.0.clone())
+                        .or(found)
                 })
             })
             .unwrap_or_default();

@@ -121,7 +121,11 @@ impl Timestamp {
 impl fmt::Display for Timestamp {
     /// RFC 3339 with microseconds, e.g. `2026-11-25T15:42:31.123456Z`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_rfc3339_micros(self.to_system_time()))
+        write!(
+            f,
+            "{}",
+            humantime::format_rfc3339_micros(self.to_system_time())
+        )
     }
 }
 
@@ -197,7 +201,9 @@ impl ReadingId {
         if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        u128::from_str_radix(&hex, 16).ok().map(|v| ReadingId(v.to_be_bytes()))
+        u128::from_str_radix(&hex, 16)
+            .ok()
+            .map(|v| ReadingId(v.to_be_bytes()))
     }
 }
 
@@ -233,9 +239,13 @@ impl IdGenerator {
         if getrandom::getrandom(&mut seed).is_err() {
             // No entropy source: fall back on time and address, still distinct per process.
             let t = Timestamp::now().0 as u64;
-            seed = (t ^ (std::process::id() as u64) << 32 ^ (&seed as *const _ as u64)).to_le_bytes();
+            seed =
+                (t ^ (std::process::id() as u64) << 32 ^ (&seed as *const _ as u64)).to_le_bytes();
         }
-        IdGenerator { seed: u64::from_le_bytes(seed), counter: AtomicU64::new(0) }
+        IdGenerator {
+            seed: u64::from_le_bytes(seed),
+            counter: AtomicU64::new(0),
+        }
     }
 
     /// The next id, stamped with `time`'s millisecond.
@@ -279,7 +289,11 @@ pub struct Reading {
 impl fmt::Display for Reading {
     /// One line: time, device/sensor, name, value and unit, id.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{} {}={}", self.time, self.device, self.sensor, self.name, self.value)?;
+        write!(
+            f,
+            "{} {}/{} {}={}",
+            self.time, self.device, self.sensor, self.name, self.value
+        )?;
         if !self.unit.is_empty() {
             write!(f, " {}", self.unit)?;
         }

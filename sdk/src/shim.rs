@@ -80,7 +80,10 @@ pub(crate) fn panic_error(what: &str, payload: Box<dyn Any + Send>) -> PluginErr
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".to_owned());
-    PluginError::new(ErrorKind::PANIC, format!("plugin panicked in {what}: {msg}"))
+    PluginError::new(
+        ErrorKind::PANIC,
+        format!("plugin panicked in {what}: {msg}"),
+    )
 }
 
 fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
@@ -101,7 +104,11 @@ pub extern "C" fn new_source<S: Source>(info: &InstanceInfo) -> RResult<SourceBo
     guarded("new", || {
         let inner = S::new(&InitContext::new(info.clone()))?;
         Ok(SourceFfi_TO::from_value(
-            SourceShim { inner: Some(inner), info: info.clone(), span: span.clone() },
+            SourceShim {
+                inner: Some(inner),
+                info: info.clone(),
+                span: span.clone(),
+            },
             TD_Opaque,
         ))
     })
@@ -113,7 +120,13 @@ pub extern "C" fn new_sink<S: Sink>(info: &InstanceInfo) -> RResult<SinkBox, Plu
     let _enter = span.enter();
     guarded("new", || {
         let inner = S::new(&InitContext::new(info.clone()))?;
-        Ok(SinkFfi_TO::from_value(SinkShim { inner: Some(inner), span: span.clone() }, TD_Opaque))
+        Ok(SinkFfi_TO::from_value(
+            SinkShim {
+                inner: Some(inner),
+                span: span.clone(),
+            },
+            TD_Opaque,
+        ))
     })
 }
 
@@ -128,7 +141,9 @@ impl<S: Source> SourceFfi for SourceShim<S> {
         let _enter = self.span.enter();
         let ctx = SourceContext::new(ctx, &self.info);
         let Some(inner) = self.inner.as_mut() else {
-            return RResult::RErr(PluginError::fatal("instance was poisoned by an earlier panic"));
+            return RResult::RErr(PluginError::fatal(
+                "instance was poisoned by an earlier panic",
+            ));
         };
         let r = guarded("run", || inner.run(&ctx));
         if matches!(&r, RResult::RErr(e) if e.kind == ErrorKind::PANIC) {
@@ -155,7 +170,9 @@ impl<S: Sink> SinkFfi for SinkShim<S> {
     fn write(&mut self, batch: RSlice<'_, Reading>) -> RResult<(), PluginError> {
         let _enter = self.span.enter();
         let Some(inner) = self.inner.as_mut() else {
-            return RResult::RErr(PluginError::fatal("instance was poisoned by an earlier panic"));
+            return RResult::RErr(PluginError::fatal(
+                "instance was poisoned by an earlier panic",
+            ));
         };
         let r = guarded("write", || inner.write(batch.as_slice()));
         if matches!(&r, RResult::RErr(e) if e.kind == ErrorKind::PANIC) {

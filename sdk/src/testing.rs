@@ -34,15 +34,23 @@ pub fn instance_info(instance: &str, config_toml: &str) -> InstanceInfo {
         config_toml: config_toml.into(),
         config_file: "test.toml".into(),
         table: format!("test.{instance}").as_str().into(),
-        data_dir: std::env::temp_dir().join("gateway-sdk-test").to_string_lossy().as_ref().into(),
+        data_dir: std::env::temp_dir()
+            .join("gateway-sdk-test")
+            .to_string_lossy()
+            .as_ref()
+            .into(),
     }
 }
 
 /// `n` readings of device `test-device`, sensor `s1`, `temperature` in `Cel`, values 0, 1, 2...
 pub fn sample_readings(n: usize) -> Vec<Reading> {
     let ids = IdGenerator::new();
-    let (dev, sensor, name, unit) =
-        (Label::new("test-device"), Label::new("s1"), Label::new("temperature"), Label::new("Cel"));
+    let (dev, sensor, name, unit) = (
+        Label::new("test-device"),
+        Label::new("s1"),
+        Label::new("temperature"),
+        Label::new("Cel"),
+    );
     (0..n)
         .map(|i| {
             let time = Timestamp::now();
@@ -90,7 +98,10 @@ impl HostSourceCtx for HarnessCtx {
         {
             let mut st = lock.lock().unwrap();
             if st.stopping {
-                return RErr(PluginError::new(ErrorKind::STOPPED, "the harness is stopping"));
+                return RErr(PluginError::new(
+                    ErrorKind::STOPPED,
+                    "the harness is stopping",
+                ));
             }
             st.readings.extend(batch);
             st.batches += 1;
@@ -120,11 +131,21 @@ impl HostSourceCtx for HarnessCtx {
 /// Builds source `S` from `config_toml`, runs it until it emitted at least `n` readings (or
 /// `timeout` passed), asks it to stop, and returns what it produced. Fails if the source cannot
 /// be built, or does not return from `run` within 5 s of being asked to stop.
-pub fn run_source<S: Source>(config_toml: &str, n: usize, timeout: Duration) -> Result<SourceRun, PluginError> {
+pub fn run_source<S: Source>(
+    config_toml: &str,
+    n: usize,
+    timeout: Duration,
+) -> Result<SourceRun, PluginError> {
     let info = instance_info("test", config_toml);
     let mut source = shim::new_source::<S>(&info).into_result()?;
     let state = Arc::new((Mutex::new(Collected::default()), Condvar::new()));
-    let ctx = HostSourceCtx_TO::from_value(HarnessCtx { state: state.clone(), want: n }, TD_Opaque);
+    let ctx = HostSourceCtx_TO::from_value(
+        HarnessCtx {
+            state: state.clone(),
+            want: n,
+        },
+        TD_Opaque,
+    );
     let (done_tx, done_rx) = mpsc::channel();
     std::thread::spawn(move || {
         let r = source.run(ctx).into_result();
@@ -142,7 +163,9 @@ pub fn run_source<S: Source>(config_toml: &str, n: usize, timeout: Duration) -> 
             break;
         }
         guard = lock.lock().unwrap();
-        let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(20));
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(20));
         guard = cv.wait_timeout(guard, wait).unwrap().0;
     }
     let reached = guard.readings.len() >= n;
@@ -156,7 +179,12 @@ pub fn run_source<S: Source>(config_toml: &str, n: usize, timeout: Duration) -> 
         })?,
     };
     let mut st = lock.lock().unwrap();
-    Ok(SourceRun { readings: std::mem::take(&mut st.readings), batches: st.batches, outcome, reached })
+    Ok(SourceRun {
+        readings: std::mem::take(&mut st.readings),
+        batches: st.batches,
+        outcome,
+        reached,
+    })
 }
 
 /// Feeds batches to a sink built from a config, and remembers what it acknowledged.
@@ -171,7 +199,11 @@ impl SinkHarness {
     pub fn new<S: Sink>(config_toml: &str) -> Result<Self, PluginError> {
         let info = instance_info("test", config_toml);
         let sink = shim::new_sink::<S>(&info).into_result()?;
-        Ok(SinkHarness { sink, acknowledged: Vec::new(), failures: Vec::new() })
+        Ok(SinkHarness {
+            sink,
+            acknowledged: Vec::new(),
+            failures: Vec::new(),
+        })
     }
     /// Writes one batch, as the host would.
     pub fn write(&mut self, batch: Vec<Reading>) -> Result<(), PluginError> {
@@ -302,11 +334,17 @@ mod tests {
     fn sink_harness_records_acks_and_failures() {
         let mut h = SinkHarness::new::<Picky>("").unwrap();
         h.write(sample_readings(2)).unwrap();
-        assert_eq!(h.write(sample_readings(3)).unwrap_err().kind, ErrorKind::REJECTED);
+        assert_eq!(
+            h.write(sample_readings(3)).unwrap_err().kind,
+            ErrorKind::REJECTED
+        );
         let e = h.write(Vec::new()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::PANIC);
         // A sink that panicked is poisoned: the host rebuilds it.
-        assert_eq!(h.write(sample_readings(1)).unwrap_err().kind, ErrorKind::FATAL);
+        assert_eq!(
+            h.write(sample_readings(1)).unwrap_err().kind,
+            ErrorKind::FATAL
+        );
         assert_eq!(h.acknowledged().len(), 1);
         assert_eq!(h.failures().len(), 3);
     }

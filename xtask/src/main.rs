@@ -1,1 +1,191 @@
-fn main(){}
+//! Project tasks, run as `cargo xtask TASK`:
+//!
+//! - `run [ARGS]`: build the gateway and its plugins, then run the quick start (`gateway.toml`);
+//!   extra arguments go to `gateway run`.
+//! - `bench`: build in release mode and print the benchmark figures (pipeline throughput,
+//!   idle resident memory, stripped sizes).
+//! - `dist`: build in release mode and list the stripped binary and plugins.
+
+use anyhow::{bail, Context, Result};
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(mut c: Command) -> Result<()> {
+    let status = c.status().with_context(|| format!("cannot run {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Builds the host and every plugin of the default workspace members.
+fn build(release: bool) -> Result<PathBuf> {
+    let mut c = cargo();
+    c.arg("build");
+    if release {
+        c.arg("--release");
+    }
+    run(c)?;
+    Ok(root()
+        .join("target")
+        .join(if release { "release" } else { "debug" }))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("run") => {
+            let dir = build(false)?;
+            let mut c = Command::new(dir.join("gateway"));
+            c.current_dir(root())
+                .args(["run", "--config", "gateway.toml"])
+                .args(&args[1..]);
+            // Let the gateway handle Ctrl-C itself: it drains before it exits.
+            let status = c.status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Some("bench") => bench(),
+        Some("dist") => {
+            let dir = build(true)?;
+            sizes(&dir)
+        }
+        _ => {
+            eprintln!("usage: cargo xtask run [GATEWAY-RUN-ARGS] | bench | dist");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn has(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn bench() -> Result<()> {
+    let dir = build(true)?;
+    let gateway = dir.join("gateway");
+    println!("== pipeline throughput: null-source -> null-sink through the ABI, batches of 100");
+    let pinned = has("taskset");
+    let mut c = if pinned {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(&gateway);
+        c
+    } else {
+        Command::new(&gateway)
+    };
+    c.current_dir(root())
+        .args([
+            "run",
+            "--config",
+            "bench/pipeline.toml",
+            "--until-sources-finish",
+            "--log-level",
+            "info",
+        ])
+        .env_remove("GATEWAY_LOG");
+    let started = Instant::now();
+    let out = c.output()?;
+    let wall = started.elapsed();
+    let log = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("benchmark run failed:\n{log}");
+    }
+    let line = log
+        .lines()
+        .find(|l| l.contains("sink wrote"))
+        .context("no throughput line in the log")?;
+    let figure = line
+        .split("sink wrote ")
+        .nth(1)
+        .unwrap_or(line)
+        .split(" sink=")
+        .next()
+        .unwrap_or(line);
+    println!("   {figure}");
+    println!(
+        "   pinned to one core: {}; wall time of the whole run {:.2} s",
+        if pinned {
+            "yes (taskset -c 0)"
+        } else {
+            "no (taskset missing)"
+        },
+        wall.as_secs_f64()
+    );
+
+    println!(
+        "== resident memory: `gateway run` with four plugins loaded and idle (bench/idle.toml)"
+    );
+    let mut child = Command::new(&gateway)
+        .current_dir(root())
+        .args(["run", "--config", "bench/idle.toml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let rss = rss_kb(child.id());
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait()?;
+    match rss {
+        Some(kb) => println!(
+            "   VmRSS {kb} kB ({:.1} MB) after 2 s idle; exit {status}",
+            kb as f64 / 1024.0
+        ),
+        None => println!("   could not read /proc/PID/status"),
+    }
+    sizes(&dir)
+}
+
+fn sizes(dir: &Path) -> Result<()> {
+    println!("== stripped release sizes ({})", dir.display());
+    let mut total = 0;
+    for name in ["gateway", "libconsole.so", "libexample.so"] {
+        let len = std::fs::metadata(dir.join(name))
+            .with_context(|| format!("{name} missing"))?
+            .len();
+        total += len;
+        println!(
+            "   {name:<16} {:>9} bytes ({:.2} MB)",
+            len,
+            len as f64 / 1048576.0
+        );
+    }
+    println!(
+        "   {:<16} {:>9} bytes ({:.2} MB)",
+        "total",
+        total,
+        total as f64 / 1048576.0
+    );
+    Ok(())
+}

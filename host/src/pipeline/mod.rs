@@ -27,7 +27,11 @@ pub struct AckTracker {
 impl AckTracker {
     /// A tracker waiting for `sinks` acknowledgements.
     pub fn new(sinks: usize, callback: Option<AckBox>) -> Arc<Self> {
-        Arc::new(AckTracker { remaining: AtomicUsize::new(sinks), error: Mutex::new(None), callback: Mutex::new(callback) })
+        Arc::new(AckTracker {
+            remaining: AtomicUsize::new(sinks),
+            error: Mutex::new(None),
+            callback: Mutex::new(callback),
+        })
     }
 
     fn done(&self, outcome: Result<(), PluginError>) {
@@ -68,7 +72,10 @@ impl AckHandle {
 impl Drop for AckHandle {
     fn drop(&mut self) {
         if let Some(t) = self.0.take() {
-            t.done(Err(PluginError::new(ErrorKind::STOPPED, "the gateway stopped before the sink took the batch")));
+            t.done(Err(PluginError::new(
+                ErrorKind::STOPPED,
+                "the gateway stopped before the sink took the batch",
+            )));
         }
     }
 }
@@ -98,7 +105,13 @@ pub struct StopTrigger {
 pub fn stop_signal() -> (StopTrigger, StopSignal) {
     let (tx, rx) = crossbeam_channel::bounded(0);
     let flag = Arc::new(AtomicBool::new(false));
-    (StopTrigger { flag: flag.clone(), tx: Mutex::new(Some(tx)) }, StopSignal { flag, rx })
+    (
+        StopTrigger {
+            flag: flag.clone(),
+            tx: Mutex::new(Some(tx)),
+        },
+        StopSignal { flag, rx },
+    )
 }
 
 impl StopTrigger {
@@ -119,7 +132,10 @@ impl StopSignal {
         if self.is_raised() {
             return true;
         }
-        matches!(self.rx.recv_timeout(d), Err(crossbeam_channel::RecvTimeoutError::Disconnected))
+        matches!(
+            self.rx.recv_timeout(d),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        )
     }
 }
 

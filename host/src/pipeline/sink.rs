@@ -59,8 +59,18 @@ impl SinkRunner {
     pub fn run(self) {
         let span = tracing::info_span!("sink", instance = %self.name);
         let _enter = span.enter();
-        let SinkRunner { name, instance, factory, settings, restart_backoff, restart_backoff_max, rx, drain, abort, stats } =
-            self;
+        let SinkRunner {
+            name,
+            instance,
+            factory,
+            settings,
+            restart_backoff,
+            restart_backoff_max,
+            rx,
+            drain,
+            abort,
+            stats,
+        } = self;
         let mut w = Worker {
             name,
             instance: Some(instance),
@@ -123,7 +133,11 @@ impl SinkRunner {
         }
         let left = rx.len() + usize::from(carry.is_some());
         if left > 0 {
-            tracing::error!(batches = left, readings = w.stats.pending(), "sink stopped with batches it did not write");
+            tracing::error!(
+                batches = left,
+                readings = w.stats.pending(),
+                "sink stopped with batches it did not write"
+            );
         }
         drop(carry);
         drop(rx);
@@ -144,7 +158,9 @@ fn next(rx: &Receiver<Envelope>, drain: &AtomicBool, abort: &AtomicBool) -> Opti
         }
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(e) => return Some(e),
-            Err(RecvTimeoutError::Timeout) if drain.load(Ordering::SeqCst) => return rx.try_recv().ok(),
+            Err(RecvTimeoutError::Timeout) if drain.load(Ordering::SeqCst) => {
+                return rx.try_recv().ok()
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return None,
         }
@@ -160,7 +176,10 @@ impl Worker {
         let mut attempts = 0u32;
         loop {
             if self.abort.load(Ordering::SeqCst) {
-                return Err(PluginError::new(ErrorKind::STOPPED, "the shutdown deadline passed before the write succeeded"));
+                return Err(PluginError::new(
+                    ErrorKind::STOPPED,
+                    "the shutdown deadline passed before the write succeeded",
+                ));
             }
             let Some(inst) = self.instance.as_mut() else {
                 self.rebuild();
@@ -172,7 +191,11 @@ impl Worker {
                     self.stats.writes.fetch_add(1, Ordering::Relaxed);
                     self.restart_delay = self.restart_backoff;
                     if attempts > 0 {
-                        tracing::info!(readings = n, attempts = attempts + 1, "write succeeded after retrying");
+                        tracing::info!(
+                            readings = n,
+                            attempts = attempts + 1,
+                            "write succeeded after retrying"
+                        );
                     }
                     return Ok(());
                 }
@@ -208,7 +231,9 @@ impl Worker {
                 tracing::info!(sink = %self.name, "sink rebuilt");
                 self.instance = Some(inst);
             }
-            Err(e) => tracing::error!(error = %e, "rebuilding the sink failed; next try in {:?}", self.restart_delay),
+            Err(e) => {
+                tracing::error!(error = %e, "rebuilding the sink failed; next try in {:?}", self.restart_delay)
+            }
         }
     }
 }

@@ -50,14 +50,19 @@ impl HostSourceCtx for Emitter {
             return ROk(());
         }
         if self.closed.load(Ordering::SeqCst) {
-            return RErr(stopped("the gateway is shutting down and takes no more readings"));
+            return RErr(stopped(
+                "the gateway is shutting down and takes no more readings",
+            ));
         }
         let n = batch.len() as u64;
         let tracker = AckTracker::new(self.sinks.len(), ack.into_option());
         let readings = Arc::new(batch);
         for port in self.sinks.iter() {
             let tx = &port.tx;
-            let mut env = Envelope { readings: readings.clone(), ack: AckHandle::new(tracker.clone()) };
+            let mut env = Envelope {
+                readings: readings.clone(),
+                ack: AckHandle::new(tracker.clone()),
+            };
             let mut blocked_since = None;
             loop {
                 match tx.send_timeout(env, Duration::from_millis(100)) {
@@ -67,11 +72,15 @@ impl HostSourceCtx for Emitter {
                     }
                     Err(SendTimeoutError::Timeout(e)) => {
                         if self.closed.load(Ordering::SeqCst) {
-                            return RErr(stopped("the gateway is shutting down and takes no more readings"));
+                            return RErr(stopped(
+                                "the gateway is shutting down and takes no more readings",
+                            ));
                         }
                         let since = *blocked_since.get_or_insert_with(Instant::now);
                         if since.elapsed() >= Duration::from_secs(10) {
-                            tracing::debug!("a sink's queue has been full for 10 s; the source waits");
+                            tracing::debug!(
+                                "a sink's queue has been full for 10 s; the source waits"
+                            );
                             blocked_since = Some(Instant::now());
                         }
                         env = e;
@@ -161,7 +170,9 @@ impl SourceRunner {
             drop(source);
             if self.stop.is_raised() {
                 match outcome {
-                    Err(e) if e.kind != ErrorKind::STOPPED => tracing::warn!(error = %e, "source stopped with an error"),
+                    Err(e) if e.kind != ErrorKind::STOPPED => {
+                        tracing::warn!(error = %e, "source stopped with an error")
+                    }
                     _ => tracing::info!("source stopped"),
                 }
                 return;

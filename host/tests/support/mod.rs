@@ -11,7 +11,10 @@ use std::{
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn cargo_build(args: &[&str]) {
@@ -32,12 +35,28 @@ fn cargo_build(args: &[&str]) {
 pub fn plugin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        cargo_build(&["-p", "gateway-plugin-console", "-p", "gateway-plugin-example", "-p", "gateway-testkit-plugins"]);
+        cargo_build(&[
+            "-p",
+            "gateway-plugin-console",
+            "-p",
+            "gateway-plugin-example",
+            "-p",
+            "gateway-testkit-plugins",
+        ]);
         cargo_build(&["-p", "gateway-incompatible-plugin"]);
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_gateway"));
         let dir = bin.parent().unwrap().to_path_buf();
-        for lib in ["libconsole.so", "libexample.so", "libtestkit.so", "libincompatible.so"] {
-            assert!(dir.join(lib).exists(), "{lib} was not built into {}", dir.display());
+        for lib in [
+            "libconsole.so",
+            "libexample.so",
+            "libtestkit.so",
+            "libincompatible.so",
+        ] {
+            assert!(
+                dir.join(lib).exists(),
+                "{lib} was not built into {}",
+                dir.display()
+            );
         }
         dir
     })
@@ -51,7 +70,9 @@ pub struct Setup {
 
 impl Setup {
     pub fn new() -> Self {
-        Setup { dir: tempfile::tempdir().unwrap() }
+        Setup {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -68,7 +89,11 @@ impl Setup {
     }
     /// Lines of a file (empty if missing).
     pub fn lines(&self, name: &str) -> Vec<String> {
-        std::fs::read_to_string(self.path(name)).unwrap_or_default().lines().map(str::to_owned).collect()
+        std::fs::read_to_string(self.path(name))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
     /// Values recorded by the `recorder` sink for `sensor`, in file order.
     pub fn recorded(&self, file: &str, sensor: &str) -> Vec<i64> {
@@ -76,7 +101,9 @@ impl Setup {
             .iter()
             .filter_map(|l| {
                 let mut parts = l.split(' ');
-                (parts.next()? == sensor).then(|| parts.next()?.parse().ok()).flatten()
+                (parts.next()? == sensor)
+                    .then(|| parts.next()?.parse().ok())
+                    .flatten()
             })
             .collect()
     }
@@ -84,8 +111,16 @@ impl Setup {
 
 /// Runs `gateway ARGS` to completion, returning status, stdout, stderr.
 pub fn gateway(args: &[&str]) -> (ExitStatus, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway")).args(args).env_remove("GATEWAY_LOG").output().unwrap();
-    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(args)
+        .env_remove("GATEWAY_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A running `gateway run`.
@@ -110,7 +145,11 @@ impl Running {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        Running { child, stdout, stderr }
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
     }
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
@@ -164,7 +203,10 @@ impl Running {
             Some(s) => s,
             None => {
                 let _ = self.child.kill();
-                panic!("gateway did not exit within {limit:?} of SIGTERM; stderr:\n{}", self.stderr());
+                panic!(
+                    "gateway did not exit within {limit:?} of SIGTERM; stderr:\n{}",
+                    self.stderr()
+                );
             }
         }
     }
@@ -180,6 +222,9 @@ impl Drop for Running {
 /// Asserts `values` is exactly 0, 1, ..., n-1.
 pub fn assert_contiguous(values: &[i64], what: &str) {
     for (i, v) in values.iter().enumerate() {
-        assert_eq!(*v, i as i64, "{what}: value #{i} is {v}: a reading was lost or repeated (all: {values:?})");
+        assert_eq!(
+            *v, i as i64,
+            "{what}: value #{i} is {v}: a reading was lost or repeated (all: {values:?})"
+        );
     }
 }

@@ -15,7 +15,9 @@ pub fn json_line(r: &Reading, out: &mut String) {
         Value::Int(v) => serde_json::json!(v),
         Value::Bool(v) => serde_json::json!(v),
         Value::Text(v) => serde_json::json!(v.as_str()),
-        Value::Bytes(v) => serde_json::json!(v.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        Value::Bytes(v) => {
+            serde_json::json!(v.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        }
     };
     let kind = match &r.value {
         Value::Float(_) => "float",

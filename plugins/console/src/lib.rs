@@ -23,7 +23,10 @@ impl Sink for Console {
 
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
         let cfg: Config = ctx.parse_config()?;
-        Ok(Console { format: cfg.format, line: String::new() })
+        Ok(Console {
+            format: cfg.format,
+            line: String::new(),
+        })
     }
 
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
@@ -40,7 +43,8 @@ impl Sink for Console {
                 .map_err(|e| PluginError::retry(format!("cannot write to stdout: {e}")))?;
         }
         // The batch counts as taken once it left the process.
-        out.flush().map_err(|e| PluginError::retry(format!("cannot flush stdout: {e}")))
+        out.flush()
+            .map_err(|e| PluginError::retry(format!("cannot flush stdout: {e}")))
     }
 }
 

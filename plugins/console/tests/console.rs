@@ -17,7 +17,10 @@ fn text_line_has_time_device_sensor_value_unit_and_id() {
     let r = &sample_readings(2)[1];
     let mut line = String::new();
     text_line(r, &mut line);
-    assert!(line.contains(" test-device/s1 temperature=1 Cel id="), "{line}");
+    assert!(
+        line.contains(" test-device/s1 temperature=1 Cel id="),
+        "{line}"
+    );
     assert!(line.starts_with(&r.time.to_string()));
 }
 
@@ -36,7 +39,9 @@ fn json_line_parses_back_with_every_field() {
 
 #[test]
 fn unknown_key_is_refused_with_its_name() {
-    let e = SinkHarness::new::<Console>("formatt = \"json\"\n").err().unwrap();
+    let e = SinkHarness::new::<Console>("formatt = \"json\"\n")
+        .err()
+        .unwrap();
     assert_eq!(e.kind, ErrorKind::CONFIG);
     assert!(e.message().contains("unknown field `formatt`"), "{e}");
 }
@@ -45,14 +50,27 @@ fn unknown_key_is_refused_with_its_name() {
 fn readme_sample_matches_sample_toml_and_parses() {
     let readme = include_str!("../README.md");
     let sample = include_str!("../sample.toml");
-    let block = readme.split("```toml\n").nth(1).unwrap().split("```").next().unwrap();
-    assert_eq!(block, sample, "the README's sample block must be sample.toml");
+    let block = readme
+        .split("```toml\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    assert_eq!(
+        block, sample,
+        "the README's sample block must be sample.toml"
+    );
     let table: toml::Table = toml::from_str(sample).unwrap();
     let mut keys = table["sinks"]["console"].as_table().unwrap().clone();
     keys.remove("plugin");
     let _: Config = keys.try_into().unwrap();
     // The commented-out defaults parse too.
-    let uncommented: String = sample.lines().map(|l| l.strip_prefix("# ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
+    let uncommented: String = sample
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
     let table: toml::Table = toml::from_str(&uncommented).unwrap();
     let mut keys = table["sinks"]["console"].as_table().unwrap().clone();
     keys.remove("plugin");

@@ -35,7 +35,10 @@ impl Source for Example {
     const DESCRIPTION: &'static str = "counts up once per interval (the template for new sources)";
 
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
-        Ok(Example { config: ctx.parse_config()?, count: 0 })
+        Ok(Example {
+            config: ctx.parse_config()?,
+            count: 0,
+        })
     }
 
     fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError> {

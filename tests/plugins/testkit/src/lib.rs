@@ -3,7 +3,10 @@
 //! null source and sink for throughput. Not for production. I/O: the recorder's file only.
 #![forbid(unsafe_code)]
 
-use gateway_sdk::{config::duration, tracing, InitContext, Label, PluginError, Reading, Sink, Source, SourceContext};
+use gateway_sdk::{
+    config::duration, tracing, InitContext, Label, PluginError, Reading, Sink, Source,
+    SourceContext,
+};
 use serde::Deserialize;
 use std::{
     collections::HashMap,
@@ -56,7 +59,10 @@ impl Source for Sequence {
     const ID: &'static str = "sequence";
     const DESCRIPTION: &'static str = "test: emits 0, 1, 2, ...; can panic mid-run";
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
-        Ok(Sequence { cfg: ctx.parse_config()?, instance: ctx.instance().to_owned() })
+        Ok(Sequence {
+            cfg: ctx.parse_config()?,
+            instance: ctx.instance().to_owned(),
+        })
     }
     fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError> {
         let sensor = Label::from(self.instance.as_str());
@@ -73,8 +79,14 @@ impl Source for Sequence {
                     panic!("sequence panics after {limit} readings, as configured");
                 }
             }
-            let n = if self.cfg.count > 0 { self.cfg.batch_size.min(self.cfg.count - next) } else { self.cfg.batch_size };
-            let batch: Vec<Reading> = (next..next + n).map(|v| ctx.reading(&sensor, &name, &unit, v as i64)).collect();
+            let n = if self.cfg.count > 0 {
+                self.cfg.batch_size.min(self.cfg.count - next)
+            } else {
+                self.cfg.batch_size
+            };
+            let batch: Vec<Reading> = (next..next + n)
+                .map(|v| ctx.reading(&sensor, &name, &unit, v as i64))
+                .collect();
             if self.cfg.wait_ack {
                 match ctx.emit(batch) {
                     Ok(ack) => ack.wait()?,
@@ -92,7 +104,10 @@ impl Source for Sequence {
             }
             next += n;
             emitted_here += n;
-            counters().lock().unwrap().insert(self.instance.clone(), next);
+            counters()
+                .lock()
+                .unwrap()
+                .insert(self.instance.clone(), next);
             if let Some(p) = &self.cfg.emitted_path {
                 std::fs::write(p, next.to_string())?;
             }
@@ -133,7 +148,11 @@ impl Sink for Recorder {
             .append(true)
             .open(&cfg.path)
             .map_err(|e| PluginError::config(format!("cannot open {}: {e}", cfg.path)))?;
-        Ok(Recorder { cfg, key: format!("recorder:{}", ctx.instance()), file })
+        Ok(Recorder {
+            cfg,
+            key: format!("recorder:{}", ctx.instance()),
+            file,
+        })
     }
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
         let call = {
@@ -146,7 +165,10 @@ impl Sink for Recorder {
             std::thread::sleep(self.cfg.delay);
         }
         if call <= self.cfg.fail_first {
-            return Err(PluginError::retry(format!("simulated outage (write {call} of {} that fail)", self.cfg.fail_first)));
+            return Err(PluginError::retry(format!(
+                "simulated outage (write {call} of {} that fail)",
+                self.cfg.fail_first
+            )));
         }
         if self.cfg.panic_on_write == Some(call) {
             panic!("recorder panics on write {call}, as configured");
@@ -183,7 +205,9 @@ impl Source for NullSource {
     const ID: &'static str = "null-source";
     const DESCRIPTION: &'static str = "benchmark: emits readings as fast as the host takes them";
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
-        Ok(NullSource { cfg: ctx.parse_config()? })
+        Ok(NullSource {
+            cfg: ctx.parse_config()?,
+        })
     }
     fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError> {
         let (sensor, name, unit) = (Label::from("null"), Label::from("value"), Label::from("1"));
@@ -191,17 +215,34 @@ impl Source for NullSource {
         let mut sent = 0u64;
         let time = gateway_sdk::Timestamp::now();
         while !ctx.is_stopping() && (self.cfg.count == 0 || sent < self.cfg.count) {
-            let n = if self.cfg.count > 0 { (self.cfg.count - sent).min(self.cfg.batch_size as u64) } else { self.cfg.batch_size as u64 };
-            let batch: Vec<Reading> = (0..n).map(|i| ctx.reading_at(time, &sensor, &name, &unit, i as f64)).collect();
+            let n = if self.cfg.count > 0 {
+                (self.cfg.count - sent).min(self.cfg.batch_size as u64)
+            } else {
+                self.cfg.batch_size as u64
+            };
+            let batch: Vec<Reading> = (0..n)
+                .map(|i| ctx.reading_at(time, &sensor, &name, &unit, i as f64))
+                .collect();
             let a = acked.clone();
-            if ctx.emit_with(batch, move |r| if r.is_ok() { a.fetch_add(n, Ordering::Relaxed); }).is_err() {
+            if ctx
+                .emit_with(batch, move |r| {
+                    if r.is_ok() {
+                        a.fetch_add(n, Ordering::Relaxed);
+                    }
+                })
+                .is_err()
+            {
                 break;
             }
             sent += n;
         }
         // Finish only once everything sent was acknowledged.
         while acked.load(Ordering::Relaxed) < sent && !ctx.wait_stop(Duration::from_millis(1)) {}
-        tracing::info!(sent, acked = acked.load(Ordering::Relaxed), "null source done");
+        tracing::info!(
+            sent,
+            acked = acked.load(Ordering::Relaxed),
+            "null source done"
+        );
         Ok(())
     }
 }
