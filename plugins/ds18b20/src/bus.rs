@@ -1,0 +1,292 @@
+//! Finding the probes under the w1 sysfs root and reading them concurrently, each on a thread
+//! of its own, so that a slow or hung probe delays no other.
+
+use crate::{
+    config::{Config, Probe},
+    w1::{parse_w1_slave, Reject},
+};
+use gateway_sdk::{tracing, Label, Timestamp};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    time::{Duration, Instant},
+};
+
+/// One good reading.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// The probe's id or alias.
+    pub sensor: Label,
+    /// When the read finished.
+    pub time: Timestamp,
+    /// °C.
+    pub celsius: f64,
+}
+
+/// How a probe's read for one round ended.
+#[derive(Debug)]
+enum ReadEnd {
+    Good(f64, Timestamp),
+    /// Every attempt was rejected; the last reason.
+    Bad(Reject),
+    /// The file could not be read at all.
+    Io(String),
+}
+
+struct ProbeState {
+    path: PathBuf,
+    label: Label,
+    /// Set while a read thread works on this probe.
+    busy: Arc<AtomicBool>,
+    busy_since: Instant,
+    rejects: BTreeMap<Reject, u64>,
+    failing: bool,
+    hung: bool,
+}
+
+/// Counts of rejected reads per probe and reason.
+pub type RejectCounts = BTreeMap<String, BTreeMap<Reject, u64>>;
+
+/// The probes of one w1 tree and their state.
+pub struct Bus {
+    root: PathBuf,
+    configured: Vec<Probe>,
+    probes: BTreeMap<String, ProbeState>,
+    missing_reported: BTreeMap<String, bool>,
+    retries: u32,
+    retry_delay: Duration,
+    read_timeout: Duration,
+}
+
+fn is_ds18b20(name: &str) -> bool {
+    name.len() > 3 && name.starts_with("28-")
+}
+
+impl Bus {
+    /// A bus for the config's root and probes.
+    pub fn new(cfg: &Config) -> Self {
+        Bus {
+            root: cfg.root.clone(),
+            configured: cfg.sensors.clone(),
+            probes: BTreeMap::new(),
+            missing_reported: BTreeMap::new(),
+            retries: cfg.retries,
+            retry_delay: cfg.retry_delay,
+            read_timeout: cfg.read_timeout,
+        }
+    }
+
+    /// The ids present now (configured ones that exist, or every `28-*` device).
+    fn present(&mut self) -> Vec<(String, Label)> {
+        if !self.configured.is_empty() {
+            let mut out = Vec::new();
+            for p in &self.configured {
+                let exists = self.root.join(&p.id).join("w1_slave").exists();
+                let reported = self.missing_reported.entry(p.id.clone()).or_insert(false);
+                if !exists {
+                    if !*reported {
+                        tracing::warn!(probe = %p.id, root = %self.root.display(), "configured probe is not present");
+                        *reported = true;
+                    }
+                    continue;
+                }
+                if *reported {
+                    tracing::info!(probe = %p.id, "configured probe is present again");
+                    *reported = false;
+                }
+                out.push((
+                    p.id.clone(),
+                    Label::from(p.alias.clone().unwrap_or_else(|| p.id.clone())),
+                ));
+            }
+            return out;
+        }
+        match std::fs::read_dir(&self.root) {
+            Ok(entries) => {
+                let mut ids: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| is_ds18b20(n))
+                    .collect();
+                ids.sort();
+                ids.into_iter()
+                    .map(|id| (id.clone(), Label::from(id)))
+                    .collect()
+            }
+            Err(e) => {
+                if !self.missing_reported.get("").copied().unwrap_or(false) {
+                    tracing::warn!(root = %self.root.display(), error = %e, "cannot list the w1 devices");
+                    self.missing_reported.insert(String::new(), true);
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// Reads every present probe once, concurrently, and returns the good readings. Probes that
+    /// appeared or disappeared since the last round are logged.
+    pub fn round(&mut self) -> Vec<Measurement> {
+        let present = self.present();
+        if present.is_empty() {
+            if !self.probes.is_empty() {
+                tracing::warn!("no DS18B20 probe is present any more");
+            }
+        } else {
+            self.missing_reported.remove("");
+        }
+        // Appeared / disappeared.
+        let gone: Vec<String> = self
+            .probes
+            .keys()
+            .filter(|id| !present.iter().any(|(p, _)| p == *id))
+            .cloned()
+            .collect();
+        for id in gone {
+            tracing::warn!(probe = %id, "probe disappeared");
+            self.probes.remove(&id);
+        }
+        for (id, label) in &present {
+            if !self.probes.contains_key(id) {
+                tracing::info!(probe = %id, sensor = %label, "probe found");
+                self.probes.insert(
+                    id.clone(),
+                    ProbeState {
+                        path: self.root.join(id).join("w1_slave"),
+                        label: label.clone(),
+                        busy: Arc::new(AtomicBool::new(false)),
+                        busy_since: Instant::now(),
+                        rejects: BTreeMap::new(),
+                        failing: false,
+                        hung: false,
+                    },
+                );
+            }
+        }
+
+        let (tx, rx) = mpsc::channel::<(String, ReadEnd, Vec<Reject>)>();
+        let mut started = 0;
+        for (id, st) in self.probes.iter_mut() {
+            if st.busy.load(Ordering::SeqCst) {
+                if !st.hung {
+                    tracing::warn!(probe = %id, since = ?st.busy_since.elapsed(), "probe hangs: its read has not returned; it is skipped until it does");
+                    st.hung = true;
+                }
+                continue;
+            }
+            if st.hung {
+                tracing::info!(probe = %id, "hung probe returned");
+                st.hung = false;
+            }
+            st.busy.store(true, Ordering::SeqCst);
+            st.busy_since = Instant::now();
+            let (path, busy, tx, probe) =
+                (st.path.clone(), st.busy.clone(), tx.clone(), id.clone());
+            let (retries, delay) = (self.retries, self.retry_delay);
+            let spawned = std::thread::Builder::new()
+                .name(format!("w1:{id}"))
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let (end, rejects) = read_probe(&path, retries, delay);
+                    busy.store(false, Ordering::SeqCst);
+                    let _ = tx.send((probe, end, rejects));
+                });
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => {
+                    st.busy.store(false, Ordering::SeqCst);
+                    tracing::error!(probe = %id, error = %e, "cannot start a read thread");
+                }
+            }
+        }
+        drop(tx);
+
+        let deadline = Instant::now() + self.read_timeout;
+        let mut out = Vec::new();
+        for _ in 0..started {
+            let Ok((id, end, rejects)) =
+                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            else {
+                break;
+            };
+            let Some(st) = self.probes.get_mut(&id) else {
+                continue;
+            };
+            for r in &rejects {
+                *st.rejects.entry(*r).or_insert(0) += 1;
+            }
+            match end {
+                ReadEnd::Good(celsius, time) => {
+                    if st.failing {
+                        tracing::info!(probe = %id, "probe reads again");
+                        st.failing = false;
+                    }
+                    if !rejects.is_empty() {
+                        tracing::debug!(probe = %id, rejected = ?rejects, "good read after retrying");
+                    }
+                    out.push(Measurement {
+                        sensor: st.label.clone(),
+                        time,
+                        celsius,
+                    });
+                }
+                ReadEnd::Bad(last) => {
+                    st.failing = true;
+                    tracing::warn!(probe = %id, reason = %last, attempts = rejects.len(), totals = %summary(&st.rejects), "probe failing: every read this round was rejected");
+                }
+                ReadEnd::Io(e) => {
+                    st.failing = true;
+                    tracing::warn!(probe = %id, error = %e, "probe failing: cannot read w1_slave");
+                }
+            }
+        }
+        out.sort_by(|a, b| a.sensor.as_str().cmp(b.sensor.as_str()));
+        out
+    }
+
+    /// Rejected reads so far, per probe and reason.
+    pub fn reject_counts(&self) -> RejectCounts {
+        self.probes
+            .iter()
+            .map(|(id, st)| (id.clone(), st.rejects.clone()))
+            .collect()
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+fn summary(counts: &BTreeMap<Reject, u64>) -> String {
+    counts
+        .iter()
+        .map(|(r, n)| format!("{r}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads one probe, retrying rejected reads. Returns how it ended and every rejection seen.
+fn read_probe(path: &Path, retries: u32, delay: Duration) -> (ReadEnd, Vec<Reject>) {
+    let mut rejects = Vec::new();
+    for attempt in 0..=retries {
+        if attempt > 0 {
+            std::thread::sleep(delay);
+        }
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                match parse_w1_slave(&text) {
+                    Ok(c) => return (ReadEnd::Good(c, Timestamp::now()), rejects),
+                    Err(r) => rejects.push(r),
+                }
+            }
+            Err(e) => return (ReadEnd::Io(e.to_string()), rejects),
+        }
+    }
+    let last = *rejects.last().expect("at least one attempt");
+    (ReadEnd::Bad(last), rejects)
+}

@@ -1,0 +1,93 @@
+//! `ds18b20`: a source that reads DS18B20 1-Wire thermometers through the Linux w1 sysfs
+//! (`/sys/bus/w1/devices/28-*/w1_slave`), every probe concurrently, trusting only reads whose
+//! CRC checks and whose value is a real temperature. I/O: reads sysfs files (and, in demo mode,
+//! writes simulated ones).
+#![forbid(unsafe_code)]
+
+pub mod bus;
+pub mod config;
+pub mod sim;
+pub mod w1;
+
+use config::Config;
+use gateway_sdk::{
+    tracing, ErrorKind, InitContext, Label, PluginError, Reading, Source, SourceContext,
+};
+use std::time::Instant;
+
+/// The source.
+pub struct Ds18b20 {
+    config: Config,
+}
+
+impl Source for Ds18b20 {
+    const ID: &'static str = "ds18b20";
+    const DESCRIPTION: &'static str = "DS18B20 1-Wire thermometers through the Linux w1 sysfs";
+
+    fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+        let config: Config = ctx.parse_config()?;
+        if config.interval.is_zero() {
+            return Err(PluginError::config(format!(
+                "[{}] interval: must be more than 0s",
+                ctx.info().table
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &config.sensors {
+            if !p.id.starts_with("28-") {
+                return Err(PluginError::config(format!(
+                    "[{}] sensors: {:?} is not a DS18B20 id (they start with \"28-\")",
+                    ctx.info().table,
+                    p.id
+                )));
+            }
+            if !seen.insert(p.alias.as_deref().unwrap_or(&p.id)) {
+                return Err(PluginError::config(format!(
+                    "[{}] sensors: the name {:?} is used twice",
+                    ctx.info().table,
+                    p.alias.as_deref().unwrap_or(&p.id)
+                )));
+            }
+        }
+        Ok(Ds18b20 { config })
+    }
+
+    fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError> {
+        let _sim = match self.config.simulate {
+            0 => None,
+            n => Some(sim::start(&self.config.root, n, self.config.interval / 2)?),
+        };
+        let mut bus = bus::Bus::new(&self.config);
+        let (name, unit) = (Label::from("temperature"), Label::from("Cel"));
+        tracing::info!(root = %bus.root().display(), interval = ?self.config.interval, "reading DS18B20 probes");
+        loop {
+            let started = Instant::now();
+            let batch: Vec<Reading> = bus
+                .round()
+                .into_iter()
+                .map(|m| ctx.reading_at(m.time, &m.sensor, &name, &unit, m.celsius))
+                .collect();
+            tracing::trace!(readings = batch.len(), took = ?started.elapsed(), "round done");
+            if !batch.is_empty() {
+                let n = batch.len();
+                let span = tracing::Span::current();
+                let sent = ctx.emit_with(batch, move |outcome| {
+                    if let Err(e) = outcome {
+                        let _e = span.enter();
+                        tracing::warn!(readings = n, error = %e, "a sink did not take the temperatures");
+                    }
+                });
+                match sent {
+                    Ok(()) => {}
+                    Err(e) if e.kind == ErrorKind::STOPPED => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+            if ctx.wait_stop(self.config.interval.saturating_sub(started.elapsed())) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+gateway_sdk::export!(sources: [Ds18b20]);

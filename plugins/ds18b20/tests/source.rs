@@ -1,0 +1,203 @@
+//! The source over real files: regular files, FIFOs that block like the kernel, probes that come
+//! and go, aliases, retries and a hung probe.
+
+mod common;
+use common::{Behaviour, FifoTree};
+use ds18b20::{
+    bus::Bus,
+    config::Config,
+    w1::{format_scratchpad, format_w1_slave, Reject},
+    Ds18b20,
+};
+use gateway_sdk::{testing::run_source, Value};
+use std::time::{Duration, Instant};
+
+fn config(toml: &str) -> Config {
+    toml::from_str(toml).unwrap()
+}
+
+fn write_probe(root: &std::path::Path, id: &str, text: &str) {
+    std::fs::create_dir_all(root.join(id)).unwrap();
+    std::fs::write(root.join(id).join("w1_slave"), text).unwrap();
+}
+
+#[test]
+fn reads_every_probe_of_a_tree_and_emits_celsius() {
+    let dir = tempfile::tempdir().unwrap();
+    write_probe(dir.path(), "28-000000000001", &format_w1_slave(21.5));
+    write_probe(dir.path(), "28-000000000002", &format_w1_slave(-3.25));
+    std::fs::create_dir_all(dir.path().join("w1_bus_master1")).unwrap();
+    std::fs::create_dir_all(dir.path().join("10-000000000003")).unwrap(); // a DS18S20: not ours
+    let cfg = format!(
+        "root = {:?}\ninterval = \"20ms\"\n",
+        dir.path().display().to_string()
+    );
+    let run = run_source::<Ds18b20>(&cfg, 4, Duration::from_secs(10)).unwrap();
+    run.outcome.unwrap();
+    assert!(run.reached);
+    let first: Vec<_> = run
+        .readings
+        .iter()
+        .take(2)
+        .map(|r| (r.sensor.to_string(), r.value.clone()))
+        .collect();
+    assert_eq!(
+        first,
+        [
+            ("28-000000000001".to_owned(), Value::Float(21.5)),
+            ("28-000000000002".to_owned(), Value::Float(-3.25))
+        ]
+    );
+    assert!(run
+        .readings
+        .iter()
+        .all(|r| r.name == "temperature" && r.unit == "Cel"));
+    assert_eq!(run.batches, run.readings.len() / 2, "one batch per round");
+}
+
+#[test]
+fn explicit_probes_use_their_aliases_and_missing_ones_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    write_probe(dir.path(), "28-000000000001", &format_w1_slave(30.0));
+    write_probe(dir.path(), "28-000000000002", &format_w1_slave(31.0));
+    let cfg = format!(
+        "root = {:?}\ninterval = \"20ms\"\nsensors = [{{ id = \"28-000000000001\", alias = \"tank\" }}, {{ id = \"28-0000000000ff\" }}]\n",
+        dir.path().display().to_string()
+    );
+    let run = run_source::<Ds18b20>(&cfg, 2, Duration::from_secs(10)).unwrap();
+    assert!(
+        run.readings
+            .iter()
+            .all(|r| r.sensor == "tank" && r.value == Value::Float(30.0)),
+        "{:?}",
+        run.readings
+    );
+}
+
+#[test]
+fn refuses_ids_that_are_not_ds18b20_and_duplicate_names() {
+    let e = run_source::<Ds18b20>(
+        "sensors = [{ id = \"10-0001\" }]",
+        1,
+        Duration::from_secs(1),
+    )
+    .unwrap_err();
+    assert!(e.message().contains("is not a DS18B20 id"), "{e}");
+    let e = run_source::<Ds18b20>(
+        "sensors = [{ id = \"28-1\", alias = \"a\" }, { id = \"28-2\", alias = \"a\" }]",
+        1,
+        Duration::from_secs(1),
+    )
+    .unwrap_err();
+    assert!(e.message().contains("used twice"), "{e}");
+    let e = run_source::<Ds18b20>("intervall = \"1s\"", 1, Duration::from_secs(1)).unwrap_err();
+    assert!(e.message().contains("unknown field `intervall`"), "{e}");
+}
+
+#[test]
+fn picks_up_probes_that_appear_and_drops_those_that_disappear() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&format!("root = {:?}", dir.path().display().to_string()));
+    let mut bus = Bus::new(&cfg);
+    assert!(bus.round().is_empty());
+    write_probe(dir.path(), "28-000000000001", &format_w1_slave(10.0));
+    assert_eq!(bus.round().len(), 1);
+    write_probe(dir.path(), "28-000000000002", &format_w1_slave(11.0));
+    let r = bus.round();
+    assert_eq!(
+        r.iter().map(|m| m.celsius).collect::<Vec<_>>(),
+        [10.0, 11.0]
+    );
+    std::fs::remove_dir_all(dir.path().join("28-000000000001")).unwrap();
+    let r = bus.round();
+    assert_eq!(
+        r.iter().map(|m| m.sensor.to_string()).collect::<Vec<_>>(),
+        ["28-000000000002"]
+    );
+}
+
+#[test]
+fn retries_a_bad_read_and_counts_each_rejection() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = FifoTree::new(dir.path());
+    // Every probe answers: a CRC error, then the 85 C power-on value, then a good read.
+    let bad_crc = format_scratchpad([0xff; 9], false);
+    let por = format_scratchpad([0x50, 0x05, 0x4b, 0x46, 0x7f, 0xff, 0x0c, 0x10, 0], true);
+    tree.probe(
+        "28-000000000001",
+        Behaviour::Answers {
+            delay: Duration::ZERO,
+            texts: vec![bad_crc.clone(), por.clone(), format_w1_slave(22.0)],
+        },
+    );
+    tree.probe(
+        "28-000000000002",
+        Behaviour::Answers {
+            delay: Duration::ZERO,
+            texts: vec![bad_crc, por, String::new()],
+        },
+    );
+    let cfg = config(&format!(
+        "root = {:?}\nretries = 2\nretry_delay = \"1ms\"",
+        dir.path().display().to_string()
+    ));
+    let mut bus = Bus::new(&cfg);
+    let r = bus.round();
+    assert_eq!(
+        r.len(),
+        1,
+        "the probe that never reads well is reported, not emitted"
+    );
+    assert_eq!(r[0].celsius, 22.0);
+    let counts = bus.reject_counts();
+    let one = &counts["28-000000000001"];
+    assert_eq!((one[&Reject::CrcNo], one[&Reject::PowerOnReset]), (1, 1));
+    let two = &counts["28-000000000002"];
+    assert_eq!(
+        (
+            two[&Reject::CrcNo],
+            two[&Reject::PowerOnReset],
+            two[&Reject::Empty]
+        ),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn many_probes_are_read_concurrently_and_a_hung_one_delays_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = FifoTree::new(dir.path());
+    for i in 0..30 {
+        // 750 ms: a 12-bit conversion.
+        tree.probe(
+            &format!("28-0000000001{i:02}"),
+            Behaviour::Answers {
+                delay: Duration::from_millis(750),
+                texts: vec![format_w1_slave(20.0 + i as f64 / 16.0)],
+            },
+        );
+    }
+    tree.probe("28-0000000009ff", Behaviour::Hung);
+    let cfg = config(&format!(
+        "root = {:?}\nread_timeout = \"1500ms\"",
+        dir.path().display().to_string()
+    ));
+    let mut bus = Bus::new(&cfg);
+    for round in 0..2 {
+        let started = Instant::now();
+        let r = bus.round();
+        let took = started.elapsed();
+        assert_eq!(r.len(), 30, "round {round}");
+        assert!(
+            took < Duration::from_millis(1800),
+            "round {round} took {took:?}: reads were not concurrent"
+        );
+        // The second round does not wait for the hung probe again: it is skipped while busy.
+        if round == 1 {
+            assert!(
+                took < Duration::from_millis(1300),
+                "round 1 waited for the hung probe: {took:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! `ublox7`: a source that reads a u-blox 7 GPS receiver's NMEA 0183 output from a serial port
+//! and emits one batch per receiver epoch (position, altitude, speed, course, fix, satellites,
+//! DOPs, GPS time). It verifies every checksum and resynchronises after anything that is not a
+//! sentence. I/O: the serial port, or a recorded log in replay mode.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod decoder;
+pub mod epoch;
+pub mod reader;
+pub mod readings;
+mod source;
+
+use config::Config;
+use gateway_sdk::{InitContext, PluginError, Source, SourceContext};
+
+/// The source.
+pub struct Ublox7 {
+    config: Config,
+}
+
+impl Source for Ublox7 {
+    const ID: &'static str = "ublox7";
+    const DESCRIPTION: &'static str =
+        "u-blox 7 GPS: NMEA 0183 over a serial port, one batch per epoch";
+
+    fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+        let config: Config = ctx.parse_config()?;
+        let table = &ctx.info().table;
+        if !(config.replay_speed > 0.0 && config.replay_speed.is_finite()) {
+            return Err(PluginError::config(format!(
+                "[{table}] replay_speed: must be a positive number"
+            )));
+        }
+        if config.baud == 0 {
+            return Err(PluginError::config(format!(
+                "[{table}] baud: must be a positive number"
+            )));
+        }
+        if let Some(p) = &config.replay {
+            if !p.is_file() {
+                return Err(PluginError::config(format!(
+                    "[{table}] replay: {} is not a readable file",
+                    p.display()
+                )));
+            }
+        }
+        Ok(Ublox7 { config })
+    }
+
+    fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError> {
+        match self.config.replay {
+            Some(_) => source::run_replay(&self.config, ctx),
+            None => source::run_serial(&self.config, ctx),
+        }
+    }
+}
+
+gateway_sdk::export!(sources: [Ublox7]);

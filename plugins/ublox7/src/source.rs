@@ -1,0 +1,214 @@
+//! The I/O: a serial port (reopened with backoff when it vanishes) or a replayed log, fed into
+//! the [`Decoder`].
+
+use crate::{config::Config, decoder::Decoder, epoch::Epoch, reader::ReaderStats, readings};
+use gateway_sdk::{tracing, ErrorKind, PluginError, SourceContext, Timestamp};
+use std::{
+    io::Read,
+    time::{Duration, Instant},
+};
+
+/// Hands epochs to the host and logs what the decoder dropped.
+pub struct Output<'a> {
+    ctx: &'a SourceContext,
+    labels: readings::Labels,
+    last_stats: ReaderStats,
+    last_log: Instant,
+    last_valid: Option<bool>,
+    /// Epochs emitted.
+    pub epochs: u64,
+}
+
+impl<'a> Output<'a> {
+    /// Output for `ctx` with readings of sensor `sensor`.
+    pub fn new(ctx: &'a SourceContext, sensor: &str) -> Self {
+        Output {
+            ctx,
+            labels: readings::Labels::new(sensor),
+            last_stats: ReaderStats::default(),
+            last_log: Instant::now(),
+            last_valid: None,
+            epochs: 0,
+        }
+    }
+
+    /// Emits one epoch as a batch. `Err` only when the host is stopping.
+    pub fn epoch(&mut self, e: &Epoch) -> Result<(), PluginError> {
+        let batch = readings::readings(self.ctx, &self.labels, e, Timestamp::now());
+        self.epochs += 1;
+        if self.last_valid != Some(e.has_fix()) {
+            let fix = e.fix_kind().map(|f| f.name()).unwrap_or("unknown");
+            tracing::info!(fix, satellites_in_view = ?e.satellites_in_view(), "GPS fix {}", if e.has_fix() { "acquired" } else { "lost" });
+        }
+        self.last_valid = Some(e.has_fix());
+        let span = tracing::Span::current();
+        let n = batch.len();
+        self.ctx.emit_with(batch, move |r| {
+            if let Err(e) = r {
+                let _e = span.enter();
+                tracing::warn!(readings = n, error = %e, "a sink did not take a fix");
+            }
+        })
+    }
+
+    /// Logs the decoder's counters when something was dropped since the last time (at most
+    /// once a minute, and always when `force`).
+    pub fn stats(&mut self, s: &ReaderStats, force: bool) {
+        if *s == self.last_stats || (!force && self.last_log.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        if s.dropped() + s.garbage_bytes > self.last_stats.dropped() + self.last_stats.garbage_bytes
+        {
+            tracing::warn!(
+                garbage_bytes = s.garbage_bytes,
+                cut_lines = s.cut_lines,
+                too_long = s.too_long,
+                bad_bytes = s.bad_bytes,
+                no_checksum = s.no_checksum,
+                bad_checksum = s.bad_checksum,
+                malformed = s.malformed,
+                sentences = s.sentences,
+                "NMEA input dropped (totals so far)"
+            );
+        }
+        self.last_stats = s.clone();
+        self.last_log = Instant::now();
+    }
+}
+
+fn stopped(e: &PluginError) -> bool {
+    e.kind == ErrorKind::STOPPED
+}
+
+/// Reads the serial port until the host stops; reopens it with backoff when it vanishes.
+pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> {
+    let mut out = Output::new(ctx, &cfg.sensor);
+    let mut backoff = cfg.reopen_backoff;
+    let mut reported = false;
+    let port_name = cfg.port.to_string_lossy().into_owned();
+    loop {
+        if ctx.is_stopping() {
+            return Ok(());
+        }
+        let port = serialport::new(&port_name, cfg.baud)
+            .data_bits(serialport::DataBits::Eight)
+            .parity(serialport::Parity::None)
+            .stop_bits(serialport::StopBits::One)
+            .timeout(Duration::from_millis(50))
+            .open();
+        let mut port = match port {
+            Ok(p) => p,
+            Err(e) => {
+                if !reported {
+                    tracing::warn!(port = %port_name, error = %e, "cannot open the GPS; retrying with backoff");
+                    reported = true;
+                } else {
+                    tracing::debug!(port = %port_name, error = %e, "GPS still not there");
+                }
+                if ctx.wait_stop(backoff) {
+                    return Ok(());
+                }
+                backoff = (backoff * 2).min(cfg.reopen_backoff_max);
+                continue;
+            }
+        };
+        tracing::info!(port = %port_name, baud = cfg.baud, "GPS opened");
+        reported = false;
+        backoff = cfg.reopen_backoff;
+        let mut decoder = Decoder::default();
+        let mut buf = [0u8; 1024];
+        let mut last_byte = Instant::now();
+        let mut zero_reads = 0;
+        let gone = loop {
+            if ctx.is_stopping() {
+                return Ok(());
+            }
+            match port.read(&mut buf) {
+                Ok(0) => {
+                    // A tty that hung up reads 0 bytes at once, forever.
+                    zero_reads += 1;
+                    if zero_reads > 20 {
+                        break "the device hung up".to_owned();
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Ok(n) => {
+                    zero_reads = 0;
+                    last_byte = Instant::now();
+                    for e in decoder.push(&buf[..n]) {
+                        if let Err(err) = out.epoch(&e) {
+                            return if stopped(&err) { Ok(()) } else { Err(err) };
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break e.to_string(),
+            }
+            if last_byte.elapsed() >= cfg.epoch_gap {
+                if let Some(e) = decoder.flush() {
+                    if let Err(err) = out.epoch(&e) {
+                        return if stopped(&err) { Ok(()) } else { Err(err) };
+                    }
+                }
+            }
+            out.stats(decoder.stats(), false);
+        };
+        out.stats(decoder.stats(), true);
+        tracing::warn!(port = %port_name, reason = %gone, "GPS vanished; reopening with backoff");
+        if let Some(e) = decoder.flush() {
+            let _ = out.epoch(&e);
+        }
+        if ctx.wait_stop(backoff) {
+            return Ok(());
+        }
+    }
+}
+
+/// Replays a recorded log: one epoch per second (divided by `replay_speed`), optionally looping.
+pub fn run_replay(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> {
+    let path = cfg.replay.as_ref().expect("replay set");
+    let text = std::fs::read(path).map_err(|e| {
+        PluginError::config(format!(
+            "cannot read the replay log {}: {e}",
+            path.display()
+        ))
+    })?;
+    let mut out = Output::new(ctx, &cfg.sensor);
+    let period = Duration::from_secs_f64(1.0 / cfg.replay_speed);
+    tracing::info!(log = %path.display(), speed = cfg.replay_speed, "replaying a recorded NMEA log");
+    loop {
+        let mut decoder = Decoder::default();
+        let mut next = Instant::now();
+        for line in text.split_inclusive(|&b| b == b'\n') {
+            if line.starts_with(b"#") {
+                continue;
+            }
+            for e in decoder.push(line) {
+                if ctx.wait_stop(next.saturating_duration_since(Instant::now())) {
+                    return Ok(());
+                }
+                next = Instant::now() + period;
+                if let Err(err) = out.epoch(&e) {
+                    return if stopped(&err) { Ok(()) } else { Err(err) };
+                }
+            }
+        }
+        if let Some(e) = decoder.flush() {
+            if ctx.wait_stop(next.saturating_duration_since(Instant::now())) {
+                return Ok(());
+            }
+            if let Err(err) = out.epoch(&e) {
+                return if stopped(&err) { Ok(()) } else { Err(err) };
+            }
+        }
+        out.stats(decoder.stats(), true);
+        if !cfg.replay_loop {
+            tracing::info!(epochs = out.epochs, "replay finished");
+            return Ok(());
+        }
+        if ctx.wait_stop(period) {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The source over real pseudo-terminals: a whole log at 9600 baud, and a device that vanishes
+//! and comes back.
+
+mod common;
+use common::{open_pty, stream, write_paced};
+use gateway_sdk::{testing::run_source, Value};
+use std::time::Duration;
+use ublox7::{decoder::Decoder, readings::values, Ublox7};
+
+/// How many readings the decoder makes of `bytes` (the decoder itself is tested on its own).
+fn expected_readings(bytes: &[u8]) -> usize {
+    let mut d = Decoder::default();
+    let mut epochs = d.push(bytes);
+    epochs.extend(d.flush());
+    epochs.iter().map(|e| values(e).len()).sum()
+}
+
+#[test]
+fn a_full_log_through_a_pty_at_9600_baud_gives_every_fix() {
+    let log = stream("gpsd-gr601-w.log");
+    let want = expected_readings(&log);
+    let mut pty = open_pty();
+    let cfg = format!(
+        "port = {:?}\nbaud = 9600\nepoch_gap = \"200ms\"\n",
+        pty.slave_path.display().to_string()
+    );
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        write_paced(&mut pty.master, &log, 9600);
+        std::thread::sleep(Duration::from_secs(3));
+        drop(pty);
+    });
+    let run = run_source::<Ublox7>(&cfg, want, Duration::from_secs(20)).unwrap();
+    run.outcome.unwrap();
+    assert!(run.reached, "got {} of {want} readings", run.readings.len());
+    assert_eq!(run.readings.len(), want);
+    assert_eq!(run.batches, 10, "one batch per epoch");
+    let lat: Vec<f64> = run
+        .readings
+        .iter()
+        .filter(|r| r.name == "latitude")
+        .map(|r| match r.value {
+            Value::Float(v) => v,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(lat.len(), 10);
+    assert!(lat.iter().all(|l| (l - 40.035).abs() < 0.001));
+    assert!(run.readings.iter().all(|r| r.sensor == "gps"));
+    writer.join().unwrap();
+}
+
+#[test]
+fn the_device_vanishing_and_coming_back_is_survived() {
+    let log = stream("gpsd-gr601-w.log");
+    let lines: Vec<&[u8]> = log.split_inclusive(|&b| b == b'\n').collect();
+    // First half: up to the end of the 143255 epoch; second half: the rest.
+    let cut = lines
+        .iter()
+        .position(|l| l.starts_with(b"$GPRMC,143256"))
+        .unwrap();
+    let (first, second): (Vec<u8>, Vec<u8>) = (lines[..cut].concat(), lines[cut..].concat());
+    let want = expected_readings(&first) + expected_readings(&second);
+
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("gps");
+    let pty = open_pty();
+    std::os::unix::fs::symlink(&pty.slave_path, &link).unwrap();
+    let cfg = format!(
+        "port = {:?}\nepoch_gap = \"200ms\"\nreopen_backoff = \"100ms\"\nreopen_backoff_max = \"200ms\"\n",
+        link.display().to_string()
+    );
+    let writer = std::thread::spawn(move || {
+        let mut pty = pty;
+        std::thread::sleep(Duration::from_millis(300));
+        write_paced(&mut pty.master, &first, 38400);
+        std::thread::sleep(Duration::from_millis(600));
+        // Unplugged: the pty goes away and so does the device node the link points to.
+        drop(pty);
+        std::fs::remove_file(&link).unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        // Plugged back: a new device node behind the same stable name.
+        let mut again = open_pty();
+        std::os::unix::fs::symlink(&again.slave_path, &link).unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        write_paced(&mut again.master, &second, 38400);
+        std::thread::sleep(Duration::from_secs(3));
+        drop(again);
+    });
+    let run = run_source::<Ublox7>(&cfg, want, Duration::from_secs(20)).unwrap();
+    run.outcome.unwrap();
+    assert_eq!(
+        run.readings.len(),
+        want,
+        "every epoch before and after the device came back"
+    );
+    assert_eq!(run.batches, 10);
+    writer.join().unwrap();
+}
+
+#[test]
+fn a_missing_device_does_not_fail_the_source() {
+    let cfg = "port = \"/nonexistent/ttyACM9\"\nreopen_backoff = \"20ms\"\n";
+    let run = run_source::<Ublox7>(cfg, 1, Duration::from_millis(300)).unwrap();
+    run.outcome.unwrap();
+    assert!(run.readings.is_empty());
+}
+
+#[test]
+fn replay_feeds_the_same_parser_at_the_recorded_pace() {
+    let path = format!(
+        "{}/tests/fixtures/gpsd-gr601-w.log",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let want = expected_readings(&stream("gpsd-gr601-w.log"));
+    let started = std::time::Instant::now();
+    let run = run_source::<Ublox7>(
+        &format!("replay = {path:?}\nreplay_speed = 10.0\n"),
+        want,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    run.outcome.unwrap();
+    assert_eq!(run.readings.len(), want);
+    // Ten epochs at ten per second: about a second, not instantly.
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let e = run_source::<Ublox7>("bauds = 9600", 1, Duration::from_secs(1)).unwrap_err();
+    assert!(e.message().contains("unknown field `bauds`"), "{e}");
+    let e = run_source::<Ublox7>("replay = \"/nonexistent.log\"", 1, Duration::from_secs(1))
+        .unwrap_err();
+    assert!(
+        e.message()
+            .contains("replay: /nonexistent.log is not a readable file"),
+        "{e}"
+    );
+}
