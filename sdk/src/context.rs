@@ -41,6 +41,19 @@ impl InitContext {
     pub fn data_dir(&self) -> PathBuf {
         PathBuf::from(self.info.data_dir.as_str())
     }
+    /// `path` as written in the config file, made absolute: a relative path is taken relative
+    /// to the directory of the config file, as the host does for its own paths.
+    pub fn resolve_path(&self, path: impl AsRef<std::path::Path>) -> PathBuf {
+        let path = path.as_ref();
+        if path.is_absolute() {
+            return path.to_path_buf();
+        }
+        let base = std::path::Path::new(self.info.config_file.as_str())
+            .parent()
+            .unwrap_or(std::path::Path::new(""));
+        base.join(path)
+    }
+
     /// The raw TOML of the plugin's keys.
     pub fn config_toml(&self) -> &str {
         &self.info.config_toml

@@ -145,13 +145,46 @@ fn bench() -> Result<()> {
     println!(
         "== resident memory: `gateway run` with four plugins loaded and idle (bench/idle.toml)"
     );
-    let mut child = Command::new(&gateway)
+    resident(&gateway, "bench/idle.toml", 2)?;
+    println!("== resident memory: the quick start (gateway.toml: ds18b20 and ublox7 into console)");
+    resident(&gateway, "gateway.toml", 5)?;
+
+    println!("== ds18b20: 100 simulated probes per round");
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "gateway-plugin-ds18b20",
+        "--example",
+        "bench",
+    ]);
+    run(c)?;
+    println!("== ublox7: NMEA decoding");
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "gateway-plugin-ublox7",
+        "--example",
+        "bench",
+    ]);
+    run(c)?;
+    sizes(&dir)
+}
+
+/// Runs `gateway run --config CONFIG` for `secs` seconds and prints its resident memory.
+fn resident(gateway: &Path, config: &str, secs: u64) -> Result<()> {
+    let mut child = Command::new(gateway)
         .current_dir(root())
-        .args(["run", "--config", "bench/idle.toml"])
+        .args(["run", "--config", config])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(secs));
     let rss = rss_kb(child.id());
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -159,18 +192,24 @@ fn bench() -> Result<()> {
     let status = child.wait()?;
     match rss {
         Some(kb) => println!(
-            "   VmRSS {kb} kB ({:.1} MB) after 2 s idle; exit {status}",
+            "   VmRSS {kb} kB ({:.1} MB) after {secs} s; exit {status}",
             kb as f64 / 1024.0
         ),
         None => println!("   could not read /proc/PID/status"),
     }
-    sizes(&dir)
+    Ok(())
 }
 
 fn sizes(dir: &Path) -> Result<()> {
     println!("== stripped release sizes ({})", dir.display());
     let mut total = 0;
-    for name in ["gateway", "libconsole.so", "libexample.so"] {
+    for name in [
+        "gateway",
+        "libconsole.so",
+        "libexample.so",
+        "libds18b20.so",
+        "libublox7.so",
+    ] {
         let len = std::fs::metadata(dir.join(name))
             .with_context(|| format!("{name} missing"))?
             .len();

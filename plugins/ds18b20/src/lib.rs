@@ -25,7 +25,8 @@ impl Source for Ds18b20 {
     const DESCRIPTION: &'static str = "DS18B20 1-Wire thermometers through the Linux w1 sysfs";
 
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
-        let config: Config = ctx.parse_config()?;
+        let mut config: Config = ctx.parse_config()?;
+        config.root = ctx.resolve_path(&config.root);
         if config.interval.is_zero() {
             return Err(PluginError::config(format!(
                 "[{}] interval: must be more than 0s",

@@ -104,6 +104,12 @@ impl Epoch {
 
 const KNOTS_TO_MPS: f64 = 1852.0 / 3600.0;
 
+/// The `nmea` crate parses decimal fields as `f32`; widen them to the `f64` of the same decimal
+/// text (`183.8`, not `183.8000030517578`).
+fn wide(x: f32) -> f64 {
+    format!("{x}").parse().unwrap_or(f64::from(x))
+}
+
 fn quality(f: FixType) -> u8 {
     match f {
         FixType::Invalid => 0,
@@ -173,21 +179,21 @@ impl Assembler {
                     e.longitude = r.lon.or(e.longitude);
                     e.speed = r
                         .speed_over_ground
-                        .map(|k| f64::from(k) * KNOTS_TO_MPS)
+                        .map(|k| wide(k) * KNOTS_TO_MPS)
                         .or(e.speed);
-                    e.course = r.true_course.map(f64::from).or(e.course);
+                    e.course = r.true_course.map(wide).or(e.course);
                 }
             }
             ParseResult::GGA(g) => {
                 let q = g.fix_type.map(quality).unwrap_or(0);
                 e.quality = Some(q);
                 e.satellites_used = g.fix_satellites.or(e.satellites_used);
-                e.hdop = g.hdop.map(f64::from).or(e.hdop);
+                e.hdop = g.hdop.map(wide).or(e.hdop);
                 if q > 0 {
                     e.valid = true;
                     e.latitude = g.latitude.or(e.latitude);
                     e.longitude = g.longitude.or(e.longitude);
-                    e.altitude = g.altitude.map(f64::from).or(e.altitude);
+                    e.altitude = g.altitude.map(wide).or(e.altitude);
                 }
             }
             ParseResult::GLL(g) => {
@@ -199,10 +205,10 @@ impl Assembler {
             }
             ParseResult::VTG(v) => {
                 if e.speed.is_none() {
-                    e.speed = v.speed_over_ground.map(|k| f64::from(k) * KNOTS_TO_MPS);
+                    e.speed = v.speed_over_ground.map(|k| wide(k) * KNOTS_TO_MPS);
                 }
                 if e.course.is_none() {
-                    e.course = v.true_course.map(f64::from);
+                    e.course = v.true_course.map(wide);
                 }
             }
             ParseResult::GSA(g) => {
@@ -221,9 +227,9 @@ impl Assembler {
                 if better {
                     e.fix = Some(kind);
                 }
-                e.pdop = g.pdop.map(f64::from).or(e.pdop);
-                e.hdop = e.hdop.or(g.hdop.map(f64::from));
-                e.vdop = g.vdop.map(f64::from).or(e.vdop);
+                e.pdop = g.pdop.map(wide).or(e.pdop);
+                e.hdop = e.hdop.or(g.hdop.map(wide));
+                e.vdop = g.vdop.map(wide).or(e.vdop);
             }
             // Satellites in view come through `in_view`, which the decoder calls for every GSV.
             _ => {}

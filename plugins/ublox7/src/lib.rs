@@ -25,7 +25,8 @@ impl Source for Ublox7 {
         "u-blox 7 GPS: NMEA 0183 over a serial port, one batch per epoch";
 
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
-        let config: Config = ctx.parse_config()?;
+        let mut config: Config = ctx.parse_config()?;
+        config.replay = config.replay.map(|p| ctx.resolve_path(p));
         let table = &ctx.info().table;
         if !(config.replay_speed > 0.0 && config.replay_speed.is_finite()) {
             return Err(PluginError::config(format!(

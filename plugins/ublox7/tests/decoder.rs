@@ -76,7 +76,7 @@ fn a_full_log_gives_one_fix_per_epoch() {
     };
     assert!((f("latitude") - (40.0 + 2.10513 / 60.0)).abs() < 1e-9);
     assert!((f("longitude") + (75.0 + 31.20562 / 60.0)).abs() < 1e-9);
-    assert!((f("altitude") - 183.8).abs() < 1e-4);
+    assert_eq!(f("altitude"), 183.8, "the decimal text, not f32 noise");
     assert!((f("speed") - 0.016 * 1852.0 / 3600.0).abs() < 1e-6);
     assert!(
         (f("hdop") - 1.72).abs() < 1e-6

@@ -1,0 +1,46 @@
+//! The README's main job: `gateway.toml` with the real sensor plugins (simulated probes, a
+//! replayed GPS log) into the console, readings visibly flowing.
+
+mod support;
+use std::time::Duration;
+use support::*;
+
+#[test]
+fn the_quick_start_config_checks_and_readings_flow_to_stdout() {
+    plugin_dir();
+    let config = workspace().join("gateway.toml");
+    let (status, out, err) = gateway(&["check", "--config", config.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains("temp")
+            && out.contains("ds18b20")
+            && out.contains("gps")
+            && out.contains("ublox7"),
+        "{out}"
+    );
+
+    let s = Setup::new();
+    let mut gw = Running::start(&s, &config, &[]);
+    std::thread::sleep(Duration::from_secs(4));
+    let status = gw.stop(Duration::from_secs(10));
+    let (out, err) = (gw.stdout(), gw.stderr());
+    assert!(status.success(), "{err}");
+    let temps = out
+        .lines()
+        .filter(|l| {
+            l.contains("quickstart/28-5a1d") && l.contains(" temperature=") && l.contains(" Cel ")
+        })
+        .count();
+    assert!(
+        temps >= 3,
+        "three simulated probes read at least once:\n{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("quickstart/gps latitude=40.035")),
+        "{out}"
+    );
+    assert!(err.contains("everything in flight was delivered"), "{err}");
+    // Nothing but readings on stdout.
+    assert!(out.lines().all(|l| l.contains(" id=")), "{out}");
+}
