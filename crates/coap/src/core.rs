@@ -1,0 +1,955 @@
+//! The CoAP message layer (RFC 7252) with block-wise Block1 (RFC 7959), as a plain state
+//! machine: no sockets, no tokio, no clock of its own, randomness injected.
+//!
+//! Inputs: [`Endpoint::handle_datagram`], [`Endpoint::handle_timeout`], and the application's
+//! [`Endpoint::request`] (client) and [`Endpoint::respond`] (server). Outputs:
+//! [`Endpoint::poll_event`], [`Endpoint::poll_transmit`], [`Endpoint::poll_timeout`].
+//!
+//! After every input, drain the outputs in this order: events (they may lead the application to
+//! call `request` or `respond`, which queue more transmits), then transmits, then ask
+//! `poll_timeout` when to call `handle_timeout` next.
+//!
+//! What it does:
+//! - CON requests and responses are retransmitted on the RFC 7252 schedule (initial timeout
+//!   random in `ACK_TIMEOUT .. ACK_TIMEOUT * ACK_RANDOM_FACTOR`, doubling, `MAX_RETRANSMIT`
+//!   times) and given up with [`ClientError::Timeout`];
+//! - duplicate requests (same peer and message id within `EXCHANGE_LIFETIME`) are answered from
+//!   a cache, never handed to the application twice;
+//! - a request the application has not answered within `separate_after` gets an empty ACK, and
+//!   the response follows as a separate CON;
+//! - payloads larger than one block go out as Block1 transfers, and incoming Block1 transfers
+//!   are reassembled (up to `max_body` bytes) before the application sees the request;
+//! - empty CON (CoAP ping) is answered with RST; a RST cancels the matching exchange; a
+//!   malformed CON is answered with RST, anything else malformed is dropped; both are counted.
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::Hash,
+    time::{Duration, Instant},
+};
+
+/// Transmission parameters and limits.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// ACK_TIMEOUT.
+    pub ack_timeout: Duration,
+    /// ACK_RANDOM_FACTOR.
+    pub ack_random_factor: f64,
+    /// MAX_RETRANSMIT.
+    pub max_retransmit: u32,
+    /// How long a request may wait for the application before it gets an empty ACK and a
+    /// separate response.
+    pub separate_after: Duration,
+    /// How long a client waits for a separate response after the empty ACK.
+    pub separate_timeout: Duration,
+    /// Block size exponent for outgoing Block1 transfers: size = 2^(szx+4), 0..=6.
+    pub block_szx: u8,
+    /// Largest request body (after reassembly) a server takes; larger ones get 4.13.
+    pub max_body: usize,
+    /// Most requests remembered for de-duplication.
+    pub dedup_capacity: usize,
+    /// Most Block1 transfers reassembled at once.
+    pub max_reassemblies: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ack_timeout: Duration::from_secs(2),
+            ack_random_factor: 1.5,
+            max_retransmit: 4,
+            separate_after: Duration::from_secs(1),
+            separate_timeout: Duration::from_secs(60),
+            block_szx: 6,
+            max_body: 1 << 20,
+            dedup_capacity: 16_384,
+            max_reassemblies: 256,
+        }
+    }
+}
+
+impl Config {
+    /// MAX_TRANSMIT_SPAN + 2 * MAX_LATENCY + PROCESSING_DELAY (RFC 7252 §4.8.2).
+    pub fn exchange_lifetime(&self) -> Duration {
+        let span = self
+            .ack_timeout
+            .mul_f64(((1u64 << self.max_retransmit) - 1) as f64 * self.ack_random_factor);
+        span + Duration::from_secs(200) + self.ack_timeout
+    }
+    fn block_size(&self) -> usize {
+        1 << (self.block_szx.min(6) + 4)
+    }
+}
+
+/// A request token.
+pub type Token = Vec<u8>;
+
+/// Identifies a request handed to the application, for [`Endpoint::respond`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(pub u64);
+
+/// Why a client exchange ended without a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    /// No ACK after every retransmission, or no separate response in time.
+    Timeout,
+    /// The peer answered with RST.
+    Reset,
+    /// The request could not be encoded.
+    Encode(String),
+}
+
+/// What the endpoint tells the application.
+#[derive(Debug, Clone)]
+pub enum Event<P> {
+    /// A complete request (Block1 reassembled). Answer with [`Endpoint::respond`].
+    Request {
+        /// Pass this to `respond`.
+        id: RequestId,
+        /// Who sent it.
+        peer: P,
+        /// The request, with the whole body as payload.
+        packet: Packet,
+    },
+    /// The outcome of a [`Endpoint::request`].
+    Response {
+        /// The token `request` returned.
+        token: Token,
+        /// The peer.
+        peer: P,
+        /// The final response (after every block), or why there is none.
+        result: Result<Packet, ClientError>,
+    },
+}
+
+/// Counters of what was dropped or refused.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams that are not CoAP; those that were CON got a RST.
+    pub malformed: u64,
+    /// Duplicate requests answered from the cache.
+    pub duplicates: u64,
+    /// Messages that matched no exchange (answered with RST when CON).
+    pub unmatched: u64,
+    /// Retransmissions sent.
+    pub retransmissions: u64,
+    /// Exchanges given up.
+    pub timeouts: u64,
+}
+
+/// Block1/Block2 option value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    /// Block number.
+    pub num: u32,
+    /// More blocks follow.
+    pub more: bool,
+    /// Size exponent: size = 2^(szx+4).
+    pub szx: u8,
+}
+
+impl Block {
+    /// Decodes an option value.
+    pub fn decode(v: &[u8]) -> Option<Block> {
+        if v.len() > 3 {
+            return None;
+        }
+        let n = v.iter().fold(0u32, |a, &b| (a << 8) | u32::from(b));
+        let szx = (n & 7) as u8;
+        if szx == 7 {
+            return None;
+        }
+        Some(Block {
+            num: n >> 4,
+            more: n & 8 != 0,
+            szx,
+        })
+    }
+    /// Encodes an option value (shortest form).
+    pub fn encode(self) -> Vec<u8> {
+        encode_uint((self.num << 4) | (u32::from(self.more) << 3) | u32::from(self.szx))
+    }
+    /// The block size in bytes.
+    pub fn size(self) -> usize {
+        1 << (self.szx + 4)
+    }
+}
+
+/// A CoAP uint option value in its shortest form.
+pub fn encode_uint(n: u32) -> Vec<u8> {
+    let b = n.to_be_bytes();
+    let skip = b.iter().take_while(|&&x| x == 0).count();
+    b[skip..].to_vec()
+}
+
+/// Decodes a CoAP uint option value.
+pub fn decode_uint(v: &[u8]) -> Option<u32> {
+    (v.len() <= 4).then(|| v.iter().fold(0u32, |a, &b| (a << 8) | u32::from(b)))
+}
+
+fn block1_of(p: &Packet) -> Option<Option<Block>> {
+    p.get_first_option(CoapOption::Block1)
+        .map(|v| Block::decode(v))
+}
+
+/// The request's Uri-Path as one string without the leading `/`.
+pub fn path_of(p: &Packet) -> String {
+    p.get_option(CoapOption::UriPath)
+        .map(|l| {
+            l.iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .unwrap_or_default()
+}
+
+struct Outgoing<P> {
+    peer: P,
+    bytes: Vec<u8>,
+    retransmits: u32,
+    timeout: Duration,
+    next_at: Instant,
+    /// The client exchange this carries, if it is a request.
+    token: Option<Token>,
+}
+
+struct ClientExchange {
+    request: Packet,
+    con: bool,
+    body: Vec<u8>,
+    /// Byte offset of the next block to send, when the body goes block-wise.
+    offset: usize,
+    szx: u8,
+    blockwise: bool,
+    /// Waiting for a separate response until then.
+    separate_deadline: Option<Instant>,
+    /// The message id of the message in flight.
+    mid: u16,
+}
+
+enum Cached {
+    /// The application is still working on it.
+    Processing,
+    /// The bytes sent in answer (a piggybacked response, or an empty ACK).
+    Answer(Vec<u8>),
+}
+
+struct Pending<P> {
+    peer: P,
+    mid: u16,
+    token: Token,
+    con: bool,
+    received: Instant,
+    empty_acked: bool,
+    /// The Block1 option of the last block, echoed in the response.
+    block1: Option<Block>,
+}
+
+struct Reassembly {
+    body: Vec<u8>,
+    next_num: u32,
+    szx: u8,
+    expires: Instant,
+}
+
+/// A CoAP endpoint: client and server at once, for peers identified by `P`.
+pub struct Endpoint<P: Copy + Eq + Hash> {
+    config: Config,
+    rng: Box<dyn FnMut() -> u64 + Send>,
+    next_mid: u16,
+    next_request: u64,
+    out: VecDeque<(P, Vec<u8>)>,
+    events: VecDeque<Event<P>>,
+    /// CON messages awaiting their ACK, by (peer, mid).
+    outgoing: HashMap<(P, u16), Outgoing<P>>,
+    /// Client exchanges by (peer, token).
+    exchanges: HashMap<(P, Token), ClientExchange>,
+    /// Server de-duplication, by (peer, mid), with expiry order.
+    dedup: HashMap<(P, u16), Cached>,
+    dedup_order: VecDeque<(Instant, P, u16)>,
+    /// Separate responses already received (peer, mid), so a retransmission is only re-ACKed.
+    seen_responses: HashMap<(P, u16), Instant>,
+    pending: HashMap<RequestId, Pending<P>>,
+    /// Block1 transfers by (peer, path, token).
+    reassembly: HashMap<(P, String, Token), Reassembly>,
+    stats: Stats,
+}
+
+fn empty(t: MessageType, mid: u16) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_type(t);
+    p.header.code = MessageClass::Empty;
+    p.header.message_id = mid;
+    p
+}
+
+/// Makes a response packet for `code` with a diagnostic payload.
+pub fn response(code: ResponseType, diagnostic: &str) -> Packet {
+    let mut p = Packet::new();
+    p.header.code = MessageClass::Response(code);
+    p.payload = diagnostic.as_bytes().to_vec();
+    p
+}
+
+/// Makes a request packet.
+pub fn request(
+    method: RequestType,
+    path: &str,
+    content_format: Option<u16>,
+    payload: Vec<u8>,
+) -> Packet {
+    let mut p = Packet::new();
+    p.header.code = MessageClass::Request(method);
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+    }
+    if let Some(cf) = content_format {
+        p.add_option(CoapOption::ContentFormat, encode_uint(u32::from(cf)));
+    }
+    p.payload = payload;
+    p
+}
+
+impl<P: Copy + Eq + Hash> Endpoint<P> {
+    /// A new endpoint. `rng` provides message ids, tokens and retransmission jitter.
+    pub fn new(config: Config, mut rng: Box<dyn FnMut() -> u64 + Send>) -> Self {
+        let next_mid = rng() as u16;
+        Endpoint {
+            config,
+            rng,
+            next_mid,
+            next_request: 0,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            outgoing: HashMap::new(),
+            exchanges: HashMap::new(),
+            dedup: HashMap::new(),
+            dedup_order: VecDeque::new(),
+            seen_responses: HashMap::new(),
+            pending: HashMap::new(),
+            reassembly: HashMap::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Client exchanges and server requests in progress.
+    pub fn in_flight(&self) -> (usize, usize) {
+        (self.exchanges.len(), self.pending.len())
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event<P>> {
+        self.events.pop_front()
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<(P, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    /// When `handle_timeout` should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let retransmit = self.outgoing.values().map(|o| o.next_at).min();
+        let separate = self
+            .pending
+            .values()
+            .filter(|p| p.con && !p.empty_acked)
+            .map(|p| p.received + self.config.separate_after)
+            .min();
+        let waiting = self
+            .exchanges
+            .values()
+            .filter_map(|e| e.separate_deadline)
+            .min();
+        let dedup = self.dedup_order.front().map(|(t, _, _)| *t);
+        let reasm = self.reassembly.values().map(|r| r.expires).min();
+        [retransmit, separate, waiting, dedup, reasm]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn mid(&mut self) -> u16 {
+        self.next_mid = self.next_mid.wrapping_add(1);
+        self.next_mid
+    }
+
+    fn initial_timeout(&mut self) -> Duration {
+        let r = (self.rng)() as f64 / u64::MAX as f64;
+        self.config
+            .ack_timeout
+            .mul_f64(1.0 + r * (self.config.ack_random_factor - 1.0))
+    }
+
+    fn send(&mut self, peer: P, p: &Packet) -> Result<Vec<u8>, String> {
+        let bytes = p.to_bytes_unlimited().map_err(|e| format!("{e:?}"))?;
+        self.out.push_back((peer, bytes.clone()));
+        Ok(bytes)
+    }
+
+    fn send_con(
+        &mut self,
+        now: Instant,
+        peer: P,
+        p: &Packet,
+        token: Option<Token>,
+    ) -> Result<(), String> {
+        let bytes = self.send(peer, p)?;
+        let timeout = self.initial_timeout();
+        self.outgoing.insert(
+            (peer, p.header.message_id),
+            Outgoing {
+                peer,
+                bytes,
+                retransmits: 0,
+                timeout,
+                next_at: now + timeout,
+                token,
+            },
+        );
+        Ok(())
+    }
+
+    fn reset(&mut self, peer: P, mid: u16) {
+        let _ = self.send(peer, &empty(MessageType::Reset, mid));
+    }
+
+    /// Sends a request; the outcome arrives as [`Event::Response`] with the returned token.
+    /// A payload larger than one block goes out block-wise (Block1).
+    pub fn request(&mut self, now: Instant, peer: P, packet: Packet, confirmable: bool) -> Token {
+        let token: Token = (self.rng)().to_be_bytes()[..6].to_vec();
+        let szx = self.config.block_szx.min(6);
+        let blockwise = packet.payload.len() > self.config.block_size();
+        let body = packet.payload.clone();
+        let ex = ClientExchange {
+            request: packet,
+            con: confirmable,
+            body,
+            offset: 0,
+            szx,
+            blockwise,
+            separate_deadline: None,
+            mid: 0,
+        };
+        self.exchanges.insert((peer, token.clone()), ex);
+        self.send_next_block(now, peer, &token);
+        token
+    }
+
+    fn send_next_block(&mut self, now: Instant, peer: P, token: &Token) {
+        let mid = self.mid();
+        let Some(ex) = self.exchanges.get_mut(&(peer, token.clone())) else {
+            return;
+        };
+        let mut p = ex.request.clone();
+        p.set_token(token.clone());
+        p.header.message_id = mid;
+        p.header.set_type(if ex.con {
+            MessageType::Confirmable
+        } else {
+            MessageType::NonConfirmable
+        });
+        if ex.blockwise {
+            let size = 1usize << (ex.szx + 4);
+            let end = (ex.offset + size).min(ex.body.len());
+            p.payload = ex.body[ex.offset..end].to_vec();
+            let block = Block {
+                num: (ex.offset / size) as u32,
+                more: end < ex.body.len(),
+                szx: ex.szx,
+            };
+            p.clear_option(CoapOption::Block1);
+            p.add_option(CoapOption::Block1, block.encode());
+            if ex.offset == 0 {
+                p.add_option(CoapOption::Size1, encode_uint(ex.body.len() as u32));
+            }
+        }
+        ex.mid = mid;
+        ex.separate_deadline = None;
+        let con = ex.con;
+        let sent = if con {
+            self.send_con(now, peer, &p, Some(token.clone()))
+        } else {
+            self.send(peer, &p).map(|_| ())
+        };
+        if let Err(e) = sent {
+            self.exchanges.remove(&(peer, token.clone()));
+            self.events.push_back(Event::Response {
+                token: token.clone(),
+                peer,
+                result: Err(ClientError::Encode(e)),
+            });
+        } else if !con {
+            // NON: wait for a response as if it had been acknowledged.
+            if let Some(ex) = self.exchanges.get_mut(&(peer, token.clone())) {
+                ex.separate_deadline = Some(
+                    now + self
+                        .config
+                        .exchange_lifetime()
+                        .min(self.config.separate_timeout),
+                );
+            }
+        }
+    }
+
+    /// Answers request `id` (from [`Event::Request`]). Piggybacked on the ACK if the request has
+    /// not been acknowledged yet, otherwise sent as a separate CON response.
+    pub fn respond(&mut self, now: Instant, id: RequestId, mut resp: Packet) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        resp.set_token(p.token.clone());
+        if let Some(b) = p.block1 {
+            resp.clear_option(CoapOption::Block1);
+            resp.add_option(CoapOption::Block1, Block { more: false, ..b }.encode());
+        }
+        if p.con && !p.empty_acked {
+            resp.header.set_type(MessageType::Acknowledgement);
+            resp.header.message_id = p.mid;
+            if let Ok(bytes) = self.send(p.peer, &resp) {
+                self.dedup.insert((p.peer, p.mid), Cached::Answer(bytes));
+            }
+        } else if p.con {
+            resp.header.set_type(MessageType::Confirmable);
+            resp.header.message_id = self.mid();
+            let _ = self.send_con(now, p.peer, &resp, None);
+        } else {
+            resp.header.set_type(MessageType::NonConfirmable);
+            resp.header.message_id = self.mid();
+            if let Ok(bytes) = self.send(p.peer, &resp) {
+                self.dedup.insert((p.peer, p.mid), Cached::Answer(bytes));
+            }
+        }
+    }
+
+    /// Takes one datagram from `peer`.
+    pub fn handle_datagram(&mut self, now: Instant, peer: P, bytes: &[u8]) {
+        let packet = match Packet::from_bytes(bytes) {
+            Ok(p) if !matches!(p.header.code, MessageClass::Reserved(_)) => p,
+            _ => {
+                self.stats.malformed += 1;
+                // A CON whose header we can read gets a RST (RFC 7252 §4.2); the rest is dropped.
+                if bytes.len() >= 4 && bytes[0] >> 6 == 1 && (bytes[0] >> 4) & 3 == 0 {
+                    self.reset(peer, u16::from_be_bytes([bytes[2], bytes[3]]));
+                }
+                return;
+            }
+        };
+        let mid = packet.header.message_id;
+        match (packet.header.get_type(), &packet.header.code) {
+            (MessageType::Acknowledgement | MessageType::Reset, MessageClass::Empty) => {
+                let is_reset = packet.header.get_type() == MessageType::Reset;
+                self.on_ack_or_reset(now, peer, mid, is_reset, None);
+            }
+            (MessageType::Confirmable, MessageClass::Empty) => self.reset(peer, mid),
+            (MessageType::NonConfirmable, MessageClass::Empty) => {}
+            (_, MessageClass::Request(_)) => self.on_request(now, peer, packet),
+            (MessageType::Acknowledgement, MessageClass::Response(_)) => {
+                self.on_ack_or_reset(now, peer, mid, false, Some(packet))
+            }
+            (t, MessageClass::Response(_)) => {
+                self.on_separate_response(now, peer, packet, t == MessageType::Confirmable)
+            }
+            (_, MessageClass::Reserved(_)) => unreachable!("refused above"),
+        }
+    }
+
+    fn on_ack_or_reset(
+        &mut self,
+        now: Instant,
+        peer: P,
+        mid: u16,
+        reset: bool,
+        resp: Option<Packet>,
+    ) {
+        let Some(o) = self.outgoing.remove(&(peer, mid)) else {
+            self.stats.unmatched += 1;
+            return;
+        };
+        let Some(token) = o.token else { return }; // the ACK of a separate response of ours
+        if reset {
+            self.exchanges.remove(&(peer, token.clone()));
+            self.events.push_back(Event::Response {
+                token,
+                peer,
+                result: Err(ClientError::Reset),
+            });
+            return;
+        }
+        match resp {
+            Some(r) if r.get_token() == token.as_slice() => self.on_response(now, peer, token, r),
+            Some(_) => self.stats.unmatched += 1,
+            None => {
+                // Empty ACK: the response will come separately.
+                let deadline = now + self.config.separate_timeout;
+                if let Some(ex) = self.exchanges.get_mut(&(peer, token)) {
+                    ex.separate_deadline = Some(deadline);
+                }
+            }
+        }
+    }
+
+    fn on_separate_response(&mut self, now: Instant, peer: P, r: Packet, con: bool) {
+        let mid = r.header.message_id;
+        if con {
+            let _ = self.send(peer, &empty(MessageType::Acknowledgement, mid));
+        }
+        if self.seen_responses.contains_key(&(peer, mid)) {
+            return;
+        }
+        let token = r.get_token().to_vec();
+        if !self.exchanges.contains_key(&(peer, token.clone())) {
+            self.stats.unmatched += 1;
+            if con {
+                // Unknown exchange: RST instead of the ACK queued above.
+                self.out.pop_back();
+                self.reset(peer, mid);
+            }
+            return;
+        }
+        self.seen_responses
+            .insert((peer, mid), now + self.config.exchange_lifetime());
+        // A response may overtake the ACK of our request: stop retransmitting it.
+        let inflight = self.exchanges.get(&(peer, token.clone())).map(|e| e.mid);
+        if let Some(m) = inflight {
+            self.outgoing.remove(&(peer, m));
+        }
+        self.on_response(now, peer, token, r);
+    }
+
+    fn on_response(&mut self, now: Instant, peer: P, token: Token, r: Packet) {
+        let key = (peer, token.clone());
+        let Some(ex) = self.exchanges.get_mut(&key) else {
+            return;
+        };
+        let continue_ = matches!(
+            r.header.code,
+            MessageClass::Response(ResponseType::Continue)
+        );
+        if ex.blockwise && continue_ {
+            let size = 1usize << (ex.szx + 4);
+            // The server may ask for smaller blocks: continue at the same byte offset.
+            if let Some(Some(b)) = block1_of(&r) {
+                let acked_end = ex.offset + size;
+                if b.szx < ex.szx {
+                    ex.szx = b.szx;
+                }
+                ex.offset = acked_end.min(ex.body.len());
+            } else {
+                ex.offset = (ex.offset + size).min(ex.body.len());
+            }
+            if ex.offset < ex.body.len() {
+                self.send_next_block(now, peer, &token);
+                return;
+            }
+        }
+        self.exchanges.remove(&key);
+        self.events.push_back(Event::Response {
+            token,
+            peer,
+            result: Ok(r),
+        });
+    }
+
+    fn on_request(&mut self, now: Instant, peer: P, req: Packet) {
+        let mid = req.header.message_id;
+        let con = req.header.get_type() == MessageType::Confirmable;
+        if let Some(c) = self.dedup.get(&(peer, mid)) {
+            self.stats.duplicates += 1;
+            match c {
+                Cached::Answer(bytes) => self.out.push_back((peer, bytes.clone())),
+                Cached::Processing if con => {
+                    // Still working on it: acknowledge now, answer separately.
+                    let ack = empty(MessageType::Acknowledgement, mid);
+                    if let Ok(bytes) = self.send(peer, &ack) {
+                        self.dedup.insert((peer, mid), Cached::Answer(bytes));
+                    }
+                    if let Some(p) = self
+                        .pending
+                        .values_mut()
+                        .find(|p| p.peer == peer && p.mid == mid)
+                    {
+                        p.empty_acked = true;
+                    }
+                }
+                Cached::Processing => {}
+            }
+            return;
+        }
+        if self.dedup.len() >= self.config.dedup_capacity {
+            if let Some((_, p, m)) = self.dedup_order.pop_front() {
+                self.dedup.remove(&(p, m));
+            }
+        }
+        self.dedup.insert((peer, mid), Cached::Processing);
+        self.dedup_order
+            .push_back((now + self.config.exchange_lifetime(), peer, mid));
+
+        let token = req.get_token().to_vec();
+        let block1 = match block1_of(&req) {
+            None => None,
+            Some(Some(b)) => Some(b),
+            Some(None) => {
+                return self.answer_now(
+                    peer,
+                    mid,
+                    con,
+                    &token,
+                    response(ResponseType::BadOption, "bad Block1 option"),
+                )
+            }
+        };
+        let Some(b) = block1 else {
+            if req.payload.len() > self.config.max_body {
+                return self.too_large(peer, mid, con, &token);
+            }
+            return self.deliver(now, peer, mid, con, token, req, None);
+        };
+        // Block1: reassemble by peer, path and token; a client that changes its token between
+        // blocks (RFC 7959 allows it) is followed by peer and path.
+        let path = path_of(&req);
+        let key = (peer, path.clone(), token.clone());
+        if b.num > 0 && !self.reassembly.contains_key(&key) {
+            if let Some(k) = self
+                .reassembly
+                .iter()
+                .find(|(k, r)| k.0 == peer && k.1 == path && r.next_num == b.num)
+                .map(|(k, _)| k.clone())
+            {
+                let r = self.reassembly.remove(&k).expect("present");
+                self.reassembly.insert(key.clone(), r);
+            }
+        }
+        if b.num == 0 {
+            if let Some(total) = req
+                .get_first_option(CoapOption::Size1)
+                .and_then(|v| decode_uint(v))
+            {
+                if total as usize > self.config.max_body {
+                    return self.too_large(peer, mid, con, &token);
+                }
+            }
+            if !self.reassembly.contains_key(&key)
+                && self.reassembly.len() >= self.config.max_reassemblies
+            {
+                return self.answer_now(
+                    peer,
+                    mid,
+                    con,
+                    &token,
+                    response(
+                        ResponseType::ServiceUnavailable,
+                        "too many block-wise transfers",
+                    ),
+                );
+            }
+            self.reassembly.insert(
+                key.clone(),
+                Reassembly {
+                    body: Vec::new(),
+                    next_num: 0,
+                    szx: b.szx,
+                    expires: now + self.config.exchange_lifetime(),
+                },
+            );
+        }
+        let Some(r) = self.reassembly.get_mut(&key) else {
+            return self.answer_now(
+                peer,
+                mid,
+                con,
+                &token,
+                response(ResponseType::RequestEntityIncomplete, "block 0 missing"),
+            );
+        };
+        if b.num != r.next_num || b.szx != r.szx || (b.more && req.payload.len() != b.size()) {
+            self.reassembly.remove(&key);
+            return self.answer_now(
+                peer,
+                mid,
+                con,
+                &token,
+                response(ResponseType::RequestEntityIncomplete, "blocks out of order"),
+            );
+        }
+        if r.body.len() + req.payload.len() > self.config.max_body {
+            self.reassembly.remove(&key);
+            return self.too_large(peer, mid, con, &token);
+        }
+        r.body.extend_from_slice(&req.payload);
+        r.next_num += 1;
+        r.expires = now + self.config.exchange_lifetime();
+        if b.more {
+            let mut cont = response(ResponseType::Continue, "");
+            cont.add_option(CoapOption::Block1, b.encode());
+            return self.answer_now(peer, mid, con, &token, cont);
+        }
+        let r = self.reassembly.remove(&key).expect("present");
+        let mut whole = req;
+        whole.payload = r.body;
+        whole.clear_option(CoapOption::Block1);
+        self.deliver(now, peer, mid, con, token, whole, Some(b));
+    }
+
+    fn too_large(&mut self, peer: P, mid: u16, con: bool, token: &[u8]) {
+        let mut r = response(ResponseType::RequestEntityTooLarge, "request too large");
+        r.add_option(CoapOption::Size1, encode_uint(self.config.max_body as u32));
+        self.answer_now(peer, mid, con, token, r);
+    }
+
+    /// Answers a request at once, without the application.
+    fn answer_now(&mut self, peer: P, mid: u16, con: bool, token: &[u8], mut resp: Packet) {
+        resp.set_token(token.to_vec());
+        resp.header.set_type(if con {
+            MessageType::Acknowledgement
+        } else {
+            MessageType::NonConfirmable
+        });
+        resp.header.message_id = if con { mid } else { self.mid() };
+        if let Ok(bytes) = self.send(peer, &resp) {
+            self.dedup.insert((peer, mid), Cached::Answer(bytes));
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        now: Instant,
+        peer: P,
+        mid: u16,
+        con: bool,
+        token: Token,
+        packet: Packet,
+        block1: Option<Block>,
+    ) {
+        self.next_request += 1;
+        let id = RequestId(self.next_request);
+        self.pending.insert(
+            id,
+            Pending {
+                peer,
+                mid,
+                token,
+                con,
+                received: now,
+                empty_acked: false,
+                block1,
+            },
+        );
+        self.events.push_back(Event::Request { id, peer, packet });
+    }
+
+    /// Retransmits, gives up, sends empty ACKs for slow requests, and forgets what expired.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // Retransmissions.
+        let due: Vec<(P, u16)> = self
+            .outgoing
+            .iter()
+            .filter(|(_, o)| o.next_at <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let Some(o) = self.outgoing.get_mut(&key) else {
+                continue;
+            };
+            if o.retransmits >= self.config.max_retransmit {
+                let o = self.outgoing.remove(&key).expect("present");
+                self.stats.timeouts += 1;
+                if let Some(token) = o.token {
+                    self.exchanges.remove(&(o.peer, token.clone()));
+                    self.events.push_back(Event::Response {
+                        token,
+                        peer: o.peer,
+                        result: Err(ClientError::Timeout),
+                    });
+                }
+                continue;
+            }
+            o.retransmits += 1;
+            o.timeout *= 2;
+            o.next_at = now + o.timeout;
+            self.stats.retransmissions += 1;
+            self.out.push_back((o.peer, o.bytes.clone()));
+        }
+        // Requests the application is slow to answer: acknowledge them now.
+        let slow: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                p.con && !p.empty_acked && now >= p.received + self.config.separate_after
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in slow {
+            let p = self.pending.get_mut(&id).expect("present");
+            p.empty_acked = true;
+            let (peer, mid) = (p.peer, p.mid);
+            if let Ok(bytes) = self.send(peer, &empty(MessageType::Acknowledgement, mid)) {
+                self.dedup.insert((peer, mid), Cached::Answer(bytes));
+            }
+        }
+        // Separate responses that never came.
+        let late: Vec<(P, Token)> = self
+            .exchanges
+            .iter()
+            .filter(|(_, e)| e.separate_deadline.is_some_and(|d| now >= d))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (peer, token) in late {
+            self.exchanges.remove(&(peer, token.clone()));
+            self.stats.timeouts += 1;
+            self.events.push_back(Event::Response {
+                token,
+                peer,
+                result: Err(ClientError::Timeout),
+            });
+        }
+        // Expiry.
+        while let Some(&(t, p, m)) = self.dedup_order.front() {
+            if t > now {
+                break;
+            }
+            self.dedup_order.pop_front();
+            if !self.pending.values().any(|x| x.peer == p && x.mid == m) {
+                self.dedup.remove(&(p, m));
+            }
+        }
+        self.reassembly.retain(|_, r| r.expires > now);
+        self.seen_responses.retain(|_, t| *t > now);
+    }
+
+    /// Forgets everything about `peer` (its session ended): pending exchanges fail with
+    /// [`ClientError::Reset`], requests in progress are dropped.
+    pub fn forget_peer(&mut self, peer: P) {
+        self.outgoing.retain(|(p, _), _| *p != peer);
+        let gone: Vec<Token> = self
+            .exchanges
+            .keys()
+            .filter(|(p, _)| *p == peer)
+            .map(|(_, t)| t.clone())
+            .collect();
+        for token in gone {
+            self.exchanges.remove(&(peer, token.clone()));
+            self.events.push_back(Event::Response {
+                token,
+                peer,
+                result: Err(ClientError::Reset),
+            });
+        }
+        self.pending.retain(|_, p| p.peer != peer);
+        self.dedup.retain(|(p, _), _| *p != peer);
+        self.reassembly.retain(|(p, _, _), _| *p != peer);
+        self.seen_responses.retain(|(p, _), _| *p != peer);
+    }
+}

@@ -1,0 +1,489 @@
+//! Two sans-IO endpoints against each other in memory, with a simulated clock and a network
+//! that loses, duplicates and reorders datagrams. Deterministic; nothing sleeps.
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use gateway_coap::core::{request, response, Block, ClientError, Config, Endpoint, Event};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+const CLIENT: u8 = 1;
+const SERVER: u8 = 2;
+
+fn rng(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed | 1;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
+/// How the server application answers.
+#[derive(Clone, Copy)]
+enum App {
+    /// At once, 2.04 with the request's payload length as text.
+    Now,
+    /// After this long.
+    After(Duration),
+}
+
+struct Net {
+    client: Endpoint<u8>,
+    server: Endpoint<u8>,
+    now: Instant,
+    /// (deliver at, to, from, bytes)
+    wire: Vec<(Instant, u8, u8, Vec<u8>)>,
+    rand: Box<dyn FnMut() -> u64>,
+    loss: f64,
+    dup: f64,
+    /// Extra random delay up to this, which reorders.
+    jitter: Duration,
+    app: App,
+    /// Requests the server application saw: payloads.
+    seen: Vec<Vec<u8>>,
+    /// Server requests to answer at a time.
+    to_answer: Vec<(Instant, gateway_coap::core::RequestId, usize)>,
+    /// Client outcomes by token.
+    outcomes: HashMap<Vec<u8>, Result<Packet, ClientError>>,
+    /// Every datagram put on the wire: (time, from, bytes).
+    log: Vec<(Duration, u8, Vec<u8>)>,
+    start: Instant,
+    drop_first: usize,
+}
+
+impl Net {
+    fn new(config: Config, seed: u64) -> Net {
+        let now = Instant::now();
+        Net {
+            client: Endpoint::new(config.clone(), Box::new(rng(seed))),
+            server: Endpoint::new(config, Box::new(rng(seed.wrapping_mul(31)))),
+            now,
+            wire: Vec::new(),
+            rand: Box::new(rng(seed ^ 0xabcdef)),
+            loss: 0.0,
+            dup: 0.0,
+            jitter: Duration::from_millis(1),
+            app: App::Now,
+            seen: Vec::new(),
+            to_answer: Vec::new(),
+            outcomes: HashMap::new(),
+            log: Vec::new(),
+            start: now,
+            drop_first: 0,
+        }
+    }
+
+    fn chance(&mut self) -> f64 {
+        (self.rand)() as f64 / u64::MAX as f64
+    }
+
+    fn drain(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(ev) = self.server.poll_event() {
+                progressed = true;
+                if let Event::Request { id, packet, .. } = ev {
+                    self.seen.push(packet.payload.clone());
+                    let at = match self.app {
+                        App::Now => self.now,
+                        App::After(d) => self.now + d,
+                    };
+                    self.to_answer.push((at, id, packet.payload.len()));
+                }
+            }
+            let due: Vec<_> = self
+                .to_answer
+                .iter()
+                .filter(|(t, _, _)| *t <= self.now)
+                .cloned()
+                .collect();
+            self.to_answer.retain(|(t, _, _)| *t > self.now);
+            for (_, id, len) in due {
+                progressed = true;
+                self.server.respond(
+                    self.now,
+                    id,
+                    response(ResponseType::Changed, &len.to_string()),
+                );
+            }
+            while let Some(ev) = self.client.poll_event() {
+                progressed = true;
+                if let Event::Response { token, result, .. } = ev {
+                    assert!(
+                        self.outcomes.insert(token, result).is_none(),
+                        "one outcome per exchange"
+                    );
+                }
+            }
+            for from in [CLIENT, SERVER] {
+                loop {
+                    let t = if from == CLIENT {
+                        self.client.poll_transmit()
+                    } else {
+                        self.server.poll_transmit()
+                    };
+                    let Some((to, bytes)) = t else { break };
+                    progressed = true;
+                    self.log.push((self.now - self.start, from, bytes.clone()));
+                    if self.drop_first > 0 {
+                        self.drop_first -= 1;
+                        continue;
+                    }
+                    if self.chance() < self.loss {
+                        continue;
+                    }
+                    let copies = if self.chance() < self.dup { 2 } else { 1 };
+                    for _ in 0..copies {
+                        let delay = self.jitter.mul_f64(self.chance());
+                        self.wire.push((self.now + delay, to, from, bytes.clone()));
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// Advances the simulated clock to the next thing that happens, and handles it.
+    fn step(&mut self) -> bool {
+        self.drain();
+        let next_wire = self.wire.iter().map(|w| w.0).min();
+        let next_answer = self.to_answer.iter().map(|a| a.0).min();
+        let next = [
+            next_wire,
+            next_answer,
+            self.client.poll_timeout(),
+            self.server.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(t) = next else { return false };
+        if t - self.start > Duration::from_secs(3600) {
+            return false;
+        }
+        self.now = self.now.max(t);
+        let now = self.now;
+        let (ready, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.wire)
+            .into_iter()
+            .partition(|w| w.0 <= now);
+        self.wire = rest;
+        for (_, to, from, bytes) in ready {
+            if to == SERVER {
+                self.server.handle_datagram(now, from, &bytes);
+            } else {
+                self.client.handle_datagram(now, from, &bytes);
+            }
+        }
+        self.client.handle_timeout(now);
+        self.server.handle_timeout(now);
+        true
+    }
+
+    fn run_until(&mut self, done: impl Fn(&Net) -> bool) {
+        while !done(self) && self.step() {}
+        self.drain();
+    }
+
+    fn post(&mut self, payload: Vec<u8>) -> Vec<u8> {
+        let req = request(RequestType::Post, "gpsflowtemp", Some(112), payload);
+        let now = self.now;
+        self.client.request(now, SERVER, req, true)
+    }
+}
+
+fn code(p: &Packet) -> ResponseType {
+    match p.header.code {
+        MessageClass::Response(r) => r,
+        other => panic!("not a response: {other:?}"),
+    }
+}
+
+fn client_sends(net: &Net) -> Vec<Duration> {
+    net.log
+        .iter()
+        .filter(|(_, from, _)| *from == CLIENT)
+        .map(|(t, _, _)| *t)
+        .collect()
+}
+
+#[test]
+fn retransmits_con_until_acked() {
+    let mut net = Net::new(Config::default(), 7);
+    net.drop_first = 2; // the request and its first retransmission are lost
+    let token = net.post(b"hello".to_vec());
+    net.run_until(|n| !n.outcomes.is_empty());
+    let r = net.outcomes[&token].as_ref().unwrap();
+    assert_eq!(code(r), ResponseType::Changed);
+    let sends = client_sends(&net);
+    assert_eq!(sends.len(), 3, "{sends:?}");
+    let first = sends[1] - sends[0];
+    assert!(
+        first >= Duration::from_secs(2) && first <= Duration::from_secs(3),
+        "initial timeout {first:?}"
+    );
+    let second = sends[2] - sends[1];
+    assert_eq!(second, first * 2, "the timeout doubles");
+    assert_eq!(net.seen.len(), 1);
+    assert_eq!(net.client.stats().retransmissions, 2);
+}
+
+#[test]
+fn gives_up_after_max_retransmit() {
+    let mut net = Net::new(Config::default(), 11);
+    net.loss = 1.0;
+    let token = net.post(b"x".to_vec());
+    net.run_until(|n| !n.outcomes.is_empty());
+    assert_eq!(net.outcomes[&token], Err(ClientError::Timeout));
+    let sends = client_sends(&net);
+    assert_eq!(
+        sends.len(),
+        5,
+        "the request and MAX_RETRANSMIT = 4 retransmissions"
+    );
+    let span = net.now - net.start;
+    // 31 initial timeouts in all: 62 s to 93 s.
+    assert!(
+        span >= Duration::from_secs(62) && span <= Duration::from_secs(93),
+        "{span:?}"
+    );
+}
+
+#[test]
+fn a_duplicated_request_is_processed_once_and_answered_from_the_cache() {
+    let mut net = Net::new(Config::default(), 3);
+    net.dup = 1.0; // every datagram arrives twice
+    let token = net.post(b"once".to_vec());
+    net.run_until(|n| !n.outcomes.is_empty() && n.wire.is_empty());
+    assert!(net.outcomes[&token].is_ok());
+    assert_eq!(net.seen.len(), 1, "the application saw the request once");
+    assert_eq!(net.server.stats().duplicates, 1);
+    let server_msgs: Vec<_> = net
+        .log
+        .iter()
+        .filter(|(_, f, _)| *f == SERVER)
+        .map(|(_, _, b)| b.clone())
+        .collect();
+    assert_eq!(server_msgs.len(), 2);
+    assert_eq!(
+        server_msgs[0], server_msgs[1],
+        "the duplicate gets the same response"
+    );
+}
+
+#[test]
+fn a_slow_answer_goes_as_a_separate_response() {
+    let mut net = Net::new(Config::default(), 5);
+    net.app = App::After(Duration::from_secs(5));
+    let token = net.post(b"slow".to_vec());
+    net.run_until(|n| !n.outcomes.is_empty());
+    let r = net.outcomes[&token].as_ref().unwrap();
+    assert_eq!(code(r), ResponseType::Changed);
+    assert_eq!(
+        r.header.get_type(),
+        MessageType::Confirmable,
+        "a separate response is CON"
+    );
+    // Server: empty ACK at separate_after (1 s), then the CON response at 5 s.
+    let from_server: Vec<_> = net.log.iter().filter(|(_, f, _)| *f == SERVER).collect();
+    let first = Packet::from_bytes(&from_server[0].2).unwrap();
+    assert_eq!(
+        (first.header.get_type(), first.header.code),
+        (MessageType::Acknowledgement, MessageClass::Empty)
+    );
+    let at = from_server[0].0;
+    assert!(
+        at >= Duration::from_secs(1) && at < Duration::from_millis(1010),
+        "{at:?}"
+    );
+    // The client sent its request once (the empty ACK stopped retransmission) and ACKed the response.
+    let from_client: Vec<_> = net.log.iter().filter(|(_, f, _)| *f == CLIENT).collect();
+    assert_eq!(
+        from_client.len(),
+        2,
+        "request + ACK of the separate response"
+    );
+    assert_eq!(net.client.stats().retransmissions, 0);
+    net.run_until(|n| {
+        n.server.in_flight() == (0, 0)
+            && n.server
+                .poll_timeout()
+                .is_none_or(|t| t > n.now + Duration::from_secs(10))
+    });
+    assert_eq!(
+        net.server.stats().retransmissions,
+        0,
+        "the ACK stopped the response's retransmission"
+    );
+}
+
+#[test]
+fn a_large_body_goes_block_wise_and_is_reassembled() {
+    let mut net = Net::new(Config::default(), 9);
+    let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let token = net.post(body.clone());
+    net.run_until(|n| !n.outcomes.is_empty());
+    let r = net.outcomes[&token].as_ref().unwrap();
+    assert_eq!(code(r), ResponseType::Changed);
+    assert_eq!(r.payload, b"5000");
+    assert_eq!(net.seen, [body], "the application saw one whole request");
+    let blocks = client_sends(&net).len();
+    assert_eq!(blocks, 5, "4 blocks of 1024 and one of 904");
+    let last = Packet::from_bytes(
+        &net.log
+            .iter()
+            .rev()
+            .find(|(_, f, _)| *f == SERVER)
+            .unwrap()
+            .2,
+    )
+    .unwrap();
+    let b = Block::decode(last.get_first_option(CoapOption::Block1).unwrap()).unwrap();
+    assert_eq!(
+        (b.num, b.more),
+        (4, false),
+        "the final response echoes the last block"
+    );
+}
+
+#[test]
+fn a_body_over_the_limit_gets_4_13_with_size1() {
+    let config = Config {
+        max_body: 3000,
+        ..Config::default()
+    };
+    let mut net = Net::new(config, 13);
+    let token = net.post(vec![0u8; 5000]);
+    net.run_until(|n| !n.outcomes.is_empty());
+    let r = net.outcomes[&token].as_ref().unwrap();
+    assert_eq!(code(r), ResponseType::RequestEntityTooLarge);
+    assert_eq!(
+        r.get_first_option(CoapOption::Size1).map(|v| v.to_vec()),
+        Some(vec![0x0b, 0xb8])
+    );
+    assert!(net.seen.is_empty());
+}
+
+#[test]
+fn every_request_is_delivered_exactly_once_under_loss_duplication_and_reordering() {
+    let mut net = Net::new(Config::default(), 42);
+    net.loss = 0.1;
+    net.dup = 0.05;
+    net.jitter = Duration::from_millis(300);
+    let mut tokens = Vec::new();
+    for i in 0..200u32 {
+        let mut body = i.to_be_bytes().to_vec();
+        if i % 20 == 0 {
+            body.resize(3000, 7); // some go block-wise
+        }
+        tokens.push((net.post(body), i));
+    }
+    net.run_until(|n| n.outcomes.len() == 200);
+    for (token, i) in &tokens {
+        let r = net.outcomes[token]
+            .as_ref()
+            .unwrap_or_else(|e| panic!("request {i}: {e:?}"));
+        assert_eq!(code(r), ResponseType::Changed);
+    }
+    let mut seen: Vec<u32> = net
+        .seen
+        .iter()
+        .map(|p| u32::from_be_bytes(p[..4].try_into().unwrap()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..200).collect::<Vec<_>>(),
+        "each request reached the application exactly once"
+    );
+    assert!(net.client.stats().retransmissions > 0 && net.server.stats().duplicates > 0);
+}
+
+#[test]
+fn ping_malformed_and_unknown_messages_get_rst_or_are_dropped() {
+    let mut server: Endpoint<u8> = Endpoint::new(Config::default(), Box::new(rng(1)));
+    let now = Instant::now();
+    // CoAP ping: empty CON.
+    server.handle_datagram(now, CLIENT, &[0x40, 0x00, 0x12, 0x34]);
+    let (_, rst) = server.poll_transmit().unwrap();
+    assert_eq!(rst, [0x70, 0x00, 0x12, 0x34]);
+    // A CON with a token length of 9 (reserved): RST.
+    server.handle_datagram(
+        now,
+        CLIENT,
+        &[0x49, 0x02, 0x00, 0x07, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    );
+    assert_eq!(server.poll_transmit().unwrap().1, [0x70, 0x00, 0x00, 0x07]);
+    // Garbage and a malformed NON: dropped, counted.
+    server.handle_datagram(now, CLIENT, b"\x00garbage");
+    server.handle_datagram(
+        now,
+        CLIENT,
+        &[0x59, 0x02, 0x00, 0x08, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    );
+    assert!(server.poll_transmit().is_none());
+    assert_eq!(server.stats().malformed, 3);
+    // A CON response for an exchange we do not have: RST.
+    let mut p = response(ResponseType::Changed, "");
+    p.header.set_type(MessageType::Confirmable);
+    p.header.message_id = 99;
+    p.set_token(vec![1, 2, 3]);
+    server.handle_datagram(now, CLIENT, &p.to_bytes().unwrap());
+    let (_, out) = server.poll_transmit().unwrap();
+    assert_eq!(out, [0x70, 0x00, 0x00, 99]);
+    assert!(server.poll_event().is_none());
+}
+
+#[test]
+fn a_reset_ends_the_exchange() {
+    let mut client: Endpoint<u8> = Endpoint::new(Config::default(), Box::new(rng(2)));
+    let now = Instant::now();
+    let token = client.request(
+        now,
+        SERVER,
+        request(RequestType::Post, "x", None, vec![1]),
+        true,
+    );
+    let (_, sent) = client.poll_transmit().unwrap();
+    let mid = u16::from_be_bytes([sent[2], sent[3]]);
+    let mut rst = Packet::new();
+    rst.header.code = MessageClass::Empty;
+    rst.header.set_type(MessageType::Reset);
+    rst.header.message_id = mid;
+    client.handle_datagram(now, SERVER, &rst.to_bytes().unwrap());
+    match client.poll_event() {
+        Some(Event::Response {
+            token: t,
+            result: Err(ClientError::Reset),
+            ..
+        }) => assert_eq!(t, token),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn dedup_memory_is_bounded() {
+    let config = Config {
+        dedup_capacity: 100,
+        ..Config::default()
+    };
+    let mut server: Endpoint<u8> = Endpoint::new(config, Box::new(rng(3)));
+    let now = Instant::now();
+    for i in 0..10_000u16 {
+        let mut p = request(RequestType::Post, "x", None, vec![]);
+        p.header.set_type(MessageType::NonConfirmable);
+        p.header.message_id = i;
+        server.handle_datagram(now, (i % 250) as u8, &p.to_bytes().unwrap());
+        while let Some(Event::Request { id, .. }) = server.poll_event() {
+            server.respond(now, id, response(ResponseType::Changed, ""));
+        }
+        while server.poll_transmit().is_some() {}
+    }
+    assert_eq!(server.in_flight(), (0, 0));
+    // Nothing grows without bound: the cache holds at most its capacity (plus the one in hand).
+    assert!(server.stats().duplicates == 0);
+}

@@ -1,0 +1,178 @@
+//! SenML round trips (property tests), base-field compaction, foreign packs, and bad input.
+
+use gateway_coap::senml::{decode_cbor, decode_json, encode_cbor, encode_json, DecodeError};
+use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
+use proptest::prelude::*;
+
+const NOW: Timestamp = Timestamp(1_764_085_351_000_000);
+
+fn reading(
+    device: &str,
+    sensor: &str,
+    name: &str,
+    unit: &str,
+    t: i64,
+    value: Value,
+    id: u128,
+) -> Reading {
+    Reading {
+        id: ReadingId(id.to_be_bytes()),
+        time: Timestamp(t),
+        device: Label::from(device),
+        sensor: Label::from(sensor),
+        name: Label::from(name),
+        unit: Label::from(unit),
+        value,
+    }
+}
+
+fn arb_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::Float),
+        any::<i64>().prop_map(Value::Int),
+        any::<bool>().prop_map(Value::Bool),
+        "[ -~]{0,20}".prop_map(|s| Value::Text(s.as_str().into())),
+        proptest::collection::vec(any::<u8>(), 0..20).prop_map(|b| Value::Bytes(b.into())),
+    ]
+}
+
+fn arb_reading() -> impl Strategy<Value = Reading> {
+    (
+        "[a-z][a-z0-9-]{0,8}",
+        "[a-z0-9][a-z0-9:_.-]{0,10}",
+        "[a-z][a-z_/%]{0,10}",
+        prop_oneof![Just(""), Just("Cel"), Just("m/s"), Just("lat")],
+        // 2001 .. 2100, microseconds
+        978_307_200_000_000i64..4_102_444_800_000_000i64,
+        arb_value(),
+        any::<u128>(),
+    )
+        .prop_map(|(d, s, n, u, t, v, id)| reading(&d, &s, &n, u, t, v, id))
+}
+
+proptest! {
+    #[test]
+    fn cbor_round_trips(batch in proptest::collection::vec(arb_reading(), 1..30)) {
+        let back = decode_cbor(&encode_cbor(&batch), 1000, NOW, "peer").unwrap();
+        prop_assert_eq!(back.derived_ids, 0);
+        prop_assert_eq!(back.readings, batch);
+    }
+
+    #[test]
+    fn json_round_trips(batch in proptest::collection::vec(arb_reading(), 1..30)) {
+        let back = decode_json(&encode_json(&batch), 1000, NOW, "peer").unwrap();
+        prop_assert_eq!(back.readings, batch);
+    }
+
+    #[test]
+    fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = decode_cbor(&bytes, 100, NOW, "peer");
+        let _ = decode_json(&bytes, 100, NOW, "peer");
+    }
+}
+
+#[test]
+fn base_fields_are_sent_once() {
+    let batch: Vec<Reading> = (0..10)
+        .map(|i| {
+            reading(
+                "pi-01",
+                "28-0316a2791eff",
+                "temperature",
+                "Cel",
+                1_764_085_351_000_000 + i,
+                Value::Float(21.5),
+                i as u128,
+            )
+        })
+        .collect();
+    let json = String::from_utf8(encode_json(&batch)).unwrap();
+    assert_eq!(json.matches("\"bn\"").count(), 1, "{json}");
+    assert_eq!(json.matches("\"bt\"").count(), 1);
+    assert_eq!(json.matches("\"bu\"").count(), 1);
+    assert_eq!(json.matches("\"u\"").count(), 0);
+    assert!(json.starts_with("[{\"bn\":\"pi-01:\",\"bt\":1764085351.0,\"bu\":\"Cel\",\"n\":\"28-0316a2791eff/temperature\",\"v\":21.5,\"rid\":\"00000000000000000000000000000000\"}"), "{json}");
+    let cbor = encode_cbor(&batch);
+    assert!(
+        cbor.len() < json.len() * 3 / 4,
+        "CBOR is compact: {} vs {}",
+        cbor.len(),
+        json.len()
+    );
+}
+
+#[test]
+fn a_foreign_pack_without_ids_gets_stable_ids_and_the_peers_device() {
+    let pack = br#"[{"bn":"urn:dev:ow:10e2073a01080063/","bt":1.320067464e9,"bu":"Cel","n":"temp","v":23.1},
+                   {"n":"temp","t":10,"v":23.4},{"n":"alarm","vb":true}]"#;
+    let a = decode_json(pack, 100, NOW, "device-7").unwrap();
+    let b = decode_json(pack, 100, NOW, "device-7").unwrap();
+    assert_eq!(a.derived_ids, 3);
+    assert_eq!(a.readings, b.readings, "the same records get the same ids");
+    let r = &a.readings[1];
+    assert_eq!(
+        (r.device.as_str(), r.sensor.as_str(), r.name.as_str()),
+        ("device-7", "urn:dev:ow:10e2073a01080063", "temp")
+    );
+    assert_eq!(r.time, Timestamp(1_320_067_474_000_000));
+    assert_eq!(r.unit, "Cel");
+    assert_ne!(a.readings[0].id, a.readings[1].id);
+    assert_eq!(a.readings[2].value, Value::Bool(true));
+}
+
+#[test]
+fn relative_times_are_resolved_against_now() {
+    let pack = br#"[{"n":"s/x","v":1,"t":-5}]"#;
+    let r = decode_json(pack, 10, NOW, "d").unwrap();
+    assert_eq!(r.readings[0].time, Timestamp(NOW.0 - 5_000_000));
+}
+
+#[test]
+fn bad_packs_are_refused_with_a_reason() {
+    assert_eq!(
+        decode_json(b"{}", 10, NOW, "d"),
+        Err(DecodeError::NotAnArray)
+    );
+    assert_eq!(
+        decode_json(b"[1]", 10, NOW, "d"),
+        Err(DecodeError::NotAMap(0))
+    );
+    assert_eq!(
+        decode_json(br#"[{"n":"s/x"}]"#, 10, NOW, "d"),
+        Err(DecodeError::NoValue(0))
+    );
+    assert_eq!(
+        decode_json(br#"[{"n":"s/x","v":"1"}]"#, 10, NOW, "d"),
+        Err(DecodeError::FieldType(0, "v"))
+    );
+    assert_eq!(
+        decode_json(br#"[{"n":"s/x","v":1,"foo_":1}]"#, 10, NOW, "d"),
+        Err(DecodeError::MustUnderstand(0, "foo_".into()))
+    );
+    assert_eq!(
+        decode_json(br#"[{"v":1}]"#, 10, NOW, "d"),
+        Err(DecodeError::Name(0, String::new()))
+    );
+    assert_eq!(
+        decode_json(br#"[{"n":"s/x","v":1,"rid":"zz"}]"#, 10, NOW, "d"),
+        Err(DecodeError::Rid(0))
+    );
+    assert_eq!(
+        decode_json(br#"[{"n":"a/b","v":1},{"n":"a/b","v":2}]"#, 1, NOW, "d"),
+        Err(DecodeError::TooMany(1))
+    );
+    assert_eq!(
+        decode_json(b"[", 10, NOW, "d"),
+        Err(DecodeError::Syntax("JSON"))
+    );
+    assert_eq!(
+        decode_cbor(b"\xff", 10, NOW, "d"),
+        Err(DecodeError::Syntax("CBOR"))
+    );
+    assert_eq!(
+        decode_json(br#"[{"n":"s/x","v":1,"t":1e300}]"#, 10, NOW, "d"),
+        Err(DecodeError::Time(0))
+    );
+}
