@@ -9,4 +9,7 @@
 //!   uplink) and a server (the ingress).
 
 pub mod core;
+pub mod driver;
+pub mod dtls;
+pub mod pki;
 pub mod senml;

@@ -1,0 +1,654 @@
+//! Thin tokio drivers that connect a UDP socket, the DTLS sessions and the CoAP endpoint. Each
+//! runs on a thread of its own with a single-threaded runtime (a plugin owns its runtime: the
+//! host's does not exist inside a plugin). The loop is always the same: wait for a datagram, a
+//! command or the next timer; feed it in; send what is queued.
+
+use crate::{
+    core::{ClientError, Config as CoapConfig, Endpoint, Event, RequestId},
+    dtls::{self, ClientSettings, DtlsError, ServerSettings, Session, State},
+};
+use coap_lite::Packet;
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc as std_mpsc, Arc,
+    },
+    time::{Duration, Instant},
+};
+use tokio::{net::UdpSocket, sync::mpsc, time::sleep_until};
+
+fn rng() -> Box<dyn FnMut() -> u64 + Send> {
+    let mut s = [0u8; 8];
+    openssl::rand::rand_bytes(&mut s).expect("random bytes");
+    let mut x = u64::from_le_bytes(s) | 1;
+    Box::new(move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Why a client request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The DTLS session could not be set up, or broke.
+    #[error("{0}")]
+    Dtls(#[from] DtlsError),
+    /// CoAP gave up (no ACK, no response, or RST).
+    #[error("CoAP: {0:?}")]
+    Coap(ClientError),
+    /// No answer within the caller's timeout; the session is dropped and set up again.
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    /// The client is shutting down.
+    #[error("the client stopped")]
+    Stopped,
+    /// Socket trouble.
+    #[error("socket: {0}")]
+    Io(String),
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The server's address.
+    pub server: SocketAddr,
+    /// The server's host name or IP as in the URI, checked against its certificate.
+    pub host: String,
+    /// Check `host` against the certificate (off only for PSK).
+    pub verify_host: bool,
+    /// Local address to bind (port 0: any).
+    pub bind: SocketAddr,
+    /// DTLS settings.
+    pub tls: ClientSettings,
+    /// CoAP transmission parameters.
+    pub coap: CoapConfig,
+    /// How long a handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+enum Cmd {
+    Job(Job),
+    /// End at once without a close_notify.
+    Abort,
+}
+
+struct Job {
+    packet: Packet,
+    deadline: Instant,
+    reply: std_mpsc::SyncSender<Result<Packet, RequestError>>,
+}
+
+/// A CoAP-over-DTLS client to one server. Requests are blocking calls from any thread.
+pub struct Client {
+    tx: mpsc::UnboundedSender<Cmd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Client {
+    /// Checks the settings (files, ciphers) and starts the client's thread. Connects lazily,
+    /// on the first request, and again after a session is lost.
+    pub fn start(opts: ClientOptions) -> Result<Client, DtlsError> {
+        let connector = dtls::client_context(&opts.tls)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("coaps-client".into())
+            .spawn(move || runtime().block_on(client_loop(opts, connector, rx)))
+            .map_err(|e| DtlsError::Other(e.to_string()))?;
+        Ok(Client {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Sends a confirmable request and waits for the final response, at most `timeout`.
+    pub fn request(&self, packet: Packet, timeout: Duration) -> Result<Packet, RequestError> {
+        let (reply, rx) = std_mpsc::sync_channel(1);
+        self.tx
+            .send(Cmd::Job(Job {
+                packet,
+                deadline: Instant::now() + timeout,
+                reply,
+            }))
+            .map_err(|_| RequestError::Stopped)?;
+        rx.recv().unwrap_or(Err(RequestError::Stopped))
+    }
+
+    /// Ends the client without telling the server, as a power loss would: the server keeps a
+    /// session that no longer exists on this side.
+    pub fn abort(mut self) {
+        let _ = self.tx.send(Cmd::Abort);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let (tx, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Link {
+    socket: UdpSocket,
+    session: Session,
+}
+
+async fn connect(
+    opts: &ClientOptions,
+    connector: &openssl::ssl::SslConnector,
+) -> Result<Link, RequestError> {
+    let socket = UdpSocket::bind(opts.bind)
+        .await
+        .map_err(|e| RequestError::Io(format!("bind {}: {e}", opts.bind)))?;
+    socket
+        .connect(opts.server)
+        .await
+        .map_err(|e| RequestError::Io(format!("connect {}: {e}", opts.server)))?;
+    let session = Session::client(connector, &opts.host, opts.tls.mtu, opts.verify_host)?;
+    tracing::debug!(server = %opts.server, "DTLS handshake started");
+    Ok(Link { socket, session })
+}
+
+async fn client_loop(
+    opts: ClientOptions,
+    connector: openssl::ssl::SslConnector,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+) {
+    let mut endpoint: Endpoint<()> = Endpoint::new(opts.coap.clone(), rng());
+    let mut link: Option<Link> = None;
+    let mut queued: VecDeque<Job> = VecDeque::new();
+    let mut waiting: HashMap<Vec<u8>, Job> = HashMap::new();
+    let mut buf = vec![0u8; 65536];
+    let mut open = true;
+    loop {
+        if link.is_none() && !queued.is_empty() {
+            match connect(&opts, &connector).await {
+                Ok(l) => link = Some(l),
+                Err(e) => {
+                    for j in queued.drain(..) {
+                        let _ = j.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        // Work that can go out now.
+        let now = Instant::now();
+        if let Some(l) = link.as_mut() {
+            if l.session.is_established() {
+                while let Some(job) = queued.pop_front() {
+                    let token = endpoint.request(now, (), job.packet.clone(), true);
+                    waiting.insert(token, job);
+                }
+            }
+        }
+        while let Some(ev) = endpoint.poll_event() {
+            if let Event::Response { token, result, .. } = ev {
+                if let Some(job) = waiting.remove(&token) {
+                    let _ = job.reply.send(result.map_err(RequestError::Coap));
+                }
+            }
+        }
+        // Requests past their caller's deadline: fail them, and drop the session, which is
+        // probably stale (the server restarted).
+        let late: Vec<Vec<u8>> = waiting
+            .iter()
+            .filter(|(_, j)| j.deadline <= now)
+            .map(|(t, _)| t.clone())
+            .collect();
+        if !late.is_empty() {
+            for t in late {
+                if let Some(j) = waiting.remove(&t) {
+                    let _ = j
+                        .reply
+                        .send(Err(RequestError::Timeout(opts.coap.ack_timeout)));
+                }
+            }
+            if let Some(mut l) = link.take() {
+                tracing::info!("dropping the DTLS session after a request timed out; the next request reconnects");
+                l.session.close();
+                flush(&mut l).await;
+            }
+            endpoint.forget_peer(());
+        }
+        for j in queued.iter().filter(|j| j.deadline <= now) {
+            let _ = j
+                .reply
+                .send(Err(RequestError::Timeout(opts.handshake_timeout)));
+        }
+        queued.retain(|j| j.deadline > now);
+        if let Some(l) = link.as_mut() {
+            while let Some((_, bytes)) = endpoint.poll_transmit() {
+                if l.session.send(&bytes).is_err() {
+                    break;
+                }
+            }
+            flush(l).await;
+            if let State::Closed(e) = l.session.state().clone() {
+                tracing::warn!(error = %e, "DTLS session ended");
+                for (_, j) in waiting.drain() {
+                    let _ = j.reply.send(Err(RequestError::Dtls(e.clone())));
+                }
+                for j in queued.drain(..) {
+                    let _ = j.reply.send(Err(RequestError::Dtls(e.clone())));
+                }
+                endpoint.forget_peer(());
+                while endpoint.poll_event().is_some() {}
+                link = None;
+            } else if l.session.is_established() && !queued.is_empty() {
+                continue;
+            }
+        } else {
+            while endpoint.poll_transmit().is_some() {}
+        }
+        if !open && waiting.is_empty() && queued.is_empty() {
+            if let Some(mut l) = link.take() {
+                l.session.close();
+                flush(&mut l).await;
+            }
+            return;
+        }
+
+        let mut next = [
+            endpoint.poll_timeout(),
+            link.as_ref()
+                .and_then(|l| l.session.timeout())
+                .map(|d| Instant::now() + d),
+            link.as_ref()
+                .filter(|l| !l.session.is_established())
+                .map(|l| l.session.started() + opts.handshake_timeout),
+            waiting
+                .values()
+                .chain(queued.iter())
+                .map(|j| j.deadline)
+                .min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        if next < Instant::now() {
+            next = Instant::now();
+        }
+        tokio::select! {
+            cmd = rx.recv(), if open => match cmd {
+                Some(Cmd::Job(j)) => queued.push_back(j),
+                Some(Cmd::Abort) => return,
+                None => open = false,
+            },
+            r = async { link.as_ref().expect("guarded").socket.recv(&mut buf).await }, if link.is_some() => {
+                if let (Ok(n), Some(l)) = (r, link.as_mut()) {
+                    let now = Instant::now();
+                    for data in l.session.handle_datagram(&buf[..n]) {
+                        endpoint.handle_datagram(now, (), &data);
+                    }
+                }
+            }
+            _ = sleep_until(next.into()) => {
+                let now = Instant::now();
+                if let Some(l) = link.as_mut() {
+                    l.session.handle_timeout();
+                    l.session.check_deadline(opts.handshake_timeout);
+                }
+                endpoint.handle_timeout(now);
+            }
+        }
+    }
+}
+
+async fn flush(l: &mut Link) {
+    while let Some(d) = l.session.poll_transmit() {
+        if let Err(e) = l.socket.send(&d).await {
+            tracing::debug!(error = %e, "send failed");
+        }
+    }
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Where to listen.
+    pub bind: SocketAddr,
+    /// DTLS settings.
+    pub tls: ServerSettings,
+    /// CoAP parameters and limits.
+    pub coap: CoapConfig,
+    /// Most sessions at once (established and handshaking).
+    pub max_sessions: usize,
+    /// Most handshakes in progress at once.
+    pub max_handshakes: usize,
+    /// A session without traffic for this long is dropped.
+    pub session_idle: Duration,
+    /// How long a handshake may take.
+    pub handshake_timeout: Duration,
+    /// Requests waiting for the application at most; more get 5.03 at once.
+    pub max_pending: usize,
+}
+
+/// A request for the application.
+#[derive(Debug)]
+pub struct Incoming {
+    /// Pass to [`Responder::respond`].
+    pub id: RequestId,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The peer's identity (certificate common name or PSK identity), if it has one.
+    pub identity: Option<String>,
+    /// The request, body reassembled.
+    pub packet: Packet,
+}
+
+/// Counters of a server.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Sessions established.
+    pub sessions: AtomicU64,
+    /// HelloVerifyRequests sent (ClientHellos without a valid cookie).
+    pub cookies_sent: AtomicU64,
+    /// Handshakes that failed (the log says why).
+    pub handshake_failures: AtomicU64,
+    /// Datagrams from addresses without a session, dropped.
+    pub no_session: AtomicU64,
+    /// ClientHellos refused because of the session or handshake caps.
+    pub over_capacity: AtomicU64,
+    /// Sessions replaced by a new handshake from the same address (RFC 6347 §4.2.8).
+    pub replaced: AtomicU64,
+    /// Sessions dropped for idleness.
+    pub idle_evictions: AtomicU64,
+}
+
+/// Sends responses back into a running server, from any thread.
+#[derive(Clone)]
+pub struct Responder(mpsc::UnboundedSender<(RequestId, Packet)>);
+
+impl Responder {
+    /// Answers request `id`.
+    pub fn respond(&self, id: RequestId, packet: Packet) {
+        let _ = self.0.send((id, packet));
+    }
+}
+
+/// A running CoAP-over-DTLS server.
+pub struct Server {
+    /// The bound address.
+    pub local_addr: SocketAddr,
+    /// Requests for the application.
+    pub requests: std_mpsc::Receiver<Incoming>,
+    /// Where responses go.
+    pub responder: Responder,
+    /// Counters.
+    pub stats: Arc<ServerStats>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds and starts serving.
+    pub fn start(opts: ServerOptions) -> Result<Server, DtlsError> {
+        let ctx = dtls::server_context(&opts.tls)?;
+        let std_socket = std::net::UdpSocket::bind(opts.bind)
+            .map_err(|e| DtlsError::Config(format!("cannot listen on {}: {e}", opts.bind)))?;
+        std_socket
+            .set_nonblocking(true)
+            .map_err(|e| DtlsError::Other(e.to_string()))?;
+        let local_addr = std_socket
+            .local_addr()
+            .map_err(|e| DtlsError::Other(e.to_string()))?;
+        let (req_tx, requests) = std_mpsc::sync_channel(opts.max_pending.max(1));
+        let (resp_tx, resp_rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let stats = Arc::new(ServerStats::default());
+        let st = stats.clone();
+        let responder = Responder(resp_tx.clone());
+        let thread = std::thread::Builder::new()
+            .name("coaps-server".into())
+            .spawn(move || {
+                let rt = runtime();
+                rt.block_on(async move {
+                    let socket = UdpSocket::from_std(std_socket).expect("tokio socket");
+                    server_loop(opts, ctx, socket, req_tx, resp_tx, resp_rx, stop_rx, st).await
+                })
+            })
+            .map_err(|e| DtlsError::Other(e.to_string()))?;
+        Ok(Server {
+            local_addr,
+            requests,
+            responder,
+            stats,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct ServerState {
+    opts: ServerOptions,
+    ctx: openssl::ssl::SslContext,
+    sessions: HashMap<SocketAddr, Session>,
+    cookies: dtls::CookieJar,
+    endpoint: Endpoint<SocketAddr>,
+    stats: Arc<ServerStats>,
+    out: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl ServerState {
+    fn on_datagram(&mut self, peer: SocketAddr, d: &[u8]) {
+        let now = Instant::now();
+        if let Some(ch) = dtls::parse_client_hello(d) {
+            let handshaking = self
+                .sessions
+                .get(&peer)
+                .is_some_and(|s| *s.state() == State::Handshaking);
+            if !handshaking {
+                if !self.cookies.check(peer, &ch) {
+                    // Stateless: one small datagram back, nothing kept.
+                    let cookie = self.cookies.make(peer, &ch);
+                    self.out
+                        .push((peer, dtls::hello_verify_request(&ch, &cookie)));
+                    self.stats.cookies_sent.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                if self.sessions.remove(&peer).is_some() {
+                    // RFC 6347 §4.2.8: a verified ClientHello at epoch 0 from an address with a
+                    // session starts a new association (a device that rebooted keeps its port).
+                    tracing::info!(%peer, "peer started a new handshake; its old session is replaced");
+                    self.stats.replaced.fetch_add(1, Ordering::Relaxed);
+                    self.endpoint.forget_peer(peer);
+                }
+                let in_progress = self
+                    .sessions
+                    .values()
+                    .filter(|s| *s.state() == State::Handshaking)
+                    .count();
+                if self.sessions.len() >= self.opts.max_sessions
+                    || in_progress >= self.opts.max_handshakes
+                {
+                    self.stats.over_capacity.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, sessions = self.sessions.len(), handshakes = in_progress, "refusing a handshake: at the session or handshake cap");
+                    return;
+                }
+                match Session::server(&self.ctx, d, &ch.cookie, self.opts.tls.mtu) {
+                    Ok(s) => {
+                        self.sessions.insert(peer, s);
+                    }
+                    Err(e) => {
+                        self.stats
+                            .handshake_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%peer, error = %e, "handshake refused");
+                    }
+                }
+                return;
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&peer) else {
+            self.stats.no_session.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(%peer, "datagram without a session dropped");
+            return;
+        };
+        let was_established = s.is_established();
+        let data = s.handle_datagram(d);
+        if !was_established && s.is_established() {
+            self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, identity = ?s.peer_identity(), cipher = ?s.cipher(), "DTLS session established");
+        }
+        for app in data {
+            self.endpoint.handle_datagram(now, peer, &app);
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        for s in self.sessions.values_mut() {
+            s.handle_timeout();
+            s.check_deadline(self.opts.handshake_timeout);
+        }
+        let idle: Vec<SocketAddr> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.is_established()
+                    && now.duration_since(s.last_activity()) >= self.opts.session_idle
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for p in idle {
+            self.stats.idle_evictions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(peer = %p, "idle session dropped");
+            if let Some(mut s) = self.sessions.remove(&p) {
+                s.close();
+                while let Some(d) = s.poll_transmit() {
+                    self.out.push((p, d));
+                }
+            }
+            self.endpoint.forget_peer(p);
+        }
+        self.endpoint.handle_timeout(now);
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        let mut next = self
+            .endpoint
+            .poll_timeout()
+            .unwrap_or(now + Duration::from_secs(60));
+        for s in self.sessions.values() {
+            if let Some(d) = s.timeout() {
+                next = next.min(now + d);
+            }
+            if !s.is_established() {
+                next = next.min(s.started() + self.opts.handshake_timeout);
+            } else {
+                next = next.min(s.last_activity() + self.opts.session_idle);
+            }
+        }
+        next.max(now)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn server_loop(
+    opts: ServerOptions,
+    ctx: openssl::ssl::SslContext,
+    socket: UdpSocket,
+    req_tx: std_mpsc::SyncSender<Incoming>,
+    resp_tx: mpsc::UnboundedSender<(RequestId, Packet)>,
+    mut resp_rx: mpsc::UnboundedReceiver<(RequestId, Packet)>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    stats: Arc<ServerStats>,
+) {
+    let mut st = ServerState {
+        endpoint: Endpoint::new(opts.coap.clone(), rng()),
+        opts,
+        ctx,
+        sessions: HashMap::new(),
+        cookies: dtls::CookieJar::new(Duration::from_secs(300)),
+        stats,
+        out: Vec::new(),
+    };
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let next = st.next_deadline();
+        tokio::select! {
+            _ = &mut stop => break,
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, peer)) = r {
+                    st.on_datagram(peer, &buf[..n]);
+                }
+            }
+            Some((id, packet)) = resp_rx.recv() => st.endpoint.respond(Instant::now(), id, packet),
+            _ = sleep_until(next.into()) => st.on_timers(),
+        }
+        while let Some(ev) = st.endpoint.poll_event() {
+            if let Event::Request { id, peer, packet } = ev {
+                let identity = st.sessions.get(&peer).and_then(|s| s.peer_identity());
+                if let Err(
+                    std_mpsc::TrySendError::Full(inc) | std_mpsc::TrySendError::Disconnected(inc),
+                ) = req_tx.try_send(Incoming {
+                    id,
+                    peer,
+                    identity,
+                    packet,
+                }) {
+                    let mut busy =
+                        crate::core::response(coap_lite::ResponseType::ServiceUnavailable, "busy");
+                    busy.add_option(coap_lite::CoapOption::MaxAge, crate::core::encode_uint(5));
+                    let _ = resp_tx.send((inc.id, busy));
+                }
+            }
+        }
+        while let Some((peer, bytes)) = st.endpoint.poll_transmit() {
+            if let Some(s) = st.sessions.get_mut(&peer) {
+                let _ = s.send(&bytes);
+            }
+        }
+        let mut closed = Vec::new();
+        for (peer, s) in st.sessions.iter_mut() {
+            while let Some(d) = s.poll_transmit() {
+                st.out.push((*peer, d));
+            }
+            if let State::Closed(e) = s.state() {
+                closed.push((*peer, e.clone()));
+            }
+        }
+        for (peer, e) in closed {
+            st.sessions.remove(&peer);
+            st.endpoint.forget_peer(peer);
+            if e != DtlsError::Closed {
+                st.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, error = %e, "DTLS session failed");
+            } else {
+                tracing::debug!(%peer, "DTLS session closed by the peer");
+            }
+        }
+        for (peer, d) in st.out.drain(..) {
+            let _ = socket.send_to(&d, peer).await;
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Development certificates: a CA, server certificates with the names and addresses they serve,
+//! device certificates whose common name is the device identity. EC P-256, SHA-256. Writes
+//! PEM files; private keys are created with mode 0600.
+
+use openssl::{
+    asn1::Asn1Time,
+    bn::{BigNum, MsbOption},
+    ec::{EcGroup, EcKey},
+    hash::MessageDigest,
+    nid::Nid,
+    pkey::{PKey, Private},
+    x509::{
+        extension::{
+            AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage,
+            SubjectAlternativeName, SubjectKeyIdentifier,
+        },
+        X509NameBuilder, X509,
+    },
+};
+use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path};
+
+/// A private key.
+pub type Key = PKey<Private>;
+
+/// An error making or writing certificates.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PkiError(pub String);
+
+fn e(what: &str) -> impl Fn(openssl::error::ErrorStack) -> PkiError + '_ {
+    move |err| PkiError(format!("{what}: {err}"))
+}
+
+/// A new EC P-256 key.
+pub fn new_key() -> Result<Key, PkiError> {
+    let g = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(e("curve"))?;
+    PKey::from_ec_key(EcKey::generate(&g).map_err(e("key"))?).map_err(e("key"))
+}
+
+/// What a certificate is for.
+pub enum Kind<'a> {
+    /// A self-signed CA.
+    Ca,
+    /// A server certificate for these DNS names and IP addresses.
+    Server(&'a [String]),
+    /// A device (client) certificate.
+    Device,
+}
+
+/// Issues a certificate for `cn` valid from `not_before_days` to `not_after_days` from now
+/// (negative: in the past), signed by `issuer` (self-signed when `None`).
+pub fn issue(
+    cn: &str,
+    key: &Key,
+    kind: Kind<'_>,
+    issuer: Option<(&X509, &Key)>,
+    not_before_days: i64,
+    not_after_days: i64,
+) -> Result<X509, PkiError> {
+    let mut name = X509NameBuilder::new().map_err(e("name"))?;
+    name.append_entry_by_nid(Nid::COMMONNAME, cn)
+        .map_err(e("common name"))?;
+    let name = name.build();
+    let mut b = X509::builder().map_err(e("builder"))?;
+    b.set_version(2).map_err(e("version"))?;
+    let mut serial = BigNum::new().map_err(e("serial"))?;
+    serial
+        .rand(127, MsbOption::MAYBE_ZERO, false)
+        .map_err(e("serial"))?;
+    let serial = serial.to_asn1_integer().map_err(e("serial"))?;
+    b.set_serial_number(&serial).map_err(e("serial"))?;
+    b.set_subject_name(&name).map_err(e("subject"))?;
+    b.set_issuer_name(issuer.map(|(c, _)| c.subject_name()).unwrap_or(&name))
+        .map_err(e("issuer"))?;
+    b.set_pubkey(key).map_err(e("public key"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (from, until) = (
+        Asn1Time::from_unix(now + not_before_days * 86400).map_err(e("validity"))?,
+        Asn1Time::from_unix(now + not_after_days * 86400).map_err(e("validity"))?,
+    );
+    b.set_not_before(&from).map_err(e("validity"))?;
+    b.set_not_after(&until).map_err(e("validity"))?;
+    let ski = SubjectKeyIdentifier::new()
+        .build(&b.x509v3_context(issuer.map(|i| &**i.0), None))
+        .map_err(e("ski"))?;
+    b.append_extension(ski).map_err(e("ski"))?;
+    match (&kind, issuer) {
+        (Kind::Ca, _) | (_, None) => {
+            b.append_extension(
+                BasicConstraints::new()
+                    .critical()
+                    .ca()
+                    .build()
+                    .map_err(e("constraints"))?,
+            )
+            .map_err(e("constraints"))?;
+            b.append_extension(
+                KeyUsage::new()
+                    .critical()
+                    .key_cert_sign()
+                    .crl_sign()
+                    .build()
+                    .map_err(e("usage"))?,
+            )
+            .map_err(e("usage"))?;
+        }
+        (kind, Some((ca, _))) => {
+            b.append_extension(
+                BasicConstraints::new()
+                    .critical()
+                    .build()
+                    .map_err(e("constraints"))?,
+            )
+            .map_err(e("constraints"))?;
+            b.append_extension(
+                KeyUsage::new()
+                    .critical()
+                    .digital_signature()
+                    .build()
+                    .map_err(e("usage"))?,
+            )
+            .map_err(e("usage"))?;
+            let mut eku = ExtendedKeyUsage::new();
+            match kind {
+                Kind::Server(_) => eku.server_auth(),
+                _ => eku.client_auth(),
+            };
+            b.append_extension(eku.build().map_err(e("usage"))?)
+                .map_err(e("usage"))?;
+            let aki = AuthorityKeyIdentifier::new()
+                .keyid(false)
+                .build(&b.x509v3_context(Some(ca), None))
+                .map_err(e("aki"))?;
+            b.append_extension(aki).map_err(e("aki"))?;
+            if let Kind::Server(names) = kind {
+                let mut san = SubjectAlternativeName::new();
+                for n in names.iter() {
+                    if n.parse::<std::net::IpAddr>().is_ok() {
+                        san.ip(n);
+                    } else {
+                        san.dns(n);
+                    }
+                }
+                let san = san
+                    .build(&b.x509v3_context(Some(ca), None))
+                    .map_err(e("subject alternative names"))?;
+                b.append_extension(san)
+                    .map_err(e("subject alternative names"))?;
+            }
+        }
+    }
+    b.sign(issuer.map(|i| i.1).unwrap_or(key), MessageDigest::sha256())
+        .map_err(e("signing"))?;
+    Ok(b.build())
+}
+
+/// Writes a certificate as PEM.
+pub fn write_cert(path: &Path, cert: &X509) -> Result<(), PkiError> {
+    let pem = cert.to_pem().map_err(e("PEM"))?;
+    std::fs::write(path, pem)
+        .map_err(|err| PkiError(format!("cannot write {}: {err}", path.display())))
+}
+
+/// Writes a private key as PEM, readable by its owner only.
+pub fn write_key(path: &Path, key: &Key) -> Result<(), PkiError> {
+    let pem = key.private_key_to_pem_pkcs8().map_err(e("PEM"))?;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|err| PkiError(format!("cannot write {}: {err}", path.display())))?;
+    f.write_all(&pem)
+        .map_err(|err| PkiError(format!("cannot write {}: {err}", path.display())))
+}
+
+/// Reads a certificate and key written by this module.
+pub fn read_pair(cert: &Path, key: &Path) -> Result<(X509, Key), PkiError> {
+    let c = std::fs::read(cert)
+        .map_err(|err| PkiError(format!("cannot read {}: {err}", cert.display())))?;
+    let k = std::fs::read(key)
+        .map_err(|err| PkiError(format!("cannot read {}: {err}", key.display())))?;
+    Ok((
+        X509::from_pem(&c).map_err(e("certificate"))?,
+        PKey::private_key_from_pem(&k).map_err(e("key"))?,
+    ))
+}
+
+/// Paths of the development PKI under a directory.
+pub struct Layout<'a>(pub &'a Path);
+
+impl Layout<'_> {
+    /// `ca.pem`.
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.0.join("ca.pem")
+    }
+    /// `ca.key`.
+    pub fn ca_key(&self) -> std::path::PathBuf {
+        self.0.join("ca.key")
+    }
+    /// `server.pem`.
+    pub fn server(&self) -> std::path::PathBuf {
+        self.0.join("server.pem")
+    }
+    /// `server.key`.
+    pub fn server_key(&self) -> std::path::PathBuf {
+        self.0.join("server.key")
+    }
+    /// `device-NAME.pem`.
+    pub fn device(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(format!("device-{name}.pem"))
+    }
+    /// `device-NAME.key`.
+    pub fn device_key(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(format!("device-{name}.key"))
+    }
+}

@@ -1,0 +1,389 @@
+//! Real DTLS handshakes over real UDP sockets on 127.0.0.1: success, every failure case, the
+//! cookie exchange, PSK, mutual authentication, a client that restarts on the same port, and a
+//! block-wise request.
+
+use coap_lite::{MessageClass, RequestType, ResponseType};
+use gateway_coap::{
+    core::{request, response, Config as CoapConfig},
+    driver::{Client, ClientOptions, RequestError, Server, ServerOptions},
+    dtls::{ClientSettings, DtlsError, Psk, ServerSettings},
+    pki::{self, issue, new_key, Kind},
+};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let ca_key = new_key().unwrap();
+        let ca = issue("Test CA", &ca_key, Kind::Ca, None, -1, 3650).unwrap();
+        pki::write_cert(&p.join("ca.pem"), &ca).unwrap();
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let key = new_key().unwrap();
+        pki::write_cert(
+            &p.join("server.pem"),
+            &issue(
+                "server",
+                &key,
+                Kind::Server(&names),
+                Some((&ca, &ca_key)),
+                -1,
+                365,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        pki::write_key(&p.join("server.key"), &key).unwrap();
+        let key = new_key().unwrap();
+        pki::write_cert(
+            &p.join("expired.pem"),
+            &issue(
+                "server",
+                &key,
+                Kind::Server(&names),
+                Some((&ca, &ca_key)),
+                -30,
+                -1,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        pki::write_key(&p.join("expired.key"), &key).unwrap();
+        let other = vec!["example.org".to_owned()];
+        let key = new_key().unwrap();
+        pki::write_cert(
+            &p.join("other.pem"),
+            &issue(
+                "server",
+                &key,
+                Kind::Server(&other),
+                Some((&ca, &ca_key)),
+                -1,
+                365,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        pki::write_key(&p.join("other.key"), &key).unwrap();
+        let key = new_key().unwrap();
+        pki::write_cert(
+            &p.join("device.pem"),
+            &issue("pi-01", &key, Kind::Device, Some((&ca, &ca_key)), -1, 365).unwrap(),
+        )
+        .unwrap();
+        pki::write_key(&p.join("device.key"), &key).unwrap();
+        // A second, unrelated CA.
+        let rogue_key = new_key().unwrap();
+        pki::write_cert(
+            &p.join("rogue-ca.pem"),
+            &issue("Rogue CA", &rogue_key, Kind::Ca, None, -1, 3650).unwrap(),
+        )
+        .unwrap();
+        Pki { dir }
+    }
+    fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+}
+
+fn server_opts(pki: &Pki, cert: &str) -> ServerOptions {
+    ServerOptions {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        tls: ServerSettings {
+            cert_file: Some(pki.path(&format!("{cert}.pem"))),
+            key_file: Some(pki.path(&format!("{cert}.key"))),
+            mtu: 1232,
+            ..Default::default()
+        },
+        coap: CoapConfig::default(),
+        max_sessions: 100,
+        max_handshakes: 10,
+        session_idle: Duration::from_secs(600),
+        handshake_timeout: Duration::from_secs(5),
+        max_pending: 64,
+    }
+}
+
+fn client_opts(server: SocketAddr, ca: &Path, host: &str) -> ClientOptions {
+    ClientOptions {
+        server,
+        host: host.to_owned(),
+        verify_host: true,
+        bind: "127.0.0.1:0".parse().unwrap(),
+        tls: ClientSettings {
+            ca_file: Some(ca.to_path_buf()),
+            mtu: 1232,
+            ..Default::default()
+        },
+        coap: CoapConfig::default(),
+        handshake_timeout: Duration::from_secs(3),
+    }
+}
+
+/// Answers every request with 2.04 and the body length and the peer identity.
+fn serve(server: &Server) -> std::thread::JoinHandle<Vec<(Option<String>, usize)>> {
+    let responder = server.responder.clone();
+    let requests = unsafe_receiver(server);
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while let Ok(inc) = requests.recv_timeout(Duration::from_secs(8)) {
+            seen.push((inc.identity.clone(), inc.packet.payload.len()));
+            responder.respond(
+                inc.id,
+                response(
+                    ResponseType::Changed,
+                    &format!("{} {:?}", inc.packet.payload.len(), inc.identity),
+                ),
+            );
+        }
+        seen
+    })
+}
+
+/// Moves the request receiver out of the server (tests only: the server keeps running).
+fn unsafe_receiver(server: &Server) -> std::sync::mpsc::Receiver<gateway_coap::driver::Incoming> {
+    // Re-route: forward from the server's receiver on a thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let src: *const std::sync::mpsc::Receiver<_> = &server.requests;
+    let src = src as usize;
+    std::thread::spawn(move || {
+        // SAFETY: the tests keep the server alive for longer than this thread forwards.
+        let src =
+            unsafe { &*(src as *const std::sync::mpsc::Receiver<gateway_coap::driver::Incoming>) };
+        while let Ok(x) = src.recv_timeout(Duration::from_secs(8)) {
+            if tx.send(x).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn post(body: Vec<u8>) -> coap_lite::Packet {
+    request(RequestType::Post, "gpsflowtemp", Some(112), body)
+}
+
+fn changed(r: &coap_lite::Packet) -> bool {
+    r.header.code == MessageClass::Response(ResponseType::Changed)
+}
+
+#[test]
+fn handshake_with_a_cookie_exchange_then_a_request() {
+    let pki = Pki::new();
+    let server = Server::start(server_opts(&pki, "server")).unwrap();
+    let app = serve(&server);
+    let client = Client::start(client_opts(
+        server.local_addr,
+        &pki.path("ca.pem"),
+        "localhost",
+    ))
+    .unwrap();
+    let r = client
+        .request(post(b"hello".to_vec()), Duration::from_secs(5))
+        .unwrap();
+    assert!(changed(&r), "{r:?}");
+    let r = client
+        .request(post(vec![7; 3000]), Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(r.payload, b"3000 None", "a block-wise body arrives whole");
+    assert_eq!(
+        server
+            .stats
+            .cookies_sent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one HelloVerifyRequest"
+    );
+    assert_eq!(
+        server
+            .stats
+            .sessions
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    drop(client);
+    drop(server);
+    assert_eq!(app.join().unwrap().len(), 2);
+}
+
+#[test]
+fn the_ip_address_of_the_uri_is_verified_too() {
+    let pki = Pki::new();
+    let server = Server::start(server_opts(&pki, "server")).unwrap();
+    let _app = serve(&server);
+    let client = Client::start(client_opts(
+        server.local_addr,
+        &pki.path("ca.pem"),
+        "127.0.0.1",
+    ))
+    .unwrap();
+    assert!(changed(
+        &client
+            .request(post(b"x".to_vec()), Duration::from_secs(5))
+            .unwrap()
+    ));
+}
+
+fn refused(pki: &Pki, cert: &str, ca: &str, host: &str) -> RequestError {
+    let server = Server::start(server_opts(pki, cert)).unwrap();
+    let client = Client::start(client_opts(server.local_addr, &pki.path(ca), host)).unwrap();
+    let e = client
+        .request(post(b"secret".to_vec()), Duration::from_secs(5))
+        .unwrap_err();
+    assert!(
+        server.requests.try_recv().is_err(),
+        "no data reached the server"
+    );
+    e
+}
+
+#[test]
+fn an_unknown_ca_is_refused_and_says_so() {
+    let pki = Pki::new();
+    let e = refused(&pki, "server", "rogue-ca.pem", "localhost");
+    assert_eq!(
+        e,
+        RequestError::Dtls(DtlsError::Certificate(
+            "unable to get local issuer certificate".into()
+        ))
+    );
+}
+
+#[test]
+fn a_host_name_mismatch_is_refused_and_says_so() {
+    let pki = Pki::new();
+    let e = refused(&pki, "other", "ca.pem", "localhost");
+    assert_eq!(
+        e,
+        RequestError::Dtls(DtlsError::Certificate("hostname mismatch".into()))
+    );
+}
+
+#[test]
+fn an_expired_certificate_is_refused_and_says_so() {
+    let pki = Pki::new();
+    let e = refused(&pki, "expired", "ca.pem", "localhost");
+    assert_eq!(
+        e,
+        RequestError::Dtls(DtlsError::Certificate("certificate has expired".into()))
+    );
+}
+
+#[test]
+fn mutual_authentication_gives_the_device_identity_and_refuses_clients_without_a_certificate() {
+    let pki = Pki::new();
+    let mut opts = server_opts(&pki, "server");
+    opts.tls.client_ca_file = Some(pki.path("ca.pem"));
+    opts.tls.require_client_cert = true;
+    let server = Server::start(opts).unwrap();
+    let app = serve(&server);
+    let mut copts = client_opts(server.local_addr, &pki.path("ca.pem"), "localhost");
+    copts.tls.cert = Some((pki.path("device.pem"), pki.path("device.key")));
+    let client = Client::start(copts).unwrap();
+    let r = client
+        .request(post(b"abc".to_vec()), Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(r.payload, b"3 Some(\"pi-01\")");
+    // Without a certificate.
+    let anonymous = Client::start(client_opts(
+        server.local_addr,
+        &pki.path("ca.pem"),
+        "localhost",
+    ))
+    .unwrap();
+    match anonymous.request(post(b"abc".to_vec()), Duration::from_secs(5)) {
+        Err(RequestError::Dtls(DtlsError::Handshake(reason))) => {
+            assert!(reason.contains("alert"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    drop((client, anonymous, server));
+    assert_eq!(app.join().unwrap().len(), 1);
+}
+
+#[test]
+fn psk_works_and_a_wrong_key_times_out_without_data() {
+    let mut opts = ServerOptions {
+        tls: ServerSettings {
+            psk: HashMap::from([("sensor-42".to_owned(), b"0123456789abcdef".to_vec())]),
+            mtu: 1232,
+            ..Default::default()
+        },
+        ..server_opts(&Pki::new(), "server")
+    };
+    opts.tls.cert_file = None;
+    opts.tls.key_file = None;
+    let server = Server::start(opts).unwrap();
+    let app = serve(&server);
+    let psk_client = |key: &[u8]| {
+        let mut o = client_opts(server.local_addr, Path::new("/unused"), "localhost");
+        o.tls.ca_file = None;
+        o.verify_host = false;
+        o.tls.psk = Some(Psk {
+            identity: "sensor-42".into(),
+            key: key.to_vec(),
+        });
+        o.handshake_timeout = Duration::from_secs(2);
+        Client::start(o).unwrap()
+    };
+    let good = psk_client(b"0123456789abcdef");
+    assert_eq!(
+        good.request(post(b"p".to_vec()), Duration::from_secs(5))
+            .unwrap()
+            .payload,
+        b"1 Some(\"sensor-42\")"
+    );
+    let bad = psk_client(b"0123456789abcdeX");
+    match bad.request(post(b"p".to_vec()), Duration::from_secs(5)) {
+        Err(RequestError::Dtls(DtlsError::HandshakeTimeout(_))) => {}
+        other => panic!("{other:?}"),
+    }
+    drop((good, bad, server));
+    assert_eq!(app.join().unwrap().len(), 1);
+}
+
+#[test]
+fn a_client_restarting_on_the_same_port_gets_a_new_session_at_once() {
+    let pki = Pki::new();
+    let server = Server::start(server_opts(&pki, "server")).unwrap();
+    let _app = serve(&server);
+    let port = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let mut opts = client_opts(server.local_addr, &pki.path("ca.pem"), "localhost");
+    opts.bind = format!("127.0.0.1:{port}").parse().unwrap();
+    let first = Client::start(opts.clone()).unwrap();
+    assert!(changed(
+        &first
+            .request(post(b"1".to_vec()), Duration::from_secs(5))
+            .unwrap()
+    ));
+    // The "Pi" loses power: its session state is gone without a close_notify.
+    first.abort();
+    let started = std::time::Instant::now();
+    let second = Client::start(opts).unwrap();
+    let r = second.request(post(b"2".to_vec()), Duration::from_secs(5));
+    assert!(r.is_ok_and(|r| changed(&r)));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        server
+            .stats
+            .replaced
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
