@@ -43,6 +43,14 @@ enum Command {
         #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
         config: PathBuf,
     },
+    /// Development certificates for the DTLS link: `certs init`, `certs server [--name N]...`,
+    /// `certs device NAME` (runs `gateway-certs`, installed next to `gateway`).
+    #[command(disable_help_flag = true)]
+    Certs {
+        /// Arguments for gateway-certs (`--help` shows them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// List the plugin libraries of a directory: name, version, SDK version, plugins and kinds.
     Plugins {
         /// The directory (default: `plugin_dir` of --config if given, else the directory of this binary).
@@ -127,6 +135,18 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}: OK", path.display());
             print!("{}", plan.describe());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs { args } => {
+            let tool = default_plugin_dir().join("gateway-certs");
+            let status = std::process::Command::new(&tool)
+                .args(&args)
+                .status()
+                .with_context(|| format!("cannot run {}", tool.display()))?;
+            Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Plugins { plugin_dir, config } => {
             let dir = match (plugin_dir, config) {

@@ -52,6 +52,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("run") => {
             let dir = build(false)?;
+            ensure_certs(&dir)?;
             let mut c = Command::new(dir.join("gateway"));
             c.current_dir(root())
                 .args(["run", "--config", "gateway.toml"])
@@ -70,6 +71,25 @@ fn main() -> Result<()> {
             std::process::exit(2);
         }
     }
+}
+
+/// Creates the development certificates the quick start uses, unless they exist.
+fn ensure_certs(dir: &Path) -> Result<()> {
+    let certs = root().join("certs");
+    if certs.join("ca.pem").exists() && certs.join("device-quickstart.pem").exists() {
+        return Ok(());
+    }
+    eprintln!("creating development certificates under certs/ (first run)");
+    for args in [
+        &["init", "--force"][..],
+        &["server"],
+        &["device", "quickstart"],
+    ] {
+        let mut c = Command::new(dir.join("gateway"));
+        c.current_dir(root()).arg("certs").args(args);
+        run(c)?;
+    }
+    Ok(())
 }
 
 fn has(cmd: &str) -> bool {

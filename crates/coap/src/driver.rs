@@ -101,9 +101,13 @@ impl Client {
     pub fn start(opts: ClientOptions) -> Result<Client, DtlsError> {
         let connector = dtls::client_context(&opts.tls)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let span = tracing::Span::current();
         let thread = std::thread::Builder::new()
             .name("coaps-client".into())
-            .spawn(move || runtime().block_on(client_loop(opts, connector, rx)))
+            .spawn(move || {
+                let _e = span.enter();
+                runtime().block_on(client_loop(opts, connector, rx))
+            })
             .map_err(|e| DtlsError::Other(e.to_string()))?;
         Ok(Client {
             tx,
@@ -415,9 +419,11 @@ impl Server {
         let stats = Arc::new(ServerStats::default());
         let st = stats.clone();
         let responder = Responder(resp_tx.clone());
+        let span = tracing::Span::current();
         let thread = std::thread::Builder::new()
             .name("coaps-server".into())
             .spawn(move || {
+                let _e = span.enter();
                 let rt = runtime();
                 rt.block_on(async move {
                     let socket = UdpSocket::from_std(std_socket).expect("tokio socket");

@@ -1,0 +1,125 @@
+//! `gateway-certs` (run as `gateway certs`): development certificates for the DTLS link.
+//!
+//! ```text
+//! gateway certs init   [--dir DIR] [--force]            a CA: ca.pem, ca.key
+//! gateway certs server [--dir DIR] [--name NAME]...     server.pem, server.key (default names: localhost, 127.0.0.1)
+//! gateway certs device NAME [--dir DIR]                 device-NAME.pem, device-NAME.key (common name = NAME)
+//! ```
+//! DIR defaults to `certs`. Keys are written with mode 0600.
+
+use gateway_coap::pki::{self, issue, new_key, read_pair, Kind, Layout, PkiError};
+use std::{path::PathBuf, process::ExitCode};
+
+const USAGE: &str = "usage:
+  gateway certs init   [--dir DIR] [--force]          create a development CA (ca.pem, ca.key)
+  gateway certs server [--dir DIR] [--name NAME]...   a server certificate for these DNS names / IPs
+                                                      (default: localhost and 127.0.0.1)
+  gateway certs device NAME [--dir DIR]               a device certificate whose common name is NAME
+DIR defaults to ./certs. Keys are written readable by their owner only.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<(), PkiError> {
+    let mut dir = PathBuf::from("certs");
+    let mut names = Vec::new();
+    let mut force = false;
+    let mut positional = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--dir" => {
+                dir = it
+                    .next()
+                    .map(PathBuf::from)
+                    .ok_or_else(|| PkiError("--dir needs a value".into()))?
+            }
+            "--name" => names.push(
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| PkiError("--name needs a value".into()))?,
+            ),
+            "--force" => force = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other if other.starts_with('-') => {
+                return Err(PkiError(format!("unknown option {other}\n{USAGE}")))
+            }
+            other => positional.push(other.to_owned()),
+        }
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| PkiError(format!("cannot create {}: {e}", dir.display())))?;
+    let l = Layout(&dir);
+    let ca = || {
+        read_pair(&l.ca(), &l.ca_key())
+            .map_err(|e| PkiError(format!("{e} (run `gateway certs init` first)")))
+    };
+    match positional.first().map(String::as_str) {
+        Some("init") => {
+            if l.ca().exists() && !force {
+                return Err(PkiError(format!(
+                    "{} exists; --force replaces it (and invalidates every certificate it signed)",
+                    l.ca().display()
+                )));
+            }
+            let key = new_key()?;
+            let cert = issue("gateway development CA", &key, Kind::Ca, None, -1, 3650)?;
+            pki::write_cert(&l.ca(), &cert)?;
+            pki::write_key(&l.ca_key(), &key)?;
+            println!(
+                "CA written: {} and {}",
+                l.ca().display(),
+                l.ca_key().display()
+            );
+        }
+        Some("server") => {
+            let (ca, ca_key) = ca()?;
+            if names.is_empty() {
+                names = vec!["localhost".into(), "127.0.0.1".into()];
+            }
+            let key = new_key()?;
+            let cert = issue(
+                &names[0],
+                &key,
+                Kind::Server(&names),
+                Some((&ca, &ca_key)),
+                -1,
+                825,
+            )?;
+            pki::write_cert(&l.server(), &cert)?;
+            pki::write_key(&l.server_key(), &key)?;
+            println!(
+                "server certificate for {} written: {}",
+                names.join(", "),
+                l.server().display()
+            );
+        }
+        Some("device") => {
+            let name = positional
+                .get(1)
+                .ok_or_else(|| PkiError(format!("device needs a NAME\n{USAGE}")))?;
+            let (ca, ca_key) = ca()?;
+            let key = new_key()?;
+            let cert = issue(name, &key, Kind::Device, Some((&ca, &ca_key)), -1, 825)?;
+            pki::write_cert(&l.device(name), &cert)?;
+            pki::write_key(&l.device_key(name), &key)?;
+            println!(
+                "device certificate for {name} written: {}",
+                l.device(name).display()
+            );
+        }
+        _ => return Err(PkiError(USAGE.into())),
+    }
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! The keys of `coaps-uplink` and `coaps-ingress`.
+
+use gateway_sdk::config::duration;
+use serde::Deserialize;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// Payload encoding of the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// SenML CBOR, content-format 112.
+    #[default]
+    Cbor,
+    /// SenML JSON, content-format 110.
+    Json,
+}
+
+/// `[sinks.NAME]` keys of `coaps-uplink`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// `coaps://HOST[:PORT]/PATH`; the port defaults to 5684.
+    pub uri: String,
+    /// CA certificate (PEM) the server's chain must lead to.
+    pub ca_file: Option<PathBuf>,
+    /// This device's certificate (PEM), for servers that require one.
+    pub cert_file: Option<PathBuf>,
+    /// This device's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// PSK identity, instead of certificates.
+    pub psk_identity: Option<String>,
+    /// PSK key, in hex.
+    pub psk_key: Option<String>,
+    /// OpenSSL cipher list; the default offers ECDHE with AES-GCM and ChaCha20-Poly1305.
+    pub ciphers: Option<String>,
+    /// `cbor` or `json`.
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// CoAP ACK_TIMEOUT.
+    #[serde(default = "d2s", with = "duration")]
+    pub ack_timeout: Duration,
+    /// CoAP MAX_RETRANSMIT.
+    #[serde(default = "four")]
+    pub max_retransmit: u32,
+    /// How long one batch may take before the write fails (retryably) and the session is set
+    /// up again.
+    #[serde(default = "d30s", with = "duration")]
+    pub request_timeout: Duration,
+    /// How long a DTLS handshake may take.
+    #[serde(default = "d10s", with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Block size for batches larger than one datagram: 16..=1024, a power of two.
+    #[serde(default = "k1")]
+    pub block_size: usize,
+    /// Path MTU for DTLS records.
+    #[serde(default = "mtu")]
+    pub mtu: u32,
+    /// Local address to send from.
+    #[serde(default = "any")]
+    pub bind: SocketAddr,
+}
+
+/// One PSK client the ingress accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PskEntry {
+    /// The identity; it is also the device identity of its readings.
+    pub identity: String,
+    /// The key, in hex.
+    pub key: String,
+}
+
+/// `[sources.NAME]` keys of `coaps-ingress`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressConfig {
+    /// Address and port to listen on.
+    #[serde(default = "listen")]
+    pub listen: SocketAddr,
+    /// The resource devices POST to.
+    #[serde(default = "path")]
+    pub path: String,
+    /// Server certificate chain (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Server private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// CA (PEM) for client certificates.
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse devices without a certificate from `client_ca_file`.
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// PSK identities and keys.
+    #[serde(default)]
+    pub psk: Vec<PskEntry>,
+    /// OpenSSL cipher list.
+    pub ciphers: Option<String>,
+    /// Most sessions at once.
+    #[serde(default = "thousand")]
+    pub max_sessions: usize,
+    /// Most handshakes in progress at once.
+    #[serde(default = "hundred")]
+    pub max_handshakes: usize,
+    /// A session without traffic for this long is dropped.
+    #[serde(default = "d10m", with = "duration")]
+    pub session_idle: Duration,
+    /// How long a handshake may take.
+    #[serde(default = "d10s", with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Largest request body in bytes (after block-wise reassembly); larger ones get 4.13.
+    #[serde(default = "mib")]
+    pub max_body: usize,
+    /// Most records in one pack; more get 4.13.
+    #[serde(default = "ten_thousand")]
+    pub max_records: usize,
+    /// Max-Age (seconds) of a 5.03 sent when the sinks cannot store a batch.
+    #[serde(default = "thirty")]
+    pub retry_after: u32,
+    /// Reading ids remembered to drop re-sent readings.
+    #[serde(default = "dedup")]
+    pub dedup_ids: usize,
+    /// CoAP: answer with an empty ACK if storing takes longer than this.
+    #[serde(default = "d1s", with = "duration")]
+    pub separate_after: Duration,
+    /// Path MTU for DTLS records.
+    #[serde(default = "mtu")]
+    pub mtu: u32,
+}
+
+fn d1s() -> Duration {
+    Duration::from_secs(1)
+}
+fn d2s() -> Duration {
+    Duration::from_secs(2)
+}
+fn d10s() -> Duration {
+    Duration::from_secs(10)
+}
+fn d30s() -> Duration {
+    Duration::from_secs(30)
+}
+fn d10m() -> Duration {
+    Duration::from_secs(600)
+}
+fn four() -> u32 {
+    4
+}
+fn k1() -> usize {
+    1024
+}
+fn mtu() -> u32 {
+    gateway_coap::dtls::DEFAULT_MTU
+}
+fn any() -> SocketAddr {
+    "0.0.0.0:0".parse().expect("address")
+}
+fn listen() -> SocketAddr {
+    "0.0.0.0:5684".parse().expect("address")
+}
+fn path() -> String {
+    "gpsflowtemp".to_owned()
+}
+fn thousand() -> usize {
+    1000
+}
+fn hundred() -> usize {
+    100
+}
+fn mib() -> usize {
+    1 << 20
+}
+fn ten_thousand() -> usize {
+    10_000
+}
+fn thirty() -> u32 {
+    30
+}
+fn dedup() -> usize {
+    100_000
+}
+
+/// Parses a hex key.
+pub fn hex_key(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if s.len() % 2 != 0 || s.is_empty() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// `coaps://host[:port]/path` split into host, port and path.
+pub fn parse_uri(uri: &str) -> Result<(String, u16, String), String> {
+    let rest = uri
+        .strip_prefix("coaps://")
+        .ok_or_else(|| format!("{uri:?} does not start with coaps://"))?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, p) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{uri:?}: unclosed [ in the host"))?;
+        (h.to_owned(), p.strip_prefix(':').unwrap_or(""))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p),
+            None => (authority.to_owned(), ""),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{uri:?} has no host"));
+    }
+    let port = if port.is_empty() {
+        5684
+    } else {
+        port.parse()
+            .map_err(|_| format!("{uri:?}: bad port {port:?}"))?
+    };
+    Ok((host, port, path.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris() {
+        assert_eq!(
+            parse_uri("coaps://localhost/gpsflowtemp").unwrap(),
+            ("localhost".into(), 5684, "gpsflowtemp".into())
+        );
+        assert_eq!(
+            parse_uri("coaps://10.0.0.1:5700/a/b").unwrap(),
+            ("10.0.0.1".into(), 5700, "a/b".into())
+        );
+        assert_eq!(
+            parse_uri("coaps://[::1]:5684/x").unwrap(),
+            ("::1".into(), 5684, "x".into())
+        );
+        assert!(parse_uri("coap://x/y").is_err());
+        assert!(parse_uri("coaps://x:port/y").is_err());
+    }
+
+    #[test]
+    fn keys() {
+        assert_eq!(hex_key("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(hex_key("0g"), None);
+        assert_eq!(hex_key("abc"), None);
+    }
+}

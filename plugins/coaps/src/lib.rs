@@ -1,0 +1,14 @@
+//! `coaps`: the secure link between a Pi and the server, as two plugins of one library.
+//! `coaps-uplink` (a sink, on the Pi) POSTs each batch as SenML over CoAP/DTLS 1.2 and returns
+//! only after the server answered 2.xx; `coaps-ingress` (a source, on the server) takes those
+//! POSTs and answers 2.04 only once every sink it feeds stored them. I/O: UDP sockets, on a
+//! thread and tokio runtime of the plugin's own.
+
+pub mod config;
+mod ingress;
+mod uplink;
+
+pub use ingress::Ingress;
+pub use uplink::Uplink;
+
+gateway_sdk::export!(sources: [Ingress], sinks: [Uplink]);

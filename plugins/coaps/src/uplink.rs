@@ -1,0 +1,161 @@
+//! `coaps-uplink`: POSTs each batch as SenML over CoAP/DTLS and returns only after a 2.xx.
+
+use crate::config::{hex_key, parse_uri, Encoding, UplinkConfig};
+use coap_lite::{MessageClass, RequestType};
+use gateway_coap::{
+    core::{path_of, request, Config as CoapConfig},
+    driver::{Client, ClientOptions, RequestError},
+    dtls::{self, ClientSettings, Psk},
+    senml,
+};
+use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
+use std::net::ToSocketAddrs;
+
+/// The sink.
+pub struct Uplink {
+    cfg: UplinkConfig,
+    host: String,
+    port: u16,
+    path: String,
+    tls: ClientSettings,
+    client: Option<Client>,
+}
+
+fn szx(block: usize) -> Option<u8> {
+    (0..=6u8).find(|s| 1usize << (s + 4) == block)
+}
+
+impl Sink for Uplink {
+    const ID: &'static str = "coaps-uplink";
+    const DESCRIPTION: &'static str =
+        "POSTs readings as SenML over CoAP/DTLS 1.2; acknowledged on 2.xx";
+
+    fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+        let mut cfg: UplinkConfig = ctx.parse_config()?;
+        let table = ctx.info().table.to_string();
+        let bad = |key: &str, msg: String| PluginError::config(format!("[{table}] {key}: {msg}"));
+        let (host, port, path) = parse_uri(&cfg.uri).map_err(|e| bad("uri", e))?;
+        if szx(cfg.block_size).is_none() {
+            return Err(bad(
+                "block_size",
+                format!("{} is not a power of two from 16 to 1024", cfg.block_size),
+            ));
+        }
+        for p in [&mut cfg.ca_file, &mut cfg.cert_file, &mut cfg.key_file]
+            .into_iter()
+            .flatten()
+        {
+            *p = ctx.resolve_path(&*p);
+        }
+        let psk = match (&cfg.psk_identity, &cfg.psk_key) {
+            (Some(identity), Some(key)) => {
+                let key =
+                    hex_key(key).ok_or_else(|| bad("psk_key", "must be hex digits".into()))?;
+                Some(Psk {
+                    identity: identity.clone(),
+                    key,
+                })
+            }
+            (None, None) => None,
+            _ => {
+                return Err(bad(
+                    "psk_identity",
+                    "psk_identity and psk_key go together".into(),
+                ))
+            }
+        };
+        let cert = match (&cfg.cert_file, &cfg.key_file) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(bad(
+                    "cert_file",
+                    "cert_file and key_file go together".into(),
+                ))
+            }
+        };
+        if cfg.ca_file.is_none() && psk.is_none() {
+            return Err(bad(
+                "ca_file",
+                "required: the server's certificate must be verified against a CA (or use a PSK)"
+                    .into(),
+            ));
+        }
+        let tls = ClientSettings {
+            ca_file: cfg.ca_file.clone(),
+            cert,
+            psk,
+            ciphers: cfg.ciphers.clone().unwrap_or_default(),
+            mtu: cfg.mtu,
+        };
+        // Surface bad files and cipher lists now, not at the first write.
+        dtls::client_context(&tls).map_err(|e| PluginError::config(format!("[{table}] {e}")))?;
+        Ok(Uplink {
+            cfg,
+            host,
+            port,
+            path,
+            tls,
+            client: None,
+        })
+    }
+
+    fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        if self.client.is_none() {
+            let server = (self.host.as_str(), self.port)
+                .to_socket_addrs()
+                .map_err(|e| PluginError::retry(format!("cannot resolve {}: {e}", self.host)))?
+                .next()
+                .ok_or_else(|| PluginError::retry(format!("{} has no address", self.host)))?;
+            let opts = ClientOptions {
+                server,
+                host: self.host.clone(),
+                verify_host: self.tls.ca_file.is_some(),
+                bind: self.cfg.bind,
+                tls: self.tls.clone(),
+                coap: CoapConfig {
+                    ack_timeout: self.cfg.ack_timeout,
+                    max_retransmit: self.cfg.max_retransmit,
+                    block_szx: szx(self.cfg.block_size).unwrap_or(6),
+                    ..CoapConfig::default()
+                },
+                handshake_timeout: self.cfg.handshake_timeout,
+            };
+            tracing::info!(%server, uri = %self.cfg.uri, "uplink ready");
+            self.client = Some(Client::start(opts).map_err(|e| PluginError::fatal(e.to_string()))?);
+        }
+        let client = self.client.as_ref().expect("started");
+        let (payload, cf) = match self.cfg.encoding {
+            Encoding::Cbor => (senml::encode_cbor(batch), senml::CONTENT_FORMAT_CBOR),
+            Encoding::Json => (senml::encode_json(batch), senml::CONTENT_FORMAT_JSON),
+        };
+        let req = request(RequestType::Post, &self.path, Some(cf), payload);
+        debug_assert_eq!(path_of(&req), self.path.trim_matches('/'));
+        match client.request(req, self.cfg.request_timeout) {
+            Ok(resp) => {
+                let (class, detail) = match resp.header.code {
+                    MessageClass::Response(r) => {
+                        let code: u8 = MessageClass::Response(r).into();
+                        ((code >> 5), format!("{}.{:02}", code >> 5, code & 0x1f))
+                    }
+                    _ => (0, "a non-response".to_owned()),
+                };
+                let text = String::from_utf8_lossy(&resp.payload).into_owned();
+                match class {
+                    2 => Ok(()),
+                    4 => Err(PluginError::rejected(format!(
+                        "the server refused the batch: {detail} {text}"
+                    ))),
+                    _ => Err(PluginError::retry(format!(
+                        "the server could not take the batch: {detail} {text}"
+                    ))),
+                }
+            }
+            Err(RequestError::Stopped) => Err(PluginError::fatal("the CoAP client stopped")),
+            Err(e) => Err(PluginError::retry(format!(
+                "no answer from {}: {e}",
+                self.cfg.uri
+            ))),
+        }
+    }
+}
