@@ -602,7 +602,23 @@ async fn server_loop(
     loop {
         let next = st.next_deadline();
         tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut stop => {
+                // Answers the application gave before it stopped still go out.
+                while let Ok((id, packet)) = resp_rx.try_recv() {
+                    st.endpoint.respond(Instant::now(), id, packet);
+                }
+                while let Some((peer, bytes)) = st.endpoint.poll_transmit() {
+                    if let Some(s) = st.sessions.get_mut(&peer) {
+                        let _ = s.send(&bytes);
+                    }
+                }
+                for (peer, s) in st.sessions.iter_mut() {
+                    while let Some(d) = s.poll_transmit() {
+                        let _ = socket.send_to(&d, *peer).await;
+                    }
+                }
+                break;
+            }
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, peer)) = r {
                     st.on_datagram(peer, &buf[..n]);

@@ -138,6 +138,18 @@ impl Source for Ingress {
         let mut last_log = Instant::now();
         loop {
             if ctx.is_stopping() {
+                // The sinks keep writing while sources stop: wait (a little) for the batches in
+                // flight, so their devices get the 2.04 and do not send them again.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !seen.lock().expect("seen").in_flight.is_empty() && Instant::now() < deadline
+                {
+                    if let Ok(inc) = server.requests.recv_timeout(Duration::from_millis(20)) {
+                        let mut r = response(ResponseType::ServiceUnavailable, "shutting down");
+                        r.add_option(CoapOption::MaxAge, encode_uint(self.cfg.retry_after));
+                        server.responder.respond(inc.id, r);
+                    }
+                }
+                tracing::info!("ingress stopped");
                 return Ok(());
             }
             match server.requests.recv_timeout(Duration::from_millis(100)) {

@@ -1,0 +1,271 @@
+//! The two plugins against each other through the SDK harness, over real DTLS on loopback:
+//! exactly-once delivery through a lossy relay, refusals that say why, both encodings.
+
+use coaps::{Ingress, Uplink};
+use gateway_coap::pki::{self, issue, new_key, Kind};
+use gateway_sdk::{
+    testing::{run_source, sample_readings, SinkHarness},
+    ErrorKind, Reading, ReadingId,
+};
+use std::{
+    collections::HashSet,
+    net::UdpSocket,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+fn certs(dir: &Path, device: &str) {
+    let ca_key = new_key().unwrap();
+    let ca = issue("Test CA", &ca_key, Kind::Ca, None, -1, 30).unwrap();
+    pki::write_cert(&dir.join("ca.pem"), &ca).unwrap();
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let key = new_key().unwrap();
+    pki::write_cert(
+        &dir.join("server.pem"),
+        &issue(
+            "server",
+            &key,
+            Kind::Server(&names),
+            Some((&ca, &ca_key)),
+            -1,
+            30,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    pki::write_key(&dir.join("server.key"), &key).unwrap();
+    let key = new_key().unwrap();
+    pki::write_cert(
+        &dir.join("device.pem"),
+        &issue(device, &key, Kind::Device, Some((&ca, &ca_key)), -1, 30).unwrap(),
+    )
+    .unwrap();
+    pki::write_key(&dir.join("device.key"), &key).unwrap();
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn ingress_config(dir: &Path, port: u16, extra: &str) -> String {
+    format!(
+        "listen = \"127.0.0.1:{port}\"\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\nrequire_client_cert = true\n{extra}",
+        dir.join("server.pem").display().to_string(),
+        dir.join("server.key").display().to_string(),
+        dir.join("ca.pem").display().to_string(),
+    )
+}
+
+fn uplink_config(dir: &Path, port: u16, extra: &str) -> String {
+    format!(
+        "uri = \"coaps://127.0.0.1:{port}/gpsflowtemp\"\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n{extra}",
+        dir.join("ca.pem").display().to_string(),
+        dir.join("device.pem").display().to_string(),
+        dir.join("device.key").display().to_string(),
+    )
+}
+
+/// A UDP relay that drops, duplicates and delays (so reorders) datagrams both ways.
+fn lossy_relay(server_port: u16, loss: f64, dup: f64, stop: Arc<AtomicBool>) -> u16 {
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = front.local_addr().unwrap().port();
+    let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+    back.connect(("127.0.0.1", server_port)).unwrap();
+    front
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .unwrap();
+    back.set_read_timeout(Some(Duration::from_millis(5)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        let mut chance = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % 10_000) as f64 / 10_000.0
+        };
+        let mut client = None;
+        let mut later: Vec<(Instant, bool, Vec<u8>)> = Vec::new();
+        let mut buf = [0u8; 65536];
+        while !stop.load(Ordering::SeqCst) {
+            let mut got: Vec<(bool, Vec<u8>)> = Vec::new();
+            if let Ok((n, from)) = front.recv_from(&mut buf) {
+                client = Some(from);
+                got.push((true, buf[..n].to_vec()));
+            }
+            if let Ok(n) = back.recv(&mut buf) {
+                got.push((false, buf[..n].to_vec()));
+            }
+            for (to_server, d) in got {
+                if chance() < loss {
+                    continue;
+                }
+                let copies = if chance() < dup { 2 } else { 1 };
+                for _ in 0..copies {
+                    let delay = Duration::from_millis((chance() * 30.0) as u64);
+                    later.push((Instant::now() + delay, to_server, d.clone()));
+                }
+            }
+            let now = Instant::now();
+            later.sort_by_key(|l| l.0);
+            while later.first().is_some_and(|l| l.0 <= now) {
+                let (_, to_server, d) = later.remove(0);
+                if to_server {
+                    let _ = back.send(&d);
+                } else if let Some(c) = client {
+                    let _ = front.send_to(&d, c);
+                }
+            }
+        }
+    });
+    port
+}
+
+fn ingress_thread(cfg: String, n: usize) -> std::thread::JoinHandle<Vec<Reading>> {
+    std::thread::spawn(move || {
+        let run = run_source::<Ingress>(&cfg, n, Duration::from_secs(60)).unwrap();
+        run.outcome.unwrap();
+        run.readings
+    })
+}
+
+#[test]
+fn every_reading_arrives_exactly_once_through_a_lossy_relay() {
+    if std::env::var("LINK_DEBUG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("LINK_DEBUG").unwrap())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    let port = free_port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loss: f64 = std::env::var("RELAY_LOSS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.2);
+    let dup: f64 = std::env::var("RELAY_DUP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.05);
+    let relay = if std::env::var("RELAY_OFF").is_ok() {
+        port
+    } else {
+        lossy_relay(port, loss, dup, stop.clone())
+    };
+    let (batches, per_batch) = (30, 20);
+    let ingress = ingress_thread(ingress_config(dir.path(), port, ""), batches * per_batch);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut uplink = SinkHarness::new::<Uplink>(&uplink_config(
+        dir.path(),
+        relay,
+        "ack_timeout = \"300ms\"\nrequest_timeout = \"20s\"\n",
+    ))
+    .unwrap();
+    let mut sent = HashSet::new();
+    for _ in 0..batches {
+        let batch = sample_readings(per_batch);
+        sent.extend(batch.iter().map(|r| r.id));
+        // The host retries a retryable failure with the same batch; do the same here.
+        let mut tries = 0;
+        while let Err(e) = uplink.write(batch.clone()) {
+            assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+            tries += 1;
+            assert!(tries < 5, "too many retries: {e}");
+        }
+    }
+    let received = ingress.join().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let ids: Vec<ReadingId> = received.iter().map(|r| r.id).collect();
+    let unique: HashSet<ReadingId> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "no reading twice");
+    assert_eq!(unique, sent, "every reading arrived");
+    assert!(received
+        .iter()
+        .all(|r| r.device == "test-device" && r.unit == "Cel"));
+}
+
+#[test]
+fn json_encoding_works_too_and_values_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    let port = free_port();
+    let ingress = ingress_thread(ingress_config(dir.path(), port, ""), 5);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut uplink =
+        SinkHarness::new::<Uplink>(&uplink_config(dir.path(), port, "encoding = \"json\"\n"))
+            .unwrap();
+    let batch = sample_readings(5);
+    uplink.write(batch.clone()).unwrap();
+    assert_eq!(
+        ingress.join().unwrap(),
+        batch,
+        "the same readings, ids, times and values"
+    );
+}
+
+#[test]
+fn a_device_posting_for_another_device_is_refused_with_4_03() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "pi-01"); // the certificate says pi-01; the readings say test-device
+    let port = free_port();
+    let ingress = ingress_thread(ingress_config(dir.path(), port, ""), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut uplink = SinkHarness::new::<Uplink>(&uplink_config(dir.path(), port, "")).unwrap();
+    let e = uplink.write(sample_readings(2)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "not retryable: {e}");
+    assert!(
+        e.message().contains("4.03")
+            && e.message()
+                .contains("pi-01 may post readings only for itself"),
+        "{e}"
+    );
+    drop(uplink);
+    drop(ingress); // it never gets a reading; the thread ends at its timeout
+}
+
+#[test]
+fn an_unknown_resource_is_a_4_04_and_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    let port = free_port();
+    let _ingress = ingress_thread(ingress_config(dir.path(), port, ""), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let cfg = uplink_config(dir.path(), port, "").replace("/gpsflowtemp", "/elsewhere");
+    let mut uplink = SinkHarness::new::<Uplink>(&cfg).unwrap();
+    let e = uplink.write(sample_readings(1)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED);
+    assert!(e.message().contains("4.04"), "{e}");
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let e = SinkHarness::new::<Uplink>("uri = \"coap://x/y\"\nca_file = \"/x\"")
+        .err()
+        .unwrap();
+    assert!(
+        e.message()
+            .contains("uri: \"coap://x/y\" does not start with coaps://"),
+        "{e}"
+    );
+    let e = SinkHarness::new::<Uplink>("uri = \"coaps://x/y\"")
+        .err()
+        .unwrap();
+    assert!(e.message().contains("ca_file: required"), "{e}");
+    let e = SinkHarness::new::<Uplink>("uri = \"coaps://x/y\"\nca_file = \"/nonexistent.pem\"")
+        .err()
+        .unwrap();
+    assert!(e.message().contains("CA file /nonexistent.pem"), "{e}");
+    let e =
+        run_source::<Ingress>("listen = \"127.0.0.1:0\"", 1, Duration::from_secs(1)).unwrap_err();
+    assert!(e.message().contains("cert_file and key_file"), "{e}");
+}
