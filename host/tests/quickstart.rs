@@ -9,6 +9,10 @@ use support::*;
 fn the_quick_start_config_checks_and_readings_flow_to_stdout() {
     plugin_dir();
     let config = workspace().join("gateway.toml");
+    // What `cargo xtask run` does on a first run.
+    if !workspace().join("certs/device-quickstart.pem").exists() {
+        make_certs(&workspace().join("certs"), "quickstart");
+    }
     let (status, out, err) = gateway(&["check", "--config", config.to_str().unwrap()]);
     assert!(status.success(), "{err}");
     assert!(
@@ -41,6 +45,10 @@ fn the_quick_start_config_checks_and_readings_flow_to_stdout() {
         "{out}"
     );
     assert!(err.contains("everything in flight was delivered"), "{err}");
+    assert!(
+        err.contains("DTLS session established") && err.contains("identity=Some(\"quickstart\")"),
+        "the readings came over DTLS: {err}"
+    );
     // Nothing but readings on stdout.
     assert!(out.lines().all(|l| l.contains(" id=")), "{out}");
 }

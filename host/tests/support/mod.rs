@@ -228,3 +228,18 @@ pub fn assert_contiguous(values: &[i64], what: &str) {
         );
     }
 }
+
+/// Development certificates (CA, server for localhost/127.0.0.1, device `name`) in `dir`,
+/// made with the real `gateway certs`.
+pub fn make_certs(dir: &Path, device: &str) {
+    plugin_dir();
+    let d = dir.to_str().unwrap();
+    for args in [
+        &["certs", "init", "--force", "--dir", d][..],
+        &["certs", "server", "--dir", d],
+        &["certs", "device", device, "--dir", d],
+    ] {
+        let (status, out, err) = gateway(args);
+        assert!(status.success(), "gateway {args:?}: {out}{err}");
+    }
+}

@@ -129,6 +129,9 @@ struct RecorderConfig {
     fail_first: u64,
     /// The write with this number (1-based, counted across rebuilds) panics.
     panic_on_write: Option<u64>,
+    /// The first this-many writes (after `fail_first`) refuse the batch for good.
+    #[serde(default)]
+    reject_first: u64,
 }
 
 /// Appends `SENSOR VALUE ID` per reading to a file, after an optional delay; can fail or panic.
@@ -168,6 +171,11 @@ impl Sink for Recorder {
             return Err(PluginError::retry(format!(
                 "simulated outage (write {call} of {} that fail)",
                 self.cfg.fail_first
+            )));
+        }
+        if call > self.cfg.fail_first && call <= self.cfg.fail_first + self.cfg.reject_first {
+            return Err(PluginError::rejected(format!(
+                "simulated refusal (write {call})"
             )));
         }
         if self.cfg.panic_on_write == Some(call) {

@@ -1,0 +1,85 @@
+//! The secure link through the real host and the real `libcoaps.so`: a sequence source into
+//! coaps-uplink, over DTLS on loopback, into coaps-ingress, into a recorder sink that refuses the
+//! first batches (so the ingress answers 5.03 and the uplink keeps them and retries). Every
+//! reading arrives, exactly once, in one process.
+
+mod support;
+use std::time::Duration;
+use support::*;
+
+#[test]
+fn when_the_server_side_sink_fails_the_ingress_answers_5_03_and_nothing_is_lost() {
+    let s = Setup::new();
+    let certs = s.path("certs");
+    make_certs(&certs, "test");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let c = |f: &str| certs.join(f).display().to_string();
+    let cfg = s.config(
+        "",
+        &format!(
+            r#"[sources.seq]
+plugin = "sequence"
+count = 200
+batch_size = 10
+
+[sinks.uplink]
+plugin = "coaps-uplink"
+inputs = ["seq"]
+uri = "coaps://localhost:{port}/gpsflowtemp"
+ca_file = {ca:?}
+cert_file = {dc:?}
+key_file = {dk:?}
+ack_timeout = "500ms"
+retry_backoff = "50ms"
+retry_backoff_max = "200ms"
+
+[sources.ingress]
+plugin = "coaps-ingress"
+listen = "127.0.0.1:{port}"
+cert_file = {sc:?}
+key_file = {sk:?}
+client_ca_file = {ca:?}
+require_client_cert = true
+
+[sinks.store]
+plugin = "recorder"
+inputs = ["ingress"]
+path = {out:?}
+reject_first = 3
+batch_timeout = "5ms"
+"#,
+            ca = c("ca.pem"),
+            dc = c("device-test.pem"),
+            dk = c("device-test.key"),
+            sc = c("server.pem"),
+            sk = c("server.key"),
+            out = s.path("out.txt").display().to_string(),
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &[]);
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while s.recorded("out.txt", "seq").len() < 200 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = gw.stop(Duration::from_secs(15));
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    let values = s.recorded("out.txt", "seq");
+    assert_eq!(values.len(), 200, "{err}");
+    assert_contiguous(&values, "through the link");
+    assert!(err.contains("DTLS session established"), "{err}");
+    // The store refused three batches; the ingress said 5.03; the uplink kept them and retried.
+    assert_eq!(
+        err.matches("sink refused the batch for good").count(),
+        3,
+        "{err}"
+    );
+    assert!(
+        err.contains("the server could not take the batch: 5.03"),
+        "{err}"
+    );
+}
