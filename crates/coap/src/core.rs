@@ -45,6 +45,9 @@ pub struct Config {
     pub separate_timeout: Duration,
     /// Block size exponent for outgoing Block1 transfers: size = 2^(szx+4), 0..=6.
     pub block_szx: u8,
+    /// Largest payload sent in one message; larger ones go block-wise. Set it from the path
+    /// MTU (a DTLS record carries at most 16 KiB).
+    pub max_payload: usize,
     /// Largest request body (after reassembly) a server takes; larger ones get 4.13.
     pub max_body: usize,
     /// Most requests remembered for de-duplication.
@@ -62,6 +65,7 @@ impl Default for Config {
             separate_after: Duration::from_secs(1),
             separate_timeout: Duration::from_secs(60),
             block_szx: 6,
+            max_payload: 1024,
             max_body: 1 << 20,
             dedup_capacity: 16_384,
             max_reassemblies: 256,
@@ -431,7 +435,8 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     pub fn request(&mut self, now: Instant, peer: P, packet: Packet, confirmable: bool) -> Token {
         let token: Token = (self.rng)().to_be_bytes()[..6].to_vec();
         let szx = self.config.block_szx.min(6);
-        let blockwise = packet.payload.len() > self.config.block_size();
+        let blockwise =
+            packet.payload.len() > self.config.max_payload.max(self.config.block_size());
         let body = packet.payload.clone();
         let ex = ClientExchange {
             request: packet,

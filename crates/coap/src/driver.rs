@@ -117,15 +117,21 @@ impl Client {
 
     /// Sends a confirmable request and waits for the final response, at most `timeout`.
     pub fn request(&self, packet: Packet, timeout: Duration) -> Result<Packet, RequestError> {
+        self.send(packet, timeout).wait()
+    }
+
+    /// Sends a confirmable request without waiting; several may be in flight at once.
+    pub fn send(&self, packet: Packet, timeout: Duration) -> Pending {
         let (reply, rx) = std_mpsc::sync_channel(1);
-        self.tx
-            .send(Cmd::Job(Job {
-                packet,
-                deadline: Instant::now() + timeout,
-                reply,
-            }))
-            .map_err(|_| RequestError::Stopped)?;
-        rx.recv().unwrap_or(Err(RequestError::Stopped))
+        let job = Job {
+            packet,
+            deadline: Instant::now() + timeout,
+            reply,
+        };
+        let sent = self.tx.send(Cmd::Job(job)).is_ok();
+        Pending {
+            rx: sent.then_some(rx),
+        }
     }
 
     /// Ends the client without telling the server, as a power loss would: the server keeps a
@@ -144,6 +150,21 @@ impl Drop for Client {
         drop(std::mem::replace(&mut self.tx, tx));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// A request in flight.
+pub struct Pending {
+    rx: Option<std_mpsc::Receiver<Result<Packet, RequestError>>>,
+}
+
+impl Pending {
+    /// Waits for the final response.
+    pub fn wait(self) -> Result<Packet, RequestError> {
+        match self.rx {
+            Some(rx) => rx.recv().unwrap_or(Err(RequestError::Stopped)),
+            None => Err(RequestError::Stopped),
         }
     }
 }

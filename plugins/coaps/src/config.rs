@@ -52,9 +52,15 @@ pub struct UplinkConfig {
     /// Block size for batches larger than one datagram: 16..=1024, a power of two.
     #[serde(default = "k1")]
     pub block_size: usize,
-    /// Path MTU for DTLS records.
+    /// Path MTU for DTLS records. Payloads that fit go in one datagram; larger ones block-wise.
     #[serde(default = "mtu")]
     pub mtu: u32,
+    /// Most readings in one request: a larger batch from the host goes as several requests.
+    #[serde(default = "hundred")]
+    pub max_request_readings: usize,
+    /// Requests in flight at once (RFC 7252's NSTART; 1 is the conservative default).
+    #[serde(default = "one")]
+    pub nstart: usize,
     /// Local address to send from.
     #[serde(default = "any")]
     pub bind: SocketAddr,
@@ -140,6 +146,9 @@ fn d30s() -> Duration {
 }
 fn d10m() -> Duration {
     Duration::from_secs(600)
+}
+fn one() -> usize {
+    1
 }
 fn four() -> u32 {
     4

@@ -117,6 +117,9 @@ impl Sink for Uplink {
                     ack_timeout: self.cfg.ack_timeout,
                     max_retransmit: self.cfg.max_retransmit,
                     block_szx: szx(self.cfg.block_size).unwrap_or(6),
+                    // DTLS (13 + 8 + 16 bytes with AES-GCM) and CoAP headers and options; a
+                    // record carries at most 16 KiB.
+                    max_payload: (self.cfg.mtu as usize).saturating_sub(100).min(16_000),
                     ..CoapConfig::default()
                 },
                 handshake_timeout: self.cfg.handshake_timeout,
@@ -125,18 +128,45 @@ impl Sink for Uplink {
             self.client = Some(Client::start(opts).map_err(|e| PluginError::fatal(e.to_string()))?);
         }
         let client = self.client.as_ref().expect("started");
-        let (payload, cf) = match self.cfg.encoding {
-            Encoding::Cbor => (senml::encode_cbor(batch), senml::CONTENT_FORMAT_CBOR),
-            Encoding::Json => (senml::encode_json(batch), senml::CONTENT_FORMAT_JSON),
-        };
-        let req = request(RequestType::Post, &self.path, Some(cf), payload);
-        debug_assert_eq!(path_of(&req), self.path.trim_matches('/'));
-        match client.request(req, self.cfg.request_timeout) {
+        // Several requests for a large batch, `nstart` of them in flight at a time. The batch is
+        // taken only when every request got a 2.xx; a retry re-sends all of it, and the server
+        // drops the readings it already stored by their ids.
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut outcome = Ok(());
+        for chunk in batch.chunks(self.cfg.max_request_readings.max(1)) {
+            let (payload, cf) = match self.cfg.encoding {
+                Encoding::Cbor => (senml::encode_cbor(chunk), senml::CONTENT_FORMAT_CBOR),
+                Encoding::Json => (senml::encode_json(chunk), senml::CONTENT_FORMAT_JSON),
+            };
+            let req = request(RequestType::Post, &self.path, Some(cf), payload);
+            debug_assert_eq!(path_of(&req), self.path.trim_matches('/'));
+            in_flight.push_back(client.send(req, self.cfg.request_timeout));
+            if in_flight.len() >= self.cfg.nstart.max(1) {
+                let r = self.outcome(in_flight.pop_front().expect("one").wait());
+                if r.is_err() {
+                    outcome = r;
+                    break;
+                }
+            }
+        }
+        for p in in_flight {
+            let r = self.outcome(p.wait());
+            if outcome.is_ok() {
+                outcome = r;
+            }
+        }
+        outcome
+    }
+}
+
+impl Uplink {
+    fn outcome(&self, r: Result<coap_lite::Packet, RequestError>) -> Result<(), PluginError> {
+        match r {
             Ok(resp) => {
                 let (class, detail) = match resp.header.code {
                     MessageClass::Response(r) => {
                         let code: u8 = MessageClass::Response(r).into();
-                        ((code >> 5), format!("{}.{:02}", code >> 5, code & 0x1f))
+                        (code >> 5, format!("{}.{:02}", code >> 5, code & 0x1f))
                     }
                     _ => (0, "a non-response".to_owned()),
                 };
