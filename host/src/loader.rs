@@ -196,27 +196,36 @@ impl Catalog {
             .collect())
     }
 
-    /// The file a plugin id is expected in: `libNAME.so` with `-` written `_`.
-    pub fn conventional_path(&self, id: &str) -> PathBuf {
-        let stem = id.replace('-', "_");
-        self.dir.join(format!(
-            "{}{stem}{}",
-            std::env::consts::DLL_PREFIX,
-            std::env::consts::DLL_SUFFIX
-        ))
+    /// The files a plugin id is expected in, in order: `libID.so` with `-` written `_`, then
+    /// the library named after the id's first part (`libcoaps.so` for `coaps-uplink`), which is
+    /// how a library exporting several plugins is found without loading every other one.
+    pub fn conventional_paths(&self, id: &str) -> Vec<PathBuf> {
+        let lib = |stem: &str| {
+            self.dir.join(format!(
+                "{}{stem}{}",
+                std::env::consts::DLL_PREFIX,
+                std::env::consts::DLL_SUFFIX
+            ))
+        };
+        let mut paths = vec![lib(&id.replace('-', "_"))];
+        if let Some((family, _)) = id.split_once('-') {
+            paths.push(lib(family));
+        }
+        paths
     }
 
     /// Finds the library exporting plugin `id` of kind `kind`. The error says what was looked at.
     pub fn find(&mut self, id: &str, kind: PluginKind) -> Result<Found, String> {
-        let first = self.conventional_path(id);
-        let mut candidates = vec![first.clone()];
+        let conventional = self.conventional_paths(id);
+        let first = conventional[0].clone();
+        let mut candidates = conventional.clone();
         if let Ok(files) = self.files() {
-            candidates.extend(files.into_iter().filter(|f| *f != first));
+            candidates.extend(files.into_iter().filter(|f| !conventional.contains(f)));
         }
         let mut refused = Vec::new();
         let mut wrong_kind = None;
         for path in &candidates {
-            if path != &first && !path.exists() {
+            if !path.exists() {
                 continue;
             }
             match self.load(path) {
@@ -231,7 +240,6 @@ impl Catalog {
                         wrong_kind = Some((lib.file_name(), p.kind));
                     }
                 }
-                Err(LoadError::Open(_)) if path == &first && !first.exists() => {}
                 Err(e) => refused.push(format!("{}: {e}", path.display())),
             }
         }

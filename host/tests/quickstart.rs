@@ -52,3 +52,28 @@ fn the_quick_start_config_checks_and_readings_flow_to_stdout() {
     // Nothing but readings on stdout.
     assert!(out.lines().all(|l| l.contains(" id=")), "{out}");
 }
+
+#[test]
+fn the_pi_and_server_configs_check() {
+    let s = Setup::new();
+    make_certs(&s.path("certs"), "pi-01");
+    for name in ["client.toml", "server.toml"] {
+        // The configs expect the plugins next to the binary; point them at the build instead.
+        let text = std::fs::read_to_string(workspace().join(name)).unwrap();
+        let text = text.replacen(
+            "[gateway]\n",
+            &format!(
+                "[gateway]\nplugin_dir = {:?}\n",
+                plugin_dir().display().to_string()
+            ),
+            1,
+        );
+        // And keep their state in the test's directory rather than /var/lib.
+        let text = text.replace("data_dir = \"/var/lib/gateway\"", "data_dir = \"data\"");
+        let path = s.path(name);
+        std::fs::write(&path, text).unwrap();
+        let (status, out, err) = gateway(&["check", "--config", path.to_str().unwrap()]);
+        assert!(status.success(), "{name}: {err}");
+        assert!(out.contains(": OK"), "{out}");
+    }
+}

@@ -166,8 +166,49 @@ fn bench() -> Result<()> {
         "== resident memory: `gateway run` with four plugins loaded and idle (bench/idle.toml)"
     );
     resident(&gateway, "bench/idle.toml", 2)?;
-    println!("== resident memory: the quick start (gateway.toml: ds18b20 and ublox7 into console)");
-    resident(&gateway, "gateway.toml", 5)?;
+    println!("== resident memory: both sensor plugins into console (bench/sensors.toml)");
+    resident(&gateway, "bench/sensors.toml", 5)?;
+
+    ensure_certs(&dir)?;
+    println!("== resident memory: the Pi side (bench/pi-client.toml: both sensors and coaps-uplink, sending)");
+    let mut server = Command::new(&gateway)
+        .current_dir(root())
+        .args(["run", "--config", "bench/pi-server.toml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let r = resident(&gateway, "bench/pi-client.toml", 6);
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+    r?;
+
+    println!(
+        "== coaps link: one uplink to one ingress on loopback, CON requests of 100-reading batches"
+    );
+    for (group, nstart, mtu) in [
+        ("10", "4", "16384"),
+        ("10", "4", "1232"),
+        ("1", "1", "1232"),
+    ] {
+        let mut c = cargo();
+        c.args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "gateway-plugin-coaps",
+            "--example",
+            "bench",
+            "4000",
+            mtu,
+        ])
+        .env("GROUP", group)
+        .env("NSTART", nstart);
+        run(c)?;
+    }
 
     println!("== ds18b20: 100 simulated probes per round");
     let mut c = cargo();
@@ -196,7 +237,8 @@ fn bench() -> Result<()> {
     sizes(&dir)
 }
 
-/// Runs `gateway run --config CONFIG` for `secs` seconds and prints its resident memory.
+/// Runs `gateway run --config CONFIG` for `secs` seconds and prints its resident memory: RSS,
+/// and PSS (shared library pages divided among the processes that map them).
 fn resident(gateway: &Path, config: &str, secs: u64) -> Result<()> {
     let mut child = Command::new(gateway)
         .current_dir(root())
@@ -205,19 +247,34 @@ fn resident(gateway: &Path, config: &str, secs: u64) -> Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     std::thread::sleep(Duration::from_secs(secs));
-    let rss = rss_kb(child.id());
+    let (rss, pss) = (rss_kb(child.id()), pss_kb(child.id()));
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let status = child.wait()?;
-    match rss {
-        Some(kb) => println!(
-            "   VmRSS {kb} kB ({:.1} MB) after {secs} s; exit {status}",
-            kb as f64 / 1024.0
-        ),
-        None => println!("   could not read /proc/PID/status"),
+    match (rss, pss) {
+        (Some(r), Some(p)) => {
+            println!(
+                "   VmRSS {r} kB ({:.1} MB), PSS {p} kB ({:.1} MB) after {secs} s; exit {status}",
+                r as f64 / 1024.0,
+                p as f64 / 1024.0
+            )
+        }
+        _ => println!("   could not read /proc/PID/status"),
     }
     Ok(())
+}
+
+/// Proportional set size, from /proc.
+fn pss_kb(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find(|l| l.starts_with("Pss:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn sizes(dir: &Path) -> Result<()> {
@@ -225,10 +282,12 @@ fn sizes(dir: &Path) -> Result<()> {
     let mut total = 0;
     for name in [
         "gateway",
+        "gateway-certs",
         "libconsole.so",
         "libexample.so",
         "libds18b20.so",
         "libublox7.so",
+        "libcoaps.so",
     ] {
         let len = std::fs::metadata(dir.join(name))
             .with_context(|| format!("{name} missing"))?
