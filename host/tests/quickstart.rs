@@ -22,6 +22,10 @@ fn the_quick_start_config_checks_and_readings_flow_to_stdout() {
             && out.contains("ublox7"),
         "{out}"
     );
+    assert!(
+        out.contains("coaps-uplink") && out.contains("coaps-ingress"),
+        "{out}"
+    );
 
     let s = Setup::new();
     let mut gw = Running::start(&s, &config, &[]);

@@ -232,6 +232,59 @@ impl SinkHarness {
     }
 }
 
+/// Keys every instance table may hold that belong to the host, not to the plugin.
+pub const HOST_KEYS: &[&str] = &[
+    "plugin",
+    "inputs",
+    "log_level",
+    "restart_backoff",
+    "restart_backoff_max",
+    "batch_size",
+    "batch_timeout",
+    "queue_capacity",
+    "retry_backoff",
+    "retry_backoff_max",
+];
+
+/// Checks a plugin folder's documentation against its `sample.toml` and returns the plugin's
+/// keys of every instance table in it, for the caller to parse into its config struct.
+///
+/// The README's first ```` ```toml ```` block must be `sample`, byte for byte. Each table is
+/// returned twice: as written, and with every commented-out default (`# key = value`)
+/// uncommented, so that the defaults the sample shows are checked too. Host keys are removed.
+/// Panics (it is for tests) with a message that says what does not match.
+pub fn readme_sample_tables(readme: &str, sample: &str) -> Vec<(String, toml::Table)> {
+    let block = readme
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the README has a ```toml block");
+    assert_eq!(
+        block, sample,
+        "the README's sample block must be sample.toml"
+    );
+    let uncommented: String = sample
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut out = Vec::new();
+    for text in [sample, uncommented.as_str()] {
+        let doc: toml::Table =
+            toml::from_str(text).unwrap_or_else(|e| panic!("sample does not parse: {e}"));
+        for (group, instances) in &doc {
+            for (name, table) in instances.as_table().expect("[group.NAME] tables") {
+                let mut keys = table.as_table().expect("an instance table").clone();
+                for k in HOST_KEYS {
+                    keys.remove(*k);
+                }
+                out.push((format!("{group}.{name}"), keys));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -201,7 +201,7 @@ fn bench() -> Result<()> {
             "-p",
             "gateway-plugin-coaps",
             "--example",
-            "bench",
+            "link_bench",
             "4000",
             mtu,
         ])
@@ -219,7 +219,7 @@ fn bench() -> Result<()> {
         "-p",
         "gateway-plugin-ds18b20",
         "--example",
-        "bench",
+        "probes_bench",
     ]);
     run(c)?;
     println!("== ublox7: NMEA decoding");
@@ -231,7 +231,7 @@ fn bench() -> Result<()> {
         "-p",
         "gateway-plugin-ublox7",
         "--example",
-        "bench",
+        "nmea_bench",
     ]);
     run(c)?;
     sizes(&dir)

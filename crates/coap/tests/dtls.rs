@@ -130,9 +130,10 @@ fn client_opts(server: SocketAddr, ca: &Path, host: &str) -> ClientOptions {
 }
 
 /// Answers every request with 2.04 and the body length and the peer identity.
-fn serve(server: &Server) -> std::thread::JoinHandle<Vec<(Option<String>, usize)>> {
+fn serve(server: &mut Server) -> std::thread::JoinHandle<Vec<(Option<String>, usize)>> {
     let responder = server.responder.clone();
-    let requests = unsafe_receiver(server);
+    // Take the request queue; the server keeps an empty one.
+    let requests = std::mem::replace(&mut server.requests, std::sync::mpsc::sync_channel(0).1);
     std::thread::spawn(move || {
         let mut seen = Vec::new();
         while let Ok(inc) = requests.recv_timeout(Duration::from_secs(8)) {
@@ -149,25 +150,6 @@ fn serve(server: &Server) -> std::thread::JoinHandle<Vec<(Option<String>, usize)
     })
 }
 
-/// Moves the request receiver out of the server (tests only: the server keeps running).
-fn unsafe_receiver(server: &Server) -> std::sync::mpsc::Receiver<gateway_coap::driver::Incoming> {
-    // Re-route: forward from the server's receiver on a thread.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let src: *const std::sync::mpsc::Receiver<_> = &server.requests;
-    let src = src as usize;
-    std::thread::spawn(move || {
-        // SAFETY: the tests keep the server alive for longer than this thread forwards.
-        let src =
-            unsafe { &*(src as *const std::sync::mpsc::Receiver<gateway_coap::driver::Incoming>) };
-        while let Ok(x) = src.recv_timeout(Duration::from_secs(8)) {
-            if tx.send(x).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 fn post(body: Vec<u8>) -> coap_lite::Packet {
     request(RequestType::Post, "gpsflowtemp", Some(112), body)
 }
@@ -179,8 +161,8 @@ fn changed(r: &coap_lite::Packet) -> bool {
 #[test]
 fn handshake_with_a_cookie_exchange_then_a_request() {
     let pki = Pki::new();
-    let server = Server::start(server_opts(&pki, "server")).unwrap();
-    let app = serve(&server);
+    let mut server = Server::start(server_opts(&pki, "server")).unwrap();
+    let app = serve(&mut server);
     let client = Client::start(client_opts(
         server.local_addr,
         &pki.path("ca.pem"),
@@ -218,8 +200,8 @@ fn handshake_with_a_cookie_exchange_then_a_request() {
 #[test]
 fn the_ip_address_of_the_uri_is_verified_too() {
     let pki = Pki::new();
-    let server = Server::start(server_opts(&pki, "server")).unwrap();
-    let _app = serve(&server);
+    let mut server = Server::start(server_opts(&pki, "server")).unwrap();
+    let _app = serve(&mut server);
     let client = Client::start(client_opts(
         server.local_addr,
         &pki.path("ca.pem"),
@@ -284,8 +266,8 @@ fn mutual_authentication_gives_the_device_identity_and_refuses_clients_without_a
     let mut opts = server_opts(&pki, "server");
     opts.tls.client_ca_file = Some(pki.path("ca.pem"));
     opts.tls.require_client_cert = true;
-    let server = Server::start(opts).unwrap();
-    let app = serve(&server);
+    let mut server = Server::start(opts).unwrap();
+    let app = serve(&mut server);
     let mut copts = client_opts(server.local_addr, &pki.path("ca.pem"), "localhost");
     copts.tls.cert = Some((pki.path("device.pem"), pki.path("device.key")));
     let client = Client::start(copts).unwrap();
@@ -322,8 +304,8 @@ fn psk_works_and_a_wrong_key_times_out_without_data() {
     };
     opts.tls.cert_file = None;
     opts.tls.key_file = None;
-    let server = Server::start(opts).unwrap();
-    let app = serve(&server);
+    let mut server = Server::start(opts).unwrap();
+    let app = serve(&mut server);
     let psk_client = |key: &[u8]| {
         let mut o = client_opts(server.local_addr, Path::new("/unused"), "localhost");
         o.tls.ca_file = None;
@@ -354,8 +336,8 @@ fn psk_works_and_a_wrong_key_times_out_without_data() {
 #[test]
 fn a_client_restarting_on_the_same_port_gets_a_new_session_at_once() {
     let pki = Pki::new();
-    let server = Server::start(server_opts(&pki, "server")).unwrap();
-    let _app = serve(&server);
+    let mut server = Server::start(server_opts(&pki, "server")).unwrap();
+    let _app = serve(&mut server);
     let port = {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         s.local_addr().unwrap().port()
@@ -386,4 +368,76 @@ fn a_client_restarting_on_the_same_port_gets_a_new_session_at_once() {
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
+}
+
+#[test]
+fn an_idle_session_expires_and_the_next_request_handshakes_again() {
+    let pki = Pki::new();
+    let mut opts = server_opts(&pki, "server");
+    opts.session_idle = Duration::from_millis(300);
+    let mut server = Server::start(opts).unwrap();
+    let _app = serve(&mut server);
+    let client = Client::start(client_opts(
+        server.local_addr,
+        &pki.path("ca.pem"),
+        "localhost",
+    ))
+    .unwrap();
+    assert!(changed(
+        &client
+            .request(post(b"1".to_vec()), Duration::from_secs(5))
+            .unwrap()
+    ));
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(
+        server
+            .stats
+            .idle_evictions
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(changed(
+        &client
+            .request(post(b"2".to_vec()), Duration::from_secs(5))
+            .unwrap()
+    ));
+    assert_eq!(
+        server
+            .stats
+            .sessions
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "a second handshake"
+    );
+}
+
+#[test]
+fn the_ccm_8_suites_of_rfc_7252_are_available_by_configuration() {
+    let pki = Pki::new();
+    let mut opts = server_opts(&pki, "server");
+    opts.tls.ciphers = "ECDHE-ECDSA-AES128-CCM8".into();
+    let mut server = Server::start(opts).unwrap();
+    let _app = serve(&mut server);
+    let mut copts = client_opts(server.local_addr, &pki.path("ca.pem"), "localhost");
+    copts.tls.ciphers = "ECDHE-ECDSA-AES128-CCM8".into();
+    let client = Client::start(copts).unwrap();
+    assert!(changed(
+        &client
+            .request(post(b"x".to_vec()), Duration::from_secs(5))
+            .unwrap()
+    ));
+    // A client offering only GCM cannot talk to it: the handshake fails and says so.
+    let gcm_only = Client::start(client_opts(
+        server.local_addr,
+        &pki.path("ca.pem"),
+        "localhost",
+    ))
+    .unwrap();
+    match gcm_only.request(post(b"x".to_vec()), Duration::from_secs(5)) {
+        Err(RequestError::Dtls(DtlsError::Handshake(r))) => assert!(
+            r.contains("handshake failure") || r.contains("alert"),
+            "{r}"
+        ),
+        other => panic!("{other:?}"),
+    }
 }

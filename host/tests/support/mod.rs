@@ -35,22 +35,30 @@ fn cargo_build(args: &[&str]) {
 pub fn plugin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        cargo_build(&[
-            "-p",
+        let packages = [
             "gateway-plugin-console",
-            "-p",
             "gateway-plugin-example",
-            "-p",
+            "gateway-plugin-ds18b20",
+            "gateway-plugin-ublox7",
+            "gateway-plugin-coaps",
             "gateway-testkit-plugins",
-        ]);
+            // For the `gateway-certs` tool that `gateway certs` runs.
+            "gateway-coap",
+        ];
+        let args: Vec<&str> = packages.iter().flat_map(|p| ["-p", p]).collect();
+        cargo_build(&args);
         cargo_build(&["-p", "gateway-incompatible-plugin"]);
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_gateway"));
         let dir = bin.parent().unwrap().to_path_buf();
         for lib in [
             "libconsole.so",
             "libexample.so",
+            "libds18b20.so",
+            "libublox7.so",
+            "libcoaps.so",
             "libtestkit.so",
             "libincompatible.so",
+            "gateway-certs",
         ] {
             assert!(
                 dir.join(lib).exists(),

@@ -226,3 +226,64 @@ fn libcoap_client_with_a_wrong_psk_gets_nothing_in() {
     assert!(!run.reached && run.readings.is_empty());
     assert!(!printed.contains("v:1 t:ACK c:2.04"), "{printed}");
 }
+
+#[test]
+fn bad_requests_get_the_right_code_and_discovery_lists_the_resource() {
+    if !have_libcoap() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    let port = free_port();
+    let cfg = ingress_config(dir.path(), port, "max_records = 2\n");
+    let ingress = std::thread::spawn(move || {
+        run_source::<Ingress>(&cfg, 1, Duration::from_secs(15)).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let (ca, cert, key) = (d("ca.pem"), d("device.pem"), d("device.key"));
+    let uri = |path: &str| format!("coaps://127.0.0.1:{port}/{path}");
+    let ask = |extra: &[&str], path: &str| {
+        let mut args = vec![
+            "-v",
+            "6",
+            "-R",
+            ca.as_str(),
+            "-c",
+            cert.as_str(),
+            "-j",
+            key.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        let u = uri(path);
+        args.push(&u);
+        coap_client(&args)
+    };
+    let disc = ask(&["-m", "get"], ".well-known/core");
+    assert!(
+        disc.contains("</gpsflowtemp>;rt=\"senml\";ct=\"110 112\""),
+        "{disc}"
+    );
+    assert!(ask(&["-m", "get"], "gpsflowtemp").contains("c:4.05"));
+    assert!(ask(&["-m", "post", "-t", "110", "-e", "[]"], "other").contains("c:4.04"));
+    assert!(ask(&["-m", "post", "-t", "0", "-e", "hello"], "gpsflowtemp").contains("c:4.15"));
+    let bad = ask(
+        &["-m", "post", "-t", "110", "-e", "[{\"n\":\"x\"}]"],
+        "gpsflowtemp",
+    );
+    assert!(bad.contains("c:4.00") && bad.contains("SenML"), "{bad}");
+    let many = ask(
+        &[
+            "-m",
+            "post",
+            "-t",
+            "110",
+            "-e",
+            r#"[{"n":"s/a","v":1},{"n":"s/b","v":2},{"n":"s/c","v":3}]"#,
+        ],
+        "gpsflowtemp",
+    );
+    assert!(many.contains("c:4.13"), "{many}");
+    let run = ingress.join().unwrap();
+    assert!(run.readings.is_empty(), "nothing bad got in");
+}

@@ -11,7 +11,6 @@ use gateway_sdk::{
 use std::{
     collections::HashSet,
     net::UdpSocket,
-    path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,

@@ -1,36 +1,27 @@
 //! The README's sample block is sample.toml, and both tables parse, with defaults uncommented.
 
 use coaps::config::{IngressConfig, UplinkConfig};
+use gateway_sdk::testing::readme_sample_tables;
 
 #[test]
 fn readme_sample_matches_sample_toml_and_parses() {
-    let readme = include_str!("../README.md");
-    let sample = include_str!("../sample.toml");
-    let block = readme
-        .split("```toml\n")
-        .nth(1)
-        .unwrap()
-        .split("```")
-        .next()
-        .unwrap();
-    assert_eq!(
-        block, sample,
-        "the README's sample block must be sample.toml"
-    );
-    for text in [
-        sample.to_owned(),
-        sample
-            .lines()
-            .map(|l| l.strip_prefix("# ").unwrap_or(l))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    ] {
-        let table: toml::Table = toml::from_str(&text).unwrap();
-        let mut up = table["sinks"]["uplink"].as_table().unwrap().clone();
-        up.remove("plugin");
-        let _: UplinkConfig = up.try_into().unwrap();
-        let mut ing = table["sources"]["ingress"].as_table().unwrap().clone();
-        ing.remove("plugin");
-        let _: IngressConfig = ing.try_into().unwrap();
+    let tables = readme_sample_tables(include_str!("../README.md"), include_str!("../sample.toml"));
+    assert_eq!(tables.len(), 4);
+    for (name, keys) in tables {
+        match name.as_str() {
+            "sinks.uplink" => drop(UplinkConfig::deserialize_table(keys, &name)),
+            "sources.ingress" => drop(IngressConfig::deserialize_table(keys, &name)),
+            other => panic!("unexpected table {other}"),
+        }
+    }
+}
+
+trait FromTable: Sized {
+    fn deserialize_table(keys: toml::Table, name: &str) -> Self;
+}
+
+impl<T: serde::de::DeserializeOwned> FromTable for T {
+    fn deserialize_table(keys: toml::Table, name: &str) -> Self {
+        keys.try_into().unwrap_or_else(|e| panic!("{name}: {e}"))
     }
 }

@@ -48,33 +48,12 @@ fn unknown_key_is_refused_with_its_name() {
 
 #[test]
 fn readme_sample_matches_sample_toml_and_parses() {
-    let readme = include_str!("../README.md");
-    let sample = include_str!("../sample.toml");
-    let block = readme
-        .split("```toml\n")
-        .nth(1)
-        .unwrap()
-        .split("```")
-        .next()
-        .unwrap();
-    assert_eq!(
-        block, sample,
-        "the README's sample block must be sample.toml"
+    let tables = gateway_sdk::testing::readme_sample_tables(
+        include_str!("../README.md"),
+        include_str!("../sample.toml"),
     );
-    let table: toml::Table = toml::from_str(sample).unwrap();
-    let mut keys = table["sinks"]["console"].as_table().unwrap().clone();
-    keys.remove("plugin");
-    let _: Config = keys.try_into().unwrap();
-    // The commented-out defaults parse too.
-    let uncommented: String = sample
-        .lines()
-        .map(|l| l.strip_prefix("# ").unwrap_or(l))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let table: toml::Table = toml::from_str(&uncommented).unwrap();
-    let mut keys = table["sinks"]["console"].as_table().unwrap().clone();
-    keys.remove("plugin");
-    keys.remove("inputs");
-    let c: Config = keys.try_into().unwrap();
-    assert_eq!(c.format, console::config::Format::Text);
+    for (name, keys) in tables {
+        let c: Config = keys.try_into().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(c.format, console::config::Format::Text);
+    }
 }

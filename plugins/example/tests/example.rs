@@ -44,22 +44,10 @@ fn readme_shows_the_source_file_and_the_sample() {
         include_str!("../src/lib.rs"),
         "the README's template must be src/lib.rs"
     );
-    let sample = readme
-        .split("```toml\n")
-        .nth(1)
-        .unwrap()
-        .split("```")
-        .next()
-        .unwrap();
-    assert_eq!(sample, include_str!("../sample.toml"));
-    let uncommented: String = sample
-        .lines()
-        .map(|l| l.strip_prefix("# ").unwrap_or(l))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let table: toml::Table = toml::from_str(&uncommented).unwrap();
-    let mut keys = table["sources"]["counter"].as_table().unwrap().clone();
-    keys.remove("plugin");
-    let c: Config = keys.try_into().unwrap();
-    assert_eq!(c.interval, Duration::from_secs(1));
+    for (name, keys) in
+        gateway_sdk::testing::readme_sample_tables(readme, include_str!("../sample.toml"))
+    {
+        let c: Config = keys.try_into().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(c.interval, Duration::from_secs(1));
+    }
 }

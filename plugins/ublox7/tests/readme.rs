@@ -1,33 +1,12 @@
 //! The README's sample block is sample.toml, and it parses, with the defaults uncommented too.
 
-use ublox7::config::Config;
+use gateway_sdk::testing::readme_sample_tables;
 
 #[test]
 fn readme_sample_matches_sample_toml_and_parses() {
-    let readme = include_str!("../README.md");
-    let sample = include_str!("../sample.toml");
-    let block = readme
-        .split("```toml\n")
-        .nth(1)
-        .unwrap()
-        .split("```")
-        .next()
-        .unwrap();
-    assert_eq!(
-        block, sample,
-        "the README's sample block must be sample.toml"
-    );
-    for text in [
-        sample.to_owned(),
-        sample
-            .lines()
-            .map(|l| l.strip_prefix("# ").unwrap_or(l))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    ] {
-        let table: toml::Table = toml::from_str(&text).unwrap();
-        let mut keys = table["sources"]["gps"].as_table().unwrap().clone();
-        keys.remove("plugin");
-        let _: Config = keys.try_into().unwrap();
+    let tables = readme_sample_tables(include_str!("../README.md"), include_str!("../sample.toml"));
+    assert_eq!(tables.len(), 2);
+    for (name, keys) in tables {
+        let _: ublox7::config::Config = keys.try_into().unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }

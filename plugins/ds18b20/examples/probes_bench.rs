@@ -2,7 +2,7 @@
 //! conversion (FIFOs served by a child process, so that only the reading side is measured).
 //! Prints wall time and the plugin's CPU time per round.
 //!
-//! `cargo run --release -p gateway-plugin-ds18b20 --example bench [PROBES] [ROUNDS]`
+//! `cargo run --release -p gateway-plugin-ds18b20 --example probes_bench [PROBES] [ROUNDS]`
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -2,7 +2,7 @@
 //! over the recorded u-blox log, repeated. Prints sentences per second and how that compares
 //! with the fastest real receiver rate (10 Hz with the full sentence set).
 //!
-//! `cargo run --release -p gateway-plugin-ublox7 --example bench`
+//! `cargo run --release -p gateway-plugin-ublox7 --example nmea_bench`
 
 use std::time::Instant;
 use ublox7::decoder::Decoder;

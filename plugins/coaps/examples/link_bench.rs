@@ -2,7 +2,7 @@
 //! 100-reading SenML CBOR batches, one request at a time (as the host's sink does). Prints
 //! readings per second.
 //!
-//! `cargo run --release -p gateway-plugin-coaps --example bench [BATCHES] [MTU]`
+//! `cargo run --release -p gateway-plugin-coaps --example link_bench [BATCHES] [MTU]`
 //! With the default MTU (1232) a 100-reading batch goes block-wise; on loopback a larger MTU
 //! (e.g. 16384) carries it in one datagram.
 
