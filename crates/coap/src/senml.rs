@@ -16,7 +16,6 @@
 
 use ciborium::value::Value as Cbor;
 use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
-use std::collections::HashMap;
 
 /// SenML CBOR labels (RFC 8428, table 4).
 mod label {
@@ -79,13 +78,22 @@ pub enum DecodeError {
     Rid(usize),
 }
 
-fn escape(name: &str) -> String {
-    name.replace('%', "%25").replace('/', "%2F")
+fn escape(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains(['%', '/']) {
+        name.replace('%', "%25").replace('/', "%2F").into()
+    } else {
+        name.into()
+    }
 }
-fn unescape(name: &str) -> String {
-    name.replace("%2F", "/")
-        .replace("%2f", "/")
-        .replace("%25", "%")
+fn unescape(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains('%') {
+        name.replace("%2F", "/")
+            .replace("%2f", "/")
+            .replace("%25", "%")
+            .into()
+    } else {
+        name.into()
+    }
 }
 
 /// One record, before the base fields are applied.
@@ -480,12 +488,17 @@ fn derived_id(device: &str, sensor: &str, name: &str, time: i64, value: &Value) 
 /// Applies the base fields and splits names into device, sensor and name.
 fn resolve(recs: Vec<Record>, now: Timestamp, default_device: &str) -> Result<Pack, DecodeError> {
     let (mut bn, mut bt, mut bu, mut bv) = (String::new(), 0.0f64, String::new(), 0.0f64);
-    let mut labels: HashMap<String, Label> = HashMap::new();
-    let mut label = |s: &str| {
-        labels
-            .entry(s.to_owned())
-            .or_insert_with(|| Label::from(s))
-            .clone()
+    // A pack names few distinct strings: a short list beats hashing every field of every record.
+    let mut labels: Vec<Label> = Vec::new();
+    let mut label = |s: &str| match labels.iter().rev().find(|l| l.as_str() == s) {
+        Some(l) => l.clone(),
+        None => {
+            let l = Label::from(s);
+            if labels.len() < 64 {
+                labels.push(l.clone());
+            }
+            l
+        }
     };
     let mut readings = Vec::with_capacity(recs.len());
     let mut derived = 0;
@@ -509,7 +522,7 @@ fn resolve(recs: Vec<Record>, now: Timestamp, default_device: &str) -> Result<Pa
             _ => (default_device.to_owned(), format!("{bn}{n}")),
         };
         let (sensor, name) = match rest.rsplit_once('/') {
-            Some((s, n)) => (s.to_owned(), unescape(n)),
+            Some((s, n)) => (s.to_owned(), unescape(n).into_owned()),
             None => (rest.clone(), "value".to_owned()),
         };
         if device.is_empty() || sensor.is_empty() || name.is_empty() {
