@@ -382,6 +382,9 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
     closed.store(true, Ordering::SeqCst);
     drain.store(true, Ordering::SeqCst);
     let mut clean = finished == n_sources;
+    // One grace period, shared by every sink that has not finished by the deadline: a plugin
+    // stuck in a write cannot be interrupted, and is left behind.
+    let grace = deadline + Duration::from_millis(500);
     for h in sink_threads {
         while !h.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -389,8 +392,6 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
         if !h.is_finished() {
             abort.store(true, Ordering::SeqCst);
             clean = false;
-            // Give the sink a moment to notice; a plugin stuck in a write cannot be interrupted.
-            let grace = Instant::now() + Duration::from_millis(500);
             while !h.is_finished() && Instant::now() < grace {
                 std::thread::sleep(Duration::from_millis(10));
             }

@@ -54,6 +54,8 @@ pub struct Config {
     pub dedup_capacity: usize,
     /// Most Block1 transfers reassembled at once.
     pub max_reassemblies: usize,
+    /// Most Block1 transfers one peer may have in progress at once.
+    pub max_reassemblies_per_peer: usize,
 }
 
 impl Default for Config {
@@ -68,7 +70,8 @@ impl Default for Config {
             max_payload: 1024,
             max_body: 1 << 20,
             dedup_capacity: 16_384,
-            max_reassemblies: 256,
+            max_reassemblies: 64,
+            max_reassemblies_per_peer: 4,
         }
     }
 }
@@ -102,6 +105,8 @@ pub enum ClientError {
     Reset,
     /// The request could not be encoded.
     Encode(String),
+    /// The peer answered in a way CoAP does not allow.
+    Protocol(String),
 }
 
 /// What the endpoint tells the application.
@@ -524,7 +529,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             resp.header.set_type(MessageType::Acknowledgement);
             resp.header.message_id = p.mid;
             if let Ok(bytes) = self.send(p.peer, &resp) {
-                self.dedup.insert((p.peer, p.mid), Cached::Answer(bytes));
+                self.cache_answer(p.peer, p.mid, bytes);
             }
         } else if p.con {
             resp.header.set_type(MessageType::Confirmable);
@@ -534,7 +539,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             resp.header.set_type(MessageType::NonConfirmable);
             resp.header.message_id = self.mid();
             if let Ok(bytes) = self.send(p.peer, &resp) {
-                self.dedup.insert((p.peer, p.mid), Cached::Answer(bytes));
+                self.cache_answer(p.peer, p.mid, bytes);
             }
         }
     }
@@ -579,6 +584,16 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         reset: bool,
         resp: Option<Packet>,
     ) {
+        // A piggybacked response must carry the request's token; one that does not is ignored
+        // and the request keeps being retransmitted.
+        let token_ok = match (&resp, self.outgoing.get(&(peer, mid))) {
+            (Some(r), Some(o)) => o.token.as_deref().is_some_and(|t| t == r.get_token()),
+            _ => true,
+        };
+        if !token_ok {
+            self.stats.unmatched += 1;
+            return;
+        }
         let Some(o) = self.outgoing.remove(&(peer, mid)) else {
             self.stats.unmatched += 1;
             return;
@@ -660,11 +675,20 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 return;
             }
         }
-        self.exchanges.remove(&key);
+        let ex = self.exchanges.remove(&key).expect("present");
+        // A 2.31 Continue asks for another block: as a final answer (no blocks, or none left)
+        // it means the server did not take the request, and must not pass for success.
+        let result = if continue_ && (!ex.blockwise || ex.offset >= ex.body.len()) {
+            Err(ClientError::Protocol(
+                "2.31 Continue as a final response".into(),
+            ))
+        } else {
+            Ok(r)
+        };
         self.events.push_back(Event::Response {
             token,
             peer,
-            result: Ok(r),
+            result,
         });
     }
 
@@ -679,7 +703,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                     // Still working on it: acknowledge now, answer separately.
                     let ack = empty(MessageType::Acknowledgement, mid);
                     if let Ok(bytes) = self.send(peer, &ack) {
-                        self.dedup.insert((peer, mid), Cached::Answer(bytes));
+                        self.cache_answer(peer, mid, bytes);
                     }
                     if let Some(p) = self
                         .pending
@@ -693,9 +717,21 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             }
             return;
         }
-        if self.dedup.len() >= self.config.dedup_capacity {
-            if let Some((_, p, m)) = self.dedup_order.pop_front() {
-                self.dedup.remove(&(p, m));
+        // At capacity, forget the oldest answered request (never one still being processed).
+        let mut tries = self.dedup_order.len();
+        while self.dedup.len() >= self.config.dedup_capacity && tries > 0 {
+            tries -= 1;
+            let Some((_, p, m)) = self.dedup_order.pop_front() else {
+                break;
+            };
+            match self.dedup.get(&(p, m)) {
+                Some(Cached::Processing) => {
+                    self.dedup_order
+                        .push_back((now + self.config.exchange_lifetime(), p, m))
+                }
+                _ => {
+                    self.dedup.remove(&(p, m));
+                }
             }
         }
         self.dedup.insert((peer, mid), Cached::Processing);
@@ -746,8 +782,10 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                     return self.too_large(peer, mid, con, &token);
                 }
             }
+            let per_peer = self.reassembly.keys().filter(|k| k.0 == peer).count();
             if !self.reassembly.contains_key(&key)
-                && self.reassembly.len() >= self.config.max_reassemblies
+                && (self.reassembly.len() >= self.config.max_reassemblies
+                    || per_peer >= self.config.max_reassemblies_per_peer)
             {
                 return self.answer_now(
                     peer,
@@ -808,6 +846,13 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         self.deliver(now, peer, mid, con, token, whole, Some(b));
     }
 
+    /// Records the answer to a request the cache holds (one it evicted stays forgotten).
+    fn cache_answer(&mut self, peer: P, mid: u16, bytes: Vec<u8>) {
+        if let Some(c) = self.dedup.get_mut(&(peer, mid)) {
+            *c = Cached::Answer(bytes);
+        }
+    }
+
     fn too_large(&mut self, peer: P, mid: u16, con: bool, token: &[u8]) {
         let mut r = response(ResponseType::RequestEntityTooLarge, "request too large");
         r.add_option(CoapOption::Size1, encode_uint(self.config.max_body as u32));
@@ -824,7 +869,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         });
         resp.header.message_id = if con { mid } else { self.mid() };
         if let Ok(bytes) = self.send(peer, &resp) {
-            self.dedup.insert((peer, mid), Cached::Answer(bytes));
+            self.cache_answer(peer, mid, bytes);
         }
     }
 
@@ -901,7 +946,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             p.empty_acked = true;
             let (peer, mid) = (p.peer, p.mid);
             if let Ok(bytes) = self.send(peer, &empty(MessageType::Acknowledgement, mid)) {
-                self.dedup.insert((peer, mid), Cached::Answer(bytes));
+                self.cache_answer(peer, mid, bytes);
             }
         }
         // Separate responses that never came.
@@ -921,12 +966,16 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             });
         }
         // Expiry.
+        let lifetime = self.config.exchange_lifetime();
         while let Some(&(t, p, m)) = self.dedup_order.front() {
             if t > now {
                 break;
             }
             self.dedup_order.pop_front();
-            if !self.pending.values().any(|x| x.peer == p && x.mid == m) {
+            if matches!(self.dedup.get(&(p, m)), Some(Cached::Processing)) {
+                // Still being processed: keep it, and look again a lifetime later.
+                self.dedup_order.push_back((now + lifetime, p, m));
+            } else {
                 self.dedup.remove(&(p, m));
             }
         }

@@ -85,6 +85,7 @@ enum Cmd {
 
 struct Job {
     packet: Packet,
+    timeout: Duration,
     deadline: Instant,
     reply: std_mpsc::SyncSender<Result<Packet, RequestError>>,
 }
@@ -125,6 +126,7 @@ impl Client {
         let (reply, rx) = std_mpsc::sync_channel(1);
         let job = Job {
             packet,
+            timeout,
             deadline: Instant::now() + timeout,
             reply,
         };
@@ -222,12 +224,35 @@ async fn client_loop(
                 }
             }
         }
+        let mut stale = false;
         while let Some(ev) = endpoint.poll_event() {
-            if let Event::Response { token, result, .. } = ev {
-                if let Some(job) = waiting.remove(&token) {
-                    let _ = job.reply.send(result.map_err(RequestError::Coap));
+            match ev {
+                Event::Response { token, result, .. } => {
+                    // No answer at all (or a RST): the session is probably stale (the server
+                    // restarted and drops what it cannot decrypt); set it up again.
+                    if matches!(result, Err(ClientError::Timeout) | Err(ClientError::Reset)) {
+                        stale = true;
+                    }
+                    if let Some(job) = waiting.remove(&token) {
+                        let _ = job.reply.send(result.map_err(RequestError::Coap));
+                    }
                 }
+                // This client serves nothing: refuse what the server asks.
+                Event::Request { id, .. } => endpoint.respond(
+                    now,
+                    id,
+                    crate::core::response(coap_lite::ResponseType::MethodNotAllowed, ""),
+                ),
             }
+        }
+        if stale && waiting.is_empty() {
+            if let Some(mut l) = link.take() {
+                tracing::info!("dropping the DTLS session after CoAP got no answer; the next request reconnects");
+                l.session.close();
+                flush(&mut l).await;
+            }
+            endpoint.forget_peer(());
+            while endpoint.poll_event().is_some() {}
         }
         // Requests past their caller's deadline: fail them, and drop the session, which is
         // probably stale (the server restarted).
@@ -239,9 +264,7 @@ async fn client_loop(
         if !late.is_empty() {
             for t in late {
                 if let Some(j) = waiting.remove(&t) {
-                    let _ = j
-                        .reply
-                        .send(Err(RequestError::Timeout(opts.coap.ack_timeout)));
+                    let _ = j.reply.send(Err(RequestError::Timeout(j.timeout)));
                 }
             }
             if let Some(mut l) = link.take() {
@@ -250,11 +273,17 @@ async fn client_loop(
                 flush(&mut l).await;
             }
             endpoint.forget_peer(());
+            // The other requests of the dropped session fail now, not at their deadlines.
+            while let Some(ev) = endpoint.poll_event() {
+                if let Event::Response { token, result, .. } = ev {
+                    if let Some(job) = waiting.remove(&token) {
+                        let _ = job.reply.send(result.map_err(RequestError::Coap));
+                    }
+                }
+            }
         }
         for j in queued.iter().filter(|j| j.deadline <= now) {
-            let _ = j
-                .reply
-                .send(Err(RequestError::Timeout(opts.handshake_timeout)));
+            let _ = j.reply.send(Err(RequestError::Timeout(j.timeout)));
         }
         queued.retain(|j| j.deadline > now);
         if let Some(l) = link.as_mut() {

@@ -594,10 +594,12 @@ pub fn parse_client_hello(d: &[u8]) -> Option<ClientHello> {
     let record_seq = be(&d[5..11]);
     let rlen = be(&d[11..13]) as usize;
     let rec = d.get(13..13 + rlen)?;
-    if rec[0] != 1 || be(&rec[6..9]) != 0 {
+    // The handshake header: type, length, message_seq, fragment offset and length.
+    let header = rec.get(..12)?;
+    if header[0] != 1 || be(&header[6..9]) != 0 {
         return None;
     }
-    let frag_len = be(&rec[9..12]) as usize;
+    let frag_len = be(&header[9..12]) as usize;
     let b = rec.get(12..12 + frag_len)?;
     let random: [u8; 32] = b.get(2..34)?.try_into().ok()?;
     let sl = *b.get(34)? as usize;
@@ -608,6 +610,24 @@ pub fn parse_client_hello(d: &[u8]) -> Option<ClientHello> {
         random,
         cookie,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_or_lying_client_hellos_are_not_client_hellos() {
+        // A record length shorter than a handshake header (found in review: it panicked).
+        let mut d = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        d.extend_from_slice(&[1; 12]);
+        assert_eq!(parse_client_hello(&d), None);
+        for n in 0..200 {
+            let mut d = vec![22u8, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, n as u8];
+            d.extend((0..n).map(|i| (i * 7) as u8));
+            let _ = parse_client_hello(&d);
+        }
+    }
 }
 
 /// A HelloVerifyRequest carrying `cookie`, in answer to `ch`.

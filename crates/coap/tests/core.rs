@@ -370,7 +370,12 @@ fn a_body_over_the_limit_gets_4_13_with_size1() {
 
 #[test]
 fn every_request_is_delivered_exactly_once_under_loss_duplication_and_reordering() {
-    let mut net = Net::new(Config::default(), 42);
+    // All 200 go at once, ten of them block-wise: allow that many transfers from one peer.
+    let config = Config {
+        max_reassemblies_per_peer: 16,
+        ..Config::default()
+    };
+    let mut net = Net::new(config, 42);
     net.loss = 0.1;
     net.dup = 0.05;
     net.jitter = Duration::from_millis(300);
@@ -486,4 +491,31 @@ fn dedup_memory_is_bounded() {
     assert_eq!(server.in_flight(), (0, 0));
     // Nothing grows without bound: the cache holds at most its capacity (plus the one in hand).
     assert!(server.stats().duplicates == 0);
+}
+
+#[test]
+fn one_peer_cannot_hold_more_than_its_share_of_reassembly() {
+    let config = Config {
+        max_reassemblies_per_peer: 2,
+        ..Config::default()
+    };
+    let mut net = Net::new(config, 77);
+    let tokens: Vec<_> = (0..3).map(|_| net.post(vec![1u8; 3000])).collect();
+    net.run_until(|n| n.outcomes.len() == 3);
+    let codes: Vec<_> = tokens
+        .iter()
+        .map(|t| code(net.outcomes[t].as_ref().unwrap()))
+        .collect();
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|c| **c == ResponseType::Changed)
+            .count(),
+        2,
+        "{codes:?}"
+    );
+    assert!(
+        codes.contains(&ResponseType::ServiceUnavailable),
+        "{codes:?}"
+    );
 }

@@ -77,6 +77,13 @@ impl HostSourceCtx for Emitter {
                             ));
                         }
                         let since = *blocked_since.get_or_insert_with(Instant::now);
+                        // Shutting down with the sinks full: stop waiting after a moment, so
+                        // the sinks spend the shutdown time draining what they already hold.
+                        if self.stop.is_raised() && since.elapsed() >= Duration::from_secs(1) {
+                            return RErr(stopped(
+                                "the gateway is shutting down and its queues are full",
+                            ));
+                        }
                         if since.elapsed() >= Duration::from_secs(10) {
                             tracing::debug!(
                                 "a sink's queue has been full for 10 s; the source waits"

@@ -27,25 +27,8 @@ pub struct Ingress {
     tls: ServerSettings,
 }
 
-/// Hashes a reading id by its low 64 bits: ids are random (or time and counter) already, so
-/// SipHash buys nothing here and costs a tenth of the ingress's time.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
-        }
-    }
-}
-
-type IdSet = HashSet<ReadingId, std::hash::BuildHasherDefault<IdHasher>>;
+/// Reading ids come from peers: keep std's keyed hasher, so that no peer can make them collide.
+type IdSet = HashSet<ReadingId>;
 
 /// Reading ids stored recently, and those in flight.
 #[derive(Default)]
@@ -304,10 +287,12 @@ impl Ingress {
                 return reply(r);
             }
             let before = pack.readings.len();
+            // Drop what was stored already, and repeats of an id within this pack.
+            let mut in_pack = HashSet::with_capacity(before);
             let fresh: Vec<_> = pack
                 .readings
                 .into_iter()
-                .filter(|r| !s.stored.contains(&r.id))
+                .filter(|r| !s.stored.contains(&r.id) && in_pack.insert(r.id))
                 .collect();
             counters
                 .duplicates
@@ -320,40 +305,62 @@ impl Ingress {
             return reply(code(ResponseType::Changed));
         }
         let n = fresh.len() as u64;
-        let (responder, seen2, counters2, retry_after) = (
+        // The request is answered once: by the acknowledgement, or by a failed emit, whichever
+        // comes first (an emit that fails half-way also fails its acknowledgement later).
+        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (responder, seen2, counters2, retry_after, answered2) = (
             responder.clone(),
             seen.clone(),
             counters.clone(),
             self.cfg.retry_after,
+            answered.clone(),
         );
         let ids2 = ids.clone();
-        let sent = ctx.emit_with(fresh, move |outcome| match outcome {
-            Ok(()) => {
-                seen2.lock().expect("seen").stored(&ids2);
-                counters2.readings.fetch_add(n, Ordering::Relaxed);
-                responder.respond(id, code(ResponseType::Changed));
+        let sent = ctx.emit_with(fresh, move |outcome| {
+            if answered2.swap(true, Ordering::SeqCst) {
+                return;
             }
-            Err(e) => {
-                seen2.lock().expect("seen").failed(&ids2);
-                counters2.unavailable.fetch_add(1, Ordering::Relaxed);
-                let mut r = response(
-                    ResponseType::ServiceUnavailable,
-                    &format!("not stored: {}", e.message()),
-                );
-                r.add_option(CoapOption::MaxAge, encode_uint(retry_after));
-                responder.respond(id, r);
+            match outcome {
+                Ok(()) => {
+                    seen2.lock().expect("seen").stored(&ids2);
+                    counters2.readings.fetch_add(n, Ordering::Relaxed);
+                    responder.respond(id, code(ResponseType::Changed));
+                }
+                // A sink refused the readings for good: so does the server (resending cannot help).
+                Err(e) if e.kind == ErrorKind::REJECTED => {
+                    seen2.lock().expect("seen").failed(&ids2);
+                    counters2.bad_requests.fetch_add(1, Ordering::Relaxed);
+                    responder.respond(
+                        id,
+                        response(
+                            ResponseType::BadRequest,
+                            &format!("refused: {}", e.message()),
+                        ),
+                    );
+                }
+                Err(e) => {
+                    seen2.lock().expect("seen").failed(&ids2);
+                    counters2.unavailable.fetch_add(1, Ordering::Relaxed);
+                    let mut r = response(
+                        ResponseType::ServiceUnavailable,
+                        &format!("not stored: {}", e.message()),
+                    );
+                    r.add_option(CoapOption::MaxAge, encode_uint(retry_after));
+                    responder.respond(id, r);
+                }
             }
         });
         if let Err(e) = sent {
+            if answered.swap(true, Ordering::SeqCst) {
+                return;
+            }
             seen.lock().expect("seen").failed(&ids);
-            let mut r = response(
-                ResponseType::ServiceUnavailable,
-                if e.kind == ErrorKind::STOPPED {
-                    "shutting down"
-                } else {
-                    "cannot take readings now"
-                },
-            );
+            let why = if e.kind == ErrorKind::STOPPED {
+                "shutting down"
+            } else {
+                "cannot take readings now"
+            };
+            let mut r = response(ResponseType::ServiceUnavailable, why);
             r.add_option(CoapOption::MaxAge, encode_uint(retry_after));
             reply(r);
         }

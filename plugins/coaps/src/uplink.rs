@@ -171,9 +171,16 @@ impl Uplink {
                     _ => (0, "a non-response".to_owned()),
                 };
                 let text = String::from_utf8_lossy(&resp.payload).into_owned();
-                match class {
-                    2 => Ok(()),
-                    4 => Err(PluginError::rejected(format!(
+                match (class, detail.as_str()) {
+                    (2, "2.31") => Err(PluginError::retry(format!(
+                        "the server asked for more of the batch: {detail} {text}"
+                    ))),
+                    (2, _) => Ok(()),
+                    // Lost reassembly state, too many requests: try again later.
+                    (4, "4.08" | "4.29") => Err(PluginError::retry(format!(
+                        "the server could not take the batch now: {detail} {text}"
+                    ))),
+                    (4, _) => Err(PluginError::rejected(format!(
                         "the server refused the batch: {detail} {text}"
                     ))),
                     _ => Err(PluginError::retry(format!(
