@@ -338,3 +338,32 @@ fn a_sink_fed_by_two_sources_acknowledges_each_once_both_sinks_took_it() {
         "routing honours inputs"
     );
 }
+
+#[test]
+fn a_refused_reading_does_not_take_the_others_of_a_merged_write_with_it() {
+    let s = Setup::new();
+    let out = s.path("out.txt");
+    let cfg = s.config(
+        "",
+        &format!(
+            "[sources.seq]\nplugin = \"sequence\"\ncount = 40\nbatch_size = 1\nwait_ack = false\n{}",
+            recorder("rec", out.to_str().unwrap(), &["seq"], "reject_value = 13\nbatch_size = 10\ndelay = \"20ms\"")
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(20)).expect("exits");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("writing the refused batch's parts one by one"),
+        "the writes were merged: {err}"
+    );
+    let values = s.recorded("out.txt", "seq");
+    let expected: Vec<i64> = (0..40).filter(|v| *v != 13).collect();
+    assert_eq!(values, expected, "only the refused reading is missing");
+    assert_eq!(
+        err.matches("sink refused the batch for good").count(),
+        2,
+        "the merged write, then the bad batch alone: {err}"
+    );
+}

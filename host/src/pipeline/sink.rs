@@ -113,22 +113,42 @@ impl SinkRunner {
                 n += e.readings.len();
                 envelopes.push(e);
             }
-            let outcome = if envelopes.len() == 1 {
-                w.write(&envelopes[0].readings)
-            } else {
-                scratch.clear();
-                scratch.reserve(n);
-                for e in &mut envelopes {
-                    let shared = std::mem::replace(&mut e.readings, Arc::new(Default::default()));
-                    match Arc::try_unwrap(shared) {
-                        Ok(owned) => scratch.extend(owned),
-                        Err(shared) => scratch.extend(shared.iter().cloned()),
+            if envelopes.len() == 1 {
+                let outcome = w.write(&envelopes[0].readings);
+                envelopes.pop().expect("one").ack.done(outcome);
+                continue;
+            }
+            scratch.clear();
+            scratch.reserve(n);
+            let mut spans = Vec::with_capacity(envelopes.len());
+            for e in &mut envelopes {
+                let start = scratch.len();
+                let shared = std::mem::replace(&mut e.readings, Arc::new(Default::default()));
+                match Arc::try_unwrap(shared) {
+                    Ok(owned) => scratch.extend(owned),
+                    Err(shared) => scratch.extend(shared.iter().cloned()),
+                }
+                spans.push(start..scratch.len());
+            }
+            match w.write(&scratch) {
+                Err(e) if e.kind == ErrorKind::REJECTED => {
+                    // Refused for good as a whole: one source's bad batch must not take the
+                    // others with it. Write each source batch on its own.
+                    w.stats.rejected.fetch_sub(n as u64, Ordering::Relaxed);
+                    tracing::info!(
+                        batches = envelopes.len(),
+                        "writing the refused batch's parts one by one"
+                    );
+                    for (e, span) in envelopes.into_iter().zip(spans) {
+                        let outcome = w.write(&scratch[span]);
+                        e.ack.done(outcome);
                     }
                 }
-                w.write(&scratch)
-            };
-            for e in envelopes {
-                e.ack.done(outcome.clone());
+                outcome => {
+                    for e in envelopes {
+                        e.ack.done(outcome.clone());
+                    }
+                }
             }
         }
         let left = rx.len() + usize::from(carry.is_some());

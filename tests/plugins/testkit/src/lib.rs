@@ -132,6 +132,8 @@ struct RecorderConfig {
     /// The first this-many writes (after `fail_first`) refuse the batch for good.
     #[serde(default)]
     reject_first: u64,
+    /// Any batch holding a reading with this integer value is refused for good.
+    reject_value: Option<i64>,
 }
 
 /// Appends `SENSOR VALUE ID` per reading to a file, after an optional delay; can fail or panic.
@@ -177,6 +179,16 @@ impl Sink for Recorder {
             return Err(PluginError::rejected(format!(
                 "simulated refusal (write {call})"
             )));
+        }
+        if let Some(bad) = self.cfg.reject_value {
+            if batch
+                .iter()
+                .any(|r| r.value == gateway_sdk::Value::Int(bad))
+            {
+                return Err(PluginError::rejected(format!(
+                    "simulated refusal of value {bad}"
+                )));
+            }
         }
         if self.cfg.panic_on_write == Some(call) {
             panic!("recorder panics on write {call}, as configured");
