@@ -41,6 +41,7 @@ pub fn plugin_dir() -> PathBuf {
             "gateway-plugin-ds18b20",
             "gateway-plugin-ublox7",
             "gateway-plugin-coaps",
+            "gateway-plugin-sqlite",
             "gateway-testkit-plugins",
             // For the `gateway-certs` tool that `gateway certs` runs.
             "gateway-coap",
@@ -56,6 +57,7 @@ pub fn plugin_dir() -> PathBuf {
             "libds18b20.so",
             "libublox7.so",
             "libcoaps.so",
+            "libsqlite.so",
             "libtestkit.so",
             "libincompatible.so",
             "gateway-certs",

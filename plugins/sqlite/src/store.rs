@@ -1,0 +1,145 @@
+//! The schema and the writes. I/O: the database file.
+
+use crate::config::{Config, Sync};
+use gateway_sdk::{PluginError, Reading, Value};
+use rusqlite::{params, Connection, ErrorCode};
+
+/// The schema version this plugin writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS readings (
+    id          BLOB    NOT NULL PRIMARY KEY,  -- the reading's 16-byte id: a re-delivered reading is not stored twice
+    time_us     INTEGER NOT NULL,              -- UTC, microseconds since the Unix epoch
+    device      TEXT    NOT NULL,
+    sensor      TEXT    NOT NULL,
+    name        TEXT    NOT NULL,
+    unit        TEXT    NOT NULL,
+    value_type  TEXT    NOT NULL CHECK (value_type IN ('float', 'int', 'bool', 'text', 'bytes')),
+    value_float REAL,
+    value_int   INTEGER,                       -- int, and bool as 0/1
+    value_text  TEXT,
+    value_bytes BLOB
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS readings_latest ON readings (device, sensor, name, time_us);
+CREATE INDEX IF NOT EXISTS readings_time ON readings (time_us);
+";
+
+fn sql_error(what: &str, e: rusqlite::Error) -> PluginError {
+    let transient = matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::OutOfMemory
+        )
+    );
+    if transient {
+        PluginError::retry(format!("{what}: {e}"))
+    } else if matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    ) {
+        PluginError::fatal(format!("{what}: {e}"))
+    } else {
+        PluginError::retry(format!("{what}: {e}"))
+    }
+}
+
+/// An open database.
+pub struct Store {
+    conn: Connection,
+    /// Readings that were already stored (duplicates), over the store's life.
+    pub duplicates: u64,
+}
+
+impl Store {
+    /// Opens (creating and migrating) the database.
+    pub fn open(cfg: &Config) -> Result<Store, PluginError> {
+        if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                PluginError::config(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let conn = Connection::open(&cfg.path)
+            .map_err(|e| PluginError::config(format!("cannot open {}: {e}", cfg.path.display())))?;
+        conn.busy_timeout(cfg.busy_timeout)
+            .map_err(|e| sql_error("busy_timeout", e))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| sql_error("journal_mode", e))?;
+        let sync = match cfg.synchronous {
+            Sync::Full => "FULL",
+            Sync::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)
+            .map_err(|e| sql_error("synchronous", e))?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| sql_error("user_version", e))?;
+        if version > SCHEMA_VERSION {
+            return Err(PluginError::config(format!(
+                "{} has schema version {version}, newer than this plugin's {SCHEMA_VERSION}: upgrade the plugin (it will not downgrade a schema)",
+                cfg.path.display()
+            )));
+        }
+        if version < SCHEMA_VERSION {
+            conn.execute_batch(SCHEMA_V1)
+                .map_err(|e| sql_error("creating the schema", e))?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(|e| sql_error("user_version", e))?;
+        }
+        Ok(Store {
+            conn,
+            duplicates: 0,
+        })
+    }
+
+    /// Stores a batch in one transaction; returns once it is committed.
+    pub fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        let tx = self.conn.transaction().map_err(|e| sql_error("BEGIN", e))?;
+        let mut inserted = 0usize;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO readings (id, time_us, device, sensor, name, unit, value_type, value_float, value_int, value_text, value_bytes)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .map_err(|e| sql_error("INSERT", e))?;
+            for r in batch {
+                let (kind, f, i, t, b): (
+                    &str,
+                    Option<f64>,
+                    Option<i64>,
+                    Option<&str>,
+                    Option<&[u8]>,
+                ) = match &r.value {
+                    Value::Float(v) => ("float", Some(*v), None, None, None),
+                    Value::Int(v) => ("int", None, Some(*v), None, None),
+                    Value::Bool(v) => ("bool", None, Some(i64::from(*v)), None, None),
+                    Value::Text(v) => ("text", None, None, Some(v.as_str()), None),
+                    Value::Bytes(v) => ("bytes", None, None, None, Some(v.as_slice())),
+                };
+                inserted += stmt
+                    .execute(params![
+                        &r.id.0[..],
+                        r.time.0,
+                        r.device.as_str(),
+                        r.sensor.as_str(),
+                        r.name.as_str(),
+                        r.unit.as_str(),
+                        kind,
+                        f,
+                        i,
+                        t,
+                        b
+                    ])
+                    .map_err(|e| sql_error("INSERT", e))?;
+            }
+        }
+        tx.commit().map_err(|e| sql_error("COMMIT", e))?;
+        self.duplicates += (batch.len() - inserted) as u64;
+        Ok(())
+    }
+}

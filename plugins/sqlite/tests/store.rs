@@ -1,0 +1,161 @@
+//! The sink against real SQLite files: every field back, duplicates dropped, schema guarded.
+
+use gateway_sdk::{
+    testing::{readme_sample_tables, sample_readings, SinkHarness},
+    ErrorKind, Label, Reading, ReadingId, Timestamp, Value,
+};
+use sqlite::{config::Config, Sqlite};
+
+fn cfg(path: &std::path::Path) -> String {
+    format!("path = {:?}\n", path.display().to_string())
+}
+
+fn rows(path: &std::path::Path) -> Vec<(Vec<u8>, i64, String, String, String, String, String)> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let mut s = c.prepare("SELECT id, time_us, device, sensor, name, unit, value_type FROM readings ORDER BY time_us, id").unwrap();
+    s.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+#[test]
+fn stores_every_field_of_every_value_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let mut sink = SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap();
+    let mk = |i: u8, value: Value| Reading {
+        id: ReadingId([i; 16]),
+        time: Timestamp(1_764_085_351_123_456 + i64::from(i)),
+        device: Label::from("pi-01"),
+        sensor: Label::from("gps"),
+        name: Label::from("n"),
+        unit: Label::from("m"),
+        value,
+    };
+    let batch = vec![
+        mk(1, Value::Float(21.5)),
+        mk(2, Value::Int(-7)),
+        mk(3, Value::Bool(true)),
+        mk(4, Value::Text("3D".into())),
+        mk(5, Value::Bytes(vec![0, 255].into())),
+    ];
+    sink.write(batch).unwrap();
+    let r = rows(&db);
+    assert_eq!(r.len(), 5);
+    assert_eq!(
+        r[0],
+        (
+            vec![1; 16],
+            1_764_085_351_123_457,
+            "pi-01".into(),
+            "gps".into(),
+            "n".into(),
+            "m".into(),
+            "float".into()
+        )
+    );
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let f: f64 = c
+        .query_row(
+            "SELECT value_float FROM readings WHERE value_type='float'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let i: i64 = c
+        .query_row(
+            "SELECT value_int FROM readings WHERE value_type='int'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let b: i64 = c
+        .query_row(
+            "SELECT value_int FROM readings WHERE value_type='bool'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let t: String = c
+        .query_row(
+            "SELECT value_text FROM readings WHERE value_type='text'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let d: Vec<u8> = c
+        .query_row(
+            "SELECT value_bytes FROM readings WHERE value_type='bytes'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!((f, i, b, t.as_str(), d), (21.5, -7, 1, "3D", vec![0, 255]));
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn a_reading_delivered_twice_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let batch = sample_readings(50);
+    let mut sink = SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap();
+    sink.write(batch.clone()).unwrap();
+    sink.write(batch[10..30].to_vec()).unwrap();
+    drop(sink);
+    // Again after a restart.
+    let mut sink = SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap();
+    sink.write(batch.clone()).unwrap();
+    assert_eq!(rows(&db).len(), 50);
+}
+
+#[test]
+fn a_newer_schema_is_refused_not_downgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    drop(SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap());
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .pragma_update(None, "user_version", 2)
+        .unwrap();
+    let e = SinkHarness::new::<Sqlite>(&cfg(&db)).err().unwrap();
+    assert_eq!(e.kind, ErrorKind::CONFIG);
+    assert!(
+        e.message()
+            .contains("schema version 2, newer than this plugin's 1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let e = SinkHarness::new::<Sqlite>("pth = \"x.db\"").err().unwrap();
+    assert!(e.message().contains("unknown field `pth`"), "{e}");
+    let e = SinkHarness::new::<Sqlite>("path = \"/proc/nope/x.db\"")
+        .err()
+        .unwrap();
+    assert!(e.message().contains("/proc/nope"), "{e}");
+}
+
+#[test]
+fn readme_sample_matches_sample_toml_and_parses() {
+    for (name, keys) in
+        readme_sample_tables(include_str!("../README.md"), include_str!("../sample.toml"))
+    {
+        let _: Config = keys.try_into().unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
