@@ -42,6 +42,7 @@ pub fn plugin_dir() -> PathBuf {
             "gateway-plugin-ublox7",
             "gateway-plugin-coaps",
             "gateway-plugin-sqlite",
+            "gateway-plugin-mysql",
             "gateway-testkit-plugins",
             // For the `gateway-certs` tool that `gateway certs` runs.
             "gateway-coap",
@@ -58,6 +59,7 @@ pub fn plugin_dir() -> PathBuf {
             "libublox7.so",
             "libcoaps.so",
             "libsqlite.so",
+            "libmysql.so",
             "libtestkit.so",
             "libincompatible.so",
             "gateway-certs",

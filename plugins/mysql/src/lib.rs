@@ -1,0 +1,79 @@
+//! `mysql`: a sink that stores readings in MySQL or MariaDB: batched multi-row inserts in one
+//! transaction per batch, acknowledged only after COMMIT; the reading id is the primary key, so a
+//! re-delivered reading is not stored twice. I/O: the database, on the plugin's own tokio
+//! runtime.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod store;
+
+use config::Config;
+use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
+
+/// The sink.
+pub struct Mysql {
+    store: store::Store,
+    migrated: bool,
+}
+
+fn password(cfg: &Config, ctx: &InitContext) -> Result<Option<String>, PluginError> {
+    let table = &ctx.info().table;
+    match (&cfg.password_env, &cfg.password_file) {
+        (Some(_), Some(_)) => Err(PluginError::config(format!(
+            "[{table}] password_env and password_file: give one"
+        ))),
+        (Some(var), None) => std::env::var(var).map(Some).map_err(|_| {
+            PluginError::config(format!(
+                "[{table}] password_env: the environment variable {var} is not set"
+            ))
+        }),
+        (None, Some(file)) => {
+            let path = ctx.resolve_path(file);
+            std::fs::read_to_string(&path)
+                .map(|s| Some(s.lines().next().unwrap_or("").to_owned()))
+                .map_err(|e| {
+                    PluginError::config(format!(
+                        "[{table}] password_file: cannot read {}: {e}",
+                        path.display()
+                    ))
+                })
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+impl Sink for Mysql {
+    const ID: &'static str = "mysql";
+    const DESCRIPTION: &'static str = "stores readings in MySQL/MariaDB, one transaction per batch";
+
+    fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+        let mut cfg: Config = ctx.parse_config()?;
+        cfg.tls_ca_file = cfg.tls_ca_file.map(|p| ctx.resolve_path(p));
+        let pw = password(&cfg, ctx)?;
+        let store = store::Store::new(&cfg, pw).map_err(|e| {
+            PluginError::new(e.kind, format!("[{}] {}", ctx.info().table, e.message()))
+        })?;
+        Ok(Mysql {
+            store,
+            migrated: false,
+        })
+    }
+
+    fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        if !self.migrated {
+            self.store.migrate()?;
+            self.migrated = true;
+            tracing::info!("MySQL schema ready");
+        }
+        let new = self.store.write(batch)?;
+        if (new as usize) < batch.len() {
+            tracing::debug!(
+                duplicates = batch.len() - new as usize,
+                "readings already stored were skipped"
+            );
+        }
+        Ok(())
+    }
+}
+
+gateway_sdk::export!(sinks: [Mysql]);

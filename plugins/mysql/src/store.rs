@@ -1,0 +1,221 @@
+//! Schema, migrations and batched inserts, on the plugin's own tokio runtime. I/O: the database.
+
+use crate::config::Config;
+use gateway_sdk::{PluginError, Reading, Value};
+use mysql_async::{prelude::*, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts};
+
+/// The schema version this plugin writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Rows per INSERT statement (a statement takes at most 65,535 placeholders).
+const ROWS_PER_INSERT: usize = 1000;
+
+/// How a MySQL error should be handled.
+pub fn classify(what: &str, e: mysql_async::Error) -> PluginError {
+    match &e {
+        // Data the table cannot hold: sending it again cannot help.
+        mysql_async::Error::Server(s) if matches!(s.code, 1264 | 1366 | 1406 | 1292) => {
+            PluginError::rejected(format!("{what}: {e}"))
+        }
+        // Connection loss, deadlocks (1213), lock waits (1205), a database that is down: later.
+        _ => PluginError::retry(format!("{what}: {e}")),
+    }
+}
+
+/// A pool and what it writes to.
+pub struct Store {
+    rt: tokio::runtime::Runtime,
+    pool: Pool,
+    table: String,
+    write_timeout: std::time::Duration,
+}
+
+fn valid_table(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 60 && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl Store {
+    /// Checks the settings and builds the pool; connects (and migrates) lazily, on the first
+    /// write, so that a database that is down does not stop the gateway from starting.
+    pub fn new(cfg: &Config, password: Option<String>) -> Result<Store, PluginError> {
+        if !valid_table(&cfg.table) {
+            return Err(PluginError::config(format!(
+                "table: {:?} is not a plain table name",
+                cfg.table
+            )));
+        }
+        let opts =
+            Opts::from_url(&cfg.url).map_err(|e| PluginError::config(format!("url: {e}")))?;
+        if opts.pass().is_some() {
+            return Err(PluginError::config(
+                "url: put the password in password_env or password_file, not in the URL",
+            ));
+        }
+        let mut b = OptsBuilder::from_opts(opts).pass(password).pool_opts(
+            PoolOpts::default()
+                .with_constraints(PoolConstraints::new(0, cfg.pool_max.max(1)).expect("0 <= max")),
+        );
+        if cfg.tls {
+            let mut ssl = SslOpts::default();
+            if let Some(ca) = &cfg.tls_ca_file {
+                ssl = ssl.with_root_certs(vec![ca.clone().into()]);
+            }
+            b = b.ssl_opts(ssl);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| PluginError::fatal(e.to_string()))?;
+        let pool = Pool::new(b);
+        Ok(Store {
+            rt,
+            pool,
+            table: cfg.table.clone(),
+            write_timeout: cfg.write_timeout,
+        })
+    }
+
+    /// Creates the tables or checks their version.
+    pub fn migrate(&self) -> Result<(), PluginError> {
+        let table = self.table.clone();
+        let pool = self.pool.clone();
+        self.rt.block_on(async move {
+            let mut c = pool.get_conn().await.map_err(|e| classify("connecting", e))?;
+            c.query_drop("CREATE TABLE IF NOT EXISTS gateway_schema (tbl VARCHAR(64) NOT NULL PRIMARY KEY, version INT UNSIGNED NOT NULL) ENGINE=InnoDB")
+                .await
+                .map_err(|e| classify("creating gateway_schema", e))?;
+            let version: Option<u32> = c
+                .exec_first("SELECT version FROM gateway_schema WHERE tbl = ?", (table.as_str(),))
+                .await
+                .map_err(|e| classify("reading the schema version", e))?;
+            match version {
+                Some(v) if v > SCHEMA_VERSION => Err(PluginError::config(format!(
+                    "table {table} has schema version {v}, newer than this plugin's {SCHEMA_VERSION}: upgrade the plugin (it will not downgrade a schema)"
+                ))),
+                Some(_) => Ok(()),
+                None => {
+                    c.query_drop(format!(
+                        "CREATE TABLE IF NOT EXISTS `{table}` (
+                            id          BINARY(16)   NOT NULL PRIMARY KEY,
+                            time_us     BIGINT       NOT NULL,
+                            device      VARCHAR(255) NOT NULL,
+                            sensor      VARCHAR(255) NOT NULL,
+                            name        VARCHAR(255) NOT NULL,
+                            unit        VARCHAR(64)  NOT NULL,
+                            value_type  ENUM('float', 'int', 'bool', 'text', 'bytes') NOT NULL,
+                            value_float DOUBLE       NULL,
+                            value_int   BIGINT       NULL,
+                            value_text  TEXT         NULL,
+                            value_bytes BLOB         NULL,
+                            KEY latest (device, sensor, name, time_us),
+                            KEY by_time (time_us)
+                        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+                    ))
+                    .await
+                    .map_err(|e| classify("creating the readings table", e))?;
+                    c.exec_drop("INSERT IGNORE INTO gateway_schema (tbl, version) VALUES (?, ?)", (table.as_str(), SCHEMA_VERSION))
+                        .await
+                        .map_err(|e| classify("recording the schema version", e))?;
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// Inserts a batch in one transaction (multi-row INSERT IGNORE); returns after COMMIT.
+    /// Returns how many rows were new.
+    pub fn write(&self, batch: &[Reading]) -> Result<u64, PluginError> {
+        let table = self.table.clone();
+        let pool = self.pool.clone();
+        let rows: Vec<mysql_async::Params> = batch.iter().map(row).collect();
+        let fut = async move {
+            let mut c = pool
+                .get_conn()
+                .await
+                .map_err(|e| classify("connecting", e))?;
+            let mut tx = c
+                .start_transaction(Default::default())
+                .await
+                .map_err(|e| classify("BEGIN", e))?;
+            let mut inserted = 0;
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
+                let placeholders =
+                    vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+                let sql = format!(
+                    "INSERT IGNORE INTO `{table}` (id, time_us, device, sensor, name, unit, value_type, value_float, value_int, value_text, value_bytes) VALUES {placeholders}"
+                );
+                let mut values = Vec::with_capacity(chunk.len() * 11);
+                for p in chunk {
+                    if let mysql_async::Params::Positional(v) = p {
+                        values.extend(v.iter().cloned());
+                    }
+                }
+                tx.exec_drop(sql, mysql_async::Params::Positional(values))
+                    .await
+                    .map_err(|e| classify("INSERT", e))?;
+                inserted += tx.affected_rows();
+            }
+            tx.commit().await.map_err(|e| classify("COMMIT", e))?;
+            Ok(inserted)
+        };
+        let limit = self.write_timeout;
+        self.rt.block_on(async move {
+            match tokio::time::timeout(limit, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(PluginError::retry(format!(
+                    "the batch was not committed within {limit:?}"
+                ))),
+            }
+        })
+    }
+}
+
+fn row(r: &Reading) -> mysql_async::Params {
+    use mysql_async::Value as V;
+    let none = V::NULL;
+    let (kind, f, i, t, b) = match &r.value {
+        Value::Float(v) => ("float", V::Double(*v), none.clone(), none.clone(), none),
+        Value::Int(v) => ("int", none.clone(), V::Int(*v), none.clone(), none),
+        Value::Bool(v) => (
+            "bool",
+            none.clone(),
+            V::Int(i64::from(*v)),
+            none.clone(),
+            none,
+        ),
+        Value::Text(v) => (
+            "text",
+            none.clone(),
+            none.clone(),
+            V::Bytes(v.as_bytes().to_vec()),
+            none,
+        ),
+        Value::Bytes(v) => (
+            "bytes",
+            none.clone(),
+            none.clone(),
+            none,
+            V::Bytes(v.to_vec()),
+        ),
+    };
+    mysql_async::Params::Positional(vec![
+        V::Bytes(r.id.0.to_vec()),
+        V::Int(r.time.0),
+        V::Bytes(r.device.as_bytes().to_vec()),
+        V::Bytes(r.sensor.as_bytes().to_vec()),
+        V::Bytes(r.name.as_bytes().to_vec()),
+        V::Bytes(r.unit.as_bytes().to_vec()),
+        V::Bytes(kind.as_bytes().to_vec()),
+        f,
+        i,
+        t,
+        b,
+    ])
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let pool = self.pool.clone();
+        let _ = self.rt.block_on(async move { pool.disconnect().await });
+    }
+}
