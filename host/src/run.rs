@@ -77,6 +77,29 @@ fn located(config: &Config, decl: &Instance, group: &str, what: &str, e: &Plugin
     }
 }
 
+/// Builds one instance with its plugin's constructor, into `built` or, failing, into `errors`.
+fn build<T, F: Copy>(
+    new: F,
+    call: impl FnOnce(F, &InstanceInfo) -> abi_stable::std_types::RResult<T, PluginError>,
+    info: InstanceInfo,
+    library: Library,
+    (config, decl, group): (&Config, &Instance, &str),
+    built: &mut Vec<Built<T, F>>,
+    errors: &mut Vec<String>,
+) {
+    // (An `extern "C" fn` is not an `Fn`: the caller says how to call it.)
+    match call(new, &info).into_result() {
+        Ok(instance) => built.push(Built {
+            decl: decl.clone(),
+            library,
+            info,
+            new,
+            instance,
+        }),
+        Err(e) => errors.push(located(config, decl, group, "could not be built", &e)),
+    }
+}
+
 impl Plan {
     /// Loads the plugins and builds every instance. Returns every problem found, not just the
     /// first.
@@ -111,39 +134,34 @@ impl Plan {
                 ));
                 continue;
             }
+            let what = (&config, decl, group);
             match decl.role {
                 Role::Source => {
                     let new = found
                         .plugin
                         .new_source
                         .expect("source descriptor has new_source");
-                    match new(&info).into_result() {
-                        Ok(instance) => sources.push(Built {
-                            decl: decl.clone(),
-                            library: found.library,
-                            info,
-                            new,
-                            instance,
-                        }),
-                        Err(e) => {
-                            errors.push(located(&config, decl, group, "could not be built", &e))
-                        }
-                    }
+                    build(
+                        new,
+                        |f, i| f(i),
+                        info,
+                        found.library,
+                        what,
+                        &mut sources,
+                        &mut errors,
+                    );
                 }
                 Role::Sink => {
                     let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
-                    match new(&info).into_result() {
-                        Ok(instance) => sinks.push(Built {
-                            decl: decl.clone(),
-                            library: found.library,
-                            info,
-                            new,
-                            instance,
-                        }),
-                        Err(e) => {
-                            errors.push(located(&config, decl, group, "could not be built", &e))
-                        }
-                    }
+                    build(
+                        new,
+                        |f, i| f(i),
+                        info,
+                        found.library,
+                        what,
+                        &mut sinks,
+                        &mut errors,
+                    );
                 }
             }
         }

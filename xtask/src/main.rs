@@ -92,6 +92,23 @@ fn ensure_certs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Runs a package's benchmark example in release mode.
+fn example(package: &str, name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        package,
+        "--example",
+        name,
+    ])
+    .args(args)
+    .envs(env.iter().copied());
+    run(c)
+}
+
 fn has(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
@@ -100,11 +117,11 @@ fn has(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+/// A `kB` figure of a process from a /proc file: `VmRSS:` of `status`, `Pss:` of `smaps_rollup`.
+fn proc_kb(pid: u32, file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(key))?
         .split_whitespace()
         .nth(1)?
         .parse()
@@ -193,47 +210,18 @@ fn bench() -> Result<()> {
         ("10", "4", "1232"),
         ("1", "1", "1232"),
     ] {
-        let mut c = cargo();
-        c.args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
+        example(
             "gateway-plugin-coaps",
-            "--example",
             "link_bench",
-            "4000",
-            mtu,
-        ])
-        .env("GROUP", group)
-        .env("NSTART", nstart);
-        run(c)?;
+            &["4000", mtu],
+            &[("GROUP", group), ("NSTART", nstart)],
+        )?;
     }
 
     println!("== ds18b20: 100 simulated probes per round");
-    let mut c = cargo();
-    c.args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "gateway-plugin-ds18b20",
-        "--example",
-        "probes_bench",
-    ]);
-    run(c)?;
+    example("gateway-plugin-ds18b20", "probes_bench", &[], &[])?;
     println!("== ublox7: NMEA decoding");
-    let mut c = cargo();
-    c.args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "gateway-plugin-ublox7",
-        "--example",
-        "nmea_bench",
-    ]);
-    run(c)?;
+    example("gateway-plugin-ublox7", "nmea_bench", &[], &[])?;
     sizes(&dir)
 }
 
@@ -247,7 +235,10 @@ fn resident(gateway: &Path, config: &str, secs: u64) -> Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     std::thread::sleep(Duration::from_secs(secs));
-    let (rss, pss) = (rss_kb(child.id()), pss_kb(child.id()));
+    let (rss, pss) = (
+        proc_kb(child.id(), "status", "VmRSS:"),
+        proc_kb(child.id(), "smaps_rollup", "Pss:"),
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -263,18 +254,6 @@ fn resident(gateway: &Path, config: &str, secs: u64) -> Result<()> {
         _ => println!("   could not read /proc/PID/status"),
     }
     Ok(())
-}
-
-/// Proportional set size, from /proc.
-fn pss_kb(pid: u32) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    rollup
-        .lines()
-        .find(|l| l.starts_with("Pss:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 fn sizes(dir: &Path) -> Result<()> {

@@ -157,6 +157,25 @@ pub fn issue(
     Ok(b.build())
 }
 
+/// Makes a new key, issues a certificate for it (see [`issue`]), and writes both: the
+/// certificate to `cert_path`, the key (mode 0600) to `key_path`.
+#[allow(clippy::too_many_arguments)]
+pub fn issue_to(
+    cert_path: &Path,
+    key_path: &Path,
+    cn: &str,
+    kind: Kind<'_>,
+    issuer: Option<(&X509, &Key)>,
+    not_before_days: i64,
+    not_after_days: i64,
+) -> Result<(X509, Key), PkiError> {
+    let key = new_key()?;
+    let cert = issue(cn, &key, kind, issuer, not_before_days, not_after_days)?;
+    write_cert(cert_path, &cert)?;
+    write_key(key_path, &key)?;
+    Ok((cert, key))
+}
+
 /// Writes a certificate as PEM.
 pub fn write_cert(path: &Path, cert: &X509) -> Result<(), PkiError> {
     let pem = cert.to_pem().map_err(e("PEM"))?;

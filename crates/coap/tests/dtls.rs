@@ -7,7 +7,7 @@ use gateway_coap::{
     core::{request, response, Config as CoapConfig},
     driver::{Client, ClientOptions, RequestError, Server, ServerOptions},
     dtls::{ClientSettings, DtlsError, Psk, ServerSettings},
-    pki::{self, issue, new_key, Kind},
+    pki::{issue_to, Kind},
 };
 use std::{
     collections::HashMap,
@@ -23,69 +23,69 @@ struct Pki {
 impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path();
-        let ca_key = new_key().unwrap();
-        let ca = issue("Test CA", &ca_key, Kind::Ca, None, -1, 3650).unwrap();
-        pki::write_cert(&p.join("ca.pem"), &ca).unwrap();
+        let d = |f: &str| dir.path().join(f);
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-        let key = new_key().unwrap();
-        pki::write_cert(
-            &p.join("server.pem"),
-            &issue(
-                "server",
-                &key,
-                Kind::Server(&names),
-                Some((&ca, &ca_key)),
-                -1,
-                365,
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        pki::write_key(&p.join("server.key"), &key).unwrap();
-        let key = new_key().unwrap();
-        pki::write_cert(
-            &p.join("expired.pem"),
-            &issue(
-                "server",
-                &key,
-                Kind::Server(&names),
-                Some((&ca, &ca_key)),
-                -30,
-                -1,
-            )
-            .unwrap(),
-        )
-        .unwrap();
-        pki::write_key(&p.join("expired.key"), &key).unwrap();
         let other = vec!["example.org".to_owned()];
-        let key = new_key().unwrap();
-        pki::write_cert(
-            &p.join("other.pem"),
-            &issue(
-                "server",
-                &key,
-                Kind::Server(&other),
-                Some((&ca, &ca_key)),
-                -1,
-                365,
-            )
-            .unwrap(),
+        let (ca, ca_key) = issue_to(
+            &d("ca.pem"),
+            &d("ca.key"),
+            "Test CA",
+            Kind::Ca,
+            None,
+            -1,
+            3650,
         )
         .unwrap();
-        pki::write_key(&p.join("other.key"), &key).unwrap();
-        let key = new_key().unwrap();
-        pki::write_cert(
-            &p.join("device.pem"),
-            &issue("pi-01", &key, Kind::Device, Some((&ca, &ca_key)), -1, 365).unwrap(),
+        let ca = Some((&ca, &ca_key));
+        issue_to(
+            &d("server.pem"),
+            &d("server.key"),
+            "server",
+            Kind::Server(&names),
+            ca,
+            -1,
+            365,
         )
         .unwrap();
-        pki::write_key(&p.join("device.key"), &key).unwrap();
+        issue_to(
+            &d("expired.pem"),
+            &d("expired.key"),
+            "server",
+            Kind::Server(&names),
+            ca,
+            -30,
+            -1,
+        )
+        .unwrap();
+        issue_to(
+            &d("other.pem"),
+            &d("other.key"),
+            "server",
+            Kind::Server(&other),
+            ca,
+            -1,
+            365,
+        )
+        .unwrap();
+        issue_to(
+            &d("device.pem"),
+            &d("device.key"),
+            "pi-01",
+            Kind::Device,
+            ca,
+            -1,
+            365,
+        )
+        .unwrap();
         // A second, unrelated CA.
-        let rogue_key = new_key().unwrap();
-        pki::write_cert(
-            &p.join("rogue-ca.pem"),
-            &issue("Rogue CA", &rogue_key, Kind::Ca, None, -1, 3650).unwrap(),
+        issue_to(
+            &d("rogue-ca.pem"),
+            &d("rogue-ca.key"),
+            "Rogue CA",
+            Kind::Ca,
+            None,
+            -1,
+            3650,
         )
         .unwrap();
         Pki { dir }

@@ -7,7 +7,7 @@
 //! ```
 //! DIR defaults to `certs`. Keys are written with mode 0600.
 
-use gateway_coap::pki::{self, issue, new_key, read_pair, Kind, Layout, PkiError};
+use gateway_coap::pki::{issue_to, read_pair, Kind, Layout, PkiError};
 use std::{path::PathBuf, process::ExitCode};
 
 const USAGE: &str = "usage:
@@ -73,10 +73,15 @@ fn run(args: &[String]) -> Result<(), PkiError> {
                     l.ca().display()
                 )));
             }
-            let key = new_key()?;
-            let cert = issue("gateway development CA", &key, Kind::Ca, None, -1, 3650)?;
-            pki::write_cert(&l.ca(), &cert)?;
-            pki::write_key(&l.ca_key(), &key)?;
+            issue_to(
+                &l.ca(),
+                &l.ca_key(),
+                "gateway development CA",
+                Kind::Ca,
+                None,
+                -1,
+                3650,
+            )?;
             println!(
                 "CA written: {} and {}",
                 l.ca().display(),
@@ -88,17 +93,15 @@ fn run(args: &[String]) -> Result<(), PkiError> {
             if names.is_empty() {
                 names = vec!["localhost".into(), "127.0.0.1".into()];
             }
-            let key = new_key()?;
-            let cert = issue(
+            issue_to(
+                &l.server(),
+                &l.server_key(),
                 &names[0],
-                &key,
                 Kind::Server(&names),
                 Some((&ca, &ca_key)),
                 -1,
                 825,
             )?;
-            pki::write_cert(&l.server(), &cert)?;
-            pki::write_key(&l.server_key(), &key)?;
             println!(
                 "server certificate for {} written: {}",
                 names.join(", "),
@@ -110,10 +113,15 @@ fn run(args: &[String]) -> Result<(), PkiError> {
                 .get(1)
                 .ok_or_else(|| PkiError(format!("device needs a NAME\n{USAGE}")))?;
             let (ca, ca_key) = ca()?;
-            let key = new_key()?;
-            let cert = issue(name, &key, Kind::Device, Some((&ca, &ca_key)), -1, 825)?;
-            pki::write_cert(&l.device(name), &cert)?;
-            pki::write_key(&l.device_key(name), &key)?;
+            issue_to(
+                &l.device(name),
+                &l.device_key(name),
+                name,
+                Kind::Device,
+                Some((&ca, &ca_key)),
+                -1,
+                825,
+            )?;
             println!(
                 "device certificate for {name} written: {}",
                 l.device(name).display()

@@ -1,36 +1,43 @@
 //! Shared by the coaps tests: certificates, ports, configs.
 #![allow(dead_code)]
 
-use gateway_coap::pki::{self, issue, new_key, Kind};
+use gateway_coap::pki::{issue_to, Kind};
 use std::{net::UdpSocket, path::Path};
 
 pub fn certs(dir: &Path, device: &str) {
-    let ca_key = new_key().unwrap();
-    let ca = issue("Test CA", &ca_key, Kind::Ca, None, -1, 30).unwrap();
-    pki::write_cert(&dir.join("ca.pem"), &ca).unwrap();
+    let d = |f: &str| dir.join(f);
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let key = new_key().unwrap();
-    pki::write_cert(
-        &dir.join("server.pem"),
-        &issue(
-            "server",
-            &key,
-            Kind::Server(&names),
-            Some((&ca, &ca_key)),
-            -1,
-            30,
-        )
-        .unwrap(),
+    let (ca, ca_key) = issue_to(
+        &d("ca.pem"),
+        &d("ca.key"),
+        "Test CA",
+        Kind::Ca,
+        None,
+        -1,
+        30,
     )
     .unwrap();
-    pki::write_key(&dir.join("server.key"), &key).unwrap();
-    let key = new_key().unwrap();
-    pki::write_cert(
-        &dir.join("device.pem"),
-        &issue(device, &key, Kind::Device, Some((&ca, &ca_key)), -1, 30).unwrap(),
+    let issuer = Some((&ca, &ca_key));
+    issue_to(
+        &d("server.pem"),
+        &d("server.key"),
+        "server",
+        Kind::Server(&names),
+        issuer,
+        -1,
+        30,
     )
     .unwrap();
-    pki::write_key(&dir.join("device.key"), &key).unwrap();
+    issue_to(
+        &d("device.pem"),
+        &d("device.key"),
+        device,
+        Kind::Device,
+        issuer,
+        -1,
+        30,
+    )
+    .unwrap();
 }
 
 pub fn free_port() -> u16 {
