@@ -190,6 +190,20 @@ fn cfg_err(what: &str, e: impl std::fmt::Display) -> DtlsError {
     DtlsError::Config(format!("{what}: {e}"))
 }
 
+/// Loads a certificate chain and its private key (PEM), and checks that they belong together.
+fn load_identity(
+    b: &mut SslContextBuilder,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(), DtlsError> {
+    b.set_certificate_chain_file(cert)
+        .map_err(|e| cfg_err(&format!("certificate {}", cert.display()), e))?;
+    b.set_private_key_file(key, SslFiletype::PEM)
+        .map_err(|e| cfg_err(&format!("key {}", key.display()), e))?;
+    b.check_private_key()
+        .map_err(|e| cfg_err("the key does not match the certificate", e))
+}
+
 /// Builds the client context.
 pub fn client_context(s: &ClientSettings) -> Result<SslConnector, DtlsError> {
     let mut b = SslConnector::builder(SslMethod::dtls())
@@ -207,12 +221,7 @@ pub fn client_context(s: &ClientSettings) -> Result<SslConnector, DtlsError> {
             .map_err(|e| cfg_err(&format!("CA file {}", ca.display()), e))?;
     }
     if let Some((cert, key)) = &s.cert {
-        b.set_certificate_chain_file(cert)
-            .map_err(|e| cfg_err(&format!("certificate {}", cert.display()), e))?;
-        b.set_private_key_file(key, SslFiletype::PEM)
-            .map_err(|e| cfg_err(&format!("key {}", key.display()), e))?;
-        b.check_private_key()
-            .map_err(|e| cfg_err("the key does not match the certificate", e))?;
+        load_identity(&mut b, cert, key)?;
     }
     if let Some(psk) = s.psk.clone() {
         b.set_psk_client_callback(move |_ssl, _hint, identity, key| {
@@ -248,14 +257,7 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
     b.set_cipher_list(&ciphers)
         .map_err(|e| cfg_err(&format!("cipher list {ciphers:?}"), e))?;
     match (&s.cert_file, &s.key_file) {
-        (Some(cert), Some(key)) => {
-            b.set_certificate_chain_file(cert)
-                .map_err(|e| cfg_err(&format!("certificate {}", cert.display()), e))?;
-            b.set_private_key_file(key, SslFiletype::PEM)
-                .map_err(|e| cfg_err(&format!("key {}", key.display()), e))?;
-            b.check_private_key()
-                .map_err(|e| cfg_err("the key does not match the certificate", e))?;
-        }
+        (Some(cert), Some(key)) => load_identity(&mut b, cert, key)?,
         (None, None) if !s.psk.is_empty() => {}
         _ => {
             return Err(DtlsError::Config(
