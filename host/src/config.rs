@@ -118,6 +118,58 @@ pub struct SinkSettings {
     pub retry_backoff: Duration,
     /// Longest wait between retries.
     pub retry_backoff_max: Duration,
+    /// A durable buffer in front of the sink (`buffer = { type = "disk", ... }`).
+    pub buffer: Option<BufferSettings>,
+}
+
+/// What a full disk buffer does with the next batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Hold the sources back until the sink has delivered enough to make room.
+    Block,
+    /// Drop the oldest readings (counted and logged) to make room.
+    DropOldest,
+}
+
+/// A sink's disk buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferSettings {
+    /// Most bytes on disk.
+    pub max_size: u64,
+    /// What to do when it is full.
+    pub when_full: WhenFull,
+    /// Sync every append to disk before taking the batch (safe against power loss); `false`
+    /// leaves that to the kernel (survives a crash of the gateway, not of the machine).
+    pub fsync: bool,
+}
+
+impl Default for BufferSettings {
+    fn default() -> Self {
+        BufferSettings {
+            max_size: 256 << 20,
+            when_full: WhenFull::Block,
+            fsync: true,
+        }
+    }
+}
+
+/// Parses a size such as `"256MiB"`, `"1 GB"`, `"64k"` or a plain number of bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 impl Default for SinkSettings {
@@ -129,6 +181,7 @@ impl Default for SinkSettings {
             queue_capacity: 16,
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(30),
+            buffer: None,
         }
     }
 }
@@ -416,6 +469,97 @@ impl TableReader<'_> {
         }
     }
 
+    /// `buffer = { type = "disk", max_size = "256MiB", when_full = "block", fsync = "always" }`.
+    fn take_buffer(&mut self) -> Result<Option<BufferSettings>, ConfigError> {
+        let line = self
+            .entries
+            .get_key_value("buffer")
+            .map_or(self.line, |(k, _)| line_of(self.text, k.span().start));
+        let Some(table) = self.take::<toml::Table>(
+            "buffer",
+            "a table such as { type = \"disk\", max_size = \"256MiB\" }",
+        )?
+        else {
+            return Ok(None);
+        };
+        let err = |key: &str, msg: String| self.err(line, &format!("buffer.{key}"), msg);
+        let text = |key: &str| -> Result<Option<&str>, ConfigError> {
+            match table.get(key) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.as_str())),
+                Some(v) => Err(err(
+                    key,
+                    format!("expected a string, found {}", describe(v)),
+                )),
+            }
+        };
+        let mut b = BufferSettings::default();
+        match text("type")? {
+            Some("disk") => {}
+            Some("memory") => return Ok(None),
+            Some(other) => {
+                return Err(err(
+                    "type",
+                    format!("unknown buffer type {other:?}; expected \"disk\" or \"memory\""),
+                ))
+            }
+            None => {
+                return Err(err(
+                    "type",
+                    "missing; write type = \"disk\" for a durable buffer".into(),
+                ))
+            }
+        }
+        match table.get("max_size") {
+            None => {}
+            Some(toml::Value::Integer(n)) if *n > 0 => b.max_size = *n as u64,
+            Some(toml::Value::String(s)) => {
+                b.max_size = parse_size(s).filter(|n| *n > 0).ok_or_else(|| {
+                    err(
+                        "max_size",
+                        format!("invalid size {s:?}; write it like \"256MiB\", \"1GB\" or a number of bytes"),
+                    )
+                })?
+            }
+            Some(v) => {
+                return Err(err(
+                    "max_size",
+                    format!("expected a size such as \"256MiB\", found {}", describe(v)),
+                ))
+            }
+        }
+        match text("when_full")? {
+            None | Some("block") => {}
+            Some("drop_oldest") => b.when_full = WhenFull::DropOldest,
+            Some(other) => {
+                return Err(err(
+                    "when_full",
+                    format!("expected \"block\" or \"drop_oldest\", found {other:?}"),
+                ))
+            }
+        }
+        match text("fsync")? {
+            None | Some("always") => {}
+            Some("never") => b.fsync = false,
+            Some(other) => {
+                return Err(err(
+                    "fsync",
+                    format!("expected \"always\" (safe against power loss) or \"never\" (leave it to the kernel), found {other:?}"),
+                ))
+            }
+        }
+        if let Some(k) = table
+            .keys()
+            .find(|k| !["type", "max_size", "when_full", "fsync"].contains(&k.as_str()))
+        {
+            return Err(err(
+                k,
+                "unknown key; a buffer takes type, max_size, when_full and fsync".into(),
+            ));
+        }
+        Ok(Some(b))
+    }
+
     fn take_positive(&mut self, key: &str) -> Result<Option<usize>, ConfigError> {
         let line = self
             .entries
@@ -505,6 +649,7 @@ fn instance(
         if let Some(v) = r.take_duration("retry_backoff_max")? {
             sink.retry_backoff_max = v;
         }
+        sink.buffer = r.take_buffer()?;
     } else if let Some((k, _)) = r.entries.get_key_value("inputs") {
         let l = line_of(text, k.span().start);
         return Err(r.err(

@@ -5,6 +5,7 @@
 //! It does I/O: it loads shared libraries, reads the config, spawns a thread per instance, and
 //! handles signals. The `gateway` binary (`main.rs`) is a thin CLI over this library.
 
+pub mod buffer;
 pub mod config;
 pub mod loader;
 pub mod logging;

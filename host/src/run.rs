@@ -3,11 +3,12 @@
 //! configured time.
 
 use crate::{
+    buffer::DiskBuffer,
     config::{Config, Instance, Role},
     loader::{Catalog, Library},
     logging::HostLogger,
     pipeline::{
-        sink::SinkRunner,
+        sink::{BufferWriter, BufferedInput, SinkRunner},
         source::{SinkPort, SourceRunner},
         stop_signal,
     },
@@ -36,6 +37,8 @@ struct Built<T, F> {
     info: InstanceInfo,
     new: F,
     instance: T,
+    /// The sink's disk buffer, opened (and recovered) at build time.
+    buffer: Option<Arc<DiskBuffer>>,
 }
 
 /// Every instance of a config, built and ready to run.
@@ -95,6 +98,7 @@ fn build<T, F: Copy>(
             info,
             new,
             instance,
+            buffer: None,
         }),
         Err(e) => errors.push(located(config, decl, group, "could not be built", &e)),
     }
@@ -134,6 +138,24 @@ impl Plan {
                 ));
                 continue;
             }
+            let buffer = match &decl.sink.buffer {
+                None => None,
+                Some(settings) => {
+                    let dir = std::path::Path::new(info.data_dir.as_str()).join("buffer");
+                    match DiskBuffer::open(&dir, settings) {
+                        Ok(b) => Some(Arc::new(b)),
+                        Err(e) => {
+                            errors.push(format!(
+                                "{file}:{}: [{group}.{}] buffer: cannot open the disk buffer in {}: {e}",
+                                decl.line,
+                                decl.name,
+                                dir.display()
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            };
             let what = (&config, decl, group);
             match decl.role {
                 Role::Source => {
@@ -162,6 +184,9 @@ impl Plan {
                         &mut sinks,
                         &mut errors,
                     );
+                    if let Some(last) = sinks.last_mut().filter(|k| k.decl.name == decl.name) {
+                        last.buffer = buffer;
+                    }
                 }
             }
         }
@@ -213,9 +238,20 @@ impl Plan {
                 .map(|s| s.name.as_str())
                 .collect();
             let st = &k.decl.sink;
+            let buffer = match (&st.buffer, &k.buffer) {
+                (Some(b), Some(disk)) => format!(
+                    ", disk buffer {} of {} bytes, {} readings held, when full {:?}, fsync {}",
+                    disk.bytes(),
+                    b.max_size,
+                    disk.pending(),
+                    b.when_full,
+                    if b.fsync { "always" } else { "never" }
+                ),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "  {:<16} {} ({} {}, {})  <- {}  [batch {} readings / {:?}, queue {} batches]",
+                "  {:<16} {} ({} {}, {})  <- {}  [batch {} readings / {:?}, queue {} batches{buffer}]",
                 k.decl.name,
                 k.decl.plugin,
                 k.library.name,
@@ -266,12 +302,45 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
     let mut ports = std::collections::HashMap::new();
     let mut sink_threads = Vec::new();
     let mut sink_stats = Vec::new();
+    let mut buffers = Vec::new();
     for k in sinks {
         let (tx, rx) = crossbeam_channel::bounded(k.decl.sink.queue_capacity);
         let stats = Arc::new(SinkStats::default());
         ports.insert(k.decl.name.clone(), (tx, stats.clone()));
         sink_stats.push((k.decl.name.clone(), stats.clone()));
         let (new, info) = (k.new, k.info.clone());
+        let (rx, buffer) = match k.buffer {
+            None => (rx, None),
+            Some(buffer) => {
+                let recovered = buffer.stats.recovered.load(Ordering::Relaxed);
+                stats.accepted.fetch_add(recovered, Ordering::Relaxed);
+                buffers.push((k.decl.name.clone(), buffer.clone()));
+                let writer_done = Arc::new(AtomicBool::new(false));
+                let writer = BufferWriter {
+                    rx,
+                    buffer: buffer.clone(),
+                    record_readings: k.decl.sink.batch_size,
+                    drain: drain.clone(),
+                    abort: abort.clone(),
+                    done: writer_done.clone(),
+                };
+                let name = k.decl.name.clone();
+                let h = std::thread::Builder::new()
+                    .name(format!("buffer:{name}"))
+                    .spawn(move || writer.run(&name));
+                sink_threads.push(h.expect("spawn buffer thread"));
+                // The sink thread reads from the buffer, not from the queue.
+                let (_, idle) = crossbeam_channel::bounded(0);
+                (
+                    idle,
+                    Some(BufferedInput {
+                        buffer,
+                        writer_done,
+                        drain_budget: config.gateway.shutdown_timeout * 3 / 4,
+                    }),
+                )
+            }
+        };
         let runner = SinkRunner {
             name: k.decl.name.clone(),
             instance: k.instance,
@@ -283,6 +352,7 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
             drain: drain.clone(),
             abort: abort.clone(),
             stats,
+            buffer,
         };
         let h = std::thread::Builder::new()
             .name(format!("sink:{}", k.decl.name))
@@ -333,10 +403,13 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
     drop(ports);
 
     let log_stats = {
-        let (sources, sinks) = (source_stats.clone(), sink_stats.clone());
+        let (sources, sinks, buffers) = (source_stats.clone(), sink_stats.clone(), buffers.clone());
         move || {
             sources.iter().for_each(|(n, s)| s.log(n));
             sinks.iter().for_each(|(n, s)| s.log(n));
+            buffers
+                .iter()
+                .for_each(|(n, b)| crate::stats::log_buffer(n, b));
         }
     };
     if !config.gateway.stats_interval.is_zero() {
@@ -423,7 +496,13 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
     let mut written = Vec::new();
     for (name, s) in &sink_stats {
         let n = s.written.load(Ordering::Relaxed);
-        let pending = s.pending();
+        let mut pending = s.pending();
+        if let Some((_, b)) = buffers.iter().find(|(b, _)| b == name) {
+            // Held on disk (sent after the next start) or dropped by `when_full` (counted and
+            // logged when it happened): neither is lost here.
+            let kept = b.pending() + b.stats.dropped.load(Ordering::Relaxed);
+            pending = pending.saturating_sub(kept);
+        }
         if pending > 0 {
             clean = false;
             tracing::error!(sink = %name, readings = pending, "readings not delivered at shutdown");

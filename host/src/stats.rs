@@ -67,3 +67,17 @@ impl SinkStats {
         );
     }
 }
+
+/// Logs one line about a sink's disk buffer.
+pub fn log_buffer(name: &str, b: &crate::buffer::DiskBuffer) {
+    tracing::info!(
+        sink = name,
+        held = b.pending(),
+        bytes = b.bytes(),
+        appended = get(&b.stats.appended),
+        recovered = get(&b.stats.recovered),
+        dropped = get(&b.stats.dropped),
+        corrupt_records = get(&b.stats.corrupt_records),
+        "disk buffer stats"
+    );
+}

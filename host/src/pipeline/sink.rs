@@ -3,7 +3,11 @@
 //! acknowledges each source batch once it was written.
 
 use super::{sleep_unless, Envelope};
-use crate::{config::SinkSettings, stats::SinkStats};
+use crate::{
+    buffer::{AppendError, DiskBuffer, Taken},
+    config::SinkSettings,
+    stats::SinkStats,
+};
 use abi_stable::std_types::RSlice;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use gateway_sdk::{abi::SinkBox, ErrorKind, PluginError, Reading};
@@ -40,6 +44,19 @@ pub struct SinkRunner {
     pub abort: Arc<AtomicBool>,
     /// Counters.
     pub stats: Arc<SinkStats>,
+    /// The disk buffer the sink reads from, if it has one (its writer thread fills it from `rx`).
+    pub buffer: Option<BufferedInput>,
+}
+
+/// A sink's disk buffer, as the sink thread sees it.
+pub struct BufferedInput {
+    /// The buffer.
+    pub buffer: Arc<DiskBuffer>,
+    /// Set once the writer thread has put everything queued on disk and stopped.
+    pub writer_done: Arc<AtomicBool>,
+    /// How long, once draining, the sink goes on sending what is buffered; the rest stays on
+    /// disk for the next start.
+    pub drain_budget: Duration,
 }
 
 struct Worker {
@@ -70,6 +87,7 @@ impl SinkRunner {
             drain,
             abort,
             stats,
+            buffer,
         } = self;
         let mut w = Worker {
             name,
@@ -83,6 +101,12 @@ impl SinkRunner {
             stats,
         };
         tracing::info!("sink running");
+        if let Some(input) = buffer {
+            drop(rx);
+            w.run_buffered(&input, &drain);
+            w.close();
+            return;
+        }
         let mut carry: Option<Envelope> = None;
         let mut scratch: Vec<Reading> = Vec::new();
         loop {
@@ -161,12 +185,71 @@ impl SinkRunner {
         }
         drop(carry);
         drop(rx);
-        if let Some(mut inst) = w.instance.take() {
-            if let Err(e) = inst.close().into_result() {
-                tracing::warn!(error = %e, "closing the sink failed");
+        w.close();
+    }
+}
+
+/// The thread that moves a buffered sink's queue onto disk: it takes what is queued (many
+/// batches per disk write, so a Pi's SD card sees few writes), appends it durably, and only then
+/// acknowledges the batches to their sources.
+pub struct BufferWriter {
+    /// The sink's queue.
+    pub rx: Receiver<Envelope>,
+    /// The buffer.
+    pub buffer: Arc<DiskBuffer>,
+    /// Most readings per record (the sink's batch size).
+    pub record_readings: usize,
+    /// Set when the queue should be emptied onto disk and the thread should stop.
+    pub drain: Arc<AtomicBool>,
+    /// Set when the shutdown deadline passed.
+    pub abort: Arc<AtomicBool>,
+    /// Set when the thread stopped.
+    pub done: Arc<AtomicBool>,
+}
+
+impl BufferWriter {
+    /// Runs until the queue is drained (or on abort).
+    pub fn run(self, name: &str) {
+        let span = tracing::info_span!("buffer", instance = %name);
+        let _enter = span.enter();
+        let limit = self.record_readings.saturating_mul(16).max(1);
+        'outer: while let Some(first) = next(&self.rx, &self.drain, &self.abort) {
+            let mut n = first.readings.len();
+            let mut envelopes = vec![first];
+            while envelopes.len() < 1024 && n < limit {
+                match self.rx.try_recv() {
+                    Ok(e) => {
+                        n += e.readings.len();
+                        envelopes.push(e);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let batches: Vec<&[Reading]> =
+                envelopes.iter().map(|e| e.readings.as_slice()).collect();
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.buffer.append(&batches, self.record_readings, &|| {
+                    self.abort.load(Ordering::SeqCst)
+                }) {
+                    Ok(()) => break,
+                    Err(AppendError::Io(e)) => {
+                        tracing::error!(error = %e, readings = n, "could not write to the disk buffer; the sources are held back until it works again (retrying in {backoff:?})");
+                        if sleep_unless(&self.abort, backoff) {
+                            break 'outer;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                    // Dropping the envelopes tells their sources the batches were not taken.
+                    Err(AppendError::Stopped) => break 'outer,
+                }
+            }
+            drop(batches);
+            for e in envelopes {
+                e.ack.done(Ok(()));
             }
         }
-        tracing::info!("sink stopped");
+        self.done.store(true, Ordering::SeqCst);
     }
 }
 
@@ -188,6 +271,84 @@ fn next(rx: &Receiver<Envelope>, drain: &AtomicBool, abort: &AtomicBool) -> Opti
 }
 
 impl Worker {
+    fn close(&mut self) {
+        if let Some(mut inst) = self.instance.take() {
+            if let Err(e) = inst.close().into_result() {
+                tracing::warn!(error = %e, "closing the sink failed");
+            }
+        }
+        tracing::info!("sink stopped");
+    }
+
+    /// Sends what the disk buffer holds, oldest first, acknowledging each write to the buffer.
+    fn run_buffered(&mut self, input: &BufferedInput, drain: &AtomicBool) {
+        let buf = &input.buffer;
+        let mut reader = buf.reader();
+        let mut stop_at: Option<Instant> = None;
+        loop {
+            if self.abort.load(Ordering::SeqCst) {
+                break;
+            }
+            let draining = drain.load(Ordering::SeqCst);
+            if draining
+                && Instant::now()
+                    >= *stop_at.get_or_insert_with(|| Instant::now() + input.drain_budget)
+            {
+                break;
+            }
+            let more = if draining {
+                Duration::ZERO
+            } else {
+                self.settings.batch_timeout
+            };
+            let Some(taken) = buf.take(
+                &mut reader,
+                self.settings.batch_size,
+                Duration::from_millis(50),
+                more,
+            ) else {
+                if draining && input.writer_done.load(Ordering::SeqCst) {
+                    break;
+                }
+                continue;
+            };
+            if self.write_taken(&taken) {
+                buf.ack(&mut reader, taken);
+            } else {
+                break;
+            }
+        }
+        let left = buf.pending();
+        if left > 0 {
+            tracing::info!(
+                readings = left,
+                bytes = buf.bytes(),
+                "readings stay in the disk buffer; they are sent after the next start"
+            );
+        }
+    }
+
+    /// Writes what was taken from the buffer; `false` if the shutdown deadline stopped it (the
+    /// records stay in the buffer).
+    fn write_taken(&mut self, taken: &Taken) -> bool {
+        let outcome = self.write(&taken.readings);
+        match outcome {
+            Err(e) if e.kind == ErrorKind::STOPPED => false,
+            Err(e) if e.kind == ErrorKind::REJECTED && taken.records.len() > 1 => {
+                let n = taken.readings.len() as u64;
+                self.stats.rejected.fetch_sub(n, Ordering::Relaxed);
+                tracing::info!(
+                    records = taken.records.len(),
+                    "writing the refused batch's parts one by one"
+                );
+                taken.records.iter().all(|r| {
+                    !matches!(self.write(&taken.readings[r.clone()]), Err(e) if e.kind == ErrorKind::STOPPED)
+                })
+            }
+            _ => true,
+        }
+    }
+
     /// Writes one batch, retrying and rebuilding as its errors say, until it is written, refused
     /// for good, or the shutdown deadline passes.
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {

@@ -1,0 +1,895 @@
+//! The disk buffer: an append-only log of records in segment files, plus the position of the
+//! first record its sink has not acknowledged. Blocking file I/O, called from two threads: the
+//! buffer's writer thread appends, the sink's thread takes and acknowledges.
+//!
+//! On disk, in the buffer's directory:
+//! - `NNNNNNNNNNNNNNNNNNNN.seg`: segments named after the sequence number of their first record.
+//!   Each starts with an 8-byte magic, then records: `len u32 | crc32 u32 | seq u64 | count u32 |
+//!   payload`, little-endian, the CRC covering everything after itself. A record holds up to one
+//!   sink batch of readings ([`super::codec`]).
+//! - `head`: two 16-byte slots, written in turn, each `seq u64 | crc32 u32 | 0u32`; the valid slot
+//!   with the larger `seq` is the first record not yet acknowledged. It is written without fsync:
+//!   losing it to a power cut only re-sends acknowledged records, which every sink of this project
+//!   drops by reading id.
+//!
+//! A record is durable once `append` returns (the segment is fdatasync'ed, and the directory too
+//! when a segment is created), unless the buffer was opened with `fsync = "never"`. At open, every
+//! segment is scanned: a torn or corrupt tail (a crash mid-write, a power cut) is cut off and
+//! counted, never fatal.
+
+use super::codec;
+use crate::config::{BufferSettings, WhenFull};
+use gateway_sdk::Reading;
+use std::{
+    collections::VecDeque,
+    fs::{File, OpenOptions},
+    io::{self, BufReader, Read, Seek, SeekFrom, Write},
+    ops::Range,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Condvar, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+const MAGIC: &[u8; 8] = b"GWBUF1\n\0";
+const HEADER: usize = 20;
+/// A record longer than this is taken for corruption.
+const MAX_RECORD: u32 = 256 << 20;
+
+/// Counters of a disk buffer.
+#[derive(Debug, Default)]
+pub struct BufferStats {
+    /// Readings dropped by `when_full = "drop_oldest"`.
+    pub dropped: AtomicU64,
+    /// Records found torn or corrupt (at open or while reading) and skipped.
+    pub corrupt_records: AtomicU64,
+    /// Bytes cut off or skipped with them.
+    pub corrupt_bytes: AtomicU64,
+    /// Readings found in the buffer at open, not yet acknowledged.
+    pub recovered: AtomicU64,
+    /// Readings appended since open.
+    pub appended: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct Segment {
+    first: u64,
+    records: u64,
+    bytes: u64,
+    readings: u64,
+    acked_readings: u64,
+}
+
+impl Segment {
+    fn end(&self) -> u64 {
+        self.first + self.records
+    }
+}
+
+fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.seg"))
+}
+
+struct State {
+    segments: VecDeque<Segment>,
+    /// Sequence number of the next record appended.
+    next_seq: u64,
+    /// Every record below this is acknowledged (or dropped).
+    head: u64,
+    /// Bytes of all segments.
+    bytes: u64,
+    /// Readings appended and not acknowledged or dropped.
+    pending: u64,
+    head_file: File,
+    head_slot: u64,
+    head_synced: Instant,
+}
+
+struct WriterState {
+    file: Option<File>,
+    scratch: Vec<u8>,
+}
+
+/// A durable, bounded queue of reading batches on disk.
+pub struct DiskBuffer {
+    dir: PathBuf,
+    max_size: u64,
+    segment_size: u64,
+    when_full: WhenFull,
+    fsync: bool,
+    state: Mutex<State>,
+    writer: Mutex<WriterState>,
+    appended: Condvar,
+    freed: Condvar,
+    /// Counters.
+    pub stats: BufferStats,
+}
+
+/// Why an append did not happen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// Writing or syncing the segment failed; nothing of this append is in the buffer.
+    #[error("writing the disk buffer failed: {0}")]
+    Io(#[from] io::Error),
+    /// The buffer is full (`when_full = "block"`) and the caller asked to stop waiting.
+    #[error("the disk buffer is full and the gateway is stopping")]
+    Stopped,
+}
+
+/// What one [`DiskBuffer::take`] returned: readings from one or more records, in order.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// The readings.
+    pub readings: Vec<Reading>,
+    /// The readings of each record, as ranges of `readings`.
+    pub records: Vec<Range<usize>>,
+    seqs: Vec<u64>,
+    head_to: Option<u64>,
+    live_to: Option<u64>,
+}
+
+struct OpenSegment {
+    first: u64,
+    file: BufReader<File>,
+    /// Sequence number of the record at the file's position.
+    at: u64,
+}
+
+#[derive(Default)]
+struct Cursor {
+    /// The next record to read from the file.
+    seq: u64,
+    open: Option<OpenSegment>,
+    /// A record read but not taken (it did not fit in the write); it comes first next time.
+    peeked: Option<(u64, Vec<Reading>)>,
+}
+
+impl Cursor {
+    fn at(seq: u64) -> Cursor {
+        Cursor {
+            seq,
+            open: None,
+            peeked: None,
+        }
+    }
+    /// The first record not taken yet.
+    fn position(&self) -> u64 {
+        self.peeked.as_ref().map_or(self.seq, |p| p.0)
+    }
+}
+
+struct Live {
+    /// The first record of the live lane; the backlog lane ends here.
+    start: u64,
+    cursor: Cursor,
+    /// Live records below this are acknowledged.
+    acked: u64,
+}
+
+/// The sink's reading position: the backlog lane, oldest first, and, while a backlog is being
+/// sent, a live lane that carries records appended since, so that fresh readings are not held
+/// behind hours of old ones.
+pub struct Reader {
+    head: Cursor,
+    live: Option<Live>,
+}
+
+fn crc(seq: u64, count: u32, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&seq.to_le_bytes());
+    h.update(&count.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads the record at the file's position: `Ok(None)` at a clean end of file, `Err` with
+/// `InvalidData` for a torn or corrupt record.
+fn read_record(r: &mut impl Read, expect_seq: u64) -> io::Result<Option<(u32, Vec<u8>)>> {
+    let mut h = [0u8; HEADER];
+    let mut got = 0;
+    while got < HEADER {
+        match r.read(&mut h[got..])? {
+            0 if got == 0 => return Ok(None),
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "torn record header",
+                ))
+            }
+            n => got += n,
+        }
+    }
+    let len = u32::from_le_bytes(h[0..4].try_into().unwrap());
+    let sum = u32::from_le_bytes(h[4..8].try_into().unwrap());
+    let seq = u64::from_le_bytes(h[8..16].try_into().unwrap());
+    let count = u32::from_le_bytes(h[16..20].try_into().unwrap());
+    if len > MAX_RECORD || seq != expect_seq {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad record header (length {len}, sequence {seq}, expected {expect_seq})"),
+        ));
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            io::Error::new(io::ErrorKind::InvalidData, "torn record payload")
+        } else {
+            e
+        }
+    })?;
+    if crc(seq, count, &payload) != sum {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "record checksum mismatch",
+        ));
+    }
+    Ok(Some((count, payload)))
+}
+
+fn read_head(file: &File) -> io::Result<u64> {
+    let mut buf = [0u8; 32];
+    let n = file.read_at(&mut buf, 0)?;
+    let mut best = 0;
+    for slot in buf[..n - n % 16].chunks(16) {
+        let seq = u64::from_le_bytes(slot[0..8].try_into().unwrap());
+        let sum = u32::from_le_bytes(slot[8..12].try_into().unwrap());
+        if crc32fast::hash(&seq.to_le_bytes()) == sum {
+            best = best.max(seq);
+        }
+    }
+    Ok(best)
+}
+
+impl DiskBuffer {
+    /// Opens (creating if needed) the buffer in `dir`, recovering what an earlier run left:
+    /// torn tails are cut off and counted, acknowledged segments removed.
+    pub fn open(dir: &Path, settings: &BufferSettings) -> io::Result<DiskBuffer> {
+        std::fs::create_dir_all(dir)?;
+        let stats = BufferStats::default();
+        let head_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("head"))?;
+        let mut head = read_head(&head_file)?;
+        let mut firsts: Vec<u64> = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(n) = name.strip_suffix(".seg").and_then(|n| n.parse().ok()) {
+                firsts.push(n);
+            }
+        }
+        firsts.sort_unstable();
+        let mut segments = VecDeque::new();
+        let mut pending = 0;
+        for first in firsts {
+            let path = segment_path(dir, first);
+            let seg = Self::scan(&path, first, head, &stats)?;
+            let fully_acked = seg.end() <= head;
+            if seg.records == 0 || fully_acked {
+                std::fs::remove_file(&path)?;
+                continue;
+            }
+            pending += seg.readings - seg.acked_readings;
+            segments.push_back(seg);
+        }
+        let next_seq = segments.back().map_or(head, Segment::end).max(head);
+        // The head can be older than every segment left (its file is not synced): start at the
+        // first record there is.
+        if let Some(s) = segments.front() {
+            head = head.max(s.first);
+        }
+        stats.recovered.store(pending, Ordering::Relaxed);
+        let bytes = segments.iter().map(|s| s.bytes).sum();
+        if pending > 0 {
+            tracing::info!(
+                dir = %dir.display(),
+                readings = pending,
+                bytes,
+                segments = segments.len(),
+                "disk buffer recovered readings not yet delivered; they go out first, oldest first"
+            );
+        }
+        let max_size = settings.max_size;
+        Ok(DiskBuffer {
+            dir: dir.to_owned(),
+            max_size,
+            segment_size: (max_size / 8).clamp(64 << 10, 64 << 20),
+            when_full: settings.when_full,
+            fsync: settings.fsync,
+            state: Mutex::new(State {
+                segments,
+                next_seq,
+                head,
+                bytes,
+                pending,
+                head_file,
+                head_slot: 0,
+                head_synced: Instant::now(),
+            }),
+            writer: Mutex::new(WriterState {
+                file: None,
+                scratch: Vec::new(),
+            }),
+            appended: Condvar::new(),
+            freed: Condvar::new(),
+            stats,
+        })
+    }
+
+    /// Reads a segment's records, cutting off a torn or corrupt tail.
+    fn scan(path: &Path, first: u64, head: u64, stats: &BufferStats) -> io::Result<Segment> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len = file.metadata()?.len();
+        let mut seg = Segment {
+            first,
+            records: 0,
+            bytes: len,
+            readings: 0,
+            acked_readings: 0,
+        };
+        let mut r = BufReader::with_capacity(1 << 16, &file);
+        let mut magic = [0u8; 8];
+        let good_magic = r.read_exact(&mut magic).is_ok() && &magic == MAGIC;
+        let mut valid_end = 0u64;
+        let mut problem = None;
+        if good_magic {
+            valid_end = 8;
+            loop {
+                match read_record(&mut r, first + seg.records) {
+                    Ok(None) => break,
+                    Ok(Some((count, payload))) => {
+                        if first + seg.records < head {
+                            seg.acked_readings += u64::from(count);
+                        }
+                        seg.records += 1;
+                        seg.readings += u64::from(count);
+                        valid_end += (HEADER + payload.len()) as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                        problem = Some(e);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        } else if len > 0 {
+            problem = Some(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a disk buffer segment (bad magic)",
+            ));
+        }
+        if valid_end < len {
+            let cut = len - valid_end;
+            stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
+            stats.corrupt_bytes.fetch_add(cut, Ordering::Relaxed);
+            tracing::warn!(
+                segment = %path.display(),
+                at = valid_end,
+                bytes = cut,
+                records_kept = seg.records,
+                reason = %problem.map(|e| e.to_string()).unwrap_or_default(),
+                "disk buffer segment has a torn or corrupt tail (a crash or power cut mid-write); cutting it off"
+            );
+            file.set_len(valid_end)?;
+            file.sync_all()?;
+            seg.bytes = valid_end;
+        }
+        Ok(seg)
+    }
+
+    /// Readings appended and not yet acknowledged or dropped.
+    pub fn pending(&self) -> u64 {
+        self.state.lock().unwrap().pending
+    }
+
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.state.lock().unwrap().bytes
+    }
+
+    /// A reader that starts at the oldest unacknowledged record.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            head: Cursor::at(self.state.lock().unwrap().head),
+            live: None,
+        }
+    }
+
+    /// Appends `batches` as records of at most `record_readings` readings each (a batch larger
+    /// than that is one record of its own), durably, before returning. Waits for space while
+    /// the buffer is full and `when_full = "block"`, until `stop()` says to give up.
+    pub fn append(
+        &self,
+        batches: &[&[Reading]],
+        record_readings: usize,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), AppendError> {
+        let mut w = self.writer.lock().unwrap();
+        let w = &mut *w;
+        let mut buf = std::mem::take(&mut w.scratch);
+        buf.clear();
+        let first_seq = self.state.lock().unwrap().next_seq;
+        let (mut records, mut readings) = (0u64, 0u64);
+        let mut group: Vec<&[Reading]> = Vec::new();
+        let mut group_n = 0;
+        let mut flush = |group: &mut Vec<&[Reading]>, n: &mut usize, buf: &mut Vec<u8>| {
+            if group.is_empty() {
+                return;
+            }
+            let start = buf.len();
+            buf.extend_from_slice(&[0u8; HEADER]);
+            for b in group.iter() {
+                codec::encode(b, buf);
+            }
+            let seq = first_seq + records;
+            let count = *n as u32;
+            let payload_len = (buf.len() - start - HEADER) as u32;
+            let sum = crc(seq, count, &buf[start + HEADER..]);
+            buf[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
+            buf[start + 4..start + 8].copy_from_slice(&sum.to_le_bytes());
+            buf[start + 8..start + 16].copy_from_slice(&seq.to_le_bytes());
+            buf[start + 16..start + 20].copy_from_slice(&count.to_le_bytes());
+            records += 1;
+            readings += *n as u64;
+            group.clear();
+            *n = 0;
+        };
+        for b in batches.iter().filter(|b| !b.is_empty()) {
+            if group_n > 0 && group_n + b.len() > record_readings {
+                flush(&mut group, &mut group_n, &mut buf);
+            }
+            group.push(b);
+            group_n += b.len();
+        }
+        flush(&mut group, &mut group_n, &mut buf);
+        if records == 0 {
+            w.scratch = buf;
+            return Ok(());
+        }
+        let result = self
+            .make_room(w, buf.len() as u64, stop)
+            .and_then(|()| self.write_records(w, &buf, records, readings));
+        w.scratch = buf;
+        result
+    }
+
+    /// Waits for, or makes, room for `need` more bytes.
+    fn make_room(
+        &self,
+        w: &mut WriterState,
+        need: u64,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), AppendError> {
+        let mut st = self.state.lock().unwrap();
+        let mut warned = false;
+        while st.bytes > 0 && st.bytes + need > self.max_size {
+            match self.when_full {
+                WhenFull::Block => {
+                    if !warned {
+                        tracing::warn!(
+                            bytes = st.bytes,
+                            max_size = self.max_size,
+                            readings = st.pending,
+                            "disk buffer is full: holding the sources back until the sink catches up"
+                        );
+                        warned = true;
+                    }
+                    if stop() {
+                        return Err(AppendError::Stopped);
+                    }
+                    st = self
+                        .freed
+                        .wait_timeout(st, Duration::from_millis(100))
+                        .unwrap()
+                        .0;
+                }
+                WhenFull::DropOldest => {
+                    if st.segments.len() <= 1 {
+                        // The only segment is the one being written: start a new one so the
+                        // old one can go.
+                        drop(st);
+                        self.roll(w)?;
+                        st = self.state.lock().unwrap();
+                        if st.segments.len() <= 1 {
+                            break;
+                        }
+                    }
+                    let seg = st.segments.pop_front().expect("two segments");
+                    let lost = seg.readings - seg.acked_readings;
+                    st.bytes -= seg.bytes;
+                    st.pending -= lost;
+                    st.head = st.head.max(seg.end());
+                    self.stats.dropped.fetch_add(lost, Ordering::Relaxed);
+                    tracing::warn!(
+                        readings = lost,
+                        bytes = seg.bytes,
+                        dropped_total = self.stats.dropped.load(Ordering::Relaxed),
+                        "disk buffer is full: dropped its oldest readings (when_full = \"drop_oldest\")"
+                    );
+                    if let Err(e) = std::fs::remove_file(segment_path(&self.dir, seg.first)) {
+                        tracing::error!(error = %e, "removing a dropped disk buffer segment failed");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment at the next sequence number.
+    fn roll(&self, w: &mut WriterState) -> io::Result<()> {
+        let first = {
+            let mut st = self.state.lock().unwrap();
+            if st.segments.back().is_some_and(|s| s.records == 0) {
+                let s = st.segments.pop_back().expect("checked");
+                st.bytes -= s.bytes;
+            }
+            st.next_seq
+        };
+        let path = segment_path(&self.dir, first);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        file.write_all(MAGIC)?;
+        if self.fsync {
+            file.sync_data()?;
+            sync_dir(&self.dir)?;
+        }
+        w.file = Some(file);
+        let mut st = self.state.lock().unwrap();
+        st.bytes += MAGIC.len() as u64;
+        st.segments.push_back(Segment {
+            first,
+            records: 0,
+            bytes: MAGIC.len() as u64,
+            readings: 0,
+            acked_readings: 0,
+        });
+        Ok(())
+    }
+
+    fn write_records(
+        &self,
+        w: &mut WriterState,
+        buf: &[u8],
+        records: u64,
+        readings: u64,
+    ) -> Result<(), AppendError> {
+        let current = {
+            let st = self.state.lock().unwrap();
+            st.segments
+                .back()
+                .filter(|s| s.end() == st.next_seq)
+                .map(|s| (s.bytes, s.records))
+        };
+        let size = match current {
+            Some((bytes, records))
+                if w.file.is_some() && (records == 0 || bytes < self.segment_size) =>
+            {
+                bytes
+            }
+            _ => {
+                self.roll(w)?;
+                MAGIC.len() as u64
+            }
+        };
+        let file = w.file.as_mut().expect("a segment is open");
+        let written =
+            file.write_all(buf)
+                .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
+            // Cut the torn bytes off, and write the retry into a new segment, so that no reader
+            // ever sees bytes at an offset change.
+            let _ = file.set_len(size);
+            w.file = None;
+            return Err(e.into());
+        }
+        let mut st = self.state.lock().unwrap();
+        let seg = st.segments.back_mut().expect("the current segment");
+        seg.records += records;
+        seg.readings += readings;
+        seg.bytes += buf.len() as u64;
+        st.next_seq += records;
+        st.bytes += buf.len() as u64;
+        st.pending += readings;
+        drop(st);
+        self.stats.appended.fetch_add(readings, Ordering::Relaxed);
+        self.appended.notify_all();
+        Ok(())
+    }
+
+    /// Takes up to `max_readings` readings (whole records; a single record may be larger), the
+    /// oldest first, plus records appended since a backlog began. Waits up to `first_wait` for a
+    /// first record, then until `more_until` for the write to fill. `None` if nothing came.
+    pub fn take(
+        &self,
+        reader: &mut Reader,
+        max_readings: usize,
+        first_wait: Duration,
+        more_until: Duration,
+    ) -> Option<Taken> {
+        let mut taken = Taken::default();
+        let start = Instant::now();
+        let mut deadline = start + first_wait;
+        let mut filling = false;
+        loop {
+            let (segments, next_seq) = {
+                let mut st = self.state.lock().unwrap();
+                // Segments dropped under us: skip what they held.
+                if reader.head.position() < st.head && taken.records.is_empty() {
+                    reader.head = Cursor::at(st.head);
+                }
+                let has_new = |r: &Reader, st: &State| {
+                    r.head.position() < r.live.as_ref().map_or(st.next_seq, |l| l.start)
+                        || r.live
+                            .as_ref()
+                            .is_some_and(|l| l.cursor.position() < st.next_seq)
+                };
+                if !has_new(reader, &st) {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    st = self.appended.wait_timeout(st, deadline - now).unwrap().0;
+                    if !has_new(reader, &st) {
+                        continue;
+                    }
+                }
+                let segs: Vec<(u64, u64)> =
+                    st.segments.iter().map(|s| (s.first, s.end())).collect();
+                (segs, st.next_seq)
+            };
+            let before = taken.records.len();
+            self.read_lanes(reader, &mut taken, &segments, next_seq, max_readings);
+            if taken.readings.len() >= max_readings {
+                break;
+            }
+            if !taken.records.is_empty() && !filling {
+                filling = true;
+                deadline = Instant::now() + more_until;
+            }
+            if taken.records.len() == before {
+                // Records announced but not readable (dropped or skipped meanwhile): do not spin.
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                std::thread::sleep((deadline - now).min(Duration::from_millis(10)));
+            }
+        }
+        (!taken.records.is_empty()).then_some(taken)
+    }
+
+    fn read_lanes(
+        &self,
+        reader: &mut Reader,
+        taken: &mut Taken,
+        segments: &[(u64, u64)],
+        next_seq: u64,
+        max: usize,
+    ) {
+        if let Some(live) = reader.live.as_mut() {
+            let share = (max / 4).max(1);
+            while taken.readings.len() < share
+                && self.next_record(&mut live.cursor, segments, next_seq, taken, share)
+            {
+            }
+            taken.live_to = Some(live.cursor.position());
+        }
+        let limit = reader.live.as_ref().map_or(next_seq, |l| l.start);
+        while taken.readings.len() < max {
+            if !self.next_record(&mut reader.head, segments, limit, taken, max) {
+                break;
+            }
+        }
+        taken.head_to = Some(reader.head.position());
+        // A full write with more waiting behind it: a backlog. Records appended from now on
+        // travel in the live lane beside it.
+        if reader.live.is_none() && taken.readings.len() >= max && reader.head.position() < next_seq
+        {
+            reader.live = Some(Live {
+                start: next_seq,
+                cursor: Cursor::at(next_seq),
+                acked: next_seq,
+            });
+            tracing::info!(
+                backlog_records = next_seq - reader.head.seq,
+                "sending a backlog from the disk buffer, oldest first; new readings go out beside it"
+            );
+        }
+    }
+
+    /// Adds the cursor's next record below `limit` to `taken` if it fits in `max` readings (or
+    /// `taken` is empty); `false` if there is none or it does not fit.
+    fn next_record(
+        &self,
+        cur: &mut Cursor,
+        segments: &[(u64, u64)],
+        limit: u64,
+        taken: &mut Taken,
+        max: usize,
+    ) -> bool {
+        let (seq, readings) = match cur.peeked.take() {
+            Some(p) => p,
+            None => match self.read_next(cur, segments, limit) {
+                Some(r) => r,
+                None => return false,
+            },
+        };
+        if !taken.readings.is_empty() && taken.readings.len() + readings.len() > max {
+            cur.peeked = Some((seq, readings));
+            return false;
+        }
+        let at = taken.readings.len();
+        taken.readings.extend(readings);
+        taken.records.push(at..taken.readings.len());
+        taken.seqs.push(seq);
+        true
+    }
+
+    /// Reads the record at the cursor if there is one below `limit`. Corrupt records are counted
+    /// and skipped.
+    fn read_next(
+        &self,
+        cur: &mut Cursor,
+        segments: &[(u64, u64)],
+        limit: u64,
+    ) -> Option<(u64, Vec<Reading>)> {
+        loop {
+            if cur.seq >= limit {
+                return None;
+            }
+            let Some(&(first, end)) = segments.iter().find(|(f, e)| *e > cur.seq && *f < *e) else {
+                return None;
+            };
+            if first > cur.seq {
+                cur.seq = first;
+                cur.open = None;
+                continue;
+            }
+            if cur.open.as_ref().map(|o| o.first) != Some(first)
+                || cur.open.as_ref().is_some_and(|o| o.at > cur.seq)
+            {
+                match File::open(segment_path(&self.dir, first)) {
+                    Ok(f) => {
+                        let mut file = BufReader::with_capacity(1 << 16, f);
+                        if file.seek(SeekFrom::Start(MAGIC.len() as u64)).is_err() {
+                            cur.seq = end;
+                            continue;
+                        }
+                        cur.open = Some(OpenSegment {
+                            first,
+                            file,
+                            at: first,
+                        });
+                    }
+                    Err(_) => {
+                        // Dropped by `drop_oldest` meanwhile.
+                        cur.seq = end;
+                        cur.open = None;
+                        continue;
+                    }
+                }
+            }
+            let open = cur.open.as_mut().expect("opened above");
+            let outcome = (|| -> io::Result<Option<(u32, Vec<u8>)>> {
+                while open.at < cur.seq {
+                    let mut h = [0u8; HEADER];
+                    open.file.read_exact(&mut h)?;
+                    let len = u32::from_le_bytes(h[0..4].try_into().unwrap());
+                    open.file.seek_relative(i64::from(len))?;
+                    open.at += 1;
+                }
+                read_record(&mut open.file, cur.seq)
+            })();
+            match outcome.and_then(|r| {
+                let (count, payload) = r.ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "segment ends before its last record",
+                    )
+                })?;
+                codec::decode(&payload, count as usize)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            }) {
+                Ok(readings) => {
+                    let seq = cur.seq;
+                    open.at += 1;
+                    cur.seq += 1;
+                    return Some((seq, readings));
+                }
+                Err(e) => {
+                    let skipped = end - cur.seq;
+                    self.stats
+                        .corrupt_records
+                        .fetch_add(skipped, Ordering::Relaxed);
+                    tracing::error!(
+                        segment = first,
+                        record = cur.seq,
+                        records_skipped = skipped,
+                        error = %e,
+                        "disk buffer record unreadable; skipping the rest of its segment"
+                    );
+                    cur.seq = end;
+                    cur.open = None;
+                }
+            }
+        }
+    }
+
+    /// Marks everything in `taken` acknowledged: the sink stored it (or refused it for good).
+    /// Segments wholly acknowledged are removed.
+    pub fn ack(&self, reader: &mut Reader, taken: Taken) {
+        let mut st = self.state.lock().unwrap();
+        for (seq, range) in taken.seqs.iter().zip(&taken.records) {
+            if *seq < st.head {
+                continue; // dropped meanwhile
+            }
+            let n = range.len() as u64;
+            if let Some(seg) = st
+                .segments
+                .iter_mut()
+                .find(|s| s.first <= *seq && *seq < s.end())
+            {
+                seg.acked_readings += n;
+                st.pending = st.pending.saturating_sub(n);
+            }
+        }
+        if let (Some(live), Some(to)) = (reader.live.as_mut(), taken.live_to) {
+            live.acked = live.acked.max(to);
+        }
+        if let Some(to) = taken.head_to {
+            st.head = st.head.max(to);
+        }
+        if let Some(live) = reader.live.take() {
+            if st.head >= live.start {
+                st.head = st.head.max(live.acked);
+                reader.head = live.cursor;
+                tracing::info!("disk buffer backlog sent");
+            } else {
+                reader.live = Some(live);
+            }
+        }
+        let mut removed = false;
+        while st.segments.len() > 1 && st.segments[0].end() <= st.head {
+            let seg = st.segments.pop_front().expect("checked");
+            st.bytes -= seg.bytes;
+            // Records skipped as unreadable were never acknowledged one by one.
+            st.pending = st
+                .pending
+                .saturating_sub(seg.readings - seg.acked_readings.min(seg.readings));
+            removed = true;
+            if let Err(e) = std::fs::remove_file(segment_path(&self.dir, seg.first)) {
+                tracing::error!(error = %e, "removing a delivered disk buffer segment failed");
+            }
+        }
+        let slot = st.head_slot;
+        st.head_slot ^= 1;
+        let mut rec = [0u8; 16];
+        rec[0..8].copy_from_slice(&st.head.to_le_bytes());
+        rec[8..12].copy_from_slice(&crc32fast::hash(&st.head.to_le_bytes()).to_le_bytes());
+        if let Err(e) = st.head_file.write_at(&rec, slot * 16) {
+            tracing::warn!(error = %e, "recording the disk buffer's position failed; delivered readings may be sent again after a restart");
+        }
+        if self.fsync && st.head_synced.elapsed() >= Duration::from_secs(1) {
+            let _ = st.head_file.sync_data();
+            st.head_synced = Instant::now();
+        }
+        drop(st);
+        if removed {
+            self.freed.notify_all();
+        }
+    }
+}
