@@ -699,20 +699,11 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             self.stats.duplicates += 1;
             match c {
                 Cached::Answer(bytes) => self.out.push_back((peer, bytes.clone())),
-                Cached::Processing if con => {
-                    // Still working on it: acknowledge now, answer separately.
-                    let ack = empty(MessageType::Acknowledgement, mid);
-                    if let Ok(bytes) = self.send(peer, &ack) {
-                        self.cache_answer(peer, mid, bytes);
-                    }
-                    if let Some(p) = self
-                        .pending
-                        .values_mut()
-                        .find(|p| p.peer == peer && p.mid == mid)
-                    {
-                        p.empty_acked = true;
-                    }
-                }
+                // Still working on it: say nothing yet. The answer goes piggybacked on the ACK
+                // as soon as it is ready (the client retransmits until then), or, past
+                // `separate_after`, an empty ACK goes out and the answer follows separately. An
+                // early empty ACK would turn every slow answer into a separate CON that costs
+                // a round trip more, and a whole server ACK_TIMEOUT when it is lost.
                 Cached::Processing => {}
             }
             return;

@@ -87,8 +87,18 @@ struct Job {
     packet: Packet,
     timeout: Duration,
     deadline: Instant,
-    reply: std_mpsc::SyncSender<Result<Packet, RequestError>>,
+    reply: std_mpsc::Sender<(u64, Result<Packet, RequestError>)>,
+    tag: u64,
 }
+
+impl Job {
+    fn finish(&self, result: Result<Packet, RequestError>) {
+        let _ = self.reply.send((self.tag, result));
+    }
+}
+
+/// The outcome of a request sent with [`Client::send_tagged`], with its tag.
+pub type Tagged = (u64, Result<Packet, RequestError>);
 
 /// A CoAP-over-DTLS client to one server. Requests are blocking calls from any thread.
 pub struct Client {
@@ -123,17 +133,31 @@ impl Client {
 
     /// Sends a confirmable request without waiting; several may be in flight at once.
     pub fn send(&self, packet: Packet, timeout: Duration) -> Pending {
-        let (reply, rx) = std_mpsc::sync_channel(1);
+        let (reply, rx) = std_mpsc::channel();
+        let sent = self.send_tagged(packet, timeout, 0, &reply);
+        Pending {
+            rx: sent.then_some(rx),
+        }
+    }
+
+    /// Sends a confirmable request; its final response arrives on `done` with `tag`, so that
+    /// one receiver can collect many requests in the order they finish. `false` if the client
+    /// has stopped (nothing will arrive).
+    pub fn send_tagged(
+        &self,
+        packet: Packet,
+        timeout: Duration,
+        tag: u64,
+        done: &std_mpsc::Sender<Tagged>,
+    ) -> bool {
         let job = Job {
             packet,
             timeout,
             deadline: Instant::now() + timeout,
-            reply,
+            reply: done.clone(),
+            tag,
         };
-        let sent = self.tx.send(Cmd::Job(job)).is_ok();
-        Pending {
-            rx: sent.then_some(rx),
-        }
+        self.tx.send(Cmd::Job(job)).is_ok()
     }
 
     /// Ends the client without telling the server, as a power loss would: the server keeps a
@@ -158,14 +182,14 @@ impl Drop for Client {
 
 /// A request in flight.
 pub struct Pending {
-    rx: Option<std_mpsc::Receiver<Result<Packet, RequestError>>>,
+    rx: Option<std_mpsc::Receiver<Tagged>>,
 }
 
 impl Pending {
     /// Waits for the final response.
     pub fn wait(self) -> Result<Packet, RequestError> {
         match self.rx {
-            Some(rx) => rx.recv().unwrap_or(Err(RequestError::Stopped)),
+            Some(rx) => rx.recv().map_or(Err(RequestError::Stopped), |(_, r)| r),
             None => Err(RequestError::Stopped),
         }
     }
@@ -174,6 +198,18 @@ impl Pending {
 struct Link {
     socket: UdpSocket,
     session: Session,
+    /// When the server last sent something this session could decrypt: proof it still knows
+    /// the session.
+    heard: Option<Instant>,
+}
+
+impl Link {
+    /// Nothing came from the server since `since`: the session is probably stale (the server
+    /// restarted and drops what it cannot decrypt). On a merely lossy path other answers keep
+    /// arriving, and the session is kept.
+    fn silent_since(&self, since: Instant) -> bool {
+        self.heard.is_none_or(|h| h < since)
+    }
 }
 
 async fn connect(
@@ -189,7 +225,11 @@ async fn connect(
         .map_err(|e| RequestError::Io(format!("connect {}: {e}", opts.server)))?;
     let session = Session::client(connector, &opts.host, opts.tls.mtu, opts.verify_host)?;
     tracing::debug!(server = %opts.server, "DTLS handshake started");
-    Ok(Link { socket, session })
+    Ok(Link {
+        socket,
+        session,
+        heard: None,
+    })
 }
 
 async fn client_loop(
@@ -209,7 +249,7 @@ async fn client_loop(
                 Ok(l) => link = Some(l),
                 Err(e) => {
                     for j in queued.drain(..) {
-                        let _ = j.reply.send(Err(e.clone()));
+                        j.finish(Err(e.clone()));
                     }
                 }
             }
@@ -228,13 +268,17 @@ async fn client_loop(
         while let Some(ev) = endpoint.poll_event() {
             match ev {
                 Event::Response { token, result, .. } => {
-                    // No answer at all (or a RST): the session is probably stale (the server
-                    // restarted and drops what it cannot decrypt); set it up again.
-                    if matches!(result, Err(ClientError::Timeout) | Err(ClientError::Reset)) {
-                        stale = true;
-                    }
                     if let Some(job) = waiting.remove(&token) {
-                        let _ = job.reply.send(result.map_err(RequestError::Coap));
+                        // No answer at all, and nothing else from the server either since the
+                        // request went out: set the session up again.
+                        if matches!(result, Err(ClientError::Timeout))
+                            && link
+                                .as_ref()
+                                .is_none_or(|l| l.silent_since(job.deadline - job.timeout))
+                        {
+                            stale = true;
+                        }
+                        job.finish(result.map_err(RequestError::Coap));
                     }
                 }
                 // This client serves nothing: refuse what the server asks.
@@ -254,36 +298,44 @@ async fn client_loop(
             endpoint.forget_peer(());
             while endpoint.poll_event().is_some() {}
         }
-        // Requests past their caller's deadline: fail them, and drop the session, which is
-        // probably stale (the server restarted).
+        // Requests past their caller's deadline: fail them. If the server has said nothing
+        // since they went out, drop the session too: it is probably stale (the server
+        // restarted).
         let late: Vec<Vec<u8>> = waiting
             .iter()
             .filter(|(_, j)| j.deadline <= now)
             .map(|(t, _)| t.clone())
             .collect();
         if !late.is_empty() {
+            let mut silent = false;
             for t in late {
                 if let Some(j) = waiting.remove(&t) {
-                    let _ = j.reply.send(Err(RequestError::Timeout(j.timeout)));
+                    silent |= link
+                        .as_ref()
+                        .is_some_and(|l| l.silent_since(j.deadline - j.timeout));
+                    j.finish(Err(RequestError::Timeout(j.timeout)));
                 }
             }
-            if let Some(mut l) = link.take() {
-                tracing::info!("dropping the DTLS session after a request timed out; the next request reconnects");
-                l.session.close();
-                flush(&mut l).await;
-            }
-            endpoint.forget_peer(());
-            // The other requests of the dropped session fail now, not at their deadlines.
-            while let Some(ev) = endpoint.poll_event() {
-                if let Event::Response { token, result, .. } = ev {
-                    if let Some(job) = waiting.remove(&token) {
-                        let _ = job.reply.send(result.map_err(RequestError::Coap));
+            // A late request on a lossy path that still answers others keeps the session.
+            if silent {
+                if let Some(mut l) = link.take() {
+                    tracing::info!("dropping the DTLS session after a request timed out with no word from the server; the next request reconnects");
+                    l.session.close();
+                    flush(&mut l).await;
+                }
+                endpoint.forget_peer(());
+                // The other requests of the dropped session fail now, not at their deadlines.
+                while let Some(ev) = endpoint.poll_event() {
+                    if let Event::Response { token, result, .. } = ev {
+                        if let Some(job) = waiting.remove(&token) {
+                            job.finish(result.map_err(RequestError::Coap));
+                        }
                     }
                 }
             }
         }
         for j in queued.iter().filter(|j| j.deadline <= now) {
-            let _ = j.reply.send(Err(RequestError::Timeout(j.timeout)));
+            j.finish(Err(RequestError::Timeout(j.timeout)));
         }
         queued.retain(|j| j.deadline > now);
         if let Some(l) = link.as_mut() {
@@ -296,10 +348,10 @@ async fn client_loop(
             if let State::Closed(e) = l.session.state().clone() {
                 tracing::warn!(error = %e, "DTLS session ended");
                 for (_, j) in waiting.drain() {
-                    let _ = j.reply.send(Err(RequestError::Dtls(e.clone())));
+                    j.finish(Err(RequestError::Dtls(e.clone())));
                 }
                 for j in queued.drain(..) {
-                    let _ = j.reply.send(Err(RequestError::Dtls(e.clone())));
+                    j.finish(Err(RequestError::Dtls(e.clone())));
                 }
                 endpoint.forget_peer(());
                 while endpoint.poll_event().is_some() {}
@@ -349,6 +401,7 @@ async fn client_loop(
                 if let (Ok(n), Some(l)) = (r, link.as_mut()) {
                     let now = Instant::now();
                     for data in l.session.handle_datagram(&buf[..n]) {
+                        l.heard = Some(now);
                         endpoint.handle_datagram(now, (), &data);
                     }
                 }

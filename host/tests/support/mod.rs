@@ -99,6 +99,22 @@ impl Setup {
         std::fs::write(&p, text).unwrap();
         p
     }
+    /// Writes `NAME.toml` like [`Setup::config`], for device `device`.
+    pub fn config_named(
+        &self,
+        name: &str,
+        device: &str,
+        gateway_extra: &str,
+        body: &str,
+    ) -> PathBuf {
+        let text = format!(
+            "[gateway]\ndevice = {device:?}\nplugin_dir = {:?}\n{gateway_extra}\n{body}",
+            plugin_dir().display().to_string()
+        );
+        let p = self.path(&format!("{name}.toml"));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
     /// Lines of a file (empty if missing).
     pub fn lines(&self, name: &str) -> Vec<String> {
         std::fs::read_to_string(self.path(name))
@@ -155,6 +171,34 @@ impl Running {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+    /// Starts `gateway run` with its output appended to `NAME.stdout.log` and `NAME.stderr.log`
+    /// (so a restarted process adds to the same logs).
+    pub fn start_named(setup: &Setup, name: &str, config: &Path) -> Running {
+        let stdout = setup.path(&format!("{name}.stdout.log"));
+        let stderr = setup.path(&format!("{name}.stderr.log"));
+        let append = |p: &Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .unwrap()
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env_remove("GATEWAY_LOG")
+            .stdin(Stdio::null())
+            .stdout(append(&stdout))
+            .stderr(append(&stderr))
             .spawn()
             .unwrap();
         Running {

@@ -9,7 +9,7 @@ use gateway_coap::{
     senml,
 };
 use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
-use std::net::ToSocketAddrs;
+use std::{net::ToSocketAddrs, time::Duration};
 
 /// The sink.
 pub struct Uplink {
@@ -19,6 +19,8 @@ pub struct Uplink {
     path: String,
     tls: ClientSettings,
     client: Option<Client>,
+    /// Ids of readings the server acknowledged during the last, failed, write.
+    delivered: std::collections::HashSet<gateway_sdk::ReadingId>,
 }
 
 fn szx(block: usize) -> Option<u8> {
@@ -97,6 +99,7 @@ impl Sink for Uplink {
             path,
             tls,
             client: None,
+            delivered: Default::default(),
         })
     }
 
@@ -117,9 +120,7 @@ impl Sink for Uplink {
                     ack_timeout: self.cfg.ack_timeout,
                     max_retransmit: self.cfg.max_retransmit,
                     block_szx: szx(self.cfg.block_size).unwrap_or(6),
-                    // DTLS (13 + 8 + 16 bytes with AES-GCM) and CoAP headers and options; a
-                    // record carries at most 16 KiB.
-                    max_payload: (self.cfg.mtu as usize).saturating_sub(100).min(16_000),
+                    max_payload: max_payload(self.cfg.mtu),
                     ..CoapConfig::default()
                 },
                 handshake_timeout: self.cfg.handshake_timeout,
@@ -127,39 +128,123 @@ impl Sink for Uplink {
             tracing::info!(%server, uri = %self.cfg.uri, "uplink ready");
             self.client = Some(Client::start(opts).map_err(|e| PluginError::fatal(e.to_string()))?);
         }
-        let client = self.client.as_ref().expect("started");
         // Several requests for a large batch, `nstart` of them in flight at a time. The batch is
-        // taken only when every request got a 2.xx; a retry re-sends all of it, and the server
-        // drops the readings it already stored by their ids.
-        let mut in_flight = std::collections::VecDeque::new();
+        // taken only when every request got a 2.xx. When some did not, the host retries the
+        // batch: the parts the server already acknowledged are not sent again (and if they
+        // were, the server would drop them by their ids).
+        let pending: Vec<Reading>;
+        let batch = if self.delivered.is_empty() {
+            batch
+        } else {
+            pending = batch
+                .iter()
+                .filter(|r| !self.delivered.contains(&r.id))
+                .cloned()
+                .collect();
+            &pending[..]
+        };
+        let client = self.client.as_ref().expect("started");
+        // A sliding window: the next request goes out as soon as any one finishes, so one slow
+        // exchange (a lost datagram waits for its retransmission) does not hold the others up.
+        let chunks = self.requests(batch);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let mut next = 0;
+        let mut in_flight = 0;
         let mut outcome = Ok(());
-        for chunk in batch.chunks(self.cfg.max_request_readings.max(1)) {
-            let (payload, cf) = match self.cfg.encoding {
-                Encoding::Cbor => (senml::encode_cbor(chunk), senml::CONTENT_FORMAT_CBOR),
-                Encoding::Json => (senml::encode_json(chunk), senml::CONTENT_FORMAT_JSON),
-            };
-            let req = request(RequestType::Post, &self.path, Some(cf), payload);
-            debug_assert_eq!(path_of(&req), self.path.trim_matches('/'));
-            in_flight.push_back(client.send(req, self.cfg.request_timeout));
-            if in_flight.len() >= self.cfg.nstart.max(1) {
-                let r = self.outcome(in_flight.pop_front().expect("one").wait());
-                if r.is_err() {
-                    outcome = r;
+        let mut acked: Vec<&[Reading]> = Vec::new();
+        loop {
+            while outcome.is_ok() && next < chunks.len() && in_flight < self.cfg.nstart.max(1) {
+                let (_, payload) = &chunks[next];
+                let req = request(
+                    RequestType::Post,
+                    &self.path,
+                    Some(self.content_format()),
+                    payload.clone(),
+                );
+                debug_assert_eq!(path_of(&req), self.path.trim_matches('/'));
+                if !client.send_tagged(req, self.cfg.request_timeout, next as u64, &done_tx) {
+                    outcome = Err(PluginError::retry("the CoAP client stopped"));
                     break;
                 }
+                next += 1;
+                in_flight += 1;
+            }
+            if in_flight == 0 {
+                break;
+            }
+            // Every request ends by its deadline; the margin covers a client thread that died.
+            let (tag, result) = done_rx
+                .recv_timeout(self.cfg.request_timeout + Duration::from_secs(5))
+                .unwrap_or((u64::MAX, Err(RequestError::Stopped)));
+            in_flight -= 1;
+            match self.outcome(result) {
+                Ok(()) => acked.extend(chunks.get(tag as usize).map(|c| c.0)),
+                // The first failure decides; nothing new goes out, what is in flight finishes.
+                Err(e) if outcome.is_ok() => outcome = Err(e),
+                Err(_) => {}
+            }
+            if tag == u64::MAX {
+                break;
             }
         }
-        for p in in_flight {
-            let r = self.outcome(p.wait());
-            if outcome.is_ok() {
-                outcome = r;
+        if outcome.is_ok() {
+            self.delivered.clear();
+        } else if outcome.as_ref().is_err_and(|e| e.kind.is_retryable()) {
+            // Remember what got through for the retry (bounded: a different batch clears it).
+            if self.delivered.len() > 1_000_000 {
+                self.delivered.clear();
             }
+            self.delivered
+                .extend(acked.iter().flat_map(|c| c.iter().map(|r| r.id)));
         }
         outcome
     }
 }
 
+/// Largest CoAP payload that still fits one datagram of `mtu` bytes: DTLS (13 + 8 + 16 bytes
+/// with AES-GCM) and CoAP headers and options take the rest; a record carries at most 16 KiB.
+fn max_payload(mtu: u32) -> usize {
+    (mtu as usize).saturating_sub(100).min(16_000)
+}
+
 impl Uplink {
+    fn content_format(&self) -> u16 {
+        match self.cfg.encoding {
+            Encoding::Cbor => senml::CONTENT_FORMAT_CBOR,
+            Encoding::Json => senml::CONTENT_FORMAT_JSON,
+        }
+    }
+
+    fn encode(&self, readings: &[Reading]) -> Vec<u8> {
+        match self.cfg.encoding {
+            Encoding::Cbor => senml::encode_cbor(readings),
+            Encoding::Json => senml::encode_json(readings),
+        }
+    }
+
+    /// Splits a batch into requests of at most `max_request_readings` readings whose payload
+    /// fits one datagram, so that none needs a block-wise transfer (each of which holds
+    /// reassembly state on the server, and stalls on every lost block). Only a single reading
+    /// too large for a datagram goes block-wise.
+    fn requests<'a>(&self, batch: &'a [Reading]) -> Vec<(&'a [Reading], Vec<u8>)> {
+        let limit = max_payload(self.cfg.mtu);
+        let mut out = Vec::new();
+        let mut todo: Vec<&[Reading]> = batch
+            .chunks(self.cfg.max_request_readings.max(1))
+            .rev()
+            .collect();
+        while let Some(chunk) = todo.pop() {
+            let payload = self.encode(chunk);
+            if payload.len() > limit && chunk.len() > 1 {
+                let (a, b) = chunk.split_at(chunk.len() / 2);
+                todo.push(b);
+                todo.push(a);
+            } else {
+                out.push((chunk, payload));
+            }
+        }
+        out
+    }
     fn outcome(&self, r: Result<coap_lite::Packet, RequestError>) -> Result<(), PluginError> {
         match r {
             Ok(resp) => {

@@ -38,8 +38,28 @@ struct SequenceConfig {
     panic_after: Option<u64>,
     #[serde(default = "yes")]
     wait_ack: bool,
-    /// After each accepted emit, write the next value to this file.
+    /// After each accepted emit, write the next value to this file (atomically).
     emitted_path: Option<String>,
+    /// Start from the value in `emitted_path` (a restarted process goes on where the last one's
+    /// acknowledged readings end).
+    #[serde(default)]
+    resume: bool,
+    /// Make each reading's id from the instance name and the value, so a value emitted again
+    /// after a crash is the same reading, and later hops drop it as a duplicate.
+    #[serde(default)]
+    stable_ids: bool,
+}
+
+/// The id of value `v` of `instance` when `stable_ids` is set: FNV-1a of the name, then `v`.
+fn stable_id(instance: &str, v: u64) -> gateway_sdk::ReadingId {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in instance.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&h.to_be_bytes());
+    id[8..].copy_from_slice(&v.to_be_bytes());
+    gateway_sdk::ReadingId(id)
 }
 
 fn one() -> u64 {
@@ -68,6 +88,17 @@ impl Source for Sequence {
         let sensor = Label::from(self.instance.as_str());
         let (name, unit) = (Label::from("seq"), Label::from(""));
         let mut next = *counters().lock().unwrap().get(&self.instance).unwrap_or(&0);
+        if let (true, Some(p)) = (self.cfg.resume, &self.cfg.emitted_path) {
+            match std::fs::read_to_string(p) {
+                Ok(s) => {
+                    next = next.max(s.trim().parse().map_err(|_| {
+                        PluginError::config(format!("{p} does not hold a number: {s:?}"))
+                    })?)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let mut emitted_here = 0;
         tracing::info!(from = next, "sequence starting");
         loop {
@@ -85,7 +116,13 @@ impl Source for Sequence {
                 self.cfg.batch_size
             };
             let batch: Vec<Reading> = (next..next + n)
-                .map(|v| ctx.reading(&sensor, &name, &unit, v as i64))
+                .map(|v| {
+                    let mut r = ctx.reading(&sensor, &name, &unit, v as i64);
+                    if self.cfg.stable_ids {
+                        r.id = stable_id(&self.instance, v);
+                    }
+                    r
+                })
                 .collect();
             if self.cfg.wait_ack {
                 match ctx.emit(batch) {
@@ -109,7 +146,9 @@ impl Source for Sequence {
                 .unwrap()
                 .insert(self.instance.clone(), next);
             if let Some(p) = &self.cfg.emitted_path {
-                std::fs::write(p, next.to_string())?;
+                let tmp = format!("{p}.tmp");
+                std::fs::write(&tmp, next.to_string())?;
+                std::fs::rename(&tmp, p)?;
             }
             if !self.cfg.interval.is_zero() && ctx.wait_stop(self.cfg.interval) {
                 return Ok(());
