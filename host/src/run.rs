@@ -431,7 +431,7 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
     tracing::info!(
         device = %config.gateway.device,
         sources = n_sources,
-        sinks = sink_threads.len(),
+        sinks = sink_stats.len(),
         "gateway running"
     );
 

@@ -62,6 +62,11 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Some("bench") => bench(),
+        Some("bench-e2e") => {
+            let dir = build(true)?;
+            ensure_certs(&dir)?;
+            end_to_end(&dir.join("gateway"))
+        }
         Some("dist") => {
             let dir = build(true)?;
             sizes(&dir)
@@ -218,11 +223,177 @@ fn bench() -> Result<()> {
         )?;
     }
 
+    println!("== disk buffer: fsync always (host/examples/buffer_bench.rs)");
+    example("gateway", "buffer_bench", &[], &[])?;
+    example("gateway", "buffer_bench", &[], &[("GROUP", "1")])?;
+    end_to_end(&gateway)?;
+
     println!("== ds18b20: 100 simulated probes per round");
     example("gateway-plugin-ds18b20", "probes_bench", &[], &[])?;
     println!("== ublox7: NMEA decoding");
     example("gateway-plugin-ublox7", "nmea_bench", &[], &[])?;
     sizes(&dir)
+}
+
+/// Runs a query with the `mysql` client against the machine's MariaDB; the trimmed output.
+fn sql(query: &str) -> Result<String> {
+    let out = Command::new("mysql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-P",
+            "3306",
+            "-u",
+            "root",
+            "-N",
+            "-B",
+            "-e",
+            query,
+        ])
+        .output()
+        .context("running the mysql client")?;
+    if !out.status.success() {
+        bail!("{query}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn rows() -> u64 {
+    sql("SELECT COUNT(*) FROM gw_bench.readings")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `gw_bench.readings` holds `n` rows; the time it took.
+fn wait_rows(n: u64, limit: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    while rows() < n {
+        if started.elapsed() > limit {
+            bail!("only {} of {n} rows after {limit:?}", rows());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(started.elapsed())
+}
+
+fn start(gateway: &Path, config: &str, extra: &[&str]) -> Result<std::process::Child> {
+    Ok(Command::new(gateway)
+        .current_dir(root())
+        .args(["run", "--config", config])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// The machine's MariaDB (127.0.0.1:3306, root, empty password): plain multi-row INSERTs, then
+/// the whole chain client host -> DTLS -> server host -> MySQL rows, then the drain after an
+/// hour's outage.
+fn end_to_end(gateway: &Path) -> Result<()> {
+    sql("DROP DATABASE IF EXISTS gw_bench; CREATE DATABASE gw_bench")?;
+    println!("== MySQL baseline: plain multi-row INSERTs into the same MariaDB");
+    let out = cargo()
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "gateway-plugin-mysql",
+            "--example",
+            "insert_baseline",
+            "--",
+        ])
+        .args(["mysql://root@127.0.0.1:3306/gw_bench", "1000000"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    print!("   {text}");
+    let baseline: f64 = text
+        .split(" = ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .context("no baseline figure")?;
+
+    println!("== end to end: bench/e2e-client.toml (sequence -> disk buffer -> coaps-uplink) -> DTLS -> bench/e2e-server.toml (coaps-ingress -> mysql)");
+    for d in [
+        "data/bench-e2e-server",
+        "data/bench-e2e-client",
+        "data/bench-outage-client",
+    ] {
+        let _ = std::fs::remove_dir_all(root().join(d));
+    }
+    let server = start(gateway, "bench/e2e-server.toml", &[])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let client = start(
+        gateway,
+        "bench/e2e-client.toml",
+        &["--until-sources-finish"],
+    )?;
+    // Sustained: from the first 100,000 rows to the last, so that start-up (processes, the
+    // DTLS handshake, creating the table) does not count.
+    let n = 1_000_000;
+    let measured = wait_rows(100_000, Duration::from_secs(300))
+        .and_then(|first| Ok((first, wait_rows(n, Duration::from_secs(600))?)));
+    let _ = wait_child(client);
+    let (first, took) = measured?;
+    let rate = (n - 100_000) as f64 / took.as_secs_f64();
+    println!(
+        "   {n} readings from the client's source into MySQL rows; the first 100,000 after {:.2} s, the other 900,000 in {:.2} s = {rate:.0} readings/s sustained, {:.0} % of the baseline",
+        first.as_secs_f64(),
+        took.as_secs_f64(),
+        100.0 * rate / baseline
+    );
+    stop(server);
+
+    println!("== drain after a one-hour outage at 10 readings/s: 36,000 readings buffered on the Pi side (bench/outage-client.toml), then the server comes up");
+    sql("DROP DATABASE IF EXISTS gw_bench; CREATE DATABASE gw_bench")?;
+    let client = start(gateway, "bench/outage-client.toml", &[])?;
+    let emitted = root().join("data/bench-outage-client/emitted");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&emitted)
+        .ok()
+        .as_deref()
+        .map(str::trim)
+        != Some("36000")
+    {
+        if t0.elapsed() > Duration::from_secs(120) {
+            stop(client);
+            bail!("the outage client did not buffer 36,000 readings within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let server = start(gateway, "bench/e2e-server.toml", &[])?;
+    let up = Instant::now();
+    let first = wait_rows(1, Duration::from_secs(120));
+    let all = first.and_then(|f| {
+        wait_rows(36_000, Duration::from_secs(600))?;
+        Ok((f, up.elapsed()))
+    });
+    stop(client);
+    stop(server);
+    let (first, all) = all?;
+    println!(
+        "   first rows {:.1} s after the server came up (the uplink's retry backoff, at most 30 s as in client.toml); all 36,000 after {:.1} s",
+        first.as_secs_f64(),
+        all.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn wait_child(mut c: std::process::Child) -> Result<()> {
+    let status = c.wait()?;
+    if !status.success() {
+        bail!("client exited with {status}");
+    }
+    Ok(())
 }
 
 /// Runs `gateway run --config CONFIG` for `secs` seconds and prints its resident memory: RSS,

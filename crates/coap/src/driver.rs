@@ -218,6 +218,7 @@ async fn connect(
 ) -> Result<Link, RequestError> {
     let socket = UdpSocket::bind(opts.bind)
         .await
+        .inspect(|s| grow_buffers(&socket2::SockRef::from(s)))
         .map_err(|e| RequestError::Io(format!("bind {}: {e}", opts.bind)))?;
     socket
         .connect(opts.server)
@@ -418,6 +419,21 @@ async fn client_loop(
     }
 }
 
+/// Socket buffers: the kernel's default receive buffer (208 KiB on Linux) overflows when many
+/// peers, or one peer with several large requests in flight, send at once, and every datagram
+/// dropped there costs a whole ACK_TIMEOUT. Ask for 4 MiB each way; the kernel caps it at
+/// `net.core.rmem_max` / `wmem_max`.
+fn grow_buffers(s: &socket2::SockRef<'_>) {
+    for (what, r) in [
+        ("receive", s.set_recv_buffer_size(4 << 20)),
+        ("send", s.set_send_buffer_size(4 << 20)),
+    ] {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "could not enlarge the UDP {what} buffer");
+        }
+    }
+}
+
 async fn flush(l: &mut Link) {
     while let Some(d) = l.session.poll_transmit() {
         if let Err(e) = l.socket.send(&d).await {
@@ -513,6 +529,7 @@ impl Server {
         std_socket
             .set_nonblocking(true)
             .map_err(|e| DtlsError::Other(e.to_string()))?;
+        grow_buffers(&socket2::SockRef::from(&std_socket));
         let local_addr = std_socket
             .local_addr()
             .map_err(|e| DtlsError::Other(e.to_string()))?;

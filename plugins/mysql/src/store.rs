@@ -127,7 +127,15 @@ impl Store {
     pub fn write(&self, batch: &[Reading]) -> Result<u64, PluginError> {
         let table = self.table.clone();
         let pool = self.pool.clone();
-        let rows: Vec<mysql_async::Params> = batch.iter().map(row).collect();
+        // The parameters of each INSERT, made here so the async part only moves them.
+        let chunks: Vec<Vec<mysql_async::Value>> = batch
+            .chunks(ROWS_PER_INSERT)
+            .map(|c| {
+                let mut v = Vec::with_capacity(c.len() * 11);
+                c.iter().for_each(|r| row(r, &mut v));
+                v
+            })
+            .collect();
         let fut = async move {
             let mut c = pool
                 .get_conn()
@@ -138,18 +146,12 @@ impl Store {
                 .await
                 .map_err(|e| classify("BEGIN", e))?;
             let mut inserted = 0;
-            for chunk in rows.chunks(ROWS_PER_INSERT) {
+            for values in chunks {
                 let placeholders =
-                    vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+                    vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; values.len() / 11].join(", ");
                 let sql = format!(
                     "INSERT IGNORE INTO `{table}` (id, time_us, device, sensor, name, unit, value_type, value_float, value_int, value_text, value_bytes) VALUES {placeholders}"
                 );
-                let mut values = Vec::with_capacity(chunk.len() * 11);
-                for p in chunk {
-                    if let mysql_async::Params::Positional(v) = p {
-                        values.extend(v.iter().cloned());
-                    }
-                }
                 tx.exec_drop(sql, mysql_async::Params::Positional(values))
                     .await
                     .map_err(|e| classify("INSERT", e))?;
@@ -170,7 +172,8 @@ impl Store {
     }
 }
 
-fn row(r: &Reading) -> mysql_async::Params {
+/// Appends the 11 column values of one reading.
+fn row(r: &Reading, out: &mut Vec<mysql_async::Value>) {
     use mysql_async::Value as V;
     let none = V::NULL;
     let (kind, f, i, t, b) = match &r.value {
@@ -198,7 +201,7 @@ fn row(r: &Reading) -> mysql_async::Params {
             V::Bytes(v.to_vec()),
         ),
     };
-    mysql_async::Params::Positional(vec![
+    out.extend([
         V::Bytes(r.id.0.to_vec()),
         V::Int(r.time.0),
         V::Bytes(r.device.as_bytes().to_vec()),
@@ -210,7 +213,7 @@ fn row(r: &Reading) -> mysql_async::Params {
         i,
         t,
         b,
-    ])
+    ]);
 }
 
 impl Drop for Store {

@@ -79,8 +79,12 @@ impl Source for Sequence {
     const ID: &'static str = "sequence";
     const DESCRIPTION: &'static str = "test: emits 0, 1, 2, ...; can panic mid-run";
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+        let mut cfg: SequenceConfig = ctx.parse_config()?;
+        cfg.emitted_path = cfg
+            .emitted_path
+            .map(|p| ctx.resolve_path(&p).display().to_string());
         Ok(Sequence {
-            cfg: ctx.parse_config()?,
+            cfg,
             instance: ctx.instance().to_owned(),
         })
     }
@@ -147,8 +151,9 @@ impl Source for Sequence {
                 .insert(self.instance.clone(), next);
             if let Some(p) = &self.cfg.emitted_path {
                 let tmp = format!("{p}.tmp");
-                std::fs::write(&tmp, next.to_string())?;
-                std::fs::rename(&tmp, p)?;
+                std::fs::write(&tmp, next.to_string())
+                    .and_then(|()| std::fs::rename(&tmp, p))
+                    .map_err(|e| PluginError::retry(format!("writing {p}: {e}")))?;
             }
             if !self.cfg.interval.is_zero() && ctx.wait_stop(self.cfg.interval) {
                 return Ok(());
