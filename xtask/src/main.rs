@@ -62,6 +62,24 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Some("bench") => bench(),
+        Some("soak") => {
+            // The zero-loss proof, N times longer (more readings, longer pauses between the
+            // kills and restarts).
+            let scale = args.get(1).map(String::as_str).unwrap_or("10");
+            let mut c = cargo();
+            c.args([
+                "test",
+                "--release",
+                "-p",
+                "gateway",
+                "--test",
+                "zero_loss",
+                "--",
+                "--nocapture",
+            ])
+            .env("GATEWAY_SOAK_SCALE", scale);
+            run(c)
+        }
         Some("bench-e2e") => {
             let dir = build(true)?;
             ensure_certs(&dir)?;
@@ -72,7 +90,9 @@ fn main() -> Result<()> {
             sizes(&dir)
         }
         _ => {
-            eprintln!("usage: cargo xtask run [GATEWAY-RUN-ARGS] | bench | dist");
+            eprintln!(
+                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | bench | bench-e2e | soak [N] | dist"
+            );
             std::process::exit(2);
         }
     }

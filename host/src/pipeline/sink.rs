@@ -69,6 +69,9 @@ struct Worker {
     restart_delay: Duration,
     abort: Arc<AtomicBool>,
     stats: Arc<SinkStats>,
+    /// Set (for a buffered sink, at shutdown) when a failed write should not be retried: its
+    /// readings stay on disk for the next start.
+    give_up: Option<Arc<AtomicBool>>,
 }
 
 impl SinkRunner {
@@ -99,10 +102,12 @@ impl SinkRunner {
             restart_delay: restart_backoff,
             abort,
             stats,
+            give_up: None,
         };
         tracing::info!("sink running");
         if let Some(input) = buffer {
             drop(rx);
+            w.give_up = Some(drain.clone());
             w.run_buffered(&input, &drain);
             w.close();
             return;
@@ -380,11 +385,21 @@ impl Worker {
                     }
                     return Ok(());
                 }
+                Err(e)
+                    if e.kind.is_retryable()
+                        && self
+                            .give_up
+                            .as_ref()
+                            .is_some_and(|g| g.load(Ordering::SeqCst)) =>
+                {
+                    tracing::info!(readings = n, error = %e.message(), "write failed while shutting down; its readings stay in the disk buffer");
+                    return Err(PluginError::new(ErrorKind::STOPPED, "shutting down"));
+                }
                 Err(e) if e.kind.is_retryable() => {
                     attempts += 1;
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(readings = n, attempt = attempts, error = %e.message(), "write failed; retrying in {backoff:?}");
-                    sleep_unless(&self.abort, backoff);
+                    self.pause(backoff);
                     backoff = (backoff * 2).min(self.settings.retry_backoff_max);
                 }
                 Err(e) if e.kind.needs_restart() => {
@@ -399,6 +414,20 @@ impl Worker {
                     return Err(e);
                 }
             }
+        }
+    }
+
+    /// Waits `d` before a retry; a shutdown (abort, or drain for a buffered sink) ends it early.
+    fn pause(&self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end
+            && !self.abort.load(Ordering::SeqCst)
+            && !self
+                .give_up
+                .as_ref()
+                .is_some_and(|g| g.load(Ordering::SeqCst))
+        {
+            std::thread::sleep((end - Instant::now()).min(Duration::from_millis(50)));
         }
     }
 

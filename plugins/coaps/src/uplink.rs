@@ -201,6 +201,31 @@ impl Sink for Uplink {
     }
 }
 
+/// Splits a batch into requests of at most `max_readings` readings whose payload fits in
+/// `limit` bytes, so that none needs a block-wise transfer (each of which holds reassembly
+/// state on the server, and stalls on every lost block). Only a single reading too large for a
+/// datagram goes block-wise.
+fn split_requests<'a>(
+    batch: &'a [Reading],
+    max_readings: usize,
+    limit: usize,
+    encode: impl Fn(&[Reading]) -> Vec<u8>,
+) -> Vec<(&'a [Reading], Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo: Vec<&[Reading]> = batch.chunks(max_readings.max(1)).rev().collect();
+    while let Some(chunk) = todo.pop() {
+        let payload = encode(chunk);
+        if payload.len() > limit && chunk.len() > 1 {
+            let (a, b) = chunk.split_at(chunk.len() / 2);
+            todo.push(b);
+            todo.push(a);
+        } else {
+            out.push((chunk, payload));
+        }
+    }
+    out
+}
+
 /// Largest CoAP payload that still fits one datagram of `mtu` bytes: DTLS (13 + 8 + 16 bytes
 /// with AES-GCM) and CoAP headers and options take the rest; a record carries at most 16 KiB.
 fn max_payload(mtu: u32) -> usize {
@@ -222,28 +247,13 @@ impl Uplink {
         }
     }
 
-    /// Splits a batch into requests of at most `max_request_readings` readings whose payload
-    /// fits one datagram, so that none needs a block-wise transfer (each of which holds
-    /// reassembly state on the server, and stalls on every lost block). Only a single reading
-    /// too large for a datagram goes block-wise.
     fn requests<'a>(&self, batch: &'a [Reading]) -> Vec<(&'a [Reading], Vec<u8>)> {
-        let limit = max_payload(self.cfg.mtu);
-        let mut out = Vec::new();
-        let mut todo: Vec<&[Reading]> = batch
-            .chunks(self.cfg.max_request_readings.max(1))
-            .rev()
-            .collect();
-        while let Some(chunk) = todo.pop() {
-            let payload = self.encode(chunk);
-            if payload.len() > limit && chunk.len() > 1 {
-                let (a, b) = chunk.split_at(chunk.len() / 2);
-                todo.push(b);
-                todo.push(a);
-            } else {
-                out.push((chunk, payload));
-            }
-        }
-        out
+        split_requests(
+            batch,
+            self.cfg.max_request_readings,
+            max_payload(self.cfg.mtu),
+            |r| self.encode(r),
+        )
     }
     fn outcome(&self, r: Result<coap_lite::Packet, RequestError>) -> Result<(), PluginError> {
         match r {
@@ -279,5 +289,39 @@ impl Uplink {
                 self.cfg.uri
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_sdk::testing::sample_readings;
+
+    #[test]
+    fn every_request_fits_one_datagram_and_keeps_the_batch_in_order() {
+        let batch = sample_readings(1000);
+        let limit = max_payload(1232);
+        let reqs = split_requests(&batch, 100, limit, senml::encode_cbor);
+        assert!(reqs.len() > 10, "100 readings do not fit 1132 bytes");
+        assert!(reqs.iter().all(|(_, p)| p.len() <= limit));
+        let ids: Vec<_> = reqs
+            .iter()
+            .flat_map(|(c, _)| c.iter().map(|r| r.id))
+            .collect();
+        assert_eq!(ids, batch.iter().map(|r| r.id).collect::<Vec<_>>());
+        // With room enough, requests are as large as allowed.
+        let big = split_requests(&batch, 100, 16_000, senml::encode_cbor);
+        assert_eq!(big.len(), 10);
+    }
+
+    #[test]
+    fn a_single_reading_too_large_for_a_datagram_goes_alone() {
+        let mut batch = sample_readings(3);
+        batch[1].value = gateway_sdk::Value::Text("x".repeat(5000).into());
+        let reqs = split_requests(&batch, 100, max_payload(1232), senml::encode_cbor);
+        assert_eq!(
+            reqs.iter().map(|(c, _)| c.len()).collect::<Vec<_>>(),
+            vec![1, 1, 1]
+        );
     }
 }

@@ -1,0 +1,177 @@
+//! Disk buffers in the real `gateway`: readings kept across kill -9 while the sink is down, a torn
+//! tail cut off and counted, `drop_oldest` counting what it drops, and config errors.
+
+mod support;
+use std::time::{Duration, Instant};
+use support::*;
+
+fn wait_file(s: &Setup, name: &str, want: &str, gw: &Running) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(s.path(name))
+        .unwrap_or_default()
+        .trim()
+        != want
+    {
+        assert!(
+            Instant::now() < end,
+            "{name} never reached {want}: {}",
+            gw.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn buffered(s: &Setup, extra_rec: &str, buffer: &str) -> std::path::PathBuf {
+    s.config(
+        &format!("data_dir = {:?}", s.path("data").display().to_string()),
+        &format!(
+            r#"[sources.seq]
+plugin = "sequence"
+count = 300
+batch_size = 10
+emitted_path = {emitted:?}
+resume = true
+
+[sinks.rec]
+plugin = "recorder"
+path = {out:?}
+batch_timeout = "5ms"
+retry_backoff = "20ms"
+retry_backoff_max = "50ms"
+buffer = {buffer}
+{extra_rec}
+"#,
+            emitted = s.path("emitted").display().to_string(),
+            out = s.path("out.txt").display().to_string(),
+        ),
+    )
+}
+
+#[test]
+fn readings_survive_kill_9_while_the_sink_is_down_and_a_torn_tail_is_cut_off() {
+    let s = Setup::new();
+    // First run: the sink fails every write, so everything stays in the buffer.
+    let cfg = buffered(&s, "fail_first = 1000000", r#"{ type = "disk" }"#);
+    let mut gw = Running::start(&s, &cfg, &[]);
+    wait_file(&s, "emitted", "300", &gw);
+    gw.signal(libc::SIGKILL);
+    gw.wait(Duration::from_secs(10)).expect("killed");
+    assert!(s.recorded("out.txt", "seq").is_empty());
+    // A crash in the middle of an append: garbage after the last whole record.
+    let dir = s.path("data/rec/buffer");
+    let mut segs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    let last = segs.last().expect("a segment");
+    let mut bytes = std::fs::read(last).unwrap();
+    bytes.extend_from_slice(&[0x55; 37]);
+    std::fs::write(last, bytes).unwrap();
+
+    // Second run: the sink works; the source has nothing left to make.
+    let cfg = buffered(&s, "", r#"{ type = "disk" }"#);
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(30)).expect("exits");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("disk buffer recovered readings not yet delivered")
+            && err.contains("readings=300"),
+        "{err}"
+    );
+    assert!(err.contains("torn or corrupt tail"), "{err}");
+    assert!(err.contains("corrupt_records=1"), "{err}");
+    let values = s.recorded("out.txt", "seq");
+    assert_contiguous(&values, "after kill -9");
+    assert_eq!(values.len(), 300, "{err}");
+}
+
+#[test]
+fn drop_oldest_keeps_the_limit_and_counts_every_reading_it_drops() {
+    let s = Setup::new();
+    let cfg = s.config(
+        &format!("data_dir = {:?}", s.path("data").display().to_string()),
+        &format!(
+            r#"[sources.seq]
+plugin = "sequence"
+count = 20000
+batch_size = 100
+emitted_path = {emitted:?}
+
+[sinks.rec]
+plugin = "recorder"
+path = {out:?}
+fail_first = 1000000
+retry_backoff = "1s"
+buffer = {{ type = "disk", max_size = "256KiB", when_full = "drop_oldest" }}
+"#,
+            emitted = s.path("emitted").display().to_string(),
+            out = s.path("out.txt").display().to_string(),
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &[]);
+    wait_file(&s, "emitted", "20000", &gw);
+    let status = gw.stop(Duration::from_secs(20));
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("dropped its oldest readings"), "{err}");
+    let stats = err
+        .lines()
+        .rev()
+        .find(|l| l.contains("disk buffer stats"))
+        .expect("buffer stats at shutdown");
+    let field = |k: &str| -> u64 {
+        let at = stats.find(&format!(" {k}=")).unwrap() + k.len() + 2;
+        stats[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(field("bytes") <= 256 * 1024, "{stats}");
+    assert!(field("dropped") > 0, "{stats}");
+    assert_eq!(field("held") + field("dropped"), 20_000, "{stats}");
+}
+
+#[test]
+fn buffer_settings_are_checked_with_file_line_and_key() {
+    let s = Setup::new();
+    for (buffer, want) in [
+        (
+            r#"{ type = "disk", max_size = "lots" }"#,
+            "buffer.max_size: invalid size \"lots\"",
+        ),
+        (
+            r#"{ type = "disk", when_full = "drop" }"#,
+            "buffer.when_full: expected \"block\" or \"drop_oldest\"",
+        ),
+        (
+            r#"{ type = "tape" }"#,
+            "buffer.type: unknown buffer type \"tape\"",
+        ),
+        (r#"{ max_size = "1GB" }"#, "buffer.type: missing"),
+        (
+            r#"{ type = "disk", fsync = "sometimes" }"#,
+            "buffer.fsync: expected \"always\"",
+        ),
+        (
+            r#"{ type = "disk", size = "1GB" }"#,
+            "buffer.size: unknown key",
+        ),
+        (r#""disk""#, "buffer: expected a table"),
+    ] {
+        let cfg = s.config(
+            "",
+            &format!("[sources.c]\nplugin = \"example\"\n[sinks.o]\nplugin = \"console\"\nbuffer = {buffer}\n"),
+        );
+        let (status, _, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
+        assert!(!status.success(), "{buffer} was accepted");
+        assert!(
+            err.contains(&format!("gateway.toml:10: [sinks.o] {want}")),
+            "{buffer}: {err}"
+        );
+    }
+}
