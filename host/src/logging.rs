@@ -11,24 +11,50 @@ use std::{
     sync::{Arc, RwLock},
 };
 use tracing::level_filters::LevelFilter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{
+    filter::Targets, fmt, layer::SubscriberExt, util::SubscriberInitExt, Layer,
+};
 
 /// The target under which plugin events appear in the host's log.
 pub const PLUGIN_TARGET: &str = "plugin";
 
-/// Installs the host's subscriber. `GATEWAY_LOG` (in `RUST_LOG` syntax) overrides the levels.
+/// Installs the host's subscriber. `GATEWAY_LOG` (`RUST_LOG`'s `level,target=level` directives,
+/// e.g. `debug,plugin=trace`) overrides the levels.
+///
+/// (Level-by-target filtering, not `EnvFilter`: that one needs `regex`, and the `regex` that
+/// other crates of the workspace unify into the build brings some 400 KB of Unicode tables into
+/// the binary.)
 pub fn init(format: LogFormat, level: LevelFilter, plugin_level: LevelFilter) {
+    let configured = Targets::new()
+        .with_default(level)
+        .with_target(PLUGIN_TARGET, plugin_level);
     let filter = match std::env::var("GATEWAY_LOG") {
-        Ok(s) if !s.trim().is_empty() => EnvFilter::new(s),
-        _ => EnvFilter::new(format!("{level},{PLUGIN_TARGET}={plugin_level}")),
+        Ok(s) if !s.trim().is_empty() => s.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("GATEWAY_LOG={s:?} is not understood ({e}); using the configured levels");
+            configured
+        }),
+        _ => configured,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal());
+    let ansi = std::io::stderr().is_terminal();
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(ansi)
+                    .with_filter(filter),
+            )
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr)
+                    .with_ansi(ansi)
+                    .with_filter(filter),
+            )
+            .try_init(),
     };
 }
 
