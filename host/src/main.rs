@@ -131,7 +131,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 LevelFilter::WARN,
             );
             let logger = HostLogger::new(LevelFilter::WARN);
-            let plan = Plan::build(config, &logger).map_err(|e| report(&e))?;
+            let plan = Plan::check(config, &logger).map_err(|e| report(&e))?;
             println!("{}: OK", path.display());
             print!("{}", plan.describe());
             Ok(ExitCode::SUCCESS)

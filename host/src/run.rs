@@ -105,9 +105,23 @@ fn build<T, F: Copy>(
 }
 
 impl Plan {
-    /// Loads the plugins and builds every instance. Returns every problem found, not just the
-    /// first.
+    /// Loads the plugins, builds every instance and opens (recovers) the sinks' disk buffers,
+    /// ready to run. Returns every problem found, not just the first.
     pub fn build(config: Config, logger: &Arc<HostLogger>) -> Result<Plan, Vec<String>> {
+        Self::build_inner(config, logger, true)
+    }
+
+    /// Like [`Plan::build`], for `gateway check`: disk buffers are left alone (a running gateway
+    /// may be writing them), only their size on disk is read.
+    pub fn check(config: Config, logger: &Arc<HostLogger>) -> Result<Plan, Vec<String>> {
+        Self::build_inner(config, logger, false)
+    }
+
+    fn build_inner(
+        config: Config,
+        logger: &Arc<HostLogger>,
+        open_buffers: bool,
+    ) -> Result<Plan, Vec<String>> {
         for decl in config.sources.iter().chain(&config.sinks) {
             if let Some(level) = decl.log_level {
                 logger.set_level(&decl.name, level);
@@ -139,6 +153,7 @@ impl Plan {
                 continue;
             }
             let buffer = match &decl.sink.buffer {
+                Some(_) if !open_buffers => None,
                 None => None,
                 Some(settings) => {
                     let dir = std::path::Path::new(info.data_dir.as_str()).join("buffer");
@@ -238,16 +253,25 @@ impl Plan {
                 .map(|s| s.name.as_str())
                 .collect();
             let st = &k.decl.sink;
-            let buffer = match (&st.buffer, &k.buffer) {
-                (Some(b), Some(disk)) => format!(
-                    ", disk buffer {} of {} bytes, {} readings held, when full {:?}, fsync {}",
-                    disk.bytes(),
-                    b.max_size,
-                    disk.pending(),
-                    b.when_full,
-                    if b.fsync { "always" } else { "never" }
-                ),
-                _ => String::new(),
+            let buffer = match &st.buffer {
+                Some(b) => {
+                    let dir = std::path::Path::new(k.info.data_dir.as_str()).join("buffer");
+                    let used: u64 = std::fs::read_dir(&dir)
+                        .map(|d| {
+                            d.filter_map(|e| e.ok()?.metadata().ok())
+                                .map(|m| m.len())
+                                .sum()
+                        })
+                        .unwrap_or(0);
+                    format!(
+                        ", disk buffer in {}: {used} of {} bytes used, when full {:?}, fsync {}",
+                        dir.display(),
+                        b.max_size,
+                        b.when_full,
+                        if b.fsync { "always" } else { "never" }
+                    )
+                }
+                None => String::new(),
             };
             let _ = writeln!(
                 out,

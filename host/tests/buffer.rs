@@ -175,3 +175,33 @@ fn buffer_settings_are_checked_with_file_line_and_key() {
         );
     }
 }
+
+#[test]
+fn check_leaves_a_running_buffer_alone_and_a_second_gateway_on_it_is_refused() {
+    let s = Setup::new();
+    let cfg = buffered(
+        &s,
+        "fail_first = 1000000",
+        r#"{ type = "disk", max_size = "8MiB" }"#,
+    );
+    let mut gw = Running::start(&s, &cfg, &[]);
+    wait_file(&s, "emitted", "300", &gw);
+    let (status, out, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        out.contains("disk buffer in") && out.contains("of 8388608 bytes used"),
+        "{out}"
+    );
+    let (status, _, err) = gateway(&["run", "--config", cfg.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(
+        err.contains("[sinks.rec] buffer: cannot open the disk buffer in")
+            && err.contains("in use by another gateway process"),
+        "{err}"
+    );
+    assert!(
+        gw.stop(Duration::from_secs(20)).success(),
+        "{}",
+        gw.stderr()
+    );
+}

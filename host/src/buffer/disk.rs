@@ -106,6 +106,8 @@ pub struct DiskBuffer {
     freed: Condvar,
     /// Counters.
     pub stats: BufferStats,
+    /// Held (locked) while the buffer is open: a second gateway on the same directory is refused.
+    _lock: File,
 }
 
 /// Why an append did not happen.
@@ -253,6 +255,16 @@ impl DiskBuffer {
     /// torn tails are cut off and counted, acknowledged segments removed.
     pub fn open(dir: &Path, settings: &BufferSettings) -> io::Result<DiskBuffer> {
         std::fs::create_dir_all(dir)?;
+        let lock = File::create(dir.join("lock"))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "it is in use by another gateway process (two gateways must not share a data_dir)",
+                ),
+                std::fs::TryLockError::Error(e) => e,
+            });
+        }
         let stats = BufferStats::default();
         let head_file = OpenOptions::new()
             .read(true)
@@ -324,6 +336,7 @@ impl DiskBuffer {
             appended: Condvar::new(),
             freed: Condvar::new(),
             stats,
+            _lock: lock,
         })
     }
 

@@ -338,3 +338,17 @@ fn take_waits_for_a_write_to_fill_until_the_batch_timeout() {
     assert_eq!(values(&t), vec![0, 1, 2, 3, 4]);
     w.join().unwrap();
 }
+
+#[test]
+fn a_second_opener_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path());
+    let second = DiskBuffer::open(dir.path(), &settings(1 << 30, WhenFull::Block));
+    let err = second.err().expect("refused while the first is open");
+    assert!(
+        err.to_string().contains("in use by another gateway"),
+        "{err}"
+    );
+    drop(b);
+    DiskBuffer::open(dir.path(), &settings(1 << 30, WhenFull::Block)).expect("free again");
+}
