@@ -8,7 +8,7 @@ use crate::{
     loader::{Catalog, Library},
     logging::HostLogger,
     pipeline::{
-        sink::{BufferWriter, BufferedInput, SinkRunner},
+        sink::{BufferWriter, BufferedInput, SinkInput, SinkRunner},
         source::{SinkPort, SourceRunner},
         stop_signal,
     },
@@ -80,25 +80,27 @@ fn located(config: &Config, decl: &Instance, group: &str, what: &str, e: &Plugin
     }
 }
 
-/// Builds one instance with its plugin's constructor, into `built` or, failing, into `errors`.
-fn build<T, F: Copy>(
+/// Files what the plugin's constructor `new` made of `info`: into `built`, or, failing, into
+/// `errors`.
+#[allow(clippy::too_many_arguments)]
+fn build<T, F>(
     new: F,
-    call: impl FnOnce(F, &InstanceInfo) -> abi_stable::std_types::RResult<T, PluginError>,
+    made: abi_stable::std_types::RResult<T, PluginError>,
     info: InstanceInfo,
     library: Library,
     (config, decl, group): (&Config, &Instance, &str),
+    buffer: Option<Arc<DiskBuffer>>,
     built: &mut Vec<Built<T, F>>,
     errors: &mut Vec<String>,
 ) {
-    // (An `extern "C" fn` is not an `Fn`: the caller says how to call it.)
-    match call(new, &info).into_result() {
+    match made.into_result() {
         Ok(instance) => built.push(Built {
             decl: decl.clone(),
             library,
             info,
             new,
             instance,
-            buffer: None,
+            buffer,
         }),
         Err(e) => errors.push(located(config, decl, group, "could not be built", &e)),
     }
@@ -178,30 +180,31 @@ impl Plan {
                         .plugin
                         .new_source
                         .expect("source descriptor has new_source");
+                    let made = new(&info);
                     build(
                         new,
-                        |f, i| f(i),
+                        made,
                         info,
                         found.library,
                         what,
+                        None,
                         &mut sources,
                         &mut errors,
                     );
                 }
                 Role::Sink => {
                     let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
+                    let made = new(&info);
                     build(
                         new,
-                        |f, i| f(i),
+                        made,
                         info,
                         found.library,
                         what,
+                        buffer,
                         &mut sinks,
                         &mut errors,
                     );
-                    if let Some(last) = sinks.last_mut().filter(|k| k.decl.name == decl.name) {
-                        last.buffer = buffer;
-                    }
                 }
             }
         }
@@ -333,8 +336,8 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
         ports.insert(k.decl.name.clone(), (tx, stats.clone()));
         sink_stats.push((k.decl.name.clone(), stats.clone()));
         let (new, info) = (k.new, k.info.clone());
-        let (rx, buffer) = match k.buffer {
-            None => (rx, None),
+        let input = match k.buffer {
+            None => SinkInput::Queue(rx),
             Some(buffer) => {
                 let recovered = buffer.stats.recovered.load(Ordering::Relaxed);
                 stats.accepted.fetch_add(recovered, Ordering::Relaxed);
@@ -353,16 +356,11 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
                     .name(format!("buffer:{name}"))
                     .spawn(move || writer.run(&name));
                 sink_threads.push(h.expect("spawn buffer thread"));
-                // The sink thread reads from the buffer, not from the queue.
-                let (_, idle) = crossbeam_channel::bounded(0);
-                (
-                    idle,
-                    Some(BufferedInput {
-                        buffer,
-                        writer_done,
-                        drain_budget: config.gateway.shutdown_timeout * 3 / 4,
-                    }),
-                )
+                SinkInput::Buffer(BufferedInput {
+                    buffer,
+                    writer_done,
+                    drain_budget: config.gateway.shutdown_timeout * 3 / 4,
+                })
             }
         };
         let runner = SinkRunner {
@@ -372,11 +370,10 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
             settings: k.decl.sink.clone(),
             restart_backoff: k.decl.restart_backoff,
             restart_backoff_max: k.decl.restart_backoff_max,
-            rx,
+            input,
             drain: drain.clone(),
             abort: abort.clone(),
             stats,
-            buffer,
         };
         let h = std::thread::Builder::new()
             .name(format!("sink:{}", k.decl.name))

@@ -21,14 +21,20 @@ fn wait_file(s: &Setup, name: &str, want: &str, gw: &Running) {
     }
 }
 
-fn buffered(s: &Setup, extra_rec: &str, buffer: &str) -> std::path::PathBuf {
+/// A sequence of `count` readings in batches of `batch`, into a recorder sink with `buffer`.
+fn buffered(
+    s: &Setup,
+    (count, batch): (u64, u64),
+    extra_rec: &str,
+    buffer: &str,
+) -> std::path::PathBuf {
     s.config(
         &format!("data_dir = {:?}", s.path("data").display().to_string()),
         &format!(
             r#"[sources.seq]
 plugin = "sequence"
-count = 300
-batch_size = 10
+count = {count}
+batch_size = {batch}
 emitted_path = {emitted:?}
 resume = true
 
@@ -51,7 +57,12 @@ buffer = {buffer}
 fn readings_survive_kill_9_while_the_sink_is_down_and_a_torn_tail_is_cut_off() {
     let s = Setup::new();
     // First run: the sink fails every write, so everything stays in the buffer.
-    let cfg = buffered(&s, "fail_first = 1000000", r#"{ type = "disk" }"#);
+    let cfg = buffered(
+        &s,
+        (300, 10),
+        "fail_first = 1000000",
+        r#"{ type = "disk" }"#,
+    );
     let mut gw = Running::start(&s, &cfg, &[]);
     wait_file(&s, "emitted", "300", &gw);
     gw.signal(libc::SIGKILL);
@@ -71,7 +82,7 @@ fn readings_survive_kill_9_while_the_sink_is_down_and_a_torn_tail_is_cut_off() {
     std::fs::write(last, bytes).unwrap();
 
     // Second run: the sink works; the source has nothing left to make.
-    let cfg = buffered(&s, "", r#"{ type = "disk" }"#);
+    let cfg = buffered(&s, (300, 10), "", r#"{ type = "disk" }"#);
     let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
     let status = gw.wait(Duration::from_secs(30)).expect("exits");
     let err = gw.stderr();
@@ -91,25 +102,11 @@ fn readings_survive_kill_9_while_the_sink_is_down_and_a_torn_tail_is_cut_off() {
 #[test]
 fn drop_oldest_keeps_the_limit_and_counts_every_reading_it_drops() {
     let s = Setup::new();
-    let cfg = s.config(
-        &format!("data_dir = {:?}", s.path("data").display().to_string()),
-        &format!(
-            r#"[sources.seq]
-plugin = "sequence"
-count = 20000
-batch_size = 100
-emitted_path = {emitted:?}
-
-[sinks.rec]
-plugin = "recorder"
-path = {out:?}
-fail_first = 1000000
-retry_backoff = "1s"
-buffer = {{ type = "disk", max_size = "256KiB", when_full = "drop_oldest" }}
-"#,
-            emitted = s.path("emitted").display().to_string(),
-            out = s.path("out.txt").display().to_string(),
-        ),
+    let cfg = buffered(
+        &s,
+        (20000, 100),
+        "fail_first = 1000000",
+        r#"{ type = "disk", max_size = "256KiB", when_full = "drop_oldest" }"#,
     );
     let mut gw = Running::start(&s, &cfg, &[]);
     wait_file(&s, "emitted", "20000", &gw);
@@ -181,6 +178,7 @@ fn check_leaves_a_running_buffer_alone_and_a_second_gateway_on_it_is_refused() {
     let s = Setup::new();
     let cfg = buffered(
         &s,
+        (300, 10),
         "fail_first = 1000000",
         r#"{ type = "disk", max_size = "8MiB" }"#,
     );

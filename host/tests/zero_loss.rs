@@ -15,13 +15,16 @@
 //! (so stopping it disturbs nothing else). `GATEWAY_SOAK_SCALE=N` makes the run N times longer;
 //! `cargo xtask soak` runs it that way.
 
+#[path = "../../tests/support/lossy_relay.rs"]
+mod lossy_relay;
 mod support;
+use lossy_relay::{lossy_relay, RelayCounts};
 use std::{
     net::UdpSocket,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -148,90 +151,6 @@ fn root_user() -> Vec<String> {
     }
 }
 
-#[derive(Default)]
-struct RelayCounts {
-    passed: AtomicU64,
-    dropped: AtomicU64,
-    duplicated: AtomicU64,
-}
-
-/// A UDP relay in front of `server_port` that drops, duplicates and delays datagrams both ways.
-/// It talks to the server from one socket whatever the client's port, so a restarted client
-/// looks to the server like a rebooted Pi on its old address.
-fn lossy_relay(
-    server_port: u16,
-    loss: f64,
-    dup: f64,
-    stop: Arc<AtomicBool>,
-    counts: Arc<RelayCounts>,
-) -> u16 {
-    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = front.local_addr().unwrap().port();
-    let back = UdpSocket::bind("127.0.0.1:0").unwrap();
-    back.connect(("127.0.0.1", server_port)).unwrap();
-    front
-        .set_read_timeout(Some(Duration::from_millis(2)))
-        .unwrap();
-    back.set_read_timeout(Some(Duration::from_millis(2)))
-        .unwrap();
-    std::thread::spawn(move || {
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut chance = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % 10_000) as f64 / 10_000.0
-        };
-        let mut client = None;
-        let mut later: Vec<(Instant, bool, Vec<u8>)> = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        while !stop.load(Ordering::SeqCst) {
-            let mut got: Vec<(bool, Vec<u8>)> = Vec::new();
-            while let Ok((n, from)) = front.recv_from(&mut buf) {
-                client = Some(from);
-                got.push((true, buf[..n].to_vec()));
-                if got.len() > 64 {
-                    break;
-                }
-            }
-            while let Ok(n) = back.recv(&mut buf) {
-                got.push((false, buf[..n].to_vec()));
-                if got.len() > 128 {
-                    break;
-                }
-            }
-            for (to_server, d) in got {
-                if chance() < loss {
-                    counts.dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                counts.passed.fetch_add(1, Ordering::Relaxed);
-                let copies = if chance() < dup {
-                    counts.duplicated.fetch_add(1, Ordering::Relaxed);
-                    2
-                } else {
-                    1
-                };
-                for _ in 0..copies {
-                    let delay = Duration::from_millis((chance() * 20.0) as u64);
-                    later.push((Instant::now() + delay, to_server, d.clone()));
-                }
-            }
-            let now = Instant::now();
-            later.sort_by_key(|l| l.0);
-            let due = later.iter().take_while(|l| l.0 <= now).count();
-            for (_, to_server, d) in later.drain(..due) {
-                if to_server {
-                    let _ = back.send(&d);
-                } else if let Some(c) = client {
-                    let _ = front.send_to(&d, c);
-                }
-            }
-        }
-    });
-    port
-}
-
 fn scale() -> u64 {
     std::env::var("GATEWAY_SOAK_SCALE")
         .ok()
@@ -282,7 +201,14 @@ fn every_reading_reaches_mysql_exactly_once_through_kills_restarts_a_db_outage_a
             Some((l.parse().ok()?, d.parse().ok()?))
         })
         .unwrap_or((0.20, 0.05));
-    let relay_port = lossy_relay(server_port, loss, dup, stop_relay.clone(), relay.clone());
+    let relay_port = lossy_relay(
+        server_port,
+        loss,
+        dup,
+        Duration::from_millis(20),
+        stop_relay.clone(),
+        relay.clone(),
+    );
 
     let server_cfg = s.config_named(
         "server",

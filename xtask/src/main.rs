@@ -213,18 +213,10 @@ fn bench() -> Result<()> {
 
     ensure_certs(&dir)?;
     println!("== resident memory: the Pi side (bench/pi-client.toml: both sensors and coaps-uplink, sending)");
-    let mut server = Command::new(&gateway)
-        .current_dir(root())
-        .args(["run", "--config", "bench/pi-server.toml"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let server = start(&gateway, "bench/pi-server.toml", &[])?;
     std::thread::sleep(Duration::from_millis(500));
     let r = resident(&gateway, "bench/pi-client.toml", 6);
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status();
-    let _ = server.wait();
+    let _ = stop(server);
     r?;
 
     println!(
@@ -307,11 +299,12 @@ fn start(gateway: &Path, config: &str, extra: &[&str]) -> Result<std::process::C
         .spawn()?)
 }
 
-fn stop(mut child: std::process::Child) {
+/// SIGTERM, then wait for the exit.
+fn stop(mut child: std::process::Child) -> Result<std::process::ExitStatus> {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let _ = child.wait();
+    Ok(child.wait()?)
 }
 
 /// The machine's MariaDB (127.0.0.1:3306, root, empty password): plain multi-row INSERTs, then
@@ -371,7 +364,7 @@ fn end_to_end(gateway: &Path) -> Result<()> {
         took.as_secs_f64(),
         100.0 * rate / baseline
     );
-    stop(server);
+    let _ = stop(server);
 
     println!("== drain after a one-hour outage at 10 readings/s: 36,000 readings buffered on the Pi side (bench/outage-client.toml), then the server comes up");
     sql("DROP DATABASE IF EXISTS gw_bench; CREATE DATABASE gw_bench")?;
@@ -385,7 +378,7 @@ fn end_to_end(gateway: &Path) -> Result<()> {
         != Some("36000")
     {
         if t0.elapsed() > Duration::from_secs(120) {
-            stop(client);
+            let _ = stop(client);
             bail!("the outage client did not buffer 36,000 readings within 120 s");
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -397,8 +390,8 @@ fn end_to_end(gateway: &Path) -> Result<()> {
         wait_rows(36_000, Duration::from_secs(600))?;
         Ok((f, up.elapsed()))
     });
-    stop(client);
-    stop(server);
+    let _ = stop(client);
+    let _ = stop(server);
     let (first, all) = all?;
     println!(
         "   first rows {:.1} s after the server came up (the uplink's retry backoff, at most 30 s as in client.toml); all 36,000 after {:.1} s",
@@ -419,21 +412,13 @@ fn wait_child(mut c: std::process::Child) -> Result<()> {
 /// Runs `gateway run --config CONFIG` for `secs` seconds and prints its resident memory: RSS,
 /// and PSS (shared library pages divided among the processes that map them).
 fn resident(gateway: &Path, config: &str, secs: u64) -> Result<()> {
-    let mut child = Command::new(gateway)
-        .current_dir(root())
-        .args(["run", "--config", config])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let child = start(gateway, config, &[])?;
     std::thread::sleep(Duration::from_secs(secs));
     let (rss, pss) = (
         proc_kb(child.id(), "status", "VmRSS:"),
         proc_kb(child.id(), "smaps_rollup", "Pss:"),
     );
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait()?;
+    let status = stop(child)?;
     match (rss, pss) {
         (Some(r), Some(p)) => {
             println!(

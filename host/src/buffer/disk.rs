@@ -79,13 +79,23 @@ struct State {
     next_seq: u64,
     /// Every record below this is acknowledged (or dropped).
     head: u64,
-    /// Bytes of all segments.
-    bytes: u64,
-    /// Readings appended and not acknowledged or dropped.
-    pending: u64,
     head_file: File,
     head_slot: u64,
     head_synced: Instant,
+}
+
+impl State {
+    /// Bytes of all segments.
+    fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+    /// Readings appended and not acknowledged or dropped.
+    fn pending(&self) -> u64 {
+        self.segments
+            .iter()
+            .map(|s| s.readings.saturating_sub(s.acked_readings))
+            .sum()
+    }
 }
 
 struct WriterState {
@@ -192,9 +202,16 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Reads the record at the file's position: `Ok(None)` at a clean end of file, `Err` with
-/// `InvalidData` for a torn or corrupt record.
-fn read_record(r: &mut impl Read, expect_seq: u64) -> io::Result<Option<(u32, Vec<u8>)>> {
+/// A record's header: payload length, checksum and reading count.
+struct RecordHeader {
+    len: u32,
+    sum: u32,
+    count: u32,
+}
+
+/// Reads the header of the record at the position, checking its length and sequence number:
+/// `Ok(None)` at a clean end of file, `Err` with `InvalidData` for a torn or wrong header.
+fn read_header(r: &mut impl Read, expect_seq: u64) -> io::Result<Option<RecordHeader>> {
     let mut h = [0u8; HEADER];
     let mut got = 0;
     while got < HEADER {
@@ -219,6 +236,15 @@ fn read_record(r: &mut impl Read, expect_seq: u64) -> io::Result<Option<(u32, Ve
             format!("bad record header (length {len}, sequence {seq}, expected {expect_seq})"),
         ));
     }
+    Ok(Some(RecordHeader { len, sum, count }))
+}
+
+/// Reads the record at the position: `Ok(None)` at a clean end of file, `Err` with
+/// `InvalidData` for a torn or corrupt record.
+fn read_record(r: &mut impl Read, seq: u64) -> io::Result<Option<(u32, Vec<u8>)>> {
+    let Some(RecordHeader { len, sum, count }) = read_header(r, seq)? else {
+        return Ok(None);
+    };
     let mut payload = vec![0u8; len as usize];
     r.read_exact(&mut payload).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -283,7 +309,6 @@ impl DiskBuffer {
         }
         firsts.sort_unstable();
         let mut segments = VecDeque::new();
-        let mut pending = 0;
         for first in firsts {
             let path = segment_path(dir, first);
             let seg = Self::scan(&path, first, head, &stats)?;
@@ -292,7 +317,6 @@ impl DiskBuffer {
                 std::fs::remove_file(&path)?;
                 continue;
             }
-            pending += seg.readings - seg.acked_readings;
             segments.push_back(seg);
         }
         let next_seq = segments.back().map_or(head, Segment::end).max(head);
@@ -301,14 +325,22 @@ impl DiskBuffer {
         if let Some(s) = segments.front() {
             head = head.max(s.first);
         }
+        let state = State {
+            segments,
+            next_seq,
+            head,
+            head_file,
+            head_slot: 0,
+            head_synced: Instant::now(),
+        };
+        let (pending, bytes) = (state.pending(), state.bytes());
         stats.recovered.store(pending, Ordering::Relaxed);
-        let bytes = segments.iter().map(|s| s.bytes).sum();
         if pending > 0 {
             tracing::info!(
                 dir = %dir.display(),
                 readings = pending,
                 bytes,
-                segments = segments.len(),
+                segments = state.segments.len(),
                 "disk buffer recovered readings not yet delivered; they go out first, oldest first"
             );
         }
@@ -319,16 +351,7 @@ impl DiskBuffer {
             segment_size: (max_size / 8).clamp(64 << 10, 64 << 20),
             when_full: settings.when_full,
             fsync: settings.fsync,
-            state: Mutex::new(State {
-                segments,
-                next_seq,
-                head,
-                bytes,
-                pending,
-                head_file,
-                head_slot: 0,
-                head_synced: Instant::now(),
-            }),
+            state: Mutex::new(state),
             writer: Mutex::new(WriterState {
                 file: None,
                 scratch: Vec::new(),
@@ -403,12 +426,12 @@ impl DiskBuffer {
 
     /// Readings appended and not yet acknowledged or dropped.
     pub fn pending(&self) -> u64 {
-        self.state.lock().unwrap().pending
+        self.state.lock().unwrap().pending()
     }
 
     /// Bytes on disk.
     pub fn bytes(&self) -> u64 {
-        self.state.lock().unwrap().bytes
+        self.state.lock().unwrap().bytes()
     }
 
     /// A reader that starts at the oldest unacknowledged record.
@@ -486,14 +509,14 @@ impl DiskBuffer {
     ) -> Result<(), AppendError> {
         let mut st = self.state.lock().unwrap();
         let mut warned = false;
-        while st.bytes > 0 && st.bytes + need > self.max_size {
+        while st.bytes() > 0 && st.bytes() + need > self.max_size {
             match self.when_full {
                 WhenFull::Block => {
                     if !warned {
                         tracing::warn!(
-                            bytes = st.bytes,
+                            bytes = st.bytes(),
                             max_size = self.max_size,
-                            readings = st.pending,
+                            readings = st.pending(),
                             "disk buffer is full: holding the sources back until the sink catches up"
                         );
                         warned = true;
@@ -519,9 +542,7 @@ impl DiskBuffer {
                         }
                     }
                     let seg = st.segments.pop_front().expect("two segments");
-                    let lost = seg.readings - seg.acked_readings;
-                    st.bytes -= seg.bytes;
-                    st.pending -= lost;
+                    let lost = seg.readings.saturating_sub(seg.acked_readings);
                     st.head = st.head.max(seg.end());
                     self.stats.dropped.fetch_add(lost, Ordering::Relaxed);
                     tracing::warn!(
@@ -544,8 +565,7 @@ impl DiskBuffer {
         let first = {
             let mut st = self.state.lock().unwrap();
             if st.segments.back().is_some_and(|s| s.records == 0) {
-                let s = st.segments.pop_back().expect("checked");
-                st.bytes -= s.bytes;
+                st.segments.pop_back();
             }
             st.next_seq
         };
@@ -562,7 +582,6 @@ impl DiskBuffer {
         }
         w.file = Some(file);
         let mut st = self.state.lock().unwrap();
-        st.bytes += MAGIC.len() as u64;
         st.segments.push_back(Segment {
             first,
             records: 0,
@@ -615,8 +634,6 @@ impl DiskBuffer {
         seg.readings += readings;
         seg.bytes += buf.len() as u64;
         st.next_seq += records;
-        st.bytes += buf.len() as u64;
-        st.pending += readings;
         drop(st);
         self.stats.appended.fetch_add(readings, Ordering::Relaxed);
         self.appended.notify_all();
@@ -799,10 +816,10 @@ impl DiskBuffer {
             let open = cur.open.as_mut().expect("opened above");
             let outcome = (|| -> io::Result<Option<(u32, Vec<u8>)>> {
                 while open.at < cur.seq {
-                    let mut h = [0u8; HEADER];
-                    open.file.read_exact(&mut h)?;
-                    let len = u32::from_le_bytes(h[0..4].try_into().unwrap());
-                    open.file.seek_relative(i64::from(len))?;
+                    let h = read_header(&mut open.file, open.at)?.ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidData, "segment ends early")
+                    })?;
+                    open.file.seek_relative(i64::from(h.len))?;
                     open.at += 1;
                 }
                 read_record(&mut open.file, cur.seq)
@@ -856,8 +873,7 @@ impl DiskBuffer {
                 .iter_mut()
                 .find(|s| s.first <= *seq && *seq < s.end())
             {
-                seg.acked_readings += n;
-                st.pending = st.pending.saturating_sub(n);
+                seg.acked_readings = (seg.acked_readings + n).min(seg.readings);
             }
         }
         if let (Some(live), Some(to)) = (reader.live.as_mut(), taken.live_to) {
@@ -878,11 +894,6 @@ impl DiskBuffer {
         let mut removed = false;
         while st.segments.len() > 1 && st.segments[0].end() <= st.head {
             let seg = st.segments.pop_front().expect("checked");
-            st.bytes -= seg.bytes;
-            // Records skipped as unreadable were never acknowledged one by one.
-            st.pending = st
-                .pending
-                .saturating_sub(seg.readings - seg.acked_readings.min(seg.readings));
             removed = true;
             if let Err(e) = std::fs::remove_file(segment_path(&self.dir, seg.first)) {
                 tracing::error!(error = %e, "removing a delivered disk buffer segment failed");

@@ -81,6 +81,23 @@ fn never() -> bool {
     false
 }
 
+/// Appends `records` records of `per` readings each, numbered on from 0.
+fn fill(b: &DiskBuffer, records: i64, per: i64) {
+    for i in 0..records {
+        b.append(&[&batch(i * per, per)], per as usize, &never)
+            .unwrap();
+    }
+}
+
+/// The (first) segment file in `dir`.
+fn segment_file(dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap()
+}
+
 #[test]
 fn delivers_batches_in_order_and_forgets_them_once_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,9 +123,7 @@ fn delivers_batches_in_order_and_forgets_them_once_acknowledged() {
 fn unacknowledged_records_come_back_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(dir.path());
-    for i in 0..10 {
-        b.append(&[&batch(i * 10, 10)], 10, &never).unwrap();
-    }
+    fill(&b, 10, 10);
     let mut reader = b.reader();
     for _ in 0..3 {
         let t = b.take(&mut reader, 10, NOW, NOW).unwrap();
@@ -130,11 +145,7 @@ fn a_torn_tail_is_cut_off_and_counted_and_the_buffer_goes_on() {
         b.append(&[&batch(i * 4, 4)], 10, &never).unwrap();
     }
     drop(b);
-    let seg = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "seg"))
-        .unwrap();
+    let seg = segment_file(dir.path());
     let len = std::fs::metadata(&seg).unwrap().len();
     // A power cut in the middle of the third record.
     let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
@@ -165,11 +176,7 @@ fn a_flipped_bit_is_detected_and_garbage_files_do_not_stop_the_start() {
     b.append(&[&batch(0, 4)], 10, &never).unwrap();
     b.append(&[&batch(4, 4)], 10, &never).unwrap();
     drop(b);
-    let seg = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "seg"))
-        .unwrap();
+    let seg = segment_file(dir.path());
     let mut bytes = std::fs::read(&seg).unwrap();
     let last = bytes.len() - 3;
     bytes[last] ^= 0x10;
@@ -256,9 +263,7 @@ fn a_blocked_writer_gives_up_when_told_to_stop() {
 fn a_backlog_goes_out_oldest_first_with_new_readings_beside_it() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(dir.path());
-    for i in 0..50 {
-        b.append(&[&batch(i * 10, 10)], 10, &never).unwrap();
-    }
+    fill(&b, 50, 10);
     let mut reader = b.reader();
     let t = b.take(&mut reader, 40, NOW, NOW).unwrap();
     assert_eq!(values(&t), (0..40).collect::<Vec<_>>());
@@ -288,9 +293,7 @@ fn a_backlog_goes_out_oldest_first_with_new_readings_beside_it() {
 fn backlog_and_live_lanes_merge_once_the_backlog_is_sent() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(dir.path());
-    for i in 0..20 {
-        b.append(&[&batch(i * 10, 10)], 10, &never).unwrap();
-    }
+    fill(&b, 20, 10);
     let mut reader = b.reader();
     let mut got = Vec::new();
     let mut live = 10_000;

@@ -36,16 +36,22 @@ pub struct SinkRunner {
     pub restart_backoff: Duration,
     /// Longest restart delay.
     pub restart_backoff_max: Duration,
-    /// The queue.
-    pub rx: Receiver<Envelope>,
+    /// Where the sink's batches come from.
+    pub input: SinkInput,
     /// Set when the sink should finish what is queued and stop.
     pub drain: Arc<AtomicBool>,
     /// Set when the shutdown deadline passed: give up at once.
     pub abort: Arc<AtomicBool>,
     /// Counters.
     pub stats: Arc<SinkStats>,
-    /// The disk buffer the sink reads from, if it has one (its writer thread fills it from `rx`).
-    pub buffer: Option<BufferedInput>,
+}
+
+/// Where a sink thread takes its batches from.
+pub enum SinkInput {
+    /// Straight from its queue.
+    Queue(Receiver<Envelope>),
+    /// From its disk buffer (a [`BufferWriter`] fills it from the queue).
+    Buffer(BufferedInput),
 }
 
 /// A sink's disk buffer, as the sink thread sees it.
@@ -86,11 +92,10 @@ impl SinkRunner {
             settings,
             restart_backoff,
             restart_backoff_max,
-            rx,
+            input,
             drain,
             abort,
             stats,
-            buffer,
         } = self;
         let mut w = Worker {
             name,
@@ -105,13 +110,15 @@ impl SinkRunner {
             give_up: None,
         };
         tracing::info!("sink running");
-        if let Some(input) = buffer {
-            drop(rx);
-            w.give_up = Some(drain.clone());
-            w.run_buffered(&input, &drain);
-            w.close();
-            return;
-        }
+        let rx = match input {
+            SinkInput::Queue(rx) => rx,
+            SinkInput::Buffer(input) => {
+                w.give_up = Some(drain.clone());
+                w.run_buffered(&input, &drain);
+                w.close();
+                return;
+            }
+        };
         let mut carry: Option<Envelope> = None;
         let mut scratch: Vec<Reading> = Vec::new();
         loop {

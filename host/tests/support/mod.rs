@@ -91,15 +91,15 @@ impl Setup {
     }
     /// Writes `gateway.toml` with `[gateway]` pointing at the plugin dir, then `body`.
     pub fn config(&self, gateway_extra: &str, body: &str) -> PathBuf {
-        let text = format!(
-            "[gateway]\ndevice = \"test\"\nplugin_dir = {:?}\nstats_interval = \"0s\"\n{gateway_extra}\n{body}",
-            plugin_dir().display().to_string()
-        );
-        let p = self.path("gateway.toml");
-        std::fs::write(&p, text).unwrap();
-        p
+        self.config_named(
+            "gateway",
+            "test",
+            &format!("stats_interval = \"0s\"\n{gateway_extra}"),
+            body,
+        )
     }
-    /// Writes `NAME.toml` like [`Setup::config`], for device `device`.
+    /// Writes `NAME.toml`: `[gateway]` for device `device` with the plugin dir, then
+    /// `gateway_extra` and `body`.
     pub fn config_named(
         &self,
         name: &str,
@@ -162,32 +162,28 @@ impl Running {
     pub fn start(setup: &Setup, config: &Path, extra: &[&str]) -> Running {
         let stdout = setup.path("stdout.log");
         let stderr = setup.path("stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .args(extra)
-            .env_remove("GATEWAY_LOG")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        Running {
-            child,
-            stdout,
-            stderr,
-        }
+        Self::spawn(config, extra, stdout, stderr, false)
     }
     /// Starts `gateway run` with its output appended to `NAME.stdout.log` and `NAME.stderr.log`
     /// (so a restarted process adds to the same logs).
     pub fn start_named(setup: &Setup, name: &str, config: &Path) -> Running {
         let stdout = setup.path(&format!("{name}.stdout.log"));
         let stderr = setup.path(&format!("{name}.stderr.log"));
-        let append = |p: &Path| {
+        Self::spawn(config, &[], stdout, stderr, true)
+    }
+    fn spawn(
+        config: &Path,
+        extra: &[&str],
+        stdout: PathBuf,
+        stderr: PathBuf,
+        append: bool,
+    ) -> Running {
+        let open = |p: &Path| {
             std::fs::OpenOptions::new()
                 .create(true)
-                .append(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
                 .open(p)
                 .unwrap()
         };
@@ -195,10 +191,11 @@ impl Running {
             .arg("run")
             .arg("--config")
             .arg(config)
+            .args(extra)
             .env_remove("GATEWAY_LOG")
             .stdin(Stdio::null())
-            .stdout(append(&stdout))
-            .stderr(append(&stderr))
+            .stdout(open(&stdout))
+            .stderr(open(&stderr))
             .spawn()
             .unwrap();
         Running {

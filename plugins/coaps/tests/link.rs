@@ -2,77 +2,23 @@
 //! exactly-once delivery through a lossy relay, refusals that say why, both encodings.
 
 mod common;
+#[path = "../../../tests/support/lossy_relay.rs"]
+mod lossy_relay;
 use coaps::{Ingress, Uplink};
 use common::{certs, free_port, ingress_config, uplink_config};
 use gateway_sdk::{
     testing::{run_source, sample_readings, SinkHarness},
     ErrorKind, Reading, ReadingId,
 };
+use lossy_relay::lossy_relay;
 use std::{
     collections::HashSet,
-    net::UdpSocket,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
-
-/// A UDP relay that drops, duplicates and delays (so reorders) datagrams both ways.
-fn lossy_relay(server_port: u16, loss: f64, dup: f64, stop: Arc<AtomicBool>) -> u16 {
-    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = front.local_addr().unwrap().port();
-    let back = UdpSocket::bind("127.0.0.1:0").unwrap();
-    back.connect(("127.0.0.1", server_port)).unwrap();
-    front
-        .set_read_timeout(Some(Duration::from_millis(5)))
-        .unwrap();
-    back.set_read_timeout(Some(Duration::from_millis(5)))
-        .unwrap();
-    std::thread::spawn(move || {
-        let mut rng = 0x1234_5678_9abc_def1u64;
-        let mut chance = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % 10_000) as f64 / 10_000.0
-        };
-        let mut client = None;
-        let mut later: Vec<(Instant, bool, Vec<u8>)> = Vec::new();
-        let mut buf = [0u8; 65536];
-        while !stop.load(Ordering::SeqCst) {
-            let mut got: Vec<(bool, Vec<u8>)> = Vec::new();
-            if let Ok((n, from)) = front.recv_from(&mut buf) {
-                client = Some(from);
-                got.push((true, buf[..n].to_vec()));
-            }
-            if let Ok(n) = back.recv(&mut buf) {
-                got.push((false, buf[..n].to_vec()));
-            }
-            for (to_server, d) in got {
-                if chance() < loss {
-                    continue;
-                }
-                let copies = if chance() < dup { 2 } else { 1 };
-                for _ in 0..copies {
-                    let delay = Duration::from_millis((chance() * 30.0) as u64);
-                    later.push((Instant::now() + delay, to_server, d.clone()));
-                }
-            }
-            let now = Instant::now();
-            later.sort_by_key(|l| l.0);
-            while later.first().is_some_and(|l| l.0 <= now) {
-                let (_, to_server, d) = later.remove(0);
-                if to_server {
-                    let _ = back.send(&d);
-                } else if let Some(c) = client {
-                    let _ = front.send_to(&d, c);
-                }
-            }
-        }
-    });
-    port
-}
 
 fn ingress_thread(cfg: String, n: usize) -> std::thread::JoinHandle<Vec<Reading>> {
     std::thread::spawn(move || {
@@ -109,7 +55,14 @@ fn every_reading_arrives_exactly_once_through_a_lossy_relay() {
     let relay = if std::env::var("RELAY_OFF").is_ok() {
         port
     } else {
-        lossy_relay(port, loss, dup, stop.clone())
+        lossy_relay(
+            port,
+            loss,
+            dup,
+            Duration::from_millis(30),
+            stop.clone(),
+            Default::default(),
+        )
     };
     let (batches, per_batch) = (30, 20);
     let ingress = ingress_thread(ingress_config(dir.path(), port, ""), batches * per_batch);
