@@ -206,6 +206,7 @@ fn every_reading_reaches_mysql_exactly_once_through_kills_restarts_a_db_outage_a
         loss,
         dup,
         Duration::from_millis(20),
+        0x2545_f491_4f6c_dd1d,
         stop_relay.clone(),
         relay.clone(),
     );

@@ -23,7 +23,8 @@ pub struct RelayCounts {
 }
 
 /// A UDP relay in front of `server_port` that drops (`loss`), duplicates (`dup`) and delays by
-/// up to `max_delay` (so reorders) datagrams both ways; returns the port it listens on.
+/// up to `max_delay` (so reorders) datagrams both ways, choosing with a xorshift generator seeded
+/// with `seed` (a run's pattern of losses is repeatable); returns the port it listens on.
 /// It talks to the server from one socket whatever the client's port, so a restarted client
 /// looks to the server like a rebooted Pi on its old address.
 pub fn lossy_relay(
@@ -31,6 +32,7 @@ pub fn lossy_relay(
     loss: f64,
     dup: f64,
     max_delay: Duration,
+    seed: u64,
     stop: Arc<AtomicBool>,
     counts: Arc<RelayCounts>,
 ) -> u16 {
@@ -44,7 +46,7 @@ pub fn lossy_relay(
     back.set_read_timeout(Some(Duration::from_millis(2)))
         .unwrap();
     std::thread::spawn(move || {
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = seed;
         let mut chance = move || {
             rng ^= rng << 13;
             rng ^= rng >> 7;

@@ -60,6 +60,7 @@ fn every_reading_arrives_exactly_once_through_a_lossy_relay() {
             loss,
             dup,
             Duration::from_millis(30),
+            0x1234_5678_9abc_def1,
             stop.clone(),
             Default::default(),
         )
