@@ -4,7 +4,10 @@
 //!   extra arguments go to `gateway run`.
 //! - `bench`: build in release mode and print the benchmark figures (pipeline throughput,
 //!   idle resident memory, stripped sizes).
-//! - `dist`: build in release mode and list the stripped binary and plugins.
+//! - `dist [--target TRIPLE]`: the build for the Pi (static, trimmed OpenSSL; see `dist.rs`)
+//!   in `target/dist/gateway-TRIPLE/`, and its sizes.
+
+mod dist;
 
 use anyhow::{bail, Context, Result};
 use std::{
@@ -86,12 +89,19 @@ fn main() -> Result<()> {
             end_to_end(&dir.join("gateway"))
         }
         Some("dist") => {
-            let dir = build(true)?;
-            sizes(&dir)
+            let target = match &args[1..] {
+                [] => None,
+                [flag, t] if flag == "--target" => Some(t.as_str()),
+                _ => bail!("usage: cargo xtask dist [--target TRIPLE]"),
+            };
+            let dir = dist::dist(target)?;
+            sizes(&dir)?;
+            println!("copy {} to the Pi (say to /opt/gateway/)", dir.display());
+            Ok(())
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | bench | bench-e2e | soak [N] | dist"
+                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | bench | bench-e2e | soak [N] | dist [--target TRIPLE]"
             );
             std::process::exit(2);
         }
@@ -212,10 +222,14 @@ fn bench() -> Result<()> {
     resident(&gateway, "bench/sensors.toml", 5)?;
 
     ensure_certs(&dir)?;
+    let pi = dist::dist(None)?;
     println!("== resident memory: the Pi side (bench/pi-client.toml: both sensors and coaps-uplink, sending)");
     let server = start(&gateway, "bench/pi-server.toml", &[])?;
     std::thread::sleep(Duration::from_millis(500));
-    let r = resident(&gateway, "bench/pi-client.toml", 6);
+    println!("   the distribution build (`cargo xtask dist`: static, trimmed OpenSSL):");
+    let r = resident(&pi.join("gateway"), "bench/pi-client.toml", 6);
+    println!("   the development build (the system's shared OpenSSL):");
+    let r = r.and_then(|_| resident(&gateway, "bench/pi-client.toml", 6));
     let _ = stop(server);
     r?;
 
@@ -244,7 +258,8 @@ fn bench() -> Result<()> {
     example("gateway-plugin-ds18b20", "probes_bench", &[], &[])?;
     println!("== ublox7: NMEA decoding");
     example("gateway-plugin-ublox7", "nmea_bench", &[], &[])?;
-    sizes(&dir)
+    sizes(&dir)?;
+    sizes(&pi)
 }
 
 /// Runs a query with the `mysql` client against the machine's MariaDB; the trimmed output.
@@ -435,15 +450,7 @@ fn resident(gateway: &Path, config: &str, secs: u64) -> Result<()> {
 fn sizes(dir: &Path) -> Result<()> {
     println!("== stripped release sizes ({})", dir.display());
     let mut total = 0;
-    for name in [
-        "gateway",
-        "gateway-certs",
-        "libconsole.so",
-        "libexample.so",
-        "libds18b20.so",
-        "libublox7.so",
-        "libcoaps.so",
-    ] {
+    for name in dist::FILES {
         let len = std::fs::metadata(dir.join(name))
             .with_context(|| format!("{name} missing"))?
             .len();

@@ -214,7 +214,7 @@ impl Link {
 
 async fn connect(
     opts: &ClientOptions,
-    connector: &openssl::ssl::SslConnector,
+    connector: &openssl::ssl::SslContext,
 ) -> Result<Link, RequestError> {
     let socket = UdpSocket::bind(opts.bind)
         .await
@@ -235,7 +235,7 @@ async fn connect(
 
 async fn client_loop(
     opts: ClientOptions,
-    connector: openssl::ssl::SslConnector,
+    connector: openssl::ssl::SslContext,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
 ) {
     let mut endpoint: Endpoint<()> = Endpoint::new(opts.coap.clone(), rng());

@@ -15,10 +15,10 @@ use openssl::{
     pkey::PKey,
     sign::Signer,
     ssl::{
-        ErrorCode, Ssl, SslConnector, SslContext, SslContextBuilder, SslFiletype, SslMethod,
-        SslOptions, SslRef, SslStream, SslVerifyMode,
+        ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
+        SslRef, SslStream, SslVerifyMode,
     },
-    x509::X509VerifyResult,
+    x509::{verify::X509CheckFlags, X509VerifyResult},
 };
 use std::{
     collections::{HashMap, VecDeque},
@@ -204,11 +204,17 @@ fn load_identity(
         .map_err(|e| cfg_err("the key does not match the certificate", e))
 }
 
-/// Builds the client context.
-pub fn client_context(s: &ClientSettings) -> Result<SslConnector, DtlsError> {
-    let mut b = SslConnector::builder(SslMethod::dtls())
+/// Builds the client context. With `ca_file`, the server's chain is checked against that CA
+/// alone: the system's trust store is not loaded (a publicly trusted certificate for the server's
+/// name must not pass for the private CA's server, and the store would cost about 0.5 MB of heap
+/// on the Pi). Without `ca_file` and without PSK, the system's default trust store is used.
+pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
+    let mut b = SslContextBuilder::new(SslMethod::dtls())
         .map_err(|e| cfg_err("cannot create a DTLS context", e))?;
-    b.set_options(SslOptions::NO_QUERY_MTU);
+    b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_COMPRESSION);
+    // Idle sessions give their record buffers back.
+    b.set_mode(SslMode::RELEASE_BUFFERS);
+    b.set_verify(SslVerifyMode::PEER);
     let ciphers = match (&s.psk, s.ciphers.is_empty()) {
         (_, false) => s.ciphers.clone(),
         (Some(_), true) => DEFAULT_PSK_CIPHERS.to_owned(),
@@ -219,6 +225,9 @@ pub fn client_context(s: &ClientSettings) -> Result<SslConnector, DtlsError> {
     if let Some(ca) = &s.ca_file {
         b.set_ca_file(ca)
             .map_err(|e| cfg_err(&format!("CA file {}", ca.display()), e))?;
+    } else if s.psk.is_none() {
+        b.set_default_verify_paths()
+            .map_err(|e| cfg_err("the system's trust store", e))?;
     }
     if let Some((cert, key)) = &s.cert {
         load_identity(&mut b, cert, key)?;
@@ -337,19 +346,28 @@ fn other(e: impl std::fmt::Display) -> DtlsError {
 }
 
 impl Session {
-    /// A client session to `host` (name or IP, checked against the server's certificate).
+    /// A client session to `host` (name or IP, checked against the server's certificate
+    /// unless `verify_host` is off; a name is also sent as SNI).
     pub fn client(
-        connector: &SslConnector,
+        ctx: &SslContext,
         host: &str,
         mtu: u32,
         verify_host: bool,
     ) -> Result<Session, DtlsError> {
-        let mut cfg = connector.configure().map_err(other)?;
-        if !verify_host {
-            cfg.set_verify_hostname(false);
-            cfg.set_use_server_name_indication(false);
+        let mut ssl = Ssl::new(ctx).map_err(other)?;
+        let ip = host.parse::<std::net::IpAddr>().ok();
+        if verify_host {
+            if ip.is_none() {
+                ssl.set_hostname(host).map_err(other)?;
+            }
+            let param = ssl.param_mut();
+            param.set_hostflags(X509CheckFlags::NO_PARTIAL_WILDCARDS);
+            match ip {
+                Some(ip) => param.set_ip(ip),
+                None => param.set_host(host),
+            }
+            .map_err(other)?;
         }
-        let mut ssl = cfg.into_ssl(host).map_err(other)?;
         ssl.set_connect_state();
         ssl.set_mtu(mtu.max(256)).map_err(other)?;
         let stream = SslStream::new(ssl, Datagrams::default()).map_err(other)?;

@@ -441,3 +441,23 @@ fn the_ccm_8_suites_of_rfc_7252_are_available_by_configuration() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn with_a_ca_file_the_client_trusts_that_ca_alone() {
+    // Not the system's trust store besides: a publicly trusted certificate for the server's
+    // name must not pass for the private CA's server.
+    let pki = Pki::new();
+    let settings = ClientSettings {
+        ca_file: Some(pki.path("ca.pem")),
+        ..Default::default()
+    };
+    let ctx = gateway_coap::dtls::client_context(&settings).unwrap();
+    let names: Vec<String> = ctx
+        .cert_store()
+        .all_certificates()
+        .iter()
+        .map(|c| format!("{:?}", c.subject_name()))
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].contains("Test CA"), "{names:?}");
+}

@@ -162,16 +162,37 @@ impl Running {
     pub fn start(setup: &Setup, config: &Path, extra: &[&str]) -> Running {
         let stdout = setup.path("stdout.log");
         let stderr = setup.path("stderr.log");
-        Self::spawn(config, extra, stdout, stderr, false)
+        Self::spawn(
+            Path::new(env!("CARGO_BIN_EXE_gateway")),
+            config,
+            extra,
+            stdout,
+            stderr,
+            false,
+        )
+    }
+    /// Starts another build's `gateway` binary (with the plugins next to it).
+    pub fn start_bin(bin: &Path, setup: &Setup, config: &Path) -> Running {
+        let stdout = setup.path("stdout.log");
+        let stderr = setup.path("stderr.log");
+        Self::spawn(bin, config, &[], stdout, stderr, false)
     }
     /// Starts `gateway run` with its output appended to `NAME.stdout.log` and `NAME.stderr.log`
     /// (so a restarted process adds to the same logs).
     pub fn start_named(setup: &Setup, name: &str, config: &Path) -> Running {
         let stdout = setup.path(&format!("{name}.stdout.log"));
         let stderr = setup.path(&format!("{name}.stderr.log"));
-        Self::spawn(config, &[], stdout, stderr, true)
+        Self::spawn(
+            Path::new(env!("CARGO_BIN_EXE_gateway")),
+            config,
+            &[],
+            stdout,
+            stderr,
+            true,
+        )
     }
     fn spawn(
+        bin: &Path,
         config: &Path,
         extra: &[&str],
         stdout: PathBuf,
@@ -187,7 +208,7 @@ impl Running {
                 .open(p)
                 .unwrap()
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        let child = Command::new(bin)
             .arg("run")
             .arg("--config")
             .arg(config)

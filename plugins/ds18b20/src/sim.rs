@@ -60,7 +60,7 @@ pub fn start(root: &Path, n: u32, every: Duration) -> std::io::Result<Simulator>
             while !flag.load(Ordering::SeqCst) {
                 let t = started.elapsed().as_secs_f64();
                 for (i, d) in dirs.iter().enumerate() {
-                    let base = 18.0 + 2.5 * i as f64 + 3.0 * (t / 90.0 + i as f64).sin();
+                    let base = 18.0 + 2.5 * i as f64 + 3.0 * wave(t / 90.0 + i as f64);
                     let noise = (next() % 5) as f64 * 0.0625 - 0.125;
                     let text = match next() % 100 {
                         0..=2 => format_scratchpad([0xff; 9], false).replacen("ff t=", "ff t=", 1),
@@ -83,4 +83,30 @@ pub fn start(root: &Path, n: u32, every: Duration) -> std::io::Result<Simulator>
         })?;
     tracing::info!(probes = n, root = %root.display(), "simulating DS18B20 probes (demo mode)");
     Ok(Simulator { stop })
+}
+
+/// A smooth wave in [-1, 1] with period 2π, close to `sin` (Bhaskara I's approximation, within
+/// 0.002). The simulator needs no more, and using it keeps libm out of the plugin: `f64::sin`
+/// would make every process that loads the library map libm (about 0.6 MB resident).
+fn wave(x: f64) -> f64 {
+    use std::f64::consts::PI;
+    // No `%` or `floor`: both are libm calls on some targets.
+    let tau = 2.0 * PI;
+    let mut r = x - (x / tau) as i64 as f64 * tau;
+    if r < 0.0 {
+        r += tau;
+    }
+    let (y, sign) = if r < PI { (r, 1.0) } else { (r - PI, -1.0) };
+    sign * 16.0 * y * (PI - y) / (5.0 * PI * PI - 4.0 * y * (PI - y))
+}
+
+#[cfg(test)]
+mod wave_tests {
+    #[test]
+    fn wave_follows_sin() {
+        for k in -2000..2000 {
+            let x = k as f64 * 0.01;
+            assert!((super::wave(x) - x.sin()).abs() < 0.002, "x = {x}");
+        }
+    }
 }

@@ -1,0 +1,152 @@
+//! The distribution build for the Pi (`cargo xtask dist`): OpenSSL linked statically and trimmed
+//! to what the gateway uses. The test builds it (the first time, OpenSSL takes a few minutes)
+//! and runs the whole chain with it, sensors to uplink over DTLS to ingress to console, in one
+//! process, as the quick start does.
+
+mod support;
+use std::{path::PathBuf, process::Command, time::Duration};
+use support::*;
+
+/// Runs `cargo xtask dist` and returns the directory it names.
+fn build_dist() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(workspace())
+        .args(["xtask", "dist"])
+        .output()
+        .expect("run cargo xtask dist");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "cargo xtask dist failed:\n{stdout}\n{stderr}"
+    );
+    let dir = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("copy ")?.split(" to the Pi").next())
+        .unwrap_or_else(|| panic!("no directory named:\n{stdout}"));
+    PathBuf::from(dir)
+}
+
+fn needed_libraries(file: &std::path::Path) -> Vec<String> {
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(file)
+        .output()
+        .expect("run readelf");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| Some(l.split('[').nth(1)?.trim_end_matches(']').to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_distribution_build_links_openssl_statically_and_runs_the_whole_chain_over_dtls() {
+    let dist = build_dist();
+    for file in ["libcoaps.so", "gateway-certs"] {
+        let needed = needed_libraries(&dist.join(file));
+        assert!(
+            !needed.is_empty(),
+            "{file}: readelf found no NEEDED entries"
+        );
+        assert!(
+            needed
+                .iter()
+                .all(|l| !l.starts_with("libssl") && !l.starts_with("libcrypto")),
+            "{file} must not load the system's OpenSSL: {needed:?}"
+        );
+    }
+    // No plugin for the Pi needs libm either.
+    for file in ["gateway", "libds18b20.so", "libublox7.so", "libcoaps.so"] {
+        let needed = needed_libraries(&dist.join(file));
+        assert!(
+            !needed.iter().any(|l| l.starts_with("libm.")),
+            "{file}: {needed:?}"
+        );
+    }
+
+    let s = Setup::new();
+    let certs = s.path("certs");
+    let d = certs.to_str().unwrap();
+    for args in [
+        &["certs", "init", "--dir", d][..],
+        &["certs", "server", "--dir", d],
+        &["certs", "device", "pi-01", "--dir", d],
+    ] {
+        let out = Command::new(dist.join("gateway"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gateway {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gps_log = workspace().join("plugins/ublox7/tests/fixtures/gpsd-gr601-w.log");
+    let config = s.path("dist.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[gateway]
+device = "pi-01"
+stats_interval = "0s"
+
+[sources.temp]
+plugin = "ds18b20"
+root = "w1"
+simulate = 2
+interval = "500ms"
+
+[sources.gps]
+plugin = "ublox7"
+replay = {gps_log:?}
+replay_loop = true
+
+[sinks.uplink]
+plugin = "coaps-uplink"
+inputs = ["temp", "gps"]
+uri = "coaps://localhost:{port}/gpsflowtemp"
+ca_file = "certs/ca.pem"
+cert_file = "certs/device-pi-01.pem"
+key_file = "certs/device-pi-01.key"
+batch_timeout = "100ms"
+
+[sources.ingress]
+plugin = "coaps-ingress"
+listen = "127.0.0.1:{port}"
+cert_file = "certs/server.pem"
+key_file = "certs/server.key"
+client_ca_file = "certs/ca.pem"
+require_client_cert = true
+
+[sinks.console]
+plugin = "console"
+inputs = ["ingress"]
+"#
+        ),
+    )
+    .unwrap();
+    let mut gw = Running::start_bin(&dist.join("gateway"), &s, &config);
+    let arrived = gw.wait_for_log("DTLS session established", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(3));
+    let status = gw.stop(Duration::from_secs(10));
+    let (out, err) = (gw.stdout(), gw.stderr());
+    assert!(arrived && status.success(), "{err}");
+    assert!(err.contains("identity=Some(\"pi-01\")"), "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("pi-01/28-") && l.contains(" temperature=")),
+        "temperatures arrived over DTLS:\n{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.contains("pi-01/gps latitude=")),
+        "positions arrived over DTLS:\n{out}"
+    );
+}
