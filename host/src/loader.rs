@@ -197,7 +197,7 @@ impl Catalog {
     }
 
     /// The files a plugin id is expected in, in order: `libID.so` with `-` written `_`, then
-    /// the library named after the id's first part (`libcoaps.so` for `coaps-uplink`), which is
+    /// the library named after the id's first part (`libacme.so` for `acme-uplink`), which is
     /// how a library exporting several plugins is found without loading every other one.
     pub fn conventional_paths(&self, id: &str) -> Vec<PathBuf> {
         let lib = |stem: &str| {

@@ -44,7 +44,7 @@ fn needed_libraries(file: &std::path::Path) -> Vec<String> {
 #[test]
 fn the_distribution_build_links_openssl_statically_and_runs_the_whole_chain_over_dtls() {
     let dist = build_dist();
-    for file in ["libcoaps.so", "gateway-certs"] {
+    for file in ["libcoaps_uplink.so", "libcoaps_ingress.so", "gateway-certs"] {
         let needed = needed_libraries(&dist.join(file));
         assert!(
             !needed.is_empty(),
@@ -58,7 +58,12 @@ fn the_distribution_build_links_openssl_statically_and_runs_the_whole_chain_over
         );
     }
     // No plugin for the Pi needs libm either.
-    for file in ["gateway", "libds18b20.so", "libublox7.so", "libcoaps.so"] {
+    for file in [
+        "gateway",
+        "libds18b20.so",
+        "libublox7.so",
+        "libcoaps_uplink.so",
+    ] {
         let needed = needed_libraries(&dist.join(file));
         assert!(
             !needed.iter().any(|l| l.starts_with("libm.")),

@@ -1,4 +1,4 @@
-//! The secure link through the real host and the real `libcoaps.so`: a sequence source into
+//! The secure link through the real host and the real `libcoaps_uplink.so` and `libcoaps_ingress.so`: a sequence source into
 //! coaps-uplink, over DTLS on loopback, into coaps-ingress, into a recorder sink that fails for
 //! several seconds. The uplink's request times out and it sends the batch again; the ingress
 //! answers 5.03 while the first copy is still being stored, then 2.04. Every reading arrives,

@@ -196,7 +196,8 @@ pub const FILES: &[&str] = &[
     "libexample.so",
     "libds18b20.so",
     "libublox7.so",
-    "libcoaps.so",
+    "libcoaps_uplink.so",
+    "libcoaps_ingress.so",
     "libsqlite.so",
     "libmysql.so",
 ];
@@ -220,6 +221,8 @@ pub fn dist(target: Option<&str>) -> Result<PathBuf> {
     run(c)?;
     let built = target_dir.join(&triple).join("release");
     let out = target_dir.join(format!("gateway-{triple}"));
+    // Afresh, so that nothing of an earlier layout is left to be loaded.
+    let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
     for name in FILES {
         copy(&built.join(name), &out.join(name))?;

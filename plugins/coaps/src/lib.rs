@@ -1,4 +1,5 @@
-//! `coaps`: the secure link between a Pi and the server, as two plugins of one library.
+//! `coaps`: the secure link between a Pi and the server, as two plugins. Each is exported by a
+//! library of its own (`uplink/` builds `libcoaps_uplink.so`, `ingress/` `libcoaps_ingress.so`).
 //! `coaps-uplink` (a sink, on the Pi) POSTs each batch as SenML over CoAP/DTLS 1.2 and returns
 //! only after the server answered 2.xx; `coaps-ingress` (a source, on the server) takes those
 //! POSTs and answers 2.04 only once every sink it feeds stored them. I/O: UDP sockets, on a
@@ -10,5 +11,3 @@ mod uplink;
 
 pub use ingress::Ingress;
 pub use uplink::Uplink;
-
-gateway_sdk::export!(sources: [Ingress], sinks: [Uplink]);

@@ -1,0 +1,5 @@
+//! `libcoaps_uplink.so`: the `coaps-uplink` sink alone (the code is in `plugins/coaps`). One library
+//! per end of the link, so that a process loads only its own end: the Pi does not map the
+//! server's half, nor the server the Pi's.
+
+gateway_sdk::export!(sinks: [coaps::Uplink]);
