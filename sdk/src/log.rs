@@ -9,13 +9,18 @@
 
 use crate::abi::{HostLogBox, LogRecord};
 use abi_stable::std_types::RStr;
-use std::{fmt::Write as _, sync::OnceLock};
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    fmt::Write as _,
+    sync::{Mutex, OnceLock},
+};
 use tracing::{
     field::{Field, Visit},
-    span, Event, Level, Subscriber,
-};
-use tracing_subscriber::{
-    filter::LevelFilter, layer::Context, prelude::*, registry::LookupSpan, Layer,
+    level_filters::LevelFilter,
+    span,
+    subscriber::Interest,
+    Event, Level, Metadata, Subscriber,
 };
 
 static HOST: OnceLock<HostLogBox> = OnceLock::new();
@@ -33,17 +38,182 @@ pub(crate) fn init(host: HostLogBox) {
     if HOST.set(host).is_err() {
         return;
     }
-    let subscriber = tracing_subscriber::registry().with(Forward.with_filter(max));
+    let subscriber = Forward {
+        max,
+        spans: Mutex::new(Spans::default()),
+    };
     let _ = tracing::subscriber::set_global_default(subscriber);
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(target: "panic", "{info}");
     }));
 }
 
-/// The name of the instance a span belongs to, kept in the span's extensions.
-struct InstanceName(String);
+/// A subscriber that keeps, for each live span, only the instance it belongs to (its own
+/// `instance` field or its parent's), and passes each event to the host. Smaller than
+/// `tracing-subscriber`'s registry, which every plugin library would otherwise carry (its code
+/// and a 32 KB slab each).
+struct Forward {
+    max: LevelFilter,
+    spans: Mutex<Spans>,
+}
 
-struct Forward;
+#[derive(Default)]
+struct Spans {
+    last: u64,
+    live: HashMap<u64, SpanData>,
+}
+
+struct SpanData {
+    instance: Option<String>,
+    meta: &'static Metadata<'static>,
+    refs: usize,
+}
+
+thread_local! {
+    /// The spans entered on this thread, innermost last.
+    static ENTERED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+fn entered() -> Option<u64> {
+    ENTERED.with(|e| e.borrow().last().copied())
+}
+
+impl Forward {
+    fn spans(&self) -> std::sync::MutexGuard<'_, Spans> {
+        self.spans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn instance_of(&self, span: Option<u64>) -> String {
+        span.and_then(|id| self.spans().live.get(&id)?.instance.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Subscriber for Forward {
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        if self.enabled(meta) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn enabled(&self, meta: &Metadata<'_>) -> bool {
+        self.max >= *meta.level()
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.max)
+    }
+
+    fn new_span(&self, attrs: &span::Attributes<'_>) -> span::Id {
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        let parent = if let Some(p) = attrs.parent() {
+            Some(p.into_u64())
+        } else if attrs.is_contextual() {
+            entered()
+        } else {
+            None
+        };
+        let mut spans = self.spans();
+        let instance = fields
+            .instance
+            .or_else(|| parent.and_then(|p| spans.live.get(&p)?.instance.clone()));
+        spans.last += 1;
+        let id = spans.last;
+        spans.live.insert(
+            id,
+            SpanData {
+                instance,
+                meta: attrs.metadata(),
+                refs: 1,
+            },
+        );
+        span::Id::from_u64(id)
+    }
+
+    fn record(&self, span: &span::Id, values: &span::Record<'_>) {
+        let mut fields = Fields::default();
+        values.record(&mut fields);
+        if let Some(name) = fields.instance {
+            if let Some(data) = self.spans().live.get_mut(&span.into_u64()) {
+                data.instance = Some(name);
+            }
+        }
+    }
+
+    fn record_follows_from(&self, _span: &span::Id, _follows: &span::Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let Some(host) = HOST.get() else { return };
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let span = if let Some(p) = event.parent() {
+            Some(p.into_u64())
+        } else if event.is_contextual() {
+            entered()
+        } else {
+            None
+        };
+        let instance = self.instance_of(span);
+        let mut message = fields.message;
+        message.push_str(&fields.rest);
+        let meta = event.metadata();
+        host.log(LogRecord {
+            level: level_number(meta.level()),
+            instance: RStr::from_str(&instance),
+            target: RStr::from_str(meta.target()),
+            message: RStr::from_str(&message),
+        });
+    }
+
+    fn enter(&self, span: &span::Id) {
+        ENTERED.with(|e| e.borrow_mut().push(span.into_u64()));
+    }
+
+    fn exit(&self, span: &span::Id) {
+        let id = span.into_u64();
+        ENTERED.with(|e| {
+            let mut e = e.borrow_mut();
+            if let Some(at) = e.iter().rposition(|x| *x == id) {
+                e.remove(at);
+            }
+        });
+    }
+
+    fn clone_span(&self, span: &span::Id) -> span::Id {
+        if let Some(data) = self.spans().live.get_mut(&span.into_u64()) {
+            data.refs += 1;
+        }
+        span.clone()
+    }
+
+    fn try_close(&self, span: span::Id) -> bool {
+        let mut spans = self.spans();
+        let id = span.into_u64();
+        match spans.live.get_mut(&id) {
+            Some(data) if data.refs > 1 => {
+                data.refs -= 1;
+                false
+            }
+            Some(_) => {
+                spans.live.remove(&id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn current_span(&self) -> tracing_core::span::Current {
+        match entered() {
+            Some(id) => match self.spans().live.get(&id) {
+                Some(data) => tracing_core::span::Current::new(span::Id::from_u64(id), data.meta),
+                None => tracing_core::span::Current::none(),
+            },
+            None => tracing_core::span::Current::none(),
+        }
+    }
+}
 
 #[derive(Default)]
 struct Fields {
@@ -82,44 +252,5 @@ fn level_number(level: &Level) -> u8 {
         Level::INFO => 3,
         Level::DEBUG => 4,
         Level::TRACE => 5,
-    }
-}
-
-impl<S> Layer<S> for Forward
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
-        let mut fields = Fields::default();
-        attrs.record(&mut fields);
-        if let (Some(name), Some(span)) = (fields.instance, ctx.span(id)) {
-            span.extensions_mut().insert(InstanceName(name));
-        }
-    }
-
-    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let Some(host) = HOST.get() else { return };
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        let instance = ctx
-            .event_scope(event)
-            .and_then(|scope| {
-                scope.from_root().fold(None, |found, span| {
-                    span.extensions()
-                        .get::<InstanceName>()
-                        .map(|n| n.0.clone())
-                        .or(found)
-                })
-            })
-            .unwrap_or_default();
-        let mut message = fields.message;
-        message.push_str(&fields.rest);
-        let meta = event.metadata();
-        host.log(LogRecord {
-            level: level_number(meta.level()),
-            instance: RStr::from_str(&instance),
-            target: RStr::from_str(meta.target()),
-            message: RStr::from_str(&message),
-        });
     }
 }
