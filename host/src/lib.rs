@@ -9,6 +9,7 @@ pub mod buffer;
 pub mod config;
 pub mod loader;
 pub mod logging;
+pub mod memory;
 pub mod pipeline;
 pub mod run;
 pub mod stats;

@@ -25,12 +25,7 @@ use abi_stable::{
 };
 
 /// The SDK version plugins are built against and the host compares.
-#[cfg(not(feature = "__test_incompatible_version"))]
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The SDK version plugins are built against and the host compares (here deliberately wrong,
-/// for the host's tests).
-#[cfg(feature = "__test_incompatible_version")]
-pub const SDK_VERSION: &str = "0.2.0";
 
 /// Whether a library built against SDK `plugin` may be loaded by a host built against SDK
 /// `host`: same major version, where for `0.y.z` the `y` counts as the major.

@@ -78,6 +78,16 @@ fn entered() -> Option<u64> {
     ENTERED.with(|e| e.borrow().last().copied())
 }
 
+/// The span a new span or an event belongs to: its explicit parent, else (unless it was made a
+/// root) the innermost span entered on this thread.
+fn parent(explicit: Option<&span::Id>, contextual: bool) -> Option<u64> {
+    match explicit {
+        Some(p) => Some(p.into_u64()),
+        None if contextual => entered(),
+        None => None,
+    }
+}
+
 impl Forward {
     fn spans(&self) -> std::sync::MutexGuard<'_, Spans> {
         self.spans.lock().unwrap_or_else(|e| e.into_inner())
@@ -108,13 +118,7 @@ impl Subscriber for Forward {
     fn new_span(&self, attrs: &span::Attributes<'_>) -> span::Id {
         let mut fields = Fields::default();
         attrs.record(&mut fields);
-        let parent = if let Some(p) = attrs.parent() {
-            Some(p.into_u64())
-        } else if attrs.is_contextual() {
-            entered()
-        } else {
-            None
-        };
+        let parent = parent(attrs.parent(), attrs.is_contextual());
         let mut spans = self.spans();
         let instance = fields
             .instance
@@ -148,14 +152,7 @@ impl Subscriber for Forward {
         let Some(host) = HOST.get() else { return };
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let span = if let Some(p) = event.parent() {
-            Some(p.into_u64())
-        } else if event.is_contextual() {
-            entered()
-        } else {
-            None
-        };
-        let instance = self.instance_of(span);
+        let instance = self.instance_of(parent(event.parent(), event.is_contextual()));
         let mut message = fields.message;
         message.push_str(&fields.rest);
         let meta = event.metadata();

@@ -781,9 +781,7 @@ impl DiskBuffer {
             if cur.seq >= limit {
                 return None;
             }
-            let Some(&(first, end)) = segments.iter().find(|(f, e)| *e > cur.seq && *f < *e) else {
-                return None;
-            };
+            let &(first, end) = segments.iter().find(|(f, e)| *e > cur.seq && *f < *e)?;
             if first > cur.seq {
                 cur.seq = first;
                 cur.open = None;

@@ -1,19 +1,51 @@
-//! A sink built against an SDK that claims version 0.2.0 (the sdk's `__test_incompatible_version`
-//! feature). The host's tests check that it is refused with both versions named.
+//! A plugin library as a future SDK 0.2 might build it: its root module claims SDK version 0.2.0
+//! (and has another layout). The host's tests check that it is refused, with both versions
+//! named, before anything in it is called.
+//!
+//! Written against `abi_stable` directly rather than through an SDK feature: a feature of the
+//! SDK would be unified into every crate of a workspace-wide build and make the host itself claim
+//! the other version.
 
-use gateway_sdk::{InitContext, PluginError, Reading, Sink};
+use abi_stable::{
+    declare_root_module_statics,
+    library::{CheckTypeLayout, LibHeader, RootModule, RootModuleResult},
+    prefix_type::PrefixTypeTrait,
+    sabi_types::VersionStrings,
+    std_types::RStr,
+    StableAbi,
+};
 
-/// Never built: the host refuses the library first.
-pub struct Incompatible;
-
-impl Sink for Incompatible {
-    const ID: &'static str = "incompatible";
-    fn new(_: &InitContext) -> Result<Self, PluginError> {
-        Ok(Incompatible)
-    }
-    fn write(&mut self, _: &[Reading]) -> Result<(), PluginError> {
-        Ok(())
-    }
+/// The root module of the "future" SDK.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = FutureLibraryRef)))]
+#[sabi(missing_field(panic))]
+pub struct FutureLibrary {
+    /// The SDK version the library was built against.
+    #[sabi(last_prefix_field)]
+    pub sdk_version: RStr<'static>,
 }
 
-gateway_sdk::export!(sinks: [Incompatible]);
+impl RootModule for FutureLibraryRef {
+    declare_root_module_statics! {FutureLibraryRef}
+    const BASE_NAME: &'static str = "gateway_plugin";
+    const NAME: &'static str = "gateway plugin";
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new("0.2.0");
+}
+
+fn root() -> FutureLibraryRef {
+    FutureLibrary {
+        sdk_version: RStr::from_str("0.2.0"),
+    }
+    .leak_into_prefix()
+}
+
+/// The header the host looks up, under the name `abi_stable`'s `#[export_root_module]` gives it.
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static _1as_0lib_1header_0root_bmodule_bloader: LibHeader = {
+    extern "C" fn erased() -> RootModuleResult {
+        abi_stable::library::__call_root_module_loader(root)
+    }
+    unsafe { LibHeader::from_constructor::<FutureLibraryRef>(erased, CheckTypeLayout::Yes) }
+};
