@@ -4,10 +4,12 @@
 //! about 4.7 MB resident (libcrypto and libssl, nearly all of it mapped in), more than everything
 //! else the gateway needs. The distribution links instead a static OpenSSL 3.5 (the LTS
 //! release, from the `openssl-src` crate pinned in Cargo.lock) configured with only what the
-//! link, `gateway certs` and the MySQL sink use: DTLS 1.2 and TLS 1.2/1.3, ECDHE (P-256, P-384,
-//! X25519), ECDSA and RSA certificates, AES-GCM, AES-CCM, ChaCha20-Poly1305, PSK. Everything
-//! else (legacy ciphers, DH, DSA, engines, CMS, OCSP, QUIC, the post-quantum schemes, the
-//! configuration file) is left out, and the linker drops what nothing calls.
+//! link, `gateway certs` and the MySQL sink use: DTLS 1.2 and TLS 1.2, ECDHE on the NIST curves
+//! (P-256, as the original deployment, P-384, P-521), ECDSA and RSA certificates, AES-GCM,
+//! AES-CCM, ChaCha20-Poly1305, PSK. Everything else is left out: TLS 1.3 (the link is DTLS 1.2;
+//! MariaDB speaks TLS 1.2 too), X25519/X448 and Ed25519/Ed448, legacy ciphers, DH, DSA, engines,
+//! CMS, OCSP, QUIC, the post-quantum schemes, the configuration file. The linker then drops
+//! what nothing calls.
 //!
 //! The cost: OpenSSL security fixes reach the Pi through a rebuild (`cargo update -p
 //! openssl-src`, then `cargo xtask dist`), not through the system's package updates.
@@ -52,6 +54,7 @@ const OPENSSL_OPTIONS: &[&str] = &[
     "no-ssl3",
     "no-tls1",
     "no-tls1_1",
+    "no-tls1_3",
     "no-weak-ssl-ciphers",
     "no-quic",
     "no-srtp",
@@ -80,6 +83,7 @@ const OPENSSL_OPTIONS: &[&str] = &[
     "no-dh",
     "no-dsa",
     "no-ec2m",
+    "no-ecx",
     "no-gost",
     "no-idea",
     "no-md4",
