@@ -4,11 +4,20 @@
 //! process, as the quick start does.
 
 mod support;
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 use support::*;
 
-/// Runs `cargo xtask dist` and returns the directory it names.
+/// Runs `cargo xtask dist` (once per test binary) and returns the directory it names.
 fn build_dist() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(run_dist).clone()
+}
+
+fn run_dist() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(workspace())
@@ -72,28 +81,8 @@ fn the_distribution_build_links_openssl_statically_and_runs_the_whole_chain_over
     }
 
     let s = Setup::new();
-    let certs = s.path("certs");
-    let d = certs.to_str().unwrap();
-    for args in [
-        &["certs", "init", "--dir", d][..],
-        &["certs", "server", "--dir", d],
-        &["certs", "device", "pi-01", "--dir", d],
-    ] {
-        let out = Command::new(dist.join("gateway"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "gateway {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    dist_certs(&dist, &s.path("certs"));
+    let port = free_port();
     let gps_log = workspace().join("plugins/ublox7/tests/fixtures/gpsd-gr601-w.log");
     let config = s.path("dist.toml");
     std::fs::write(
@@ -153,5 +142,151 @@ inputs = ["ingress"]
     assert!(
         out.lines().any(|l| l.contains("pi-01/gps latitude=")),
         "positions arrived over DTLS:\n{out}"
+    );
+}
+
+/// Development certificates made with the distribution's own `gateway certs`.
+fn dist_certs(dist: &Path, certs: &Path) {
+    let d = certs.to_str().unwrap();
+    for args in [
+        &["certs", "init", "--dir", d][..],
+        &["certs", "server", "--dir", d],
+        &["certs", "device", "pi-01", "--dir", d],
+    ] {
+        let out = Command::new(dist.join("gateway"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gateway {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// libcoap's client (Debian's, on the system's OpenSSL 3.0) against the distribution's ingress
+/// (on its own trimmed OpenSSL 3.5): with a device certificate and with a PSK.
+#[test]
+fn libcoap_posts_to_the_distribution_ingress_with_a_certificate_and_with_a_psk() {
+    if Command::new("coap-client-openssl")
+        .arg("-h")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").is_err(),
+            "coap-client-openssl is missing: apt-get install libcoap3-bin"
+        );
+        eprintln!("SKIPPED: libcoap3-bin is not installed");
+        return;
+    }
+    let dist = build_dist();
+    let s = Setup::new();
+    dist_certs(&dist, &s.path("certs"));
+    let port = free_port();
+    let config = s.path("ingress.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[gateway]
+device = "server"
+stats_interval = "0s"
+
+[sources.ingress]
+plugin = "coaps-ingress"
+listen = "127.0.0.1:{port}"
+cert_file = "certs/server.pem"
+key_file = "certs/server.key"
+client_ca_file = "certs/ca.pem"
+psk = [{{ identity = "dev7", key = "73656372657450534b" }}]
+
+[sinks.console]
+plugin = "console"
+inputs = ["ingress"]
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        s.path("cert.json"),
+        r#"[{"bn":"urn:dev:ow:10e2073a01080063/","n":"temp","u":"Cel","v":23.5}]"#,
+    )
+    .unwrap();
+    std::fs::write(
+        s.path("psk.json"),
+        r#"[{"bn":"urn:dev:ow:10e2073a01080064/","n":"temp","u":"Cel","v":19.25}]"#,
+    )
+    .unwrap();
+    let mut gw = Running::start_bin(&dist.join("gateway"), &s, &config);
+    assert!(
+        gw.wait_for_log("gateway running", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    let uri = format!("coaps://127.0.0.1:{port}/gpsflowtemp");
+    let p = |f: &str| s.path(f).display().to_string();
+    let (cert_json, psk_json, ca, device_cert, device_key) = (
+        p("cert.json"),
+        p("psk.json"),
+        p("certs/ca.pem"),
+        p("certs/device-pi-01.pem"),
+        p("certs/device-pi-01.key"),
+    );
+    let with_cert = [
+        "-m",
+        "post",
+        "-t",
+        "110",
+        "-f",
+        &cert_json,
+        "-R",
+        &ca,
+        "-c",
+        &device_cert,
+        "-j",
+        &device_key,
+        &uri,
+    ];
+    let with_psk = [
+        "-m",
+        "post",
+        "-t",
+        "110",
+        "-f",
+        &psk_json,
+        "-k",
+        "secretPSK",
+        "-u",
+        "dev7",
+        &uri,
+    ];
+    let mut printed = String::new();
+    for args in [&with_cert[..], &with_psk[..]] {
+        let out = Command::new("coap-client-openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        printed.push_str(&String::from_utf8_lossy(&out.stdout));
+        printed.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    let status = gw.stop(Duration::from_secs(10));
+    let (out, err) = (gw.stdout(), gw.stderr());
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains("pi-01/urn:dev:ow:10e2073a01080063 temp=23.5"),
+        "the POST with a device certificate: coap-client printed {printed}\nconsole: {out}\nlog: {err}"
+    );
+    assert!(
+        out.contains("dev7/urn:dev:ow:10e2073a01080064 temp=19.25"),
+        "the POST with a PSK: coap-client printed {printed}\nconsole: {out}\nlog: {err}"
     );
 }
