@@ -206,7 +206,7 @@ fn load_identity(
 
 /// Builds the client context. With `ca_file`, the server's chain is checked against that CA
 /// alone: the system's trust store is not loaded (a publicly trusted certificate for the server's
-/// name must not pass for the private CA's server, and the store would cost about 0.5 MB of heap
+/// name must not pass for the private CA's server, and the store would cost about 0.9 MB of heap
 /// on the Pi). Without `ca_file` and without PSK, the system's default trust store is used.
 pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
     let mut b = SslContextBuilder::new(SslMethod::dtls())
