@@ -128,6 +128,58 @@ fn openssl_platform(triple: &str) -> Result<&'static str> {
     })
 }
 
+/// The prefix of Debian's cross compiler for `triple` (gcc-aarch64-linux-gnu,
+/// gcc-arm-linux-gnueabihf), or `None` when building for this machine.
+fn cross_prefix(triple: &str, host: &str) -> Option<&'static str> {
+    (triple != host).then(|| match triple {
+        "aarch64-unknown-linux-gnu" => "aarch64-linux-gnu-",
+        _ => "arm-linux-gnueabihf-",
+    })
+}
+
+/// Says what is missing for a build for `triple` before anything is built: the tools that
+/// build OpenSSL, and for another target its Rust standard library and a cross compiler.
+fn preflight(triple: &str, host: &str) -> Result<()> {
+    let runs = |program: &str, arg: &str| {
+        Command::new(program)
+            .arg(arg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    openssl_platform(triple)?;
+    for tool in ["perl", "make"] {
+        if !runs(tool, "--version") {
+            bail!("`{tool}` is needed to build OpenSSL: apt install perl make");
+        }
+    }
+    if let Some(prefix) = cross_prefix(triple, host) {
+        let gcc = format!("{prefix}gcc");
+        if !runs(&gcc, "--version") {
+            bail!(
+                "`{gcc}` is needed to build for {triple}: apt install gcc-{}, and set CARGO_TARGET_{}_LINKER={gcc}",
+                prefix.trim_end_matches('-'),
+                triple.to_uppercase().replace('-', "_")
+            );
+        }
+        let installed = Command::new("rustup")
+            .args(["target", "list", "--installed"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l == triple)
+            });
+        if let Ok(false) = installed {
+            bail!(
+                "Rust's standard library for {triple} is not installed: rustup target add {triple}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Builds the trimmed static OpenSSL for `triple` under `target/openssl/TRIPLE` (once; a stamp
 /// holding the version and options says whether the build there is current). Returns the
 /// install prefix.
@@ -168,12 +220,7 @@ pub fn openssl(triple: &str, host: &str) -> Result<PathBuf> {
         .arg("--openssldir=/usr/lib/ssl")
         .args(OPENSSL_OPTIONS)
         .args(["-fPIC", "-Os", "-ffunction-sections", "-fdata-sections"]);
-    if triple != host {
-        // Debian's cross compilers: gcc-aarch64-linux-gnu, gcc-arm-linux-gnueabihf.
-        let prefix = match triple {
-            "aarch64-unknown-linux-gnu" => "aarch64-linux-gnu-",
-            _ => "arm-linux-gnueabihf-",
-        };
+    if let Some(prefix) = cross_prefix(triple, host) {
         configure.arg(format!("--cross-compile-prefix={prefix}"));
     }
     run(configure)?;
@@ -212,6 +259,7 @@ pub const FILES: &[&str] = &[
 pub fn dist(target: Option<&str>) -> Result<PathBuf> {
     let host = host_triple()?;
     let triple = target.unwrap_or(&host).to_owned();
+    preflight(&triple, &host)?;
     let openssl = openssl(&triple, &host)?;
     let target_dir = root().join("target").join("dist");
     let mut c = cargo();
