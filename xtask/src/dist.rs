@@ -131,10 +131,11 @@ fn openssl_platform(triple: &str) -> Result<&'static str> {
 /// The prefix of Debian's cross compiler for `triple` (gcc-aarch64-linux-gnu,
 /// gcc-arm-linux-gnueabihf), or `None` when building for this machine.
 fn cross_prefix(triple: &str, host: &str) -> Option<&'static str> {
-    (triple != host).then(|| match triple {
+    let prefix = match triple {
         "aarch64-unknown-linux-gnu" => "aarch64-linux-gnu-",
         _ => "arm-linux-gnueabihf-",
-    })
+    };
+    (triple != host).then_some(prefix)
 }
 
 /// Says what is missing for a build for `triple` before anything is built: the tools that
