@@ -11,9 +11,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 use tracing::level_filters::LevelFilter;
-use tracing_subscriber::{
-    filter::Targets, fmt, layer::SubscriberExt, util::SubscriberInitExt, Layer,
-};
+use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// The target under which plugin events appear in the host's log.
 pub const PLUGIN_TARGET: &str = "plugin";
@@ -35,25 +33,18 @@ pub fn init(format: LogFormat, level: LevelFilter, plugin_level: LevelFilter) {
         }),
         _ => configured,
     };
-    let ansi = std::io::stderr().is_terminal();
+    // Everything passes the builder's own level filter; `filter` decides.
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(LevelFilter::TRACE)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
-        LogFormat::Text => tracing_subscriber::registry()
-            .with(
-                fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(ansi)
-                    .with_filter(filter),
-            )
-            .try_init(),
-        LogFormat::Json => tracing_subscriber::registry()
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(std::io::stderr)
-                    .with_ansi(ansi)
-                    .with_filter(filter),
-            )
+        LogFormat::Text => builder.finish().with(filter).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(filter)
             .try_init(),
     };
 }

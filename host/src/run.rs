@@ -53,7 +53,7 @@ fn info_for(config: &Config, decl: &Instance) -> InstanceInfo {
         Role::Source => "sources",
         Role::Sink => "sinks",
     };
-    let data_dir = config.gateway.data_dir.join(&decl.name);
+    let data_dir = data_dir(config, decl);
     InstanceInfo {
         instance: decl.name.as_str().into(),
         device: config.gateway.device.as_str().into(),
@@ -80,12 +80,20 @@ fn located(config: &Config, decl: &Instance, group: &str, what: &str, e: &Plugin
     }
 }
 
+/// An instance's own directory under `data_dir`.
+fn data_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
+    config.gateway.data_dir.join(&decl.name)
+}
+
+/// Where an instance's disk buffer lives: `buffer/` in its data directory.
+fn buffer_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
+    data_dir(config, decl).join("buffer")
+}
+
 /// Files what the plugin's constructor `new` made of `info`: into `built`, or, failing, into
 /// `errors`.
-#[allow(clippy::too_many_arguments)]
 fn build<T, F>(
-    new: F,
-    made: abi_stable::std_types::RResult<T, PluginError>,
+    (new, made): (F, abi_stable::std_types::RResult<T, PluginError>),
     info: InstanceInfo,
     library: Library,
     (config, decl, group): (&Config, &Instance, &str),
@@ -158,7 +166,7 @@ impl Plan {
                 Some(_) if !open_buffers => None,
                 None => None,
                 Some(settings) => {
-                    let dir = std::path::Path::new(info.data_dir.as_str()).join("buffer");
+                    let dir = buffer_dir(&config, decl);
                     match DiskBuffer::open(&dir, settings) {
                         Ok(b) => Some(Arc::new(b)),
                         Err(e) => {
@@ -182,8 +190,7 @@ impl Plan {
                         .expect("source descriptor has new_source");
                     let made = new(&info);
                     build(
-                        new,
-                        made,
+                        (new, made),
                         info,
                         found.library,
                         what,
@@ -196,8 +203,7 @@ impl Plan {
                     let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
                     let made = new(&info);
                     build(
-                        new,
-                        made,
+                        (new, made),
                         info,
                         found.library,
                         what,
@@ -258,7 +264,7 @@ impl Plan {
             let st = &k.decl.sink;
             let buffer = match &st.buffer {
                 Some(b) => {
-                    let dir = std::path::Path::new(k.info.data_dir.as_str()).join("buffer");
+                    let dir = buffer_dir(&self.config, &k.decl);
                     let used: u64 = std::fs::read_dir(&dir)
                         .map(|d| {
                             d.filter_map(|e| e.ok()?.metadata().ok())
@@ -328,20 +334,19 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
 
     let mut ports = std::collections::HashMap::new();
     let mut sink_threads = Vec::new();
+    // Each sink's counters, and its disk buffer if it has one.
     let mut sink_stats = Vec::new();
-    let mut buffers = Vec::new();
     for k in sinks {
         let (tx, rx) = crossbeam_channel::bounded(k.decl.sink.queue_capacity);
         let stats = Arc::new(SinkStats::default());
         ports.insert(k.decl.name.clone(), (tx, stats.clone()));
-        sink_stats.push((k.decl.name.clone(), stats.clone()));
+        sink_stats.push((k.decl.name.clone(), stats.clone(), k.buffer.clone()));
         let (new, info) = (k.new, k.info.clone());
         let input = match k.buffer {
             None => SinkInput::Queue(rx),
             Some(buffer) => {
                 let recovered = buffer.stats.recovered.load(Ordering::Relaxed);
                 stats.accepted.fetch_add(recovered, Ordering::Relaxed);
-                buffers.push((k.decl.name.clone(), buffer.clone()));
                 let writer_done = Arc::new(AtomicBool::new(false));
                 let writer = BufferWriter {
                     rx,
@@ -424,13 +429,15 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
     drop(ports);
 
     let log_stats = {
-        let (sources, sinks, buffers) = (source_stats.clone(), sink_stats.clone(), buffers.clone());
+        let (sources, sinks) = (source_stats.clone(), sink_stats.clone());
         move || {
             sources.iter().for_each(|(n, s)| s.log(n));
-            sinks.iter().for_each(|(n, s)| s.log(n));
-            buffers
-                .iter()
-                .for_each(|(n, b)| crate::stats::log_buffer(n, b));
+            sinks.iter().for_each(|(n, s, _)| s.log(n));
+            for (n, _, b) in &sinks {
+                if let Some(b) = b {
+                    crate::stats::log_buffer(n, b);
+                }
+            }
         }
     };
     if !config.gateway.stats_interval.is_zero() {
@@ -515,10 +522,10 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
     let elapsed = started.elapsed();
     log_stats();
     let mut written = Vec::new();
-    for (name, s) in &sink_stats {
+    for (name, s, buffer) in &sink_stats {
         let n = s.written.load(Ordering::Relaxed);
         let mut pending = s.pending();
-        if let Some((_, b)) = buffers.iter().find(|(b, _)| b == name) {
+        if let Some(b) = buffer {
             // Held on disk (sent after the next start) or dropped by `when_full` (counted and
             // logged when it happened): neither is lost here.
             let kept = b.pending() + b.stats.dropped.load(Ordering::Relaxed);

@@ -119,15 +119,7 @@ fn drop_oldest_keeps_the_limit_and_counts_every_reading_it_drops() {
         .rev()
         .find(|l| l.contains("disk buffer stats"))
         .expect("buffer stats at shutdown");
-    let field = |k: &str| -> u64 {
-        let at = stats.find(&format!(" {k}=")).unwrap() + k.len() + 2;
-        stats[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let field = |k: &str| log_u64(stats, &format!(" {k}=")).unwrap();
     assert!(field("bytes") <= 256 * 1024, "{stats}");
     assert!(field("dropped") > 0, "{stats}");
     assert_eq!(field("held") + field("dropped"), 20_000, "{stats}");

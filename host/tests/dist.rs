@@ -3,12 +3,11 @@
 //! and runs the whole chain with it, sensors to uplink over DTLS to ingress to console, in one
 //! process, as the quick start does.
 
+#[path = "../../tests/support/libcoap.rs"]
+mod libcoap;
 mod support;
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use libcoap::{coap_client, have_libcoap};
+use std::{path::PathBuf, process::Command, time::Duration};
 use support::*;
 
 /// Runs `cargo xtask dist` (once per test binary) and returns the directory it names.
@@ -81,8 +80,8 @@ fn the_distribution_build_links_openssl_statically_and_runs_the_whole_chain_over
     }
 
     let s = Setup::new();
-    dist_certs(&dist, &s.path("certs"));
-    let port = free_port();
+    make_certs_with(&dist.join("gateway"), &s.path("certs"), "pi-01");
+    let port = free_udp_port();
     let gps_log = workspace().join("plugins/ublox7/tests/fixtures/gpsd-gr601-w.log");
     let config = s.path("dist.toml");
     std::fs::write(
@@ -145,54 +144,17 @@ inputs = ["ingress"]
     );
 }
 
-/// Development certificates made with the distribution's own `gateway certs`.
-fn dist_certs(dist: &Path, certs: &Path) {
-    let d = certs.to_str().unwrap();
-    for args in [
-        &["certs", "init", "--dir", d][..],
-        &["certs", "server", "--dir", d],
-        &["certs", "device", "pi-01", "--dir", d],
-    ] {
-        let out = Command::new(dist.join("gateway"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "gateway {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// libcoap's client (Debian's, on the system's OpenSSL 3.0) against the distribution's ingress
 /// (on its own trimmed OpenSSL 3.5): with a device certificate and with a PSK.
 #[test]
 fn libcoap_posts_to_the_distribution_ingress_with_a_certificate_and_with_a_psk() {
-    if Command::new("coap-client-openssl")
-        .arg("-h")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("CI").is_err(),
-            "coap-client-openssl is missing: apt-get install libcoap3-bin"
-        );
-        eprintln!("SKIPPED: libcoap3-bin is not installed");
+    if !have_libcoap() {
         return;
     }
     let dist = build_dist();
     let s = Setup::new();
-    dist_certs(&dist, &s.path("certs"));
-    let port = free_port();
+    make_certs_with(&dist.join("gateway"), &s.path("certs"), "pi-01");
+    let port = free_udp_port();
     let config = s.path("ingress.toml");
     std::fs::write(
         &config,
@@ -269,15 +231,7 @@ inputs = ["ingress"]
         "dev7",
         &uri,
     ];
-    let mut printed = String::new();
-    for args in [&with_cert[..], &with_psk[..]] {
-        let out = Command::new("coap-client-openssl")
-            .args(args)
-            .output()
-            .unwrap();
-        printed.push_str(&String::from_utf8_lossy(&out.stdout));
-        printed.push_str(&String::from_utf8_lossy(&out.stderr));
-    }
+    let printed = coap_client(&with_cert) + &coap_client(&with_psk);
     let status = gw.stop(Duration::from_secs(10));
     let (out, err) = (gw.stdout(), gw.stderr());
     assert!(status.success(), "{err}");

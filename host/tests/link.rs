@@ -13,11 +13,7 @@ fn while_the_server_side_sink_fails_the_ingress_answers_5_03_and_nothing_is_lost
     let s = Setup::new();
     let certs = s.path("certs");
     make_certs(&certs, "test");
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_udp_port();
     let c = |f: &str| certs.join(f).display().to_string();
     let cfg = s.config(
         "",

@@ -20,7 +20,6 @@ mod lossy_relay;
 mod support;
 use lossy_relay::{lossy_relay, RelayCounts};
 use std::{
-    net::UdpSocket,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -36,11 +35,6 @@ struct MariaDb {
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
 }
 
 impl MariaDb {
@@ -61,7 +55,7 @@ impl MariaDb {
         );
         MariaDb {
             dir: dir.to_owned(),
-            port: free_port(),
+            port: free_tcp_port(),
             child: None,
         }
     }
@@ -163,14 +157,7 @@ fn scale() -> u64 {
 fn sum_field(log: &str, marker: &str, key: &str) -> u64 {
     log.lines()
         .filter(|l| l.contains(marker))
-        .filter_map(|l| {
-            let at = l.find(&format!("{key}="))? + key.len() + 1;
-            l[at..]
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
+        .filter_map(|l| log_u64(l, &format!("{key}=")))
         .sum()
 }
 
@@ -186,11 +173,7 @@ fn every_reading_reaches_mysql_exactly_once_through_kills_restarts_a_db_outage_a
     db.start();
     db.query("CREATE DATABASE zl");
 
-    let server_port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let server_port = free_udp_port();
     let stop_relay = Arc::new(AtomicBool::new(false));
     let relay = Arc::new(RelayCounts::default());
     // GATEWAY_ZL_LOSS=LOSS,DUP changes the relay's rates (to compare with a clean link).

@@ -13,7 +13,7 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     fmt::Write as _,
-    sync::{Mutex, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
 };
 use tracing::{
     field::{Field, Visit},
@@ -64,7 +64,8 @@ struct Spans {
 }
 
 struct SpanData {
-    instance: Option<String>,
+    /// Shared by the span's children (a clone is a reference count).
+    instance: Option<Arc<str>>,
     meta: &'static Metadata<'static>,
     refs: usize,
 }
@@ -92,9 +93,8 @@ impl Forward {
     fn spans(&self) -> std::sync::MutexGuard<'_, Spans> {
         self.spans.lock().unwrap_or_else(|e| e.into_inner())
     }
-    fn instance_of(&self, span: Option<u64>) -> String {
+    fn instance_of(&self, span: Option<u64>) -> Option<Arc<str>> {
         span.and_then(|id| self.spans().live.get(&id)?.instance.clone())
-            .unwrap_or_default()
     }
 }
 
@@ -122,6 +122,7 @@ impl Subscriber for Forward {
         let mut spans = self.spans();
         let instance = fields
             .instance
+            .map(Arc::from)
             .or_else(|| parent.and_then(|p| spans.live.get(&p)?.instance.clone()));
         spans.last += 1;
         let id = spans.last;
@@ -141,7 +142,7 @@ impl Subscriber for Forward {
         values.record(&mut fields);
         if let Some(name) = fields.instance {
             if let Some(data) = self.spans().live.get_mut(&span.into_u64()) {
-                data.instance = Some(name);
+                data.instance = Some(name.into());
             }
         }
     }
@@ -158,7 +159,7 @@ impl Subscriber for Forward {
         let meta = event.metadata();
         host.log(LogRecord {
             level: level_number(meta.level()),
-            instance: RStr::from_str(&instance),
+            instance: RStr::from_str(instance.as_deref().unwrap_or_default()),
             target: RStr::from_str(meta.target()),
             message: RStr::from_str(&message),
         });

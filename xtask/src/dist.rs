@@ -14,7 +14,7 @@
 //! The cost: OpenSSL security fixes reach the Pi through a rebuild (`cargo update -p
 //! openssl-src`, then `cargo xtask dist`), not through the system's package updates.
 
-use crate::{cargo, root, run};
+use crate::{cargo, has, root, run};
 use anyhow::{bail, Context, Result};
 use std::{
     path::{Path, PathBuf},
@@ -116,51 +116,55 @@ fn host_triple() -> Result<String> {
         .context("rustc -vV names no host")
 }
 
-/// OpenSSL's name for a Rust target.
-fn openssl_platform(triple: &str) -> Result<&'static str> {
-    Ok(match triple {
-        "x86_64-unknown-linux-gnu" => "linux-x86_64",
-        "aarch64-unknown-linux-gnu" => "linux-aarch64",
-        "armv7-unknown-linux-gnueabihf" => "linux-armv4",
-        other => bail!(
-            "no OpenSSL platform known for {other}; the distribution targets x86_64, aarch64 and armv7 Linux"
-        ),
-    })
+/// A target the distribution is built for.
+struct Target {
+    /// Rust's name for it.
+    triple: &'static str,
+    /// OpenSSL's.
+    openssl: &'static str,
+    /// The prefix of Debian's cross compiler for it (package `gcc-PREFIX`, without the dash).
+    cross_prefix: &'static str,
 }
 
-/// The prefix of Debian's cross compiler for `triple` (gcc-aarch64-linux-gnu,
-/// gcc-arm-linux-gnueabihf), or `None` when building for this machine.
-fn cross_prefix(triple: &str, host: &str) -> Option<&'static str> {
-    let prefix = match triple {
-        "aarch64-unknown-linux-gnu" => "aarch64-linux-gnu-",
-        _ => "arm-linux-gnueabihf-",
-    };
-    (triple != host).then_some(prefix)
+const TARGETS: &[Target] = &[
+    Target {
+        triple: "x86_64-unknown-linux-gnu",
+        openssl: "linux-x86_64",
+        cross_prefix: "x86_64-linux-gnu-",
+    },
+    Target {
+        triple: "aarch64-unknown-linux-gnu",
+        openssl: "linux-aarch64",
+        cross_prefix: "aarch64-linux-gnu-",
+    },
+    Target {
+        triple: "armv7-unknown-linux-gnueabihf",
+        openssl: "linux-armv4",
+        cross_prefix: "arm-linux-gnueabihf-",
+    },
+];
+
+fn target(triple: &str) -> Result<&'static Target> {
+    TARGETS.iter().find(|t| t.triple == triple).with_context(|| {
+        format!("no OpenSSL platform known for {triple}; the distribution targets x86_64, aarch64 and armv7 Linux")
+    })
 }
 
 /// Says what is missing for a build for `triple` before anything is built: the tools that
 /// build OpenSSL, and for another target its Rust standard library and a cross compiler.
-fn preflight(triple: &str, host: &str) -> Result<()> {
-    let runs = |program: &str, arg: &str| {
-        Command::new(program)
-            .arg(arg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    openssl_platform(triple)?;
+fn preflight(t: &Target, host: &str) -> Result<()> {
     for tool in ["perl", "make"] {
-        if !runs(tool, "--version") {
+        if !has(tool) {
             bail!("`{tool}` is needed to build OpenSSL: apt install perl make");
         }
     }
-    if let Some(prefix) = cross_prefix(triple, host) {
+    if t.triple != host {
+        let (triple, prefix) = (t.triple, t.cross_prefix);
         let gcc = format!("{prefix}gcc");
-        if !runs(&gcc, "--version") {
+        if !has(&gcc) {
             bail!(
                 "`{gcc}` is needed to build for {triple}: apt install gcc-{}, and set CARGO_TARGET_{}_LINKER={gcc}",
-                prefix.trim_end_matches('-'),
+                prefix.trim_end_matches('-').replace('_', "-"),
                 triple.to_uppercase().replace('-', "_")
             );
         }
@@ -181,10 +185,11 @@ fn preflight(triple: &str, host: &str) -> Result<()> {
     Ok(())
 }
 
-/// Builds the trimmed static OpenSSL for `triple` under `target/openssl/TRIPLE` (once; a stamp
+/// Builds the trimmed static OpenSSL for `t` under `target/openssl/TRIPLE` (once; a stamp
 /// holding the version and options says whether the build there is current). Returns the
 /// install prefix.
-pub fn openssl(triple: &str, host: &str) -> Result<PathBuf> {
+fn openssl(t: &Target, host: &str) -> Result<PathBuf> {
+    let triple = t.triple;
     let base = root().join("target").join("openssl");
     let prefix = base.join(triple);
     let stamp = prefix.join("BUILT");
@@ -213,7 +218,7 @@ pub fn openssl(triple: &str, host: &str) -> Result<PathBuf> {
     configure
         .current_dir(&src)
         .arg("./Configure")
-        .arg(openssl_platform(triple)?)
+        .arg(t.openssl)
         .arg(format!("--prefix={}", prefix.display()))
         .arg("--libdir=lib")
         // Debian's and Raspberry Pi OS's: where the system's CA certificates are, for an uplink
@@ -221,8 +226,8 @@ pub fn openssl(triple: &str, host: &str) -> Result<PathBuf> {
         .arg("--openssldir=/usr/lib/ssl")
         .args(OPENSSL_OPTIONS)
         .args(["-fPIC", "-Os", "-ffunction-sections", "-fdata-sections"]);
-    if let Some(prefix) = cross_prefix(triple, host) {
-        configure.arg(format!("--cross-compile-prefix={prefix}"));
+    if triple != host {
+        configure.arg(format!("--cross-compile-prefix={}", t.cross_prefix));
     }
     run(configure)?;
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -240,18 +245,19 @@ pub fn openssl(triple: &str, host: &str) -> Result<PathBuf> {
     Ok(prefix)
 }
 
-/// What goes into the distribution directory: the host, the certificate tool and the plugins.
-pub const FILES: &[&str] = &[
-    "gateway",
-    "gateway-certs",
-    "libconsole.so",
-    "libexample.so",
-    "libds18b20.so",
-    "libublox7.so",
-    "libcoaps_uplink.so",
-    "libcoaps_ingress.so",
-    "libsqlite.so",
-    "libmysql.so",
+/// What goes into the distribution directory: the host, the certificate tool and the plugins,
+/// each with the package that builds it.
+pub const FILES: &[(&str, &str)] = &[
+    ("gateway", "gateway"),
+    ("gateway-coap", "gateway-certs"),
+    ("gateway-plugin-console", "libconsole.so"),
+    ("gateway-plugin-example", "libexample.so"),
+    ("gateway-plugin-ds18b20", "libds18b20.so"),
+    ("gateway-plugin-ublox7", "libublox7.so"),
+    ("gateway-plugin-coaps-uplink", "libcoaps_uplink.so"),
+    ("gateway-plugin-coaps-ingress", "libcoaps_ingress.so"),
+    ("gateway-plugin-sqlite", "libsqlite.so"),
+    ("gateway-plugin-mysql", "libmysql.so"),
 ];
 
 /// Builds the distribution for `target` (default: this machine) and returns its directory,
@@ -259,12 +265,15 @@ pub const FILES: &[&str] = &[
 /// `/opt/gateway/`.
 pub fn dist(target: Option<&str>) -> Result<PathBuf> {
     let host = host_triple()?;
-    let triple = target.unwrap_or(&host).to_owned();
-    preflight(&triple, &host)?;
-    let openssl = openssl(&triple, &host)?;
+    let t = self::target(target.unwrap_or(&host))?;
+    let triple = t.triple;
+    preflight(t, &host)?;
+    let openssl = openssl(t, &host)?;
     let target_dir = root().join("target").join("dist");
     let mut c = cargo();
-    c.args(["build", "--release", "--target", &triple])
+    // Only the packages that ship.
+    c.args(["build", "--release", "--target", triple])
+        .args(FILES.iter().flat_map(|(package, _)| ["-p", package]))
         .arg("--target-dir")
         .arg(&target_dir)
         .env("OPENSSL_DIR", &openssl)
@@ -272,12 +281,12 @@ pub fn dist(target: Option<&str>) -> Result<PathBuf> {
         .env_remove("OPENSSL_LIB_DIR")
         .env_remove("OPENSSL_INCLUDE_DIR");
     run(c)?;
-    let built = target_dir.join(&triple).join("release");
+    let built = target_dir.join(triple).join("release");
     let out = target_dir.join(format!("gateway-{triple}"));
     // Afresh, so that nothing of an earlier layout is left to be loaded.
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out)?;
-    for name in FILES {
+    for (_, name) in FILES {
         copy(&built.join(name), &out.join(name))?;
     }
     Ok(out)

@@ -2,8 +2,9 @@
 //!
 //! - `run [ARGS]`: build the gateway and its plugins, then run the quick start (`gateway.toml`);
 //!   extra arguments go to `gateway run`.
-//! - `bench`: build in release mode and print the benchmark figures (pipeline throughput,
-//!   idle resident memory, stripped sizes).
+//! - `bench`: build in release mode and print every benchmark figure of the README.
+//! - `bench-e2e`: only the MySQL figures (plain INSERTs, end to end, drain after an outage).
+//! - `soak [N]`: the zero-loss test, N times longer.
 //! - `dist [--target TRIPLE]`: the build for the Pi (static, trimmed OpenSSL; see `dist.rs`)
 //!   in `target/dist/gateway-TRIPLE/`, and its sizes.
 
@@ -129,6 +130,13 @@ fn ensure_certs(dir: &Path) -> Result<()> {
 
 /// Runs a package's benchmark example in release mode.
 fn example(package: &str, name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let mut c = example_cmd(package, name);
+    c.args(args).envs(env.iter().copied());
+    run(c)
+}
+
+/// `cargo run --release` of a package's example.
+fn example_cmd(package: &str, name: &str) -> Command {
     let mut c = cargo();
     c.args([
         "run",
@@ -138,10 +146,8 @@ fn example(package: &str, name: &str, args: &[&str], env: &[(&str, &str)]) -> Re
         package,
         "--example",
         name,
-    ])
-    .args(args)
-    .envs(env.iter().copied());
-    run(c)
+    ]);
+    c
 }
 
 fn has(cmd: &str) -> bool {
@@ -328,18 +334,8 @@ fn stop(mut child: std::process::Child) -> Result<std::process::ExitStatus> {
 fn end_to_end(gateway: &Path) -> Result<()> {
     sql("DROP DATABASE IF EXISTS gw_bench; CREATE DATABASE gw_bench")?;
     println!("== MySQL baseline: plain multi-row INSERTs into the same MariaDB");
-    let out = cargo()
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "gateway-plugin-mysql",
-            "--example",
-            "insert_baseline",
-            "--",
-        ])
-        .args(["mysql://root@127.0.0.1:3306/gw_bench", "1000000"])
+    let out = example_cmd("gateway-plugin-mysql", "insert_baseline")
+        .args(["--", "mysql://root@127.0.0.1:3306/gw_bench", "1000000"])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     print!("   {text}");
@@ -360,7 +356,7 @@ fn end_to_end(gateway: &Path) -> Result<()> {
     }
     let server = start(gateway, "bench/e2e-server.toml", &[])?;
     std::thread::sleep(Duration::from_millis(500));
-    let client = start(
+    let mut client = start(
         gateway,
         "bench/e2e-client.toml",
         &["--until-sources-finish"],
@@ -370,7 +366,7 @@ fn end_to_end(gateway: &Path) -> Result<()> {
     let n = 1_000_000;
     let measured = wait_rows(100_000, Duration::from_secs(300))
         .and_then(|first| Ok((first, wait_rows(n, Duration::from_secs(600))?)));
-    let _ = wait_child(client);
+    let _ = client.wait();
     let (first, took) = measured?;
     let rate = (n - 100_000) as f64 / took.as_secs_f64();
     println!(
@@ -416,14 +412,6 @@ fn end_to_end(gateway: &Path) -> Result<()> {
     Ok(())
 }
 
-fn wait_child(mut c: std::process::Child) -> Result<()> {
-    let status = c.wait()?;
-    if !status.success() {
-        bail!("client exited with {status}");
-    }
-    Ok(())
-}
-
 /// Runs `gateway run --config CONFIG` for `secs` seconds and prints its resident memory: RSS,
 /// and PSS (shared library pages divided among the processes that map them).
 fn resident(gateway: &Path, config: &str, secs: u64) -> Result<()> {
@@ -450,7 +438,7 @@ fn resident(gateway: &Path, config: &str, secs: u64) -> Result<()> {
 fn sizes(dir: &Path) -> Result<()> {
     println!("== stripped release sizes ({})", dir.display());
     let mut total = 0;
-    for name in dist::FILES {
+    for (_, name) in dist::FILES {
         let len = std::fs::metadata(dir.join(name))
             .with_context(|| format!("{name} missing"))?
             .len();

@@ -87,13 +87,17 @@ struct Job {
     packet: Packet,
     timeout: Duration,
     deadline: Instant,
-    reply: std_mpsc::Sender<(u64, Result<Packet, RequestError>)>,
+    reply: std_mpsc::Sender<Tagged>,
     tag: u64,
 }
 
 impl Job {
     fn finish(&self, result: Result<Packet, RequestError>) {
         let _ = self.reply.send((self.tag, result));
+    }
+    /// When the request was handed to the client.
+    fn sent(&self) -> Instant {
+        self.deadline - self.timeout
     }
 }
 
@@ -259,8 +263,11 @@ async fn client_loop(
         let now = Instant::now();
         if let Some(l) = link.as_mut() {
             if l.session.is_established() {
-                while let Some(job) = queued.pop_front() {
-                    let token = endpoint.request(now, (), job.packet.clone(), true);
+                while let Some(mut job) = queued.pop_front() {
+                    // The endpoint keeps the request for its retransmissions; nothing else
+                    // needs it.
+                    let packet = std::mem::replace(&mut job.packet, Packet::new());
+                    let token = endpoint.request(now, (), packet, true);
                     waiting.insert(token, job);
                 }
             }
@@ -273,9 +280,7 @@ async fn client_loop(
                         // No answer at all, and nothing else from the server either since the
                         // request went out: set the session up again.
                         if matches!(result, Err(ClientError::Timeout))
-                            && link
-                                .as_ref()
-                                .is_none_or(|l| l.silent_since(job.deadline - job.timeout))
+                            && link.as_ref().is_none_or(|l| l.silent_since(job.sent()))
                         {
                             stale = true;
                         }
@@ -291,13 +296,7 @@ async fn client_loop(
             }
         }
         if stale && waiting.is_empty() {
-            if let Some(mut l) = link.take() {
-                tracing::info!("dropping the DTLS session after CoAP got no answer; the next request reconnects");
-                l.session.close();
-                flush(&mut l).await;
-            }
-            endpoint.forget_peer(());
-            while endpoint.poll_event().is_some() {}
+            drop_session(&mut link, &mut endpoint, &mut waiting, "CoAP got no answer").await;
         }
         // Requests past their caller's deadline: fail them. If the server has said nothing
         // since they went out, drop the session too: it is probably stale (the server
@@ -311,28 +310,19 @@ async fn client_loop(
             let mut silent = false;
             for t in late {
                 if let Some(j) = waiting.remove(&t) {
-                    silent |= link
-                        .as_ref()
-                        .is_some_and(|l| l.silent_since(j.deadline - j.timeout));
+                    silent |= link.as_ref().is_some_and(|l| l.silent_since(j.sent()));
                     j.finish(Err(RequestError::Timeout(j.timeout)));
                 }
             }
             // A late request on a lossy path that still answers others keeps the session.
             if silent {
-                if let Some(mut l) = link.take() {
-                    tracing::info!("dropping the DTLS session after a request timed out with no word from the server; the next request reconnects");
-                    l.session.close();
-                    flush(&mut l).await;
-                }
-                endpoint.forget_peer(());
-                // The other requests of the dropped session fail now, not at their deadlines.
-                while let Some(ev) = endpoint.poll_event() {
-                    if let Event::Response { token, result, .. } = ev {
-                        if let Some(job) = waiting.remove(&token) {
-                            job.finish(result.map_err(RequestError::Coap));
-                        }
-                    }
-                }
+                drop_session(
+                    &mut link,
+                    &mut endpoint,
+                    &mut waiting,
+                    "a request timed out with no word from the server",
+                )
+                .await;
             }
         }
         for j in queued.iter().filter(|j| j.deadline <= now) {
@@ -430,6 +420,29 @@ fn grow_buffers(s: &socket2::SockRef<'_>) {
     ] {
         if let Err(e) = r {
             tracing::debug!(error = %e, "could not enlarge the UDP {what} buffer");
+        }
+    }
+}
+
+/// Closes the DTLS session (the next request reconnects) and forgets the CoAP exchanges with
+/// the server; the requests still waiting fail now, not at their deadlines.
+async fn drop_session(
+    link: &mut Option<Link>,
+    endpoint: &mut Endpoint<()>,
+    waiting: &mut HashMap<Vec<u8>, Job>,
+    why: &str,
+) {
+    if let Some(mut l) = link.take() {
+        tracing::info!("dropping the DTLS session after {why}; the next request reconnects");
+        l.session.close();
+        flush(&mut l).await;
+    }
+    endpoint.forget_peer(());
+    while let Some(ev) = endpoint.poll_event() {
+        if let Event::Response { token, result, .. } = ev {
+            if let Some(job) = waiting.remove(&token) {
+                job.finish(result.map_err(RequestError::Coap));
+            }
         }
     }
 }

@@ -151,6 +151,29 @@ struct OpenSegment {
     at: u64,
 }
 
+impl OpenSegment {
+    /// Reads and decodes record `seq` (at or after the file's position; the records before it
+    /// are skipped by their headers), leaving the file after it. `InvalidData` if the segment
+    /// is torn or corrupt there.
+    fn read(&mut self, seq: u64) -> io::Result<Vec<Reading>> {
+        while self.at < seq {
+            let h = read_header(&mut self.file, self.at)?
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "segment ends early"))?;
+            self.file.seek_relative(i64::from(h.len))?;
+            self.at += 1;
+        }
+        let (count, payload) = read_record(&mut self.file, seq)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "segment ends before its last record",
+            )
+        })?;
+        self.at += 1;
+        codec::decode(&payload, count as usize)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
 #[derive(Default)]
 struct Cursor {
     /// The next record to read from the file.
@@ -787,9 +810,7 @@ impl DiskBuffer {
                 cur.open = None;
                 continue;
             }
-            if cur.open.as_ref().map(|o| o.first) != Some(first)
-                || cur.open.as_ref().is_some_and(|o| o.at > cur.seq)
-            {
+            if cur.open.as_ref().map(|o| o.first) != Some(first) {
                 match File::open(segment_path(&self.dir, first)) {
                     Ok(f) => {
                         let mut file = BufReader::with_capacity(1 << 16, f);
@@ -812,29 +833,9 @@ impl DiskBuffer {
                 }
             }
             let open = cur.open.as_mut().expect("opened above");
-            let outcome = (|| -> io::Result<Option<(u32, Vec<u8>)>> {
-                while open.at < cur.seq {
-                    let h = read_header(&mut open.file, open.at)?.ok_or_else(|| {
-                        io::Error::new(io::ErrorKind::InvalidData, "segment ends early")
-                    })?;
-                    open.file.seek_relative(i64::from(h.len))?;
-                    open.at += 1;
-                }
-                read_record(&mut open.file, cur.seq)
-            })();
-            match outcome.and_then(|r| {
-                let (count, payload) = r.ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "segment ends before its last record",
-                    )
-                })?;
-                codec::decode(&payload, count as usize)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-            }) {
+            match open.read(cur.seq) {
                 Ok(readings) => {
                     let seq = cur.seq;
-                    open.at += 1;
                     cur.seq += 1;
                     return Some((seq, readings));
                 }

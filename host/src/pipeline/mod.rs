@@ -141,14 +141,19 @@ impl StopSignal {
 
 /// Sleeps `d` in small steps, returning early (with `true`) once `abort` is set.
 pub(crate) fn sleep_unless(abort: &AtomicBool, d: std::time::Duration) -> bool {
+    !sleep_while(d, || !abort.load(Ordering::SeqCst))
+}
+
+/// Sleeps `d` in small steps while `go_on()` holds; `false` if it stopped holding first.
+pub(crate) fn sleep_while(d: std::time::Duration, go_on: impl Fn() -> bool) -> bool {
     let end = std::time::Instant::now() + d;
     loop {
-        if abort.load(Ordering::SeqCst) {
-            return true;
+        if !go_on() {
+            return false;
         }
         let now = std::time::Instant::now();
         if now >= end {
-            return false;
+            return true;
         }
         std::thread::sleep((end - now).min(std::time::Duration::from_millis(50)));
     }

@@ -2,7 +2,7 @@
 //! time), retries retryable failures with exponential backoff, rebuilds a failed instance, and
 //! acknowledges each source batch once it was written.
 
-use super::{sleep_unless, Envelope};
+use super::{sleep_unless, sleep_while, Envelope};
 use crate::{
     buffer::{AppendError, DiskBuffer, Taken},
     config::SinkSettings,
@@ -114,7 +114,7 @@ impl SinkRunner {
             SinkInput::Queue(rx) => rx,
             SinkInput::Buffer(input) => {
                 w.give_up = Some(drain.clone());
-                w.run_buffered(&input, &drain);
+                w.run_buffered(&input);
                 w.close();
                 return;
             }
@@ -166,24 +166,13 @@ impl SinkRunner {
                 }
                 spans.push(start..scratch.len());
             }
-            match w.write(&scratch) {
-                Err(e) if e.kind == ErrorKind::REJECTED => {
-                    // Refused for good as a whole: one source's bad batch must not take the
-                    // others with it. Write each source batch on its own.
-                    w.stats.rejected.fetch_sub(n as u64, Ordering::Relaxed);
-                    tracing::info!(
-                        batches = envelopes.len(),
-                        "writing the refused batch's parts one by one"
-                    );
-                    for (e, span) in envelopes.into_iter().zip(spans) {
-                        let outcome = w.write(&scratch[span]);
-                        e.ack.done(outcome);
-                    }
-                }
-                outcome => {
-                    for e in envelopes {
-                        e.ack.done(outcome.clone());
-                    }
+            let mut envelopes = envelopes.into_iter();
+            if let Some(outcome) = w.write_parts(&scratch, &spans, |outcome| {
+                envelopes.next().expect("one per part").ack.done(outcome);
+                true
+            }) {
+                for e in envelopes {
+                    e.ack.done(outcome.clone());
                 }
             }
         }
@@ -293,7 +282,7 @@ impl Worker {
     }
 
     /// Sends what the disk buffer holds, oldest first, acknowledging each write to the buffer.
-    fn run_buffered(&mut self, input: &BufferedInput, drain: &AtomicBool) {
+    fn run_buffered(&mut self, input: &BufferedInput) {
         let buf = &input.buffer;
         let mut reader = buf.reader();
         let mut stop_at: Option<Instant> = None;
@@ -301,7 +290,7 @@ impl Worker {
             if self.abort.load(Ordering::SeqCst) {
                 break;
             }
-            let draining = drain.load(Ordering::SeqCst);
+            let draining = self.giving_up();
             if draining
                 && Instant::now()
                     >= *stop_at.get_or_insert_with(|| Instant::now() + input.drain_budget)
@@ -343,22 +332,54 @@ impl Worker {
     /// Writes what was taken from the buffer; `false` if the shutdown deadline stopped it (the
     /// records stay in the buffer).
     fn write_taken(&mut self, taken: &Taken) -> bool {
-        let outcome = self.write(&taken.readings);
-        match outcome {
-            Err(e) if e.kind == ErrorKind::STOPPED => false,
-            Err(e) if e.kind == ErrorKind::REJECTED && taken.records.len() > 1 => {
-                let n = taken.readings.len() as u64;
-                self.stats.rejected.fetch_sub(n, Ordering::Relaxed);
+        let stopped =
+            |o: &Result<(), PluginError>| matches!(o, Err(e) if e.kind == ErrorKind::STOPPED);
+        let mut going = true;
+        if let Some(outcome) = self.write_parts(&taken.readings, &taken.records, |o| {
+            going = !stopped(&o);
+            going
+        }) {
+            going = !stopped(&outcome);
+        }
+        going
+    }
+
+    /// Writes `all`, made of `parts`. When the sink refuses it for good as a whole, each part is
+    /// written on its own, so that one source's bad batch does not take the others with it:
+    /// `each` gets each part's outcome in turn and says whether to go on, and `None` is
+    /// returned. Otherwise the outcome of the whole.
+    fn write_parts(
+        &mut self,
+        all: &[Reading],
+        parts: &[std::ops::Range<usize>],
+        mut each: impl FnMut(Result<(), PluginError>) -> bool,
+    ) -> Option<Result<(), PluginError>> {
+        match self.write(all) {
+            Err(e) if e.kind == ErrorKind::REJECTED && parts.len() > 1 => {
+                self.stats
+                    .rejected
+                    .fetch_sub(all.len() as u64, Ordering::Relaxed);
                 tracing::info!(
-                    records = taken.records.len(),
+                    parts = parts.len(),
                     "writing the refused batch's parts one by one"
                 );
-                taken.records.iter().all(|r| {
-                    !matches!(self.write(&taken.readings[r.clone()]), Err(e) if e.kind == ErrorKind::STOPPED)
-                })
+                for part in parts {
+                    if !each(self.write(&all[part.clone()])) {
+                        break;
+                    }
+                }
+                None
             }
-            _ => true,
+            outcome => Some(outcome),
         }
+    }
+
+    /// Set for a buffered sink once it is shutting down: failed writes are not retried, their
+    /// readings stay on disk.
+    fn giving_up(&self) -> bool {
+        self.give_up
+            .as_ref()
+            .is_some_and(|g| g.load(Ordering::SeqCst))
     }
 
     /// Writes one batch, retrying and rebuilding as its errors say, until it is written, refused
@@ -392,13 +413,7 @@ impl Worker {
                     }
                     return Ok(());
                 }
-                Err(e)
-                    if e.kind.is_retryable()
-                        && self
-                            .give_up
-                            .as_ref()
-                            .is_some_and(|g| g.load(Ordering::SeqCst)) =>
-                {
+                Err(e) if e.kind.is_retryable() && self.giving_up() => {
                     tracing::info!(readings = n, error = %e.message(), "write failed while shutting down; its readings stay in the disk buffer");
                     return Err(PluginError::new(ErrorKind::STOPPED, "shutting down"));
                 }
@@ -426,16 +441,9 @@ impl Worker {
 
     /// Waits `d` before a retry; a shutdown (abort, or drain for a buffered sink) ends it early.
     fn pause(&self, d: Duration) {
-        let end = Instant::now() + d;
-        while Instant::now() < end
-            && !self.abort.load(Ordering::SeqCst)
-            && !self
-                .give_up
-                .as_ref()
-                .is_some_and(|g| g.load(Ordering::SeqCst))
-        {
-            std::thread::sleep((end - Instant::now()).min(Duration::from_millis(50)));
-        }
+        sleep_while(d, || {
+            !self.abort.load(Ordering::SeqCst) && !self.giving_up()
+        });
     }
 
     fn rebuild(&mut self) {

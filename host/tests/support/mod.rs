@@ -17,6 +17,14 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// The directory of the `gateway` binary under test.
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_gateway"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
 fn cargo_build(args: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
@@ -29,52 +37,68 @@ fn cargo_build(args: &[&str]) {
     assert!(status.success(), "cargo build {args:?} failed");
 }
 
+/// The packages the tests load, and the file each builds.
+const BUILT: &[(&str, &str)] = &[
+    ("gateway-plugin-console", "libconsole.so"),
+    ("gateway-plugin-example", "libexample.so"),
+    ("gateway-plugin-ds18b20", "libds18b20.so"),
+    ("gateway-plugin-ublox7", "libublox7.so"),
+    ("gateway-plugin-coaps-uplink", "libcoaps_uplink.so"),
+    ("gateway-plugin-coaps-ingress", "libcoaps_ingress.so"),
+    ("gateway-plugin-sqlite", "libsqlite.so"),
+    ("gateway-plugin-mysql", "libmysql.so"),
+    ("gateway-testkit-plugins", "libtestkit.so"),
+    ("gateway-incompatible-plugin", "libincompatible.so"),
+    // The `gateway-certs` tool that `gateway certs` runs.
+    ("gateway-coap", "gateway-certs"),
+];
+
 /// The directory holding freshly built plugin libraries (built once per test binary; cargo
 /// makes the second build a no-op). The incompatible fixture is not a default member: a plain
 /// `cargo build` leaves it out, so `gateway plugins` does not list it next to a development build.
 pub fn plugin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let packages = [
-            "gateway-plugin-console",
-            "gateway-plugin-example",
-            "gateway-plugin-ds18b20",
-            "gateway-plugin-ublox7",
-            "gateway-plugin-coaps-uplink",
-            "gateway-plugin-coaps-ingress",
-            "gateway-plugin-sqlite",
-            "gateway-plugin-mysql",
-            "gateway-testkit-plugins",
-            "gateway-incompatible-plugin",
-            // For the `gateway-certs` tool that `gateway certs` runs.
-            "gateway-coap",
-        ];
-        let args: Vec<&str> = packages.iter().flat_map(|p| ["-p", p]).collect();
+        let args: Vec<&str> = BUILT.iter().flat_map(|(p, _)| ["-p", p]).collect();
         cargo_build(&args);
-        let bin = PathBuf::from(env!("CARGO_BIN_EXE_gateway"));
-        let dir = bin.parent().unwrap().to_path_buf();
-        for lib in [
-            "libconsole.so",
-            "libexample.so",
-            "libds18b20.so",
-            "libublox7.so",
-            "libcoaps_uplink.so",
-            "libcoaps_ingress.so",
-            "libsqlite.so",
-            "libmysql.so",
-            "libtestkit.so",
-            "libincompatible.so",
-            "gateway-certs",
-        ] {
+        let dir = bin_dir();
+        for (_, file) in BUILT {
             assert!(
-                dir.join(lib).exists(),
-                "{lib} was not built into {}",
+                dir.join(file).exists(),
+                "{file} was not built into {}",
                 dir.display()
             );
         }
         dir
     })
     .clone()
+}
+
+/// A free local UDP port (bound once and let go).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A free local TCP port.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The number after `needle` (say `" readings="`) in `line`, if there is one.
+pub fn log_u64(line: &str, needle: &str) -> Option<u64> {
+    let rest = &line[line.find(needle)? + needle.len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A temporary directory with a config file in it.
@@ -309,13 +333,23 @@ pub fn assert_contiguous(values: &[i64], what: &str) {
 /// made with the real `gateway certs`.
 pub fn make_certs(dir: &Path, device: &str) {
     plugin_dir();
+    make_certs_with(Path::new(env!("CARGO_BIN_EXE_gateway")), dir, device);
+}
+
+/// The same with another build's `gateway` binary.
+pub fn make_certs_with(gateway: &Path, dir: &Path, device: &str) {
     let d = dir.to_str().unwrap();
     for args in [
         &["certs", "init", "--force", "--dir", d][..],
         &["certs", "server", "--dir", d],
         &["certs", "device", device, "--dir", d],
     ] {
-        let (status, out, err) = gateway(args);
-        assert!(status.success(), "gateway {args:?}: {out}{err}");
+        let out = Command::new(gateway).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "gateway {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -15,6 +15,24 @@ pub enum Encoding {
     Json,
 }
 
+impl Encoding {
+    /// The CoAP content-format number.
+    pub fn content_format(self) -> u16 {
+        match self {
+            Encoding::Cbor => gateway_coap::senml::CONTENT_FORMAT_CBOR,
+            Encoding::Json => gateway_coap::senml::CONTENT_FORMAT_JSON,
+        }
+    }
+
+    /// Encodes readings as a SenML pack.
+    pub fn encode(self, readings: &[gateway_sdk::Reading]) -> Vec<u8> {
+        match self {
+            Encoding::Cbor => gateway_coap::senml::encode_cbor(readings),
+            Encoding::Json => gateway_coap::senml::encode_json(readings),
+        }
+    }
+}
+
 /// `[sinks.NAME]` keys of `coaps-uplink`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

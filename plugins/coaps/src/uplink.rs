@@ -1,12 +1,11 @@
 //! `coaps-uplink`: POSTs each batch as SenML over CoAP/DTLS and returns only after a 2.xx.
 
-use crate::config::{hex_key, parse_uri, Encoding, UplinkConfig};
+use crate::config::{hex_key, parse_uri, UplinkConfig};
 use coap_lite::{MessageClass, RequestType};
 use gateway_coap::{
     core::{path_of, request, Config as CoapConfig},
     driver::{Client, ClientOptions, RequestError},
     dtls::{self, ClientSettings, Psk},
-    senml,
 };
 use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
 use std::{net::ToSocketAddrs, time::Duration};
@@ -146,7 +145,7 @@ impl Sink for Uplink {
         let client = self.client.as_ref().expect("started");
         // A sliding window: the next request goes out as soon as any one finishes, so one slow
         // exchange (a lost datagram waits for its retransmission) does not hold the others up.
-        let chunks = self.requests(batch);
+        let mut chunks = self.requests(batch);
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let mut next = 0;
         let mut in_flight = 0;
@@ -154,12 +153,13 @@ impl Sink for Uplink {
         let mut acked: Vec<&[Reading]> = Vec::new();
         loop {
             while outcome.is_ok() && next < chunks.len() && in_flight < self.cfg.nstart.max(1) {
-                let (_, payload) = &chunks[next];
+                // Each payload goes out once; the chunk's readings stay for the bookkeeping.
+                let payload = std::mem::take(&mut chunks[next].1);
                 let req = request(
                     RequestType::Post,
                     &self.path,
-                    Some(self.content_format()),
-                    payload.clone(),
+                    Some(self.cfg.encoding.content_format()),
+                    payload,
                 );
                 debug_assert_eq!(path_of(&req), self.path.trim_matches('/'));
                 if !client.send_tagged(req, self.cfg.request_timeout, next as u64, &done_tx) {
@@ -205,12 +205,12 @@ impl Sink for Uplink {
 /// `limit` bytes, so that none needs a block-wise transfer (each of which holds reassembly
 /// state on the server, and stalls on every lost block). Only a single reading too large for a
 /// datagram goes block-wise.
-fn split_requests<'a>(
-    batch: &'a [Reading],
+fn split_requests(
+    batch: &[Reading],
     max_readings: usize,
     limit: usize,
     encode: impl Fn(&[Reading]) -> Vec<u8>,
-) -> Vec<(&'a [Reading], Vec<u8>)> {
+) -> Vec<(&[Reading], Vec<u8>)> {
     let mut out = Vec::new();
     let mut todo: Vec<&[Reading]> = batch.chunks(max_readings.max(1)).rev().collect();
     while let Some(chunk) = todo.pop() {
@@ -233,26 +233,12 @@ fn max_payload(mtu: u32) -> usize {
 }
 
 impl Uplink {
-    fn content_format(&self) -> u16 {
-        match self.cfg.encoding {
-            Encoding::Cbor => senml::CONTENT_FORMAT_CBOR,
-            Encoding::Json => senml::CONTENT_FORMAT_JSON,
-        }
-    }
-
-    fn encode(&self, readings: &[Reading]) -> Vec<u8> {
-        match self.cfg.encoding {
-            Encoding::Cbor => senml::encode_cbor(readings),
-            Encoding::Json => senml::encode_json(readings),
-        }
-    }
-
     fn requests<'a>(&self, batch: &'a [Reading]) -> Vec<(&'a [Reading], Vec<u8>)> {
         split_requests(
             batch,
             self.cfg.max_request_readings,
             max_payload(self.cfg.mtu),
-            |r| self.encode(r),
+            |r| self.cfg.encoding.encode(r),
         )
     }
     fn outcome(&self, r: Result<coap_lite::Packet, RequestError>) -> Result<(), PluginError> {
@@ -295,6 +281,7 @@ impl Uplink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gateway_coap::senml;
     use gateway_sdk::testing::sample_readings;
 
     #[test]

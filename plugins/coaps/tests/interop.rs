@@ -3,30 +3,17 @@
 //! check what arrived and what it printed, not its exit code.
 
 mod common;
+#[path = "../../../tests/support/libcoap.rs"]
+mod libcoap;
 use coaps::{Ingress, Uplink};
 use common::{certs, free_port, ingress_config, uplink_config};
 use gateway_coap::senml;
 use gateway_sdk::testing::{run_source, sample_readings, SinkHarness};
+use libcoap::{coap_client, have_libcoap};
 use std::{
     process::{Child, Command, Stdio},
     time::Duration,
 };
-
-fn have_libcoap() -> bool {
-    let ok = Command::new("coap-client-openssl")
-        .arg("-h")
-        .output()
-        .is_ok();
-    // CI installs libcoap3-bin (.ci/run); on a developer machine without it, say so loudly.
-    assert!(
-        ok || std::env::var("CI").is_err(),
-        "coap-client-openssl is missing: apt-get install libcoap3-bin"
-    );
-    if !ok {
-        eprintln!("SKIPPED: libcoap3-bin is not installed");
-    }
-    ok
-}
 
 struct Kill(Child);
 impl Drop for Kill {
@@ -98,18 +85,6 @@ fn our_uplink_posts_to_libcoap_server_with_psk() {
     let cfg = format!("uri = \"coaps://127.0.0.1:{}/gpsflowtemp\"\npsk_identity = \"pi-01\"\npsk_key = \"73656372657450534b\"\n", p + 1);
     let mut uplink = SinkHarness::new::<Uplink>(&cfg).unwrap();
     uplink.write(sample_readings(10)).unwrap();
-}
-
-fn coap_client(args: &[&str]) -> String {
-    let out = Command::new("coap-client-openssl")
-        .args(args)
-        .output()
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

@@ -63,7 +63,7 @@ pub fn start(root: &Path, n: u32, every: Duration) -> std::io::Result<Simulator>
                     let base = 18.0 + 2.5 * i as f64 + 3.0 * wave(t / 90.0 + i as f64);
                     let noise = (next() % 5) as f64 * 0.0625 - 0.125;
                     let text = match next() % 100 {
-                        0..=2 => format_scratchpad([0xff; 9], false).replacen("ff t=", "ff t=", 1),
+                        0..=2 => format_scratchpad([0xff; 9], false),
                         3 => format_scratchpad(
                             [0x50, 0x05, 0x4b, 0x46, 0x7f, 0xff, 0x0c, 0x10, 0],
                             true,

@@ -5,10 +5,9 @@
 //! `cargo run --release -p gateway-plugin-mysql --example insert_baseline -- URL [ROWS]`,
 //! e.g. `mysql://root@127.0.0.1:3306/gw_bench 200000`. It drops and recreates table `baseline`.
 
+use mysql::store::{create_table, insert_sql, ROWS_PER_INSERT as PER_INSERT};
 use mysql_async::{prelude::*, Params, Value};
 use std::time::Instant;
-
-const PER_INSERT: usize = 1000;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -24,21 +23,8 @@ fn main() {
         let pool = mysql_async::Pool::new(url.as_str());
         let mut c = pool.get_conn().await.expect("connect");
         c.query_drop("DROP TABLE IF EXISTS baseline").await.unwrap();
-        c.query_drop(
-            "CREATE TABLE baseline (
-                id BINARY(16) NOT NULL PRIMARY KEY, time_us BIGINT NOT NULL,
-                device VARCHAR(255) NOT NULL, sensor VARCHAR(255) NOT NULL,
-                name VARCHAR(255) NOT NULL, unit VARCHAR(64) NOT NULL,
-                value_type ENUM('float', 'int', 'bool', 'text', 'bytes') NOT NULL,
-                value_float DOUBLE NULL, value_int BIGINT NULL, value_text TEXT NULL,
-                value_bytes BLOB NULL,
-                KEY latest (device, sensor, name, time_us), KEY by_time (time_us)
-            ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
-        )
-        .await
-        .unwrap();
-        let placeholders = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; PER_INSERT].join(", ");
-        let sql = format!("INSERT INTO baseline (id, time_us, device, sensor, name, unit, value_type, value_float, value_int, value_text, value_bytes) VALUES {placeholders}");
+        c.query_drop(create_table("baseline")).await.unwrap();
+        let sql = insert_sql("INSERT", "baseline", PER_INSERT);
         let started = Instant::now();
         let mut done = 0;
         while done < rows {

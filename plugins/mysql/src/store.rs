@@ -8,7 +8,40 @@ use mysql_async::{prelude::*, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Rows per INSERT statement (a statement takes at most 65,535 placeholders).
-const ROWS_PER_INSERT: usize = 1000;
+/// Rows per INSERT statement.
+pub const ROWS_PER_INSERT: usize = 1000;
+
+/// The columns of a readings table, in the order [`row`] gives their values.
+const COLUMNS: &str = "id, time_us, device, sensor, name, unit, value_type, value_float, value_int, value_text, value_bytes";
+const COLUMN_COUNT: usize = 11;
+
+/// `CREATE TABLE IF NOT EXISTS` for a readings table (the current schema).
+pub fn create_table(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS `{table}` (
+            id          BINARY(16)   NOT NULL PRIMARY KEY,
+            time_us     BIGINT       NOT NULL,
+            device      VARCHAR(255) NOT NULL,
+            sensor      VARCHAR(255) NOT NULL,
+            name        VARCHAR(255) NOT NULL,
+            unit        VARCHAR(64)  NOT NULL,
+            value_type  ENUM('float', 'int', 'bool', 'text', 'bytes') NOT NULL,
+            value_float DOUBLE       NULL,
+            value_int   BIGINT       NULL,
+            value_text  TEXT         NULL,
+            value_bytes BLOB         NULL,
+            KEY latest (device, sensor, name, time_us),
+            KEY by_time (time_us)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+    )
+}
+
+/// `VERB INTO table (columns) VALUES (?, ...), ...` for `rows` rows (`VERB`: `INSERT` or
+/// `INSERT IGNORE`).
+pub fn insert_sql(verb: &str, table: &str, rows: usize) -> String {
+    let placeholders = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+    format!("{verb} INTO `{table}` ({COLUMNS}) VALUES {placeholders}")
+}
 
 /// How a MySQL error should be handled.
 pub fn classify(what: &str, e: mysql_async::Error) -> PluginError {
@@ -27,6 +60,8 @@ pub struct Store {
     rt: tokio::runtime::Runtime,
     pool: Pool,
     table: String,
+    /// The INSERT of a full chunk of [`ROWS_PER_INSERT`] rows, made once.
+    insert_full: std::sync::Arc<str>,
     write_timeout: std::time::Duration,
 }
 
@@ -71,6 +106,7 @@ impl Store {
             rt,
             pool,
             table: cfg.table.clone(),
+            insert_full: insert_sql("INSERT IGNORE", &cfg.table, ROWS_PER_INSERT).into(),
             write_timeout: cfg.write_timeout,
         })
     }
@@ -94,23 +130,7 @@ impl Store {
                 ))),
                 Some(_) => Ok(()),
                 None => {
-                    c.query_drop(format!(
-                        "CREATE TABLE IF NOT EXISTS `{table}` (
-                            id          BINARY(16)   NOT NULL PRIMARY KEY,
-                            time_us     BIGINT       NOT NULL,
-                            device      VARCHAR(255) NOT NULL,
-                            sensor      VARCHAR(255) NOT NULL,
-                            name        VARCHAR(255) NOT NULL,
-                            unit        VARCHAR(64)  NOT NULL,
-                            value_type  ENUM('float', 'int', 'bool', 'text', 'bytes') NOT NULL,
-                            value_float DOUBLE       NULL,
-                            value_int   BIGINT       NULL,
-                            value_text  TEXT         NULL,
-                            value_bytes BLOB         NULL,
-                            KEY latest (device, sensor, name, time_us),
-                            KEY by_time (time_us)
-                        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-                    ))
+                    c.query_drop(create_table(&table))
                     .await
                     .map_err(|e| classify("creating the readings table", e))?;
                     c.exec_drop("INSERT IGNORE INTO gateway_schema (tbl, version) VALUES (?, ?)", (table.as_str(), SCHEMA_VERSION))
@@ -127,13 +147,14 @@ impl Store {
     pub fn write(&self, batch: &[Reading]) -> Result<u64, PluginError> {
         let table = self.table.clone();
         let pool = self.pool.clone();
-        // The parameters of each INSERT, made here so the async part only moves them.
-        let chunks: Vec<Vec<mysql_async::Value>> = batch
+        let full = self.insert_full.clone();
+        // The rows and parameters of each INSERT, made here so the async part only moves them.
+        let chunks: Vec<(usize, Vec<mysql_async::Value>)> = batch
             .chunks(ROWS_PER_INSERT)
             .map(|c| {
-                let mut v = Vec::with_capacity(c.len() * 11);
+                let mut v = Vec::with_capacity(c.len() * COLUMN_COUNT);
                 c.iter().for_each(|r| row(r, &mut v));
-                v
+                (c.len(), v)
             })
             .collect();
         let fut = async move {
@@ -146,12 +167,12 @@ impl Store {
                 .await
                 .map_err(|e| classify("BEGIN", e))?;
             let mut inserted = 0;
-            for values in chunks {
-                let placeholders =
-                    vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; values.len() / 11].join(", ");
-                let sql = format!(
-                    "INSERT IGNORE INTO `{table}` (id, time_us, device, sensor, name, unit, value_type, value_float, value_int, value_text, value_bytes) VALUES {placeholders}"
-                );
+            for (rows, values) in chunks {
+                let sql: std::borrow::Cow<str> = if rows == ROWS_PER_INSERT {
+                    full[..].into()
+                } else {
+                    insert_sql("INSERT IGNORE", &table, rows).into()
+                };
                 tx.exec_drop(sql, mysql_async::Params::Positional(values))
                     .await
                     .map_err(|e| classify("INSERT", e))?;

@@ -7,12 +7,8 @@
 //! the other version.
 
 use abi_stable::{
-    declare_root_module_statics,
-    library::{CheckTypeLayout, LibHeader, RootModule, RootModuleResult},
-    prefix_type::PrefixTypeTrait,
-    sabi_types::VersionStrings,
-    std_types::RStr,
-    StableAbi,
+    declare_root_module_statics, export_root_module, library::RootModule,
+    prefix_type::PrefixTypeTrait, sabi_types::VersionStrings, std_types::RStr, StableAbi,
 };
 
 /// The root module of the "future" SDK.
@@ -33,19 +29,11 @@ impl RootModule for FutureLibraryRef {
     const VERSION_STRINGS: VersionStrings = VersionStrings::new("0.2.0");
 }
 
+/// The root module, exported under the name `abi_stable` gives the library header.
+#[export_root_module]
 fn root() -> FutureLibraryRef {
     FutureLibrary {
         sdk_version: RStr::from_str("0.2.0"),
     }
     .leak_into_prefix()
 }
-
-/// The header the host looks up, under the name `abi_stable`'s `#[export_root_module]` gives it.
-#[no_mangle]
-#[allow(non_upper_case_globals)]
-pub static _1as_0lib_1header_0root_bmodule_bloader: LibHeader = {
-    extern "C" fn erased() -> RootModuleResult {
-        abi_stable::library::__call_root_module_loader(root)
-    }
-    unsafe { LibHeader::from_constructor::<FutureLibraryRef>(erased, CheckTypeLayout::Yes) }
-};

@@ -1,0 +1,35 @@
+//! libcoap's command-line client (Debian's libcoap3-bin, OpenSSL flavour) as a peer in tests.
+//! Shared by the coaps plugin's interop tests and the host's test of the distribution build.
+
+use std::process::Command;
+
+/// Whether `coap-client-openssl` is installed. CI installs it (`.ci/run`), and there its absence
+/// fails the test; on a developer machine without it, the test says so loudly and passes.
+pub fn have_libcoap() -> bool {
+    let ok = Command::new("coap-client-openssl")
+        .arg("-h")
+        .output()
+        .is_ok();
+    assert!(
+        ok || std::env::var("CI").is_err(),
+        "coap-client-openssl is missing: apt-get install libcoap3-bin"
+    );
+    if !ok {
+        eprintln!("SKIPPED: libcoap3-bin is not installed");
+    }
+    ok
+}
+
+/// Runs `coap-client-openssl ARGS` and returns what it printed. It exits 0 even when the
+/// handshake fails: check what it printed and what arrived, not its exit code.
+pub fn coap_client(args: &[&str]) -> String {
+    let out = Command::new("coap-client-openssl")
+        .args(args)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
