@@ -17,7 +17,8 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// The directory of the `gateway` binary under test.
+/// The directory of the `gateway` binary under test (`target/debug` or, under
+/// `cargo test --release`, `target/release`).
 fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_gateway"))
         .parent()
@@ -27,10 +28,13 @@ fn bin_dir() -> PathBuf {
 
 fn cargo_build(args: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The same profile as the binary under test, so the libraries land next to it.
+    let release = bin_dir().ends_with("release");
     let status = Command::new(cargo)
         .current_dir(workspace())
         .arg("build")
         .arg("--quiet")
+        .args(release.then_some("--release"))
         .args(args)
         .status()
         .expect("run cargo build");
