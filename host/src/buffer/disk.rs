@@ -3,10 +3,9 @@
 //! buffer's writer thread appends, the sink's thread takes and acknowledges.
 //!
 //! On disk, in the buffer's directory:
-//! - `NNNNNNNNNNNNNNNNNNNN.seg`: segments named after the sequence number of their first record.
-//!   Each starts with an 8-byte magic, then records: `len u32 | crc32 u32 | seq u64 | count u32 |
-//!   payload`, little-endian, the CRC covering everything after itself. A record holds up to one
-//!   sink batch of readings ([`super::codec`]).
+//! - `NNNNNNNNNNNNNNNNNNNN.seg`: segments named after the sequence number of their first record,
+//!   in the layout of [`super::segment`]. A record holds up to one sink batch of readings
+//!   ([`super::codec`]).
 //! - `head`: two 16-byte slots, written in turn, each `seq u64 | crc32 u32 | 0u32`; the valid slot
 //!   with the larger `seq` is the first record not yet acknowledged. It is written without fsync:
 //!   losing it to a power cut only re-sends acknowledged records, which every sink of this project
@@ -14,16 +13,20 @@
 //!
 //! A record is durable once `append` returns (the segment is fdatasync'ed, and the directory too
 //! when a segment is created), unless the buffer was opened with `fsync = "never"`. At open, every
-//! segment is scanned: a torn or corrupt tail (a crash mid-write, a power cut) is cut off and
-//! counted, never fatal.
+//! segment is scanned: a torn tail (a crash mid-write, a power cut) is cut off and counted; a
+//! damaged record in the middle costs that record alone (counted, logged, skipped). Files that
+//! are not the buffer's own are left alone and never stop a start.
 
-use super::codec;
+use super::{
+    codec,
+    segment::{self, Hole, OpenSegment, Unreadable, MAGIC},
+};
 use crate::config::{BufferSettings, WhenFull};
 use gateway_sdk::Reading;
 use std::{
     collections::VecDeque,
     fs::{File, OpenOptions},
-    io::{self, BufReader, Read, Seek, SeekFrom, Write},
+    io::{self, Write},
     ops::Range,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
@@ -33,11 +36,6 @@ use std::{
     },
     time::{Duration, Instant},
 };
-
-const MAGIC: &[u8; 8] = b"GWBUF1\n\0";
-const HEADER: usize = 20;
-/// A record longer than this is taken for corruption.
-const MAX_RECORD: u32 = 256 << 20;
 
 /// Counters of a disk buffer.
 #[derive(Debug, Default)]
@@ -61,6 +59,8 @@ struct Segment {
     bytes: u64,
     readings: u64,
     acked_readings: u64,
+    /// Damaged records found at open, skipped when reading.
+    holes: Vec<Hole>,
 }
 
 impl Segment {
@@ -144,36 +144,6 @@ pub struct Taken {
     live_to: Option<u64>,
 }
 
-struct OpenSegment {
-    first: u64,
-    file: BufReader<File>,
-    /// Sequence number of the record at the file's position.
-    at: u64,
-}
-
-impl OpenSegment {
-    /// Reads and decodes record `seq` (at or after the file's position; the records before it
-    /// are skipped by their headers), leaving the file after it. `InvalidData` if the segment
-    /// is torn or corrupt there.
-    fn read(&mut self, seq: u64) -> io::Result<Vec<Reading>> {
-        while self.at < seq {
-            let h = read_header(&mut self.file, self.at)?
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "segment ends early"))?;
-            self.file.seek_relative(i64::from(h.len))?;
-            self.at += 1;
-        }
-        let (count, payload) = read_record(&mut self.file, seq)?.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "segment ends before its last record",
-            )
-        })?;
-        self.at += 1;
-        codec::decode(&payload, count as usize)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-    }
-}
-
 #[derive(Default)]
 struct Cursor {
     /// The next record to read from the file.
@@ -197,6 +167,13 @@ impl Cursor {
     }
 }
 
+/// What a reader needs to know of a segment.
+struct SegmentView {
+    first: u64,
+    end: u64,
+    holes: Vec<Hole>,
+}
+
 struct Live {
     /// The first record of the live lane; the backlog lane ends here.
     start: u64,
@@ -213,76 +190,8 @@ pub struct Reader {
     live: Option<Live>,
 }
 
-fn crc(seq: u64, count: u32, payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&seq.to_le_bytes());
-    h.update(&count.to_le_bytes());
-    h.update(payload);
-    h.finalize()
-}
-
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-/// A record's header: payload length, checksum and reading count.
-struct RecordHeader {
-    len: u32,
-    sum: u32,
-    count: u32,
-}
-
-/// Reads the header of the record at the position, checking its length and sequence number:
-/// `Ok(None)` at a clean end of file, `Err` with `InvalidData` for a torn or wrong header.
-fn read_header(r: &mut impl Read, expect_seq: u64) -> io::Result<Option<RecordHeader>> {
-    let mut h = [0u8; HEADER];
-    let mut got = 0;
-    while got < HEADER {
-        match r.read(&mut h[got..])? {
-            0 if got == 0 => return Ok(None),
-            0 => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "torn record header",
-                ))
-            }
-            n => got += n,
-        }
-    }
-    let len = u32::from_le_bytes(h[0..4].try_into().unwrap());
-    let sum = u32::from_le_bytes(h[4..8].try_into().unwrap());
-    let seq = u64::from_le_bytes(h[8..16].try_into().unwrap());
-    let count = u32::from_le_bytes(h[16..20].try_into().unwrap());
-    if len > MAX_RECORD || seq != expect_seq {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("bad record header (length {len}, sequence {seq}, expected {expect_seq})"),
-        ));
-    }
-    Ok(Some(RecordHeader { len, sum, count }))
-}
-
-/// Reads the record at the position: `Ok(None)` at a clean end of file, `Err` with
-/// `InvalidData` for a torn or corrupt record.
-fn read_record(r: &mut impl Read, seq: u64) -> io::Result<Option<(u32, Vec<u8>)>> {
-    let Some(RecordHeader { len, sum, count }) = read_header(r, seq)? else {
-        return Ok(None);
-    };
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            io::Error::new(io::ErrorKind::InvalidData, "torn record payload")
-        } else {
-            e
-        }
-    })?;
-    if crc(seq, count, &payload) != sum {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "record checksum mismatch",
-        ));
-    }
-    Ok(Some((count, payload)))
 }
 
 fn read_head(file: &File) -> io::Result<u64> {
@@ -322,19 +231,11 @@ impl DiskBuffer {
             .truncate(false)
             .open(dir.join("head"))?;
         let mut head = read_head(&head_file)?;
-        let mut firsts: Vec<u64> = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let name = entry?.file_name();
-            let name = name.to_string_lossy();
-            if let Some(n) = name.strip_suffix(".seg").and_then(|n| n.parse().ok()) {
-                firsts.push(n);
-            }
-        }
-        firsts.sort_unstable();
         let mut segments = VecDeque::new();
-        for first in firsts {
-            let path = segment_path(dir, first);
-            let seg = Self::scan(&path, first, head, &stats)?;
+        for (first, path) in Self::segment_files(dir)? {
+            let Some(seg) = Self::scan(&path, first, head, &stats)? else {
+                continue;
+            };
             let fully_acked = seg.end() <= head;
             if seg.records == 0 || fully_acked {
                 std::fs::remove_file(&path)?;
@@ -386,65 +287,84 @@ impl DiskBuffer {
         })
     }
 
-    /// Reads a segment's records, cutting off a torn or corrupt tail.
-    fn scan(path: &Path, first: u64, head: u64, stats: &BufferStats) -> io::Result<Segment> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let len = file.metadata()?.len();
-        let mut seg = Segment {
-            first,
-            records: 0,
-            bytes: len,
-            readings: 0,
-            acked_readings: 0,
-        };
-        let mut r = BufReader::with_capacity(1 << 16, &file);
-        let mut magic = [0u8; 8];
-        let good_magic = r.read_exact(&mut magic).is_ok() && &magic == MAGIC;
-        let mut valid_end = 0u64;
-        let mut problem = None;
-        if good_magic {
-            valid_end = 8;
-            loop {
-                match read_record(&mut r, first + seg.records) {
-                    Ok(None) => break,
-                    Ok(Some((count, payload))) => {
-                        if first + seg.records < head {
-                            seg.acked_readings += u64::from(count);
-                        }
-                        seg.records += 1;
-                        seg.readings += u64::from(count);
-                        valid_end += (HEADER + payload.len()) as u64;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                        problem = Some(e);
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
+    /// The segment files of `dir`, by first record. Anything else there (a stray file, a
+    /// directory, a name that is not exactly a segment's) is logged and left alone.
+    fn segment_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if matches!(name.as_ref(), "head" | "lock") || name.ends_with(".damaged") {
+                continue;
             }
-        } else if len > 0 {
-            problem = Some(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a disk buffer segment (bad magic)",
-            ));
+            let first = name
+                .strip_suffix(".seg")
+                .filter(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<u64>().ok());
+            match first {
+                Some(n) if entry.file_type()?.is_file() => found.push((n, entry.path())),
+                _ => tracing::warn!(
+                    file = %entry.path().display(),
+                    "a file in the disk buffer's directory that is not the buffer's own; leaving it alone"
+                ),
+            }
         }
-        if valid_end < len {
-            let cut = len - valid_end;
+        found.sort_unstable_by_key(|f| f.0);
+        Ok(found)
+    }
+
+    /// Reads a segment's records: damage in the middle is skipped record by record, a torn
+    /// tail is cut off. A file that is not a segment (bad magic) is renamed `NAME.damaged` and
+    /// left out (`None`).
+    fn scan(path: &Path, first: u64, head: u64, stats: &BufferStats) -> io::Result<Option<Segment>> {
+        let Some(scan) = segment::scan(path, first, head)? else {
+            let aside = path.with_extension("seg.damaged");
+            stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                segment = %path.display(),
+                moved_to = %aside.display(),
+                "not a disk buffer segment (bad magic); moved aside, the buffer goes on without it"
+            );
+            std::fs::rename(path, &aside)?;
+            return Ok(None);
+        };
+        for h in &scan.holes {
+            stats.corrupt_records.fetch_add(h.to - h.from, Ordering::Relaxed);
+            stats.corrupt_bytes.fetch_add(h.bytes, Ordering::Relaxed);
+            tracing::error!(
+                segment = %path.display(),
+                records = h.to - h.from,
+                first_record = h.from,
+                bytes = h.bytes,
+                "disk buffer records damaged (checksum or header wrong); skipping them, the records after them are intact"
+            );
+        }
+        let len = std::fs::metadata(path)?.len();
+        if scan.valid_end < len {
+            let cut = len - scan.valid_end;
             stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
             stats.corrupt_bytes.fetch_add(cut, Ordering::Relaxed);
             tracing::warn!(
                 segment = %path.display(),
-                at = valid_end,
+                at = scan.valid_end,
                 bytes = cut,
-                records_kept = seg.records,
-                reason = %problem.map(|e| e.to_string()).unwrap_or_default(),
+                records_kept = scan.records,
+                reason = %scan.tail_problem.as_deref().unwrap_or_default(),
                 "disk buffer segment has a torn or corrupt tail (a crash or power cut mid-write); cutting it off"
             );
-            file.set_len(valid_end)?;
+            let file = OpenOptions::new().write(true).open(path)?;
+            file.set_len(scan.valid_end)?;
             file.sync_all()?;
-            seg.bytes = valid_end;
         }
-        Ok(seg)
+        Ok(Some(Segment {
+            first,
+            records: scan.records,
+            bytes: scan.valid_end.min(len),
+            readings: scan.readings,
+            acked_readings: scan.acked_readings,
+            holes: scan.holes,
+        }))
     }
 
     /// Readings appended and not yet acknowledged or dropped.
@@ -486,19 +406,11 @@ impl DiskBuffer {
             if group.is_empty() {
                 return;
             }
-            let start = buf.len();
-            buf.extend_from_slice(&[0u8; HEADER]);
-            for b in group.iter() {
-                codec::encode(b, buf);
-            }
-            let seq = first_seq + records;
-            let count = *n as u32;
-            let payload_len = (buf.len() - start - HEADER) as u32;
-            let sum = crc(seq, count, &buf[start + HEADER..]);
-            buf[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
-            buf[start + 4..start + 8].copy_from_slice(&sum.to_le_bytes());
-            buf[start + 8..start + 16].copy_from_slice(&seq.to_le_bytes());
-            buf[start + 16..start + 20].copy_from_slice(&count.to_le_bytes());
+            segment::write_record(buf, first_seq + records, *n as u32, |buf| {
+                for b in group.iter() {
+                    codec::encode(b, buf);
+                }
+            });
             records += 1;
             readings += *n as u64;
             group.clear();
@@ -611,6 +523,7 @@ impl DiskBuffer {
             bytes: MAGIC.len() as u64,
             readings: 0,
             acked_readings: 0,
+            holes: Vec::new(),
         });
         Ok(())
     }
@@ -700,8 +613,15 @@ impl DiskBuffer {
                         continue;
                     }
                 }
-                let segs: Vec<(u64, u64)> =
-                    st.segments.iter().map(|s| (s.first, s.end())).collect();
+                let segs: Vec<SegmentView> = st
+                    .segments
+                    .iter()
+                    .map(|s| SegmentView {
+                        first: s.first,
+                        end: s.end(),
+                        holes: s.holes.clone(),
+                    })
+                    .collect();
                 (segs, st.next_seq)
             };
             let before = taken.records.len();
@@ -729,7 +649,7 @@ impl DiskBuffer {
         &self,
         reader: &mut Reader,
         taken: &mut Taken,
-        segments: &[(u64, u64)],
+        segments: &[SegmentView],
         next_seq: u64,
         max: usize,
     ) {
@@ -769,7 +689,7 @@ impl DiskBuffer {
     fn next_record(
         &self,
         cur: &mut Cursor,
-        segments: &[(u64, u64)],
+        segments: &[SegmentView],
         limit: u64,
         taken: &mut Taken,
         max: usize,
@@ -792,69 +712,66 @@ impl DiskBuffer {
         true
     }
 
-    /// Reads the record at the cursor if there is one below `limit`. Corrupt records are counted
-    /// and skipped.
+    /// Reads the record at the cursor if there is one below `limit`. Damaged records are
+    /// skipped (and counted, unless the scan at open counted them).
     fn read_next(
         &self,
         cur: &mut Cursor,
-        segments: &[(u64, u64)],
+        segments: &[SegmentView],
         limit: u64,
     ) -> Option<(u64, Vec<Reading>)> {
         loop {
             if cur.seq >= limit {
                 return None;
             }
-            let &(first, end) = segments.iter().find(|(f, e)| *e > cur.seq && *f < *e)?;
-            if first > cur.seq {
-                cur.seq = first;
+            let seg = segments.iter().find(|s| s.end > cur.seq && s.first < s.end)?;
+            if seg.first > cur.seq {
+                cur.seq = seg.first;
                 cur.open = None;
                 continue;
             }
-            if cur.open.as_ref().map(|o| o.first) != Some(first) {
-                match File::open(segment_path(&self.dir, first)) {
-                    Ok(f) => {
-                        let mut file = BufReader::with_capacity(1 << 16, f);
-                        if file.seek(SeekFrom::Start(MAGIC.len() as u64)).is_err() {
-                            cur.seq = end;
-                            continue;
-                        }
-                        cur.open = Some(OpenSegment {
-                            first,
-                            file,
-                            at: first,
-                        });
-                    }
+            if cur.open.as_ref().map(|o| o.first) != Some(seg.first) {
+                match OpenSegment::open(&segment_path(&self.dir, seg.first), seg.first) {
+                    Ok(o) => cur.open = Some(o),
                     Err(_) => {
                         // Dropped by `drop_oldest` meanwhile.
-                        cur.seq = end;
+                        cur.seq = seg.end;
                         cur.open = None;
                         continue;
                     }
                 }
             }
             let open = cur.open.as_mut().expect("opened above");
-            match open.read(cur.seq) {
+            let (to, counted, why) = match open.read(cur.seq, &seg.holes) {
                 Ok(readings) => {
                     let seq = cur.seq;
                     cur.seq += 1;
                     return Some((seq, readings));
                 }
-                Err(e) => {
-                    let skipped = end - cur.seq;
-                    self.stats
-                        .corrupt_records
-                        .fetch_add(skipped, Ordering::Relaxed);
-                    tracing::error!(
-                        segment = first,
-                        record = cur.seq,
-                        records_skipped = skipped,
-                        error = %e,
-                        "disk buffer record unreadable; skipping the rest of its segment"
-                    );
-                    cur.seq = end;
+                Err(Unreadable::Hole { to, new, why }) => (to.min(seg.end), !new, why),
+                Err(Unreadable::Rest(why)) => {
                     cur.open = None;
+                    (seg.end, false, why)
                 }
+                Err(Unreadable::Io(e)) => {
+                    cur.open = None;
+                    (seg.end, false, e.to_string())
+                }
+            };
+            if !counted {
+                let skipped = to - cur.seq;
+                self.stats
+                    .corrupt_records
+                    .fetch_add(skipped, Ordering::Relaxed);
+                tracing::error!(
+                    segment = seg.first,
+                    record = cur.seq,
+                    records_skipped = skipped,
+                    error = %why,
+                    "disk buffer record unreadable; skipping it, reading goes on after it"
+                );
             }
+            cur.seq = to;
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod disk;
+pub mod segment;
 
 pub use disk::{AppendError, BufferStats, DiskBuffer, Reader, Taken};
 

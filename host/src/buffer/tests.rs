@@ -192,6 +192,78 @@ fn a_flipped_bit_is_detected_and_garbage_files_do_not_stop_the_start() {
     assert_eq!(drain_all(&b, 1000), (0..4).collect::<Vec<_>>());
 }
 
+/// Offsets of each record of a segment written by `fill` (records of equal size).
+fn record_offsets(seg: &Path, records: usize) -> Vec<usize> {
+    let len = std::fs::metadata(seg).unwrap().len() as usize;
+    let size = (len - segment::MAGIC.len()) / records;
+    (0..records).map(|i| segment::MAGIC.len() + i * size).collect()
+}
+
+#[test]
+fn a_damaged_record_in_the_middle_costs_that_record_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path());
+    fill(&b, 10, 5);
+    drop(b);
+    let seg = segment_file(dir.path());
+    let at = record_offsets(&seg, 10);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // A flipped bit in the payload of record 3, and a wrecked header (its length) in record 6.
+    bytes[at[3] + 30] ^= 0x04;
+    bytes[at[6]] ^= 0xff;
+    bytes[at[6] + 1] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let b = open(dir.path());
+    assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 2);
+    assert_eq!(b.pending(), 40, "8 intact records of 5");
+    let want: Vec<i64> = (0..50).filter(|v| !(15..20).contains(v) && !(30..35).contains(v)).collect();
+    assert_same(&drain_all(&b, 7), &want);
+    assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 2, "counted once");
+    assert_eq!(b.pending(), 0);
+}
+
+#[test]
+fn damage_that_appears_while_running_costs_only_the_damaged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path());
+    fill(&b, 6, 5);
+    // Force the next append into a new segment: the first is complete on disk.
+    drop(b);
+    let b = open(dir.path());
+    let seg = segment_file(dir.path());
+    let at = record_offsets(&seg, 6);
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_at(&[0xde, 0xad, 0xbe, 0xef], at[2] as u64 + 25).unwrap();
+    drop(f);
+    let want: Vec<i64> = (0..30).filter(|v| !(10..15).contains(v)).collect();
+    assert_same(&drain_all(&b, 5), &want);
+    assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn stray_files_in_the_buffer_directory_never_stop_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path());
+    fill(&b, 3, 4);
+    drop(b);
+    let d = dir.path();
+    // A segment-like name that is not a segment's (not 20 digits), a directory with a
+    // segment's name, an editor's backup, and plain notes.
+    std::fs::write(d.join("5.seg"), b"stray").unwrap();
+    std::fs::create_dir(d.join("00000000000000000007.seg")).unwrap();
+    std::fs::write(d.join("00000000000000000000.seg~"), b"backup").unwrap();
+    std::fs::write(d.join("README"), b"notes").unwrap();
+    let b = open(dir.path());
+    assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 0);
+    assert_eq!(drain_all(&b, 100), (0..12).collect::<Vec<_>>());
+    b.append(&[&batch(100, 2)], 10, &never).unwrap();
+    assert_eq!(drain_all(&b, 100), vec![100, 101]);
+    for f in ["5.seg", "00000000000000000000.seg~", "README"] {
+        assert!(d.join(f).exists(), "{f} is left alone");
+    }
+}
+
 #[test]
 fn drop_oldest_keeps_the_size_limit_and_counts_every_dropped_reading() {
     let dir = tempfile::tempdir().unwrap();
