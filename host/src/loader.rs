@@ -2,9 +2,14 @@
 //! their plugins by id.
 //!
 //! Libraries are loaded with `dlopen` and never unloaded (neither `abi_stable` nor the plugins'
-//! own statics allow it). The library named after the plugin id (`libds18b20.so` for `ds18b20`,
-//! with `-` as `_`) is tried first; only if it does not export the id are the other libraries of
-//! the directory loaded, since one library may export several plugins.
+//! own statics allow it). A plugin id is looked for only in the libraries its name gives: the
+//! library named after the id (`libds18b20.so` for `ds18b20`, with `-` as `_`), then the one
+//! named after the id's first part (`libacme.so` for `acme-uplink`), which is how one library
+//! exports several plugins. No other file is opened for it.
+//!
+//! Before anything is opened, the directory and the file are checked the way sshd's
+//! `StrictModes` checks a user's keys ([`trusted`]): whoever can write a library can run code
+//! inside the gateway, so only the administrator (root) or the gateway's own user may.
 
 use crate::logging::HostLogger;
 use abi_stable::{
@@ -69,6 +74,53 @@ pub enum LoadError {
     /// The library's module constructor failed.
     #[error("failed to initialise: {0}")]
     Init(String),
+    /// The file, or a directory above it, could be changed by someone other than the
+    /// administrator or the gateway's user.
+    #[error("is not trusted: {0}")]
+    Untrusted(String),
+}
+
+/// Checks that `path` (resolved through symlinks) and every directory above it can be changed
+/// only by root or by the user the gateway runs as: owned by one of them and not writable by
+/// group or others (a directory with the sticky bit, such as `/tmp`, may be writable by all,
+/// since then nobody can rename or delete what another user owns in it). Returns the resolved
+/// path, to be opened instead of `path`, or why it is refused and how to fix it.
+pub fn trusted(path: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let real = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mut at = Some(real.as_path());
+    while let Some(p) = at {
+        let m = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let shown = if p == real && p != path {
+            format!("{} (where {} leads)", p.display(), path.display())
+        } else {
+            p.display().to_string()
+        };
+        if m.uid() != 0 && m.uid() != me {
+            return Err(format!(
+                "{shown} is owned by uid {}, neither root nor the user the gateway runs as (uid {me}); whoever owns it can run code inside the gateway: `chown root {}` (or the gateway's user)",
+                m.uid(),
+                p.display()
+            ));
+        }
+        let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
+        if m.mode() & 0o022 != 0 && !(sticky_dir && p != real) {
+            return Err(format!(
+                "{shown} is writable by {} (mode {:04o}); whoever can write it can run code inside the gateway: `chmod go-w {}`",
+                match (m.mode() & 0o020 != 0, m.mode() & 0o002 != 0) {
+                    (true, true) => "group and others",
+                    (true, false) => "its group",
+                    _ => "others",
+                },
+                m.mode() & 0o7777,
+                p.display()
+            ));
+        }
+        at = p.parent();
+    }
+    Ok(real)
 }
 
 /// Keeps the useful end of `abi_stable`'s layout report, which runs to a thousand lines.
@@ -82,12 +134,17 @@ fn summarize(report: &str) -> String {
     tail.join(" ")
 }
 
-/// Loads one library file and checks it.
+/// Loads one library file and checks it; the file and the directories above it must pass
+/// [`trusted`] first.
 pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError> {
     if !path.exists() {
         return Err(LoadError::Open("no such file".into()));
     }
-    let header = lib_header_from_path(path).map_err(|e| match e {
+    let real = trusted(path).map_err(LoadError::Untrusted)?;
+    if !real.is_file() {
+        return Err(LoadError::Open("not a regular file".into()));
+    }
+    let header = lib_header_from_path(&real).map_err(|e| match e {
         LibraryError::OpenError { err, .. } => {
             LoadError::Open(err.to_string().trim().replace('\n', " "))
         }
@@ -214,14 +271,11 @@ impl Catalog {
         paths
     }
 
-    /// Finds the library exporting plugin `id` of kind `kind`. The error says what was looked at.
+    /// Finds the library exporting plugin `id` of kind `kind`, among the files its name gives
+    /// ([`Catalog::conventional_paths`]) only. The error says what was looked at.
     pub fn find(&mut self, id: &str, kind: PluginKind) -> Result<Found, String> {
-        let conventional = self.conventional_paths(id);
-        let first = conventional[0].clone();
-        let mut candidates = conventional.clone();
-        if let Ok(files) = self.files() {
-            candidates.extend(files.into_iter().filter(|f| !conventional.contains(f)));
-        }
+        let candidates = self.conventional_paths(id);
+        let first = candidates[0].clone();
         let mut refused = Vec::new();
         let mut wrong_kind = None;
         for path in &candidates {
@@ -257,10 +311,14 @@ impl Catalog {
         {
             return Err(format!("plugin {id:?}: {reason}"));
         }
+        let names: Vec<String> = candidates
+            .iter()
+            .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+            .collect();
         let mut msg = format!(
-            "plugin {id:?}: no library in {} exports it (looked for {} first)",
+            "plugin {id:?}: no library in {} exports it (looked for {}; a library exports only ids named after its file)",
             self.dir.display(),
-            first.file_name().unwrap_or_default().to_string_lossy()
+            names.join(" and ")
         );
         if !refused.is_empty() {
             msg.push_str("; libraries that were refused: ");

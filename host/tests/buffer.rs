@@ -32,14 +32,14 @@ fn buffered(
         &format!("data_dir = {:?}", s.path("data").display().to_string()),
         &format!(
             r#"[sources.seq]
-plugin = "sequence"
+plugin = "testkit-sequence"
 count = {count}
 batch_size = {batch}
 emitted_path = {emitted:?}
 resume = true
 
 [sinks.rec]
-plugin = "recorder"
+plugin = "testkit-recorder"
 path = {out:?}
 batch_timeout = "5ms"
 retry_backoff = "20ms"

@@ -19,7 +19,7 @@ fn while_the_server_side_sink_fails_the_ingress_answers_5_03_and_nothing_is_lost
         "",
         &format!(
             r#"[sources.seq]
-plugin = "sequence"
+plugin = "testkit-sequence"
 count = 200
 batch_size = 10
 
@@ -44,7 +44,7 @@ client_ca_file = {ca:?}
 require_client_cert = true
 
 [sinks.store]
-plugin = "recorder"
+plugin = "testkit-recorder"
 inputs = ["ingress"]
 path = {out:?}
 fail_first = 3

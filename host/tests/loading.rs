@@ -56,7 +56,7 @@ fn missing_plugin_names_the_directory_and_the_file_looked_for() {
         err.contains("gateway.toml:6: [sources.t] plugin \"ds18b20x\": no library in"),
         "{err}"
     );
-    assert!(err.contains("looked for libds18b20x.so first"), "{err}");
+    assert!(err.contains("looked for libds18b20x.so;"), "{err}");
 }
 
 #[test]
@@ -125,10 +125,10 @@ fn plugins_lists_each_library_with_versions_and_kinds() {
     assert!(out.contains("source   example"), "{out}");
     // One library exporting several plugins of both kinds.
     for line in [
-        "source   sequence",
-        "source   null-source",
-        "sink     recorder",
-        "sink     null-sink",
+        "source   testkit-sequence",
+        "source   testkit-null-source",
+        "sink     testkit-recorder",
+        "sink     testkit-null-sink",
     ] {
         assert!(out.contains(line), "{line} missing from {out}");
     }
@@ -151,6 +151,119 @@ fn a_source_configured_as_a_sink_is_refused() {
         err.contains(
             "plugin \"example\" in libexample.so is a source, but it is configured as a sink"
         ),
+        "{err}"
+    );
+}
+
+/// A private copy of the plugin directory holding `libexample.so` and `libconsole.so`, with modes
+/// a careful administrator would set.
+fn private_plugins(s: &Setup) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = s.path("plugins");
+    std::fs::create_dir(&dir).unwrap();
+    for f in ["libexample.so", "libconsole.so"] {
+        std::fs::copy(plugin_dir().join(f), dir.join(f)).unwrap();
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn check_with(s: &Setup, dir: &std::path::Path) -> (bool, String) {
+    let cfg = s.path("g.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nplugin_dir = {:?}\n[sources.a]\nplugin = \"example\"\n[sinks.b]\nplugin = \"console\"\n",
+            dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (status, _, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
+    (status.success(), err)
+}
+
+#[test]
+fn a_plugin_directory_others_can_write_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let dir = private_plugins(&s);
+    assert!(check_with(&s, &dir).0, "the private copy loads");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, err) = check_with(&s, &dir);
+    assert!(!ok);
+    assert!(
+        err.contains("is not trusted")
+            && err.contains("is writable by group and others (mode 0777)")
+            && err.contains(&format!("`chmod go-w {}`", dir.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_library_its_group_can_write_or_another_user_owns_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let dir = private_plugins(&s);
+    let lib = dir.join("libconsole.so");
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let (ok, err) = check_with(&s, &dir);
+    assert!(!ok);
+    assert!(
+        err.contains("[sinks.b] plugin \"console\"")
+            && err.contains("libconsole.so is writable by its group (mode 0775)"),
+        "{err}"
+    );
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&lib, Some(4321), None).unwrap();
+        let (ok, err) = check_with(&s, &dir);
+        assert!(!ok);
+        assert!(
+            err.contains("is owned by uid 4321, neither root nor the user the gateway runs as"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_symlink_is_judged_by_where_it_leads() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let dir = private_plugins(&s);
+    // The link itself sits in a trusted directory; the library it leads to does not.
+    let elsewhere = s.path("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::rename(dir.join("libconsole.so"), elsewhere.join("libconsole.so")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("libconsole.so"), dir.join("libconsole.so"))
+        .unwrap();
+    let (ok, err) = check_with(&s, &dir);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("{} is writable by group and others", elsewhere.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_library_not_named_after_the_plugin_is_never_opened() {
+    let s = Setup::new();
+    let dir = private_plugins(&s);
+    // The console plugin under another name, and a file that is not a library at all: neither
+    // may be opened to look for "console".
+    std::fs::rename(dir.join("libconsole.so"), dir.join("libother.so")).unwrap();
+    std::fs::write(dir.join("libzzz.so"), "not a library").unwrap();
+    let (ok, err) = check_with(&s, &dir);
+    assert!(!ok);
+    assert!(
+        err.contains("[sinks.b] plugin \"console\": no library in")
+            && err.contains("looked for libconsole.so;"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("libzzz.so") && !err.contains("libother.so"),
         "{err}"
     );
 }

@@ -6,7 +6,7 @@ use support::*;
 
 fn recorder(name: &str, file: &str, inputs: &[&str], extra: &str) -> String {
     format!(
-        "[sinks.{name}]\nplugin = \"recorder\"\npath = {:?}\ninputs = {inputs:?}\nbatch_timeout = \"5ms\"\n{extra}\n",
+        "[sinks.{name}]\nplugin = \"testkit-recorder\"\npath = {:?}\ninputs = {inputs:?}\nbatch_timeout = \"5ms\"\n{extra}\n",
         file
     )
 }
@@ -18,8 +18,8 @@ fn a_source_that_panics_is_restarted_and_the_others_keep_flowing() {
     let cfg = s.config(
         "",
         &format!(
-            "[sources.bad]\nplugin = \"sequence\"\ninterval = \"5ms\"\npanic_after = 5\nrestart_backoff = \"50ms\"\n\
-             [sources.good]\nplugin = \"sequence\"\ninterval = \"5ms\"\n{}{}",
+            "[sources.bad]\nplugin = \"testkit-sequence\"\ninterval = \"5ms\"\npanic_after = 5\nrestart_backoff = \"50ms\"\n\
+             [sources.good]\nplugin = \"testkit-sequence\"\ninterval = \"5ms\"\n{}{}",
             recorder("bad_out", bad.to_str().unwrap(), &["bad"], ""),
             recorder("good_out", good.to_str().unwrap(), &["good"], ""),
         ),
@@ -70,7 +70,7 @@ fn a_sink_that_panics_is_rebuilt_and_nothing_is_lost() {
     let cfg = s.config(
         "",
         &format!(
-            "[sources.seq]\nplugin = \"sequence\"\ncount = 50\nbatch_size = 5\n{}",
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 50\nbatch_size = 5\n{}",
             recorder(
                 "rec",
                 out.to_str().unwrap(),
@@ -102,7 +102,7 @@ fn retryable_failures_are_retried_with_backoff_and_nothing_is_lost() {
     let cfg = s.config(
         "",
         &format!(
-            "[sources.seq]\nplugin = \"sequence\"\ncount = 40\nbatch_size = 4\n{}",
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 40\nbatch_size = 4\n{}",
             recorder(
                 "rec",
                 out.to_str().unwrap(),
@@ -135,7 +135,7 @@ fn a_slow_sink_holds_sources_back_and_memory_stays_bounded() {
     let cfg = s.config(
         "",
         &format!(
-            "[sources.fast]\nplugin = \"sequence\"\nbatch_size = 10\nwait_ack = false\nemitted_path = {:?}\n{}",
+            "[sources.fast]\nplugin = \"testkit-sequence\"\nbatch_size = 10\nwait_ack = false\nemitted_path = {:?}\n{}",
             s.path("emitted").to_str().unwrap(),
             recorder("slow", out.to_str().unwrap(), &["fast"], "delay = \"50ms\"\nbatch_size = 10\nqueue_capacity = 2")
         ),
@@ -173,7 +173,7 @@ fn shutdown_delivers_the_batch_in_flight() {
     let cfg = s.config(
         "",
         &format!(
-            "[sources.seq]\nplugin = \"sequence\"\nbatch_size = 5\nemitted_path = {:?}\n{}",
+            "[sources.seq]\nplugin = \"testkit-sequence\"\nbatch_size = 5\nemitted_path = {:?}\n{}",
             s.path("emitted").to_str().unwrap(),
             recorder("rec", out.to_str().unwrap(), &["seq"], "delay = \"700ms\"")
         ),
@@ -206,7 +206,7 @@ fn a_second_signal_exits_at_once() {
     let cfg = s.config(
         "shutdown_timeout = \"60s\"",
         &format!(
-            "[sources.seq]\nplugin = \"sequence\"\n{}",
+            "[sources.seq]\nplugin = \"testkit-sequence\"\n{}",
             recorder("rec", out.to_str().unwrap(), &["seq"], "delay = \"30s\"")
         ),
     );
@@ -233,7 +233,7 @@ fn shutdown_is_bounded_when_a_sink_cannot_finish() {
     let cfg = s.config(
         "shutdown_timeout = \"1s\"",
         &format!(
-            "[sources.seq]\nplugin = \"sequence\"\n{}",
+            "[sources.seq]\nplugin = \"testkit-sequence\"\n{}",
             recorder(
                 "rec",
                 out.to_str().unwrap(),
@@ -266,7 +266,7 @@ fn plugin_logs_are_tagged_and_levels_are_per_instance() {
     let cfg = s.config(
         "",
         &format!(
-            "[sources.loud]\nplugin = \"sequence\"\ncount = 3\n[sources.quiet]\nplugin = \"sequence\"\ncount = 3\nlog_level = \"warn\"\n{}",
+            "[sources.loud]\nplugin = \"testkit-sequence\"\ncount = 3\n[sources.quiet]\nplugin = \"testkit-sequence\"\ncount = 3\nlog_level = \"warn\"\n{}",
             recorder("rec", out.to_str().unwrap(), &["loud", "quiet"], "")
         ),
     );
@@ -288,7 +288,7 @@ fn json_logs_are_one_object_per_line_and_readings_go_to_stdout() {
     let s = Setup::new();
     let cfg = s.config(
         "",
-        "[sources.seq]\nplugin = \"sequence\"\ncount = 3\n[sinks.out]\nplugin = \"console\"\nformat = \"json\"\n",
+        "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 3\n[sinks.out]\nplugin = \"console\"\nformat = \"json\"\n",
     );
     let mut gw = Running::start(&s, &cfg, &["--until-sources-finish", "--json"]);
     let status = gw.wait(Duration::from_secs(20)).expect("exits");
@@ -321,7 +321,7 @@ fn a_sink_fed_by_two_sources_acknowledges_each_once_both_sinks_took_it() {
     let cfg = s.config(
         "",
         &format!(
-            "[sources.a]\nplugin = \"sequence\"\ncount = 20\nbatch_size = 3\n[sources.b]\nplugin = \"sequence\"\ncount = 20\n{}{}",
+            "[sources.a]\nplugin = \"testkit-sequence\"\ncount = 20\nbatch_size = 3\n[sources.b]\nplugin = \"testkit-sequence\"\ncount = 20\n{}{}",
             recorder("one", s.path("one.txt").to_str().unwrap(), &["a", "b"], ""),
             recorder("two", s.path("two.txt").to_str().unwrap(), &["a"], "delay = \"20ms\""),
         ),
@@ -346,7 +346,7 @@ fn a_refused_reading_does_not_take_the_others_of_a_merged_write_with_it() {
     let cfg = s.config(
         "",
         &format!(
-            "[sources.seq]\nplugin = \"sequence\"\ncount = 40\nbatch_size = 1\nwait_ack = false\n{}",
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 40\nbatch_size = 1\nwait_ack = false\n{}",
             recorder("rec", out.to_str().unwrap(), &["seq"], "reject_value = 13\nbatch_size = 10\ndelay = \"20ms\"")
         ),
     );

@@ -235,7 +235,7 @@ retry_backoff_max = "2s"
         ),
         &format!(
             r#"[sources.seq]
-plugin = "sequence"
+plugin = "testkit-sequence"
 count = {n}
 batch_size = 10
 interval = "20ms"

@@ -76,7 +76,7 @@ pub struct Sequence {
 }
 
 impl Source for Sequence {
-    const ID: &'static str = "sequence";
+    const ID: &'static str = "testkit-sequence";
     const DESCRIPTION: &'static str = "test: emits 0, 1, 2, ...; can panic mid-run";
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
         let mut cfg: SequenceConfig = ctx.parse_config()?;
@@ -188,7 +188,7 @@ pub struct Recorder {
 }
 
 impl Sink for Recorder {
-    const ID: &'static str = "recorder";
+    const ID: &'static str = "testkit-recorder";
     const DESCRIPTION: &'static str = "test: appends readings to a file; can stall, fail or panic";
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
         let cfg: RecorderConfig = ctx.parse_config()?;
@@ -266,7 +266,7 @@ pub struct NullSource {
 }
 
 impl Source for NullSource {
-    const ID: &'static str = "null-source";
+    const ID: &'static str = "testkit-null-source";
     const DESCRIPTION: &'static str = "benchmark: emits readings as fast as the host takes them";
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
         Ok(NullSource {
@@ -317,7 +317,7 @@ pub struct NullSink {
 }
 
 impl Sink for NullSink {
-    const ID: &'static str = "null-sink";
+    const ID: &'static str = "testkit-null-sink";
     const DESCRIPTION: &'static str = "benchmark: takes readings and drops them";
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
         #[derive(Deserialize)]
