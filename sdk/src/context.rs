@@ -54,6 +54,73 @@ impl InitContext {
         base.join(path)
     }
 
+    /// Reads a secret that the config gives in exactly one of three ways: `inline` (the value
+    /// in the TOML itself), `env` (the name of an environment variable holding it) or `file` (a
+    /// file holding it, relative to the config file; its first line, trimmed, is the secret).
+    /// `key` is the name of the inline key, used in errors as `KEY`, `KEY_env` and `KEY_file`.
+    /// A file must pass [`InitContext::private_file`]. `Ok(None)` when none of the three is given.
+    pub fn secret(
+        &self,
+        key: &str,
+        inline: Option<&str>,
+        env: Option<&str>,
+        file: Option<&std::path::Path>,
+    ) -> Result<Option<String>, PluginError> {
+        let table = &self.info.table;
+        let given = [inline.is_some(), env.is_some(), file.is_some()];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(PluginError::config(format!(
+                "[{table}] {key}, {key}_env and {key}_file: give one of them"
+            )));
+        }
+        if let Some(v) = inline {
+            return Ok(Some(v.to_owned()));
+        }
+        if let Some(var) = env {
+            return std::env::var(var).map(Some).map_err(|_| {
+                PluginError::config(format!(
+                    "[{table}] {key}_env: the environment variable {var} is not set (or not UTF-8)"
+                ))
+            });
+        }
+        let Some(file) = file else { return Ok(None) };
+        let path = self.private_file(&format!("{key}_file"), file)?;
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            PluginError::config(format!(
+                "[{table}] {key}_file: cannot read {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(Some(text.lines().next().unwrap_or("").trim().to_owned()))
+    }
+
+    /// `path` resolved as [`InitContext::resolve_path`] does, after checking that it is a file
+    /// that others cannot read: a secret (a private key, a password) readable by every local
+    /// user is an error, as ssh and PostgreSQL make it (mode 0600, or 0640 for a group the
+    /// service shares, is fine). `key` names the config key in the error.
+    pub fn private_file(
+        &self,
+        key: &str,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<PathBuf, PluginError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.resolve_path(path);
+        let table = &self.info.table;
+        let meta = std::fs::metadata(&path).map_err(|e| {
+            PluginError::config(format!("[{table}] {key}: {}: {e}", path.display()))
+        })?;
+        let mode = meta.permissions().mode();
+        if mode & 0o007 != 0 {
+            return Err(PluginError::config(format!(
+                "[{table}] {key}: {} holds a secret but every local user may read it (mode {:04o}): `chmod o-rwx {}`",
+                path.display(),
+                mode & 0o7777,
+                path.display()
+            )));
+        }
+        Ok(path)
+    }
+
     /// The raw TOML of the plugin's keys.
     pub fn config_toml(&self) -> &str {
         &self.info.config_toml

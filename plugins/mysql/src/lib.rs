@@ -17,29 +17,12 @@ pub struct Mysql {
 }
 
 fn password(cfg: &Config, ctx: &InitContext) -> Result<Option<String>, PluginError> {
-    let table = &ctx.info().table;
-    match (&cfg.password_env, &cfg.password_file) {
-        (Some(_), Some(_)) => Err(PluginError::config(format!(
-            "[{table}] password_env and password_file: give one"
-        ))),
-        (Some(var), None) => std::env::var(var).map(Some).map_err(|_| {
-            PluginError::config(format!(
-                "[{table}] password_env: the environment variable {var} is not set"
-            ))
-        }),
-        (None, Some(file)) => {
-            let path = ctx.resolve_path(file);
-            std::fs::read_to_string(&path)
-                .map(|s| Some(s.lines().next().unwrap_or("").to_owned()))
-                .map_err(|e| {
-                    PluginError::config(format!(
-                        "[{table}] password_file: cannot read {}: {e}",
-                        path.display()
-                    ))
-                })
-        }
-        (None, None) => Ok(None),
-    }
+    ctx.secret(
+        "password",
+        None,
+        cfg.password_env.as_deref(),
+        cfg.password_file.as_deref(),
+    )
 }
 
 impl Sink for Mysql {

@@ -195,6 +195,28 @@ fn config_errors_say_what_is_wrong() {
         e.message().contains("GATEWAY_NO_SUCH_VAR is not set"),
         "{e}"
     );
+    // A password file every local user can read is refused, one only its owner reads is taken.
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = format!("url = \"mysql://root@h/db\"\npassword_file = {:?}", pw.display().to_string());
+    let e = SinkHarness::new::<Mysql>(&cfg).err().unwrap();
+    assert!(
+        e.message().contains("every local user may read it (mode 0644)")
+            && e.message().contains("chmod o-rwx"),
+        "{e}"
+    );
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(SinkHarness::new::<Mysql>(&cfg).is_ok());
+    let e = SinkHarness::new::<Mysql>(&format!("{cfg}\npassword_env = \"X\""))
+        .err()
+        .unwrap();
+    assert!(
+        e.message().contains("password, password_env and password_file: give one"),
+        "{e}"
+    );
     let e = SinkHarness::new::<Mysql>("url = \"mysql://root@h/db\"\ntable = \"x; DROP\"")
         .err()
         .unwrap();
