@@ -9,7 +9,7 @@ use crate::{
 };
 use coap_lite::Packet;
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -219,6 +219,7 @@ impl Link {
 async fn connect(
     opts: &ClientOptions,
     connector: &openssl::ssl::SslContext,
+    resume: Option<&openssl::ssl::SslSession>,
 ) -> Result<Link, RequestError> {
     let socket = UdpSocket::bind(opts.bind)
         .await
@@ -228,8 +229,14 @@ async fn connect(
         .connect(opts.server)
         .await
         .map_err(|e| RequestError::Io(format!("connect {}: {e}", opts.server)))?;
-    let session = Session::client(connector, &opts.host, opts.tls.mtu, opts.verify_host)?;
-    tracing::debug!(server = %opts.server, "DTLS handshake started");
+    let session = Session::client(
+        connector,
+        &opts.host,
+        opts.tls.mtu,
+        opts.verify_host,
+        resume,
+    )?;
+    tracing::debug!(server = %opts.server, resuming = resume.is_some(), "DTLS handshake started");
     Ok(Link {
         socket,
         session,
@@ -244,14 +251,21 @@ async fn client_loop(
 ) {
     let mut endpoint: Endpoint<()> = Endpoint::new(opts.coap.clone(), rng());
     let mut link: Option<Link> = None;
+    // The last session established, offered again at the next connect: an abbreviated
+    // handshake is two small flights instead of certificate chains.
+    let mut resume: Option<openssl::ssl::SslSession> = None;
+    let mut established = false;
     let mut queued: VecDeque<Job> = VecDeque::new();
     let mut waiting: HashMap<Vec<u8>, Job> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     let mut open = true;
     loop {
         if link.is_none() && !queued.is_empty() {
-            match connect(&opts, &connector).await {
-                Ok(l) => link = Some(l),
+            match connect(&opts, &connector, resume.as_ref()).await {
+                Ok(l) => {
+                    link = Some(l);
+                    established = false;
+                }
                 Err(e) => {
                     for j in queued.drain(..) {
                         j.finish(Err(e.clone()));
@@ -262,6 +276,11 @@ async fn client_loop(
         // Work that can go out now.
         let now = Instant::now();
         if let Some(l) = link.as_mut() {
+            if l.session.is_established() && !established {
+                established = true;
+                tracing::debug!(resumed = l.session.resumed(), cipher = ?l.session.cipher(), "DTLS session established");
+                resume = l.session.ssl_session();
+            }
             if l.session.is_established() {
                 while let Some(mut job) = queued.pop_front() {
                     // The endpoint keeps the request for its retransmissions; nothing else
@@ -338,6 +357,10 @@ async fn client_loop(
             flush(l).await;
             if let State::Closed(e) = l.session.state().clone() {
                 tracing::warn!(error = %e, "DTLS session ended");
+                if !established || e != DtlsError::Closed {
+                    // Neither a handshake that failed nor a session that broke is offered again.
+                    resume = None;
+                }
                 for (_, j) in waiting.drain() {
                     j.finish(Err(RequestError::Dtls(e.clone())));
                 }
@@ -464,16 +487,25 @@ pub struct ServerOptions {
     pub tls: ServerSettings,
     /// CoAP parameters and limits.
     pub coap: CoapConfig,
-    /// Most sessions at once (established and handshaking).
+    /// Most established sessions at once; an authenticated newcomer past it replaces the least
+    /// recently active session.
     pub max_sessions: usize,
-    /// Most handshakes in progress at once.
+    /// Most handshakes in progress at once; past it, the host holding the most gives up its
+    /// oldest (see [`crate::admission`]).
     pub max_handshakes: usize,
+    /// Most handshakes in progress from one IP address; past it, its oldest is dropped.
+    pub max_handshakes_per_address: usize,
     /// A session without traffic for this long is dropped.
     pub session_idle: Duration,
     /// How long a handshake may take.
     pub handshake_timeout: Duration,
     /// Requests waiting for the application at most; more get 5.03 at once.
     pub max_pending: usize,
+    /// Close every session whose peer has no authenticated identity (no PSK identity, no
+    /// verified client certificate) as soon as it is established.
+    pub require_identity: bool,
+    /// Identities refused at every handshake, full or resumed.
+    pub deny: HashSet<String>,
 }
 
 /// A request for the application.
@@ -483,8 +515,9 @@ pub struct Incoming {
     pub id: RequestId,
     /// The peer's address.
     pub peer: SocketAddr,
-    /// The peer's identity (certificate common name or PSK identity), if it has one.
-    pub identity: Option<String>,
+    /// The peer's authenticated identity (PSK identity or certificate common name), fixed when
+    /// its session was established; `None` only when the server does not require one.
+    pub identity: Option<Arc<str>>,
     /// The request, body reassembled.
     pub packet: Packet,
 }
@@ -492,16 +525,26 @@ pub struct Incoming {
 /// Counters of a server.
 #[derive(Debug, Default)]
 pub struct ServerStats {
-    /// Sessions established.
+    /// Sessions established (full or resumed handshakes).
     pub sessions: AtomicU64,
+    /// Of those, abbreviated handshakes that resumed an earlier session.
+    pub resumed: AtomicU64,
     /// HelloVerifyRequests sent (ClientHellos without a valid cookie).
     pub cookies_sent: AtomicU64,
     /// Handshakes that failed (the log says why).
     pub handshake_failures: AtomicU64,
+    /// Sessions closed at once because the peer had no authenticated identity.
+    pub unauthenticated: AtomicU64,
+    /// Sessions closed at once because the peer's identity is on the deny list.
+    pub denied: AtomicU64,
     /// Datagrams from addresses without a session, dropped.
     pub no_session: AtomicU64,
-    /// ClientHellos refused because of the session or handshake caps.
+    /// Sessions without an identity refused at the session cap.
     pub over_capacity: AtomicU64,
+    /// Handshakes dropped to make room for newer ones (see [`crate::admission`]).
+    pub evicted_handshakes: AtomicU64,
+    /// Idle sessions dropped to make room for an authenticated newcomer.
+    pub evicted_sessions: AtomicU64,
     /// Sessions replaced by a new handshake from the same address (RFC 6347 §4.2.8).
     pub replaced: AtomicU64,
     /// Sessions dropped for idleness.
@@ -586,107 +629,201 @@ impl Drop for Server {
     }
 }
 
+/// One peer of a server.
+struct Peer {
+    session: Session,
+    /// The client random of the ClientHello that began the handshake: a ClientHello with
+    /// another random is a new handshake (a device that rebooted mid-handshake), not a
+    /// retransmission.
+    random: [u8; 32],
+    /// Set when the session is established and admitted: the peer's authenticated identity.
+    identity: Option<Arc<str>>,
+}
+
 struct ServerState {
     opts: ServerOptions,
     ctx: openssl::ssl::SslContext,
-    sessions: HashMap<SocketAddr, Session>,
+    peers: HashMap<SocketAddr, Peer>,
+    /// The peers whose handshake is in progress, and when it began.
+    handshakes: HashMap<SocketAddr, Instant>,
     cookies: dtls::CookieJar,
     endpoint: Endpoint<SocketAddr>,
     stats: Arc<ServerStats>,
     out: Vec<(SocketAddr, Vec<u8>)>,
 }
 
+fn count(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
 impl ServerState {
+    /// Forgets a peer: its session, its handshake, its CoAP exchanges. With `close`, a
+    /// close_notify goes out first.
+    fn drop_peer(&mut self, peer: SocketAddr, close: bool) {
+        self.handshakes.remove(&peer);
+        if let Some(mut p) = self.peers.remove(&peer) {
+            if close {
+                p.session.close();
+                while let Some(d) = p.session.poll_transmit() {
+                    self.out.push((peer, d));
+                }
+            }
+        }
+        self.endpoint.forget_peer(peer);
+    }
+
     fn on_datagram(&mut self, peer: SocketAddr, d: &[u8]) {
         let now = Instant::now();
         if let Some(ch) = dtls::parse_client_hello(d) {
-            let handshaking = self
-                .sessions
-                .get(&peer)
-                .is_some_and(|s| *s.state() == State::Handshaking);
-            if !handshaking {
-                if !self.cookies.check(peer, &ch) {
-                    // Stateless: one small datagram back, nothing kept.
-                    let cookie = self.cookies.make(peer, &ch);
-                    self.out
-                        .push((peer, dtls::hello_verify_request(&ch, &cookie)));
-                    self.stats.cookies_sent.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                if self.sessions.remove(&peer).is_some() {
-                    // RFC 6347 §4.2.8: a verified ClientHello at epoch 0 from an address with a
-                    // session starts a new association (a device that rebooted keeps its port).
-                    tracing::info!(%peer, "peer started a new handshake; its old session is replaced");
-                    self.stats.replaced.fetch_add(1, Ordering::Relaxed);
-                    self.endpoint.forget_peer(peer);
-                }
-                let in_progress = self
-                    .sessions
-                    .values()
-                    .filter(|s| *s.state() == State::Handshaking)
-                    .count();
-                if self.sessions.len() >= self.opts.max_sessions
-                    || in_progress >= self.opts.max_handshakes
-                {
-                    self.stats.over_capacity.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, sessions = self.sessions.len(), handshakes = in_progress, "refusing a handshake: at the session or handshake cap");
-                    return;
-                }
-                match Session::server(&self.ctx, d, &ch.cookie, self.opts.tls.mtu) {
-                    Ok(s) => {
-                        self.sessions.insert(peer, s);
-                    }
-                    Err(e) => {
-                        self.stats
-                            .handshake_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%peer, error = %e, "handshake refused");
-                    }
-                }
-                return;
+            // A retransmission of the ClientHello that began the handshake in progress goes to
+            // that handshake; any other is the start of a new association.
+            let same_handshake = self.handshakes.contains_key(&peer)
+                && self.peers.get(&peer).is_some_and(|p| p.random == ch.random);
+            if !same_handshake {
+                return self.on_new_hello(now, peer, d, &ch);
             }
         }
-        let Some(s) = self.sessions.get_mut(&peer) else {
-            self.stats.no_session.fetch_add(1, Ordering::Relaxed);
+        let Some(p) = self.peers.get_mut(&peer) else {
+            count(&self.stats.no_session);
             tracing::trace!(%peer, "datagram without a session dropped");
             return;
         };
-        let was_established = s.is_established();
-        let data = s.handle_datagram(d);
-        if !was_established && s.is_established() {
-            self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%peer, identity = ?s.peer_identity(), cipher = ?s.cipher(), "DTLS session established");
+        let was_established = p.session.is_established();
+        let data = p.session.handle_datagram(d);
+        if !was_established && p.session.is_established() && !self.admit(peer) {
+            return;
         }
         for app in data {
             self.endpoint.handle_datagram(now, peer, &app);
         }
     }
 
+    /// A ClientHello that begins a new association: answered statelessly until it carries a
+    /// cookie made for its address, then given a session, making room if needed.
+    fn on_new_hello(&mut self, now: Instant, peer: SocketAddr, d: &[u8], ch: &dtls::ClientHello) {
+        if !self.cookies.check(peer, ch) {
+            // Stateless: one small datagram back, nothing kept.
+            let cookie = self.cookies.make(peer, ch);
+            self.out.push((peer, dtls::hello_verify_request(ch, &cookie)));
+            count(&self.stats.cookies_sent);
+            return;
+        }
+        if self.peers.contains_key(&peer) {
+            // RFC 6347 §4.2.8: a verified ClientHello at epoch 0 from an address with a session
+            // (or a handshake) starts a new association: a device that rebooted keeps its port.
+            tracing::info!(%peer, "peer started a new handshake; its old session is replaced");
+            count(&self.stats.replaced);
+            self.drop_peer(peer, false);
+        }
+        for old in crate::admission::handshakes_to_evict(
+            &self.handshakes,
+            peer.ip(),
+            self.opts.max_handshakes,
+            self.opts.max_handshakes_per_address,
+        ) {
+            count(&self.stats.evicted_handshakes);
+            tracing::debug!(peer = %old, "handshake dropped to make room for a newer one");
+            self.drop_peer(old, false);
+        }
+        match Session::server(&self.ctx, d, &ch.cookie, self.opts.tls.mtu) {
+            Ok(session) => {
+                self.handshakes.insert(peer, now);
+                self.peers.insert(
+                    peer,
+                    Peer {
+                        session,
+                        random: ch.random,
+                        identity: None,
+                    },
+                );
+            }
+            Err(e) => {
+                count(&self.stats.handshake_failures);
+                tracing::warn!(%peer, error = %e, "handshake refused");
+            }
+        }
+    }
+
+    /// A session was just established: it stays only if its peer has an identity the server
+    /// accepts, and there is room (an authenticated peer makes room; an anonymous one does
+    /// not). `false` if it was closed.
+    fn admit(&mut self, peer: SocketAddr) -> bool {
+        self.handshakes.remove(&peer);
+        let p = self.peers.get(&peer).expect("the peer being admitted");
+        let identity = p.session.peer_identity();
+        let (resumed, cipher) = (p.session.resumed(), p.session.cipher().map(str::to_owned));
+        let refuse = match &identity {
+            Some(id) if self.opts.deny.contains(id) => {
+                count(&self.stats.denied);
+                Some(format!("identity {id:?} is on the deny list"))
+            }
+            None if self.opts.require_identity => {
+                count(&self.stats.unauthenticated);
+                Some("the peer has no authenticated identity (no PSK, no verified client certificate)".to_owned())
+            }
+            _ => None,
+        };
+        let established = self.peers.len() - self.handshakes.len();
+        let refuse = refuse.or_else(|| {
+            if established <= self.opts.max_sessions {
+                return None;
+            }
+            if identity.is_none() {
+                count(&self.stats.over_capacity);
+                return Some(format!(
+                    "at the session cap ({}), and only an authenticated peer makes room",
+                    self.opts.max_sessions
+                ));
+            }
+            let lru = crate::admission::session_to_evict(
+                self.peers
+                    .iter()
+                    .filter(|(a, _)| !self.handshakes.contains_key(a))
+                    .map(|(a, p)| (*a, p.session.last_activity())),
+                peer,
+            );
+            if let Some(old) = lru {
+                count(&self.stats.evicted_sessions);
+                tracing::info!(peer = %old, "least recently active session dropped to make room for an authenticated newcomer");
+                self.drop_peer(old, true);
+            }
+            None
+        });
+        if let Some(why) = refuse {
+            tracing::warn!(%peer, identity = ?identity, "DTLS session refused: {why}");
+            self.drop_peer(peer, true);
+            return false;
+        }
+        count(&self.stats.sessions);
+        if resumed {
+            count(&self.stats.resumed);
+        }
+        tracing::info!(%peer, identity = ?identity, cipher = ?cipher, resumed, "DTLS session established");
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.identity = identity.map(Arc::from);
+        }
+        true
+    }
+
     fn on_timers(&mut self) {
         let now = Instant::now();
-        for s in self.sessions.values_mut() {
-            s.handle_timeout();
-            s.check_deadline(self.opts.handshake_timeout);
+        for p in self.peers.values_mut() {
+            p.session.handle_timeout();
+            p.session.check_deadline(self.opts.handshake_timeout);
         }
         let idle: Vec<SocketAddr> = self
-            .sessions
+            .peers
             .iter()
-            .filter(|(_, s)| {
-                s.is_established()
-                    && now.duration_since(s.last_activity()) >= self.opts.session_idle
+            .filter(|(_, p)| {
+                p.session.is_established()
+                    && now.duration_since(p.session.last_activity()) >= self.opts.session_idle
             })
-            .map(|(p, _)| *p)
+            .map(|(a, _)| *a)
             .collect();
-        for p in idle {
-            self.stats.idle_evictions.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(peer = %p, "idle session dropped");
-            if let Some(mut s) = self.sessions.remove(&p) {
-                s.close();
-                while let Some(d) = s.poll_transmit() {
-                    self.out.push((p, d));
-                }
-            }
-            self.endpoint.forget_peer(p);
+        for a in idle {
+            count(&self.stats.idle_evictions);
+            tracing::info!(peer = %a, "idle session dropped");
+            self.drop_peer(a, true);
         }
         self.endpoint.handle_timeout(now);
     }
@@ -697,7 +834,8 @@ impl ServerState {
             .endpoint
             .poll_timeout()
             .unwrap_or(now + Duration::from_secs(60));
-        for s in self.sessions.values() {
+        for p in self.peers.values() {
+            let s = &p.session;
             if let Some(d) = s.timeout() {
                 next = next.min(now + d);
             }
@@ -726,7 +864,8 @@ async fn server_loop(
         endpoint: Endpoint::new(opts.coap.clone(), rng()),
         opts,
         ctx,
-        sessions: HashMap::new(),
+        peers: HashMap::new(),
+        handshakes: HashMap::new(),
         cookies: dtls::CookieJar::new(Duration::from_secs(300)),
         stats,
         out: Vec::new(),
@@ -741,12 +880,12 @@ async fn server_loop(
                     st.endpoint.respond(Instant::now(), id, packet);
                 }
                 while let Some((peer, bytes)) = st.endpoint.poll_transmit() {
-                    if let Some(s) = st.sessions.get_mut(&peer) {
-                        let _ = s.send(&bytes);
+                    if let Some(p) = st.peers.get_mut(&peer) {
+                        let _ = p.session.send(&bytes);
                     }
                 }
-                for (peer, s) in st.sessions.iter_mut() {
-                    while let Some(d) = s.poll_transmit() {
+                for (peer, p) in st.peers.iter_mut() {
+                    while let Some(d) = p.session.poll_transmit() {
                         let _ = socket.send_to(&d, *peer).await;
                     }
                 }
@@ -762,7 +901,7 @@ async fn server_loop(
         }
         while let Some(ev) = st.endpoint.poll_event() {
             if let Event::Request { id, peer, packet } = ev {
-                let identity = st.sessions.get(&peer).and_then(|s| s.peer_identity());
+                let identity = st.peers.get(&peer).and_then(|p| p.identity.clone());
                 if let Err(
                     std_mpsc::TrySendError::Full(inc) | std_mpsc::TrySendError::Disconnected(inc),
                 ) = req_tx.try_send(Incoming {
@@ -779,24 +918,23 @@ async fn server_loop(
             }
         }
         while let Some((peer, bytes)) = st.endpoint.poll_transmit() {
-            if let Some(s) = st.sessions.get_mut(&peer) {
-                let _ = s.send(&bytes);
+            if let Some(p) = st.peers.get_mut(&peer) {
+                let _ = p.session.send(&bytes);
             }
         }
         let mut closed = Vec::new();
-        for (peer, s) in st.sessions.iter_mut() {
-            while let Some(d) = s.poll_transmit() {
+        for (peer, p) in st.peers.iter_mut() {
+            while let Some(d) = p.session.poll_transmit() {
                 st.out.push((*peer, d));
             }
-            if let State::Closed(e) = s.state() {
+            if let State::Closed(e) = p.session.state() {
                 closed.push((*peer, e.clone()));
             }
         }
         for (peer, e) in closed {
-            st.sessions.remove(&peer);
-            st.endpoint.forget_peer(peer);
+            st.drop_peer(peer, false);
             if e != DtlsError::Closed {
-                st.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                count(&st.stats.handshake_failures);
                 tracing::warn!(%peer, error = %e, "DTLS session failed");
             } else {
                 tracing::debug!(%peer, "DTLS session closed by the peer");

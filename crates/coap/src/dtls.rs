@@ -16,9 +16,13 @@ use openssl::{
     sign::Signer,
     ssl::{
         ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
-        SslRef, SslStream, SslVerifyMode,
+        SslRef, SslSession, SslStream, SslVerifyMode, SslVersion,
     },
-    x509::{verify::X509CheckFlags, X509VerifyResult},
+    x509::{
+        store::X509Lookup,
+        verify::{X509CheckFlags, X509VerifyFlags},
+        X509VerifyResult,
+    },
 };
 use std::{
     collections::{HashMap, VecDeque},
@@ -90,6 +94,8 @@ pub struct ServerSettings {
     pub client_ca_file: Option<PathBuf>,
     /// Refuse clients without a certificate from `client_ca_file`.
     pub require_client_cert: bool,
+    /// CRLs (PEM) of `client_ca_file`: a client certificate they revoke is refused.
+    pub client_crl_file: Option<PathBuf>,
     /// PSK identities and keys accepted.
     pub psk: HashMap<String, Vec<u8>>,
     /// OpenSSL cipher list; empty for the default.
@@ -101,8 +107,11 @@ pub struct ServerSettings {
 /// The default: ECDHE with AES-GCM (what the original deployment used) and ChaCha20-Poly1305
 /// (fast on a Pi 3, which has no AES instructions).
 pub const DEFAULT_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384";
-/// The default with a PSK.
-pub const DEFAULT_PSK_CIPHERS: &str = "PSK-AES128-GCM-SHA256:PSK-CHACHA20-POLY1305:PSK-AES128-CCM8";
+/// The default with a PSK: ECDHE-PSK, so that a key that leaks later does not open what was
+/// recorded before (forward secrecy). OpenSSL has no ECDHE-PSK suite with AES-GCM; ChaCha20 is
+/// the fast one on a Pi without AES instructions. The plain-PSK suites, RFC 7925's
+/// `PSK-AES128-CCM8` among them, are there by configuration.
+pub const DEFAULT_PSK_CIPHERS: &str = "ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES128-CBC-SHA256";
 
 /// The default path MTU: IPv6's minimum of 1280 less the IP and UDP headers.
 pub const DEFAULT_MTU: u32 = 1232;
@@ -181,11 +190,6 @@ fn cookie_index() -> openssl::ex_data::Index<Ssl, Vec<u8>> {
     *IDX.get_or_init(|| Ssl::new_ex_index().expect("ex index"))
 }
 
-fn identity_index() -> openssl::ex_data::Index<Ssl, String> {
-    static IDX: OnceLock<openssl::ex_data::Index<Ssl, String>> = OnceLock::new();
-    *IDX.get_or_init(|| Ssl::new_ex_index().expect("ex index"))
-}
-
 fn cfg_err(what: &str, e: impl std::fmt::Display) -> DtlsError {
     DtlsError::Config(format!("{what}: {e}"))
 }
@@ -204,14 +208,66 @@ fn load_identity(
         .map_err(|e| cfg_err("the key does not match the certificate", e))
 }
 
-/// Builds the client context. With `ca_file`, the server's chain is checked against that CA
+/// What every context of the link has: DTLS 1.2 at least, no renegotiation (a renegotiation
+/// could change the peer's identity under a session), no compression.
+fn base_context() -> Result<SslContextBuilder, DtlsError> {
+    let mut b = SslContextBuilder::new(SslMethod::dtls())
+        .map_err(|e| cfg_err("cannot create a DTLS context", e))?;
+    b.set_min_proto_version(Some(SslVersion::DTLS1_2))
+        .map_err(|e| cfg_err("DTLS 1.2 as the minimum", e))?;
+    b.set_options(
+        SslOptions::NO_QUERY_MTU | SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION,
+    );
+    Ok(b)
+}
+
+extern "C" {
+    // Not exported by openssl-sys; part of libssl's public API.
+    fn SSL_get_ciphers(s: *const openssl_sys::SSL) -> *mut libc::c_void;
+}
+
+/// The DTLS 1.2 suites of `ctx` whose OpenSSL description (`Kx=.. Au=.. Enc=..`) has a field
+/// for which `pick` says yes.
+fn suites_where(ctx: &SslContext, pick: impl Fn(&str) -> bool) -> Result<Vec<String>, DtlsError> {
+    let ssl = Ssl::new(ctx).map_err(other)?;
+    // SAFETY: SSL_get_ciphers returns the SSL's own stack (or NULL); it lives as long as `ssl`.
+    let stack = unsafe { SSL_get_ciphers(ssl.as_ptr()) };
+    if stack.is_null() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: a STACK_OF(SSL_CIPHER) owned by `ssl`, borrowed for this function only.
+    let stack: &openssl::stack::StackRef<openssl::ssl::SslCipher> =
+        unsafe { openssl::stack::StackRef::from_ptr(stack.cast()) };
+    Ok(stack
+        .iter()
+        .filter(|c| c.version() != "TLSv1.3")
+        .filter(|c| c.description().split_whitespace().any(&pick))
+        .map(|c| c.name().to_owned())
+        .collect())
+}
+
+/// Refuses a cipher list with suites that encrypt nothing or authenticate nobody (`eNULL`,
+/// `aNULL`): either would hand the link to whoever sits on the path.
+fn refuse_null_suites(ctx: &SslContext) -> Result<(), DtlsError> {
+    let bad = suites_where(ctx, |f| f == "Enc=None" || f == "Au=None")?;
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(DtlsError::Config(format!(
+            "the cipher list has suites without encryption or without authentication: {}; remove them from ciphers",
+            bad.join(", ")
+        )))
+    }
+}
+
+/// Builds the client context. It always verifies the server: by its certificate chain (against
+/// `ca_file`) or by the PSK, never neither. With a PSK and no `ca_file`, every suite of the
+/// cipher list must be a PSK suite, or the context is refused. With `ca_file`, the server's chain is checked against that CA
 /// alone: the system's trust store is not loaded (a publicly trusted certificate for the server's
 /// name must not pass for the private CA's server, and the store would cost about 0.9 MB of heap
 /// on the Pi). Without `ca_file` and without PSK, the system's default trust store is used.
 pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
-    let mut b = SslContextBuilder::new(SslMethod::dtls())
-        .map_err(|e| cfg_err("cannot create a DTLS context", e))?;
-    b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::NO_COMPRESSION);
+    let mut b = base_context()?;
     // Idle sessions give their record buffers back.
     b.set_mode(SslMode::RELEASE_BUFFERS);
     b.set_verify(SslVerifyMode::PEER);
@@ -243,26 +299,41 @@ pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
             key[..psk.key.len()].copy_from_slice(&psk.key);
             Ok(psk.key.len())
         });
-        if s.ca_file.is_none() {
-            b.set_verify(SslVerifyMode::NONE);
+    }
+    let ctx = b.build();
+    refuse_null_suites(&ctx)?;
+    if s.psk.is_some() && s.ca_file.is_none() {
+        // Any suite but a PSK one would take the server's certificate unverified.
+        let unauthenticated = suites_where(&ctx, |f| f.starts_with("Au=") && f != "Au=PSK")?;
+        if !unauthenticated.is_empty() {
+            return Err(DtlsError::Config(format!(
+                "with a PSK and no ca_file, only the PSK can authenticate the server, but the cipher list also has {}, which would take any server's certificate unverified: list only PSK suites in ciphers, or set ca_file",
+                unauthenticated.join(", ")
+            )));
         }
     }
-    Ok(b.build())
+    Ok(ctx)
 }
 
 /// Builds the server context.
+///
+/// Sessions may be resumed (tickets and the session cache, both per context, so a restart
+/// forgets them); a resumed session keeps the identity it was established with, since both
+/// the client certificate and the PSK identity are part of the session. A CRL is checked at
+/// full handshakes only: the CRL file is read when the context is built.
 pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
-    let mut b = SslContextBuilder::new(SslMethod::dtls())
-        .map_err(|e| cfg_err("cannot create a DTLS context", e))?;
-    b.set_options(SslOptions::NO_QUERY_MTU | SslOptions::COOKIE_EXCHANGE);
-    let mut ciphers = if s.ciphers.is_empty() {
-        DEFAULT_CIPHERS.to_owned()
-    } else {
-        s.ciphers.clone()
+    let mut b = base_context()?;
+    b.set_options(SslOptions::COOKIE_EXCHANGE);
+    // Ties the sessions to this server: required for resumption with client certificates.
+    b.set_session_id_context(b"gateway-coaps")
+        .map_err(|e| cfg_err("session id context", e))?;
+    let has_cert = s.cert_file.is_some();
+    let ciphers = match (s.ciphers.is_empty(), s.psk.is_empty(), has_cert) {
+        (false, _, _) => s.ciphers.clone(),
+        (true, true, _) => DEFAULT_CIPHERS.to_owned(),
+        (true, false, false) => DEFAULT_PSK_CIPHERS.to_owned(),
+        (true, false, true) => format!("{DEFAULT_PSK_CIPHERS}:{DEFAULT_CIPHERS}"),
     };
-    if s.ciphers.is_empty() && !s.psk.is_empty() {
-        ciphers = format!("{DEFAULT_PSK_CIPHERS}:{ciphers}");
-    }
     b.set_cipher_list(&ciphers)
         .map_err(|e| cfg_err(&format!("cipher list {ciphers:?}"), e))?;
     match (&s.cert_file, &s.key_file) {
@@ -282,23 +353,42 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
             mode |= SslVerifyMode::FAIL_IF_NO_PEER_CERT;
         }
         b.set_verify(mode);
+        if let Some(crl) = &s.client_crl_file {
+            let store = b.cert_store_mut();
+            let lookup = store
+                .add_lookup(X509Lookup::file())
+                .map_err(|e| cfg_err("CRL lookup", e))?;
+            lookup
+                .load_crl_file(crl, SslFiletype::PEM)
+                .map_err(|e| cfg_err(&format!("client CRL file {}", crl.display()), e))?;
+            store
+                .set_flags(X509VerifyFlags::CRL_CHECK)
+                .map_err(|e| cfg_err("CRL checking", e))?;
+        }
     } else if s.require_client_cert {
         return Err(DtlsError::Config(
             "require_client_cert needs client_ca_file".into(),
         ));
+    } else if s.client_crl_file.is_some() {
+        return Err(DtlsError::Config(
+            "client_crl_file needs client_ca_file".into(),
+        ));
     }
     if !s.psk.is_empty() {
         let keys = s.psk.clone();
-        b.set_psk_server_callback(move |ssl, identity, key| {
-            let id = identity
-                .map(|i| String::from_utf8_lossy(i).into_owned())
-                .unwrap_or_default();
-            let Some(k) = keys.get(&id) else { return Ok(0) };
+        // The identity is read from the session afterwards (`Session::peer_identity`), so that
+        // a resumed session, which skips this callback, has it too.
+        b.set_psk_server_callback(move |_ssl, identity, key| {
+            let Some(k) = identity
+                .and_then(|i| std::str::from_utf8(i).ok())
+                .and_then(|id| keys.get(id))
+            else {
+                return Ok(0);
+            };
             if k.len() > key.len() {
                 return Ok(0);
             }
             key[..k.len()].copy_from_slice(k);
-            ssl.set_ex_data(identity_index(), id);
             Ok(k.len())
         });
     }
@@ -309,7 +399,9 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
         ssl.ex_data(cookie_index())
             .is_some_and(|c| c.as_slice() == cookie)
     });
-    Ok(b.build())
+    let ctx = b.build();
+    refuse_null_suites(&ctx)?;
+    Ok(ctx)
 }
 
 /// Where a session is.
@@ -347,14 +439,21 @@ fn other(e: impl std::fmt::Display) -> DtlsError {
 
 impl Session {
     /// A client session to `host` (name or IP, checked against the server's certificate
-    /// unless `verify_host` is off; a name is also sent as SNI).
+    /// unless `verify_host` is off; a name is also sent as SNI). With `resume`, a session this
+    /// client had with the same server is offered for an abbreviated handshake (the server may
+    /// decline it; then the handshake is a full one).
     pub fn client(
         ctx: &SslContext,
         host: &str,
         mtu: u32,
         verify_host: bool,
+        resume: Option<&SslSession>,
     ) -> Result<Session, DtlsError> {
         let mut ssl = Ssl::new(ctx).map_err(other)?;
+        if let Some(session) = resume {
+            // SAFETY: the session comes from a connection made with this same context.
+            unsafe { ssl.set_session(session) }.map_err(other)?;
+        }
         let ip = host.parse::<std::net::IpAddr>().ok();
         if verify_host {
             if ip.is_none() {
@@ -565,15 +664,47 @@ impl Session {
         }
     }
 
-    /// The peer's identity: the client certificate's common name, or the PSK identity.
+    /// The peer's authenticated identity, read from the session (so a resumed session has the
+    /// one it was established with): the PSK identity, or the common name of a client
+    /// certificate that passed verification. `None` for a peer that authenticated neither way,
+    /// or whose name is empty or not UTF-8 (no lossy conversion: two names must never map to
+    /// one identity).
     pub fn peer_identity(&self) -> Option<String> {
         let ssl = self.stream.ssl();
-        if let Some(id) = ssl.ex_data(identity_index()) {
-            return Some(id.clone());
+        if !self.is_established() {
+            return None;
+        }
+        if let Some(id) = ssl.psk_identity() {
+            return std::str::from_utf8(id)
+                .ok()
+                .filter(|id| valid_identity(id))
+                .map(str::to_owned);
+        }
+        if ssl.verify_result() != X509VerifyResult::OK {
+            return None;
         }
         let cert = ssl.peer_certificate()?;
-        let cn = cert.subject_name().entries_by_nid(Nid::COMMONNAME).next()?;
-        Some(String::from_utf8_lossy(cn.data().as_slice()).into_owned())
+        let mut cns = cert.subject_name().entries_by_nid(Nid::COMMONNAME);
+        let cn = cns.next()?;
+        if cns.next().is_some() {
+            return None; // two common names: which one would be the device?
+        }
+        let cn = cn.data().to_string().ok()?;
+        valid_identity(&cn).then_some(cn)
+    }
+
+    /// Whether the handshake was an abbreviated one, resuming an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.stream.ssl().session_reused()
+    }
+
+    /// A copy of the session, to offer again with [`Session::client`]'s `resume`. A copy: when
+    /// a connection ends without a close_notify of its own (the server went silent, the device
+    /// gave up on it), OpenSSL marks its session not resumable, and that must not stop the next
+    /// connection from offering it (the server decides).
+    pub fn ssl_session(&self) -> Option<SslSession> {
+        let der = self.stream.ssl().session()?.to_der().ok()?;
+        SslSession::from_der(&der).ok()
     }
 
     /// The negotiated cipher suite.
@@ -588,6 +719,13 @@ impl Session {
         }
         self.fail(DtlsError::Closed);
     }
+}
+
+/// Whether `id` can be a device identity: 1 to 255 bytes, no control characters (a NUL would
+/// let `victim\0x` pass for `victim` wherever a C string is made of it), and no U+FFFD (what a
+/// lossy conversion of bytes that are not text leaves, so two names could become one).
+pub fn valid_identity(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 255 && !id.chars().any(|c| c.is_control() || c == '\u{FFFD}')
 }
 
 /// What a server needs to know about a datagram that may be a ClientHello.

@@ -14,7 +14,7 @@ use openssl::{
             AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage,
             SubjectAlternativeName, SubjectKeyIdentifier,
         },
-        X509NameBuilder, X509,
+        X509Crl, X509CrlBuilder, X509NameBuilder, X509RevokedBuilder, X509,
     },
 };
 use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path};
@@ -209,6 +209,93 @@ pub fn read_pair(cert: &Path, key: &Path) -> Result<(X509, Key), PkiError> {
     ))
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Revokes `certs`: writes to `crl_path` a CRL signed by the CA that lists them and every
+/// certificate the CRL already there listed, valid for `days` (a server refuses every client
+/// certificate of that CA once its CRL has expired: issue it again before then). Returns how
+/// many certificates the new CRL lists.
+pub fn revoke(
+    crl_path: &Path,
+    ca: &X509,
+    ca_key: &Key,
+    certs: &[&X509],
+    days: i64,
+) -> Result<usize, PkiError> {
+    let now = Asn1Time::from_unix(unix_now()).map_err(e("time"))?;
+    let mut b = X509CrlBuilder::new().map_err(e("CRL"))?;
+    b.set_issuer_name(ca.subject_name()).map_err(e("CRL issuer"))?;
+    b.set_last_update(&now).map_err(e("CRL time"))?;
+    let next = Asn1Time::from_unix(unix_now() + days * 86400).map_err(e("CRL time"))?;
+    b.set_next_update(&next).map_err(e("CRL time"))?;
+    // The authority key identifier (RFC 5280 §5.2.1): SEQUENCE { [0] keyIdentifier } of the
+    // CA's subject key identifier.
+    let ski = ca
+        .subject_key_id()
+        .ok_or_else(|| PkiError("the CA certificate has no subject key identifier".into()))?
+        .as_slice();
+    let mut aki = vec![0x30, (ski.len() + 2) as u8, 0x80, ski.len() as u8];
+    aki.extend_from_slice(ski);
+    // The CRL number (§5.2.3): the time of issue, so that a later CRL has a larger one.
+    let mut number: Vec<u8> = (unix_now() as u64)
+        .to_be_bytes()
+        .into_iter()
+        .skip_while(|b| *b == 0)
+        .collect();
+    if number.first().is_none_or(|b| b & 0x80 != 0) {
+        number.insert(0, 0);
+    }
+    let mut crl_number = vec![0x02, number.len() as u8];
+    crl_number.extend_from_slice(&number);
+    for (oid, der) in [("2.5.29.35", aki), ("2.5.29.20", crl_number)] {
+        let oid = openssl::asn1::Asn1Object::from_str(oid).map_err(e("CRL extension"))?;
+        let value =
+            openssl::asn1::Asn1OctetString::new_from_bytes(&der).map_err(e("CRL extension"))?;
+        b.append_extension(
+            openssl::x509::X509Extension::new_from_der(&oid, false, &value)
+                .map_err(e("CRL extension"))?,
+        )
+        .map_err(e("CRL extension"))?;
+    }
+    let mut listed = 0;
+    let mut serials = Vec::new();
+    if let Ok(pem) = std::fs::read(crl_path) {
+        let old = X509Crl::from_pem(&pem).map_err(e(&format!("the CRL {}", crl_path.display())))?;
+        for r in old.get_revoked().into_iter().flatten() {
+            let serial = r.serial_number().to_bn().map_err(e("serial"))?;
+            serials.push(serial.to_vec());
+            b.add_revoked(r.to_owned().map_err(e("CRL entry"))?)
+                .map_err(e("CRL entry"))?;
+            listed += 1;
+        }
+    }
+    for cert in certs {
+        let serial = cert.serial_number();
+        if serials.contains(&serial.to_bn().map_err(e("serial"))?.to_vec()) {
+            continue;
+        }
+        let mut r = X509RevokedBuilder::new().map_err(e("CRL entry"))?;
+        r.set_serial_number(serial).map_err(e("CRL entry"))?;
+        r.set_revocation_date(&now).map_err(e("CRL entry"))?;
+        b.add_revoked(r.build()).map_err(e("CRL entry"))?;
+        listed += 1;
+    }
+    b.sort().map_err(e("CRL"))?;
+    b.sign(ca_key, MessageDigest::sha256()).map_err(e("signing the CRL"))?;
+    let pem = b.build().map_err(e("CRL"))?.to_pem().map_err(e("PEM"))?;
+    // Written whole, then renamed: a server reading it never sees half a CRL.
+    let tmp = crl_path.with_extension("tmp");
+    std::fs::write(&tmp, pem)
+        .and_then(|()| std::fs::rename(&tmp, crl_path))
+        .map_err(|err| PkiError(format!("cannot write {}: {err}", crl_path.display())))?;
+    Ok(listed)
+}
+
 /// Paths of the development PKI under a directory.
 pub struct Layout<'a>(pub &'a Path);
 
@@ -236,5 +323,9 @@ impl Layout<'_> {
     /// `device-NAME.key`.
     pub fn device_key(&self, name: &str) -> std::path::PathBuf {
         self.0.join(format!("device-{name}.key"))
+    }
+    /// `crl.pem`: the devices revoked.
+    pub fn crl(&self) -> std::path::PathBuf {
+        self.0.join("crl.pem")
     }
 }

@@ -47,8 +47,12 @@ pub struct UplinkConfig {
     pub key_file: Option<PathBuf>,
     /// PSK identity, instead of certificates.
     pub psk_identity: Option<String>,
-    /// PSK key, in hex.
+    /// PSK key, in hex (or `psk_key_env`, `psk_key_file`).
     pub psk_key: Option<String>,
+    /// Environment variable holding the PSK key, in hex.
+    pub psk_key_env: Option<String>,
+    /// File whose first line is the PSK key, in hex; others may not read it.
+    pub psk_key_file: Option<PathBuf>,
     /// OpenSSL cipher list; the default offers ECDHE with AES-GCM and ChaCha20-Poly1305.
     pub ciphers: Option<String>,
     /// `cbor` or `json`.
@@ -90,8 +94,12 @@ pub struct UplinkConfig {
 pub struct PskEntry {
     /// The identity; it is also the device identity of its readings.
     pub identity: String,
-    /// The key, in hex.
-    pub key: String,
+    /// The key, in hex (or `key_env`, `key_file`).
+    pub key: Option<String>,
+    /// Environment variable holding the key, in hex.
+    pub key_env: Option<String>,
+    /// File whose first line is the key, in hex; others may not read it.
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[sources.NAME]` keys of `coaps-ingress`.
@@ -110,12 +118,26 @@ pub struct IngressConfig {
     pub key_file: Option<PathBuf>,
     /// CA (PEM) for client certificates.
     pub client_ca_file: Option<PathBuf>,
-    /// Refuse devices without a certificate from `client_ca_file`.
+    /// Refuse devices without a certificate from `client_ca_file` in the handshake itself
+    /// (without it, such a device completes the handshake and is then refused, unless
+    /// `allow_anonymous`).
     #[serde(default)]
     pub require_client_cert: bool,
+    /// CRLs (PEM) issued by `client_ca_file`: revoked device certificates are refused.
+    pub client_crl_file: Option<PathBuf>,
+    /// Device identities refused at every handshake (a lost or retired device).
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Take readings from peers that have no identity (no PSK, no client certificate), all
+    /// under the device `anonymous`. Off: such peers are refused.
+    #[serde(default)]
+    pub allow_anonymous: bool,
     /// PSK identities and keys.
     #[serde(default)]
     pub psk: Vec<PskEntry>,
+    /// A file of PSKs, one `IDENTITY:HEXKEY` per line (GnuTLS psktool's format); others may not
+    /// read it.
+    pub psk_file: Option<PathBuf>,
     /// OpenSSL cipher list.
     pub ciphers: Option<String>,
     /// Most sessions at once.
@@ -124,6 +146,9 @@ pub struct IngressConfig {
     /// Most handshakes in progress at once.
     #[serde(default = "hundred")]
     pub max_handshakes: usize,
+    /// Most handshakes in progress from one IP address.
+    #[serde(default = "ten")]
+    pub max_handshakes_per_address: usize,
     /// A session without traffic for this long is dropped.
     #[serde(default = "d10m", with = "duration")]
     pub session_idle: Duration,
@@ -192,6 +217,9 @@ fn thousand() -> usize {
 fn hundred() -> usize {
     100
 }
+fn ten() -> usize {
+    10
+}
 fn mib() -> usize {
     1 << 20
 }
@@ -205,15 +233,16 @@ fn dedup() -> usize {
     100_000
 }
 
-/// Parses a hex key.
+/// Parses a hex key; `None` for anything but an even number of hex digits (no panic on
+/// non-ASCII text: it works on bytes).
 pub fn hex_key(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim();
-    if s.len() % 2 != 0 || s.is_empty() {
+    let s = s.trim().as_bytes();
+    if !s.len().is_multiple_of(2) || s.is_empty() {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    s.chunks(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
         .collect()
 }
 
@@ -271,7 +300,18 @@ mod tests {
     #[test]
     fn keys() {
         assert_eq!(hex_key("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(hex_key(" 00FF "), Some(vec![0, 255]));
         assert_eq!(hex_key("0g"), None);
         assert_eq!(hex_key("abc"), None);
+        assert_eq!(hex_key(""), None);
+    }
+
+    #[test]
+    fn a_non_ascii_key_is_an_error_not_a_panic() {
+        // Found in review: slicing "é0" at byte 1 panicked.
+        assert_eq!(hex_key("é0"), None);
+        assert_eq!(hex_key("0é"), None);
+        assert_eq!(hex_key("€€"), None);
+        assert_eq!(hex_key("+1"), None);
     }
 }

@@ -1,7 +1,7 @@
 //! `coaps-ingress`: a CoAP/DTLS server that takes SenML POSTs, emits them into the host, and
 //! answers 2.04 only after every sink it is routed to stored the batch.
 
-use crate::config::{hex_key, IngressConfig};
+use crate::config::IngressConfig;
 use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use gateway_coap::{
     core::{decode_uint, encode_uint, path_of, response, Config as CoapConfig},
@@ -10,10 +10,11 @@ use gateway_coap::{
     senml,
 };
 use gateway_sdk::{
-    tracing, ErrorKind, InitContext, PluginError, ReadingId, Source, SourceContext, Timestamp,
+    tracing, ErrorKind, InitContext, Label, PluginError, ReadingId, Source, SourceContext,
+    Timestamp,
 };
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashSet, VecDeque},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -27,24 +28,31 @@ pub struct Ingress {
     tls: ServerSettings,
 }
 
-/// Reading ids come from peers: keep std's keyed hasher, so that no peer can make them collide.
-type IdSet = HashSet<ReadingId>;
+/// A reading's key for de-duplication: its id within its device, so that one device cannot
+/// claim ids another will send (and have that one's readings dropped as repeats).
+type Key = (Label, ReadingId);
 
-/// Reading ids stored recently, and those in flight.
+/// Keys come from peers: keep std's keyed hasher, so that no peer can make them collide.
+type IdSet = HashSet<Key>;
+
+/// The device name of readings from peers without an identity (`allow_anonymous`).
+const ANONYMOUS: &str = "anonymous";
+
+/// Reading keys stored recently, and those in flight.
 #[derive(Default)]
 struct Seen {
     stored: IdSet,
-    order: VecDeque<ReadingId>,
+    order: VecDeque<Key>,
     in_flight: IdSet,
     capacity: usize,
 }
 
 impl Seen {
-    fn stored(&mut self, ids: &[ReadingId]) {
+    fn stored(&mut self, ids: &[Key]) {
         for id in ids {
             self.in_flight.remove(id);
-            if self.stored.insert(*id) {
-                self.order.push_back(*id);
+            if self.stored.insert(id.clone()) {
+                self.order.push_back(id.clone());
             }
         }
         while self.order.len() > self.capacity {
@@ -53,7 +61,7 @@ impl Seen {
             }
         }
     }
-    fn failed(&mut self, ids: &[ReadingId]) {
+    fn failed(&mut self, ids: &[Key]) {
         for id in ids {
             self.in_flight.remove(id);
         }
@@ -82,31 +90,28 @@ impl Source for Ingress {
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
         let mut cfg: IngressConfig = ctx.parse_config()?;
         let table = ctx.info().table.to_string();
-        for p in [
-            &mut cfg.cert_file,
-            &mut cfg.key_file,
-            &mut cfg.client_ca_file,
-        ]
-        .into_iter()
-        .flatten()
+        for p in [&mut cfg.cert_file, &mut cfg.client_ca_file, &mut cfg.client_crl_file]
+            .into_iter()
+            .flatten()
         {
             *p = ctx.resolve_path(&*p);
         }
-        let mut psk = HashMap::new();
-        for e in &cfg.psk {
-            let key = hex_key(&e.key).ok_or_else(|| {
-                PluginError::config(format!(
-                    "[{table}] psk: the key of {:?} must be hex digits",
-                    e.identity
-                ))
-            })?;
-            psk.insert(e.identity.clone(), key);
+        if let Some(k) = &mut cfg.key_file {
+            *k = ctx.private_file("key_file", &*k)?;
         }
+        let psk = crate::keys::ingress_psks(ctx, &cfg)?;
+        if cfg.client_ca_file.is_none() && psk.is_empty() && !cfg.allow_anonymous {
+            return Err(PluginError::config(format!(
+                "[{table}] no device can authenticate: give client_ca_file (device certificates) or psk / psk_file; allow_anonymous = true takes readings from anyone, under the device \"{ANONYMOUS}\""
+            )));
+        }
+        warn_about_openings(&table, &cfg);
         let tls = ServerSettings {
             cert_file: cfg.cert_file.clone(),
             key_file: cfg.key_file.clone(),
             client_ca_file: cfg.client_ca_file.clone(),
             require_client_cert: cfg.require_client_cert,
+            client_crl_file: cfg.client_crl_file.clone(),
             psk,
             ciphers: cfg.ciphers.clone().unwrap_or_default(),
             mtu: cfg.mtu,
@@ -127,9 +132,12 @@ impl Source for Ingress {
             },
             max_sessions: self.cfg.max_sessions,
             max_handshakes: self.cfg.max_handshakes,
+            max_handshakes_per_address: self.cfg.max_handshakes_per_address,
             session_idle: self.cfg.session_idle,
             handshake_timeout: self.cfg.handshake_timeout,
             max_pending: 1024,
+            require_identity: !self.cfg.allow_anonymous,
+            deny: self.cfg.deny.iter().cloned().collect(),
         };
         let server = Server::start(opts).map_err(|e| PluginError::retry(e.to_string()))?;
         tracing::info!(listen = %server.local_addr, path = %self.cfg.path, "CoAP/DTLS ingress listening");
@@ -175,7 +183,12 @@ impl Source for Ingress {
                     bad_requests = counters.bad_requests.load(Ordering::Relaxed),
                     unavailable = counters.unavailable.load(Ordering::Relaxed),
                     sessions = s.sessions.load(Ordering::Relaxed),
+                    resumed = s.resumed.load(Ordering::Relaxed),
                     handshake_failures = s.handshake_failures.load(Ordering::Relaxed),
+                    unauthenticated = s.unauthenticated.load(Ordering::Relaxed),
+                    denied = s.denied.load(Ordering::Relaxed),
+                    evicted_handshakes = s.evicted_handshakes.load(Ordering::Relaxed),
+                    evicted_sessions = s.evicted_sessions.load(Ordering::Relaxed),
                     cookies_sent = s.cookies_sent.load(Ordering::Relaxed),
                     "ingress stats"
                 );
@@ -230,8 +243,9 @@ impl Ingress {
             .get_first_option(CoapOption::ContentFormat)
             .and_then(|v| decode_uint(v));
         let body = &inc.packet.payload;
+        // The driver admits a session without an identity only with `allow_anonymous`.
         let identity = inc.identity.clone();
-        let device = identity.clone().unwrap_or_else(|| "anonymous".to_owned());
+        let device: &str = identity.as_deref().unwrap_or(ANONYMOUS);
         let now = Timestamp::now();
         let json = match cf {
             Some(110) => true,
@@ -245,9 +259,9 @@ impl Ingress {
             }
         };
         let decoded = if json {
-            senml::decode_json(body, self.cfg.max_records, now, &device)
+            senml::decode_json(body, self.cfg.max_records, now, device)
         } else {
-            senml::decode_cbor(body, self.cfg.max_records, now, &device)
+            senml::decode_cbor(body, self.cfg.max_records, now, device)
         };
         let pack = match decoded {
             Ok(p) => p,
@@ -262,21 +276,34 @@ impl Ingress {
             }
             Err(e) => return bad(ResponseType::BadRequest, &format!("SenML: {e}")),
         };
-        if let Some(who) = &identity {
-            if let Some(r) = pack.readings.iter().find(|r| r.device.as_str() != who) {
-                return bad(
-                    ResponseType::Forbidden,
-                    &format!(
-                        "{who} may post readings only for itself, not for {}",
-                        r.device
-                    ),
-                );
+        let mut pack = pack;
+        match &identity {
+            // A device speaks for itself only.
+            Some(who) => {
+                if let Some(r) = pack.readings.iter().find(|r| r.device.as_str() != &**who) {
+                    return bad(
+                        ResponseType::Forbidden,
+                        &format!(
+                            "{who} may post readings only for itself, not for {}",
+                            r.device
+                        ),
+                    );
+                }
+            }
+            // A peer without an identity speaks for nobody: whatever base name it sends, its
+            // readings are the anonymous device's.
+            None => {
+                let anonymous = Label::from(ANONYMOUS);
+                for r in &mut pack.readings {
+                    r.device = anonymous.clone();
+                }
             }
         }
         // Drop what was stored already; a batch overlapping one still in flight waits its turn.
         let (fresh, ids) = {
             let mut s = seen.lock().expect("seen");
-            if pack.readings.iter().any(|r| s.in_flight.contains(&r.id)) {
+            let key = |r: &gateway_sdk::Reading| (r.device.clone(), r.id);
+            if pack.readings.iter().any(|r| s.in_flight.contains(&key(r))) {
                 drop(s);
                 counters.unavailable.fetch_add(1, Ordering::Relaxed);
                 let mut r = response(
@@ -292,13 +319,13 @@ impl Ingress {
             let fresh: Vec<_> = pack
                 .readings
                 .into_iter()
-                .filter(|r| !s.stored.contains(&r.id) && in_pack.insert(r.id))
+                .filter(|r| !s.stored.contains(&key(r)) && in_pack.insert(r.id))
                 .collect();
             counters
                 .duplicates
                 .fetch_add((before - fresh.len()) as u64, Ordering::Relaxed);
-            let ids: Vec<ReadingId> = fresh.iter().map(|r| r.id).collect();
-            s.in_flight.extend(ids.iter().copied());
+            let ids: Vec<Key> = fresh.iter().map(key).collect();
+            s.in_flight.extend(ids.iter().cloned());
             (fresh, ids)
         };
         if fresh.is_empty() {
@@ -308,6 +335,7 @@ impl Ingress {
         // The request is answered once: by the acknowledgement, or by a failed emit, whichever
         // comes first (an emit that fails half-way also fails its acknowledgement later).
         let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let peer = inc.peer;
         let (responder, seen2, counters2, retry_after, answered2) = (
             responder.clone(),
             seen.clone(),
@@ -326,25 +354,26 @@ impl Ingress {
                     counters2.readings.fetch_add(n, Ordering::Relaxed);
                     responder.respond(id, code(ResponseType::Changed));
                 }
-                // A sink refused the readings for good: so does the server (resending cannot help).
+                // A sink refused the readings for good (the host kept them in its dead-letter
+                // file): so does the server, since resending cannot help. What the sink said
+                // stays in the server's log: it may name tables, hosts or paths.
                 Err(e) if e.kind == ErrorKind::REJECTED => {
                     seen2.lock().expect("seen").failed(&ids2);
                     counters2.bad_requests.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, readings = n, error = %e.message(), "a sink refused readings for good; the device is told 4.22");
                     responder.respond(
                         id,
                         response(
-                            ResponseType::BadRequest,
-                            &format!("refused: {}", e.message()),
+                            ResponseType::UnprocessableEntity,
+                            "the server's store refused these readings",
                         ),
                     );
                 }
                 Err(e) => {
                     seen2.lock().expect("seen").failed(&ids2);
                     counters2.unavailable.fetch_add(1, Ordering::Relaxed);
-                    let mut r = response(
-                        ResponseType::ServiceUnavailable,
-                        &format!("not stored: {}", e.message()),
-                    );
+                    tracing::debug!(%peer, readings = n, error = %e.message(), "readings not stored; the device is told to retry");
+                    let mut r = response(ResponseType::ServiceUnavailable, "not stored; retry");
                     r.add_option(CoapOption::MaxAge, encode_uint(retry_after));
                     responder.respond(id, r);
                 }
@@ -364,5 +393,36 @@ impl Ingress {
             r.add_option(CoapOption::MaxAge, encode_uint(retry_after));
             reply(r);
         }
+    }
+}
+
+/// Logs a warning for each setting that lets a peer in without an identity of its own, or
+/// under an identity the operator may not have meant to trust. `gateway check` shows them.
+fn warn_about_openings(table: &str, cfg: &IngressConfig) {
+    if cfg.allow_anonymous {
+        tracing::warn!(
+            "[{table}] allow_anonymous = true: a peer without a PSK or a client certificate gets readings in, all under the device \"{ANONYMOUS}\"; anyone who can reach {} can add readings there",
+            cfg.listen
+        );
+    }
+    if let Some(ca) = &cfg.client_ca_file {
+        let certs = std::fs::read_to_string(ca)
+            .map(|t| t.matches("-----BEGIN CERTIFICATE-----").count())
+            .unwrap_or(0);
+        let system = ["/etc/ssl", "/usr/share/ca-certificates", "/etc/pki"]
+            .iter()
+            .any(|d| ca.starts_with(d));
+        if certs > 3 || system {
+            tracing::warn!(
+                "[{table}] client_ca_file {} holds {certs} CA certificates{}: every certificate any of them issued gets readings in, under its common name; give the CA that issues your devices' certificates only",
+                ca.display(),
+                if system { " (it looks like the system's trust store)" } else { "" }
+            );
+        }
+    }
+    if cfg.client_ca_file.is_some() && cfg.client_crl_file.is_none() && cfg.deny.is_empty() {
+        tracing::info!(
+            "[{table}] no client_crl_file and no deny list: a lost device's certificate stays valid until it expires (see the README's security model to revoke one)"
+        );
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod config;
 mod ingress;
+mod keys;
 mod uplink;
 
 pub use ingress::Ingress;

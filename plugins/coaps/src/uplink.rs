@@ -1,11 +1,11 @@
 //! `coaps-uplink`: POSTs each batch as SenML over CoAP/DTLS and returns only after a 2.xx.
 
-use crate::config::{hex_key, parse_uri, UplinkConfig};
+use crate::config::{parse_uri, UplinkConfig};
 use coap_lite::{MessageClass, RequestType};
 use gateway_coap::{
     core::{path_of, request, Config as CoapConfig},
     driver::{Client, ClientOptions, RequestError},
-    dtls::{self, ClientSettings, Psk},
+    dtls::{self, ClientSettings},
 };
 use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
 use std::{net::ToSocketAddrs, time::Duration};
@@ -42,29 +42,13 @@ impl Sink for Uplink {
                 format!("{} is not a power of two from 16 to 1024", cfg.block_size),
             ));
         }
-        for p in [&mut cfg.ca_file, &mut cfg.cert_file, &mut cfg.key_file]
-            .into_iter()
-            .flatten()
-        {
+        for p in [&mut cfg.ca_file, &mut cfg.cert_file].into_iter().flatten() {
             *p = ctx.resolve_path(&*p);
         }
-        let psk = match (&cfg.psk_identity, &cfg.psk_key) {
-            (Some(identity), Some(key)) => {
-                let key =
-                    hex_key(key).ok_or_else(|| bad("psk_key", "must be hex digits".into()))?;
-                Some(Psk {
-                    identity: identity.clone(),
-                    key,
-                })
-            }
-            (None, None) => None,
-            _ => {
-                return Err(bad(
-                    "psk_identity",
-                    "psk_identity and psk_key go together".into(),
-                ))
-            }
-        };
+        if let Some(k) = &mut cfg.key_file {
+            *k = ctx.private_file("key_file", &*k)?;
+        }
+        let psk = crate::keys::uplink_psk(ctx, &cfg)?;
         let cert = match (&cfg.cert_file, &cfg.key_file) {
             (Some(c), Some(k)) => Some((c.clone(), k.clone())),
             (None, None) => None,
@@ -89,7 +73,8 @@ impl Sink for Uplink {
             ciphers: cfg.ciphers.clone().unwrap_or_default(),
             mtu: cfg.mtu,
         };
-        // Surface bad files and cipher lists now, not at the first write.
+        // Surface bad files and cipher lists, and any combination that would not authenticate
+        // the server, now, not at the first write.
         dtls::client_context(&tls).map_err(|e| PluginError::config(format!("[{table}] {e}")))?;
         Ok(Uplink {
             cfg,

@@ -262,3 +262,73 @@ fn bad_requests_get_the_right_code_and_discovery_lists_the_resource() {
     let run = ingress.join().unwrap();
     assert!(run.readings.is_empty(), "nothing bad got in");
 }
+
+/// Runs an ingress with `extra` config for up to 6 s while libcoap's client, with no PSK and no
+/// client certificate, posts readings that claim to be `victim`'s; returns what the ingress
+/// emitted and what the client printed.
+fn anonymous_post(extra: &str) -> (gateway_sdk::testing::SourceRun, String) {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    let port = free_port();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let cfg = format!(
+        "listen = \"127.0.0.1:{port}\"\ncert_file = {:?}\nkey_file = {:?}\n{extra}",
+        d("server.pem"),
+        d("server.key")
+    )
+    .replace("CA_FILE", &d("ca.pem"));
+    let ingress =
+        std::thread::spawn(move || run_source::<Ingress>(&cfg, 1, Duration::from_secs(6)).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let printed = coap_client(&[
+        "-v",
+        "6",
+        "-B",
+        "4",
+        "-m",
+        "post",
+        "-t",
+        "110",
+        "-e",
+        r#"[{"bn":"victim:","n":"t/v","v":1}]"#,
+        "-R",
+        &d("ca.pem"),
+        &format!("coaps://127.0.0.1:{port}/gpsflowtemp"),
+    ]);
+    (ingress.join().unwrap(), printed)
+}
+
+#[test]
+fn a_client_without_a_certificate_gets_nothing_in_where_certificates_are_optional() {
+    // client_ca_file, and the default require_client_cert = false.
+    if !have_libcoap() {
+        return;
+    }
+    let (run, printed) = anonymous_post("client_ca_file = \"CA_FILE\"\n");
+    assert!(run.readings.is_empty(), "stored: {:?}", run.readings);
+    assert!(!printed.contains("2.04"), "{printed}");
+}
+
+#[test]
+fn a_client_with_neither_psk_nor_certificate_gets_nothing_in_where_psks_are_configured() {
+    // A server certificate and PSKs, no client CA: the client can negotiate ECDHE-ECDSA.
+    if !have_libcoap() {
+        return;
+    }
+    let (run, printed) =
+        anonymous_post("psk = [{ identity = \"sensor-42\", key = \"00112233445566778899aabbccddeeff\" }]\n");
+    assert!(run.readings.is_empty(), "stored: {:?}", run.readings);
+    assert!(!printed.contains("2.04"), "{printed}");
+}
+
+#[test]
+fn with_allow_anonymous_a_base_name_cannot_claim_a_device() {
+    if !have_libcoap() {
+        return;
+    }
+    let (run, printed) = anonymous_post("allow_anonymous = true\n");
+    assert!(run.reached, "{printed}");
+    assert_eq!(run.readings.len(), 1);
+    assert_eq!(run.readings[0].device.as_str(), "anonymous");
+    assert_eq!(run.readings[0].sensor.as_str(), "t");
+}

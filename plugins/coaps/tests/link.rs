@@ -170,5 +170,52 @@ fn config_errors_name_the_key() {
     assert!(e.message().contains("CA file /nonexistent.pem"), "{e}");
     let e =
         run_source::<Ingress>("listen = \"127.0.0.1:0\"", 1, Duration::from_secs(1)).unwrap_err();
+    assert!(
+        e.message().contains("no device can authenticate: give client_ca_file"),
+        "{e}"
+    );
+    let e = run_source::<Ingress>(
+        "listen = \"127.0.0.1:0\"\nallow_anonymous = true",
+        1,
+        Duration::from_secs(1),
+    )
+    .unwrap_err();
     assert!(e.message().contains("cert_file and key_file"), "{e}");
+}
+
+#[test]
+fn reading_ids_are_scoped_by_device_so_one_cannot_pre_claim_anothers() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    let port = free_port();
+    let key = "00112233445566778899aabbccddeeff";
+    let icfg = format!(
+        "{}[[psk]]\nidentity = \"test-device\"\nkey = \"{key}\"\n[[psk]]\nidentity = \"pi-02\"\nkey = \"{key}\"\n",
+        ingress_config(dir.path(), port, "")
+    );
+    let ingress =
+        std::thread::spawn(move || run_source::<Ingress>(&icfg, 6, Duration::from_secs(20)).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let uplink = |who: &str| {
+        SinkHarness::new::<Uplink>(&format!(
+            "uri = \"coaps://127.0.0.1:{port}/gpsflowtemp\"\nca_file = {:?}\npsk_identity = \"{who}\"\npsk_key = \"{key}\"\n",
+            dir.path().join("ca.pem").display().to_string()
+        ))
+        .unwrap()
+    };
+    let theirs = sample_readings(3);
+    // pi-02 sends its own readings first, with the ids test-device is going to use.
+    let mut mine = theirs.clone();
+    for r in &mut mine {
+        r.device = gateway_sdk::Label::from("pi-02");
+    }
+    uplink("pi-02").write(mine).unwrap();
+    uplink("test-device").write(theirs).unwrap();
+    let run = ingress.join().unwrap();
+    let mut devices: Vec<&str> = run.readings.iter().map(|r| r.device.as_str()).collect();
+    devices.sort();
+    assert_eq!(
+        devices,
+        ["pi-02", "pi-02", "pi-02", "test-device", "test-device", "test-device"]
+    );
 }

@@ -4,10 +4,11 @@
 //! gateway certs init   [--dir DIR] [--force]            a CA: ca.pem, ca.key
 //! gateway certs server [--dir DIR] [--name NAME]...     server.pem, server.key (default names: localhost, 127.0.0.1)
 //! gateway certs device NAME [--dir DIR]                 device-NAME.pem, device-NAME.key (common name = NAME)
+//! gateway certs revoke NAME [--dir DIR] [--days N]      adds device-NAME.pem to crl.pem (signed by the CA)
 //! ```
 //! DIR defaults to `certs`. Keys are written with mode 0600.
 
-use gateway_coap::pki::{issue_to, read_pair, Kind, Layout, PkiError};
+use gateway_coap::pki::{issue_to, read_pair, revoke, Kind, Layout, PkiError};
 use std::{path::PathBuf, process::ExitCode};
 
 const USAGE: &str = "usage:
@@ -15,6 +16,11 @@ const USAGE: &str = "usage:
   gateway certs server [--dir DIR] [--name NAME]...   a server certificate for these DNS names / IPs
                                                       (default: localhost and 127.0.0.1)
   gateway certs device NAME [--dir DIR]               a device certificate whose common name is NAME
+  gateway certs revoke NAME [--dir DIR] [--days N]    revoke device NAME: add its certificate to
+                                                      crl.pem, valid N days (default 30; issue it
+                                                      again before then: an expired CRL locks
+                                                      every device out); the ingress reads it as
+                                                      client_crl_file at its next start
 DIR defaults to ./certs. Keys are written readable by their owner only.";
 
 fn main() -> ExitCode {
@@ -32,6 +38,7 @@ fn run(args: &[String]) -> Result<(), PkiError> {
     let mut dir = PathBuf::from("certs");
     let mut names = Vec::new();
     let mut force = false;
+    let mut days = 30i64;
     let mut positional = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -48,6 +55,13 @@ fn run(args: &[String]) -> Result<(), PkiError> {
                     .ok_or_else(|| PkiError("--name needs a value".into()))?,
             ),
             "--force" => force = true,
+            "--days" => {
+                days = it
+                    .next()
+                    .and_then(|d| d.parse().ok())
+                    .filter(|d| *d > 0)
+                    .ok_or_else(|| PkiError("--days needs a number of days above 0".into()))?
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -125,6 +139,22 @@ fn run(args: &[String]) -> Result<(), PkiError> {
             println!(
                 "device certificate for {name} written: {}",
                 l.device(name).display()
+            );
+        }
+        Some("revoke") => {
+            let name = positional
+                .get(1)
+                .ok_or_else(|| PkiError(format!("revoke needs a NAME\n{USAGE}")))?;
+            let (ca, ca_key) = ca()?;
+            let pem = std::fs::read(l.device(name)).map_err(|e| {
+                PkiError(format!("cannot read {}: {e}", l.device(name).display()))
+            })?;
+            let cert = openssl::x509::X509::from_pem(&pem)
+                .map_err(|e| PkiError(format!("{}: {e}", l.device(name).display())))?;
+            let listed = revoke(&l.crl(), &ca, &ca_key, &[&cert], days)?;
+            println!(
+                "device {name} revoked: {} lists {listed} certificate(s), valid {days} days; restart the ingress that reads it (client_crl_file)",
+                l.crl().display()
             );
         }
         _ => return Err(PkiError(USAGE.into())),

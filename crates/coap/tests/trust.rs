@@ -1,0 +1,447 @@
+//! Who gets in, under which identity, and who can keep whom out: real DTLS handshakes over real
+//! UDP sockets on loopback against the server driver.
+
+mod common;
+use common::*;
+
+use gateway_coap::{
+    driver::{Client, ClientOptions, RequestError, Server, ServerOptions},
+    dtls::{self, ClientSettings, DtlsError, Psk, Session, State},
+    pki::{issue_to, read_pair, revoke, Kind},
+};
+use openssl::ssl::{SslContextBuilder, SslMethod, SslVersion};
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, UdpSocket},
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+fn mutual(pki: &Pki) -> ServerOptions {
+    let mut opts = server_opts(pki, "server");
+    opts.tls.client_ca_file = Some(pki.path("ca.pem"));
+    opts.require_identity = true;
+    opts
+}
+
+fn device(server: SocketAddr, pki: &Pki, name: &str) -> ClientOptions {
+    let mut o = client_opts(server, &pki.path("ca.pem"), "localhost");
+    o.tls.cert = Some((pki.path(&format!("{name}.pem")), pki.path(&format!("{name}.key"))));
+    o
+}
+
+fn psk_device(server: SocketAddr, identity: &str, key: &[u8]) -> ClientOptions {
+    let mut o = client_opts(server, std::path::Path::new("/unused"), "localhost");
+    o.tls.ca_file = None;
+    o.verify_host = false;
+    o.tls.psk = Some(Psk {
+        identity: identity.into(),
+        key: key.to_vec(),
+    });
+    o
+}
+
+fn identity_of(c: &Client) -> String {
+    let r = c
+        .request(post(b"x".to_vec()), Duration::from_secs(5))
+        .unwrap();
+    assert!(changed(&r), "{r:?}");
+    String::from_utf8(r.payload).unwrap()
+}
+
+fn issue_device(pki: &Pki, name: &str) {
+    let (ca, key) = read_pair(&pki.path("ca.pem"), &pki.path("ca.key")).unwrap();
+    issue_to(
+        &pki.path(&format!("{name}.pem")),
+        &pki.path(&format!("{name}.key")),
+        name,
+        Kind::Device,
+        Some((&ca, &key)),
+        -1,
+        30,
+    )
+    .unwrap();
+}
+
+/// Lets the server's idle timer close the session, so that the next request reconnects.
+fn wait_for_idle_close(server: &Server, closes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.stats.idle_evictions.load(Ordering::Relaxed) < closes {
+        assert!(Instant::now() < deadline, "the idle session was not closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+#[test]
+fn a_resumed_session_keeps_its_certificate_identity() {
+    let pki = Pki::new();
+    let mut opts = mutual(&pki);
+    opts.session_idle = Duration::from_millis(300);
+    let mut server = Server::start(opts).unwrap();
+    let _app = serve(&mut server);
+    let client = Client::start(device(server.local_addr, &pki, "device")).unwrap();
+    assert_eq!(identity_of(&client), "1 Some(\"pi-01\")");
+    for round in 1..=2 {
+        wait_for_idle_close(&server, round);
+        assert_eq!(identity_of(&client), "1 Some(\"pi-01\")", "round {round}");
+    }
+    assert_eq!(server.stats.sessions.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        server.stats.resumed.load(Ordering::Relaxed),
+        2,
+        "both reconnections were abbreviated handshakes"
+    );
+}
+
+#[test]
+fn a_resumed_session_keeps_its_psk_identity() {
+    let pki = Pki::new();
+    let mut opts = server_opts(&pki, "server");
+    opts.tls.psk = HashMap::from([("sensor-42".to_owned(), b"0123456789abcdef".to_vec())]);
+    opts.require_identity = true;
+    opts.session_idle = Duration::from_millis(300);
+    let mut server = Server::start(opts).unwrap();
+    let _app = serve(&mut server);
+    let client = Client::start(psk_device(server.local_addr, "sensor-42", b"0123456789abcdef"))
+        .unwrap();
+    assert_eq!(identity_of(&client), "1 Some(\"sensor-42\")");
+    wait_for_idle_close(&server, 1);
+    assert_eq!(identity_of(&client), "1 Some(\"sensor-42\")");
+    assert_eq!(server.stats.resumed.load(Ordering::Relaxed), 1);
+}
+
+/// Sends one request that must fail without any data reaching the application.
+fn shut_out(server: &Server, client: ClientOptions) -> RequestError {
+    let c = Client::start(client).unwrap();
+    let e = c
+        .request(post(b"secret".to_vec()), Duration::from_secs(5))
+        .unwrap_err();
+    assert!(server.requests.try_recv().is_err(), "no data got in");
+    e
+}
+
+#[test]
+fn a_peer_without_an_identity_gets_no_data_in() {
+    let pki = Pki::new();
+    // A client CA, but certificates not required in the handshake itself.
+    let server = Server::start(mutual(&pki)).unwrap();
+    shut_out(&server, client_opts(server.local_addr, &pki.path("ca.pem"), "localhost"));
+    assert_eq!(server.stats.unauthenticated.load(Ordering::Relaxed), 1);
+
+    // PSKs and a server certificate, no client CA: a client with neither PSK nor certificate
+    // can still negotiate an ECDHE-ECDSA suite, and is then refused.
+    let mut opts = server_opts(&pki, "server");
+    opts.tls.psk = HashMap::from([("sensor-42".to_owned(), b"0123456789abcdef".to_vec())]);
+    opts.require_identity = true;
+    let server = Server::start(opts).unwrap();
+    shut_out(&server, client_opts(server.local_addr, &pki.path("ca.pem"), "localhost"));
+    assert_eq!(server.stats.unauthenticated.load(Ordering::Relaxed), 1);
+    assert_eq!(server.stats.sessions.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_denied_identity_is_refused_and_the_others_are_not() {
+    let pki = Pki::new();
+    issue_device(&pki, "pi-02");
+    let mut opts = mutual(&pki);
+    opts.deny = ["pi-01".to_owned()].into();
+    let mut server = Server::start(opts).unwrap();
+    let requests = std::mem::replace(&mut server.requests, std::sync::mpsc::sync_channel(0).1);
+    let denied = Client::start(device(server.local_addr, &pki, "device")).unwrap();
+    assert!(denied
+        .request(post(b"x".to_vec()), Duration::from_secs(3))
+        .is_err());
+    assert!(requests.try_recv().is_err());
+    assert_eq!(server.stats.denied.load(Ordering::Relaxed), 1);
+    server.requests = requests;
+    let _app = serve(&mut server);
+    let other = Client::start(device(server.local_addr, &pki, "pi-02")).unwrap();
+    assert_eq!(identity_of(&other), "1 Some(\"pi-02\")");
+}
+
+#[test]
+fn a_revoked_device_certificate_is_refused() {
+    let pki = Pki::new();
+    issue_device(&pki, "pi-02");
+    let (ca, ca_key) = read_pair(&pki.path("ca.pem"), &pki.path("ca.key")).unwrap();
+    let (lost, _) = read_pair(&pki.path("device.pem"), &pki.path("device.key")).unwrap();
+    assert_eq!(revoke(&pki.path("crl.pem"), &ca, &ca_key, &[&lost], 30).unwrap(), 1);
+    // Revoking it again adds nothing.
+    assert_eq!(revoke(&pki.path("crl.pem"), &ca, &ca_key, &[&lost], 30).unwrap(), 1);
+    let mut opts = mutual(&pki);
+    opts.tls.client_crl_file = Some(pki.path("crl.pem"));
+    let mut server = Server::start(opts).unwrap();
+    let requests = std::mem::replace(&mut server.requests, std::sync::mpsc::sync_channel(0).1);
+    let c = Client::start(device(server.local_addr, &pki, "device")).unwrap();
+    match c.request(post(b"x".to_vec()), Duration::from_secs(3)) {
+        Err(RequestError::Dtls(DtlsError::Handshake(why))) => {
+            assert!(why.contains("revoked"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(requests.try_recv().is_err());
+    server.requests = requests;
+    let _app = serve(&mut server);
+    let other = Client::start(device(server.local_addr, &pki, "pi-02")).unwrap();
+    assert_eq!(identity_of(&other), "1 Some(\"pi-02\")");
+}
+
+/// Feeds what `sock` receives into `s` and sends what `s` says, until `done(received)` holds.
+fn pump(sock: &UdpSocket, s: &mut Session, done: impl Fn(&Session, usize) -> bool) {
+    sock.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut received = 0;
+    let mut buf = [0u8; 4096];
+    loop {
+        while let Some(d) = s.poll_transmit() {
+            sock.send(&d).unwrap();
+        }
+        if done(s, received) || matches!(s.state(), State::Closed(_)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pump timed out in {:?}", s.state());
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                received += 1;
+                s.handle_datagram(&buf[..n]);
+            }
+            Err(_) => s.handle_timeout(),
+        }
+    }
+}
+
+fn client_ctx(pki: &Pki) -> openssl::ssl::SslContext {
+    dtls::client_context(&ClientSettings {
+        ca_file: Some(pki.path("ca.pem")),
+        mtu: 1232,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// A client that passes the cookie exchange, gets the server's first flight, and goes silent:
+/// a handshake the server holds until its timeout.
+fn silent_handshake(server: SocketAddr, from: &str, ctx: &openssl::ssl::SslContext) -> UdpSocket {
+    let sock = UdpSocket::bind(format!("{from}:0")).unwrap();
+    sock.connect(server).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut s = Session::client(ctx, "localhost", 1232, true, None).unwrap();
+    let mut buf = [0u8; 4096];
+    // ClientHello, HelloVerifyRequest, ClientHello with the cookie, the server's first flight;
+    // then nothing more.
+    sock.send(&s.poll_transmit().unwrap()).unwrap();
+    let n = sock.recv(&mut buf).unwrap();
+    s.handle_datagram(&buf[..n]);
+    sock.send(&s.poll_transmit().unwrap()).unwrap();
+    sock.recv(&mut buf).unwrap();
+    sock
+}
+
+fn connects_within(server: SocketAddr, opts: ClientOptions, limit: Duration) {
+    let started = Instant::now();
+    let c = Client::start(opts).unwrap();
+    let r = c.request(post(b"x".to_vec()), Duration::from_secs(10));
+    assert!(r.is_ok_and(|r| changed(&r)), "the device got in ({server})");
+    assert!(
+        started.elapsed() < limit,
+        "the device waited {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_hundred_silent_handshakes_from_one_host_cannot_keep_a_device_out() {
+    let pki = Pki::new();
+    let mut opts = mutual(&pki);
+    opts.max_handshakes = 100;
+    opts.handshake_timeout = Duration::from_secs(10);
+    let mut server = Server::start(opts).unwrap();
+    let _app = serve(&mut server);
+    let ctx = client_ctx(&pki);
+    let _held: Vec<UdpSocket> = (0..100)
+        .map(|_| silent_handshake(server.local_addr, "127.0.0.1", &ctx))
+        .collect();
+    assert!(server.stats.evicted_handshakes.load(Ordering::Relaxed) >= 90);
+    // The device comes from the same address (a NAT, or the attacker's own host).
+    connects_within(
+        server.local_addr,
+        device(server.local_addr, &pki, "device"),
+        Duration::from_secs(2),
+    );
+}
+
+#[test]
+fn at_the_handshake_cap_the_host_holding_most_makes_room() {
+    let pki = Pki::new();
+    let mut opts = mutual(&pki);
+    opts.max_handshakes = 50;
+    opts.max_handshakes_per_address = 1000;
+    opts.handshake_timeout = Duration::from_secs(10);
+    let mut server = Server::start(opts).unwrap();
+    let _app = serve(&mut server);
+    let ctx = client_ctx(&pki);
+    let _held: Vec<UdpSocket> = (0..100)
+        .map(|_| silent_handshake(server.local_addr, "127.0.0.1", &ctx))
+        .collect();
+    let mut d = device(server.local_addr, &pki, "device");
+    d.bind = "127.0.0.2:0".parse().unwrap();
+    connects_within(server.local_addr, d, Duration::from_secs(2));
+    assert!(server.stats.evicted_handshakes.load(Ordering::Relaxed) >= 51);
+}
+
+#[test]
+fn a_device_that_reboots_mid_handshake_is_served_at_once() {
+    let pki = Pki::new();
+    let mut opts = mutual(&pki);
+    opts.handshake_timeout = Duration::from_secs(10);
+    let mut server = Server::start(opts).unwrap();
+    let _app = serve(&mut server);
+    let ctx = client_ctx(&pki);
+    let sock = silent_handshake(server.local_addr, "127.0.0.1", &ctx);
+    let port = sock.local_addr().unwrap().port();
+    drop(sock); // power lost mid-handshake; it comes back on the same port
+    let mut d = device(server.local_addr, &pki, "device");
+    d.bind = format!("127.0.0.1:{port}").parse().unwrap();
+    connects_within(server.local_addr, d, Duration::from_secs(2));
+    assert_eq!(server.stats.replaced.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn at_the_session_cap_an_authenticated_newcomer_replaces_the_least_recently_active() {
+    let pki = Pki::new();
+    issue_device(&pki, "pi-02");
+    issue_device(&pki, "pi-03");
+    let mut opts = mutual(&pki);
+    opts.max_sessions = 2;
+    let mut server = Server::start(opts).unwrap();
+    let _app = serve(&mut server);
+    let one = Client::start(device(server.local_addr, &pki, "device")).unwrap();
+    identity_of(&one);
+    let two = Client::start(device(server.local_addr, &pki, "pi-02")).unwrap();
+    identity_of(&two);
+    identity_of(&one); // `two` is now the least recently active
+    let three = Client::start(device(server.local_addr, &pki, "pi-03")).unwrap();
+    assert_eq!(identity_of(&three), "1 Some(\"pi-03\")");
+    assert_eq!(server.stats.evicted_sessions.load(Ordering::Relaxed), 1);
+    identity_of(&one); // still there
+    assert_eq!(server.stats.sessions.load(Ordering::Relaxed), 3);
+}
+
+#[test]
+fn at_the_session_cap_a_peer_without_an_identity_makes_no_room() {
+    let pki = Pki::new();
+    let mut opts = mutual(&pki);
+    opts.require_identity = false;
+    opts.max_sessions = 1;
+    let mut server = Server::start(opts).unwrap();
+    let app = serve(&mut server);
+    let one = Client::start(device(server.local_addr, &pki, "device")).unwrap();
+    identity_of(&one);
+    let anonymous =
+        Client::start(client_opts(server.local_addr, &pki.path("ca.pem"), "localhost")).unwrap();
+    assert!(anonymous
+        .request(post(b"x".to_vec()), Duration::from_secs(3))
+        .is_err());
+    assert_eq!(server.stats.over_capacity.load(Ordering::Relaxed), 1);
+    identity_of(&one);
+    drop((one, anonymous, server));
+    assert_eq!(app.join().unwrap().len(), 2, "only the device's requests");
+}
+
+#[test]
+fn psk_defaults_to_ecdhe_psk_and_the_ccm_8_suite_is_available() {
+    let pki = Pki::new();
+    let key = b"0123456789abcdef".to_vec();
+    for (ciphers, want) in [
+        ("", "ECDHE-PSK-CHACHA20-POLY1305"),
+        ("PSK-AES128-CCM8", "PSK-AES128-CCM8"),
+    ] {
+        let mut opts = server_opts(&pki, "server");
+        opts.tls.cert_file = None;
+        opts.tls.key_file = None;
+        opts.tls.psk = HashMap::from([("sensor-42".to_owned(), key.clone())]);
+        opts.tls.ciphers = ciphers.into();
+        let server = Server::start(opts).unwrap();
+        let ctx = dtls::client_context(&ClientSettings {
+            psk: Some(Psk {
+                identity: "sensor-42".into(),
+                key: key.clone(),
+            }),
+            ciphers: ciphers.into(),
+            mtu: 1232,
+            ..Default::default()
+        })
+        .unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.connect(server.local_addr).unwrap();
+        let mut s = Session::client(&ctx, "localhost", 1232, false, None).unwrap();
+        pump(&sock, &mut s, |s, _| s.is_established());
+        assert_eq!(s.cipher(), Some(want));
+    }
+}
+
+#[test]
+fn dtls_1_0_is_refused() {
+    let pki = Pki::new();
+    let server = Server::start(server_opts(&pki, "server")).unwrap();
+    let mut b = SslContextBuilder::new(SslMethod::dtls()).unwrap();
+    b.set_max_proto_version(Some(SslVersion::DTLS1)).unwrap();
+    b.set_cipher_list("ALL:@SECLEVEL=0").unwrap();
+    b.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    let ctx = b.build();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.connect(server.local_addr).unwrap();
+    let mut s = Session::client(&ctx, "localhost", 1232, false, None).unwrap();
+    pump(&sock, &mut s, |s, _| s.is_established());
+    assert!(
+        matches!(s.state(), State::Closed(DtlsError::Handshake(_))),
+        "{:?}",
+        s.state()
+    );
+}
+
+#[test]
+fn a_client_never_ends_up_without_authenticating_the_server() {
+    let pki = Pki::new();
+    let psk = Some(Psk {
+        identity: "sensor-42".into(),
+        key: b"0123456789abcdef".to_vec(),
+    });
+    // A PSK, no CA, and a certificate suite: that suite would take any certificate.
+    let e = dtls::client_context(&ClientSettings {
+        psk: psk.clone(),
+        ciphers: "ECDHE-PSK-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256".into(),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("ECDHE-ECDSA-AES128-GCM-SHA256")
+            && e.to_string().contains("ca_file")
+            && e.to_string().contains("ciphers"),
+        "{e}"
+    );
+    // With the CA, the same list is fine: a certificate is verified, a PSK authenticates.
+    dtls::client_context(&ClientSettings {
+        psk,
+        ca_file: Some(pki.path("ca.pem")),
+        ciphers: "ECDHE-PSK-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    // Suites without encryption or authentication, on either end.
+    let e = dtls::client_context(&ClientSettings {
+        ca_file: Some(pki.path("ca.pem")),
+        ciphers: "ECDHE-ECDSA-AES128-GCM-SHA256:AECDH-AES128-SHA:@SECLEVEL=0".into(),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("AECDH-AES128-SHA"), "{e}");
+    let mut opts = server_opts(&pki, "server");
+    opts.tls.ciphers = "ECDHE-ECDSA-NULL-SHA:ECDHE-ECDSA-AES128-GCM-SHA256:@SECLEVEL=0".into();
+    assert!(Server::start(opts)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("ECDHE-ECDSA-NULL-SHA"));
+}

@@ -1,0 +1,132 @@
+//! PSKs from the config, the environment or files: read, checked, and never panicking on what a
+//! person typed. I/O: reads the files named in the config.
+
+use crate::config::{hex_key, IngressConfig, PskEntry, UplinkConfig};
+use gateway_coap::dtls::{valid_identity, Psk};
+use gateway_sdk::{tracing, InitContext, PluginError};
+use std::{collections::HashMap, path::Path};
+
+/// The most key bytes OpenSSL takes for a PSK.
+const MAX_KEY: usize = 256;
+/// Fewer key bytes than this get a warning: 128 bits is the least a key should have.
+const MIN_GOOD_KEY: usize = 16;
+
+fn config(ctx: &InitContext, msg: String) -> PluginError {
+    PluginError::config(format!("[{}] {msg}", ctx.info().table))
+}
+
+/// A key in hex, checked; `what` names where it came from, for errors and warnings.
+fn key(ctx: &InitContext, what: &str, hex: &str) -> Result<Vec<u8>, PluginError> {
+    let key = hex_key(hex).ok_or_else(|| {
+        config(
+            ctx,
+            format!("{what}: must be an even number of hex digits (0-9, a-f)"),
+        )
+    })?;
+    if key.len() > MAX_KEY {
+        return Err(config(
+            ctx,
+            format!("{what}: {} bytes; a PSK has at most {MAX_KEY}", key.len()),
+        ));
+    }
+    if key.len() < MIN_GOOD_KEY {
+        tracing::warn!(
+            "[{}] {what}: the key has {} bytes; use at least {MIN_GOOD_KEY} random bytes (`openssl rand -hex 32`)",
+            ctx.info().table,
+            key.len()
+        );
+    }
+    Ok(key)
+}
+
+fn identity(ctx: &InitContext, what: &str, id: &str) -> Result<(), PluginError> {
+    if valid_identity(id) {
+        Ok(())
+    } else {
+        Err(config(
+            ctx,
+            format!("{what}: {id:?} is not a usable identity (1 to 255 bytes, no control characters)"),
+        ))
+    }
+}
+
+/// The uplink's PSK: `psk_identity` with one of `psk_key`, `psk_key_env`, `psk_key_file`.
+pub fn uplink_psk(ctx: &InitContext, cfg: &UplinkConfig) -> Result<Option<Psk>, PluginError> {
+    let hex = ctx.secret(
+        "psk_key",
+        cfg.psk_key.as_deref(),
+        cfg.psk_key_env.as_deref(),
+        cfg.psk_key_file.as_deref(),
+    )?;
+    match (&cfg.psk_identity, hex) {
+        (Some(id), Some(hex)) => {
+            identity(ctx, "psk_identity", id)?;
+            Ok(Some(Psk {
+                identity: id.clone(),
+                key: key(ctx, "psk_key", &hex)?,
+            }))
+        }
+        (None, None) => Ok(None),
+        _ => Err(config(
+            ctx,
+            "psk_identity: psk_identity and a key (psk_key, psk_key_env or psk_key_file) go together"
+                .into(),
+        )),
+    }
+}
+
+/// The ingress's PSKs: the `[[psk]]` entries and the lines of `psk_file`, by identity.
+pub fn ingress_psks(
+    ctx: &InitContext,
+    cfg: &IngressConfig,
+) -> Result<HashMap<String, Vec<u8>>, PluginError> {
+    let mut keys = HashMap::new();
+    let mut add = |what: String, id: &str, k: Vec<u8>| {
+        identity(ctx, &what, id)?;
+        if keys.insert(id.to_owned(), k).is_some() {
+            return Err(config(ctx, format!("{what}: {id:?} is given twice")));
+        }
+        Ok(())
+    };
+    for (i, PskEntry { identity: id, key: k, key_env, key_file }) in cfg.psk.iter().enumerate() {
+        let what = format!("psk[{i}] ({id:?})");
+        let hex = ctx
+            .secret(
+                &format!("psk[{i}].key"),
+                k.as_deref(),
+                key_env.as_deref(),
+                key_file.as_deref(),
+            )?
+            .ok_or_else(|| config(ctx, format!("{what}: give key, key_env or key_file")))?;
+        let k = key(ctx, &what, &hex)?;
+        add(what, id, k)?;
+    }
+    if let Some(file) = &cfg.psk_file {
+        let path = ctx.private_file("psk_file", file)?;
+        for (what, id, hex) in psk_file_lines(&path).map_err(|e| config(ctx, e))? {
+            let k = key(ctx, &what, &hex)?;
+            add(what, &id, k)?;
+        }
+    }
+    Ok(keys)
+}
+
+/// The entries of a PSK file: `IDENTITY:HEXKEY` per line; blank lines and lines starting with
+/// `#` are skipped. Each entry comes with `FILE:LINE` for messages.
+fn psk_file_lines(path: &Path) -> Result<Vec<(String, String, String)>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("psk_file: cannot read {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let what = format!("psk_file {}:{}", path.display(), n + 1);
+        let (id, hex) = line
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{what}: expected IDENTITY:HEXKEY"))?;
+        out.push((what, id.to_owned(), hex.to_owned()));
+    }
+    Ok(out)
+}
