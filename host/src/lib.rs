@@ -7,6 +7,7 @@
 
 pub mod buffer;
 pub mod config;
+pub mod deadletter;
 pub mod loader;
 pub mod logging;
 pub mod memory;

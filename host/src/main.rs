@@ -51,6 +51,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The batches sinks refused for good, kept in dead-letter files under each sink's data
+    /// directory: list them, print their readings, or send them to their sink again.
+    #[command(name = "dead-letters", subcommand)]
+    DeadLetters(DeadLetterCommand),
     /// List the plugin libraries of a directory: name, version, SDK version, plugins and kinds.
     Plugins {
         /// The directory (default: `plugin_dir` of --config if given, else the directory of this binary).
@@ -59,6 +63,34 @@ enum Command {
         /// Take the directory from this config file.
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// Every sink's dead-letter files: when, how many readings, and why they were refused.
+    List {
+        /// The config file.
+        #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print the readings of a sink's dead-letter files, one per line.
+    Show {
+        /// The config file.
+        #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
+        config: PathBuf,
+        /// The sink instance (the NAME of `[sinks.NAME]`).
+        sink: String,
+    },
+    /// Write each of a sink's dead-letter files to the sink again, as the config builds it
+    /// (the gateway may be running meanwhile). A file the sink takes is deleted; one it refuses
+    /// again is kept. Exits non-zero if any file is left.
+    Resend {
+        /// The config file.
+        #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
+        config: PathBuf,
+        /// The sink instance (the NAME of `[sinks.NAME]`).
+        sink: String,
     },
 }
 
@@ -149,6 +181,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::DeadLetters(cmd) => dead_letters(cmd),
         Command::Plugins { plugin_dir, config } => {
             let dir = match (plugin_dir, config) {
                 (Some(d), _) => d,
@@ -185,6 +218,98 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
+    use gateway_host::deadletter;
+    let (DeadLetterCommand::List { config }
+    | DeadLetterCommand::Show { config, .. }
+    | DeadLetterCommand::Resend { config, .. }) = &cmd;
+    let config = Config::load(config)?;
+    let letters_of = |name: &str| {
+        config
+            .sinks
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| run::dead_letters(&config, d))
+            .ok_or_else(|| anyhow!("{} has no sink {name:?}", config.path.display()))
+    };
+    match cmd {
+        DeadLetterCommand::List { .. } => {
+            let mut any = false;
+            for d in &config.sinks {
+                let letters = run::dead_letters(&config, d);
+                for f in letters.files()? {
+                    any = true;
+                    match deadletter::read(&f) {
+                        Ok((h, _)) => println!(
+                            "{}  {}  {} readings refused at {}: {}",
+                            d.name,
+                            f.display(),
+                            h.readings,
+                            h.refused_at,
+                            h.error
+                        ),
+                        Err(e) => println!("{}  {}  unreadable: {e}", d.name, f.display()),
+                    }
+                }
+            }
+            if !any {
+                println!("no dead letters");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeadLetterCommand::Show { sink, .. } => {
+            for f in letters_of(&sink)?.files()? {
+                let (h, readings) = deadletter::read(&f).map_err(|e| anyhow!(e))?;
+                println!("# {}: refused at {}: {}", f.display(), h.refused_at, h.error);
+                for r in readings {
+                    println!("{r}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeadLetterCommand::Resend { sink, .. } => {
+            let letters = letters_of(&sink)?;
+            let files = letters.files()?;
+            if files.is_empty() {
+                println!("{sink}: no dead letters");
+                return Ok(ExitCode::SUCCESS);
+            }
+            // One resend at a time per sink.
+            let lock = std::fs::File::create(letters.dir().join(".resend.lock"))?;
+            lock.try_lock()
+                .map_err(|_| anyhow!("another `gateway dead-letters resend {sink}` is running"))?;
+            logging::init(config.gateway.log_format, LevelFilter::WARN, LevelFilter::WARN);
+            let logger = HostLogger::new(LevelFilter::WARN);
+            let mut instance = run::build_sink(&config, &sink, &logger).map_err(|e| anyhow!(e))?;
+            let mut left = 0;
+            for f in files {
+                let (_, readings) = deadletter::read(&f).map_err(|e| anyhow!(e))?;
+                let slice = abi_stable::std_types::RSlice::from_slice(&readings);
+                match instance.write(slice).into_result() {
+                    Ok(()) => {
+                        std::fs::remove_file(&f)?;
+                        println!("{}: {} readings taken; file removed", f.display(), readings.len());
+                    }
+                    Err(e) => {
+                        left += 1;
+                        println!("{}: kept: {} ({})", f.display(), e.message(), e.kind);
+                        if e.kind.is_retryable() {
+                            println!("the sink cannot take readings now; try again later");
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = instance.close().into_result();
+            Ok(if left == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

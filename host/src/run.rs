@@ -85,6 +85,15 @@ fn data_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
     config.gateway.data_dir.join(&decl.name)
 }
 
+/// A sink's dead letters: `dead-letter/` in its data directory.
+pub fn dead_letters(config: &Config, decl: &Instance) -> crate::deadletter::DeadLetters {
+    crate::deadletter::DeadLetters::new(
+        data_dir(config, decl).join("dead-letter"),
+        &decl.name,
+        &decl.plugin,
+    )
+}
+
 /// Where an instance's disk buffer lives: `buffer/` in its data directory.
 fn buffer_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
     data_dir(config, decl).join("buffer")
@@ -300,6 +309,40 @@ impl Plan {
     }
 }
 
+/// Builds sink instance `name` of `config` alone (its plugin loaded, its `new` called), for
+/// commands that write to one sink outside a run (`gateway dead-letters resend`).
+pub fn build_sink(
+    config: &Config,
+    name: &str,
+    logger: &Arc<HostLogger>,
+) -> Result<SinkBox, String> {
+    let decl = config
+        .sinks
+        .iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| {
+            format!(
+                "{} has no sink {name:?} (its sinks: {})",
+                config.path.display(),
+                config
+                    .sinks
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+    let mut catalog = Catalog::new(&config.gateway.plugin_dir, logger.clone());
+    let found = catalog.find(&decl.plugin, PluginKind::Sink)?;
+    let info = info_for(config, decl);
+    std::fs::create_dir_all(info.data_dir.as_str())
+        .map_err(|e| format!("cannot create {}: {e}", info.data_dir))?;
+    let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
+    new(&info)
+        .into_result()
+        .map_err(|e| located(config, decl, "sinks", "could not be built", &e))
+}
+
 /// How `run` should behave.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -379,6 +422,7 @@ pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<
             drain: drain.clone(),
             abort: abort.clone(),
             stats,
+            dead_letters: dead_letters(&config, &k.decl),
         };
         let h = std::thread::Builder::new()
             .name(format!("sink:{}", k.decl.name))

@@ -79,7 +79,118 @@ batch_timeout = "5ms"
         .count();
     assert_eq!(store_retries, 3, "{err}");
     assert!(
-        err.contains("the server could not take the batch: 5.03"),
+        err.contains("the server could not take the batch now: 5.03"),
         "{err}"
     );
+}
+
+/// The server end: coaps-ingress into a recorder that refuses `extra`'s value, if any.
+fn server_config(s: &Setup, certs: &std::path::Path, port: u16, extra: &str) -> std::path::PathBuf {
+    let c = |f: &str| certs.join(f).display().to_string();
+    s.config_named(
+        "server",
+        "server",
+        "stats_interval = \"0s\"\ndata_dir = \"server-data\"",
+        &format!(
+            r#"[sources.ingress]
+plugin = "coaps-ingress"
+listen = "127.0.0.1:{port}"
+cert_file = {sc:?}
+key_file = {sk:?}
+client_ca_file = {ca:?}
+
+[sinks.store]
+plugin = "testkit-recorder"
+path = {out:?}
+batch_timeout = "5ms"
+{extra}
+"#,
+            ca = c("ca.pem"),
+            sc = c("server.pem"),
+            sk = c("server.key"),
+            out = s.path("out.txt").display().to_string(),
+        ),
+    )
+}
+
+#[test]
+fn a_refused_reading_is_dead_lettered_at_both_ends_and_can_be_sent_again() {
+    let s = Setup::new();
+    let certs = s.path("certs");
+    make_certs(&certs, "test");
+    let port = free_udp_port();
+    let c = |f: &str| certs.join(f).display().to_string();
+    let client = s.config_named(
+        "client",
+        "test",
+        "stats_interval = \"0s\"\ndata_dir = \"client-data\"",
+        &format!(
+            r#"[sources.seq]
+plugin = "testkit-sequence"
+count = 30
+batch_size = 1
+interval = "10ms"
+# The refusal of 13 is told to the source; it goes on rather than failing.
+wait_ack = false
+
+[sinks.uplink]
+plugin = "coaps-uplink"
+uri = "coaps://localhost:{port}/gpsflowtemp"
+ca_file = {ca:?}
+cert_file = {dc:?}
+key_file = {dk:?}
+retry_backoff = "50ms"
+"#,
+            ca = c("ca.pem"),
+            dc = c("device-test.pem"),
+            dk = c("device-test.key"),
+        ),
+    );
+    let mut server = Running::start_named(&s, "server", &server_config(&s, &certs, port, "reject_value = 13"));
+    assert!(server.wait_for_log("CoAP/DTLS ingress listening", Duration::from_secs(10)));
+    let (status, _, err) = gateway(&[
+        "run",
+        "--config",
+        client.to_str().unwrap(),
+        "--until-sources-finish",
+    ]);
+    assert!(status.success(), "{err}");
+    let mut stored = s.recorded("out.txt", "seq");
+    stored.sort();
+    assert_eq!(stored, (0..30).filter(|v| *v != 13).collect::<Vec<_>>());
+    // The device was told 4.22 without the store's own words, and kept reading 13.
+    assert!(err.contains("4.22 the server's store refused these readings"), "{err}");
+    assert!(!err.contains("simulated refusal"), "the sink's error text stays on the server: {err}");
+    assert!(err.contains("kept in a dead-letter file"), "{err}");
+    let (status, listed, _) = gateway(&["dead-letters", "list", "--config", client.to_str().unwrap()]);
+    assert!(status.success());
+    assert!(listed.contains("uplink") && listed.contains("1 readings refused at"), "{listed}");
+    let (_, shown, _) = gateway(&["dead-letters", "show", "--config", client.to_str().unwrap(), "uplink"]);
+    assert_eq!(
+        shown.lines().filter(|l| !l.starts_with('#')).count(),
+        1,
+        "{shown}"
+    );
+    assert!(shown.contains("test/seq ") && shown.contains("=13 "), "{shown}");
+    // The server kept what its store refused, too.
+    let (_, server_listed, _) =
+        gateway(&["dead-letters", "list", "--config", s.path("server.toml").to_str().unwrap()]);
+    assert!(server_listed.contains("store") && server_listed.contains("simulated refusal of value 13"), "{server_listed}");
+
+    // The store is fixed: the reading goes through on a resend, and its file goes.
+    server.stop(Duration::from_secs(10));
+    let mut server = Running::start_named(&s, "server", &server_config(&s, &certs, port, ""));
+    assert!(server.wait_for_log("CoAP/DTLS ingress listening", Duration::from_secs(10)));
+    let (status, out, err) =
+        gateway(&["dead-letters", "resend", "--config", client.to_str().unwrap(), "uplink"]);
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("1 readings taken; file removed"), "{out}");
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !s.recorded("out.txt", "seq").contains(&13) && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(s.recorded("out.txt", "seq").contains(&13));
+    let (_, listed, _) = gateway(&["dead-letters", "list", "--config", client.to_str().unwrap()]);
+    assert!(listed.contains("no dead letters"), "{listed}");
+    server.stop(Duration::from_secs(10));
 }

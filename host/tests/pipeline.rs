@@ -355,7 +355,7 @@ fn a_refused_reading_does_not_take_the_others_of_a_merged_write_with_it() {
     let err = gw.stderr();
     assert!(status.success(), "{err}");
     assert!(
-        err.contains("writing the refused batch's parts one by one"),
+        err.contains("the sink refused a merged batch; writing its parts one by one"),
         "the writes were merged: {err}"
     );
     let values = s.recorded("out.txt", "seq");
@@ -363,7 +363,38 @@ fn a_refused_reading_does_not_take_the_others_of_a_merged_write_with_it() {
     assert_eq!(values, expected, "only the refused reading is missing");
     assert_eq!(
         err.matches("sink refused the batch for good").count(),
-        2,
-        "the merged write, then the bad batch alone: {err}"
+        1,
+        "the bad batch alone: {err}"
     );
+    // Not dropped: kept in the sink's dead-letter directory, and nothing else with it.
+    let (status, shown, _) = gateway(&["dead-letters", "show", "--config", cfg.to_str().unwrap(), "rec"]);
+    assert!(status.success());
+    let lines: Vec<&str> = shown.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines.len(), 1, "{shown}");
+    assert!(lines[0].contains("=13 "), "{shown}");
+}
+
+#[test]
+fn a_refused_batch_that_cannot_be_dead_lettered_is_held_not_dropped() {
+    let s = Setup::new();
+    let out = s.path("out.txt");
+    let cfg = s.config(
+        "",
+        &format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 3\nbatch_size = 3\nwait_ack = false\n{}",
+            recorder("rec", out.to_str().unwrap(), &["seq"], "reject_value = 1\nretry_backoff = \"50ms\"\nretry_backoff_max = \"100ms\"")
+        ),
+    );
+    // Where the dead-letter directory should be, a file: nothing can be written there.
+    std::fs::create_dir_all(s.path("data/rec")).unwrap();
+    std::fs::write(s.path("data/rec/dead-letter"), "in the way").unwrap();
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    assert!(gw.wait_for_log("its dead-letter file cannot be written; holding the batch", Duration::from_secs(10)));
+    assert!(gw.wait(Duration::from_millis(500)).is_none(), "it holds, it does not finish");
+    std::fs::remove_file(s.path("data/rec/dead-letter")).unwrap();
+    let status = gw.wait(Duration::from_secs(10)).expect("exits once the file is written");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    let (_, shown, _) = gateway(&["dead-letters", "show", "--config", cfg.to_str().unwrap(), "rec"]);
+    assert_eq!(shown.lines().filter(|l| !l.starts_with('#')).count(), 3, "{shown}");
 }

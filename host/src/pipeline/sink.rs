@@ -6,6 +6,7 @@ use super::{sleep_unless, sleep_while, Envelope};
 use crate::{
     buffer::{AppendError, DiskBuffer, Taken},
     config::SinkSettings,
+    deadletter::DeadLetters,
     stats::SinkStats,
 };
 use abi_stable::std_types::RSlice;
@@ -44,6 +45,8 @@ pub struct SinkRunner {
     pub abort: Arc<AtomicBool>,
     /// Counters.
     pub stats: Arc<SinkStats>,
+    /// Where batches the sink refuses for good are kept.
+    pub dead_letters: DeadLetters,
 }
 
 /// Where a sink thread takes its batches from.
@@ -78,6 +81,7 @@ struct Worker {
     /// Set (for a buffered sink, at shutdown) when a failed write should not be retried: its
     /// readings stay on disk for the next start.
     give_up: Option<Arc<AtomicBool>>,
+    dead_letters: DeadLetters,
 }
 
 impl SinkRunner {
@@ -96,6 +100,7 @@ impl SinkRunner {
             drain,
             abort,
             stats,
+            dead_letters,
         } = self;
         let mut w = Worker {
             name,
@@ -108,6 +113,7 @@ impl SinkRunner {
             abort,
             stats,
             give_up: None,
+            dead_letters,
         };
         tracing::info!("sink running");
         let rx = match input {
@@ -150,7 +156,7 @@ impl SinkRunner {
                 envelopes.push(e);
             }
             if envelopes.len() == 1 {
-                let outcome = w.write(&envelopes[0].readings);
+                let outcome = w.write_settled(&envelopes[0].readings);
                 envelopes.pop().expect("one").ack.done(outcome);
                 continue;
             }
@@ -347,7 +353,7 @@ impl Worker {
     /// Writes `all`, made of `parts`. When the sink refuses it for good as a whole, each part is
     /// written on its own, so that one source's bad batch does not take the others with it:
     /// `each` gets each part's outcome in turn and says whether to go on, and `None` is
-    /// returned. Otherwise the outcome of the whole.
+    /// returned. Otherwise the outcome of the whole. What is refused for good is dead-lettered.
     fn write_parts(
         &mut self,
         all: &[Reading],
@@ -356,21 +362,67 @@ impl Worker {
     ) -> Option<Result<(), PluginError>> {
         match self.write(all) {
             Err(e) if e.kind == ErrorKind::REJECTED && parts.len() > 1 => {
-                self.stats
-                    .rejected
-                    .fetch_sub(all.len() as u64, Ordering::Relaxed);
                 tracing::info!(
                     parts = parts.len(),
-                    "writing the refused batch's parts one by one"
+                    error = %e.message(),
+                    "the sink refused a merged batch; writing its parts one by one"
                 );
                 for part in parts {
-                    if !each(self.write(&all[part.clone()])) {
+                    if !each(self.write_settled(&all[part.clone()])) {
                         break;
                     }
                 }
                 None
             }
+            Err(e) if e.kind == ErrorKind::REJECTED => Some(self.dead_letter(all, e)),
             outcome => Some(outcome),
+        }
+    }
+
+    /// [`Worker::write`], with a refusal dead-lettered.
+    fn write_settled(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        match self.write(batch) {
+            Err(e) if e.kind == ErrorKind::REJECTED => self.dead_letter(batch, e),
+            outcome => outcome,
+        }
+    }
+
+    /// Keeps a batch the sink refused for good (`e`) in its dead-letter directory, and returns
+    /// `e`. Until the file is on disk the batch is held (it is not lost because a disk is
+    /// full): the write is retried with backoff, until shutdown.
+    fn dead_letter(&mut self, batch: &[Reading], e: PluginError) -> Result<(), PluginError> {
+        let n = batch.len() as u64;
+        let mut backoff = self.settings.retry_backoff;
+        loop {
+            match self.dead_letters.put(e.message(), batch) {
+                Ok(path) => {
+                    self.stats.rejected.fetch_add(n, Ordering::Relaxed);
+                    tracing::error!(
+                        readings = n,
+                        error = %e.message(),
+                        kept_in = %path.display(),
+                        "sink refused the batch for good; its readings are kept in a dead-letter file (`gateway dead-letters` lists and resends them)"
+                    );
+                    return Err(e);
+                }
+                Err(io) => {
+                    if self.abort.load(Ordering::SeqCst) || self.giving_up() {
+                        return Err(PluginError::new(
+                            ErrorKind::STOPPED,
+                            "shutting down before the refused batch could be dead-lettered",
+                        ));
+                    }
+                    tracing::error!(
+                        readings = n,
+                        error = %e.message(),
+                        dir = %self.dead_letters.dir().display(),
+                        io_error = %io,
+                        "sink refused the batch for good, and its dead-letter file cannot be written; holding the batch, retrying in {backoff:?}"
+                    );
+                    self.pause(backoff);
+                    backoff = (backoff * 2).min(self.settings.retry_backoff_max);
+                }
+            }
         }
     }
 
@@ -383,7 +435,7 @@ impl Worker {
     }
 
     /// Writes one batch, retrying and rebuilding as its errors say, until it is written, refused
-    /// for good, or the shutdown deadline passes.
+    /// for good (returned as is: the caller dead-letters it), or the shutdown deadline passes.
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
         let n = batch.len() as u64;
         let mut backoff = self.settings.retry_backoff;
@@ -430,11 +482,7 @@ impl Worker {
                     // Dropping the broken instance runs the plugin's destructor (guarded by the SDK).
                     self.instance = None;
                 }
-                Err(e) => {
-                    self.stats.rejected.fetch_add(n, Ordering::Relaxed);
-                    tracing::error!(readings = n, kind = %e.kind, error = %e.message(), "sink refused the batch for good; its readings are dropped");
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }

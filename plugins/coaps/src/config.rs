@@ -86,6 +86,10 @@ pub struct UplinkConfig {
     /// Local address to send from.
     #[serde(default = "any")]
     pub bind: SocketAddr,
+    /// After the server refuses the uplink as a whole (4.01, 4.03, 4.04, 4.05, 4.13, 4.15 ...:
+    /// it is misconfigured for this device), how long to hold the readings before trying again.
+    #[serde(default = "d5m", with = "duration")]
+    pub refusal_backoff: Duration,
 }
 
 /// One PSK client the ingress accepts.
@@ -186,6 +190,9 @@ fn d10s() -> Duration {
 }
 fn d30s() -> Duration {
     Duration::from_secs(30)
+}
+fn d5m() -> Duration {
+    Duration::from_secs(300)
 }
 fn d10m() -> Duration {
     Duration::from_secs(600)

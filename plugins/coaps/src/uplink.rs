@@ -20,6 +20,37 @@ pub struct Uplink {
     client: Option<Client>,
     /// Ids of readings the server acknowledged during the last, failed, write.
     delivered: std::collections::HashSet<gateway_sdk::ReadingId>,
+    /// Set when the server refused the uplink as a whole: no request goes out before then.
+    held: Option<(std::time::Instant, String)>,
+}
+
+/// What the server's answer means for the readings of a request.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Stored (2.01, 2.04 ...).
+    Stored,
+    /// Not now; the same request may succeed later (5.xx, 4.08, 4.29, lost answers).
+    Retry,
+    /// These readings will never be accepted (4.00 Bad Request, 4.22 Unprocessable Entity):
+    /// the host keeps them in the dead-letter file.
+    RefusedBatch,
+    /// The server refuses this device whatever it sends (4.01, 4.03, 4.04, 4.05, 4.13, 4.15
+    /// ...): its configuration or ours is wrong. The readings are held, and tried again after
+    /// `refusal_backoff`.
+    Misconfigured,
+}
+
+/// Judges a response code (class, detail).
+fn verdict(class: u8, detail: u8) -> Verdict {
+    match (class, detail) {
+        // 2.31 Continue as a final answer: the server did not take the request.
+        (2, 31) => Verdict::Retry,
+        (2, _) => Verdict::Stored,
+        (4, 0) | (4, 22) => Verdict::RefusedBatch,
+        (4, 8) | (4, 29) => Verdict::Retry,
+        (4, _) => Verdict::Misconfigured,
+        _ => Verdict::Retry,
+    }
 }
 
 fn szx(block: usize) -> Option<u8> {
@@ -84,10 +115,21 @@ impl Sink for Uplink {
             tls,
             client: None,
             delivered: Default::default(),
+            held: None,
         })
     }
 
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        if let Some((until, why)) = &self.held {
+            let now = std::time::Instant::now();
+            if now < *until {
+                return Err(PluginError::retry(format!(
+                    "holding the readings: {why}; next try in {}s",
+                    (*until - now).as_secs()
+                )));
+            }
+            self.held = None;
+        }
         if self.client.is_none() {
             let server = (self.host.as_str(), self.port)
                 .to_socket_addrs()
@@ -164,8 +206,21 @@ impl Sink for Uplink {
             in_flight -= 1;
             match self.outcome(result) {
                 Ok(()) => acked.extend(chunks.get(tag as usize).map(|c| c.0)),
+                Err((e, Verdict::Misconfigured)) if outcome.is_ok() => {
+                    tracing::error!(
+                        uri = %self.cfg.uri,
+                        error = %e.message(),
+                        "the server refuses this device: check the server's configuration and this one (certificate or PSK identity, uri); the readings are held and sent again in {:?}",
+                        self.cfg.refusal_backoff
+                    );
+                    self.held = Some((
+                        std::time::Instant::now() + self.cfg.refusal_backoff,
+                        e.message().to_owned(),
+                    ));
+                    outcome = Err(e);
+                }
+                Err((e, _)) if outcome.is_ok() => outcome = Err(e),
                 // The first failure decides; nothing new goes out, what is in flight finishes.
-                Err(e) if outcome.is_ok() => outcome = Err(e),
                 Err(_) => {}
             }
             if tag == u64::MAX {
@@ -226,39 +281,49 @@ impl Uplink {
             |r| self.cfg.encoding.encode(r),
         )
     }
-    fn outcome(&self, r: Result<coap_lite::Packet, RequestError>) -> Result<(), PluginError> {
-        match r {
-            Ok(resp) => {
-                let (class, detail) = match resp.header.code {
-                    MessageClass::Response(r) => {
-                        let code: u8 = MessageClass::Response(r).into();
-                        (code >> 5, format!("{}.{:02}", code >> 5, code & 0x1f))
-                    }
-                    _ => (0, "a non-response".to_owned()),
-                };
-                let text = String::from_utf8_lossy(&resp.payload).into_owned();
-                match (class, detail.as_str()) {
-                    (2, "2.31") => Err(PluginError::retry(format!(
-                        "the server asked for more of the batch: {detail} {text}"
-                    ))),
-                    (2, _) => Ok(()),
-                    // Lost reassembly state, too many requests: try again later.
-                    (4, "4.08" | "4.29") => Err(PluginError::retry(format!(
-                        "the server could not take the batch now: {detail} {text}"
-                    ))),
-                    (4, _) => Err(PluginError::rejected(format!(
-                        "the server refused the batch: {detail} {text}"
-                    ))),
-                    _ => Err(PluginError::retry(format!(
-                        "the server could not take the batch: {detail} {text}"
-                    ))),
-                }
+    /// What a request's answer means: `Ok` if stored, else the error for the host (retryable
+    /// unless the server refused these readings for good) and the verdict.
+    fn outcome(
+        &self,
+        r: Result<coap_lite::Packet, RequestError>,
+    ) -> Result<(), (PluginError, Verdict)> {
+        let resp = match r {
+            Ok(resp) => resp,
+            Err(RequestError::Stopped) => {
+                return Err((
+                    PluginError::fatal("the CoAP client stopped"),
+                    Verdict::Retry,
+                ))
             }
-            Err(RequestError::Stopped) => Err(PluginError::fatal("the CoAP client stopped")),
-            Err(e) => Err(PluginError::retry(format!(
-                "no answer from {}: {e}",
-                self.cfg.uri
-            ))),
+            Err(e) => {
+                return Err((
+                    PluginError::retry(format!("no answer from {}: {e}", self.cfg.uri)),
+                    Verdict::Retry,
+                ))
+            }
+        };
+        let code: u8 = resp.header.code.into();
+        let (class, detail) = match resp.header.code {
+            MessageClass::Response(_) => (code >> 5, code & 0x1f),
+            _ => (0, 0),
+        };
+        let v = verdict(class, detail);
+        let text = String::from_utf8_lossy(&resp.payload);
+        let what = format!("{class}.{detail:02} {text}");
+        match v {
+            Verdict::Stored => Ok(()),
+            Verdict::Retry => Err((
+                PluginError::retry(format!("the server could not take the batch now: {what}")),
+                v,
+            )),
+            Verdict::RefusedBatch => Err((
+                PluginError::rejected(format!("the server refused these readings: {what}")),
+                v,
+            )),
+            Verdict::Misconfigured => Err((
+                PluginError::retry(format!("the server refuses this device: {what}")),
+                v,
+            )),
         }
     }
 }
@@ -268,6 +333,21 @@ mod tests {
     use super::*;
     use gateway_coap::senml;
     use gateway_sdk::testing::sample_readings;
+
+    #[test]
+    fn only_a_batch_specific_refusal_lets_readings_go() {
+        assert_eq!(verdict(2, 4), Verdict::Stored);
+        assert_eq!(verdict(2, 1), Verdict::Stored);
+        assert_eq!(verdict(2, 31), Verdict::Retry);
+        assert_eq!(verdict(4, 0), Verdict::RefusedBatch);
+        assert_eq!(verdict(4, 22), Verdict::RefusedBatch);
+        for detail in [1, 2, 3, 4, 5, 6, 12, 13, 15] {
+            assert_eq!(verdict(4, detail), Verdict::Misconfigured, "4.{detail:02}");
+        }
+        for (c, d) in [(4, 8), (4, 29), (5, 0), (5, 3), (5, 4), (0, 0)] {
+            assert_eq!(verdict(c, d), Verdict::Retry, "{c}.{d:02}");
+        }
+    }
 
     #[test]
     fn every_request_fits_one_datagram_and_keeps_the_batch_in_order() {

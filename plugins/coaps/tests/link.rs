@@ -125,29 +125,52 @@ fn a_device_posting_for_another_device_is_refused_with_4_03() {
     std::thread::sleep(Duration::from_millis(200));
     let mut uplink = SinkHarness::new::<Uplink>(&uplink_config(dir.path(), port, "")).unwrap();
     let e = uplink.write(sample_readings(2)).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::REJECTED, "not retryable: {e}");
+    assert_eq!(
+        e.kind,
+        ErrorKind::RETRY,
+        "held, not dropped: the server refuses the device, not the readings: {e}"
+    );
     assert!(
         e.message().contains("4.03")
             && e.message()
                 .contains("pi-01 may post readings only for itself"),
         "{e}"
     );
+    // Held: the next tries do not bother the server until `refusal_backoff` has passed.
+    let started = std::time::Instant::now();
+    let e = uplink.write(sample_readings(2)).unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert!(
+        e.message().starts_with("holding the readings: the server refuses this device: 4.03"),
+        "{e}"
+    );
+    assert_eq!(e.kind, ErrorKind::RETRY);
     drop(uplink);
     drop(ingress); // it never gets a reading; the thread ends at its timeout
 }
 
 #[test]
-fn an_unknown_resource_is_a_4_04_and_not_retried() {
+fn an_unknown_resource_is_a_4_04_and_holds_the_readings() {
     let dir = tempfile::tempdir().unwrap();
     certs(dir.path(), "test-device");
     let port = free_port();
     let _ingress = ingress_thread(ingress_config(dir.path(), port, ""), 1);
     std::thread::sleep(Duration::from_millis(200));
-    let cfg = uplink_config(dir.path(), port, "").replace("/gpsflowtemp", "/elsewhere");
+    let cfg = uplink_config(dir.path(), port, "refusal_backoff = \"300ms\"\n")
+        .replace("/gpsflowtemp", "/elsewhere");
     let mut uplink = SinkHarness::new::<Uplink>(&cfg).unwrap();
     let e = uplink.write(sample_readings(1)).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::REJECTED);
+    assert_eq!(e.kind, ErrorKind::RETRY);
     assert!(e.message().contains("4.04"), "{e}");
+    assert!(uplink
+        .write(sample_readings(1))
+        .unwrap_err()
+        .message()
+        .starts_with("holding"));
+    // After the backoff it asks the server again (and is refused again).
+    std::thread::sleep(Duration::from_millis(400));
+    let e = uplink.write(sample_readings(1)).unwrap_err();
+    assert!(e.message().starts_with("the server refuses this device: 4.04"), "{e}");
 }
 
 #[test]

@@ -1,0 +1,281 @@
+//! Dead letters: the batches a sink refused for good, kept in files under the sink's data
+//! directory (`data_dir/INSTANCE/dead-letter/`) instead of being dropped, to be read and sent
+//! again with `gateway dead-letters`. Blocking file I/O.
+//!
+//! One file per refused batch, `SECONDS-MICROS-N.jsonl`, written whole and synced before it is
+//! renamed into place, so a reader never sees half of one. JSON Lines, readable with `jq`:
+//!
+//! ```text
+//! {"gateway_dead_letter":1,"sink":"db","plugin":"mysql","refused_at":"2026-12-01T10:00:00.000000Z","error":"...","readings":2}
+//! {"id":"0192...","time_us":1764583200000000,"device":"pi-01","sensor":"28-0001","name":"temperature","unit":"Cel","value":{"float":21.5}}
+//! ```
+//!
+//! Values are tagged by type so that nothing changes on the way back: `{"float": 1.5}` (or
+//! `"NaN"`, `"inf"`, `"-inf"`), `{"int": 3}`, `{"bool": true}`, `{"text": "..."}`,
+//! `{"bytes": "00ff"}` (hex).
+
+use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
+use serde_json::{json, Value as J};
+use std::{
+    fs::File,
+    io::{self, BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+/// The first line of a dead-letter file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    /// The sink instance that refused the batch.
+    pub sink: String,
+    /// Its plugin.
+    pub plugin: String,
+    /// When.
+    pub refused_at: String,
+    /// What the sink said.
+    pub error: String,
+    /// How many readings follow.
+    pub readings: usize,
+}
+
+/// The dead-letter directory of one sink.
+#[derive(Debug)]
+pub struct DeadLetters {
+    dir: PathBuf,
+    sink: String,
+    plugin: String,
+    seq: AtomicU64,
+}
+
+fn value(v: &Value) -> J {
+    match v {
+        Value::Float(f) if f.is_finite() => json!({ "float": f }),
+        Value::Float(f) if f.is_nan() => json!({ "float": "NaN" }),
+        Value::Float(f) => json!({ "float": if *f > 0.0 { "inf" } else { "-inf" } }),
+        Value::Int(i) => json!({ "int": i }),
+        Value::Bool(b) => json!({ "bool": b }),
+        Value::Text(t) => json!({ "text": t.as_str() }),
+        Value::Bytes(b) => {
+            json!({ "bytes": b.iter().map(|x| format!("{x:02x}")).collect::<String>() })
+        }
+    }
+}
+
+fn parse_value(j: &J) -> Option<Value> {
+    let (kind, v) = j.as_object()?.iter().next()?;
+    Some(match (kind.as_str(), v) {
+        ("float", J::String(s)) => Value::Float(match s.as_str() {
+            "NaN" => f64::NAN,
+            "inf" => f64::INFINITY,
+            "-inf" => f64::NEG_INFINITY,
+            _ => return None,
+        }),
+        ("float", v) => Value::Float(v.as_f64()?),
+        ("int", v) => Value::Int(v.as_i64()?),
+        ("bool", v) => Value::Bool(v.as_bool()?),
+        ("text", v) => Value::Text(v.as_str()?.into()),
+        ("bytes", v) => {
+            let s = v.as_str()?.as_bytes();
+            if !s.len().is_multiple_of(2) {
+                return None;
+            }
+            let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+            let bytes: Option<Vec<u8>> = s
+                .chunks(2)
+                .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+                .collect();
+            Value::Bytes(bytes?.into())
+        }
+        _ => return None,
+    })
+}
+
+fn reading_json(r: &Reading) -> J {
+    json!({
+        "id": r.id.to_string(),
+        "time_us": r.time.as_micros(),
+        "device": r.device.as_str(),
+        "sensor": r.sensor.as_str(),
+        "name": r.name.as_str(),
+        "unit": r.unit.as_str(),
+        "value": value(&r.value),
+    })
+}
+
+fn parse_reading(j: &J) -> Option<Reading> {
+    let s = |k: &str| j.get(k).and_then(J::as_str).map(Label::from);
+    Some(Reading {
+        id: ReadingId::parse(j.get("id")?.as_str()?)?,
+        time: Timestamp(j.get("time_us")?.as_i64()?),
+        device: s("device")?,
+        sensor: s("sensor")?,
+        name: s("name")?,
+        unit: s("unit")?,
+        value: parse_value(j.get("value")?)?,
+    })
+}
+
+impl DeadLetters {
+    /// The dead letters of sink instance `sink` (plugin `plugin`), kept in `dir`.
+    pub fn new(dir: PathBuf, sink: &str, plugin: &str) -> Self {
+        DeadLetters {
+            dir,
+            sink: sink.to_owned(),
+            plugin: plugin.to_owned(),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Keeps a refused batch: returns once its file is durably on disk.
+    pub fn put(&self, error: &str, readings: &[Reading]) -> io::Result<PathBuf> {
+        std::fs::create_dir_all(&self.dir)?;
+        let now = Timestamp::now();
+        let name = format!(
+            "{:010}-{:06}-{}.jsonl",
+            now.as_micros() / 1_000_000,
+            now.as_micros() % 1_000_000,
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let mut out = io::BufWriter::new(File::create(&tmp)?);
+        let header = json!({
+            "gateway_dead_letter": 1,
+            "sink": self.sink,
+            "plugin": self.plugin,
+            "refused_at": now.to_string(),
+            "error": error,
+            "readings": readings.len(),
+        });
+        writeln!(out, "{header}")?;
+        for r in readings {
+            writeln!(out, "{}", reading_json(r))?;
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(path)
+    }
+
+    /// The dead-letter files, oldest first.
+    pub fn files(&self) -> io::Result<Vec<PathBuf>> {
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.dir) {
+            Ok(d) => d
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "jsonl")
+                        && !p
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        files.sort();
+        Ok(files)
+    }
+}
+
+/// Reads a dead-letter file: its header and readings. The error names the line.
+pub fn read(path: &Path) -> Result<(Header, Vec<Reading>), String> {
+    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut lines = BufReader::new(f).lines();
+    let bad = |n: usize, what: &str| format!("{}:{n}: {what}", path.display());
+    let first = lines
+        .next()
+        .ok_or_else(|| bad(1, "empty file"))?
+        .map_err(|e| bad(1, &e.to_string()))?;
+    let h: J = serde_json::from_str(&first).map_err(|e| bad(1, &e.to_string()))?;
+    if h.get("gateway_dead_letter").and_then(J::as_u64) != Some(1) {
+        return Err(bad(1, "not a gateway dead-letter file (version 1)"));
+    }
+    let text = |k: &str| h.get(k).and_then(J::as_str).unwrap_or_default().to_owned();
+    let header = Header {
+        sink: text("sink"),
+        plugin: text("plugin"),
+        refused_at: text("refused_at"),
+        error: text("error"),
+        readings: h.get("readings").and_then(J::as_u64).unwrap_or(0) as usize,
+    };
+    let mut readings = Vec::with_capacity(header.readings.min(1 << 20));
+    for (i, line) in lines.enumerate() {
+        let line = line.map_err(|e| bad(i + 2, &e.to_string()))?;
+        let j: J = serde_json::from_str(&line).map_err(|e| bad(i + 2, &e.to_string()))?;
+        readings.push(parse_reading(&j).ok_or_else(|| bad(i + 2, "not a reading"))?);
+    }
+    if readings.len() != header.readings {
+        return Err(format!(
+            "{}: the header says {} readings, the file has {}",
+            path.display(),
+            header.readings,
+            readings.len()
+        ));
+    }
+    Ok((header, readings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_value_type_survives_the_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DeadLetters::new(dir.path().join("dl"), "db", "mysql");
+        let values = [
+            Value::Float(21.5),
+            Value::Float(f64::NAN),
+            Value::Float(f64::NEG_INFINITY),
+            Value::Float(-0.1),
+            Value::Int(i64::MIN),
+            Value::Bool(true),
+            Value::Text("a \"quoted\"\nline".into()),
+            Value::Bytes(vec![0, 255, 16].into()),
+        ];
+        let ids = gateway_sdk::IdGenerator::new();
+        let readings: Vec<Reading> = values
+            .iter()
+            .map(|v| Reading {
+                id: ids.next(Timestamp(1)),
+                time: Timestamp(1_764_583_200_123_456),
+                device: "pi-01".into(),
+                sensor: "s".into(),
+                name: "n".into(),
+                unit: "".into(),
+                value: v.clone(),
+            })
+            .collect();
+        let path = d.put("value out of range", &readings).unwrap();
+        assert_eq!(d.files().unwrap(), vec![path.clone()]);
+        let (h, back) = read(&path).unwrap();
+        assert_eq!((h.sink.as_str(), h.plugin.as_str()), ("db", "mysql"));
+        assert_eq!(h.error, "value out of range");
+        assert_eq!(back.len(), readings.len());
+        for (a, b) in back.iter().zip(&readings) {
+            match (&a.value, &b.value) {
+                (Value::Float(x), Value::Float(y)) if y.is_nan() => assert!(x.is_nan()),
+                _ => assert_eq!(a, b),
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error_that_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DeadLetters::new(dir.path().to_path_buf(), "db", "mysql");
+        let path = d
+            .put("x", &gateway_sdk::testing::sample_readings(2))
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen("\"time_us\"", "\"tim\"", 1)).unwrap();
+        let e = read(&path).unwrap_err();
+        assert!(e.ends_with(":2: not a reading"), "{e}");
+    }
+}
