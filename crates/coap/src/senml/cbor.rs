@@ -1,0 +1,274 @@
+//! A pull reader of CBOR (RFC 8949) over a byte slice: what decoding SenML needs and no more.
+//! Text and byte strings come back as slices of the input (chunked ones are joined); nothing
+//! is allocated for containers, so reading is bounded by the input's size. No I/O.
+
+use std::borrow::Cow;
+
+/// One CBOR data item's head (and, for strings, its content).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item<'a> {
+    /// An unsigned integer.
+    Uint(u64),
+    /// A negative integer `-1 - n`.
+    Nint(u64),
+    /// A byte string.
+    Bytes(Cow<'a, [u8]>),
+    /// A text string.
+    Text(Cow<'a, str>),
+    /// An array of this many items (`None`: until a break).
+    Array(Option<u64>),
+    /// A map of this many pairs (`None`: until a break).
+    Map(Option<u64>),
+    /// A tag; the tagged item follows.
+    Tag(u64),
+    /// A float (half, single or double precision).
+    Float(f64),
+    /// `true` or `false`.
+    Bool(bool),
+    /// `null`, `undefined` or another simple value.
+    Simple(u8),
+    /// The end of an indefinite-length array or map.
+    Break,
+}
+
+/// Nesting deeper than this is refused (a stack guard for [`Reader::skip`]).
+const MAX_DEPTH: usize = 64;
+
+/// Reads items off a slice. Every method returns `None` on malformed or truncated input.
+pub struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+fn half(h: u16) -> f64 {
+    let (sign, exp, frac) = ((h >> 15) as i32, ((h >> 10) & 0x1f) as i32, (h & 0x3ff) as f64);
+    let v = match exp {
+        0 => frac * 2f64.powi(-24),
+        31 if frac == 0.0 => f64::INFINITY,
+        31 => f64::NAN,
+        e => (1.0 + frac / 1024.0) * 2f64.powi(e - 15),
+    };
+    if sign == 1 {
+        -v
+    } else {
+        v
+    }
+}
+
+impl<'a> Reader<'a> {
+    /// A reader at the start of `b`.
+    pub fn new(b: &'a [u8]) -> Self {
+        Reader { b, at: 0 }
+    }
+
+    /// Whether every byte has been read.
+    pub fn done(&self) -> bool {
+        self.at == self.b.len()
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let s = self.b.get(self.at..end)?;
+        self.at = end;
+        Some(s)
+    }
+
+    /// The argument of a head with additional information `ai`: `Some(None)` for an
+    /// indefinite length.
+    fn arg(&mut self, ai: u8) -> Option<Option<u64>> {
+        let be = |s: &[u8]| s.iter().fold(0u64, |a, &x| (a << 8) | u64::from(x));
+        Some(Some(match ai {
+            0..=23 => u64::from(ai),
+            24 => be(self.take(1)?),
+            25 => be(self.take(2)?),
+            26 => be(self.take(4)?),
+            27 => be(self.take(8)?),
+            31 => return Some(None),
+            _ => return None,
+        }))
+    }
+
+    /// A string's content: definite, or chunks of the same major type until a break.
+    fn string(&mut self, major: u8, len: Option<u64>) -> Option<Cow<'a, [u8]>> {
+        match len {
+            Some(n) => Some(Cow::Borrowed(self.take(usize::try_from(n).ok()?)?)),
+            None => {
+                let mut all = Vec::new();
+                loop {
+                    let head = *self.take(1)?.first()?;
+                    if head == 0xff {
+                        return Some(Cow::Owned(all));
+                    }
+                    if head >> 5 != major {
+                        return None;
+                    }
+                    let n = self.arg(head & 0x1f)??;
+                    all.extend_from_slice(self.take(usize::try_from(n).ok()?)?);
+                }
+            }
+        }
+    }
+
+    /// The next item.
+    pub fn item(&mut self) -> Option<Item<'a>> {
+        let head = *self.take(1)?.first()?;
+        let (major, ai) = (head >> 5, head & 0x1f);
+        Some(match major {
+            0 => Item::Uint(self.arg(ai)??),
+            1 => Item::Nint(self.arg(ai)??),
+            2 => {
+                let len = self.arg(ai)?;
+                Item::Bytes(self.string(2, len)?)
+            }
+            3 => {
+                let len = self.arg(ai)?;
+                Item::Text(match self.string(3, len)? {
+                    Cow::Borrowed(b) => Cow::Borrowed(std::str::from_utf8(b).ok()?),
+                    Cow::Owned(b) => Cow::Owned(String::from_utf8(b).ok()?),
+                })
+            }
+            4 => Item::Array(self.arg(ai)?),
+            5 => Item::Map(self.arg(ai)?),
+            6 => Item::Tag(self.arg(ai)??),
+            _ => match ai {
+                20 => Item::Bool(false),
+                21 => Item::Bool(true),
+                0..=19 | 22 | 23 => Item::Simple(ai),
+                24 => Item::Simple(*self.take(1)?.first()?),
+                25 => Item::Float(half(u16::from_be_bytes(self.take(2)?.try_into().ok()?))),
+                26 => Item::Float(f64::from(f32::from_be_bytes(self.take(4)?.try_into().ok()?))),
+                27 => Item::Float(f64::from_be_bytes(self.take(8)?.try_into().ok()?)),
+                31 => Item::Break,
+                _ => return None,
+            },
+        })
+    }
+
+    /// Skips what follows `item` (its elements, its tagged item), so that the reader stands
+    /// after the whole of it.
+    pub fn skip_rest(&mut self, item: &Item<'_>) -> Option<()> {
+        self.skip_from(item, 0)
+    }
+
+    fn skip_from(&mut self, item: &Item<'_>, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        let (count, per) = match item {
+            Item::Array(n) => (*n, 1),
+            Item::Map(n) => (*n, 2),
+            Item::Tag(_) => (Some(1), 1),
+            Item::Break => return None,
+            _ => return Some(()),
+        };
+        match count {
+            Some(n) => {
+                for _ in 0..n.checked_mul(per)? {
+                    let next = self.item()?;
+                    if next == Item::Break {
+                        return None;
+                    }
+                    self.skip_from(&next, depth + 1)?;
+                }
+            }
+            None => loop {
+                let next = self.item()?;
+                if next == Item::Break {
+                    break;
+                }
+                self.skip_from(&next, depth + 1)?;
+                if per == 2 {
+                    let value = self.item()?;
+                    if value == Item::Break {
+                        return None;
+                    }
+                    self.skip_from(&value, depth + 1)?;
+                }
+            },
+        }
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(b: &[u8]) -> Option<Vec<Item<'_>>> {
+        let mut r = Reader::new(b);
+        let mut out = Vec::new();
+        while !r.done() {
+            out.push(r.item()?);
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn reads_what_ciborium_writes() {
+        use ciborium::value::Value as V;
+        let v = V::Array(vec![
+            V::Integer(0.into()),
+            V::Integer((-3).into()),
+            V::Integer(u64::MAX.into()),
+            V::Text("héllo".into()),
+            V::Bytes(vec![1, 2, 3]),
+            V::Float(1.5),
+            V::Float(1e300),
+            V::Bool(true),
+            V::Null,
+            V::Map(vec![(V::Integer(2.into()), V::Float(-0.25))]),
+            V::Tag(1, Box::new(V::Integer(7.into()))),
+        ]);
+        let mut b = Vec::new();
+        ciborium::into_writer(&v, &mut b).unwrap();
+        let items = all(&b).unwrap();
+        assert_eq!(items[0], Item::Array(Some(11)));
+        assert_eq!(items[1], Item::Uint(0));
+        assert_eq!(items[2], Item::Nint(2));
+        assert_eq!(items[3], Item::Uint(u64::MAX));
+        assert_eq!(items[4], Item::Text("héllo".into()));
+        assert_eq!(items[5], Item::Bytes(vec![1u8, 2, 3].into()));
+        assert_eq!(items[6], Item::Float(1.5));
+        assert_eq!(items[7], Item::Float(1e300));
+        assert_eq!(items[8], Item::Bool(true));
+        assert_eq!(items[9], Item::Simple(22));
+        assert_eq!(items[10], Item::Map(Some(1)));
+    }
+
+    #[test]
+    fn half_floats_chunked_strings_and_indefinite_containers() {
+        // 1.5 and -inf as halves; "ab" + "c" chunked; [_ 1, 2].
+        let b = [
+            0xf9, 0x3e, 0x00, 0xf9, 0xfc, 0x00, 0x7f, 0x62, b'a', b'b', 0x61, b'c', 0xff, 0x9f,
+            0x01, 0x02, 0xff,
+        ];
+        let items = all(&b).unwrap();
+        assert_eq!(items[0], Item::Float(1.5));
+        assert_eq!(items[1], Item::Float(f64::NEG_INFINITY));
+        assert_eq!(items[2], Item::Text("abc".into()));
+        assert_eq!(items[3], Item::Array(None));
+        let mut r = Reader::new(&b[13..]);
+        let a = r.item().unwrap();
+        r.skip_rest(&a).unwrap();
+        assert!(r.done());
+    }
+
+    #[test]
+    fn truncation_lies_and_deep_nesting_are_refused_not_panics() {
+        // A string claiming 2^64-1 bytes; a cut-off float; a lone break inside an array.
+        assert!(all(&[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_none());
+        assert!(all(&[0xfb, 0, 0]).is_none());
+        let mut r = Reader::new(&[0x82, 0xff]);
+        let a = r.item().unwrap();
+        assert!(r.skip_rest(&a).is_none());
+        let deep = vec![0x81u8; 10_000];
+        let mut r = Reader::new(&deep);
+        let a = r.item().unwrap();
+        assert!(r.skip_rest(&a).is_none());
+        // Invalid UTF-8 text.
+        assert!(all(&[0x62, 0xff, 0xfe]).is_none());
+        for n in 0..=255u8 {
+            let _ = all(&[n, n, n, n, n]);
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! Decoding SenML packs, record by record, straight into readings. No I/O.
+//!
+//! Neither format is first turned into a value tree: JSON goes through a serde visitor, CBOR
+//! through [`super::cbor`]'s pull reader. A record is resolved (base fields applied, name
+//! split) as soon as it is read, one without a value fails where it stands, and decoding stops
+//! at record `max_records + 1`; a nested value in a field we do not use is skipped, not built.
+//! What a payload costs is bounded by its size and `max_records`.
+
+use super::{cbor, label, unbase64url, unescape, DecodeError, Pack, Record, RID};
+use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::cell::RefCell;
+
+/// Decodes SenML CBOR, at most `max_records` records. `now` resolves relative times; records
+/// whose base name is not `DEVICE:` belong to `default_device` (the peer's identity).
+pub fn decode_cbor(
+    bytes: &[u8],
+    max_records: usize,
+    now: Timestamp,
+    default_device: &str,
+) -> Result<Pack, DecodeError> {
+    const SYNTAX: DecodeError = DecodeError::Syntax("CBOR");
+    let mut r = cbor::Reader::new(bytes);
+    let count = match r.item().ok_or(SYNTAX)? {
+        cbor::Item::Array(n) => n,
+        cbor::Item::Break => return Err(SYNTAX),
+        _ => return Err(DecodeError::NotAnArray),
+    };
+    let mut resolver = Resolver::new(now, default_device);
+    let hint = count.unwrap_or(0).min(max_records as u64).min(1024) as usize;
+    let mut readings = Vec::with_capacity(hint);
+    loop {
+        let i = readings.len();
+        if count.is_some_and(|n| i as u64 == n) {
+            break;
+        }
+        let item = r.item().ok_or(SYNTAX)?;
+        let pairs = match item {
+            cbor::Item::Break if count.is_none() => break,
+            _ if i == max_records => return Err(DecodeError::TooMany(max_records)),
+            cbor::Item::Map(n) => n,
+            _ => return Err(DecodeError::NotAMap(i)),
+        };
+        let mut rec = Record::default();
+        let mut seen = 0u64;
+        while pairs.is_none_or(|n| seen < n) {
+            seen += 1;
+            let key = match r.item().ok_or(SYNTAX)? {
+                cbor::Item::Break if pairs.is_none() => break,
+                cbor::Item::Uint(n) => Key::Label(i64::try_from(n).unwrap_or(i64::MAX)),
+                cbor::Item::Nint(n) => Key::Label(i64::try_from(n).map_or(i64::MIN, |n| -1 - n)),
+                cbor::Item::Text(s) => Key::Name(s.into_owned()),
+                other => {
+                    // A key of no use to SenML: skip it and its value.
+                    r.skip_rest(&other).ok_or(SYNTAX)?;
+                    Key::Ignored
+                }
+            };
+            let field = field_of(key, false, i)?;
+            let value = cbor_field(&mut r).ok_or(SYNTAX)?;
+            if let Some(field) = field {
+                set(&mut rec, field, value, false, i)?;
+            }
+        }
+        if rec.value.is_none() {
+            return Err(DecodeError::NoValue(i));
+        }
+        readings.push(resolver.push(i, rec)?);
+    }
+    if !r.done() {
+        return Err(SYNTAX);
+    }
+    Ok(Pack {
+        readings,
+        derived_ids: resolver.derived,
+    })
+}
+
+/// A field's value read off the CBOR reader: containers are skipped, tags looked through.
+fn cbor_field(r: &mut cbor::Reader<'_>) -> Option<Field> {
+    loop {
+        let item = r.item()?;
+        return Some(match item {
+            cbor::Item::Uint(n) => Field::Int(n.into()),
+            cbor::Item::Nint(n) => Field::Int(-1 - i128::from(n)),
+            cbor::Item::Float(x) => Field::Num(x),
+            cbor::Item::Bool(b) => Field::Bool(b),
+            cbor::Item::Text(s) => Field::Text(s.into_owned()),
+            cbor::Item::Bytes(b) => Field::Bytes(b.into_owned()),
+            cbor::Item::Tag(_) => continue,
+            cbor::Item::Break => return None,
+            other => {
+                r.skip_rest(&other)?;
+                Field::Other
+            }
+        });
+    }
+}
+
+/// Decodes SenML JSON, at most `max_records` records; see [`decode_cbor`].
+pub fn decode_json(
+    bytes: &[u8],
+    max_records: usize,
+    now: Timestamp,
+    default_device: &str,
+) -> Result<Pack, DecodeError> {
+    let failure = RefCell::new(None);
+    let seed = PackSeed {
+        max: max_records,
+        failure: &failure,
+        resolver: Resolver::new(now, default_device),
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let result = seed.deserialize(&mut de).and_then(|p| de.end().map(|()| p));
+    result.map_err(|_| match failure.borrow_mut().take() {
+        Some(e) => e,
+        None if serde_json::from_slice::<IgnoredAny>(bytes).is_ok() => DecodeError::NotAnArray,
+        None => DecodeError::Syntax("JSON"),
+    })
+}
+
+/// Records `e` for [`decode_json`] and stops the deserializer.
+fn fail<E: de::Error>(failure: &RefCell<Option<DecodeError>>, e: DecodeError) -> E {
+    let text = e.to_string();
+    failure.borrow_mut().get_or_insert(e);
+    E::custom(text)
+}
+
+/// A JSON pack: an array of records, each resolved into a reading as soon as it is read.
+struct PackSeed<'a> {
+    max: usize,
+    failure: &'a RefCell<Option<DecodeError>>,
+    resolver: Resolver,
+}
+
+impl<'de> DeserializeSeed<'de> for PackSeed<'_> {
+    type Value = Pack;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Pack, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PackSeed<'_> {
+    type Value = Pack;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a SenML pack")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Pack, A::Error> {
+        let mut readings = Vec::new();
+        loop {
+            let i = readings.len();
+            if i == self.max {
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(fail(self.failure, DecodeError::TooMany(self.max)));
+                }
+                break;
+            }
+            let seed = RecordSeed {
+                i,
+                failure: self.failure,
+            };
+            let Some(rec) = seq.next_element_seed(seed)? else {
+                break;
+            };
+            let reading = self
+                .resolver
+                .push(i, rec)
+                .map_err(|e| fail(self.failure, e))?;
+            readings.push(reading);
+        }
+        Ok(Pack {
+            readings,
+            derived_ids: self.resolver.derived,
+        })
+    }
+}
+
+/// One JSON record: an object.
+struct RecordSeed<'a> {
+    i: usize,
+    failure: &'a RefCell<Option<DecodeError>>,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = Record;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Record, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// The visit methods of everything but an object: the record is not a map.
+macro_rules! not_a_map {
+    ($($name:ident($t:ty)),*) => {
+        $(fn $name<E: de::Error>(self, _: $t) -> Result<Record, E> {
+            Err(fail(self.failure, DecodeError::NotAMap(self.i)))
+        })*
+    };
+}
+
+impl<'de> Visitor<'de> for RecordSeed<'_> {
+    type Value = Record;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a SenML record")
+    }
+    not_a_map!(
+        visit_bool(bool),
+        visit_i64(i64),
+        visit_u64(u64),
+        visit_f64(f64),
+        visit_str(&str)
+    );
+    fn visit_unit<E: de::Error>(self) -> Result<Record, E> {
+        Err(fail(self.failure, DecodeError::NotAMap(self.i)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Record, A::Error> {
+        Err(fail(self.failure, DecodeError::NotAMap(self.i)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
+        let (i, failure) = (self.i, self.failure);
+        let mut rec = Record::default();
+        while let Some(name) = map.next_key::<String>()? {
+            match field_of(Key::Name(name), true, i).map_err(|e| fail(failure, e))? {
+                Some(field) => {
+                    let v: Field = map.next_value()?;
+                    set(&mut rec, field, v, true, i).map_err(|e| fail(failure, e))?;
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if rec.value.is_none() {
+            return Err(fail(failure, DecodeError::NoValue(i)));
+        }
+        Ok(rec)
+    }
+}
+
+/// A record's key: an integer label (CBOR), a name, or something of no use to SenML.
+enum Key {
+    Label(i64),
+    Name(String),
+    Ignored,
+}
+
+/// The field a key names in record `i` (`None`: one we skip), or why the record cannot be
+/// taken (a must-understand field).
+fn field_of(key: Key, json: bool, i: usize) -> Result<Option<&'static str>, DecodeError> {
+    let by_name = |name: &str| -> Option<&'static str> {
+        [
+            "bn", "bt", "bu", "bv", "bver", "n", "u", "v", "vs", "vb", "vd", "t",
+        ]
+        .into_iter()
+        .find(|f| *f == name)
+    };
+    Ok(match key {
+        Key::Label(n) if !json => match n {
+            label::BN => Some("bn"),
+            label::BT => Some("bt"),
+            label::BU => Some("bu"),
+            label::BV => Some("bv"),
+            label::BVER => Some("bver"),
+            label::N => Some("n"),
+            label::U => Some("u"),
+            label::V => Some("v"),
+            label::VS => Some("vs"),
+            label::VB => Some("vb"),
+            label::VD => Some("vd"),
+            label::T => Some("t"),
+            // Sum (5) and update time (7) and other labels are not used.
+            n if !(-100..=100).contains(&n) => {
+                return Err(DecodeError::MustUnderstand(i, n.to_string()))
+            }
+            _ => None,
+        },
+        Key::Name(name) if name == RID => Some(RID),
+        Key::Name(name) if name.ends_with('_') => {
+            return Err(DecodeError::MustUnderstand(i, name))
+        }
+        Key::Name(name) if json => by_name(&name),
+        _ => None,
+    })
+}
+
+/// A field's value, of whatever type it came as; arrays and maps are skipped, not built.
+enum Field {
+    Text(String),
+    Num(f64),
+    Int(i128),
+    Bool(bool),
+    Bytes(Vec<u8>),
+    Other,
+}
+
+/// Sets `field` of record `i` from `v`, checking its type.
+fn set(r: &mut Record, field: &'static str, v: Field, json: bool, i: usize) -> Result<(), DecodeError> {
+    let wrong = || DecodeError::FieldType(i, field);
+    let text = |v: Field| match v {
+        Field::Text(s) => Ok(s),
+        _ => Err(wrong()),
+    };
+    let num = |v: Field| match v {
+        Field::Num(x) => Ok(x),
+        Field::Int(n) => Ok(n as f64),
+        _ => Err(wrong()),
+    };
+    match field {
+        "bn" => r.bn = Some(text(v)?),
+        "bt" => r.bt = Some(num(v)?),
+        "bu" => r.bu = Some(text(v)?),
+        "bv" => r.bv = Some(num(v)?),
+        "bver" => {
+            if num(v)? > 10.0 {
+                return Err(DecodeError::MustUnderstand(i, "bver".into()));
+            }
+        }
+        "n" => r.n = Some(text(v)?),
+        "u" => r.u = Some(text(v)?),
+        "t" => r.t = Some(num(v)?),
+        "v" => {
+            r.value = Some(match v {
+                Field::Num(x) => Value::Float(x),
+                Field::Int(n) => match i64::try_from(n) {
+                    Ok(n) => Value::Int(n),
+                    Err(_) => Value::Float(n as f64),
+                },
+                _ => return Err(wrong()),
+            })
+        }
+        "vs" => r.value = Some(Value::Text(text(v)?.as_str().into())),
+        "vb" => {
+            r.value = Some(Value::Bool(match v {
+                Field::Bool(b) => b,
+                _ => return Err(wrong()),
+            }))
+        }
+        "vd" => {
+            let bytes = match (v, json) {
+                (Field::Bytes(b), false) => b,
+                (Field::Text(s), true) => unbase64url(&s).ok_or_else(wrong)?,
+                _ => return Err(wrong()),
+            };
+            r.value = Some(Value::Bytes(bytes.into()));
+        }
+        _ => {
+            // rid: 16 bytes in CBOR, 32 hex digits in JSON.
+            let id = match (v, json) {
+                (Field::Bytes(b), false) => b.try_into().ok(),
+                (Field::Text(s), true) => ReadingId::parse(&s).map(|id| id.0),
+                _ => None,
+            };
+            r.rid = Some(id.ok_or(DecodeError::Rid(i))?);
+        }
+    }
+    Ok(())
+}
+
+impl<'de> de::Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Field, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a SenML field value")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Field, E> {
+                Ok(Field::Bool(b))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Field, E> {
+                Ok(Field::Int(n.into()))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Field, E> {
+                Ok(Field::Int(n.into()))
+            }
+            fn visit_f64<E: de::Error>(self, x: f64) -> Result<Field, E> {
+                Ok(Field::Num(x))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Field, E> {
+                Ok(Field::Text(s.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Field, E> {
+                Ok(Field::Text(s))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Field::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Field::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An id for a record that came without one: a 128-bit FNV-1a of its content, so that the
+/// same record sent twice gets the same id.
+fn derived_id(device: &str, sensor: &str, name: &str, time: i64, value: &Value) -> ReadingId {
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    let prime: u128 = 0x0000000001000000000000000000013B;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u128::from(b);
+            h = h.wrapping_mul(prime);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(prime);
+    };
+    feed(device.as_bytes());
+    feed(sensor.as_bytes());
+    feed(name.as_bytes());
+    feed(&time.to_le_bytes());
+    feed(value.to_string().as_bytes());
+    let mut b = h.to_be_bytes();
+    // Mark it as a UUID version 8 (custom), variant 10.
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    ReadingId(b)
+}
+
+/// Applies the base fields of the records read so far to the next record, and splits its
+/// name into device, sensor and measurement name.
+struct Resolver {
+    now: Timestamp,
+    default_device: String,
+    bn: String,
+    bt: f64,
+    bu: String,
+    bv: f64,
+    /// A pack names few distinct strings: a short list beats hashing every field of every
+    /// record.
+    labels: Vec<Label>,
+    /// Records that came without `rid`.
+    derived: usize,
+}
+
+impl Resolver {
+    fn new(now: Timestamp, default_device: &str) -> Self {
+        Resolver {
+            now,
+            default_device: default_device.to_owned(),
+            bn: String::new(),
+            bt: 0.0,
+            bu: String::new(),
+            bv: 0.0,
+            labels: Vec::new(),
+            derived: 0,
+        }
+    }
+
+    fn label(&mut self, s: &str) -> Label {
+        match self.labels.iter().rev().find(|l| l.as_str() == s) {
+            Some(l) => l.clone(),
+            None => {
+                let l = Label::from(s);
+                if self.labels.len() < 64 {
+                    self.labels.push(l.clone());
+                }
+                l
+            }
+        }
+    }
+
+    /// Record `i`, resolved.
+    fn push(&mut self, i: usize, r: Record) -> Result<Reading, DecodeError> {
+        if let Some(b) = r.bn {
+            self.bn = b;
+        }
+        if let Some(b) = r.bt {
+            self.bt = b;
+        }
+        if let Some(b) = r.bu {
+            self.bu = b;
+        }
+        if let Some(b) = r.bv {
+            self.bv = b;
+        }
+        let bn = &self.bn;
+        let n = r.n.as_deref().unwrap_or("");
+        // Our own packs: bn = "DEVICE:", n = "SENSOR/NAME". Others: the device is the peer's.
+        let (device, rest) = match bn.strip_suffix(':') {
+            Some(d) if !d.is_empty() => (d.to_owned(), n.to_owned()),
+            _ => (self.default_device.clone(), format!("{bn}{n}")),
+        };
+        let (sensor, name) = match rest.rsplit_once('/') {
+            Some((s, n)) => (s.to_owned(), unescape(n).into_owned()),
+            None => (rest.clone(), "value".to_owned()),
+        };
+        if device.is_empty() || sensor.is_empty() || name.is_empty() {
+            return Err(DecodeError::Name(i, format!("{bn}{n}")));
+        }
+        let mut value = r.value.ok_or(DecodeError::NoValue(i))?;
+        if self.bv != 0.0 {
+            value = match value {
+                Value::Float(v) => Value::Float(v + self.bv),
+                Value::Int(v) => Value::Float(v as f64 + self.bv),
+                other => other,
+            };
+        }
+        let bt = self.bt;
+        let t = r.t.unwrap_or(0.0);
+        let secs = bt + t;
+        if !secs.is_finite() || secs.abs() > 9.0e12 || t.abs() > 9.0e12 {
+            return Err(DecodeError::Time(i));
+        }
+        // Whole microseconds of each part, added exactly (adding the floats first loses them).
+        let micros = (bt * 1e6).round() as i64 + (t * 1e6).round() as i64;
+        // RFC 8428: times below 2^28 are relative to now.
+        let micros = if secs < (1u64 << 28) as f64 {
+            self.now.0 + micros
+        } else {
+            micros
+        };
+        let unit = r.u.unwrap_or_else(|| self.bu.clone());
+        let id = match r.rid {
+            Some(b) => ReadingId(b),
+            None => {
+                self.derived += 1;
+                derived_id(&device, &sensor, &name, micros, &value)
+            }
+        };
+        Ok(Reading {
+            id,
+            time: Timestamp(micros),
+            device: self.label(&device),
+            sensor: self.label(&sensor),
+            name: self.label(&name),
+            unit: self.label(&unit),
+            value,
+        })
+    }
+}
+

@@ -1,0 +1,310 @@
+//! Readings as SenML (RFC 8428) packs, in CBOR (content-format 112) and JSON (110). No I/O.
+//!
+//! The mapping keeps everything the reading model carries:
+//! - `bn` = the device followed by `:`; `n` = the sensor, `/`, the measurement name (a `/` or `%`
+//!   in the measurement name is escaped as `%2F` / `%25`), so device, sensor and name come back
+//!   apart;
+//! - `bt` = the first reading's time, `t` = the offset from it, in seconds (µs exact);
+//! - `bu` = the first unit, `u` only where a reading's unit differs;
+//! - `v` (an integer stays an integer, a float a float), `vb`, `vs`, `vd`;
+//! - `rid` = the reading's 16-byte id (a byte string in CBOR, 32 hex digits in JSON). A record
+//!   without `rid` (from another SenML producer) gets an id derived from its content, so a
+//!   re-sent record still maps to the same id.
+//!
+//! Base fields are repeated only when they change, so a batch of one device's readings carries
+//! its device name and time base once.
+
+use ciborium::value::Value as Cbor;
+use gateway_sdk::{Reading, Value};
+
+mod cbor;
+mod decode;
+pub use decode::{decode_cbor, decode_json};
+
+/// SenML CBOR labels (RFC 8428, table 4).
+mod label {
+    pub const BN: i64 = -2;
+    pub const BT: i64 = -3;
+    pub const BU: i64 = -4;
+    pub const BV: i64 = -5;
+    pub const BVER: i64 = -1;
+    pub const N: i64 = 0;
+    pub const U: i64 = 1;
+    pub const V: i64 = 2;
+    pub const VS: i64 = 3;
+    pub const VB: i64 = 4;
+    pub const T: i64 = 6;
+    pub const VD: i64 = 8;
+}
+/// The extension field carrying the reading id.
+pub const RID: &str = "rid";
+
+/// CoAP content-format of SenML CBOR.
+pub const CONTENT_FORMAT_CBOR: u16 = 112;
+/// CoAP content-format of SenML JSON.
+pub const CONTENT_FORMAT_JSON: u16 = 110;
+
+/// Why a payload is not a SenML pack we can take.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Not well-formed CBOR or JSON.
+    #[error("not well-formed {0}")]
+    Syntax(&'static str),
+    /// The top level is not an array of records.
+    #[error("a SenML pack is an array of records")]
+    NotAnArray,
+    /// A record is not a map.
+    #[error("record {0} is not a map")]
+    NotAMap(usize),
+    /// A field has the wrong type.
+    #[error("record {0}: field {1} has the wrong type")]
+    FieldType(usize, &'static str),
+    /// A record has no value.
+    #[error("record {0} has no value (v, vs, vb or vd)")]
+    NoValue(usize),
+    /// The resolved name leaves the device, sensor or measurement name empty.
+    #[error("record {0}: name {1:?} does not give a device, sensor and measurement name")]
+    Name(usize, String),
+    /// A time outside what a timestamp holds.
+    #[error("record {0}: time out of range")]
+    Time(usize),
+    /// A must-understand field (ending in `_`) or an unknown `bver`.
+    #[error("record {0}: field {1} is not understood")]
+    MustUnderstand(usize, String),
+    /// More records than allowed.
+    #[error("more than {0} records")]
+    TooMany(usize),
+    /// The `rid` is not 16 bytes.
+    #[error("record {0}: rid is not a 16-byte id")]
+    Rid(usize),
+}
+
+fn escape(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains(['%', '/']) {
+        name.replace('%', "%25").replace('/', "%2F").into()
+    } else {
+        name.into()
+    }
+}
+fn unescape(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains('%') {
+        name.replace("%2F", "/")
+            .replace("%2f", "/")
+            .replace("%25", "%")
+            .into()
+    } else {
+        name.into()
+    }
+}
+
+/// One record, before the base fields are applied.
+#[derive(Default)]
+pub(crate) struct Record {
+    bn: Option<String>,
+    bt: Option<f64>,
+    bu: Option<String>,
+    bv: Option<f64>,
+    n: Option<String>,
+    u: Option<String>,
+    t: Option<f64>,
+    value: Option<Value>,
+    rid: Option<[u8; 16]>,
+}
+
+/// The fields of a record, in the order they are written.
+fn records(batch: &[Reading]) -> Vec<Record> {
+    let mut out = Vec::with_capacity(batch.len());
+    let (mut bn, mut bu): (Option<&str>, Option<&str>) = (None, None);
+    let bt = batch.first().map(|r| r.time.0).unwrap_or(0);
+    for (i, r) in batch.iter().enumerate() {
+        let mut rec = Record::default();
+        if bn != Some(r.device.as_str()) {
+            rec.bn = Some(format!("{}:", r.device));
+            bn = Some(r.device.as_str());
+        }
+        if i == 0 {
+            rec.bt = Some(bt as f64 / 1e6);
+            if !r.unit.is_empty() {
+                rec.bu = Some(r.unit.to_string());
+                bu = Some(r.unit.as_str());
+            }
+        } else if bu != Some(r.unit.as_str()) && !r.unit.is_empty() {
+            rec.u = Some(r.unit.to_string());
+        }
+        if i == 0 && r.unit.is_empty() {
+            bu = None;
+        } else if i > 0 && r.unit.is_empty() && bu.is_some() {
+            // An empty unit after a base unit: say so explicitly.
+            rec.u = Some(String::new());
+        }
+        rec.n = Some(format!("{}/{}", r.sensor, escape(&r.name)));
+        let dt = r.time.0 - bt;
+        if dt != 0 {
+            rec.t = Some(dt as f64 / 1e6);
+        }
+        rec.value = Some(r.value.clone());
+        rec.rid = Some(r.id.0);
+        out.push(rec);
+    }
+    out
+}
+
+/// Encodes a batch as SenML CBOR.
+pub fn encode_cbor(batch: &[Reading]) -> Vec<u8> {
+    let recs = records(batch);
+    let arr: Vec<Cbor> = recs
+        .into_iter()
+        .map(|r| {
+            let mut m: Vec<(Cbor, Cbor)> = Vec::with_capacity(6);
+            let k = |l: i64| Cbor::Integer(l.into());
+            if let Some(bn) = r.bn {
+                m.push((k(label::BN), Cbor::Text(bn)));
+            }
+            if let Some(bt) = r.bt {
+                m.push((k(label::BT), Cbor::Float(bt)));
+            }
+            if let Some(bu) = r.bu {
+                m.push((k(label::BU), Cbor::Text(bu)));
+            }
+            if let Some(n) = r.n {
+                m.push((k(label::N), Cbor::Text(n)));
+            }
+            if let Some(u) = r.u {
+                m.push((k(label::U), Cbor::Text(u)));
+            }
+            if let Some(t) = r.t {
+                m.push((k(label::T), Cbor::Float(t)));
+            }
+            match r.value.expect("value") {
+                Value::Float(v) => m.push((k(label::V), Cbor::Float(v))),
+                Value::Int(v) => m.push((k(label::V), Cbor::Integer(v.into()))),
+                Value::Bool(v) => m.push((k(label::VB), Cbor::Bool(v))),
+                Value::Text(v) => m.push((k(label::VS), Cbor::Text(v.into()))),
+                Value::Bytes(v) => m.push((k(label::VD), Cbor::Bytes(v.into()))),
+            }
+            if let Some(rid) = r.rid {
+                m.push((Cbor::Text(RID.into()), Cbor::Bytes(rid.to_vec())));
+            }
+            Cbor::Map(m)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(batch.len() * 48);
+    ciborium::into_writer(&Cbor::Array(arr), &mut out).expect("writing to a Vec cannot fail");
+    out
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn base64url(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut s = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            s.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    s
+}
+
+fn unbase64url(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let s = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for c in s.chunks(4) {
+        if c.len() == 1 {
+            return None;
+        }
+        let mut n = 0u32;
+        for (i, &b) in c.iter().enumerate() {
+            n |= val(b)? << (18 - 6 * i);
+        }
+        for i in 0..c.len() - 1 {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Encodes a batch as SenML JSON.
+pub fn encode_json(batch: &[Reading]) -> Vec<u8> {
+    use serde_json::{json, Map, Value as J};
+    let arr: Vec<J> = records(batch)
+        .into_iter()
+        .map(|r| {
+            let mut m = Map::new();
+            if let Some(bn) = r.bn {
+                m.insert("bn".into(), J::String(bn));
+            }
+            if let Some(bt) = r.bt {
+                m.insert("bt".into(), json!(bt));
+            }
+            if let Some(bu) = r.bu {
+                m.insert("bu".into(), J::String(bu));
+            }
+            if let Some(n) = r.n {
+                m.insert("n".into(), J::String(n));
+            }
+            if let Some(u) = r.u {
+                m.insert("u".into(), J::String(u));
+            }
+            if let Some(t) = r.t {
+                m.insert("t".into(), json!(t));
+            }
+            match r.value.expect("value") {
+                Value::Float(v) => m.insert("v".into(), json!(v)),
+                Value::Int(v) => m.insert("v".into(), json!(v)),
+                Value::Bool(v) => m.insert("vb".into(), J::Bool(v)),
+                Value::Text(v) => m.insert("vs".into(), J::String(v.into())),
+                Value::Bytes(v) => m.insert("vd".into(), J::String(base64url(&v))),
+            };
+            if let Some(rid) = r.rid {
+                m.insert(RID.into(), J::String(hex(&rid)));
+            }
+            J::Object(m)
+        })
+        .collect();
+    serde_json::to_vec(&arr).expect("JSON of plain values")
+}
+
+/// A decoded pack: the readings, and how many records lacked an id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pack {
+    /// The readings, in record order.
+    pub readings: Vec<Reading>,
+    /// Records that came without `rid` and got an id derived from their content.
+    pub derived_ids: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64url_round_trips() {
+        for n in 0..20u8 {
+            let data: Vec<u8> = (0..n).map(|i| i.wrapping_mul(77)).collect();
+            assert_eq!(unbase64url(&base64url(&data)).unwrap(), data);
+        }
+        assert_eq!(base64url(b"hi?"), "aGk_");
+    }
+
+    #[test]
+    fn names_with_slashes_and_percent_survive() {
+        assert_eq!(unescape(&escape("a/b%2Fc")), "a/b%2Fc");
+    }
+}
