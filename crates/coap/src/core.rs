@@ -56,6 +56,10 @@ pub struct Config {
     pub max_reassemblies: usize,
     /// Most Block1 transfers one peer may have in progress at once.
     pub max_reassemblies_per_peer: usize,
+    /// Most bytes held by Block1 transfers in progress, all peers together.
+    pub max_reassembly_bytes: usize,
+    /// Most bytes held by one peer's Block1 transfers in progress.
+    pub max_reassembly_bytes_per_peer: usize,
 }
 
 impl Default for Config {
@@ -72,6 +76,8 @@ impl Default for Config {
             dedup_capacity: 16_384,
             max_reassemblies: 64,
             max_reassemblies_per_peer: 4,
+            max_reassembly_bytes: 8 << 20,
+            max_reassembly_bytes_per_peer: 1 << 20,
         }
     }
 }
@@ -145,6 +151,45 @@ pub struct Stats {
     pub retransmissions: u64,
     /// Exchanges given up.
     pub timeouts: u64,
+    /// Requests refused for an option they must understand that this endpoint does not
+    /// (4.02, RFC 7252 §5.4.1).
+    pub bad_options: u64,
+    /// Block1 transfers refused because the reassembly budgets were spent.
+    pub reassembly_refusals: u64,
+}
+
+/// Options a request may carry. A critical option (an odd number) that is not here gets 4.02
+/// Bad Option; elective ones are ignored whatever they are.
+const UNDERSTOOD: &[u16] = &[
+    3,  // Uri-Host: one host here
+    7,  // Uri-Port
+    11, // Uri-Path
+    15, // Uri-Query: no resource here takes one; ignored
+    23, // Block2
+    27, // Block1
+];
+
+/// Proxy-Uri and Proxy-Scheme: this endpoint is no proxy (5.05).
+const PROXY: &[u16] = &[35, 39];
+
+/// What a request with a critical option this endpoint does not understand gets, if it has one.
+fn refuse_options(req: &Packet) -> Option<(ResponseType, String)> {
+    for (opt, _) in req.options() {
+        let n: u16 = (*opt).into();
+        if PROXY.contains(&n) {
+            return Some((
+                ResponseType::ProxyingNotSupported,
+                "no proxying here".into(),
+            ));
+        }
+        if n % 2 == 1 && !UNDERSTOOD.contains(&n) {
+            return Some((
+                ResponseType::BadOption,
+                format!("critical option {n} is not understood"),
+            ));
+        }
+    }
+    None
 }
 
 /// Block1/Block2 option value.
@@ -730,6 +775,17 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             .push_back((now + self.config.exchange_lifetime(), peer, mid));
 
         let token = req.get_token().to_vec();
+        if let Some((code, why)) = refuse_options(&req) {
+            self.stats.bad_options += 1;
+            if !con {
+                // RFC 7252 §5.4.1: a NON request with such an option is rejected.
+                if let Ok(bytes) = self.send(peer, &empty(MessageType::Reset, mid)) {
+                    self.cache_answer(peer, mid, bytes);
+                }
+                return;
+            }
+            return self.answer_now(peer, mid, con, &token, response(code, &why));
+        }
         let block1 = match block1_of(&req) {
             None => None,
             Some(Some(b)) => Some(b),
@@ -822,6 +878,28 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             self.reassembly.remove(&key);
             return self.too_large(peer, mid, con, &token);
         }
+        // The bytes every transfer holds, and this peer's, with this block added.
+        let add = req.payload.len();
+        let (all, mine) = self
+            .reassembly
+            .iter()
+            .fold((add, add), |(all, mine), (k, r)| {
+                let held = r.body.capacity();
+                (all + held, if k.0 == peer { mine + held } else { mine })
+            });
+        if all > self.config.max_reassembly_bytes
+            || mine > self.config.max_reassembly_bytes_per_peer
+        {
+            self.reassembly.remove(&key);
+            self.stats.reassembly_refusals += 1;
+            let mut busy = response(
+                ResponseType::ServiceUnavailable,
+                "too many block-wise bytes in progress",
+            );
+            busy.add_option(CoapOption::MaxAge, encode_uint(2));
+            return self.answer_now(peer, mid, con, &token, busy);
+        }
+        let r = self.reassembly.get_mut(&key).expect("present");
         r.body.extend_from_slice(&req.payload);
         r.next_num += 1;
         r.expires = now + self.config.exchange_lifetime();

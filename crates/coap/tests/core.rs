@@ -519,3 +519,71 @@ fn one_peer_cannot_hold_more_than_its_share_of_reassembly() {
         "{codes:?}"
     );
 }
+
+#[test]
+fn reassembly_is_bounded_in_bytes_per_peer_and_overall() {
+    // Per peer: two transfers of 3000 bytes fit a budget of 6000, a third does not.
+    let config = Config {
+        max_reassembly_bytes_per_peer: 6000,
+        block_szx: 2, // 64-byte blocks: the transfers interleave
+        ..Config::default()
+    };
+    let mut net = Net::new(config, 78);
+    let tokens: Vec<_> = (0..3).map(|_| net.post(vec![1u8; 3000])).collect();
+    net.run_until(|n| n.outcomes.len() == 3);
+    let codes: Vec<_> = tokens
+        .iter()
+        .map(|t| code(net.outcomes[t].as_ref().unwrap()))
+        .collect();
+    assert!(codes.contains(&ResponseType::ServiceUnavailable), "{codes:?}");
+    assert!(codes.contains(&ResponseType::Changed), "{codes:?}");
+    assert!(net.server.stats().reassembly_refusals >= 1);
+    // Overall: the same with a total budget, whoever the peer.
+    let config = Config {
+        max_reassembly_bytes: 6000,
+        block_szx: 2,
+        ..Config::default()
+    };
+    let mut net = Net::new(config, 79);
+    let tokens: Vec<_> = (0..3).map(|_| net.post(vec![1u8; 3000])).collect();
+    net.run_until(|n| n.outcomes.len() == 3);
+    let refused = tokens
+        .iter()
+        .filter(|t| code(net.outcomes[*t].as_ref().unwrap()) == ResponseType::ServiceUnavailable)
+        .count();
+    assert!(refused >= 1, "{refused}");
+}
+
+#[test]
+fn an_unknown_critical_option_gets_4_02_and_elective_ones_are_ignored() {
+    let mut net = Net::new(Config::default(), 80);
+    let mut critical = request(RequestType::Post, "gpsflowtemp", Some(112), b"x".to_vec());
+    critical.add_option(CoapOption::Unknown(2049), b"?".to_vec()); // odd: critical
+    let mut if_match = request(RequestType::Post, "gpsflowtemp", Some(112), b"x".to_vec());
+    if_match.add_option(CoapOption::IfMatch, b"etag".to_vec()); // 1: critical, not done here
+    let mut proxy = request(RequestType::Post, "gpsflowtemp", Some(112), b"x".to_vec());
+    proxy.add_option(CoapOption::ProxyUri, b"coap://elsewhere/".to_vec());
+    let mut elective = request(RequestType::Post, "gpsflowtemp", Some(112), b"x".to_vec());
+    elective.add_option(CoapOption::Unknown(2050), b"?".to_vec()); // even: elective
+    let now = net.now;
+    let tokens: Vec<_> = [critical, if_match, proxy, elective]
+        .into_iter()
+        .map(|p| net.client.request(now, SERVER, p, true))
+        .collect();
+    net.run_until(|n| n.outcomes.len() == 4);
+    let codes: Vec<_> = tokens
+        .iter()
+        .map(|t| code(net.outcomes[t].as_ref().unwrap()))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            ResponseType::BadOption,
+            ResponseType::BadOption,
+            ResponseType::ProxyingNotSupported,
+            ResponseType::Changed
+        ]
+    );
+    assert_eq!(net.seen.len(), 1, "only the elective one reached the application");
+    assert_eq!(net.server.stats().bad_options, 3);
+}

@@ -128,6 +128,10 @@ impl Source for Ingress {
             coap: CoapConfig {
                 max_body: self.cfg.max_body,
                 separate_after: self.cfg.separate_after,
+                // One peer's block-wise transfers hold at most one largest body; all of them
+                // together at most eight (or one, if that is more).
+                max_reassembly_bytes_per_peer: self.cfg.max_body,
+                max_reassembly_bytes: (8 << 20).max(self.cfg.max_body),
                 ..CoapConfig::default()
             },
             max_sessions: self.cfg.max_sessions,
