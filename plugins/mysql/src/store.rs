@@ -1,11 +1,12 @@
 //! Schema, migrations and batched inserts, on the plugin's own tokio runtime. I/O: the database.
 
 use crate::config::Config;
-use gateway_sdk::{PluginError, Reading, Value};
+use gateway_sdk::{tracing, PluginError, Reading, Value};
 use mysql_async::{prelude::*, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts};
 
-/// The schema version this plugin writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema version this plugin writes. Version 2 keys readings by id and device (version
+/// 1 by id alone, which let one device's ids shadow another's).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Rows per INSERT statement (a statement takes at most 65,535 placeholders).
 /// Rows per INSERT statement.
@@ -19,7 +20,7 @@ const COLUMN_COUNT: usize = 11;
 pub fn create_table(table: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS `{table}` (
-            id          BINARY(16)   NOT NULL PRIMARY KEY,
+            id          BINARY(16)   NOT NULL,
             time_us     BIGINT       NOT NULL,
             device      VARCHAR(255) NOT NULL,
             sensor      VARCHAR(255) NOT NULL,
@@ -30,6 +31,7 @@ pub fn create_table(table: &str) -> String {
             value_int   BIGINT       NULL,
             value_text  TEXT         NULL,
             value_bytes BLOB         NULL,
+            PRIMARY KEY (id, device),
             KEY latest (device, sensor, name, time_us),
             KEY by_time (time_us)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
@@ -128,7 +130,19 @@ impl Store {
                 Some(v) if v > SCHEMA_VERSION => Err(PluginError::config(format!(
                     "table {table} has schema version {v}, newer than this plugin's {SCHEMA_VERSION}: upgrade the plugin (it will not downgrade a schema)"
                 ))),
-                Some(_) => Ok(()),
+                Some(SCHEMA_VERSION) => Ok(()),
+                Some(v) => {
+                    // Version 1 to 2: the same rows, keyed by (id, device). One ALTER, which
+                    // InnoDB applies atomically.
+                    c.query_drop(format!("ALTER TABLE `{table}` DROP PRIMARY KEY, ADD PRIMARY KEY (id, device)"))
+                        .await
+                        .map_err(|e| classify(&format!("migrating {table} from schema version {v}"), e))?;
+                    c.exec_drop("UPDATE gateway_schema SET version = ? WHERE tbl = ?", (SCHEMA_VERSION, table.as_str()))
+                        .await
+                        .map_err(|e| classify("recording the schema version", e))?;
+                    tracing::info!(table = %table, "migrated the schema from version {v} to {SCHEMA_VERSION}: readings are keyed by device and id");
+                    Ok(())
+                }
                 None => {
                     c.query_drop(create_table(&table))
                     .await

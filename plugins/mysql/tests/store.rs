@@ -136,7 +136,7 @@ fn stores_every_field_in_one_transaction_and_migrates_once() {
     assert_eq!(rows[3].5.as_deref(), Some("3D"));
     assert_eq!(rows[4].6, Some(vec![0, 255]));
     let v: Vec<u32> = db.query("SELECT version FROM gateway_schema WHERE tbl = 'readings'");
-    assert_eq!(v, [1]);
+    assert_eq!(v, [2]);
 }
 
 #[test]
@@ -158,15 +158,51 @@ fn a_newer_schema_is_refused_not_downgraded() {
     let db = TestDb::new("schema");
     let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
     sink.write(sample_readings(1)).unwrap();
-    let _: Vec<u8> = db.query("UPDATE gateway_schema SET version = 2");
+    let _: Vec<u8> = db.query("UPDATE gateway_schema SET version = 3");
     let mut newer = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
     let e = newer.write(sample_readings(1)).unwrap_err();
     assert_eq!(e.kind, ErrorKind::CONFIG);
     assert!(
         e.message()
-            .contains("schema version 2, newer than this plugin's 1"),
+            .contains("schema version 3, newer than this plugin's 2"),
         "{e}"
     );
+}
+
+#[test]
+fn an_id_is_unique_within_its_device_only_and_version_1_is_migrated() {
+    let db = TestDb::new("scope");
+    // A table as schema version 1 made it: keyed by id alone.
+    let _: Vec<u8> = db.query("CREATE TABLE gateway_schema (tbl VARCHAR(64) NOT NULL PRIMARY KEY, version INT UNSIGNED NOT NULL) ENGINE=InnoDB");
+    let v1 = gateway_plugin_mysql_v1_ddl();
+    let _: Vec<u8> = db.query(&v1);
+    let _: Vec<u8> = db.query("INSERT INTO gateway_schema VALUES ('readings', 1)");
+    let _: Vec<u8> = db.query("INSERT INTO readings (id, time_us, device, sensor, name, unit, value_type, value_float) VALUES (UNHEX('00000000000000000000000000000001'), 1, 'pi-01', 's', 'n', '', 'float', 1.5)");
+    let batch = sample_readings(5);
+    let mut squatter = batch.clone();
+    for r in &mut squatter {
+        r.device = Label::from("squatter");
+    }
+    let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
+    sink.write(squatter).unwrap();
+    sink.write(batch.clone()).unwrap();
+    sink.write(batch).unwrap();
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [11], "the old row, and five readings of each device");
+    let v: Vec<u32> = db.query("SELECT version FROM gateway_schema WHERE tbl = 'readings'");
+    assert_eq!(v, [2]);
+}
+
+/// The readings table of schema version 1.
+fn gateway_plugin_mysql_v1_ddl() -> String {
+    "CREATE TABLE readings (
+        id BINARY(16) NOT NULL PRIMARY KEY, time_us BIGINT NOT NULL, device VARCHAR(255) NOT NULL,
+        sensor VARCHAR(255) NOT NULL, name VARCHAR(255) NOT NULL, unit VARCHAR(64) NOT NULL,
+        value_type ENUM('float', 'int', 'bool', 'text', 'bytes') NOT NULL, value_float DOUBLE NULL,
+        value_int BIGINT NULL, value_text TEXT NULL, value_bytes BLOB NULL,
+        KEY latest (device, sensor, name, time_us), KEY by_time (time_us)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+        .into()
 }
 
 #[test]

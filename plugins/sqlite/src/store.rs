@@ -1,17 +1,20 @@
 //! The schema and the writes. I/O: the database file.
 
 use crate::config::{Config, Sync};
-use gateway_sdk::{PluginError, Reading, Value};
+use gateway_sdk::{tracing, PluginError, Reading, Value};
 use rusqlite::{params, Connection, ErrorCode};
 
-/// The schema version this plugin writes.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this plugin writes. Version 2 keys readings by device and id (version
+/// 1 by id alone, which let one device's ids shadow another's).
+pub const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA_V1: &str = "
-CREATE TABLE IF NOT EXISTS readings (
-    id          BLOB    NOT NULL PRIMARY KEY,  -- the reading's 16-byte id: a re-delivered reading is not stored twice
+/// The readings table, named `table`.
+fn readings_table(table: &str) -> String {
+    format!(
+        "CREATE TABLE {table} (
+    id          BLOB    NOT NULL,              -- the reading's 16-byte id, unique within its device:
     time_us     INTEGER NOT NULL,              -- UTC, microseconds since the Unix epoch
-    device      TEXT    NOT NULL,
+    device      TEXT    NOT NULL,              -- a re-delivered reading is not stored twice
     sensor      TEXT    NOT NULL,
     name        TEXT    NOT NULL,
     unit        TEXT    NOT NULL,
@@ -19,10 +22,22 @@ CREATE TABLE IF NOT EXISTS readings (
     value_float REAL,
     value_int   INTEGER,                       -- int, and bool as 0/1
     value_text  TEXT,
-    value_bytes BLOB
-) WITHOUT ROWID;
+    value_bytes BLOB,
+    PRIMARY KEY (id, device)
+) WITHOUT ROWID;"
+    )
+}
+
+const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS readings_latest ON readings (device, sensor, name, time_us);
 CREATE INDEX IF NOT EXISTS readings_time ON readings (time_us);
+";
+
+/// Version 1 to 2: the rows move to a table keyed by (id, device), in one transaction.
+const MIGRATE_V1: &str = "
+INSERT INTO readings_v2 SELECT id, time_us, device, sensor, name, unit, value_type, value_float, value_int, value_text, value_bytes FROM readings;
+DROP TABLE readings;
+ALTER TABLE readings_v2 RENAME TO readings;
 ";
 
 fn sql_error(what: &str, e: rusqlite::Error) -> PluginError {
@@ -85,10 +100,27 @@ impl Store {
             )));
         }
         if version < SCHEMA_VERSION {
-            conn.execute_batch(SCHEMA_V1)
-                .map_err(|e| sql_error("creating the schema", e))?;
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            let sql = match version {
+                0 => format!("{}\n{INDEXES}", readings_table("readings")),
+                _ => format!(
+                    "{}\n{MIGRATE_V1}\n{INDEXES}",
+                    readings_table("readings_v2")
+                ),
+            };
+            let tx = conn
+                .unchecked_transaction()
+                .map_err(|e| sql_error("BEGIN", e))?;
+            tx.execute_batch(&sql)
+                .map_err(|e| sql_error(&format!("migrating the schema from version {version}"), e))?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(|e| sql_error("user_version", e))?;
+            tx.commit().map_err(|e| sql_error("COMMIT", e))?;
+            if version > 0 {
+                tracing::info!(
+                    path = %cfg.path.display(),
+                    "migrated the schema from version {version} to {SCHEMA_VERSION}: readings are keyed by device and id"
+                );
+            }
         }
         Ok(Store {
             conn,

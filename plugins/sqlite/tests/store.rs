@@ -130,15 +130,80 @@ fn a_newer_schema_is_refused_not_downgraded() {
     drop(SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap());
     rusqlite::Connection::open(&db)
         .unwrap()
-        .pragma_update(None, "user_version", 2)
+        .pragma_update(None, "user_version", 3)
         .unwrap();
     let e = SinkHarness::new::<Sqlite>(&cfg(&db)).err().unwrap();
     assert_eq!(e.kind, ErrorKind::CONFIG);
     assert!(
         e.message()
-            .contains("schema version 2, newer than this plugin's 1"),
+            .contains("schema version 3, newer than this plugin's 2"),
         "{e}"
     );
+}
+
+/// The same readings (ids included) as another device's.
+fn as_device(batch: &[gateway_sdk::Reading], device: &str) -> Vec<gateway_sdk::Reading> {
+    let mut b = batch.to_vec();
+    for r in &mut b {
+        r.device = device.into();
+    }
+    b
+}
+
+#[test]
+fn an_id_is_unique_within_its_device_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let batch = sample_readings(5);
+    let mut sink = SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap();
+    // Another device sent the same ids first: they must not shadow this device's readings.
+    sink.write(as_device(&batch, "squatter")).unwrap();
+    sink.write(batch.clone()).unwrap();
+    sink.write(batch.clone()).unwrap();
+    let rows = rows(&db);
+    assert_eq!(rows.len(), 10);
+    assert_eq!(rows.iter().filter(|r| r.2 == "test-device").count(), 5);
+}
+
+#[test]
+fn a_version_1_database_is_migrated_with_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE readings (
+                id BLOB NOT NULL PRIMARY KEY, time_us INTEGER NOT NULL, device TEXT NOT NULL,
+                sensor TEXT NOT NULL, name TEXT NOT NULL, unit TEXT NOT NULL,
+                value_type TEXT NOT NULL CHECK (value_type IN ('float', 'int', 'bool', 'text', 'bytes')),
+                value_float REAL, value_int INTEGER, value_text TEXT, value_bytes BLOB
+            ) WITHOUT ROWID;
+            CREATE INDEX readings_latest ON readings (device, sensor, name, time_us);
+            CREATE INDEX readings_time ON readings (time_us);
+            INSERT INTO readings VALUES (x'00000000000000000000000000000001', 1, 'pi-01', 's', 'n', 'Cel', 'float', 1.5, NULL, NULL, NULL);
+            INSERT INTO readings VALUES (x'00000000000000000000000000000002', 2, 'pi-01', 's', 'n', '', 'text', NULL, NULL, 'x', NULL);",
+        )
+        .unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+    }
+    let mut sink = SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap();
+    let before = rows(&db);
+    assert_eq!(before.len(), 2, "every row kept");
+    // The same id under another device is a reading of its own now.
+    let mut r = sample_readings(1);
+    let mut one = [0u8; 16];
+    one[15] = 1;
+    r[0].id = gateway_sdk::ReadingId(one);
+    r[0].device = "pi-02".into();
+    sink.write(r).unwrap();
+    assert_eq!(rows(&db).len(), 3);
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(v, 2);
+    let indexes: i64 = c
+        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'readings' AND name LIKE 'readings_%'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(indexes, 2);
 }
 
 #[test]
