@@ -1,56 +1,99 @@
 //! Who makes room when a server's DTLS capacity is full. Pure functions over the server's view
 //! of its peers (no I/O, no clock: times come in), so that the rules are tested without sockets.
 //!
-//! The rules, so that no single host can hold the capacity:
+//! The rules, so that no single host can hold the capacity, and no crowd of honest devices
+//! (many Pis behind one NAT, all reconnecting after a server restart) pushes itself out:
 //! - a host (an IP address, whatever its ports) has at most `per_address` handshakes in
-//!   progress: a new one from it replaces its own oldest;
-//! - at `max_total` handshakes in progress, a new one replaces the oldest handshake of the host
-//!   that holds the most;
+//!   progress. A new one from it replaces its own oldest *stalled* handshake (one whose peer
+//!   has sent nothing for `stalled_after`); if none is stalled, the newcomer waits: its
+//!   ClientHello is dropped, and it sends it again (DTLS retransmits after 1 s);
+//! - at `max_total` handshakes in progress, a host that holds more than the newcomer's host
+//!   gives up its oldest handshake (stalled first); failing that, the oldest stalled one goes;
+//!   failing that, the newcomer waits;
 //! - at the session cap, an authenticated newcomer replaces the least recently active session.
 //!
+//! A handshake in progress is never replaced while its peer keeps up: honest handshakes finish.
 //! Handshakes only start after the stateless cookie exchange, so an address here is one the
 //! peer can receive at: a spoofer cannot make anyone else's handshake go.
 
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-/// The handshakes to drop, oldest first, before a new one from `newcomer` starts.
-/// `handshakes` maps each peer with a handshake in progress to when it started.
-pub fn handshakes_to_evict(
-    handshakes: &HashMap<SocketAddr, Instant>,
-    newcomer: IpAddr,
-    max_total: usize,
-    per_address: usize,
-) -> Vec<SocketAddr> {
-    let mut by_ip: HashMap<IpAddr, Vec<(Instant, SocketAddr)>> = HashMap::new();
-    for (addr, started) in handshakes {
-        by_ip.entry(addr.ip()).or_default().push((*started, *addr));
+/// A handshake in progress, as admission sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handshake {
+    /// The peer.
+    pub peer: SocketAddr,
+    /// When it began.
+    pub started: Instant,
+    /// When the peer last sent a datagram.
+    pub heard: Instant,
+}
+
+/// The handshake limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Handshakes in progress in all.
+    pub max_total: usize,
+    /// Handshakes in progress from one IP address.
+    pub per_address: usize,
+    /// A handshake whose peer has been silent this long may be replaced.
+    pub stalled_after: Duration,
+}
+
+/// What to do with a new handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// Start it, after dropping these handshakes.
+    Start(Vec<SocketAddr>),
+    /// Not now: drop its ClientHello (it will be sent again).
+    Wait,
+}
+
+/// Whether a handshake from `newcomer` may start, and what makes room for it.
+pub fn handshake(hs: &[Handshake], newcomer: IpAddr, now: Instant, limits: Limits) -> Admit {
+    let stalled = |h: &Handshake| now.saturating_duration_since(h.heard) >= limits.stalled_after;
+    let oldest = |it: &mut dyn Iterator<Item = &Handshake>| it.min_by_key(|h| h.started).copied();
+    let mut evict: Vec<SocketAddr> = Vec::new();
+    let own = hs.iter().filter(|h| h.peer.ip() == newcomer).count();
+    if own >= limits.per_address.max(1) {
+        match oldest(&mut hs.iter().filter(|h| h.peer.ip() == newcomer && stalled(h))) {
+            Some(h) => evict.push(h.peer),
+            None => return Admit::Wait,
+        }
     }
-    for list in by_ip.values_mut() {
-        // Newest first, so that `pop` gives the oldest.
-        list.sort_unstable_by(|a, b| b.cmp(a));
+    if hs.len() - evict.len() < limits.max_total.max(1) {
+        return Admit::Start(evict);
     }
-    let mut evict = Vec::new();
-    let own = by_ip.entry(newcomer).or_default();
-    while own.len() >= per_address.max(1) {
-        evict.push(own.pop().expect("non-empty").1);
+    let mut by_ip: HashMap<IpAddr, usize> = HashMap::new();
+    for h in hs.iter().filter(|h| !evict.contains(&h.peer)) {
+        *by_ip.entry(h.peer.ip()).or_default() += 1;
     }
-    let mut total = handshakes.len() - evict.len();
-    while total >= max_total.max(1) {
-        let Some(list) = by_ip
-            .values_mut()
-            .filter(|l| !l.is_empty())
-            .max_by(|a, b| a.len().cmp(&b.len()).then(b.last().cmp(&a.last())))
-        else {
-            break;
-        };
-        evict.push(list.pop().expect("non-empty").1);
-        total -= 1;
+    let mine = by_ip.get(&newcomer).copied().unwrap_or(0);
+    let left = |h: &&Handshake| !evict.contains(&h.peer);
+    let biggest = by_ip
+        .iter()
+        .filter(|(ip, n)| **ip != newcomer && **n > mine + 1)
+        .max_by_key(|(_, n)| **n)
+        .map(|(ip, _)| *ip);
+    let victim = match biggest {
+        Some(ip) => {
+            let theirs = |h: &&Handshake| h.peer.ip() == ip;
+            oldest(&mut hs.iter().filter(left).filter(theirs).filter(|h| stalled(h)))
+                .or_else(|| oldest(&mut hs.iter().filter(left).filter(theirs)))
+        }
+        None => oldest(&mut hs.iter().filter(left).filter(|h| stalled(h))),
+    };
+    match victim {
+        Some(h) => {
+            evict.push(h.peer);
+            Admit::Start(evict)
+        }
+        None => Admit::Wait,
     }
-    evict
 }
 
 /// The session to drop so that an authenticated newcomer fits under the cap: the one heard
@@ -69,58 +112,94 @@ pub fn session_to_evict(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    fn at(t0: Instant, ms: u64) -> Instant {
-        t0 + Duration::from_millis(ms)
-    }
 
     fn addr(ip: &str, port: u16) -> SocketAddr {
         SocketAddr::new(ip.parse().unwrap(), port)
     }
 
-    #[test]
-    fn one_host_at_its_limit_makes_room_from_its_own_oldest() {
-        let t0 = Instant::now();
-        let hs: HashMap<_, _> = (0..10)
-            .map(|i| (addr("10.0.0.1", 1000 + i), at(t0, u64::from(i))))
-            .chain([(addr("10.0.0.2", 5), at(t0, 0))])
-            .collect();
-        let evict = handshakes_to_evict(&hs, "10.0.0.1".parse().unwrap(), 100, 10);
-        assert_eq!(evict, vec![addr("10.0.0.1", 1000)]);
-        // Another host is not held back by the first one's handshakes.
-        assert!(handshakes_to_evict(&hs, "10.0.0.3".parse().unwrap(), 100, 10).is_empty());
+    const LIMITS: Limits = Limits {
+        max_total: 100,
+        per_address: 10,
+        stalled_after: Duration::from_millis(750),
+    };
+
+    /// `n` handshakes from `ip`, begun 1 ms apart from `t0 + at_ms`, last heard `heard_ms`
+    /// after `t0`.
+    fn from(ip: &str, n: u16, t0: Instant, at_ms: u64, heard_ms: u64) -> Vec<Handshake> {
+        (0..n)
+            .map(|i| Handshake {
+                peer: addr(ip, 1000 + i),
+                started: t0 + Duration::from_millis(at_ms + u64::from(i)),
+                heard: t0 + Duration::from_millis(heard_ms),
+            })
+            .collect()
     }
 
     #[test]
-    fn at_the_total_cap_the_biggest_holder_pays() {
+    fn a_host_at_its_limit_replaces_its_own_oldest_stalled_handshake() {
         let t0 = Instant::now();
-        let mut hs: HashMap<_, _> = (0..6)
-            .map(|i| (addr("10.0.0.1", 1000 + i), at(t0, 100 + u64::from(i))))
-            .collect();
-        hs.insert(addr("10.0.0.2", 7), at(t0, 0)); // older, but from a host with one
-        hs.insert(addr("10.0.0.3", 7), at(t0, 1));
-        let evict = handshakes_to_evict(&hs, "10.0.0.4".parse().unwrap(), 8, 10);
-        assert_eq!(evict, vec![addr("10.0.0.1", 1000)]);
-        // A newcomer from the biggest holder pays itself, once for each limit it reaches.
-        let evict = handshakes_to_evict(&hs, "10.0.0.1".parse().unwrap(), 7, 6);
-        assert_eq!(evict, vec![addr("10.0.0.1", 1000), addr("10.0.0.1", 1001)]);
+        let hs = from("10.0.0.1", 10, t0, 0, 0);
+        let later = t0 + Duration::from_secs(1);
+        let ip = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            handshake(&hs, ip, later, LIMITS),
+            Admit::Start(vec![addr("10.0.0.1", 1000)])
+        );
+        // Handshakes that are making progress are not replaced: the newcomer waits.
+        let soon = t0 + Duration::from_millis(100);
+        assert_eq!(handshake(&hs, ip, soon, LIMITS), Admit::Wait);
+        // Another host is not held back by the first one's handshakes.
+        let other = "10.0.0.2".parse().unwrap();
+        assert_eq!(handshake(&hs, other, soon, LIMITS), Admit::Start(vec![]));
+    }
+
+    #[test]
+    fn at_the_total_cap_a_host_holding_more_gives_one_up() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            max_total: 8,
+            ..LIMITS
+        };
+        let mut hs = from("10.0.0.1", 6, t0, 100, 100);
+        hs.extend(from("10.0.0.2", 1, t0, 0, 0));
+        hs.extend(from("10.0.0.3", 1, t0, 1, 1));
+        let soon = t0 + Duration::from_millis(200);
+        // The big holder pays, even though its handshakes are fresh and others' are older.
+        assert_eq!(
+            handshake(&hs, "10.0.0.4".parse().unwrap(), soon, limits),
+            Admit::Start(vec![addr("10.0.0.1", 1000)])
+        );
+        // A newcomer from the big holder itself finds nobody holding more: only a stalled
+        // handshake makes room, and none is stalled yet.
+        assert_eq!(
+            handshake(&hs, "10.0.0.1".parse().unwrap(), soon, limits),
+            Admit::Wait
+        );
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(
+            handshake(&hs, "10.0.0.1".parse().unwrap(), later, limits),
+            Admit::Start(vec![addr("10.0.0.2", 1000)])
+        );
     }
 
     #[test]
     fn nothing_is_evicted_below_the_limits() {
         let t0 = Instant::now();
-        let hs: HashMap<_, _> = [(addr("10.0.0.1", 1), t0)].into_iter().collect();
-        assert!(handshakes_to_evict(&hs, "10.0.0.1".parse().unwrap(), 2, 2).is_empty());
+        let hs = from("10.0.0.1", 1, t0, 0, 0);
+        assert_eq!(
+            handshake(&hs, "10.0.0.1".parse().unwrap(), t0, LIMITS),
+            Admit::Start(vec![])
+        );
     }
 
     #[test]
     fn the_least_recently_active_session_makes_room_never_the_newcomer() {
         let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
         let sessions = vec![
-            (addr("10.0.0.1", 1), at(t0, 50)),
-            (addr("10.0.0.2", 1), at(t0, 10)),
-            (addr("10.0.0.3", 1), at(t0, 0)),
+            (addr("10.0.0.1", 1), at(50)),
+            (addr("10.0.0.2", 1), at(10)),
+            (addr("10.0.0.3", 1), at(0)),
         ];
         assert_eq!(
             session_to_evict(sessions.clone().into_iter(), addr("10.0.0.9", 1)),

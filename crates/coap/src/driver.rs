@@ -4,6 +4,7 @@
 //! command or the next timer; feed it in; send what is queued.
 
 use crate::{
+    admission::{Admit, Handshake, Limits},
     core::{ClientError, Config as CoapConfig, Endpoint, Event, RequestId},
     dtls::{self, ClientSettings, DtlsError, ServerSettings, Session, State},
 };
@@ -490,10 +491,9 @@ pub struct ServerOptions {
     /// Most established sessions at once; an authenticated newcomer past it replaces the least
     /// recently active session.
     pub max_sessions: usize,
-    /// Most handshakes in progress at once; past it, the host holding the most gives up its
-    /// oldest (see [`crate::admission`]).
+    /// Most handshakes in progress at once (who makes room past it: [`crate::admission`]).
     pub max_handshakes: usize,
-    /// Most handshakes in progress from one IP address; past it, its oldest is dropped.
+    /// Most handshakes in progress from one IP address.
     pub max_handshakes_per_address: usize,
     /// A session without traffic for this long is dropped.
     pub session_idle: Duration,
@@ -539,9 +539,10 @@ pub struct ServerStats {
     pub denied: AtomicU64,
     /// Datagrams from addresses without a session, dropped.
     pub no_session: AtomicU64,
-    /// Sessions without an identity refused at the session cap.
+    /// ClientHellos dropped because the handshake capacity was full (they are sent again),
+    /// and sessions without an identity refused at the session cap.
     pub over_capacity: AtomicU64,
-    /// Handshakes dropped to make room for newer ones (see [`crate::admission`]).
+    /// Stalled handshakes dropped to make room for newer ones (see [`crate::admission`]).
     pub evicted_handshakes: AtomicU64,
     /// Idle sessions dropped to make room for an authenticated newcomer.
     pub evicted_sessions: AtomicU64,
@@ -629,6 +630,10 @@ impl Drop for Server {
     }
 }
 
+/// A handshake whose peer has sent nothing for this long may make room for a new one: a DTLS
+/// client that keeps up retransmits its flight after 1 s at the latest.
+const STALLED_AFTER: Duration = Duration::from_millis(750);
+
 /// One peer of a server.
 struct Peer {
     session: Session,
@@ -715,15 +720,35 @@ impl ServerState {
             count(&self.stats.replaced);
             self.drop_peer(peer, false);
         }
-        for old in crate::admission::handshakes_to_evict(
-            &self.handshakes,
-            peer.ip(),
-            self.opts.max_handshakes,
-            self.opts.max_handshakes_per_address,
-        ) {
-            count(&self.stats.evicted_handshakes);
-            tracing::debug!(peer = %old, "handshake dropped to make room for a newer one");
-            self.drop_peer(old, false);
+        let in_progress: Vec<Handshake> = self
+            .handshakes
+            .iter()
+            .filter_map(|(a, started)| {
+                Some(Handshake {
+                    peer: *a,
+                    started: *started,
+                    heard: self.peers.get(a)?.session.last_activity(),
+                })
+            })
+            .collect();
+        let limits = Limits {
+            max_total: self.opts.max_handshakes,
+            per_address: self.opts.max_handshakes_per_address,
+            stalled_after: STALLED_AFTER,
+        };
+        match crate::admission::handshake(&in_progress, peer.ip(), now, limits) {
+            Admit::Wait => {
+                count(&self.stats.over_capacity);
+                tracing::debug!(%peer, handshakes = in_progress.len(), "handshake capacity full: the ClientHello is dropped (it will be sent again)");
+                return;
+            }
+            Admit::Start(evict) => {
+                for old in evict {
+                    count(&self.stats.evicted_handshakes);
+                    tracing::debug!(peer = %old, "stalled handshake dropped to make room for a newer one");
+                    self.drop_peer(old, false);
+                }
+            }
         }
         match Session::server(&self.ctx, d, &ch.cookie, self.opts.tls.mtu) {
             Ok(session) => {

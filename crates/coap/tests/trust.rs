@@ -234,7 +234,9 @@ fn silent_handshake(server: SocketAddr, from: &str, ctx: &openssl::ssl::SslConte
     let n = sock.recv(&mut buf).unwrap();
     s.handle_datagram(&buf[..n]);
     sock.send(&s.poll_transmit().unwrap()).unwrap();
-    sock.recv(&mut buf).unwrap();
+    // The server answers, or (at its capacity) drops the ClientHello and keeps nothing.
+    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let _ = sock.recv(&mut buf);
     sock
 }
 
@@ -262,7 +264,11 @@ fn a_hundred_silent_handshakes_from_one_host_cannot_keep_a_device_out() {
     let _held: Vec<UdpSocket> = (0..100)
         .map(|_| silent_handshake(server.local_addr, "127.0.0.1", &ctx))
         .collect();
-    assert!(server.stats.evicted_handshakes.load(Ordering::Relaxed) >= 90);
+    // The host holds at most its share: the rest of its handshakes waited or were replaced.
+    let st = &server.stats;
+    let held_back =
+        st.evicted_handshakes.load(Ordering::Relaxed) + st.over_capacity.load(Ordering::Relaxed);
+    assert!(held_back >= 90, "{held_back}");
     // The device comes from the same address (a NAT, or the attacker's own host).
     connects_within(
         server.local_addr,
@@ -287,7 +293,10 @@ fn at_the_handshake_cap_the_host_holding_most_makes_room() {
     let mut d = device(server.local_addr, &pki, "device");
     d.bind = "127.0.0.2:0".parse().unwrap();
     connects_within(server.local_addr, d, Duration::from_secs(2));
-    assert!(server.stats.evicted_handshakes.load(Ordering::Relaxed) >= 51);
+    let st = &server.stats;
+    let held_back =
+        st.evicted_handshakes.load(Ordering::Relaxed) + st.over_capacity.load(Ordering::Relaxed);
+    assert!(held_back >= 51, "{held_back}");
 }
 
 #[test]

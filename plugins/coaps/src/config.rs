@@ -151,7 +151,7 @@ pub struct IngressConfig {
     #[serde(default = "hundred")]
     pub max_handshakes: usize,
     /// Most handshakes in progress from one IP address.
-    #[serde(default = "ten")]
+    #[serde(default = "thirty_two")]
     pub max_handshakes_per_address: usize,
     /// A session without traffic for this long is dropped.
     #[serde(default = "d10m", with = "duration")]
@@ -224,8 +224,8 @@ fn thousand() -> usize {
 fn hundred() -> usize {
     100
 }
-fn ten() -> usize {
-    10
+fn thirty_two() -> usize {
+    32
 }
 fn mib() -> usize {
     1 << 20
