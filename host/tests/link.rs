@@ -194,3 +194,30 @@ retry_backoff = "50ms"
     assert!(listed.contains("no dead letters"), "{listed}");
     server.stop(Duration::from_secs(10));
 }
+
+#[test]
+fn check_warns_about_each_ingress_setting_that_lets_peers_in_without_their_own_identity() {
+    let s = Setup::new();
+    let certs = s.path("certs");
+    make_certs(&certs, "test");
+    let c = |f: &str| certs.join(f).display().to_string();
+    // A "CA file" that is a bundle of many CAs, as a system trust store is.
+    let bundle = s.path("bundle.pem");
+    std::fs::write(&bundle, std::fs::read_to_string(certs.join("ca.pem")).unwrap().repeat(5)).unwrap();
+    let body = |extra: &str, ca: &str| {
+        format!(
+            "[sources.ingress]\nplugin = \"coaps-ingress\"\nlisten = \"127.0.0.1:0\"\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {ca:?}\n{extra}\n[sinks.out]\nplugin = \"console\"\n",
+            c("server.pem"),
+            c("server.key")
+        )
+    };
+    let open = s.config("", &body("allow_anonymous = true", bundle.to_str().unwrap()));
+    let (status, _, err) = gateway(&["check", "--config", open.to_str().unwrap()]);
+    assert!(status.success(), "warnings, not errors: {err}");
+    assert!(err.contains("allow_anonymous = true: a peer without a PSK or a client certificate gets readings in"), "{err}");
+    assert!(err.contains("holds 5 CA certificates: every certificate any of them issued gets readings in"), "{err}");
+    let closed = s.config("", &body("", &c("ca.pem")));
+    let (status, _, err) = gateway(&["check", "--config", closed.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    assert!(!err.contains("WARN"), "{err}");
+}

@@ -255,6 +255,9 @@ fn bench() -> Result<()> {
         )?;
     }
 
+    println!("== coaps ingress under DTLS load: handshakes/s and requests/s (ingress_bench)");
+    example("gateway-plugin-coaps", "ingress_bench", &["5"], &[])?;
+
     println!("== disk buffer: fsync always (host/examples/buffer_bench.rs)");
     example("gateway", "buffer_bench", &[], &[])?;
     example("gateway", "buffer_bench", &[], &[("GROUP", "1")])?;
