@@ -252,23 +252,34 @@ fn connects_within(server: SocketAddr, opts: ClientOptions, limit: Duration) {
     );
 }
 
-#[test]
-fn a_hundred_silent_handshakes_from_one_host_cannot_keep_a_device_out() {
-    let pki = Pki::new();
-    let mut opts = mutual(&pki);
-    opts.max_handshakes = 100;
+/// A server whose handshake capacity (`max_handshakes`, `per_address` from one IP address) a
+/// hundred silent clients from 127.0.0.1 have tried to fill; their sockets stay open.
+fn besieged(pki: &Pki, max_handshakes: usize, per_address: usize) -> (Server, Vec<UdpSocket>) {
+    let mut opts = mutual(pki);
+    opts.max_handshakes = max_handshakes;
+    opts.max_handshakes_per_address = per_address;
     opts.handshake_timeout = Duration::from_secs(10);
     let mut server = Server::start(opts).unwrap();
     let _app = serve(&mut server);
-    let ctx = client_ctx(&pki);
-    let _held: Vec<UdpSocket> = (0..100)
+    let ctx = client_ctx(pki);
+    let held = (0..100)
         .map(|_| silent_handshake(server.local_addr, "127.0.0.1", &ctx))
         .collect();
-    // The host holds at most its share: the rest of its handshakes waited or were replaced.
+    (server, held)
+}
+
+/// The crowd's handshakes the server did not hold: replaced, or made to wait.
+fn held_back(server: &Server) -> u64 {
     let st = &server.stats;
-    let held_back =
-        st.evicted_handshakes.load(Ordering::Relaxed) + st.over_capacity.load(Ordering::Relaxed);
-    assert!(held_back >= 90, "{held_back}");
+    st.evicted_handshakes.load(Ordering::Relaxed) + st.over_capacity.load(Ordering::Relaxed)
+}
+
+#[test]
+fn a_hundred_silent_handshakes_from_one_host_cannot_keep_a_device_out() {
+    let pki = Pki::new();
+    let (server, _held) = besieged(&pki, 100, 10);
+    // The host holds at most its share.
+    assert!(held_back(&server) >= 90, "{}", held_back(&server));
     // The device comes from the same address (a NAT, or the attacker's own host).
     connects_within(
         server.local_addr,
@@ -280,23 +291,11 @@ fn a_hundred_silent_handshakes_from_one_host_cannot_keep_a_device_out() {
 #[test]
 fn at_the_handshake_cap_the_host_holding_most_makes_room() {
     let pki = Pki::new();
-    let mut opts = mutual(&pki);
-    opts.max_handshakes = 50;
-    opts.max_handshakes_per_address = 1000;
-    opts.handshake_timeout = Duration::from_secs(10);
-    let mut server = Server::start(opts).unwrap();
-    let _app = serve(&mut server);
-    let ctx = client_ctx(&pki);
-    let _held: Vec<UdpSocket> = (0..100)
-        .map(|_| silent_handshake(server.local_addr, "127.0.0.1", &ctx))
-        .collect();
+    let (server, _held) = besieged(&pki, 50, 1000);
     let mut d = device(server.local_addr, &pki, "device");
     d.bind = "127.0.0.2:0".parse().unwrap();
     connects_within(server.local_addr, d, Duration::from_secs(2));
-    let st = &server.stats;
-    let held_back =
-        st.evicted_handshakes.load(Ordering::Relaxed) + st.over_capacity.load(Ordering::Relaxed);
-    assert!(held_back >= 51, "{held_back}");
+    assert!(held_back(&server) >= 51, "{}", held_back(&server));
 }
 
 #[test]
