@@ -242,3 +242,67 @@ fn reading_ids_are_scoped_by_device_so_one_cannot_pre_claim_anothers() {
         ["pi-02", "pi-02", "pi-02", "test-device", "test-device", "test-device"]
     );
 }
+
+#[test]
+fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    let key = "00112233445566778899aabbccddeeff";
+    let private = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p.display().to_string()
+    };
+    let psk_file = private("psk.txt", &format!("# the fleet\n\npi-01:{key}\nsensor-9:{key}00\n"));
+    let key_file = private("pi-01.key", &format!("{key}\n"));
+    let port = free_port();
+    let icfg = format!("{}psk_file = {psk_file:?}\n", ingress_config(dir.path(), port, ""));
+    let ingress = std::thread::spawn({
+        let icfg = icfg.clone();
+        move || run_source::<Ingress>(&icfg, 2, Duration::from_secs(20)).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let ca = dir.path().join("ca.pem").display().to_string();
+    let uri = format!("coaps://127.0.0.1:{port}/gpsflowtemp");
+    let mut readings = sample_readings(2);
+    for r in &mut readings {
+        r.device = gateway_sdk::Label::from("pi-01");
+    }
+    let mut from_file = SinkHarness::new::<Uplink>(&format!(
+        "uri = {uri:?}\nca_file = {ca:?}\npsk_identity = \"pi-01\"\npsk_key_file = {key_file:?}\n"
+    ))
+    .unwrap();
+    from_file.write(readings).unwrap();
+    let run = ingress.join().unwrap();
+    assert_eq!(run.readings.len(), 2);
+    assert!(run.readings.iter().all(|r| r.device.as_str() == "pi-01"));
+
+    // From the environment.
+    std::env::set_var("GATEWAY_TEST_PSK", key);
+    let env_cfg = format!("uri = {uri:?}\npsk_identity = \"pi-01\"\npsk_key_env = \"GATEWAY_TEST_PSK\"\n");
+    assert!(SinkHarness::new::<Uplink>(&env_cfg).is_ok());
+    let e = SinkHarness::new::<Uplink>(&env_cfg.replace("GATEWAY_TEST_PSK", "GATEWAY_NO_SUCH_PSK"))
+        .err()
+        .unwrap();
+    assert!(e.message().contains("psk_key_env: the environment variable GATEWAY_NO_SUCH_PSK is not set"), "{e}");
+    // Two sources of one key.
+    let e = SinkHarness::new::<Uplink>(&format!("{env_cfg}psk_key = \"{key}\"\n")).err().unwrap();
+    assert!(e.message().contains("psk_key, psk_key_env and psk_key_file: give one of them"), "{e}");
+
+    // Key files every local user can read are refused, naming the file and the fix.
+    std::fs::set_permissions(dir.path().join("psk.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+    assert!(
+        e.message().contains("psk_file:") && e.message().contains("every local user may read it (mode 0644)"),
+        "{e}"
+    );
+    // A malformed line names the file and the line.
+    private("psk.txt", "pi-01 0011\n");
+    let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+    assert!(e.message().contains("psk.txt:1: expected IDENTITY:HEXKEY"), "{e}");
+    private("psk.txt", "pi-01:zz\n");
+    let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+    assert!(e.message().contains("psk.txt:1: must be an even number of hex digits"), "{e}");
+}
