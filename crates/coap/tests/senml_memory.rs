@@ -89,6 +89,29 @@ fn hostile_packs_cost_little_memory() {
     assert!(bytes < 8 * MIB, "{bytes} bytes for 10,000 records");
     println!("10,000 records decoded in {} KiB", bytes >> 10);
 
+    // A base unit (or base name) is applied to every record after it: a long one must not be
+    // copied into each. Names and units longer than 255 bytes are refused.
+    let mut amplifier = br#"[{"n":"s/a","bu":""#.to_vec();
+    amplifier.extend(std::iter::repeat_n(b'u', 400_000));
+    amplifier.extend_from_slice(br#"","v":1}"#);
+    for _ in 0..9_000 {
+        amplifier.extend_from_slice(br#",{"v":1}"#);
+    }
+    amplifier.push(b']');
+    let (r, bytes) = peak(|| decode_json(&amplifier, 10_000, now, "d"));
+    assert_eq!(r, Err(DecodeError::TooLong(0, "bu")));
+    assert!(bytes < 2 * MIB, "{bytes} bytes for a long base unit");
+    // At the limit, 10,000 records under one 255-byte base unit and base name stay small.
+    let mut at_limit = format!(r#"[{{"bn":"{}","bu":"{}","v":1}}"#, "b".repeat(255), "u".repeat(255)).into_bytes();
+    for _ in 1..10_000 {
+        at_limit.extend_from_slice(br#",{"v":1}"#);
+    }
+    at_limit.push(b']');
+    let (r, bytes) = peak(|| decode_json(&at_limit, 10_000, now, "d"));
+    assert_eq!(r.map(|p| p.readings.len()), Ok(10_000));
+    assert!(bytes < 16 * MIB, "{bytes} bytes for 10,000 records under long base fields");
+    println!("10,000 records under 255-byte base fields decoded in {} KiB", bytes >> 10);
+
     // Deep nesting in a field nobody uses is skipped, not built, and not a stack overflow.
     let mut deep = vec![0x81, 0xa2, 0x02, 0x01, 0x63, b'x', b'y', b'z'];
     deep.extend(std::iter::repeat_n(0x81u8, 100_000));

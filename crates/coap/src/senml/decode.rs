@@ -6,7 +6,7 @@
 //! at record `max_records + 1`; a nested value in a field we do not use is skipped, not built.
 //! What a payload costs is bounded by its size and `max_records`.
 
-use super::{cbor, label, unbase64url, unescape, DecodeError, Pack, Record, RID};
+use super::{cbor, label, unbase64url, unescape, DecodeError, Pack, Record, MAX_NAME, RID};
 use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::cell::RefCell;
@@ -296,6 +296,9 @@ enum Field {
 fn set(r: &mut Record, field: &'static str, v: Field, json: bool, i: usize) -> Result<(), DecodeError> {
     let wrong = || DecodeError::FieldType(i, field);
     let text = |v: Field| match v {
+        Field::Text(s) if s.len() > MAX_NAME && !matches!(field, "vs" | "vd") => {
+            Err(DecodeError::TooLong(i, field))
+        }
         Field::Text(s) => Ok(s),
         _ => Err(wrong()),
     };
@@ -428,8 +431,11 @@ struct Resolver {
     now: Timestamp,
     default_device: String,
     bn: String,
+    /// The device a `DEVICE:` base name names, made once per base name.
+    bn_device: Option<Label>,
     bt: f64,
-    bu: String,
+    /// The base unit, made once per base unit (applied to every record after it).
+    bu: Label,
     bv: f64,
     /// A pack names few distinct strings: a short list beats hashing every field of every
     /// record.
@@ -444,8 +450,9 @@ impl Resolver {
             now,
             default_device: default_device.to_owned(),
             bn: String::new(),
+            bn_device: None,
             bt: 0.0,
-            bu: String::new(),
+            bu: Label::from(""),
             bv: 0.0,
             labels: Vec::new(),
             derived: 0,
@@ -468,13 +475,17 @@ impl Resolver {
     /// Record `i`, resolved.
     fn push(&mut self, i: usize, r: Record) -> Result<Reading, DecodeError> {
         if let Some(b) = r.bn {
+            self.bn_device = b
+                .strip_suffix(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| self.label(d));
             self.bn = b;
         }
         if let Some(b) = r.bt {
             self.bt = b;
         }
         if let Some(b) = r.bu {
-            self.bu = b;
+            self.bu = self.label(&b);
         }
         if let Some(b) = r.bv {
             self.bv = b;
@@ -482,9 +493,9 @@ impl Resolver {
         let bn = &self.bn;
         let n = r.n.as_deref().unwrap_or("");
         // Our own packs: bn = "DEVICE:", n = "SENSOR/NAME". Others: the device is the peer's.
-        let (device, rest) = match bn.strip_suffix(':') {
-            Some(d) if !d.is_empty() => (d.to_owned(), n.to_owned()),
-            _ => (self.default_device.clone(), format!("{bn}{n}")),
+        let (device, rest) = match &self.bn_device {
+            Some(d) => (d.as_str().to_owned(), n.to_owned()),
+            None => (self.default_device.clone(), format!("{bn}{n}")),
         };
         let (sensor, name) = match rest.rsplit_once('/') {
             Some((s, n)) => (s.to_owned(), unescape(n).into_owned()),
@@ -515,7 +526,10 @@ impl Resolver {
         } else {
             micros
         };
-        let unit = r.u.unwrap_or_else(|| self.bu.clone());
+        let unit = match r.u {
+            Some(u) => self.label(&u),
+            None => self.bu.clone(),
+        };
         let id = match r.rid {
             Some(b) => ReadingId(b),
             None => {
@@ -529,7 +543,7 @@ impl Resolver {
             device: self.label(&device),
             sensor: self.label(&sensor),
             name: self.label(&name),
-            unit: self.label(&unit),
+            unit,
             value,
         })
     }

@@ -39,6 +39,12 @@ mod label {
 /// The extension field carrying the reading id.
 pub const RID: &str = "rid";
 
+/// The longest base name, name, unit or base unit a record may carry, in bytes: they become
+/// the device, sensor, measurement name and unit of readings, which stores keep in columns of
+/// 255 (64 for units), and a base field is applied to every record after it, so its length
+/// must not multiply.
+pub const MAX_NAME: usize = 255;
+
 /// CoAP content-format of SenML CBOR.
 pub const CONTENT_FORMAT_CBOR: u16 = 112;
 /// CoAP content-format of SenML JSON.
@@ -78,6 +84,9 @@ pub enum DecodeError {
     /// The `rid` is not 16 bytes.
     #[error("record {0}: rid is not a 16-byte id")]
     Rid(usize),
+    /// A name or unit longer than [`MAX_NAME`] bytes.
+    #[error("record {0}: field {1} is longer than 255 bytes")]
+    TooLong(usize, &'static str),
 }
 
 fn escape(name: &str) -> std::borrow::Cow<'_, str> {
