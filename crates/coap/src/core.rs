@@ -175,7 +175,7 @@ const PROXY: &[u16] = &[35, 39];
 /// What a request with a critical option this endpoint does not understand gets, if it has one.
 fn refuse_options(req: &Packet) -> Option<(ResponseType, String)> {
     for (opt, _) in req.options() {
-        let n: u16 = (*opt).into();
+        let n: u16 = *opt;
         if PROXY.contains(&n) {
             return Some((
                 ResponseType::ProxyingNotSupported,
@@ -884,7 +884,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             .reassembly
             .iter()
             .fold((add, add), |(all, mine), (k, r)| {
-                let held = r.body.capacity();
+                let held = r.body.len();
                 (all + held, if k.0 == peer { mine + held } else { mine })
             });
         if all > self.config.max_reassembly_bytes

@@ -34,10 +34,13 @@ enum Verdict {
     /// These readings will never be accepted (4.00 Bad Request, 4.22 Unprocessable Entity):
     /// the host keeps them in the dead-letter file.
     RefusedBatch,
-    /// The server refuses this device whatever it sends (4.01, 4.03, 4.04, 4.05, 4.13, 4.15
-    /// ...): its configuration or ours is wrong. The readings are held, and tried again after
+    /// The server refuses this device whatever it sends (4.01, 4.03, 4.04, 4.05, 4.15 ...):
+    /// its configuration or ours is wrong. The readings are held, and tried again after
     /// `refusal_backoff`.
     Misconfigured,
+    /// 4.13: too large for the server. For a request of one reading, that reading will never
+    /// fit (a refusal of it); for more, the server's limits are below ours (misconfigured).
+    TooLarge,
 }
 
 /// Judges a response code (class, detail).
@@ -47,6 +50,7 @@ fn verdict(class: u8, detail: u8) -> Verdict {
         (2, 31) => Verdict::Retry,
         (2, _) => Verdict::Stored,
         (4, 0) | (4, 22) => Verdict::RefusedBatch,
+        (4, 13) => Verdict::TooLarge,
         (4, 8) | (4, 29) => Verdict::Retry,
         (4, _) => Verdict::Misconfigured,
         _ => Verdict::Retry,
@@ -204,7 +208,16 @@ impl Sink for Uplink {
                 .recv_timeout(self.cfg.request_timeout + Duration::from_secs(5))
                 .unwrap_or((u64::MAX, Err(RequestError::Stopped)));
             in_flight -= 1;
-            match self.outcome(result) {
+            let readings = chunks.get(tag as usize).map_or(0, |c| c.0.len());
+            let result = match self.outcome(result) {
+                Err((e, Verdict::TooLarge)) if readings == 1 => Err((
+                    PluginError::rejected(format!("a single reading too large for the server: {}", e.message())),
+                    Verdict::RefusedBatch,
+                )),
+                Err((e, Verdict::TooLarge)) => Err((e, Verdict::Misconfigured)),
+                other => other,
+            };
+            match result {
                 Ok(()) => acked.extend(chunks.get(tag as usize).map(|c| c.0)),
                 Err((e, Verdict::Misconfigured)) if outcome.is_ok() => {
                     tracing::error!(
@@ -320,7 +333,7 @@ impl Uplink {
                 PluginError::rejected(format!("the server refused these readings: {what}")),
                 v,
             )),
-            Verdict::Misconfigured => Err((
+            Verdict::Misconfigured | Verdict::TooLarge => Err((
                 PluginError::retry(format!("the server refuses this device: {what}")),
                 v,
             )),
@@ -341,9 +354,10 @@ mod tests {
         assert_eq!(verdict(2, 31), Verdict::Retry);
         assert_eq!(verdict(4, 0), Verdict::RefusedBatch);
         assert_eq!(verdict(4, 22), Verdict::RefusedBatch);
-        for detail in [1, 2, 3, 4, 5, 6, 12, 13, 15] {
+        for detail in [1, 2, 3, 4, 5, 6, 12, 15] {
             assert_eq!(verdict(4, detail), Verdict::Misconfigured, "4.{detail:02}");
         }
+        assert_eq!(verdict(4, 13), Verdict::TooLarge);
         for (c, d) in [(4, 8), (4, 29), (5, 0), (5, 3), (5, 4), (0, 0)] {
             assert_eq!(verdict(c, d), Verdict::Retry, "{c}.{d:02}");
         }
