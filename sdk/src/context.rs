@@ -18,6 +18,11 @@ use std::{
     time::Duration,
 };
 
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
 /// What a plugin is told when the host builds an instance.
 #[derive(Debug, Clone)]
 pub struct InitContext {
@@ -95,21 +100,34 @@ impl InitContext {
     }
 
     /// `path` resolved as [`InitContext::resolve_path`] does, after checking that it is a file
-    /// that others cannot read: a secret (a private key, a password) readable by every local
-    /// user is an error, as ssh and PostgreSQL make it (mode 0600, or 0640 for a group the
-    /// service shares, is fine). `key` names the config key in the error.
+    /// others can neither read nor change: a secret (a private key, a password, a list of keys)
+    /// readable by every local user, writable by its group or others, or owned by a user other
+    /// than root or the gateway's is an error, as ssh and PostgreSQL make it (mode 0600, or
+    /// 0640 for a group the service shares, is fine). `key` names the config key in the error.
     pub fn private_file(
         &self,
         key: &str,
         path: impl AsRef<std::path::Path>,
     ) -> Result<PathBuf, PluginError> {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let path = self.resolve_path(path);
         let table = &self.info.table;
         let meta = std::fs::metadata(&path).map_err(|e| {
             PluginError::config(format!("[{table}] {key}: {}: {e}", path.display()))
         })?;
         let mode = meta.permissions().mode();
+        // Whoever can change a secret file can add a key of their own to it.
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc_geteuid() };
+        if mode & 0o022 != 0 || (meta.uid() != 0 && meta.uid() != me) {
+            return Err(PluginError::config(format!(
+                "[{table}] {key}: {} holds a secret but can be changed by others (mode {:04o}, owner uid {}): `chmod go-w {}` and give it to root or the gateway's user",
+                path.display(),
+                mode & 0o7777,
+                meta.uid(),
+                path.display()
+            )));
+        }
         if mode & 0o007 != 0 {
             return Err(PluginError::config(format!(
                 "[{table}] {key}: {} holds a secret but every local user may read it (mode {:04o}): `chmod o-rwx {}`",
