@@ -3,14 +3,17 @@
 //!
 //! The rules, so that no single host can hold the capacity, and no crowd of honest devices
 //! (many Pis behind one NAT, all reconnecting after a server restart) pushes itself out:
-//! - a host (an IP address, whatever its ports) has at most `per_address` handshakes in
+//! - a host (an IPv4 address or an IPv6 /64, whatever its ports) has at most `per_address` handshakes in
 //!   progress. A new one from it replaces its own oldest *stalled* handshake (one whose peer
 //!   has sent nothing for `stalled_after`); if none is stalled, the newcomer waits: its
 //!   ClientHello is dropped, and it sends it again (DTLS retransmits after 1 s);
 //! - at `max_total` handshakes in progress, a host that holds more than the newcomer's host
 //!   gives up its oldest handshake (stalled first); failing that, the oldest stalled one goes;
 //!   failing that, the newcomer waits;
-//! - at the session cap, an authenticated newcomer replaces the least recently active session.
+//! - one identity holds at most `per_identity` sessions: a newer one replaces its own least
+//!   recently active (a leaked device key cannot fill the server);
+//! - at the session cap, a newcomer replaces the least recently active session without an
+//!   identity, or else (if it has one itself) the least recently active session.
 //!
 //! A handshake in progress is never replaced while its peer keeps up: honest handshakes finish.
 //! Handshakes only start after the stateless cookie exchange, so an address here is one the
@@ -53,14 +56,28 @@ pub enum Admit {
     Wait,
 }
 
+/// The host an address belongs to, for the per-address limits: an IPv4 address, or the /64 of
+/// an IPv6 one (a single host commonly has a whole /64 to pick addresses from).
+pub fn host_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
 /// Whether a handshake from `newcomer` may start, and what makes room for it.
 pub fn handshake(hs: &[Handshake], newcomer: IpAddr, now: Instant, limits: Limits) -> Admit {
+    let newcomer = host_of(newcomer);
+    let host = |h: &Handshake| host_of(h.peer.ip());
     let stalled = |h: &Handshake| now.saturating_duration_since(h.heard) >= limits.stalled_after;
     let oldest = |it: &mut dyn Iterator<Item = &Handshake>| it.min_by_key(|h| h.started).copied();
     let mut evict: Vec<SocketAddr> = Vec::new();
-    let own = hs.iter().filter(|h| h.peer.ip() == newcomer).count();
+    let own = hs.iter().filter(|h| host(h) == newcomer).count();
     if own >= limits.per_address.max(1) {
-        match oldest(&mut hs.iter().filter(|h| h.peer.ip() == newcomer && stalled(h))) {
+        match oldest(&mut hs.iter().filter(|h| host(h) == newcomer && stalled(h))) {
             Some(h) => evict.push(h.peer),
             None => return Admit::Wait,
         }
@@ -70,7 +87,7 @@ pub fn handshake(hs: &[Handshake], newcomer: IpAddr, now: Instant, limits: Limit
     }
     let mut by_ip: HashMap<IpAddr, usize> = HashMap::new();
     for h in hs.iter().filter(|h| !evict.contains(&h.peer)) {
-        *by_ip.entry(h.peer.ip()).or_default() += 1;
+        *by_ip.entry(host(h)).or_default() += 1;
     }
     let mine = by_ip.get(&newcomer).copied().unwrap_or(0);
     let left = |h: &&Handshake| !evict.contains(&h.peer);
@@ -81,7 +98,7 @@ pub fn handshake(hs: &[Handshake], newcomer: IpAddr, now: Instant, limits: Limit
         .map(|(ip, _)| *ip);
     let victim = match biggest {
         Some(ip) => {
-            let theirs = |h: &&Handshake| h.peer.ip() == ip;
+            let theirs = |h: &&Handshake| host(h) == ip;
             oldest(&mut hs.iter().filter(left).filter(theirs).filter(|h| stalled(h)))
                 .or_else(|| oldest(&mut hs.iter().filter(left).filter(theirs)))
         }
@@ -96,17 +113,47 @@ pub fn handshake(hs: &[Handshake], newcomer: IpAddr, now: Instant, limits: Limit
     }
 }
 
-/// The session to drop so that an authenticated newcomer fits under the cap: the one heard
-/// from least recently, other than `newcomer`. `sessions` gives each established session's
-/// last activity.
-pub fn session_to_evict(
-    sessions: impl Iterator<Item = (SocketAddr, Instant)>,
+/// An established session, as admission sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Established<'a> {
+    /// The peer.
+    pub peer: SocketAddr,
+    /// When it last sent something.
+    pub last: Instant,
+    /// Its identity (`None`: admitted with `allow_anonymous`).
+    pub identity: Option<&'a str>,
+}
+
+/// The sessions to drop when a session of `identity` from `newcomer` is admitted, or `None`
+/// if it may not be: the identity's own least recently active sessions beyond `per_identity`
+/// (one device credential, leaked or not, cannot hold more), then, while the sessions number
+/// more than `max_sessions`, the least recently active session without an identity, or else
+/// the least recently active one. A newcomer without an identity makes room only among the
+/// sessions without one. `sessions` holds the established sessions.
+pub fn sessions_to_evict(
+    sessions: &[Established<'_>],
     newcomer: SocketAddr,
-) -> Option<SocketAddr> {
-    sessions
-        .filter(|(addr, _)| *addr != newcomer)
-        .min_by_key(|(_, last)| *last)
-        .map(|(addr, _)| addr)
+    identity: Option<&str>,
+    per_identity: usize,
+    max_sessions: usize,
+) -> Option<Vec<SocketAddr>> {
+    let mut evict = Vec::new();
+    let mut left: Vec<&Established<'_>> = sessions.iter().filter(|s| s.peer != newcomer).collect();
+    if identity.is_some() {
+        let mut mine: Vec<&&Established<'_>> =
+            left.iter().filter(|s| s.identity == identity).collect();
+        mine.sort_by_key(|s| s.last);
+        let over = (mine.len() + 1).saturating_sub(per_identity.max(1));
+        evict.extend(mine.iter().take(over).map(|s| s.peer));
+    }
+    left.retain(|s| !evict.contains(&s.peer));
+    while left.len() + 1 > max_sessions.max(1) {
+        let i = (0..left.len())
+            .filter(|&i| identity.is_some() || left[i].identity.is_none())
+            .min_by_key(|&i| (left[i].identity.is_some(), left[i].last))?;
+        evict.push(left.remove(i).peer);
+    }
+    Some(evict)
 }
 
 #[cfg(test)]
@@ -183,6 +230,31 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_host_is_its_slash_64() {
+        let t0 = Instant::now();
+        let hs: Vec<Handshake> = (0..10u16)
+            .map(|i| Handshake {
+                peer: SocketAddr::new(format!("2001:db8:1:2::{i:x}").parse().unwrap(), 1000),
+                started: t0,
+                heard: t0,
+            })
+            .collect();
+        let soon = t0 + Duration::from_millis(100);
+        assert_eq!(
+            handshake(&hs, "2001:db8:1:2::ffff".parse().unwrap(), soon, LIMITS),
+            Admit::Wait
+        );
+        assert_eq!(
+            handshake(&hs, "2001:db8:1:3::1".parse().unwrap(), soon, LIMITS),
+            Admit::Start(vec![])
+        );
+        assert_eq!(
+            host_of("::ffff:10.0.0.1".parse().unwrap()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
     fn nothing_is_evicted_below_the_limits() {
         let t0 = Instant::now();
         let hs = from("10.0.0.1", 1, t0, 0, 0);
@@ -193,21 +265,59 @@ mod tests {
     }
 
     #[test]
-    fn the_least_recently_active_session_makes_room_never_the_newcomer() {
+    fn the_least_recently_active_session_makes_room_anonymous_ones_first() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let s = |ip: &str, ms: u64, id: Option<&'static str>| Established {
+            peer: addr(ip, 1),
+            last: at(ms),
+            identity: id,
+        };
         let sessions = vec![
-            (addr("10.0.0.1", 1), at(50)),
-            (addr("10.0.0.2", 1), at(10)),
-            (addr("10.0.0.3", 1), at(0)),
+            s("10.0.0.1", 50, Some("a")),
+            s("10.0.0.2", 10, Some("b")),
+            s("10.0.0.3", 0, Some("c")),
         ];
+        let new = addr("10.0.0.9", 1);
         assert_eq!(
-            session_to_evict(sessions.clone().into_iter(), addr("10.0.0.9", 1)),
-            Some(addr("10.0.0.3", 1))
+            sessions_to_evict(&sessions, new, Some("d"), 4, 3),
+            Some(vec![addr("10.0.0.3", 1)])
         );
+        assert_eq!(sessions_to_evict(&sessions, new, Some("d"), 4, 4), Some(vec![]));
+        // An anonymous session goes first, however recently it was active.
+        let mut with_anon = sessions.clone();
+        with_anon.push(s("10.0.0.4", 99, None));
         assert_eq!(
-            session_to_evict(sessions.into_iter(), addr("10.0.0.3", 1)),
-            Some(addr("10.0.0.2", 1))
+            sessions_to_evict(&with_anon, new, Some("d"), 4, 4),
+            Some(vec![addr("10.0.0.4", 1)])
+        );
+        // A newcomer without an identity replaces only one without an identity.
+        assert_eq!(
+            sessions_to_evict(&with_anon, new, None, 4, 4),
+            Some(vec![addr("10.0.0.4", 1)])
+        );
+        assert_eq!(sessions_to_evict(&sessions, new, None, 4, 3), None);
+    }
+
+    #[test]
+    fn one_identity_holds_at_most_its_share_of_sessions() {
+        let t0 = Instant::now();
+        let sessions: Vec<Established<'_>> = (0..5u16)
+            .map(|i| Established {
+                peer: addr("10.0.0.1", 100 + i),
+                last: t0 + Duration::from_millis(u64::from(i)),
+                identity: Some("leaked"),
+            })
+            .chain([Established {
+                peer: addr("10.0.0.2", 1),
+                last: t0,
+                identity: Some("honest"),
+            }])
+            .collect();
+        // A sixth session of "leaked" replaces its own oldest two, never "honest"'s.
+        assert_eq!(
+            sessions_to_evict(&sessions, addr("10.0.0.1", 200), Some("leaked"), 4, 1000),
+            Some(vec![addr("10.0.0.1", 100), addr("10.0.0.1", 101)])
         );
     }
 }

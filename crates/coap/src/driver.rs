@@ -4,7 +4,7 @@
 //! command or the next timer; feed it in; send what is queued.
 
 use crate::{
-    admission::{Admit, Handshake, Limits},
+    admission::{Admit, Established, Handshake, Limits},
     core::{ClientError, Config as CoapConfig, Endpoint, Event, RequestId},
     dtls::{self, ClientSettings, DtlsError, ServerSettings, Session, State},
 };
@@ -488,9 +488,11 @@ pub struct ServerOptions {
     pub tls: ServerSettings,
     /// CoAP parameters and limits.
     pub coap: CoapConfig,
-    /// Most established sessions at once; an authenticated newcomer past it replaces the least
-    /// recently active session.
+    /// Most established sessions at once; a newcomer past it replaces the least recently
+    /// active session (one without an identity first).
     pub max_sessions: usize,
+    /// Most established sessions of one identity; a newer one replaces its oldest.
+    pub max_sessions_per_identity: usize,
     /// Most handshakes in progress at once (who makes room past it: [`crate::admission`]).
     pub max_handshakes: usize,
     /// Most handshakes in progress from one IP address.
@@ -544,7 +546,7 @@ pub struct ServerStats {
     pub over_capacity: AtomicU64,
     /// Stalled handshakes dropped to make room for newer ones (see [`crate::admission`]).
     pub evicted_handshakes: AtomicU64,
-    /// Idle sessions dropped to make room for an authenticated newcomer.
+    /// Sessions dropped to make room for a newcomer (the session cap, or its identity's).
     pub evicted_sessions: AtomicU64,
     /// Sessions replaced by a new handshake from the same address (RFC 6347 §4.2.8).
     pub replaced: AtomicU64,
@@ -680,12 +682,15 @@ impl ServerState {
     fn on_datagram(&mut self, peer: SocketAddr, d: &[u8]) {
         let now = Instant::now();
         if let Some(ch) = dtls::parse_client_hello(d) {
-            // A retransmission of the ClientHello that began the handshake in progress goes to
-            // that handshake; any other is the start of a new association.
-            let same_handshake = self.handshakes.contains_key(&peer)
-                && self.peers.get(&peer).is_some_and(|p| p.random == ch.random);
-            if !same_handshake {
+            // A retransmission of the ClientHello that began the session goes to its handshake
+            // while there is one, and is dropped once it is established (a duplicate, or a
+            // replay, must not end it); any other ClientHello starts a new association.
+            if self.peers.get(&peer).is_none_or(|p| p.random != ch.random) {
                 return self.on_new_hello(now, peer, d, &ch);
+            }
+            if !self.handshakes.contains_key(&peer) {
+                tracing::trace!(%peer, "the ClientHello of an established session again; dropped");
+                return;
             }
         }
         let Some(p) = self.peers.get_mut(&peer) else {
@@ -727,7 +732,7 @@ impl ServerState {
                 Some(Handshake {
                     peer: *a,
                     started: *started,
-                    heard: self.peers.get(a)?.session.last_activity(),
+                    heard: self.peers.get(a)?.session.last_progress(),
                 })
             })
             .collect();
@@ -770,14 +775,14 @@ impl ServerState {
     }
 
     /// A session was just established: it stays only if its peer has an identity the server
-    /// accepts, and there is room (an authenticated peer makes room; an anonymous one does
-    /// not). `false` if it was closed.
+    /// accepts, and there is room (see [`crate::admission::sessions_to_evict`]). `false` if
+    /// it was closed.
     fn admit(&mut self, peer: SocketAddr) -> bool {
         self.handshakes.remove(&peer);
         let p = self.peers.get(&peer).expect("the peer being admitted");
         let identity = p.session.peer_identity();
         let (resumed, cipher) = (p.session.resumed(), p.session.cipher().map(str::to_owned));
-        let refuse = match &identity {
+        let mut refuse = match &identity {
             Some(id) if self.opts.deny.contains(id) => {
                 count(&self.stats.denied);
                 Some(format!("identity {id:?} is on the deny list"))
@@ -788,32 +793,43 @@ impl ServerState {
             }
             _ => None,
         };
-        let established = self.peers.len() - self.handshakes.len();
-        let refuse = refuse.or_else(|| {
-            if established <= self.opts.max_sessions {
-                return None;
-            }
-            if identity.is_none() {
-                count(&self.stats.over_capacity);
-                return Some(format!(
-                    "at the session cap ({}), and only an authenticated peer makes room",
-                    self.opts.max_sessions
-                ));
-            }
-            let lru = crate::admission::session_to_evict(
-                self.peers
+        let evict = match refuse {
+            Some(_) => Vec::new(),
+            None => {
+                let established: Vec<Established<'_>> = self
+                    .peers
                     .iter()
-                    .filter(|(a, _)| !self.handshakes.contains_key(a))
-                    .map(|(a, p)| (*a, p.session.last_activity())),
-                peer,
-            );
-            if let Some(old) = lru {
-                count(&self.stats.evicted_sessions);
-                tracing::info!(peer = %old, "least recently active session dropped to make room for an authenticated newcomer");
-                self.drop_peer(old, true);
+                    .filter(|(a, _)| **a != peer && !self.handshakes.contains_key(a))
+                    .map(|(a, p)| Established {
+                        peer: *a,
+                        last: p.session.last_activity(),
+                        identity: p.identity.as_deref(),
+                    })
+                    .collect();
+                match crate::admission::sessions_to_evict(
+                    &established,
+                    peer,
+                    identity.as_deref(),
+                    self.opts.max_sessions_per_identity,
+                    self.opts.max_sessions,
+                ) {
+                    Some(evict) => evict,
+                    None => {
+                        count(&self.stats.over_capacity);
+                        refuse = Some(format!(
+                            "at the session cap ({}), and a peer without an identity makes room only among those without one",
+                            self.opts.max_sessions
+                        ));
+                        Vec::new()
+                    }
+                }
             }
-            None
-        });
+        };
+        for old in evict {
+            count(&self.stats.evicted_sessions);
+            tracing::info!(peer = %old, newcomer = %peer, "least recently active session dropped to make room");
+            self.drop_peer(old, true);
+        }
         if let Some(why) = refuse {
             tracing::warn!(%peer, identity = ?identity, "DTLS session refused: {why}");
             self.drop_peer(peer, true);

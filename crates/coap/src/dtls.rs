@@ -422,6 +422,8 @@ pub struct Session {
     is_client: bool,
     started: Instant,
     last_activity: Instant,
+    /// When a datagram last moved the handshake on (or the session was made).
+    last_progress: Instant,
 }
 
 impl std::fmt::Debug for Session {
@@ -477,6 +479,7 @@ impl Session {
             is_client: true,
             started: now,
             last_activity: now,
+            last_progress: now,
         };
         s.advance();
         Ok(s)
@@ -525,6 +528,7 @@ impl Session {
             is_client: false,
             started: now,
             last_activity: now,
+            last_progress: now,
         };
         s.advance();
         Ok(s)
@@ -548,6 +552,11 @@ impl Session {
     /// When a datagram last came in.
     pub fn last_activity(&self) -> Instant {
         self.last_activity
+    }
+
+    /// When a datagram last moved the handshake on: junk, or the same flight again, does not.
+    pub fn last_progress(&self) -> Instant {
+        self.last_progress
     }
 
     fn fail(&mut self, e: DtlsError) {
@@ -617,9 +626,17 @@ impl Session {
         if matches!(self.state, State::Closed(_)) {
             return Vec::new();
         }
-        self.last_activity = Instant::now();
+        let now = Instant::now();
+        self.last_activity = now;
+        let before = (self.state == State::Handshaking).then(|| self.stream.ssl().state_string_long());
         self.stream.get_mut().inbox.push_back(datagram.to_vec());
-        self.advance()
+        let received = self.advance();
+        if before.is_some_and(|b| {
+            self.state != State::Handshaking || self.stream.ssl().state_string_long() != b
+        }) {
+            self.last_progress = now;
+        }
+        received
     }
 
     /// Sends one application datagram (one CoAP message).

@@ -453,3 +453,62 @@ fn a_client_never_ends_up_without_authenticating_the_server() {
         .to_string()
         .contains("ECDHE-ECDSA-NULL-SHA"));
 }
+
+#[test]
+fn one_credential_cannot_hold_more_than_its_share_of_sessions() {
+    let pki = Pki::new();
+    let mut opts = mutual(&pki);
+    opts.max_sessions_per_identity = 2;
+    let mut server = Server::start(opts).unwrap();
+    let _app = serve(&mut server);
+    // Three clients with the one key of pi-01 (leaked, or a device reconnecting from new
+    // ports): the third replaces the least recently active of the other two.
+    let clients: Vec<Client> = (0..3)
+        .map(|_| {
+            let c = Client::start(device(server.local_addr, &pki, "device")).unwrap();
+            identity_of(&c);
+            c
+        })
+        .collect();
+    assert_eq!(server.stats.evicted_sessions.load(Ordering::Relaxed), 1);
+    drop(clients);
+}
+
+#[test]
+fn a_replayed_client_hello_does_not_end_an_established_session() {
+    let pki = Pki::new();
+    let mut server = Server::start(server_opts(&pki, "server")).unwrap();
+    let _app = serve(&mut server);
+    let ctx = client_ctx(&pki);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.connect(server.local_addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut s = Session::client(&ctx, "localhost", 1232, true, None).unwrap();
+    let mut buf = [0u8; 4096];
+    sock.send(&s.poll_transmit().unwrap()).unwrap();
+    let n = sock.recv(&mut buf).unwrap();
+    s.handle_datagram(&buf[..n]);
+    let with_cookie = s.poll_transmit().unwrap();
+    sock.send(&with_cookie).unwrap();
+    pump(&sock, &mut s, |s, _| s.is_established());
+    assert!(s.is_established());
+    // The ClientHello with its cookie again, as a duplicate or a replay from the same address.
+    sock.send(&with_cookie).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(server.stats.replaced.load(Ordering::Relaxed), 0);
+    // The session still carries requests.
+    let req = post(b"still here".to_vec()).to_bytes().unwrap();
+    s.send(&req).unwrap();
+    let mut answer = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while answer.is_empty() && Instant::now() < deadline {
+        while let Some(d) = s.poll_transmit() {
+            sock.send(&d).unwrap();
+        }
+        if let Ok(n) = sock.recv(&mut buf) {
+            answer.extend(s.handle_datagram(&buf[..n]));
+        }
+    }
+    let resp = coap_lite::Packet::from_bytes(&answer[0]).unwrap();
+    assert!(changed(&resp), "{resp:?}");
+}

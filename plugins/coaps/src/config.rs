@@ -147,6 +147,10 @@ pub struct IngressConfig {
     /// Most sessions at once.
     #[serde(default = "thousand")]
     pub max_sessions: usize,
+    /// Most sessions of one device identity at once (a reconnecting device, or two uplinks
+    /// with one key); a newer one replaces the oldest.
+    #[serde(default = "four_sessions")]
+    pub max_sessions_per_identity: usize,
     /// Most handshakes in progress at once.
     #[serde(default = "hundred")]
     pub max_handshakes: usize,
@@ -201,6 +205,9 @@ fn one() -> usize {
     1
 }
 fn four() -> u32 {
+    4
+}
+fn four_sessions() -> usize {
     4
 }
 fn k1() -> usize {

@@ -135,6 +135,7 @@ impl Source for Ingress {
                 ..CoapConfig::default()
             },
             max_sessions: self.cfg.max_sessions,
+            max_sessions_per_identity: self.cfg.max_sessions_per_identity,
             max_handshakes: self.cfg.max_handshakes,
             max_handshakes_per_address: self.cfg.max_handshakes_per_address,
             session_idle: self.cfg.session_idle,
@@ -282,6 +283,13 @@ impl Ingress {
         };
         let mut pack = pack;
         match &identity {
+            // The anonymous peers' device name is no device's identity.
+            Some(who) if &**who == ANONYMOUS => {
+                return bad(
+                    ResponseType::Forbidden,
+                    "the identity \"anonymous\" is reserved for peers without one",
+                )
+            }
             // A device speaks for itself only.
             Some(who) => {
                 if let Some(r) = pack.readings.iter().find(|r| r.device.as_str() != &**who) {

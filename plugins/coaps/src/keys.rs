@@ -83,6 +83,12 @@ pub fn ingress_psks(
     let mut keys = HashMap::new();
     let mut add = |what: String, id: &str, k: Vec<u8>| {
         identity(ctx, &what, id)?;
+        if id == "anonymous" {
+            return Err(config(
+                ctx,
+                format!("{what}: \"anonymous\" is reserved for peers without an identity"),
+            ));
+        }
         if keys.insert(id.to_owned(), k).is_some() {
             return Err(config(ctx, format!("{what}: {id:?} is given twice")));
         }

@@ -279,25 +279,41 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
     assert_eq!(run.readings.len(), 2);
     assert!(run.readings.iter().all(|r| r.device.as_str() == "pi-01"));
 
-    // From the environment.
-    std::env::set_var("GATEWAY_TEST_PSK", key);
-    let env_cfg = format!("uri = {uri:?}\npsk_identity = \"pi-01\"\npsk_key_env = \"GATEWAY_TEST_PSK\"\n");
-    assert!(SinkHarness::new::<Uplink>(&env_cfg).is_ok());
-    let e = SinkHarness::new::<Uplink>(&env_cfg.replace("GATEWAY_TEST_PSK", "GATEWAY_NO_SUCH_PSK"))
+    // From the environment (a variable that is not set: setting one would race with the other
+    // threads of this test binary), and from two places at once.
+    let env_cfg = format!(
+        "uri = {uri:?}\npsk_identity = \"pi-01\"\npsk_key_env = \"GATEWAY_NO_SUCH_PSK\"\n"
+    );
+    let e = SinkHarness::new::<Uplink>(&env_cfg).err().unwrap();
+    assert!(
+        e.message()
+            .contains("psk_key_env: the environment variable GATEWAY_NO_SUCH_PSK is not set"),
+        "{e}"
+    );
+    let e = SinkHarness::new::<Uplink>(&format!("{env_cfg}psk_key = \"{key}\"\n"))
         .err()
         .unwrap();
-    assert!(e.message().contains("psk_key_env: the environment variable GATEWAY_NO_SUCH_PSK is not set"), "{e}");
-    // Two sources of one key.
-    let e = SinkHarness::new::<Uplink>(&format!("{env_cfg}psk_key = \"{key}\"\n")).err().unwrap();
-    assert!(e.message().contains("psk_key, psk_key_env and psk_key_file: give one of them"), "{e}");
+    assert!(
+        e.message()
+            .contains("psk_key, psk_key_env and psk_key_file: give one of them"),
+        "{e}"
+    );
 
-    // Key files every local user can read are refused, naming the file and the fix.
+    // Key files every local user can read, or others can change, are refused, naming the file
+    // and the fix.
     std::fs::set_permissions(dir.path().join("psk.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
     assert!(
         e.message().contains("psk_file:") && e.message().contains("every local user may read it (mode 0644)"),
         "{e}"
     );
+    std::fs::set_permissions(dir.path().join("psk.txt"), std::fs::Permissions::from_mode(0o620)).unwrap();
+    let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+    assert!(e.message().contains("can be changed by others (mode 0620"), "{e}");
+    // The device name of peers without an identity is no PSK identity.
+    private("psk.txt", &format!("anonymous:{key}\n"));
+    let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+    assert!(e.message().contains("\"anonymous\" is reserved"), "{e}");
     // A malformed line names the file and the line.
     private("psk.txt", "pi-01 0011\n");
     let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
@@ -305,4 +321,32 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
     private("psk.txt", "pi-01:zz\n");
     let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
     assert!(e.message().contains("psk.txt:1: must be an even number of hex digits"), "{e}");
+}
+
+#[test]
+fn a_reading_too_large_for_the_server_is_refused_alone_and_a_device_named_anonymous_is_not_one() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    let port = free_port();
+    let _ingress = ingress_thread(ingress_config(dir.path(), port, "max_body = 2000\n"), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut uplink = SinkHarness::new::<Uplink>(&uplink_config(dir.path(), port, "")).unwrap();
+    let mut big = sample_readings(1);
+    big[0].value = gateway_sdk::Value::Text("x".repeat(5000).into());
+    // One reading the server will never take (4.13): refused for good, so the host keeps it in
+    // its dead-letter file instead of holding the whole backlog behind it.
+    let e = uplink.write(big).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(e.message().contains("4.13"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "anonymous");
+    let port = free_port();
+    let _ingress = ingress_thread(ingress_config(dir.path(), port, ""), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut uplink = SinkHarness::new::<Uplink>(&uplink_config(dir.path(), port, "")).unwrap();
+    let mut mine = sample_readings(1);
+    mine[0].device = gateway_sdk::Label::from("anonymous");
+    let e = uplink.write(mine).unwrap_err();
+    assert!(e.message().contains("4.03") && e.message().contains("reserved"), "{e}");
 }

@@ -106,6 +106,7 @@ pub fn server_opts(pki: &Pki, cert: &str) -> ServerOptions {
         },
         coap: CoapConfig::default(),
         max_sessions: 100,
+        max_sessions_per_identity: 4,
         max_handshakes: 10,
         max_handshakes_per_address: 10,
         session_idle: Duration::from_secs(600),
