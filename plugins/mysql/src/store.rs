@@ -22,7 +22,7 @@ pub fn create_table(table: &str) -> String {
         "CREATE TABLE IF NOT EXISTS `{table}` (
             id          BINARY(16)   NOT NULL,
             time_us     BIGINT       NOT NULL,
-            device      VARCHAR(255) NOT NULL,
+            device      VARCHAR(255) NOT NULL COLLATE utf8mb4_bin,
             sensor      VARCHAR(255) NOT NULL,
             name        VARCHAR(255) NOT NULL,
             unit        VARCHAR(64)  NOT NULL,
@@ -134,7 +134,9 @@ impl Store {
                 Some(v) => {
                     // Version 1 to 2: the same rows, keyed by (id, device). One ALTER, which
                     // InnoDB applies atomically.
-                    c.query_drop(format!("ALTER TABLE `{table}` DROP PRIMARY KEY, ADD PRIMARY KEY (id, device)"))
+                    // Device names compare byte for byte (the default collation would make
+                    // `Pi-07` and `pi-07` one device in the key).
+                    c.query_drop(format!("ALTER TABLE `{table}` MODIFY device VARCHAR(255) NOT NULL COLLATE utf8mb4_bin, DROP PRIMARY KEY, ADD PRIMARY KEY (id, device)"))
                         .await
                         .map_err(|e| classify(&format!("migrating {table} from schema version {v}"), e))?;
                     c.exec_drop("UPDATE gateway_schema SET version = ? WHERE tbl = ?", (SCHEMA_VERSION, table.as_str()))

@@ -191,6 +191,14 @@ fn an_id_is_unique_within_its_device_only_and_version_1_is_migrated() {
     assert_eq!(n, [11], "the old row, and five readings of each device");
     let v: Vec<u32> = db.query("SELECT version FROM gateway_schema WHERE tbl = 'readings'");
     assert_eq!(v, [2]);
+    // Device names compare byte for byte: Pi-07 is not pi-07.
+    let one = sample_readings(1);
+    let mut other = one.clone();
+    other[0].device = Label::from("Test-Device");
+    sink.write(one).unwrap();
+    sink.write(other).unwrap();
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [13]);
 }
 
 /// The readings table of schema version 1.

@@ -99,6 +99,16 @@ impl Store {
                 cfg.path.display()
             )));
         }
+        // A file whose schema version was never recorded (a crash between creating the table
+        // and recording its version, as an earlier plugin did it in two steps) has version 1.
+        let has_table: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'readings'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| sql_error("sqlite_master", e))?;
+        let version = if version == 0 && has_table { 1 } else { version };
         if version < SCHEMA_VERSION {
             let sql = match version {
                 0 => format!("{}\n{INDEXES}", readings_table("readings")),
