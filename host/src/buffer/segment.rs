@@ -4,8 +4,10 @@
 //!
 //! Damage costs only what it hits. A record whose header or checksum is wrong is skipped by
 //! looking for the next intact record after it ([`resync`]): one with a plausible sequence
-//! number and a checksum that holds, which random bytes match with odds of about 2^-32 times
-//! 2^-64. Only damage with nothing intact after it (a write torn by a crash or a power cut) is
+//! number, followed by the next record's header (or the end of the file), and a checksum that
+//! holds, which random bytes match with odds of about 2^-32 times 2^-64 times 2^-64. (The CRC is
+//! no MAC: bytes a reading carries could be made to look like a record; it takes damage to the
+//! record holding them for them to be read as one.) Only damage with nothing intact after it (a write torn by a crash or a power cut) is
 //! a tail, to be cut off.
 
 use super::codec;
@@ -129,12 +131,19 @@ fn resync(
         for i in 0..=want - HEADER {
             let h = RecordHeader::parse(&buf[i..i + HEADER]);
             let off = at + i as u64;
-            if h.seq < min_seq
-                || h.seq >= max_seq
-                || h.len > MAX_RECORD
-                || off + (HEADER as u64) + u64::from(h.len) > len
-            {
+            let end = off + (HEADER as u64) + u64::from(h.len);
+            if h.seq < min_seq || h.seq >= max_seq || h.len > MAX_RECORD || end > len {
                 continue;
+            }
+            // Cheap before the payload is read: what follows must be the end of the file, too
+            // little for a header (a torn tail), or the header of the next record.
+            if len - end >= HEADER as u64 {
+                let mut next = [0u8; HEADER];
+                file.read_exact_at(&mut next, end)?;
+                let next = RecordHeader::parse(&next);
+                if next.seq != h.seq + 1 || next.len > MAX_RECORD {
+                    continue;
+                }
             }
             let mut payload = vec![0u8; h.len as usize];
             file.read_exact_at(&mut payload, off + HEADER as u64)?;
@@ -331,15 +340,14 @@ impl OpenSegment {
                     self.at += 1;
                 }
                 Ok(None) => return Err(Unreadable::Rest("segment ends early".into())),
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(self.recover(e)),
-                Err(e) => return Err(Unreadable::Io(e)),
+                // Damage, or a read error there: that record is lost, not the rest.
+                Err(e) => return Err(self.recover(e)),
             }
         }
         let (count, payload) = match read_record(&mut self.file, seq) {
             Ok(Some(r)) => r,
             Ok(None) => return Err(Unreadable::Rest("segment ends before its last record".into())),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(self.recover(e)),
-            Err(e) => return Err(Unreadable::Io(e)),
+            Err(e) => return Err(self.recover(e)),
         };
         self.pos += (HEADER + payload.len()) as u64;
         self.at += 1;
