@@ -21,9 +21,13 @@ use gateway_coap::{
     core::{request, Config as CoapConfig},
     driver::{Client, ClientOptions},
     dtls::{ClientSettings, Psk, DEFAULT_MTU},
+    pki::{issue_to, read_pair, Kind},
     senml,
 };
-use gateway_sdk::testing::{run_source, sample_readings};
+use gateway_sdk::{
+    testing::{run_source, sample_readings},
+    Label,
+};
 use std::{
     path::Path,
     sync::{
@@ -34,12 +38,13 @@ use std::{
 
 const PSK_HEX: &str = "73656372657450534b2d666f722d62656e6368";
 
-fn options(dir: &Path, port: u16, psk: bool) -> ClientOptions {
+/// The options of device `name` (its certificate `NAME.pem`, or the PSK under its name).
+fn options(dir: &Path, port: u16, psk: bool, name: &str) -> ClientOptions {
     let tls = if psk {
         ClientSettings {
             ca_file: Some(dir.join("ca.pem")),
             psk: Some(Psk {
-                identity: "test-device".into(),
+                identity: name.into(),
                 key: (0..PSK_HEX.len() / 2)
                     .map(|i| u8::from_str_radix(&PSK_HEX[2 * i..2 * i + 2], 16).unwrap())
                     .collect(),
@@ -51,7 +56,7 @@ fn options(dir: &Path, port: u16, psk: bool) -> ClientOptions {
     } else {
         ClientSettings {
             ca_file: Some(dir.join("ca.pem")),
-            cert: Some((dir.join("device.pem"), dir.join("device.key"))),
+            cert: Some((dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")))),
             mtu: DEFAULT_MTU,
             ..ClientSettings::default()
         }
@@ -67,9 +72,18 @@ fn options(dir: &Path, port: u16, psk: bool) -> ClientOptions {
     }
 }
 
-/// One CON POST of one reading; panics on anything but 2.04.
-fn post(client: &Client) {
-    let payload = senml::encode_cbor(&sample_readings(1));
+/// A device of the benchmark: its client and name.
+struct Device {
+    client: Client,
+    name: Label,
+}
+
+/// One CON POST of one reading of `device`; panics on anything but 2.04.
+fn post(device: &Device) {
+    let mut reading = sample_readings(1);
+    reading[0].device = device.name.clone();
+    let payload = senml::encode_cbor(&reading);
+    let client = &device.client;
     let req = request(
         RequestType::Post,
         "gpsflowtemp",
@@ -89,7 +103,7 @@ fn post(client: &Client) {
 fn rate<S>(
     threads: usize,
     secs: f64,
-    setup: impl Fn() -> S + Sync,
+    setup: impl Fn(usize) -> S + Sync,
     work: impl Fn(&S) + Sync,
 ) -> f64 {
     let stop = AtomicBool::new(false);
@@ -97,10 +111,10 @@ fn rate<S>(
     let ready = std::sync::Barrier::new(threads + 1);
     let mut started = Instant::now();
     std::thread::scope(|s| {
-        for _ in 0..threads {
+        for t in 0..threads {
             let (stop, done, ready, setup, work) = (&stop, &done, &ready, &setup, &work);
             s.spawn(move || {
-                let state = setup();
+                let state = setup(t);
                 ready.wait();
                 while !stop.load(Ordering::Relaxed) {
                     work(&state);
@@ -127,12 +141,23 @@ fn main() {
         .unwrap_or(4);
     let dir = tempfile::tempdir().unwrap();
     common::certs(dir.path(), "test-device");
+    // Each device has an identity of its own, as in a fleet (one identity holds few sessions).
+    let devices_max = 100;
+    let (ca, ca_key) = read_pair(&dir.path().join("ca.pem"), &dir.path().join("ca.key")).unwrap();
+    for n in 0..devices_max.max(threads) {
+        let name = format!("dev-{n}");
+        let d = |ext: &str| dir.path().join(format!("{name}.{ext}"));
+        issue_to(&d("pem"), &d("key"), &name, Kind::Device, Some((&ca, &ca_key)), -1, 30).unwrap();
+    }
+    let psks: String = (0..threads)
+        .map(|n| format!("[[psk]]\nidentity = \"dev-{n}\"\nkey = \"{PSK_HEX}\"\n"))
+        .collect();
     let port = common::free_port();
     let ciphers = std::env::var("PSK_CIPHERS")
         .map(|c| format!("ciphers = \"{c}:ECDHE-ECDSA-AES128-GCM-SHA256\"\n"))
         .unwrap_or_default();
     let icfg = format!(
-        "{}max_sessions = 1000\nmax_handshakes = 200\n{ciphers}[[psk]]\nidentity = \"test-device\"\nkey = \"{PSK_HEX}\"\n",
+        "{}max_sessions = 1000\nmax_handshakes = 200\n{ciphers}{psks}",
         common::ingress_config(dir.path(), port, "")
     );
     std::thread::spawn(move || run_source::<Ingress>(&icfg, usize::MAX, Duration::from_secs(3600)));
@@ -140,27 +165,34 @@ fn main() {
     println!("coaps-ingress on loopback, each measurement {secs} s; readings taken at once");
 
     for (what, psk) in [("device certificates", false), ("PSK", true)] {
-        let opts = options(dir.path(), port, psk);
         let per_s = rate(
             threads,
             secs,
-            || (),
-            |()| {
+            |t| (options(dir.path(), port, psk, &format!("dev-{t}")), Label::from(format!("dev-{t}"))),
+            |(opts, name)| {
                 let client = Client::start(opts.clone()).expect("client");
-                post(&client);
+                post(&Device {
+                    client,
+                    name: name.clone(),
+                });
             },
         );
         println!("   full handshakes/s ({what}, {threads} clients looping, + 1 request each): {per_s:.0}");
     }
-    for devices in [1, 10, 100] {
-        let opts = options(dir.path(), port, false);
+    for devices in [1, 10, devices_max] {
         let per_s = rate(
             devices,
             secs,
-            || {
-                let client = Client::start(opts.clone()).expect("client");
-                post(&client);
-                client
+            |t| {
+                let name = format!("dev-{t}");
+                let client =
+                    Client::start(options(dir.path(), port, false, &name)).expect("client");
+                let device = Device {
+                    client,
+                    name: Label::from(name),
+                };
+                post(&device);
+                device
             },
             post,
         );
