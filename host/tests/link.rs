@@ -221,3 +221,22 @@ fn check_warns_about_each_ingress_setting_that_lets_peers_in_without_their_own_i
     assert!(status.success(), "{err}");
     assert!(!err.contains("WARN"), "{err}");
 }
+
+#[test]
+fn certs_revoke_writes_a_crl_that_lists_the_device() {
+    let s = Setup::new();
+    let certs = s.path("certs");
+    make_certs(&certs, "pi-07");
+    let dir = certs.to_str().unwrap();
+    let (status, out, err) = gateway(&["certs", "revoke", "pi-07", "--dir", dir]);
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("device pi-07 revoked") && out.contains("lists 1 certificate(s), valid 30 days"), "{out}");
+    let crl = std::fs::read_to_string(certs.join("crl.pem")).unwrap();
+    assert!(crl.starts_with("-----BEGIN X509 CRL-----"), "{crl}");
+    // Again: still one entry. An unknown device is an error that names the file.
+    let (_, out, _) = gateway(&["certs", "revoke", "pi-07", "--dir", dir]);
+    assert!(out.contains("lists 1 certificate(s)"), "{out}");
+    let (status, _, err) = gateway(&["certs", "revoke", "pi-99", "--dir", dir]);
+    assert!(!status.success());
+    assert!(err.contains("device-pi-99.pem"), "{err}");
+}

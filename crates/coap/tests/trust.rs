@@ -512,3 +512,25 @@ fn a_replayed_client_hello_does_not_end_an_established_session() {
     let resp = coap_lite::Packet::from_bytes(&answer[0]).unwrap();
     assert!(changed(&resp), "{resp:?}");
 }
+
+#[test]
+fn both_ends_refuse_renegotiation_and_anything_below_dtls_1_2() {
+    use openssl::ssl::SslOptions;
+    let pki = Pki::new();
+    let client = client_ctx(&pki);
+    let server = dtls::server_context(&server_opts(&pki, "server").tls).unwrap();
+    for ctx in [&client, &server] {
+        use foreign_types::ForeignType;
+        // SAFETY: reading two settings of a context we own.
+        let (options, min) = unsafe {
+            (
+                openssl_sys::SSL_CTX_get_options(ctx.as_ptr()),
+                openssl_sys::SSL_CTX_get_min_proto_version(ctx.as_ptr()),
+            )
+        };
+        // A renegotiation could change the peer's identity under an established session.
+        let options = SslOptions::from_bits_retain(options as _);
+        assert!(options.contains(SslOptions::NO_RENEGOTIATION));
+        assert_eq!(min, 0xfefd, "DTLS 1.2 at least");
+    }
+}
