@@ -313,7 +313,12 @@ impl Catalog {
         }
         let names: Vec<String> = candidates
             .iter()
-            .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         let mut msg = format!(
             "plugin {id:?}: no library in {} exports it (looked for {}; a library exports only ids named after its file)",

@@ -264,7 +264,12 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
         DeadLetterCommand::Show { sink, .. } => {
             for f in letters_of(&sink)?.files()? {
                 let (h, readings) = deadletter::read(&f).map_err(|e| anyhow!(e))?;
-                println!("# {}: refused at {}: {}", f.display(), h.refused_at, h.error);
+                println!(
+                    "# {}: refused at {}: {}",
+                    f.display(),
+                    h.refused_at,
+                    h.error
+                );
                 for r in readings {
                     println!("{r}");
                 }
@@ -282,7 +287,11 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
             let lock = std::fs::File::create(letters.dir().join(".resend.lock"))?;
             lock.try_lock()
                 .map_err(|_| anyhow!("another `gateway dead-letters resend {sink}` is running"))?;
-            logging::init(config.gateway.log_format, LevelFilter::WARN, LevelFilter::WARN);
+            logging::init(
+                config.gateway.log_format,
+                LevelFilter::WARN,
+                LevelFilter::WARN,
+            );
             let logger = HostLogger::new(LevelFilter::WARN);
             let mut instance = run::build_sink(&config, &sink, &logger).map_err(|e| anyhow!(e))?;
             let mut left = 0;
@@ -292,7 +301,11 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                 match instance.write(slice).into_result() {
                     Ok(()) => {
                         std::fs::remove_file(&f)?;
-                        println!("{}: {} readings taken; file removed", f.display(), readings.len());
+                        println!(
+                            "{}: {} readings taken; file removed",
+                            f.display(),
+                            readings.len()
+                        );
                     }
                     Err(e) => {
                         left += 1;

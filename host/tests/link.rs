@@ -146,7 +146,11 @@ retry_backoff = "50ms"
             dk = c("device-test.key"),
         ),
     );
-    let mut server = Running::start_named(&s, "server", &server_config(&s, &certs, port, "reject_value = 13"));
+    let mut server = Running::start_named(
+        &s,
+        "server",
+        &server_config(&s, &certs, port, "reject_value = 13"),
+    );
     assert!(server.wait_for_log("CoAP/DTLS ingress listening", Duration::from_secs(10)));
     let (status, _, err) = gateway(&[
         "run",
@@ -159,30 +163,61 @@ retry_backoff = "50ms"
     stored.sort();
     assert_eq!(stored, (0..30).filter(|v| *v != 13).collect::<Vec<_>>());
     // The device was told 4.22 without the store's own words, and kept reading 13.
-    assert!(err.contains("4.22 the server's store refused these readings"), "{err}");
-    assert!(!err.contains("simulated refusal"), "the sink's error text stays on the server: {err}");
+    assert!(
+        err.contains("4.22 the server's store refused these readings"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("simulated refusal"),
+        "the sink's error text stays on the server: {err}"
+    );
     assert!(err.contains("kept in a dead-letter file"), "{err}");
-    let (status, listed, _) = gateway(&["dead-letters", "list", "--config", client.to_str().unwrap()]);
+    let (status, listed, _) =
+        gateway(&["dead-letters", "list", "--config", client.to_str().unwrap()]);
     assert!(status.success());
-    assert!(listed.contains("uplink") && listed.contains("1 readings refused at"), "{listed}");
-    let (_, shown, _) = gateway(&["dead-letters", "show", "--config", client.to_str().unwrap(), "uplink"]);
+    assert!(
+        listed.contains("uplink") && listed.contains("1 readings refused at"),
+        "{listed}"
+    );
+    let (_, shown, _) = gateway(&[
+        "dead-letters",
+        "show",
+        "--config",
+        client.to_str().unwrap(),
+        "uplink",
+    ]);
     assert_eq!(
         shown.lines().filter(|l| !l.starts_with('#')).count(),
         1,
         "{shown}"
     );
-    assert!(shown.contains("test/seq ") && shown.contains("=13 "), "{shown}");
+    assert!(
+        shown.contains("test/seq ") && shown.contains("=13 "),
+        "{shown}"
+    );
     // The server kept what its store refused, too.
-    let (_, server_listed, _) =
-        gateway(&["dead-letters", "list", "--config", s.path("server.toml").to_str().unwrap()]);
-    assert!(server_listed.contains("store") && server_listed.contains("simulated refusal of value 13"), "{server_listed}");
+    let (_, server_listed, _) = gateway(&[
+        "dead-letters",
+        "list",
+        "--config",
+        s.path("server.toml").to_str().unwrap(),
+    ]);
+    assert!(
+        server_listed.contains("store") && server_listed.contains("simulated refusal of value 13"),
+        "{server_listed}"
+    );
 
     // The store is fixed: the reading goes through on a resend, and its file goes.
     server.stop(Duration::from_secs(10));
     let mut server = Running::start_named(&s, "server", &server_config(&s, &certs, port, ""));
     assert!(server.wait_for_log("CoAP/DTLS ingress listening", Duration::from_secs(10)));
-    let (status, out, err) =
-        gateway(&["dead-letters", "resend", "--config", client.to_str().unwrap(), "uplink"]);
+    let (status, out, err) = gateway(&[
+        "dead-letters",
+        "resend",
+        "--config",
+        client.to_str().unwrap(),
+        "uplink",
+    ]);
     assert!(status.success(), "{out}{err}");
     assert!(out.contains("1 readings taken; file removed"), "{out}");
     let end = std::time::Instant::now() + Duration::from_secs(10);
@@ -203,7 +238,13 @@ fn check_warns_about_each_ingress_setting_that_lets_peers_in_without_their_own_i
     let c = |f: &str| certs.join(f).display().to_string();
     // A "CA file" that is a bundle of many CAs, as a system trust store is.
     let bundle = s.path("bundle.pem");
-    std::fs::write(&bundle, std::fs::read_to_string(certs.join("ca.pem")).unwrap().repeat(5)).unwrap();
+    std::fs::write(
+        &bundle,
+        std::fs::read_to_string(certs.join("ca.pem"))
+            .unwrap()
+            .repeat(5),
+    )
+    .unwrap();
     let body = |extra: &str, ca: &str| {
         format!(
             "[sources.ingress]\nplugin = \"coaps-ingress\"\nlisten = \"127.0.0.1:0\"\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {ca:?}\n{extra}\n[sinks.out]\nplugin = \"console\"\n",
@@ -211,11 +252,24 @@ fn check_warns_about_each_ingress_setting_that_lets_peers_in_without_their_own_i
             c("server.key")
         )
     };
-    let open = s.config("", &body("allow_anonymous = true", bundle.to_str().unwrap()));
+    let open = s.config(
+        "",
+        &body("allow_anonymous = true", bundle.to_str().unwrap()),
+    );
     let (status, _, err) = gateway(&["check", "--config", open.to_str().unwrap()]);
     assert!(status.success(), "warnings, not errors: {err}");
-    assert!(err.contains("allow_anonymous = true: a peer without a PSK or a client certificate gets readings in"), "{err}");
-    assert!(err.contains("holds 5 CA certificates: every certificate any of them issued gets readings in"), "{err}");
+    assert!(
+        err.contains(
+            "allow_anonymous = true: a peer without a PSK or a client certificate gets readings in"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "holds 5 CA certificates: every certificate any of them issued gets readings in"
+        ),
+        "{err}"
+    );
     let closed = s.config("", &body("", &c("ca.pem")));
     let (status, _, err) = gateway(&["check", "--config", closed.to_str().unwrap()]);
     assert!(status.success(), "{err}");
@@ -230,7 +284,11 @@ fn certs_revoke_writes_a_crl_that_lists_the_device() {
     let dir = certs.to_str().unwrap();
     let (status, out, err) = gateway(&["certs", "revoke", "pi-07", "--dir", dir]);
     assert!(status.success(), "{out}{err}");
-    assert!(out.contains("device pi-07 revoked") && out.contains("lists 1 certificate(s), valid 30 days"), "{out}");
+    assert!(
+        out.contains("device pi-07 revoked")
+            && out.contains("lists 1 certificate(s), valid 30 days"),
+        "{out}"
+    );
     let crl = std::fs::read_to_string(certs.join("crl.pem")).unwrap();
     assert!(crl.starts_with("-----BEGIN X509 CRL-----"), "{crl}");
     // Again: still one entry. An unknown device is an error that names the file.

@@ -237,12 +237,14 @@ fn a_symlink_is_judged_by_where_it_leads() {
     std::fs::create_dir(&elsewhere).unwrap();
     std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::rename(dir.join("libconsole.so"), elsewhere.join("libconsole.so")).unwrap();
-    std::os::unix::fs::symlink(elsewhere.join("libconsole.so"), dir.join("libconsole.so"))
-        .unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("libconsole.so"), dir.join("libconsole.so")).unwrap();
     let (ok, err) = check_with(&s, &dir);
     assert!(!ok);
     assert!(
-        err.contains(&format!("{} is writable by group and others", elsewhere.display())),
+        err.contains(&format!(
+            "{} is writable by group and others",
+            elsewhere.display()
+        )),
         "{err}"
     );
 }

@@ -367,7 +367,13 @@ fn a_refused_reading_does_not_take_the_others_of_a_merged_write_with_it() {
         "the bad batch alone: {err}"
     );
     // Not dropped: kept in the sink's dead-letter directory, and nothing else with it.
-    let (status, shown, _) = gateway(&["dead-letters", "show", "--config", cfg.to_str().unwrap(), "rec"]);
+    let (status, shown, _) = gateway(&[
+        "dead-letters",
+        "show",
+        "--config",
+        cfg.to_str().unwrap(),
+        "rec",
+    ]);
     assert!(status.success());
     let lines: Vec<&str> = shown.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(lines.len(), 1, "{shown}");
@@ -389,12 +395,30 @@ fn a_refused_batch_that_cannot_be_dead_lettered_is_held_not_dropped() {
     std::fs::create_dir_all(s.path("data/rec")).unwrap();
     std::fs::write(s.path("data/rec/dead-letter"), "in the way").unwrap();
     let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
-    assert!(gw.wait_for_log("its dead-letter file cannot be written; holding the batch", Duration::from_secs(10)));
-    assert!(gw.wait(Duration::from_millis(500)).is_none(), "it holds, it does not finish");
+    assert!(gw.wait_for_log(
+        "its dead-letter file cannot be written; holding the batch",
+        Duration::from_secs(10)
+    ));
+    assert!(
+        gw.wait(Duration::from_millis(500)).is_none(),
+        "it holds, it does not finish"
+    );
     std::fs::remove_file(s.path("data/rec/dead-letter")).unwrap();
-    let status = gw.wait(Duration::from_secs(10)).expect("exits once the file is written");
+    let status = gw
+        .wait(Duration::from_secs(10))
+        .expect("exits once the file is written");
     let err = gw.stderr();
     assert!(status.success(), "{err}");
-    let (_, shown, _) = gateway(&["dead-letters", "show", "--config", cfg.to_str().unwrap(), "rec"]);
-    assert_eq!(shown.lines().filter(|l| !l.starts_with('#')).count(), 3, "{shown}");
+    let (_, shown, _) = gateway(&[
+        "dead-letters",
+        "show",
+        "--config",
+        cfg.to_str().unwrap(),
+        "rec",
+    ]);
+    assert_eq!(
+        shown.lines().filter(|l| !l.starts_with('#')).count(),
+        3,
+        "{shown}"
+    );
 }

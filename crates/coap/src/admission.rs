@@ -283,7 +283,10 @@ mod tests {
             sessions_to_evict(&sessions, new, Some("d"), 4, 3),
             Some(vec![addr("10.0.0.3", 1)])
         );
-        assert_eq!(sessions_to_evict(&sessions, new, Some("d"), 4, 4), Some(vec![]));
+        assert_eq!(
+            sessions_to_evict(&sessions, new, Some("d"), 4, 4),
+            Some(vec![])
+        );
         // An anonymous session goes first, however recently it was active.
         let mut with_anon = sessions.clone();
         with_anon.push(s("10.0.0.4", 99, None));

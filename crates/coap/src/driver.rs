@@ -714,7 +714,8 @@ impl ServerState {
         if !self.cookies.check(peer, ch) {
             // Stateless: one small datagram back, nothing kept.
             let cookie = self.cookies.make(peer, ch);
-            self.out.push((peer, dtls::hello_verify_request(ch, &cookie)));
+            self.out
+                .push((peer, dtls::hello_verify_request(ch, &cookie)));
             count(&self.stats.cookies_sent);
             return;
         }

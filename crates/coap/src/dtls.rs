@@ -628,7 +628,8 @@ impl Session {
         }
         let now = Instant::now();
         self.last_activity = now;
-        let before = (self.state == State::Handshaking).then(|| self.stream.ssl().state_string_long());
+        let before =
+            (self.state == State::Handshaking).then(|| self.stream.ssl().state_string_long());
         self.stream.get_mut().inbox.push_back(datagram.to_vec());
         let received = self.advance();
         if before.is_some_and(|b| {

@@ -229,7 +229,8 @@ pub fn revoke(
 ) -> Result<usize, PkiError> {
     let now = Asn1Time::from_unix(unix_now()).map_err(e("time"))?;
     let mut b = X509CrlBuilder::new().map_err(e("CRL"))?;
-    b.set_issuer_name(ca.subject_name()).map_err(e("CRL issuer"))?;
+    b.set_issuer_name(ca.subject_name())
+        .map_err(e("CRL issuer"))?;
     b.set_last_update(&now).map_err(e("CRL time"))?;
     let next = Asn1Time::from_unix(unix_now() + days * 86400).map_err(e("CRL time"))?;
     b.set_next_update(&next).map_err(e("CRL time"))?;
@@ -286,7 +287,8 @@ pub fn revoke(
         listed += 1;
     }
     b.sort().map_err(e("CRL"))?;
-    b.sign(ca_key, MessageDigest::sha256()).map_err(e("signing the CRL"))?;
+    b.sign(ca_key, MessageDigest::sha256())
+        .map_err(e("signing the CRL"))?;
     let pem = b.build().map_err(e("CRL"))?.to_pem().map_err(e("PEM"))?;
     // Written whole, then renamed: a server reading it never sees half a CRL.
     let tmp = crl_path.with_extension("tmp");

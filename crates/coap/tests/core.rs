@@ -573,6 +573,10 @@ fn an_unknown_critical_option_gets_4_02_and_elective_ones_are_ignored() {
             ResponseType::Changed
         ]
     );
-    assert_eq!(net.seen.len(), 1, "only the elective one reached the application");
+    assert_eq!(
+        net.seen.len(),
+        1,
+        "only the elective one reached the application"
+    );
     assert_eq!(net.server.stats().bad_options, 3);
 }

@@ -71,7 +71,10 @@ fn hostile_packs_cost_little_memory() {
     json.extend_from_slice(b"{}]");
     let (r, bytes) = peak(|| decode_json(&json, 10_000, now, "d"));
     assert_eq!(r, Err(DecodeError::NoValue(0)));
-    assert!(bytes < 256 << 10, "{bytes} bytes for a JSON pack of empty objects");
+    assert!(
+        bytes < 256 << 10,
+        "{bytes} bytes for a JSON pack of empty objects"
+    );
 
     // An array that claims 2^64 - 1 records and has a few.
     let mut liar = vec![0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
@@ -102,15 +105,26 @@ fn hostile_packs_cost_little_memory() {
     assert_eq!(r, Err(DecodeError::TooLong(0, "bu")));
     assert!(bytes < 2 * MIB, "{bytes} bytes for a long base unit");
     // At the limit, 10,000 records under one 255-byte base unit and base name stay small.
-    let mut at_limit = format!(r#"[{{"bn":"{}","bu":"{}","v":1}}"#, "b".repeat(255), "u".repeat(255)).into_bytes();
+    let mut at_limit = format!(
+        r#"[{{"bn":"{}","bu":"{}","v":1}}"#,
+        "b".repeat(255),
+        "u".repeat(255)
+    )
+    .into_bytes();
     for _ in 1..10_000 {
         at_limit.extend_from_slice(br#",{"v":1}"#);
     }
     at_limit.push(b']');
     let (r, bytes) = peak(|| decode_json(&at_limit, 10_000, now, "d"));
     assert_eq!(r.map(|p| p.readings.len()), Ok(10_000));
-    assert!(bytes < 16 * MIB, "{bytes} bytes for 10,000 records under long base fields");
-    println!("10,000 records under 255-byte base fields decoded in {} KiB", bytes >> 10);
+    assert!(
+        bytes < 16 * MIB,
+        "{bytes} bytes for 10,000 records under long base fields"
+    );
+    println!(
+        "10,000 records under 255-byte base fields decoded in {} KiB",
+        bytes >> 10
+    );
 
     // Deep nesting in a field nobody uses is skipped, not built, and not a stack overflow.
     let mut deep = vec![0x81, 0xa2, 0x02, 0x01, 0x63, b'x', b'y', b'z'];

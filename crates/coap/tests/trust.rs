@@ -26,7 +26,10 @@ fn mutual(pki: &Pki) -> ServerOptions {
 
 fn device(server: SocketAddr, pki: &Pki, name: &str) -> ClientOptions {
     let mut o = client_opts(server, &pki.path("ca.pem"), "localhost");
-    o.tls.cert = Some((pki.path(&format!("{name}.pem")), pki.path(&format!("{name}.key"))));
+    o.tls.cert = Some((
+        pki.path(&format!("{name}.pem")),
+        pki.path(&format!("{name}.key")),
+    ));
     o
 }
 
@@ -103,8 +106,12 @@ fn a_resumed_session_keeps_its_psk_identity() {
     opts.session_idle = Duration::from_millis(300);
     let mut server = Server::start(opts).unwrap();
     let _app = serve(&mut server);
-    let client = Client::start(psk_device(server.local_addr, "sensor-42", b"0123456789abcdef"))
-        .unwrap();
+    let client = Client::start(psk_device(
+        server.local_addr,
+        "sensor-42",
+        b"0123456789abcdef",
+    ))
+    .unwrap();
     assert_eq!(identity_of(&client), "1 Some(\"sensor-42\")");
     wait_for_idle_close(&server, 1);
     assert_eq!(identity_of(&client), "1 Some(\"sensor-42\")");
@@ -126,7 +133,10 @@ fn a_peer_without_an_identity_gets_no_data_in() {
     let pki = Pki::new();
     // A client CA, but certificates not required in the handshake itself.
     let server = Server::start(mutual(&pki)).unwrap();
-    shut_out(&server, client_opts(server.local_addr, &pki.path("ca.pem"), "localhost"));
+    shut_out(
+        &server,
+        client_opts(server.local_addr, &pki.path("ca.pem"), "localhost"),
+    );
     assert_eq!(server.stats.unauthenticated.load(Ordering::Relaxed), 1);
 
     // PSKs and a server certificate, no client CA: a client with neither PSK nor certificate
@@ -135,7 +145,10 @@ fn a_peer_without_an_identity_gets_no_data_in() {
     opts.tls.psk = HashMap::from([("sensor-42".to_owned(), b"0123456789abcdef".to_vec())]);
     opts.require_identity = true;
     let server = Server::start(opts).unwrap();
-    shut_out(&server, client_opts(server.local_addr, &pki.path("ca.pem"), "localhost"));
+    shut_out(
+        &server,
+        client_opts(server.local_addr, &pki.path("ca.pem"), "localhost"),
+    );
     assert_eq!(server.stats.unauthenticated.load(Ordering::Relaxed), 1);
     assert_eq!(server.stats.sessions.load(Ordering::Relaxed), 0);
 }
@@ -166,9 +179,15 @@ fn a_revoked_device_certificate_is_refused() {
     issue_device(&pki, "pi-02");
     let (ca, ca_key) = read_pair(&pki.path("ca.pem"), &pki.path("ca.key")).unwrap();
     let (lost, _) = read_pair(&pki.path("device.pem"), &pki.path("device.key")).unwrap();
-    assert_eq!(revoke(&pki.path("crl.pem"), &ca, &ca_key, &[&lost], 30).unwrap(), 1);
+    assert_eq!(
+        revoke(&pki.path("crl.pem"), &ca, &ca_key, &[&lost], 30).unwrap(),
+        1
+    );
     // Revoking it again adds nothing.
-    assert_eq!(revoke(&pki.path("crl.pem"), &ca, &ca_key, &[&lost], 30).unwrap(), 1);
+    assert_eq!(
+        revoke(&pki.path("crl.pem"), &ca, &ca_key, &[&lost], 30).unwrap(),
+        1
+    );
     let mut opts = mutual(&pki);
     opts.tls.client_crl_file = Some(pki.path("crl.pem"));
     let mut server = Server::start(opts).unwrap();
@@ -189,7 +208,8 @@ fn a_revoked_device_certificate_is_refused() {
 
 /// Feeds what `sock` receives into `s` and sends what `s` says, until `done(received)` holds.
 fn pump(sock: &UdpSocket, s: &mut Session, done: impl Fn(&Session, usize) -> bool) {
-    sock.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut received = 0;
     let mut buf = [0u8; 4096];
@@ -200,7 +220,11 @@ fn pump(sock: &UdpSocket, s: &mut Session, done: impl Fn(&Session, usize) -> boo
         if done(s, received) || matches!(s.state(), State::Closed(_)) {
             return;
         }
-        assert!(Instant::now() < deadline, "pump timed out in {:?}", s.state());
+        assert!(
+            Instant::now() < deadline,
+            "pump timed out in {:?}",
+            s.state()
+        );
         match sock.recv(&mut buf) {
             Ok(n) => {
                 received += 1;
@@ -235,7 +259,8 @@ fn silent_handshake(server: SocketAddr, from: &str, ctx: &openssl::ssl::SslConte
     s.handle_datagram(&buf[..n]);
     sock.send(&s.poll_transmit().unwrap()).unwrap();
     // The server answers, or (at its capacity) drops the ClientHello and keeps nothing.
-    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let _ = sock.recv(&mut buf);
     sock
 }
@@ -346,8 +371,12 @@ fn at_the_session_cap_a_peer_without_an_identity_makes_no_room() {
     let app = serve(&mut server);
     let one = Client::start(device(server.local_addr, &pki, "device")).unwrap();
     identity_of(&one);
-    let anonymous =
-        Client::start(client_opts(server.local_addr, &pki.path("ca.pem"), "localhost")).unwrap();
+    let anonymous = Client::start(client_opts(
+        server.local_addr,
+        &pki.path("ca.pem"),
+        "localhost",
+    ))
+    .unwrap();
     assert!(anonymous
         .request(post(b"x".to_vec()), Duration::from_secs(3))
         .is_err());

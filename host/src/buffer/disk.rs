@@ -317,7 +317,12 @@ impl DiskBuffer {
     /// Reads a segment's records: damage in the middle is skipped record by record, a torn
     /// tail is cut off. A file that is not a segment (bad magic) is renamed `NAME.damaged` and
     /// left out (`None`).
-    fn scan(path: &Path, first: u64, head: u64, stats: &BufferStats) -> io::Result<Option<Segment>> {
+    fn scan(
+        path: &Path,
+        first: u64,
+        head: u64,
+        stats: &BufferStats,
+    ) -> io::Result<Option<Segment>> {
         let Some(scan) = segment::scan(path, first, head)? else {
             let aside = path.with_extension("seg.damaged");
             stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
@@ -330,7 +335,9 @@ impl DiskBuffer {
             return Ok(None);
         };
         for h in &scan.holes {
-            stats.corrupt_records.fetch_add(h.to - h.from, Ordering::Relaxed);
+            stats
+                .corrupt_records
+                .fetch_add(h.to - h.from, Ordering::Relaxed);
             stats.corrupt_bytes.fetch_add(h.bytes, Ordering::Relaxed);
             tracing::error!(
                 segment = %path.display(),
@@ -724,7 +731,9 @@ impl DiskBuffer {
             if cur.seq >= limit {
                 return None;
             }
-            let seg = segments.iter().find(|s| s.end > cur.seq && s.first < s.end)?;
+            let seg = segments
+                .iter()
+                .find(|s| s.end > cur.seq && s.first < s.end)?;
             if seg.first > cur.seq {
                 cur.seq = seg.first;
                 cur.open = None;

@@ -297,7 +297,13 @@ impl OpenSegment {
         let file = self.file.get_ref();
         let found = file.metadata().and_then(|m| {
             let len = m.len();
-            resync(file, self.pos + 1, len, self.at + 1, self.at + len / HEADER as u64 + 1)
+            resync(
+                file,
+                self.pos + 1,
+                len,
+                self.at + 1,
+                self.at + len / HEADER as u64 + 1,
+            )
         });
         match found {
             Ok(Some((pos, to))) => match self.jump(pos, to) {
@@ -346,7 +352,11 @@ impl OpenSegment {
         }
         let (count, payload) = match read_record(&mut self.file, seq) {
             Ok(Some(r)) => r,
-            Ok(None) => return Err(Unreadable::Rest("segment ends before its last record".into())),
+            Ok(None) => {
+                return Err(Unreadable::Rest(
+                    "segment ends before its last record".into(),
+                ))
+            }
             Err(e) => return Err(self.recover(e)),
         };
         self.pos += (HEADER + payload.len()) as u64;

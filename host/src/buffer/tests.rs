@@ -196,7 +196,9 @@ fn a_flipped_bit_is_detected_and_garbage_files_do_not_stop_the_start() {
 fn record_offsets(seg: &Path, records: usize) -> Vec<usize> {
     let len = std::fs::metadata(seg).unwrap().len() as usize;
     let size = (len - segment::MAGIC.len()) / records;
-    (0..records).map(|i| segment::MAGIC.len() + i * size).collect()
+    (0..records)
+        .map(|i| segment::MAGIC.len() + i * size)
+        .collect()
 }
 
 #[test]
@@ -216,9 +218,15 @@ fn a_damaged_record_in_the_middle_costs_that_record_alone() {
     let b = open(dir.path());
     assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 2);
     assert_eq!(b.pending(), 40, "8 intact records of 5");
-    let want: Vec<i64> = (0..50).filter(|v| !(15..20).contains(v) && !(30..35).contains(v)).collect();
+    let want: Vec<i64> = (0..50)
+        .filter(|v| !(15..20).contains(v) && !(30..35).contains(v))
+        .collect();
     assert_same(&drain_all(&b, 7), &want);
-    assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 2, "counted once");
+    assert_eq!(
+        b.stats.corrupt_records.load(Ordering::Relaxed),
+        2,
+        "counted once"
+    );
     assert_eq!(b.pending(), 0);
 }
 
@@ -234,7 +242,8 @@ fn damage_that_appears_while_running_costs_only_the_damaged_record() {
     let at = record_offsets(&seg, 6);
     let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
     use std::os::unix::fs::FileExt;
-    f.write_at(&[0xde, 0xad, 0xbe, 0xef], at[2] as u64 + 25).unwrap();
+    f.write_at(&[0xde, 0xad, 0xbe, 0xef], at[2] as u64 + 25)
+        .unwrap();
     drop(f);
     let want: Vec<i64> = (0..30).filter(|v| !(10..15).contains(v)).collect();
     assert_same(&drain_all(&b, 5), &want);

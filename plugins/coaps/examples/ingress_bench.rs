@@ -30,9 +30,7 @@ use gateway_sdk::{
 };
 use std::{
     path::Path,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -56,7 +54,10 @@ fn options(dir: &Path, port: u16, psk: bool, name: &str) -> ClientOptions {
     } else {
         ClientSettings {
             ca_file: Some(dir.join("ca.pem")),
-            cert: Some((dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")))),
+            cert: Some((
+                dir.join(format!("{name}.pem")),
+                dir.join(format!("{name}.key")),
+            )),
             mtu: DEFAULT_MTU,
             ..ClientSettings::default()
         }
@@ -147,7 +148,16 @@ fn main() {
     for n in 0..devices_max.max(threads) {
         let name = format!("dev-{n}");
         let d = |ext: &str| dir.path().join(format!("{name}.{ext}"));
-        issue_to(&d("pem"), &d("key"), &name, Kind::Device, Some((&ca, &ca_key)), -1, 30).unwrap();
+        issue_to(
+            &d("pem"),
+            &d("key"),
+            &name,
+            Kind::Device,
+            Some((&ca, &ca_key)),
+            -1,
+            30,
+        )
+        .unwrap();
     }
     let psks: String = (0..threads)
         .map(|n| format!("[[psk]]\nidentity = \"dev-{n}\"\nkey = \"{PSK_HEX}\"\n"))
@@ -168,7 +178,12 @@ fn main() {
         let per_s = rate(
             threads,
             secs,
-            |t| (options(dir.path(), port, psk, &format!("dev-{t}")), Label::from(format!("dev-{t}"))),
+            |t| {
+                (
+                    options(dir.path(), port, psk, &format!("dev-{t}")),
+                    Label::from(format!("dev-{t}")),
+                )
+            },
             |(opts, name)| {
                 let client = Client::start(opts.clone()).expect("client");
                 post(&Device {

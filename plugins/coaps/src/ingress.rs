@@ -90,9 +90,13 @@ impl Source for Ingress {
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
         let mut cfg: IngressConfig = ctx.parse_config()?;
         let table = ctx.info().table.to_string();
-        for p in [&mut cfg.cert_file, &mut cfg.client_ca_file, &mut cfg.client_crl_file]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut cfg.cert_file,
+            &mut cfg.client_ca_file,
+            &mut cfg.client_crl_file,
+        ]
+        .into_iter()
+        .flatten()
         {
             *p = ctx.resolve_path(&*p);
         }

@@ -45,7 +45,9 @@ fn identity(ctx: &InitContext, what: &str, id: &str) -> Result<(), PluginError> 
     } else {
         Err(config(
             ctx,
-            format!("{what}: {id:?} is not a usable identity (1 to 255 bytes, no control characters)"),
+            format!(
+                "{what}: {id:?} is not a usable identity (1 to 255 bytes, no control characters)"
+            ),
         ))
     }
 }
@@ -94,7 +96,16 @@ pub fn ingress_psks(
         }
         Ok(())
     };
-    for (i, PskEntry { identity: id, key: k, key_env, key_file }) in cfg.psk.iter().enumerate() {
+    for (
+        i,
+        PskEntry {
+            identity: id,
+            key: k,
+            key_env,
+            key_file,
+        },
+    ) in cfg.psk.iter().enumerate()
+    {
         let what = format!("psk[{i}] ({id:?})");
         let hex = ctx
             .secret(

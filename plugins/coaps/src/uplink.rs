@@ -211,7 +211,10 @@ impl Sink for Uplink {
             let readings = chunks.get(tag as usize).map_or(0, |c| c.0.len());
             let result = match self.outcome(result) {
                 Err((e, Verdict::TooLarge)) if readings == 1 => Err((
-                    PluginError::rejected(format!("a single reading too large for the server: {}", e.message())),
+                    PluginError::rejected(format!(
+                        "a single reading too large for the server: {}",
+                        e.message()
+                    )),
                     Verdict::RefusedBatch,
                 )),
                 Err((e, Verdict::TooLarge)) => Err((e, Verdict::Misconfigured)),

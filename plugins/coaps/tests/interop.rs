@@ -315,8 +315,9 @@ fn a_client_with_neither_psk_nor_certificate_gets_nothing_in_where_psks_are_conf
     if !have_libcoap() {
         return;
     }
-    let (run, printed) =
-        anonymous_post("psk = [{ identity = \"sensor-42\", key = \"00112233445566778899aabbccddeeff\" }]\n");
+    let (run, printed) = anonymous_post(
+        "psk = [{ identity = \"sensor-42\", key = \"00112233445566778899aabbccddeeff\" }]\n",
+    );
     assert!(run.readings.is_empty(), "stored: {:?}", run.readings);
     assert!(!printed.contains("2.04"), "{printed}");
 }

@@ -141,7 +141,8 @@ fn a_device_posting_for_another_device_is_refused_with_4_03() {
     let e = uplink.write(sample_readings(2)).unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(100));
     assert!(
-        e.message().starts_with("holding the readings: the server refuses this device: 4.03"),
+        e.message()
+            .starts_with("holding the readings: the server refuses this device: 4.03"),
         "{e}"
     );
     assert_eq!(e.kind, ErrorKind::RETRY);
@@ -170,7 +171,11 @@ fn an_unknown_resource_is_a_4_04_and_holds_the_readings() {
     // After the backoff it asks the server again (and is refused again).
     std::thread::sleep(Duration::from_millis(400));
     let e = uplink.write(sample_readings(1)).unwrap_err();
-    assert!(e.message().starts_with("the server refuses this device: 4.04"), "{e}");
+    assert!(
+        e.message()
+            .starts_with("the server refuses this device: 4.04"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -194,7 +199,8 @@ fn config_errors_name_the_key() {
     let e =
         run_source::<Ingress>("listen = \"127.0.0.1:0\"", 1, Duration::from_secs(1)).unwrap_err();
     assert!(
-        e.message().contains("no device can authenticate: give client_ca_file"),
+        e.message()
+            .contains("no device can authenticate: give client_ca_file"),
         "{e}"
     );
     let e = run_source::<Ingress>(
@@ -216,8 +222,9 @@ fn reading_ids_are_scoped_by_device_so_one_cannot_pre_claim_anothers() {
         "{}[[psk]]\nidentity = \"test-device\"\nkey = \"{key}\"\n[[psk]]\nidentity = \"pi-02\"\nkey = \"{key}\"\n",
         ingress_config(dir.path(), port, "")
     );
-    let ingress =
-        std::thread::spawn(move || run_source::<Ingress>(&icfg, 6, Duration::from_secs(20)).unwrap());
+    let ingress = std::thread::spawn(move || {
+        run_source::<Ingress>(&icfg, 6, Duration::from_secs(20)).unwrap()
+    });
     std::thread::sleep(Duration::from_millis(300));
     let uplink = |who: &str| {
         SinkHarness::new::<Uplink>(&format!(
@@ -239,7 +246,14 @@ fn reading_ids_are_scoped_by_device_so_one_cannot_pre_claim_anothers() {
     devices.sort();
     assert_eq!(
         devices,
-        ["pi-02", "pi-02", "pi-02", "test-device", "test-device", "test-device"]
+        [
+            "pi-02",
+            "pi-02",
+            "pi-02",
+            "test-device",
+            "test-device",
+            "test-device"
+        ]
     );
 }
 
@@ -255,10 +269,16 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         p.display().to_string()
     };
-    let psk_file = private("psk.txt", &format!("# the fleet\n\npi-01:{key}\nsensor-9:{key}00\n"));
+    let psk_file = private(
+        "psk.txt",
+        &format!("# the fleet\n\npi-01:{key}\nsensor-9:{key}00\n"),
+    );
     let key_file = private("pi-01.key", &format!("{key}\n"));
     let port = free_port();
-    let icfg = format!("{}psk_file = {psk_file:?}\n", ingress_config(dir.path(), port, ""));
+    let icfg = format!(
+        "{}psk_file = {psk_file:?}\n",
+        ingress_config(dir.path(), port, "")
+    );
     let ingress = std::thread::spawn({
         let icfg = icfg.clone();
         move || run_source::<Ingress>(&icfg, 2, Duration::from_secs(20)).unwrap()
@@ -281,9 +301,8 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
 
     // From the environment (a variable that is not set: setting one would race with the other
     // threads of this test binary), and from two places at once.
-    let env_cfg = format!(
-        "uri = {uri:?}\npsk_identity = \"pi-01\"\npsk_key_env = \"GATEWAY_NO_SUCH_PSK\"\n"
-    );
+    let env_cfg =
+        format!("uri = {uri:?}\npsk_identity = \"pi-01\"\npsk_key_env = \"GATEWAY_NO_SUCH_PSK\"\n");
     let e = SinkHarness::new::<Uplink>(&env_cfg).err().unwrap();
     assert!(
         e.message()
@@ -301,15 +320,28 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
 
     // Key files every local user can read, or others can change, are refused, naming the file
     // and the fix.
-    std::fs::set_permissions(dir.path().join("psk.txt"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("psk.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
     assert!(
-        e.message().contains("psk_file:") && e.message().contains("every local user may read it (mode 0644)"),
+        e.message().contains("psk_file:")
+            && e.message()
+                .contains("every local user may read it (mode 0644)"),
         "{e}"
     );
-    std::fs::set_permissions(dir.path().join("psk.txt"), std::fs::Permissions::from_mode(0o620)).unwrap();
+    std::fs::set_permissions(
+        dir.path().join("psk.txt"),
+        std::fs::Permissions::from_mode(0o620),
+    )
+    .unwrap();
     let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
-    assert!(e.message().contains("can be changed by others (mode 0620"), "{e}");
+    assert!(
+        e.message().contains("can be changed by others (mode 0620"),
+        "{e}"
+    );
     // The device name of peers without an identity is no PSK identity.
     private("psk.txt", &format!("anonymous:{key}\n"));
     let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
@@ -317,10 +349,17 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
     // A malformed line names the file and the line.
     private("psk.txt", "pi-01 0011\n");
     let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
-    assert!(e.message().contains("psk.txt:1: expected IDENTITY:HEXKEY"), "{e}");
+    assert!(
+        e.message().contains("psk.txt:1: expected IDENTITY:HEXKEY"),
+        "{e}"
+    );
     private("psk.txt", "pi-01:zz\n");
     let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
-    assert!(e.message().contains("psk.txt:1: must be an even number of hex digits"), "{e}");
+    assert!(
+        e.message()
+            .contains("psk.txt:1: must be an even number of hex digits"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -348,5 +387,8 @@ fn a_reading_too_large_for_the_server_is_refused_alone_and_a_device_named_anonym
     let mut mine = sample_readings(1);
     mine[0].device = gateway_sdk::Label::from("anonymous");
     let e = uplink.write(mine).unwrap_err();
-    assert!(e.message().contains("4.03") && e.message().contains("reserved"), "{e}");
+    assert!(
+        e.message().contains("4.03") && e.message().contains("reserved"),
+        "{e}"
+    );
 }

@@ -245,10 +245,14 @@ fn config_errors_say_what_is_wrong() {
     std::fs::write(&pw, "secret\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let cfg = format!("url = \"mysql://root@h/db\"\npassword_file = {:?}", pw.display().to_string());
+    let cfg = format!(
+        "url = \"mysql://root@h/db\"\npassword_file = {:?}",
+        pw.display().to_string()
+    );
     let e = SinkHarness::new::<Mysql>(&cfg).err().unwrap();
     assert!(
-        e.message().contains("every local user may read it (mode 0644)")
+        e.message()
+            .contains("every local user may read it (mode 0644)")
             && e.message().contains("chmod o-rwx"),
         "{e}"
     );
@@ -258,7 +262,8 @@ fn config_errors_say_what_is_wrong() {
         .err()
         .unwrap();
     assert!(
-        e.message().contains("password, password_env and password_file: give one"),
+        e.message()
+            .contains("password, password_env and password_file: give one"),
         "{e}"
     );
     let e = SinkHarness::new::<Mysql>("url = \"mysql://root@h/db\"\ntable = \"x; DROP\"")

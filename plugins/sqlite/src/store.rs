@@ -108,20 +108,22 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(|e| sql_error("sqlite_master", e))?;
-        let version = if version == 0 && has_table { 1 } else { version };
+        let version = if version == 0 && has_table {
+            1
+        } else {
+            version
+        };
         if version < SCHEMA_VERSION {
             let sql = match version {
                 0 => format!("{}\n{INDEXES}", readings_table("readings")),
-                _ => format!(
-                    "{}\n{MIGRATE_V1}\n{INDEXES}",
-                    readings_table("readings_v2")
-                ),
+                _ => format!("{}\n{MIGRATE_V1}\n{INDEXES}", readings_table("readings_v2")),
             };
             let tx = conn
                 .unchecked_transaction()
                 .map_err(|e| sql_error("BEGIN", e))?;
-            tx.execute_batch(&sql)
-                .map_err(|e| sql_error(&format!("migrating the schema from version {version}"), e))?;
+            tx.execute_batch(&sql).map_err(|e| {
+                sql_error(&format!("migrating the schema from version {version}"), e)
+            })?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(|e| sql_error("user_version", e))?;
             tx.commit().map_err(|e| sql_error("COMMIT", e))?;

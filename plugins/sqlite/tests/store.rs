@@ -206,7 +206,9 @@ fn version_1_is_migrated(recorded: i64) {
     sink.write(r).unwrap();
     assert_eq!(rows(&db).len(), 3);
     let c = rusqlite::Connection::open(&db).unwrap();
-    let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    let v: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
     assert_eq!(v, 2);
     let indexes: i64 = c
         .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'readings' AND name LIKE 'readings_%'", [], |r| r.get(0))

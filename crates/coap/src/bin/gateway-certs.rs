@@ -146,9 +146,8 @@ fn run(args: &[String]) -> Result<(), PkiError> {
                 .get(1)
                 .ok_or_else(|| PkiError(format!("revoke needs a NAME\n{USAGE}")))?;
             let (ca, ca_key) = ca()?;
-            let pem = std::fs::read(l.device(name)).map_err(|e| {
-                PkiError(format!("cannot read {}: {e}", l.device(name).display()))
-            })?;
+            let pem = std::fs::read(l.device(name))
+                .map_err(|e| PkiError(format!("cannot read {}: {e}", l.device(name).display())))?;
             let cert = openssl::x509::X509::from_pem(&pem)
                 .map_err(|e| PkiError(format!("{}: {e}", l.device(name).display())))?;
             let listed = revoke(&l.crl(), &ca, &ca_key, &[&cert], days)?;

@@ -41,7 +41,11 @@ pub struct Reader<'a> {
 }
 
 fn half(h: u16) -> f64 {
-    let (sign, exp, frac) = ((h >> 15) as i32, ((h >> 10) & 0x1f) as i32, (h & 0x3ff) as f64);
+    let (sign, exp, frac) = (
+        (h >> 15) as i32,
+        ((h >> 10) & 0x1f) as i32,
+        (h & 0x3ff) as f64,
+    );
     let v = match exp {
         0 => frac * 2f64.powi(-24),
         31 if frac == 0.0 => f64::INFINITY,
@@ -136,7 +140,9 @@ impl<'a> Reader<'a> {
                 0..=19 | 22 | 23 => Item::Simple(ai),
                 24 => Item::Simple(*self.take(1)?.first()?),
                 25 => Item::Float(half(u16::from_be_bytes(self.take(2)?.try_into().ok()?))),
-                26 => Item::Float(f64::from(f32::from_be_bytes(self.take(4)?.try_into().ok()?))),
+                26 => Item::Float(f64::from(f32::from_be_bytes(
+                    self.take(4)?.try_into().ok()?,
+                ))),
                 27 => Item::Float(f64::from_be_bytes(self.take(8)?.try_into().ok()?)),
                 31 => Item::Break,
                 _ => return None,

@@ -274,9 +274,7 @@ fn field_of(key: Key, json: bool, i: usize) -> Result<Option<&'static str>, Deco
             _ => None,
         },
         Key::Name(name) if name == RID => Some(RID),
-        Key::Name(name) if name.ends_with('_') => {
-            return Err(DecodeError::MustUnderstand(i, name))
-        }
+        Key::Name(name) if name.ends_with('_') => return Err(DecodeError::MustUnderstand(i, name)),
         Key::Name(name) if json => by_name(&name),
         _ => None,
     })
@@ -293,7 +291,13 @@ enum Field {
 }
 
 /// Sets `field` of record `i` from `v`, checking its type.
-fn set(r: &mut Record, field: &'static str, v: Field, json: bool, i: usize) -> Result<(), DecodeError> {
+fn set(
+    r: &mut Record,
+    field: &'static str,
+    v: Field,
+    json: bool,
+    i: usize,
+) -> Result<(), DecodeError> {
     let wrong = || DecodeError::FieldType(i, field);
     let text = |v: Field| match v {
         Field::Text(s) if s.len() > MAX_NAME && !matches!(field, "vs" | "vd") => {
@@ -548,4 +552,3 @@ impl Resolver {
         })
     }
 }
-

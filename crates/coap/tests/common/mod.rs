@@ -141,7 +141,10 @@ pub fn serve(server: &mut Server) -> std::thread::JoinHandle<Vec<(Option<String>
     std::thread::spawn(move || {
         let mut seen = Vec::new();
         while let Ok(inc) = requests.recv_timeout(Duration::from_secs(8)) {
-            seen.push((inc.identity.as_deref().map(str::to_owned), inc.packet.payload.len()));
+            seen.push((
+                inc.identity.as_deref().map(str::to_owned),
+                inc.packet.payload.len(),
+            ));
             responder.respond(
                 inc.id,
                 response(
@@ -161,4 +164,3 @@ pub fn post(body: Vec<u8>) -> coap_lite::Packet {
 pub fn changed(r: &coap_lite::Packet) -> bool {
     r.header.code == MessageClass::Response(ResponseType::Changed)
 }
-
