@@ -372,6 +372,18 @@ impl Config {
         Ok(())
     }
 
+    /// Sink instance `name`; the error names the file and the sinks it has.
+    pub fn sink(&self, name: &str) -> Result<&Instance, String> {
+        self.sinks.iter().find(|d| d.name == name).ok_or_else(|| {
+            let all: Vec<&str> = self.sinks.iter().map(|d| d.name.as_str()).collect();
+            format!(
+                "{} has no sink {name:?} (its sinks: {})",
+                self.path.display(),
+                all.join(", ")
+            )
+        })
+    }
+
     /// The sinks that take readings from source `name`.
     pub fn sinks_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
         self.sinks.iter().filter(move |s| {

@@ -183,32 +183,49 @@ impl DeadLetters {
     }
 }
 
-/// Reads a dead-letter file: its header and readings. The error names the line.
-pub fn read(path: &Path) -> Result<(Header, Vec<Reading>), String> {
-    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut lines = BufReader::new(f).lines();
-    let bad = |n: usize, what: &str| format!("{}:{n}: {what}", path.display());
+fn bad(path: &Path, n: usize, what: &str) -> String {
+    format!("{}:{n}: {what}", path.display())
+}
+
+/// Reads the header line of a dead-letter file, leaving `lines` at its first reading.
+fn read_header(
+    path: &Path,
+    lines: &mut impl Iterator<Item = io::Result<String>>,
+) -> Result<Header, String> {
     let first = lines
         .next()
-        .ok_or_else(|| bad(1, "empty file"))?
-        .map_err(|e| bad(1, &e.to_string()))?;
-    let h: J = serde_json::from_str(&first).map_err(|e| bad(1, &e.to_string()))?;
+        .ok_or_else(|| bad(path, 1, "empty file"))?
+        .map_err(|e| bad(path, 1, &e.to_string()))?;
+    let h: J = serde_json::from_str(&first).map_err(|e| bad(path, 1, &e.to_string()))?;
     if h.get("gateway_dead_letter").and_then(J::as_u64) != Some(1) {
-        return Err(bad(1, "not a gateway dead-letter file (version 1)"));
+        return Err(bad(path, 1, "not a gateway dead-letter file (version 1)"));
     }
     let text = |k: &str| h.get(k).and_then(J::as_str).unwrap_or_default().to_owned();
-    let header = Header {
+    Ok(Header {
         sink: text("sink"),
         plugin: text("plugin"),
         refused_at: text("refused_at"),
         error: text("error"),
         readings: h.get("readings").and_then(J::as_u64).unwrap_or(0) as usize,
-    };
+    })
+}
+
+/// Reads only the header of a dead-letter file (what `gateway dead-letters list` shows).
+pub fn header(path: &Path) -> Result<Header, String> {
+    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    read_header(path, &mut BufReader::new(f).lines())
+}
+
+/// Reads a dead-letter file: its header and readings. The error names the line.
+pub fn read(path: &Path) -> Result<(Header, Vec<Reading>), String> {
+    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut lines = BufReader::new(f).lines();
+    let header = read_header(path, &mut lines)?;
     let mut readings = Vec::with_capacity(header.readings.min(1 << 20));
     for (i, line) in lines.enumerate() {
-        let line = line.map_err(|e| bad(i + 2, &e.to_string()))?;
-        let j: J = serde_json::from_str(&line).map_err(|e| bad(i + 2, &e.to_string()))?;
-        readings.push(parse_reading(&j).ok_or_else(|| bad(i + 2, "not a reading"))?);
+        let line = line.map_err(|e| bad(path, i + 2, &e.to_string()))?;
+        let j: J = serde_json::from_str(&line).map_err(|e| bad(path, i + 2, &e.to_string()))?;
+        readings.push(parse_reading(&j).ok_or_else(|| bad(path, i + 2, "not a reading"))?);
     }
     if readings.len() != header.readings {
         return Err(format!(

@@ -228,14 +228,7 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
     | DeadLetterCommand::Show { config, .. }
     | DeadLetterCommand::Resend { config, .. }) = &cmd;
     let config = Config::load(config)?;
-    let letters_of = |name: &str| {
-        config
-            .sinks
-            .iter()
-            .find(|d| d.name == name)
-            .map(|d| run::dead_letters(&config, d))
-            .ok_or_else(|| anyhow!("{} has no sink {name:?}", config.path.display()))
-    };
+    let sink_of = |name: &str| config.sink(name).map_err(|e| anyhow!(e));
     match cmd {
         DeadLetterCommand::List { .. } => {
             let mut any = false;
@@ -243,8 +236,8 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                 let letters = run::dead_letters(&config, d);
                 for f in letters.files()? {
                     any = true;
-                    match deadletter::read(&f) {
-                        Ok((h, _)) => println!(
+                    match deadletter::header(&f) {
+                        Ok(h) => println!(
                             "{}  {}  {} readings refused at {}: {}",
                             d.name,
                             f.display(),
@@ -261,8 +254,8 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        DeadLetterCommand::Show { sink, .. } => {
-            for f in letters_of(&sink)?.files()? {
+        DeadLetterCommand::Show { sink: name, .. } => {
+            for f in run::dead_letters(&config, sink_of(&name)?).files()? {
                 let (h, readings) = deadletter::read(&f).map_err(|e| anyhow!(e))?;
                 println!(
                     "# {}: refused at {}: {}",
@@ -277,7 +270,8 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DeadLetterCommand::Resend { sink, .. } => {
-            let letters = letters_of(&sink)?;
+            let decl = sink_of(&sink)?;
+            let letters = run::dead_letters(&config, decl);
             let files = letters.files()?;
             if files.is_empty() {
                 println!("{sink}: no dead letters");
@@ -293,7 +287,7 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                 LevelFilter::WARN,
             );
             let logger = HostLogger::new(LevelFilter::WARN);
-            let mut instance = run::build_sink(&config, &sink, &logger).map_err(|e| anyhow!(e))?;
+            let mut instance = run::build_sink(&config, decl, &logger).map_err(|e| anyhow!(e))?;
             let mut left = 0;
             for f in files {
                 let (_, readings) = deadletter::read(&f).map_err(|e| anyhow!(e))?;

@@ -309,29 +309,13 @@ impl Plan {
     }
 }
 
-/// Builds sink instance `name` of `config` alone (its plugin loaded, its `new` called), for
+/// Builds sink instance `decl` of `config` alone (its plugin loaded, its `new` called), for
 /// commands that write to one sink outside a run (`gateway dead-letters resend`).
 pub fn build_sink(
     config: &Config,
-    name: &str,
+    decl: &Instance,
     logger: &Arc<HostLogger>,
 ) -> Result<SinkBox, String> {
-    let decl = config
-        .sinks
-        .iter()
-        .find(|d| d.name == name)
-        .ok_or_else(|| {
-            format!(
-                "{} has no sink {name:?} (its sinks: {})",
-                config.path.display(),
-                config
-                    .sinks
-                    .iter()
-                    .map(|d| d.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?;
     let mut catalog = Catalog::new(&config.gateway.plugin_dir, logger.clone());
     let found = catalog.find(&decl.plugin, PluginKind::Sink)?;
     let info = info_for(config, decl);

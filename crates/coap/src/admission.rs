@@ -3,10 +3,10 @@
 //!
 //! The rules, so that no single host can hold the capacity, and no crowd of honest devices
 //! (many Pis behind one NAT, all reconnecting after a server restart) pushes itself out:
-//! - a host (an IPv4 address or an IPv6 /64, whatever its ports) has at most `per_address` handshakes in
-//!   progress. A new one from it replaces its own oldest *stalled* handshake (one whose peer
-//!   has sent nothing for `stalled_after`); if none is stalled, the newcomer waits: its
-//!   ClientHello is dropped, and it sends it again (DTLS retransmits after 1 s);
+//! - a host (an IPv4 address or an IPv6 /64, whatever its ports) has at most `per_address`
+//!   handshakes in progress. A new one from it replaces its own oldest *stalled* handshake (one
+//!   that no datagram has moved on for `stalled_after`); if none is stalled, the newcomer
+//!   waits: its ClientHello is dropped, and it sends it again (DTLS retransmits after 1 s);
 //! - at `max_total` handshakes in progress, a host that holds more than the newcomer's host
 //!   gives up its oldest handshake (stalled first); failing that, the oldest stalled one goes;
 //!   failing that, the newcomer waits;
@@ -15,7 +15,8 @@
 //! - at the session cap, a newcomer replaces the least recently active session without an
 //!   identity, or else (if it has one itself) the least recently active session.
 //!
-//! A handshake in progress is never replaced while its peer keeps up: honest handshakes finish.
+//! A handshake in progress is never replaced while its peer keeps it moving: honest handshakes
+//! finish.
 //! Handshakes only start after the stateless cookie exchange, so an address here is one the
 //! peer can receive at: a spoofer cannot make anyone else's handshake go.
 
@@ -32,7 +33,7 @@ pub struct Handshake {
     pub peer: SocketAddr,
     /// When it began.
     pub started: Instant,
-    /// When the peer last sent a datagram.
+    /// When a datagram from the peer last moved it on.
     pub heard: Instant,
 }
 
@@ -41,9 +42,9 @@ pub struct Handshake {
 pub struct Limits {
     /// Handshakes in progress in all.
     pub max_total: usize,
-    /// Handshakes in progress from one IP address.
+    /// Handshakes in progress from one host ([`host_of`]).
     pub per_address: usize,
-    /// A handshake whose peer has been silent this long may be replaced.
+    /// A handshake that nothing has moved on for this long may be replaced.
     pub stalled_after: Duration,
 }
 

@@ -651,8 +651,8 @@ struct ServerState {
     opts: ServerOptions,
     ctx: openssl::ssl::SslContext,
     peers: HashMap<SocketAddr, Peer>,
-    /// The peers whose handshake is in progress, and when it began.
-    handshakes: HashMap<SocketAddr, Instant>,
+    /// The peers whose handshake is in progress.
+    handshakes: HashSet<SocketAddr>,
     cookies: dtls::CookieJar,
     endpoint: Endpoint<SocketAddr>,
     stats: Arc<ServerStats>,
@@ -688,7 +688,7 @@ impl ServerState {
             if self.peers.get(&peer).is_none_or(|p| p.random != ch.random) {
                 return self.on_new_hello(now, peer, d, &ch);
             }
-            if !self.handshakes.contains_key(&peer) {
+            if !self.handshakes.contains(&peer) {
                 tracing::trace!(%peer, "the ClientHello of an established session again; dropped");
                 return;
             }
@@ -729,11 +729,12 @@ impl ServerState {
         let in_progress: Vec<Handshake> = self
             .handshakes
             .iter()
-            .filter_map(|(a, started)| {
+            .filter_map(|a| {
+                let s = &self.peers.get(a)?.session;
                 Some(Handshake {
                     peer: *a,
-                    started: *started,
-                    heard: self.peers.get(a)?.session.last_progress(),
+                    started: s.started(),
+                    heard: s.last_progress(),
                 })
             })
             .collect();
@@ -758,7 +759,7 @@ impl ServerState {
         }
         match Session::server(&self.ctx, d, &ch.cookie, self.opts.tls.mtu) {
             Ok(session) => {
-                self.handshakes.insert(peer, now);
+                self.handshakes.insert(peer);
                 self.peers.insert(
                     peer,
                     Peer {
@@ -776,62 +777,16 @@ impl ServerState {
     }
 
     /// A session was just established: it stays only if its peer has an identity the server
-    /// accepts, and there is room (see [`crate::admission::sessions_to_evict`]). `false` if
-    /// it was closed.
+    /// accepts and there is room for it. `false` if it was closed.
     fn admit(&mut self, peer: SocketAddr) -> bool {
         self.handshakes.remove(&peer);
         let p = self.peers.get(&peer).expect("the peer being admitted");
         let identity = p.session.peer_identity();
         let (resumed, cipher) = (p.session.resumed(), p.session.cipher().map(str::to_owned));
-        let mut refuse = match &identity {
-            Some(id) if self.opts.deny.contains(id) => {
-                count(&self.stats.denied);
-                Some(format!("identity {id:?} is on the deny list"))
-            }
-            None if self.opts.require_identity => {
-                count(&self.stats.unauthenticated);
-                Some("the peer has no authenticated identity (no PSK, no verified client certificate)".to_owned())
-            }
-            _ => None,
-        };
-        let evict = match refuse {
-            Some(_) => Vec::new(),
-            None => {
-                let established: Vec<Established<'_>> = self
-                    .peers
-                    .iter()
-                    .filter(|(a, _)| **a != peer && !self.handshakes.contains_key(a))
-                    .map(|(a, p)| Established {
-                        peer: *a,
-                        last: p.session.last_activity(),
-                        identity: p.identity.as_deref(),
-                    })
-                    .collect();
-                match crate::admission::sessions_to_evict(
-                    &established,
-                    peer,
-                    identity.as_deref(),
-                    self.opts.max_sessions_per_identity,
-                    self.opts.max_sessions,
-                ) {
-                    Some(evict) => evict,
-                    None => {
-                        count(&self.stats.over_capacity);
-                        refuse = Some(format!(
-                            "at the session cap ({}), and a peer without an identity makes room only among those without one",
-                            self.opts.max_sessions
-                        ));
-                        Vec::new()
-                    }
-                }
-            }
-        };
-        for old in evict {
-            count(&self.stats.evicted_sessions);
-            tracing::info!(peer = %old, newcomer = %peer, "least recently active session dropped to make room");
-            self.drop_peer(old, true);
-        }
-        if let Some(why) = refuse {
+        let refused = self
+            .refusal(identity.as_deref())
+            .or_else(|| self.make_room(peer, identity.as_deref()));
+        if let Some(why) = refused {
             tracing::warn!(%peer, identity = ?identity, "DTLS session refused: {why}");
             self.drop_peer(peer, true);
             return false;
@@ -845,6 +800,55 @@ impl ServerState {
             p.identity = identity.map(Arc::from);
         }
         true
+    }
+
+    /// Why a session with `identity` may not carry data, if it may not.
+    fn refusal(&self, identity: Option<&str>) -> Option<String> {
+        match identity {
+            Some(id) if self.opts.deny.contains(id) => {
+                count(&self.stats.denied);
+                Some(format!("identity {id:?} is on the deny list"))
+            }
+            None if self.opts.require_identity => {
+                count(&self.stats.unauthenticated);
+                Some("the peer has no authenticated identity (no PSK, no verified client certificate)".into())
+            }
+            _ => None,
+        }
+    }
+
+    /// Drops the sessions that must make room for `peer`'s (see
+    /// [`crate::admission::sessions_to_evict`]); why it may not stay, if there is no room.
+    fn make_room(&mut self, peer: SocketAddr, identity: Option<&str>) -> Option<String> {
+        let established: Vec<Established<'_>> = self
+            .peers
+            .iter()
+            .filter(|(a, _)| **a != peer && !self.handshakes.contains(a))
+            .map(|(a, p)| Established {
+                peer: *a,
+                last: p.session.last_activity(),
+                identity: p.identity.as_deref(),
+            })
+            .collect();
+        let Some(evict) = crate::admission::sessions_to_evict(
+            &established,
+            peer,
+            identity,
+            self.opts.max_sessions_per_identity,
+            self.opts.max_sessions,
+        ) else {
+            count(&self.stats.over_capacity);
+            return Some(format!(
+                "at the session cap ({}), and a peer without an identity makes room only among those without one",
+                self.opts.max_sessions
+            ));
+        };
+        for old in evict {
+            count(&self.stats.evicted_sessions);
+            tracing::info!(peer = %old, newcomer = %peer, "least recently active session dropped to make room");
+            self.drop_peer(old, true);
+        }
+        None
     }
 
     fn on_timers(&mut self) {
@@ -907,7 +911,7 @@ async fn server_loop(
         opts,
         ctx,
         peers: HashMap::new(),
-        handshakes: HashMap::new(),
+        handshakes: HashSet::new(),
         cookies: dtls::CookieJar::new(Duration::from_secs(300)),
         stats,
         out: Vec::new(),

@@ -262,10 +262,11 @@ fn refuse_null_suites(ctx: &SslContext) -> Result<(), DtlsError> {
 
 /// Builds the client context. It always verifies the server: by its certificate chain (against
 /// `ca_file`) or by the PSK, never neither. With a PSK and no `ca_file`, every suite of the
-/// cipher list must be a PSK suite, or the context is refused. With `ca_file`, the server's chain is checked against that CA
-/// alone: the system's trust store is not loaded (a publicly trusted certificate for the server's
-/// name must not pass for the private CA's server, and the store would cost about 0.9 MB of heap
-/// on the Pi). Without `ca_file` and without PSK, the system's default trust store is used.
+/// cipher list must be a PSK suite, or the context is refused. With `ca_file`, the server's
+/// chain is checked against that CA alone: the system's trust store is not loaded (a publicly
+/// trusted certificate for the server's name must not pass for the private CA's server, and the
+/// store would cost about 0.9 MB of heap on the Pi). Without `ca_file` and without PSK, the
+/// system's default trust store is used.
 pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
     let mut b = base_context()?;
     // Idle sessions give their record buffers back.
@@ -327,8 +328,11 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
     // Ties the sessions to this server: required for resumption with client certificates.
     b.set_session_id_context(b"gateway-coaps")
         .map_err(|e| cfg_err("session id context", e))?;
-    let has_cert = s.cert_file.is_some();
-    let ciphers = match (s.ciphers.is_empty(), s.psk.is_empty(), has_cert) {
+    let ciphers = match (
+        s.ciphers.is_empty(),
+        s.psk.is_empty(),
+        s.cert_file.is_some(),
+    ) {
         (false, _, _) => s.ciphers.clone(),
         (true, true, _) => DEFAULT_CIPHERS.to_owned(),
         (true, false, false) => DEFAULT_PSK_CIPHERS.to_owned(),

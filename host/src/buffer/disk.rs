@@ -347,7 +347,7 @@ impl DiskBuffer {
                 "disk buffer records damaged (checksum or header wrong); skipping them, the records after them are intact"
             );
         }
-        let len = std::fs::metadata(path)?.len();
+        let len = scan.len;
         if scan.valid_end < len {
             let cut = len - scan.valid_end;
             stats.corrupt_records.fetch_add(1, Ordering::Relaxed);

@@ -184,6 +184,8 @@ pub struct Scan {
     pub valid_end: u64,
     /// Why the tail (if any) is bad.
     pub tail_problem: Option<String>,
+    /// The file's length when it was scanned.
+    pub len: u64,
 }
 
 /// Reads every record of the segment at `path` whose first record is `first`. `Ok(None)` if the
@@ -201,6 +203,7 @@ pub fn scan(path: &Path, first: u64, acked_below: u64) -> io::Result<Option<Scan
     }
     let mut s = Scan {
         valid_end: MAGIC.len() as u64,
+        len,
         ..Scan::default()
     };
     let mut expected = first;

@@ -272,7 +272,7 @@ impl Ingress {
         } else {
             senml::decode_cbor(body, self.cfg.max_records, now, device)
         };
-        let pack = match decoded {
+        let mut pack = match decoded {
             Ok(p) => p,
             Err(senml::DecodeError::TooMany(n)) => {
                 let mut r = response(
@@ -285,7 +285,6 @@ impl Ingress {
             }
             Err(e) => return bad(ResponseType::BadRequest, &format!("SenML: {e}")),
         };
-        let mut pack = pack;
         match &identity {
             // The anonymous peers' device name is no device's identity.
             Some(who) if &**who == ANONYMOUS => {

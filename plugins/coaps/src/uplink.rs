@@ -209,18 +209,7 @@ impl Sink for Uplink {
                 .unwrap_or((u64::MAX, Err(RequestError::Stopped)));
             in_flight -= 1;
             let readings = chunks.get(tag as usize).map_or(0, |c| c.0.len());
-            let result = match self.outcome(result) {
-                Err((e, Verdict::TooLarge)) if readings == 1 => Err((
-                    PluginError::rejected(format!(
-                        "a single reading too large for the server: {}",
-                        e.message()
-                    )),
-                    Verdict::RefusedBatch,
-                )),
-                Err((e, Verdict::TooLarge)) => Err((e, Verdict::Misconfigured)),
-                other => other,
-            };
-            match result {
+            match self.outcome(result, readings) {
                 Ok(()) => acked.extend(chunks.get(tag as usize).map(|c| c.0)),
                 Err((e, Verdict::Misconfigured)) if outcome.is_ok() => {
                     tracing::error!(
@@ -297,11 +286,13 @@ impl Uplink {
             |r| self.cfg.encoding.encode(r),
         )
     }
-    /// What a request's answer means: `Ok` if stored, else the error for the host (retryable
-    /// unless the server refused these readings for good) and the verdict.
+    /// What the answer to a request of `readings` readings means: `Ok` if stored, else the
+    /// error for the host (retryable unless the server refused these readings for good) and the
+    /// verdict, [`Verdict::TooLarge`] resolved by the number of readings.
     fn outcome(
         &self,
         r: Result<coap_lite::Packet, RequestError>,
+        readings: usize,
     ) -> Result<(), (PluginError, Verdict)> {
         let resp = match r {
             Ok(resp) => resp,
@@ -323,7 +314,11 @@ impl Uplink {
             MessageClass::Response(_) => (code >> 5, code & 0x1f),
             _ => (0, 0),
         };
-        let v = verdict(class, detail);
+        let v = match verdict(class, detail) {
+            Verdict::TooLarge if readings == 1 => Verdict::RefusedBatch,
+            Verdict::TooLarge => Verdict::Misconfigured,
+            v => v,
+        };
         let text = String::from_utf8_lossy(&resp.payload);
         let what = format!("{class}.{detail:02} {text}");
         match v {

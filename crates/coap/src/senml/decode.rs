@@ -1,9 +1,10 @@
 //! Decoding SenML packs, record by record, straight into readings. No I/O.
 //!
 //! Neither format is first turned into a value tree: JSON goes through a serde visitor, CBOR
-//! through [`super::cbor`]'s pull reader. A record is resolved (base fields applied, name
-//! split) as soon as it is read, one without a value fails where it stands, and decoding stops
-//! at record `max_records + 1`; a nested value in a field we do not use is skipped, not built.
+//! through [`super::cbor`]'s pull reader. A record without a value fails as soon as it is read
+//! (before its name is resolved: that error comes first), a record is resolved (base fields
+//! applied, name split) as soon as it is read, and decoding stops at record
+//! `max_records + 1`; a nested value in a field we do not use is skipped, not built.
 //! What a payload costs is bounded by its size and `max_records`.
 
 use super::{cbor, label, unbase64url, unescape, DecodeError, Pack, Record, MAX_NAME, RID};
