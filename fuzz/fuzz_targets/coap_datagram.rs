@@ -1,7 +1,7 @@
 //! Any datagram into the sans-IO CoAP core, from a few peers, with time passing: it answers or
 //! drops, never panics, and what it sends back parses as CoAP.
 #![no_main]
-use gateway_coap::core::{response, Config, Endpoint, Event};
+use gateway_coap::{response, Config, Endpoint, Event};
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, Instant};
 

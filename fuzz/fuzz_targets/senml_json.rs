@@ -1,7 +1,7 @@
 //! Any bytes as a SenML JSON pack: readings or a reason, never a panic; what decodes encodes
 //! and decodes again to the same readings.
 #![no_main]
-use gateway_coap::senml;
+use gateway_senml as senml;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

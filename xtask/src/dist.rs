@@ -249,7 +249,7 @@ fn openssl(t: &Target, host: &str) -> Result<PathBuf> {
 /// each with the package that builds it.
 pub const FILES: &[(&str, &str)] = &[
     ("gateway", "gateway"),
-    ("gateway-coap", "gateway-certs"),
+    ("gateway-pki", "gateway-certs"),
     ("gateway-plugin-console", "libconsole.so"),
     ("gateway-plugin-example", "libexample.so"),
     ("gateway-plugin-ds18b20", "libds18b20.so"),

@@ -1,18 +1,33 @@
-//! CoAP over DTLS for the gateway's secure link.
+//! The CoAP message layer (RFC 7252) with block-wise Block1 (RFC 7959), as a plain state
+//! machine: no sockets, no tokio, no clock of its own, randomness injected.
 //!
-//! - [`senml`]: readings as SenML packs (CBOR and JSON). No I/O.
-//! - [`core`]: the CoAP message layer (RFC 7252, Block1 of RFC 7959) as a sans-IO state
-//!   machine: reliability, de-duplication, separate responses, block-wise transfers. No I/O.
-//! - [`dtls`]: DTLS 1.2 sessions (OpenSSL) over in-memory datagrams, and a stateless cookie
-//!   exchange for servers. No sockets; OpenSSL's handshake timers read the real clock.
-//! - [`admission`]: who makes room when a server's handshake or session capacity is full.
-//!   No I/O.
-//! - [`driver`]: thin tokio loops that connect the above to a UDP socket, for a client (the
-//!   uplink) and a server (the ingress).
+//! Inputs: [`Endpoint::handle_datagram`], [`Endpoint::handle_timeout`], and the application's
+//! [`Endpoint::request`] (client) and [`Endpoint::respond`] (server). Outputs:
+//! [`Endpoint::poll_event`], [`Endpoint::poll_transmit`], [`Endpoint::poll_timeout`].
+//!
+//! After every input, drain the outputs in this order: events (they may lead the application to
+//! call `request` or `respond`, which queue more transmits), then transmits, then ask
+//! `poll_timeout` when to call `handle_timeout` next.
+//!
+//! What it does:
+//! - CON requests and responses are retransmitted on the RFC 7252 schedule (initial timeout
+//!   random in `ACK_TIMEOUT .. ACK_TIMEOUT * ACK_RANDOM_FACTOR`, doubling, `MAX_RETRANSMIT`
+//!   times) and given up with [`ClientError::Timeout`];
+//! - duplicate requests (same peer and message id within `EXCHANGE_LIFETIME`) are answered from
+//!   a cache, never handed to the application twice;
+//! - a request the application has not answered within `separate_after` gets an empty ACK, and
+//!   the response follows as a separate CON;
+//! - payloads larger than one block go out as Block1 transfers, and incoming Block1 transfers
+//!   are reassembled (up to `max_body` bytes) before the application sees the request;
+//! - empty CON (CoAP ping) is answered with RST; a RST cancels the matching exchange; a
+//!   malformed CON is answered with RST, anything else malformed is dropped; both are counted.
 
-pub mod admission;
-pub mod core;
-pub mod driver;
-pub mod dtls;
-pub mod pki;
-pub mod senml;
+#![forbid(unsafe_code)]
+
+mod endpoint;
+mod message;
+
+/// The message types of `coap-lite`, which this crate's API speaks.
+pub use coap_lite;
+pub use endpoint::{ClientError, Config, Endpoint, Event, RequestId, Stats, Token};
+pub use message::{decode_uint, encode_uint, path_of, request, response, Block};

@@ -1,8 +1,10 @@
 //! Two sans-IO endpoints against each other in memory, with a simulated clock and a network
 //! that loses, duplicates and reorders datagrams. Deterministic; nothing sleeps.
 
-use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
-use gateway_coap::core::{request, response, Block, ClientError, Config, Endpoint, Event};
+use gateway_coap::coap_lite::{
+    CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType,
+};
+use gateway_coap::{request, response, Block, ClientError, Config, Endpoint, Event};
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
@@ -45,7 +47,7 @@ struct Net {
     /// Requests the server application saw: payloads.
     seen: Vec<Vec<u8>>,
     /// Server requests to answer at a time.
-    to_answer: Vec<(Instant, gateway_coap::core::RequestId, usize)>,
+    to_answer: Vec<(Instant, gateway_coap::RequestId, usize)>,
     /// Client outcomes by token.
     outcomes: HashMap<Vec<u8>, Result<Packet, ClientError>>,
     /// Every datagram put on the wire: (time, from, bytes).

@@ -54,7 +54,7 @@ const BUILT: &[(&str, &str)] = &[
     ("gateway-testkit-plugins", "libtestkit.so"),
     ("gateway-incompatible-plugin", "libincompatible.so"),
     // The `gateway-certs` tool that `gateway certs` runs.
-    ("gateway-coap", "gateway-certs"),
+    ("gateway-pki", "gateway-certs"),
 ];
 
 /// The directory holding freshly built plugin libraries (built once per test binary; cargo

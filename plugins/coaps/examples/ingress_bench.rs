@@ -17,17 +17,15 @@ mod common;
 
 use coap_lite::RequestType;
 use coaps::Ingress;
-use gateway_coap::{
-    core::{request, Config as CoapConfig},
-    driver::{Client, ClientOptions},
-    dtls::{ClientSettings, Psk, DEFAULT_MTU},
-    pki::{issue_to, read_pair, Kind},
-    senml,
-};
+use gateway_coap::{request, Config as CoapConfig};
+use gateway_coaps_tokio::{Client, ClientConfig, ClientOptions};
+use gateway_dtls::{ClientSettings, Psk, DEFAULT_MTU};
+use gateway_pki::{issue_to, read_pair, Kind};
 use gateway_sdk::{
     testing::{run_source, sample_readings},
     Label,
 };
+use gateway_senml as senml;
 use std::{
     path::Path,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -64,12 +62,14 @@ fn options(dir: &Path, port: u16, psk: bool, name: &str) -> ClientOptions {
     };
     ClientOptions {
         server: format!("127.0.0.1:{port}").parse().unwrap(),
-        host: "127.0.0.1".into(),
-        verify_host: true,
         bind: "127.0.0.1:0".parse().unwrap(),
-        tls,
-        coap: CoapConfig::default(),
-        handshake_timeout: Duration::from_secs(10),
+        client: ClientConfig {
+            host: "127.0.0.1".into(),
+            verify_host: true,
+            tls,
+            coap: CoapConfig::default(),
+            handshake_timeout: Duration::from_secs(10),
+        },
     }
 }
 

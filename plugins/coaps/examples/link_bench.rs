@@ -49,7 +49,7 @@ fn main() {
     let work: Vec<_> = (0..batches / group)
         .map(|_| sample_readings(per_batch * group))
         .collect();
-    let bytes = gateway_coap::senml::encode_cbor(&work[0][..per_batch]).len();
+    let bytes = gateway_senml::encode_cbor(&work[0][..per_batch]).len();
     // The first write sets up the session; time the rest.
     uplink.write(work[0].clone()).unwrap();
     let started = Instant::now();

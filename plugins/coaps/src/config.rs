@@ -19,16 +19,16 @@ impl Encoding {
     /// The CoAP content-format number.
     pub fn content_format(self) -> u16 {
         match self {
-            Encoding::Cbor => gateway_coap::senml::CONTENT_FORMAT_CBOR,
-            Encoding::Json => gateway_coap::senml::CONTENT_FORMAT_JSON,
+            Encoding::Cbor => gateway_senml::CONTENT_FORMAT_CBOR,
+            Encoding::Json => gateway_senml::CONTENT_FORMAT_JSON,
         }
     }
 
     /// Encodes readings as a SenML pack.
     pub fn encode(self, readings: &[gateway_sdk::Reading]) -> Vec<u8> {
         match self {
-            Encoding::Cbor => gateway_coap::senml::encode_cbor(readings),
-            Encoding::Json => gateway_coap::senml::encode_json(readings),
+            Encoding::Cbor => gateway_senml::encode_cbor(readings),
+            Encoding::Json => gateway_senml::encode_json(readings),
         }
     }
 }
@@ -214,7 +214,7 @@ fn k1() -> usize {
     1024
 }
 fn mtu() -> u32 {
-    gateway_coap::dtls::DEFAULT_MTU
+    gateway_dtls::DEFAULT_MTU
 }
 fn any() -> SocketAddr {
     "0.0.0.0:0".parse().expect("address")

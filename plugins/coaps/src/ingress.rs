@@ -3,16 +3,14 @@
 
 use crate::config::IngressConfig;
 use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
-use gateway_coap::{
-    core::{decode_uint, encode_uint, path_of, response, Config as CoapConfig},
-    driver::{Incoming, Responder, Server, ServerOptions},
-    dtls::ServerSettings,
-    senml,
-};
+use gateway_coap::{decode_uint, encode_uint, path_of, response, Config as CoapConfig};
+use gateway_coaps_tokio::{Incoming, Responder, Server, ServerConfig, ServerOptions};
+use gateway_dtls::ServerSettings;
 use gateway_sdk::{
     tracing, ErrorKind, InitContext, Label, PluginError, ReadingId, Source, SourceContext,
     Timestamp,
 };
+use gateway_senml as senml;
 use std::{
     collections::{HashSet, VecDeque},
     sync::{
@@ -120,7 +118,7 @@ impl Source for Ingress {
             ciphers: cfg.ciphers.clone().unwrap_or_default(),
             mtu: cfg.mtu,
         };
-        gateway_coap::dtls::server_context(&tls)
+        gateway_dtls::server_context(&tls)
             .map_err(|e| PluginError::config(format!("[{table}] {e}")))?;
         Ok(Ingress { cfg, tls })
     }
@@ -128,25 +126,27 @@ impl Source for Ingress {
     fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError> {
         let opts = ServerOptions {
             bind: self.cfg.listen,
-            tls: self.tls.clone(),
-            coap: CoapConfig {
-                max_body: self.cfg.max_body,
-                separate_after: self.cfg.separate_after,
-                // One peer's block-wise transfers hold at most one largest body; all of them
-                // together at most eight (or one, if that is more).
-                max_reassembly_bytes_per_peer: self.cfg.max_body,
-                max_reassembly_bytes: (8 << 20).max(self.cfg.max_body),
-                ..CoapConfig::default()
-            },
-            max_sessions: self.cfg.max_sessions,
-            max_sessions_per_identity: self.cfg.max_sessions_per_identity,
-            max_handshakes: self.cfg.max_handshakes,
-            max_handshakes_per_address: self.cfg.max_handshakes_per_address,
-            session_idle: self.cfg.session_idle,
-            handshake_timeout: self.cfg.handshake_timeout,
             max_pending: 1024,
-            require_identity: !self.cfg.allow_anonymous,
-            deny: self.cfg.deny.iter().cloned().collect(),
+            server: ServerConfig {
+                tls: self.tls.clone(),
+                coap: CoapConfig {
+                    max_body: self.cfg.max_body,
+                    separate_after: self.cfg.separate_after,
+                    // One peer's block-wise transfers hold at most one largest body; all of
+                    // them together at most eight (or one, if that is more).
+                    max_reassembly_bytes_per_peer: self.cfg.max_body,
+                    max_reassembly_bytes: (8 << 20).max(self.cfg.max_body),
+                    ..CoapConfig::default()
+                },
+                max_sessions: self.cfg.max_sessions,
+                max_sessions_per_identity: self.cfg.max_sessions_per_identity,
+                max_handshakes: self.cfg.max_handshakes,
+                max_handshakes_per_address: self.cfg.max_handshakes_per_address,
+                session_idle: self.cfg.session_idle,
+                handshake_timeout: self.cfg.handshake_timeout,
+                require_identity: !self.cfg.allow_anonymous,
+                deny: self.cfg.deny.iter().cloned().collect(),
+            },
         };
         let server = Server::start(opts).map_err(|e| PluginError::retry(e.to_string()))?;
         tracing::info!(listen = %server.local_addr, path = %self.cfg.path, "CoAP/DTLS ingress listening");

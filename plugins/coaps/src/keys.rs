@@ -2,7 +2,7 @@
 //! person typed. I/O: reads the files named in the config.
 
 use crate::config::{hex_key, IngressConfig, PskEntry, UplinkConfig};
-use gateway_coap::dtls::{valid_identity, Psk};
+use gateway_dtls::{valid_identity, Psk};
 use gateway_sdk::{tracing, InitContext, PluginError};
 use std::{collections::HashMap, path::Path};
 

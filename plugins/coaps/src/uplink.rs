@@ -2,11 +2,9 @@
 
 use crate::config::{parse_uri, UplinkConfig};
 use coap_lite::{MessageClass, RequestType};
-use gateway_coap::{
-    core::{path_of, request, Config as CoapConfig},
-    driver::{Client, ClientOptions, RequestError},
-    dtls::{self, ClientSettings},
-};
+use gateway_coap::{path_of, request, Config as CoapConfig};
+use gateway_coaps_tokio::{Client, ClientConfig, ClientOptions, RequestError};
+use gateway_dtls::{self as dtls, ClientSettings};
 use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
 use std::{net::ToSocketAddrs, time::Duration};
 
@@ -142,18 +140,20 @@ impl Sink for Uplink {
                 .ok_or_else(|| PluginError::retry(format!("{} has no address", self.host)))?;
             let opts = ClientOptions {
                 server,
-                host: self.host.clone(),
-                verify_host: self.tls.ca_file.is_some(),
                 bind: self.cfg.bind,
-                tls: self.tls.clone(),
-                coap: CoapConfig {
-                    ack_timeout: self.cfg.ack_timeout,
-                    max_retransmit: self.cfg.max_retransmit,
-                    block_szx: szx(self.cfg.block_size).unwrap_or(6),
-                    max_payload: max_payload(self.cfg.mtu),
-                    ..CoapConfig::default()
+                client: ClientConfig {
+                    host: self.host.clone(),
+                    verify_host: self.tls.ca_file.is_some(),
+                    tls: self.tls.clone(),
+                    coap: CoapConfig {
+                        ack_timeout: self.cfg.ack_timeout,
+                        max_retransmit: self.cfg.max_retransmit,
+                        block_szx: szx(self.cfg.block_size).unwrap_or(6),
+                        max_payload: max_payload(self.cfg.mtu),
+                        ..CoapConfig::default()
+                    },
+                    handshake_timeout: self.cfg.handshake_timeout,
                 },
-                handshake_timeout: self.cfg.handshake_timeout,
             };
             tracing::info!(%server, uri = %self.cfg.uri, "uplink ready");
             self.client = Some(Client::start(opts).map_err(|e| PluginError::fatal(e.to_string()))?);
@@ -342,8 +342,8 @@ impl Uplink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gateway_coap::senml;
     use gateway_sdk::testing::sample_readings;
+    use gateway_senml as senml;
 
     #[test]
     fn only_a_batch_specific_refusal_lets_readings_go() {

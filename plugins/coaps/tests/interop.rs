@@ -7,8 +7,8 @@ mod common;
 mod libcoap;
 use coaps::{Ingress, Uplink};
 use common::{certs, free_port, ingress_config, uplink_config};
-use gateway_coap::senml;
 use gateway_sdk::testing::{run_source, sample_readings, SinkHarness};
+use gateway_senml as senml;
 use libcoap::{coap_client, have_libcoap};
 use std::{
     process::{Child, Command, Stdio},

@@ -1,7 +1,7 @@
 //! Shared by the coaps tests: certificates, ports, configs.
 #![allow(dead_code)]
 
-use gateway_coap::pki::{issue_to, Kind};
+use gateway_pki::{issue_to, Kind};
 use std::{net::UdpSocket, path::Path};
 
 pub fn certs(dir: &Path, device: &str) {

@@ -1,7 +1,7 @@
 //! SenML round trips (property tests), base-field compaction, foreign packs, and bad input.
 
-use gateway_coap::senml::{decode_cbor, decode_json, encode_cbor, encode_json, DecodeError};
 use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
+use gateway_senml::{decode_cbor, decode_json, encode_cbor, encode_json, DecodeError};
 use proptest::prelude::*;
 
 const NOW: Timestamp = Timestamp(1_764_085_351_000_000);

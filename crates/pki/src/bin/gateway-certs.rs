@@ -8,7 +8,7 @@
 //! ```
 //! DIR defaults to `certs`. Keys are written with mode 0600.
 
-use gateway_coap::pki::{issue_to, read_pair, revoke, Kind, Layout, PkiError};
+use gateway_pki::{issue_to, read_pair, revoke, Kind, Layout, PkiError};
 use std::{path::PathBuf, process::ExitCode};
 
 const USAGE: &str = "usage:

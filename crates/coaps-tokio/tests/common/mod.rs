@@ -2,13 +2,11 @@
 //! that answers everything.
 #![allow(dead_code)]
 
-use coap_lite::{MessageClass, RequestType, ResponseType};
-use gateway_coap::{
-    core::{request, response, Config as CoapConfig},
-    driver::{ClientOptions, Server, ServerOptions},
-    dtls::{ClientSettings, ServerSettings},
-    pki::{issue_to, Kind},
-};
+use gateway_coap::coap_lite::{self, MessageClass, RequestType, ResponseType};
+use gateway_coap::{request, response, Config as CoapConfig};
+use gateway_coaps_tokio::{ClientConfig, ClientOptions, Server, ServerConfig, ServerOptions};
+use gateway_dtls::{ClientSettings, ServerSettings};
+use gateway_pki::{issue_to, Kind};
 use std::{
     collections::HashSet,
     net::SocketAddr,
@@ -98,38 +96,42 @@ impl Pki {
 pub fn server_opts(pki: &Pki, cert: &str) -> ServerOptions {
     ServerOptions {
         bind: "127.0.0.1:0".parse().unwrap(),
-        tls: ServerSettings {
-            cert_file: Some(pki.path(&format!("{cert}.pem"))),
-            key_file: Some(pki.path(&format!("{cert}.key"))),
-            mtu: 1232,
-            ..Default::default()
-        },
-        coap: CoapConfig::default(),
-        max_sessions: 100,
-        max_sessions_per_identity: 4,
-        max_handshakes: 10,
-        max_handshakes_per_address: 10,
-        session_idle: Duration::from_secs(600),
-        handshake_timeout: Duration::from_secs(5),
         max_pending: 64,
-        require_identity: false,
-        deny: HashSet::new(),
+        server: ServerConfig {
+            tls: ServerSettings {
+                cert_file: Some(pki.path(&format!("{cert}.pem"))),
+                key_file: Some(pki.path(&format!("{cert}.key"))),
+                mtu: 1232,
+                ..Default::default()
+            },
+            coap: CoapConfig::default(),
+            max_sessions: 100,
+            max_sessions_per_identity: 4,
+            max_handshakes: 10,
+            max_handshakes_per_address: 10,
+            session_idle: Duration::from_secs(600),
+            handshake_timeout: Duration::from_secs(5),
+            require_identity: false,
+            deny: HashSet::new(),
+        },
     }
 }
 
 pub fn client_opts(server: SocketAddr, ca: &Path, host: &str) -> ClientOptions {
     ClientOptions {
         server,
-        host: host.to_owned(),
-        verify_host: true,
         bind: "127.0.0.1:0".parse().unwrap(),
-        tls: ClientSettings {
-            ca_file: Some(ca.to_path_buf()),
-            mtu: 1232,
-            ..Default::default()
+        client: ClientConfig {
+            host: host.to_owned(),
+            verify_host: true,
+            tls: ClientSettings {
+                ca_file: Some(ca.to_path_buf()),
+                mtu: 1232,
+                ..Default::default()
+            },
+            coap: CoapConfig::default(),
+            handshake_timeout: Duration::from_secs(3),
         },
-        coap: CoapConfig::default(),
-        handshake_timeout: Duration::from_secs(3),
     }
 }
 

@@ -2,8 +2,8 @@
 //! must stay bounded by `max_records`, whatever the payload claims or holds. One test in its
 //! own binary, so that no other test allocates meanwhile.
 
-use gateway_coap::senml::{decode_cbor, decode_json, encode_cbor, DecodeError};
 use gateway_sdk::{testing::sample_readings, Timestamp};
+use gateway_senml::{decode_cbor, decode_json, encode_cbor, DecodeError};
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     sync::atomic::{AtomicUsize, Ordering::SeqCst},

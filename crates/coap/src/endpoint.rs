@@ -1,28 +1,10 @@
-//! The CoAP message layer (RFC 7252) with block-wise Block1 (RFC 7959), as a plain state
-//! machine: no sockets, no tokio, no clock of its own, randomness injected.
-//!
-//! Inputs: [`Endpoint::handle_datagram`], [`Endpoint::handle_timeout`], and the application's
-//! [`Endpoint::request`] (client) and [`Endpoint::respond`] (server). Outputs:
-//! [`Endpoint::poll_event`], [`Endpoint::poll_transmit`], [`Endpoint::poll_timeout`].
-//!
-//! After every input, drain the outputs in this order: events (they may lead the application to
-//! call `request` or `respond`, which queue more transmits), then transmits, then ask
-//! `poll_timeout` when to call `handle_timeout` next.
-//!
-//! What it does:
-//! - CON requests and responses are retransmitted on the RFC 7252 schedule (initial timeout
-//!   random in `ACK_TIMEOUT .. ACK_TIMEOUT * ACK_RANDOM_FACTOR`, doubling, `MAX_RETRANSMIT`
-//!   times) and given up with [`ClientError::Timeout`];
-//! - duplicate requests (same peer and message id within `EXCHANGE_LIFETIME`) are answered from
-//!   a cache, never handed to the application twice;
-//! - a request the application has not answered within `separate_after` gets an empty ACK, and
-//!   the response follows as a separate CON;
-//! - payloads larger than one block go out as Block1 transfers, and incoming Block1 transfers
-//!   are reassembled (up to `max_body` bytes) before the application sees the request;
-//! - empty CON (CoAP ping) is answered with RST; a RST cancels the matching exchange; a
-//!   malformed CON is answered with RST, anything else malformed is dropped; both are counted.
+//! The CoAP endpoint: reliability, de-duplication, separate responses and Block1 transfers for
+//! any number of peers. See the crate documentation for the order in which to drain it.
 
-use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use crate::message::{
+    block1_of, decode_uint, empty, encode_uint, path_of, refuse_options, response, Block,
+};
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
 use std::{
     collections::{HashMap, VecDeque},
     hash::Hash,
@@ -158,107 +140,6 @@ pub struct Stats {
     pub reassembly_refusals: u64,
 }
 
-/// Options a request may carry. A critical option (an odd number) that is not here gets 4.02
-/// Bad Option; elective ones are ignored whatever they are.
-const UNDERSTOOD: &[u16] = &[
-    3,  // Uri-Host: one host here
-    7,  // Uri-Port
-    11, // Uri-Path
-    15, // Uri-Query: no resource here takes one; ignored
-    23, // Block2
-    27, // Block1
-];
-
-/// Proxy-Uri and Proxy-Scheme: this endpoint is no proxy (5.05).
-const PROXY: &[u16] = &[35, 39];
-
-/// What a request with a critical option this endpoint does not understand gets, if it has one.
-fn refuse_options(req: &Packet) -> Option<(ResponseType, String)> {
-    for (opt, _) in req.options() {
-        let n: u16 = *opt;
-        if PROXY.contains(&n) {
-            return Some((
-                ResponseType::ProxyingNotSupported,
-                "no proxying here".into(),
-            ));
-        }
-        if n % 2 == 1 && !UNDERSTOOD.contains(&n) {
-            return Some((
-                ResponseType::BadOption,
-                format!("critical option {n} is not understood"),
-            ));
-        }
-    }
-    None
-}
-
-/// Block1/Block2 option value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Block {
-    /// Block number.
-    pub num: u32,
-    /// More blocks follow.
-    pub more: bool,
-    /// Size exponent: size = 2^(szx+4).
-    pub szx: u8,
-}
-
-impl Block {
-    /// Decodes an option value.
-    pub fn decode(v: &[u8]) -> Option<Block> {
-        if v.len() > 3 {
-            return None;
-        }
-        let n = v.iter().fold(0u32, |a, &b| (a << 8) | u32::from(b));
-        let szx = (n & 7) as u8;
-        if szx == 7 {
-            return None;
-        }
-        Some(Block {
-            num: n >> 4,
-            more: n & 8 != 0,
-            szx,
-        })
-    }
-    /// Encodes an option value (shortest form).
-    pub fn encode(self) -> Vec<u8> {
-        encode_uint((self.num << 4) | (u32::from(self.more) << 3) | u32::from(self.szx))
-    }
-    /// The block size in bytes.
-    pub fn size(self) -> usize {
-        1 << (self.szx + 4)
-    }
-}
-
-/// A CoAP uint option value in its shortest form.
-pub fn encode_uint(n: u32) -> Vec<u8> {
-    let b = n.to_be_bytes();
-    let skip = b.iter().take_while(|&&x| x == 0).count();
-    b[skip..].to_vec()
-}
-
-/// Decodes a CoAP uint option value.
-pub fn decode_uint(v: &[u8]) -> Option<u32> {
-    (v.len() <= 4).then(|| v.iter().fold(0u32, |a, &b| (a << 8) | u32::from(b)))
-}
-
-fn block1_of(p: &Packet) -> Option<Option<Block>> {
-    p.get_first_option(CoapOption::Block1)
-        .map(|v| Block::decode(v))
-}
-
-/// The request's Uri-Path as one string without the leading `/`.
-pub fn path_of(p: &Packet) -> String {
-    p.get_option(CoapOption::UriPath)
-        .map(|l| {
-            l.iter()
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect::<Vec<_>>()
-                .join("/")
-        })
-        .unwrap_or_default()
-}
-
 struct Outgoing<P> {
     peer: P,
     bytes: Vec<u8>,
@@ -329,41 +210,6 @@ pub struct Endpoint<P: Copy + Eq + Hash> {
     /// Block1 transfers by (peer, path, token).
     reassembly: HashMap<(P, String, Token), Reassembly>,
     stats: Stats,
-}
-
-fn empty(t: MessageType, mid: u16) -> Packet {
-    let mut p = Packet::new();
-    p.header.set_type(t);
-    p.header.code = MessageClass::Empty;
-    p.header.message_id = mid;
-    p
-}
-
-/// Makes a response packet for `code` with a diagnostic payload.
-pub fn response(code: ResponseType, diagnostic: &str) -> Packet {
-    let mut p = Packet::new();
-    p.header.code = MessageClass::Response(code);
-    p.payload = diagnostic.as_bytes().to_vec();
-    p
-}
-
-/// Makes a request packet.
-pub fn request(
-    method: RequestType,
-    path: &str,
-    content_format: Option<u16>,
-    payload: Vec<u8>,
-) -> Packet {
-    let mut p = Packet::new();
-    p.header.code = MessageClass::Request(method);
-    for seg in path.split('/').filter(|s| !s.is_empty()) {
-        p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
-    }
-    if let Some(cf) = content_format {
-        p.add_option(CoapOption::ContentFormat, encode_uint(u32::from(cf)));
-    }
-    p.payload = payload;
-    p
 }
 
 impl<P: Copy + Eq + Hash> Endpoint<P> {

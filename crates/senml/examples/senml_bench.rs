@@ -1,6 +1,6 @@
-//! Micro-benchmark of SenML CBOR encoding and decoding: `cargo run --release -p gateway-coap --example senml_bench`.
-use gateway_coap::senml;
+//! Micro-benchmark of SenML CBOR encoding and decoding: `cargo run --release -p gateway-senml --example senml_bench`.
 use gateway_sdk::{testing::sample_readings, Timestamp};
+use gateway_senml as senml;
 use std::time::Instant;
 
 fn main() {

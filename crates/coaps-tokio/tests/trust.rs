@@ -4,11 +4,10 @@
 mod common;
 use common::*;
 
-use gateway_coap::{
-    driver::{Client, ClientOptions, RequestError, Server, ServerOptions},
-    dtls::{self, ClientSettings, DtlsError, Psk, Session, State},
-    pki::{issue_to, read_pair, revoke, Kind},
-};
+use gateway_coap::coap_lite;
+use gateway_coaps_tokio::{Client, ClientOptions, RequestError, Server, ServerOptions};
+use gateway_dtls::{self as dtls, ClientSettings, DtlsError, Psk, Session, State};
+use gateway_pki::{issue_to, read_pair, revoke, Kind};
 use openssl::ssl::{SslContextBuilder, SslMethod, SslVersion};
 use std::{
     collections::HashMap,
@@ -19,14 +18,14 @@ use std::{
 
 fn mutual(pki: &Pki) -> ServerOptions {
     let mut opts = server_opts(pki, "server");
-    opts.tls.client_ca_file = Some(pki.path("ca.pem"));
-    opts.require_identity = true;
+    opts.server.tls.client_ca_file = Some(pki.path("ca.pem"));
+    opts.server.require_identity = true;
     opts
 }
 
 fn device(server: SocketAddr, pki: &Pki, name: &str) -> ClientOptions {
     let mut o = client_opts(server, &pki.path("ca.pem"), "localhost");
-    o.tls.cert = Some((
+    o.client.tls.cert = Some((
         pki.path(&format!("{name}.pem")),
         pki.path(&format!("{name}.key")),
     ));
@@ -35,9 +34,9 @@ fn device(server: SocketAddr, pki: &Pki, name: &str) -> ClientOptions {
 
 fn psk_device(server: SocketAddr, identity: &str, key: &[u8]) -> ClientOptions {
     let mut o = client_opts(server, std::path::Path::new("/unused"), "localhost");
-    o.tls.ca_file = None;
-    o.verify_host = false;
-    o.tls.psk = Some(Psk {
+    o.client.tls.ca_file = None;
+    o.client.verify_host = false;
+    o.client.tls.psk = Some(Psk {
         identity: identity.into(),
         key: key.to_vec(),
     });
@@ -80,7 +79,7 @@ fn wait_for_idle_close(server: &Server, closes: u64) {
 fn a_resumed_session_keeps_its_certificate_identity() {
     let pki = Pki::new();
     let mut opts = mutual(&pki);
-    opts.session_idle = Duration::from_millis(300);
+    opts.server.session_idle = Duration::from_millis(300);
     let mut server = Server::start(opts).unwrap();
     let _app = serve(&mut server);
     let client = Client::start(device(server.local_addr, &pki, "device")).unwrap();
@@ -101,9 +100,9 @@ fn a_resumed_session_keeps_its_certificate_identity() {
 fn a_resumed_session_keeps_its_psk_identity() {
     let pki = Pki::new();
     let mut opts = server_opts(&pki, "server");
-    opts.tls.psk = HashMap::from([("sensor-42".to_owned(), b"0123456789abcdef".to_vec())]);
-    opts.require_identity = true;
-    opts.session_idle = Duration::from_millis(300);
+    opts.server.tls.psk = HashMap::from([("sensor-42".to_owned(), b"0123456789abcdef".to_vec())]);
+    opts.server.require_identity = true;
+    opts.server.session_idle = Duration::from_millis(300);
     let mut server = Server::start(opts).unwrap();
     let _app = serve(&mut server);
     let client = Client::start(psk_device(
@@ -142,8 +141,8 @@ fn a_peer_without_an_identity_gets_no_data_in() {
     // PSKs and a server certificate, no client CA: a client with neither PSK nor certificate
     // can still negotiate an ECDHE-ECDSA suite, and is then refused.
     let mut opts = server_opts(&pki, "server");
-    opts.tls.psk = HashMap::from([("sensor-42".to_owned(), b"0123456789abcdef".to_vec())]);
-    opts.require_identity = true;
+    opts.server.tls.psk = HashMap::from([("sensor-42".to_owned(), b"0123456789abcdef".to_vec())]);
+    opts.server.require_identity = true;
     let server = Server::start(opts).unwrap();
     shut_out(
         &server,
@@ -158,7 +157,7 @@ fn a_denied_identity_is_refused_and_the_others_are_not() {
     let pki = Pki::new();
     issue_device(&pki, "pi-02");
     let mut opts = mutual(&pki);
-    opts.deny = ["pi-01".to_owned()].into();
+    opts.server.deny = ["pi-01".to_owned()].into();
     let mut server = Server::start(opts).unwrap();
     let requests = std::mem::replace(&mut server.requests, std::sync::mpsc::sync_channel(0).1);
     let denied = Client::start(device(server.local_addr, &pki, "device")).unwrap();
@@ -189,7 +188,7 @@ fn a_revoked_device_certificate_is_refused() {
         1
     );
     let mut opts = mutual(&pki);
-    opts.tls.client_crl_file = Some(pki.path("crl.pem"));
+    opts.server.tls.client_crl_file = Some(pki.path("crl.pem"));
     let mut server = Server::start(opts).unwrap();
     let requests = std::mem::replace(&mut server.requests, std::sync::mpsc::sync_channel(0).1);
     let c = Client::start(device(server.local_addr, &pki, "device")).unwrap();
@@ -228,9 +227,9 @@ fn pump(sock: &UdpSocket, s: &mut Session, done: impl Fn(&Session, usize) -> boo
         match sock.recv(&mut buf) {
             Ok(n) => {
                 received += 1;
-                s.handle_datagram(&buf[..n]);
+                s.handle_datagram(Instant::now(), &buf[..n]);
             }
-            Err(_) => s.handle_timeout(),
+            Err(_) => s.handle_timeout(Instant::now()),
         }
     }
 }
@@ -250,13 +249,13 @@ fn silent_handshake(server: SocketAddr, from: &str, ctx: &openssl::ssl::SslConte
     let sock = UdpSocket::bind(format!("{from}:0")).unwrap();
     sock.connect(server).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut s = Session::client(ctx, "localhost", 1232, true, None).unwrap();
+    let mut s = Session::client(ctx, "localhost", 1232, true, None, Instant::now()).unwrap();
     let mut buf = [0u8; 4096];
     // ClientHello, HelloVerifyRequest, ClientHello with the cookie, the server's first flight;
     // then nothing more.
     sock.send(&s.poll_transmit().unwrap()).unwrap();
     let n = sock.recv(&mut buf).unwrap();
-    s.handle_datagram(&buf[..n]);
+    s.handle_datagram(Instant::now(), &buf[..n]);
     sock.send(&s.poll_transmit().unwrap()).unwrap();
     // The server answers, or (at its capacity) drops the ClientHello and keeps nothing.
     sock.set_read_timeout(Some(Duration::from_millis(100)))
@@ -281,9 +280,9 @@ fn connects_within(server: SocketAddr, opts: ClientOptions, limit: Duration) {
 /// hundred silent clients from 127.0.0.1 have tried to fill; their sockets stay open.
 fn besieged(pki: &Pki, max_handshakes: usize, per_address: usize) -> (Server, Vec<UdpSocket>) {
     let mut opts = mutual(pki);
-    opts.max_handshakes = max_handshakes;
-    opts.max_handshakes_per_address = per_address;
-    opts.handshake_timeout = Duration::from_secs(10);
+    opts.server.max_handshakes = max_handshakes;
+    opts.server.max_handshakes_per_address = per_address;
+    opts.server.handshake_timeout = Duration::from_secs(10);
     let mut server = Server::start(opts).unwrap();
     let _app = serve(&mut server);
     let ctx = client_ctx(pki);
@@ -327,7 +326,7 @@ fn at_the_handshake_cap_the_host_holding_most_makes_room() {
 fn a_device_that_reboots_mid_handshake_is_served_at_once() {
     let pki = Pki::new();
     let mut opts = mutual(&pki);
-    opts.handshake_timeout = Duration::from_secs(10);
+    opts.server.handshake_timeout = Duration::from_secs(10);
     let mut server = Server::start(opts).unwrap();
     let _app = serve(&mut server);
     let ctx = client_ctx(&pki);
@@ -346,7 +345,7 @@ fn at_the_session_cap_an_authenticated_newcomer_replaces_the_least_recently_acti
     issue_device(&pki, "pi-02");
     issue_device(&pki, "pi-03");
     let mut opts = mutual(&pki);
-    opts.max_sessions = 2;
+    opts.server.max_sessions = 2;
     let mut server = Server::start(opts).unwrap();
     let _app = serve(&mut server);
     let one = Client::start(device(server.local_addr, &pki, "device")).unwrap();
@@ -365,8 +364,8 @@ fn at_the_session_cap_an_authenticated_newcomer_replaces_the_least_recently_acti
 fn at_the_session_cap_a_peer_without_an_identity_makes_no_room() {
     let pki = Pki::new();
     let mut opts = mutual(&pki);
-    opts.require_identity = false;
-    opts.max_sessions = 1;
+    opts.server.require_identity = false;
+    opts.server.max_sessions = 1;
     let mut server = Server::start(opts).unwrap();
     let app = serve(&mut server);
     let one = Client::start(device(server.local_addr, &pki, "device")).unwrap();
@@ -395,10 +394,10 @@ fn psk_defaults_to_ecdhe_psk_and_the_ccm_8_suite_is_available() {
         ("PSK-AES128-CCM8", "PSK-AES128-CCM8"),
     ] {
         let mut opts = server_opts(&pki, "server");
-        opts.tls.cert_file = None;
-        opts.tls.key_file = None;
-        opts.tls.psk = HashMap::from([("sensor-42".to_owned(), key.clone())]);
-        opts.tls.ciphers = ciphers.into();
+        opts.server.tls.cert_file = None;
+        opts.server.tls.key_file = None;
+        opts.server.tls.psk = HashMap::from([("sensor-42".to_owned(), key.clone())]);
+        opts.server.tls.ciphers = ciphers.into();
         let server = Server::start(opts).unwrap();
         let ctx = dtls::client_context(&ClientSettings {
             psk: Some(Psk {
@@ -412,7 +411,7 @@ fn psk_defaults_to_ecdhe_psk_and_the_ccm_8_suite_is_available() {
         .unwrap();
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.connect(server.local_addr).unwrap();
-        let mut s = Session::client(&ctx, "localhost", 1232, false, None).unwrap();
+        let mut s = Session::client(&ctx, "localhost", 1232, false, None, Instant::now()).unwrap();
         pump(&sock, &mut s, |s, _| s.is_established());
         assert_eq!(s.cipher(), Some(want));
     }
@@ -429,7 +428,7 @@ fn dtls_1_0_is_refused() {
     let ctx = b.build();
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.connect(server.local_addr).unwrap();
-    let mut s = Session::client(&ctx, "localhost", 1232, false, None).unwrap();
+    let mut s = Session::client(&ctx, "localhost", 1232, false, None, Instant::now()).unwrap();
     pump(&sock, &mut s, |s, _| s.is_established());
     assert!(
         matches!(s.state(), State::Closed(DtlsError::Handshake(_))),
@@ -475,7 +474,8 @@ fn a_client_never_ends_up_without_authenticating_the_server() {
     .unwrap_err();
     assert!(e.to_string().contains("AECDH-AES128-SHA"), "{e}");
     let mut opts = server_opts(&pki, "server");
-    opts.tls.ciphers = "ECDHE-ECDSA-NULL-SHA:ECDHE-ECDSA-AES128-GCM-SHA256:@SECLEVEL=0".into();
+    opts.server.tls.ciphers =
+        "ECDHE-ECDSA-NULL-SHA:ECDHE-ECDSA-AES128-GCM-SHA256:@SECLEVEL=0".into();
     assert!(Server::start(opts)
         .err()
         .unwrap()
@@ -487,7 +487,7 @@ fn a_client_never_ends_up_without_authenticating_the_server() {
 fn one_credential_cannot_hold_more_than_its_share_of_sessions() {
     let pki = Pki::new();
     let mut opts = mutual(&pki);
-    opts.max_sessions_per_identity = 2;
+    opts.server.max_sessions_per_identity = 2;
     let mut server = Server::start(opts).unwrap();
     let _app = serve(&mut server);
     // Three clients with the one key of pi-01 (leaked, or a device reconnecting from new
@@ -512,11 +512,11 @@ fn a_replayed_client_hello_does_not_end_an_established_session() {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.connect(server.local_addr).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut s = Session::client(&ctx, "localhost", 1232, true, None).unwrap();
+    let mut s = Session::client(&ctx, "localhost", 1232, true, None, Instant::now()).unwrap();
     let mut buf = [0u8; 4096];
     sock.send(&s.poll_transmit().unwrap()).unwrap();
     let n = sock.recv(&mut buf).unwrap();
-    s.handle_datagram(&buf[..n]);
+    s.handle_datagram(Instant::now(), &buf[..n]);
     let with_cookie = s.poll_transmit().unwrap();
     sock.send(&with_cookie).unwrap();
     pump(&sock, &mut s, |s, _| s.is_established());
@@ -535,7 +535,7 @@ fn a_replayed_client_hello_does_not_end_an_established_session() {
             sock.send(&d).unwrap();
         }
         if let Ok(n) = sock.recv(&mut buf) {
-            answer.extend(s.handle_datagram(&buf[..n]));
+            answer.extend(s.handle_datagram(Instant::now(), &buf[..n]));
         }
     }
     let resp = coap_lite::Packet::from_bytes(&answer[0]).unwrap();
@@ -547,7 +547,7 @@ fn both_ends_refuse_renegotiation_and_anything_below_dtls_1_2() {
     use openssl::ssl::SslOptions;
     let pki = Pki::new();
     let client = client_ctx(&pki);
-    let server = dtls::server_context(&server_opts(&pki, "server").tls).unwrap();
+    let server = dtls::server_context(&server_opts(&pki, "server").server.tls).unwrap();
     for ctx in [&client, &server] {
         use foreign_types::ForeignType;
         // SAFETY: reading two settings of a context we own.

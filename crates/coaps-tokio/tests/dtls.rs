@@ -2,10 +2,8 @@
 //! cookie exchange, PSK, mutual authentication, a client that restarts on the same port, and a
 //! block-wise request.
 
-use gateway_coap::{
-    driver::{Client, RequestError, Server, ServerOptions},
-    dtls::{ClientSettings, DtlsError, Psk, ServerSettings},
-};
+use gateway_coaps_tokio::{Client, RequestError, Server};
+use gateway_dtls::{ClientSettings, DtlsError, Psk};
 use std::{collections::HashMap, path::Path, time::Duration};
 
 mod common;
@@ -117,12 +115,12 @@ fn an_expired_certificate_is_refused_and_says_so() {
 fn mutual_authentication_gives_the_device_identity_and_refuses_clients_without_a_certificate() {
     let pki = Pki::new();
     let mut opts = server_opts(&pki, "server");
-    opts.tls.client_ca_file = Some(pki.path("ca.pem"));
-    opts.tls.require_client_cert = true;
+    opts.server.tls.client_ca_file = Some(pki.path("ca.pem"));
+    opts.server.tls.require_client_cert = true;
     let mut server = Server::start(opts).unwrap();
     let app = serve(&mut server);
     let mut copts = client_opts(server.local_addr, &pki.path("ca.pem"), "localhost");
-    copts.tls.cert = Some((pki.path("device.pem"), pki.path("device.key")));
+    copts.client.tls.cert = Some((pki.path("device.pem"), pki.path("device.key")));
     let client = Client::start(copts).unwrap();
     let r = client
         .request(post(b"abc".to_vec()), Duration::from_secs(5))
@@ -147,27 +145,21 @@ fn mutual_authentication_gives_the_device_identity_and_refuses_clients_without_a
 
 #[test]
 fn psk_works_and_a_wrong_key_times_out_without_data() {
-    let mut opts = ServerOptions {
-        tls: ServerSettings {
-            psk: HashMap::from([("sensor-42".to_owned(), b"0123456789abcdef".to_vec())]),
-            mtu: 1232,
-            ..Default::default()
-        },
-        ..server_opts(&Pki::new(), "server")
-    };
-    opts.tls.cert_file = None;
-    opts.tls.key_file = None;
+    let mut opts = server_opts(&Pki::new(), "server");
+    opts.server.tls.psk = HashMap::from([("sensor-42".to_owned(), b"0123456789abcdef".to_vec())]);
+    opts.server.tls.cert_file = None;
+    opts.server.tls.key_file = None;
     let mut server = Server::start(opts).unwrap();
     let app = serve(&mut server);
     let psk_client = |key: &[u8]| {
         let mut o = client_opts(server.local_addr, Path::new("/unused"), "localhost");
-        o.tls.ca_file = None;
-        o.verify_host = false;
-        o.tls.psk = Some(Psk {
+        o.client.tls.ca_file = None;
+        o.client.verify_host = false;
+        o.client.tls.psk = Some(Psk {
             identity: "sensor-42".into(),
             key: key.to_vec(),
         });
-        o.handshake_timeout = Duration::from_secs(2);
+        o.client.handshake_timeout = Duration::from_secs(2);
         Client::start(o).unwrap()
     };
     let good = psk_client(b"0123456789abcdef");
@@ -227,7 +219,7 @@ fn a_client_restarting_on_the_same_port_gets_a_new_session_at_once() {
 fn an_idle_session_expires_and_the_next_request_handshakes_again() {
     let pki = Pki::new();
     let mut opts = server_opts(&pki, "server");
-    opts.session_idle = Duration::from_millis(300);
+    opts.server.session_idle = Duration::from_millis(300);
     let mut server = Server::start(opts).unwrap();
     let _app = serve(&mut server);
     let client = Client::start(client_opts(
@@ -268,11 +260,11 @@ fn an_idle_session_expires_and_the_next_request_handshakes_again() {
 fn the_ccm_8_suites_of_rfc_7252_are_available_by_configuration() {
     let pki = Pki::new();
     let mut opts = server_opts(&pki, "server");
-    opts.tls.ciphers = "ECDHE-ECDSA-AES128-CCM8".into();
+    opts.server.tls.ciphers = "ECDHE-ECDSA-AES128-CCM8".into();
     let mut server = Server::start(opts).unwrap();
     let _app = serve(&mut server);
     let mut copts = client_opts(server.local_addr, &pki.path("ca.pem"), "localhost");
-    copts.tls.ciphers = "ECDHE-ECDSA-AES128-CCM8".into();
+    copts.client.tls.ciphers = "ECDHE-ECDSA-AES128-CCM8".into();
     let client = Client::start(copts).unwrap();
     assert!(changed(
         &client
@@ -304,7 +296,7 @@ fn with_a_ca_file_the_client_trusts_that_ca_alone() {
         ca_file: Some(pki.path("ca.pem")),
         ..Default::default()
     };
-    let ctx = gateway_coap::dtls::client_context(&settings).unwrap();
+    let ctx = gateway_dtls::client_context(&settings).unwrap();
     let names: Vec<String> = ctx
         .cert_store()
         .all_certificates()

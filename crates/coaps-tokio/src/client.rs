@@ -1,0 +1,216 @@
+//! The client driver: blocking calls from any thread, a tokio loop on the client's own thread.
+
+use crate::{grow_buffers, runtime};
+use gateway_coap::coap_lite::Packet;
+use gateway_dtls::{
+    client::{Client as Machine, Config, Event, RequestError, RequestTag, Transmit},
+    DtlsError,
+};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::mpsc as std_mpsc,
+    time::{Duration, Instant},
+};
+use tokio::{net::UdpSocket, sync::mpsc, time::sleep_until};
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The server's address.
+    pub server: SocketAddr,
+    /// Local address to bind (port 0: any).
+    pub bind: SocketAddr,
+    /// Everything else: DTLS, CoAP, the handshake timeout.
+    pub client: Config,
+}
+
+enum Cmd {
+    Job(Job),
+    /// End at once without a close_notify.
+    Abort,
+}
+
+struct Job {
+    packet: Packet,
+    timeout: Duration,
+    reply: std_mpsc::Sender<Tagged>,
+    tag: u64,
+}
+
+/// The outcome of a request sent with [`Client::send_tagged`], with its tag.
+pub type Tagged = (u64, Result<Packet, RequestError>);
+
+/// A CoAP-over-DTLS client to one server. Requests are blocking calls from any thread.
+pub struct Client {
+    tx: mpsc::UnboundedSender<Cmd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Client {
+    /// Checks the settings (files, ciphers) and starts the client's thread. Connects lazily,
+    /// on the first request, and again after a session is lost.
+    pub fn start(opts: ClientOptions) -> Result<Client, DtlsError> {
+        let machine = Machine::new(opts.client.clone(), gateway_dtls::rng())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let span = tracing::Span::current();
+        let thread = std::thread::Builder::new()
+            .name("coaps-client".into())
+            .spawn(move || {
+                let _e = span.enter();
+                runtime().block_on(client_loop(opts, machine, rx))
+            })
+            .map_err(|e| DtlsError::Other(e.to_string()))?;
+        Ok(Client {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Sends a confirmable request and waits for the final response, at most `timeout`.
+    pub fn request(&self, packet: Packet, timeout: Duration) -> Result<Packet, RequestError> {
+        self.send(packet, timeout).wait()
+    }
+
+    /// Sends a confirmable request without waiting; several may be in flight at once.
+    pub fn send(&self, packet: Packet, timeout: Duration) -> Pending {
+        let (reply, rx) = std_mpsc::channel();
+        let sent = self.send_tagged(packet, timeout, 0, &reply);
+        Pending {
+            rx: sent.then_some(rx),
+        }
+    }
+
+    /// Sends a confirmable request; its final response arrives on `done` with `tag`, so that
+    /// one receiver can collect many requests in the order they finish. `false` if the client
+    /// has stopped (nothing will arrive).
+    pub fn send_tagged(
+        &self,
+        packet: Packet,
+        timeout: Duration,
+        tag: u64,
+        done: &std_mpsc::Sender<Tagged>,
+    ) -> bool {
+        let job = Job {
+            packet,
+            timeout,
+            reply: done.clone(),
+            tag,
+        };
+        self.tx.send(Cmd::Job(job)).is_ok()
+    }
+
+    /// Ends the client without telling the server, as a power loss would: the server keeps a
+    /// session that no longer exists on this side.
+    pub fn abort(mut self) {
+        let _ = self.tx.send(Cmd::Abort);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let (tx, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A request in flight.
+pub struct Pending {
+    rx: Option<std_mpsc::Receiver<Tagged>>,
+}
+
+impl Pending {
+    /// Waits for the final response.
+    pub fn wait(self) -> Result<Packet, RequestError> {
+        match self.rx {
+            Some(rx) => rx.recv().map_or(Err(RequestError::Stopped), |(_, r)| r),
+            None => Err(RequestError::Stopped),
+        }
+    }
+}
+
+/// A new socket to the server, for a new session.
+async fn open(opts: &ClientOptions) -> Result<UdpSocket, RequestError> {
+    let socket = UdpSocket::bind(opts.bind)
+        .await
+        .inspect(|s| grow_buffers(&socket2::SockRef::from(s)))
+        .map_err(|e| RequestError::Io(format!("bind {}: {e}", opts.bind)))?;
+    socket
+        .connect(opts.server)
+        .await
+        .map_err(|e| RequestError::Io(format!("connect {}: {e}", opts.server)))?;
+    tracing::debug!(server = %opts.server, "socket open for a new DTLS session");
+    Ok(socket)
+}
+
+async fn client_loop(
+    opts: ClientOptions,
+    mut machine: Machine,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+) {
+    let mut socket: Option<UdpSocket> = None;
+    let mut replies: HashMap<RequestTag, (std_mpsc::Sender<Tagged>, u64)> = HashMap::new();
+    let mut buf = vec![0u8; 65536];
+    let mut open_cmds = true;
+    loop {
+        // Drain in order: events, then transmits (which may fail a connect, and so make events).
+        loop {
+            while let Some(Event::Done { tag, result }) = machine.poll_event() {
+                if let Some((reply, user_tag)) = replies.remove(&tag) {
+                    let _ = reply.send((user_tag, result));
+                }
+            }
+            let Some(t) = machine.poll_transmit() else {
+                break;
+            };
+            match t {
+                Transmit::Connect => match open(&opts).await {
+                    Ok(s) => socket = Some(s),
+                    Err(e) => {
+                        socket = None;
+                        machine.connect_failed(Instant::now(), e);
+                    }
+                },
+                Transmit::Datagram(d) => {
+                    if let Some(s) = &socket {
+                        if let Err(e) = s.send(&d).await {
+                            tracing::debug!(error = %e, "send failed");
+                        }
+                    }
+                }
+            }
+        }
+        if machine.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let next = machine
+            .poll_timeout(now)
+            .unwrap_or(now + Duration::from_secs(3600));
+        tokio::select! {
+            cmd = rx.recv(), if open_cmds => match cmd {
+                Some(Cmd::Job(j)) => {
+                    let tag = machine.request(Instant::now(), j.packet, j.timeout);
+                    replies.insert(tag, (j.reply, j.tag));
+                }
+                Some(Cmd::Abort) => return,
+                None => {
+                    open_cmds = false;
+                    machine.close(Instant::now());
+                }
+            },
+            r = async { socket.as_ref().expect("guarded").recv(&mut buf).await }, if socket.is_some() => {
+                if let Ok(n) = r {
+                    machine.handle(Instant::now(), &buf[..n]);
+                }
+            }
+            _ = sleep_until(next.into()) => machine.handle_timeout(Instant::now()),
+        }
+    }
+}

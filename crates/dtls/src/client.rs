@@ -1,0 +1,463 @@
+//! The CoAP-over-DTLS client as a sans-IO state machine: one [`Client`] talks to one server,
+//! sets its DTLS session up when there is something to send, and sets it up again when the
+//! session is lost or goes stale.
+//!
+//! Inputs: [`Client::request`], [`Client::handle`] (a datagram from the server),
+//! [`Client::handle_timeout`], [`Client::connect_failed`], [`Client::close`]. Outputs:
+//! [`Client::poll_event`] (finished requests), [`Client::poll_transmit`] (what to do on the
+//! socket, in order), [`Client::poll_timeout`]. After every input, drain the events, then the
+//! transmits, then ask for the timeout.
+//!
+//! The session rules live here, so that they are tested with simulated time:
+//! - a session is set up on the first request, and again on the next request after one is
+//!   lost, each time from a new socket ([`Transmit::Connect`]); the last session established
+//!   is offered for resumption (an abbreviated handshake: two small flights instead of
+//!   certificate chains), unless the handshake failed or the session broke;
+//! - a request that ends without any answer, while nothing else came from the server since it
+//!   went out, means the session is probably stale (the server restarted and drops what it
+//!   cannot decrypt): the session is dropped, and the next request reconnects. On a merely
+//!   lossy path other answers keep arriving, and the session is kept;
+//! - each request has a deadline of its caller's; a handshake has `handshake_timeout`.
+
+use crate::{
+    context::{client_context, ClientSettings},
+    session::{Session, State},
+    DtlsError,
+};
+use gateway_coap::{
+    coap_lite::{Packet, ResponseType},
+    response, ClientError, Config as CoapConfig, Endpoint, Event as CoapEvent, Token,
+};
+use openssl::ssl::{SslContext, SslSession};
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The server's host name or IP as in the URI, checked against its certificate.
+    pub host: String,
+    /// Check `host` against the certificate (off only for PSK).
+    pub verify_host: bool,
+    /// DTLS settings.
+    pub tls: ClientSettings,
+    /// CoAP transmission parameters.
+    pub coap: CoapConfig,
+    /// How long a handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+/// Why a client request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The DTLS session could not be set up, or broke.
+    #[error("{0}")]
+    Dtls(#[from] DtlsError),
+    /// CoAP gave up (no ACK, no response, or RST).
+    #[error("CoAP: {0:?}")]
+    Coap(ClientError),
+    /// No answer within the caller's timeout; the session is dropped and set up again.
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    /// The client is shutting down.
+    #[error("the client stopped")]
+    Stopped,
+    /// Socket trouble.
+    #[error("socket: {0}")]
+    Io(String),
+}
+
+/// Identifies a request given to [`Client::request`] in its [`Event`].
+pub type RequestTag = u64;
+
+/// What the client tells its driver.
+#[derive(Debug)]
+pub enum Event {
+    /// A request finished: its final response, or why there is none.
+    Done {
+        /// What [`Client::request`] returned.
+        tag: RequestTag,
+        /// The outcome.
+        result: Result<Packet, RequestError>,
+    },
+}
+
+/// What to do on the socket, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transmit {
+    /// Open a new socket to the server (a new local port): a new session starts, and what
+    /// follows goes on the new socket. If that fails, call [`Client::connect_failed`].
+    Connect,
+    /// Send this datagram on the current socket.
+    Datagram(Vec<u8>),
+}
+
+struct Job {
+    tag: RequestTag,
+    packet: Packet,
+    timeout: Duration,
+    deadline: Instant,
+}
+
+impl Job {
+    /// When the request was handed to the client.
+    fn sent(&self) -> Instant {
+        self.deadline - self.timeout
+    }
+}
+
+struct Link {
+    session: Session,
+    /// When the server last sent something this session could decrypt: proof it still knows
+    /// the session.
+    heard: Option<Instant>,
+}
+
+impl Link {
+    /// Nothing came from the server since `since`: the session is probably stale.
+    fn silent_since(&self, since: Instant) -> bool {
+        self.heard.is_none_or(|h| h < since)
+    }
+}
+
+/// A CoAP-over-DTLS client to one server, without sockets. See the module documentation.
+pub struct Client {
+    cfg: Config,
+    ctx: SslContext,
+    endpoint: Endpoint<()>,
+    link: Option<Link>,
+    /// The last session established, offered again at the next connect.
+    resume: Option<SslSession>,
+    /// Whether the current link's session was seen established.
+    established: bool,
+    queued: VecDeque<Job>,
+    waiting: HashMap<Token, Job>,
+    next_tag: RequestTag,
+    events: VecDeque<Event>,
+    out: VecDeque<Transmit>,
+    closing: bool,
+    closed: bool,
+}
+
+impl Client {
+    /// A client with `cfg`'s settings (the DTLS context is built and checked here: the CA,
+    /// certificate and key files are read). It connects on the first request. `rng` gives CoAP
+    /// message ids and tokens.
+    pub fn new(cfg: Config, rng: Box<dyn FnMut() -> u64 + Send>) -> Result<Client, DtlsError> {
+        Ok(Client {
+            ctx: client_context(&cfg.tls)?,
+            endpoint: Endpoint::new(cfg.coap.clone(), rng),
+            cfg,
+            link: None,
+            resume: None,
+            established: false,
+            queued: VecDeque::new(),
+            waiting: HashMap::new(),
+            next_tag: 0,
+            events: VecDeque::new(),
+            out: VecDeque::new(),
+            closing: false,
+            closed: false,
+        })
+    }
+
+    /// Sends a confirmable request; its final response comes as an [`Event::Done`] with the tag
+    /// returned here, at the latest `timeout` from `now`. Several may be in flight at once.
+    pub fn request(&mut self, now: Instant, packet: Packet, timeout: Duration) -> RequestTag {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let job = Job {
+            tag,
+            packet,
+            timeout,
+            deadline: now + timeout,
+        };
+        if self.closing {
+            self.finish(job, Err(RequestError::Stopped));
+        } else {
+            self.queued.push_back(job);
+            self.drive(now);
+        }
+        tag
+    }
+
+    /// A datagram from the server, on the current socket.
+    pub fn handle(&mut self, now: Instant, datagram: &[u8]) {
+        if let Some(l) = self.link.as_mut() {
+            for data in l.session.handle_datagram(now, datagram) {
+                l.heard = Some(now);
+                self.endpoint.handle_datagram(now, (), &data);
+            }
+        }
+        self.drive(now);
+    }
+
+    /// Timers: DTLS and CoAP retransmissions, the handshake's and the requests' deadlines.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(l) = self.link.as_mut() {
+            l.session.handle_timeout(now);
+            l.session.check_deadline(now, self.cfg.handshake_timeout);
+        }
+        self.endpoint.handle_timeout(now);
+        self.drive(now);
+    }
+
+    /// The driver could not open the socket that [`Transmit::Connect`] asked for: the requests
+    /// waiting for the session fail with `error`.
+    pub fn connect_failed(&mut self, now: Instant, error: RequestError) {
+        self.link = None;
+        self.endpoint.forget_peer(());
+        self.fail_all(&error);
+        self.drive(now);
+    }
+
+    /// No more requests: the client finishes those in flight, then closes the session with a
+    /// close_notify. [`Client::is_closed`] says when it is done.
+    pub fn close(&mut self, now: Instant) {
+        self.closing = true;
+        self.drive(now);
+    }
+
+    /// Closed: nothing more will happen.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether a session is established now.
+    pub fn is_connected(&self) -> bool {
+        self.link
+            .as_ref()
+            .is_some_and(|l| l.session.is_established())
+    }
+
+    /// The next finished request.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next thing to do on the socket.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    /// When to call [`Client::handle_timeout`] next (`None`: nothing to wait for). OpenSSL's
+    /// handshake timer is read relative to `now` (it runs on the real clock).
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        let link = self.link.as_ref();
+        [
+            self.endpoint.poll_timeout(),
+            link.and_then(|l| l.session.timeout()).map(|d| now + d),
+            link.filter(|l| !l.session.is_established())
+                .map(|l| l.session.started() + self.cfg.handshake_timeout),
+            self.waiting
+                .values()
+                .chain(self.queued.iter())
+                .map(|j| j.deadline)
+                .min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t.max(now))
+    }
+
+    fn finish(&mut self, job: Job, result: Result<Packet, RequestError>) {
+        self.events.push_back(Event::Done {
+            tag: job.tag,
+            result,
+        });
+    }
+
+    fn fail_all(&mut self, error: &RequestError) {
+        let jobs: Vec<Job> = self
+            .waiting
+            .drain()
+            .map(|(_, j)| j)
+            .chain(self.queued.drain(..))
+            .collect();
+        for j in jobs {
+            self.finish(j, Err(error.clone()));
+        }
+    }
+
+    /// Moves the session's records to the output.
+    fn flush(&mut self) {
+        if let Some(l) = self.link.as_mut() {
+            while let Some(d) = l.session.poll_transmit() {
+                self.out.push_back(Transmit::Datagram(d));
+            }
+        }
+    }
+
+    /// Closes the DTLS session (the next request reconnects) and forgets the CoAP exchanges
+    /// with the server; the requests still waiting fail now, not at their deadlines.
+    fn drop_session(&mut self, why: &str) {
+        if let Some(l) = self.link.as_mut() {
+            tracing::info!("dropping the DTLS session after {why}; the next request reconnects");
+            l.session.close();
+            self.flush();
+            self.link = None;
+        }
+        self.endpoint.forget_peer(());
+        while let Some(ev) = self.endpoint.poll_event() {
+            if let CoapEvent::Response { token, result, .. } = ev {
+                if let Some(job) = self.waiting.remove(&token) {
+                    self.finish(job, result.map_err(RequestError::Coap));
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, now: Instant) {
+        let session = Session::client(
+            &self.ctx,
+            &self.cfg.host,
+            self.cfg.tls.mtu,
+            self.cfg.verify_host,
+            self.resume.as_ref(),
+            now,
+        );
+        match session {
+            Ok(session) => {
+                tracing::debug!(resuming = self.resume.is_some(), "DTLS handshake started");
+                self.out.push_back(Transmit::Connect);
+                self.link = Some(Link {
+                    session,
+                    heard: None,
+                });
+                self.established = false;
+            }
+            Err(e) => self.fail_all(&RequestError::Dtls(e)),
+        }
+    }
+
+    /// Everything that follows from an input: connect, hand queued requests to CoAP, collect
+    /// answers, apply the stale-session and deadline rules, and queue what goes out.
+    fn drive(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        loop {
+            if self.link.is_none() && !self.queued.is_empty() {
+                self.connect(now);
+            }
+            if let Some(l) = self.link.as_mut() {
+                if l.session.is_established() && !self.established {
+                    self.established = true;
+                    tracing::debug!(resumed = l.session.resumed(), cipher = ?l.session.cipher(), "DTLS session established");
+                    self.resume = l.session.ssl_session();
+                }
+                if l.session.is_established() {
+                    while let Some(mut job) = self.queued.pop_front() {
+                        // The endpoint keeps the request for its retransmissions; nothing else
+                        // needs it.
+                        let packet = std::mem::replace(&mut job.packet, Packet::new());
+                        let token = self.endpoint.request(now, (), packet, true);
+                        self.waiting.insert(token, job);
+                    }
+                }
+            }
+            let mut stale = false;
+            while let Some(ev) = self.endpoint.poll_event() {
+                match ev {
+                    CoapEvent::Response { token, result, .. } => {
+                        if let Some(job) = self.waiting.remove(&token) {
+                            // No answer at all, and nothing else from the server either since
+                            // the request went out: set the session up again.
+                            if matches!(result, Err(ClientError::Timeout))
+                                && self
+                                    .link
+                                    .as_ref()
+                                    .is_none_or(|l| l.silent_since(job.sent()))
+                            {
+                                stale = true;
+                            }
+                            self.finish(job, result.map_err(RequestError::Coap));
+                        }
+                    }
+                    // This client serves nothing: refuse what the server asks.
+                    CoapEvent::Request { id, .. } => {
+                        self.endpoint
+                            .respond(now, id, response(ResponseType::MethodNotAllowed, ""))
+                    }
+                }
+            }
+            if stale && self.waiting.is_empty() {
+                self.drop_session("CoAP got no answer");
+            }
+            self.expire(now);
+            if self.link.is_some() {
+                while let Some((_, bytes)) = self.endpoint.poll_transmit() {
+                    let l = self.link.as_mut().expect("checked");
+                    if l.session.send(&bytes).is_err() {
+                        break;
+                    }
+                }
+                self.flush();
+                let l = self.link.as_ref().expect("checked");
+                if let State::Closed(e) = l.session.state().clone() {
+                    self.on_link_closed(e);
+                } else if l.session.is_established() && !self.queued.is_empty() {
+                    continue;
+                }
+            } else {
+                while self.endpoint.poll_transmit().is_some() {}
+            }
+            if self.closing && self.waiting.is_empty() && self.queued.is_empty() {
+                if let Some(l) = self.link.as_mut() {
+                    l.session.close();
+                    self.flush();
+                    self.link = None;
+                }
+                self.closed = true;
+            }
+            return;
+        }
+    }
+
+    /// Requests past their caller's deadline fail. If the server has said nothing since they
+    /// went out, the session is dropped too: it is probably stale (the server restarted). A
+    /// late request on a lossy path that still answers others keeps the session.
+    fn expire(&mut self, now: Instant) {
+        let late: Vec<Token> = self
+            .waiting
+            .iter()
+            .filter(|(_, j)| j.deadline <= now)
+            .map(|(t, _)| t.clone())
+            .collect();
+        if !late.is_empty() {
+            let mut silent = false;
+            for t in late {
+                if let Some(j) = self.waiting.remove(&t) {
+                    silent |= self.link.as_ref().is_some_and(|l| l.silent_since(j.sent()));
+                    let timeout = j.timeout;
+                    self.finish(j, Err(RequestError::Timeout(timeout)));
+                }
+            }
+            if silent {
+                self.drop_session("a request timed out with no word from the server");
+            }
+        }
+        let (late, keep): (VecDeque<Job>, VecDeque<Job>) =
+            self.queued.drain(..).partition(|j| j.deadline <= now);
+        self.queued = keep;
+        for j in Vec::from(late) {
+            let timeout = j.timeout;
+            self.finish(j, Err(RequestError::Timeout(timeout)));
+        }
+    }
+
+    fn on_link_closed(&mut self, e: DtlsError) {
+        tracing::warn!(error = %e, "DTLS session ended");
+        if !self.established || e != DtlsError::Closed {
+            // Neither a handshake that failed nor a session that broke is offered again.
+            self.resume = None;
+        }
+        self.fail_all(&RequestError::Dtls(e));
+        self.endpoint.forget_peer(());
+        while self.endpoint.poll_event().is_some() {}
+        self.link = None;
+    }
+}

@@ -1,0 +1,294 @@
+//! The OpenSSL contexts of the link. Settings are checked here, once: a context that would let
+//! an unauthenticated peer in, or send data unencrypted, is refused with a message that names
+//! the setting to change.
+
+use crate::{other, DtlsError};
+use foreign_types::ForeignTypeRef;
+use openssl::{
+    ssl::{
+        Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
+        SslVerifyMode, SslVersion,
+    },
+    x509::{store::X509Lookup, verify::X509VerifyFlags},
+};
+use std::{collections::HashMap, path::PathBuf, sync::OnceLock};
+
+/// A pre-shared key.
+#[derive(Debug, Clone)]
+pub struct Psk {
+    /// The identity sent to the server.
+    pub identity: String,
+    /// The key bytes.
+    pub key: Vec<u8>,
+}
+
+/// Client side settings.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSettings {
+    /// CA file (PEM) the server's chain must lead to.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM), for mutual authentication.
+    pub cert: Option<(PathBuf, PathBuf)>,
+    /// PSK instead of certificates.
+    pub psk: Option<Psk>,
+    /// OpenSSL cipher list; empty for the default.
+    pub ciphers: String,
+    /// Path MTU for DTLS records.
+    pub mtu: u32,
+}
+
+/// Server side settings.
+#[derive(Debug, Clone, Default)]
+pub struct ServerSettings {
+    /// Certificate chain (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// CA file (PEM) that client certificates must lead to.
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate from `client_ca_file`.
+    pub require_client_cert: bool,
+    /// CRLs (PEM) of `client_ca_file`: a client certificate they revoke is refused.
+    pub client_crl_file: Option<PathBuf>,
+    /// PSK identities and keys accepted.
+    pub psk: HashMap<String, Vec<u8>>,
+    /// OpenSSL cipher list; empty for the default.
+    pub ciphers: String,
+    /// Path MTU for DTLS records.
+    pub mtu: u32,
+}
+
+/// The default: ECDHE with AES-GCM (what the original deployment used) and ChaCha20-Poly1305
+/// (fast on a Pi 3, which has no AES instructions).
+pub const DEFAULT_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384";
+/// The default with a PSK: ECDHE-PSK, so that a key that leaks later does not open what was
+/// recorded before (forward secrecy). OpenSSL has no ECDHE-PSK suite with AES-GCM; ChaCha20 is
+/// the fast one on a Pi without AES instructions. The plain-PSK suites, RFC 7925's
+/// `PSK-AES128-CCM8` among them, are there by configuration.
+pub const DEFAULT_PSK_CIPHERS: &str = "ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES128-CBC-SHA256";
+
+/// The default path MTU: IPv6's minimum of 1280 less the IP and UDP headers.
+pub const DEFAULT_MTU: u32 = 1232;
+
+pub(crate) fn cookie_index() -> openssl::ex_data::Index<Ssl, Vec<u8>> {
+    static IDX: OnceLock<openssl::ex_data::Index<Ssl, Vec<u8>>> = OnceLock::new();
+    *IDX.get_or_init(|| Ssl::new_ex_index().expect("ex index"))
+}
+
+fn cfg_err(what: &str, e: impl std::fmt::Display) -> DtlsError {
+    DtlsError::Config(format!("{what}: {e}"))
+}
+
+/// Loads a certificate chain and its private key (PEM), and checks that they belong together.
+fn load_identity(
+    b: &mut SslContextBuilder,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(), DtlsError> {
+    b.set_certificate_chain_file(cert)
+        .map_err(|e| cfg_err(&format!("certificate {}", cert.display()), e))?;
+    b.set_private_key_file(key, SslFiletype::PEM)
+        .map_err(|e| cfg_err(&format!("key {}", key.display()), e))?;
+    b.check_private_key()
+        .map_err(|e| cfg_err("the key does not match the certificate", e))
+}
+
+/// What every context of the link has: DTLS 1.2 at least, no renegotiation (a renegotiation
+/// could change the peer's identity under a session), no compression.
+fn base_context() -> Result<SslContextBuilder, DtlsError> {
+    let mut b = SslContextBuilder::new(SslMethod::dtls())
+        .map_err(|e| cfg_err("cannot create a DTLS context", e))?;
+    b.set_min_proto_version(Some(SslVersion::DTLS1_2))
+        .map_err(|e| cfg_err("DTLS 1.2 as the minimum", e))?;
+    b.set_options(
+        SslOptions::NO_QUERY_MTU | SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION,
+    );
+    Ok(b)
+}
+
+extern "C" {
+    // Not exported by openssl-sys; part of libssl's public API.
+    fn SSL_get_ciphers(s: *const openssl_sys::SSL) -> *mut libc::c_void;
+}
+
+/// The DTLS 1.2 suites of `ctx` whose OpenSSL description (`Kx=.. Au=.. Enc=..`) has a field
+/// for which `pick` says yes.
+fn suites_where(ctx: &SslContext, pick: impl Fn(&str) -> bool) -> Result<Vec<String>, DtlsError> {
+    let ssl = Ssl::new(ctx).map_err(other)?;
+    // SAFETY: SSL_get_ciphers returns the SSL's own stack (or NULL); it lives as long as `ssl`.
+    let stack = unsafe { SSL_get_ciphers(ssl.as_ptr()) };
+    if stack.is_null() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: a STACK_OF(SSL_CIPHER) owned by `ssl`, borrowed for this function only.
+    let stack: &openssl::stack::StackRef<openssl::ssl::SslCipher> =
+        unsafe { openssl::stack::StackRef::from_ptr(stack.cast()) };
+    Ok(stack
+        .iter()
+        .filter(|c| c.version() != "TLSv1.3")
+        .filter(|c| c.description().split_whitespace().any(&pick))
+        .map(|c| c.name().to_owned())
+        .collect())
+}
+
+/// Refuses a cipher list with suites that encrypt nothing or authenticate nobody (`eNULL`,
+/// `aNULL`): either would hand the link to whoever sits on the path.
+fn refuse_null_suites(ctx: &SslContext) -> Result<(), DtlsError> {
+    let bad = suites_where(ctx, |f| f == "Enc=None" || f == "Au=None")?;
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(DtlsError::Config(format!(
+            "the cipher list has suites without encryption or without authentication: {}; remove them from ciphers",
+            bad.join(", ")
+        )))
+    }
+}
+
+/// Builds the client context. It always verifies the server: by its certificate chain (against
+/// `ca_file`) or by the PSK, never neither. With a PSK and no `ca_file`, every suite of the
+/// cipher list must be a PSK suite, or the context is refused. With `ca_file`, the server's
+/// chain is checked against that CA alone: the system's trust store is not loaded (a publicly
+/// trusted certificate for the server's name must not pass for the private CA's server, and the
+/// store would cost about 0.9 MB of heap on the Pi). Without `ca_file` and without PSK, the
+/// system's default trust store is used.
+pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
+    let mut b = base_context()?;
+    // Idle sessions give their record buffers back.
+    b.set_mode(SslMode::RELEASE_BUFFERS);
+    b.set_verify(SslVerifyMode::PEER);
+    let ciphers = match (&s.psk, s.ciphers.is_empty()) {
+        (_, false) => s.ciphers.clone(),
+        (Some(_), true) => DEFAULT_PSK_CIPHERS.to_owned(),
+        (None, true) => DEFAULT_CIPHERS.to_owned(),
+    };
+    b.set_cipher_list(&ciphers)
+        .map_err(|e| cfg_err(&format!("cipher list {ciphers:?}"), e))?;
+    if let Some(ca) = &s.ca_file {
+        b.set_ca_file(ca)
+            .map_err(|e| cfg_err(&format!("CA file {}", ca.display()), e))?;
+    } else if s.psk.is_none() {
+        b.set_default_verify_paths()
+            .map_err(|e| cfg_err("the system's trust store", e))?;
+    }
+    if let Some((cert, key)) = &s.cert {
+        load_identity(&mut b, cert, key)?;
+    }
+    if let Some(psk) = s.psk.clone() {
+        b.set_psk_client_callback(move |_ssl, _hint, identity, key| {
+            let id = psk.identity.as_bytes();
+            if id.len() + 1 > identity.len() || psk.key.len() > key.len() {
+                return Err(openssl::error::ErrorStack::get());
+            }
+            identity[..id.len()].copy_from_slice(id);
+            identity[id.len()] = 0;
+            key[..psk.key.len()].copy_from_slice(&psk.key);
+            Ok(psk.key.len())
+        });
+    }
+    let ctx = b.build();
+    refuse_null_suites(&ctx)?;
+    if s.psk.is_some() && s.ca_file.is_none() {
+        // Any suite but a PSK one would take the server's certificate unverified.
+        let unauthenticated = suites_where(&ctx, |f| f.starts_with("Au=") && f != "Au=PSK")?;
+        if !unauthenticated.is_empty() {
+            return Err(DtlsError::Config(format!(
+                "with a PSK and no ca_file, only the PSK can authenticate the server, but the cipher list also has {}, which would take any server's certificate unverified: list only PSK suites in ciphers, or set ca_file",
+                unauthenticated.join(", ")
+            )));
+        }
+    }
+    Ok(ctx)
+}
+
+/// Builds the server context.
+///
+/// Sessions may be resumed (tickets and the session cache, both per context, so a restart
+/// forgets them); a resumed session keeps the identity it was established with, since both
+/// the client certificate and the PSK identity are part of the session. A CRL is checked at
+/// full handshakes only: the CRL file is read when the context is built.
+pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
+    let mut b = base_context()?;
+    b.set_options(SslOptions::COOKIE_EXCHANGE);
+    // Ties the sessions to this server: required for resumption with client certificates.
+    b.set_session_id_context(b"gateway-coaps")
+        .map_err(|e| cfg_err("session id context", e))?;
+    let ciphers = match (
+        s.ciphers.is_empty(),
+        s.psk.is_empty(),
+        s.cert_file.is_some(),
+    ) {
+        (false, _, _) => s.ciphers.clone(),
+        (true, true, _) => DEFAULT_CIPHERS.to_owned(),
+        (true, false, false) => DEFAULT_PSK_CIPHERS.to_owned(),
+        (true, false, true) => format!("{DEFAULT_PSK_CIPHERS}:{DEFAULT_CIPHERS}"),
+    };
+    b.set_cipher_list(&ciphers)
+        .map_err(|e| cfg_err(&format!("cipher list {ciphers:?}"), e))?;
+    match (&s.cert_file, &s.key_file) {
+        (Some(cert), Some(key)) => load_identity(&mut b, cert, key)?,
+        (None, None) if !s.psk.is_empty() => {}
+        _ => {
+            return Err(DtlsError::Config(
+                "a server needs cert_file and key_file (or PSK keys)".into(),
+            ))
+        }
+    }
+    if let Some(ca) = &s.client_ca_file {
+        b.set_ca_file(ca)
+            .map_err(|e| cfg_err(&format!("client CA file {}", ca.display()), e))?;
+        let mut mode = SslVerifyMode::PEER;
+        if s.require_client_cert {
+            mode |= SslVerifyMode::FAIL_IF_NO_PEER_CERT;
+        }
+        b.set_verify(mode);
+        if let Some(crl) = &s.client_crl_file {
+            let store = b.cert_store_mut();
+            let lookup = store
+                .add_lookup(X509Lookup::file())
+                .map_err(|e| cfg_err("CRL lookup", e))?;
+            lookup
+                .load_crl_file(crl, SslFiletype::PEM)
+                .map_err(|e| cfg_err(&format!("client CRL file {}", crl.display()), e))?;
+            store
+                .set_flags(X509VerifyFlags::CRL_CHECK)
+                .map_err(|e| cfg_err("CRL checking", e))?;
+        }
+    } else if s.require_client_cert {
+        return Err(DtlsError::Config(
+            "require_client_cert needs client_ca_file".into(),
+        ));
+    } else if s.client_crl_file.is_some() {
+        return Err(DtlsError::Config(
+            "client_crl_file needs client_ca_file".into(),
+        ));
+    }
+    if !s.psk.is_empty() {
+        let keys = s.psk.clone();
+        // The identity is read from the session afterwards (`Session::peer_identity`), so that
+        // a resumed session, which skips this callback, has it too.
+        b.set_psk_server_callback(move |_ssl, identity, key| {
+            let Some(k) = identity
+                .and_then(|i| std::str::from_utf8(i).ok())
+                .and_then(|id| keys.get(id))
+            else {
+                return Ok(0);
+            };
+            if k.len() > key.len() {
+                return Ok(0);
+            }
+            key[..k.len()].copy_from_slice(k);
+            Ok(k.len())
+        });
+    }
+    // The cookie was checked before the session existed (see `CookieJar`); OpenSSL checks it
+    // again against what we stored.
+    b.set_cookie_generate_cb(|_, _| Ok(0));
+    b.set_cookie_verify_cb(|ssl, cookie| {
+        ssl.ex_data(cookie_index())
+            .is_some_and(|c| c.as_slice() == cookie)
+    });
+    let ctx = b.build();
+    refuse_null_suites(&ctx)?;
+    Ok(ctx)
+}

@@ -1,0 +1,81 @@
+//! DTLS 1.2 for the CoAP link (OpenSSL), without sockets and without a clock of its own.
+//!
+//! - [`context`]: the client and server contexts: DTLS 1.2 at least, no renegotiation, no suite
+//!   without encryption or authentication, certificates, PSKs and CRLs.
+//! - [`session`]: one DTLS association over in-memory datagrams ([`Session`]).
+//! - [`hello`]: the stateless part of a server: ClientHello parsing, HelloVerifyRequest and the
+//!   cookie jar, so a spoofed address gets one small datagram back and no state.
+//! - [`admission`]: who makes room when a server's handshake or session capacity is full.
+//! - [`server`] and [`client`]: the DTLS+CoAP peers as sans-IO state machines in the quinn-proto
+//!   style: `handle(now, ..)`, `handle_timeout(now)`, `poll_transmit`, `poll_timeout`,
+//!   `poll_event`. A thin driver (`gateway-coaps-tokio`) pumps them from a UDP socket.
+//!
+//! Time always comes in as `now`. The one thing that is not deterministic is OpenSSL's own
+//! handshake retransmission timer, which reads the real clock ([`Session::timeout`]).
+
+pub mod admission;
+pub mod client;
+pub mod context;
+pub mod hello;
+pub mod server;
+pub mod session;
+
+pub use context::{
+    client_context, server_context, ClientSettings, Psk, ServerSettings, DEFAULT_CIPHERS,
+    DEFAULT_MTU, DEFAULT_PSK_CIPHERS,
+};
+pub use hello::{hello_verify_request, parse_client_hello, ClientHello, CookieJar};
+pub use session::{Session, State};
+
+use std::time::Duration;
+
+/// What went wrong with a DTLS session, worded for the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DtlsError {
+    /// The TLS configuration could not be built (files, keys, ciphers).
+    #[error("DTLS configuration: {0}")]
+    Config(String),
+    /// The peer's certificate was not accepted.
+    #[error("the server's certificate was refused: {0}")]
+    Certificate(String),
+    /// The peer refused us (an alert), e.g. for a missing or unknown client certificate.
+    #[error("the handshake failed: {0}")]
+    Handshake(String),
+    /// The handshake did not finish in time (a wrong PSK is silent: this is how it shows).
+    #[error(
+        "the DTLS handshake did not complete within {0:?} (server unreachable, or a wrong PSK)"
+    )]
+    HandshakeTimeout(Duration),
+    /// The peer closed the session.
+    #[error("the peer closed the DTLS session")]
+    Closed,
+    /// Anything else from OpenSSL.
+    #[error("DTLS: {0}")]
+    Other(String),
+}
+
+/// Whether `id` can be a device identity: 1 to 255 bytes, no control characters (a NUL would
+/// let `victim\0x` pass for `victim` wherever a C string is made of it), and no U+FFFD (what a
+/// lossy conversion of bytes that are not text leaves, so two names could become one).
+pub fn valid_identity(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 255 && !id.chars().any(|c| c.is_control() || c == '\u{FFFD}')
+}
+
+fn other(e: impl std::fmt::Display) -> DtlsError {
+    DtlsError::Other(e.to_string())
+}
+
+/// CoAP message ids, tokens and retransmission jitter: xorshift64, seeded from OpenSSL's
+/// random generator (tokens must not be guessable by an off-path attacker).
+pub fn rng() -> Box<dyn FnMut() -> u64 + Send> {
+    let mut s = [0u8; 8];
+    openssl::rand::rand_bytes(&mut s).expect("random bytes");
+    let mut x = u64::from_le_bytes(s) | 1;
+    Box::new(move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    })
+}

@@ -1,0 +1,422 @@
+//! One DTLS 1.2 association over in-memory datagrams: the caller pushes each received datagram
+//! in ([`Session::handle_datagram`]) and puts on the wire what [`Session::poll_transmit`] gives.
+//! No socket here, and no clock but `now`, except OpenSSL's handshake retransmission timer,
+//! which reads the real clock: ask [`Session::timeout`] when to call
+//! [`Session::handle_timeout`].
+
+use crate::{context::cookie_index, other, valid_identity, DtlsError};
+use foreign_types::ForeignTypeRef;
+use openssl::{
+    nid::Nid,
+    ssl::{ErrorCode, Ssl, SslContext, SslRef, SslSession, SslStream},
+    x509::{verify::X509CheckFlags, X509VerifyResult},
+};
+use std::{
+    collections::VecDeque,
+    io::{self, Read, Write},
+    time::{Duration, Instant},
+};
+
+/// In-memory datagrams: `read` hands OpenSSL one received datagram, `write` queues one.
+#[derive(Debug, Default)]
+struct Datagrams {
+    inbox: VecDeque<Vec<u8>>,
+    outbox: VecDeque<Vec<u8>>,
+}
+
+impl Read for Datagrams {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inbox.pop_front() {
+            Some(d) => {
+                let n = d.len().min(buf.len());
+                buf[..n].copy_from_slice(&d[..n]);
+                Ok(n)
+            }
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl Write for Datagrams {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.outbox.push_back(buf.to_vec());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+const DTLS_CTRL_GET_TIMEOUT: libc::c_int = 73;
+const DTLS_CTRL_HANDLE_TIMEOUT: libc::c_int = 74;
+
+extern "C" {
+    // Not exported by openssl-sys; part of libssl's public API.
+    fn DTLSv1_listen(s: *mut openssl_sys::SSL, client: *mut libc::c_void) -> libc::c_int;
+    fn BIO_ADDR_new() -> *mut libc::c_void;
+    fn BIO_ADDR_free(a: *mut libc::c_void);
+}
+
+fn get_timeout(ssl: &SslRef) -> Option<Duration> {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    // SAFETY: DTLSv1_get_timeout: SSL_ctrl writes a timeval into the pointer we own.
+    let r = unsafe {
+        openssl_sys::SSL_ctrl(
+            ssl.as_ptr(),
+            DTLS_CTRL_GET_TIMEOUT,
+            0,
+            &mut tv as *mut _ as *mut libc::c_void,
+        )
+    };
+    (r == 1).then(|| Duration::new(tv.tv_sec.max(0) as u64, (tv.tv_usec.max(0) as u32) * 1000))
+}
+
+fn handle_timeout(ssl: &SslRef) -> libc::c_long {
+    // SAFETY: DTLSv1_handle_timeout takes no argument.
+    unsafe {
+        openssl_sys::SSL_ctrl(
+            ssl.as_ptr(),
+            DTLS_CTRL_HANDLE_TIMEOUT,
+            0,
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+/// Where a session is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// The handshake is going on.
+    Handshaking,
+    /// Application data may flow.
+    Established,
+    /// Ended; the reason.
+    Closed(DtlsError),
+}
+
+/// One DTLS association with one peer.
+pub struct Session {
+    stream: SslStream<Datagrams>,
+    state: State,
+    is_client: bool,
+    started: Instant,
+    last_activity: Instant,
+    /// When a datagram last moved the handshake on (or the session was made).
+    last_progress: Instant,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("state", &self.state)
+            .field("client", &self.is_client)
+            .finish()
+    }
+}
+
+impl Session {
+    /// A client session to `host` (name or IP, checked against the server's certificate
+    /// unless `verify_host` is off; a name is also sent as SNI). With `resume`, a session this
+    /// client had with the same server is offered for an abbreviated handshake (the server may
+    /// decline it; then the handshake is a full one).
+    pub fn client(
+        ctx: &SslContext,
+        host: &str,
+        mtu: u32,
+        verify_host: bool,
+        resume: Option<&SslSession>,
+        now: Instant,
+    ) -> Result<Session, DtlsError> {
+        let mut ssl = Ssl::new(ctx).map_err(other)?;
+        if let Some(session) = resume {
+            // SAFETY: the session comes from a connection made with this same context.
+            unsafe { ssl.set_session(session) }.map_err(other)?;
+        }
+        let ip = host.parse::<std::net::IpAddr>().ok();
+        if verify_host {
+            if ip.is_none() {
+                ssl.set_hostname(host).map_err(other)?;
+            }
+            let param = ssl.param_mut();
+            param.set_hostflags(X509CheckFlags::NO_PARTIAL_WILDCARDS);
+            match ip {
+                Some(ip) => param.set_ip(ip),
+                None => param.set_host(host),
+            }
+            .map_err(other)?;
+        }
+        ssl.set_connect_state();
+        ssl.set_mtu(mtu.max(256)).map_err(other)?;
+        let stream = SslStream::new(ssl, Datagrams::default()).map_err(other)?;
+        let mut s = Session {
+            stream,
+            state: State::Handshaking,
+            is_client: true,
+            started: now,
+            last_activity: now,
+            last_progress: now,
+        };
+        s.advance();
+        Ok(s)
+    }
+
+    /// A server session for a peer whose `client_hello` carried `cookie`, already checked.
+    pub fn server(
+        ctx: &SslContext,
+        client_hello: &[u8],
+        cookie: &[u8],
+        mtu: u32,
+        now: Instant,
+    ) -> Result<Session, DtlsError> {
+        let mut ssl = Ssl::new(ctx).map_err(other)?;
+        ssl.set_ex_data(cookie_index(), cookie.to_vec());
+        ssl.set_accept_state();
+        let mut stream = SslStream::new(ssl, Datagrams::default()).map_err(other)?;
+        stream.get_mut().inbox.push_back(client_hello.to_vec());
+        // DTLSv1_listen takes the ClientHello with its cookie as the start of a handshake whose
+        // first flight was answered statelessly (message and record sequence numbers at 1).
+        // SAFETY: the SSL and the BIO_ADDR are valid for the call; the address is freed after.
+        let r = unsafe {
+            let addr = BIO_ADDR_new();
+            let r = DTLSv1_listen(stream.ssl().as_ptr(), addr);
+            BIO_ADDR_free(addr);
+            r
+        };
+        if r != 1 {
+            return Err(DtlsError::Handshake(
+                "the ClientHello's cookie was not accepted".into(),
+            ));
+        }
+        // DTLSv1_listen clears the SSL: set the MTU now.
+        // SAFETY: SSL_CTRL_SET_MTU on a valid SSL.
+        unsafe {
+            openssl_sys::SSL_ctrl(
+                stream.ssl().as_ptr(),
+                openssl_sys::SSL_CTRL_SET_MTU,
+                mtu.max(256) as libc::c_long,
+                std::ptr::null_mut(),
+            )
+        };
+        let mut s = Session {
+            stream,
+            state: State::Handshaking,
+            is_client: false,
+            started: now,
+            last_activity: now,
+            last_progress: now,
+        };
+        s.advance();
+        Ok(s)
+    }
+
+    /// Where the session is.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Whether application data may flow.
+    pub fn is_established(&self) -> bool {
+        self.state == State::Established
+    }
+
+    /// When the handshake started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// When a datagram last came in.
+    pub fn last_activity(&self) -> Instant {
+        self.last_activity
+    }
+
+    /// When a datagram last moved the handshake on: junk, or the same flight again, does not.
+    pub fn last_progress(&self) -> Instant {
+        self.last_progress
+    }
+
+    fn fail(&mut self, e: DtlsError) {
+        if !matches!(self.state, State::Closed(_)) {
+            self.state = State::Closed(e);
+        }
+    }
+
+    fn handshake_error(&self, e: &openssl::ssl::Error) -> DtlsError {
+        let v = self.stream.ssl().verify_result();
+        if self.is_client && v != X509VerifyResult::OK {
+            return DtlsError::Certificate(v.error_string().to_owned());
+        }
+        let text = e
+            .ssl_error()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| e.to_string());
+        let reason = text
+            .split(':')
+            .find(|p| p.contains("alert") || p.contains("certificate") || p.contains("peer"))
+            .map(str::to_owned)
+            .unwrap_or(text);
+        DtlsError::Handshake(reason)
+    }
+
+    fn advance(&mut self) -> Vec<Vec<u8>> {
+        let mut received = Vec::new();
+        if self.state == State::Handshaking {
+            match self.stream.do_handshake() {
+                Ok(()) => self.state = State::Established,
+                Err(e) if e.code() == ErrorCode::WANT_READ || e.code() == ErrorCode::WANT_WRITE => {
+                    return received
+                }
+                Err(e) => {
+                    let err = self.handshake_error(&e);
+                    self.fail(err);
+                    return received;
+                }
+            }
+        }
+        if self.state == State::Established {
+            let mut buf = vec![0u8; 16 * 1024 + 512];
+            loop {
+                match self.stream.ssl_read(&mut buf) {
+                    Ok(0) => {
+                        self.fail(DtlsError::Closed);
+                        break;
+                    }
+                    Ok(n) => received.push(buf[..n].to_vec()),
+                    Err(e) if e.code() == ErrorCode::WANT_READ => break,
+                    Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
+                        self.fail(DtlsError::Closed);
+                        break;
+                    }
+                    Err(e) => {
+                        self.fail(other(e));
+                        break;
+                    }
+                }
+            }
+        }
+        received
+    }
+
+    /// Takes a datagram from the peer; returns the application data it carried.
+    pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> Vec<Vec<u8>> {
+        if matches!(self.state, State::Closed(_)) {
+            return Vec::new();
+        }
+        self.last_activity = now;
+        let before =
+            (self.state == State::Handshaking).then(|| self.stream.ssl().state_string_long());
+        self.stream.get_mut().inbox.push_back(datagram.to_vec());
+        let received = self.advance();
+        if before.is_some_and(|b| {
+            self.state != State::Handshaking || self.stream.ssl().state_string_long() != b
+        }) {
+            self.last_progress = now;
+        }
+        received
+    }
+
+    /// Sends one application datagram (one CoAP message).
+    pub fn send(&mut self, data: &[u8]) -> Result<(), DtlsError> {
+        if self.state != State::Established {
+            return Err(DtlsError::Other("the session is not established".into()));
+        }
+        self.stream.ssl_write(data).map(|_| ()).map_err(|e| {
+            let err = other(e);
+            self.fail(err.clone());
+            err
+        })
+    }
+
+    /// The next datagram to put on the wire.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.stream.get_mut().outbox.pop_front()
+    }
+
+    /// How long until OpenSSL's handshake timer expires (`None`: no timer running). OpenSSL
+    /// measures it on the real clock: this is the one timer of the link that is not driven by
+    /// `now`.
+    pub fn timeout(&self) -> Option<Duration> {
+        if self.state != State::Handshaking {
+            return None;
+        }
+        get_timeout(self.stream.ssl())
+    }
+
+    /// Retransmits the last flight if its timer expired; fails the session after too many.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state != State::Handshaking {
+            return;
+        }
+        if handle_timeout(self.stream.ssl()) < 0 {
+            self.fail(DtlsError::HandshakeTimeout(
+                now.saturating_duration_since(self.started),
+            ));
+        }
+    }
+
+    /// Fails a handshake that has taken longer than `limit`.
+    pub fn check_deadline(&mut self, now: Instant, limit: Duration) {
+        if self.state == State::Handshaking && now.saturating_duration_since(self.started) >= limit
+        {
+            self.fail(DtlsError::HandshakeTimeout(limit));
+        }
+    }
+
+    /// The peer's authenticated identity, read from the session (so a resumed session has the
+    /// one it was established with): the PSK identity, or the common name of a client
+    /// certificate that passed verification. `None` for a peer that authenticated neither way,
+    /// or whose name is empty or not UTF-8 (no lossy conversion: two names must never map to
+    /// one identity).
+    pub fn peer_identity(&self) -> Option<String> {
+        let ssl = self.stream.ssl();
+        if !self.is_established() {
+            return None;
+        }
+        if let Some(id) = ssl.psk_identity() {
+            return std::str::from_utf8(id)
+                .ok()
+                .filter(|id| valid_identity(id))
+                .map(str::to_owned);
+        }
+        if ssl.verify_result() != X509VerifyResult::OK {
+            return None;
+        }
+        let cert = ssl.peer_certificate()?;
+        let mut cns = cert.subject_name().entries_by_nid(Nid::COMMONNAME);
+        let cn = cns.next()?;
+        if cns.next().is_some() {
+            return None; // two common names: which one would be the device?
+        }
+        let cn = cn.data().to_string().ok()?;
+        valid_identity(&cn).then_some(cn)
+    }
+
+    /// Whether the handshake was an abbreviated one, resuming an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.stream.ssl().session_reused()
+    }
+
+    /// A copy of the session, to offer again with [`Session::client`]'s `resume`. A copy: when
+    /// a connection ends without a close_notify of its own (the server went silent, the device
+    /// gave up on it), OpenSSL marks its session not resumable, and that must not stop the next
+    /// connection from offering it (the server decides).
+    pub fn ssl_session(&self) -> Option<SslSession> {
+        let der = self.stream.ssl().session()?.to_der().ok()?;
+        SslSession::from_der(&der).ok()
+    }
+
+    /// The negotiated cipher suite.
+    pub fn cipher(&self) -> Option<&str> {
+        self.stream.ssl().current_cipher().map(|c| c.name())
+    }
+
+    /// Sends close_notify and ends the session.
+    pub fn close(&mut self) {
+        if self.state == State::Established {
+            let _ = self.stream.shutdown();
+        }
+        self.fail(DtlsError::Closed);
+    }
+}
