@@ -1,0 +1,530 @@
+//! The session rules of the link, tested with the sans-IO client and server against each other
+//! over a simulated network with a simulated clock: real DTLS handshakes (OpenSSL, in memory),
+//! no sockets, no sleeps. A minute of link time passes in microseconds.
+//!
+//! OpenSSL's own handshake retransmission timer runs on the real clock; nothing here loses a
+//! handshake datagram by accident, so it never fires.
+
+use gateway_coap::{
+    coap_lite::{MessageClass, Packet, RequestType, ResponseType},
+    request, response, Config as CoapConfig,
+};
+use gateway_dtls::{
+    client::{self, Client, Event, RequestError, Transmit},
+    hello::parse_client_hello,
+    server::{self, Server},
+    ClientSettings, ServerSettings,
+};
+use gateway_pki::{issue_to, Kind};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+/// A CA, a server certificate and device certificates, in a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new(devices: &[&str]) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let d = |f: &str| dir.path().join(f);
+        let ca = issue_to(&d("ca.pem"), &d("ca.key"), "Sim CA", Kind::Ca, None, -1, 30).unwrap();
+        let names = vec!["localhost".to_owned()];
+        let issuer = Some((&ca.0, &ca.1));
+        issue_to(
+            &d("server.pem"),
+            &d("server.key"),
+            "server",
+            Kind::Server(&names),
+            issuer,
+            -1,
+            30,
+        )
+        .unwrap();
+        for name in devices {
+            let (cert, key) = (d(&format!("{name}.pem")), d(&format!("{name}.key")));
+            issue_to(&cert, &key, name, Kind::Device, issuer, -1, 30).unwrap();
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+
+    fn server_config(&self) -> server::Config {
+        server::Config {
+            tls: ServerSettings {
+                cert_file: Some(self.path("server.pem")),
+                key_file: Some(self.path("server.key")),
+                client_ca_file: Some(self.path("ca.pem")),
+                require_client_cert: true,
+                mtu: 1232,
+                ..Default::default()
+            },
+            coap: CoapConfig::default(),
+            max_sessions: 100,
+            max_sessions_per_identity: 4,
+            max_handshakes: 10,
+            max_handshakes_per_address: 10,
+            session_idle: Duration::from_secs(600),
+            handshake_timeout: Duration::from_secs(10),
+            require_identity: true,
+            deny: HashSet::new(),
+        }
+    }
+
+    fn client(&self, device: &str) -> Client {
+        let cfg = client::Config {
+            host: "localhost".into(),
+            verify_host: true,
+            tls: ClientSettings {
+                ca_file: Some(self.path("ca.pem")),
+                cert: Some((
+                    self.path(&format!("{device}.pem")),
+                    self.path(&format!("{device}.key")),
+                )),
+                mtu: 1232,
+                ..Default::default()
+            },
+            coap: CoapConfig::default(),
+            handshake_timeout: Duration::from_secs(10),
+        };
+        Client::new(cfg, seeded(device.len() as u64 + 7)).unwrap()
+    }
+}
+
+fn seeded(seed: u64) -> Box<dyn FnMut() -> u64 + Send> {
+    let mut x = seed | 1;
+    Box::new(move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    })
+}
+
+/// A device on the simulated network: its client, and the address its current socket has.
+struct Device {
+    client: Client,
+    addr: Option<SocketAddr>,
+    /// How many more datagrams reach the server (`None`: all); past it, the device is silent.
+    budget: Option<usize>,
+    /// The last datagram it sent.
+    last: Option<Vec<u8>>,
+    /// Its next socket keeps the address of the last (a device that rebooted).
+    keep_port: bool,
+    done: HashMap<u64, Result<Packet, RequestError>>,
+}
+
+/// The simulated network: one server, devices, a clock. Datagrams arrive in the order they
+/// were sent, `latency` after.
+struct Net {
+    now: Instant,
+    server: Server,
+    devices: Vec<Device>,
+    next_port: u16,
+    /// Answer requests at once (else the test answers them).
+    auto_answer: bool,
+    received: Vec<(Option<String>, Vec<u8>)>,
+}
+
+impl Net {
+    fn new(cfg: server::Config) -> Net {
+        let now = Instant::now();
+        Net {
+            now,
+            server: Server::new(cfg, now, seeded(99)).unwrap(),
+            devices: Vec::new(),
+            next_port: 40_000,
+            auto_answer: true,
+            received: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, client: Client) -> usize {
+        self.devices.push(Device {
+            client,
+            addr: None,
+            budget: None,
+            last: None,
+            keep_port: false,
+            done: HashMap::new(),
+        });
+        self.devices.len() - 1
+    }
+
+    /// Sends device `i`'s last datagram again, as a DTLS retransmission would.
+    fn resend(&mut self, i: usize) {
+        let d = &self.devices[i];
+        let (from, last) = (d.addr.unwrap(), d.last.clone().unwrap());
+        self.server.handle(self.now, from, &last);
+        self.settle();
+    }
+
+    /// Device `i` is replaced by a new client (it rebooted) that keeps its address.
+    fn reboot(&mut self, i: usize, client: Client) {
+        let d = &mut self.devices[i];
+        d.client = client;
+        d.keep_port = true;
+        d.done.clear();
+    }
+
+    fn post(&mut self, i: usize, body: &[u8], timeout: Duration) -> u64 {
+        let p = request(RequestType::Post, "r", None, body.to_vec());
+        let tag = self.devices[i].client.request(self.now, p, timeout);
+        self.settle();
+        tag
+    }
+
+    /// Moves everything that can move now, until nothing does.
+    fn settle(&mut self) {
+        loop {
+            let mut moved = false;
+            for d in self.devices.iter_mut() {
+                while let Some(Event::Done { tag, result }) = d.client.poll_event() {
+                    d.done.insert(tag, result);
+                }
+            }
+            let mut to_server = Vec::new();
+            for d in self.devices.iter_mut() {
+                while let Some(t) = d.client.poll_transmit() {
+                    moved = true;
+                    match t {
+                        Transmit::Connect => {
+                            // A new socket, a new port, unless the device kept its address.
+                            if !std::mem::take(&mut d.keep_port) {
+                                self.next_port += 1;
+                                d.addr = Some(SocketAddr::from(([10, 0, 0, 1], self.next_port)));
+                            }
+                        }
+                        Transmit::Datagram(b) => {
+                            if d.budget.is_some_and(|n| n == 0) {
+                                continue;
+                            }
+                            d.budget = d.budget.map(|n| n - 1);
+                            d.last = Some(b.clone());
+                            to_server.push((d.addr.unwrap(), b));
+                        }
+                    }
+                }
+            }
+            for (from, b) in to_server {
+                self.server.handle(self.now, from, &b);
+            }
+            while let Some(inc) = self.server.poll_event() {
+                moved = true;
+                self.received.push((
+                    inc.identity.as_deref().map(str::to_owned),
+                    inc.packet.payload,
+                ));
+                if self.auto_answer {
+                    self.server
+                        .respond(self.now, inc.id, response(ResponseType::Changed, ""));
+                }
+            }
+            while let Some((to, b)) = self.server.poll_transmit() {
+                moved = true;
+                if let Some(d) = self.devices.iter_mut().find(|d| d.addr == Some(to)) {
+                    d.client.handle(self.now, &b);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Lets `d` of simulated time pass, firing every timer on the way.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let mut next = self.server.poll_timeout(self.now);
+            for dev in &self.devices {
+                if let Some(t) = dev.client.poll_timeout(self.now) {
+                    next = Some(next.map_or(t, |n: Instant| n.min(t)));
+                }
+            }
+            let Some(t) = next.filter(|t| *t <= end) else {
+                break;
+            };
+            self.now = t.max(self.now);
+            self.server.handle_timeout(self.now);
+            for dev in self.devices.iter_mut() {
+                dev.client.handle_timeout(self.now);
+            }
+            self.settle();
+        }
+        self.now = end;
+        self.server.handle_timeout(self.now);
+        for dev in self.devices.iter_mut() {
+            dev.client.handle_timeout(self.now);
+        }
+        self.settle();
+    }
+
+    fn result(&self, i: usize, tag: u64) -> Option<&Result<Packet, RequestError>> {
+        self.devices[i].done.get(&tag)
+    }
+
+    fn changed(&self, i: usize, tag: u64) -> bool {
+        matches!(self.result(i, tag), Some(Ok(p)) if p.header.code == MessageClass::Response(ResponseType::Changed))
+    }
+
+    fn stat(&self, f: impl Fn(&server::Stats) -> &std::sync::atomic::AtomicU64) -> u64 {
+        f(self.server.stats()).load(Ordering::Relaxed)
+    }
+}
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_device_gets_in_under_its_certificate_name() {
+    let pki = Pki::new(&["pi-01"]);
+    let mut net = Net::new(pki.server_config());
+    let a = net.add(pki.client("pi-01"));
+    let tag = net.post(a, b"21.5", T);
+    assert!(net.changed(a, tag), "{:?}", net.result(a, tag));
+    assert_eq!(
+        net.received,
+        vec![(Some("pi-01".to_owned()), b"21.5".to_vec())]
+    );
+    assert_eq!(net.server.sessions(), (1, 0));
+    assert_eq!(
+        net.stat(|s| &s.cookies_sent),
+        1,
+        "one stateless round first"
+    );
+}
+
+#[test]
+fn a_device_that_reboots_keeps_its_port_and_replaces_its_session() {
+    let pki = Pki::new(&["pi-01"]);
+    let mut net = Net::new(pki.server_config());
+    let a = net.add(pki.client("pi-01"));
+    let tag = net.post(a, b"1", T);
+    assert!(net.changed(a, tag));
+    let port = net.devices[a].addr;
+    // Power loss: no close_notify; the new client starts from the same address.
+    net.advance(Duration::from_secs(3));
+    net.reboot(a, pki.client("pi-01"));
+    let tag = net.post(a, b"2", T);
+    assert_eq!(net.devices[a].addr, port, "the same port");
+    assert!(net.changed(a, tag), "{:?}", net.result(a, tag));
+    assert_eq!(net.stat(|s| &s.replaced), 1);
+    assert_eq!(net.server.sessions(), (1, 0), "the old session is gone");
+    assert_eq!(net.received.len(), 2);
+}
+
+#[test]
+fn a_client_whose_server_restarted_reconnects_on_its_next_request() {
+    let pki = Pki::new(&["pi-01"]);
+    let mut net = Net::new(pki.server_config());
+    let a = net.add(pki.client("pi-01"));
+    assert!({
+        let t = net.post(a, b"1", T);
+        net.changed(a, t)
+    });
+    let first_port = net.devices[a].addr;
+    // The server restarts: it knows no session, and drops what it cannot decrypt.
+    net.advance(Duration::from_secs(1));
+    net.server = Server::new(pki.server_config(), net.now, seeded(5)).unwrap();
+    let started = net.now;
+    let lost = net.post(a, b"2", Duration::from_secs(10));
+    assert!(net.result(a, lost).is_none(), "no answer yet");
+    net.advance(Duration::from_secs(10));
+    assert_eq!(
+        net.result(a, lost),
+        Some(&Err(RequestError::Timeout(Duration::from_secs(10))))
+    );
+    assert!(net.stat(|s| &s.no_session) >= 1);
+    assert!(
+        !net.devices[a].client.is_connected(),
+        "the stale session was dropped"
+    );
+    // The next request sets a new session up, from a new socket.
+    let tag = net.post(a, b"3", T);
+    assert!(net.changed(a, tag), "{:?}", net.result(a, tag));
+    assert_ne!(net.devices[a].addr, first_port);
+    assert_eq!(net.server.sessions(), (1, 0));
+    assert!(
+        net.now - started < Duration::from_secs(12),
+        "simulated time only"
+    );
+}
+
+#[test]
+fn a_slow_answer_on_a_path_that_still_talks_keeps_the_session() {
+    let pki = Pki::new(&["pi-01"]);
+    let mut net = Net::new(pki.server_config());
+    let a = net.add(pki.client("pi-01"));
+    assert!({
+        let t = net.post(a, b"1", T);
+        net.changed(a, t)
+    });
+    let port = net.devices[a].addr;
+    // The application holds the answer past the caller's deadline; CoAP's empty ACK (a
+    // separate response) proves the server still has the session.
+    net.auto_answer = false;
+    let slow = net.post(a, b"2", Duration::from_secs(3));
+    net.advance(Duration::from_secs(4));
+    assert_eq!(
+        net.result(a, slow),
+        Some(&Err(RequestError::Timeout(Duration::from_secs(3))))
+    );
+    assert!(net.devices[a].client.is_connected(), "the session is kept");
+    net.auto_answer = true;
+    let tag = net.post(a, b"3", T);
+    assert!(net.changed(a, tag));
+    assert_eq!(net.devices[a].addr, port, "no reconnect");
+}
+
+#[test]
+fn a_client_hello_without_a_cookie_leaves_no_state() {
+    let pki = Pki::new(&["pi-01"]);
+    let mut net = Net::new(pki.server_config());
+    let mut c = pki.client("pi-01");
+    c.request(net.now, request(RequestType::Post, "r", None, vec![]), T);
+    assert_eq!(c.poll_transmit(), Some(Transmit::Connect));
+    let Some(Transmit::Datagram(hello)) = c.poll_transmit() else {
+        panic!("a ClientHello")
+    };
+    assert!(parse_client_hello(&hello).unwrap().cookie.is_empty());
+    // From a thousand (spoofed) addresses: a thousand small answers, and nothing kept.
+    for port in 0..1000u16 {
+        let from = SocketAddr::from(([192, 0, 2, 7], port));
+        net.server.handle(net.now, from, &hello);
+        let (to, answer) = net.server.poll_transmit().expect("a HelloVerifyRequest");
+        assert_eq!(to, from);
+        assert!(answer.len() < 64, "{} bytes back", answer.len());
+    }
+    assert_eq!(net.server.sessions(), (0, 0));
+    assert_eq!(net.stat(|s| &s.cookies_sent), 1000);
+    // The cookie made for one address does not open a session for another.
+    let from = SocketAddr::from(([192, 0, 2, 7], 1));
+    net.server.handle(net.now, from, &hello);
+    let (_, hvr) = net.server.poll_transmit().unwrap();
+    c.handle(net.now, &hvr);
+    let Some(Transmit::Datagram(with_cookie)) = c.poll_transmit() else {
+        panic!("the ClientHello again, with the cookie")
+    };
+    assert!(!parse_client_hello(&with_cookie).unwrap().cookie.is_empty());
+    net.server
+        .handle(net.now, SocketAddr::from(([192, 0, 2, 8], 1)), &with_cookie);
+    assert_eq!(net.server.sessions(), (0, 0), "a cookie of another address");
+    net.server.handle(net.now, from, &with_cookie);
+    assert_eq!(
+        net.server.sessions(),
+        (0, 1),
+        "its own address: a handshake starts"
+    );
+}
+
+#[test]
+fn the_session_cap_drops_the_least_recently_active() {
+    let pki = Pki::new(&["a", "b", "c"]);
+    let mut cfg = pki.server_config();
+    cfg.max_sessions = 2;
+    let mut net = Net::new(cfg);
+    let ids: Vec<usize> = ["a", "b", "c"]
+        .iter()
+        .map(|n| net.add(pki.client(n)))
+        .collect();
+    for &i in &ids[..2] {
+        let t = net.post(i, b"x", T);
+        assert!(net.changed(i, t));
+        net.advance(Duration::from_secs(1));
+    }
+    // `a` is the least recently active when `c` comes.
+    let t = net.post(ids[2], b"x", T);
+    assert!(net.changed(ids[2], t));
+    assert_eq!(net.server.sessions(), (2, 0));
+    assert_eq!(net.stat(|s| &s.evicted_sessions), 1);
+    let live: Vec<Option<&str>> = ids
+        .iter()
+        .map(|&i| net.server.identity(net.devices[i].addr.unwrap()))
+        .collect();
+    assert_eq!(live, vec![None, Some("b"), Some("c")]);
+}
+
+#[test]
+fn one_identity_holds_at_most_its_share_of_sessions() {
+    let pki = Pki::new(&["leaked"]);
+    let mut cfg = pki.server_config();
+    cfg.max_sessions_per_identity = 2;
+    let mut net = Net::new(cfg);
+    for _ in 0..5 {
+        let i = net.add(pki.client("leaked"));
+        let t = net.post(i, b"x", T);
+        assert!(net.changed(i, t));
+        net.advance(Duration::from_millis(100));
+    }
+    assert_eq!(net.server.sessions(), (2, 0));
+    assert_eq!(net.stat(|s| &s.evicted_sessions), 3);
+}
+
+#[test]
+fn a_stalled_handshake_makes_room_after_750_ms() {
+    let pki = Pki::new(&["pi-01", "stall"]);
+    let mut cfg = pki.server_config();
+    cfg.max_handshakes = 1;
+    cfg.max_handshakes_per_address = 1;
+    let mut net = Net::new(cfg);
+    // `stall` passes the cookie exchange (two ClientHellos), then goes silent mid-handshake.
+    let s = net.add(pki.client("stall"));
+    net.devices[s].budget = Some(2);
+    net.post(s, b"x", T);
+    assert_eq!(
+        net.server.sessions(),
+        (0, 1),
+        "the stalled handshake holds the only slot"
+    );
+    // A device that comes now waits: its ClientHello is dropped...
+    let a = net.add(pki.client("pi-01"));
+    let tag = net.post(a, b"y", T);
+    assert!(net.result(a, tag).is_none());
+    assert_eq!(net.stat(|s| &s.over_capacity), 1);
+    net.advance(Duration::from_millis(500));
+    net.resend(a);
+    assert_eq!(
+        net.stat(|s| &s.over_capacity),
+        2,
+        "500 ms of silence is not a stall"
+    );
+    // ...and its retransmission takes the slot once the other has said nothing for 750 ms.
+    net.advance(Duration::from_millis(300));
+    net.resend(a);
+    assert!(net.changed(a, tag), "{:?}", net.result(a, tag));
+    assert_eq!(net.stat(|s| &s.evicted_handshakes), 1);
+    assert_eq!(net.server.sessions(), (1, 0));
+}
+
+#[test]
+fn idle_sessions_and_slow_handshakes_are_dropped_on_time() {
+    let pki = Pki::new(&["pi-01", "slow"]);
+    let mut cfg = pki.server_config();
+    cfg.session_idle = Duration::from_secs(60);
+    let mut net = Net::new(cfg);
+    let a = net.add(pki.client("pi-01"));
+    let t = net.post(a, b"x", T);
+    assert!(net.changed(a, t));
+    net.advance(Duration::from_secs(59));
+    assert_eq!(net.server.sessions(), (1, 0));
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.server.sessions(), (0, 0));
+    assert_eq!(net.stat(|s| &s.idle_evictions), 1);
+    // A handshake that stops moving is dropped at handshake_timeout (10 s).
+    let slow = net.add(pki.client("slow"));
+    net.devices[slow].budget = Some(2);
+    net.post(slow, b"x", T);
+    assert_eq!(net.server.sessions(), (0, 1));
+    net.advance(Duration::from_millis(9_900));
+    assert_eq!(net.server.sessions(), (0, 1));
+    net.advance(Duration::from_millis(200));
+    assert_eq!(net.server.sessions(), (0, 0));
+}
