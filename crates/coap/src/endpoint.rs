@@ -42,6 +42,9 @@ pub struct Config {
     pub max_reassembly_bytes: usize,
     /// Most bytes held by one peer's Block1 transfers in progress.
     pub max_reassembly_bytes_per_peer: usize,
+    /// NSTART (RFC 7252 §4.7): most requests in flight to one peer at once. Requests past it
+    /// wait, in order, for one to finish.
+    pub nstart: usize,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             max_reassemblies_per_peer: 4,
             max_reassembly_bytes: 8 << 20,
             max_reassembly_bytes_per_peer: 1 << 20,
+            nstart: 1,
         }
     }
 }
@@ -151,6 +155,8 @@ struct Outgoing<P> {
 }
 
 struct ClientExchange {
+    /// Sent (it holds one of its peer's NSTART slots), or still waiting for a slot.
+    started: bool,
     request: Packet,
     con: bool,
     body: Vec<u8>,
@@ -201,6 +207,12 @@ pub struct Endpoint<P: Copy + Eq + Hash> {
     outgoing: HashMap<(P, u16), Outgoing<P>>,
     /// Client exchanges by (peer, token).
     exchanges: HashMap<(P, Token), ClientExchange>,
+    /// Per peer: exchanges started, and those waiting for an NSTART slot, in order.
+    slots: HashMap<P, (usize, VecDeque<Token>)>,
+    /// Peers whose exchange finished since the last output: their next waiting request goes
+    /// when the application has seen the events (and could cancel it), with `last_now`.
+    freed: Vec<P>,
+    last_now: Option<Instant>,
     /// Server de-duplication, by (peer, mid), with expiry order.
     dedup: HashMap<(P, u16), Cached>,
     dedup_order: VecDeque<(Instant, P, u16)>,
@@ -225,6 +237,9 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             events: VecDeque::new(),
             outgoing: HashMap::new(),
             exchanges: HashMap::new(),
+            slots: HashMap::new(),
+            freed: Vec::new(),
+            last_now: None,
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
             seen_responses: HashMap::new(),
@@ -256,7 +271,17 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<(P, Vec<u8>)> {
+        self.start_freed();
         self.out.pop_front()
+    }
+
+    /// Lets requests go into the NSTART slots that finished exchanges left.
+    fn start_freed(&mut self) {
+        if let Some(now) = self.last_now {
+            for peer in std::mem::take(&mut self.freed) {
+                self.start_waiting(now, peer);
+            }
+        }
     }
 
     /// When `handle_timeout` should be called next.
@@ -327,7 +352,8 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     }
 
     /// Sends a request; the outcome arrives as [`Event::Response`] with the returned token.
-    /// A payload larger than one block goes out block-wise (Block1).
+    /// A payload larger than one block goes out block-wise (Block1). With NSTART requests to
+    /// `peer` in flight already, it waits for one of them to finish.
     pub fn request(&mut self, now: Instant, peer: P, packet: Packet, confirmable: bool) -> Token {
         let token: Token = (self.rng)().to_be_bytes()[..6].to_vec();
         let szx = self.config.block_szx.min(6);
@@ -335,6 +361,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             packet.payload.len() > self.config.max_payload.max(self.config.block_size());
         let body = packet.payload.clone();
         let ex = ClientExchange {
+            started: false,
             request: packet,
             con: confirmable,
             body,
@@ -345,8 +372,94 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             mid: 0,
         };
         self.exchanges.insert((peer, token.clone()), ex);
-        self.send_next_block(now, peer, &token);
+        self.slots
+            .entry(peer)
+            .or_default()
+            .1
+            .push_back(token.clone());
+        self.start_waiting(now, peer);
         token
+    }
+
+    /// Drops a request that has not been sent yet (it waits for an NSTART slot); `false` if it
+    /// is on its way already, or finished. No event follows a cancelled request.
+    pub fn cancel(&mut self, peer: P, token: &Token) -> bool {
+        let key = (peer, token.clone());
+        if self.exchanges.get(&key).is_none_or(|e| e.started) {
+            return false;
+        }
+        self.exchanges.remove(&key);
+        if let Some((_, waiting)) = self.slots.get_mut(&peer) {
+            waiting.retain(|t| t != token);
+        }
+        true
+    }
+
+    /// Gives a request up, sent or not: its retransmissions stop, its NSTART slot goes to the
+    /// next waiting request, and no event follows. A late answer to it is unmatched.
+    pub fn abandon(&mut self, now: Instant, peer: P, token: &Token) {
+        let Some(ex) = self.exchanges.remove(&(peer, token.clone())) else {
+            return;
+        };
+        if ex.started {
+            if let Some((active, _)) = self.slots.get_mut(&peer) {
+                *active = active.saturating_sub(1);
+            }
+            self.outgoing
+                .retain(|_, o| o.peer != peer || o.token.as_ref() != Some(token));
+        } else if let Some((_, waiting)) = self.slots.get_mut(&peer) {
+            waiting.retain(|t| t != token);
+        }
+        self.last_now = Some(now);
+        self.freed.push(peer);
+    }
+
+    /// Starts `peer`'s waiting requests while it has free NSTART slots.
+    fn start_waiting(&mut self, now: Instant, peer: P) {
+        let nstart = self.config.nstart.max(1);
+        loop {
+            let Some((active, waiting)) = self.slots.get_mut(&peer) else {
+                return;
+            };
+            if *active >= nstart {
+                return;
+            }
+            let Some(token) = waiting.pop_front() else {
+                if *active == 0 {
+                    self.slots.remove(&peer);
+                }
+                return;
+            };
+            *active += 1;
+            if let Some(ex) = self.exchanges.get_mut(&(peer, token.clone())) {
+                ex.started = true;
+            }
+            self.send_next_block(now, peer, &token);
+        }
+    }
+
+    /// Ends a client exchange with `result`, and lets the next waiting request to its peer go.
+    fn complete(
+        &mut self,
+        now: Instant,
+        peer: P,
+        token: Token,
+        result: Result<Packet, ClientError>,
+    ) {
+        if let Some(ex) = self.exchanges.remove(&(peer, token.clone())) {
+            if ex.started {
+                if let Some((active, _)) = self.slots.get_mut(&peer) {
+                    *active = active.saturating_sub(1);
+                }
+            }
+        }
+        self.events.push_back(Event::Response {
+            token,
+            peer,
+            result,
+        });
+        self.last_now = Some(now);
+        self.freed.push(peer);
     }
 
     fn send_next_block(&mut self, now: Instant, peer: P, token: &Token) {
@@ -386,12 +499,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             self.send(peer, &p).map(|_| ())
         };
         if let Err(e) = sent {
-            self.exchanges.remove(&(peer, token.clone()));
-            self.events.push_back(Event::Response {
-                token: token.clone(),
-                peer,
-                result: Err(ClientError::Encode(e)),
-            });
+            self.complete(now, peer, token.clone(), Err(ClientError::Encode(e)));
         } else if !con {
             // NON: wait for a response as if it had been acknowledged.
             if let Some(ex) = self.exchanges.get_mut(&(peer, token.clone())) {
@@ -491,12 +599,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         };
         let Some(token) = o.token else { return }; // the ACK of a separate response of ours
         if reset {
-            self.exchanges.remove(&(peer, token.clone()));
-            self.events.push_back(Event::Response {
-                token,
-                peer,
-                result: Err(ClientError::Reset),
-            });
+            self.complete(now, peer, token, Err(ClientError::Reset));
             return;
         }
         match resp {
@@ -566,7 +669,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 return;
             }
         }
-        let ex = self.exchanges.remove(&key).expect("present");
+        let ex = self.exchanges.get(&key).expect("present");
         // A 2.31 Continue asks for another block: as a final answer (no blocks, or none left)
         // it means the server did not take the request, and must not pass for success.
         let result = if continue_ && (!ex.blockwise || ex.offset >= ex.body.len()) {
@@ -576,11 +679,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         } else {
             Ok(r)
         };
-        self.events.push_back(Event::Response {
-            token,
-            peer,
-            result,
-        });
+        self.complete(now, peer, token, result);
     }
 
     fn on_request(&mut self, now: Instant, peer: P, req: Packet) {
@@ -832,12 +931,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 let o = self.outgoing.remove(&key).expect("present");
                 self.stats.timeouts += 1;
                 if let Some(token) = o.token {
-                    self.exchanges.remove(&(o.peer, token.clone()));
-                    self.events.push_back(Event::Response {
-                        token,
-                        peer: o.peer,
-                        result: Err(ClientError::Timeout),
-                    });
+                    self.complete(now, o.peer, token, Err(ClientError::Timeout));
                 }
                 continue;
             }
@@ -872,13 +966,8 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             .map(|(k, _)| k.clone())
             .collect();
         for (peer, token) in late {
-            self.exchanges.remove(&(peer, token.clone()));
             self.stats.timeouts += 1;
-            self.events.push_back(Event::Response {
-                token,
-                peer,
-                result: Err(ClientError::Timeout),
-            });
+            self.complete(now, peer, token, Err(ClientError::Timeout));
         }
         // Expiry.
         let lifetime = self.config.exchange_lifetime();
@@ -908,6 +997,8 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             .filter(|(p, _)| *p == peer)
             .map(|(_, t)| t.clone())
             .collect();
+        self.slots.remove(&peer);
+        self.freed.retain(|p| *p != peer);
         for token in gone {
             self.exchanges.remove(&(peer, token.clone()));
             self.events.push_back(Event::Response {

@@ -10,6 +10,9 @@
 //! `poll_timeout` when to call `handle_timeout` next.
 //!
 //! What it does:
+//! - at most NSTART requests are in flight to one peer (`Config::nstart`, 1 by default as in
+//!   RFC 7252 §4.7); later ones wait in order, and one that has not gone out yet can be
+//!   cancelled;
 //! - CON requests and responses are retransmitted on the RFC 7252 schedule (initial timeout
 //!   random in `ACK_TIMEOUT .. ACK_TIMEOUT * ACK_RANDOM_FACTOR`, doubling, `MAX_RETRANSMIT`
 //!   times) and given up with [`ClientError::Timeout`];
@@ -24,10 +27,12 @@
 
 #![forbid(unsafe_code)]
 
+mod codes;
 mod endpoint;
 mod message;
 
 /// The message types of `coap-lite`, which this crate's API speaks.
 pub use coap_lite;
+pub use codes::{Code, ContentFormat};
 pub use endpoint::{ClientError, Config, Endpoint, Event, RequestId, Stats, Token};
 pub use message::{decode_uint, encode_uint, path_of, request, response, Block};

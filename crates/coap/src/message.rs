@@ -1,6 +1,7 @@
 //! CoAP messages: building requests and responses, option values (uint, Block1/Block2), and
 //! which options a request may carry. No I/O.
 
+use crate::ContentFormat;
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
 /// Options a request may carry. A critical option (an odd number) that is not here gets 4.02
@@ -124,7 +125,7 @@ pub fn response(code: ResponseType, diagnostic: &str) -> Packet {
 pub fn request(
     method: RequestType,
     path: &str,
-    content_format: Option<u16>,
+    content_format: Option<ContentFormat>,
     payload: Vec<u8>,
 ) -> Packet {
     let mut p = Packet::new();
@@ -133,7 +134,7 @@ pub fn request(
         p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
     }
     if let Some(cf) = content_format {
-        p.add_option(CoapOption::ContentFormat, encode_uint(u32::from(cf)));
+        cf.set(&mut p);
     }
     p.payload = payload;
     p

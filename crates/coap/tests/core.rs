@@ -4,7 +4,9 @@
 use gateway_coap::coap_lite::{
     CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType,
 };
-use gateway_coap::{request, response, Block, ClientError, Config, Endpoint, Event};
+use gateway_coap::{
+    request, response, Block, ClientError, Config, ContentFormat, Endpoint, Event, Token,
+};
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
@@ -192,7 +194,12 @@ impl Net {
     }
 
     fn post(&mut self, payload: Vec<u8>) -> Vec<u8> {
-        let req = request(RequestType::Post, "gpsflowtemp", Some(112), payload);
+        let req = request(
+            RequestType::Post,
+            "gpsflowtemp",
+            Some(ContentFormat::SENML_CBOR),
+            payload,
+        );
         let now = self.now;
         self.client.request(now, SERVER, req, true)
     }
@@ -507,6 +514,7 @@ fn dedup_memory_is_bounded() {
 fn one_peer_cannot_hold_more_than_its_share_of_reassembly() {
     let config = Config {
         max_reassemblies_per_peer: 2,
+        nstart: 3,
         ..Config::default()
     };
     let mut net = Net::new(config, 77);
@@ -527,6 +535,7 @@ fn reassembly_is_bounded_in_bytes_per_peer_and_overall() {
     let config = Config {
         max_reassembly_bytes_per_peer: 6000,
         block_szx: 2, // 64-byte blocks: the transfers interleave
+        nstart: 3,
         ..Config::default()
     };
     let mut net = Net::new(config, 78);
@@ -540,6 +549,7 @@ fn reassembly_is_bounded_in_bytes_per_peer_and_overall() {
     let config = Config {
         max_reassembly_bytes: 6000,
         block_szx: 2,
+        nstart: 3,
         ..Config::default()
     };
     let mut net = Net::new(config, 79);
@@ -552,13 +562,33 @@ fn reassembly_is_bounded_in_bytes_per_peer_and_overall() {
 #[test]
 fn an_unknown_critical_option_gets_4_02_and_elective_ones_are_ignored() {
     let mut net = Net::new(Config::default(), 80);
-    let mut critical = request(RequestType::Post, "gpsflowtemp", Some(112), b"x".to_vec());
+    let mut critical = request(
+        RequestType::Post,
+        "gpsflowtemp",
+        Some(ContentFormat::SENML_CBOR),
+        b"x".to_vec(),
+    );
     critical.add_option(CoapOption::Unknown(2049), b"?".to_vec()); // odd: critical
-    let mut if_match = request(RequestType::Post, "gpsflowtemp", Some(112), b"x".to_vec());
+    let mut if_match = request(
+        RequestType::Post,
+        "gpsflowtemp",
+        Some(ContentFormat::SENML_CBOR),
+        b"x".to_vec(),
+    );
     if_match.add_option(CoapOption::IfMatch, b"etag".to_vec()); // 1: critical, not done here
-    let mut proxy = request(RequestType::Post, "gpsflowtemp", Some(112), b"x".to_vec());
+    let mut proxy = request(
+        RequestType::Post,
+        "gpsflowtemp",
+        Some(ContentFormat::SENML_CBOR),
+        b"x".to_vec(),
+    );
     proxy.add_option(CoapOption::ProxyUri, b"coap://elsewhere/".to_vec());
-    let mut elective = request(RequestType::Post, "gpsflowtemp", Some(112), b"x".to_vec());
+    let mut elective = request(
+        RequestType::Post,
+        "gpsflowtemp",
+        Some(ContentFormat::SENML_CBOR),
+        b"x".to_vec(),
+    );
     elective.add_option(CoapOption::Unknown(2050), b"?".to_vec()); // even: elective
     let now = net.now;
     let tokens: Vec<_> = [critical, if_match, proxy, elective]
@@ -581,4 +611,66 @@ fn an_unknown_critical_option_gets_4_02_and_elective_ones_are_ignored() {
         "only the elective one reached the application"
     );
     assert_eq!(net.server.stats().bad_options, 3);
+}
+
+#[test]
+fn nstart_holds_requests_back_in_order_and_a_waiting_one_can_be_cancelled() {
+    let config = Config {
+        nstart: 2,
+        ..Config::default()
+    };
+    let mut client: Endpoint<u8> = Endpoint::new(config, Box::new(rng(5)));
+    let now = Instant::now();
+    let tokens: Vec<_> = (0..5u8)
+        .map(|i| {
+            client.request(
+                now,
+                SERVER,
+                request(RequestType::Post, "x", None, vec![i]),
+                true,
+            )
+        })
+        .collect();
+    let sent = |c: &mut Endpoint<u8>| {
+        std::iter::from_fn(|| c.poll_transmit())
+            .map(|(_, b)| Packet::from_bytes(&b).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let first = sent(&mut client);
+    assert_eq!(
+        first.iter().map(|p| p.payload[0]).collect::<Vec<_>>(),
+        [0, 1]
+    );
+    // The fourth has not gone out: it can be cancelled; the first has: it cannot.
+    assert!(client.cancel(SERVER, &tokens[3]));
+    assert!(!client.cancel(SERVER, &tokens[0]));
+    // The first answer frees a slot: the third goes, then (the fourth cancelled) the fifth.
+    let answer = |p: &Packet| {
+        let mut r = response(ResponseType::Changed, "");
+        r.header.set_type(MessageType::Acknowledgement);
+        r.header.message_id = p.header.message_id;
+        r.set_token(p.get_token().to_vec());
+        r.to_bytes().unwrap()
+    };
+    client.handle_datagram(now, SERVER, &answer(&first[0]));
+    let next = sent(&mut client);
+    assert_eq!(next.iter().map(|p| p.payload[0]).collect::<Vec<_>>(), [2]);
+    client.handle_datagram(now, SERVER, &answer(&first[1]));
+    let last = sent(&mut client);
+    assert_eq!(last.iter().map(|p| p.payload[0]).collect::<Vec<_>>(), [4]);
+    let done: Vec<Token> = std::iter::from_fn(|| client.poll_event())
+        .map(|e| match e {
+            Event::Response { token, result, .. } => {
+                assert!(result.is_ok());
+                token
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        done,
+        vec![tokens[0].clone(), tokens[1].clone()],
+        "no event for a cancelled one"
+    );
+    assert_eq!(client.in_flight(), (2, 0));
 }

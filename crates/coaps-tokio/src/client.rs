@@ -1,7 +1,10 @@
 //! The client driver: blocking calls from any thread, a tokio loop on the client's own thread.
 
 use crate::{grow_buffers, runtime};
-use gateway_coap::coap_lite::Packet;
+use gateway_coap::{
+    coap_lite::{Packet, RequestType},
+    request, ContentFormat,
+};
 use gateway_dtls::{
     client::{Client as Machine, Config, Event, RequestError, RequestTag, Transmit},
     DtlsError,
@@ -27,6 +30,7 @@ pub struct ClientOptions {
 
 enum Cmd {
     Job(Job),
+    Group(Group),
     /// End at once without a close_notify.
     Abort,
 }
@@ -36,6 +40,12 @@ struct Job {
     timeout: Duration,
     reply: std_mpsc::Sender<Tagged>,
     tag: u64,
+}
+
+struct Group {
+    packets: Vec<Packet>,
+    timeout: Duration,
+    reply: std_mpsc::Sender<Tagged>,
 }
 
 /// The outcome of a request sent with [`Client::send_tagged`], with its tag.
@@ -98,6 +108,31 @@ impl Client {
             tag,
         };
         self.tx.send(Cmd::Job(job)).is_ok()
+    }
+
+    /// POSTs each payload to `path` as `format`, in order, at most NSTART in flight at once
+    /// (`coap.nstart` of the options), each within `timeout`. At the first that does not
+    /// succeed (an error, or an answer that is not 2.xx), those not sent yet are dropped: they
+    /// finish with [`RequestError::Cancelled`]. Every outcome arrives on `done`, tagged with
+    /// its payload's index. `false` if the client has stopped (nothing will arrive).
+    pub fn post_all(
+        &self,
+        path: &str,
+        format: ContentFormat,
+        payloads: Vec<Vec<u8>>,
+        timeout: Duration,
+        done: &std_mpsc::Sender<Tagged>,
+    ) -> bool {
+        let packets = payloads
+            .into_iter()
+            .map(|p| request(RequestType::Post, path, Some(format), p))
+            .collect();
+        let group = Group {
+            packets,
+            timeout,
+            reply: done.clone(),
+        };
+        self.tx.send(Cmd::Group(group)).is_ok()
     }
 
     /// Ends the client without telling the server, as a power loss would: the server keeps a
@@ -198,6 +233,12 @@ async fn client_loop(
                 Some(Cmd::Job(j)) => {
                     let tag = machine.request(Instant::now(), j.packet, j.timeout);
                     replies.insert(tag, (j.reply, j.tag));
+                }
+                Some(Cmd::Group(g)) => {
+                    let tags = machine.request_group(Instant::now(), g.packets, g.timeout);
+                    for (i, tag) in tags.into_iter().enumerate() {
+                        replies.insert(tag, (g.reply.clone(), i as u64));
+                    }
                 }
                 Some(Cmd::Abort) => return,
                 None => {

@@ -17,7 +17,9 @@
 //!   went out, means the session is probably stale (the server restarted and drops what it
 //!   cannot decrypt): the session is dropped, and the next request reconnects. On a merely
 //!   lossy path other answers keep arriving, and the session is kept;
-//! - each request has a deadline of its caller's; a handshake has `handshake_timeout`.
+//! - each request has a timeout of its caller's, counted from when it gets one of the NSTART
+//!   slots (at once, or when an earlier request finishes); a handshake has
+//!   `handshake_timeout`.
 
 use crate::{
     context::{client_context, ClientSettings},
@@ -26,7 +28,7 @@ use crate::{
 };
 use gateway_coap::{
     coap_lite::{Packet, ResponseType},
-    response, ClientError, Config as CoapConfig, Endpoint, Event as CoapEvent, Token,
+    response, ClientError, Code, Config as CoapConfig, Endpoint, Event as CoapEvent, Token,
 };
 use openssl::ssl::{SslContext, SslSession};
 use std::{
@@ -64,6 +66,9 @@ pub enum RequestError {
     /// The client is shutting down.
     #[error("the client stopped")]
     Stopped,
+    /// Not sent: an earlier request of its group did not succeed.
+    #[error("not sent: an earlier request of the same group did not succeed")]
+    Cancelled,
     /// Socket trouble.
     #[error("socket: {0}")]
     Io(String),
@@ -96,15 +101,19 @@ pub enum Transmit {
 
 struct Job {
     tag: RequestTag,
+    /// Its group, if it has one (see [`Client::request_group`]).
+    group: Option<u64>,
     packet: Packet,
     timeout: Duration,
-    deadline: Instant,
+    /// Set when the request gets a slot: its timeout runs from then.
+    deadline: Option<Instant>,
+    enqueued: Instant,
 }
 
 impl Job {
     /// When the request was handed to the client.
     fn sent(&self) -> Instant {
-        self.deadline - self.timeout
+        self.deadline.map_or(self.enqueued, |d| d - self.timeout)
     }
 }
 
@@ -135,6 +144,7 @@ pub struct Client {
     queued: VecDeque<Job>,
     waiting: HashMap<Token, Job>,
     next_tag: RequestTag,
+    next_group: u64,
     events: VecDeque<Event>,
     out: VecDeque<Transmit>,
     closing: bool,
@@ -156,6 +166,7 @@ impl Client {
             queued: VecDeque::new(),
             waiting: HashMap::new(),
             next_tag: 0,
+            next_group: 0,
             events: VecDeque::new(),
             out: VecDeque::new(),
             closing: false,
@@ -166,19 +177,52 @@ impl Client {
     /// Sends a confirmable request; its final response comes as an [`Event::Done`] with the tag
     /// returned here, at the latest `timeout` from `now`. Several may be in flight at once.
     pub fn request(&mut self, now: Instant, packet: Packet, timeout: Duration) -> RequestTag {
+        let tag = self.enqueue(now, packet, timeout, None);
+        self.drive(now);
+        tag
+    }
+
+    /// Sends requests as a group: they go out in order, at most NSTART at a time (the CoAP
+    /// configuration's `nstart`), and at the first that does not succeed (an error, or a
+    /// response that is not 2.xx), those that have not gone out yet are dropped and finish with
+    /// [`RequestError::Cancelled`]; those on their way finish as they do.
+    pub fn request_group(
+        &mut self,
+        now: Instant,
+        packets: Vec<Packet>,
+        timeout: Duration,
+    ) -> Vec<RequestTag> {
+        let group = self.next_group;
+        self.next_group += 1;
+        let tags = packets
+            .into_iter()
+            .map(|p| self.enqueue(now, p, timeout, Some(group)))
+            .collect();
+        self.drive(now);
+        tags
+    }
+
+    fn enqueue(
+        &mut self,
+        now: Instant,
+        packet: Packet,
+        timeout: Duration,
+        group: Option<u64>,
+    ) -> RequestTag {
         let tag = self.next_tag;
         self.next_tag += 1;
         let job = Job {
             tag,
+            group,
             packet,
             timeout,
-            deadline: now + timeout,
+            deadline: None,
+            enqueued: now,
         };
         if self.closing {
             self.finish(job, Err(RequestError::Stopped));
         } else {
             self.queued.push_back(job);
-            self.drive(now);
         }
         tag
     }
@@ -254,7 +298,7 @@ impl Client {
             self.waiting
                 .values()
                 .chain(self.queued.iter())
-                .map(|j| j.deadline)
+                .filter_map(|j| j.deadline)
                 .min(),
         ]
         .into_iter()
@@ -264,10 +308,40 @@ impl Client {
     }
 
     fn finish(&mut self, job: Job, result: Result<Packet, RequestError>) {
+        let failed = match &result {
+            Ok(p) => !Code::of(p).is_some_and(Code::is_success),
+            Err(e) => *e != RequestError::Cancelled,
+        };
         self.events.push_back(Event::Done {
             tag: job.tag,
             result,
         });
+        if let Some(g) = job.group.filter(|_| failed) {
+            self.cancel_group(g);
+        }
+    }
+
+    /// Drops group `g`'s requests that have not gone out.
+    fn cancel_group(&mut self, g: u64) {
+        let (cancel, keep): (VecDeque<Job>, VecDeque<Job>) =
+            self.queued.drain(..).partition(|j| j.group == Some(g));
+        self.queued = keep;
+        let mut cancelled = Vec::from(cancel);
+        let tokens: Vec<Token> = self
+            .waiting
+            .iter()
+            .filter(|(_, j)| j.group == Some(g))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in tokens {
+            if self.endpoint.cancel((), &t) {
+                cancelled.extend(self.waiting.remove(&t));
+            }
+        }
+        cancelled.sort_by_key(|j| j.tag);
+        for j in cancelled {
+            self.finish(j, Err(RequestError::Cancelled));
+        }
     }
 
     fn fail_all(&mut self, error: &RequestError) {
@@ -421,15 +495,18 @@ impl Client {
     /// went out, the session is dropped too: it is probably stale (the server restarted). A
     /// late request on a lossy path that still answers others keeps the session.
     fn expire(&mut self, now: Instant) {
+        self.stamp(now);
         let late: Vec<Token> = self
             .waiting
             .iter()
-            .filter(|(_, j)| j.deadline <= now)
+            .filter(|(_, j)| j.deadline.is_some_and(|d| d <= now))
             .map(|(t, _)| t.clone())
             .collect();
         if !late.is_empty() {
             let mut silent = false;
             for t in late {
+                // Its CoAP exchange ends too: it must not hold an NSTART slot.
+                self.endpoint.abandon(now, (), &t);
                 if let Some(j) = self.waiting.remove(&t) {
                     silent |= self.link.as_ref().is_some_and(|l| l.silent_since(j.sent()));
                     let timeout = j.timeout;
@@ -440,12 +517,36 @@ impl Client {
                 self.drop_session("a request timed out with no word from the server");
             }
         }
-        let (late, keep): (VecDeque<Job>, VecDeque<Job>) =
-            self.queued.drain(..).partition(|j| j.deadline <= now);
+        let (late, keep): (VecDeque<Job>, VecDeque<Job>) = self
+            .queued
+            .drain(..)
+            .partition(|j| j.deadline.is_some_and(|d| d <= now));
         self.queued = keep;
         for j in Vec::from(late) {
             let timeout = j.timeout;
             self.finish(j, Err(RequestError::Timeout(timeout)));
+        }
+    }
+
+    /// Starts the clocks of the requests that have an NSTART slot now, oldest first: as the
+    /// CoAP endpoint starts them.
+    fn stamp(&mut self, now: Instant) {
+        let jobs = || self.queued.iter().chain(self.waiting.values());
+        let active = jobs().filter(|j| j.deadline.is_some()).count();
+        let free = self.cfg.coap.nstart.max(1).saturating_sub(active);
+        if free == 0 {
+            return;
+        }
+        let mut next: Vec<RequestTag> = jobs()
+            .filter(|j| j.deadline.is_none())
+            .map(|j| j.tag)
+            .collect();
+        next.sort_unstable();
+        next.truncate(free);
+        for j in self.queued.iter_mut().chain(self.waiting.values_mut()) {
+            if next.contains(&j.tag) {
+                j.deadline = Some(now + j.timeout);
+            }
         }
     }
 

@@ -80,6 +80,10 @@ impl Pki {
     }
 
     fn client(&self, device: &str) -> Client {
+        self.client_with(device, CoapConfig::default())
+    }
+
+    fn client_with(&self, device: &str, coap: CoapConfig) -> Client {
         let cfg = client::Config {
             host: "localhost".into(),
             verify_host: true,
@@ -92,7 +96,7 @@ impl Pki {
                 mtu: 1232,
                 ..Default::default()
             },
-            coap: CoapConfig::default(),
+            coap,
             handshake_timeout: Duration::from_secs(10),
         };
         Client::new(cfg, seeded(device.len() as u64 + 7)).unwrap()
@@ -129,8 +133,10 @@ struct Net {
     server: Server,
     devices: Vec<Device>,
     next_port: u16,
-    /// Answer requests at once (else the test answers them).
+    /// Answer requests at once (else the test answers them), with the code this gives for
+    /// the body.
     auto_answer: bool,
+    answer: fn(&[u8]) -> ResponseType,
     received: Vec<(Option<String>, Vec<u8>)>,
 }
 
@@ -143,6 +149,7 @@ impl Net {
             devices: Vec::new(),
             next_port: 40_000,
             auto_answer: true,
+            answer: |_| ResponseType::Changed,
             received: Vec::new(),
         }
     }
@@ -219,13 +226,13 @@ impl Net {
             }
             while let Some(inc) = self.server.poll_event() {
                 moved = true;
+                let code = (self.answer)(&inc.packet.payload);
                 self.received.push((
                     inc.identity.as_deref().map(str::to_owned),
                     inc.packet.payload,
                 ));
                 if self.auto_answer {
-                    self.server
-                        .respond(self.now, inc.id, response(ResponseType::Changed, ""));
+                    self.server.respond(self.now, inc.id, response(code, ""));
                 }
             }
             while let Some((to, b)) = self.server.poll_transmit() {
@@ -527,4 +534,42 @@ fn idle_sessions_and_slow_handshakes_are_dropped_on_time() {
     assert_eq!(net.server.sessions(), (0, 1));
     net.advance(Duration::from_millis(200));
     assert_eq!(net.server.sessions(), (0, 0));
+}
+
+#[test]
+fn a_group_goes_out_nstart_at_a_time_and_stops_at_its_first_refusal() {
+    let pki = Pki::new(&["pi-01"]);
+    let mut net = Net::new(pki.server_config());
+    net.answer = |body| match body {
+        b"bad" => ResponseType::Forbidden,
+        _ => ResponseType::Changed,
+    };
+    let coap = CoapConfig {
+        nstart: 2,
+        ..CoapConfig::default()
+    };
+    let a = net.add(pki.client_with("pi-01", coap));
+    let bodies: [&[u8]; 5] = [b"1", b"bad", b"3", b"4", b"5"];
+    let packets = bodies
+        .iter()
+        .map(|b| request(RequestType::Post, "r", None, b.to_vec()))
+        .collect();
+    let tags = net.devices[a].client.request_group(net.now, packets, T);
+    net.settle();
+    let codes: Vec<String> = tags
+        .iter()
+        .map(|t| match net.result(a, *t) {
+            Some(Ok(p)) => format!("{}", gateway_coap::Code::of(p).unwrap()),
+            Some(Err(e)) => format!("{e:?}"),
+            None => "pending".into(),
+        })
+        .collect();
+    // Two in flight: 1 and bad; 1's answer lets 3 go; bad's refusal cancels 4 and 5.
+    assert_eq!(
+        codes,
+        ["2.04", "4.03", "2.04", "Cancelled", "Cancelled"],
+        "{codes:?}"
+    );
+    let sent: Vec<&[u8]> = net.received.iter().map(|(_, b)| &b[..]).collect();
+    assert_eq!(sent, [b"1" as &[u8], b"bad", b"3"]);
 }

@@ -45,11 +45,6 @@ pub const RID: &str = "rid";
 /// must not multiply.
 pub const MAX_NAME: usize = 255;
 
-/// CoAP content-format of SenML CBOR.
-pub const CONTENT_FORMAT_CBOR: u16 = 112;
-/// CoAP content-format of SenML JSON.
-pub const CONTENT_FORMAT_JSON: u16 = 110;
-
 /// Why a payload is not a SenML pack we can take.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]

@@ -17,7 +17,7 @@ mod common;
 
 use coap_lite::RequestType;
 use coaps::Ingress;
-use gateway_coap::{request, Config as CoapConfig};
+use gateway_coap::{request, Config as CoapConfig, ContentFormat};
 use gateway_coaps_tokio::{Client, ClientConfig, ClientOptions};
 use gateway_dtls::{ClientSettings, Psk, DEFAULT_MTU};
 use gateway_pki::{issue_to, read_pair, Kind};
@@ -88,7 +88,7 @@ fn post(device: &Device) {
     let req = request(
         RequestType::Post,
         "gpsflowtemp",
-        Some(senml::CONTENT_FORMAT_CBOR),
+        Some(ContentFormat::SENML_CBOR),
         payload,
     );
     let resp = client

@@ -1,5 +1,6 @@
 //! The keys of `coaps-uplink` and `coaps-ingress`.
 
+use gateway_coap::ContentFormat;
 use gateway_sdk::config::duration;
 use serde::Deserialize;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -16,11 +17,11 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    /// The CoAP content-format number.
-    pub fn content_format(self) -> u16 {
+    /// The CoAP content-format.
+    pub fn content_format(self) -> ContentFormat {
         match self {
-            Encoding::Cbor => gateway_senml::CONTENT_FORMAT_CBOR,
-            Encoding::Json => gateway_senml::CONTENT_FORMAT_JSON,
+            Encoding::Cbor => ContentFormat::SENML_CBOR,
+            Encoding::Json => ContentFormat::SENML_JSON,
         }
     }
 

@@ -1,8 +1,7 @@
 //! `coaps-uplink`: POSTs each batch as SenML over CoAP/DTLS and returns only after a 2.xx.
 
 use crate::config::{parse_uri, UplinkConfig};
-use coap_lite::{MessageClass, RequestType};
-use gateway_coap::{path_of, request, Config as CoapConfig};
+use gateway_coap::{coap_lite::Packet, Code, Config as CoapConfig};
 use gateway_coaps_tokio::{Client, ClientConfig, ClientOptions, RequestError};
 use gateway_dtls::{self as dtls, ClientSettings};
 use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
@@ -41,16 +40,15 @@ enum Verdict {
     TooLarge,
 }
 
-/// Judges a response code (class, detail).
-fn verdict(class: u8, detail: u8) -> Verdict {
-    match (class, detail) {
-        // 2.31 Continue as a final answer: the server did not take the request.
-        (2, 31) => Verdict::Retry,
-        (2, _) => Verdict::Stored,
-        (4, 0) | (4, 22) => Verdict::RefusedBatch,
-        (4, 13) => Verdict::TooLarge,
-        (4, 8) | (4, 29) => Verdict::Retry,
-        (4, _) => Verdict::Misconfigured,
+/// Judges a response code.
+fn verdict(code: Code) -> Verdict {
+    match code {
+        c if c.is_success() => Verdict::Stored,
+        Code::BAD_REQUEST | Code::UNPROCESSABLE_ENTITY => Verdict::RefusedBatch,
+        Code::REQUEST_ENTITY_TOO_LARGE => Verdict::TooLarge,
+        // 5.xx, 4.08, 4.29, and 2.31 Continue as a final answer (not taken).
+        c if c.is_retryable() => Verdict::Retry,
+        Code { class: 4, .. } => Verdict::Misconfigured,
         _ => Verdict::Retry,
     }
 }
@@ -150,6 +148,7 @@ impl Sink for Uplink {
                         max_retransmit: self.cfg.max_retransmit,
                         block_szx: szx(self.cfg.block_size).unwrap_or(6),
                         max_payload: max_payload(self.cfg.mtu),
+                        nstart: self.cfg.nstart.max(1),
                         ..CoapConfig::default()
                     },
                     handshake_timeout: self.cfg.handshake_timeout,
@@ -174,40 +173,32 @@ impl Sink for Uplink {
             &pending[..]
         };
         let client = self.client.as_ref().expect("started");
-        // A sliding window: the next request goes out as soon as any one finishes, so one slow
-        // exchange (a lost datagram waits for its retransmission) does not hold the others up.
+        // `nstart` requests in flight, the next going out as soon as any one finishes, so one
+        // slow exchange (a lost datagram waits for its retransmission) does not hold the others
+        // up. At the first failure nothing new goes out; what is in flight finishes.
         let mut chunks = self.requests(batch);
+        // Each payload goes out once; the chunk's readings stay for the bookkeeping.
+        let payloads = chunks
+            .iter_mut()
+            .map(|c| std::mem::take(&mut c.1))
+            .collect();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let mut next = 0;
-        let mut in_flight = 0;
+        let format = self.cfg.encoding.content_format();
+        let timeout = self.cfg.request_timeout;
+        if !client.post_all(&self.path, format, payloads, timeout, &done_tx) {
+            return Err(PluginError::retry("the CoAP client stopped"));
+        }
         let mut outcome = Ok(());
         let mut acked: Vec<&[Reading]> = Vec::new();
-        loop {
-            while outcome.is_ok() && next < chunks.len() && in_flight < self.cfg.nstart.max(1) {
-                // Each payload goes out once; the chunk's readings stay for the bookkeeping.
-                let payload = std::mem::take(&mut chunks[next].1);
-                let req = request(
-                    RequestType::Post,
-                    &self.path,
-                    Some(self.cfg.encoding.content_format()),
-                    payload,
-                );
-                debug_assert_eq!(path_of(&req), self.path.trim_matches('/'));
-                if !client.send_tagged(req, self.cfg.request_timeout, next as u64, &done_tx) {
-                    outcome = Err(PluginError::retry("the CoAP client stopped"));
-                    break;
-                }
-                next += 1;
-                in_flight += 1;
-            }
-            if in_flight == 0 {
-                break;
-            }
-            // Every request ends by its deadline; the margin covers a client thread that died.
+        for _ in 0..chunks.len() {
+            // Every request ends by its deadline, counted from when it got its slot, and one of
+            // those in flight always has a slot: the margin covers a client thread that died.
             let (tag, result) = done_rx
-                .recv_timeout(self.cfg.request_timeout + Duration::from_secs(5))
+                .recv_timeout(timeout + Duration::from_secs(5))
                 .unwrap_or((u64::MAX, Err(RequestError::Stopped)));
-            in_flight -= 1;
+            if result == Err(RequestError::Cancelled) {
+                continue;
+            }
             let readings = chunks.get(tag as usize).map_or(0, |c| c.0.len());
             match self.outcome(result, readings) {
                 Ok(()) => acked.extend(chunks.get(tag as usize).map(|c| c.0)),
@@ -225,7 +216,7 @@ impl Sink for Uplink {
                     outcome = Err(e);
                 }
                 Err((e, _)) if outcome.is_ok() => outcome = Err(e),
-                // The first failure decides; nothing new goes out, what is in flight finishes.
+                // The first failure decides.
                 Err(_) => {}
             }
             if tag == u64::MAX {
@@ -291,7 +282,7 @@ impl Uplink {
     /// verdict, [`Verdict::TooLarge`] resolved by the number of readings.
     fn outcome(
         &self,
-        r: Result<coap_lite::Packet, RequestError>,
+        r: Result<Packet, RequestError>,
         readings: usize,
     ) -> Result<(), (PluginError, Verdict)> {
         let resp = match r {
@@ -309,18 +300,14 @@ impl Uplink {
                 ))
             }
         };
-        let code: u8 = resp.header.code.into();
-        let (class, detail) = match resp.header.code {
-            MessageClass::Response(_) => (code >> 5, code & 0x1f),
-            _ => (0, 0),
-        };
-        let v = match verdict(class, detail) {
+        let code = Code::of(&resp).unwrap_or(Code::new(0, 0));
+        let v = match verdict(code) {
             Verdict::TooLarge if readings == 1 => Verdict::RefusedBatch,
             Verdict::TooLarge => Verdict::Misconfigured,
             v => v,
         };
         let text = String::from_utf8_lossy(&resp.payload);
-        let what = format!("{class}.{detail:02} {text}");
+        let what = format!("{code} {text}");
         match v {
             Verdict::Stored => Ok(()),
             Verdict::Retry => Err((
@@ -347,6 +334,7 @@ mod tests {
 
     #[test]
     fn only_a_batch_specific_refusal_lets_readings_go() {
+        let verdict = |c, d| verdict(Code::new(c, d));
         assert_eq!(verdict(2, 4), Verdict::Stored);
         assert_eq!(verdict(2, 1), Verdict::Stored);
         assert_eq!(verdict(2, 31), Verdict::Retry);

@@ -160,7 +160,12 @@ pub fn serve(server: &mut Server) -> std::thread::JoinHandle<Vec<(Option<String>
 }
 
 pub fn post(body: Vec<u8>) -> coap_lite::Packet {
-    request(RequestType::Post, "gpsflowtemp", Some(112), body)
+    request(
+        RequestType::Post,
+        "gpsflowtemp",
+        Some(gateway_coap::ContentFormat::SENML_CBOR),
+        body,
+    )
 }
 
 pub fn changed(r: &coap_lite::Packet) -> bool {
