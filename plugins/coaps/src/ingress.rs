@@ -2,19 +2,17 @@
 //! answers 2.04 only after every sink it is routed to stored the batch.
 
 use crate::config::IngressConfig;
-use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
-use gateway_coap::{decode_uint, encode_uint, path_of, response, Config as CoapConfig};
+use crate::request::{self, Admitted, Key, Refused, Route, Seen, ANONYMOUS};
+use gateway_coap::{Code, Config as CoapConfig, RequestId};
 use gateway_coaps_tokio::{Incoming, Responder, Server, ServerConfig, ServerOptions};
 use gateway_dtls::ServerSettings;
 use gateway_sdk::{
-    tracing, ErrorKind, InitContext, Label, PluginError, ReadingId, Source, SourceContext,
-    Timestamp,
+    tracing, ErrorKind, InitContext, PluginError, Reading, Source, SourceContext, Timestamp,
 };
-use gateway_senml as senml;
 use std::{
-    collections::{HashSet, VecDeque},
+    net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -26,46 +24,6 @@ pub struct Ingress {
     tls: ServerSettings,
 }
 
-/// A reading's key for de-duplication: its id within its device, so that one device cannot
-/// claim ids another will send (and have that one's readings dropped as repeats).
-type Key = (Label, ReadingId);
-
-/// Keys come from peers: keep std's keyed hasher, so that no peer can make them collide.
-type IdSet = HashSet<Key>;
-
-/// The device name of readings from peers without an identity (`allow_anonymous`).
-const ANONYMOUS: &str = "anonymous";
-
-/// Reading keys stored recently, and those in flight.
-#[derive(Default)]
-struct Seen {
-    stored: IdSet,
-    order: VecDeque<Key>,
-    in_flight: IdSet,
-    capacity: usize,
-}
-
-impl Seen {
-    fn stored(&mut self, ids: &[Key]) {
-        for id in ids {
-            self.in_flight.remove(id);
-            if self.stored.insert(id.clone()) {
-                self.order.push_back(id.clone());
-            }
-        }
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.stored.remove(&old);
-            }
-        }
-    }
-    fn failed(&mut self, ids: &[Key]) {
-        for id in ids {
-            self.in_flight.remove(id);
-        }
-    }
-}
-
 /// Request and reading counters, logged periodically.
 #[derive(Default)]
 struct Counters {
@@ -74,10 +32,6 @@ struct Counters {
     duplicates: AtomicU64,
     bad_requests: AtomicU64,
     unavailable: AtomicU64,
-}
-
-fn code(c: ResponseType) -> Packet {
-    response(c, "")
 }
 
 impl Source for Ingress {
@@ -150,10 +104,7 @@ impl Source for Ingress {
         };
         let server = Server::start(opts).map_err(|e| PluginError::retry(e.to_string()))?;
         tracing::info!(listen = %server.local_addr, path = %self.cfg.path, "CoAP/DTLS ingress listening");
-        let seen = Arc::new(Mutex::new(Seen {
-            capacity: self.cfg.dedup_ids,
-            ..Seen::default()
-        }));
+        let seen = Arc::new(Mutex::new(Seen::new(self.cfg.dedup_ids)));
         let counters = Arc::new(Counters::default());
         let mut last_log = Instant::now();
         loop {
@@ -161,11 +112,9 @@ impl Source for Ingress {
                 // The sinks keep writing while sources stop: wait (a little) for the batches in
                 // flight, so their devices get the 2.04 and do not send them again.
                 let deadline = Instant::now() + Duration::from_secs(5);
-                while !seen.lock().expect("seen").in_flight.is_empty() && Instant::now() < deadline
-                {
+                while seen.lock().expect("seen").busy() && Instant::now() < deadline {
                     if let Ok(inc) = server.requests.recv_timeout(Duration::from_millis(20)) {
-                        let mut r = response(ResponseType::ServiceUnavailable, "shutting down");
-                        r.add_option(CoapOption::MaxAge, encode_uint(self.cfg.retry_after));
+                        let r = request::unavailable("shutting down", self.cfg.retry_after);
                         server.responder.respond(inc.id, r);
                     }
                 }
@@ -207,6 +156,8 @@ impl Source for Ingress {
 }
 
 impl Ingress {
+    /// One request, step by step (see [`crate::request`]); answered now, or once the sinks
+    /// are done with its readings.
     fn handle(
         &self,
         ctx: &SourceContext,
@@ -215,182 +166,98 @@ impl Ingress {
         seen: &Arc<Mutex<Seen>>,
         counters: &Arc<Counters>,
     ) {
-        let id = inc.id;
-        let reply = |p: Packet| responder.respond(id, p);
-        let bad = |c: ResponseType, why: &str| {
-            counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(peer = %inc.peer, code = ?c, why, "request refused");
-            reply(response(c, why));
+        let (id, peer) = (inc.id, inc.peer);
+        let refused = |r: Refused| {
+            let counter = if r.bad {
+                &counters.bad_requests
+            } else {
+                &counters.unavailable
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, code = %Code::of(&r.reply).unwrap_or(Code::new(0, 0)), why = %r.why, "request refused");
+            responder.respond(id, r.reply);
         };
-        let path = path_of(&inc.packet);
-        let method = match inc.packet.header.code {
-            MessageClass::Request(m) => m,
-            _ => return bad(ResponseType::BadRequest, "not a request"),
-        };
-        if path == ".well-known/core" {
-            if method != RequestType::Get {
-                return bad(ResponseType::MethodNotAllowed, "GET only");
-            }
-            let mut r = response(
-                ResponseType::Content,
-                &format!(
-                    "</{}>;rt=\"senml\";ct=\"110 112\";if=\"core.b\"",
-                    self.cfg.path.trim_matches('/')
-                ),
-            );
-            r.add_option(CoapOption::ContentFormat, encode_uint(40));
-            return reply(r);
+        match request::route(&inc.packet, self.cfg.path.trim_matches('/')) {
+            Ok(Route::Readings) => {}
+            Ok(Route::Discovery(r)) => return responder.respond(id, r),
+            Err(r) => return refused(r),
         }
-        if path != self.cfg.path.trim_matches('/') {
-            return bad(ResponseType::NotFound, "no such resource");
-        }
-        if method != RequestType::Post {
-            return bad(ResponseType::MethodNotAllowed, "POST only");
-        }
-        let cf = inc
-            .packet
-            .get_first_option(CoapOption::ContentFormat)
-            .and_then(|v| decode_uint(v));
-        let body = &inc.packet.payload;
         // The driver admits a session without an identity only with `allow_anonymous`.
-        let identity = inc.identity.clone();
-        let device: &str = identity.as_deref().unwrap_or(ANONYMOUS);
-        let now = Timestamp::now();
-        let json = match cf {
-            Some(110) => true,
-            Some(112) => false,
-            None => body.first() == Some(&b'['),
-            Some(_) => {
-                return bad(
-                    ResponseType::UnsupportedContentFormat,
-                    "SenML JSON (110) or CBOR (112) only",
-                )
-            }
-        };
-        let decoded = if json {
-            senml::decode_json(body, self.cfg.max_records, now, device)
-        } else {
-            senml::decode_cbor(body, self.cfg.max_records, now, device)
-        };
+        let identity = inc.identity.as_deref();
+        let device = identity.unwrap_or(ANONYMOUS);
+        let (max_records, max_body) = (self.cfg.max_records, self.cfg.max_body);
+        let decoded = request::decode(&inc.packet, device, max_records, max_body, Timestamp::now());
         let mut pack = match decoded {
             Ok(p) => p,
-            Err(senml::DecodeError::TooMany(n)) => {
-                let mut r = response(
-                    ResponseType::RequestEntityTooLarge,
-                    &format!("more than {n} records"),
-                );
-                r.add_option(CoapOption::Size1, encode_uint(self.cfg.max_body as u32));
-                counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-                return reply(r);
-            }
-            Err(e) => return bad(ResponseType::BadRequest, &format!("SenML: {e}")),
+            Err(r) => return refused(r),
         };
-        match &identity {
-            // The anonymous peers' device name is no device's identity.
-            Some(who) if &**who == ANONYMOUS => {
-                return bad(
-                    ResponseType::Forbidden,
-                    "the identity \"anonymous\" is reserved for peers without one",
-                )
-            }
-            // A device speaks for itself only.
-            Some(who) => {
-                if let Some(r) = pack.readings.iter().find(|r| r.device.as_str() != &**who) {
-                    return bad(
-                        ResponseType::Forbidden,
-                        &format!(
-                            "{who} may post readings only for itself, not for {}",
-                            r.device
-                        ),
-                    );
-                }
-            }
-            // A peer without an identity speaks for nobody: whatever base name it sends, its
-            // readings are the anonymous device's.
-            None => {
-                let anonymous = Label::from(ANONYMOUS);
-                for r in &mut pack.readings {
-                    r.device = anonymous.clone();
-                }
-            }
+        if let Err(r) = request::authorize(identity, &mut pack.readings) {
+            return refused(r);
         }
-        // Drop what was stored already; a batch overlapping one still in flight waits its turn.
-        let (fresh, ids) = {
-            let mut s = seen.lock().expect("seen");
-            let key = |r: &gateway_sdk::Reading| (r.device.clone(), r.id);
-            if pack.readings.iter().any(|r| s.in_flight.contains(&key(r))) {
-                drop(s);
-                counters.unavailable.fetch_add(1, Ordering::Relaxed);
-                let mut r = response(
-                    ResponseType::ServiceUnavailable,
-                    "the same readings are being stored; retry",
-                );
-                r.add_option(CoapOption::MaxAge, encode_uint(1));
-                return reply(r);
-            }
-            let before = pack.readings.len();
-            // Drop what was stored already, and repeats of an id within this pack.
-            let mut in_pack = HashSet::with_capacity(before);
-            let fresh: Vec<_> = pack
-                .readings
-                .into_iter()
-                .filter(|r| !s.stored.contains(&key(r)) && in_pack.insert(r.id))
-                .collect();
-            counters
-                .duplicates
-                .fetch_add((before - fresh.len()) as u64, Ordering::Relaxed);
-            let ids: Vec<Key> = fresh.iter().map(key).collect();
-            s.in_flight.extend(ids.iter().cloned());
-            (fresh, ids)
+        let admitted = seen.lock().expect("seen").admit(pack.readings);
+        let Admitted {
+            fresh,
+            keys,
+            duplicates,
+        } = match admitted {
+            Ok(a) => a,
+            Err(r) => return refused(r),
         };
+        counters
+            .duplicates
+            .fetch_add(duplicates as u64, Ordering::Relaxed);
         if fresh.is_empty() {
-            return reply(code(ResponseType::Changed));
+            return responder.respond(id, request::stored());
         }
+        self.emit(ctx, responder, id, peer, fresh, keys, seen, counters);
+    }
+
+    /// Emits admitted readings; the device is answered once every sink stored them (2.04), or
+    /// one failed (4.22 or 5.03), or the emit itself failed (5.03).
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &self,
+        ctx: &SourceContext,
+        responder: &Responder,
+        id: RequestId,
+        peer: SocketAddr,
+        fresh: Vec<Reading>,
+        keys: Vec<Key>,
+        seen: &Arc<Mutex<Seen>>,
+        counters: &Arc<Counters>,
+    ) {
         let n = fresh.len() as u64;
+        let retry_after = self.cfg.retry_after;
         // The request is answered once: by the acknowledgement, or by a failed emit, whichever
         // comes first (an emit that fails half-way also fails its acknowledgement later).
-        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let peer = inc.peer;
-        let (responder, seen2, counters2, retry_after, answered2) = (
+        let answered = Arc::new(AtomicBool::new(false));
+        let (responder2, seen2, counters2, answered2, keys2) = (
             responder.clone(),
             seen.clone(),
             counters.clone(),
-            self.cfg.retry_after,
             answered.clone(),
+            keys.clone(),
         );
-        let ids2 = ids.clone();
         let sent = ctx.emit_with(fresh, move |outcome| {
             if answered2.swap(true, Ordering::SeqCst) {
                 return;
             }
             match outcome {
                 Ok(()) => {
-                    seen2.lock().expect("seen").stored(&ids2);
+                    seen2.lock().expect("seen").stored(&keys2);
                     counters2.readings.fetch_add(n, Ordering::Relaxed);
-                    responder.respond(id, code(ResponseType::Changed));
-                }
-                // A sink refused the readings for good (the host kept them in its dead-letter
-                // file): so does the server, since resending cannot help. What the sink said
-                // stays in the server's log: it may name tables, hosts or paths.
-                Err(e) if e.kind == ErrorKind::REJECTED => {
-                    seen2.lock().expect("seen").failed(&ids2);
-                    counters2.bad_requests.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%peer, readings = n, error = %e.message(), "a sink refused readings for good; the device is told 4.22");
-                    responder.respond(
-                        id,
-                        response(
-                            ResponseType::UnprocessableEntity,
-                            "the server's store refused these readings",
-                        ),
-                    );
+                    responder2.respond(id, request::stored());
                 }
                 Err(e) => {
-                    seen2.lock().expect("seen").failed(&ids2);
-                    counters2.unavailable.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, readings = n, error = %e.message(), "readings not stored; the device is told to retry");
-                    let mut r = response(ResponseType::ServiceUnavailable, "not stored; retry");
-                    r.add_option(CoapOption::MaxAge, encode_uint(retry_after));
-                    responder.respond(id, r);
+                    seen2.lock().expect("seen").failed(&keys2);
+                    if e.kind == ErrorKind::REJECTED {
+                        counters2.bad_requests.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%peer, readings = n, error = %e.message(), "a sink refused readings for good; the device is told 4.22");
+                    } else {
+                        counters2.unavailable.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, readings = n, error = %e.message(), "readings not stored; the device is told to retry");
+                    }
+                    responder2.respond(id, request::not_stored(&e, retry_after));
                 }
             }
         });
@@ -398,15 +265,13 @@ impl Ingress {
             if answered.swap(true, Ordering::SeqCst) {
                 return;
             }
-            seen.lock().expect("seen").failed(&ids);
+            seen.lock().expect("seen").failed(&keys);
             let why = if e.kind == ErrorKind::STOPPED {
                 "shutting down"
             } else {
                 "cannot take readings now"
             };
-            let mut r = response(ResponseType::ServiceUnavailable, why);
-            r.add_option(CoapOption::MaxAge, encode_uint(retry_after));
-            reply(r);
+            responder.respond(id, request::unavailable(why, retry_after));
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod config;
 mod ingress;
 mod keys;
+pub mod request;
 mod uplink;
 
 pub use ingress::Ingress;

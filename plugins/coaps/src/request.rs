@@ -1,0 +1,374 @@
+//! The ingress's request path, one step a function, each readable and testable alone. No I/O:
+//! [`crate::Ingress`] calls them in order and sends what they answer.
+//!
+//! 1. [`route`]: which resource, which method (4.04, 4.05, or the discovery answer);
+//! 2. [`decode`]: content negotiation and SenML decoding (4.15, 4.13, 4.00);
+//! 3. [`authorize`]: a device speaks for itself only (4.03); a peer without an identity speaks
+//!    for the anonymous device;
+//! 4. [`Seen::admit`]: readings stored already are dropped, and a pack that overlaps one still
+//!    being stored waits its turn (5.03);
+//! 5. [`stored`], [`not_stored`]: the answer once the sinks are done.
+
+use gateway_coap::{
+    coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType},
+    encode_uint, path_of, response, ContentFormat,
+};
+use gateway_sdk::{ErrorKind, Label, PluginError, Reading, ReadingId, Timestamp};
+use gateway_senml as senml;
+use std::collections::{HashSet, VecDeque};
+
+/// The device name of readings from peers without an identity (`allow_anonymous`).
+pub const ANONYMOUS: &str = "anonymous";
+
+/// An answer that ends a request before its readings go anywhere.
+#[derive(Debug)]
+pub struct Refused {
+    /// What the device is told.
+    pub reply: Packet,
+    /// For the log.
+    pub why: String,
+    /// Counted as a bad request (else as the server being unavailable).
+    pub bad: bool,
+}
+
+impl Refused {
+    fn bad(code: ResponseType, why: impl Into<String>) -> Refused {
+        let why = why.into();
+        Refused {
+            reply: response(code, &why),
+            why,
+            bad: true,
+        }
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug, PartialEq)]
+pub enum Route {
+    /// `GET /.well-known/core`: answered at once.
+    Discovery(Packet),
+    /// `POST` to the readings resource.
+    Readings,
+}
+
+/// Routes a request by path and method. `path` is the readings resource, without slashes
+/// around it.
+pub fn route(req: &Packet, path: &str) -> Result<Route, Refused> {
+    let MessageClass::Request(method) = req.header.code else {
+        return Err(Refused::bad(ResponseType::BadRequest, "not a request"));
+    };
+    let target = path_of(req);
+    if target == ".well-known/core" {
+        if method != RequestType::Get {
+            return Err(Refused::bad(ResponseType::MethodNotAllowed, "GET only"));
+        }
+        let links = format!(
+            "</{path}>;rt=\"senml\";ct=\"{} {}\";if=\"core.b\"",
+            ContentFormat::SENML_JSON.0,
+            ContentFormat::SENML_CBOR.0
+        );
+        let mut r = response(ResponseType::Content, &links);
+        ContentFormat::LINK_FORMAT.set(&mut r);
+        return Ok(Route::Discovery(r));
+    }
+    if target != path {
+        return Err(Refused::bad(ResponseType::NotFound, "no such resource"));
+    }
+    if method != RequestType::Post {
+        return Err(Refused::bad(ResponseType::MethodNotAllowed, "POST only"));
+    }
+    Ok(Route::Readings)
+}
+
+/// Decodes the body as SenML (CBOR or JSON, by Content-Format; without one, by its first
+/// byte), at most `max_records` records, readings under `device`.
+pub fn decode(
+    req: &Packet,
+    device: &str,
+    max_records: usize,
+    max_body: usize,
+    now: Timestamp,
+) -> Result<senml::Pack, Refused> {
+    let body = &req.payload;
+    let json = match ContentFormat::of(req) {
+        Ok(Some(ContentFormat::SENML_JSON)) => true,
+        Ok(Some(ContentFormat::SENML_CBOR)) => false,
+        Ok(None) => body.first() == Some(&b'['),
+        Ok(Some(_)) | Err(()) => {
+            return Err(Refused::bad(
+                ResponseType::UnsupportedContentFormat,
+                "SenML JSON (110) or CBOR (112) only",
+            ))
+        }
+    };
+    let decoded = if json {
+        senml::decode_json(body, max_records, now, device)
+    } else {
+        senml::decode_cbor(body, max_records, now, device)
+    };
+    decoded.map_err(|e| match e {
+        senml::DecodeError::TooMany(n) => {
+            let mut r = Refused::bad(
+                ResponseType::RequestEntityTooLarge,
+                format!("more than {n} records"),
+            );
+            r.reply
+                .add_option(CoapOption::Size1, encode_uint(max_body as u32));
+            r
+        }
+        e => Refused::bad(ResponseType::BadRequest, format!("SenML: {e}")),
+    })
+}
+
+/// A device speaks for itself only: every reading of an identified peer must carry its
+/// identity as the device; a peer without one (only with `allow_anonymous`) has its readings
+/// put under [`ANONYMOUS`], whatever base name it sent.
+pub fn authorize(identity: Option<&str>, readings: &mut [Reading]) -> Result<(), Refused> {
+    match identity {
+        // The anonymous peers' device name is no device's identity.
+        Some(ANONYMOUS) => Err(Refused::bad(
+            ResponseType::Forbidden,
+            "the identity \"anonymous\" is reserved for peers without one",
+        )),
+        Some(who) => match readings.iter().find(|r| r.device.as_str() != who) {
+            Some(r) => Err(Refused::bad(
+                ResponseType::Forbidden,
+                format!(
+                    "{who} may post readings only for itself, not for {}",
+                    r.device
+                ),
+            )),
+            None => Ok(()),
+        },
+        None => {
+            let anonymous = Label::from(ANONYMOUS);
+            for r in readings {
+                r.device = anonymous.clone();
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A reading's key for de-duplication: its id within its device, so that one device cannot
+/// claim ids another will send (and have that one's readings dropped as repeats).
+pub type Key = (Label, ReadingId);
+
+/// Keys come from peers: keep std's keyed hasher, so that no peer can make them collide.
+type IdSet = HashSet<Key>;
+
+/// Reading keys stored recently, and those in flight.
+#[derive(Default)]
+pub struct Seen {
+    stored: IdSet,
+    order: VecDeque<Key>,
+    in_flight: IdSet,
+    capacity: usize,
+}
+
+/// What [`Seen::admit`] lets through.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The readings not stored yet, in order.
+    pub fresh: Vec<Reading>,
+    /// Their keys, now in flight.
+    pub keys: Vec<Key>,
+    /// How many were dropped as stored already, or repeated within the pack.
+    pub duplicates: usize,
+}
+
+impl Seen {
+    /// Remembers up to `capacity` stored keys.
+    pub fn new(capacity: usize) -> Seen {
+        Seen {
+            capacity,
+            ..Seen::default()
+        }
+    }
+
+    /// Whether readings are being stored.
+    pub fn busy(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
+    /// Drops what was stored already, and repeats of an id within the pack; the rest goes in
+    /// flight. A pack that overlaps one still in flight waits its turn (5.03, retry in 1 s).
+    pub fn admit(&mut self, readings: Vec<Reading>) -> Result<Admitted, Refused> {
+        let key = |r: &Reading| (r.device.clone(), r.id);
+        if readings.iter().any(|r| self.in_flight.contains(&key(r))) {
+            let why = "the same readings are being stored; retry";
+            let mut reply = response(ResponseType::ServiceUnavailable, why);
+            reply.add_option(CoapOption::MaxAge, encode_uint(1));
+            return Err(Refused {
+                reply,
+                why: why.into(),
+                bad: false,
+            });
+        }
+        let before = readings.len();
+        let mut in_pack = HashSet::with_capacity(before);
+        let fresh: Vec<Reading> = readings
+            .into_iter()
+            .filter(|r| !self.stored.contains(&key(r)) && in_pack.insert(r.id))
+            .collect();
+        let keys: Vec<Key> = fresh.iter().map(key).collect();
+        self.in_flight.extend(keys.iter().cloned());
+        Ok(Admitted {
+            duplicates: before - fresh.len(),
+            fresh,
+            keys,
+        })
+    }
+
+    /// `keys` are stored: a repeat of them is dropped from now on.
+    pub fn stored(&mut self, keys: &[Key]) {
+        for k in keys {
+            self.in_flight.remove(k);
+            if self.stored.insert(k.clone()) {
+                self.order.push_back(k.clone());
+            }
+        }
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.stored.remove(&old);
+            }
+        }
+    }
+
+    /// `keys` were not stored: a repeat of them is taken again.
+    pub fn failed(&mut self, keys: &[Key]) {
+        for k in keys {
+            self.in_flight.remove(k);
+        }
+    }
+}
+
+/// The answer once every sink stored the readings.
+pub fn stored() -> Packet {
+    response(ResponseType::Changed, "")
+}
+
+/// The answer when the readings were not stored: 4.22 if a sink refused them for good (the
+/// host kept them in its dead-letter file, and resending cannot help; what the sink said stays
+/// in the server's log, since it may name tables, hosts or paths), else 5.03 with a Max-Age of
+/// `retry_after` seconds.
+pub fn not_stored(e: &PluginError, retry_after: u32) -> Packet {
+    if e.kind == ErrorKind::REJECTED {
+        return response(
+            ResponseType::UnprocessableEntity,
+            "the server's store refused these readings",
+        );
+    }
+    unavailable("not stored; retry", retry_after)
+}
+
+/// 5.03 with a Max-Age of `retry_after` seconds.
+pub fn unavailable(why: &str, retry_after: u32) -> Packet {
+    let mut r = response(ResponseType::ServiceUnavailable, why);
+    r.add_option(CoapOption::MaxAge, encode_uint(retry_after));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_coap::{request, Code};
+    use gateway_sdk::testing::sample_readings;
+
+    fn code(p: &Packet) -> Code {
+        Code::of(p).unwrap()
+    }
+
+    #[test]
+    fn routes_by_path_then_method() {
+        let post = |p: &str| request(RequestType::Post, p, None, vec![]);
+        assert_eq!(
+            route(&post("gpsflowtemp"), "gpsflowtemp").unwrap(),
+            Route::Readings
+        );
+        let e = route(&post("other"), "gpsflowtemp").unwrap_err();
+        assert_eq!(code(&e.reply), Code::new(4, 4));
+        let get = request(RequestType::Get, "gpsflowtemp", None, vec![]);
+        assert_eq!(
+            code(&route(&get, "gpsflowtemp").unwrap_err().reply),
+            Code::new(4, 5)
+        );
+        let core = request(RequestType::Get, ".well-known/core", None, vec![]);
+        let Route::Discovery(r) = route(&core, "gpsflowtemp").unwrap() else {
+            panic!("discovery")
+        };
+        assert_eq!(ContentFormat::of(&r), Ok(Some(ContentFormat::LINK_FORMAT)));
+        assert_eq!(
+            r.payload,
+            b"</gpsflowtemp>;rt=\"senml\";ct=\"110 112\";if=\"core.b\""
+        );
+        assert!(route(&post(".well-known/core"), "gpsflowtemp").is_err());
+    }
+
+    #[test]
+    fn decodes_by_content_format_or_first_byte() {
+        let readings = sample_readings(3);
+        let now = Timestamp::now();
+        let cbor = senml::encode_cbor(&readings);
+        let json = senml::encode_json(&readings);
+        let req = |cf: Option<ContentFormat>, body: &[u8]| {
+            request(RequestType::Post, "p", cf, body.to_vec())
+        };
+        let ok = |r: &Packet| decode(r, "dev", 10, 1000, now).unwrap().readings.len();
+        assert_eq!(ok(&req(Some(ContentFormat::SENML_CBOR), &cbor)), 3);
+        assert_eq!(ok(&req(Some(ContentFormat::SENML_JSON), &json)), 3);
+        assert_eq!(ok(&req(None, &json)), 3);
+        assert_eq!(ok(&req(None, &cbor)), 3);
+        let e = decode(&req(Some(ContentFormat::JSON), &json), "dev", 10, 1000, now).unwrap_err();
+        assert_eq!(code(&e.reply), Code::new(4, 15));
+        let e = decode(&req(None, &cbor), "dev", 2, 1000, now).unwrap_err();
+        assert_eq!(code(&e.reply), Code::REQUEST_ENTITY_TOO_LARGE);
+        assert_eq!(
+            e.reply.get_first_option(CoapOption::Size1),
+            Some(&vec![3, 0xe8])
+        );
+        let e = decode(&req(None, b"[{"), "dev", 10, 1000, now).unwrap_err();
+        assert_eq!(code(&e.reply), Code::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_device_speaks_for_itself_and_anonymous_for_nobody() {
+        let mut rs = sample_readings(2);
+        let own = rs[0].device.to_string();
+        assert!(authorize(Some(&own), &mut rs).is_ok());
+        let e = authorize(Some("other"), &mut rs).unwrap_err();
+        assert_eq!(code(&e.reply), Code::new(4, 3));
+        assert!(authorize(Some(ANONYMOUS), &mut rs).is_err());
+        authorize(None, &mut rs).unwrap();
+        assert!(rs.iter().all(|r| r.device.as_str() == ANONYMOUS));
+    }
+
+    #[test]
+    fn stored_readings_are_dropped_and_overlaps_wait() {
+        let mut seen = Seen::new(10);
+        let rs = sample_readings(3);
+        let first = seen.admit(rs[..2].to_vec()).unwrap();
+        assert_eq!((first.fresh.len(), first.duplicates), (2, 0));
+        let busy = seen.admit(rs.clone()).unwrap_err();
+        assert_eq!(code(&busy.reply), Code::new(5, 3));
+        assert!(!busy.bad);
+        seen.stored(&first.keys);
+        assert!(!seen.busy());
+        let mut again = rs.clone();
+        again.push(rs[2].clone());
+        let next = seen.admit(again).unwrap();
+        assert_eq!((next.fresh.len(), next.duplicates), (1, 3));
+        seen.failed(&next.keys);
+        assert_eq!(seen.admit(vec![rs[2].clone()]).unwrap().fresh.len(), 1);
+    }
+
+    #[test]
+    fn a_refusal_for_good_is_4_22_and_anything_else_5_03() {
+        let r = not_stored(&PluginError::rejected("table gone"), 7);
+        assert_eq!(code(&r), Code::UNPROCESSABLE_ENTITY);
+        assert!(!String::from_utf8_lossy(&r.payload).contains("table"));
+        let r = not_stored(&PluginError::retry("busy"), 7);
+        assert_eq!(code(&r), Code::new(5, 3));
+        assert_eq!(r.get_first_option(CoapOption::MaxAge), Some(&vec![7]));
+    }
+}
