@@ -70,6 +70,10 @@ impl fmt::Display for Code {
     }
 }
 
+/// A Content-Format option whose value is not a 16-bit uint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidContentFormat;
+
 /// A Content-Format (RFC 7252 §12.3, the IANA registry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ContentFormat(pub u16);
@@ -88,15 +92,15 @@ impl ContentFormat {
     /// `application/senml+cbor` (RFC 8428).
     pub const SENML_CBOR: ContentFormat = ContentFormat(112);
 
-    /// The Content-Format option of `p`: `Ok(None)` if it has none, `Err` if its value is not
-    /// a valid uint.
-    pub fn of(p: &Packet) -> Result<Option<ContentFormat>, ()> {
+    /// The Content-Format option of `p`: `Ok(None)` if it has none, `Err` if its value is
+    /// longer than the two bytes a content-format takes.
+    pub fn of(p: &Packet) -> Result<Option<ContentFormat>, InvalidContentFormat> {
         match p.get_first_option(CoapOption::ContentFormat) {
             None => Ok(None),
             Some(v) if v.len() <= 2 => Ok(Some(ContentFormat(
                 v.iter().fold(0u16, |a, &b| (a << 8) | u16::from(b)),
             ))),
-            Some(_) => Err(()),
+            Some(_) => Err(InvalidContentFormat),
         }
     }
 
@@ -176,6 +180,6 @@ mod tests {
         assert_eq!(ContentFormat::of(&p), Ok(Some(ContentFormat::SENML_CBOR)));
         p.clear_option(CoapOption::ContentFormat);
         p.add_option(CoapOption::ContentFormat, vec![1, 2, 3]);
-        assert_eq!(ContentFormat::of(&p), Err(()));
+        assert_eq!(ContentFormat::of(&p), Err(InvalidContentFormat));
     }
 }

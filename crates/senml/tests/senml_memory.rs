@@ -16,7 +16,8 @@ static PEAK: AtomicUsize = AtomicUsize::new(0);
 // SAFETY: every call is passed on to the system allocator unchanged; only sizes are counted.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = System.alloc(l);
+        // SAFETY: the caller's layout, passed on.
+        let p = unsafe { System.alloc(l) };
         if !p.is_null() {
             let now = NOW_BYTES.fetch_add(l.size(), SeqCst) + l.size();
             PEAK.fetch_max(now, SeqCst);
@@ -24,11 +25,13 @@ unsafe impl GlobalAlloc for Counting {
         p
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        System.dealloc(p, l);
+        // SAFETY: `p` came from `alloc` with `l`.
+        unsafe { System.dealloc(p, l) };
         NOW_BYTES.fetch_sub(l.size(), SeqCst);
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        let q = System.realloc(p, l, new);
+        // SAFETY: `p` came from `alloc` with `l`.
+        let q = unsafe { System.realloc(p, l, new) };
         if !q.is_null() {
             NOW_BYTES.fetch_sub(l.size(), SeqCst);
             let now = NOW_BYTES.fetch_add(new, SeqCst) + new;

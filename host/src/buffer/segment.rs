@@ -3,7 +3,7 @@
 //! covering `seq`, `count` and the payload. Blocking file I/O.
 //!
 //! Damage costs only what it hits. A record whose header or checksum is wrong is skipped by
-//! looking for the next intact record after it ([`resync`]): one with a plausible sequence
+//! looking for the next intact record after it (`resync`): one with a plausible sequence
 //! number, followed by the next record's header (or the end of the file), and a checksum that
 //! holds, which random bytes match with odds of about 2^-32 times 2^-64 times 2^-64. (The CRC is
 //! no MAC: bytes a reading carries could be made to look like a record; it takes damage to the

@@ -94,7 +94,7 @@ pub fn decode(
         Ok(Some(ContentFormat::SENML_JSON)) => true,
         Ok(Some(ContentFormat::SENML_CBOR)) => false,
         Ok(None) => body.first() == Some(&b'['),
-        Ok(Some(_)) | Err(()) => {
+        Ok(Some(_)) | Err(_) => {
             return Err(Refused::bad(
                 ResponseType::UnsupportedContentFormat,
                 "SenML JSON (110) or CBOR (112) only",

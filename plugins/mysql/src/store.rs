@@ -184,7 +184,7 @@ impl Store {
                 .map_err(|e| classify("BEGIN", e))?;
             let mut inserted = 0;
             for (rows, values) in chunks {
-                let sql: std::borrow::Cow<str> = if rows == ROWS_PER_INSERT {
+                let sql: std::borrow::Cow<'_, str> = if rows == ROWS_PER_INSERT {
                     full[..].into()
                 } else {
                     insert_sql("INSERT IGNORE", &table, rows).into()

@@ -16,7 +16,7 @@ pub struct Decoder {
 
 /// What one line turned into.
 enum Line {
-    Sentence(ParseResult),
+    Sentence(Box<ParseResult>),
     /// A GSV: talker id and satellites in view. Read from the fields directly, since the `nmea`
     /// crate refuses the valid `$GPGSV,1,1,00*79` that a receiver without satellites sends.
     InView(String, u16),
@@ -58,7 +58,7 @@ fn decode_line(line: &str, stats: &mut ReaderStats) -> Line {
         }
         Ok(s) => {
             stats.sentences += 1;
-            Line::Sentence(s)
+            Line::Sentence(Box::new(s))
         }
         Err(Error::Unsupported(_) | Error::Unknown(_) | Error::DisabledSentence) => {
             stats.ignored += 1;

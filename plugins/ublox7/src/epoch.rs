@@ -196,12 +196,10 @@ impl Assembler {
                     e.altitude = g.altitude.map(wide).or(e.altitude);
                 }
             }
-            ParseResult::GLL(g) => {
-                if g.valid {
-                    e.valid = true;
-                    e.latitude = e.latitude.or(g.latitude);
-                    e.longitude = e.longitude.or(g.longitude);
-                }
+            ParseResult::GLL(g) if g.valid => {
+                e.valid = true;
+                e.latitude = e.latitude.or(g.latitude);
+                e.longitude = e.longitude.or(g.longitude);
             }
             ParseResult::VTG(v) => {
                 if e.speed.is_none() {
@@ -218,12 +216,10 @@ impl Assembler {
                     GsaMode2::Fix3D => FixKind::ThreeD,
                 };
                 // Several GSA (one per constellation): keep the best.
-                let better = match (e.fix, kind) {
-                    (None, _) => true,
-                    (Some(FixKind::None), _) => true,
-                    (Some(FixKind::TwoD), FixKind::ThreeD) => true,
-                    _ => false,
-                };
+                let better = matches!(
+                    (e.fix, kind),
+                    (None | Some(FixKind::None), _) | (Some(FixKind::TwoD), FixKind::ThreeD)
+                );
                 if better {
                     e.fix = Some(kind);
                 }
