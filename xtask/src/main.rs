@@ -2,6 +2,8 @@
 //!
 //! - `run [ARGS]`: build the gateway and its plugins, then run the quick start (`gateway.toml`);
 //!   extra arguments go to `gateway run`.
+//! - `ci`: what CI checks: formatting, clippy and rustdoc with warnings denied, the test suite,
+//!   and a short run of every fuzz target (`FUZZ_SECONDS` each, 30 by default).
 //! - `bench`: build in release mode and print every benchmark figure of the README.
 //! - `bench-e2e`: only the MySQL figures (plain INSERTs, end to end, drain after an outage).
 //! - `soak [N]`: the zero-loss test, N times longer.
@@ -66,6 +68,7 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Some("bench") => bench(),
+        Some("ci") => ci(),
         Some("soak") => {
             // The zero-loss proof, N times longer (more readings, longer pauses between the
             // kills and restarts).
@@ -102,11 +105,113 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | bench | bench-e2e | soak [N] | dist [--target TRIPLE]"
+                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | ci | bench | bench-e2e | soak [N] | dist [--target TRIPLE]"
             );
             std::process::exit(2);
         }
     }
+}
+
+/// Every check CI makes, in the order that fails fastest. Stops at the first that fails.
+fn ci() -> Result<()> {
+    let step = |name: &str, c: Command| -> Result<()> {
+        eprintln!("== {name}");
+        let t = Instant::now();
+        run(c).with_context(|| format!("{name} failed"))?;
+        eprintln!("== {name}: ok in {:.0?}", t.elapsed());
+        Ok(())
+    };
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    step("rustfmt", fmt)?;
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    step("clippy", clippy)?;
+    let mut doc = cargo();
+    doc.args(["doc", "--workspace", "--no-deps", "--locked"])
+        .env("RUSTDOCFLAGS", "-D warnings");
+    step("rustdoc", doc)?;
+    // The README's test command.
+    let mut test = cargo();
+    test.args(["test", "--locked"]);
+    step("tests", test)?;
+    fuzz_smoke()
+}
+
+/// Runs every fuzz target from its corpus for `FUZZ_SECONDS` (30) each. New inputs go to a
+/// scratch directory, so the corpus in the repository does not change. Without cargo-fuzz it
+/// says so and skips, except under CI, where that is a failure.
+fn fuzz_smoke() -> Result<()> {
+    let have = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        if std::env::var_os("CI").is_some() {
+            bail!("cargo-fuzz is missing (cargo install cargo-fuzz)");
+        }
+        eprintln!("== fuzz: skipped, cargo-fuzz is not installed (cargo install cargo-fuzz)");
+        return Ok(());
+    }
+    let seconds: u64 = std::env::var("FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let fuzz = root().join("fuzz");
+    let manifest = std::fs::read_to_string(fuzz.join("Cargo.toml"))?;
+    let targets: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.strip_prefix("name = \""))
+        .filter_map(|l| l.strip_suffix('"'))
+        .filter(|n| *n != "gateway-fuzz")
+        .collect();
+    // cargo-fuzz needs a nightly compiler; RUSTC_BOOTSTRAP lets a stable one build it.
+    let fuzz_cmd = || {
+        let mut c = Command::new("cargo");
+        c.current_dir(&fuzz).arg("fuzz").env("RUSTC_BOOTSTRAP", "1");
+        c
+    };
+    let mut build = fuzz_cmd();
+    build.arg("build");
+    eprintln!("== fuzz: building {} targets", targets.len());
+    run(build)?;
+    let scratch = std::env::temp_dir().join(format!("gateway-fuzz-{}", std::process::id()));
+    for t in &targets {
+        let new = scratch.join(t);
+        std::fs::create_dir_all(&new)?;
+        let mut c = fuzz_cmd();
+        c.args(["run", t])
+            .arg(&new)
+            .arg(fuzz.join("corpus").join(t))
+            .args(["--", &format!("-max_total_time={seconds}")]);
+        // libFuzzer reports on stderr, a line a second: kept in a log, shown if it fails.
+        let log = scratch.join(format!("{t}.log"));
+        c.stderr(std::fs::File::create(&log)?);
+        let t0 = Instant::now();
+        if let Err(e) = run(c) {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+            return Err(e).with_context(|| {
+                format!("fuzz target {t} failed: the input is under fuzz/artifacts/{t}/")
+            });
+        }
+        eprintln!("== fuzz {t}: ok, {:.0?}", t0.elapsed());
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
 }
 
 /// Creates the development certificates the quick start uses, unless they exist.
