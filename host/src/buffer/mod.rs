@@ -3,9 +3,14 @@
 
 pub mod codec;
 pub mod disk;
+pub mod ledger;
+pub mod reader;
+mod recovery;
 pub mod segment;
+mod writer;
 
-pub use disk::{AppendError, BufferStats, DiskBuffer, Reader, Taken};
+pub use disk::{AppendError, BufferStats, DiskBuffer};
+pub use reader::{Reader, Taken};
 
 #[cfg(test)]
 mod tests;

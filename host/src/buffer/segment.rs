@@ -19,6 +19,11 @@ use std::{
     path::Path,
 };
 
+/// The file of the segment whose first record is `first`: its number, 20 digits, `.seg`.
+pub fn path(dir: &Path, first: u64) -> std::path::PathBuf {
+    dir.join(format!("{first:020}.seg"))
+}
+
 /// The first bytes of every segment.
 pub const MAGIC: &[u8; 8] = b"GWBUF1\n\0";
 /// Bytes of a record header.

@@ -1,0 +1,331 @@
+//! Taking from a disk buffer and acknowledging, on the sink's thread: whole records, oldest
+//! first, with a live lane beside a backlog so that fresh readings are not held behind hours
+//! of old ones; the head moves (and acknowledged segments go) only on acknowledgement.
+
+use super::{
+    disk::{DiskBuffer, State},
+    segment::{self, Hole, OpenSegment, Unreadable},
+};
+use gateway_sdk::Reading;
+use std::{
+    ops::Range,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+/// What one [`DiskBuffer::take`] returned: readings from one or more records, in order.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// The readings.
+    pub readings: Vec<Reading>,
+    /// The readings of each record, as ranges of `readings`.
+    pub records: Vec<Range<usize>>,
+    seqs: Vec<u64>,
+    head_to: Option<u64>,
+    live_to: Option<u64>,
+}
+
+#[derive(Default)]
+struct Cursor {
+    /// The next record to read from the file.
+    seq: u64,
+    open: Option<OpenSegment>,
+    /// A record read but not taken (it did not fit in the write); it comes first next time.
+    peeked: Option<(u64, Vec<Reading>)>,
+}
+
+impl Cursor {
+    fn at(seq: u64) -> Cursor {
+        Cursor {
+            seq,
+            open: None,
+            peeked: None,
+        }
+    }
+    /// The first record not taken yet.
+    fn position(&self) -> u64 {
+        self.peeked.as_ref().map_or(self.seq, |p| p.0)
+    }
+}
+
+/// What a reader needs to know of a segment.
+struct SegmentView {
+    first: u64,
+    end: u64,
+    holes: Vec<Hole>,
+}
+
+struct Live {
+    /// The first record of the live lane; the backlog lane ends here.
+    start: u64,
+    cursor: Cursor,
+    /// Live records below this are acknowledged.
+    acked: u64,
+}
+
+/// The sink's reading position: the backlog lane, oldest first, and, while a backlog is being
+/// sent, a live lane that carries records appended since, so that fresh readings are not held
+/// behind hours of old ones.
+pub struct Reader {
+    head: Cursor,
+    live: Option<Live>,
+}
+
+impl DiskBuffer {
+    /// A reader that starts at the oldest unacknowledged record.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            head: Cursor::at(self.state.lock().unwrap().head),
+            live: None,
+        }
+    }
+
+    /// Takes up to `max_readings` readings (whole records; a single record may be larger), the
+    /// oldest first, plus records appended since a backlog began. Waits up to `first_wait` for a
+    /// first record, then until `more_until` for the write to fill. `None` if nothing came.
+    pub fn take(
+        &self,
+        reader: &mut Reader,
+        max_readings: usize,
+        first_wait: Duration,
+        more_until: Duration,
+    ) -> Option<Taken> {
+        let mut taken = Taken::default();
+        let start = Instant::now();
+        let mut deadline = start + first_wait;
+        let mut filling = false;
+        loop {
+            let (segments, next_seq) = {
+                let mut st = self.state.lock().unwrap();
+                // Segments dropped under us: skip what they held.
+                if reader.head.position() < st.head && taken.records.is_empty() {
+                    reader.head = Cursor::at(st.head);
+                }
+                let has_new = |r: &Reader, st: &State| {
+                    r.head.position() < r.live.as_ref().map_or(st.next_seq, |l| l.start)
+                        || r.live
+                            .as_ref()
+                            .is_some_and(|l| l.cursor.position() < st.next_seq)
+                };
+                if !has_new(reader, &st) {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    st = self.appended.wait_timeout(st, deadline - now).unwrap().0;
+                    if !has_new(reader, &st) {
+                        continue;
+                    }
+                }
+                let segs: Vec<SegmentView> = st
+                    .segments
+                    .iter()
+                    .map(|s| SegmentView {
+                        first: s.first,
+                        end: s.end(),
+                        holes: s.holes.clone(),
+                    })
+                    .collect();
+                (segs, st.next_seq)
+            };
+            let before = taken.records.len();
+            self.read_lanes(reader, &mut taken, &segments, next_seq, max_readings);
+            if taken.readings.len() >= max_readings {
+                break;
+            }
+            if !taken.records.is_empty() && !filling {
+                filling = true;
+                deadline = Instant::now() + more_until;
+            }
+            if taken.records.len() == before {
+                // Records announced but not readable (dropped or skipped meanwhile): do not spin.
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                std::thread::sleep((deadline - now).min(Duration::from_millis(10)));
+            }
+        }
+        (!taken.records.is_empty()).then_some(taken)
+    }
+
+    fn read_lanes(
+        &self,
+        reader: &mut Reader,
+        taken: &mut Taken,
+        segments: &[SegmentView],
+        next_seq: u64,
+        max: usize,
+    ) {
+        if let Some(live) = reader.live.as_mut() {
+            let share = (max / 4).max(1);
+            while taken.readings.len() < share
+                && self.next_record(&mut live.cursor, segments, next_seq, taken, share)
+            {
+            }
+            taken.live_to = Some(live.cursor.position());
+        }
+        let limit = reader.live.as_ref().map_or(next_seq, |l| l.start);
+        while taken.readings.len() < max {
+            if !self.next_record(&mut reader.head, segments, limit, taken, max) {
+                break;
+            }
+        }
+        taken.head_to = Some(reader.head.position());
+        // A full write with more waiting behind it: a backlog. Records appended from now on
+        // travel in the live lane beside it.
+        if reader.live.is_none() && taken.readings.len() >= max && reader.head.position() < next_seq
+        {
+            reader.live = Some(Live {
+                start: next_seq,
+                cursor: Cursor::at(next_seq),
+                acked: next_seq,
+            });
+            tracing::info!(
+                backlog_records = next_seq - reader.head.seq,
+                "sending a backlog from the disk buffer, oldest first; new readings go out beside it"
+            );
+        }
+    }
+
+    /// Adds the cursor's next record below `limit` to `taken` if it fits in `max` readings (or
+    /// `taken` is empty); `false` if there is none or it does not fit.
+    fn next_record(
+        &self,
+        cur: &mut Cursor,
+        segments: &[SegmentView],
+        limit: u64,
+        taken: &mut Taken,
+        max: usize,
+    ) -> bool {
+        let (seq, readings) = match cur.peeked.take() {
+            Some(p) => p,
+            None => match self.read_next(cur, segments, limit) {
+                Some(r) => r,
+                None => return false,
+            },
+        };
+        if !taken.readings.is_empty() && taken.readings.len() + readings.len() > max {
+            cur.peeked = Some((seq, readings));
+            return false;
+        }
+        let at = taken.readings.len();
+        taken.readings.extend(readings);
+        taken.records.push(at..taken.readings.len());
+        taken.seqs.push(seq);
+        true
+    }
+
+    /// Reads the record at the cursor if there is one below `limit`. Damaged records are
+    /// skipped (and counted, unless the scan at open counted them).
+    fn read_next(
+        &self,
+        cur: &mut Cursor,
+        segments: &[SegmentView],
+        limit: u64,
+    ) -> Option<(u64, Vec<Reading>)> {
+        loop {
+            if cur.seq >= limit {
+                return None;
+            }
+            let seg = segments
+                .iter()
+                .find(|s| s.end > cur.seq && s.first < s.end)?;
+            if seg.first > cur.seq {
+                cur.seq = seg.first;
+                cur.open = None;
+                continue;
+            }
+            if cur.open.as_ref().map(|o| o.first) != Some(seg.first) {
+                match OpenSegment::open(&segment::path(&self.dir, seg.first), seg.first) {
+                    Ok(o) => cur.open = Some(o),
+                    Err(_) => {
+                        // Dropped by `drop_oldest` meanwhile.
+                        cur.seq = seg.end;
+                        cur.open = None;
+                        continue;
+                    }
+                }
+            }
+            let open = cur.open.as_mut().expect("opened above");
+            let (to, counted, why) = match open.read(cur.seq, &seg.holes) {
+                Ok(readings) => {
+                    let seq = cur.seq;
+                    cur.seq += 1;
+                    return Some((seq, readings));
+                }
+                Err(Unreadable::Hole { to, new, why }) => (to.min(seg.end), !new, why),
+                Err(Unreadable::Rest(why)) => {
+                    cur.open = None;
+                    (seg.end, false, why)
+                }
+                Err(Unreadable::Io(e)) => {
+                    cur.open = None;
+                    (seg.end, false, e.to_string())
+                }
+            };
+            if !counted {
+                let skipped = to - cur.seq;
+                self.stats
+                    .corrupt_records
+                    .fetch_add(skipped, Ordering::Relaxed);
+                tracing::error!(
+                    segment = seg.first,
+                    record = cur.seq,
+                    records_skipped = skipped,
+                    error = %why,
+                    "disk buffer record unreadable; skipping it, reading goes on after it"
+                );
+            }
+            cur.seq = to;
+        }
+    }
+
+    /// Marks everything in `taken` acknowledged: the sink stored it (or refused it for good).
+    /// Segments wholly acknowledged are removed.
+    pub fn ack(&self, reader: &mut Reader, taken: Taken) {
+        let mut st = self.state.lock().unwrap();
+        for (seq, range) in taken.seqs.iter().zip(&taken.records) {
+            if *seq < st.head {
+                continue; // dropped meanwhile
+            }
+            let n = range.len() as u64;
+            if let Some(seg) = st
+                .segments
+                .iter_mut()
+                .find(|s| s.first <= *seq && *seq < s.end())
+            {
+                seg.acked_readings = (seg.acked_readings + n).min(seg.readings);
+            }
+        }
+        if let (Some(live), Some(to)) = (reader.live.as_mut(), taken.live_to) {
+            live.acked = live.acked.max(to);
+        }
+        if let Some(to) = taken.head_to {
+            st.head = st.head.max(to);
+        }
+        if let Some(live) = reader.live.take() {
+            if st.head >= live.start {
+                st.head = st.head.max(live.acked);
+                reader.head = live.cursor;
+                tracing::info!("disk buffer backlog sent");
+            } else {
+                reader.live = Some(live);
+            }
+        }
+        let mut removed = false;
+        while st.segments.len() > 1 && st.segments[0].end() <= st.head {
+            let seg = st.segments.pop_front().expect("checked");
+            removed = true;
+            if let Err(e) = std::fs::remove_file(segment::path(&self.dir, seg.first)) {
+                tracing::error!(error = %e, "removing a delivered disk buffer segment failed");
+            }
+        }
+        let head = st.head;
+        st.ledger.record(head, self.fsync);
+        drop(st);
+        if removed {
+            self.freed.notify_all();
+        }
+    }
+}

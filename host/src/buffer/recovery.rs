@@ -1,0 +1,177 @@
+//! Opening a disk buffer: the directory lock, then what an earlier run left, checked segment by
+//! segment. A torn tail (a crash or a power cut mid-write) is cut off, a damaged record in the
+//! middle is skipped and counted, acknowledged segments are removed, and files that are not the
+//! buffer's own are left alone: nothing found there stops a start.
+
+use super::{
+    disk::{BufferStats, DiskBuffer, Segment, State, WriterState},
+    ledger::Ledger,
+    segment,
+};
+use crate::config::BufferSettings;
+use std::{
+    collections::VecDeque,
+    fs::{File, OpenOptions},
+    io,
+    path::{Path, PathBuf},
+    sync::{atomic::Ordering, Condvar, Mutex},
+};
+
+impl DiskBuffer {
+    /// Opens (creating if needed) the buffer in `dir`, recovering what an earlier run left:
+    /// torn tails are cut off and counted, acknowledged segments removed.
+    pub fn open(dir: &Path, settings: &BufferSettings) -> io::Result<DiskBuffer> {
+        std::fs::create_dir_all(dir)?;
+        let lock = File::create(dir.join("lock"))?;
+        if let Err(e) = lock.try_lock() {
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "it is in use by another gateway process (two gateways must not share a data_dir)",
+                ),
+                std::fs::TryLockError::Error(e) => e,
+            });
+        }
+        let stats = BufferStats::default();
+        let (ledger, mut head) = Ledger::open(dir)?;
+        let mut segments = VecDeque::new();
+        for (first, path) in Self::segment_files(dir)? {
+            let Some(seg) = Self::scan(&path, first, head, &stats)? else {
+                continue;
+            };
+            let fully_acked = seg.end() <= head;
+            if seg.records == 0 || fully_acked {
+                std::fs::remove_file(&path)?;
+                continue;
+            }
+            segments.push_back(seg);
+        }
+        let next_seq = segments.back().map_or(head, Segment::end).max(head);
+        // The head can be older than every segment left (its file is not synced): start at the
+        // first record there is.
+        if let Some(s) = segments.front() {
+            head = head.max(s.first);
+        }
+        let state = State {
+            segments,
+            next_seq,
+            head,
+            ledger,
+        };
+        let (pending, bytes) = (state.pending(), state.bytes());
+        stats.recovered.store(pending, Ordering::Relaxed);
+        if pending > 0 {
+            tracing::info!(
+                dir = %dir.display(),
+                readings = pending,
+                bytes,
+                segments = state.segments.len(),
+                "disk buffer recovered readings not yet delivered; they go out first, oldest first"
+            );
+        }
+        let max_size = settings.max_size;
+        Ok(DiskBuffer {
+            dir: dir.to_owned(),
+            max_size,
+            segment_size: (max_size / 8).clamp(64 << 10, 64 << 20),
+            when_full: settings.when_full,
+            fsync: settings.fsync,
+            state: Mutex::new(state),
+            writer: Mutex::new(WriterState {
+                file: None,
+                scratch: Vec::new(),
+            }),
+            appended: Condvar::new(),
+            freed: Condvar::new(),
+            stats,
+            _lock: lock,
+        })
+    }
+
+    /// The segment files of `dir`, by first record. Anything else there (a stray file, a
+    /// directory, a name that is not exactly a segment's) is logged and left alone.
+    fn segment_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if matches!(name.as_ref(), "head" | "lock") || name.ends_with(".damaged") {
+                continue;
+            }
+            let first = name
+                .strip_suffix(".seg")
+                .filter(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<u64>().ok());
+            match first {
+                Some(n) if entry.file_type()?.is_file() => found.push((n, entry.path())),
+                _ => tracing::warn!(
+                    file = %entry.path().display(),
+                    "a file in the disk buffer's directory that is not the buffer's own; leaving it alone"
+                ),
+            }
+        }
+        found.sort_unstable_by_key(|f| f.0);
+        Ok(found)
+    }
+
+    /// Reads a segment's records: damage in the middle is skipped record by record, a torn
+    /// tail is cut off. A file that is not a segment (bad magic) is renamed `NAME.damaged` and
+    /// left out (`None`).
+    fn scan(
+        path: &Path,
+        first: u64,
+        head: u64,
+        stats: &BufferStats,
+    ) -> io::Result<Option<Segment>> {
+        let Some(scan) = segment::scan(path, first, head)? else {
+            let aside = path.with_extension("seg.damaged");
+            stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                segment = %path.display(),
+                moved_to = %aside.display(),
+                "not a disk buffer segment (bad magic); moved aside, the buffer goes on without it"
+            );
+            std::fs::rename(path, &aside)?;
+            return Ok(None);
+        };
+        for h in &scan.holes {
+            stats
+                .corrupt_records
+                .fetch_add(h.to - h.from, Ordering::Relaxed);
+            stats.corrupt_bytes.fetch_add(h.bytes, Ordering::Relaxed);
+            tracing::error!(
+                segment = %path.display(),
+                records = h.to - h.from,
+                first_record = h.from,
+                bytes = h.bytes,
+                "disk buffer records damaged (checksum or header wrong); skipping them, the records after them are intact"
+            );
+        }
+        let len = scan.len;
+        if scan.valid_end < len {
+            let cut = len - scan.valid_end;
+            stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
+            stats.corrupt_bytes.fetch_add(cut, Ordering::Relaxed);
+            tracing::warn!(
+                segment = %path.display(),
+                at = scan.valid_end,
+                bytes = cut,
+                records_kept = scan.records,
+                reason = %scan.tail_problem.as_deref().unwrap_or_default(),
+                "disk buffer segment has a torn or corrupt tail (a crash or power cut mid-write); cutting it off"
+            );
+            let file = OpenOptions::new().write(true).open(path)?;
+            file.set_len(scan.valid_end)?;
+            file.sync_all()?;
+        }
+        Ok(Some(Segment {
+            first,
+            records: scan.records,
+            bytes: scan.valid_end.min(len),
+            readings: scan.readings,
+            acked_readings: scan.acked_readings,
+            holes: scan.holes,
+        }))
+    }
+}

@@ -1,0 +1,215 @@
+//! Appending to a disk buffer, on the buffer's writer thread: records are encoded into one
+//! buffer, room is made (or waited for) as `when_full` says, and the bytes are written and
+//! synced before `append` returns. A segment is rolled when it reaches its size.
+
+use super::{
+    codec,
+    disk::{AppendError, DiskBuffer, Segment, WriterState},
+    segment::{self, MAGIC},
+};
+use crate::config::WhenFull;
+use gateway_sdk::Reading;
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    path::Path,
+    sync::atomic::Ordering,
+    time::Duration,
+};
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl DiskBuffer {
+    /// Appends `batches` as records of at most `record_readings` readings each (a batch larger
+    /// than that is one record of its own), durably, before returning. Waits for space while
+    /// the buffer is full and `when_full = "block"`, until `stop()` says to give up.
+    pub fn append(
+        &self,
+        batches: &[&[Reading]],
+        record_readings: usize,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), AppendError> {
+        let mut w = self.writer.lock().unwrap();
+        let w = &mut *w;
+        let mut buf = std::mem::take(&mut w.scratch);
+        buf.clear();
+        let first_seq = self.state.lock().unwrap().next_seq;
+        let (mut records, mut readings) = (0u64, 0u64);
+        let mut group: Vec<&[Reading]> = Vec::new();
+        let mut group_n = 0;
+        let mut flush = |group: &mut Vec<&[Reading]>, n: &mut usize, buf: &mut Vec<u8>| {
+            if group.is_empty() {
+                return;
+            }
+            segment::write_record(buf, first_seq + records, *n as u32, |buf| {
+                for b in group.iter() {
+                    codec::encode(b, buf);
+                }
+            });
+            records += 1;
+            readings += *n as u64;
+            group.clear();
+            *n = 0;
+        };
+        for b in batches.iter().filter(|b| !b.is_empty()) {
+            if group_n > 0 && group_n + b.len() > record_readings {
+                flush(&mut group, &mut group_n, &mut buf);
+            }
+            group.push(b);
+            group_n += b.len();
+        }
+        flush(&mut group, &mut group_n, &mut buf);
+        if records == 0 {
+            w.scratch = buf;
+            return Ok(());
+        }
+        let result = self
+            .make_room(w, buf.len() as u64, stop)
+            .and_then(|()| self.write_records(w, &buf, records, readings));
+        w.scratch = buf;
+        result
+    }
+
+    /// Waits for, or makes, room for `need` more bytes.
+    fn make_room(
+        &self,
+        w: &mut WriterState,
+        need: u64,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(), AppendError> {
+        let mut st = self.state.lock().unwrap();
+        let mut warned = false;
+        while st.bytes() > 0 && st.bytes() + need > self.max_size {
+            match self.when_full {
+                WhenFull::Block => {
+                    if !warned {
+                        tracing::warn!(
+                            bytes = st.bytes(),
+                            max_size = self.max_size,
+                            readings = st.pending(),
+                            "disk buffer is full: holding the sources back until the sink catches up"
+                        );
+                        warned = true;
+                    }
+                    if stop() {
+                        return Err(AppendError::Stopped);
+                    }
+                    st = self
+                        .freed
+                        .wait_timeout(st, Duration::from_millis(100))
+                        .unwrap()
+                        .0;
+                }
+                WhenFull::DropOldest => {
+                    if st.segments.len() <= 1 {
+                        // The only segment is the one being written: start a new one so the
+                        // old one can go.
+                        drop(st);
+                        self.roll(w)?;
+                        st = self.state.lock().unwrap();
+                        if st.segments.len() <= 1 {
+                            break;
+                        }
+                    }
+                    let seg = st.segments.pop_front().expect("two segments");
+                    let lost = seg.readings.saturating_sub(seg.acked_readings);
+                    st.head = st.head.max(seg.end());
+                    self.stats.dropped.fetch_add(lost, Ordering::Relaxed);
+                    tracing::warn!(
+                        readings = lost,
+                        bytes = seg.bytes,
+                        dropped_total = self.stats.dropped.load(Ordering::Relaxed),
+                        "disk buffer is full: dropped its oldest readings (when_full = \"drop_oldest\")"
+                    );
+                    if let Err(e) = std::fs::remove_file(segment::path(&self.dir, seg.first)) {
+                        tracing::error!(error = %e, "removing a dropped disk buffer segment failed");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment at the next sequence number.
+    fn roll(&self, w: &mut WriterState) -> io::Result<()> {
+        let first = {
+            let mut st = self.state.lock().unwrap();
+            if st.segments.back().is_some_and(|s| s.records == 0) {
+                st.segments.pop_back();
+            }
+            st.next_seq
+        };
+        let path = segment::path(&self.dir, first);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        file.write_all(MAGIC)?;
+        if self.fsync {
+            file.sync_data()?;
+            sync_dir(&self.dir)?;
+        }
+        w.file = Some(file);
+        let mut st = self.state.lock().unwrap();
+        st.segments.push_back(Segment {
+            first,
+            records: 0,
+            bytes: MAGIC.len() as u64,
+            readings: 0,
+            acked_readings: 0,
+            holes: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn write_records(
+        &self,
+        w: &mut WriterState,
+        buf: &[u8],
+        records: u64,
+        readings: u64,
+    ) -> Result<(), AppendError> {
+        let current = {
+            let st = self.state.lock().unwrap();
+            st.segments
+                .back()
+                .filter(|s| s.end() == st.next_seq)
+                .map(|s| (s.bytes, s.records))
+        };
+        let size = match current {
+            Some((bytes, records))
+                if w.file.is_some() && (records == 0 || bytes < self.segment_size) =>
+            {
+                bytes
+            }
+            _ => {
+                self.roll(w)?;
+                MAGIC.len() as u64
+            }
+        };
+        let file = w.file.as_mut().expect("a segment is open");
+        let written =
+            file.write_all(buf)
+                .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
+            // Cut the torn bytes off, and write the retry into a new segment, so that no reader
+            // ever sees bytes at an offset change.
+            let _ = file.set_len(size);
+            w.file = None;
+            return Err(e.into());
+        }
+        let mut st = self.state.lock().unwrap();
+        let seg = st.segments.back_mut().expect("the current segment");
+        seg.records += records;
+        seg.readings += readings;
+        seg.bytes += buf.len() as u64;
+        st.next_seq += records;
+        drop(st);
+        self.stats.appended.fetch_add(readings, Ordering::Relaxed);
+        self.appended.notify_all();
+        Ok(())
+    }
+}
