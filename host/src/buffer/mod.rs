@@ -13,4 +13,6 @@ pub use disk::{AppendError, BufferStats, DiskBuffer};
 pub use reader::{Reader, Taken};
 
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-fn reading(v: i64) -> Reading {
+pub(super) fn reading(v: i64) -> Reading {
     let mut id = [0u8; 16];
     id[8..].copy_from_slice(&v.to_be_bytes());
     Reading {
@@ -26,11 +26,11 @@ fn reading(v: i64) -> Reading {
     }
 }
 
-fn batch(from: i64, n: i64) -> Vec<Reading> {
+pub(super) fn batch(from: i64, n: i64) -> Vec<Reading> {
     (from..from + n).map(reading).collect()
 }
 
-fn settings(max_size: u64, when_full: WhenFull) -> BufferSettings {
+pub(super) fn settings(max_size: u64, when_full: WhenFull) -> BufferSettings {
     BufferSettings {
         max_size,
         when_full,
@@ -42,7 +42,7 @@ fn open(dir: &Path) -> DiskBuffer {
     DiskBuffer::open(dir, &settings(1 << 30, WhenFull::Block)).unwrap()
 }
 
-fn values(t: &Taken) -> Vec<i64> {
+pub(super) fn values(t: &Taken) -> Vec<i64> {
     t.readings
         .iter()
         .map(|r| match r.value {
@@ -53,7 +53,7 @@ fn values(t: &Taken) -> Vec<i64> {
 }
 
 /// Compares long sequences, printing only where they differ.
-fn assert_same(got: &[i64], want: &[i64]) {
+pub(super) fn assert_same(got: &[i64], want: &[i64]) {
     if let Some(i) = (0..got.len().min(want.len())).find(|&i| got[i] != want[i]) {
         panic!(
             "differ at {i}: got {:?}, want {:?}",
@@ -64,10 +64,10 @@ fn assert_same(got: &[i64], want: &[i64]) {
     assert_eq!(got.len(), want.len(), "lengths differ");
 }
 
-const NOW: Duration = Duration::ZERO;
+pub(super) const NOW: Duration = Duration::ZERO;
 
 /// Takes and acknowledges everything, returning the values in the order they came.
-fn drain_all(b: &DiskBuffer, max: usize) -> Vec<i64> {
+pub(super) fn drain_all(b: &DiskBuffer, max: usize) -> Vec<i64> {
     let mut reader = b.reader();
     let mut out = Vec::new();
     while let Some(t) = b.take(&mut reader, max, NOW, NOW) {
