@@ -12,5 +12,6 @@ pub mod loader;
 pub mod logging;
 pub mod memory;
 pub mod pipeline;
+pub mod plan;
 pub mod run;
 pub mod stats;

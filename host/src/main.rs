@@ -6,7 +6,8 @@ use gateway_host::{
     config::{default_plugin_dir, Config, LogFormat},
     loader::Catalog,
     logging::{self, HostLogger},
-    run::{self, Plan, RunOptions},
+    plan::{self, Plan},
+    run::{self, RunOptions},
 };
 use std::{path::PathBuf, process::ExitCode};
 use tracing::level_filters::LevelFilter;
@@ -233,7 +234,7 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
         DeadLetterCommand::List { .. } => {
             let mut any = false;
             for d in &config.sinks {
-                let letters = run::dead_letters(&config, d);
+                let letters = plan::dead_letters(&config, d);
                 for f in letters.files()? {
                     any = true;
                     match deadletter::header(&f) {
@@ -255,7 +256,7 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DeadLetterCommand::Show { sink: name, .. } => {
-            for f in run::dead_letters(&config, sink_of(&name)?).files()? {
+            for f in plan::dead_letters(&config, sink_of(&name)?).files()? {
                 let (h, readings) = deadletter::read(&f).map_err(|e| anyhow!(e))?;
                 println!(
                     "# {}: refused at {}: {}",
@@ -271,7 +272,7 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
         }
         DeadLetterCommand::Resend { sink, .. } => {
             let decl = sink_of(&sink)?;
-            let letters = run::dead_letters(&config, decl);
+            let letters = plan::dead_letters(&config, decl);
             let files = letters.files()?;
             if files.is_empty() {
                 println!("{sink}: no dead letters");
@@ -287,7 +288,7 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                 LevelFilter::WARN,
             );
             let logger = HostLogger::new(LevelFilter::WARN);
-            let mut instance = run::build_sink(&config, decl, &logger).map_err(|e| anyhow!(e))?;
+            let mut instance = plan::build_sink(&config, decl, &logger).map_err(|e| anyhow!(e))?;
             let mut left = 0;
             for f in files {
                 let (_, readings) = deadletter::read(&f).map_err(|e| anyhow!(e))?;

@@ -1,331 +1,27 @@
-//! Builds the graph a config describes (every plugin loaded and every instance built before
-//! anything starts), runs it, and shuts it down: stop the sources, drain the sinks, within the
-//! configured time.
+//! Runs a [`Plan`]: wires its instances to threads and queues, runs until a signal (or until
+//! every source finished), and shuts down in phases (see [`Phase`]): stop the sources, drain
+//! the sinks, give up at the deadline. Every thread reports its end on a channel; nothing here
+//! polls.
 
 use crate::{
     buffer::DiskBuffer,
-    config::{Config, Instance, Role},
-    loader::{Catalog, Library},
-    logging::HostLogger,
+    config::Config,
     pipeline::{
-        sink::{BufferWriter, BufferedInput, SinkInput, SinkRunner},
+        buffer_writer::BufferWriter,
+        sink::{BufferedInput, SinkInput, SinkRunner},
         source::{SinkPort, SourceRunner},
-        stop_signal,
+        Phase, Shutdown,
     },
+    plan::{dead_letters, Plan},
     stats::{SinkStats, SourceStats},
 };
-use gateway_sdk::{
-    abi::{InstanceInfo, PluginKind, SinkBox, SourceBox},
-    PluginError,
-};
+use crossbeam_channel::{Receiver, Sender};
 use std::{
-    fmt::Write as _,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    collections::HashMap,
+    sync::{atomic::Ordering, Arc},
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
-
-type NewSource =
-    extern "C" fn(&InstanceInfo) -> abi_stable::std_types::RResult<SourceBox, PluginError>;
-type NewSink = extern "C" fn(&InstanceInfo) -> abi_stable::std_types::RResult<SinkBox, PluginError>;
-
-struct Built<T, F> {
-    decl: Instance,
-    library: Library,
-    info: InstanceInfo,
-    new: F,
-    instance: T,
-    /// The sink's disk buffer, opened (and recovered) at build time.
-    buffer: Option<Arc<DiskBuffer>>,
-}
-
-/// Every instance of a config, built and ready to run.
-pub struct Plan {
-    config: Config,
-    sources: Vec<Built<SourceBox, NewSource>>,
-    sinks: Vec<Built<SinkBox, NewSink>>,
-}
-
-fn info_for(config: &Config, decl: &Instance) -> InstanceInfo {
-    let group = match decl.role {
-        Role::Source => "sources",
-        Role::Sink => "sinks",
-    };
-    let data_dir = data_dir(config, decl);
-    InstanceInfo {
-        instance: decl.name.as_str().into(),
-        device: config.gateway.device.as_str().into(),
-        config_toml: decl.plugin_toml.as_str().into(),
-        config_file: config.path.display().to_string().into(),
-        table: format!("{group}.{}", decl.name).into(),
-        data_dir: data_dir.display().to_string().into(),
-    }
-}
-
-/// Puts the file, line and table in front of a plugin's message unless it already has them.
-fn located(config: &Config, decl: &Instance, group: &str, what: &str, e: &PluginError) -> String {
-    let file = config.path.display().to_string();
-    if e.message().starts_with(&file) {
-        e.message().to_owned()
-    } else {
-        format!(
-            "{file}:{}: [{group}.{}] {what}: {} ({})",
-            decl.line,
-            decl.name,
-            e.message(),
-            e.kind
-        )
-    }
-}
-
-/// An instance's own directory under `data_dir`.
-fn data_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
-    config.gateway.data_dir.join(&decl.name)
-}
-
-/// A sink's dead letters: `dead-letter/` in its data directory.
-pub fn dead_letters(config: &Config, decl: &Instance) -> crate::deadletter::DeadLetters {
-    crate::deadletter::DeadLetters::new(
-        data_dir(config, decl).join("dead-letter"),
-        &decl.name,
-        &decl.plugin,
-    )
-}
-
-/// Where an instance's disk buffer lives: `buffer/` in its data directory.
-fn buffer_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
-    data_dir(config, decl).join("buffer")
-}
-
-/// Files what the plugin's constructor `new` made of `info`: into `built`, or, failing, into
-/// `errors`.
-fn build<T, F>(
-    (new, made): (F, abi_stable::std_types::RResult<T, PluginError>),
-    info: InstanceInfo,
-    library: Library,
-    (config, decl, group): (&Config, &Instance, &str),
-    buffer: Option<Arc<DiskBuffer>>,
-    built: &mut Vec<Built<T, F>>,
-    errors: &mut Vec<String>,
-) {
-    match made.into_result() {
-        Ok(instance) => built.push(Built {
-            decl: decl.clone(),
-            library,
-            info,
-            new,
-            instance,
-            buffer,
-        }),
-        Err(e) => errors.push(located(config, decl, group, "could not be built", &e)),
-    }
-}
-
-impl Plan {
-    /// Loads the plugins, builds every instance and opens (recovers) the sinks' disk buffers,
-    /// ready to run. Returns every problem found, not just the first.
-    pub fn build(config: Config, logger: &Arc<HostLogger>) -> Result<Plan, Vec<String>> {
-        Self::build_inner(config, logger, true)
-    }
-
-    /// Like [`Plan::build`], for `gateway check`: disk buffers are left alone (a running gateway
-    /// may be writing them), only their size on disk is read.
-    pub fn check(config: Config, logger: &Arc<HostLogger>) -> Result<Plan, Vec<String>> {
-        Self::build_inner(config, logger, false)
-    }
-
-    fn build_inner(
-        config: Config,
-        logger: &Arc<HostLogger>,
-        open_buffers: bool,
-    ) -> Result<Plan, Vec<String>> {
-        for decl in config.sources.iter().chain(&config.sinks) {
-            if let Some(level) = decl.log_level {
-                logger.set_level(&decl.name, level);
-            }
-        }
-        let mut catalog = Catalog::new(&config.gateway.plugin_dir, logger.clone());
-        let mut errors = Vec::new();
-        let file = config.path.display().to_string();
-        let mut sources = Vec::new();
-        let mut sinks = Vec::new();
-        for decl in config.sources.iter().chain(&config.sinks) {
-            let (group, kind) = match decl.role {
-                Role::Source => ("sources", PluginKind::Source),
-                Role::Sink => ("sinks", PluginKind::Sink),
-            };
-            let found = match catalog.find(&decl.plugin, kind) {
-                Ok(f) => f,
-                Err(e) => {
-                    errors.push(format!("{file}:{}: [{group}.{}] {e}", decl.line, decl.name));
-                    continue;
-                }
-            };
-            let info = info_for(&config, decl);
-            if let Err(e) = std::fs::create_dir_all(info.data_dir.as_str()) {
-                errors.push(format!(
-                    "{file}:{}: [{group}.{}] cannot create its data directory {}: {e}",
-                    decl.line, decl.name, info.data_dir
-                ));
-                continue;
-            }
-            let buffer = match &decl.sink.buffer {
-                Some(_) if !open_buffers => None,
-                None => None,
-                Some(settings) => {
-                    let dir = buffer_dir(&config, decl);
-                    match DiskBuffer::open(&dir, settings) {
-                        Ok(b) => Some(Arc::new(b)),
-                        Err(e) => {
-                            errors.push(format!(
-                                "{file}:{}: [{group}.{}] buffer: cannot open the disk buffer in {}: {e}",
-                                decl.line,
-                                decl.name,
-                                dir.display()
-                            ));
-                            continue;
-                        }
-                    }
-                }
-            };
-            let what = (&config, decl, group);
-            match decl.role {
-                Role::Source => {
-                    let new = found
-                        .plugin
-                        .new_source
-                        .expect("source descriptor has new_source");
-                    let made = new(&info);
-                    build(
-                        (new, made),
-                        info,
-                        found.library,
-                        what,
-                        None,
-                        &mut sources,
-                        &mut errors,
-                    );
-                }
-                Role::Sink => {
-                    let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
-                    let made = new(&info);
-                    build(
-                        (new, made),
-                        info,
-                        found.library,
-                        what,
-                        buffer,
-                        &mut sinks,
-                        &mut errors,
-                    );
-                }
-            }
-        }
-        if errors.is_empty() {
-            Ok(Plan {
-                config,
-                sources,
-                sinks,
-            })
-        } else {
-            Err(errors)
-        }
-    }
-
-    /// The graph, for `gateway check`.
-    pub fn describe(&self) -> String {
-        let mut out = String::new();
-        let c = &self.config.gateway;
-        let _ = writeln!(
-            out,
-            "device {:?}, plugins from {}, data in {}",
-            c.device,
-            c.plugin_dir.display(),
-            c.data_dir.display()
-        );
-        let _ = writeln!(out, "sources:");
-        for s in &self.sources {
-            let to: Vec<_> = self
-                .config
-                .sinks_of(&s.decl.name)
-                .map(|k| k.name.as_str())
-                .collect();
-            let _ = writeln!(
-                out,
-                "  {:<16} {} ({} {}, {})  -> {}",
-                s.decl.name,
-                s.decl.plugin,
-                s.library.name,
-                s.library.version,
-                s.library.file_name(),
-                to.join(", ")
-            );
-        }
-        let _ = writeln!(out, "sinks:");
-        for k in &self.sinks {
-            let from: Vec<_> = self
-                .config
-                .sources_of(&k.decl)
-                .map(|s| s.name.as_str())
-                .collect();
-            let st = &k.decl.sink;
-            let buffer = match &st.buffer {
-                Some(b) => {
-                    let dir = buffer_dir(&self.config, &k.decl);
-                    let used: u64 = std::fs::read_dir(&dir)
-                        .map(|d| {
-                            d.filter_map(|e| e.ok()?.metadata().ok())
-                                .map(|m| m.len())
-                                .sum()
-                        })
-                        .unwrap_or(0);
-                    format!(
-                        ", disk buffer in {}: {used} of {} bytes used, when full {:?}, fsync {}",
-                        dir.display(),
-                        b.max_size,
-                        b.when_full,
-                        if b.fsync { "always" } else { "never" }
-                    )
-                }
-                None => String::new(),
-            };
-            let _ = writeln!(
-                out,
-                "  {:<16} {} ({} {}, {})  <- {}  [batch {} readings / {:?}, queue {} batches{buffer}]",
-                k.decl.name,
-                k.decl.plugin,
-                k.library.name,
-                k.library.version,
-                k.library.file_name(),
-                from.join(", "),
-                st.batch_size,
-                st.batch_timeout,
-                st.queue_capacity
-            );
-        }
-        out
-    }
-}
-
-/// Builds sink instance `decl` of `config` alone (its plugin loaded, its `new` called), for
-/// commands that write to one sink outside a run (`gateway dead-letters resend`).
-pub fn build_sink(
-    config: &Config,
-    decl: &Instance,
-    logger: &Arc<HostLogger>,
-) -> Result<SinkBox, String> {
-    let mut catalog = Catalog::new(&config.gateway.plugin_dir, logger.clone());
-    let found = catalog.find(&decl.plugin, PluginKind::Sink)?;
-    let info = info_for(config, decl);
-    std::fs::create_dir_all(info.data_dir.as_str())
-        .map_err(|e| format!("cannot create {}: {e}", info.data_dir))?;
-    let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
-    new(&info)
-        .into_result()
-        .map_err(|e| located(config, decl, "sinks", "could not be built", &e))
-}
 
 /// How `run` should behave.
 #[derive(Debug, Clone, Default)]
@@ -345,236 +41,321 @@ pub struct RunSummary {
     pub written: Vec<(String, u64)>,
 }
 
-/// Runs the plan until `shutdown` receives (or, with `until_sources_finish`, until every source
+/// Runs the plan until `signal` receives (or, with `until_sources_finish`, until every source
 /// finished), then shuts down.
-pub fn run(plan: Plan, opts: &RunOptions, shutdown: crossbeam_channel::Receiver<()>) -> RunSummary {
-    let Plan {
-        config,
-        sources,
-        sinks,
-    } = plan;
+pub fn run(plan: Plan, opts: &RunOptions, signal: Receiver<()>) -> RunSummary {
     let started = Instant::now();
-    let (trigger, stop) = stop_signal();
-    let drain = Arc::new(AtomicBool::new(false));
-    let abort = Arc::new(AtomicBool::new(false));
-    let closed = Arc::new(AtomicBool::new(false));
+    let shutdown = Shutdown::new();
+    let mut graph = Graph::start(plan, &shutdown);
+    graph.log_stats_every(&shutdown);
+    tracing::info!(
+        device = %graph.config.gateway.device,
+        sources = graph.n_sources,
+        sinks = graph.sinks.len(),
+        "gateway running"
+    );
+    graph.wait_for_stop(&signal, opts);
+    let clean = graph.shut_down(&shutdown);
+    graph.summarize(started.elapsed(), clean)
+}
 
-    let mut ports = std::collections::HashMap::new();
-    let mut sink_threads = Vec::new();
-    // Each sink's counters, and its disk buffer if it has one.
-    let mut sink_stats = Vec::new();
-    for k in sinks {
-        let (tx, rx) = crossbeam_channel::bounded(k.decl.sink.queue_capacity);
-        let stats = Arc::new(SinkStats::default());
-        ports.insert(k.decl.name.clone(), (tx, stats.clone()));
-        sink_stats.push((k.decl.name.clone(), stats.clone(), k.buffer.clone()));
-        let (new, info) = (k.new, k.info.clone());
-        let input = match k.buffer {
-            None => SinkInput::Queue(rx),
-            Some(buffer) => {
-                let recovered = buffer.stats.recovered.load(Ordering::Relaxed);
-                stats.accepted.fetch_add(recovered, Ordering::Relaxed);
-                let writer_done = Arc::new(AtomicBool::new(false));
-                let writer = BufferWriter {
-                    rx,
-                    buffer: buffer.clone(),
-                    record_readings: k.decl.sink.batch_size,
-                    drain: drain.clone(),
-                    abort: abort.clone(),
-                    done: writer_done.clone(),
-                };
-                let name = k.decl.name.clone();
-                let h = std::thread::Builder::new()
-                    .name(format!("buffer:{name}"))
-                    .spawn(move || writer.run(&name));
-                sink_threads.push(h.expect("spawn buffer thread"));
-                SinkInput::Buffer(BufferedInput {
-                    buffer,
-                    writer_done,
-                    drain_budget: config.gateway.shutdown_timeout * 3 / 4,
-                })
-            }
-        };
-        let runner = SinkRunner {
-            name: k.decl.name.clone(),
-            instance: k.instance,
-            factory: Box::new(move || new(&info).into_result()),
-            settings: k.decl.sink.clone(),
-            restart_backoff: k.decl.restart_backoff,
-            restart_backoff_max: k.decl.restart_backoff_max,
-            input,
-            drain: drain.clone(),
-            abort: abort.clone(),
-            stats,
-            dead_letters: dead_letters(&config, &k.decl),
-        };
-        let h = std::thread::Builder::new()
-            .name(format!("sink:{}", k.decl.name))
-            .spawn(move || runner.run());
-        sink_threads.push(h.expect("spawn sink thread"));
+/// Sends the thread's name on `tx` when dropped: at the end of the thread, however it ends.
+struct Exit(Sender<String>, String);
+
+impl Drop for Exit {
+    fn drop(&mut self) {
+        let _ = self.0.send(std::mem::take(&mut self.1));
     }
+}
 
-    let (finished_tx, finished_rx) = crossbeam_channel::unbounded::<String>();
-    let mut source_stats = Vec::new();
-    let n_sources = sources.len();
-    for s in sources {
-        let routed: Vec<SinkPort> = config
-            .sinks_of(&s.decl.name)
-            .map(|k| {
-                let (tx, stats) = &ports[&k.name];
-                SinkPort {
-                    tx: tx.clone(),
-                    stats: stats.clone(),
-                }
-            })
-            .collect();
-        let stats = Arc::new(SourceStats::default());
-        source_stats.push((s.decl.name.clone(), stats.clone()));
-        let (new, info) = (s.new, s.info.clone());
-        let runner = SourceRunner {
-            name: s.decl.name.clone(),
-            instance: s.instance,
-            factory: Box::new(move || new(&info).into_result()),
-            sinks: Arc::new(routed),
-            stop: stop.clone(),
-            closed: closed.clone(),
-            stats,
-            restart_backoff: s.decl.restart_backoff,
-            restart_backoff_max: s.decl.restart_backoff_max,
-        };
-        let done = finished_tx.clone();
-        let name = s.decl.name.clone();
-        std::thread::Builder::new()
-            .name(format!("source:{name}"))
-            .spawn(move || {
-                runner.run();
-                let _ = done.send(name);
-            })
-            .expect("spawn source thread");
-    }
-    drop(finished_tx);
-    // The sinks' queues stay open only through the sources' ports.
-    drop(ports);
+/// Spawns `f` on a thread named `name` that reports its end on `exits`.
+fn spawn(
+    name: String,
+    exits: &Sender<String>,
+    f: impl FnOnce() + Send + 'static,
+) -> JoinHandle<()> {
+    let exit = Exit(exits.clone(), name.clone());
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let _exit = exit;
+            f()
+        })
+        .expect("spawn a thread")
+}
 
-    let log_stats = {
-        let (sources, sinks) = (source_stats.clone(), sink_stats.clone());
-        move || {
-            sources.iter().for_each(|(n, s)| s.log(n));
-            sinks.iter().for_each(|(n, s, _)| s.log(n));
-            for (n, _, b) in &sinks {
-                if let Some(b) = b {
-                    crate::stats::log_buffer(n, b);
+/// One sink as the run sees it.
+struct SinkView {
+    name: String,
+    stats: Arc<SinkStats>,
+    buffer: Option<Arc<DiskBuffer>>,
+}
+
+/// A running graph: its threads and what they report.
+struct Graph {
+    config: Config,
+    n_sources: usize,
+    /// Sources that returned so far.
+    sources_done: usize,
+    /// Source threads report their end here.
+    source_exits: Receiver<String>,
+    /// Sink and buffer threads report their end here.
+    sink_exits: Receiver<String>,
+    sink_threads: Vec<JoinHandle<()>>,
+    sources: Vec<(String, Arc<SourceStats>)>,
+    sinks: Vec<SinkView>,
+}
+
+impl Graph {
+    /// Spawns every sink (and buffer writer) thread, then every source thread.
+    fn start(plan: Plan, shutdown: &Shutdown) -> Graph {
+        let Plan {
+            config,
+            sources,
+            sinks,
+        } = plan;
+        let (sink_tx, sink_exits) = crossbeam_channel::unbounded();
+        let mut ports = HashMap::new();
+        let mut sink_threads = Vec::new();
+        let mut views = Vec::new();
+        for k in sinks {
+            let (tx, rx) = crossbeam_channel::bounded(k.decl.sink.queue_capacity);
+            let stats = Arc::new(SinkStats::default());
+            ports.insert(k.decl.name.clone(), (tx, stats.clone()));
+            views.push(SinkView {
+                name: k.decl.name.clone(),
+                stats: stats.clone(),
+                buffer: k.buffer.clone(),
+            });
+            let name = k.decl.name.clone();
+            let input = match k.buffer {
+                None => SinkInput::Queue(rx),
+                Some(buffer) => {
+                    let recovered = buffer.stats.recovered.load(Ordering::Relaxed);
+                    stats.accepted.fetch_add(recovered, Ordering::Relaxed);
+                    let (done, writer_done) = crossbeam_channel::bounded(0);
+                    let writer = BufferWriter {
+                        rx,
+                        buffer: buffer.clone(),
+                        record_readings: k.decl.sink.batch_size,
+                        shutdown: shutdown.clone(),
+                        done,
+                    };
+                    let n = name.clone();
+                    sink_threads.push(spawn(format!("buffer:{name}"), &sink_tx, move || {
+                        writer.run(&n)
+                    }));
+                    SinkInput::Buffer(BufferedInput {
+                        buffer,
+                        writer_done,
+                        drain_budget: config.gateway.shutdown_timeout * 3 / 4,
+                    })
                 }
-            }
+            };
+            let (new, info) = (k.new, k.info.clone());
+            let runner = SinkRunner {
+                name: name.clone(),
+                instance: k.instance,
+                factory: Box::new(move || new(&info).into_result()),
+                settings: k.decl.sink.clone(),
+                restart_backoff: k.decl.restart_backoff,
+                restart_backoff_max: k.decl.restart_backoff_max,
+                input,
+                shutdown: shutdown.clone(),
+                stats,
+                dead_letters: dead_letters(&config, &k.decl),
+            };
+            sink_threads.push(spawn(format!("sink:{name}"), &sink_tx, move || {
+                runner.run()
+            }));
         }
-    };
-    if !config.gateway.stats_interval.is_zero() {
-        let (stop, interval, log_stats) = (
-            stop.clone(),
-            config.gateway.stats_interval,
-            log_stats.clone(),
-        );
+
+        let (source_tx, source_exits) = crossbeam_channel::unbounded();
+        let mut source_stats = Vec::new();
+        let n_sources = sources.len();
+        for s in sources {
+            let routed: Vec<SinkPort> = config
+                .sinks_of(&s.decl.name)
+                .map(|k| {
+                    let (tx, stats) = &ports[&k.name];
+                    SinkPort {
+                        tx: tx.clone(),
+                        stats: stats.clone(),
+                    }
+                })
+                .collect();
+            let stats = Arc::new(SourceStats::default());
+            source_stats.push((s.decl.name.clone(), stats.clone()));
+            let (new, info) = (s.new, s.info.clone());
+            let runner = SourceRunner {
+                name: s.decl.name.clone(),
+                instance: s.instance,
+                factory: Box::new(move || new(&info).into_result()),
+                sinks: Arc::new(routed),
+                shutdown: shutdown.clone(),
+                stats,
+                restart_backoff: s.decl.restart_backoff,
+                restart_backoff_max: s.decl.restart_backoff_max,
+            };
+            // Detached: a source stuck in its plugin is left behind at the deadline.
+            drop(spawn(
+                format!("source:{}", s.decl.name),
+                &source_tx,
+                move || runner.run(),
+            ));
+        }
+        // The sinks' queues stay open only through the sources' ports.
+        drop(ports);
+        Graph {
+            config,
+            n_sources,
+            sources_done: 0,
+            source_exits,
+            sink_exits,
+            sink_threads,
+            sources: source_stats,
+            sinks: views,
+        }
+    }
+
+    /// Logs every instance's counters (and every disk buffer's state).
+    fn log_stats(&self) {
+        log_stats(&self.sources, &self.sinks);
+    }
+
+    /// Logs the counters every `stats_interval` until the run stops.
+    fn log_stats_every(&self, shutdown: &Shutdown) {
+        let interval = self.config.gateway.stats_interval;
+        if interval.is_zero() {
+            return;
+        }
+        let (sources, sinks) = (self.sources.clone(), self.sinks_shared());
+        let shutdown = shutdown.clone();
         std::thread::Builder::new()
             .name("stats".into())
             .spawn(move || {
-                while !stop.wait(interval) {
-                    log_stats();
+                while !shutdown.wait_for(Phase::Stopping, interval) {
+                    log_stats(&sources, &sinks);
                 }
             })
-            .expect("spawn stats thread");
+            .expect("spawn the stats thread");
     }
 
-    tracing::info!(
-        device = %config.gateway.device,
-        sources = n_sources,
-        sinks = sink_stats.len(),
-        "gateway running"
-    );
+    fn sinks_shared(&self) -> Vec<SinkView> {
+        self.sinks
+            .iter()
+            .map(|s| SinkView {
+                name: s.name.clone(),
+                stats: s.stats.clone(),
+                buffer: s.buffer.clone(),
+            })
+            .collect()
+    }
 
-    let mut finished = 0;
-    loop {
-        crossbeam_channel::select! {
-            recv(shutdown) -> _ => {
-                tracing::info!("shutdown requested: stopping the sources, then draining the sinks (at most {:?}; a second signal exits at once)", config.gateway.shutdown_timeout);
-                break;
-            }
-            recv(finished_rx) -> name => {
-                if name.is_err() { continue; }
-                finished += 1;
-                if finished == n_sources {
-                    if opts.until_sources_finish {
-                        tracing::info!("every source finished: draining the sinks");
-                        break;
+    /// Waits for a signal, or, with `until_sources_finish`, for every source to finish.
+    fn wait_for_stop(&mut self, signal: &Receiver<()>, opts: &RunOptions) {
+        let timeout = self.config.gateway.shutdown_timeout;
+        loop {
+            crossbeam_channel::select! {
+                recv(signal) -> _ => {
+                    tracing::info!("shutdown requested: stopping the sources, then draining the sinks (at most {timeout:?}; a second signal exits at once)");
+                    return;
+                }
+                recv(self.source_exits) -> name => {
+                    if name.is_err() { continue; }
+                    self.sources_done += 1;
+                    if self.sources_done == self.n_sources {
+                        if opts.until_sources_finish {
+                            tracing::info!("every source finished: draining the sinks");
+                            return;
+                        }
+                        tracing::info!("every source finished; the gateway waits for a signal to exit");
                     }
-                    tracing::info!("every source finished; the gateway waits for a signal to exit");
                 }
             }
         }
     }
 
-    let deadline = Instant::now() + config.gateway.shutdown_timeout;
-    trigger.trigger();
-    while finished < n_sources {
-        match finished_rx.recv_deadline(deadline) {
-            Ok(_) => finished += 1,
-            Err(_) => break,
-        }
-    }
-    if finished < n_sources {
-        tracing::error!(
-            not_stopped = n_sources - finished,
-            "some sources did not return within the shutdown timeout; their last batches may not be taken"
-        );
-    }
-    closed.store(true, Ordering::SeqCst);
-    drain.store(true, Ordering::SeqCst);
-    let mut clean = finished == n_sources;
-    // One grace period, shared by every sink that has not finished by the deadline: a plugin
-    // stuck in a write cannot be interrupted, and is left behind.
-    let grace = deadline + Duration::from_millis(500);
-    for h in sink_threads {
-        while !h.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if !h.is_finished() {
-            abort.store(true, Ordering::SeqCst);
-            clean = false;
-            while !h.is_finished() && Instant::now() < grace {
-                std::thread::sleep(Duration::from_millis(10));
+    /// The shutdown, phase by phase, within `shutdown_timeout`: sources stop, sinks drain,
+    /// and at the deadline whatever is left gives up (a plugin stuck in a call is left behind
+    /// after a short grace). `true` if everything ended in time.
+    fn shut_down(&mut self, shutdown: &Shutdown) -> bool {
+        let deadline = Instant::now() + self.config.gateway.shutdown_timeout;
+        shutdown.advance(Phase::Stopping);
+        while self.sources_done < self.n_sources {
+            match self.source_exits.recv_deadline(deadline) {
+                Ok(_) => self.sources_done += 1,
+                Err(_) => break,
             }
         }
-        if h.is_finished() {
-            let _ = h.join();
+        let mut clean = self.sources_done == self.n_sources;
+        if !clean {
+            tracing::error!(
+                not_stopped = self.n_sources - self.sources_done,
+                "some sources did not return within the shutdown timeout; their last batches may not be taken"
+            );
         }
-    }
-    let elapsed = started.elapsed();
-    log_stats();
-    let mut written = Vec::new();
-    for (name, s, buffer) in &sink_stats {
-        let n = s.written.load(Ordering::Relaxed);
-        let mut pending = s.pending();
-        if let Some(b) = buffer {
-            // Held on disk (sent after the next start) or dropped by `when_full` (counted and
-            // logged when it happened): neither is lost here.
-            let kept = b.pending() + b.stats.dropped.load(Ordering::Relaxed);
-            pending = pending.saturating_sub(kept);
+        shutdown.advance(Phase::Draining);
+        let mut running = self.sink_threads.len();
+        while running > 0 && self.sink_exits.recv_deadline(deadline).is_ok() {
+            running -= 1;
         }
-        if pending > 0 {
+        if running > 0 {
             clean = false;
-            tracing::error!(sink = %name, readings = pending, "readings not delivered at shutdown");
+            shutdown.advance(Phase::Aborting);
+            let grace = deadline + Duration::from_millis(500);
+            while running > 0 && self.sink_exits.recv_deadline(grace).is_ok() {
+                running -= 1;
+            }
         }
-        let rate = n as f64 / elapsed.as_secs_f64().max(1e-9);
-        tracing::info!(sink = %name, readings = n, "sink wrote {n} readings in {:.3} s ({rate:.0} readings/s)", elapsed.as_secs_f64());
-        written.push((name.clone(), n));
+        for h in std::mem::take(&mut self.sink_threads) {
+            if h.is_finished() {
+                let _ = h.join();
+            }
+        }
+        clean
     }
-    if clean {
-        tracing::info!("gateway stopped: everything in flight was delivered");
-    } else {
-        tracing::error!("gateway stopped before everything in flight was delivered");
+
+    /// Logs what each sink wrote, and whether anything was left undelivered.
+    fn summarize(self, elapsed: Duration, mut clean: bool) -> RunSummary {
+        self.log_stats();
+        let mut written = Vec::new();
+        for s in &self.sinks {
+            let n = s.stats.written.load(Ordering::Relaxed);
+            let mut pending = s.stats.pending();
+            if let Some(b) = &s.buffer {
+                // Held on disk (sent after the next start) or dropped by `when_full` (counted
+                // and logged when it happened): neither is lost here.
+                let kept = b.pending() + b.stats.dropped.load(Ordering::Relaxed);
+                pending = pending.saturating_sub(kept);
+            }
+            if pending > 0 {
+                clean = false;
+                tracing::error!(sink = %s.name, readings = pending, "readings not delivered at shutdown");
+            }
+            let rate = n as f64 / elapsed.as_secs_f64().max(1e-9);
+            tracing::info!(sink = %s.name, readings = n, "sink wrote {n} readings in {:.3} s ({rate:.0} readings/s)", elapsed.as_secs_f64());
+            written.push((s.name.clone(), n));
+        }
+        if clean {
+            tracing::info!("gateway stopped: everything in flight was delivered");
+        } else {
+            tracing::error!("gateway stopped before everything in flight was delivered");
+        }
+        RunSummary {
+            clean,
+            elapsed,
+            written,
+        }
     }
-    RunSummary {
-        clean,
-        elapsed,
-        written,
+}
+
+fn log_stats(sources: &[(String, Arc<SourceStats>)], sinks: &[SinkView]) {
+    sources.iter().for_each(|(n, s)| s.log(n));
+    for s in sinks {
+        s.stats.log(&s.name);
+        if let Some(b) = &s.buffer {
+            crate::stats::log_buffer(&s.name, b);
+        }
     }
 }

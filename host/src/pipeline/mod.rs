@@ -7,13 +7,18 @@
 //! every source batch once its write returned. A source batch is acknowledged to the source once
 //! every sink it went to has acknowledged it.
 
+pub mod buffer_writer;
+pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod worker;
+
+pub use shutdown::{Phase, Shutdown};
 
 use abi_stable::std_types::{RErr, ROk, RVec};
 use gateway_sdk::{abi::AckBox, ErrorKind, PluginError, Reading};
 use std::sync::{
-    atomic::{AtomicBool, AtomicUsize, Ordering},
+    atomic::{AtomicUsize, Ordering},
     Arc, Mutex,
 };
 
@@ -86,75 +91,4 @@ pub struct Envelope {
     pub readings: Arc<RVec<Reading>>,
     /// This sink's share of the acknowledgement.
     pub ack: AckHandle,
-}
-
-/// The signal that tells sources to stop.
-#[derive(Clone)]
-pub struct StopSignal {
-    flag: Arc<AtomicBool>,
-    rx: crossbeam_channel::Receiver<()>,
-}
-
-/// Raises a [`StopSignal`].
-pub struct StopTrigger {
-    flag: Arc<AtomicBool>,
-    tx: Mutex<Option<crossbeam_channel::Sender<()>>>,
-}
-
-/// A connected trigger and signal.
-pub fn stop_signal() -> (StopTrigger, StopSignal) {
-    let (tx, rx) = crossbeam_channel::bounded(0);
-    let flag = Arc::new(AtomicBool::new(false));
-    (
-        StopTrigger {
-            flag: flag.clone(),
-            tx: Mutex::new(Some(tx)),
-        },
-        StopSignal { flag, rx },
-    )
-}
-
-impl StopTrigger {
-    /// Raises the signal; every waiter wakes up.
-    pub fn trigger(&self) {
-        self.flag.store(true, Ordering::SeqCst);
-        self.tx.lock().unwrap().take();
-    }
-}
-
-impl StopSignal {
-    /// Whether the signal was raised.
-    pub fn is_raised(&self) -> bool {
-        self.flag.load(Ordering::SeqCst)
-    }
-    /// Waits up to `d`; `true` if the signal was raised.
-    pub fn wait(&self, d: std::time::Duration) -> bool {
-        if self.is_raised() {
-            return true;
-        }
-        matches!(
-            self.rx.recv_timeout(d),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
-        )
-    }
-}
-
-/// Sleeps `d` in small steps, returning early (with `true`) once `abort` is set.
-pub(crate) fn sleep_unless(abort: &AtomicBool, d: std::time::Duration) -> bool {
-    !sleep_while(d, || !abort.load(Ordering::SeqCst))
-}
-
-/// Sleeps `d` in small steps while `go_on()` holds; `false` if it stopped holding first.
-pub(crate) fn sleep_while(d: std::time::Duration, go_on: impl Fn() -> bool) -> bool {
-    let end = std::time::Instant::now() + d;
-    loop {
-        if !go_on() {
-            return false;
-        }
-        let now = std::time::Instant::now();
-        if now >= end {
-            return true;
-        }
-        std::thread::sleep((end - now).min(std::time::Duration::from_millis(50)));
-    }
 }

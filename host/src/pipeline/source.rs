@@ -1,7 +1,7 @@
 //! A source instance on its own thread: runs it, restarts it with backoff when it fails, and
 //! offers it the host's side of `emit`.
 
-use super::{AckHandle, AckTracker, Envelope, StopSignal};
+use super::{AckHandle, AckTracker, Envelope, Phase, Shutdown};
 use crate::stats::{SinkStats, SourceStats};
 use abi_stable::{
     sabi_trait::TD_Opaque,
@@ -31,9 +31,7 @@ pub struct SinkPort {
 /// The host's side of a running source.
 struct Emitter {
     sinks: Arc<Vec<SinkPort>>,
-    stop: StopSignal,
-    /// Set once the sinks stopped taking batches.
-    closed: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: Shutdown,
     stats: Arc<SourceStats>,
 }
 
@@ -49,7 +47,7 @@ impl HostSourceCtx for Emitter {
             }
             return ROk(());
         }
-        if self.closed.load(Ordering::SeqCst) {
+        if self.shutdown.reached(Phase::Draining) {
             return RErr(stopped(
                 "the gateway is shutting down and takes no more readings",
             ));
@@ -71,7 +69,7 @@ impl HostSourceCtx for Emitter {
                         break;
                     }
                     Err(SendTimeoutError::Timeout(e)) => {
-                        if self.closed.load(Ordering::SeqCst) {
+                        if self.shutdown.reached(Phase::Draining) {
                             return RErr(stopped(
                                 "the gateway is shutting down and takes no more readings",
                             ));
@@ -79,7 +77,9 @@ impl HostSourceCtx for Emitter {
                         let since = *blocked_since.get_or_insert_with(Instant::now);
                         // Shutting down with the sinks full: stop waiting after a moment, so
                         // the sinks spend the shutdown time draining what they already hold.
-                        if self.stop.is_raised() && since.elapsed() >= Duration::from_secs(1) {
+                        if self.shutdown.reached(Phase::Stopping)
+                            && since.elapsed() >= Duration::from_secs(1)
+                        {
                             return RErr(stopped(
                                 "the gateway is shutting down and its queues are full",
                             ));
@@ -104,11 +104,12 @@ impl HostSourceCtx for Emitter {
     }
 
     fn is_stopping(&self) -> bool {
-        self.stop.is_raised()
+        self.shutdown.reached(Phase::Stopping)
     }
 
     fn wait_stop(&self, timeout_ms: u64) -> bool {
-        self.stop.wait(Duration::from_millis(timeout_ms))
+        self.shutdown
+            .wait_for(Phase::Stopping, Duration::from_millis(timeout_ms))
     }
 }
 
@@ -122,10 +123,8 @@ pub struct SourceRunner {
     pub factory: SourceFactory,
     /// The queues of the sinks this source feeds.
     pub sinks: Arc<Vec<SinkPort>>,
-    /// Raised at shutdown.
-    pub stop: StopSignal,
-    /// Set when the sinks stop taking batches.
-    pub closed: Arc<std::sync::atomic::AtomicBool>,
+    /// The run's phase: the source stops at [`Phase::Stopping`].
+    pub shutdown: Shutdown,
     /// Counters.
     pub stats: Arc<SourceStats>,
     /// First restart delay.
@@ -154,7 +153,7 @@ impl SourceRunner {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "rebuilding the source failed; next try in {delay:?}");
-                        if self.stop.wait(delay) {
+                        if self.shutdown.wait_for(Phase::Stopping, delay) {
                             return;
                         }
                         delay = (delay * 2).min(self.restart_backoff_max);
@@ -165,8 +164,7 @@ impl SourceRunner {
             let ctx = HostSourceCtx_TO::from_value(
                 Emitter {
                     sinks: self.sinks.clone(),
-                    stop: self.stop.clone(),
-                    closed: self.closed.clone(),
+                    shutdown: self.shutdown.clone(),
                     stats: self.stats.clone(),
                 },
                 TD_Opaque,
@@ -175,7 +173,7 @@ impl SourceRunner {
             let started = Instant::now();
             let outcome = source.run(ctx).into_result();
             drop(source);
-            if self.stop.is_raised() {
+            if self.shutdown.reached(Phase::Stopping) {
                 match outcome {
                     Err(e) if e.kind != ErrorKind::STOPPED => {
                         tracing::warn!(error = %e, "source stopped with an error")
@@ -195,7 +193,7 @@ impl SourceRunner {
                         delay = self.restart_backoff;
                     }
                     tracing::error!(kind = %e.kind, error = %e.message(), "source failed; restarting it in {delay:?}");
-                    if self.stop.wait(delay) {
+                    if self.shutdown.wait_for(Phase::Stopping, delay) {
                         return;
                     }
                     delay = (delay * 2).min(self.restart_backoff_max);

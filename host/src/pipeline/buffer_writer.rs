@@ -1,0 +1,73 @@
+//! The thread that moves a buffered sink's queue onto disk: it takes what is queued (many
+//! batches per disk write, so a Pi's SD card sees few writes), appends it durably, and only
+//! then acknowledges the batches to their sources.
+
+use super::{sink::next_envelope, Phase, Shutdown};
+use crate::buffer::{AppendError, DiskBuffer};
+use crossbeam_channel::{Receiver, Sender};
+use gateway_sdk::Reading;
+use std::{sync::Arc, time::Duration};
+
+/// A buffered sink's writer thread.
+pub struct BufferWriter {
+    /// The sink's queue.
+    pub rx: Receiver<super::Envelope>,
+    /// The buffer.
+    pub buffer: Arc<DiskBuffer>,
+    /// Most readings per record (the sink's batch size).
+    pub record_readings: usize,
+    /// The run's phase: the queue is emptied onto disk at [`Phase::Draining`], given up at
+    /// [`Phase::Aborting`].
+    pub shutdown: Shutdown,
+    /// Dropped when the thread stops (however it stops): the sink thread then knows that
+    /// nothing more comes.
+    pub done: Sender<()>,
+}
+
+impl BufferWriter {
+    /// Runs until the queue is drained (or on abort).
+    pub fn run(self, name: &str) {
+        let span = tracing::info_span!("buffer", instance = %name);
+        let _enter = span.enter();
+        let limit = self.record_readings.saturating_mul(16).max(1);
+        let aborting = || self.shutdown.reached(Phase::Aborting);
+        'outer: while let Some(first) = next_envelope(&self.rx, &self.shutdown) {
+            let mut n = first.readings.len();
+            let mut envelopes = vec![first];
+            while envelopes.len() < 1024 && n < limit {
+                match self.rx.try_recv() {
+                    Ok(e) => {
+                        n += e.readings.len();
+                        envelopes.push(e);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let batches: Vec<&[Reading]> =
+                envelopes.iter().map(|e| e.readings.as_slice()).collect();
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self
+                    .buffer
+                    .append(&batches, self.record_readings, &aborting)
+                {
+                    Ok(()) => break,
+                    Err(AppendError::Io(e)) => {
+                        tracing::error!(error = %e, readings = n, "could not write to the disk buffer; the sources are held back until it works again (retrying in {backoff:?})");
+                        if self.shutdown.wait_for(Phase::Aborting, backoff) {
+                            break 'outer;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                    // Dropping the envelopes tells their sources the batches were not taken.
+                    Err(AppendError::Stopped) => break 'outer,
+                }
+            }
+            drop(batches);
+            for e in envelopes {
+                e.ack.done(Ok(()));
+            }
+        }
+        drop(self.done);
+    }
+}

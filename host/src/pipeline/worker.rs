@@ -1,0 +1,252 @@
+//! The writing half of a sink thread: one write at a time into the plugin, retried with
+//! exponential backoff while the error says so, the instance rebuilt when it fails, refusals
+//! for good kept in the dead-letter directory. Where the batches come from is
+//! [`super::sink`]'s business.
+
+use super::{Phase, Shutdown};
+use crate::{config::SinkSettings, deadletter::DeadLetters, stats::SinkStats};
+use abi_stable::std_types::RSlice;
+use gateway_sdk::{abi::SinkBox, ErrorKind, PluginError, Reading};
+use std::{ops::Range, sync::atomic::Ordering, sync::Arc, time::Duration};
+
+/// Builds a new instance of the sink's plugin.
+pub type SinkFactory = Box<dyn Fn() -> Result<SinkBox, PluginError> + Send>;
+
+/// How a write of several parts ended.
+#[derive(Debug)]
+pub enum Settled {
+    /// Every part shares this outcome.
+    Whole(Result<(), PluginError>),
+    /// The whole was refused, and the parts were written one by one: their outcomes, in
+    /// order, up to the first stopped by the shutdown (those after it were not written).
+    Parts(Vec<Result<(), PluginError>>),
+}
+
+impl Settled {
+    /// Whether the shutdown stopped (part of) the write: what was not written stays where it
+    /// came from.
+    pub fn stopped(&self, parts: usize) -> bool {
+        match self {
+            Settled::Whole(o) => is_stopped(o),
+            Settled::Parts(each) => each.len() < parts || each.iter().any(is_stopped),
+        }
+    }
+}
+
+fn is_stopped(o: &Result<(), PluginError>) -> bool {
+    matches!(o, Err(e) if e.kind == ErrorKind::STOPPED)
+}
+
+/// A sink instance and what writing to it takes.
+pub(super) struct Worker {
+    name: String,
+    instance: Option<SinkBox>,
+    factory: SinkFactory,
+    pub(super) settings: SinkSettings,
+    restart_backoff: Duration,
+    restart_backoff_max: Duration,
+    restart_delay: Duration,
+    shutdown: Shutdown,
+    /// A buffered sink gives up a failing write once draining: its readings stay on disk.
+    buffered: bool,
+    pub(super) stats: Arc<SinkStats>,
+    dead_letters: DeadLetters,
+}
+
+impl Worker {
+    /// A worker for `instance`.
+    pub(super) fn new(
+        name: String,
+        instance: SinkBox,
+        factory: SinkFactory,
+        settings: SinkSettings,
+        (restart_backoff, restart_backoff_max): (Duration, Duration),
+        shutdown: Shutdown,
+        buffered: bool,
+        stats: Arc<SinkStats>,
+        dead_letters: DeadLetters,
+    ) -> Worker {
+        Worker {
+            name,
+            instance: Some(instance),
+            factory,
+            settings,
+            restart_backoff,
+            restart_backoff_max,
+            restart_delay: restart_backoff,
+            shutdown,
+            buffered,
+            stats,
+            dead_letters,
+        }
+    }
+
+    pub(super) fn close(&mut self) {
+        if let Some(mut inst) = self.instance.take() {
+            if let Err(e) = inst.close().into_result() {
+                tracing::warn!(error = %e, "closing the sink failed");
+            }
+        }
+        tracing::info!("sink stopped");
+    }
+
+    /// Writes `all`, made of `parts` (source batches, or buffer records). When the sink refuses
+    /// the whole for good, each part is written on its own, so that one source's bad batch
+    /// does not take the others with it, until one is stopped by the shutdown. What is refused
+    /// for good is dead-lettered.
+    pub(super) fn write_parts(&mut self, all: &[Reading], parts: &[Range<usize>]) -> Settled {
+        match self.write(all) {
+            Err(e) if e.kind == ErrorKind::REJECTED && parts.len() > 1 => {
+                tracing::info!(
+                    parts = parts.len(),
+                    error = %e.message(),
+                    "the sink refused a merged batch; writing its parts one by one"
+                );
+                let mut each = Vec::with_capacity(parts.len());
+                for part in parts {
+                    let outcome = self.write_settled(&all[part.clone()]);
+                    let stopped = is_stopped(&outcome);
+                    each.push(outcome);
+                    if stopped {
+                        break;
+                    }
+                }
+                Settled::Parts(each)
+            }
+            Err(e) if e.kind == ErrorKind::REJECTED => Settled::Whole(self.dead_letter(all, e)),
+            outcome => Settled::Whole(outcome),
+        }
+    }
+
+    /// [`Worker::write`], with a refusal dead-lettered.
+    pub(super) fn write_settled(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        match self.write(batch) {
+            Err(e) if e.kind == ErrorKind::REJECTED => self.dead_letter(batch, e),
+            outcome => outcome,
+        }
+    }
+
+    /// Keeps a batch the sink refused for good (`e`) in its dead-letter directory, and returns
+    /// `e`. Until the file is on disk the batch is held (it is not lost because a disk is
+    /// full): the write is retried with backoff, until shutdown.
+    fn dead_letter(&mut self, batch: &[Reading], e: PluginError) -> Result<(), PluginError> {
+        let n = batch.len() as u64;
+        let mut backoff = self.settings.retry_backoff;
+        loop {
+            match self.dead_letters.put(e.message(), batch) {
+                Ok(path) => {
+                    self.stats.rejected.fetch_add(n, Ordering::Relaxed);
+                    tracing::error!(
+                        readings = n,
+                        error = %e.message(),
+                        kept_in = %path.display(),
+                        "sink refused the batch for good; its readings are kept in a dead-letter file (`gateway dead-letters` lists and resends them)"
+                    );
+                    return Err(e);
+                }
+                Err(io) => {
+                    if self.shutdown.reached(Phase::Aborting) || self.giving_up() {
+                        return Err(PluginError::new(
+                            ErrorKind::STOPPED,
+                            "shutting down before the refused batch could be dead-lettered",
+                        ));
+                    }
+                    tracing::error!(
+                        readings = n,
+                        error = %e.message(),
+                        dir = %self.dead_letters.dir().display(),
+                        io_error = %io,
+                        "sink refused the batch for good, and its dead-letter file cannot be written; holding the batch, retrying in {backoff:?}"
+                    );
+                    self.pause(backoff);
+                    backoff = (backoff * 2).min(self.settings.retry_backoff_max);
+                }
+            }
+        }
+    }
+
+    /// Set for a buffered sink once it is draining: failed writes are not retried, their
+    /// readings stay on disk.
+    fn giving_up(&self) -> bool {
+        self.buffered && self.shutdown.reached(Phase::Draining)
+    }
+
+    /// Writes one batch, retrying and rebuilding as its errors say, until it is written, refused
+    /// for good (returned as is: the caller dead-letters it), or the shutdown deadline passes.
+    fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        let n = batch.len() as u64;
+        let mut backoff = self.settings.retry_backoff;
+        let mut attempts = 0u32;
+        loop {
+            if self.shutdown.reached(Phase::Aborting) {
+                return Err(PluginError::new(
+                    ErrorKind::STOPPED,
+                    "the shutdown deadline passed before the write succeeded",
+                ));
+            }
+            let Some(inst) = self.instance.as_mut() else {
+                self.rebuild();
+                continue;
+            };
+            match inst.write(RSlice::from_slice(batch)).into_result() {
+                Ok(()) => {
+                    self.stats.written.fetch_add(n, Ordering::Relaxed);
+                    self.stats.writes.fetch_add(1, Ordering::Relaxed);
+                    self.restart_delay = self.restart_backoff;
+                    if attempts > 0 {
+                        tracing::info!(
+                            readings = n,
+                            attempts = attempts + 1,
+                            "write succeeded after retrying"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.kind.is_retryable() && self.giving_up() => {
+                    tracing::info!(readings = n, error = %e.message(), "write failed while shutting down; its readings stay in the disk buffer");
+                    return Err(PluginError::new(ErrorKind::STOPPED, "shutting down"));
+                }
+                Err(e) if e.kind.is_retryable() => {
+                    attempts += 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(readings = n, attempt = attempts, error = %e.message(), "write failed; retrying in {backoff:?}");
+                    self.pause(backoff);
+                    backoff = (backoff * 2).min(self.settings.retry_backoff_max);
+                }
+                Err(e) if e.kind.needs_restart() => {
+                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(kind = %e.kind, error = %e.message(), "sink failed; rebuilding it in {:?}", self.restart_delay);
+                    // Dropping the broken instance runs the plugin's destructor (guarded by the SDK).
+                    self.instance = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits `d` before a retry; a shutdown (abort, or drain for a buffered sink) ends it early.
+    fn pause(&self, d: Duration) {
+        let until = if self.buffered {
+            Phase::Draining
+        } else {
+            Phase::Aborting
+        };
+        self.shutdown.wait_for(until, d);
+    }
+
+    fn rebuild(&mut self) {
+        if self.shutdown.wait_for(Phase::Aborting, self.restart_delay) {
+            return;
+        }
+        self.restart_delay = (self.restart_delay * 2).min(self.restart_backoff_max);
+        match (self.factory)() {
+            Ok(inst) => {
+                tracing::info!(sink = %self.name, "sink rebuilt");
+                self.instance = Some(inst);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "rebuilding the sink failed; next try in {:?}", self.restart_delay)
+            }
+        }
+    }
+}

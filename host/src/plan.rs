@@ -1,0 +1,317 @@
+//! The plan of a run: the graph a config describes, every plugin loaded and every instance
+//! built (and every disk buffer opened and recovered) before anything starts, so that a
+//! mistake anywhere is reported, with every other one, before any reading moves.
+//! [`crate::run`] runs it.
+
+use crate::{
+    buffer::DiskBuffer,
+    config::{Config, Instance, Role},
+    loader::{Catalog, Library},
+    logging::HostLogger,
+};
+use gateway_sdk::{
+    abi::{InstanceInfo, PluginKind, SinkBox, SourceBox},
+    PluginError,
+};
+use std::{fmt::Write as _, sync::Arc};
+
+pub(crate) type NewSource =
+    extern "C" fn(&InstanceInfo) -> abi_stable::std_types::RResult<SourceBox, PluginError>;
+pub(crate) type NewSink =
+    extern "C" fn(&InstanceInfo) -> abi_stable::std_types::RResult<SinkBox, PluginError>;
+
+pub(crate) struct Built<T, F> {
+    pub(crate) decl: Instance,
+    pub(crate) library: Library,
+    pub(crate) info: InstanceInfo,
+    pub(crate) new: F,
+    pub(crate) instance: T,
+    /// The sink's disk buffer, opened (and recovered) at build time.
+    pub(crate) buffer: Option<Arc<DiskBuffer>>,
+}
+
+/// Every instance of a config, built and ready to run.
+pub struct Plan {
+    pub(crate) config: Config,
+    pub(crate) sources: Vec<Built<SourceBox, NewSource>>,
+    pub(crate) sinks: Vec<Built<SinkBox, NewSink>>,
+}
+
+fn info_for(config: &Config, decl: &Instance) -> InstanceInfo {
+    let group = match decl.role {
+        Role::Source => "sources",
+        Role::Sink => "sinks",
+    };
+    let data_dir = data_dir(config, decl);
+    InstanceInfo {
+        instance: decl.name.as_str().into(),
+        device: config.gateway.device.as_str().into(),
+        config_toml: decl.plugin_toml.as_str().into(),
+        config_file: config.path.display().to_string().into(),
+        table: format!("{group}.{}", decl.name).into(),
+        data_dir: data_dir.display().to_string().into(),
+    }
+}
+
+/// Puts the file, line and table in front of a plugin's message unless it already has them.
+fn located(config: &Config, decl: &Instance, group: &str, what: &str, e: &PluginError) -> String {
+    let file = config.path.display().to_string();
+    if e.message().starts_with(&file) {
+        e.message().to_owned()
+    } else {
+        format!(
+            "{file}:{}: [{group}.{}] {what}: {} ({})",
+            decl.line,
+            decl.name,
+            e.message(),
+            e.kind
+        )
+    }
+}
+
+/// An instance's own directory under `data_dir`.
+fn data_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
+    config.gateway.data_dir.join(&decl.name)
+}
+
+/// A sink's dead letters: `dead-letter/` in its data directory.
+pub fn dead_letters(config: &Config, decl: &Instance) -> crate::deadletter::DeadLetters {
+    crate::deadletter::DeadLetters::new(
+        data_dir(config, decl).join("dead-letter"),
+        &decl.name,
+        &decl.plugin,
+    )
+}
+
+/// Where an instance's disk buffer lives: `buffer/` in its data directory.
+fn buffer_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
+    data_dir(config, decl).join("buffer")
+}
+
+/// Files what the plugin's constructor `new` made of `info`: into `built`, or, failing, into
+/// `errors`.
+fn build<T, F>(
+    (new, made): (F, abi_stable::std_types::RResult<T, PluginError>),
+    info: InstanceInfo,
+    library: Library,
+    (config, decl, group): (&Config, &Instance, &str),
+    buffer: Option<Arc<DiskBuffer>>,
+    built: &mut Vec<Built<T, F>>,
+    errors: &mut Vec<String>,
+) {
+    match made.into_result() {
+        Ok(instance) => built.push(Built {
+            decl: decl.clone(),
+            library,
+            info,
+            new,
+            instance,
+            buffer,
+        }),
+        Err(e) => errors.push(located(config, decl, group, "could not be built", &e)),
+    }
+}
+
+impl Plan {
+    /// Loads the plugins, builds every instance and opens (recovers) the sinks' disk buffers,
+    /// ready to run. Returns every problem found, not just the first.
+    pub fn build(config: Config, logger: &Arc<HostLogger>) -> Result<Plan, Vec<String>> {
+        Self::build_inner(config, logger, true)
+    }
+
+    /// Like [`Plan::build`], for `gateway check`: disk buffers are left alone (a running gateway
+    /// may be writing them), only their size on disk is read.
+    pub fn check(config: Config, logger: &Arc<HostLogger>) -> Result<Plan, Vec<String>> {
+        Self::build_inner(config, logger, false)
+    }
+
+    fn build_inner(
+        config: Config,
+        logger: &Arc<HostLogger>,
+        open_buffers: bool,
+    ) -> Result<Plan, Vec<String>> {
+        for decl in config.sources.iter().chain(&config.sinks) {
+            if let Some(level) = decl.log_level {
+                logger.set_level(&decl.name, level);
+            }
+        }
+        let mut catalog = Catalog::new(&config.gateway.plugin_dir, logger.clone());
+        let mut errors = Vec::new();
+        let file = config.path.display().to_string();
+        let mut sources = Vec::new();
+        let mut sinks = Vec::new();
+        for decl in config.sources.iter().chain(&config.sinks) {
+            let (group, kind) = match decl.role {
+                Role::Source => ("sources", PluginKind::Source),
+                Role::Sink => ("sinks", PluginKind::Sink),
+            };
+            let found = match catalog.find(&decl.plugin, kind) {
+                Ok(f) => f,
+                Err(e) => {
+                    errors.push(format!("{file}:{}: [{group}.{}] {e}", decl.line, decl.name));
+                    continue;
+                }
+            };
+            let info = info_for(&config, decl);
+            if let Err(e) = std::fs::create_dir_all(info.data_dir.as_str()) {
+                errors.push(format!(
+                    "{file}:{}: [{group}.{}] cannot create its data directory {}: {e}",
+                    decl.line, decl.name, info.data_dir
+                ));
+                continue;
+            }
+            let buffer = match &decl.sink.buffer {
+                Some(_) if !open_buffers => None,
+                None => None,
+                Some(settings) => {
+                    let dir = buffer_dir(&config, decl);
+                    match DiskBuffer::open(&dir, settings) {
+                        Ok(b) => Some(Arc::new(b)),
+                        Err(e) => {
+                            errors.push(format!(
+                                "{file}:{}: [{group}.{}] buffer: cannot open the disk buffer in {}: {e}",
+                                decl.line,
+                                decl.name,
+                                dir.display()
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let what = (&config, decl, group);
+            match decl.role {
+                Role::Source => {
+                    let new = found
+                        .plugin
+                        .new_source
+                        .expect("source descriptor has new_source");
+                    let made = new(&info);
+                    build(
+                        (new, made),
+                        info,
+                        found.library,
+                        what,
+                        None,
+                        &mut sources,
+                        &mut errors,
+                    );
+                }
+                Role::Sink => {
+                    let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
+                    let made = new(&info);
+                    build(
+                        (new, made),
+                        info,
+                        found.library,
+                        what,
+                        buffer,
+                        &mut sinks,
+                        &mut errors,
+                    );
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(Plan {
+                config,
+                sources,
+                sinks,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The graph, for `gateway check`.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let c = &self.config.gateway;
+        let _ = writeln!(
+            out,
+            "device {:?}, plugins from {}, data in {}",
+            c.device,
+            c.plugin_dir.display(),
+            c.data_dir.display()
+        );
+        let _ = writeln!(out, "sources:");
+        for s in &self.sources {
+            let to: Vec<_> = self
+                .config
+                .sinks_of(&s.decl.name)
+                .map(|k| k.name.as_str())
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {:<16} {} ({} {}, {})  -> {}",
+                s.decl.name,
+                s.decl.plugin,
+                s.library.name,
+                s.library.version,
+                s.library.file_name(),
+                to.join(", ")
+            );
+        }
+        let _ = writeln!(out, "sinks:");
+        for k in &self.sinks {
+            let from: Vec<_> = self
+                .config
+                .sources_of(&k.decl)
+                .map(|s| s.name.as_str())
+                .collect();
+            let st = &k.decl.sink;
+            let buffer = match &st.buffer {
+                Some(b) => {
+                    let dir = buffer_dir(&self.config, &k.decl);
+                    let used: u64 = std::fs::read_dir(&dir)
+                        .map(|d| {
+                            d.filter_map(|e| e.ok()?.metadata().ok())
+                                .map(|m| m.len())
+                                .sum()
+                        })
+                        .unwrap_or(0);
+                    format!(
+                        ", disk buffer in {}: {used} of {} bytes used, when full {:?}, fsync {}",
+                        dir.display(),
+                        b.max_size,
+                        b.when_full,
+                        if b.fsync { "always" } else { "never" }
+                    )
+                }
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<16} {} ({} {}, {})  <- {}  [batch {} readings / {:?}, queue {} batches{buffer}]",
+                k.decl.name,
+                k.decl.plugin,
+                k.library.name,
+                k.library.version,
+                k.library.file_name(),
+                from.join(", "),
+                st.batch_size,
+                st.batch_timeout,
+                st.queue_capacity
+            );
+        }
+        out
+    }
+}
+
+/// Builds sink instance `decl` of `config` alone (its plugin loaded, its `new` called), for
+/// commands that write to one sink outside a run (`gateway dead-letters resend`).
+pub fn build_sink(
+    config: &Config,
+    decl: &Instance,
+    logger: &Arc<HostLogger>,
+) -> Result<SinkBox, String> {
+    let mut catalog = Catalog::new(&config.gateway.plugin_dir, logger.clone());
+    let found = catalog.find(&decl.plugin, PluginKind::Sink)?;
+    let info = info_for(config, decl);
+    std::fs::create_dir_all(info.data_dir.as_str())
+        .map_err(|e| format!("cannot create {}: {e}", info.data_dir))?;
+    let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
+    new(&info)
+        .into_result()
+        .map_err(|e| located(config, decl, "sinks", "could not be built", &e))
+}
