@@ -3,10 +3,8 @@
 //! and runs the whole chain with it, sensors to uplink over DTLS to ingress to console, in one
 //! process, as the quick start does.
 
-#[path = "../../tests/support/libcoap.rs"]
-mod libcoap;
 mod support;
-use libcoap::{coap_client, have_libcoap};
+use gateway_test_support::libcoap::{coap_client, have_libcoap};
 use std::{path::PathBuf, process::Command, time::Duration};
 use support::*;
 

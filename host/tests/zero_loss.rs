@@ -15,10 +15,8 @@
 //! (so stopping it disturbs nothing else). `GATEWAY_SOAK_SCALE=N` makes the run N times longer;
 //! `cargo xtask soak` runs it that way.
 
-#[path = "../../tests/support/lossy_relay.rs"]
-mod lossy_relay;
 mod support;
-use lossy_relay::{lossy_relay, RelayCounts};
+use gateway_test_support::lossy_relay::{lossy_relay, RelayCounts};
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},

@@ -12,8 +12,7 @@
 //! `PSK_CIPHERS` an OpenSSL cipher list for both ends of the PSK handshakes, default each end's
 //! own default).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use gateway_test_support::coaps as common;
 
 use coap_lite::RequestType;
 use coaps::Ingress;

@@ -6,8 +6,7 @@
 //! With the default MTU (1232) a 100-reading batch goes block-wise; on loopback a larger MTU
 //! (e.g. 16384) carries it in one datagram.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use gateway_test_support::coaps as common;
 
 use coaps::{Ingress, Uplink};
 use gateway_sdk::testing::{run_source, sample_readings, SinkHarness};

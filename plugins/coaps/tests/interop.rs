@@ -2,14 +2,12 @@
 //! certificates and with PSK. coap-client exits 0 even when the handshake fails, so the tests
 //! check what arrived and what it printed, not its exit code.
 
-mod common;
-#[path = "../../../tests/support/libcoap.rs"]
-mod libcoap;
 use coaps::{Ingress, Uplink};
 use common::{certs, free_port, ingress_config, uplink_config};
 use gateway_sdk::testing::{run_source, sample_readings, SinkHarness};
 use gateway_senml as senml;
-use libcoap::{coap_client, have_libcoap};
+use gateway_test_support::coaps as common;
+use gateway_test_support::libcoap::{coap_client, have_libcoap};
 use std::{
     process::{Child, Command, Stdio},
     time::Duration,

@@ -1,16 +1,14 @@
 //! The two plugins against each other through the SDK harness, over real DTLS on loopback:
 //! exactly-once delivery through a lossy relay, refusals that say why, both encodings.
 
-mod common;
-#[path = "../../../tests/support/lossy_relay.rs"]
-mod lossy_relay;
 use coaps::{Ingress, Uplink};
 use common::{certs, free_port, ingress_config, uplink_config};
 use gateway_sdk::{
     testing::{run_source, sample_readings, SinkHarness},
     ErrorKind, Reading, ReadingId,
 };
-use lossy_relay::lossy_relay;
+use gateway_test_support::coaps as common;
+use gateway_test_support::lossy_relay::lossy_relay;
 use std::{
     collections::HashSet,
     sync::{

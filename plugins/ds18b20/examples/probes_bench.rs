@@ -4,8 +4,7 @@
 //!
 //! `cargo run --release -p gateway-plugin-ds18b20 --example probes_bench [PROBES] [ROUNDS]`
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use gateway_test_support::w1 as common;
 
 use ds18b20::{bus::Bus, config::Config, w1::format_w1_slave};
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
 //! The source over real files: regular files, FIFOs that block like the kernel, probes that come
 //! and go, aliases, retries and a hung probe.
 
-mod common;
 use common::{Behaviour, FifoTree};
 use ds18b20::{
     bus::Bus,
@@ -10,6 +9,7 @@ use ds18b20::{
     Ds18b20,
 };
 use gateway_sdk::{testing::run_source, Value};
+use gateway_test_support::w1 as common;
 use std::time::{Duration, Instant};
 
 fn config(toml: &str) -> Config {

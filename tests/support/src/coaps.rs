@@ -1,5 +1,4 @@
-//! Shared by the coaps tests: certificates, ports, configs.
-#![allow(dead_code)]
+//! For the coaps tests and benchmarks: certificates, ports, configs.
 
 use gateway_pki::{issue_to, Kind};
 use std::{net::UdpSocket, path::Path};

@@ -1,6 +1,5 @@
-//! A lossy UDP relay for the tests that check delivery over a bad link: shared by
-//! `host/tests/zero_loss.rs` and `plugins/coaps/tests/link.rs` (included with `#[path]`).
-#![allow(dead_code)]
+//! A lossy UDP relay for the tests that check delivery over a bad link: used by
+//! `host/tests/zero_loss.rs` and `plugins/coaps/tests/link.rs`.
 
 use std::{
     net::UdpSocket,

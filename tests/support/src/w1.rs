@@ -1,7 +1,6 @@
 //! A simulated w1 tree whose `w1_slave` files are FIFOs: a read blocks like the kernel's does
 //! while the probe converts (up to 750 ms at 12 bits), and a probe whose writer never answers
 //! hangs the read for good, as a dead probe on a real bus can.
-#![allow(dead_code)]
 
 use std::{
     io::Write,

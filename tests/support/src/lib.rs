@@ -1,0 +1,13 @@
+//! What several crates' tests and benchmarks share, so that none includes another's files with
+//! `#[path]`. Test code only: it panics on failure, and does I/O (files, UDP, processes).
+//!
+//! - [`coaps`]: a throwaway PKI (CA, server, one device) and coaps-ingress / coaps-uplink
+//!   configs that use it; a free UDP port.
+//! - [`libcoap`]: libcoap's command-line client as a peer.
+//! - [`lossy_relay`]: a UDP relay that loses, duplicates and delays datagrams.
+//! - [`w1`]: a simulated Linux w1 tree whose `w1_slave` files block like the kernel's.
+
+pub mod coaps;
+pub mod libcoap;
+pub mod lossy_relay;
+pub mod w1;
