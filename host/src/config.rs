@@ -62,20 +62,30 @@ pub struct Gateway {
     pub stats_interval: Duration,
 }
 
-/// Whether an instance is a source or a sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether an instance is a source or a sink, with what only sinks have.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Role {
     /// `[sources.NAME]`.
     Source,
-    /// `[sinks.NAME]`.
-    Sink,
+    /// `[sinks.NAME]`, with its batching, queue, retry and buffer settings.
+    Sink(SinkSettings),
+}
+
+impl Role {
+    /// The TOML group: `sources` or `sinks`.
+    pub fn group(&self) -> &'static str {
+        match self {
+            Role::Source => "sources",
+            Role::Sink(_) => "sinks",
+        }
+    }
 }
 
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Role::Source => "source",
-            Role::Sink => "sink",
+            Role::Sink(_) => "sink",
         })
     }
 }
@@ -99,12 +109,25 @@ pub struct Instance {
     pub restart_backoff: Duration,
     /// Longest wait between rebuilds.
     pub restart_backoff_max: Duration,
-    /// Settings that only sinks have.
-    pub sink: SinkSettings,
+}
+
+impl Instance {
+    /// The sink settings, if this is a sink.
+    pub fn sink_settings(&self) -> Option<&SinkSettings> {
+        match &self.role {
+            Role::Sink(s) => Some(s),
+            Role::Source => None,
+        }
+    }
+
+    /// `[sources.NAME]` or `[sinks.NAME]`, without the brackets.
+    pub fn table(&self) -> String {
+        format!("{}.{}", self.role.group(), self.name)
+    }
 }
 
 /// Keys that only sinks take.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SinkSettings {
     /// Source instances feeding this sink (`None`: all of them).
     pub inputs: Option<Vec<String>>,
@@ -123,9 +146,11 @@ pub struct SinkSettings {
 }
 
 /// What a full disk buffer does with the next batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
 pub enum WhenFull {
     /// Hold the sources back until the sink has delivered enough to make room.
+    #[default]
     Block,
     /// Drop the oldest readings (counted and logged) to make room.
     DropOldest,
@@ -146,10 +171,160 @@ pub struct BufferSettings {
 impl Default for BufferSettings {
     fn default() -> Self {
         BufferSettings {
-            max_size: 256 << 20,
+            max_size: default::BUFFER_MAX_SIZE,
             when_full: WhenFull::Block,
             fsync: true,
         }
+    }
+}
+
+/// The default of every host key, named after the key.
+pub mod default {
+    use std::time::Duration;
+
+    /// `[gateway] data_dir`, relative to the config file.
+    pub const DATA_DIR: &str = "data";
+    /// `[gateway] shutdown_timeout`.
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `[gateway] stats_interval`.
+    pub const STATS_INTERVAL: Duration = Duration::from_secs(60);
+    /// `restart_backoff`.
+    pub const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+    /// `restart_backoff_max`.
+    pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
+    /// `batch_size` (sinks).
+    pub const BATCH_SIZE: usize = 1000;
+    /// `batch_timeout` (sinks).
+    pub const BATCH_TIMEOUT: Duration = Duration::from_millis(100);
+    /// `queue_capacity` (sinks).
+    pub const QUEUE_CAPACITY: usize = 16;
+    /// `retry_backoff` (sinks).
+    pub const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+    /// `retry_backoff_max` (sinks).
+    pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
+    /// `buffer.max_size` (sinks).
+    pub const BUFFER_MAX_SIZE: u64 = 256 << 20;
+}
+
+impl TryFrom<String> for WhenFull {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "block" => Ok(WhenFull::Block),
+            "drop_oldest" => Ok(WhenFull::DropOldest),
+            _ => Err(format!(
+                "when_full: expected \"block\" or \"drop_oldest\", found {s:?}"
+            )),
+        }
+    }
+}
+
+/// `buffer = { ... }` as written: serde reads it, [`RawBuffer::settings`] checks it. Each
+/// value's own error starts with its key, so that the message can name it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuffer {
+    #[serde(rename = "type")]
+    kind: Option<BufferKind>,
+    max_size: Option<Size>,
+    when_full: Option<WhenFull>,
+    fsync: Option<Fsync>,
+}
+
+#[derive(Deserialize, PartialEq)]
+#[serde(try_from = "String")]
+enum BufferKind {
+    Disk,
+    Memory,
+}
+
+impl TryFrom<String> for BufferKind {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "disk" => Ok(BufferKind::Disk),
+            "memory" => Ok(BufferKind::Memory),
+            _ => Err(format!(
+                "type: unknown buffer type {s:?}; expected \"disk\" or \"memory\""
+            )),
+        }
+    }
+}
+
+/// `fsync = "always" | "never"`.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct Fsync(bool);
+
+impl TryFrom<String> for Fsync {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "always" => Ok(Fsync(true)),
+            "never" => Ok(Fsync(false)),
+            _ => Err(format!("fsync: expected \"always\" (safe against power loss) or \"never\" (leave it to the kernel), found {s:?}")),
+        }
+    }
+}
+
+/// A size: a number of bytes, or a string such as `"256MiB"`.
+#[derive(Deserialize)]
+#[serde(try_from = "toml::Value")]
+struct Size(u64);
+
+impl TryFrom<toml::Value> for Size {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Integer(n) if n > 0 => Ok(Size(n as u64)),
+            toml::Value::String(s) => parse_size(&s).filter(|n| *n > 0).map(Size).ok_or_else(|| {
+                format!("max_size: invalid size {s:?}; write it like \"256MiB\", \"1GB\" or a number of bytes")
+            }),
+            v => Err(format!(
+                "max_size: expected a size such as \"256MiB\", found {}",
+                describe(&v)
+            )),
+        }
+    }
+}
+
+impl RawBuffer {
+    /// The settings; `None` for a memory buffer (the queue is one); the key and what is wrong.
+    fn settings(self) -> Result<Option<BufferSettings>, (String, String)> {
+        match self.kind {
+            None => Err((
+                "type".into(),
+                "missing; write type = \"disk\" for a durable buffer".into(),
+            )),
+            Some(BufferKind::Memory) => Ok(None),
+            Some(BufferKind::Disk) => Ok(Some(BufferSettings {
+                max_size: self.max_size.map_or(default::BUFFER_MAX_SIZE, |s| s.0),
+                when_full: self.when_full.unwrap_or_default(),
+                fsync: self.fsync.is_none_or(|f| f.0),
+            })),
+        }
+    }
+}
+
+/// Splits serde's message for a buffer table into the key and what is wrong with it. The
+/// toml crate ends a value's error with "in `KEY`"; the values' own errors start with their key.
+fn buffer_error(msg: &str) -> (String, String) {
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let key = rest.split('`').next().unwrap_or_default();
+        return (
+            key.to_owned(),
+            "unknown key; a buffer takes type, max_size, when_full and fsync".into(),
+        );
+    }
+    let (what, key) = match msg.trim_end().rsplit_once("\nin `") {
+        Some((what, key)) => (what, key.trim_end_matches('`')),
+        None => (msg.trim_end(), ""),
+    };
+    match what.split_once(": ") {
+        Some((k, rest)) if ["type", "max_size", "when_full", "fsync"].contains(&k) => {
+            (k.to_owned(), rest.to_owned())
+        }
+        _ => (key.to_owned(), what.to_owned()),
     }
 }
 
@@ -176,18 +351,15 @@ impl Default for SinkSettings {
     fn default() -> Self {
         SinkSettings {
             inputs: None,
-            batch_size: 1000,
-            batch_timeout: Duration::from_millis(100),
-            queue_capacity: 16,
-            retry_backoff: Duration::from_millis(100),
-            retry_backoff_max: Duration::from_secs(30),
+            batch_size: default::BATCH_SIZE,
+            batch_timeout: default::BATCH_TIMEOUT,
+            queue_capacity: default::QUEUE_CAPACITY,
+            retry_backoff: default::RETRY_BACKOFF,
+            retry_backoff_max: default::RETRY_BACKOFF_MAX,
             buffer: None,
         }
     }
 }
-
-const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_secs(1);
-const DEFAULT_RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,9 +381,9 @@ struct RawGateway {
     data_dir: Option<PathBuf>,
     log_level: Option<Level>,
     log_format: Option<LogFormat>,
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "gateway_sdk::config::duration::option")]
     shutdown_timeout: Option<Duration>,
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, with = "gateway_sdk::config::duration::option")]
     stats_interval: Option<Duration>,
 }
 
@@ -237,19 +409,6 @@ impl From<Level> for LevelFilter {
             Level::Debug => LevelFilter::DEBUG,
             Level::Trace => LevelFilter::TRACE,
         }
-    }
-}
-
-mod opt_duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Some).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?} ({e}); write it like \"5s\" or \"250ms\""
-            ))
-        })
     }
 }
 
@@ -297,20 +456,23 @@ impl Config {
                 Some(p) => resolve(p),
                 None => default_plugin_dir(),
             },
-            data_dir: resolve(g.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
+            data_dir: resolve(
+                g.data_dir
+                    .unwrap_or_else(|| PathBuf::from(default::DATA_DIR)),
+            ),
             log_level: g.log_level.map(Into::into).unwrap_or(LevelFilter::INFO),
             log_format: g.log_format.unwrap_or(LogFormat::Text),
-            shutdown_timeout: g.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
-            stats_interval: g.stats_interval.unwrap_or(Duration::from_secs(60)),
+            shutdown_timeout: g.shutdown_timeout.unwrap_or(default::SHUTDOWN_TIMEOUT),
+            stats_interval: g.stats_interval.unwrap_or(default::STATS_INTERVAL),
         };
 
         let mut sources = Vec::new();
         for (name, table) in raw.sources {
-            sources.push(instance(&file, text, Role::Source, name, table)?);
+            sources.push(instance(&file, text, false, name, table)?);
         }
         let mut sinks = Vec::new();
         for (name, table) in raw.sinks {
-            sinks.push(instance(&file, text, Role::Sink, name, table)?);
+            sinks.push(instance(&file, text, true, name, table)?);
         }
 
         let config = Config {
@@ -329,9 +491,9 @@ impl Config {
                 .sources
                 .iter()
                 .chain(&self.sinks)
-                .find(|o| o.name == s.name && o.role != s.role)
+                .find(|o| o.name == s.name && o.role.group() != s.role.group())
             {
-                if s.role == Role::Sink {
+                if s.sink_settings().is_some() {
                     return Err(ConfigError(format!(
                         "{file}:{}: [sinks.{}] the name {:?} is already used by the source on line {}: instance names must be unique",
                         s.line, s.name, s.name, other.line
@@ -345,7 +507,8 @@ impl Config {
             )));
         }
         for sink in &self.sinks {
-            for input in sink.sink.inputs.iter().flatten() {
+            let inputs = sink.sink_settings().and_then(|s| s.inputs.as_ref());
+            for input in inputs.into_iter().flatten() {
                 if !self.sources.iter().any(|s| &s.name == input) {
                     let known: Vec<_> = self.sources.iter().map(|s| s.name.as_str()).collect();
                     return Err(ConfigError(format!(
@@ -387,21 +550,18 @@ impl Config {
     /// The sinks that take readings from source `name`.
     pub fn sinks_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
         self.sinks.iter().filter(move |s| {
-            s.sink
-                .inputs
-                .as_ref()
+            s.sink_settings()
+                .and_then(|k| k.inputs.as_ref())
                 .is_none_or(|i| i.iter().any(|n| n == name))
         })
     }
 
     /// The sources feeding sink `sink`.
     pub fn sources_of<'a>(&'a self, sink: &'a Instance) -> impl Iterator<Item = &'a Instance> + 'a {
-        self.sources.iter().filter(move |s| {
-            sink.sink
-                .inputs
-                .as_ref()
-                .is_none_or(|i| i.iter().any(|n| n == &s.name))
-        })
+        let inputs = sink.sink_settings().and_then(|k| k.inputs.as_ref());
+        self.sources
+            .iter()
+            .filter(move |s| inputs.is_none_or(|i| i.iter().any(|n| n == &s.name)))
     }
 }
 
@@ -471,13 +631,9 @@ impl TableReader<'_> {
             .map(|(k, _)| line_of(self.text, k.span().start));
         match self.take::<String>(key, "a duration such as \"5s\"")? {
             None => Ok(None),
-            Some(s) => humantime::parse_duration(&s).map(Some).map_err(|e| {
-                self.err(
-                    line.unwrap_or(self.line),
-                    key,
-                    format!("invalid duration {s:?} ({e}); write it like \"5s\" or \"250ms\""),
-                )
-            }),
+            Some(s) => gateway_sdk::config::duration::parse(&s)
+                .map(Some)
+                .map_err(|e| self.err(line.unwrap_or(self.line), key, e)),
         }
     }
 
@@ -494,82 +650,18 @@ impl TableReader<'_> {
         else {
             return Ok(None);
         };
-        let err = |key: &str, msg: String| self.err(line, &format!("buffer.{key}"), msg);
-        let text = |key: &str| -> Result<Option<&str>, ConfigError> {
-            match table.get(key) {
-                None => Ok(None),
-                Some(toml::Value::String(s)) => Ok(Some(s.as_str())),
-                Some(v) => Err(err(
-                    key,
-                    format!("expected a string, found {}", describe(v)),
-                )),
-            }
-        };
-        let mut b = BufferSettings::default();
-        match text("type")? {
-            Some("disk") => {}
-            Some("memory") => return Ok(None),
-            Some(other) => {
-                return Err(err(
-                    "type",
-                    format!("unknown buffer type {other:?}; expected \"disk\" or \"memory\""),
-                ))
-            }
-            None => {
-                return Err(err(
-                    "type",
-                    "missing; write type = \"disk\" for a durable buffer".into(),
-                ))
-            }
+        match RawBuffer::deserialize(toml::Value::Table(table)) {
+            Ok(raw) => raw.settings(),
+            Err(e) => Err(buffer_error(&e.to_string())),
         }
-        match table.get("max_size") {
-            None => {}
-            Some(toml::Value::Integer(n)) if *n > 0 => b.max_size = *n as u64,
-            Some(toml::Value::String(s)) => {
-                b.max_size = parse_size(s).filter(|n| *n > 0).ok_or_else(|| {
-                    err(
-                        "max_size",
-                        format!("invalid size {s:?}; write it like \"256MiB\", \"1GB\" or a number of bytes"),
-                    )
-                })?
-            }
-            Some(v) => {
-                return Err(err(
-                    "max_size",
-                    format!("expected a size such as \"256MiB\", found {}", describe(v)),
-                ))
-            }
-        }
-        match text("when_full")? {
-            None | Some("block") => {}
-            Some("drop_oldest") => b.when_full = WhenFull::DropOldest,
-            Some(other) => {
-                return Err(err(
-                    "when_full",
-                    format!("expected \"block\" or \"drop_oldest\", found {other:?}"),
-                ))
-            }
-        }
-        match text("fsync")? {
-            None | Some("always") => {}
-            Some("never") => b.fsync = false,
-            Some(other) => {
-                return Err(err(
-                    "fsync",
-                    format!("expected \"always\" (safe against power loss) or \"never\" (leave it to the kernel), found {other:?}"),
-                ))
-            }
-        }
-        if let Some(k) = table
-            .keys()
-            .find(|k| !["type", "max_size", "when_full", "fsync"].contains(&k.as_str()))
-        {
-            return Err(err(
-                k,
-                "unknown key; a buffer takes type, max_size, when_full and fsync".into(),
-            ));
-        }
-        Ok(Some(b))
+        .map_err(|(key, msg)| {
+            let at = if key.is_empty() {
+                "buffer".to_owned()
+            } else {
+                format!("buffer.{key}")
+            };
+            self.err(line, &at, msg)
+        })
     }
 
     fn take_positive(&mut self, key: &str) -> Result<Option<usize>, ConfigError> {
@@ -604,14 +696,11 @@ fn describe(v: &toml::Value) -> String {
 fn instance(
     file: &str,
     text: &str,
-    role: Role,
+    is_sink: bool,
     name: String,
     spanned: Spanned<RawTable>,
 ) -> Result<Instance, ConfigError> {
-    let group = match role {
-        Role::Source => "sources",
-        Role::Sink => "sinks",
-    };
+    let group = if is_sink { "sinks" } else { "sources" };
     let table = format!("{group}.{name}");
     // The table's span starts at its header (`[sources.temp]`), or at the key of an inline table.
     let line = line_of(text, spanned.span().start);
@@ -639,13 +728,15 @@ fn instance(
         .map(Into::into);
     let restart_backoff = r
         .take_duration("restart_backoff")?
-        .unwrap_or(DEFAULT_RESTART_BACKOFF);
+        .unwrap_or(default::RESTART_BACKOFF);
     let restart_backoff_max = r
         .take_duration("restart_backoff_max")?
-        .unwrap_or(DEFAULT_RESTART_BACKOFF_MAX);
-    let mut sink = SinkSettings::default();
-    if role == Role::Sink {
-        sink.inputs = r.take("inputs", "an array of source names, e.g. [\"temp\"]")?;
+        .unwrap_or(default::RESTART_BACKOFF_MAX);
+    let role = if is_sink {
+        let mut sink = SinkSettings {
+            inputs: r.take("inputs", "an array of source names, e.g. [\"temp\"]")?,
+            ..SinkSettings::default()
+        };
         if let Some(v) = r.take_positive("batch_size")? {
             sink.batch_size = v;
         }
@@ -662,6 +753,7 @@ fn instance(
             sink.retry_backoff_max = v;
         }
         sink.buffer = r.take_buffer()?;
+        Role::Sink(sink)
     } else if let Some((k, _)) = r.entries.get_key_value("inputs") {
         let l = line_of(text, k.span().start);
         return Err(r.err(
@@ -669,7 +761,9 @@ fn instance(
             "inputs",
             "sources take no inputs; put `inputs` on the sink that reads this source",
         ));
-    }
+    } else {
+        Role::Source
+    };
     let plugin_toml = plugin_toml(text, &r.entries);
     Ok(Instance {
         name,
@@ -680,7 +774,6 @@ fn instance(
         log_level,
         restart_backoff,
         restart_backoff_max,
-        sink,
     })
 }
 
@@ -738,9 +831,9 @@ batch_size = 50
         assert_eq!(c.gateway.plugin_dir, PathBuf::from("/etc/gw/plugins"));
         assert_eq!(c.gateway.data_dir, PathBuf::from("/etc/gw/data"));
         assert_eq!(c.sources[0].plugin, "ds18b20");
-        assert_eq!(c.sinks[0].sink.batch_size, 50);
+        assert_eq!(c.sinks[0].sink_settings().unwrap().batch_size, 50);
         assert_eq!(
-            c.sinks[0].sink.inputs.as_deref(),
+            c.sinks[0].sink_settings().unwrap().inputs.as_deref(),
             Some(&["temp".to_owned()][..])
         );
         assert_eq!(c.sinks_of("temp").count(), 1);
@@ -800,6 +893,63 @@ batch_size = 50
             e.ends_with("queue_capacity: expected a positive integer, found 0"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn buffer_values_are_read_by_serde_and_their_errors_name_the_key() {
+        let sink = |buffer: &str| {
+            parse(&format!(
+                "[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\nbuffer = {buffer}\n"
+            ))
+        };
+        let c = sink(
+            r#"{ type = "disk", max_size = "64MiB", when_full = "drop_oldest", fsync = "never" }"#,
+        )
+        .unwrap();
+        let b = c.sinks[0].sink_settings().unwrap().buffer.clone().unwrap();
+        assert_eq!(
+            b,
+            BufferSettings {
+                max_size: 64 << 20,
+                when_full: WhenFull::DropOldest,
+                fsync: false
+            }
+        );
+        let c = sink(r#"{ type = "disk", max_size = 4096 }"#).unwrap();
+        let b = c.sinks[0].sink_settings().unwrap().buffer.clone().unwrap();
+        assert_eq!(
+            (b.max_size, b.when_full, b.fsync),
+            (4096, WhenFull::Block, true)
+        );
+        assert!(sink(r#"{ type = "memory" }"#).unwrap().sinks[0]
+            .sink_settings()
+            .unwrap()
+            .buffer
+            .is_none());
+        for (buffer, want) in [
+            (
+                r#"{ type = "disk", max_size = "lots" }"#,
+                "buffer.max_size: invalid size \"lots\"",
+            ),
+            (
+                r#"{ type = "disk", max_size = -1 }"#,
+                "buffer.max_size: expected a size such as",
+            ),
+            (
+                r#"{ type = "disk", when_full = "panic" }"#,
+                "buffer.when_full: expected \"block\" or \"drop_oldest\", found \"panic\"",
+            ),
+            (
+                r#"{ type = 7 }"#,
+                "buffer.type: invalid type: integer `7`, expected a string",
+            ),
+        ] {
+            let e = sink(buffer).unwrap_err().0;
+            assert!(
+                e.contains(&format!(":5: [sinks.b] {want}")),
+                "{buffer}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use crate::{
     buffer::DiskBuffer,
-    config::{Config, Instance, Role},
+    config::{Config, Instance, Role, SinkSettings},
     loader::{Catalog, Library},
     logging::HostLogger,
 };
@@ -20,8 +20,10 @@ pub(crate) type NewSource =
 pub(crate) type NewSink =
     extern "C" fn(&InstanceInfo) -> abi_stable::std_types::RResult<SinkBox, PluginError>;
 
-pub(crate) struct Built<T, F> {
+pub(crate) struct Built<T, F, S = ()> {
     pub(crate) decl: Instance,
+    /// What the role adds: a sink's settings.
+    pub(crate) settings: S,
     pub(crate) library: Library,
     pub(crate) info: InstanceInfo,
     pub(crate) new: F,
@@ -34,21 +36,17 @@ pub(crate) struct Built<T, F> {
 pub struct Plan {
     pub(crate) config: Config,
     pub(crate) sources: Vec<Built<SourceBox, NewSource>>,
-    pub(crate) sinks: Vec<Built<SinkBox, NewSink>>,
+    pub(crate) sinks: Vec<Built<SinkBox, NewSink, SinkSettings>>,
 }
 
 fn info_for(config: &Config, decl: &Instance) -> InstanceInfo {
-    let group = match decl.role {
-        Role::Source => "sources",
-        Role::Sink => "sinks",
-    };
     let data_dir = data_dir(config, decl);
     InstanceInfo {
         instance: decl.name.as_str().into(),
         device: config.gateway.device.as_str().into(),
         config_toml: decl.plugin_toml.as_str().into(),
         config_file: config.path.display().to_string().into(),
-        table: format!("{group}.{}", decl.name).into(),
+        table: decl.table().into(),
         data_dir: data_dir.display().to_string().into(),
     }
 }
@@ -90,18 +88,19 @@ fn buffer_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
 
 /// Files what the plugin's constructor `new` made of `info`: into `built`, or, failing, into
 /// `errors`.
-fn build<T, F>(
+fn build<T, F, S>(
     (new, made): (F, abi_stable::std_types::RResult<T, PluginError>),
     info: InstanceInfo,
     library: Library,
     (config, decl, group): (&Config, &Instance, &str),
-    buffer: Option<Arc<DiskBuffer>>,
-    built: &mut Vec<Built<T, F>>,
+    (settings, buffer): (S, Option<Arc<DiskBuffer>>),
+    built: &mut Vec<Built<T, F, S>>,
     errors: &mut Vec<String>,
 ) {
     match made.into_result() {
         Ok(instance) => built.push(Built {
             decl: decl.clone(),
+            settings,
             library,
             info,
             new,
@@ -141,9 +140,10 @@ impl Plan {
         let mut sources = Vec::new();
         let mut sinks = Vec::new();
         for decl in config.sources.iter().chain(&config.sinks) {
-            let (group, kind) = match decl.role {
-                Role::Source => ("sources", PluginKind::Source),
-                Role::Sink => ("sinks", PluginKind::Sink),
+            let group = decl.role.group();
+            let kind = match decl.role {
+                Role::Source => PluginKind::Source,
+                Role::Sink(_) => PluginKind::Sink,
             };
             let found = match catalog.find(&decl.plugin, kind) {
                 Ok(f) => f,
@@ -160,7 +160,7 @@ impl Plan {
                 ));
                 continue;
             }
-            let buffer = match &decl.sink.buffer {
+            let buffer = match decl.sink_settings().and_then(|s| s.buffer.as_ref()) {
                 Some(_) if !open_buffers => None,
                 None => None,
                 Some(settings) => {
@@ -180,7 +180,7 @@ impl Plan {
                 }
             };
             let what = (&config, decl, group);
-            match decl.role {
+            match &decl.role {
                 Role::Source => {
                     let new = found
                         .plugin
@@ -192,12 +192,12 @@ impl Plan {
                         info,
                         found.library,
                         what,
-                        None,
+                        ((), None),
                         &mut sources,
                         &mut errors,
                     );
                 }
-                Role::Sink => {
+                Role::Sink(settings) => {
                     let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
                     let made = new(&info);
                     build(
@@ -205,7 +205,7 @@ impl Plan {
                         info,
                         found.library,
                         what,
-                        buffer,
+                        (settings.clone(), buffer),
                         &mut sinks,
                         &mut errors,
                     );
@@ -259,7 +259,7 @@ impl Plan {
                 .sources_of(&k.decl)
                 .map(|s| s.name.as_str())
                 .collect();
-            let st = &k.decl.sink;
+            let st = &k.settings;
             let buffer = match &st.buffer {
                 Some(b) => {
                     let dir = buffer_dir(&self.config, &k.decl);

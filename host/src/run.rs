@@ -119,7 +119,7 @@ impl Graph {
         let mut sink_threads = Vec::new();
         let mut views = Vec::new();
         for k in sinks {
-            let (tx, rx) = crossbeam_channel::bounded(k.decl.sink.queue_capacity);
+            let (tx, rx) = crossbeam_channel::bounded(k.settings.queue_capacity);
             let stats = Arc::new(SinkStats::default());
             ports.insert(k.decl.name.clone(), (tx, stats.clone()));
             views.push(SinkView {
@@ -137,7 +137,7 @@ impl Graph {
                     let writer = BufferWriter {
                         rx,
                         buffer: buffer.clone(),
-                        record_readings: k.decl.sink.batch_size,
+                        record_readings: k.settings.batch_size,
                         shutdown: shutdown.clone(),
                         done,
                     };
@@ -157,7 +157,7 @@ impl Graph {
                 name: name.clone(),
                 instance: k.instance,
                 factory: Box::new(move || new(&info).into_result()),
-                settings: k.decl.sink.clone(),
+                settings: k.settings.clone(),
                 restart_backoff: k.decl.restart_backoff,
                 restart_backoff_max: k.decl.restart_backoff_max,
                 input,

@@ -38,11 +38,33 @@ pub mod duration {
     /// Reads a human-readable duration.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?} ({e}); write it like \"5s\" or \"250ms\""
-            ))
-        })
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+
+    /// Parses `"5s"`, `"250ms"`, `"1h 30m"`; the error says what was wrong and how to write it.
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        humantime::parse_duration(s)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"5s\" or \"250ms\""))
+    }
+
+    /// `#[serde(default, with = "gateway_sdk::config::duration::option")]` for an
+    /// `Option<Duration>`: absent is `None`.
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+        use std::time::Duration;
+
+        /// Reads a human-readable duration.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let s = String::deserialize(d)?;
+            super::parse(&s).map(Some).map_err(serde::de::Error::custom)
+        }
+        /// Writes a human-readable duration (nothing for `None`).
+        pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(v) => super::serialize(v, s),
+                None => s.serialize_none(),
+            }
+        }
     }
     /// Writes a human-readable duration.
     pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
