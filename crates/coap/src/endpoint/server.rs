@@ -1,0 +1,281 @@
+//! The server half of the endpoint: requests in (de-duplicated, Block1 reassembled within
+//! budgets, refused when they carry what this endpoint does not understand), handed to the
+//! application, and its answers out (piggybacked, or separate after an empty ACK).
+
+use super::{Cached, Endpoint, Event, Pending, Reassembly, RequestId, Token};
+use crate::message::{
+    block1_of, decode_uint, empty, encode_uint, path_of, refuse_options, response, Block,
+};
+use coap_lite::{CoapOption, MessageType, Packet, ResponseType};
+use std::{hash::Hash, time::Instant};
+
+impl<P: Copy + Eq + Hash> Endpoint<P> {
+    /// Answers request `id` (from [`Event::Request`]). Piggybacked on the ACK if the request has
+    /// not been acknowledged yet, otherwise sent as a separate CON response.
+    pub fn respond(&mut self, now: Instant, id: RequestId, mut resp: Packet) {
+        let Some(p) = self.pending.remove(&id) else {
+            return;
+        };
+        resp.set_token(p.token.clone());
+        if let Some(b) = p.block1 {
+            resp.clear_option(CoapOption::Block1);
+            resp.add_option(CoapOption::Block1, Block { more: false, ..b }.encode());
+        }
+        if p.con && !p.empty_acked {
+            resp.header.set_type(MessageType::Acknowledgement);
+            resp.header.message_id = p.mid;
+            if let Ok(bytes) = self.send(p.peer, &resp) {
+                self.cache_answer(p.peer, p.mid, bytes);
+            }
+        } else if p.con {
+            resp.header.set_type(MessageType::Confirmable);
+            resp.header.message_id = self.mid();
+            let _ = self.send_con(now, p.peer, &resp, None);
+        } else {
+            resp.header.set_type(MessageType::NonConfirmable);
+            resp.header.message_id = self.mid();
+            if let Ok(bytes) = self.send(p.peer, &resp) {
+                self.cache_answer(p.peer, p.mid, bytes);
+            }
+        }
+    }
+
+    pub(super) fn on_request(&mut self, now: Instant, peer: P, req: Packet) {
+        let mid = req.header.message_id;
+        let con = req.header.get_type() == MessageType::Confirmable;
+        if let Some(c) = self.dedup.get(&(peer, mid)) {
+            self.stats.duplicates += 1;
+            match c {
+                Cached::Answer(bytes) => self.out.push_back((peer, bytes.clone())),
+                // Still working on it: say nothing yet. The answer goes piggybacked on the ACK
+                // as soon as it is ready (the client retransmits until then), or, past
+                // `separate_after`, an empty ACK goes out and the answer follows separately. An
+                // early empty ACK would turn every slow answer into a separate CON that costs
+                // a round trip more, and a whole server ACK_TIMEOUT when it is lost.
+                Cached::Processing => {}
+            }
+            return;
+        }
+        // At capacity, forget the oldest answered request (never one still being processed).
+        let mut tries = self.dedup_order.len();
+        while self.dedup.len() >= self.config.dedup_capacity && tries > 0 {
+            tries -= 1;
+            let Some((_, p, m)) = self.dedup_order.pop_front() else {
+                break;
+            };
+            match self.dedup.get(&(p, m)) {
+                Some(Cached::Processing) => {
+                    self.dedup_order
+                        .push_back((now + self.config.exchange_lifetime(), p, m))
+                }
+                _ => {
+                    self.dedup.remove(&(p, m));
+                }
+            }
+        }
+        self.dedup.insert((peer, mid), Cached::Processing);
+        self.dedup_order
+            .push_back((now + self.config.exchange_lifetime(), peer, mid));
+
+        let token = req.get_token().to_vec();
+        if let Some((code, why)) = refuse_options(&req) {
+            self.stats.bad_options += 1;
+            if !con {
+                // RFC 7252 §5.4.1: a NON request with such an option is rejected.
+                if let Ok(bytes) = self.send(peer, &empty(MessageType::Reset, mid)) {
+                    self.cache_answer(peer, mid, bytes);
+                }
+                return;
+            }
+            return self.answer_now(peer, mid, con, &token, response(code, &why));
+        }
+        let block1 = match block1_of(&req) {
+            None => None,
+            Some(Some(b)) => Some(b),
+            Some(None) => {
+                return self.answer_now(
+                    peer,
+                    mid,
+                    con,
+                    &token,
+                    response(ResponseType::BadOption, "bad Block1 option"),
+                )
+            }
+        };
+        let Some(b) = block1 else {
+            if req.payload.len() > self.config.max_body {
+                return self.too_large(peer, mid, con, &token);
+            }
+            return self.deliver(now, peer, mid, con, token, req, None);
+        };
+        // Block1: reassemble by peer, path and token; a client that changes its token between
+        // blocks (RFC 7959 allows it) is followed by peer and path.
+        let path = path_of(&req);
+        let key = (peer, path.clone(), token.clone());
+        if b.num > 0 && !self.reassembly.contains_key(&key) {
+            if let Some(k) = self
+                .reassembly
+                .iter()
+                .find(|(k, r)| k.0 == peer && k.1 == path && r.next_num == b.num)
+                .map(|(k, _)| k.clone())
+            {
+                let r = self.reassembly.remove(&k).expect("present");
+                self.reassembly.insert(key.clone(), r);
+            }
+        }
+        if b.num == 0 {
+            if let Some(total) = req
+                .get_first_option(CoapOption::Size1)
+                .and_then(|v| decode_uint(v))
+            {
+                if total as usize > self.config.max_body {
+                    return self.too_large(peer, mid, con, &token);
+                }
+            }
+            let per_peer = self.reassembly.keys().filter(|k| k.0 == peer).count();
+            if !self.reassembly.contains_key(&key)
+                && (self.reassembly.len() >= self.config.max_reassemblies
+                    || per_peer >= self.config.max_reassemblies_per_peer)
+            {
+                return self.answer_now(
+                    peer,
+                    mid,
+                    con,
+                    &token,
+                    response(
+                        ResponseType::ServiceUnavailable,
+                        "too many block-wise transfers",
+                    ),
+                );
+            }
+            self.reassembly.insert(
+                key.clone(),
+                Reassembly {
+                    body: Vec::new(),
+                    next_num: 0,
+                    szx: b.szx,
+                    expires: now + self.config.exchange_lifetime(),
+                },
+            );
+        }
+        let Some(r) = self.reassembly.get_mut(&key) else {
+            return self.answer_now(
+                peer,
+                mid,
+                con,
+                &token,
+                response(ResponseType::RequestEntityIncomplete, "block 0 missing"),
+            );
+        };
+        if b.num != r.next_num || b.szx != r.szx || (b.more && req.payload.len() != b.size()) {
+            self.reassembly.remove(&key);
+            return self.answer_now(
+                peer,
+                mid,
+                con,
+                &token,
+                response(ResponseType::RequestEntityIncomplete, "blocks out of order"),
+            );
+        }
+        if r.body.len() + req.payload.len() > self.config.max_body {
+            self.reassembly.remove(&key);
+            return self.too_large(peer, mid, con, &token);
+        }
+        // The bytes every transfer holds, and this peer's, with this block added.
+        let add = req.payload.len();
+        let (all, mine) = self
+            .reassembly
+            .iter()
+            .fold((add, add), |(all, mine), (k, r)| {
+                let held = r.body.len();
+                (all + held, if k.0 == peer { mine + held } else { mine })
+            });
+        if all > self.config.max_reassembly_bytes
+            || mine > self.config.max_reassembly_bytes_per_peer
+        {
+            self.reassembly.remove(&key);
+            self.stats.reassembly_refusals += 1;
+            let mut busy = response(
+                ResponseType::ServiceUnavailable,
+                "too many block-wise bytes in progress",
+            );
+            busy.add_option(CoapOption::MaxAge, encode_uint(2));
+            return self.answer_now(peer, mid, con, &token, busy);
+        }
+        let r = self.reassembly.get_mut(&key).expect("present");
+        r.body.extend_from_slice(&req.payload);
+        r.next_num += 1;
+        r.expires = now + self.config.exchange_lifetime();
+        if b.more {
+            let mut cont = response(ResponseType::Continue, "");
+            cont.add_option(CoapOption::Block1, b.encode());
+            return self.answer_now(peer, mid, con, &token, cont);
+        }
+        let r = self.reassembly.remove(&key).expect("present");
+        let mut whole = req;
+        whole.payload = r.body;
+        whole.clear_option(CoapOption::Block1);
+        self.deliver(now, peer, mid, con, token, whole, Some(b));
+    }
+
+    /// Records the answer to a request the cache holds (one it evicted stays forgotten).
+    pub(super) fn cache_answer(&mut self, peer: P, mid: u16, bytes: Vec<u8>) {
+        if let Some(c) = self.dedup.get_mut(&(peer, mid)) {
+            *c = Cached::Answer(bytes);
+        }
+    }
+
+    pub(super) fn too_large(&mut self, peer: P, mid: u16, con: bool, token: &[u8]) {
+        let mut r = response(ResponseType::RequestEntityTooLarge, "request too large");
+        r.add_option(CoapOption::Size1, encode_uint(self.config.max_body as u32));
+        self.answer_now(peer, mid, con, token, r);
+    }
+
+    /// Answers a request at once, without the application.
+    pub(super) fn answer_now(
+        &mut self,
+        peer: P,
+        mid: u16,
+        con: bool,
+        token: &[u8],
+        mut resp: Packet,
+    ) {
+        resp.set_token(token.to_vec());
+        resp.header.set_type(if con {
+            MessageType::Acknowledgement
+        } else {
+            MessageType::NonConfirmable
+        });
+        resp.header.message_id = if con { mid } else { self.mid() };
+        if let Ok(bytes) = self.send(peer, &resp) {
+            self.cache_answer(peer, mid, bytes);
+        }
+    }
+
+    pub(super) fn deliver(
+        &mut self,
+        now: Instant,
+        peer: P,
+        mid: u16,
+        con: bool,
+        token: Token,
+        packet: Packet,
+        block1: Option<Block>,
+    ) {
+        self.next_request += 1;
+        let id = RequestId(self.next_request);
+        self.pending.insert(
+            id,
+            Pending {
+                peer,
+                mid,
+                token,
+                con,
+                received: now,
+                empty_acked: false,
+                block1,
+            },
+        );
+        self.events.push_back(Event::Request { id, peer, packet });
+    }
+}
