@@ -15,8 +15,8 @@
 //! are not the buffer's own are left alone and never stop a start.
 //!
 //! The parts, each owning one concern: [`super::segment`] the segment file layout,
-//! [`super::ledger`] the head, [`super::recovery`] opening and checking what a run left,
-//! [`super::writer`] appending and the `when_full` policy, [`super::reader`] taking and
+//! [`super::ledger`] the head, `recovery` opening and checking what a run left,
+//! `writer` appending and the `when_full` policy, [`super::reader`] taking and
 //! acknowledging. This file holds the shared state and the locking: `state` (segments, head)
 //! is locked briefly by both threads; `writer` is held by the appending thread only.
 

@@ -1,5 +1,5 @@
 //! A sink instance on its own thread: one write loop, whatever the sink reads from. An
-//! [`Input`] says what the next write is and what to do with its outcome: the sink's queue
+//! `Input` says what the next write is and what to do with its outcome: the sink's queue
 //! (source batches gathered by size and by time, each acknowledged to its source) or its disk
 //! buffer (records taken oldest first, acknowledged to the buffer). Writing, retrying and
 //! rebuilding are [`super::worker`]'s.
