@@ -15,7 +15,6 @@ use gateway_dtls::{
     server::{self, Server},
     ClientSettings, ServerSettings,
 };
-use gateway_pki::{issue_to, Kind};
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
@@ -32,24 +31,8 @@ struct Pki {
 impl Pki {
     fn new(devices: &[&str]) -> Pki {
         let dir = tempfile::tempdir().unwrap();
-        let d = |f: &str| dir.path().join(f);
-        let ca = issue_to(&d("ca.pem"), &d("ca.key"), "Sim CA", Kind::Ca, None, -1, 30).unwrap();
-        let names = vec!["localhost".to_owned()];
-        let issuer = Some((&ca.0, &ca.1));
-        issue_to(
-            &d("server.pem"),
-            &d("server.key"),
-            "server",
-            Kind::Server(&names),
-            issuer,
-            -1,
-            30,
-        )
-        .unwrap();
-        for name in devices {
-            let (cert, key) = (d(&format!("{name}.pem")), d(&format!("{name}.key")));
-            issue_to(&cert, &key, name, Kind::Device, issuer, -1, 30).unwrap();
-        }
+        let stems: Vec<(&str, &str)> = devices.iter().map(|d| (*d, *d)).collect();
+        gateway_test_support::coaps::pki(dir.path(), &stems);
         Pki { dir }
     }
 

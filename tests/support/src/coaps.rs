@@ -3,10 +3,13 @@
 use gateway_pki::{issue_to, Kind};
 use std::{net::UdpSocket, path::Path};
 
-pub fn certs(dir: &Path, device: &str) {
+/// A throwaway PKI in `dir`: a CA (`ca.pem`), a server certificate for `localhost` and
+/// `127.0.0.1` (`server.pem`), and one device certificate per `(file stem, common name)`
+/// (`STEM.pem`, `STEM.key`). Valid from yesterday for 30 days.
+pub fn pki(dir: &Path, devices: &[(&str, &str)]) {
     let d = |f: &str| dir.join(f);
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let (ca, ca_key) = issue_to(
+    let ca = issue_to(
         &d("ca.pem"),
         &d("ca.key"),
         "Test CA",
@@ -16,27 +19,27 @@ pub fn certs(dir: &Path, device: &str) {
         30,
     )
     .unwrap();
-    let issuer = Some((&ca, &ca_key));
+    let issuer = Some((&ca.0, &ca.1));
+    let server = Kind::Server(&names);
     issue_to(
         &d("server.pem"),
         &d("server.key"),
         "server",
-        Kind::Server(&names),
+        server,
         issuer,
         -1,
         30,
     )
     .unwrap();
-    issue_to(
-        &d("device.pem"),
-        &d("device.key"),
-        device,
-        Kind::Device,
-        issuer,
-        -1,
-        30,
-    )
-    .unwrap();
+    for (stem, cn) in devices {
+        let (cert, key) = (d(&format!("{stem}.pem")), d(&format!("{stem}.key")));
+        issue_to(&cert, &key, cn, Kind::Device, issuer, -1, 30).unwrap();
+    }
+}
+
+/// [`pki`] with one device, `device.pem`, whose common name is `device`.
+pub fn certs(dir: &Path, device: &str) {
+    pki(dir, &[("device", device)]);
 }
 
 pub fn free_port() -> u16 {
