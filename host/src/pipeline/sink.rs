@@ -14,7 +14,7 @@ use crate::{
     deadletter::DeadLetters,
     stats::SinkStats,
 };
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use gateway_sdk::{abi::SinkBox, Reading};
 use std::{
     ops::Range,
@@ -69,7 +69,10 @@ pub struct BufferedInput {
 /// One write: its readings, the parts they are made of, and where they came from.
 pub struct Batch {
     data: Data,
+    /// The parts, when there are several.
     parts: Vec<Range<usize>>,
+    /// The only part, when there is one (no allocation for the common case).
+    whole: Range<usize>,
 }
 
 enum Data {
@@ -82,6 +85,23 @@ enum Data {
 }
 
 impl Batch {
+    fn new(data: Data, mut parts: Vec<Range<usize>>) -> Batch {
+        let whole = if parts.len() == 1 {
+            parts.pop().expect("one")
+        } else {
+            0..0
+        };
+        Batch { data, parts, whole }
+    }
+
+    fn parts(&self) -> &[Range<usize>] {
+        if self.parts.is_empty() {
+            std::slice::from_ref(&self.whole)
+        } else {
+            &self.parts
+        }
+    }
+
     fn readings(&self) -> &[Reading] {
         match &self.data {
             Data::One(e) => &e.readings,
@@ -135,10 +155,10 @@ impl SinkRunner {
         tracing::info!("sink running");
         while !self.shutdown.reached(Phase::Aborting) {
             let Some(batch) = input.next(&w) else { break };
-            let outcome = if batch.parts.len() == 1 {
+            let outcome = if batch.parts().len() == 1 {
                 Settled::Whole(w.write_settled(batch.readings()))
             } else {
-                w.write_parts(batch.readings(), &batch.parts)
+                w.write_parts(batch.readings(), batch.parts())
             };
             if !input.settle(batch, outcome) {
                 break;
@@ -185,10 +205,11 @@ impl Input for Queue {
         }
         if envelopes.len() == 1 {
             let e = envelopes.pop().expect("one");
-            let parts = std::iter::once(0..e.readings.len()).collect();
+            let n = e.readings.len();
             return Some(Batch {
                 data: Data::One(e),
-                parts,
+                parts: Vec::new(),
+                whole: 0..n,
             });
         }
         let mut all = std::mem::take(&mut self.scratch);
@@ -204,17 +225,20 @@ impl Input for Queue {
             }
             parts.push(start..all.len());
         }
-        Some(Batch {
-            data: Data::Many(all, envelopes),
-            parts,
-        })
+        Some(Batch::new(Data::Many(all, envelopes), parts))
     }
 
     /// Acknowledges each source batch with its outcome; one not written (the shutdown stopped
     /// the write) is dropped, which tells its source the sink did not take it.
     fn settle(&mut self, batch: Batch, outcome: Settled) -> bool {
         let envelopes = match batch.data {
-            Data::One(e) => vec![e],
+            Data::One(e) => {
+                let Settled::Whole(o) = outcome else {
+                    unreachable!("one part is written whole")
+                };
+                e.ack.done(o);
+                return true;
+            }
             Data::Many(all, envelopes) => {
                 self.scratch = all;
                 envelopes
@@ -277,10 +301,7 @@ impl Input for Buffered {
             match buf.take(&mut self.reader, size, Duration::from_millis(50), more) {
                 Some(taken) => {
                     let parts = taken.records.clone();
-                    return Some(Batch {
-                        data: Data::Taken(taken),
-                        parts,
-                    });
+                    return Some(Batch::new(Data::Taken(taken), parts));
                 }
                 None if draining && self.writer_stopped() => return None,
                 None => {}
@@ -291,7 +312,7 @@ impl Input for Buffered {
     /// Acknowledges the records to the buffer, unless the shutdown stopped the write: then
     /// they stay on disk for the next start, and the sink stops.
     fn settle(&mut self, batch: Batch, outcome: Settled) -> bool {
-        if outcome.stopped(batch.parts.len()) {
+        if outcome.stopped(batch.parts().len()) {
             return false;
         }
         let Data::Taken(taken) = batch.data else {
@@ -325,21 +346,22 @@ impl Buffered {
 
 /// The next queued batch: waits for one while running; once draining, what is still queued,
 /// then `None`; `None` at once when aborting or when every sender is gone.
+///
+/// While the queue is empty it looks at the phase every 50 ms. A `select!` over the queue and
+/// the phase's gate would wake at once, but registering with the queue for every batch costs
+/// a lock that the sending source contends for: the null pipeline ran 30 % slower with it.
 pub(super) fn next_envelope(rx: &Receiver<Envelope>, shutdown: &Shutdown) -> Option<Envelope> {
-    if shutdown.reached(Phase::Aborting) {
-        return None;
-    }
-    if shutdown.reached(Phase::Draining) {
-        return rx.try_recv().ok();
-    }
-    crossbeam_channel::select! {
-        recv(rx) -> e => e.ok(),
-        recv(shutdown.gate(Phase::Draining)) -> _ => {
-            if shutdown.reached(Phase::Aborting) {
-                None
-            } else {
-                rx.try_recv().ok()
-            }
+    loop {
+        if shutdown.reached(Phase::Aborting) {
+            return None;
+        }
+        if shutdown.reached(Phase::Draining) {
+            return rx.try_recv().ok();
+        }
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(e) => return Some(e),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return None,
         }
     }
 }
