@@ -509,6 +509,15 @@ impl Resolver {
         if device.is_empty() || sensor.is_empty() || name.is_empty() {
             return Err(DecodeError::Name(i, format!("{bn}{n}")));
         }
+        // What is taken must fit when it is sent on: as `bn` = "DEVICE:" and `n` =
+        // "SENSOR/NAME" with the name escaped, each within MAX_NAME (a base name without the
+        // colon joins the name, and escaping makes a name longer).
+        if device.len() + 1 > MAX_NAME {
+            return Err(DecodeError::TooLong(i, "bn"));
+        }
+        if sensor.len() + 1 + super::escape(&name).len() > MAX_NAME {
+            return Err(DecodeError::TooLong(i, "n"));
+        }
         let mut value = r.value.ok_or(DecodeError::NoValue(i))?;
         if self.bv != 0.0 {
             value = match value {

@@ -176,3 +176,29 @@ fn bad_packs_are_refused_with_a_reason() {
         Err(DecodeError::Time(0))
     );
 }
+
+/// Found by the fuzz smoke of `cargo xtask ci` (senml_json): a base name without the colon
+/// joins the name (up to 255 + 255 bytes), and `%` in a name grows threefold when escaped, so
+/// a pack that decoded gave readings that our own encoding could not send on. Such a pack is
+/// refused now; whatever decodes encodes and decodes again.
+#[test]
+fn a_name_that_would_not_fit_when_sent_on_is_refused() {
+    let now = Timestamp(1_764_085_351_000_000);
+    let crash = br#"[{"bn":"IIttxttttttaaatttttttttttttbvIII$/d||eeeeeeeeeeeeeeeeee%eeee>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>eeeeeeeeeeeeeee%eeee>>>>>>>>>>>>>>>>>>>>)>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>%bn>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>%bn>>>>>>>>>>>>>>>>>>>>>>>>>eeeee|||||||","v":3.5}]"#;
+    assert_eq!(
+        decode_json(crash, 1000, now, "peer").unwrap_err(),
+        DecodeError::TooLong(0, "n")
+    );
+    // A name of 100 '%' is 100 bytes, and 300 escaped: refused with the sensor in front.
+    let pct = format!(r#"[{{"bn":"dev:","n":"s/{}","v":1}}]"#, "%25".repeat(100));
+    assert_eq!(
+        decode_json(pct.as_bytes(), 1000, now, "peer").unwrap_err(),
+        DecodeError::TooLong(0, "n")
+    );
+    // Right at the limit both ways.
+    let name = "x".repeat(255 - 2);
+    let ok = format!(r#"[{{"bn":"dev:","n":"s/{name}","v":1}}]"#);
+    let pack = decode_json(ok.as_bytes(), 1000, now, "peer").unwrap();
+    let again = decode_json(&encode_json(&pack.readings), 1000, now, "peer").unwrap();
+    assert_eq!(again.readings[0].name.as_str(), name);
+}
