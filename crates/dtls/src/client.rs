@@ -127,7 +127,8 @@ struct Link {
 impl Link {
     /// Nothing came from the server since `since`: the session is probably stale.
     fn silent_since(&self, since: Instant) -> bool {
-        self.heard.is_none_or(|h| h < since)
+        // A datagram heard at the instant the request went out answered an earlier one.
+        self.heard.is_none_or(|h| h <= since)
     }
 }
 
@@ -334,7 +335,7 @@ impl Client {
             .map(|(t, _)| t.clone())
             .collect();
         for t in tokens {
-            if self.endpoint.cancel((), &t) {
+            if self.endpoint.cancel((), &t).is_some() {
                 cancelled.extend(self.waiting.remove(&t));
             }
         }
@@ -368,6 +369,27 @@ impl Client {
     /// Closes the DTLS session (the next request reconnects) and forgets the CoAP exchanges
     /// with the server; the requests still waiting fail now, not at their deadlines.
     fn drop_session(&mut self, why: &str) {
+        // Requests still waiting for an NSTART slot never went out on this session: they wait
+        // for the next one instead of failing with it.
+        let unsent: Vec<Token> = self
+            .waiting
+            .iter()
+            .filter(|(_, j)| j.deadline.is_none())
+            .map(|(t, _)| t.clone())
+            .collect();
+        let mut back = Vec::new();
+        for t in unsent {
+            if let Some(packet) = self.endpoint.cancel((), &t) {
+                if let Some(mut job) = self.waiting.remove(&t) {
+                    job.packet = packet;
+                    back.push(job);
+                }
+            }
+        }
+        back.sort_by_key(|j| std::cmp::Reverse(j.tag));
+        for job in back {
+            self.queued.push_front(job);
+        }
         if let Some(l) = self.link.as_mut() {
             tracing::info!("dropping the DTLS session after {why}; the next request reconnects");
             l.session.close();
@@ -458,7 +480,9 @@ impl Client {
                     }
                 }
             }
-            if stale && self.waiting.is_empty() {
+            // Once no request that went out is left (those waiting for a slot go on the next
+            // session).
+            if stale && self.waiting.values().all(|j| j.deadline.is_none()) {
                 self.drop_session("CoAP got no answer");
             }
             self.expire(now);
@@ -487,6 +511,12 @@ impl Client {
                 }
                 self.closed = true;
             }
+            // A session dropped with requests left over: set the next one up now.
+            if self.link.is_none() && !self.queued.is_empty() && !self.closed {
+                continue;
+            }
+            // A slot freed by the transmits above starts its request's clock now.
+            self.stamp(now);
             return;
         }
     }

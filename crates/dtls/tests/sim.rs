@@ -556,3 +556,24 @@ fn a_group_goes_out_nstart_at_a_time_and_stops_at_its_first_refusal() {
     let sent: Vec<&[u8]> = net.received.iter().map(|(_, b)| &b[..]).collect();
     assert_eq!(sent, [b"1" as &[u8], b"bad", b"3"]);
 }
+
+#[test]
+fn a_request_waiting_for_its_slot_goes_on_the_next_session_not_the_stale_one() {
+    let pki = Pki::new(&["pi-01"]);
+    let mut net = Net::new(pki.server_config());
+    let a = net.add(pki.client("pi-01"));
+    let t = net.post(a, b"1", T);
+    assert!(net.changed(a, t));
+    net.advance(Duration::from_secs(1));
+    net.server = Server::new(pki.server_config(), net.now, seeded(6)).unwrap();
+    // NSTART 1: the second waits for the first, which the restarted server cannot answer.
+    let first = net.post(a, b"2", Duration::from_secs(10));
+    let second = net.post(a, b"3", Duration::from_secs(30));
+    net.advance(Duration::from_secs(11));
+    assert_eq!(
+        net.result(a, first),
+        Some(&Err(RequestError::Timeout(Duration::from_secs(10))))
+    );
+    assert!(net.changed(a, second), "{:?}", net.result(a, second));
+    assert_eq!(net.received.last().map(|r| &r.1[..]), Some(&b"3"[..]));
+}

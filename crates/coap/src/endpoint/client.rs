@@ -37,18 +37,19 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         token
     }
 
-    /// Drops a request that has not been sent yet (it waits for an NSTART slot); `false` if it
-    /// is on its way already, or finished. No event follows a cancelled request.
-    pub fn cancel(&mut self, peer: P, token: &Token) -> bool {
+    /// Drops a request that has not been sent yet (it waits for an NSTART slot) and gives it
+    /// back; `None` if it is on its way already, or finished. No event follows a cancelled
+    /// request.
+    pub fn cancel(&mut self, peer: P, token: &Token) -> Option<Packet> {
         let key = (peer, token.clone());
         if self.exchanges.get(&key).is_none_or(|e| e.started) {
-            return false;
+            return None;
         }
-        self.exchanges.remove(&key);
+        let ex = self.exchanges.remove(&key)?;
         if let Some((_, waiting)) = self.slots.get_mut(&peer) {
             waiting.retain(|t| t != token);
         }
-        true
+        Some(ex.request)
     }
 
     /// Gives a request up, sent or not: its retransmissions stop, its NSTART slot goes to the
