@@ -650,6 +650,10 @@ impl TableReader<'_> {
         else {
             return Ok(None);
         };
+        // A memory buffer is the queue itself: nothing else of the table matters.
+        if table.get("type").and_then(toml::Value::as_str) == Some("memory") {
+            return Ok(None);
+        }
         match RawBuffer::deserialize(toml::Value::Table(table)) {
             Ok(raw) => raw.settings(),
             Err(e) => Err(buffer_error(&e.to_string())),
@@ -921,6 +925,12 @@ batch_size = 50
             (b.max_size, b.when_full, b.fsync),
             (4096, WhenFull::Block, true)
         );
+        // As before serde: a memory buffer's other keys were never read.
+        assert!(sink(r#"{ type = "memory", size = 100 }"#).unwrap().sinks[0]
+            .sink_settings()
+            .unwrap()
+            .buffer
+            .is_none());
         assert!(sink(r#"{ type = "memory" }"#).unwrap().sinks[0]
             .sink_settings()
             .unwrap()

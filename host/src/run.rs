@@ -255,14 +255,23 @@ impl Graph {
     /// Waits for a signal, or, with `until_sources_finish`, for every source to finish.
     fn wait_for_stop(&mut self, signal: &Receiver<()>, opts: &RunOptions) {
         let timeout = self.config.gateway.shutdown_timeout;
+        let requested = || {
+            tracing::info!("shutdown requested: stopping the sources, then draining the sinks (at most {timeout:?}; a second signal exits at once)")
+        };
         loop {
             crossbeam_channel::select! {
                 recv(signal) -> _ => {
-                    tracing::info!("shutdown requested: stopping the sources, then draining the sinks (at most {timeout:?}; a second signal exits at once)");
+                    requested();
                     return;
                 }
                 recv(self.source_exits) -> name => {
-                    if name.is_err() { continue; }
+                    if name.is_err() {
+                        // Every source thread is gone: only a signal is left to wait for (a
+                        // select on the closed channel would return at once, forever).
+                        let _ = signal.recv();
+                        requested();
+                        return;
+                    }
                     self.sources_done += 1;
                     if self.sources_done == self.n_sources {
                         if opts.until_sources_finish {
