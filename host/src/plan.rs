@@ -51,19 +51,22 @@ fn info_for(config: &Config, decl: &Instance) -> InstanceInfo {
     }
 }
 
+/// `FILE:LINE: [GROUP.NAME]`, what every message about an instance starts with.
+fn at(config: &Config, decl: &Instance) -> String {
+    format!(
+        "{}:{}: [{}]",
+        config.path.display(),
+        decl.line,
+        decl.table()
+    )
+}
+
 /// Puts the file, line and table in front of a plugin's message unless it already has them.
-fn located(config: &Config, decl: &Instance, group: &str, what: &str, e: &PluginError) -> String {
-    let file = config.path.display().to_string();
-    if e.message().starts_with(&file) {
+fn located(config: &Config, decl: &Instance, what: &str, e: &PluginError) -> String {
+    if e.message().starts_with(&config.path.display().to_string()) {
         e.message().to_owned()
     } else {
-        format!(
-            "{file}:{}: [{group}.{}] {what}: {} ({})",
-            decl.line,
-            decl.name,
-            e.message(),
-            e.kind
-        )
+        format!("{} {what}: {} ({})", at(config, decl), e.message(), e.kind)
     }
 }
 
@@ -92,7 +95,7 @@ fn build<T, F, S>(
     (new, made): (F, abi_stable::std_types::RResult<T, PluginError>),
     info: InstanceInfo,
     library: Library,
-    (config, decl, group): (&Config, &Instance, &str),
+    (config, decl): (&Config, &Instance),
     (settings, buffer): (S, Option<Arc<DiskBuffer>>),
     built: &mut Vec<Built<T, F, S>>,
     errors: &mut Vec<String>,
@@ -107,7 +110,7 @@ fn build<T, F, S>(
             instance,
             buffer,
         }),
-        Err(e) => errors.push(located(config, decl, group, "could not be built", &e)),
+        Err(e) => errors.push(located(config, decl, "could not be built", &e)),
     }
 }
 
@@ -136,11 +139,9 @@ impl Plan {
         }
         let mut catalog = Catalog::new(&config.gateway.plugin_dir, logger.clone());
         let mut errors = Vec::new();
-        let file = config.path.display().to_string();
         let mut sources = Vec::new();
         let mut sinks = Vec::new();
         for decl in config.sources.iter().chain(&config.sinks) {
-            let group = decl.role.group();
             let kind = match decl.role {
                 Role::Source => PluginKind::Source,
                 Role::Sink(_) => PluginKind::Sink,
@@ -148,15 +149,16 @@ impl Plan {
             let found = match catalog.find(&decl.plugin, kind) {
                 Ok(f) => f,
                 Err(e) => {
-                    errors.push(format!("{file}:{}: [{group}.{}] {e}", decl.line, decl.name));
+                    errors.push(format!("{} {e}", at(&config, decl)));
                     continue;
                 }
             };
             let info = info_for(&config, decl);
             if let Err(e) = std::fs::create_dir_all(info.data_dir.as_str()) {
                 errors.push(format!(
-                    "{file}:{}: [{group}.{}] cannot create its data directory {}: {e}",
-                    decl.line, decl.name, info.data_dir
+                    "{} cannot create its data directory {}: {e}",
+                    at(&config, decl),
+                    info.data_dir
                 ));
                 continue;
             }
@@ -169,9 +171,8 @@ impl Plan {
                         Ok(b) => Some(Arc::new(b)),
                         Err(e) => {
                             errors.push(format!(
-                                "{file}:{}: [{group}.{}] buffer: cannot open the disk buffer in {}: {e}",
-                                decl.line,
-                                decl.name,
+                                "{} buffer: cannot open the disk buffer in {}: {e}",
+                                at(&config, decl),
                                 dir.display()
                             ));
                             continue;
@@ -179,7 +180,7 @@ impl Plan {
                     }
                 }
             };
-            let what = (&config, decl, group);
+            let what = (&config, decl);
             match &decl.role {
                 Role::Source => {
                     let new = found
@@ -313,5 +314,5 @@ pub fn build_sink(
     let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
     new(&info)
         .into_result()
-        .map_err(|e| located(config, decl, "sinks", "could not be built", &e))
+        .map_err(|e| located(config, decl, "could not be built", &e))
 }

@@ -85,6 +85,7 @@ fn spawn(
 }
 
 /// One sink as the run sees it.
+#[derive(Clone)]
 struct SinkView {
     name: String,
     stats: Arc<SinkStats>,
@@ -218,18 +219,13 @@ impl Graph {
         }
     }
 
-    /// Logs every instance's counters (and every disk buffer's state).
-    fn log_stats(&self) {
-        log_stats(&self.sources, &self.sinks);
-    }
-
     /// Logs the counters every `stats_interval` until the run stops.
     fn log_stats_every(&self, shutdown: &Shutdown) {
         let interval = self.config.gateway.stats_interval;
         if interval.is_zero() {
             return;
         }
-        let (sources, sinks) = (self.sources.clone(), self.sinks_shared());
+        let (sources, sinks) = (self.sources.clone(), self.sinks.clone());
         let shutdown = shutdown.clone();
         std::thread::Builder::new()
             .name("stats".into())
@@ -239,17 +235,6 @@ impl Graph {
                 }
             })
             .expect("spawn the stats thread");
-    }
-
-    fn sinks_shared(&self) -> Vec<SinkView> {
-        self.sinks
-            .iter()
-            .map(|s| SinkView {
-                name: s.name.clone(),
-                stats: s.stats.clone(),
-                buffer: s.buffer.clone(),
-            })
-            .collect()
     }
 
     /// Waits for a signal, or, with `until_sources_finish`, for every source to finish.
@@ -327,7 +312,7 @@ impl Graph {
 
     /// Logs what each sink wrote, and whether anything was left undelivered.
     fn summarize(self, elapsed: Duration, mut clean: bool) -> RunSummary {
-        self.log_stats();
+        log_stats(&self.sources, &self.sinks);
         let mut written = Vec::new();
         for s in &self.sinks {
             let n = s.stats.written.load(Ordering::Relaxed);
@@ -359,6 +344,7 @@ impl Graph {
     }
 }
 
+/// Logs every instance's counters (and every disk buffer's state).
 fn log_stats(sources: &[(String, Arc<SourceStats>)], sinks: &[SinkView]) {
     sources.iter().for_each(|(n, s)| s.log(n));
     for s in sinks {

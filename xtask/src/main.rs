@@ -168,19 +168,18 @@ fn fuzz_smoke() -> Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
     let fuzz = root().join("fuzz");
-    let manifest = std::fs::read_to_string(fuzz.join("Cargo.toml"))?;
-    let targets: Vec<&str> = manifest
-        .lines()
-        .filter_map(|l| l.strip_prefix("name = \""))
-        .filter_map(|l| l.strip_suffix('"'))
-        .filter(|n| *n != "gateway-fuzz")
-        .collect();
     // cargo-fuzz needs a nightly compiler; RUSTC_BOOTSTRAP lets a stable one build it.
     let fuzz_cmd = || {
         let mut c = Command::new("cargo");
         c.current_dir(&fuzz).arg("fuzz").env("RUSTC_BOOTSTRAP", "1");
         c
     };
+    let listed = fuzz_cmd().arg("list").output()?;
+    if !listed.status.success() {
+        bail!("cargo fuzz list failed");
+    }
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let targets: Vec<&str> = listed.split_whitespace().collect();
     let mut build = fuzz_cmd();
     build.arg("build");
     eprintln!("== fuzz: building {} targets", targets.len());

@@ -35,4 +35,4 @@ mod message;
 pub use coap_lite;
 pub use codes::{Code, ContentFormat, InvalidContentFormat};
 pub use endpoint::{ClientError, Config, Endpoint, Event, RequestId, Stats, Token};
-pub use message::{decode_uint, encode_uint, path_of, request, response, Block};
+pub use message::{decode_uint, encode_uint, path_of, request, response, retry_later, Block};

@@ -121,6 +121,14 @@ pub fn response(code: ResponseType, diagnostic: &str) -> Packet {
     p
 }
 
+/// 5.03 Service Unavailable with a Max-Age of `seconds`: the client may try the same request
+/// again after that long (RFC 7252 §5.9.3.4).
+pub fn retry_later(why: &str, seconds: u32) -> Packet {
+    let mut p = response(ResponseType::ServiceUnavailable, why);
+    p.add_option(CoapOption::MaxAge, encode_uint(seconds));
+    p
+}
+
 /// Makes a request packet.
 pub fn request(
     method: RequestType,

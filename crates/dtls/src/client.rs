@@ -525,7 +525,6 @@ impl Client {
     /// went out, the session is dropped too: it is probably stale (the server restarted). A
     /// late request on a lossy path that still answers others keeps the session.
     fn expire(&mut self, now: Instant) {
-        self.stamp(now);
         let late: Vec<Token> = self
             .waiting
             .iter()

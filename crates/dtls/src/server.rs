@@ -27,8 +27,7 @@ use crate::{
     DtlsError,
 };
 use gateway_coap::{
-    coap_lite::{CoapOption, Packet, ResponseType},
-    encode_uint, response, Config as CoapConfig, Endpoint, Event, RequestId,
+    coap_lite::Packet, retry_later, Config as CoapConfig, Endpoint, Event, RequestId,
 };
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -113,9 +112,7 @@ pub struct Stats {
 
 /// What a 5.03 for a request the application has no room for looks like: try again in 5 s.
 pub fn busy() -> Packet {
-    let mut p = response(ResponseType::ServiceUnavailable, "busy");
-    p.add_option(CoapOption::MaxAge, encode_uint(5));
-    p
+    retry_later("busy", 5)
 }
 
 /// A handshake whose peer has sent nothing for this long may make room for a new one: a DTLS

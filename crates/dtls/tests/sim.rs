@@ -258,6 +258,17 @@ impl Net {
         self.settle();
     }
 
+    /// POSTs `body` from device `i`; whether it was stored (2.04).
+    fn stored(&mut self, i: usize, body: &[u8]) -> bool {
+        let t = self.post(i, body, T);
+        self.changed(i, t)
+    }
+
+    /// The server restarts: it knows no session, and drops what it cannot decrypt.
+    fn restart_server(&mut self, cfg: server::Config) {
+        self.server = Server::new(cfg, self.now, seeded(5)).unwrap();
+    }
+
     fn result(&self, i: usize, tag: u64) -> Option<&Result<Packet, RequestError>> {
         self.devices[i].done.get(&tag)
     }
@@ -316,14 +327,10 @@ fn a_client_whose_server_restarted_reconnects_on_its_next_request() {
     let pki = Pki::new(&["pi-01"]);
     let mut net = Net::new(pki.server_config());
     let a = net.add(pki.client("pi-01"));
-    assert!({
-        let t = net.post(a, b"1", T);
-        net.changed(a, t)
-    });
+    assert!(net.stored(a, b"1"));
     let first_port = net.devices[a].addr;
-    // The server restarts: it knows no session, and drops what it cannot decrypt.
     net.advance(Duration::from_secs(1));
-    net.server = Server::new(pki.server_config(), net.now, seeded(5)).unwrap();
+    net.restart_server(pki.server_config());
     let started = net.now;
     let lost = net.post(a, b"2", Duration::from_secs(10));
     assert!(net.result(a, lost).is_none(), "no answer yet");
@@ -353,10 +360,7 @@ fn a_slow_answer_on_a_path_that_still_talks_keeps_the_session() {
     let pki = Pki::new(&["pi-01"]);
     let mut net = Net::new(pki.server_config());
     let a = net.add(pki.client("pi-01"));
-    assert!({
-        let t = net.post(a, b"1", T);
-        net.changed(a, t)
-    });
+    assert!(net.stored(a, b"1"));
     let port = net.devices[a].addr;
     // The application holds the answer past the caller's deadline; CoAP's empty ACK (a
     // separate response) proves the server still has the session.
@@ -426,13 +430,11 @@ fn the_session_cap_drops_the_least_recently_active() {
         .map(|n| net.add(pki.client(n)))
         .collect();
     for &i in &ids[..2] {
-        let t = net.post(i, b"x", T);
-        assert!(net.changed(i, t));
+        assert!(net.stored(i, b"x"));
         net.advance(Duration::from_secs(1));
     }
     // `a` is the least recently active when `c` comes.
-    let t = net.post(ids[2], b"x", T);
-    assert!(net.changed(ids[2], t));
+    assert!(net.stored(ids[2], b"x"));
     assert_eq!(net.server.sessions(), (2, 0));
     assert_eq!(net.stat(|s| &s.evicted_sessions), 1);
     let live: Vec<Option<&str>> = ids
@@ -450,8 +452,7 @@ fn one_identity_holds_at_most_its_share_of_sessions() {
     let mut net = Net::new(cfg);
     for _ in 0..5 {
         let i = net.add(pki.client("leaked"));
-        let t = net.post(i, b"x", T);
-        assert!(net.changed(i, t));
+        assert!(net.stored(i, b"x"));
         net.advance(Duration::from_millis(100));
     }
     assert_eq!(net.server.sessions(), (2, 0));
@@ -501,8 +502,7 @@ fn idle_sessions_and_slow_handshakes_are_dropped_on_time() {
     cfg.session_idle = Duration::from_secs(60);
     let mut net = Net::new(cfg);
     let a = net.add(pki.client("pi-01"));
-    let t = net.post(a, b"x", T);
-    assert!(net.changed(a, t));
+    assert!(net.stored(a, b"x"));
     net.advance(Duration::from_secs(59));
     assert_eq!(net.server.sessions(), (1, 0));
     net.advance(Duration::from_secs(2));
@@ -562,10 +562,9 @@ fn a_request_waiting_for_its_slot_goes_on_the_next_session_not_the_stale_one() {
     let pki = Pki::new(&["pi-01"]);
     let mut net = Net::new(pki.server_config());
     let a = net.add(pki.client("pi-01"));
-    let t = net.post(a, b"1", T);
-    assert!(net.changed(a, t));
+    assert!(net.stored(a, b"1"));
     net.advance(Duration::from_secs(1));
-    net.server = Server::new(pki.server_config(), net.now, seeded(6)).unwrap();
+    net.restart_server(pki.server_config());
     // NSTART 1: the second waits for the first, which the restarted server cannot answer.
     let first = net.post(a, b"2", Duration::from_secs(10));
     let second = net.post(a, b"3", Duration::from_secs(30));

@@ -66,59 +66,37 @@ pub struct BufferedInput {
     pub drain_budget: Duration,
 }
 
-/// One write: its readings, the parts they are made of, and where they came from.
-pub struct Batch {
-    data: Data,
-    /// The parts, when there are several.
-    parts: Vec<Range<usize>>,
-    /// The only part, when there is one (no allocation for the common case).
-    whole: Range<usize>,
-}
-
-enum Data {
-    /// One source batch, written as it is (no copy).
-    One(Envelope),
-    /// Several source batches, copied into one write.
-    Many(Vec<Reading>, Vec<Envelope>),
-    /// Records taken from the disk buffer.
-    Taken(Taken),
-}
-
-impl Batch {
-    fn new(data: Data, mut parts: Vec<Range<usize>>) -> Batch {
-        let whole = if parts.len() == 1 {
-            parts.pop().expect("one")
-        } else {
-            0..0
-        };
-        Batch { data, parts, whole }
-    }
-
-    fn parts(&self) -> &[Range<usize>] {
-        if self.parts.is_empty() {
-            std::slice::from_ref(&self.whole)
-        } else {
-            &self.parts
-        }
-    }
-
-    fn readings(&self) -> &[Reading] {
-        match &self.data {
-            Data::One(e) => &e.readings,
-            Data::Many(all, _) => all,
-            Data::Taken(t) => &t.readings,
-        }
-    }
+/// One write: its readings, and the parts they are made of (source batches, or buffer
+/// records), each settled on its own when the sink refuses the whole.
+trait Batch {
+    fn readings(&self) -> &[Reading];
+    fn parts(&self) -> &[Range<usize>];
 }
 
 /// Where a sink's writes come from, and where their outcomes go.
 trait Input {
+    type Batch: Batch;
     /// The next write; `None` when the sink should stop.
-    fn next(&mut self, w: &Worker) -> Option<Batch>;
+    fn next(&mut self, w: &Worker) -> Option<Self::Batch>;
     /// Hands on the outcome of `batch`; `false` to stop.
-    fn settle(&mut self, batch: Batch, outcome: Settled) -> bool;
+    fn settle(&mut self, batch: Self::Batch, outcome: Settled) -> bool;
     /// Says what is left, once the loop ended.
-    fn finish(self: Box<Self>, w: &Worker);
+    fn finish(self, w: &Worker);
+}
+
+/// The write loop, the same for every input.
+fn pump<I: Input>(mut input: I, w: &mut Worker, shutdown: &Shutdown) {
+    while !shutdown.reached(Phase::Aborting) {
+        let Some(batch) = input.next(w) else { break };
+        let outcome = match batch.parts() {
+            [_] => Settled::Whole(w.write_settled(batch.readings())),
+            parts => w.write_parts(batch.readings(), parts),
+        };
+        if !input.settle(batch, outcome) {
+            break;
+        }
+    }
+    input.finish(w);
 }
 
 impl SinkRunner {
@@ -138,34 +116,63 @@ impl SinkRunner {
             self.stats,
             self.dead_letters,
         );
-        let mut input: Box<dyn Input> = match self.input {
-            SinkInput::Queue(rx) => Box::new(Queue {
-                rx,
-                shutdown: self.shutdown.clone(),
-                carry: None,
-                scratch: Vec::new(),
-            }),
-            SinkInput::Buffer(b) => Box::new(Buffered {
-                reader: b.buffer.reader(),
-                input: b,
-                shutdown: self.shutdown.clone(),
-                stop_at: None,
-            }),
-        };
         tracing::info!("sink running");
-        while !self.shutdown.reached(Phase::Aborting) {
-            let Some(batch) = input.next(&w) else { break };
-            let outcome = if batch.parts().len() == 1 {
-                Settled::Whole(w.write_settled(batch.readings()))
-            } else {
-                w.write_parts(batch.readings(), batch.parts())
-            };
-            if !input.settle(batch, outcome) {
-                break;
+        match self.input {
+            SinkInput::Queue(rx) => {
+                let queue = Queue {
+                    rx,
+                    shutdown: self.shutdown.clone(),
+                    carry: None,
+                    scratch: Vec::new(),
+                };
+                pump(queue, &mut w, &self.shutdown);
+            }
+            SinkInput::Buffer(b) => {
+                let buffered = Buffered {
+                    reader: b.buffer.reader(),
+                    input: b,
+                    shutdown: self.shutdown.clone(),
+                    stop_at: None,
+                };
+                pump(buffered, &mut w, &self.shutdown);
             }
         }
-        input.finish(&w);
         w.close();
+    }
+}
+
+/// What a queue gives: one source batch as it is (no copy), or several copied into one write.
+enum Gathered {
+    One(Envelope, [Range<usize>; 1]),
+    Many {
+        all: Vec<Reading>,
+        envelopes: Vec<Envelope>,
+        parts: Vec<Range<usize>>,
+    },
+}
+
+impl Batch for Gathered {
+    fn readings(&self) -> &[Reading] {
+        match self {
+            Gathered::One(e, _) => &e.readings,
+            Gathered::Many { all, .. } => all,
+        }
+    }
+    fn parts(&self) -> &[Range<usize>] {
+        match self {
+            Gathered::One(_, whole) => whole,
+            Gathered::Many { parts, .. } => parts,
+        }
+    }
+}
+
+/// Records taken from the disk buffer, one part each.
+impl Batch for Taken {
+    fn readings(&self) -> &[Reading] {
+        &self.readings
+    }
+    fn parts(&self) -> &[Range<usize>] {
+        &self.records
     }
 }
 
@@ -180,7 +187,9 @@ struct Queue {
 }
 
 impl Input for Queue {
-    fn next(&mut self, w: &Worker) -> Option<Batch> {
+    type Batch = Gathered;
+
+    fn next(&mut self, w: &Worker) -> Option<Gathered> {
         let first = match self.carry.take() {
             Some(e) => e,
             None => next_envelope(&self.rx, &self.shutdown)?,
@@ -206,11 +215,7 @@ impl Input for Queue {
         if envelopes.len() == 1 {
             let e = envelopes.pop().expect("one");
             let n = e.readings.len();
-            return Some(Batch {
-                data: Data::One(e),
-                parts: Vec::new(),
-                whole: 0..n,
-            });
+            return Some(Gathered::One(e, [Range { start: 0, end: n }]));
         }
         let mut all = std::mem::take(&mut self.scratch);
         all.clear();
@@ -225,38 +230,25 @@ impl Input for Queue {
             }
             parts.push(start..all.len());
         }
-        Some(Batch::new(Data::Many(all, envelopes), parts))
+        Some(Gathered::Many {
+            all,
+            envelopes,
+            parts,
+        })
     }
 
-    /// Acknowledges each source batch with its outcome; one not written (the shutdown stopped
-    /// the write) is dropped, which tells its source the sink did not take it.
-    fn settle(&mut self, batch: Batch, outcome: Settled) -> bool {
-        let envelopes = match batch.data {
-            Data::One(e) => {
-                let Settled::Whole(o) = outcome else {
-                    unreachable!("one part is written whole")
-                };
-                e.ack.done(o);
-                return true;
-            }
-            Data::Many(all, envelopes) => {
+    fn settle(&mut self, batch: Gathered, outcome: Settled) -> bool {
+        match batch {
+            Gathered::One(e, _) => acknowledge(std::iter::once(e), outcome),
+            Gathered::Many { all, envelopes, .. } => {
                 self.scratch = all;
-                envelopes
-            }
-            Data::Taken(_) => unreachable!("a queue takes nothing from a buffer"),
-        };
-        match outcome {
-            Settled::Whole(o) => envelopes.into_iter().for_each(|e| e.ack.done(o.clone())),
-            Settled::Parts(each) => {
-                for (e, o) in envelopes.into_iter().zip(each) {
-                    e.ack.done(o);
-                }
+                acknowledge(envelopes, outcome);
             }
         }
         true
     }
 
-    fn finish(self: Box<Self>, w: &Worker) {
+    fn finish(self, w: &Worker) {
         let left = self.rx.len() + usize::from(self.carry.is_some());
         if left > 0 {
             tracing::error!(
@@ -264,6 +256,19 @@ impl Input for Queue {
                 readings = w.stats.pending(),
                 "sink stopped with batches it did not write"
             );
+        }
+    }
+}
+
+/// Acknowledges each source batch with its outcome; one not written (the shutdown stopped the
+/// write) is dropped, which tells its source the sink did not take it.
+fn acknowledge(envelopes: impl IntoIterator<Item = Envelope>, outcome: Settled) {
+    match outcome {
+        Settled::Whole(o) => envelopes.into_iter().for_each(|e| e.ack.done(o.clone())),
+        Settled::Parts(each) => {
+            for (e, o) in envelopes.into_iter().zip(each) {
+                e.ack.done(o);
+            }
         }
     }
 }
@@ -279,7 +284,9 @@ struct Buffered {
 }
 
 impl Input for Buffered {
-    fn next(&mut self, w: &Worker) -> Option<Batch> {
+    type Batch = Taken;
+
+    fn next(&mut self, w: &Worker) -> Option<Taken> {
         let buf = &self.input.buffer;
         loop {
             if self.shutdown.reached(Phase::Aborting) {
@@ -299,10 +306,7 @@ impl Input for Buffered {
             };
             let size = w.settings.batch_size;
             match buf.take(&mut self.reader, size, Duration::from_millis(50), more) {
-                Some(taken) => {
-                    let parts = taken.records.clone();
-                    return Some(Batch::new(Data::Taken(taken), parts));
-                }
+                Some(taken) => return Some(taken),
                 None if draining && self.writer_stopped() => return None,
                 None => {}
             }
@@ -311,18 +315,15 @@ impl Input for Buffered {
 
     /// Acknowledges the records to the buffer, unless the shutdown stopped the write: then
     /// they stay on disk for the next start, and the sink stops.
-    fn settle(&mut self, batch: Batch, outcome: Settled) -> bool {
-        if outcome.stopped(batch.parts().len()) {
+    fn settle(&mut self, taken: Taken, outcome: Settled) -> bool {
+        if outcome.stopped(taken.records.len()) {
             return false;
         }
-        let Data::Taken(taken) = batch.data else {
-            unreachable!("a buffered sink takes from its buffer only")
-        };
         self.input.buffer.ack(&mut self.reader, taken);
         true
     }
 
-    fn finish(self: Box<Self>, _: &Worker) {
+    fn finish(self, _: &Worker) {
         let buf = &self.input.buffer;
         let left = buf.pending();
         if left > 0 {

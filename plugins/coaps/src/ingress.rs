@@ -3,7 +3,7 @@
 
 use crate::config::IngressConfig;
 use crate::request::{self, Admitted, Key, Refused, Route, Seen, ANONYMOUS};
-use gateway_coap::{Code, Config as CoapConfig, RequestId};
+use gateway_coap::{retry_later, Code, Config as CoapConfig, RequestId};
 use gateway_coaps_tokio::{Incoming, Responder, Server, ServerConfig, ServerOptions};
 use gateway_dtls::ServerSettings;
 use gateway_sdk::{
@@ -114,7 +114,7 @@ impl Source for Ingress {
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while seen.lock().expect("seen").busy() && Instant::now() < deadline {
                     if let Ok(inc) = server.requests.recv_timeout(Duration::from_millis(20)) {
-                        let r = request::unavailable("shutting down", self.cfg.retry_after);
+                        let r = retry_later("shutting down", self.cfg.retry_after);
                         server.responder.respond(inc.id, r);
                     }
                 }
@@ -271,7 +271,7 @@ impl Ingress {
             } else {
                 "cannot take readings now"
             };
-            responder.respond(id, request::unavailable(why, retry_after));
+            responder.respond(id, retry_later(why, retry_after));
         }
     }
 }

@@ -11,7 +11,7 @@
 
 use gateway_coap::{
     coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType},
-    encode_uint, path_of, response, ContentFormat,
+    encode_uint, path_of, response, retry_later, ContentFormat,
 };
 use gateway_sdk::{ErrorKind, Label, PluginError, Reading, ReadingId, Timestamp};
 use gateway_senml as senml;
@@ -197,10 +197,8 @@ impl Seen {
         let key = |r: &Reading| (r.device.clone(), r.id);
         if readings.iter().any(|r| self.in_flight.contains(&key(r))) {
             let why = "the same readings are being stored; retry";
-            let mut reply = response(ResponseType::ServiceUnavailable, why);
-            reply.add_option(CoapOption::MaxAge, encode_uint(1));
             return Err(Refused {
-                reply,
+                reply: retry_later(why, 1),
                 why: why.into(),
                 bad: false,
             });
@@ -259,14 +257,7 @@ pub fn not_stored(e: &PluginError, retry_after: u32) -> Packet {
             "the server's store refused these readings",
         );
     }
-    unavailable("not stored; retry", retry_after)
-}
-
-/// 5.03 with a Max-Age of `retry_after` seconds.
-pub fn unavailable(why: &str, retry_after: u32) -> Packet {
-    let mut r = response(ResponseType::ServiceUnavailable, why);
-    r.add_option(CoapOption::MaxAge, encode_uint(retry_after));
-    r
+    retry_later("not stored; retry", retry_after)
 }
 
 #[cfg(test)]

@@ -45,30 +45,35 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         if self.exchanges.get(&key).is_none_or(|e| e.started) {
             return None;
         }
-        let ex = self.exchanges.remove(&key)?;
-        if let Some((_, waiting)) = self.slots.get_mut(&peer) {
-            waiting.retain(|t| t != token);
+        self.release(None, peer, token).map(|ex| ex.request)
+    }
+
+    /// Forgets a client exchange: a started one gives its NSTART slot up (the next waiting
+    /// request takes it at the next output, see `start_freed`), a waiting one leaves the queue.
+    fn release(&mut self, now: Option<Instant>, peer: P, token: &Token) -> Option<ClientExchange> {
+        let ex = self.exchanges.remove(&(peer, token.clone()))?;
+        if let Some((active, waiting)) = self.slots.get_mut(&peer) {
+            if ex.started {
+                *active = active.saturating_sub(1);
+                self.last_now = now.or(self.last_now);
+                self.freed.push(peer);
+            } else {
+                waiting.retain(|t| t != token);
+            }
         }
-        Some(ex.request)
+        Some(ex)
     }
 
     /// Gives a request up, sent or not: its retransmissions stop, its NSTART slot goes to the
     /// next waiting request, and no event follows. A late answer to it is unmatched.
     pub fn abandon(&mut self, now: Instant, peer: P, token: &Token) {
-        let Some(ex) = self.exchanges.remove(&(peer, token.clone())) else {
-            return;
-        };
-        if ex.started {
-            if let Some((active, _)) = self.slots.get_mut(&peer) {
-                *active = active.saturating_sub(1);
-            }
+        if self
+            .release(Some(now), peer, token)
+            .is_some_and(|ex| ex.started)
+        {
             self.outgoing
                 .retain(|_, o| o.peer != peer || o.token.as_ref() != Some(token));
-        } else if let Some((_, waiting)) = self.slots.get_mut(&peer) {
-            waiting.retain(|t| t != token);
         }
-        self.last_now = Some(now);
-        self.freed.push(peer);
     }
 
     /// Starts `peer`'s waiting requests while it has free NSTART slots.
@@ -103,20 +108,12 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         token: Token,
         result: Result<Packet, ClientError>,
     ) {
-        if let Some(ex) = self.exchanges.remove(&(peer, token.clone())) {
-            if ex.started {
-                if let Some((active, _)) = self.slots.get_mut(&peer) {
-                    *active = active.saturating_sub(1);
-                }
-            }
-        }
+        self.release(Some(now), peer, &token);
         self.events.push_back(Event::Response {
             token,
             peer,
             result,
         });
-        self.last_now = Some(now);
-        self.freed.push(peer);
     }
 
     pub(super) fn send_next_block(&mut self, now: Instant, peer: P, token: &Token) {

@@ -4,7 +4,8 @@
 
 use super::{Cached, Endpoint, Event, Pending, Reassembly, RequestId, Token};
 use crate::message::{
-    block1_of, decode_uint, empty, encode_uint, path_of, refuse_options, response, Block,
+    block1_of, decode_uint, empty, encode_uint, path_of, refuse_options, response, retry_later,
+    Block,
 };
 use coap_lite::{CoapOption, MessageType, Packet, ResponseType};
 use std::{hash::Hash, time::Instant};
@@ -195,11 +196,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         {
             self.reassembly.remove(&key);
             self.stats.reassembly_refusals += 1;
-            let mut busy = response(
-                ResponseType::ServiceUnavailable,
-                "too many block-wise bytes in progress",
-            );
-            busy.add_option(CoapOption::MaxAge, encode_uint(2));
+            let busy = retry_later("too many block-wise bytes in progress", 2);
             return self.answer_now(peer, mid, con, &token, busy);
         }
         let r = self.reassembly.get_mut(&key).expect("present");

@@ -6,7 +6,7 @@ use gateway_coap::coap_lite::{self, MessageClass, RequestType, ResponseType};
 use gateway_coap::{request, response, Config as CoapConfig};
 use gateway_coaps_tokio::{ClientConfig, ClientOptions, Server, ServerConfig, ServerOptions};
 use gateway_dtls::{ClientSettings, ServerSettings};
-use gateway_pki::{issue_to, Kind};
+use gateway_pki::{issue_to, read_pair, Kind};
 use std::{
     collections::HashSet,
     net::SocketAddr,
@@ -22,59 +22,19 @@ impl Pki {
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let d = |f: &str| dir.path().join(f);
+        // A CA, server.pem (localhost, 127.0.0.1) and device.pem (pi-01), as every coaps test
+        // has them; then the certificates only these tests need.
+        gateway_test_support::coaps::pki(dir.path(), &[("device", "pi-01")]);
+        let (ca, ca_key) = read_pair(&d("ca.pem"), &d("ca.key")).unwrap();
+        let ca = Some((&ca, &ca_key));
         let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         let other = vec!["example.org".to_owned()];
-        let (ca, ca_key) = issue_to(
-            &d("ca.pem"),
-            &d("ca.key"),
-            "Test CA",
-            Kind::Ca,
-            None,
-            -1,
-            3650,
-        )
-        .unwrap();
-        let ca = Some((&ca, &ca_key));
-        issue_to(
-            &d("server.pem"),
-            &d("server.key"),
-            "server",
-            Kind::Server(&names),
-            ca,
-            -1,
-            365,
-        )
-        .unwrap();
-        issue_to(
-            &d("expired.pem"),
-            &d("expired.key"),
-            "server",
-            Kind::Server(&names),
-            ca,
-            -30,
-            -1,
-        )
-        .unwrap();
-        issue_to(
-            &d("other.pem"),
-            &d("other.key"),
-            "server",
-            Kind::Server(&other),
-            ca,
-            -1,
-            365,
-        )
-        .unwrap();
-        issue_to(
-            &d("device.pem"),
-            &d("device.key"),
-            "pi-01",
-            Kind::Device,
-            ca,
-            -1,
-            365,
-        )
-        .unwrap();
+        let server = |f: &str, names, from, to| {
+            let (cert, key) = (d(&format!("{f}.pem")), d(&format!("{f}.key")));
+            issue_to(&cert, &key, "server", Kind::Server(names), ca, from, to).unwrap();
+        };
+        server("expired", &names, -30, -1);
+        server("other", &other, -1, 365);
         // A second, unrelated CA.
         issue_to(
             &d("rogue-ca.pem"),
