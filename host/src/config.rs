@@ -133,7 +133,9 @@ pub struct SinkSettings {
     pub inputs: Option<Vec<String>>,
     /// Most readings per write (a single source batch larger than this is written whole).
     pub batch_size: usize,
-    /// How long to wait for more readings before writing a batch that is not full.
+    /// How long a batch that is not full waits for more readings before its write starts.
+    /// Zero (the default) is group commit: an idle sink writes what it has at once, and a batch
+    /// forms only from what arrives while a write is in progress.
     pub batch_timeout: Duration,
     /// How many source batches may wait in the sink's queue before sources are held back.
     pub queue_capacity: usize,
@@ -195,7 +197,7 @@ pub mod default {
     /// `batch_size` (sinks).
     pub const BATCH_SIZE: usize = 1000;
     /// `batch_timeout` (sinks).
-    pub const BATCH_TIMEOUT: Duration = Duration::from_millis(100);
+    pub const BATCH_TIMEOUT: Duration = Duration::ZERO;
     /// `queue_capacity` (sinks).
     pub const QUEUE_CAPACITY: usize = 16;
     /// `retry_backoff` (sinks).

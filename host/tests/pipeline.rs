@@ -63,6 +63,37 @@ fn a_source_that_panics_is_restarted_and_the_others_keep_flowing() {
     assert_contiguous(&good_values, "healthy source");
 }
 
+/// Group commit: with the default `batch_timeout`, an idle sink writes a lone batch at once,
+/// and batches form only from what arrives while a write is in progress.
+#[test]
+fn an_idle_sink_writes_at_once_and_batches_form_during_writes() {
+    let s = Setup::new();
+    let out = s.path("out.txt");
+    let cfg = s.config(
+        "",
+        &format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 200\ninterval = \"1ms\"\nwait_ack = false\n\
+             [sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\ndelay = \"20ms\"\nmark_writes = true\nqueue_capacity = 1000\n",
+            out.to_str().unwrap()
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(20)).expect("exits");
+    assert!(status.success(), "{}", gw.stderr());
+    assert_eq!(s.recorded("out.txt", "seq").len(), 200);
+    let writes: Vec<usize> = s
+        .lines("out.txt")
+        .iter()
+        .filter_map(|l| l.strip_prefix("write ")?.parse().ok())
+        .collect();
+    assert_eq!(writes.iter().sum::<usize>(), 200);
+    assert_eq!(writes[0], 1, "the idle sink did not wait: {writes:?}");
+    assert!(
+        writes.len() < 50 && writes.iter().any(|&n| n > 5),
+        "readings that came during a 20 ms write went out together: {writes:?}"
+    );
+}
+
 #[test]
 fn a_sink_that_panics_is_rebuilt_and_nothing_is_lost() {
     let s = Setup::new();

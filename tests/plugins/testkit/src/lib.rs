@@ -178,6 +178,10 @@ struct RecorderConfig {
     reject_first: u64,
     /// Any batch holding a reading with this integer value is refused for good.
     reject_value: Option<i64>,
+    /// Before each write's readings, a line `write N` (N its readings), so that a test sees
+    /// how the host batched them.
+    #[serde(default)]
+    mark_writes: bool,
 }
 
 /// Appends `SENSOR VALUE ID` per reading to a file, after an optional delay; can fail or panic.
@@ -238,6 +242,9 @@ impl Sink for Recorder {
             panic!("recorder panics on write {call}, as configured");
         }
         let mut out = String::new();
+        if self.cfg.mark_writes {
+            out.push_str(&format!("write {}\n", batch.len()));
+        }
         for r in batch {
             out.push_str(&format!("{} {} {}\n", r.sensor, r.value, r.id));
         }
