@@ -28,6 +28,8 @@ pub struct SinkStats {
     pub rejected: AtomicU64,
     /// Times the instance was rebuilt after a failure.
     pub restarts: AtomicU64,
+    /// Batches a source offered without waiting (`try_emit`) while the queue was full.
+    pub refused_full: AtomicU64,
 }
 
 fn get(c: &AtomicU64) -> u64 {
@@ -63,6 +65,7 @@ impl SinkStats {
             retries = get(&self.retries),
             rejected = get(&self.rejected),
             restarts = get(&self.restarts),
+            refused_full = get(&self.refused_full),
             "sink stats"
         );
     }

@@ -158,6 +158,9 @@ pub trait AckFfi: Send {
     /// Called at most once: `ROk` when every routed sink durably took the batch.
     #[sabi(last_prefix_field)]
     fn done(&mut self, outcome: RResult<(), PluginError>);
+    /// Forgets the callback without calling it: the plugin's own use, for a batch that
+    /// `try_emit` gave back. The host never calls it.
+    fn disarm(&mut self) {}
 }
 /// An acknowledgement callback as a boxed trait object.
 pub type AckBox = AckFfi_TO<'static, RBox<()>>;
@@ -174,6 +177,19 @@ pub trait HostSourceCtx: Send + Sync {
     /// Sleeps up to `timeout_ms`, returning early with `true` when the host asks to stop.
     #[sabi(last_prefix_field)]
     fn wait_stop(&self, timeout_ms: u64) -> bool;
+    /// Like `emit`, but never waits for room: when a routed sink's queue is full it fails at
+    /// once with a retryable error and leaves `batch` and `ack` where they are; otherwise it
+    /// takes both, as `emit` does. A host older than this method blocks, as `emit` does.
+    fn try_emit(
+        &self,
+        batch: &mut RVec<Reading>,
+        ack: &mut ROption<AckBox>,
+    ) -> RResult<(), PluginError> {
+        self.emit(
+            std::mem::take(batch),
+            std::mem::replace(ack, abi_stable::std_types::RNone),
+        )
+    }
 }
 /// The host's source context as a shared trait object.
 pub type HostSourceCtxBox = HostSourceCtx_TO<'static, RBox<()>>;

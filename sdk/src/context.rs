@@ -240,6 +240,36 @@ impl SourceContext {
         self.host.emit(RVec::from(batch), RSome(ack)).into_result()
     }
 
+    /// [`SourceContext::emit_with`] that never waits: when a routed sink's queue is full it
+    /// gives the batch back at once, with a retryable error, and `on_ack` is never called.
+    /// Otherwise, as `emit_with`: `on_ack` is called exactly once, also when this returns an
+    /// error without the batch (the host took it and could not deliver it).
+    /// For a source that must not stall, such as a server that holds its clients' requests
+    /// and tries again after the sinks' next write.
+    pub fn try_emit_with<F>(&self, batch: Vec<Reading>, on_ack: F) -> Result<(), TryEmitError>
+    where
+        F: FnOnce(Result<(), PluginError>) + Send + 'static,
+    {
+        let mut ack: abi_stable::std_types::ROption<AckBox> =
+            RSome(AckFfi_TO::from_value(AckCallback(Some(on_ack)), TD_Opaque));
+        let mut batch = RVec::from(batch);
+        match self.host.try_emit(&mut batch, &mut ack) {
+            ROk(()) => Ok(()),
+            RErr(error) if !batch.is_empty() => {
+                // Given back: the callback must not run (it would answer for a batch that is
+                // still the caller's).
+                if let RSome(mut a) = ack {
+                    a.disarm();
+                }
+                Err(TryEmitError {
+                    error,
+                    batch: Some(batch.into_vec()),
+                })
+            }
+            RErr(error) => Err(TryEmitError { error, batch: None }),
+        }
+    }
+
     /// Hands a batch to the host without asking to be told when it was taken.
     pub fn emit_nowait(&self, batch: Vec<Reading>) -> Result<(), PluginError> {
         self.host
@@ -257,6 +287,15 @@ impl SourceContext {
         self.host
             .wait_stop(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
+}
+
+/// Why [`SourceContext::try_emit_with`] did not take a batch.
+#[derive(Debug)]
+pub struct TryEmitError {
+    /// Why: retryable when a sink's queue was full, otherwise as for `emit`.
+    pub error: PluginError,
+    /// The batch, given back when a queue was full (`None`: the host took it and failed).
+    pub batch: Option<Vec<Reading>>,
 }
 
 /// Tells when an emitted batch was taken by every sink it was routed to.
@@ -301,6 +340,10 @@ impl<F: FnOnce(Result<(), PluginError>) + Send> AckFfi for AckCallback<F> {
             };
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(outcome)));
         }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
     }
 }
 

@@ -30,7 +30,7 @@ pub mod testing;
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
-pub use context::{Ack, InitContext, SourceContext};
+pub use context::{Ack, InitContext, SourceContext, TryEmitError};
 pub use error::{ErrorKind, PluginError};
 pub use reading::{IdGenerator, Label, Reading, ReadingId, Timestamp, Value};
 

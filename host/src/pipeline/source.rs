@@ -103,6 +103,25 @@ impl HostSourceCtx for Emitter {
         ROk(())
     }
 
+    fn try_emit(
+        &self,
+        batch: &mut RVec<Reading>,
+        ack: &mut ROption<AckBox>,
+    ) -> RResult<(), PluginError> {
+        // Sources share the queues, so another one may fill the room seen here: then `emit`
+        // waits, for as long as one write of that sink takes.
+        if let Some(full) = self.sinks.iter().find(|p| p.tx.is_full()) {
+            full.stats.refused_full.fetch_add(1, Ordering::Relaxed);
+            return RErr(PluginError::retry(
+                "a sink's queue is full; try again once it has written",
+            ));
+        }
+        self.emit(
+            std::mem::take(batch),
+            std::mem::replace(ack, abi_stable::std_types::RNone),
+        )
+    }
+
     fn is_stopping(&self) -> bool {
         self.shutdown.reached(Phase::Stopping)
     }
@@ -200,5 +219,60 @@ impl SourceRunner {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi_stable::std_types::RString;
+    use gateway_sdk::{abi::InstanceInfo, testing::sample_readings, SourceContext};
+    use std::sync::Mutex;
+
+    /// A source context over an emitter with one sink whose queue holds one batch.
+    fn context() -> (SourceContext, crossbeam_channel::Receiver<Envelope>) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let emitter = Emitter {
+            sinks: Arc::new(vec![SinkPort {
+                tx,
+                stats: Arc::default(),
+            }]),
+            shutdown: Shutdown::new(),
+            stats: Arc::default(),
+        };
+        let info = InstanceInfo {
+            instance: RString::from("test"),
+            device: RString::from("dev"),
+            config_toml: RString::new(),
+            config_file: RString::new(),
+            table: RString::from("sources.test"),
+            data_dir: RString::new(),
+        };
+        let host = HostSourceCtx_TO::from_value(emitter, TD_Opaque);
+        (SourceContext::new(host, &info), rx)
+    }
+
+    #[test]
+    fn try_emit_gives_the_batch_back_when_a_queue_is_full_and_never_acknowledges_it() {
+        let (ctx, rx) = context();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let record = |calls: &Arc<Mutex<Vec<bool>>>| {
+            let calls = calls.clone();
+            move |o: Result<(), PluginError>| calls.lock().unwrap().push(o.is_ok())
+        };
+        ctx.try_emit_with(sample_readings(2), record(&calls))
+            .expect("room for one batch");
+        let refused = ctx
+            .try_emit_with(sample_readings(3), record(&calls))
+            .expect_err("the queue is full");
+        assert_eq!(refused.error.kind, ErrorKind::RETRY);
+        assert_eq!(refused.batch.map(|b| b.len()), Some(3), "given back whole");
+        assert!(calls.lock().unwrap().is_empty(), "nothing acknowledged yet");
+        // The sink takes the first batch: only its callback runs.
+        rx.recv().unwrap().ack.done(Ok(()));
+        assert_eq!(*calls.lock().unwrap(), vec![true]);
+        ctx.try_emit_with(sample_readings(1), record(&calls))
+            .expect("room again");
+        assert_eq!(rx.len(), 1);
     }
 }
