@@ -16,7 +16,7 @@ pub use gateway_dtls::{
     client::{Config as ClientConfig, RequestError},
     server::{Config as ServerConfig, Incoming, Stats as ServerStats},
 };
-pub use server::{Responder, Server, ServerOptions};
+pub use server::{Bound, Handler, Responder, Server, ServerOptions};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -1,5 +1,7 @@
-//! The server driver: one UDP socket, a tokio loop on the server's own thread, requests out to
-//! the application through a bounded channel and answers back through [`Responder`].
+//! The server driver: one UDP socket and a tokio loop that pumps the server machine. Either on
+//! the caller's thread, each request handed to a callback there ([`Bound::run`]: no thread
+//! hand-off on the way in), or on a thread of its own, requests out through a bounded channel
+//! ([`Server::start`]). Answers come back through [`Responder`] either way.
 
 use crate::{grow_buffers, runtime};
 use gateway_coap::{coap_lite::Packet, RequestId};
@@ -46,45 +48,132 @@ pub struct Server {
     pub responder: Responder,
     /// Counters.
     pub stats: Arc<Stats>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<std_mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
-    /// Checks the settings, binds and starts serving.
+    /// Checks the settings, binds and starts serving on a thread of its own; requests arrive
+    /// on [`Server::requests`] (past `max_pending` waiting, they get a 5.03 at once).
     pub fn start(opts: ServerOptions) -> Result<Server, DtlsError> {
-        let machine = Machine::new(opts.server, Instant::now(), gateway_dtls::rng())?;
-        let std_socket = std::net::UdpSocket::bind(opts.bind)
-            .map_err(|e| DtlsError::Config(format!("cannot listen on {}: {e}", opts.bind)))?;
-        std_socket
-            .set_nonblocking(true)
-            .map_err(|e| DtlsError::Other(e.to_string()))?;
-        grow_buffers(&socket2::SockRef::from(&std_socket));
-        let local_addr = std_socket
-            .local_addr()
-            .map_err(|e| DtlsError::Other(e.to_string()))?;
-        let (req_tx, requests) = std_mpsc::sync_channel(opts.max_pending.max(1));
-        let (resp_tx, resp_rx) = mpsc::unbounded_channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-        let stats = machine.stats().clone();
+        let max_pending = opts.max_pending.max(1);
+        let bound = Bound::new(opts)?;
+        let (local_addr, responder, stats) = (
+            bound.local_addr,
+            bound.responder.clone(),
+            bound.stats.clone(),
+        );
+        let (req_tx, requests) = std_mpsc::sync_channel(max_pending);
+        let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
         let span = tracing::Span::current();
+        let busy_to = responder.clone();
         let thread = std::thread::Builder::new()
             .name("coaps-server".into())
             .spawn(move || {
                 let _e = span.enter();
-                runtime().block_on(async move {
-                    let socket = UdpSocket::from_std(std_socket).expect("tokio socket");
-                    server_loop(machine, socket, req_tx, resp_rx, stop_rx).await
-                })
+                let to_channel = ToChannel {
+                    requests: req_tx,
+                    busy: busy_to,
+                    stop: stop_rx,
+                };
+                bound.run(Duration::from_millis(50), to_channel)
             })
             .map_err(|e| DtlsError::Other(e.to_string()))?;
         Ok(Server {
             local_addr,
             requests,
-            responder: Responder(resp_tx),
+            responder,
             stats,
             stop: Some(stop_tx),
             thread: Some(thread),
+        })
+    }
+}
+
+/// What [`Bound::run`] calls, on the caller's thread.
+pub trait Handler {
+    /// A request: answer it through the [`Responder`], now or later, from any thread.
+    fn request(&mut self, inc: Incoming);
+    /// Called after each wake-up's requests were handed over (many, under load).
+    fn flush(&mut self) {}
+    /// Called every tick; `false` ends the run.
+    fn tick(&mut self) -> bool {
+        true
+    }
+}
+
+/// [`Server::start`]'s handler: requests into a bounded channel, a 5.03 when it is full.
+struct ToChannel {
+    requests: std_mpsc::SyncSender<Incoming>,
+    busy: Responder,
+    stop: std_mpsc::Receiver<()>,
+}
+
+impl Handler for ToChannel {
+    fn request(&mut self, inc: Incoming) {
+        if let Err(std_mpsc::TrySendError::Full(inc) | std_mpsc::TrySendError::Disconnected(inc)) =
+            self.requests.try_send(inc)
+        {
+            self.busy.respond(inc.id, busy());
+        }
+    }
+
+    fn tick(&mut self) -> bool {
+        matches!(self.stop.try_recv(), Err(std_mpsc::TryRecvError::Empty))
+    }
+}
+
+/// A bound server that runs on the caller's thread: [`Bound::run`] hands each request to a
+/// handler there, without a thread hand-off (the handler answers through [`Bound::responder`],
+/// at once or later from any thread).
+pub struct Bound {
+    /// The bound address.
+    pub local_addr: SocketAddr,
+    /// Where answers go.
+    pub responder: Responder,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    machine: Machine,
+    socket: std::net::UdpSocket,
+    answers: mpsc::UnboundedReceiver<(RequestId, Packet)>,
+}
+
+impl Bound {
+    /// Checks the settings and binds.
+    pub fn new(opts: ServerOptions) -> Result<Bound, DtlsError> {
+        let machine = Machine::new(opts.server, Instant::now(), gateway_dtls::rng())?;
+        let socket = std::net::UdpSocket::bind(opts.bind)
+            .map_err(|e| DtlsError::Config(format!("cannot listen on {}: {e}", opts.bind)))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| DtlsError::Other(e.to_string()))?;
+        grow_buffers(&socket2::SockRef::from(&socket));
+        let local_addr = socket
+            .local_addr()
+            .map_err(|e| DtlsError::Other(e.to_string()))?;
+        let (tx, answers) = mpsc::unbounded_channel();
+        Ok(Bound {
+            local_addr,
+            responder: Responder(tx),
+            stats: machine.stats().clone(),
+            machine,
+            socket,
+            answers,
+        })
+    }
+
+    /// Serves until the handler's `tick` (called every `tick_every`) returns `false`; each
+    /// request goes to the handler as it is decoded. Answers given before the end still go out.
+    pub fn run(self, tick_every: Duration, handler: impl Handler) {
+        let Bound {
+            machine,
+            socket,
+            answers,
+            ..
+        } = self;
+        runtime().block_on(async move {
+            let socket = UdpSocket::from_std(socket).expect("tokio socket");
+            serve(machine, socket, answers, tick_every, handler).await
         })
     }
 }
@@ -100,55 +189,55 @@ impl Drop for Server {
     }
 }
 
-async fn server_loop(
+/// Datagrams read per wake-up before the machine's output is sent: under load one wake-up
+/// serves many peers.
+const BURST: usize = 64;
+
+async fn serve(
     mut machine: Machine,
     socket: UdpSocket,
-    req_tx: std_mpsc::SyncSender<Incoming>,
-    mut resp_rx: mpsc::UnboundedReceiver<(RequestId, Packet)>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    mut answers: mpsc::UnboundedReceiver<(RequestId, Packet)>,
+    tick_every: Duration,
+    mut handler: impl Handler,
 ) {
     let mut buf = vec![0u8; 65536];
-    loop {
+    let mut next_tick = Instant::now() + tick_every;
+    let mut running = true;
+    while running {
         let now = Instant::now();
         let next = machine
             .poll_timeout(now)
-            .unwrap_or(now + Duration::from_secs(60));
-        let stopping = tokio::select! {
-            _ = &mut stop => {
-                // Answers the application gave before it stopped still go out.
-                while let Ok((id, packet)) = resp_rx.try_recv() {
-                    machine.respond(Instant::now(), id, packet);
-                }
-                true
-            }
+            .map_or(next_tick, |t| t.min(next_tick));
+        tokio::select! {
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, peer)) = r {
                     machine.handle(Instant::now(), peer, &buf[..n]);
+                    for _ in 1..BURST {
+                        let Ok((n, peer)) = socket.try_recv_from(&mut buf) else { break };
+                        machine.handle(Instant::now(), peer, &buf[..n]);
+                    }
                 }
-                false
             }
-            Some((id, packet)) = resp_rx.recv() => {
-                machine.respond(Instant::now(), id, packet);
-                false
-            }
+            Some((id, packet)) = answers.recv() => machine.respond(Instant::now(), id, packet),
             _ = sleep_until(next.into()) => {
-                machine.handle_timeout(Instant::now());
-                false
+                let now = Instant::now();
+                machine.handle_timeout(now);
+                if now >= next_tick {
+                    next_tick = now + tick_every;
+                    running = handler.tick();
+                }
             }
-        };
+        }
         while let Some(inc) = machine.poll_event() {
-            if let Err(
-                std_mpsc::TrySendError::Full(inc) | std_mpsc::TrySendError::Disconnected(inc),
-            ) = req_tx.try_send(inc)
-            {
-                machine.respond(Instant::now(), inc.id, busy());
-            }
+            handler.request(inc);
+        }
+        handler.flush();
+        // Answers given meanwhile (by the handler at once, or by other threads).
+        while let Ok((id, packet)) = answers.try_recv() {
+            machine.respond(Instant::now(), id, packet);
         }
         while let Some((peer, d)) = machine.poll_transmit() {
             let _ = socket.send_to(&d, peer).await;
-        }
-        if stopping {
-            return;
         }
     }
 }
