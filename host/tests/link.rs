@@ -298,3 +298,77 @@ fn certs_revoke_writes_a_crl_that_lists_the_device() {
     assert!(!status.success());
     assert!(err.contains("device-pi-99.pem"), "{err}");
 }
+
+/// The ingress never makes its server wait for a sink: with the sink's queue holding one batch
+/// and each write taking 20 ms, eight requests in flight find the queue full. They wait in the
+/// ingress and go out after the sink's next write; none is refused, none is lost.
+#[test]
+fn requests_that_find_the_sinks_queue_full_wait_in_the_ingress_and_none_is_refused() {
+    let s = Setup::new();
+    let certs = s.path("certs");
+    make_certs(&certs, "test");
+    let port = free_udp_port();
+    let c = |f: &str| certs.join(f).display().to_string();
+    let cfg = s.config(
+        "",
+        &format!(
+            r#"[sources.seq]
+plugin = "testkit-sequence"
+count = 400
+batch_size = 50
+
+[sinks.uplink]
+plugin = "coaps-uplink"
+inputs = ["seq"]
+uri = "coaps://localhost:{port}/gpsflowtemp"
+ca_file = {ca:?}
+cert_file = {dc:?}
+key_file = {dk:?}
+max_request_readings = 2
+nstart = 8
+
+[sources.ingress]
+plugin = "coaps-ingress"
+listen = "127.0.0.1:{port}"
+cert_file = {sc:?}
+key_file = {sk:?}
+client_ca_file = {ca:?}
+require_client_cert = true
+
+[sinks.store]
+plugin = "testkit-recorder"
+inputs = ["ingress"]
+path = {out:?}
+delay = "20ms"
+queue_capacity = 1
+"#,
+            ca = c("ca.pem"),
+            dc = c("device-test.pem"),
+            dk = c("device-test.key"),
+            sc = c("server.pem"),
+            sk = c("server.key"),
+            out = s.path("out.txt").display().to_string(),
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while s.recorded("out.txt", "seq").len() < 400 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = gw.stop(Duration::from_secs(20));
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    let values = s.recorded("out.txt", "seq");
+    assert_eq!(values.len(), 400, "every reading stored once\n{err}");
+    assert_contiguous(&values, "through a full queue");
+    let stats = err
+        .lines()
+        .rfind(|l| l.contains("ingress stats"))
+        .unwrap_or_else(|| panic!("the ingress logs its counters when it stops\n{err}"));
+    assert!(
+        log_u64(stats, "held=").is_some_and(|n| n > 0),
+        "requests waited for the queue: {stats}"
+    );
+    assert_eq!(log_u64(stats, "unavailable="), Some(0), "{stats}");
+    assert_eq!(log_u64(stats, "requests="), Some(200), "{stats}");
+}

@@ -2,36 +2,18 @@
 //! answers 2.04 only after every sink it is routed to stored the batch.
 
 use crate::config::IngressConfig;
-use crate::request::{self, Admitted, Key, Refused, Route, Seen, ANONYMOUS};
-use gateway_coap::{retry_later, Code, Config as CoapConfig, RequestId};
-use gateway_coaps_tokio::{Incoming, Responder, Server, ServerConfig, ServerOptions};
+use crate::request::ANONYMOUS;
+use crate::serving::{Serving, Settings};
+use gateway_coap::Config as CoapConfig;
+use gateway_coaps_tokio::{Bound, ServerConfig, ServerOptions};
 use gateway_dtls::ServerSettings;
-use gateway_sdk::{
-    tracing, ErrorKind, InitContext, PluginError, Reading, Source, SourceContext, Timestamp,
-};
-use std::{
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
-    },
-    time::{Duration, Instant},
-};
+use gateway_sdk::{tracing, InitContext, PluginError, Source, SourceContext};
+use std::time::Duration;
 
 /// The source.
 pub struct Ingress {
     cfg: IngressConfig,
     tls: ServerSettings,
-}
-
-/// Request and reading counters, logged periodically.
-#[derive(Default)]
-struct Counters {
-    requests: AtomicU64,
-    readings: AtomicU64,
-    duplicates: AtomicU64,
-    bad_requests: AtomicU64,
-    unavailable: AtomicU64,
 }
 
 impl Source for Ingress {
@@ -102,179 +84,29 @@ impl Source for Ingress {
                 deny: self.cfg.deny.iter().cloned().collect(),
             },
         };
-        let server = Server::start(opts).map_err(|e| PluginError::retry(e.to_string()))?;
-        tracing::info!(listen = %server.local_addr, path = %self.cfg.path, "CoAP/DTLS ingress listening");
-        let seen = Arc::new(Mutex::new(Seen::new(self.cfg.dedup_ids)));
-        let counters = Arc::new(Counters::default());
-        let mut last_log = Instant::now();
-        loop {
-            if ctx.is_stopping() {
-                // The sinks keep writing while sources stop: wait (a little) for the batches in
-                // flight, so their devices get the 2.04 and do not send them again.
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while seen.lock().expect("seen").busy() && Instant::now() < deadline {
-                    if let Ok(inc) = server.requests.recv_timeout(Duration::from_millis(20)) {
-                        let r = retry_later("shutting down", self.cfg.retry_after);
-                        server.responder.respond(inc.id, r);
-                    }
-                }
-                tracing::info!("ingress stopped");
-                return Ok(());
-            }
-            match server.requests.recv_timeout(Duration::from_millis(100)) {
-                Ok(inc) => {
-                    counters.requests.fetch_add(1, Ordering::Relaxed);
-                    self.handle(ctx, &server.responder, inc, &seen, &counters);
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(PluginError::fatal("the CoAP server stopped"))
-                }
-            }
-            if last_log.elapsed() >= Duration::from_secs(60) {
-                last_log = Instant::now();
-                let s = &server.stats;
-                tracing::info!(
-                    requests = counters.requests.load(Ordering::Relaxed),
-                    readings = counters.readings.load(Ordering::Relaxed),
-                    duplicates = counters.duplicates.load(Ordering::Relaxed),
-                    bad_requests = counters.bad_requests.load(Ordering::Relaxed),
-                    unavailable = counters.unavailable.load(Ordering::Relaxed),
-                    sessions = s.sessions.load(Ordering::Relaxed),
-                    resumed = s.resumed.load(Ordering::Relaxed),
-                    handshake_failures = s.handshake_failures.load(Ordering::Relaxed),
-                    unauthenticated = s.unauthenticated.load(Ordering::Relaxed),
-                    denied = s.denied.load(Ordering::Relaxed),
-                    evicted_handshakes = s.evicted_handshakes.load(Ordering::Relaxed),
-                    evicted_sessions = s.evicted_sessions.load(Ordering::Relaxed),
-                    cookies_sent = s.cookies_sent.load(Ordering::Relaxed),
-                    "ingress stats"
-                );
-            }
-        }
+        // The server runs on this source's thread and hands each request over right here:
+        // the way in has no thread hand-off, and the only one on the way out is the sinks'.
+        let bound = Bound::new(opts).map_err(|e| PluginError::retry(e.to_string()))?;
+        tracing::info!(listen = %bound.local_addr, path = %self.cfg.path, "CoAP/DTLS ingress listening");
+        let settings = Settings {
+            path: self.cfg.path.trim_matches('/').to_owned(),
+            max_records: self.cfg.max_records,
+            max_body: self.cfg.max_body,
+            retry_after: self.cfg.retry_after,
+            // Past separate_after the device has its empty ACK and waits for the answer.
+            hold: self.cfg.separate_after * 2,
+            max_held: HELD_MAX,
+        };
+        let (responder, stats) = (bound.responder.clone(), bound.stats.clone());
+        let serving = Serving::new(ctx, settings, responder, stats, self.cfg.dedup_ids);
+        bound.run(Duration::from_millis(20), serving);
+        tracing::info!("ingress stopped");
+        Ok(())
     }
 }
 
-impl Ingress {
-    /// One request, step by step (see [`crate::request`]); answered now, or once the sinks
-    /// are done with its readings.
-    fn handle(
-        &self,
-        ctx: &SourceContext,
-        responder: &Responder,
-        inc: Incoming,
-        seen: &Arc<Mutex<Seen>>,
-        counters: &Arc<Counters>,
-    ) {
-        let (id, peer) = (inc.id, inc.peer);
-        let refused = |r: Refused| {
-            let counter = if r.bad {
-                &counters.bad_requests
-            } else {
-                &counters.unavailable
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, code = %Code::of(&r.reply).unwrap_or(Code::new(0, 0)), why = %r.why, "request refused");
-            responder.respond(id, r.reply);
-        };
-        match request::route(&inc.packet, self.cfg.path.trim_matches('/')) {
-            Ok(Route::Readings) => {}
-            Ok(Route::Discovery(r)) => return responder.respond(id, r),
-            Err(r) => return refused(r),
-        }
-        // The driver admits a session without an identity only with `allow_anonymous`.
-        let identity = inc.identity.as_deref();
-        let device = identity.unwrap_or(ANONYMOUS);
-        let (max_records, max_body) = (self.cfg.max_records, self.cfg.max_body);
-        let decoded = request::decode(&inc.packet, device, max_records, max_body, Timestamp::now());
-        let mut pack = match decoded {
-            Ok(p) => p,
-            Err(r) => return refused(r),
-        };
-        if let Err(r) = request::authorize(identity, &mut pack.readings) {
-            return refused(r);
-        }
-        let admitted = seen.lock().expect("seen").admit(pack.readings);
-        let Admitted {
-            fresh,
-            keys,
-            duplicates,
-        } = match admitted {
-            Ok(a) => a,
-            Err(r) => return refused(r),
-        };
-        counters
-            .duplicates
-            .fetch_add(duplicates as u64, Ordering::Relaxed);
-        if fresh.is_empty() {
-            return responder.respond(id, request::stored());
-        }
-        self.emit(ctx, responder, id, peer, fresh, keys, seen, counters);
-    }
-
-    /// Emits admitted readings; the device is answered once every sink stored them (2.04), or
-    /// one failed (4.22 or 5.03), or the emit itself failed (5.03).
-    #[allow(clippy::too_many_arguments)]
-    fn emit(
-        &self,
-        ctx: &SourceContext,
-        responder: &Responder,
-        id: RequestId,
-        peer: SocketAddr,
-        fresh: Vec<Reading>,
-        keys: Vec<Key>,
-        seen: &Arc<Mutex<Seen>>,
-        counters: &Arc<Counters>,
-    ) {
-        let n = fresh.len() as u64;
-        let retry_after = self.cfg.retry_after;
-        // The request is answered once: by the acknowledgement, or by a failed emit, whichever
-        // comes first (an emit that fails half-way also fails its acknowledgement later).
-        let answered = Arc::new(AtomicBool::new(false));
-        let (responder2, seen2, counters2, answered2, keys2) = (
-            responder.clone(),
-            seen.clone(),
-            counters.clone(),
-            answered.clone(),
-            keys.clone(),
-        );
-        let sent = ctx.emit_with(fresh, move |outcome| {
-            if answered2.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            match outcome {
-                Ok(()) => {
-                    seen2.lock().expect("seen").stored(&keys2);
-                    counters2.readings.fetch_add(n, Ordering::Relaxed);
-                    responder2.respond(id, request::stored());
-                }
-                Err(e) => {
-                    seen2.lock().expect("seen").failed(&keys2);
-                    if e.kind == ErrorKind::REJECTED {
-                        counters2.bad_requests.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%peer, readings = n, error = %e.message(), "a sink refused readings for good; the device is told 4.22");
-                    } else {
-                        counters2.unavailable.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%peer, readings = n, error = %e.message(), "readings not stored; the device is told to retry");
-                    }
-                    responder2.respond(id, request::not_stored(&e, retry_after));
-                }
-            }
-        });
-        if let Err(e) = sent {
-            if answered.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            seen.lock().expect("seen").failed(&keys);
-            let why = if e.kind == ErrorKind::STOPPED {
-                "shutting down"
-            } else {
-                "cannot take readings now"
-            };
-            responder.respond(id, retry_later(why, retry_after));
-        }
-    }
-}
+/// Most admitted requests that wait for room in the sinks' queues at once.
+const HELD_MAX: usize = 4096;
 
 /// Logs a warning for each setting that lets a peer in without an identity of its own, or
 /// under an identity the operator may not have meant to trust. `gateway check` shows them.

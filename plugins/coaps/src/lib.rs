@@ -9,6 +9,7 @@ pub mod config;
 mod ingress;
 mod keys;
 pub mod request;
+mod serving;
 mod uplink;
 
 pub use ingress::Ingress;
