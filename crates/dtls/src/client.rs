@@ -157,8 +157,20 @@ impl Client {
     /// certificate and key files are read). It connects on the first request. `rng` gives CoAP
     /// message ids and tokens.
     pub fn new(cfg: Config, rng: Box<dyn FnMut() -> u64 + Send>) -> Result<Client, DtlsError> {
-        Ok(Client {
-            ctx: client_context(&cfg.tls)?,
+        let ctx = client_context(&cfg.tls)?;
+        Ok(Client::with_context(cfg, ctx, rng))
+    }
+
+    /// [`Client::new`] with a context already built from `cfg.tls` (by
+    /// [`crate::client_context`]): many clients with the same settings share one, and reading
+    /// the files once saves most of what setting a client up costs.
+    pub fn with_context(
+        cfg: Config,
+        ctx: SslContext,
+        rng: Box<dyn FnMut() -> u64 + Send>,
+    ) -> Client {
+        Client {
+            ctx,
             endpoint: Endpoint::new(cfg.coap.clone(), rng),
             cfg,
             link: None,
@@ -172,7 +184,7 @@ impl Client {
             out: VecDeque::new(),
             closing: false,
             closed: false,
-        })
+        }
     }
 
     /// Sends a confirmable request; its final response comes as an [`Event::Done`] with the tag

@@ -209,7 +209,7 @@ pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
 /// full handshakes only: the CRL file is read when the context is built.
 pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
     let mut b = base_context()?;
-    b.set_options(SslOptions::COOKIE_EXCHANGE);
+    b.set_options(SslOptions::COOKIE_EXCHANGE | SslOptions::NO_TICKET);
     // Ties the sessions to this server: required for resumption with client certificates.
     b.set_session_id_context(b"gateway-coaps")
         .map_err(|e| cfg_err("session id context", e))?;
