@@ -1,0 +1,209 @@
+//! One simulated device: `gateway-dtls`'s client state machine pumped from its own UDP socket
+//! on a task of the load generator's runtime (the same loop as `gateway-coaps-tokio`'s client
+//! driver, without its thread and command channel, so that thousands of devices fit on a few
+//! threads).
+
+use gateway_coap::{
+    coap_lite::{Packet, RequestType},
+    request, Code, ContentFormat,
+};
+use gateway_dtls::client::{Client, Config, Event, RequestError, Transmit};
+use gateway_sdk::{IdGenerator, Label, Reading, Timestamp, Value};
+use openssl::ssl::SslContext;
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+use tokio::{net::UdpSocket, time::sleep_until};
+
+/// How one request ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A 2.xx answer.
+    Stored,
+    /// Another answer: its code (e.g. "5.03") and payload (the server's reason, if it gave one).
+    Refused(String, String),
+    /// No answer within the timeout.
+    Timeout,
+    /// The DTLS session could not be set up.
+    Handshake(String),
+    /// Anything else (socket, CoAP reset, ...).
+    Failed(String),
+}
+
+/// A device: its state machine, its socket, and the readings it sends.
+pub struct Device {
+    machine: Client,
+    server: SocketAddr,
+    socket: Option<UdpSocket>,
+    buf: Vec<u8>,
+    name: Label,
+    readings: usize,
+    ids: IdGenerator,
+    path: String,
+    timeout: Duration,
+}
+
+impl Device {
+    /// A device named `name` (its SenML device name), talking to `server`.
+    pub fn new(
+        cfg: Config,
+        ctx: SslContext,
+        server: SocketAddr,
+        name: &str,
+        readings: usize,
+        path: &str,
+        timeout: Duration,
+    ) -> Device {
+        Device {
+            machine: Client::with_context(cfg, ctx, gateway_dtls::rng()),
+            server,
+            socket: None,
+            buf: vec![0; 65536],
+            name: Label::from(name),
+            readings,
+            ids: IdGenerator::new(),
+            path: path.to_owned(),
+            timeout,
+        }
+    }
+
+    /// Whether the device has a DTLS session now.
+    pub fn is_connected(&self) -> bool {
+        self.machine.is_connected()
+    }
+
+    /// One CON POST of fresh readings (new ids, so that the server stores them, not drops them
+    /// as repeats), waited for.
+    pub async fn post(&mut self) -> Outcome {
+        let now = Timestamp::now();
+        let batch: Vec<Reading> = (0..self.readings)
+            .map(|i| Reading {
+                id: self.ids.next(now),
+                time: now,
+                device: self.name.clone(),
+                sensor: Label::from("load"),
+                name: Label::from("temperature"),
+                unit: Label::from("Cel"),
+                value: Value::Float(20.0 + i as f64 / 10.0),
+            })
+            .collect();
+        let payload = gateway_senml::encode_cbor(&batch);
+        let packet = request(
+            RequestType::Post,
+            &self.path,
+            Some(ContentFormat::SENML_CBOR),
+            payload,
+        );
+        match self.call(packet).await {
+            Ok(resp) => match Code::of(&resp) {
+                Some(c) if c.is_success() => Outcome::Stored,
+                Some(c) => {
+                    let why = String::from_utf8_lossy(&resp.payload);
+                    let why: String = why.chars().take(60).collect();
+                    Outcome::Refused(c.to_string(), why)
+                }
+                None => Outcome::Refused("?".into(), String::new()),
+            },
+            Err(RequestError::Timeout(_)) => Outcome::Timeout,
+            Err(RequestError::Dtls(e)) => Outcome::Handshake(e.to_string()),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+
+    /// Sends a close_notify and waits (briefly) for the machine to finish.
+    pub async fn close(mut self) {
+        self.machine.close(Instant::now());
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while !self.machine.is_closed() {
+                if self.pump(None).await.is_some() {
+                    continue;
+                }
+                self.wait().await;
+            }
+        })
+        .await;
+    }
+
+    /// Sends `packet` and pumps the machine until its answer (or failure) comes.
+    async fn call(&mut self, packet: Packet) -> Result<Packet, RequestError> {
+        let tag = self.machine.request(Instant::now(), packet, self.timeout);
+        loop {
+            if let Some(r) = self.pump(Some(tag)).await {
+                return r;
+            }
+            self.wait().await;
+        }
+    }
+
+    /// Delivers what the machine queued: the result of request `tag` if it finished, after
+    /// sending every datagram queued before it.
+    async fn pump(&mut self, tag: Option<u64>) -> Option<Result<Packet, RequestError>> {
+        let mut done = None;
+        loop {
+            while let Some(Event::Done { tag: t, result }) = self.machine.poll_event() {
+                if Some(t) == tag {
+                    done = Some(result);
+                }
+            }
+            match self.machine.poll_transmit() {
+                None => return done,
+                Some(Transmit::Connect) => match open(self.server).await {
+                    Ok(s) => self.socket = Some(s),
+                    Err(e) => {
+                        self.socket = None;
+                        self.machine.connect_failed(Instant::now(), e);
+                    }
+                },
+                Some(Transmit::Datagram(d)) => {
+                    if let Some(s) = &self.socket {
+                        let _ = s.send(&d).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for a datagram or the machine's next timer, and hands it over.
+    async fn wait(&mut self) {
+        let now = Instant::now();
+        let next = self
+            .machine
+            .poll_timeout(now)
+            .unwrap_or(now + Duration::from_secs(3600));
+        let Device {
+            socket,
+            buf,
+            machine,
+            ..
+        } = self;
+        match socket {
+            Some(s) => tokio::select! {
+                r = s.recv(buf) => if let Ok(n) = r {
+                    machine.handle(Instant::now(), &buf[..n]);
+                },
+                _ = sleep_until(next.into()) => machine.handle_timeout(Instant::now()),
+            },
+            None => {
+                sleep_until(next.into()).await;
+                machine.handle_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+/// A new socket connected to the server.
+async fn open(server: SocketAddr) -> Result<UdpSocket, RequestError> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse().expect("address")
+    } else {
+        "[::]:0".parse().expect("address")
+    };
+    let s = UdpSocket::bind(bind)
+        .await
+        .map_err(|e| RequestError::Io(format!("bind: {e}")))?;
+    s.connect(server)
+        .await
+        .map_err(|e| RequestError::Io(format!("connect {server}: {e}")))?;
+    Ok(s)
+}

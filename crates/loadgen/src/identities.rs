@@ -1,0 +1,139 @@
+//! Who each device is: a certificate of its own (issued for the run from a development CA, or
+//! read from a directory), or a PSK under its own name.
+
+use crate::{client_config, Cli};
+use anyhow::{bail, Context, Result};
+use gateway_dtls::{client::Config, ClientSettings, Psk};
+use gateway_pki::{issue_to, read_pair, Kind};
+use std::path::PathBuf;
+
+/// Where the devices' credentials come from.
+pub enum Identities {
+    /// `DIR/NAME.pem` and `DIR/NAME.key`; the temporary directory is kept alive for the run.
+    Certs {
+        /// The directory.
+        dir: PathBuf,
+        /// Removed when the run ends.
+        _temporary: Option<tempfile::TempDir>,
+    },
+    /// One key, each device under its own name.
+    Psk(Vec<u8>),
+}
+
+impl Identities {
+    /// Reads, or makes, what `cli` asks for.
+    pub fn new(cli: &Cli) -> Result<Identities> {
+        if let Some(hex) = &cli.psk {
+            let hex = hex.trim();
+            if hex.is_empty() || hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("--psk must be an even number of hex digits");
+            }
+            let key = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked"))
+                .collect();
+            return Ok(Identities::Psk(key));
+        }
+        if let Some(dir) = &cli.certs_dir {
+            let first = dir.join(format!("{}-0.pem", cli.prefix));
+            if !first.exists() {
+                bail!(
+                    "--certs-dir {}: no {} (device N's certificate is {}-N.pem, its key {}-N.key)",
+                    dir.display(),
+                    first.display(),
+                    cli.prefix,
+                    cli.prefix
+                );
+            }
+            return Ok(Identities::Certs {
+                dir: dir.clone(),
+                _temporary: None,
+            });
+        }
+        let Some(ca_key) = &cli.ca_key else {
+            bail!("say who the devices are: --ca-key (issue certificates), --certs-dir or --psk");
+        };
+        let (ca, key) = read_pair(&cli.ca, ca_key)
+            .with_context(|| format!("reading the CA {} and its key", cli.ca.display()))?;
+        let dir = tempfile::tempdir()?;
+        let started = std::time::Instant::now();
+        for n in 0..cli.devices {
+            let name = format!("{}-{n}", cli.prefix);
+            let p = |ext: &str| dir.path().join(format!("{name}.{ext}"));
+            issue_to(
+                &p("pem"),
+                &p("key"),
+                &name,
+                Kind::Device,
+                Some((&ca, &key)),
+                -1,
+                2,
+            )
+            .with_context(|| format!("issuing {name}'s certificate"))?;
+        }
+        println!(
+            "issued {} device certificates from {} in {:.1} s",
+            cli.devices,
+            cli.ca.display(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(Identities::Certs {
+            dir: dir.path().to_owned(),
+            _temporary: Some(dir),
+        })
+    }
+
+    /// Device `n`'s settings.
+    pub fn config(&self, cli: &Cli, host: &str, n: usize) -> Result<Config> {
+        let name = format!("{}-{n}", cli.prefix);
+        let tls = match self {
+            Identities::Certs { dir, .. } => {
+                let (cert, key) = (
+                    dir.join(format!("{name}.pem")),
+                    dir.join(format!("{name}.key")),
+                );
+                if !cert.exists() || !key.exists() {
+                    bail!("no certificate or key for {name} in {}", dir.display());
+                }
+                ClientSettings {
+                    cert: Some((cert, key)),
+                    ..ClientSettings::default()
+                }
+            }
+            Identities::Psk(key) => ClientSettings {
+                psk: Some(Psk {
+                    identity: name,
+                    key: key.clone(),
+                }),
+                ..ClientSettings::default()
+            },
+        };
+        Ok(client_config(cli, host, tls))
+    }
+}
+
+/// Every device holds a socket: raise the soft limit of open files toward `want` (up to the
+/// hard limit), and say so if that is not enough.
+pub fn raise_fd_limit(want: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let want = want as libc::rlim_t;
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        if lim.rlim_cur < want {
+            eprintln!(
+                "gateway-load: at most {} open files (ulimit -n); {} devices need about {want}",
+                lim.rlim_cur,
+                want.saturating_sub(64)
+            );
+        }
+    }
+}
