@@ -17,6 +17,7 @@ pub mod admission;
 pub mod client;
 pub mod context;
 pub mod hello;
+pub mod lobby;
 pub mod server;
 pub mod session;
 

@@ -14,6 +14,8 @@
 //!   6347 §4.2.8: a device that rebooted keeps its port), while the ClientHello that began an
 //!   established session, sent again, is dropped;
 //! - handshake and session capacity, per host, per identity and in all ([`crate::admission`]);
+//!   a verified ClientHello that finds no slot waits in the [`crate::lobby`] and starts as soon
+//!   as one frees;
 //! - an established session must have an identity the server accepts (not on `deny`, and one
 //!   at all when `require_identity`), or it is closed at once;
 //! - handshakes that take longer than `handshake_timeout`, and sessions idle for
@@ -23,6 +25,7 @@ use crate::{
     admission::{self, Admit, Established, Handshake, Limits},
     context::{server_context, ServerSettings},
     hello::{hello_verify_request, parse_client_hello, ClientHello, CookieJar},
+    lobby::{Lobby, Waiting},
     session::{Session, State},
     DtlsError,
 };
@@ -97,9 +100,12 @@ pub struct Stats {
     pub denied: AtomicU64,
     /// Datagrams from addresses without a session, dropped.
     pub no_session: AtomicU64,
-    /// ClientHellos dropped because the handshake capacity was full (they are sent again),
-    /// and sessions without an identity refused at the session cap.
+    /// ClientHellos that found the handshake capacity full (they wait in the lobby, or are
+    /// dropped when it is full, and sent again), and sessions without an identity refused at
+    /// the session cap.
     pub over_capacity: AtomicU64,
+    /// Handshakes started from the lobby, after waiting for a slot.
+    pub from_lobby: AtomicU64,
     /// Stalled handshakes dropped to make room for newer ones (see [`crate::admission`]).
     pub evicted_handshakes: AtomicU64,
     /// Sessions dropped to make room for a newcomer (the session cap, or its identity's).
@@ -121,6 +127,9 @@ const STALLED_AFTER: Duration = Duration::from_millis(750);
 
 /// How long a cookie secret lives; a cookie of the previous one is still taken.
 const COOKIE_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Most verified ClientHellos waiting for a handshake slot (a few hundred bytes each).
+const LOBBY_CAPACITY: usize = 8192;
 
 /// One peer of a server.
 struct Peer {
@@ -146,6 +155,14 @@ pub struct Server {
     /// Peers whose session may have output, or may have ended, since the last pump.
     touched: HashSet<SocketAddr>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Verified ClientHellos waiting for a handshake slot.
+    lobby: Lobby,
+    /// Set when a handshake slot may have freed: the lobby is looked at.
+    slot_freed: bool,
+    /// No established session can be idle before this (the idle scan is skipped until then).
+    idle_check: Option<Instant>,
+    /// Established sessions per identity.
+    per_identity: HashMap<Arc<str>, usize>,
 }
 
 fn count(c: &AtomicU64) {
@@ -170,6 +187,10 @@ impl Server {
             stats: Arc::new(Stats::default()),
             touched: HashSet::new(),
             out: VecDeque::new(),
+            lobby: Lobby::new(LOBBY_CAPACITY),
+            slot_freed: false,
+            idle_check: None,
+            per_identity: HashMap::new(),
         })
     }
 
@@ -189,10 +210,16 @@ impl Server {
         self.peers.get(&peer)?.identity.as_deref()
     }
 
+    /// Verified ClientHellos waiting for a handshake slot.
+    pub fn waiting(&self) -> usize {
+        self.lobby.len()
+    }
+
     /// A datagram from `peer`.
     pub fn handle(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) {
         self.on_datagram(now, peer, datagram);
         self.pump();
+        self.serve_lobby(now);
     }
 
     /// The application's answer to request `id` (after [`Server::poll_event`] gave it).
@@ -201,32 +228,49 @@ impl Server {
         self.pump();
     }
 
-    /// Timers: DTLS retransmissions, handshake deadlines, idle sessions, CoAP retransmissions.
+    /// Timers: DTLS retransmissions, handshake deadlines, idle sessions, CoAP retransmissions,
+    /// the lobby. Only handshakes are looked at one by one; established sessions only when one
+    /// may have become idle.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for (a, p) in self.peers.iter_mut() {
-            if !p.session.is_established() {
+        for a in self.handshakes.iter() {
+            if let Some(p) = self.peers.get_mut(a) {
                 p.session.handle_timeout(now);
                 p.session.check_deadline(now, self.cfg.handshake_timeout);
                 self.touched.insert(*a);
             }
         }
-        let idle: Vec<SocketAddr> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| {
-                p.session.is_established()
-                    && now.saturating_duration_since(p.session.last_activity())
-                        >= self.cfg.session_idle
-            })
-            .map(|(a, _)| *a)
-            .collect();
+        if self.idle_check.is_some_and(|t| now >= t) {
+            self.drop_idle(now);
+        }
+        self.endpoint.handle_timeout(now);
+        self.pump();
+        // A handshake may have stalled (and may now make room), or a waiting device given up.
+        self.slot_freed = true;
+        self.serve_lobby(now);
+    }
+
+    /// Drops the sessions idle for `session_idle`, and notes when the next one can be.
+    fn drop_idle(&mut self, now: Instant) {
+        let idle_for = self.cfg.session_idle;
+        let mut next: Option<Instant> = None;
+        let mut idle = Vec::new();
+        for (a, p) in &self.peers {
+            if !p.session.is_established() {
+                continue;
+            }
+            let at = p.session.last_activity() + idle_for;
+            if at <= now {
+                idle.push(*a);
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        self.idle_check = next;
         for a in idle {
             count(&self.stats.idle_evictions);
             tracing::info!(peer = %a, "idle session dropped");
             self.drop_peer(a, true);
         }
-        self.endpoint.handle_timeout(now);
-        self.pump();
     }
 
     /// The next request for the application.
@@ -251,20 +295,27 @@ impl Server {
     }
 
     /// When to call [`Server::handle_timeout`] next. OpenSSL's handshake timers are read
-    /// relative to `now` (they run on the real clock).
+    /// relative to `now` (they run on the real clock). Costs one look at each handshake in
+    /// progress, not at each session.
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         let mut next = self.endpoint.poll_timeout();
         let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
-        for p in self.peers.values() {
+        if let Some(t) = self.idle_check {
+            at(t);
+        }
+        for p in self.handshakes.iter().filter_map(|a| self.peers.get(a)) {
             let s = &p.session;
             if let Some(d) = s.timeout() {
                 at(now + d);
             }
-            if !s.is_established() {
-                at(s.started() + self.cfg.handshake_timeout);
-            } else {
-                at(s.last_activity() + self.cfg.session_idle);
+            at(s.started() + self.cfg.handshake_timeout);
+            if !self.lobby.is_empty() {
+                // When it stalls, it may make room for a waiting device.
+                at(s.last_progress() + STALLED_AFTER);
             }
+        }
+        if let Some(t) = self.lobby.next_expiry(self.cfg.handshake_timeout) {
+            at(t);
         }
         next.map(|n| n.max(now))
     }
@@ -272,9 +323,19 @@ impl Server {
     /// Forgets a peer: its session, its handshake, its CoAP exchanges. With `close`, a
     /// close_notify goes out first.
     fn drop_peer(&mut self, peer: SocketAddr, close: bool) {
-        self.handshakes.remove(&peer);
+        if self.handshakes.remove(&peer) {
+            self.slot_freed = true;
+        }
         self.touched.remove(&peer);
         if let Some(mut p) = self.peers.remove(&peer) {
+            if let Some(id) = &p.identity {
+                if let Some(n) = self.per_identity.get_mut(id) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_identity.remove(id);
+                    }
+                }
+            }
             if close {
                 p.session.close();
                 while let Some(d) = p.session.poll_transmit() {
@@ -364,8 +425,32 @@ impl Server {
             count(&self.stats.replaced);
             self.drop_peer(peer, false);
         }
-        let in_progress: Vec<Handshake> = self
-            .handshakes
+        let limits = self.limits();
+        match admission::handshake(&self.in_progress(), peer.ip(), now, limits) {
+            Admit::Wait => {
+                count(&self.stats.over_capacity);
+                let waits = self.lobby.offer(now, peer, d, ch);
+                tracing::debug!(%peer, handshakes = self.handshakes.len(), waiting = self.lobby.len(), "handshake capacity full: the ClientHello {}", if waits { "waits for a slot" } else { "is dropped (the lobby is full too; it will be sent again)" });
+            }
+            Admit::Start(evict) => {
+                self.lobby.remove(peer);
+                self.evict_handshakes(evict);
+                self.start_handshake(now, peer, d, ch);
+            }
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_total: self.cfg.max_handshakes,
+            per_address: self.cfg.max_handshakes_per_address,
+            stalled_after: STALLED_AFTER,
+        }
+    }
+
+    /// The handshakes in progress, as admission sees them.
+    fn in_progress(&self) -> Vec<Handshake> {
+        self.handshakes
             .iter()
             .filter_map(|a| {
                 let s = &self.peers.get(a)?.session;
@@ -375,26 +460,19 @@ impl Server {
                     heard: s.last_progress(),
                 })
             })
-            .collect();
-        let limits = Limits {
-            max_total: self.cfg.max_handshakes,
-            per_address: self.cfg.max_handshakes_per_address,
-            stalled_after: STALLED_AFTER,
-        };
-        match admission::handshake(&in_progress, peer.ip(), now, limits) {
-            Admit::Wait => {
-                count(&self.stats.over_capacity);
-                tracing::debug!(%peer, handshakes = in_progress.len(), "handshake capacity full: the ClientHello is dropped (it will be sent again)");
-                return;
-            }
-            Admit::Start(evict) => {
-                for old in evict {
-                    count(&self.stats.evicted_handshakes);
-                    tracing::debug!(peer = %old, "stalled handshake dropped to make room for a newer one");
-                    self.drop_peer(old, false);
-                }
-            }
+            .collect()
+    }
+
+    fn evict_handshakes(&mut self, evict: Vec<SocketAddr>) {
+        for old in evict {
+            count(&self.stats.evicted_handshakes);
+            tracing::debug!(peer = %old, "stalled handshake dropped to make room for a newer one");
+            self.drop_peer(old, false);
         }
+    }
+
+    /// Starts the handshake that `peer`'s verified ClientHello `d` asks for.
+    fn start_handshake(&mut self, now: Instant, peer: SocketAddr, d: &[u8], ch: &ClientHello) {
         match Session::server(&self.ctx, d, &ch.cookie, self.cfg.tls.mtu, now) {
             Ok(session) => {
                 self.handshakes.insert(peer);
@@ -415,10 +493,73 @@ impl Server {
         }
     }
 
+    /// Starts the handshakes of waiting devices while there are slots for them: first come,
+    /// first served, skipping a host at its own limit; the first in line may also take the
+    /// slot of a stalled handshake.
+    fn serve_lobby(&mut self, now: Instant) {
+        if self.lobby.is_empty() || !std::mem::take(&mut self.slot_freed) {
+            return;
+        }
+        let gave_up = self.lobby.expire(now, self.cfg.handshake_timeout);
+        if gave_up > 0 {
+            tracing::debug!(peers = gave_up, "devices waited for a handshake slot as long as a handshake may take, and were forgotten");
+        }
+        let limits = self.limits();
+        loop {
+            let in_progress = self.in_progress();
+            let waiting = if in_progress.len() < limits.max_total.max(1) {
+                let mut per_host: HashMap<std::net::IpAddr, usize> = HashMap::new();
+                for h in &in_progress {
+                    *per_host.entry(admission::host_of(h.peer.ip())).or_default() += 1;
+                }
+                let per_address = limits.per_address.max(1);
+                self.lobby.take_first(|w: &Waiting| {
+                    per_host
+                        .get(&admission::host_of(w.peer.ip()))
+                        .copied()
+                        .unwrap_or(0)
+                        < per_address
+                })
+            } else {
+                None
+            };
+            let w = match waiting {
+                Some(w) => w,
+                None => {
+                    // The first in line may take a stalled handshake's slot.
+                    let Some(first) = self.lobby.take_first(|_| true) else {
+                        return;
+                    };
+                    match admission::handshake(&in_progress, first.peer.ip(), now, limits) {
+                        Admit::Start(evict) => {
+                            self.evict_handshakes(evict);
+                            first
+                        }
+                        Admit::Wait => {
+                            // Back to the front of the line: nothing else to do now.
+                            self.lobby.put_back(first);
+                            return;
+                        }
+                    }
+                }
+            };
+            if self.peers.contains_key(&w.peer) {
+                // It has a session or a handshake already (it came in another way).
+                continue;
+            }
+            count(&self.stats.from_lobby);
+            let waited = now.saturating_duration_since(w.since);
+            tracing::debug!(peer = %w.peer, ?waited, "handshake starts after waiting for a slot");
+            self.start_handshake(now, w.peer, &w.datagram, &w.hello);
+            self.pump();
+        }
+    }
+
     /// A session was just established: it stays only if its peer has an identity the server
     /// accepts and there is room for it. `false` if it was closed.
     fn admit(&mut self, peer: SocketAddr) -> bool {
         self.handshakes.remove(&peer);
+        self.slot_freed = true;
         let p = self.peers.get(&peer).expect("the peer being admitted");
         let identity = p.session.peer_identity();
         let (resumed, cipher) = (p.session.resumed(), p.session.cipher().map(str::to_owned));
@@ -436,7 +577,13 @@ impl Server {
         }
         tracing::info!(%peer, identity = ?identity, cipher = ?cipher, resumed, "DTLS session established");
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.identity = identity.map(Arc::from);
+            let identity: Option<Arc<str>> = identity.map(Arc::from);
+            if let Some(id) = &identity {
+                *self.per_identity.entry(id.clone()).or_default() += 1;
+            }
+            p.identity = identity;
+            let idle_at = p.session.last_activity() + self.cfg.session_idle;
+            self.idle_check = Some(self.idle_check.map_or(idle_at, |t| t.min(idle_at)));
         }
         true
     }
@@ -459,6 +606,14 @@ impl Server {
     /// Drops the sessions that must make room for `peer`'s (see
     /// [`admission::sessions_to_evict`]); why it may not stay, if there is no room.
     fn make_room(&mut self, peer: SocketAddr, identity: Option<&str>) -> Option<String> {
+        // Room for it without looking at every session: under both caps.
+        let sessions = self.peers.len() - self.handshakes.len() - 1;
+        let mine = identity.map_or(0, |id| self.per_identity.get(id).copied().unwrap_or(0));
+        if sessions < self.cfg.max_sessions.max(1)
+            && mine < self.cfg.max_sessions_per_identity.max(1)
+        {
+            return None;
+        }
         let established: Vec<Established<'_>> = self
             .peers
             .iter()

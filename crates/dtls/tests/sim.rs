@@ -576,3 +576,40 @@ fn a_request_waiting_for_its_slot_goes_on_the_next_session_not_the_stale_one() {
     assert!(net.changed(a, second), "{:?}", net.result(a, second));
     assert_eq!(net.received.last().map(|r| &r.1[..]), Some(&b"3"[..]));
 }
+
+#[test]
+fn a_reconnect_storm_waits_in_the_lobby_instead_of_for_retransmissions() {
+    let names: Vec<String> = (0..12).map(|i| format!("pi-{i:02}")).collect();
+    let stems: Vec<&str> = names.iter().map(String::as_str).collect();
+    let pki = Pki::new(&stems);
+    let mut cfg = pki.server_config();
+    cfg.max_handshakes = 3;
+    cfg.max_handshakes_per_address = 2;
+    let mut net = Net::new(cfg);
+    // Every device at once, all from one address (a NAT): two handshakes at a time from it.
+    let devices: Vec<usize> = stems.iter().map(|n| net.add(pki.client(n))).collect();
+    let tags: Vec<u64> = devices
+        .iter()
+        .map(|&i| {
+            let p = request(RequestType::Post, "r", None, b"boot".to_vec());
+            net.devices[i].client.request(net.now, p, T)
+        })
+        .collect();
+    let t0 = net.now;
+    net.settle();
+    assert_eq!(
+        net.now, t0,
+        "no time passed: nobody waited for a retransmission"
+    );
+    for (&i, &tag) in devices.iter().zip(&tags) {
+        assert!(net.changed(i, tag), "device {i}: {:?}", net.result(i, tag));
+    }
+    assert_eq!(net.server.sessions(), (12, 0));
+    assert_eq!(net.server.waiting(), 0);
+    assert_eq!(
+        net.stat(|s| &s.from_lobby),
+        10,
+        "all but the first two waited"
+    );
+    assert_eq!(net.stat(|s| &s.handshake_failures), 0);
+}

@@ -184,6 +184,7 @@ impl<'a> Serving<'a> {
             unauthenticated = get(&s.unauthenticated),
             denied = get(&s.denied),
             evicted_handshakes = get(&s.evicted_handshakes),
+            waited_for_slot = get(&s.from_lobby),
             evicted_sessions = get(&s.evicted_sessions),
             cookies_sent = get(&s.cookies_sent),
             "ingress stats"

@@ -1,0 +1,172 @@
+//! Where verified ClientHellos wait for a handshake slot. No I/O, no clock of its own.
+//!
+//! When every handshake slot is taken, a newcomer's ClientHello used to be dropped: the device
+//! sent it again after its retransmission timer (1 s, then 2, 4, 8 s), and in a reconnect storm
+//! (a whole fleet at once, after a server restart) most devices found the slots taken again,
+//! round after round, until their handshake timeout. A ClientHello that carries a cookie made
+//! for its address comes from a peer that receives there (a spoofer cannot get this far), so it
+//! may wait here instead, first come first served, and its handshake starts as soon as a slot
+//! frees. A retransmission refreshes the entry and keeps its place. The lobby is bounded; past
+//! its capacity a ClientHello is dropped as before.
+
+use crate::hello::ClientHello;
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+/// A ClientHello waiting for a slot.
+#[derive(Debug)]
+pub struct Waiting {
+    /// The peer.
+    pub peer: SocketAddr,
+    /// Its latest ClientHello datagram.
+    pub datagram: Vec<u8>,
+    /// The client random and cookie it carries.
+    pub hello: ClientHello,
+    /// When it first asked.
+    pub since: Instant,
+}
+
+/// The waiting ClientHellos, oldest first.
+#[derive(Debug)]
+pub struct Lobby {
+    queue: VecDeque<Waiting>,
+    capacity: usize,
+}
+
+impl Lobby {
+    /// A lobby for at most `capacity` peers.
+    pub fn new(capacity: usize) -> Lobby {
+        Lobby {
+            queue: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    /// Peers waiting.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether nobody waits.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// `peer` asks (again): a peer already waiting keeps its place, with its latest ClientHello;
+    /// a new one queues at the end. `false` if the lobby is full (the ClientHello is dropped).
+    pub fn offer(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        datagram: &[u8],
+        hello: &ClientHello,
+    ) -> bool {
+        if let Some(w) = self.queue.iter_mut().find(|w| w.peer == peer) {
+            w.datagram = datagram.to_vec();
+            w.hello = hello.clone();
+            return true;
+        }
+        if self.queue.len() >= self.capacity {
+            return false;
+        }
+        self.queue.push_back(Waiting {
+            peer,
+            datagram: datagram.to_vec(),
+            hello: hello.clone(),
+            since: now,
+        });
+        true
+    }
+
+    /// Forgets `peer` (its handshake started by another way, or it went away).
+    pub fn remove(&mut self, peer: SocketAddr) {
+        self.queue.retain(|w| w.peer != peer);
+    }
+
+    /// Drops those that have waited `longest` (their devices gave up); how many.
+    pub fn expire(&mut self, now: Instant, longest: Duration) -> usize {
+        let before = self.queue.len();
+        self.queue
+            .retain(|w| now.saturating_duration_since(w.since) < longest);
+        before - self.queue.len()
+    }
+
+    /// The first waiting peer for which `may_start` says yes, taken out of the lobby.
+    pub fn take_first(&mut self, mut may_start: impl FnMut(&Waiting) -> bool) -> Option<Waiting> {
+        let i = self.queue.iter().position(|w| may_start(w))?;
+        self.queue.remove(i)
+    }
+
+    /// Puts a peer taken with [`Lobby::take_first`] back at the front of the line.
+    pub fn put_back(&mut self, w: Waiting) {
+        self.queue.push_front(w);
+    }
+
+    /// When the oldest entry expires, given `longest`.
+    pub fn next_expiry(&self, longest: Duration) -> Option<Instant> {
+        self.queue.iter().map(|w| w.since + longest).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(n: u8) -> ClientHello {
+        ClientHello {
+            record_seq: 1,
+            random: [n; 32],
+            cookie: vec![n],
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn first_come_first_served_and_a_retransmission_keeps_its_place() {
+        let t0 = Instant::now();
+        let mut l = Lobby::new(3);
+        assert!(l.offer(t0, addr(1), b"a", &hello(1)));
+        assert!(l.offer(t0, addr(2), b"b", &hello(2)));
+        assert!(l.offer(t0, addr(1), b"a2", &hello(1)), "a retransmission");
+        assert_eq!(l.len(), 2);
+        let w = l.take_first(|_| true).unwrap();
+        assert_eq!((w.peer, w.datagram.as_slice()), (addr(1), &b"a2"[..]));
+        assert_eq!(l.take_first(|_| true).unwrap().peer, addr(2));
+        assert!(l.take_first(|_| true).is_none());
+    }
+
+    #[test]
+    fn the_lobby_is_bounded_and_entries_expire() {
+        let t0 = Instant::now();
+        let mut l = Lobby::new(2);
+        assert!(l.offer(t0, addr(1), b"a", &hello(1)));
+        assert!(l.offer(t0 + Duration::from_secs(1), addr(2), b"b", &hello(2)));
+        assert!(!l.offer(t0, addr(3), b"c", &hello(3)), "full");
+        assert_eq!(
+            l.next_expiry(Duration::from_secs(10)),
+            Some(t0 + Duration::from_secs(10))
+        );
+        assert_eq!(
+            l.expire(t0 + Duration::from_secs(10), Duration::from_secs(10)),
+            1
+        );
+        assert_eq!(l.take_first(|_| true).unwrap().peer, addr(2));
+    }
+
+    #[test]
+    fn a_peer_that_may_not_start_yet_lets_the_next_one_go_first() {
+        let t0 = Instant::now();
+        let mut l = Lobby::new(4);
+        l.offer(t0, addr(1), b"a", &hello(1));
+        l.offer(t0, addr(2), b"b", &hello(2));
+        assert_eq!(l.take_first(|w| w.peer != addr(1)).unwrap().peer, addr(2));
+        l.remove(addr(1));
+        assert!(l.is_empty());
+    }
+}
