@@ -6,7 +6,7 @@
 use crate::{grow_buffers, runtime};
 use gateway_coap::{coap_lite::Packet, RequestId};
 use gateway_dtls::{
-    server::{busy, Config, Incoming, Server as Machine, Stats},
+    server::{busy, Config, Incoming, Server as Machine, Shared, Stats},
     DtlsError,
 };
 use std::{
@@ -141,25 +141,37 @@ pub struct Bound {
 impl Bound {
     /// Checks the settings and binds.
     pub fn new(opts: ServerOptions) -> Result<Bound, DtlsError> {
-        let machine = Machine::new(opts.server, Instant::now(), gateway_dtls::rng())?;
-        let socket = std::net::UdpSocket::bind(opts.bind)
-            .map_err(|e| DtlsError::Config(format!("cannot listen on {}: {e}", opts.bind)))?;
-        socket
-            .set_nonblocking(true)
-            .map_err(|e| DtlsError::Other(e.to_string()))?;
-        grow_buffers(&socket2::SockRef::from(&socket));
-        let local_addr = socket
-            .local_addr()
-            .map_err(|e| DtlsError::Other(e.to_string()))?;
-        let (tx, answers) = mpsc::unbounded_channel();
-        Ok(Bound {
-            local_addr,
-            responder: Responder(tx),
-            stats: machine.stats().clone(),
-            machine,
-            socket,
-            answers,
-        })
+        Ok(Bound::workers(opts, 1)?.pop().expect("one worker"))
+    }
+
+    /// Checks the settings and binds `n` workers to the same address, each with a socket of
+    /// its own (SO_REUSEPORT: the kernel hashes each peer's address to one of them, so a
+    /// peer's datagrams always reach the same worker) and a server machine of its own; they
+    /// share what [`Shared`] says. Run each on a thread of its own.
+    pub fn workers(opts: ServerOptions, n: usize) -> Result<Vec<Bound>, DtlsError> {
+        let n = n.max(1);
+        let shared = Shared::new(&opts.server, Instant::now())?;
+        let mut addr = opts.bind;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let socket = bind(addr, n > 1)?;
+            let local_addr = socket
+                .local_addr()
+                .map_err(|e| DtlsError::Other(e.to_string()))?;
+            // Port 0: the others join the port the first one got.
+            addr = local_addr;
+            let machine = Machine::with_shared(opts.server.clone(), &shared, gateway_dtls::rng());
+            let (tx, answers) = mpsc::unbounded_channel();
+            out.push(Bound {
+                local_addr,
+                responder: Responder(tx),
+                stats: shared.stats().clone(),
+                machine,
+                socket,
+                answers,
+            });
+        }
+        Ok(out)
     }
 
     /// Serves until the handler's `tick` (called every `tick_every`) returns `false`; each
@@ -187,6 +199,23 @@ impl Drop for Server {
             let _ = t.join();
         }
     }
+}
+
+/// A non-blocking UDP socket on `addr`, shared with the other workers when `reuse_port`.
+fn bind(addr: SocketAddr, reuse_port: bool) -> Result<std::net::UdpSocket, DtlsError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let cannot = |e: std::io::Error| DtlsError::Config(format!("cannot listen on {addr}: {e}"));
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(cannot)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(cannot)?;
+    }
+    socket.bind(&addr.into()).map_err(cannot)?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| DtlsError::Other(e.to_string()))?;
+    grow_buffers(&socket2::SockRef::from(&socket));
+    Ok(socket.into())
 }
 
 /// Datagrams read per wake-up before the machine's output is sent: under load one wake-up

@@ -71,24 +71,55 @@ pub fn hello_verify_request(ch: &ClientHello, cookie: &[u8]) -> Vec<u8> {
 
 /// Makes and checks stateless cookies: HMAC-SHA256 of the peer's address and the client random
 /// under a secret that rotates; a cookie from the previous secret is still accepted.
+///
+/// The secret of each period is derived from a master secret and the period's number, so that
+/// the jars of several workers made from the same master and start agree on every secret:
+/// a cookie made by one worker is taken by any other.
 pub struct CookieJar {
+    master: [u8; 32],
+    start: Instant,
+    lifetime: Duration,
+    /// The period the secrets below are for.
+    period: u64,
     secret: [u8; 32],
     previous: [u8; 32],
-    rotated: Instant,
-    lifetime: Duration,
 }
 
 impl CookieJar {
-    /// A jar whose secret rotates every `lifetime`.
+    /// A jar of its own, whose secret rotates every `lifetime`.
     pub fn new(now: Instant, lifetime: Duration) -> Self {
-        let mut s = [0u8; 32];
-        openssl::rand::rand_bytes(&mut s).expect("random bytes");
-        CookieJar {
-            secret: s,
-            previous: s,
-            rotated: now,
-            lifetime,
-        }
+        let mut master = [0u8; 32];
+        openssl::rand::rand_bytes(&mut master).expect("random bytes");
+        CookieJar::shared(master, now, lifetime)
+    }
+
+    /// A jar that agrees with every other jar made from `master` and `start`.
+    pub fn shared(master: [u8; 32], start: Instant, lifetime: Duration) -> Self {
+        let mut jar = CookieJar {
+            master,
+            start,
+            lifetime: lifetime.max(Duration::from_millis(1)),
+            period: 0,
+            secret: [0; 32],
+            previous: [0; 32],
+        };
+        jar.secret = jar.derive(0);
+        jar.previous = jar.secret;
+        jar
+    }
+
+    /// The secret of period `n`.
+    fn derive(&self, n: u64) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&Self::mac_full(&self.master, &n.to_be_bytes()));
+        out
+    }
+
+    fn mac_full(key: &[u8], data: &[u8]) -> Vec<u8> {
+        let key = PKey::hmac(key).expect("hmac key");
+        let mut s = Signer::new(MessageDigest::sha256(), &key).expect("signer");
+        s.update(data).expect("hmac");
+        s.sign_to_vec().expect("hmac")
     }
 
     fn mac(secret: &[u8], peer: SocketAddr, random: &[u8]) -> Vec<u8> {
@@ -100,10 +131,16 @@ impl CookieJar {
     }
 
     fn rotate(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.rotated) >= self.lifetime {
-            self.previous = self.secret;
-            openssl::rand::rand_bytes(&mut self.secret).expect("random bytes");
-            self.rotated = now;
+        let elapsed = now.saturating_duration_since(self.start).as_nanos();
+        let period = (elapsed / self.lifetime.as_nanos()) as u64;
+        if period != self.period {
+            self.previous = if period == self.period + 1 {
+                self.secret
+            } else {
+                self.derive(period.saturating_sub(1))
+            };
+            self.secret = self.derive(period);
+            self.period = period;
         }
     }
 
@@ -125,6 +162,33 @@ impl CookieJar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jars_from_one_master_agree_across_rotations_and_others_do_not() {
+        let t0 = Instant::now();
+        let life = Duration::from_secs(300);
+        let ch = ClientHello {
+            record_seq: 0,
+            random: [7; 32],
+            cookie: Vec::new(),
+        };
+        let peer: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let mut a = CookieJar::shared([1; 32], t0, life);
+        let mut b = CookieJar::shared([1; 32], t0, life);
+        let mut other = CookieJar::shared([2; 32], t0, life);
+        for at in [0, 299, 300, 301, 1000] {
+            let now = t0 + Duration::from_secs(at);
+            let with = ClientHello {
+                cookie: a.make(now, peer, &ch),
+                ..ch.clone()
+            };
+            assert!(b.check(now, peer, &with), "at {at} s");
+            assert!(!other.check(now, peer, &with), "at {at} s");
+            // Still taken one period later, not two.
+            assert!(b.check(now + life, peer, &with));
+            assert!(!b.check(now + 2 * life, peer, &with));
+        }
+    }
 
     #[test]
     fn short_or_lying_client_hellos_are_not_client_hellos() {

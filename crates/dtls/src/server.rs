@@ -169,6 +169,39 @@ fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// What the workers of one server share (each worker is a [`Server`] on a socket of its own,
+/// the kernel keeping each peer on one): the DTLS context, so that a session established on
+/// one worker resumes on any; the cookie secret, so that a cookie made by one is taken by any;
+/// and the counters. Sessions themselves never move between workers.
+#[derive(Clone)]
+pub struct Shared {
+    ctx: openssl::ssl::SslContext,
+    cookie_master: [u8; 32],
+    start: Instant,
+    stats: Arc<Stats>,
+}
+
+impl Shared {
+    /// Builds and checks the DTLS context of `cfg` (certificate and key files are read) and
+    /// draws a cookie secret.
+    pub fn new(cfg: &Config, now: Instant) -> Result<Shared, DtlsError> {
+        let mut cookie_master = [0u8; 32];
+        openssl::rand::rand_bytes(&mut cookie_master)
+            .map_err(|e| DtlsError::Other(format!("random bytes: {e}")))?;
+        Ok(Shared {
+            ctx: server_context(&cfg.tls)?,
+            cookie_master,
+            start: now,
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    /// The counters of every worker together.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+}
+
 impl Server {
     /// A server with `cfg`'s settings (the DTLS context is built and checked here: certificate
     /// and key files are read). `rng` gives CoAP message ids and tokens.
@@ -177,21 +210,31 @@ impl Server {
         now: Instant,
         rng: Box<dyn FnMut() -> u64 + Send>,
     ) -> Result<Server, DtlsError> {
-        Ok(Server {
-            ctx: server_context(&cfg.tls)?,
+        let shared = Shared::new(&cfg, now)?;
+        Ok(Server::with_shared(cfg, &shared, rng))
+    }
+
+    /// One worker of a server whose workers share `shared` (see [`Shared`]).
+    pub fn with_shared(
+        cfg: Config,
+        shared: &Shared,
+        rng: Box<dyn FnMut() -> u64 + Send>,
+    ) -> Server {
+        Server {
+            ctx: shared.ctx.clone(),
             endpoint: Endpoint::new(cfg.coap.clone(), rng),
             cfg,
             peers: HashMap::new(),
             handshakes: HashSet::new(),
-            cookies: CookieJar::new(now, COOKIE_LIFETIME),
-            stats: Arc::new(Stats::default()),
+            cookies: CookieJar::shared(shared.cookie_master, shared.start, COOKIE_LIFETIME),
+            stats: shared.stats.clone(),
             touched: HashSet::new(),
             out: VecDeque::new(),
             lobby: Lobby::new(LOBBY_CAPACITY),
             slot_freed: false,
             idle_check: None,
             per_identity: HashMap::new(),
-        })
+        }
     }
 
     /// The counters, shared: they may be read from another thread.

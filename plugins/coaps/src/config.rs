@@ -114,6 +114,10 @@ pub struct IngressConfig {
     /// Address and port to listen on.
     #[serde(default = "listen")]
     pub listen: SocketAddr,
+    /// Threads serving the port, each with a socket of its own (SO_REUSEPORT; the kernel keeps
+    /// each device on one) and its own sessions; 0: one per core.
+    #[serde(default)]
+    pub workers: usize,
     /// The resource devices POST to.
     #[serde(default = "path")]
     pub path: String,
@@ -145,8 +149,8 @@ pub struct IngressConfig {
     pub psk_file: Option<PathBuf>,
     /// OpenSSL cipher list.
     pub ciphers: Option<String>,
-    /// Most sessions at once.
-    #[serde(default = "thousand")]
+    /// Most sessions at once, all workers together.
+    #[serde(default = "fleet")]
     pub max_sessions: usize,
     /// Most sessions of one device identity at once (a reconnecting device, or two uplinks
     /// with one key); a newer one replaces the oldest.
@@ -226,8 +230,8 @@ fn listen() -> SocketAddr {
 fn path() -> String {
     "gpsflowtemp".to_owned()
 }
-fn thousand() -> usize {
-    1000
+fn fleet() -> usize {
+    20_000
 }
 fn hundred() -> usize {
     100

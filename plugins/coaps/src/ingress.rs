@@ -3,12 +3,12 @@
 
 use crate::config::IngressConfig;
 use crate::request::ANONYMOUS;
-use crate::serving::{Serving, Settings};
+use crate::serving::{Serving, Settings, Together};
 use gateway_coap::Config as CoapConfig;
 use gateway_coaps_tokio::{Bound, ServerConfig, ServerOptions};
 use gateway_dtls::ServerSettings;
 use gateway_sdk::{tracing, InitContext, PluginError, Source, SourceContext};
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 /// The source.
 pub struct Ingress {
@@ -84,10 +84,52 @@ impl Source for Ingress {
                 deny: self.cfg.deny.iter().cloned().collect(),
             },
         };
-        // The server runs on this source's thread and hands each request over right here:
-        // the way in has no thread hand-off, and the only one on the way out is the sinks'.
-        let bound = Bound::new(opts).map_err(|e| PluginError::retry(e.to_string()))?;
-        tracing::info!(listen = %bound.local_addr, path = %self.cfg.path, "CoAP/DTLS ingress listening");
+        // Each worker runs its server on a thread of this source's and hands each request
+        // over right there: the way in has no thread hand-off, and the only one on the way out
+        // is the sinks'. Worker 0 is this thread.
+        let workers = match self.cfg.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut opts = opts;
+        opts.server.max_sessions = self.cfg.max_sessions.div_ceil(workers);
+        opts.server.max_handshakes = self.cfg.max_handshakes.div_ceil(workers);
+        let bound = Bound::workers(opts, workers).map_err(|e| PluginError::retry(e.to_string()))?;
+        tracing::info!(listen = %bound[0].local_addr, path = %self.cfg.path, workers, "CoAP/DTLS ingress listening");
+        let shared = Arc::new(Together::new(self.cfg.dedup_ids));
+        std::thread::scope(|scope| {
+            let mut bound = bound.into_iter().enumerate();
+            let (_, first) = bound.next().expect("one worker at least");
+            for (i, b) in bound {
+                let serving = self.serving(ctx, &b, &shared, false);
+                let started = std::thread::Builder::new()
+                    .name(format!("coaps-worker-{i}"))
+                    .spawn_scoped(scope, move || b.run(TICK, serving));
+                if let Err(e) = started {
+                    // Its socket closed with it: the kernel shares the port among the others.
+                    tracing::warn!(worker = i, error = %e, "cannot start a worker thread; the others serve its share");
+                }
+            }
+            let serving = self.serving(ctx, &first, &shared, true);
+            first.run(TICK, serving);
+        });
+        tracing::info!("ingress stopped");
+        Ok(())
+    }
+}
+
+/// How often each worker looks at the held requests and whether the source is stopping.
+const TICK: Duration = Duration::from_millis(20);
+
+impl Ingress {
+    /// The request handler of one worker; `logs`: this one logs the counters.
+    fn serving<'a>(
+        &self,
+        ctx: &'a SourceContext,
+        bound: &Bound,
+        shared: &Arc<Together>,
+        logs: bool,
+    ) -> Serving<'a> {
         let settings = Settings {
             path: self.cfg.path.trim_matches('/').to_owned(),
             max_records: self.cfg.max_records,
@@ -96,12 +138,15 @@ impl Source for Ingress {
             // Past separate_after the device has its empty ACK and waits for the answer.
             hold: self.cfg.separate_after * 2,
             max_held: HELD_MAX,
+            logs,
         };
-        let (responder, stats) = (bound.responder.clone(), bound.stats.clone());
-        let serving = Serving::new(ctx, settings, responder, stats, self.cfg.dedup_ids);
-        bound.run(Duration::from_millis(20), serving);
-        tracing::info!("ingress stopped");
-        Ok(())
+        Serving::new(
+            ctx,
+            settings,
+            bound.responder.clone(),
+            bound.stats.clone(),
+            shared.clone(),
+        )
     }
 }
 

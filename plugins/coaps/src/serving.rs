@@ -43,8 +43,26 @@ pub struct Settings {
     pub retry_after: u32,
     /// How long an admitted request may wait for room in the sinks' queues.
     pub hold: Duration,
-    /// Most requests waiting for room; past it, a 5.03 at once.
+    /// Most requests waiting for room (in this worker); past it, a 5.03 at once.
     pub max_held: usize,
+    /// Whether this worker logs the counters (one of them does).
+    pub logs: bool,
+}
+
+/// What the workers share: the memory of reading ids, the counters.
+pub struct Together {
+    seen: Arc<Mutex<Seen>>,
+    counters: Arc<Counters>,
+}
+
+impl Together {
+    /// `dedup_ids` sizes the memory of reading ids already stored.
+    pub fn new(dedup_ids: usize) -> Together {
+        Together {
+            seen: Arc::new(Mutex::new(Seen::new(dedup_ids))),
+            counters: Arc::default(),
+        }
+    }
 }
 
 /// An admitted request waiting for room in the sinks' queues.
@@ -70,21 +88,21 @@ pub struct Serving<'a> {
 }
 
 impl<'a> Serving<'a> {
-    /// The handler; `dedup_ids` sizes the memory of reading ids already stored.
+    /// The handler of one worker.
     pub fn new(
         ctx: &'a SourceContext,
         settings: Settings,
         responder: Responder,
         stats: Arc<ServerStats>,
-        dedup_ids: usize,
+        together: Arc<Together>,
     ) -> Self {
         Serving {
             ctx,
             settings,
             responder,
             stats,
-            seen: Arc::new(Mutex::new(Seen::new(dedup_ids))),
-            counters: Arc::default(),
+            seen: together.seen.clone(),
+            counters: together.counters.clone(),
             held: VecDeque::new(),
             last_log: Instant::now(),
             stop_by: None,
@@ -283,12 +301,12 @@ impl Handler for Serving<'_> {
                 .get_or_insert_with(|| Instant::now() + Duration::from_secs(5));
             let busy = !self.held.is_empty() || self.seen.lock().expect("seen").busy();
             let go_on = busy && Instant::now() < by;
-            if !go_on {
+            if !go_on && self.settings.logs {
                 self.log_stats();
             }
             return go_on;
         }
-        if self.last_log.elapsed() >= Duration::from_secs(60) {
+        if self.settings.logs && self.last_log.elapsed() >= Duration::from_secs(60) {
             self.last_log = Instant::now();
             self.log_stats();
         }
