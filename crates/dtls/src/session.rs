@@ -55,6 +55,13 @@ extern "C" {
     fn DTLSv1_listen(s: *mut openssl_sys::SSL, client: *mut libc::c_void) -> libc::c_int;
     fn BIO_ADDR_new() -> *mut libc::c_void;
     fn BIO_ADDR_free(a: *mut libc::c_void);
+    fn SSL_free_buffers(s: *mut openssl_sys::SSL) -> libc::c_int;
+}
+
+thread_local! {
+    /// Where records are decrypted into: one per thread, not one per session, and not a new
+    /// zeroed 16 KiB per datagram.
+    static PLAINTEXT: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 16 * 1024 + 512]);
 }
 
 fn get_timeout(ssl: &SslRef) -> Option<Duration> {
@@ -106,6 +113,12 @@ pub struct Session {
     last_activity: Instant,
     /// When a datagram last moved the handshake on (or the session was made).
     last_progress: Instant,
+    /// A server session gives OpenSSL's record buffers back between datagrams (see
+    /// [`Session::release_buffers`]); set while they are given back.
+    buffers_released: bool,
+    /// Application data read while taking the buffers back before a write, for the next
+    /// [`Session::handle_datagram`].
+    early: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -158,6 +171,8 @@ impl Session {
             started: now,
             last_activity: now,
             last_progress: now,
+            buffers_released: false,
+            early: Vec::new(),
         };
         s.advance();
         Ok(s)
@@ -207,6 +222,8 @@ impl Session {
             started: now,
             last_activity: now,
             last_progress: now,
+            buffers_released: false,
+            early: Vec::new(),
         };
         s.advance();
         Ok(s)
@@ -276,9 +293,43 @@ impl Session {
             }
         }
         if self.state == State::Established {
-            let mut buf = vec![0u8; 16 * 1024 + 512];
+            PLAINTEXT.with_borrow_mut(|buf| self.read_all(buf, &mut received));
+            self.release_buffers();
+        }
+        received
+    }
+
+    /// An established server session gives its two record buffers (about 17 KiB each) back
+    /// to the allocator between datagrams: most sessions of a fleet are idle most of the time,
+    /// and SSL_MODE_RELEASE_BUFFERS does not release them for DTLS. OpenSSL sets them up again
+    /// when it reads; a write needs them in place, so [`Session::send`] reads first
+    /// ([`Session::restore_buffers`]).
+    fn release_buffers(&mut self) {
+        if self.is_client || self.state != State::Established || self.buffers_released {
+            return;
+        }
+        // SAFETY: a valid SSL. OpenSSL frees nothing while a record is partly read or written
+        // (it returns 0 then, and the buffers stay).
+        self.buffers_released = unsafe { SSL_free_buffers(self.stream.ssl().as_ptr()) } == 1;
+    }
+
+    /// Sets the record buffers up again after [`Session::release_buffers`]: a read sets up
+    /// both. Nothing is waiting to be read at this point (every datagram was read to the end);
+    /// should anything come, it is kept for the next [`Session::handle_datagram`].
+    fn restore_buffers(&mut self) {
+        if !std::mem::take(&mut self.buffers_released) {
+            return;
+        }
+        let mut early = std::mem::take(&mut self.early);
+        PLAINTEXT.with_borrow_mut(|buf| self.read_all(buf, &mut early));
+        self.early = early;
+    }
+
+    /// Reads every record OpenSSL has for the application.
+    fn read_all(&mut self, buf: &mut [u8], received: &mut Vec<Vec<u8>>) {
+        {
             loop {
-                match self.stream.ssl_read(&mut buf) {
+                match self.stream.ssl_read(buf) {
                     Ok(0) => {
                         self.fail(DtlsError::Closed);
                         break;
@@ -296,7 +347,6 @@ impl Session {
                 }
             }
         }
-        received
     }
 
     /// Takes a datagram from the peer; returns the application data it carried.
@@ -308,7 +358,9 @@ impl Session {
         let before =
             (self.state == State::Handshaking).then(|| self.stream.ssl().state_string_long());
         self.stream.get_mut().inbox.push_back(datagram.to_vec());
-        let received = self.advance();
+        self.buffers_released = false;
+        let mut received = std::mem::take(&mut self.early);
+        received.extend(self.advance());
         if before.is_some_and(|b| {
             self.state != State::Handshaking || self.stream.ssl().state_string_long() != b
         }) {
@@ -322,11 +374,17 @@ impl Session {
         if self.state != State::Established {
             return Err(DtlsError::Other("the session is not established".into()));
         }
-        self.stream.ssl_write(data).map(|_| ()).map_err(|e| {
+        self.restore_buffers();
+        if self.state != State::Established {
+            return Err(DtlsError::Other("the session ended".into()));
+        }
+        let r = self.stream.ssl_write(data).map(|_| ()).map_err(|e| {
             let err = other(e);
             self.fail(err.clone());
             err
-        })
+        });
+        self.release_buffers();
+        r
     }
 
     /// The next datagram to put on the wire.
@@ -415,6 +473,7 @@ impl Session {
     /// Sends close_notify and ends the session.
     pub fn close(&mut self) {
         if self.state == State::Established {
+            self.restore_buffers();
             let _ = self.stream.shutdown();
         }
         self.fail(DtlsError::Closed);
