@@ -2,6 +2,7 @@
 //! any number of peers. See the crate documentation for the order in which to drain it.
 
 mod client;
+mod rto;
 mod server;
 
 use crate::message::{empty, Block};
@@ -46,6 +47,13 @@ pub struct Config {
     /// NSTART (RFC 7252 §4.7): most requests in flight to one peer at once. Requests past it
     /// wait, in order, for one to finish.
     pub nstart: usize,
+    /// Retransmission timeouts from measured round trips, per peer (CoCoA-style, see
+    /// `endpoint/rto.rs`); `false`: ACK_TIMEOUT for every request, doubled per retransmission.
+    pub adaptive_rto: bool,
+    /// The smallest measured timeout used (RFC 7252: ACK_TIMEOUT of at least 1 s).
+    pub min_rto: Duration,
+    /// The largest.
+    pub max_rto: Duration,
 }
 
 impl Default for Config {
@@ -65,6 +73,9 @@ impl Default for Config {
             max_reassembly_bytes: 8 << 20,
             max_reassembly_bytes_per_peer: 1 << 20,
             nstart: 1,
+            adaptive_rto: true,
+            min_rto: Duration::from_secs(1),
+            max_rto: Duration::from_secs(60),
         }
     }
 }
@@ -149,6 +160,9 @@ struct Outgoing<P> {
     peer: P,
     bytes: Vec<u8>,
     retransmits: u32,
+    /// When it first went out, and its first timeout.
+    first_sent: Instant,
+    initial: Duration,
     timeout: Duration,
     next_at: Instant,
     /// The client exchange this carries, if it is a request.
@@ -222,6 +236,8 @@ pub struct Endpoint<P: Copy + Eq + Hash> {
     pending: HashMap<RequestId, Pending<P>>,
     /// Block1 transfers by (peer, path, token).
     reassembly: HashMap<(P, String, Token), Reassembly>,
+    /// Retransmission timeouts per peer, measured ([`Config::adaptive_rto`]).
+    rto: HashMap<P, rto::Rto>,
     stats: Stats,
 }
 
@@ -246,6 +262,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             seen_responses: HashMap::new(),
             pending: HashMap::new(),
             reassembly: HashMap::new(),
+            rto: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -312,11 +329,44 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         self.next_mid
     }
 
-    fn initial_timeout(&mut self) -> Duration {
+    /// Most peers whose round trips are remembered (the least recently measured is forgotten).
+    const RTO_PEERS: usize = 4096;
+
+    /// The first timeout of a new CON to `peer`: its measured timeout (or ACK_TIMEOUT) times a
+    /// random factor in [1, ACK_RANDOM_FACTOR].
+    fn initial_timeout(&mut self, now: Instant, peer: P) -> Duration {
+        let c = &self.config;
+        let base = if c.adaptive_rto {
+            if !self.rto.contains_key(&peer) && self.rto.len() >= Self::RTO_PEERS {
+                if let Some(old) = self
+                    .rto
+                    .iter()
+                    .min_by_key(|(_, r)| r.updated())
+                    .map(|(p, _)| *p)
+                {
+                    self.rto.remove(&old);
+                }
+            }
+            self.rto
+                .entry(peer)
+                .or_insert_with(|| rto::Rto::new(c.ack_timeout, now))
+                .current(now, c.ack_timeout, c.min_rto, c.max_rto)
+        } else {
+            c.ack_timeout
+        };
         let r = (self.rng)() as f64 / u64::MAX as f64;
-        self.config
-            .ack_timeout
-            .mul_f64(1.0 + r * (self.config.ack_random_factor - 1.0))
+        base.mul_f64(1.0 + r * (self.config.ack_random_factor - 1.0))
+    }
+
+    /// An ACK (or the response) of a CON sent `transmissions` times came: a round-trip sample.
+    fn measured(&mut self, now: Instant, peer: P, first_sent: Instant, transmissions: u32) {
+        if let Some(r) = self.rto.get_mut(&peer) {
+            r.answered(
+                now,
+                now.saturating_duration_since(first_sent),
+                transmissions,
+            );
+        }
     }
 
     fn send(&mut self, peer: P, p: &Packet) -> Result<Vec<u8>, String> {
@@ -333,13 +383,15 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         token: Option<Token>,
     ) -> Result<(), String> {
         let bytes = self.send(peer, p)?;
-        let timeout = self.initial_timeout();
+        let timeout = self.initial_timeout(now, peer);
         self.outgoing.insert(
             (peer, p.header.message_id),
             Outgoing {
                 peer,
                 bytes,
                 retransmits: 0,
+                first_sent: now,
+                initial: timeout,
                 timeout,
                 next_at: now + timeout,
                 token,
@@ -406,7 +458,11 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 continue;
             }
             o.retransmits += 1;
-            o.timeout *= 2;
+            o.timeout = if self.config.adaptive_rto {
+                o.timeout.mul_f64(rto::Rto::backoff(o.initial))
+            } else {
+                o.timeout * 2
+            };
             o.next_at = now + o.timeout;
             self.stats.retransmissions += 1;
             self.out.push_back((o.peer, o.bytes.clone()));

@@ -45,6 +45,8 @@ struct Net {
     dup: f64,
     /// Extra random delay up to this, which reorders.
     jitter: Duration,
+    /// Every datagram's delay, each way.
+    latency: Duration,
     app: App,
     /// Requests the server application saw: payloads.
     seen: Vec<Vec<u8>>,
@@ -70,6 +72,7 @@ impl Net {
             loss: 0.0,
             dup: 0.0,
             jitter: Duration::from_millis(1),
+            latency: Duration::ZERO,
             app: App::Now,
             seen: Vec::new(),
             to_answer: Vec::new(),
@@ -141,7 +144,7 @@ impl Net {
                     }
                     let copies = if self.chance() < self.dup { 2 } else { 1 };
                     for _ in 0..copies {
-                        let delay = self.jitter.mul_f64(self.chance());
+                        let delay = self.latency + self.jitter.mul_f64(self.chance());
                         self.wire.push((self.now + delay, to, from, bytes.clone()));
                     }
                 }
@@ -673,4 +676,70 @@ fn nstart_holds_requests_back_in_order_and_a_waiting_one_can_be_cancelled() {
         "no event for a cancelled one"
     );
     assert_eq!(client.in_flight(), (2, 0));
+}
+
+/// Posts `n` requests one after the other; the client's retransmissions meanwhile.
+fn exchanges(net: &mut Net, n: usize) -> u64 {
+    let before = net.client.stats().retransmissions;
+    for i in 0..n {
+        let token = net.post(vec![i as u8]);
+        // Not `run_until`: its last step may jump the clock to a far timer after the answer
+        // came, and a gap of minutes would age the estimate.
+        loop {
+            net.drain();
+            if net.outcomes.contains_key(&token) || !net.step() {
+                break;
+            }
+        }
+        assert_eq!(
+            code(net.outcomes[&token].as_ref().unwrap()),
+            ResponseType::Changed
+        );
+    }
+    net.client.stats().retransmissions - before
+}
+
+#[test]
+fn a_slow_path_is_learned_and_stops_the_spurious_retransmissions() {
+    // A 3.2 s round trip: RFC 7252's fixed 2-3 s timeout retransmits every request once.
+    let mut net = Net::new(Config::default(), 5);
+    net.latency = Duration::from_millis(1600);
+    assert!(
+        exchanges(&mut net, 3) >= 1,
+        "the first requests time out too soon"
+    );
+    let later = exchanges(&mut net, 10);
+    assert_eq!(later, 0, "the measured timeout covers the round trip");
+    let mut fixed = Net::new(
+        Config {
+            adaptive_rto: false,
+            ..Config::default()
+        },
+        5,
+    );
+    fixed.latency = Duration::from_millis(1600);
+    exchanges(&mut fixed, 3);
+    assert_eq!(
+        exchanges(&mut fixed, 10),
+        10,
+        "without it, every request once"
+    );
+}
+
+#[test]
+fn a_fast_path_retransmits_after_the_floor_not_after_ack_timeout() {
+    let mut net = Net::new(Config::default(), 9);
+    net.latency = Duration::from_millis(20);
+    exchanges(&mut net, 20);
+    net.log.clear();
+    net.drop_first = 1; // this request is lost once
+    let token = net.post(b"lost".to_vec());
+    net.run_until(|n| n.outcomes.contains_key(&token));
+    let sends = client_sends(&net);
+    assert_eq!(sends.len(), 2, "{sends:?}");
+    let waited = sends[1] - sends[0];
+    assert!(
+        waited >= Duration::from_secs(1) && waited <= Duration::from_millis(1500),
+        "RFC 7252's floor of 1 s, times the random factor: {waited:?}"
+    );
 }

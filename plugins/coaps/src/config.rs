@@ -65,6 +65,10 @@ pub struct UplinkConfig {
     /// CoAP MAX_RETRANSMIT.
     #[serde(default = "four")]
     pub max_retransmit: u32,
+    /// Set each request's first timeout from the measured round trip (CoCoA-style, never
+    /// under 1 s); `false`: `ack_timeout` for every request.
+    #[serde(default = "yes")]
+    pub adaptive_rto: bool,
     /// How long one batch may take before the write fails (retryably) and the session is set
     /// up again.
     #[serde(default = "d30s", with = "duration")]
@@ -188,6 +192,9 @@ pub struct IngressConfig {
     pub mtu: u32,
 }
 
+fn yes() -> bool {
+    true
+}
 fn d1s() -> Duration {
     Duration::from_secs(1)
 }

@@ -146,6 +146,7 @@ impl Sink for Uplink {
                     coap: CoapConfig {
                         ack_timeout: self.cfg.ack_timeout,
                         max_retransmit: self.cfg.max_retransmit,
+                        adaptive_rto: self.cfg.adaptive_rto,
                         block_szx: szx(self.cfg.block_size).unwrap_or(6),
                         max_payload: max_payload(self.cfg.mtu),
                         nstart: self.cfg.nstart.max(1),

@@ -189,6 +189,9 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             self.stats.unmatched += 1;
             return;
         };
+        if !reset {
+            self.measured(now, peer, o.first_sent, o.retransmits + 1);
+        }
         let Some(token) = o.token else { return }; // the ACK of a separate response of ours
         if reset {
             self.complete(now, peer, token, Err(ClientError::Reset));
