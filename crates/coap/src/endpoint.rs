@@ -50,7 +50,8 @@ pub struct Config {
     /// Retransmission timeouts from measured round trips, per peer (CoCoA-style, see
     /// `endpoint/rto.rs`); `false`: ACK_TIMEOUT for every request, doubled per retransmission.
     pub adaptive_rto: bool,
-    /// The smallest measured timeout used (RFC 7252: ACK_TIMEOUT of at least 1 s).
+    /// The smallest measured timeout used (RFC 7252: ACK_TIMEOUT of at least 1 s), or
+    /// `ack_timeout` if that was set lower.
     pub min_rto: Duration,
     /// The largest.
     pub max_rto: Duration,
@@ -350,7 +351,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             self.rto
                 .entry(peer)
                 .or_insert_with(|| rto::Rto::new(c.ack_timeout, now))
-                .current(now, c.ack_timeout, c.min_rto, c.max_rto)
+                .current(now, c.ack_timeout, c.min_rto.min(c.ack_timeout), c.max_rto)
         } else {
             c.ack_timeout
         };

@@ -89,7 +89,7 @@ struct Cli {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// How long a handshake may take.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     handshake_timeout: Duration,
     /// Devices that start their first handshake per second (0: all at once).
     #[arg(long, default_value_t = 0)]
