@@ -50,8 +50,9 @@ pub struct Config {
     /// Retransmission timeouts from measured round trips, per peer (CoCoA-style, see
     /// `endpoint/rto.rs`); `false`: ACK_TIMEOUT for every request, doubled per retransmission.
     pub adaptive_rto: bool,
-    /// The smallest measured timeout used (RFC 7252: ACK_TIMEOUT of at least 1 s), or
-    /// `ack_timeout` if that was set lower.
+    /// The smallest measured timeout used (200 ms: a guard against a run of lucky samples;
+    /// the estimate itself covers the round trip and its variance), or `ack_timeout` if that
+    /// was set lower.
     pub min_rto: Duration,
     /// The largest.
     pub max_rto: Duration,
@@ -75,7 +76,7 @@ impl Default for Config {
             max_reassembly_bytes_per_peer: 1 << 20,
             nstart: 1,
             adaptive_rto: true,
-            min_rto: Duration::from_secs(1),
+            min_rto: Duration::from_millis(200),
             max_rto: Duration::from_secs(60),
         }
     }

@@ -96,7 +96,7 @@ impl Lobby {
 
     /// The first waiting peer for which `may_start` says yes, taken out of the lobby.
     pub fn take_first(&mut self, mut may_start: impl FnMut(&Waiting) -> bool) -> Option<Waiting> {
-        let i = self.queue.iter().position(|w| may_start(w))?;
+        let i = self.queue.iter().position(&mut may_start)?;
         self.queue.remove(i)
     }
 

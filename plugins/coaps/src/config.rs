@@ -66,7 +66,7 @@ pub struct UplinkConfig {
     #[serde(default = "four")]
     pub max_retransmit: u32,
     /// Set each request's first timeout from the measured round trip (CoCoA-style, never
-    /// under 1 s); `false`: `ack_timeout` for every request.
+    /// under 200 ms); `false`: `ack_timeout` for every request.
     #[serde(default = "yes")]
     pub adaptive_rto: bool,
     /// How long one batch may take before the write fails (retryably) and the session is set
@@ -86,8 +86,8 @@ pub struct UplinkConfig {
     /// Most readings in one request: a larger batch from the host goes as several requests.
     #[serde(default = "hundred")]
     pub max_request_readings: usize,
-    /// Requests in flight at once (RFC 7252's NSTART; 1 is the conservative default).
-    #[serde(default = "one")]
+    /// Requests in flight at once (RFC 7252's NSTART).
+    #[serde(default = "four_requests")]
     pub nstart: usize,
     /// Local address to send from.
     #[serde(default = "any")]
@@ -211,10 +211,10 @@ fn d5m() -> Duration {
 fn d10m() -> Duration {
     Duration::from_secs(600)
 }
-fn one() -> usize {
-    1
-}
 fn four() -> u32 {
+    4
+}
+fn four_requests() -> usize {
     4
 }
 fn four_sessions() -> usize {

@@ -6,11 +6,13 @@
 //! request: `overall = 0.5 strong + 0.5 overall`, `overall = 0.25 weak + 0.75 overall`.
 //!
 //! Within RFC 7252's rules: a new request waits `overall` times a random factor in
-//! [1, ACK_RANDOM_FACTOR] before its first retransmission, `overall` never goes below
-//! `min_rto` (1 s by default, RFC 7252's floor for ACK_TIMEOUT), it starts at ACK_TIMEOUT,
-//! and each retransmission backs the timeout off (by CoCoA's variable factor: 3 below 1 s,
-//! 2 up to 3 s, 1.5 above, so that long timeouts do not grow out of proportion) at most
-//! MAX_RETRANSMIT times. An estimate that is not refreshed ages back toward ACK_TIMEOUT.
+//! [1, ACK_RANDOM_FACTOR] before its first retransmission, starting at ACK_TIMEOUT before
+//! anything was measured, and each retransmission backs the timeout off exponentially (by
+//! CoCoA's variable factor: 3 below 1 s, so that a short timeout that fires again backs off
+//! fast, 2 up to 3 s, 1.5 above, so that long timeouts do not grow out of proportion) at most
+//! MAX_RETRANSMIT times. As in CoCoA, the measured timeout may be below RFC 7252's default of
+//! 2 s, which is what makes a fast lossy path usable; `min_rto` (200 ms) guards against a run
+//! of lucky samples. An estimate that is not refreshed ages back toward ACK_TIMEOUT.
 //! No I/O, no clock: times come in.
 
 use std::time::{Duration, Instant};
@@ -132,8 +134,8 @@ mod tests {
         let now = t0 + S(30.0);
         let t = rto.current(now, S(2.0), S(0.0), S(60.0));
         assert!(t < S(0.3), "{t:?}");
-        // RFC 7252's floor.
-        assert_eq!(rto.current(now, S(2.0), S(1.0), S(60.0)), S(1.0));
+        // The floor.
+        assert_eq!(rto.current(now, S(2.0), S(0.5), S(60.0)), S(0.5));
     }
 
     #[test]
