@@ -6,11 +6,17 @@
 //!   and a short run of every fuzz target (`FUZZ_SECONDS` each, 30 by default).
 //! - `bench`: build in release mode and print every benchmark figure of the README.
 //! - `bench-e2e`: only the MySQL figures (plain INSERTs, end to end, drain after an outage).
+//! - `bench-ingress [SECONDS]`: the ingress under a fleet's load beside libcoap's server
+//!   (`fleet.rs`).
+//! - `bench-lossy [SECONDS]`: the link through a relay that drops 5, 10 and 25 % of datagrams
+//!   (`lossy.rs`).
 //! - `soak [N]`: the zero-loss test, N times longer.
 //! - `dist [--target TRIPLE]`: the build for the Pi (static, trimmed OpenSSL; see `dist.rs`)
 //!   in `target/dist/gateway-TRIPLE/`, and its sizes.
 
 mod dist;
+mod fleet;
+mod lossy;
 
 use anyhow::{bail, Context, Result};
 use std::{
@@ -87,6 +93,24 @@ fn main() -> Result<()> {
             .env("GATEWAY_SOAK_SCALE", scale);
             run(c)
         }
+        Some("bench-ingress") => {
+            let secs = args
+                .get(1)
+                .map_or(Ok(5), |s| s.parse())
+                .context("SECONDS")?;
+            let dir = build(true)?;
+            ensure_certs(&dir)?;
+            fleet::bench(&dir, secs)
+        }
+        Some("bench-lossy") => {
+            let secs = args
+                .get(1)
+                .map_or(Ok(60), |s| s.parse())
+                .context("SECONDS")?;
+            let dir = build(true)?;
+            ensure_certs(&dir)?;
+            lossy::bench(&dir, secs)
+        }
         Some("bench-e2e") => {
             let dir = build(true)?;
             ensure_certs(&dir)?;
@@ -105,7 +129,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | ci | bench | bench-e2e | soak [N] | dist [--target TRIPLE]"
+                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-e2e | soak [N] | dist [--target TRIPLE]"
             );
             std::process::exit(2);
         }
@@ -359,8 +383,10 @@ fn bench() -> Result<()> {
         )?;
     }
 
-    println!("== coaps ingress under DTLS load: handshakes/s and requests/s (ingress_bench)");
-    example("gateway-plugin-coaps", "ingress_bench", &["5"], &[])?;
+    println!("== coaps ingress under a fleet's load, beside libcoap (bench-ingress, gateway-load)");
+    fleet::bench(&dir, 5)?;
+    println!("== coaps link through a lossy relay (bench-lossy)");
+    lossy::bench(&dir, 60)?;
 
     println!("== disk buffer: fsync always (host/examples/buffer_bench.rs)");
     example("gateway", "buffer_bench", &[], &[])?;

@@ -85,8 +85,9 @@ struct Cli {
     /// The resource POSTed to.
     #[arg(long, default_value = "gpsflowtemp")]
     path: String,
-    /// How long a request may take before it counts as a timeout.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How long a request may take before it counts as a timeout (a device's first request
+    /// includes its handshake).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// How long a handshake may take.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]

@@ -41,7 +41,6 @@ impl Tally {
                 self.ok += 1;
                 self.latencies
                     .push(took.as_micros().min(u128::from(u32::MAX)) as u32);
-                return;
             }
             Outcome::Refused(code, why) => {
                 note(format!("answered {code} {why}"));

@@ -1,0 +1,280 @@
+//! `cargo xtask bench-ingress [SECONDS]`: the ingress against a fleet, side by side with
+//! libcoap's `coap-server-openssl` (Debian's libcoap3-bin) in the same run, both driven by
+//! `gateway-load` with mutual certificate authentication, each device its own session and one
+//! CON POST in flight. Prints, for each server: requests/s and p50 latency at 1, 10, 100 and
+//! 500 devices with 1 and 20 readings per request, timeouts and failures; full handshakes/s;
+//! server CPU per request and per reading; memory per idle session.
+//!
+//! The ingress runs `bench/ingress.toml` (its defaults, into the null sink); `GATEWAY` picks
+//! another build of the gateway (e.g. `target/dist/gateway-x86_64-unknown-linux-gnu/gateway`,
+//! with OpenSSL 3.5), `IDLE_DEVICES` the sessions of the memory figure (default 2000).
+
+use crate::{has, proc_kb, root};
+use anyhow::{bail, Context, Result};
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+/// A server under test.
+struct Server {
+    name: &'static str,
+    /// Where the devices send.
+    port: u16,
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn ingress(gateway: &Path) -> Result<Server> {
+        let child = Command::new(gateway)
+            .current_dir(root())
+            .args(["run", "--config", "bench/ingress.toml"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", gateway.display()))?;
+        Server::up("coaps-ingress", 5695, child)
+    }
+
+    fn libcoap() -> Result<Server> {
+        // DTLS on port + 1; -d: a POST to an unknown resource creates it (2.01).
+        let child = Command::new("coap-server-openssl")
+            .current_dir(root())
+            .args(["-A", "127.0.0.1", "-p", "5700", "-v", "0", "-d", "10"])
+            .args([
+                "-c",
+                "certs/server.pem",
+                "-j",
+                "certs/server.key",
+                "-C",
+                "certs/ca.pem",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start coap-server-openssl")?;
+        Server::up("libcoap", 5701, child)
+    }
+
+    fn up(name: &'static str, port: u16, child: Child) -> Result<Server> {
+        std::thread::sleep(Duration::from_millis(800));
+        let mut s = Server { name, port, child };
+        if let Some(status) = s.child.try_wait()? {
+            bail!("{name} exited at start with {status} (is port {port} taken?)");
+        }
+        Ok(s)
+    }
+
+    /// User + system CPU seconds so far.
+    fn cpu(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses).
+        let rest = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    fn rss_kb(&self) -> u64 {
+        proc_kb(self.child.id(), "status", "VmRSS:").unwrap_or(0)
+    }
+}
+
+/// What one `gateway-load` run printed last, as key=value pairs, and the server's CPU seconds
+/// during its measurement window.
+struct Outcome {
+    result: HashMap<String, String>,
+    cpu: f64,
+}
+
+impl Outcome {
+    fn num(&self, key: &str) -> f64 {
+        self.result
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Requests that did not get a 2.xx, and devices that did not connect.
+    fn failures(&self) -> u64 {
+        [
+            "timeouts",
+            "handshake_failures",
+            "refused",
+            "failed",
+            "connect_failures",
+        ]
+        .iter()
+        .map(|k| self.num(k) as u64)
+        .sum()
+    }
+}
+
+/// Runs `gateway-load` against `server`; the server's CPU is read from the end of the connect
+/// phase (or the start, in handshakes mode) to the end of the run. `on_line` sees each line.
+fn load(
+    bin: &Path,
+    server: &Server,
+    args: &[&str],
+    mut on_line: impl FnMut(&str),
+) -> Result<Outcome> {
+    let mut c = Command::new(bin);
+    c.current_dir(root())
+        .args(["--server", &format!("127.0.0.1:{}", server.port)])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--ca",
+            "certs/ca.pem",
+            "--ca-key",
+            "certs/ca.key",
+        ])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = c.spawn().context("cannot start gateway-load")?;
+    let handshakes = args.contains(&"handshakes");
+    let mut cpu0 = handshakes.then(|| server.cpu());
+    let mut result = HashMap::new();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        if line.starts_with("connect:") || line.starts_with("idle:") {
+            cpu0 = Some(server.cpu());
+        }
+        if let Some(r) = line.strip_prefix("result ") {
+            result = r
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+        }
+        on_line(&line);
+    }
+    let cpu = server.cpu() - cpu0.unwrap_or(0.0);
+    child.wait()?;
+    if result.is_empty() {
+        bail!("gateway-load printed no result against {}", server.name);
+    }
+    Ok(Outcome { result, cpu })
+}
+
+/// The benchmark; `secs` per measurement.
+pub fn bench(dir: &Path, secs: u64) -> Result<()> {
+    let load_bin = dir.join("gateway-load");
+    let gateway = std::env::var_os("GATEWAY").map_or_else(|| dir.join("gateway"), PathBuf::from);
+    let with_libcoap = has("coap-server-openssl");
+    if !with_libcoap {
+        println!("   (coap-server-openssl is not installed: apt-get install libcoap3-bin; the ingress alone)");
+    }
+    let duration = format!("{secs}s");
+    let servers = |f: &mut dyn FnMut(&Server) -> Result<()>| -> Result<()> {
+        f(&Server::ingress(&gateway)?)?;
+        if with_libcoap {
+            f(&Server::libcoap()?)?;
+        }
+        Ok(())
+    };
+    println!("   gateway: {}", gateway.display());
+    println!("   requests/s (p50 latency) per server, each device its own session, one CON POST in flight:");
+    for readings in ["1", "20"] {
+        for devices in ["1", "10", "100", "500"] {
+            let mut row = Vec::new();
+            servers(&mut |s| {
+                let args = [
+                    "--devices",
+                    devices,
+                    "--readings",
+                    readings,
+                    "--duration",
+                    &duration,
+                ];
+                let o = load(&load_bin, s, &args, |_| {})?;
+                let per_s = o.num("per_s");
+                let cpu_us = o.cpu / (o.num("ok").max(1.0)) * 1e6;
+                row.push((s.name, per_s, o.num("p50_ms"), o.failures(), cpu_us));
+                Ok(())
+            })?;
+            let cells: Vec<String> = row
+                .iter()
+                .map(|(n, r, p50, f, cpu)| {
+                    let per_reading = match readings {
+                        "1" => String::new(),
+                        _ => format!(" = {:.2} us/reading", cpu / 20.0),
+                    };
+                    format!("{n} {r:>7.0} req/s (p50 {p50:.2} ms, {cpu:.1} us CPU/req{per_reading}, {f} failures)")
+                })
+                .collect();
+            let ratio = match row.as_slice() {
+                [(_, ours, ..), (_, theirs, ..)] if *theirs > 0.0 => {
+                    format!("  = {:.2}x", ours / theirs)
+                }
+                _ => String::new(),
+            };
+            println!(
+                "   {readings:>2} reading(s), {devices:>3} devices: {}{ratio}",
+                cells.join(" | ")
+            );
+        }
+    }
+    println!("   full handshakes/s (20 devices looping: handshake, one POST, close):");
+    servers(&mut |s| {
+        let args = [
+            "--devices",
+            "20",
+            "--mode",
+            "handshakes",
+            "--duration",
+            &duration,
+        ];
+        let o = load(&load_bin, s, &args, |_| {})?;
+        let per_s = o.num("per_s");
+        let cpu_ms = o.cpu / o.num("ok").max(1.0) * 1e3;
+        println!(
+            "     {:<13} {per_s:>6.0}/s  ({cpu_ms:.2} ms server CPU each, {} failures)",
+            s.name,
+            o.failures()
+        );
+        Ok(())
+    })?;
+    let idle: usize = std::env::var("IDLE_DEVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    println!("   memory per idle session ({idle} sessions held; server RSS growth / sessions):");
+    servers(&mut |s| {
+        let before = s.rss_kb();
+        let mut held_at = None;
+        let n = idle.to_string();
+        let args = ["--devices", &n, "--mode", "idle", "--duration", "3s"];
+        let o = load(&load_bin, s, &args, |line| {
+            if line.starts_with("idle:") {
+                // Let the last handshakes' transient state go.
+                std::thread::sleep(Duration::from_secs(1));
+                held_at = Some(s.rss_kb());
+            }
+        })?;
+        let connected = idle as f64 - o.num("connect_failures");
+        match held_at {
+            Some(rss) => println!(
+                "     {:<13} {:.1} KB per session ({connected:.0} connected; RSS {before} -> {rss} kB)",
+                s.name,
+                (rss.saturating_sub(before)) as f64 / connected.max(1.0),
+            ),
+            None => println!("     {:<13} the sessions were not held", s.name),
+        }
+        Ok(())
+    })
+}
