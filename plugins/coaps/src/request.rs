@@ -151,8 +151,11 @@ pub fn authorize(identity: Option<&str>, readings: &mut [Reading]) -> Result<(),
 }
 
 /// A reading's key for de-duplication: its id within its device, so that one device cannot
-/// claim ids another will send (and have that one's readings dropped as repeats).
-pub type Key = (Label, ReadingId);
+/// claim ids another will send (and have that one's readings dropped as repeats). The device
+/// is a 64-bit tag, a keyed hash of its name ([`Seen`]'s own key, drawn at random): a key is
+/// copied and compared as 24 bytes, not as a shared string, and no peer can pick a name whose
+/// tag matches another device's.
+pub type Key = (u64, ReadingId);
 
 /// Keys come from peers: keep std's keyed hasher, so that no peer can make them collide.
 type IdSet = HashSet<Key>;
@@ -164,6 +167,8 @@ pub struct Seen {
     order: VecDeque<Key>,
     in_flight: IdSet,
     capacity: usize,
+    /// Makes the device tags.
+    tags: std::hash::RandomState,
 }
 
 /// What [`Seen::admit`] lets through.
@@ -194,8 +199,24 @@ impl Seen {
     /// Drops what was stored already, and repeats of an id within the pack; the rest goes in
     /// flight. A pack that overlaps one still in flight waits its turn (5.03, retry in 1 s).
     pub fn admit(&mut self, readings: Vec<Reading>) -> Result<Admitted, Refused> {
-        let key = |r: &Reading| (r.device.clone(), r.id);
-        if readings.iter().any(|r| self.in_flight.contains(&key(r))) {
+        // A pack is one device's (the ingress authorised it): its tag is made once.
+        let mut last: Option<(Label, u64)> = None;
+        let tags = &self.tags;
+        let keys_of: Vec<Key> = readings
+            .iter()
+            .map(|r| {
+                let tag = match &last {
+                    Some((d, t)) if *d == r.device => *t,
+                    _ => {
+                        let t = std::hash::BuildHasher::hash_one(tags, r.device.as_str());
+                        last = Some((r.device.clone(), t));
+                        t
+                    }
+                };
+                (tag, r.id)
+            })
+            .collect();
+        if keys_of.iter().any(|k| self.in_flight.contains(k)) {
             let why = "the same readings are being stored; retry";
             return Err(Refused {
                 reply: retry_later(why, 1),
@@ -205,12 +226,17 @@ impl Seen {
         }
         let before = readings.len();
         let mut in_pack = HashSet::with_capacity(before);
+        let mut keys = Vec::with_capacity(before);
         let fresh: Vec<Reading> = readings
             .into_iter()
-            .filter(|r| !self.stored.contains(&key(r)) && in_pack.insert(r.id))
+            .zip(keys_of)
+            .filter(|(_, k)| !self.stored.contains(k) && in_pack.insert(*k))
+            .map(|(r, k)| {
+                keys.push(k);
+                r
+            })
             .collect();
-        let keys: Vec<Key> = fresh.iter().map(key).collect();
-        self.in_flight.extend(keys.iter().cloned());
+        self.in_flight.extend(keys.iter().copied());
         Ok(Admitted {
             duplicates: before - fresh.len(),
             fresh,
@@ -222,8 +248,8 @@ impl Seen {
     pub fn stored(&mut self, keys: &[Key]) {
         for k in keys {
             self.in_flight.remove(k);
-            if self.stored.insert(k.clone()) {
-                self.order.push_back(k.clone());
+            if self.stored.insert(*k) {
+                self.order.push_back(*k);
             }
         }
         while self.order.len() > self.capacity {
