@@ -120,7 +120,7 @@ pub struct IngressConfig {
     #[serde(default = "listen")]
     pub listen: SocketAddr,
     /// Threads serving the port, each with a socket of its own (SO_REUSEPORT; the kernel keeps
-    /// each device on one) and its own sessions; 0: one per core.
+    /// each device on one) and its own sessions; 0: one per core but one (left for the sinks).
     #[serde(default)]
     pub workers: usize,
     /// The resource devices POST to.

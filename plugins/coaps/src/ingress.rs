@@ -88,7 +88,9 @@ impl Source for Ingress {
         // over right there: the way in has no thread hand-off, and the only one on the way out
         // is the sinks'. Worker 0 is this thread.
         let workers = match self.cfg.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // One core is left for the sinks (and the database next to them), which take
+            // every request's readings on threads of their own.
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
             n => n,
         };
         let mut opts = opts;
