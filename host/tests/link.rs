@@ -8,20 +8,20 @@ mod support;
 use std::time::Duration;
 use support::*;
 
-#[test]
-fn while_the_server_side_sink_fails_the_ingress_answers_5_03_and_nothing_is_lost_or_stored_twice() {
-    let s = Setup::new();
+/// One process with both ends of the link: a sequence source (`seq`'s keys) into the uplink
+/// (`uplink`'s), over DTLS on loopback, into the ingress, into a recorder writing `out.txt`
+/// (`store`'s keys).
+fn link_config(s: &Setup, seq: &str, uplink: &str, store: &str) -> std::path::PathBuf {
     let certs = s.path("certs");
     make_certs(&certs, "test");
     let port = free_udp_port();
     let c = |f: &str| certs.join(f).display().to_string();
-    let cfg = s.config(
+    s.config(
         "",
         &format!(
             r#"[sources.seq]
 plugin = "testkit-sequence"
-count = 200
-batch_size = 10
+{seq}
 
 [sinks.uplink]
 plugin = "coaps-uplink"
@@ -30,10 +30,7 @@ uri = "coaps://localhost:{port}/gpsflowtemp"
 ca_file = {ca:?}
 cert_file = {dc:?}
 key_file = {dk:?}
-ack_timeout = "500ms"
-request_timeout = "2s"
-retry_backoff = "50ms"
-retry_backoff_max = "200ms"
+{uplink}
 
 [sources.ingress]
 plugin = "coaps-ingress"
@@ -47,9 +44,7 @@ require_client_cert = true
 plugin = "testkit-recorder"
 inputs = ["ingress"]
 path = {out:?}
-fail_first = 3
-retry_backoff = "1s"
-batch_timeout = "5ms"
+{store}
 "#,
             ca = c("ca.pem"),
             dc = c("device-test.pem"),
@@ -58,6 +53,17 @@ batch_timeout = "5ms"
             sk = c("server.key"),
             out = s.path("out.txt").display().to_string(),
         ),
+    )
+}
+
+#[test]
+fn while_the_server_side_sink_fails_the_ingress_answers_5_03_and_nothing_is_lost_or_stored_twice() {
+    let s = Setup::new();
+    let cfg = link_config(
+        &s,
+        "count = 200\nbatch_size = 10",
+        "ack_timeout = \"500ms\"\nrequest_timeout = \"2s\"\nretry_backoff = \"50ms\"\nretry_backoff_max = \"200ms\"",
+        "fail_first = 3\nretry_backoff = \"1s\"\nbatch_timeout = \"5ms\"",
     );
     let mut gw = Running::start(&s, &cfg, &[]);
     let end = std::time::Instant::now() + Duration::from_secs(60);
@@ -305,50 +311,11 @@ fn certs_revoke_writes_a_crl_that_lists_the_device() {
 #[test]
 fn requests_that_find_the_sinks_queue_full_wait_in_the_ingress_and_none_is_refused() {
     let s = Setup::new();
-    let certs = s.path("certs");
-    make_certs(&certs, "test");
-    let port = free_udp_port();
-    let c = |f: &str| certs.join(f).display().to_string();
-    let cfg = s.config(
-        "",
-        &format!(
-            r#"[sources.seq]
-plugin = "testkit-sequence"
-count = 400
-batch_size = 50
-
-[sinks.uplink]
-plugin = "coaps-uplink"
-inputs = ["seq"]
-uri = "coaps://localhost:{port}/gpsflowtemp"
-ca_file = {ca:?}
-cert_file = {dc:?}
-key_file = {dk:?}
-max_request_readings = 2
-nstart = 8
-
-[sources.ingress]
-plugin = "coaps-ingress"
-listen = "127.0.0.1:{port}"
-cert_file = {sc:?}
-key_file = {sk:?}
-client_ca_file = {ca:?}
-require_client_cert = true
-
-[sinks.store]
-plugin = "testkit-recorder"
-inputs = ["ingress"]
-path = {out:?}
-delay = "20ms"
-queue_capacity = 1
-"#,
-            ca = c("ca.pem"),
-            dc = c("device-test.pem"),
-            dk = c("device-test.key"),
-            sc = c("server.pem"),
-            sk = c("server.key"),
-            out = s.path("out.txt").display().to_string(),
-        ),
+    let cfg = link_config(
+        &s,
+        "count = 400\nbatch_size = 50",
+        "max_request_readings = 2\nnstart = 8",
+        "delay = \"20ms\"\nqueue_capacity = 1",
     );
     let mut gw = Running::start(&s, &cfg, &[]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -93,6 +93,17 @@ impl Server {
     }
 }
 
+/// `gateway-load` aimed at 127.0.0.1:`port`, its devices with certificates issued for the run
+/// by the development CA of `certs/`.
+pub fn load_command(bin: &Path, port: u16) -> Command {
+    let mut c = Command::new(bin);
+    c.current_dir(root())
+        .args(["--server", &format!("127.0.0.1:{port}")])
+        .args(["--host", "127.0.0.1", "--ca", "certs/ca.pem"])
+        .args(["--ca-key", "certs/ca.key"]);
+    c
+}
+
 /// What one `gateway-load` run printed last, as key=value pairs, and the server's CPU seconds
 /// during its measurement window.
 struct Outcome {
@@ -131,20 +142,8 @@ fn load(
     args: &[&str],
     mut on_line: impl FnMut(&str),
 ) -> Result<Outcome> {
-    let mut c = Command::new(bin);
-    c.current_dir(root())
-        .args(["--server", &format!("127.0.0.1:{}", server.port)])
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--ca",
-            "certs/ca.pem",
-            "--ca-key",
-            "certs/ca.key",
-        ])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut c = load_command(bin, server.port);
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = c.spawn().context("cannot start gateway-load")?;
     let handshakes = args.contains(&"handshakes");
     let mut cpu0 = handshakes.then(|| server.cpu());

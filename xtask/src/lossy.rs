@@ -163,17 +163,7 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
     let devices: Vec<Child> = (0..8u64)
         .map(|d| {
             let (port, _) = relay(0.25, 0xbeef + d, &stop_relays);
-            Command::new(dir.join("gateway-load"))
-                .current_dir(root())
-                .args(["--server", &format!("127.0.0.1:{port}")])
-                .args([
-                    "--host",
-                    "127.0.0.1",
-                    "--ca",
-                    "certs/ca.pem",
-                    "--ca-key",
-                    "certs/ca.key",
-                ])
+            crate::fleet::load_command(&dir.join("gateway-load"), port)
                 .args(["--devices", "1", "--mode", "handshakes", "--prefix"])
                 .arg(format!("lossy{d}"))
                 .args(["--duration", &format!("{secs}s"), "--threads", "1"])
