@@ -90,7 +90,9 @@ impl Source for Ingress {
         let workers = match self.cfg.workers {
             // One core is left for the sinks (and the database next to them), which take
             // every request's readings on threads of their own.
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            0 => {
+                std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+            }
             n => n,
         };
         let mut opts = opts;
