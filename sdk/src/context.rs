@@ -253,20 +253,18 @@ impl SourceContext {
         let mut ack: abi_stable::std_types::ROption<AckBox> =
             RSome(AckFfi_TO::from_value(AckCallback(Some(on_ack)), TD_Opaque));
         let mut batch = RVec::from(batch);
-        match self.host.try_emit(&mut batch, &mut ack) {
-            ROk(()) => Ok(()),
-            RErr(error) if !batch.is_empty() => {
-                // Given back: the callback must not run (it would answer for a batch that is
-                // still the caller's).
-                if let RSome(mut a) = ack {
-                    a.disarm();
-                }
+        match (self.host.try_emit(&mut batch, &mut ack), ack) {
+            (ROk(()), _) => Ok(()),
+            // Given back (the host left the acknowledgement too): the callback must not run,
+            // it would answer for a batch that is still the caller's.
+            (RErr(error), RSome(mut a)) => {
+                a.disarm();
                 Err(TryEmitError {
                     error,
                     batch: Some(batch.into_vec()),
                 })
             }
-            RErr(error) => Err(TryEmitError { error, batch: None }),
+            (RErr(error), _) => Err(TryEmitError { error, batch: None }),
         }
     }
 

@@ -6,7 +6,7 @@
 //! (default 60); then the share of handshakes (each followed by one POST) that complete at
 //! 25 % loss, from eight devices looping through relays of their own.
 
-use crate::root;
+use crate::{root, stop};
 use anyhow::{bail, Context, Result};
 use gateway_test_support::lossy_relay::{lossy_relay, RelayCounts};
 use std::{
@@ -32,15 +32,6 @@ fn server(gateway: &Path, log: &Path) -> Result<Child> {
         .spawn()?;
     std::thread::sleep(Duration::from_millis(800));
     Ok(child)
-}
-
-/// SIGTERM, then wait.
-fn stop(mut child: Child) -> Result<()> {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    child.wait()?;
-    Ok(())
 }
 
 /// The readings the server's sink wrote, from its shutdown line.

@@ -93,24 +93,8 @@ fn main() -> Result<()> {
             .env("GATEWAY_SOAK_SCALE", scale);
             run(c)
         }
-        Some("bench-ingress") => {
-            let secs = args
-                .get(1)
-                .map_or(Ok(5), |s| s.parse())
-                .context("SECONDS")?;
-            let dir = build(true)?;
-            ensure_certs(&dir)?;
-            fleet::bench(&dir, secs)
-        }
-        Some("bench-lossy") => {
-            let secs = args
-                .get(1)
-                .map_or(Ok(60), |s| s.parse())
-                .context("SECONDS")?;
-            let dir = build(true)?;
-            ensure_certs(&dir)?;
-            lossy::bench(&dir, secs)
-        }
+        Some("bench-ingress") => link_bench(&args, 5, fleet::bench),
+        Some("bench-lossy") => link_bench(&args, 60, lossy::bench),
         Some("bench-e2e") => {
             let dir = build(true)?;
             ensure_certs(&dir)?;
@@ -453,12 +437,29 @@ fn start(gateway: &Path, config: &str, extra: &[&str]) -> Result<std::process::C
         .spawn()?)
 }
 
+/// `bench-ingress` / `bench-lossy`: a release build, the development certificates, then
+/// `bench` for SECONDS (the task's argument, or `default`).
+fn link_bench(args: &[String], default: u64, bench: fn(&Path, u64) -> Result<()>) -> Result<()> {
+    let secs = args
+        .get(1)
+        .map_or(Ok(default), |s| s.parse())
+        .context("SECONDS")?;
+    let dir = build(true)?;
+    ensure_certs(&dir)?;
+    bench(&dir, secs)
+}
+
 /// SIGTERM, then wait for the exit.
 fn stop(mut child: std::process::Child) -> Result<std::process::ExitStatus> {
+    Ok(terminate(&mut child)?)
+}
+
+/// SIGTERM, then wait for the exit, for a child still owned elsewhere.
+fn terminate(child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    Ok(child.wait()?)
+    child.wait()
 }
 
 /// The machine's MariaDB (127.0.0.1:3306, root, empty password): plain multi-row INSERTs, then

@@ -170,18 +170,46 @@ impl Pending {
     }
 }
 
-/// A new socket to the server, for a new session.
-async fn open(opts: &ClientOptions) -> Result<UdpSocket, RequestError> {
-    let socket = UdpSocket::bind(opts.bind)
+/// A new socket from `bind` to `server`, for a new session.
+async fn open(bind: SocketAddr, server: SocketAddr) -> Result<UdpSocket, RequestError> {
+    let socket = UdpSocket::bind(bind)
         .await
         .inspect(|s| grow_buffers(&socket2::SockRef::from(s)))
-        .map_err(|e| RequestError::Io(format!("bind {}: {e}", opts.bind)))?;
+        .map_err(|e| RequestError::Io(format!("bind {bind}: {e}")))?;
     socket
-        .connect(opts.server)
+        .connect(server)
         .await
-        .map_err(|e| RequestError::Io(format!("connect {}: {e}", opts.server)))?;
-    tracing::debug!(server = %opts.server, "socket open for a new DTLS session");
+        .map_err(|e| RequestError::Io(format!("connect {server}: {e}")))?;
+    tracing::debug!(%server, "socket open for a new DTLS session");
     Ok(socket)
+}
+
+/// Does what the client machine asked for on the socket: opens a new one from `bind` to
+/// `server` (telling the machine if that fails), or sends a datagram on the current one. For
+/// drivers of their own (a load generator pumping many machines on one runtime).
+pub async fn carry_out(
+    t: Transmit,
+    socket: &mut Option<UdpSocket>,
+    machine: &mut Machine,
+    bind: SocketAddr,
+    server: SocketAddr,
+) {
+    match t {
+        Transmit::Connect => match open(bind, server).await {
+            Ok(s) => *socket = Some(s),
+            Err(e) => {
+                *socket = None;
+                machine.connect_failed(Instant::now(), e);
+            }
+        },
+        Transmit::Datagram(d) => {
+            if let Some(s) = socket.as_ref() {
+                if let Err(e) = s.send(&d).await {
+                    tracing::debug!(error = %e, "send failed");
+                }
+            }
+        }
+    }
 }
 
 async fn client_loop(
@@ -204,22 +232,7 @@ async fn client_loop(
             let Some(t) = machine.poll_transmit() else {
                 break;
             };
-            match t {
-                Transmit::Connect => match open(&opts).await {
-                    Ok(s) => socket = Some(s),
-                    Err(e) => {
-                        socket = None;
-                        machine.connect_failed(Instant::now(), e);
-                    }
-                },
-                Transmit::Datagram(d) => {
-                    if let Some(s) = &socket {
-                        if let Err(e) = s.send(&d).await {
-                            tracing::debug!(error = %e, "send failed");
-                        }
-                    }
-                }
-            }
+            carry_out(t, &mut socket, &mut machine, opts.bind, opts.server).await;
         }
         if machine.is_closed() {
             return;

@@ -69,6 +69,36 @@ pub fn host_of(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The handshakes in progress counted per host, to ask of many newcomers at once whether one
+/// fits without making room: under the per-host and the total limit (the case in which
+/// [`handshake`] starts it and drops nothing).
+pub struct Room {
+    per_host: HashMap<IpAddr, usize>,
+    total: usize,
+    limits: Limits,
+}
+
+impl Room {
+    /// Counts `hs`.
+    pub fn new(hs: &[Handshake], limits: Limits) -> Room {
+        let mut per_host: HashMap<IpAddr, usize> = HashMap::new();
+        for h in hs {
+            *per_host.entry(host_of(h.peer.ip())).or_default() += 1;
+        }
+        Room {
+            per_host,
+            total: hs.len(),
+            limits,
+        }
+    }
+
+    /// Whether a handshake from `newcomer` fits as things are.
+    pub fn fits(&self, newcomer: IpAddr) -> bool {
+        let own = self.per_host.get(&host_of(newcomer)).copied().unwrap_or(0);
+        self.total < self.limits.max_total.max(1) && own < self.limits.per_address.max(1)
+    }
+}
+
 /// Whether a handshake from `newcomer` may start, and what makes room for it.
 pub fn handshake(hs: &[Handshake], newcomer: IpAddr, now: Instant, limits: Limits) -> Admit {
     let newcomer = host_of(newcomer);

@@ -209,9 +209,10 @@ pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
 /// full handshakes only: the CRL file is read when the context is built.
 pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
     let mut b = base_context()?;
+    // Resumption from the session cache, not tickets: a ticket serialises the whole session,
+    // client certificate included, at every full handshake. (An idle session's record buffers
+    // are released by `Session`: SSL_MODE_RELEASE_BUFFERS does not release them for DTLS.)
     b.set_options(SslOptions::COOKIE_EXCHANGE | SslOptions::NO_TICKET);
-    // An idle session gives its record buffers (about 34 KB) back: a fleet is mostly idle.
-    b.set_mode(SslMode::RELEASE_BUFFERS);
     // Ties the sessions to this server: required for resumption with client certificates.
     b.set_session_id_context(b"gateway-coaps")
         .map_err(|e| cfg_err("session id context", e))?;

@@ -111,23 +111,12 @@ impl CookieJar {
     /// The secret of period `n`.
     fn derive(&self, n: u64) -> [u8; 32] {
         let mut out = [0u8; 32];
-        out.copy_from_slice(&Self::mac_full(&self.master, &n.to_be_bytes()));
+        out.copy_from_slice(&hmac(&self.master, &[&n.to_be_bytes()]));
         out
     }
 
-    fn mac_full(key: &[u8], data: &[u8]) -> Vec<u8> {
-        let key = PKey::hmac(key).expect("hmac key");
-        let mut s = Signer::new(MessageDigest::sha256(), &key).expect("signer");
-        s.update(data).expect("hmac");
-        s.sign_to_vec().expect("hmac")
-    }
-
     fn mac(secret: &[u8], peer: SocketAddr, random: &[u8]) -> Vec<u8> {
-        let key = PKey::hmac(secret).expect("hmac key");
-        let mut s = Signer::new(MessageDigest::sha256(), &key).expect("signer");
-        s.update(peer.to_string().as_bytes()).expect("hmac");
-        s.update(random).expect("hmac");
-        s.sign_to_vec().expect("hmac")[..16].to_vec()
+        hmac(secret, &[peer.to_string().as_bytes(), random])[..16].to_vec()
     }
 
     fn rotate(&mut self, now: Instant) {
@@ -157,6 +146,16 @@ impl CookieJar {
             && (ch.cookie == Self::mac(&self.secret, peer, &ch.random)
                 || ch.cookie == Self::mac(&self.previous, peer, &ch.random))
     }
+}
+
+/// HMAC-SHA256 of `parts` under `key`.
+fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let key = PKey::hmac(key).expect("hmac key");
+    let mut s = Signer::new(MessageDigest::sha256(), &key).expect("signer");
+    for p in parts {
+        s.update(p).expect("hmac");
+    }
+    s.sign_to_vec().expect("hmac")
 }
 
 #[cfg(test)]

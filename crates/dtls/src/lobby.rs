@@ -86,12 +86,24 @@ impl Lobby {
         self.queue.retain(|w| w.peer != peer);
     }
 
-    /// Drops those that have waited `longest` (their devices gave up); how many.
+    /// Drops those that have waited `longest` (their devices gave up); how many. The line is
+    /// in the order of arrival (a retransmission keeps its place and its time), so they are at
+    /// its front.
     pub fn expire(&mut self, now: Instant, longest: Duration) -> usize {
         let before = self.queue.len();
-        self.queue
-            .retain(|w| now.saturating_duration_since(w.since) < longest);
+        while self
+            .queue
+            .front()
+            .is_some_and(|w| now.saturating_duration_since(w.since) >= longest)
+        {
+            self.queue.pop_front();
+        }
         before - self.queue.len()
+    }
+
+    /// The first in line.
+    pub fn first(&self) -> Option<&Waiting> {
+        self.queue.front()
     }
 
     /// The first waiting peer for which `may_start` says yes, taken out of the lobby.
@@ -100,14 +112,9 @@ impl Lobby {
         self.queue.remove(i)
     }
 
-    /// Puts a peer taken with [`Lobby::take_first`] back at the front of the line.
-    pub fn put_back(&mut self, w: Waiting) {
-        self.queue.push_front(w);
-    }
-
     /// When the oldest entry expires, given `longest`.
     pub fn next_expiry(&self, longest: Duration) -> Option<Instant> {
-        self.queue.iter().map(|w| w.since + longest).min()
+        self.queue.front().map(|w| w.since + longest)
     }
 }
 

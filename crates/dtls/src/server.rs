@@ -25,7 +25,7 @@ use crate::{
     admission::{self, Admit, Established, Handshake, Limits},
     context::{server_context, ServerSettings},
     hello::{hello_verify_request, parse_client_hello, ClientHello, CookieJar},
-    lobby::{Lobby, Waiting},
+    lobby::Lobby,
     session::{Session, State},
     DtlsError,
 };
@@ -550,39 +550,20 @@ impl Server {
         let limits = self.limits();
         loop {
             let in_progress = self.in_progress();
-            let waiting = if in_progress.len() < limits.max_total.max(1) {
-                let mut per_host: HashMap<std::net::IpAddr, usize> = HashMap::new();
-                for h in &in_progress {
-                    *per_host.entry(admission::host_of(h.peer.ip())).or_default() += 1;
-                }
-                let per_address = limits.per_address.max(1);
-                self.lobby.take_first(|w: &Waiting| {
-                    per_host
-                        .get(&admission::host_of(w.peer.ip()))
-                        .copied()
-                        .unwrap_or(0)
-                        < per_address
-                })
-            } else {
-                None
-            };
-            let w = match waiting {
+            let room = admission::Room::new(&in_progress, limits);
+            let w = match self.lobby.take_first(|w| room.fits(w.peer.ip())) {
                 Some(w) => w,
                 None => {
                     // The first in line may take a stalled handshake's slot.
-                    let Some(first) = self.lobby.take_first(|_| true) else {
+                    let Some(first) = self.lobby.first() else {
                         return;
                     };
                     match admission::handshake(&in_progress, first.peer.ip(), now, limits) {
                         Admit::Start(evict) => {
                             self.evict_handshakes(evict);
-                            first
+                            self.lobby.take_first(|_| true).expect("the first in line")
                         }
-                        Admit::Wait => {
-                            // Back to the front of the line: nothing else to do now.
-                            self.lobby.put_back(first);
-                            return;
-                        }
+                        Admit::Wait => return,
                     }
                 }
             };

@@ -357,24 +357,15 @@ impl Session {
 
     /// Reads every record OpenSSL has for the application.
     fn read_all(&mut self, buf: &mut [u8], received: &mut Vec<Vec<u8>>) {
-        {
-            loop {
-                match self.stream.ssl_read(buf) {
-                    Ok(0) => {
-                        self.fail(DtlsError::Closed);
-                        break;
-                    }
-                    Ok(n) => received.push(buf[..n].to_vec()),
-                    Err(e) if e.code() == ErrorCode::WANT_READ => break,
-                    Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
-                        self.fail(DtlsError::Closed);
-                        break;
-                    }
-                    Err(e) => {
-                        self.fail(other(e));
-                        break;
-                    }
+        loop {
+            match self.stream.ssl_read(buf) {
+                Ok(0) => return self.fail(DtlsError::Closed),
+                Ok(n) => received.push(buf[..n].to_vec()),
+                Err(e) if e.code() == ErrorCode::WANT_READ => return,
+                Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
+                    return self.fail(DtlsError::Closed)
                 }
+                Err(e) => return self.fail(other(e)),
             }
         }
     }

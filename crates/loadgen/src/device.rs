@@ -7,7 +7,8 @@ use gateway_coap::{
     coap_lite::{Packet, RequestType},
     request, Code, ContentFormat,
 };
-use gateway_dtls::client::{Client, Config, Event, RequestError, Transmit};
+use gateway_coaps_tokio::carry_out;
+use gateway_dtls::client::{Client, Config, Event, RequestError};
 use gateway_sdk::{IdGenerator, Label, Reading, Timestamp, Value};
 use openssl::ssl::SslContext;
 use std::{
@@ -146,21 +147,17 @@ impl Device {
                     done = Some(result);
                 }
             }
-            match self.machine.poll_transmit() {
-                None => return done,
-                Some(Transmit::Connect) => match open(self.server).await {
-                    Ok(s) => self.socket = Some(s),
-                    Err(e) => {
-                        self.socket = None;
-                        self.machine.connect_failed(Instant::now(), e);
-                    }
-                },
-                Some(Transmit::Datagram(d)) => {
-                    if let Some(s) = &self.socket {
-                        let _ = s.send(&d).await;
-                    }
-                }
-            }
+            let Some(t) = self.machine.poll_transmit() else {
+                return done;
+            };
+            carry_out(
+                t,
+                &mut self.socket,
+                &mut self.machine,
+                any(self.server),
+                self.server,
+            )
+            .await;
         }
     }
 
@@ -192,18 +189,11 @@ impl Device {
     }
 }
 
-/// A new socket connected to the server.
-async fn open(server: SocketAddr) -> Result<UdpSocket, RequestError> {
-    let bind: SocketAddr = if server.is_ipv4() {
+/// The any-address of `server`'s family: each device binds a port of its own.
+fn any(server: SocketAddr) -> SocketAddr {
+    if server.is_ipv4() {
         "0.0.0.0:0".parse().expect("address")
     } else {
         "[::]:0".parse().expect("address")
-    };
-    let s = UdpSocket::bind(bind)
-        .await
-        .map_err(|e| RequestError::Io(format!("bind: {e}")))?;
-    s.connect(server)
-        .await
-        .map_err(|e| RequestError::Io(format!("connect {server}: {e}")))?;
-    Ok(s)
+    }
 }

@@ -60,6 +60,17 @@ impl Source for Ingress {
     }
 
     fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError> {
+        // Each worker runs its server on a thread of this source's and hands each request
+        // over right there: the way in has no thread hand-off, and the only one on the way out
+        // is the sinks'. Worker 0 is this thread.
+        let workers = match self.cfg.workers {
+            // One core is left for the sinks (and the database next to them), which take
+            // every request's readings on threads of their own.
+            0 => {
+                std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+            }
+            n => n,
+        };
         let opts = ServerOptions {
             bind: self.cfg.listen,
             max_pending: 1024,
@@ -74,9 +85,10 @@ impl Source for Ingress {
                     max_reassembly_bytes: (8 << 20).max(self.cfg.max_body),
                     ..CoapConfig::default()
                 },
-                max_sessions: self.cfg.max_sessions,
+                // Each worker's share of the caps.
+                max_sessions: self.cfg.max_sessions.div_ceil(workers),
                 max_sessions_per_identity: self.cfg.max_sessions_per_identity,
-                max_handshakes: self.cfg.max_handshakes,
+                max_handshakes: self.cfg.max_handshakes.div_ceil(workers),
                 max_handshakes_per_address: self.cfg.max_handshakes_per_address,
                 session_idle: self.cfg.session_idle,
                 handshake_timeout: self.cfg.handshake_timeout,
@@ -84,20 +96,6 @@ impl Source for Ingress {
                 deny: self.cfg.deny.iter().cloned().collect(),
             },
         };
-        // Each worker runs its server on a thread of this source's and hands each request
-        // over right there: the way in has no thread hand-off, and the only one on the way out
-        // is the sinks'. Worker 0 is this thread.
-        let workers = match self.cfg.workers {
-            // One core is left for the sinks (and the database next to them), which take
-            // every request's readings on threads of their own.
-            0 => {
-                std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
-            }
-            n => n,
-        };
-        let mut opts = opts;
-        opts.server.max_sessions = self.cfg.max_sessions.div_ceil(workers);
-        opts.server.max_handshakes = self.cfg.max_handshakes.div_ceil(workers);
         let bound = Bound::workers(opts, workers).map_err(|e| PluginError::retry(e.to_string()))?;
         tracing::info!(listen = %bound[0].local_addr, path = %self.cfg.path, workers, "CoAP/DTLS ingress listening");
         let shared = Arc::new(Together::new(self.cfg.dedup_ids));

@@ -84,7 +84,6 @@ pub struct Serving<'a> {
     counters: Arc<Counters>,
     held: VecDeque<Held>,
     last_log: Instant,
-    last_trim: Instant,
     stop_by: Option<Instant>,
 }
 
@@ -106,7 +105,6 @@ impl<'a> Serving<'a> {
             counters: together.counters.clone(),
             held: VecDeque::new(),
             last_log: Instant::now(),
-            last_trim: Instant::now(),
             stop_by: None,
         }
     }
@@ -186,6 +184,16 @@ impl<'a> Serving<'a> {
         };
         self.responder
             .respond(id, retry_later(why, self.settings.retry_after));
+    }
+
+    /// Keeps `h` until the sinks' queues have room, or answers 5.03 if too many wait.
+    fn hold(&mut self, h: Held) {
+        if self.held.len() >= self.settings.max_held {
+            let e = PluginError::retry("too many requests wait for the sinks");
+            return self.unavailable(h.id, &h.keys, &e);
+        }
+        self.counters.held.fetch_add(1, Ordering::Relaxed);
+        self.held.push_back(h);
     }
 
     fn log_stats(&self) {
@@ -308,40 +316,10 @@ impl Handler for Serving<'_> {
             }
             return go_on;
         }
-        if self.settings.logs && self.last_trim.elapsed() >= TRIM_EVERY {
-            self.last_trim = Instant::now();
-            give_back_free_memory();
-        }
         if self.settings.logs && self.last_log.elapsed() >= Duration::from_secs(60) {
             self.last_log = Instant::now();
             self.log_stats();
         }
         true
-    }
-}
-
-impl Serving<'_> {
-    fn hold(&mut self, h: Held) {
-        if self.held.len() >= self.settings.max_held {
-            let e = PluginError::retry("too many requests wait for the sinks");
-            return self.unavailable(h.id, &h.keys, &e);
-        }
-        self.counters.held.fetch_add(1, Ordering::Relaxed);
-        self.held.push_back(h);
-    }
-}
-
-/// How often the free memory of the allocator goes back to the system.
-const TRIM_EVERY: Duration = Duration::from_secs(10);
-
-/// Returns the allocator's free pages to the system. A handshake takes some 100 KiB for a
-/// moment, and an idle session gives its record buffers back; glibc keeps what is freed inside
-/// its heaps, so without this a fleet's reconnect storm would leave the server's memory at its
-/// peak.
-fn give_back_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
