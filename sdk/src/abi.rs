@@ -212,6 +212,23 @@ pub trait SinkFfi: Send {
     /// Called once after the last write.
     #[sabi(last_prefix_field)]
     fn close(&mut self) -> RResult<(), PluginError>;
+    /// How many batches the sink takes through `submit` before the first of them is done.
+    /// 1 (the default, and what a plugin older than this method gives): the host only calls
+    /// `write`.
+    fn window(&self) -> u32 {
+        1
+    }
+    /// Starts writing a batch and returns without waiting for it: `done` is called once, from
+    /// any thread, when the batch is durably stored or has failed (dropping it unanswered
+    /// says the write failed and may be retried). The host calls it only when `window` is
+    /// above 1, with at most that many batches not done. An error means the instance cannot
+    /// take it (it panicked); `done` then counts for nothing.
+    fn submit(&mut self, batch: RSlice<'_, Reading>, done: AckBox) -> RResult<(), PluginError> {
+        let mut done = done;
+        let outcome = self.write(batch);
+        done.done(outcome);
+        RResult::ROk(())
+    }
 }
 /// A sink instance as a boxed trait object.
 pub type SinkBox = SinkFfi_TO<'static, RBox<()>>;

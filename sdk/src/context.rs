@@ -236,7 +236,7 @@ impl SourceContext {
     where
         F: FnOnce(Result<(), PluginError>) + Send + 'static,
     {
-        let ack: AckBox = AckFfi_TO::from_value(AckCallback(Some(on_ack)), TD_Opaque);
+        let ack: AckBox = AckFfi_TO::from_value(AckCallback(Some(on_ack), host_dropped), TD_Opaque);
         self.host.emit(RVec::from(batch), RSome(ack)).into_result()
     }
 
@@ -250,8 +250,10 @@ impl SourceContext {
     where
         F: FnOnce(Result<(), PluginError>) + Send + 'static,
     {
-        let mut ack: abi_stable::std_types::ROption<AckBox> =
-            RSome(AckFfi_TO::from_value(AckCallback(Some(on_ack)), TD_Opaque));
+        let mut ack: abi_stable::std_types::ROption<AckBox> = RSome(AckFfi_TO::from_value(
+            AckCallback(Some(on_ack), host_dropped),
+            TD_Opaque,
+        ));
         let mut batch = RVec::from(batch);
         match (self.host.try_emit(&mut batch, &mut ack), ack) {
             (ROk(()), _) => Ok(()),
@@ -325,9 +327,59 @@ impl Ack {
     }
 }
 
+/// How a batch given to [`crate::Sink::submit`] ended: call [`Written::finish`] once, from any
+/// thread. Dropping it unanswered tells the host the write failed and may be retried.
+pub struct Written(AckBox);
+
+impl Written {
+    /// Tells the host how the write ended.
+    pub fn finish(mut self, outcome: Result<(), PluginError>) {
+        self.0.done(outcome.into());
+    }
+
+    /// The host's side, as it crosses the ABI.
+    pub(crate) fn from_ffi(done: AckBox) -> Written {
+        Written(done)
+    }
+
+    /// A `Written` that runs `f` instead of answering the host: for a sink that implements
+    /// [`crate::Sink::write`] on top of its `submit`, and for tests. Dropped unanswered, it
+    /// gives `f` a retryable error.
+    pub fn from_fn<F>(f: F) -> Written
+    where
+        F: FnOnce(Result<(), PluginError>) + Send + 'static,
+    {
+        fn dropped() -> PluginError {
+            PluginError::retry("the write was dropped before it ended")
+        }
+        Written(AckFfi_TO::from_value(
+            AckCallback(Some(f), dropped),
+            TD_Opaque,
+        ))
+    }
+}
+
+impl std::fmt::Debug for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Written")
+    }
+}
+
 /// The plugin-side half of an acknowledgement: runs the plugin's closure once, and never lets
 /// a panic in it reach the host.
-struct AckCallback<F: FnOnce(Result<(), PluginError>) + Send>(Option<F>);
+pub(crate) struct AckCallback<F: FnOnce(Result<(), PluginError>) + Send>(
+    pub(crate) Option<F>,
+    /// The outcome given when the callback is dropped without being called.
+    pub(crate) fn() -> PluginError,
+);
+
+/// What a host's dropped acknowledgement means: the batch did not reach a sink.
+pub(crate) fn host_dropped() -> PluginError {
+    PluginError::new(
+        crate::ErrorKind::STOPPED,
+        "the host dropped the batch without taking it",
+    )
+}
 
 impl<F: FnOnce(Result<(), PluginError>) + Send> AckFfi for AckCallback<F> {
     fn done(&mut self, outcome: RResult<(), PluginError>) {
@@ -348,10 +400,7 @@ impl<F: FnOnce(Result<(), PluginError>) + Send> AckFfi for AckCallback<F> {
 impl<F: FnOnce(Result<(), PluginError>) + Send> Drop for AckCallback<F> {
     fn drop(&mut self) {
         if self.0.is_some() {
-            self.done(RErr(PluginError::new(
-                crate::ErrorKind::STOPPED,
-                "the host dropped the batch without taking it",
-            )));
+            self.done(RErr((self.1)()));
         }
     }
 }

@@ -30,7 +30,7 @@ pub mod testing;
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
-pub use context::{Ack, InitContext, SourceContext, TryEmitError};
+pub use context::{Ack, InitContext, SourceContext, TryEmitError, Written};
 pub use error::{ErrorKind, PluginError};
 pub use reading::{IdGenerator, Label, Reading, ReadingId, Timestamp, Value};
 
@@ -67,7 +67,9 @@ pub trait Source: Send + Sized + 'static {
 /// The host calls [`Sink::write`] from a thread of its own, one batch at a time, in order.
 /// `write` returns only when the batch is durably taken (written, committed, acknowledged by
 /// the next hop): only then does the host consider it delivered. An error says whether a retry
-/// can help ([`ErrorKind`]).
+/// can help ([`ErrorKind`]). A sink whose [`Sink::window`] is above 1 gets its batches through
+/// [`Sink::submit`] instead, several at once (`write` is still used to retry the parts of a
+/// batch it refused).
 pub trait Sink: Send + Sized + 'static {
     /// The plugin id used in `plugin = "..."` in the host's TOML file.
     const ID: &'static str;
@@ -77,6 +79,19 @@ pub trait Sink: Send + Sized + 'static {
     fn new(ctx: &InitContext) -> Result<Self, PluginError>;
     /// Takes one batch; returns once it is durably stored.
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError>;
+    /// How many batches may be in flight at once. Above 1, the host hands batches to
+    /// [`Sink::submit`] without waiting for the ones before to be stored, so that a sink whose
+    /// next hop is far away (a radio link, a remote server) keeps it busy across batches. The
+    /// host still settles batches in the order it gave them, and retries each as its error
+    /// says. Read when the instance is built.
+    fn window(&self) -> usize {
+        1
+    }
+    /// Starts writing one batch; `done` says how it ended, once, from any thread. Called only
+    /// when [`Sink::window`] is above 1. The default writes the batch at once.
+    fn submit(&mut self, batch: &[Reading], done: Written) {
+        done.finish(self.write(batch));
+    }
     /// Called once when the host shuts down, after the last write.
     fn close(&mut self) -> Result<(), PluginError> {
         Ok(())

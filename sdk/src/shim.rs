@@ -3,8 +3,9 @@
 
 use crate::{
     abi::{
-        HostLogBox, HostSourceCtxBox, InstanceInfo, PluginDescriptor, PluginKind, PluginLibrary,
-        PluginLibraryRef, SinkBox, SinkFfi, SinkFfi_TO, SourceBox, SourceFfi, SourceFfi_TO,
+        AckBox, HostLogBox, HostSourceCtxBox, InstanceInfo, PluginDescriptor, PluginKind,
+        PluginLibrary, PluginLibraryRef, SinkBox, SinkFfi, SinkFfi_TO, SourceBox, SourceFfi,
+        SourceFfi_TO,
     },
     context::{InitContext, SourceContext},
     error::{ErrorKind, PluginError},
@@ -175,6 +176,32 @@ impl<S: Sink> SinkFfi for SinkShim<S> {
             ));
         };
         let r = guarded("write", || inner.write(batch.as_slice()));
+        if matches!(&r, RResult::RErr(e) if e.kind == ErrorKind::PANIC) {
+            let _ = catch_unwind(AssertUnwindSafe(|| drop(self.inner.take())));
+        }
+        r
+    }
+
+    fn window(&self) -> u32 {
+        let _enter = self.span.enter();
+        self.inner.as_ref().map_or(1, |inner| {
+            catch_unwind(AssertUnwindSafe(|| inner.window()))
+                .map_or(1, |w| w.clamp(1, u32::MAX as usize) as u32)
+        })
+    }
+
+    fn submit(&mut self, batch: RSlice<'_, Reading>, done: AckBox) -> RResult<(), PluginError> {
+        let _enter = self.span.enter();
+        let Some(inner) = self.inner.as_mut() else {
+            return RResult::RErr(PluginError::fatal(
+                "instance was poisoned by an earlier panic",
+            ));
+        };
+        let done = crate::context::Written::from_ffi(done);
+        let r = guarded("submit", || {
+            inner.submit(batch.as_slice(), done);
+            Ok(())
+        });
         if matches!(&r, RResult::RErr(e) if e.kind == ErrorKind::PANIC) {
             let _ = catch_unwind(AssertUnwindSafe(|| drop(self.inner.take())));
         }
