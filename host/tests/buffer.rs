@@ -195,3 +195,70 @@ fn check_leaves_a_running_buffer_alone_and_a_second_gateway_on_it_is_refused() {
         gw.stderr()
     );
 }
+
+/// A sink that takes several batches at once (its `window`), whose writes end out of order:
+/// several are in flight, every reading is stored, and the buffer lets a record go only once
+/// it and every record before it are stored, so that a kill -9 with writes in flight loses
+/// nothing (what was in flight is sent again).
+#[test]
+fn a_sink_with_a_window_keeps_writes_in_flight_and_kill_9_loses_nothing() {
+    let s = Setup::new();
+    let sink = "window = 4\nmark_writes = true\nbatch_size = 10\ndelay = \"40ms\"\nfail_first = 3";
+    let cfg = buffered(&s, (300, 10), sink, r#"{ type = "disk" }"#);
+    let mut gw = Running::start(&s, &cfg, &[]);
+    // Kill it while writes are in flight, some of them done, out of order, before others.
+    wait_file(&s, "emitted", "300", &gw);
+    let end = Instant::now() + Duration::from_secs(20);
+    while s.recorded("out.txt", "seq").len() < 60 {
+        assert!(Instant::now() < end, "{}", gw.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    gw.signal(libc::SIGKILL);
+    gw.wait(Duration::from_secs(10)).expect("killed");
+    let first = s.recorded("out.txt", "seq");
+
+    // The next start sends what is left (its writes do not fail: a write that fails while
+    // the host drains leaves its readings on disk).
+    let sink = "window = 4\nmark_writes = true\nbatch_size = 10\ndelay = \"40ms\"";
+    let cfg = buffered(&s, (300, 10), sink, r#"{ type = "disk" }"#);
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(30)).expect("exits");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("the sink takes several batches at once window=4"),
+        "{err}"
+    );
+    let mut all = s.recorded("out.txt", "seq");
+    let again = all.len() - first.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_contiguous(&all, "writes in flight at kill -9");
+    assert_eq!(all.len(), 300, "{err}");
+    assert!(
+        again < 300,
+        "only what was not stored before went again: {again}"
+    );
+    let inflight: Vec<usize> = s
+        .lines("out.txt")
+        .iter()
+        .filter_map(|l| l.split(" inflight ").nth(1)?.parse().ok())
+        .collect();
+    assert!(
+        inflight.iter().any(|&k| k > 1),
+        "several writes were in flight at once: {inflight:?}"
+    );
+    let out_of_order = first.windows(2).any(|w| w[1] < w[0]);
+    assert!(out_of_order, "writes ended out of order: {first:?}");
+
+    // A third start finds nothing left in the buffer.
+    let before = s.recorded("out.txt", "seq").len();
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    assert!(gw.wait(Duration::from_secs(30)).expect("exits").success());
+    assert_eq!(
+        s.recorded("out.txt", "seq").len(),
+        before,
+        "{}",
+        gw.stderr()
+    );
+}

@@ -11,6 +11,7 @@ pub mod buffer_writer;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod window;
 pub mod worker;
 
 pub use shutdown::{Phase, Shutdown};

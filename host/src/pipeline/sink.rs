@@ -2,7 +2,8 @@
 //! `Input` says what the next write is and what to do with its outcome: the sink's queue
 //! (source batches gathered by size and by time, each acknowledged to its source) or its disk
 //! buffer (records taken oldest first, acknowledged to the buffer). Writing, retrying and
-//! rebuilding are [`super::worker`]'s.
+//! rebuilding are [`super::worker`]'s; a sink that takes several batches at once is pumped by
+//! [`super::window`].
 
 use super::{
     worker::{Settled, SinkFactory, Worker},
@@ -68,24 +69,55 @@ pub struct BufferedInput {
 
 /// One write: its readings, and the parts they are made of (source batches, or buffer
 /// records), each settled on its own when the sink refuses the whole.
-trait Batch {
+pub(super) trait Batch {
     fn readings(&self) -> &[Reading];
     fn parts(&self) -> &[Range<usize>];
 }
 
+/// What an input has for the sink.
+pub(super) enum Next<B> {
+    /// The next write.
+    Batch(B),
+    /// Nothing within the wait.
+    Idle,
+    /// Nothing more: the sink should stop.
+    End,
+}
+
 /// Where a sink's writes come from, and where their outcomes go.
-trait Input {
+pub(super) trait Input {
     type Batch: Batch;
+    /// The next write, waiting at most `wait` for one to begin.
+    fn poll(&mut self, w: &Worker, wait: Duration) -> Next<Self::Batch>;
     /// The next write; `None` when the sink should stop.
-    fn next(&mut self, w: &Worker) -> Option<Self::Batch>;
+    fn next(&mut self, w: &Worker) -> Option<Self::Batch> {
+        loop {
+            match self.poll(w, IDLE_CHECK) {
+                Next::Batch(b) => return Some(b),
+                Next::Idle => {}
+                Next::End => return None,
+            }
+        }
+    }
     /// Hands on the outcome of `batch`; `false` to stop.
     fn settle(&mut self, batch: Self::Batch, outcome: Settled) -> bool;
     /// Says what is left, once the loop ended.
     fn finish(self, w: &Worker);
 }
 
-/// The write loop, the same for every input.
+/// How often a waiting sink looks at the shutdown phase.
+pub(super) const IDLE_CHECK: Duration = Duration::from_millis(50);
+
+/// The write loop, the same for every input: one write at a time, or, for a sink that takes
+/// several at once, [`super::window::pump`].
 fn pump<I: Input>(mut input: I, w: &mut Worker, shutdown: &Shutdown) {
+    let window = w.window();
+    if window > 1 {
+        tracing::info!(window, "the sink takes several batches at once");
+        super::window::pump(&mut input, w, shutdown, window);
+        input.finish(w);
+        return;
+    }
     while !shutdown.reached(Phase::Aborting) {
         let Some(batch) = input.next(w) else { break };
         let outcome = match batch.parts() {
@@ -189,10 +221,14 @@ struct Queue {
 impl Input for Queue {
     type Batch = Gathered;
 
-    fn next(&mut self, w: &Worker) -> Option<Gathered> {
+    fn poll(&mut self, w: &Worker, wait: Duration) -> Next<Gathered> {
         let first = match self.carry.take() {
             Some(e) => e,
-            None => next_envelope(&self.rx, &self.shutdown)?,
+            None => match poll_envelope(&self.rx, &self.shutdown, wait) {
+                Next::Batch(e) => e,
+                Next::Idle => return Next::Idle,
+                Next::End => return Next::End,
+            },
         };
         let (size, timeout) = (w.settings.batch_size, w.settings.batch_timeout);
         let mut envelopes = vec![first];
@@ -215,7 +251,7 @@ impl Input for Queue {
         if envelopes.len() == 1 {
             let e = envelopes.pop().expect("one");
             let n = e.readings.len();
-            return Some(Gathered::One(e, [Range { start: 0, end: n }]));
+            return Next::Batch(Gathered::One(e, [Range { start: 0, end: n }]));
         }
         let mut all = std::mem::take(&mut self.scratch);
         all.clear();
@@ -230,7 +266,7 @@ impl Input for Queue {
             }
             parts.push(start..all.len());
         }
-        Some(Gathered::Many {
+        Next::Batch(Gathered::Many {
             all,
             envelopes,
             parts,
@@ -286,30 +322,27 @@ struct Buffered {
 impl Input for Buffered {
     type Batch = Taken;
 
-    fn next(&mut self, w: &Worker) -> Option<Taken> {
+    fn poll(&mut self, w: &Worker, wait: Duration) -> Next<Taken> {
         let buf = &self.input.buffer;
-        loop {
-            if self.shutdown.reached(Phase::Aborting) {
-                return None;
+        if self.shutdown.reached(Phase::Aborting) {
+            return Next::End;
+        }
+        let draining = self.shutdown.reached(Phase::Draining);
+        if draining {
+            let budget = self.input.drain_budget;
+            if Instant::now() >= *self.stop_at.get_or_insert_with(|| Instant::now() + budget) {
+                return Next::End;
             }
-            let draining = self.shutdown.reached(Phase::Draining);
-            if draining {
-                let budget = self.input.drain_budget;
-                if Instant::now() >= *self.stop_at.get_or_insert_with(|| Instant::now() + budget) {
-                    return None;
-                }
-            }
-            let more = if draining {
-                Duration::ZERO
-            } else {
-                w.settings.batch_timeout
-            };
-            let size = w.settings.batch_size;
-            match buf.take(&mut self.reader, size, Duration::from_millis(50), more) {
-                Some(taken) => return Some(taken),
-                None if draining && self.writer_stopped() => return None,
-                None => {}
-            }
+        }
+        let more = if draining {
+            Duration::ZERO
+        } else {
+            w.settings.batch_timeout
+        };
+        match buf.take(&mut self.reader, w.settings.batch_size, wait, more) {
+            Some(taken) => Next::Batch(taken),
+            None if draining && self.writer_stopped() => Next::End,
+            None => Next::Idle,
         }
     }
 
@@ -345,24 +378,34 @@ impl Buffered {
     }
 }
 
-/// The next queued batch: waits for one while running; once draining, what is still queued,
-/// then `None`; `None` at once when aborting or when every sender is gone.
+/// The next queued batch: waits for one while running (at most `wait`); once draining, what
+/// is still queued, then the end; the end at once when aborting or when every sender is gone.
 ///
 /// While the queue is empty it looks at the phase every 50 ms. A `select!` over the queue and
 /// the phase's gate would wake at once, but registering with the queue for every batch costs
 /// a lock that the sending source contends for: the null pipeline ran 30 % slower with it.
+fn poll_envelope(rx: &Receiver<Envelope>, shutdown: &Shutdown, wait: Duration) -> Next<Envelope> {
+    if shutdown.reached(Phase::Aborting) {
+        return Next::End;
+    }
+    if shutdown.reached(Phase::Draining) {
+        return rx.try_recv().map_or(Next::End, Next::Batch);
+    }
+    match rx.recv_timeout(wait.min(IDLE_CHECK)) {
+        Ok(e) => Next::Batch(e),
+        Err(RecvTimeoutError::Timeout) => Next::Idle,
+        Err(RecvTimeoutError::Disconnected) => Next::End,
+    }
+}
+
+/// The next queued batch, waiting as long as it takes; `None` at the end (see
+/// [`poll_envelope`]).
 pub(super) fn next_envelope(rx: &Receiver<Envelope>, shutdown: &Shutdown) -> Option<Envelope> {
     loop {
-        if shutdown.reached(Phase::Aborting) {
-            return None;
-        }
-        if shutdown.reached(Phase::Draining) {
-            return rx.try_recv().ok();
-        }
-        match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(e) => return Some(e),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return None,
+        match poll_envelope(rx, shutdown, IDLE_CHECK) {
+            Next::Batch(e) => return Some(e),
+            Next::Idle => {}
+            Next::End => return None,
         }
     }
 }

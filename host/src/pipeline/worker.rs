@@ -6,7 +6,10 @@
 use super::{Phase, Shutdown};
 use crate::{config::SinkSettings, deadletter::DeadLetters, stats::SinkStats};
 use abi_stable::std_types::RSlice;
-use gateway_sdk::{abi::SinkBox, ErrorKind, PluginError, Reading};
+use gateway_sdk::{
+    abi::{AckBox, SinkBox},
+    ErrorKind, PluginError, Reading,
+};
 use std::{ops::Range, sync::atomic::Ordering, sync::Arc, time::Duration};
 
 /// Builds a new instance of the sink's plugin.
@@ -33,7 +36,7 @@ impl Settled {
     }
 }
 
-fn is_stopped(o: &Result<(), PluginError>) -> bool {
+pub(super) fn is_stopped(o: &Result<(), PluginError>) -> bool {
     matches!(o, Err(e) if e.kind == ErrorKind::STOPPED)
 }
 
@@ -90,32 +93,86 @@ impl Worker {
         tracing::info!("sink stopped");
     }
 
-    /// Writes `all`, made of `parts` (source batches, or buffer records). When the sink refuses
-    /// the whole for good, each part is written on its own, so that one source's bad batch
-    /// does not take the others with it, until one is stopped by the shutdown. What is refused
-    /// for good is dead-lettered.
+    /// Writes `all`, made of `parts` (source batches, or buffer records). What is refused for
+    /// good is settled by [`Worker::refused`].
     pub(super) fn write_parts(&mut self, all: &[Reading], parts: &[Range<usize>]) -> Settled {
         match self.write(all) {
-            Err(e) if e.kind == ErrorKind::REJECTED && parts.len() > 1 => {
-                tracing::info!(
-                    parts = parts.len(),
-                    error = %e.message(),
-                    "the sink refused a merged batch; writing its parts one by one"
-                );
-                let mut each = Vec::with_capacity(parts.len());
-                for part in parts {
-                    let outcome = self.write_settled(&all[part.clone()]);
-                    let stopped = is_stopped(&outcome);
-                    each.push(outcome);
-                    if stopped {
-                        break;
-                    }
-                }
-                Settled::Parts(each)
-            }
-            Err(e) if e.kind == ErrorKind::REJECTED => Settled::Whole(self.dead_letter(all, e)),
+            Err(e) if e.kind == ErrorKind::REJECTED => self.refused(all, parts, e),
             outcome => Settled::Whole(outcome),
         }
+    }
+
+    /// Settles `all`, made of `parts`, that the sink refused for good (`e`): each part is
+    /// written on its own, so that one source's bad batch does not take the others with it,
+    /// until one is stopped by the shutdown; what is refused again is dead-lettered.
+    pub(super) fn refused(
+        &mut self,
+        all: &[Reading],
+        parts: &[Range<usize>],
+        e: PluginError,
+    ) -> Settled {
+        if parts.len() <= 1 {
+            return Settled::Whole(self.dead_letter(all, e));
+        }
+        tracing::info!(
+            parts = parts.len(),
+            error = %e.message(),
+            "the sink refused a merged batch; writing its parts one by one"
+        );
+        let mut each = Vec::with_capacity(parts.len());
+        for part in parts {
+            let outcome = self.write_settled(&all[part.clone()]);
+            let stopped = is_stopped(&outcome);
+            each.push(outcome);
+            if stopped {
+                break;
+            }
+        }
+        Settled::Parts(each)
+    }
+
+    /// How many batches the instance takes at once ([`gateway_sdk::Sink::window`]).
+    pub(super) fn window(&self) -> usize {
+        self.instance
+            .as_ref()
+            .map_or(1, |i| i.window().max(1) as usize)
+    }
+
+    /// Starts writing `batch` without waiting for it: `done` hears how it ended. Builds the
+    /// instance first if it failed; an error is the outcome (and `done` counts for nothing).
+    pub(super) fn submit(&mut self, batch: &[Reading], done: AckBox) -> Result<(), PluginError> {
+        while self.instance.is_none() {
+            if self.shutdown.reached(Phase::Aborting) {
+                return Err(PluginError::new(ErrorKind::STOPPED, "shutting down"));
+            }
+            self.rebuild();
+        }
+        let inst = self.instance.as_mut().expect("built");
+        inst.submit(RSlice::from_slice(batch), done).into_result()
+    }
+
+    /// Counts a batch of `n` readings written, at its `attempts`th try.
+    pub(super) fn wrote(&mut self, n: usize, attempts: u32) {
+        self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.restart_delay = self.restart_backoff;
+        if attempts > 1 {
+            tracing::info!(readings = n, attempts, "write succeeded after retrying");
+        }
+    }
+
+    /// Drops an instance that failed with `e`: the next write builds a new one.
+    pub(super) fn restart(&mut self, e: &PluginError) {
+        self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(kind = %e.kind, error = %e.message(), "sink failed; rebuilding it in {:?}", self.restart_delay);
+        // Dropping the broken instance runs the plugin's destructor (guarded by the SDK).
+        self.instance = None;
+    }
+
+    /// Counts and logs a retryable failure of a write of `n` readings at its `attempt`th try.
+    pub(super) fn retrying(&self, n: usize, attempt: u32, e: &PluginError, backoff: Duration) {
+        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(readings = n, attempt, error = %e.message(), "write failed; retrying in {backoff:?}");
     }
 
     /// [`Worker::write`], with a refusal dead-lettered.
@@ -129,7 +186,11 @@ impl Worker {
     /// Keeps a batch the sink refused for good (`e`) in its dead-letter directory, and returns
     /// `e`. Until the file is on disk the batch is held (it is not lost because a disk is
     /// full): the write is retried with backoff, until shutdown.
-    fn dead_letter(&mut self, batch: &[Reading], e: PluginError) -> Result<(), PluginError> {
+    pub(super) fn dead_letter(
+        &mut self,
+        batch: &[Reading],
+        e: PluginError,
+    ) -> Result<(), PluginError> {
         let n = batch.len() as u64;
         let mut backoff = self.settings.retry_backoff;
         loop {
@@ -167,14 +228,20 @@ impl Worker {
 
     /// Set for a buffered sink once it is draining: failed writes are not retried, their
     /// readings stay on disk.
-    fn giving_up(&self) -> bool {
+    pub(super) fn giving_up(&self) -> bool {
         self.buffered && self.shutdown.reached(Phase::Draining)
+    }
+
+    /// The outcome of a write of `n` readings that failed with `e` once
+    /// [`Worker::giving_up`]: its readings stay in the disk buffer.
+    pub(super) fn given_up(&self, n: usize, e: &PluginError) -> PluginError {
+        tracing::info!(readings = n, error = %e.message(), "write failed while shutting down; its readings stay in the disk buffer");
+        PluginError::new(ErrorKind::STOPPED, "shutting down")
     }
 
     /// Writes one batch, retrying and rebuilding as its errors say, until it is written, refused
     /// for good (returned as is: the caller dead-letters it), or the shutdown deadline passes.
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
-        let n = batch.len() as u64;
         let mut backoff = self.settings.retry_backoff;
         let mut attempts = 0u32;
         loop {
@@ -190,35 +257,19 @@ impl Worker {
             };
             match inst.write(RSlice::from_slice(batch)).into_result() {
                 Ok(()) => {
-                    self.stats.written.fetch_add(n, Ordering::Relaxed);
-                    self.stats.writes.fetch_add(1, Ordering::Relaxed);
-                    self.restart_delay = self.restart_backoff;
-                    if attempts > 0 {
-                        tracing::info!(
-                            readings = n,
-                            attempts = attempts + 1,
-                            "write succeeded after retrying"
-                        );
-                    }
+                    self.wrote(batch.len(), attempts + 1);
                     return Ok(());
                 }
                 Err(e) if e.kind.is_retryable() && self.giving_up() => {
-                    tracing::info!(readings = n, error = %e.message(), "write failed while shutting down; its readings stay in the disk buffer");
-                    return Err(PluginError::new(ErrorKind::STOPPED, "shutting down"));
+                    return Err(self.given_up(batch.len(), &e));
                 }
                 Err(e) if e.kind.is_retryable() => {
                     attempts += 1;
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(readings = n, attempt = attempts, error = %e.message(), "write failed; retrying in {backoff:?}");
+                    self.retrying(batch.len(), attempts, &e, backoff);
                     self.pause(backoff);
                     backoff = (backoff * 2).min(self.settings.retry_backoff_max);
                 }
-                Err(e) if e.kind.needs_restart() => {
-                    self.stats.restarts.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(kind = %e.kind, error = %e.message(), "sink failed; rebuilding it in {:?}", self.restart_delay);
-                    // Dropping the broken instance runs the plugin's destructor (guarded by the SDK).
-                    self.instance = None;
-                }
+                Err(e) if e.kind.needs_restart() => self.restart(&e),
                 Err(e) => return Err(e),
             }
         }

@@ -5,7 +5,7 @@
 
 use gateway_sdk::{
     config::duration, tracing, InitContext, Label, PluginError, Reading, Sink, Source,
-    SourceContext,
+    SourceContext, Written,
 };
 use serde::Deserialize;
 use std::{
@@ -182,13 +182,86 @@ struct RecorderConfig {
     /// how the host batched them.
     #[serde(default)]
     mark_writes: bool,
+    /// Batches taken at once (`Sink::window`): above 1, each submitted write runs on a thread
+    /// of its own, the odd-numbered ones taking three times `delay`, so that they end out of
+    /// order; each write's line `write N` then carries ` inflight K`, the writes running then.
+    #[serde(default = "one_batch")]
+    window: usize,
+}
+
+fn one_batch() -> usize {
+    1
 }
 
 /// Appends `SENSOR VALUE ID` per reading to a file, after an optional delay; can fail or panic.
 pub struct Recorder {
-    cfg: RecorderConfig,
+    cfg: Arc<RecorderConfig>,
     key: String,
-    file: std::fs::File,
+    file: Arc<Mutex<std::fs::File>>,
+    inflight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Recorder {
+    /// The number of the next write (1-based, counted across rebuilds); panics on the one
+    /// configured to.
+    fn call(&self) -> u64 {
+        let call = {
+            let mut c = counters().lock().unwrap();
+            let n = c.entry(self.key.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if self.cfg.panic_on_write == Some(call) {
+            panic!("recorder panics on write {call}, as configured");
+        }
+        call
+    }
+}
+
+/// One write of the recorder, numbered `call`, with `inflight` writes running.
+fn record(
+    cfg: &RecorderConfig,
+    file: &Mutex<std::fs::File>,
+    call: u64,
+    inflight: Option<usize>,
+    batch: &[Reading],
+) -> Result<(), PluginError> {
+    if call <= cfg.fail_first {
+        return Err(PluginError::retry(format!(
+            "simulated outage (write {call} of {} that fail)",
+            cfg.fail_first
+        )));
+    }
+    if call > cfg.fail_first && call <= cfg.fail_first + cfg.reject_first {
+        return Err(PluginError::rejected(format!(
+            "simulated refusal (write {call})"
+        )));
+    }
+    if let Some(bad) = cfg.reject_value {
+        if batch
+            .iter()
+            .any(|r| r.value == gateway_sdk::Value::Int(bad))
+        {
+            return Err(PluginError::rejected(format!(
+                "simulated refusal of value {bad}"
+            )));
+        }
+    }
+    let mut out = String::new();
+    if cfg.mark_writes {
+        out.push_str(&format!("write {}", batch.len()));
+        if let Some(k) = inflight {
+            out.push_str(&format!(" inflight {k}"));
+        }
+        out.push('\n');
+    }
+    for r in batch {
+        out.push_str(&format!("{} {} {}\n", r.sensor, r.value, r.id));
+    }
+    let mut f = file.lock().unwrap();
+    f.write_all(out.as_bytes())?;
+    f.flush()?;
+    Ok(())
 }
 
 impl Sink for Recorder {
@@ -202,55 +275,36 @@ impl Sink for Recorder {
             .open(&cfg.path)
             .map_err(|e| PluginError::config(format!("cannot open {}: {e}", cfg.path)))?;
         Ok(Recorder {
-            cfg,
+            cfg: Arc::new(cfg),
             key: format!("recorder:{}", ctx.instance()),
-            file,
+            file: Arc::new(Mutex::new(file)),
+            inflight: Default::default(),
         })
     }
+
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
-        let call = {
-            let mut c = counters().lock().unwrap();
-            let n = c.entry(self.key.clone()).or_insert(0);
-            *n += 1;
-            *n
-        };
+        let call = self.call();
         if !self.cfg.delay.is_zero() {
             std::thread::sleep(self.cfg.delay);
         }
-        if call <= self.cfg.fail_first {
-            return Err(PluginError::retry(format!(
-                "simulated outage (write {call} of {} that fail)",
-                self.cfg.fail_first
-            )));
-        }
-        if call > self.cfg.fail_first && call <= self.cfg.fail_first + self.cfg.reject_first {
-            return Err(PluginError::rejected(format!(
-                "simulated refusal (write {call})"
-            )));
-        }
-        if let Some(bad) = self.cfg.reject_value {
-            if batch
-                .iter()
-                .any(|r| r.value == gateway_sdk::Value::Int(bad))
-            {
-                return Err(PluginError::rejected(format!(
-                    "simulated refusal of value {bad}"
-                )));
-            }
-        }
-        if self.cfg.panic_on_write == Some(call) {
-            panic!("recorder panics on write {call}, as configured");
-        }
-        let mut out = String::new();
-        if self.cfg.mark_writes {
-            out.push_str(&format!("write {}\n", batch.len()));
-        }
-        for r in batch {
-            out.push_str(&format!("{} {} {}\n", r.sensor, r.value, r.id));
-        }
-        self.file.write_all(out.as_bytes())?;
-        self.file.flush()?;
-        Ok(())
+        record(&self.cfg, &self.file, call, None, batch)
+    }
+
+    fn window(&self) -> usize {
+        self.cfg.window
+    }
+
+    fn submit(&mut self, batch: &[Reading], done: Written) {
+        let call = self.call();
+        let (cfg, file, inflight) = (self.cfg.clone(), self.file.clone(), self.inflight.clone());
+        let batch = batch.to_vec();
+        let running = inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        std::thread::spawn(move || {
+            std::thread::sleep(cfg.delay * if call % 2 == 1 { 3 } else { 1 });
+            let outcome = record(&cfg, &file, call, Some(running), &batch);
+            inflight.fetch_sub(1, Ordering::SeqCst);
+            done.finish(outcome);
+        });
     }
 }
 
