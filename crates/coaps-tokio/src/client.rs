@@ -12,7 +12,7 @@ use gateway_dtls::{
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::mpsc as std_mpsc,
+    sync::{mpsc as std_mpsc, Arc},
     time::{Duration, Instant},
 };
 use tokio::{net::UdpSocket, sync::mpsc, time::sleep_until};
@@ -38,18 +38,29 @@ enum Cmd {
 struct Job {
     packet: Packet,
     timeout: Duration,
-    reply: std_mpsc::Sender<Tagged>,
+    reply: Reply,
     tag: u64,
 }
 
 struct Group {
     packets: Vec<Packet>,
     timeout: Duration,
-    reply: std_mpsc::Sender<Tagged>,
+    reply: Reply,
 }
 
 /// The outcome of a request sent with [`Client::send_tagged`], with its tag.
 pub type Tagged = (u64, Result<Packet, RequestError>);
+
+/// Where outcomes go: called on the client's thread, once per request, so it must not block.
+/// Dropped without a call for requests the client never finished (it stopped).
+pub type Reply = Arc<dyn Fn(Tagged) + Send + Sync>;
+
+fn to_channel(done: &std_mpsc::Sender<Tagged>) -> Reply {
+    let tx = done.clone();
+    Arc::new(move |t| {
+        let _ = tx.send(t);
+    })
+}
 
 /// A CoAP-over-DTLS client to one server. Requests are blocking calls from any thread.
 pub struct Client {
@@ -104,7 +115,7 @@ impl Client {
         let job = Job {
             packet,
             timeout,
-            reply: done.clone(),
+            reply: to_channel(done),
             tag,
         };
         self.tx.send(Cmd::Job(job)).is_ok()
@@ -123,6 +134,18 @@ impl Client {
         timeout: Duration,
         done: &std_mpsc::Sender<Tagged>,
     ) -> bool {
+        self.post_all_with(path, format, payloads, timeout, to_channel(done))
+    }
+
+    /// [`Client::post_all`], each outcome given to `reply` on the client's thread.
+    pub fn post_all_with(
+        &self,
+        path: &str,
+        format: ContentFormat,
+        payloads: Vec<Vec<u8>>,
+        timeout: Duration,
+        reply: Reply,
+    ) -> bool {
         let packets = payloads
             .into_iter()
             .map(|p| request(RequestType::Post, path, Some(format), p))
@@ -130,7 +153,7 @@ impl Client {
         let group = Group {
             packets,
             timeout,
-            reply: done.clone(),
+            reply,
         };
         self.tx.send(Cmd::Group(group)).is_ok()
     }
@@ -203,6 +226,7 @@ pub async fn carry_out(
             }
         },
         Transmit::Datagram(d) => {
+            tracing::trace!(bytes = d.len(), "datagram out");
             if let Some(s) = socket.as_ref() {
                 if let Err(e) = s.send(&d).await {
                     tracing::debug!(error = %e, "send failed");
@@ -218,7 +242,7 @@ async fn client_loop(
     mut rx: mpsc::UnboundedReceiver<Cmd>,
 ) {
     let mut socket: Option<UdpSocket> = None;
-    let mut replies: HashMap<RequestTag, (std_mpsc::Sender<Tagged>, u64)> = HashMap::new();
+    let mut replies: HashMap<RequestTag, (Reply, u64)> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     let mut open_cmds = true;
     loop {
@@ -226,7 +250,7 @@ async fn client_loop(
         loop {
             while let Some(Event::Done { tag, result }) = machine.poll_event() {
                 if let Some((reply, user_tag)) = replies.remove(&tag) {
-                    let _ = reply.send((user_tag, result));
+                    reply((user_tag, result));
                 }
             }
             let Some(t) = machine.poll_transmit() else {
@@ -261,6 +285,7 @@ async fn client_loop(
             },
             r = async { socket.as_ref().expect("guarded").recv(&mut buf).await }, if socket.is_some() => {
                 if let Ok(n) = r {
+                    tracing::trace!(bytes = n, "datagram in");
                     machine.handle(Instant::now(), &buf[..n]);
                 }
             }

@@ -11,7 +11,7 @@
 mod client;
 mod server;
 
-pub use client::{carry_out, Client, ClientOptions, Pending, Tagged};
+pub use client::{carry_out, Client, ClientOptions, Pending, Reply, Tagged};
 pub use gateway_dtls::{
     client::{Config as ClientConfig, RequestError},
     server::{Config as ServerConfig, Incoming, Stats as ServerStats},
