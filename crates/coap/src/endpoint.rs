@@ -360,6 +360,20 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         base.mul_f64(1.0 + r * (self.config.ack_random_factor - 1.0))
     }
 
+    /// A round trip to `peer` measured below CoAP (the first flight of a DTLS handshake,
+    /// answered before it was sent again): with `adaptive_rto`, the first request's timeout
+    /// starts from it instead of from ACK_TIMEOUT.
+    pub fn round_trip(&mut self, now: Instant, peer: P, rtt: Duration) {
+        if !self.config.adaptive_rto {
+            return;
+        }
+        let initial = self.config.ack_timeout;
+        self.rto
+            .entry(peer)
+            .or_insert_with(|| rto::Rto::new(initial, now))
+            .seed(now, rtt);
+    }
+
     /// An ACK (or the response) of a CON sent `transmissions` times came: a round-trip sample.
     fn measured(&mut self, now: Instant, peer: P, first_sent: Instant, transmissions: u32) {
         if let Some(r) = self.rto.get_mut(&peer) {

@@ -119,6 +119,8 @@ impl Job {
 
 struct Link {
     session: Session,
+    /// When the first flight of the handshake went out, until the first answer came.
+    hello_at: Option<Instant>,
     /// When the server last sent something this session could decrypt: proof it still knows
     /// the session.
     heard: Option<Instant>,
@@ -243,6 +245,15 @@ impl Client {
     /// A datagram from the server, on the current socket.
     pub fn handle(&mut self, now: Instant, datagram: &[u8]) {
         if let Some(l) = self.link.as_mut() {
+            // The answer to the first flight, before OpenSSL sent it again (its first timer
+            // is 1 s): a round trip to the server that is not ambiguous. The first requests'
+            // retransmission timeout starts from it.
+            if let Some(at) = l.hello_at.take() {
+                let rtt = now.saturating_duration_since(at);
+                if rtt < crate::session::FIRST_FLIGHT_TIMEOUT {
+                    self.endpoint.round_trip(now, (), rtt);
+                }
+            }
             for data in l.session.handle_datagram(now, datagram) {
                 l.heard = Some(now);
                 self.endpoint.handle_datagram(now, (), &data);
@@ -433,6 +444,7 @@ impl Client {
                 self.out.push_back(Transmit::Connect);
                 self.link = Some(Link {
                     session,
+                    hello_at: Some(now),
                     heard: None,
                 });
                 self.established = false;
@@ -463,6 +475,7 @@ impl Client {
                         // needs it.
                         let packet = std::mem::replace(&mut job.packet, Packet::new());
                         let token = self.endpoint.request(now, (), packet, true);
+                        tracing::trace!(tag = job.tag, "request handed to CoAP");
                         self.waiting.insert(token, job);
                     }
                 }
@@ -472,6 +485,7 @@ impl Client {
                 match ev {
                     CoapEvent::Response { token, result, .. } => {
                         if let Some(job) = self.waiting.remove(&token) {
+                            tracing::trace!(tag = job.tag, ok = result.is_ok(), "request finished");
                             // No answer at all, and nothing else from the server either since
                             // the request went out: set the session up again.
                             if matches!(result, Err(ClientError::Timeout))
@@ -501,7 +515,8 @@ impl Client {
             if self.link.is_some() {
                 while let Some((_, bytes)) = self.endpoint.poll_transmit() {
                     let l = self.link.as_mut().expect("checked");
-                    if l.session.send(&bytes).is_err() {
+                    if let Err(e) = l.session.send(&bytes) {
+                        tracing::debug!(error = %e, "a CoAP message could not be sent");
                         break;
                     }
                 }

@@ -62,6 +62,9 @@ extern "C" {
     );
 }
 
+/// How long a handshake flight waits for its answer before it is sent again, the first time.
+pub const FIRST_FLIGHT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The handshake's retransmission schedule, in µs: the timer of a flight's first transmission
 /// (`previous` 0) is 1 s, as RFC 6347 §4.2.4.1 says; each retransmission waits 1.5 times the
 /// last, up to 4 s. RFC 6347 asks for doubling up to 60 s, which suits congestion but not a
@@ -70,7 +73,7 @@ extern "C" {
 /// Handshake datagrams are few and small; retransmitting them every 4 s at most adds little.
 pub fn next_handshake_timer_us(previous: u32) -> u32 {
     if previous == 0 {
-        1_000_000
+        FIRST_FLIGHT_TIMEOUT.as_micros() as u32
     } else {
         (u64::from(previous) * 3 / 2).min(4_000_000) as u32
     }
