@@ -87,8 +87,12 @@ pub struct UplinkConfig {
     #[serde(default = "hundred")]
     pub max_request_readings: usize,
     /// Requests in flight at once (RFC 7252's NSTART).
-    #[serde(default = "four_requests")]
+    #[serde(default = "eight_requests")]
     pub nstart: usize,
+    /// Batches in flight at once: while the last requests of one wait for their answers (or
+    /// retransmissions), the requests of the next ones take the free NSTART slots.
+    #[serde(default = "sixteen")]
+    pub window: usize,
     /// Local address to send from.
     #[serde(default = "any")]
     pub bind: SocketAddr,
@@ -214,8 +218,11 @@ fn d10m() -> Duration {
 fn four() -> u32 {
     4
 }
-fn four_requests() -> usize {
-    4
+fn sixteen() -> usize {
+    16
+}
+fn eight_requests() -> usize {
+    8
 }
 fn four_sessions() -> usize {
     4

@@ -2,10 +2,15 @@
 
 use crate::config::{parse_uri, UplinkConfig};
 use gateway_coap::{coap_lite::Packet, Code, Config as CoapConfig};
-use gateway_coaps_tokio::{Client, ClientConfig, ClientOptions, RequestError};
+use gateway_coaps_tokio::{Client, ClientConfig, ClientOptions, Reply, RequestError};
 use gateway_dtls::{self as dtls, ClientSettings};
-use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
-use std::{net::ToSocketAddrs, time::Duration};
+use gateway_sdk::{tracing, InitContext, PluginError, Reading, ReadingId, Sink, Written};
+use std::{
+    collections::HashSet,
+    net::ToSocketAddrs,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 /// The sink.
 pub struct Uplink {
@@ -15,10 +20,9 @@ pub struct Uplink {
     path: String,
     tls: ClientSettings,
     client: Option<Client>,
-    /// Ids of readings the server acknowledged during the last, failed, write.
-    delivered: std::collections::HashSet<gateway_sdk::ReadingId>,
-    /// Set when the server refused the uplink as a whole: no request goes out before then.
-    held: Option<(std::time::Instant, String)>,
+    /// Shared with the batches in flight.
+    shared: Arc<Mutex<Shared>>,
+    judge: Arc<Judge>,
 }
 
 /// What the server's answer means for the readings of a request.
@@ -108,134 +112,192 @@ impl Sink for Uplink {
         // the server, now, not at the first write.
         dtls::client_context(&tls).map_err(|e| PluginError::config(format!("[{table}] {e}")))?;
         Ok(Uplink {
-            cfg,
             host,
             port,
             path,
             tls,
             client: None,
-            delivered: Default::default(),
-            held: None,
+            shared: Default::default(),
+            judge: Arc::new(Judge {
+                uri: cfg.uri.clone(),
+                refusal_backoff: cfg.refusal_backoff,
+            }),
+            cfg,
         })
     }
 
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
-        if let Some((until, why)) = &self.held {
-            let now = std::time::Instant::now();
-            if now < *until {
-                return Err(PluginError::retry(format!(
-                    "holding the readings: {why}; next try in {}s",
-                    (*until - now).as_secs()
-                )));
-            }
-            self.held = None;
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.submit(
+            batch,
+            Written::from_fn(move |outcome| {
+                let _ = tx.send(outcome);
+            }),
+        );
+        // Every request ends by its deadline (counted from when it got its NSTART slot), or
+        // the client stops, dropping the batch's state, which answers too.
+        rx.recv()
+            .unwrap_or_else(|_| Err(PluginError::retry("the CoAP client stopped")))
+    }
+
+    fn window(&self) -> usize {
+        self.cfg.window.max(1)
+    }
+
+    fn submit(&mut self, batch: &[Reading], done: Written) {
+        if let Err(e) = self.ready() {
+            return done.finish(Err(e));
         }
-        if self.client.is_none() {
-            let server = (self.host.as_str(), self.port)
-                .to_socket_addrs()
-                .map_err(|e| PluginError::retry(format!("cannot resolve {}: {e}", self.host)))?
-                .next()
-                .ok_or_else(|| PluginError::retry(format!("{} has no address", self.host)))?;
-            let opts = ClientOptions {
-                server,
-                bind: self.cfg.bind,
-                client: ClientConfig {
-                    host: self.host.clone(),
-                    verify_host: self.tls.ca_file.is_some(),
-                    tls: self.tls.clone(),
-                    coap: CoapConfig {
-                        ack_timeout: self.cfg.ack_timeout,
-                        max_retransmit: self.cfg.max_retransmit,
-                        adaptive_rto: self.cfg.adaptive_rto,
-                        block_szx: szx(self.cfg.block_size).unwrap_or(6),
-                        max_payload: max_payload(self.cfg.mtu),
-                        nstart: self.cfg.nstart.max(1),
-                        ..CoapConfig::default()
-                    },
-                    handshake_timeout: self.cfg.handshake_timeout,
-                },
-            };
-            tracing::info!(%server, uri = %self.cfg.uri, "uplink ready");
-            self.client = Some(Client::start(opts).map_err(|e| PluginError::fatal(e.to_string()))?);
-        }
-        // Several requests for a large batch, `nstart` of them in flight at a time. The batch is
-        // taken only when every request got a 2.xx. When some did not, the host retries the
-        // batch: the parts the server already acknowledged are not sent again (and if they
-        // were, the server would drop them by their ids).
+        // Several requests for a large batch, `nstart` of them in flight at a time (across the
+        // batches in flight), the next going out as soon as any one finishes, so one slow
+        // exchange (a lost datagram waits for its retransmission) does not hold the others
+        // up. At the first failure nothing new of this batch goes out; what is in flight
+        // finishes. The batch is taken only when every request got a 2.xx. When some did not,
+        // the host retries the batch: the parts the server already acknowledged are not sent
+        // again (and if they were, the server would drop them by their ids).
         let pending: Vec<Reading>;
-        let batch = if self.delivered.is_empty() {
-            batch
-        } else {
-            pending = batch
-                .iter()
-                .filter(|r| !self.delivered.contains(&r.id))
-                .cloned()
-                .collect();
-            &pending[..]
+        let todo = {
+            let shared = self.shared.lock().expect("uplink state");
+            if shared.delivered.is_empty() {
+                batch
+            } else {
+                pending = batch
+                    .iter()
+                    .filter(|r| !shared.delivered.contains(&r.id))
+                    .cloned()
+                    .collect();
+                &pending[..]
+            }
         };
-        let client = self.client.as_ref().expect("started");
-        // `nstart` requests in flight, the next going out as soon as any one finishes, so one
-        // slow exchange (a lost datagram waits for its retransmission) does not hold the others
-        // up. At the first failure nothing new goes out; what is in flight finishes.
-        let mut chunks = self.requests(batch);
-        // Each payload goes out once; the chunk's readings stay for the bookkeeping.
+        if todo.is_empty() {
+            self.forget(batch);
+            return done.finish(Ok(()));
+        }
+        let mut chunks = self.requests(todo);
+        // Each payload goes out once; the chunks' ids stay for the bookkeeping.
         let payloads = chunks
             .iter_mut()
             .map(|c| std::mem::take(&mut c.1))
             .collect();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let state = Arc::new(Mutex::new(InFlight {
+            left: chunks.len(),
+            ids: chunks
+                .iter()
+                .map(|c| c.0.iter().map(|r| r.id).collect())
+                .collect(),
+            all: if batch.len() > todo.len() {
+                batch.iter().map(|r| r.id).collect()
+            } else {
+                Vec::new()
+            },
+            acked: Vec::new(),
+            outcome: Ok(()),
+            done: Some(done),
+            judge: self.judge.clone(),
+            shared: self.shared.clone(),
+        }));
+        let reply: Reply =
+            Arc::new(move |(tag, result)| state.lock().expect("batch state").finished(tag, result));
+        let client = self.client.as_ref().expect("started");
         let format = self.cfg.encoding.content_format();
-        let timeout = self.cfg.request_timeout;
-        if !client.post_all(&self.path, format, payloads, timeout, &done_tx) {
-            return Err(PluginError::retry("the CoAP client stopped"));
+        if !client.post_all_with(
+            &self.path,
+            format,
+            payloads,
+            self.cfg.request_timeout,
+            reply,
+        ) {
+            // The client's thread is gone (the reply, and with it `done`, was dropped with a
+            // retryable error): start a new one at the next write.
+            self.client = None;
         }
-        let mut outcome = Ok(());
-        let mut acked: Vec<&[Reading]> = Vec::new();
-        for _ in 0..chunks.len() {
-            // Every request ends by its deadline, counted from when it got its slot, and one of
-            // those in flight always has a slot: the margin covers a client thread that died.
-            let (tag, result) = done_rx
-                .recv_timeout(timeout + Duration::from_secs(5))
-                .unwrap_or((u64::MAX, Err(RequestError::Stopped)));
-            if result == Err(RequestError::Cancelled) {
-                continue;
-            }
-            let readings = chunks.get(tag as usize).map_or(0, |c| c.0.len());
-            match self.outcome(result, readings) {
-                Ok(()) => acked.extend(chunks.get(tag as usize).map(|c| c.0)),
-                Err((e, Verdict::Misconfigured)) if outcome.is_ok() => {
+    }
+}
+
+/// A batch in flight: what its requests' answers add up to.
+struct InFlight {
+    /// Requests not finished yet.
+    left: usize,
+    /// The ids of each request's readings.
+    ids: Vec<Vec<ReadingId>>,
+    /// The ids of the whole batch, when some were delivered by an earlier attempt (they are
+    /// forgotten once it is all stored).
+    all: Vec<ReadingId>,
+    /// Ids of the readings of the requests stored so far.
+    acked: Vec<ReadingId>,
+    /// The first failure decides.
+    outcome: Result<(), PluginError>,
+    done: Option<Written>,
+    judge: Arc<Judge>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl InFlight {
+    fn finished(&mut self, tag: u64, result: Result<Packet, RequestError>) {
+        self.left = self.left.saturating_sub(1);
+        if result != Err(RequestError::Cancelled) {
+            let ids = self.ids.get(tag as usize).map_or(&[][..], |c| &c[..]);
+            match self.judge.outcome(result, ids.len()) {
+                Ok(()) => self.acked.extend_from_slice(ids),
+                Err((e, Verdict::Misconfigured)) if self.outcome.is_ok() => {
                     tracing::error!(
-                        uri = %self.cfg.uri,
+                        uri = %self.judge.uri,
                         error = %e.message(),
                         "the server refuses this device: check the server's configuration and this one (certificate or PSK identity, uri); the readings are held and sent again in {:?}",
-                        self.cfg.refusal_backoff
+                        self.judge.refusal_backoff
                     );
-                    self.held = Some((
-                        std::time::Instant::now() + self.cfg.refusal_backoff,
+                    self.shared.lock().expect("uplink state").held = Some((
+                        Instant::now() + self.judge.refusal_backoff,
                         e.message().to_owned(),
                     ));
-                    outcome = Err(e);
+                    self.outcome = Err(e);
                 }
-                Err((e, _)) if outcome.is_ok() => outcome = Err(e),
-                // The first failure decides.
+                Err((e, _)) if self.outcome.is_ok() => self.outcome = Err(e),
                 Err(_) => {}
             }
-            if tag == u64::MAX {
-                break;
+        }
+        if self.left > 0 {
+            return;
+        }
+        let outcome = std::mem::replace(&mut self.outcome, Ok(()));
+        {
+            let mut shared = self.shared.lock().expect("uplink state");
+            match &outcome {
+                Ok(()) => {
+                    for id in &self.all {
+                        shared.delivered.remove(id);
+                    }
+                }
+                Err(e) if e.kind.is_retryable() => {
+                    // Remember what got through for the retry (bounded: in a long outage
+                    // what is forgotten is sent again, and dropped by the server by its id).
+                    if shared.delivered.len() > 1_000_000 {
+                        shared.delivered.clear();
+                    }
+                    shared.delivered.extend(self.acked.drain(..));
+                }
+                Err(_) => {}
             }
         }
-        if outcome.is_ok() {
-            self.delivered.clear();
-        } else if outcome.as_ref().is_err_and(|e| e.kind.is_retryable()) {
-            // Remember what got through for the retry (bounded: a different batch clears it).
-            if self.delivered.len() > 1_000_000 {
-                self.delivered.clear();
-            }
-            self.delivered
-                .extend(acked.iter().flat_map(|c| c.iter().map(|r| r.id)));
+        if let Some(done) = self.done.take() {
+            done.finish(outcome);
         }
-        outcome
     }
+}
+
+/// What the uplink's batches in flight share.
+#[derive(Default)]
+struct Shared {
+    /// Ids of readings the server stored in a batch that failed: its retry skips them.
+    delivered: HashSet<ReadingId>,
+    /// Set when the server refused the uplink as a whole: no request goes out before then.
+    held: Option<(Instant, String)>,
+}
+
+/// Judges the server's answers.
+struct Judge {
+    uri: String,
+    refusal_backoff: Duration,
 }
 
 /// Splits a batch into requests of at most `max_readings` readings whose payload fits in
@@ -270,6 +332,61 @@ fn max_payload(mtu: u32) -> usize {
 }
 
 impl Uplink {
+    /// Whether a batch may go now (the server has not refused the uplink as a whole), with
+    /// the client started.
+    fn ready(&mut self) -> Result<(), PluginError> {
+        {
+            let mut shared = self.shared.lock().expect("uplink state");
+            if let Some((until, why)) = &shared.held {
+                let now = Instant::now();
+                if now < *until {
+                    return Err(PluginError::retry(format!(
+                        "holding the readings: {why}; next try in {}s",
+                        (*until - now).as_secs()
+                    )));
+                }
+                shared.held = None;
+            }
+        }
+        if self.client.is_none() {
+            let server = (self.host.as_str(), self.port)
+                .to_socket_addrs()
+                .map_err(|e| PluginError::retry(format!("cannot resolve {}: {e}", self.host)))?
+                .next()
+                .ok_or_else(|| PluginError::retry(format!("{} has no address", self.host)))?;
+            let opts = ClientOptions {
+                server,
+                bind: self.cfg.bind,
+                client: ClientConfig {
+                    host: self.host.clone(),
+                    verify_host: self.tls.ca_file.is_some(),
+                    tls: self.tls.clone(),
+                    coap: CoapConfig {
+                        ack_timeout: self.cfg.ack_timeout,
+                        max_retransmit: self.cfg.max_retransmit,
+                        adaptive_rto: self.cfg.adaptive_rto,
+                        block_szx: szx(self.cfg.block_size).unwrap_or(6),
+                        max_payload: max_payload(self.cfg.mtu),
+                        nstart: self.cfg.nstart.max(1),
+                        ..CoapConfig::default()
+                    },
+                    handshake_timeout: self.cfg.handshake_timeout,
+                },
+            };
+            tracing::info!(%server, uri = %self.cfg.uri, "uplink ready");
+            self.client = Some(Client::start(opts).map_err(|e| PluginError::fatal(e.to_string()))?);
+        }
+        Ok(())
+    }
+
+    /// Forgets that an earlier attempt delivered some of `batch`: it is all stored now.
+    fn forget(&self, batch: &[Reading]) {
+        let mut shared = self.shared.lock().expect("uplink state");
+        for r in batch {
+            shared.delivered.remove(&r.id);
+        }
+    }
+
     fn requests<'a>(&self, batch: &'a [Reading]) -> Vec<(&'a [Reading], Vec<u8>)> {
         split_requests(
             batch,
@@ -278,6 +395,9 @@ impl Uplink {
             |r| self.cfg.encoding.encode(r),
         )
     }
+}
+
+impl Judge {
     /// What the answer to a request of `readings` readings means: `Ok` if stored, else the
     /// error for the host (retryable unless the server refused these readings for good) and the
     /// verdict, [`Verdict::TooLarge`] resolved by the number of readings.
@@ -296,7 +416,7 @@ impl Uplink {
             }
             Err(e) => {
                 return Err((
-                    PluginError::retry(format!("no answer from {}: {e}", self.cfg.uri)),
+                    PluginError::retry(format!("no answer from {}: {e}", self.uri)),
                     Verdict::Retry,
                 ))
             }
