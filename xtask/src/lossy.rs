@@ -74,12 +74,15 @@ ca_file = {ca:?}
 cert_file = {cert:?}
 key_file = {key:?}
 buffer = {{ type = "disk", max_size = "256MiB" }}
+{extra}
 "#,
         data = dir.join("data").display().to_string(),
         emitted = dir.join("emitted").display().to_string(),
         ca = c("ca.pem"),
         cert = c("device-quickstart.pem"),
         key = c("device-quickstart.key"),
+        // LOSSY_UPLINK="nstart = 8" adds settings to the uplink's table.
+        extra = std::env::var("LOSSY_UPLINK").unwrap_or_default(),
     )
 }
 
@@ -89,7 +92,9 @@ fn relay(loss: f64, seed: u64, stop: &Arc<AtomicBool>) -> (u16, Arc<RelayCounts>
         5695,
         loss,
         0.0,
-        Duration::from_millis(20),
+        Duration::from_millis(
+            std::env::var("LOSSY_JITTER_MS").map_or(20, |v| v.parse().unwrap_or(20)),
+        ),
         seed,
         stop.clone(),
         counts.clone(),
@@ -102,7 +107,16 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
     let gateway = dir.join("gateway");
     let scratch = tempfile::tempdir()?;
     println!("   offered 500 readings/s for {secs} s through the relay; stored by the server:");
-    for (i, loss) in [0.05, 0.10, 0.25].into_iter().enumerate() {
+    // LOSSY_RATES="10,25" runs only those loss rates (per cent).
+    let rates: Vec<f64> = match std::env::var("LOSSY_RATES") {
+        Ok(list) => list
+            .split(',')
+            .map(|r| r.trim().parse::<f64>().map(|p| p / 100.0))
+            .collect::<Result<_, _>>()
+            .context("LOSSY_RATES: per cents separated by commas")?,
+        Err(_) => vec![0.05, 0.10, 0.25],
+    };
+    for (i, loss) in rates.into_iter().enumerate() {
         let log = scratch.path().join(format!("server-{i}.log"));
         let srv = server(&gateway, &log)?;
         let stop_relay = Arc::new(AtomicBool::new(false));
