@@ -74,7 +74,7 @@ pub struct UplinkConfig {
     #[serde(default = "d30s", with = "duration")]
     pub request_timeout: Duration,
     /// How long a DTLS handshake may take. Its flights are sent again after 1 s, then 1.5
-    /// times longer each time up to 4 s: 30 s carries 99 % of handshakes through 25 % loss.
+    /// times longer each time up to 2 s: 30 s carries 99 % of handshakes through 25 % loss.
     #[serde(default = "d30s", with = "duration")]
     pub handshake_timeout: Duration,
     /// Block size for batches larger than one datagram: 16..=1024, a power of two.
