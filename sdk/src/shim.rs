@@ -167,19 +167,31 @@ struct SinkShim<S: Sink> {
     span: tracing::Span,
 }
 
-impl<S: Sink> SinkFfi for SinkShim<S> {
-    fn write(&mut self, batch: RSlice<'_, Reading>) -> RResult<(), PluginError> {
+impl<S: Sink> SinkShim<S> {
+    /// Runs `f` on the instance, inside its span; a panic becomes an error and poisons the
+    /// instance (whatever state the panic left is not used again).
+    fn call(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut S) -> Result<(), PluginError>,
+    ) -> RResult<(), PluginError> {
         let _enter = self.span.enter();
         let Some(inner) = self.inner.as_mut() else {
             return RResult::RErr(PluginError::fatal(
                 "instance was poisoned by an earlier panic",
             ));
         };
-        let r = guarded("write", || inner.write(batch.as_slice()));
+        let r = guarded(what, || f(inner));
         if matches!(&r, RResult::RErr(e) if e.kind == ErrorKind::PANIC) {
             let _ = catch_unwind(AssertUnwindSafe(|| drop(self.inner.take())));
         }
         r
+    }
+}
+
+impl<S: Sink> SinkFfi for SinkShim<S> {
+    fn write(&mut self, batch: RSlice<'_, Reading>) -> RResult<(), PluginError> {
+        self.call("write", |inner| inner.write(batch.as_slice()))
     }
 
     fn window(&self) -> u32 {
@@ -191,21 +203,11 @@ impl<S: Sink> SinkFfi for SinkShim<S> {
     }
 
     fn submit(&mut self, batch: RSlice<'_, Reading>, done: AckBox) -> RResult<(), PluginError> {
-        let _enter = self.span.enter();
-        let Some(inner) = self.inner.as_mut() else {
-            return RResult::RErr(PluginError::fatal(
-                "instance was poisoned by an earlier panic",
-            ));
-        };
         let done = crate::context::Written::from_ffi(done);
-        let r = guarded("submit", || {
+        self.call("submit", |inner| {
             inner.submit(batch.as_slice(), done);
             Ok(())
-        });
-        if matches!(&r, RResult::RErr(e) if e.kind == ErrorKind::PANIC) {
-            let _ = catch_unwind(AssertUnwindSafe(|| drop(self.inner.take())));
-        }
-        r
+        })
     }
 
     fn close(&mut self) -> RResult<(), PluginError> {

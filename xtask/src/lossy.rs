@@ -86,19 +86,15 @@ buffer = {{ type = "disk", max_size = "256MiB" }}
     )
 }
 
-fn relay(loss: f64, seed: u64, stop: &Arc<AtomicBool>) -> (u16, Arc<RelayCounts>) {
+/// A relay to the server dropping `loss` each way and delaying each datagram up to `jitter`.
+fn relay(
+    loss: f64,
+    jitter: Duration,
+    seed: u64,
+    stop: &Arc<AtomicBool>,
+) -> (u16, Arc<RelayCounts>) {
     let counts = Arc::new(RelayCounts::default());
-    let port = lossy_relay(
-        5695,
-        loss,
-        0.0,
-        Duration::from_millis(
-            std::env::var("LOSSY_JITTER_MS").map_or(20, |v| v.parse().unwrap_or(20)),
-        ),
-        seed,
-        stop.clone(),
-        counts.clone(),
-    );
+    let port = lossy_relay(5695, loss, 0.0, jitter, seed, stop.clone(), counts.clone());
     (port, counts)
 }
 
@@ -107,6 +103,13 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
     let gateway = dir.join("gateway");
     let scratch = tempfile::tempdir()?;
     println!("   offered 500 readings/s for {secs} s through the relay; stored by the server:");
+    // LOSSY_JITTER_MS=0 sets the relay's largest delay per datagram (20 ms).
+    let jitter = match std::env::var("LOSSY_JITTER_MS") {
+        Ok(ms) => {
+            Duration::from_millis(ms.trim().parse().context("LOSSY_JITTER_MS: milliseconds")?)
+        }
+        Err(_) => Duration::from_millis(20),
+    };
     // LOSSY_RATES="10,25" runs only those loss rates (per cent).
     let rates: Vec<f64> = match std::env::var("LOSSY_RATES") {
         Ok(list) => list
@@ -120,7 +123,7 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
         let log = scratch.path().join(format!("server-{i}.log"));
         let srv = server(&gateway, &log)?;
         let stop_relay = Arc::new(AtomicBool::new(false));
-        let (port, counts) = relay(loss, 0x5eed + i as u64, &stop_relay);
+        let (port, counts) = relay(loss, jitter, 0x5eed + i as u64, &stop_relay);
         let run = scratch.path().join(format!("client-{i}"));
         std::fs::create_dir_all(&run)?;
         let cfg = run.join("client.toml");
@@ -167,7 +170,7 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
     let stop_relays = Arc::new(AtomicBool::new(false));
     let devices: Vec<Child> = (0..8u64)
         .map(|d| {
-            let (port, _) = relay(0.25, 0xbeef + d, &stop_relays);
+            let (port, _) = relay(0.25, jitter, 0xbeef + d, &stop_relays);
             crate::fleet::load_command(&dir.join("gateway-load"), port)
                 .args(["--devices", "1", "--mode", "handshakes", "--prefix"])
                 .arg(format!("lossy{d}"))

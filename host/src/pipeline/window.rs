@@ -6,7 +6,7 @@
 
 use super::{
     sink::{Batch, Input, Next, IDLE_CHECK},
-    worker::{Settled, Worker},
+    worker::{Failed, Settled, Worker},
     Phase, Shutdown,
 };
 use abi_stable::{sabi_trait::TD_Opaque, std_types::RResult};
@@ -187,22 +187,18 @@ impl<B: Batch> Window<B> {
         let now = Instant::now();
         let f = &mut self.flights[i];
         let n = f.batch.readings().len();
-        let settled = match outcome {
+        let settled = match outcome.map_err(|e| w.failed(n, e)) {
             Ok(()) => {
                 w.wrote(n, f.attempts);
                 Settled::Whole(Ok(()))
             }
-            Err(e) if e.kind == ErrorKind::STOPPED => Settled::Whole(Err(e)),
-            Err(e) if e.kind.is_retryable() && w.giving_up() => {
-                Settled::Whole(Err(w.given_up(n, &e)))
-            }
-            Err(e) if e.kind.is_retryable() => {
+            Err(Failed::Retry(e)) => {
                 w.retrying(n, f.attempts, &e, f.backoff);
                 f.retry_at = Some(now + f.backoff);
                 f.backoff = (f.backoff * 2).min(w.settings.retry_backoff_max);
                 return;
             }
-            Err(e) if e.kind.needs_restart() => {
+            Err(Failed::Restart(e)) => {
                 w.restart(&e);
                 // The instance is gone, and with it every attempt in flight: all go again
                 // once a new one is built.
@@ -212,10 +208,10 @@ impl<B: Batch> Window<B> {
                 }
                 return;
             }
-            Err(e) if e.kind == ErrorKind::REJECTED => {
+            Err(Failed::Final(e)) if e.kind == ErrorKind::REJECTED => {
                 w.refused(f.batch.readings(), f.batch.parts(), e)
             }
-            Err(e) => Settled::Whole(Err(e)),
+            Err(Failed::Final(e)) => Settled::Whole(Err(e)),
         };
         f.settled = Some(settled);
     }

@@ -40,6 +40,16 @@ pub(super) fn is_stopped(o: &Result<(), PluginError>) -> bool {
     matches!(o, Err(e) if e.kind == ErrorKind::STOPPED)
 }
 
+/// What a failed write calls for ([`Worker::failed`]).
+pub(super) enum Failed {
+    /// Try the same write again after a backoff.
+    Retry(PluginError),
+    /// Drop the instance and build a new one, then try again.
+    Restart(PluginError),
+    /// The outcome: refused for good (the caller dead-letters it), stopped, or a config error.
+    Final(PluginError),
+}
+
 /// A sink instance and what writing to it takes.
 pub(super) struct Worker {
     name: String,
@@ -228,15 +238,23 @@ impl Worker {
 
     /// Set for a buffered sink once it is draining: failed writes are not retried, their
     /// readings stay on disk.
-    pub(super) fn giving_up(&self) -> bool {
+    fn giving_up(&self) -> bool {
         self.buffered && self.shutdown.reached(Phase::Draining)
     }
 
-    /// The outcome of a write of `n` readings that failed with `e` once
-    /// [`Worker::giving_up`]: its readings stay in the disk buffer.
-    pub(super) fn given_up(&self, n: usize, e: &PluginError) -> PluginError {
-        tracing::info!(readings = n, error = %e.message(), "write failed while shutting down; its readings stay in the disk buffer");
-        PluginError::new(ErrorKind::STOPPED, "shutting down")
+    /// What a write of `n` readings that failed with `e` calls for. A retryable failure of a
+    /// buffered sink that is draining ends the write: its readings stay in the disk buffer.
+    pub(super) fn failed(&self, n: usize, e: PluginError) -> Failed {
+        if e.kind.is_retryable() && self.giving_up() {
+            tracing::info!(readings = n, error = %e.message(), "write failed while shutting down; its readings stay in the disk buffer");
+            Failed::Final(PluginError::new(ErrorKind::STOPPED, "shutting down"))
+        } else if e.kind.is_retryable() {
+            Failed::Retry(e)
+        } else if e.kind.needs_restart() {
+            Failed::Restart(e)
+        } else {
+            Failed::Final(e)
+        }
     }
 
     /// Writes one batch, retrying and rebuilding as its errors say, until it is written, refused
@@ -260,17 +278,16 @@ impl Worker {
                     self.wrote(batch.len(), attempts + 1);
                     return Ok(());
                 }
-                Err(e) if e.kind.is_retryable() && self.giving_up() => {
-                    return Err(self.given_up(batch.len(), &e));
-                }
-                Err(e) if e.kind.is_retryable() => {
-                    attempts += 1;
-                    self.retrying(batch.len(), attempts, &e, backoff);
-                    self.pause(backoff);
-                    backoff = (backoff * 2).min(self.settings.retry_backoff_max);
-                }
-                Err(e) if e.kind.needs_restart() => self.restart(&e),
-                Err(e) => return Err(e),
+                Err(e) => match self.failed(batch.len(), e) {
+                    Failed::Retry(e) => {
+                        attempts += 1;
+                        self.retrying(batch.len(), attempts, &e, backoff);
+                        self.pause(backoff);
+                        backoff = (backoff * 2).min(self.settings.retry_backoff_max);
+                    }
+                    Failed::Restart(e) => self.restart(&e),
+                    Failed::Final(e) => return Err(e),
+                },
             }
         }
     }

@@ -170,7 +170,8 @@ impl Sink for Uplink {
             }
         };
         if todo.is_empty() {
-            self.forget(batch);
+            let mut shared = self.shared.lock().expect("uplink state");
+            shared.forget(batch.iter().map(|r| &r.id));
             return done.finish(Ok(()));
         }
         let mut chunks = self.requests(todo);
@@ -263,11 +264,7 @@ impl InFlight {
         {
             let mut shared = self.shared.lock().expect("uplink state");
             match &outcome {
-                Ok(()) => {
-                    for id in &self.all {
-                        shared.delivered.remove(id);
-                    }
-                }
+                Ok(()) => shared.forget(&self.all),
                 Err(e) if e.kind.is_retryable() => {
                     // Remember what got through for the retry (bounded: in a long outage
                     // what is forgotten is sent again, and dropped by the server by its id).
@@ -292,6 +289,15 @@ struct Shared {
     delivered: HashSet<ReadingId>,
     /// Set when the server refused the uplink as a whole: no request goes out before then.
     held: Option<(Instant, String)>,
+}
+
+impl Shared {
+    /// Forgets that an earlier attempt delivered some of a batch: it is all stored now.
+    fn forget<'a>(&mut self, ids: impl IntoIterator<Item = &'a ReadingId>) {
+        for id in ids {
+            self.delivered.remove(id);
+        }
+    }
 }
 
 /// Judges the server's answers.
@@ -377,14 +383,6 @@ impl Uplink {
             self.client = Some(Client::start(opts).map_err(|e| PluginError::fatal(e.to_string()))?);
         }
         Ok(())
-    }
-
-    /// Forgets that an earlier attempt delivered some of `batch`: it is all stored now.
-    fn forget(&self, batch: &[Reading]) {
-        let mut shared = self.shared.lock().expect("uplink state");
-        for r in batch {
-            shared.delivered.remove(&r.id);
-        }
     }
 
     fn requests<'a>(&self, batch: &'a [Reading]) -> Vec<(&'a [Reading], Vec<u8>)> {
