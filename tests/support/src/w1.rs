@@ -5,7 +5,6 @@
 use std::{
     io::Write,
     path::{Path, PathBuf},
-    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -40,8 +39,7 @@ impl FifoTree {
         let dir = self.root.join(id);
         std::fs::create_dir_all(&dir).unwrap();
         let fifo = dir.join("w1_slave");
-        let status = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
-        assert!(status.success());
+        mkfifo(&fifo);
         let Behaviour::Answers { delay, texts } = behaviour else {
             return;
         };
@@ -61,35 +59,67 @@ impl FifoTree {
                 drop(f);
                 n += 1;
                 // Opening again while this read's reader still holds the FIFO would feed it a
-                // second answer: wait until it has closed (a non-blocking open then fails).
-                use std::os::unix::fs::OpenOptionsExt;
-                while !stop.load(Ordering::SeqCst) {
-                    match std::fs::OpenOptions::new()
-                        .write(true)
-                        .custom_flags(libc::O_NONBLOCK)
-                        .open(&fifo)
-                    {
-                        Ok(_) => std::thread::sleep(Duration::from_millis(1)),
-                        Err(_) => break,
-                    }
+                // second answer: wait until no process holds it open. (Probing with a
+                // non-blocking open would itself count as a writer, and hand a reader already
+                // blocked in its next open() an empty answer.)
+                while !stop.load(Ordering::SeqCst) && held_open(&fifo) {
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
         });
     }
 }
 
+/// Makes a FIFO without starting a process. The tests of a binary run on threads of one
+/// process, and a child started by one of them holds a copy of every descriptor open at that
+/// moment until it execs: if that is the read end of a FIFO, a writer that believes the reader
+/// gone has its answer swallowed, and the probe's answers fall out of step.
+fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in a path");
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+    assert_eq!(
+        rc,
+        0,
+        "mkfifo {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Whether any process has `path` open, from the descriptors listed under `/proc/*/fd`.
+/// A reader still blocked in `open()` holds no descriptor yet, so it does not count.
+fn held_open(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(path) else {
+        return false;
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            return false;
+        };
+        fds.flatten().any(|fd| {
+            std::fs::metadata(fd.path())
+                .is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
+        })
+    })
+}
+
 impl Drop for FifoTree {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake writers blocked in open() by opening each FIFO for reading without blocking.
+        use std::os::unix::fs::OpenOptionsExt;
         if let Ok(entries) = std::fs::read_dir(&self.root) {
             for e in entries.flatten() {
-                let fifo = e.path().join("w1_slave");
-                let _ = Command::new("timeout")
-                    .arg("0.2")
-                    .arg("cat")
-                    .arg(&fifo)
-                    .output();
+                let _ = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(e.path().join("w1_slave"));
             }
         }
     }
