@@ -18,6 +18,7 @@ pub mod client;
 pub mod context;
 pub mod hello;
 pub mod lobby;
+mod record;
 pub mod server;
 pub mod session;
 

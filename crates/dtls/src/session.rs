@@ -4,11 +4,16 @@
 //! which reads the real clock: ask [`Session::timeout`] when to call
 //! [`Session::handle_timeout`].
 
-use crate::{context::cookie_index, other, valid_identity, DtlsError};
+use crate::{
+    context::cookie_index,
+    other,
+    record::{self, Established},
+    valid_identity, DtlsError,
+};
 use foreign_types::ForeignTypeRef;
 use openssl::{
     nid::Nid,
-    ssl::{ErrorCode, Ssl, SslContext, SslRef, SslSession, SslStream},
+    ssl::{ErrorCode, ShutdownState, Ssl, SslContext, SslRef, SslSession, SslStream},
     x509::{verify::X509CheckFlags, X509VerifyResult},
 };
 use std::{
@@ -22,6 +27,8 @@ use std::{
 struct Datagrams {
     inbox: VecDeque<Vec<u8>>,
     outbox: VecDeque<Vec<u8>>,
+    /// The highest epoch OpenSSL wrote records in, and the next sequence number in it.
+    written: (u16, u64),
 }
 
 impl Read for Datagrams {
@@ -39,6 +46,7 @@ impl Read for Datagrams {
 
 impl Write for Datagrams {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        record::note_written(buf, &mut self.written);
         self.outbox.push_back(buf.to_vec());
         Ok(buf.len())
     }
@@ -138,9 +146,27 @@ pub enum State {
     Closed(DtlsError),
 }
 
+/// Who carries the records.
+enum Link {
+    /// OpenSSL: every handshake, a client's session, and a server session whose suite
+    /// [`record`] does not protect.
+    Tls(SslStream<Datagrams>),
+    /// An established server session with an AEAD suite: its records are protected by
+    /// [`record`], and OpenSSL's object is gone.
+    Records(Box<TakenOver>),
+}
+
+/// An established server session after [`Session::take_over`], with what it kept of OpenSSL's.
+struct TakenOver {
+    records: Established,
+    identity: Option<String>,
+    resumed: bool,
+    cipher: &'static str,
+}
+
 /// One DTLS association with one peer.
 pub struct Session {
-    stream: SslStream<Datagrams>,
+    link: Link,
     state: State,
     is_client: bool,
     started: Instant,
@@ -200,7 +226,7 @@ impl Session {
         set_handshake_timer(&ssl);
         let stream = SslStream::new(ssl, Datagrams::default()).map_err(other)?;
         let mut s = Session {
-            stream,
+            link: Link::Tls(stream),
             state: State::Handshaking,
             is_client: true,
             started: now,
@@ -252,7 +278,7 @@ impl Session {
             )
         };
         let mut s = Session {
-            stream,
+            link: Link::Tls(stream),
             state: State::Handshaking,
             is_client: false,
             started: now,
@@ -296,9 +322,9 @@ impl Session {
         }
     }
 
-    fn handshake_error(&self, e: &openssl::ssl::Error) -> DtlsError {
-        let v = self.stream.ssl().verify_result();
-        if self.is_client && v != X509VerifyResult::OK {
+    fn handshake_error(ssl: &SslRef, is_client: bool, e: &openssl::ssl::Error) -> DtlsError {
+        let v = ssl.verify_result();
+        if is_client && v != X509VerifyResult::OK {
             return DtlsError::Certificate(v.error_string().to_owned());
         }
         let text = e
@@ -313,40 +339,90 @@ impl Session {
         DtlsError::Handshake(reason)
     }
 
+    /// OpenSSL's stream while it carries the records.
+    fn tls(&self) -> Option<&SslStream<Datagrams>> {
+        match &self.link {
+            Link::Tls(s) => Some(s),
+            Link::Records(_) => None,
+        }
+    }
+
     fn advance(&mut self) -> Vec<Vec<u8>> {
         let mut received = Vec::new();
+        let Link::Tls(stream) = &mut self.link else {
+            return received;
+        };
         if self.state == State::Handshaking {
-            match self.stream.do_handshake() {
+            match stream.do_handshake() {
                 Ok(()) => self.state = State::Established,
                 Err(e) if e.code() == ErrorCode::WANT_READ || e.code() == ErrorCode::WANT_WRITE => {
                     return received
                 }
                 Err(e) => {
-                    let err = self.handshake_error(&e);
+                    let err = Self::handshake_error(stream.ssl(), self.is_client, &e);
                     self.fail(err);
                     return received;
                 }
             }
-        }
-        if self.state == State::Established {
             PLAINTEXT.with_borrow_mut(|buf| self.read_all(buf, &mut received));
-            self.release_buffers();
+            if !self.is_client && received.is_empty() && self.state == State::Established {
+                self.take_over();
+            }
+        } else if self.state == State::Established {
+            PLAINTEXT.with_borrow_mut(|buf| self.read_all(buf, &mut received));
         }
+        self.release_buffers();
         received
+    }
+
+    /// A server session whose handshake has just completed hands its records to [`record`]
+    /// and frees OpenSSL's object (about 30 KB), if the suite is an AEAD one. What OpenSSL
+    /// queued at completion is the server's last flight, kept for a client that did not get
+    /// it. Nothing of the application was read through OpenSSL before (the caller checks), so
+    /// the replay window starts empty.
+    fn take_over(&mut self) {
+        let Link::Tls(stream) = &mut self.link else {
+            return;
+        };
+        let (epoch, next_seq) = stream.get_ref().written;
+        let outbox = std::mem::take(&mut stream.get_mut().outbox);
+        let last_flight: Vec<Vec<u8>> = outbox.iter().cloned().collect();
+        let ssl = stream.ssl();
+        let (identity, resumed) = (identity_of(ssl), ssl.session_reused());
+        let cipher = ssl.current_cipher().map_or("", |c| c.name());
+        match Established::take_over(ssl, epoch, next_seq, last_flight, outbox.clone()) {
+            Some(records) => {
+                // Freed without a close_notify, OpenSSL would take the session out of the
+                // cache, and the device could not resume it.
+                let both = ShutdownState::SENT | ShutdownState::RECEIVED;
+                // SAFETY: a valid SSL; this only sets its shutdown flags.
+                unsafe { openssl_sys::SSL_set_shutdown(stream.ssl().as_ptr(), both.bits()) };
+                self.link = Link::Records(Box::new(TakenOver {
+                    records,
+                    identity,
+                    resumed,
+                    cipher,
+                }));
+            }
+            None => stream.get_mut().outbox = outbox,
+        }
     }
 
     /// An established server session gives its two record buffers (about 17 KiB each) back
     /// to the allocator between datagrams: most sessions of a fleet are idle most of the time,
     /// and SSL_MODE_RELEASE_BUFFERS does not release them for DTLS. OpenSSL sets them up again
     /// when it reads; a write needs them in place, so [`Session::send`] reads first
-    /// ([`Session::restore_buffers`]).
+    /// ([`Session::restore_buffers`]). (Only for suites that [`record`] does not protect.)
     fn release_buffers(&mut self) {
         if self.is_client || self.state != State::Established || self.buffers_released {
             return;
         }
+        let Link::Tls(stream) = &self.link else {
+            return;
+        };
         // SAFETY: a valid SSL. OpenSSL frees nothing while a record is partly read or written
         // (it returns 0 then, and the buffers stay).
-        self.buffers_released = unsafe { SSL_free_buffers(self.stream.ssl().as_ptr()) } == 1;
+        self.buffers_released = unsafe { SSL_free_buffers(stream.ssl().as_ptr()) } == 1;
     }
 
     /// Sets the record buffers up again after [`Session::release_buffers`]: a read sets up
@@ -363,8 +439,11 @@ impl Session {
 
     /// Reads every record OpenSSL has for the application.
     fn read_all(&mut self, buf: &mut [u8], received: &mut Vec<Vec<u8>>) {
+        let Link::Tls(stream) = &mut self.link else {
+            return;
+        };
         loop {
-            match self.stream.ssl_read(buf) {
+            match stream.ssl_read(buf) {
                 Ok(0) => return self.fail(DtlsError::Closed),
                 Ok(n) => received.push(buf[..n].to_vec()),
                 Err(e) if e.code() == ErrorCode::WANT_READ => return,
@@ -382,14 +461,24 @@ impl Session {
             return Vec::new();
         }
         self.last_activity = now;
-        let before =
-            (self.state == State::Handshaking).then(|| self.stream.ssl().state_string_long());
-        self.stream.get_mut().inbox.push_back(datagram.to_vec());
+        let stream = match &mut self.link {
+            Link::Tls(stream) => stream,
+            Link::Records(t) => {
+                let opened = PLAINTEXT.with_borrow_mut(|buf| t.records.open(now, datagram, buf));
+                if opened.alert {
+                    self.fail(DtlsError::Closed);
+                }
+                return opened.data;
+            }
+        };
+        let before = (self.state == State::Handshaking).then(|| stream.ssl().state_string_long());
+        stream.get_mut().inbox.push_back(datagram.to_vec());
         self.buffers_released = false;
         let mut received = std::mem::take(&mut self.early);
         received.extend(self.advance());
         if before.is_some_and(|b| {
-            self.state != State::Handshaking || self.stream.ssl().state_string_long() != b
+            self.state != State::Handshaking
+                || self.tls().is_some_and(|s| s.ssl().state_string_long() != b)
         }) {
             self.last_progress = now;
         }
@@ -401,11 +490,20 @@ impl Session {
         if self.state != State::Established {
             return Err(DtlsError::Other("the session is not established".into()));
         }
+        if let Link::Records(t) = &mut self.link {
+            return t
+                .records
+                .seal(record::APPLICATION_DATA, data)
+                .map_err(DtlsError::Other);
+        }
         self.restore_buffers();
         if self.state != State::Established {
             return Err(DtlsError::Other("the session ended".into()));
         }
-        let r = self.stream.ssl_write(data).map(|_| ()).map_err(|e| {
+        let Link::Tls(stream) = &mut self.link else {
+            unreachable!("taken over above");
+        };
+        let r = stream.ssl_write(data).map(|_| ()).map_err(|e| {
             let err = other(e);
             self.fail(err.clone());
             err
@@ -416,7 +514,10 @@ impl Session {
 
     /// The next datagram to put on the wire.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.stream.get_mut().outbox.pop_front()
+        match &mut self.link {
+            Link::Tls(stream) => stream.get_mut().outbox.pop_front(),
+            Link::Records(t) => t.records.outbox.pop_front(),
+        }
     }
 
     /// How long until OpenSSL's handshake timer expires (`None`: no timer running). OpenSSL
@@ -426,7 +527,7 @@ impl Session {
         if self.state != State::Handshaking {
             return None;
         }
-        get_timeout(self.stream.ssl())
+        get_timeout(self.tls()?.ssl())
     }
 
     /// Retransmits the last flight if its timer expired; fails the session after too many.
@@ -434,7 +535,7 @@ impl Session {
         if self.state != State::Handshaking {
             return;
         }
-        if handle_timeout(self.stream.ssl()) < 0 {
+        if self.tls().is_some_and(|s| handle_timeout(s.ssl()) < 0) {
             self.fail(DtlsError::HandshakeTimeout(
                 now.saturating_duration_since(self.started),
             ));
@@ -455,56 +556,85 @@ impl Session {
     /// or whose name is empty or not UTF-8 (no lossy conversion: two names must never map to
     /// one identity).
     pub fn peer_identity(&self) -> Option<String> {
-        let ssl = self.stream.ssl();
         if !self.is_established() {
             return None;
         }
-        if let Some(id) = ssl.psk_identity() {
-            return std::str::from_utf8(id)
-                .ok()
-                .filter(|id| valid_identity(id))
-                .map(str::to_owned);
+        match &self.link {
+            Link::Tls(stream) => identity_of(stream.ssl()),
+            Link::Records(t) => t.identity.clone(),
         }
-        if ssl.verify_result() != X509VerifyResult::OK {
-            return None;
-        }
-        let cert = ssl.peer_certificate()?;
-        let mut cns = cert.subject_name().entries_by_nid(Nid::COMMONNAME);
-        let cn = cns.next()?;
-        if cns.next().is_some() {
-            return None; // two common names: which one would be the device?
-        }
-        let cn = cn.data().to_string().ok()?;
-        valid_identity(&cn).then_some(cn)
     }
 
     /// Whether the handshake was an abbreviated one, resuming an earlier session.
     pub fn resumed(&self) -> bool {
-        self.stream.ssl().session_reused()
+        match &self.link {
+            Link::Tls(stream) => stream.ssl().session_reused(),
+            Link::Records(t) => t.resumed,
+        }
     }
 
     /// A copy of the session, to offer again with [`Session::client`]'s `resume`. A copy: when
     /// a connection ends without a close_notify of its own (the server went silent, the device
     /// gave up on it), OpenSSL marks its session not resumable, and that must not stop the next
-    /// connection from offering it (the server decides).
+    /// connection from offering it (the server decides). `None` for a server session.
     pub fn ssl_session(&self) -> Option<SslSession> {
-        let der = self.stream.ssl().session()?.to_der().ok()?;
+        let der = self.tls()?.ssl().session()?.to_der().ok()?;
         SslSession::from_der(&der).ok()
     }
 
     /// The negotiated cipher suite.
     pub fn cipher(&self) -> Option<&str> {
-        self.stream.ssl().current_cipher().map(|c| c.name())
+        match &self.link {
+            Link::Tls(stream) => stream.ssl().current_cipher().map(|c| c.name()),
+            Link::Records(t) => Some(t.cipher),
+        }
+    }
+
+    /// Whether an established session's records are protected by [`record`] rather than by
+    /// OpenSSL (a server session with an AEAD suite).
+    pub fn taken_over(&self) -> bool {
+        matches!(self.link, Link::Records(_))
     }
 
     /// Sends close_notify and ends the session.
     pub fn close(&mut self) {
         if self.state == State::Established {
-            self.restore_buffers();
-            let _ = self.stream.shutdown();
+            match &mut self.link {
+                Link::Records(t) => {
+                    // A warning-level close_notify (RFC 5246 §7.2.1).
+                    let _ = t.records.seal(record::ALERT, &[1, 0]);
+                }
+                Link::Tls(_) => {
+                    self.restore_buffers();
+                    if let Link::Tls(stream) = &mut self.link {
+                        let _ = stream.shutdown();
+                    }
+                }
+            }
         }
         self.fail(DtlsError::Closed);
     }
+}
+
+/// The peer's authenticated identity (see [`Session::peer_identity`]).
+fn identity_of(ssl: &SslRef) -> Option<String> {
+    if let Some(id) = ssl.psk_identity() {
+        return std::str::from_utf8(id)
+            .ok()
+            .filter(|id| valid_identity(id))
+            .map(str::to_owned);
+    }
+    if ssl.verify_result() != X509VerifyResult::OK {
+        return None;
+    }
+    let cert = ssl.peer_certificate()?;
+    let mut cns = cert.subject_name().entries_by_nid(Nid::COMMONNAME);
+    let cn = cns.next()?;
+    if cns.next().is_some() {
+        return None; // two common names: which one would be the device?
+    }
+    let cn = cn.data().to_string().ok()?;
+    valid_identity(&cn).then_some(cn)
 }
 
 #[cfg(test)]

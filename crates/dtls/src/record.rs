@@ -1,0 +1,533 @@
+//! DTLS 1.2 records of an established server session with an AEAD suite (AES-GCM, RFC 5288;
+//! ChaCha20-Poly1305, RFC 7905), protected here instead of by OpenSSL. No I/O.
+//!
+//! Why: after the handshake an OpenSSL `SSL` object keeps about 30 KB per association (for DTLS
+//! it never frees its 22 KB handshake buffer, and the record buffers come back at every
+//! datagram), and a fleet server holds tens of thousands of mostly idle associations. The
+//! handshake stays OpenSSL's; once it is done, [`Established::take_over`] derives the record
+//! keys from the session's master secret (RFC 5246 §6.3) and the `SSL` object is freed. What is
+//! left per association is two cipher contexts, the sequence numbers and the replay window.
+//!
+//! The record header (RFC 6347 §4.1) is written and parsed here only. Rules kept:
+//! - records that do not decrypt, of another epoch, or seen before (a 64-record sliding window,
+//!   §4.1.2.6) are dropped without an answer, as §4.1.2.7 says;
+//! - the server's last flight (ChangeCipherSpec, Finished) is kept until the client shows that
+//!   it has it (its first application record), and sent again when the client repeats its
+//!   Finished, as OpenSSL would;
+//! - renegotiation is refused (ignored), as the contexts say;
+//! - an alert ends the association.
+
+use openssl::{
+    cipher::{Cipher, CipherRef},
+    cipher_ctx::CipherCtx,
+    hash::MessageDigest,
+    nid::Nid,
+    pkey::PKey,
+    sign::Signer,
+    ssl::SslRef,
+};
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
+
+/// Record content types (RFC 5246 §6.2.1).
+pub(crate) const ALERT: u8 = 21;
+pub(crate) const HANDSHAKE: u8 = 22;
+pub(crate) const APPLICATION_DATA: u8 = 23;
+
+/// DTLS 1.2 on the wire.
+const VERSION: [u8; 2] = [0xfe, 0xfd];
+/// Type, version, epoch, sequence number, length.
+pub(crate) const HEADER_LEN: usize = 13;
+const TAG_LEN: usize = 16;
+/// The largest plaintext of a record (RFC 5246 §6.2.1).
+const MAX_PLAINTEXT: usize = 1 << 14;
+/// How often the last flight may go out again for a client that repeats its Finished.
+const RESEND_GAP: Duration = Duration::from_millis(250);
+
+/// One record's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub content_type: u8,
+    pub epoch: u16,
+    /// 48 bits.
+    pub seq: u64,
+}
+
+impl Header {
+    /// Epoch and sequence number as one 64-bit number, as the nonce and the AAD use them.
+    fn epoch_seq(&self) -> [u8; 8] {
+        ((u64::from(self.epoch) << 48) | self.seq).to_be_bytes()
+    }
+
+    fn write(&self, len: usize, out: &mut Vec<u8>) {
+        out.push(self.content_type);
+        out.extend_from_slice(&VERSION);
+        out.extend_from_slice(&self.epoch_seq());
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    }
+}
+
+/// The records of a datagram, each with its fragment; stops at the first one that does not
+/// fit (the rest of the datagram is dropped, RFC 6347 §4.1.2.7).
+pub(crate) fn records(datagram: &[u8]) -> impl Iterator<Item = (Header, &[u8])> {
+    let mut rest = datagram;
+    std::iter::from_fn(move || {
+        if rest.len() < HEADER_LEN {
+            return None;
+        }
+        let len = usize::from(u16::from_be_bytes([rest[11], rest[12]]));
+        let fragment = rest.get(HEADER_LEN..HEADER_LEN + len)?;
+        let mut es = [0u8; 8];
+        es.copy_from_slice(&rest[3..11]);
+        let es = u64::from_be_bytes(es);
+        let h = Header {
+            content_type: rest[0],
+            epoch: (es >> 48) as u16,
+            seq: es & ((1 << 48) - 1),
+        };
+        rest = &rest[HEADER_LEN + len..];
+        Some((h, fragment))
+    })
+}
+
+/// The AEAD of a suite, with what its records carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Aead {
+    Aes128Gcm,
+    Aes256Gcm,
+    ChaCha20Poly1305,
+}
+
+impl Aead {
+    fn of(nid: Nid) -> Option<Aead> {
+        match nid {
+            Nid::AES_128_GCM => Some(Aead::Aes128Gcm),
+            Nid::AES_256_GCM => Some(Aead::Aes256Gcm),
+            Nid::CHACHA20_POLY1305 => Some(Aead::ChaCha20Poly1305),
+            _ => None,
+        }
+    }
+
+    fn cipher(self) -> &'static CipherRef {
+        match self {
+            Aead::Aes128Gcm => Cipher::aes_128_gcm(),
+            Aead::Aes256Gcm => Cipher::aes_256_gcm(),
+            Aead::ChaCha20Poly1305 => Cipher::chacha20_poly1305(),
+        }
+    }
+
+    fn key_len(self) -> usize {
+        match self {
+            Aead::Aes128Gcm => 16,
+            _ => 32,
+        }
+    }
+
+    /// The fixed part of the nonce from the key block: GCM's 4-byte salt (RFC 5288 §3),
+    /// ChaCha20's 12-byte IV (RFC 7905 §2).
+    fn fixed_iv_len(self) -> usize {
+        match self {
+            Aead::ChaCha20Poly1305 => 12,
+            _ => 4,
+        }
+    }
+
+    /// The nonce part each record carries: GCM's 8 bytes (we send the epoch and sequence
+    /// number, which are unique per key), none for ChaCha20.
+    fn explicit_len(self) -> usize {
+        match self {
+            Aead::ChaCha20Poly1305 => 0,
+            _ => 8,
+        }
+    }
+
+    fn nonce(self, fixed: &[u8], explicit: &[u8], epoch_seq: [u8; 8]) -> [u8; 12] {
+        let mut n = [0u8; 12];
+        match self {
+            Aead::ChaCha20Poly1305 => {
+                n.copy_from_slice(fixed);
+                for (b, s) in n[4..].iter_mut().zip(epoch_seq) {
+                    *b ^= s;
+                }
+            }
+            _ => {
+                n[..4].copy_from_slice(&fixed[..4]);
+                n[4..].copy_from_slice(explicit);
+            }
+        }
+        n
+    }
+}
+
+/// TLS 1.2's PRF (RFC 5246 §5): P_hash of `secret` over `label` and `seed`, into `out`.
+fn prf(md: MessageDigest, secret: &[u8], label: &[u8], seed: &[&[u8]], out: &mut [u8]) {
+    let key = PKey::hmac(secret).expect("an HMAC key");
+    let hmac = |parts: &[&[u8]]| {
+        let mut s = Signer::new(md, &key).expect("an HMAC");
+        for p in parts {
+            s.update(p).expect("HMAC update");
+        }
+        s.sign_to_vec().expect("HMAC")
+    };
+    let mut label_seed = label.to_vec();
+    for s in seed {
+        label_seed.extend_from_slice(s);
+    }
+    let mut a = hmac(&[&label_seed]);
+    let mut filled = 0;
+    while filled < out.len() {
+        let block = hmac(&[&a, &label_seed]);
+        let n = block.len().min(out.len() - filled);
+        out[filled..filled + n].copy_from_slice(&block[..n]);
+        filled += n;
+        a = hmac(&[&a]);
+    }
+}
+
+/// One direction's protection: the cipher context (keyed once) and the fixed nonce part.
+struct Direction {
+    ctx: CipherCtx,
+    fixed: [u8; 12],
+}
+
+impl Direction {
+    fn new(aead: Aead, key: &[u8], fixed: &[u8], encrypt: bool) -> Result<Direction, String> {
+        let mut ctx = CipherCtx::new().map_err(|e| e.to_string())?;
+        let r = if encrypt {
+            ctx.encrypt_init(Some(aead.cipher()), Some(key), None)
+        } else {
+            ctx.decrypt_init(Some(aead.cipher()), Some(key), None)
+        };
+        r.map_err(|e| e.to_string())?;
+        let mut f = [0u8; 12];
+        f[..fixed.len()].copy_from_slice(fixed);
+        Ok(Direction { ctx, fixed: f })
+    }
+}
+
+/// The sliding window of RFC 6347 §4.1.2.6: the highest sequence number accepted and which of
+/// the 63 below it were.
+#[derive(Debug, Default, Clone, Copy)]
+struct ReplayWindow {
+    top: Option<u64>,
+    bits: u64,
+}
+
+impl ReplayWindow {
+    /// Whether `seq` is new and not too old (checked before decrypting).
+    fn fresh(&self, seq: u64) -> bool {
+        match self.top {
+            None => true,
+            Some(top) if seq > top => true,
+            Some(top) => top - seq < 64 && self.bits & (1 << (top - seq)) == 0,
+        }
+    }
+
+    /// Marks `seq` seen (after the record authenticated).
+    fn mark(&mut self, seq: u64) {
+        match self.top {
+            Some(top) if seq <= top => self.bits |= 1 << (top - seq),
+            Some(top) => {
+                let shift = seq - top;
+                self.bits = if shift >= 64 { 0 } else { self.bits << shift };
+                self.bits |= 1;
+                self.top = Some(seq);
+            }
+            None => {
+                self.bits = 1;
+                self.top = Some(seq);
+            }
+        }
+    }
+}
+
+/// What a datagram brought.
+#[derive(Debug, Default)]
+pub(crate) struct Opened {
+    /// Application data, one entry per record.
+    pub data: Vec<Vec<u8>>,
+    /// The peer sent an alert: the association is over.
+    pub alert: bool,
+    /// Records dropped: not decrypting, replayed, of another epoch, or not expected.
+    pub dropped: usize,
+}
+
+/// An established association's record protection after OpenSSL handed it over.
+pub(crate) struct Established {
+    aead: Aead,
+    epoch: u16,
+    read: Direction,
+    write: Direction,
+    write_seq: u64,
+    window: ReplayWindow,
+    /// The server's last handshake flight, until the client shows it has it.
+    last_flight: Option<Vec<Vec<u8>>>,
+    last_resend: Option<Instant>,
+    /// Datagrams to send.
+    pub outbox: VecDeque<Vec<u8>>,
+}
+
+impl Established {
+    /// Takes over a server session OpenSSL has just established, if its suite is one of ours:
+    /// derives the keys from `ssl`'s master secret and randoms. `next_write_seq` is the next
+    /// sequence number of the current epoch (OpenSSL's last record +1), `last_flight` the
+    /// datagrams of the server's final flight (sent again if the client repeats its Finished),
+    /// `outbox` what is still to be sent. `None` for a suite we do not protect ourselves (the
+    /// caller keeps OpenSSL then).
+    pub fn take_over(
+        ssl: &SslRef,
+        epoch: u16,
+        next_write_seq: u64,
+        last_flight: Vec<Vec<u8>>,
+        outbox: VecDeque<Vec<u8>>,
+    ) -> Option<Established> {
+        let cipher = ssl.current_cipher()?;
+        let aead = Aead::of(cipher.cipher_nid()?)?;
+        let md = cipher.handshake_digest()?;
+        let session = ssl.session()?;
+        let mut master = [0u8; 48];
+        if session.master_key(&mut master) != master.len() {
+            return None;
+        }
+        let (mut client_random, mut server_random) = ([0u8; 32], [0u8; 32]);
+        if ssl.client_random(&mut client_random) != 32
+            || ssl.server_random(&mut server_random) != 32
+        {
+            return None;
+        }
+        let (k, iv) = (aead.key_len(), aead.fixed_iv_len());
+        let mut block = [0u8; 2 * 32 + 2 * 12];
+        let block = &mut block[..2 * k + 2 * iv];
+        // RFC 5246 §6.3: client key, server key, client IV, server IV (no MAC keys for AEAD).
+        prf(
+            md,
+            &master,
+            b"key expansion",
+            &[&server_random, &client_random],
+            block,
+        );
+        master.fill(0);
+        let (client_key, rest) = block.split_at(k);
+        let (server_key, rest) = rest.split_at(k);
+        let (client_iv, server_iv) = rest.split_at(iv);
+        let read = Direction::new(aead, client_key, client_iv, false).ok()?;
+        let write = Direction::new(aead, server_key, server_iv, true).ok()?;
+        block.fill(0);
+        Some(Established {
+            aead,
+            epoch,
+            read,
+            write,
+            write_seq: next_write_seq,
+            window: ReplayWindow::default(),
+            last_flight: (!last_flight.is_empty()).then_some(last_flight),
+            last_resend: None,
+            outbox,
+        })
+    }
+
+    /// Protects `data` as one record of `content_type` and queues the datagram.
+    pub fn seal(&mut self, content_type: u8, data: &[u8]) -> Result<(), String> {
+        if data.len() > MAX_PLAINTEXT {
+            return Err(format!(
+                "a record of {} bytes is over the limit of {MAX_PLAINTEXT}",
+                data.len()
+            ));
+        }
+        if self.write_seq >= (1 << 48) - 1 {
+            return Err("the record sequence numbers are used up".into());
+        }
+        let h = Header {
+            content_type,
+            epoch: self.epoch,
+            seq: self.write_seq,
+        };
+        self.write_seq += 1;
+        let explicit = h.epoch_seq();
+        let explicit = &explicit[..self.aead.explicit_len()];
+        let len = explicit.len() + data.len() + TAG_LEN;
+        let mut out = Vec::with_capacity(HEADER_LEN + len);
+        h.write(len, &mut out);
+        out.extend_from_slice(explicit);
+        let nonce = self.aead.nonce(&self.write.fixed, explicit, h.epoch_seq());
+        let aad = aad(&h, data.len());
+        let body = out.len();
+        out.resize(body + data.len() + TAG_LEN, 0);
+        let ctx = &mut self.write.ctx;
+        let sealed = (|| {
+            ctx.encrypt_init(None, None, Some(&nonce))?;
+            ctx.cipher_update(&aad, None)?;
+            let n = ctx.cipher_update(data, Some(&mut out[body..body + data.len()]))?;
+            ctx.cipher_final(&mut out[body + n..body + data.len()])?;
+            ctx.tag(&mut out[body + data.len()..])
+        })();
+        sealed.map_err(|e| format!("cannot encrypt a record: {e}"))?;
+        self.outbox.push_back(out);
+        Ok(())
+    }
+
+    /// Opens the records of a datagram from the peer.
+    pub fn open(&mut self, now: Instant, datagram: &[u8], plaintext: &mut [u8]) -> Opened {
+        let mut got = Opened::default();
+        for (h, fragment) in records(datagram) {
+            if h.epoch != self.epoch || !self.window.fresh(h.seq) {
+                // Epoch 0: the client's flight again (its Finished, at this epoch, follows),
+                // or a new ClientHello, which the server routes before the session sees it.
+                got.dropped += 1;
+                continue;
+            }
+            let Some(n) = self.decrypt(&h, fragment, plaintext) else {
+                got.dropped += 1;
+                continue;
+            };
+            self.window.mark(h.seq);
+            match h.content_type {
+                APPLICATION_DATA => {
+                    // The client has our Finished: the flight is not needed again.
+                    self.last_flight = None;
+                    got.data.push(plaintext[..n].to_vec());
+                }
+                ALERT => got.alert = true,
+                HANDSHAKE => self.resend_last_flight(now),
+                _ => got.dropped += 1,
+            }
+        }
+        got
+    }
+
+    /// The client repeated its Finished: our last flight did not reach it.
+    fn resend_last_flight(&mut self, now: Instant) {
+        let Some(flight) = &self.last_flight else {
+            return; // renegotiation, which is not offered
+        };
+        if self
+            .last_resend
+            .is_some_and(|t| now.saturating_duration_since(t) < RESEND_GAP)
+        {
+            return;
+        }
+        self.last_resend = Some(now);
+        self.outbox.extend(flight.iter().cloned());
+    }
+
+    /// Decrypts one record into `plaintext`; its length, or `None` if it does not authenticate.
+    fn decrypt(&mut self, h: &Header, fragment: &[u8], plaintext: &mut [u8]) -> Option<usize> {
+        let explicit_len = self.aead.explicit_len();
+        let len = fragment.len().checked_sub(explicit_len + TAG_LEN)?;
+        if len > MAX_PLAINTEXT || len > plaintext.len() {
+            return None;
+        }
+        let (explicit, rest) = fragment.split_at(explicit_len);
+        let (cipher, tag) = rest.split_at(len);
+        let nonce = self.aead.nonce(&self.read.fixed, explicit, h.epoch_seq());
+        let aad = aad(h, len);
+        let ctx = &mut self.read.ctx;
+        let out = &mut plaintext[..len];
+        let opened = (|| {
+            ctx.decrypt_init(None, None, Some(&nonce))?;
+            ctx.cipher_update(&aad, None)?;
+            let n = ctx.cipher_update(cipher, Some(&mut *out))?;
+            ctx.set_tag(tag)?;
+            ctx.cipher_final(&mut out[n..])
+        })();
+        opened.ok().map(|_| len)
+    }
+}
+
+/// The additional data of a record (RFC 5246 §6.2.3.3 with DTLS's epoch and sequence number).
+fn aad(h: &Header, plaintext_len: usize) -> [u8; 13] {
+    let mut a = [0u8; 13];
+    a[..8].copy_from_slice(&h.epoch_seq());
+    a[8] = h.content_type;
+    a[9..11].copy_from_slice(&VERSION);
+    a[11..].copy_from_slice(&(plaintext_len as u16).to_be_bytes());
+    a
+}
+
+/// The highest epoch and, in it, the next sequence number of the records in `datagram`
+/// (what OpenSSL wrote), folded into `next`.
+pub(crate) fn note_written(datagram: &[u8], next: &mut (u16, u64)) {
+    for (h, _) in records(datagram) {
+        if h.epoch > next.0 {
+            *next = (h.epoch, h.seq + 1);
+        } else if h.epoch == next.0 {
+            next.1 = next.1.max(h.seq + 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_prf_gives_what_openssls_tls1_prf_gives() {
+        // `openssl kdf -keylen 40 -kdfopt digest:SHA256 -kdfopt secret:secret
+        //  -kdfopt seed:"key expansion" -kdfopt hexseed:0102 TLS1-PRF`
+        let mut out = [0u8; 40];
+        prf(
+            MessageDigest::sha256(),
+            b"secret",
+            b"key expansion",
+            &[&[1], &[2]],
+            &mut out,
+        );
+        assert_eq!(
+            out.to_vec(),
+            hex("9ea7cc1330bfee334bc3d8514b2463f093b7fe7e1d3511dc72350b74837d1e4a95c0070baf3bbb53"),
+            "TLS 1.2 PRF with SHA-256"
+        );
+    }
+
+    #[test]
+    fn the_replay_window_takes_each_number_once_and_nothing_64_below_the_top() {
+        let mut w = ReplayWindow::default();
+        for s in [5, 3, 70, 69, 7] {
+            assert!(w.fresh(s), "{s} is new");
+            w.mark(s);
+        }
+        for s in [5, 70, 69, 7] {
+            assert!(!w.fresh(s), "{s} again");
+        }
+        assert!(!w.fresh(6), "64 below the top of 70");
+        assert!(w.fresh(8) && w.fresh(71) && w.fresh(1000));
+        w.mark(1000);
+        assert!(!w.fresh(70) && w.fresh(999));
+    }
+
+    #[test]
+    fn records_are_split_and_a_short_one_ends_the_datagram() {
+        let mut d = Vec::new();
+        Header {
+            content_type: APPLICATION_DATA,
+            epoch: 1,
+            seq: 0x0102_0304_0506,
+        }
+        .write(2, &mut d);
+        d.extend_from_slice(&[9, 9]);
+        Header {
+            content_type: ALERT,
+            epoch: 1,
+            seq: 7,
+        }
+        .write(5, &mut d);
+        d.extend_from_slice(&[1, 2]); // 3 bytes short
+        let got: Vec<_> = records(&d).collect();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0.seq, 0x0102_0304_0506);
+        assert_eq!(got[0].0.epoch, 1);
+        assert_eq!(got[0].1, &[9, 9]);
+        let mut next = (0, 0);
+        note_written(&d[..15], &mut next);
+        assert_eq!(next, (1, 0x0102_0304_0507));
+    }
+}

@@ -1,0 +1,324 @@
+//! A server session hands its records over from OpenSSL to the crate's own record layer once
+//! the handshake is done (see `Session::taken_over`). Tested against OpenSSL's client over
+//! in-memory datagrams: every AEAD suite, resumption, replays, tampering, reordering, a lost
+//! final flight, and closing from either side.
+
+use gateway_dtls::{
+    client_context, hello_verify_request, parse_client_hello, server_context, ClientSettings,
+    CookieJar, DtlsError, Psk, ServerSettings, Session, State,
+};
+use openssl::ssl::{SslContext, SslSession};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        gateway_test_support::coaps::pki(dir.path(), &[("dev-1", "dev-1")]);
+        Pki { dir }
+    }
+
+    fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+
+    fn server(&self) -> SslContext {
+        server_context(&ServerSettings {
+            cert_file: Some(self.path("server.pem")),
+            key_file: Some(self.path("server.key")),
+            client_ca_file: Some(self.path("ca.pem")),
+            require_client_cert: true,
+            mtu: 1232,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn client(&self, ciphers: &str) -> SslContext {
+        client_context(&ClientSettings {
+            ca_file: Some(self.path("ca.pem")),
+            cert: Some((self.path("dev-1.pem"), self.path("dev-1.key"))),
+            ciphers: ciphers.into(),
+            mtu: 1232,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+}
+
+const PEER: &str = "127.0.0.1:40000";
+
+/// A client and a server session over in-memory datagrams.
+struct Link {
+    client: Session,
+    server: Option<Session>,
+    sctx: SslContext,
+    jar: CookieJar,
+    now: Instant,
+}
+
+impl Link {
+    fn new(cctx: &SslContext, sctx: SslContext, resume: Option<&SslSession>) -> Link {
+        let now = Instant::now();
+        Link {
+            client: Session::client(cctx, "localhost", 1232, true, resume, now).unwrap(),
+            server: None,
+            sctx,
+            jar: CookieJar::new(now, Duration::from_secs(60)),
+            now,
+        }
+    }
+
+    fn server(&mut self) -> &mut Session {
+        self.server.as_mut().expect("a server session")
+    }
+
+    /// Client datagrams to the server; returns the application data the server got.
+    fn deliver_up(&mut self) -> Vec<Vec<u8>> {
+        let peer: SocketAddr = PEER.parse().unwrap();
+        let mut got = Vec::new();
+        while let Some(d) = self.client.poll_transmit() {
+            match (&mut self.server, parse_client_hello(&d)) {
+                (None, Some(ch)) if self.jar.check(self.now, peer, &ch) => {
+                    self.server =
+                        Some(Session::server(&self.sctx, &d, &ch.cookie, 1232, self.now).unwrap());
+                }
+                (None, Some(ch)) => {
+                    let cookie = self.jar.make(self.now, peer, &ch);
+                    let hvr = hello_verify_request(&ch, &cookie);
+                    got.extend(self.client.handle_datagram(self.now, &hvr));
+                }
+                (None, None) => {}
+                (Some(s), _) => got.extend(s.handle_datagram(self.now, &d)),
+            }
+        }
+        got
+    }
+
+    /// The server's datagrams, taken off its queue.
+    fn server_out(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        if let Some(s) = &mut self.server {
+            while let Some(d) = s.poll_transmit() {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    fn deliver_down(&mut self, datagrams: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        for d in datagrams {
+            got.extend(self.client.handle_datagram(self.now, d));
+        }
+        got
+    }
+
+    /// Runs the handshake to its end.
+    fn handshake(&mut self) {
+        for _ in 0..20 {
+            self.deliver_up();
+            let back = self.server_out();
+            self.deliver_down(&back);
+            if self.client.is_established()
+                && self.server.as_ref().is_some_and(Session::is_established)
+            {
+                return;
+            }
+        }
+        panic!(
+            "no handshake: client {:?}, server {:?}",
+            self.client.state(),
+            self.server.as_ref().map(Session::state)
+        );
+    }
+
+    /// One message each way; returns what each side got.
+    fn exchange(&mut self, up: &[u8], down: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        self.client.send(up).unwrap();
+        let at_server = self.deliver_up();
+        self.server().send(down).unwrap();
+        let back = self.server_out();
+        let at_client = self.deliver_down(&back);
+        (at_server, at_client)
+    }
+}
+
+#[test]
+fn every_aead_suite_is_taken_over_and_carries_data_both_ways() {
+    let pki = Pki::new();
+    for suite in [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+    ] {
+        let mut link = Link::new(&pki.client(suite), pki.server(), None);
+        link.handshake();
+        let server = link.server();
+        assert!(server.taken_over(), "{suite}: still OpenSSL's");
+        assert_eq!(server.cipher(), Some(suite));
+        assert_eq!(server.peer_identity().as_deref(), Some("dev-1"));
+        assert!(!server.resumed());
+        for i in 0..100u32 {
+            let up = format!("reading {i} of {suite}").into_bytes();
+            let down = vec![i as u8; 1 + (i as usize * 7) % 1100];
+            let (at_server, at_client) = link.exchange(&up, &down);
+            assert_eq!(at_server, [up], "{suite}: message {i} up");
+            assert_eq!(at_client, [down], "{suite}: message {i} down");
+        }
+    }
+}
+
+#[test]
+fn a_suite_it_does_not_protect_stays_with_openssl() {
+    let psk = |id: &str| Psk {
+        identity: id.into(),
+        key: b"0123456789abcdef".to_vec(),
+    };
+    let sctx = server_context(&ServerSettings {
+        psk: [("dev-1".to_owned(), psk("dev-1").key)].into(),
+        ciphers: "ECDHE-PSK-AES128-CBC-SHA256".into(),
+        mtu: 1232,
+        ..Default::default()
+    })
+    .unwrap();
+    let cctx = client_context(&ClientSettings {
+        psk: Some(psk("dev-1")),
+        ciphers: "ECDHE-PSK-AES128-CBC-SHA256".into(),
+        mtu: 1232,
+        ..Default::default()
+    })
+    .unwrap();
+    let mut link = Link::new(&cctx, sctx, None);
+    link.handshake();
+    assert!(!link.server().taken_over());
+    assert_eq!(link.server().peer_identity().as_deref(), Some("dev-1"));
+    let (at_server, at_client) = link.exchange(b"up", b"down");
+    assert_eq!(
+        (at_server, at_client),
+        (vec![b"up".to_vec()], vec![b"down".to_vec()])
+    );
+}
+
+#[test]
+fn replayed_tampered_and_foreign_records_are_dropped_and_reordered_ones_kept() {
+    let pki = Pki::new();
+    let mut link = Link::new(&pki.client(""), pki.server(), None);
+    link.handshake();
+    assert!(link.server().taken_over());
+    let now = link.now;
+    let mut sent = Vec::new();
+    for i in 0..5u8 {
+        link.client.send(&[i]).unwrap();
+        sent.push(link.client.poll_transmit().unwrap());
+    }
+    let server = link.server();
+    // Reordered within the window: each is taken once.
+    for i in [4, 0, 2, 1, 3] {
+        assert_eq!(server.handle_datagram(now, &sent[i]), [vec![i as u8]]);
+    }
+    for d in &sent {
+        assert!(server.handle_datagram(now, d).is_empty(), "a replay");
+    }
+    link.client.send(b"fresh").unwrap();
+    let fresh = link.client.poll_transmit().unwrap();
+    for at in [0, 3, 11, 13, 20, fresh.len() - 1] {
+        let mut bad = fresh.clone();
+        bad[at] ^= 0x40; // type, version, epoch, sequence number, nonce, tag
+        assert!(
+            link.server().handle_datagram(now, &bad).is_empty(),
+            "byte {at} changed"
+        );
+    }
+    assert!(link.server().handle_datagram(now, &fresh[..20]).is_empty());
+    assert_eq!(
+        link.server().handle_datagram(now, &fresh),
+        [b"fresh".to_vec()]
+    );
+    assert!(link.server().is_established());
+}
+
+#[test]
+fn a_lost_final_flight_is_sent_again_when_the_client_repeats_its_finished() {
+    let pki = Pki::new();
+    let mut link = Link::new(&pki.client(""), pki.server(), None);
+    for _ in 0..10 {
+        link.deliver_up();
+        let back = link.server_out();
+        if link.server.as_ref().is_some_and(Session::is_established) {
+            // The server's ChangeCipherSpec and Finished are lost.
+            assert!(!back.is_empty());
+            break;
+        }
+        link.deliver_down(&back);
+    }
+    assert!(link.server().taken_over());
+    assert_eq!(*link.client.state(), State::Handshaking);
+    // The client's handshake timer runs on the real clock (1 s for a first flight).
+    let wait = link
+        .client
+        .timeout()
+        .expect("the client's flight timer runs");
+    std::thread::sleep(wait + Duration::from_millis(20));
+    link.client.handle_timeout(Instant::now());
+    // The client's flight again, its Finished last.
+    let flight: Vec<Vec<u8>> = std::iter::from_fn(|| link.client.poll_transmit()).collect();
+    let now = link.now;
+    for d in &flight {
+        link.server().handle_datagram(now, d);
+    }
+    let again = link.server_out();
+    assert!(!again.is_empty(), "the server sends its last flight again");
+    link.deliver_down(&again);
+    assert!(link.client.is_established(), "{:?}", link.client.state());
+    let (at_server, at_client) = link.exchange(b"up", b"down");
+    assert_eq!(
+        (at_server, at_client),
+        (vec![b"up".to_vec()], vec![b"down".to_vec()])
+    );
+    // With the client's first record in, the flight is forgotten: the client's flight
+    // replayed later gets nothing back.
+    let later = link.now + Duration::from_secs(1);
+    for d in &flight {
+        link.server().handle_datagram(later, d);
+    }
+    assert!(link.server_out().is_empty());
+    assert!(link.server().is_established());
+}
+
+#[test]
+fn a_taken_over_session_can_be_resumed_and_closed_from_either_side() {
+    let pki = Pki::new();
+    let (cctx, sctx) = (pki.client(""), pki.server());
+    let mut first = Link::new(&cctx, sctx.clone(), None);
+    first.handshake();
+    let ticket = first.client.ssl_session().expect("a session to resume");
+    // The device closes: the server reads its close_notify.
+    first.client.close();
+    first.deliver_up();
+    assert_eq!(*first.server().state(), State::Closed(DtlsError::Closed));
+
+    let mut second = Link::new(&cctx, sctx, Some(&ticket));
+    second.handshake();
+    let server = second.server();
+    assert!(server.resumed(), "the session was resumed");
+    assert!(server.taken_over());
+    assert_eq!(server.peer_identity().as_deref(), Some("dev-1"));
+    let (at_server, at_client) = second.exchange(b"up", b"down");
+    assert_eq!(
+        (at_server, at_client),
+        (vec![b"up".to_vec()], vec![b"down".to_vec()])
+    );
+    // The server closes: the device reads its close_notify.
+    second.server().close();
+    let bye = second.server_out();
+    assert!(second.deliver_down(&bye).is_empty());
+    assert_eq!(*second.client.state(), State::Closed(DtlsError::Closed));
+}
