@@ -7,7 +7,9 @@
 //!
 //! The ingress runs `bench/ingress.toml` (its defaults, into the null sink); `GATEWAY` picks
 //! another build of the gateway (e.g. `target/dist/gateway-x86_64-unknown-linux-gnu/gateway`,
-//! with OpenSSL 3.5), `IDLE_DEVICES` the sessions of the memory figure (default 2000).
+//! with OpenSSL 3.5), `IDLE_DEVICES` the sessions of the memory figure (default 2000), and
+//! `INGRESS_PARTS` which parts run (a comma-separated list of `requests`, `handshakes` and
+//! `idle`; all by default).
 
 use crate::{has, proc_kb, root};
 use anyhow::{bail, Context, Result};
@@ -176,6 +178,9 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
         println!("   (coap-server-openssl is not installed: apt-get install libcoap3-bin; the ingress alone)");
     }
     let duration = format!("{secs}s");
+    let parts =
+        std::env::var("INGRESS_PARTS").unwrap_or_else(|_| "requests,handshakes,idle".into());
+    let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
     let servers = |f: &mut dyn FnMut(&Server) -> Result<()>| -> Result<()> {
         f(&Server::ingress(&gateway)?)?;
         if with_libcoap {
@@ -184,6 +189,22 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
         Ok(())
     };
     println!("   gateway: {}", gateway.display());
+    if part("requests") {
+        requests(&load_bin, &duration, &servers)?;
+    }
+    if part("handshakes") {
+        handshakes(&load_bin, &duration, &servers)?;
+    }
+    if part("idle") {
+        idle(&load_bin, &servers)?;
+    }
+    Ok(())
+}
+
+type Servers<'a> = dyn Fn(&mut dyn FnMut(&Server) -> Result<()>) -> Result<()> + 'a;
+
+/// Requests/s, latency and CPU at each load point.
+fn requests(load_bin: &Path, duration: &str, servers: &Servers<'_>) -> Result<()> {
     println!("   requests/s (p50 latency) per server, each device its own session, one CON POST in flight:");
     for readings in ["1", "20"] {
         for devices in ["1", "10", "100", "500"] {
@@ -195,9 +216,9 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
                     "--readings",
                     readings,
                     "--duration",
-                    &duration,
+                    duration,
                 ];
-                let o = load(&load_bin, s, &args, |_| {})?;
+                let o = load(load_bin, s, &args, |_| {})?;
                 let per_s = o.num("per_s");
                 let cpu_us = o.cpu / (o.num("ok").max(1.0)) * 1e6;
                 row.push((s.name, per_s, o.num("p50_ms"), o.failures(), cpu_us));
@@ -225,6 +246,11 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Full handshakes/s.
+fn handshakes(load_bin: &Path, duration: &str, servers: &Servers<'_>) -> Result<()> {
     println!("   full handshakes/s (20 devices looping: handshake, one POST, close):");
     servers(&mut |s| {
         let args = [
@@ -233,9 +259,9 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
             "--mode",
             "handshakes",
             "--duration",
-            &duration,
+            duration,
         ];
-        let o = load(&load_bin, s, &args, |_| {})?;
+        let o = load(load_bin, s, &args, |_| {})?;
         let per_s = o.num("per_s");
         let cpu_ms = o.cpu / o.num("ok").max(1.0) * 1e3;
         println!(
@@ -244,33 +270,83 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
             o.failures()
         );
         Ok(())
-    })?;
+    })
+}
+
+/// Server memory per idle session.
+fn idle(load_bin: &Path, servers: &Servers<'_>) -> Result<()> {
     let idle: usize = std::env::var("IDLE_DEVICES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    println!("   memory per idle session ({idle} sessions held; server RSS growth / sessions):");
+    // One socket per device, and a process may have 20,000 descriptors here: larger fleets
+    // are split over several load generators, each with its own device names.
+    let procs = idle.div_ceil(IDLE_PER_PROCESS);
+    println!("   memory per idle session ({idle} sessions held by {procs} load generator(s); server RSS growth / sessions):");
     servers(&mut |s| {
         let before = s.rss_kb();
-        let mut held_at = None;
-        let n = idle.to_string();
-        let args = ["--devices", &n, "--mode", "idle", "--duration", "3s"];
-        let o = load(&load_bin, s, &args, |line| {
-            if line.starts_with("idle:") {
-                // Let the last handshakes' transient state go.
-                std::thread::sleep(Duration::from_secs(1));
-                held_at = Some(s.rss_kb());
+        let mut children = Vec::new();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for k in 0..procs {
+            let n = (idle - k * IDLE_PER_PROCESS)
+                .min(IDLE_PER_PROCESS)
+                .to_string();
+            let prefix = format!("idle{k}");
+            // Paced: what the server and the generators can handshake together on a small
+            // machine; this measures memory, not the storm.
+            let rate = (IDLE_CONNECT_RATE / procs).to_string();
+            let mut c = load_command(load_bin, s.port);
+            c.args(["--devices", &n, "--prefix", &prefix, "--mode", "idle"])
+                .args(["--duration", "600s", "--connect-rate", &rate])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            let mut child = c.spawn().context("cannot start gateway-load")?;
+            let out = child.stdout.take().expect("piped");
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+                    // "idle: holding N sessions for ..."
+                    if let Some(rest) = line.strip_prefix("idle: holding ") {
+                        let held = rest.split_whitespace().next().and_then(|n| n.parse().ok());
+                        let _ = tx.send(held.unwrap_or(0usize));
+                    }
+                }
+                let _ = tx.send(usize::MAX); // ended
+            });
+            children.push(child);
+        }
+        drop(tx);
+        let mut held = 0;
+        let mut reported = 0;
+        while reported < procs {
+            match rx.recv() {
+                Ok(usize::MAX) | Err(_) => break,
+                Ok(n) => {
+                    held += n;
+                    reported += 1;
+                }
             }
-        })?;
-        let connected = idle as f64 - o.num("connect_failures");
-        match held_at {
-            Some(rss) => println!(
-                "     {:<13} {:.1} KB per session ({connected:.0} connected; RSS {before} -> {rss} kB)",
+        }
+        // Let the last handshakes' transient state go.
+        std::thread::sleep(Duration::from_secs(1));
+        let rss = s.rss_kb();
+        for mut c in children {
+            let _ = crate::terminate(&mut c);
+        }
+        if reported < procs {
+            println!("     {:<13} the sessions were not held", s.name);
+        } else {
+            println!(
+                "     {:<13} {:.1} KB per session ({held} connected; RSS {before} -> {rss} kB)",
                 s.name,
-                (rss.saturating_sub(before)) as f64 / connected.max(1.0),
-            ),
-            None => println!("     {:<13} the sessions were not held", s.name),
+                (rss.saturating_sub(before)) as f64 / held.max(1) as f64,
+            );
         }
         Ok(())
     })
 }
+
+/// Devices per load generator in the memory figure.
+const IDLE_PER_PROCESS: usize = 10_000;
+/// New sessions per second in the memory figure, all load generators together.
+const IDLE_CONNECT_RATE: usize = 400;
