@@ -54,9 +54,11 @@ pub fn run(plan: Plan, opts: &RunOptions, signal: Receiver<()>) -> RunSummary {
         sinks = graph.sinks.len(),
         "gateway running"
     );
-    graph.wait_for_stop(&signal, opts);
+    if graph.wait_for_stop(&signal, opts) {
+        graph.wait_for_delivery(&signal);
+    }
     let clean = graph.shut_down(&shutdown);
-    graph.summarize(started.elapsed(), clean)
+    graph.summarize(started.elapsed(), clean, opts)
 }
 
 /// Sends the thread's name on `tx` when dropped: at the end of the thread, however it ends.
@@ -82,6 +84,16 @@ fn spawn(
             f()
         })
         .expect("spawn a thread")
+}
+
+/// Readings a sink accepted and has neither delivered, refused, nor dropped by its buffer's
+/// `when_full` policy.
+fn undelivered(s: &SinkView) -> u64 {
+    let dropped = s
+        .buffer
+        .as_ref()
+        .map_or(0, |b| b.stats.dropped.load(Ordering::Relaxed));
+    s.stats.pending().saturating_sub(dropped)
 }
 
 /// One sink as the run sees it.
@@ -237,8 +249,9 @@ impl Graph {
             .expect("spawn the stats thread");
     }
 
-    /// Waits for a signal, or, with `until_sources_finish`, for every source to finish.
-    fn wait_for_stop(&mut self, signal: &Receiver<()>, opts: &RunOptions) {
+    /// Waits for a signal, or, with `until_sources_finish`, for every source to finish; `true`
+    /// in the second case.
+    fn wait_for_stop(&mut self, signal: &Receiver<()>, opts: &RunOptions) -> bool {
         let timeout = self.config.gateway.shutdown_timeout;
         let requested = || {
             tracing::info!("shutdown requested: stopping the sources, then draining the sinks (at most {timeout:?}; a second signal exits at once)")
@@ -247,7 +260,7 @@ impl Graph {
             crossbeam_channel::select! {
                 recv(signal) -> _ => {
                     requested();
-                    return;
+                    return false;
                 }
                 recv(self.source_exits) -> name => {
                     if name.is_err() {
@@ -255,17 +268,47 @@ impl Graph {
                         // select on the closed channel would return at once, forever).
                         let _ = signal.recv();
                         requested();
-                        return;
+                        return false;
                     }
                     self.sources_done += 1;
                     if self.sources_done == self.n_sources {
                         if opts.until_sources_finish {
                             tracing::info!("every source finished: draining the sinks");
-                            return;
+                            return true;
                         }
                         tracing::info!("every source finished; the gateway waits for a signal to exit");
                     }
                 }
+            }
+        }
+    }
+
+    /// Once every source of a job (`--until-sources-finish`) has finished: waits, at most
+    /// `shutdown_timeout`, until every sink has delivered what it accepted, its disk buffer
+    /// included, with the sinks still running (so a failed write is retried as usual rather
+    /// than left for the next start). A signal cuts the wait short. Progress is logged every
+    /// few seconds.
+    fn wait_for_delivery(&self, signal: &Receiver<()>) {
+        let timeout = self.config.gateway.shutdown_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut next_log = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left: u64 = self.sinks.iter().map(undelivered).sum();
+            if left == 0 {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(readings = left, "not every reading was delivered within shutdown_timeout ({timeout:?}): shutting down");
+                return;
+            }
+            if now >= next_log {
+                tracing::info!(readings = left, "waiting for the sinks to deliver");
+                next_log = now + Duration::from_secs(5);
+            }
+            if signal.recv_timeout(Duration::from_millis(20)).is_ok() {
+                tracing::info!("shutdown requested while the sinks were delivering");
+                return;
             }
         }
     }
@@ -310,10 +353,15 @@ impl Graph {
         clean
     }
 
-    /// Logs what each sink wrote, and whether anything was left undelivered.
-    fn summarize(self, elapsed: Duration, mut clean: bool) -> RunSummary {
+    /// Logs what each sink wrote, and whether anything was left undelivered. The last line
+    /// says "everything in flight was delivered" only when nothing is left anywhere: readings
+    /// kept in a disk buffer are named with their count and the buffer's directory. With
+    /// `until_sources_finish` (a job that ends), readings left in a buffer make the run
+    /// unclean; after a signal they are what the buffer is for, and the run stays clean.
+    fn summarize(self, elapsed: Duration, mut clean: bool, opts: &RunOptions) -> RunSummary {
         log_stats(&self.sources, &self.sinks);
         let mut written = Vec::new();
+        let mut held = Vec::new();
         for s in &self.sinks {
             let n = s.stats.written.load(Ordering::Relaxed);
             let mut pending = s.stats.pending();
@@ -322,6 +370,14 @@ impl Graph {
                 // and logged when it happened): neither is lost here.
                 let kept = b.pending() + b.stats.dropped.load(Ordering::Relaxed);
                 pending = pending.saturating_sub(kept);
+                if b.pending() > 0 {
+                    held.push(format!(
+                        "{}: {} in {}",
+                        s.name,
+                        b.pending(),
+                        b.dir().display()
+                    ));
+                }
             }
             if pending > 0 {
                 clean = false;
@@ -331,10 +387,28 @@ impl Graph {
             tracing::info!(sink = %s.name, readings = n, "sink wrote {n} readings in {:.3} s ({rate:.0} readings/s)", elapsed.as_secs_f64());
             written.push((s.name.clone(), n));
         }
-        if clean {
-            tracing::info!("gateway stopped: everything in flight was delivered");
-        } else {
-            tracing::error!("gateway stopped before everything in flight was delivered");
+        let held_total: u64 = self
+            .sinks
+            .iter()
+            .filter_map(|s| s.buffer.as_ref())
+            .map(|b| b.pending())
+            .sum();
+        if opts.until_sources_finish && held_total > 0 {
+            clean = false;
+        }
+        match (clean, held.is_empty()) {
+            (true, true) => tracing::info!("gateway stopped: everything in flight was delivered"),
+            (true, false) => tracing::warn!(
+                "gateway stopped: {held_total} readings remain in disk buffers ({}); none is lost, they are sent after the next start",
+                held.join("; ")
+            ),
+            (false, true) => {
+                tracing::error!("gateway stopped before everything in flight was delivered")
+            }
+            (false, false) => tracing::error!(
+                "gateway stopped with readings undelivered: {held_total} readings remain in disk buffers ({}); they are sent after the next start",
+                held.join("; ")
+            ),
         }
         RunSummary {
             clean,

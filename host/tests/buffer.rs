@@ -262,3 +262,48 @@ fn a_sink_with_a_window_keeps_writes_in_flight_and_kill_9_loses_nothing() {
         gw.stderr()
     );
 }
+
+#[test]
+fn a_job_drains_its_buffer_before_it_exits_and_says_what_a_down_sink_left_behind() {
+    // The sink fails its first writes: the job waits for the retries and delivers everything.
+    let s = Setup::new();
+    let cfg = buffered(&s, (200, 10), "fail_first = 3", r#"{ type = "disk" }"#);
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(30)).expect("exits");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert_eq!(s.recorded("out.txt", "seq").len(), 200, "{err}");
+    assert!(err.contains("everything in flight was delivered"), "{err}");
+
+    // The sink is down for good: the job gives up at shutdown_timeout, exits 1, and its last
+    // line says how many readings wait in which buffer, not that everything was delivered.
+    let s = Setup::new();
+    let mut cfg = buffered(
+        &s,
+        (200, 10),
+        "fail_first = 1000000",
+        r#"{ type = "disk" }"#,
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replacen("[gateway]", "[gateway]\nshutdown_timeout = \"1s\"", 1);
+    cfg = s.path("down.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let started = Instant::now();
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(30)).expect("exits");
+    let err = gw.stderr();
+    assert!(!status.success(), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{err}");
+    let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(
+        !last.contains("everything in flight was delivered"),
+        "{last}"
+    );
+    let dir = s.path("data/rec/buffer").display().to_string();
+    assert!(
+        last.contains("200 readings remain in disk buffers")
+            && last.contains(&format!("rec: 200 in {dir}")),
+        "{last}"
+    );
+    assert!(s.recorded("out.txt", "seq").is_empty());
+}

@@ -123,6 +123,11 @@ pub enum AppendError {
 }
 
 impl DiskBuffer {
+    /// The buffer's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Readings appended and not yet acknowledged or dropped.
     pub fn pending(&self) -> u64 {
         self.state.lock().unwrap().pending()
