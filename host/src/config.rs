@@ -15,6 +15,10 @@ use std::{
 use toml::Spanned;
 use tracing::level_filters::LevelFilter;
 
+mod fragments;
+mod subst;
+pub use subst::Secret;
+
 /// A configuration error, already worded for the person who wrote the file.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -99,6 +103,8 @@ pub struct Instance {
     pub role: Role,
     /// The plugin id.
     pub plugin: String,
+    /// The file the table is in: the main file or a `conf.d/` fragment.
+    pub file: PathBuf,
     /// The line of the table (its first key), for messages.
     pub line: usize,
     /// The plugin's own keys as TOML, line-aligned with the file.
@@ -109,9 +115,16 @@ pub struct Instance {
     pub restart_backoff: Duration,
     /// Longest wait between rebuilds.
     pub restart_backoff_max: Duration,
+    /// What `${...}` put into this instance's values, kept out of messages.
+    pub secrets: Vec<Secret>,
 }
 
 impl Instance {
+    /// `msg` with the values that `${...}` put in shown as their references.
+    pub fn redact(&self, msg: &str) -> String {
+        subst::redact(msg, &self.secrets)
+    }
+
     /// The sink settings, if this is a sink.
     pub fn sink_settings(&self) -> Option<&SinkSettings> {
         match &self.role {
@@ -378,9 +391,9 @@ type RawTable = IndexMap<Spanned<String>, Spanned<toml::Value>>;
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawGateway {
-    device: Option<String>,
-    plugin_dir: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
+    device: Option<Spanned<String>>,
+    plugin_dir: Option<Spanned<String>>,
+    data_dir: Option<Spanned<String>>,
     log_level: Option<Level>,
     log_format: Option<LogFormat>,
     #[serde(default, with = "gateway_sdk::config::duration::option")]
@@ -420,7 +433,8 @@ pub(crate) fn line_of(text: &str, at: usize) -> usize {
 }
 
 impl Config {
-    /// Reads and checks `path`.
+    /// Reads and checks `path`, with the fragments of the `conf.d/` directory beside it (see
+    /// [`fragments`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError(format!(
@@ -428,22 +442,51 @@ impl Config {
                 path.display()
             ))
         })?;
-        Config::parse(path, &text)
+        let fragments = fragments::read(path)?;
+        Config::assemble(path, &text, &fragments)
     }
 
-    /// Checks `text`, read from `path` (used for messages and to resolve relative paths).
+    /// Checks `text`, read from `path` (used for messages and to resolve relative paths),
+    /// without fragments.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Config::assemble(path, text, &[])
+    }
+
+    /// The main file and its fragments, as one config.
+    fn assemble(
+        path: &Path,
+        text: &str,
+        fragments: &[(PathBuf, String)],
+    ) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let raw: RawFile = toml::from_str(text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|s| format!(":{}", line_of(text, s.start)))
-                .unwrap_or_default();
-            ConfigError(format!("{file}{at}: {}", e.message().trim_end()))
-        })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let g = raw.gateway.unwrap_or_default();
+        let (g, mut sources, mut sinks) = parse_file(path, text)?;
+        for (fpath, ftext) in fragments {
+            let (fg, fsources, fsinks) = parse_file(fpath, ftext)?;
+            if let Some(g) = fg {
+                let line = g.line;
+                return Err(ConfigError(format!(
+                    "{}:{line}: [gateway] belongs in the main file ({file}); a conf.d fragment holds [sources.*] and [sinks.*] tables only",
+                    fpath.display()
+                )));
+            }
+            for i in fsources.into_iter().chain(fsinks) {
+                fragments::check_unique(&i, sources.iter().chain(&sinks))?;
+                match i.role {
+                    Role::Source => sources.push(i),
+                    Role::Sink(_) => sinks.push(i),
+                }
+            }
+        }
+        let resolve = |p: String| {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }
+        };
+        let g = g.unwrap_or_default();
         let gateway = Gateway {
             device: match g.device {
                 Some(d) if d.trim().is_empty() => {
@@ -458,25 +501,12 @@ impl Config {
                 Some(p) => resolve(p),
                 None => default_plugin_dir(),
             },
-            data_dir: resolve(
-                g.data_dir
-                    .unwrap_or_else(|| PathBuf::from(default::DATA_DIR)),
-            ),
+            data_dir: resolve(g.data_dir.unwrap_or_else(|| default::DATA_DIR.to_owned())),
             log_level: g.log_level.map(Into::into).unwrap_or(LevelFilter::INFO),
             log_format: g.log_format.unwrap_or(LogFormat::Text),
             shutdown_timeout: g.shutdown_timeout.unwrap_or(default::SHUTDOWN_TIMEOUT),
             stats_interval: g.stats_interval.unwrap_or(default::STATS_INTERVAL),
         };
-
-        let mut sources = Vec::new();
-        for (name, table) in raw.sources {
-            sources.push(instance(&file, text, false, name, table)?);
-        }
-        let mut sinks = Vec::new();
-        for (name, table) in raw.sinks {
-            sinks.push(instance(&file, text, true, name, table)?);
-        }
-
         let config = Config {
             path: path.to_path_buf(),
             gateway,
@@ -699,18 +729,108 @@ fn describe(v: &toml::Value) -> String {
     }
 }
 
+/// The `[gateway]` table of a file, its strings substituted.
+#[derive(Default)]
+struct GatewayKeys {
+    line: usize,
+    device: Option<String>,
+    plugin_dir: Option<String>,
+    data_dir: Option<String>,
+    log_level: Option<Level>,
+    log_format: Option<LogFormat>,
+    shutdown_timeout: Option<Duration>,
+    stats_interval: Option<Duration>,
+}
+
+type Parsed = (Option<GatewayKeys>, Vec<Instance>, Vec<Instance>);
+
+/// One file: its `[gateway]` table (if any) and its instances.
+fn parse_file(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
+    let file = path.display().to_string();
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| format!(":{}", line_of(text, s.start)))
+            .unwrap_or_default();
+        ConfigError(format!("{file}{at}: {}", e.message().trim_end()))
+    })?;
+    let gateway = match raw.gateway {
+        None => None,
+        Some(g) => {
+            // Secrets have no business in these keys; nothing to redact.
+            let mut ignored = Vec::new();
+            let mut sub = |key: &str, v: Option<Spanned<String>>| {
+                v.map(|v| {
+                    let line = line_of(text, v.span().start);
+                    subst::substitute(v.get_ref(), &base, &mut ignored)
+                        .map_err(|e| ConfigError(format!("{file}:{line}: [gateway] {key}: {e}")))
+                })
+                .transpose()
+            };
+            let line = text.find("[gateway]").map_or(1, |at| line_of(text, at));
+            Some(GatewayKeys {
+                line,
+                device: sub("device", g.device)?,
+                plugin_dir: sub("plugin_dir", g.plugin_dir)?,
+                data_dir: sub("data_dir", g.data_dir)?,
+                log_level: g.log_level,
+                log_format: g.log_format,
+                shutdown_timeout: g.shutdown_timeout,
+                stats_interval: g.stats_interval,
+            })
+        }
+    };
+    let mut sources = Vec::new();
+    for (name, table) in raw.sources {
+        sources.push(instance((path, &base), text, false, name, table)?);
+    }
+    let mut sinks = Vec::new();
+    for (name, table) in raw.sinks {
+        sinks.push(instance((path, &base), text, true, name, table)?);
+    }
+    Ok((gateway, sources, sinks))
+}
+
 fn instance(
-    file: &str,
+    (path, base): (&Path, &Path),
     text: &str,
     is_sink: bool,
     name: String,
     spanned: Spanned<RawTable>,
 ) -> Result<Instance, ConfigError> {
+    let file = &path.display().to_string();
     let group = if is_sink { "sinks" } else { "sources" };
     let table = format!("{group}.{name}");
     // The table's span starts at its header (`[sources.temp]`), or at the key of an inline table.
     let line = line_of(text, spanned.span().start);
-    let entries = spanned.into_inner();
+    let mut entries = spanned.into_inner();
+    let mut secrets = Vec::new();
+    for (k, v) in entries.iter_mut() {
+        subst::substitute_value(v.get_mut(), base, &mut secrets).map_err(|e| {
+            ConfigError(format!(
+                "{file}:{}: [{table}] {}: {e}",
+                line_of(text, k.span().start),
+                k.get_ref()
+            ))
+        })?;
+    }
+    instance_keys(file, text, (is_sink, name, table, line), entries)
+        .map(|i| Instance {
+            file: path.to_path_buf(),
+            secrets: secrets.clone(),
+            ..i
+        })
+        .map_err(|e| ConfigError(subst::redact(&e.0, &secrets)))
+}
+
+/// The host's keys of an instance table; the rest is the plugin's.
+fn instance_keys(
+    file: &str,
+    text: &str,
+    (is_sink, name, table, line): (bool, String, String, usize),
+    entries: RawTable,
+) -> Result<Instance, ConfigError> {
     if !valid_name(&name) {
         return Err(ConfigError(format!(
             "{file}:{line}: [{table}] instance names may use letters, digits, '-' and '_' only"
@@ -775,11 +895,13 @@ fn instance(
         name,
         role,
         plugin,
+        file: PathBuf::new(),
         line,
         plugin_toml,
         log_level,
         restart_backoff,
         restart_backoff_max,
+        secrets: Vec::new(),
     })
 }
 

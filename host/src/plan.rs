@@ -45,28 +45,27 @@ fn info_for(config: &Config, decl: &Instance) -> InstanceInfo {
         instance: decl.name.as_str().into(),
         device: config.gateway.device.as_str().into(),
         config_toml: decl.plugin_toml.as_str().into(),
-        config_file: config.path.display().to_string().into(),
+        config_file: decl.file.display().to_string().into(),
         table: decl.table().into(),
         data_dir: data_dir.display().to_string().into(),
     }
 }
 
-/// `FILE:LINE: [GROUP.NAME]`, what every message about an instance starts with.
-fn at(config: &Config, decl: &Instance) -> String {
-    format!(
-        "{}:{}: [{}]",
-        config.path.display(),
-        decl.line,
-        decl.table()
-    )
+/// `FILE:LINE: [GROUP.NAME]`, what every message about an instance starts with (the file is
+/// the main file or the `conf.d` fragment the table is in).
+fn at(decl: &Instance) -> String {
+    format!("{}:{}: [{}]", decl.file.display(), decl.line, decl.table())
 }
 
-/// Puts the file, line and table in front of a plugin's message unless it already has them.
-fn located(config: &Config, decl: &Instance, what: &str, e: &PluginError) -> String {
-    if e.message().starts_with(&config.path.display().to_string()) {
-        e.message().to_owned()
+/// Puts the file, line and table in front of a plugin's message unless it already has them,
+/// and shows the values `${...}` put in as their references (a plugin's parse error may quote
+/// a value, and a value may be a secret).
+fn located(decl: &Instance, what: &str, e: &PluginError) -> String {
+    let msg = decl.redact(e.message());
+    if msg.starts_with(&decl.file.display().to_string()) {
+        msg
     } else {
-        format!("{} {what}: {} ({})", at(config, decl), e.message(), e.kind)
+        format!("{} {what}: {msg} ({})", at(decl), e.kind)
     }
 }
 
@@ -95,7 +94,7 @@ fn build<T, F, S>(
     (new, made): (F, abi_stable::std_types::RResult<T, PluginError>),
     info: InstanceInfo,
     library: Library,
-    (config, decl): (&Config, &Instance),
+    decl: &Instance,
     (settings, buffer): (S, Option<Arc<DiskBuffer>>),
     built: &mut Vec<Built<T, F, S>>,
     errors: &mut Vec<String>,
@@ -110,7 +109,7 @@ fn build<T, F, S>(
             instance,
             buffer,
         }),
-        Err(e) => errors.push(located(config, decl, "could not be built", &e)),
+        Err(e) => errors.push(located(decl, "could not be built", &e)),
     }
 }
 
@@ -149,7 +148,7 @@ impl Plan {
             let found = match catalog.find(&decl.plugin, kind) {
                 Ok(f) => f,
                 Err(e) => {
-                    errors.push(format!("{} {e}", at(&config, decl)));
+                    errors.push(format!("{} {e}", at(decl)));
                     continue;
                 }
             };
@@ -157,7 +156,7 @@ impl Plan {
             if let Err(e) = std::fs::create_dir_all(info.data_dir.as_str()) {
                 errors.push(format!(
                     "{} cannot create its data directory {}: {e}",
-                    at(&config, decl),
+                    at(decl),
                     info.data_dir
                 ));
                 continue;
@@ -172,7 +171,7 @@ impl Plan {
                         Err(e) => {
                             errors.push(format!(
                                 "{} buffer: cannot open the disk buffer in {}: {e}",
-                                at(&config, decl),
+                                at(decl),
                                 dir.display()
                             ));
                             continue;
@@ -180,7 +179,7 @@ impl Plan {
                     }
                 }
             };
-            let what = (&config, decl);
+            let what = decl;
             match &decl.role {
                 Role::Source => {
                     let new = found
@@ -314,5 +313,5 @@ pub fn build_sink(
     let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
     new(&info)
         .into_result()
-        .map_err(|e| located(config, decl, "could not be built", &e))
+        .map_err(|e| located(decl, "could not be built", &e))
 }

@@ -1,0 +1,61 @@
+//! `conf.d/`: fragments of the config beside the main file, read in file-name order
+//! (`10-sensors.toml` before `20-uplink.toml`), as Telegraf's and Vector's users expect.
+//! A package, a provisioning tool or a third party adds an instance by dropping a file there,
+//! without editing the main file. A fragment holds `[sources.*]` and `[sinks.*]` tables only
+//! (`[gateway]` stays in the main file), and an instance name may be used once in all files.
+//! Only `*.toml` files are read: an editor's backup or a package manager's `.dpkg-old` is not.
+
+use super::{ConfigError, Instance};
+use std::path::{Path, PathBuf};
+
+/// The fragments of the `conf.d/` directory beside `main`, with their text, in name order.
+/// No directory, no fragments.
+pub fn read(main: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError> {
+    let dir = main
+        .parent()
+        .map_or_else(|| PathBuf::from("conf.d"), |p| p.join("conf.d"));
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(ConfigError(format!(
+                "{}: cannot read the fragment directory: {e}",
+                dir.display()
+            )))
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            std::fs::read_to_string(&p)
+                .map(|t| (p.clone(), t))
+                .map_err(|e| ConfigError(format!("{}: cannot read the fragment: {e}", p.display())))
+        })
+        .collect()
+}
+
+/// Refuses `new` if an instance of the same name came before it, in any file.
+pub fn check_unique<'a>(
+    new: &Instance,
+    earlier: impl IntoIterator<Item = &'a Instance>,
+) -> Result<(), ConfigError> {
+    match earlier.into_iter().find(|e| e.name == new.name) {
+        None => Ok(()),
+        Some(e) => Err(ConfigError(format!(
+            "{}:{}: [{}] the name {:?} is already used by [{}] in {}:{}: instance names must be unique across the main file and conf.d",
+            new.file.display(),
+            new.line,
+            new.table(),
+            new.name,
+            e.table(),
+            e.file.display(),
+            e.line
+        ))),
+    }
+}

@@ -1,0 +1,201 @@
+//! `${VAR}`, `${VAR:-default}` and `${file:PATH}` in the config's string values, resolved by
+//! the host for every plugin, so that secrets and per-machine settings can come from the
+//! environment (systemd's `Environment=`/`EnvironmentFile=`, a container's variables) or from
+//! files (`LoadCredential=`, Kubernetes secrets) instead of being written into the file.
+//!
+//! - `${NAME}`: the environment variable NAME (letters, digits, `_`); unset is an error;
+//! - `${NAME:-default}`: NAME, or `default` when NAME is unset or empty;
+//! - `${file:PATH}`: the file's contents, less one trailing newline; a relative PATH is taken
+//!   from the config file's directory;
+//! - `$$` is a `$`; a `$` not followed by `{` or `$` stays as it is.
+//!
+//! Substitution happens once, on parsed values (a value can never add TOML syntax), and only
+//! in strings. The values put in are remembered per instance so that messages can show
+//! `${NAME}` instead of them: a secret is never logged.
+
+use std::path::Path;
+
+/// A value put into the config, and what to show instead of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secret {
+    pub value: String,
+    pub shown_as: String,
+}
+
+/// Substitutes every reference in `s`. `base` resolves relative `${file:...}` paths. Adds what
+/// it put in to `secrets`.
+pub fn substitute(s: &str, base: &Path, secrets: &mut Vec<Secret>) -> Result<String, String> {
+    if !s.contains('$') {
+        return Ok(s.to_owned());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("`${{` without its closing `}}` in {s:?}"))?;
+            let reference = &body[..end];
+            let value = resolve(reference, base)?;
+            if !value.is_empty() {
+                secrets.push(Secret {
+                    value: value.clone(),
+                    shown_as: format!("${{{reference}}}"),
+                });
+            }
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn resolve(reference: &str, base: &Path) -> Result<String, String> {
+    if let Some(path) = reference.strip_prefix("file:") {
+        if path.is_empty() {
+            return Err("`${file:}` needs a path, e.g. ${file:/etc/gateway/db-password}".into());
+        }
+        let p = base.join(path);
+        let text = read_small(&p)
+            .map_err(|e| format!("`${{file:{path}}}`: cannot read {}: {e}", p.display()))?;
+        let text = text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(&text);
+        return Ok(text.to_owned());
+    }
+    let (name, default) = match reference.split_once(":-") {
+        Some((n, d)) => (n, Some(d)),
+        None => (reference, None),
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "`${{{reference}}}` is not a reference: use ${{NAME}}, ${{NAME:-default}} or ${{file:PATH}} (write $$ for a literal $)"
+        ));
+    }
+    match (std::env::var(name), default) {
+        (Ok(v), Some(d)) if v.is_empty() => Ok(d.to_owned()),
+        (Ok(v), _) => Ok(v),
+        (Err(_), Some(d)) => Ok(d.to_owned()),
+        (Err(std::env::VarError::NotUnicode(_)), None) => Err(format!(
+            "`${{{name}}}`: the environment variable {name} is not valid UTF-8"
+        )),
+        (Err(std::env::VarError::NotPresent), None) => Err(format!(
+            "`${{{name}}}`: the environment variable {name} is not set (set it, or give a default: ${{{name}:-value}})"
+        )),
+    }
+}
+
+/// The most a `${file:...}` may hold: secrets and settings are small, and a device file such
+/// as /dev/zero must not take the memory.
+const MAX_FILE: u64 = 64 * 1024;
+
+/// A regular file of at most [`MAX_FILE`] bytes, as text.
+fn read_small(p: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let f = std::fs::File::open(p)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{} bytes; at most {MAX_FILE} are read", meta.len()),
+        ));
+    }
+    let mut text = String::new();
+    f.take(MAX_FILE).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Substitutes in every string of `v`, arrays and tables included (not in keys).
+pub fn substitute_value(
+    v: &mut toml::Value,
+    base: &Path,
+    secrets: &mut Vec<Secret>,
+) -> Result<(), String> {
+    match v {
+        toml::Value::String(s) => *s = substitute(s, base, secrets)?,
+        toml::Value::Array(a) => {
+            for x in a {
+                substitute_value(x, base, secrets)?;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (_, x) in t.iter_mut() {
+                substitute_value(x, base, secrets)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `msg` with every substituted value of 4 characters or more shown as its reference (shorter
+/// ones, such as a port number, would match too much text and are not secrets).
+pub fn redact(msg: &str, secrets: &[Secret]) -> String {
+    let mut out = msg.to_owned();
+    let mut by_length: Vec<&Secret> = secrets.iter().filter(|s| s.value.len() >= 4).collect();
+    by_length.sort_by_key(|s| std::cmp::Reverse(s.value.len()));
+    for s in by_length {
+        out = out.replace(&s.value, &s.shown_as);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(s: &str) -> Result<String, String> {
+        substitute(s, Path::new("/nonexistent"), &mut Vec::new())
+    }
+
+    #[test]
+    fn references_are_replaced_and_dollars_escaped() {
+        std::env::set_var("GW_SUBST_TEST", "pi-07");
+        std::env::set_var("GW_SUBST_EMPTY", "");
+        assert_eq!(sub("dev-${GW_SUBST_TEST}").unwrap(), "dev-pi-07");
+        assert_eq!(
+            sub("${GW_SUBST_UNSET_X:-x}${GW_SUBST_EMPTY:-y}").unwrap(),
+            "xy"
+        );
+        assert_eq!(sub("$$5 and $HOME and a$").unwrap(), "$5 and $HOME and a$");
+        assert_eq!(sub("$${GW_SUBST_TEST}").unwrap(), "${GW_SUBST_TEST}");
+    }
+
+    #[test]
+    fn bad_references_say_what_to_write() {
+        let unset = sub("${GW_SUBST_UNSET_Y}").unwrap_err();
+        assert!(unset.contains("GW_SUBST_UNSET_Y is not set"), "{unset}");
+        assert!(sub("${no closing").unwrap_err().contains("closing"));
+        assert!(sub("${a b}").unwrap_err().contains("not a reference"));
+        let missing = sub("${file:missing}").unwrap_err();
+        assert!(missing.contains("/nonexistent/missing"), "{missing}");
+        let device = sub("${file:/dev/zero}").unwrap_err();
+        assert!(device.contains("not a regular file"), "{device}");
+    }
+
+    #[test]
+    fn files_lose_one_trailing_newline_and_values_are_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "s3cret-pw\r\n").unwrap();
+        let mut secrets = Vec::new();
+        let v = substitute("${file:pw}", dir.path(), &mut secrets).unwrap();
+        assert_eq!(v, "s3cret-pw");
+        assert_eq!(
+            redact("invalid value: string \"s3cret-pw\"", &secrets),
+            "invalid value: string \"${file:pw}\""
+        );
+    }
+}
