@@ -52,8 +52,10 @@ pub struct Config {
 pub struct Gateway {
     /// Name of this device; sources stamp it into their readings.
     pub device: String,
-    /// Where plugin libraries are looked up.
-    pub plugin_dir: PathBuf,
+    /// Where plugin libraries are looked up, in order: `plugin_dir` may list several
+    /// directories (the bundled plugins, then a third party's); the first that has a plugin's
+    /// library provides it.
+    pub plugin_dirs: Vec<PathBuf>,
     /// Where instances may keep state.
     pub data_dir: PathBuf,
     /// Default log level.
@@ -392,7 +394,7 @@ type RawTable = IndexMap<Spanned<String>, Spanned<toml::Value>>;
 #[serde(deny_unknown_fields)]
 struct RawGateway {
     device: Option<Spanned<String>>,
-    plugin_dir: Option<Spanned<String>>,
+    plugin_dir: Option<Spanned<toml::Value>>,
     data_dir: Option<Spanned<String>>,
     log_level: Option<Level>,
     log_format: Option<LogFormat>,
@@ -497,9 +499,9 @@ impl Config {
                 Some(d) => d,
                 None => hostname(),
             },
-            plugin_dir: match g.plugin_dir {
-                Some(p) => resolve(p),
-                None => default_plugin_dir(),
+            plugin_dirs: match g.plugin_dirs {
+                Some(dirs) => dirs.into_iter().map(resolve).collect(),
+                None => vec![default_plugin_dir()],
             },
             data_dir: resolve(g.data_dir.unwrap_or_else(|| default::DATA_DIR.to_owned())),
             log_level: g.log_level.map(Into::into).unwrap_or(LevelFilter::INFO),
@@ -734,7 +736,7 @@ fn describe(v: &toml::Value) -> String {
 struct GatewayKeys {
     line: usize,
     device: Option<String>,
-    plugin_dir: Option<String>,
+    plugin_dirs: Option<Vec<String>>,
     data_dir: Option<String>,
     log_level: Option<Level>,
     log_format: Option<LogFormat>,
@@ -772,7 +774,37 @@ fn parse_file(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
             Some(GatewayKeys {
                 line,
                 device: sub("device", g.device)?,
-                plugin_dir: sub("plugin_dir", g.plugin_dir)?,
+                plugin_dirs: g
+                    .plugin_dir
+                    .map(|v| {
+                        let line = line_of(text, v.span().start);
+                        let err = |m: String| {
+                            ConfigError(format!("{file}:{line}: [gateway] plugin_dir: {m}"))
+                        };
+                        let dirs = match v.into_inner() {
+                            toml::Value::String(d) => vec![d],
+                            toml::Value::Array(a) if !a.is_empty() => a
+                                .into_iter()
+                                .map(|d| match d {
+                                    toml::Value::String(d) => Ok(d),
+                                    other => Err(err(format!(
+                                        "expected directories, found {}",
+                                        describe(&other)
+                                    ))),
+                                })
+                                .collect::<Result<_, _>>()?,
+                            other => {
+                                return Err(err(format!(
+                                    "expected a directory or an array of directories, found {}",
+                                    describe(&other)
+                                )))
+                            }
+                        };
+                        dirs.iter()
+                            .map(|d| subst::substitute(d, &base, &mut Vec::new()).map_err(&err))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .transpose()?,
                 data_dir: sub("data_dir", g.data_dir)?,
                 log_level: g.log_level,
                 log_format: g.log_format,
@@ -956,7 +988,7 @@ batch_size = 50
     fn parses_the_documented_shape() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.gateway.device, "pi-01");
-        assert_eq!(c.gateway.plugin_dir, PathBuf::from("/etc/gw/plugins"));
+        assert_eq!(c.gateway.plugin_dirs, [PathBuf::from("/etc/gw/plugins")]);
         assert_eq!(c.gateway.data_dir, PathBuf::from("/etc/gw/data"));
         assert_eq!(c.sources[0].plugin, "ds18b20");
         assert_eq!(c.sinks[0].sink_settings().unwrap().batch_size, 50);

@@ -189,9 +189,9 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
     })
 }
 
-/// The plugin libraries of one directory, loaded on demand.
+/// The plugin libraries of the plugin directories, loaded on demand.
 pub struct Catalog {
-    dir: PathBuf,
+    dirs: Vec<PathBuf>,
     logger: Arc<HostLogger>,
     loaded: HashMap<PathBuf, Result<Library, LoadError>>,
 }
@@ -205,32 +205,41 @@ pub struct Found {
 }
 
 impl Catalog {
-    /// A catalog of `dir`; nothing is loaded yet.
-    pub fn new(dir: &Path, logger: Arc<HostLogger>) -> Self {
+    /// A catalog of `dirs`, looked at in order; nothing is loaded yet.
+    pub fn new(dirs: &[PathBuf], logger: Arc<HostLogger>) -> Self {
         Catalog {
-            dir: dir.to_path_buf(),
+            dirs: dirs.to_vec(),
             logger,
             loaded: HashMap::new(),
         }
     }
 
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The directories, joined for a message.
+    pub fn shown(&self) -> String {
+        self.dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
-    /// The library files of the directory, sorted.
+    /// The library files of every directory: each directory's sorted, in directory order.
     pub fn files(&self) -> std::io::Result<Vec<PathBuf>> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_file()
-                    && p.extension()
-                        .is_some_and(|x| x == std::env::consts::DLL_EXTENSION)
-            })
-            .collect();
-        files.sort();
-        Ok(files)
+        let mut all = Vec::new();
+        for dir in &self.dirs {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension()
+                            .is_some_and(|x| x == std::env::consts::DLL_EXTENSION)
+                })
+                .collect();
+            files.sort();
+            all.extend(files);
+        }
+        Ok(all)
     }
 
     fn load(&mut self, path: &Path) -> &Result<Library, LoadError> {
@@ -241,7 +250,7 @@ impl Catalog {
         &self.loaded[path]
     }
 
-    /// Loads every library of the directory.
+    /// Loads every library of the directories.
     pub fn load_all(&mut self) -> std::io::Result<Vec<(PathBuf, Result<Library, LoadError>)>> {
         let files = self.files()?;
         Ok(files
@@ -253,29 +262,35 @@ impl Catalog {
             .collect())
     }
 
-    /// The files a plugin id is expected in, in order: `libID.so` with `-` written `_`, then
-    /// the library named after the id's first part (`libacme.so` for `acme-uplink`), which is
-    /// how a library exporting several plugins is found without loading every other one.
+    /// The files a plugin id is expected in, in order, in each directory in turn: `libID.so`
+    /// with `-` written `_`, then the library named after the id's first part (`libacme.so`
+    /// for `acme-uplink`), which is how a library exporting several plugins is found without
+    /// loading every other one.
     pub fn conventional_paths(&self, id: &str) -> Vec<PathBuf> {
-        let lib = |stem: &str| {
-            self.dir.join(format!(
-                "{}{stem}{}",
-                std::env::consts::DLL_PREFIX,
-                std::env::consts::DLL_SUFFIX
-            ))
-        };
-        let mut paths = vec![lib(&id.replace('-', "_"))];
+        let mut stems = vec![id.replace('-', "_")];
         if let Some((family, _)) = id.split_once('-') {
-            paths.push(lib(family));
+            stems.push(family.to_owned());
         }
-        paths
+        self.dirs
+            .iter()
+            .flat_map(|dir| {
+                stems.iter().map(move |stem| {
+                    dir.join(format!(
+                        "{}{stem}{}",
+                        std::env::consts::DLL_PREFIX,
+                        std::env::consts::DLL_SUFFIX
+                    ))
+                })
+            })
+            .collect()
     }
 
     /// Finds the library exporting plugin `id` of kind `kind`, among the files its name gives
     /// ([`Catalog::conventional_paths`]) only. The error says what was looked at.
     pub fn find(&mut self, id: &str, kind: PluginKind) -> Result<Found, String> {
         let candidates = self.conventional_paths(id);
-        let first = candidates[0].clone();
+        // The library named after the plugin itself (in any directory).
+        let own = candidates[0].file_name().map(|f| f.to_owned());
         let mut refused = Vec::new();
         let mut wrong_kind = None;
         for path in &candidates {
@@ -294,7 +309,7 @@ impl Catalog {
                         wrong_kind = Some((lib.file_name(), p.kind));
                     }
                 }
-                Err(e) => refused.push(format!("{}: {e}", path.display())),
+                Err(e) => refused.push((path.clone(), format!("{}: {e}", path.display()))),
             }
         }
         if let Some((file, k)) = wrong_kind {
@@ -305,13 +320,13 @@ impl Catalog {
             ));
         }
         // When the library named after the plugin was refused, that is the reason to give.
-        if let Some(reason) = refused
+        if let Some((_, reason)) = refused
             .iter()
-            .find(|r| r.starts_with(&first.display().to_string()))
+            .find(|(p, _)| p.file_name().map(|f| f.to_owned()) == own)
         {
             return Err(format!("plugin {id:?}: {reason}"));
         }
-        let names: Vec<String> = candidates
+        let mut names: Vec<String> = candidates
             .iter()
             .map(|p| {
                 p.file_name()
@@ -320,14 +335,16 @@ impl Catalog {
                     .into_owned()
             })
             .collect();
+        names.dedup();
         let mut msg = format!(
             "plugin {id:?}: no library in {} exports it (looked for {}; a library exports only ids named after its file)",
-            self.dir.display(),
+            self.shown(),
             names.join(" and ")
         );
         if !refused.is_empty() {
             msg.push_str("; libraries that were refused: ");
-            msg.push_str(&refused.join("; "));
+            let reasons: Vec<&str> = refused.iter().map(|(_, r)| r.as_str()).collect();
+            msg.push_str(&reasons.join("; "));
         }
         Err(msg)
     }

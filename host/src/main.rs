@@ -58,7 +58,8 @@ enum Command {
     DeadLetters(DeadLetterCommand),
     /// List the plugin libraries of a directory: name, version, SDK version, plugins and kinds.
     Plugins {
-        /// The directory (default: `plugin_dir` of --config if given, else the directory of this binary).
+        /// The directory (default: the `plugin_dir` directories of --config if given, else the
+        /// directory of this binary).
         #[arg(long, value_name = "DIR")]
         plugin_dir: Option<PathBuf>,
         /// Take the directory from this config file.
@@ -184,17 +185,17 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::DeadLetters(cmd) => dead_letters(cmd),
         Command::Plugins { plugin_dir, config } => {
-            let dir = match (plugin_dir, config) {
-                (Some(d), _) => d,
-                (None, Some(c)) => Config::load(&c)?.gateway.plugin_dir,
-                (None, None) => default_plugin_dir(),
+            let dirs = match (plugin_dir, config) {
+                (Some(d), _) => vec![d],
+                (None, Some(c)) => Config::load(&c)?.gateway.plugin_dirs,
+                (None, None) => vec![default_plugin_dir()],
             };
             logging::init(LogFormat::Text, LevelFilter::WARN, LevelFilter::WARN);
-            let mut catalog = Catalog::new(&dir, HostLogger::new(LevelFilter::WARN));
+            let mut catalog = Catalog::new(&dirs, HostLogger::new(LevelFilter::WARN));
             let all = catalog
                 .load_all()
-                .with_context(|| format!("cannot list {}", dir.display()))?;
-            println!("plugin libraries in {}:", dir.display());
+                .with_context(|| format!("cannot list {}", catalog.shown()))?;
+            println!("plugin libraries in {}:", catalog.shown());
             if all.is_empty() {
                 println!("  (none)");
             }

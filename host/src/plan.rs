@@ -136,7 +136,7 @@ impl Plan {
                 logger.set_level(&decl.name, level);
             }
         }
-        let mut catalog = Catalog::new(&config.gateway.plugin_dir, logger.clone());
+        let mut catalog = Catalog::new(&config.gateway.plugin_dirs, logger.clone());
         let mut errors = Vec::new();
         let mut sources = Vec::new();
         let mut sinks = Vec::new();
@@ -231,7 +231,11 @@ impl Plan {
             out,
             "device {:?}, plugins from {}, data in {}",
             c.device,
-            c.plugin_dir.display(),
+            c.plugin_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             c.data_dir.display()
         );
         let _ = writeln!(out, "sources:");
@@ -305,7 +309,7 @@ pub fn build_sink(
     decl: &Instance,
     logger: &Arc<HostLogger>,
 ) -> Result<SinkBox, String> {
-    let mut catalog = Catalog::new(&config.gateway.plugin_dir, logger.clone());
+    let mut catalog = Catalog::new(&config.gateway.plugin_dirs, logger.clone());
     let found = catalog.find(&decl.plugin, PluginKind::Sink)?;
     let info = info_for(config, decl);
     std::fs::create_dir_all(info.data_dir.as_str())

@@ -269,3 +269,62 @@ fn a_library_not_named_after_the_plugin_is_never_opened() {
         "{err}"
     );
 }
+
+#[test]
+fn plugin_dir_may_list_a_third_partys_directory_after_the_bundled_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    // "Bundled": console only. "Third party": example only.
+    let bundled = s.path("bundled");
+    let third = s.path("third");
+    for (dir, lib) in [(&bundled, "libconsole.so"), (&third, "libexample.so")] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::copy(plugin_dir().join(lib), dir.join(lib)).unwrap();
+        std::fs::set_permissions(dir.join(lib), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let cfg = s.path("g.toml");
+    let write = |dirs: &[&std::path::Path], source: &str| {
+        let dirs: Vec<String> = dirs
+            .iter()
+            .map(|d| format!("{:?}", d.display().to_string()))
+            .collect();
+        std::fs::write(
+            &cfg,
+            format!(
+                "[gateway]\nplugin_dir = [{}]\n[sources.a]\nplugin = {source:?}\n[sinks.b]\nplugin = \"console\"\n",
+                dirs.join(", ")
+            ),
+        )
+        .unwrap();
+    };
+    write(&[&bundled, &third], "example");
+    let (status, out, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains(&format!(
+            "plugins from {}, {}",
+            bundled.display(),
+            third.display()
+        )),
+        "{out}"
+    );
+    let (status, out, _) = gateway(&["plugins", "--config", cfg.to_str().unwrap()]);
+    assert!(status.success());
+    assert!(
+        out.contains("libconsole.so") && out.contains("libexample.so"),
+        "{out}"
+    );
+    // A plugin in neither: the message names both directories.
+    write(&[&bundled, &third], "ds18b20");
+    let (status, _, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(
+        err.contains(&format!(
+            "no library in {}, {} exports it",
+            bundled.display(),
+            third.display()
+        )),
+        "{err}"
+    );
+}
