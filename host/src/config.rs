@@ -66,6 +66,8 @@ pub struct Gateway {
     pub shutdown_timeout: Duration,
     /// How often each instance's counters are logged (0 = never).
     pub stats_interval: Duration,
+    /// Where Prometheus metrics, `/healthz` and `/readyz` are served (`None`: nowhere).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Whether an instance is a source or a sink, with what only sinks have.
@@ -402,6 +404,7 @@ struct RawGateway {
     shutdown_timeout: Option<Duration>,
     #[serde(default, with = "gateway_sdk::config::duration::option")]
     stats_interval: Option<Duration>,
+    metrics: Option<Spanned<String>>,
 }
 
 /// A log level as written in the file.
@@ -508,6 +511,7 @@ impl Config {
             log_format: g.log_format.unwrap_or(LogFormat::Text),
             shutdown_timeout: g.shutdown_timeout.unwrap_or(default::SHUTDOWN_TIMEOUT),
             stats_interval: g.stats_interval.unwrap_or(default::STATS_INTERVAL),
+            metrics: g.metrics,
         };
         let config = Config {
             path: path.to_path_buf(),
@@ -742,6 +746,7 @@ struct GatewayKeys {
     log_format: Option<LogFormat>,
     shutdown_timeout: Option<Duration>,
     stats_interval: Option<Duration>,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 type Parsed = (Option<GatewayKeys>, Vec<Instance>, Vec<Instance>);
@@ -810,6 +815,20 @@ fn parse_file(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
                 log_format: g.log_format,
                 shutdown_timeout: g.shutdown_timeout,
                 stats_interval: g.stats_interval,
+                metrics: g
+                    .metrics
+                    .map(|m| {
+                        let line = line_of(text, m.span().start);
+                        let err = |e: String| {
+                            ConfigError(format!("{file}:{line}: [gateway] metrics: {e}"))
+                        };
+                        let addr = subst::substitute(m.get_ref(), &base, &mut Vec::new())
+                            .map_err(err)?;
+                        addr.parse().map_err(|_| {
+                            err(format!("expected an address and port such as \"127.0.0.1:9464\", found {addr:?}"))
+                        })
+                    })
+                    .transpose()?,
             })
         }
     };

@@ -44,6 +44,13 @@ enum Command {
         #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
         config: PathBuf,
     },
+    /// What a running gateway is doing: each instance's counters, queues and disk buffers, read
+    /// from its `[gateway] metrics` address. Exits 1 if it cannot be reached or is shutting down.
+    Status {
+        /// The config file of the running gateway.
+        #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Development certificates for the DTLS link: `certs init`, `certs server [--name N]...`,
     /// `certs device NAME` (runs `gateway-certs`, installed next to `gateway`).
     #[command(disable_help_flag = true)]
@@ -170,6 +177,22 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}: OK", path.display());
             print!("{}", plan.describe());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { config } => {
+            let config = Config::load(&config)?;
+            let Some(addr) = config.gateway.metrics else {
+                anyhow::bail!(
+                    "{}: gateway status reads the metrics page: set [gateway] metrics = \"127.0.0.1:9464\" and restart the gateway",
+                    config.path.display()
+                );
+            };
+            let (text, ready) = gateway_host::status::report(addr).map_err(anyhow::Error::msg)?;
+            print!("{text}");
+            Ok(if ready {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Certs { args } => {
             let tool = default_plugin_dir().join("gateway-certs");

@@ -6,6 +6,8 @@
 use crate::{
     buffer::DiskBuffer,
     config::Config,
+    metrics::Registry,
+    notify::Notifier,
     pipeline::{
         buffer_writer::BufferWriter,
         sink::{BufferedInput, SinkInput, SinkRunner},
@@ -48,15 +50,23 @@ pub fn run(plan: Plan, opts: &RunOptions, signal: Receiver<()>) -> RunSummary {
     let shutdown = Shutdown::new();
     let mut graph = Graph::start(plan, &shutdown);
     graph.log_stats_every(&shutdown);
+    graph.serve_metrics(&shutdown);
     tracing::info!(
         device = %graph.config.gateway.device,
         sources = graph.n_sources,
         sinks = graph.sinks.len(),
         "gateway running"
     );
-    if graph.wait_for_stop(&signal, opts) {
+    let notifier = Notifier::from_env();
+    notifier.send(&format!(
+        "READY=1\nSTATUS=running: {} sources, {} sinks",
+        graph.n_sources,
+        graph.sinks.len()
+    ));
+    if graph.wait_for_stop(&signal, opts, &notifier) {
         graph.wait_for_delivery(&signal);
     }
+    notifier.send("STOPPING=1\nSTATUS=shutting down: draining the sinks");
     let clean = graph.shut_down(&shutdown);
     graph.summarize(started.elapsed(), clean, opts)
 }
@@ -249,15 +259,50 @@ impl Graph {
             .expect("spawn the stats thread");
     }
 
+    /// Serves `[gateway] metrics`, if set (a port that cannot be bound is logged; the
+    /// readings flow on without it).
+    fn serve_metrics(&self, shutdown: &Shutdown) {
+        let Some(addr) = self.config.gateway.metrics else {
+            return;
+        };
+        let phase = shutdown.clone();
+        let registry = Registry {
+            sources: self.sources.clone(),
+            sinks: self
+                .sinks
+                .iter()
+                .map(|s| (s.name.clone(), s.stats.clone(), s.buffer.clone()))
+                .collect(),
+            ready: Arc::new(move || !phase.reached(Phase::Stopping)),
+        };
+        match crate::metrics::serve(addr, registry) {
+            Ok(bound) => {
+                tracing::info!("metrics at http://{bound}/metrics (and /healthz, /readyz)")
+            }
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot serve [gateway] metrics; running without them")
+            }
+        }
+    }
+
     /// Waits for a signal, or, with `until_sources_finish`, for every source to finish; `true`
-    /// in the second case.
-    fn wait_for_stop(&mut self, signal: &Receiver<()>, opts: &RunOptions) -> bool {
+    /// in the second case. Tells systemd's watchdog that this loop is alive.
+    fn wait_for_stop(
+        &mut self,
+        signal: &Receiver<()>,
+        opts: &RunOptions,
+        notifier: &Notifier,
+    ) -> bool {
+        let watchdog = notifier
+            .watchdog_interval()
+            .map_or_else(crossbeam_channel::never, crossbeam_channel::tick);
         let timeout = self.config.gateway.shutdown_timeout;
         let requested = || {
             tracing::info!("shutdown requested: stopping the sources, then draining the sinks (at most {timeout:?}; a second signal exits at once)")
         };
         loop {
             crossbeam_channel::select! {
+                recv(watchdog) -> _ => notifier.send("WATCHDOG=1"),
                 recv(signal) -> _ => {
                     requested();
                     return false;
@@ -265,8 +310,14 @@ impl Graph {
                 recv(self.source_exits) -> name => {
                     if name.is_err() {
                         // Every source thread is gone: only a signal is left to wait for (a
-                        // select on the closed channel would return at once, forever).
-                        let _ = signal.recv();
+                        // select on the closed channel would return at once, forever), and
+                        // the watchdog still wants to hear that this loop is alive.
+                        loop {
+                            crossbeam_channel::select! {
+                                recv(watchdog) -> _ => notifier.send("WATCHDOG=1"),
+                                recv(signal) -> _ => break,
+                            }
+                        }
                         requested();
                         return false;
                     }

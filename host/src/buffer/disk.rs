@@ -54,6 +54,9 @@ pub(super) struct Segment {
     pub(super) acked_readings: u64,
     /// Damaged records found at open, skipped when reading.
     pub(super) holes: Vec<Hole>,
+    /// When the segment was started (for a recovered one, its file's creation time): its
+    /// readings are no older.
+    pub(super) started: std::time::SystemTime,
 }
 
 impl Segment {
@@ -131,6 +134,15 @@ impl DiskBuffer {
     /// Readings appended and not yet acknowledged or dropped.
     pub fn pending(&self) -> u64 {
         self.state.lock().unwrap().pending()
+    }
+
+    /// How long ago the oldest segment still holding unacknowledged readings was started: an
+    /// upper bound of the oldest reading's age in the buffer (its wait for the sink). `None`
+    /// when the buffer holds nothing.
+    pub fn oldest_age(&self) -> Option<std::time::Duration> {
+        let st = self.state.lock().unwrap();
+        let seg = st.segments.iter().find(|s| s.readings > s.acked_readings)?;
+        Some(seg.started.elapsed().unwrap_or_default())
     }
 
     /// Bytes on disk.

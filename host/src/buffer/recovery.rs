@@ -172,6 +172,9 @@ impl DiskBuffer {
             readings: scan.readings,
             acked_readings: scan.acked_readings,
             holes: scan.holes,
+            started: std::fs::metadata(path)
+                .and_then(|m| m.created().or_else(|_| m.modified()))
+                .unwrap_or_else(|_| std::time::SystemTime::now()),
         }))
     }
 }

@@ -161,6 +161,7 @@ impl DiskBuffer {
             readings: 0,
             acked_readings: 0,
             holes: Vec::new(),
+            started: std::time::SystemTime::now(),
         });
         Ok(())
     }

@@ -1,0 +1,56 @@
+//! systemd's readiness protocol (`Type=notify`, sd_notify(3)) without libsystemd: datagrams
+//! to the socket in `NOTIFY_SOCKET`. `READY=1` once every instance runs, `STOPPING=1` when the
+//! shutdown starts, `WATCHDOG=1` every half of `WATCHDOG_USEC` from the thread that waits for
+//! signals (so a wedged run loop stops the pings and systemd restarts the service), `STATUS=`
+//! lines a person sees in `systemctl status`. Outside systemd nothing is sent.
+
+use std::{os::unix::net::UnixDatagram, time::Duration};
+
+/// Where notifications go, if anywhere.
+pub struct Notifier {
+    socket: Option<(UnixDatagram, String)>,
+    watchdog: Option<Duration>,
+}
+
+impl Notifier {
+    /// From the environment systemd gives a `Type=notify` service.
+    pub fn from_env() -> Notifier {
+        let socket = std::env::var("NOTIFY_SOCKET").ok().and_then(|path| {
+            let s = UnixDatagram::unbound().ok()?;
+            Some((s, path))
+        });
+        // WATCHDOG_PID, when set, must be ours.
+        let ours = std::env::var("WATCHDOG_PID")
+            .ok()
+            .is_none_or(|p| p == std::process::id().to_string());
+        let watchdog = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|u| u.parse::<u64>().ok())
+            .filter(|u| *u > 0 && ours)
+            .map(|u| Duration::from_micros(u) / 2);
+        Notifier { socket, watchdog }
+    }
+
+    /// Sends `state` (e.g. `READY=1`); errors are logged at debug and otherwise ignored.
+    pub fn send(&self, state: &str) {
+        let Some((socket, path)) = &self.socket else {
+            return;
+        };
+        // A path starting with '@' is in the abstract namespace.
+        let sent = if let Some(name) = path.strip_prefix('@') {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .and_then(|a| socket.send_to_addr(state.as_bytes(), &a))
+        } else {
+            socket.send_to(state.as_bytes(), path)
+        };
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "sd_notify failed");
+        }
+    }
+
+    /// How often to send `WATCHDOG=1`, if systemd watches.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.socket.as_ref().and(self.watchdog)
+    }
+}

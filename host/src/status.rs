@@ -1,0 +1,118 @@
+//! `gateway status`: what a running gateway's metrics page says, for a person. It reads
+//! `[gateway] metrics` from the config and asks that address; nothing is loaded or started.
+
+use crate::metrics;
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
+
+/// Samples by metric name, then by instance label.
+type Samples = BTreeMap<String, BTreeMap<String, f64>>;
+
+/// Parses the text exposition: `name{instance="x"} value` lines (other labels are ignored).
+fn parse(text: &str) -> Samples {
+    let mut out: Samples = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, instance) = match series.split_once('{') {
+            Some((n, labels)) => (
+                n,
+                labels
+                    .split_once("instance=\"")
+                    .and_then(|(_, r)| r.split_once('"'))
+                    .map_or("", |(i, _)| i),
+            ),
+            None => (series, ""),
+        };
+        out.entry(name.to_owned())
+            .or_default()
+            .insert(instance.to_owned(), value);
+    }
+    out
+}
+
+/// The report for the gateway at `addr`, and whether it is ready.
+pub fn report(addr: SocketAddr) -> Result<(String, bool), String> {
+    let unreachable = |e: std::io::Error| {
+        format!("cannot reach the gateway's metrics at {addr}: {e} (is `gateway run` running with this config?)")
+    };
+    let (code, text) = metrics::get(addr, "/metrics").map_err(unreachable)?;
+    if code != 200 {
+        return Err(format!("{addr}/metrics answered {code}"));
+    }
+    let (ready_code, _) = metrics::get(addr, "/readyz").map_err(unreachable)?;
+    let ready = ready_code == 200;
+    let m = parse(&text);
+    let v = |name: &str, inst: &str| {
+        m.get(name)
+            .and_then(|s| s.get(inst))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "gateway at {addr}: {}",
+        if ready { "running" } else { "shutting down" }
+    );
+    let instances = |name: &str| -> Vec<String> {
+        m.get(name)
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let _ = writeln!(out, "sources            readings     batches  restarts");
+    for i in instances("gateway_source_readings_total") {
+        let _ = writeln!(
+            out,
+            "  {i:<16} {:>10} {:>10} {:>9}",
+            v("gateway_source_readings_total", &i),
+            v("gateway_source_batches_total", &i),
+            v("gateway_source_restarts_total", &i)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "sinks               written     pending   retries  rejected  restarts  disk buffer"
+    );
+    let buffered = instances("gateway_buffer_readings");
+    for i in instances("gateway_sink_written_total") {
+        let buffer = if buffered.contains(&i) {
+            format!(
+                "{} readings, {} bytes, oldest {:.0} s",
+                v("gateway_buffer_readings", &i),
+                v("gateway_buffer_bytes", &i),
+                v("gateway_buffer_oldest_age_seconds", &i)
+            )
+        } else {
+            "none".to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "  {i:<16} {:>10} {:>10} {:>9} {:>9} {:>9}  {buffer}",
+            v("gateway_sink_written_total", &i),
+            v("gateway_sink_pending_readings", &i),
+            v("gateway_sink_retries_total", &i),
+            v("gateway_sink_rejected_total", &i),
+            v("gateway_sink_restarts_total", &i)
+        );
+    }
+    Ok((out, ready))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn samples_are_read_by_name_and_instance() {
+        let m = parse(
+            "# HELP x y\n# TYPE x counter\nx{instance=\"a\"} 3\nx{instance=\"b\\\"q\"} 4\ngateway_ready 1\nbroken line\n",
+        );
+        assert_eq!(m["x"]["a"], 3.0);
+        assert_eq!(m["gateway_ready"][""], 1.0);
+        assert_eq!(m.len(), 2);
+    }
+}

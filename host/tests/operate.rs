@@ -1,0 +1,164 @@
+//! Watching a running gateway: Prometheus metrics, /healthz and /readyz, `gateway status`, and
+//! systemd's readiness and watchdog notifications.
+
+mod support;
+use gateway_host::metrics;
+use std::{
+    net::SocketAddr,
+    os::unix::net::UnixDatagram,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+use support::*;
+
+/// A sequence of 300 readings into a disk-buffered recorder, with metrics on `port`.
+fn chain(s: &Setup, port: u16) -> std::path::PathBuf {
+    s.config(
+        &format!(
+            "metrics = \"127.0.0.1:{port}\"\ndata_dir = {:?}",
+            s.path("data").display().to_string()
+        ),
+        &format!(
+            r#"[sources.seq]
+plugin = "testkit-sequence"
+count = 300
+batch_size = 10
+
+[sinks.rec]
+plugin = "testkit-recorder"
+path = {:?}
+buffer = {{ type = "disk" }}
+"#,
+            s.path("out.txt").display().to_string()
+        ),
+    )
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_health_and_status_describe_a_running_gateway() {
+    let s = Setup::new();
+    let port = free_tcp_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = chain(&s, port);
+    let mut gw = Running::start(&s, &cfg, &[]);
+    let end = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        if let Ok((200, text)) = metrics::get(addr, "/metrics") {
+            if metric(&text, "gateway_sink_written_total{instance=\"rec\"}") == Some(300.0) {
+                break text;
+            }
+        }
+        assert!(Instant::now() < end, "no metrics: {}", gw.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for (series, want) in [
+        ("gateway_source_readings_total{instance=\"seq\"}", 300.0),
+        ("gateway_source_batches_total{instance=\"seq\"}", 30.0),
+        ("gateway_sink_accepted_total{instance=\"rec\"}", 300.0),
+        ("gateway_sink_pending_readings{instance=\"rec\"}", 0.0),
+        ("gateway_buffer_readings{instance=\"rec\"}", 0.0),
+        ("gateway_buffer_oldest_age_seconds{instance=\"rec\"}", 0.0),
+        ("gateway_ready", 1.0),
+    ] {
+        assert_eq!(metric(&text, series), Some(want), "{series} in\n{text}");
+    }
+    assert!(
+        text.contains("# TYPE gateway_sink_written_total counter"),
+        "{text}"
+    );
+    assert_eq!(metrics::get(addr, "/healthz").unwrap().0, 200);
+    assert_eq!(metrics::get(addr, "/readyz").unwrap().0, 200);
+    assert_eq!(metrics::get(addr, "/nothing").unwrap().0, 404);
+
+    let (status, out, err) = gateway(&["status", "--config", cfg.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains(&format!("gateway at {addr}: running")),
+        "{out}"
+    );
+    let rec = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("rec "))
+        .expect(&out);
+    assert!(rec.contains("300") && rec.contains("0 readings"), "{out}");
+    assert!(gw.stop(Duration::from_secs(20)).success());
+
+    // Stopped: status says it cannot reach it, and fails.
+    let (status, _, err) = gateway(&["status", "--config", cfg.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(
+        err.contains(&format!("cannot reach the gateway's metrics at {addr}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
+    let s = Setup::new();
+    let sock_path = s.path("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let cfg = chain(&s, free_tcp_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("GATEWAY_LOG")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(s.path("stdout.log")).unwrap())
+        .stderr(std::fs::File::create(s.path("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut gw = Running {
+        child,
+        stdout: s.path("stdout.log"),
+        stderr: s.path("stderr.log"),
+    };
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = sock.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no notification ({e}): {}",
+                std::fs::read_to_string(s.path("stderr.log")).unwrap_or_default()
+            )
+        });
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = next();
+    assert!(
+        first.starts_with("READY=1\nSTATUS=running: 1 sources, 1 sinks"),
+        "{first}"
+    );
+    let started = Instant::now();
+    let mut pings = 0;
+    while pings < 3 {
+        assert_eq!(next(), "WATCHDOG=1");
+        pings += 1;
+    }
+    // Every 100 ms (half of WATCHDOG_USEC): three take about 300 ms.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    gw.signal(libc::SIGTERM);
+    let stopping = loop {
+        let m = next();
+        if m != "WATCHDOG=1" {
+            break m;
+        }
+    };
+    assert!(stopping.starts_with("STOPPING=1"), "{stopping}");
+    assert!(
+        gw.wait(Duration::from_secs(20)).expect("exits").success(),
+        "{}",
+        gw.stderr()
+    );
+}
