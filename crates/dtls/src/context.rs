@@ -2,7 +2,7 @@
 //! an unauthenticated peer in, or send data unencrypted, is refused with a message that names
 //! the setting to change.
 
-use crate::{other, DtlsError};
+use crate::{certs, other, DtlsError};
 use foreign_types::ForeignTypeRef;
 use openssl::{
     ssl::{
@@ -79,18 +79,47 @@ fn cfg_err(what: &str, e: impl std::fmt::Display) -> DtlsError {
     DtlsError::Config(format!("{what}: {e}"))
 }
 
-/// Loads a certificate chain and its private key (PEM), and checks that they belong together.
+/// OpenSSL's reasons without its codes, functions and source lines ("key values mismatch",
+/// not "error:05800074:x509 certificate routines:X509_check_private_key:...:x509_cmp.c:403:").
+fn reasons(e: &openssl::error::ErrorStack) -> String {
+    let r: Vec<String> = e
+        .errors()
+        .iter()
+        .map(|x| {
+            x.reason()
+                .map_or_else(|| x.code().to_string(), str::to_owned)
+        })
+        .collect();
+    if r.is_empty() {
+        "unknown OpenSSL error".to_owned()
+    } else {
+        r.join("; ")
+    }
+}
+
+/// Loads a certificate chain and its private key (PEM), after [`certs::check_identity`] said
+/// what is wrong with them in words (missing, expired, not yet valid, not a pair).
 fn load_identity(
     b: &mut SslContextBuilder,
     cert: &std::path::Path,
     key: &std::path::Path,
+    role: &str,
 ) -> Result<(), DtlsError> {
+    certs::check_identity(cert, key, role)?;
     b.set_certificate_chain_file(cert)
-        .map_err(|e| cfg_err(&format!("certificate {}", cert.display()), e))?;
+        .map_err(|e| cfg_err(&format!("cert_file {}", cert.display()), reasons(&e)))?;
     b.set_private_key_file(key, SslFiletype::PEM)
-        .map_err(|e| cfg_err(&format!("key {}", key.display()), e))?;
-    b.check_private_key()
-        .map_err(|e| cfg_err("the key does not match the certificate", e))
+        .map_err(|e| cfg_err(&format!("key_file {}", key.display()), reasons(&e)))?;
+    b.check_private_key().map_err(|e| {
+        cfg_err(
+            &format!(
+                "key_file {} and cert_file {}",
+                key.display(),
+                cert.display()
+            ),
+            reasons(&e),
+        )
+    })
 }
 
 /// What every context of the link has: DTLS 1.2 at least, no renegotiation (a renegotiation
@@ -165,14 +194,15 @@ pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
     b.set_cipher_list(&ciphers)
         .map_err(|e| cfg_err(&format!("cipher list {ciphers:?}"), e))?;
     if let Some(ca) = &s.ca_file {
+        certs::check_ca("ca_file", ca)?;
         b.set_ca_file(ca)
-            .map_err(|e| cfg_err(&format!("CA file {}", ca.display()), e))?;
+            .map_err(|e| cfg_err(&format!("ca_file {}", ca.display()), reasons(&e)))?;
     } else if s.psk.is_none() {
         b.set_default_verify_paths()
             .map_err(|e| cfg_err("the system's trust store", e))?;
     }
     if let Some((cert, key)) = &s.cert {
-        load_identity(&mut b, cert, key)?;
+        load_identity(&mut b, cert, key, "device")?;
     }
     if let Some(psk) = s.psk.clone() {
         b.set_psk_client_callback(move |_ssl, _hint, identity, key| {
@@ -229,7 +259,7 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
     b.set_cipher_list(&ciphers)
         .map_err(|e| cfg_err(&format!("cipher list {ciphers:?}"), e))?;
     match (&s.cert_file, &s.key_file) {
-        (Some(cert), Some(key)) => load_identity(&mut b, cert, key)?,
+        (Some(cert), Some(key)) => load_identity(&mut b, cert, key, "server")?,
         (None, None) if !s.psk.is_empty() => {}
         _ => {
             return Err(DtlsError::Config(
@@ -238,8 +268,9 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
         }
     }
     if let Some(ca) = &s.client_ca_file {
+        certs::check_ca("client_ca_file", ca)?;
         b.set_ca_file(ca)
-            .map_err(|e| cfg_err(&format!("client CA file {}", ca.display()), e))?;
+            .map_err(|e| cfg_err(&format!("client_ca_file {}", ca.display()), reasons(&e)))?;
         let mut mode = SslVerifyMode::PEER;
         if s.require_client_cert {
             mode |= SslVerifyMode::FAIL_IF_NO_PEER_CERT;
@@ -252,7 +283,7 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
                 .map_err(|e| cfg_err("CRL lookup", e))?;
             lookup
                 .load_crl_file(crl, SslFiletype::PEM)
-                .map_err(|e| cfg_err(&format!("client CRL file {}", crl.display()), e))?;
+                .map_err(|e| cfg_err(&format!("client_crl_file {}", crl.display()), reasons(&e)))?;
             store
                 .set_flags(X509VerifyFlags::CRL_CHECK)
                 .map_err(|e| cfg_err("CRL checking", e))?;

@@ -14,6 +14,7 @@
 //! handshake retransmission timer, which reads the real clock ([`Session::timeout`]).
 
 pub mod admission;
+pub mod certs;
 pub mod client;
 pub mod context;
 pub mod hello;

@@ -193,7 +193,12 @@ fn config_errors_name_the_key() {
     let e = SinkHarness::new::<Uplink>("uri = \"coaps://x/y\"\nca_file = \"/nonexistent.pem\"")
         .err()
         .unwrap();
-    assert!(e.message().contains("CA file /nonexistent.pem"), "{e}");
+    assert!(
+        e.message()
+            .contains("ca_file /nonexistent.pem: No such file")
+            && e.message().contains("gateway certs init"),
+        "{e}"
+    );
     let e =
         run_source::<Ingress>("listen = \"127.0.0.1:0\"", 1, Duration::from_secs(1)).unwrap_err();
     assert!(

@@ -1,0 +1,138 @@
+//! What a person reads when a certificate file is wrong: the setting, the file, the
+//! certificate's name and dates, and what to do; never an OpenSSL error stack.
+
+use gateway_dtls::{client_context, server_context, ClientSettings, ServerSettings};
+use gateway_pki::{issue_to, Kind};
+use std::path::Path;
+
+/// A CA and a server certificate valid from `from` to `to` days from now, in `dir`.
+fn pki(dir: &Path, from: i64, to: i64) {
+    let d = |f: &str| dir.join(f);
+    let ca = issue_to(
+        &d("ca.pem"),
+        &d("ca.key"),
+        "Test CA",
+        Kind::Ca,
+        None,
+        -10,
+        30,
+    )
+    .unwrap();
+    let names = vec!["localhost".to_owned()];
+    issue_to(
+        &d("server.pem"),
+        &d("server.key"),
+        "gw.example",
+        Kind::Server(&names),
+        Some((&ca.0, &ca.1)),
+        from,
+        to,
+    )
+    .unwrap();
+    issue_to(
+        &d("other.pem"),
+        &d("other.key"),
+        "other",
+        Kind::Device,
+        Some((&ca.0, &ca.1)),
+        -1,
+        30,
+    )
+    .unwrap();
+}
+
+fn server_error(dir: &Path, cert: &str, key: &str) -> String {
+    let s = ServerSettings {
+        cert_file: Some(dir.join(cert)),
+        key_file: Some(dir.join(key)),
+        client_ca_file: Some(dir.join("ca.pem")),
+        mtu: 1232,
+        ..Default::default()
+    };
+    match server_context(&s) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_missing_expired_future_or_mismatched_certificate_is_said_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    pki(d, -1, 30);
+    let missing = server_error(d, "nope.pem", "server.key");
+    assert!(
+        missing.contains(&format!(
+            "cert_file {}: No such file",
+            d.join("nope.pem").display()
+        )) && missing.contains("gateway certs server --name HOST"),
+        "{missing}"
+    );
+    let pair = server_error(d, "server.pem", "other.key");
+    assert!(
+        pair.contains(&format!(
+            "key_file {} does not belong to cert_file {} (CN=gw.example)",
+            d.join("other.key").display(),
+            d.join("server.pem").display()
+        )),
+        "{pair}"
+    );
+
+    pki(d, -30, -1);
+    let expired = server_error(d, "server.pem", "server.key");
+    assert!(
+        expired.contains("the certificate CN=gw.example expired on") && expired.contains("GMT"),
+        "{expired}"
+    );
+
+    pki(d, 2, 30);
+    let future = server_error(d, "server.pem", "server.key");
+    assert!(
+        future.contains("is not valid before") && future.contains("is the clock right"),
+        "{future}"
+    );
+
+    for e in [&missing, &pair, &expired, &future] {
+        assert!(
+            !e.contains("error:0") && !e.contains(".c:"),
+            "an OpenSSL stack: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_ca_file_that_is_not_a_certificate_or_only_expired_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("junk.pem"), "hello").unwrap();
+    let c = |ca: &str| match client_context(&ClientSettings {
+        ca_file: Some(d.join(ca)),
+        mtu: 1232,
+        ..Default::default()
+    }) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    };
+    let junk = c("junk.pem");
+    assert!(
+        junk.contains("ca_file") && junk.contains("no PEM certificate"),
+        "{junk}"
+    );
+    issue_to(
+        &d.join("old.pem"),
+        &d.join("old.key"),
+        "Old CA",
+        Kind::Ca,
+        None,
+        -30,
+        -2,
+    )
+    .unwrap();
+    let old = c("old.pem");
+    assert!(
+        old.contains("every CA certificate in it has expired (CN=Old CA, valid from"),
+        "{old}"
+    );
+    assert!(c("none.pem").contains("gateway certs init"));
+}
