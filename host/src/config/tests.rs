@@ -1,0 +1,201 @@
+//! The config parser's unit tests.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/gw/gateway.toml"), text)
+}
+
+const GOOD: &str = r#"
+[gateway]
+device = "pi-01"
+plugin_dir = "plugins"
+
+[sources.temp]
+plugin = "ds18b20"
+interval = "5s"
+sensors = [{ id = "28-1", alias = "tank" }]
+
+[sinks.out]
+plugin = "console"
+inputs = ["temp"]
+batch_size = 50
+"#;
+
+#[test]
+fn parses_the_documented_shape() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.gateway.device, "pi-01");
+    assert_eq!(c.gateway.plugin_dirs, [PathBuf::from("/etc/gw/plugins")]);
+    assert_eq!(c.gateway.data_dir, PathBuf::from("/etc/gw/data"));
+    assert_eq!(c.sources[0].plugin, "ds18b20");
+    assert_eq!(c.sinks[0].sink_settings().unwrap().batch_size, 50);
+    assert_eq!(
+        c.sinks[0].sink_settings().unwrap().inputs.as_deref(),
+        Some(&["temp".to_owned()][..])
+    );
+    assert_eq!(c.sinks_of("temp").count(), 1);
+}
+
+#[test]
+fn plugin_keys_keep_their_lines() {
+    let c = parse(GOOD).unwrap();
+    let lines: Vec<&str> = c.sources[0].plugin_toml.lines().collect();
+    assert_eq!(lines[7], "interval = \"5s\"", "{lines:?}");
+    assert!(lines[8].starts_with("sensors = ["), "{lines:?}");
+    assert!(
+        !c.sources[0].plugin_toml.contains("plugin ="),
+        "host keys are not passed on"
+    );
+    let v: toml::Table = toml::from_str(&c.sources[0].plugin_toml).unwrap();
+    assert_eq!(v["sensors"][0]["alias"].as_str(), Some("tank"));
+}
+
+#[test]
+fn unknown_gateway_key_names_file_line_and_key() {
+    let e = parse("[gateway]\ndevice = \"x\"\nplugins = \"p\"\n")
+        .unwrap_err()
+        .0;
+    assert!(
+        e.starts_with("/etc/gw/gateway.toml:3: unknown field `plugins`, expected one of"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_type_names_table_key_and_expectation() {
+    let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\nbatch_size = \"big\"\n")
+        .unwrap_err()
+        .0;
+    assert_eq!(
+        e,
+        "/etc/gw/gateway.toml:5: [sinks.b] batch_size: expected a positive integer, found the string \"big\""
+    );
+    let e =
+        parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\nbatch_timeout = \"soon\"\n")
+            .unwrap_err()
+            .0;
+    assert!(
+        e.starts_with("/etc/gw/gateway.toml:5: [sinks.b] batch_timeout: invalid duration \"soon\""),
+        "{e}"
+    );
+    let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\nqueue_capacity = 0\n")
+        .unwrap_err()
+        .0;
+    assert!(
+        e.ends_with("queue_capacity: expected a positive integer, found 0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn buffer_values_are_read_by_serde_and_their_errors_name_the_key() {
+    let sink = |buffer: &str| {
+        parse(&format!(
+            "[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\nbuffer = {buffer}\n"
+        ))
+    };
+    let c = sink(
+        r#"{ type = "disk", max_size = "64MiB", when_full = "drop_oldest", fsync = "never" }"#,
+    )
+    .unwrap();
+    let b = c.sinks[0].sink_settings().unwrap().buffer.clone().unwrap();
+    assert_eq!(
+        b,
+        BufferSettings {
+            max_size: 64 << 20,
+            when_full: WhenFull::DropOldest,
+            fsync: false
+        }
+    );
+    let c = sink(r#"{ type = "disk", max_size = 4096 }"#).unwrap();
+    let b = c.sinks[0].sink_settings().unwrap().buffer.clone().unwrap();
+    assert_eq!(
+        (b.max_size, b.when_full, b.fsync),
+        (4096, WhenFull::Block, true)
+    );
+    // As before serde: a memory buffer's other keys were never read.
+    assert!(sink(r#"{ type = "memory", size = 100 }"#).unwrap().sinks[0]
+        .sink_settings()
+        .unwrap()
+        .buffer
+        .is_none());
+    assert!(sink(r#"{ type = "memory" }"#).unwrap().sinks[0]
+        .sink_settings()
+        .unwrap()
+        .buffer
+        .is_none());
+    for (buffer, want) in [
+        (
+            r#"{ type = "disk", max_size = "lots" }"#,
+            "buffer.max_size: invalid size \"lots\"",
+        ),
+        (
+            r#"{ type = "disk", max_size = -1 }"#,
+            "buffer.max_size: expected a size such as",
+        ),
+        (
+            r#"{ type = "disk", when_full = "panic" }"#,
+            "buffer.when_full: expected \"block\" or \"drop_oldest\", found \"panic\"",
+        ),
+        (
+            r#"{ type = 7 }"#,
+            "buffer.type: invalid type: integer `7`, expected a string",
+        ),
+    ] {
+        let e = sink(buffer).unwrap_err().0;
+        assert!(
+            e.contains(&format!(":5: [sinks.b] {want}")),
+            "{buffer}: {e}"
+        );
+    }
+}
+
+#[test]
+fn missing_plugin_key_is_explained() {
+    let e = parse("[sources.a]\ninterval = \"1s\"\n").unwrap_err().0;
+    assert!(
+        e.starts_with("/etc/gw/gateway.toml:1: [sources.a] plugin: missing"),
+        "{e}"
+    );
+}
+
+#[test]
+fn duplicate_instance_name_is_refused() {
+    let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.a]\nplugin = \"y\"\n")
+        .unwrap_err()
+        .0;
+    assert!(
+        e.contains(":3: [sinks.a] the name \"a\" is already used by the source on line 1"),
+        "{e}"
+    );
+    // Within one group TOML itself refuses the second table.
+    let e = parse("[sources.a]\nplugin = \"x\"\n[sources.a]\nplugin = \"y\"\n")
+        .unwrap_err()
+        .0;
+    assert!(e.starts_with("/etc/gw/gateway.toml:3:"), "{e}");
+}
+
+#[test]
+fn unknown_input_and_orphan_source_are_refused() {
+    let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\ninputs = [\"nope\"]\n")
+        .unwrap_err()
+        .0;
+    assert!(
+        e.contains("[sinks.b] inputs: no source is named \"nope\" (sources: a)"),
+        "{e}"
+    );
+    let e = parse("[sources.a]\nplugin = \"x\"\n[sources.c]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\ninputs = [\"a\"]\n")
+        .unwrap_err()
+        .0;
+    assert!(
+        e.contains(":3: [sources.c] no sink takes this source's readings"),
+        "{e}"
+    );
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let e = parse("[gateway]\ndevice = \n").unwrap_err().0;
+    assert!(e.starts_with("/etc/gw/gateway.toml:2: "), "{e}");
+}
