@@ -269,8 +269,8 @@ pub(crate) fn line_of(text: &str, at: usize) -> usize {
 }
 
 impl Config {
-    /// Reads and checks `path`, with the fragments of the `conf.d/` directory beside it (see
-    /// [`fragments`]).
+    /// Reads and checks `path`, with the fragments of the `conf.d/` directory beside it
+    /// (`*.toml`, in file-name order, `[sources.*]` and `[sinks.*]` tables only).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError(format!(

@@ -590,7 +590,7 @@ impl Session {
         }
     }
 
-    /// Whether an established session's records are protected by [`record`] rather than by
+    /// Whether an established session's records are protected by `record.rs` rather than by
     /// OpenSSL (a server session with an AEAD suite).
     pub fn taken_over(&self) -> bool {
         matches!(self.link, Link::Records(_))
