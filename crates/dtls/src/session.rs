@@ -13,12 +13,15 @@ use crate::{
 use foreign_types::ForeignTypeRef;
 use openssl::{
     nid::Nid,
-    ssl::{ErrorCode, ShutdownState, Ssl, SslContext, SslRef, SslSession, SslStream},
+    ssl::{
+        ErrorCode, ShutdownState, Ssl, SslContext, SslRef, SslSession, SslStream, SslVerifyMode,
+    },
     x509::{verify::X509CheckFlags, X509VerifyResult},
 };
 use std::{
     collections::VecDeque,
     io::{self, Read, Write},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -179,6 +182,8 @@ pub struct Session {
     /// Application data read while taking the buffers back before a write, for the next
     /// [`Session::handle_datagram`].
     early: Vec<Vec<u8>>,
+    /// A client's first refused certificate, named with its dates, for the error.
+    refused: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -221,6 +226,18 @@ impl Session {
             }
             .map_err(other)?;
         }
+        // Verification as the context sets it; the first certificate refused is remembered so
+        // that the error can name it and give its dates.
+        let refused = Arc::new(Mutex::new(None));
+        let seen = refused.clone();
+        ssl.set_verify_callback(SslVerifyMode::PEER, move |ok, ctx| {
+            if !ok {
+                if let (Some(cert), Ok(mut first)) = (ctx.current_cert(), seen.lock()) {
+                    first.get_or_insert_with(|| crate::certs::describe(&cert.to_owned()));
+                }
+            }
+            ok
+        });
         ssl.set_connect_state();
         ssl.set_mtu(mtu.max(256)).map_err(other)?;
         set_handshake_timer(&ssl);
@@ -234,6 +251,7 @@ impl Session {
             last_progress: now,
             buffers_released: false,
             early: Vec::new(),
+            refused,
         };
         s.advance();
         Ok(s)
@@ -286,6 +304,7 @@ impl Session {
             last_progress: now,
             buffers_released: false,
             early: Vec::new(),
+            refused: Arc::default(),
         };
         s.advance();
         Ok(s)
@@ -322,10 +341,19 @@ impl Session {
         }
     }
 
-    fn handshake_error(ssl: &SslRef, is_client: bool, e: &openssl::ssl::Error) -> DtlsError {
+    fn handshake_error(
+        ssl: &SslRef,
+        is_client: bool,
+        refused: Option<String>,
+        e: &openssl::ssl::Error,
+    ) -> DtlsError {
         let v = ssl.verify_result();
         if is_client && v != X509VerifyResult::OK {
-            return DtlsError::Certificate(v.error_string().to_owned());
+            let reason = v.error_string();
+            return DtlsError::Certificate(match refused {
+                Some(cert) => format!("{reason} ({cert})"),
+                None => reason.to_owned(),
+            });
         }
         let text = e
             .ssl_error()
@@ -359,7 +387,8 @@ impl Session {
                     return received
                 }
                 Err(e) => {
-                    let err = Self::handshake_error(stream.ssl(), self.is_client, &e);
+                    let refused = self.refused.lock().ok().and_then(|mut r| r.take());
+                    let err = Self::handshake_error(stream.ssl(), self.is_client, refused, &e);
                     self.fail(err);
                     return received;
                 }
