@@ -297,10 +297,11 @@ impl Config {
         let file = path.display().to_string();
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let (g, mut sources, mut sinks) = parse_file(path, text)?;
+        let gateway = gateway(&file, text, &base, g.unwrap_or_default())?;
         for (fpath, ftext) in fragments {
             let (fg, fsources, fsinks) = parse_file(fpath, ftext)?;
-            if let Some(g) = fg {
-                let line = g.line;
+            if fg.is_some() {
+                let line = ftext.find("[gateway]").map_or(1, |at| line_of(ftext, at));
                 return Err(ConfigError(format!(
                     "{}:{line}: [gateway] belongs in the main file ({file}); a conf.d fragment holds [sources.*] and [sinks.*] tables only",
                     fpath.display()
@@ -314,36 +315,6 @@ impl Config {
                 }
             }
         }
-        let resolve = |p: String| {
-            let p = PathBuf::from(p);
-            if p.is_absolute() {
-                p
-            } else {
-                base.join(p)
-            }
-        };
-        let g = g.unwrap_or_default();
-        let gateway = Gateway {
-            device: match g.device {
-                Some(d) if d.trim().is_empty() => {
-                    return Err(ConfigError(format!(
-                        "{file}: [gateway] device: must not be empty"
-                    )))
-                }
-                Some(d) => d,
-                None => hostname(),
-            },
-            plugin_dirs: match g.plugin_dirs {
-                Some(dirs) => dirs.into_iter().map(resolve).collect(),
-                None => vec![default_plugin_dir()],
-            },
-            data_dir: resolve(g.data_dir.unwrap_or_else(|| default::DATA_DIR.to_owned())),
-            log_level: g.log_level.map(Into::into).unwrap_or(LevelFilter::INFO),
-            log_format: g.log_format.unwrap_or(LogFormat::Text),
-            shutdown_timeout: g.shutdown_timeout.unwrap_or(default::SHUTDOWN_TIMEOUT),
-            stats_interval: g.stats_interval.unwrap_or(default::STATS_INTERVAL),
-            metrics: g.metrics,
-        };
         let config = Config {
             path: path.to_path_buf(),
             gateway,
@@ -450,21 +421,102 @@ pub fn default_plugin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// The `[gateway]` table of a file, its strings substituted.
-#[derive(Default)]
-struct GatewayKeys {
-    line: usize,
-    device: Option<String>,
-    plugin_dirs: Option<Vec<String>>,
-    data_dir: Option<String>,
-    log_level: Option<Level>,
-    log_format: Option<LogFormat>,
-    shutdown_timeout: Option<Duration>,
-    stats_interval: Option<Duration>,
-    metrics: Option<std::net::SocketAddr>,
+/// The `[gateway]` table as the run uses it: `${...}` substituted in its strings (errors with
+/// the line of the key), paths resolved against `base`, defaults filled in.
+fn gateway(file: &str, text: &str, base: &Path, g: RawGateway) -> Result<Gateway, ConfigError> {
+    let err = |key: &str, at: usize, e: String| {
+        ConfigError(format!(
+            "{file}:{}: [gateway] {key}: {e}",
+            line_of(text, at)
+        ))
+    };
+    // Secrets have no business in these keys; nothing to redact.
+    let sub = |key: &str, at: usize, v: &str| {
+        subst::substitute(v, base, &mut Vec::new()).map_err(|e| err(key, at, e))
+    };
+    let string = |key: &str, v: Option<Spanned<String>>| {
+        v.map(|v| sub(key, v.span().start, v.get_ref())).transpose()
+    };
+    let resolve = |p: String| {
+        let p = PathBuf::from(p);
+        if p.is_absolute() {
+            p
+        } else {
+            base.join(p)
+        }
+    };
+    let plugin_dirs = match g.plugin_dir {
+        None => vec![default_plugin_dir()],
+        Some(v) => {
+            let at = v.span().start;
+            let dirs = match v.into_inner() {
+                toml::Value::String(d) => vec![d],
+                toml::Value::Array(a) if !a.is_empty() => a
+                    .into_iter()
+                    .map(|d| match d {
+                        toml::Value::String(d) => Ok(d),
+                        other => Err(err(
+                            "plugin_dir",
+                            at,
+                            format!("expected directories, found {}", describe(&other)),
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+                other => {
+                    return Err(err(
+                        "plugin_dir",
+                        at,
+                        format!(
+                            "expected a directory or an array of directories, found {}",
+                            describe(&other)
+                        ),
+                    ))
+                }
+            };
+            dirs.iter()
+                .map(|d| sub("plugin_dir", at, d).map(resolve))
+                .collect::<Result<_, _>>()?
+        }
+    };
+    let metrics = match g.metrics {
+        None => None,
+        Some(m) => {
+            let at = m.span().start;
+            let addr = sub("metrics", at, m.get_ref())?;
+            Some(addr.parse().map_err(|_| {
+                err(
+                    "metrics",
+                    at,
+                    format!(
+                        "expected an address and port such as \"127.0.0.1:9464\", found {addr:?}"
+                    ),
+                )
+            })?)
+        }
+    };
+    Ok(Gateway {
+        device: match string("device", g.device)? {
+            Some(d) if d.trim().is_empty() => {
+                return Err(ConfigError(format!(
+                    "{file}: [gateway] device: must not be empty"
+                )))
+            }
+            Some(d) => d,
+            None => hostname(),
+        },
+        plugin_dirs,
+        data_dir: resolve(
+            string("data_dir", g.data_dir)?.unwrap_or_else(|| default::DATA_DIR.to_owned()),
+        ),
+        log_level: g.log_level.map(Into::into).unwrap_or(LevelFilter::INFO),
+        log_format: g.log_format.unwrap_or(LogFormat::Text),
+        shutdown_timeout: g.shutdown_timeout.unwrap_or(default::SHUTDOWN_TIMEOUT),
+        stats_interval: g.stats_interval.unwrap_or(default::STATS_INTERVAL),
+        metrics,
+    })
 }
 
-type Parsed = (Option<GatewayKeys>, Vec<Instance>, Vec<Instance>);
+type Parsed = (Option<RawGateway>, Vec<Instance>, Vec<Instance>);
 
 /// One file: its `[gateway]` table (if any) and its instances.
 fn parse_file(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
@@ -477,76 +529,6 @@ fn parse_file(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
             .unwrap_or_default();
         ConfigError(format!("{file}{at}: {}", e.message().trim_end()))
     })?;
-    let gateway = match raw.gateway {
-        None => None,
-        Some(g) => {
-            // Secrets have no business in these keys; nothing to redact.
-            let mut ignored = Vec::new();
-            let mut sub = |key: &str, v: Option<Spanned<String>>| {
-                v.map(|v| {
-                    let line = line_of(text, v.span().start);
-                    subst::substitute(v.get_ref(), &base, &mut ignored)
-                        .map_err(|e| ConfigError(format!("{file}:{line}: [gateway] {key}: {e}")))
-                })
-                .transpose()
-            };
-            let line = text.find("[gateway]").map_or(1, |at| line_of(text, at));
-            Some(GatewayKeys {
-                line,
-                device: sub("device", g.device)?,
-                plugin_dirs: g
-                    .plugin_dir
-                    .map(|v| {
-                        let line = line_of(text, v.span().start);
-                        let err = |m: String| {
-                            ConfigError(format!("{file}:{line}: [gateway] plugin_dir: {m}"))
-                        };
-                        let dirs = match v.into_inner() {
-                            toml::Value::String(d) => vec![d],
-                            toml::Value::Array(a) if !a.is_empty() => a
-                                .into_iter()
-                                .map(|d| match d {
-                                    toml::Value::String(d) => Ok(d),
-                                    other => Err(err(format!(
-                                        "expected directories, found {}",
-                                        describe(&other)
-                                    ))),
-                                })
-                                .collect::<Result<_, _>>()?,
-                            other => {
-                                return Err(err(format!(
-                                    "expected a directory or an array of directories, found {}",
-                                    describe(&other)
-                                )))
-                            }
-                        };
-                        dirs.iter()
-                            .map(|d| subst::substitute(d, &base, &mut Vec::new()).map_err(&err))
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                    .transpose()?,
-                data_dir: sub("data_dir", g.data_dir)?,
-                log_level: g.log_level,
-                log_format: g.log_format,
-                shutdown_timeout: g.shutdown_timeout,
-                stats_interval: g.stats_interval,
-                metrics: g
-                    .metrics
-                    .map(|m| {
-                        let line = line_of(text, m.span().start);
-                        let err = |e: String| {
-                            ConfigError(format!("{file}:{line}: [gateway] metrics: {e}"))
-                        };
-                        let addr = subst::substitute(m.get_ref(), &base, &mut Vec::new())
-                            .map_err(err)?;
-                        addr.parse().map_err(|_| {
-                            err(format!("expected an address and port such as \"127.0.0.1:9464\", found {addr:?}"))
-                        })
-                    })
-                    .transpose()?,
-            })
-        }
-    };
     let mut sources = Vec::new();
     for (name, table) in raw.sources {
         sources.push(instance((path, &base), text, false, name, table)?);
@@ -555,7 +537,7 @@ fn parse_file(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
     for (name, table) in raw.sinks {
         sinks.push(instance((path, &base), text, true, name, table)?);
     }
-    Ok((gateway, sources, sinks))
+    Ok((raw.gateway, sources, sinks))
 }
 
 #[cfg(test)]

@@ -189,6 +189,14 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
     })
 }
 
+/// Directories joined for a message: `a, b`.
+pub fn show_dirs(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The plugin libraries of the plugin directories, loaded on demand.
 pub struct Catalog {
     dirs: Vec<PathBuf>,
@@ -216,11 +224,7 @@ impl Catalog {
 
     /// The directories, joined for a message.
     pub fn shown(&self) -> String {
-        self.dirs
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        show_dirs(&self.dirs)
     }
 
     /// The library files of every directory: each directory's sorted, in directory order.

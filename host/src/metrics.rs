@@ -8,7 +8,10 @@
 //! loopback (the default address is) or to a network your scraper is on: it tells whoever can
 //! reach it how much the gateway moves, nothing more (no config values, no readings).
 
-use crate::{buffer::DiskBuffer, stats::SinkStats, stats::SourceStats};
+use crate::{
+    buffer::DiskBuffer,
+    stats::{SinkStats, SinkView, SourceStats},
+};
 use std::{
     fmt::Write as _,
     io::{Read, Write},
@@ -21,7 +24,7 @@ use std::{
 #[derive(Clone)]
 pub struct Registry {
     pub sources: Vec<(String, Arc<SourceStats>)>,
-    pub sinks: Vec<(String, Arc<SinkStats>, Option<Arc<DiskBuffer>>)>,
+    pub sinks: Vec<SinkView>,
     /// Whether the run is ready (running, not shutting down).
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
 }
@@ -93,7 +96,7 @@ impl Registry {
         let sinks = |f: &dyn Fn(&SinkStats) -> f64| -> Vec<(String, f64)> {
             self.sinks
                 .iter()
-                .map(|(n, s, _)| (label("instance", n), f(s)))
+                .map(|s| (label("instance", &s.name), f(&s.stats)))
                 .collect()
         };
         family(
@@ -149,7 +152,7 @@ impl Registry {
         let buffers: Vec<(&String, &Arc<DiskBuffer>)> = self
             .sinks
             .iter()
-            .filter_map(|(n, _, b)| b.as_ref().map(|b| (n, b)))
+            .filter_map(|s| s.buffer.as_ref().map(|b| (&s.name, b)))
             .collect();
         let buffer = |f: &dyn Fn(&DiskBuffer) -> f64| -> Vec<(String, f64)> {
             buffers

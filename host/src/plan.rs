@@ -231,11 +231,7 @@ impl Plan {
             out,
             "device {:?}, plugins from {}, data in {}",
             c.device,
-            c.plugin_dirs
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            crate::loader::show_dirs(&c.plugin_dirs),
             c.data_dir.display()
         );
         let _ = writeln!(out, "sources:");

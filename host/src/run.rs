@@ -4,7 +4,6 @@
 //! polls.
 
 use crate::{
-    buffer::DiskBuffer,
     config::Config,
     metrics::Registry,
     notify::Notifier,
@@ -15,7 +14,7 @@ use crate::{
         Phase, Shutdown,
     },
     plan::{dead_letters, Plan},
-    stats::{SinkStats, SourceStats},
+    stats::{SinkStats, SinkView, SourceStats},
 };
 use crossbeam_channel::{Receiver, Sender};
 use std::{
@@ -104,14 +103,6 @@ fn undelivered(s: &SinkView) -> u64 {
         .as_ref()
         .map_or(0, |b| b.stats.dropped.load(Ordering::Relaxed));
     s.stats.pending().saturating_sub(dropped)
-}
-
-/// One sink as the run sees it.
-#[derive(Clone)]
-struct SinkView {
-    name: String,
-    stats: Arc<SinkStats>,
-    buffer: Option<Arc<DiskBuffer>>,
 }
 
 /// A running graph: its threads and what they report.
@@ -268,11 +259,7 @@ impl Graph {
         let phase = shutdown.clone();
         let registry = Registry {
             sources: self.sources.clone(),
-            sinks: self
-                .sinks
-                .iter()
-                .map(|s| (s.name.clone(), s.stats.clone(), s.buffer.clone()))
-                .collect(),
+            sinks: self.sinks.clone(),
             ready: Arc::new(move || !phase.reached(Phase::Stopping)),
         };
         match crate::metrics::serve(addr, registry) {
@@ -297,29 +284,20 @@ impl Graph {
             .watchdog_interval()
             .map_or_else(crossbeam_channel::never, crossbeam_channel::tick);
         let timeout = self.config.gateway.shutdown_timeout;
-        let requested = || {
-            tracing::info!("shutdown requested: stopping the sources, then draining the sinks (at most {timeout:?}; a second signal exits at once)")
-        };
+        let mut exits = self.source_exits.clone();
         loop {
             crossbeam_channel::select! {
                 recv(watchdog) -> _ => notifier.send("WATCHDOG=1"),
                 recv(signal) -> _ => {
-                    requested();
+                    tracing::info!("shutdown requested: stopping the sources, then draining the sinks (at most {timeout:?}; a second signal exits at once)");
                     return false;
                 }
-                recv(self.source_exits) -> name => {
+                recv(exits) -> name => {
                     if name.is_err() {
                         // Every source thread is gone: only a signal is left to wait for (a
-                        // select on the closed channel would return at once, forever), and
-                        // the watchdog still wants to hear that this loop is alive.
-                        loop {
-                            crossbeam_channel::select! {
-                                recv(watchdog) -> _ => notifier.send("WATCHDOG=1"),
-                                recv(signal) -> _ => break,
-                            }
-                        }
-                        requested();
-                        return false;
+                        // select on the closed channel would return at once, forever).
+                        exits = crossbeam_channel::never();
+                        continue;
                     }
                     self.sources_done += 1;
                     if self.sources_done == self.n_sources {
@@ -413,22 +391,16 @@ impl Graph {
         log_stats(&self.sources, &self.sinks);
         let mut written = Vec::new();
         let mut held = Vec::new();
+        let mut held_total = 0;
         for s in &self.sinks {
             let n = s.stats.written.load(Ordering::Relaxed);
-            let mut pending = s.stats.pending();
-            if let Some(b) = &s.buffer {
-                // Held on disk (sent after the next start) or dropped by `when_full` (counted
-                // and logged when it happened): neither is lost here.
-                let kept = b.pending() + b.stats.dropped.load(Ordering::Relaxed);
-                pending = pending.saturating_sub(kept);
-                if b.pending() > 0 {
-                    held.push(format!(
-                        "{}: {} in {}",
-                        s.name,
-                        b.pending(),
-                        b.dir().display()
-                    ));
-                }
+            // Held on disk (sent after the next start) or dropped by `when_full` (counted and
+            // logged when it happened): neither is lost here.
+            let on_disk = s.buffer.as_ref().map_or(0, |b| b.pending());
+            let pending = undelivered(s).saturating_sub(on_disk);
+            if let (Some(b), 1..) = (&s.buffer, on_disk) {
+                held.push(format!("{}: {on_disk} in {}", s.name, b.dir().display()));
+                held_total += on_disk;
             }
             if pending > 0 {
                 clean = false;
@@ -438,12 +410,6 @@ impl Graph {
             tracing::info!(sink = %s.name, readings = n, "sink wrote {n} readings in {:.3} s ({rate:.0} readings/s)", elapsed.as_secs_f64());
             written.push((s.name.clone(), n));
         }
-        let held_total: u64 = self
-            .sinks
-            .iter()
-            .filter_map(|s| s.buffer.as_ref())
-            .map(|b| b.pending())
-            .sum();
         if opts.until_sources_finish && held_total > 0 {
             clean = false;
         }

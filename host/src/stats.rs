@@ -13,6 +13,15 @@ pub struct SourceStats {
     pub restarts: AtomicU64,
 }
 
+/// One sink as the run, the metrics page and the logs see it: its name, its counters and its
+/// disk buffer, if it has one.
+#[derive(Clone)]
+pub struct SinkView {
+    pub name: String,
+    pub stats: std::sync::Arc<SinkStats>,
+    pub buffer: Option<std::sync::Arc<crate::buffer::DiskBuffer>>,
+}
+
 /// A sink's counters.
 #[derive(Debug, Default)]
 pub struct SinkStats {

@@ -308,10 +308,10 @@ fn idle(load_bin: &Path, servers: &Servers<'_>) -> Result<()> {
                     // "idle: holding N sessions for ..."
                     if let Some(rest) = line.strip_prefix("idle: holding ") {
                         let held = rest.split_whitespace().next().and_then(|n| n.parse().ok());
-                        let _ = tx.send(held.unwrap_or(0usize));
+                        let _ = tx.send(Some(held.unwrap_or(0usize)));
                     }
                 }
-                let _ = tx.send(usize::MAX); // ended
+                let _ = tx.send(None); // the generator ended
             });
             children.push(child);
         }
@@ -320,8 +320,8 @@ fn idle(load_bin: &Path, servers: &Servers<'_>) -> Result<()> {
         let mut reported = 0;
         while reported < procs {
             match rx.recv() {
-                Ok(usize::MAX) | Err(_) => break,
-                Ok(n) => {
+                Ok(None) | Err(_) => break,
+                Ok(Some(n)) => {
                     held += n;
                     reported += 1;
                 }

@@ -4,11 +4,16 @@
 //! reading the files named.
 
 use crate::DtlsError;
-use openssl::{asn1::Asn1Time, nid::Nid, pkey::PKey, x509::X509};
+use openssl::{
+    asn1::Asn1Time,
+    nid::Nid,
+    pkey::PKey,
+    x509::{X509Ref, X509},
+};
 use std::path::Path;
 
 /// `CN=name` of a certificate (or its whole subject when it has no common name).
-pub fn name_of(cert: &X509) -> String {
+pub fn name_of(cert: &X509Ref) -> String {
     let subject = cert.subject_name();
     match subject.entries_by_nid(Nid::COMMONNAME).next() {
         Some(cn) => format!(
@@ -23,7 +28,7 @@ pub fn name_of(cert: &X509) -> String {
 }
 
 /// `CN=name, valid from .. to ..`.
-pub fn describe(cert: &X509) -> String {
+pub fn describe(cert: &X509Ref) -> String {
     format!(
         "{}, valid from {} to {}",
         name_of(cert),
@@ -58,7 +63,7 @@ fn read_pem(key: &str, path: &Path, make: &str) -> Result<Vec<X509>, DtlsError> 
 
 /// Refuses a certificate outside its validity period, with its dates; a certificate not yet
 /// valid is often this machine's clock (a Pi without network time starts in the past).
-fn check_dates(key: &str, path: &Path, cert: &X509, renew: &str) -> Result<(), DtlsError> {
+fn check_dates(key: &str, path: &Path, cert: &X509Ref, renew: &str) -> Result<(), DtlsError> {
     let now = Asn1Time::days_from_now(0).map_err(|e| config(e.to_string()))?;
     if cert.not_after() < now {
         return Err(config(format!(
@@ -129,7 +134,7 @@ pub fn check_ca(key: &str, path: &Path) -> Result<(), DtlsError> {
     )?;
     let now = Asn1Time::days_from_now(0).map_err(|e| config(e.to_string()))?;
     if certs.iter().all(|c| c.not_after() < now) {
-        let names: Vec<String> = certs.iter().map(describe).collect();
+        let names: Vec<String> = certs.iter().map(|c| describe(c)).collect();
         return Err(config(format!(
             "{key} {}: every CA certificate in it has expired ({}); nothing it issued can be verified",
             path.display(),

@@ -250,8 +250,6 @@ pub(crate) struct Opened {
     pub data: Vec<Vec<u8>>,
     /// The peer sent an alert: the association is over.
     pub alert: bool,
-    /// Records dropped: not decrypting, replayed, of another epoch, or not expected.
-    pub dropped: usize,
 }
 
 /// An established association's record protection after OpenSSL handed it over.
@@ -272,16 +270,15 @@ pub(crate) struct Established {
 impl Established {
     /// Takes over a server session OpenSSL has just established, if its suite is one of ours:
     /// derives the keys from `ssl`'s master secret and randoms. `next_write_seq` is the next
-    /// sequence number of the current epoch (OpenSSL's last record +1), `last_flight` the
-    /// datagrams of the server's final flight (sent again if the client repeats its Finished),
-    /// `outbox` what is still to be sent. `None` for a suite we do not protect ourselves (the
-    /// caller keeps OpenSSL then).
+    /// sequence number of the current epoch (OpenSSL's last record +1), `outbox` what OpenSSL
+    /// queued at completion and has not gone out yet: the server's final flight, also kept to
+    /// be sent again if the client repeats its Finished. `None` for a suite we do not protect
+    /// ourselves (the caller keeps OpenSSL then, and its outbox).
     pub fn take_over(
         ssl: &SslRef,
         epoch: u16,
         next_write_seq: u64,
-        last_flight: Vec<Vec<u8>>,
-        outbox: VecDeque<Vec<u8>>,
+        outbox: &mut VecDeque<Vec<u8>>,
     ) -> Option<Established> {
         let cipher = ssl.current_cipher()?;
         let aead = Aead::of(cipher.cipher_nid()?)?;
@@ -322,9 +319,9 @@ impl Established {
             write,
             write_seq: next_write_seq,
             window: ReplayWindow::default(),
-            last_flight: (!last_flight.is_empty()).then_some(last_flight),
+            last_flight: (!outbox.is_empty()).then(|| outbox.iter().cloned().collect()),
             last_resend: None,
-            outbox,
+            outbox: std::mem::take(outbox),
         })
     }
 
@@ -375,11 +372,9 @@ impl Established {
             if h.epoch != self.epoch || !self.window.fresh(h.seq) {
                 // Epoch 0: the client's flight again (its Finished, at this epoch, follows),
                 // or a new ClientHello, which the server routes before the session sees it.
-                got.dropped += 1;
                 continue;
             }
             let Some(n) = self.decrypt(&h, fragment, plaintext) else {
-                got.dropped += 1;
                 continue;
             };
             self.window.mark(h.seq);
@@ -391,7 +386,7 @@ impl Established {
                 }
                 ALERT => got.alert = true,
                 HANDSHAKE => self.resend_last_flight(now),
-                _ => got.dropped += 1,
+                _ => {}
             }
         }
         got

@@ -182,8 +182,9 @@ pub struct Session {
     /// Application data read while taking the buffers back before a write, for the next
     /// [`Session::handle_datagram`].
     early: Vec<Vec<u8>>,
-    /// A client's first refused certificate, named with its dates, for the error.
-    refused: Arc<Mutex<Option<String>>>,
+    /// A client's first refused certificate, named with its dates, for the error (`None` for
+    /// a server session).
+    refused: Option<Arc<Mutex<Option<String>>>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -233,7 +234,7 @@ impl Session {
         ssl.set_verify_callback(SslVerifyMode::PEER, move |ok, ctx| {
             if !ok {
                 if let (Some(cert), Ok(mut first)) = (ctx.current_cert(), seen.lock()) {
-                    first.get_or_insert_with(|| crate::certs::describe(&cert.to_owned()));
+                    first.get_or_insert_with(|| crate::certs::describe(cert));
                 }
             }
             ok
@@ -251,7 +252,7 @@ impl Session {
             last_progress: now,
             buffers_released: false,
             early: Vec::new(),
-            refused,
+            refused: Some(refused),
         };
         s.advance();
         Ok(s)
@@ -304,7 +305,7 @@ impl Session {
             last_progress: now,
             buffers_released: false,
             early: Vec::new(),
-            refused: Arc::default(),
+            refused: None,
         };
         s.advance();
         Ok(s)
@@ -387,7 +388,7 @@ impl Session {
                     return received
                 }
                 Err(e) => {
-                    let refused = self.refused.lock().ok().and_then(|mut r| r.take());
+                    let refused = self.refused.as_ref().and_then(|r| r.lock().ok()?.take());
                     let err = Self::handshake_error(stream.ssl(), self.is_client, refused, &e);
                     self.fail(err);
                     return received;
@@ -414,27 +415,25 @@ impl Session {
             return;
         };
         let (epoch, next_seq) = stream.get_ref().written;
-        let outbox = std::mem::take(&mut stream.get_mut().outbox);
-        let last_flight: Vec<Vec<u8>> = outbox.iter().cloned().collect();
+        let mut outbox = std::mem::take(&mut stream.get_mut().outbox);
         let ssl = stream.ssl();
-        let (identity, resumed) = (identity_of(ssl), ssl.session_reused());
+        let Some(records) = Established::take_over(ssl, epoch, next_seq, &mut outbox) else {
+            stream.get_mut().outbox = outbox;
+            return;
+        };
         let cipher = ssl.current_cipher().map_or("", |c| c.name());
-        match Established::take_over(ssl, epoch, next_seq, last_flight, outbox.clone()) {
-            Some(records) => {
-                // Freed without a close_notify, OpenSSL would take the session out of the
-                // cache, and the device could not resume it.
-                let both = ShutdownState::SENT | ShutdownState::RECEIVED;
-                // SAFETY: a valid SSL; this only sets its shutdown flags.
-                unsafe { openssl_sys::SSL_set_shutdown(stream.ssl().as_ptr(), both.bits()) };
-                self.link = Link::Records(Box::new(TakenOver {
-                    records,
-                    identity,
-                    resumed,
-                    cipher,
-                }));
-            }
-            None => stream.get_mut().outbox = outbox,
-        }
+        let (identity, resumed) = (identity_of(ssl), ssl.session_reused());
+        // Freed without a close_notify, OpenSSL would take the session out of the cache, and
+        // the device could not resume it.
+        let both = ShutdownState::SENT | ShutdownState::RECEIVED;
+        // SAFETY: a valid SSL; this only sets its shutdown flags.
+        unsafe { openssl_sys::SSL_set_shutdown(ssl.as_ptr(), both.bits()) };
+        self.link = Link::Records(Box::new(TakenOver {
+            records,
+            identity,
+            resumed,
+            cipher,
+        }));
     }
 
     /// An established server session gives its two record buffers (about 17 KiB each) back

@@ -144,13 +144,14 @@ pub(super) fn instance(
             ))
         })?;
     }
-    instance_keys(file, text, (is_sink, name, table, line), entries)
-        .map(|i| Instance {
+    match instance_keys(file, text, (is_sink, name, table, line), entries) {
+        Ok(i) => Ok(Instance {
             file: path.to_path_buf(),
-            secrets: secrets.clone(),
+            secrets,
             ..i
-        })
-        .map_err(|e| ConfigError(subst::redact(&e.0, &secrets)))
+        }),
+        Err(e) => Err(ConfigError(subst::redact(&e.0, &secrets))),
+    }
 }
 
 /// The host's keys of an instance table; the rest is the plugin's.
