@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway until SIGINT or SIGTERM (a second signal exits at once).
+    /// Run the gateway until SIGINT or SIGTERM (a second signal exits at once). SIGHUP
+    /// re-reads the config and rebuilds only the instances whose settings changed.
     Run {
         /// The config file.
         #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
@@ -150,13 +151,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             logging::init(format, level, logger.max_level());
             tracing::info!(config = %config.path.display(), version = env!("CARGO_PKG_VERSION"), "gateway starting");
             let plan = Plan::build(config, &logger).map_err(|e| report(&e))?;
-            let shutdown = signals()?;
+            let signals = signals()?;
             let summary = run::run(
                 plan,
                 &RunOptions {
                     until_sources_finish,
                 },
-                shutdown,
+                signals,
+                logger,
             );
             Ok(if summary.clean {
                 ExitCode::SUCCESS
@@ -346,16 +348,24 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// First SIGINT/SIGTERM: a message on the returned channel. Second: exit at once.
-fn signals() -> anyhow::Result<crossbeam_channel::Receiver<()>> {
+/// First SIGINT/SIGTERM: a message on `stop`. Second: exit at once. SIGHUP: a message on
+/// `reload` (several while one is applied count as one).
+fn signals() -> anyhow::Result<run::Signals> {
     use signal_hook::{consts::*, iterator::Signals};
-    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
-    let (tx, rx) = crossbeam_channel::bounded(1);
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
+    let (tx, stop) = crossbeam_channel::bounded(1);
+    let (reload_tx, reload) = crossbeam_channel::bounded(1);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut seen = 0;
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    tracing::info!(signal = sig, "SIGHUP received: reloading the config");
+                    let _ = reload_tx.try_send(());
+                    continue;
+                }
                 seen += 1;
                 if seen == 1 {
                     tracing::info!(signal = sig, "signal received");
@@ -366,5 +376,5 @@ fn signals() -> anyhow::Result<crossbeam_channel::Receiver<()>> {
                 }
             }
         })?;
-    Ok(rx)
+    Ok(run::Signals { stop, reload })
 }

@@ -10,7 +10,7 @@
 
 use crate::{
     buffer::DiskBuffer,
-    stats::{SinkStats, SinkView, SourceStats},
+    stats::{SinkStats, SourceStats, Views},
 };
 use std::{
     fmt::Write as _,
@@ -23,8 +23,8 @@ use std::{
 /// What the page shows: every instance's counters, read when a scrape comes.
 #[derive(Clone)]
 pub struct Registry {
-    pub sources: Vec<(String, Arc<SourceStats>)>,
-    pub sinks: Vec<SinkView>,
+    /// The run's instances (a reload changes them).
+    pub views: Views,
     /// Whether the run is ready (running, not shutting down).
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
 }
@@ -51,6 +51,7 @@ impl Registry {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let now = self.views.get();
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
         family(
             &mut out,
@@ -67,7 +68,7 @@ impl Registry {
             &[(String::new(), f64::from(u8::from((self.ready)())))],
         );
         let sources = |f: &dyn Fn(&SourceStats) -> f64| -> Vec<(String, f64)> {
-            self.sources
+            now.sources
                 .iter()
                 .map(|(n, s)| (label("instance", n), f(s)))
                 .collect()
@@ -94,7 +95,7 @@ impl Registry {
             &sources(&|s| get(&s.restarts)),
         );
         let sinks = |f: &dyn Fn(&SinkStats) -> f64| -> Vec<(String, f64)> {
-            self.sinks
+            now.sinks
                 .iter()
                 .map(|s| (label("instance", &s.name), f(&s.stats)))
                 .collect()
@@ -149,7 +150,7 @@ impl Registry {
             &sinks(&|s| get(&s.refused_full)),
         );
         family(&mut out, "gateway_sink_pending_readings", "gauge", "Readings a sink accepted and has not stored or refused yet (queue, disk buffer and writes in flight).", &sinks(&|s| s.pending() as f64));
-        let buffers: Vec<(&String, &Arc<DiskBuffer>)> = self
+        let buffers: Vec<(&String, &Arc<DiskBuffer>)> = now
             .sinks
             .iter()
             .filter_map(|s| s.buffer.as_ref().map(|b| (&s.name, b)))

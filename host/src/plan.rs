@@ -84,7 +84,7 @@ pub fn dead_letters(config: &Config, decl: &Instance) -> crate::deadletter::Dead
 }
 
 /// Where an instance's disk buffer lives: `buffer/` in its data directory.
-fn buffer_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
+pub(crate) fn buffer_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
     data_dir(config, decl).join("buffer")
 }
 

@@ -22,6 +22,30 @@ pub struct SinkView {
     pub buffer: Option<std::sync::Arc<crate::buffer::DiskBuffer>>,
 }
 
+/// What a run holds now, for the metrics page and the periodic log: a reload replaces it.
+#[derive(Clone, Default)]
+pub struct Snapshot {
+    /// Each source's name and counters.
+    pub sources: Vec<(String, std::sync::Arc<SourceStats>)>,
+    /// Each sink.
+    pub sinks: Vec<SinkView>,
+}
+
+/// The run's [`Snapshot`], shared with the threads that show it.
+#[derive(Clone, Default)]
+pub struct Views(std::sync::Arc<std::sync::RwLock<Snapshot>>);
+
+impl Views {
+    /// The instances now.
+    pub fn get(&self) -> Snapshot {
+        self.0.read().unwrap().clone()
+    }
+    /// Replaces the instances.
+    pub fn set(&self, s: Snapshot) {
+        *self.0.write().unwrap() = s;
+    }
+}
+
 /// A sink's counters.
 #[derive(Debug, Default)]
 pub struct SinkStats {

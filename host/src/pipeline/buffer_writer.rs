@@ -2,11 +2,20 @@
 //! batches per disk write, so a Pi's SD card sees few writes), appends it durably, and only
 //! then acknowledges the batches to their sources.
 
-use super::{sink::next_envelope, Phase, Shutdown};
+use super::{
+    sink::{poll_envelope, Next, IDLE_CHECK},
+    Phase, Shutdown,
+};
 use crate::buffer::{AppendError, DiskBuffer};
 use crossbeam_channel::{Receiver, Sender};
 use gateway_sdk::Reading;
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 /// A buffered sink's writer thread.
 pub struct BufferWriter {
@@ -22,6 +31,9 @@ pub struct BufferWriter {
     /// Dropped when the thread stops (however it stops): the sink thread then knows that
     /// nothing more comes.
     pub done: Sender<()>,
+    /// Set when a reload replaces the buffer: the thread stops after the append in progress,
+    /// and what is queued stays queued for its successor.
+    pub handover: Arc<AtomicBool>,
 }
 
 impl BufferWriter {
@@ -31,7 +43,13 @@ impl BufferWriter {
         let _enter = span.enter();
         let limit = self.record_readings.saturating_mul(16).max(1);
         let aborting = || self.shutdown.reached(Phase::Aborting);
-        'outer: while let Some(first) = next_envelope(&self.rx, &self.shutdown) {
+        let handing_over = || self.handover.load(Ordering::Relaxed);
+        'outer: while !handing_over() {
+            let first = match poll_envelope(&self.rx, &self.shutdown, IDLE_CHECK) {
+                Next::Batch(e) => e,
+                Next::Idle => continue,
+                Next::End => break,
+            };
             let mut n = first.readings.len();
             let mut envelopes = vec![first];
             while envelopes.len() < 1024 && n < limit {

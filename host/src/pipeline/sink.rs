@@ -15,11 +15,14 @@ use crate::{
     deadletter::DeadLetters,
     stats::SinkStats,
 };
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use gateway_sdk::{abi::SinkBox, Reading};
 use std::{
     ops::Range,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -46,14 +49,42 @@ pub struct SinkRunner {
     pub stats: Arc<SinkStats>,
     /// Where batches the sink refuses for good are kept.
     pub dead_letters: DeadLetters,
+    /// Set when a reload replaces this instance: it takes nothing more, and what it holds goes
+    /// to its successor (see [`Handover`]).
+    pub handover: Arc<AtomicBool>,
 }
 
 /// Where a sink thread takes its batches from.
 pub enum SinkInput {
     /// Straight from its queue.
-    Queue(Receiver<Envelope>),
+    Queue(QueueInput),
     /// From its disk buffer (a [`super::buffer_writer::BufferWriter`] fills it from the queue).
     Buffer(BufferedInput),
+}
+
+/// A sink's queue, as the sink thread sees it.
+pub struct QueueInput {
+    /// The queue the sources fill.
+    pub rx: Receiver<Envelope>,
+    /// Batches a predecessor replaced by a reload did not write: taken before the queue.
+    pub handed: Handover,
+}
+
+/// The batches an instance that a reload replaces hands to its successor: those it had taken
+/// from the queue and not written. Lives as long as the sink's name, like its queue.
+#[derive(Clone)]
+pub struct Handover {
+    /// Where a retiring instance puts them.
+    pub tx: Sender<Envelope>,
+    /// Where its successor takes them from, first.
+    pub rx: Receiver<Envelope>,
+}
+
+impl Default for Handover {
+    fn default() -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Handover { tx, rx }
+    }
 }
 
 /// A sink's disk buffer, as the sink thread sees it.
@@ -101,6 +132,11 @@ pub(super) trait Input {
     }
     /// Hands on the outcome of `batch`; `false` to stop.
     fn settle(&mut self, batch: Self::Batch, outcome: Settled) -> bool;
+    /// Gives up `batch`, taken and not settled, at an abort: what is queued tells its
+    /// sources it was not taken (or goes to a successor), what is buffered stays on disk.
+    fn abandon(&mut self, batch: Self::Batch) {
+        drop(batch);
+    }
     /// Says what is left, once the loop ended.
     fn finish(self, w: &Worker);
 }
@@ -144,15 +180,17 @@ impl SinkRunner {
             self.settings,
             (self.restart_backoff, self.restart_backoff_max),
             self.shutdown.clone(),
-            buffered,
+            (buffered, self.handover.clone()),
             self.stats,
             self.dead_letters,
         );
         tracing::info!("sink running");
         match self.input {
-            SinkInput::Queue(rx) => {
+            SinkInput::Queue(q) => {
                 let queue = Queue {
-                    rx,
+                    rx: q.rx,
+                    handed: q.handed,
+                    handover: self.handover,
                     shutdown: self.shutdown.clone(),
                     carry: None,
                     scratch: Vec::new(),
@@ -163,6 +201,7 @@ impl SinkRunner {
                 let buffered = Buffered {
                     reader: b.buffer.reader(),
                     input: b,
+                    handover: self.handover,
                     shutdown: self.shutdown.clone(),
                     stop_at: None,
                 };
@@ -212,6 +251,8 @@ impl Batch for Taken {
 /// first waiting at most `batch_timeout` for more.
 struct Queue {
     rx: Receiver<Envelope>,
+    handed: Handover,
+    handover: Arc<AtomicBool>,
     shutdown: Shutdown,
     /// A batch that did not fit in the last write; it starts the next.
     carry: Option<Envelope>,
@@ -222,7 +263,10 @@ impl Input for Queue {
     type Batch = Gathered;
 
     fn poll(&mut self, w: &Worker, wait: Duration) -> Next<Gathered> {
-        let first = match self.carry.take() {
+        if self.handover.load(Ordering::Relaxed) {
+            return Next::End;
+        }
+        let first = match self.carry.take().or_else(|| self.handed.rx.try_recv().ok()) {
             Some(e) => e,
             None => match poll_envelope(&self.rx, &self.shutdown, wait) {
                 Next::Batch(e) => e,
@@ -274,6 +318,10 @@ impl Input for Queue {
     }
 
     fn settle(&mut self, batch: Gathered, outcome: Settled) -> bool {
+        if self.handover.load(Ordering::Relaxed) && outcome.stopped(batch.parts().len()) {
+            self.abandon(batch);
+            return false;
+        }
         match batch {
             Gathered::One(e, _) => acknowledge(std::iter::once(e), outcome),
             Gathered::Many { all, envelopes, .. } => {
@@ -284,7 +332,47 @@ impl Input for Queue {
         true
     }
 
-    fn finish(self, w: &Worker) {
+    /// Handing over, the batch goes to the successor whole (the parts of it that were
+    /// written are written again: sinks drop ids they already stored).
+    fn abandon(&mut self, batch: Gathered) {
+        if !self.handover.load(Ordering::Relaxed) {
+            return;
+        }
+        let envelopes = match batch {
+            Gathered::One(e, _) => vec![e],
+            // The readings were moved out of their envelopes into `all`: put them back.
+            Gathered::Many {
+                all,
+                envelopes,
+                parts,
+            } => envelopes
+                .into_iter()
+                .zip(parts)
+                .map(|(mut e, r)| {
+                    e.readings = Arc::new(all[r].iter().cloned().collect());
+                    e
+                })
+                .collect(),
+        };
+        for e in envelopes {
+            let _ = self.handed.tx.send(e);
+        }
+    }
+
+    fn finish(mut self, w: &Worker) {
+        if self.handover.load(Ordering::Relaxed) {
+            if let Some(e) = self.carry.take() {
+                let _ = self.handed.tx.send(e);
+            }
+            let n = self.handed.rx.len();
+            if n > 0 {
+                tracing::info!(
+                    batches = n,
+                    "handing the batches not written to the instance that replaces this one"
+                );
+            }
+            return;
+        }
         let left = self.rx.len() + usize::from(self.carry.is_some());
         if left > 0 {
             tracing::error!(
@@ -313,6 +401,7 @@ fn acknowledge(envelopes: impl IntoIterator<Item = Envelope>, outcome: Settled) 
 /// write acknowledged to the buffer once it is stored or refused for good.
 struct Buffered {
     input: BufferedInput,
+    handover: Arc<AtomicBool>,
     reader: Reader,
     shutdown: Shutdown,
     /// Once draining: when the drain budget is spent.
@@ -324,7 +413,7 @@ impl Input for Buffered {
 
     fn poll(&mut self, w: &Worker, wait: Duration) -> Next<Taken> {
         let buf = &self.input.buffer;
-        if self.shutdown.reached(Phase::Aborting) {
+        if self.shutdown.reached(Phase::Aborting) || self.handover.load(Ordering::Relaxed) {
             return Next::End;
         }
         let draining = self.shutdown.reached(Phase::Draining);
@@ -359,7 +448,12 @@ impl Input for Buffered {
     fn finish(self, _: &Worker) {
         let buf = &self.input.buffer;
         let left = buf.pending();
-        if left > 0 {
+        if self.handover.load(Ordering::Relaxed) {
+            tracing::info!(
+                readings = left,
+                "handing the disk buffer to the instance that replaces this one"
+            );
+        } else if left > 0 {
             tracing::info!(
                 readings = left,
                 bytes = buf.bytes(),
@@ -384,7 +478,11 @@ impl Buffered {
 /// While the queue is empty it looks at the phase every 50 ms. A `select!` over the queue and
 /// the phase's gate would wake at once, but registering with the queue for every batch costs
 /// a lock that the sending source contends for: the null pipeline ran 30 % slower with it.
-fn poll_envelope(rx: &Receiver<Envelope>, shutdown: &Shutdown, wait: Duration) -> Next<Envelope> {
+pub(super) fn poll_envelope(
+    rx: &Receiver<Envelope>,
+    shutdown: &Shutdown,
+    wait: Duration,
+) -> Next<Envelope> {
     if shutdown.reached(Phase::Aborting) {
         return Next::End;
     }
@@ -395,17 +493,5 @@ fn poll_envelope(rx: &Receiver<Envelope>, shutdown: &Shutdown, wait: Duration) -
         Ok(e) => Next::Batch(e),
         Err(RecvTimeoutError::Timeout) => Next::Idle,
         Err(RecvTimeoutError::Disconnected) => Next::End,
-    }
-}
-
-/// The next queued batch, waiting as long as it takes; `None` at the end (see
-/// [`poll_envelope`]).
-pub(super) fn next_envelope(rx: &Receiver<Envelope>, shutdown: &Shutdown) -> Option<Envelope> {
-    loop {
-        match poll_envelope(rx, shutdown, IDLE_CHECK) {
-            Next::Batch(e) => return Some(e),
-            Next::Idle => {}
-            Next::End => return None,
-        }
     }
 }

@@ -13,7 +13,7 @@ use gateway_sdk::{
     ErrorKind, PluginError, Reading,
 };
 use std::{
-    sync::{atomic::Ordering, Arc},
+    sync::{atomic::Ordering, Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -21,6 +21,7 @@ use std::{
 pub type SourceFactory = Box<dyn Fn() -> Result<SourceBox, PluginError> + Send>;
 
 /// The queue of one sink, as a source sees it.
+#[derive(Clone)]
 pub struct SinkPort {
     /// The sink's queue.
     pub tx: Sender<Envelope>,
@@ -28,9 +29,28 @@ pub struct SinkPort {
     pub stats: Arc<SinkStats>,
 }
 
+/// The sinks a source feeds. A reload swaps the list; an `emit` uses the one it read first.
+#[derive(Clone, Default)]
+pub struct Routes(Arc<RwLock<Arc<Vec<SinkPort>>>>);
+
+impl Routes {
+    /// Routes to `sinks`.
+    pub fn new(sinks: Vec<SinkPort>) -> Routes {
+        Routes(Arc::new(RwLock::new(Arc::new(sinks))))
+    }
+    /// The sinks now.
+    pub fn get(&self) -> Arc<Vec<SinkPort>> {
+        self.0.read().unwrap().clone()
+    }
+    /// Routes to `sinks` from now on.
+    pub fn set(&self, sinks: Vec<SinkPort>) {
+        *self.0.write().unwrap() = Arc::new(sinks);
+    }
+}
+
 /// The host's side of a running source.
 struct Emitter {
-    sinks: Arc<Vec<SinkPort>>,
+    sinks: Routes,
     shutdown: Shutdown,
     stats: Arc<SourceStats>,
 }
@@ -53,9 +73,10 @@ impl HostSourceCtx for Emitter {
             ));
         }
         let n = batch.len() as u64;
-        let tracker = AckTracker::new(self.sinks.len(), ack.into_option());
+        let sinks = self.sinks.get();
+        let tracker = AckTracker::new(sinks.len(), ack.into_option());
         let readings = Arc::new(batch);
-        for port in self.sinks.iter() {
+        for port in sinks.iter() {
             let tx = &port.tx;
             let mut env = Envelope {
                 readings: readings.clone(),
@@ -110,7 +131,7 @@ impl HostSourceCtx for Emitter {
     ) -> RResult<(), PluginError> {
         // Sources share the queues, so another one may fill the room seen here: then `emit`
         // waits, for as long as one write of that sink takes.
-        if let Some(full) = self.sinks.iter().find(|p| p.tx.is_full()) {
+        if let Some(full) = self.sinks.get().iter().find(|p| p.tx.is_full()) {
             full.stats.refused_full.fetch_add(1, Ordering::Relaxed);
             return RErr(PluginError::retry(
                 "a sink's queue is full; try again once it has written",
@@ -141,7 +162,7 @@ pub struct SourceRunner {
     /// Builds replacements.
     pub factory: SourceFactory,
     /// The queues of the sinks this source feeds.
-    pub sinks: Arc<Vec<SinkPort>>,
+    pub sinks: Routes,
     /// The run's phase: the source stops at [`Phase::Stopping`].
     pub shutdown: Shutdown,
     /// Counters.
@@ -233,7 +254,7 @@ mod tests {
     fn context() -> (SourceContext, crossbeam_channel::Receiver<Envelope>) {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let emitter = Emitter {
-            sinks: Arc::new(vec![SinkPort {
+            sinks: Routes::new(vec![SinkPort {
                 tx,
                 stats: Arc::default(),
             }]),

@@ -88,10 +88,19 @@ pub(super) fn pump<I: Input>(input: &mut I, w: &mut Worker, shutdown: &Shutdown,
         next_ticket: 1,
     };
     let mut ended = false;
-    while !shutdown.reached(Phase::Aborting) {
+    loop {
+        if shutdown.reached(Phase::Aborting) {
+            for f in win.flights.drain(..) {
+                input.abandon(f.batch);
+            }
+            return;
+        }
         while win.flights.front().is_some_and(|f| f.settled.is_some()) {
             let f = win.flights.pop_front().expect("front");
             if !input.settle(f.batch, f.settled.expect("settled")) {
+                for f in win.flights.drain(..) {
+                    input.abandon(f.batch);
+                }
                 return;
             }
         }

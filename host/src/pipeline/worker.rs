@@ -10,7 +10,14 @@ use gateway_sdk::{
     abi::{AckBox, SinkBox},
     ErrorKind, PluginError, Reading,
 };
-use std::{ops::Range, sync::atomic::Ordering, sync::Arc, time::Duration};
+use std::{
+    ops::Range,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 /// Builds a new instance of the sink's plugin.
 pub type SinkFactory = Box<dyn Fn() -> Result<SinkBox, PluginError> + Send>;
@@ -62,6 +69,9 @@ pub(super) struct Worker {
     shutdown: Shutdown,
     /// A buffered sink gives up a failing write once draining: its readings stay on disk.
     buffered: bool,
+    /// Set when a reload replaces the instance: a failing write is given up once draining,
+    /// and goes to the successor.
+    handover: Arc<AtomicBool>,
     pub(super) stats: Arc<SinkStats>,
     dead_letters: DeadLetters,
 }
@@ -75,7 +85,7 @@ impl Worker {
         settings: SinkSettings,
         (restart_backoff, restart_backoff_max): (Duration, Duration),
         shutdown: Shutdown,
-        buffered: bool,
+        (buffered, handover): (bool, Arc<AtomicBool>),
         stats: Arc<SinkStats>,
         dead_letters: DeadLetters,
     ) -> Worker {
@@ -89,6 +99,7 @@ impl Worker {
             restart_delay: restart_backoff,
             shutdown,
             buffered,
+            handover,
             stats,
             dead_letters,
         }
@@ -236,17 +247,22 @@ impl Worker {
         }
     }
 
-    /// Set for a buffered sink once it is draining: failed writes are not retried, their
-    /// readings stay on disk.
+    /// Set once draining for a buffered sink, or for one a reload replaces: failed writes
+    /// are not retried, their readings stay on disk or go to the successor.
     fn giving_up(&self) -> bool {
-        self.buffered && self.shutdown.reached(Phase::Draining)
+        (self.buffered || self.handover.load(Ordering::Relaxed))
+            && self.shutdown.reached(Phase::Draining)
     }
 
     /// What a write of `n` readings that failed with `e` calls for. A retryable failure of a
     /// buffered sink that is draining ends the write: its readings stay in the disk buffer.
     pub(super) fn failed(&self, n: usize, e: PluginError) -> Failed {
         if e.kind.is_retryable() && self.giving_up() {
-            tracing::info!(readings = n, error = %e.message(), "write failed while shutting down; its readings stay in the disk buffer");
+            if self.handover.load(Ordering::Relaxed) {
+                tracing::info!(readings = n, error = %e.message(), "write failed while a reload replaces the sink; the instance that replaces it writes them");
+            } else {
+                tracing::info!(readings = n, error = %e.message(), "write failed while shutting down; its readings stay in the disk buffer");
+            }
             Failed::Final(PluginError::new(ErrorKind::STOPPED, "shutting down"))
         } else if e.kind.is_retryable() {
             Failed::Retry(e)
@@ -292,14 +308,14 @@ impl Worker {
         }
     }
 
-    /// Waits `d` before a retry; a shutdown (abort, or drain for a buffered sink) ends it early.
+    /// Waits `d` before a retry; a shutdown ends it early: an abort, or a drain when the
+    /// write is to be given up then ([`Worker::giving_up`]).
     fn pause(&self, d: Duration) {
-        let until = if self.buffered {
-            Phase::Draining
-        } else {
-            Phase::Aborting
-        };
-        self.shutdown.wait_for(until, d);
+        let end = std::time::Instant::now() + d;
+        if self.shutdown.wait_for(Phase::Draining, d) && !self.giving_up() {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            self.shutdown.wait_for(Phase::Aborting, left);
+        }
     }
 
     fn rebuild(&mut self) {

@@ -1,0 +1,548 @@
+//! `SIGHUP` (and `systemctl reload`): re-read the config, check it as `gateway check` does, and
+//! rebuild only the instances whose settings changed.
+//!
+//! - A file that does not load or check changes nothing: every problem is logged, and the
+//!   running graph goes on as it was.
+//! - An instance whose table is the same (plugin, its keys after `${...}` substitution, the
+//!   host's keys) keeps running: an unchanged ingress keeps its DTLS sessions.
+//! - A changed source is stopped (within `shutdown_timeout`), then its successor starts.
+//! - A changed sink hands its line to its successor: the queue and the batches it had taken
+//!   and not written, and its disk buffer (reopened if its buffer settings changed).
+//! - A removed sink writes what is queued; a buffered one keeps its records on disk.
+//! - `[gateway]` settings and a sink's `queue_capacity` apply only at the next start; a
+//!   reload that changes them says so.
+//!
+//! Files count as settings: an instance whose table is the same but one of whose files (every
+//! value of a key ending in `_file`: certificates, CRLs, keys, PSK files) holds something
+//! else than when it started is rebuilt, so that every DTLS session is authenticated against
+//! the new files (a device revoked by a new CRL loses its session). Every `new` runs again for
+//! the check, so a file that no longer loads refuses the reload.
+
+use super::{slots::Line, Graph};
+use crate::{
+    buffer::DiskBuffer,
+    config::{Config, Gateway, Instance},
+    pipeline::source::SinkPort,
+    plan::{buffer_dir, Plan},
+};
+use std::{
+    collections::HashMap,
+    hash::{Hash, Hasher},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// How the instances of one role differ between two configs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Changes {
+    /// The same table: left running.
+    pub kept: Vec<String>,
+    /// A different table: replaced.
+    pub changed: Vec<String>,
+    /// Only in the new config: started.
+    pub added: Vec<String>,
+    /// Only in the old config: stopped.
+    pub removed: Vec<String>,
+}
+
+impl Changes {
+    /// Compares the instances of one role; `files_changed` says whether a running instance's
+    /// files changed since it started.
+    pub fn of(
+        old: &[Instance],
+        new: &[Instance],
+        files_changed: impl Fn(&Instance) -> bool,
+    ) -> Changes {
+        let mut c = Changes::default();
+        for n in new {
+            match old.iter().find(|o| o.name == n.name) {
+                None => c.added.push(n.name.clone()),
+                Some(o) if same(o, n) && !files_changed(o) => c.kept.push(n.name.clone()),
+                Some(_) => c.changed.push(n.name.clone()),
+            }
+        }
+        c.removed = old
+            .iter()
+            .filter(|o| !new.iter().any(|n| n.name == o.name))
+            .map(|o| o.name.clone())
+            .collect();
+        c
+    }
+
+    fn is_quiet(&self) -> bool {
+        self.changed.is_empty() && self.added.is_empty() && self.removed.is_empty()
+    }
+
+    /// `rebuilt a, b; added c; removed d` (what changed), for the log.
+    fn describe(&self, what: &str) -> Option<String> {
+        let parts: Vec<String> = [
+            ("rebuilt", &self.changed),
+            ("added", &self.added),
+            ("removed", &self.removed),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(verb, v)| format!("{verb} {}", v.join(", ")))
+        .collect();
+        (!parts.is_empty()).then(|| format!("{what}: {}", parts.join("; ")))
+    }
+}
+
+/// Whether two tables describe the same instance. The plugin's keys are compared as TOML
+/// values, so moving a table in the file or re-indenting it changes nothing; `log_level`
+/// applies without a rebuild.
+fn same(a: &Instance, b: &Instance) -> bool {
+    let keys = |i: &Instance| toml::from_str::<toml::Table>(&i.plugin_toml).ok();
+    a.plugin == b.plugin
+        && a.role == b.role
+        && a.restart_backoff == b.restart_backoff
+        && a.restart_backoff_max == b.restart_backoff_max
+        && match (keys(a), keys(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => a.plugin_toml == b.plugin_toml,
+        }
+}
+
+/// What an instance's files hold: each value of a key ending in `_file` (at any depth of its
+/// table), resolved as plugins resolve paths (relative to the file the table is in), with a
+/// hash of its contents (`None`: unreadable). Files over 16 MiB are stamped by size and
+/// modification time instead.
+pub(super) fn file_stamps(decl: &Instance) -> Vec<(PathBuf, Option<u64>)> {
+    fn collect(t: &toml::Table, base: &Path, out: &mut Vec<(PathBuf, Option<u64>)>) {
+        for (k, v) in t {
+            match v {
+                toml::Value::String(s) if k.ends_with("_file") => {
+                    let p = base.join(s);
+                    let stamp = stamp(&p);
+                    out.push((p, stamp));
+                }
+                toml::Value::Table(t) => collect(t, base, out),
+                _ => {}
+            }
+        }
+    }
+    fn stamp(p: &Path) -> Option<u64> {
+        let meta = std::fs::metadata(p).ok()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        if meta.len() > 16 << 20 {
+            (meta.len(), meta.modified().ok()).hash(&mut h);
+        } else {
+            std::fs::read(p).ok()?.hash(&mut h);
+        }
+        Some(h.finish())
+    }
+    let mut out = Vec::new();
+    if let Ok(table) = toml::from_str::<toml::Table>(&decl.plugin_toml) {
+        let base = decl.file.parent().unwrap_or(Path::new(""));
+        collect(&table, base, &mut out);
+    }
+    out
+}
+
+/// The `[gateway]` keys that differ (a reload does not apply them).
+pub(super) fn gateway_changes(old: &Gateway, new: &Gateway) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut differ = |key, changed: bool| {
+        if changed {
+            keys.push(key);
+        }
+    };
+    differ("device", old.device != new.device);
+    differ("plugin_dir", old.plugin_dirs != new.plugin_dirs);
+    differ("data_dir", old.data_dir != new.data_dir);
+    differ("log_level", old.log_level != new.log_level);
+    differ("log_format", old.log_format != new.log_format);
+    differ(
+        "shutdown_timeout",
+        old.shutdown_timeout != new.shutdown_timeout,
+    );
+    differ("stats_interval", old.stats_interval != new.stats_interval);
+    differ("metrics", old.metrics != new.metrics);
+    keys
+}
+
+impl Graph {
+    /// Re-reads the config and applies what changed (see the module's doc). Logs what it did
+    /// and how long it took.
+    pub(super) fn reload(&mut self) {
+        let started = Instant::now();
+        let path = self.config.path.clone();
+        tracing::info!(config = %path.display(), "reload requested: reading and checking the config");
+        let mut new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload refused, nothing changed: {e}");
+                return;
+            }
+        };
+        let gateway = gateway_changes(&self.config.gateway, &new.gateway);
+        if !gateway.is_empty() {
+            tracing::warn!(
+                "reload: [gateway] {} changed; a reload does not apply [gateway] settings, a restart does (the running ones are kept)",
+                gateway.join(", ")
+            );
+        }
+        new.gateway = self.config.gateway.clone();
+        let plan = match Plan::check(new, &self.logger) {
+            Ok(p) => p,
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("{e}");
+                }
+                tracing::error!(
+                    "reload refused, nothing changed: {} problem{} in {}",
+                    errors.len(),
+                    if errors.len() == 1 { "" } else { "s" },
+                    path.display()
+                );
+                return;
+            }
+        };
+        let sources = Changes::of(&self.config.sources, &plan.config.sources, |o| {
+            self.sources
+                .get(&o.name)
+                .is_some_and(|s| s.files != file_stamps(o))
+        });
+        let sinks = Changes::of(&self.config.sinks, &plan.config.sinks, |o| {
+            self.sinks
+                .get(&o.name)
+                .is_some_and(|s| s.files != file_stamps(o))
+        });
+        if sources.is_quiet() && sinks.is_quiet() {
+            self.config = plan.config;
+            tracing::info!(
+                "reload: no instance changed ({:.1} ms)",
+                ms(started.elapsed())
+            );
+            return;
+        }
+        self.apply(plan, &sources, &sinks);
+        let what: Vec<String> = [sources.describe("sources"), sinks.describe("sinks")]
+            .into_iter()
+            .flatten()
+            .collect();
+        tracing::info!(
+            kept = sources.kept.len() + sinks.kept.len(),
+            "reload applied in {:.1} ms: {}",
+            ms(started.elapsed()),
+            what.join("; ")
+        );
+    }
+
+    /// Stops what went or changed and starts what came or changed, in the order that keeps
+    /// every reading somewhere: routes first, then sources, then sinks, then the new ones.
+    fn apply(&mut self, plan: Plan, sources: &Changes, sinks: &Changes) {
+        let Plan {
+            config: new,
+            sources: mut built_sources,
+            sinks: mut built_sinks,
+        } = plan;
+        let timeout = self.config.gateway.shutdown_timeout;
+        // New sinks get their queues now, so that routes can point at them.
+        let mut added: HashMap<String, Line> = sinks
+            .added
+            .iter()
+            .filter_map(|n| new.sinks.iter().find(|d| &d.name == n))
+            .map(|d| {
+                let cap = d.sink_settings().map_or(16, |s| s.queue_capacity);
+                (d.name.clone(), Line::new(cap))
+            })
+            .collect();
+        let ports = |graph: &Graph, added: &HashMap<String, Line>, source: &str| -> Vec<SinkPort> {
+            new.sinks_of(source)
+                .filter_map(|k| {
+                    added
+                        .get(&k.name)
+                        .or_else(|| graph.sinks.get(&k.name).map(|s| &s.line))
+                        .map(|l| l.port.clone())
+                })
+                .collect()
+        };
+        // Kept sources are routed as the new config says from now on: nothing more goes to a
+        // removed sink.
+        for name in &sources.kept {
+            let routes = ports(self, &added, name);
+            self.sources[name].routes.set(routes);
+        }
+        for name in sources.changed.iter().chain(&sources.removed) {
+            let slot = self.sources.shift_remove(name).expect("a running source");
+            if !slot.retire(Instant::now() + timeout) {
+                tracing::error!(source = %name, "the source did not stop within shutdown_timeout ({timeout:?}); it is left behind");
+            }
+        }
+        for name in &sinks.removed {
+            let slot = self.sinks.shift_remove(name).expect("a running sink");
+            if !slot.remove(Instant::now() + timeout) {
+                tracing::error!(sink = %name, "the removed sink did not stop within shutdown_timeout ({timeout:?}); it is left behind");
+            }
+        }
+        for name in &sinks.changed {
+            let old = self.sinks.shift_remove(name).expect("a running sink");
+            let old_settings = old.decl.sink_settings().cloned().unwrap_or_default();
+            let Some(mut line) = old.hand_over(Instant::now() + timeout) else {
+                tracing::error!(sink = %name, "the sink did not stop within shutdown_timeout ({timeout:?}) and still holds its queue: its replacement is not started; restart the gateway");
+                continue;
+            };
+            let k = built_sinks
+                .iter_mut()
+                .find(|k| &k.decl.name == name)
+                .expect("a built sink");
+            if k.settings.queue_capacity != line.capacity {
+                tracing::warn!(sink = %name, "queue_capacity changed: the queue keeps {} batches until the next start", line.capacity);
+            }
+            let keep_writer = line.writer.as_ref().is_some_and(|w| {
+                old_settings.buffer == k.settings.buffer
+                    && w.record_readings == k.settings.batch_size
+            });
+            if !keep_writer {
+                if let Some(mut w) = line.writer.take() {
+                    if !w.stop_by(Instant::now() + timeout) {
+                        tracing::error!(sink = %name, "the disk buffer's writer did not stop; the replacement is not started: restart the gateway");
+                        continue;
+                    }
+                    if k.settings.buffer.is_none() && w.buffer.pending() > 0 {
+                        tracing::warn!(sink = %name, readings = w.buffer.pending(), dir = %w.buffer.dir().display(), "the sink no longer has a disk buffer: the readings in it stay there until it has one again");
+                    }
+                }
+                match open_buffer(&new, &k.decl) {
+                    Ok(b) => k.buffer = b,
+                    Err(e) => {
+                        tracing::error!(sink = %name, "{e}; the sink is not started: fix it and reload again");
+                        continue;
+                    }
+                }
+            }
+            let k = take(&mut built_sinks, name);
+            let slot = self.starter_for(&new).sink(k, line, false);
+            self.sinks.insert(name.clone(), slot);
+        }
+        for name in &sinks.added {
+            let mut k = take(&mut built_sinks, name);
+            let line = added.remove(name).expect("a line per added sink");
+            match open_buffer(&new, &k.decl) {
+                Ok(b) => k.buffer = b,
+                Err(e) => {
+                    tracing::error!(sink = %name, "{e}; the sink is not started: fix it and reload again");
+                    continue;
+                }
+            }
+            let slot = self.starter_for(&new).sink(k, line, true);
+            self.sinks.insert(name.clone(), slot);
+        }
+        for name in sources.changed.iter().chain(&sources.added) {
+            let s = take(&mut built_sources, name);
+            let routes = crate::pipeline::source::Routes::new(ports(self, &added, name));
+            let slot = self.starter_for(&new).source(s, routes);
+            self.sources.insert(name.clone(), slot);
+        }
+        // File order, as a start would have them.
+        let order = |names: Vec<&String>| -> HashMap<String, usize> {
+            names
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), i))
+                .collect()
+        };
+        let so = order(new.sources.iter().map(|d| &d.name).collect());
+        let ko = order(new.sinks.iter().map(|d| &d.name).collect());
+        self.sources.sort_by_cached_key(|n, _| so.get(n).copied());
+        self.sinks.sort_by_cached_key(|n, _| ko.get(n).copied());
+        self.config = new;
+        self.publish();
+    }
+
+    fn starter_for<'a>(&'a mut self, config: &'a Config) -> super::slots::Starter<'a> {
+        super::slots::Starter {
+            config,
+            exits: &self.exits_tx,
+            next_id: &mut self.next_id,
+        }
+    }
+}
+
+/// Takes the built instance named `name` out of `built`.
+fn take<T: Named>(built: &mut Vec<T>, name: &str) -> T {
+    let i = built
+        .iter()
+        .position(|b| b.name() == name)
+        .expect("the check built every instance");
+    built.swap_remove(i)
+}
+
+trait Named {
+    fn name(&self) -> &str;
+}
+
+impl<T, F, S> Named for crate::plan::Built<T, F, S> {
+    fn name(&self) -> &str {
+        &self.decl.name
+    }
+}
+
+/// Opens sink `decl`'s disk buffer, if it has one.
+fn open_buffer(config: &Config, decl: &Instance) -> Result<Option<Arc<DiskBuffer>>, String> {
+    let Some(settings) = decl.sink_settings().and_then(|s| s.buffer.as_ref()) else {
+        return Ok(None);
+    };
+    let dir = buffer_dir(config, decl);
+    DiskBuffer::open(&dir, settings)
+        .map(|b| Some(Arc::new(b)))
+        .map_err(|e| format!("cannot open the disk buffer in {}: {e}", dir.display()))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The config `text`, read from one directory every time (paths are relative to it).
+    fn config(text: &str) -> Config {
+        static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+        let path = dir.path().join(format!("{:x}.toml", fxhash(text)));
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path).unwrap()
+    }
+
+    fn fxhash(s: &str) -> u64 {
+        s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+    }
+
+    const BASE: &str = r#"
+[gateway]
+device = "pi"
+
+[sources.a]
+plugin = "testkit-sequence"
+count = 5
+
+[sources.b]
+plugin = "testkit-sequence"
+count = 7
+
+[sinks.out]
+plugin = "testkit-recorder"
+path = "out.jsonl"
+"#;
+
+    #[test]
+    fn an_instance_moved_in_the_file_is_kept_and_a_changed_key_rebuilds_it() {
+        let old = config(BASE);
+        // `b` moved above `a` with blank lines and comments around it; `a`'s count changed;
+        // a sink was added; nothing else changed.
+        let new = config(
+            r#"
+[gateway]
+device = "pi"
+
+# moved
+
+[sources.b]
+count   = 7
+plugin  = "testkit-sequence"
+
+[sources.a]
+plugin = "testkit-sequence"
+count = 6
+
+[sinks.out]
+plugin = "testkit-recorder"
+path = "out.jsonl"
+
+[sinks.more]
+plugin = "testkit-recorder"
+path = "more.jsonl"
+"#,
+        );
+        let s = Changes::of(&old.sources, &new.sources, |_| false);
+        assert_eq!(s.kept, ["b"]);
+        assert_eq!(s.changed, ["a"]);
+        assert!(s.added.is_empty() && s.removed.is_empty());
+        let k = Changes::of(&old.sinks, &new.sinks, |_| false);
+        assert_eq!(k.added, ["more"]);
+        assert!(
+            k.changed.is_empty(),
+            "sinks without inputs take every source: unchanged"
+        );
+        assert_eq!(k.kept, ["out"]);
+    }
+
+    #[test]
+    fn host_keys_count_and_log_level_does_not() {
+        let old = config(BASE);
+        let new = config(&BASE.replace(
+            "path = \"out.jsonl\"",
+            "path = \"out.jsonl\"\nbatch_size = 10",
+        ));
+        assert_eq!(
+            Changes::of(&old.sinks, &new.sinks, |_| false).changed,
+            ["out"]
+        );
+        let new = config(&BASE.replace("count = 7", "count = 7\nlog_level = \"debug\""));
+        assert_eq!(
+            Changes::of(&old.sources, &new.sources, |_| false).kept,
+            ["a", "b"]
+        );
+        let new = config(&BASE.replace(
+            "[sources.b]\nplugin = \"testkit-sequence\"\ncount = 7\n",
+            "",
+        ));
+        assert_eq!(
+            Changes::of(&old.sources, &new.sources, |_| false).removed,
+            ["b"]
+        );
+    }
+
+    #[test]
+    fn gateway_changes_are_named() {
+        let old = config(BASE);
+        let new = config(&BASE.replace(
+            "device = \"pi\"",
+            "device = \"pi2\"\nshutdown_timeout = \"3s\"",
+        ));
+        assert_eq!(
+            gateway_changes(&old.gateway, &new.gateway),
+            ["device", "shutdown_timeout"]
+        );
+        assert!(gateway_changes(&old.gateway, &old.gateway).is_empty());
+    }
+
+    #[test]
+    fn files_named_by_file_keys_are_stamped_by_their_contents() {
+        let cfg = config(&BASE.replace(
+            "path = \"out.jsonl\"",
+            "path = \"out.jsonl\"\n[sinks.out.tls]\nca_file = \"ca-under-test.pem\"",
+        ));
+        let decl = &cfg.sinks[0];
+        let dir = decl.file.parent().unwrap();
+        let ca = dir.join("ca-under-test.pem");
+        std::fs::write(&ca, "one").unwrap();
+        let first = file_stamps(decl);
+        assert_eq!(
+            first.len(),
+            1,
+            "only *_file keys, nested ones too: {first:?}"
+        );
+        assert_eq!(first[0].0, ca);
+        assert_eq!(
+            file_stamps(decl),
+            first,
+            "the same contents, the same stamp"
+        );
+        std::fs::write(&ca, "two").unwrap();
+        assert_ne!(file_stamps(decl), first);
+        std::fs::remove_file(&ca).unwrap();
+        assert_eq!(file_stamps(decl)[0].1, None);
+        let changed = |_: &Instance| true;
+        assert_eq!(
+            Changes::of(&cfg.sinks, &cfg.sinks, changed).changed,
+            ["out"]
+        );
+    }
+}

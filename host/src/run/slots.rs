@@ -1,0 +1,363 @@
+//! The running instances of a graph, one slot each, and how one is started and retired
+//! (stopped for good, or for a successor after a reload) without touching the others.
+//!
+//! What outlives a sink instance is its [`Line`]: its queue (the sources' routes point at
+//! it), its counters, the batches a retiring instance hands on, and its disk buffer with the
+//! thread that fills it. A reload that replaces a sink keeps the line and starts the new
+//! instance on it, so nothing queued or buffered changes hands through anything but memory
+//! and the buffer's files.
+
+use crate::{
+    buffer::DiskBuffer,
+    config::{Config, Instance, SinkSettings},
+    pipeline::{
+        buffer_writer::BufferWriter,
+        sink::{BufferedInput, Handover, QueueInput, SinkInput, SinkRunner},
+        source::{Routes, SinkPort, SourceRunner},
+        Envelope, Phase, Shutdown,
+    },
+    plan::{dead_letters, Built, NewSink, NewSource},
+    stats::{SinkStats, SourceStats},
+};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use gateway_sdk::abi::{SinkBox, SourceBox};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// How long a thread that missed its deadline gets after an abort before it is left behind.
+const GRACE: Duration = Duration::from_millis(500);
+
+/// One thread of the graph: its own phase, and a channel that disconnects when it ends.
+pub(super) struct Thread {
+    /// Reported on the graph's exit channel when a source thread ends.
+    pub id: u64,
+    pub shutdown: Shutdown,
+    done: Receiver<()>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// Reports the end of a thread, however it ends.
+struct Exit {
+    id: u64,
+    exits: Option<Sender<u64>>,
+    _done: Sender<()>,
+}
+
+impl Drop for Exit {
+    fn drop(&mut self) {
+        if let Some(tx) = &self.exits {
+            let _ = tx.send(self.id);
+        }
+    }
+}
+
+impl Thread {
+    /// Spawns `f` as thread `name`; a source thread (`exits` given) reports its `id` there
+    /// at its end.
+    pub fn spawn(
+        name: String,
+        id: u64,
+        exits: Option<&Sender<u64>>,
+        shutdown: Shutdown,
+        f: impl FnOnce() + Send + 'static,
+    ) -> Thread {
+        let (done_tx, done) = crossbeam_channel::bounded(0);
+        let exit = Exit {
+            id,
+            exits: exits.cloned(),
+            _done: done_tx,
+        };
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let _exit = exit;
+                f()
+            })
+            .expect("spawn a thread");
+        Thread {
+            id,
+            shutdown,
+            done,
+            handle: Some(handle),
+        }
+    }
+
+    /// Waits until `deadline` for the thread to end; `true` if it did (it is then joined).
+    pub fn wait(&mut self, deadline: Instant) -> bool {
+        let ended = matches!(
+            self.done.recv_deadline(deadline),
+            Err(RecvTimeoutError::Disconnected)
+        );
+        if ended {
+            if let Some(h) = self.handle.take() {
+                let _ = h.join();
+            }
+        }
+        ended
+    }
+
+    /// Waits until `deadline`, then aborts and waits a short grace; `false` if the thread is
+    /// still in a plugin call after that (it is left behind).
+    pub fn stop_by(&mut self, deadline: Instant) -> bool {
+        if self.wait(deadline) {
+            return true;
+        }
+        self.shutdown.advance(Phase::Aborting);
+        self.wait(Instant::now().max(deadline) + GRACE)
+    }
+}
+
+/// What the files an instance read at its start held ([`super::reload::file_stamps`]).
+pub(super) type Files = Vec<(std::path::PathBuf, Option<u64>)>;
+
+/// A running source.
+pub(super) struct SourceSlot {
+    pub decl: Instance,
+    pub files: Files,
+    pub stats: Arc<SourceStats>,
+    pub routes: Routes,
+    pub thread: Thread,
+    /// Its thread ended on its own (a finite source finished).
+    pub finished: bool,
+}
+
+/// What outlives a sink instance (see the module's doc).
+pub(super) struct Line {
+    pub port: SinkPort,
+    pub rx: Receiver<Envelope>,
+    pub handed: Handover,
+    /// The queue's capacity, fixed when the line was made.
+    pub capacity: usize,
+    pub writer: Option<Writer>,
+}
+
+impl Line {
+    /// A new line: an empty queue of `capacity` batches, new counters.
+    pub fn new(capacity: usize) -> Line {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        Line {
+            port: SinkPort {
+                tx,
+                stats: Arc::new(SinkStats::default()),
+            },
+            rx,
+            handed: Handover::default(),
+            capacity,
+            writer: None,
+        }
+    }
+}
+
+/// A buffered sink's disk buffer and the thread that moves its queue onto it.
+pub(super) struct Writer {
+    pub buffer: Arc<DiskBuffer>,
+    pub thread: Thread,
+    /// Disconnects when the thread has stopped.
+    pub done: Receiver<()>,
+    pub handover: Arc<AtomicBool>,
+    /// Most readings per record (the sink's batch size when the writer started).
+    pub record_readings: usize,
+}
+
+impl Writer {
+    /// Stops the thread after the append in progress; what is queued stays queued.
+    /// `false` if it did not stop by `deadline` (and a short grace after an abort).
+    pub fn stop_by(&mut self, deadline: Instant) -> bool {
+        self.handover.store(true, Ordering::Relaxed);
+        self.thread.stop_by(deadline)
+    }
+}
+
+/// A running sink: its line and the instance's thread.
+pub(super) struct SinkSlot {
+    pub decl: Instance,
+    pub files: Files,
+    pub line: Line,
+    pub thread: Thread,
+    pub handover: Arc<AtomicBool>,
+}
+
+/// What starting an instance needs from the graph.
+pub(super) struct Starter<'a> {
+    pub config: &'a Config,
+    pub exits: &'a Sender<u64>,
+    pub next_id: &'a mut u64,
+}
+
+impl Starter<'_> {
+    fn id(&mut self) -> u64 {
+        *self.next_id += 1;
+        *self.next_id
+    }
+
+    /// Starts sink `k` on `line`. A buffered sink gets a writer thread unless the line has
+    /// one; its buffer is `k.buffer` (opened by the plan or the reload) or the writer's.
+    /// `fresh`: the line is new, so what the buffer recovered counts as accepted here.
+    pub fn sink(
+        &mut self,
+        k: Built<SinkBox, NewSink, SinkSettings>,
+        mut line: Line,
+        fresh: bool,
+    ) -> SinkSlot {
+        let name = k.decl.name.clone();
+        let stats = line.port.stats.clone();
+        if line.writer.is_none() {
+            if let Some(buffer) = k.buffer.clone() {
+                if fresh {
+                    let recovered = buffer.stats.recovered.load(Ordering::Relaxed);
+                    stats.accepted.fetch_add(recovered, Ordering::Relaxed);
+                }
+                line.writer = Some(self.writer(&name, buffer, &line, k.settings.batch_size));
+            }
+        }
+        let input = match &line.writer {
+            None => SinkInput::Queue(QueueInput {
+                rx: line.rx.clone(),
+                handed: line.handed.clone(),
+            }),
+            Some(w) => SinkInput::Buffer(BufferedInput {
+                buffer: w.buffer.clone(),
+                writer_done: w.done.clone(),
+                drain_budget: self.config.gateway.shutdown_timeout * 3 / 4,
+            }),
+        };
+        let handover = Arc::new(AtomicBool::new(false));
+        let shutdown = Shutdown::new();
+        let (new, info) = (k.new, k.info.clone());
+        let runner = SinkRunner {
+            name: name.clone(),
+            instance: k.instance,
+            factory: Box::new(move || new(&info).into_result()),
+            settings: k.settings.clone(),
+            restart_backoff: k.decl.restart_backoff,
+            restart_backoff_max: k.decl.restart_backoff_max,
+            input,
+            shutdown: shutdown.clone(),
+            stats,
+            dead_letters: dead_letters(self.config, &k.decl),
+            handover: handover.clone(),
+        };
+        let id = self.id();
+        let thread = Thread::spawn(format!("sink:{name}"), id, None, shutdown, move || {
+            runner.run()
+        });
+        SinkSlot {
+            files: super::reload::file_stamps(&k.decl),
+            decl: k.decl,
+            line,
+            thread,
+            handover,
+        }
+    }
+
+    fn writer(
+        &mut self,
+        name: &str,
+        buffer: Arc<DiskBuffer>,
+        line: &Line,
+        record_readings: usize,
+    ) -> Writer {
+        let (done_tx, done) = crossbeam_channel::bounded(0);
+        let handover = Arc::new(AtomicBool::new(false));
+        let shutdown = Shutdown::new();
+        let writer = BufferWriter {
+            rx: line.rx.clone(),
+            buffer: buffer.clone(),
+            record_readings,
+            shutdown: shutdown.clone(),
+            done: done_tx,
+            handover: handover.clone(),
+        };
+        let n = name.to_owned();
+        let id = self.id();
+        let thread = Thread::spawn(format!("buffer:{name}"), id, None, shutdown, move || {
+            writer.run(&n)
+        });
+        Writer {
+            buffer,
+            thread,
+            done,
+            handover,
+            record_readings,
+        }
+    }
+
+    /// Starts source `s`, routed to `routes`.
+    pub fn source(&mut self, s: Built<SourceBox, NewSource>, routes: Routes) -> SourceSlot {
+        let stats = Arc::new(SourceStats::default());
+        let shutdown = Shutdown::new();
+        let (new, info) = (s.new, s.info.clone());
+        let runner = SourceRunner {
+            name: s.decl.name.clone(),
+            instance: s.instance,
+            factory: Box::new(move || new(&info).into_result()),
+            sinks: routes.clone(),
+            shutdown: shutdown.clone(),
+            stats: stats.clone(),
+            restart_backoff: s.decl.restart_backoff,
+            restart_backoff_max: s.decl.restart_backoff_max,
+        };
+        let id = self.id();
+        let thread = Thread::spawn(
+            format!("source:{}", s.decl.name),
+            id,
+            Some(self.exits),
+            shutdown,
+            move || runner.run(),
+        );
+        SourceSlot {
+            files: super::reload::file_stamps(&s.decl),
+            decl: s.decl,
+            stats,
+            routes,
+            thread,
+            finished: false,
+        }
+    }
+}
+
+impl SourceSlot {
+    /// Stops the source for good: asks it to stop, waits until `deadline`, then refuses its
+    /// emits. `false` if it is still in its plugin then (it is left behind).
+    pub fn retire(mut self, deadline: Instant) -> bool {
+        self.thread.shutdown.advance(Phase::Stopping);
+        if self.thread.wait(deadline) {
+            return true;
+        }
+        self.thread.shutdown.advance(Phase::Draining);
+        self.thread.stop_by(Instant::now() + GRACE)
+    }
+}
+
+impl SinkSlot {
+    /// Stops the instance so that a successor can take its line: it takes nothing more, the
+    /// write in progress may finish (and retry) until `deadline`, and what it took and did not
+    /// write goes back to the line (queued batches to the successor, buffered records stay
+    /// in the buffer). Returns the line, or `None` if the instance is still in a plugin call
+    /// after the deadline (it is left behind, and so is its line).
+    pub fn hand_over(mut self, deadline: Instant) -> Option<Line> {
+        self.handover.store(true, Ordering::Relaxed);
+        // A buffered sink gives up a failing write at once: its records stay on disk.
+        self.thread.shutdown.advance(Phase::Draining);
+        self.thread.stop_by(deadline).then_some(self.line)
+    }
+
+    /// Stops a sink that the config no longer has: it writes what is queued (and its buffer
+    /// thread moves the queue onto disk, where it stays) until `deadline`.
+    pub fn remove(mut self, deadline: Instant) -> bool {
+        let mut ok = true;
+        if let Some(w) = &mut self.line.writer {
+            w.thread.shutdown.advance(Phase::Draining);
+            ok &= w.thread.stop_by(deadline);
+            self.handover.store(true, Ordering::Relaxed);
+        }
+        self.thread.shutdown.advance(Phase::Draining);
+        ok & self.thread.stop_by(deadline)
+    }
+}

@@ -1,0 +1,217 @@
+//! SIGHUP: the config is read again, checked, and only the instances whose settings changed are
+//! rebuilt; what a replaced sink held goes to its successor, and a bad file changes nothing.
+
+mod support;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// Sources `a` and `b` emit a reading every 10 ms (stable ids); `a` feeds a disk-buffered
+/// recorder, `b` a plain one. `sinks_extra` goes into both sink tables.
+fn body(s: &Setup, sinks_extra: &str, more: &str) -> String {
+    format!(
+        r#"[sources.a]
+plugin = "testkit-sequence"
+interval = "10ms"
+stable_ids = true
+
+[sources.b]
+plugin = "testkit-sequence"
+interval = "10ms"
+stable_ids = true
+
+[sinks.buffered]
+plugin = "testkit-recorder"
+path = {:?}
+inputs = ["a"]
+buffer = {{ type = "disk" }}
+{sinks_extra}
+
+[sinks.queued]
+plugin = "testkit-recorder"
+path = {:?}
+inputs = ["b"]
+{sinks_extra}
+{more}"#,
+        s.path("buffered.txt").display().to_string(),
+        s.path("queued.txt").display().to_string(),
+    )
+}
+
+fn gateway_extra(s: &Setup) -> String {
+    format!("data_dir = {:?}", s.path("data").display().to_string())
+}
+
+/// The distinct values recorded for `sensor` in `file`, sorted.
+fn distinct(s: &Setup, file: &str, sensor: &str) -> Vec<i64> {
+    let mut v = s.recorded(file, sensor);
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn wait_until(what: &str, gw: &Running, limit: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < end, "{what}; stderr:\n{}", gw.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_reload_rebuilds_only_what_changed_and_the_successor_takes_what_was_held() {
+    let s = Setup::new();
+    // Both sinks fail every write (an outage, as a wrong password would make): `a`'s readings
+    // pile up in the disk buffer, `b`'s first batch waits in the plain sink's retries.
+    let cfg = s.config(&gateway_extra(&s), &body(&s, "fail_first = 1000000", ""));
+    let mut gw = Running::start(&s, &cfg, &[]);
+    wait_until("both sinks retry", &gw, Duration::from_secs(20), || {
+        gw.stderr().matches("write failed; retrying").count() >= 6
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.lines("buffered.txt").is_empty() && s.lines("queued.txt").is_empty());
+
+    // The fix: both sinks lose `fail_first`; a third sink is added. The sources' tables are
+    // the same, so they go on (their sequence is not restarted).
+    let added = format!(
+        "\n[sinks.added]\nplugin = \"testkit-recorder\"\npath = {:?}\ninputs = [\"a\"]\n",
+        s.path("added.txt").display().to_string()
+    );
+    s.config(&gateway_extra(&s), &body(&s, "", &added));
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log("reload applied", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    let log = gw.stderr();
+    let line = log.lines().find(|l| l.contains("reload applied")).unwrap();
+    assert!(
+        line.contains("sinks: rebuilt buffered, queued; added added"),
+        "{line}"
+    );
+    assert!(!line.contains("sources:"), "no source changed: {line}");
+
+    wait_until(
+        "readings flow after the reload",
+        &gw,
+        Duration::from_secs(20),
+        || {
+            distinct(&s, "buffered.txt", "a").len() > 100
+                && distinct(&s, "queued.txt", "b").len() > 50
+                && !s.recorded("added.txt", "a").is_empty()
+        },
+    );
+    let status = gw.stop(Duration::from_secs(20));
+    assert!(status.success(), "{}", gw.stderr());
+    let log = gw.stderr();
+    assert_eq!(
+        log.matches("sequence starting").count(),
+        2,
+        "the unchanged sources ran on through the reload:\n{log}"
+    );
+    assert!(
+        log.contains("handing the disk buffer to the instance that replaces this one"),
+        "{log}"
+    );
+    // Nothing lost: what the buffer held and the batch the plain sink was retrying reached
+    // the successors.
+    assert_contiguous(
+        &distinct(&s, "buffered.txt", "a"),
+        "a through the buffered sink",
+    );
+    assert_contiguous(&distinct(&s, "queued.txt", "b"), "b through the plain sink");
+}
+
+#[test]
+fn a_file_that_does_not_check_changes_nothing_and_says_why() {
+    let s = Setup::new();
+    let extra = gateway_extra(&s);
+    let cfg = s.config(&extra, &body(&s, "", ""));
+    let mut gw = Running::start(&s, &cfg, &[]);
+    wait_until("readings flow", &gw, Duration::from_secs(20), || {
+        distinct(&s, "queued.txt", "b").len() > 10
+    });
+
+    // A key the plugin does not know: the check builds every instance and refuses it.
+    s.config(
+        &extra,
+        &body(&s, "", "").replace("inputs = [\"b\"]", "inputs = [\"b\"]\nno_such_key = 1"),
+    );
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log(
+            "reload refused, nothing changed: 1 problem",
+            Duration::from_secs(20)
+        ),
+        "{}",
+        gw.stderr()
+    );
+    assert!(gw.stderr().contains("no_such_key"), "{}", gw.stderr());
+
+    // Not TOML at all.
+    std::fs::write(&cfg, "[gateway\n").unwrap();
+    gw.signal(libc::SIGHUP);
+    wait_until("the second refusal", &gw, Duration::from_secs(20), || {
+        gw.stderr()
+            .matches("reload refused, nothing changed")
+            .count()
+            == 2
+    });
+
+    // The same file as at the start: nothing to do.
+    s.config(&extra, &body(&s, "", ""));
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log("reload: no instance changed", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+
+    // A [gateway] setting is not applied (and said so); source `b` is removed and `a`
+    // changed: `a` is replaced and goes on from where it was (its values are contiguous).
+    let before = distinct(&s, "queued.txt", "b").len();
+    let text = body(&s, "", "")
+        .replace(
+            "[sources.b]\nplugin = \"testkit-sequence\"\ninterval = \"10ms\"\nstable_ids = true\n",
+            "",
+        )
+        .replace("inputs = [\"b\"]", "inputs = [\"a\"]")
+        .replacen("interval = \"10ms\"", "interval = \"5ms\"", 1);
+    s.config(&format!("{extra}\nshutdown_timeout = \"7s\""), &text);
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log("reload applied", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    let log = gw.stderr();
+    assert!(
+        log.contains("[gateway] shutdown_timeout changed; a reload does not apply"),
+        "{log}"
+    );
+    let line = log.lines().find(|l| l.contains("reload applied")).unwrap();
+    assert!(
+        line.contains("sources: rebuilt a; removed b; sinks: rebuilt queued"),
+        "{line}"
+    );
+    wait_until(
+        "a reaches the re-routed sink",
+        &gw,
+        Duration::from_secs(20),
+        || !s.recorded("queued.txt", "a").is_empty(),
+    );
+    let after = distinct(&s, "queued.txt", "b").len();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(distinct(&s, "queued.txt", "b").len(), after, "b stopped");
+    assert!(after >= before);
+    assert!(
+        gw.stop(Duration::from_secs(20)).success(),
+        "{}",
+        gw.stderr()
+    );
+    assert_contiguous(
+        &distinct(&s, "buffered.txt", "a"),
+        "a across its replacement",
+    );
+    assert_contiguous(&distinct(&s, "queued.txt", "b"), "b until it was removed");
+}
