@@ -10,6 +10,8 @@
 //!   (`fleet.rs`).
 //! - `bench-lossy [SECONDS]`: the link through a relay that drops 5, 10 and 25 % of datagrams
 //!   (`lossy.rs`).
+//! - `bench-reload [SECONDS]`: a SIGHUP reload of the ingress while 1,000 devices hold
+//!   sessions (`reload.rs`).
 //! - `soak [N]`: the zero-loss test, N times longer.
 //! - `dist [--target TRIPLE]`: the build for the Pi (static, trimmed OpenSSL; see `dist.rs`)
 //!   in `target/dist/gateway-TRIPLE/`, and its sizes.
@@ -17,6 +19,7 @@
 mod dist;
 mod fleet;
 mod lossy;
+mod reload;
 
 use anyhow::{bail, Context, Result};
 use std::{
@@ -95,6 +98,7 @@ fn main() -> Result<()> {
         }
         Some("bench-ingress") => link_bench(&args, 5, fleet::bench),
         Some("bench-lossy") => link_bench(&args, 60, lossy::bench),
+        Some("bench-reload") => link_bench(&args, 10, reload::bench),
         Some("bench-e2e") => {
             let dir = build(true)?;
             ensure_certs(&dir)?;
@@ -113,7 +117,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-e2e | soak [N] | dist [--target TRIPLE]"
+                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-e2e | soak [N] | dist [--target TRIPLE]"
             );
             std::process::exit(2);
         }
@@ -455,7 +459,9 @@ fn stop(mut child: std::process::Child) -> Result<std::process::ExitStatus> {
 }
 
 /// SIGTERM, then wait for the exit, for a child still owned elsewhere.
-fn terminate(child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
+pub(crate) fn terminate(
+    child: &mut std::process::Child,
+) -> std::io::Result<std::process::ExitStatus> {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
