@@ -215,3 +215,124 @@ fn a_file_that_does_not_check_changes_nothing_and_says_why() {
     );
     assert_contiguous(&distinct(&s, "queued.txt", "b"), "b until it was removed");
 }
+
+/// `gateway ARGS` for a step of the test's PKI; panics with its output if it fails.
+fn certs(args: &[&str]) {
+    let (status, out, err) = gateway(args);
+    assert!(status.success(), "gateway {args:?}: {out}{err}");
+}
+
+#[test]
+fn a_new_crl_applied_by_a_reload_ends_the_revoked_devices_session() {
+    let s = Setup::new();
+    let dir = s.path("certs");
+    make_certs(&dir, "pi-07");
+    let d = dir.to_str().unwrap();
+    // A CRL from the start, listing another device.
+    certs(&["certs", "device", "pi-99", "--dir", d]);
+    certs(&["certs", "revoke", "pi-99", "--dir", d]);
+    let c = |f: &str| dir.join(f).display().to_string();
+    let port = free_udp_port();
+    let server = s.config_named(
+        "server",
+        "server",
+        "stats_interval = \"0s\"\ndata_dir = \"server-data\"",
+        &format!(
+            r#"[sources.ingress]
+plugin = "coaps-ingress"
+listen = "127.0.0.1:{port}"
+cert_file = {:?}
+key_file = {:?}
+client_ca_file = {:?}
+client_crl_file = {:?}
+require_client_cert = true
+
+[sinks.store]
+plugin = "testkit-recorder"
+path = {:?}
+"#,
+            c("server.pem"),
+            c("server.key"),
+            c("ca.pem"),
+            c("crl.pem"),
+            s.path("out.txt").display().to_string(),
+        ),
+    );
+    let client = s.config_named(
+        "client",
+        "pi-07",
+        "stats_interval = \"0s\"\ndata_dir = \"client-data\"",
+        &format!(
+            r#"[sources.seq]
+plugin = "testkit-sequence"
+interval = "20ms"
+stable_ids = true
+
+[sinks.uplink]
+plugin = "coaps-uplink"
+uri = "coaps://localhost:{port}/gpsflowtemp"
+ca_file = {:?}
+cert_file = {:?}
+key_file = {:?}
+"#,
+            c("ca.pem"),
+            c("device-pi-07.pem"),
+            c("device-pi-07.key"),
+        ),
+    );
+    let mut srv = Running::start_named(&s, "server", &server);
+    let mut cli = Running::start_named(&s, "client", &client);
+    let arrived = || s.recorded("out.txt", "seq").len();
+    wait_until("readings arrive", &srv, Duration::from_secs(30), || {
+        arrived() > 20
+    });
+
+    // A reload with nothing changed keeps the session: readings go on, no new handshake.
+    srv.signal(libc::SIGHUP);
+    assert!(
+        srv.wait_for_log("reload: no instance changed", Duration::from_secs(20)),
+        "{}",
+        srv.stderr()
+    );
+    let n = arrived();
+    wait_until("readings go on", &srv, Duration::from_secs(20), || {
+        arrived() > n + 20
+    });
+    assert_eq!(
+        srv.stderr().matches("DTLS session established").count(),
+        1,
+        "{}",
+        srv.stderr()
+    );
+
+    // pi-07 is revoked: the CRL file changes, the reload rebuilds the ingress, and the
+    // device's session ends with it; its new handshakes are refused.
+    certs(&["certs", "revoke", "pi-07", "--dir", d]);
+    srv.signal(libc::SIGHUP);
+    assert!(
+        srv.wait_for_log("reload applied", Duration::from_secs(20)),
+        "{}",
+        srv.stderr()
+    );
+    let log = srv.stderr();
+    let line = log.lines().find(|l| l.contains("reload applied")).unwrap();
+    assert!(
+        line.contains("sources: rebuilt ingress"),
+        "the CRL is the ingress's file: {line}"
+    );
+    wait_until(
+        "the device is refused",
+        &srv,
+        Duration::from_secs(30),
+        || cli.stderr().contains("revoked") || srv.stderr().contains("revoked"),
+    );
+    let n = arrived();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(arrived(), n, "nothing arrives from a revoked device");
+    assert!(
+        srv.stop(Duration::from_secs(20)).success(),
+        "{}",
+        srv.stderr()
+    );
+    cli.signal(libc::SIGKILL);
+}
