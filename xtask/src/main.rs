@@ -2,8 +2,12 @@
 //!
 //! - `run [ARGS]`: build the gateway and its plugins, then run the quick start (`gateway.toml`);
 //!   extra arguments go to `gateway run`.
-//! - `ci`: what CI checks: formatting, clippy and rustdoc with warnings denied, the test suite,
-//!   and a short run of every fuzz target (`FUZZ_SECONDS` each, 30 by default).
+//! - `test [ARGS]`: the README's test command: installs the Debian packages the suite needs and
+//!   starts MariaDB where they are missing (`setup.rs`), then `cargo test --locked ARGS`. With
+//!   `CI` set (CI sets it; `.ci/run` calls exactly this) it runs `ci` instead.
+//! - `ci`: what CI checks: the set-up of `test` plus rustfmt, clippy and cargo-fuzz, then
+//!   formatting, clippy and rustdoc with warnings denied, the test suite, and a short run of
+//!   every fuzz target (`FUZZ_SECONDS` each, 30 by default).
 //! - `bench`: build in release mode and print every benchmark figure of the README.
 //! - `bench-e2e`: only the MySQL figures (plain INSERTs, end to end, drain after an outage).
 //! - `bench-ingress [SECONDS]`: the ingress under a fleet's load beside libcoap's server
@@ -20,6 +24,7 @@ mod dist;
 mod fleet;
 mod lossy;
 mod reload;
+mod setup;
 
 use anyhow::{bail, Context, Result};
 use std::{
@@ -77,7 +82,21 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Some("bench") => bench(),
-        Some("ci") => ci(),
+        Some("test") => {
+            // CI sets CI=true: then the checks CI adds around the suite run too.
+            let under_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+            setup::prepare(under_ci)?;
+            if under_ci {
+                return ci();
+            }
+            let mut c = cargo();
+            c.args(["test", "--locked"]).args(&args[1..]);
+            run(c)
+        }
+        Some("ci") => {
+            setup::prepare(true)?;
+            ci()
+        }
         Some("soak") => {
             // The zero-loss proof, N times longer (more readings, longer pauses between the
             // kills and restarts).
@@ -117,7 +136,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-e2e | soak [N] | dist [--target TRIPLE]"
+                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | test [CARGO-TEST-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-e2e | soak [N] | dist [--target TRIPLE]"
             );
             std::process::exit(2);
         }

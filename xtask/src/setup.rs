@@ -1,0 +1,124 @@
+//! `cargo xtask test`: the README's test command. On a fresh Debian 12 machine with the Rust
+//! toolchain it installs what the suite needs and starts what it talks to, then runs it:
+//!
+//! - Debian packages: `pkg-config` and `libssl-dev` (the openssl crate), `libcoap3-bin` (the
+//!   interop tests' peer), `perl`, `make` and `binutils` (the distribution build's OpenSSL and
+//!   its test), `mariadb-server` (the mysql plugin's tests) where no MariaDB is installed;
+//! - MariaDB on 127.0.0.1:3306 (root, no password), started if it does not answer;
+//! - with `CI` set (as CI sets it): rustfmt, clippy and cargo-fuzz, for the checks CI adds
+//!   around the suite (see [`crate::ci`]).
+//!
+//! As root it installs and starts them itself; otherwise through `sudo -n` where that works
+//! without a password, and where it does not, it stops and prints the command to run.
+
+use anyhow::{bail, Context, Result};
+use std::{
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// What the suite needs from Debian.
+const PACKAGES: &[&str] = &[
+    "pkg-config",
+    "libssl-dev",
+    "libcoap3-bin",
+    "perl",
+    "make",
+    "binutils",
+];
+
+const MARIADB: &str = "/usr/sbin/mariadbd";
+
+fn quiet(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// How this process can run a command as root: directly, through `sudo -n`, or not at all.
+fn as_root() -> Option<Vec<&'static str>> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() == "0" {
+        return Some(vec![]);
+    }
+    quiet("sudo", &["-n", "true"]).then(|| vec!["sudo", "-n"])
+}
+
+fn root_command(prefix: &[&str], args: &[&str]) -> Command {
+    let all: Vec<&str> = prefix.iter().chain(args).copied().collect();
+    let mut c = Command::new(all[0]);
+    c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+    c
+}
+
+fn mariadb_answers() -> bool {
+    TcpStream::connect_timeout(
+        &"127.0.0.1:3306".parse().expect("an address"),
+        Duration::from_secs(1),
+    )
+    .is_ok()
+}
+
+/// Installs the missing packages and starts MariaDB (see the module's doc); `ci`: the CI
+/// tools too.
+pub fn prepare(ci: bool) -> Result<()> {
+    let mut missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !quiet("dpkg", &["-s", p]))
+        .collect();
+    if !std::path::Path::new(MARIADB).exists() && !mariadb_answers() {
+        missing.push("mariadb-server");
+    }
+    let root = as_root();
+    if !missing.is_empty() {
+        let list = missing.join(" ");
+        let Some(prefix) = &root else {
+            bail!("the tests need these Debian packages: {list}\n  install them: sudo apt-get install -y {list}\n  then run `cargo xtask test` again");
+        };
+        eprintln!("== installing {list}");
+        crate::run(root_command(prefix, &["apt-get", "update", "-qq"]))?;
+        let mut install = root_command(prefix, &["apt-get", "install", "-y", "-qq"]);
+        install.args(&missing);
+        crate::run(install).context("apt-get install")?;
+    }
+    if !mariadb_answers() {
+        let Some(prefix) = &root else {
+            bail!("MariaDB does not answer on 127.0.0.1:3306 (the mysql plugin's tests use it)\n  start it: sudo start-stop-daemon --start --oknodo --background --exec {MARIADB}");
+        };
+        eprintln!("== starting MariaDB");
+        crate::run(root_command(
+            prefix,
+            &[
+                "start-stop-daemon",
+                "--start",
+                "--oknodo",
+                "--background",
+                "--exec",
+                MARIADB,
+            ],
+        ))?;
+        let end = Instant::now() + Duration::from_secs(60);
+        while !mariadb_answers() {
+            if Instant::now() > end {
+                bail!("MariaDB was started but does not answer on 127.0.0.1:3306 after 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    if ci {
+        if quiet("rustup", &["--version"]) {
+            let _ = quiet("rustup", &["component", "add", "rustfmt", "clippy"]);
+        }
+        if !quiet("cargo", &["fuzz", "--version"]) {
+            let mut c = Command::new("cargo");
+            c.args(["install", "cargo-fuzz", "--locked"]);
+            crate::run(c).context("cargo install cargo-fuzz")?;
+        }
+    }
+    Ok(())
+}
