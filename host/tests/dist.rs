@@ -80,66 +80,9 @@ fn the_distribution_build_links_openssl_statically_and_runs_the_whole_chain_over
     let s = Setup::new();
     make_certs_with(&dist.join("gateway"), &s.path("certs"), "pi-01");
     let port = free_udp_port();
-    let gps_log = workspace().join("plugins/ublox7/tests/fixtures/gpsd-gr601-w.log");
-    let config = s.path("dist.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[gateway]
-device = "pi-01"
-stats_interval = "0s"
-
-[sources.temp]
-plugin = "ds18b20"
-root = "w1"
-simulate = 2
-interval = "500ms"
-
-[sources.gps]
-plugin = "ublox7"
-replay = {gps_log:?}
-replay_loop = true
-
-[sinks.uplink]
-plugin = "coaps-uplink"
-inputs = ["temp", "gps"]
-uri = "coaps://localhost:{port}/gpsflowtemp"
-ca_file = "certs/ca.pem"
-cert_file = "certs/device-pi-01.pem"
-key_file = "certs/device-pi-01.key"
-batch_timeout = "100ms"
-
-[sources.ingress]
-plugin = "coaps-ingress"
-listen = "127.0.0.1:{port}"
-cert_file = "certs/server.pem"
-key_file = "certs/server.key"
-client_ca_file = "certs/ca.pem"
-require_client_cert = true
-
-[sinks.console]
-plugin = "console"
-inputs = ["ingress"]
-"#
-        ),
-    )
-    .unwrap();
+    let config = pi_chain_config(&s, port);
     let mut gw = Running::start_bin(&dist.join("gateway"), &s, &config);
-    let arrived = gw.wait_for_log("DTLS session established", Duration::from_secs(20));
-    std::thread::sleep(Duration::from_secs(3));
-    let status = gw.stop(Duration::from_secs(10));
-    let (out, err) = (gw.stdout(), gw.stderr());
-    assert!(arrived && status.success(), "{err}");
-    assert!(err.contains("identity=Some(\"pi-01\")"), "{err}");
-    assert!(
-        out.lines()
-            .any(|l| l.contains("pi-01/28-") && l.contains(" temperature=")),
-        "temperatures arrived over DTLS:\n{out}"
-    );
-    assert!(
-        out.lines().any(|l| l.contains("pi-01/gps latitude=")),
-        "positions arrived over DTLS:\n{out}"
-    );
+    check_pi_chain(&mut gw, Duration::from_secs(20));
 }
 
 /// libcoap's client (Debian's, on the system's OpenSSL 3.0) against the distribution's ingress

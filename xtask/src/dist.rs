@@ -163,9 +163,8 @@ fn preflight(t: &Target, host: &str) -> Result<()> {
         let gcc = format!("{prefix}gcc");
         if !has(&gcc) {
             bail!(
-                "`{gcc}` is needed to build for {triple}: apt install gcc-{}, and set CARGO_TARGET_{}_LINKER={gcc}",
+                "`{gcc}` is needed to build for {triple}: apt install gcc-{} (it is used as the linker too)",
                 prefix.trim_end_matches('-').replace('_', "-"),
-                triple.to_uppercase().replace('-', "_")
             );
         }
         let installed = Command::new("rustup")
@@ -270,6 +269,10 @@ pub fn dist(target: Option<&str>) -> Result<PathBuf> {
     preflight(t, &host)?;
     let openssl = openssl(t, &host)?;
     let target_dir = root().join("target").join("dist");
+    let linker_var = format!(
+        "CARGO_TARGET_{}_LINKER",
+        triple.to_uppercase().replace('-', "_")
+    );
     let mut c = cargo();
     // Only the packages that ship.
     c.args(["build", "--release", "--target", triple])
@@ -280,6 +283,10 @@ pub fn dist(target: Option<&str>) -> Result<PathBuf> {
         .env("OPENSSL_STATIC", "1")
         .env_remove("OPENSSL_LIB_DIR")
         .env_remove("OPENSSL_INCLUDE_DIR");
+    if triple != host && std::env::var_os(&linker_var).is_none() {
+        // Debian's cross compiler links for the other target.
+        c.env(&linker_var, format!("{}gcc", t.cross_prefix));
+    }
     run(c)?;
     let built = target_dir.join(triple).join("release");
     let out = target_dir.join(format!("gateway-{triple}"));

@@ -19,7 +19,10 @@
 //! - `soak [N]`: the zero-loss test, N times longer.
 //! - `dist [--target TRIPLE]`: the build for the Pi (static, trimmed OpenSSL; see `dist.rs`)
 //!   in `target/dist/gateway-TRIPLE/`, and its sizes.
+//! - `deb [--target TRIPLE]...`: Debian packages of that build, with systemd units for the Pi
+//!   and the server roles (`deb.rs`), in `target/deb/`.
 
+mod deb;
 mod dist;
 mod fleet;
 mod lossy;
@@ -123,6 +126,21 @@ fn main() -> Result<()> {
             ensure_certs(&dir)?;
             end_to_end(&dir.join("gateway"))
         }
+        Some("deb") => {
+            let targets: Vec<Option<&str>> = match &args[1..] {
+                [] => vec![None],
+                rest if rest.len() % 2 == 0 && rest.chunks(2).all(|c| c[0] == "--target") => {
+                    rest.chunks(2).map(|c| Some(c[1].as_str())).collect()
+                }
+                _ => bail!("usage: cargo xtask deb [--target TRIPLE]..."),
+            };
+            for t in targets {
+                let deb = deb::deb(t)?;
+                let size = std::fs::metadata(&deb)?.len();
+                println!("{} ({:.1} MB)", deb.display(), size as f64 / 1048576.0);
+            }
+            Ok(())
+        }
         Some("dist") => {
             let target = match &args[1..] {
                 [] => None,
@@ -136,7 +154,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | test [CARGO-TEST-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-e2e | soak [N] | dist [--target TRIPLE]"
+                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | test [CARGO-TEST-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-e2e | soak [N] | dist [--target TRIPLE] | deb [--target TRIPLE]..."
             );
             std::process::exit(2);
         }

@@ -3,7 +3,10 @@
 //!
 //! - Debian packages: `pkg-config` and `libssl-dev` (the openssl crate), `libcoap3-bin` (the
 //!   interop tests' peer), `perl`, `make` and `binutils` (the distribution build's OpenSSL and
-//!   its test), `mariadb-server` (the mysql plugin's tests) where no MariaDB is installed;
+//!   its test), `gcc-aarch64-linux-gnu`, `libc6-dev-arm64-cross` and `qemu-user-static` (the
+//!   arm64 package, built and run under emulation), `mariadb-server` (the mysql plugin's
+//!   tests) where no MariaDB is installed;
+//! - the Rust standard library for `aarch64-unknown-linux-gnu` (`rustup target add`);
 //! - MariaDB on 127.0.0.1:3306 (root, no password), started if it does not answer;
 //! - with `CI` set (as CI sets it): rustfmt, clippy and cargo-fuzz, for the checks CI adds
 //!   around the suite (see [`crate::ci`]).
@@ -26,7 +29,14 @@ const PACKAGES: &[&str] = &[
     "perl",
     "make",
     "binutils",
+    // The arm64 package, built and run under emulation (host/tests/deb.rs).
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "qemu-user-static",
 ];
+
+/// Rust targets the suite builds for besides this machine's.
+const TARGETS: &[&str] = &["aarch64-unknown-linux-gnu"];
 
 const MARIADB: &str = "/usr/sbin/mariadbd";
 
@@ -108,6 +118,22 @@ pub fn prepare(ci: bool) -> Result<()> {
                 bail!("MariaDB was started but does not answer on 127.0.0.1:3306 after 60 s");
             }
             std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    if quiet("rustup", &["--version"]) {
+        let installed = Command::new("rustup")
+            .args(["target", "list", "--installed"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for t in TARGETS
+            .iter()
+            .filter(|t| !installed.lines().any(|l| l == **t))
+        {
+            eprintln!("== adding the Rust target {t}");
+            let mut c = Command::new("rustup");
+            c.args(["target", "add", t]);
+            crate::run(c).with_context(|| format!("rustup target add {t}"))?;
         }
     }
     if ci {

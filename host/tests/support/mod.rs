@@ -357,3 +357,74 @@ pub fn make_certs_with(gateway: &Path, dir: &Path, device: &str) {
         );
     }
 }
+
+/// The quick start's chain as it runs on a Pi, in one process: two simulated DS18B20 probes and
+/// the GPS replay into `coaps-uplink`, over DTLS on loopback (`port`) into `coaps-ingress`, into
+/// `console`. Certificates for device `pi-01` are expected under `certs/` of `s`.
+pub fn pi_chain_config(s: &Setup, port: u16) -> PathBuf {
+    let gps_log = workspace().join("plugins/ublox7/tests/fixtures/gpsd-gr601-w.log");
+    let config = s.path("dist.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[gateway]
+device = "pi-01"
+stats_interval = "0s"
+
+[sources.temp]
+plugin = "ds18b20"
+root = "w1"
+simulate = 2
+interval = "500ms"
+
+[sources.gps]
+plugin = "ublox7"
+replay = {gps_log:?}
+replay_loop = true
+
+[sinks.uplink]
+plugin = "coaps-uplink"
+inputs = ["temp", "gps"]
+uri = "coaps://localhost:{port}/gpsflowtemp"
+ca_file = "certs/ca.pem"
+cert_file = "certs/device-pi-01.pem"
+key_file = "certs/device-pi-01.key"
+batch_timeout = "100ms"
+
+[sources.ingress]
+plugin = "coaps-ingress"
+listen = "127.0.0.1:{port}"
+cert_file = "certs/server.pem"
+key_file = "certs/server.key"
+client_ca_file = "certs/ca.pem"
+require_client_cert = true
+
+[sinks.console]
+plugin = "console"
+inputs = ["ingress"]
+"#
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Waits (at most `limit`) for the chain of [`pi_chain_config`] to establish its DTLS session,
+/// lets readings flow for 3 s, stops it, and checks that temperatures and positions arrived.
+pub fn check_pi_chain(gw: &mut Running, limit: Duration) {
+    let arrived = gw.wait_for_log("DTLS session established", limit);
+    std::thread::sleep(Duration::from_secs(3));
+    let status = gw.stop(Duration::from_secs(30));
+    let (out, err) = (gw.stdout(), gw.stderr());
+    assert!(arrived && status.success(), "{err}");
+    assert!(err.contains("identity=Some(\"pi-01\")"), "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("pi-01/28-") && l.contains(" temperature=")),
+        "temperatures arrived over DTLS:\n{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.contains("pi-01/gps latitude=")),
+        "positions arrived over DTLS:\n{out}"
+    );
+}
