@@ -84,6 +84,7 @@ const PLUGINS: &[&str] = &[
     "libexample.so",
     "libds18b20.so",
     "libublox7.so",
+    "libsystem.so",
     "libcoaps_uplink.so",
     "libcoaps_ingress.so",
     "libsqlite.so",
@@ -208,6 +209,7 @@ fn the_amd64_package_holds_the_gateway_its_plugins_and_hardened_units() {
     for id in [
         "ds18b20",
         "ublox7",
+        "system",
         "coaps-uplink",
         "coaps-ingress",
         "mysql",

@@ -253,6 +253,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("gateway-plugin-example", "libexample.so"),
     ("gateway-plugin-ds18b20", "libds18b20.so"),
     ("gateway-plugin-ublox7", "libublox7.so"),
+    ("gateway-plugin-system", "libsystem.so"),
     ("gateway-plugin-coaps-uplink", "libcoaps_uplink.so"),
     ("gateway-plugin-coaps-ingress", "libcoaps_ingress.so"),
     ("gateway-plugin-sqlite", "libsqlite.so"),
