@@ -1,4 +1,5 @@
-//! Schema, migrations and batched inserts, on the plugin's own tokio runtime. I/O: the database.
+//! Schema, migrations, the view for Grafana and batched inserts, on the plugin's own tokio
+//! runtime. I/O: the database.
 
 use crate::config::Config;
 use gateway_sdk::{tracing, PluginError, Reading, Value};
@@ -37,6 +38,36 @@ pub fn create_table(table: &str) -> String {
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
     )
 }
+
+/// The view the plugin keeps next to a readings table: `{table}_v` (at most 62 characters, as
+/// a table name has at most 60).
+pub fn view_name(table: &str) -> String {
+    format!("{table}_v")
+}
+
+/// `CREATE OR REPLACE VIEW {table}_v`: the readings as Grafana's SQL data sources want them.
+///
+/// `time` is the reading's time as a DATETIME(6) in UTC, computed without the session time zone
+/// (FROM_UNIXTIME would use it); `value` is every number in one DOUBLE column (float, int, and
+/// bool as 0/1); text values stay in `value_text`, bytes are left out. A MERGE view: a query's
+/// conditions go straight to the table, so a condition on `time_us` uses the `by_time` and
+/// `latest` indexes. A condition on `time` would not (it is computed, row by row): filter on
+/// `time_us`, select `time`. SQL SECURITY INVOKER: reading the view takes SELECT on it and on the
+/// table, nothing of its creator's.
+pub fn create_view(table: &str) -> String {
+    let view = view_name(table);
+    format!(
+        "CREATE OR REPLACE ALGORITHM=MERGE SQL SECURITY INVOKER VIEW `{view}` AS
+         SELECT TIMESTAMPADD(MICROSECOND, time_us, TIMESTAMP'1970-01-01 00:00:00') AS time,
+                time_us, id, device, sensor, name, unit, value_type,
+                COALESCE(value_float, value_int) AS value, value_text
+         FROM `{table}`"
+    )
+}
+
+/// Server errors that mean the view cannot be made by this user or under this name: privileges
+/// missing (1044, 1142, 1143) or a table of that name in the way (1347).
+const VIEW_REFUSED: [u16; 4] = [1044, 1142, 1143, 1347];
 
 /// `VERB INTO table (columns) VALUES (?, ...), ...` for `rows` rows (`VERB`: `INSERT` or
 /// `INSERT IGNORE`).
@@ -113,7 +144,7 @@ impl Store {
         })
     }
 
-    /// Creates the tables or checks their version.
+    /// Creates the tables or checks their version, then (re)creates the view.
     pub fn migrate(&self) -> Result<(), PluginError> {
         let table = self.table.clone();
         let pool = self.pool.clone();
@@ -127,10 +158,10 @@ impl Store {
                 .await
                 .map_err(|e| classify("reading the schema version", e))?;
             match version {
-                Some(v) if v > SCHEMA_VERSION => Err(PluginError::config(format!(
+                Some(v) if v > SCHEMA_VERSION => return Err(PluginError::config(format!(
                     "table {table} has schema version {v}, newer than this plugin's {SCHEMA_VERSION}: upgrade the plugin (it will not downgrade a schema)"
                 ))),
-                Some(SCHEMA_VERSION) => Ok(()),
+                Some(SCHEMA_VERSION) => {}
                 Some(v) => {
                     // Version 1 to 2: the same rows, keyed by (id, device). One ALTER, which
                     // InnoDB applies atomically.
@@ -143,7 +174,6 @@ impl Store {
                         .await
                         .map_err(|e| classify("recording the schema version", e))?;
                     tracing::info!(table = %table, "migrated the schema from version {v} to {SCHEMA_VERSION}: readings are keyed by device and id");
-                    Ok(())
                 }
                 None => {
                     c.query_drop(create_table(&table))
@@ -152,8 +182,19 @@ impl Store {
                     c.exec_drop("INSERT IGNORE INTO gateway_schema (tbl, version) VALUES (?, ?)", (table.as_str(), SCHEMA_VERSION))
                         .await
                         .map_err(|e| classify("recording the schema version", e))?;
+                }
+            }
+            // The view is no table data: it is replaced at every start, with no version of its
+            // own. Storing readings does not need it, so a user not allowed to make it (CREATE
+            // VIEW, and DROP for OR REPLACE) gets a warning, not a sink that stops.
+            let view = view_name(&table);
+            match c.query_drop(create_view(&table)).await {
+                Ok(()) => Ok(()),
+                Err(mysql_async::Error::Server(e)) if VIEW_REFUSED.contains(&e.code) => {
+                    tracing::warn!(view = %view, "the view for Grafana was not made ({}); readings are stored all the same: grant CREATE VIEW and DROP on the database, or create it once as the README shows", e.message);
                     Ok(())
                 }
+                Err(e) => Err(classify(&format!("creating the view {view}"), e)),
             }
         })
     }

@@ -1,99 +1,13 @@
-//! The sink against the real MariaDB/MySQL server: by default root without a password on
-//! 127.0.0.1:3306 (as on this project's machines); GATEWAY_TEST_MYSQL_URL points the tests at
-//! another server (`mysql://USER:PASSWORD@HOST:PORT/DATABASE`). Each test works in a database of
-//! its own, dropped at the end. The tests fail, not skip, when the server is unreachable.
+//! The sink against the real MariaDB/MySQL server (see `support` for which one and how).
+
+mod support;
 
 use gateway_sdk::{
     testing::{readme_sample_tables, sample_readings, SinkHarness},
     ErrorKind, Label, Reading, ReadingId, Timestamp, Value,
 };
 use mysql::{config::Config, Mysql};
-use mysql_async::prelude::*;
-
-fn admin_url() -> String {
-    std::env::var("GATEWAY_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// A database of the test's own; dropped when this is dropped.
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    fn new(tag: &str) -> TestDb {
-        let name = format!("gw_test_{tag}_{}", std::process::id());
-        rt().block_on(async {
-            let pool = mysql_async::Pool::new(admin_url().as_str());
-            let mut c = pool
-                .get_conn()
-                .await
-                .unwrap_or_else(|e| panic!("MariaDB at {} is not reachable: {e}", admin_url()));
-            c.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
-                .await
-                .unwrap();
-            c.query_drop(format!("CREATE DATABASE `{name}`"))
-                .await
-                .unwrap();
-            drop(c);
-            pool.disconnect().await.unwrap();
-        });
-        TestDb { name }
-    }
-    /// The sink's URL: the admin URL with this database, and the password (if any) moved to an
-    /// environment variable, as the plugin wants it.
-    fn config(&self, extra: &str) -> String {
-        let opts = mysql_async::Opts::from_url(&admin_url()).unwrap();
-        let mut cfg = format!(
-            "url = \"mysql://{}@{}:{}/{}\"\n",
-            opts.user().unwrap_or("root"),
-            opts.ip_or_hostname(),
-            opts.tcp_port(),
-            self.name
-        );
-        if let Some(pw) = opts.pass() {
-            std::env::set_var("GATEWAY_TEST_MYSQL_PASSWORD", pw);
-            cfg.push_str("password_env = \"GATEWAY_TEST_MYSQL_PASSWORD\"\n");
-        }
-        cfg + extra
-    }
-    fn query<T: FromRow + Send + 'static>(&self, sql: &str) -> Vec<T> {
-        let url = admin_url();
-        let name = self.name.clone();
-        let sql = sql.to_owned();
-        rt().block_on(async move {
-            let pool = mysql_async::Pool::new(url.as_str());
-            let mut c = pool.get_conn().await.unwrap();
-            c.query_drop(format!("USE `{name}`")).await.unwrap();
-            let r = c.query(sql).await.unwrap();
-            drop(c);
-            pool.disconnect().await.unwrap();
-            r
-        })
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        rt().block_on(async move {
-            let pool = mysql_async::Pool::new(admin_url().as_str());
-            if let Ok(mut c) = pool.get_conn().await {
-                let _ = c
-                    .query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
-                    .await;
-            }
-            let _ = pool.disconnect().await;
-        });
-    }
-}
+use support::{admin_url, rt, TestDb};
 
 #[test]
 fn stores_every_field_in_one_transaction_and_migrates_once() {
@@ -199,6 +113,153 @@ fn an_id_is_unique_within_its_device_only_and_version_1_is_migrated() {
     sink.write(other).unwrap();
     let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
     assert_eq!(n, [13]);
+    // The migrated table has its view too.
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings_v");
+    assert_eq!(n, [13]);
+}
+
+#[test]
+fn the_view_has_a_utc_time_and_one_number_column_in_any_session_time_zone() {
+    let db = TestDb::new("view");
+    // A view of an older definition is replaced.
+    let _: Vec<u8> = db.query("CREATE VIEW readings_v AS SELECT 1 AS stale");
+    let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
+    let mk = |i: u8, value: Value| Reading {
+        id: ReadingId([i; 16]),
+        // 2025-11-25 15:42:31.123456 UTC, plus i microseconds.
+        time: Timestamp(1_764_085_351_123_456 + i64::from(i)),
+        device: Label::from("pi-01"),
+        sensor: Label::from("gps"),
+        name: Label::from("n"),
+        unit: Label::from(""),
+        value,
+    };
+    sink.write(vec![
+        mk(1, Value::Float(21.5)),
+        mk(2, Value::Int(-7)),
+        mk(3, Value::Bool(true)),
+        mk(4, Value::Text("3D".into())),
+        mk(5, Value::Bytes(vec![0, 255].into())),
+    ])
+    .unwrap();
+    let sql = "SELECT DATE_FORMAT(time, '%Y-%m-%d %H:%i:%s.%f'), value, value_text FROM readings_v ORDER BY time_us";
+    let expected: Vec<(String, Option<f64>, Option<String>)> = vec![
+        ("2025-11-25 15:42:31.123457".into(), Some(21.5), None),
+        ("2025-11-25 15:42:31.123458".into(), Some(-7.0), None),
+        ("2025-11-25 15:42:31.123459".into(), Some(1.0), None),
+        ("2025-11-25 15:42:31.123460".into(), None, Some("3D".into())),
+        ("2025-11-25 15:42:31.123461".into(), None, None),
+    ];
+    for tz in ["'+00:00'", "'+05:00'", "'-08:00'", "'SYSTEM'"] {
+        let rows: Vec<(String, Option<f64>, Option<String>)> =
+            db.query_in_session(&[&format!("SET time_zone = {tz}")], sql);
+        assert_eq!(rows, expected, "session time zone {tz}");
+    }
+    let columns: Vec<(String, String, Option<u64>)> = db.query(
+        "SELECT COLUMN_NAME, DATA_TYPE, DATETIME_PRECISION FROM information_schema.COLUMNS
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'readings_v' ORDER BY ORDINAL_POSITION",
+    );
+    let columns: Vec<(&str, &str, Option<u64>)> = columns
+        .iter()
+        .map(|(c, t, p)| (c.as_str(), t.as_str(), *p))
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            ("time", "datetime", Some(6)),
+            ("time_us", "bigint", None),
+            ("id", "binary", None),
+            ("device", "varchar", None),
+            ("sensor", "varchar", None),
+            ("name", "varchar", None),
+            ("unit", "varchar", None),
+            ("value_type", "enum", None),
+            ("value", "double", None),
+            ("value_text", "text", None),
+        ]
+    );
+    let security: Vec<String> = db.query(
+        "SELECT SECURITY_TYPE FROM information_schema.VIEWS
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'readings_v'",
+    );
+    assert_eq!(security, ["INVOKER"]);
+}
+
+#[test]
+fn a_view_that_cannot_be_made_does_not_stop_the_readings() {
+    // A table of the view's name is in the way.
+    let db = TestDb::new("viewtable");
+    let _: Vec<u8> = db.query("CREATE TABLE readings_v (x INT)");
+    let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
+    sink.write(sample_readings(3)).unwrap();
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [3]);
+    let kind: Vec<String> = db.query(
+        "SELECT TABLE_TYPE FROM information_schema.TABLES
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'readings_v'",
+    );
+    assert_eq!(kind, ["BASE TABLE"], "the table in the way is left alone");
+
+    // A user who may create tables and insert, but not create views.
+    let db = TestDb::new("viewgrant");
+    let user = TestUser::new(&format!("gw_test_noview_{}", std::process::id()));
+    let _: Vec<u8> = db.query(&format!(
+        "GRANT SELECT, INSERT, CREATE, ALTER ON `{}`.* TO '{}'@'%'",
+        db.name, user.name
+    ));
+    let cfg = db.config_as(
+        &user.name,
+        Some(("GATEWAY_TEST_MYSQL_NOVIEW_PASSWORD", user.password.clone())),
+        "",
+    );
+    let mut sink = SinkHarness::new::<Mysql>(&cfg).unwrap();
+    sink.write(sample_readings(3)).unwrap();
+    sink.write(sample_readings(2)).unwrap();
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [5]);
+    let views: Vec<u64> =
+        db.query("SELECT COUNT(*) FROM information_schema.VIEWS WHERE TABLE_SCHEMA = DATABASE()");
+    assert_eq!(views, [0]);
+}
+
+/// A user of the server's own; dropped when this is dropped.
+struct TestUser {
+    name: String,
+    password: String,
+}
+
+impl TestUser {
+    fn new(name: &str) -> TestUser {
+        let user = TestUser {
+            name: name.to_owned(),
+            password: format!("pw-{}", std::process::id()),
+        };
+        user.admin(&format!("DROP USER IF EXISTS '{name}'@'%'"));
+        user.admin(&format!(
+            "CREATE USER '{name}'@'%' IDENTIFIED BY '{}'",
+            user.password
+        ));
+        user
+    }
+    fn admin(&self, sql: &str) {
+        use mysql_async::prelude::*;
+        let sql = sql.to_owned();
+        rt().block_on(async move {
+            let pool = mysql_async::Pool::new(admin_url().as_str());
+            let mut c = pool.get_conn().await.unwrap();
+            c.query_drop(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            drop(c);
+            pool.disconnect().await.unwrap();
+        });
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        self.admin(&format!("DROP USER IF EXISTS '{}'@'%'", self.name));
+    }
 }
 
 /// The readings table of schema version 1.
@@ -281,4 +342,23 @@ fn readme_sample_matches_sample_toml_and_parses() {
     {
         let _: Config = keys.try_into().unwrap_or_else(|e| panic!("{name}: {e}"));
     }
+}
+
+#[test]
+fn readme_shows_the_view_the_plugin_makes() {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("CREATE OR REPLACE ALGORITHM")
+        .expect("the view's statement");
+    let end = start + readme[start..].find(';').unwrap();
+    let words = |s: &str| {
+        s.replace('`', "")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(
+        words(&readme[start..end]),
+        words(&mysql::store::create_view("readings"))
+    );
 }
