@@ -281,7 +281,7 @@ key_file = {:?}
         ),
     );
     let mut srv = Running::start_named(&s, "server", &server);
-    let mut cli = Running::start_named(&s, "client", &client);
+    let cli = Running::start_named(&s, "client", &client);
     let arrived = || s.recorded("out.txt", "seq").len();
     wait_until("readings arrive", &srv, Duration::from_secs(30), || {
         arrived() > 20
