@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pipeline;
 pub mod plan;
+pub mod plugin_metrics;
 pub mod run;
 pub mod stats;
 pub mod status;

@@ -49,11 +49,13 @@ pub fn init(format: LogFormat, level: LevelFilter, plugin_level: LevelFilter) {
     };
 }
 
-/// Per-instance levels for plugin events.
+/// Per-instance levels for plugin events, and what plugin instances show on the metrics page.
 #[derive(Debug)]
 pub struct HostLogger {
     default: LevelFilter,
     levels: RwLock<HashMap<String, LevelFilter>>,
+    /// The plugins' metric families ([`gateway_sdk::metrics`]).
+    pub metrics: Arc<crate::plugin_metrics::PluginMetrics>,
 }
 
 impl HostLogger {
@@ -62,6 +64,7 @@ impl HostLogger {
         Arc::new(HostLogger {
             default,
             levels: RwLock::new(HashMap::new()),
+            metrics: Arc::default(),
         })
     }
 
@@ -141,5 +144,15 @@ impl HostLog for LibraryLog {
             4 => tracing::debug!(target: PLUGIN_TARGET, plugin = who, module, "{msg}"),
             _ => tracing::trace!(target: PLUGIN_TARGET, plugin = who, module, "{msg}"),
         }
+    }
+
+    fn publish_metrics(
+        &self,
+        instance: abi_stable::std_types::RStr<'_>,
+        families: abi_stable::std_types::RVec<gateway_sdk::abi::MetricFamily>,
+    ) {
+        self.host
+            .metrics
+            .publish(instance.as_str(), families.into_vec());
     }
 }

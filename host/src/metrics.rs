@@ -25,6 +25,8 @@ use std::{
 pub struct Registry {
     /// The run's instances (a reload changes them).
     pub views: Views,
+    /// What plugin instances publish.
+    pub plugins: Arc<crate::plugin_metrics::PluginMetrics>,
     /// Whether the run is ready (running, not shutting down).
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
 }
@@ -190,6 +192,12 @@ impl Registry {
             "Damaged records found in a disk buffer and skipped.",
             &buffer(&|b| get(&b.stats.corrupt_records)),
         );
+        let host: Vec<String> = out
+            .lines()
+            .filter_map(|l| Some(l.strip_prefix("# TYPE ")?.split(' ').next()?.to_owned()))
+            .collect();
+        let host: Vec<&str> = host.iter().map(String::as_str).collect();
+        self.plugins.render(&mut out, &host);
         out
     }
 

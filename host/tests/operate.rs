@@ -162,3 +162,108 @@ fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
         gw.stderr()
     );
 }
+
+#[test]
+fn the_ingress_shows_its_sessions_handshakes_and_answers_on_the_metrics_page() {
+    if !gateway_test_support::libcoap::have_libcoap() {
+        return;
+    }
+    let s = Setup::new();
+    make_certs(&s.path("certs"), "pi-01");
+    // A device whose certificate another CA issued: its handshake fails on the certificate.
+    make_certs(&s.path("other"), "intruder");
+    let port = free_udp_port();
+    let mport = free_tcp_port();
+    let addr: SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
+    let config = pi_chain_config(&s, port);
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[gateway]\n",
+        &format!("[gateway]\nmetrics = \"127.0.0.1:{mport}\"\n"),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut gw = Running::start(&s, &config, &[]);
+    assert!(
+        gw.wait_for_log("DTLS session established", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    let other = |f: &str| s.path("other").join(f).display().to_string();
+    let printed = gateway_test_support::libcoap::coap_client(&[
+        "-m",
+        "post",
+        "-B",
+        "3",
+        "-R",
+        &s.path("certs/ca.pem").display().to_string(),
+        "-c",
+        &other("device-intruder.pem"),
+        "-j",
+        &other("device-intruder.key"),
+        &format!("coaps://127.0.0.1:{port}/gpsflowtemp"),
+    ]);
+    let series = |name: &str| format!("{name}{{instance=\"ingress\"");
+    let end = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        if let Ok((200, text)) = metrics::get(addr, "/metrics") {
+            let failed = metric(
+                &text,
+                &(series("gateway_dtls_handshakes_total")
+                    + ",result=\"failed\",reason=\"certificate\"}"),
+            );
+            let stored = metric(
+                &text,
+                &(series("gateway_coap_responses_total") + ",code=\"2.04\"}"),
+            );
+            if failed >= Some(1.0) && stored >= Some(3.0) {
+                break text;
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "no DTLS figures (coap-client printed {printed}): {}\n{}",
+            gw.stderr(),
+            metrics::get(addr, "/metrics")
+                .map(|r| r.1)
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for (series, want) in [
+        ("gateway_dtls_sessions{instance=\"ingress\"}", 1.0),
+        (
+            "gateway_dtls_handshakes_total{instance=\"ingress\",result=\"ok\"}",
+            1.0,
+        ),
+        (
+            "gateway_dtls_handshakes_total{instance=\"ingress\",result=\"refused\",reason=\"denied\"}",
+            0.0,
+        ),
+    ] {
+        assert_eq!(metric(&text, series), Some(want), "{series} in\n{text}");
+    }
+    assert!(
+        text.contains("# TYPE gateway_coap_request_duration_seconds histogram"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("# TYPE gateway_dtls_handshakes_total counter")
+            .count(),
+        1,
+        "{text}"
+    );
+    let count = metric(
+        &text,
+        "gateway_coap_request_duration_seconds_count{instance=\"ingress\"}",
+    );
+    let inf = metric(
+        &text,
+        "gateway_coap_request_duration_seconds_bucket{instance=\"ingress\",le=\"+Inf\"}",
+    );
+    assert!(count >= Some(3.0) && count == inf, "{text}");
+    assert!(
+        gw.stop(Duration::from_secs(20)).success(),
+        "{}",
+        gw.stderr()
+    );
+}

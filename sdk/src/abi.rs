@@ -139,7 +139,46 @@ pub struct LogRecord<'a> {
     pub message: RStr<'a>,
 }
 
-/// The host's logger, handed to each library once.
+/// What kind of figure a [`MetricFamily`] holds (Prometheus's types).
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up (restarts from 0 with the instance).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Cumulative buckets (`_bucket` samples with an `le` label), `_sum` and `_count`.
+    Histogram,
+}
+
+/// One sample of a [`MetricFamily`].
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct MetricSample {
+    /// Appended to the family's name: empty, or `_bucket`, `_sum`, `_count` for a histogram.
+    pub suffix: RString,
+    /// Label names and values (the host adds `instance`).
+    pub labels: RVec<abi_stable::std_types::Tuple2<RString, RString>>,
+    /// The value.
+    pub value: f64,
+}
+
+/// A metric family a plugin instance shows on the host's metrics page.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub struct MetricFamily {
+    /// The name (`[a-zA-Z_:][a-zA-Z0-9_:]*`); the host shows nothing with another name.
+    pub name: RString,
+    /// One line of help.
+    pub help: RString,
+    /// Counter, gauge or histogram.
+    pub kind: MetricKind,
+    /// The samples.
+    pub samples: RVec<MetricSample>,
+}
+
+/// The host's services to a library, handed over once: its logger and its metrics page (a
+/// method added after the prefix: libraries and hosts on either side of it load each other).
 #[sabi_trait]
 pub trait HostLog: Send + Sync {
     /// The most verbose level any instance of this library logs at (1 = error .. 5 = trace,
@@ -148,6 +187,11 @@ pub trait HostLog: Send + Sync {
     /// Logs one record.
     #[sabi(last_prefix_field)]
     fn log(&self, record: LogRecord<'_>);
+    /// Replaces what `instance` shows on the host's metrics page (`[gateway] metrics`) with
+    /// `families`. A host older than this method shows nothing.
+    fn publish_metrics(&self, instance: RStr<'_>, families: RVec<MetricFamily>) {
+        let _ = (instance, families);
+    }
 }
 /// The host's logger as a boxed trait object.
 pub type HostLogBox = HostLog_TO<'static, RBox<()>>;

@@ -20,6 +20,7 @@ pub mod config;
 mod context;
 mod error;
 mod log;
+pub mod metrics;
 mod reading;
 #[doc(hidden)]
 pub mod shim;

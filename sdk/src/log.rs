@@ -25,6 +25,16 @@ use tracing::{
 
 static HOST: OnceLock<HostLogBox> = OnceLock::new();
 
+/// Hands `instance`'s metric families to the host (nothing outside a host).
+pub(crate) fn publish_metrics(
+    instance: RStr<'_>,
+    families: abi_stable::std_types::RVec<crate::abi::MetricFamily>,
+) {
+    if let Some(host) = HOST.get() {
+        host.publish_metrics(instance, families);
+    }
+}
+
 /// Installs the host's logger; later calls are ignored.
 pub(crate) fn init(host: HostLogBox) {
     let max = match host.max_level() {

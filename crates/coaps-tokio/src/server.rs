@@ -232,6 +232,7 @@ async fn serve(
     let mut buf = vec![0u8; 65536];
     let mut next_tick = Instant::now() + tick_every;
     let mut running = true;
+    let mut gauges = Gauges::default();
     while running {
         let now = Instant::now();
         let next = machine
@@ -256,6 +257,7 @@ async fn serve(
         if now >= next_tick {
             next_tick = now + tick_every;
             running = handler.tick();
+            gauges.update(&machine, running);
         }
         while let Some(inc) = machine.poll_event() {
             handler.request(inc);
@@ -268,5 +270,34 @@ async fn serve(
         while let Some((peer, d)) = machine.poll_transmit() {
             let _ = socket.send_to(&d, peer).await;
         }
+    }
+}
+
+/// This worker's share of the shared session gauges ([`Stats::established_now`],
+/// [`Stats::handshaking_now`]): each tick adds what changed since the last, and the end takes
+/// it all back.
+#[derive(Default)]
+struct Gauges {
+    established: i64,
+    handshaking: i64,
+}
+
+impl Gauges {
+    fn update(&mut self, machine: &Machine, running: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (est, hs) = if running {
+            let (e, h) = machine.sessions();
+            (e as i64, h as i64)
+        } else {
+            (0, 0)
+        };
+        let stats = machine.stats();
+        stats
+            .established_now
+            .fetch_add(est - self.established, Relaxed);
+        stats
+            .handshaking_now
+            .fetch_add(hs - self.handshaking, Relaxed);
+        (self.established, self.handshaking) = (est, hs);
     }
 }

@@ -92,8 +92,16 @@ pub struct Stats {
     pub resumed: AtomicU64,
     /// HelloVerifyRequests sent (ClientHellos without a valid cookie).
     pub cookies_sent: AtomicU64,
-    /// Handshakes that failed (the log says why).
+    /// Handshakes that failed, and established sessions that ended in an error (the log says
+    /// why). Each is also counted by reason in [`Stats::failures`].
     pub handshake_failures: AtomicU64,
+    /// [`Stats::handshake_failures`] by reason, indexed as [`FAILURE_REASONS`].
+    pub failures: [AtomicU64; FAILURE_REASONS.len()],
+    /// Established sessions now (kept up to date by the driver from [`Server::sessions`], one
+    /// difference per worker at a time, so that workers sharing the counters add up).
+    pub established_now: std::sync::atomic::AtomicI64,
+    /// Handshakes in progress now (the same way).
+    pub handshaking_now: std::sync::atomic::AtomicI64,
     /// Sessions closed at once because the peer had no authenticated identity.
     pub unauthenticated: AtomicU64,
     /// Sessions closed at once because the peer's identity is on the deny list.
@@ -114,6 +122,26 @@ pub struct Stats {
     pub replaced: AtomicU64,
     /// Sessions dropped for idleness.
     pub idle_evictions: AtomicU64,
+}
+
+/// The reasons a DTLS session fails, as [`Stats::failures`] counts them: the peer's certificate
+/// refused (unknown CA, expired, revoked), the peer's alert or a protocol error in the
+/// handshake, a handshake that took too long, anything else.
+pub const FAILURE_REASONS: [&str; 4] = ["certificate", "handshake", "timeout", "other"];
+
+/// The index in [`FAILURE_REASONS`] of `e`'s reason.
+pub fn failure_reason(e: &DtlsError) -> usize {
+    match e {
+        DtlsError::Certificate(_) => 0,
+        DtlsError::Handshake(m) | DtlsError::Other(m)
+            if m.contains("certificate") || m.contains("revoked") =>
+        {
+            0
+        }
+        DtlsError::Handshake(_) => 1,
+        DtlsError::HandshakeTimeout(_) => 2,
+        _ => 3,
+    }
 }
 
 /// What a 5.03 for a request the application has no room for looks like: try again in 5 s.
@@ -414,6 +442,7 @@ impl Server {
             self.drop_peer(peer, false);
             if e != DtlsError::Closed {
                 count(&self.stats.handshake_failures);
+                count(&self.stats.failures[failure_reason(&e)]);
                 tracing::warn!(%peer, error = %e, "DTLS session failed");
             } else {
                 tracing::debug!(%peer, "DTLS session closed by the peer");
@@ -531,6 +560,7 @@ impl Server {
             }
             Err(e) => {
                 count(&self.stats.handshake_failures);
+                count(&self.stats.failures[failure_reason(&e)]);
                 tracing::warn!(%peer, error = %e, "handshake refused");
             }
         }

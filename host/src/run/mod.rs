@@ -205,6 +205,7 @@ impl Graph {
         let phase = self.run.clone();
         let registry = Registry {
             views: self.views.clone(),
+            plugins: self.logger.metrics.clone(),
             ready: Arc::new(move || !phase.reached(Phase::Stopping)),
         };
         match crate::metrics::serve(addr, registry) {

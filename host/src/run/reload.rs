@@ -270,17 +270,21 @@ impl Graph {
             if !slot.retire(Instant::now() + timeout) {
                 tracing::error!(source = %name, "the source did not stop within shutdown_timeout ({timeout:?}); it is left behind");
             }
+            self.logger.metrics.forget(name);
         }
         for name in &sinks.removed {
             let slot = self.sinks.shift_remove(name).expect("a running sink");
             if !slot.remove(Instant::now() + timeout) {
                 tracing::error!(sink = %name, "the removed sink did not stop within shutdown_timeout ({timeout:?}); it is left behind");
             }
+            self.logger.metrics.forget(name);
         }
         for name in &sinks.changed {
             let old = self.sinks.shift_remove(name).expect("a running sink");
             let old_settings = old.decl.sink_settings().cloned().unwrap_or_default();
-            let Some(mut line) = old.hand_over(Instant::now() + timeout) else {
+            let handed = old.hand_over(Instant::now() + timeout);
+            self.logger.metrics.forget(name);
+            let Some(mut line) = handed else {
                 tracing::error!(sink = %name, "the sink did not stop within shutdown_timeout ({timeout:?}) and still holds its queue: its replacement is not started; restart the gateway");
                 continue;
             };

@@ -8,6 +8,7 @@
 pub mod config;
 mod ingress;
 mod keys;
+mod metrics;
 pub mod request;
 mod serving;
 mod uplink;

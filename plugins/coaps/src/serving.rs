@@ -6,7 +6,7 @@
 //! waits for a sink.
 
 use crate::request::{self, Admitted, Key, Refused, Route, Seen, ANONYMOUS};
-use gateway_coap::{retry_later, Code, RequestId};
+use gateway_coap::{coap_lite::Packet, retry_later, Code, RequestId};
 use gateway_coaps_tokio::{Handler, Incoming, Responder, ServerStats};
 use gateway_sdk::{tracing, ErrorKind, PluginError, Reading, SourceContext, Timestamp};
 use std::{
@@ -19,16 +19,80 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Request and reading counters, logged periodically.
-#[derive(Default)]
+/// How often the worker that logs publishes the metrics (a scrape every 15 s or more sees
+/// figures at most this old).
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// Request and reading counters, logged periodically and published as metrics.
 pub struct Counters {
-    requests: AtomicU64,
-    readings: AtomicU64,
-    duplicates: AtomicU64,
-    bad_requests: AtomicU64,
-    unavailable: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) readings: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) bad_requests: AtomicU64,
+    pub(crate) unavailable: AtomicU64,
     /// Requests that waited for room in the sinks' queues.
-    held: AtomicU64,
+    pub(crate) held: AtomicU64,
+    /// Answers by code, indexed as CoAP encodes it (class * 32 + detail).
+    pub(crate) codes: Vec<AtomicU64>,
+    /// How long requests waited for their answer.
+    pub(crate) latency: Latency,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            requests: AtomicU64::default(),
+            readings: AtomicU64::default(),
+            duplicates: AtomicU64::default(),
+            bad_requests: AtomicU64::default(),
+            unavailable: AtomicU64::default(),
+            held: AtomicU64::default(),
+            codes: (0..256).map(|_| AtomicU64::default()).collect(),
+            latency: Latency::default(),
+        }
+    }
+}
+
+/// The upper bounds (seconds) of the latency histogram's buckets: from a request answered at
+/// once to one that waited for a slow database.
+pub(crate) const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A histogram of request latencies (arrival to answer), lock-free.
+#[derive(Default)]
+pub(crate) struct Latency {
+    /// Observations in each bucket alone (not cumulative), and above the last.
+    pub(crate) buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    pub(crate) sum_ns: AtomicU64,
+}
+
+impl Latency {
+    fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|le| s <= *le)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+impl Counters {
+    /// Counts an answer with `packet`'s code to a request that arrived at `since`.
+    fn answered(&self, packet: &Packet, since: Instant) {
+        if let Some(c) = Code::of(packet) {
+            let i = usize::from(c.class) * 32 + usize::from(c.detail);
+            if let Some(n) = self.codes.get(i) {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency.observe(since.elapsed());
+    }
 }
 
 /// What the ingress needs of its configuration here.
@@ -84,6 +148,7 @@ pub struct Serving<'a> {
     counters: Arc<Counters>,
     held: VecDeque<Held>,
     last_log: Instant,
+    last_publish: Instant,
     stop_by: Option<Instant>,
 }
 
@@ -105,6 +170,7 @@ impl<'a> Serving<'a> {
             counters: together.counters.clone(),
             held: VecDeque::new(),
             last_log: Instant::now(),
+            last_publish: Instant::now(),
             stop_by: None,
         }
     }
@@ -117,7 +183,7 @@ impl<'a> Serving<'a> {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%peer, code = %Code::of(&r.reply).unwrap_or(Code::new(0, 0)), why = %r.why, "request refused");
-        self.responder.respond(id, r.reply);
+        self.answer(id, r.reply, Instant::now());
     }
 
     /// Emits `h`'s readings without waiting; gives `h` back if the sinks' queues are full.
@@ -141,7 +207,9 @@ impl<'a> Serving<'a> {
             Ok(()) => {
                 seen.lock().expect("seen").stored(&ack_keys);
                 counters.readings.fetch_add(n, Ordering::Relaxed);
-                responder.respond(id, request::stored());
+                let reply = request::stored();
+                counters.answered(&reply, since);
+                responder.respond(id, reply);
             }
             Err(e) => {
                 seen.lock().expect("seen").failed(&ack_keys);
@@ -152,7 +220,9 @@ impl<'a> Serving<'a> {
                     counters.unavailable.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, readings = n, error = %e.message(), "readings not stored; the device is told to retry");
                 }
-                responder.respond(id, request::not_stored(&e, retry_after));
+                let reply = request::not_stored(&e, retry_after);
+                counters.answered(&reply, since);
+                responder.respond(id, reply);
             }
         });
         match sent {
@@ -166,15 +236,21 @@ impl<'a> Serving<'a> {
                     since,
                 }),
                 _ => {
-                    self.unavailable(id, &keys, &e.error);
+                    self.unavailable(id, &keys, &e.error, since);
                     Ok(())
                 }
             },
         }
     }
 
+    /// Answers request `id`, which arrived at `since`, with `packet`, and counts the answer.
+    fn answer(&self, id: RequestId, packet: Packet, since: Instant) {
+        self.counters.answered(&packet, since);
+        self.responder.respond(id, packet);
+    }
+
     /// Answers 5.03 to a request whose readings were admitted but not taken.
-    fn unavailable(&self, id: RequestId, keys: &[Key], e: &PluginError) {
+    fn unavailable(&self, id: RequestId, keys: &[Key], e: &PluginError, since: Instant) {
         self.seen.lock().expect("seen").failed(keys);
         self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
         let why = if e.kind == ErrorKind::STOPPED {
@@ -182,15 +258,14 @@ impl<'a> Serving<'a> {
         } else {
             "cannot take readings now"
         };
-        self.responder
-            .respond(id, retry_later(why, self.settings.retry_after));
+        self.answer(id, retry_later(why, self.settings.retry_after), since);
     }
 
     /// Keeps `h` until the sinks' queues have room, or answers 5.03 if too many wait.
     fn hold(&mut self, h: Held) {
         if self.held.len() >= self.settings.max_held {
             let e = PluginError::retry("too many requests wait for the sinks");
-            return self.unavailable(h.id, &h.keys, &e);
+            return self.unavailable(h.id, &h.keys, &e, h.since);
         }
         self.counters.held.fetch_add(1, Ordering::Relaxed);
         self.held.push_back(h);
@@ -228,11 +303,11 @@ impl Handler for Serving<'_> {
         let (id, peer) = (inc.id, inc.peer);
         if self.stop_by.is_some() {
             let r = retry_later("shutting down", self.settings.retry_after);
-            return self.responder.respond(id, r);
+            return self.answer(id, r, Instant::now());
         }
         match request::route(&inc.packet, &self.settings.path) {
             Ok(Route::Readings) => {}
-            Ok(Route::Discovery(r)) => return self.responder.respond(id, r),
+            Ok(Route::Discovery(r)) => return self.answer(id, r, Instant::now()),
             Err(r) => return self.refuse(id, peer, r),
         }
         // The driver admits a session without an identity only with `allow_anonymous`.
@@ -266,7 +341,7 @@ impl Handler for Serving<'_> {
             .duplicates
             .fetch_add(duplicates as u64, Ordering::Relaxed);
         if fresh.is_empty() {
-            return self.responder.respond(id, request::stored());
+            return self.answer(id, request::stored(), Instant::now());
         }
         let h = Held {
             id,
@@ -290,7 +365,7 @@ impl Handler for Serving<'_> {
         while let Some(h) = self.held.pop_front() {
             if h.since.elapsed() >= self.settings.hold {
                 let e = PluginError::retry("the sinks' queues stayed full");
-                self.unavailable(h.id, &h.keys, &e);
+                self.unavailable(h.id, &h.keys, &e, h.since);
                 continue;
             }
             if let Err(h) = self.emit(h) {
@@ -319,6 +394,10 @@ impl Handler for Serving<'_> {
         if self.settings.logs && self.last_log.elapsed() >= Duration::from_secs(60) {
             self.last_log = Instant::now();
             self.log_stats();
+        }
+        if self.settings.logs && self.last_publish.elapsed() >= PUBLISH_EVERY {
+            self.last_publish = Instant::now();
+            crate::metrics::of(&self.counters, &self.stats).publish(self.ctx.instance());
         }
         true
     }

@@ -1,0 +1,201 @@
+//! What plugin instances show on the metrics page ([`gateway_sdk::metrics`]): each instance's
+//! last published set of families, merged by name into Prometheus text with an `instance`
+//! label in front of the plugin's own. A family whose name or labels are not Prometheus names,
+//! or whose name is one of the host's own, is left out (and logged once).
+
+use gateway_sdk::abi::{MetricFamily, MetricKind};
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt::Write as _,
+    sync::Mutex,
+};
+
+/// Every instance's last published families.
+#[derive(Debug, Default)]
+pub struct PluginMetrics {
+    by_instance: Mutex<BTreeMap<String, Vec<MetricFamily>>>,
+    warned: Mutex<HashSet<String>>,
+}
+
+fn is_name(s: &str, colon: bool) -> bool {
+    let mut chars = s.chars();
+    let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || (colon && c == ':');
+    matches!(chars.next(), Some(c) if (c.is_ascii_alphabetic() || c == '_' || (colon && c == ':')))
+        && chars.all(ok)
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl PluginMetrics {
+    /// Replaces what `instance` shows.
+    pub fn publish(&self, instance: &str, families: Vec<MetricFamily>) {
+        self.by_instance
+            .lock()
+            .unwrap()
+            .insert(instance.to_owned(), families);
+    }
+
+    /// Drops what `instance` showed (it stopped, or a reload replaced it).
+    pub fn forget(&self, instance: &str) {
+        self.by_instance.lock().unwrap().remove(instance);
+    }
+
+    fn refuse(&self, instance: &str, name: &str, why: &str) {
+        if self
+            .warned
+            .lock()
+            .unwrap()
+            .insert(format!("{instance}/{name}"))
+        {
+            tracing::warn!(
+                instance,
+                metric = name,
+                "a plugin's metric is not shown: {why}"
+            );
+        }
+    }
+
+    /// Appends every family in Prometheus text, one `# HELP`/`# TYPE` per name, leaving out
+    /// the names in `host` (the host's own).
+    pub fn render(&self, out: &mut String, host: &[&str]) {
+        let all = self.by_instance.lock().unwrap().clone();
+        // name -> (help, kind, lines)
+        let mut merged: BTreeMap<String, (String, MetricKind, String)> = BTreeMap::new();
+        for (instance, families) in &all {
+            for f in families {
+                let name = f.name.as_str();
+                if !is_name(name, true) {
+                    self.refuse(instance, name, "not a Prometheus metric name");
+                    continue;
+                }
+                if host.contains(&name) {
+                    self.refuse(instance, name, "the host shows a metric of that name");
+                    continue;
+                }
+                let entry = merged
+                    .entry(name.to_owned())
+                    .or_insert_with(|| (f.help.to_string(), f.kind, String::new()));
+                if entry.1 != f.kind {
+                    self.refuse(
+                        instance,
+                        name,
+                        "another instance shows it with another type",
+                    );
+                    continue;
+                }
+                for s in &f.samples {
+                    let mut labels = format!("instance=\"{}\"", escape(instance));
+                    let mut bad = !matches!(s.suffix.as_str(), "" | "_bucket" | "_sum" | "_count");
+                    for pair in &s.labels {
+                        let (k, v) = (pair.0.as_str(), pair.1.as_str());
+                        bad |= !is_name(k, false) || k == "instance";
+                        let _ = write!(labels, ",{k}=\"{}\"", escape(v));
+                    }
+                    if bad {
+                        self.refuse(
+                            instance,
+                            name,
+                            "a sample's label name or suffix is not allowed",
+                        );
+                        continue;
+                    }
+                    let _ = writeln!(entry.2, "{name}{}{{{labels}}} {}", s.suffix, s.value);
+                }
+            }
+        }
+        for (name, (help, kind, lines)) in merged {
+            let kind = match kind {
+                MetricKind::Counter => "counter",
+                MetricKind::Gauge => "gauge",
+                MetricKind::Histogram => "histogram",
+            };
+            let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            out.push_str(&lines);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_sdk::metrics::Metrics;
+
+    #[test]
+    fn families_of_several_instances_merge_under_one_help_and_type() {
+        let p = PluginMetrics::default();
+        let mut a = Metrics::new();
+        a.counter(
+            "gateway_dtls_handshakes_total",
+            "Handshakes.",
+            &[("result", "ok")],
+            3,
+        )
+        .histogram(
+            "gateway_coap_latency_seconds",
+            "Latency.",
+            &[],
+            &[(0.01, 2)],
+            0.02,
+            3,
+        );
+        p.publish("in1", a.families().to_vec());
+        let mut b = Metrics::new();
+        b.counter(
+            "gateway_dtls_handshakes_total",
+            "Handshakes.",
+            &[("result", "ok")],
+            5,
+        )
+        .gauge("bad name", "x", &[], 1.0)
+        .gauge("gateway_sink_written_total", "a host name", &[], 1.0)
+        .gauge(
+            "gateway_x",
+            "a label that is not a name",
+            &[("a-b", "v\"q")],
+            1.0,
+        );
+        p.publish("in2", b.families().to_vec());
+        let mut out = String::new();
+        p.render(&mut out, &["gateway_sink_written_total"]);
+        assert_eq!(
+            out.matches("# TYPE gateway_dtls_handshakes_total counter")
+                .count(),
+            1,
+            "{out}"
+        );
+        assert!(
+            out.contains("gateway_dtls_handshakes_total{instance=\"in1\",result=\"ok\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gateway_dtls_handshakes_total{instance=\"in2\",result=\"ok\"} 5\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gateway_coap_latency_seconds_bucket{instance=\"in1\",le=\"0.01\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gateway_coap_latency_seconds_bucket{instance=\"in1\",le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gateway_coap_latency_seconds_count{instance=\"in1\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("bad name") && !out.contains("a host name") && !out.contains("a-b"),
+            "{out}"
+        );
+        p.forget("in1");
+        let mut out = String::new();
+        p.render(&mut out, &[]);
+        assert!(!out.contains("in1") && out.contains("in2"), "{out}");
+    }
+}
