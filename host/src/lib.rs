@@ -8,6 +8,7 @@
 pub mod buffer;
 pub mod config;
 pub mod deadletter;
+pub mod internal;
 pub mod loader;
 pub mod logging;
 pub mod memory;

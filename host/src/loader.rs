@@ -292,6 +292,9 @@ impl Catalog {
     /// Finds the library exporting plugin `id` of kind `kind`, among the files its name gives
     /// ([`Catalog::conventional_paths`]) only. The error says what was looked at.
     pub fn find(&mut self, id: &str, kind: PluginKind) -> Result<Found, String> {
+        if let Some(found) = built_in(id, kind) {
+            return found;
+        }
         let candidates = self.conventional_paths(id);
         // The library named after the plugin itself (in any directory).
         let own = candidates[0].file_name().map(|f| f.to_owned());
@@ -352,4 +355,29 @@ impl Catalog {
         }
         Err(msg)
     }
+}
+
+/// The plugins built into the host (no library to load): `internal`.
+fn built_in(id: &str, kind: PluginKind) -> Option<Result<Found, String>> {
+    use gateway_sdk::Source as _;
+    if id != crate::internal::Internal::ID {
+        return None;
+    }
+    if kind != PluginKind::Source {
+        return Some(Err(format!(
+            "plugin {id:?} is built into the gateway as a source, but it is configured as a {}",
+            kind.name()
+        )));
+    }
+    let plugin = gateway_sdk::shim::source_descriptor::<crate::internal::Internal>();
+    Some(Ok(Found {
+        library: Library {
+            path: PathBuf::from("(built into gateway)"),
+            name: "gateway".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            sdk_version: gateway_sdk::SDK_VERSION.into(),
+            plugins: vec![plugin.clone()],
+        },
+        plugin,
+    }))
 }

@@ -39,6 +39,16 @@ impl PluginMetrics {
             .insert(instance.to_owned(), families);
     }
 
+    /// Every instance's families now.
+    pub fn snapshot(&self) -> Vec<(String, Vec<MetricFamily>)> {
+        self.by_instance
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// Drops what `instance` showed (it stopped, or a reload replaced it).
     pub fn forget(&self, instance: &str) {
         self.by_instance.lock().unwrap().remove(instance);

@@ -176,11 +176,19 @@ fn the_ingress_shows_its_sessions_handshakes_and_answers_on_the_metrics_page() {
     let mport = free_tcp_port();
     let addr: SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
     let config = pi_chain_config(&s, port);
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "[gateway]\n",
-        &format!("[gateway]\nmetrics = \"127.0.0.1:{mport}\"\n"),
-        1,
-    );
+    // With the figures also as readings, through `internal` into the console.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen(
+            "[gateway]\n",
+            &format!("[gateway]\nmetrics = \"127.0.0.1:{mport}\"\n"),
+            1,
+        )
+        .replace(
+            "inputs = [\"ingress\"]",
+            "inputs = [\"ingress\", \"health\"]",
+        )
+        + "\n[sources.health]\nplugin = \"internal\"\ninterval = \"300ms\"\n";
     std::fs::write(&config, text).unwrap();
     let mut gw = Running::start(&s, &config, &[]);
     assert!(
@@ -261,6 +269,77 @@ fn the_ingress_shows_its_sessions_handshakes_and_answers_on_the_metrics_page() {
         "gateway_coap_request_duration_seconds_bucket{instance=\"ingress\",le=\"+Inf\"}",
     );
     assert!(count >= Some(3.0) && count == inf, "{text}");
+    let end = Instant::now() + Duration::from_secs(20);
+    while !gw
+        .stdout()
+        .contains("pi-01/ingress dtls_handshakes_total.failed.certificate=1 ")
+    {
+        assert!(Instant::now() < end, "{}", gw.stdout());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        gw.stdout().contains("pi-01/ingress dtls_sessions=1 "),
+        "{}",
+        gw.stdout()
+    );
+    assert!(
+        gw.stop(Duration::from_secs(20)).success(),
+        "{}",
+        gw.stderr()
+    );
+}
+
+#[test]
+fn the_internal_source_emits_the_gateways_own_figures_as_readings() {
+    let s = Setup::new();
+    let cfg = s.config(
+        &format!("data_dir = {:?}", s.path("data").display().to_string()),
+        &format!(
+            r#"[sources.seq]
+plugin = "testkit-sequence"
+count = 50
+batch_size = 10
+
+[sources.health]
+plugin = "internal"
+interval = "200ms"
+
+[sinks.rec]
+plugin = "testkit-recorder"
+inputs = ["seq"]
+path = {:?}
+buffer = {{ type = "disk" }}
+
+[sinks.console]
+plugin = "console"
+inputs = ["health"]
+"#,
+            s.path("out.txt").display().to_string()
+        ),
+    );
+    let (status, out, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains("internal (gateway 0.1.0, (built into gateway))"),
+        "{out}"
+    );
+    let mut gw = Running::start(&s, &cfg, &[]);
+    let end = Instant::now() + Duration::from_secs(20);
+    while !gw.stdout().contains("test/sink:rec written=50 ") {
+        assert!(Instant::now() < end, "{}\n{}", gw.stdout(), gw.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = gw.stdout();
+    for want in [
+        "test/source:seq readings=50 ",
+        "test/sink:rec pending=0 ",
+        "test/sink:rec retries=0 ",
+        "test/buffer:rec readings=0 ",
+        "test/buffer:rec bytes=",
+        "test/buffer:rec oldest_age=0 s ",
+    ] {
+        assert!(out.contains(want), "{want} in\n{out}");
+    }
     assert!(
         gw.stop(Duration::from_secs(20)).success(),
         "{}",

@@ -132,6 +132,7 @@ impl Graph {
             g.sources.insert(slot.decl.name.clone(), slot);
         }
         g.publish();
+        crate::internal::install(g.views.clone(), g.logger.metrics.clone());
         g
     }
 

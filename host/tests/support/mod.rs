@@ -360,8 +360,8 @@ pub fn make_certs_with(gateway: &Path, dir: &Path, device: &str) {
 }
 
 /// The quick start's chain as it runs on a Pi, in one process: two simulated DS18B20 probes and
-/// the GPS replay into `coaps-uplink`, over DTLS on loopback (`port`) into `coaps-ingress`, into
-/// `console`. Certificates for device `pi-01` are expected under `certs/` of `s`.
+/// the GPS replay into a disk-buffered `coaps-uplink`, over DTLS on loopback (`port`) into
+/// `coaps-ingress`, into `console`. Certificates for device `pi-01` are expected under `certs/` of `s`.
 pub fn pi_chain_config(s: &Setup, port: u16) -> PathBuf {
     let gps_log = workspace().join("plugins/ublox7/tests/fixtures/gpsd-gr601-w.log");
     let config = s.path("dist.toml");
@@ -391,6 +391,9 @@ ca_file = "certs/ca.pem"
 cert_file = "certs/device-pi-01.pem"
 key_file = "certs/device-pi-01.key"
 batch_timeout = "100ms"
+# Both ends are in one process, and a shutdown stops the ingress (a source) before the uplink
+# (a sink) has drained: what the uplink still holds then waits on disk, as on a Pi.
+buffer = {{ type = "disk" }}
 
 [sources.ingress]
 plugin = "coaps-ingress"
