@@ -229,12 +229,11 @@ struct RawGateway {
     device: Option<Spanned<String>>,
     plugin_dir: Option<Spanned<toml::Value>>,
     data_dir: Option<Spanned<String>>,
-    log_level: Option<Level>,
-    log_format: Option<LogFormat>,
-    #[serde(default, with = "gateway_sdk::config::duration::option")]
-    shutdown_timeout: Option<Duration>,
-    #[serde(default, with = "gateway_sdk::config::duration::option")]
-    stats_interval: Option<Duration>,
+    // Read as strings, and parsed after `${...}` substitution.
+    log_level: Option<Spanned<String>>,
+    log_format: Option<Spanned<String>>,
+    shutdown_timeout: Option<Spanned<String>>,
+    stats_interval: Option<Spanned<String>>,
     metrics: Option<Spanned<String>>,
 }
 
@@ -437,6 +436,7 @@ fn gateway(file: &str, text: &str, base: &Path, g: RawGateway) -> Result<Gateway
     let string = |key: &str, v: Option<Spanned<String>>| {
         v.map(|v| sub(key, v.span().start, v.get_ref())).transpose()
     };
+    let duration = gateway_sdk::config::duration::parse;
     let resolve = |p: String| {
         let p = PathBuf::from(p);
         if p.is_absolute() {
@@ -508,11 +508,57 @@ fn gateway(file: &str, text: &str, base: &Path, g: RawGateway) -> Result<Gateway
         data_dir: resolve(
             string("data_dir", g.data_dir)?.unwrap_or_else(|| default::DATA_DIR.to_owned()),
         ),
-        log_level: g.log_level.map(Into::into).unwrap_or(LevelFilter::INFO),
-        log_format: g.log_format.unwrap_or(LogFormat::Text),
-        shutdown_timeout: g.shutdown_timeout.unwrap_or(default::SHUTDOWN_TIMEOUT),
-        stats_interval: g.stats_interval.unwrap_or(default::STATS_INTERVAL),
+        log_level: parsed(("log_level", g.log_level), &sub, &err, level)?
+            .unwrap_or(LevelFilter::INFO),
+        log_format: parsed(("log_format", g.log_format), &sub, &err, |v| match v {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("expected \"text\" or \"json\", found {v:?}")),
+        })?
+        .unwrap_or(LogFormat::Text),
+        shutdown_timeout: parsed(
+            ("shutdown_timeout", g.shutdown_timeout),
+            &sub,
+            &err,
+            duration,
+        )?
+        .unwrap_or(default::SHUTDOWN_TIMEOUT),
+        stats_interval: parsed(("stats_interval", g.stats_interval), &sub, &err, duration)?
+            .unwrap_or(default::STATS_INTERVAL),
         metrics,
+    })
+}
+
+/// A `[gateway]` key written as a string: substituted (`sub`), then read by `parse`; errors
+/// made by `err` (they name the key and line).
+fn parsed<T>(
+    (key, v): (&str, Option<Spanned<String>>),
+    sub: &dyn Fn(&str, usize, &str) -> Result<String, ConfigError>,
+    err: &dyn Fn(&str, usize, String) -> ConfigError,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, ConfigError> {
+    v.map(|v| {
+        let at = v.span().start;
+        let s = sub(key, at, v.get_ref())?;
+        parse(&s).map_err(|e| err(key, at, e))
+    })
+    .transpose()
+}
+
+/// `log_level`'s words.
+fn level(v: &str) -> Result<LevelFilter, String> {
+    Ok(match v {
+        "off" => LevelFilter::OFF,
+        "error" => LevelFilter::ERROR,
+        "warn" => LevelFilter::WARN,
+        "info" => LevelFilter::INFO,
+        "debug" => LevelFilter::DEBUG,
+        "trace" => LevelFilter::TRACE,
+        _ => {
+            return Err(format!(
+                "expected off, error, warn, info, debug or trace, found {v:?}"
+            ))
+        }
     })
 }
 

@@ -199,3 +199,37 @@ fn syntax_error_has_a_line() {
     let e = parse("[gateway]\ndevice = \n").unwrap_err().0;
     assert!(e.starts_with("/etc/gw/gateway.toml:2: "), "{e}");
 }
+
+#[test]
+fn gateway_levels_formats_and_durations_take_substitutions_and_name_the_key() {
+    std::env::set_var("GW_TEST_TIMEOUT", "3s");
+    std::env::set_var("GW_TEST_LEVEL", "debug");
+    let text = GOOD.replace(
+        "plugin_dir = \"plugins\"",
+        "plugin_dir = \"plugins\"\nshutdown_timeout = \"${GW_TEST_TIMEOUT}\"\nlog_level = \"${GW_TEST_LEVEL}\"\nlog_format = \"${GW_TEST_FORMAT:-json}\"\nstats_interval = \"${GW_TEST_UNSET:-0s}\"",
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.gateway.shutdown_timeout, Duration::from_secs(3));
+    assert_eq!(c.gateway.log_level, LevelFilter::DEBUG);
+    assert_eq!(c.gateway.log_format, LogFormat::Json);
+    assert_eq!(c.gateway.stats_interval, Duration::ZERO);
+    // What the variable held is checked as if written there.
+    std::env::set_var("GW_TEST_LEVEL", "loud");
+    let e = parse(&text).unwrap_err().0;
+    assert!(
+        e.starts_with("/etc/gw/gateway.toml:6: [gateway] log_level: expected off, error"),
+        "{e}"
+    );
+    let e = parse(&GOOD.replace(
+        "plugin_dir = \"plugins\"",
+        "plugin_dir = \"plugins\"\nshutdown_timeout = \"soon\"",
+    ))
+    .unwrap_err()
+    .0;
+    assert!(
+        e.starts_with(
+            "/etc/gw/gateway.toml:5: [gateway] shutdown_timeout: invalid duration \"soon\""
+        ),
+        "{e}"
+    );
+}
