@@ -9,6 +9,7 @@
 //!   formatting, clippy and rustdoc with warnings denied, the test suite, and a short run of
 //!   every fuzz target (`FUZZ_SECONDS` each, 30 by default).
 //! - `bench`: build in release mode and print every benchmark figure of the README.
+//! - `bench-pi`: the Pi side's resident memory without and with the metrics page.
 //! - `bench-e2e`: only the MySQL figures (plain INSERTs, end to end, drain after an outage).
 //! - `bench-ingress [SECONDS]`: the ingress under a fleet's load beside libcoap's server
 //!   (`fleet.rs`).
@@ -121,6 +122,11 @@ fn main() -> Result<()> {
         Some("bench-ingress") => link_bench(&args, 5, fleet::bench),
         Some("bench-lossy") => link_bench(&args, 60, lossy::bench),
         Some("bench-reload") => link_bench(&args, 10, reload::bench),
+        Some("bench-pi") => {
+            let dir = build(true)?;
+            ensure_certs(&dir)?;
+            pi_memory(&dir)
+        }
         Some("bench-e2e") => {
             let dir = build(true)?;
             ensure_certs(&dir)?;
@@ -154,7 +160,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | test [CARGO-TEST-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-e2e | soak [N] | dist [--target TRIPLE] | deb [--target TRIPLE]..."
+                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | test [CARGO-TEST-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-pi | bench-e2e | soak [N] | dist [--target TRIPLE] | deb [--target TRIPLE]..."
             );
             std::process::exit(2);
         }
@@ -490,6 +496,27 @@ fn link_bench(args: &[String], default: u64, bench: fn(&Path, u64) -> Result<()>
     bench(&dir, secs)
 }
 
+/// `bench-pi`: the Pi side's resident memory (the distribution build, bench/pi-client.toml,
+/// sending to bench/pi-server.toml) without and with the metrics page, three times each.
+fn pi_memory(dir: &Path) -> Result<()> {
+    let pi = dist::dist(None)?;
+    let server = start(&dir.join("gateway"), "bench/pi-server.toml", &[])?;
+    std::thread::sleep(Duration::from_millis(500));
+    println!("== resident memory of the Pi side (distribution build): without / with `metrics` (scraped)");
+    let mut r = Ok(());
+    for _ in 0..3 {
+        for (what, config, scrape) in [
+            ("without metrics", "bench/pi-client.toml", None),
+            ("with metrics   ", "bench/pi-client-metrics.toml", Some("127.0.0.1:9465")),
+        ] {
+            print!("   {what}:");
+            r = r.and_then(|_| resident_scraped(&pi.join("gateway"), config, 6, scrape));
+        }
+    }
+    let _ = stop(server);
+    r
+}
+
 /// SIGTERM, then wait for the exit.
 fn stop(mut child: std::process::Child) -> Result<std::process::ExitStatus> {
     Ok(terminate(&mut child)?)
@@ -592,8 +619,26 @@ fn end_to_end(gateway: &Path) -> Result<()> {
 /// Runs `gateway run --config CONFIG` for `secs` seconds and prints its resident memory: RSS,
 /// and PSS (shared library pages divided among the processes that map them).
 fn resident(gateway: &Path, config: &str, secs: u64) -> Result<()> {
+    resident_scraped(gateway, config, secs, None)
+}
+
+/// [`resident`], with the metrics page at `scrape` read twice meanwhile (a page served is
+/// part of what it costs).
+fn resident_scraped(gateway: &Path, config: &str, secs: u64, scrape: Option<&str>) -> Result<()> {
     let child = start(gateway, config, &[])?;
-    std::thread::sleep(Duration::from_secs(secs));
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs(secs / 2));
+        if let Some(addr) = scrape {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect(addr)?;
+            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut page = String::new();
+            c.read_to_string(&mut page)?;
+            if !page.starts_with("HTTP/1.0 200") {
+                bail!("the metrics page at {addr} answered {page:?}");
+            }
+        }
+    }
     let (rss, pss) = (
         proc_kb(child.id(), "status", "VmRSS:"),
         proc_kb(child.id(), "smaps_rollup", "Pss:"),
