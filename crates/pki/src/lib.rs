@@ -78,8 +78,8 @@ pub fn issue(
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let (from, until) = (
-        Asn1Time::from_unix(now + not_before_days * 86400).map_err(e("validity"))?,
-        Asn1Time::from_unix(now + not_after_days * 86400).map_err(e("validity"))?,
+        x509_time(now + not_before_days * 86400)?,
+        x509_time(now + not_after_days * 86400)?,
     );
     b.set_not_before(&from).map_err(e("validity"))?;
     b.set_not_after(&until).map_err(e("validity"))?;
@@ -209,6 +209,35 @@ pub fn read_pair(cert: &Path, key: &Path) -> Result<(X509, Key), PkiError> {
     ))
 }
 
+/// `unix` (seconds since 1970, UTC) as an X.509 time: UTCTime through 2049, GeneralizedTime
+/// after, as RFC 5280 wants. Made from the calendar date, not from a `time_t`, which has 32 bits
+/// on armhf and ends in 2038 (a CA valid for 20 years outlives it).
+fn x509_time(unix: i64) -> Result<Asn1Time, PkiError> {
+    let (days, secs) = (unix.div_euclid(86400), unix.rem_euclid(86400));
+    let (y, m, d) = civil_from_days(days);
+    let text = format!(
+        "{y:04}{m:02}{d:02}{:02}{:02}{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    );
+    Asn1Time::from_str_x509(&text).map_err(e("validity"))
+}
+
+/// The proleptic Gregorian date of day `z` after 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -227,12 +256,12 @@ pub fn revoke(
     certs: &[&X509],
     days: i64,
 ) -> Result<usize, PkiError> {
-    let now = Asn1Time::from_unix(unix_now()).map_err(e("time"))?;
+    let now = x509_time(unix_now())?;
     let mut b = X509CrlBuilder::new().map_err(e("CRL"))?;
     b.set_issuer_name(ca.subject_name())
         .map_err(e("CRL issuer"))?;
     b.set_last_update(&now).map_err(e("CRL time"))?;
-    let next = Asn1Time::from_unix(unix_now() + days * 86400).map_err(e("CRL time"))?;
+    let next = x509_time(unix_now() + days * 86400)?;
     b.set_next_update(&next).map_err(e("CRL time"))?;
     // The authority key identifier (RFC 5280 §5.2.1): SEQUENCE { [0] keyIdentifier } of the
     // CA's subject key identifier.
@@ -329,5 +358,23 @@ impl Layout<'_> {
     /// `crl.pem`: the devices revoked.
     pub fn crl(&self) -> std::path::PathBuf {
         self.0.join("crl.pem")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x509_times_are_calendar_dates_past_2038_too() {
+        for (unix, shown) in [
+            (0, "Jan  1 00:00:00 1970 GMT"),
+            (951_782_400, "Feb 29 00:00:00 2000 GMT"),
+            (2_147_483_648, "Jan 19 03:14:08 2038 GMT"),
+            (2_524_608_000, "Jan  1 00:00:00 2050 GMT"),
+            (4_107_542_399, "Feb 28 23:59:59 2100 GMT"),
+        ] {
+            assert_eq!(x509_time(unix).unwrap().to_string(), shown, "{unix}");
+        }
     }
 }
