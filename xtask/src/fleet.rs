@@ -7,7 +7,8 @@
 //!
 //! The ingress runs `bench/ingress.toml` (its defaults, into the null sink); `GATEWAY` picks
 //! another build of the gateway (e.g. `target/dist/gateway-x86_64-unknown-linux-gnu/gateway`,
-//! with OpenSSL 3.5), `IDLE_DEVICES` the sessions of the memory figure (default 2000), and
+//! with OpenSSL 3.5; copy `libtestkit.so` beside it for the null sink), `GATEWAY_LOAD` another
+//! build of the load generator, `IDLE_DEVICES` the sessions of the memory figure (default 2000), and
 //! `INGRESS_PARTS` which parts run (a comma-separated list of `requests`, `handshakes` and
 //! `idle`; all by default).
 
@@ -171,7 +172,8 @@ fn load(
 
 /// The benchmark; `secs` per measurement.
 pub fn bench(dir: &Path, secs: u64) -> Result<()> {
-    let load_bin = dir.join("gateway-load");
+    let load_bin =
+        std::env::var_os("GATEWAY_LOAD").map_or_else(|| dir.join("gateway-load"), PathBuf::from);
     let gateway = std::env::var_os("GATEWAY").map_or_else(|| dir.join("gateway"), PathBuf::from);
     let with_libcoap = has("coap-server-openssl");
     if !with_libcoap {
