@@ -507,7 +507,11 @@ fn pi_memory(dir: &Path) -> Result<()> {
     for _ in 0..3 {
         for (what, config, scrape) in [
             ("without metrics", "bench/pi-client.toml", None),
-            ("with metrics   ", "bench/pi-client-metrics.toml", Some("127.0.0.1:9465")),
+            (
+                "with metrics   ",
+                "bench/pi-client-metrics.toml",
+                Some("127.0.0.1:9465"),
+            ),
         ] {
             print!("   {what}:");
             r = r.and_then(|_| resident_scraped(&pi.join("gateway"), config, 6, scrape));
