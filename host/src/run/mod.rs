@@ -54,7 +54,7 @@ pub struct RunSummary {
 
 /// Runs the plan until `signals.stop` receives (or, with `until_sources_finish`, until every
 /// source finished), then shuts down; `signals.reload` re-reads the config and applies what
-/// changed (see [`reload`]).
+/// changed (see `run/reload.rs`).
 pub fn run(plan: Plan, opts: &RunOptions, signals: Signals, logger: Arc<HostLogger>) -> RunSummary {
     let started = Instant::now();
     let mut graph = Graph::start(plan, logger);
