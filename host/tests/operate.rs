@@ -223,7 +223,8 @@ fn the_ingress_shows_its_sessions_handshakes_and_answers_on_the_metrics_page() {
                 &text,
                 &(series("gateway_coap_responses_total") + ",code=\"2.04\"}"),
             );
-            if failed >= Some(1.0) && stored >= Some(3.0) {
+            let uplink = metric(&text, "gateway_dtls_client_connected{instance=\"uplink\"}");
+            if failed >= Some(1.0) && stored >= Some(3.0) && uplink == Some(1.0) {
                 break text;
             }
         }
@@ -250,6 +251,25 @@ fn the_ingress_shows_its_sessions_handshakes_and_answers_on_the_metrics_page() {
     ] {
         assert_eq!(metric(&text, series), Some(want), "{series} in\n{text}");
     }
+    // The uplink, in the same process, shows its side of the link.
+    for (series, want) in [
+        ("gateway_dtls_client_connected{instance=\"uplink\"}", 1.0),
+        (
+            "gateway_dtls_client_handshakes_total{instance=\"uplink\",result=\"ok\"}",
+            1.0,
+        ),
+        (
+            "gateway_dtls_client_handshakes_total{instance=\"uplink\",result=\"failed\",reason=\"certificate\"}",
+            0.0,
+        ),
+    ] {
+        assert_eq!(metric(&text, series), Some(want), "{series} in\n{text}");
+    }
+    let rto = metric(
+        &text,
+        "gateway_coap_client_rto_seconds{instance=\"uplink\"}",
+    );
+    assert!(rto > Some(0.0) && rto < Some(3.0), "{text}");
     assert!(
         text.contains("# TYPE gateway_coap_request_duration_seconds histogram"),
         "{text}"
@@ -277,6 +297,12 @@ fn the_ingress_shows_its_sessions_handshakes_and_answers_on_the_metrics_page() {
         assert!(Instant::now() < end, "{}", gw.stdout());
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(
+        gw.stdout()
+            .contains("pi-01/uplink dtls_client_connected=1 "),
+        "{}",
+        gw.stdout()
+    );
     assert!(
         gw.stdout().contains("pi-01/ingress dtls_sessions=1 "),
         "{}",

@@ -279,6 +279,14 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         &self.stats
     }
 
+    /// The retransmission timeout measured for `peer` so far (`None` before any request to it,
+    /// or without [`Config::adaptive_rto`]), for a metrics page.
+    pub fn rto_estimate(&self, peer: &P) -> Option<Duration> {
+        self.rto
+            .get(peer)
+            .map(|r| Duration::from_secs_f64(r.estimate()))
+    }
+
     /// Client exchanges and server requests in progress.
     pub fn in_flight(&self) -> (usize, usize) {
         (self.exchanges.len(), self.pending.len())

@@ -6,7 +6,7 @@ use gateway_coap::{
     request, ContentFormat,
 };
 use gateway_dtls::{
-    client::{Client as Machine, Config, Event, RequestError, RequestTag, Transmit},
+    client::{Client as Machine, Config, Event, Figures, RequestError, RequestTag, Transmit},
     DtlsError,
 };
 use std::{
@@ -62,6 +62,10 @@ fn to_channel(done: &std_mpsc::Sender<Tagged>) -> Reply {
     })
 }
 
+/// Called on the client's thread with what it counted ([`Figures`]), every so often
+/// ([`Client::start_observed`]). It must not block.
+pub type Observer = Arc<dyn Fn(&Figures) + Send + Sync>;
+
 /// A CoAP-over-DTLS client to one server. Requests are blocking calls from any thread.
 pub struct Client {
     tx: mpsc::UnboundedSender<Cmd>,
@@ -72,6 +76,15 @@ impl Client {
     /// Checks the settings (files, ciphers) and starts the client's thread. Connects lazily,
     /// on the first request, and again after a session is lost.
     pub fn start(opts: ClientOptions) -> Result<Client, DtlsError> {
+        Client::start_observed(opts, None)
+    }
+
+    /// [`Client::start`], with `observer` (if given) told the client's [`Figures`] every
+    /// `every`, and once more at its end.
+    pub fn start_observed(
+        opts: ClientOptions,
+        observer: Option<(Duration, Observer)>,
+    ) -> Result<Client, DtlsError> {
         let machine = Machine::new(opts.client.clone(), gateway_dtls::rng())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let span = tracing::Span::current();
@@ -79,7 +92,7 @@ impl Client {
             .name("coaps-client".into())
             .spawn(move || {
                 let _e = span.enter();
-                runtime().block_on(client_loop(opts, machine, rx))
+                runtime().block_on(client_loop(opts, machine, rx, observer))
             })
             .map_err(|e| DtlsError::Other(e.to_string()))?;
         Ok(Client {
@@ -240,7 +253,12 @@ async fn client_loop(
     opts: ClientOptions,
     mut machine: Machine,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
+    observer: Option<(Duration, Observer)>,
 ) {
+    let mut look = Look {
+        observer,
+        next: Instant::now(),
+    };
     let mut socket: Option<UdpSocket> = None;
     let mut replies: HashMap<RequestTag, (Reply, u64)> = HashMap::new();
     let mut buf = vec![0u8; 65536];
@@ -259,12 +277,17 @@ async fn client_loop(
             carry_out(t, &mut socket, &mut machine, opts.bind, opts.server).await;
         }
         if machine.is_closed() {
+            look.at(&machine, true);
             return;
         }
+        look.at(&machine, false);
         let now = Instant::now();
-        let next = machine
+        let mut next = machine
             .poll_timeout(now)
             .unwrap_or(now + Duration::from_secs(3600));
+        if look.observer.is_some() {
+            next = next.min(look.next);
+        }
         tokio::select! {
             cmd = rx.recv(), if open_cmds => match cmd {
                 Some(Cmd::Job(j)) => {
@@ -277,7 +300,10 @@ async fn client_loop(
                         replies.insert(tag, (g.reply.clone(), i as u64));
                     }
                 }
-                Some(Cmd::Abort) => return,
+                Some(Cmd::Abort) => {
+                    look.at(&machine, true);
+                    return;
+                }
                 None => {
                     open_cmds = false;
                     machine.close(Instant::now());
@@ -290,6 +316,25 @@ async fn client_loop(
                 }
             }
             _ = sleep_until(next.into()) => machine.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+/// Tells the observer, if any, the client's figures every so often.
+struct Look {
+    observer: Option<(Duration, Observer)>,
+    next: Instant,
+}
+
+impl Look {
+    /// Tells the observer if it is time (or `last`).
+    fn at(&mut self, machine: &Machine, last: bool) {
+        if let Some((every, f)) = &self.observer {
+            let now = Instant::now();
+            if last || now >= self.next {
+                f(&machine.figures());
+                self.next = now + *every;
+            }
         }
     }
 }

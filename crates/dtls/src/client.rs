@@ -134,8 +134,31 @@ impl Link {
     }
 }
 
+/// What a client counted, for a metrics page ([`Client::figures`]).
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    /// Whether a session is established now.
+    pub connected: bool,
+    /// Full handshakes that established a session.
+    pub handshakes: u64,
+    /// Abbreviated handshakes that resumed the last session.
+    pub resumed: u64,
+    /// Handshakes that failed and sessions that ended in an error, by reason (indexed as
+    /// [`crate::server::FAILURE_REASONS`]).
+    pub failures: [u64; 4],
+    /// Sessions given up because CoAP heard nothing back on them.
+    pub stale: u64,
+    /// The CoAP layer's counters (retransmissions, timeouts, ...).
+    pub coap: gateway_coap::Stats,
+    /// The retransmission timeout measured for the server (`None` before the first request).
+    pub rto: Option<Duration>,
+    /// Requests sent and not finished, and requests waiting for a slot or a session.
+    pub in_flight: (usize, usize),
+}
+
 /// A CoAP-over-DTLS client to one server, without sockets. See the module documentation.
 pub struct Client {
+    figures: Figures,
     cfg: Config,
     ctx: SslContext,
     endpoint: Endpoint<()>,
@@ -172,6 +195,7 @@ impl Client {
         rng: Box<dyn FnMut() -> u64 + Send>,
     ) -> Client {
         Client {
+            figures: Figures::default(),
             ctx,
             endpoint: Endpoint::new(cfg.coap.clone(), rng),
             cfg,
@@ -293,6 +317,17 @@ impl Client {
         self.closed
     }
 
+    /// What the client counted so far, and its state now.
+    pub fn figures(&self) -> Figures {
+        Figures {
+            connected: self.is_connected(),
+            coap: self.endpoint.stats().clone(),
+            rto: self.endpoint.rto_estimate(&()),
+            in_flight: (self.waiting.len(), self.queued.len()),
+            ..self.figures.clone()
+        }
+    }
+
     /// Whether a session is established now.
     pub fn is_connected(&self) -> bool {
         self.link
@@ -392,6 +427,7 @@ impl Client {
     /// Closes the DTLS session (the next request reconnects) and forgets the CoAP exchanges
     /// with the server; the requests still waiting fail now, not at their deadlines.
     fn drop_session(&mut self, why: &str) {
+        self.figures.stale += 1;
         // Requests still waiting for an NSTART slot never went out on this session: they wait
         // for the next one instead of failing with it.
         let unsent: Vec<Token> = self
@@ -466,6 +502,11 @@ impl Client {
             if let Some(l) = self.link.as_mut() {
                 if l.session.is_established() && !self.established {
                     self.established = true;
+                    if l.session.resumed() {
+                        self.figures.resumed += 1;
+                    } else {
+                        self.figures.handshakes += 1;
+                    }
                     tracing::debug!(resumed = l.session.resumed(), cipher = ?l.session.cipher(), "DTLS session established");
                     self.resume = l.session.ssl_session();
                 }
@@ -608,6 +649,9 @@ impl Client {
 
     fn on_link_closed(&mut self, e: DtlsError) {
         tracing::warn!(error = %e, "DTLS session ended");
+        if e != DtlsError::Closed {
+            self.figures.failures[crate::server::failure_reason(&e)] += 1;
+        }
         if !self.established || e != DtlsError::Closed {
             // Neither a handshake that failed nor a session that broke is offered again.
             self.resume = None;

@@ -1,10 +1,16 @@
-//! What the ingress shows on the host's metrics page ([`gateway_sdk::metrics`]): its DTLS
-//! endpoint (sessions now, handshakes by result and reason, evictions) and its CoAP requests
-//! (answers by code, latency from arrival to answer, readings stored and duplicates dropped).
-//! Worker 0 publishes the figures every second; they are shared by every worker.
+//! What the coaps plugins show on the host's metrics page ([`gateway_sdk::metrics`]).
+//!
+//! - The ingress: its DTLS endpoint (sessions now, handshakes by result and reason, evictions)
+//!   and its CoAP requests (answers by code, latency from arrival to answer, readings stored
+//!   and duplicates dropped). Worker 0 publishes every second; the figures are shared by every
+//!   worker.
+//! - The uplink: its link to the server (connected or not, handshakes by result and reason,
+//!   sessions given up for silence, retransmissions and timeouts, the measured retransmission
+//!   timeout, requests in flight), from the client's thread every second. They count from 0
+//!   again when the uplink builds a new client.
 
 use crate::serving::{Counters, LATENCY_BUCKETS};
-use gateway_coaps_tokio::ServerStats;
+use gateway_coaps_tokio::{ClientFigures, ServerStats};
 use gateway_dtls::server::FAILURE_REASONS;
 use gateway_sdk::metrics::Metrics;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -127,6 +133,75 @@ pub fn of(c: &Counters, s: &ServerStats) -> Metrics {
         "Readings dropped as repeats of ones already stored.",
         &[],
         get(&c.duplicates),
+    );
+    m
+}
+
+/// The uplink's figures.
+pub fn uplink(f: &ClientFigures) -> Metrics {
+    let mut m = Metrics::new();
+    m.gauge(
+        "gateway_dtls_client_connected",
+        "1 while the uplink has a DTLS session with the server.",
+        &[],
+        f64::from(u8::from(f.connected)),
+    );
+    const HANDSHAKES: &str = "The uplink's DTLS handshakes by result: ok (full), resumed; failed by reason (a session that ended in an error counts too).";
+    m.counter(
+        "gateway_dtls_client_handshakes_total",
+        HANDSHAKES,
+        &[("result", "ok")],
+        f.handshakes,
+    )
+    .counter(
+        "gateway_dtls_client_handshakes_total",
+        HANDSHAKES,
+        &[("result", "resumed")],
+        f.resumed,
+    );
+    for (reason, n) in FAILURE_REASONS.iter().zip(f.failures) {
+        m.counter(
+            "gateway_dtls_client_handshakes_total",
+            HANDSHAKES,
+            &[("result", "failed"), ("reason", reason)],
+            n,
+        );
+    }
+    m.counter(
+        "gateway_dtls_client_stale_sessions_total",
+        "Sessions the uplink gave up because the server answered nothing on them.",
+        &[],
+        f.stale,
+    )
+    .counter(
+        "gateway_coap_client_retransmissions_total",
+        "CoAP messages the uplink sent again.",
+        &[],
+        f.coap.retransmissions,
+    )
+    .counter(
+        "gateway_coap_client_timeouts_total",
+        "CoAP requests the uplink gave up after their last retransmission.",
+        &[],
+        f.coap.timeouts,
+    )
+    .gauge(
+        "gateway_coap_client_rto_seconds",
+        "The retransmission timeout measured for the server (0 before the first request).",
+        &[],
+        f.rto.map_or(0.0, |d| d.as_secs_f64()),
+    )
+    .gauge(
+        "gateway_coap_client_requests_in_flight",
+        "The uplink's requests sent and not answered yet.",
+        &[],
+        f.in_flight.0 as f64,
+    )
+    .gauge(
+        "gateway_coap_client_requests_waiting",
+        "The uplink's requests waiting for a slot (NSTART) or a session.",
+        &[],
+        f.in_flight.1 as f64,
     );
     m
 }

@@ -2,7 +2,9 @@
 
 use crate::config::{parse_uri, UplinkConfig};
 use gateway_coap::{coap_lite::Packet, Code, Config as CoapConfig};
-use gateway_coaps_tokio::{Client, ClientConfig, ClientOptions, Reply, RequestError};
+use gateway_coaps_tokio::{
+    Client, ClientConfig, ClientFigures, ClientOptions, Observer, Reply, RequestError,
+};
 use gateway_dtls::{self as dtls, ClientSettings};
 use gateway_sdk::{tracing, InitContext, PluginError, Reading, ReadingId, Sink, Written};
 use std::{
@@ -11,6 +13,9 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+
+/// How often the client's figures go to the metrics page.
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The sink.
 pub struct Uplink {
@@ -23,6 +28,8 @@ pub struct Uplink {
     /// Shared with the batches in flight.
     shared: Arc<Mutex<Shared>>,
     judge: Arc<Judge>,
+    /// The instance's name, under which its figures go to the metrics page.
+    instance: String,
 }
 
 /// What the server's answer means for the readings of a request.
@@ -112,6 +119,7 @@ impl Sink for Uplink {
         // the server, now, not at the first write.
         dtls::client_context(&tls).map_err(|e| PluginError::config(format!("[{table}] {e}")))?;
         Ok(Uplink {
+            instance: ctx.instance().to_owned(),
             host,
             port,
             path,
@@ -380,7 +388,12 @@ impl Uplink {
                 },
             };
             tracing::info!(%server, uri = %self.cfg.uri, "uplink ready");
-            self.client = Some(Client::start(opts).map_err(|e| PluginError::fatal(e.to_string()))?);
+            let instance = self.instance.clone();
+            let observer: Observer =
+                Arc::new(move |f: &ClientFigures| crate::metrics::uplink(f).publish(&instance));
+            let client = Client::start_observed(opts, Some((PUBLISH_EVERY, observer)))
+                .map_err(|e| PluginError::fatal(e.to_string()))?;
+            self.client = Some(client);
         }
         Ok(())
     }

@@ -96,6 +96,11 @@ impl Rto {
         Duration::from_secs_f64(self.overall.clamp(min.as_secs_f64(), max.as_secs_f64()))
     }
 
+    /// The estimate as it stands, in seconds (before the aging [`Rto::current`] applies).
+    pub fn estimate(&self) -> f64 {
+        self.overall
+    }
+
     /// An answer came `rtt` after the request's first transmission, which went out
     /// `transmissions` times in all: one is a strong sample, two or three a weak one, more
     /// none at all (too ambiguous).
