@@ -76,8 +76,21 @@ impl Source for Internal {
             }
             next += self.interval;
             let batch = figures(ctx);
-            if !batch.is_empty() {
-                ctx.emit(batch)?.wait()?;
+            if batch.is_empty() {
+                continue;
+            }
+            // Not waited for: a sink that cannot write now must not hold this source (nor a
+            // shutdown) up; the next round has the figures again.
+            let n = batch.len();
+            let sent = ctx.emit_with(batch, move |outcome| {
+                if let Err(e) = outcome {
+                    tracing::warn!(readings = n, error = %e, "a sink did not take the gateway's figures");
+                }
+            });
+            match sent {
+                Ok(()) => {}
+                Err(e) if e.kind == gateway_sdk::ErrorKind::STOPPED => return Ok(()),
+                Err(e) => return Err(e),
             }
         }
     }

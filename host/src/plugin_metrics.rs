@@ -24,6 +24,17 @@ fn is_name(s: &str, colon: bool) -> bool {
         && chars.all(ok)
 }
 
+/// A sample's value as the text format writes it (`+Inf`, `-Inf`, `NaN`, not Rust's `inf`).
+fn value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        v.to_string()
+    }
+}
+
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -113,7 +124,7 @@ impl PluginMetrics {
                         );
                         continue;
                     }
-                    let _ = writeln!(entry.2, "{name}{}{{{labels}}} {}", s.suffix, s.value);
+                    let _ = writeln!(entry.2, "{name}{}{{{labels}}} {}", s.suffix, value(s.value));
                 }
             }
         }
@@ -164,6 +175,7 @@ mod tests {
         )
         .gauge("bad name", "x", &[], 1.0)
         .gauge("gateway_sink_written_total", "a host name", &[], 1.0)
+        .gauge("gateway_y", "not finite", &[], f64::INFINITY)
         .gauge(
             "gateway_x",
             "a label that is not a name",
@@ -196,7 +208,8 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains("gateway_coap_latency_seconds_count{instance=\"in1\"} 3\n"),
+            out.contains("gateway_coap_latency_seconds_count{instance=\"in1\"} 3\n")
+                && out.contains("gateway_y{instance=\"in2\"} +Inf\n"),
             "{out}"
         );
         assert!(

@@ -336,3 +336,120 @@ key_file = {:?}
     );
     cli.signal(libc::SIGKILL);
 }
+
+#[test]
+fn a_sink_whose_buffer_changes_reopens_it_and_a_plain_one_becoming_buffered_keeps_its_batch() {
+    let s = Setup::new();
+    let extra = gateway_extra(&s);
+    // `queued` fails every write, so its first batch waits in its retries.
+    let text =
+        body(&s, "", "").replace("inputs = [\"b\"]", "inputs = [\"b\"]\nfail_first = 1000000");
+    let cfg = s.config(&extra, &text);
+    let mut gw = Running::start(&s, &cfg, &[]);
+    wait_until(
+        "readings flow and b's sink retries",
+        &gw,
+        Duration::from_secs(20),
+        || {
+            distinct(&s, "buffered.txt", "a").len() > 10
+                && gw.stderr().contains("write failed; retrying")
+        },
+    );
+    // The buffered sink's buffer settings and batch size change (its buffer is reopened);
+    // the plain one gets a buffer and no more failures (what it held goes to its disk buffer).
+    let text = body(&s, "", "")
+        .replace(
+            "buffer = { type = \"disk\" }",
+            "buffer = { type = \"disk\", max_size = \"32MiB\" }\nbatch_size = 7",
+        )
+        .replace(
+            "inputs = [\"b\"]",
+            "inputs = [\"b\"]\nbuffer = { type = \"disk\" }",
+        );
+    s.config(&extra, &text);
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log("reload applied", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    let line = gw
+        .stderr()
+        .lines()
+        .find(|l| l.contains("reload applied"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains("sinks: rebuilt buffered, queued"), "{line}");
+    assert!(!gw.stderr().contains("is not started"), "{}", gw.stderr());
+    let n = distinct(&s, "buffered.txt", "a").len();
+    wait_until(
+        "readings flow after the reload",
+        &gw,
+        Duration::from_secs(20),
+        || {
+            distinct(&s, "buffered.txt", "a").len() > n + 20
+                && distinct(&s, "queued.txt", "b").len() > 20
+        },
+    );
+    // Back as it was: a second reload of the same sinks works as well.
+    s.config(&extra, &body(&s, "", ""));
+    gw.signal(libc::SIGHUP);
+    wait_until("the second reload", &gw, Duration::from_secs(20), || {
+        gw.stderr().matches("reload applied").count() == 2
+    });
+    let n = distinct(&s, "queued.txt", "b").len();
+    wait_until(
+        "readings flow after it",
+        &gw,
+        Duration::from_secs(20),
+        || distinct(&s, "queued.txt", "b").len() > n + 10,
+    );
+    assert!(
+        gw.stop(Duration::from_secs(20)).success(),
+        "{}",
+        gw.stderr()
+    );
+    let log = gw.stderr();
+    assert_eq!(
+        log.matches("sequence starting").count(),
+        2,
+        "no source was restarted:\n{log}"
+    );
+    assert_contiguous(
+        &distinct(&s, "buffered.txt", "a"),
+        "a across two reopenings",
+    );
+    assert_contiguous(
+        &distinct(&s, "queued.txt", "b"),
+        "b from a plain sink to a buffered one",
+    );
+}
+
+#[test]
+fn a_job_ends_once_a_reload_removed_its_last_running_source() {
+    let s = Setup::new();
+    let extra = gateway_extra(&s);
+    let text = body(&s, "", "").replacen("interval = \"10ms\"", "count = 20", 1);
+    let cfg = s.config(&extra, &text);
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    wait_until("a finished", &gw, Duration::from_secs(20), || {
+        distinct(&s, "buffered.txt", "a").len() == 20 && gw.stderr().contains("source finished")
+    });
+    let without_b = text
+        .replace(
+            "[sources.b]\nplugin = \"testkit-sequence\"\ninterval = \"10ms\"\nstable_ids = true\n",
+            "",
+        )
+        .replace("inputs = [\"b\"]", "inputs = [\"a\"]");
+    s.config(&extra, &without_b);
+    gw.signal(libc::SIGHUP);
+    let status = gw.wait(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the job ended: {status:?}\n{}",
+        gw.stderr()
+    );
+    assert!(gw
+        .stderr()
+        .contains("every source finished: draining the sinks"));
+}

@@ -21,6 +21,9 @@ use std::{
 pub struct BufferWriter {
     /// The sink's queue.
     pub rx: Receiver<super::Envelope>,
+    /// Batches a predecessor replaced by a reload took and did not write (a plain sink that
+    /// became a buffered one): put on disk first.
+    pub handed: Receiver<super::Envelope>,
     /// The buffer.
     pub buffer: Arc<DiskBuffer>,
     /// Most readings per record (the sink's batch size).
@@ -45,10 +48,13 @@ impl BufferWriter {
         let aborting = || self.shutdown.reached(Phase::Aborting);
         let handing_over = || self.handover.load(Ordering::Relaxed);
         'outer: while !handing_over() {
-            let first = match poll_envelope(&self.rx, &self.shutdown, IDLE_CHECK) {
-                Next::Batch(e) => e,
-                Next::Idle => continue,
-                Next::End => break,
+            let first = match self.handed.try_recv() {
+                Ok(e) => e,
+                Err(_) => match poll_envelope(&self.rx, &self.shutdown, IDLE_CHECK) {
+                    Next::Batch(e) => e,
+                    Next::Idle => continue,
+                    Next::End => break,
+                },
             };
             let mut n = first.readings.len();
             let mut envelopes = vec![first];

@@ -22,6 +22,7 @@ use crossbeam_channel::{Receiver, Sender};
 use indexmap::IndexMap;
 use slots::{Line, SinkSlot, SourceSlot, Starter};
 use std::{
+    collections::HashMap,
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
@@ -98,6 +99,8 @@ struct Graph {
     next_id: u64,
     sources: IndexMap<String, SourceSlot>,
     sinks: IndexMap<String, SinkSlot>,
+    /// Queues of sinks a reload could not start, kept (unrouted) for the next reload.
+    parked: HashMap<String, Line>,
     views: Views,
 }
 
@@ -119,6 +122,7 @@ impl Graph {
             next_id: 0,
             sources: IndexMap::new(),
             sinks: IndexMap::new(),
+            parked: HashMap::new(),
             views: Views::default(),
         };
         for k in sinks {
@@ -237,8 +241,13 @@ impl Graph {
                 }
                 recv(signals.reload) -> _ => {
                     notifier.send("RELOADING=1\nSTATUS=reloading the config");
-                    self.reload();
+                    self.reload(notifier);
                     notifier.send(&format!("READY=1\nSTATUS={}", self.status()));
+                    // A reload may have removed the last source still running.
+                    if opts.until_sources_finish && self.sources_done() {
+                        tracing::info!("every source finished: draining the sinks");
+                        return true;
+                    }
                 }
                 recv(exits) -> id => {
                     // The graph holds a sender: the channel never closes.

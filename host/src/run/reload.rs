@@ -9,8 +9,9 @@
 //! - A changed sink hands its line to its successor: the queue and the batches it had taken
 //!   and not written, and its disk buffer (reopened if its buffer settings changed).
 //! - A removed sink writes what is queued; a buffered one keeps its records on disk.
-//! - `[gateway]` settings and a sink's `queue_capacity` apply only at the next start; a
-//!   reload that changes them says so.
+//! - `[gateway]` settings, a sink's `queue_capacity`, and the removal of a sink's disk buffer
+//!   (it may hold readings, and only it can send them) apply only at the next start; a reload
+//!   that changes them says so.
 //!
 //! Files count as settings: an instance whose table is the same but one of whose files (every
 //! value of a key ending in `_file`: certificates, CRLs, keys, PSK files) holds something
@@ -18,11 +19,15 @@
 //! the new files (a device revoked by a new CRL loses its session). Every `new` runs again for
 //! the check, so a file that no longer loads refuses the reload.
 
-use super::{slots::Line, Graph};
+use super::{
+    slots::{Line, SinkSlot, SourceSlot},
+    Graph,
+};
 use crate::{
     buffer::DiskBuffer,
     config::{Config, Gateway, Instance},
-    pipeline::source::SinkPort,
+    notify::Notifier,
+    pipeline::source::{Routes, SinkPort},
     plan::{buffer_dir, Plan},
 };
 use std::{
@@ -165,7 +170,7 @@ pub(super) fn gateway_changes(old: &Gateway, new: &Gateway) -> Vec<&'static str>
 impl Graph {
     /// Re-reads the config and applies what changed (see the module's doc). Logs what it did
     /// and how long it took.
-    pub(super) fn reload(&mut self) {
+    pub(super) fn reload(&mut self, notifier: &Notifier) {
         let started = Instant::now();
         let path = self.config.path.clone();
         tracing::info!(config = %path.display(), "reload requested: reading and checking the config");
@@ -217,7 +222,7 @@ impl Graph {
             );
             return;
         }
-        self.apply(plan, &sources, &sinks);
+        self.apply(plan, &sources, &sinks, notifier);
         let what: Vec<String> = [sources.describe("sources"), sinks.describe("sinks")]
             .into_iter()
             .flatten()
@@ -231,114 +236,158 @@ impl Graph {
     }
 
     /// Stops what went or changed and starts what came or changed, in the order that keeps
-    /// every reading somewhere: routes first, then sources, then sinks, then the new ones.
-    fn apply(&mut self, plan: Plan, sources: &Changes, sinks: &Changes) {
+    /// every reading somewhere: routes to sinks that go are cut first; every instance that goes
+    /// is asked to stop at once and waited for against one deadline (`shutdown_timeout`), so a
+    /// reload takes at most about that long; then the successors and the new instances start,
+    /// and every source is routed as the config that is running says. A sink that cannot
+    /// start (its disk buffer does not open) keeps its queue aside, unrouted, and is left out
+    /// of the running config: the next reload starts it as a new one, on that queue.
+    fn apply(&mut self, plan: Plan, sources: &Changes, sinks: &Changes, notifier: &Notifier) {
         let Plan {
-            config: new,
+            config: mut new,
             sources: mut built_sources,
             sinks: mut built_sinks,
         } = plan;
-        let timeout = self.config.gateway.shutdown_timeout;
-        // New sinks get their queues now, so that routes can point at them.
-        let mut added: HashMap<String, Line> = sinks
-            .added
-            .iter()
-            .filter_map(|n| new.sinks.iter().find(|d| &d.name == n))
-            .map(|d| {
-                let cap = d.sink_settings().map_or(16, |s| s.queue_capacity);
-                (d.name.clone(), Line::new(cap))
-            })
-            .collect();
-        let ports = |graph: &Graph, added: &HashMap<String, Line>, source: &str| -> Vec<SinkPort> {
-            new.sinks_of(source)
-                .filter_map(|k| {
-                    added
-                        .get(&k.name)
-                        .or_else(|| graph.sinks.get(&k.name).map(|s| &s.line))
-                        .map(|l| l.port.clone())
+        let deadline = Instant::now() + self.config.gateway.shutdown_timeout;
+        // Sources keep only the routes to sinks that stay (kept or changed: their queues stay).
+        for slot in self.sources.values() {
+            let keep: Vec<SinkPort> = slot
+                .routes
+                .get()
+                .iter()
+                .filter(|p| {
+                    !sinks.removed.iter().any(|n| {
+                        self.sinks
+                            .get(n)
+                            .is_some_and(|k| Arc::ptr_eq(&k.line.port.stats, &p.stats))
+                    })
                 })
-                .collect()
-        };
-        // Kept sources are routed as the new config says from now on: nothing more goes to a
-        // removed sink.
-        for name in &sources.kept {
-            let routes = ports(self, &added, name);
-            self.sources[name].routes.set(routes);
+                .cloned()
+                .collect();
+            slot.routes.set(keep);
         }
-        for name in sources.changed.iter().chain(&sources.removed) {
-            let slot = self.sources.shift_remove(name).expect("a running source");
-            if !slot.retire(Instant::now() + timeout) {
-                tracing::error!(source = %name, "the source did not stop within shutdown_timeout ({timeout:?}); it is left behind");
+        // Everything that goes is asked at once, then waited for against one deadline.
+        let retiring: Vec<_> = sources
+            .changed
+            .iter()
+            .chain(&sources.removed)
+            .map(|n| self.sources.shift_remove(n).expect("a running source"))
+            .collect();
+        retiring.iter().for_each(SourceSlot::begin_retire);
+        let removed: Vec<_> = sinks
+            .removed
+            .iter()
+            .map(|n| self.sinks.shift_remove(n).expect("a running sink"))
+            .collect();
+        removed.iter().for_each(SinkSlot::begin_remove);
+        let replaced: Vec<_> = sinks
+            .changed
+            .iter()
+            .map(|n| self.sinks.shift_remove(n).expect("a running sink"))
+            .collect();
+        replaced.iter().for_each(SinkSlot::begin_handover);
+        for slot in retiring {
+            let name = slot.decl.name.clone();
+            if !slot.finish_retire(deadline) {
+                tracing::error!(source = %name, "the source did not stop within shutdown_timeout; it is left behind");
             }
-            self.logger.metrics.forget(name);
+            self.logger.metrics.forget(&name);
         }
-        for name in &sinks.removed {
-            let slot = self.sinks.shift_remove(name).expect("a running sink");
-            if !slot.remove(Instant::now() + timeout) {
-                tracing::error!(sink = %name, "the removed sink did not stop within shutdown_timeout ({timeout:?}); it is left behind");
+        for slot in removed {
+            let name = slot.decl.name.clone();
+            if !slot.finish_remove(deadline) {
+                tracing::error!(sink = %name, "the removed sink did not stop within shutdown_timeout; it is left behind");
             }
-            self.logger.metrics.forget(name);
+            self.logger.metrics.forget(&name);
         }
-        for name in &sinks.changed {
-            let old = self.sinks.shift_remove(name).expect("a running sink");
-            let old_settings = old.decl.sink_settings().cloned().unwrap_or_default();
-            let handed = old.hand_over(Instant::now() + timeout);
-            self.logger.metrics.forget(name);
-            let Some(mut line) = handed else {
-                tracing::error!(sink = %name, "the sink did not stop within shutdown_timeout ({timeout:?}) and still holds its queue: its replacement is not started; restart the gateway");
+        let mut lines = Vec::new();
+        for old in replaced {
+            let name = old.decl.name.clone();
+            let old_buffer = old.decl.sink_settings().and_then(|s| s.buffer.clone());
+            let handed = old.finish_handover(deadline);
+            self.logger.metrics.forget(&name);
+            let Some(line) = handed else {
+                tracing::error!(sink = %name, "the sink did not stop within shutdown_timeout and still holds its queue: its replacement is not started; restart the gateway");
+                new.sinks.retain(|d| d.name != name);
                 continue;
             };
-            let k = built_sinks
-                .iter_mut()
-                .find(|k| &k.decl.name == name)
-                .expect("a built sink");
+            let k = find(&built_sinks, &name);
             if k.settings.queue_capacity != line.capacity {
                 tracing::warn!(sink = %name, "queue_capacity changed: the queue keeps {} batches until the next start", line.capacity);
             }
+            // A buffer that the new config drops stays until the next start: it may hold
+            // readings, and only it can send them.
+            if line.writer.is_some() && k.settings.buffer.is_none() {
+                tracing::warn!(sink = %name, "the config no longer gives this sink a disk buffer: it keeps the one it has (and sends what it holds) until the next start");
+            }
             let keep_writer = line.writer.as_ref().is_some_and(|w| {
-                old_settings.buffer == k.settings.buffer
-                    && w.record_readings == k.settings.batch_size
+                k.settings.buffer.is_none()
+                    || (old_buffer == k.settings.buffer
+                        && w.record_readings == k.settings.batch_size)
             });
             if !keep_writer {
+                if let Some(w) = &line.writer {
+                    w.begin_stop();
+                }
+            }
+            lines.push((name, line, keep_writer));
+        }
+        notifier.send("WATCHDOG=1");
+        // The old buffers are released before they are opened again (the views held them).
+        self.publish();
+        for (name, mut line, keep_writer) in lines {
+            let mut k = take(&mut built_sinks, &name);
+            if !keep_writer {
                 if let Some(mut w) = line.writer.take() {
-                    if !w.stop_by(Instant::now() + timeout) {
+                    if !w.finish_stop(deadline) {
                         tracing::error!(sink = %name, "the disk buffer's writer did not stop; the replacement is not started: restart the gateway");
+                        new.sinks.retain(|d| d.name != name);
                         continue;
-                    }
-                    if k.settings.buffer.is_none() && w.buffer.pending() > 0 {
-                        tracing::warn!(sink = %name, readings = w.buffer.pending(), dir = %w.buffer.dir().display(), "the sink no longer has a disk buffer: the readings in it stay there until it has one again");
                     }
                 }
                 match open_buffer(&new, &k.decl) {
                     Ok(b) => k.buffer = b,
                     Err(e) => {
-                        tracing::error!(sink = %name, "{e}; the sink is not started: fix it and reload again");
+                        tracing::error!(sink = %name, "{e}; the sink is not started, its queue is kept aside: fix it and reload again");
+                        self.parked.insert(name.clone(), line);
+                        new.sinks.retain(|d| d.name != name);
                         continue;
                     }
                 }
             }
-            let k = take(&mut built_sinks, name);
             let slot = self.starter_for(&new).sink(k, line, false);
-            self.sinks.insert(name.clone(), slot);
+            self.sinks.insert(name, slot);
         }
         for name in &sinks.added {
             let mut k = take(&mut built_sinks, name);
-            let line = added.remove(name).expect("a line per added sink");
+            let (line, fresh) = match self.parked.remove(name) {
+                Some(line) => (line, false),
+                None => (Line::new(k.settings.queue_capacity), true),
+            };
             match open_buffer(&new, &k.decl) {
                 Ok(b) => k.buffer = b,
                 Err(e) => {
                     tracing::error!(sink = %name, "{e}; the sink is not started: fix it and reload again");
+                    self.parked.insert(name.clone(), line);
+                    new.sinks.retain(|d| &d.name != name);
                     continue;
                 }
             }
-            let slot = self.starter_for(&new).sink(k, line, true);
+            let slot = self.starter_for(&new).sink(k, line, fresh);
             self.sinks.insert(name.clone(), slot);
         }
+        self.config = new;
         for name in sources.changed.iter().chain(&sources.added) {
             let s = take(&mut built_sources, name);
-            let routes = crate::pipeline::source::Routes::new(ports(self, &added, name));
-            let slot = self.starter_for(&new).source(s, routes);
+            let routes = Routes::new(self.ports_for(name));
+            let config = self.config.clone();
+            let slot = self.starter_for(&config).source(s, routes);
             self.sources.insert(name.clone(), slot);
+        }
+        // Every source routed as the running config says (a sink that did not start is not in
+        // it).
+        for (name, slot) in &self.sources {
+            slot.routes.set(self.ports_for(name));
         }
         // File order, as a start would have them.
         let order = |names: Vec<&String>| -> HashMap<String, usize> {
@@ -348,11 +397,10 @@ impl Graph {
                 .map(|(i, n)| (n.clone(), i))
                 .collect()
         };
-        let so = order(new.sources.iter().map(|d| &d.name).collect());
-        let ko = order(new.sinks.iter().map(|d| &d.name).collect());
+        let so = order(self.config.sources.iter().map(|d| &d.name).collect());
+        let ko = order(self.config.sinks.iter().map(|d| &d.name).collect());
         self.sources.sort_by_cached_key(|n, _| so.get(n).copied());
         self.sinks.sort_by_cached_key(|n, _| ko.get(n).copied());
-        self.config = new;
         self.publish();
     }
 
@@ -363,6 +411,14 @@ impl Graph {
             next_id: &mut self.next_id,
         }
     }
+}
+
+/// The built instance named `name` in `built`.
+fn find<'a, T: Named>(built: &'a [T], name: &str) -> &'a T {
+    built
+        .iter()
+        .find(|b| b.name() == name)
+        .expect("the check built every instance")
 }
 
 /// Takes the built instance named `name` out of `built`.
@@ -390,9 +446,23 @@ fn open_buffer(config: &Config, decl: &Instance) -> Result<Option<Arc<DiskBuffer
         return Ok(None);
     };
     let dir = buffer_dir(config, decl);
-    DiskBuffer::open(&dir, settings)
-        .map(|b| Some(Arc::new(b)))
-        .map_err(|e| format!("cannot open the disk buffer in {}: {e}", dir.display()))
+    // A page of metrics being served may hold the old buffer (and its lock) for a moment.
+    let mut tries = 0;
+    loop {
+        match DiskBuffer::open(&dir, settings) {
+            Ok(b) => return Ok(Some(Arc::new(b))),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 40 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot open the disk buffer in {}: {e}",
+                    dir.display()
+                ))
+            }
+        }
+    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -166,10 +166,14 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Stops the thread after the append in progress; what is queued stays queued.
-    /// `false` if it did not stop by `deadline` (and a short grace after an abort).
-    pub fn stop_by(&mut self, deadline: Instant) -> bool {
+    /// Asks the thread to stop after the append in progress; what is queued stays queued.
+    pub fn begin_stop(&self) {
         self.handover.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for a writer asked to stop; `false` if it did not stop by `deadline` (and a
+    /// short grace after an abort).
+    pub fn finish_stop(&mut self, deadline: Instant) -> bool {
         self.thread.stop_by(deadline)
     }
 }
@@ -268,6 +272,7 @@ impl Starter<'_> {
         let shutdown = Shutdown::new();
         let writer = BufferWriter {
             rx: line.rx.clone(),
+            handed: line.handed.rx.clone(),
             buffer: buffer.clone(),
             record_readings,
             shutdown: shutdown.clone(),
@@ -323,10 +328,14 @@ impl Starter<'_> {
 }
 
 impl SourceSlot {
-    /// Stops the source for good: asks it to stop, waits until `deadline`, then refuses its
-    /// emits. `false` if it is still in its plugin then (it is left behind).
-    pub fn retire(mut self, deadline: Instant) -> bool {
+    /// Asks the source to stop for good (removed, or replaced by a reload).
+    pub fn begin_retire(&self) {
         self.thread.shutdown.advance(Phase::Stopping);
+    }
+
+    /// Waits until `deadline` for the source asked to stop, then refuses its emits. `false`
+    /// if it is still in its plugin then (it is left behind).
+    pub fn finish_retire(mut self, deadline: Instant) -> bool {
         if self.thread.wait(deadline) {
             return true;
         }
@@ -336,28 +345,39 @@ impl SourceSlot {
 }
 
 impl SinkSlot {
-    /// Stops the instance so that a successor can take its line: it takes nothing more, the
-    /// write in progress may finish (and retry) until `deadline`, and what it took and did not
-    /// write goes back to the line (queued batches to the successor, buffered records stay
-    /// in the buffer). Returns the line, or `None` if the instance is still in a plugin call
-    /// after the deadline (it is left behind, and so is its line).
-    pub fn hand_over(mut self, deadline: Instant) -> Option<Line> {
+    /// Asks the instance to stop so that a successor can take its line: it takes nothing
+    /// more, gives up a write that fails (instead of retrying it), and what it took and did
+    /// not write goes back to the line (queued batches to the successor, buffered records
+    /// stay in the buffer).
+    pub fn begin_handover(&self) {
         self.handover.store(true, Ordering::Relaxed);
-        // A buffered sink gives up a failing write at once: its records stay on disk.
         self.thread.shutdown.advance(Phase::Draining);
+    }
+
+    /// Waits until `deadline` for the instance asked to hand over. Returns the line, or
+    /// `None` if the instance is still in a plugin call after the deadline and a short grace
+    /// (it is left behind, and so is its line).
+    pub fn finish_handover(mut self, deadline: Instant) -> Option<Line> {
         self.thread.stop_by(deadline).then_some(self.line)
     }
 
-    /// Stops a sink that the config no longer has: it writes what is queued (and its buffer
-    /// thread moves the queue onto disk, where it stays) until `deadline`.
-    pub fn remove(mut self, deadline: Instant) -> bool {
-        let mut ok = true;
-        if let Some(w) = &mut self.line.writer {
+    /// Asks a sink the config no longer has to stop: a plain one writes what is queued; a
+    /// buffered one's writer moves the queue onto disk, where it stays, and the sink stops
+    /// at once.
+    pub fn begin_remove(&self) {
+        if let Some(w) = &self.line.writer {
             w.thread.shutdown.advance(Phase::Draining);
-            ok &= w.thread.stop_by(deadline);
             self.handover.store(true, Ordering::Relaxed);
         }
         self.thread.shutdown.advance(Phase::Draining);
+    }
+
+    /// Waits until `deadline` for a sink asked to go; `false` if something was left behind.
+    pub fn finish_remove(mut self, deadline: Instant) -> bool {
+        let mut ok = true;
+        if let Some(w) = &mut self.line.writer {
+            ok &= w.thread.stop_by(deadline);
+        }
         ok & self.thread.stop_by(deadline)
     }
 }
