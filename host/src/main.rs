@@ -107,6 +107,16 @@ enum DeadLetterCommand {
 fn main() -> ExitCode {
     gateway_host::memory::limit_malloc_arenas();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // The commands that print (`plugins`, `check`, `status`, `dead-letters`) end quietly
+        // when their reader goes away (`gateway plugins | head`), as Unix tools do, instead of
+        // panicking on the failed write. `run` keeps SIGPIPE ignored: a metrics client that
+        // hangs up must not end the gateway.
+        // SAFETY: sets the disposition of one signal before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
