@@ -128,6 +128,11 @@ impl HostLog for LibraryLog {
 
     fn log(&self, record: LogRecord<'_>) {
         let instance = record.instance.as_str();
+        if record.target.as_str() == gateway_sdk::abi::METRICS_TARGET {
+            let families = gateway_sdk::metrics::decode(record.message.as_str());
+            self.host.metrics.publish(instance, families);
+            return;
+        }
         let who = if instance.is_empty() {
             self.library.as_str()
         } else {
@@ -144,15 +149,5 @@ impl HostLog for LibraryLog {
             4 => tracing::debug!(target: PLUGIN_TARGET, plugin = who, module, "{msg}"),
             _ => tracing::trace!(target: PLUGIN_TARGET, plugin = who, module, "{msg}"),
         }
-    }
-
-    fn publish_metrics(
-        &self,
-        instance: abi_stable::std_types::RStr<'_>,
-        families: abi_stable::std_types::RVec<gateway_sdk::abi::MetricFamily>,
-    ) {
-        self.host
-            .metrics
-            .publish(instance.as_str(), families.into_vec());
     }
 }

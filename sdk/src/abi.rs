@@ -163,7 +163,8 @@ pub struct MetricSample {
     pub value: f64,
 }
 
-/// A metric family a plugin instance shows on the host's metrics page.
+/// A metric family a plugin instance shows on the host's metrics page (it crosses encoded, see
+/// [`METRICS_TARGET`]).
 #[repr(C)]
 #[derive(StableAbi, Clone, Debug, PartialEq)]
 pub struct MetricFamily {
@@ -177,8 +178,9 @@ pub struct MetricFamily {
     pub samples: RVec<MetricSample>,
 }
 
-/// The host's services to a library, handed over once: its logger and its metrics page (a
-/// method added after the prefix: libraries and hosts on either side of it load each other).
+/// The host's logger, handed to each library once. Plugin metrics travel through it too, as
+/// records of the target [`METRICS_TARGET`] (see [`crate::metrics`]): no method was added, so
+/// libraries built before metrics existed load in a host that has them, and the other way round.
 #[sabi_trait]
 pub trait HostLog: Send + Sync {
     /// The most verbose level any instance of this library logs at (1 = error .. 5 = trace,
@@ -187,12 +189,12 @@ pub trait HostLog: Send + Sync {
     /// Logs one record.
     #[sabi(last_prefix_field)]
     fn log(&self, record: LogRecord<'_>);
-    /// Replaces what `instance` shows on the host's metrics page (`[gateway] metrics`) with
-    /// `families`. A host older than this method shows nothing.
-    fn publish_metrics(&self, instance: RStr<'_>, families: RVec<MetricFamily>) {
-        let _ = (instance, families);
-    }
 }
+
+/// The `target` of a [`LogRecord`] that carries an instance's metric families, encoded by
+/// [`crate::metrics::encode`], instead of a message. At level 5 (trace), so that a host that
+/// does not know it logs it only when told to trace.
+pub const METRICS_TARGET: &str = "gateway_sdk::metrics";
 /// The host's logger as a boxed trait object.
 pub type HostLogBox = HostLog_TO<'static, RBox<()>>;
 

@@ -26,12 +26,15 @@ use tracing::{
 static HOST: OnceLock<HostLogBox> = OnceLock::new();
 
 /// Hands `instance`'s metric families to the host (nothing outside a host).
-pub(crate) fn publish_metrics(
-    instance: RStr<'_>,
-    families: abi_stable::std_types::RVec<crate::abi::MetricFamily>,
-) {
+pub(crate) fn publish_metrics(instance: &str, families: &[crate::abi::MetricFamily]) {
     if let Some(host) = HOST.get() {
-        host.publish_metrics(instance, families);
+        let message = crate::metrics::encode(families);
+        host.log(LogRecord {
+            level: 5,
+            instance: RStr::from_str(instance),
+            target: RStr::from_str(crate::abi::METRICS_TARGET),
+            message: RStr::from_str(&message),
+        });
     }
 }
 
