@@ -42,11 +42,15 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
 
 /// `{instance="NAME"}`, escaped as the text format asks.
 fn label(key: &str, value: &str) -> String {
-    let v = value
+    format!("{{{key}=\"{}\"}}", escape(value))
+}
+
+/// A label value as the text format writes it: `\`, `"` and newlines escaped.
+pub(crate) fn escape(value: &str) -> String {
+    value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
-        .replace('\n', "\\n");
-    format!("{{{key}=\"{v}\"}}")
+        .replace('\n', "\\n")
 }
 
 impl Registry {

@@ -3,6 +3,7 @@
 //! label in front of the plugin's own. A family whose name or labels are not Prometheus names,
 //! or whose name is one of the host's own, is left out (and logged once).
 
+use crate::metrics::escape;
 use gateway_sdk::abi::{MetricFamily, MetricKind};
 use std::{
     collections::{BTreeMap, HashSet},
@@ -33,12 +34,6 @@ fn value(v: f64) -> String {
     } else {
         v.to_string()
     }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 impl PluginMetrics {
