@@ -153,13 +153,16 @@ impl Plan {
                 }
             };
             let info = info_for(&config, decl);
-            if let Err(e) = std::fs::create_dir_all(info.data_dir.as_str()) {
-                errors.push(format!(
-                    "{} cannot create its data directory {}: {e}",
-                    at(decl),
-                    info.data_dir
-                ));
-                continue;
+            // `check` has no side effects: the directory is made only for a run.
+            if open_buffers {
+                if let Err(e) = std::fs::create_dir_all(info.data_dir.as_str()) {
+                    errors.push(format!(
+                        "{} cannot create its data directory {}: {e}",
+                        at(decl),
+                        info.data_dir
+                    ));
+                    continue;
+                }
             }
             let buffer = match decl.sink_settings().and_then(|s| s.buffer.as_ref()) {
                 Some(_) if !open_buffers => None,
@@ -298,8 +301,8 @@ impl Plan {
     }
 }
 
-/// Builds sink instance `decl` of `config` alone (its plugin loaded, its `new` called), for
-/// commands that write to one sink outside a run (`gateway dead-letters resend`).
+/// Builds sink instance `decl` of `config` alone (its plugin loaded, its `new` and `open`
+/// called), for commands that write to one sink outside a run (`gateway dead-letters resend`).
 pub fn build_sink(
     config: &Config,
     decl: &Instance,
@@ -311,7 +314,11 @@ pub fn build_sink(
     std::fs::create_dir_all(info.data_dir.as_str())
         .map_err(|e| format!("cannot create {}: {e}", info.data_dir))?;
     let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
-    new(&info)
+    let mut sink = new(&info)
         .into_result()
-        .map_err(|e| located(decl, "could not be built", &e))
+        .map_err(|e| located(decl, "could not be built", &e))?;
+    sink.open()
+        .into_result()
+        .map_err(|e| located(decl, "could not be opened", &e))?;
+    Ok(sink)
 }

@@ -29,6 +29,47 @@ pub fn parse<T: DeserializeOwned>(info: &InstanceInfo) -> Result<T, PluginError>
     })
 }
 
+/// An error about `key` of an instance's table (see [`crate::InitContext::config_error`]):
+/// `FILE:LINE: [TABLE] KEY: MESSAGE`, or without the line when the key is not in the table.
+pub fn key_error(info: &InstanceInfo, key: &str, message: impl std::fmt::Display) -> PluginError {
+    match key_line(&info.config_toml, key) {
+        Some(line) => PluginError::config(format!(
+            "{}:{}: [{}] {}: {}",
+            info.config_file, line, info.table, key, message
+        )),
+        None => PluginError::config(format!(
+            "{}: [{}] {}: {}",
+            info.config_file, info.table, key, message
+        )),
+    }
+}
+
+/// The 1-based line of `toml` on which the dotted `key` is written (a number picks an array
+/// element), or `None` when the TOML does not parse or has no such key.
+pub fn key_line(toml: &str, key: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(toml).ok()?;
+    let mut segments = key.split('.');
+    let first = segments.next()?;
+    let (mut span, mut value) = root
+        .get_ref()
+        .iter()
+        .find(|(k, _)| k.get_ref() == first)
+        .map(|(k, v)| (k.span(), v))?;
+    for seg in segments {
+        let next = match (value.get_ref(), seg.parse::<usize>()) {
+            (DeValue::Array(a), Ok(i)) => a.get(i).map(|v| (v.span(), v)),
+            (DeValue::Table(t), _) => t
+                .iter()
+                .find(|(k, _)| k.get_ref() == seg)
+                .map(|(k, v)| (k.span(), v)),
+            _ => None,
+        };
+        (span, value) = next?;
+    }
+    Some(toml[..span.start.min(toml.len())].matches('\n').count() + 1)
+}
+
 /// `#[serde(with = "gateway_sdk::config::duration")]` for a `std::time::Duration` written as
 /// `"5s"`, `"250ms"`, `"1h 30m"`.
 pub mod duration {
@@ -120,6 +161,28 @@ mod tests {
             e.message()
                 .starts_with("gateway.toml:2: [sources.temp] invalid duration \"soon\""),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn key_error_points_at_the_line_of_a_nested_key() {
+        let toml =
+            "\n\ninterval = \"1s\"\n[tls]\nca = \"x\"\n[[probes]]\nid = 1\n[[probes]]\nid = 2\n";
+        assert_eq!(key_line(toml, "interval"), Some(3));
+        assert_eq!(key_line(toml, "tls.ca"), Some(5));
+        assert_eq!(key_line(toml, "probes.1.id"), Some(9));
+        assert_eq!(key_line(toml, "tls.cert"), None);
+        assert_eq!(key_line("not toml = = ", "x"), None);
+        let e = key_error(&info(toml), "tls.ca", "no such file");
+        assert_eq!(e.kind, crate::ErrorKind::CONFIG);
+        assert_eq!(
+            e.message(),
+            "gateway.toml:5: [sources.temp] tls.ca: no such file"
+        );
+        let e = key_error(&info(toml), "window", "must be at least 1");
+        assert_eq!(
+            e.message(),
+            "gateway.toml: [sources.temp] window: must be at least 1"
         );
     }
 

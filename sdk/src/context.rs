@@ -6,6 +6,7 @@ use crate::{
     config,
     error::PluginError,
     reading::{IdGenerator, Label, Reading, Timestamp, Value},
+    ticker::Ticker,
 };
 use abi_stable::{
     sabi_trait::TD_Opaque,
@@ -15,7 +16,7 @@ use serde::de::DeserializeOwned;
 use std::{
     path::PathBuf,
     sync::{mpsc, Arc},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 extern "C" {
@@ -42,12 +43,15 @@ impl InitContext {
     pub fn device(&self) -> &str {
         &self.info.device
     }
-    /// A directory this instance may keep state in. The host creates it.
+    /// A directory this instance may keep state in. The host creates it before it starts the
+    /// instance ([`crate::Source::run`], [`crate::Sink::open`]), not for `gateway check`: do
+    /// not write into it from `new`.
     pub fn data_dir(&self) -> PathBuf {
         PathBuf::from(self.info.data_dir.as_str())
     }
     /// `path` as written in the config file, made absolute: a relative path is taken relative
-    /// to the directory of the config file, as the host does for its own paths.
+    /// to the directory of the config file, as the host does for its own paths, and a relative
+    /// config file path relative to the current directory.
     pub fn resolve_path(&self, path: impl AsRef<std::path::Path>) -> PathBuf {
         let path = path.as_ref();
         if path.is_absolute() {
@@ -56,7 +60,29 @@ impl InitContext {
         let base = std::path::Path::new(self.info.config_file.as_str())
             .parent()
             .unwrap_or(std::path::Path::new(""));
-        base.join(path)
+        let joined = base.join(path);
+        if joined.is_absolute() {
+            return joined;
+        }
+        match std::env::current_dir() {
+            Ok(cwd) => cwd.join(joined),
+            Err(_) => joined,
+        }
+    }
+
+    /// A config error about `key` (a dotted path such as `interval` or `tls.ca`; a number
+    /// picks an array element: `probes.2.id`) for a check the plugin makes after parsing,
+    /// reading like the errors of [`InitContext::parse_config`]:
+    /// `gateway.toml:14: [sources.temp] interval: must be at least 750ms`. When the key is not
+    /// in the table (a default was wrong), the line is left out.
+    ///
+    /// ```ignore
+    /// if cfg.interval < Duration::from_millis(750) {
+    ///     return Err(ctx.config_error("interval", "must be at least 750ms (a conversion takes that long)"));
+    /// }
+    /// ```
+    pub fn config_error(&self, key: &str, message: impl std::fmt::Display) -> PluginError {
+        config::key_error(&self.info, key, message)
     }
 
     /// Reads a secret that the config gives in exactly one of three ways: `inline` (the value
@@ -162,17 +188,64 @@ pub struct SourceContext {
     device: Label,
     instance: Arc<str>,
     ids: Arc<IdGenerator>,
+    /// The start of [`SourceContext::monotonic`] in real time.
+    epoch: Instant,
+    /// Whether the host runs the source on a simulated clock (a test harness).
+    simulated: bool,
+}
+
+impl std::fmt::Debug for SourceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceContext")
+            .field("instance", &self.instance)
+            .field("simulated", &self.simulated)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SourceContext {
     #[doc(hidden)]
     pub fn new(host: HostSourceCtxBox, info: &InstanceInfo) -> Self {
+        let simulated = host.clock_ns().is_some();
         SourceContext {
             host: Arc::new(host),
             device: Label::new(&info.device),
             instance: Arc::from(info.instance.as_str()),
             ids: Arc::new(IdGenerator::new()),
+            epoch: Instant::now(),
+            simulated,
         }
+    }
+
+    /// The current time: the system clock, or the harness's simulated clock in a test that
+    /// uses one. [`SourceContext::reading`] stamps readings with it.
+    pub fn now(&self) -> Timestamp {
+        match self.simulated_ns() {
+            Some(ns) => Timestamp((ns / 1_000) as i64),
+            None => Timestamp::now(),
+        }
+    }
+
+    /// A clock that only goes forward, for pacing: the time since the context was made, or the
+    /// simulated clock's reading.
+    pub fn monotonic(&self) -> Duration {
+        match self.simulated_ns() {
+            Some(ns) => Duration::from_nanos(ns),
+            None => self.epoch.elapsed(),
+        }
+    }
+
+    fn simulated_ns(&self) -> Option<u64> {
+        if !self.simulated {
+            return None;
+        }
+        self.host.clock_ns().into_option()
+    }
+
+    /// A [`Ticker`] that ticks every `interval`, the first time at once, without drift: the
+    /// loop of a source that samples on a schedule.
+    pub fn every(&self, interval: Duration) -> Ticker<'_> {
+        Ticker::new(self, interval)
     }
 
     /// The gateway's device name, as a label to put into readings.
@@ -184,7 +257,7 @@ impl SourceContext {
         &self.instance
     }
 
-    /// A reading of this device, taken now, with a fresh id.
+    /// A reading of this device, taken now ([`SourceContext::now`]), with a fresh id.
     pub fn reading(
         &self,
         sensor: &Label,
@@ -192,7 +265,7 @@ impl SourceContext {
         unit: &Label,
         value: impl Into<Value>,
     ) -> Reading {
-        self.reading_at(Timestamp::now(), sensor, name, unit, value)
+        self.reading_at(self.now(), sensor, name, unit, value)
     }
 
     /// A reading of this device taken at `time`, with a fresh id.
@@ -268,6 +341,21 @@ impl SourceContext {
             }
             (RErr(error), _) => Err(TryEmitError { error, batch: None }),
         }
+    }
+
+    /// Hands a batch to the host without waiting for the sinks to take it, and logs a warning
+    /// in this instance's name if one of them gives it up: the emit of a source that samples
+    /// on a schedule and must not wait for a slow sink. Blocks while the sinks' queues are full;
+    /// fails (with [`crate::ErrorKind::STOPPED`]) when the host is stopping.
+    pub fn emit_logged(&self, batch: Vec<Reading>) -> Result<(), PluginError> {
+        let n = batch.len();
+        let span = tracing::Span::current();
+        self.emit_with(batch, move |outcome| {
+            if let Err(e) = outcome {
+                let _entered = span.enter();
+                tracing::warn!(readings = n, error = %e, "a sink did not take the readings");
+            }
+        })
     }
 
     /// Hands a batch to the host without asking to be told when it was taken.

@@ -23,7 +23,8 @@ impl ErrorKind {
     pub const FATAL: ErrorKind = ErrorKind(4);
     /// The plugin panicked; the SDK caught it at the boundary. Handled like [`ErrorKind::FATAL`].
     pub const PANIC: ErrorKind = ErrorKind(5);
-    /// The host is shutting down and did not take the batch.
+    /// The host is shutting down and did not take the batch. A source may return it from `run`
+    /// (with `?`): that is a normal stop (see [`crate::Source`]).
     pub const STOPPED: ErrorKind = ErrorKind(6);
 
     /// A short lowercase name, for logs.

@@ -25,15 +25,17 @@ mod reading;
 #[doc(hidden)]
 pub mod shim;
 pub mod testing;
+mod ticker;
 
 /// The README's Rust examples, compiled as doctests so that they stay true.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
 pub use context::{Ack, InitContext, SourceContext, TryEmitError, Written};
 pub use error::{ErrorKind, PluginError};
 pub use reading::{IdGenerator, Label, Reading, ReadingId, Timestamp, Value};
+pub use ticker::Ticker;
 
 /// Re-exported so that [`export!`] expands without the plugin depending on it directly.
 #[doc(hidden)]
@@ -47,37 +49,62 @@ pub const SDK_VERSION: &str = abi::SDK_VERSION;
 /// A plugin that produces readings.
 ///
 /// The host calls [`Source::new`] once per configured instance (and again after a failure), then
-/// [`Source::run`] on a thread of its own. `run` should loop until
-/// [`SourceContext::is_stopping`] says so, handing readings to the host with
-/// [`SourceContext::emit`]. Returning an error asks the host to restart the instance with
-/// backoff; returning `Ok(())` before the host asked to stop means the source has nothing more
-/// to produce (a finite replay, say).
+/// [`Source::run`] on a thread of its own. `gateway check` calls only `new`: keep it free of side
+/// effects (parse and check the config; open devices, sockets and files in `run`).
+///
+/// `run` loops until the host asks it to stop, handing readings to the host with
+/// [`SourceContext::emit`]; [`SourceContext::every`] paces a sampling loop without drift.
+/// How `run` ends tells the host what to do:
+/// - `Ok(())` after the host asked to stop: a normal stop. `Ok(())` before that: the source has
+///   nothing more to produce (a finite replay, say); it is not started again.
+/// - `Err` of kind [`ErrorKind::STOPPED`]: the host is stopping and did not take a batch (that
+///   is what `emit` and [`Ack::wait`] return then). Returning it with `?` is a normal stop, the
+///   same as `Ok(())`; there is no need to match on it.
+/// - Any other `Err`: the instance failed; the host logs the error, drops the instance, and
+///   builds and runs a new one after a backoff ([`ErrorKind::CONFIG`] included: a config that
+///   names a missing device may work later).
 pub trait Source: Send + Sized + 'static {
     /// The plugin id used in `plugin = "..."` in the host's TOML file.
     const ID: &'static str;
     /// One line that `gateway plugins` shows.
     const DESCRIPTION: &'static str = "";
-    /// Builds an instance from its config table. Do no long-running I/O here.
+    /// Builds an instance from its config table: parse it, check it, and return the errors
+    /// with [`InitContext::parse_config`] and [`InitContext::config_error`]. No side effects
+    /// (no files created, no sockets, no connections): `gateway check` calls it too.
     fn new(ctx: &InitContext) -> Result<Self, PluginError>;
-    /// Produces readings until the host asks to stop.
+    /// Produces readings until the host asks to stop; acquires what it needs first.
     fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError>;
 }
 
 /// A plugin that takes readings.
 ///
-/// The host calls [`Sink::write`] from a thread of its own, one batch at a time, in order.
+/// The host calls [`Sink::new`] (only that, for `gateway check`), then [`Sink::open`], then
+/// [`Sink::write`] from a thread of its own, one batch at a time, in order.
 /// `write` returns only when the batch is durably taken (written, committed, acknowledged by
 /// the next hop): only then does the host consider it delivered. An error says whether a retry
 /// can help ([`ErrorKind`]). A sink whose [`Sink::window`] is above 1 gets its batches through
 /// [`Sink::submit`] instead, several at once (`write` is still used to retry the parts of a
 /// batch it refused).
+///
+/// **Duplicates.** Delivery is at least once: after a crash, a timeout or a restart, the host
+/// (or a disk buffer) writes again a batch whose write may already have been stored. Every
+/// [`Reading`] carries a [`ReadingId`] unique to it; a sink that stores must drop readings whose
+/// id it already stored (a primary key with `INSERT IGNORE`, `ON CONFLICT DO NOTHING`, or a
+/// lookup) and report success for them, never an error.
 pub trait Sink: Send + Sized + 'static {
     /// The plugin id used in `plugin = "..."` in the host's TOML file.
     const ID: &'static str;
     /// One line that `gateway plugins` shows.
     const DESCRIPTION: &'static str = "";
-    /// Builds an instance from its config table. Do no long-running I/O here.
+    /// Builds an instance from its config table: parse and check it, no side effects (as
+    /// [`Source::new`]); connect and create files in [`Sink::open`].
     fn new(ctx: &InitContext) -> Result<Self, PluginError>;
+    /// Acquires what the sink needs (connections, files, tables) before the first batch. An
+    /// error is handled as a failure to build the instance: retried with backoff. The default
+    /// does nothing. Called once per instance, before any `write` or `submit`.
+    fn open(&mut self) -> Result<(), PluginError> {
+        Ok(())
+    }
     /// Takes one batch; returns once it is durably stored.
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError>;
     /// How many batches may be in flight at once. Above 1, the host hands batches to

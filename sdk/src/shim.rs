@@ -124,6 +124,7 @@ pub extern "C" fn new_sink<S: Sink>(info: &InstanceInfo) -> RResult<SinkBox, Plu
         Ok(SinkFfi_TO::from_value(
             SinkShim {
                 inner: Some(inner),
+                opened: false,
                 span: span.clone(),
             },
             TD_Opaque,
@@ -164,6 +165,9 @@ impl<S: Source> Drop for SourceShim<S> {
 
 struct SinkShim<S: Sink> {
     inner: Option<S>,
+    /// Whether [`Sink::open`] succeeded. A host older than `open` never calls it: the first
+    /// write opens the instance then.
+    opened: bool,
     span: tracing::Span,
 }
 
@@ -189,8 +193,27 @@ impl<S: Sink> SinkShim<S> {
     }
 }
 
+impl<S: Sink> SinkShim<S> {
+    /// Opens the instance unless it is open.
+    fn ensure_open(&mut self) -> RResult<(), PluginError> {
+        if self.opened {
+            return RResult::ROk(());
+        }
+        let r = self.call("open", |inner| inner.open());
+        self.opened = r.is_ok();
+        r
+    }
+}
+
 impl<S: Sink> SinkFfi for SinkShim<S> {
+    fn open(&mut self) -> RResult<(), PluginError> {
+        self.ensure_open()
+    }
+
     fn write(&mut self, batch: RSlice<'_, Reading>) -> RResult<(), PluginError> {
+        if let RResult::RErr(e) = self.ensure_open() {
+            return RResult::RErr(e);
+        }
         self.call("write", |inner| inner.write(batch.as_slice()))
     }
 
@@ -204,6 +227,10 @@ impl<S: Sink> SinkFfi for SinkShim<S> {
 
     fn submit(&mut self, batch: RSlice<'_, Reading>, done: AckBox) -> RResult<(), PluginError> {
         let done = crate::context::Written::from_ffi(done);
+        if let RResult::RErr(e) = self.ensure_open() {
+            done.finish(Err(e));
+            return RResult::ROk(());
+        }
         self.call("submit", |inner| {
             inner.submit(batch.as_slice(), done);
             Ok(())

@@ -12,7 +12,7 @@
 //! ```
 
 use crate::{
-    abi::{AckBox, HostSourceCtx, HostSourceCtx_TO, InstanceInfo, SinkBox},
+    abi::{AckBox, HostSourceCtx, HostSourceCtx_TO, InstanceInfo, SinkBox, SourceBox},
     error::{ErrorKind, PluginError},
     reading::{IdGenerator, Label, Reading, Timestamp, Value},
     shim, Sink, Source,
@@ -26,16 +26,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The description of an instance named `test` of the plugin, with `config_toml` as its keys.
+/// The description of an instance `instance` of a plugin with `config_toml` as its keys, read
+/// from a file named `test.toml`.
 pub fn instance_info(instance: &str, config_toml: &str) -> InstanceInfo {
+    instance_info_in("test.toml", instance, config_toml)
+}
+
+/// [`instance_info`] for a config file named `config_file` (what errors show).
+pub fn instance_info_in(config_file: &str, instance: &str, config_toml: &str) -> InstanceInfo {
     InstanceInfo {
         instance: instance.into(),
         device: "test-device".into(),
         config_toml: config_toml.into(),
-        config_file: "test.toml".into(),
+        config_file: config_file.into(),
         table: format!("test.{instance}").as_str().into(),
         data_dir: std::env::temp_dir()
             .join("gateway-sdk-test")
+            .join(instance)
             .to_string_lossy()
             .as_ref()
             .into(),
@@ -67,7 +74,7 @@ pub fn sample_readings(n: usize) -> Vec<Reading> {
         .collect()
 }
 
-/// What a source produced under [`run_source`].
+/// What a source produced under [`run_source`] or [`SourceHarness::run`].
 #[derive(Debug)]
 pub struct SourceRun {
     /// Every reading emitted, in order.
@@ -76,8 +83,197 @@ pub struct SourceRun {
     pub batches: usize,
     /// What `run` returned.
     pub outcome: Result<(), PluginError>,
-    /// Whether the wanted number of readings was reached before the timeout.
+    /// Whether the wanted number of readings was reached before the source was stopped.
     pub reached: bool,
+    /// How long `run` took to return once the harness asked it to stop (zero when it returned
+    /// on its own), in real time.
+    pub stop_latency: Duration,
+    /// Acknowledgements the harness answered with [`ErrorKind::STOPPED`] because it stopped
+    /// before their [`SourceHarness::ack_delay`] ran out.
+    pub dropped_acks: usize,
+}
+
+/// Runs a source as the host would, with the knobs a test needs: a config file name, a
+/// simulated clock, a slow sink, and a stop at a chosen moment.
+///
+/// ```ignore
+/// // A sink that takes 200 ms per batch must not stretch a 1 s interval; an hour of it takes
+/// // no real time on the simulated clock.
+/// let run = SourceHarness::new("interval = \"1s\"")
+///     .simulated_clock(Timestamp(0))
+///     .ack_delay(Duration::from_millis(200))
+///     .stop_at(Duration::from_secs(3600))
+///     .run::<Counter>()?;
+/// assert_eq!(run.readings.len(), 3600);
+/// ```
+#[derive(Debug, Clone)]
+pub struct SourceHarness {
+    config_toml: String,
+    config_file: String,
+    instance: String,
+    want: usize,
+    timeout: Duration,
+    stop_at: Option<Duration>,
+    stop_deadline: Duration,
+    ack_delay: Duration,
+    clock: Option<Timestamp>,
+}
+
+impl SourceHarness {
+    /// A harness for an instance `test` with `config_toml` as its keys, in `test.toml`; it runs
+    /// the source for at most 10 s of real time.
+    pub fn new(config_toml: &str) -> Self {
+        SourceHarness {
+            config_toml: config_toml.to_owned(),
+            config_file: "test.toml".to_owned(),
+            instance: "test".to_owned(),
+            want: usize::MAX,
+            timeout: Duration::from_secs(10),
+            stop_at: None,
+            stop_deadline: Duration::from_secs(5),
+            ack_delay: Duration::ZERO,
+            clock: None,
+        }
+    }
+    /// The config file name errors show (default `test.toml`).
+    pub fn config_file(mut self, name: &str) -> Self {
+        self.config_file = name.to_owned();
+        self
+    }
+    /// The instance name (default `test`).
+    pub fn instance(mut self, name: &str) -> Self {
+        self.instance = name.to_owned();
+        self
+    }
+    /// Asks the source to stop once it emitted at least `n` readings.
+    pub fn readings(mut self, n: usize) -> Self {
+        self.want = n;
+        self
+    }
+    /// Asks the source to stop after `d` of real time at the latest (default 10 s).
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+    /// Asks the source to stop when the harness's clock (simulated, or real since the start)
+    /// reaches `d`; acknowledgements still waiting then are answered with
+    /// [`ErrorKind::STOPPED`], as the host does when it stops.
+    pub fn stop_at(mut self, d: Duration) -> Self {
+        self.stop_at = Some(d);
+        self
+    }
+    /// How long `run` may take to return once asked to stop before [`SourceHarness::run`]
+    /// fails (default 5 s, the host's default `shutdown_timeout`).
+    pub fn stop_deadline(mut self, d: Duration) -> Self {
+        self.stop_deadline = d;
+        self
+    }
+    /// Acknowledges each batch `d` after it was emitted, as a slow sink would (default: at
+    /// once). On a simulated clock the delay moves the clock forward instead of taking time.
+    pub fn ack_delay(mut self, d: Duration) -> Self {
+        self.ack_delay = d;
+        self
+    }
+    /// Runs the source on a simulated clock that starts at `start`: `wait_stop` returns at once
+    /// and moves the clock forward, and readings are stamped from it.
+    pub fn simulated_clock(mut self, start: Timestamp) -> Self {
+        self.clock = Some(start);
+        self
+    }
+
+    /// Builds source `S`, runs it until a stop condition, asks it to stop, and returns what it
+    /// produced. Fails if the source cannot be built, or does not return from `run` within the
+    /// stop deadline.
+    pub fn run<S: Source>(self) -> Result<SourceRun, PluginError> {
+        let info = instance_info_in(&self.config_file, &self.instance, &self.config_toml);
+        let source = shim::new_source::<S>(&info).into_result()?;
+        self.run_built(source)
+    }
+
+    /// [`SourceHarness::run`] for an instance already built, as the host holds one from a
+    /// plugin library (`gateway test-plugin` runs libraries' sources this way). The config
+    /// settings of the harness are not used.
+    pub fn run_built(self, mut source: SourceBox) -> Result<SourceRun, PluginError> {
+        let state = Arc::new((
+            Mutex::new(Collected {
+                clock_ns: self
+                    .clock
+                    .map_or(0, |t| u64::try_from(t.0).unwrap_or(0).saturating_mul(1_000)),
+                ..Collected::default()
+            }),
+            Condvar::new(),
+        ));
+        let started = Instant::now();
+        let ctx = HostSourceCtx_TO::from_value(
+            HarnessCtx {
+                state: state.clone(),
+                want: self.want,
+                ack_delay: self.ack_delay,
+                simulated: self.clock.is_some(),
+                stop_at_ns: self
+                    .stop_at
+                    .filter(|_| self.clock.is_some())
+                    .map(|d| state.0.lock().unwrap().clock_ns + d.as_nanos() as u64),
+            },
+            TD_Opaque,
+        );
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let r = source.run(ctx).into_result();
+            let _ = done_tx.send(r);
+        });
+        let real_stop = match (self.clock, self.stop_at) {
+            (None, Some(at)) => self.timeout.min(at),
+            _ => self.timeout,
+        };
+        let deadline = started + real_stop;
+        let (lock, cv) = &*state;
+        let mut outcome = None;
+        let mut guard = lock.lock().unwrap();
+        while !guard.stopping && Instant::now() < deadline {
+            drop(guard);
+            if let Ok(r) = done_rx.try_recv() {
+                outcome = Some(r);
+                guard = lock.lock().unwrap();
+                break;
+            }
+            guard = lock.lock().unwrap();
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(20));
+            guard = cv.wait_timeout(guard, wait).unwrap().0;
+        }
+        let reached = guard.readings.len() >= self.want;
+        guard.stopping = true;
+        cv.notify_all();
+        drop(guard);
+        let asked = Instant::now();
+        let (outcome, stop_latency) = match outcome {
+            Some(r) => (r, Duration::ZERO),
+            None => {
+                let r = done_rx.recv_timeout(self.stop_deadline).map_err(|_| {
+                    PluginError::fatal(format!(
+                        "source did not return from run() within {:?} of being asked to stop",
+                        self.stop_deadline
+                    ))
+                })?;
+                (r, asked.elapsed())
+            }
+        };
+        let acks = std::mem::take(&mut lock.lock().unwrap().ack_threads);
+        for t in acks {
+            let _ = t.join();
+        }
+        let mut st = lock.lock().unwrap();
+        Ok(SourceRun {
+            readings: std::mem::take(&mut st.readings),
+            batches: st.batches,
+            outcome,
+            reached,
+            stop_latency,
+            dropped_acks: st.dropped_acks,
+        })
+    }
 }
 
 #[derive(Default)]
@@ -85,34 +281,85 @@ struct Collected {
     readings: Vec<Reading>,
     batches: usize,
     stopping: bool,
+    /// The simulated clock, in ns since the Unix epoch.
+    clock_ns: u64,
+    dropped_acks: usize,
+    ack_threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 struct HarnessCtx {
     state: Arc<(Mutex<Collected>, Condvar)>,
     want: usize,
+    ack_delay: Duration,
+    simulated: bool,
+    stop_at_ns: Option<u64>,
+}
+
+impl HarnessCtx {
+    /// Moves the simulated clock forward by `d`, stopping at the stop time.
+    fn advance(&self, st: &mut Collected, d: Duration) {
+        st.clock_ns = st.clock_ns.saturating_add(d.as_nanos() as u64);
+        if let Some(at) = self.stop_at_ns {
+            if st.clock_ns >= at {
+                st.clock_ns = at;
+                st.stopping = true;
+                self.state.1.notify_all();
+            }
+        }
+    }
 }
 
 impl HostSourceCtx for HarnessCtx {
     fn emit(&self, batch: RVec<Reading>, ack: ROption<AckBox>) -> RResult<(), PluginError> {
         let (lock, cv) = &*self.state;
-        {
-            let mut st = lock.lock().unwrap();
-            if st.stopping {
-                return RErr(PluginError::new(
-                    ErrorKind::STOPPED,
-                    "the harness is stopping",
-                ));
-            }
-            st.readings.extend(batch);
-            st.batches += 1;
-            if st.readings.len() >= self.want {
-                st.stopping = true;
-                cv.notify_all();
-            }
+        let mut st = lock.lock().unwrap();
+        if st.stopping {
+            return RErr(PluginError::new(
+                ErrorKind::STOPPED,
+                "the harness is stopping",
+            ));
         }
-        if let RSome(mut ack) = ack {
-            ack.done(ROk(()));
+        st.readings.extend(batch);
+        st.batches += 1;
+        if st.readings.len() >= self.want {
+            st.stopping = true;
+            cv.notify_all();
         }
+        let RSome(mut ack) = ack else {
+            return ROk(());
+        };
+        if self.simulated || self.ack_delay.is_zero() {
+            // On the simulated clock the sink's time passes at once; a stop it reaches first
+            // drops the batch, as the host does.
+            self.advance(&mut st, self.ack_delay);
+            let stopped = st.stopping && !self.ack_delay.is_zero();
+            st.dropped_acks += usize::from(stopped);
+            drop(st);
+            ack.done(if stopped {
+                RErr(stopped_error())
+            } else {
+                ROk(())
+            });
+            return ROk(());
+        }
+        let state = self.state.clone();
+        let delay = self.ack_delay;
+        let t = std::thread::spawn(move || {
+            let (lock, cv) = &*state;
+            let guard = lock.lock().unwrap();
+            let (mut guard, _) = cv
+                .wait_timeout_while(guard, delay, |st| !st.stopping)
+                .unwrap();
+            let stopped = guard.stopping;
+            guard.dropped_acks += usize::from(stopped);
+            drop(guard);
+            ack.done(if stopped {
+                RErr(stopped_error())
+            } else {
+                ROk(())
+            });
+        });
+        st.ack_threads.push(t);
         ROk(())
     }
     fn is_stopping(&self) -> bool {
@@ -120,71 +367,46 @@ impl HostSourceCtx for HarnessCtx {
     }
     fn wait_stop(&self, timeout_ms: u64) -> bool {
         let (lock, cv) = &*self.state;
-        let guard = lock.lock().unwrap();
+        let mut guard = lock.lock().unwrap();
+        if self.simulated {
+            if !guard.stopping {
+                self.advance(&mut guard, Duration::from_millis(timeout_ms));
+            }
+            return guard.stopping;
+        }
         let (guard, _) = cv
             .wait_timeout_while(guard, Duration::from_millis(timeout_ms), |st| !st.stopping)
             .unwrap();
         guard.stopping
     }
+    fn clock_ns(&self) -> ROption<u64> {
+        if self.simulated {
+            RSome(self.state.0.lock().unwrap().clock_ns)
+        } else {
+            abi_stable::std_types::RNone
+        }
+    }
+}
+
+fn stopped_error() -> PluginError {
+    PluginError::new(
+        ErrorKind::STOPPED,
+        "the harness stopped before the sink took the batch",
+    )
 }
 
 /// Builds source `S` from `config_toml`, runs it until it emitted at least `n` readings (or
-/// `timeout` passed), asks it to stop, and returns what it produced. Fails if the source cannot
-/// be built, or does not return from `run` within 5 s of being asked to stop.
+/// `timeout` passed), asks it to stop, and returns what it produced: [`SourceHarness`] with
+/// its defaults otherwise.
 pub fn run_source<S: Source>(
     config_toml: &str,
     n: usize,
     timeout: Duration,
 ) -> Result<SourceRun, PluginError> {
-    let info = instance_info("test", config_toml);
-    let mut source = shim::new_source::<S>(&info).into_result()?;
-    let state = Arc::new((Mutex::new(Collected::default()), Condvar::new()));
-    let ctx = HostSourceCtx_TO::from_value(
-        HarnessCtx {
-            state: state.clone(),
-            want: n,
-        },
-        TD_Opaque,
-    );
-    let (done_tx, done_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let r = source.run(ctx).into_result();
-        let _ = done_tx.send(r);
-    });
-    let deadline = Instant::now() + timeout;
-    let (lock, cv) = &*state;
-    let mut outcome = None;
-    let mut guard = lock.lock().unwrap();
-    while !guard.stopping && Instant::now() < deadline {
-        drop(guard);
-        if let Ok(r) = done_rx.try_recv() {
-            outcome = Some(r);
-            guard = lock.lock().unwrap();
-            break;
-        }
-        guard = lock.lock().unwrap();
-        let wait = deadline
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(20));
-        guard = cv.wait_timeout(guard, wait).unwrap().0;
-    }
-    let reached = guard.readings.len() >= n;
-    guard.stopping = true;
-    cv.notify_all();
-    drop(guard);
-    let outcome = match outcome {
-        Some(r) => r,
-        None => done_rx.recv_timeout(Duration::from_secs(5)).map_err(|_| {
-            PluginError::fatal("source did not return from run() within 5 s of being asked to stop")
-        })?,
-    };
-    let mut st = lock.lock().unwrap();
-    Ok(SourceRun {
-        readings: std::mem::take(&mut st.readings),
-        batches: st.batches,
-        outcome,
-        reached,
-    })
+    SourceHarness::new(config_toml)
+        .readings(n)
+        .timeout(timeout)
+        .run::<S>()
 }
 
 /// Feeds batches to a sink built from a config, and remembers what it acknowledged.
@@ -195,10 +417,15 @@ pub struct SinkHarness {
 }
 
 impl SinkHarness {
-    /// Builds sink `S` from `config_toml`.
+    /// Builds sink `S` from `config_toml` and opens it, as the host does.
     pub fn new<S: Sink>(config_toml: &str) -> Result<Self, PluginError> {
-        let info = instance_info("test", config_toml);
-        let sink = shim::new_sink::<S>(&info).into_result()?;
+        Self::new_in::<S>("test.toml", config_toml)
+    }
+    /// [`SinkHarness::new`] with a config file named `config_file` (what errors show).
+    pub fn new_in<S: Sink>(config_file: &str, config_toml: &str) -> Result<Self, PluginError> {
+        let info = instance_info_in(config_file, "test", config_toml);
+        let mut sink = shim::new_sink::<S>(&info).into_result()?;
+        sink.open().into_result()?;
         Ok(SinkHarness {
             sink,
             acknowledged: Vec::new(),
@@ -322,6 +549,104 @@ mod tests {
             }
             Ok(())
         }
+    }
+
+    /// Emits one reading per tick of `ctx.every(interval)` and waits for each to be taken.
+    struct Paced {
+        interval: Duration,
+    }
+    impl Source for Paced {
+        const ID: &'static str = "paced";
+        fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct C {
+                #[serde(with = "crate::config::duration")]
+                interval: Duration,
+            }
+            let c: C = ctx.parse_config()?;
+            if c.interval < Duration::from_millis(10) {
+                return Err(ctx.config_error("interval", "must be at least 10ms"));
+            }
+            Ok(Paced {
+                interval: c.interval,
+            })
+        }
+        fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError> {
+            let (s, n, u) = (Label::new("t"), Label::new("tick"), Label::new(""));
+            let mut tick = ctx.every(self.interval);
+            while tick.next() {
+                let missed = tick.missed() as i64;
+                ctx.emit(vec![ctx.reading(&s, &n, &u, missed)])?.wait()?;
+            }
+            Ok(())
+        }
+    }
+
+    fn times_ms(run: &SourceRun) -> Vec<i64> {
+        run.readings.iter().map(|r| r.time.0 / 1_000).collect()
+    }
+
+    #[test]
+    fn ticker_keeps_its_interval_behind_a_slow_sink() {
+        let run = SourceHarness::new("interval = \"500ms\"")
+            .simulated_clock(Timestamp(1_000_000))
+            .ack_delay(Duration::from_millis(120))
+            .stop_at(Duration::from_secs(10))
+            .run::<Paced>()
+            .unwrap();
+        assert!(run.outcome.is_ok(), "{:?}", run.outcome);
+        let want: Vec<i64> = (0..20).map(|k| 1_000 + 500 * k).collect();
+        assert_eq!(
+            times_ms(&run),
+            want,
+            "one reading every 500 ms, from the start"
+        );
+        assert_eq!(run.dropped_acks, 0);
+    }
+
+    #[test]
+    fn ticker_skips_the_ticks_a_round_ran_past() {
+        let run = SourceHarness::new("interval = \"500ms\"")
+            .simulated_clock(Timestamp(0))
+            .ack_delay(Duration::from_millis(1_200))
+            .readings(4)
+            .run::<Paced>()
+            .unwrap();
+        // Each round takes 1.2 s: the late tick fires at once, the ones it overran are
+        // skipped, not fired in a burst.
+        assert_eq!(times_ms(&run), vec![0, 1_200, 2_400, 3_600]);
+        let missed: Vec<_> = run.readings.iter().map(|r| r.value.clone()).collect();
+        assert_eq!(
+            missed,
+            vec![Value::Int(0), Value::Int(1), Value::Int(2), Value::Int(4)],
+            "due at 0.5 (late by 0.7: 1 skipped), 1.5 (0.9: 1), 2.5 (1.1: 2)"
+        );
+    }
+
+    #[test]
+    fn a_stop_while_a_batch_waits_for_its_sink_ends_run_promptly() {
+        let run = SourceHarness::new("interval = \"10ms\"")
+            .ack_delay(Duration::from_secs(30))
+            .stop_at(Duration::from_millis(100))
+            .run::<Paced>()
+            .unwrap();
+        assert_eq!(run.readings.len(), 1);
+        assert_eq!(run.dropped_acks, 1);
+        assert!(run.stop_latency < Duration::from_secs(1), "{run:?}");
+        assert_eq!(run.outcome.unwrap_err().kind, ErrorKind::STOPPED);
+    }
+
+    #[test]
+    fn a_check_after_parsing_names_the_file_and_line() {
+        let e = SourceHarness::new("\ninterval = \"1ms\"\n")
+            .config_file("gateway.toml")
+            .run::<Paced>()
+            .unwrap_err();
+        assert_eq!(
+            e.message(),
+            "gateway.toml:2: [test.test] interval: must be at least 10ms"
+        );
     }
 
     struct Panicky;

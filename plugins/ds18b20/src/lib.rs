@@ -10,9 +10,7 @@ pub mod sim;
 pub mod w1;
 
 use config::Config;
-use gateway_sdk::{
-    tracing, ErrorKind, InitContext, Label, PluginError, Reading, Source, SourceContext,
-};
+use gateway_sdk::{tracing, InitContext, Label, PluginError, Reading, Source, SourceContext};
 use std::time::Instant;
 
 /// The source.
@@ -28,26 +26,23 @@ impl Source for Ds18b20 {
         let mut config: Config = ctx.parse_config()?;
         config.root = ctx.resolve_path(&config.root);
         if config.interval.is_zero() {
-            return Err(PluginError::config(format!(
-                "[{}] interval: must be more than 0s",
-                ctx.info().table
-            )));
+            return Err(ctx.config_error("interval", "must be more than 0s"));
         }
         let mut seen = std::collections::HashSet::new();
-        for p in &config.sensors {
+        for (i, p) in config.sensors.iter().enumerate() {
             if !p.id.starts_with("28-") {
-                return Err(PluginError::config(format!(
-                    "[{}] sensors: {:?} is not a DS18B20 id (they start with \"28-\")",
-                    ctx.info().table,
-                    p.id
-                )));
+                return Err(ctx.config_error(
+                    &format!("sensors.{i}.id"),
+                    format!("{:?} is not a DS18B20 id (they start with \"28-\")", p.id),
+                ));
             }
-            if !seen.insert(p.alias.as_deref().unwrap_or(&p.id)) {
-                return Err(PluginError::config(format!(
-                    "[{}] sensors: the name {:?} is used twice",
-                    ctx.info().table,
-                    p.alias.as_deref().unwrap_or(&p.id)
-                )));
+            let name = p.alias.as_deref().unwrap_or(&p.id);
+            if !seen.insert(name) {
+                let key = if p.alias.is_some() { "alias" } else { "id" };
+                return Err(ctx.config_error(
+                    &format!("sensors.{i}.{key}"),
+                    format!("the name {name:?} is used twice"),
+                ));
             }
         }
         Ok(Ds18b20 { config })
@@ -61,7 +56,8 @@ impl Source for Ds18b20 {
         let mut bus = bus::Bus::new(&self.config);
         let (name, unit) = (Label::from("temperature"), Label::from("Cel"));
         tracing::info!(root = %bus.root().display(), interval = ?self.config.interval, "reading DS18B20 probes");
-        loop {
+        let mut tick = ctx.every(self.config.interval);
+        while tick.next() {
             let started = Instant::now();
             let batch: Vec<Reading> = bus
                 .round()
@@ -70,24 +66,10 @@ impl Source for Ds18b20 {
                 .collect();
             tracing::trace!(readings = batch.len(), took = ?started.elapsed(), "round done");
             if !batch.is_empty() {
-                let n = batch.len();
-                let span = tracing::Span::current();
-                let sent = ctx.emit_with(batch, move |outcome| {
-                    if let Err(e) = outcome {
-                        let _e = span.enter();
-                        tracing::warn!(readings = n, error = %e, "a sink did not take the temperatures");
-                    }
-                });
-                match sent {
-                    Ok(()) => {}
-                    Err(e) if e.kind == ErrorKind::STOPPED => return Ok(()),
-                    Err(e) => return Err(e),
-                }
-            }
-            if ctx.wait_stop(self.config.interval.saturating_sub(started.elapsed())) {
-                return Ok(());
+                ctx.emit_logged(batch)?;
             }
         }
+        Ok(())
     }
 }
 

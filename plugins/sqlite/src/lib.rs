@@ -11,7 +11,11 @@ use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
 
 /// The sink.
 pub struct Sqlite {
-    store: store::Store,
+    cfg: Config,
+    table: String,
+    /// Opened by [`Sink::open`]; `new` touches no file, so that `gateway check` does not
+    /// create the database.
+    store: Option<store::Store>,
 }
 
 impl Sink for Sqlite {
@@ -22,19 +26,31 @@ impl Sink for Sqlite {
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
         let mut cfg: Config = ctx.parse_config()?;
         cfg.path = ctx.resolve_path(&cfg.path);
-        let store = store::Store::open(&cfg).map_err(|e| {
-            PluginError::new(e.kind, format!("[{}] {}", ctx.info().table, e.message()))
-        })?;
-        tracing::info!(path = %cfg.path.display(), "SQLite store open");
-        Ok(Sqlite { store })
+        Ok(Sqlite {
+            cfg,
+            table: ctx.info().table.to_string(),
+            store: None,
+        })
+    }
+
+    fn open(&mut self) -> Result<(), PluginError> {
+        let store = store::Store::open(&self.cfg)
+            .map_err(|e| PluginError::new(e.kind, format!("[{}] {}", self.table, e.message())))?;
+        tracing::info!(path = %self.cfg.path.display(), "SQLite store open");
+        self.store = Some(store);
+        Ok(())
     }
 
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
-        let before = self.store.duplicates;
-        self.store.write(batch)?;
-        if self.store.duplicates > before {
+        let store = self
+            .store
+            .as_mut()
+            .ok_or_else(|| PluginError::fatal("written before it was opened"))?;
+        let before = store.duplicates;
+        store.write(batch)?;
+        if store.duplicates > before {
             tracing::debug!(
-                duplicates = self.store.duplicates - before,
+                duplicates = store.duplicates - before,
                 "readings already stored were skipped"
             );
         }

@@ -14,38 +14,13 @@ pub mod reject;
 pub mod sysfs;
 
 use config::{Config, Group};
-use gateway_sdk::{
-    tracing, ErrorKind, InitContext, PluginError, Reading, Source, SourceContext, Timestamp,
-};
+use gateway_sdk::{tracing, InitContext, PluginError, Reading, Source, SourceContext, Timestamp};
 use std::{path::PathBuf, time::Instant};
 
 /// The source.
 pub struct System {
     config: Config,
     disks: Vec<PathBuf>,
-}
-
-/// A config error naming the file, the key's line (when the key is written), the table and the
-/// key.
-fn invalid(ctx: &InitContext, key: &str, message: impl std::fmt::Display) -> PluginError {
-    let info = ctx.info();
-    let line = ctx.config_toml().lines().position(|l| {
-        l.trim_start()
-            .strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with('='))
-    });
-    match line {
-        Some(i) => PluginError::config(format!(
-            "{}:{}: [{}] {key}: {message}",
-            info.config_file,
-            i + 1,
-            info.table
-        )),
-        None => PluginError::config(format!(
-            "{}: [{}] {key}: {message}",
-            info.config_file, info.table
-        )),
-    }
 }
 
 /// The filesystem to report when `disk_paths` is not set: the gateway's data directory, which
@@ -72,11 +47,10 @@ impl Source for System {
         let mut config: Config = ctx.parse_config()?;
         config.root = ctx.resolve_path(&config.root);
         if config.interval.is_zero() {
-            return Err(invalid(ctx, "interval", "must be more than 0s"));
+            return Err(ctx.config_error("interval", "must be more than 0s"));
         }
         if config.include.is_empty() {
-            return Err(invalid(
-                ctx,
+            return Err(ctx.config_error(
                 "include",
                 "is empty, so nothing would be reported; leave the key out to report everything",
             ));
@@ -84,19 +58,11 @@ impl Source for System {
         let mut seen = std::collections::BTreeSet::new();
         for g in &config.include {
             if !seen.insert(*g) {
-                return Err(invalid(
-                    ctx,
-                    "include",
-                    format!("{:?} is listed twice", g.name()),
-                ));
+                return Err(ctx.config_error("include", format!("{:?} is listed twice", g.name())));
             }
         }
         if !config.disk_paths.is_empty() && !config.includes(Group::Disk) {
-            return Err(invalid(
-                ctx,
-                "disk_paths",
-                "is set, but \"disk\" is not in `include`",
-            ));
+            return Err(ctx.config_error("disk_paths", "is set, but \"disk\" is not in `include`"));
         }
         let mut disks: Vec<PathBuf> = config
             .disk_paths
@@ -106,11 +72,9 @@ impl Source for System {
         let mut seen = std::collections::BTreeSet::new();
         for d in &disks {
             if !seen.insert(d) {
-                return Err(invalid(
-                    ctx,
-                    "disk_paths",
-                    format!("{} is listed twice", d.display()),
-                ));
+                return Err(
+                    ctx.config_error("disk_paths", format!("{} is listed twice", d.display()))
+                );
             }
         }
         if disks.is_empty() && config.includes(Group::Disk) {
@@ -123,7 +87,8 @@ impl Source for System {
         let mut collector = collect::Collector::new(&self.config, self.disks.clone());
         let groups: Vec<&str> = self.config.include.iter().map(|g| g.name()).collect();
         tracing::info!(root = %collector.root().display(), interval = ?self.config.interval, include = ?groups, disks = ?self.disks, "reporting this machine's health");
-        loop {
+        let mut tick = ctx.every(self.config.interval);
+        while tick.next() {
             let started = Instant::now();
             let time = Timestamp::now();
             let batch: Vec<Reading> = collector
@@ -133,24 +98,10 @@ impl Source for System {
                 .collect();
             tracing::trace!(readings = batch.len(), rejected = collector.rejected(), took = ?started.elapsed(), "round done");
             if !batch.is_empty() {
-                let n = batch.len();
-                let span = tracing::Span::current();
-                let sent = ctx.emit_with(batch, move |outcome| {
-                    if let Err(e) = outcome {
-                        let _e = span.enter();
-                        tracing::warn!(readings = n, error = %e, "a sink did not take the health readings");
-                    }
-                });
-                match sent {
-                    Ok(()) => {}
-                    Err(e) if e.kind == ErrorKind::STOPPED => return Ok(()),
-                    Err(e) => return Err(e),
-                }
-            }
-            if ctx.wait_stop(self.config.interval.saturating_sub(started.elapsed())) {
-                return Ok(());
+                ctx.emit_logged(batch)?;
             }
         }
+        Ok(())
     }
 }
 
