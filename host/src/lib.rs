@@ -7,6 +7,7 @@
 
 pub mod buffer;
 pub mod config;
+pub mod conformance;
 pub mod deadletter;
 pub mod internal;
 pub mod loader;
@@ -20,3 +21,9 @@ pub mod plugin_metrics;
 pub mod run;
 pub mod stats;
 pub mod status;
+
+/// The README's Rust examples, compiled as doctests so that they stay true (the SDK's own
+/// README is the SDK crate's doctest).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

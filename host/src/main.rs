@@ -64,7 +64,29 @@ enum Command {
     /// directory: list them, print their readings, or send them to their sink again.
     #[command(name = "dead-letters", subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Run the conformance checks on the plugins a config names, one instance at a time: the
+    /// library loads, an unknown key is refused with its file and line, `new` has no side
+    /// effects, a source stops within the deadline, a sink opens, takes a batch and the same
+    /// batch again, and closes. For plugin authors: `gateway test-plugin --config sample.toml
+    /// --plugin-dir target/release`. Exits 1 if a check fails.
+    #[command(name = "test-plugin")]
+    TestPlugin {
+        /// A config with the instance tables to test (a plugin's sample.toml); it needs no
+        /// sink for its sources.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Where the libraries are (default: the config's `plugin_dir`).
+        #[arg(long, value_name = "DIR")]
+        plugin_dir: Option<PathBuf>,
+        /// How long each source runs before it is asked to stop.
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+        run_for: std::time::Duration,
+        /// How long each step may take: a source's stop, a sink's open, write and close.
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+        deadline: std::time::Duration,
+    },
     /// List the plugin libraries of a directory: name, version, SDK version, plugins and kinds.
+    /// Exits 1 if a file in it was refused.
     Plugins {
         /// The directory (default: the `plugin_dir` directories of --config if given, else the
         /// directory of this binary).
@@ -219,6 +241,31 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::DeadLetters(cmd) => dead_letters(cmd),
+        Command::TestPlugin {
+            config,
+            plugin_dir,
+            run_for,
+            deadline,
+        } => {
+            let mut config = Config::load_instances(&config)?;
+            if let Some(d) = plugin_dir {
+                config.gateway.plugin_dirs = vec![d];
+            }
+            logging::init(LogFormat::Text, LevelFilter::WARN, LevelFilter::WARN);
+            let logger = HostLogger::new(LevelFilter::WARN);
+            // The instances' data directories: a scratch directory, not the config's.
+            let scratch =
+                std::env::temp_dir().join(format!("gateway-test-plugin-{}", std::process::id()));
+            let report =
+                gateway_host::conformance::run(&config, &logger, &scratch, run_for, deadline);
+            let _ = std::fs::remove_dir_all(&scratch);
+            print!("{}", report.text);
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Plugins { plugin_dir, config } => {
             let dirs = match (plugin_dir, config) {
                 (Some(d), _) => vec![d],
@@ -234,6 +281,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             if all.is_empty() {
                 println!("  (none)");
             }
+            let mut refused = 0;
             for (path, r) in all {
                 let file = path.file_name().unwrap_or_default().to_string_lossy();
                 match r {
@@ -251,8 +299,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                             );
                         }
                     }
-                    Err(e) => println!("  {file}: refused: it {e}"),
+                    Err(e) => {
+                        refused += 1;
+                        println!("  {file}: refused: it {e}");
+                    }
                 }
+            }
+            if refused > 0 {
+                eprintln!(
+                    "error: {refused} of the files in {} {} refused",
+                    catalog.shown(),
+                    if refused == 1 { "was" } else { "were" }
+                );
+                return Ok(ExitCode::FAILURE);
             }
             Ok(ExitCode::SUCCESS)
         }
