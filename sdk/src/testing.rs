@@ -409,6 +409,15 @@ pub fn run_source<S: Source>(
         .run::<S>()
 }
 
+impl std::fmt::Debug for SinkHarness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkHarness")
+            .field("acknowledged", &self.acknowledged.len())
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Feeds batches to a sink built from a config, and remembers what it acknowledged.
 pub struct SinkHarness {
     sink: SinkBox,

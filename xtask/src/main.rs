@@ -20,6 +20,9 @@
 //! - `soak [N]`: the zero-loss test, N times longer.
 //! - `dist [--target TRIPLE]`: the build for the Pi (static, trimmed OpenSSL; see `dist.rs`)
 //!   in `target/dist/gateway-TRIPLE/`, and its sizes.
+//! - `new-plugin NAME --source|--sink [--dir DIR]`: a plugin folder that builds and tests on
+//!   its own, outside this repository (`template.rs`).
+//! - `sdk-package`: the SDK as a crate file, `target/package/gateway-sdk-VERSION.crate`.
 //! - `deb [--target TRIPLE]...`: Debian packages of that build, with systemd units for the Pi
 //!   and the server roles (`deb.rs`), in `target/deb/`.
 
@@ -29,6 +32,7 @@ mod fleet;
 mod lossy;
 mod reload;
 mod setup;
+mod template;
 
 use anyhow::{bail, Context, Result};
 use std::{
@@ -147,6 +151,22 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Some("new-plugin") => template::command(&args[1..]),
+        Some("sdk-package") => {
+            // `cargo package` builds the packed crate on its own, outside the workspace: what
+            // an author who takes the SDK from a registry gets.
+            let mut c = cargo();
+            c.args(["package", "-p", "gateway-sdk", "--allow-dirty"]);
+            run(c)?;
+            let v = gateway_sdk_version()?;
+            println!(
+                "{}",
+                root()
+                    .join(format!("target/package/gateway-sdk-{v}.crate"))
+                    .display()
+            );
+            Ok(())
+        }
         Some("dist") => {
             let target = match &args[1..] {
                 [] => None,
@@ -160,7 +180,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | test [CARGO-TEST-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-pi | bench-e2e | soak [N] | dist [--target TRIPLE] | deb [--target TRIPLE]..."
+                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | test [CARGO-TEST-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-pi | bench-e2e | soak [N] | dist [--target TRIPLE] | deb [--target TRIPLE]... | new-plugin NAME --source|--sink [--dir DIR] | sdk-package"
             );
             std::process::exit(2);
         }
@@ -682,4 +702,14 @@ fn sizes(dir: &Path) -> Result<()> {
         total as f64 / 1048576.0
     );
     Ok(())
+}
+
+/// The SDK's version, from its manifest.
+fn gateway_sdk_version() -> Result<String> {
+    let text = std::fs::read_to_string(root().join("sdk/Cargo.toml"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .map(str::to_owned)
+        .context("sdk/Cargo.toml has no version line")
 }
