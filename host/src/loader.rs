@@ -13,8 +13,9 @@
 
 use crate::logging::HostLogger;
 use abi_stable::{
-    library::{lib_header_from_path, LibraryError},
+    library::{lib_header_from_path, AbiHeader, LibraryError},
     sabi_trait::TD_Opaque,
+    StableAbi,
 };
 use gateway_sdk::abi::{self, HostLog_TO, PluginDescriptor, PluginKind, PluginLibraryRef};
 use std::{
@@ -22,6 +23,9 @@ use std::{
     path::{Path, PathBuf},
     sync::Arc,
 };
+
+mod elf;
+mod layout;
 
 /// A loaded, compatible plugin library.
 #[derive(Clone)]
@@ -48,14 +52,39 @@ impl Library {
     }
 }
 
-/// Why a file could not be used as a plugin library.
+/// Why a file could not be used as a plugin library. Each message says what is wrong and what
+/// to do about it; the caller puts the file's path before it (`libx.so: is not a gateway
+/// plugin: ...`).
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
-    /// The file does not exist or the dynamic loader refused it.
-    #[error("cannot be loaded: {0}")]
-    Open(String),
-    /// It is a shared library but exports no gateway plugin module.
-    #[error("is not a gateway plugin (it exports no plugin module)")]
+    /// The file is gone or not a regular file, or the dynamic loader refused it for a reason the
+    /// file's header does not show (a library it needs is missing, say).
+    #[error("cannot be loaded: {reason}; {fix}")]
+    Open {
+        /// What is wrong, in the dynamic loader's words where it gave some.
+        reason: String,
+        /// What to do.
+        fix: String,
+    },
+    /// The file is not a shared library at all.
+    #[error("is not a shared library ({what}; the dynamic loader says \"{loader}\"): a plugin directory holds only plugin libraries, so move it elsewhere")]
+    NotALibrary {
+        /// What the file is instead.
+        what: String,
+        /// The dynamic loader's error.
+        loader: String,
+    },
+    /// A shared library built for another kind of machine.
+    #[error("is a shared library for {found}, but this gateway runs on {host}: install the plugin's {host} build, or rebuild it for {host}")]
+    WrongMachine {
+        /// The library's machine.
+        found: String,
+        /// The gateway's machine.
+        host: String,
+    },
+    /// A shared library that exports no gateway plugin module.
+    #[error("is not a gateway plugin: it is a shared library, but it exports no plugin module; move it out of the plugin directory, or, if it is meant to be a plugin, export its plugins with `gateway_sdk::export!` and build it as a cdylib")]
     NotAPlugin,
     /// Built against an SDK whose major version differs from the host's.
     #[error("was built against gateway-sdk {plugin}, but this gateway uses gateway-sdk {host}; rebuild the plugin against gateway-sdk {host} (the major versions must match)")]
@@ -65,14 +94,35 @@ pub enum LoadError {
         /// The plugin's SDK version.
         plugin: String,
     },
-    /// Same SDK version, but a type's layout differs (e.g. a patched SDK).
-    #[error("has an incompatible ABI layout: {0}")]
-    Layout(String),
-    /// Built with an incompatible `abi_stable`.
-    #[error("was built with an incompatible abi_stable: {0}")]
-    AbiStable(String),
-    /// The library's module constructor failed.
-    #[error("failed to initialise: {0}")]
+    /// Built against an SDK of a compatible version whose types differ (a patched or
+    /// unreleased SDK).
+    #[error("has an incompatible ABI layout: {difference}; the plugin says it was built against gateway-sdk {plugin} and this gateway was built against gateway-sdk {host}, but their types differ (the plugin's SDK was patched or unreleased): rebuild the plugin against the gateway-sdk this gateway was built with, {host}")]
+    Layout {
+        /// The first type that differs, where, and how.
+        difference: String,
+        /// The SDK version the library says it was built against.
+        plugin: String,
+        /// The host's SDK version.
+        host: String,
+    },
+    /// Built with an `abi_stable` whose library header this host cannot read.
+    #[error("was built with {found}, but this gateway uses abi_stable {host}, which cannot read its library header: rebuild the plugin against gateway-sdk {sdk} (which brings abi_stable {host})", sdk = gateway_sdk::SDK_VERSION)]
+    AbiStable {
+        /// `abi_stable 0.10`, or what else the header is.
+        found: String,
+        /// The host's `abi_stable` version (`0.11`).
+        host: String,
+    },
+    /// Passes values across the boundary differently from the host (`abi_stable`'s C ABI test).
+    #[error("passes values to functions differently from this gateway (abi_stable's test of the C calling convention expected {expected}, found {found}): it was built for another target or by an incompatible compiler; rebuild it for this machine against gateway-sdk {sdk}", sdk = gateway_sdk::SDK_VERSION)]
+    CAbi {
+        /// What the host's side computed.
+        expected: String,
+        /// What the library's side computed.
+        found: String,
+    },
+    /// The library's root module constructor failed.
+    #[error("failed to initialise: {0}; a library whose plugins are exported with `gateway_sdk::export!` cannot fail here, so its export glue is broken: rebuild it against gateway-sdk {sdk} with `gateway_sdk::export!`, or ask its author", sdk = gateway_sdk::SDK_VERSION)]
     Init(String),
     /// The file, or a directory above it, could be changed by someone other than the
     /// administrator or the gateway's user.
@@ -123,7 +173,7 @@ pub fn trusted(path: &Path) -> Result<PathBuf, String> {
     Ok(real)
 }
 
-/// Keeps the useful end of `abi_stable`'s layout report, which runs to a thousand lines.
+/// A library error's text on one line: its last lines, where `abi_stable` puts the cause.
 fn summarize(report: &str) -> String {
     let lines: Vec<&str> = report
         .lines()
@@ -134,23 +184,82 @@ fn summarize(report: &str) -> String {
     tail.join(" ")
 }
 
+/// The `abi_stable` version a library header stands for: `abi_stable 0.11`.
+fn abi_stable_of(header: &AbiHeader) -> String {
+    if header.magic_string == AbiHeader::VALUE.magic_string {
+        format!("abi_stable {}.{}", header.abi_major, header.abi_minor)
+    } else {
+        "a library header that is not abi_stable's".into()
+    }
+}
+
+/// Why the dynamic loader refused `file`: what the file's header shows (it is not a shared
+/// library, or one for another machine), or else the loader's own words and what they call for.
+fn refused_by_loader(file: &Path, loader_error: &str) -> LoadError {
+    let loader = loader_error.trim().replace('\n', " ");
+    // The loader names the file first; the caller names it already.
+    let loader = loader
+        .strip_prefix(&format!("{}: ", file.display()))
+        .unwrap_or(&loader)
+        .to_owned();
+    match elf::inspect(file) {
+        elf::Inspected::NotALibrary(what) => {
+            return LoadError::NotALibrary {
+                what: what.into(),
+                loader,
+            }
+        }
+        elf::Inspected::ForAnotherMachine { found, host } => {
+            return LoadError::WrongMachine { found, host }
+        }
+        elf::Inspected::ForThisMachine => {}
+    }
+    let fix = if loader.contains("cannot open shared object file") {
+        "a library it needs is missing: install it (`ldd` on the file lists what is missing)"
+    } else if loader.contains("version `") {
+        "it needs newer system libraries than this machine has: rebuild it for this system"
+    } else {
+        "rebuild it for this system, or move it out of the plugin directory"
+    };
+    LoadError::Open {
+        reason: format!("the dynamic loader refused it ({loader})"),
+        fix: fix.into(),
+    }
+}
+
 /// Loads one library file and checks it; the file and the directories above it must pass
 /// [`trusted`] first.
 pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError> {
     if !path.exists() {
-        return Err(LoadError::Open("no such file".into()));
+        return Err(LoadError::Open {
+            reason: "there is no such file".into(),
+            fix: "check the path, or put the plugin library there".into(),
+        });
     }
     let real = trusted(path).map_err(LoadError::Untrusted)?;
     if !real.is_file() {
-        return Err(LoadError::Open("not a regular file".into()));
+        return Err(LoadError::Open {
+            reason: "it is not a regular file".into(),
+            fix: "replace it with the plugin library, or move it out of the plugin directory"
+                .into(),
+        });
     }
     let header = lib_header_from_path(&real).map_err(|e| match e {
-        LibraryError::OpenError { err, .. } => {
-            LoadError::Open(err.to_string().trim().replace('\n', " "))
-        }
+        LibraryError::OpenError { err, .. } => refused_by_loader(&real, &err.to_string()),
         LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin,
-        LibraryError::InvalidAbiHeader(h) => LoadError::AbiStable(format!("{h:?}")),
-        other => LoadError::Open(summarize(&other.to_string())),
+        LibraryError::InvalidAbiHeader(h) => LoadError::AbiStable {
+            found: abi_stable_of(&h),
+            host: format!(
+                "{}.{}",
+                AbiHeader::VALUE.abi_major,
+                AbiHeader::VALUE.abi_minor
+            ),
+        },
+        LibraryError::InvalidCAbi { expected, found } => LoadError::CAbi {
+            expected: expected.to_string(),
+            found: found.to_string(),
+        },
+        other => LoadError::Init(summarize(&other.to_string())),
     })?;
     let plugin_sdk = header.version_strings().version.to_string();
     if !abi::versions_compatible(gateway_sdk::SDK_VERSION, &plugin_sdk) {
@@ -158,6 +267,18 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
             host: gateway_sdk::SDK_VERSION.into(),
             plugin: plugin_sdk,
         });
+    }
+    let layout_error = |difference| LoadError::Layout {
+        difference,
+        plugin: plugin_sdk.clone(),
+        host: gateway_sdk::SDK_VERSION.into(),
+    };
+    // `init_root_module` checks the layout too, but hands back only the text of its report, a
+    // thousand lines; this check keeps the report's fields, to say which type differs and how.
+    if let Some(found) = header.layout() {
+        if let Some(difference) = layout::difference(PluginLibraryRef::LAYOUT, found) {
+            return Err(layout_error(difference));
+        }
     }
     let root = header
         .init_root_module::<PluginLibraryRef>()
@@ -171,8 +292,9 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
                 plugin: actual_version.to_string(),
             },
             LibraryError::AbiInstability(report) => {
-                LoadError::Layout(summarize(&report.to_string()))
+                layout_error(layout::first_difference_in_text(&report.to_string()))
             }
+            LibraryError::RootModule { err, .. } => LoadError::Init(summarize(&err.to_string())),
             other => LoadError::Init(summarize(&other.to_string())),
         })?;
     let name = root.name().to_string();

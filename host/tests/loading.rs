@@ -1,7 +1,10 @@
-//! Loading real plugin libraries: good ones, an incompatible one, missing files, files that are
-//! not plugins, and the `check` and `plugins` commands.
+//! Loading real plugin libraries: good ones, incompatible ones, missing files, files that are
+//! not plugins, and the `check` and `plugins` commands. Every refusal says what is wrong and what
+//! to do.
 
 mod support;
+use gateway_sdk::SDK_VERSION;
+use std::path::{Path, PathBuf};
 use support::*;
 
 const CONSOLE_SINK: &str = "[sinks.out]\nplugin = \"console\"\n";
@@ -36,11 +39,64 @@ fn plugin_built_against_an_incompatible_sdk_is_refused_naming_both_versions() {
     assert!(err.contains("[sinks.out] plugin \"incompatible\""), "{err}");
     assert!(err.contains("libincompatible.so"), "names the file: {err}");
     assert!(
-        err.contains("built against gateway-sdk 0.2.0, but this gateway uses gateway-sdk 0.1.0"),
+        err.contains(&format!(
+            "built against gateway-sdk 0.2.0, but this gateway uses gateway-sdk {SDK_VERSION}; \
+             rebuild the plugin against gateway-sdk {SDK_VERSION}"
+        )),
         "{err}"
     );
     assert!(err.contains("nothing was started"), "{err}");
     assert!(err.lines().count() < 10, "the message stays short: {err}");
+}
+
+#[test]
+fn plugin_whose_sdk_types_differ_is_refused_naming_the_type_both_versions_and_the_fix() {
+    let s = Setup::new();
+    let cfg = s.config(
+        "",
+        "[sources.c]\nplugin = \"example\"\n[sinks.out]\nplugin = \"mislaid\"\n",
+    );
+    let (status, _, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(err.contains("[sinks.out] plugin \"mislaid\""), "{err}");
+    // The type, where it sits in the root module, and how it is laid out on each side.
+    assert!(
+        err.contains(
+            "libmislaid.so: has an incompatible ABI layout: type PluginKind (field \
+             PluginDescriptor.kind, inside PluginLibrary.plugins) is repr(u16), size 2, \
+             alignment 2 in the plugin but repr(u8), size 1, alignment 1 in this gateway"
+        ),
+        "{err}"
+    );
+    // Both SDK versions (the same here: a patched SDK), and the fix.
+    assert!(
+        err.contains(&format!(
+            "the plugin says it was built against gateway-sdk {SDK_VERSION} and this gateway \
+             was built against gateway-sdk {SDK_VERSION}, but their types differ (the plugin's \
+             SDK was patched or unreleased): rebuild the plugin against the gateway-sdk this \
+             gateway was built with, {SDK_VERSION}"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("nothing was started"), "{err}");
+    assert!(err.lines().count() < 10, "the message stays short: {err}");
+
+    // `gateway plugins` gives it on the library's one line.
+    let dir = private_dir(&s, "mislaid");
+    std::fs::copy(
+        plugin_dir().join("libmislaid.so"),
+        dir.join("libmislaid.so"),
+    )
+    .unwrap();
+    let line = plugins_line(&dir, "libmislaid.so");
+    assert!(
+        line.starts_with(
+            "  libmislaid.so: refused: it has an incompatible ABI layout: type PluginKind"
+        ) && line.ends_with(&format!(
+            "the gateway-sdk this gateway was built with, {SDK_VERSION}"
+        )),
+        "{line}"
+    );
 }
 
 #[test]
@@ -66,15 +122,7 @@ fn files_that_are_not_plugins_are_refused_with_the_reason() {
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("libbogus.so"), "this is not a shared library").unwrap();
     // A real shared library that is not a gateway plugin.
-    let libm = [
-        "/lib/x86_64-linux-gnu/libm.so.6",
-        "/usr/lib/x86_64-linux-gnu/libm.so.6",
-        "/lib64/libm.so.6",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
-    .expect("libm");
-    std::fs::copy(libm, dir.join("libnotaplugin.so")).unwrap();
+    std::fs::copy(system_library(), dir.join("libnotaplugin.so")).unwrap();
     let cfg = s.path("g.toml");
     std::fs::write(
         &cfg,
@@ -88,12 +136,22 @@ fn files_that_are_not_plugins_are_refused_with_the_reason() {
     assert!(!status.success());
     assert!(
         err.contains("[sources.a] plugin \"bogus\"")
-            && err.contains("libbogus.so: cannot be loaded"),
+            // What the dynamic loader says in between is its own business.
+            && err.contains(
+                "libbogus.so: is not a shared library (it begins with text; the dynamic loader \
+                 says \""
+            )
+            && err.contains("\"): a plugin directory holds only plugin libraries, so move it elsewhere"),
         "{err}"
     );
     assert!(
         err.contains("[sinks.b] plugin \"notaplugin\"")
-            && err.contains("libnotaplugin.so: is not a gateway plugin"),
+            && err.contains(
+                "libnotaplugin.so: is not a gateway plugin: it is a shared library, but it \
+                 exports no plugin module; move it out of the plugin directory, or, if it is \
+                 meant to be a plugin, export its plugins with `gateway_sdk::export!` and build \
+                 it as a cdylib"
+            ),
         "{err}"
     );
     assert!(
@@ -101,24 +159,157 @@ fn files_that_are_not_plugins_are_refused_with_the_reason() {
         "every problem is listed: {err}"
     );
 
-    let (status, out, _) = gateway(&["plugins", "--plugin-dir", dir.to_str().unwrap()]);
-    assert!(status.success());
+    let (status, out, err) = gateway(&["plugins", "--plugin-dir", dir.to_str().unwrap()]);
+    assert!(!status.success(), "a refused file fails the listing");
+    assert!(err.contains("2 of the files in"), "{err}");
     assert!(
-        out.contains("libbogus.so: refused: it cannot be loaded"),
+        out.contains("libbogus.so: refused: it is not a shared library (it begins with text;"),
         "{out}"
     );
     assert!(
-        out.contains("libnotaplugin.so: refused: it is not a gateway plugin"),
+        out.contains(
+            "libnotaplugin.so: refused: it is not a gateway plugin: it is a shared library"
+        ),
         "{out}"
     );
+}
+
+/// A plugin directory of the test's own, `NAME`, with the mode a careful administrator would set.
+fn private_dir(s: &Setup, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = s.path(name);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A real shared library of the system that is not a gateway plugin.
+fn system_library() -> &'static Path {
+    [
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/usr/lib/x86_64-linux-gnu/libm.so.6",
+        "/lib/aarch64-linux-gnu/libm.so.6",
+        "/usr/lib/aarch64-linux-gnu/libm.so.6",
+        "/lib64/libm.so.6",
+    ]
+    .into_iter()
+    .map(Path::new)
+    .find(|p| p.exists())
+    .expect("libm")
+}
+
+/// `gateway plugins` for `dir`, whose only library `file` is refused: the line of `file`.
+fn plugins_line(dir: &Path, file: &str) -> String {
+    let (status, out, err) = gateway(&["plugins", "--plugin-dir", dir.to_str().unwrap()]);
+    assert!(!status.success(), "a refused file fails the listing: {out}");
+    assert!(err.contains("1 of the files in"), "{err}");
+    out.lines()
+        .find(|l| l.trim_start().starts_with(&format!("{file}:")))
+        .unwrap_or_else(|| panic!("{file} missing from {out}"))
+        .to_owned()
+}
+
+#[test]
+fn a_library_for_another_machine_is_refused_naming_both_machines() {
+    let s = Setup::new();
+    let dir = private_dir(&s, "plugins");
+    // The system's libm with its ELF header's machine changed: x86_64 (62) and aarch64 (183)
+    // swapped, so that it is for the other of the two whichever this is.
+    let mut elf = std::fs::read(system_library()).unwrap();
+    let ours = u16::from_le_bytes([elf[18], elf[19]]);
+    let (theirs, theirs_name, ours_name) = match ours {
+        62 => (183u16, "aarch64 (64-bit ARM)", "x86_64"),
+        183 => (62, "x86_64", "aarch64 (64-bit ARM)"),
+        other => panic!("no test for ELF machine {other}"),
+    };
+    elf[18..20].copy_from_slice(&theirs.to_le_bytes());
+    std::fs::write(dir.join("libforeign.so"), elf).unwrap();
+    assert_eq!(
+        plugins_line(&dir, "libforeign.so"),
+        format!(
+            "  libforeign.so: refused: it is a shared library for {theirs_name}, but this gateway \
+             runs on {ours_name}: install the plugin's {ours_name} build, or rebuild it for \
+             {ours_name}"
+        )
+    );
+}
+
+/// Builds `source` into the cdylib `DIR/libNAME.so` with the toolchain running the tests.
+fn cdylib(dir: &Path, name: &str, source: &str) {
+    let src = dir.join(format!("{name}.rs"));
+    std::fs::write(&src, source).unwrap();
+    let rustc = std::env::var_os("CARGO")
+        .map(|c| Path::new(&c).with_file_name("rustc"))
+        .filter(|r| r.exists())
+        .unwrap_or_else(|| "rustc".into());
+    let out = std::process::Command::new(rustc)
+        .args(["--edition", "2021", "--crate-type", "cdylib", "-o"])
+        .arg(dir.join(format!("lib{name}.so")))
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(src).unwrap();
+}
+
+#[test]
+fn a_library_built_with_another_abi_stable_is_refused_naming_both_versions() {
+    let s = Setup::new();
+    let dir = private_dir(&s, "plugins");
+    // What abi_stable 0.10 puts at the start of the library header a plugin exports.
+    cdylib(
+        &dir,
+        "old",
+        r#"
+        #[repr(C)]
+        pub struct AbiHeader { magic_string: [u8; 32], abi_major: u32, abi_minor: u32 }
+        #[no_mangle]
+        pub static _1as_0lib_1header_0root_bmodule_bloader: AbiHeader = AbiHeader {
+            magic_string: *b"abi stable library for Rust     ",
+            abi_major: 0,
+            abi_minor: 10,
+        };
+        "#,
+    );
+    assert_eq!(
+        plugins_line(&dir, "libold.so"),
+        format!(
+            "  libold.so: refused: it was built with abi_stable 0.10, but this gateway uses \
+             abi_stable 0.11, which cannot read its library header: rebuild the plugin against \
+             gateway-sdk {SDK_VERSION} (which brings abi_stable 0.11)"
+        )
+    );
+}
+
+#[test]
+fn a_library_exporting_no_plugin_module_is_refused_with_the_fix() {
+    let s = Setup::new();
+    let dir = private_dir(&s, "plugins");
+    cdylib(
+        &dir,
+        "helper",
+        "#[no_mangle]\npub extern \"C\" fn helper() -> u32 { 7 }\n",
+    );
+    assert!(plugins_line(&dir, "libhelper.so").contains(
+        "libhelper.so: refused: it is not a gateway plugin: it is a shared library, but it \
+             exports no plugin module; move it out of the plugin directory, or, if it is meant to \
+             be a plugin, export its plugins with `gateway_sdk::export!`"
+    ));
 }
 
 #[test]
 fn plugins_lists_each_library_with_versions_and_kinds() {
     let (status, out, err) = gateway(&["plugins", "--plugin-dir", plugin_dir().to_str().unwrap()]);
-    assert!(status.success(), "{err}");
+    // The incompatible and mislaid fixtures are refused, which fails the listing.
+    assert!(!status.success() && err.contains("were refused"), "{err}");
     assert!(
-        out.contains("libconsole.so: gateway-plugin-console 0.1.0 (gateway-sdk 0.1.0)"),
+        out.contains(&format!(
+            "libconsole.so: gateway-plugin-console 0.1.0 (gateway-sdk {SDK_VERSION})"
+        )),
         "{out}"
     );
     assert!(out.contains("sink     console"), "{out}");
@@ -134,6 +325,10 @@ fn plugins_lists_each_library_with_versions_and_kinds() {
     }
     assert!(
         out.contains("libincompatible.so: refused: it was built against gateway-sdk 0.2.0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("libmislaid.so: refused: it has an incompatible ABI layout"),
         "{out}"
     );
 }

@@ -54,13 +54,15 @@ const BUILT: &[(&str, &str)] = &[
     ("gateway-plugin-mysql", "libmysql.so"),
     ("gateway-testkit-plugins", "libtestkit.so"),
     ("gateway-incompatible-plugin", "libincompatible.so"),
+    ("gateway-mislaid-plugin", "libmislaid.so"),
     // The `gateway-certs` tool that `gateway certs` runs.
     ("gateway-pki", "gateway-certs"),
 ];
 
 /// The directory holding freshly built plugin libraries (built once per test binary; cargo
-/// makes the second build a no-op). The incompatible fixture is not a default member: a plain
-/// `cargo build` leaves it out, so `gateway plugins` does not list it next to a development build.
+/// makes the second build a no-op). The incompatible and mislaid fixtures are not default
+/// members: a plain `cargo build` leaves them out, so `gateway plugins` does not list them next to
+/// a development build.
 pub fn plugin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
