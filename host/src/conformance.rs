@@ -5,8 +5,8 @@
 //! For every instance of the file: the library loads; a config with an unknown key is refused
 //! with a config error naming the file and the key's line; `new` builds the sample and leaves
 //! the data directory alone (`gateway check` calls it); then a source runs and stops within
-//! the deadline once asked, and a sink opens, takes a batch, takes the same batch again (a
-//! re-delivery must not be an error), and closes, each within the deadline. What a sink
+//! the deadline once asked, and a sink takes a batch (opening itself first), takes the same
+//! batch again (a re-delivery must not be an error), and closes, each within the deadline. What a sink
 //! stores cannot be seen from outside; that it stores a re-delivered reading once is left to
 //! the plugin's own tests.
 //!
@@ -291,13 +291,10 @@ fn sink(report: &mut Report, found: &Found, info: &InstanceInfo, deadline: Durat
         }
     };
     let batch = Arc::new(sample_readings(10));
-    if !step(report, "opens", Box::new(|s| s.open().into_result())) {
-        return;
-    }
     let b = batch.clone();
     if !step(
         report,
-        "takes a batch of 10 readings",
+        "opens and takes a batch of 10 readings",
         Box::new(move |s| s.write(b.as_slice().into()).into_result()),
     ) {
         return;

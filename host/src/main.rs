@@ -66,8 +66,8 @@ enum Command {
     DeadLetters(DeadLetterCommand),
     /// Run the conformance checks on the plugins a config names, one instance at a time: the
     /// library loads, an unknown key is refused with its file and line, `new` has no side
-    /// effects, a source stops within the deadline, a sink opens, takes a batch and the same
-    /// batch again, and closes. For plugin authors: `gateway test-plugin --config sample.toml
+    /// effects, a source stops within the deadline, a sink takes a batch and the same batch
+    /// again, and closes. For plugin authors: `gateway test-plugin --config sample.toml
     /// --plugin-dir target/release`. Exits 1 if a check fails.
     #[command(name = "test-plugin")]
     TestPlugin {

@@ -301,8 +301,9 @@ impl Plan {
     }
 }
 
-/// Builds sink instance `decl` of `config` alone (its plugin loaded, its `new` and `open`
-/// called), for commands that write to one sink outside a run (`gateway dead-letters resend`).
+/// Builds sink instance `decl` of `config` alone (its plugin loaded, its `new` called; the
+/// first write opens it), for commands that write to one sink outside a run
+/// (`gateway dead-letters resend`).
 pub fn build_sink(
     config: &Config,
     decl: &Instance,
@@ -314,11 +315,7 @@ pub fn build_sink(
     std::fs::create_dir_all(info.data_dir.as_str())
         .map_err(|e| format!("cannot create {}: {e}", info.data_dir))?;
     let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
-    let mut sink = new(&info)
+    new(&info)
         .into_result()
-        .map_err(|e| located(decl, "could not be built", &e))?;
-    sink.open()
-        .into_result()
-        .map_err(|e| located(decl, "could not be opened", &e))?;
-    Ok(sink)
+        .map_err(|e| located(decl, "could not be built", &e))
 }

@@ -236,13 +236,6 @@ pub trait HostSourceCtx: Send + Sync {
             std::mem::replace(ack, abi_stable::std_types::RNone),
         )
     }
-    /// The time of a simulated clock, in nanoseconds since the Unix epoch, for a test harness
-    /// that runs a source in simulated time: then `wait_stop` advances that clock instead of
-    /// sleeping, and the SDK takes readings' times and its ticker's from it. `RNone` (the
-    /// default, and what the host gives) means real time.
-    fn clock_ns(&self) -> ROption<u64> {
-        abi_stable::std_types::RNone
-    }
 }
 /// The host's source context as a shared trait object.
 pub type HostSourceCtxBox = HostSourceCtx_TO<'static, RBox<()>>;
@@ -280,13 +273,6 @@ pub trait SinkFfi: Send {
         let mut done = done;
         let outcome = self.write(batch);
         done.done(outcome);
-        RResult::ROk(())
-    }
-    /// Acquires what the instance needs (connections, files, sockets) before the first batch;
-    /// `new` only parsed and checked the config. An error is handled as one from building the
-    /// instance. A host older than this method never calls it; the SDK then opens the instance
-    /// before its first write.
-    fn open(&mut self) -> RResult<(), PluginError> {
         RResult::ROk(())
     }
 }

@@ -190,15 +190,31 @@ pub struct SourceContext {
     ids: Arc<IdGenerator>,
     /// The start of [`SourceContext::monotonic`] in real time.
     epoch: Instant,
-    /// Whether the host runs the source on a simulated clock (a test harness).
-    simulated: bool,
+    /// The simulated clock of the test harness that runs the source, if one does: ns since
+    /// the Unix epoch.
+    clock: Option<SimulatedClock>,
+}
+
+/// A test harness's clock: ns since the Unix epoch.
+pub(crate) type SimulatedClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+thread_local! {
+    /// Set by [`crate::testing`] on the thread that runs a source on a simulated clock. A
+    /// thread-local of the SDK rather than a method of the host's context: the harness and
+    /// the source share one copy of the SDK, and the ABI stays as it is.
+    static SIMULATED: std::cell::RefCell<Option<SimulatedClock>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes the contexts created on this thread use `clock` (or real time again, with `None`).
+pub(crate) fn simulate_clock(clock: Option<SimulatedClock>) {
+    SIMULATED.with(|c| *c.borrow_mut() = clock);
 }
 
 impl std::fmt::Debug for SourceContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SourceContext")
             .field("instance", &self.instance)
-            .field("simulated", &self.simulated)
+            .field("simulated", &self.clock.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -206,14 +222,13 @@ impl std::fmt::Debug for SourceContext {
 impl SourceContext {
     #[doc(hidden)]
     pub fn new(host: HostSourceCtxBox, info: &InstanceInfo) -> Self {
-        let simulated = host.clock_ns().is_some();
         SourceContext {
             host: Arc::new(host),
             device: Label::new(&info.device),
             instance: Arc::from(info.instance.as_str()),
             ids: Arc::new(IdGenerator::new()),
             epoch: Instant::now(),
-            simulated,
+            clock: SIMULATED.with(|c| c.borrow().clone()),
         }
     }
 
@@ -236,10 +251,7 @@ impl SourceContext {
     }
 
     fn simulated_ns(&self) -> Option<u64> {
-        if !self.simulated {
-            return None;
-        }
-        self.host.clock_ns().into_option()
+        self.clock.as_ref().map(|now| now())
     }
 
     /// A [`Ticker`] that ticks every `interval`, the first time at once, without drift: the

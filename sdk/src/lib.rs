@@ -78,8 +78,9 @@ pub trait Source: Send + Sized + 'static {
 
 /// A plugin that takes readings.
 ///
-/// The host calls [`Sink::new`] (only that, for `gateway check`), then [`Sink::open`], then
-/// [`Sink::write`] from a thread of its own, one batch at a time, in order.
+/// The host calls [`Sink::new`] (only that, for `gateway check`), then [`Sink::write`] from a
+/// thread of its own, one batch at a time, in order; the SDK calls [`Sink::open`] before the
+/// first batch.
 /// `write` returns only when the batch is durably taken (written, committed, acknowledged by
 /// the next hop): only then does the host consider it delivered. An error says whether a retry
 /// can help ([`ErrorKind`]). A sink whose [`Sink::window`] is above 1 gets its batches through
@@ -99,9 +100,11 @@ pub trait Sink: Send + Sized + 'static {
     /// Builds an instance from its config table: parse and check it, no side effects (as
     /// [`Source::new`]); connect and create files in [`Sink::open`].
     fn new(ctx: &InitContext) -> Result<Self, PluginError>;
-    /// Acquires what the sink needs (connections, files, tables) before the first batch. An
-    /// error is handled as a failure to build the instance: retried with backoff. The default
-    /// does nothing. Called once per instance, before any `write` or `submit`.
+    /// Acquires what the sink needs (connections, files, tables); the SDK calls it before the
+    /// first `write` or `submit` of the instance, and again before the next one while it fails.
+    /// A retryable error is retried as a failed write is; any other makes the host rebuild the
+    /// instance with backoff (the batch is neither refused nor dropped for it). The default
+    /// does nothing.
     fn open(&mut self) -> Result<(), PluginError> {
         Ok(())
     }

@@ -165,8 +165,9 @@ impl<S: Source> Drop for SourceShim<S> {
 
 struct SinkShim<S: Sink> {
     inner: Option<S>,
-    /// Whether [`Sink::open`] succeeded. A host older than `open` never calls it: the first
-    /// write opens the instance then.
+    /// Whether [`Sink::open`] succeeded: the first write opens the instance. (It is not a
+    /// method of the ABI: abi_stable refuses a library whose vtables are shorter than the
+    /// host's, so a method added there would refuse every plugin built before it.)
     opened: bool,
     span: tracing::Span,
 }
@@ -194,22 +195,30 @@ impl<S: Sink> SinkShim<S> {
 }
 
 impl<S: Sink> SinkShim<S> {
-    /// Opens the instance unless it is open.
+    /// Opens the instance unless it is open. A failure other than a retryable one asks the
+    /// host to rebuild the instance (with backoff), whatever its kind: the batch itself is not
+    /// at fault, and must be neither refused nor dropped.
     fn ensure_open(&mut self) -> RResult<(), PluginError> {
         if self.opened {
             return RResult::ROk(());
         }
-        let r = self.call("open", |inner| inner.open());
-        self.opened = r.is_ok();
-        r
+        match self.call("open", |inner| inner.open()) {
+            RResult::ROk(()) => {
+                self.opened = true;
+                RResult::ROk(())
+            }
+            RResult::RErr(e) if e.kind.is_retryable() || e.kind == ErrorKind::PANIC => {
+                RResult::RErr(e)
+            }
+            RResult::RErr(e) => RResult::RErr(PluginError::fatal(format!(
+                "opening the sink failed: {}",
+                e.message()
+            ))),
+        }
     }
 }
 
 impl<S: Sink> SinkFfi for SinkShim<S> {
-    fn open(&mut self) -> RResult<(), PluginError> {
-        self.ensure_open()
-    }
-
     fn write(&mut self, batch: RSlice<'_, Reading>) -> RResult<(), PluginError> {
         if let RResult::RErr(e) = self.ensure_open() {
             return RResult::RErr(e);

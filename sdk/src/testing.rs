@@ -218,8 +218,14 @@ impl SourceHarness {
             TD_Opaque,
         );
         let (done_tx, done_rx) = mpsc::channel();
+        let clock: Option<crate::context::SimulatedClock> = self.clock.map(|_| {
+            let state = state.clone();
+            Arc::new(move || state.0.lock().unwrap().clock_ns) as crate::context::SimulatedClock
+        });
         std::thread::spawn(move || {
+            crate::context::simulate_clock(clock);
             let r = source.run(ctx).into_result();
+            crate::context::simulate_clock(None);
             let _ = done_tx.send(r);
         });
         let real_stop = match (self.clock, self.stop_at) {
@@ -379,13 +385,6 @@ impl HostSourceCtx for HarnessCtx {
             .unwrap();
         guard.stopping
     }
-    fn clock_ns(&self) -> ROption<u64> {
-        if self.simulated {
-            RSome(self.state.0.lock().unwrap().clock_ns)
-        } else {
-            abi_stable::std_types::RNone
-        }
-    }
 }
 
 fn stopped_error() -> PluginError {
@@ -426,15 +425,15 @@ pub struct SinkHarness {
 }
 
 impl SinkHarness {
-    /// Builds sink `S` from `config_toml` and opens it, as the host does.
+    /// Builds sink `S` from `config_toml`, as the host does; the first write opens it
+    /// ([`Sink::open`]).
     pub fn new<S: Sink>(config_toml: &str) -> Result<Self, PluginError> {
         Self::new_in::<S>("test.toml", config_toml)
     }
     /// [`SinkHarness::new`] with a config file named `config_file` (what errors show).
     pub fn new_in<S: Sink>(config_file: &str, config_toml: &str) -> Result<Self, PluginError> {
         let info = instance_info_in(config_file, "test", config_toml);
-        let mut sink = shim::new_sink::<S>(&info).into_result()?;
-        sink.open().into_result()?;
+        let sink = shim::new_sink::<S>(&info).into_result()?;
         Ok(SinkHarness {
             sink,
             acknowledged: Vec::new(),

@@ -184,9 +184,6 @@ impl SinkRunner {
             self.stats,
             self.dead_letters,
         );
-        // Connections and files are acquired now, so that a database that is down shows in the
-        // log at the start; a failure is tried again before the first write.
-        w.open();
         tracing::info!("sink running");
         match self.input {
             SinkInput::Queue(q) => {

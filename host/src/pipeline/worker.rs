@@ -61,8 +61,6 @@ pub(super) enum Failed {
 pub(super) struct Worker {
     name: String,
     instance: Option<SinkBox>,
-    /// Whether `instance` was opened ([`gateway_sdk::Sink::open`]).
-    opened: bool,
     factory: SinkFactory,
     pub(super) settings: SinkSettings,
     restart_backoff: Duration,
@@ -94,7 +92,6 @@ impl Worker {
         Worker {
             name,
             instance: Some(instance),
-            opened: false,
             factory,
             settings,
             restart_backoff,
@@ -165,12 +162,13 @@ impl Worker {
     /// Starts writing `batch` without waiting for it: `done` hears how it ended. Builds the
     /// instance first if it failed; an error is the outcome (and `done` counts for nothing).
     pub(super) fn submit(&mut self, batch: &[Reading], done: AckBox) -> Result<(), PluginError> {
-        while !self.open() {
-            if self.shutdown.reached(Phase::Aborting) || self.giving_up() {
+        while self.instance.is_none() {
+            if self.shutdown.reached(Phase::Aborting) {
                 return Err(PluginError::new(ErrorKind::STOPPED, "shutting down"));
             }
+            self.rebuild();
         }
-        let inst = self.instance.as_mut().expect("open");
+        let inst = self.instance.as_mut().expect("built");
         inst.submit(RSlice::from_slice(batch), done).into_result()
     }
 
@@ -190,37 +188,6 @@ impl Worker {
         tracing::error!(kind = %e.kind, error = %e.message(), "sink failed; rebuilding it in {:?}", self.restart_delay);
         // Dropping the broken instance runs the plugin's destructor (guarded by the SDK).
         self.instance = None;
-        self.opened = false;
-    }
-
-    /// Builds the instance if it failed, and opens it ([`gateway_sdk::Sink::open`]: its
-    /// connections and files) unless it is open; whether it is open now. A retryable failure
-    /// is logged and waited on; any other drops the instance, to be built again with backoff.
-    pub(super) fn open(&mut self) -> bool {
-        if self.opened {
-            return true;
-        }
-        let Some(inst) = self.instance.as_mut() else {
-            self.rebuild();
-            return false;
-        };
-        match inst.open().into_result() {
-            Ok(()) => {
-                self.opened = true;
-                true
-            }
-            Err(e) if e.kind.is_retryable() => {
-                self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e.message(), "opening the sink failed; retrying in {:?}", self.restart_delay);
-                self.pause(self.restart_delay);
-                self.restart_delay = (self.restart_delay * 2).min(self.restart_backoff_max);
-                false
-            }
-            Err(e) => {
-                self.restart(&e);
-                false
-            }
-        }
     }
 
     /// Counts and logs a retryable failure of a write of `n` readings at its `attempt`th try.
@@ -318,13 +285,10 @@ impl Worker {
                     "the shutdown deadline passed before the write succeeded",
                 ));
             }
-            if !self.open() {
-                if self.giving_up() {
-                    return Err(PluginError::new(ErrorKind::STOPPED, "shutting down"));
-                }
+            let Some(inst) = self.instance.as_mut() else {
+                self.rebuild();
                 continue;
-            }
-            let inst = self.instance.as_mut().expect("open");
+            };
             match inst.write(RSlice::from_slice(batch)).into_result() {
                 Ok(()) => {
                     self.wrote(batch.len(), attempts + 1);
@@ -363,7 +327,6 @@ impl Worker {
             Ok(inst) => {
                 tracing::info!(sink = %self.name, "sink rebuilt");
                 self.instance = Some(inst);
-                self.opened = false;
             }
             Err(e) => {
                 tracing::error!(error = %e, "rebuilding the sink failed; next try in {:?}", self.restart_delay)

@@ -127,13 +127,18 @@ fn a_reading_delivered_twice_is_stored_once() {
 fn a_newer_schema_is_refused_not_downgraded() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("r.db");
-    drop(SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap());
+    let mut first = SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap();
+    first.write(sample_readings(1)).unwrap();
+    drop(first);
     rusqlite::Connection::open(&db)
         .unwrap()
         .pragma_update(None, "user_version", 3)
         .unwrap();
-    let e = SinkHarness::new::<Sqlite>(&cfg(&db)).err().unwrap();
-    assert_eq!(e.kind, ErrorKind::CONFIG);
+    // The file is opened before the first write, not when the instance is built (`gateway
+    // check` builds it too); a failure to open asks the host to rebuild it later.
+    let mut again = SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap();
+    let e = again.write(sample_readings(1)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FATAL);
     assert!(
         e.message()
             .contains("schema version 3, newer than this plugin's 2"),
@@ -220,10 +225,13 @@ fn version_1_is_migrated(recorded: i64) {
 fn config_errors_name_the_key() {
     let e = SinkHarness::new::<Sqlite>("pth = \"x.db\"").err().unwrap();
     assert!(e.message().contains("unknown field `pth`"), "{e}");
-    let e = SinkHarness::new::<Sqlite>("path = \"/proc/nope/x.db\"")
-        .err()
-        .unwrap();
+    let mut h = SinkHarness::new::<Sqlite>("path = \"/proc/nope/x.db\"").unwrap();
+    let e = h.write(sample_readings(1)).unwrap_err();
     assert!(e.message().contains("/proc/nope"), "{e}");
+    assert!(
+        !std::path::Path::new("/proc/nope").exists(),
+        "nothing was made when it was built"
+    );
 }
 
 #[test]
