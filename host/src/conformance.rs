@@ -90,14 +90,9 @@ pub fn run(
             ),
         );
         let data_dir = scratch.join(&decl.name);
-        let info = InstanceInfo {
-            instance: decl.name.as_str().into(),
-            device: config.gateway.device.as_str().into(),
-            config_toml: decl.plugin_toml.as_str().into(),
-            config_file: decl.file.display().to_string().into(),
-            table: decl.table().into(),
-            data_dir: data_dir.display().to_string().into(),
-        };
+        // As the host describes the instance, with its data directory in the scratch space.
+        let mut info = crate::plan::info_for(config, decl);
+        info.data_dir = data_dir.display().to_string().as_str().into();
         refuses_unknown_key(&mut report, &found, &info, decl);
         match kind {
             PluginKind::Source => source(&mut report, &found, &info, run_for, deadline),

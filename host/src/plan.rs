@@ -39,7 +39,7 @@ pub struct Plan {
     pub(crate) sinks: Vec<Built<SinkBox, NewSink, SinkSettings>>,
 }
 
-fn info_for(config: &Config, decl: &Instance) -> InstanceInfo {
+pub(crate) fn info_for(config: &Config, decl: &Instance) -> InstanceInfo {
     let data_dir = data_dir(config, decl);
     InstanceInfo {
         instance: decl.name.as_str().into(),
