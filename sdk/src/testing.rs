@@ -549,11 +549,8 @@ mod tests {
                         ctx.reading(&s, &n, &u, i)
                     })
                     .collect();
-                match ctx.emit(batch) {
-                    Ok(ack) => ack.wait()?,
-                    Err(e) if e.kind == ErrorKind::STOPPED => break,
-                    Err(e) => return Err(e),
-                }
+                // A STOPPED error ends `run` normally, as the `Source` docs say.
+                ctx.emit(batch)?.wait()?;
             }
             Ok(())
         }
@@ -691,7 +688,18 @@ mod tests {
         assert!(run.reached);
         assert_eq!(run.readings.len(), 12, "whole batches of 3");
         assert_eq!(run.batches, 4);
-        assert!(run.outcome.is_ok());
+        assert!(
+            matches!(
+                &run.outcome,
+                Ok(())
+                    | Err(PluginError {
+                        kind: ErrorKind::STOPPED,
+                        ..
+                    })
+            ),
+            "{:?}",
+            run.outcome
+        );
         let values: Vec<_> = run.readings.iter().map(|r| r.value.clone()).collect();
         assert_eq!(values[0], Value::Int(1));
         assert_eq!(values[11], Value::Int(12));
