@@ -60,6 +60,15 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// A CoAP-over-DTLS client for people: `coap get|post|put|delete|discover URI` with the
+    /// uplink's DTLS options (runs `gateway-coap`, installed next to `gateway`; `coap --help`
+    /// shows its options and exit codes).
+    #[command(disable_help_flag = true)]
+    Coap {
+        /// Arguments for gateway-coap.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The batches sinks refused for good, kept in dead-letter files under each sink's data
     /// directory: list them, print their readings, or send them to their sink again.
     #[command(name = "dead-letters", subcommand)]
@@ -239,6 +248,20 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Coap { args } => {
+            let tool = default_plugin_dir().join("gateway-coap");
+            let status = std::process::Command::new(&tool)
+                .args(&args)
+                .status()
+                .with_context(|| format!("cannot run {}", tool.display()))?;
+            // The tool's exit codes say what happened (2.xx, 4.xx, 5.xx, no answer, handshake).
+            Ok(ExitCode::from(
+                status
+                    .code()
+                    .and_then(|c| u8::try_from(c).ok())
+                    .unwrap_or(1),
+            ))
         }
         Command::DeadLetters(cmd) => dead_letters(cmd),
         Command::TestPlugin {

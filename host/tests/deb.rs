@@ -108,7 +108,10 @@ fn the_amd64_package_holds_the_gateway_its_plugins_and_hardened_units() {
         assert!(fields.contains(want), "{want} in\n{fields}");
     }
     let listing = dpkg_deb(&["-c"], &deb);
-    for file in ["gateway", "gateway-certs"].iter().chain(PLUGINS) {
+    for file in ["gateway", "gateway-certs", "gateway-coap"]
+        .iter()
+        .chain(PLUGINS)
+    {
         assert!(
             listing.contains(&format!("./usr/lib/gateway/{file}\n")),
             "{file} in\n{listing}"

@@ -50,7 +50,12 @@ fn needed_libraries(file: &std::path::Path) -> Vec<String> {
 #[test]
 fn the_distribution_build_links_openssl_statically_and_runs_the_whole_chain_over_dtls() {
     let dist = build_dist();
-    for file in ["libcoaps_uplink.so", "libcoaps_ingress.so", "gateway-certs"] {
+    for file in [
+        "libcoaps_uplink.so",
+        "libcoaps_ingress.so",
+        "gateway-certs",
+        "gateway-coap",
+    ] {
         let needed = needed_libraries(&dist.join(file));
         assert!(
             !needed.is_empty(),

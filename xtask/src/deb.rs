@@ -4,7 +4,7 @@
 //! (`armv7-unknown-linux-gnueabihf`, 32-bit Raspberry Pi OS). Built with `dpkg-deb` from a
 //! staged tree, no other tool:
 //!
-//! - `/usr/lib/gateway/`: `gateway`, `gateway-certs` and every plugin (the gateway looks for
+//! - `/usr/lib/gateway/`: `gateway`, `gateway-certs`, `gateway-coap` and every plugin (the gateway looks for
 //!   plugins beside itself), `/usr/bin/gateway` a link to it;
 //! - `/etc/gateway/client.toml` (the Pi role) and `server.toml` (the server role), conffiles,
 //!   readable by the `gateway` group only (they may hold secrets); `/etc/gateway/certs/`, owned
@@ -273,7 +273,7 @@ pub fn deb(triple: Option<&str>) -> Result<PathBuf> {
          Upstream-Name: gateway\n\n\
          Files: *\n\
          License: MIT or Apache-2.0\n\
-         Comment: OpenSSL 3.5 is linked statically into gateway-certs and the coaps and mysql\n \
+         Comment: OpenSSL 3.5 is linked statically into gateway-certs, gateway-coap and the coaps and mysql\n \
          plugins (Apache-2.0).\n",
         0o644,
     )?;

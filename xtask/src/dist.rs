@@ -249,6 +249,7 @@ fn openssl(t: &Target, host: &str) -> Result<PathBuf> {
 pub const FILES: &[(&str, &str)] = &[
     ("gateway", "gateway"),
     ("gateway-pki", "gateway-certs"),
+    ("gateway-coap-cli", "gateway-coap"),
     ("gateway-plugin-console", "libconsole.so"),
     ("gateway-plugin-example", "libexample.so"),
     ("gateway-plugin-ds18b20", "libds18b20.so"),

@@ -33,6 +33,8 @@ enum Cmd {
     Group(Group),
     /// End at once without a close_notify.
     Abort,
+    /// Tell what the client counted so far, and its state.
+    Figures(std_mpsc::Sender<Figures>),
 }
 
 struct Job {
@@ -171,6 +173,14 @@ impl Client {
         self.tx.send(Cmd::Group(group)).is_ok()
     }
 
+    /// What the client counted so far and its state now: the session it negotiated, say.
+    /// `None` once it has stopped.
+    pub fn figures(&self) -> Option<Figures> {
+        let (tx, rx) = std_mpsc::channel();
+        self.tx.send(Cmd::Figures(tx)).ok()?;
+        rx.recv().ok()
+    }
+
     /// Ends the client without telling the server, as a power loss would: the server keeps a
     /// session that no longer exists on this side.
     pub fn abort(mut self) {
@@ -303,6 +313,9 @@ async fn client_loop(
                 Some(Cmd::Abort) => {
                     look.at(&machine, true);
                     return;
+                }
+                Some(Cmd::Figures(tx)) => {
+                    let _ = tx.send(machine.figures());
                 }
                 None => {
                     open_cmds = false;

@@ -154,6 +154,21 @@ pub struct Figures {
     pub rto: Option<Duration>,
     /// Requests sent and not finished, and requests waiting for a slot or a session.
     pub in_flight: (usize, usize),
+    /// What the last session that was established negotiated.
+    pub session: Option<SessionInfo>,
+}
+
+/// What a client's DTLS session negotiated ([`Figures::session`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// `DTLSv1.2`.
+    pub version: String,
+    /// The cipher suite, OpenSSL's name.
+    pub cipher: String,
+    /// Whether the handshake resumed an earlier session.
+    pub resumed: bool,
+    /// The server's certificate (`None` with a PSK): `CN=..., valid from .. to ..`.
+    pub peer: Option<String>,
 }
 
 /// A CoAP-over-DTLS client to one server, without sockets. See the module documentation.
@@ -508,6 +523,12 @@ impl Client {
                         self.figures.handshakes += 1;
                     }
                     tracing::debug!(resumed = l.session.resumed(), cipher = ?l.session.cipher(), "DTLS session established");
+                    self.figures.session = Some(SessionInfo {
+                        version: l.session.version().unwrap_or("").to_owned(),
+                        cipher: l.session.cipher().unwrap_or("").to_owned(),
+                        resumed: l.session.resumed(),
+                        peer: l.session.peer_certificate(),
+                    });
                     self.resume = l.session.ssl_session();
                 }
                 if l.session.is_established() {

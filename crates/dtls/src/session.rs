@@ -610,6 +610,18 @@ impl Session {
         SslSession::from_der(&der).ok()
     }
 
+    /// The protocol version (`DTLSv1.2`) while OpenSSL carries the records.
+    pub fn version(&self) -> Option<&'static str> {
+        self.tls().map(|s| s.ssl().version_str())
+    }
+
+    /// The peer's certificate, described as [`crate::certs::describe`] does (`None` with a
+    /// PSK, or once OpenSSL no longer carries the records).
+    pub fn peer_certificate(&self) -> Option<String> {
+        let cert = self.tls()?.ssl().peer_certificate()?;
+        Some(crate::certs::describe(&cert))
+    }
+
     /// The negotiated cipher suite.
     pub fn cipher(&self) -> Option<&str> {
         match &self.link {

@@ -57,6 +57,8 @@ const BUILT: &[(&str, &str)] = &[
     ("gateway-mislaid-plugin", "libmislaid.so"),
     // The `gateway-certs` tool that `gateway certs` runs.
     ("gateway-pki", "gateway-certs"),
+    // The client that `gateway coap` runs.
+    ("gateway-coap-cli", "gateway-coap"),
 ];
 
 /// The directory holding freshly built plugin libraries (built once per test binary; cargo

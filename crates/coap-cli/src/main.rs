@@ -1,0 +1,355 @@
+//! `gateway coap` (`gateway-coap`): a CoAP-over-DTLS client for people. GET, POST, PUT and
+//! DELETE a URI, or list a server's resources (`discover`), with the uplink's DTLS options;
+//! a large answer is fetched block by block (RFC 7959 Block2); SenML is shown as a table.
+//! Exit codes a script can use: 0 for 2.xx, 4 for 4.xx, 5 for 5.xx, 3 when no answer came, 2
+//! when the DTLS handshake failed, 1 for anything else (bad arguments, files).
+//!
+//! It does I/O: a UDP socket, the files its options name, stdin for `--payload-file -`.
+
+mod show;
+mod uri;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, ValueEnum};
+use gateway_coap::{
+    coap_lite::{CoapOption, MessageClass, Packet, RequestType},
+    Block, Code, ContentFormat,
+};
+use gateway_coaps_tokio::{Client, ClientOptions};
+use gateway_dtls::{
+    client::{Config as ClientConfig, RequestError},
+    ClientSettings, Psk,
+};
+use std::{
+    io::{Read as _, Write as _},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+use uri::Uri;
+
+#[derive(Parser)]
+#[command(
+    name = "gateway coap",
+    version,
+    about = "A CoAP-over-DTLS client: GET, POST, PUT, DELETE, discover",
+    after_help = "Exit codes: 0 for a 2.xx answer, 4 for 4.xx, 5 for 5.xx, 3 when no answer came in time, 2 when the DTLS handshake failed, 1 for anything else.\n\nExamples:\n  gateway coap get coaps://gw.example/.well-known/core --ca certs/ca.pem\n  gateway coap post coaps://gw.example/gpsflowtemp --ca certs/ca.pem --cert certs/pi-01.pem --key certs/pi-01.key -t senml+json -f readings.json"
+)]
+struct Args {
+    /// What to do.
+    method: Method,
+    /// The resource: coaps://HOST[:PORT]/PATH[?QUERY] (port 5684 if not given).
+    uri: String,
+    /// CA file (PEM) the server's certificate must lead to; the URI's host is checked against
+    /// the certificate.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// This client's certificate (PEM), for servers that authenticate devices.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The key of --cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// A PSK identity instead of certificates; the key comes from --psk-key-file or
+    /// --psk-key-env (hex), never from the command line.
+    #[arg(long, value_name = "ID")]
+    psk_identity: Option<String>,
+    /// A file whose first line is the PSK in hex.
+    #[arg(long, value_name = "FILE", requires = "psk_identity")]
+    psk_key_file: Option<PathBuf>,
+    /// An environment variable holding the PSK in hex.
+    #[arg(long, value_name = "VAR", requires = "psk_identity")]
+    psk_key_env: Option<String>,
+    /// OpenSSL cipher list (default: OpenSSL's, ECDHE with AES-GCM first).
+    #[arg(long, value_name = "LIST")]
+    ciphers: Option<String>,
+    /// The payload's Content-Format, by name (text, json, cbor, senml+json, senml+cbor,
+    /// link-format, octet-stream) or number.
+    #[arg(short = 't', long, value_name = "FORMAT")]
+    content_format: Option<String>,
+    /// The Content-Format wanted in the answer (Accept), by name or number.
+    #[arg(short = 'A', long, value_name = "FORMAT")]
+    accept: Option<String>,
+    /// The payload, as text.
+    #[arg(
+        short = 'p',
+        long,
+        value_name = "TEXT",
+        conflicts_with = "payload_file"
+    )]
+    payload: Option<String>,
+    /// The payload from a file; `-` reads stdin.
+    #[arg(short = 'f', long, value_name = "FILE")]
+    payload_file: Option<PathBuf>,
+    /// The block size asked for in a block-wise answer: 16 to 1024.
+    #[arg(short = 'b', long, value_name = "BYTES", default_value_t = 1024)]
+    block_size: u32,
+    /// How long to wait for each answer (a handshake included).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// The payload as it came (no SenML table, no line per link).
+    #[arg(long)]
+    raw: bool,
+    /// Show the DTLS session (version, cipher, the server's certificate) and each request and
+    /// answer (type, code, MID, token, options) on stderr.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+    /// GET /.well-known/core: the server's resources (RFC 6690).
+    Discover,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            // A request error's own text says it all; its source would repeat it.
+            if e.downcast_ref::<RequestError>().is_some() {
+                eprintln!("error: {e}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::from(exit_for(&e))
+        }
+    }
+}
+
+/// The exit code of a failure: 2 for DTLS, 3 for no answer, 1 otherwise.
+fn exit_for(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<RequestError>() {
+        Some(RequestError::Dtls(_)) => 2,
+        Some(RequestError::Timeout(_) | RequestError::Coap(_)) => 3,
+        _ => 1,
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let mut uri = Uri::parse(&args.uri).map_err(anyhow::Error::msg)?;
+    if args.method == Method::Discover {
+        uri.path = vec![".well-known".into(), "core".into()];
+    }
+    let szx = (0..=6u8)
+        .find(|s| 16u32 << s == args.block_size)
+        .with_context(|| {
+            format!(
+                "--block-size {}: give 16, 32, 64, 128, 256, 512 or 1024",
+                args.block_size
+            )
+        })?;
+    let payload = payload(args)?;
+    let content_format = args
+        .content_format
+        .as_deref()
+        .map(show::content_format)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let accept = args
+        .accept
+        .as_deref()
+        .map(show::content_format)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let server = uri.addr().map_err(anyhow::Error::msg)?;
+    let tls = settings(args)?;
+    if tls.ca_file.is_none() && tls.psk.is_none() {
+        bail!("give --ca (the server's certificate is checked against it) or --psk-identity");
+    }
+    let opts = ClientOptions {
+        server,
+        bind: if server.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()?,
+        client: ClientConfig {
+            host: uri.host.clone(),
+            verify_host: tls.ca_file.is_some(),
+            tls,
+            coap: Default::default(),
+            handshake_timeout: args.timeout,
+        },
+    };
+    let client = Client::start(opts).map_err(|e| anyhow::Error::new(RequestError::Dtls(e)))?;
+    let method = match args.method {
+        Method::Get | Method::Discover => RequestType::Get,
+        Method::Post => RequestType::Post,
+        Method::Put => RequestType::Put,
+        Method::Delete => RequestType::Delete,
+    };
+    let build = |block2: Option<Block>| {
+        let mut p = Packet::new();
+        p.header.code = MessageClass::Request(method);
+        for seg in &uri.path {
+            p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+        }
+        for q in &uri.query {
+            p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
+        }
+        if let Some(cf) = content_format {
+            cf.set(&mut p);
+        }
+        if let Some(a) = accept {
+            p.add_option(
+                CoapOption::Accept,
+                gateway_coap::encode_uint(u32::from(a.0)),
+            );
+        }
+        if let Some(b) = block2 {
+            p.add_option(CoapOption::Block2, b.encode());
+        }
+        if block2.is_none_or(|b| b.num == 0) {
+            p.payload = payload.clone();
+        }
+        p
+    };
+    let mut shown_session = false;
+    let mut body = Vec::new();
+    let mut next: Option<Block> = None;
+    let answer = loop {
+        let request = build(next);
+        if args.verbose {
+            eprintln!("> {}", show::request(&request));
+        }
+        let outcome = client.request(request, args.timeout);
+        if args.verbose && !shown_session {
+            if let Some(s) = client.figures().and_then(|f| f.session) {
+                shown_session = true;
+                eprintln!(
+                    "* {} {}{}, server certificate: {}",
+                    s.version,
+                    s.cipher,
+                    if s.resumed { " (resumed)" } else { "" },
+                    s.peer.as_deref().unwrap_or("none (PSK)")
+                );
+            }
+        }
+        let response = outcome.map_err(anyhow::Error::new)?;
+        if args.verbose {
+            eprintln!("< {}", show::message(&response));
+        }
+        let block = show::block2(&response);
+        if let Some(b) = block {
+            // Each block says where it starts; sizes may change between blocks (RFC 7959 2.4).
+            let offset = b.num as usize * b.size();
+            if offset != body.len() {
+                bail!(
+                    "the server answered with the block at byte {offset} when the one at byte {} was asked for",
+                    body.len()
+                );
+            }
+        }
+        body.extend_from_slice(&response.payload);
+        match block {
+            Some(b) if b.more && Code::of(&response).is_some_and(|c| c.is_success()) => {
+                if body.len() > 64 << 20 {
+                    bail!("the answer is over 64 MiB; stopped fetching it");
+                }
+                // The smaller of the server's size and ours, numbered from where the next
+                // block starts.
+                let size_exp = b.szx.min(szx);
+                let size = 16usize << size_exp;
+                next = Some(Block {
+                    num: (body.len() / size) as u32,
+                    more: false,
+                    szx: size_exp,
+                });
+            }
+            _ => break response,
+        }
+    };
+    let code = Code::of(&answer).context("the answer has no response code")?;
+    let format = ContentFormat::of(&answer).ok().flatten();
+    let shown = if args.raw {
+        None
+    } else {
+        Some(show::payload(&body, format))
+    };
+    let mut out = std::io::stdout().lock();
+    if code.is_success() {
+        match shown {
+            Some(text) => out.write_all(text.as_bytes())?,
+            None => out.write_all(&body)?,
+        }
+    } else {
+        eprintln!("{code} {}", String::from_utf8_lossy(&body).trim_end());
+    }
+    out.flush()?;
+    drop(client);
+    Ok(ExitCode::from(match code.to_string().as_bytes().first() {
+        Some(b'2') => 0,
+        Some(b'4') => 4,
+        Some(b'5') => 5,
+        _ => 1,
+    }))
+}
+
+/// The request's payload: --payload, --payload-file (`-`: stdin), or none.
+fn payload(args: &Args) -> anyhow::Result<Vec<u8>> {
+    if let Some(p) = &args.payload {
+        return Ok(p.as_bytes().to_vec());
+    }
+    match &args.payload_file {
+        None => Ok(Vec::new()),
+        Some(f) if f.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read stdin")?;
+            Ok(buf)
+        }
+        Some(f) => std::fs::read(f).with_context(|| format!("cannot read {}", f.display())),
+    }
+}
+
+/// The DTLS settings from the options.
+fn settings(args: &Args) -> anyhow::Result<ClientSettings> {
+    let psk = match &args.psk_identity {
+        None => None,
+        Some(id) => {
+            let hex = match (&args.psk_key_file, &args.psk_key_env) {
+                (Some(f), None) => std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read {}", f.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned(),
+                (None, Some(var)) => std::env::var(var)
+                    .with_context(|| format!("the environment variable {var} is not set"))?,
+                _ => bail!(
+                    "--psk-identity takes its key from one of --psk-key-file and --psk-key-env"
+                ),
+            };
+            Some(Psk {
+                identity: id.clone(),
+                key: unhex(hex.trim()).context("the PSK is not hex")?,
+            })
+        }
+    };
+    Ok(ClientSettings {
+        ca_file: args.ca.clone(),
+        cert: args.cert.clone().zip(args.key.clone()),
+        psk,
+        ciphers: args.ciphers.clone().unwrap_or_default(),
+        mtu: 1232,
+    })
+}
+
+fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || s.is_empty() {
+        bail!("{} hex digits", s.len());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(anyhow::Error::from))
+        .collect()
+}

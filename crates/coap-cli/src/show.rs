@@ -1,0 +1,240 @@
+//! How messages and payloads are shown to a person: one line per message for `-v`, SenML as a
+//! table, link-format one link per line. No I/O.
+
+use gateway_coap::{
+    coap_lite::{CoapOption, MessageType, Packet},
+    ContentFormat,
+};
+use gateway_sdk::Timestamp;
+
+/// Content-formats by the names people write (`--content-format`, `--accept`).
+const NAMED: &[(&str, u16)] = &[
+    ("text", 0),
+    ("text/plain", 0),
+    ("link-format", 40),
+    ("application/link-format", 40),
+    ("xml", 41),
+    ("octet-stream", 42),
+    ("application/octet-stream", 42),
+    ("json", 50),
+    ("application/json", 50),
+    ("cbor", 60),
+    ("application/cbor", 60),
+    ("senml+json", 110),
+    ("application/senml+json", 110),
+    ("senml+cbor", 112),
+    ("application/senml+cbor", 112),
+];
+
+/// A content-format given by name or number.
+pub fn content_format(s: &str) -> Result<ContentFormat, String> {
+    if let Ok(n) = s.parse::<u16>() {
+        return Ok(ContentFormat(n));
+    }
+    NAMED
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(s))
+        .map(|(_, n)| ContentFormat(*n))
+        .ok_or_else(|| {
+            let names: Vec<&str> = NAMED
+                .iter()
+                .map(|(n, _)| *n)
+                .filter(|n| !n.contains('/'))
+                .collect();
+            format!(
+                "{s:?} is not a content-format: give a number or one of {}",
+                names.join(", ")
+            )
+        })
+}
+
+fn option_name(n: u16) -> String {
+    match n {
+        1 => "If-Match".into(),
+        3 => "Uri-Host".into(),
+        4 => "ETag".into(),
+        5 => "If-None-Match".into(),
+        6 => "Observe".into(),
+        7 => "Uri-Port".into(),
+        8 => "Location-Path".into(),
+        11 => "Uri-Path".into(),
+        12 => "Content-Format".into(),
+        14 => "Max-Age".into(),
+        15 => "Uri-Query".into(),
+        17 => "Accept".into(),
+        20 => "Location-Query".into(),
+        23 => "Block2".into(),
+        27 => "Block1".into(),
+        28 => "Size2".into(),
+        60 => "Size1".into(),
+        n => format!("option {n}"),
+    }
+}
+
+fn option_value(n: u16, v: &[u8]) -> String {
+    let uint = || v.iter().fold(0u64, |a, &b| (a << 8) | u64::from(b));
+    match n {
+        3 | 8 | 11 | 15 | 20 => format!("{:?}", String::from_utf8_lossy(v)),
+        12 | 17 => format!("{}", ContentFormat(uint() as u16)),
+        23 | 27 => match gateway_coap::Block::decode(v) {
+            Some(b) => format!("{}/{}/{}", b.num, if b.more { 1 } else { 0 }, b.size()),
+            None => "(bad)".into(),
+        },
+        6 | 7 | 14 | 28 | 60 => uint().to_string(),
+        _ => hex(v),
+    }
+}
+
+fn hex(v: &[u8]) -> String {
+    v.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A request before it is sent: its code, options and payload size (the MID and the token
+/// are chosen when it goes out).
+pub fn request(p: &Packet) -> String {
+    let mut line = format!("CON {}", p.header.code);
+    line += &options(p);
+    line
+}
+
+/// The options and the payload's size, each after `, `.
+fn options(p: &Packet) -> String {
+    let mut line = String::new();
+    for (opt, values) in p.options() {
+        let n: u16 = *opt;
+        for v in values {
+            line += &format!(", {} {}", option_name(n), option_value(n, v));
+        }
+    }
+    line += &format!(", {} bytes of payload", p.payload.len());
+    line
+}
+
+/// One line: type, code, MID, token, options, payload size.
+pub fn message(p: &Packet) -> String {
+    let t = match p.header.get_type() {
+        MessageType::Confirmable => "CON",
+        MessageType::NonConfirmable => "NON",
+        MessageType::Acknowledgement => "ACK",
+        MessageType::Reset => "RST",
+    };
+    let mut line = format!(
+        "{t} {} MID {} token {}",
+        p.header.code,
+        p.header.message_id,
+        if p.get_token().is_empty() {
+            "(none)".to_owned()
+        } else {
+            hex(p.get_token())
+        }
+    );
+    line += &options(p);
+    line
+}
+
+/// The payload as a person reads it: SenML as a table, link-format one link per line, text as
+/// it is, anything else in hex.
+pub fn payload(p: &[u8], format: Option<ContentFormat>) -> String {
+    let decoded = match format {
+        Some(ContentFormat::SENML_CBOR) => Some(gateway_senml::decode_cbor(
+            p,
+            100_000,
+            Timestamp::now(),
+            "(server)",
+        )),
+        Some(ContentFormat::SENML_JSON) => Some(gateway_senml::decode_json(
+            p,
+            100_000,
+            Timestamp::now(),
+            "(server)",
+        )),
+        _ => None,
+    };
+    match decoded {
+        Some(Ok(pack)) => {
+            let mut out = String::new();
+            for r in &pack.readings {
+                out += &format!(
+                    "{}  {}/{}  {} = {}{}{}\n",
+                    r.time,
+                    r.device,
+                    r.sensor,
+                    r.name,
+                    r.value,
+                    if r.unit.as_str().is_empty() { "" } else { " " },
+                    r.unit
+                );
+            }
+            out
+        }
+        Some(Err(e)) => format!("(not valid SenML: {e})\n{}\n", hex(p)),
+        None if format == Some(ContentFormat::LINK_FORMAT) => String::from_utf8_lossy(p)
+            .split(',')
+            .map(|l| format!("{l}\n"))
+            .collect(),
+        None => match std::str::from_utf8(p) {
+            Ok(text) if !text.is_empty() && !text.ends_with('\n') => format!("{text}\n"),
+            Ok(text) => text.to_owned(),
+            Err(_) => format!("{}\n", hex(p)),
+        },
+    }
+}
+
+/// The Block2 option of `p`, if it has one.
+pub fn block2(p: &Packet) -> Option<gateway_coap::Block> {
+    p.get_first_option(CoapOption::Block2)
+        .and_then(|v| gateway_coap::Block::decode(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_coap::coap_lite::{MessageClass, ResponseType};
+
+    #[test]
+    fn content_formats_by_name_or_number() {
+        assert_eq!(content_format("senml+cbor"), Ok(ContentFormat(112)));
+        assert_eq!(content_format("application/JSON"), Ok(ContentFormat(50)));
+        assert_eq!(content_format("42"), Ok(ContentFormat(42)));
+        assert!(content_format("yaml").unwrap_err().contains("senml+cbor"));
+    }
+
+    #[test]
+    fn a_message_line_shows_type_code_mid_token_and_options() {
+        let mut p = Packet::new();
+        p.header.set_type(MessageType::Acknowledgement);
+        p.header.code = MessageClass::Response(ResponseType::Content);
+        p.header.message_id = 4711;
+        p.set_token(vec![0xab, 0x01]);
+        ContentFormat::LINK_FORMAT.set(&mut p);
+        p.add_option(
+            CoapOption::Block2,
+            gateway_coap::Block {
+                num: 2,
+                more: true,
+                szx: 6,
+            }
+            .encode(),
+        );
+        p.payload = b"</a>".to_vec();
+        assert_eq!(
+            message(&p),
+            "ACK 2.05 MID 4711 token ab01, Content-Format application/link-format, Block2 2/1/1024, 4 bytes of payload"
+        );
+    }
+
+    #[test]
+    fn senml_is_shown_as_a_table_and_links_one_per_line() {
+        let pack = br#"[{"bn":"pi-01:","n":"t1/temperature","u":"Cel","v":21.5,"t":1700000000}]"#;
+        let shown = payload(pack, Some(ContentFormat::SENML_JSON));
+        assert!(
+            shown.contains("pi-01/t1  temperature = 21.5 Cel"),
+            "{shown}"
+        );
+        assert_eq!(
+            payload(b"</a>;rt=x,</b>", Some(ContentFormat::LINK_FORMAT)),
+            "</a>;rt=x\n</b>\n"
+        );
+        assert_eq!(payload(&[0xff, 0x00], None), "ff00\n");
+    }
+}

@@ -1,0 +1,129 @@
+//! `coaps://host[:port]/path?query`: what a request is sent to. No I/O but name resolution.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// A parsed CoAP URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uri {
+    /// The host as written (a name or an IP; an IPv6 address without its brackets).
+    pub host: String,
+    /// The port (5684 when not given).
+    pub port: u16,
+    /// The path segments, percent-decoded.
+    pub path: Vec<String>,
+    /// The query parameters, percent-decoded.
+    pub query: Vec<String>,
+}
+
+impl Uri {
+    /// Parses a `coaps://` URI; `coap://` is refused (this tool speaks CoAP over DTLS only).
+    pub fn parse(text: &str) -> Result<Uri, String> {
+        let rest = match text.split_once("://") {
+            Some(("coaps", rest)) => rest,
+            Some(("coap", _)) => {
+                return Err(format!(
+                    "{text}: plain coap:// is not supported, only coaps:// (CoAP over DTLS)"
+                ))
+            }
+            Some((scheme, _)) => return Err(format!("{text}: unknown scheme {scheme:?}")),
+            None => return Err(format!("{text}: write the URI as coaps://HOST[:PORT]/PATH")),
+        };
+        let (authority, tail) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{text}: unclosed [ in the host"))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{text}: no host"));
+        }
+        let port = match port {
+            None | Some("") => 5684,
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("{text}: {p:?} is not a port number"))?,
+        };
+        let (path, query) = match tail.split_once('?') {
+            Some((p, q)) => (p, q),
+            None => (tail, ""),
+        };
+        let decode_all = |s: &str, sep: char| -> Result<Vec<String>, String> {
+            s.split(sep)
+                .filter(|x| !x.is_empty())
+                .map(|x| decode(x).ok_or_else(|| format!("{text}: bad percent-encoding in {x:?}")))
+                .collect()
+        };
+        Ok(Uri {
+            host: host.to_owned(),
+            port,
+            path: decode_all(path, '/')?,
+            query: decode_all(query, '&')?,
+        })
+    }
+
+    /// The server's address (the first the name resolves to).
+    pub fn addr(&self) -> Result<SocketAddr, String> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
+            .next()
+            .ok_or_else(|| format!("{} resolves to no address", self.host))
+    }
+}
+
+fn decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_host_port_path_and_query() {
+        let u = Uri::parse("coaps://gw.example:5700/gpsflowtemp/pi%2D01?x=1&y").unwrap();
+        assert_eq!(u.host, "gw.example");
+        assert_eq!(u.port, 5700);
+        assert_eq!(u.path, ["gpsflowtemp", "pi-01"]);
+        assert_eq!(u.query, ["x=1", "y"]);
+        let u = Uri::parse("coaps://[::1]/").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.path.len()), ("::1", 5684, 0));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_send() {
+        for (bad, why) in [
+            ("coap://h/x", "only coaps://"),
+            ("http://h/x", "unknown scheme"),
+            ("h/x", "write the URI as"),
+            ("coaps://:5684/x", "no host"),
+            ("coaps://h:99999/x", "not a port number"),
+            ("coaps://h/%zz", "bad percent-encoding"),
+        ] {
+            let e = Uri::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! `gateway coap` against libcoap's example server (`coap-server-openssl`, Debian's
+//! libcoap3-bin) over real DTLS on loopback: discovery, GET, PUT, a block-wise answer, and the
+//! exit codes of a 4.xx, a refused certificate and a server that is not there.
+
+use gateway_test_support::{coaps, libcoap::have_libcoap};
+use std::{
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+struct Server(Child, u16);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// libcoap's server with the test PKI's server certificate; it takes DTLS on the port after
+/// the plain one.
+fn libcoap(dir: &Path) -> Server {
+    let port = coaps::free_port();
+    let child = Command::new("coap-server-openssl")
+        .args(["-A", "127.0.0.1", "-p", &port.to_string(), "-v", "0"])
+        .arg("-c")
+        .arg(dir.join("server.pem"))
+        .arg("-j")
+        .arg(dir.join("server.key"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("coap-server-openssl starts");
+    std::thread::sleep(Duration::from_millis(400));
+    Server(child, port + 1)
+}
+
+fn coap(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gateway-coap"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn talks_to_libcoaps_server() {
+    if !have_libcoap() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    coaps::certs(dir.path(), "pi-01");
+    let ca = dir.path().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let server = libcoap(dir.path());
+    let base = format!("coaps://localhost:{}", server.1);
+
+    // Discovery lists libcoap's resources, one link per line; -v shows the session.
+    let out = coap(&["discover", &base, "--ca", ca, "-v"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let links = text(&out.stdout);
+    assert!(links.lines().any(|l| l.starts_with("</time>")), "{links}");
+    let verbose = text(&out.stderr);
+    assert!(verbose.contains("* DTLSv1.2 ECDHE-ECDSA-AES"), "{verbose}");
+    assert!(
+        verbose.contains("server certificate: CN=server"),
+        "{verbose}"
+    );
+    assert!(
+        verbose.contains("< ACK 2.05 MID ")
+            && verbose.contains("Content-Format application/link-format"),
+        "{verbose}"
+    );
+
+    // PUT 3,000 bytes, then GET them back in 256-byte blocks: the same bytes.
+    let body: String = (0..3000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let put = coap(&[
+        "put",
+        &format!("{base}/example_data"),
+        "--ca",
+        ca,
+        "-t",
+        "text",
+        "-p",
+        &body,
+    ]);
+    assert!(put.status.success(), "{}", text(&put.stderr));
+    let get = coap(&[
+        "get",
+        &format!("{base}/example_data"),
+        "--ca",
+        ca,
+        "-b",
+        "256",
+        "--raw",
+        "-v",
+    ]);
+    assert!(get.status.success(), "{}", text(&get.stderr));
+    assert_eq!(text(&get.stdout), body);
+    assert!(
+        text(&get.stderr).contains("Block2 4/0/256"),
+        "{}",
+        text(&get.stderr)
+    );
+
+    // A resource that is not there: 4.04 on stderr, exit code 4.
+    let missing = coap(&["get", &format!("{base}/nope"), "--ca", ca]);
+    assert_eq!(missing.status.code(), Some(4));
+    assert!(
+        text(&missing.stderr).starts_with("4.04"),
+        "{}",
+        text(&missing.stderr)
+    );
+}
+
+#[test]
+fn a_refused_certificate_and_a_silent_server_have_their_own_exit_codes() {
+    if !have_libcoap() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    coaps::certs(dir.path(), "pi-01");
+    let other = tempfile::tempdir().unwrap();
+    coaps::certs(other.path(), "pi-01");
+    let server = libcoap(dir.path());
+    // A CA that did not sign the server's certificate.
+    let out = coap(&[
+        "get",
+        &format!("coaps://localhost:{}/time", server.1),
+        "--ca",
+        other.path().join("ca.pem").to_str().unwrap(),
+        "--timeout",
+        "3s",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("certificate"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Nobody on the port.
+    let port = coaps::free_port();
+    let out = coap(&[
+        "get",
+        &format!("coaps://127.0.0.1:{port}/time"),
+        "--ca",
+        dir.path().join("ca.pem").to_str().unwrap(),
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+}
+
+#[test]
+fn bad_arguments_say_what_is_wrong() {
+    let out = coap(&["get", "coap://localhost/x", "--ca", "/nonexistent"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("only coaps://"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = coap(&["get", "coaps://localhost/x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("give --ca"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = coap(&["get", "coaps://localhost/x", "--ca", "/x", "-t", "yaml"]);
+    assert!(
+        text(&out.stderr).contains("not a content-format"),
+        "{}",
+        text(&out.stderr)
+    );
+}
