@@ -1,6 +1,8 @@
 //! `gateway coap` against the gateway's own ingress over real DTLS: a device POSTs SenML with
-//! its certificate and the reading is stored under its identity; a GET is answered 4.05 (the
-//! ingress takes POSTs only); without a device certificate the handshake is refused.
+//! its certificate and the reading is stored under its identity; it reads its last readings
+//! back (GET), block by block when large, with our client and libcoap's; another device may
+//! not, a reader may; DELETE forgets them; without a device certificate the handshake is
+//! refused.
 
 mod support;
 use std::time::Duration;
@@ -13,6 +15,7 @@ fn a_device_posts_senml_with_gateway_coap_and_it_is_stored_under_its_name() {
     make_certs(&certs, "pi-07");
     let port = free_udp_port();
     let c = |f: &str| certs.join(f).display().to_string();
+    let c2 = |f: &str| certs.join(format!("device-{f}")).display().to_string();
     let server = s.config_named(
         "server",
         "server",
@@ -24,6 +27,7 @@ listen = "127.0.0.1:{port}"
 cert_file = {sc:?}
 key_file = {sk:?}
 client_ca_file = {ca:?}
+readers = ["dashboard"]
 
 [sinks.store]
 plugin = "testkit-recorder"
@@ -53,12 +57,91 @@ batch_timeout = "5ms"
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert!(stored[0].starts_with("probe 21.5"), "{stored:?}");
 
-    // The ingress takes POSTs only.
+    // The device reads its last readings back, as a table.
+    let get = format!("{uri}/pi-07");
+    let mut args = vec!["coap", "get", &get];
+    args.extend(device);
+    let (status, out, err) = gateway(&args);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("pi-07/probe  temperature = 21.5 Cel"), "{out}");
+    // The collection itself takes POSTs only.
     let mut args = vec!["coap", "get", &uri];
     args.extend(device);
     let (status, _, err) = gateway(&args);
     assert_eq!(status.code(), Some(4), "{err}");
     assert!(err.starts_with("4.05"), "{err}");
+
+    // 40 sensors make an answer of several blocks: our client (256-byte blocks) and libcoap's
+    // (64-byte blocks) put them together.
+    let many: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"bn":"pi-07:","n":"s{i:02}/temperature","u":"Cel","v":{i}}}"#))
+        .collect();
+    let many = format!("[{}]", many.join(","));
+    let mut args = vec!["coap", "post", &uri, "-t", "senml+json", "-p", &many];
+    args.extend(device);
+    assert!(gateway(&args).0.success());
+    let mut args = vec!["coap", "get", &get, "-b", "256", "-v"];
+    args.extend(device);
+    let (status, out, err) = gateway(&args);
+    assert!(status.success(), "{err}");
+    assert_eq!(out.lines().count(), 41, "{out}");
+    assert!(err.contains("Block2 1/1/256"), "{err}");
+    if gateway_test_support::libcoap::have_libcoap() {
+        let printed = gateway_test_support::libcoap::coap_client(&[
+            "-m", "get", "-b", "64", "-A", "110", "-R", &ca, "-c", &cert, "-j", &key, &get,
+        ]);
+        // libcoap prints the whole answer once it has every block.
+        assert!(printed.contains("s00/temperature"), "{printed}");
+        assert!(printed.contains("s39/temperature"), "{printed}");
+    }
+
+    // Another device may not read pi-07's; the reader may.
+    make_device(&certs, "pi-08");
+    make_device(&certs, "dashboard");
+    let other = [
+        "--ca",
+        &ca,
+        "--cert",
+        &c2("pi-08.pem"),
+        "--key",
+        &c2("pi-08.key"),
+    ];
+    let reader = [
+        "--ca",
+        &ca,
+        "--cert",
+        &c2("dashboard.pem"),
+        "--key",
+        &c2("dashboard.key"),
+    ];
+    let mut args = vec!["coap", "get", &get];
+    args.extend(other);
+    let (status, _, err) = gateway(&args);
+    assert_eq!(status.code(), Some(4), "{err}");
+    assert!(err.starts_with("4.03 pi-08 may read only its own"), "{err}");
+    let mut args = vec!["coap", "get", &get];
+    args.extend(reader);
+    let (status, out, err) = gateway(&args);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("pi-07/s39  temperature = 39 Cel"), "{out}");
+    // Discovery lists what the reader may read.
+    let mut args = vec!["coap", "discover", &uri];
+    args.extend(reader);
+    let (_, out, _) = gateway(&args);
+    assert!(
+        out.contains("</gpsflowtemp/pi-07>;rt=\"senml.latest\""),
+        "{out}"
+    );
+
+    // DELETE forgets the device's entry.
+    let mut args = vec!["coap", "delete", &get];
+    args.extend(reader);
+    assert!(gateway(&args).0.success());
+    let mut args = vec!["coap", "get", &get];
+    args.extend(device);
+    let (status, _, err) = gateway(&args);
+    assert_eq!(status.code(), Some(4), "{err}");
+    assert!(err.starts_with("4.04"), "{err}");
 
     // Without a device certificate the ingress refuses the handshake.
     let (status, _, err) = gateway(&[
@@ -73,4 +156,10 @@ batch_timeout = "5ms"
         "3s",
     ]);
     assert_eq!(status.code(), Some(2), "{err}");
+}
+
+/// A device certificate for `name` beside the others.
+fn make_device(dir: &std::path::Path, name: &str) {
+    let (status, _, err) = gateway(&["certs", "device", name, "--dir", dir.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
 }

@@ -213,7 +213,13 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     };
     let mut shown_session = false;
     let mut body = Vec::new();
-    let mut next: Option<Block> = None;
+    // Asking for smaller blocks than the usual 1024 bytes starts with the first one (RFC 7959
+    // 2.4, early negotiation).
+    let mut next: Option<Block> = (method == RequestType::Get && szx < 6).then_some(Block {
+        num: 0,
+        more: false,
+        szx,
+    });
     let answer = loop {
         let request = build(next);
         if args.verbose {

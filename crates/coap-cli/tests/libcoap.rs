@@ -104,7 +104,7 @@ fn talks_to_libcoaps_server() {
     assert!(get.status.success(), "{}", text(&get.stderr));
     assert_eq!(text(&get.stdout), body);
     assert!(
-        text(&get.stderr).contains("Block2 4/0/256"),
+        text(&get.stderr).contains("Block2 1/0/256"),
         "{}",
         text(&get.stderr)
     );

@@ -11,6 +11,7 @@ const UNDERSTOOD: &[u16] = &[
     7,  // Uri-Port
     11, // Uri-Path
     15, // Uri-Query: no resource here takes one; ignored
+    17, // Accept: the ingress's last-readings resources negotiate with it
     23, // Block2
     27, // Block1
 ];

@@ -195,6 +195,24 @@ pub struct IngressConfig {
     /// Path MTU for DTLS records.
     #[serde(default = "mtu")]
     pub mtu: u32,
+    /// Identities (certificate common names or PSK identities) that may read, and forget, the
+    /// last readings of every device (`GET /{path}/{device}`); a device reads its own only.
+    #[serde(default)]
+    pub readers: Vec<String>,
+    /// Devices whose last readings are kept for `GET /{path}/{device}` (the one updated
+    /// longest ago goes first); 0 keeps none.
+    #[serde(default = "twenty_thousand")]
+    pub last_values_devices: usize,
+    /// (sensor, name) pairs kept per device; readings of further pairs are not kept.
+    #[serde(default = "sixty_four")]
+    pub last_values_per_device: usize,
+}
+
+fn twenty_thousand() -> usize {
+    20_000
+}
+fn sixty_four() -> usize {
+    64
 }
 
 fn yes() -> bool {

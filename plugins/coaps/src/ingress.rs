@@ -98,7 +98,13 @@ impl Source for Ingress {
         };
         let bound = Bound::workers(opts, workers).map_err(|e| PluginError::retry(e.to_string()))?;
         tracing::info!(listen = %bound[0].local_addr, path = %self.cfg.path, workers, "CoAP/DTLS ingress listening");
-        let shared = Arc::new(Together::new(self.cfg.dedup_ids));
+        let shared = Arc::new(Together::new(
+            self.cfg.dedup_ids,
+            (
+                self.cfg.last_values_devices,
+                self.cfg.last_values_per_device,
+            ),
+        ));
         std::thread::scope(|scope| {
             let mut bound = bound.into_iter().enumerate();
             let (_, first) = bound.next().expect("one worker at least");
@@ -141,6 +147,8 @@ impl Ingress {
             hold: self.cfg.separate_after * 2,
             max_held: HELD_MAX,
             logs,
+            readers: self.cfg.readers.clone(),
+            max_block: 1024,
         };
         Serving::new(
             ctx,

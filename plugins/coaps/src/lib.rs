@@ -8,6 +8,7 @@
 pub mod config;
 mod ingress;
 mod keys;
+pub mod latest;
 mod metrics;
 pub mod request;
 mod serving;

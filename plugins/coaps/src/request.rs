@@ -32,7 +32,7 @@ pub struct Refused {
 }
 
 impl Refused {
-    fn bad(code: ResponseType, why: impl Into<String>) -> Refused {
+    pub(crate) fn bad(code: ResponseType, why: impl Into<String>) -> Refused {
         let why = why.into();
         Refused {
             reply: response(code, &why),
@@ -45,10 +45,22 @@ impl Refused {
 /// Where a request goes.
 #[derive(Debug, PartialEq)]
 pub enum Route {
-    /// `GET /.well-known/core`: answered at once.
-    Discovery(Packet),
+    /// `GET /.well-known/core`: answered at once, with the links the peer may follow.
+    Discovery,
     /// `POST` to the readings resource.
     Readings,
+    /// `GET /{path}/{device}[/{sensor}]`: the device's last readings.
+    Latest {
+        /// Whose.
+        device: String,
+        /// One sensor's only.
+        sensor: Option<String>,
+    },
+    /// `DELETE /{path}/{device}`: forget the device's last readings (decommissioning).
+    Forget {
+        /// Whose.
+        device: String,
+    },
 }
 
 /// Routes a request by path and method. `path` is the readings resource, without slashes
@@ -62,22 +74,53 @@ pub fn route(req: &Packet, path: &str) -> Result<Route, Refused> {
         if method != RequestType::Get {
             return Err(Refused::bad(ResponseType::MethodNotAllowed, "GET only"));
         }
-        let links = format!(
-            "</{path}>;rt=\"senml\";ct=\"{} {}\";if=\"core.b\"",
-            ContentFormat::SENML_JSON.0,
-            ContentFormat::SENML_CBOR.0
-        );
-        let mut r = response(ResponseType::Content, &links);
-        ContentFormat::LINK_FORMAT.set(&mut r);
-        return Ok(Route::Discovery(r));
+        return Ok(Route::Discovery);
     }
-    if target != path {
-        return Err(Refused::bad(ResponseType::NotFound, "no such resource"));
+    if target == path {
+        if method != RequestType::Post {
+            return Err(Refused::bad(
+                ResponseType::MethodNotAllowed,
+                format!("POST only (GET /{path}/DEVICE reads a device's last readings)"),
+            ));
+        }
+        return Ok(Route::Readings);
     }
-    if method != RequestType::Post {
-        return Err(Refused::bad(ResponseType::MethodNotAllowed, "POST only"));
+    let below: Vec<&str> = match target.strip_prefix(path).and_then(|t| t.strip_prefix('/')) {
+        Some(rest) => rest.split('/').collect(),
+        None => return Err(Refused::bad(ResponseType::NotFound, "no such resource")),
+    };
+    match (below.as_slice(), method) {
+        ([device], RequestType::Get) => Ok(Route::Latest {
+            device: (*device).to_owned(),
+            sensor: None,
+        }),
+        ([device], RequestType::Delete) => Ok(Route::Forget {
+            device: (*device).to_owned(),
+        }),
+        ([_], _) => Err(Refused::bad(
+            ResponseType::MethodNotAllowed,
+            "GET or DELETE only (POST readings to the collection)",
+        )),
+        ([device, sensor], RequestType::Get) => Ok(Route::Latest {
+            device: (*device).to_owned(),
+            sensor: Some((*sensor).to_owned()),
+        }),
+        ([_, _], _) => Err(Refused::bad(ResponseType::MethodNotAllowed, "GET only")),
+        _ => Err(Refused::bad(ResponseType::NotFound, "no such resource")),
     }
-    Ok(Route::Readings)
+}
+
+/// The answer to `GET /.well-known/core` (RFC 6690): the readings collection, and the last
+/// readings of each device in `devices` (those the peer may read).
+pub fn discovery(path: &str, devices: &[String]) -> Packet {
+    let (j, c) = (ContentFormat::SENML_JSON.0, ContentFormat::SENML_CBOR.0);
+    let mut links = format!("</{path}>;rt=\"senml\";ct=\"{j} {c}\";if=\"core.b\"");
+    for d in devices {
+        links += &format!(",</{path}/{d}>;rt=\"senml.latest\";ct=\"{j} {c}\";if=\"core.rp\"");
+    }
+    let mut r = response(ResponseType::Content, &links);
+    ContentFormat::LINK_FORMAT.set(&mut r);
+    r
 }
 
 /// Decodes the body as SenML (CBOR or JSON, by Content-Format; without one, by its first
@@ -305,19 +348,62 @@ mod tests {
         );
         let e = route(&post("other"), "gpsflowtemp").unwrap_err();
         assert_eq!(code(&e.reply), Code::new(4, 4));
-        let get = request(RequestType::Get, "gpsflowtemp", None, vec![]);
+        let req = |m: RequestType, p: &str| request(m, p, None, vec![]);
         assert_eq!(
-            code(&route(&get, "gpsflowtemp").unwrap_err().reply),
+            code(
+                &route(&req(RequestType::Get, "gpsflowtemp"), "gpsflowtemp")
+                    .unwrap_err()
+                    .reply
+            ),
             Code::new(4, 5)
         );
+        assert_eq!(
+            route(&req(RequestType::Get, "gpsflowtemp/pi-01"), "gpsflowtemp").unwrap(),
+            Route::Latest {
+                device: "pi-01".into(),
+                sensor: None
+            }
+        );
+        assert_eq!(
+            route(
+                &req(RequestType::Get, "gpsflowtemp/pi-01/t1"),
+                "gpsflowtemp"
+            )
+            .unwrap(),
+            Route::Latest {
+                device: "pi-01".into(),
+                sensor: Some("t1".into())
+            }
+        );
+        assert_eq!(
+            route(
+                &req(RequestType::Delete, "gpsflowtemp/pi-01"),
+                "gpsflowtemp"
+            )
+            .unwrap(),
+            Route::Forget {
+                device: "pi-01".into()
+            }
+        );
+        for (m, p, want) in [
+            (RequestType::Put, "gpsflowtemp/pi-01", Code::new(4, 5)),
+            (RequestType::Post, "gpsflowtemp/pi-01/t1", Code::new(4, 5)),
+            (RequestType::Get, "gpsflowtemp/a/b/c", Code::new(4, 4)),
+            (RequestType::Get, "gpsflowtempx/a", Code::new(4, 4)),
+        ] {
+            assert_eq!(
+                code(&route(&req(m, p), "gpsflowtemp").unwrap_err().reply),
+                want,
+                "{p}"
+            );
+        }
         let core = request(RequestType::Get, ".well-known/core", None, vec![]);
-        let Route::Discovery(r) = route(&core, "gpsflowtemp").unwrap() else {
-            panic!("discovery")
-        };
+        assert_eq!(route(&core, "gpsflowtemp").unwrap(), Route::Discovery);
+        let r = discovery("gpsflowtemp", &["pi-01".into()]);
         assert_eq!(ContentFormat::of(&r), Ok(Some(ContentFormat::LINK_FORMAT)));
         assert_eq!(
-            r.payload,
-            b"</gpsflowtemp>;rt=\"senml\";ct=\"110 112\";if=\"core.b\""
+            String::from_utf8(r.payload).unwrap(),
+            "</gpsflowtemp>;rt=\"senml\";ct=\"110 112\";if=\"core.b\",</gpsflowtemp/pi-01>;rt=\"senml.latest\";ct=\"110 112\";if=\"core.rp\""
         );
         assert!(route(&post(".well-known/core"), "gpsflowtemp").is_err());
     }

@@ -5,7 +5,10 @@
 //! the sinks' next write; only one that waited `hold` gets a 5.03. The server machine never
 //! waits for a sink.
 
-use crate::request::{self, Admitted, Key, Refused, Route, Seen, ANONYMOUS};
+use crate::{
+    latest::{self, Latest},
+    request::{self, Admitted, Key, Refused, Route, Seen, ANONYMOUS},
+};
 use gateway_coap::{coap_lite::Packet, retry_later, Code, RequestId};
 use gateway_coaps_tokio::{Handler, Incoming, Responder, ServerStats};
 use gateway_sdk::{tracing, ErrorKind, PluginError, Reading, SourceContext, Timestamp};
@@ -111,20 +114,27 @@ pub struct Settings {
     pub max_held: usize,
     /// Whether this worker logs the counters (one of them does).
     pub logs: bool,
+    /// Identities that may read and forget every device's last readings.
+    pub readers: Vec<String>,
+    /// Largest answer payload: a larger one goes block by block.
+    pub max_block: usize,
 }
 
 /// What the workers share: the memory of reading ids, the counters.
 pub struct Together {
     seen: Arc<Mutex<Seen>>,
     counters: Arc<Counters>,
+    latest: Arc<Mutex<Latest>>,
 }
 
 impl Together {
-    /// `dedup_ids` sizes the memory of reading ids already stored.
-    pub fn new(dedup_ids: usize) -> Together {
+    /// `dedup_ids` sizes the memory of reading ids already stored; `latest` the table of
+    /// last readings (devices, readings per device).
+    pub fn new(dedup_ids: usize, latest: (usize, usize)) -> Together {
         Together {
             seen: Arc::new(Mutex::new(Seen::new(dedup_ids))),
             counters: Arc::default(),
+            latest: Arc::new(Mutex::new(Latest::new(latest.0, latest.1))),
         }
     }
 }
@@ -146,6 +156,7 @@ pub struct Serving<'a> {
     stats: Arc<ServerStats>,
     seen: Arc<Mutex<Seen>>,
     counters: Arc<Counters>,
+    latest: Arc<Mutex<Latest>>,
     held: VecDeque<Held>,
     last_log: Instant,
     last_publish: Instant,
@@ -168,6 +179,7 @@ impl<'a> Serving<'a> {
             stats,
             seen: together.seen.clone(),
             counters: together.counters.clone(),
+            latest: together.latest.clone(),
             held: VecDeque::new(),
             last_log: Instant::now(),
             last_publish: Instant::now(),
@@ -243,6 +255,61 @@ impl<'a> Serving<'a> {
         }
     }
 
+    /// The devices whose last readings `identity` may read, for discovery.
+    fn readable(&self, identity: Option<&str>) -> Vec<String> {
+        let table = self.latest.lock().expect("latest");
+        match identity {
+            Some(who) if self.settings.readers.iter().any(|r| r == who) => table.devices(),
+            Some(who) if table.get(who, None).is_some() => vec![who.to_owned()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// `GET /{path}/{device}[/{sensor}]` and `DELETE /{path}/{device}`.
+    fn read_back(&self, inc: &Incoming, route: Route) {
+        let (id, peer, identity) = (inc.id, inc.peer, inc.identity.as_deref());
+        let (Route::Latest { device, .. } | Route::Forget { device }) = &route else {
+            return;
+        };
+        if !latest::may_read(identity, device, &self.settings.readers) {
+            let who = identity.unwrap_or("a peer without an identity");
+            let r = Refused::bad(
+                gateway_coap::coap_lite::ResponseType::Forbidden,
+                format!("{who} may read only its own last readings, not {device}'s"),
+            );
+            return self.refuse(id, peer, r);
+        }
+        let mut table = self.latest.lock().expect("latest");
+        let answer = match &route {
+            Route::Latest { device, sensor } => match table.get(device, sensor.as_deref()) {
+                Some(readings) => {
+                    drop(table);
+                    latest::answer(&inc.packet, &readings, self.settings.max_block)
+                }
+                None => Err(Refused::bad(
+                    gateway_coap::coap_lite::ResponseType::NotFound,
+                    format!("no readings of {device} here (yet)"),
+                )),
+            },
+            _ if table.forget(device) => {
+                drop(table);
+                tracing::info!(%peer, device = %device, who = ?identity, "last readings forgotten");
+                Ok(gateway_coap::response(
+                    gateway_coap::coap_lite::ResponseType::Deleted,
+                    "",
+                ))
+            }
+            _ => Err(Refused::bad(
+                gateway_coap::coap_lite::ResponseType::NotFound,
+                format!("no readings of {device} here"),
+            )),
+        };
+        match answer {
+            Ok(p) => self.answer(id, p, Instant::now()),
+            Err(r) => self.refuse(id, peer, r),
+        }
+    }
+
     /// Answers request `id`, which arrived at `since`, with `packet`, and counts the answer.
     fn answer(&self, id: RequestId, packet: Packet, since: Instant) {
         self.counters.answered(&packet, since);
@@ -305,13 +372,18 @@ impl Handler for Serving<'_> {
             let r = retry_later("shutting down", self.settings.retry_after);
             return self.answer(id, r, Instant::now());
         }
-        match request::route(&inc.packet, &self.settings.path) {
-            Ok(Route::Readings) => {}
-            Ok(Route::Discovery(r)) => return self.answer(id, r, Instant::now()),
-            Err(r) => return self.refuse(id, peer, r),
-        }
         // The driver admits a session without an identity only with `allow_anonymous`.
         let identity = inc.identity.as_deref();
+        match request::route(&inc.packet, &self.settings.path) {
+            Ok(Route::Readings) => {}
+            Ok(Route::Discovery) => {
+                let devices = self.readable(identity);
+                let r = request::discovery(&self.settings.path, &devices);
+                return self.answer(id, r, Instant::now());
+            }
+            Ok(route) => return self.read_back(&inc, route),
+            Err(r) => return self.refuse(id, peer, r),
+        }
         let device = identity.unwrap_or(ANONYMOUS);
         let s = &self.settings;
         let decoded = request::decode(
@@ -340,6 +412,7 @@ impl Handler for Serving<'_> {
         self.counters
             .duplicates
             .fetch_add(duplicates as u64, Ordering::Relaxed);
+        self.latest.lock().expect("latest").record(&fresh);
         if fresh.is_empty() {
             return self.answer(id, request::stored(), Instant::now());
         }

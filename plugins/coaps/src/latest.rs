@@ -1,0 +1,351 @@
+//! The last readings the ingress took in, by device: what `GET /{path}/{device}` and
+//! `GET /{path}/{device}/{sensor}` answer, without asking the stores. Bounded in devices and in
+//! readings per device; who may read what is [`may_read`]'s. No I/O.
+
+use crate::request::Refused;
+use gateway_coap::{
+    coap_lite::{CoapOption, Packet, ResponseType},
+    decode_uint, encode_uint, response, Block, ContentFormat,
+};
+use gateway_sdk::{Label, Reading};
+use gateway_senml as senml;
+use std::collections::HashMap;
+
+/// The table, shared by the ingress's workers.
+pub struct Latest {
+    devices: HashMap<Label, Device>,
+    max_devices: usize,
+    max_per_device: usize,
+    /// Bumped at every update: orders devices for eviction.
+    clock: u64,
+    /// Readings not kept because their device was full of other (sensor, name) pairs.
+    pub dropped: u64,
+}
+
+struct Device {
+    /// The newest reading of each (sensor, name).
+    readings: HashMap<(Label, Label), Reading>,
+    /// [`Latest::clock`] at the device's last update.
+    touched: u64,
+}
+
+impl Latest {
+    /// At most `max_devices` devices (the least recently updated goes first) and
+    /// `max_per_device` (sensor, name) pairs each.
+    pub fn new(max_devices: usize, max_per_device: usize) -> Latest {
+        Latest {
+            devices: HashMap::new(),
+            max_devices,
+            max_per_device,
+            clock: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Takes in readings (of any devices): for each (device, sensor, name) the one with the
+    /// latest time stays.
+    pub fn record(&mut self, readings: &[Reading]) {
+        if self.max_devices == 0 {
+            return;
+        }
+        for r in readings {
+            self.clock += 1;
+            if !self.devices.contains_key(&r.device) && self.devices.len() >= self.max_devices {
+                let oldest = self
+                    .devices
+                    .iter()
+                    .min_by_key(|(_, d)| d.touched)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    self.devices.remove(&k);
+                }
+            }
+            let d = self
+                .devices
+                .entry(r.device.clone())
+                .or_insert_with(|| Device {
+                    readings: HashMap::new(),
+                    touched: 0,
+                });
+            d.touched = self.clock;
+            let key = (r.sensor.clone(), r.name.clone());
+            let full = d.readings.len() >= self.max_per_device;
+            match d.readings.get_mut(&key) {
+                Some(held) if held.time <= r.time => *held = r.clone(),
+                Some(_) => {}
+                None if !full => {
+                    d.readings.insert(key, r.clone());
+                }
+                None => self.dropped += 1,
+            }
+        }
+    }
+
+    /// The last readings of `device` (of its `sensor` only, if given), by sensor and name;
+    /// `None` when it has none.
+    pub fn get(&self, device: &str, sensor: Option<&str>) -> Option<Vec<Reading>> {
+        let d = self.devices.get(&Label::from(device))?;
+        let mut out: Vec<Reading> = d
+            .readings
+            .values()
+            .filter(|r| sensor.is_none_or(|s| r.sensor.as_str() == s))
+            .cloned()
+            .collect();
+        if out.is_empty() {
+            return None;
+        }
+        out.sort_by(|a, b| {
+            (a.sensor.as_str(), a.name.as_str()).cmp(&(b.sensor.as_str(), b.name.as_str()))
+        });
+        Some(out)
+    }
+
+    /// Forgets `device` (decommissioned); whether it was there.
+    pub fn forget(&mut self, device: &str) -> bool {
+        self.devices.remove(&Label::from(device)).is_some()
+    }
+
+    /// The devices held, sorted.
+    pub fn devices(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.devices.keys().map(|k| k.to_string()).collect();
+        all.sort();
+        all
+    }
+}
+
+/// Whether the peer `identity` may read `device`'s last readings: its own, or any if it is
+/// one of `readers`. A peer without an identity reads nothing.
+pub fn may_read(identity: Option<&str>, device: &str, readers: &[String]) -> bool {
+    match identity {
+        Some(who) => who == device || readers.iter().any(|r| r == who),
+        None => false,
+    }
+}
+
+/// The answer to a GET of last readings: SenML JSON (without Accept, or Accept 110 or 50) or
+/// SenML CBOR (Accept 112 or 60), block by block (RFC 7959 Block2) when it is larger than
+/// `max_block` bytes or the client asked for blocks. Each block carries the whole
+/// representation's size (Size2) and an ETag, so that a client sees a change between blocks.
+pub fn answer(req: &Packet, readings: &[Reading], max_block: usize) -> Result<Packet, Refused> {
+    let accept = match req.get_first_option(CoapOption::Accept) {
+        None => None,
+        Some(v) => Some(decode_uint(v).ok_or_else(|| {
+            Refused::bad(ResponseType::BadOption, "Accept is not a content-format")
+        })?),
+    };
+    let (format, body) = match accept.map(|a| ContentFormat(a as u16)) {
+        None | Some(ContentFormat::SENML_JSON) => {
+            (ContentFormat::SENML_JSON, senml::encode_json(readings))
+        }
+        Some(ContentFormat::JSON) => (ContentFormat::JSON, senml::encode_json(readings)),
+        Some(ContentFormat::SENML_CBOR) => {
+            (ContentFormat::SENML_CBOR, senml::encode_cbor(readings))
+        }
+        Some(ContentFormat::CBOR) => (ContentFormat::CBOR, senml::encode_cbor(readings)),
+        Some(other) => {
+            return Err(Refused::bad(
+                ResponseType::NotAcceptable,
+                format!("{other} is not offered: SenML JSON (110) or CBOR (112)"),
+            ))
+        }
+    };
+    let asked = req
+        .get_first_option(CoapOption::Block2)
+        .map(|v| Block::decode(v).ok_or_else(|| Refused::bad(ResponseType::BadOption, "Block2")))
+        .transpose()?;
+    let mut r = response(ResponseType::Content, "");
+    format.set(&mut r);
+    if asked.is_none() && body.len() <= max_block {
+        r.payload = body;
+        return Ok(r);
+    }
+    let (num, size) = match asked {
+        Some(b) => (b.num as usize, b.size().min(max_block)),
+        None => (0, max_block),
+    };
+    // The largest power of two from 16 to 1024 within `size`.
+    let szx = (0..=6u8).rev().find(|x| 16usize << x <= size).unwrap_or(0);
+    let size = 16usize << szx;
+    let start = num * size;
+    if start >= body.len() && !(num == 0 && body.is_empty()) {
+        return Err(Refused::bad(
+            ResponseType::BadOption,
+            format!(
+                "block {num} of {size} bytes is past the end ({} bytes)",
+                body.len()
+            ),
+        ));
+    }
+    let end = (start + size).min(body.len());
+    r.add_option(CoapOption::ETag, etag(&body).to_vec());
+    r.add_option(
+        CoapOption::Block2,
+        Block {
+            num: num as u32,
+            more: end < body.len(),
+            szx,
+        }
+        .encode(),
+    );
+    r.add_option(CoapOption::Size2, encode_uint(body.len() as u32));
+    r.payload = body[start..end].to_vec();
+    Ok(r)
+}
+
+/// A representation's entity tag: 8 bytes of FNV-1a.
+fn etag(body: &[u8]) -> [u8; 8] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in body {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h.to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_sdk::{ReadingId, Timestamp, Value};
+
+    fn reading(device: &str, sensor: &str, name: &str, t: i64, v: f64) -> Reading {
+        Reading {
+            id: ReadingId((t as u128 * 1000 + v as u128).to_be_bytes()),
+            time: Timestamp(t),
+            device: Label::from(device),
+            sensor: Label::from(sensor),
+            name: Label::from(name),
+            unit: Label::from("Cel"),
+            value: Value::Float(v),
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_reading_of_each_sensor_and_name() {
+        let mut l = Latest::new(10, 10);
+        l.record(&[
+            reading("pi-01", "t1", "temperature", 2, 21.0),
+            reading("pi-01", "t1", "temperature", 1, 20.0),
+            reading("pi-01", "t2", "temperature", 1, 19.0),
+            reading("pi-02", "t1", "temperature", 5, 30.0),
+        ]);
+        let got = l.get("pi-01", None).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got[0].value,
+            Value::Float(21.0),
+            "the older one came later and lost"
+        );
+        assert_eq!(
+            l.get("pi-01", Some("t2")).unwrap()[0].value,
+            Value::Float(19.0)
+        );
+        assert!(l.get("pi-01", Some("t9")).is_none());
+        assert!(l.get("pi-03", None).is_none());
+        assert!(l.forget("pi-02") && !l.forget("pi-02"));
+        assert_eq!(l.devices(), ["pi-01"]);
+    }
+
+    #[test]
+    fn stays_within_its_bounds() {
+        let mut l = Latest::new(2, 2);
+        l.record(&[
+            reading("a", "s1", "n", 1, 1.0),
+            reading("b", "s1", "n", 1, 1.0),
+        ]);
+        l.record(&[reading("a", "s2", "n", 2, 1.0)]);
+        // A third device pushes out the one updated longest ago (b).
+        l.record(&[reading("c", "s1", "n", 3, 1.0)]);
+        assert_eq!(l.devices(), ["a", "c"]);
+        // A third pair on a full device is dropped and counted.
+        l.record(&[reading("a", "s3", "n", 4, 1.0)]);
+        assert_eq!(l.get("a", None).unwrap().len(), 2);
+        assert_eq!(l.dropped, 1);
+        let mut off = Latest::new(0, 10);
+        off.record(&[reading("a", "s1", "n", 1, 1.0)]);
+        assert!(off.devices().is_empty());
+    }
+
+    fn get(accept: Option<u16>, block2: Option<Block>) -> Packet {
+        let mut p =
+            gateway_coap::request(gateway_coap::coap_lite::RequestType::Get, "x", None, vec![]);
+        if let Some(a) = accept {
+            p.add_option(CoapOption::Accept, encode_uint(u32::from(a)));
+        }
+        if let Some(b) = block2 {
+            p.add_option(CoapOption::Block2, b.encode());
+        }
+        p
+    }
+
+    #[test]
+    fn answers_senml_by_accept_and_block_by_block_when_large() {
+        let few = [reading("pi-01", "t1", "temperature", 1, 21.5)];
+        let r = answer(&get(None, None), &few, 1024).unwrap();
+        assert_eq!(ContentFormat::of(&r), Ok(Some(ContentFormat::SENML_JSON)));
+        let back = senml::decode_json(&r.payload, 10, gateway_sdk::Timestamp(0), "x").unwrap();
+        assert_eq!(back.readings[0].value, Value::Float(21.5));
+        let r = answer(&get(Some(112), None), &few, 1024).unwrap();
+        assert_eq!(ContentFormat::of(&r), Ok(Some(ContentFormat::SENML_CBOR)));
+        let e = answer(&get(Some(0), None), &few, 1024).unwrap_err();
+        assert_eq!(
+            gateway_coap::Code::of(&e.reply),
+            Some(gateway_coap::Code::new(4, 6))
+        );
+
+        let many: Vec<Reading> = (0..40)
+            .map(|i| reading("pi-01", &format!("t{i}"), "temperature", 1, 20.0 + i as f64))
+            .collect();
+        let whole = senml::encode_json(&many);
+        assert!(whole.len() > 1024);
+        let mut got = Vec::new();
+        let mut num = 0;
+        loop {
+            let r = answer(
+                &get(
+                    None,
+                    (num > 0).then_some(Block {
+                        num,
+                        more: false,
+                        szx: 4,
+                    }),
+                ),
+                &many,
+                1024,
+            )
+            .unwrap();
+            let b = Block::decode(r.get_first_option(CoapOption::Block2).unwrap()).unwrap();
+            assert_eq!(b.num, num);
+            got.extend_from_slice(&r.payload);
+            if !b.more {
+                break;
+            }
+            // The first answer chose 1024-byte blocks; the client asks for 256 from then on.
+            num = (got.len() / 256) as u32;
+        }
+        assert_eq!(got, whole);
+        let past = answer(
+            &get(
+                None,
+                Some(Block {
+                    num: 99,
+                    more: false,
+                    szx: 6,
+                }),
+            ),
+            &many,
+            1024,
+        );
+        assert_eq!(
+            gateway_coap::Code::of(&past.unwrap_err().reply),
+            Some(gateway_coap::Code::new(4, 2))
+        );
+    }
+
+    #[test]
+    fn a_device_reads_its_own_and_a_reader_reads_all() {
+        let readers = vec!["dashboard".to_owned()];
+        assert!(may_read(Some("pi-01"), "pi-01", &readers));
+        assert!(!may_read(Some("pi-01"), "pi-02", &readers));
+        assert!(may_read(Some("dashboard"), "pi-02", &readers));
+        assert!(!may_read(None, "anonymous", &readers));
+    }
+}
