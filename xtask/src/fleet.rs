@@ -9,8 +9,9 @@
 //! another build of the gateway (e.g. `target/dist/gateway-x86_64-unknown-linux-gnu/gateway`,
 //! with OpenSSL 3.5; copy `libtestkit.so` beside it for the null sink), `GATEWAY_LOAD` another
 //! build of the load generator, `IDLE_DEVICES` the sessions of the memory figure (default 2000), and
-//! `INGRESS_PARTS` which parts run (a comma-separated list of `requests`, `handshakes` and
-//! `idle`; all by default).
+//! `INGRESS_PARTS` which parts run (a comma-separated list of `requests`, `handshakes`,
+//! `idle` and `reads`; all by default). `reads` is the ingress alone: each device reading back
+//! its last readings (`GET /gpsflowtemp/DEVICE`) beside the same devices POSTing.
 
 use crate::{has, proc_kb, root};
 use anyhow::{bail, Context, Result};
@@ -181,7 +182,7 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
     }
     let duration = format!("{secs}s");
     let parts =
-        std::env::var("INGRESS_PARTS").unwrap_or_else(|_| "requests,handshakes,idle".into());
+        std::env::var("INGRESS_PARTS").unwrap_or_else(|_| "requests,handshakes,idle,reads".into());
     let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
     let servers = |f: &mut dyn FnMut(&Server) -> Result<()>| -> Result<()> {
         f(&Server::ingress(&gateway)?)?;
@@ -199,6 +200,31 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
     }
     if part("idle") {
         idle(&load_bin, &servers)?;
+    }
+    if part("reads") {
+        reads(&load_bin, &duration, &Server::ingress(&gateway)?)?;
+    }
+    Ok(())
+}
+
+/// The ingress's GET of a device's last readings beside its POST path, same devices.
+fn reads(load_bin: &Path, duration: &str, s: &Server) -> Result<()> {
+    println!("   the ingress reading back (GET /gpsflowtemp/DEVICE, 1 reading held) beside POST (1 reading):");
+    for devices in ["1", "10", "100"] {
+        let mut cells = Vec::new();
+        for (what, extra) in [("POST", None), ("GET", Some("--get"))] {
+            let mut args = vec!["--devices", devices, "--duration", duration];
+            args.extend(extra);
+            let o = load(load_bin, s, &args, |_| {})?;
+            let cpu_us = o.cpu / (o.num("ok").max(1.0)) * 1e6;
+            cells.push(format!(
+                "{what} {:>7.0} req/s (p50 {:.2} ms, {cpu_us:.1} us CPU/req, {} failures)",
+                o.num("per_s"),
+                o.num("p50_ms"),
+                o.failures()
+            ));
+        }
+        println!("   {devices:>3} devices: {}", cells.join(" | "));
     }
     Ok(())
 }

@@ -96,6 +96,18 @@ impl Device {
             Some(ContentFormat::SENML_CBOR),
             payload,
         );
+        self.outcome(packet).await
+    }
+
+    /// One CON GET of the device's own last readings (`PATH/NAME`), waited for.
+    pub async fn get(&mut self) -> Outcome {
+        let path = format!("{}/{}", self.path, self.name);
+        self.outcome(request(RequestType::Get, &path, None, Vec::new()))
+            .await
+    }
+
+    /// Sends `packet` and sorts its answer.
+    async fn outcome(&mut self, packet: Packet) -> Outcome {
         match self.call(packet).await {
             Ok(resp) => match Code::of(&resp) {
                 Some(c) if c.is_success() => Outcome::Stored,

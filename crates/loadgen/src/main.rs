@@ -85,6 +85,10 @@ struct Cli {
     /// The resource POSTed to.
     #[arg(long, default_value = "gpsflowtemp")]
     path: String,
+    /// Measure reading back instead: each device POSTs once, then GETs its own last readings
+    /// (`GET /PATH/NAME`, as `coaps-ingress` answers them) for the whole run.
+    #[arg(long)]
+    get: bool,
     /// How long a request may take before it counts as a timeout (a device's first request
     /// includes its handshake).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -231,7 +235,11 @@ async fn drive(cli: Arc<Cli>, server: SocketAddr, cfgs: Vec<Config>) -> Tally {
                     if ok && cli.mode == Mode::Requests {
                         while Instant::now() < stop {
                             let t = Instant::now();
-                            let o = dev.post().await;
+                            let o = if cli.get {
+                                dev.get().await
+                            } else {
+                                dev.post().await
+                            };
                             let end = Instant::now();
                             if end > stop {
                                 break;
