@@ -64,6 +64,39 @@ batch_timeout = "5ms"
     let (status, out, err) = gateway(&args);
     assert!(status.success(), "{err}");
     assert!(out.contains("pi-07/probe  temperature = 21.5 Cel"), "{out}");
+    // PUT stores one reading of the sensor the URI names; sent twice, it is stored once.
+    let put = format!("{uri}/pi-07/probe");
+    let one = r#"[{"bn":"pi-07:","n":"probe/temperature","u":"Cel","v":22.25,"t":1800000000,"rid":"019a3338498d7721b21a5b1cbaa32c34"}]"#;
+    for _ in 0..2 {
+        let mut args = vec!["coap", "put", &put, "-t", "senml+json", "-p", one];
+        args.extend(device);
+        let (status, _, err) = gateway(&args);
+        assert!(status.success(), "{err}");
+    }
+    assert_eq!(
+        s.lines("out.txt")
+            .iter()
+            .filter(|l| l.starts_with("probe 22.25"))
+            .count(),
+        1
+    );
+    let mut args = vec!["coap", "get", &get];
+    args.extend(device);
+    let (_, out, _) = gateway(&args);
+    assert!(
+        out.contains("pi-07/probe  temperature = 22.25 Cel"),
+        "{out}"
+    );
+    // A PUT carries one reading of that sensor.
+    let two = r#"[{"bn":"pi-07:","n":"probe/temperature","v":1},{"n":"probe/humidity","v":2}]"#;
+    let mut args = vec!["coap", "put", &put, "-t", "senml+json", "-p", two];
+    args.extend(device);
+    let (status, _, err) = gateway(&args);
+    assert_eq!(status.code(), Some(4), "{err}");
+    assert!(
+        err.starts_with("4.00 a PUT carries one reading, not 2"),
+        "{err}"
+    );
     // The collection itself takes POSTs only.
     let mut args = vec!["coap", "get", &uri];
     args.extend(device);

@@ -56,6 +56,14 @@ pub enum Route {
         /// One sensor's only.
         sensor: Option<String>,
     },
+    /// `PUT /{path}/{device}/{sensor}`: one reading of that sensor, stored as a POST's are
+    /// (and, like them, once per id: sending it again changes nothing).
+    Put {
+        /// Whose.
+        device: String,
+        /// Which sensor.
+        sensor: String,
+    },
     /// `DELETE /{path}/{device}`: forget the device's last readings (decommissioning).
     Forget {
         /// Whose.
@@ -105,7 +113,14 @@ pub fn route(req: &Packet, path: &str) -> Result<Route, Refused> {
             device: (*device).to_owned(),
             sensor: Some((*sensor).to_owned()),
         }),
-        ([_, _], _) => Err(Refused::bad(ResponseType::MethodNotAllowed, "GET only")),
+        ([device, sensor], RequestType::Put) => Ok(Route::Put {
+            device: (*device).to_owned(),
+            sensor: (*sensor).to_owned(),
+        }),
+        ([_, _], _) => Err(Refused::bad(
+            ResponseType::MethodNotAllowed,
+            "GET or PUT only",
+        )),
         _ => Err(Refused::bad(ResponseType::NotFound, "no such resource")),
     }
 }
@@ -161,6 +176,25 @@ pub fn decode(
         }
         e => Refused::bad(ResponseType::BadRequest, format!("SenML: {e}")),
     })
+}
+
+/// A PUT to `/{path}/{device}/{sensor}` carries exactly one reading, of that device and sensor
+/// (4.00 otherwise); who may send it is [`authorize`]'s, as for a POST.
+pub fn one_reading_of(readings: &[Reading], device: &str, sensor: &str) -> Result<(), Refused> {
+    match readings {
+        [r] if r.device.as_str() == device && r.sensor.as_str() == sensor => Ok(()),
+        [r] => Err(Refused::bad(
+            ResponseType::BadRequest,
+            format!(
+                "a PUT to {device}/{sensor} carries a reading of {device}/{sensor}, not of {}/{}",
+                r.device, r.sensor
+            ),
+        )),
+        _ => Err(Refused::bad(
+            ResponseType::BadRequest,
+            format!("a PUT carries one reading, not {}", readings.len()),
+        )),
+    }
 }
 
 /// A device speaks for itself only: every reading of an identified peer must carry its
@@ -377,6 +411,17 @@ mod tests {
         );
         assert_eq!(
             route(
+                &req(RequestType::Put, "gpsflowtemp/pi-01/t1"),
+                "gpsflowtemp"
+            )
+            .unwrap(),
+            Route::Put {
+                device: "pi-01".into(),
+                sensor: "t1".into()
+            }
+        );
+        assert_eq!(
+            route(
                 &req(RequestType::Delete, "gpsflowtemp/pi-01"),
                 "gpsflowtemp"
             )
@@ -388,6 +433,7 @@ mod tests {
         for (m, p, want) in [
             (RequestType::Put, "gpsflowtemp/pi-01", Code::new(4, 5)),
             (RequestType::Post, "gpsflowtemp/pi-01/t1", Code::new(4, 5)),
+            (RequestType::Delete, "gpsflowtemp/pi-01/t1", Code::new(4, 5)),
             (RequestType::Get, "gpsflowtemp/a/b/c", Code::new(4, 4)),
             (RequestType::Get, "gpsflowtempx/a", Code::new(4, 4)),
         ] {

@@ -374,8 +374,9 @@ impl Handler for Serving<'_> {
         }
         // The driver admits a session without an identity only with `allow_anonymous`.
         let identity = inc.identity.as_deref();
-        match request::route(&inc.packet, &self.settings.path) {
-            Ok(Route::Readings) => {}
+        let put = match request::route(&inc.packet, &self.settings.path) {
+            Ok(Route::Readings) => None,
+            Ok(Route::Put { device, sensor }) => Some((device, sensor)),
             Ok(Route::Discovery) => {
                 let devices = self.readable(identity);
                 let r = request::discovery(&self.settings.path, &devices);
@@ -383,7 +384,7 @@ impl Handler for Serving<'_> {
             }
             Ok(route) => return self.read_back(&inc, route),
             Err(r) => return self.refuse(id, peer, r),
-        }
+        };
         let device = identity.unwrap_or(ANONYMOUS);
         let s = &self.settings;
         let decoded = request::decode(
@@ -399,6 +400,11 @@ impl Handler for Serving<'_> {
         };
         if let Err(r) = request::authorize(identity, &mut pack.readings) {
             return self.refuse(id, peer, r);
+        }
+        if let Some((device, sensor)) = &put {
+            if let Err(r) = request::one_reading_of(&pack.readings, device, sensor) {
+                return self.refuse(id, peer, r);
+            }
         }
         let admitted = self.seen.lock().expect("seen").admit(pack.readings);
         let Admitted {
