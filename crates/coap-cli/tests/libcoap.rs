@@ -2,38 +2,33 @@
 //! libcoap3-bin) over real DTLS on loopback: discovery, GET, PUT, a block-wise answer, and the
 //! exit codes of a 4.xx, a refused certificate and a server that is not there.
 
-use gateway_test_support::{coaps, libcoap::have_libcoap};
+use gateway_test_support::{
+    coaps,
+    libcoap::{self, have_libcoap},
+};
 use std::{
     path::Path,
-    process::{Child, Command, Output, Stdio},
-    time::Duration,
+    process::{Command, Output},
 };
 
-struct Server(Child, u16);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// libcoap's server with the test PKI's server certificate; it takes DTLS on the port after
-/// the plain one.
-fn libcoap(dir: &Path) -> Server {
+/// libcoap's server with the test PKI's server certificate, and the port it takes DTLS on.
+fn libcoap(dir: &Path) -> (libcoap::Server, u16) {
     let port = coaps::free_port();
-    let child = Command::new("coap-server-openssl")
-        .args(["-A", "127.0.0.1", "-p", &port.to_string(), "-v", "0"])
-        .arg("-c")
-        .arg(dir.join("server.pem"))
-        .arg("-j")
-        .arg(dir.join("server.key"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("coap-server-openssl starts");
-    std::thread::sleep(Duration::from_millis(400));
-    Server(child, port + 1)
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let port_s = port.to_string();
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "-A".as_ref(),
+        "127.0.0.1".as_ref(),
+        "-p".as_ref(),
+        port_s.as_ref(),
+        "-v".as_ref(),
+        "0".as_ref(),
+        "-c".as_ref(),
+        cert.as_os_str(),
+        "-j".as_ref(),
+        key.as_os_str(),
+    ];
+    (libcoap::server(&args), port + 1)
 }
 
 fn coap(args: &[&str]) -> Output {

@@ -112,25 +112,19 @@ fn an_expired_certificate_is_refused_and_says_so() {
     }
     let port = gateway_test_support::coaps::free_port();
     let (cert, key) = (pki.path("expired.pem"), pki.path("expired.key"));
-    let child = std::process::Command::new("coap-server-openssl")
-        .args(["-A", "127.0.0.1", "-p", &port.to_string(), "-v", "0"])
-        .arg("-c")
-        .arg(&cert)
-        .arg("-j")
-        .arg(&key)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _server = Kill(child);
-    std::thread::sleep(Duration::from_millis(500));
+    let port_s = port.to_string();
+    let _server = gateway_test_support::libcoap::server(&[
+        "-A".as_ref(),
+        "127.0.0.1".as_ref(),
+        "-p".as_ref(),
+        port_s.as_ref(),
+        "-v".as_ref(),
+        "0".as_ref(),
+        "-c".as_ref(),
+        cert.as_os_str(),
+        "-j".as_ref(),
+        key.as_os_str(),
+    ]);
     // libcoap takes DTLS on the port after the plain one.
     let addr = format!("127.0.0.1:{}", port + 1).parse().unwrap();
     let client = Client::start(client_opts(addr, &pki.path("ca.pem"), "localhost")).unwrap();

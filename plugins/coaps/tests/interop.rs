@@ -7,29 +7,12 @@ use common::{certs, free_port, ingress_config, uplink_config};
 use gateway_sdk::testing::{run_source, sample_readings, SinkHarness};
 use gateway_senml as senml;
 use gateway_test_support::coaps as common;
-use gateway_test_support::libcoap::{coap_client, have_libcoap};
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use gateway_test_support::libcoap::{self, coap_client, have_libcoap};
+use std::time::Duration;
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn libcoap_server(args: &[&str]) -> Kill {
-    let child = Command::new("coap-server-openssl")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    Kill(child)
+fn libcoap_server(args: &[&str]) -> libcoap::Server {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    libcoap::server(&args)
 }
 
 #[test]

@@ -33,3 +33,26 @@ pub fn coap_client(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// libcoap's example server (`coap-server-openssl`), killed when dropped.
+pub struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `coap-server-openssl ARGS` quietly and gives it half a second to bind. With `-p P`
+/// it takes plain CoAP on P and DTLS on P + 1.
+pub fn server(args: &[&std::ffi::OsStr]) -> Server {
+    let child = Command::new("coap-server-openssl")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("coap-server-openssl starts");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    Server(child)
+}
