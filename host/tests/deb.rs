@@ -89,6 +89,7 @@ const PLUGINS: &[&str] = &[
     "libcoaps_ingress.so",
     "libsqlite.so",
     "libmysql.so",
+    "libpostgres.so",
 ];
 
 #[test]

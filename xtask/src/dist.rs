@@ -259,6 +259,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("gateway-plugin-coaps-ingress", "libcoaps_ingress.so"),
     ("gateway-plugin-sqlite", "libsqlite.so"),
     ("gateway-plugin-mysql", "libmysql.so"),
+    ("gateway-plugin-postgres", "libpostgres.so"),
 ];
 
 /// Builds the distribution for `target` (default: this machine) and returns its directory,

@@ -8,6 +8,9 @@
 //!   tests) where no MariaDB is installed;
 //! - the Rust standard library for `aarch64-unknown-linux-gnu` (`rustup target add`);
 //! - MariaDB on 127.0.0.1:3306 (root, no password), started if it does not answer;
+//! - PostgreSQL (`postgresql` where it is not installed) on its Unix socket, started if it does
+//!   not answer, with a role `root` and a database `test` (the postgres plugin's tests connect
+//!   through the socket as root, by peer authentication);
 //! - with `CI` set (as CI sets it): rustfmt, clippy and cargo-fuzz, for the checks CI adds
 //!   around the suite (see [`crate::ci`]).
 //!
@@ -65,6 +68,91 @@ fn root_command(prefix: &[&str], args: &[&str]) -> Command {
     c
 }
 
+/// Whether the PostgreSQL of the postgres plugin's tests takes `root` on database `test`.
+fn postgres_ready() -> bool {
+    quiet(
+        "psql",
+        &[
+            "-h",
+            "/var/run/postgresql",
+            "-U",
+            "root",
+            "-d",
+            "test",
+            "-c",
+            "SELECT 1",
+        ],
+    )
+}
+
+/// Installs, starts and sets up PostgreSQL for the postgres plugin's tests where needed.
+fn postgres(root: &Option<Vec<&'static str>>) -> Result<()> {
+    if postgres_ready() {
+        return Ok(());
+    }
+    let Some(prefix) = root else {
+        bail!("the postgres plugin's tests need PostgreSQL on /var/run/postgresql with a role root and a database test\n  sudo apt-get install -y postgresql && sudo -u postgres createuser -s root && sudo -u postgres createdb -O root test");
+    };
+    if !std::path::Path::new("/usr/lib/postgresql").exists() {
+        eprintln!("== installing postgresql");
+        crate::run(root_command(
+            prefix,
+            &["apt-get", "install", "-y", "-qq", "postgresql"],
+        ))?;
+    }
+    let answers = || quiet("pg_isready", &["-q", "-h", "/var/run/postgresql"]);
+    if !answers() {
+        eprintln!("== starting PostgreSQL");
+        let clusters = Command::new("pg_lsclusters")
+            .arg("-h")
+            .output()
+            .context("pg_lsclusters")?;
+        for line in String::from_utf8_lossy(&clusters.stdout).lines() {
+            let mut f = line.split_whitespace();
+            if let (Some(version), Some(name)) = (f.next(), f.next()) {
+                let _ = crate::run(root_command(
+                    prefix,
+                    &[
+                        "pg_ctlcluster",
+                        "--skip-systemctl-redirect",
+                        version,
+                        name,
+                        "start",
+                    ],
+                ));
+            }
+        }
+        let end = Instant::now() + Duration::from_secs(60);
+        while !answers() {
+            if Instant::now() > end {
+                bail!(
+                    "PostgreSQL was started but does not answer on /var/run/postgresql after 60 s"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let role = "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'root') THEN CREATE ROLE root SUPERUSER LOGIN; END IF; END $$";
+    crate::run(root_command(
+        prefix,
+        &["runuser", "-u", "postgres", "--", "psql", "-q", "-c", role],
+    ))?;
+    if !postgres_ready() {
+        crate::run(root_command(
+            prefix,
+            &[
+                "runuser", "-u", "postgres", "--", "createdb", "-O", "root", "test",
+            ],
+        ))?;
+    }
+    if !postgres_ready() {
+        bail!(
+            "PostgreSQL runs, but root cannot connect to database test through /var/run/postgresql"
+        );
+    }
+    Ok(())
+}
+
 fn mariadb_answers() -> bool {
     TcpStream::connect_timeout(
         &"127.0.0.1:3306".parse().expect("an address"),
@@ -120,6 +208,7 @@ pub fn prepare(ci: bool) -> Result<()> {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+    postgres(&root)?;
     if quiet("rustup", &["--version"]) {
         let installed = Command::new("rustup")
             .args(["target", "list", "--installed"])

@@ -52,6 +52,7 @@ const BUILT: &[(&str, &str)] = &[
     ("gateway-plugin-coaps-ingress", "libcoaps_ingress.so"),
     ("gateway-plugin-sqlite", "libsqlite.so"),
     ("gateway-plugin-mysql", "libmysql.so"),
+    ("gateway-plugin-postgres", "libpostgres.so"),
     ("gateway-testkit-plugins", "libtestkit.so"),
     ("gateway-incompatible-plugin", "libincompatible.so"),
     ("gateway-mislaid-plugin", "libmislaid.so"),

@@ -1,0 +1,364 @@
+//! Schema and batched writes: each batch goes by binary COPY straight into the readings table
+//! in one transaction; a batch that holds a reading stored before (a re-delivery) is written
+//! again through a session-local staging table and `INSERT ... SELECT ... ON CONFLICT DO
+//! NOTHING`. On the plugin's own tokio runtime. I/O: the database.
+
+use crate::config::Config;
+use futures_util::pin_mut;
+use gateway_sdk::{tracing, PluginError, Reading, Value};
+use postgres_openssl::MakeTlsConnector;
+use std::time::Duration;
+use tokio_postgres::{
+    binary_copy::BinaryCopyInWriter,
+    error::SqlState,
+    types::{ToSql, Type},
+    Client, NoTls,
+};
+
+/// The columns of a readings table, in the order [`row`] gives their values.
+const COLUMNS: &str =
+    "id, time_us, device, sensor, name, unit, value_type, value_float, value_int, value_text, value_bytes";
+const TYPES: [Type; 11] = [
+    Type::BYTEA,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::FLOAT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::BYTEA,
+];
+
+/// The staging table each connection makes for itself (temporary: seen by that session only,
+/// emptied at each commit).
+const STAGING: &str = "gateway_readings_in";
+
+/// `CREATE TABLE IF NOT EXISTS` for a readings table and its indexes. The primary key holds the
+/// time so that TimescaleDB can make the table a hypertable partitioned on `time_us`; a
+/// re-delivered reading has the same id, device and time, so it is still found.
+pub fn create_table(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
+            id          bytea            NOT NULL,
+            time_us     bigint           NOT NULL,
+            device      text             NOT NULL,
+            sensor      text             NOT NULL,
+            name        text             NOT NULL,
+            unit        text             NOT NULL,
+            value_type  text             NOT NULL CHECK (value_type IN ('float', 'int', 'bool', 'text', 'bytes')),
+            value_float double precision NULL,
+            value_int   bigint           NULL,
+            value_text  text             NULL,
+            value_bytes bytea            NULL,
+            PRIMARY KEY (id, device, time_us)
+        );
+        CREATE INDEX IF NOT EXISTS {table}_latest ON {table} (device, sensor, name, time_us);
+        CREATE INDEX IF NOT EXISTS {table}_by_time ON {table} (time_us);"
+    )
+}
+
+/// How a database error should be handled: data the table cannot hold (a NUL byte in a text,
+/// say) is refused for good; everything else (a connection lost, a database starting, a
+/// serialization failure, a deadlock) may work later.
+pub fn classify(what: &str, e: &tokio_postgres::Error) -> PluginError {
+    match e.code() {
+        Some(c) if c.code().starts_with("22") || *c == SqlState::NOT_NULL_VIOLATION => {
+            PluginError::rejected(format!("{what}: {e}"))
+        }
+        _ => PluginError::retry(format!("{what}: {e}")),
+    }
+}
+
+fn valid_table(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 50
+        && t.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && t.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// A connection (made lazily, again after it broke) and what it writes to.
+pub struct Store {
+    rt: tokio::runtime::Runtime,
+    pg: tokio_postgres::Config,
+    tls: Option<MakeTlsConnector>,
+    client: Option<Client>,
+    table: String,
+    write_timeout: Duration,
+}
+
+impl Store {
+    /// Checks the settings; connects nothing.
+    pub fn new(cfg: &Config, password: Option<String>) -> Result<Store, PluginError> {
+        if !valid_table(&cfg.table) {
+            return Err(PluginError::config(format!(
+                "table: {:?} is not a plain lowercase table name (letters, digits, _; at most 50)",
+                cfg.table
+            )));
+        }
+        let mut pg: tokio_postgres::Config = cfg
+            .url
+            .parse()
+            .map_err(|e| PluginError::config(format!("url: {e}")))?;
+        if pg.get_password().is_some() {
+            return Err(PluginError::config(
+                "url: put the password in password_env or password_file, not in the URL",
+            ));
+        }
+        if let Some(p) = password {
+            pg.password(p);
+        }
+        pg.connect_timeout(cfg.connect_timeout);
+        pg.application_name("gateway");
+        let tls = match cfg.tls.as_str() {
+            "disable" => None,
+            "verify-full" => {
+                let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())
+                    .map_err(|e| PluginError::config(format!("tls: {e}")))?;
+                match &cfg.tls_ca_file {
+                    Some(ca) => b.set_ca_file(ca).map_err(|e| {
+                        PluginError::config(format!("tls_ca_file: {}: {e}", ca.display()))
+                    })?,
+                    None => b
+                        .set_default_verify_paths()
+                        .map_err(|e| PluginError::config(format!("tls: {e}")))?,
+                }
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Some(MakeTlsConnector::new(b.build()))
+            }
+            other => {
+                return Err(PluginError::config(format!(
+                    "tls: {other:?}: give \"disable\" or \"verify-full\""
+                )))
+            }
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| PluginError::fatal(e.to_string()))?;
+        Ok(Store {
+            rt,
+            pg,
+            tls,
+            client: None,
+            table: cfg.table.clone(),
+            write_timeout: cfg.write_timeout,
+        })
+    }
+
+    /// Connects, makes the table if it is not there, and the session's staging table.
+    pub fn open(&mut self) -> Result<(), PluginError> {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        self.client = None;
+        let (pg, tls, table) = (self.pg.clone(), self.tls.clone(), self.table.clone());
+        let client = self.rt.block_on(async move {
+            let client = match tls {
+                None => {
+                    let (client, conn) = pg.connect(NoTls).await?;
+                    tokio::spawn(conn);
+                    client
+                }
+                Some(tls) => {
+                    let (client, conn) = pg.connect(tls).await?;
+                    tokio::spawn(conn);
+                    client
+                }
+            };
+            client.batch_execute(&create_table(&table)).await?;
+            client
+                .batch_execute(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS {STAGING} (LIKE {table}) ON COMMIT DELETE ROWS"
+                ))
+                .await?;
+            Ok::<_, tokio_postgres::Error>(client)
+        });
+        let client = client.map_err(|e| classify_open(&e))?;
+        self.client = Some(client);
+        Ok(())
+    }
+
+    /// Stores `batch` in one transaction; returns how many rows were new (the others were
+    /// stored before).
+    pub fn write(&mut self, batch: &[Reading]) -> Result<u64, PluginError> {
+        self.open()?;
+        let client = self.client.as_mut().expect("opened");
+        let table = self.table.clone();
+        let timeout = self.write_timeout;
+        let outcome = self.rt.block_on(async {
+            tokio::time::timeout(timeout, async {
+                // Re-deliveries are rare: COPY straight into the table, and only when a row
+                // is there already go through the staging table and ON CONFLICT DO NOTHING.
+                match copy(client, &table, batch).await {
+                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                        tracing::debug!("the batch holds readings stored before; merging it");
+                        merge(client, &table, batch).await
+                    }
+                    done => done,
+                }
+            })
+            .await
+        });
+        match outcome {
+            Ok(Ok(new)) => Ok(new),
+            Ok(Err(e)) => {
+                if self.client.as_ref().is_some_and(|c| c.is_closed()) || e.code().is_none() {
+                    self.client = None;
+                }
+                Err(classify("writing a batch", &e))
+            }
+            Err(_) => {
+                // The transaction may still be open on the server: start again on a new
+                // connection rather than reuse this one mid-statement.
+                self.client = None;
+                Err(PluginError::retry(format!(
+                    "writing a batch took longer than write_timeout ({timeout:?})"
+                )))
+            }
+        }
+    }
+}
+
+/// Writes `rows` into `into` with a binary COPY, in the transaction `tx`.
+async fn copy_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    into: &str,
+    batch: &[Reading],
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx
+        .copy_in(&format!("COPY {into} ({COLUMNS}) FROM STDIN BINARY"))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &TYPES);
+    pin_mut!(writer);
+    for r in batch {
+        let v = Row::of(r);
+        writer.as_mut().write(&v.values()).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// The batch COPYed straight into the table, in one transaction: every row new.
+async fn copy(
+    client: &mut Client,
+    table: &str,
+    batch: &[Reading],
+) -> Result<u64, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    copy_rows(&tx, table, batch).await?;
+    tx.commit().await?;
+    Ok(batch.len() as u64)
+}
+
+/// The batch through the staging table, rows stored before skipped, in one transaction; how
+/// many were new.
+async fn merge(
+    client: &mut Client,
+    table: &str,
+    batch: &[Reading],
+) -> Result<u64, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    copy_rows(&tx, STAGING, batch).await?;
+    let new = tx
+        .execute(
+            &format!(
+                "INSERT INTO {table} ({COLUMNS}) SELECT {COLUMNS} FROM {STAGING} ON CONFLICT DO NOTHING"
+            ),
+            &[],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(new)
+}
+
+/// A failure to connect or make the tables: a wrong password or a missing database may be
+/// fixed while the gateway runs, so it is retried too, but says what it was.
+fn classify_open(e: &tokio_postgres::Error) -> PluginError {
+    match e.code() {
+        Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => {
+            PluginError::retry(format!("the user may not create or use the table: {e}"))
+        }
+        _ => PluginError::retry(format!("connecting to PostgreSQL: {e}")),
+    }
+}
+
+/// One reading as the columns' values.
+struct Row<'a> {
+    id: &'a [u8],
+    time: i64,
+    device: &'a str,
+    sensor: &'a str,
+    name: &'a str,
+    unit: &'a str,
+    kind: &'static str,
+    float: Option<f64>,
+    int: Option<i64>,
+    text: Option<&'a str>,
+    bytes: Option<&'a [u8]>,
+}
+
+impl<'a> Row<'a> {
+    fn of(r: &'a Reading) -> Row<'a> {
+        let mut row = Row {
+            id: r.id.0.as_slice(),
+            time: r.time.0,
+            device: r.device.as_str(),
+            sensor: r.sensor.as_str(),
+            name: r.name.as_str(),
+            unit: r.unit.as_str(),
+            kind: "float",
+            float: None,
+            int: None,
+            text: None,
+            bytes: None,
+        };
+        match &r.value {
+            Value::Float(v) => row.float = Some(*v),
+            Value::Int(v) => (row.kind, row.int) = ("int", Some(*v)),
+            Value::Bool(v) => (row.kind, row.int) = ("bool", Some(i64::from(*v))),
+            Value::Text(v) => (row.kind, row.text) = ("text", Some(v.as_str())),
+            Value::Bytes(v) => (row.kind, row.bytes) = ("bytes", Some(v.as_slice())),
+        }
+        row
+    }
+
+    fn values(&self) -> [&(dyn ToSql + Sync); 11] {
+        [
+            &self.id,
+            &self.time,
+            &self.device,
+            &self.sensor,
+            &self.name,
+            &self.unit,
+            &self.kind,
+            &self.float,
+            &self.int,
+            &self.text,
+            &self.bytes,
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_plain() {
+        assert!(valid_table("readings") && valid_table("site_2"));
+        for bad in [
+            "",
+            "Readings",
+            "a-b",
+            "2x",
+            "x;drop table y",
+            &"a".repeat(51),
+        ] {
+            assert!(!valid_table(bad), "{bad}");
+        }
+    }
+}
