@@ -206,6 +206,14 @@ pub struct IngressConfig {
     /// (sensor, name) pairs kept per device; readings of further pairs are not kept.
     #[serde(default = "sixty_four")]
     pub last_values_per_device: usize,
+    /// Bytes the table of last readings may take, roughly; past it, the device updated
+    /// longest ago goes.
+    #[serde(default = "sixty_four_mib")]
+    pub last_values_bytes: usize,
+}
+
+fn sixty_four_mib() -> usize {
+    64 << 20
 }
 
 fn twenty_thousand() -> usize {

@@ -103,6 +103,7 @@ impl Source for Ingress {
             (
                 self.cfg.last_values_devices,
                 self.cfg.last_values_per_device,
+                self.cfg.last_values_bytes,
             ),
         ));
         std::thread::scope(|scope| {

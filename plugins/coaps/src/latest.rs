@@ -7,36 +7,61 @@ use gateway_coap::{
     coap_lite::{CoapOption, Packet, ResponseType},
     decode_uint, encode_uint, response, Block, ContentFormat,
 };
+use gateway_sdk::Value;
 use gateway_sdk::{Label, Reading};
 use gateway_senml as senml;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+/// Text and byte values longer than this are not kept (a GET answers from memory, and a device
+/// must not be able to pin the server's memory with large values).
+pub const MAX_VALUE: usize = 1024;
 
 /// The table, shared by the ingress's workers.
 pub struct Latest {
     devices: HashMap<Label, Device>,
+    /// Devices by their last update, oldest first: the next to go.
+    lru: BTreeMap<u64, Label>,
     max_devices: usize,
     max_per_device: usize,
+    max_bytes: usize,
+    /// Bytes the kept readings take, roughly (labels, value, a fixed overhead each).
+    bytes: usize,
     /// Bumped at every update: orders devices for eviction.
     clock: u64,
-    /// Readings not kept because their device was full of other (sensor, name) pairs.
+    /// Readings not kept: their device was full of other (sensor, name) pairs, or their value
+    /// was longer than [`MAX_VALUE`].
     pub dropped: u64,
 }
 
 struct Device {
     /// The newest reading of each (sensor, name).
     readings: HashMap<(Label, Label), Reading>,
-    /// [`Latest::clock`] at the device's last update.
+    /// [`Latest::clock`] at the device's last update (its key in [`Latest::lru`]).
     touched: u64,
+    bytes: usize,
+}
+
+/// Roughly what keeping `r` costs.
+fn size_of(r: &Reading) -> usize {
+    let value = match &r.value {
+        Value::Text(t) => t.len(),
+        Value::Bytes(b) => b.len(),
+        _ => 8,
+    };
+    96 + r.sensor.len() + r.name.len() + r.unit.len() + value
 }
 
 impl Latest {
-    /// At most `max_devices` devices (the least recently updated goes first) and
-    /// `max_per_device` (sensor, name) pairs each.
-    pub fn new(max_devices: usize, max_per_device: usize) -> Latest {
+    /// At most `max_devices` devices, `max_per_device` (sensor, name) pairs each, and about
+    /// `max_bytes` in all; the device updated longest ago goes first.
+    pub fn new(max_devices: usize, max_per_device: usize, max_bytes: usize) -> Latest {
         Latest {
             devices: HashMap::new(),
+            lru: BTreeMap::new(),
             max_devices,
             max_per_device,
+            max_bytes,
+            bytes: 0,
             clock: 0,
             dropped: 0,
         }
@@ -49,34 +74,56 @@ impl Latest {
             return;
         }
         for r in readings {
-            self.clock += 1;
-            if !self.devices.contains_key(&r.device) && self.devices.len() >= self.max_devices {
-                let oldest = self
-                    .devices
-                    .iter()
-                    .min_by_key(|(_, d)| d.touched)
-                    .map(|(k, _)| k.clone());
-                if let Some(k) = oldest {
-                    self.devices.remove(&k);
-                }
+            if matches!(&r.value, Value::Text(t) if t.len() > MAX_VALUE)
+                || matches!(&r.value, Value::Bytes(b) if b.len() > MAX_VALUE)
+            {
+                self.dropped += 1;
+                continue;
             }
+            self.clock += 1;
             let d = self
                 .devices
                 .entry(r.device.clone())
                 .or_insert_with(|| Device {
                     readings: HashMap::new(),
                     touched: 0,
+                    bytes: 0,
                 });
+            self.lru.remove(&d.touched);
             d.touched = self.clock;
+            self.lru.insert(self.clock, r.device.clone());
             let key = (r.sensor.clone(), r.name.clone());
             let full = d.readings.len() >= self.max_per_device;
             match d.readings.get_mut(&key) {
-                Some(held) if held.time <= r.time => *held = r.clone(),
+                Some(held) if held.time <= r.time => {
+                    let (old, new) = (size_of(held), size_of(r));
+                    d.bytes = d.bytes + new - old;
+                    self.bytes = self.bytes + new - old;
+                    *held = r.clone();
+                }
                 Some(_) => {}
                 None if !full => {
+                    let n = size_of(r);
+                    d.bytes += n;
+                    self.bytes += n;
                     d.readings.insert(key, r.clone());
                 }
                 None => self.dropped += 1,
+            }
+            self.evict();
+        }
+    }
+
+    /// Drops the devices updated longest ago while there are too many or they take too much.
+    fn evict(&mut self) {
+        while self.devices.len() > self.max_devices
+            || (self.bytes > self.max_bytes && self.devices.len() > 1)
+        {
+            let Some((_, oldest)) = self.lru.pop_first() else {
+                return;
+            };
+            if let Some(d) = self.devices.remove(&oldest) {
+                self.bytes -= d.bytes;
             }
         }
     }
@@ -100,9 +147,21 @@ impl Latest {
         Some(out)
     }
 
+    /// Whether `device` has readings here.
+    pub fn has(&self, device: &str) -> bool {
+        self.devices.contains_key(&Label::from(device))
+    }
+
     /// Forgets `device` (decommissioned); whether it was there.
     pub fn forget(&mut self, device: &str) -> bool {
-        self.devices.remove(&Label::from(device)).is_some()
+        match self.devices.remove(&Label::from(device)) {
+            Some(d) => {
+                self.lru.remove(&d.touched);
+                self.bytes -= d.bytes;
+                true
+            }
+            None => false,
+        }
     }
 
     /// The devices held, sorted.
@@ -111,13 +170,22 @@ impl Latest {
         all.sort();
         all
     }
+
+    /// Bytes the kept readings take, roughly.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 /// Whether the peer `identity` may read `device`'s last readings: its own, or any if it is
 /// one of `readers`. A peer without an identity reads nothing.
 pub fn may_read(identity: Option<&str>, device: &str, readers: &[String]) -> bool {
     match identity {
-        Some(who) => who == device || readers.iter().any(|r| r == who),
+        Some(who) if readers.iter().any(|r| r == who) => true,
+        // The anonymous peers' readings are nobody's own: a certificate named "anonymous"
+        // does not make them its.
+        Some(crate::request::ANONYMOUS) => false,
+        Some(who) => who == device,
         None => false,
     }
 }
@@ -133,7 +201,16 @@ pub fn answer(req: &Packet, readings: &[Reading], max_block: usize) -> Result<Pa
             Refused::bad(ResponseType::BadOption, "Accept is not a content-format")
         })?),
     };
-    let (format, body) = match accept.map(|a| ContentFormat(a as u16)) {
+    let accept = match accept {
+        Some(a) if a > u32::from(u16::MAX) => {
+            return Err(Refused::bad(
+                ResponseType::NotAcceptable,
+                "Accept is not a content-format",
+            ))
+        }
+        a => a.map(|a| ContentFormat(a as u16)),
+    };
+    let (format, body) = match accept {
         None | Some(ContentFormat::SENML_JSON) => {
             (ContentFormat::SENML_JSON, senml::encode_json(readings))
         }
@@ -149,6 +226,17 @@ pub fn answer(req: &Packet, readings: &[Reading], max_block: usize) -> Result<Pa
             ))
         }
     };
+    blockwise(req, format, body, max_block)
+}
+
+/// `body` as an answer to `req`: whole when it fits in `max_block` and no block was asked for,
+/// else the block `req` asks for (RFC 7959 Block2, with Size2 and an ETag; 4.02 past the end).
+pub fn blockwise(
+    req: &Packet,
+    format: ContentFormat,
+    body: Vec<u8>,
+    max_block: usize,
+) -> Result<Packet, Refused> {
     let asked = req
         .get_first_option(CoapOption::Block2)
         .map(|v| Block::decode(v).ok_or_else(|| Refused::bad(ResponseType::BadOption, "Block2")))
@@ -220,7 +308,7 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_reading_of_each_sensor_and_name() {
-        let mut l = Latest::new(10, 10);
+        let mut l = Latest::new(10, 10, 1 << 20);
         l.record(&[
             reading("pi-01", "t1", "temperature", 2, 21.0),
             reading("pi-01", "t1", "temperature", 1, 20.0),
@@ -246,7 +334,7 @@ mod tests {
 
     #[test]
     fn stays_within_its_bounds() {
-        let mut l = Latest::new(2, 2);
+        let mut l = Latest::new(2, 2, 1 << 20);
         l.record(&[
             reading("a", "s1", "n", 1, 1.0),
             reading("b", "s1", "n", 1, 1.0),
@@ -259,7 +347,7 @@ mod tests {
         l.record(&[reading("a", "s3", "n", 4, 1.0)]);
         assert_eq!(l.get("a", None).unwrap().len(), 2);
         assert_eq!(l.dropped, 1);
-        let mut off = Latest::new(0, 10);
+        let mut off = Latest::new(0, 10, 1 << 20);
         off.record(&[reading("a", "s1", "n", 1, 1.0)]);
         assert!(off.devices().is_empty());
     }
@@ -341,11 +429,31 @@ mod tests {
     }
 
     #[test]
+    fn large_values_are_not_kept_and_the_byte_budget_evicts_the_oldest() {
+        let mut l = Latest::new(100, 100, 4_000);
+        let mut big = reading("a", "s1", "n", 1, 1.0);
+        big.value = Value::Text("x".repeat(MAX_VALUE + 1).as_str().into());
+        l.record(&[big]);
+        assert!(!l.has("a"));
+        assert_eq!(l.dropped, 1);
+        for d in 0..40 {
+            l.record(&[reading(&format!("d{d:02}"), "s1", "n", d, 1.0)]);
+        }
+        assert!(l.bytes() <= 4_000, "{}", l.bytes());
+        assert!(l.has("d39") && !l.has("d00"));
+        let kept = l.devices().len();
+        assert!(l.forget("d39"));
+        assert_eq!(l.devices().len(), kept - 1);
+    }
+
+    #[test]
     fn a_device_reads_its_own_and_a_reader_reads_all() {
         let readers = vec!["dashboard".to_owned()];
         assert!(may_read(Some("pi-01"), "pi-01", &readers));
         assert!(!may_read(Some("pi-01"), "pi-02", &readers));
         assert!(may_read(Some("dashboard"), "pi-02", &readers));
         assert!(!may_read(None, "anonymous", &readers));
+        // A certificate named "anonymous" does not own the anonymous peers' readings.
+        assert!(!may_read(Some("anonymous"), "anonymous", &readers));
     }
 }

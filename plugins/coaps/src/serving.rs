@@ -129,12 +129,12 @@ pub struct Together {
 
 impl Together {
     /// `dedup_ids` sizes the memory of reading ids already stored; `latest` the table of
-    /// last readings (devices, readings per device).
-    pub fn new(dedup_ids: usize, latest: (usize, usize)) -> Together {
+    /// last readings (devices, readings per device, bytes).
+    pub fn new(dedup_ids: usize, latest: (usize, usize, usize)) -> Together {
         Together {
             seen: Arc::new(Mutex::new(Seen::new(dedup_ids))),
             counters: Arc::default(),
-            latest: Arc::new(Mutex::new(Latest::new(latest.0, latest.1))),
+            latest: Arc::new(Mutex::new(Latest::new(latest.0, latest.1, latest.2))),
         }
     }
 }
@@ -260,7 +260,7 @@ impl<'a> Serving<'a> {
         let table = self.latest.lock().expect("latest");
         match identity {
             Some(who) if self.settings.readers.iter().any(|r| r == who) => table.devices(),
-            Some(who) if table.get(who, None).is_some() => vec![who.to_owned()],
+            Some(who) if table.has(who) => vec![who.to_owned()],
             _ => Vec::new(),
         }
     }
@@ -379,8 +379,17 @@ impl Handler for Serving<'_> {
             Ok(Route::Put { device, sensor }) => Some((device, sensor)),
             Ok(Route::Discovery) => {
                 let devices = self.readable(identity);
-                let r = request::discovery(&self.settings.path, &devices);
-                return self.answer(id, r, Instant::now());
+                let links = request::discovery(&self.settings.path, &devices);
+                // A reader of a large fleet gets many links: block by block.
+                return match latest::blockwise(
+                    &inc.packet,
+                    gateway_coap::ContentFormat::LINK_FORMAT,
+                    links.payload,
+                    self.settings.max_block,
+                ) {
+                    Ok(r) => self.answer(id, r, Instant::now()),
+                    Err(r) => self.refuse(id, peer, r),
+                };
             }
             Ok(route) => return self.read_back(&inc, route),
             Err(r) => return self.refuse(id, peer, r),
