@@ -38,7 +38,7 @@ use uri::Uri;
 struct Args {
     /// What to do.
     method: Method,
-    /// The resource: coaps://HOST[:PORT]/PATH[?QUERY] (port 5684 if not given).
+    /// The resource: `coaps://HOST[:PORT]/PATH[?QUERY]` (port 5684 if not given).
     uri: String,
     /// CA file (PEM) the server's certificate must lead to; the URI's host is checked against
     /// the certificate.
@@ -212,6 +212,9 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         p
     };
     let mut shown_session = false;
+    // The ETag of the first block, and how often a change of it made the transfer start again.
+    let mut etag: Option<Vec<u8>> = None;
+    let mut restarts = 0;
     let mut body = Vec::new();
     // Asking for smaller blocks than the usual 1024 bytes starts with the first one (RFC 7959
     // 2.4, early negotiation).
@@ -242,6 +245,12 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         if args.verbose {
             eprintln!("< {}", show::message(&response));
         }
+        let success = Code::of(&response).is_some_and(|c| c.is_success());
+        if !success {
+            // An error ends the transfer; the blocks before it are not the answer.
+            body = response.payload.clone();
+            break response;
+        }
         let block = show::block2(&response);
         if let Some(b) = block {
             // Each block says where it starts; sizes may change between blocks (RFC 7959 2.4).
@@ -252,10 +261,29 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
                     body.len()
                 );
             }
+            // The representation changed between blocks: start again, a few times at most.
+            let tag = response.get_first_option(CoapOption::ETag).cloned();
+            if b.num > 0 && tag != etag {
+                restarts += 1;
+                if restarts > 3 {
+                    bail!("the resource kept changing while its blocks were fetched");
+                }
+                body.clear();
+                next = next.map(|n| Block { num: 0, ..n });
+                etag = None;
+                continue;
+            }
+            etag = tag;
+            if b.more && response.payload.is_empty() {
+                bail!(
+                    "the server sent an empty block {} and said more follow",
+                    b.num
+                );
+            }
         }
         body.extend_from_slice(&response.payload);
         match block {
-            Some(b) if b.more && Code::of(&response).is_some_and(|c| c.is_success()) => {
+            Some(b) if b.more => {
                 if body.len() > 64 << 20 {
                     bail!("the answer is over 64 MiB; stopped fetching it");
                 }
