@@ -1,7 +1,8 @@
-//! `postgres`: a sink that stores readings in PostgreSQL: each batch by binary COPY into a
-//! staging table and `INSERT ... ON CONFLICT DO NOTHING` into the readings table, in one
-//! transaction, acknowledged only after COMMIT; the reading's id, device and time are the
-//! primary key, so a re-delivered reading is not stored twice. I/O: the database, on the
+//! `postgres`: a sink that stores readings in PostgreSQL: each batch by binary COPY into the
+//! readings table in one transaction, acknowledged only after COMMIT; a batch that holds a
+//! reading stored before goes again through a staging table and `INSERT ... ON CONFLICT DO
+//! NOTHING`. The reading's id, device and time are the primary key, so a re-delivered reading
+//! is not stored twice. I/O: the database, on the
 //! plugin's own tokio runtime.
 #![forbid(unsafe_code)]
 

@@ -65,7 +65,12 @@ pub fn create_table(table: &str) -> String {
 /// serialization failure, a deadlock) may work later.
 pub fn classify(what: &str, e: &tokio_postgres::Error) -> PluginError {
     match e.code() {
-        Some(c) if c.code().starts_with("22") || *c == SqlState::NOT_NULL_VIOLATION => {
+        // 22: data exceptions; 54000: a program limit (a key too long for its index).
+        Some(c)
+            if c.code().starts_with("22")
+                || *c == SqlState::NOT_NULL_VIOLATION
+                || *c == SqlState::PROGRAM_LIMIT_EXCEEDED =>
+        {
             PluginError::rejected(format!("{what}: {e}"))
         }
         _ => PluginError::retry(format!("{what}: {e}")),
@@ -156,28 +161,49 @@ impl Store {
         }
         self.client = None;
         let (pg, tls, table) = (self.pg.clone(), self.tls.clone(), self.table.clone());
+        let limit = self.write_timeout;
         let client = self.rt.block_on(async move {
-            let client = match tls {
-                None => {
-                    let (client, conn) = pg.connect(NoTls).await?;
-                    tokio::spawn(conn);
-                    client
+            tokio::time::timeout(limit, async move {
+                let client = match tls {
+                    None => {
+                        let (client, conn) = pg.connect(NoTls).await?;
+                        tokio::spawn(conn);
+                        client
+                    }
+                    Some(tls) => {
+                        let (client, conn) = pg.connect(tls).await?;
+                        tokio::spawn(conn);
+                        client
+                    }
+                };
+                // Only when the table is missing: CREATE ... IF NOT EXISTS needs rights on the
+                // schema (and an index, the table's ownership) even when there is nothing to make,
+                // and takes locks; a user granted INSERT and SELECT on a table made by hand has
+                // neither.
+                let exists: bool = client
+                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+                    .await?
+                    .get(0);
+                if !exists {
+                    client.batch_execute(&create_table(&table)).await?;
                 }
-                Some(tls) => {
-                    let (client, conn) = pg.connect(tls).await?;
-                    tokio::spawn(conn);
-                    client
-                }
-            };
-            client.batch_execute(&create_table(&table)).await?;
-            client
-                .batch_execute(&format!(
+                client
+                    .batch_execute(&format!(
                     "CREATE TEMP TABLE IF NOT EXISTS {STAGING} (LIKE {table}) ON COMMIT DELETE ROWS"
                 ))
-                .await?;
-            Ok::<_, tokio_postgres::Error>(client)
+                    .await?;
+                Ok::<_, tokio_postgres::Error>(client)
+            })
+            .await
         });
-        let client = client.map_err(|e| classify_open(&e))?;
+        let client = match client {
+            Ok(c) => c.map_err(|e| classify_open(&e))?,
+            Err(_) => {
+                return Err(PluginError::retry(format!(
+                    "connecting and checking the table took longer than write_timeout ({limit:?})"
+                )))
+            }
+        };
         self.client = Some(client);
         Ok(())
     }
@@ -206,7 +232,14 @@ impl Store {
         match outcome {
             Ok(Ok(new)) => Ok(new),
             Ok(Err(e)) => {
-                if self.client.as_ref().is_some_and(|c| c.is_closed()) || e.code().is_none() {
+                // A lost connection, or a table or schema gone (dropped, renamed): connect
+                // again, which makes the table again.
+                let gone = matches!(
+                    e.code(),
+                    Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME
+                );
+                if gone || self.client.as_ref().is_some_and(|c| c.is_closed()) || e.code().is_none()
+                {
                     self.client = None;
                 }
                 Err(classify("writing a batch", &e))

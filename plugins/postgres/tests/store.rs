@@ -156,3 +156,17 @@ fn readme_sample_matches_sample_toml_and_parses() {
         assert_eq!(c.table, "readings");
     }
 }
+
+#[test]
+fn a_table_dropped_while_it_runs_is_made_again() {
+    let t = table("dropped");
+    let mut s = sink(&t);
+    s.write(sample_readings(3)).unwrap();
+    psql(&format!("DROP TABLE {t}"));
+    // The write that finds it gone fails, retryably; the next connects again and makes it.
+    let e = s.write(sample_readings(2)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    s.write(sample_readings(2)).unwrap();
+    assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "2");
+    psql(&format!("DROP TABLE {t}"));
+}
