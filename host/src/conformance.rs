@@ -93,7 +93,7 @@ pub fn run(
         // As the host describes the instance, with its data directory in the scratch space.
         let mut info = crate::plan::info_for(config, decl);
         info.data_dir = data_dir.display().to_string().as_str().into();
-        refuses_unknown_key(&mut report, &found, &info, decl);
+        refuses_unknown_key(&mut report, &found, &info, decl, deadline);
         match kind {
             PluginKind::Source => source(&mut report, &found, &info, run_for, deadline),
             PluginKind::Sink => sink(&mut report, &found, &info, deadline),
@@ -108,7 +108,13 @@ pub fn run(
 }
 
 /// A table with an unknown key must be refused as a config error naming file and line.
-fn refuses_unknown_key(report: &mut Report, found: &Found, info: &InstanceInfo, decl: &Instance) {
+fn refuses_unknown_key(
+    report: &mut Report,
+    found: &Found,
+    info: &InstanceInfo,
+    decl: &Instance,
+    deadline: Duration,
+) {
     let mut toml = info.config_toml.to_string();
     if !toml.is_empty() && !toml.ends_with('\n') {
         toml.push('\n');
@@ -118,13 +124,17 @@ fn refuses_unknown_key(report: &mut Report, found: &Found, info: &InstanceInfo, 
     let mut bad = info.clone();
     bad.config_toml = toml.as_str().into();
     bad.data_dir = format!("{}-unknown-key", info.data_dir).as_str().into();
-    let made = match found.plugin.kind {
-        PluginKind::Source => (found.plugin.new_source.expect("a source"))(&bad)
-            .into_result()
-            .map(drop),
-        PluginKind::Sink => (found.plugin.new_sink.expect("a sink"))(&bad)
-            .into_result()
-            .map(drop),
+    let (new_source, new_sink) = (found.plugin.new_source, found.plugin.new_sink);
+    let made = timed(deadline, move || match (new_source, new_sink) {
+        (Some(new), _) => new(&bad).into_result().map(drop),
+        (_, Some(new)) => new(&bad).into_result().map(drop),
+        _ => Ok(()),
+    });
+    let Some((made, _)) = made else {
+        return report.check(
+            false,
+            format!("refuses an unknown key: new did not return within {deadline:?} (does it connect or wait? new must only parse and check)"),
+        );
     };
     let at = format!("{}:{line}", decl.file.display());
     match made {
@@ -161,12 +171,23 @@ fn timed<T: Send + 'static>(
     rx.recv_timeout(deadline).ok()
 }
 
-/// `new` builds the sample and creates nothing in the data directory.
-fn built<T>(
+/// `new` builds the sample within the deadline and creates nothing in the data directory.
+fn built<T: Send + 'static>(
     report: &mut Report,
     info: &InstanceInfo,
-    made: Result<T, gateway_sdk::PluginError>,
+    deadline: Duration,
+    new: extern "C" fn(
+        &InstanceInfo,
+    ) -> abi_stable::std_types::RResult<T, gateway_sdk::PluginError>,
 ) -> Option<T> {
+    let owned = info.clone();
+    let Some((made, _)) = timed(deadline, move || new(&owned).into_result()) else {
+        report.check(
+            false,
+            format!("builds from the sample (new): did not return within {deadline:?} (new must only parse and check; connect in open or run)"),
+        );
+        return None;
+    };
     match made {
         Ok(t) => {
             report.check(true, "builds from the sample (new)");
@@ -203,7 +224,7 @@ fn source(
     deadline: Duration,
 ) {
     let new = found.plugin.new_source.expect("a source");
-    let Some(source) = built(report, info, new(info).into_result()) else {
+    let Some(source) = built(report, info, deadline, new) else {
         return;
     };
     let harness = SourceHarness::new("")
@@ -253,15 +274,15 @@ fn source(
 
 fn sink(report: &mut Report, found: &Found, info: &InstanceInfo, deadline: Duration) {
     let new = found.plugin.new_sink.expect("a sink");
-    let Some(mut sink) = built(report, info, new(info).into_result()) else {
+    let Some(mut sink) = built(report, info, deadline, new) else {
         return;
     };
-    let mut step = |report: &mut Report,
-                    what: &str,
-                    f: Box<
-        dyn FnOnce(&mut gateway_sdk::abi::SinkBox) -> Result<(), gateway_sdk::PluginError> + Send,
-    >|
-     -> bool {
+    let _ = writeln!(
+        report.text,
+        "  note  the sink writes 10 readings of device test-device, twice, where its table says"
+    );
+    // Some(true): it worked; Some(false): it failed; None: it did not return.
+    let mut step = |report: &mut Report, what: &str, f: Step| -> Option<bool> {
         let moved = std::mem::replace(&mut sink, placeholder());
         let done = timed(deadline, move || {
             let mut s = moved;
@@ -272,36 +293,52 @@ fn sink(report: &mut Report, found: &Found, info: &InstanceInfo, deadline: Durat
             Some(((s, Ok(())), took)) => {
                 sink = s;
                 report.check(true, format!("{what} ({took:.1?})"));
-                true
+                Some(true)
             }
             Some(((s, Err(e)), _)) => {
                 sink = s;
                 report.check(false, format!("{what}: ({}) {}", e.kind, e.message()));
-                false
+                Some(false)
             }
             None => {
                 report.check(false, format!("{what}: did not return within {deadline:?}"));
-                false
+                None
             }
         }
     };
     let batch = Arc::new(sample_readings(10));
     let b = batch.clone();
-    if !step(
-        report,
-        "opens and takes a batch of 10 readings",
-        Box::new(move |s| s.write(b.as_slice().into()).into_result()),
-    ) {
-        return;
+    let again = batch.clone();
+    let steps: [(&str, Step); 3] = [
+        (
+            "opens and takes a batch of 10 readings",
+            Box::new(move |s| s.write(b.as_slice().into()).into_result()),
+        ),
+        (
+            "takes the same batch again (a re-delivery is not an error)",
+            Box::new(move |s| s.write(again.as_slice().into()).into_result()),
+        ),
+        ("closes", Box::new(|s| s.close().into_result())),
+    ];
+    // Each step needs the one before to have returned; the second and third need the first
+    // write to have worked.
+    let mut why_not: Option<&str> = None;
+    for (i, (what, f)) in steps.into_iter().enumerate() {
+        if let Some(why) = why_not {
+            report.check(false, format!("{what}: not run, {why}"));
+            continue;
+        }
+        match step(report, what, f) {
+            None => why_not = Some("an earlier step did not return"),
+            Some(false) if i == 0 => why_not = Some("the first write did not succeed"),
+            Some(_) => {}
+        }
     }
-    let b = batch.clone();
-    step(
-        report,
-        "takes the same batch again (a re-delivery is not an error)",
-        Box::new(move |s| s.write(b.as_slice().into()).into_result()),
-    );
-    step(report, "closes", Box::new(|s| s.close().into_result()));
 }
+
+/// One step of the sink check, run on a thread of its own.
+type Step =
+    Box<dyn FnOnce(&mut gateway_sdk::abi::SinkBox) -> Result<(), gateway_sdk::PluginError> + Send>;
 
 /// A sink that stands in while the real one is on a step's thread.
 fn placeholder() -> gateway_sdk::abi::SinkBox {
@@ -316,7 +353,9 @@ fn placeholder() -> gateway_sdk::abi::SinkBox {
             ))
         }
         fn close(&mut self) -> abi_stable::std_types::RResult<(), gateway_sdk::PluginError> {
-            abi_stable::std_types::ROk(())
+            abi_stable::std_types::RErr(gateway_sdk::PluginError::fatal(
+                "the sink did not come back from an earlier step",
+            ))
         }
     }
     gateway_sdk::abi::SinkFfi_TO::from_value(Gone, abi_stable::sabi_trait::TD_Opaque)

@@ -77,7 +77,8 @@ enum Command {
     /// library loads, an unknown key is refused with its file and line, `new` has no side
     /// effects, a source stops within the deadline, a sink takes a batch and the same batch
     /// again, and closes. For plugin authors: `gateway test-plugin --config sample.toml
-    /// --plugin-dir target/release`. Exits 1 if a check fails.
+    /// --plugin-dir target/release`. A sink's test batches go where its table says: use a
+    /// scratch store. Exits 1 if a check fails.
     #[command(name = "test-plugin")]
     TestPlugin {
         /// A config with the instance tables to test (a plugin's sample.toml); it needs no

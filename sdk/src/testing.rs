@@ -187,13 +187,27 @@ impl SourceHarness {
     pub fn run<S: Source>(self) -> Result<SourceRun, PluginError> {
         let info = instance_info_in(&self.config_file, &self.instance, &self.config_toml);
         let source = shim::new_source::<S>(&info).into_result()?;
-        self.run_built(source)
+        self.run_source(source)
     }
 
     /// [`SourceHarness::run`] for an instance already built, as the host holds one from a
     /// plugin library (`gateway test-plugin` runs libraries' sources this way). The config
     /// settings of the harness are not used.
-    pub fn run_built(self, mut source: SourceBox) -> Result<SourceRun, PluginError> {
+    ///
+    /// Without [`SourceHarness::simulated_clock`]: a library has its own copy of the SDK, and
+    /// the simulated clock reaches only sources that share the harness's (built by
+    /// [`SourceHarness::run`]); a library's source would read real time while its waits took
+    /// none.
+    pub fn run_built(self, source: SourceBox) -> Result<SourceRun, PluginError> {
+        if self.clock.is_some() {
+            return Err(PluginError::config(
+                "a simulated clock works only with SourceHarness::run, not with a library's source",
+            ));
+        }
+        self.run_source(source)
+    }
+
+    fn run_source(self, mut source: SourceBox) -> Result<SourceRun, PluginError> {
         let state = Arc::new((
             Mutex::new(Collected {
                 clock_ns: self
