@@ -7,18 +7,17 @@
 //! It does I/O: a UDP socket, the files its options name, stdin for `--payload-file -`.
 
 mod show;
-mod uri;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
 use gateway_coap::{
     coap_lite::{CoapOption, MessageClass, Packet, RequestType},
-    Block, Code, ContentFormat,
+    Block, Code, ContentFormat, Uri,
 };
 use gateway_coaps_tokio::{Client, ClientOptions};
 use gateway_dtls::{
     client::{Config as ClientConfig, RequestError},
-    ClientSettings, Psk,
+    hex_key, ClientSettings, Psk,
 };
 use std::{
     io::{Read as _, Write as _},
@@ -26,7 +25,6 @@ use std::{
     process::ExitCode,
     time::Duration,
 };
-use uri::Uri;
 
 #[derive(Parser)]
 #[command(
@@ -157,7 +155,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .map(show::content_format)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let server = uri.addr().map_err(anyhow::Error::msg)?;
+    let server = resolve(&uri)?;
     let tls = settings(args)?;
     if tls.ca_file.is_none() && tls.psk.is_none() {
         bail!("give --ca (the server's certificate is checked against it) or --psk-identity");
@@ -318,12 +316,22 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     drop(client);
-    Ok(ExitCode::from(match code.to_string().as_bytes().first() {
-        Some(b'2') => 0,
-        Some(b'4') => 4,
-        Some(b'5') => 5,
+    Ok(ExitCode::from(match code.class {
+        2 => 0,
+        4 => 4,
+        5 => 5,
         _ => 1,
     }))
+}
+
+/// The server's address: the first the URI's host resolves to.
+fn resolve(uri: &Uri) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    (uri.host.as_str(), uri.port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {}", uri.host))?
+        .next()
+        .with_context(|| format!("{} resolves to no address", uri.host))
 }
 
 /// The request's payload: --payload, --payload-file (`-`: stdin), or none.
@@ -365,7 +373,7 @@ fn settings(args: &Args) -> anyhow::Result<ClientSettings> {
             };
             Some(Psk {
                 identity: id.clone(),
-                key: unhex(hex.trim()).context("the PSK is not hex")?,
+                key: hex_key(&hex).context("the PSK is not an even number of hex digits")?,
             })
         }
     };
@@ -376,14 +384,4 @@ fn settings(args: &Args) -> anyhow::Result<ClientSettings> {
         ciphers: args.ciphers.clone().unwrap_or_default(),
         mtu: 1232,
     })
-}
-
-fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || s.is_empty() {
-        bail!("{} hex digits", s.len());
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(anyhow::Error::from))
-        .collect()
 }

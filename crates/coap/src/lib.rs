@@ -30,9 +30,11 @@
 mod codes;
 mod endpoint;
 mod message;
+mod uri;
 
 /// The message types of `coap-lite`, which this crate's API speaks.
 pub use coap_lite;
 pub use codes::{Code, ContentFormat, InvalidContentFormat};
 pub use endpoint::{ClientError, Config, Endpoint, Event, RequestId, Stats, Token};
 pub use message::{decode_uint, encode_uint, path_of, request, response, retry_later, Block};
+pub use uri::Uri;

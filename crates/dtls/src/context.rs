@@ -22,6 +22,19 @@ pub struct Psk {
     pub key: Vec<u8>,
 }
 
+/// Parses a key written in hex (surrounding blanks allowed); `None` for anything but an even,
+/// non-zero number of hex digits. Works on bytes: non-ASCII text is an error, not a panic.
+pub fn hex_key(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim().as_bytes();
+    if !s.len().is_multiple_of(2) || s.is_empty() {
+        return None;
+    }
+    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    s.chunks(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
 /// Client side settings.
 #[derive(Debug, Clone, Default)]
 pub struct ClientSettings {

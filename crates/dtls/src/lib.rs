@@ -24,7 +24,7 @@ pub mod server;
 pub mod session;
 
 pub use context::{
-    client_context, server_context, ClientSettings, Psk, ServerSettings, DEFAULT_CIPHERS,
+    client_context, hex_key, server_context, ClientSettings, Psk, ServerSettings, DEFAULT_CIPHERS,
     DEFAULT_MTU, DEFAULT_PSK_CIPHERS,
 };
 pub use hello::{hello_verify_request, parse_client_hello, ClientHello, CookieJar};

@@ -290,46 +290,17 @@ fn dedup() -> usize {
     100_000
 }
 
-/// Parses a hex key; `None` for anything but an even number of hex digits (no panic on
-/// non-ASCII text: it works on bytes).
-pub fn hex_key(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim().as_bytes();
-    if !s.len().is_multiple_of(2) || s.is_empty() {
-        return None;
-    }
-    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    s.chunks(2)
-        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
-        .collect()
-}
+/// Parses a PSK written in hex (shared with `gateway coap`).
+pub use gateway_dtls::hex_key;
 
-/// `coaps://host[:port]/path` split into host, port and path.
+/// `coaps://host[:port]/path` split into host, port and path (segments joined by `/`), by
+/// [`gateway_coap::Uri`]; a query is refused (the uplink sends none).
 pub fn parse_uri(uri: &str) -> Result<(String, u16, String), String> {
-    let rest = uri
-        .strip_prefix("coaps://")
-        .ok_or_else(|| format!("{uri:?} does not start with coaps://"))?;
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, p) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{uri:?}: unclosed [ in the host"))?;
-        (h.to_owned(), p.strip_prefix(':').unwrap_or(""))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), p),
-            None => (authority.to_owned(), ""),
-        }
-    };
-    if host.is_empty() {
-        return Err(format!("{uri:?} has no host"));
+    let u = gateway_coap::Uri::parse(uri)?;
+    if !u.query.is_empty() {
+        return Err(format!("{uri:?}: the uplink's URI takes no query"));
     }
-    let port = if port.is_empty() {
-        5684
-    } else {
-        port.parse()
-            .map_err(|_| format!("{uri:?}: bad port {port:?}"))?
-    };
-    Ok((host, port, path.to_owned()))
+    Ok((u.host, u.port, u.path.join("/")))
 }
 
 #[cfg(test)]

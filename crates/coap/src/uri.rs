@@ -1,6 +1,5 @@
-//! `coaps://host[:port]/path?query`: what a request is sent to. No I/O but name resolution.
-
-use std::net::{SocketAddr, ToSocketAddrs};
+//! `coaps://host[:port]/path?query`: where a request goes, parsed once for the uplink and for
+//! `gateway coap`. No I/O (the host name is resolved by the caller).
 
 /// A parsed CoAP URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,17 +15,25 @@ pub struct Uri {
 }
 
 impl Uri {
-    /// Parses a `coaps://` URI; `coap://` is refused (this tool speaks CoAP over DTLS only).
+    /// Parses a `coaps://` URI; `coap://` is refused (only CoAP over DTLS is spoken here).
     pub fn parse(text: &str) -> Result<Uri, String> {
         let rest = match text.split_once("://") {
             Some(("coaps", rest)) => rest,
             Some(("coap", _)) => {
                 return Err(format!(
-                    "{text}: plain coap:// is not supported, only coaps:// (CoAP over DTLS)"
+                    "{text:?} does not start with coaps://: plain coap:// is not supported, only coaps:// (CoAP over DTLS)"
                 ))
             }
-            Some((scheme, _)) => return Err(format!("{text}: unknown scheme {scheme:?}")),
-            None => return Err(format!("{text}: write the URI as coaps://HOST[:PORT]/PATH")),
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "{text:?} does not start with coaps://: unknown scheme {scheme:?}"
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "{text:?} does not start with coaps://: write the URI as coaps://HOST[:PORT]/PATH"
+                ))
+            }
         };
         let (authority, tail) = match rest.find(['/', '?']) {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -35,7 +42,7 @@ impl Uri {
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6
                 .split_once(']')
-                .ok_or_else(|| format!("{text}: unclosed [ in the host"))?;
+                .ok_or_else(|| format!("{text:?}: unclosed [ in the host"))?;
             (h, after.strip_prefix(':'))
         } else {
             match authority.rsplit_once(':') {
@@ -44,13 +51,13 @@ impl Uri {
             }
         };
         if host.is_empty() {
-            return Err(format!("{text}: no host"));
+            return Err(format!("{text:?}: no host"));
         }
         let port = match port {
             None | Some("") => 5684,
             Some(p) => p
                 .parse()
-                .map_err(|_| format!("{text}: {p:?} is not a port number"))?,
+                .map_err(|_| format!("{text:?}: {p:?} is not a port number"))?,
         };
         let (path, query) = match tail.split_once('?') {
             Some((p, q)) => (p, q),
@@ -59,7 +66,9 @@ impl Uri {
         let decode_all = |s: &str, sep: char| -> Result<Vec<String>, String> {
             s.split(sep)
                 .filter(|x| !x.is_empty())
-                .map(|x| decode(x).ok_or_else(|| format!("{text}: bad percent-encoding in {x:?}")))
+                .map(|x| {
+                    decode(x).ok_or_else(|| format!("{text:?}: bad percent-encoding in {x:?}"))
+                })
                 .collect()
         };
         Ok(Uri {
@@ -68,15 +77,6 @@ impl Uri {
             path: decode_all(path, '/')?,
             query: decode_all(query, '&')?,
         })
-    }
-
-    /// The server's address (the first the name resolves to).
-    pub fn addr(&self) -> Result<SocketAddr, String> {
-        (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
-            .next()
-            .ok_or_else(|| format!("{} resolves to no address", self.host))
     }
 }
 
