@@ -14,21 +14,8 @@ use std::{
 /// libcoap's server with the test PKI's server certificate, and the port it takes DTLS on.
 fn libcoap(dir: &Path) -> (libcoap::Server, u16) {
     let port = coaps::free_port();
-    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
-    let port_s = port.to_string();
-    let args: Vec<&std::ffi::OsStr> = vec![
-        "-A".as_ref(),
-        "127.0.0.1".as_ref(),
-        "-p".as_ref(),
-        port_s.as_ref(),
-        "-v".as_ref(),
-        "0".as_ref(),
-        "-c".as_ref(),
-        cert.as_os_str(),
-        "-j".as_ref(),
-        key.as_os_str(),
-    ];
-    (libcoap::server(&args), port + 1)
+    let server = libcoap::server_with_cert(port, &dir.join("server.pem"), &dir.join("server.key"));
+    (server, port + 1)
 }
 
 fn coap(args: &[&str]) -> Output {

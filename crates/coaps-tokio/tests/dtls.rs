@@ -112,19 +112,7 @@ fn an_expired_certificate_is_refused_and_says_so() {
     }
     let port = gateway_test_support::coaps::free_port();
     let (cert, key) = (pki.path("expired.pem"), pki.path("expired.key"));
-    let port_s = port.to_string();
-    let _server = gateway_test_support::libcoap::server(&[
-        "-A".as_ref(),
-        "127.0.0.1".as_ref(),
-        "-p".as_ref(),
-        port_s.as_ref(),
-        "-v".as_ref(),
-        "0".as_ref(),
-        "-c".as_ref(),
-        cert.as_os_str(),
-        "-j".as_ref(),
-        key.as_os_str(),
-    ]);
+    let _server = gateway_test_support::libcoap::server_with_cert(port, &cert, &key);
     // libcoap takes DTLS on the port after the plain one.
     let addr = format!("127.0.0.1:{}", port + 1).parse().unwrap();
     let client = Client::start(client_opts(addr, &pki.path("ca.pem"), "localhost")).unwrap();

@@ -44,6 +44,24 @@ impl Drop for Server {
     }
 }
 
+/// libcoap's example server on 127.0.0.1 with a certificate: plain CoAP on `port`, DTLS on
+/// `port + 1`.
+pub fn server_with_cert(port: u16, cert: &std::path::Path, key: &std::path::Path) -> Server {
+    let port = port.to_string();
+    server(&[
+        "-A".as_ref(),
+        "127.0.0.1".as_ref(),
+        "-p".as_ref(),
+        port.as_ref(),
+        "-v".as_ref(),
+        "0".as_ref(),
+        "-c".as_ref(),
+        cert.as_os_str(),
+        "-j".as_ref(),
+        key.as_os_str(),
+    ])
+}
+
 /// Starts `coap-server-openssl ARGS` quietly and gives it half a second to bind. With `-p P`
 /// it takes plain CoAP on P and DTLS on P + 1.
 pub fn server(args: &[&std::ffi::OsStr]) -> Server {
