@@ -239,11 +239,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Certs { args } => {
-            let tool = default_plugin_dir().join("gateway-certs");
-            let status = std::process::Command::new(&tool)
-                .args(&args)
-                .status()
-                .with_context(|| format!("cannot run {}", tool.display()))?;
+            let status = tool("gateway-certs", &args)?;
             Ok(if status.success() {
                 ExitCode::SUCCESS
             } else {
@@ -251,11 +247,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Coap { args } => {
-            let tool = default_plugin_dir().join("gateway-coap");
-            let status = std::process::Command::new(&tool)
-                .args(&args)
-                .status()
-                .with_context(|| format!("cannot run {}", tool.display()))?;
+            let status = tool("gateway-coap", &args)?;
             // The tool's exit codes say what happened (2.xx, 4.xx, 5.xx, no answer, handshake).
             Ok(ExitCode::from(
                 status
@@ -340,6 +332,15 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs `name`, a tool installed next to `gateway`, with `args`, and waits for it.
+fn tool(name: &str, args: &[String]) -> anyhow::Result<std::process::ExitStatus> {
+    let path = default_plugin_dir().join(name);
+    std::process::Command::new(&path)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {}", path.display()))
 }
 
 fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {

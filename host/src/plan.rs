@@ -121,7 +121,7 @@ impl Plan {
     }
 
     /// Like [`Plan::build`], for `gateway check`: disk buffers are left alone (a running gateway
-    /// may be writing them), only their size on disk is read.
+    /// may be writing them), only their size on disk is read, and no data directory is made.
     pub fn check(config: Config, logger: &Arc<HostLogger>) -> Result<Plan, Vec<String>> {
         Self::build_inner(config, logger, false)
     }
@@ -129,7 +129,7 @@ impl Plan {
     fn build_inner(
         config: Config,
         logger: &Arc<HostLogger>,
-        open_buffers: bool,
+        for_run: bool,
     ) -> Result<Plan, Vec<String>> {
         for decl in config.sources.iter().chain(&config.sinks) {
             if let Some(level) = decl.log_level {
@@ -154,7 +154,7 @@ impl Plan {
             };
             let info = info_for(&config, decl);
             // `check` has no side effects: the directory is made only for a run.
-            if open_buffers {
+            if for_run {
                 if let Err(e) = std::fs::create_dir_all(info.data_dir.as_str()) {
                     errors.push(format!(
                         "{} cannot create its data directory {}: {e}",
@@ -165,7 +165,7 @@ impl Plan {
                 }
             }
             let buffer = match decl.sink_settings().and_then(|s| s.buffer.as_ref()) {
-                Some(_) if !open_buffers => None,
+                Some(_) if !for_run => None,
                 None => None,
                 Some(settings) => {
                     let dir = buffer_dir(&config, decl);

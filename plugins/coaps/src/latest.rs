@@ -41,14 +41,18 @@ struct Device {
     bytes: usize,
 }
 
-/// Roughly what keeping `r` costs.
-fn size_of(r: &Reading) -> usize {
-    let value = match &r.value {
+/// The bytes of `r`'s value.
+fn value_len(r: &Reading) -> usize {
+    match &r.value {
         Value::Text(t) => t.len(),
         Value::Bytes(b) => b.len(),
         _ => 8,
-    };
-    96 + r.sensor.len() + r.name.len() + r.unit.len() + value
+    }
+}
+
+/// Roughly what keeping `r` costs.
+fn size_of(r: &Reading) -> usize {
+    96 + r.sensor.len() + r.name.len() + r.unit.len() + value_len(r)
 }
 
 impl Latest {
@@ -74,9 +78,7 @@ impl Latest {
             return;
         }
         for r in readings {
-            if matches!(&r.value, Value::Text(t) if t.len() > MAX_VALUE)
-                || matches!(&r.value, Value::Bytes(b) if b.len() > MAX_VALUE)
-            {
+            if value_len(r) > MAX_VALUE {
                 self.dropped += 1;
                 continue;
             }
