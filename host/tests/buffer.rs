@@ -208,8 +208,20 @@ fn a_sink_with_a_window_keeps_writes_in_flight_and_kill_9_loses_nothing() {
     let mut gw = Running::start(&s, &cfg, &[]);
     // Kill it while writes are in flight, some of them done, out of order, before others.
     wait_file(&s, "emitted", "300", &gw);
+    // The first three writes fail and are retried: the buffer may let records go only once
+    // they are stored, so wait for them (readings 0..30), then for two more batches, time for
+    // the host to settle them, with later writes still in flight.
     let end = Instant::now() + Duration::from_secs(20);
-    while s.recorded("out.txt", "seq").len() < 60 {
+    let recorded = |s: &Setup| s.recorded("out.txt", "seq");
+    while {
+        let r = recorded(&s);
+        r.len() < 60 || (0..30).any(|v| !r.contains(&v))
+    } {
+        assert!(Instant::now() < end, "{}", gw.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let settled = (recorded(&s).len() + 20).min(300);
+    while recorded(&s).len() < settled {
         assert!(Instant::now() < end, "{}", gw.stderr());
         std::thread::sleep(Duration::from_millis(5));
     }
