@@ -2,8 +2,11 @@
 //! any number of peers. See the crate documentation for the order in which to drain it.
 
 mod client;
+mod observe;
 mod rto;
 mod server;
+
+pub use observe::observe_of;
 
 use crate::message::{empty, Block};
 use coap_lite::{MessageClass, MessageType, Packet};
@@ -56,6 +59,11 @@ pub struct Config {
     pub min_rto: Duration,
     /// The largest.
     pub max_rto: Duration,
+    /// Observe (RFC 7641): every this many notifications to one client, one goes CON (the
+    /// others NON), so that a client that went away is noticed.
+    pub observe_con_every: u32,
+    /// Observe: a notification goes CON when the last CON to that client is this old.
+    pub observe_con_after: Duration,
 }
 
 impl Default for Config {
@@ -78,6 +86,8 @@ impl Default for Config {
             adaptive_rto: true,
             min_rto: Duration::from_millis(200),
             max_rto: Duration::from_secs(60),
+            observe_con_every: 20,
+            observe_con_after: Duration::from_secs(60),
         }
     }
 }
@@ -136,6 +146,25 @@ pub enum Event<P> {
         /// The final response (after every block), or why there is none.
         result: Result<Packet, ClientError>,
     },
+    /// Client: a notification on an observation (a GET with `Observe: 0` whose response
+    /// carried an Observe option). One without an Observe option, or not 2.xx, is the last.
+    Notification {
+        /// The token of the registering request.
+        token: Token,
+        /// The server.
+        peer: P,
+        /// The notification.
+        packet: Packet,
+    },
+    /// Server: a client is no longer registered (it said so, it answered a notification
+    /// with RST, a CON notification was given up, or its peer was forgotten): stop
+    /// notifying it.
+    Deregistered {
+        /// The client.
+        peer: P,
+        /// The token of its registration.
+        token: Token,
+    },
 }
 
 /// Counters of what was dropped or refused.
@@ -169,6 +198,8 @@ struct Outgoing<P> {
     next_at: Instant,
     /// The client exchange this carries, if it is a request.
     token: Option<Token>,
+    /// The observation this notifies, if it is a CON notification.
+    notice: Option<Token>,
 }
 
 struct ClientExchange {
@@ -203,6 +234,8 @@ struct Pending<P> {
     empty_acked: bool,
     /// The Block1 option of the last block, echoed in the response.
     block1: Option<Block>,
+    /// A GET with `Observe: 0`: an answer with an Observe option registers the client.
+    observe: bool,
 }
 
 struct Reassembly {
@@ -240,6 +273,10 @@ pub struct Endpoint<P: Copy + Eq + Hash> {
     reassembly: HashMap<(P, String, Token), Reassembly>,
     /// Retransmission timeouts per peer, measured ([`Config::adaptive_rto`]).
     rto: HashMap<P, rto::Rto>,
+    /// Server: clients registered for notifications, by (peer, token).
+    observations: HashMap<(P, Token), observe::Observation>,
+    /// Client: observations held, by (peer, token).
+    observing: HashMap<(P, Token), observe::Observing>,
     stats: Stats,
 }
 
@@ -265,6 +302,8 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             pending: HashMap::new(),
             reassembly: HashMap::new(),
             rto: HashMap::new(),
+            observations: HashMap::new(),
+            observing: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -419,6 +458,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 timeout,
                 next_at: now + timeout,
                 token,
+                notice: None,
             },
         );
         Ok(())
@@ -478,6 +518,9 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 self.stats.timeouts += 1;
                 if let Some(token) = o.token {
                     self.complete(now, o.peer, token, Err(ClientError::Timeout));
+                } else if let Some(token) = o.notice {
+                    // A client that does not acknowledge its notifications is gone.
+                    self.end_observation(o.peer, token);
                 }
                 continue;
             }
@@ -561,5 +604,15 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         self.dedup.retain(|(p, _), _| *p != peer);
         self.reassembly.retain(|(p, _, _), _| *p != peer);
         self.seen_responses.retain(|(p, _), _| *p != peer);
+        self.observing.retain(|(p, _), _| *p != peer);
+        let gone: Vec<Token> = self
+            .observations
+            .keys()
+            .filter(|(p, _)| *p == peer)
+            .map(|(_, t)| t.clone())
+            .collect();
+        for token in gone {
+            self.end_observation(peer, token);
+        }
     }
 }

@@ -22,6 +22,11 @@
 //!   the response follows as a separate CON;
 //! - payloads larger than one block go out as Block1 transfers, and incoming Block1 transfers
 //!   are reassembled (up to `max_body` bytes) before the application sees the request;
+//! - Observe (RFC 7641), server and client: a GET with `Observe: 0` answered 2.xx with an
+//!   Observe option registers the client, [`Endpoint::notify`] numbers and sends each
+//!   notification (NON, with a CON every so often and at most one CON in flight per client),
+//!   and [`Event::Deregistered`] says when a client is gone; a client's observation delivers
+//!   [`Event::Notification`]s in order;
 //! - empty CON (CoAP ping) is answered with RST; a RST cancels the matching exchange; a
 //!   malformed CON is answered with RST, anything else malformed is dropped; both are counted.
 
@@ -35,6 +40,6 @@ mod uri;
 /// The message types of `coap-lite`, which this crate's API speaks.
 pub use coap_lite;
 pub use codes::{Code, ContentFormat, InvalidContentFormat};
-pub use endpoint::{ClientError, Config, Endpoint, Event, RequestId, Stats, Token};
+pub use endpoint::{observe_of, ClientError, Config, Endpoint, Event, RequestId, Stats, Token};
 pub use message::{decode_uint, encode_uint, path_of, request, response, retry_later, Block};
 pub use uri::Uri;

@@ -1,7 +1,7 @@
 //! The client half of the endpoint: requests, NSTART slots, Block1 transfers out, and the
 //! answers to them (piggybacked, separate, or RST).
 
-use super::{ClientError, ClientExchange, Endpoint, Event, Token};
+use super::{observe, ClientError, ClientExchange, Endpoint, Event, Token};
 use crate::message::{block1_of, empty, encode_uint, Block};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
 use std::{hash::Hash, time::Instant};
@@ -108,7 +108,9 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         token: Token,
         result: Result<Packet, ClientError>,
     ) {
-        self.release(Some(now), peer, &token);
+        if let (Some(ex), Ok(r)) = (self.release(Some(now), peer, &token), &result) {
+            self.observe_accepted(now, peer, &token, &ex.request, r);
+        }
         self.events.push_back(Event::Response {
             token,
             peer,
@@ -186,13 +188,25 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             return;
         }
         let Some(o) = self.outgoing.remove(&(peer, mid)) else {
-            self.stats.unmatched += 1;
+            if !(reset && self.reset_of_notification(peer, mid)) {
+                self.stats.unmatched += 1;
+            }
             return;
         };
         if !reset {
             self.measured(now, peer, o.first_sent, o.retransmits + 1);
         }
-        let Some(token) = o.token else { return }; // the ACK of a separate response of ours
+        let Some(token) = o.token else {
+            // The ACK (or RST) of a separate response or a notification of ours.
+            if let Some(t) = o.notice {
+                if reset {
+                    self.end_observation(peer, t);
+                } else {
+                    self.notification_acked(peer, t, mid);
+                }
+            }
+            return;
+        };
         if reset {
             self.complete(now, peer, token, Err(ClientError::Reset));
             return;
@@ -220,10 +234,18 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         }
         let token = r.get_token().to_vec();
         if !self.exchanges.contains_key(&(peer, token.clone())) {
+            if self.on_notification(now, peer, &r) {
+                self.seen_responses
+                    .insert((peer, mid), now + self.config.exchange_lifetime());
+                return;
+            }
             self.stats.unmatched += 1;
             if con {
                 // Unknown exchange: RST instead of the ACK queued above.
                 self.out.pop_back();
+                self.reset(peer, mid);
+            } else if observe::observe_of(&r).is_some() {
+                // A notification nobody observes (any more): RST cancels it (RFC 7641 §3.6).
                 self.reset(peer, mid);
             }
             return;

@@ -18,6 +18,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             return;
         };
         resp.set_token(p.token.clone());
+        self.observe_answer(now, p.peer, &p.token, p.observe, &mut resp);
         if let Some(b) = p.block1 {
             resp.clear_option(CoapOption::Block1);
             resp.add_option(CoapOption::Block1, Block { more: false, ..b }.encode());
@@ -259,6 +260,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         packet: Packet,
         block1: Option<Block>,
     ) {
+        let observe = self.observe_request(peer, &token, &packet);
         self.next_request += 1;
         let id = RequestId(self.next_request);
         self.pending.insert(
@@ -271,6 +273,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 received: now,
                 empty_acked: false,
                 block1,
+                observe,
             },
         );
         self.events.push_back(Event::Request { id, peer, packet });

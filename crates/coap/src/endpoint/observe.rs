@@ -1,0 +1,294 @@
+//! Observe (RFC 7641), both halves.
+//!
+//! Server: a GET with `Observe: 0` that the application answers 2.xx *with* an Observe option
+//! registers the client (by peer and token); the endpoint numbers that answer and every later
+//! [`Endpoint::notify`]. Notifications go NON, except every `observe_con_every`-th one, one
+//! after `observe_con_after` without a CON, and every one while a CON notification is still
+//! unacknowledged: a newer state then takes the older one's place and its retransmissions
+//! (§4.5.2), so one client never has two CON notifications in flight. The client is forgotten,
+//! with an [`Event::Deregistered`], when it answers a notification with RST, when a CON
+//! notification is given up, when it sends `Observe: 1` or a GET without Observe on the same
+//! token, and when its peer is forgotten.
+//!
+//! Client: a GET sent with `Observe: 0` whose answer is 2.xx with an Observe option keeps its
+//! token; later responses on it are [`Event::Notification`]s (CON ones ACKed, stale ones by
+//! RFC 7641 §3.4's ordering dropped). A notification on a token nobody observes gets RST.
+
+use super::{Endpoint, Event, Token};
+use crate::message::{decode_uint, encode_uint};
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+use std::{collections::VecDeque, hash::Hash, time::Instant};
+
+/// The Observe option's sequence numbers are 24 bits.
+const SEQ_MASK: u32 = 0xFF_FFFF;
+/// How many NON notifications per observation a RST can still be matched to.
+const RECENT_NONS: usize = 4;
+
+/// A client registered with this server.
+pub(super) struct Observation {
+    seq: u32,
+    /// The CON notification in flight (its message id), if any.
+    con_mid: Option<u16>,
+    /// NON notifications since the last CON, and when the last CON went out.
+    since_con: u32,
+    last_con: Instant,
+    /// The message ids of the latest NON notifications.
+    recent: VecDeque<u16>,
+}
+
+/// An observation this client holds.
+pub(super) struct Observing {
+    seq: u32,
+    at: Instant,
+}
+
+/// The Observe option's value, if the packet has one that is a valid uint.
+pub fn observe_of(p: &Packet) -> Option<u32> {
+    p.get_first_option(CoapOption::Observe)
+        .and_then(|v| decode_uint(v))
+}
+
+/// Sets the Observe option to `v`.
+pub(crate) fn set_observe(p: &mut Packet, v: u32) {
+    p.clear_option(CoapOption::Observe);
+    p.add_option(CoapOption::Observe, encode_uint(v & SEQ_MASK));
+}
+
+fn is_success(p: &Packet) -> bool {
+    crate::Code::of(p).is_some_and(crate::Code::is_success)
+}
+
+/// RFC 7641 §3.4: whether a notification numbered `v2` arriving at `t2` is newer than one
+/// numbered `v1` at `t1`.
+fn fresher(v1: u32, t1: Instant, v2: u32, t2: Instant) -> bool {
+    (v1 < v2 && v2 - v1 < 1 << 23)
+        || (v1 > v2 && v1 - v2 > 1 << 23)
+        || t2 > t1 + std::time::Duration::from_secs(128)
+}
+
+impl<P: Copy + Eq + Hash> Endpoint<P> {
+    /// Clients registered with this server now.
+    pub fn observers(&self) -> usize {
+        self.observations.len()
+    }
+
+    /// Sends a notification to the client observing with `token` from `peer` (a response
+    /// packet: code, options, payload; the endpoint sets type, message id, token and the
+    /// Observe number). `false` if there is no such observation (any more): stop notifying it.
+    pub fn notify(&mut self, now: Instant, peer: P, token: &[u8], mut packet: Packet) -> bool {
+        let (every, after) = (self.config.observe_con_every, self.config.observe_con_after);
+        let Some(o) = self.observations.get_mut(&(peer, token.to_vec())) else {
+            return false;
+        };
+        o.seq = (o.seq + 1) & SEQ_MASK;
+        set_observe(&mut packet, o.seq);
+        packet.set_token(token.to_vec());
+        let con = o.con_mid.is_some()
+            || o.since_con + 1 >= every.max(1)
+            || now.saturating_duration_since(o.last_con) >= after;
+        let replaced = o.con_mid.take();
+        let mid = self.mid();
+        packet.header.message_id = mid;
+        let o = self
+            .observations
+            .get_mut(&(peer, token.to_vec()))
+            .expect("present");
+        if !con {
+            packet.header.set_type(MessageType::NonConfirmable);
+            o.since_con += 1;
+            if o.recent.len() == RECENT_NONS {
+                o.recent.pop_front();
+            }
+            o.recent.push_back(mid);
+            let _ = self.send(peer, &packet);
+            return true;
+        }
+        packet.header.set_type(MessageType::Confirmable);
+        (o.con_mid, o.since_con, o.last_con) = (Some(mid), 0, now);
+        let old = replaced.and_then(|m| self.outgoing.remove(&(peer, m)));
+        if self.send_con(now, peer, &packet, None).is_err() {
+            return true;
+        }
+        if let Some(out) = self.outgoing.get_mut(&(peer, mid)) {
+            out.notice = Some(token.to_vec());
+            // The newer state goes on with the older one's retransmission state.
+            if let Some(old) = old {
+                (out.retransmits, out.first_sent, out.initial) =
+                    (old.retransmits, old.first_sent, old.initial);
+                (out.timeout, out.next_at) = (old.timeout, old.next_at);
+            }
+        }
+        true
+    }
+
+    /// Server: what a request's Observe option asks, before the application sees it. `true`:
+    /// it asks to register (a GET with `Observe: 0`).
+    pub(super) fn observe_request(&mut self, peer: P, token: &Token, req: &Packet) -> bool {
+        let get = matches!(req.header.code, MessageClass::Request(RequestType::Get));
+        let registers = get && observe_of(req) == Some(0);
+        // The later blocks of a large notification are fetched with plain GETs (RFC 7959
+        // §3.4): those do not end it.
+        let later_block = req
+            .get_first_option(CoapOption::Block2)
+            .and_then(|v| crate::Block::decode(v))
+            .is_some_and(|b| b.num > 0);
+        if get && !registers && !later_block {
+            // Observe: 1, or a plain GET on the token: the client wants no more notifications.
+            self.end_observation(peer, token.clone());
+        }
+        registers
+    }
+
+    /// Server: the answer to a request that asked to register (`registers`) goes out; it
+    /// registers the client if it is a success with an Observe option, and never carries one
+    /// otherwise.
+    pub(super) fn observe_answer(
+        &mut self,
+        now: Instant,
+        peer: P,
+        token: &Token,
+        registers: bool,
+        resp: &mut Packet,
+    ) {
+        if !(registers && is_success(resp) && observe_of(resp).is_some()) {
+            resp.clear_option(CoapOption::Observe);
+            if registers {
+                self.end_observation(peer, token.clone());
+            }
+            return;
+        }
+        let seq = (self.rng)() as u32 & 0xFFFF;
+        set_observe(resp, seq);
+        let replaced = self.observations.insert(
+            (peer, token.clone()),
+            Observation {
+                seq,
+                con_mid: None,
+                since_con: 0,
+                last_con: now,
+                recent: VecDeque::new(),
+            },
+        );
+        if let Some(m) = replaced.and_then(|o| o.con_mid) {
+            self.outgoing.remove(&(peer, m));
+        }
+    }
+
+    /// Server: forgets an observation and tells the application, if there was one.
+    pub(super) fn end_observation(&mut self, peer: P, token: Token) {
+        if let Some(o) = self.observations.remove(&(peer, token.clone())) {
+            if let Some(m) = o.con_mid {
+                self.outgoing.remove(&(peer, m));
+            }
+            self.events.push_back(Event::Deregistered { peer, token });
+        }
+    }
+
+    /// Server: a RST that matched no CON in flight may answer a NON notification.
+    pub(super) fn reset_of_notification(&mut self, peer: P, mid: u16) -> bool {
+        let token = self
+            .observations
+            .iter()
+            .find(|((p, _), o)| *p == peer && o.recent.contains(&mid))
+            .map(|((_, t), _)| t.clone());
+        match token {
+            Some(t) => {
+                self.end_observation(peer, t);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Server: a CON notification was acknowledged.
+    pub(super) fn notification_acked(&mut self, peer: P, token: Token, mid: u16) {
+        if let Some(o) = self.observations.get_mut(&(peer, token)) {
+            if o.con_mid == Some(mid) {
+                o.con_mid = None;
+            }
+        }
+    }
+
+    /// Client: stops taking notifications on `token` from `peer`; the next one gets RST
+    /// (RFC 7641 §3.6). `false` if it was not observing.
+    pub fn stop_observing(&mut self, peer: P, token: &[u8]) -> bool {
+        self.observing.remove(&(peer, token.to_vec())).is_some()
+    }
+
+    /// Client: whether `token` to `peer` is an observation held now.
+    pub fn is_observing(&self, peer: P, token: &[u8]) -> bool {
+        self.observing.contains_key(&(peer, token.to_vec()))
+    }
+
+    /// Client: the final response to a request; if it was a registration that the server
+    /// accepted, its token now takes notifications.
+    pub(super) fn observe_accepted(
+        &mut self,
+        now: Instant,
+        peer: P,
+        token: &Token,
+        request: &Packet,
+        resp: &Packet,
+    ) {
+        if !matches!(request.header.code, MessageClass::Request(RequestType::Get))
+            || observe_of(request) != Some(0)
+        {
+            return;
+        }
+        match observe_of(resp) {
+            Some(seq) if is_success(resp) => {
+                self.observing
+                    .insert((peer, token.clone()), Observing { seq, at: now });
+            }
+            _ => {
+                self.observing.remove(&(peer, token.clone()));
+            }
+        }
+    }
+
+    /// Client: a separate response on a token that is observed (`true`: it was taken, as a
+    /// notification or as a stale one dropped).
+    pub(super) fn on_notification(&mut self, now: Instant, peer: P, r: &Packet) -> bool {
+        let key = (peer, r.get_token().to_vec());
+        let Some(o) = self.observing.get_mut(&key) else {
+            return false;
+        };
+        let seq = observe_of(r);
+        if let Some(v) = seq {
+            if !fresher(o.seq, o.at, v, now) {
+                return true;
+            }
+            (o.seq, o.at) = (v, now);
+        }
+        if seq.is_none() || !is_success(r) {
+            // A final answer: the server ended the observation.
+            self.observing.remove(&key);
+        }
+        self.events.push_back(Event::Notification {
+            token: key.1,
+            peer,
+            packet: r.clone(),
+        });
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn sequence_numbers_order_across_the_wrap() {
+        let t = Instant::now();
+        assert!(fresher(1, t, 2, t));
+        assert!(!fresher(2, t, 1, t));
+        assert!(!fresher(5, t, 5, t));
+        assert!(fresher(SEQ_MASK, t, 3, t), "3 follows 2^24-1");
+        assert!(!fresher(3, t, SEQ_MASK, t));
+        assert!(
+            fresher(9, t, 1, t + Duration::from_secs(129)),
+            "128 s later anything is newer"
+        );
+    }
+}
