@@ -87,6 +87,21 @@ pub enum Event {
         /// The outcome.
         result: Result<Packet, RequestError>,
     },
+    /// A notification on an observation: the request `tag` was a GET with `Observe: 0` and
+    /// its [`Event::Done`] carried an Observe option. One without an Observe option, or not
+    /// 2.xx, is the last.
+    Notification {
+        /// The registering request's tag.
+        tag: RequestTag,
+        /// The notification.
+        packet: Packet,
+    },
+    /// An observation ended without a last notification: its session was lost (the server
+    /// forgot it too), or [`Client::stop_observing`] was called.
+    Unobserved {
+        /// The registering request's tag.
+        tag: RequestTag,
+    },
 }
 
 /// What to do on the socket, in order.
@@ -184,6 +199,8 @@ pub struct Client {
     established: bool,
     queued: VecDeque<Job>,
     waiting: HashMap<Token, Job>,
+    /// Observations held: the token of each, and the tag of the request that registered it.
+    observed: HashMap<Token, RequestTag>,
     next_tag: RequestTag,
     next_group: u64,
     events: VecDeque<Event>,
@@ -219,6 +236,7 @@ impl Client {
             established: false,
             queued: VecDeque::new(),
             waiting: HashMap::new(),
+            observed: HashMap::new(),
             next_tag: 0,
             next_group: 0,
             events: VecDeque::new(),
@@ -315,7 +333,7 @@ impl Client {
     /// waiting for the session fail with `error`.
     pub fn connect_failed(&mut self, now: Instant, error: RequestError) {
         self.link = None;
-        self.endpoint.forget_peer(());
+        self.forget_server();
         self.fail_all(&error);
         self.drive(now);
     }
@@ -379,6 +397,21 @@ impl Client {
         .flatten()
         .min()
         .map(|t| t.max(now))
+    }
+
+    /// Stops taking notifications on the observation request `tag` registered: the server
+    /// gets RST at its next one (RFC 7641 §3.6), and [`Event::Unobserved`] follows here.
+    pub fn stop_observing(&mut self, tag: RequestTag) {
+        let token = self
+            .observed
+            .iter()
+            .find(|(_, t)| **t == tag)
+            .map(|(k, _)| k.clone());
+        if let Some(token) = token {
+            self.observed.remove(&token);
+            self.endpoint.stop_observing((), &token);
+            self.events.push_back(Event::Unobserved { tag });
+        }
     }
 
     fn finish(&mut self, job: Job, result: Result<Packet, RequestError>) {
@@ -470,7 +503,7 @@ impl Client {
             self.flush();
             self.link = None;
         }
-        self.endpoint.forget_peer(());
+        self.forget_server();
         while let Some(ev) = self.endpoint.poll_event() {
             if let CoapEvent::Response { token, result, .. } = ev {
                 if let Some(job) = self.waiting.remove(&token) {
@@ -545,9 +578,23 @@ impl Client {
             let mut stale = false;
             while let Some(ev) = self.endpoint.poll_event() {
                 match ev {
+                    CoapEvent::Notification { token, packet, .. } => {
+                        if let Some(&tag) = self.observed.get(&token) {
+                            if gateway_coap::observe_of(&packet).is_none()
+                                || !Code::of(&packet).is_some_and(Code::is_success)
+                            {
+                                self.observed.remove(&token);
+                            }
+                            self.events.push_back(Event::Notification { tag, packet });
+                        }
+                    }
+                    CoapEvent::Deregistered { .. } => {}
                     CoapEvent::Response { token, result, .. } => {
                         if let Some(job) = self.waiting.remove(&token) {
                             tracing::trace!(tag = job.tag, ok = result.is_ok(), "request finished");
+                            if self.endpoint.is_observing((), &token) {
+                                self.observed.insert(token.clone(), job.tag);
+                            }
                             // No answer at all, and nothing else from the server either since
                             // the request went out: set the session up again.
                             if matches!(result, Err(ClientError::Timeout))
@@ -668,6 +715,14 @@ impl Client {
         }
     }
 
+    /// Forgets the CoAP state of the session that ended; its observations end with it.
+    fn forget_server(&mut self) {
+        self.endpoint.forget_peer(());
+        for (_, tag) in self.observed.drain() {
+            self.events.push_back(Event::Unobserved { tag });
+        }
+    }
+
     fn on_link_closed(&mut self, e: DtlsError) {
         tracing::warn!(error = %e, "DTLS session ended");
         if e != DtlsError::Closed {
@@ -678,7 +733,7 @@ impl Client {
             self.resume = None;
         }
         self.fail_all(&RequestError::Dtls(e));
-        self.endpoint.forget_peer(());
+        self.forget_server();
         while self.endpoint.poll_event().is_some() {}
         self.link = None;
     }

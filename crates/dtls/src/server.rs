@@ -30,7 +30,7 @@ use crate::{
     DtlsError,
 };
 use gateway_coap::{
-    coap_lite::Packet, retry_later, Config as CoapConfig, Endpoint, Event, RequestId,
+    coap_lite::Packet, retry_later, Config as CoapConfig, Endpoint, Event, RequestId, Token,
 };
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -191,6 +191,8 @@ pub struct Server {
     idle_check: Option<Instant>,
     /// Established sessions per identity.
     per_identity: HashMap<Arc<str>, usize>,
+    /// Observers no longer registered, for [`Server::poll_deregistered`].
+    gone: VecDeque<(SocketAddr, Token)>,
 }
 
 fn count(c: &AtomicU64) {
@@ -262,6 +264,7 @@ impl Server {
             slot_freed: false,
             idle_check: None,
             per_identity: HashMap::new(),
+            gone: VecDeque::new(),
         }
     }
 
@@ -293,10 +296,34 @@ impl Server {
         self.serve_lobby(now);
     }
 
-    /// The application's answer to request `id` (after [`Server::poll_event`] gave it).
+    /// The application's answer to request `id` (after [`Server::poll_event`] gave it). An
+    /// answer with an Observe option to a GET with `Observe: 0` registers its client (see
+    /// [`gateway_coap::Endpoint::notify`]).
     pub fn respond(&mut self, now: Instant, id: RequestId, packet: Packet) {
         self.endpoint.respond(now, id, packet);
         self.pump();
+    }
+
+    /// A notification to the client observing with `token` from `peer` (RFC 7641). `false`:
+    /// it is not registered (any more); stop notifying it.
+    pub fn notify(&mut self, now: Instant, peer: SocketAddr, token: &[u8], packet: Packet) -> bool {
+        let sent = self.endpoint.notify(now, peer, token, packet);
+        self.pump();
+        sent
+    }
+
+    /// Clients registered for notifications on this server now.
+    pub fn observers(&self) -> usize {
+        self.endpoint.observers()
+    }
+
+    /// The next client that is no longer registered for notifications (it said so, did not
+    /// acknowledge one, or its session ended). Drain it with the events.
+    pub fn poll_deregistered(&mut self) -> Option<(SocketAddr, Token)> {
+        while let Some(ev) = self.endpoint.poll_event() {
+            self.take(ev);
+        }
+        self.gone.pop_front()
     }
 
     /// Timers: DTLS retransmissions, handshake deadlines, idle sessions, CoAP retransmissions,
@@ -347,17 +374,31 @@ impl Server {
     /// The next request for the application.
     pub fn poll_event(&mut self) -> Option<Incoming> {
         while let Some(ev) = self.endpoint.poll_event() {
-            if let Event::Request { id, peer, packet } = ev {
+            if let Some(inc) = self.take(ev) {
+                return Some(inc);
+            }
+        }
+        None
+    }
+
+    /// Sorts one endpoint event: a request for the application, or a client gone.
+    fn take(&mut self, ev: Event<SocketAddr>) -> Option<Incoming> {
+        match ev {
+            Event::Request { id, peer, packet } => {
                 let identity = self.peers.get(&peer).and_then(|p| p.identity.clone());
-                return Some(Incoming {
+                Some(Incoming {
                     id,
                     peer,
                     identity,
                     packet,
-                });
+                })
             }
+            Event::Deregistered { peer, token } => {
+                self.gone.push_back((peer, token));
+                None
+            }
+            Event::Response { .. } | Event::Notification { .. } => None,
         }
-        None
     }
 
     /// The next datagram to send, and to whom.
