@@ -35,6 +35,51 @@ enum Cmd {
     Abort,
     /// Tell what the client counted so far, and its state.
     Figures(std_mpsc::Sender<Figures>),
+    /// A registration (a GET with `Observe: 0`): its notifications go to the sender.
+    Observe(Job, std_mpsc::Sender<Notice>),
+    /// Stop taking the notifications of the registration with this tag.
+    Unobserve(u64),
+}
+
+/// What an [`Observation`] receives.
+#[derive(Debug)]
+pub enum Notice {
+    /// A notification. One without an Observe option, or not 2.xx, is the last.
+    Notification(Packet),
+    /// The observation ended without a last notification: the session was lost (the
+    /// server forgot it too), or it was stopped.
+    Ended,
+}
+
+/// Whether `answer` (to a GET with `Observe: 0`) says the server registered the client.
+fn registered(answer: &Packet) -> bool {
+    gateway_coap::observe_of(answer).is_some()
+        && gateway_coap::Code::of(answer).is_some_and(gateway_coap::Code::is_success)
+}
+
+/// An observation held ([`Client::observe`]): its notifications, in order.
+pub struct Observation {
+    tag: u64,
+    notices: std_mpsc::Receiver<Notice>,
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl Observation {
+    /// The next notice, waiting at most `timeout`; `None` if none came in time (or the client
+    /// stopped).
+    pub fn next(&self, timeout: Duration) -> Option<Notice> {
+        match self.notices.recv_timeout(timeout) {
+            Ok(n) => Some(n),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => Some(Notice::Ended),
+        }
+    }
+
+    /// Stops taking notifications: the server's next one gets RST and ends the registration
+    /// there (RFC 7641 §3.6).
+    pub fn stop(self) {
+        let _ = self.tx.send(Cmd::Unobserve(self.tag));
+    }
 }
 
 struct Job {
@@ -72,6 +117,8 @@ pub type Observer = Arc<dyn Fn(&Figures) + Send + Sync>;
 pub struct Client {
     tx: mpsc::UnboundedSender<Cmd>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Tags of observations, so that their notices find them.
+    next_tag: std::sync::atomic::AtomicU64,
 }
 
 impl Client {
@@ -100,6 +147,7 @@ impl Client {
         Ok(Client {
             tx,
             thread: Some(thread),
+            next_tag: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -171,6 +219,39 @@ impl Client {
             reply,
         };
         self.tx.send(Cmd::Group(group)).is_ok()
+    }
+
+    /// Sends `packet` (a GET) with `Observe: 0` and waits for the answer, at most `timeout`.
+    /// If the server registered the client (its answer carries an Observe option), the
+    /// [`Observation`] receives the notifications that follow.
+    pub fn observe(
+        &self,
+        mut packet: Packet,
+        timeout: Duration,
+    ) -> Result<(Packet, Option<Observation>), RequestError> {
+        packet.clear_option(gateway_coap::coap_lite::CoapOption::Observe);
+        packet.add_option(gateway_coap::coap_lite::CoapOption::Observe, Vec::new());
+        let (reply, rx) = std_mpsc::channel();
+        let (notes, notices) = std_mpsc::channel();
+        let tag = self
+            .next_tag
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let job = Job {
+            packet,
+            timeout,
+            reply: to_channel(&reply),
+            tag,
+        };
+        if self.tx.send(Cmd::Observe(job, notes)).is_err() {
+            return Err(RequestError::Stopped);
+        }
+        let answer = rx.recv().map_or(Err(RequestError::Stopped), |(_, r)| r)?;
+        let observation = registered(&answer).then(|| Observation {
+            tag,
+            notices,
+            tx: self.tx.clone(),
+        });
+        Ok((answer, observation))
     }
 
     /// What the client counted so far and its state now: the session it negotiated, say.
@@ -271,14 +352,36 @@ async fn client_loop(
     };
     let mut socket: Option<UdpSocket> = None;
     let mut replies: HashMap<RequestTag, (Reply, u64)> = HashMap::new();
+    // Observations: the machine's tag, the caller's tag, where the notices go.
+    let mut observers: HashMap<RequestTag, std_mpsc::Sender<Notice>> = HashMap::new();
+    let mut observer_tags: HashMap<u64, RequestTag> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     let mut open_cmds = true;
     loop {
         // Drain in order: events, then transmits (which may fail a connect, and so make events).
         loop {
-            while let Some(Event::Done { tag, result }) = machine.poll_event() {
-                if let Some((reply, user_tag)) = replies.remove(&tag) {
-                    reply((user_tag, result));
+            while let Some(ev) = machine.poll_event() {
+                match ev {
+                    Event::Done { tag, result } => {
+                        if observers.contains_key(&tag) && !result.as_ref().is_ok_and(registered) {
+                            observers.remove(&tag);
+                            observer_tags.retain(|_, t| *t != tag);
+                        }
+                        if let Some((reply, user_tag)) = replies.remove(&tag) {
+                            reply((user_tag, result));
+                        }
+                    }
+                    Event::Notification { tag, packet } => {
+                        if let Some(to) = observers.get(&tag) {
+                            let _ = to.send(Notice::Notification(packet));
+                        }
+                    }
+                    Event::Unobserved { tag } => {
+                        if let Some(to) = observers.remove(&tag) {
+                            let _ = to.send(Notice::Ended);
+                        }
+                        observer_tags.retain(|_, t| *t != tag);
+                    }
                 }
             }
             let Some(t) = machine.poll_transmit() else {
@@ -316,6 +419,18 @@ async fn client_loop(
                 }
                 Some(Cmd::Figures(tx)) => {
                     let _ = tx.send(machine.figures());
+                }
+                Some(Cmd::Observe(j, notes)) => {
+                    let tag = machine.request(Instant::now(), j.packet, j.timeout);
+                    replies.insert(tag, (j.reply, j.tag));
+                    observers.insert(tag, notes);
+                    observer_tags.insert(j.tag, tag);
+                }
+                Some(Cmd::Unobserve(user_tag)) => {
+                    if let Some(tag) = observer_tags.remove(&user_tag) {
+                        machine.stop_observing(tag);
+                        observers.remove(&tag);
+                    }
                 }
                 None => {
                     open_cmds = false;

@@ -11,7 +11,9 @@
 mod client;
 mod server;
 
-pub use client::{carry_out, Client, ClientOptions, Observer, Pending, Reply, Tagged};
+pub use client::{
+    carry_out, Client, ClientOptions, Notice, Observation, Observer, Pending, Reply, Tagged,
+};
 pub use gateway_dtls::{
     client::{Config as ClientConfig, Figures as ClientFigures, RequestError},
     server::{Config as ServerConfig, Incoming, Stats as ServerStats},

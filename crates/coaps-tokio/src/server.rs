@@ -4,7 +4,7 @@
 //! ([`Server::start`]). Answers come back through [`Responder`] either way.
 
 use crate::{grow_buffers, runtime};
-use gateway_coap::{coap_lite::Packet, RequestId};
+use gateway_coap::{coap_lite::Packet, RequestId, Token};
 use gateway_dtls::{
     server::{busy, Config, Incoming, Server as Machine, Shared, Stats},
     DtlsError,
@@ -27,14 +27,27 @@ pub struct ServerOptions {
     pub server: Config,
 }
 
-/// Sends responses back into a running server, from any thread.
+/// What goes back into a running server.
+enum Out {
+    Answer(RequestId, Packet),
+    Notify(SocketAddr, Token, Packet),
+}
+
+/// Sends responses and notifications back into a running server, from any thread.
 #[derive(Clone)]
-pub struct Responder(mpsc::UnboundedSender<(RequestId, Packet)>);
+pub struct Responder(mpsc::UnboundedSender<Out>);
 
 impl Responder {
-    /// Answers request `id`.
+    /// Answers request `id`. An answer with an Observe option to a GET with `Observe: 0`
+    /// registers its client for notifications.
     pub fn respond(&self, id: RequestId, packet: Packet) {
-        let _ = self.0.send((id, packet));
+        let _ = self.0.send(Out::Answer(id, packet));
+    }
+
+    /// Notifies the client registered from `peer` with `token` (RFC 7641). If it is not
+    /// registered (any more), the handler's [`Handler::deregistered`] is told.
+    pub fn notify(&self, peer: SocketAddr, token: Token, packet: Packet) {
+        let _ = self.0.send(Out::Notify(peer, token, packet));
     }
 }
 
@@ -100,6 +113,9 @@ pub trait Handler {
     fn tick(&mut self) -> bool {
         true
     }
+    /// The client registered from `peer` with `token` is not (any more): it said so, did not
+    /// acknowledge a notification, its session ended, or a notification found it gone.
+    fn deregistered(&mut self, _peer: SocketAddr, _token: Token) {}
 }
 
 /// [`Server::start`]'s handler: requests into a bounded channel, a 5.03 when it is full.
@@ -135,7 +151,7 @@ pub struct Bound {
     pub stats: Arc<Stats>,
     machine: Machine,
     socket: std::net::UdpSocket,
-    answers: mpsc::UnboundedReceiver<(RequestId, Packet)>,
+    answers: mpsc::UnboundedReceiver<Out>,
 }
 
 impl Bound {
@@ -225,7 +241,7 @@ const BURST: usize = 64;
 async fn serve(
     mut machine: Machine,
     socket: UdpSocket,
-    mut answers: mpsc::UnboundedReceiver<(RequestId, Packet)>,
+    mut answers: mpsc::UnboundedReceiver<Out>,
     tick_every: Duration,
     mut handler: impl Handler,
 ) {
@@ -248,7 +264,7 @@ async fn serve(
                     }
                 }
             }
-            Some((id, packet)) = answers.recv() => machine.respond(Instant::now(), id, packet),
+            Some(out) = answers.recv() => give(&mut machine, &mut handler, out),
             _ = sleep_until(next.into()) => machine.handle_timeout(Instant::now()),
         }
         // Whichever branch woke it: under a steady stream of datagrams the timer branch may
@@ -263,12 +279,28 @@ async fn serve(
             handler.request(inc);
         }
         handler.flush();
-        // Answers given meanwhile (by the handler at once, or by other threads).
-        while let Ok((id, packet)) = answers.try_recv() {
-            machine.respond(Instant::now(), id, packet);
+        // Answers and notifications given meanwhile (by the handler at once, or by other
+        // threads).
+        while let Ok(out) = answers.try_recv() {
+            give(&mut machine, &mut handler, out);
+        }
+        while let Some((peer, token)) = machine.poll_deregistered() {
+            handler.deregistered(peer, token);
         }
         while let Some((peer, d)) = machine.poll_transmit() {
             let _ = socket.send_to(&d, peer).await;
+        }
+    }
+}
+
+/// An answer or a notification into the machine.
+fn give(machine: &mut Machine, handler: &mut impl Handler, out: Out) {
+    match out {
+        Out::Answer(id, packet) => machine.respond(Instant::now(), id, packet),
+        Out::Notify(peer, token, packet) => {
+            if !machine.notify(Instant::now(), peer, &token, packet) {
+                handler.deregistered(peer, token);
+            }
         }
     }
 }

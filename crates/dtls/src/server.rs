@@ -193,6 +193,8 @@ pub struct Server {
     per_identity: HashMap<Arc<str>, usize>,
     /// Observers no longer registered, for [`Server::poll_deregistered`].
     gone: VecDeque<(SocketAddr, Token)>,
+    /// Requests met while looking for those, for [`Server::poll_event`].
+    early: VecDeque<Incoming>,
 }
 
 fn count(c: &AtomicU64) {
@@ -265,6 +267,7 @@ impl Server {
             idle_check: None,
             per_identity: HashMap::new(),
             gone: VecDeque::new(),
+            early: VecDeque::new(),
         }
     }
 
@@ -321,7 +324,9 @@ impl Server {
     /// acknowledge one, or its session ended). Drain it with the events.
     pub fn poll_deregistered(&mut self) -> Option<(SocketAddr, Token)> {
         while let Some(ev) = self.endpoint.poll_event() {
-            self.take(ev);
+            if let Some(inc) = self.take(ev) {
+                self.early.push_back(inc);
+            }
         }
         self.gone.pop_front()
     }
@@ -373,6 +378,9 @@ impl Server {
 
     /// The next request for the application.
     pub fn poll_event(&mut self) -> Option<Incoming> {
+        if let Some(inc) = self.early.pop_front() {
+            return Some(inc);
+        }
         while let Some(ev) = self.endpoint.poll_event() {
             if let Some(inc) = self.take(ev) {
                 return Some(inc);
