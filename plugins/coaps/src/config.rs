@@ -210,6 +210,11 @@ pub struct IngressConfig {
     /// longest ago goes.
     #[serde(default = "sixty_four_mib")]
     pub last_values_bytes: usize,
+    /// Clients registered at once to be notified of new readings (Observe, RFC 7641), all
+    /// peers together; each peer may hold 8. Past it, a GET with Observe is answered without
+    /// registering. 0: no observers.
+    #[serde(default = "twenty_thousand")]
+    pub max_observers: usize,
 }
 
 fn sixty_four_mib() -> usize {

@@ -105,6 +105,7 @@ impl Source for Ingress {
                 self.cfg.last_values_per_device,
                 self.cfg.last_values_bytes,
             ),
+            self.cfg.max_observers,
         ));
         std::thread::scope(|scope| {
             let mut bound = bound.into_iter().enumerate();

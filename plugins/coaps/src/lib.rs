@@ -10,6 +10,7 @@ mod ingress;
 mod keys;
 pub mod latest;
 mod metrics;
+pub mod observe;
 pub mod request;
 mod serving;
 mod uplink;

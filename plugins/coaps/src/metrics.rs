@@ -133,6 +133,18 @@ pub fn of(c: &Counters, s: &ServerStats) -> Metrics {
         "Readings dropped as repeats of ones already stored.",
         &[],
         get(&c.duplicates),
+    )
+    .gauge(
+        "gateway_coap_observers",
+        "Clients registered now to be notified of new readings (Observe).",
+        &[],
+        get(&c.observers) as f64,
+    )
+    .counter(
+        "gateway_coap_notifications_total",
+        "Notifications sent to observers.",
+        &[],
+        get(&c.notifications),
     );
     m
 }

@@ -131,7 +131,7 @@ pub fn discovery(path: &str, devices: &[String]) -> Packet {
     let (j, c) = (ContentFormat::SENML_JSON.0, ContentFormat::SENML_CBOR.0);
     let mut links = format!("</{path}>;rt=\"senml\";ct=\"{j} {c}\";if=\"core.b\"");
     for d in devices {
-        links += &format!(",</{path}/{d}>;rt=\"senml.latest\";ct=\"{j} {c}\";if=\"core.rp\"");
+        links += &format!(",</{path}/{d}>;rt=\"senml.latest\";ct=\"{j} {c}\";if=\"core.rp\";obs");
     }
     let mut r = response(ResponseType::Content, &links);
     ContentFormat::LINK_FORMAT.set(&mut r);
@@ -449,7 +449,7 @@ mod tests {
         assert_eq!(ContentFormat::of(&r), Ok(Some(ContentFormat::LINK_FORMAT)));
         assert_eq!(
             String::from_utf8(r.payload).unwrap(),
-            "</gpsflowtemp>;rt=\"senml\";ct=\"110 112\";if=\"core.b\",</gpsflowtemp/pi-01>;rt=\"senml.latest\";ct=\"110 112\";if=\"core.rp\""
+            "</gpsflowtemp>;rt=\"senml\";ct=\"110 112\";if=\"core.b\",</gpsflowtemp/pi-01>;rt=\"senml.latest\";ct=\"110 112\";if=\"core.rp\";obs"
         );
         assert!(route(&post(".well-known/core"), "gpsflowtemp").is_err());
     }

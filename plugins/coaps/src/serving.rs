@@ -7,9 +7,13 @@
 
 use crate::{
     latest::{self, Latest},
+    observe::Observers,
     request::{self, Admitted, Key, Refused, Route, Seen, ANONYMOUS},
 };
-use gateway_coap::{coap_lite::Packet, retry_later, Code, RequestId};
+use gateway_coap::{
+    coap_lite::{CoapOption, Packet},
+    encode_uint, observe_of, retry_later, Block, Code, RequestId, Token,
+};
 use gateway_coaps_tokio::{Handler, Incoming, Responder, ServerStats};
 use gateway_sdk::{tracing, ErrorKind, PluginError, Reading, SourceContext, Timestamp};
 use std::{
@@ -39,6 +43,9 @@ pub struct Counters {
     pub(crate) codes: Vec<AtomicU64>,
     /// How long requests waited for their answer.
     pub(crate) latency: Latency,
+    /// Observers registered now, and notifications sent.
+    pub(crate) observers: AtomicU64,
+    pub(crate) notifications: AtomicU64,
 }
 
 impl Default for Counters {
@@ -52,6 +59,8 @@ impl Default for Counters {
             held: AtomicU64::default(),
             codes: (0..256).map(|_| AtomicU64::default()).collect(),
             latency: Latency::default(),
+            observers: AtomicU64::default(),
+            notifications: AtomicU64::default(),
         }
     }
 }
@@ -120,21 +129,25 @@ pub struct Settings {
     pub max_block: usize,
 }
 
-/// What the workers share: the memory of reading ids, the counters.
+/// What the workers share: the memory of reading ids, the counters, the last readings and
+/// their observers.
 pub struct Together {
     seen: Arc<Mutex<Seen>>,
     counters: Arc<Counters>,
     latest: Arc<Mutex<Latest>>,
+    observers: Arc<Mutex<Observers>>,
 }
 
 impl Together {
     /// `dedup_ids` sizes the memory of reading ids already stored; `latest` the table of
-    /// last readings (devices, readings per device, bytes).
-    pub fn new(dedup_ids: usize, latest: (usize, usize, usize)) -> Together {
+    /// last readings (devices, readings per device, bytes); `observers` how many clients may
+    /// observe them.
+    pub fn new(dedup_ids: usize, latest: (usize, usize, usize), observers: usize) -> Together {
         Together {
             seen: Arc::new(Mutex::new(Seen::new(dedup_ids))),
             counters: Arc::default(),
             latest: Arc::new(Mutex::new(Latest::new(latest.0, latest.1, latest.2))),
+            observers: Arc::new(Mutex::new(Observers::new(observers))),
         }
     }
 }
@@ -157,6 +170,7 @@ pub struct Serving<'a> {
     seen: Arc<Mutex<Seen>>,
     counters: Arc<Counters>,
     latest: Arc<Mutex<Latest>>,
+    observers: Arc<Mutex<Observers>>,
     held: VecDeque<Held>,
     last_log: Instant,
     last_publish: Instant,
@@ -180,6 +194,7 @@ impl<'a> Serving<'a> {
             seen: together.seen.clone(),
             counters: together.counters.clone(),
             latest: together.latest.clone(),
+            observers: together.observers.clone(),
             held: VecDeque::new(),
             last_log: Instant::now(),
             last_publish: Instant::now(),
@@ -284,7 +299,8 @@ impl<'a> Serving<'a> {
             Route::Latest { device, sensor } => match table.get(device, sensor.as_deref()) {
                 Some(readings) => {
                     drop(table);
-                    latest::answer(&inc.packet, &readings, self.settings.max_block)
+                    let answer = latest::answer(&inc.packet, &readings, self.settings.max_block);
+                    answer.map(|p| self.register(inc, device, sensor.as_deref(), p))
                 }
                 None => Err(Refused::bad(
                     gateway_coap::coap_lite::ResponseType::NotFound,
@@ -293,6 +309,9 @@ impl<'a> Serving<'a> {
             },
             _ if table.forget(device) => {
                 drop(table);
+                let mut observers = self.observers.lock().expect("observers");
+                observers.forgotten(device);
+                self.counted(&observers);
                 tracing::info!(%peer, device = %device, who = ?identity, "last readings forgotten");
                 Ok(gateway_coap::response(
                     gateway_coap::coap_lite::ResponseType::Deleted,
@@ -308,6 +327,42 @@ impl<'a> Serving<'a> {
             Ok(p) => self.answer(id, p, Instant::now()),
             Err(r) => self.refuse(id, peer, r),
         }
+    }
+
+    /// The answer `p` to a GET of last readings; a GET with `Observe: 0` (for the whole
+    /// representation or its first block) registers its client if there is room, and the
+    /// answer then carries an Observe option.
+    fn register(
+        &self,
+        inc: &Incoming,
+        device: &str,
+        sensor: Option<&str>,
+        mut p: Packet,
+    ) -> Packet {
+        let first_block = inc
+            .packet
+            .get_first_option(CoapOption::Block2)
+            .and_then(|v| Block::decode(v))
+            .is_none_or(|b| b.num == 0);
+        if observe_of(&inc.packet) == Some(0) && first_block {
+            let mut observers = self.observers.lock().expect("observers");
+            let added = observers.add(device, sensor, inc.peer, &inc.packet, &self.responder);
+            self.counted(&observers);
+            if added {
+                p.add_option(CoapOption::Observe, encode_uint(0));
+                tracing::debug!(peer = %inc.peer, device, sensor, observers = observers.len(), "observer registered");
+            } else {
+                tracing::debug!(peer = %inc.peer, device, "observer not registered: no room");
+            }
+        }
+        p
+    }
+
+    /// Brings the observer figures up to date.
+    fn counted(&self, o: &Observers) {
+        let c = &self.counters;
+        c.observers.store(o.len() as u64, Ordering::Relaxed);
+        c.notifications.store(o.sent, Ordering::Relaxed);
     }
 
     /// Answers request `id`, which arrived at `since`, with `packet`, and counts the answer.
@@ -357,6 +412,8 @@ impl<'a> Serving<'a> {
             waited_for_slot = get(&s.from_lobby),
             evicted_sessions = get(&s.evicted_sessions),
             cookies_sent = get(&s.cookies_sent),
+            observers = get(&c.observers),
+            notifications = get(&c.notifications),
             "ingress stats"
         );
     }
@@ -427,7 +484,15 @@ impl Handler for Serving<'_> {
         self.counters
             .duplicates
             .fetch_add(duplicates as u64, Ordering::Relaxed);
-        self.latest.lock().expect("latest").record(&fresh);
+        {
+            let mut table = self.latest.lock().expect("latest");
+            table.record(&fresh);
+            let mut observers = self.observers.lock().expect("observers");
+            if !observers.is_empty() {
+                observers.notify(&fresh, &table, self.settings.max_block);
+                self.counted(&observers);
+            }
+        }
         if fresh.is_empty() {
             return self.answer(id, request::stored(), Instant::now());
         }
@@ -461,6 +526,13 @@ impl Handler for Serving<'_> {
                 return;
             }
         }
+    }
+
+    fn deregistered(&mut self, peer: SocketAddr, token: Token) {
+        let mut observers = self.observers.lock().expect("observers");
+        observers.remove(peer, &token);
+        self.counted(&observers);
+        tracing::debug!(%peer, observers = observers.len(), "observer deregistered");
     }
 
     fn tick(&mut self) -> bool {
