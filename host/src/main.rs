@@ -60,9 +60,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// A CoAP-over-DTLS client for people: `coap get|post|put|delete|discover URI` with the
-    /// uplink's DTLS options (runs `gateway-coap`, installed next to `gateway`; `coap --help`
-    /// shows its options and exit codes).
+    /// A CoAP-over-DTLS client for people: `coap get|post|put|delete|observe|discover URI`
+    /// with the uplink's DTLS options (runs `gateway-coap`, installed next to `gateway`;
+    /// `coap --help` shows its options and exit codes).
     #[command(disable_help_flag = true)]
     Coap {
         /// Arguments for gateway-coap.

@@ -1,8 +1,8 @@
 //! `gateway coap` against the gateway's own ingress over real DTLS: a device POSTs SenML with
 //! its certificate and the reading is stored under its identity; it reads its last readings
 //! back (GET), block by block when large, with our client and libcoap's; another device may
-//! not, a reader may; DELETE forgets them; without a device certificate the handshake is
-//! refused.
+//! not, a reader may; DELETE forgets them; observers are told of each new reading (ours and
+//! libcoap's client); without a device certificate the handshake is refused.
 
 mod support;
 use std::time::Duration;
@@ -12,36 +12,10 @@ use support::*;
 fn a_device_posts_senml_with_gateway_coap_and_it_is_stored_under_its_name() {
     let s = Setup::new();
     let certs = s.path("certs");
-    make_certs(&certs, "pi-07");
     let port = free_udp_port();
     let c = |f: &str| certs.join(f).display().to_string();
     let c2 = |f: &str| certs.join(format!("device-{f}")).display().to_string();
-    let server = s.config_named(
-        "server",
-        "server",
-        "stats_interval = \"0s\"\ndata_dir = \"server-data\"",
-        &format!(
-            r#"[sources.ingress]
-plugin = "coaps-ingress"
-listen = "127.0.0.1:{port}"
-cert_file = {sc:?}
-key_file = {sk:?}
-client_ca_file = {ca:?}
-readers = ["dashboard"]
-
-[sinks.store]
-plugin = "testkit-recorder"
-path = {out:?}
-batch_timeout = "5ms"
-"#,
-            ca = c("ca.pem"),
-            sc = c("server.pem"),
-            sk = c("server.key"),
-            out = s.path("out.txt").display().to_string(),
-        ),
-    );
-    let running = Running::start_named(&s, "server", &server);
-    assert!(running.wait_for_log("CoAP/DTLS ingress listening", Duration::from_secs(10)));
+    let _running = ingress(&s, port, "");
     let uri = format!("coaps://localhost:{port}/gpsflowtemp");
     let (ca, cert, key) = (c("ca.pem"), c("device-pi-07.pem"), c("device-pi-07.key"));
     let device = ["--ca", &ca, "--cert", &cert, "--key", &key];
@@ -191,8 +165,218 @@ batch_timeout = "5ms"
     assert_eq!(status.code(), Some(2), "{err}");
 }
 
+/// The test PKI in `certs` (a CA, the server, device pi-07) and a running ingress on `port`
+/// that takes pi-07's readings into a recorder (`out.txt`) and lets "dashboard" read all;
+/// `gateway` adds settings to the `[gateway]` table.
+fn ingress(s: &Setup, port: u16, gateway: &str) -> Running {
+    let certs = s.path("certs");
+    make_certs(&certs, "pi-07");
+    let c = |f: &str| certs.join(f).display().to_string();
+    let server = s.config_named(
+        "server",
+        "server",
+        &format!("stats_interval = \"0s\"\ndata_dir = \"server-data\"\n{gateway}"),
+        &format!(
+            r#"[sources.ingress]
+plugin = "coaps-ingress"
+listen = "127.0.0.1:{port}"
+cert_file = {sc:?}
+key_file = {sk:?}
+client_ca_file = {ca:?}
+readers = ["dashboard"]
+
+[sinks.store]
+plugin = "testkit-recorder"
+path = {out:?}
+batch_timeout = "5ms"
+"#,
+            ca = c("ca.pem"),
+            sc = c("server.pem"),
+            sk = c("server.key"),
+            out = s.path("out.txt").display().to_string(),
+        ),
+    );
+    let running = Running::start_named(s, "server", &server);
+    assert!(running.wait_for_log("CoAP/DTLS ingress listening", Duration::from_secs(10)));
+    running
+}
+
 /// A device certificate for `name` beside the others.
 fn make_device(dir: &std::path::Path, name: &str) {
     let (status, _, err) = gateway(&["certs", "device", name, "--dir", dir.to_str().unwrap()]);
     assert!(status.success(), "{err}");
+}
+
+/// A `gateway coap` (or other) process running in the background, its output in files.
+struct Background {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+    err: std::path::PathBuf,
+}
+
+impl Background {
+    fn start(s: &Setup, name: &str, program: &str, args: &[&str]) -> Background {
+        let (out, err) = (
+            s.path(&format!("{name}.out")),
+            s.path(&format!("{name}.err")),
+        );
+        let child = std::process::Command::new(program)
+            .args(args)
+            .env_remove("GATEWAY_LOG")
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        Background { child, out, err }
+    }
+
+    fn output(&self) -> (String, String) {
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+        (read(&self.out), read(&self.err))
+    }
+
+    /// Waits until its stdout holds `needle`.
+    fn wait_for(&self, needle: &str) {
+        let end = std::time::Instant::now() + Duration::from_secs(15);
+        while !self.output().0.contains(needle) {
+            assert!(
+                std::time::Instant::now() < end,
+                "no {needle:?} in time: {:?}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for its exit (at most 15 s) and gives its code.
+    fn exit_code(&mut self) -> Option<i32> {
+        let end = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "still running: {:?}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `gateway_coap_observers` gauge on the metrics page at `addr`, once it equals `want`
+/// (it is published every second).
+fn observers_become(addr: std::net::SocketAddr, want: u64) {
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    while std::time::Instant::now() < end {
+        if let Ok((200, text)) = gateway_host::metrics::get(addr, "/metrics") {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("gateway_coap_observers"))
+                .unwrap_or("")
+                .to_owned();
+            if line.ends_with(&format!(" {want}")) {
+                return;
+            }
+            last = line;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("observers did not become {want}: {last:?}");
+}
+
+#[test]
+fn observers_get_each_new_reading_and_are_told_when_the_device_is_forgotten() {
+    let s = Setup::new();
+    let certs = s.path("certs");
+    let (port, mport) = (free_udp_port(), free_tcp_port());
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
+    let _running = ingress(&s, port, &format!("metrics = \"{metrics}\""));
+    make_device(&certs, "dashboard");
+    let c = |f: &str| certs.join(f).display().to_string();
+    let (ca, cert, key) = (c("ca.pem"), c("device-pi-07.pem"), c("device-pi-07.key"));
+    let (dcert, dkey) = (c("device-dashboard.pem"), c("device-dashboard.key"));
+    let device = ["--ca", &ca, "--cert", &cert, "--key", &key];
+    let reader = ["--ca", &ca, "--cert", &dcert, "--key", &dkey];
+    let uri = format!("coaps://localhost:{port}/gpsflowtemp");
+    let post = |v: &str| {
+        let pack = format!(r#"[{{"bn":"pi-07:","n":"probe/temperature","u":"Cel","v":{v}}}]"#);
+        let mut args = vec!["coap", "post", &uri, "-t", "senml+json", "-p", &pack];
+        args.extend(device);
+        let (status, _, err) = gateway(&args);
+        assert!(status.success(), "{err}");
+    };
+    post("21.5");
+
+    // The reader observes the sensor with our client, for two notifications.
+    let probe = format!("{uri}/pi-07/probe");
+    let gw = env!("CARGO_BIN_EXE_gateway");
+    let mut args = vec!["coap", "observe", &probe, "--count", "2"];
+    args.extend(reader);
+    let mut ours = Background::start(&s, "ours", gw, &args);
+    ours.wait_for("temperature = 21.5 Cel");
+    // The device observes its own readings with libcoap's client.
+    let whole = format!("{uri}/pi-07");
+    let libcoap = gateway_test_support::libcoap::have_libcoap().then(|| {
+        Background::start(
+            &s,
+            "libcoap",
+            "coap-client-openssl",
+            &[
+                "-m", "get", "-s", "60", "-A", "110", "-R", &ca, "-c", &cert, "-j", &key, &whole,
+            ],
+        )
+    });
+    if let Some(l) = &libcoap {
+        l.wait_for("21.5");
+    }
+    observers_become(metrics, if libcoap.is_some() { 2 } else { 1 });
+
+    post("22");
+    post("22.5");
+    assert_eq!(ours.exit_code(), Some(0), "{:?}", ours.output());
+    let (out, _) = ours.output();
+    let temps: Vec<&str> = out.lines().filter(|l| l.contains("temperature")).collect();
+    assert_eq!(temps.len(), 3, "the answer and two notifications: {out}");
+    assert!(
+        temps[1].contains("= 22 Cel") && temps[2].contains("= 22.5 Cel"),
+        "{out}"
+    );
+    if let Some(l) = &libcoap {
+        l.wait_for("22.5");
+    }
+    // Our client left: its registration went with its session.
+    observers_become(metrics, if libcoap.is_some() { 1 } else { 0 });
+
+    // A second observer of the whole device, until the server ends it: the reader forgets the
+    // device, and each observer gets a last 4.04.
+    let mut args = vec!["coap", "observe", &whole];
+    args.extend(reader);
+    let mut second = Background::start(&s, "second", gw, &args);
+    second.wait_for("temperature = 22.5 Cel");
+    let mut args = vec!["coap", "delete", &whole];
+    args.extend(reader);
+    assert!(gateway(&args).0.success());
+    assert_eq!(second.exit_code(), Some(4), "{:?}", second.output());
+    let (_, err) = second.output();
+    assert!(err.contains("4.04 pi-07 was forgotten"), "{err}");
+    observers_become(metrics, 0);
+
+    // A device may not observe another's readings.
+    make_device(&certs, "pi-08");
+    let mut args = vec!["coap", "observe", &whole, "--ca", &ca, "--cert"];
+    let (c8, k8) = (c("device-pi-08.pem"), c("device-pi-08.key"));
+    args.extend([c8.as_str(), "--key", &k8]);
+    let (status, _, err) = gateway(&args);
+    assert_eq!(status.code(), Some(4), "{err}");
+    assert!(err.starts_with("4.03"), "{err}");
 }

@@ -1,8 +1,10 @@
 //! `gateway coap` (`gateway-coap`): a CoAP-over-DTLS client for people. GET, POST, PUT and
-//! DELETE a URI, or list a server's resources (`discover`), with the uplink's DTLS options;
+//! DELETE a URI, observe it (RFC 7641), or list a server's resources (`discover`), with the
+//! uplink's DTLS options;
 //! a large answer is fetched block by block (RFC 7959 Block2); SenML is shown as a table.
 //! Exit codes a script can use: 0 for 2.xx, 4 for 4.xx, 5 for 5.xx, 3 when no answer came, 2
-//! when the DTLS handshake failed, 1 for anything else (bad arguments, files).
+//! when the DTLS handshake failed, 6 when observe was answered without a registration, 1 for
+//! anything else (bad arguments, files).
 //!
 //! It does I/O: a UDP socket, the files its options name, stdin for `--payload-file -`.
 
@@ -14,7 +16,7 @@ use gateway_coap::{
     coap_lite::{CoapOption, MessageClass, Packet, RequestType},
     Block, Code, ContentFormat, Uri,
 };
-use gateway_coaps_tokio::{Client, ClientOptions};
+use gateway_coaps_tokio::{Client, ClientOptions, Notice};
 use gateway_dtls::{
     client::{Config as ClientConfig, RequestError},
     hex_key, ClientSettings, Psk,
@@ -30,8 +32,8 @@ use std::{
 #[command(
     name = "gateway coap",
     version,
-    about = "A CoAP-over-DTLS client: GET, POST, PUT, DELETE, discover",
-    after_help = "Exit codes: 0 for a 2.xx answer, 4 for 4.xx, 5 for 5.xx, 3 when no answer came in time, 2 when the DTLS handshake failed, 1 for anything else.\n\nExamples:\n  gateway coap get coaps://gw.example/.well-known/core --ca certs/ca.pem\n  gateway coap post coaps://gw.example/gpsflowtemp --ca certs/ca.pem --cert certs/pi-01.pem --key certs/pi-01.key -t senml+json -f readings.json"
+    about = "A CoAP-over-DTLS client: GET, POST, PUT, DELETE, observe, discover",
+    after_help = "Exit codes: 0 for a 2.xx answer, 4 for 4.xx, 5 for 5.xx, 3 when no answer came in time (or an observation's session was lost), 2 when the DTLS handshake failed, 6 when observe was answered without registering, 1 for anything else.\n\nExamples:\n  gateway coap get coaps://gw.example/.well-known/core --ca certs/ca.pem\n  gateway coap observe coaps://gw.example/gpsflowtemp/pi-01/ds18b20 --ca certs/ca.pem --cert certs/dash.pem --key certs/dash.key --count 10\n  gateway coap post coaps://gw.example/gpsflowtemp --ca certs/ca.pem --cert certs/pi-01.pem --key certs/pi-01.key -t senml+json -f readings.json"
 )]
 struct Args {
     /// What to do.
@@ -88,6 +90,12 @@ struct Args {
     /// The payload as it came (no SenML table, no line per link).
     #[arg(long)]
     raw: bool,
+    /// observe: stop after this many notifications.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// observe: stop after this long (default: until Ctrl-C or the server ends it).
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    r#for: Option<Duration>,
     /// Show the DTLS session (version, cipher, the server's certificate) and each request and
     /// answer (type, code, MID, token, options) on stderr.
     #[arg(short, long)]
@@ -102,6 +110,8 @@ enum Method {
     Delete,
     /// GET /.well-known/core: the server's resources (RFC 6690).
     Discover,
+    /// GET with Observe (RFC 7641): the answer, then each notification as it comes.
+    Observe,
 }
 
 fn main() -> ExitCode {
@@ -178,7 +188,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     };
     let client = Client::start(opts).map_err(|e| anyhow::Error::new(RequestError::Dtls(e)))?;
     let method = match args.method {
-        Method::Get | Method::Discover => RequestType::Get,
+        Method::Get | Method::Discover | Method::Observe => RequestType::Get,
         Method::Post => RequestType::Post,
         Method::Put => RequestType::Put,
         Method::Delete => RequestType::Delete,
@@ -209,7 +219,25 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         p
     };
-    let mut shown_session = false;
+    if args.method == Method::Observe {
+        return observe(args, &client, &build, szx);
+    }
+    let (answer, body) = transfer(args, &client, &build, method, szx)?;
+    let code = print(args, &answer, &body)?;
+    drop(client);
+    Ok(ExitCode::from(code))
+}
+
+/// Sends what `build` makes and, when the answer comes block by block, fetches every block
+/// (by byte offset, checking the ETag between blocks). Gives the last answer and the whole
+/// body. `szx`: the block size to ask for.
+fn transfer(
+    args: &Args,
+    client: &Client,
+    build: &dyn Fn(Option<Block>) -> Packet,
+    method: RequestType,
+    szx: u8,
+) -> anyhow::Result<(Packet, Vec<u8>)> {
     // The ETag of the first block, and how often a change of it made the transfer start again.
     let mut etag: Option<Vec<u8>> = None;
     let mut restarts = 0;
@@ -227,18 +255,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             eprintln!("> {}", show::request(&request));
         }
         let outcome = client.request(request, args.timeout);
-        if args.verbose && !shown_session {
-            if let Some(s) = client.figures().and_then(|f| f.session) {
-                shown_session = true;
-                eprintln!(
-                    "* {} {}{}, server certificate: {}",
-                    s.version,
-                    s.cipher,
-                    if s.resumed { " (resumed)" } else { "" },
-                    s.peer.as_deref().unwrap_or("none (PSK)")
-                );
-            }
-        }
+        show_session(args, client);
         let response = outcome.map_err(anyhow::Error::new)?;
         if args.verbose {
             eprintln!("< {}", show::message(&response));
@@ -298,30 +315,123 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             _ => break response,
         }
     };
-    let code = Code::of(&answer).context("the answer has no response code")?;
-    let format = ContentFormat::of(&answer).ok().flatten();
-    let shown = if args.raw {
-        None
-    } else {
-        Some(show::payload(&body, format))
-    };
+    Ok((answer, body))
+}
+
+/// With `-v`, the DTLS session, once.
+fn show_session(args: &Args, client: &Client) {
+    static SHOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !args.verbose || SHOWN.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    if let Some(s) = client.figures().and_then(|f| f.session) {
+        SHOWN.store(true, std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "* {} {}{}, server certificate: {}",
+            s.version,
+            s.cipher,
+            if s.resumed { " (resumed)" } else { "" },
+            s.peer.as_deref().unwrap_or("none (PSK)")
+        );
+    }
+}
+
+/// Prints an answer's body (2.xx: to stdout, as a table or links unless `--raw`; otherwise its
+/// code and diagnostic to stderr) and gives the exit code of its class.
+fn print(args: &Args, answer: &Packet, body: &[u8]) -> anyhow::Result<u8> {
+    let code = Code::of(answer).context("the answer has no response code")?;
     let mut out = std::io::stdout().lock();
     if code.is_success() {
-        match shown {
-            Some(text) => out.write_all(text.as_bytes())?,
-            None => out.write_all(&body)?,
+        if args.raw {
+            out.write_all(body)?;
+        } else {
+            let format = ContentFormat::of(answer).ok().flatten();
+            out.write_all(show::payload(body, format).as_bytes())?;
         }
     } else {
-        eprintln!("{code} {}", String::from_utf8_lossy(&body).trim_end());
+        eprintln!("{code} {}", String::from_utf8_lossy(body).trim_end());
     }
     out.flush()?;
-    drop(client);
-    Ok(ExitCode::from(match code.class {
+    Ok(match code.class {
         2 => 0,
         4 => 4,
         5 => 5,
         _ => 1,
-    }))
+    })
+}
+
+/// `observe`: registers (a GET with `Observe: 0`) and prints the answer and then each
+/// notification, until `--count` of them came, `--for` passed, Ctrl-C, or the server ended the
+/// observation. A notification larger than a block is fetched whole with GETs.
+fn observe(
+    args: &Args,
+    client: &Client,
+    build: &dyn Fn(Option<Block>) -> Packet,
+    szx: u8,
+) -> anyhow::Result<ExitCode> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("cannot catch Ctrl-C")?;
+    }
+    let request = build(None);
+    if args.verbose {
+        eprintln!("> {} Observe: 0", show::request(&request));
+    }
+    let (answer, observation) = client
+        .observe(request, args.timeout)
+        .map_err(anyhow::Error::new)?;
+    show_session(args, client);
+    // Each state, whole: a large one comes as its first block.
+    let whole = |p: Packet| -> anyhow::Result<(Packet, Vec<u8>)> {
+        if args.verbose {
+            eprintln!("< {}", show::message(&p));
+        }
+        match show::block2(&p) {
+            Some(b) if b.more => transfer(args, client, build, RequestType::Get, szx.min(b.szx)),
+            _ => {
+                let body = p.payload.clone();
+                Ok((p, body))
+            }
+        }
+    };
+    let (first, body) = whole(answer)?;
+    let code = print(args, &first, &body)?;
+    let Some(observation) = observation else {
+        if code == 0 {
+            eprintln!("the server answered without registering this client (no Observe option)");
+            return Ok(ExitCode::from(6));
+        }
+        return Ok(ExitCode::from(code));
+    };
+    let until = args.r#for.map(|d| std::time::Instant::now() + d);
+    let mut seen = 0u64;
+    let code = loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed)
+            || until.is_some_and(|t| std::time::Instant::now() >= t)
+            || args.count.is_some_and(|n| seen >= n)
+        {
+            observation.stop();
+            break 0;
+        }
+        match observation.next(Duration::from_millis(200)) {
+            None => continue,
+            Some(Notice::Ended) => {
+                eprintln!("the observation ended: the DTLS session was lost");
+                break 3;
+            }
+            Some(Notice::Notification(p)) => {
+                seen += 1;
+                let last = gateway_coap::observe_of(&p).is_none();
+                let (p, body) = whole(p)?;
+                let code = print(args, &p, &body)?;
+                if last {
+                    eprintln!("the server ended the observation");
+                    break code;
+                }
+            }
+        }
+    };
+    Ok(ExitCode::from(code))
 }
 
 /// The server's address: the first the URI's host resolves to.
