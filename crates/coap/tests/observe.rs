@@ -389,3 +389,21 @@ fn forgetting_the_peer_deregisters_its_observations() {
     assert_eq!(pair.deregistered, [(CLIENT, token.clone())]);
     assert!(!pair.notify(&token, "1"));
 }
+
+#[test]
+fn an_error_notification_is_the_last() {
+    let mut pair = Pair::new(Config::default());
+    let token = pair.register(true);
+    assert!(pair.server.notify(
+        pair.now,
+        CLIENT,
+        &token,
+        response(ResponseType::NotFound, "gone")
+    ));
+    pair.run();
+    assert_eq!(payloads(&pair.notifications), ["gone"]);
+    assert_eq!(observe_of(&pair.notifications[0]), None);
+    assert_eq!(pair.server.observers(), 0);
+    assert!(!pair.client.is_observing(SERVER, &token));
+    assert!(!pair.notify(&token, "1"));
+}

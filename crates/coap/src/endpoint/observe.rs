@@ -75,8 +75,24 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// Sends a notification to the client observing with `token` from `peer` (a response
     /// packet: code, options, payload; the endpoint sets type, message id, token and the
     /// Observe number). `false` if there is no such observation (any more): stop notifying it.
+    /// A notification that is not 2.xx is the last: it goes CON, without Observe, and ends the
+    /// observation.
     pub fn notify(&mut self, now: Instant, peer: P, token: &[u8], mut packet: Packet) -> bool {
         let (every, after) = (self.config.observe_con_every, self.config.observe_con_after);
+        if !is_success(&packet) {
+            let Some(o) = self.observations.remove(&(peer, token.to_vec())) else {
+                return false;
+            };
+            if let Some(m) = o.con_mid {
+                self.outgoing.remove(&(peer, m));
+            }
+            packet.clear_option(CoapOption::Observe);
+            packet.set_token(token.to_vec());
+            packet.header.set_type(MessageType::Confirmable);
+            packet.header.message_id = self.mid();
+            let _ = self.send_con(now, peer, &packet, None);
+            return true;
+        }
         let Some(o) = self.observations.get_mut(&(peer, token.to_vec())) else {
             return false;
         };
