@@ -11,7 +11,9 @@
 //! build of the load generator, `IDLE_DEVICES` the sessions of the memory figure (default 2000), and
 //! `INGRESS_PARTS` which parts run (a comma-separated list of `requests`, `handshakes`,
 //! `idle` and `reads`; all by default). `reads` is the ingress alone: each device reading back
-//! its last readings (`GET /gpsflowtemp/DEVICE`) beside the same devices POSTing.
+//! its last readings (`GET /gpsflowtemp/DEVICE`) beside the same devices POSTing; `observe`
+//! is the ingress alone too: one device POSTs while 100, then 1,000 others observe its sensor
+//! (notifications/s, latency from POST to notification).
 
 use crate::{has, proc_kb, root};
 use anyhow::{bail, Context, Result};
@@ -39,9 +41,14 @@ impl Drop for Server {
 
 impl Server {
     fn ingress(gateway: &Path) -> Result<Server> {
+        Server::ingress_with(gateway, Path::new("bench/ingress.toml"))
+    }
+
+    fn ingress_with(gateway: &Path, config: &Path) -> Result<Server> {
         let child = Command::new(gateway)
             .current_dir(root())
-            .args(["run", "--config", "bench/ingress.toml"])
+            .args(["run", "--config"])
+            .arg(config)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -181,8 +188,8 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
         println!("   (coap-server-openssl is not installed: apt-get install libcoap3-bin; the ingress alone)");
     }
     let duration = format!("{secs}s");
-    let parts =
-        std::env::var("INGRESS_PARTS").unwrap_or_else(|_| "requests,handshakes,idle,reads".into());
+    let parts = std::env::var("INGRESS_PARTS")
+        .unwrap_or_else(|_| "requests,handshakes,idle,reads,observe".into());
     let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
     let servers = |f: &mut dyn FnMut(&Server) -> Result<()>| -> Result<()> {
         f(&Server::ingress(&gateway)?)?;
@@ -203,6 +210,69 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
     }
     if part("reads") {
         reads(&load_bin, &duration, &Server::ingress(&gateway)?)?;
+    }
+    if part("observe") {
+        observe(&load_bin, &duration, &gateway)?;
+    }
+    Ok(())
+}
+
+/// Observe fan-out: one device POSTs while 100 and then 1,000 others observe its sensor; the
+/// ingress of `bench/ingress.toml` with every load device a reader.
+fn observe(load_bin: &Path, duration: &str, gateway: &Path) -> Result<()> {
+    println!("   Observe fan-out (one device POSTs one reading at a time; the others observe that sensor):");
+    for observers in [100usize, 1000] {
+        let dir = root().join("target/bench-observe");
+        std::fs::create_dir_all(&dir)?;
+        let base = std::fs::read_to_string(root().join("bench/ingress.toml"))?;
+        let readers: Vec<String> = (1..=observers).map(|n| format!("\"load-{n}\"")).collect();
+        let at_root = format!("\"{}/", root().display());
+        let config = base.replace("\"../", &at_root).replacen(
+            "require_client_cert = true",
+            &format!(
+                "require_client_cert = true\nreaders = [{}]",
+                readers.join(", ")
+            ),
+            1,
+        );
+        let path = dir.join("ingress.toml");
+        std::fs::write(&path, config)?;
+        let s = Server::ingress_with(gateway, &path)?;
+        let devices = (observers + 1).to_string();
+        let o = load(
+            load_bin,
+            &s,
+            // The observers connect at a steady pace: the figure is the fan-out, not a storm.
+            &[
+                "--mode",
+                "observe",
+                "--devices",
+                &devices,
+                "--duration",
+                duration,
+                "--connect-rate",
+                "250",
+            ],
+            |l| {
+                let trouble = l.starts_with("  e.g.")
+                    || l.contains("got no notification")
+                    || (l.starts_with("connect:")
+                        && !l.contains(&format!("{observers} of {observers}")));
+                if trouble {
+                    println!("      {l}");
+                }
+            },
+        )?;
+        let got = o.num("notifications");
+        println!(
+            "   {observers:>5} observers: {:>6.0} notifications/s, {:.0} POSTs, {got:.0} of {:.0} notifications arrived, POST to notification p50 {:.2} ms p99 {:.2} ms, {:.1} us of ingress CPU per notification",
+            o.num("per_s"),
+            o.num("posts"),
+            o.num("expected"),
+            o.num("p50_ms"),
+            o.num("p99_ms"),
+            o.cpu / got.max(1.0) * 1e6,
+        );
     }
     Ok(())
 }

@@ -17,6 +17,9 @@ use std::{
 };
 use tokio::{net::UdpSocket, time::sleep_until};
 
+/// The sensor every reading is of.
+pub const SENSOR: &str = "load";
+
 /// How one request ended.
 #[derive(Debug)]
 pub enum Outcome {
@@ -43,6 +46,8 @@ pub struct Device {
     ids: IdGenerator,
     path: String,
     timeout: Duration,
+    /// Notifications that came while pumping: (arrival, packet).
+    notifications: std::collections::VecDeque<(Instant, Packet)>,
 }
 
 impl Device {
@@ -66,6 +71,7 @@ impl Device {
             ids: IdGenerator::new(),
             path: path.to_owned(),
             timeout,
+            notifications: std::collections::VecDeque::new(),
         }
     }
 
@@ -77,16 +83,21 @@ impl Device {
     /// One CON POST of fresh readings (new ids, so that the server stores them, not drops them
     /// as repeats), waited for.
     pub async fn post(&mut self) -> Outcome {
+        self.post_values(|i| 20.0 + i as f64 / 10.0).await
+    }
+
+    /// [`Device::post`] with reading `i`'s value `value(i)`.
+    pub async fn post_values(&mut self, value: impl Fn(usize) -> f64) -> Outcome {
         let now = Timestamp::now();
         let batch: Vec<Reading> = (0..self.readings)
             .map(|i| Reading {
                 id: self.ids.next(now),
                 time: now,
                 device: self.name.clone(),
-                sensor: Label::from("load"),
+                sensor: Label::from(SENSOR),
                 name: Label::from("temperature"),
                 unit: Label::from("Cel"),
-                value: Value::Float(20.0 + i as f64 / 10.0),
+                value: Value::Float(value(i)),
             })
             .collect();
         let payload = gateway_senml::encode_cbor(&batch);
@@ -104,6 +115,42 @@ impl Device {
         let path = format!("{}/{}", self.path, self.name);
         self.outcome(request(RequestType::Get, &path, None, Vec::new()))
             .await
+    }
+
+    /// Registers for the notifications of `PATH/DEVICE/SENSOR` (a GET with `Observe: 0`).
+    /// `Stored` if the server registered it (its answer carries an Observe option).
+    pub async fn observe(&mut self, device: &str) -> Outcome {
+        let path = format!("{}/{device}/{SENSOR}", self.path);
+        let mut get = request(RequestType::Get, &path, None, Vec::new());
+        get.add_option(gateway_coap::coap_lite::CoapOption::Observe, Vec::new());
+        get.add_option(
+            gateway_coap::coap_lite::CoapOption::Accept,
+            gateway_coap::encode_uint(u32::from(ContentFormat::SENML_CBOR.0)),
+        );
+        match self.call(get).await {
+            Ok(p) if gateway_coap::observe_of(&p).is_some() => Outcome::Stored,
+            Ok(p) => Outcome::Refused(
+                Code::of(&p).map_or("?".into(), |c| c.to_string()),
+                "not registered".into(),
+            ),
+            Err(RequestError::Timeout(_)) => Outcome::Timeout,
+            Err(RequestError::Dtls(e)) => Outcome::Handshake(e.to_string()),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+
+    /// The next notification and when it arrived, waiting until `until` at most.
+    pub async fn notification(&mut self, until: Instant) -> Option<(Instant, Packet)> {
+        loop {
+            let _ = self.pump(None).await;
+            if let Some(n) = self.notifications.pop_front() {
+                return Some(n);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            let _ = tokio::time::timeout_at(until.into(), self.wait()).await;
+        }
     }
 
     /// Sends `packet` and sorts its answer.
@@ -154,9 +201,13 @@ impl Device {
     async fn pump(&mut self, tag: Option<u64>) -> Option<Result<Packet, RequestError>> {
         let mut done = None;
         loop {
-            while let Some(Event::Done { tag: t, result }) = self.machine.poll_event() {
-                if Some(t) == tag {
-                    done = Some(result);
+            while let Some(ev) = self.machine.poll_event() {
+                match ev {
+                    Event::Done { tag: t, result } if Some(t) == tag => done = Some(result),
+                    Event::Notification { packet, .. } => {
+                        self.notifications.push_back((Instant::now(), packet))
+                    }
+                    _ => {}
                 }
             }
             let Some(t) = self.machine.poll_transmit() else {

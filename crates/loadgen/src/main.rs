@@ -6,9 +6,12 @@
 //!
 //! Modes: `requests` (connect every device, then measure), `handshakes` (each device loops
 //! over a full handshake, one POST, a close), `idle` (connect every device, then hold the
-//! sessions without traffic, to read the server's memory per session).
+//! sessions without traffic, to read the server's memory per session), `observe` (one device
+//! POSTs while the others observe its sensor: notifications/s and latency from POST to
+//! notification).
 
 mod device;
+mod fanout;
 mod identities;
 mod report;
 
@@ -36,6 +39,9 @@ enum Mode {
     Handshakes,
     /// Connect every device (one POST each), then hold the sessions idle.
     Idle,
+    /// Observe fan-out: device 0 POSTs one reading at a time while every other device observes
+    /// its sensor (they must be allowed to read it: the ingress's `readers`).
+    Observe,
 }
 
 /// Load a CoAP-over-DTLS server with many devices, each with its own DTLS session.
@@ -155,6 +161,12 @@ fn run(cli: Cli) -> Result<bool> {
     let cfgs: Vec<Config> = (0..cli.devices)
         .map(|n| ids.config(&cli, &host, n))
         .collect::<Result<_>>()?;
+    if cli.mode == Mode::Observe {
+        if cfgs.len() < 2 {
+            bail!("--mode observe needs --devices 2 at least: one POSTs, the others observe");
+        }
+        return Ok(rt.block_on(fanout::run(Arc::new(cli), server, cfgs)));
+    }
     let tally = rt.block_on(drive(Arc::new(cli), server, cfgs));
     Ok(tally.print())
 }
@@ -205,7 +217,7 @@ async fn drive(cli: Arc<Cli>, server: SocketAddr, cfgs: Vec<Config>) -> Tally {
                     let stop = window.borrow().expect("set before the devices start");
                     handshakes(&cli, server, cfg, &name, stop).await
                 }
-                Mode::Requests | Mode::Idle => {
+                Mode::Requests | Mode::Idle | Mode::Observe => {
                     let mut dev = match gateway_dtls::client_context(&cfg.tls) {
                         Ok(ctx) => Device::new(
                             cfg,
