@@ -162,3 +162,41 @@ fn bad_arguments_say_what_is_wrong() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn observes_libcoaps_time_resource() {
+    if !have_libcoap() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    coaps::certs(dir.path(), "pi-01");
+    let ca = dir.path().join("ca.pem");
+    let server = libcoap(dir.path());
+    // libcoap's /time is observable and changes every second.
+    let uri = format!("coaps://localhost:{}/time", server.1);
+    let out = coap(&[
+        "observe",
+        &uri,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--count",
+        "2",
+        "-v",
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout.lines().count(),
+        3,
+        "the answer and two notifications: {stdout}"
+    );
+    let observes = stderr
+        .lines()
+        .filter(|l| l.starts_with("< ") && l.contains("Observe"))
+        .count();
+    assert_eq!(observes, 3, "{stderr}");
+    // Without Observe support on a resource, the answer alone, and exit code 6.
+    let links = format!("coaps://localhost:{}/.well-known/core", server.1);
+    let out = coap(&["observe", &links, "--ca", ca.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+}
