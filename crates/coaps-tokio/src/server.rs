@@ -44,6 +44,12 @@ impl Responder {
         let _ = self.0.send(Out::Answer(id, packet));
     }
 
+    /// A responder that reaches no server (what it is given is dropped): for tests of what
+    /// hands answers to one.
+    pub fn detached() -> Responder {
+        Responder(mpsc::unbounded_channel().0)
+    }
+
     /// Notifies the client registered from `peer` with `token` (RFC 7641). If it is not
     /// registered (any more), the handler's [`Handler::deregistered`] is told.
     pub fn notify(&self, peer: SocketAddr, token: Token, packet: Packet) {

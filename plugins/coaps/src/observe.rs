@@ -195,3 +195,76 @@ fn state(
     p.add_option(CoapOption::Observe, encode_uint(0));
     Some(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_coap::{coap_lite::RequestType, request};
+    use gateway_sdk::{Label, ReadingId, Timestamp, Value};
+
+    fn get(token: u8) -> Packet {
+        let mut p = request(RequestType::Get, "gpsflowtemp/pi-1", None, Vec::new());
+        p.set_token(vec![token]);
+        p
+    }
+
+    fn reading(device: &str, sensor: &str) -> Reading {
+        Reading {
+            id: ReadingId([1; 16]),
+            time: Timestamp(1),
+            device: Label::from(device),
+            sensor: Label::from(sensor),
+            name: Label::from("temperature"),
+            unit: Label::from("Cel"),
+            value: Value::Float(21.5),
+        }
+    }
+
+    fn peer(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn bounded_in_all_and_per_peer() {
+        let to = Responder::detached();
+        let mut o = Observers::new(10);
+        for t in 0..PER_PEER as u8 {
+            assert!(o.add("pi-1", None, peer(1), &get(t), &to));
+        }
+        assert!(
+            !o.add("pi-1", None, peer(1), &get(99), &to),
+            "the peer's share is full"
+        );
+        // The same token again replaces its registration, within the share.
+        assert!(o.add("pi-1", Some("probe"), peer(1), &get(0), &to));
+        assert_eq!(o.len(), PER_PEER);
+        assert!(o.add("pi-2", None, peer(2), &get(0), &to));
+        assert!(o.add("pi-2", None, peer(3), &get(0), &to));
+        assert!(!o.add("pi-2", None, peer(4), &get(0), &to), "10 in all");
+        o.remove(peer(1), &[3]);
+        assert!(o.add("pi-2", None, peer(4), &get(0), &to));
+        assert_eq!(o.len(), 10);
+    }
+
+    #[test]
+    fn notifies_the_observers_of_what_changed_only() {
+        let to = Responder::detached();
+        let mut o = Observers::new(100);
+        o.add("pi-1", None, peer(1), &get(1), &to);
+        o.add("pi-1", Some("probe"), peer(2), &get(1), &to);
+        o.add("pi-1", Some("gps"), peer(3), &get(1), &to);
+        o.add("pi-2", None, peer(4), &get(1), &to);
+        let mut table = Latest::new(10, 10, 1 << 20);
+        let fresh = [reading("pi-1", "probe"), reading("pi-1", "probe")];
+        table.record(&fresh);
+        o.notify(&fresh, &table, 1024);
+        assert_eq!(
+            o.sent, 2,
+            "the device's observer and the probe's, once each"
+        );
+        o.forgotten("pi-1");
+        assert_eq!(o.len(), 1);
+        o.notify(&fresh, &table, 1024);
+        assert_eq!(o.sent, 2);
+    }
+}
