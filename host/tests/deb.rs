@@ -90,6 +90,7 @@ const PLUGINS: &[&str] = &[
     "libsqlite.so",
     "libmysql.so",
     "libpostgres.so",
+    "libmqtt.so",
 ];
 
 #[test]

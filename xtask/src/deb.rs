@@ -273,8 +273,8 @@ pub fn deb(triple: Option<&str>) -> Result<PathBuf> {
          Upstream-Name: gateway\n\n\
          Files: *\n\
          License: MIT or Apache-2.0\n\
-         Comment: OpenSSL 3.5 is linked statically into gateway-certs, gateway-coap and the coaps, mysql and\n postgres \
-         plugins (Apache-2.0).\n",
+         Comment: OpenSSL 3.5 is linked statically into gateway-certs, gateway-coap and the coaps, mysql,\n postgres \
+         and mqtt plugins (Apache-2.0).\n",
         0o644,
     )?;
     let control = stage.join("DEBIAN");

@@ -260,6 +260,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("gateway-plugin-sqlite", "libsqlite.so"),
     ("gateway-plugin-mysql", "libmysql.so"),
     ("gateway-plugin-postgres", "libpostgres.so"),
+    ("gateway-plugin-mqtt", "libmqtt.so"),
 ];
 
 /// Builds the distribution for `target` (default: this machine) and returns its directory,

@@ -1,0 +1,172 @@
+//! `mqtt`: a sink that publishes each reading to an MQTT broker (Mosquitto, EMQX, HiveMQ, Home
+//! Assistant's add-on) at QoS 1, as SenML JSON on a topic made from the reading's device,
+//! sensor and name; a batch is acknowledged to the host only once the broker acknowledged
+//! every reading of it (PUBACK). I/O: one TCP (or TLS) connection, on the sink's thread.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod packet;
+pub mod topic;
+
+use client::{Connection, Settings};
+use config::Config;
+use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
+
+/// The sink.
+pub struct Mqtt {
+    settings: Settings,
+    topic: topic::Template,
+    conn: Option<Connection>,
+    table: String,
+}
+
+impl Sink for Mqtt {
+    const ID: &'static str = "mqtt";
+    const DESCRIPTION: &'static str =
+        "publishes readings to an MQTT broker at QoS 1 (SenML JSON), acknowledged after every PUBACK";
+
+    fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+        let cfg: Config = ctx.parse_config()?;
+        let table = ctx.info().table.to_string();
+        let bad = |key: &str, e: String| ctx.config_error(key, e);
+        let (tls, host, port) = client::parse_url(&cfg.url).map_err(|e| bad("url", e))?;
+        let topic = topic::Template::parse(&cfg.topic).map_err(|e| bad("topic", e))?;
+        if cfg.max_inflight == 0 {
+            return Err(bad("max_inflight", "at least 1".into()));
+        }
+        let password = ctx.secret(
+            "password",
+            None,
+            cfg.password_env.as_deref(),
+            cfg.password_file.as_deref(),
+        )?;
+        if password.is_some() && cfg.username.is_none() {
+            return Err(bad(
+                "username",
+                "a password is given without a username".into(),
+            ));
+        }
+        let tls_files = [&cfg.tls_ca_file, &cfg.tls_cert_file, &cfg.tls_key_file];
+        if !tls && tls_files.iter().any(|f| f.is_some()) {
+            return Err(bad(
+                "url",
+                "tls_ca_file, tls_cert_file and tls_key_file need an mqtts:// url".into(),
+            ));
+        }
+        let tls = if tls {
+            let cert = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+                (Some(c), Some(k)) => {
+                    Some((ctx.resolve_path(c), ctx.private_file("tls_key_file", k)?))
+                }
+                (None, None) => None,
+                _ => {
+                    return Err(bad(
+                        "tls_cert_file",
+                        "give tls_cert_file and tls_key_file together".into(),
+                    ))
+                }
+            };
+            let t = client::Tls {
+                ca_file: cfg.tls_ca_file.as_ref().map(|p| ctx.resolve_path(p)),
+                cert,
+            };
+            Some(client::connector(&t).map_err(|e| PluginError::config(format!("[{table}] {e}")))?)
+        } else {
+            if password.is_some() && !is_loopback(&host) {
+                tracing::warn!(
+                    "[{table}] the password goes to {host} in clear text over mqtt://; use mqtts://"
+                );
+            }
+            None
+        };
+        let client_id = cfg
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("gateway-{}-{}", ctx.info().device, ctx.info().instance));
+        if client_id.is_empty() || client_id.len() > 65535 {
+            return Err(bad("client_id", "1 to 65,535 bytes".into()));
+        }
+        Ok(Mqtt {
+            settings: Settings {
+                host,
+                port,
+                tls,
+                client_id,
+                user: cfg.username.clone(),
+                password,
+                keep_alive: cfg.keep_alive,
+                connect_timeout: cfg.connect_timeout,
+                ack_timeout: cfg.ack_timeout,
+                max_inflight: cfg.max_inflight,
+                retain: cfg.retain,
+            },
+            topic,
+            conn: None,
+            table,
+        })
+    }
+
+    fn open(&mut self) -> Result<(), PluginError> {
+        self.connect()
+    }
+
+    fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        let messages: Vec<(String, Vec<u8>)> = batch
+            .iter()
+            .map(|r| {
+                (
+                    self.topic.render(r),
+                    gateway_senml::encode_json(std::slice::from_ref(r)),
+                )
+            })
+            .collect();
+        // A connection that sat idle may have been dropped by the broker or a NAT on the way:
+        // check it first, and set up a new one if it is gone.
+        let stale = match self.conn.as_mut() {
+            Some(c) => !c.alive(&self.settings),
+            None => true,
+        };
+        if stale {
+            self.conn = None;
+            self.connect()?;
+        }
+        let c = self.conn.as_mut().expect("connected");
+        match c.publish_all(&self.settings, &messages) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // What was not acknowledged goes again whole, on a new connection.
+                self.conn = None;
+                tracing::warn!(table = %self.table, error = %e.message(), "publishing failed; the batch will be sent again");
+                Err(e)
+            }
+        }
+    }
+
+    fn close(&mut self) -> Result<(), PluginError> {
+        if let Some(c) = self.conn.take() {
+            c.close();
+        }
+        Ok(())
+    }
+}
+
+impl Mqtt {
+    fn connect(&mut self) -> Result<(), PluginError> {
+        if self.conn.is_none() {
+            let c = Connection::open(&self.settings)?;
+            tracing::info!(table = %self.table, broker = %format!("{}:{}", self.settings.host, self.settings.port), client_id = %self.settings.client_id, tls = self.settings.tls.is_some(), "connected to the MQTT broker");
+            self.conn = Some(c);
+        }
+        Ok(())
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
+gateway_sdk::export!(sinks: [Mqtt]);

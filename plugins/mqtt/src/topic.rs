@@ -1,0 +1,140 @@
+//! The topic template: literal text and `{device}`, `{sensor}`, `{name}`, `{unit}`. No I/O.
+
+use gateway_sdk::Reading;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Device,
+    Sensor,
+    Name,
+    Unit,
+}
+
+/// A parsed template.
+#[derive(Debug, Clone)]
+pub struct Template(Vec<Part>);
+
+impl Template {
+    /// Parses `t`; says what is wrong with it.
+    pub fn parse(t: &str) -> Result<Template, String> {
+        if t.is_empty() {
+            return Err("the topic is empty".into());
+        }
+        let mut parts = Vec::new();
+        let mut rest = t;
+        while let Some(open) = rest.find('{') {
+            let text = &rest[..open];
+            let Some(close) = rest[open..].find('}') else {
+                return Err(format!("{t:?}: a {{ without its }}"));
+            };
+            let part = match &rest[open + 1..open + close] {
+                "device" => Part::Device,
+                "sensor" => Part::Sensor,
+                "name" => Part::Name,
+                "unit" => Part::Unit,
+                other => {
+                    return Err(format!(
+                    "{t:?}: {{{other}}} is not one of {{device}}, {{sensor}}, {{name}}, {{unit}}"
+                ))
+                }
+            };
+            if !text.is_empty() {
+                parts.push(Part::Text(text.to_owned()));
+            }
+            parts.push(part);
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        for p in &parts {
+            if let Part::Text(s) = p {
+                if s.contains(['+', '#', '\0', '}']) {
+                    return Err(format!(
+                        "{t:?}: a topic to publish to has no wildcards (+, #), NUL or stray }}"
+                    ));
+                }
+            }
+        }
+        if t.starts_with('$') {
+            return Err(format!("{t:?}: topics that begin with $ are the broker's"));
+        }
+        Ok(Template(parts))
+    }
+
+    /// The topic of reading `r`. A value is one topic level whatever it holds: `/`, `+`, `#`
+    /// and NUL become `_` (a sensor named `a/b` cannot publish under another level), and an
+    /// empty one is `_`.
+    pub fn render(&self, r: &Reading) -> String {
+        let mut out = String::new();
+        for p in &self.0 {
+            let v = match p {
+                Part::Text(s) => {
+                    out.push_str(s);
+                    continue;
+                }
+                Part::Device => r.device.as_str(),
+                Part::Sensor => r.sensor.as_str(),
+                Part::Name => r.name.as_str(),
+                Part::Unit => r.unit.as_str(),
+            };
+            if v.is_empty() {
+                out.push('_');
+            }
+            out.extend(v.chars().map(|c| match c {
+                '/' | '+' | '#' | '\0' => '_',
+                c => c,
+            }));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_sdk::{Label, ReadingId, Timestamp, Value};
+
+    fn reading(device: &str, sensor: &str) -> Reading {
+        Reading {
+            id: ReadingId([0; 16]),
+            time: Timestamp(0),
+            device: Label::from(device),
+            sensor: Label::from(sensor),
+            name: Label::from("temperature"),
+            unit: Label::from(""),
+            value: Value::Float(1.0),
+        }
+    }
+
+    #[test]
+    fn fills_the_levels_and_keeps_each_value_in_its_own() {
+        let t = Template::parse("gateway/{device}/{sensor}/{name}").unwrap();
+        assert_eq!(
+            t.render(&reading("pi-01", "28-01")),
+            "gateway/pi-01/28-01/temperature"
+        );
+        assert_eq!(
+            t.render(&reading("pi-01", "../pi-02/#")),
+            "gateway/pi-01/.._pi-02__/temperature"
+        );
+        let t = Template::parse("{device}-{name}[{unit}]").unwrap();
+        assert_eq!(t.render(&reading("pi", "s")), "pi-temperature[_]");
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_published_to() {
+        for bad in [
+            "",
+            "a/+/b",
+            "a/#",
+            "{devices}/x",
+            "{device",
+            "$SYS/{device}",
+            "a}b",
+        ] {
+            assert!(Template::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

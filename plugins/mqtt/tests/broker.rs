@@ -1,0 +1,233 @@
+//! The sink against the machine's Mosquitto (127.0.0.1:1883; `cargo xtask test` installs and
+//! starts it where it is missing), watched with `mosquitto_sub`; and against a broker made
+//! here on a TCP socket that acknowledges what a test says, to show that a batch is
+//! acknowledged only after every PUBACK and that a lost connection is set up again.
+
+use gateway_sdk::{
+    testing::{readme_sample_tables, sample_readings, SinkHarness},
+    ErrorKind, Reading,
+};
+use mqtt::{config::Config, Mqtt};
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+fn sink(extra: &str) -> SinkHarness {
+    SinkHarness::new::<Mqtt>(extra).unwrap()
+}
+
+#[test]
+fn every_reading_is_published_at_qos_1_on_its_topic_as_senml() {
+    let root = format!("gwtest/{}", std::process::id());
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-q", "1", "-v", "-C", "500", "-W", "30"])
+        .args(["-t", &format!("{root}/#")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub (mosquitto-clients) runs");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut s = sink(&format!(
+        "url = \"mqtt://127.0.0.1\"\ntopic = \"{root}/{{device}}/{{sensor}}/{{name}}\"\nmax_inflight = 16\n"
+    ));
+    let batch = sample_readings(500);
+    s.write(batch[..200].to_vec()).unwrap();
+    s.write(batch[200..].to_vec()).unwrap();
+    let mut out = String::new();
+    sub.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(
+        sub.wait().unwrap().success(),
+        "mosquitto_sub got 500 in time"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 500);
+    for (line, r) in lines.iter().zip(&batch) {
+        let (topic, payload) = line.split_once(' ').unwrap();
+        assert_eq!(topic, format!("{root}/test-device/s1/temperature"));
+        let pack = gateway_senml::decode_json(
+            payload.as_bytes(),
+            10,
+            gateway_sdk::Timestamp::now(),
+            "nobody",
+        )
+        .unwrap();
+        assert_eq!(pack.readings, vec![r.clone()], "{payload}");
+    }
+}
+
+/// What the broker made here does with each connection, in order.
+#[derive(Clone, Copy)]
+enum Broker {
+    /// Acknowledges every PUBLISH, answers PINGREQ.
+    Acks,
+    /// Acknowledges every PUBLISH but the one with this packet id.
+    AllBut(u16),
+    /// Acknowledges every PUBLISH of one batch of this many, then closes the connection.
+    AcksThenCloses(usize),
+    /// Refuses the connection with this CONNACK code.
+    Refuses(u8),
+}
+
+/// A broker on 127.0.0.1 that treats its connections as `plan` says; it counts the PUBLISH
+/// packets it acknowledged. Gives its port.
+fn broker(plan: Vec<Broker>, acked: Arc<Mutex<usize>>) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for b in plan {
+            let Ok((conn, _)) = l.accept() else { return };
+            serve(conn, b, &acked);
+        }
+    });
+    port
+}
+
+/// One packet: its first byte and body.
+fn packet(c: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut first = [0u8; 1];
+    c.read_exact(&mut first).ok()?;
+    let (mut len, mut mult) = (0usize, 1usize);
+    loop {
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).ok()?;
+        len += usize::from(b[0] & 0x7F) * mult;
+        mult *= 128;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    c.read_exact(&mut body).ok()?;
+    Some((first[0], body))
+}
+
+fn serve(mut c: TcpStream, plan: Broker, acked: &Mutex<usize>) {
+    let mut published = 0;
+    while let Some((first, body)) = packet(&mut c) {
+        match first >> 4 {
+            1 => {
+                let code = if let Broker::Refuses(code) = plan {
+                    code
+                } else {
+                    0
+                };
+                c.write_all(&[0x20, 2, 0, code]).unwrap();
+                if code != 0 {
+                    return;
+                }
+            }
+            3 => {
+                let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                let id = [body[2 + topic_len], body[3 + topic_len]];
+                published += 1;
+                if matches!(plan, Broker::AllBut(skip) if skip == u16::from_be_bytes(id)) {
+                    continue;
+                }
+                c.write_all(&[0x40, 2, id[0], id[1]]).unwrap();
+                *acked.lock().unwrap() += 1;
+                if matches!(plan, Broker::AcksThenCloses(n) if n == published) {
+                    return;
+                }
+            }
+            12 => c.write_all(&[0xD0, 0]).unwrap(),
+            _ => {}
+        }
+    }
+}
+
+fn to(port: u16, extra: &str) -> SinkHarness {
+    sink(&format!(
+        "url = \"mqtt://127.0.0.1:{port}\"\nack_timeout = \"1s\"\nconnect_timeout = \"1s\"\n{extra}"
+    ))
+}
+
+#[test]
+fn a_batch_is_acknowledged_only_after_every_puback() {
+    let acked = Arc::new(Mutex::new(0));
+    let port = broker(vec![Broker::AllBut(37), Broker::Acks], acked.clone());
+    let mut s = to(port, "max_inflight = 8");
+    let batch: Vec<Reading> = sample_readings(100);
+    // One PUBACK of 100 never comes: the batch is not done, and says so in time.
+    let e = s.write(batch.clone()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("acknowledged nothing in time"), "{e}");
+    assert_eq!(
+        *acked.lock().unwrap(),
+        99,
+        "the others went on around the missing one"
+    );
+    // Sent again whole on a new connection, it is done once all 100 are acknowledged.
+    s.write(batch).unwrap();
+    assert_eq!(*acked.lock().unwrap(), 199);
+}
+
+#[test]
+fn a_connection_the_broker_dropped_while_idle_is_set_up_again() {
+    let acked = Arc::new(Mutex::new(0));
+    let port = broker(vec![Broker::AcksThenCloses(5), Broker::Acks], acked.clone());
+    let mut s = to(port, "keep_alive = \"1s\"");
+    s.write(sample_readings(5)).unwrap();
+    // Past half the keep-alive the sink checks the connection first, finds it gone, and
+    // publishes on a new one: the write succeeds.
+    std::thread::sleep(Duration::from_millis(700));
+    s.write(sample_readings(3)).unwrap();
+    assert_eq!(*acked.lock().unwrap(), 8);
+}
+
+#[test]
+fn refusals_and_absent_brokers_are_retried_with_the_reason() {
+    let port = broker(vec![Broker::Refuses(5)], Arc::default());
+    let e = to(port, "").write(sample_readings(1)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("not authorized (CONNACK 5)"), "{e}");
+    let e = to(1, "").write(sample_readings(1)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(
+        e.message()
+            .contains("cannot connect to the broker at 127.0.0.1:1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn settings_errors_name_their_key() {
+    for (toml, want) in [
+        ("url = \"mqtt://h\"\ntopik = \"x\"", "unknown field `topik`"),
+        ("url = \"mqtt://u:p@h\"", "url: put the user in username"),
+        ("url = \"http://h\"", "url: \"http://h\": give mqtt://"),
+        ("url = \"mqtt://h\"\ntopic = \"a/+/b\"", "topic: "),
+        (
+            "url = \"mqtt://h\"\ntopic = \"{dev}\"",
+            "{dev} is not one of",
+        ),
+        (
+            "url = \"mqtt://h\"\nmax_inflight = 0",
+            "max_inflight: at least 1",
+        ),
+        (
+            "url = \"mqtt://h\"\npassword_env = \"HOME\"",
+            "a password is given without a username",
+        ),
+        (
+            "url = \"mqtt://h\"\ntls_ca_file = \"ca.pem\"",
+            "need an mqtts:// url",
+        ),
+    ] {
+        let e = SinkHarness::new::<Mqtt>(toml).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::CONFIG, "{toml}");
+        assert!(e.message().contains(want), "{toml}: {e}");
+    }
+}
+
+#[test]
+fn readme_sample_matches_sample_toml_and_parses() {
+    for (name, keys) in
+        readme_sample_tables(include_str!("../README.md"), include_str!("../sample.toml"))
+    {
+        let c: Config = keys.try_into().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(c.topic, "gateway/{device}/{sensor}/{name}");
+    }
+}
