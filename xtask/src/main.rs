@@ -11,6 +11,8 @@
 //! - `bench`: build in release mode and print every benchmark figure of the README.
 //! - `bench-pi`: the Pi side's resident memory without and with the metrics page.
 //! - `bench-pg`: the `postgres` sink beside PostgreSQL's own COPY of the same rows (`pg.rs`).
+//! - `bench-mqtt`: the `mqtt` sink beside `mosquitto_pub` publishing as many messages at QoS 1
+//!   (`mqtt.rs`).
 //! - `bench-e2e`: only the MySQL figures (plain INSERTs, end to end, drain after an outage).
 //! - `bench-ingress [SECONDS]`: the ingress under a fleet's load beside libcoap's server
 //!   (`fleet.rs`).
@@ -31,6 +33,7 @@ mod deb;
 mod dist;
 mod fleet;
 mod lossy;
+mod mqtt;
 mod pg;
 mod reload;
 mod setup;
@@ -137,6 +140,10 @@ fn main() -> Result<()> {
             let dir = build(true)?;
             pg::bench(&dir)
         }
+        Some("bench-mqtt") => {
+            let dir = build(true)?;
+            mqtt::bench(&dir)
+        }
         Some("bench-e2e") => {
             let dir = build(true)?;
             ensure_certs(&dir)?;
@@ -186,7 +193,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | test [CARGO-TEST-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-pi | bench-e2e | bench-pg | soak [N] | dist [--target TRIPLE] | deb [--target TRIPLE]... | new-plugin NAME --source|--sink [--dir DIR] | sdk-package"
+                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | test [CARGO-TEST-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-pi | bench-e2e | bench-pg | bench-mqtt | soak [N] | dist [--target TRIPLE] | deb [--target TRIPLE]... | new-plugin NAME --source|--sink [--dir DIR] | sdk-package"
             );
             std::process::exit(2);
         }

@@ -11,6 +11,8 @@
 //! - PostgreSQL (`postgresql` where it is not installed) on its Unix socket, started if it does
 //!   not answer, with a role `root` and a database `test` (the postgres plugin's tests connect
 //!   through the socket as root, by peer authentication);
+//! - Mosquitto (`mosquitto` where it is not installed) on 127.0.0.1:1883, started if it does
+//!   not answer, and `mosquitto-clients` (the mqtt plugin's tests publish to it and watch);
 //! - with `CI` set (as CI sets it): rustfmt, clippy and cargo-fuzz, for the checks CI adds
 //!   around the suite (see [`crate::ci`]).
 //!
@@ -36,12 +38,15 @@ const PACKAGES: &[&str] = &[
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
     "qemu-user-static",
+    // mosquitto_sub, which watches what the mqtt plugin's tests publish.
+    "mosquitto-clients",
 ];
 
 /// Rust targets the suite builds for besides this machine's.
 const TARGETS: &[&str] = &["aarch64-unknown-linux-gnu"];
 
 const MARIADB: &str = "/usr/sbin/mariadbd";
+const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
 fn quiet(cmd: &str, args: &[&str]) -> bool {
     Command::new(cmd)
@@ -153,12 +158,60 @@ fn postgres(root: &Option<Vec<&'static str>>) -> Result<()> {
     Ok(())
 }
 
+fn answers(addr: &str) -> bool {
+    TcpStream::connect_timeout(&addr.parse().expect("an address"), Duration::from_secs(1)).is_ok()
+}
+
 fn mariadb_answers() -> bool {
-    TcpStream::connect_timeout(
-        &"127.0.0.1:3306".parse().expect("an address"),
-        Duration::from_secs(1),
+    answers("127.0.0.1:3306")
+}
+
+/// Starts Mosquitto on 127.0.0.1:1883 (the mqtt plugin's tests publish to it) where nothing
+/// answers there; Debian's configuration without a listener takes local clients only.
+fn mosquitto(root: &Option<Vec<&'static str>>) -> Result<()> {
+    if answers("127.0.0.1:1883") {
+        return Ok(());
+    }
+    let Some(prefix) = root else {
+        bail!("the mqtt plugin's tests need an MQTT broker on 127.0.0.1:1883\n  sudo apt-get install -y mosquitto && sudo mosquitto -d -c /etc/mosquitto/mosquitto.conf");
+    };
+    if !std::path::Path::new(MOSQUITTO).exists() {
+        eprintln!("== installing mosquitto");
+        crate::run(root_command(
+            prefix,
+            &["apt-get", "install", "-y", "-qq", "mosquitto"],
+        ))?;
+    }
+    if answers("127.0.0.1:1883") {
+        return Ok(()); // the package's service started it
+    }
+    eprintln!("== starting Mosquitto");
+    // Its pid file's directory lives in /run, which a container may not have kept.
+    let _ = root_command(
+        prefix,
+        &[
+            "install",
+            "-d",
+            "-o",
+            "mosquitto",
+            "-g",
+            "mosquitto",
+            "/run/mosquitto",
+        ],
     )
-    .is_ok()
+    .status();
+    crate::run(root_command(
+        prefix,
+        &[MOSQUITTO, "-d", "-c", "/etc/mosquitto/mosquitto.conf"],
+    ))?;
+    let end = Instant::now() + Duration::from_secs(20);
+    while !answers("127.0.0.1:1883") {
+        if Instant::now() > end {
+            bail!("Mosquitto was started but does not answer on 127.0.0.1:1883 after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
 }
 
 /// Installs the missing packages and starts MariaDB (see the module's doc); `ci`: the CI
@@ -209,6 +262,7 @@ pub fn prepare(ci: bool) -> Result<()> {
         }
     }
     postgres(&root)?;
+    mosquitto(&root)?;
     if quiet("rustup", &["--version"]) {
         let installed = Command::new("rustup")
             .args(["target", "list", "--installed"])

@@ -1,0 +1,107 @@
+//! `cargo xtask bench-mqtt`: the `mqtt` sink beside Mosquitto's own client, in one run on the
+//! machine's Mosquitto (127.0.0.1:1883):
+//!
+//! - `mosquitto_pub -q 1 -l`: 200,000 messages at QoS 1, one per line of a file of SenML
+//!   payloads the size the sink sends, with the same window of unacknowledged messages as the
+//!   sink (`-M`);
+//! - the sink: `bench/mqtt.toml`, the null source into the sink, batches of 1000, as `gateway run
+//!   --until-sources-finish` reports it.
+//!
+//! Prints messages/s for each and the ratio, three times; then the same with the sink's
+//! default window beside `mosquitto_pub`'s (20).
+
+use crate::root;
+use anyhow::{bail, Context, Result};
+use std::{
+    io::Write as _,
+    path::Path,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+const MESSAGES: usize = 200_000;
+
+/// Messages/s of `mosquitto_pub` publishing each line of `lines` at QoS 1, `inflight` at most
+/// unacknowledged.
+fn mosquitto_pub(lines: &Path, inflight: u16) -> Result<f64> {
+    let started = Instant::now();
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-q", "1", "-l", "-t", "gwbench/pub"])
+        .args(["-M", &inflight.to_string()])
+        .stdin(std::fs::File::open(lines)?)
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run mosquitto_pub (apt-get install mosquitto-clients)")?;
+    if !status.success() {
+        bail!("mosquitto_pub failed: {status}");
+    }
+    Ok(MESSAGES as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Readings/s of the sink with `max_inflight`, from the host's own figure.
+fn sink(gateway: &Path, inflight: u16) -> Result<f64> {
+    let config = std::fs::read_to_string(root().join("bench/mqtt.toml"))?
+        + &format!("max_inflight = {inflight}\n");
+    let path = root().join("target/bench-mqtt.toml");
+    std::fs::write(&path, config)?;
+    let out = Command::new(gateway)
+        .current_dir(root())
+        .args([
+            "run",
+            "--until-sources-finish",
+            "--log-level",
+            "info",
+            "--config",
+        ])
+        .arg(&path)
+        .env_remove("GATEWAY_LOG")
+        .output()?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("the sink's run failed:\n{log}");
+    }
+    let line = log
+        .lines()
+        .find(|l| l.contains("sink wrote"))
+        .context("no throughput line in the log")?;
+    let (n, rate) = line
+        .split("sink wrote ")
+        .nth(1)
+        .and_then(|r| {
+            let n: usize = r.split(' ').next()?.parse().ok()?;
+            let rate: f64 = r.split(" s (").nth(1)?.split(' ').next()?.parse().ok()?;
+            Some((n, rate))
+        })
+        .with_context(|| format!("cannot read the figures in {line}"))?;
+    if n != MESSAGES {
+        bail!("the sink wrote {n} readings, not {MESSAGES}");
+    }
+    Ok(rate)
+}
+
+pub fn bench(dir: &Path) -> Result<()> {
+    let gateway = dir.join("gateway");
+    let lines = std::env::temp_dir().join(format!("gw-bench-mqtt-{}.txt", std::process::id()));
+    {
+        // The payload the sink sends for a reading of the null source, with a new id each.
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&lines)?);
+        for i in 0..MESSAGES {
+            writeln!(
+                f,
+                r#"[{{"bn":"bench:","bt":1764633543.120457,"bu":"1","n":"null/value","v":{i},"rid":"{:032x}"}}]"#,
+                i as u128 * 7919 + 1
+            )?;
+        }
+    }
+    println!("   {MESSAGES} messages each, QoS 1, to 127.0.0.1:1883 with no subscriber:");
+    for (round, inflight) in [(1, 64u16), (2, 64), (3, 64), (4, 20)] {
+        let theirs = mosquitto_pub(&lines, inflight)?;
+        let ours = sink(&gateway, inflight)?;
+        println!(
+            "   run {round}, {inflight:>2} in flight: mosquitto_pub {theirs:>8.0} messages/s | mqtt sink {ours:>8.0} readings/s = {:.0} %",
+            ours / theirs * 100.0
+        );
+    }
+    let _ = std::fs::remove_file(&lines);
+    Ok(())
+}
