@@ -200,6 +200,9 @@ struct Outgoing<P> {
     token: Option<Token>,
     /// The observation this notifies, if it is a CON notification.
     notice: Option<Token>,
+    /// It took the place of an earlier message (a newer notification state): its ACK is no
+    /// round-trip sample.
+    replaced: bool,
 }
 
 struct ClientExchange {
@@ -275,6 +278,8 @@ pub struct Endpoint<P: Copy + Eq + Hash> {
     rto: HashMap<P, rto::Rto>,
     /// Server: clients registered for notifications, by (peer, token).
     observations: HashMap<(P, Token), observe::Observation>,
+    /// Server: the recent NON notifications' message ids, to find what a RST ends.
+    notice_mids: HashMap<(P, u16), Token>,
     /// Client: observations held, by (peer, token).
     observing: HashMap<(P, Token), observe::Observing>,
     stats: Stats,
@@ -303,6 +308,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             reassembly: HashMap::new(),
             rto: HashMap::new(),
             observations: HashMap::new(),
+            notice_mids: HashMap::new(),
             observing: HashMap::new(),
             stats: Stats::default(),
         }
@@ -459,6 +465,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 next_at: now + timeout,
                 token,
                 notice: None,
+                replaced: false,
             },
         );
         Ok(())

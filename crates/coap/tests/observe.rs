@@ -265,15 +265,20 @@ fn a_newer_state_takes_the_place_of_a_con_notification_in_flight() {
     let token = pair.register(true);
     pair.drop_to_server = true; // the ACKs are lost
     pair.notify(&token, "old");
-    pair.notify(&token, "new");
     pair.server_sent.clear();
+    pair.notify(&token, "new");
+    pair.notify(&token, "newer");
+    assert!(
+        pair.server_sent.is_empty(),
+        "nothing goes before the retransmission"
+    );
     pair.advance(Duration::from_secs(4));
     let resent: Vec<String> = pair
         .server_sent
         .iter()
         .map(|(_, _, p)| String::from_utf8_lossy(p).into_owned())
         .collect();
-    assert_eq!(resent, ["new"], "only the newest state is retransmitted");
+    assert_eq!(resent, ["newer"], "only the newest state is retransmitted");
     // ... and still within the first's retransmission budget: 4 retransmissions in all.
     for _ in 0..120 {
         pair.advance(Duration::from_secs(1));
@@ -406,4 +411,64 @@ fn an_error_notification_is_the_last() {
     assert_eq!(pair.server.observers(), 0);
     assert!(!pair.client.is_observing(SERVER, &token));
     assert!(!pair.notify(&token, "1"));
+}
+
+#[test]
+fn registering_again_on_the_same_token_keeps_the_numbers_increasing() {
+    let mut pair = Pair::new(Config::default());
+    let token = pair.register(true);
+    pair.notify(&token, "1");
+    let before = observe_of(pair.notifications.last().unwrap()).unwrap();
+    // The same GET again (a new message id, the same token), as libcoap sends it.
+    let mut get = request(RequestType::Get, "gpsflowtemp/pi-1", None, Vec::new());
+    get.add_option(CoapOption::Observe, encode_uint(0));
+    get.set_token(token.clone());
+    get.header.set_type(MessageType::Confirmable);
+    get.header.message_id = 777;
+    pair.server
+        .handle_datagram(pair.now, CLIENT, &get.to_bytes().unwrap());
+    pair.run();
+    let (id, _) = pair.requests.pop().unwrap();
+    let mut answer = response(ResponseType::Content, "again");
+    answer.add_option(CoapOption::Observe, encode_uint(0));
+    pair.server.respond(pair.now, id, answer);
+    pair.run();
+    assert_eq!(pair.server.observers(), 1);
+    let again = pair.server_sent.last().unwrap().1.unwrap();
+    assert_eq!(again, before + 1);
+    pair.notify(&token, "2");
+    assert_eq!(
+        observe_of(pair.notifications.last().unwrap()),
+        Some(before + 2)
+    );
+}
+
+#[test]
+fn a_later_block_get_neither_registers_nor_ends_the_observation() {
+    let mut pair = Pair::new(Config::default());
+    let token = pair.register(true);
+    let mut get = request(RequestType::Get, "gpsflowtemp/pi-1", None, Vec::new());
+    get.add_option(CoapOption::Observe, encode_uint(0));
+    get.add_option(
+        CoapOption::Block2,
+        gateway_coap::Block {
+            num: 1,
+            more: false,
+            szx: 6,
+        }
+        .encode(),
+    );
+    get.set_token(token.clone());
+    get.header.set_type(MessageType::Confirmable);
+    get.header.message_id = 778;
+    pair.server
+        .handle_datagram(pair.now, CLIENT, &get.to_bytes().unwrap());
+    pair.run();
+    let (id, _) = pair.requests.pop().unwrap();
+    // The application answers the block (without Observe: it is no registration).
+    pair.server
+        .respond(pair.now, id, response(ResponseType::Content, "block 1"));
+    pair.run();
+    assert!(pair.deregistered.is_empty());
+    assert!(pair.notify(&token, "still"));
 }

@@ -193,7 +193,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             }
             return;
         };
-        if !reset {
+        if !reset && !o.replaced {
             self.measured(now, peer, o.first_sent, o.retransmits + 1);
         }
         let Some(token) = o.token else {

@@ -14,7 +14,7 @@
 //! token; later responses on it are [`Event::Notification`]s (CON ones ACKed, stale ones by
 //! RFC 7641 §3.4's ordering dropped). A notification on a token nobody observes gets RST.
 
-use super::{Endpoint, Event, Token};
+use super::{Endpoint, Event, Outgoing, Token};
 use crate::message::{decode_uint, encode_uint};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
 use std::{collections::VecDeque, hash::Hash, time::Instant};
@@ -72,6 +72,11 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         self.observations.len()
     }
 
+    /// The peers with a client registered now.
+    pub fn observing_peers(&self) -> std::collections::HashSet<P> {
+        self.observations.keys().map(|(p, _)| *p).collect()
+    }
+
     /// Sends a notification to the client observing with `token` from `peer` (a response
     /// packet: code, options, payload; the endpoint sets type, message id, token and the
     /// Observe number). `false` if there is no such observation (any more): stop notifying it.
@@ -83,9 +88,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             let Some(o) = self.observations.remove(&(peer, token.to_vec())) else {
                 return false;
             };
-            if let Some(m) = o.con_mid {
-                self.outgoing.remove(&(peer, m));
-            }
+            self.forget_mids(peer, &o);
             packet.clear_option(CoapOption::Observe);
             packet.set_token(token.to_vec());
             packet.header.set_type(MessageType::Confirmable);
@@ -99,10 +102,10 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         o.seq = (o.seq + 1) & SEQ_MASK;
         set_observe(&mut packet, o.seq);
         packet.set_token(token.to_vec());
-        let con = o.con_mid.is_some()
+        let in_flight = o.con_mid;
+        let con = in_flight.is_some()
             || o.since_con + 1 >= every.max(1)
             || now.saturating_duration_since(o.last_con) >= after;
-        let replaced = o.con_mid.take();
         let mid = self.mid();
         packet.header.message_id = mid;
         let o = self
@@ -113,26 +116,43 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             packet.header.set_type(MessageType::NonConfirmable);
             o.since_con += 1;
             if o.recent.len() == RECENT_NONS {
-                o.recent.pop_front();
+                if let Some(old) = o.recent.pop_front() {
+                    self.notice_mids.remove(&(peer, old));
+                }
             }
             o.recent.push_back(mid);
+            self.notice_mids.insert((peer, mid), token.to_vec());
             let _ = self.send(peer, &packet);
             return true;
         }
         packet.header.set_type(MessageType::Confirmable);
         (o.con_mid, o.since_con, o.last_con) = (Some(mid), 0, now);
-        let old = replaced.and_then(|m| self.outgoing.remove(&(peer, m)));
+        let old = in_flight.and_then(|m| self.outgoing.remove(&(peer, m)));
+        if let Some(old) = old {
+            // A CON notification is unacknowledged: the newer state takes its place and goes
+            // at its next retransmission, not now (RFC 7641 4.5.2), so a client that does not
+            // answer gets one message per timeout however fast the state changes.
+            let Ok(bytes) = packet.to_bytes_unlimited() else {
+                return true;
+            };
+            if let Some(m) = in_flight {
+                self.notice_mids.remove(&(peer, m));
+            }
+            self.outgoing.insert(
+                (peer, mid),
+                Outgoing {
+                    bytes,
+                    replaced: true,
+                    ..old
+                },
+            );
+            return true;
+        }
         if self.send_con(now, peer, &packet, None).is_err() {
             return true;
         }
         if let Some(out) = self.outgoing.get_mut(&(peer, mid)) {
             out.notice = Some(token.to_vec());
-            // The newer state goes on with the older one's retransmission state.
-            if let Some(old) = old {
-                (out.retransmits, out.first_sent, out.initial) =
-                    (old.retransmits, old.first_sent, old.initial);
-                (out.timeout, out.next_at) = (old.timeout, old.next_at);
-            }
         }
         true
     }
@@ -141,13 +161,13 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// it asks to register (a GET with `Observe: 0`).
     pub(super) fn observe_request(&mut self, peer: P, token: &Token, req: &Packet) -> bool {
         let get = matches!(req.header.code, MessageClass::Request(RequestType::Get));
-        let registers = get && observe_of(req) == Some(0);
-        // The later blocks of a large notification are fetched with plain GETs (RFC 7959
-        // §3.4): those do not end it.
+        // The later blocks of a large notification are fetched with GETs (RFC 7959 §3.4):
+        // those neither register nor end anything.
         let later_block = req
             .get_first_option(CoapOption::Block2)
             .and_then(|v| crate::Block::decode(v))
             .is_some_and(|b| b.num > 0);
+        let registers = get && observe_of(req) == Some(0) && !later_block;
         if get && !registers && !later_block {
             // Observe: 1, or a plain GET on the token: the client wants no more notifications.
             self.end_observation(peer, token.clone());
@@ -173,7 +193,12 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             }
             return;
         }
-        let seq = (self.rng)() as u32 & 0xFFFF;
+        // A registration on the same token again goes on from its numbers, which must keep
+        // increasing for the client (RFC 7641 4.4).
+        let seq = match self.observations.get(&(peer, token.clone())) {
+            Some(o) => (o.seq + 1) & SEQ_MASK,
+            None => (self.rng)() as u32 & 0xFFFF,
+        };
         set_observe(resp, seq);
         let replaced = self.observations.insert(
             (peer, token.clone()),
@@ -185,29 +210,32 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 recent: VecDeque::new(),
             },
         );
-        if let Some(m) = replaced.and_then(|o| o.con_mid) {
+        if let Some(o) = replaced {
+            self.forget_mids(peer, &o);
+        }
+    }
+
+    /// Drops what an observation that ended left: its CON in flight, its message ids.
+    fn forget_mids(&mut self, peer: P, o: &Observation) {
+        if let Some(m) = o.con_mid {
             self.outgoing.remove(&(peer, m));
+        }
+        for m in &o.recent {
+            self.notice_mids.remove(&(peer, *m));
         }
     }
 
     /// Server: forgets an observation and tells the application, if there was one.
     pub(super) fn end_observation(&mut self, peer: P, token: Token) {
         if let Some(o) = self.observations.remove(&(peer, token.clone())) {
-            if let Some(m) = o.con_mid {
-                self.outgoing.remove(&(peer, m));
-            }
+            self.forget_mids(peer, &o);
             self.events.push_back(Event::Deregistered { peer, token });
         }
     }
 
     /// Server: a RST that matched no CON in flight may answer a NON notification.
     pub(super) fn reset_of_notification(&mut self, peer: P, mid: u16) -> bool {
-        let token = self
-            .observations
-            .iter()
-            .find(|((p, _), o)| *p == peer && o.recent.contains(&mid))
-            .map(|((_, t), _)| t.clone());
-        match token {
+        match self.notice_mids.get(&(peer, mid)).cloned() {
             Some(t) => {
                 self.end_observation(peer, t);
                 true
