@@ -421,7 +421,9 @@ fn observe(
             }
             Some(Notice::Notification(p)) => {
                 seen += 1;
-                let last = gateway_coap::observe_of(&p).is_none();
+                // One without Observe, or an error, is the server's last.
+                let last = gateway_coap::observe_of(&p).is_none()
+                    || !Code::of(&p).is_some_and(|c| c.is_success());
                 let (p, body) = whole(p)?;
                 let code = print(args, &p, &body)?;
                 if last {

@@ -76,8 +76,14 @@ impl Observation {
     }
 
     /// Stops taking notifications: the server's next one gets RST and ends the registration
-    /// there (RFC 7641 §3.6).
+    /// there (RFC 7641 §3.6). Dropping the observation does the same.
     pub fn stop(self) {
+        // Dropping it tells the client's thread.
+    }
+}
+
+impl Drop for Observation {
+    fn drop(&mut self) {
         let _ = self.tx.send(Cmd::Unobserve(self.tag));
     }
 }
@@ -372,8 +378,18 @@ async fn client_loop(
                         }
                     }
                     Event::Notification { tag, packet } => {
-                        if let Some(to) = observers.get(&tag) {
-                            let _ = to.send(Notice::Notification(packet));
+                        // The last one (the server ended the observation) closes it here too.
+                        let last = !registered(&packet);
+                        let delivered = observers
+                            .get(&tag)
+                            .is_some_and(|to| to.send(Notice::Notification(packet)).is_ok());
+                        if last || !delivered {
+                            observers.remove(&tag);
+                            observer_tags.retain(|_, t| *t != tag);
+                            if !last {
+                                // Nobody takes them any more: the next one gets RST.
+                                machine.stop_observing(tag);
+                            }
                         }
                     }
                     Event::Unobserved { tag } => {

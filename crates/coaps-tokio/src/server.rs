@@ -293,6 +293,10 @@ async fn serve(
         while let Some((peer, token)) = machine.poll_deregistered() {
             handler.deregistered(peer, token);
         }
+        // Requests the machine met while looking for those.
+        while let Some(inc) = machine.poll_event() {
+            handler.request(inc);
+        }
         while let Some((peer, d)) = machine.poll_transmit() {
             let _ = socket.send_to(&d, peer).await;
         }

@@ -357,11 +357,19 @@ impl Server {
         let idle_for = self.cfg.session_idle;
         let mut next: Option<Instant> = None;
         let mut idle = Vec::new();
+        // A session that observes is quiet by nature (notifications flow the other way, and
+        // a device may post seldom): it stays. A client that went away is noticed by its CON
+        // notifications going unacknowledged, and then its session may go idle.
+        let observing = self.endpoint.observing_peers();
         for (a, p) in &self.peers {
             if !p.session.is_established() {
                 continue;
             }
-            let at = p.session.last_activity() + idle_for;
+            let at = if observing.contains(a) {
+                now + idle_for
+            } else {
+                p.session.last_activity() + idle_for
+            };
             if at <= now {
                 idle.push(*a);
             } else {

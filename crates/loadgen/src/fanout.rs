@@ -165,7 +165,10 @@ pub async fn run(cli: Arc<Cli>, server: SocketAddr, cfgs: Vec<Config>) -> bool {
     if silent > 0 {
         println!("observe: {silent} registered observers got no notification");
     }
-    registered == observers && refused == 0 && silent == 0
+    if got < expected {
+        println!("observe: {} notifications never arrived", expected - got);
+    }
+    registered == observers && refused == 0 && silent == 0 && got == expected
 }
 
 /// A device, or `None` (said) if its DTLS settings do not load.

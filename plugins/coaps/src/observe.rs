@@ -29,7 +29,8 @@ struct Watcher {
 
 /// The registry.
 pub struct Observers {
-    by_device: HashMap<String, Vec<Watcher>>,
+    /// Each device's observers, by (peer, token).
+    by_device: HashMap<String, HashMap<(SocketAddr, Token), Watcher>>,
     /// Where each registration is, by (peer, token).
     device_of: HashMap<(SocketAddr, Token), String>,
     per_peer: HashMap<SocketAddr, usize>,
@@ -84,16 +85,16 @@ impl Observers {
         *self.per_peer.entry(peer).or_default() += 1;
         self.device_of
             .insert((peer, token.clone()), device.to_owned());
-        self.by_device
-            .entry(device.to_owned())
-            .or_default()
-            .push(Watcher {
+        self.by_device.entry(device.to_owned()).or_default().insert(
+            (peer, token.clone()),
+            Watcher {
                 peer,
                 token,
                 sensor: sensor.map(str::to_owned),
                 accept: req.get_first_option(CoapOption::Accept).cloned(),
                 to: to.clone(),
-            });
+            },
+        );
         true
     }
 
@@ -109,7 +110,7 @@ impl Observers {
             }
         }
         if let Some(ws) = self.by_device.get_mut(&device) {
-            ws.retain(|w| !(w.peer == peer && w.token == token));
+            ws.remove(&(peer, token.to_vec()));
             if ws.is_empty() {
                 self.by_device.remove(&device);
             }
@@ -137,7 +138,7 @@ impl Observers {
                 continue;
             };
             let mut encoded: Vec<((Option<&str>, Option<&[u8]>), Option<Packet>)> = Vec::new();
-            for w in watchers {
+            for w in watchers.values() {
                 let sensor = w.sensor.as_deref();
                 if sensor.is_some_and(|s| !touched.contains(&(device, s))) {
                     continue;
@@ -162,7 +163,12 @@ impl Observers {
     /// Tells the observers of `device` it is gone (a 4.04, which ends each observation), and
     /// forgets them.
     pub fn forgotten(&mut self, device: &str) {
-        for w in self.by_device.remove(device).unwrap_or_default() {
+        for w in self
+            .by_device
+            .remove(device)
+            .unwrap_or_default()
+            .into_values()
+        {
             let gone = response(ResponseType::NotFound, &format!("{device} was forgotten"));
             w.to.notify(w.peer, w.token.clone(), gone);
             self.device_of.remove(&(w.peer, w.token));

@@ -152,6 +152,16 @@ impl Together {
     }
 }
 
+/// Whether a GET asks to register for notifications: `Observe: 0`, for the whole
+/// representation or its first block.
+fn registers(req: &Packet) -> bool {
+    let first_block = req
+        .get_first_option(CoapOption::Block2)
+        .and_then(|v| Block::decode(v))
+        .is_none_or(|b| b.num == 0);
+    observe_of(req) == Some(0) && first_block
+}
+
 /// An admitted request waiting for room in the sinks' queues.
 struct Held {
     id: RequestId,
@@ -297,10 +307,23 @@ impl<'a> Serving<'a> {
         let mut table = self.latest.lock().expect("latest");
         let answer = match &route {
             Route::Latest { device, sensor } => match table.get(device, sensor.as_deref()) {
+                Some(readings) if registers(&inc.packet) => {
+                    // The answer is queued before the table is let go: a notification of a
+                    // newer state (queued under the same lock) then always follows the answer
+                    // that registers its client, on the same worker's queue.
+                    let answer = latest::answer(&inc.packet, &readings, self.settings.max_block);
+                    match answer {
+                        Ok(p) => {
+                            let p = self.register(inc, device, sensor.as_deref(), p);
+                            self.answer(id, p, Instant::now());
+                            return;
+                        }
+                        Err(r) => Err(r),
+                    }
+                }
                 Some(readings) => {
                     drop(table);
-                    let answer = latest::answer(&inc.packet, &readings, self.settings.max_block);
-                    answer.map(|p| self.register(inc, device, sensor.as_deref(), p))
+                    latest::answer(&inc.packet, &readings, self.settings.max_block)
                 }
                 None => Err(Refused::bad(
                     gateway_coap::coap_lite::ResponseType::NotFound,
@@ -329,9 +352,8 @@ impl<'a> Serving<'a> {
         }
     }
 
-    /// The answer `p` to a GET of last readings; a GET with `Observe: 0` (for the whole
-    /// representation or its first block) registers its client if there is room, and the
-    /// answer then carries an Observe option.
+    /// The answer `p` to a GET of last readings that asks to register (see [`registers`]):
+    /// registers its client if there is room, and the answer then carries an Observe option.
     fn register(
         &self,
         inc: &Incoming,
@@ -339,21 +361,14 @@ impl<'a> Serving<'a> {
         sensor: Option<&str>,
         mut p: Packet,
     ) -> Packet {
-        let first_block = inc
-            .packet
-            .get_first_option(CoapOption::Block2)
-            .and_then(|v| Block::decode(v))
-            .is_none_or(|b| b.num == 0);
-        if observe_of(&inc.packet) == Some(0) && first_block {
-            let mut observers = self.observers.lock().expect("observers");
-            let added = observers.add(device, sensor, inc.peer, &inc.packet, &self.responder);
-            self.counted(&observers);
-            if added {
-                p.add_option(CoapOption::Observe, encode_uint(0));
-                tracing::debug!(peer = %inc.peer, device, sensor, observers = observers.len(), "observer registered");
-            } else {
-                tracing::debug!(peer = %inc.peer, device, "observer not registered: no room");
-            }
+        let mut observers = self.observers.lock().expect("observers");
+        let added = observers.add(device, sensor, inc.peer, &inc.packet, &self.responder);
+        self.counted(&observers);
+        if added {
+            p.add_option(CoapOption::Observe, encode_uint(0));
+            tracing::debug!(peer = %inc.peer, device, sensor, observers = observers.len(), "observer registered");
+        } else {
+            tracing::debug!(peer = %inc.peer, device, "observer not registered: no room");
         }
         p
     }
