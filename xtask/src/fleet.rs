@@ -256,6 +256,7 @@ fn observe(load_bin: &Path, duration: &str, gateway: &Path) -> Result<()> {
             |l| {
                 let trouble = l.starts_with("  e.g.")
                     || l.contains("got no notification")
+                    || l.contains("never told")
                     || (l.starts_with("connect:")
                         && !l.contains(&format!("{observers} of {observers}")));
                 if trouble {
@@ -265,10 +266,11 @@ fn observe(load_bin: &Path, duration: &str, gateway: &Path) -> Result<()> {
         )?;
         let got = o.num("notifications");
         println!(
-            "   {observers:>5} observers: {:>6.0} notifications/s, {:.0} POSTs, {got:.0} of {:.0} notifications arrived, POST to notification p50 {:.2} ms p99 {:.2} ms, {:.1} us of ingress CPU per notification",
+            "   {observers:>5} observers: {:>6.0} notifications/s, {:.0} POSTs, {got:.0} notifications of {:.0} states, {:.0} observers behind at the end, POST to notification p50 {:.2} ms p99 {:.2} ms, {:.1} us of ingress CPU per notification",
             o.num("per_s"),
             o.num("posts"),
             o.num("expected"),
+            o.num("behind"),
             o.num("p50_ms"),
             o.num("p99_ms"),
             o.cpu / got.max(1.0) * 1e6,

@@ -517,6 +517,16 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             .map(|(k, _)| *k)
             .collect();
         for key in due {
+            let Some(o) = self.outgoing.get(&key) else {
+                continue;
+            };
+            // A CON notification whose observation has a newer state: that goes instead.
+            let key = match o.notice.clone() {
+                Some(t) if o.retransmits < self.config.max_retransmit => {
+                    self.newest_state(now, key, &t)
+                }
+                _ => key,
+            };
             let Some(o) = self.outgoing.get_mut(&key) else {
                 continue;
             };

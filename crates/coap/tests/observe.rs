@@ -472,3 +472,21 @@ fn a_later_block_get_neither_registers_nor_ends_the_observation() {
     assert!(pair.deregistered.is_empty());
     assert!(pair.notify(&token, "still"));
 }
+
+#[test]
+fn a_newer_state_goes_as_soon_as_the_con_in_flight_is_acknowledged() {
+    let config = Config {
+        observe_con_every: 1,
+        ..Config::default()
+    };
+    let mut pair = Pair::new(config);
+    let token = pair.register(true);
+    // Two states before anything moves: the first goes CON, the second waits for its ACK.
+    let content = |v: &str| response(ResponseType::Content, v);
+    assert!(pair.server.notify(pair.now, CLIENT, &token, content("a")));
+    assert!(pair.server.notify(pair.now, CLIENT, &token, content("b")));
+    assert!(pair.server.notify(pair.now, CLIENT, &token, content("c")));
+    pair.run();
+    // No time passed: "c" went when "a" was acknowledged, "b" was never sent.
+    assert_eq!(payloads(&pair.notifications), ["a", "c"]);
+}

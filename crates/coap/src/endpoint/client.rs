@@ -202,7 +202,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 if reset {
                     self.end_observation(peer, t);
                 } else {
-                    self.notification_acked(peer, t, mid);
+                    self.notification_acked(now, peer, t, mid);
                 }
             }
             return;

@@ -34,6 +34,8 @@ pub(super) struct Observation {
     last_con: Instant,
     /// The message ids of the latest NON notifications.
     recent: VecDeque<u16>,
+    /// The newest state, waiting for the CON notification in flight to be acknowledged.
+    pending: Option<Packet>,
 }
 
 /// An observation this client holds.
@@ -83,7 +85,6 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// A notification that is not 2.xx is the last: it goes CON, without Observe, and ends the
     /// observation.
     pub fn notify(&mut self, now: Instant, peer: P, token: &[u8], mut packet: Packet) -> bool {
-        let (every, after) = (self.config.observe_con_every, self.config.observe_con_after);
         if !is_success(&packet) {
             let Some(o) = self.observations.remove(&(peer, token.to_vec())) else {
                 return false;
@@ -99,19 +100,32 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         let Some(o) = self.observations.get_mut(&(peer, token.to_vec())) else {
             return false;
         };
+        if o.con_mid.is_some() {
+            // A CON notification is unacknowledged: the newest state waits, and goes when it
+            // is acknowledged or in place of its next retransmission (RFC 7641 4.5.2), so a
+            // client that does not answer gets one message per timeout however fast the state
+            // changes.
+            o.pending = Some(packet);
+            return true;
+        }
+        self.send_notification(now, peer, token, packet);
+        true
+    }
+
+    /// Numbers and sends a notification to a registered client whose CON notifications are
+    /// all acknowledged: NON, or CON every so often.
+    fn send_notification(&mut self, now: Instant, peer: P, token: &[u8], mut packet: Packet) {
+        let (every, after) = (self.config.observe_con_every, self.config.observe_con_after);
+        let mid = self.mid();
+        let Some(o) = self.observations.get_mut(&(peer, token.to_vec())) else {
+            return;
+        };
         o.seq = (o.seq + 1) & SEQ_MASK;
         set_observe(&mut packet, o.seq);
         packet.set_token(token.to_vec());
-        let in_flight = o.con_mid;
-        let con = in_flight.is_some()
-            || o.since_con + 1 >= every.max(1)
-            || now.saturating_duration_since(o.last_con) >= after;
-        let mid = self.mid();
         packet.header.message_id = mid;
-        let o = self
-            .observations
-            .get_mut(&(peer, token.to_vec()))
-            .expect("present");
+        let con =
+            o.since_con + 1 >= every.max(1) || now.saturating_duration_since(o.last_con) >= after;
         if !con {
             packet.header.set_type(MessageType::NonConfirmable);
             o.since_con += 1;
@@ -123,38 +137,50 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             o.recent.push_back(mid);
             self.notice_mids.insert((peer, mid), token.to_vec());
             let _ = self.send(peer, &packet);
-            return true;
+            return;
         }
         packet.header.set_type(MessageType::Confirmable);
         (o.con_mid, o.since_con, o.last_con) = (Some(mid), 0, now);
-        let old = in_flight.and_then(|m| self.outgoing.remove(&(peer, m)));
-        if let Some(old) = old {
-            // A CON notification is unacknowledged: the newer state takes its place and goes
-            // at its next retransmission, not now (RFC 7641 4.5.2), so a client that does not
-            // answer gets one message per timeout however fast the state changes.
-            let Ok(bytes) = packet.to_bytes_unlimited() else {
-                return true;
-            };
-            if let Some(m) = in_flight {
-                self.notice_mids.remove(&(peer, m));
+        if self.send_con(now, peer, &packet, None).is_ok() {
+            if let Some(out) = self.outgoing.get_mut(&(peer, mid)) {
+                out.notice = Some(token.to_vec());
             }
-            self.outgoing.insert(
-                (peer, mid),
-                Outgoing {
-                    bytes,
-                    replaced: true,
-                    ..old
-                },
-            );
-            return true;
         }
-        if self.send_con(now, peer, &packet, None).is_err() {
-            return true;
-        }
-        if let Some(out) = self.outgoing.get_mut(&(peer, mid)) {
-            out.notice = Some(token.to_vec());
-        }
-        true
+    }
+
+    /// Server: the CON notification `key` is due for retransmission; if a newer state waits,
+    /// it goes instead (numbered, with a new message id) and keeps the retransmission state.
+    /// Gives the key the message now has.
+    pub(super) fn newest_state(&mut self, now: Instant, key: (P, u16), token: &[u8]) -> (P, u16) {
+        let peer = key.0;
+        let mid = self.mid();
+        let Some(o) = self.observations.get_mut(&(peer, token.to_vec())) else {
+            return key;
+        };
+        let Some(mut packet) = o.pending.take() else {
+            return key;
+        };
+        o.seq = (o.seq + 1) & SEQ_MASK;
+        set_observe(&mut packet, o.seq);
+        packet.set_token(token.to_vec());
+        packet.header.message_id = mid;
+        packet.header.set_type(MessageType::Confirmable);
+        let Ok(bytes) = packet.to_bytes_unlimited() else {
+            return key;
+        };
+        (o.con_mid, o.last_con) = (Some(mid), now);
+        let Some(out) = self.outgoing.remove(&key) else {
+            return key;
+        };
+        self.outgoing.insert(
+            (peer, mid),
+            Outgoing {
+                bytes,
+                replaced: true,
+                ..out
+            },
+        );
+        (peer, mid)
     }
 
     /// Server: what a request's Observe option asks, before the application sees it. `true`:
@@ -208,6 +234,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 since_con: 0,
                 last_con: now,
                 recent: VecDeque::new(),
+                pending: None,
             },
         );
         if let Some(o) = replaced {
@@ -244,12 +271,17 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         }
     }
 
-    /// Server: a CON notification was acknowledged.
-    pub(super) fn notification_acked(&mut self, peer: P, token: Token, mid: u16) {
-        if let Some(o) = self.observations.get_mut(&(peer, token)) {
-            if o.con_mid == Some(mid) {
-                o.con_mid = None;
-            }
+    /// Server: a CON notification was acknowledged; a newer state that waited goes now.
+    pub(super) fn notification_acked(&mut self, now: Instant, peer: P, token: Token, mid: u16) {
+        let Some(o) = self.observations.get_mut(&(peer, token.clone())) else {
+            return;
+        };
+        if o.con_mid != Some(mid) {
+            return;
+        }
+        o.con_mid = None;
+        if let Some(p) = o.pending.take() {
+            self.send_notification(now, peer, &token, p);
         }
     }
 
