@@ -80,13 +80,7 @@ fn a_device_posts_senml_with_gateway_coap_and_it_is_stored_under_its_name() {
 
     // 40 sensors make an answer of several blocks: our client (256-byte blocks) and libcoap's
     // (64-byte blocks) put them together.
-    let many: Vec<String> = (0..40)
-        .map(|i| format!(r#"{{"bn":"pi-07:","n":"s{i:02}/temperature","u":"Cel","v":{i}}}"#))
-        .collect();
-    let many = format!("[{}]", many.join(","));
-    let mut args = vec!["coap", "post", &uri, "-t", "senml+json", "-p", &many];
-    args.extend(device);
-    assert!(gateway(&args).0.success());
+    post_forty_sensors(&uri, &device);
     let mut args = vec!["coap", "get", &get, "-b", "256", "-v"];
     args.extend(device);
     let (status, out, err) = gateway(&args);
@@ -199,6 +193,17 @@ batch_timeout = "5ms"
     let running = Running::start_named(s, "server", &server);
     assert!(running.wait_for_log("CoAP/DTLS ingress listening", Duration::from_secs(10)));
     running
+}
+
+/// pi-07 POSTs a reading of 40 sensors to `uri`: its last readings then take several blocks.
+fn post_forty_sensors(uri: &str, device: &[&str]) {
+    let many: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"bn":"pi-07:","n":"s{i:02}/temperature","u":"Cel","v":{i}}}"#))
+        .collect();
+    let many = format!("[{}]", many.join(","));
+    let mut args = vec!["coap", "post", uri, "-t", "senml+json", "-p", &many];
+    args.extend(device);
+    assert!(gateway(&args).0.success());
 }
 
 /// A device certificate for `name` beside the others.
@@ -364,13 +369,7 @@ fn observers_get_each_new_reading_and_are_told_when_the_device_is_forgotten() {
     let mut second = Background::start(&s, "second", gw, &args);
     second.wait_for("temperature = 22.5 Cel");
     // A state larger than a block comes as its first block; the client fetches the rest.
-    let many: Vec<String> = (0..40)
-        .map(|i| format!(r#"{{"bn":"pi-07:","n":"s{i:02}/temperature","u":"Cel","v":{i}}}"#))
-        .collect();
-    let many = format!("[{}]", many.join(","));
-    let mut args = vec!["coap", "post", &uri, "-t", "senml+json", "-p", &many];
-    args.extend(device);
-    assert!(gateway(&args).0.success());
+    post_forty_sensors(&uri, &device);
     second.wait_for("pi-07/s39  temperature = 39 Cel");
     let mut args = vec!["coap", "delete", &whole];
     args.extend(reader);

@@ -726,3 +726,24 @@ fn gateway_sdk_version() -> Result<String> {
         .map(str::to_owned)
         .context("sdk/Cargo.toml has no version line")
 }
+
+/// What `gateway run --until-sources-finish --log-level info` said its sink wrote: readings,
+/// and readings per second (the run failing is an error with its log).
+fn sink_wrote(out: &std::process::Output) -> Result<(usize, f64)> {
+    let log = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("the sink's run failed:\n{log}");
+    }
+    let line = log
+        .lines()
+        .find(|l| l.contains("sink wrote"))
+        .context("no throughput line in the log")?;
+    line.split("sink wrote ")
+        .nth(1)
+        .and_then(|r| {
+            let n: usize = r.split(' ').next()?.parse().ok()?;
+            let rate: f64 = r.split(" s (").nth(1)?.split(' ').next()?.parse().ok()?;
+            Some((n, rate))
+        })
+        .with_context(|| format!("cannot read the figures in {line}"))
+}

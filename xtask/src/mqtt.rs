@@ -56,23 +56,7 @@ fn sink(gateway: &Path, inflight: u16) -> Result<f64> {
         .arg(&path)
         .env_remove("GATEWAY_LOG")
         .output()?;
-    let log = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("the sink's run failed:\n{log}");
-    }
-    let line = log
-        .lines()
-        .find(|l| l.contains("sink wrote"))
-        .context("no throughput line in the log")?;
-    let (n, rate) = line
-        .split("sink wrote ")
-        .nth(1)
-        .and_then(|r| {
-            let n: usize = r.split(' ').next()?.parse().ok()?;
-            let rate: f64 = r.split(" s (").nth(1)?.split(' ').next()?.parse().ok()?;
-            Some((n, rate))
-        })
-        .with_context(|| format!("cannot read the figures in {line}"))?;
+    let (n, rate) = crate::sink_wrote(&out)?;
     if n != MESSAGES {
         bail!("the sink wrote {n} readings, not {MESSAGES}");
     }

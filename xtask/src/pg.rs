@@ -81,20 +81,7 @@ fn sink(gateway: &Path) -> Result<f64> {
         ])
         .env_remove("GATEWAY_LOG")
         .output()?;
-    let log = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("the sink's run failed:\n{log}");
-    }
-    let line = log
-        .lines()
-        .find(|l| l.contains("sink wrote"))
-        .context("no throughput line in the log")?;
-    let rate: f64 = line
-        .split(" s (")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|r| r.parse().ok())
-        .with_context(|| format!("cannot read the rate in {line}"))?;
+    let (_, rate) = crate::sink_wrote(&out)?;
     let n: usize = psql("SELECT count(*) FROM gw_bench_sink")?.parse()?;
     if n != ROWS {
         bail!("the sink stored {n} rows, not {ROWS}");
