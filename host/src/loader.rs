@@ -428,13 +428,16 @@ impl Catalog {
             }
             match self.load(path) {
                 Ok(lib) => {
-                    if let Some(p) = lib.plugins.iter().find(|p| p.id.as_str() == id) {
-                        if p.kind == kind {
-                            return Ok(Found {
-                                library: lib.clone(),
-                                plugin: p.clone(),
-                            });
-                        }
+                    // A library may give a source and a sink the same id (`nats`): the kind
+                    // picks one.
+                    let same_id = || lib.plugins.iter().filter(|p| p.id.as_str() == id);
+                    if let Some(p) = same_id().find(|p| p.kind == kind) {
+                        return Ok(Found {
+                            library: lib.clone(),
+                            plugin: p.clone(),
+                        });
+                    }
+                    if let Some(p) = same_id().next() {
                         wrong_kind = Some((lib.file_name(), p.kind));
                     }
                 }
