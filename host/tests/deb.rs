@@ -91,6 +91,7 @@ const PLUGINS: &[&str] = &[
     "libmysql.so",
     "libpostgres.so",
     "libmqtt.so",
+    "libnats.so",
 ];
 
 #[test]

@@ -261,6 +261,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("gateway-plugin-mysql", "libmysql.so"),
     ("gateway-plugin-postgres", "libpostgres.so"),
     ("gateway-plugin-mqtt", "libmqtt.so"),
+    ("gateway-plugin-nats", "libnats.so"),
 ];
 
 /// Builds the distribution for `target` (default: this machine) and returns its directory,

@@ -1,0 +1,87 @@
+//! Connecting to NATS with the configured credentials, on the plugin's own runtime.
+
+use crate::config::Connection;
+use gateway_sdk::{InitContext, PluginError};
+use std::path::PathBuf;
+
+/// What a connection needs, checked when the instance is built (nothing is connected then).
+#[derive(Clone)]
+pub struct Settings {
+    url: String,
+    user: Option<(String, String)>,
+    token: Option<String>,
+    credentials: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    timeout: std::time::Duration,
+}
+
+impl Settings {
+    /// Checks `c` and reads its secrets.
+    pub fn new(ctx: &InitContext, c: &Connection) -> Result<Settings, PluginError> {
+        let bad = |key: &str, e: &str| ctx.config_error(key, e);
+        for u in c.url.split(',') {
+            let u = u.trim();
+            if !(u.starts_with("nats://") || u.starts_with("tls://")) {
+                return Err(bad(
+                    "url",
+                    "give nats://HOST[:PORT] or tls://HOST[:PORT], several separated by commas",
+                ));
+            }
+            if u.contains('@') {
+                return Err(bad("url", "put the user in username and the password in password_env or password_file, not in the URL"));
+            }
+        }
+        let password = ctx.secret(
+            "password",
+            None,
+            c.password_env.as_deref(),
+            c.password_file.as_deref(),
+        )?;
+        let user = match (&c.username, password) {
+            (Some(u), Some(p)) => Some((u.clone(), p)),
+            (None, None) => None,
+            _ => return Err(bad("username", "give username and a password together")),
+        };
+        let token = ctx.secret("token", None, c.token_env.as_deref(), None)?;
+        let credentials = c.credentials_file.as_ref().map(|p| ctx.resolve_path(p));
+        let ways = [user.is_some(), token.is_some(), credentials.is_some()];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            return Err(bad(
+                "username",
+                "give one of username and password, token_env, credentials_file",
+            ));
+        }
+        Ok(Settings {
+            url: c.url.clone(),
+            user,
+            token,
+            credentials,
+            ca: c.tls_ca_file.as_ref().map(|p| ctx.resolve_path(p)),
+            timeout: c.connect_timeout,
+        })
+    }
+
+    /// Connects; a retryable error says why not.
+    pub async fn connect(&self) -> Result<async_nats::Client, PluginError> {
+        let mut o = async_nats::ConnectOptions::new()
+            .connection_timeout(self.timeout)
+            .name("gateway");
+        if let Some((u, p)) = &self.user {
+            o = o.user_and_password(u.clone(), p.clone());
+        }
+        if let Some(t) = &self.token {
+            o = o.token(t.clone());
+        }
+        if let Some(c) = &self.credentials {
+            o = o.credentials_file(c).await.map_err(|e| {
+                PluginError::config(format!("credentials_file {}: {e}", c.display()))
+            })?;
+        }
+        if let Some(ca) = &self.ca {
+            o = o.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        o.connect(self.url.replace(' ', "").as_str())
+            .await
+            .map_err(|e| PluginError::retry(format!("cannot connect to NATS at {}: {e}", self.url)))
+    }
+}

@@ -1,0 +1,136 @@
+//! The sink: each reading published to JetStream as SenML JSON, its id as `Nats-Msg-Id` (so
+//! that JetStream drops a re-delivered one within its duplicate window), on a subject made
+//! from the reading; a batch is done once JetStream acknowledged every reading of it.
+
+use crate::{config::SinkConfig, connect::Settings, subject::Template};
+use async_nats::jetstream::{self, stream::StorageType};
+use futures_util::future::join_all;
+use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
+use std::time::Duration;
+
+/// The sink.
+pub struct NatsSink {
+    cfg: SinkConfig,
+    settings: Settings,
+    subject: Template,
+    rt: tokio::runtime::Runtime,
+    js: Option<jetstream::Context>,
+    table: String,
+}
+
+/// A reading's id as JetStream's message id: 32 hex digits.
+pub fn msg_id(r: &Reading) -> String {
+    r.id.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Sink for NatsSink {
+    const ID: &'static str = "nats";
+    const DESCRIPTION: &'static str =
+        "publishes readings to NATS JetStream (SenML JSON, id as Nats-Msg-Id), acknowledged after JetStream stored them";
+
+    fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+        let cfg: SinkConfig = ctx.parse_config()?;
+        let settings = Settings::new(ctx, &cfg.connection)?;
+        let subject = Template::parse(&cfg.subject).map_err(|e| ctx.config_error("subject", e))?;
+        if cfg.stream.is_empty() || cfg.stream.contains(['.', '*', '>', ' ']) {
+            return Err(
+                ctx.config_error("stream", "a stream name has no dots, wildcards or spaces")
+            );
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| PluginError::fatal(format!("tokio runtime: {e}")))?;
+        Ok(NatsSink {
+            cfg,
+            settings,
+            subject,
+            rt,
+            js: None,
+            table: ctx.info().table.to_string(),
+        })
+    }
+
+    fn open(&mut self) -> Result<(), PluginError> {
+        if self.js.is_some() {
+            return Ok(());
+        }
+        let (settings, cfg) = (self.settings.clone(), self.cfg.clone());
+        let js = self.rt.block_on(async move {
+            let client = settings.connect().await?;
+            let js = jetstream::new(client);
+            // The stream is made where it is missing; one that is there is used as it is.
+            js.get_or_create_stream(jetstream::stream::Config {
+                name: cfg.stream.clone(),
+                subjects: cfg.stream_subjects.clone(),
+                storage: StorageType::File,
+                duplicate_window: cfg.duplicate_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| PluginError::retry(format!("stream {}: {e}", cfg.stream)))?;
+            Ok::<_, PluginError>(js)
+        })?;
+        tracing::info!(table = %self.table, url = %self.cfg.connection.url, stream = %self.cfg.stream, "connected to NATS JetStream");
+        self.js = Some(js);
+        Ok(())
+    }
+
+    fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        self.open()?;
+        let js = self.js.clone().expect("opened");
+        let timeout = self.cfg.ack_timeout;
+        let messages: Vec<(String, String, Vec<u8>)> = batch
+            .iter()
+            .map(|r| {
+                (
+                    self.subject.render(r),
+                    msg_id(r),
+                    gateway_senml::encode_json(std::slice::from_ref(r)),
+                )
+            })
+            .collect();
+        let outcome = self.rt.block_on(async move {
+            tokio::time::timeout(timeout, publish_all(&js, messages))
+                .await
+                .map_err(|_| {
+                    PluginError::retry(format!(
+                        "JetStream did not acknowledge the batch within {}",
+                        humantime(timeout)
+                    ))
+                })?
+        });
+        if let Err(e) = &outcome {
+            // A new connection for the next try: the batch goes again whole, and JetStream drops
+            // the readings it already holds by their ids.
+            self.js = None;
+            tracing::warn!(table = %self.table, error = %e.message(), "publishing failed; the batch will be sent again");
+        }
+        outcome
+    }
+}
+
+/// Publishes every message, then waits for every acknowledgement.
+async fn publish_all(
+    js: &jetstream::Context,
+    messages: Vec<(String, String, Vec<u8>)>,
+) -> Result<(), PluginError> {
+    let mut acks = Vec::with_capacity(messages.len());
+    for (subject, id, payload) in messages {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        let ack = js
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(|e| PluginError::retry(format!("publishing: {e}")))?;
+        acks.push(ack);
+    }
+    for r in join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await {
+        r.map_err(|e| PluginError::retry(format!("JetStream did not store a reading: {e}")))?;
+    }
+    Ok(())
+}
+
+fn humantime(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}

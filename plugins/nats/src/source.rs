@@ -1,0 +1,222 @@
+//! The source: a durable pull consumer of a JetStream stream. Each fetch is emitted as one
+//! batch; its messages are acknowledged only once every sink the source feeds stored the
+//! batch, and handed back for redelivery (NAK) if one could not. A message that is not a
+//! SenML reading is terminated (never delivered again), logged and counted.
+
+use crate::{config::SourceConfig, connect::Settings};
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, PullConsumer},
+    AckKind, Message,
+};
+use futures_util::StreamExt;
+use gateway_sdk::{tracing, InitContext, PluginError, Reading, Source, SourceContext, Timestamp};
+use std::{
+    collections::HashMap,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+/// The source.
+pub struct NatsSource {
+    cfg: SourceConfig,
+    settings: Settings,
+}
+
+impl Source for NatsSource {
+    const ID: &'static str = "nats";
+    const DESCRIPTION: &'static str =
+        "consumes readings from NATS JetStream with a durable consumer; acknowledges them once every sink stored them";
+
+    fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+        let cfg: SourceConfig = ctx.parse_config()?;
+        let settings = Settings::new(ctx, &cfg.connection)?;
+        if cfg.batch == 0 {
+            return Err(ctx.config_error("batch", "at least 1"));
+        }
+        if cfg.max_batches_in_flight == 0 {
+            return Err(ctx.config_error("max_batches_in_flight", "at least 1"));
+        }
+        if cfg.durable.is_empty() || cfg.durable.contains(['.', '*', '>', ' ']) {
+            return Err(ctx.config_error(
+                "durable",
+                "a consumer name has no dots, wildcards or spaces",
+            ));
+        }
+        Ok(NatsSource { cfg, settings })
+    }
+
+    fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| PluginError::fatal(format!("tokio runtime: {e}")))?;
+        let (client, consumer) = rt.block_on(self.consumer())?;
+        tracing::info!(url = %self.cfg.connection.url, stream = %self.cfg.stream, durable = %self.cfg.durable, "consuming from NATS JetStream");
+        // Batches emitted and not yet answered by the sinks: their messages, by number.
+        let mut waiting: HashMap<u64, Vec<Message>> = HashMap::new();
+        let (done_tx, done) = mpsc::channel::<(u64, Result<(), PluginError>)>();
+        let mut next = 0u64;
+        let mut terminated = 0u64;
+        let settle = |rt: &tokio::runtime::Runtime,
+                      waiting: &mut HashMap<u64, Vec<Message>>,
+                      (n, outcome): (u64, Result<(), PluginError>)| {
+            let Some(messages) = waiting.remove(&n) else {
+                return;
+            };
+            let kind = match &outcome {
+                Ok(()) => AckKind::Ack,
+                Err(e) => {
+                    tracing::warn!(messages = messages.len(), error = %e.message(), "the sinks did not store a batch; JetStream will deliver it again");
+                    AckKind::Nak(Some(Duration::from_secs(1)))
+                }
+            };
+            rt.block_on(async {
+                for m in &messages {
+                    // A lost acknowledgement only means a redelivery, which the stores drop.
+                    let _ = m.ack_with(kind).await;
+                }
+            });
+        };
+        loop {
+            // Settle what the sinks answered; with the window full, wait for an answer.
+            while let Ok(d) = done.try_recv() {
+                settle(&rt, &mut waiting, d);
+            }
+            if waiting.len() >= self.cfg.max_batches_in_flight {
+                if let Ok(d) = done.recv_timeout(Duration::from_millis(200)) {
+                    settle(&rt, &mut waiting, d);
+                }
+                if ctx.is_stopping() {
+                    break;
+                }
+                continue;
+            }
+            if ctx.is_stopping() {
+                break;
+            }
+            let messages = rt.block_on(fetch(&consumer, self.cfg.batch))?;
+            if messages.is_empty() {
+                continue;
+            }
+            let mut readings = Vec::with_capacity(messages.len());
+            let mut keep = Vec::with_capacity(messages.len());
+            for m in messages {
+                match decode(&m) {
+                    Ok(mut r) => {
+                        readings.append(&mut r);
+                        keep.push(m);
+                    }
+                    Err(why) => {
+                        terminated += 1;
+                        tracing::warn!(subject = %m.subject, why = %why, terminated, "a message that is not a SenML reading was dropped from the consumer (TERM)");
+                        let _ = rt.block_on(m.ack_with(AckKind::Term));
+                    }
+                }
+            }
+            if keep.is_empty() {
+                continue;
+            }
+            let n = next;
+            next += 1;
+            waiting.insert(n, keep);
+            let tx = done_tx.clone();
+            if let Err(e) = ctx.emit_with(readings, move |outcome| {
+                let _ = tx.send((n, outcome));
+            }) {
+                // Not taken (the host is stopping): JetStream delivers the messages again.
+                let messages = waiting.remove(&n).unwrap_or_default();
+                rt.block_on(async {
+                    for m in &messages {
+                        let _ = m.ack_with(AckKind::Nak(None)).await;
+                    }
+                });
+                if e.kind == gateway_sdk::ErrorKind::STOPPED {
+                    break;
+                }
+                return Err(e);
+            }
+        }
+        // Stopping: the sinks keep writing while sources stop; settle what they answer within
+        // a couple of seconds (the host gives a source 5 s to return). What is left is handed
+        // back, so that JetStream delivers it again at once rather than after ack_wait; if a
+        // sink stores it after all, the stores drop the repeat by its id.
+        let by = Instant::now() + Duration::from_secs(2);
+        while !waiting.is_empty() && Instant::now() < by {
+            if let Ok(d) = done.recv_timeout(Duration::from_millis(100)) {
+                settle(&rt, &mut waiting, d);
+            }
+        }
+        let unsettled: Vec<Message> = waiting.into_values().flatten().collect();
+        rt.block_on(async {
+            for m in &unsettled {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+            }
+            // The acknowledgements wait in the client's buffer: out with them before it goes.
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+        });
+        tracing::info!(
+            handed_back = unsettled.len(),
+            terminated,
+            "NATS source stopped"
+        );
+        Ok(())
+    }
+}
+
+impl NatsSource {
+    /// A connection and the durable pull consumer, made where it is missing.
+    async fn consumer(&self) -> Result<(async_nats::Client, PullConsumer), PluginError> {
+        let client = self.settings.connect().await?;
+        let js = jetstream::new(client.clone());
+        let stream = js
+            .get_stream(&self.cfg.stream)
+            .await
+            .map_err(|e| PluginError::retry(format!("stream {}: {e}", self.cfg.stream)))?;
+        stream
+            .get_or_create_consumer(
+                &self.cfg.durable,
+                pull::Config {
+                    durable_name: Some(self.cfg.durable.clone()),
+                    filter_subject: self.cfg.filter_subject.clone(),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: self.cfg.ack_wait,
+                    max_ack_pending: (self.cfg.batch * self.cfg.max_batches_in_flight * 2) as i64,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map(|c| (client, c))
+            .map_err(|e| PluginError::retry(format!("consumer {}: {e}", self.cfg.durable)))
+    }
+}
+
+/// Up to `max` messages, waiting at most a second for the first.
+async fn fetch(consumer: &PullConsumer, max: usize) -> Result<Vec<Message>, PluginError> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(max)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .map_err(|e| PluginError::retry(format!("fetching from JetStream: {e}")))?;
+    let mut out = Vec::new();
+    while let Some(m) = batch.next().await {
+        match m {
+            Ok(m) => out.push(m),
+            Err(e) => tracing::debug!(error = %e, "a fetch ended early"),
+        }
+    }
+    Ok(out)
+}
+
+/// The readings of one message: SenML JSON (as the `nats` sink publishes), at most 64
+/// records; the device is the pack's own (`bn`), or `nats` when it names none.
+fn decode(m: &Message) -> Result<Vec<Reading>, String> {
+    let pack = gateway_senml::decode_json(&m.payload, 64, Timestamp::now(), "nats")
+        .map_err(|e| e.to_string())?;
+    if pack.readings.is_empty() {
+        return Err("no records".into());
+    }
+    Ok(pack.readings)
+}

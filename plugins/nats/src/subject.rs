@@ -1,0 +1,105 @@
+//! The subject template: literal tokens and `{device}`, `{sensor}`, `{name}`. No I/O.
+
+use gateway_sdk::Reading;
+
+#[derive(Debug, Clone)]
+enum Part {
+    Text(String),
+    Device,
+    Sensor,
+    Name,
+}
+
+/// A parsed template.
+#[derive(Debug, Clone)]
+pub struct Template(Vec<Part>);
+
+impl Template {
+    /// Parses `t`; says what is wrong with it.
+    pub fn parse(t: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = t;
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("{t:?}: a {{ without its }}"))?;
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
+            }
+            parts.push(match &rest[open + 1..open + close] {
+                "device" => Part::Device,
+                "sensor" => Part::Sensor,
+                "name" => Part::Name,
+                other => {
+                    return Err(format!(
+                        "{t:?}: {{{other}}} is not one of {{device}}, {{sensor}}, {{name}}"
+                    ))
+                }
+            });
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        let literal_ok = parts.iter().all(|p| match p {
+            Part::Text(s) => !s.contains(['*', '>', ' ', '\t', '}']) && !s.contains(".."),
+            _ => true,
+        });
+        if t.is_empty() || !literal_ok || t.starts_with('.') || t.ends_with('.') {
+            return Err(format!(
+                "{t:?}: a subject to publish to has tokens separated by single dots and no wildcards (*, >) or spaces"
+            ));
+        }
+        Ok(Template(parts))
+    }
+
+    /// The subject of reading `r`: each value one token (`.`, `*`, `>` and white space become
+    /// `_`; an empty value is `_`).
+    pub fn render(&self, r: &Reading) -> String {
+        let mut out = String::new();
+        for p in &self.0 {
+            let v = match p {
+                Part::Text(s) => {
+                    out.push_str(s);
+                    continue;
+                }
+                Part::Device => r.device.as_str(),
+                Part::Sensor => r.sensor.as_str(),
+                Part::Name => r.name.as_str(),
+            };
+            if v.is_empty() {
+                out.push('_');
+            }
+            out.extend(v.chars().map(|c| match c {
+                '.' | '*' | '>' => '_',
+                c if c.is_whitespace() => '_',
+                c => c,
+            }));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_sdk::{Label, ReadingId, Timestamp, Value};
+
+    #[test]
+    fn one_token_per_value() {
+        let t = Template::parse("readings.{device}.{sensor}.{name}").unwrap();
+        let r = Reading {
+            id: ReadingId([0; 16]),
+            time: Timestamp(0),
+            device: Label::from("pi-01"),
+            sensor: Label::from("a.b >*"),
+            name: Label::from(""),
+            unit: Label::from(""),
+            value: Value::Float(1.0),
+        };
+        assert_eq!(t.render(&r), "readings.pi-01.a_b___._");
+        for bad in ["", "a.*", "a.>", "a..b", ".a", "a b", "{dev}", "a.{device"] {
+            assert!(Template::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The sink and the source against a NATS server with JetStream of their own (Debian's
+//! `nats-server`, started here on a free port with a store in a temporary directory, so that a
+//! test may kill and restart it): a re-delivered batch is stored once (by its ids), what the
+//! sinks did not store is delivered again, what is not a reading is dropped from the consumer,
+//! and both ends carry on across a restart of NATS.
+
+use gateway_sdk::{
+    testing::{readme_sample_tables, sample_readings, SinkHarness, SourceHarness},
+    ErrorKind, Reading,
+};
+use nats::{NatsSink, NatsSource};
+use std::{
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A private nats-server with JetStream.
+struct Nats {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut n = Nats {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            port,
+        };
+        n.up();
+        n
+    }
+
+    fn up(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (Debian's nats-server) runs");
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < end, "nats-server did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9, as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The messages the stream holds now.
+    fn messages(&self, stream: &str) -> u64 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = async_nats::connect(self.url()).await.unwrap();
+            let js = async_nats::jetstream::new(c);
+            let mut s = js.get_stream(stream).await.unwrap();
+            s.info().await.unwrap().state.messages
+        })
+    }
+
+    /// Publishes `payload` on `subject` as it is (not through the sink).
+    fn publish_raw(&self, subject: &str, payload: &'static [u8]) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = async_nats::connect(self.url()).await.unwrap();
+            let js = async_nats::jetstream::new(c);
+            js.publish(subject.to_owned(), payload.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        });
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn sink(n: &Nats) -> SinkHarness {
+    SinkHarness::new::<NatsSink>(&format!("url = {:?}\nack_timeout = \"3s\"\n", n.url())).unwrap()
+}
+
+fn source(n: &Nats) -> SourceHarness {
+    SourceHarness::new(&format!("url = {:?}\nbatch = 100\n", n.url()))
+}
+
+fn ids(rs: &[Reading]) -> Vec<[u8; 16]> {
+    let mut v: Vec<[u8; 16]> = rs.iter().map(|r| r.id.0).collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn a_batch_sent_again_is_stored_once_and_read_back_as_it_was() {
+    let n = Nats::start();
+    let mut s = sink(&n);
+    let batch = sample_readings(300);
+    s.write(batch.clone()).unwrap();
+    s.write(batch[..100].to_vec()).unwrap();
+    assert_eq!(
+        n.messages("READINGS"),
+        300,
+        "JetStream dropped the repeats by their ids"
+    );
+    let run = source(&n).readings(300).run::<NatsSource>().unwrap();
+    assert_eq!(run.readings.len(), 300);
+    let mut got = run.readings.clone();
+    got.sort_by_key(|r| r.id.0);
+    let mut want = batch.clone();
+    want.sort_by_key(|r| r.id.0);
+    assert_eq!(got, want, "each reading as the sink had it");
+}
+
+#[test]
+fn what_the_sinks_did_not_store_is_delivered_again_and_what_they_did_is_not() {
+    let n = Nats::start();
+    sink(&n).write(sample_readings(50)).unwrap();
+    // The sinks take long: the source is stopped with the batch unanswered, and hands it back.
+    let first = source(&n)
+        .ack_delay(Duration::from_secs(30))
+        .stop_at(Duration::from_millis(1500))
+        .run::<NatsSource>()
+        .unwrap();
+    assert_eq!(first.readings.len(), 50);
+    // The next run gets the same readings, and the sinks store them at once.
+    let second = source(&n).readings(50).run::<NatsSource>().unwrap();
+    assert_eq!(ids(&second.readings), ids(&first.readings));
+    // Stored and acknowledged: nothing comes again.
+    let third = source(&n)
+        .timeout(Duration::from_secs(3))
+        .run::<NatsSource>()
+        .unwrap();
+    assert!(third.readings.is_empty(), "{} again", third.readings.len());
+}
+
+#[test]
+fn a_message_that_is_not_a_reading_is_dropped_from_the_consumer() {
+    let n = Nats::start();
+    let mut s = sink(&n);
+    s.write(sample_readings(1)).unwrap();
+    n.publish_raw("readings.x.y.z", b"not senml");
+    s.write(sample_readings(2)).unwrap();
+    let run = source(&n).readings(3).run::<NatsSource>().unwrap();
+    assert_eq!(run.readings.len(), 3);
+    let again = source(&n)
+        .timeout(Duration::from_secs(3))
+        .run::<NatsSource>()
+        .unwrap();
+    assert!(
+        again.readings.is_empty(),
+        "the bad message is not delivered again"
+    );
+}
+
+#[test]
+fn both_ends_carry_on_across_a_restart_of_nats() {
+    let mut n = Nats::start();
+    let mut s = sink(&n);
+    let batch = sample_readings(200);
+    s.write(batch[..100].to_vec()).unwrap();
+    n.kill();
+    let e = s.write(batch[100..].to_vec()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    n.up();
+    // The host sends the batch again; the sink connects again.
+    let end = Instant::now() + Duration::from_secs(20);
+    while let Err(e) = s.write(batch[100..].to_vec()) {
+        assert!(Instant::now() < end, "{e}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(n.messages("READINGS"), 200, "kept on disk, nothing doubled");
+    let run = source(&n).readings(200).run::<NatsSource>().unwrap();
+    assert_eq!(ids(&run.readings), ids(&batch));
+}
+
+#[test]
+fn settings_errors_name_their_key() {
+    for (toml, want) in [
+        (
+            "url = \"nats://h\"\nstreem = \"x\"",
+            "unknown field `streem`",
+        ),
+        ("url = \"http://h\"", "url: give nats://"),
+        ("url = \"nats://u:p@h\"", "url: put the user in username"),
+        ("url = \"nats://h\"\nsubject = \"a.>\"", "subject: "),
+        (
+            "url = \"nats://h\"\nsubject = \"a.{dev}\"",
+            "{dev} is not one of",
+        ),
+        (
+            "url = \"nats://h\"\nstream = \"a.b\"",
+            "stream: a stream name",
+        ),
+        (
+            "url = \"nats://h\"\nusername = \"u\"",
+            "give username and a password together",
+        ),
+    ] {
+        let e = SinkHarness::new::<NatsSink>(toml).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::CONFIG, "{toml}");
+        assert!(e.message().contains(want), "{toml}: {e}");
+    }
+    let e = SourceHarness::new("url = \"nats://h\"\nbatch = 0")
+        .run::<NatsSource>()
+        .unwrap_err();
+    assert!(e.message().contains("batch: at least 1"), "{e}");
+}
+
+#[test]
+fn readme_samples_match_sample_toml_and_parse() {
+    for (name, keys) in
+        readme_sample_tables(include_str!("../README.md"), include_str!("../sample.toml"))
+    {
+        if name.starts_with("sinks.") {
+            let _: nats::config::SinkConfig =
+                keys.try_into().unwrap_or_else(|e| panic!("{name}: {e}"));
+        } else {
+            let _: nats::config::SourceConfig =
+                keys.try_into().unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+}
