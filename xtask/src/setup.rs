@@ -11,6 +11,7 @@
 //! - PostgreSQL (`postgresql` where it is not installed) on its Unix socket, started if it does
 //!   not answer, with a role `root` and a database `test` (the postgres plugin's tests connect
 //!   through the socket as root, by peer authentication);
+//! - `nats-server` (the nats plugin's tests start servers of their own with it);
 //! - Mosquitto (`mosquitto` where it is not installed) on 127.0.0.1:1883, started if it does
 //!   not answer, and `mosquitto-clients` (the mqtt plugin's tests publish to it and watch);
 //! - with `CI` set (as CI sets it): rustfmt, clippy and cargo-fuzz, for the checks CI adds
@@ -40,6 +41,8 @@ const PACKAGES: &[&str] = &[
     "qemu-user-static",
     // mosquitto_sub, which watches what the mqtt plugin's tests publish.
     "mosquitto-clients",
+    // The nats plugin's tests and host/tests/tiers.rs start NATS servers of their own.
+    "nats-server",
 ];
 
 /// Rust targets the suite builds for besides this machine's.
