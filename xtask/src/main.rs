@@ -11,6 +11,8 @@
 //! - `bench`: build in release mode and print every benchmark figure of the README.
 //! - `bench-pi`: the Pi side's resident memory without and with the metrics page.
 //! - `bench-pg`: the `postgres` sink beside PostgreSQL's own COPY of the same rows (`pg.rs`).
+//! - `bench-tiers [SECONDS]`: `coaps-ingress -> nats | nats -> mysql` beside `coaps-ingress ->
+//!   mysql`, same load (`tiers.rs`).
 //! - `bench-mqtt`: the `mqtt` sink beside `mosquitto_pub` publishing as many messages at QoS 1
 //!   (`mqtt.rs`).
 //! - `bench-e2e`: only the MySQL figures (plain INSERTs, end to end, drain after an outage).
@@ -38,6 +40,7 @@ mod pg;
 mod reload;
 mod setup;
 mod template;
+mod tiers;
 
 use anyhow::{bail, Context, Result};
 use std::{
@@ -129,6 +132,7 @@ fn main() -> Result<()> {
             run(c)
         }
         Some("bench-ingress") => link_bench(&args, 5, fleet::bench),
+        Some("bench-tiers") => link_bench(&args, 10, tiers::bench),
         Some("bench-lossy") => link_bench(&args, 60, lossy::bench),
         Some("bench-reload") => link_bench(&args, 10, reload::bench),
         Some("bench-pi") => {
@@ -193,7 +197,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | test [CARGO-TEST-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-pi | bench-e2e | bench-pg | bench-mqtt | soak [N] | dist [--target TRIPLE] | deb [--target TRIPLE]... | new-plugin NAME --source|--sink [--dir DIR] | sdk-package"
+                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | test [CARGO-TEST-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-pi | bench-e2e | bench-pg | bench-mqtt | bench-tiers [SECONDS] | soak [N] | dist [--target TRIPLE] | deb [--target TRIPLE]... | new-plugin NAME --source|--sink [--dir DIR] | sdk-package"
             );
             std::process::exit(2);
         }
