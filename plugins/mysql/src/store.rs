@@ -4,6 +4,7 @@
 use crate::config::Config;
 use gateway_sdk::{tracing, PluginError, Reading, Value};
 use mysql_async::{prelude::*, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts};
+use std::sync::atomic::Ordering;
 
 /// The schema version this plugin writes. Version 2 keys readings by id and device (version
 /// 1 by id alone, which let one device's ids shadow another's).
@@ -88,10 +89,13 @@ pub fn classify(what: &str, e: mysql_async::Error) -> PluginError {
     }
 }
 
-/// A pool and what it writes to.
+/// The pools of the servers `url` lists, the one in use, and what they write to.
 pub struct Store {
     rt: tokio::runtime::Runtime,
-    pool: Pool,
+    /// Each server's address (for the logs) and pool, in the order `url` gives them.
+    pools: Vec<(String, Pool)>,
+    /// The server writes go to: the first that answered, until it fails over.
+    current: std::sync::atomic::AtomicUsize,
     table: String,
     /// The INSERT of a full chunk of [`ROWS_PER_INSERT`] rows, made once.
     insert_full: std::sync::Arc<str>,
@@ -112,32 +116,38 @@ impl Store {
                 cfg.table
             )));
         }
-        let opts =
-            Opts::from_url(&cfg.url).map_err(|e| PluginError::config(format!("url: {e}")))?;
-        if opts.pass().is_some() {
-            return Err(PluginError::config(
-                "url: put the password in password_env or password_file, not in the URL",
-            ));
-        }
-        let mut b = OptsBuilder::from_opts(opts).pass(password).pool_opts(
-            PoolOpts::default()
-                .with_constraints(PoolConstraints::new(0, cfg.pool_max.max(1)).expect("0 <= max")),
-        );
-        if cfg.tls {
-            let mut ssl = SslOpts::default();
-            if let Some(ca) = &cfg.tls_ca_file {
-                ssl = ssl.with_root_certs(vec![ca.clone().into()]);
+        let mut pools = Vec::new();
+        for url in split_hosts(&cfg.url).map_err(|e| PluginError::config(format!("url: {e}")))? {
+            let opts =
+                Opts::from_url(&url).map_err(|e| PluginError::config(format!("url: {e}")))?;
+            if opts.pass().is_some() {
+                return Err(PluginError::config(
+                    "url: put the password in password_env or password_file, not in the URL",
+                ));
             }
-            b = b.ssl_opts(ssl);
+            let host = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+            let mut b = OptsBuilder::from_opts(opts)
+                .pass(password.clone())
+                .pool_opts(PoolOpts::default().with_constraints(
+                    PoolConstraints::new(0, cfg.pool_max.max(1)).expect("0 <= max"),
+                ));
+            if cfg.tls {
+                let mut ssl = SslOpts::default();
+                if let Some(ca) = &cfg.tls_ca_file {
+                    ssl = ssl.with_root_certs(vec![ca.clone().into()]);
+                }
+                b = b.ssl_opts(ssl);
+            }
+            pools.push((host, Pool::new(b)));
         }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| PluginError::fatal(e.to_string()))?;
-        let pool = Pool::new(b);
         Ok(Store {
             rt,
-            pool,
+            pools,
+            current: std::sync::atomic::AtomicUsize::new(0),
             table: cfg.table.clone(),
             insert_full: insert_sql("INSERT IGNORE", &cfg.table, ROWS_PER_INSERT).into(),
             write_timeout: cfg.write_timeout,
@@ -147,9 +157,8 @@ impl Store {
     /// Creates the tables or checks their version, then (re)creates the view.
     pub fn migrate(&self) -> Result<(), PluginError> {
         let table = self.table.clone();
-        let pool = self.pool.clone();
+        let mut c = self.connect_any()?;
         self.rt.block_on(async move {
-            let mut c = pool.get_conn().await.map_err(|e| classify("connecting", e))?;
             c.query_drop("CREATE TABLE IF NOT EXISTS gateway_schema (tbl VARCHAR(64) NOT NULL PRIMARY KEY, version INT UNSIGNED NOT NULL) ENGINE=InnoDB")
                 .await
                 .map_err(|e| classify("creating gateway_schema", e))?;
@@ -203,50 +212,138 @@ impl Store {
     /// Returns how many rows were new.
     pub fn write(&self, batch: &[Reading]) -> Result<u64, PluginError> {
         let table = self.table.clone();
-        let pool = self.pool.clone();
         let full = self.insert_full.clone();
-        // The rows and parameters of each INSERT, made here so the async part only moves them.
-        let chunks: Vec<(usize, Vec<mysql_async::Value>)> = batch
-            .chunks(ROWS_PER_INSERT)
-            .map(|c| {
-                let mut v = Vec::with_capacity(c.len() * COLUMN_COUNT);
-                c.iter().for_each(|r| row(r, &mut v));
-                (c.len(), v)
-            })
-            .collect();
-        let fut = async move {
-            let mut c = pool
-                .get_conn()
-                .await
-                .map_err(|e| classify("connecting", e))?;
-            let mut tx = c
-                .start_transaction(Default::default())
-                .await
-                .map_err(|e| classify("BEGIN", e))?;
-            let mut inserted = 0;
-            for (rows, values) in chunks {
-                let sql: std::borrow::Cow<'_, str> = if rows == ROWS_PER_INSERT {
-                    full[..].into()
-                } else {
-                    insert_sql("INSERT IGNORE", &table, rows).into()
-                };
-                tx.exec_drop(sql, mysql_async::Params::Positional(values))
-                    .await
-                    .map_err(|e| classify("INSERT", e))?;
-                inserted += tx.affected_rows();
-            }
-            tx.commit().await.map_err(|e| classify("COMMIT", e))?;
-            Ok(inserted)
+        // The rows and parameters of each INSERT, made here so the async part only moves them
+        // (again for each try: the statements take them).
+        let chunks = || -> Vec<(usize, Vec<mysql_async::Value>)> {
+            batch
+                .chunks(ROWS_PER_INSERT)
+                .map(|c| {
+                    let mut v = Vec::with_capacity(c.len() * COLUMN_COUNT);
+                    c.iter().for_each(|r| row(r, &mut v));
+                    (c.len(), v)
+                })
+                .collect()
         };
         let limit = self.write_timeout;
-        self.rt.block_on(async move {
-            match tokio::time::timeout(limit, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(PluginError::retry(format!(
-                    "the batch was not committed within {limit:?}"
-                ))),
+        let n = self.pools.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        let mut deadlocks = 0;
+        let mut k = 0;
+        while k < n {
+            let i = (start + k) % n;
+            let (host, pool) = &self.pools[i];
+            let fut = insert(pool.clone(), table.clone(), full.clone(), chunks());
+            let outcome = self
+                .rt
+                .block_on(async move { tokio::time::timeout(limit, fut).await });
+            match outcome {
+                Ok(Ok(inserted)) => {
+                    self.now_on(start, i);
+                    return Ok(inserted);
+                }
+                // Galera refuses a transaction that lost certification at COMMIT with a
+                // deadlock (as InnoDB does a real one): once more at once, on the same node.
+                Ok(Err((_, mysql_async::Error::Server(e)))) if e.code == 1213 && deadlocks == 0 => {
+                    deadlocks += 1;
+                    tracing::debug!(server = %host, "deadlock (or a Galera certification conflict); the batch goes again");
+                }
+                Ok(Err((what, e))) if fails_over(&e) && n > 1 => {
+                    tracing::warn!(server = %host, error = %e, "this server cannot take the batch now; trying the next in url");
+                    last = Some(classify(&format!("{what} on {host}"), e));
+                    k += 1;
+                }
+                Ok(Err((what, e))) => return Err(classify(&what, e)),
+                Err(_) => {
+                    return Err(PluginError::retry(format!(
+                        "the batch was not committed within {limit:?}"
+                    )))
+                }
             }
-        })
+        }
+        Err(last.unwrap_or_else(|| PluginError::retry("no server took the batch")))
+    }
+
+    /// A connection to the server in use, or else the first of the others that answers.
+    fn connect_any(&self) -> Result<mysql_async::Conn, PluginError> {
+        let n = self.pools.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let (host, pool) = &self.pools[i];
+            match self.rt.block_on(pool.get_conn()) {
+                Ok(c) => {
+                    self.now_on(start, i);
+                    return Ok(c);
+                }
+                Err(e) => {
+                    if n > 1 {
+                        tracing::warn!(server = %host, error = %e, "cannot connect; trying the next in url");
+                    }
+                    last = Some(classify(&format!("connecting to {host}"), e));
+                }
+            }
+        }
+        Err(last.expect("one server at least"))
+    }
+
+    /// Writes go to server `i` from now on (it took over from `was`).
+    fn now_on(&self, was: usize, i: usize) {
+        if i != was {
+            self.current.store(i, Ordering::Relaxed);
+            tracing::warn!(server = %self.pools[i].0, "writing to this server from now on");
+        }
+    }
+}
+
+/// One batch in one transaction on `pool`; how many rows were new, or what failed and why.
+async fn insert(
+    pool: Pool,
+    table: String,
+    full: std::sync::Arc<str>,
+    chunks: Vec<(usize, Vec<mysql_async::Value>)>,
+) -> Result<u64, (String, mysql_async::Error)> {
+    let at = |what: &str| {
+        let what = what.to_owned();
+        move |e| (what, e)
+    };
+    let mut c = pool.get_conn().await.map_err(at("connecting"))?;
+    let mut tx = c
+        .start_transaction(Default::default())
+        .await
+        .map_err(at("BEGIN"))?;
+    let mut inserted = 0;
+    for (rows, values) in chunks {
+        let sql: std::borrow::Cow<'_, str> = if rows == ROWS_PER_INSERT {
+            full[..].into()
+        } else {
+            insert_sql("INSERT IGNORE", &table, rows).into()
+        };
+        tx.exec_drop(sql, mysql_async::Params::Positional(values))
+            .await
+            .map_err(at("INSERT"))?;
+        inserted += tx.affected_rows();
+    }
+    tx.commit().await.map_err(at("COMMIT"))?;
+    Ok(inserted)
+}
+
+/// Whether another server of `url` should take what this one could not: it is gone (the
+/// connection broke or was refused, it is shutting down, too many connections), or it does not
+/// take writes now (read-only: a replica, or a primary that was switched; a Galera node that is
+/// not synced).
+pub fn fails_over(e: &mysql_async::Error) -> bool {
+    match e {
+        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => true,
+        // 1040 too many connections, 1047 WSREP has not yet prepared the node, 1053 shutdown in
+        // progress, 1290 --read-only, 1792 read-only transaction, 1836 read-only mode, 1927
+        // connection killed.
+        mysql_async::Error::Server(s) => {
+            matches!(s.code, 1040 | 1047 | 1053 | 1290 | 1792 | 1836 | 1927)
+        }
+        _ => false,
     }
 }
 
@@ -296,7 +393,35 @@ fn row(r: &Reading, out: &mut Vec<mysql_async::Value>) {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        let pool = self.pool.clone();
-        let _ = self.rt.block_on(async move { pool.disconnect().await });
+        for (_, pool) in &self.pools {
+            let pool = pool.clone();
+            let _ = self.rt.block_on(async move { pool.disconnect().await });
+        }
     }
+}
+
+/// The URL of each server `url` lists: `mysql://USER@HOST1[:PORT],HOST2[:PORT]/DATABASE?...`
+/// gives `mysql://USER@HOST1[:PORT]/DATABASE?...` and so on, in order.
+pub fn split_hosts(url: &str) -> Result<Vec<String>, String> {
+    let Some(rest) = url.strip_prefix("mysql://") else {
+        return Err(format!(
+            "{url:?}: give mysql://USER@HOST[:PORT][,HOST[:PORT]...]/DATABASE"
+        ));
+    };
+    let (user, rest) = match rest.rsplit_once('@') {
+        Some((u, r)) => (format!("{u}@"), r),
+        None => (String::new(), rest),
+    };
+    let (hosts, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
+    if hosts.iter().any(|h| h.is_empty()) {
+        return Err(format!("{url:?}: an empty host in the list"));
+    }
+    Ok(hosts
+        .iter()
+        .map(|h| format!("mysql://{user}{h}{tail}"))
+        .collect())
 }

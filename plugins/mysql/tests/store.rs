@@ -362,3 +362,42 @@ fn readme_shows_the_view_the_plugin_makes() {
         words(&mysql::store::create_view("readings"))
     );
 }
+
+#[test]
+fn a_server_that_is_down_is_passed_over_for_the_next_in_url() {
+    let db = TestDb::new("failover");
+    // The first server in the list refuses connections (nothing listens on port 1).
+    let cfg = db
+        .config("")
+        .replacen("mysql://root@", "mysql://root@127.0.0.1:1,", 1);
+    assert!(cfg.contains("@127.0.0.1:1,"), "{cfg}");
+    let mut sink = SinkHarness::new::<Mysql>(&cfg).unwrap();
+    sink.write(sample_readings(20)).unwrap();
+    sink.write(sample_readings(5)).unwrap();
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [25]);
+    // With every server down, the error is retryable and names the last one tried.
+    let mut down = SinkHarness::new::<Mysql>(
+        "url = \"mysql://root@127.0.0.1:1,127.0.0.1:2/x\"\nconnect_timeout = \"1s\"\n",
+    )
+    .unwrap();
+    let e = down.write(sample_readings(1)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("127.0.0.1:2"), "{e}");
+}
+
+#[test]
+fn url_lists_servers_in_order() {
+    use mysql::store::split_hosts;
+    assert_eq!(
+        split_hosts("mysql://gw@db1:3306,db2,db3:3307/readings?prefer_socket=false").unwrap(),
+        [
+            "mysql://gw@db1:3306/readings?prefer_socket=false",
+            "mysql://gw@db2/readings?prefer_socket=false",
+            "mysql://gw@db3:3307/readings?prefer_socket=false"
+        ]
+    );
+    assert_eq!(split_hosts("mysql://db/x").unwrap(), ["mysql://db/x"]);
+    assert!(split_hosts("mysql://gw@db1,,db2/x").is_err());
+    assert!(split_hosts("postgres://x").is_err());
+}
