@@ -11,7 +11,8 @@
 //! - PostgreSQL (`postgresql` where it is not installed) on its Unix socket, started if it does
 //!   not answer, with a role `root` and a database `test` (the postgres plugin's tests connect
 //!   through the socket as root, by peer authentication);
-//! - `nats-server` (the nats plugin's tests start servers of their own with it);
+//! - `nats-server` (the nats plugin's tests start servers of their own with it), `nginx` and
+//!   `libnginx-mod-stream` (the load-balancer test starts an nginx of its own);
 //! - Mosquitto (`mosquitto` where it is not installed) on 127.0.0.1:1883, started if it does
 //!   not answer, and `mosquitto-clients` (the mqtt plugin's tests publish to it and watch);
 //! - with `CI` set (as CI sets it): rustfmt, clippy and cargo-fuzz, for the checks CI adds
@@ -43,6 +44,9 @@ const PACKAGES: &[&str] = &[
     "mosquitto-clients",
     // The nats plugin's tests and host/tests/tiers.rs start NATS servers of their own.
     "nats-server",
+    // host/tests/balancer.rs puts nginx's UDP balancer in front of two ingress instances.
+    "nginx",
+    "libnginx-mod-stream",
 ];
 
 /// Rust targets the suite builds for besides this machine's.

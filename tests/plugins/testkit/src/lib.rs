@@ -48,6 +48,9 @@ struct SequenceConfig {
     /// after a crash is the same reading, and later hops drop it as a duplicate.
     #[serde(default)]
     stable_ids: bool,
+    /// The readings' device instead of the gateway's (one process standing in for many
+    /// devices, each source into an uplink with that device's certificate).
+    device: Option<String>,
 }
 
 /// The id of value `v` of `instance` when `stable_ids` is set: FNV-1a of the name, then `v`.
@@ -122,6 +125,9 @@ impl Source for Sequence {
             let batch: Vec<Reading> = (next..next + n)
                 .map(|v| {
                     let mut r = ctx.reading(&sensor, &name, &unit, v as i64);
+                    if let Some(d) = &self.cfg.device {
+                        r.device = gateway_sdk::Label::from(d.as_str());
+                    }
                     if self.cfg.stable_ids {
                         r.id = stable_id(&self.instance, v);
                     }
