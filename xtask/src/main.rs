@@ -13,6 +13,8 @@
 //! - `bench-pg`: the `postgres` sink beside PostgreSQL's own COPY of the same rows (`pg.rs`).
 //! - `bench-tiers [SECONDS]`: `coaps-ingress -> nats | nats -> mysql` beside `coaps-ingress ->
 //!   mysql`, same load (`tiers.rs`).
+//! - `bench-balancer [SECONDS]`: two ingress instances behind nginx's UDP balancer beside one
+//!   without it (`balancer.rs`).
 //! - `bench-mqtt`: the `mqtt` sink beside `mosquitto_pub` publishing as many messages at QoS 1
 //!   (`mqtt.rs`).
 //! - `bench-e2e`: only the MySQL figures (plain INSERTs, end to end, drain after an outage).
@@ -31,6 +33,7 @@
 //! - `deb [--target TRIPLE]...`: Debian packages of that build, with systemd units for the Pi
 //!   and the server roles (`deb.rs`), in `target/deb/`.
 
+mod balancer;
 mod deb;
 mod dist;
 mod fleet;
@@ -133,6 +136,7 @@ fn main() -> Result<()> {
         }
         Some("bench-ingress") => link_bench(&args, 5, fleet::bench),
         Some("bench-tiers") => link_bench(&args, 10, tiers::bench),
+        Some("bench-balancer") => link_bench(&args, 5, balancer::bench),
         Some("bench-lossy") => link_bench(&args, 60, lossy::bench),
         Some("bench-reload") => link_bench(&args, 10, reload::bench),
         Some("bench-pi") => {
@@ -197,7 +201,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | test [CARGO-TEST-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-pi | bench-e2e | bench-pg | bench-mqtt | bench-tiers [SECONDS] | soak [N] | dist [--target TRIPLE] | deb [--target TRIPLE]... | new-plugin NAME --source|--sink [--dir DIR] | sdk-package"
+                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | test [CARGO-TEST-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-pi | bench-e2e | bench-pg | bench-mqtt | bench-tiers [SECONDS] | bench-balancer [SECONDS] | soak [N] | dist [--target TRIPLE] | deb [--target TRIPLE]... | new-plugin NAME --source|--sink [--dir DIR] | sdk-package"
             );
             std::process::exit(2);
         }

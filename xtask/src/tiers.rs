@@ -60,19 +60,15 @@ const MYSQL: &str = r#"plugin = "mysql"
 url = "mysql://root@127.0.0.1:3306/gw_tiers"
 "#;
 
-/// Runs the load for `duration`; its `result` line, and when it started.
-fn load(load_bin: &Path, duration: &str) -> Result<(HashMap<String, f64>, Instant)> {
-    let mut c = load_command(load_bin, 5696);
-    c.args([
-        "--devices",
-        DEVICES,
-        "--readings",
-        READINGS,
-        "--duration",
-        duration,
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+/// Runs `gateway-load` against 127.0.0.1:`port` with `args`; its `result` line, and when it
+/// started.
+pub(crate) fn load(
+    load_bin: &Path,
+    port: u16,
+    args: &[&str],
+) -> Result<(HashMap<String, f64>, Instant)> {
+    let mut c = load_command(load_bin, port);
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let started = Instant::now();
     let mut child = c.spawn().context("cannot start gateway-load")?;
     let mut result = HashMap::new();
@@ -96,7 +92,15 @@ fn load(load_bin: &Path, duration: &str) -> Result<(HashMap<String, f64>, Instan
 /// One setup: its servers up, the load, every reading stored; prints the figures.
 fn measure(name: &str, load_bin: &Path, duration: &str, servers: Vec<Child>) -> Result<()> {
     std::thread::sleep(Duration::from_millis(1500));
-    let outcome = load(load_bin, duration);
+    let args = [
+        "--devices",
+        DEVICES,
+        "--readings",
+        READINGS,
+        "--duration",
+        duration,
+    ];
+    let outcome = load(load_bin, 5696, &args);
     let result = outcome.and_then(|(r, started)| {
         let want = (r["ok"] * r["readings"]) as u64;
         let end = Instant::now() + Duration::from_secs(300);
