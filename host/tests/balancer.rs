@@ -48,7 +48,18 @@ fn stream_block(listen: u16, ports: &[u16]) -> String {
 
 fn mysql(query: &str) -> String {
     let out = Command::new("mysql")
-        .args(["-h", "127.0.0.1", "-P", "3306", "-u", "root", "-N", "-B", "-e", query])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-P",
+            "3306",
+            "-u",
+            "root",
+            "-N",
+            "-B",
+            "-e",
+            query,
+        ])
         .output()
         .expect("the mysql client (mariadb-client)");
     assert!(
@@ -146,7 +157,9 @@ retry_backoff_max = "1s"
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("nginx (Debian's nginx and libnginx-mod-stream; `cargo xtask test` installs them)"),
+            .expect(
+                "nginx (Debian's nginx and libnginx-mod-stream; `cargo xtask test` installs them)",
+            ),
     );
     std::thread::sleep(Duration::from_millis(500));
 
@@ -199,9 +212,14 @@ retry_backoff_max = "1s"
                 lines[lines.len().saturating_sub(20)..].join("\n")
             )
         };
-        ["client.stderr.log", "ingress0.stderr.log", "ingress1.stderr.log", "nginx/logs/error.log"]
-            .map(tail)
-            .join("\n")
+        [
+            "client.stderr.log",
+            "ingress0.stderr.log",
+            "ingress1.stderr.log",
+            "nginx/logs/error.log",
+        ]
+        .map(tail)
+        .join("\n")
     };
     let until = |what: &str, limit: u64, done: &dyn Fn(u64) -> bool| {
         let end = Instant::now() + Duration::from_secs(limit);
@@ -228,8 +246,16 @@ retry_backoff_max = "1s"
     until("readings after the loss", 60, &|n| n >= at + total / 4);
     let recovered = killed.elapsed();
     until("every reading", 180, &|n| n >= total);
-    assert!(client.stop(Duration::from_secs(30)).success(), "{}", logs(&s));
-    assert!(ingress[1].stop(Duration::from_secs(30)).success(), "{}", logs(&s));
+    assert!(
+        client.stop(Duration::from_secs(30)).success(),
+        "{}",
+        logs(&s)
+    );
+    assert!(
+        ingress[1].stop(Duration::from_secs(30)).success(),
+        "{}",
+        logs(&s)
+    );
     let row = mysql(&format!(
         "SELECT COUNT(*), COUNT(DISTINCT device), COUNT(DISTINCT device, value_int), MIN(value_int), MAX(value_int) FROM test.{table}"
     ));
@@ -254,7 +280,11 @@ retry_backoff_max = "1s"
         vec![total, DEVICES as u64, total, 0, PER_DEVICE - 1],
         "count, devices, distinct (device, value), min, max"
     );
-    assert!(on_killed > 0, "nginx sent no device to instance 0?\n{}", logs(&s));
+    assert!(
+        on_killed > 0,
+        "nginx sent no device to instance 0?\n{}",
+        logs(&s)
+    );
     assert!(
         on_survivor >= DEVICES,
         "every device ends on instance 1: {on_survivor} sessions there\n{}",
