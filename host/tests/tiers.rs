@@ -6,57 +6,9 @@
 //! the readings the source produced: none missing, none twice.
 
 mod support;
-use std::{
-    net::TcpStream,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use gateway_test_support::nats::NatsServer;
+use std::time::{Duration, Instant};
 use support::*;
-
-/// A nats-server with JetStream of the test's own.
-struct Nats {
-    child: Option<Child>,
-    dir: std::path::PathBuf,
-    port: u16,
-}
-
-impl Nats {
-    fn up(&mut self) {
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (Debian's nats-server; `cargo xtask test` installs it)");
-        self.child = Some(child);
-        let end = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < end, "nats-server did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 #[test]
 fn every_reading_is_stored_once_through_kills_of_each_tier_and_of_nats() {
@@ -65,13 +17,8 @@ fn every_reading_is_stored_once_through_kills_of_each_tier_and_of_nats() {
     let certs = s.path("certs");
     make_certs(&certs, "pi-t");
     let c = |f: &str| certs.join(f).display().to_string();
-    let mut nats = Nats {
-        child: None,
-        dir: s.path("nats"),
-        port: free_tcp_port(),
-    };
-    nats.up();
-    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let mut nats = NatsServer::start(s.path("nats"));
+    let url = nats.url();
     let ingress_port = free_udp_port();
     let db = s.path("store.sqlite");
     let gw = |dir: &str| {

@@ -8,69 +8,35 @@ use gateway_sdk::{
     testing::{readme_sample_tables, sample_readings, SinkHarness, SourceHarness},
     ErrorKind, Reading,
 };
+use gateway_test_support::nats::NatsServer;
 use nats::{NatsSink, NatsSource};
-use std::{
-    net::TcpStream,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-/// A private nats-server with JetStream.
+/// A nats-server of the test's own, and what the tests ask of its streams.
 struct Nats {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
+    server: NatsServer,
+    _dir: tempfile::TempDir,
 }
 
 impl Nats {
     fn start() -> Nats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut n = Nats {
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-            port,
-        };
-        n.up();
-        n
+        let dir = tempfile::tempdir().unwrap();
+        Nats {
+            server: NatsServer::start(dir.path().to_owned()),
+            _dir: dir,
+        }
     }
 
     fn up(&mut self) {
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (Debian's nats-server) runs");
-        self.child = Some(child);
-        let end = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < end, "nats-server did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.server.up();
     }
 
-    /// kill -9, as a crash would.
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.server.kill();
     }
 
     fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     /// The messages the stream holds now.
@@ -105,18 +71,17 @@ impl Nats {
     }
 }
 
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn sink(n: &Nats) -> SinkHarness {
     SinkHarness::new::<NatsSink>(&format!("url = {:?}\nack_timeout = \"3s\"\n", n.url())).unwrap()
 }
 
+/// The source, with JetStream delivering an unacknowledged message again after 5 s (should a
+/// hand-back at a stop be lost, the test still sees the redelivery in time).
 fn source(n: &Nats) -> SourceHarness {
-    SourceHarness::new(&format!("url = {:?}\nbatch = 100\n", n.url()))
+    SourceHarness::new(&format!(
+        "url = {:?}\nbatch = 100\nack_wait = \"5s\"\n",
+        n.url()
+    ))
 }
 
 fn ids(rs: &[Reading]) -> Vec<[u8; 16]> {
@@ -158,7 +123,11 @@ fn what_the_sinks_did_not_store_is_delivered_again_and_what_they_did_is_not() {
         .unwrap();
     assert_eq!(first.readings.len(), 50);
     // The next run gets the same readings, and the sinks store them at once.
-    let second = source(&n).readings(50).run::<NatsSource>().unwrap();
+    let second = source(&n)
+        .readings(50)
+        .timeout(Duration::from_secs(20))
+        .run::<NatsSource>()
+        .unwrap();
     assert_eq!(ids(&second.readings), ids(&first.readings));
     // Stored and acknowledged: nothing comes again.
     let third = source(&n)
