@@ -53,6 +53,8 @@ const BUILT: &[(&str, &str)] = &[
     ("gateway-plugin-sqlite", "libsqlite.so"),
     ("gateway-plugin-mysql", "libmysql.so"),
     ("gateway-plugin-postgres", "libpostgres.so"),
+    ("gateway-plugin-mqtt", "libmqtt.so"),
+    ("gateway-plugin-nats", "libnats.so"),
     ("gateway-testkit-plugins", "libtestkit.so"),
     ("gateway-incompatible-plugin", "libincompatible.so"),
     ("gateway-mislaid-plugin", "libmislaid.so"),
