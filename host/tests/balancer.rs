@@ -204,22 +204,15 @@ retry_backoff_max = "1s"
     let mut client = Running::start_named(&s, "client", &client_cfg);
     let total = DEVICES as u64 * PER_DEVICE;
     let logs = |s: &Setup| {
-        let tail = |name: &str| {
-            let t = std::fs::read_to_string(s.path(name)).unwrap_or_default();
-            let lines: Vec<&str> = t.lines().collect();
-            format!(
-                "--- {name} ---\n{}",
-                lines[lines.len().saturating_sub(20)..].join("\n")
-            )
-        };
-        [
-            "client.stderr.log",
-            "ingress0.stderr.log",
-            "ingress1.stderr.log",
-            "nginx/logs/error.log",
-        ]
-        .map(tail)
-        .join("\n")
+        s.tails(
+            &[
+                "client.stderr.log",
+                "ingress0.stderr.log",
+                "ingress1.stderr.log",
+                "nginx/logs/error.log",
+            ],
+            20,
+        )
     };
     let until = |what: &str, limit: u64, done: &dyn Fn(u64) -> bool| {
         let end = Instant::now() + Duration::from_secs(limit);

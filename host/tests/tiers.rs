@@ -122,21 +122,14 @@ buffer = {{ type = "disk", max_size = "16MiB" }}
             .unwrap_or(0)
     };
     let logs = |s: &Setup| {
-        let tail = |name: &str| {
-            let t = std::fs::read_to_string(s.path(name)).unwrap_or_default();
-            let lines: Vec<&str> = t.lines().collect();
-            format!(
-                "--- {name} ---\n{}",
-                lines[lines.len().saturating_sub(25)..].join("\n")
-            )
-        };
-        [
-            "client.stderr.log",
-            "ingress.stderr.log",
-            "store.stderr.log",
-        ]
-        .map(tail)
-        .join("\n")
+        s.tails(
+            &[
+                "client.stderr.log",
+                "ingress.stderr.log",
+                "store.stderr.log",
+            ],
+            25,
+        )
     };
     let until = |what: &str, limit: u64, done: &dyn Fn() -> bool| {
         let end = Instant::now() + Duration::from_secs(limit);

@@ -3,7 +3,10 @@
 //! same run: full handshakes/s (20 devices looping over a handshake and one POST) and
 //! requests/s (100 devices, one reading per request), each instance into the null sink.
 
-use crate::{root, terminate, tiers::load};
+use crate::{
+    root, terminate,
+    tiers::{load, start},
+};
 use anyhow::{Context, Result};
 use std::{
     path::Path,
@@ -14,42 +17,27 @@ use std::{
 const NGINX: u16 = 5710;
 const PORTS: [u16; 3] = [5711, 5712, 5713];
 
-fn ingress(gateway: &Path, dir: &Path, port: u16) -> Result<Child> {
-    let certs = root().join("certs");
-    let path = dir.join(format!("ingress-{port}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"[gateway]
-device = "server"
-stats_interval = "0s"
-log_level = "warn"
-data_dir = {data:?}
-
-[sources.ingress]
+fn ingress(gateway: &Path, port: u16) -> Result<Child> {
+    start(
+        gateway,
+        "bench-balancer",
+        &format!("ingress-{port}"),
+        &format!(
+            r#"[sources.ingress]
 plugin = "coaps-ingress"
 listen = "127.0.0.1:{port}"
-cert_file = "{c}/server.pem"
-key_file = "{c}/server.key"
-client_ca_file = "{c}/ca.pem"
+cert_file = "CERTS/server.pem"
+key_file = "CERTS/server.key"
+client_ca_file = "CERTS/ca.pem"
 require_client_cert = true
 # Behind nginx every handshake comes from nginx's address.
 max_handshakes_per_address = 10000
 
 [sinks.null]
 plugin = "testkit-null-sink"
-"#,
-            data = dir.join(format!("data-{port}")).display().to_string(),
-            c = certs.display()
+"#
         ),
-    )?;
-    Ok(Command::new(gateway)
-        .current_dir(root())
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?)
+    )
 }
 
 fn nginx(dir: &Path) -> Result<Child> {
@@ -84,7 +72,7 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let mut children = vec![nginx(&work)?];
     for p in PORTS {
-        children.push(ingress(&gateway, &work, p)?);
+        children.push(ingress(&gateway, p)?);
     }
     std::thread::sleep(Duration::from_millis(1500));
     let duration = format!("{secs}s");

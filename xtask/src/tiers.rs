@@ -26,9 +26,11 @@ fn rows() -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes a config under target/bench-tiers and starts `gateway run` on it.
-fn start(gateway: &Path, name: &str, body: &str) -> Result<Child> {
-    let dir = root().join("target/bench-tiers");
+/// Writes `NAME.toml` under `target/BENCH/` (a `[gateway]` table for a server, then `body`
+/// with `CERTS` standing for the development certificates' directory) and starts `gateway run`
+/// on it.
+pub(crate) fn start(gateway: &Path, bench: &str, name: &str, body: &str) -> Result<Child> {
+    let dir = root().join("target").join(bench);
     std::fs::create_dir_all(&dir)?;
     let certs = root().join("certs");
     let text = format!(
@@ -151,6 +153,7 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
         sql("DROP DATABASE IF EXISTS gw_tiers; CREATE DATABASE gw_tiers")?;
         let direct = start(
             &gateway,
+            "bench-tiers",
             "direct",
             &format!("{INGRESS}\n[sinks.db]\n{MYSQL}"),
         )?;
@@ -164,6 +167,7 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
         );
         let ingress = start(
             &gateway,
+            "bench-tiers",
             "ingress-tier",
             &format!(
                 "{INGRESS}\n[sinks.js]\n{nats}subject = \"gwbench{tag}.{{device}}.{{sensor}}.{{name}}\"\nstream_subjects = [\"gwbench{tag}.>\"]\n"
@@ -172,6 +176,7 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         let store = start(
             &gateway,
+            "bench-tiers",
             "store-tier",
             &format!(
                 "[sources.js]\n{nats}filter_subject = \"gwbench{tag}.>\"\ndurable = \"bench\"\n\n[sinks.db]\n{MYSQL}"

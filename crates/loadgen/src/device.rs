@@ -128,14 +128,11 @@ impl Device {
             gateway_coap::encode_uint(u32::from(ContentFormat::SENML_CBOR.0)),
         );
         match self.call(get).await {
-            Ok(p) if gateway_coap::observe_of(&p).is_some() => Outcome::Stored,
-            Ok(p) => Outcome::Refused(
+            Ok(p) if gateway_coap::observe_of(&p).is_none() => Outcome::Refused(
                 Code::of(&p).map_or("?".into(), |c| c.to_string()),
                 "not registered".into(),
             ),
-            Err(RequestError::Timeout(_)) => Outcome::Timeout,
-            Err(RequestError::Dtls(e)) => Outcome::Handshake(e.to_string()),
-            Err(e) => Outcome::Failed(e.to_string()),
+            r => sorted(r),
         }
     }
 
@@ -155,20 +152,7 @@ impl Device {
 
     /// Sends `packet` and sorts its answer.
     async fn outcome(&mut self, packet: Packet) -> Outcome {
-        match self.call(packet).await {
-            Ok(resp) => match Code::of(&resp) {
-                Some(c) if c.is_success() => Outcome::Stored,
-                Some(c) => {
-                    let why = String::from_utf8_lossy(&resp.payload);
-                    let why: String = why.chars().take(60).collect();
-                    Outcome::Refused(c.to_string(), why)
-                }
-                None => Outcome::Refused("?".into(), String::new()),
-            },
-            Err(RequestError::Timeout(_)) => Outcome::Timeout,
-            Err(RequestError::Dtls(e)) => Outcome::Handshake(e.to_string()),
-            Err(e) => Outcome::Failed(e.to_string()),
-        }
+        sorted(self.call(packet).await)
     }
 
     /// Sends a close_notify and waits (briefly) for the machine to finish.
@@ -249,6 +233,24 @@ impl Device {
                 machine.handle_timeout(Instant::now());
             }
         }
+    }
+}
+
+/// How a request ended, from its answer or error.
+fn sorted(r: Result<Packet, RequestError>) -> Outcome {
+    match r {
+        Ok(resp) => match Code::of(&resp) {
+            Some(c) if c.is_success() => Outcome::Stored,
+            Some(c) => {
+                let why = String::from_utf8_lossy(&resp.payload);
+                let why: String = why.chars().take(60).collect();
+                Outcome::Refused(c.to_string(), why)
+            }
+            None => Outcome::Refused("?".into(), String::new()),
+        },
+        Err(RequestError::Timeout(_)) => Outcome::Timeout,
+        Err(RequestError::Dtls(e)) => Outcome::Handshake(e.to_string()),
+        Err(e) => Outcome::Failed(e.to_string()),
     }
 }
 

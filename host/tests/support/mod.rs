@@ -161,6 +161,21 @@ impl Setup {
             .map(str::to_owned)
             .collect()
     }
+    /// The last `n` lines of each of `files`, under a header each: what a failing test of
+    /// several processes shows.
+    pub fn tails(&self, files: &[&str], n: usize) -> String {
+        files
+            .iter()
+            .map(|f| {
+                let lines = self.lines(f);
+                format!(
+                    "--- {f} ---\n{}",
+                    lines[lines.len().saturating_sub(n)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
     /// Values recorded by the `recorder` sink for `sensor`, in file order.
     pub fn recorded(&self, file: &str, sensor: &str) -> Vec<i64> {
         self.lines(file)

@@ -502,8 +502,11 @@ impl Handler for Serving<'_> {
         {
             let mut table = self.latest.lock().expect("latest");
             table.record(&fresh);
-            let mut observers = self.observers.lock().expect("observers");
-            if !observers.is_empty() {
+            // The gauge is set under the observers' lock by every registration, which holds the
+            // table's lock too: read here, it is exact, and a request spares the second lock
+            // while nobody observes.
+            if self.counters.observers.load(Ordering::Relaxed) > 0 {
+                let mut observers = self.observers.lock().expect("observers");
                 observers.notify(&fresh, &table, self.settings.max_block);
                 self.counted(&observers);
             }

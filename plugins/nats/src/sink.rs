@@ -20,7 +20,7 @@ pub struct NatsSink {
 
 /// A reading's id as JetStream's message id: 32 hex digits.
 pub fn msg_id(r: &Reading) -> String {
-    r.id.0.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:032x}", r.id.as_u128())
 }
 
 impl Sink for NatsSink {
