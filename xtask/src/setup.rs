@@ -5,7 +5,7 @@
 //!   interop tests' peer), `perl`, `make` and `binutils` (the distribution build's OpenSSL and
 //!   its test), `gcc-aarch64-linux-gnu`, `libc6-dev-arm64-cross` and `qemu-user-static` (the
 //!   arm64 package, built and run under emulation), `mariadb-server` (the mysql plugin's
-//!   tests) where no MariaDB is installed;
+//!   tests, which also start a second server of their own) where `mariadbd` is not installed;
 //! - the Rust standard library for `aarch64-unknown-linux-gnu` (`rustup target add`);
 //! - MariaDB on 127.0.0.1:3306 (root, no password), started if it does not answer;
 //! - PostgreSQL (`postgresql` where it is not installed) on its Unix socket, started if it does
@@ -229,7 +229,7 @@ pub fn prepare(ci: bool) -> Result<()> {
         .copied()
         .filter(|p| !quiet("dpkg", &["-s", p]))
         .collect();
-    if !std::path::Path::new(MARIADB).exists() && !mariadb_answers() {
+    if !std::path::Path::new(MARIADB).exists() {
         missing.push("mariadb-server");
     }
     let root = as_root();

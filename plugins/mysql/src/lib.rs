@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod servers;
 pub mod store;
 
 use config::Config;

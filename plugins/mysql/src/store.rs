@@ -2,16 +2,15 @@
 //! runtime. I/O: the database.
 
 use crate::config::Config;
+use crate::servers::{Failure, Servers};
 use gateway_sdk::{tracing, PluginError, Reading, Value};
 use mysql_async::{prelude::*, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts};
-use std::sync::atomic::Ordering;
 
 /// The schema version this plugin writes. Version 2 keys readings by id and device (version
 /// 1 by id alone, which let one device's ids shadow another's).
 pub const SCHEMA_VERSION: u32 = 2;
 
 /// Rows per INSERT statement (a statement takes at most 65,535 placeholders).
-/// Rows per INSERT statement.
 pub const ROWS_PER_INSERT: usize = 1000;
 
 /// The columns of a readings table, in the order [`row`] gives their values.
@@ -89,13 +88,10 @@ pub fn classify(what: &str, e: mysql_async::Error) -> PluginError {
     }
 }
 
-/// The pools of the servers `url` lists, the one in use, and what they write to.
+/// The servers `url` lists, and what they write to.
 pub struct Store {
     rt: tokio::runtime::Runtime,
-    /// Each server's address (for the logs) and pool, in the order `url` gives them.
-    pools: Vec<(String, Pool)>,
-    /// The server writes go to: the first that answered, until it fails over.
-    current: std::sync::atomic::AtomicUsize,
+    servers: Servers,
     table: String,
     /// The INSERT of a full chunk of [`ROWS_PER_INSERT`] rows, made once.
     insert_full: std::sync::Arc<str>,
@@ -146,66 +142,18 @@ impl Store {
             .map_err(|e| PluginError::fatal(e.to_string()))?;
         Ok(Store {
             rt,
-            pools,
-            current: std::sync::atomic::AtomicUsize::new(0),
+            servers: Servers::new(pools),
             table: cfg.table.clone(),
             insert_full: insert_sql("INSERT IGNORE", &cfg.table, ROWS_PER_INSERT).into(),
             write_timeout: cfg.write_timeout,
         })
     }
 
-    /// Creates the tables or checks their version, then (re)creates the view.
+    /// Creates the tables or checks their version, then (re)creates the view, on the first
+    /// server that takes writes.
     pub fn migrate(&self) -> Result<(), PluginError> {
-        let table = self.table.clone();
-        let mut c = self.connect_any()?;
-        self.rt.block_on(async move {
-            c.query_drop("CREATE TABLE IF NOT EXISTS gateway_schema (tbl VARCHAR(64) NOT NULL PRIMARY KEY, version INT UNSIGNED NOT NULL) ENGINE=InnoDB")
-                .await
-                .map_err(|e| classify("creating gateway_schema", e))?;
-            let version: Option<u32> = c
-                .exec_first("SELECT version FROM gateway_schema WHERE tbl = ?", (table.as_str(),))
-                .await
-                .map_err(|e| classify("reading the schema version", e))?;
-            match version {
-                Some(v) if v > SCHEMA_VERSION => return Err(PluginError::config(format!(
-                    "table {table} has schema version {v}, newer than this plugin's {SCHEMA_VERSION}: upgrade the plugin (it will not downgrade a schema)"
-                ))),
-                Some(SCHEMA_VERSION) => {}
-                Some(v) => {
-                    // Version 1 to 2: the same rows, keyed by (id, device). One ALTER, which
-                    // InnoDB applies atomically.
-                    // Device names compare byte for byte (the default collation would make
-                    // `Pi-07` and `pi-07` one device in the key).
-                    c.query_drop(format!("ALTER TABLE `{table}` MODIFY device VARCHAR(255) NOT NULL COLLATE utf8mb4_bin, DROP PRIMARY KEY, ADD PRIMARY KEY (id, device)"))
-                        .await
-                        .map_err(|e| classify(&format!("migrating {table} from schema version {v}"), e))?;
-                    c.exec_drop("UPDATE gateway_schema SET version = ? WHERE tbl = ?", (SCHEMA_VERSION, table.as_str()))
-                        .await
-                        .map_err(|e| classify("recording the schema version", e))?;
-                    tracing::info!(table = %table, "migrated the schema from version {v} to {SCHEMA_VERSION}: readings are keyed by device and id");
-                }
-                None => {
-                    c.query_drop(create_table(&table))
-                    .await
-                    .map_err(|e| classify("creating the readings table", e))?;
-                    c.exec_drop("INSERT IGNORE INTO gateway_schema (tbl, version) VALUES (?, ?)", (table.as_str(), SCHEMA_VERSION))
-                        .await
-                        .map_err(|e| classify("recording the schema version", e))?;
-                }
-            }
-            // The view is no table data: it is replaced at every start, with no version of its
-            // own. Storing readings does not need it, so a user not allowed to make it (CREATE
-            // VIEW, and DROP for OR REPLACE) gets a warning, not a sink that stops.
-            let view = view_name(&table);
-            match c.query_drop(create_view(&table)).await {
-                Ok(()) => Ok(()),
-                Err(mysql_async::Error::Server(e)) if VIEW_REFUSED.contains(&e.code) => {
-                    tracing::warn!(view = %view, "the view for Grafana was not made ({}); readings are stored all the same: grant CREATE VIEW and DROP on the database, or create it once as the README shows", e.message);
-                    Ok(())
-                }
-                Err(e) => Err(classify(&format!("creating the view {view}"), e)),
-            }
-        })
+        self.servers
+            .run(&self.rt, |pool| migrate_on(pool, self.table.clone()))
     }
 
     /// Inserts a batch in one transaction (multi-row INSERT IGNORE); returns after COMMIT.
@@ -226,83 +174,98 @@ impl Store {
                 .collect()
         };
         let limit = self.write_timeout;
-        let n = self.pools.len();
-        let start = self.current.load(Ordering::Relaxed);
-        let mut last = None;
-        let mut deadlocks = 0;
-        let mut k = 0;
-        while k < n {
-            let i = (start + k) % n;
-            let (host, pool) = &self.pools[i];
-            let fut = insert(pool.clone(), table.clone(), full.clone(), chunks());
-            let outcome = self
-                .rt
-                .block_on(async move { tokio::time::timeout(limit, fut).await });
-            match outcome {
-                Ok(Ok(inserted)) => {
-                    self.now_on(start, i);
-                    return Ok(inserted);
-                }
-                // Galera refuses a transaction that lost certification at COMMIT with a
-                // deadlock (as InnoDB does a real one): once more at once, on the same node.
-                Ok(Err((_, mysql_async::Error::Server(e)))) if e.code == 1213 && deadlocks == 0 => {
-                    deadlocks += 1;
-                    tracing::debug!(server = %host, "deadlock (or a Galera certification conflict); the batch goes again");
-                }
-                Ok(Err((what, e))) if fails_over(&e) && n > 1 => {
-                    tracing::warn!(server = %host, error = %e, "this server cannot take the batch now; trying the next in url");
-                    last = Some(classify(&format!("{what} on {host}"), e));
-                    k += 1;
-                }
-                Ok(Err((what, e))) => return Err(classify(&what, e)),
-                Err(_) => {
-                    return Err(PluginError::retry(format!(
+        self.servers.run(&self.rt, |pool| {
+            let fut = insert(pool, table.clone(), full.clone(), chunks);
+            async move {
+                match tokio::time::timeout(limit, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Failure::Plugin(PluginError::retry(format!(
                         "the batch was not committed within {limit:?}"
-                    )))
+                    )))),
                 }
             }
-        }
-        Err(last.unwrap_or_else(|| PluginError::retry("no server took the batch")))
-    }
-
-    /// A connection to the server in use, or else the first of the others that answers.
-    fn connect_any(&self) -> Result<mysql_async::Conn, PluginError> {
-        let n = self.pools.len();
-        let start = self.current.load(Ordering::Relaxed);
-        let mut last = None;
-        for k in 0..n {
-            let i = (start + k) % n;
-            let (host, pool) = &self.pools[i];
-            match self.rt.block_on(pool.get_conn()) {
-                Ok(c) => {
-                    self.now_on(start, i);
-                    return Ok(c);
-                }
-                Err(e) => {
-                    if n > 1 {
-                        tracing::warn!(server = %host, error = %e, "cannot connect; trying the next in url");
-                    }
-                    last = Some(classify(&format!("connecting to {host}"), e));
-                }
-            }
-        }
-        Err(last.expect("one server at least"))
-    }
-
-    /// Writes go to server `i` from now on (it took over from `was`).
-    fn now_on(&self, was: usize, i: usize) {
-        if i != was {
-            self.current.store(i, Ordering::Relaxed);
-            tracing::warn!(server = %self.pools[i].0, "writing to this server from now on");
-        }
+        })
     }
 }
 
-/// One batch in one transaction on `pool`; how many rows were new, or what failed and why.
+/// The migration of [`Store::migrate`] on one server.
+async fn migrate_on(pool: Pool, table: String) -> Result<(), Failure> {
+    let at = Failure::at;
+    let mut c = pool.get_conn().await.map_err(at("connecting"))?;
+    c.query_drop("CREATE TABLE IF NOT EXISTS gateway_schema (tbl VARCHAR(64) NOT NULL PRIMARY KEY, version INT UNSIGNED NOT NULL) ENGINE=InnoDB")
+        .await
+        .map_err(at("creating gateway_schema"))?;
+    let version: Option<u32> = c
+        .exec_first(
+            "SELECT version FROM gateway_schema WHERE tbl = ?",
+            (table.as_str(),),
+        )
+        .await
+        .map_err(at("reading the schema version"))?;
+    match version {
+        Some(v) if v > SCHEMA_VERSION => return Err(Failure::Plugin(PluginError::config(format!(
+            "table {table} has schema version {v}, newer than this plugin's {SCHEMA_VERSION}: upgrade the plugin (it will not downgrade a schema)"
+        )))),
+        Some(SCHEMA_VERSION) => {}
+        Some(v) => {
+            // Version 1 to 2: the same rows, keyed by (id, device). One ALTER, which InnoDB
+            // applies atomically. Device names compare byte for byte (the default collation
+            // would make `Pi-07` and `pi-07` one device in the key).
+            c.query_drop(format!("ALTER TABLE `{table}` MODIFY device VARCHAR(255) NOT NULL COLLATE utf8mb4_bin, DROP PRIMARY KEY, ADD PRIMARY KEY (id, device)"))
+                .await
+                .map_err(at(&format!("migrating {table} from schema version {v}")))?;
+            c.exec_drop("UPDATE gateway_schema SET version = ? WHERE tbl = ?", (SCHEMA_VERSION, table.as_str()))
+                .await
+                .map_err(at("recording the schema version"))?;
+            tracing::info!(table = %table, "migrated the schema from version {v} to {SCHEMA_VERSION}: readings are keyed by device and id");
+        }
+        None => {
+            c.query_drop(create_table(&table))
+                .await
+                .map_err(at("creating the readings table"))?;
+            c.exec_drop("INSERT IGNORE INTO gateway_schema (tbl, version) VALUES (?, ?)", (table.as_str(), SCHEMA_VERSION))
+                .await
+                .map_err(at("recording the schema version"))?;
+        }
+    }
+    // The view is no table data: it is replaced at every start, with no version of its own.
+    // Storing readings does not need it, so a user not allowed to make it (CREATE VIEW, and
+    // DROP for OR REPLACE) gets a warning, not a sink that stops.
+    let view = view_name(&table);
+    match c.query_drop(create_view(&table)).await {
+        Ok(()) => Ok(()),
+        Err(mysql_async::Error::Server(e)) if VIEW_REFUSED.contains(&e.code) => {
+            tracing::warn!(view = %view, "the view for Grafana was not made ({}); readings are stored all the same: grant CREATE VIEW and DROP on the database, or create it once as the README shows", e.message);
+            Ok(())
+        }
+        Err(e) => Err(Failure::Db(format!("creating the view {view}"), e)),
+    }
+}
+
+/// One batch in one transaction on `pool`; how many rows were new. Galera refuses a
+/// transaction that lost certification at COMMIT with a deadlock (1213, as InnoDB does a real
+/// one): it goes once more at once, on the same node.
 async fn insert(
     pool: Pool,
     table: String,
     full: std::sync::Arc<str>,
+    chunks: impl Fn() -> Vec<(usize, Vec<mysql_async::Value>)>,
+) -> Result<u64, Failure> {
+    match insert_once(&pool, &table, &full, chunks()).await {
+        Err((_, mysql_async::Error::Server(e))) if e.code == 1213 => {
+            tracing::debug!("deadlock (or a Galera certification conflict); the batch goes again");
+        }
+        r => return r.map_err(|(what, e)| Failure::Db(what, e)),
+    }
+    insert_once(&pool, &table, &full, chunks())
+        .await
+        .map_err(|(what, e)| Failure::Db(what, e))
+}
+
+async fn insert_once(
+    pool: &Pool,
+    table: &str,
+    full: &str,
     chunks: Vec<(usize, Vec<mysql_async::Value>)>,
 ) -> Result<u64, (String, mysql_async::Error)> {
     let at = |what: &str| {
@@ -317,9 +280,9 @@ async fn insert(
     let mut inserted = 0;
     for (rows, values) in chunks {
         let sql: std::borrow::Cow<'_, str> = if rows == ROWS_PER_INSERT {
-            full[..].into()
+            full.into()
         } else {
-            insert_sql("INSERT IGNORE", &table, rows).into()
+            insert_sql("INSERT IGNORE", table, rows).into()
         };
         tx.exec_drop(sql, mysql_async::Params::Positional(values))
             .await
@@ -328,23 +291,6 @@ async fn insert(
     }
     tx.commit().await.map_err(at("COMMIT"))?;
     Ok(inserted)
-}
-
-/// Whether another server of `url` should take what this one could not: it is gone (the
-/// connection broke or was refused, it is shutting down, too many connections), or it does not
-/// take writes now (read-only: a replica, or a primary that was switched; a Galera node that is
-/// not synced).
-pub fn fails_over(e: &mysql_async::Error) -> bool {
-    match e {
-        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => true,
-        // 1040 too many connections, 1047 WSREP has not yet prepared the node, 1053 shutdown in
-        // progress, 1290 --read-only, 1792 read-only transaction, 1836 read-only mode, 1927
-        // connection killed.
-        mysql_async::Error::Server(s) => {
-            matches!(s.code, 1040 | 1047 | 1053 | 1290 | 1792 | 1836 | 1927)
-        }
-        _ => false,
-    }
 }
 
 /// Appends the 11 column values of one reading.
@@ -393,7 +339,7 @@ fn row(r: &Reading, out: &mut Vec<mysql_async::Value>) {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        for (_, pool) in &self.pools {
+        for pool in self.servers.pools() {
             let pool = pool.clone();
             let _ = self.rt.block_on(async move { pool.disconnect().await });
         }

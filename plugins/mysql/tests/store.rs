@@ -7,7 +7,7 @@ use gateway_sdk::{
     ErrorKind, Label, Reading, ReadingId, Timestamp, Value,
 };
 use mysql::{config::Config, Mysql};
-use support::{admin_url, rt, TestDb};
+use support::{TestDb, TestUser};
 
 #[test]
 fn stores_every_field_in_one_transaction_and_migrates_once() {
@@ -222,46 +222,6 @@ fn a_view_that_cannot_be_made_does_not_stop_the_readings() {
     assert_eq!(views, [0]);
 }
 
-/// A user of the server's own; dropped when this is dropped.
-struct TestUser {
-    name: String,
-    password: String,
-}
-
-impl TestUser {
-    fn new(name: &str) -> TestUser {
-        let user = TestUser {
-            name: name.to_owned(),
-            password: format!("pw-{}", std::process::id()),
-        };
-        user.admin(&format!("DROP USER IF EXISTS '{name}'@'%'"));
-        user.admin(&format!(
-            "CREATE USER '{name}'@'%' IDENTIFIED BY '{}'",
-            user.password
-        ));
-        user
-    }
-    fn admin(&self, sql: &str) {
-        use mysql_async::prelude::*;
-        let sql = sql.to_owned();
-        rt().block_on(async move {
-            let pool = mysql_async::Pool::new(admin_url().as_str());
-            let mut c = pool.get_conn().await.unwrap();
-            c.query_drop(&sql)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            drop(c);
-            pool.disconnect().await.unwrap();
-        });
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        self.admin(&format!("DROP USER IF EXISTS '{}'@'%'", self.name));
-    }
-}
-
 /// The readings table of schema version 1.
 fn gateway_plugin_mysql_v1_ddl() -> String {
     "CREATE TABLE readings (
@@ -361,29 +321,6 @@ fn readme_shows_the_view_the_plugin_makes() {
         words(&readme[start..end]),
         words(&mysql::store::create_view("readings"))
     );
-}
-
-#[test]
-fn a_server_that_is_down_is_passed_over_for_the_next_in_url() {
-    let db = TestDb::new("failover");
-    // The first server in the list refuses connections (nothing listens on port 1).
-    let cfg = db
-        .config("")
-        .replacen("mysql://root@", "mysql://root@127.0.0.1:1,", 1);
-    assert!(cfg.contains("@127.0.0.1:1,"), "{cfg}");
-    let mut sink = SinkHarness::new::<Mysql>(&cfg).unwrap();
-    sink.write(sample_readings(20)).unwrap();
-    sink.write(sample_readings(5)).unwrap();
-    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
-    assert_eq!(n, [25]);
-    // With every server down, the error is retryable and names the last one tried.
-    let mut down = SinkHarness::new::<Mysql>(
-        "url = \"mysql://root@127.0.0.1:1,127.0.0.1:2/x\"\nconnect_timeout = \"1s\"\n",
-    )
-    .unwrap();
-    let e = down.write(sample_readings(1)).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
-    assert!(e.message().contains("127.0.0.1:2"), "{e}");
 }
 
 #[test]

@@ -1,0 +1,115 @@
+//! A `url` that lists several servers: the sink writes to the one in use and moves on when it
+//! is gone or stops taking writes. The second server is a MariaDB of the test's own
+//! (`support::OwnServer`) beside the machine's.
+
+mod support;
+
+use gateway_sdk::{
+    testing::{sample_readings, SinkHarness},
+    ErrorKind,
+};
+use mysql::Mysql;
+use support::{OwnServer, TestDb, TestUser};
+
+#[test]
+fn a_server_that_is_down_is_passed_over_for_the_next_in_url() {
+    let db = TestDb::new("failover");
+    // The first server in the list refuses connections (nothing listens on port 1).
+    let cfg = db
+        .config("")
+        .replacen("mysql://root@", "mysql://root@127.0.0.1:1,", 1);
+    assert!(cfg.contains("@127.0.0.1:1,"), "{cfg}");
+    let mut sink = SinkHarness::new::<Mysql>(&cfg).unwrap();
+    sink.write(sample_readings(20)).unwrap();
+    sink.write(sample_readings(5)).unwrap();
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [25]);
+    // With every server down, the error is retryable and names the last one tried.
+    let mut down = SinkHarness::new::<Mysql>(
+        "url = \"mysql://root@127.0.0.1:1,127.0.0.1:2/x\"\nconnect_timeout = \"1s\"\n",
+    )
+    .unwrap();
+    let e = down.write(sample_readings(1)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("127.0.0.1:2"), "{e}");
+}
+
+/// Rows of `db.readings` on the machine's server.
+fn rows_here(db: &TestDb) -> u64 {
+    db.query::<u64>("SELECT COUNT(*) FROM readings")[0]
+}
+
+/// Rows of `db.readings` on the test's own server.
+fn rows_there(other: &OwnServer, db: &TestDb) -> u64 {
+    other.query::<u64>(&format!("SELECT COUNT(*) FROM `{}`.readings", db.name))[0]
+}
+
+#[test]
+fn a_read_only_server_hands_schema_and_writes_to_the_next_in_url() {
+    let db = TestDb::new("switch");
+    let user = TestUser::new(&format!("gw_test_switch_{}", std::process::id()));
+    // The user may do anything in the database, but is no READ ONLY ADMIN: a read-only server
+    // refuses its writes (1290), as a replica or a demoted primary does.
+    let grant = format!("GRANT ALL ON `{}`.* TO '{}'@'%'", db.name, user.name);
+    user.admin(&grant);
+    let other = OwnServer::start();
+    other.admin(&format!("CREATE DATABASE `{}`", db.name));
+    other.admin(&format!(
+        "CREATE USER '{}'@'%' IDENTIFIED BY '{}'",
+        user.name, user.password
+    ));
+    other.admin(&grant);
+    let cfg = db
+        .config_as(
+            &user.name,
+            Some(("GATEWAY_TEST_SWITCH_PASSWORD", user.password.clone())),
+            "",
+        )
+        .replacen(
+            &format!("mysql://{}@", user.name),
+            &format!("mysql://{}@127.0.0.1:{},", user.name, other.port),
+            1,
+        );
+    assert!(cfg.contains(&format!(":{},", other.port)), "{cfg}");
+
+    // A gateway started while the first server of its url is a replica: the schema and the
+    // readings go to the next one.
+    other.admin("SET GLOBAL read_only = 1");
+    let mut sink = SinkHarness::new::<Mysql>(&cfg).unwrap();
+    sink.write(sample_readings(10)).unwrap();
+    assert_eq!(rows_here(&db), 10);
+    let tables: Vec<u64> = other.query(&format!(
+        "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{}'",
+        db.name
+    ));
+    assert_eq!(tables, [0], "nothing was made on the read-only server");
+    drop(sink);
+
+    // A primary switch while running: the first server takes the writes (and has the schema,
+    // as a replica would), then is made read-only; the next batch goes to the other one, and
+    // so do later ones.
+    other.admin("SET GLOBAL read_only = 0");
+    let mut sink = SinkHarness::new::<Mysql>(&cfg).unwrap();
+    sink.write(sample_readings(7)).unwrap();
+    assert_eq!((rows_there(&other, &db), rows_here(&db)), (7, 10));
+    other.admin("SET GLOBAL read_only = 1");
+    sink.write(sample_readings(5)).unwrap();
+    assert_eq!((rows_there(&other, &db), rows_here(&db)), (7, 15));
+    // Writable again, it is not taken back: the server in use stays until it fails.
+    other.admin("SET GLOBAL read_only = 0");
+    sink.write(sample_readings(3)).unwrap();
+    assert_eq!((rows_there(&other, &db), rows_here(&db)), (7, 18));
+
+    // A url whose one server is read-only: the batch is refused for now, and says why.
+    other.admin("SET GLOBAL read_only = 1");
+    drop(sink);
+    let only_other = format!(
+        "url = \"mysql://{}@127.0.0.1:{}/{}\"\npassword_env = \"GATEWAY_TEST_SWITCH_PASSWORD\"\n",
+        user.name, other.port, db.name
+    );
+    let mut sink = SinkHarness::new::<Mysql>(&only_other).unwrap();
+    let e = sink.write(sample_readings(1)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("read-only"), "{e}");
+    assert_eq!(rows_there(&other, &db), 7);
+}
