@@ -144,17 +144,7 @@ impl TestUser {
     }
     /// Runs `sql` as the admin user.
     pub fn admin(&self, sql: &str) {
-        use mysql_async::prelude::*;
-        let sql = sql.to_owned();
-        rt().block_on(async move {
-            let pool = mysql_async::Pool::new(admin_url().as_str());
-            let mut c = pool.get_conn().await.unwrap();
-            c.query_drop(&sql)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            drop(c);
-            pool.disconnect().await.unwrap();
-        });
+        exec_at(&admin_url(), sql)
     }
 }
 
@@ -249,30 +239,31 @@ impl OwnServer {
 
     /// Runs `sql` as root.
     pub fn admin(&self, sql: &str) {
-        let (url, sql) = (self.url(""), sql.to_owned());
-        rt().block_on(async move {
-            let pool = mysql_async::Pool::new(url.as_str());
-            let mut c = pool.get_conn().await.unwrap();
-            c.query_drop(&sql)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            drop(c);
-            pool.disconnect().await.unwrap();
-        });
+        exec_at(&self.url(""), sql)
     }
 
     /// Runs `sql` as root, for its rows.
     pub fn query<T: FromRow + Send + 'static>(&self, sql: &str) -> Vec<T> {
-        let (url, sql) = (self.url(""), sql.to_owned());
-        rt().block_on(async move {
-            let pool = mysql_async::Pool::new(url.as_str());
-            let mut c = pool.get_conn().await.unwrap();
-            let r = c.query(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-            drop(c);
-            pool.disconnect().await.unwrap();
-            r
-        })
+        query_at(&self.url(""), sql)
     }
+}
+
+/// Runs `sql` on a connection of its own to `url`.
+pub fn exec_at(url: &str, sql: &str) {
+    query_at::<mysql_async::Row>(url, sql);
+}
+
+/// Runs `sql` on a connection of its own to `url`, for its rows.
+pub fn query_at<T: FromRow + Send + 'static>(url: &str, sql: &str) -> Vec<T> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    rt().block_on(async move {
+        let pool = mysql_async::Pool::new(url.as_str());
+        let mut c = pool.get_conn().await.unwrap();
+        let r = c.query(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        drop(c);
+        pool.disconnect().await.unwrap();
+        r
+    })
 }
 
 impl Drop for OwnServer {
