@@ -232,10 +232,52 @@ pub fn authorize(identity: Option<&str>, readings: &mut [Reading]) -> Result<(),
 /// is a 64-bit tag, a keyed hash of its name ([`Seen`]'s own key, drawn at random): a key is
 /// copied and compared as 24 bytes, not as a shared string, and no peer can pick a name whose
 /// tag matches another device's.
-pub type Key = (u64, ReadingId);
+///
+/// It carries its own hash, keyed too (std's SipHash with [`Seen`]'s random key, so that no
+/// peer can make keys collide), made once when the reading is admitted: the sets look a key up
+/// several times on its way (admitted, in flight, stored, evicted) without hashing it again.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    hash: u64,
+    device: u64,
+    id: ReadingId,
+}
 
-/// Keys come from peers: keep std's keyed hasher, so that no peer can make them collide.
-type IdSet = HashSet<Key>;
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        // Equal keys have equal hashes: comparing those first is only a shortcut.
+        self.hash == other.hash && self.device == other.device && self.id == other.id
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// The hasher of the sets of [`Key`]s: the key's own hash, as it is.
+#[derive(Default)]
+struct KeyHash(u64);
+
+impl std::hash::Hasher for KeyHash {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `Key` is hashed with this, and it writes one u64; anything else still spreads.
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IdSet = HashSet<Key, std::hash::BuildHasherDefault<KeyHash>>;
 
 /// Reading keys stored recently, and those in flight.
 #[derive(Default)]
@@ -282,7 +324,7 @@ impl Seen {
         let keys_of: Vec<Key> = readings
             .iter()
             .map(|r| {
-                let tag = match &last {
+                let device = match &last {
                     Some((d, t)) if *d == r.device => *t,
                     _ => {
                         let t = std::hash::BuildHasher::hash_one(tags, r.device.as_str());
@@ -290,7 +332,12 @@ impl Seen {
                         t
                     }
                 };
-                (tag, r.id)
+                let hash = std::hash::BuildHasher::hash_one(tags, (device, r.id));
+                Key {
+                    hash,
+                    device,
+                    id: r.id,
+                }
             })
             .collect();
         if keys_of.iter().any(|k| self.in_flight.contains(k)) {
@@ -302,7 +349,7 @@ impl Seen {
             });
         }
         let before = readings.len();
-        let mut in_pack = HashSet::with_capacity(before);
+        let mut in_pack = IdSet::with_capacity_and_hasher(before, Default::default());
         let mut keys = Vec::with_capacity(before);
         let fresh: Vec<Reading> = readings
             .into_iter()
@@ -509,6 +556,31 @@ mod tests {
         assert_eq!((next.fresh.len(), next.duplicates), (1, 3));
         seen.failed(&next.keys);
         assert_eq!(seen.admit(vec![rs[2].clone()]).unwrap().fresh.len(), 1);
+    }
+
+    #[test]
+    fn an_id_is_a_repeat_within_its_device_only_and_the_oldest_are_forgotten() {
+        let mut seen = Seen::new(3);
+        let rs = sample_readings(4);
+        let first = seen.admit(rs[..1].to_vec()).unwrap();
+        seen.stored(&first.keys);
+        // The same id from another device is that device's own reading.
+        let mut other = rs[0].clone();
+        other.device = Label::new("another-device");
+        let next = seen.admit(vec![other.clone(), rs[0].clone()]).unwrap();
+        assert_eq!((next.fresh.len(), next.duplicates), (1, 1));
+        assert_eq!(next.fresh[0].device, other.device);
+        seen.stored(&next.keys);
+        // Three remembered: two more push out the oldest, the first device's rs[0].
+        for r in &rs[1..3] {
+            let a = seen.admit(vec![r.clone()]).unwrap();
+            seen.stored(&a.keys);
+        }
+        let again = seen
+            .admit(vec![rs[0].clone(), other, rs[2].clone()])
+            .unwrap();
+        assert_eq!((again.fresh.len(), again.duplicates), (1, 2));
+        assert_eq!(again.fresh[0].device, rs[0].device);
     }
 
     #[test]
