@@ -495,19 +495,24 @@ impl Resolver {
         if let Some(b) = r.bv {
             self.bv = b;
         }
-        let bn = &self.bn;
         let n = r.n.as_deref().unwrap_or("");
         // Our own packs: bn = "DEVICE:", n = "SENSOR/NAME". Others: the device is the peer's.
+        // Borrowed where it can be: a record of our own allocates nothing for its names.
+        let joined: String;
         let (device, rest) = match &self.bn_device {
-            Some(d) => (d.as_str().to_owned(), n.to_owned()),
-            None => (self.default_device.clone(), format!("{bn}{n}")),
+            Some(d) => (d.clone(), n),
+            None => {
+                joined = format!("{}{n}", self.bn);
+                let d = self.default_device.clone();
+                (self.label(&d), joined.as_str())
+            }
         };
         let (sensor, name) = match rest.rsplit_once('/') {
-            Some((s, n)) => (s.to_owned(), unescape(n).into_owned()),
-            None => (rest.clone(), "value".to_owned()),
+            Some((s, n)) => (s, unescape(n)),
+            None => (rest, "value".into()),
         };
         if device.is_empty() || sensor.is_empty() || name.is_empty() {
-            return Err(DecodeError::Name(i, format!("{bn}{n}")));
+            return Err(DecodeError::Name(i, format!("{}{n}", self.bn)));
         }
         // What is taken must fit when it is sent on: as `bn` = "DEVICE:" and `n` =
         // "SENSOR/NAME" with the name escaped, each within MAX_NAME (a base name without the
@@ -548,14 +553,14 @@ impl Resolver {
             Some(b) => ReadingId(b),
             None => {
                 self.derived += 1;
-                derived_id(&device, &sensor, &name, micros, &value)
+                derived_id(device.as_str(), sensor, &name, micros, &value)
             }
         };
         Ok(Reading {
             id,
             time: Timestamp(micros),
-            device: self.label(&device),
-            sensor: self.label(&sensor),
+            device,
+            sensor: self.label(sensor),
             name: self.label(&name),
             unit,
             value,
