@@ -252,14 +252,12 @@ async fn insert(
     chunks: impl Fn() -> Vec<(usize, Vec<mysql_async::Value>)>,
 ) -> Result<u64, Failure> {
     match insert_once(&pool, &table, &full, chunks()).await {
-        Err((_, mysql_async::Error::Server(e))) if e.code == 1213 => {
+        Err(Failure::Db(_, mysql_async::Error::Server(e))) if e.code == 1213 => {
             tracing::debug!("deadlock (or a Galera certification conflict); the batch goes again");
         }
-        r => return r.map_err(|(what, e)| Failure::Db(what, e)),
+        r => return r,
     }
-    insert_once(&pool, &table, &full, chunks())
-        .await
-        .map_err(|(what, e)| Failure::Db(what, e))
+    insert_once(&pool, &table, &full, chunks()).await
 }
 
 async fn insert_once(
@@ -267,11 +265,8 @@ async fn insert_once(
     table: &str,
     full: &str,
     chunks: Vec<(usize, Vec<mysql_async::Value>)>,
-) -> Result<u64, (String, mysql_async::Error)> {
-    let at = |what: &str| {
-        let what = what.to_owned();
-        move |e| (what, e)
-    };
+) -> Result<u64, Failure> {
+    let at = Failure::at;
     let mut c = pool.get_conn().await.map_err(at("connecting"))?;
     let mut tx = c
         .start_transaction(Default::default())
