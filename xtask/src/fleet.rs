@@ -10,7 +10,9 @@
 //! with OpenSSL 3.5; copy `libtestkit.so` beside it for the null sink), `GATEWAY_LOAD` another
 //! build of the load generator, `IDLE_DEVICES` the sessions of the memory figure (default 2000), and
 //! `INGRESS_PARTS` which parts run (a comma-separated list of `requests`, `handshakes`,
-//! `idle` and `reads`; all by default). `reads` is the ingress alone: each device reading back
+//! `storm`, `idle`, `reads` and `observe`; all by default). `storm` starts each server afresh
+//! and has `STORM_DEVICES` devices (default 2,000) connect at once, as a fleet does after a
+//! server restart: how long until all are in, and how many never got in. `reads` is the ingress alone: each device reading back
 //! its last readings (`GET /gpsflowtemp/DEVICE`) beside the same devices POSTing; `observe`
 //! is the ingress alone too: one device POSTs while 100, then 1,000 others observe its sensor
 //! (notifications/s, latency from POST to notification).
@@ -189,7 +191,7 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
     }
     let duration = format!("{secs}s");
     let parts = std::env::var("INGRESS_PARTS")
-        .unwrap_or_else(|_| "requests,handshakes,idle,reads,observe".into());
+        .unwrap_or_else(|_| "requests,handshakes,storm,idle,reads,observe".into());
     let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
     let servers = |f: &mut dyn FnMut(&Server) -> Result<()>| -> Result<()> {
         f(&Server::ingress(&gateway)?)?;
@@ -204,6 +206,9 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
     }
     if part("handshakes") {
         handshakes(&load_bin, &duration, &servers)?;
+    }
+    if part("storm") {
+        storm(&load_bin, &servers)?;
     }
     if part("idle") {
         idle(&load_bin, &servers)?;
@@ -368,6 +373,34 @@ fn handshakes(load_bin: &Path, duration: &str, servers: &Servers<'_>) -> Result<
             "     {:<13} {per_s:>6.0}/s  ({cpu_ms:.2} ms server CPU each, {} failures)",
             s.name,
             o.failures()
+        );
+        Ok(())
+    })
+}
+
+/// A reconnect storm: every device at once against a server just started.
+fn storm(load_bin: &Path, servers: &Servers<'_>) -> Result<()> {
+    let devices = std::env::var("STORM_DEVICES").unwrap_or_else(|_| "2000".into());
+    println!("   reconnect storm ({devices} devices at once, each a full handshake and one POST):");
+    servers(&mut |s| {
+        let args = [
+            "--devices",
+            &devices,
+            "--duration",
+            "1s",
+            "--prefix",
+            "storm",
+        ];
+        let mut connect = String::new();
+        let o = load(load_bin, s, &args, |l| {
+            if let Some(c) = l.strip_prefix("connect: ") {
+                connect = c.to_owned();
+            }
+        })?;
+        println!(
+            "     {:<13} {connect}; {:.0} devices never got in",
+            s.name,
+            o.num("connect_failures")
         );
         Ok(())
     })

@@ -292,10 +292,10 @@ fn besieged(pki: &Pki, max_handshakes: usize, per_address: usize) -> (Server, Ve
     (server, held)
 }
 
-/// The crowd's handshakes the server did not hold: replaced, or made to wait.
+/// The crowd's handshakes that hold no slot: parked (or then forgotten), or made to wait.
 fn held_back(server: &Server) -> u64 {
     let st = &server.stats;
-    st.evicted_handshakes.load(Ordering::Relaxed) + st.over_capacity.load(Ordering::Relaxed)
+    st.parked_handshakes.load(Ordering::Relaxed) + st.over_capacity.load(Ordering::Relaxed)
 }
 
 #[test]

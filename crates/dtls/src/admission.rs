@@ -16,7 +16,11 @@
 //!   identity, or else (if it has one itself) the least recently active session.
 //!
 //! A handshake in progress is never replaced while its peer keeps it moving: honest handshakes
-//! finish.
+//! finish. One that gives up its slot is *parked*, not forgotten: it no longer counts against
+//! the limits, takes no timer, and completes if its peer answers after all (a device that was
+//! merely slow, behind a loaded link or CPU, in a reconnect storm). Parked handshakes are
+//! bounded too (four per handshake slot); past the bound, the host that has the most parked loses its oldest
+//! ([`park_victim`]), so that one host's silent handshakes cannot push out another's.
 //! Handshakes only start after the stateless cookie exchange, so an address here is one the
 //! peer can receive at: a spoofer cannot make anyone else's handshake go.
 
@@ -144,6 +148,21 @@ pub fn handshake(hs: &[Handshake], newcomer: IpAddr, now: Instant, limits: Limit
     }
 }
 
+/// Which parked handshake to forget when there are too many: the oldest of the host that has
+/// the most parked (a host that parks handshakes by the hundred pays for them itself).
+pub fn park_victim(parked: &[Handshake]) -> Option<SocketAddr> {
+    let mut by_host: HashMap<IpAddr, usize> = HashMap::new();
+    for h in parked {
+        *by_host.entry(host_of(h.peer.ip())).or_default() += 1;
+    }
+    let most = by_host.values().copied().max()?;
+    parked
+        .iter()
+        .filter(|h| by_host[&host_of(h.peer.ip())] == most)
+        .min_by_key(|h| (h.started, h.peer))
+        .map(|h| h.peer)
+}
+
 /// An established session, as admission sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Established<'a> {
@@ -258,6 +277,21 @@ mod tests {
             handshake(&hs, "10.0.0.1".parse().unwrap(), later, limits),
             Admit::Start(vec![addr("10.0.0.2", 1000)])
         );
+    }
+
+    #[test]
+    fn the_host_with_most_parked_loses_its_oldest() {
+        let t0 = Instant::now();
+        let mut parked = from("10.0.0.1", 3, t0, 100, 100);
+        parked.extend(from("10.0.0.2", 1, t0, 0, 0));
+        // 10.0.0.2's handshake is older, but 10.0.0.1 has more parked.
+        assert_eq!(park_victim(&parked), Some(addr("10.0.0.1", 1000)));
+        let even = from("10.0.0.2", 1, t0, 0, 0)
+            .into_iter()
+            .chain(from("10.0.0.3", 1, t0, 5, 5))
+            .collect::<Vec<_>>();
+        assert_eq!(park_victim(&even), Some(addr("10.0.0.2", 1000)));
+        assert_eq!(park_victim(&[]), None);
     }
 
     #[test]

@@ -102,6 +102,9 @@ struct Device {
     addr: Option<SocketAddr>,
     /// How many more datagrams reach the server (`None`: all); past it, the device is silent.
     budget: Option<usize>,
+    /// Past its budget, the device's datagrams wait here instead of being lost (a device that
+    /// answers late), until [`Net::release`].
+    held: Option<Vec<Vec<u8>>>,
     /// The last datagram it sent.
     last: Option<Vec<u8>>,
     /// Its next socket keeps the address of the last (a device that rebooted).
@@ -158,6 +161,7 @@ impl Net {
             client,
             addr: None,
             budget: None,
+            held: None,
             last: None,
             keep_port: false,
             done: HashMap::new(),
@@ -170,6 +174,18 @@ impl Net {
         let d = &self.devices[i];
         let (from, last) = (d.addr.unwrap(), d.last.clone().unwrap());
         self.server.handle(self.now, from, &last);
+        self.settle();
+    }
+
+    /// Device `i`'s held datagrams reach the server now, and it is heard from again.
+    fn release(&mut self, i: usize) {
+        let d = &mut self.devices[i];
+        let held = d.held.take().unwrap_or_default();
+        d.budget = None;
+        let from = d.addr.unwrap();
+        for b in held {
+            self.server.handle(self.now, from, &b);
+        }
         self.settle();
     }
 
@@ -222,6 +238,9 @@ impl Net {
                         }
                         Transmit::Datagram(b) => {
                             if d.budget.is_some_and(|n| n == 0) {
+                                if let Some(held) = &mut d.held {
+                                    held.push(b);
+                                }
                                 continue;
                             }
                             d.budget = d.budget.map(|n| n - 1);
@@ -535,8 +554,69 @@ fn a_stalled_handshake_makes_room_after_750_ms() {
     net.advance(Duration::from_millis(300));
     net.resend(a);
     assert!(net.changed(a, tag), "{:?}", net.result(a, tag));
-    assert_eq!(net.stat(|s| &s.evicted_handshakes), 1);
+    assert_eq!(net.stat(|s| &s.parked_handshakes), 1);
+    // The stalled one is parked, not forgotten, until its deadline.
+    assert_eq!(net.server.sessions(), (1, 1));
+    net.advance(Duration::from_secs(10));
     assert_eq!(net.server.sessions(), (1, 0));
+    assert_eq!(net.stat(|s| &s.failures[2]), 1, "it timed out");
+}
+
+#[test]
+fn a_slow_device_that_gave_up_its_slot_still_gets_in_when_it_answers() {
+    let pki = Pki::new(&["pi-01", "slow"]);
+    let mut cfg = pki.server_config();
+    cfg.max_handshakes = 1;
+    cfg.max_handshakes_per_address = 1;
+    let mut net = Net::new(cfg);
+    // `slow` passes the cookie exchange and gets the server's flight; its answer is late (a
+    // loaded CPU or link, as in a reconnect storm).
+    let s = net.add(pki.client("slow"));
+    net.devices[s].budget = Some(2);
+    net.devices[s].held = Some(Vec::new());
+    let late = net.post(s, b"late", T);
+    net.advance(Duration::from_millis(800));
+    // A newcomer takes its slot.
+    let a = net.add(pki.client("pi-01"));
+    let tag = net.post(a, b"y", T);
+    net.advance(Duration::from_millis(1100));
+    assert!(net.changed(a, tag), "{:?}", net.result(a, tag));
+    assert_eq!(net.stat(|s| &s.parked_handshakes), 1);
+    // The slow device's answer arrives: its handshake completes, nothing is redone.
+    let (cookies, hellos) = (net.stat(|s| &s.cookies_sent), net.stat(|s| &s.no_session));
+    net.release(s);
+    net.advance(Duration::from_millis(100));
+    assert!(net.changed(s, late), "{:?}", net.result(s, late));
+    assert_eq!(net.server.sessions(), (2, 0));
+    assert_eq!(net.stat(|s| &s.cookies_sent), cookies);
+    assert_eq!(net.stat(|s| &s.no_session), hellos);
+    assert_eq!(net.stat(|s| &s.evicted_handshakes), 0);
+    assert_eq!(net.stat(|s| &s.handshake_failures), 0);
+}
+
+#[test]
+fn parked_handshakes_are_bounded() {
+    let names: Vec<String> = (0..6).map(|i| format!("pi-{i:02}")).collect();
+    let stems: Vec<&str> = names.iter().map(String::as_str).collect();
+    let pki = Pki::new(&stems);
+    let mut cfg = pki.server_config();
+    cfg.max_handshakes = 1;
+    cfg.max_handshakes_per_address = 1;
+    let mut net = Net::new(cfg);
+    // Six devices, each silent after the server's flight: each gives its slot to the next
+    // once stalled, and four (per slot) may stay parked.
+    for (k, n) in stems.iter().enumerate() {
+        let i = net.add(pki.client(n));
+        net.devices[i].budget = Some(2);
+        net.post(i, b"x", T);
+        if k + 1 < stems.len() {
+            net.advance(Duration::from_millis(800));
+        }
+    }
+    assert_eq!(net.stat(|s| &s.parked_handshakes), 5);
+    assert_eq!(net.stat(|s| &s.evicted_handshakes), 1);
+    // One holding the slot, four parked.
+    assert_eq!(net.server.sessions(), (0, 5));
 }
 
 #[test]

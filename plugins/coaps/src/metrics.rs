@@ -69,6 +69,12 @@ pub fn of(c: &Counters, s: &ServerStats) -> Metrics {
         HANDSHAKES,
         &[("result", "evicted"), ("reason", "stalled")],
         get(&s.evicted_handshakes),
+    )
+    .counter(
+        "gateway_dtls_handshakes_parked_total",
+        "Handshakes that gave their slot to a newer one (stalled, or of the host holding the most); a parked handshake still completes if its peer answers, and is forgotten (result=\"evicted\") only when too many are parked.",
+        &[],
+        get(&s.parked_handshakes),
     );
     const DROPPED: &str = "DTLS sessions dropped by the server: to make room (the session caps), replaced by a new handshake from the same address, or idle.";
     for (reason, n) in [

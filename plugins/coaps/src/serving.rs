@@ -423,6 +423,7 @@ impl<'a> Serving<'a> {
             handshake_failures = get(&s.handshake_failures),
             unauthenticated = get(&s.unauthenticated),
             denied = get(&s.denied),
+            parked_handshakes = get(&s.parked_handshakes),
             evicted_handshakes = get(&s.evicted_handshakes),
             waited_for_slot = get(&s.from_lobby),
             evicted_sessions = get(&s.evicted_sessions),
