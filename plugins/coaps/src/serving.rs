@@ -119,7 +119,8 @@ pub struct Settings {
     pub retry_after: u32,
     /// How long an admitted request may wait for room in the sinks' queues.
     pub hold: Duration,
-    /// Most requests waiting for room (in this worker); past it, a 5.03 at once.
+    /// Most readings in the requests waiting for room (in this worker); a request that would
+    /// go past it gets a 5.03 at once.
     pub max_held: usize,
     /// Whether this worker logs the counters (one of them does).
     pub logs: bool,
@@ -182,6 +183,8 @@ pub struct Serving<'a> {
     latest: Arc<Mutex<Latest>>,
     observers: Arc<Mutex<Observers>>,
     held: VecDeque<Held>,
+    /// The readings in `held`.
+    held_readings: usize,
     last_log: Instant,
     last_publish: Instant,
     stop_by: Option<Instant>,
@@ -206,6 +209,7 @@ impl<'a> Serving<'a> {
             latest: together.latest.clone(),
             observers: together.observers.clone(),
             held: VecDeque::new(),
+            held_readings: 0,
             last_log: Instant::now(),
             last_publish: Instant::now(),
             stop_by: None,
@@ -400,11 +404,12 @@ impl<'a> Serving<'a> {
 
     /// Keeps `h` until the sinks' queues have room, or answers 5.03 if too many wait.
     fn hold(&mut self, h: Held) {
-        if self.held.len() >= self.settings.max_held {
-            let e = PluginError::retry("too many requests wait for the sinks");
+        if self.held_readings + h.readings.len() > self.settings.max_held {
+            let e = PluginError::retry("too many readings wait for the sinks");
             return self.unavailable(h.id, &h.keys, &e, h.since);
         }
         self.counters.held.fetch_add(1, Ordering::Relaxed);
+        self.held_readings += h.readings.len();
         self.held.push_back(h);
     }
 
@@ -535,12 +540,14 @@ impl Handler for Serving<'_> {
     /// held for longer than `hold` gets a 5.03.
     fn flush(&mut self) {
         while let Some(h) = self.held.pop_front() {
+            self.held_readings -= h.readings.len();
             if h.since.elapsed() >= self.settings.hold {
                 let e = PluginError::retry("the sinks' queues stayed full");
                 self.unavailable(h.id, &h.keys, &e, h.since);
                 continue;
             }
             if let Err(h) = self.emit(h) {
+                self.held_readings += h.readings.len();
                 self.held.push_front(h);
                 return;
             }
