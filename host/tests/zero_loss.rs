@@ -16,10 +16,12 @@
 //! `cargo xtask soak` runs it that way.
 
 mod support;
-use gateway_test_support::lossy_relay::{lossy_relay, RelayCounts};
+use gateway_test_support::{
+    lossy_relay::{lossy_relay, RelayCounts},
+    mariadb::MariaDb,
+};
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -27,121 +29,6 @@ use std::{
     time::{Duration, Instant},
 };
 use support::*;
-
-/// A MariaDB server of the test's own, in a temporary data directory.
-struct MariaDb {
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl MariaDb {
-    fn init(dir: &Path) -> MariaDb {
-        let data = dir.join("data");
-        std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--auth-root-authentication-method=normal"])
-            .arg(format!("--datadir={}", data.display()))
-            .args(root_user())
-            .output()
-            .expect("mariadb-install-db (Debian package mariadb-server; .ci/run installs it)");
-        assert!(
-            out.status.success(),
-            "mariadb-install-db failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        MariaDb {
-            dir: dir.to_owned(),
-            port: free_tcp_port(),
-            child: None,
-        }
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("mariadbd.log"))
-            .unwrap();
-        let d = |f: &str| self.dir.join(f).display().to_string();
-        let child = Command::new("/usr/sbin/mariadbd")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", d("data")))
-            .arg(format!("--socket={}", d("sock")))
-            .arg(format!("--pid-file={}", d("pid")))
-            .arg(format!("--port={}", self.port))
-            .args(["--bind-address=127.0.0.1", "--skip-log-bin"])
-            .args([
-                "--innodb-buffer-pool-size=64M",
-                "--innodb-log-file-size=64M",
-            ])
-            .args(root_user())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start /usr/sbin/mariadbd");
-        self.child = Some(child);
-        let end = Instant::now() + Duration::from_secs(60);
-        while self.try_query("SELECT 1").is_err() {
-            assert!(
-                Instant::now() < end,
-                "the test's MariaDB did not come up within 60 s:\n{}",
-                std::fs::read_to_string(self.dir.join("mariadbd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let end = Instant::now() + Duration::from_secs(60);
-            while c.try_wait().unwrap().is_none() {
-                assert!(Instant::now() < end, "MariaDB did not stop within 60 s");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    fn try_query(&self, sql: &str) -> Result<String, String> {
-        let out = Command::new("mysql")
-            .args(["-h", "127.0.0.1", "-u", "root", "-N", "-B"])
-            .arg(format!("-P{}", self.port))
-            .args(["-e", sql])
-            .output()
-            .map_err(|e| format!("running the mysql client: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    fn query(&self, sql: &str) -> String {
-        self.try_query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
-    }
-}
-
-impl Drop for MariaDb {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// mariadbd refuses to run as root unless told to.
-fn root_user() -> Vec<String> {
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        vec!["--user=root".into()]
-    } else {
-        Vec::new()
-    }
-}
 
 fn scale() -> u64 {
     std::env::var("GATEWAY_SOAK_SCALE")
@@ -220,7 +107,7 @@ retry_backoff_max = "2s"
             sc = c("server.pem"),
             sk = c("server.key"),
             ca = c("ca.pem"),
-            db_port = db.port,
+            db_port = db.port(),
         ),
     );
     let emitted = s.path("emitted");

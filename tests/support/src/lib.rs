@@ -5,6 +5,7 @@
 //!   configs that use it; a free UDP port.
 //! - [`libcoap`]: libcoap's command-line client as a peer.
 //! - [`lossy_relay`]: a UDP relay that loses, duplicates and delays datagrams.
+//! - [`mariadb`]: a MariaDB server of a test's own, that can be stopped and started.
 //! - [`nats`]: a NATS server with JetStream of a test's own.
 //! - [`w1`]: a simulated Linux w1 tree whose `w1_slave` files block like the kernel's.
 //!
@@ -15,5 +16,6 @@
 pub mod coaps;
 pub mod libcoap;
 pub mod lossy_relay;
+pub mod mariadb;
 pub mod nats;
 pub mod w1;

@@ -6,6 +6,7 @@
 // Each test file uses a part of this module.
 #![allow(dead_code)]
 
+use gateway_test_support::mariadb::MariaDb;
 use mysql_async::prelude::*;
 
 pub fn admin_url() -> String {
@@ -154,87 +155,29 @@ impl Drop for TestUser {
     }
 }
 
-/// A MariaDB server of the test's own beside the machine's: a fresh data directory in a
-/// temporary folder (`mariadb-install-db`), `mariadbd` on a free port of 127.0.0.1, root
-/// without a password. The second server of a `url` that lists two. Killed when dropped.
+/// A MariaDB server of the test's own beside the machine's (`gateway_test_support::mariadb`),
+/// in a temporary folder: the second server of a `url` that lists two. Killed when dropped.
 pub struct OwnServer {
     pub port: u16,
-    child: std::process::Child,
-    dir: tempfile::TempDir,
+    db: MariaDb,
+    _dir: tempfile::TempDir,
 }
 
 impl OwnServer {
     pub fn start() -> OwnServer {
-        use std::process::{Command, Stdio};
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
-            .unwrap()
-            .trim()
-            .to_owned();
-        let out = Command::new("mariadb-install-db")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
-            .arg(format!("--user={user}"))
-            .output()
-            .expect("mariadb-install-db (Debian's mariadb-server) makes the second server");
-        assert!(
-            out.status.success(),
-            "mariadb-install-db: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::File::create(dir.path().join("err.log")).unwrap();
-        let child = Command::new("/usr/sbin/mariadbd")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--port={port}"))
-            .arg(format!("--socket={}", dir.path().join("sock").display()))
-            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-            .arg(format!("--user={user}"))
-            .args([
-                "--bind-address=127.0.0.1",
-                "--skip-log-bin",
-                "--innodb-buffer-pool-size=16M",
-                "--innodb-log-file-size=8M",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("/usr/sbin/mariadbd");
-        let mut server = OwnServer { port, child, dir };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let up = rt().block_on(async {
-                let pool = mysql_async::Pool::new(server.url("").as_str());
-                let ok = pool.get_conn().await.is_ok();
-                let _ = pool.disconnect().await;
-                ok
-            });
-            if up {
-                return server;
-            }
-            let log = || std::fs::read_to_string(server.dir.path().join("err.log")).unwrap();
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("mariadbd on port {port} ended ({status}):\n{}", log());
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mariadbd on port {port} did not answer in 60 s:\n{}",
-                log()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut db = MariaDb::init(dir.path());
+        db.start();
+        OwnServer {
+            port: db.port(),
+            db,
+            _dir: dir,
         }
     }
 
     /// `mysql://root@127.0.0.1:PORT/DATABASE`.
     pub fn url(&self, database: &str) -> String {
-        format!("mysql://root@127.0.0.1:{}/{database}", self.port)
+        self.db.url(database)
     }
 
     /// Runs `sql` as root.
@@ -264,11 +207,4 @@ pub fn query_at<T: FromRow + Send + 'static>(url: &str, sql: &str) -> Vec<T> {
         pool.disconnect().await.unwrap();
         r
     })
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
