@@ -110,6 +110,24 @@ fn reasons(e: &openssl::error::ErrorStack) -> String {
     }
 }
 
+/// Settles the chain sent after our own certificate: the rest of `cert`'s file if it holds
+/// more than the leaf, else the leaf's path through `ca` ([`certs::chain_to_send`]), once,
+/// instead of OpenSSL building it from the verify store at every full handshake.
+fn settle_chain(
+    b: &mut SslContextBuilder,
+    cert: &std::path::Path,
+    ca: &std::path::Path,
+) -> Result<(), DtlsError> {
+    if let [leaf] = certs::certificates_in(cert).as_slice() {
+        for c in certs::chain_to_send(leaf, &certs::certificates_in(ca)) {
+            b.add_extra_chain_cert(c)
+                .map_err(|e| cfg_err("the certificate chain", e))?;
+        }
+    }
+    b.set_mode(SslMode::NO_AUTO_CHAIN);
+    Ok(())
+}
+
 /// Loads a certificate chain and its private key (PEM), after [`certs::check_identity`] said
 /// what is wrong with them in words (missing, expired, not yet valid, not a pair).
 fn load_identity(
@@ -216,6 +234,9 @@ pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
     }
     if let Some((cert, key)) = &s.cert {
         load_identity(&mut b, cert, key, "device")?;
+        if let Some(ca) = &s.ca_file {
+            settle_chain(&mut b, cert, ca)?;
+        }
     }
     if let Some(psk) = s.psk.clone() {
         b.set_psk_client_callback(move |_ssl, _hint, identity, key| {
@@ -309,6 +330,10 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
         return Err(DtlsError::Config(
             "client_crl_file needs client_ca_file".into(),
         ));
+    }
+    if let (Some(cert), Some(ca)) = (&s.cert_file, &s.client_ca_file) {
+        // OpenSSL would build our chain from the clients' CA file, the verify store.
+        settle_chain(&mut b, cert, ca)?;
     }
     if !s.psk.is_empty() {
         let keys = s.psk.clone();
