@@ -6,6 +6,7 @@
 //! thread and tokio runtime of the plugin's own.
 
 pub mod config;
+mod held;
 mod ingress;
 mod keys;
 pub mod latest;

@@ -6,6 +6,7 @@
 //! waits for a sink.
 
 use crate::{
+    held::{Waiting, Weighed},
     latest::{self, Latest},
     observe::Observers,
     request::{self, Admitted, Key, Refused, Route, Seen, ANONYMOUS},
@@ -17,7 +18,6 @@ use gateway_coap::{
 use gateway_coaps_tokio::{Handler, Incoming, Responder, ServerStats};
 use gateway_sdk::{tracing, ErrorKind, PluginError, Reading, SourceContext, Timestamp};
 use std::{
-    collections::VecDeque,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -172,6 +172,12 @@ struct Held {
     since: Instant,
 }
 
+impl Weighed for Held {
+    fn readings(&self) -> usize {
+        self.readings.len()
+    }
+}
+
 /// The [`Handler`] of the ingress's server.
 pub struct Serving<'a> {
     ctx: &'a SourceContext,
@@ -182,9 +188,7 @@ pub struct Serving<'a> {
     counters: Arc<Counters>,
     latest: Arc<Mutex<Latest>>,
     observers: Arc<Mutex<Observers>>,
-    held: VecDeque<Held>,
-    /// The readings in `held`.
-    held_readings: usize,
+    held: Waiting<Held>,
     last_log: Instant,
     last_publish: Instant,
     stop_by: Option<Instant>,
@@ -199,6 +203,7 @@ impl<'a> Serving<'a> {
         stats: Arc<ServerStats>,
         together: Arc<Together>,
     ) -> Self {
+        let max_held = settings.max_held;
         Serving {
             ctx,
             settings,
@@ -208,8 +213,7 @@ impl<'a> Serving<'a> {
             counters: together.counters.clone(),
             latest: together.latest.clone(),
             observers: together.observers.clone(),
-            held: VecDeque::new(),
-            held_readings: 0,
+            held: Waiting::new(max_held),
             last_log: Instant::now(),
             last_publish: Instant::now(),
             stop_by: None,
@@ -404,13 +408,15 @@ impl<'a> Serving<'a> {
 
     /// Keeps `h` until the sinks' queues have room, or answers 5.03 if too many wait.
     fn hold(&mut self, h: Held) {
-        if self.held_readings + h.readings.len() > self.settings.max_held {
-            let e = PluginError::retry("too many readings wait for the sinks");
-            return self.unavailable(h.id, &h.keys, &e, h.since);
+        match self.held.push_back(h) {
+            Ok(()) => {
+                self.counters.held.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(h) => {
+                let e = PluginError::retry("too many readings wait for the sinks");
+                self.unavailable(h.id, &h.keys, &e, h.since);
+            }
         }
-        self.counters.held.fetch_add(1, Ordering::Relaxed);
-        self.held_readings += h.readings.len();
-        self.held.push_back(h);
     }
 
     fn log_stats(&self) {
@@ -540,14 +546,12 @@ impl Handler for Serving<'_> {
     /// held for longer than `hold` gets a 5.03.
     fn flush(&mut self) {
         while let Some(h) = self.held.pop_front() {
-            self.held_readings -= h.readings.len();
             if h.since.elapsed() >= self.settings.hold {
                 let e = PluginError::retry("the sinks' queues stayed full");
                 self.unavailable(h.id, &h.keys, &e, h.since);
                 continue;
             }
             if let Err(h) = self.emit(h) {
-                self.held_readings += h.readings.len();
                 self.held.push_front(h);
                 return;
             }
