@@ -54,6 +54,13 @@ impl FifoTree {
                 if stop.load(Ordering::SeqCst) {
                     return;
                 }
+                // Our open() returns as soon as a reader is *in* its open(), not when it holds
+                // its descriptor: wait for that descriptor, or the answer could be written and
+                // closed before it exists, the wait below see nobody, and the next answer go
+                // down the same reader's pipe (answers out of step, a test that fails 1 in 10).
+                while !stop.load(Ordering::SeqCst) && holders(&fifo) < 2 {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
                 std::thread::sleep(delay);
                 let _ = f.write_all(texts[n % texts.len()].as_bytes());
                 drop(f);
@@ -62,7 +69,7 @@ impl FifoTree {
                 // second answer: wait until no process holds it open. (Probing with a
                 // non-blocking open would itself count as a writer, and hand a reader already
                 // blocked in its next open() an empty answer.)
-                while !stop.load(Ordering::SeqCst) && held_open(&fifo) {
+                while !stop.load(Ordering::SeqCst) && holders(&fifo) > 0 {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
@@ -88,25 +95,38 @@ fn mkfifo(path: &Path) {
     );
 }
 
-/// Whether any process has `path` open, from the descriptors listed under `/proc/*/fd`.
-/// A reader still blocked in `open()` holds no descriptor yet, so it does not count.
-fn held_open(path: &Path) -> bool {
+/// How many descriptors, in any process, have `path` open, from those listed under
+/// `/proc/*/fd`. A reader still blocked in `open()` holds no descriptor yet, so it does not
+/// count.
+fn holders(path: &Path) -> usize {
     use std::os::unix::fs::MetadataExt;
     let Ok(target) = std::fs::metadata(path) else {
-        return false;
+        return 0;
     };
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
+        return 0;
     };
-    procs.flatten().any(|p| {
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            return false;
-        };
-        fds.flatten().any(|fd| {
-            std::fs::metadata(fd.path())
-                .is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
+    procs
+        .flatten()
+        // Processes only: `self` and `thread-self` are this process again.
+        .filter(|p| {
+            p.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
         })
-    })
+        .map(|p| {
+            let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+                return 0;
+            };
+            fds.flatten()
+                .filter(|fd| {
+                    std::fs::metadata(fd.path())
+                        .is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
+                })
+                .count()
+        })
+        .sum()
 }
 
 impl Drop for FifoTree {
