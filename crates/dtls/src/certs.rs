@@ -89,8 +89,8 @@ fn check_dates(key: &str, path: &Path, cert: &X509Ref, renew: &str) -> Result<()
 
 /// Checks an identity's certificate chain and key files: both readable, the certificate in its
 /// validity period, the key the one it was made with. `role` is `server` or `device`; it picks
-/// the `gateway certs` command to suggest.
-pub fn check_identity(cert: &Path, key: &Path, role: &str) -> Result<(), DtlsError> {
+/// the `gateway certs` command to suggest. The certificates of `cert`, leaf first.
+pub fn check_identity(cert: &Path, key: &Path, role: &str) -> Result<Vec<X509>, DtlsError> {
     let make = match role {
         "server" => "make a development one with `gateway certs server --name HOST` (see certs/README.md), or set cert_file and key_file to your own",
         _ => "make a development one with `gateway certs device NAME` (see certs/README.md), or set cert_file and key_file to your own",
@@ -123,12 +123,12 @@ pub fn check_identity(cert: &Path, key: &Path, role: &str) -> Result<(), DtlsErr
             name_of(leaf)
         )));
     }
-    Ok(())
+    Ok(chain)
 }
 
 /// Checks a CA file: readable, PEM, and not every certificate in it expired (then nothing it
-/// vouches for could be verified).
-pub fn check_ca(key: &str, path: &Path) -> Result<(), DtlsError> {
+/// vouches for could be verified). Its certificates.
+pub fn check_ca(key: &str, path: &Path) -> Result<Vec<X509>, DtlsError> {
     let certs = read_pem(
         key,
         path,
@@ -143,7 +143,7 @@ pub fn check_ca(key: &str, path: &Path) -> Result<(), DtlsError> {
             names.join("; ")
         )));
     }
-    Ok(())
+    Ok(certs)
 }
 
 /// What to send after our own certificate `leaf`: its chain through `cas` up to, not
@@ -176,14 +176,6 @@ pub fn chain_to_send(leaf: &X509Ref, cas: &[X509]) -> Vec<X509> {
         })
     };
     build().unwrap_or_default()
-}
-
-/// The certificates of a PEM file, none if it cannot be read (its checks come elsewhere).
-pub fn certificates_in(path: &Path) -> Vec<X509> {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| X509::stack_from_pem(&b).ok())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -110,16 +110,17 @@ fn reasons(e: &openssl::error::ErrorStack) -> String {
     }
 }
 
-/// Settles the chain sent after our own certificate: the rest of `cert`'s file if it holds
-/// more than the leaf, else the leaf's path through `ca` ([`certs::chain_to_send`]), once,
-/// instead of OpenSSL building it from the verify store at every full handshake.
+/// Settles the chain sent after our own certificate: the rest of its file (`chain`, leaf
+/// first) if that holds more than the leaf, else the leaf's path through the CA file's `cas`
+/// ([`certs::chain_to_send`]), once, instead of OpenSSL building it from the verify store at
+/// every full handshake.
 fn settle_chain(
     b: &mut SslContextBuilder,
-    cert: &std::path::Path,
-    ca: &std::path::Path,
+    chain: &[openssl::x509::X509],
+    cas: &[openssl::x509::X509],
 ) -> Result<(), DtlsError> {
-    if let [leaf] = certs::certificates_in(cert).as_slice() {
-        for c in certs::chain_to_send(leaf, &certs::certificates_in(ca)) {
+    if let [leaf] = chain {
+        for c in certs::chain_to_send(leaf, cas) {
             b.add_extra_chain_cert(c)
                 .map_err(|e| cfg_err("the certificate chain", e))?;
         }
@@ -129,14 +130,15 @@ fn settle_chain(
 }
 
 /// Loads a certificate chain and its private key (PEM), after [`certs::check_identity`] said
-/// what is wrong with them in words (missing, expired, not yet valid, not a pair).
+/// what is wrong with them in words (missing, expired, not yet valid, not a pair). The
+/// certificates of `cert`, leaf first.
 fn load_identity(
     b: &mut SslContextBuilder,
     cert: &std::path::Path,
     key: &std::path::Path,
     role: &str,
-) -> Result<(), DtlsError> {
-    certs::check_identity(cert, key, role)?;
+) -> Result<Vec<openssl::x509::X509>, DtlsError> {
+    let chain = certs::check_identity(cert, key, role)?;
     b.set_certificate_chain_file(cert)
         .map_err(|e| cfg_err(&format!("cert_file {}", cert.display()), reasons(&e)))?;
     b.set_private_key_file(key, SslFiletype::PEM)
@@ -150,7 +152,8 @@ fn load_identity(
             ),
             reasons(&e),
         )
-    })
+    })?;
+    Ok(chain)
 }
 
 /// What every context of the link has: DTLS 1.2 at least, no renegotiation (a renegotiation
@@ -224,8 +227,9 @@ pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
     };
     b.set_cipher_list(&ciphers)
         .map_err(|e| cfg_err(&format!("cipher list {ciphers:?}"), e))?;
+    let mut cas = Vec::new();
     if let Some(ca) = &s.ca_file {
-        certs::check_ca("ca_file", ca)?;
+        cas = certs::check_ca("ca_file", ca)?;
         b.set_ca_file(ca)
             .map_err(|e| cfg_err(&format!("ca_file {}", ca.display()), reasons(&e)))?;
     } else if s.psk.is_none() {
@@ -233,9 +237,9 @@ pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
             .map_err(|e| cfg_err("the system's trust store", e))?;
     }
     if let Some((cert, key)) = &s.cert {
-        load_identity(&mut b, cert, key, "device")?;
-        if let Some(ca) = &s.ca_file {
-            settle_chain(&mut b, cert, ca)?;
+        let chain = load_identity(&mut b, cert, key, "device")?;
+        if s.ca_file.is_some() {
+            settle_chain(&mut b, &chain, &cas)?;
         }
     }
     if let Some(psk) = s.psk.clone() {
@@ -292,17 +296,21 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
     };
     b.set_cipher_list(&ciphers)
         .map_err(|e| cfg_err(&format!("cipher list {ciphers:?}"), e))?;
-    match (&s.cert_file, &s.key_file) {
+    let chain = match (&s.cert_file, &s.key_file) {
         (Some(cert), Some(key)) => load_identity(&mut b, cert, key, "server")?,
-        (None, None) if !s.psk.is_empty() => {}
+        (None, None) if !s.psk.is_empty() => Vec::new(),
         _ => {
             return Err(DtlsError::Config(
                 "a server needs cert_file and key_file (or PSK keys)".into(),
             ))
         }
-    }
+    };
     if let Some(ca) = &s.client_ca_file {
-        certs::check_ca("client_ca_file", ca)?;
+        let cas = certs::check_ca("client_ca_file", ca)?;
+        if !chain.is_empty() {
+            // OpenSSL would build our chain from the clients' CA file, the verify store.
+            settle_chain(&mut b, &chain, &cas)?;
+        }
         b.set_ca_file(ca)
             .map_err(|e| cfg_err(&format!("client_ca_file {}", ca.display()), reasons(&e)))?;
         let mut mode = SslVerifyMode::PEER;
@@ -330,10 +338,6 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
         return Err(DtlsError::Config(
             "client_crl_file needs client_ca_file".into(),
         ));
-    }
-    if let (Some(cert), Some(ca)) = (&s.cert_file, &s.client_ca_file) {
-        // OpenSSL would build our chain from the clients' CA file, the verify store.
-        settle_chain(&mut b, cert, ca)?;
     }
     if !s.psk.is_empty() {
         let keys = s.psk.clone();

@@ -62,6 +62,15 @@ impl Pki {
         }
     }
 
+    /// [`Pki::server_config`] with room for one handshake in progress.
+    fn one_handshake_at_a_time(&self) -> server::Config {
+        server::Config {
+            max_handshakes: 1,
+            max_handshakes_per_address: 1,
+            ..self.server_config()
+        }
+    }
+
     fn client(&self, device: &str) -> Client {
         self.client_with(device, CoapConfig::default())
     }
@@ -525,10 +534,7 @@ fn one_identity_holds_at_most_its_share_of_sessions() {
 #[test]
 fn a_stalled_handshake_makes_room_after_750_ms() {
     let pki = Pki::new(&["pi-01", "stall"]);
-    let mut cfg = pki.server_config();
-    cfg.max_handshakes = 1;
-    cfg.max_handshakes_per_address = 1;
-    let mut net = Net::new(cfg);
+    let mut net = Net::new(pki.one_handshake_at_a_time());
     // `stall` passes the cookie exchange (two ClientHellos), then goes silent mid-handshake.
     let s = net.add(pki.client("stall"));
     net.devices[s].budget = Some(2);
@@ -565,10 +571,7 @@ fn a_stalled_handshake_makes_room_after_750_ms() {
 #[test]
 fn a_slow_device_that_gave_up_its_slot_still_gets_in_when_it_answers() {
     let pki = Pki::new(&["pi-01", "slow"]);
-    let mut cfg = pki.server_config();
-    cfg.max_handshakes = 1;
-    cfg.max_handshakes_per_address = 1;
-    let mut net = Net::new(cfg);
+    let mut net = Net::new(pki.one_handshake_at_a_time());
     // `slow` passes the cookie exchange and gets the server's flight; its answer is late (a
     // loaded CPU or link, as in a reconnect storm).
     let s = net.add(pki.client("slow"));
@@ -599,10 +602,7 @@ fn parked_handshakes_are_bounded() {
     let names: Vec<String> = (0..6).map(|i| format!("pi-{i:02}")).collect();
     let stems: Vec<&str> = names.iter().map(String::as_str).collect();
     let pki = Pki::new(&stems);
-    let mut cfg = pki.server_config();
-    cfg.max_handshakes = 1;
-    cfg.max_handshakes_per_address = 1;
-    let mut net = Net::new(cfg);
+    let mut net = Net::new(pki.one_handshake_at_a_time());
     // Six devices, each silent after the server's flight: each gives its slot to the next
     // once stalled, and four (per slot) may stay parked.
     for (k, n) in stems.iter().enumerate() {
