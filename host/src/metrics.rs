@@ -129,6 +129,13 @@ impl Registry {
         );
         family(
             &mut out,
+            "gateway_sink_direct_writes_total",
+            "counter",
+            "Writes made on the emitting source's thread, the sink being idle and quick (counted in gateway_sink_writes_total too).",
+            &sinks(&|s| get(&s.direct)),
+        );
+        family(
+            &mut out,
             "gateway_sink_retries_total",
             "counter",
             "Writes that failed and were retried.",

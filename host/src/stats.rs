@@ -63,6 +63,9 @@ pub struct SinkStats {
     pub restarts: AtomicU64,
     /// Batches a source offered without waiting (`try_emit`) while the queue was full.
     pub refused_full: AtomicU64,
+    /// Writes made on a source's thread, the sink being idle and quick (counted in `writes`
+    /// too; see [`crate::pipeline::direct`]).
+    pub direct: AtomicU64,
 }
 
 fn get(c: &AtomicU64) -> u64 {
@@ -94,6 +97,7 @@ impl SinkStats {
             sink = name,
             written = get(&self.written),
             writes = get(&self.writes),
+            direct_writes = get(&self.direct),
             pending = self.pending(),
             retries = get(&self.retries),
             rejected = get(&self.rejected),

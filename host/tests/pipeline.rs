@@ -453,3 +453,118 @@ fn a_refused_batch_that_cannot_be_dead_lettered_is_held_not_dropped() {
         "{shown}"
     );
 }
+
+/// The thread of each write of a recorder with `mark_threads`, in order.
+fn write_threads(s: &Setup, file: &str) -> Vec<String> {
+    s.lines(file)
+        .iter()
+        .filter_map(|l| Some(l.split_once(" thread ")?.1.to_owned()))
+        .collect()
+}
+
+/// An idle sink whose writes are quick is written on the emitting source's thread: no thread
+/// hand-off on the way in, none for the acknowledgement. The first write, before the host has
+/// seen how quick the sink is, goes through the sink's thread.
+#[test]
+fn a_quick_idle_sink_is_written_on_the_sources_thread() {
+    let s = Setup::new();
+    let out = s.path("out.txt");
+    let cfg = s.config(
+        "",
+        &format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 60\ninterval = \"2ms\"\n\
+             [sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\nmark_writes = true\nmark_threads = true\n",
+            out.to_str().unwrap()
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(20)).expect("exits");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert_eq!(s.recorded("out.txt", "seq"), (0..60).collect::<Vec<i64>>());
+    let threads = write_threads(&s, "out.txt");
+    assert_eq!(threads[0], "sink:rec", "{threads:?}");
+    let direct = threads.iter().filter(|t| *t == "source:seq").count();
+    assert!(
+        direct >= threads.len() / 2,
+        "most writes on the source's thread: {threads:?}"
+    );
+    assert!(
+        threads.iter().all(|t| t == "source:seq" || t == "sink:rec"),
+        "{threads:?}"
+    );
+    assert!(err.contains(&format!("direct_writes={direct}")), "{err}");
+}
+
+/// A sink whose write takes longer than a thread hand-off is always written on its own
+/// thread: a source is not held up by it, and batches form while it writes.
+#[test]
+fn a_slow_sink_is_written_on_its_own_thread_only() {
+    let s = Setup::new();
+    let out = s.path("out.txt");
+    let cfg = s.config(
+        "",
+        &format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 20\ninterval = \"5ms\"\n\
+             [sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\ndelay = \"1ms\"\nmark_writes = true\nmark_threads = true\n",
+            out.to_str().unwrap()
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(20)).expect("exits");
+    assert!(status.success(), "{}", gw.stderr());
+    assert_eq!(s.recorded("out.txt", "seq"), (0..20).collect::<Vec<i64>>());
+    let threads = write_threads(&s, "out.txt");
+    assert_eq!(threads.len(), 20);
+    assert!(threads.iter().all(|t| t == "sink:rec"), "{threads:?}");
+}
+
+/// A write on a source's thread that fails is not the end of its batch: the sink's thread
+/// takes it, rebuilds a panicked instance, dead-letters a refusal, and the writes after go on
+/// as before.
+#[test]
+fn a_write_that_fails_on_the_sources_thread_is_settled_by_the_sinks_thread() {
+    let s = Setup::new();
+    let out = s.path("out.txt");
+    let cfg = s.config(
+        "",
+        &format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 60\ninterval = \"2ms\"\nwait_ack = false\n\
+             [sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\nmark_writes = true\nmark_threads = true\n\
+             reject_value = 40\npanic_on_write = 20\nrestart_backoff = \"10ms\"\n",
+            out.to_str().unwrap()
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let Some(status) = gw.wait(Duration::from_secs(20)) else {
+        panic!("did not exit: {}", gw.stderr());
+    };
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    let expected: Vec<i64> = (0..60).filter(|v| *v != 40).collect();
+    assert_eq!(s.recorded("out.txt", "seq"), expected, "{err}");
+    assert!(
+        err.contains("plugin panicked in write: recorder panics on write 20"),
+        "{err}"
+    );
+    assert!(err.contains("sink failed; rebuilding it"), "{err}");
+    assert_eq!(
+        err.matches("sink refused the batch for good").count(),
+        1,
+        "{err}"
+    );
+    let threads = write_threads(&s, "out.txt");
+    assert!(
+        threads.iter().filter(|t| *t == "source:seq").count() >= threads.len() / 2,
+        "{threads:?}"
+    );
+    let (status, shown, _) = gateway(&[
+        "dead-letters",
+        "show",
+        "--config",
+        cfg.to_str().unwrap(),
+        "rec",
+    ]);
+    assert!(status.success());
+    assert!(shown.contains("=40 "), "{shown}");
+}

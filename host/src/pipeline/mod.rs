@@ -8,6 +8,7 @@
 //! every sink it went to has acknowledged it.
 
 pub mod buffer_writer;
+pub mod direct;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

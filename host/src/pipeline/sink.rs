@@ -6,6 +6,7 @@
 //! [`super::window`].
 
 use super::{
+    direct::{Direct, Lender},
     worker::{Settled, SinkFactory, Worker},
     Envelope, Phase, Shutdown,
 };
@@ -68,6 +69,8 @@ pub struct QueueInput {
     pub rx: Receiver<Envelope>,
     /// Batches a predecessor replaced by a reload did not write: taken before the queue.
     pub handed: Handover,
+    /// Where the instance is lent to the sources while the queue is empty.
+    pub direct: Arc<Direct>,
 }
 
 /// The batches an instance that a reload replaces hands to its successor: those it had taken
@@ -119,9 +122,9 @@ pub(super) enum Next<B> {
 pub(super) trait Input {
     type Batch: Batch;
     /// The next write, waiting at most `wait` for one to begin.
-    fn poll(&mut self, w: &Worker, wait: Duration) -> Next<Self::Batch>;
+    fn poll(&mut self, w: &mut Worker, wait: Duration) -> Next<Self::Batch>;
     /// The next write; `None` when the sink should stop.
-    fn next(&mut self, w: &Worker) -> Option<Self::Batch> {
+    fn next(&mut self, w: &mut Worker) -> Option<Self::Batch> {
         loop {
             match self.poll(w, IDLE_CHECK) {
                 Next::Batch(b) => return Some(b),
@@ -154,6 +157,7 @@ fn pump<I: Input>(mut input: I, w: &mut Worker, shutdown: &Shutdown) {
         input.finish(w);
         return;
     }
+    w.lends = true;
     while !shutdown.reached(Phase::Aborting) {
         let Some(batch) = input.next(w) else { break };
         let outcome = match batch.parts() {
@@ -190,6 +194,7 @@ impl SinkRunner {
                 let queue = Queue {
                     rx: q.rx,
                     handed: q.handed,
+                    lender: Lender::new(q.direct),
                     handover: self.handover,
                     shutdown: self.shutdown.clone(),
                     carry: None,
@@ -209,6 +214,20 @@ impl SinkRunner {
             }
         }
         w.close();
+    }
+}
+
+impl Queue {
+    /// Lends the instance to the sources while waiting up to `wait` for the queue, if the
+    /// worker may; the wait that is left to the caller.
+    fn lend(&self, w: &mut Worker, wait: Duration) -> Duration {
+        if self.shutdown.reached(Phase::Draining) {
+            return wait;
+        }
+        match w.lend_while_waiting(&self.lender, &self.rx, wait.min(IDLE_CHECK)) {
+            true => Duration::ZERO,
+            false => wait,
+        }
     }
 }
 
@@ -252,6 +271,8 @@ impl Batch for Taken {
 struct Queue {
     rx: Receiver<Envelope>,
     handed: Handover,
+    /// Lends the instance to the sources while nothing is queued.
+    lender: Lender,
     handover: Arc<AtomicBool>,
     shutdown: Shutdown,
     /// A batch that did not fit in the last write; it starts the next.
@@ -262,13 +283,13 @@ struct Queue {
 impl Input for Queue {
     type Batch = Gathered;
 
-    fn poll(&mut self, w: &Worker, wait: Duration) -> Next<Gathered> {
+    fn poll(&mut self, w: &mut Worker, wait: Duration) -> Next<Gathered> {
         if self.handover.load(Ordering::Relaxed) {
             return Next::End;
         }
         let first = match self.carry.take().or_else(|| self.handed.rx.try_recv().ok()) {
             Some(e) => e,
-            None => match poll_envelope(&self.rx, &self.shutdown, wait) {
+            None => match poll_envelope(&self.rx, &self.shutdown, self.lend(w, wait)) {
                 Next::Batch(e) => e,
                 Next::Idle => return Next::Idle,
                 Next::End => return Next::End,
@@ -411,7 +432,7 @@ struct Buffered {
 impl Input for Buffered {
     type Batch = Taken;
 
-    fn poll(&mut self, w: &Worker, wait: Duration) -> Next<Taken> {
+    fn poll(&mut self, w: &mut Worker, wait: Duration) -> Next<Taken> {
         let buf = &self.input.buffer;
         if self.shutdown.reached(Phase::Aborting) || self.handover.load(Ordering::Relaxed) {
             return Next::End;

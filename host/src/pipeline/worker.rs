@@ -3,9 +3,13 @@
 //! for good kept in the dead-letter directory. Where the batches come from is
 //! [`super::sink`]'s business.
 
-use super::{Phase, Shutdown};
+use super::{
+    direct::{Lender, QUICK},
+    Envelope, Phase, Shutdown,
+};
 use crate::{config::SinkSettings, deadletter::DeadLetters, stats::SinkStats};
 use abi_stable::std_types::RSlice;
+use crossbeam_channel::Receiver;
 use gateway_sdk::{
     abi::{AckBox, SinkBox},
     ErrorKind, PluginError, Reading,
@@ -16,7 +20,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// Builds a new instance of the sink's plugin.
@@ -74,6 +78,11 @@ pub(super) struct Worker {
     handover: Arc<AtomicBool>,
     pub(super) stats: Arc<SinkStats>,
     dead_letters: DeadLetters,
+    /// The instance may be lent to the sources while the sink waits ([`super::direct`]): it
+    /// takes one batch at a time from its queue.
+    pub(super) lends: bool,
+    /// The last write took at most [`QUICK`].
+    quick: bool,
 }
 
 impl Worker {
@@ -102,7 +111,36 @@ impl Worker {
             handover,
             stats,
             dead_letters,
+            lends: false,
+            quick: false,
         }
+    }
+
+    /// Lends the instance to `lender` while waiting at most `wait` for `queue`, if it may and
+    /// its last write was quick; `false` if it was not lent (nor waited for).
+    pub(super) fn lend_while_waiting(
+        &mut self,
+        lender: &Lender,
+        queue: &Receiver<Envelope>,
+        wait: Duration,
+    ) -> bool {
+        if !(self.lends && self.quick) || self.handover.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(instance) = self.instance.take() else {
+            return false;
+        };
+        let back = lender.lend_while_waiting(instance, queue, wait);
+        self.instance = Some(back.instance);
+        self.quick = back.quick;
+        if let Some(e) = back.failed {
+            if e.kind.needs_restart() {
+                self.restart(&e);
+            } else {
+                tracing::debug!(kind = %e.kind, error = %e.message(), "a write on a source's thread failed; the sink's thread writes the batch again");
+            }
+        }
+        true
     }
 
     pub(super) fn close(&mut self) {
@@ -289,7 +327,10 @@ impl Worker {
                 self.rebuild();
                 continue;
             };
-            match inst.write(RSlice::from_slice(batch)).into_result() {
+            let started = Instant::now();
+            let outcome = inst.write(RSlice::from_slice(batch)).into_result();
+            self.quick = outcome.is_ok() && started.elapsed() <= QUICK;
+            match outcome {
                 Ok(()) => {
                     self.wrote(batch.len(), attempts + 1);
                     return Ok(());

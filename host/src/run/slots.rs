@@ -12,6 +12,7 @@ use crate::{
     config::{Config, Instance, SinkSettings},
     pipeline::{
         buffer_writer::BufferWriter,
+        direct::Direct,
         sink::{BufferedInput, Handover, QueueInput, SinkInput, SinkRunner},
         source::{Routes, SinkPort, SourceRunner},
         Envelope, Phase, Shutdown,
@@ -141,10 +142,12 @@ impl Line {
     /// A new line: an empty queue of `capacity` batches, new counters.
     pub fn new(capacity: usize) -> Line {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let stats = Arc::new(SinkStats::default());
         Line {
             port: SinkPort {
                 tx,
-                stats: Arc::new(SinkStats::default()),
+                direct: Direct::new(stats.clone()),
+                stats,
             },
             rx,
             handed: Handover::default(),
@@ -224,6 +227,7 @@ impl Starter<'_> {
             None => SinkInput::Queue(QueueInput {
                 rx: line.rx.clone(),
                 handed: line.handed.clone(),
+                direct: line.port.direct.clone(),
             }),
             Some(w) => SinkInput::Buffer(BufferedInput {
                 buffer: w.buffer.clone(),

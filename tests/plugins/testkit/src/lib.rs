@@ -188,6 +188,9 @@ struct RecorderConfig {
     /// how the host batched them.
     #[serde(default)]
     mark_writes: bool,
+    /// Each `write N` line ends with ` thread NAME`: the thread the host wrote on.
+    #[serde(default)]
+    mark_threads: bool,
     /// Batches taken at once (`Sink::window`): above 1, each submitted write runs on a thread
     /// of its own, the odd-numbered ones taking three times `delay`, so that they end out of
     /// order; each write's line `write N` then carries ` inflight K`, the writes running then.
@@ -258,6 +261,11 @@ fn record(
         out.push_str(&format!("write {}", batch.len()));
         if let Some(k) = inflight {
             out.push_str(&format!(" inflight {k}"));
+        }
+        if cfg.mark_threads {
+            // The host's name for it: this library's copy of std does not know the thread.
+            let name = std::fs::read_to_string("/proc/thread-self/comm").unwrap_or_default();
+            out.push_str(&format!(" thread {}", name.trim()));
         }
         out.push('\n');
     }
