@@ -33,9 +33,13 @@ pub struct Latest {
     pub dropped: u64,
 }
 
+#[derive(Default)]
 struct Device {
-    /// The newest reading of each (sensor, name).
-    readings: HashMap<(Label, Label), Reading>,
+    /// The newest reading of each (sensor, name), by sensor, then name: looked up by the
+    /// reading's own labels, without copying them.
+    readings: HashMap<Label, HashMap<Label, Reading>>,
+    /// How many readings `readings` holds.
+    held: usize,
     /// [`Latest::clock`] at the device's last update (its key in [`Latest::lru`]).
     touched: u64,
     bytes: usize,
@@ -48,6 +52,16 @@ fn value_len(r: &Reading) -> usize {
         Value::Bytes(b) => b.len(),
         _ => 8,
     }
+}
+
+/// Whether `next`, taken in after `r`, replaces it: the same series, as recent or more, and
+/// kept.
+fn replaces(next: &Reading, r: &Reading) -> bool {
+    next.time >= r.time
+        && value_len(next) <= MAX_VALUE
+        && next.name == r.name
+        && next.sensor == r.sensor
+        && next.device == r.device
 }
 
 /// Roughly what keeping `r` costs.
@@ -77,26 +91,38 @@ impl Latest {
         if self.max_devices == 0 {
             return;
         }
-        for r in readings {
+        // The device this call has just moved to the end of `lru`: the readings of a pack are
+        // one device's, and it moves once.
+        let mut touched: Option<&Label> = None;
+        for (i, r) in readings.iter().enumerate() {
             if value_len(r) > MAX_VALUE {
                 self.dropped += 1;
                 continue;
             }
-            self.clock += 1;
-            let d = self
-                .devices
-                .entry(r.device.clone())
-                .or_insert_with(|| Device {
-                    readings: HashMap::new(),
-                    touched: 0,
-                    bytes: 0,
-                });
-            self.lru.remove(&d.touched);
-            d.touched = self.clock;
-            self.lru.insert(self.clock, r.device.clone());
-            let key = (r.sensor.clone(), r.name.clone());
-            let full = d.readings.len() >= self.max_per_device;
-            match d.readings.get_mut(&key) {
+            // A series' readings usually come together: keep only the one that stays.
+            if readings.get(i + 1).is_some_and(|next| replaces(next, r)) {
+                continue;
+            }
+            if touched != Some(&r.device) {
+                self.clock += 1;
+                let d = match self.devices.get_mut(&r.device) {
+                    Some(d) => {
+                        self.lru.remove(&d.touched);
+                        d
+                    }
+                    None => self.devices.entry(r.device.clone()).or_default(),
+                };
+                d.touched = self.clock;
+                self.lru.insert(self.clock, r.device.clone());
+                touched = Some(&r.device);
+            }
+            let d = self.devices.get_mut(&r.device).expect("touched above");
+            let full = d.held >= self.max_per_device;
+            let held = d
+                .readings
+                .get_mut(&r.sensor)
+                .and_then(|names| names.get_mut(&r.name));
+            match held {
                 Some(held) if held.time <= r.time => {
                     let (old, new) = (size_of(held), size_of(r));
                     d.bytes = d.bytes + new - old;
@@ -108,10 +134,15 @@ impl Latest {
                     let n = size_of(r);
                     d.bytes += n;
                     self.bytes += n;
-                    d.readings.insert(key, r.clone());
+                    d.held += 1;
+                    d.readings
+                        .entry(r.sensor.clone())
+                        .or_default()
+                        .insert(r.name.clone(), r.clone());
                 }
                 None => self.dropped += 1,
             }
+            // The device just updated is the newest: it stays.
             self.evict();
         }
     }
@@ -136,8 +167,9 @@ impl Latest {
         let d = self.devices.get(&Label::from(device))?;
         let mut out: Vec<Reading> = d
             .readings
-            .values()
-            .filter(|r| sensor.is_none_or(|s| r.sensor.as_str() == s))
+            .iter()
+            .filter(|(s, _)| sensor.is_none_or(|want| s.as_str() == want))
+            .flat_map(|(_, names)| names.values())
             .cloned()
             .collect();
         if out.is_empty() {
@@ -332,6 +364,31 @@ mod tests {
         assert!(l.get("pi-03", None).is_none());
         assert!(l.forget("pi-02") && !l.forget("pi-02"));
         assert_eq!(l.devices(), ["pi-01"]);
+    }
+
+    #[test]
+    fn of_a_series_repeated_within_a_pack_the_newest_stays_and_equal_times_go_to_the_last() {
+        let mut l = Latest::new(10, 10, 1 << 20);
+        l.record(&[
+            reading("pi-01", "t1", "temperature", 1, 20.0),
+            reading("pi-01", "t1", "temperature", 3, 23.0),
+            reading("pi-01", "t1", "temperature", 2, 22.0),
+            reading("pi-01", "t2", "temperature", 4, 10.0),
+            reading("pi-01", "t2", "temperature", 4, 11.0),
+            reading("pi-02", "t2", "temperature", 4, 40.0),
+            reading("pi-01", "t1", "temperature", 3, 24.0),
+        ]);
+        let got = l.get("pi-01", None).unwrap();
+        let values: Vec<&Value> = got.iter().map(|r| &r.value).collect();
+        assert_eq!(values, [&Value::Float(24.0), &Value::Float(11.0)]);
+        assert_eq!(l.get("pi-02", None).unwrap()[0].value, Value::Float(40.0));
+        // A pack that is one series throughout is one update.
+        let series: Vec<Reading> = (0..20)
+            .map(|i| reading("pi-03", "t1", "temperature", 10, f64::from(i)))
+            .collect();
+        l.record(&series);
+        assert_eq!(l.get("pi-03", None).unwrap()[0].value, Value::Float(19.0));
+        assert_eq!(l.dropped, 0);
     }
 
     #[test]
