@@ -186,7 +186,7 @@ pub struct IngressConfig {
     /// Max-Age (seconds) of a 5.03 sent when the sinks cannot store a batch.
     #[serde(default = "thirty")]
     pub retry_after: u32,
-    /// Reading ids remembered to drop re-sent readings.
+    /// Reading ids remembered to drop re-sent readings (at least this many, at most twice).
     #[serde(default = "dedup")]
     pub dedup_ids: usize,
     /// CoAP: answer with an empty ACK if storing takes longer than this.
