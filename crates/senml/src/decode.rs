@@ -10,7 +10,7 @@
 use super::{cbor, label, unbase64url, unescape, DecodeError, Pack, Record, MAX_NAME, RID};
 use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use std::cell::RefCell;
+use std::{borrow::Cow, cell::RefCell};
 
 /// Decodes SenML CBOR, at most `max_records` records. `now` resolves relative times; records
 /// whose base name is not `DEVICE:` belong to `default_device` (the peer's identity).
@@ -50,7 +50,7 @@ pub fn decode_cbor(
                 cbor::Item::Break if pairs.is_none() => break,
                 cbor::Item::Uint(n) => Key::Label(i64::try_from(n).unwrap_or(i64::MAX)),
                 cbor::Item::Nint(n) => Key::Label(i64::try_from(n).map_or(i64::MIN, |n| -1 - n)),
-                cbor::Item::Text(s) => Key::Name(s.into_owned()),
+                cbor::Item::Text(s) => Key::Name(s),
                 other => {
                     // A key of no use to SenML: skip it and its value.
                     r.skip_rest(&other).ok_or(SYNTAX)?;
@@ -78,7 +78,7 @@ pub fn decode_cbor(
 }
 
 /// A field's value read off the CBOR reader: containers are skipped, tags looked through.
-fn cbor_field(r: &mut cbor::Reader<'_>) -> Option<Field> {
+fn cbor_field<'a>(r: &mut cbor::Reader<'a>) -> Option<Field<'a>> {
     loop {
         let item = r.item()?;
         return Some(match item {
@@ -86,8 +86,8 @@ fn cbor_field(r: &mut cbor::Reader<'_>) -> Option<Field> {
             cbor::Item::Nint(n) => Field::Int(-1 - i128::from(n)),
             cbor::Item::Float(x) => Field::Num(x),
             cbor::Item::Bool(b) => Field::Bool(b),
-            cbor::Item::Text(s) => Field::Text(s.into_owned()),
-            cbor::Item::Bytes(b) => Field::Bytes(b.into_owned()),
+            cbor::Item::Text(s) => Field::Text(s),
+            cbor::Item::Bytes(b) => Field::Bytes(b),
             cbor::Item::Tag(_) => continue,
             cbor::Item::Break => return None,
             other => {
@@ -220,9 +220,9 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         let (i, failure) = (self.i, self.failure);
         let mut rec = Record::default();
         while let Some(name) = map.next_key::<String>()? {
-            match field_of(Key::Name(name), true, i).map_err(|e| fail(failure, e))? {
+            match field_of(Key::Name(name.into()), true, i).map_err(|e| fail(failure, e))? {
                 Some(field) => {
-                    let v: Field = map.next_value()?;
+                    let v: Field<'static> = map.next_value()?;
                     set(&mut rec, field, v, true, i).map_err(|e| fail(failure, e))?;
                 }
                 None => {
@@ -237,16 +237,17 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
     }
 }
 
-/// A record's key: an integer label (CBOR), a name, or something of no use to SenML.
-enum Key {
+/// A record's key: an integer label (CBOR), a name, or something of no use to SenML. A CBOR
+/// name is borrowed from the datagram.
+enum Key<'a> {
     Label(i64),
-    Name(String),
+    Name(Cow<'a, str>),
     Ignored,
 }
 
 /// The field a key names in record `i` (`None`: one we skip), or why the record cannot be
 /// taken (a must-understand field).
-fn field_of(key: Key, json: bool, i: usize) -> Result<Option<&'static str>, DecodeError> {
+fn field_of(key: Key<'_>, json: bool, i: usize) -> Result<Option<&'static str>, DecodeError> {
     let by_name = |name: &str| -> Option<&'static str> {
         [
             "bn", "bt", "bu", "bv", "bver", "n", "u", "v", "vs", "vb", "vd", "t",
@@ -275,19 +276,22 @@ fn field_of(key: Key, json: bool, i: usize) -> Result<Option<&'static str>, Deco
             _ => None,
         },
         Key::Name(name) if name == RID => Some(RID),
-        Key::Name(name) if name.ends_with('_') => return Err(DecodeError::MustUnderstand(i, name)),
+        Key::Name(name) if name.ends_with('_') => {
+            return Err(DecodeError::MustUnderstand(i, name.into_owned()))
+        }
         Key::Name(name) if json => by_name(&name),
         _ => None,
     })
 }
 
-/// A field's value, of whatever type it came as; arrays and maps are skipped, not built.
-enum Field {
-    Text(String),
+/// A field's value, of whatever type it came as; arrays and maps are skipped, not built. A
+/// CBOR string is borrowed from the datagram: a `rid` costs no allocation.
+enum Field<'a> {
+    Text(Cow<'a, str>),
     Num(f64),
     Int(i128),
     Bool(bool),
-    Bytes(Vec<u8>),
+    Bytes(Cow<'a, [u8]>),
     Other,
 }
 
@@ -295,19 +299,19 @@ enum Field {
 fn set(
     r: &mut Record,
     field: &'static str,
-    v: Field,
+    v: Field<'_>,
     json: bool,
     i: usize,
 ) -> Result<(), DecodeError> {
     let wrong = || DecodeError::FieldType(i, field);
-    let text = |v: Field| match v {
+    let text = |v: Field<'_>| match v {
         Field::Text(s) if s.len() > MAX_NAME && !matches!(field, "vs" | "vd") => {
             Err(DecodeError::TooLong(i, field))
         }
-        Field::Text(s) => Ok(s),
+        Field::Text(s) => Ok(s.into_owned()),
         _ => Err(wrong()),
     };
-    let num = |v: Field| match v {
+    let num = |v: Field<'_>| match v {
         Field::Num(x) => Ok(x),
         Field::Int(n) => Ok(n as f64),
         _ => Err(wrong()),
@@ -344,7 +348,7 @@ fn set(
         }
         "vd" => {
             let bytes = match (v, json) {
-                (Field::Bytes(b), false) => b,
+                (Field::Bytes(b), false) => b.into_owned(),
                 (Field::Text(s), true) => unbase64url(&s).ok_or_else(wrong)?,
                 _ => return Err(wrong()),
             };
@@ -353,7 +357,7 @@ fn set(
         _ => {
             // rid: 16 bytes in CBOR, 32 hex digits in JSON.
             let id = match (v, json) {
-                (Field::Bytes(b), false) => b.try_into().ok(),
+                (Field::Bytes(b), false) => <[u8; 16]>::try_from(&*b).ok(),
                 (Field::Text(s), true) => ReadingId::parse(&s).map(|id| id.0),
                 _ => None,
             };
@@ -363,40 +367,40 @@ fn set(
     Ok(())
 }
 
-impl<'de> de::Deserialize<'de> for Field {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Field, D::Error> {
+impl<'de> de::Deserialize<'de> for Field<'static> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Field<'static>, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Field;
+            type Value = Field<'static>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a SenML field value")
             }
-            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Field, E> {
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Field<'static>, E> {
                 Ok(Field::Bool(b))
             }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Field, E> {
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Field<'static>, E> {
                 Ok(Field::Int(n.into()))
             }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Field, E> {
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Field<'static>, E> {
                 Ok(Field::Int(n.into()))
             }
-            fn visit_f64<E: de::Error>(self, x: f64) -> Result<Field, E> {
+            fn visit_f64<E: de::Error>(self, x: f64) -> Result<Field<'static>, E> {
                 Ok(Field::Num(x))
             }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Field, E> {
-                Ok(Field::Text(s.to_owned()))
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Field<'static>, E> {
+                Ok(Field::Text(Cow::Owned(s.to_owned())))
             }
-            fn visit_string<E: de::Error>(self, s: String) -> Result<Field, E> {
-                Ok(Field::Text(s))
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Field<'static>, E> {
+                Ok(Field::Text(Cow::Owned(s)))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<Field, E> {
+            fn visit_unit<E: de::Error>(self) -> Result<Field<'static>, E> {
                 Ok(Field::Other)
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field<'static>, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(Field::Other)
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field<'static>, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(Field::Other)
             }
