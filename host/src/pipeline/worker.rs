@@ -135,6 +135,11 @@ impl Worker {
         self.quick = back.quick;
         if let Some(e) = back.failed {
             if e.kind.needs_restart() {
+                // A write that panics on another thread may work on this one (a plugin that
+                // keeps state per thread, or starts a runtime and finds the source's): lending
+                // again would fail again, and rebuild the instance each time.
+                self.lends = false;
+                tracing::warn!(kind = %e.kind, error = %e.message(), "a write on a source's thread failed; from now on the sink is written on its own thread only");
                 self.restart(&e);
             } else {
                 tracing::debug!(kind = %e.kind, error = %e.message(), "a write on a source's thread failed; the sink's thread writes the batch again");
