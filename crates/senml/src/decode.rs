@@ -524,7 +524,7 @@ impl Resolver {
         if device.len() + 1 > MAX_NAME {
             return Err(DecodeError::TooLong(i, "bn"));
         }
-        if sensor.len() + 1 + super::escape(&name).len() > MAX_NAME {
+        if sensor.len() + 1 + super::escaped_len(&name) > MAX_NAME {
             return Err(DecodeError::TooLong(i, "n"));
         }
         let mut value = r.value.ok_or(DecodeError::NoValue(i))?;

@@ -85,11 +85,15 @@ pub enum DecodeError {
 }
 
 fn escape(name: &str) -> std::borrow::Cow<'_, str> {
-    if name.contains(['%', '/']) {
+    if name.bytes().any(|b| b == b'%' || b == b'/') {
         name.replace('%', "%25").replace('/', "%2F").into()
     } else {
         name.into()
     }
+}
+/// `escape(name).len()`, without making it: each `%` and `/` becomes three bytes.
+fn escaped_len(name: &str) -> usize {
+    name.len() + 2 * name.bytes().filter(|b| *b == b'%' || *b == b'/').count()
 }
 fn unescape(name: &str) -> std::borrow::Cow<'_, str> {
     if name.contains('%') {
@@ -297,6 +301,14 @@ pub struct Pack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_len_is_the_length_of_the_escaped_name_and_unescape_undoes_escape() {
+        for name in ["temperature", "a/b", "100%", "%/%", "", "é/ü%"] {
+            assert_eq!(escaped_len(name), escape(name).len(), "{name}");
+            assert_eq!(unescape(&escape(name)), name);
+        }
+    }
 
     #[test]
     fn base64url_round_trips() {
