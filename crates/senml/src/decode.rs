@@ -245,41 +245,89 @@ enum Key<'a> {
     Ignored,
 }
 
+/// A SenML field this decoder takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum F {
+    Bn,
+    Bt,
+    Bu,
+    Bv,
+    Bver,
+    N,
+    U,
+    V,
+    Vs,
+    Vb,
+    Vd,
+    T,
+    Rid,
+}
+
+impl F {
+    /// The fields JSON names (`rid` is looked for on its own, in both encodings).
+    const NAMED: [F; 12] = [
+        F::Bn,
+        F::Bt,
+        F::Bu,
+        F::Bv,
+        F::Bver,
+        F::N,
+        F::U,
+        F::V,
+        F::Vs,
+        F::Vb,
+        F::Vd,
+        F::T,
+    ];
+
+    /// Its name in SenML JSON (and in errors).
+    fn name(self) -> &'static str {
+        match self {
+            F::Bn => "bn",
+            F::Bt => "bt",
+            F::Bu => "bu",
+            F::Bv => "bv",
+            F::Bver => "bver",
+            F::N => "n",
+            F::U => "u",
+            F::V => "v",
+            F::Vs => "vs",
+            F::Vb => "vb",
+            F::Vd => "vd",
+            F::T => "t",
+            F::Rid => RID,
+        }
+    }
+}
+
 /// The field a key names in record `i` (`None`: one we skip), or why the record cannot be
 /// taken (a must-understand field).
-fn field_of(key: Key<'_>, json: bool, i: usize) -> Result<Option<&'static str>, DecodeError> {
-    let by_name = |name: &str| -> Option<&'static str> {
-        [
-            "bn", "bt", "bu", "bv", "bver", "n", "u", "v", "vs", "vb", "vd", "t",
-        ]
-        .into_iter()
-        .find(|f| *f == name)
-    };
+fn field_of(key: Key<'_>, json: bool, i: usize) -> Result<Option<F>, DecodeError> {
     Ok(match key {
         Key::Label(n) if !json => match n {
-            label::BN => Some("bn"),
-            label::BT => Some("bt"),
-            label::BU => Some("bu"),
-            label::BV => Some("bv"),
-            label::BVER => Some("bver"),
-            label::N => Some("n"),
-            label::U => Some("u"),
-            label::V => Some("v"),
-            label::VS => Some("vs"),
-            label::VB => Some("vb"),
-            label::VD => Some("vd"),
-            label::T => Some("t"),
+            label::BN => Some(F::Bn),
+            label::BT => Some(F::Bt),
+            label::BU => Some(F::Bu),
+            label::BV => Some(F::Bv),
+            label::BVER => Some(F::Bver),
+            label::N => Some(F::N),
+            label::U => Some(F::U),
+            label::V => Some(F::V),
+            label::VS => Some(F::Vs),
+            label::VB => Some(F::Vb),
+            label::VD => Some(F::Vd),
+            label::T => Some(F::T),
             // Sum (5) and update time (7) and other labels are not used.
             n if !(-100..=100).contains(&n) => {
                 return Err(DecodeError::MustUnderstand(i, n.to_string()))
             }
             _ => None,
         },
-        Key::Name(name) if name == RID => Some(RID),
+        Key::Name(name) if name == RID => Some(F::Rid),
         Key::Name(name) if name.ends_with('_') => {
             return Err(DecodeError::MustUnderstand(i, name.into_owned()))
         }
-        Key::Name(name) if json => by_name(&name),
+        Key::Name(name) if json => F::NAMED.into_iter().find(|f| f.name() == name),
         _ => None,
     })
 }
@@ -296,17 +344,11 @@ enum Field<'a> {
 }
 
 /// Sets `field` of record `i` from `v`, checking its type.
-fn set(
-    r: &mut Record,
-    field: &'static str,
-    v: Field<'_>,
-    json: bool,
-    i: usize,
-) -> Result<(), DecodeError> {
-    let wrong = || DecodeError::FieldType(i, field);
+fn set(r: &mut Record, field: F, v: Field<'_>, json: bool, i: usize) -> Result<(), DecodeError> {
+    let wrong = || DecodeError::FieldType(i, field.name());
     let text = |v: Field<'_>| match v {
-        Field::Text(s) if s.len() > MAX_NAME && !matches!(field, "vs" | "vd") => {
-            Err(DecodeError::TooLong(i, field))
+        Field::Text(s) if s.len() > MAX_NAME && !matches!(field, F::Vs | F::Vd) => {
+            Err(DecodeError::TooLong(i, field.name()))
         }
         Field::Text(s) => Ok(s.into_owned()),
         _ => Err(wrong()),
@@ -317,19 +359,19 @@ fn set(
         _ => Err(wrong()),
     };
     match field {
-        "bn" => r.bn = Some(text(v)?),
-        "bt" => r.bt = Some(num(v)?),
-        "bu" => r.bu = Some(text(v)?),
-        "bv" => r.bv = Some(num(v)?),
-        "bver" => {
+        F::Bn => r.bn = Some(text(v)?),
+        F::Bt => r.bt = Some(num(v)?),
+        F::Bu => r.bu = Some(text(v)?),
+        F::Bv => r.bv = Some(num(v)?),
+        F::Bver => {
             if num(v)? > 10.0 {
                 return Err(DecodeError::MustUnderstand(i, "bver".into()));
             }
         }
-        "n" => r.n = Some(text(v)?),
-        "u" => r.u = Some(text(v)?),
-        "t" => r.t = Some(num(v)?),
-        "v" => {
+        F::N => r.n = Some(text(v)?),
+        F::U => r.u = Some(text(v)?),
+        F::T => r.t = Some(num(v)?),
+        F::V => {
             r.value = Some(match v {
                 Field::Num(x) => Value::Float(x),
                 Field::Int(n) => match i64::try_from(n) {
@@ -339,14 +381,14 @@ fn set(
                 _ => return Err(wrong()),
             })
         }
-        "vs" => r.value = Some(Value::Text(text(v)?.as_str().into())),
-        "vb" => {
+        F::Vs => r.value = Some(Value::Text(text(v)?.as_str().into())),
+        F::Vb => {
             r.value = Some(Value::Bool(match v {
                 Field::Bool(b) => b,
                 _ => return Err(wrong()),
             }))
         }
-        "vd" => {
+        F::Vd => {
             let bytes = match (v, json) {
                 (Field::Bytes(b), false) => b.into_owned(),
                 (Field::Text(s), true) => unbase64url(&s).ok_or_else(wrong)?,
@@ -354,8 +396,8 @@ fn set(
             };
             r.value = Some(Value::Bytes(bytes.into()));
         }
-        _ => {
-            // rid: 16 bytes in CBOR, 32 hex digits in JSON.
+        F::Rid => {
+            // 16 bytes in CBOR, 32 hex digits in JSON.
             let id = match (v, json) {
                 (Field::Bytes(b), false) => <[u8; 16]>::try_from(&*b).ok(),
                 (Field::Text(s), true) => ReadingId::parse(&s).map(|id| id.0),
