@@ -11,6 +11,24 @@ fn recorder(name: &str, file: &str, inputs: &[&str], extra: &str) -> String {
     )
 }
 
+/// The readings `gateway dead-letters show` lists for `sink` of `cfg` (the header lines left
+/// out); the command must succeed.
+fn dead_lettered(cfg: &std::path::Path, sink: &str) -> Vec<String> {
+    let (status, shown, err) = gateway(&[
+        "dead-letters",
+        "show",
+        "--config",
+        cfg.to_str().unwrap(),
+        sink,
+    ]);
+    assert!(status.success(), "{err}");
+    shown
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
 fn a_source_that_panics_is_restarted_and_the_others_keep_flowing() {
     let s = Setup::new();
@@ -398,17 +416,9 @@ fn a_refused_reading_does_not_take_the_others_of_a_merged_write_with_it() {
         "the bad batch alone: {err}"
     );
     // Not dropped: kept in the sink's dead-letter directory, and nothing else with it.
-    let (status, shown, _) = gateway(&[
-        "dead-letters",
-        "show",
-        "--config",
-        cfg.to_str().unwrap(),
-        "rec",
-    ]);
-    assert!(status.success());
-    let lines: Vec<&str> = shown.lines().filter(|l| !l.starts_with('#')).collect();
-    assert_eq!(lines.len(), 1, "{shown}");
-    assert!(lines[0].contains("=13 "), "{shown}");
+    let lines = dead_lettered(&cfg, "rec");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("=13 "), "{lines:?}");
 }
 
 #[test]
@@ -440,18 +450,8 @@ fn a_refused_batch_that_cannot_be_dead_lettered_is_held_not_dropped() {
         .expect("exits once the file is written");
     let err = gw.stderr();
     assert!(status.success(), "{err}");
-    let (_, shown, _) = gateway(&[
-        "dead-letters",
-        "show",
-        "--config",
-        cfg.to_str().unwrap(),
-        "rec",
-    ]);
-    assert_eq!(
-        shown.lines().filter(|l| !l.starts_with('#')).count(),
-        3,
-        "{shown}"
-    );
+    let lines = dead_lettered(&cfg, "rec");
+    assert_eq!(lines.len(), 3, "{lines:?}");
 }
 
 /// The thread of each write of a recorder with `mark_threads`, in order.
@@ -553,15 +553,8 @@ fn a_write_that_fails_on_the_sources_thread_is_settled_by_the_sinks_thread() {
         1,
         "{err}"
     );
-    let (status, shown, _) = gateway(&[
-        "dead-letters",
-        "show",
-        "--config",
-        cfg.to_str().unwrap(),
-        "rec",
-    ]);
-    assert!(status.success());
-    assert!(shown.contains("=10 "), "{shown}");
+    let lines = dead_lettered(&cfg, "rec");
+    assert!(lines.len() == 1 && lines[0].contains("=10 "), "{lines:?}");
     // Each write's thread, with the values it wrote.
     let mut writes: Vec<(String, Vec<i64>)> = Vec::new();
     for l in s.lines("out.txt") {
