@@ -62,7 +62,8 @@ impl Source for Ingress {
     fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError> {
         // Each worker runs its server on a thread of this source's and hands each request
         // over right there: the way in has no thread hand-off, and the only one on the way out
-        // is the sinks'. Worker 0 is this thread.
+        // is the sinks' (none for a quick idle sink: the host writes it on this thread).
+        // Worker 0 is this thread.
         let workers = match self.cfg.workers {
             // One core is left for the sinks (and the database next to them), which take
             // every request's readings on threads of their own.
