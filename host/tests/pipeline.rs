@@ -583,3 +583,49 @@ fn a_write_that_fails_on_the_sources_thread_is_settled_by_the_sinks_thread() {
         );
     }
 }
+
+/// A sink that takes several batches at once and comes back after an outage: once one write
+/// succeeds, the batches waiting out a backoff that grew during the outage go at once, and the
+/// backlog drains in about the time of one backoff, not of the longest.
+#[test]
+fn a_write_that_succeeds_brings_forward_the_retries_waiting_in_the_window() {
+    let s = Setup::new();
+    let out = s.path("out.txt");
+    let cfg = s.config(
+        "",
+        &format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 40\nbatch_size = 10\nwait_ack = false\n\
+             [sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\nwindow = 4\nbatch_size = 10\n\
+             fail_first = 10\nretry_backoff = \"1s\"\nretry_backoff_max = \"20s\"\n",
+            out.to_str().unwrap()
+        ),
+    );
+    let started = std::time::Instant::now();
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let Some(status) = gw.wait(Duration::from_secs(20)) else {
+        panic!("did not exit: {}", gw.stderr());
+    };
+    let took = started.elapsed();
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    let mut values = s.recorded("out.txt", "seq");
+    values.sort();
+    assert_eq!(values, (0..40).collect::<Vec<i64>>(), "{err}");
+    // Four writes failed, then four again, then two of four (their next retry 4 s away, the
+    // backoff of the outage); the other two went through, and the two waiting followed at
+    // once (or after the first backoff, 1 s, if their failure was heard after the success):
+    // about 3 to 4 s in all, against 7 s when they waited out their backoff.
+    assert!(
+        err.matches("write failed; retrying in 1s").count() >= 4,
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("write failed; retrying in 2s").count(),
+        4,
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_millis(5500),
+        "drained in {took:?}: the retries waited out their backoff"
+    );
+}

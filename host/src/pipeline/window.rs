@@ -41,6 +41,8 @@ struct Flight<B> {
     backoff: Duration,
     retry_at: Option<Instant>,
     settled: Option<Settled>,
+    /// [`Window::succeeded`] when its attempt in flight started.
+    seen: u64,
 }
 
 /// The host's half of a submitted write: says how it ended, on the loop's channel. Dropped
@@ -74,6 +76,9 @@ struct Window<B> {
     tx: Sender<Outcome>,
     rx: Receiver<Outcome>,
     next_ticket: u64,
+    /// Writes that succeeded so far: a failure after one of them is the batch's own trouble,
+    /// not an outage's.
+    succeeded: u64,
 }
 
 /// Runs the sink with up to `window` batches in flight until its input ends and every batch
@@ -86,6 +91,7 @@ pub(super) fn pump<I: Input>(input: &mut I, w: &mut Worker, shutdown: &Shutdown,
         tx,
         rx,
         next_ticket: 1,
+        succeeded: 0,
     };
     let mut ended = false;
     loop {
@@ -132,6 +138,7 @@ pub(super) fn pump<I: Input>(input: &mut I, w: &mut Worker, shutdown: &Shutdown,
                         backoff: w.settings.retry_backoff,
                         retry_at: None,
                         settled: None,
+                        seen: 0,
                     });
                     win.start(w, win.flights.len() - 1);
                     continue;
@@ -174,6 +181,7 @@ impl<B: Batch> Window<B> {
         let f = &mut self.flights[i];
         f.ticket = ticket;
         f.attempts += 1;
+        f.seen = self.succeeded;
         if let Err(e) = w.submit(f.batch.readings(), done) {
             // The instance did not take it: this is the outcome (whatever `done` says later
             // is for a ticket that no longer counts).
@@ -199,9 +207,23 @@ impl<B: Batch> Window<B> {
         let settled = match outcome.map_err(|e| w.failed(n, e)) {
             Ok(()) => {
                 w.wrote(n, f.attempts);
-                Settled::Whole(Ok(()))
+                f.settled = Some(Settled::Whole(Ok(())));
+                self.succeeded += 1;
+                // The sink takes writes again (a server back after an outage): the batches
+                // waiting out a backoff grown during the outage go now, not up to
+                // `retry_backoff_max` later, and start their backoff afresh.
+                for f in self.flights.iter_mut().filter(|f| f.retry_at.is_some()) {
+                    f.retry_at = Some(now);
+                    f.backoff = w.settings.retry_backoff;
+                }
+                return;
             }
             Err(Failed::Retry(e)) => {
+                // Another write succeeded while this one was out: the backoff grown during
+                // an outage does not apply to it any more.
+                if self.succeeded > f.seen {
+                    f.backoff = w.settings.retry_backoff;
+                }
                 w.retrying(n, f.attempts, &e, f.backoff);
                 f.retry_at = Some(now + f.backoff);
                 f.backoff = (f.backoff * 2).min(w.settings.retry_backoff_max);
