@@ -628,8 +628,14 @@ fn end_to_end(gateway: &Path) -> Result<()> {
 
     println!("== drain after a one-hour outage at 10 readings/s: 36,000 readings buffered on the Pi side (bench/outage-client.toml), then the server comes up");
     sql("DROP DATABASE IF EXISTS gw_bench; CREATE DATABASE gw_bench")?;
+    // What a run before left (its `emitted` says 36000 at once) would start the server while
+    // the client is still starting: a race, not an outage.
+    let data = root().join("data/bench-outage-client");
+    if data.exists() {
+        std::fs::remove_dir_all(&data)?;
+    }
     let client = start(gateway, "bench/outage-client.toml", &[])?;
-    let emitted = root().join("data/bench-outage-client/emitted");
+    let emitted = data.join("emitted");
     let t0 = Instant::now();
     while std::fs::read_to_string(&emitted)
         .ok()
