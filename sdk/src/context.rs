@@ -317,6 +317,8 @@ impl SourceContext {
 
     /// Hands a batch to the host; `on_ack` is called once, from a host thread, when every
     /// routed sink took it (or with the error that made a sink give it up). Keep it short.
+    /// That thread may be the calling one, before this returns: a quick idle sink is written
+    /// right here. So hold no lock across this call that `on_ack` takes.
     pub fn emit_with<F>(&self, batch: Vec<Reading>, on_ack: F) -> Result<(), PluginError>
     where
         F: FnOnce(Result<(), PluginError>) + Send + 'static,
