@@ -473,7 +473,7 @@ fn a_quick_idle_sink_is_written_on_the_sources_thread() {
         "",
         &format!(
             "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 60\ninterval = \"2ms\"\n\
-             [sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\nmark_writes = true\nmark_threads = true\n",
+             [sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\nmark_writes = true\nmark_threads = true\nhold_lines = true\n",
             out.to_str().unwrap()
         ),
     );
@@ -485,9 +485,11 @@ fn a_quick_idle_sink_is_written_on_the_sources_thread() {
     let threads = write_threads(&s, "out.txt");
     assert_eq!(threads[0], "sink:rec", "{threads:?}");
     let direct = threads.iter().filter(|t| *t == "source:seq").count();
+    // A write slower than 50 µs (a busy machine, a debug build) goes back to the sink's
+    // thread until one there is quick again: many, not all, are written here.
     assert!(
-        direct >= threads.len() / 2,
-        "most writes on the source's thread: {threads:?}"
+        direct >= threads.len() / 3,
+        "a third of the writes or more on the source's thread: {threads:?}"
     );
     assert!(
         threads.iter().all(|t| t == "source:seq" || t == "sink:rec"),
@@ -530,7 +532,7 @@ fn a_write_that_fails_on_the_sources_thread_is_settled_by_the_sinks_thread() {
         "",
         &format!(
             "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 60\ninterval = \"2ms\"\nwait_ack = false\n\
-             [sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\nmark_writes = true\nmark_threads = true\n\
+             [sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\nmark_writes = true\nmark_threads = true\nhold_lines = true\n\
              reject_value = 10\npanic_on_write = 40\nrestart_backoff = \"10ms\"\n",
             out.to_str().unwrap()
         ),

@@ -191,6 +191,10 @@ struct RecorderConfig {
     /// Each `write N` line ends with ` thread NAME`: the thread the host wrote on.
     #[serde(default)]
     mark_threads: bool,
+    /// Keep the lines in memory and append them to the file when the instance is dropped: a
+    /// write then takes microseconds, even in a debug build on a busy machine.
+    #[serde(default)]
+    hold_lines: bool,
     /// Batches taken at once (`Sink::window`): above 1, each submitted write runs on a thread
     /// of its own, the odd-numbered ones taking three times `delay`, so that they end out of
     /// order; each write's line `write N` then carries ` inflight K`, the writes running then.
@@ -207,6 +211,8 @@ pub struct Recorder {
     cfg: Arc<RecorderConfig>,
     key: String,
     file: Arc<Mutex<std::fs::File>>,
+    /// The lines kept with `hold_lines`.
+    held: Arc<Mutex<String>>,
     inflight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -235,6 +241,22 @@ fn record(
     inflight: Option<usize>,
     batch: &[Reading],
 ) -> Result<(), PluginError> {
+    let mut out = String::new();
+    lines(cfg, call, inflight, batch, &mut out)?;
+    let mut f = file.lock().unwrap();
+    f.write_all(out.as_bytes())?;
+    f.flush()?;
+    Ok(())
+}
+
+/// The outcome of write `call`, and its lines (added to `out`) if it succeeds.
+fn lines(
+    cfg: &RecorderConfig,
+    call: u64,
+    inflight: Option<usize>,
+    batch: &[Reading],
+    out: &mut String,
+) -> Result<(), PluginError> {
     if call <= cfg.fail_first {
         return Err(PluginError::retry(format!(
             "simulated outage (write {call} of {} that fail)",
@@ -256,7 +278,6 @@ fn record(
             )));
         }
     }
-    let mut out = String::new();
     if cfg.mark_writes {
         out.push_str(&format!("write {}", batch.len()));
         if let Some(k) = inflight {
@@ -264,18 +285,30 @@ fn record(
         }
         if cfg.mark_threads {
             // The host's name for it: this library's copy of std does not know the thread.
-            let name = std::fs::read_to_string("/proc/thread-self/comm").unwrap_or_default();
-            out.push_str(&format!(" thread {}", name.trim()));
+            // Read once per thread, so that a write stays quick.
+            thread_local! {
+                static NAME: String = std::fs::read_to_string("/proc/thread-self/comm")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+            }
+            NAME.with(|name| out.push_str(&format!(" thread {name}")));
         }
         out.push('\n');
     }
     for r in batch {
         out.push_str(&format!("{} {} {}\n", r.sensor, r.value, r.id));
     }
-    let mut f = file.lock().unwrap();
-    f.write_all(out.as_bytes())?;
-    f.flush()?;
     Ok(())
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let held = std::mem::take(&mut *self.held.lock().unwrap());
+        if !held.is_empty() {
+            let _ = self.file.lock().unwrap().write_all(held.as_bytes());
+        }
+    }
 }
 
 impl Sink for Recorder {
@@ -292,6 +325,7 @@ impl Sink for Recorder {
             cfg: Arc::new(cfg),
             key: format!("recorder:{}", ctx.instance()),
             file: Arc::new(Mutex::new(file)),
+            held: Default::default(),
             inflight: Default::default(),
         })
     }
@@ -300,6 +334,12 @@ impl Sink for Recorder {
         let call = self.call();
         if !self.cfg.delay.is_zero() {
             std::thread::sleep(self.cfg.delay);
+        }
+        if self.cfg.hold_lines {
+            let mut out = String::new();
+            let outcome = lines(&self.cfg, call, None, batch, &mut out);
+            self.held.lock().unwrap().push_str(&out);
+            return outcome;
         }
         record(&self.cfg, &self.file, call, None, batch)
     }
