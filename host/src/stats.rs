@@ -86,6 +86,12 @@ impl SourceStats {
 }
 
 impl SinkStats {
+    /// Counts a write of `n` readings that succeeded.
+    pub fn wrote(&self, n: usize) {
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Readings accepted but neither written nor rejected yet.
     pub fn pending(&self) -> u64 {
         get(&self.accepted).saturating_sub(get(&self.written) + get(&self.rejected))

@@ -454,11 +454,26 @@ fn a_refused_batch_that_cannot_be_dead_lettered_is_held_not_dropped() {
     assert_eq!(lines.len(), 3, "{lines:?}");
 }
 
+/// Each write of a recorder with `mark_threads`, in order: its thread and the values of
+/// sensor `seq` it wrote.
+fn writes_by_thread(s: &Setup, file: &str) -> Vec<(String, Vec<i64>)> {
+    let mut writes: Vec<(String, Vec<i64>)> = Vec::new();
+    for l in s.lines(file) {
+        if let Some((_, t)) = l.split_once(" thread ") {
+            writes.push((t.to_owned(), Vec::new()));
+        } else if let Some(v) = l.strip_prefix("seq ").and_then(|v| v.split(' ').next()) {
+            let values = &mut writes.last_mut().expect("marked").1;
+            values.push(v.parse().unwrap());
+        }
+    }
+    writes
+}
+
 /// The thread of each write of a recorder with `mark_threads`, in order.
 fn write_threads(s: &Setup, file: &str) -> Vec<String> {
-    s.lines(file)
-        .iter()
-        .filter_map(|l| Some(l.split_once(" thread ")?.1.to_owned()))
+    writes_by_thread(s, file)
+        .into_iter()
+        .map(|(t, _)| t)
         .collect()
 }
 
@@ -557,19 +572,7 @@ fn a_write_that_fails_on_the_sources_thread_is_settled_by_the_sinks_thread() {
     );
     let lines = dead_lettered(&cfg, "rec");
     assert!(lines.len() == 1 && lines[0].contains("=10 "), "{lines:?}");
-    // Each write's thread, with the values it wrote.
-    let mut writes: Vec<(String, Vec<i64>)> = Vec::new();
-    for l in s.lines("out.txt") {
-        if let Some((_, t)) = l.split_once(" thread ") {
-            writes.push((t.to_owned(), Vec::new()));
-        } else if let Some(v) = l.strip_prefix("seq ").and_then(|v| v.split(' ').next()) {
-            writes
-                .last_mut()
-                .expect("marked")
-                .1
-                .push(v.parse().unwrap());
-        }
-    }
+    let writes = writes_by_thread(&s, "out.txt");
     let direct = writes.iter().filter(|(t, _)| t == "source:seq").count();
     assert!(direct >= 10, "{writes:?}");
     if err.contains("from now on the sink is written on its own thread only") {

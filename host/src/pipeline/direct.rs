@@ -93,11 +93,10 @@ impl Direct {
         }
         match outcome {
             Ok(()) => {
-                let n = readings.len() as u64;
                 let s = &self.stats;
-                s.accepted.fetch_add(n, Ordering::Relaxed);
-                s.written.fetch_add(n, Ordering::Relaxed);
-                s.writes.fetch_add(1, Ordering::Relaxed);
+                s.accepted
+                    .fetch_add(readings.len() as u64, Ordering::Relaxed);
+                s.wrote(readings.len());
                 s.direct.fetch_add(1, Ordering::Relaxed);
                 true
             }

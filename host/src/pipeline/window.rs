@@ -207,16 +207,8 @@ impl<B: Batch> Window<B> {
         let settled = match outcome.map_err(|e| w.failed(n, e)) {
             Ok(()) => {
                 w.wrote(n, f.attempts);
-                f.settled = Some(Settled::Whole(Ok(())));
                 self.succeeded += 1;
-                // The sink takes writes again (a server back after an outage): the batches
-                // waiting out a backoff grown during the outage go now, not up to
-                // `retry_backoff_max` later, and start their backoff afresh.
-                for f in self.flights.iter_mut().filter(|f| f.retry_at.is_some()) {
-                    f.retry_at = Some(now);
-                    f.backoff = w.settings.retry_backoff;
-                }
-                return;
+                Settled::Whole(Ok(()))
             }
             Err(Failed::Retry(e)) => {
                 // Another write succeeded while this one was out: the backoff grown during
@@ -244,6 +236,16 @@ impl<B: Batch> Window<B> {
             }
             Err(Failed::Final(e)) => Settled::Whole(Err(e)),
         };
+        let written = matches!(settled, Settled::Whole(Ok(())));
         f.settled = Some(settled);
+        if written {
+            // The sink takes writes again (a server back after an outage): the batches
+            // waiting out a backoff grown during the outage go now, not up to
+            // `retry_backoff_max` later, and start their backoff afresh.
+            for f in self.flights.iter_mut().filter(|f| f.retry_at.is_some()) {
+                f.retry_at = Some(now);
+                f.backoff = w.settings.retry_backoff;
+            }
+        }
     }
 }

@@ -217,8 +217,7 @@ impl Worker {
 
     /// Counts a batch of `n` readings written, at its `attempts`th try.
     pub(super) fn wrote(&mut self, n: usize, attempts: u32) {
-        self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
-        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.stats.wrote(n);
         self.restart_delay = self.restart_backoff;
         if attempts > 1 {
             tracing::info!(readings = n, attempts, "write succeeded after retrying");

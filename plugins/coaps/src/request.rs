@@ -296,10 +296,9 @@ impl Remembered {
         self.newer.contains(&k.hash) || self.older.contains(&k.hash)
     }
 
+    /// Remembers `k`, which [`Seen::admit`] found in neither generation (and which stayed in
+    /// flight since, so no other pack stored it).
     fn insert(&mut self, k: &Key) {
-        if self.contains(k) {
-            return;
-        }
         if self.newer.len() >= self.capacity.max(1) {
             std::mem::swap(&mut self.newer, &mut self.older);
             self.newer.clear();

@@ -212,7 +212,7 @@ pub struct Recorder {
     key: String,
     file: Arc<Mutex<std::fs::File>>,
     /// The lines kept with `hold_lines`.
-    held: Arc<Mutex<String>>,
+    held: String,
     inflight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -304,9 +304,8 @@ fn lines(
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        let held = std::mem::take(&mut *self.held.lock().unwrap());
-        if !held.is_empty() {
-            let _ = self.file.lock().unwrap().write_all(held.as_bytes());
+        if !self.held.is_empty() {
+            let _ = self.file.lock().unwrap().write_all(self.held.as_bytes());
         }
     }
 }
@@ -336,10 +335,7 @@ impl Sink for Recorder {
             std::thread::sleep(self.cfg.delay);
         }
         if self.cfg.hold_lines {
-            let mut out = String::new();
-            let outcome = lines(&self.cfg, call, None, batch, &mut out);
-            self.held.lock().unwrap().push_str(&out);
-            return outcome;
+            return lines(&self.cfg, call, None, batch, &mut self.held);
         }
         record(&self.cfg, &self.file, call, None, batch)
     }
