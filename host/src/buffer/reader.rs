@@ -158,7 +158,11 @@ impl DiskBuffer {
         max: usize,
     ) {
         if let Some(live) = reader.live.as_mut() {
-            let share = (max / 4).max(1);
+            // A quarter of each write while the backlog lane has records left to give; all
+            // of it once the backlog is all taken and only waits for its acknowledgements,
+            // or the write could not fill and would wait out `more_until` every time.
+            let backlog_left = reader.head.position() < live.start;
+            let share = if backlog_left { (max / 4).max(1) } else { max };
             while taken.readings.len() < share
                 && self.next_record(&mut live.cursor, segments, next_seq, taken, share)
             {
@@ -298,8 +302,12 @@ impl DiskBuffer {
                 seg.acked_readings = (seg.acked_readings + n).min(seg.readings);
             }
         }
-        if let (Some(live), Some(to)) = (reader.live.as_mut(), taken.live_to) {
-            live.acked = live.acked.max(to);
+        match (reader.live.as_mut(), taken.live_to) {
+            (Some(live), Some(to)) => live.acked = live.acked.max(to),
+            // Taken from a live lane that has merged since (a write settled after the one
+            // that finished the backlog): settlements come in order, so all below is stored.
+            (None, Some(to)) => st.head = st.head.max(to),
+            _ => {}
         }
         if let Some(to) = taken.head_to {
             st.head = st.head.max(to);

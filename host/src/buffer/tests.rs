@@ -398,6 +398,33 @@ fn backlog_and_live_lanes_merge_once_the_backlog_is_sent() {
 }
 
 #[test]
+fn the_live_lane_fills_whole_writes_once_the_backlog_is_all_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path());
+    fill(&b, 20, 10);
+    let mut reader = b.reader();
+    // A sink with several writes in flight: nothing is acknowledged yet.
+    let mut held = vec![b.take(&mut reader, 40, NOW, NOW).unwrap()];
+    for i in 0..20 {
+        b.append(&[&batch(2000 + i * 10, 10)], 10, &never).unwrap();
+    }
+    let backlog_taken = |held: &[Taken]| held.iter().flat_map(values).filter(|v| *v < 1000).count();
+    // The backlog's other 16 records go out, a quarter of each write given to the live lane;
+    // the write that takes the backlog's last record fills up from the live lane.
+    while backlog_taken(&held) < 200 {
+        held.push(b.take(&mut reader, 40, NOW, NOW).unwrap());
+    }
+    // Only acknowledgements are missing now: the live lane fills whole writes.
+    let t = b.take(&mut reader, 40, NOW, NOW).unwrap();
+    assert_eq!(values(&t), (2080..2120).collect::<Vec<_>>());
+    held.push(t);
+    for t in held {
+        b.ack(&mut reader, t);
+    }
+    assert_eq!(drain_all(&b, 40), (2120..2200).collect::<Vec<_>>());
+}
+
+#[test]
 fn take_waits_for_a_write_to_fill_until_the_batch_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let b = Arc::new(open(dir.path()));
