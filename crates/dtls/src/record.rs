@@ -6,7 +6,8 @@
 //! datagram), and a fleet server holds tens of thousands of mostly idle associations. The
 //! handshake stays OpenSSL's; once it is done, [`Established::take_over`] derives the record
 //! keys from the session's master secret (RFC 5246 §6.3) and the `SSL` object is freed. What is
-//! left per association is two cipher contexts, the sequence numbers and the replay window.
+//! left per association is two keys (ring's AEAD, see [`Direction`]), the sequence numbers and
+//! the replay window.
 //!
 //! The record header (RFC 6347 §4.1) is written and parsed here only. Rules kept:
 //! - records that do not decrypt, of another epoch, or seen before (a 64-record sliding window,
@@ -17,15 +18,8 @@
 //! - renegotiation is refused (ignored), as the contexts say;
 //! - an alert ends the association.
 
-use openssl::{
-    cipher::{Cipher, CipherRef},
-    cipher_ctx::CipherCtx,
-    hash::MessageDigest,
-    nid::Nid,
-    pkey::PKey,
-    sign::Signer,
-    ssl::SslRef,
-};
+use openssl::{hash::MessageDigest, nid::Nid, pkey::PKey, sign::Signer, ssl::SslRef};
+use ring::aead::{self, LessSafeKey, UnboundKey};
 use std::{
     collections::VecDeque,
     time::{Duration, Instant},
@@ -110,11 +104,11 @@ impl Aead {
         }
     }
 
-    fn cipher(self) -> &'static CipherRef {
+    fn algorithm(self) -> &'static aead::Algorithm {
         match self {
-            Aead::Aes128Gcm => Cipher::aes_128_gcm(),
-            Aead::Aes256Gcm => Cipher::aes_256_gcm(),
-            Aead::ChaCha20Poly1305 => Cipher::chacha20_poly1305(),
+            Aead::Aes128Gcm => &aead::AES_128_GCM,
+            Aead::Aes256Gcm => &aead::AES_256_GCM,
+            Aead::ChaCha20Poly1305 => &aead::CHACHA20_POLY1305,
         }
     }
 
@@ -186,24 +180,27 @@ fn prf(md: MessageDigest, secret: &[u8], label: &[u8], seed: &[&[u8]], out: &mut
     }
 }
 
-/// One direction's protection: the cipher context (keyed once) and the fixed nonce part.
+/// One direction's protection: the key (scheduled once) and the fixed nonce part.
+///
+/// The record's AEAD is ring's rather than OpenSSL's: with OpenSSL 3 every record cost five
+/// EVP calls (IV, AAD, data, final, tag), each going through the provider's parameter lookup,
+/// about 0.8 µs per small record sealed and opened against ring's 0.3 µs, and its contexts
+/// are larger. The handshake, and the key derivation from its master secret, stay OpenSSL's.
 struct Direction {
-    ctx: CipherCtx,
+    key: LessSafeKey,
     fixed: [u8; 12],
 }
 
 impl Direction {
-    fn new(aead: Aead, key: &[u8], fixed: &[u8], encrypt: bool) -> Result<Direction, String> {
-        let mut ctx = CipherCtx::new().map_err(|e| e.to_string())?;
-        let r = if encrypt {
-            ctx.encrypt_init(Some(aead.cipher()), Some(key), None)
-        } else {
-            ctx.decrypt_init(Some(aead.cipher()), Some(key), None)
-        };
-        r.map_err(|e| e.to_string())?;
+    fn new(aead: Aead, key: &[u8], fixed: &[u8]) -> Result<Direction, String> {
+        let key = UnboundKey::new(aead.algorithm(), key)
+            .map_err(|_| "a record key of the wrong length".to_owned())?;
         let mut f = [0u8; 12];
         f[..fixed.len()].copy_from_slice(fixed);
-        Ok(Direction { ctx, fixed: f })
+        Ok(Direction {
+            key: LessSafeKey::new(key),
+            fixed: f,
+        })
     }
 }
 
@@ -309,8 +306,8 @@ impl Established {
         let (client_key, rest) = block.split_at(k);
         let (server_key, rest) = rest.split_at(k);
         let (client_iv, server_iv) = rest.split_at(iv);
-        let read = Direction::new(aead, client_key, client_iv, false).ok()?;
-        let write = Direction::new(aead, server_key, server_iv, true).ok()?;
+        let read = Direction::new(aead, client_key, client_iv).ok()?;
+        let write = Direction::new(aead, server_key, server_iv).ok()?;
         block.fill(0);
         Some(Established {
             aead,
@@ -351,16 +348,17 @@ impl Established {
         let nonce = self.aead.nonce(&self.write.fixed, explicit, h.epoch_seq());
         let aad = aad(&h, data.len());
         let body = out.len();
-        out.resize(body + data.len() + TAG_LEN, 0);
-        let ctx = &mut self.write.ctx;
-        let sealed = (|| {
-            ctx.encrypt_init(None, None, Some(&nonce))?;
-            ctx.cipher_update(&aad, None)?;
-            let n = ctx.cipher_update(data, Some(&mut out[body..body + data.len()]))?;
-            ctx.cipher_final(&mut out[body + n..body + data.len()])?;
-            ctx.tag(&mut out[body + data.len()..])
-        })();
-        sealed.map_err(|e| format!("cannot encrypt a record: {e}"))?;
+        out.extend_from_slice(data);
+        let tag = self
+            .write
+            .key
+            .seal_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                &mut out[body..],
+            )
+            .map_err(|_| "cannot encrypt a record".to_owned())?;
+        out.extend_from_slice(tag.as_ref());
         self.outbox.push_back(out);
         Ok(())
     }
@@ -418,16 +416,20 @@ impl Established {
         let (cipher, tag) = rest.split_at(len);
         let nonce = self.aead.nonce(&self.read.fixed, explicit, h.epoch_seq());
         let aad = aad(h, len);
-        let ctx = &mut self.read.ctx;
         let out = &mut plaintext[..len];
-        let opened = (|| {
-            ctx.decrypt_init(None, None, Some(&nonce))?;
-            ctx.cipher_update(&aad, None)?;
-            let n = ctx.cipher_update(cipher, Some(&mut *out))?;
-            ctx.set_tag(tag)?;
-            ctx.cipher_final(&mut out[n..])
-        })();
-        opened.ok().map(|_| len)
+        out.copy_from_slice(cipher);
+        let tag = aead::Tag::try_from(tag).ok()?;
+        self.read
+            .key
+            .open_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                tag,
+                out,
+                0..,
+            )
+            .ok()
+            .map(|_| len)
     }
 }
 
