@@ -10,7 +10,55 @@
 use super::{cbor, label, unbase64url, unescape, DecodeError, Pack, Record, MAX_NAME, RID};
 use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use std::{borrow::Cow, cell::RefCell};
+use std::{borrow::Cow, cell::RefCell, collections::HashSet};
+
+/// Labels kept from one pack to the next, so that a device's names, sent again in every pack,
+/// cost a reference count rather than an allocation each time: a decoder that takes many packs
+/// (a server's worker) keeps one and passes it to [`decode_cbor_with`] / [`decode_json_with`].
+/// It holds at most `capacity` labels, and starts over when full, so a peer that sends ever new
+/// names costs a bounded amount of memory.
+pub struct Labels {
+    kept: HashSet<Label>,
+    capacity: usize,
+    /// The labels of the pack being decoded: a pack names few distinct strings, and a short
+    /// list beats hashing every field of every record.
+    pack: Vec<Label>,
+}
+
+impl Labels {
+    /// Keeps at most `capacity` labels between packs (0: none).
+    pub fn new(capacity: usize) -> Labels {
+        Labels {
+            kept: HashSet::new(),
+            capacity,
+            pack: Vec::new(),
+        }
+    }
+
+    /// The label for `s`: from this pack's, then from those kept, or new.
+    fn get(&mut self, s: &str) -> Label {
+        if let Some(l) = self.pack.iter().rev().find(|l| l.as_str() == s) {
+            return l.clone();
+        }
+        let l = match self.kept.get(s) {
+            Some(l) => l.clone(),
+            None => {
+                let l = Label::from(s);
+                if self.capacity > 0 {
+                    if self.kept.len() >= self.capacity {
+                        self.kept.clear();
+                    }
+                    self.kept.insert(l.clone());
+                }
+                l
+            }
+        };
+        if self.pack.len() < 64 {
+            self.pack.push(l.clone());
+        }
+        l
+    }
+}
 
 /// Decodes SenML CBOR, at most `max_records` records. `now` resolves relative times; records
 /// whose base name is not `DEVICE:` belong to `default_device` (the peer's identity).
@@ -20,6 +68,17 @@ pub fn decode_cbor(
     now: Timestamp,
     default_device: &str,
 ) -> Result<Pack, DecodeError> {
+    decode_cbor_with(bytes, max_records, now, default_device, &mut Labels::new(0))
+}
+
+/// [`decode_cbor`], its labels taken from `labels` where it has them.
+pub fn decode_cbor_with(
+    bytes: &[u8],
+    max_records: usize,
+    now: Timestamp,
+    default_device: &str,
+    labels: &mut Labels,
+) -> Result<Pack, DecodeError> {
     const SYNTAX: DecodeError = DecodeError::Syntax("CBOR");
     let mut r = cbor::Reader::new(bytes);
     let count = match r.item().ok_or(SYNTAX)? {
@@ -27,7 +86,7 @@ pub fn decode_cbor(
         cbor::Item::Break => return Err(SYNTAX),
         _ => return Err(DecodeError::NotAnArray),
     };
-    let mut resolver = Resolver::new(now, default_device);
+    let mut resolver = Resolver::new(now, default_device, labels);
     let hint = count.unwrap_or(0).min(max_records as u64).min(1024) as usize;
     let mut readings = Vec::with_capacity(hint);
     loop {
@@ -105,11 +164,22 @@ pub fn decode_json(
     now: Timestamp,
     default_device: &str,
 ) -> Result<Pack, DecodeError> {
+    decode_json_with(bytes, max_records, now, default_device, &mut Labels::new(0))
+}
+
+/// [`decode_json`], its labels taken from `labels` where it has them.
+pub fn decode_json_with(
+    bytes: &[u8],
+    max_records: usize,
+    now: Timestamp,
+    default_device: &str,
+    labels: &mut Labels,
+) -> Result<Pack, DecodeError> {
     let failure = RefCell::new(None);
     let seed = PackSeed {
         max: max_records,
         failure: &failure,
-        resolver: Resolver::new(now, default_device),
+        resolver: Resolver::new(now, default_device, labels),
     };
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let result = seed.deserialize(&mut de).and_then(|p| de.end().map(|()| p));
@@ -131,7 +201,7 @@ fn fail<E: de::Error>(failure: &RefCell<Option<DecodeError>>, e: DecodeError) ->
 struct PackSeed<'a> {
     max: usize,
     failure: &'a RefCell<Option<DecodeError>>,
-    resolver: Resolver,
+    resolver: Resolver<'a>,
 }
 
 impl<'de> DeserializeSeed<'de> for PackSeed<'_> {
@@ -478,9 +548,9 @@ fn derived_id(device: &str, sensor: &str, name: &str, time: i64, value: &Value) 
 
 /// Applies the base fields of the records read so far to the next record, and splits its
 /// name into device, sensor and measurement name.
-struct Resolver {
+struct Resolver<'a> {
     now: Timestamp,
-    default_device: String,
+    default_device: &'a str,
     bn: String,
     /// The device a `DEVICE:` base name names, made once per base name.
     bn_device: Option<Label>,
@@ -488,39 +558,29 @@ struct Resolver {
     /// The base unit, made once per base unit (applied to every record after it).
     bu: Label,
     bv: f64,
-    /// A pack names few distinct strings: a short list beats hashing every field of every
-    /// record.
-    labels: Vec<Label>,
+    labels: &'a mut Labels,
     /// Records that came without `rid`.
     derived: usize,
 }
 
-impl Resolver {
-    fn new(now: Timestamp, default_device: &str) -> Self {
+impl<'a> Resolver<'a> {
+    fn new(now: Timestamp, default_device: &'a str, labels: &'a mut Labels) -> Self {
+        labels.pack.clear();
         Resolver {
             now,
-            default_device: default_device.to_owned(),
+            default_device,
             bn: String::new(),
             bn_device: None,
             bt: 0.0,
-            bu: Label::from(""),
+            bu: labels.get(""),
             bv: 0.0,
-            labels: Vec::new(),
+            labels,
             derived: 0,
         }
     }
 
     fn label(&mut self, s: &str) -> Label {
-        match self.labels.iter().rev().find(|l| l.as_str() == s) {
-            Some(l) => l.clone(),
-            None => {
-                let l = Label::from(s);
-                if self.labels.len() < 64 {
-                    self.labels.push(l.clone());
-                }
-                l
-            }
-        }
+        self.labels.get(s)
     }
 
     /// Record `i`, resolved.
@@ -549,8 +609,7 @@ impl Resolver {
             Some(d) => (d.clone(), n),
             None => {
                 joined = format!("{}{n}", self.bn);
-                let d = self.default_device.clone();
-                (self.label(&d), joined.as_str())
+                (self.labels.get(self.default_device), joined.as_str())
             }
         };
         let (sensor, name) = match rest.rsplit_once('/') {

@@ -19,7 +19,7 @@ use gateway_sdk::{Reading, Value};
 
 mod cbor;
 mod decode;
-pub use decode::{decode_cbor, decode_json};
+pub use decode::{decode_cbor, decode_cbor_with, decode_json, decode_json_with, Labels};
 
 /// SenML CBOR labels (RFC 8428, table 4).
 mod label {

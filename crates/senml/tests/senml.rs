@@ -1,7 +1,10 @@
 //! SenML round trips (property tests), base-field compaction, foreign packs, and bad input.
 
 use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
-use gateway_senml::{decode_cbor, decode_json, encode_cbor, encode_json, DecodeError};
+use gateway_senml::{
+    decode_cbor, decode_cbor_with, decode_json, decode_json_with, encode_cbor, encode_json,
+    DecodeError, Labels,
+};
 use proptest::prelude::*;
 
 const NOW: Timestamp = Timestamp(1_764_085_351_000_000);
@@ -120,6 +123,46 @@ fn a_foreign_pack_without_ids_gets_stable_ids_and_the_peers_device() {
     assert_eq!(r.unit, "Cel");
     assert_ne!(a.readings[0].id, a.readings[1].id);
     assert_eq!(a.readings[2].value, Value::Bool(true));
+}
+
+#[test]
+fn labels_kept_between_packs_are_shared_and_bounded() {
+    let pack = |v| {
+        vec![reading(
+            "pi-01",
+            "ds18b20-28-0000",
+            "temperature",
+            "Cel",
+            NOW.0,
+            Value::Float(v),
+            7,
+        )]
+    };
+    let mut labels = Labels::new(16);
+    let a = decode_cbor_with(&encode_cbor(&pack(1.0)), 10, NOW, "x", &mut labels).unwrap();
+    let b = decode_json_with(&encode_json(&pack(2.0)), 10, NOW, "x", &mut labels).unwrap();
+    let (a, b) = (&a.readings[0], &b.readings[0]);
+    assert_eq!((a.device.as_str(), b.unit.as_str()), ("pi-01", "Cel"));
+    for (x, y) in [
+        (&a.device, &b.device),
+        (&a.sensor, &b.sensor),
+        (&a.name, &b.name),
+        (&a.unit, &b.unit),
+    ] {
+        assert_eq!(x.as_ptr(), y.as_ptr(), "{x} is one label in both packs");
+    }
+    // Without a shared set, each pack makes its own.
+    let c = decode_cbor(&encode_cbor(&pack(3.0)), 10, NOW, "x").unwrap();
+    assert_ne!(c.readings[0].sensor.as_ptr(), a.sensor.as_ptr());
+    // A set that is full starts over: ever new names cost bounded memory.
+    let mut small = Labels::new(4);
+    let first = decode_cbor_with(&encode_cbor(&pack(1.0)), 10, NOW, "x", &mut small).unwrap();
+    let second = decode_cbor_with(&encode_cbor(&pack(1.0)), 10, NOW, "x", &mut small).unwrap();
+    assert_ne!(
+        first.readings[0].sensor.as_ptr(),
+        second.readings[0].sensor.as_ptr(),
+        "five labels do not fit in four: the set started over"
+    );
 }
 
 #[test]

@@ -146,6 +146,7 @@ pub fn decode(
     max_records: usize,
     max_body: usize,
     now: Timestamp,
+    labels: &mut senml::Labels,
 ) -> Result<senml::Pack, Refused> {
     let body = &req.payload;
     let json = match ContentFormat::of(req) {
@@ -160,9 +161,9 @@ pub fn decode(
         }
     };
     let decoded = if json {
-        senml::decode_json(body, max_records, now, device)
+        senml::decode_json_with(body, max_records, now, device, labels)
     } else {
-        senml::decode_cbor(body, max_records, now, device)
+        senml::decode_cbor_with(body, max_records, now, device, labels)
     };
     decoded.map_err(|e| match e {
         senml::DecodeError::TooMany(n) => {
@@ -532,20 +533,49 @@ mod tests {
         let req = |cf: Option<ContentFormat>, body: &[u8]| {
             request(RequestType::Post, "p", cf, body.to_vec())
         };
-        let ok = |r: &Packet| decode(r, "dev", 10, 1000, now).unwrap().readings.len();
+        let ok = |r: &Packet| {
+            decode(r, "dev", 10, 1000, now, &mut senml::Labels::new(0))
+                .unwrap()
+                .readings
+                .len()
+        };
         assert_eq!(ok(&req(Some(ContentFormat::SENML_CBOR), &cbor)), 3);
         assert_eq!(ok(&req(Some(ContentFormat::SENML_JSON), &json)), 3);
         assert_eq!(ok(&req(None, &json)), 3);
         assert_eq!(ok(&req(None, &cbor)), 3);
-        let e = decode(&req(Some(ContentFormat::JSON), &json), "dev", 10, 1000, now).unwrap_err();
+        let e = decode(
+            &req(Some(ContentFormat::JSON), &json),
+            "dev",
+            10,
+            1000,
+            now,
+            &mut senml::Labels::new(0),
+        )
+        .unwrap_err();
         assert_eq!(code(&e.reply), Code::new(4, 15));
-        let e = decode(&req(None, &cbor), "dev", 2, 1000, now).unwrap_err();
+        let e = decode(
+            &req(None, &cbor),
+            "dev",
+            2,
+            1000,
+            now,
+            &mut senml::Labels::new(0),
+        )
+        .unwrap_err();
         assert_eq!(code(&e.reply), Code::REQUEST_ENTITY_TOO_LARGE);
         assert_eq!(
             e.reply.get_first_option(CoapOption::Size1),
             Some(&vec![3, 0xe8])
         );
-        let e = decode(&req(None, b"[{"), "dev", 10, 1000, now).unwrap_err();
+        let e = decode(
+            &req(None, b"[{"),
+            "dev",
+            10,
+            1000,
+            now,
+            &mut senml::Labels::new(0),
+        )
+        .unwrap_err();
         assert_eq!(code(&e.reply), Code::BAD_REQUEST);
     }
 

@@ -30,6 +30,10 @@ use std::{
 /// figures at most this old).
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
+/// Names kept per worker from one request to the next (a device sends the same ones every
+/// time): at most this many, about 100 bytes each.
+const LABELS_KEPT: usize = 4096;
+
 /// Request and reading counters, logged periodically and published as metrics.
 pub struct Counters {
     pub(crate) requests: AtomicU64,
@@ -189,6 +193,8 @@ pub struct Serving<'a> {
     latest: Arc<Mutex<Latest>>,
     observers: Arc<Mutex<Observers>>,
     held: Waiting<Held>,
+    /// Device, sensor, measurement and unit names kept from one request to the next.
+    labels: gateway_senml::Labels,
     last_log: Instant,
     last_publish: Instant,
     stop_by: Option<Instant>,
@@ -214,6 +220,7 @@ impl<'a> Serving<'a> {
             latest: together.latest.clone(),
             observers: together.observers.clone(),
             held: Waiting::new(max_held),
+            labels: gateway_senml::Labels::new(LABELS_KEPT),
             last_log: Instant::now(),
             last_publish: Instant::now(),
             stop_by: None,
@@ -486,6 +493,7 @@ impl Handler for Serving<'_> {
             s.max_records,
             s.max_body,
             Timestamp::now(),
+            &mut self.labels,
         );
         let mut pack = match decoded {
             Ok(p) => p,
