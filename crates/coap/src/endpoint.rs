@@ -11,10 +11,13 @@ pub use observe::observe_of;
 use crate::message::{empty, Block};
 use coap_lite::{MessageClass, MessageType, Packet};
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     hash::Hash,
     time::{Duration, Instant},
 };
+
+/// The endpoint's maps are keyed by what peers choose: keyed SipHash, gathered (see [`crate::Keyed`]).
+type HashMap<K, V> = std::collections::HashMap<K, V, crate::Keyed>;
 
 /// Transmission parameters and limits.
 #[derive(Debug, Clone)]
@@ -296,20 +299,20 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             next_request: 0,
             out: VecDeque::new(),
             events: VecDeque::new(),
-            outgoing: HashMap::new(),
-            exchanges: HashMap::new(),
-            slots: HashMap::new(),
+            outgoing: HashMap::default(),
+            exchanges: HashMap::default(),
+            slots: HashMap::default(),
             freed: Vec::new(),
             last_now: None,
-            dedup: HashMap::new(),
+            dedup: HashMap::default(),
             dedup_order: VecDeque::new(),
-            seen_responses: HashMap::new(),
-            pending: HashMap::new(),
-            reassembly: HashMap::new(),
-            rto: HashMap::new(),
-            observations: HashMap::new(),
-            notice_mids: HashMap::new(),
-            observing: HashMap::new(),
+            seen_responses: HashMap::default(),
+            pending: HashMap::default(),
+            reassembly: HashMap::default(),
+            rto: HashMap::default(),
+            observations: HashMap::default(),
+            notice_mids: HashMap::default(),
+            observing: HashMap::default(),
             stats: Stats::default(),
         }
     }

@@ -34,6 +34,7 @@
 
 mod codes;
 mod endpoint;
+mod keyed;
 mod message;
 mod uri;
 
@@ -41,5 +42,6 @@ mod uri;
 pub use coap_lite;
 pub use codes::{Code, ContentFormat, InvalidContentFormat};
 pub use endpoint::{observe_of, ClientError, Config, Endpoint, Event, RequestId, Stats, Token};
+pub use keyed::{Gathered, Keyed};
 pub use message::{decode_uint, encode_uint, path_of, request, response, retry_later, Block};
 pub use uri::Uri;

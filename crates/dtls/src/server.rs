@@ -31,7 +31,7 @@ use crate::{
     DtlsError,
 };
 use gateway_coap::{
-    coap_lite::Packet, retry_later, Config as CoapConfig, Endpoint, Event, RequestId, Token,
+    coap_lite::Packet, retry_later, Config as CoapConfig, Endpoint, Event, Keyed, RequestId, Token,
 };
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -185,18 +185,18 @@ struct Peer {
 pub struct Server {
     cfg: Config,
     ctx: openssl::ssl::SslContext,
-    peers: HashMap<SocketAddr, Peer>,
+    peers: HashMap<SocketAddr, Peer, Keyed>,
     /// The peers whose handshake is in progress.
-    handshakes: HashSet<SocketAddr>,
+    handshakes: HashSet<SocketAddr, Keyed>,
     /// Of those, the ones that gave up their slot ([`crate::admission`]): they count against
     /// no limit and take no timer but their deadline, and complete if their peer answers.
     /// At most [`PARKED_PER_SLOT`] × `max_handshakes` of them.
-    parked: HashSet<SocketAddr>,
+    parked: HashSet<SocketAddr, Keyed>,
     cookies: CookieJar,
     endpoint: Endpoint<SocketAddr>,
     stats: Arc<Stats>,
     /// Peers whose session may have output, or may have ended, since the last pump.
-    touched: HashSet<SocketAddr>,
+    touched: HashSet<SocketAddr, Keyed>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     /// Verified ClientHellos waiting for a handshake slot.
     lobby: Lobby,
@@ -271,12 +271,12 @@ impl Server {
             ctx: shared.ctx.clone(),
             endpoint: Endpoint::new(cfg.coap.clone(), rng),
             cfg,
-            peers: HashMap::new(),
-            handshakes: HashSet::new(),
-            parked: HashSet::new(),
+            peers: HashMap::default(),
+            handshakes: HashSet::default(),
+            parked: HashSet::default(),
             cookies: CookieJar::shared(shared.cookie_master, shared.start, COOKIE_LIFETIME),
             stats: shared.stats.clone(),
-            touched: HashSet::new(),
+            touched: HashSet::default(),
             out: VecDeque::new(),
             lobby: Lobby::new(LOBBY_CAPACITY),
             slot_freed: false,

@@ -65,14 +65,11 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             let Some((_, p, m)) = self.dedup_order.pop_front() else {
                 break;
             };
-            match self.dedup.get(&(p, m)) {
-                Some(Cached::Processing) => {
-                    self.dedup_order
-                        .push_back((now + self.config.exchange_lifetime(), p, m))
-                }
-                _ => {
-                    self.dedup.remove(&(p, m));
-                }
+            // One lookup: what is still being processed goes back in (seldom).
+            if let Some(Cached::Processing) = self.dedup.remove(&(p, m)) {
+                self.dedup.insert((p, m), Cached::Processing);
+                self.dedup_order
+                    .push_back((now + self.config.exchange_lifetime(), p, m))
             }
         }
         self.dedup.insert((peer, mid), Cached::Processing);
