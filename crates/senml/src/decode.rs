@@ -253,8 +253,8 @@ struct RecordSeed<'a> {
 }
 
 impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
-    type Value = Record;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Record, D::Error> {
+    type Value = Record<'static>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Record<'static>, D::Error> {
         d.deserialize_any(self)
     }
 }
@@ -262,14 +262,14 @@ impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
 /// The visit methods of everything but an object: the record is not a map.
 macro_rules! not_a_map {
     ($($name:ident($t:ty)),*) => {
-        $(fn $name<E: de::Error>(self, _: $t) -> Result<Record, E> {
+        $(fn $name<E: de::Error>(self, _: $t) -> Result<Record<'static>, E> {
             Err(fail(self.failure, DecodeError::NotAMap(self.i)))
         })*
     };
 }
 
 impl<'de> Visitor<'de> for RecordSeed<'_> {
-    type Value = Record;
+    type Value = Record<'static>;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a SenML record")
     }
@@ -280,13 +280,13 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         visit_f64(f64),
         visit_str(&str)
     );
-    fn visit_unit<E: de::Error>(self) -> Result<Record, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<Record<'static>, E> {
         Err(fail(self.failure, DecodeError::NotAMap(self.i)))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Record, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Record<'static>, A::Error> {
         Err(fail(self.failure, DecodeError::NotAMap(self.i)))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record<'static>, A::Error> {
         let (i, failure) = (self.i, self.failure);
         let mut rec = Record::default();
         while let Some(name) = map.next_key::<String>()? {
@@ -414,16 +414,22 @@ enum Field<'a> {
 }
 
 /// Sets `field` of record `i` from `v`, checking its type.
-fn set(r: &mut Record, field: F, v: Field<'_>, json: bool, i: usize) -> Result<(), DecodeError> {
+fn set<'a>(
+    r: &mut Record<'a>,
+    field: F,
+    v: Field<'a>,
+    json: bool,
+    i: usize,
+) -> Result<(), DecodeError> {
     let wrong = || DecodeError::FieldType(i, field.name());
-    let text = |v: Field<'_>| match v {
+    let text = |v: Field<'a>| match v {
         Field::Text(s) if s.len() > MAX_NAME && !matches!(field, F::Vs | F::Vd) => {
             Err(DecodeError::TooLong(i, field.name()))
         }
-        Field::Text(s) => Ok(s.into_owned()),
+        Field::Text(s) => Ok(s),
         _ => Err(wrong()),
     };
-    let num = |v: Field<'_>| match v {
+    let num = |v: Field<'a>| match v {
         Field::Num(x) => Ok(x),
         Field::Int(n) => Ok(n as f64),
         _ => Err(wrong()),
@@ -451,7 +457,7 @@ fn set(r: &mut Record, field: F, v: Field<'_>, json: bool, i: usize) -> Result<(
                 _ => return Err(wrong()),
             })
         }
-        F::Vs => r.value = Some(Value::Text(text(v)?.as_str().into())),
+        F::Vs => r.value = Some(Value::Text((&*text(v)?).into())),
         F::Vb => {
             r.value = Some(Value::Bool(match v {
                 Field::Bool(b) => b,
@@ -584,13 +590,13 @@ impl<'a> Resolver<'a> {
     }
 
     /// Record `i`, resolved.
-    fn push(&mut self, i: usize, r: Record) -> Result<Reading, DecodeError> {
+    fn push(&mut self, i: usize, r: Record<'_>) -> Result<Reading, DecodeError> {
         if let Some(b) = r.bn {
             self.bn_device = b
                 .strip_suffix(':')
                 .filter(|d| !d.is_empty())
                 .map(|d| self.label(d));
-            self.bn = b;
+            self.bn = b.into_owned();
         }
         if let Some(b) = r.bt {
             self.bt = b;

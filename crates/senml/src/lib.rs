@@ -16,6 +16,7 @@
 
 use ciborium::value::Value as Cbor;
 use gateway_sdk::{Reading, Value};
+use std::borrow::Cow;
 
 mod cbor;
 mod decode;
@@ -107,46 +108,48 @@ fn unescape(name: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// One record, before the base fields are applied.
+/// Its strings are borrowed from the payload where they can be: decoding a record allocates
+/// nothing for its names.
 #[derive(Default)]
-pub(crate) struct Record {
-    bn: Option<String>,
+pub(crate) struct Record<'a> {
+    bn: Option<Cow<'a, str>>,
     bt: Option<f64>,
-    bu: Option<String>,
+    bu: Option<Cow<'a, str>>,
     bv: Option<f64>,
-    n: Option<String>,
-    u: Option<String>,
+    n: Option<Cow<'a, str>>,
+    u: Option<Cow<'a, str>>,
     t: Option<f64>,
     value: Option<Value>,
     rid: Option<[u8; 16]>,
 }
 
 /// The fields of a record, in the order they are written.
-fn records(batch: &[Reading]) -> Vec<Record> {
+fn records(batch: &[Reading]) -> Vec<Record<'static>> {
     let mut out = Vec::with_capacity(batch.len());
     let (mut bn, mut bu): (Option<&str>, Option<&str>) = (None, None);
     let bt = batch.first().map(|r| r.time.0).unwrap_or(0);
     for (i, r) in batch.iter().enumerate() {
         let mut rec = Record::default();
         if bn != Some(r.device.as_str()) {
-            rec.bn = Some(format!("{}:", r.device));
+            rec.bn = Some(format!("{}:", r.device).into());
             bn = Some(r.device.as_str());
         }
         if i == 0 {
             rec.bt = Some(bt as f64 / 1e6);
             if !r.unit.is_empty() {
-                rec.bu = Some(r.unit.to_string());
+                rec.bu = Some(r.unit.to_string().into());
                 bu = Some(r.unit.as_str());
             }
         } else if bu != Some(r.unit.as_str()) && !r.unit.is_empty() {
-            rec.u = Some(r.unit.to_string());
+            rec.u = Some(r.unit.to_string().into());
         }
         if i == 0 && r.unit.is_empty() {
             bu = None;
         } else if i > 0 && r.unit.is_empty() && bu.is_some() {
             // An empty unit after a base unit: say so explicitly.
-            rec.u = Some(String::new());
+            rec.u = Some(Cow::Borrowed(""));
         }
-        rec.n = Some(format!("{}/{}", r.sensor, escape(&r.name)));
+        rec.n = Some(format!("{}/{}", r.sensor, escape(&r.name)).into());
         let dt = r.time.0 - bt;
         if dt != 0 {
             rec.t = Some(dt as f64 / 1e6);
@@ -167,19 +170,19 @@ pub fn encode_cbor(batch: &[Reading]) -> Vec<u8> {
             let mut m: Vec<(Cbor, Cbor)> = Vec::with_capacity(6);
             let k = |l: i64| Cbor::Integer(l.into());
             if let Some(bn) = r.bn {
-                m.push((k(label::BN), Cbor::Text(bn)));
+                m.push((k(label::BN), Cbor::Text(bn.into_owned())));
             }
             if let Some(bt) = r.bt {
                 m.push((k(label::BT), Cbor::Float(bt)));
             }
             if let Some(bu) = r.bu {
-                m.push((k(label::BU), Cbor::Text(bu)));
+                m.push((k(label::BU), Cbor::Text(bu.into_owned())));
             }
             if let Some(n) = r.n {
-                m.push((k(label::N), Cbor::Text(n)));
+                m.push((k(label::N), Cbor::Text(n.into_owned())));
             }
             if let Some(u) = r.u {
-                m.push((k(label::U), Cbor::Text(u)));
+                m.push((k(label::U), Cbor::Text(u.into_owned())));
             }
             if let Some(t) = r.t {
                 m.push((k(label::T), Cbor::Float(t)));
@@ -256,19 +259,19 @@ pub fn encode_json(batch: &[Reading]) -> Vec<u8> {
         .map(|r| {
             let mut m = Map::new();
             if let Some(bn) = r.bn {
-                m.insert("bn".into(), J::String(bn));
+                m.insert("bn".into(), J::String(bn.into_owned()));
             }
             if let Some(bt) = r.bt {
                 m.insert("bt".into(), json!(bt));
             }
             if let Some(bu) = r.bu {
-                m.insert("bu".into(), J::String(bu));
+                m.insert("bu".into(), J::String(bu.into_owned()));
             }
             if let Some(n) = r.n {
-                m.insert("n".into(), J::String(n));
+                m.insert("n".into(), J::String(n.into_owned()));
             }
             if let Some(u) = r.u {
-                m.insert("u".into(), J::String(u));
+                m.insert("u".into(), J::String(u.into_owned()));
             }
             if let Some(t) = r.t {
                 m.insert("t".into(), json!(t));

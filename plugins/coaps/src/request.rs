@@ -313,8 +313,8 @@ impl Remembered {
 pub struct Seen {
     stored: Remembered,
     in_flight: IdSet,
-    /// Makes the device tags.
-    tags: std::hash::RandomState,
+    /// Makes the device tags and the keys' hashes: keyed SipHash, each key fed in one piece.
+    tags: gateway_coap::Keyed,
 }
 
 /// What [`Seen::admit`] lets through.
