@@ -543,39 +543,18 @@ mod tests {
         assert_eq!(ok(&req(Some(ContentFormat::SENML_JSON), &json)), 3);
         assert_eq!(ok(&req(None, &json)), 3);
         assert_eq!(ok(&req(None, &cbor)), 3);
-        let e = decode(
-            &req(Some(ContentFormat::JSON), &json),
-            "dev",
-            10,
-            1000,
-            now,
-            &mut senml::Labels::new(0),
-        )
-        .unwrap_err();
+        let refused = |r: &Packet, max: usize| {
+            decode(r, "dev", max, 1000, now, &mut senml::Labels::new(0)).unwrap_err()
+        };
+        let e = refused(&req(Some(ContentFormat::JSON), &json), 10);
         assert_eq!(code(&e.reply), Code::new(4, 15));
-        let e = decode(
-            &req(None, &cbor),
-            "dev",
-            2,
-            1000,
-            now,
-            &mut senml::Labels::new(0),
-        )
-        .unwrap_err();
+        let e = refused(&req(None, &cbor), 2);
         assert_eq!(code(&e.reply), Code::REQUEST_ENTITY_TOO_LARGE);
         assert_eq!(
             e.reply.get_first_option(CoapOption::Size1),
             Some(&vec![3, 0xe8])
         );
-        let e = decode(
-            &req(None, b"[{"),
-            "dev",
-            10,
-            1000,
-            now,
-            &mut senml::Labels::new(0),
-        )
-        .unwrap_err();
+        let e = refused(&req(None, b"[{"), 10);
         assert_eq!(code(&e.reply), Code::BAD_REQUEST);
     }
 
