@@ -126,8 +126,10 @@ fn serve(mut c: TcpStream, plan: Broker, acked: &Mutex<usize>) {
                 if matches!(plan, Broker::AllBut(skip) if skip == u16::from_be_bytes(id)) {
                     continue;
                 }
-                c.write_all(&[0x40, 2, id[0], id[1]]).unwrap();
+                // Counted before it is sent: the sink may return (and the test look) as soon
+                // as the last PUBACK reaches it.
                 *acked.lock().unwrap() += 1;
+                c.write_all(&[0x40, 2, id[0], id[1]]).unwrap();
                 if matches!(plan, Broker::AcksThenCloses(n) if n == published) {
                     return;
                 }
