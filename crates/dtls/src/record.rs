@@ -192,12 +192,12 @@ struct Direction {
 }
 
 impl Direction {
-    fn new(aead: Aead, key: &[u8], fixed: &[u8]) -> Result<Direction, String> {
-        let key = UnboundKey::new(aead.algorithm(), key)
-            .map_err(|_| "a record key of the wrong length".to_owned())?;
+    /// `None` if `key` is not of the suite's length (the caller keeps OpenSSL then).
+    fn new(aead: Aead, key: &[u8], fixed: &[u8]) -> Option<Direction> {
+        let key = UnboundKey::new(aead.algorithm(), key).ok()?;
         let mut f = [0u8; 12];
         f[..fixed.len()].copy_from_slice(fixed);
-        Ok(Direction {
+        Some(Direction {
             key: LessSafeKey::new(key),
             fixed: f,
         })
@@ -306,8 +306,8 @@ impl Established {
         let (client_key, rest) = block.split_at(k);
         let (server_key, rest) = rest.split_at(k);
         let (client_iv, server_iv) = rest.split_at(iv);
-        let read = Direction::new(aead, client_key, client_iv).ok()?;
-        let write = Direction::new(aead, server_key, server_iv).ok()?;
+        let read = Direction::new(aead, client_key, client_iv)?;
+        let write = Direction::new(aead, server_key, server_iv)?;
         block.fill(0);
         Some(Established {
             aead,

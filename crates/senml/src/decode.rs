@@ -585,24 +585,20 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    fn label(&mut self, s: &str) -> Label {
-        self.labels.get(s)
-    }
-
     /// Record `i`, resolved.
     fn push(&mut self, i: usize, r: Record<'_>) -> Result<Reading, DecodeError> {
         if let Some(b) = r.bn {
             self.bn_device = b
                 .strip_suffix(':')
                 .filter(|d| !d.is_empty())
-                .map(|d| self.label(d));
+                .map(|d| self.labels.get(d));
             self.bn = b.into_owned();
         }
         if let Some(b) = r.bt {
             self.bt = b;
         }
         if let Some(b) = r.bu {
-            self.bu = self.label(&b);
+            self.bu = self.labels.get(&b);
         }
         if let Some(b) = r.bv {
             self.bv = b;
@@ -657,7 +653,7 @@ impl<'a> Resolver<'a> {
             micros
         };
         let unit = match r.u {
-            Some(u) => self.label(&u),
+            Some(u) => self.labels.get(&u),
             None => self.bu.clone(),
         };
         let id = match r.rid {
@@ -671,8 +667,8 @@ impl<'a> Resolver<'a> {
             id,
             time: Timestamp(micros),
             device,
-            sensor: self.label(sensor),
-            name: self.label(&name),
+            sensor: self.labels.get(sensor),
+            name: self.labels.get(&name),
             unit,
             value,
         })
