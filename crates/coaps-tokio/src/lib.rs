@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod busy;
 mod client;
 mod server;
 

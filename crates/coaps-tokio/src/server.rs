@@ -3,7 +3,7 @@
 //! hand-off on the way in), or on a thread of its own, requests out through a bounded channel
 //! ([`Server::start`]). Answers come back through [`Responder`] either way.
 
-use crate::{grow_buffers, runtime};
+use crate::{busy::BusyPoll, grow_buffers, runtime};
 use gateway_coap::{coap_lite::Packet, RequestId, Token};
 use gateway_dtls::{
     server::{busy, Config, Incoming, Server as Machine, Shared, Stats},
@@ -23,6 +23,9 @@ pub struct ServerOptions {
     pub bind: SocketAddr,
     /// Requests waiting for the application at most; more get 5.03 at once.
     pub max_pending: usize,
+    /// How long a worker that ran out of datagrams polls its socket before it sleeps (zero:
+    /// it sleeps at once); see [`crate::busy`] for when it polls.
+    pub busy_poll: Duration,
     /// Everything else: DTLS, CoAP, capacity, identities.
     pub server: Config,
 }
@@ -158,6 +161,7 @@ pub struct Bound {
     machine: Machine,
     socket: std::net::UdpSocket,
     answers: mpsc::UnboundedReceiver<Out>,
+    busy_poll: Duration,
 }
 
 impl Bound {
@@ -191,6 +195,7 @@ impl Bound {
                 machine,
                 socket,
                 answers,
+                busy_poll: opts.busy_poll,
             });
         }
         Ok(out)
@@ -203,11 +208,28 @@ impl Bound {
             machine,
             socket,
             answers,
+            busy_poll,
             ..
         } = self;
+        // The same socket, read past tokio while polling (tokio reads only once its reactor
+        // said the socket is readable, which it learns only when the thread sleeps).
+        let polled = match busy_poll.is_zero() {
+            true => None,
+            false => match socket.try_clone() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot poll the socket; the worker sleeps when idle");
+                    None
+                }
+            },
+        };
         runtime().block_on(async move {
-            let socket = UdpSocket::from_std(socket).expect("tokio socket");
-            serve(machine, socket, answers, tick_every, handler).await
+            let sockets = Sockets {
+                polled,
+                busy: BusyPoll::new(busy_poll),
+                tokio: UdpSocket::from_std(socket).expect("tokio socket"),
+            };
+            serve(machine, sockets, answers, tick_every, handler).await
         })
     }
 }
@@ -244,9 +266,56 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> Result<std::net::UdpSocket, DtlsE
 /// serves many peers.
 const BURST: usize = 64;
 
+/// A worker's socket, as tokio's and (when it busy-polls) as a plain non-blocking one.
+struct Sockets {
+    tokio: UdpSocket,
+    polled: Option<std::net::UdpSocket>,
+    busy: BusyPoll,
+}
+
+/// What a busy poll found.
+enum Polled {
+    Datagram(usize, SocketAddr),
+    Answer(Out),
+    /// Nothing until its deadline; `full`: the deadline was the whole budget (not a timer).
+    Nothing {
+        full: bool,
+    },
+}
+
+/// Polls `socket` (non-blocking) and `answers` until `until`, for [`BusyPoll`]: whichever has
+/// something first.
+fn poll_until(
+    socket: &std::net::UdpSocket,
+    buf: &mut [u8],
+    answers: &mut mpsc::UnboundedReceiver<Out>,
+    until: Instant,
+    full: bool,
+) -> Polled {
+    loop {
+        match socket.recv_from(buf) {
+            Ok((n, peer)) => return Polled::Datagram(n, peer),
+            // A failed read (an ICMP error of an earlier send, say) is tokio's to meet.
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                return Polled::Nothing { full: false }
+            }
+            Err(_) => {}
+        }
+        if let Ok(out) = answers.try_recv() {
+            return Polled::Answer(out);
+        }
+        if Instant::now() >= until {
+            return Polled::Nothing { full };
+        }
+        // Gives the core to whatever else is ready to run on it (on a small machine, the
+        // devices' side or the sinks): the poll only uses time nobody else wants.
+        std::thread::yield_now();
+    }
+}
+
 async fn serve(
     mut machine: Machine,
-    socket: UdpSocket,
+    mut sockets: Sockets,
     mut answers: mpsc::UnboundedReceiver<Out>,
     tick_every: Duration,
     mut handler: impl Handler,
@@ -260,18 +329,48 @@ async fn serve(
         let next = machine
             .poll_timeout(now)
             .map_or(next_tick, |t| t.min(next_tick));
-        tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                if let Ok((n, peer)) = r {
+        let polled = match (&sockets.polled, sockets.busy.window()) {
+            (Some(s), Some(w)) => {
+                let until = now + w;
+                poll_until(s, &mut buf, &mut answers, until.min(next), until <= next)
+            }
+            _ => Polled::Nothing { full: false },
+        };
+        match polled {
+            Polled::Datagram(n, peer) => {
+                sockets.busy.found();
+                machine.handle(Instant::now(), peer, &buf[..n]);
+                let s = sockets.polled.as_ref().expect("polled");
+                for _ in 1..BURST {
+                    let Ok((n, peer)) = s.recv_from(&mut buf) else {
+                        break;
+                    };
                     machine.handle(Instant::now(), peer, &buf[..n]);
-                    for _ in 1..BURST {
-                        let Ok((n, peer)) = socket.try_recv_from(&mut buf) else { break };
-                        machine.handle(Instant::now(), peer, &buf[..n]);
-                    }
                 }
             }
-            Some(out) = answers.recv() => give(&mut machine, &mut handler, out),
-            _ = sleep_until(next.into()) => machine.handle_timeout(Instant::now()),
+            Polled::Answer(out) => {
+                sockets.busy.found();
+                give(&mut machine, &mut handler, out);
+            }
+            Polled::Nothing { full } => {
+                if full {
+                    sockets.busy.missed();
+                }
+                let socket = &sockets.tokio;
+                tokio::select! {
+                    r = socket.recv_from(&mut buf) => {
+                        if let Ok((n, peer)) = r {
+                            machine.handle(Instant::now(), peer, &buf[..n]);
+                            for _ in 1..BURST {
+                                let Ok((n, peer)) = socket.try_recv_from(&mut buf) else { break };
+                                machine.handle(Instant::now(), peer, &buf[..n]);
+                            }
+                        }
+                    }
+                    Some(out) = answers.recv() => give(&mut machine, &mut handler, out),
+                    _ = sleep_until(next.into()) => machine.handle_timeout(Instant::now()),
+                }
+            }
         }
         // Whichever branch woke it: under a steady stream of datagrams the timer branch may
         // seldom win, and the handler's tick must still come.
@@ -298,7 +397,7 @@ async fn serve(
             handler.request(inc);
         }
         while let Some((peer, d)) = machine.poll_transmit() {
-            let _ = socket.send_to(&d, peer).await;
+            let _ = sockets.tokio.send_to(&d, peer).await;
         }
     }
 }

@@ -75,6 +75,7 @@ impl Source for Ingress {
         let opts = ServerOptions {
             bind: self.cfg.listen,
             max_pending: 1024,
+            busy_poll: self.cfg.busy_poll,
             server: ServerConfig {
                 tls: self.tls.clone(),
                 coap: CoapConfig {

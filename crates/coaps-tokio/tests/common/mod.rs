@@ -57,6 +57,7 @@ pub fn server_opts(pki: &Pki, cert: &str) -> ServerOptions {
     ServerOptions {
         bind: "127.0.0.1:0".parse().unwrap(),
         max_pending: 64,
+        busy_poll: Duration::ZERO,
         server: ServerConfig {
             tls: ServerSettings {
                 cert_file: Some(pki.path(&format!("{cert}.pem"))),
