@@ -1,6 +1,8 @@
-//! A pull reader of CBOR (RFC 8949) over a byte slice: what decoding SenML needs and no more.
-//! Text and byte strings come back as slices of the input (chunked ones are joined); nothing
-//! is allocated for containers, so reading is bounded by the input's size. No I/O.
+//! A pull reader of CBOR (RFC 8949) over a byte slice, and a writer into a `Vec`: what SenML
+//! needs and no more. Text and byte strings come back as slices of the input (chunked ones are
+//! joined); nothing is allocated for containers, so reading is bounded by the input's size.
+//! The writer writes the preferred (shortest) serialization of RFC 8949 §4.1, item by item,
+//! with definite lengths. No I/O.
 
 use std::borrow::Cow;
 
@@ -196,6 +198,104 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Writes items into a `Vec`, each head in its shortest form.
+pub struct Writer(pub Vec<u8>);
+
+impl Writer {
+    /// A head of major type `major` with argument `n`.
+    pub fn head(&mut self, major: u8, n: u64) {
+        let m = major << 5;
+        match n {
+            0..=23 => self.0.push(m | n as u8),
+            24..=0xff => self.0.extend_from_slice(&[m | 24, n as u8]),
+            0x100..=0xffff => {
+                self.0.push(m | 25);
+                self.0.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            0x1_0000..=0xffff_ffff => {
+                self.0.push(m | 26);
+                self.0.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+            _ => {
+                self.0.push(m | 27);
+                self.0.extend_from_slice(&n.to_be_bytes());
+            }
+        }
+    }
+
+    /// An integer.
+    pub fn int(&mut self, v: i128) {
+        if v >= 0 {
+            self.head(0, v as u64);
+        } else {
+            self.head(1, (-1 - v) as u64);
+        }
+    }
+
+    /// A text string.
+    pub fn text(&mut self, s: &str) {
+        self.head(3, s.len() as u64);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    /// A byte string.
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.head(2, b.len() as u64);
+        self.0.extend_from_slice(b);
+    }
+
+    /// `true` or `false`.
+    pub fn bool(&mut self, b: bool) {
+        self.0.push(if b { 0xf5 } else { 0xf4 });
+    }
+
+    /// A float, in the shortest of half, single and double precision that holds it exactly.
+    pub fn float(&mut self, v: f64) {
+        if let Some(h) = to_half(v) {
+            self.0.push(0xf9);
+            self.0.extend_from_slice(&h.to_be_bytes());
+        } else if f64::from(v as f32).to_bits() == v.to_bits() {
+            self.0.push(0xfa);
+            self.0.extend_from_slice(&(v as f32).to_be_bytes());
+        } else {
+            self.0.push(0xfb);
+            self.0.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+}
+
+/// `v` as a half-precision float, if one holds it exactly (a NaN only as the canonical one).
+fn to_half(v: f64) -> Option<u16> {
+    let bits = v.to_bits();
+    let sign = ((bits >> 48) & 0x8000) as u16;
+    let frac = bits & 0x000f_ffff_ffff_ffff;
+    if v.is_nan() {
+        // A quiet NaN whose payload fits a half's 10 bits.
+        let quiet = frac & (1 << 51) != 0;
+        let half = sign | 0x7c00 | (frac >> 42) as u16;
+        return (quiet && frac & ((1 << 42) - 1) == 0).then_some(half);
+    }
+    if v.is_infinite() {
+        return Some(sign | 0x7c00);
+    }
+    if v == 0.0 {
+        return Some(sign);
+    }
+    let exp = ((bits >> 52) & 0x7ff) as i32 - 1023;
+    if (-14..=15).contains(&exp) {
+        // Normal: 10 bits of fraction.
+        (frac & ((1 << 42) - 1) == 0)
+            .then(|| sign | (((exp + 15) as u16) << 10) | (frac >> 42) as u16)
+    } else if (-24..-14).contains(&exp) {
+        // Subnormal: the value is m * 2^-24 for a whole m below 1024.
+        let m = (frac | (1 << 52)) as u128;
+        let shift = 52 - (exp + 24);
+        (m & ((1u128 << shift) - 1) == 0).then(|| sign | (m >> shift) as u16)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +307,112 @@ mod tests {
             out.push(r.item()?);
         }
         Some(out)
+    }
+
+    fn ciborium(v: &ciborium::value::Value) -> Vec<u8> {
+        let mut b = Vec::new();
+        ciborium::into_writer(v, &mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn writes_floats_as_ciborium_does() {
+        use ciborium::value::Value as V;
+        let mut specials = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -2.5,
+            65504.0,
+            65505.0,
+            6.0e-8,
+            5.960_464_477_539_063e-8,
+            6.103_515_625e-5,
+            6.097_555_160_522_461e-5,
+            1e-7,
+            0.1,
+            21.5,
+            1_764_085_351.0,
+            1_764_085_351.123_456,
+            f64::from(f32::MAX),
+            f64::from(f32::MIN_POSITIVE),
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            -f64::NAN,
+        ];
+        // Every half, and random bit patterns (NaNs with payloads among them).
+        for h in 0..=u16::MAX {
+            let (sign, exp, frac) = (h >> 15, (h >> 10) & 0x1f, f64::from(h & 0x3ff));
+            let v = match exp {
+                0 => frac * 2f64.powi(-24),
+                31 => continue,
+                e => (1.0 + frac / 1024.0) * 2f64.powi(i32::from(e) - 15),
+            };
+            specials.push(if sign == 1 { -v } else { v });
+        }
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            specials.push(f64::from_bits(x));
+            specials.push(f64::from(f32::from_bits(x as u32)));
+        }
+        for v in specials {
+            let mut w = Writer(Vec::new());
+            w.float(v);
+            assert_eq!(w.0, ciborium(&V::Float(v)), "{v:e} ({:#x})", v.to_bits());
+        }
+    }
+
+    #[test]
+    fn writes_heads_and_strings_as_ciborium_does() {
+        use ciborium::value::Value as V;
+        for n in [
+            0u64,
+            1,
+            23,
+            24,
+            255,
+            256,
+            65535,
+            65536,
+            u32::MAX.into(),
+            u64::MAX,
+        ] {
+            let mut w = Writer(Vec::new());
+            w.int(n.into());
+            w.int(-1 - i128::from(n));
+            let want = [
+                V::Integer(n.into()),
+                V::Integer((-1 - i128::from(n)).try_into().unwrap()),
+            ]
+            .iter()
+            .flat_map(ciborium)
+            .collect::<Vec<u8>>();
+            assert_eq!(w.0, want, "{n}");
+        }
+        for len in [0, 1, 23, 24, 255, 256, 70_000] {
+            let text = "é".repeat(len / 2) + &"a".repeat(len % 2);
+            let mut w = Writer(Vec::new());
+            w.text(&text);
+            w.bytes(text.as_bytes());
+            w.bool(true);
+            w.bool(false);
+            let want = [
+                V::Text(text.clone()),
+                V::Bytes(text.clone().into_bytes()),
+                V::Bool(true),
+                V::Bool(false),
+            ]
+            .iter()
+            .flat_map(ciborium)
+            .collect::<Vec<u8>>();
+            assert_eq!(w.0, want, "{len}");
+        }
     }
 
     #[test]

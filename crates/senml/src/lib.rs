@@ -14,7 +14,6 @@
 //! Base fields are repeated only when they change, so a batch of one device's readings carries
 //! its device name and time base once.
 
-use ciborium::value::Value as Cbor;
 use gateway_sdk::{Reading, Value};
 use std::borrow::Cow;
 
@@ -161,48 +160,67 @@ fn records(batch: &[Reading]) -> Vec<Record<'static>> {
     out
 }
 
-/// Encodes a batch as SenML CBOR.
+/// Encodes a batch as SenML CBOR, straight into the bytes (no value tree in between).
 pub fn encode_cbor(batch: &[Reading]) -> Vec<u8> {
     let recs = records(batch);
-    let arr: Vec<Cbor> = recs
-        .into_iter()
-        .map(|r| {
-            let mut m: Vec<(Cbor, Cbor)> = Vec::with_capacity(6);
-            let k = |l: i64| Cbor::Integer(l.into());
-            if let Some(bn) = r.bn {
-                m.push((k(label::BN), Cbor::Text(bn.into_owned())));
+    let mut w = cbor::Writer(Vec::with_capacity(batch.len() * 48 + 32));
+    w.head(4, recs.len() as u64);
+    for r in recs {
+        let fields = [
+            r.bn.is_some(),
+            r.bt.is_some(),
+            r.bu.is_some(),
+            r.n.is_some(),
+        ];
+        let more = [r.u.is_some(), r.t.is_some(), true, r.rid.is_some()];
+        let pairs = fields.into_iter().chain(more).filter(|b| *b).count();
+        w.head(5, pairs as u64);
+        let text = |w: &mut cbor::Writer, l: i64, v: Option<Cow<'_, str>>| {
+            if let Some(v) = v {
+                w.int(l.into());
+                w.text(&v);
             }
-            if let Some(bt) = r.bt {
-                m.push((k(label::BT), Cbor::Float(bt)));
+        };
+        text(&mut w, label::BN, r.bn);
+        if let Some(bt) = r.bt {
+            w.int(label::BT.into());
+            w.float(bt);
+        }
+        text(&mut w, label::BU, r.bu);
+        text(&mut w, label::N, r.n);
+        text(&mut w, label::U, r.u);
+        if let Some(t) = r.t {
+            w.int(label::T.into());
+            w.float(t);
+        }
+        match r.value.expect("value") {
+            Value::Float(v) => {
+                w.int(label::V.into());
+                w.float(v);
             }
-            if let Some(bu) = r.bu {
-                m.push((k(label::BU), Cbor::Text(bu.into_owned())));
+            Value::Int(v) => {
+                w.int(label::V.into());
+                w.int(v.into());
             }
-            if let Some(n) = r.n {
-                m.push((k(label::N), Cbor::Text(n.into_owned())));
+            Value::Bool(v) => {
+                w.int(label::VB.into());
+                w.bool(v);
             }
-            if let Some(u) = r.u {
-                m.push((k(label::U), Cbor::Text(u.into_owned())));
+            Value::Text(v) => {
+                w.int(label::VS.into());
+                w.text(&v);
             }
-            if let Some(t) = r.t {
-                m.push((k(label::T), Cbor::Float(t)));
+            Value::Bytes(v) => {
+                w.int(label::VD.into());
+                w.bytes(&v);
             }
-            match r.value.expect("value") {
-                Value::Float(v) => m.push((k(label::V), Cbor::Float(v))),
-                Value::Int(v) => m.push((k(label::V), Cbor::Integer(v.into()))),
-                Value::Bool(v) => m.push((k(label::VB), Cbor::Bool(v))),
-                Value::Text(v) => m.push((k(label::VS), Cbor::Text(v.into()))),
-                Value::Bytes(v) => m.push((k(label::VD), Cbor::Bytes(v.into()))),
-            }
-            if let Some(rid) = r.rid {
-                m.push((Cbor::Text(RID.into()), Cbor::Bytes(rid.to_vec())));
-            }
-            Cbor::Map(m)
-        })
-        .collect();
-    let mut out = Vec::with_capacity(batch.len() * 48);
-    ciborium::into_writer(&Cbor::Array(arr), &mut out).expect("writing to a Vec cannot fail");
-    out
+        }
+        if let Some(rid) = r.rid {
+            w.text(RID);
+            w.bytes(&rid);
+        }
+    }
+    w.0
 }
 
 fn hex(b: &[u8]) -> String {
@@ -303,6 +321,85 @@ pub struct Pack {
 
 #[cfg(test)]
 mod tests {
+    use gateway_sdk::{Label, ReadingId, Timestamp};
+
+    /// The encoder before the writer: a ciborium value tree of the same records.
+    fn ciborium_encoding(batch: &[Reading]) -> Vec<u8> {
+        use ciborium::value::Value as Cbor;
+        let arr: Vec<Cbor> = records(batch)
+            .into_iter()
+            .map(|r| {
+                let mut m: Vec<(Cbor, Cbor)> = Vec::new();
+                let k = |l: i64| Cbor::Integer(l.into());
+                let text = |v: Cow<'_, str>| Cbor::Text(v.into_owned());
+                if let Some(bn) = r.bn {
+                    m.push((k(label::BN), text(bn)));
+                }
+                if let Some(bt) = r.bt {
+                    m.push((k(label::BT), Cbor::Float(bt)));
+                }
+                if let Some(bu) = r.bu {
+                    m.push((k(label::BU), text(bu)));
+                }
+                if let Some(n) = r.n {
+                    m.push((k(label::N), text(n)));
+                }
+                if let Some(u) = r.u {
+                    m.push((k(label::U), text(u)));
+                }
+                if let Some(t) = r.t {
+                    m.push((k(label::T), Cbor::Float(t)));
+                }
+                m.push(match r.value.unwrap() {
+                    Value::Float(v) => (k(label::V), Cbor::Float(v)),
+                    Value::Int(v) => (k(label::V), Cbor::Integer(v.into())),
+                    Value::Bool(v) => (k(label::VB), Cbor::Bool(v)),
+                    Value::Text(v) => (k(label::VS), Cbor::Text(v.into())),
+                    Value::Bytes(v) => (k(label::VD), Cbor::Bytes(v.into())),
+                });
+                if let Some(rid) = r.rid {
+                    m.push((Cbor::Text(RID.into()), Cbor::Bytes(rid.to_vec())));
+                }
+                Cbor::Map(m)
+            })
+            .collect();
+        let mut out = Vec::new();
+        ciborium::into_writer(&Cbor::Array(arr), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn encode_cbor_writes_what_a_ciborium_value_tree_of_the_records_writes() {
+        let values = [
+            Value::Float(21.5),
+            Value::Float(0.1),
+            Value::Int(-7),
+            Value::Int(1 << 40),
+            Value::Bool(true),
+            Value::Text("fix".into()),
+            Value::Bytes(vec![1, 2, 3].into()),
+        ];
+        let mut batch = Vec::new();
+        for i in 0..60usize {
+            batch.push(Reading {
+                id: ReadingId((i as u128 * 0x0123_4567_89ab_cdef).to_be_bytes()),
+                time: Timestamp(1_764_085_351_000_000 + (i as i64 % 7) * 250_000),
+                device: Label::from(["pi-01", "pi-02"][i / 30]),
+                sensor: Label::from(["28-0316a2791eff", "gps"][i % 2]),
+                name: Label::from(["temperature", "lat/lon", "100%"][i % 3]),
+                unit: Label::from(["Cel", "", "m/s"][(i / 4) % 3]),
+                value: values[i % values.len()].clone(),
+            });
+        }
+        for n in [1, 2, 5, 30, 31, 60] {
+            assert_eq!(
+                encode_cbor(&batch[..n]),
+                ciborium_encoding(&batch[..n]),
+                "{n}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]
