@@ -274,6 +274,11 @@ fn the_ingress_shows_its_sessions_handshakes_and_answers_on_the_metrics_page() {
         text.contains("# TYPE gateway_coap_request_duration_seconds histogram"),
         "{text}"
     );
+    // The worker slept while the link was quiet; both series are there.
+    let slept = "gateway_ingress_wakeups_total{instance=\"ingress\",how=\"slept\"}";
+    assert!(metric(&text, slept) >= Some(1.0), "{text}");
+    let polled = "gateway_ingress_wakeups_total{instance=\"ingress\",how=\"polled\"}";
+    assert!(metric(&text, polled).is_some(), "{text}");
     assert_eq!(
         text.matches("# TYPE gateway_dtls_handshakes_total counter")
             .count(),

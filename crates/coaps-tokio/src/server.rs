@@ -11,7 +11,7 @@ use gateway_dtls::{
 };
 use std::{
     net::SocketAddr,
-    sync::{mpsc as std_mpsc, Arc},
+    sync::{atomic::Ordering::Relaxed, mpsc as std_mpsc, Arc},
     time::{Duration, Instant},
 };
 use tokio::{net::UdpSocket, sync::mpsc, time::sleep_until};
@@ -339,6 +339,7 @@ async fn serve(
         match polled {
             Polled::Datagram(n, peer) => {
                 sockets.busy.found();
+                machine.stats().polled.fetch_add(1, Relaxed);
                 machine.handle(Instant::now(), peer, &buf[..n]);
                 let s = sockets.polled.as_ref().expect("polled");
                 for _ in 1..BURST {
@@ -350,12 +351,14 @@ async fn serve(
             }
             Polled::Answer(out) => {
                 sockets.busy.found();
+                machine.stats().polled.fetch_add(1, Relaxed);
                 give(&mut machine, &mut handler, out);
             }
             Polled::Nothing { full } => {
                 if full {
                     sockets.busy.missed();
                 }
+                machine.stats().slept.fetch_add(1, Relaxed);
                 let socket = &sockets.tokio;
                 tokio::select! {
                     r = socket.recv_from(&mut buf) => {
@@ -425,7 +428,6 @@ struct Gauges {
 
 impl Gauges {
     fn update(&mut self, machine: &Machine, running: bool) {
-        use std::sync::atomic::Ordering::Relaxed;
         let (est, hs) = if running {
             let (e, h) = machine.sessions();
             (e as i64, h as i64)

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use gateway_coap::{coap_lite::ResponseType, response};
-use gateway_coaps_tokio::{Bound, Client, Handler, Incoming, Responder};
+use gateway_coaps_tokio::{Bound, Client, Handler, Incoming, Responder, ServerStats};
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -47,27 +47,28 @@ fn polling_server(
     tick: Duration,
 ) -> (
     std::net::SocketAddr,
+    Arc<ServerStats>,
     Arc<AtomicBool>,
     std::thread::JoinHandle<()>,
 ) {
     let mut opts = server_opts(pki, "server");
     opts.busy_poll = LONG;
     let b = Bound::new(opts).unwrap();
-    let addr = b.local_addr;
+    let (addr, stats) = (b.local_addr, b.stats.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let answer = Answer {
         responder: b.responder.clone(),
         stop: stop.clone(),
     };
     let t = std::thread::spawn(move || b.run(tick, answer));
-    (addr, stop, t)
+    (addr, stats, stop, t)
 }
 
 #[test]
 fn a_polling_worker_takes_requests_and_sends_answers_given_meanwhile() {
     let pki = Pki::new();
     // Ticks far apart, so that nothing but the answer ends the worker's poll.
-    let (addr, stop, worker) = polling_server(&pki, Duration::from_secs(3));
+    let (addr, stats, stop, worker) = polling_server(&pki, Duration::from_secs(3));
     // Nor a retransmission: the device waits ACK_TIMEOUT (2 s and more), not a measured one.
     let mut opts = client_opts(addr, &pki.path("ca.pem"), "localhost");
     opts.client.coap.adaptive_rto = false;
@@ -78,6 +79,9 @@ fn a_polling_worker_takes_requests_and_sends_answers_given_meanwhile() {
             .expect("an answer");
         assert!(changed(&r));
     }
+    // Each request after the first came while the worker polled (the window is 5 s).
+    let polled = stats.polled.load(Ordering::Relaxed);
+    assert!(polled >= 45, "{polled} of 50 requests found by polling");
     // Given by another thread while the worker polls: sent at once, not when the window ends.
     for _ in 0..5 {
         let t = Instant::now();
@@ -98,7 +102,7 @@ fn a_polling_worker_takes_requests_and_sends_answers_given_meanwhile() {
 #[test]
 fn a_polling_worker_keeps_its_timers() {
     let pki = Pki::new();
-    let (addr, stop, worker) = polling_server(&pki, Duration::from_millis(20));
+    let (addr, _, stop, worker) = polling_server(&pki, Duration::from_millis(20));
     let client = Client::start(client_opts(addr, &pki.path("ca.pem"), "localhost")).unwrap();
     let r = client
         .request(post(b"now".to_vec()), Duration::from_secs(5))

@@ -127,6 +127,12 @@ pub struct Stats {
     pub replaced: AtomicU64,
     /// Sessions dropped for idleness.
     pub idle_evictions: AtomicU64,
+    /// Times a worker that had run out of work found the next datagram or answer by
+    /// busy-polling (counted by the driver).
+    pub polled: AtomicU64,
+    /// Times a worker waited in its event loop for a datagram, an answer or a timer, asleep
+    /// unless one was there already (counted by the driver).
+    pub slept: AtomicU64,
 }
 
 /// The reasons a DTLS session fails, as [`Stats::failures`] counts them: the peer's certificate

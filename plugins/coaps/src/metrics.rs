@@ -89,6 +89,15 @@ pub fn of(c: &Counters, s: &ServerStats) -> Metrics {
             get(n),
         );
     }
+    const WAKEUPS: &str = "Times a worker that had answered everything found its next request or answer by busy-polling (how=\"polled\") or waited for it in its event loop, asleep unless it was there already (how=\"slept\"); see busy_poll.";
+    for (how, n) in [("polled", &s.polled), ("slept", &s.slept)] {
+        m.counter(
+            "gateway_ingress_wakeups_total",
+            WAKEUPS,
+            &[("how", how)],
+            get(n),
+        );
+    }
     m.counter(
         "gateway_dtls_cookies_sent_total",
         "HelloVerifyRequests sent (ClientHellos without a valid cookie).",

@@ -446,6 +446,8 @@ impl<'a> Serving<'a> {
             waited_for_slot = get(&s.from_lobby),
             evicted_sessions = get(&s.evicted_sessions),
             cookies_sent = get(&s.cookies_sent),
+            polled = get(&s.polled),
+            slept = get(&s.slept),
             observers = get(&c.observers),
             notifications = get(&c.notifications),
             "ingress stats"
