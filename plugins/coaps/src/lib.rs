@@ -13,6 +13,7 @@ pub mod latest;
 mod metrics;
 pub mod observe;
 pub mod request;
+pub mod seen;
 mod serving;
 mod uplink;
 

@@ -9,7 +9,8 @@ use crate::{
     held::{Waiting, Weighed},
     latest::{self, Latest},
     observe::Observers,
-    request::{self, Admitted, Key, Refused, Route, Seen, ANONYMOUS},
+    request::{self, Refused, Route, ANONYMOUS},
+    seen::{Admitted, Keys, Seen},
 };
 use gateway_coap::{
     coap_lite::{CoapOption, Packet},
@@ -172,7 +173,7 @@ struct Held {
     id: RequestId,
     peer: SocketAddr,
     readings: Vec<Reading>,
-    keys: Vec<Key>,
+    keys: Keys,
     since: Instant,
 }
 
@@ -402,7 +403,7 @@ impl<'a> Serving<'a> {
     }
 
     /// Answers 5.03 to a request whose readings were admitted but not taken.
-    fn unavailable(&self, id: RequestId, keys: &[Key], e: &PluginError, since: Instant) {
+    fn unavailable(&self, id: RequestId, keys: &Keys, e: &PluginError, since: Instant) {
         self.seen.lock().expect("seen").failed(keys);
         self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
         let why = if e.kind == ErrorKind::STOPPED {
