@@ -567,6 +567,11 @@ struct Resolver<'a> {
     labels: &'a mut Labels,
     /// Records that came without `rid`.
     derived: usize,
+    /// The last record's name after its device (`SENSOR/NAME`), and the sensor and name
+    /// labels it gave: a pack's records mostly repeat it, and then skip the split, the
+    /// unescaping, the checks and the label lookups.
+    last_rest: String,
+    last: Option<(Label, Label)>,
 }
 
 impl<'a> Resolver<'a> {
@@ -582,6 +587,8 @@ impl<'a> Resolver<'a> {
             bv: 0.0,
             labels,
             derived: 0,
+            last_rest: String::new(),
+            last: None,
         }
     }
 
@@ -614,11 +621,7 @@ impl<'a> Resolver<'a> {
                 (self.labels.get(self.default_device), joined.as_str())
             }
         };
-        let (sensor, name) = match rest.rsplit_once('/') {
-            Some((s, n)) => (s, unescape(n)),
-            None => (rest, "value".into()),
-        };
-        if device.is_empty() || sensor.is_empty() || name.is_empty() {
+        if device.is_empty() {
             return Err(DecodeError::Name(i, format!("{}{n}", self.bn)));
         }
         // What is taken must fit when it is sent on: as `bn` = "DEVICE:" and `n` =
@@ -627,9 +630,26 @@ impl<'a> Resolver<'a> {
         if device.len() + 1 > MAX_NAME {
             return Err(DecodeError::TooLong(i, "bn"));
         }
-        if sensor.len() + 1 + super::escaped_len(&name) > MAX_NAME {
-            return Err(DecodeError::TooLong(i, "n"));
-        }
+        let (sensor, name) = match &self.last {
+            Some(last) if self.last_rest == rest => last.clone(),
+            _ => {
+                let (sensor, name) = match rest.rsplit_once('/') {
+                    Some((s, n)) => (s, unescape(n)),
+                    None => (rest, "value".into()),
+                };
+                if sensor.is_empty() || name.is_empty() {
+                    return Err(DecodeError::Name(i, format!("{}{n}", self.bn)));
+                }
+                if sensor.len() + 1 + super::escaped_len(&name) > MAX_NAME {
+                    return Err(DecodeError::TooLong(i, "n"));
+                }
+                let labels = (self.labels.get(sensor), self.labels.get(&name));
+                self.last_rest.clear();
+                self.last_rest.push_str(rest);
+                self.last = Some(labels.clone());
+                labels
+            }
+        };
         let mut value = r.value.ok_or(DecodeError::NoValue(i))?;
         if self.bv != 0.0 {
             value = match value {
@@ -660,15 +680,21 @@ impl<'a> Resolver<'a> {
             Some(b) => ReadingId(b),
             None => {
                 self.derived += 1;
-                derived_id(device.as_str(), sensor, &name, micros, &value)
+                derived_id(
+                    device.as_str(),
+                    sensor.as_str(),
+                    name.as_str(),
+                    micros,
+                    &value,
+                )
             }
         };
         Ok(Reading {
             id,
             time: Timestamp(micros),
             device,
-            sensor: self.labels.get(sensor),
-            name: self.labels.get(&name),
+            sensor,
+            name,
             unit,
             value,
         })

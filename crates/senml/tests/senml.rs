@@ -245,3 +245,54 @@ fn a_name_that_would_not_fit_when_sent_on_is_refused() {
     let again = decode_json(&encode_json(&pack.readings), 1000, now, "peer").unwrap();
     assert_eq!(again.readings[0].name.as_str(), name);
 }
+
+/// A record whose name repeats the one before reuses its sensor and name; a new base name
+/// still gives the right device, and a new name is split and checked again.
+#[test]
+fn a_repeated_name_resolves_like_a_new_one() {
+    let pack = br#"[{"bn":"a:","n":"s/t","v":1},{"n":"s/t","v":2},{"bn":"b:","n":"s/t","v":3},
+                    {"bn":"x","n":"/y","v":4},{"n":"/y","v":5},{"bn":"b:","n":"s/t","v":6},
+                    {"n":"s/u%2Fv","v":7},{"n":"s/u%2Fv","v":8}]"#;
+    let got: Vec<(String, String, String)> = decode_json(pack, 100, NOW, "peer")
+        .unwrap()
+        .readings
+        .iter()
+        .map(|r| {
+            (
+                r.device.to_string(),
+                r.sensor.to_string(),
+                r.name.to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("a", "s", "t"),
+        ("a", "s", "t"),
+        ("b", "s", "t"),
+        ("peer", "x", "y"),
+        ("peer", "x", "y"),
+        ("b", "s", "t"),
+        ("b", "s", "u/v"),
+        ("b", "s", "u/v"),
+    ];
+    let want: Vec<(String, String, String)> = want
+        .iter()
+        .map(|(d, s, n)| (d.to_string(), s.to_string(), n.to_string()))
+        .collect();
+    assert_eq!(got, want);
+    // After a good record, a name that cannot be sent on (90 bytes, 270 escaped) is still
+    // refused.
+    let long = format!(
+        r#"[{{"bn":"dev:","n":"s/t","v":1}},{{"n":"s/{}","v":2}}]"#,
+        "%".repeat(90)
+    );
+    assert_eq!(
+        decode_json(long.as_bytes(), 100, NOW, "peer").unwrap_err(),
+        DecodeError::TooLong(1, "n")
+    );
+    let empty = br#"[{"bn":"dev:","n":"s/t","v":1},{"n":"s/","v":2}]"#;
+    assert!(matches!(
+        decode_json(empty, 100, NOW, "peer").unwrap_err(),
+        DecodeError::Name(1, _)
+    ));
+}
