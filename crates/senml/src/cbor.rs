@@ -81,6 +81,7 @@ impl<'a> Reader<'a> {
 
     /// The argument of a head with additional information `ai`: `Some(None)` for an
     /// indefinite length.
+    #[inline]
     fn arg(&mut self, ai: u8) -> Option<Option<u64>> {
         let be = |s: &[u8]| s.iter().fold(0u64, |a, &x| (a << 8) | u64::from(x));
         Some(Some(match ai {
@@ -116,6 +117,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next item.
+    #[inline]
     pub fn item(&mut self) -> Option<Item<'a>> {
         let head = *self.take(1)?.first()?;
         let (major, ai) = (head >> 5, head & 0x1f);

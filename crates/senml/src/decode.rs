@@ -137,6 +137,7 @@ pub fn decode_cbor_with(
 }
 
 /// A field's value read off the CBOR reader: containers are skipped, tags looked through.
+#[inline]
 fn cbor_field<'a>(r: &mut cbor::Reader<'a>) -> Option<Field<'a>> {
     loop {
         let item = r.item()?;
@@ -372,6 +373,7 @@ impl F {
 
 /// The field a key names in record `i` (`None`: one we skip), or why the record cannot be
 /// taken (a must-understand field).
+#[inline]
 fn field_of(key: Key<'_>, json: bool, i: usize) -> Result<Option<F>, DecodeError> {
     Ok(match key {
         Key::Label(n) if !json => match n {
@@ -414,6 +416,7 @@ enum Field<'a> {
 }
 
 /// Sets `field` of record `i` from `v`, checking its type.
+#[inline]
 fn set<'a>(
     r: &mut Record<'a>,
     field: F,
