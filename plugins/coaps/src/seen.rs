@@ -226,7 +226,7 @@ pub struct Seen {
 }
 
 /// What [`Seen::admit`] lets through.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Admitted {
     /// The readings not stored yet, in order (per device, if the pack held several).
     pub fresh: Vec<Reading>,
@@ -254,43 +254,17 @@ impl Seen {
     /// Drops what was stored already, and repeats of an id within the pack; the rest goes in
     /// flight. A pack that overlaps one still in flight waits its turn (5.03, retry in 1 s).
     pub fn admit(&mut self, readings: Vec<Reading>) -> Result<Admitted, Refused> {
-        let first = match readings.first() {
-            Some(r) => r.device.clone(),
-            None => {
-                return Ok(Admitted {
-                    fresh: readings,
-                    keys: Keys::default(),
-                    duplicates: 0,
-                })
-            }
-        };
-        if readings.iter().all(|r| r.device == first) {
-            return self.admit_one(readings);
-        }
-        // Several devices (not from the ingress, which takes one device's per request): one
-        // pack each, in the order they first appear.
-        let mut groups: Vec<(Label, Vec<Reading>)> = Vec::new();
-        for r in readings {
-            match groups.iter_mut().find(|(d, _)| *d == r.device) {
-                Some((_, g)) => g.push(r),
-                None => groups.push((r.device.clone(), vec![r])),
-            }
-        }
-        let tags: Vec<Tag> = groups.iter().map(|(d, _)| self.tag(d)).collect();
-        if groups
-            .iter()
-            .zip(&tags)
-            .any(|((_, g), t)| self.in_flight_meets(*t, &sorted_ids(g)))
-        {
+        let packs: Vec<Pack> = by_device(readings)
+            .into_iter()
+            .map(|readings| Pack::new(self.tag(&readings[0].device), readings))
+            .collect();
+        // All or nothing: no device's readings go in flight if another's must wait.
+        if packs.iter().any(|p| self.in_flight_meets(p.tag, &p.ids)) {
             return Err(wait());
         }
-        let mut all = Admitted {
-            fresh: Vec::new(),
-            keys: Keys::default(),
-            duplicates: 0,
-        };
-        for (_, g) in groups {
-            let a = self.admit_one(g)?;
+        let mut admitted = packs.into_iter().map(|p| self.take_off(p));
+        let mut all = admitted.next().unwrap_or_default();
+        for a in admitted {
             all.fresh.extend(a.fresh);
             all.keys.0.extend(a.keys.0);
             all.duplicates += a.duplicates;
@@ -308,26 +282,21 @@ impl Seen {
             .is_some_and(|fs| fs.iter().any(|f| meet(&f.ids, sorted)))
     }
 
-    /// [`Seen::admit`] for the readings of one device.
-    fn admit_one(&mut self, readings: Vec<Reading>) -> Result<Admitted, Refused> {
-        let tag = self.tag(&readings[0].device);
-        let mut ids: Vec<u128> = readings.iter().map(|r| r.id.as_u128()).collect();
-        // Ids in the order they came, strictly rising: the common case, no repeats.
-        let in_order = ids.windows(2).all(|w| w[0] < w[1]);
-        if !in_order {
-            ids.sort_unstable();
-            ids.dedup();
-        }
-        if self.in_flight_meets(tag, &ids) {
-            return Err(wait());
-        }
+    /// Puts what `p` holds that was not stored in flight (none of it is in flight: checked).
+    fn take_off(&mut self, p: Pack) -> Admitted {
+        let Pack {
+            tag,
+            readings,
+            ids,
+            in_order,
+        } = p;
         let (newer, older) = (self.newer.devices.get(&tag), self.older.devices.get(&tag));
         let stored = |id: u128| {
             newer.is_some_and(|d| d.contains(id)) || older.is_some_and(|d| d.contains(id))
         };
         let before = readings.len();
         let mut fresh = Vec::with_capacity(before);
-        let mut flight = Vec::with_capacity(before);
+        let mut flight = Vec::with_capacity(ids.len());
         if in_order {
             for (r, id) in readings.into_iter().zip(ids) {
                 if !stored(id) {
@@ -343,9 +312,10 @@ impl Seen {
                 let i = ids.binary_search(&id).expect("every id is in the list");
                 if !std::mem::replace(&mut taken[i], true) && !stored(id) {
                     fresh.push(r);
+                    flight.push(id);
                 }
             }
-            flight = ids.into_iter().filter(|id| !stored(*id)).collect();
+            flight.sort_unstable();
         }
         let mut keys = Keys::default();
         if !flight.is_empty() {
@@ -357,11 +327,11 @@ impl Seen {
                 .push(Flight { no, ids: flight });
             keys.0.push((tag, no));
         }
-        Ok(Admitted {
+        Admitted {
             duplicates: before - fresh.len(),
             fresh,
             keys,
-        })
+        }
     }
 
     /// Takes the flight `no` of `tag` out of flight.
@@ -399,10 +369,49 @@ impl Seen {
     }
 }
 
-fn sorted_ids(readings: &[Reading]) -> Vec<u128> {
-    let mut ids: Vec<u128> = readings.iter().map(|r| r.id.as_u128()).collect();
-    ids.sort_unstable();
-    ids
+/// One device's readings of a request, with their ids sorted and without repeats.
+struct Pack {
+    tag: Tag,
+    readings: Vec<Reading>,
+    ids: Vec<u128>,
+    /// Whether the ids came strictly rising (the common case: no repeats, no sorting).
+    in_order: bool,
+}
+
+impl Pack {
+    fn new(tag: Tag, readings: Vec<Reading>) -> Pack {
+        let mut ids: Vec<u128> = readings.iter().map(|r| r.id.as_u128()).collect();
+        let in_order = ids.windows(2).all(|w| w[0] < w[1]);
+        if !in_order {
+            ids.sort_unstable();
+            ids.dedup();
+        }
+        Pack {
+            tag,
+            readings,
+            ids,
+            in_order,
+        }
+    }
+}
+
+/// The readings per device, in the order the devices first appear (the ingress takes one
+/// device's per request: then the vector is moved as it is).
+fn by_device(readings: Vec<Reading>) -> Vec<Vec<Reading>> {
+    let Some(first) = readings.first().map(|r| r.device.clone()) else {
+        return Vec::new();
+    };
+    if readings.iter().all(|r| r.device == first) {
+        return vec![readings];
+    }
+    let mut groups: Vec<Vec<Reading>> = Vec::new();
+    for r in readings {
+        match groups.iter_mut().find(|g| g[0].device == r.device) {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
 }
 
 fn wait() -> Refused {
