@@ -28,6 +28,8 @@ impl Code {
     pub const UNPROCESSABLE_ENTITY: Code = Code::new(4, 22);
     /// 4.29 Too Many Requests.
     pub const TOO_MANY_REQUESTS: Code = Code::new(4, 29);
+    /// 5.03 Service Unavailable.
+    pub const SERVICE_UNAVAILABLE: Code = Code::new(5, 3);
     /// 2.31 Continue: as a final answer, the server did not take the request.
     pub const CONTINUE: Code = Code::new(2, 31);
 

@@ -43,5 +43,7 @@ pub use coap_lite;
 pub use codes::{Code, ContentFormat, InvalidContentFormat};
 pub use endpoint::{observe_of, ClientError, Config, Endpoint, Event, RequestId, Stats, Token};
 pub use keyed::{Gathered, Keyed};
-pub use message::{decode_uint, encode_uint, path_of, request, response, retry_later, Block};
+pub use message::{
+    decode_uint, encode_uint, path_of, request, response, retry_after, retry_later, Block,
+};
 pub use uri::Uri;

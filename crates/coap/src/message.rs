@@ -130,6 +130,18 @@ pub fn retry_later(why: &str, seconds: u32) -> Packet {
     p
 }
 
+/// How long a 5.03 Service Unavailable or 4.29 Too Many Requests asks the client to wait
+/// before it sends the request again: its Max-Age (RFC 7252 §5.9.3.4, RFC 8516 §4). `None`
+/// for any other answer, or one without a readable Max-Age.
+pub fn retry_after(p: &Packet) -> Option<std::time::Duration> {
+    let code = crate::Code::of(p)?;
+    if code != crate::Code::SERVICE_UNAVAILABLE && code != crate::Code::TOO_MANY_REQUESTS {
+        return None;
+    }
+    let secs = decode_uint(p.get_first_option(CoapOption::MaxAge)?)?;
+    Some(std::time::Duration::from_secs(secs.into()))
+}
+
 /// Makes a request packet.
 pub fn request(
     method: RequestType,
@@ -147,4 +159,37 @@ pub fn request(
     }
     p.payload = payload;
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn only_a_503_or_429_with_max_age_asks_for_a_wait() {
+        assert_eq!(
+            retry_after(&retry_later("busy", 7)),
+            Some(Duration::from_secs(7))
+        );
+        let mut many = response(ResponseType::TooManyRequests, "slow down");
+        many.add_option(CoapOption::MaxAge, encode_uint(300));
+        assert_eq!(retry_after(&many), Some(Duration::from_secs(300)));
+        // No Max-Age: the client decides.
+        assert_eq!(
+            retry_after(&response(ResponseType::ServiceUnavailable, "")),
+            None
+        );
+        // Max-Age on any other answer is about caching, not retrying.
+        let mut stored = response(ResponseType::Changed, "");
+        stored.add_option(CoapOption::MaxAge, encode_uint(60));
+        assert_eq!(retry_after(&stored), None);
+        let mut gateway = response(ResponseType::BadGateway, "");
+        gateway.add_option(CoapOption::MaxAge, encode_uint(60));
+        assert_eq!(retry_after(&gateway), None);
+        // A Max-Age longer than a uint option may be is not read.
+        let mut bad = response(ResponseType::ServiceUnavailable, "");
+        bad.add_option(CoapOption::MaxAge, vec![1, 0, 0, 0, 0]);
+        assert_eq!(retry_after(&bad), None);
+    }
 }

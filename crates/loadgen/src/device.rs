@@ -51,6 +51,8 @@ pub struct Device {
     timeout: Duration,
     /// Notifications that came while pumping: (arrival, packet).
     notifications: std::collections::VecDeque<(Instant, Packet)>,
+    /// Until when the last answer asked the device not to send (a 5.03's or 4.29's Max-Age).
+    paused_until: Option<Instant>,
 }
 
 impl Device {
@@ -76,6 +78,7 @@ impl Device {
             path: path.to_owned(),
             timeout,
             notifications: std::collections::VecDeque::new(),
+            paused_until: None,
         }
     }
 
@@ -154,9 +157,21 @@ impl Device {
         }
     }
 
+    /// Until when the server's last answer asked the device not to send again (the Max-Age of
+    /// a 5.03 Service Unavailable or 4.29 Too Many Requests), if it did; asked once.
+    pub fn take_pause(&mut self) -> Option<Instant> {
+        self.paused_until.take()
+    }
+
     /// Sends `packet` and sorts its answer.
     async fn outcome(&mut self, packet: Packet) -> Outcome {
-        sorted(self.call(packet).await)
+        let r = self.call(packet).await;
+        self.paused_until = r
+            .as_ref()
+            .ok()
+            .and_then(gateway_coap::retry_after)
+            .map(|d| Instant::now() + d);
+        sorted(r)
     }
 
     /// Sends a close_notify and waits (briefly) for the machine to finish.

@@ -46,6 +46,9 @@ enum Mode {
 }
 
 /// Load a CoAP-over-DTLS server with many devices, each with its own DTLS session.
+///
+/// A device answered 5.03 Service Unavailable or 4.29 Too Many Requests with a Max-Age pauses
+/// that long before its next request, as a real device would; the pauses are counted.
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -259,7 +262,11 @@ async fn drive(cli: Arc<Cli>, server: SocketAddr, cfgs: Vec<Config>) -> Tally {
                     let stop = window.borrow().expect("set");
                     let mut tally = Tally::default();
                     if ok && cli.mode == Mode::Requests {
-                        while Instant::now() < stop {
+                        loop {
+                            pause(&mut tally, dev.take_pause(), stop).await;
+                            if Instant::now() >= stop {
+                                break;
+                            }
                             let t = Instant::now();
                             let o = if cli.get {
                                 dev.get().await
@@ -355,11 +362,23 @@ async fn handshakes(
         );
         let o = dev.post().await;
         let end = Instant::now();
+        let until = dev.take_pause();
         dev.close().await;
         if end > stop {
             break;
         }
         tally.add(&o, end - t);
+        pause(&mut tally, until, stop).await;
     }
     tally
+}
+
+/// Waits until `until` (the end of a pause the server asked for), `stop` at most, and counts
+/// the pause. A real device gives a server that asked for a pause its pause: a load generator
+/// that hammered it instead would measure nothing but its refusals.
+async fn pause(tally: &mut Tally, until: Option<Instant>, stop: Instant) {
+    if let Some(until) = until {
+        tally.waited(until.saturating_duration_since(Instant::now()));
+        tokio::time::sleep_until(until.min(stop).into()).await;
+    }
 }

@@ -12,6 +12,9 @@ pub struct Tally {
     timeouts: u64,
     handshake_failures: u64,
     failed: u64,
+    /// Pauses a server asked for (Max-Age of a 5.03 or 4.29), and their sum.
+    waits: u64,
+    waited: Duration,
     /// The first few error messages, to show what went wrong.
     errors: Vec<String>,
     /// Latency of every finished request, µs.
@@ -58,9 +61,17 @@ impl Tally {
         }
     }
 
+    /// Counts a pause of `d` the server asked for.
+    pub fn waited(&mut self, d: Duration) {
+        self.waits += 1;
+        self.waited += d;
+    }
+
     /// Adds another device's tally.
     pub fn merge(&mut self, other: Tally) {
         self.ok += other.ok;
+        self.waits += other.waits;
+        self.waited += other.waited;
         for (k, v) in other.refused {
             *self.refused.entry(k).or_default() += v;
         }
@@ -98,8 +109,15 @@ impl Tally {
             .iter()
             .map(|(c, n)| format!("{n} × {c}"))
             .collect();
+        let waits = match self.waits {
+            0 => String::new(),
+            n => format!(
+                "; paused {n} times as the server asked (Max-Age), {:.1} s in all",
+                self.waited.as_secs_f64()
+            ),
+        };
         format!(
-            "{} timeouts, {} handshake failures, {} refused{}, {} other",
+            "{} timeouts, {} handshake failures, {} refused{}, {} other{waits}",
             self.timeouts,
             self.handshake_failures,
             self.refused_total(),
@@ -154,7 +172,7 @@ impl Tally {
             println!("  e.g. {e}");
         }
         println!(
-            "result mode={} devices={} readings={} ok={} per_s={per_s:.1} readings_per_s={:.1} p50_ms={p50:.3} p90_ms={p90:.3} p99_ms={p99:.3} timeouts={} handshake_failures={} refused={} failed={} connect_failures={connect_failures}",
+            "result mode={} devices={} readings={} ok={} per_s={per_s:.1} readings_per_s={:.1} p50_ms={p50:.3} p90_ms={p90:.3} p99_ms={p99:.3} timeouts={} handshake_failures={} refused={} failed={} connect_failures={connect_failures} waits={}",
             self.mode,
             self.devices,
             self.readings_per_request,
@@ -164,6 +182,7 @@ impl Tally {
             self.handshake_failures,
             self.refused_total(),
             self.failed,
+            self.waits,
         );
         self.failures() == 0 && connect_failures == 0
     }

@@ -62,6 +62,8 @@ const BUILT: &[(&str, &str)] = &[
     ("gateway-pki", "gateway-certs"),
     // The client that `gateway coap` runs.
     ("gateway-coap-cli", "gateway-coap"),
+    // The load generator, which `load.rs` points at the real ingress.
+    ("gateway-loadgen", "gateway-load"),
 ];
 
 /// The directory holding freshly built plugin libraries (built once per test binary; cargo

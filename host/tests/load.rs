@@ -1,0 +1,81 @@
+//! `gateway-load` against the real ingress: a load generator that a user points at a server
+//! must treat it as a real device would.
+
+mod support;
+use std::{process::Command, time::Duration};
+use support::*;
+
+/// The ingress answers 5.03 with `Max-Age: 60` to every request but the first (its sink fails
+/// and takes one batch at a time; the others wait 2 s for room, then are refused). Each device
+/// must then pause for the minute asked, not come back at once: in a 6 s run, at most one
+/// refusal per device.
+#[test]
+fn gateway_load_pauses_for_a_503s_max_age() {
+    let s = Setup::new();
+    let certs = s.path("certs");
+    make_certs(&certs, "test");
+    let c = |f: &str| certs.join(f).display().to_string();
+    let port = free_udp_port();
+    let server = s.config_named(
+        "server",
+        "server",
+        "stats_interval = \"0s\"\ndata_dir = \"server-data\"",
+        &format!(
+            r#"[sources.ingress]
+plugin = "coaps-ingress"
+listen = "127.0.0.1:{port}"
+cert_file = {sc:?}
+key_file = {sk:?}
+client_ca_file = {ca:?}
+retry_after = 60
+
+[sinks.store]
+plugin = "testkit-recorder"
+path = {out:?}
+fail_first = 1000000000
+queue_capacity = 1
+"#,
+            ca = c("ca.pem"),
+            sc = c("server.pem"),
+            sk = c("server.key"),
+            out = s.path("out.txt").display().to_string(),
+        ),
+    );
+    let mut gw = Running::start_named(&s, "server", &server);
+    assert!(gw.wait_for_log("CoAP/DTLS ingress listening", Duration::from_secs(10)));
+    let out = Command::new(plugin_dir().join("gateway-load"))
+        .args([
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--host",
+            "localhost",
+        ])
+        .args(["--ca", &c("ca.pem"), "--ca-key", &c("ca.key")])
+        .args(["--devices", "2", "--duration", "6s", "--timeout", "3s"])
+        .output()
+        .unwrap();
+    gw.stop(Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let result = text
+        .lines()
+        .find_map(|l| l.strip_prefix("result "))
+        .unwrap_or_else(|| panic!("no result line\n{text}"));
+    let field = |k: &str| -> u64 {
+        result
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in {result}"))
+    };
+    assert!(field("waits") >= 1, "no device paused\n{text}");
+    // Without the pause each device is refused every 2 s (the ingress's hold) in the window.
+    assert!(
+        field("refused") <= 2,
+        "a device came back before the Max-Age\n{text}"
+    );
+    assert_eq!(field("ok"), 0, "the sink stores nothing\n{text}");
+    assert!(
+        text.contains("paused") && text.contains("as the server asked (Max-Age)"),
+        "{text}"
+    );
+}
