@@ -99,6 +99,8 @@ struct Group {
     packets: Vec<Packet>,
     timeout: Duration,
     reply: Reply,
+    /// Not sent before then (the server asked for a pause).
+    not_before: Option<Instant>,
 }
 
 /// The outcome of a request sent with [`Client::send_tagged`], with its tag.
@@ -203,16 +205,19 @@ impl Client {
         timeout: Duration,
         done: &std_mpsc::Sender<Tagged>,
     ) -> bool {
-        self.post_all_with(path, format, payloads, timeout, to_channel(done))
+        self.post_all_with(path, format, payloads, timeout, None, to_channel(done))
     }
 
-    /// [`Client::post_all`], each outcome given to `reply` on the client's thread.
+    /// [`Client::post_all`], each outcome given to `reply` on the client's thread, and none
+    /// sent before `not_before` (when the server asked for a pause: a 5.03's Max-Age). Each
+    /// request's `timeout` counts from when it is sent.
     pub fn post_all_with(
         &self,
         path: &str,
         format: ContentFormat,
         payloads: Vec<Vec<u8>>,
         timeout: Duration,
+        not_before: Option<Instant>,
         reply: Reply,
     ) -> bool {
         let packets = payloads
@@ -223,6 +228,7 @@ impl Client {
             packets,
             timeout,
             reply,
+            not_before,
         };
         self.tx.send(Cmd::Group(group)).is_ok()
     }
@@ -363,7 +369,26 @@ async fn client_loop(
     let mut observer_tags: HashMap<u64, RequestTag> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     let mut open_cmds = true;
+    // Groups that wait for the end of a pause, in the order they came.
+    let mut deferred: Vec<Group> = Vec::new();
+    let start =
+        |machine: &mut Machine, replies: &mut HashMap<RequestTag, (Reply, u64)>, g: Group| {
+            let tags = machine.request_group(Instant::now(), g.packets, g.timeout);
+            for (i, tag) in tags.into_iter().enumerate() {
+                replies.insert(tag, (g.reply.clone(), i as u64));
+            }
+        };
     loop {
+        // The waiting groups whose pause is over, in order (a later one never has an
+        // earlier end: the pause only grows).
+        let now = Instant::now();
+        let due = deferred
+            .iter()
+            .take_while(|g| g.not_before.is_none_or(|t| t <= now))
+            .count();
+        for g in deferred.drain(..due).collect::<Vec<_>>() {
+            start(&mut machine, &mut replies, g);
+        }
         // Drain in order: events, then transmits (which may fail a connect, and so make events).
         loop {
             while let Some(ev) = machine.poll_event() {
@@ -417,6 +442,9 @@ async fn client_loop(
         if look.observer.is_some() {
             next = next.min(look.next);
         }
+        if let Some(t) = deferred.first().and_then(|g| g.not_before) {
+            next = next.min(t);
+        }
         tokio::select! {
             cmd = rx.recv(), if open_cmds => match cmd {
                 Some(Cmd::Job(j)) => {
@@ -424,9 +452,11 @@ async fn client_loop(
                     replies.insert(tag, (j.reply, j.tag));
                 }
                 Some(Cmd::Group(g)) => {
-                    let tags = machine.request_group(Instant::now(), g.packets, g.timeout);
-                    for (i, tag) in tags.into_iter().enumerate() {
-                        replies.insert(tag, (g.reply.clone(), i as u64));
+                    if g.not_before.is_some_and(|t| t > Instant::now()) || !deferred.is_empty() {
+                        // Behind the groups that wait, so that batches go out in order.
+                        deferred.push(g);
+                    } else {
+                        start(&mut machine, &mut replies, g);
                     }
                 }
                 Some(Cmd::Abort) => {

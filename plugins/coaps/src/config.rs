@@ -97,7 +97,8 @@ pub struct UplinkConfig {
     #[serde(default = "any")]
     pub bind: SocketAddr,
     /// After the server refuses the uplink as a whole (4.01, 4.03, 4.04, 4.05, 4.13, 4.15 ...:
-    /// it is misconfigured for this device), how long to hold the readings before trying again.
+    /// it is misconfigured for this device), how long to hold the readings before trying again;
+    /// also the longest pause a 5.03's or 4.29's Max-Age gets.
     #[serde(default = "d5m", with = "duration")]
     pub refusal_backoff: Duration,
 }
@@ -190,8 +191,9 @@ pub struct IngressConfig {
     /// Most records in one pack; more get 4.13.
     #[serde(default = "ten_thousand")]
     pub max_records: usize,
-    /// Max-Age (seconds) of a 5.03 sent when the sinks cannot store a batch.
-    #[serde(default = "thirty")]
+    /// Max-Age (seconds) of a 5.03 sent when the sinks cannot store a batch: how long the
+    /// device is asked to wait before it sends again.
+    #[serde(default = "five")]
     pub retry_after: u32,
     /// Reading ids remembered to drop re-sent readings (at least this many, at most twice).
     #[serde(default = "dedup")]
@@ -298,8 +300,8 @@ fn mib() -> usize {
 fn ten_thousand() -> usize {
     10_000
 }
-fn thirty() -> u32 {
-    30
+fn five() -> u32 {
+    5
 }
 fn dedup() -> usize {
     100_000

@@ -209,11 +209,18 @@ impl Sink for Uplink {
             Arc::new(move |(tag, result)| state.lock().expect("batch state").finished(tag, result));
         let client = self.client.as_ref().expect("started");
         let format = self.cfg.encoding.content_format();
+        let not_before = {
+            let mut shared = self.shared.lock().expect("uplink state");
+            let now = Instant::now();
+            shared.paused = shared.paused.filter(|t| *t > now);
+            shared.paused
+        };
         if !client.post_all_with(
             &self.path,
             format,
             payloads,
             self.cfg.request_timeout,
+            not_before,
             reply,
         ) {
             // The client's thread is gone (the reply, and with it `done`, was dropped with a
@@ -244,6 +251,9 @@ struct InFlight {
 impl InFlight {
     fn finished(&mut self, tag: u64, result: Result<Packet, RequestError>) {
         self.left = self.left.saturating_sub(1);
+        if let Some(asked) = result.as_ref().ok().and_then(gateway_coap::retry_after) {
+            self.pause(asked);
+        }
         if result != Err(RequestError::Cancelled) {
             let ids = self.ids.get(tag as usize).map_or(&[][..], |c| &c[..]);
             match self.judge.outcome(result, ids.len()) {
@@ -290,6 +300,27 @@ impl InFlight {
     }
 }
 
+impl InFlight {
+    /// The server asked for a pause of `asked` (at most `refusal_backoff` is taken): nothing
+    /// goes out until it ends.
+    fn pause(&self, asked: Duration) {
+        let pause = asked.min(self.judge.refusal_backoff);
+        let until = Instant::now() + pause;
+        let mut shared = self.shared.lock().expect("uplink state");
+        let now = Instant::now();
+        let paused = shared.paused.filter(|t| *t > now);
+        if paused.is_none_or(|t| t < until) {
+            if paused.is_none() {
+                tracing::warn!(
+                    uri = %self.judge.uri,
+                    "the server asks for a pause of {asked:?} (Max-Age of a 5.03 or 4.29); nothing is sent for {pause:?}, the readings wait"
+                );
+            }
+            shared.paused = Some(until);
+        }
+    }
+}
+
 /// What the uplink's batches in flight share.
 #[derive(Default)]
 struct Shared {
@@ -297,6 +328,9 @@ struct Shared {
     delivered: HashSet<ReadingId>,
     /// Set when the server refused the uplink as a whole: no request goes out before then.
     held: Option<(Instant, String)>,
+    /// Set when the server asked for a pause (a 5.03's or 4.29's Max-Age): batches written
+    /// meanwhile wait for its end, then go out.
+    paused: Option<Instant>,
 }
 
 impl Shared {

@@ -395,3 +395,102 @@ fn a_reading_too_large_for_the_server_is_refused_alone_and_a_device_named_anonym
         "{e}"
     );
 }
+
+/// A server that answers its requests from `script` in turn (then 2.04), each a code and a
+/// Max-Age, and tells when each request arrived.
+fn scripted_server(
+    dir: &std::path::Path,
+    script: Vec<(coap_lite::ResponseType, Option<u32>)>,
+) -> (u16, std::sync::mpsc::Receiver<std::time::Instant>) {
+    use gateway_coaps_tokio::{Server, ServerConfig, ServerOptions};
+    let server = Server::start(ServerOptions {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        max_pending: 16,
+        busy_poll: Duration::ZERO,
+        server: ServerConfig {
+            tls: gateway_dtls::ServerSettings {
+                cert_file: Some(dir.join("server.pem")),
+                key_file: Some(dir.join("server.key")),
+                mtu: 1232,
+                ..Default::default()
+            },
+            coap: Default::default(),
+            max_sessions: 10,
+            max_sessions_per_identity: 4,
+            max_handshakes: 10,
+            max_handshakes_per_address: 10,
+            session_idle: Duration::from_secs(600),
+            handshake_timeout: Duration::from_secs(5),
+            require_identity: false,
+            deny: Default::default(),
+        },
+    })
+    .unwrap();
+    let port = server.local_addr.port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut script = script.into_iter();
+        while let Ok(inc) = server.requests.recv() {
+            let _ = tx.send(std::time::Instant::now());
+            let answer = match script.next() {
+                Some((code, Some(max_age))) => {
+                    let mut p = gateway_coap::response(code, "busy");
+                    p.add_option(
+                        coap_lite::CoapOption::MaxAge,
+                        gateway_coap::encode_uint(max_age),
+                    );
+                    p
+                }
+                Some((code, None)) => gateway_coap::response(code, ""),
+                None => gateway_coap::response(coap_lite::ResponseType::Changed, ""),
+            };
+            server.responder.respond(inc.id, answer);
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn a_503s_max_age_pauses_the_uplink_up_to_its_refusal_backoff() {
+    use coap_lite::ResponseType::{ServiceUnavailable, TooManyRequests};
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    let (port, arrived) = scripted_server(
+        dir.path(),
+        vec![
+            (ServiceUnavailable, Some(1)),
+            // Longer than the uplink's refusal_backoff: that is taken instead.
+            (TooManyRequests, Some(3600)),
+            // No Max-Age: the host's own retry schedule decides.
+            (ServiceUnavailable, None),
+        ],
+    );
+    let cfg = uplink_config(dir.path(), port, "refusal_backoff = \"1500ms\"\n");
+    let mut uplink = SinkHarness::new::<Uplink>(&cfg).unwrap();
+    let next = || arrived.recv_timeout(Duration::from_secs(10)).unwrap();
+    let e = uplink.write(sample_readings(1)).unwrap_err();
+    assert!(e.message().contains("5.03 busy"), "{e}");
+    let first = next();
+    // Written at once, but sent only when the second is over.
+    let e = uplink.write(sample_readings(1)).unwrap_err();
+    assert!(e.message().contains("4.29 busy"), "{e}");
+    let second = next();
+    let waited = second - first;
+    assert!(
+        waited >= Duration::from_millis(950) && waited < Duration::from_millis(1400),
+        "Max-Age 1 s, the next request after {waited:?}"
+    );
+    let e = uplink.write(sample_readings(1)).unwrap_err();
+    assert!(e.message().contains("5.03"), "{e}");
+    let third = next();
+    let waited = third - second;
+    assert!(
+        waited >= Duration::from_millis(1450) && waited < Duration::from_millis(2500),
+        "Max-Age 3600 s with refusal_backoff 1.5 s, the next request after {waited:?}"
+    );
+    // Without a Max-Age nothing waits.
+    let t = std::time::Instant::now();
+    uplink.write(sample_readings(1)).unwrap();
+    assert!(next() - third < Duration::from_millis(300));
+    assert!(t.elapsed() < Duration::from_millis(300));
+}
