@@ -8,7 +8,7 @@ use openssl::{
     asn1::Asn1Time,
     error::ErrorStack,
     nid::Nid,
-    pkey::PKey,
+    pkey::{PKey, Private},
     stack::Stack,
     x509::{store::X509StoreBuilder, X509Ref, X509StoreContext, X509VerifyResult, X509},
 };
@@ -89,8 +89,13 @@ fn check_dates(key: &str, path: &Path, cert: &X509Ref, renew: &str) -> Result<()
 
 /// Checks an identity's certificate chain and key files: both readable, the certificate in its
 /// validity period, the key the one it was made with. `role` is `server` or `device`; it picks
-/// the `gateway certs` command to suggest. The certificates of `cert`, leaf first.
-pub fn check_identity(cert: &Path, key: &Path, role: &str) -> Result<Vec<X509>, DtlsError> {
+/// the `gateway certs` command to suggest. The certificates of `cert`, leaf first, and the key:
+/// what was checked is what gets used (each file is read once).
+pub fn check_identity(
+    cert: &Path,
+    key: &Path,
+    role: &str,
+) -> Result<(Vec<X509>, PKey<Private>), DtlsError> {
     let make = match role {
         "server" => "make a development one with `gateway certs server --name HOST` (see certs/README.md), or set cert_file and key_file to your own",
         _ => "make a development one with `gateway certs device NAME` (see certs/README.md), or set cert_file and key_file to your own",
@@ -123,7 +128,7 @@ pub fn check_identity(cert: &Path, key: &Path, role: &str) -> Result<Vec<X509>, 
             name_of(leaf)
         )));
     }
-    Ok(chain)
+    Ok((chain, pkey))
 }
 
 /// Checks a CA file: readable, PEM, and not every certificate in it expired (then nothing it

@@ -130,7 +130,8 @@ fn settle_chain(
 }
 
 /// Loads a certificate chain and its private key (PEM), after [`certs::check_identity`] said
-/// what is wrong with them in words (missing, expired, not yet valid, not a pair). The
+/// what is wrong with them in words (missing, expired, not yet valid, not a pair): each file is
+/// read once, so what was checked is what is used, even if the file changes meanwhile. The
 /// certificates of `cert`, leaf first.
 fn load_identity(
     b: &mut SslContextBuilder,
@@ -138,11 +139,16 @@ fn load_identity(
     key: &std::path::Path,
     role: &str,
 ) -> Result<Vec<openssl::x509::X509>, DtlsError> {
-    let chain = certs::check_identity(cert, key, role)?;
-    b.set_certificate_chain_file(cert)
-        .map_err(|e| cfg_err(&format!("cert_file {}", cert.display()), reasons(&e)))?;
-    b.set_private_key_file(key, SslFiletype::PEM)
-        .map_err(|e| cfg_err(&format!("key_file {}", key.display()), reasons(&e)))?;
+    let (chain, pkey) = certs::check_identity(cert, key, role)?;
+    let at = |what: &str, path: &std::path::Path| format!("{what} {}", path.display());
+    b.set_certificate(&chain[0])
+        .map_err(|e| cfg_err(&at("cert_file", cert), reasons(&e)))?;
+    for c in &chain[1..] {
+        b.add_extra_chain_cert(c.clone())
+            .map_err(|e| cfg_err(&at("cert_file", cert), reasons(&e)))?;
+    }
+    b.set_private_key(&pkey)
+        .map_err(|e| cfg_err(&at("key_file", key), reasons(&e)))?;
     b.check_private_key().map_err(|e| {
         cfg_err(
             &format!(
@@ -367,4 +373,60 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
     let ctx = b.build();
     refuse_null_suites(&ctx)?;
     Ok(ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_pki::{issue_to, Kind};
+
+    /// A chain file (leaf, then intermediate) is loaded as read: the leaf as the certificate,
+    /// the intermediate to go with it; a key that is not the leaf's is refused in words.
+    #[test]
+    fn an_identity_is_loaded_from_what_was_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = |f: &str| dir.path().join(f);
+        let root = issue_to(&d("ca.pem"), &d("ca.key"), "Root", Kind::Ca, None, -1, 30).unwrap();
+        let inter = issue_to(
+            &d("inter.pem"),
+            &d("inter.key"),
+            "Intermediate",
+            Kind::Ca,
+            Some((&root.0, &root.1)),
+            -1,
+            30,
+        )
+        .unwrap();
+        let names = vec!["localhost".to_owned()];
+        let leaf = issue_to(
+            &d("leaf.pem"),
+            &d("leaf.key"),
+            "server",
+            Kind::Server(&names),
+            Some((&inter.0, &inter.1)),
+            -1,
+            30,
+        )
+        .unwrap();
+        let mut chain = leaf.0.to_pem().unwrap();
+        chain.extend(inter.0.to_pem().unwrap());
+        std::fs::write(d("chain.pem"), chain).unwrap();
+
+        let mut b = base_context().unwrap();
+        let loaded = load_identity(&mut b, &d("chain.pem"), &d("leaf.key"), "server").unwrap();
+        assert_eq!(loaded.len(), 2);
+        let ctx = b.build();
+        let der = |c: &openssl::x509::X509Ref| c.to_der().unwrap();
+        assert_eq!(der(ctx.certificate().unwrap()), der(&leaf.0));
+        let extra: Vec<_> = ctx.extra_chain_certs().iter().map(der).collect();
+        assert_eq!(extra, vec![der(&inter.0)]);
+        assert!(ctx.private_key().unwrap().public_eq(&leaf.1));
+
+        let mut b = base_context().unwrap();
+        let e = load_identity(&mut b, &d("chain.pem"), &d("inter.key"), "server").unwrap_err();
+        assert!(
+            e.to_string().contains("does not belong to cert_file"),
+            "{e}"
+        );
+    }
 }
