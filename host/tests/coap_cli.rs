@@ -165,28 +165,19 @@ fn a_device_posts_senml_with_gateway_coap_and_it_is_stored_under_its_name() {
 fn ingress(s: &Setup, port: u16, gateway: &str) -> Running {
     let certs = s.path("certs");
     make_certs(&certs, "pi-07");
-    let c = |f: &str| certs.join(f).display().to_string();
     let server = s.config_named(
         "server",
         "server",
         &format!("stats_interval = \"0s\"\ndata_dir = \"server-data\"\n{gateway}"),
         &format!(
-            r#"[sources.ingress]
-plugin = "coaps-ingress"
-listen = "127.0.0.1:{port}"
-cert_file = {sc:?}
-key_file = {sk:?}
-client_ca_file = {ca:?}
-readers = ["dashboard"]
+            r#"{ingress}readers = ["dashboard"]
 
 [sinks.store]
 plugin = "testkit-recorder"
 path = {out:?}
 batch_timeout = "5ms"
 "#,
-            ca = c("ca.pem"),
-            sc = c("server.pem"),
-            sk = c("server.key"),
+            ingress = ingress_source(&certs, port),
             out = s.path("out.txt").display().to_string(),
         ),
     );

@@ -92,28 +92,19 @@ fn while_the_server_side_sink_fails_the_ingress_answers_5_03_and_nothing_is_lost
 
 /// The server end: coaps-ingress into a recorder that refuses `extra`'s value, if any.
 fn server_config(s: &Setup, certs: &std::path::Path, port: u16, extra: &str) -> std::path::PathBuf {
-    let c = |f: &str| certs.join(f).display().to_string();
     s.config_named(
         "server",
         "server",
         "stats_interval = \"0s\"\ndata_dir = \"server-data\"",
         &format!(
-            r#"[sources.ingress]
-plugin = "coaps-ingress"
-listen = "127.0.0.1:{port}"
-cert_file = {sc:?}
-key_file = {sk:?}
-client_ca_file = {ca:?}
-
+            r#"{ingress}
 [sinks.store]
 plugin = "testkit-recorder"
 path = {out:?}
 batch_timeout = "5ms"
 {extra}
 "#,
-            ca = c("ca.pem"),
-            sc = c("server.pem"),
-            sk = c("server.key"),
+            ingress = ingress_source(certs, port),
             out = s.path("out.txt").display().to_string(),
         ),
     )

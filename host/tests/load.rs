@@ -21,13 +21,7 @@ fn gateway_load_pauses_for_a_503s_max_age() {
         "server",
         "stats_interval = \"0s\"\ndata_dir = \"server-data\"",
         &format!(
-            r#"[sources.ingress]
-plugin = "coaps-ingress"
-listen = "127.0.0.1:{port}"
-cert_file = {sc:?}
-key_file = {sk:?}
-client_ca_file = {ca:?}
-retry_after = 60
+            r#"{ingress}retry_after = 60
 
 [sinks.store]
 plugin = "testkit-recorder"
@@ -35,9 +29,7 @@ path = {out:?}
 fail_first = 1000000000
 queue_capacity = 1
 "#,
-            ca = c("ca.pem"),
-            sc = c("server.pem"),
-            sk = c("server.key"),
+            ingress = ingress_source(&certs, port),
             out = s.path("out.txt").display().to_string(),
         ),
     );

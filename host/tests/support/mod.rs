@@ -358,6 +358,19 @@ pub fn assert_contiguous(values: &[i64], what: &str) {
     }
 }
 
+/// The `[sources.ingress]` table of a `coaps-ingress` on 127.0.0.1:`port` with the server
+/// certificate of `certs` (as [`make_certs`] makes them), taking devices whose certificates
+/// its CA issued. Settings of the caller's may follow it.
+pub fn ingress_source(certs: &Path, port: u16) -> String {
+    let c = |f: &str| certs.join(f).display().to_string();
+    format!(
+        "[sources.ingress]\nplugin = \"coaps-ingress\"\nlisten = \"127.0.0.1:{port}\"\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n",
+        c("server.pem"),
+        c("server.key"),
+        c("ca.pem")
+    )
+}
+
 /// Development certificates (CA, server for localhost/127.0.0.1, device `name`) in `dir`,
 /// made with the real `gateway certs`.
 pub fn make_certs(dir: &Path, device: &str) {
