@@ -92,22 +92,17 @@ fn while_the_server_side_sink_fails_the_ingress_answers_5_03_and_nothing_is_lost
 
 /// The server end: coaps-ingress into a recorder that refuses `extra`'s value, if any.
 fn server_config(s: &Setup, certs: &std::path::Path, port: u16, extra: &str) -> std::path::PathBuf {
-    s.config_named(
-        "server",
-        "server",
-        "stats_interval = \"0s\"\ndata_dir = \"server-data\"",
-        &format!(
-            r#"{ingress}
+    s.server_config(&format!(
+        r#"{ingress}
 [sinks.store]
 plugin = "testkit-recorder"
 path = {out:?}
 batch_timeout = "5ms"
 {extra}
 "#,
-            ingress = ingress_source(certs, port),
-            out = s.path("out.txt").display().to_string(),
-        ),
-    )
+        ingress = ingress_source(certs, port),
+        out = s.path("out.txt").display().to_string(),
+    ))
 }
 
 #[test]

@@ -16,12 +16,8 @@ fn gateway_load_pauses_for_a_503s_max_age() {
     make_certs(&certs, "test");
     let c = |f: &str| certs.join(f).display().to_string();
     let port = free_udp_port();
-    let server = s.config_named(
-        "server",
-        "server",
-        "stats_interval = \"0s\"\ndata_dir = \"server-data\"",
-        &format!(
-            r#"{ingress}retry_after = 60
+    let server = s.server_config(&format!(
+        r#"{ingress}retry_after = 60
 
 [sinks.store]
 plugin = "testkit-recorder"
@@ -29,10 +25,9 @@ path = {out:?}
 fail_first = 1000000000
 queue_capacity = 1
 "#,
-            ingress = ingress_source(&certs, port),
-            out = s.path("out.txt").display().to_string(),
-        ),
-    );
+        ingress = ingress_source(&certs, port),
+        out = s.path("out.txt").display().to_string(),
+    ));
     let mut gw = Running::start_named(&s, "server", &server);
     assert!(gw.wait_for_log("CoAP/DTLS ingress listening", Duration::from_secs(10)));
     let out = Command::new(plugin_dir().join("gateway-load"))

@@ -233,31 +233,18 @@ fn a_new_crl_applied_by_a_reload_ends_the_revoked_devices_session() {
     certs(&["certs", "revoke", "pi-99", "--dir", d]);
     let c = |f: &str| dir.join(f).display().to_string();
     let port = free_udp_port();
-    let server = s.config_named(
-        "server",
-        "server",
-        "stats_interval = \"0s\"\ndata_dir = \"server-data\"",
-        &format!(
-            r#"[sources.ingress]
-plugin = "coaps-ingress"
-listen = "127.0.0.1:{port}"
-cert_file = {:?}
-key_file = {:?}
-client_ca_file = {:?}
-client_crl_file = {:?}
+    let server = s.server_config(&format!(
+        r#"{}client_crl_file = {:?}
 require_client_cert = true
 
 [sinks.store]
 plugin = "testkit-recorder"
 path = {:?}
 "#,
-            c("server.pem"),
-            c("server.key"),
-            c("ca.pem"),
-            c("crl.pem"),
-            s.path("out.txt").display().to_string(),
-        ),
-    );
+        ingress_source(&dir, port),
+        c("crl.pem"),
+        s.path("out.txt").display().to_string(),
+    ));
     let client = s.config_named(
         "client",
         "pi-07",

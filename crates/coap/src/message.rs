@@ -1,7 +1,7 @@
 //! CoAP messages: building requests and responses, option values (uint, Block1/Block2), and
 //! which options a request may carry. No I/O.
 
-use crate::ContentFormat;
+use crate::{Code, ContentFormat};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
 /// Options a request may carry. A critical option (an odd number) that is not here gets 4.02
@@ -134,8 +134,8 @@ pub fn retry_later(why: &str, seconds: u32) -> Packet {
 /// before it sends the request again: its Max-Age (RFC 7252 §5.9.3.4, RFC 8516 §4). `None`
 /// for any other answer, or one without a readable Max-Age.
 pub fn retry_after(p: &Packet) -> Option<std::time::Duration> {
-    let code = crate::Code::of(p)?;
-    if code != crate::Code::SERVICE_UNAVAILABLE && code != crate::Code::TOO_MANY_REQUESTS {
+    let code = Code::of(p)?;
+    if code != Code::SERVICE_UNAVAILABLE && code != Code::TOO_MANY_REQUESTS {
         return None;
     }
     let secs = decode_uint(p.get_first_option(CoapOption::MaxAge)?)?;

@@ -386,7 +386,7 @@ async fn client_loop(
             .iter()
             .take_while(|g| g.not_before.is_none_or(|t| t <= now))
             .count();
-        for g in deferred.drain(..due).collect::<Vec<_>>() {
+        for g in deferred.drain(..due) {
             start(&mut machine, &mut replies, g);
         }
         // Drain in order: events, then transmits (which may fail a connect, and so make events).

@@ -155,6 +155,16 @@ impl Setup {
         std::fs::write(&p, text).unwrap();
         p
     }
+    /// Writes `server.toml`: the `[gateway]` of a server (device `server`, its data under
+    /// `server-data`, no periodic stats), then `body`.
+    pub fn server_config(&self, body: &str) -> PathBuf {
+        self.config_named(
+            "server",
+            "server",
+            "stats_interval = \"0s\"\ndata_dir = \"server-data\"",
+            body,
+        )
+    }
     /// Lines of a file (empty if missing).
     pub fn lines(&self, name: &str) -> Vec<String> {
         std::fs::read_to_string(self.path(name))

@@ -164,9 +164,9 @@ impl Sink for Uplink {
         // the host retries the batch: the parts the server already acknowledged are not sent
         // again (and if they were, the server would drop them by their ids).
         let pending: Vec<Reading>;
-        let todo = {
-            let shared = self.shared.lock().expect("uplink state");
-            if shared.delivered.is_empty() {
+        let (todo, not_before) = {
+            let mut shared = self.shared.lock().expect("uplink state");
+            let todo = if shared.delivered.is_empty() {
                 batch
             } else {
                 pending = batch
@@ -175,7 +175,8 @@ impl Sink for Uplink {
                     .cloned()
                     .collect();
                 &pending[..]
-            }
+            };
+            (todo, shared.pause_end(Instant::now()))
         };
         if todo.is_empty() {
             let mut shared = self.shared.lock().expect("uplink state");
@@ -209,12 +210,6 @@ impl Sink for Uplink {
             Arc::new(move |(tag, result)| state.lock().expect("batch state").finished(tag, result));
         let client = self.client.as_ref().expect("started");
         let format = self.cfg.encoding.content_format();
-        let not_before = {
-            let mut shared = self.shared.lock().expect("uplink state");
-            let now = Instant::now();
-            shared.paused = shared.paused.filter(|t| *t > now);
-            shared.paused
-        };
         if !client.post_all_with(
             &self.path,
             format,
@@ -298,26 +293,21 @@ impl InFlight {
             done.finish(outcome);
         }
     }
-}
 
-impl InFlight {
     /// The server asked for a pause of `asked` (at most `refusal_backoff` is taken): nothing
     /// goes out until it ends.
     fn pause(&self, asked: Duration) {
         let pause = asked.min(self.judge.refusal_backoff);
-        let until = Instant::now() + pause;
-        let mut shared = self.shared.lock().expect("uplink state");
         let now = Instant::now();
-        let paused = shared.paused.filter(|t| *t > now);
-        if paused.is_none_or(|t| t < until) {
-            if paused.is_none() {
-                tracing::warn!(
-                    uri = %self.judge.uri,
-                    "the server asks for a pause of {asked:?} (Max-Age of a 5.03 or 4.29); nothing is sent for {pause:?}, the readings wait"
-                );
-            }
-            shared.paused = Some(until);
+        let mut shared = self.shared.lock().expect("uplink state");
+        let paused = shared.pause_end(now);
+        if paused.is_none() {
+            tracing::warn!(
+                uri = %self.judge.uri,
+                "the server asks for a pause of {asked:?} (Max-Age of a 5.03 or 4.29); nothing is sent for {pause:?}, the readings wait"
+            );
         }
+        shared.paused = paused.max(Some(now + pause));
     }
 }
 
@@ -334,6 +324,12 @@ struct Shared {
 }
 
 impl Shared {
+    /// The end of the pause the server asked for, if it is still to come.
+    fn pause_end(&mut self, now: Instant) -> Option<Instant> {
+        self.paused = self.paused.filter(|t| *t > now);
+        self.paused
+    }
+
     /// Forgets that an earlier attempt delivered some of a batch: it is all stored now.
     fn forget<'a>(&mut self, ids: impl IntoIterator<Item = &'a ReadingId>) {
         for id in ids {
