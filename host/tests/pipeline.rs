@@ -105,7 +105,14 @@ fn an_idle_sink_writes_at_once_and_batches_form_during_writes() {
         .filter_map(|l| l.strip_prefix("write ")?.parse().ok())
         .collect();
     assert_eq!(writes.iter().sum::<usize>(), 200);
-    assert_eq!(writes[0], 1, "the idle sink did not wait: {writes:?}");
+    // The source emits a reading every millisecond. A sink that waited for a
+    // batch timer (100 ms before group commit) would first write about 100;
+    // an idle sink writes the first reading at once, but on a loaded machine
+    // it may wake a few milliseconds late and find a few more queued.
+    assert!(
+        writes[0] <= 10,
+        "the idle sink waited before its first write: {writes:?}"
+    );
     assert!(
         writes.len() < 50 && writes.iter().any(|&n| n > 5),
         "readings that came during a 20 ms write went out together: {writes:?}"
