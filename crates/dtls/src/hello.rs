@@ -4,7 +4,7 @@
 //! and no state. Only a ClientHello that carries a cookie [`CookieJar`] made for its address
 //! gets a [`crate::Session`].
 
-use openssl::{hash::MessageDigest, pkey::PKey, sign::Signer};
+use ring::hmac;
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
@@ -111,12 +111,12 @@ impl CookieJar {
     /// The secret of period `n`.
     fn derive(&self, n: u64) -> [u8; 32] {
         let mut out = [0u8; 32];
-        out.copy_from_slice(&hmac(&self.master, &[&n.to_be_bytes()]));
+        out.copy_from_slice(hmac(&self.master, &[&n.to_be_bytes()]).as_ref());
         out
     }
 
     fn mac(secret: &[u8], peer: SocketAddr, random: &[u8]) -> Vec<u8> {
-        hmac(secret, &[peer.to_string().as_bytes(), random])[..16].to_vec()
+        hmac(secret, &[peer.to_string().as_bytes(), random]).as_ref()[..16].to_vec()
     }
 
     fn rotate(&mut self, now: Instant) {
@@ -148,14 +148,12 @@ impl CookieJar {
     }
 }
 
-/// HMAC-SHA256 of `parts` under `key`.
-fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-    let key = PKey::hmac(key).expect("hmac key");
-    let mut s = Signer::new(MessageDigest::sha256(), &key).expect("signer");
-    for p in parts {
-        s.update(p).expect("hmac");
-    }
-    s.sign_to_vec().expect("hmac")
+/// HMAC-SHA256 of `parts` under `key` (ring's: OpenSSL 3.0 built a key object and a signer
+/// through its provider lookups for each of the two or three a ClientHello costs).
+fn hmac(key: &[u8], parts: &[&[u8]]) -> hmac::Tag {
+    let mut c = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, key));
+    parts.iter().for_each(|p| c.update(p));
+    c.sign()
 }
 
 #[cfg(test)]
