@@ -143,9 +143,15 @@ impl CookieJar {
     pub fn check(&mut self, now: Instant, peer: SocketAddr, ch: &ClientHello) -> bool {
         self.rotate(now);
         !ch.cookie.is_empty()
-            && (ch.cookie == Self::mac(&self.secret, peer, &ch.random)
-                || ch.cookie == Self::mac(&self.previous, peer, &ch.random))
+            && (same(&ch.cookie, &Self::mac(&self.secret, peer, &ch.random))
+                || same(&ch.cookie, &Self::mac(&self.previous, peer, &ch.random)))
     }
+}
+
+/// Whether a cookie is the one expected, compared in constant time: the time a compare takes
+/// must not tell a spoofer how many of a forged cookie's first bytes were right.
+fn same(cookie: &[u8], expected: &[u8]) -> bool {
+    cookie.len() == expected.len() && openssl::memcmp::eq(cookie, expected)
 }
 
 /// HMAC-SHA256 of `parts` under `key` (ring's: OpenSSL 3.0 built a key object and a signer
