@@ -10,7 +10,7 @@ use openssl::{
     nid::Nid,
     pkey::{PKey, Private},
     stack::Stack,
-    x509::{store::X509StoreBuilder, X509Ref, X509StoreContext, X509VerifyResult, X509},
+    x509::{store::X509StoreBuilder, X509Crl, X509Ref, X509StoreContext, X509VerifyResult, X509},
 };
 use std::path::Path;
 
@@ -149,6 +149,37 @@ pub fn check_ca(key: &str, path: &Path) -> Result<Vec<X509>, DtlsError> {
         )));
     }
     Ok(certs)
+}
+
+/// The CRLs of a PEM file, read once: for the verify store and for how long a verification
+/// that checked them may be remembered (see `verified`).
+pub fn read_crls(key: &str, path: &Path) -> Result<Vec<X509Crl>, DtlsError> {
+    const BEGIN: &str = "-----BEGIN X509 CRL-----";
+    let bytes = std::fs::read(path).map_err(|e| {
+        config(format!(
+            "{key} {}: {e}; `gateway-certs revoke` writes one (see certs/README.md)",
+            path.display()
+        ))
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut crls = Vec::new();
+    for (n, (at, _)) in text.match_indices(BEGIN).enumerate() {
+        let crl = X509Crl::from_pem(text[at..].as_bytes()).map_err(|e| {
+            config(format!(
+                "{key} {}: CRL {} in it does not parse: {e}",
+                path.display(),
+                n + 1
+            ))
+        })?;
+        crls.push(crl);
+    }
+    if crls.is_empty() {
+        return Err(config(format!(
+            "{key} {}: no PEM CRL in it (expected \"{BEGIN}\")",
+            path.display()
+        )));
+    }
+    Ok(crls)
 }
 
 /// What to send after our own certificate `leaf`: its chain through `cas` up to, not

@@ -6,10 +6,10 @@ use crate::{certs, other, DtlsError};
 use foreign_types::ForeignTypeRef;
 use openssl::{
     ssl::{
-        Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
-        SslVerifyMode, SslVersion,
+        Ssl, SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslVerifyMode,
+        SslVersion,
     },
-    x509::{store::X509Lookup, verify::X509VerifyFlags},
+    x509::verify::X509VerifyFlags,
 };
 use std::{collections::HashMap, path::PathBuf, sync::OnceLock};
 
@@ -170,6 +170,11 @@ fn base_context() -> Result<SslContextBuilder, DtlsError> {
 extern "C" {
     // Not exported by openssl-sys; part of libssl's public API.
     fn SSL_get_ciphers(s: *const openssl_sys::SSL) -> *mut libc::c_void;
+    // Not exported by openssl-sys; part of libcrypto's public API.
+    fn X509_STORE_add_crl(
+        store: *mut openssl_sys::X509_STORE,
+        crl: *mut openssl_sys::X509_CRL,
+    ) -> libc::c_int;
 }
 
 /// The DTLS 1.2 suites of `ctx` whose OpenSSL description (`Kx=.. Au=.. Enc=..`) has a field
@@ -316,18 +321,26 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
             mode |= SslVerifyMode::FAIL_IF_NO_PEER_CERT;
         }
         b.set_verify(mode);
-        if let Some(crl) = &s.client_crl_file {
+        // Read once: what the store checks is what bounds the verdicts kept on it.
+        let mut crls_until = None;
+        if let Some(path) = &s.client_crl_file {
+            let crls = certs::read_crls("client_crl_file", path)?;
             let store = b.cert_store_mut();
-            let lookup = store
-                .add_lookup(X509Lookup::file())
-                .map_err(|e| cfg_err("CRL lookup", e))?;
-            lookup
-                .load_crl_file(crl, SslFiletype::PEM)
-                .map_err(|e| cfg_err(&format!("client_crl_file {}", crl.display()), reasons(&e)))?;
+            for crl in &crls {
+                // SAFETY: a valid store and CRL; the store takes its own reference.
+                if unsafe { X509_STORE_add_crl(store.as_ptr(), crl.as_ptr()) } != 1 {
+                    return Err(cfg_err(
+                        &format!("client_crl_file {}", path.display()),
+                        reasons(&openssl::error::ErrorStack::get()),
+                    ));
+                }
+            }
             store
                 .set_flags(X509VerifyFlags::CRL_CHECK)
                 .map_err(|e| cfg_err("CRL checking", e))?;
+            crls_until = crate::verified::crls_until(&crls);
         }
+        crate::verified::install(&mut b, crls_until);
     } else if s.require_client_cert {
         return Err(DtlsError::Config(
             "require_client_cert needs client_ca_file".into(),

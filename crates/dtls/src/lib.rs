@@ -22,6 +22,7 @@ pub mod lobby;
 mod record;
 pub mod server;
 pub mod session;
+mod verified;
 
 pub use context::{
     client_context, hex_key, server_context, ClientSettings, Psk, ServerSettings, DEFAULT_CIPHERS,
@@ -29,6 +30,7 @@ pub use context::{
 };
 pub use hello::{hello_verify_request, parse_client_hello, ClientHello, CookieJar};
 pub use session::{Session, State};
+pub use verified::chains_reused;
 
 use std::time::Duration;
 

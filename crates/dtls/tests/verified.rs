@@ -1,0 +1,64 @@
+//! A server context remembers the client chains it verified (see the crate's `verified`
+//! module): a device that reconnects with the same chain is not verified again, and nothing
+//! else gets in on the strength of what was remembered. Real OpenSSL handshakes over
+//! in-memory datagrams.
+
+mod common;
+use common::{Link, Pki};
+use gateway_dtls::chains_reused;
+
+#[test]
+fn a_device_reconnecting_with_the_same_chain_is_not_verified_again() {
+    let pki = Pki::with(&[("dev-1", "dev-1"), ("dev-2", "dev-2")]);
+    let server = pki.server();
+    assert_eq!(chains_reused(&server), Some(0));
+    let dev1 = pki.client_as(&pki, "dev-1", "");
+    for n in 0..3 {
+        let mut link = Link::new(&dev1, server.clone(), None);
+        link.handshake();
+        assert!(!link.server().resumed(), "a full handshake");
+        assert_eq!(link.server().peer_identity().as_deref(), Some("dev-1"));
+        assert_eq!(chains_reused(&server), Some(n), "handshake {n}");
+    }
+    // Another device's chain is verified, then known too; each keeps its own identity.
+    for n in 0..2 {
+        let mut link = Link::new(&pki.client_as(&pki, "dev-2", ""), server.clone(), None);
+        link.handshake();
+        assert_eq!(link.server().peer_identity().as_deref(), Some("dev-2"));
+        assert_eq!(chains_reused(&server), Some(2 + n));
+    }
+    // A client context does not verify through it.
+    assert_eq!(chains_reused(&dev1), None);
+}
+
+#[test]
+fn a_remembered_chain_lets_in_no_other_certificate() {
+    let pki = Pki::new();
+    // The same device name under another CA: another certificate, another key.
+    let other = Pki::new();
+    let server = pki.server();
+    Link::new(&pki.client(""), server.clone(), None).handshake();
+    let mut impostor = Link::new(&pki.client_as(&other, "dev-1", ""), server.clone(), None);
+    assert!(
+        !impostor.try_handshake(),
+        "a certificate of another CA was taken"
+    );
+    assert!(impostor.server.as_ref().is_none_or(|s| !s.is_established()));
+    assert_eq!(chains_reused(&server), Some(0));
+    // The device itself still gets in, on the remembered verdict.
+    Link::new(&pki.client(""), server.clone(), None).handshake();
+    assert_eq!(chains_reused(&server), Some(1));
+}
+
+#[test]
+fn a_new_context_verifies_again() {
+    let pki = Pki::new();
+    let first = pki.server();
+    Link::new(&pki.client(""), first.clone(), None).handshake();
+    Link::new(&pki.client(""), first.clone(), None).handshake();
+    assert_eq!(chains_reused(&first), Some(1));
+    // A reload builds a new context (new CA file, new CRLs): nothing carries over.
+    let second = pki.server();
+    Link::new(&pki.client(""), second.clone(), None).handshake();
+    assert_eq!(chains_reused(&second), Some(0));
+}
