@@ -182,3 +182,22 @@ fn a_taken_over_session_can_be_resumed_and_closed_from_either_side() {
     assert!(second.deliver_down(&bye).is_empty());
     assert_eq!(*second.client.state(), State::Closed(DtlsError::Closed));
 }
+
+#[test]
+fn a_session_copied_before_a_link_ends_without_a_close_is_still_offered_and_resumed() {
+    let pki = Pki::new();
+    let (cctx, sctx) = (pki.client(""), pki.server());
+    let mut first = Link::new(&cctx, sctx.clone(), None);
+    first.handshake();
+    let copy = first.client.ssl_session().expect("a session to resume");
+    // The device gives up on the link without a close_notify: OpenSSL marks the link's own
+    // session not resumable as it frees it.
+    drop(first);
+    let mut second = Link::new(&cctx, sctx, Some(&copy));
+    second.handshake();
+    assert!(
+        second.server().resumed(),
+        "the copy was offered and resumed"
+    );
+    assert_eq!(second.server().peer_identity().as_deref(), Some("dev-1"));
+}
