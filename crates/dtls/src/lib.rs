@@ -6,6 +6,8 @@
 //! - [`hello`]: the stateless part of a server: ClientHello parsing, HelloVerifyRequest and the
 //!   cookie jar, so a spoofed address gets one small datagram back and no state.
 //! - [`admission`]: who makes room when a server's handshake or session capacity is full.
+//! - `verified`: the client certificate chains a server context has verified, so that a device
+//!   reconnecting with the same chain is not verified again ([`chains_reused`]).
 //! - [`server`] and [`client`]: the DTLS+CoAP peers as sans-IO state machines in the quinn-proto
 //!   style: `handle(now, ..)`, `handle_timeout(now)`, `poll_transmit`, `poll_timeout`,
 //!   `poll_event`. A thin driver (`gateway-coaps-tokio`) pumps them from a UDP socket.
