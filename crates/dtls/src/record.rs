@@ -484,32 +484,22 @@ mod tests {
     fn the_prf_gives_what_openssls_tls1_prf_gives() {
         // `openssl kdf -keylen 40 -kdfopt digest:SHA256 -kdfopt secret:secret
         //  -kdfopt seed:"key expansion" -kdfopt hexseed:0102 TLS1-PRF`
-        let mut out = [0u8; 40];
-        prf(
-            hmac::HMAC_SHA256,
-            b"secret",
-            b"key expansion",
-            &[&[1], &[2]],
-            &mut out,
-        );
-        assert_eq!(
-            out.to_vec(),
-            hex("9ea7cc1330bfee334bc3d8514b2463f093b7fe7e1d3511dc72350b74837d1e4a95c0070baf3bbb53"),
-            "TLS 1.2 PRF with SHA-256"
-        );
-        // The same with `digest:SHA384`, the PRF of the AES-256-GCM-SHA384 suites.
-        prf(
-            prf_hmac(MessageDigest::sha384()).expect("SHA-384 has a PRF"),
-            b"secret",
-            b"key expansion",
-            &[&[1], &[2]],
-            &mut out,
-        );
-        assert_eq!(
-            out.to_vec(),
-            hex("fe510653580d4c2adf9c6738eca5279a80bca8978169a4918de43283ba9b07c45b023c71bd66bd38"),
-            "TLS 1.2 PRF with SHA-384"
-        );
+        // and the same with `digest:SHA384`, the PRF of the AES-256-GCM-SHA384 suites.
+        for (md, expected) in [
+            (
+                MessageDigest::sha256(),
+                "9ea7cc1330bfee334bc3d8514b2463f093b7fe7e1d3511dc72350b74837d1e4a95c0070baf3bbb53",
+            ),
+            (
+                MessageDigest::sha384(),
+                "fe510653580d4c2adf9c6738eca5279a80bca8978169a4918de43283ba9b07c45b023c71bd66bd38",
+            ),
+        ] {
+            let mut out = [0u8; 40];
+            let hmac = prf_hmac(md).expect("a PRF for SHA-256 and SHA-384");
+            prf(hmac, b"secret", b"key expansion", &[&[1], &[2]], &mut out);
+            assert_eq!(out.to_vec(), hex(expected), "{:?}", md.type_());
+        }
         assert!(prf_hmac(MessageDigest::sha1()).is_none());
     }
 

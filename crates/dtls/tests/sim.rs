@@ -13,43 +13,28 @@ use gateway_dtls::{
     client::{self, Client, Event, RequestError, Transmit},
     hello::parse_client_hello,
     server::{self, Server},
-    ClientSettings, ServerSettings,
+    ClientSettings,
 };
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
-    path::PathBuf,
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
-/// A CA, a server certificate and device certificates, in a temporary directory.
-struct Pki {
-    dir: tempfile::TempDir,
-}
+mod common;
+use common::Pki;
 
 impl Pki {
-    fn new(devices: &[&str]) -> Pki {
-        let dir = tempfile::tempdir().unwrap();
+    /// A PKI whose devices' file stems are their names.
+    fn devices(devices: &[&str]) -> Pki {
         let stems: Vec<(&str, &str)> = devices.iter().map(|d| (*d, *d)).collect();
-        gateway_test_support::coaps::pki(dir.path(), &stems);
-        Pki { dir }
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.path().join(f)
+        Pki::with(&stems)
     }
 
     fn server_config(&self) -> server::Config {
         server::Config {
-            tls: ServerSettings {
-                cert_file: Some(self.path("server.pem")),
-                key_file: Some(self.path("server.key")),
-                client_ca_file: Some(self.path("ca.pem")),
-                require_client_cert: true,
-                mtu: 1232,
-                ..Default::default()
-            },
+            tls: self.server_settings(),
             coap: CoapConfig::default(),
             max_sessions: 100,
             max_sessions_per_identity: 4,
@@ -71,7 +56,7 @@ impl Pki {
         }
     }
 
-    fn client(&self, device: &str) -> Client {
+    fn device(&self, device: &str) -> Client {
         self.client_with(device, CoapConfig::default())
     }
 
@@ -356,9 +341,9 @@ const T: Duration = Duration::from_secs(30);
 
 #[test]
 fn a_device_gets_in_under_its_certificate_name() {
-    let pki = Pki::new(&["pi-01"]);
+    let pki = Pki::devices(&["pi-01"]);
     let mut net = Net::new(pki.server_config());
-    let a = net.add(pki.client("pi-01"));
+    let a = net.add(pki.device("pi-01"));
     let tag = net.post(a, b"21.5", T);
     assert!(net.changed(a, tag), "{:?}", net.result(a, tag));
     assert_eq!(
@@ -375,15 +360,15 @@ fn a_device_gets_in_under_its_certificate_name() {
 
 #[test]
 fn a_device_that_reboots_keeps_its_port_and_replaces_its_session() {
-    let pki = Pki::new(&["pi-01"]);
+    let pki = Pki::devices(&["pi-01"]);
     let mut net = Net::new(pki.server_config());
-    let a = net.add(pki.client("pi-01"));
+    let a = net.add(pki.device("pi-01"));
     let tag = net.post(a, b"1", T);
     assert!(net.changed(a, tag));
     let port = net.devices[a].addr;
     // Power loss: no close_notify; the new client starts from the same address.
     net.advance(Duration::from_secs(3));
-    net.reboot(a, pki.client("pi-01"));
+    net.reboot(a, pki.device("pi-01"));
     let tag = net.post(a, b"2", T);
     assert_eq!(net.devices[a].addr, port, "the same port");
     assert!(net.changed(a, tag), "{:?}", net.result(a, tag));
@@ -394,9 +379,9 @@ fn a_device_that_reboots_keeps_its_port_and_replaces_its_session() {
 
 #[test]
 fn a_client_whose_server_restarted_reconnects_on_its_next_request() {
-    let pki = Pki::new(&["pi-01"]);
+    let pki = Pki::devices(&["pi-01"]);
     let mut net = Net::new(pki.server_config());
-    let a = net.add(pki.client("pi-01"));
+    let a = net.add(pki.device("pi-01"));
     assert!(net.stored(a, b"1"));
     let first_port = net.devices[a].addr;
     net.advance(Duration::from_secs(1));
@@ -429,9 +414,9 @@ fn a_client_whose_server_restarted_reconnects_on_its_next_request() {
 
 #[test]
 fn a_slow_answer_on_a_path_that_still_talks_keeps_the_session() {
-    let pki = Pki::new(&["pi-01"]);
+    let pki = Pki::devices(&["pi-01"]);
     let mut net = Net::new(pki.server_config());
-    let a = net.add(pki.client("pi-01"));
+    let a = net.add(pki.device("pi-01"));
     assert!(net.stored(a, b"1"));
     let port = net.devices[a].addr;
     // The application holds the answer past the caller's deadline; CoAP's empty ACK (a
@@ -452,9 +437,9 @@ fn a_slow_answer_on_a_path_that_still_talks_keeps_the_session() {
 
 #[test]
 fn a_client_hello_without_a_cookie_leaves_no_state() {
-    let pki = Pki::new(&["pi-01"]);
+    let pki = Pki::devices(&["pi-01"]);
     let mut net = Net::new(pki.server_config());
-    let mut c = pki.client("pi-01");
+    let mut c = pki.device("pi-01");
     c.request(net.now, request(RequestType::Post, "r", None, vec![]), T);
     assert_eq!(c.poll_transmit(), Some(Transmit::Connect));
     let Some(Transmit::Datagram(hello)) = c.poll_transmit() else {
@@ -493,13 +478,13 @@ fn a_client_hello_without_a_cookie_leaves_no_state() {
 
 #[test]
 fn the_session_cap_drops_the_least_recently_active() {
-    let pki = Pki::new(&["a", "b", "c"]);
+    let pki = Pki::devices(&["a", "b", "c"]);
     let mut cfg = pki.server_config();
     cfg.max_sessions = 2;
     let mut net = Net::new(cfg);
     let ids: Vec<usize> = ["a", "b", "c"]
         .iter()
-        .map(|n| net.add(pki.client(n)))
+        .map(|n| net.add(pki.device(n)))
         .collect();
     for &i in &ids[..2] {
         assert!(net.stored(i, b"x"));
@@ -518,12 +503,12 @@ fn the_session_cap_drops_the_least_recently_active() {
 
 #[test]
 fn one_identity_holds_at_most_its_share_of_sessions() {
-    let pki = Pki::new(&["leaked"]);
+    let pki = Pki::devices(&["leaked"]);
     let mut cfg = pki.server_config();
     cfg.max_sessions_per_identity = 2;
     let mut net = Net::new(cfg);
     for _ in 0..5 {
-        let i = net.add(pki.client("leaked"));
+        let i = net.add(pki.device("leaked"));
         assert!(net.stored(i, b"x"));
         net.advance(Duration::from_millis(100));
     }
@@ -533,10 +518,10 @@ fn one_identity_holds_at_most_its_share_of_sessions() {
 
 #[test]
 fn a_stalled_handshake_makes_room_after_750_ms() {
-    let pki = Pki::new(&["pi-01", "stall"]);
+    let pki = Pki::devices(&["pi-01", "stall"]);
     let mut net = Net::new(pki.one_handshake_at_a_time());
     // `stall` passes the cookie exchange (two ClientHellos), then goes silent mid-handshake.
-    let s = net.add(pki.client("stall"));
+    let s = net.add(pki.device("stall"));
     net.devices[s].budget = Some(2);
     net.post(s, b"x", T);
     assert_eq!(
@@ -545,7 +530,7 @@ fn a_stalled_handshake_makes_room_after_750_ms() {
         "the stalled handshake holds the only slot"
     );
     // A device that comes now waits: its ClientHello is dropped...
-    let a = net.add(pki.client("pi-01"));
+    let a = net.add(pki.device("pi-01"));
     let tag = net.post(a, b"y", T);
     assert!(net.result(a, tag).is_none());
     assert_eq!(net.stat(|s| &s.over_capacity), 1);
@@ -570,17 +555,17 @@ fn a_stalled_handshake_makes_room_after_750_ms() {
 
 #[test]
 fn a_slow_device_that_gave_up_its_slot_still_gets_in_when_it_answers() {
-    let pki = Pki::new(&["pi-01", "slow"]);
+    let pki = Pki::devices(&["pi-01", "slow"]);
     let mut net = Net::new(pki.one_handshake_at_a_time());
     // `slow` passes the cookie exchange and gets the server's flight; its answer is late (a
     // loaded CPU or link, as in a reconnect storm).
-    let s = net.add(pki.client("slow"));
+    let s = net.add(pki.device("slow"));
     net.devices[s].budget = Some(2);
     net.devices[s].held = Some(Vec::new());
     let late = net.post(s, b"late", T);
     net.advance(Duration::from_millis(800));
     // A newcomer takes its slot.
-    let a = net.add(pki.client("pi-01"));
+    let a = net.add(pki.device("pi-01"));
     let tag = net.post(a, b"y", T);
     net.advance(Duration::from_millis(1100));
     assert!(net.changed(a, tag), "{:?}", net.result(a, tag));
@@ -601,12 +586,12 @@ fn a_slow_device_that_gave_up_its_slot_still_gets_in_when_it_answers() {
 fn parked_handshakes_are_bounded() {
     let names: Vec<String> = (0..6).map(|i| format!("pi-{i:02}")).collect();
     let stems: Vec<&str> = names.iter().map(String::as_str).collect();
-    let pki = Pki::new(&stems);
+    let pki = Pki::devices(&stems);
     let mut net = Net::new(pki.one_handshake_at_a_time());
     // Six devices, each silent after the server's flight: each gives its slot to the next
     // once stalled, and four (per slot) may stay parked.
     for (k, n) in stems.iter().enumerate() {
-        let i = net.add(pki.client(n));
+        let i = net.add(pki.device(n));
         net.devices[i].budget = Some(2);
         net.post(i, b"x", T);
         if k + 1 < stems.len() {
@@ -621,11 +606,11 @@ fn parked_handshakes_are_bounded() {
 
 #[test]
 fn idle_sessions_and_slow_handshakes_are_dropped_on_time() {
-    let pki = Pki::new(&["pi-01", "slow"]);
+    let pki = Pki::devices(&["pi-01", "slow"]);
     let mut cfg = pki.server_config();
     cfg.session_idle = Duration::from_secs(60);
     let mut net = Net::new(cfg);
-    let a = net.add(pki.client("pi-01"));
+    let a = net.add(pki.device("pi-01"));
     assert!(net.stored(a, b"x"));
     net.advance(Duration::from_secs(59));
     assert_eq!(net.server.sessions(), (1, 0));
@@ -633,7 +618,7 @@ fn idle_sessions_and_slow_handshakes_are_dropped_on_time() {
     assert_eq!(net.server.sessions(), (0, 0));
     assert_eq!(net.stat(|s| &s.idle_evictions), 1);
     // A handshake that stops moving is dropped at handshake_timeout (10 s).
-    let slow = net.add(pki.client("slow"));
+    let slow = net.add(pki.device("slow"));
     net.devices[slow].budget = Some(2);
     net.post(slow, b"x", T);
     assert_eq!(net.server.sessions(), (0, 1));
@@ -645,7 +630,7 @@ fn idle_sessions_and_slow_handshakes_are_dropped_on_time() {
 
 #[test]
 fn a_group_goes_out_nstart_at_a_time_and_stops_at_its_first_refusal() {
-    let pki = Pki::new(&["pi-01"]);
+    let pki = Pki::devices(&["pi-01"]);
     let mut net = Net::new(pki.server_config());
     net.answer = |body| match body {
         b"bad" => ResponseType::Forbidden,
@@ -683,9 +668,9 @@ fn a_group_goes_out_nstart_at_a_time_and_stops_at_its_first_refusal() {
 
 #[test]
 fn a_request_waiting_for_its_slot_goes_on_the_next_session_not_the_stale_one() {
-    let pki = Pki::new(&["pi-01"]);
+    let pki = Pki::devices(&["pi-01"]);
     let mut net = Net::new(pki.server_config());
-    let a = net.add(pki.client("pi-01"));
+    let a = net.add(pki.device("pi-01"));
     assert!(net.stored(a, b"1"));
     net.advance(Duration::from_secs(1));
     net.restart_server(pki.server_config());
@@ -705,13 +690,13 @@ fn a_request_waiting_for_its_slot_goes_on_the_next_session_not_the_stale_one() {
 fn a_reconnect_storm_waits_in_the_lobby_instead_of_for_retransmissions() {
     let names: Vec<String> = (0..12).map(|i| format!("pi-{i:02}")).collect();
     let stems: Vec<&str> = names.iter().map(String::as_str).collect();
-    let pki = Pki::new(&stems);
+    let pki = Pki::devices(&stems);
     let mut cfg = pki.server_config();
     cfg.max_handshakes = 3;
     cfg.max_handshakes_per_address = 2;
     let mut net = Net::new(cfg);
     // Every device at once, all from one address (a NAT): two handshakes at a time from it.
-    let devices: Vec<usize> = stems.iter().map(|n| net.add(pki.client(n))).collect();
+    let devices: Vec<usize> = stems.iter().map(|n| net.add(pki.device(n))).collect();
     let tags: Vec<u64> = devices
         .iter()
         .map(|&i| {
@@ -744,7 +729,7 @@ fn a_reconnect_storm_waits_in_the_lobby_instead_of_for_retransmissions() {
 /// against 9.7 with CoCoA's backoff factor of 3 for short timeouts.
 #[test]
 fn requests_keep_flowing_through_a_lossy_path() {
-    let pki = Pki::new(&["pi-01"]);
+    let pki = Pki::devices(&["pi-01"]);
     let mut net = Net::new(pki.server_config());
     let coap = CoapConfig {
         nstart: 8,

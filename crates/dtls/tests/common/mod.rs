@@ -34,16 +34,20 @@ impl Pki {
         self.dir.path().join(f)
     }
 
-    pub fn server(&self) -> SslContext {
-        server_context(&ServerSettings {
+    /// The server's settings: its certificate, client certificates of this CA required.
+    pub fn server_settings(&self) -> ServerSettings {
+        ServerSettings {
             cert_file: Some(self.path("server.pem")),
             key_file: Some(self.path("server.key")),
             client_ca_file: Some(self.path("ca.pem")),
             require_client_cert: true,
             mtu: 1232,
             ..Default::default()
-        })
-        .unwrap()
+        }
+    }
+
+    pub fn server(&self) -> SslContext {
+        server_context(&self.server_settings()).unwrap()
     }
 
     pub fn client(&self, ciphers: &str) -> SslContext {
