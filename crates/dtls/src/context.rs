@@ -235,6 +235,9 @@ pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
         cas = certs::check_ca("ca_file", ca)?;
         b.set_ca_file(ca)
             .map_err(|e| cfg_err(&format!("ca_file {}", ca.display()), reasons(&e)))?;
+        // The CA file is read whole here; the system's trust store (below) is a directory
+        // read as it goes, and is verified by OpenSSL every time.
+        crate::verified::install(&mut b, None, true);
     } else if s.psk.is_none() {
         b.set_default_verify_paths()
             .map_err(|e| cfg_err("the system's trust store", e))?;
@@ -340,7 +343,7 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
                 .map_err(|e| cfg_err("CRL checking", e))?;
             crls_until = crate::verified::crls_until(&crls);
         }
-        crate::verified::install(&mut b, crls_until);
+        crate::verified::install(&mut b, crls_until, false);
     } else if s.require_client_cert {
         return Err(DtlsError::Config(
             "require_client_cert needs client_ca_file".into(),

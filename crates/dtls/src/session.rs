@@ -216,6 +216,9 @@ impl Session {
             unsafe { ssl.set_session(session) }.map_err(other)?;
         }
         let ip = host.parse::<std::net::IpAddr>().ok();
+        // The name the server's certificate is checked against, for a remembered verdict.
+        let checked = if verify_host { host } else { "" };
+        ssl.set_ex_data(crate::verified::expected_name(), checked.to_owned());
         if verify_host {
             if ip.is_none() {
                 ssl.set_hostname(host).map_err(other)?;

@@ -13,6 +13,11 @@
 //! an hour at most, whichever comes first; failed verifications are not kept. The trust store
 //! and the CRLs never change under a context (a reload builds a new context, with a cache of
 //! its own), so a verdict cannot outlive what it was made against.
+//!
+//! A client context with a CA file does the same for the server's chain, with the name the
+//! server's certificate was checked against as part of the key (the client sets it per
+//! connection: see [`expected_name`]); a connection that did not say which name it checks is
+//! verified by OpenSSL every time.
 
 use foreign_types::{ForeignType, ForeignTypeRef};
 use openssl::{
@@ -56,6 +61,8 @@ pub(crate) struct Verified {
     verdicts: Mutex<HashMap<[u8; 32], Verdict>>,
     /// The earliest `nextUpdate` of the context's CRLs (Unix seconds), if any.
     crls_until: Option<i64>,
+    /// A client context: the name each connection checks is part of the key.
+    client: bool,
     reused: AtomicU64,
 }
 
@@ -68,22 +75,31 @@ struct Verdict {
     rest: Vec<X509>,
 }
 
+/// What a client connection checks the server's certificate against: the host name or IP
+/// address, or "" when it does not check one. Part of a verdict's key on a client.
+pub(crate) fn expected_name() -> openssl::ex_data::Index<openssl::ssl::Ssl, String> {
+    static IDX: OnceLock<openssl::ex_data::Index<openssl::ssl::Ssl, String>> = OnceLock::new();
+    *IDX.get_or_init(|| openssl::ssl::Ssl::new_ex_index().expect("ex index"))
+}
+
 fn index() -> openssl::ex_data::Index<openssl::ssl::SslContext, Verified> {
     static IDX: OnceLock<openssl::ex_data::Index<openssl::ssl::SslContext, Verified>> =
         OnceLock::new();
     *IDX.get_or_init(|| openssl::ssl::SslContext::new_ex_index().expect("ex index"))
 }
 
-/// Verify client chains through a cache of verdicts from now on; `crls_until` is the
-/// earliest `nextUpdate` of the CRLs the context checks (Unix seconds).
-pub(crate) fn install(b: &mut SslContextBuilder, crls_until: Option<i64>) {
-    b.set_ex_data(index(), Verified::new(crls_until));
+/// Verify the peers' chains through a cache of verdicts from now on; `crls_until` is the
+/// earliest `nextUpdate` of the CRLs the context checks (Unix seconds); `client` for a client
+/// context, whose verdicts are also keyed by each connection's [`expected_name`].
+pub(crate) fn install(b: &mut SslContextBuilder, crls_until: Option<i64>, client: bool) {
+    b.set_ex_data(index(), Verified::new(crls_until, client));
     // SAFETY: a valid SSL_CTX; the callback finds its cache through the SSL it verifies for.
     unsafe { SSL_CTX_set_cert_verify_callback(b.as_ptr(), Some(verify), std::ptr::null_mut()) };
 }
 
 /// How many handshakes of `ctx` reused a verdict instead of verifying the chain again
-/// (`None` for a context without the cache: a client's, or a server's without a client CA).
+/// (`None` for a context without the cache: a server's without a client CA, a client's
+/// without a CA file).
 pub fn chains_reused(ctx: &openssl::ssl::SslContextRef) -> Option<u64> {
     ctx.ex_data(index())
         .map(|v| v.reused.load(Ordering::Relaxed))
@@ -108,9 +124,12 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// The key of a chain: SHA-256 over each certificate's length and DER, in the order sent.
-fn key_of<'a>(certs: impl Iterator<Item = &'a X509Ref>) -> Option<[u8; 32]> {
+/// The key of a chain: SHA-256 over the name checked, then each certificate's length and DER,
+/// in the order sent.
+fn key_of<'a>(name: &str, certs: impl Iterator<Item = &'a X509Ref>) -> Option<[u8; 32]> {
     let mut h = digest::Context::new(&digest::SHA256);
+    h.update(&(name.len() as u64).to_be_bytes());
+    h.update(name.as_bytes());
     for c in certs {
         let der = c.to_der().ok()?;
         h.update(&(der.len() as u64).to_be_bytes());
@@ -120,10 +139,11 @@ fn key_of<'a>(certs: impl Iterator<Item = &'a X509Ref>) -> Option<[u8; 32]> {
 }
 
 impl Verified {
-    fn new(crls_until: Option<i64>) -> Verified {
+    fn new(crls_until: Option<i64>, client: bool) -> Verified {
         Verified {
             verdicts: Mutex::new(HashMap::new()),
             crls_until,
+            client,
             reused: AtomicU64::new(0),
         }
     }
@@ -163,9 +183,15 @@ impl Verified {
         v.insert(key, Verdict { until, rest });
     }
 
-    /// What the verification of `ctx` decides: a verdict kept for its exact chain, or
-    /// OpenSSL's `X509_verify_cert`, kept when it succeeds.
-    fn decide(&self, ctx: &mut X509StoreContextRef) -> libc::c_int {
+    /// What the verification of `ctx` decides: a verdict kept for its exact chain (and, on a
+    /// client, the `name` checked), or OpenSSL's `X509_verify_cert`, kept when it succeeds.
+    fn decide(&self, ctx: &mut X509StoreContextRef, name: Option<&str>) -> libc::c_int {
+        let name = match (self.client, name) {
+            (false, _) => "",
+            (true, Some(name)) => name,
+            // SAFETY: the store context OpenSSL set up for this verification.
+            (true, None) => return unsafe { openssl_sys::X509_verify_cert(ctx.as_ptr()) },
+        };
         let raw = ctx.as_ptr();
         // SAFETY: the certificate and the untrusted chain (what the peer sent, its own
         // certificate first) belong to the store context for the whole call.
@@ -178,8 +204,12 @@ impl Verified {
             )
         };
         let now = unix_now();
-        let key =
-            leaf.and_then(|leaf| key_of(std::iter::once(leaf).chain(sent.into_iter().flatten())));
+        let key = leaf.and_then(|leaf| {
+            key_of(
+                name,
+                std::iter::once(leaf).chain(sent.into_iter().flatten()),
+            )
+        });
         if let (Some(leaf), Some(key)) = (leaf, key) {
             if let Some(rest) = self.lookup(&key, now) {
                 if let Ok(mut chain) = Stack::new() {
@@ -215,21 +245,25 @@ unsafe extern "C" fn verify(raw: *mut X509_STORE_CTX, _: *mut libc::c_void) -> l
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // SAFETY: OpenSSL calls this with a valid store context for the call's duration.
         let ctx = unsafe { X509StoreContextRef::from_ptr_mut(raw) };
-        let cache = X509StoreContext::ssl_idx()
+        let ssl = X509StoreContext::ssl_idx()
             .ok()
             .and_then(|i| ctx.ex_data(i))
-            .map(|ssl| ssl.ssl_context().as_ptr());
-        // SAFETY: the SSL_CTX outlives the handshake that is being verified.
-        let verified = cache
-            .map(|c| unsafe { openssl::ssl::SslContextRef::from_ptr(c) })
-            .and_then(|c| c.ex_data(index()));
+            .map(|ssl| ssl.as_ptr());
+        // SAFETY: the SSL, and its SSL_CTX, outlive the verification done for it.
+        let ssl = ssl.map(|s| unsafe { openssl::ssl::SslRef::from_ptr(s) });
+        let verified = ssl.and_then(|s| s.ssl_context().ex_data(index()));
+        let name = ssl.and_then(|s| s.ex_data(expected_name()));
         match verified {
-            Some(v) => v.decide(ctx),
+            Some(v) => v.decide(ctx, name.map(String::as_str)),
             // SAFETY: as above.
             None => unsafe { openssl_sys::X509_verify_cert(raw) },
         }
     }))
-    .unwrap_or(0)
+    .unwrap_or_else(|_| {
+        // SAFETY: as above.
+        unsafe { openssl_sys::X509_STORE_CTX_set_error(raw, openssl_sys::X509_V_ERR_UNSPECIFIED) };
+        0
+    })
 }
 
 #[cfg(test)]
@@ -250,7 +284,7 @@ mod tests {
         let now = unix_now();
         let k = [1; 32];
 
-        let v = Verified::new(None);
+        let v = Verified::new(None, false);
         v.keep(k, &chain, now);
         let rest = v.lookup(&k, now + MAX_AGE_S - 1).expect("kept for an hour");
         assert_eq!(rest.len(), 1);
@@ -263,26 +297,29 @@ mod tests {
         assert!(v.lookup(&k, leaf_end - 1).is_some());
         assert!(v.lookup(&k, leaf_end).is_none());
         // A chain verified at or after its expiry is not kept at all.
-        let late = Verified::new(None);
+        let late = Verified::new(None, false);
         late.keep(k, &chain, leaf_end);
         assert!(late.lookup(&k, leaf_end - 5).is_none());
 
         // A CRL due for renewal ends it too.
-        let crl = Verified::new(Some(now + 100));
+        let crl = Verified::new(Some(now + 100), false);
         crl.keep(k, &chain, now);
         assert!(crl.lookup(&k, now + 99).is_some());
         assert!(crl.lookup(&k, now + 100).is_none());
     }
 
     #[test]
-    fn a_chain_is_known_by_every_byte_and_the_order_of_its_certificates() {
+    fn a_chain_is_known_by_every_byte_the_order_of_its_certificates_and_the_name_checked() {
         let ca_key = new_key().unwrap();
         let ca = issue("CA", &ca_key, Kind::Ca, None, -1, 30).unwrap();
         let key = new_key().unwrap();
         let a = issue("dev-1", &key, Kind::Device, Some((&ca, &ca_key)), -1, 2).unwrap();
         // The same name and key, issued again: another certificate.
         let b = issue("dev-1", &key, Kind::Device, Some((&ca, &ca_key)), -1, 2).unwrap();
-        let of = |certs: &[&X509]| key_of(certs.iter().map(|c| &***c)).unwrap();
+        let of = |certs: &[&X509]| key_of("", certs.iter().map(|c| &***c)).unwrap();
+        let named = |name: &str| key_of(name, [&*a].into_iter()).unwrap();
+        assert_ne!(named("server-a"), named("server-b"));
+        assert_ne!(named(""), named("server-a"));
         assert_eq!(of(&[&a]), of(&[&a]));
         assert_ne!(of(&[&a]), of(&[&b]));
         assert_ne!(of(&[&a, &ca]), of(&[&a]));

@@ -1,6 +1,7 @@
-//! A server context remembers the client chains it verified (see the crate's `verified`
-//! module): a device that reconnects with the same chain is not verified again, and nothing
-//! else gets in on the strength of what was remembered. Real OpenSSL handshakes over
+//! A server context remembers the client chains it verified, and a client context the
+//! server's chain for the name it checked (see the crate's `verified` module): a peer that
+//! comes back with the same chain is not verified again, and nothing else gets in on the
+//! strength of what was remembered. Real OpenSSL handshakes over
 //! in-memory datagrams.
 
 mod common;
@@ -27,8 +28,29 @@ fn a_device_reconnecting_with_the_same_chain_is_not_verified_again() {
         assert_eq!(link.server().peer_identity().as_deref(), Some("dev-2"));
         assert_eq!(chains_reused(&server), Some(2 + n));
     }
-    // A client context does not verify through it.
-    assert_eq!(chains_reused(&dev1), None);
+    // Each full handshake of the device verified the server's chain: once, then remembered.
+    assert_eq!(chains_reused(&dev1), Some(2));
+}
+
+#[test]
+fn a_client_remembers_the_servers_chain_only_for_the_name_it_checked() {
+    let pki = Pki::new();
+    let (client, server) = (pki.client(""), pki.server());
+    Link::to("localhost", &client, server.clone(), None).handshake();
+    Link::to("localhost", &client, server.clone(), None).handshake();
+    assert_eq!(chains_reused(&client), Some(1));
+    // The same chain, checked against a name it was not issued for: refused, not remembered.
+    let mut other = Link::to("other.example", &client, server.clone(), None);
+    assert!(
+        !other.try_handshake(),
+        "a certificate for another name was taken"
+    );
+    assert_eq!(chains_reused(&client), Some(1));
+    // The address it was issued for is its own verdict.
+    Link::to("127.0.0.1", &client, server.clone(), None).handshake();
+    assert_eq!(chains_reused(&client), Some(1));
+    Link::to("127.0.0.1", &client, server, None).handshake();
+    assert_eq!(chains_reused(&client), Some(2));
 }
 
 #[test]

@@ -83,9 +83,19 @@ pub struct Link {
 
 impl Link {
     pub fn new(cctx: &SslContext, sctx: SslContext, resume: Option<&SslSession>) -> Link {
+        Link::to("localhost", cctx, sctx, resume)
+    }
+
+    /// A link whose client checks the server's certificate against `host`.
+    pub fn to(
+        host: &str,
+        cctx: &SslContext,
+        sctx: SslContext,
+        resume: Option<&SslSession>,
+    ) -> Link {
         let now = Instant::now();
         Link {
-            client: Session::client(cctx, "localhost", 1232, true, resume, now).unwrap(),
+            client: Session::client(cctx, host, 1232, true, resume, now).unwrap(),
             server: None,
             sctx,
             jar: CookieJar::new(now, Duration::from_secs(60)),
