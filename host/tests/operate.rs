@@ -279,6 +279,9 @@ fn the_ingress_shows_its_sessions_handshakes_and_answers_on_the_metrics_page() {
     assert!(metric(&text, slept) >= Some(1.0), "{text}");
     let polled = "gateway_ingress_wakeups_total{instance=\"ingress\",how=\"polled\"}";
     assert!(metric(&text, polled).is_some(), "{text}");
+    // One full handshake so far: its chain was verified, not taken from memory.
+    let reused = "gateway_dtls_chains_reused_total{instance=\"ingress\"}";
+    assert_eq!(metric(&text, reused), Some(0.0), "{text}");
     assert_eq!(
         text.matches("# TYPE gateway_dtls_handshakes_total counter")
             .count(),

@@ -93,6 +93,9 @@ pub struct Stats {
     pub resumed: AtomicU64,
     /// HelloVerifyRequests sent (ClientHellos without a valid cookie).
     pub cookies_sent: AtomicU64,
+    /// Full handshakes whose client chain was taken on an earlier verification of the very
+    /// same chain instead of being verified again ([`crate::chains_reused`]).
+    pub chains_reused: AtomicU64,
     /// Handshakes that failed, and established sessions that ended in an error (the log says
     /// why). Each is also counted by reason in [`Stats::failures`].
     pub handshake_failures: AtomicU64,
@@ -739,6 +742,9 @@ impl Server {
         count(&self.stats.sessions);
         if resumed {
             count(&self.stats.resumed);
+        } else if let Some(n) = crate::chains_reused(&self.ctx) {
+            // The context's count, shared by the workers: the highest one read stands.
+            self.stats.chains_reused.fetch_max(n, Ordering::Relaxed);
         }
         tracing::info!(%peer, identity = ?identity, cipher = ?cipher, resumed, "DTLS session established");
         if let Some(p) = self.peers.get_mut(&peer) {

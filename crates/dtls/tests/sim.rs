@@ -356,6 +356,11 @@ fn a_device_gets_in_under_its_certificate_name() {
         1,
         "one stateless round first"
     );
+    assert_eq!(
+        net.stat(|s| &s.chains_reused),
+        0,
+        "a first chain is verified"
+    );
 }
 
 #[test]
@@ -375,6 +380,10 @@ fn a_device_that_reboots_keeps_its_port_and_replaces_its_session() {
     assert_eq!(net.stat(|s| &s.replaced), 1);
     assert_eq!(net.server.sessions(), (1, 0), "the old session is gone");
     assert_eq!(net.received.len(), 2);
+    // The rebooted device made a full handshake with the chain verified the first time.
+    assert_eq!(net.stat(|s| &s.sessions), 2);
+    assert_eq!(net.stat(|s| &s.resumed), 0);
+    assert_eq!(net.stat(|s| &s.chains_reused), 1);
 }
 
 #[test]

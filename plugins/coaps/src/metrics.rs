@@ -105,6 +105,12 @@ pub fn of(c: &Counters, s: &ServerStats) -> Metrics {
         get(&s.cookies_sent),
     )
     .counter(
+        "gateway_dtls_chains_reused_total",
+        "Full handshakes whose client certificate chain, byte for byte, had verified before and was not verified again (the device still proved its key).",
+        &[],
+        get(&s.chains_reused),
+    )
+    .counter(
         "gateway_coap_requests_total",
         "CoAP requests received.",
         &[],

@@ -439,6 +439,7 @@ impl<'a> Serving<'a> {
             held = get(&c.held),
             sessions = get(&s.sessions),
             resumed = get(&s.resumed),
+            chains_reused = get(&s.chains_reused),
             handshake_failures = get(&s.handshake_failures),
             unauthenticated = get(&s.unauthenticated),
             denied = get(&s.denied),
