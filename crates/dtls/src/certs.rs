@@ -157,7 +157,7 @@ pub fn read_crls(key: &str, path: &Path) -> Result<Vec<X509Crl>, DtlsError> {
     const BEGIN: &str = "-----BEGIN X509 CRL-----";
     let bytes = std::fs::read(path).map_err(|e| {
         config(format!(
-            "{key} {}: {e}; `gateway-certs revoke` writes one (see certs/README.md)",
+            "{key} {}: {e}; `gateway certs revoke NAME` writes one (see certs/README.md)",
             path.display()
         ))
     })?;

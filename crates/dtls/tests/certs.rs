@@ -136,3 +136,34 @@ fn a_ca_file_that_is_not_a_certificate_or_only_expired_is_refused_by_name() {
     );
     assert!(c("none.pem").contains("gateway certs init"));
 }
+
+#[test]
+fn a_crl_file_that_is_missing_or_holds_no_crl_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d, -1, 30);
+    std::fs::write(d.join("junk.pem"), "hello").unwrap();
+    let mut broken = String::from("-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n");
+    broken.insert_str(0, "# a CRL that was cut short\n");
+    std::fs::write(d.join("broken.pem"), broken).unwrap();
+    let e = |crl: &str| match server_context(&ServerSettings {
+        cert_file: Some(d.join("server.pem")),
+        key_file: Some(d.join("server.key")),
+        client_ca_file: Some(d.join("ca.pem")),
+        client_crl_file: Some(d.join(crl)),
+        mtu: 1232,
+        ..Default::default()
+    }) {
+        Ok(_) => panic!("{crl} accepted"),
+        Err(e) => e.to_string(),
+    };
+    let none = e("none.pem");
+    assert!(
+        none.contains("client_crl_file") && none.contains("none.pem") && none.contains("revoke"),
+        "{none}"
+    );
+    let junk = e("junk.pem");
+    assert!(junk.contains("no PEM CRL in it"), "{junk}");
+    let broken = e("broken.pem");
+    assert!(broken.contains("CRL 1 in it does not parse"), "{broken}");
+}
