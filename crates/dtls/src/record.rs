@@ -165,19 +165,18 @@ impl Aead {
 /// fleet server's CPU per full handshake.
 fn prf(md: hmac::Algorithm, secret: &[u8], label: &[u8], seed: &[&[u8]], out: &mut [u8]) {
     let key = hmac::Key::new(md, secret);
-    let mut a = {
+    // HMAC(secret, prefix + label + seed).
+    let hmac = |prefix: &[u8]| {
         let mut c = hmac::Context::with_key(&key);
+        c.update(prefix);
         c.update(label);
         seed.iter().for_each(|s| c.update(s));
         c.sign()
     };
+    let mut a = hmac(&[]);
     let mut filled = 0;
     while filled < out.len() {
-        let mut c = hmac::Context::with_key(&key);
-        c.update(a.as_ref());
-        c.update(label);
-        seed.iter().for_each(|s| c.update(s));
-        let block = c.sign();
+        let block = hmac(a.as_ref());
         let n = block.as_ref().len().min(out.len() - filled);
         out[filled..filled + n].copy_from_slice(&block.as_ref()[..n]);
         filled += n;

@@ -94,8 +94,9 @@ pub struct Stats {
     /// HelloVerifyRequests sent (ClientHellos without a valid cookie).
     pub cookies_sent: AtomicU64,
     /// Full handshakes whose client chain was taken on an earlier verification of the very
-    /// same chain instead of being verified again ([`crate::chains_reused`]).
-    pub chains_reused: AtomicU64,
+    /// same chain instead of being verified again: the server context's own count
+    /// ([`crate::chains_reused`]), which every worker shares.
+    pub chains_reused: Arc<AtomicU64>,
     /// Handshakes that failed, and established sessions that ended in an error (the log says
     /// why). Each is also counted by reason in [`Stats::failures`].
     pub handshake_failures: AtomicU64,
@@ -244,11 +245,16 @@ impl Shared {
         let mut cookie_master = [0u8; 32];
         openssl::rand::rand_bytes(&mut cookie_master)
             .map_err(|e| DtlsError::Other(format!("random bytes: {e}")))?;
+        let ctx = server_context(&cfg.tls)?;
+        let stats = Stats {
+            chains_reused: crate::verified::reuse_counter(&ctx).unwrap_or_default(),
+            ..Stats::default()
+        };
         Ok(Shared {
-            ctx: server_context(&cfg.tls)?,
+            ctx,
             cookie_master,
             start: now,
-            stats: Arc::new(Stats::default()),
+            stats: Arc::new(stats),
         })
     }
 
@@ -742,9 +748,6 @@ impl Server {
         count(&self.stats.sessions);
         if resumed {
             count(&self.stats.resumed);
-        } else if let Some(n) = crate::chains_reused(&self.ctx) {
-            // The context's count, shared by the workers: the highest one read stands.
-            self.stats.chains_reused.fetch_max(n, Ordering::Relaxed);
         }
         tracing::info!(%peer, identity = ?identity, cipher = ?cipher, resumed, "DTLS session established");
         if let Some(p) = self.peers.get_mut(&peer) {

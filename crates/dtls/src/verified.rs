@@ -32,7 +32,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex, OnceLock,
+        Arc, Mutex, OnceLock,
     },
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -54,7 +54,7 @@ const MAX_AGE_S: i64 = 3600;
 /// three times over, at about 100 bytes each).
 const LIMIT: usize = 65_536;
 
-/// The chains verified under one server context.
+/// The chains verified under one context (a server's, or a client's with a CA file).
 #[derive(Debug)]
 pub(crate) struct Verified {
     /// By the SHA-256 of the chain the device sent.
@@ -63,7 +63,8 @@ pub(crate) struct Verified {
     crls_until: Option<i64>,
     /// A client context: the name each connection checks is part of the key.
     client: bool,
-    reused: AtomicU64,
+    /// Handshakes that reused a verdict; shared with a server's [`crate::server::Stats`].
+    reused: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -105,6 +106,11 @@ pub fn chains_reused(ctx: &openssl::ssl::SslContextRef) -> Option<u64> {
         .map(|v| v.reused.load(Ordering::Relaxed))
 }
 
+/// The counter behind [`chains_reused`], to be read where the context's other figures are.
+pub(crate) fn reuse_counter(ctx: &openssl::ssl::SslContextRef) -> Option<Arc<AtomicU64>> {
+    ctx.ex_data(index()).map(|v| v.reused.clone())
+}
+
 /// Unix seconds of an ASN.1 time.
 pub(crate) fn unix(t: &Asn1TimeRef) -> Option<i64> {
     let d = Asn1Time::from_unix(0).ok()?.diff(t).ok()?;
@@ -144,7 +150,7 @@ impl Verified {
             verdicts: Mutex::new(HashMap::new()),
             crls_until,
             client,
-            reused: AtomicU64::new(0),
+            reused: Arc::default(),
         }
     }
 
@@ -204,28 +210,31 @@ impl Verified {
             )
         };
         let now = unix_now();
+        // What the peer sent starts with its own certificate (libssl's ssl_verify_cert_chain):
+        // the leaf is encoded and hashed once.
         let key = leaf.and_then(|leaf| {
-            key_of(
-                name,
-                std::iter::once(leaf).chain(sent.into_iter().flatten()),
-            )
+            let rest = sent.into_iter().flatten();
+            let rest = rest.filter(|c| c.as_ptr() != leaf.as_ptr());
+            key_of(name, std::iter::once(leaf).chain(rest))
         });
-        if let (Some(leaf), Some(key)) = (leaf, key) {
-            if let Some(rest) = self.lookup(&key, now) {
-                if let Ok(mut chain) = Stack::new() {
-                    let whole = std::iter::once(leaf.to_owned()).chain(rest);
-                    if whole.into_iter().all(|c| chain.push(c).is_ok()) {
-                        // SAFETY: the store context takes the stack (it frees its old chain).
-                        unsafe {
-                            X509_STORE_CTX_set0_verified_chain(raw, chain.as_ptr());
-                            std::mem::forget(chain);
-                            openssl_sys::X509_STORE_CTX_set_error(raw, openssl_sys::X509_V_OK);
-                        }
-                        self.reused.fetch_add(1, Ordering::Relaxed);
-                        return 1;
-                    }
-                }
+        let remembered = leaf.zip(key).and_then(|(leaf, key)| {
+            let rest = self.lookup(&key, now)?;
+            let mut chain = Stack::new().ok()?;
+            chain.push(leaf.to_owned()).ok()?;
+            for c in rest {
+                chain.push(c).ok()?;
             }
+            Some(chain)
+        });
+        if let Some(chain) = remembered {
+            // SAFETY: the store context takes the stack (it frees its old chain).
+            unsafe {
+                X509_STORE_CTX_set0_verified_chain(raw, chain.as_ptr());
+                std::mem::forget(chain);
+                openssl_sys::X509_STORE_CTX_set_error(raw, openssl_sys::X509_V_OK);
+            }
+            self.reused.fetch_add(1, Ordering::Relaxed);
+            return 1;
         }
         // SAFETY: the store context OpenSSL set up for this verification.
         let ok = unsafe { openssl_sys::X509_verify_cert(raw) };
