@@ -1,9 +1,15 @@
 //! `cargo xtask bench-ingress [SECONDS]`: the ingress against a fleet, side by side with
 //! libcoap's `coap-server-openssl` (Debian's libcoap3-bin) in the same run, both driven by
 //! `gateway-load` with mutual certificate authentication, each device its own session and one
-//! CON POST in flight. Prints, for each server: requests/s and p50 latency at 1, 10, 100 and
-//! 500 devices with 1 and 20 readings per request, timeouts and failures; full handshakes/s;
-//! server CPU per request and per reading; memory per idle session.
+//! CON POST in flight. Prints, for each server: requests/s, p50 and p99 latency at 1, 10, 100
+//! and 500 devices with 1 and 20 readings per request, timeouts and failures; full
+//! handshakes/s, with the CPU the server and the load generator spend on each and how idle the
+//! machine was; server CPU per request and per reading; memory per idle session.
+//!
+//! Each device has one request in flight, so the mean latency is the devices over the
+//! requests/s (Little's law), whatever the server does: at the same throughput, a lower p50 can
+//! only come with a longer tail, some devices served at once and others kept waiting. The p99
+//! shows which.
 //!
 //! The ingress runs `bench/ingress.toml` (its defaults, into the null sink); `GATEWAY` picks
 //! another build of the gateway (e.g. `target/dist/gateway-x86_64-unknown-linux-gnu/gateway`,
@@ -24,7 +30,7 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// A server under test.
@@ -89,18 +95,36 @@ impl Server {
 
     /// User + system CPU seconds so far.
     fn cpu(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses).
-        let rest = stat.rsplit(')').next().unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / 100.0
+        cpu_of(self.child.id()).0
     }
 
     fn rss_kb(&self) -> u64 {
         proc_kb(self.child.id(), "status", "VmRSS:").unwrap_or(0)
     }
+}
+
+/// The CPU seconds process `pid` has used (user and system), and whether it has exited (a
+/// process that exited and was not waited for yet still has its figures).
+fn cpu_of(pid: u32) -> (f64, bool) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ((ticks(11) + ticks(12)) / 100.0, f.first() == Some(&"Z"))
+}
+
+/// The CPU seconds all cores of this machine have spent idle so far.
+fn machine_idle() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu = stat.lines().next().unwrap_or("");
+    let f: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // idle and iowait
+    (f.get(3).unwrap_or(&0.0) + f.get(4).unwrap_or(&0.0)) / 100.0
 }
 
 /// `gateway-load` aimed at 127.0.0.1:`port`, its devices with certificates issued for the run
@@ -118,7 +142,14 @@ pub fn load_command(bin: &Path, port: u16) -> Command {
 /// during its measurement window.
 struct Outcome {
     result: HashMap<String, String>,
+    /// The server's CPU seconds while the devices worked (after they connected).
     cpu: f64,
+    /// The load generator's, over the same time.
+    load_cpu: f64,
+    /// The seconds all cores of the machine were idle, over the same time.
+    idle: f64,
+    /// How long that time was.
+    seconds: f64,
 }
 
 impl Outcome {
@@ -156,12 +187,16 @@ fn load(
     c.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = c.spawn().context("cannot start gateway-load")?;
     let handshakes = args.contains(&"handshakes");
-    let mut cpu0 = handshakes.then(|| server.cpu());
+    // What the server, the load generator and the machine's idle cores had spent when the
+    // devices started working.
+    let pid = child.id();
+    let mark = || (server.cpu(), cpu_of(pid).0, machine_idle(), Instant::now());
+    let mut start = handshakes.then(mark);
     let mut result = HashMap::new();
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
         if line.starts_with("connect:") || line.starts_with("idle:") {
-            cpu0 = Some(server.cpu());
+            start = Some(mark());
         }
         if let Some(r) = line.strip_prefix("result ") {
             result = r
@@ -172,12 +207,24 @@ fn load(
         }
         on_line(&line);
     }
-    let cpu = server.cpu() - cpu0.unwrap_or(0.0);
+    // Its output ended: its figures stay readable until it is waited for.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !cpu_of(pid).1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (cpu, load_cpu, idle, at) = mark();
+    let (cpu0, load_cpu0, idle0, at0) = start.unwrap_or((0.0, 0.0, idle, at));
     child.wait()?;
     if result.is_empty() {
         bail!("gateway-load printed no result against {}", server.name);
     }
-    Ok(Outcome { result, cpu })
+    Ok(Outcome {
+        result,
+        cpu: cpu - cpu0,
+        load_cpu: load_cpu - load_cpu0,
+        idle: idle - idle0,
+        seconds: (at - at0).as_secs_f64(),
+    })
 }
 
 /// The benchmark; `secs` per measurement.
@@ -310,7 +357,7 @@ type Servers<'a> = dyn Fn(&mut dyn FnMut(&Server) -> Result<()>) -> Result<()> +
 
 /// Requests/s, latency and CPU at each load point.
 fn requests(load_bin: &Path, duration: &str, servers: &Servers<'_>) -> Result<()> {
-    println!("   requests/s (p50 latency) per server, each device its own session, one CON POST in flight:");
+    println!("   requests/s (p50 and p99 latency) per server, each device its own session, one CON POST in flight:");
     for readings in ["1", "20"] {
         for devices in ["1", "10", "100", "500"] {
             let mut row = Vec::new();
@@ -326,17 +373,18 @@ fn requests(load_bin: &Path, duration: &str, servers: &Servers<'_>) -> Result<()
                 let o = load(load_bin, s, &args, |_| {})?;
                 let per_s = o.num("per_s");
                 let cpu_us = o.cpu / (o.num("ok").max(1.0)) * 1e6;
-                row.push((s.name, per_s, o.num("p50_ms"), o.failures(), cpu_us));
+                let latency = (o.num("p50_ms"), o.num("p99_ms"));
+                row.push((s.name, per_s, latency, o.failures(), cpu_us));
                 Ok(())
             })?;
             let cells: Vec<String> = row
                 .iter()
-                .map(|(n, r, p50, f, cpu)| {
+                .map(|(n, r, (p50, p99), f, cpu)| {
                     let per_reading = match readings {
                         "1" => String::new(),
                         _ => format!(" = {:.2} us/reading", cpu / 20.0),
                     };
-                    format!("{n} {r:>7.0} req/s (p50 {p50:.2} ms, {cpu:.1} us CPU/req{per_reading}, {f} failures)")
+                    format!("{n} {r:>7.0} req/s (p50 {p50:.2} ms, p99 {p99:.2} ms, {cpu:.1} us CPU/req{per_reading}, {f} failures)")
                 })
                 .collect();
             let ratio = match row.as_slice() {
@@ -368,9 +416,14 @@ fn handshakes(load_bin: &Path, duration: &str, servers: &Servers<'_>) -> Result<
         ];
         let o = load(load_bin, s, &args, |_| {})?;
         let per_s = o.num("per_s");
-        let cpu_ms = o.cpu / o.num("ok").max(1.0) * 1e3;
+        let each = |cpu: f64| cpu / o.num("ok").max(1.0) * 1e3;
+        let (cpu_ms, load_ms) = (each(o.cpu), each(o.load_cpu));
+        // How much of the machine was left unused: with none, the rate is bounded by the
+        // cores over the CPU both sides spend per handshake.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let idle = 100.0 * o.idle / (cores * o.seconds).max(1e-9);
         println!(
-            "     {:<13} {per_s:>6.0}/s  ({cpu_ms:.2} ms server CPU each, {} failures)",
+            "     {:<13} {per_s:>6.0}/s  ({cpu_ms:.2} ms server CPU each, {load_ms:.2} ms load generator CPU each, machine {idle:.0}% idle, {} failures)",
             s.name,
             o.failures()
         );
