@@ -14,8 +14,10 @@
 //! The ingress runs `bench/ingress.toml` (its defaults, into the null sink); `GATEWAY` picks
 //! another build of the gateway (e.g. `target/dist/gateway-x86_64-unknown-linux-gnu/gateway`,
 //! with OpenSSL 3.5; copy `libtestkit.so` beside it for the null sink), `GATEWAY_LOAD` another
-//! build of the load generator, `IDLE_DEVICES` the sessions of the memory figure (default 2000), and
-//! `INGRESS_PARTS` which parts run (a comma-separated list of `requests`, `handshakes`,
+//! build of the load generator, `IDLE_DEVICES` the sessions of the memory figure (default 2000),
+//! `ROUNDS` how many times each requests and handshakes point runs, the servers taking turns
+//! (default 3; the median is printed, with each round's ratio), and `INGRESS_PARTS` which
+//! parts run (a comma-separated list of `requests`, `handshakes`,
 //! `storm`, `idle`, `reads` and `observe`; all by default). `storm` starts each server afresh
 //! and has `STORM_DEVICES` devices (default 2,000) connect at once, as a fleet does after a
 //! server restart: how long until all are in, and how many never got in. `reads` is the ingress alone: each device reading back
@@ -237,6 +239,14 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
         println!("   (coap-server-openssl is not installed: apt-get install libcoap3-bin; the ingress alone)");
     }
     let duration = format!("{secs}s");
+    let rounds_of_each: usize = match std::env::var("ROUNDS") {
+        Ok(v) => v
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("ROUNDS={v}: a number of rounds, at least 1"))?,
+        Err(_) => 3,
+    };
     let parts = std::env::var("INGRESS_PARTS")
         .unwrap_or_else(|_| "requests,handshakes,storm,idle,reads,observe".into());
     let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
@@ -249,10 +259,10 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
     };
     println!("   gateway: {}", gateway.display());
     if part("requests") {
-        requests(&load_bin, &duration, &servers)?;
+        requests(&load_bin, &duration, rounds_of_each, &servers)?;
     }
     if part("handshakes") {
-        handshakes(&load_bin, &duration, &servers)?;
+        handshakes(&load_bin, &duration, rounds_of_each, &servers)?;
     }
     if part("storm") {
         storm(&load_bin, &servers)?;
@@ -355,80 +365,131 @@ fn reads(load_bin: &Path, duration: &str, s: &Server) -> Result<()> {
 
 type Servers<'a> = dyn Fn(&mut dyn FnMut(&Server) -> Result<()>) -> Result<()> + 'a;
 
-/// Requests/s, latency and CPU at each load point.
-fn requests(load_bin: &Path, duration: &str, servers: &Servers<'_>) -> Result<()> {
-    println!("   requests/s (p50 and p99 latency) per server, each device its own session, one CON POST in flight:");
+/// The median of `values` (0 for none).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Each server's outcomes at one load point, `rounds` times, the servers taking turns (so that
+/// a machine whose speed drifts slows both alike), in the order they first ran.
+fn rounds(
+    rounds: usize,
+    servers: &Servers<'_>,
+    mut measure: impl FnMut(&Server) -> Result<Outcome>,
+) -> Result<Vec<(&'static str, Vec<Outcome>)>> {
+    let mut by_server: Vec<(&'static str, Vec<Outcome>)> = Vec::new();
+    for _ in 0..rounds.max(1) {
+        servers(&mut |s| {
+            let o = measure(s)?;
+            match by_server.iter_mut().find(|(n, _)| *n == s.name) {
+                Some((_, v)) => v.push(o),
+                None => by_server.push((s.name, vec![o])),
+            }
+            Ok(())
+        })?;
+    }
+    Ok(by_server)
+}
+
+/// The first server's figure over the second's, as the ratio of the medians and, with more
+/// than one round, the ratio in each round.
+fn ratio(by_server: &[(&'static str, Vec<Outcome>)], figure: impl Fn(&Outcome) -> f64) -> String {
+    let [(_, ours), (_, theirs)] = by_server else {
+        return String::new();
+    };
+    let mid = |v: &[Outcome]| median(v.iter().map(&figure).collect());
+    if mid(theirs) <= 0.0 {
+        return String::new();
+    }
+    let mut text = format!("  = {:.2}x", mid(ours) / mid(theirs));
+    if ours.len() > 1 {
+        let each: Vec<String> = ours
+            .iter()
+            .zip(theirs)
+            .map(|(a, b)| format!("{:.2}", figure(a) / figure(b).max(1e-9)))
+            .collect();
+        text += &format!(" (rounds {})", each.join(", "));
+    }
+    text
+}
+
+/// Requests/s, latency and CPU at each load point, the median of `n` rounds.
+fn requests(load_bin: &Path, duration: &str, n: usize, servers: &Servers<'_>) -> Result<()> {
+    println!("   requests/s (p50 and p99 latency) per server, each device its own session, one CON POST in flight, the median of {n} round(s):");
     for readings in ["1", "20"] {
         for devices in ["1", "10", "100", "500"] {
-            let mut row = Vec::new();
-            servers(&mut |s| {
-                let args = [
-                    "--devices",
-                    devices,
-                    "--readings",
-                    readings,
-                    "--duration",
-                    duration,
-                ];
-                let o = load(load_bin, s, &args, |_| {})?;
-                let per_s = o.num("per_s");
-                let cpu_us = o.cpu / (o.num("ok").max(1.0)) * 1e6;
-                let latency = (o.num("p50_ms"), o.num("p99_ms"));
-                row.push((s.name, per_s, latency, o.failures(), cpu_us));
-                Ok(())
-            })?;
-            let cells: Vec<String> = row
+            let args = [
+                "--devices",
+                devices,
+                "--readings",
+                readings,
+                "--duration",
+                duration,
+            ];
+            let by_server = rounds(n, servers, |s| load(load_bin, s, &args, |_| {}))?;
+            let cells: Vec<String> = by_server
                 .iter()
-                .map(|(n, r, (p50, p99), f, cpu)| {
+                .map(|(name, os)| {
+                    let mid = |f: &dyn Fn(&Outcome) -> f64| median(os.iter().map(f).collect());
+                    let r = mid(&|o| o.num("per_s"));
+                    let (p50, p99) = (mid(&|o| o.num("p50_ms")), mid(&|o| o.num("p99_ms")));
+                    let cpu = mid(&|o| o.cpu / o.num("ok").max(1.0) * 1e6);
+                    let f: u64 = os.iter().map(Outcome::failures).sum();
                     let per_reading = match readings {
                         "1" => String::new(),
                         _ => format!(" = {:.2} us/reading", cpu / 20.0),
                     };
-                    format!("{n} {r:>7.0} req/s (p50 {p50:.2} ms, p99 {p99:.2} ms, {cpu:.1} us CPU/req{per_reading}, {f} failures)")
+                    format!("{name} {r:>7.0} req/s (p50 {p50:.2} ms, p99 {p99:.2} ms, {cpu:.1} us CPU/req{per_reading}, {f} failures)")
                 })
                 .collect();
-            let ratio = match row.as_slice() {
-                [(_, ours, ..), (_, theirs, ..)] if *theirs > 0.0 => {
-                    format!("  = {:.2}x", ours / theirs)
-                }
-                _ => String::new(),
-            };
             println!(
-                "   {readings:>2} reading(s), {devices:>3} devices: {}{ratio}",
-                cells.join(" | ")
+                "   {readings:>2} reading(s), {devices:>3} devices: {}{}",
+                cells.join(" | "),
+                ratio(&by_server, |o| o.num("per_s"))
             );
         }
     }
     Ok(())
 }
 
-/// Full handshakes/s.
-fn handshakes(load_bin: &Path, duration: &str, servers: &Servers<'_>) -> Result<()> {
-    println!("   full handshakes/s (20 devices looping: handshake, one POST, close):");
-    servers(&mut |s| {
-        let args = [
-            "--devices",
-            "20",
-            "--mode",
-            "handshakes",
-            "--duration",
-            duration,
-        ];
-        let o = load(load_bin, s, &args, |_| {})?;
-        let per_s = o.num("per_s");
-        let each = |cpu: f64| cpu / o.num("ok").max(1.0) * 1e3;
-        let (cpu_ms, load_ms) = (each(o.cpu), each(o.load_cpu));
+/// Full handshakes/s, the median of `n` rounds.
+fn handshakes(load_bin: &Path, duration: &str, n: usize, servers: &Servers<'_>) -> Result<()> {
+    println!("   full handshakes/s (20 devices looping: handshake, one POST, close), the median of {n} round(s):");
+    let args = [
+        "--devices",
+        "20",
+        "--mode",
+        "handshakes",
+        "--duration",
+        duration,
+    ];
+    let by_server = rounds(n, servers, |s| load(load_bin, s, &args, |_| {}))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    for (name, os) in &by_server {
+        let mid = |f: &dyn Fn(&Outcome) -> f64| median(os.iter().map(f).collect());
+        let per_s = mid(&|o| o.num("per_s"));
+        let each = |cpu: f64, o: &Outcome| cpu / o.num("ok").max(1.0) * 1e3;
+        let cpu_ms = mid(&|o| each(o.cpu, o));
+        let load_ms = mid(&|o| each(o.load_cpu, o));
         // How much of the machine was left unused: with none, the rate is bounded by the
         // cores over the CPU both sides spend per handshake.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let idle = 100.0 * o.idle / (cores * o.seconds).max(1e-9);
+        let idle = mid(&|o| 100.0 * o.idle / (cores * o.seconds).max(1e-9));
+        let all: Vec<String> = os
+            .iter()
+            .map(|o| format!("{:.0}", o.num("per_s")))
+            .collect();
+        let f: u64 = os.iter().map(Outcome::failures).sum();
         println!(
-            "     {:<13} {per_s:>6.0}/s  ({cpu_ms:.2} ms server CPU each, {load_ms:.2} ms load generator CPU each, machine {idle:.0}% idle, {} failures)",
-            s.name,
-            o.failures()
+            "     {name:<13} {per_s:>6.0}/s  ({cpu_ms:.2} ms server CPU each, {load_ms:.2} ms load generator CPU each, machine {idle:.0}% idle, {f} failures; rounds {})",
+            all.join(", ")
         );
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 /// A reconnect storm: every device at once against a server just started.
