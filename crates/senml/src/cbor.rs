@@ -67,6 +67,48 @@ impl<'a> Reader<'a> {
         Reader { b, at: 0 }
     }
 
+    /// Whether the next item is encoded as exactly `raw` (consumed if so): a known key is
+    /// then recognised without decoding it.
+    #[inline]
+    pub fn skip_if(&mut self, raw: &[u8]) -> bool {
+        let found = self.b[self.at..].starts_with(raw);
+        if found {
+            self.at += raw.len();
+        }
+        found
+    }
+
+    /// Whether the next item is the definite-length text string `s` (consumed if so): a text
+    /// that repeats one already read is then taken without checking its UTF-8 again.
+    #[inline]
+    pub fn skip_if_text(&mut self, s: &str) -> bool {
+        let rest = &self.b[self.at..];
+        let head = match s.len() {
+            n @ 0..=23 if rest.first() == Some(&(0x60 | n as u8)) => 1,
+            n @ 24..=255 if rest.get(..2) == Some(&[0x78, n as u8][..]) => 2,
+            _ => return false,
+        };
+        if rest.get(head..head + s.len()) != Some(s.as_bytes()) {
+            return false;
+        }
+        self.at += head + s.len();
+        true
+    }
+
+    /// A map key that is an integer in its head byte (-24..=23, as every SenML label is),
+    /// consumed; `None`, with nothing consumed, for any other item.
+    #[inline]
+    pub fn small_int(&mut self) -> Option<i64> {
+        let head = *self.b.get(self.at)?;
+        let v = match head {
+            0x00..=0x17 => i64::from(head),
+            0x20..=0x37 => -1 - i64::from(head - 0x20),
+            _ => return None,
+        };
+        self.at += 1;
+        Some(v)
+    }
+
     /// Whether every byte has been read.
     pub fn done(&self) -> bool {
         self.at == self.b.len()

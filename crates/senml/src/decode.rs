@@ -1,7 +1,9 @@
 //! Decoding SenML packs, record by record, straight into readings. No I/O.
 //!
 //! Neither format is first turned into a value tree: JSON goes through a serde visitor, CBOR
-//! through [`super::cbor`]'s pull reader. A record without a value fails as soon as it is read
+//! through [`super::cbor`]'s pull reader. In CBOR, a key that is a label in its head byte, the
+//! `rid` key, and a name that repeats the record before's (as in a pack of one sensor) are
+//! taken without it: byte comparisons instead of items built and text checked again. A record without a value fails as soon as it is read
 //! (before its name is resolved: that error comes first), a record is resolved (base fields
 //! applied, name split) as soon as it is read, and decoding stops at record
 //! `max_records + 1`; a nested value in a field we do not use is skipped, not built.
@@ -60,6 +62,9 @@ impl Labels {
     }
 }
 
+/// The `rid` key as CBOR writes it: a text string of 3 bytes.
+const RID_KEY: &[u8] = &[0x63, b'r', b'i', b'd'];
+
 /// Decodes SenML CBOR, at most `max_records` records. `now` resolves relative times; records
 /// whose base name is not `DEVICE:` belong to `default_device` (the peer's identity).
 pub fn decode_cbor(
@@ -89,6 +94,8 @@ pub fn decode_cbor_with(
     let mut resolver = Resolver::new(now, default_device, labels);
     let hint = count.unwrap_or(0).min(max_records as u64).min(1024) as usize;
     let mut readings = Vec::with_capacity(hint);
+    // The last record name read, a slice of `bytes`.
+    let mut last_n: Option<&str> = None;
     loop {
         let i = readings.len();
         if count.is_some_and(|n| i as u64 == n) {
@@ -105,21 +112,39 @@ pub fn decode_cbor_with(
         let mut seen = 0u64;
         while pairs.is_none_or(|n| seen < n) {
             seen += 1;
-            let key = match r.item().ok_or(SYNTAX)? {
-                cbor::Item::Break if pairs.is_none() => break,
-                cbor::Item::Uint(n) => Key::Label(i64::try_from(n).unwrap_or(i64::MAX)),
-                cbor::Item::Nint(n) => Key::Label(i64::try_from(n).map_or(i64::MIN, |n| -1 - n)),
-                cbor::Item::Text(s) => Key::Name(s),
-                other => {
-                    // A key of no use to SenML: skip it and its value.
-                    r.skip_rest(&other).ok_or(SYNTAX)?;
-                    Key::Ignored
-                }
+            // Every SenML label fits in the key's head byte: read without the general reader.
+            let key = match r.small_int() {
+                Some(n) => Key::Label(n),
+                None if r.skip_if(RID_KEY) => Key::Name(Cow::Borrowed(RID)),
+                None => match r.item().ok_or(SYNTAX)? {
+                    cbor::Item::Break if pairs.is_none() => break,
+                    cbor::Item::Uint(n) => Key::Label(i64::try_from(n).unwrap_or(i64::MAX)),
+                    cbor::Item::Nint(n) => {
+                        Key::Label(i64::try_from(n).map_or(i64::MIN, |n| -1 - n))
+                    }
+                    cbor::Item::Text(s) => Key::Name(s),
+                    other => {
+                        // A key of no use to SenML: skip it and its value.
+                        r.skip_rest(&other).ok_or(SYNTAX)?;
+                        Key::Ignored
+                    }
+                },
             };
             let field = field_of(key, false, i)?;
+            // A pack's records mostly repeat the name before: then it is taken as it was
+            // checked (UTF-8, length) then.
+            if let (Some(F::N), Some(n)) = (field, last_n) {
+                if r.skip_if_text(n) {
+                    rec.n = Some(Cow::Borrowed(n));
+                    continue;
+                }
+            }
             let value = cbor_field(&mut r).ok_or(SYNTAX)?;
             if let Some(field) = field {
                 set(&mut rec, field, value, false, i)?;
+                if let (F::N, Some(Cow::Borrowed(n))) = (field, &rec.n) {
+                    last_n = Some(*n);
+                }
             }
         }
         if rec.value.is_none() {

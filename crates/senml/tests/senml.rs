@@ -296,3 +296,143 @@ fn a_repeated_name_resolves_like_a_new_one() {
         DecodeError::Name(1, _)
     ));
 }
+
+/// Writes `v` as CBOR in the longest forms RFC 8949 allows for what the reader takes (integers
+/// with a one-byte argument, text and byte strings in chunks of indefinite length, maps and
+/// arrays of indefinite length), so that none of the decoder's shortcuts for the shortest
+/// forms applies.
+fn write_long(v: &ciborium::value::Value, out: &mut Vec<u8>) {
+    use ciborium::value::Value as V;
+    let head = |out: &mut Vec<u8>, major: u8, n: u64| {
+        if n <= 0xff {
+            out.extend_from_slice(&[major << 5 | 24, n as u8]);
+        } else {
+            out.push(major << 5 | 27);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    };
+    match v {
+        V::Integer(i) => {
+            let i = i128::from(*i);
+            if i >= 0 {
+                head(out, 0, i as u64);
+            } else {
+                head(out, 1, (-1 - i) as u64);
+            }
+        }
+        V::Text(s) => {
+            out.push(0x7f);
+            for chunk in s.as_bytes().chunks(2) {
+                // Chunks are whole characters: the names here are ASCII.
+                head(out, 3, chunk.len() as u64);
+                out.extend_from_slice(chunk);
+            }
+            out.push(0xff);
+        }
+        V::Bytes(b) => {
+            out.push(0x5f);
+            for chunk in b.chunks(5) {
+                head(out, 2, chunk.len() as u64);
+                out.extend_from_slice(chunk);
+            }
+            out.push(0xff);
+        }
+        V::Array(items) => {
+            out.push(0x9f);
+            items.iter().for_each(|i| write_long(i, out));
+            out.push(0xff);
+        }
+        V::Map(pairs) => {
+            out.push(0xbf);
+            for (k, v) in pairs {
+                write_long(k, out);
+                write_long(v, out);
+            }
+            out.push(0xff);
+        }
+        V::Float(f) => {
+            out.push(0xfb);
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        V::Bool(b) => out.push(if *b { 0xf5 } else { 0xf4 }),
+        other => panic!("not in a SenML pack of ours: {other:?}"),
+    }
+}
+
+/// Readings of a few devices, sensors and names, so that names repeat from one record to the
+/// next and also change.
+fn arb_repetitive_batch() -> impl Strategy<Value = Vec<Reading>> {
+    let one = (
+        0..2usize,
+        0..3usize,
+        0..3usize,
+        0..2usize,
+        arb_value(),
+        any::<u128>(),
+    );
+    proptest::collection::vec(one, 1..30).prop_map(|rs| {
+        rs.into_iter()
+            .map(|(d, s, n, u, v, id)| {
+                let (d, s) = (["pi-1", "pi-2"][d], ["t1", "gps", "28-0316a2791eff"][s]);
+                let n = ["temperature", "lat/lon", "100%"][n];
+                reading(d, s, n, ["Cel", ""][u], NOW.0, v, id)
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    /// The decoder's shortcuts (labels in the key's head byte, the `rid` key, a name that
+    /// repeats the one before) give what the general path gives for the same pack written in
+    /// its longest forms, where none applies.
+    #[test]
+    fn a_pack_decodes_alike_in_its_shortest_and_longest_forms(batch in arb_repetitive_batch()) {
+        let short = encode_cbor(&batch);
+        let tree: ciborium::value::Value = ciborium::from_reader(&short[..]).unwrap();
+        let mut long = Vec::new();
+        write_long(&tree, &mut long);
+        prop_assert!(long.len() > short.len());
+        let mut labels = Labels::new(100);
+        let a = decode_cbor_with(&short, 1000, NOW, "peer", &mut labels).unwrap();
+        let b = decode_cbor(&long, 1000, NOW, "peer").unwrap();
+        prop_assert_eq!(&a.readings, &batch);
+        prop_assert_eq!(&b.readings, &batch);
+    }
+}
+
+/// A name that repeats the one before only in its first bytes, or in another encoding, is read
+/// as what it is.
+#[test]
+fn a_name_like_the_one_before_is_read_as_itself() {
+    // [{-2: "d:", 0: "s/ab", 2: 1}, {0: "s/ac", 2: 2}, {0: "s/a", 2: 3}, {0: "s/ab"(chunked), 2: 4}]
+    let pack = [
+        &[0x84, 0xa3, 0x21, 0x62, b'd', b':', 0x00, 0x64][..],
+        b"s/ab",
+        &[0x02, 0x01, 0xa2, 0x00, 0x64],
+        b"s/ac",
+        &[0x02, 0x02, 0xa2, 0x00, 0x63],
+        b"s/a",
+        &[
+            0x02, 0x03, 0xa2, 0x00, 0x7f, 0x62, b's', b'/', 0x62, b'a', b'b', 0xff, 0x02, 0x04,
+        ],
+    ]
+    .concat();
+    let got: Vec<String> = decode_cbor(&pack, 100, NOW, "peer")
+        .unwrap()
+        .readings
+        .iter()
+        .map(|r| format!("{}/{}/{}", r.device, r.sensor, r.name))
+        .collect();
+    assert_eq!(got, ["d/s/ab", "d/s/ac", "d/s/a", "d/s/ab"]);
+    // A repeated name that is not UTF-8 the second time is refused, as the first would be.
+    let bad = [
+        &[0x82, 0xa3, 0x21, 0x62, b'd', b':', 0x00, 0x63][..],
+        b"s/a",
+        &[0x02, 0x01, 0xa2, 0x00, 0x63, b's', b'/', 0xff, 0x02, 0x02],
+    ]
+    .concat();
+    assert_eq!(
+        decode_cbor(&bad, 100, NOW, "peer").unwrap_err(),
+        DecodeError::Syntax("CBOR")
+    );
+}
