@@ -95,6 +95,41 @@ impl<'a> Reader<'a> {
         true
     }
 
+    /// The next item if it is a float (consumed); `None`, with nothing consumed, otherwise.
+    #[inline]
+    pub fn float(&mut self) -> Option<f64> {
+        let rest = &self.b[self.at..];
+        let (x, len) = match *rest.first()? {
+            0xf9 => (
+                half(u16::from_be_bytes(rest.get(1..3)?.try_into().ok()?)),
+                3,
+            ),
+            0xfa => (
+                f64::from(f32::from_be_bytes(rest.get(1..5)?.try_into().ok()?)),
+                5,
+            ),
+            0xfb => (f64::from_be_bytes(rest.get(1..9)?.try_into().ok()?), 9),
+            _ => return None,
+        };
+        self.at += len;
+        Some(x)
+    }
+
+    /// The next item if it is a byte string of fewer than 24 bytes (consumed); `None`, with
+    /// nothing consumed, otherwise.
+    #[inline]
+    pub fn short_bytes(&mut self) -> Option<&'a [u8]> {
+        let rest: &'a [u8] = &self.b[self.at..];
+        let head = *rest.first()?;
+        if !(0x40..=0x57).contains(&head) {
+            return None;
+        }
+        let len = usize::from(head - 0x40);
+        let bytes = rest.get(1..1 + len)?;
+        self.at += 1 + len;
+        Some(bytes)
+    }
+
     /// A map key that is an integer in its head byte (-24..=23, as every SenML label is),
     /// consumed; `None`, with nothing consumed, for any other item.
     #[inline]
@@ -359,9 +394,8 @@ mod tests {
         b
     }
 
-    #[test]
-    fn writes_floats_as_ciborium_does() {
-        use ciborium::value::Value as V;
+    /// Floats at the edges of each precision, every half, and random bit patterns.
+    fn special_floats() -> Vec<f64> {
         let mut specials = vec![
             0.0,
             -0.0,
@@ -405,10 +439,78 @@ mod tests {
             specials.push(f64::from_bits(x));
             specials.push(f64::from(f32::from_bits(x as u32)));
         }
-        for v in specials {
+        specials
+    }
+
+    #[test]
+    fn writes_floats_as_ciborium_does() {
+        use ciborium::value::Value as V;
+        for v in special_floats() {
             let mut w = Writer(Vec::new());
             w.float(v);
             assert_eq!(w.0, ciborium(&V::Float(v)), "{v:e} ({:#x})", v.to_bits());
+        }
+    }
+
+    /// `float` (the decoder's shortcut) reads half, single and double precision as `item`
+    /// does, and takes nothing from a truncated float or from another item.
+    #[test]
+    fn reads_floats_as_the_general_reader_does() {
+        let mut forms = [0usize; 3];
+        for v in special_floats() {
+            let mut w = Writer(Vec::new());
+            w.float(v);
+            let b = &w.0;
+            forms[match b.len() {
+                3 => 0,
+                5 => 1,
+                _ => 2,
+            }] += 1;
+            let fast = Reader::new(b).float().expect("a float");
+            let Some(Item::Float(general)) = Reader::new(b).item() else {
+                panic!("{b:02x?} is a float");
+            };
+            assert_eq!(fast.to_bits(), general.to_bits(), "{b:02x?}");
+            if !v.is_nan() {
+                assert_eq!(fast.to_bits(), v.to_bits(), "{b:02x?}");
+            }
+            for cut in 0..b.len() {
+                let mut r = Reader::new(&b[..cut]);
+                assert_eq!(r.float(), None);
+                assert_eq!(r.at, 0, "nothing taken");
+            }
+        }
+        assert!(
+            forms.iter().all(|n| *n > 1000),
+            "every precision: {forms:?}"
+        );
+        let mut r = Reader::new(&[0x01, 0xf5]);
+        assert_eq!((r.float(), r.at), (None, 0));
+    }
+
+    /// `short_bytes` reads a byte string of fewer than 24 bytes as `item` does; a longer or
+    /// chunked one, a truncated one and other items are left to `item`.
+    #[test]
+    fn reads_short_byte_strings_as_the_general_reader_does() {
+        let mut w = Writer(Vec::new());
+        for len in 0..30u8 {
+            w.0.clear();
+            w.bytes(&(0..len).collect::<Vec<u8>>());
+            let b = &w.0;
+            let fast = Reader::new(b).short_bytes();
+            match Reader::new(b).item() {
+                Some(Item::Bytes(general)) if len < 24 => assert_eq!(fast, Some(&*general)),
+                Some(Item::Bytes(_)) => assert_eq!(fast, None),
+                other => panic!("{other:?}"),
+            }
+            for cut in 0..b.len() {
+                let mut r = Reader::new(&b[..cut]);
+                assert_eq!((r.short_bytes(), r.at), (None, 0));
+            }
+        }
+        for other in [&[0x5f, 0x41, 0x00, 0xff][..], &[0x61, b'a'], &[0x00]] {
+            let mut r = Reader::new(other);
+            assert_eq!((r.short_bytes(), r.at), (None, 0));
         }
     }
 

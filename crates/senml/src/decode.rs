@@ -113,24 +113,27 @@ pub fn decode_cbor_with(
         while pairs.is_none_or(|n| seen < n) {
             seen += 1;
             // Every SenML label fits in the key's head byte: read without the general reader.
-            let key = match r.small_int() {
-                Some(n) => Key::Label(n),
-                None if r.skip_if(RID_KEY) => Key::Name(Cow::Borrowed(RID)),
+            // (A label in the head byte is within -24..=23: never one that must be understood.)
+            let field = match r.small_int() {
+                Some(n) => label_field(n),
+                None if r.skip_if(RID_KEY) => Some(F::Rid),
                 None => match r.item().ok_or(SYNTAX)? {
                     cbor::Item::Break if pairs.is_none() => break,
-                    cbor::Item::Uint(n) => Key::Label(i64::try_from(n).unwrap_or(i64::MAX)),
-                    cbor::Item::Nint(n) => {
-                        Key::Label(i64::try_from(n).map_or(i64::MIN, |n| -1 - n))
+                    cbor::Item::Uint(n) => {
+                        field_of(Key::Label(i64::try_from(n).unwrap_or(i64::MAX)), false, i)?
                     }
-                    cbor::Item::Text(s) => Key::Name(s),
+                    cbor::Item::Nint(n) => {
+                        let n = i64::try_from(n).map_or(i64::MIN, |n| -1 - n);
+                        field_of(Key::Label(n), false, i)?
+                    }
+                    cbor::Item::Text(s) => field_of(Key::Name(s), false, i)?,
                     other => {
                         // A key of no use to SenML: skip it and its value.
                         r.skip_rest(&other).ok_or(SYNTAX)?;
-                        Key::Ignored
+                        None
                     }
                 },
             };
-            let field = field_of(key, false, i)?;
             // A pack's records mostly repeat the name before: then it is taken as it was
             // checked (UTF-8, length) then.
             if let (Some(F::N), Some(n)) = (field, last_n) {
@@ -164,6 +167,13 @@ pub fn decode_cbor_with(
 /// A field's value read off the CBOR reader: containers are skipped, tags looked through.
 #[inline]
 fn cbor_field<'a>(r: &mut cbor::Reader<'a>) -> Option<Field<'a>> {
+    // A value, and a 16-byte rid, without the general reader.
+    if let Some(x) = r.float() {
+        return Some(Field::Num(x));
+    }
+    if let Some(b) = r.short_bytes() {
+        return Some(Field::Bytes(Cow::Borrowed(b)));
+    }
     loop {
         let item = r.item()?;
         return Some(match item {
@@ -333,12 +343,11 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
     }
 }
 
-/// A record's key: an integer label (CBOR), a name, or something of no use to SenML. A CBOR
-/// name is borrowed from the datagram.
+/// A record's key: an integer label (CBOR) or a name. A CBOR name is borrowed from the
+/// datagram.
 enum Key<'a> {
     Label(i64),
     Name(Cow<'a, str>),
-    Ignored,
 }
 
 /// A SenML field this decoder takes.
@@ -396,29 +405,38 @@ impl F {
     }
 }
 
+/// The field a CBOR label names (`None`: one we do not use, such as sum (5) or update time
+/// (7)).
+#[inline]
+fn label_field(n: i64) -> Option<F> {
+    Some(match n {
+        label::BN => F::Bn,
+        label::BT => F::Bt,
+        label::BU => F::Bu,
+        label::BV => F::Bv,
+        label::BVER => F::Bver,
+        label::N => F::N,
+        label::U => F::U,
+        label::V => F::V,
+        label::VS => F::Vs,
+        label::VB => F::Vb,
+        label::VD => F::Vd,
+        label::T => F::T,
+        _ => return None,
+    })
+}
+
 /// The field a key names in record `i` (`None`: one we skip), or why the record cannot be
 /// taken (a must-understand field).
 #[inline]
 fn field_of(key: Key<'_>, json: bool, i: usize) -> Result<Option<F>, DecodeError> {
     Ok(match key {
-        Key::Label(n) if !json => match n {
-            label::BN => Some(F::Bn),
-            label::BT => Some(F::Bt),
-            label::BU => Some(F::Bu),
-            label::BV => Some(F::Bv),
-            label::BVER => Some(F::Bver),
-            label::N => Some(F::N),
-            label::U => Some(F::U),
-            label::V => Some(F::V),
-            label::VS => Some(F::Vs),
-            label::VB => Some(F::Vb),
-            label::VD => Some(F::Vd),
-            label::T => Some(F::T),
-            // Sum (5) and update time (7) and other labels are not used.
-            n if !(-100..=100).contains(&n) => {
+        Key::Label(n) if !json => match label_field(n) {
+            Some(f) => Some(f),
+            None if !(-100..=100).contains(&n) => {
                 return Err(DecodeError::MustUnderstand(i, n.to_string()))
             }
-            _ => None,
+            None => None,
         },
         Key::Name(name) if name == RID => Some(F::Rid),
         Key::Name(name) if name.ends_with('_') => {
