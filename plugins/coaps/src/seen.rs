@@ -295,28 +295,12 @@ impl Seen {
             newer.is_some_and(|d| d.contains(id)) || older.is_some_and(|d| d.contains(id))
         };
         let before = readings.len();
-        let mut fresh = Vec::with_capacity(before);
-        let mut flight = Vec::with_capacity(ids.len());
-        if in_order {
-            for (r, id) in readings.into_iter().zip(ids) {
-                if !stored(id) {
-                    fresh.push(r);
-                    flight.push(id);
-                }
-            }
+        let (fresh, flight) = if in_order && !ids.iter().any(|&id| stored(id)) {
+            // The common case, nothing stored before: the pack goes in flight as it came.
+            (readings, ids)
         } else {
-            // The first of each id goes, if not stored.
-            let mut taken = vec![false; ids.len()];
-            for r in readings {
-                let id = r.id.as_u128();
-                let i = ids.binary_search(&id).expect("every id is in the list");
-                if !std::mem::replace(&mut taken[i], true) && !stored(id) {
-                    fresh.push(r);
-                    flight.push(id);
-                }
-            }
-            flight.sort_unstable();
-        }
+            Self::unstored(readings, ids, in_order, stored)
+        };
         let mut keys = Keys::default();
         if !flight.is_empty() {
             self.flights += 1;
@@ -332,6 +316,38 @@ impl Seen {
             fresh,
             keys,
         }
+    }
+
+    /// The readings of a pack that were not stored, and their ids, sorted: the first of each
+    /// id, if `stored` does not know it.
+    fn unstored(
+        readings: Vec<Reading>,
+        ids: Vec<u128>,
+        in_order: bool,
+        stored: impl Fn(u128) -> bool,
+    ) -> (Vec<Reading>, Vec<u128>) {
+        let mut fresh = Vec::with_capacity(readings.len());
+        let mut flight = Vec::with_capacity(ids.len());
+        if in_order {
+            for (r, id) in readings.into_iter().zip(ids) {
+                if !stored(id) {
+                    fresh.push(r);
+                    flight.push(id);
+                }
+            }
+        } else {
+            let mut taken = vec![false; ids.len()];
+            for r in readings {
+                let id = r.id.as_u128();
+                let i = ids.binary_search(&id).expect("every id is in the list");
+                if !std::mem::replace(&mut taken[i], true) && !stored(id) {
+                    fresh.push(r);
+                    flight.push(id);
+                }
+            }
+            flight.sort_unstable();
+        }
+        (fresh, flight)
     }
 
     /// Takes the flight `no` of `tag` out of flight.
