@@ -367,12 +367,21 @@ impl Seen {
             let Some(ids) = self.land(tag, no) else {
                 continue;
             };
-            for id in ids {
-                if self.newer.filled >= self.capacity.max(1) {
+            let full = self.capacity.max(1);
+            let mut ids = ids.into_iter().peekable();
+            while ids.peek().is_some() {
+                if self.newer.filled >= full {
                     self.older = std::mem::take(&mut self.newer);
                 }
-                let d = self.newer.devices.entry(tag).or_default();
-                self.newer.filled += d.insert(id);
+                // The device is looked up once per generation, not once per id.
+                let newer = &mut self.newer;
+                let d = newer.devices.entry(tag).or_default();
+                for id in ids.by_ref() {
+                    newer.filled += d.insert(id);
+                    if newer.filled >= full {
+                        break;
+                    }
+                }
             }
         }
     }
@@ -488,6 +497,18 @@ mod tests {
             x
         };
         (0..n).map(|_| join(next(), next())).collect()
+    }
+
+    #[test]
+    fn a_pack_larger_than_a_generation_keeps_its_newest_ids() {
+        let mut seen = Seen::new(4);
+        let rs = sample_readings(10);
+        let first = seen.admit(rs.clone()).unwrap();
+        seen.stored(&first.keys);
+        // Generations of 4: the first four ids went with the oldest generation.
+        let again = seen.admit(rs.clone()).unwrap();
+        assert_eq!((again.fresh.len(), again.duplicates), (4, 6));
+        assert_eq!(again.fresh, rs[..4].to_vec());
     }
 
     #[test]
