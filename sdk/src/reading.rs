@@ -30,6 +30,7 @@ impl Label {
         Label(RArc::new(RString::from(s)))
     }
     /// The text.
+    #[inline]
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }
@@ -37,6 +38,7 @@ impl Label {
 
 impl Deref for Label {
     type Target = str;
+    #[inline]
     fn deref(&self) -> &str {
         self.as_str()
     }
@@ -52,6 +54,7 @@ impl From<String> for Label {
     }
 }
 impl PartialEq for Label {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
         let (a, b) = (self.as_str(), other.as_str());
         // Clones of one label (the common case: a source clones its labels into every
