@@ -375,6 +375,11 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// The median of `figure` over `outcomes`.
+fn mid(outcomes: &[Outcome], figure: impl Fn(&Outcome) -> f64) -> f64 {
+    median(outcomes.iter().map(figure).collect())
+}
+
 /// Each server's outcomes at one load point, `rounds` times, the servers taking turns (so that
 /// a machine whose speed drifts slows both alike), in the order they first ran.
 fn rounds(
@@ -402,11 +407,11 @@ fn ratio(by_server: &[(&'static str, Vec<Outcome>)], figure: impl Fn(&Outcome) -
     let [(_, ours), (_, theirs)] = by_server else {
         return String::new();
     };
-    let mid = |v: &[Outcome]| median(v.iter().map(&figure).collect());
-    if mid(theirs) <= 0.0 {
+    let (a, b) = (mid(ours, &figure), mid(theirs, &figure));
+    if b <= 0.0 {
         return String::new();
     }
-    let mut text = format!("  = {:.2}x", mid(ours) / mid(theirs));
+    let mut text = format!("  = {:.2}x", a / b);
     if ours.len() > 1 {
         let each: Vec<String> = ours
             .iter()
@@ -435,10 +440,9 @@ fn requests(load_bin: &Path, duration: &str, n: usize, servers: &Servers<'_>) ->
             let cells: Vec<String> = by_server
                 .iter()
                 .map(|(name, os)| {
-                    let mid = |f: &dyn Fn(&Outcome) -> f64| median(os.iter().map(f).collect());
-                    let r = mid(&|o| o.num("per_s"));
-                    let (p50, p99) = (mid(&|o| o.num("p50_ms")), mid(&|o| o.num("p99_ms")));
-                    let cpu = mid(&|o| o.cpu / o.num("ok").max(1.0) * 1e6);
+                    let r = mid(os, |o| o.num("per_s"));
+                    let (p50, p99) = (mid(os, |o| o.num("p50_ms")), mid(os, |o| o.num("p99_ms")));
+                    let cpu = mid(os, |o| o.cpu / o.num("ok").max(1.0) * 1e6);
                     let f: u64 = os.iter().map(Outcome::failures).sum();
                     let per_reading = match readings {
                         "1" => String::new(),
@@ -471,14 +475,13 @@ fn handshakes(load_bin: &Path, duration: &str, n: usize, servers: &Servers<'_>) 
     let by_server = rounds(n, servers, |s| load(load_bin, s, &args, |_| {}))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     for (name, os) in &by_server {
-        let mid = |f: &dyn Fn(&Outcome) -> f64| median(os.iter().map(f).collect());
-        let per_s = mid(&|o| o.num("per_s"));
+        let per_s = mid(os, |o| o.num("per_s"));
         let each = |cpu: f64, o: &Outcome| cpu / o.num("ok").max(1.0) * 1e3;
-        let cpu_ms = mid(&|o| each(o.cpu, o));
-        let load_ms = mid(&|o| each(o.load_cpu, o));
+        let cpu_ms = mid(os, |o| each(o.cpu, o));
+        let load_ms = mid(os, |o| each(o.load_cpu, o));
         // How much of the machine was left unused: with none, the rate is bounded by the
         // cores over the CPU both sides spend per handshake.
-        let idle = mid(&|o| 100.0 * o.idle / (cores * o.seconds).max(1e-9));
+        let idle = mid(os, |o| 100.0 * o.idle / (cores * o.seconds).max(1e-9));
         let all: Vec<String> = os
             .iter()
             .map(|o| format!("{:.0}", o.num("per_s")))

@@ -1,7 +1,7 @@
 //! Micro-benchmark of SenML CBOR encoding and decoding: `cargo run --release -p gateway-senml
-//! --example senml_bench [ROUNDS] [ingress]`. The last figure (alone with `ingress`) decodes as the ingress does: packs of 20
-//! readings of one sensor taken at one time (as `gateway-load` sends them), with the labels a
-//! server's worker keeps from one pack to the next. Under `valgrind --tool=callgrind` it gives
+//! --example senml_bench [ROUNDS] [ingress]`. The last figure (alone with `ingress`) decodes
+//! as the ingress does: packs of 20 readings of one sensor taken at one time (as `gateway-load`
+//! sends them), with the labels a server's worker keeps from one pack to the next. Under `valgrind --tool=callgrind` it gives
 //! instructions per reading that do not depend on what else the machine is doing.
 use gateway_sdk::{testing::sample_readings, IdGenerator, Label, Reading, Timestamp, Value};
 use gateway_senml as senml;

@@ -61,6 +61,21 @@ fn half(h: u16) -> f64 {
     }
 }
 
+/// The float whose head byte is `head` (half, single or double precision), read from the
+/// bytes after the head, and how many of them it took; `None` for another head or too few bytes.
+#[inline]
+fn float_after(head: u8, rest: &[u8]) -> Option<(f64, usize)> {
+    Some(match head {
+        0xf9 => (half(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)), 2),
+        0xfa => (
+            f64::from(f32::from_be_bytes(rest.get(..4)?.try_into().ok()?)),
+            4,
+        ),
+        0xfb => (f64::from_be_bytes(rest.get(..8)?.try_into().ok()?), 8),
+        _ => return None,
+    })
+}
+
 impl<'a> Reader<'a> {
     /// A reader at the start of `b`.
     pub fn new(b: &'a [u8]) -> Self {
@@ -98,20 +113,9 @@ impl<'a> Reader<'a> {
     /// The next item if it is a float (consumed); `None`, with nothing consumed, otherwise.
     #[inline]
     pub fn float(&mut self) -> Option<f64> {
-        let rest = &self.b[self.at..];
-        let (x, len) = match *rest.first()? {
-            0xf9 => (
-                half(u16::from_be_bytes(rest.get(1..3)?.try_into().ok()?)),
-                3,
-            ),
-            0xfa => (
-                f64::from(f32::from_be_bytes(rest.get(1..5)?.try_into().ok()?)),
-                5,
-            ),
-            0xfb => (f64::from_be_bytes(rest.get(1..9)?.try_into().ok()?), 9),
-            _ => return None,
-        };
-        self.at += len;
+        let head = *self.b.get(self.at)?;
+        let (x, len) = float_after(head, &self.b[self.at + 1..])?;
+        self.at += 1 + len;
         Some(x)
     }
 
@@ -220,11 +224,11 @@ impl<'a> Reader<'a> {
                 21 => Item::Bool(true),
                 0..=19 | 22 | 23 => Item::Simple(ai),
                 24 => Item::Simple(*self.take(1)?.first()?),
-                25 => Item::Float(half(u16::from_be_bytes(self.take(2)?.try_into().ok()?))),
-                26 => Item::Float(f64::from(f32::from_be_bytes(
-                    self.take(4)?.try_into().ok()?,
-                ))),
-                27 => Item::Float(f64::from_be_bytes(self.take(8)?.try_into().ok()?)),
+                25..=27 => {
+                    let (x, len) = float_after(head, &self.b[self.at..])?;
+                    self.at += len;
+                    Item::Float(x)
+                }
                 31 => Item::Break,
                 _ => return None,
             },

@@ -3,10 +3,11 @@
 //! Neither format is first turned into a value tree: JSON goes through a serde visitor, CBOR
 //! through [`super::cbor`]'s pull reader. In CBOR, a key that is a label in its head byte, the
 //! `rid` key, and a name that repeats the record before's (as in a pack of one sensor) are
-//! taken without it: byte comparisons instead of items built and text checked again. A record without a value fails as soon as it is read
-//! (before its name is resolved: that error comes first), a record is resolved (base fields
-//! applied, name split) as soon as it is read, and decoding stops at record
-//! `max_records + 1`; a nested value in a field we do not use is skipped, not built.
+//! taken without it: byte comparisons instead of items built and text checked again. A record
+//! without a value fails as soon as it is read (before its name is resolved: that error comes
+//! first), a record is resolved (base fields applied, name split) as soon as it is read, and
+//! decoding stops at record `max_records + 1`; a nested value in a field we do not use is
+//! skipped, not built.
 //! What a payload costs is bounded by its size and `max_records`.
 
 use super::{cbor, label, unbase64url, unescape, DecodeError, Pack, Record, MAX_NAME, RID};
