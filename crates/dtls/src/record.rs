@@ -260,6 +260,9 @@ pub(crate) struct Opened {
     pub data: Vec<Vec<u8>>,
     /// The peer sent an alert: the association is over.
     pub alert: bool,
+    /// At least one record authenticated: the peer, not someone sending from its address,
+    /// was heard.
+    pub authentic: bool,
 }
 
 /// An established association's record protection after OpenSSL handed it over.
@@ -389,6 +392,7 @@ impl Established {
                 continue;
             };
             self.window.mark(h.seq);
+            got.authentic = true;
             match h.content_type {
                 APPLICATION_DATA => {
                     // The client has our Finished: the flight is not needed again.

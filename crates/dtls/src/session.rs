@@ -492,11 +492,15 @@ impl Session {
         if matches!(self.state, State::Closed(_)) {
             return Vec::new();
         }
-        self.last_activity = now;
         let stream = match &mut self.link {
             Link::Tls(stream) => stream,
             Link::Records(t) => {
                 let opened = PLAINTEXT.with_borrow_mut(|buf| t.records.open(now, datagram, buf));
+                // Only the peer's own records keep the session alive: a datagram forged with
+                // its address must not hold off the idle timeout.
+                if opened.authentic {
+                    self.last_activity = now;
+                }
                 if opened.alert {
                     self.fail(DtlsError::Closed);
                 }
@@ -508,6 +512,10 @@ impl Session {
         self.buffers_released = false;
         let mut received = std::mem::take(&mut self.early);
         received.extend(self.advance());
+        // A handshake's datagrams, or records OpenSSL opened.
+        if before.is_some() || !received.is_empty() {
+            self.last_activity = now;
+        }
         if before.is_some_and(|b| {
             self.state != State::Handshaking
                 || self.tls().is_some_and(|s| s.ssl().state_string_long() != b)

@@ -638,6 +638,34 @@ fn idle_sessions_and_slow_handshakes_are_dropped_on_time() {
 }
 
 #[test]
+fn datagrams_forged_with_a_devices_address_do_not_keep_its_session_alive() {
+    let pki = Pki::devices(&["pi-01"]);
+    let mut cfg = pki.server_config();
+    cfg.session_idle = Duration::from_secs(60);
+    let mut net = Net::new(cfg);
+    let a = net.add(pki.device("pi-01"));
+    assert!(net.stored(a, b"x"));
+    // Someone who sees the device's traffic replays its last record from its address, and
+    // sends noise from there, every 20 s: neither authenticates.
+    for _ in 0..3 {
+        net.advance(Duration::from_secs(20));
+        net.resend(a);
+        let from = net.devices[a].addr.unwrap();
+        net.server.handle(
+            net.now,
+            from,
+            &[23, 254, 253, 0, 1, 0, 0, 0, 0, 0, 9, 0, 3, 1, 2, 3],
+        );
+        net.settle();
+    }
+    assert_eq!(net.received.len(), 1, "the replay was not taken");
+    // 60 s after the device's own last record, its session is idle.
+    net.advance(Duration::from_secs(1));
+    assert_eq!(net.server.sessions(), (0, 0));
+    assert_eq!(net.stat(|s| &s.idle_evictions), 1);
+}
+
+#[test]
 fn a_group_goes_out_nstart_at_a_time_and_stops_at_its_first_refusal() {
     let pki = Pki::devices(&["pi-01"]);
     let mut net = Net::new(pki.server_config());
