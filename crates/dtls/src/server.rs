@@ -218,7 +218,7 @@ pub struct Server {
     per_identity: HashMap<Arc<str>, usize>,
     /// Observers no longer registered, for [`Server::poll_deregistered`].
     gone: VecDeque<(SocketAddr, Token)>,
-    /// Requests met while looking for those, for [`Server::poll_event`].
+    /// Requests with the identity of the session they came in on, for [`Server::poll_event`].
     early: VecDeque<Incoming>,
 }
 
@@ -354,11 +354,7 @@ impl Server {
     /// The next client that is no longer registered for notifications (it said so, did not
     /// acknowledge one, or its session ended). Drain it with the events.
     pub fn poll_deregistered(&mut self) -> Option<(SocketAddr, Token)> {
-        while let Some(ev) = self.endpoint.poll_event() {
-            if let Some(inc) = self.take(ev) {
-                self.early.push_back(inc);
-            }
-        }
+        self.sort_events(None);
         self.gone.pop_front()
     }
 
@@ -419,34 +415,35 @@ impl Server {
 
     /// The next request for the application.
     pub fn poll_event(&mut self) -> Option<Incoming> {
-        if let Some(inc) = self.early.pop_front() {
-            return Some(inc);
-        }
-        while let Some(ev) = self.endpoint.poll_event() {
-            if let Some(inc) = self.take(ev) {
-                return Some(inc);
-            }
-        }
-        None
+        self.sort_events(None);
+        self.early.pop_front()
     }
 
-    /// Sorts one endpoint event: a request for the application, or a client gone.
-    fn take(&mut self, ev: Event<SocketAddr>) -> Option<Incoming> {
-        match ev {
-            Event::Request { id, peer, packet } => {
-                let identity = self.peers.get(&peer).and_then(|p| p.identity.clone());
-                Some(Incoming {
-                    id,
-                    peer,
-                    identity,
-                    packet,
-                })
+    /// Sorts the endpoint's events: requests for the application, clients gone. `from`: the
+    /// peer whose datagram the endpoint just took, and its session's identity.
+    ///
+    /// The endpoint makes requests only of the datagrams it is handed, and each datagram's
+    /// are sorted right after it, with its session's identity. A request met anywhere else
+    /// has no session to vouch for it: it is dropped (the device sends it again, on a
+    /// session), never handed over without its identity.
+    fn sort_events(&mut self, from: Option<(SocketAddr, Option<Arc<str>>)>) {
+        while let Some(ev) = self.endpoint.poll_event() {
+            match ev {
+                Event::Request { id, peer, packet } => match &from {
+                    Some((p, identity)) if *p == peer => self.early.push_back(Incoming {
+                        id,
+                        peer,
+                        identity: identity.clone(),
+                        packet,
+                    }),
+                    _ => {
+                        debug_assert!(false, "a request of {peer} outside its datagram");
+                        tracing::warn!(%peer, "a request without its session's identity dropped");
+                    }
+                },
+                Event::Deregistered { peer, token } => self.gone.push_back((peer, token)),
+                Event::Response { .. } | Event::Notification { .. } => {}
             }
-            Event::Deregistered { peer, token } => {
-                self.gone.push_back((peer, token));
-                None
-            }
-            Event::Response { .. } | Event::Notification { .. } => None,
         }
     }
 
@@ -576,9 +573,18 @@ impl Server {
         if !was_established && p.session.is_established() && !self.admit(peer) {
             return;
         }
+        if data.is_empty() {
+            return;
+        }
+        // The requests in this datagram carry the identity of the session that decrypted them,
+        // taken now: by the time the application polls, that session may have failed (an
+        // alert after the data, in the same datagram) or been replaced by a new handshake from
+        // the same address, and the address would then name another identity, or none.
+        let identity = self.peers.get(&peer).and_then(|p| p.identity.clone());
         for app in data {
             self.endpoint.handle_datagram(now, peer, &app);
         }
+        self.sort_events(Some((peer, identity)));
     }
 
     /// A ClientHello that begins a new association: answered statelessly until it carries a

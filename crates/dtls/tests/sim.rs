@@ -666,6 +666,39 @@ fn datagrams_forged_with_a_devices_address_do_not_keep_its_session_alive() {
 }
 
 #[test]
+fn a_request_keeps_its_sessions_identity_when_an_alert_follows_it_in_one_datagram() {
+    let pki = Pki::devices(&["pi-01"]);
+    let mut net = Net::new(pki.server_config());
+    let a = net.add(pki.device("pi-01"));
+    assert!(net.stored(a, b"1"));
+    // The device's next records (a POST, then its close_notify) go in one datagram: the
+    // session ends on the alert before the application takes the request. (The client
+    // closes once its request has given up, before CoAP sent it again.)
+    net.devices[a].budget = Some(0);
+    net.devices[a].held = Some(Vec::new());
+    net.post(a, b"2", Duration::from_millis(500));
+    net.advance(Duration::from_secs(1));
+    net.devices[a].client.close(net.now);
+    net.settle();
+    let held = net.devices[a].held.take().unwrap();
+    let (post, alert) = (&held[0], held.last().unwrap());
+    assert!(held.len() >= 2, "the POST, then the alert");
+    let from = net.devices[a].addr.unwrap();
+    net.server
+        .handle(net.now, from, &[post.as_slice(), alert].concat());
+    net.settle();
+    assert_eq!(net.server.sessions(), (0, 0), "the alert ended the session");
+    assert_eq!(
+        net.received,
+        vec![
+            (Some("pi-01".to_owned()), b"1".to_vec()),
+            (Some("pi-01".to_owned()), b"2".to_vec())
+        ],
+        "the request is the device's, never a peer's without an identity"
+    );
+}
+
+#[test]
 fn a_group_goes_out_nstart_at_a_time_and_stops_at_its_first_refusal() {
     let pki = Pki::devices(&["pi-01"]);
     let mut net = Net::new(pki.server_config());

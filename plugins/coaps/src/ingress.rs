@@ -153,6 +153,7 @@ impl Ingress {
             logs,
             readers: self.cfg.readers.clone(),
             max_block: 1024,
+            allow_anonymous: self.cfg.allow_anonymous,
         };
         Serving::new(
             ctx,

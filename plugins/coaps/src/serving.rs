@@ -133,6 +133,8 @@ pub struct Settings {
     pub readers: Vec<String>,
     /// Largest answer payload: a larger one goes block by block.
     pub max_block: usize,
+    /// Whether peers without an identity may post (as `anonymous`).
+    pub allow_anonymous: bool,
 }
 
 /// What the workers share: the memory of reading ids, the counters, the last readings and
@@ -467,8 +469,16 @@ impl Handler for Serving<'_> {
             let r = retry_later("shutting down", self.settings.retry_after);
             return self.answer(id, r, Instant::now());
         }
-        // The driver admits a session without an identity only with `allow_anonymous`.
+        // The driver admits a session without an identity only with `allow_anonymous`; should
+        // a request come without one otherwise, it is refused, never stored as `anonymous`.
         let identity = inc.identity.as_deref();
+        if identity.is_none() && !self.settings.allow_anonymous {
+            let r = Refused::bad(
+                gateway_coap::coap_lite::ResponseType::Unauthorized,
+                "this server takes requests only from peers with an identity",
+            );
+            return self.refuse(id, peer, r);
+        }
         let put = match request::route(&inc.packet, &self.settings.path) {
             Ok(Route::Readings) => None,
             Ok(Route::Put { device, sensor }) => Some((device, sensor)),
