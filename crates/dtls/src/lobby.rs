@@ -8,13 +8,23 @@
 //! may wait here instead, first come first served, and its handshake starts as soon as a slot
 //! frees. A retransmission refreshes the entry and keeps its place. The lobby is bounded; past
 //! its capacity a ClientHello is dropped as before.
+//!
+//! A waiting datagram is at most [`MAX_WAITING_BYTES`]: a ClientHello is a few hundred bytes,
+//! and a larger datagram would be someone parking junk behind one (up to 64 KiB a place).
+//! Places are not shared out per IP address: a fleet behind one NAT address reconnects through
+//! the lobby as a whole.
 
 use crate::hello::ClientHello;
+use gateway_coap::Keyed;
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     net::SocketAddr,
     time::{Duration, Instant},
 };
+
+/// The largest datagram that may wait; a larger ClientHello datagram is dropped (its sender
+/// tries again when its timer fires, as when the lobby is full).
+pub const MAX_WAITING_BYTES: usize = 2048;
 
 /// A ClientHello waiting for a slot.
 #[derive(Debug)]
@@ -34,6 +44,9 @@ pub struct Waiting {
 pub struct Lobby {
     queue: VecDeque<Waiting>,
     capacity: usize,
+    /// The peers in `queue`, so that a newcomer is told from a retransmission without a
+    /// walk through the line.
+    peers: HashSet<SocketAddr, Keyed>,
 }
 
 impl Lobby {
@@ -42,6 +55,7 @@ impl Lobby {
         Lobby {
             queue: VecDeque::new(),
             capacity,
+            peers: HashSet::default(),
         }
     }
 
@@ -56,7 +70,8 @@ impl Lobby {
     }
 
     /// `peer` asks (again): a peer already waiting keeps its place, with its latest ClientHello;
-    /// a new one queues at the end. `false` if the lobby is full (the ClientHello is dropped).
+    /// a new one queues at the end. `false` if the ClientHello is dropped: the lobby is full,
+    /// or the datagram is larger than a ClientHello needs ([`MAX_WAITING_BYTES`]).
     pub fn offer(
         &mut self,
         now: Instant,
@@ -64,9 +79,14 @@ impl Lobby {
         datagram: &[u8],
         hello: &ClientHello,
     ) -> bool {
-        if let Some(w) = self.queue.iter_mut().find(|w| w.peer == peer) {
-            w.datagram = datagram.to_vec();
-            w.hello = hello.clone();
+        if datagram.len() > MAX_WAITING_BYTES {
+            return false;
+        }
+        if self.peers.contains(&peer) {
+            if let Some(w) = self.queue.iter_mut().find(|w| w.peer == peer) {
+                w.datagram = datagram.to_vec();
+                w.hello = hello.clone();
+            }
             return true;
         }
         if self.queue.len() >= self.capacity {
@@ -78,27 +98,38 @@ impl Lobby {
             hello: hello.clone(),
             since: now,
         });
+        self.peers.insert(peer);
         true
+    }
+
+    /// Takes `peer` off the set, once its entry left the queue.
+    fn left(&mut self, peer: SocketAddr) {
+        self.peers.remove(&peer);
     }
 
     /// Forgets `peer` (its handshake started by another way, or it went away).
     pub fn remove(&mut self, peer: SocketAddr) {
-        self.queue.retain(|w| w.peer != peer);
+        if self.peers.contains(&peer) {
+            self.queue.retain(|w| w.peer != peer);
+            self.left(peer);
+        }
     }
 
     /// Drops those that have waited `longest` (their devices gave up); how many. The line is
     /// in the order of arrival (a retransmission keeps its place and its time), so they are at
     /// its front.
     pub fn expire(&mut self, now: Instant, longest: Duration) -> usize {
-        let before = self.queue.len();
-        while self
-            .queue
-            .front()
-            .is_some_and(|w| now.saturating_duration_since(w.since) >= longest)
-        {
+        let mut gone = 0;
+        while let Some(w) = self.queue.front() {
+            if now.saturating_duration_since(w.since) < longest {
+                break;
+            }
+            let peer = w.peer;
             self.queue.pop_front();
+            self.left(peer);
+            gone += 1;
         }
-        before - self.queue.len()
+        gone
     }
 
     /// The first in line.
@@ -109,7 +140,9 @@ impl Lobby {
     /// The first waiting peer for which `may_start` says yes, taken out of the lobby.
     pub fn take_first(&mut self, mut may_start: impl FnMut(&Waiting) -> bool) -> Option<Waiting> {
         let i = self.queue.iter().position(&mut may_start)?;
-        self.queue.remove(i)
+        let w = self.queue.remove(i)?;
+        self.left(w.peer);
+        Some(w)
     }
 
     /// When the oldest entry expires, given `longest`.
@@ -130,8 +163,9 @@ mod tests {
         }
     }
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([10, 0, 0, 1], port))
+    /// Peer `n`, on an address of its own.
+    fn addr(n: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, n], 5684))
     }
 
     #[test]
@@ -164,6 +198,29 @@ mod tests {
             1
         );
         assert_eq!(l.take_first(|_| true).unwrap().peer, addr(2));
+    }
+
+    #[test]
+    fn a_datagram_larger_than_a_client_hello_does_not_wait() {
+        let t0 = Instant::now();
+        let mut l = Lobby::new(4);
+        assert!(!l.offer(t0, addr(1), &[0; MAX_WAITING_BYTES + 1], &hello(1)));
+        assert!(l.offer(t0, addr(1), &[0; MAX_WAITING_BYTES], &hello(1)));
+        assert!(
+            !l.offer(t0, addr(1), &[0; MAX_WAITING_BYTES + 1], &hello(1)),
+            "nor as a retransmission"
+        );
+        assert_eq!(l.first().unwrap().datagram.len(), MAX_WAITING_BYTES);
+        // A place given back, by whichever way, is free again.
+        assert!(l.offer(t0, addr(2), b"b", &hello(2)));
+        l.remove(addr(1));
+        assert!(l.offer(t0, addr(1), b"a", &hello(1)), "a newcomer again");
+        assert_eq!(l.take_first(|_| true).unwrap().peer, addr(2));
+        assert_eq!(
+            l.expire(t0 + Duration::from_secs(1), Duration::from_secs(1)),
+            1
+        );
+        assert!(l.is_empty() && l.peers.is_empty());
     }
 
     #[test]

@@ -177,7 +177,8 @@ const PARKED_PER_SLOT: usize = 4;
 /// How long a cookie secret lives; a cookie of the previous one is still taken.
 const COOKIE_LIFETIME: Duration = Duration::from_secs(300);
 
-/// Most verified ClientHellos waiting for a handshake slot (a few hundred bytes each).
+/// Most verified ClientHellos waiting for a handshake slot (a few hundred bytes each, at most
+/// [`crate::lobby::MAX_WAITING_BYTES`]: 16 MiB at worst).
 const LOBBY_CAPACITY: usize = 8192;
 
 /// One peer of a server.
