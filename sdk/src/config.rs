@@ -82,10 +82,22 @@ pub mod duration {
         parse(&s).map_err(serde::de::Error::custom)
     }
 
-    /// Parses `"5s"`, `"250ms"`, `"1h 30m"`; the error says what was wrong and how to write it.
+    /// The longest duration taken: 100 years (of 365.25 days, as `"100y"` reads). Longer ones cannot be meant, and past them the
+    /// arithmetic of deadlines (now + timeout, a timeout doubled) would overflow.
+    pub const MAX: Duration = Duration::from_secs(100 * 31_557_600);
+
+    /// Parses `"5s"`, `"250ms"`, `"1h 30m"`, at most [`MAX`]; the error says what was wrong and
+    /// how to write it.
     pub fn parse(s: &str) -> Result<Duration, String> {
-        humantime::parse_duration(s)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"5s\" or \"250ms\""))
+        let d = humantime::parse_duration(s).map_err(|e| {
+            format!("invalid duration {s:?} ({e}); write it like \"5s\" or \"250ms\"")
+        })?;
+        if d > MAX {
+            return Err(format!(
+                "duration {s:?} is longer than 100 years; write a shorter one"
+            ));
+        }
+        Ok(d)
     }
 
     /// `#[serde(default, with = "gateway_sdk::config::duration::option")]` for an
@@ -141,6 +153,17 @@ mod tests {
     fn parses_durations() {
         let c: Cfg = parse(&info("interval = \"1m 5s\"\n")).unwrap();
         assert_eq!(c.interval, Duration::from_secs(65));
+    }
+
+    #[test]
+    fn a_duration_past_a_century_is_refused_not_left_to_overflow() {
+        let c: Cfg = parse(&info("interval = \"100y\"\n")).unwrap();
+        assert_eq!(c.interval, duration::MAX);
+        // humantime takes up to about 5.8e11 years; a deadline that far would overflow.
+        let e = parse::<Cfg>(&info("interval = \"500000000000y\"\n")).unwrap_err();
+        assert_eq!(e.kind, crate::ErrorKind::CONFIG);
+        assert!(e.message().contains("longer than 100 years"), "{e}");
+        assert!(parse::<Cfg>(&info("interval = \"101y\"\n")).is_err());
     }
 
     #[test]
