@@ -49,6 +49,7 @@ impl Sink for Mysql {
             self.migrated = true;
             tracing::info!("MySQL schema ready");
         }
+        store::check(batch)?;
         let new = self.store.write(batch)?;
         if (new as usize) < batch.len() {
             tracing::debug!(

@@ -288,6 +288,60 @@ async fn insert_once(
     Ok(inserted)
 }
 
+/// Checks that every reading fits its row whole: the device, sensor and name in 255 characters,
+/// the unit in 64, text and bytes in 65,535 bytes, a float finite. MySQL would otherwise cut
+/// a string to its column's size, or refuse a NaN, under INSERT IGNORE with a warning only,
+/// and the reading would be reported stored. A batch with one that does not fit is refused
+/// for good ([`PluginError::rejected`]: the host sends it to the dead letters, the ingress
+/// answers the device 4.xx), naming the reading and the limit.
+pub fn check(batch: &[Reading]) -> Result<(), PluginError> {
+    fn chars_over(s: &str, max: usize) -> Option<usize> {
+        // Fewer bytes than the limit: fewer characters too.
+        (s.len() > max)
+            .then(|| s.chars().count())
+            .filter(|&n| n > max)
+    }
+    for (i, r) in batch.iter().enumerate() {
+        let labels = [
+            ("device", r.device.as_str(), 255),
+            ("sensor", r.sensor.as_str(), 255),
+            ("name", r.name.as_str(), 255),
+            ("unit", r.unit.as_str(), 64),
+        ];
+        let mut why = labels.iter().find_map(|&(field, v, max)| {
+            chars_over(v, max)
+                .map(|n| format!("its {field} has {n} characters; the column holds {max}"))
+        });
+        if why.is_none() {
+            why = match &r.value {
+                Value::Float(v) if !v.is_finite() => Some(format!(
+                    "its value {v} is not a finite number, which MySQL cannot store"
+                )),
+                Value::Text(t) if t.len() > 65_535 => Some(format!(
+                    "its text has {} bytes; the column holds 65,535",
+                    t.len()
+                )),
+                Value::Bytes(b) if b.len() > 65_535 => Some(format!(
+                    "its bytes are {} long; the column holds 65,535",
+                    b.len()
+                )),
+                _ => None,
+            };
+        }
+        if let Some(why) = why {
+            return Err(PluginError::rejected(format!(
+                "reading {} of {} ({}/{}/{}) cannot be stored whole: {why}",
+                i + 1,
+                batch.len(),
+                r.device,
+                r.sensor,
+                r.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Appends the 11 column values of one reading.
 fn row(r: &Reading, out: &mut Vec<mysql_async::Value>) {
     use mysql_async::Value as V;

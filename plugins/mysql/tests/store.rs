@@ -54,6 +54,51 @@ fn stores_every_field_in_one_transaction_and_migrates_once() {
 }
 
 #[test]
+fn what_a_column_cannot_hold_is_refused_in_words_not_cut_or_nulled() {
+    let db = TestDb::new("limits");
+    let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
+    let mk = |i: u8, unit: &str, value: Value| Reading {
+        id: ReadingId([i; 16]),
+        time: Timestamp(1_764_085_351_123_456),
+        device: Label::from("pi-01"),
+        sensor: Label::from("s"),
+        name: Label::from("n"),
+        unit: Label::from(unit),
+        value,
+    };
+    let fits = [
+        mk(1, &"u".repeat(64), Value::Float(1.0)),
+        mk(2, &"é".repeat(64), Value::Text("t".repeat(65_535).into())),
+        mk(3, "", Value::Bytes(vec![7; 65_535].into())),
+    ];
+    sink.write(fits.to_vec()).unwrap();
+    let too_long = [
+        (mk(4, &"u".repeat(65), Value::Float(1.0)), "unit"),
+        (mk(5, "", Value::Text("t".repeat(65_536).into())), "text"),
+        (mk(6, "", Value::Bytes(vec![7; 65_536].into())), "bytes"),
+        (mk(7, "", Value::Float(f64::NAN)), "NaN"),
+        (mk(8, "", Value::Float(f64::INFINITY)), "inf"),
+    ];
+    for (r, what) in too_long {
+        let e = sink.write(vec![fits[0].clone(), r]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::REJECTED, "{what}: {e}");
+        assert!(e.message().contains("reading 2 of 2"), "{what}: {e}");
+    }
+    let rows: Vec<(u8, usize, Option<usize>, Option<usize>)> = db.query(
+        "SELECT ASCII(id), CHAR_LENGTH(unit), LENGTH(value_text), LENGTH(value_bytes) FROM readings ORDER BY id",
+    );
+    assert_eq!(
+        rows,
+        [
+            (1, 64, None, None),
+            (2, 64, Some(65_535), None),
+            (3, 0, None, Some(65_535))
+        ],
+        "the rows that fit, whole; nothing of the refused batches"
+    );
+}
+
+#[test]
 fn a_reading_delivered_twice_is_stored_once_and_large_batches_are_chunked() {
     let db = TestDb::new("dups");
     let batch = sample_readings(2500);
