@@ -140,8 +140,23 @@ impl Store {
         })
     }
 
-    /// Stores a batch in one transaction; returns once it is committed.
+    /// Stores a batch in one transaction; returns once it is committed. A batch with a NaN is
+    /// refused for good: SQLite would store it as NULL, a reading without its value.
     pub fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        if let Some(i) = batch
+            .iter()
+            .position(|r| matches!(r.value, Value::Float(v) if v.is_nan()))
+        {
+            let r = &batch[i];
+            return Err(PluginError::rejected(format!(
+                "reading {} of {} ({}/{}/{}) cannot be stored: its value is NaN, which SQLite would store as NULL",
+                i + 1,
+                batch.len(),
+                r.device,
+                r.sensor,
+                r.name
+            )));
+        }
         let tx = self.conn.transaction().map_err(|e| sql_error("BEGIN", e))?;
         let mut inserted = 0usize;
         {

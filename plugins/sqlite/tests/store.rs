@@ -109,6 +109,23 @@ fn stores_every_field_of_every_value_type() {
 }
 
 #[test]
+fn a_nan_is_refused_in_words_not_stored_as_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let mut sink = SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap();
+    let mut batch = sample_readings(3);
+    batch[1].value = Value::Float(f64::NAN);
+    let e = sink.write(batch.clone()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(e.message().contains("reading 2 of 3"), "{e}");
+    assert!(rows(&db).is_empty(), "nothing of the batch");
+    // Infinities are kept as they are.
+    batch[1].value = Value::Float(f64::NEG_INFINITY);
+    sink.write(batch).unwrap();
+    assert_eq!(rows(&db).len(), 3);
+}
+
+#[test]
 fn a_reading_delivered_twice_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("r.db");
