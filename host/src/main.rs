@@ -89,10 +89,10 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         plugin_dir: Option<PathBuf>,
         /// How long each source runs before it is asked to stop.
-        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = gateway_sdk::config::duration::parse)]
         run_for: std::time::Duration,
         /// How long each step may take: a source's stop, a sink's open, write and close.
-        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = gateway_sdk::config::duration::parse)]
         deadline: std::time::Duration,
     },
     /// List the plugin libraries of a directory: name, version, SDK version, plugins and kinds.

@@ -379,3 +379,16 @@ fn observers_get_each_new_reading_and_are_told_when_the_device_is_forgotten() {
     assert_eq!(status.code(), Some(4), "{err}");
     assert!(err.starts_with("4.03"), "{err}");
 }
+
+#[test]
+fn a_duration_past_a_century_is_refused_in_words_not_left_to_overflow() {
+    let (status, _, err) = gateway(&[
+        "coap",
+        "get",
+        "coaps://127.0.0.1:9/r",
+        "--timeout",
+        "500000000000y",
+    ]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("longer than 100 years"), "{err}");
+}

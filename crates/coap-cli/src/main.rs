@@ -85,7 +85,7 @@ struct Args {
     #[arg(short = 'b', long, value_name = "BYTES", default_value_t = 1024)]
     block_size: u32,
     /// How long to wait for each answer (a handshake included).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = gateway_sdk::config::duration::parse)]
     timeout: Duration,
     /// The payload as it came (no SenML table, no line per link).
     #[arg(long)]
@@ -94,7 +94,7 @@ struct Args {
     #[arg(long, value_name = "N")]
     count: Option<u64>,
     /// observe: stop after this long (default: until Ctrl-C or the server ends it).
-    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long = "for", value_name = "DURATION", value_parser = gateway_sdk::config::duration::parse)]
     r#for: Option<Duration>,
     /// Show the DTLS session (version, cipher, the server's certificate) and each request and
     /// answer (type, code, MID, token, options) on stderr.

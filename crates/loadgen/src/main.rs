@@ -87,7 +87,7 @@ struct Cli {
     #[arg(long, default_value_t = 1)]
     readings: usize,
     /// How long to measure (after every device connected, in `requests` mode).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = gateway_sdk::config::duration::parse)]
     duration: Duration,
     /// What the devices do.
     #[arg(long, value_enum, default_value_t = Mode::Requests)]
@@ -101,10 +101,10 @@ struct Cli {
     get: bool,
     /// How long a request may take before it counts as a timeout (a device's first request
     /// includes its handshake).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = gateway_sdk::config::duration::parse)]
     timeout: Duration,
     /// How long a handshake may take.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = gateway_sdk::config::duration::parse)]
     handshake_timeout: Duration,
     /// Devices that start their first handshake per second (0: all at once).
     #[arg(long, default_value_t = 0)]
