@@ -186,7 +186,8 @@ pub struct Stats {
     /// Requests refused for an option they must understand that this endpoint does not
     /// (4.02, RFC 7252 §5.4.1).
     pub bad_options: u64,
-    /// Block1 transfers refused because the reassembly budgets were spent.
+    /// Block1 transfers refused because the reassembly budgets were spent, or dropped to make
+    /// room for a peer holding less.
     pub reassembly_refusals: u64,
 }
 

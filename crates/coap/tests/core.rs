@@ -563,6 +563,59 @@ fn reassembly_is_bounded_in_bytes_per_peer_and_overall() {
 }
 
 #[test]
+fn peers_holding_the_most_reassembly_make_room_for_one_holding_less() {
+    let config = Config {
+        max_reassembly_bytes: 1000,
+        ..Config::default()
+    };
+    let mut server: Endpoint<u8> = Endpoint::new(config, Box::new(rng(81)));
+    let now = Instant::now();
+    let mut mid = 0u16;
+    // Block `num` (64 bytes, more to come) of peer `from`'s transfer; the server's answer.
+    let mut block = |server: &mut Endpoint<u8>, from: u8, num: u32| -> ResponseType {
+        mid += 1;
+        let mut p = request(RequestType::Post, "r", None, vec![from; 64]);
+        p.header.message_id = mid;
+        p.set_token(vec![from]);
+        let b = Block {
+            num,
+            more: true,
+            szx: 2,
+        };
+        p.add_option(CoapOption::Block1, b.encode());
+        server.handle_datagram(now, from, &p.to_bytes().unwrap());
+        let (to, answer) = server.poll_transmit().expect("an answer");
+        assert_eq!(to, from);
+        match Packet::from_bytes(&answer).unwrap().header.code {
+            MessageClass::Response(r) => r,
+            c => panic!("{c:?}"),
+        }
+    };
+    // Peers 1 and 2 hold 448 bytes each; peer 1 sends one more block: 960 of 1000.
+    for num in 0..7 {
+        assert_eq!(block(&mut server, 1, num), ResponseType::Continue);
+        assert_eq!(block(&mut server, 2, num), ResponseType::Continue);
+    }
+    assert_eq!(block(&mut server, 1, 7), ResponseType::Continue);
+    // A third peer's first block would pass the budget: the peer holding the most (1) yields.
+    assert_eq!(block(&mut server, 3, 0), ResponseType::Continue);
+    assert_eq!(server.stats().reassembly_refusals, 1);
+    assert_eq!(
+        block(&mut server, 1, 8),
+        ResponseType::RequestEntityIncomplete,
+        "its transfer is gone: it starts again"
+    );
+    assert_eq!(block(&mut server, 2, 7), ResponseType::Continue);
+    // A peer that holds the most itself is refused, as before: peer 2 (512) grows past the
+    // budget only at the others' expense if they hold more, and they do not.
+    for num in 1..7 {
+        assert_eq!(block(&mut server, 3, num), ResponseType::Continue);
+    }
+    assert_eq!(block(&mut server, 2, 8), ResponseType::ServiceUnavailable);
+    assert_eq!(server.stats().reassembly_refusals, 2);
+}
+
+#[test]
 fn an_unknown_critical_option_gets_4_02_and_elective_ones_are_ignored() {
     let mut net = Net::new(Config::default(), 80);
     let mut critical = request(

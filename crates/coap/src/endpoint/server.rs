@@ -8,7 +8,7 @@ use crate::message::{
     Block,
 };
 use coap_lite::{CoapOption, MessageType, Packet, ResponseType};
-use std::{hash::Hash, time::Instant};
+use std::{collections::HashMap, hash::Hash, time::Instant};
 
 impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// Answers request `id` (from [`Event::Request`]). Piggybacked on the ACK if the request has
@@ -189,8 +189,9 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 let held = r.body.len();
                 (all + held, if k.0 == peer { mine + held } else { mine })
             });
-        if all > self.config.max_reassembly_bytes
-            || mine > self.config.max_reassembly_bytes_per_peer
+        if mine > self.config.max_reassembly_bytes_per_peer
+            || (all > self.config.max_reassembly_bytes
+                && !self.make_room(peer, mine, all - self.config.max_reassembly_bytes))
         {
             self.reassembly.remove(&key);
             self.stats.reassembly_refusals += 1;
@@ -245,6 +246,42 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         if let Ok(bytes) = self.send(peer, &resp) {
             self.cache_answer(peer, mid, bytes);
         }
+    }
+
+    /// Frees `over` bytes of the overall reassembly budget for `peer`, which holds `mine`:
+    /// the peer holding the most, if it holds more than `mine`, loses its largest transfer
+    /// (its next block gets 4.08 and it starts again), and so on. `false` if that is not
+    /// enough: `peer` is then the one holding the most. So a few peers with large transfers
+    /// in progress (one device identity may hold several sessions) cannot keep out another
+    /// peer's smaller one, while a peer alone over the budget is refused as before.
+    fn make_room(&mut self, peer: P, mine: usize, mut over: usize) -> bool {
+        let mut held: HashMap<P, usize> = HashMap::new();
+        for (k, r) in &self.reassembly {
+            *held.entry(k.0).or_default() += r.body.len();
+        }
+        held.remove(&peer);
+        while over > 0 {
+            let Some((&top, &most)) = held.iter().max_by_key(|(_, n)| **n) else {
+                return false;
+            };
+            if most <= mine {
+                return false;
+            }
+            let Some(k) = self
+                .reassembly
+                .iter()
+                .filter(|(k, _)| k.0 == top)
+                .max_by_key(|(_, r)| r.body.len())
+                .map(|(k, _)| k.clone())
+            else {
+                return false;
+            };
+            let freed = self.reassembly.remove(&k).map_or(0, |r| r.body.len());
+            self.stats.reassembly_refusals += 1;
+            held.insert(top, most - freed);
+            over = over.saturating_sub(freed);
+        }
+        true
     }
 
     pub(super) fn deliver(
