@@ -195,7 +195,8 @@ pub struct IngressConfig {
     /// device is asked to wait before it sends again.
     #[serde(default = "five")]
     pub retry_after: u32,
-    /// Reading ids remembered to drop re-sent readings (at least this many, at most twice).
+    /// Reading ids remembered to drop re-sent readings (at least this many, at most three
+    /// times; one device at most an eighth of them, at least 1,024, before it forgets its own).
     #[serde(default = "dedup")]
     pub dedup_ids: usize,
     /// CoAP: answer with an empty ACK if storing takes longer than this.

@@ -19,8 +19,15 @@
 //! Forgetting is by generation, as before: when the newer generation holds `capacity` slots, the
 //! older one is dropped whole and the newer becomes the older. A slot is an id, or a gap of a
 //! run (an id of the run that was not stored, at most [`MAX_GAP`] in a row); so at least
-//! `capacity` ids are remembered when a device's ids come without gaps, and at most twice
-//! `capacity` slots are held.
+//! `capacity` ids are remembered when a device's ids come without gaps.
+//!
+//! One device takes at most a share of the newer generation (an eighth of it, at least 1,024
+//! slots): a device that fills its share (sending many readings, or ids far apart, whose gaps
+//! take slots) has its own slots moved to the older generation, in place of its older ones, and
+//! starts again. So it shortens its own memory only: it cannot make the generations turn over
+//! for everyone, which would let the other devices' re-sent readings through. Each device is
+//! then remembered for at least its share, or its part of `capacity` less a share per device
+//! that fills its own; at most three times `capacity` slots are held.
 
 use crate::request::Refused;
 use gateway_coap::{retry_later, Keyed};
@@ -77,6 +84,15 @@ impl std::hash::Hasher for TagHash {
 
 type ByTag<V> = HashMap<Tag, V, BuildHasherDefault<TagHash>>;
 
+/// Takes the device `tag` out of `devices` if it holds `share` slots or more.
+fn remove_if_full(devices: &mut ByTag<Device>, tag: Tag, share: usize) -> Option<Device> {
+    if devices.get(&tag)?.slots >= share {
+        devices.remove(&tag)
+    } else {
+        None
+    }
+}
+
 /// Ids whose lower halves follow each other from `start`, each slot the upper half of the id
 /// stored there, or [`ABSENT`].
 struct Run {
@@ -97,6 +113,8 @@ impl Run {
 struct Device {
     runs: Vec<Run>,
     loose: HashSet<u128, Keyed>,
+    /// Slots taken.
+    slots: usize,
 }
 
 impl Device {
@@ -237,13 +255,20 @@ pub struct Admitted {
 }
 
 impl Seen {
-    /// Remembers at least `capacity` stored ids of devices that send theirs in runs (at most
-    /// twice `capacity` slots).
+    /// Remembers at least `capacity` stored ids of devices that send theirs in runs, each
+    /// device at least its share (at most three times `capacity` slots).
     pub fn new(capacity: usize) -> Seen {
         Seen {
             capacity,
             ..Seen::default()
         }
+    }
+
+    /// The most slots one device may take in the newer generation: an eighth of `capacity`, at
+    /// least 1,024 (all of it, if that is fewer).
+    fn share(&self) -> usize {
+        let full = self.capacity.max(1);
+        (full / 8).max(1024).min(full)
     }
 
     /// Whether readings are being stored.
@@ -368,17 +393,28 @@ impl Seen {
                 continue;
             };
             let full = self.capacity.max(1);
+            let share = self.share();
             let mut ids = ids.into_iter().peekable();
             while ids.peek().is_some() {
-                if self.newer.filled >= full {
+                if self.newer.filled >= full || self.older.filled > 2 * full {
                     self.older = std::mem::take(&mut self.newer);
+                } else if let Some(d) = remove_if_full(&mut self.newer.devices, tag, share) {
+                    // This device alone filled its share: its slots go to the older
+                    // generation in place of its older ones; nobody else's are touched.
+                    self.newer.filled -= d.slots;
+                    self.older.filled += d.slots;
+                    if let Some(gone) = self.older.devices.insert(tag, d) {
+                        self.older.filled -= gone.slots;
+                    }
                 }
                 // The device is looked up once per generation, not once per id.
                 let newer = &mut self.newer;
                 let d = newer.devices.entry(tag).or_default();
                 for id in ids.by_ref() {
-                    newer.filled += d.insert(id);
-                    if newer.filled >= full {
+                    let took = d.insert(id);
+                    d.slots += took;
+                    newer.filled += took;
+                    if newer.filled >= full || d.slots >= share {
                         break;
                     }
                 }
@@ -509,6 +545,36 @@ mod tests {
         let again = seen.admit(rs.clone()).unwrap();
         assert_eq!((again.fresh.len(), again.duplicates), (4, 6));
         assert_eq!(again.fresh, rs[..4].to_vec());
+    }
+
+    #[test]
+    fn a_device_whose_ids_take_many_slots_shortens_only_its_own_memory() {
+        let mut seen = Seen::new(16_384);
+        let honest = v7(10);
+        assert_eq!(store(&mut seen, "pi-01", &honest), 10);
+        // Another device's ids 63 apart: each takes 63 slots of a run (62 of them a gap).
+        // 2,000 of them are 126,000 slots, nearly four generations of everyone's.
+        let (hi, lo) = split(v7(1)[0]);
+        let spaced: Vec<u128> = (0..2000u64).map(|k| join(hi, lo + 63 * k)).collect();
+        for pack in spaced.chunks(100) {
+            assert_eq!(store(&mut seen, "spacer", pack), 100);
+        }
+        for &id in &honest {
+            assert!(
+                known(&mut seen, "pi-01", id),
+                "pi-01's readings are still known"
+            );
+        }
+        // The spacer keeps at least its share (2,048 slots: its last 32 ids) of its own.
+        for &id in &spaced[2000 - 32..] {
+            assert!(known(&mut seen, "spacer", id));
+        }
+        assert!(
+            !known(&mut seen, "spacer", spaced[0]),
+            "its oldest are gone"
+        );
+        let held = seen.newer.filled + seen.older.filled;
+        assert!(held <= 3 * 16_384, "{held} slots");
     }
 
     #[test]
