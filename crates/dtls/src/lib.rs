@@ -63,10 +63,15 @@ pub enum DtlsError {
 }
 
 /// Whether `id` can be a device identity: 1 to 255 bytes, no control characters (a NUL would
-/// let `victim\0x` pass for `victim` wherever a C string is made of it), and no U+FFFD (what a
-/// lossy conversion of bytes that are not text leaves, so two names could become one).
+/// let `victim\0x` pass for `victim` wherever a C string is made of it), no U+FFFD (what a
+/// lossy conversion of bytes that are not text leaves, so two names could become one), and no
+/// white space at either end (MySQL's and MariaDB's PAD SPACE collations, `utf8mb4_bin`
+/// among them, compare `victim ` equal to `victim`: its rows would answer for the victim's).
 pub fn valid_identity(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 255 && !id.chars().any(|c| c.is_control() || c == '\u{FFFD}')
+    !id.is_empty()
+        && id.len() <= 255
+        && id.trim() == id
+        && !id.chars().any(|c| c.is_control() || c == '\u{FFFD}')
 }
 
 fn other(e: impl std::fmt::Display) -> DtlsError {
@@ -85,4 +90,29 @@ pub fn rng() -> Box<dyn FnMut() -> u64 + Send> {
         x ^= x << 17;
         x
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_identity;
+
+    #[test]
+    fn an_identity_is_text_without_controls_or_spaces_at_its_ends() {
+        for ok in ["pi-01", "a", "Pi 01", "capteur-é", &"x".repeat(255)] {
+            assert!(valid_identity(ok), "{ok:?}");
+        }
+        for bad in [
+            "",
+            &"x".repeat(256),
+            "pi-01\0x",
+            "pi-01\n",
+            "pi-\u{FFFD}",
+            "pi-01 ",
+            " pi-01",
+            "pi-01\u{A0}",
+            "\u{3000}pi-01",
+        ] {
+            assert!(!valid_identity(bad), "{bad:?}");
+        }
+    }
 }
