@@ -169,8 +169,8 @@ pub struct IngressConfig {
     /// Most sessions at once, all workers together.
     #[serde(default = "fleet")]
     pub max_sessions: usize,
-    /// Most sessions of one device identity at once (a reconnecting device, or two uplinks
-    /// with one key); a newer one replaces the oldest.
+    /// Most sessions of one device identity at once on each worker (a reconnecting device, or
+    /// two uplinks with one key); a newer one replaces the oldest.
     #[serde(default = "four_sessions")]
     pub max_sessions_per_identity: usize,
     /// Most handshakes in progress at once.
