@@ -102,16 +102,10 @@ impl Lobby {
         true
     }
 
-    /// Takes `peer` off the set, once its entry left the queue.
-    fn left(&mut self, peer: SocketAddr) {
-        self.peers.remove(&peer);
-    }
-
     /// Forgets `peer` (its handshake started by another way, or it went away).
     pub fn remove(&mut self, peer: SocketAddr) {
-        if self.peers.contains(&peer) {
+        if self.peers.remove(&peer) {
             self.queue.retain(|w| w.peer != peer);
-            self.left(peer);
         }
     }
 
@@ -124,9 +118,8 @@ impl Lobby {
             if now.saturating_duration_since(w.since) < longest {
                 break;
             }
-            let peer = w.peer;
+            self.peers.remove(&w.peer);
             self.queue.pop_front();
-            self.left(peer);
             gone += 1;
         }
         gone
@@ -141,7 +134,7 @@ impl Lobby {
     pub fn take_first(&mut self, mut may_start: impl FnMut(&Waiting) -> bool) -> Option<Waiting> {
         let i = self.queue.iter().position(&mut may_start)?;
         let w = self.queue.remove(i)?;
-        self.left(w.peer);
+        self.peers.remove(&w.peer);
         Some(w)
     }
 

@@ -17,16 +17,24 @@ pub const ROWS_PER_INSERT: usize = 1000;
 const COLUMNS: &str = "id, time_us, device, sensor, name, unit, value_type, value_float, value_int, value_text, value_bytes";
 const COLUMN_COUNT: usize = 11;
 
-/// `CREATE TABLE IF NOT EXISTS` for a readings table (the current schema).
+/// Characters a device, sensor or name column holds.
+const LABEL_CHARS: usize = 255;
+/// Characters the unit column holds.
+const UNIT_CHARS: usize = 64;
+/// Bytes a TEXT or BLOB column holds.
+const LOB_BYTES: usize = 65_535;
+
+/// `CREATE TABLE IF NOT EXISTS` for a readings table (the current schema); [`check`] holds
+/// readings to the sizes of its columns.
 pub fn create_table(table: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS `{table}` (
             id          BINARY(16)   NOT NULL,
             time_us     BIGINT       NOT NULL,
-            device      VARCHAR(255) NOT NULL COLLATE utf8mb4_bin,
-            sensor      VARCHAR(255) NOT NULL,
-            name        VARCHAR(255) NOT NULL,
-            unit        VARCHAR(64)  NOT NULL,
+            device      VARCHAR({LABEL_CHARS}) NOT NULL COLLATE utf8mb4_bin,
+            sensor      VARCHAR({LABEL_CHARS}) NOT NULL,
+            name        VARCHAR({LABEL_CHARS}) NOT NULL,
+            unit        VARCHAR({UNIT_CHARS})  NOT NULL,
             value_type  ENUM('float', 'int', 'bool', 'text', 'bytes') NOT NULL,
             value_float DOUBLE       NULL,
             value_int   BIGINT       NULL,
@@ -303,31 +311,31 @@ pub fn check(batch: &[Reading]) -> Result<(), PluginError> {
     }
     for (i, r) in batch.iter().enumerate() {
         let labels = [
-            ("device", r.device.as_str(), 255),
-            ("sensor", r.sensor.as_str(), 255),
-            ("name", r.name.as_str(), 255),
-            ("unit", r.unit.as_str(), 64),
+            ("device", r.device.as_str(), LABEL_CHARS),
+            ("sensor", r.sensor.as_str(), LABEL_CHARS),
+            ("name", r.name.as_str(), LABEL_CHARS),
+            ("unit", r.unit.as_str(), UNIT_CHARS),
         ];
-        let mut why = labels.iter().find_map(|&(field, v, max)| {
-            chars_over(v, max)
-                .map(|n| format!("its {field} has {n} characters; the column holds {max}"))
-        });
-        if why.is_none() {
-            why = match &r.value {
+        let why = labels
+            .iter()
+            .find_map(|&(field, v, max)| {
+                chars_over(v, max)
+                    .map(|n| format!("its {field} has {n} characters; the column holds {max}"))
+            })
+            .or_else(|| match &r.value {
                 Value::Float(v) if !v.is_finite() => Some(format!(
                     "its value {v} is not a finite number, which MySQL cannot store"
                 )),
-                Value::Text(t) if t.len() > 65_535 => Some(format!(
-                    "its text has {} bytes; the column holds 65,535",
+                Value::Text(t) if t.len() > LOB_BYTES => Some(format!(
+                    "its text has {} bytes; the column holds {LOB_BYTES}",
                     t.len()
                 )),
-                Value::Bytes(b) if b.len() > 65_535 => Some(format!(
-                    "its bytes are {} long; the column holds 65,535",
+                Value::Bytes(b) if b.len() > LOB_BYTES => Some(format!(
+                    "its bytes are {} long; the column holds {LOB_BYTES}",
                     b.len()
                 )),
                 _ => None,
-            };
-        }
+            });
         if let Some(why) = why {
             return Err(PluginError::rejected(format!(
                 "reading {} of {} ({}/{}/{}) cannot be stored whole: {why}",

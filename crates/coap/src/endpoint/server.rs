@@ -267,16 +267,14 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             if most <= mine {
                 return false;
             }
-            let Some(k) = self
+            let k = self
                 .reassembly
                 .iter()
                 .filter(|(k, _)| k.0 == top)
                 .max_by_key(|(_, r)| r.body.len())
                 .map(|(k, _)| k.clone())
-            else {
-                return false;
-            };
-            let freed = self.reassembly.remove(&k).map_or(0, |r| r.body.len());
+                .expect("a peer holding bytes has a transfer");
+            let freed = self.reassembly.remove(&k).expect("present").body.len();
             self.stats.reassembly_refusals += 1;
             held.insert(top, most - freed);
             over = over.saturating_sub(freed);
