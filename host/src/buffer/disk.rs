@@ -20,13 +20,16 @@
 //! acknowledging. This file holds the shared state and the locking: `state` (segments, head)
 //! is locked briefly by both threads; `writer` is held by the appending thread only.
 
-use super::{ledger::Ledger, segment::Hole};
+use super::{
+    ledger::Ledger,
+    segment::{self, Hole},
+};
 use crate::config::WhenFull;
 use std::{
     collections::VecDeque,
     fs::File,
     io,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{atomic::AtomicU64, Condvar, Mutex},
 };
 
@@ -76,6 +79,23 @@ pub(super) struct State {
 }
 
 impl State {
+    /// Removes the oldest segments whose records are all acknowledged, never the one being
+    /// written; whether any went.
+    pub(super) fn remove_delivered(&mut self, dir: &Path) -> bool {
+        let mut removed = false;
+        while self.segments.len() > 1 && self.segments[0].end() <= self.head {
+            let seg = self.segments.pop_front().expect("checked");
+            removed = true;
+            if let Err(e) = std::fs::remove_file(segment::path(dir, seg.first)) {
+                tracing::error!(error = %e, "removing a delivered disk buffer segment failed");
+            }
+        }
+        removed
+    }
+    /// Whether a segment holds a record (delivered or not).
+    pub(super) fn holds_records(&self) -> bool {
+        self.segments.iter().any(|s| s.records > 0)
+    }
     /// Bytes of all segments.
     pub(super) fn bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.bytes).sum()

@@ -321,14 +321,7 @@ impl DiskBuffer {
                 reader.live = Some(live);
             }
         }
-        let mut removed = false;
-        while st.segments.len() > 1 && st.segments[0].end() <= st.head {
-            let seg = st.segments.pop_front().expect("checked");
-            removed = true;
-            if let Err(e) = std::fs::remove_file(segment::path(&self.dir, seg.first)) {
-                tracing::error!(error = %e, "removing a delivered disk buffer segment failed");
-            }
-        }
+        let removed = st.remove_delivered(&self.dir);
         let head = st.head;
         st.ledger.record(head, self.fsync);
         drop(st);

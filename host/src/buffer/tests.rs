@@ -327,6 +327,45 @@ fn block_holds_the_writer_until_the_sink_makes_room() {
 }
 
 #[test]
+fn block_with_room_for_about_one_segment_goes_on_once_everything_is_delivered() {
+    // 64 KiB: the segment size too. Once the only segment is full and all of it delivered,
+    // the writer must not wait for room that the reader never makes.
+    let dir = tempfile::tempdir().unwrap();
+    let b = Arc::new(DiskBuffer::open(dir.path(), &settings(64 << 10, WhenFull::Block)).unwrap());
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (b, done) = (b.clone(), done.clone());
+        std::thread::spawn(move || {
+            for i in 0..200 {
+                b.append(&[&batch(i * 100, 100)], 100, &|| {
+                    done.load(Ordering::SeqCst)
+                })
+                .unwrap();
+            }
+        })
+    };
+    let mut reader = b.reader();
+    let mut got = Vec::new();
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < 20_000 && std::time::Instant::now() < end {
+        if let Some(t) = b.take(&mut reader, 1000, Duration::from_millis(100), NOW) {
+            got.extend(values(&t));
+            b.ack(&mut reader, t);
+        }
+    }
+    let delivered = got.len();
+    done.store(true, Ordering::SeqCst);
+    let _ = writer.join();
+    assert_eq!(
+        delivered, 20_000,
+        "the writer stalled with everything delivered"
+    );
+    got.sort_unstable();
+    assert_same(&got, &(0..20_000).collect::<Vec<_>>());
+    assert!(b.bytes() <= 64 << 10, "{}", b.bytes());
+}
+
+#[test]
 fn a_blocked_writer_gives_up_when_told_to_stop() {
     let dir = tempfile::tempdir().unwrap();
     let b = DiskBuffer::open(dir.path(), &settings(64 << 10, WhenFull::Block)).unwrap();

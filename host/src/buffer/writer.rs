@@ -81,9 +81,20 @@ impl DiskBuffer {
     ) -> Result<(), AppendError> {
         let mut st = self.state.lock().unwrap();
         let mut warned = false;
-        while st.bytes() > 0 && st.bytes() + need > self.max_size {
+        while st.holds_records() && st.bytes() + need > self.max_size {
             match self.when_full {
                 WhenFull::Block => {
+                    // All that is held is delivered, but in the segment being written, which
+                    // the reader never removes (a `max_size` of about one segment, or an
+                    // append larger than the room left): start a new one, and the delivered
+                    // one goes.
+                    if st.segments.len() == 1 && st.segments[0].end() <= st.head {
+                        drop(st);
+                        self.roll(w)?;
+                        st = self.state.lock().unwrap();
+                        st.remove_delivered(&self.dir);
+                        continue;
+                    }
                     if !warned {
                         tracing::warn!(
                             bytes = st.bytes(),
