@@ -57,7 +57,7 @@ pub(super) enum Failed {
     Retry(PluginError),
     /// Drop the instance and build a new one, then try again.
     Restart(PluginError),
-    /// The outcome: refused for good (the caller dead-letters it), stopped, or a config error.
+    /// The outcome: refused for good (the caller dead-letters it), or stopped.
     Final(PluginError),
 }
 
@@ -308,7 +308,11 @@ impl Worker {
             Failed::Final(PluginError::new(ErrorKind::STOPPED, "shutting down"))
         } else if e.kind.is_retryable() {
             Failed::Retry(e)
-        } else if e.kind.needs_restart() {
+        } else if e.kind.needs_restart() || e.kind == ErrorKind::CONFIG {
+            // A config error at write time (a table of a newer schema, say) is about the sink,
+            // not these readings: they are held while the instance is rebuilt with backoff,
+            // until the operator fixes what the error names. Settled, a buffered sink's
+            // records would leave its disk buffer stored nowhere.
             Failed::Restart(e)
         } else {
             Failed::Final(e)

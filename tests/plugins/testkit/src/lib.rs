@@ -177,6 +177,10 @@ struct RecorderConfig {
     /// The first this-many writes fail with a retryable error.
     #[serde(default)]
     fail_first: u64,
+    /// The first this-many writes fail with a config error (as a sink that finds its table of
+    /// a newer schema does), counted from the first write, as `fail_first`.
+    #[serde(default)]
+    config_error_first: u64,
     /// The write with this number (1-based, counted across rebuilds) panics.
     panic_on_write: Option<u64>,
     /// The first this-many writes (after `fail_first`) refuse the batch for good.
@@ -257,6 +261,12 @@ fn lines(
     batch: &[Reading],
     out: &mut String,
 ) -> Result<(), PluginError> {
+    if call <= cfg.config_error_first {
+        return Err(PluginError::config(format!(
+            "simulated config error (write {call} of {} that fail)",
+            cfg.config_error_first
+        )));
+    }
     if call <= cfg.fail_first {
         return Err(PluginError::retry(format!(
             "simulated outage (write {call} of {} that fail)",
