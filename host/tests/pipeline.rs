@@ -429,6 +429,42 @@ fn a_refused_reading_does_not_take_the_others_of_a_merged_write_with_it() {
 }
 
 #[test]
+fn only_the_refused_reading_of_a_batch_is_dead_lettered_queued_or_buffered() {
+    // One source batch of 40 readings, one of which the sink refuses for good: the batch is
+    // written again in halves until the bad reading is alone. From a disk buffer too, whose
+    // record holds the whole source batch.
+    for buffer in ["", "buffer = { type = \"disk\" }"] {
+        let s = Setup::new();
+        let out = s.path("out.txt");
+        let cfg = s.config(
+            "",
+            &format!(
+                "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 40\nbatch_size = 40\nwait_ack = false\n{}",
+                recorder("rec", out.to_str().unwrap(), &["seq"], &format!("reject_value = 13\nbatch_size = 40\n{buffer}"))
+            ),
+        );
+        let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+        let status = gw.wait(Duration::from_secs(20)).expect("exits");
+        let err = gw.stderr();
+        assert!(status.success(), "{buffer}: {err}");
+        assert!(
+            err.contains("writing it again in halves"),
+            "{buffer}: {err}"
+        );
+        let mut values = s.recorded("out.txt", "seq");
+        values.sort_unstable();
+        let expected: Vec<i64> = (0..40).filter(|v| *v != 13).collect();
+        assert_eq!(
+            values, expected,
+            "{buffer}: only the refused reading is missing"
+        );
+        let lines = dead_lettered(&cfg, "rec");
+        assert_eq!(lines.len(), 1, "{buffer}: {lines:?}");
+        assert!(lines[0].contains("=13 "), "{buffer}: {lines:?}");
+    }
+}
+
+#[test]
 fn a_refused_batch_that_cannot_be_dead_lettered_is_held_not_dropped() {
     let s = Setup::new();
     let out = s.path("out.txt");
@@ -457,8 +493,11 @@ fn a_refused_batch_that_cannot_be_dead_lettered_is_held_not_dropped() {
         .expect("exits once the file is written");
     let err = gw.stderr();
     assert!(status.success(), "{err}");
+    // The batch was written again in halves: only the refused reading is kept.
     let lines = dead_lettered(&cfg, "rec");
-    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("=1 "), "{lines:?}");
+    assert_eq!(s.recorded("out.txt", "seq"), vec![0, 2], "{err}");
 }
 
 /// Each write of a recorder with `mark_threads`, in order: its thread and the values of

@@ -23,6 +23,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// At most this many writes of the halves of one refused batch, to find what the sink refuses
+/// in it ([`Worker::narrow`]): each bad reading takes about two writes per halving, so this
+/// singles out a few in a batch of thousands, while a sink that refuses everything costs a
+/// bounded number of writes before the rest is dead-lettered as it is.
+const NARROW_WRITES: usize = 64;
+
 /// Builds a new instance of the sink's plugin.
 pub type SinkFactory = Box<dyn Fn() -> Result<SinkBox, PluginError> + Send>;
 
@@ -176,7 +182,7 @@ impl Worker {
         e: PluginError,
     ) -> Settled {
         if parts.len() <= 1 {
-            return Settled::Whole(self.dead_letter(all, e));
+            return Settled::Whole(self.narrow(all, e));
         }
         tracing::info!(
             parts = parts.len(),
@@ -238,12 +244,68 @@ impl Worker {
         tracing::warn!(readings = n, attempt, error = %e.message(), "write failed; retrying in {backoff:?}");
     }
 
-    /// [`Worker::write`], with a refusal dead-lettered.
+    /// [`Worker::write`], with what the sink refuses dead-lettered ([`Worker::narrow`]).
     pub(super) fn write_settled(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
         match self.write(batch) {
-            Err(e) if e.kind == ErrorKind::REJECTED => self.dead_letter(batch, e),
+            Err(e) if e.kind == ErrorKind::REJECTED => self.narrow(batch, e),
             outcome => outcome,
         }
+    }
+
+    /// Settles `batch`, which the sink refused for good (`e`): it is written again in halves,
+    /// and a half refused again in halves, so that what goes to the dead-letter file is what
+    /// the sink refuses, not the readings that came with it (a disk buffer's record holds a
+    /// whole source batch, a request of an uplink a thousand readings). After
+    /// [`NARROW_WRITES`] writes, what is still refused is dead-lettered as it is.
+    ///
+    /// Returns the refusal once what was refused is in a dead-letter file, `Ok` if every half
+    /// was taken after all, or how a write was stopped by the shutdown: then nothing is
+    /// dead-lettered and the batch stays where it came from (the halves already written go
+    /// again, and the sink drops their ids).
+    fn narrow(&mut self, batch: &[Reading], e: PluginError) -> Result<(), PluginError> {
+        if batch.len() <= 1 {
+            return self.dead_letter(batch, e);
+        }
+        tracing::info!(
+            readings = batch.len(),
+            error = %e.message(),
+            "the sink refused a batch; writing it again in halves, to keep only what it refuses"
+        );
+        let mut last = e;
+        let mut writes = 0;
+        let mut split = Vec::with_capacity(8);
+        split.push(0..batch.len());
+        let mut refused: Vec<Range<usize>> = Vec::new();
+        while let Some(r) = split.pop() {
+            if r.len() <= 1 || writes + 2 > NARROW_WRITES {
+                refused.push(r);
+                continue;
+            }
+            let mid = r.start + r.len() / 2;
+            let mut again = Vec::with_capacity(2);
+            for half in [r.start..mid, mid..r.end] {
+                writes += 1;
+                match self.write(&batch[half.clone()]) {
+                    Ok(()) => {}
+                    Err(e) if e.kind == ErrorKind::REJECTED => {
+                        last = e;
+                        again.push(half);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            // The first half's refusals are split first.
+            split.extend(again.into_iter().rev());
+        }
+        if refused.is_empty() {
+            return Ok(());
+        }
+        refused.sort_unstable_by_key(|r| r.start);
+        let kept: Vec<Reading> = refused
+            .into_iter()
+            .flat_map(|r| batch[r].iter().cloned())
+            .collect();
+        self.dead_letter(&kept, last)
     }
 
     /// Keeps a batch the sink refused for good (`e`) in its dead-letter directory, and returns
