@@ -143,9 +143,7 @@ impl InitContext {
         })?;
         let mode = meta.permissions().mode();
         // Whoever can change a secret file can add a key of their own to it.
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let me = unsafe { libc_geteuid() };
-        if mode & 0o022 != 0 || (meta.uid() != 0 && meta.uid() != me) {
+        if mode & 0o022 != 0 || foreign_owner(&meta) {
             return Err(PluginError::config(format!(
                 "[{table}] {key}: {} holds a secret but can be changed by others (mode {:04o}, owner uid {}): `chmod go-w {}` and give it to root or the gateway's user",
                 path.display(),
@@ -165,6 +163,36 @@ impl InitContext {
         Ok(path)
     }
 
+    /// `path` resolved as [`InitContext::resolve_path`] does, after checking that others
+    /// cannot change it: for a file that decides whom the instance trusts (a CA or CRL file),
+    /// since whoever can add a certificate to it is trusted too. Writable by every user, or
+    /// owned by a user other than root or the gateway's, is an error naming the fix; every
+    /// user may read it, and its group may write it (with a umask of 002, as Debian gives a
+    /// user of a private group, files are made so). A file that does not exist passes: the
+    /// plugin says so when it loads it. `key` names the config key in the error.
+    pub fn trusted_file(
+        &self,
+        key: &str,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<PathBuf, PluginError> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let path = self.resolve_path(path);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            return Ok(path);
+        };
+        if meta.permissions().mode() & 0o002 != 0 || foreign_owner(&meta) {
+            return Err(PluginError::config(format!(
+                "[{}] {key}: {} decides whom the gateway trusts but can be changed by others (mode {:04o}, owner uid {}): `chmod o-w {}` and give it to root or the gateway's user",
+                self.info.table,
+                path.display(),
+                meta.permissions().mode() & 0o7777,
+                meta.uid(),
+                path.display()
+            )));
+        }
+        Ok(path)
+    }
+
     /// The raw TOML of the plugin's keys.
     pub fn config_toml(&self) -> &str {
         &self.info.config_toml
@@ -178,6 +206,14 @@ impl InitContext {
     pub fn info(&self) -> &InstanceInfo {
         &self.info
     }
+}
+
+/// Whether the file `meta` describes is owned by a user other than root and the gateway's.
+fn foreign_owner(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc_geteuid() };
+    meta.uid() != 0 && meta.uid() != me
 }
 
 /// What a running source uses to hand readings to the host. Cheap to clone; clones may be used

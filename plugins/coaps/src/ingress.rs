@@ -24,15 +24,15 @@ impl Source for Ingress {
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
         let mut cfg: IngressConfig = ctx.parse_config()?;
         let table = ctx.info().table.to_string();
-        for p in [
-            &mut cfg.cert_file,
-            &mut cfg.client_ca_file,
-            &mut cfg.client_crl_file,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        if let Some(p) = &mut cfg.cert_file {
             *p = ctx.resolve_path(&*p);
+        }
+        // Whoever can change these decides which devices get in.
+        if let Some(p) = &mut cfg.client_ca_file {
+            *p = ctx.trusted_file("client_ca_file", &*p)?;
+        }
+        if let Some(p) = &mut cfg.client_crl_file {
+            *p = ctx.trusted_file("client_crl_file", &*p)?;
         }
         if let Some(k) = &mut cfg.key_file {
             *k = ctx.private_file("key_file", &*k)?;

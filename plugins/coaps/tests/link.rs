@@ -216,6 +216,49 @@ fn config_errors_name_the_key() {
 }
 
 #[test]
+fn ca_files_others_can_change_are_refused_naming_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "pi-01");
+    let ca = dir.path().join("ca.pem");
+    let mode = |m: u32| std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(m)).unwrap();
+    let uplink = format!(
+        "uri = \"coaps://127.0.0.1:5684/x\"\nca_file = {:?}\n",
+        ca.display().to_string()
+    );
+    // Whoever can add a CA to the uplink's file can take its readings and answer 2.04.
+    mode(0o666);
+    let e = SinkHarness::new::<Uplink>(&uplink).err().unwrap();
+    assert!(
+        e.message().contains("ca_file:")
+            && e.message().contains(
+                "decides whom the gateway trusts but can be changed by others (mode 0666"
+            )
+            && e.message().contains("chmod o-w"),
+        "{e}"
+    );
+    // The ingress's: whoever can add a CA lets their own devices in.
+    mode(0o646);
+    let e = run_source::<Ingress>(
+        &ingress_config(dir.path(), free_port(), ""),
+        1,
+        Duration::from_secs(1),
+    )
+    .unwrap_err();
+    assert!(
+        e.message().contains("client_ca_file:")
+            && e.message().contains("can be changed by others (mode 0646"),
+        "{e}"
+    );
+    // Readable by all is fine: a CA certificate is public. Its group may write it (a umask
+    // of 002 makes files so).
+    mode(0o644);
+    assert!(SinkHarness::new::<Uplink>(&uplink).is_ok());
+    mode(0o664);
+    assert!(SinkHarness::new::<Uplink>(&uplink).is_ok());
+}
+
+#[test]
 fn reading_ids_are_scoped_by_device_so_one_cannot_pre_claim_anothers() {
     let dir = tempfile::tempdir().unwrap();
     certs(dir.path(), "test-device");

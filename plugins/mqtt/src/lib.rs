@@ -68,7 +68,11 @@ impl Sink for Mqtt {
                 }
             };
             let t = client::Tls {
-                ca_file: cfg.tls_ca_file.as_ref().map(|p| ctx.resolve_path(p)),
+                ca_file: cfg
+                    .tls_ca_file
+                    .as_ref()
+                    .map(|p| ctx.trusted_file("tls_ca_file", p))
+                    .transpose()?,
                 cert,
             };
             Some(client::connector(&t).map_err(|e| PluginError::config(format!("[{table}] {e}")))?)

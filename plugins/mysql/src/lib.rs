@@ -32,7 +32,10 @@ impl Sink for Mysql {
 
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
         let mut cfg: Config = ctx.parse_config()?;
-        cfg.tls_ca_file = cfg.tls_ca_file.map(|p| ctx.resolve_path(p));
+        cfg.tls_ca_file = cfg
+            .tls_ca_file
+            .map(|p| ctx.trusted_file("tls_ca_file", p))
+            .transpose()?;
         let pw = password(&cfg, ctx)?;
         let store = store::Store::new(&cfg, pw).map_err(|e| {
             PluginError::new(e.kind, format!("[{}] {}", ctx.info().table, e.message()))

@@ -56,7 +56,11 @@ impl Settings {
             user,
             token,
             credentials,
-            ca: c.tls_ca_file.as_ref().map(|p| ctx.resolve_path(p)),
+            ca: c
+                .tls_ca_file
+                .as_ref()
+                .map(|p| ctx.trusted_file("tls_ca_file", p))
+                .transpose()?,
             timeout: c.connect_timeout,
         })
     }

@@ -25,7 +25,10 @@ impl Sink for Postgres {
 
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
         let mut cfg: Config = ctx.parse_config()?;
-        cfg.tls_ca_file = cfg.tls_ca_file.map(|p| ctx.resolve_path(p));
+        cfg.tls_ca_file = cfg
+            .tls_ca_file
+            .map(|p| ctx.trusted_file("tls_ca_file", p))
+            .transpose()?;
         let password = ctx.secret(
             "password",
             None,
