@@ -43,7 +43,12 @@ impl Settings {
             _ => return Err(bad("username", "give username and a password together")),
         };
         let token = ctx.secret("token", None, c.token_env.as_deref(), None)?;
-        let credentials = c.credentials_file.as_ref().map(|p| ctx.resolve_path(p));
+        // A .creds file holds the NKey seed: a secret, checked as key files are.
+        let credentials = c
+            .credentials_file
+            .as_ref()
+            .map(|p| ctx.private_file("credentials_file", p))
+            .transpose()?;
         let ways = [user.is_some(), token.is_some(), credentials.is_some()];
         if ways.iter().filter(|w| **w).count() > 1 {
             return Err(bad(

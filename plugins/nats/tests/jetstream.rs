@@ -204,6 +204,25 @@ fn settings_errors_name_their_key() {
         assert_eq!(e.kind, ErrorKind::CONFIG, "{toml}");
         assert!(e.message().contains(want), "{toml}: {e}");
     }
+    // A .creds file holds a secret: one every local user can read is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("gateway.creds");
+    std::fs::write(&creds, "-----BEGIN NATS USER JWT-----\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let toml = format!(
+        "url = \"nats://h\"\ncredentials_file = {:?}",
+        creds.display().to_string()
+    );
+    let e = SinkHarness::new::<NatsSink>(&toml).unwrap_err();
+    assert!(
+        e.message().contains("credentials_file:")
+            && e.message()
+                .contains("every local user may read it (mode 0644)"),
+        "{e}"
+    );
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    SinkHarness::new::<NatsSink>(&toml).unwrap();
     let e = SourceHarness::new("url = \"nats://h\"\nbatch = 0")
         .run::<NatsSource>()
         .unwrap_err();
