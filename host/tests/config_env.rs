@@ -129,3 +129,62 @@ fn conf_d_fragments_add_instances_in_name_order_and_names_stay_unique() {
     let (ok, _, err) = check(&cfg);
     assert!(!ok && err.contains(&format!("{frag}:")), "{err}");
 }
+
+#[test]
+fn config_files_and_file_values_others_can_change_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    let s = Setup::new();
+    std::fs::write(s.path("interval"), "1s\n").unwrap();
+    let cfg = s.config(
+        "",
+        "[sources.c]\nplugin = \"example\"\ninterval = \"${file:interval}\"\n[sinks.o]\nplugin = \"console\"\n",
+    );
+    let (ok, _, err) = check(&cfg);
+    assert!(ok, "{err}");
+    let main = cfg.display().to_string();
+
+    // Whoever can change the main file decides where readings go.
+    mode(&cfg, 0o666);
+    let (ok, _, err) = check(&cfg);
+    assert!(
+        !ok && err.contains(&format!(
+            "{main}: the config file can be changed by others (mode 0666"
+        )) && err.contains("chmod o-w"),
+        "{err}"
+    );
+    mode(&cfg, 0o644);
+
+    // A fragment: whoever can add one adds an uplink of their own.
+    let d = s.path("conf.d");
+    std::fs::create_dir_all(&d).unwrap();
+    let frag = d.join("10-more.toml");
+    std::fs::write(&frag, "[sources.d]\nplugin = \"example\"\n").unwrap();
+    mode(&frag, 0o646);
+    let (ok, _, err) = check(&cfg);
+    assert!(
+        !ok && err.contains(&format!(
+            "{}: the fragment can be changed by others (mode 0646",
+            frag.display()
+        )),
+        "{err}"
+    );
+    std::fs::remove_file(&frag).unwrap();
+
+    // A value taken from a file: the same.
+    mode(&s.path("interval"), 0o646);
+    let (ok, _, err) = check(&cfg);
+    assert!(
+        !ok && err.contains("`${file:interval}`:")
+            && err.contains("can be changed by others (mode 0646"),
+        "{err}"
+    );
+    // Readable by all is fine (a Kubernetes secret's files are, by default), and so is
+    // writable by its group (a umask of 002 makes files so).
+    mode(&s.path("interval"), 0o664);
+    mode(&cfg, 0o664);
+    let (ok, _, err) = check(&cfg);
+    assert!(ok, "{err}");
+}

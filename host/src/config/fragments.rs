@@ -32,11 +32,7 @@ pub fn read(main: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError> {
     paths.sort();
     paths
         .into_iter()
-        .map(|p| {
-            std::fs::read_to_string(&p)
-                .map(|t| (p.clone(), t))
-                .map_err(|e| ConfigError(format!("{}: cannot read the fragment: {e}", p.display())))
-        })
+        .map(|p| super::read_config_file(&p, "the fragment").map(|t| (p.clone(), t)))
         .collect()
 }
 

@@ -65,8 +65,7 @@ fn resolve(reference: &str, base: &Path) -> Result<String, String> {
             return Err("`${file:}` needs a path, e.g. ${file:/etc/gateway/db-password}".into());
         }
         let p = base.join(path);
-        let text = read_small(&p)
-            .map_err(|e| format!("`${{file:{path}}}`: cannot read {}: {e}", p.display()))?;
+        let text = read_small(&p).map_err(|e| format!("`${{file:{path}}}`: {e}"))?;
         let text = text
             .strip_suffix('\n')
             .map(|t| t.strip_suffix('\r').unwrap_or(t))
@@ -99,22 +98,27 @@ fn resolve(reference: &str, base: &Path) -> Result<String, String> {
 /// as /dev/zero must not take the memory.
 const MAX_FILE: u64 = 64 * 1024;
 
-/// A regular file of at most [`MAX_FILE`] bytes, as text.
-fn read_small(p: &Path) -> std::io::Result<String> {
-    use std::io::{Error, ErrorKind, Read};
-    let f = std::fs::File::open(p)?;
-    let meta = f.metadata()?;
+/// A regular file of at most [`MAX_FILE`] bytes that others cannot change, as text; or what
+/// is wrong, naming the file.
+fn read_small(p: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let cannot = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", p.display());
+    let f = std::fs::File::open(p).map_err(|e| cannot(&e))?;
+    let meta = f.metadata().map_err(|e| cannot(&e))?;
     if !meta.is_file() {
-        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+        return Err(cannot(&"not a regular file"));
     }
+    super::unchangeable_by_others(&meta, &p.display().to_string())?;
     if meta.len() > MAX_FILE {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!("{} bytes; at most {MAX_FILE} are read", meta.len()),
-        ));
+        return Err(cannot(&format!(
+            "{} bytes; at most {MAX_FILE} are read",
+            meta.len()
+        )));
     }
     let mut text = String::new();
-    f.take(MAX_FILE).read_to_string(&mut text)?;
+    f.take(MAX_FILE)
+        .read_to_string(&mut text)
+        .map_err(|e| cannot(&e))?;
     Ok(text)
 }
 
