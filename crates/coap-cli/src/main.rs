@@ -172,6 +172,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     let opts = ClientOptions {
         server,
+        resolve: None,
         bind: if server.is_ipv4() {
             "0.0.0.0:0"
         } else {

@@ -11,7 +11,7 @@ use gateway_dtls::{
 };
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{mpsc as std_mpsc, Arc},
     time::{Duration, Instant},
 };
@@ -22,7 +22,13 @@ use tokio::{net::UdpSocket, sync::mpsc, time::sleep_until};
 pub struct ClientOptions {
     /// The server's address.
     pub server: SocketAddr,
-    /// Local address to bind (port 0: any).
+    /// The server's name and port, looked up again before each new session after the first
+    /// (a server moved to a new address, or another of a DNS round robin), as [`pick`] picks;
+    /// `server` is the first lookup's answer, and stays while a lookup fails. `None`: always
+    /// `server`.
+    pub resolve: Option<(String, u16)>,
+    /// Local address to bind (port 0: any); the unspecified address of either family binds
+    /// that of the server's ([`bind_for`]).
     pub bind: SocketAddr,
     /// Everything else: DTLS, CoAP, the handshake timeout.
     pub client: Config,
@@ -309,8 +315,38 @@ impl Pending {
     }
 }
 
-/// A new socket from `bind` to `server`, for a new session.
+/// The local address to bind to reach `server`: `bind`, or, when `bind` is the unspecified
+/// address of the other family (the default `0.0.0.0:0` for an IPv6 server), the unspecified
+/// address of the server's family with `bind`'s port.
+pub fn bind_for(bind: SocketAddr, server: SocketAddr) -> SocketAddr {
+    if bind.ip().is_unspecified() && bind.is_ipv4() != server.is_ipv4() {
+        let any: IpAddr = if server.is_ipv4() {
+            Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            Ipv6Addr::UNSPECIFIED.into()
+        };
+        SocketAddr::new(any, bind.port())
+    } else {
+        bind
+    }
+}
+
+/// The address to reach a server at, of those its name gave: the first of `bind`'s family when
+/// `bind` names an address (only those can be reached from it), else the first.
+pub fn pick(addrs: impl IntoIterator<Item = SocketAddr>, bind: SocketAddr) -> Option<SocketAddr> {
+    let addrs: Vec<SocketAddr> = addrs.into_iter().collect();
+    if bind.ip().is_unspecified() {
+        return addrs.first().copied();
+    }
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4() == bind.is_ipv4())
+        .copied()
+}
+
+/// A new socket from `bind` (as [`bind_for`] makes it) to `server`, for a new session.
 async fn open(bind: SocketAddr, server: SocketAddr) -> Result<UdpSocket, RequestError> {
+    let bind = bind_for(bind, server);
     let socket = UdpSocket::bind(bind)
         .await
         .inspect(|s| grow_buffers(&socket2::SockRef::from(s)))
@@ -352,6 +388,29 @@ pub async fn carry_out(
     }
 }
 
+/// The server's address for a new session: `name` looked up again, or `last` while the lookup
+/// fails.
+async fn lookup(name: &str, port: u16, bind: SocketAddr, last: SocketAddr) -> SocketAddr {
+    match tokio::net::lookup_host((name, port)).await {
+        Ok(addrs) => match pick(addrs, bind) {
+            Some(a) => {
+                if a != last {
+                    tracing::info!(server = %a, was = %last, "{name} has a new address; the next session goes there");
+                }
+                a
+            }
+            None => {
+                tracing::warn!(%bind, "{name} has no address that {bind} can reach; trying {last}");
+                last
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look {name} up again; trying {last}");
+            last
+        }
+    }
+}
+
 async fn client_loop(
     opts: ClientOptions,
     mut machine: Machine,
@@ -363,6 +422,8 @@ async fn client_loop(
         next: Instant::now(),
     };
     let mut socket: Option<UdpSocket> = None;
+    let mut server = opts.server;
+    let mut connects = 0u64;
     let mut replies: HashMap<RequestTag, (Reply, u64)> = HashMap::new();
     // Observations: the machine's tag, the caller's tag, where the notices go.
     let mut observers: HashMap<RequestTag, std_mpsc::Sender<Notice>> = HashMap::new();
@@ -428,7 +489,13 @@ async fn client_loop(
             let Some(t) = machine.poll_transmit() else {
                 break;
             };
-            carry_out(t, &mut socket, &mut machine, opts.bind, opts.server).await;
+            if matches!(t, Transmit::Connect) {
+                connects += 1;
+                if let (Some((name, port)), true) = (&opts.resolve, connects > 1) {
+                    server = lookup(name, *port, opts.bind, server).await;
+                }
+            }
+            carry_out(t, &mut socket, &mut machine, opts.bind, server).await;
         }
         if machine.is_closed() {
             look.at(&machine, true);
@@ -510,5 +577,37 @@ impl Look {
                 self.next = now + *every;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_default_bind_takes_the_servers_family_and_a_named_one_stays() {
+        assert_eq!(bind_for(a("0.0.0.0:0"), a("[::1]:5684")), a("[::]:0"));
+        assert_eq!(bind_for(a("0.0.0.0:7000"), a("[::1]:5684")), a("[::]:7000"));
+        assert_eq!(bind_for(a("[::]:0"), a("10.0.0.1:5684")), a("0.0.0.0:0"));
+        assert_eq!(bind_for(a("0.0.0.0:0"), a("10.0.0.1:5684")), a("0.0.0.0:0"));
+        // An address the operator named is theirs: connecting from it says what is wrong.
+        assert_eq!(
+            bind_for(a("192.168.1.5:0"), a("[::1]:5684")),
+            a("192.168.1.5:0")
+        );
+    }
+
+    #[test]
+    fn a_named_bind_picks_a_server_address_of_its_family() {
+        let both = [a("[2001:db8::1]:5684"), a("192.0.2.1:5684")];
+        assert_eq!(pick(both, a("0.0.0.0:0")), Some(both[0]));
+        assert_eq!(pick(both, a("192.168.1.5:0")), Some(both[1]));
+        assert_eq!(pick(both, a("[fe80::1]:0")), Some(both[0]));
+        assert_eq!(pick([both[0]], a("192.168.1.5:0")), None);
+        assert_eq!(pick([], a("0.0.0.0:0")), None);
     }
 }

@@ -13,7 +13,8 @@ mod client;
 mod server;
 
 pub use client::{
-    carry_out, Client, ClientOptions, Notice, Observation, Observer, Pending, Reply, Tagged,
+    bind_for, carry_out, pick, Client, ClientOptions, Notice, Observation, Observer, Pending,
+    Reply, Tagged,
 };
 pub use gateway_dtls::{
     client::{Config as ClientConfig, Figures as ClientFigures, RequestError},

@@ -3,7 +3,7 @@
 use crate::config::{parse_uri, UplinkConfig};
 use gateway_coap::{coap_lite::Packet, Code, Config as CoapConfig};
 use gateway_coaps_tokio::{
-    Client, ClientConfig, ClientFigures, ClientOptions, Observer, Reply, RequestError,
+    pick, Client, ClientConfig, ClientFigures, ClientOptions, Observer, Reply, RequestError,
 };
 use gateway_dtls::{self as dtls, ClientSettings};
 use gateway_sdk::{tracing, InitContext, PluginError, Reading, ReadingId, Sink, Written};
@@ -397,13 +397,20 @@ impl Uplink {
             }
         }
         if self.client.is_none() {
-            let server = (self.host.as_str(), self.port)
+            let addrs = (self.host.as_str(), self.port)
                 .to_socket_addrs()
-                .map_err(|e| PluginError::retry(format!("cannot resolve {}: {e}", self.host)))?
-                .next()
-                .ok_or_else(|| PluginError::retry(format!("{} has no address", self.host)))?;
+                .map_err(|e| PluginError::retry(format!("cannot resolve {}: {e}", self.host)))?;
+            let server = pick(addrs, self.cfg.bind).ok_or_else(|| {
+                PluginError::retry(format!(
+                    "{} has no address that bind = {} can reach",
+                    self.host, self.cfg.bind
+                ))
+            })?;
             let opts = ClientOptions {
                 server,
+                // Looked up again before each new session: a server that moves to a new
+                // address is found without a restart of the Pi.
+                resolve: Some((self.host.clone(), self.port)),
                 bind: self.cfg.bind,
                 client: ClientConfig {
                     host: self.host.clone(),

@@ -115,6 +115,27 @@ fn json_encoding_works_too_and_values_survive() {
 }
 
 #[test]
+fn the_uplink_reaches_an_ipv6_server_with_the_default_bind() {
+    // The default bind is 0.0.0.0:0; a socket of that family cannot send to an IPv6 server.
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this machine has no IPv6 loopback");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    let port = free_port();
+    let cfg = ingress_config(dir.path(), port, "").replace("127.0.0.1", "[::1]");
+    let ingress = ingress_thread(cfg, 3);
+    std::thread::sleep(Duration::from_millis(200));
+    let cfg = uplink_config(dir.path(), port, "").replace("127.0.0.1", "[::1]");
+    assert!(!cfg.contains("bind"), "{cfg}");
+    let mut uplink = SinkHarness::new::<Uplink>(&cfg).unwrap();
+    let batch = sample_readings(3);
+    uplink.write(batch.clone()).unwrap();
+    assert_eq!(ingress.join().unwrap(), batch);
+}
+
+#[test]
 fn a_device_posting_for_another_device_is_refused_with_4_03() {
     let dir = tempfile::tempdir().unwrap();
     certs(dir.path(), "pi-01"); // the certificate says pi-01; the readings say test-device

@@ -8,7 +8,11 @@ use std::{net::UdpSocket, path::Path};
 /// (`STEM.pem`, `STEM.key`). Valid from yesterday for 30 days.
 pub fn pki(dir: &Path, devices: &[(&str, &str)]) {
     let d = |f: &str| dir.join(f);
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     let ca = issue_to(
         &d("ca.pem"),
         &d("ca.key"),

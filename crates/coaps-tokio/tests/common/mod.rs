@@ -81,6 +81,7 @@ pub fn server_opts(pki: &Pki, cert: &str) -> ServerOptions {
 pub fn client_opts(server: SocketAddr, ca: &Path, host: &str) -> ClientOptions {
     ClientOptions {
         server,
+        resolve: None,
         bind: "127.0.0.1:0".parse().unwrap(),
         client: ClientConfig {
             host: host.to_owned(),
