@@ -796,3 +796,55 @@ fn a_fast_path_retransmits_after_its_measured_timeout_not_after_ack_timeout() {
         "the 40 ms round trip's timeout, at its 200 ms floor, times the random factor: {waited:?}"
     );
 }
+
+#[test]
+fn a_server_that_answers_each_block_with_2_04_still_gets_the_whole_body() {
+    // RFC 7959 2.5: a server may act on each block as it comes, and answer each with 2.04.
+    // Only the answer to the last block is the request's; the blocks before it must all go.
+    let now = Instant::now();
+    let mut client = Endpoint::new(Config::default(), Box::new(rng(5)));
+    let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let req = request(
+        RequestType::Post,
+        "gpsflowtemp",
+        Some(ContentFormat::SENML_CBOR),
+        body.clone(),
+    );
+    let token = client.request(now, SERVER, req, true);
+    let mut got = Vec::new();
+    let mut outcome = None;
+    for _ in 0..10 {
+        let Some((to, bytes)) = client.poll_transmit() else {
+            break;
+        };
+        assert_eq!(to, SERVER);
+        let sent = Packet::from_bytes(&bytes).unwrap();
+        let b = Block::decode(sent.get_first_option(CoapOption::Block1).unwrap()).unwrap();
+        got.extend_from_slice(&sent.payload);
+        // The scripted server: a piggybacked 2.04 echoing the block, last one or not.
+        let mut answer = response(ResponseType::Changed, "");
+        answer.header.set_type(MessageType::Acknowledgement);
+        answer.header.message_id = sent.header.message_id;
+        answer.set_token(sent.get_token().to_vec());
+        answer.add_option(CoapOption::Block1, b.encode());
+        client.handle_datagram(now, SERVER, &answer.to_bytes().unwrap());
+        while let Some(ev) = client.poll_event() {
+            if let Event::Response {
+                token: t, result, ..
+            } = ev
+            {
+                assert_eq!(t, token);
+                outcome = Some(result);
+            }
+        }
+        if outcome.is_some() {
+            break;
+        }
+    }
+    assert_eq!(got.len(), body.len(), "every block went");
+    assert!(got == body, "in order");
+    let r = outcome
+        .expect("an outcome")
+        .expect("the last block's answer");
+    assert_eq!(code(&r), ResponseType::Changed);
+}

@@ -269,7 +269,22 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             r.header.code,
             MessageClass::Response(ResponseType::Continue)
         );
-        if ex.blockwise && continue_ {
+        // A server that acts on each block as it comes (RFC 7959 2.5's non-atomic handling)
+        // answers a block that is not the last with a success, not 2.31: the rest of the body
+        // must still go, and only the answer to the last block is the request's.
+        let size = 1usize << (ex.szx + 4);
+        let not_last = ex.offset + size < ex.body.len();
+        let success = matches!(
+            r.header.code,
+            MessageClass::Response(
+                ResponseType::Created
+                    | ResponseType::Deleted
+                    | ResponseType::Valid
+                    | ResponseType::Changed
+                    | ResponseType::Content
+            )
+        );
+        if ex.blockwise && (continue_ || (success && not_last)) {
             let size = 1usize << (ex.szx + 4);
             // The server may ask for smaller blocks: continue at the same byte offset.
             if let Some(Some(b)) = block1_of(&r) {
