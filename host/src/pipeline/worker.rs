@@ -174,7 +174,8 @@ impl Worker {
 
     /// Settles `all`, made of `parts`, that the sink refused for good (`e`): each part is
     /// written on its own, so that one source's bad batch does not take the others with it,
-    /// until one is stopped by the shutdown; what is refused again is dead-lettered.
+    /// until one is stopped by the shutdown; what is refused again is narrowed down
+    /// ([`Worker::narrow`]) and dead-lettered.
     pub(super) fn refused(
         &mut self,
         all: &[Reading],
@@ -271,36 +272,36 @@ impl Worker {
             error = %e.message(),
             "the sink refused a batch; writing it again in halves, to keep only what it refuses"
         );
-        let mut last = e;
-        let mut writes = 0;
-        let mut split = Vec::with_capacity(8);
-        split.push(0..batch.len());
-        let mut refused: Vec<Range<usize>> = Vec::new();
-        while let Some(r) = split.pop() {
-            if r.len() <= 1 || writes + 2 > NARROW_WRITES {
-                refused.push(r);
-                continue;
-            }
+        // Depth first, first half first: the readings the sink takes reach it in the batch's
+        // order (a retained MQTT topic keeps the last one written). Each range on the stack is
+        // written once; a refused one is split while the budget allows.
+        let halves = |r: Range<usize>| {
             let mid = r.start + r.len() / 2;
-            let mut again = Vec::with_capacity(2);
-            for half in [r.start..mid, mid..r.end] {
-                writes += 1;
-                match self.write(&batch[half.clone()]) {
-                    Ok(()) => {}
-                    Err(e) if e.kind == ErrorKind::REJECTED => {
-                        last = e;
-                        again.push(half);
+            [mid..r.end, r.start..mid]
+        };
+        let mut last = e;
+        let mut planned = 2;
+        let mut todo = Vec::with_capacity(16);
+        todo.extend(halves(0..batch.len()));
+        let mut refused: Vec<Range<usize>> = Vec::new();
+        while let Some(r) = todo.pop() {
+            match self.write(&batch[r.clone()]) {
+                Ok(()) => {}
+                Err(e) if e.kind == ErrorKind::REJECTED => {
+                    last = e;
+                    if r.len() > 1 && planned + 2 <= NARROW_WRITES {
+                        planned += 2;
+                        todo.extend(halves(r));
+                    } else {
+                        refused.push(r);
                     }
-                    Err(e) => return Err(e),
                 }
+                Err(e) => return Err(e),
             }
-            // The first half's refusals are split first.
-            split.extend(again.into_iter().rev());
         }
         if refused.is_empty() {
             return Ok(());
         }
-        refused.sort_unstable_by_key(|r| r.start);
         let kept: Vec<Reading> = refused
             .into_iter()
             .flat_map(|r| batch[r].iter().cloned())
