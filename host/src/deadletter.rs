@@ -17,11 +17,37 @@
 use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
 use serde_json::{json, Value as J};
 use std::{
+    collections::{HashSet, VecDeque},
     fs::File,
     io::{self, BufRead, BufReader, Write},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
 };
+
+/// How many of the reading ids it kept last a [`DeadLetters`] remembers.
+const RECENT_IDS: usize = 4096;
+
+/// The ids of the readings kept last, oldest first.
+#[derive(Debug, Default)]
+struct Recent {
+    ids: HashSet<[u8; 16]>,
+    order: VecDeque<[u8; 16]>,
+}
+
+impl Recent {
+    fn add(&mut self, id: [u8; 16]) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > RECENT_IDS {
+                let old = self.order.pop_front().expect("not empty");
+                self.ids.remove(&old);
+            }
+        }
+    }
+}
 
 /// The first line of a dead-letter file.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +71,7 @@ pub struct DeadLetters {
     sink: String,
     plugin: String,
     seq: AtomicU64,
+    recent: Mutex<Recent>,
 }
 
 fn value(v: &Value) -> J {
@@ -123,12 +150,42 @@ impl DeadLetters {
             sink: sink.to_owned(),
             plugin: plugin.to_owned(),
             seq: AtomicU64::new(0),
+            recent: Mutex::new(Recent::default()),
         }
     }
 
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Keeps the readings of a refused batch that this directory did not keep lately (among
+    /// its last 4,096 readings): the file and how many it holds, once it is durably on disk;
+    /// `None` when every one was kept already. A reading is refused again when the batch that
+    /// held it is narrowed down (`coaps-ingress`'s sink refuses it in each half a device sends
+    /// again that holds it): it is kept once.
+    pub fn put_new(
+        &self,
+        error: &str,
+        readings: &[Reading],
+    ) -> io::Result<Option<(PathBuf, usize)>> {
+        let new: Vec<Reading> = {
+            let recent = self.recent.lock().expect("recent ids");
+            readings
+                .iter()
+                .filter(|r| !recent.ids.contains(&r.id.0))
+                .cloned()
+                .collect()
+        };
+        if new.is_empty() {
+            return Ok(None);
+        }
+        let path = self.put(error, &new)?;
+        let mut recent = self.recent.lock().expect("recent ids");
+        for r in &new {
+            recent.add(r.id.0);
+        }
+        Ok(Some((path, new.len())))
     }
 
     /// Keeps a refused batch: returns once its file is durably on disk.
@@ -281,6 +338,21 @@ mod tests {
                 _ => assert_eq!(a, b),
             }
         }
+    }
+
+    #[test]
+    fn a_reading_refused_again_is_kept_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DeadLetters::new(dir.path().to_path_buf(), "db", "mysql");
+        let rs = gateway_sdk::testing::sample_readings(3);
+        let (first, n) = d.put_new("x", &rs[..2]).unwrap().expect("new");
+        assert_eq!(n, 2);
+        assert!(d.put_new("x", &rs[1..2]).unwrap().is_none(), "kept already");
+        let (second, n) = d.put_new("x", &rs).unwrap().expect("one new");
+        assert_eq!(n, 1);
+        let (_, back) = read(&second).unwrap();
+        assert_eq!(back, rs[2..]);
+        assert_eq!(d.files().unwrap(), vec![first, second]);
     }
 
     #[test]

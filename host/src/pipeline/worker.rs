@@ -320,9 +320,17 @@ impl Worker {
         let n = batch.len() as u64;
         let mut backoff = self.settings.retry_backoff;
         loop {
-            match self.dead_letters.put(e.message(), batch) {
-                Ok(path) => {
-                    self.stats.rejected.fetch_add(n, Ordering::Relaxed);
+            match self.dead_letters.put_new(e.message(), batch) {
+                Ok(None) => {
+                    tracing::info!(
+                        readings = n,
+                        error = %e.message(),
+                        "sink refused readings again that a dead-letter file already keeps"
+                    );
+                    return Err(e);
+                }
+                Ok(Some((path, n))) => {
+                    self.stats.rejected.fetch_add(n as u64, Ordering::Relaxed);
                     tracing::error!(
                         readings = n,
                         error = %e.message(),
