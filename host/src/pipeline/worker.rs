@@ -367,10 +367,12 @@ impl Worker {
             && self.shutdown.reached(Phase::Draining)
     }
 
-    /// What a write of `n` readings that failed with `e` calls for. A retryable failure of a
-    /// buffered sink that is draining ends the write: its readings stay in the disk buffer.
+    /// What a write of `n` readings that failed with `e` calls for. A failure that would be
+    /// retried or rebuilt, of a buffered sink that is draining, ends the write: its readings
+    /// stay in the disk buffer (or go to the instance a reload puts in its place).
     pub(super) fn failed(&self, n: usize, e: PluginError) -> Failed {
-        if e.kind.is_retryable() && self.giving_up() {
+        let held = e.kind.is_retryable() || e.kind.needs_restart() || e.kind == ErrorKind::CONFIG;
+        if held && self.giving_up() {
             if self.handover.load(Ordering::Relaxed) {
                 tracing::info!(readings = n, error = %e.message(), "write failed while a reload replaces the sink; the instance that replaces it writes them");
             } else {
