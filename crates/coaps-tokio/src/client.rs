@@ -22,10 +22,10 @@ use tokio::{net::UdpSocket, sync::mpsc, time::sleep_until};
 pub struct ClientOptions {
     /// The server's address.
     pub server: SocketAddr,
-    /// The server's name and port, looked up again before each new session after the first
-    /// (a server moved to a new address, or another of a DNS round robin), as [`pick`] picks;
-    /// `server` is the first lookup's answer, and stays while a lookup fails. `None`: always
-    /// `server`.
+    /// The server's name and port, looked up again before each new session after the first:
+    /// a server that moved to a new address is followed, and after a session that was never
+    /// established the next of the name's addresses is tried. `server` is the first lookup's
+    /// answer ([`pick`]), and stays while a lookup fails. `None`: always `server`.
     pub resolve: Option<(String, u16)>,
     /// Local address to bind (port 0: any); the unspecified address of either family binds
     /// that of the server's ([`bind_for`]).
@@ -334,15 +334,34 @@ pub fn bind_for(bind: SocketAddr, server: SocketAddr) -> SocketAddr {
 /// The address to reach a server at, of those its name gave: the first of `bind`'s family when
 /// `bind` names an address (only those can be reached from it), else the first.
 pub fn pick(addrs: impl IntoIterator<Item = SocketAddr>, bind: SocketAddr) -> Option<SocketAddr> {
-    let addrs: Vec<SocketAddr> = addrs.into_iter().collect();
-    if bind.ip().is_unspecified() {
-        return addrs.first().copied();
-    }
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4() == bind.is_ipv4())
-        .copied()
+    reachable(addrs, bind).first().copied()
 }
+
+/// The addresses of `addrs` that `bind` can reach: all when it is unspecified, else those of
+/// its family; in the order given.
+fn reachable(addrs: impl IntoIterator<Item = SocketAddr>, bind: SocketAddr) -> Vec<SocketAddr> {
+    addrs
+        .into_iter()
+        .filter(|a| bind.ip().is_unspecified() || a.is_ipv4() == bind.is_ipv4())
+        .collect()
+}
+
+/// The address for the next session, of `choices` (the name's reachable addresses): `last`
+/// while it is one of them and its last session was established; after a session that never
+/// was, the one after `last` (a name with an address that does not answer, an AAAA record on
+/// a network without IPv6, is then left for the next); the first when `last` is gone.
+fn next_address(choices: &[SocketAddr], last: SocketAddr, established: bool) -> Option<SocketAddr> {
+    let at = choices.iter().position(|a| *a == last);
+    match at {
+        Some(_) if established => Some(last),
+        Some(i) => Some(choices[(i + 1) % choices.len()]),
+        None => choices.first().copied(),
+    }
+}
+
+/// How long a lookup of the server's name may hold the client before the last address is
+/// tried again (the loop waits for it: no timers run meanwhile).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A new socket from `bind` (as [`bind_for`] makes it) to `server`, for a new session.
 async fn open(bind: SocketAddr, server: SocketAddr) -> Result<UdpSocket, RequestError> {
@@ -390,22 +409,35 @@ pub async fn carry_out(
 
 /// The server's address for a new session: `name` looked up again, or `last` while the lookup
 /// fails.
-async fn lookup(name: &str, port: u16, bind: SocketAddr, last: SocketAddr) -> SocketAddr {
-    match tokio::net::lookup_host((name, port)).await {
-        Ok(addrs) => match pick(addrs, bind) {
-            Some(a) => {
-                if a != last {
-                    tracing::info!(server = %a, was = %last, "{name} has a new address; the next session goes there");
-                }
-                a
-            }
-            None => {
-                tracing::warn!(%bind, "{name} has no address that {bind} can reach; trying {last}");
-                last
-            }
-        },
-        Err(e) => {
+/// The server's address for a new session ([`next_address`] of what `name` gives now), or
+/// `last` while the lookup fails or takes longer than [`LOOKUP_TIMEOUT`].
+async fn lookup(
+    (name, port): (&str, u16),
+    bind: SocketAddr,
+    last: SocketAddr,
+    established: bool,
+) -> SocketAddr {
+    let found = tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((name, port))).await;
+    let addrs = match found {
+        Ok(Ok(addrs)) => reachable(addrs, bind),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot look {name} up again; trying {last}");
+            return last;
+        }
+        Err(_) => {
+            tracing::warn!("looking {name} up took over {LOOKUP_TIMEOUT:?}; trying {last}");
+            return last;
+        }
+    };
+    match next_address(&addrs, last, established) {
+        Some(a) => {
+            if a != last {
+                tracing::info!(server = %a, was = %last, established, "the next session with {name} goes to another of its addresses");
+            }
+            a
+        }
+        None => {
+            tracing::warn!(%bind, "{name} has no address that {bind} can reach; trying {last}");
             last
         }
     }
@@ -424,6 +456,7 @@ async fn client_loop(
     let mut socket: Option<UdpSocket> = None;
     let mut server = opts.server;
     let mut connects = 0u64;
+    let mut sessions_then = 0u64;
     let mut replies: HashMap<RequestTag, (Reply, u64)> = HashMap::new();
     // Observations: the machine's tag, the caller's tag, where the notices go.
     let mut observers: HashMap<RequestTag, std_mpsc::Sender<Notice>> = HashMap::new();
@@ -492,7 +525,12 @@ async fn client_loop(
             if matches!(t, Transmit::Connect) {
                 connects += 1;
                 if let (Some((name, port)), true) = (&opts.resolve, connects > 1) {
-                    server = lookup(name, *port, opts.bind, server).await;
+                    // Whether a session was established since the last connect.
+                    let f = machine.figures();
+                    let sessions = f.handshakes + f.resumed;
+                    let established = sessions > sessions_then;
+                    sessions_then = sessions;
+                    server = lookup((name, *port), opts.bind, server, established).await;
                 }
             }
             carry_out(t, &mut socket, &mut machine, opts.bind, server).await;
@@ -599,6 +637,20 @@ mod tests {
             bind_for(a("192.168.1.5:0"), a("[::1]:5684")),
             a("192.168.1.5:0")
         );
+    }
+
+    #[test]
+    fn the_next_session_stays_on_an_address_that_worked_and_moves_on_from_one_that_did_not() {
+        let both = [a("[2001:db8::1]:5684"), a("192.0.2.1:5684")];
+        assert_eq!(next_address(&both, both[0], true), Some(both[0]));
+        assert_eq!(next_address(&both, both[0], false), Some(both[1]));
+        assert_eq!(next_address(&both, both[1], false), Some(both[0]));
+        // The server moved: its new address, whatever happened before.
+        assert_eq!(
+            next_address(&both, a("198.51.100.7:5684"), true),
+            Some(both[0])
+        );
+        assert_eq!(next_address(&[], both[0], false), None);
     }
 
     #[test]

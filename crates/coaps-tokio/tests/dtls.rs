@@ -333,3 +333,32 @@ fn with_a_ca_file_the_client_trusts_that_ca_alone() {
     assert_eq!(names.len(), 1, "{names:?}");
     assert!(names[0].contains("Test CA"), "{names:?}");
 }
+
+#[test]
+fn a_client_that_looks_the_server_up_again_reaches_it_at_its_new_address() {
+    // The client starts with an address where nothing answers (the server "moved"): the first
+    // request's session never comes up; the next session looks the name up again and goes to
+    // the address it gives now.
+    let pki = Pki::new();
+    let mut server = Server::start(server_opts(&pki, "server")).unwrap();
+    let app = serve(&mut server);
+    let gone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut opts = client_opts(gone.local_addr().unwrap(), &pki.path("ca.pem"), "localhost");
+    drop(gone);
+    opts.resolve = Some(("127.0.0.1".into(), server.local_addr.port()));
+    opts.client.handshake_timeout = Duration::from_millis(500);
+    let client = Client::start(opts).unwrap();
+    assert!(
+        client
+            .request(post(b"lost".to_vec()), Duration::from_secs(2))
+            .is_err(),
+        "nothing answers at the old address"
+    );
+    let r = client
+        .request(post(b"found".to_vec()), Duration::from_secs(5))
+        .unwrap();
+    assert!(changed(&r), "{r:?}");
+    drop(client);
+    drop(server);
+    assert_eq!(app.join().unwrap().len(), 1);
+}
