@@ -145,10 +145,11 @@ impl InitContext {
         // Whoever can change a secret file can add a key of their own to it.
         if mode & 0o022 != 0 || foreign_owner(&meta) {
             return Err(PluginError::config(format!(
-                "[{table}] {key}: {} holds a secret but can be changed by others (mode {:04o}, owner uid {}): `chmod go-w {}` and give it to root or the gateway's user",
+                "[{table}] {key}: {} holds a secret but can be changed by others (mode {:04o}, owner uid {}; the gateway runs as uid {}): `chmod go-w {}` and give it to root or the gateway's user (check as the user the service runs as: `sudo -u USER gateway check`)",
                 path.display(),
                 mode & 0o7777,
                 meta.uid(),
+                current_uid(),
                 path.display()
             )));
         }
@@ -182,11 +183,12 @@ impl InitContext {
         };
         if meta.permissions().mode() & 0o002 != 0 || foreign_owner(&meta) {
             return Err(PluginError::config(format!(
-                "[{}] {key}: {} decides whom the gateway trusts but can be changed by others (mode {:04o}, owner uid {}): `chmod o-w {}` and give it to root or the gateway's user",
+                "[{}] {key}: {} decides whom the gateway trusts but can be changed by others (mode {:04o}, owner uid {}; the gateway runs as uid {}): `chmod o-w {}` and give it to root or the gateway's user (check as the user the service runs as: `sudo -u USER gateway check`)",
                 self.info.table,
                 path.display(),
                 meta.permissions().mode() & 0o7777,
                 meta.uid(),
+                current_uid(),
                 path.display()
             )));
         }
@@ -208,12 +210,16 @@ impl InitContext {
     }
 }
 
+/// The effective uid the gateway runs as.
+fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc_geteuid() }
+}
+
 /// Whether the file `meta` describes is owned by a user other than root and the gateway's.
 fn foreign_owner(meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc_geteuid() };
-    meta.uid() != 0 && meta.uid() != me
+    meta.uid() != 0 && meta.uid() != current_uid()
 }
 
 /// What a running source uses to hand readings to the host. Cheap to clone; clones may be used
