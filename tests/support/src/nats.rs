@@ -18,41 +18,74 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts one with its store in `store`.
+    /// Starts one with its store in `store`, on a port it picks itself: a port found free
+    /// here and handed to it could be taken meanwhile by another test's server, and this one
+    /// would then talk to that one (and fail once that test kills it).
     pub fn start(store: PathBuf) -> NatsServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut n = NatsServer {
             child: None,
             store,
-            port,
+            port: 0,
         };
-        n.up();
+        n.spawn("-1");
+        let ports = n.store.join("ports");
+        let pid = n.child.as_ref().expect("spawned").id();
+        let file = ports.join(format!("nats-server_{pid}.ports"));
+        let end = Instant::now() + Duration::from_secs(10);
+        n.port = loop {
+            let port = std::fs::read_to_string(&file).ok().and_then(|t| {
+                let at = t.find("nats://127.0.0.1:")? + "nats://127.0.0.1:".len();
+                t[at..]
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+            if let Some(p) = port {
+                break p;
+            }
+            assert!(Instant::now() < end, "nats-server did not say its port");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        n.wait_up();
         n
     }
 
-    /// Starts it (again), and waits until it takes connections.
+    /// Starts it again on its port, and waits until it takes connections.
     pub fn up(&mut self) {
+        self.spawn(&self.port.to_string());
+        self.wait_up();
+    }
+
+    fn spawn(&mut self, port: &str) {
+        let ports = self.store.join("ports");
+        std::fs::create_dir_all(&ports).unwrap();
         let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
+            .args(["-a", "127.0.0.1", "-p", port, "-js", "--ports_file_dir"])
+            .arg(&ports)
+            .arg("-sd")
             .arg(&self.store)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server (Debian's nats-server; `cargo xtask test` installs it)");
         self.child = Some(child);
+    }
+
+    /// Waits until the server takes connections; fails if it exited (its port taken).
+    fn wait_up(&mut self) {
         let end = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "nats-server exited ({status}): is port {} taken?",
+                    self.port
+                );
+            }
             assert!(Instant::now() < end, "nats-server did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }
