@@ -122,13 +122,17 @@ fn what_the_sinks_did_not_store_is_delivered_again_and_what_they_did_is_not() {
         .run::<NatsSource>()
         .unwrap();
     assert_eq!(first.readings.len(), 50);
-    // The next run gets the same readings, and the sinks store them at once.
+    // The next run gets the same readings, and the sinks store them at once. Delivery is at
+    // least once: a hand-back lost at the stop comes again after ack_wait (5 s), and a
+    // message may come twice (the sinks drop ids they stored): run past ack_wait, compare
+    // the ids each once.
     let second = source(&n)
-        .readings(50)
-        .timeout(Duration::from_secs(20))
+        .timeout(Duration::from_secs(8))
         .run::<NatsSource>()
         .unwrap();
-    assert_eq!(ids(&second.readings), ids(&first.readings));
+    let mut got = ids(&second.readings);
+    got.dedup();
+    assert_eq!(got, ids(&first.readings));
     // Stored and acknowledged: nothing comes again.
     let third = source(&n)
         .timeout(Duration::from_secs(3))
