@@ -270,12 +270,11 @@ impl From<Level> for LevelFilter {
 /// how to fix it.
 pub(crate) fn unchangeable_by_others(meta: &std::fs::Metadata, what: &str) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
     let mode = meta.mode();
-    if mode & 0o002 == 0 && (meta.uid() == 0 || meta.uid() == me) {
+    if mode & 0o002 == 0 && !crate::loader::foreign_owner(meta) {
         return Ok(());
     }
+    let me = crate::loader::gateway_uid();
     Err(format!(
         "{what} can be changed by others (mode {:04o}, owner uid {}; the gateway runs as uid {me}): whoever can change it decides where the readings go and whom the gateway trusts; `chmod o-w` it and give it to root or the gateway's user",
         mode & 0o7777,

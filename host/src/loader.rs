@@ -138,8 +138,7 @@ pub enum LoadError {
 pub fn trusted(path: &Path) -> Result<PathBuf, String> {
     use std::os::unix::fs::MetadataExt;
     let real = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = gateway_uid();
     let mut at = Some(real.as_path());
     while let Some(p) = at {
         let m = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -148,7 +147,7 @@ pub fn trusted(path: &Path) -> Result<PathBuf, String> {
         } else {
             p.display().to_string()
         };
-        if m.uid() != 0 && m.uid() != me {
+        if foreign_owner(&m) {
             return Err(format!(
                 "{shown} is owned by uid {}, neither root nor the user the gateway runs as (uid {me}); whoever owns it can run code inside the gateway: `chown root {}` (or the gateway's user)",
                 m.uid(),
@@ -171,6 +170,18 @@ pub fn trusted(path: &Path) -> Result<PathBuf, String> {
         at = p.parent();
     }
     Ok(real)
+}
+
+/// The effective uid the gateway runs as.
+pub(crate) fn gateway_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether the file `meta` describes belongs to a user other than root and the gateway's.
+pub(crate) fn foreign_owner(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.uid() != 0 && meta.uid() != gateway_uid()
 }
 
 /// A library error's text on one line: its last lines, where `abi_stable` puts the cause.

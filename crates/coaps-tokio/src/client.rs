@@ -407,8 +407,6 @@ pub async fn carry_out(
     }
 }
 
-/// The server's address for a new session: `name` looked up again, or `last` while the lookup
-/// fails.
 /// The server's address for a new session ([`next_address`] of what `name` gives now), or
 /// `last` while the lookup fails or takes longer than [`LOOKUP_TIMEOUT`].
 async fn lookup(

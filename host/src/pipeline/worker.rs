@@ -371,8 +371,12 @@ impl Worker {
     /// retried or rebuilt, of a buffered sink that is draining, ends the write: its readings
     /// stay in the disk buffer (or go to the instance a reload puts in its place).
     pub(super) fn failed(&self, n: usize, e: PluginError) -> Failed {
-        let held = e.kind.is_retryable() || e.kind.needs_restart() || e.kind == ErrorKind::CONFIG;
-        if held && self.giving_up() {
+        // A config error at write time (a table of a newer schema, say) is about the sink,
+        // not these readings: they are held while the instance is rebuilt with backoff, until
+        // the operator fixes what the error names. Settled, a buffered sink's records would
+        // leave its disk buffer stored nowhere.
+        let rebuild = e.kind.needs_restart() || e.kind == ErrorKind::CONFIG;
+        if (e.kind.is_retryable() || rebuild) && self.giving_up() {
             if self.handover.load(Ordering::Relaxed) {
                 tracing::info!(readings = n, error = %e.message(), "write failed while a reload replaces the sink; the instance that replaces it writes them");
             } else {
@@ -381,11 +385,7 @@ impl Worker {
             Failed::Final(PluginError::new(ErrorKind::STOPPED, "shutting down"))
         } else if e.kind.is_retryable() {
             Failed::Retry(e)
-        } else if e.kind.needs_restart() || e.kind == ErrorKind::CONFIG {
-            // A config error at write time (a table of a newer schema, say) is about the sink,
-            // not these readings: they are held while the instance is rebuilt with backoff,
-            // until the operator fixes what the error names. Settled, a buffered sink's
-            // records would leave its disk buffer stored nowhere.
+        } else if rebuild {
             Failed::Restart(e)
         } else {
             Failed::Final(e)

@@ -3,6 +3,7 @@
 
 use super::{observe, ClientError, ClientExchange, Endpoint, Event, Token};
 use crate::message::{block1_of, empty, encode_uint, Block};
+use crate::Code;
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
 use std::{hash::Hash, time::Instant};
 
@@ -274,18 +275,8 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         // must still go, and only the answer to the last block is the request's.
         let size = 1usize << (ex.szx + 4);
         let not_last = ex.offset + size < ex.body.len();
-        let success = matches!(
-            r.header.code,
-            MessageClass::Response(
-                ResponseType::Created
-                    | ResponseType::Deleted
-                    | ResponseType::Valid
-                    | ResponseType::Changed
-                    | ResponseType::Content
-            )
-        );
+        let success = Code::of(&r).is_some_and(Code::is_success);
         if ex.blockwise && (continue_ || (success && not_last)) {
-            let size = 1usize << (ex.szx + 4);
             // The server may ask for smaller blocks: continue at the same byte offset.
             if let Some(Some(b)) = block1_of(&r) {
                 let acked_end = ex.offset + size;
