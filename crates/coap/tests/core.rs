@@ -848,3 +848,56 @@ fn a_server_that_answers_each_block_with_2_04_still_gets_the_whole_body() {
         .expect("the last block's answer");
     assert_eq!(code(&r), ResponseType::Changed);
 }
+
+#[test]
+fn an_answer_about_another_block_ends_the_request_instead_of_skipping_a_block() {
+    // The Block1 option of an answer names the block it acknowledges (RFC 7959 2.3). A server
+    // whose answer to the second block names the first must not count as having the second,
+    // and, when that block is the last, must not pass for the request's success.
+    let now = Instant::now();
+    let mut client = Endpoint::new(Config::default(), Box::new(rng(6)));
+    let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let req = request(
+        RequestType::Post,
+        "gpsflowtemp",
+        Some(ContentFormat::SENML_CBOR),
+        body,
+    );
+    let token = client.request(now, SERVER, req, true);
+    let mut nums = Vec::new();
+    let mut outcome = None;
+    for _ in 0..10 {
+        let Some((_, bytes)) = client.poll_transmit() else {
+            break;
+        };
+        let sent = Packet::from_bytes(&bytes).unwrap();
+        let b = Block::decode(sent.get_first_option(CoapOption::Block1).unwrap()).unwrap();
+        nums.push(b.num);
+        // The scripted server answers every block with 2.31 naming block 0.
+        let mut answer = response(ResponseType::Continue, "");
+        answer.header.set_type(MessageType::Acknowledgement);
+        answer.header.message_id = sent.header.message_id;
+        answer.set_token(sent.get_token().to_vec());
+        answer.add_option(CoapOption::Block1, Block { num: 0, ..b }.encode());
+        client.handle_datagram(now, SERVER, &answer.to_bytes().unwrap());
+        while let Some(ev) = client.poll_event() {
+            if let Event::Response {
+                token: t, result, ..
+            } = ev
+            {
+                assert_eq!(t, token);
+                outcome = Some(result);
+            }
+        }
+        if outcome.is_some() {
+            break;
+        }
+    }
+    assert_eq!(nums, [0, 1], "block 1 went once and nothing after it");
+    match outcome.expect("an outcome") {
+        Err(ClientError::Protocol(e)) => {
+            assert!(e.contains("block 0 but block 1"), "{e}");
+        }
+        other => panic!("a protocol error, not {other:?}"),
+    }
+}

@@ -276,6 +276,20 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         let size = 1usize << (ex.szx + 4);
         let not_last = ex.offset + size < ex.body.len();
         let success = Code::of(&r).is_some_and(Code::is_success);
+        // The Block1 option of an answer names the block it acknowledges (RFC 7959 2.3): an
+        // answer about another block than the one in flight must not move the transfer on,
+        // or a block would be skipped (or the request taken as stored) on a stale answer.
+        let sent = (ex.offset / size) as u32;
+        if let (true, Some(Some(b))) = (ex.blockwise, block1_of(&r)) {
+            if b.num != sent {
+                let e = format!(
+                    "the answer acknowledges block {} but block {sent} was sent",
+                    b.num
+                );
+                self.complete(now, peer, token, Err(ClientError::Protocol(e)));
+                return;
+            }
+        }
         if ex.blockwise && (continue_ || (success && not_last)) {
             // The server may ask for smaller blocks: continue at the same byte offset.
             if let Some(Some(b)) = block1_of(&r) {
