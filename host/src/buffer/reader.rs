@@ -322,10 +322,12 @@ impl DiskBuffer {
             }
         }
         let removed = st.remove_delivered(&self.dir);
+        // A full Block buffer whose only segment is now delivered: its writer rolls it away.
+        let only_delivered = st.segments.len() == 1 && st.segments[0].end() <= st.head;
         let head = st.head;
         st.ledger.record(head, self.fsync);
         drop(st);
-        if removed {
+        if removed || only_delivered {
             self.freed.notify_all();
         }
     }

@@ -17,6 +17,15 @@ use std::{
     time::Duration,
 };
 
+/// How often a writer held back by a full Block buffer checks whether it was told to stop.
+/// Room is signalled, not polled: an acknowledgement that frees room wakes the writer. The
+/// unit tests wait far longer, so that a missing wake-up shows as a stall.
+const FULL_POLL: Duration = if cfg!(test) {
+    Duration::from_secs(5)
+} else {
+    Duration::from_millis(100)
+};
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -107,11 +116,7 @@ impl DiskBuffer {
                     if stop() {
                         return Err(AppendError::Stopped);
                     }
-                    st = self
-                        .freed
-                        .wait_timeout(st, Duration::from_millis(100))
-                        .unwrap()
-                        .0;
+                    st = self.freed.wait_timeout(st, FULL_POLL).unwrap().0;
                 }
                 WhenFull::DropOldest => {
                     if st.segments.len() <= 1 {
