@@ -11,14 +11,18 @@
 //!
 //! A waiting datagram is at most [`MAX_WAITING_BYTES`]: a ClientHello is a few hundred bytes,
 //! and a larger datagram would be someone parking junk behind one (up to 64 KiB a place).
-//! Places are not shared out per IP address: a fleet behind one NAT address reconnects through
-//! the lobby as a whole.
+//! While there is room, any address may take any number of places: a fleet behind one NAT
+//! address reconnects through the lobby as a whole. Once it is full, places are shared out by
+//! IP address: a newcomer from an address holding fewer places than the one holding the most
+//! takes the newest place of that one (whose device sends its ClientHello again later, as
+//! when the lobby is full). So one host, a real one but hostile, that fills the lobby with a
+//! port per place cannot lock the fleet's devices out of it during a reconnect storm.
 
 use crate::hello::ClientHello;
 use gateway_coap::Keyed;
 use std::{
-    collections::{HashSet, VecDeque},
-    net::SocketAddr,
+    collections::{HashMap, HashSet, VecDeque},
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -47,6 +51,11 @@ pub struct Lobby {
     /// The peers in `queue`, so that a newcomer is told from a retransmission without a
     /// walk through the line.
     peers: HashSet<SocketAddr, Keyed>,
+    /// Places held per IP address.
+    per_ip: HashMap<IpAddr, usize, Keyed>,
+    /// `holding[k]`: how many addresses hold `k` places (`holding[0]` unused); its last
+    /// element is non-zero, so a full lobby tells the most places held without a walk.
+    holding: Vec<usize>,
 }
 
 impl Lobby {
@@ -56,7 +65,65 @@ impl Lobby {
             queue: VecDeque::new(),
             capacity,
             peers: HashSet::default(),
+            per_ip: HashMap::default(),
+            holding: vec![0],
         }
+    }
+
+    /// `ip` holds one place more (`up`) or one fewer.
+    fn count(&mut self, ip: IpAddr, up: bool) {
+        let n = self.per_ip.entry(ip).or_default();
+        let was = *n;
+        *n = if up { was + 1 } else { was - 1 };
+        let now = *n;
+        if now == 0 {
+            self.per_ip.remove(&ip);
+        }
+        if was > 0 {
+            self.holding[was] -= 1;
+        }
+        if now > 0 {
+            if self.holding.len() <= now {
+                self.holding.resize(now + 1, 0);
+            }
+            self.holding[now] += 1;
+        }
+        while self.holding.len() > 1 && self.holding[self.holding.len() - 1] == 0 {
+            self.holding.pop();
+        }
+    }
+
+    /// Places held by `ip`.
+    fn held(&self, ip: IpAddr) -> usize {
+        self.per_ip.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Bookkeeping for a place given up (taken, removed, expired or evicted).
+    fn left(&mut self, peer: SocketAddr) {
+        self.peers.remove(&peer);
+        self.count(peer.ip(), false);
+    }
+
+    /// In a full lobby, the newest place of the address holding the most, if that is more than
+    /// one place beyond what `ip` holds, is given up for a newcomer from `ip`; whether it was.
+    fn make_room_for(&mut self, ip: IpAddr) -> bool {
+        let most = self.holding.len() - 1;
+        if most <= self.held(ip) + 1 {
+            return false;
+        }
+        let Some(heaviest) = self
+            .per_ip
+            .iter()
+            .find_map(|(ip, n)| (*n == most).then_some(*ip))
+        else {
+            return false;
+        };
+        let Some(i) = self.queue.iter().rposition(|w| w.peer.ip() == heaviest) else {
+            return false;
+        };
+        let w = self.queue.remove(i).expect("found");
+        self.left(w.peer);
+        true
     }
 
     /// Peers waiting.
@@ -70,8 +137,9 @@ impl Lobby {
     }
 
     /// `peer` asks (again): a peer already waiting keeps its place, with its latest ClientHello;
-    /// a new one queues at the end. `false` if the ClientHello is dropped: the lobby is full,
-    /// or the datagram is larger than a ClientHello needs ([`MAX_WAITING_BYTES`]).
+    /// a new one queues at the end. `false` if the ClientHello is dropped: the lobby is full
+    /// (and its address holds as many places as any, or one fewer), or the datagram is larger
+    /// than a ClientHello needs ([`MAX_WAITING_BYTES`]).
     pub fn offer(
         &mut self,
         now: Instant,
@@ -89,7 +157,7 @@ impl Lobby {
             }
             return true;
         }
-        if self.queue.len() >= self.capacity {
+        if self.queue.len() >= self.capacity && !self.make_room_for(peer.ip()) {
             return false;
         }
         self.queue.push_back(Waiting {
@@ -99,13 +167,15 @@ impl Lobby {
             since: now,
         });
         self.peers.insert(peer);
+        self.count(peer.ip(), true);
         true
     }
 
     /// Forgets `peer` (its handshake started by another way, or it went away).
     pub fn remove(&mut self, peer: SocketAddr) {
-        if self.peers.remove(&peer) {
+        if self.peers.contains(&peer) {
             self.queue.retain(|w| w.peer != peer);
+            self.left(peer);
         }
     }
 
@@ -118,8 +188,9 @@ impl Lobby {
             if now.saturating_duration_since(w.since) < longest {
                 break;
             }
-            self.peers.remove(&w.peer);
+            let peer = w.peer;
             self.queue.pop_front();
+            self.left(peer);
             gone += 1;
         }
         gone
@@ -134,7 +205,7 @@ impl Lobby {
     pub fn take_first(&mut self, mut may_start: impl FnMut(&Waiting) -> bool) -> Option<Waiting> {
         let i = self.queue.iter().position(&mut may_start)?;
         let w = self.queue.remove(i)?;
-        self.peers.remove(&w.peer);
+        self.left(w.peer);
         Some(w)
     }
 
@@ -213,7 +284,44 @@ mod tests {
             l.expire(t0 + Duration::from_secs(1), Duration::from_secs(1)),
             1
         );
-        assert!(l.is_empty() && l.peers.is_empty());
+        assert!(l.is_empty() && l.peers.is_empty() && l.per_ip.is_empty());
+    }
+
+    /// Peer `port` of host `host`.
+    fn at(host: u8, port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, host], port))
+    }
+
+    #[test]
+    fn a_full_lobby_is_shared_out_by_address_so_one_host_cannot_fill_it() {
+        let t0 = Instant::now();
+        let mut l = Lobby::new(4);
+        // One host takes every place, a port each: while there is room, that is allowed.
+        for port in 1..=4 {
+            assert!(l.offer(t0, at(9, port), b"x", &hello(9)));
+        }
+        assert!(
+            !l.offer(t0, at(9, 5), b"x", &hello(9)),
+            "full for the host itself"
+        );
+        // Devices on other addresses still get in: each takes the host's newest place.
+        assert!(l.offer(t0, addr(1), b"a", &hello(1)));
+        assert!(l.offer(t0, addr(2), b"b", &hello(2)));
+        assert!(l.offer(t0, addr(3), b"c", &hello(3)));
+        assert!(
+            !l.offer(t0, addr(4), b"d", &hello(4)),
+            "one place each: none is taken from another"
+        );
+        assert!(l.offer(t0, addr(1), b"a2", &hello(1)), "a retransmission");
+        let order: Vec<_> = std::iter::from_fn(|| l.take_first(|_| true))
+            .map(|w| w.peer)
+            .collect();
+        assert_eq!(
+            order,
+            [at(9, 1), addr(1), addr(2), addr(3)],
+            "the host's oldest place kept its turn; its newest ones went"
+        );
+        assert!(l.peers.is_empty() && l.per_ip.is_empty() && l.holding == [0]);
     }
 
     #[test]
