@@ -167,6 +167,9 @@ pub struct SinkSettings {
     pub retry_backoff_max: Duration,
     /// A durable buffer in front of the sink (`buffer = { type = "disk", ... }`).
     pub buffer: Option<BufferSettings>,
+    /// Most bytes the sink's dead-letter directory may hold; a refused batch that would not
+    /// fit is held (and its sources with it) until files are resent or removed.
+    pub dead_letter_max_size: u64,
 }
 
 /// The default of every host key, named after the key.
@@ -195,6 +198,8 @@ pub mod default {
     pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
     /// `buffer.max_size` (sinks).
     pub const BUFFER_MAX_SIZE: u64 = 256 << 20;
+    /// `dead_letter_max_size` (sinks).
+    pub const DEAD_LETTER_MAX_SIZE: u64 = 256 << 20;
 }
 
 impl Default for SinkSettings {
@@ -207,6 +212,7 @@ impl Default for SinkSettings {
             retry_backoff: default::RETRY_BACKOFF,
             retry_backoff_max: default::RETRY_BACKOFF_MAX,
             buffer: None,
+            dead_letter_max_size: default::DEAD_LETTER_MAX_SIZE,
         }
     }
 }

@@ -13,6 +13,11 @@
 //! Values are tagged by type so that nothing changes on the way back: `{"float": 1.5}` (or
 //! `"NaN"`, `"inf"`, `"-inf"`), `{"int": 3}`, `{"bool": true}`, `{"text": "..."}`,
 //! `{"bytes": "00ff"}` (hex).
+//!
+//! The directory is bounded (`dead_letter_max_size`, 256 MiB by default): a peer whose every
+//! reading a sink refuses must not fill the disk that the buffers and stores share. A batch
+//! that would not fit is not dropped: `put` fails, and the sink holds the batch (and so its
+//! sources) until an operator resends or removes files with `gateway dead-letters`.
 
 use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
 use serde_json::{json, Value as J};
@@ -72,6 +77,12 @@ pub struct DeadLetters {
     plugin: String,
     seq: AtomicU64,
     recent: Mutex<Recent>,
+    /// Most bytes the directory may hold.
+    max_size: u64,
+    /// Bytes it holds, as last counted and added to since (`None`: not counted yet). Files
+    /// removed by `gateway dead-letters` are seen at the next count, made when a batch would
+    /// not fit by this one.
+    used: Mutex<Option<u64>>,
 }
 
 fn value(v: &Value) -> J {
@@ -151,6 +162,50 @@ impl DeadLetters {
             plugin: plugin.to_owned(),
             seq: AtomicU64::new(0),
             recent: Mutex::new(Recent::default()),
+            max_size: crate::config::default::DEAD_LETTER_MAX_SIZE,
+            used: Mutex::new(None),
+        }
+    }
+
+    /// The same, holding at most `max_size` bytes.
+    pub fn with_max_size(self, max_size: u64) -> Self {
+        DeadLetters { max_size, ..self }
+    }
+
+    /// Bytes of the files in the directory (finished or not).
+    fn count_bytes(&self) -> io::Result<u64> {
+        match std::fs::read_dir(&self.dir) {
+            Ok(d) => d.map(|e| Ok(e?.metadata()?.len())).sum::<io::Result<u64>>(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes `len` bytes of the directory's room, or says why there is none.
+    fn reserve(&self, len: u64) -> io::Result<()> {
+        let mut used = self.used.lock().expect("dead-letter bytes");
+        let fits = |u: u64| u.saturating_add(len) <= self.max_size;
+        if !used.is_some_and(fits) {
+            *used = Some(self.count_bytes()?);
+        }
+        let now = used.expect("counted");
+        if !fits(now) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "the dead-letter directory holds {now} bytes and this batch needs {len} more, past its dead_letter_max_size of {}: resend or remove its files (`gateway dead-letters list`, `resend`)",
+                    self.max_size
+                ),
+            ));
+        }
+        *used = Some(now + len);
+        Ok(())
+    }
+
+    /// Gives back room taken for a file that was not written.
+    fn unreserve(&self, len: u64) {
+        if let Some(u) = self.used.lock().expect("dead-letter bytes").as_mut() {
+            *u = u.saturating_sub(len);
         }
     }
 
@@ -188,9 +243,9 @@ impl DeadLetters {
         Ok(Some((path, new.len())))
     }
 
-    /// Keeps a refused batch: returns once its file is durably on disk.
+    /// Keeps a refused batch: returns once its file is durably on disk. Fails, keeping
+    /// nothing, when the directory has no room for it (`dead_letter_max_size`).
     pub fn put(&self, error: &str, readings: &[Reading]) -> io::Result<PathBuf> {
-        std::fs::create_dir_all(&self.dir)?;
         let now = Timestamp::now();
         let name = format!(
             "{:010}-{:06}-{}.jsonl",
@@ -198,9 +253,6 @@ impl DeadLetters {
             now.as_micros() % 1_000_000,
             self.seq.fetch_add(1, Ordering::Relaxed)
         );
-        let path = self.dir.join(&name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let mut out = io::BufWriter::new(File::create(&tmp)?);
         let header = json!({
             "gateway_dead_letter": 1,
             "sink": self.sink,
@@ -209,14 +261,29 @@ impl DeadLetters {
             "error": error,
             "readings": readings.len(),
         });
-        writeln!(out, "{header}")?;
+        let mut text = Vec::new();
+        writeln!(text, "{header}")?;
         for r in readings {
-            writeln!(out, "{}", reading_json(r))?;
+            writeln!(text, "{}", reading_json(r))?;
         }
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        File::open(&self.dir)?.sync_all()?;
+        let len = text.len() as u64;
+        self.reserve(len)?;
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let written = (|| {
+            std::fs::create_dir_all(&self.dir)?;
+            let mut file = File::create(&tmp)?;
+            file.write_all(&text)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()
+        })();
+        if let Err(e) = written {
+            // A disk that is full leaves no half file behind per retry.
+            let _ = std::fs::remove_file(&tmp);
+            self.unreserve(len);
+            return Err(e);
+        }
         Ok(path)
     }
 
@@ -353,6 +420,38 @@ mod tests {
         let (_, back) = read(&second).unwrap();
         assert_eq!(back, rs[2..]);
         assert_eq!(d.files().unwrap(), vec![first, second]);
+    }
+
+    #[test]
+    fn the_directory_is_bounded_and_a_batch_past_its_room_is_an_error_not_a_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let rs = gateway_sdk::testing::sample_readings(10);
+        let d = DeadLetters::new(dir.path().join("dl"), "db", "mysql").with_max_size(4096);
+        let mut kept = Vec::new();
+        let e = loop {
+            match d.put("refused", &rs) {
+                Ok(path) => kept.push(path),
+                Err(e) => break e,
+            }
+        };
+        assert!(!kept.is_empty());
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("dead_letter_max_size of 4096") && msg.contains("gateway dead-letters"),
+            "{msg}"
+        );
+        let bytes: u64 = d
+            .files()
+            .unwrap()
+            .iter()
+            .map(|p| p.metadata().unwrap().len())
+            .sum();
+        assert!(bytes <= 4096, "{bytes}");
+        assert_eq!(d.files().unwrap(), kept, "nothing half-written");
+        // Room made by another process (`gateway dead-letters resend`) is seen.
+        std::fs::remove_file(&kept[0]).unwrap();
+        d.put("refused", &rs).expect("room again");
     }
 
     #[test]

@@ -76,11 +76,15 @@ fn data_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
 
 /// A sink's dead letters: `dead-letter/` in its data directory.
 pub fn dead_letters(config: &Config, decl: &Instance) -> crate::deadletter::DeadLetters {
-    crate::deadletter::DeadLetters::new(
+    let letters = crate::deadletter::DeadLetters::new(
         data_dir(config, decl).join("dead-letter"),
         &decl.name,
         &decl.plugin,
-    )
+    );
+    match decl.sink_settings() {
+        Some(s) => letters.with_max_size(s.dead_letter_max_size),
+        None => letters,
+    }
 }
 
 /// Where an instance's disk buffer lives: `buffer/` in its data directory.

@@ -92,6 +92,28 @@ impl TableReader<'_> {
         })
     }
 
+    /// A size: a positive number of bytes, or a string such as `"256MiB"`.
+    fn take_size(&mut self, key: &str) -> Result<Option<u64>, ConfigError> {
+        let line = self
+            .entries
+            .get_key_value(key)
+            .map(|(k, _)| line_of(self.text, k.span().start));
+        let expected = "a size such as \"256MiB\", \"1GB\" or a number of bytes";
+        let size = match self.take::<toml::Value>(key, expected)? {
+            None => return Ok(None),
+            Some(toml::Value::Integer(n)) if n > 0 => Some(n as u64),
+            Some(toml::Value::String(s)) => super::buffer::parse_size(&s).filter(|n| *n > 0),
+            Some(_) => None,
+        };
+        size.map(Some).ok_or_else(|| {
+            self.err(
+                line.unwrap_or(self.line),
+                key,
+                format!("expected {expected}"),
+            )
+        })
+    }
+
     fn take_positive(&mut self, key: &str) -> Result<Option<usize>, ConfigError> {
         let line = self
             .entries
@@ -209,6 +231,9 @@ fn instance_keys(
             sink.retry_backoff_max = v;
         }
         sink.buffer = r.take_buffer()?;
+        if let Some(v) = r.take_size("dead_letter_max_size")? {
+            sink.dead_letter_max_size = v;
+        }
         Role::Sink(sink)
     } else if let Some((k, _)) = r.entries.get_key_value("inputs") {
         let l = line_of(text, k.span().start);

@@ -89,6 +89,34 @@ fn wrong_type_names_table_key_and_expectation() {
 }
 
 #[test]
+fn dead_letter_max_size_takes_sizes_and_names_its_key() {
+    let sink = |v: &str| {
+        parse(&format!(
+            "[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\ndead_letter_max_size = {v}\n"
+        ))
+        .map(|c| c.sinks[0].sink_settings().unwrap().dead_letter_max_size)
+        .map_err(|e| e.0)
+    };
+    assert_eq!(sink("\"64MiB\""), Ok(64 << 20));
+    assert_eq!(sink("4096"), Ok(4096));
+    assert_eq!(
+        parse(GOOD).unwrap().sinks[0]
+            .sink_settings()
+            .unwrap()
+            .dead_letter_max_size,
+        default::DEAD_LETTER_MAX_SIZE
+    );
+    for bad in ["0", "\"lots\"", "true"] {
+        let e = sink(bad).unwrap_err();
+        assert_eq!(
+            e,
+            "/etc/gw/gateway.toml:5: [sinks.b] dead_letter_max_size: expected a size such as \"256MiB\", \"1GB\" or a number of bytes",
+            "{bad}"
+        );
+    }
+}
+
+#[test]
 fn buffer_values_are_read_by_serde_and_their_errors_name_the_key() {
     let sink = |buffer: &str| {
         parse(&format!(
