@@ -470,9 +470,9 @@ fn set<'a>(
 ) -> Result<(), DecodeError> {
     let wrong = || DecodeError::FieldType(i, field.name());
     let text = |v: Field<'a>| match v {
-        Field::Text(s) if s.len() > MAX_NAME && !matches!(field, F::Vs | F::Vd) => {
-            Err(DecodeError::TooLong(i, field.name()))
-        }
+        Field::Text(s) if matches!(field, F::Vs | F::Vd) => Ok(s),
+        Field::Text(s) if s.len() > MAX_NAME => Err(DecodeError::TooLong(i, field.name())),
+        Field::Text(s) if crate::has_control(&s) => Err(DecodeError::Control(i, field.name())),
         Field::Text(s) => Ok(s),
         _ => Err(wrong()),
     };
@@ -704,6 +704,9 @@ impl<'a> Resolver<'a> {
                 Value::Int(v) => Value::Float(v as f64 + self.bv),
                 other => other,
             };
+        }
+        if matches!(value, Value::Float(v) if !v.is_finite()) {
+            return Err(DecodeError::NotFinite(i));
         }
         let bt = self.bt;
         let t = r.t.unwrap_or(0.0);

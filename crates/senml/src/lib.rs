@@ -82,6 +82,22 @@ pub enum DecodeError {
     /// A name or unit longer than [`MAX_NAME`] bytes.
     #[error("record {0}: field {1} is longer than 255 bytes")]
     TooLong(usize, &'static str),
+    /// A name or unit holding a control character (a line break in a name would forge log
+    /// lines, and brokers refuse it in a topic).
+    #[error("record {0}: field {1} holds a control character")]
+    Control(usize, &'static str),
+    /// A value that is not a finite number (NaN or infinity): SenML JSON cannot carry it, and
+    /// the stores refuse it.
+    #[error("record {0}: value is not a finite number")]
+    NotFinite(usize),
+}
+
+/// Whether `s` holds a control character (C0, DEL or C1). Bytes first: a C1 character is
+/// encoded with a leading 0xC2, which names seldom hold.
+pub(crate) fn has_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().any(|&c| c < 0x20 || c == 0x7f)
+        || (b.contains(&0xc2) && s.chars().any(char::is_control))
 }
 
 fn escape(name: &str) -> std::borrow::Cow<'_, str> {

@@ -246,6 +246,55 @@ fn a_name_that_would_not_fit_when_sent_on_is_refused() {
     assert_eq!(again.readings[0].name.as_str(), name);
 }
 
+/// A value that is not a finite number, which SenML JSON cannot carry and the stores refuse,
+/// is refused where it comes in, as is a control character in a name or unit (a line break
+/// would forge log lines, and MQTT brokers drop the connection of a client that puts one in a
+/// topic). Text values may hold them.
+#[test]
+fn non_finite_values_and_control_characters_in_names_are_refused() {
+    // [{0 (n): "s/x", 2 (v): v as a double}]
+    let cbor = |v: f64| {
+        let mut b = vec![0x81, 0xa2, 0x00, 0x63, b's', b'/', b'x', 0x02, 0xfb];
+        b.extend_from_slice(&v.to_be_bytes());
+        b
+    };
+    assert_eq!(
+        decode_cbor(&cbor(2.5), 10, NOW, "d")
+            .unwrap()
+            .readings
+            .len(),
+        1
+    );
+    for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        assert_eq!(
+            decode_cbor(&cbor(v), 10, NOW, "d").unwrap_err(),
+            DecodeError::NotFinite(0)
+        );
+    }
+    // A base value can push a finite value out of range too.
+    assert_eq!(
+        decode_json(br#"[{"n":"s/x","v":1e308,"bv":1e308}]"#, 10, NOW, "d").unwrap_err(),
+        DecodeError::NotFinite(0)
+    );
+    for (pack, field) in [
+        (r#"[{"n":"s/x\nINFO forged","v":1}]"#, "n"),
+        (r#"[{"bn":"d\r:","n":"s/x","v":1}]"#, "bn"),
+        (r#"[{"n":"s/x","u":"C\u0000","v":1}]"#, "u"),
+        (r#"[{"n":"s/x","bu":"\u009b31m","v":1}]"#, "bu"),
+        (r#"[{"n":"s\u007f/x","v":1}]"#, "n"),
+    ] {
+        assert_eq!(
+            decode_json(pack.as_bytes(), 10, NOW, "d").unwrap_err(),
+            DecodeError::Control(0, field),
+            "{pack}"
+        );
+    }
+    let text = br#"[{"n":"s/x","vs":"two\nlines","u":"\u00b0C"}]"#;
+    let text = decode_json(text, 10, NOW, "d").unwrap();
+    assert_eq!(text.readings[0].value, Value::Text("two\nlines".into()));
+    assert_eq!(text.readings[0].unit.as_str(), "\u{b0}C");
+}
+
 /// A record whose name repeats the one before reuses its sensor and name; a new base name
 /// still gives the right device, and a new name is split and checked again.
 #[test]
