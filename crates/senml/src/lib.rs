@@ -285,7 +285,27 @@ fn unbase64url(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Encodes a batch as SenML JSON.
+/// Why `batch` cannot be sent as SenML JSON, naming the first reading that cannot: JSON has
+/// no NaN or infinity (`encode_json` would write `null`, a reading without its value). A sink
+/// returns it as a rejection, and the host narrows the batch down to that reading.
+pub fn json_refusal(batch: &[Reading]) -> Option<String> {
+    let i = batch
+        .iter()
+        .position(|r| matches!(r.value, Value::Float(v) if !v.is_finite()))?;
+    let r = &batch[i];
+    Some(format!(
+        "reading {} of {} ({}/{}/{}) cannot be sent as SenML JSON: its value is {:?}, which JSON cannot carry",
+        i + 1,
+        batch.len(),
+        r.device,
+        r.sensor,
+        r.name,
+        r.value
+    ))
+}
+
+/// Encodes a batch as SenML JSON. A value that is not a finite number becomes `null`: see
+/// [`json_refusal`].
 pub fn encode_json(batch: &[Reading]) -> Vec<u8> {
     use serde_json::{json, Map, Value as J};
     let arr: Vec<J> = records(batch)

@@ -116,6 +116,9 @@ impl Sink for Mqtt {
     }
 
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        if let Some(why) = gateway_senml::json_refusal(batch) {
+            return Err(PluginError::rejected(why));
+        }
         let messages: Vec<(String, Vec<u8>)> = batch
             .iter()
             .map(|r| {

@@ -64,8 +64,9 @@ impl Template {
     }
 
     /// The topic of reading `r`. A value is one topic level whatever it holds: `/`, `+`, `#`
-    /// and NUL become `_` (a sensor named `a/b` cannot publish under another level), and an
-    /// empty one is `_`.
+    /// become `_` (a sensor named `a/b` cannot publish under another level), as do the
+    /// characters brokers refuse in a topic (control characters, Unicode non-characters), and
+    /// an empty one is `_`.
     pub fn render(&self, r: &Reading) -> String {
         let mut out = String::new();
         for p in &self.0 {
@@ -83,12 +84,20 @@ impl Template {
                 out.push('_');
             }
             out.extend(v.chars().map(|c| match c {
-                '/' | '+' | '#' | '\0' => '_',
+                '/' | '+' | '#' => '_',
+                c if refused(c) => '_',
                 c => c,
             }));
         }
         out
     }
+}
+
+/// Characters a broker refuses in a topic: Mosquitto drops the connection of a client that
+/// publishes one (control characters, MQTT 3.1.1 1.5.3; and the Unicode non-characters),
+/// which the sink would take for a broken link and retry for good.
+fn refused(c: char) -> bool {
+    c.is_control() || ('\u{fdd0}'..='\u{fdef}').contains(&c) || (c as u32 & 0xfffe) == 0xfffe
 }
 
 #[cfg(test)]
@@ -118,6 +127,14 @@ mod tests {
         assert_eq!(
             t.render(&reading("pi-01", "../pi-02/#")),
             "gateway/pi-01/.._pi-02__/temperature"
+        );
+        assert_eq!(
+            t.render(&reading(
+                "pi\0-01",
+                "a\tb\u{7f}\u{9b}\u{fdd0}\u{fffe}\u{1ffff}é"
+            )),
+            "gateway/pi_-01/a_b_____é/temperature",
+            "what a broker refuses in a topic"
         );
         let t = Template::parse("{device}-{name}[{unit}]").unwrap();
         assert_eq!(t.render(&reading("pi", "s")), "pi-temperature[_]");

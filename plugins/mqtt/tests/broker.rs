@@ -233,3 +233,45 @@ fn readme_sample_matches_sample_toml_and_parses() {
         assert_eq!(c.topic, "gateway/{device}/{sensor}/{name}");
     }
 }
+
+/// What a broker refuses in a topic is made `_`: Mosquitto drops the connection of a client
+/// that publishes a topic with a control character, which the sink would retry for good. A
+/// value JSON cannot carry is refused for good, naming the reading, not published as `null`.
+#[test]
+fn readings_a_broker_or_json_cannot_take_are_published_safely_or_refused() {
+    let root = format!("gwtest/{}-odd", std::process::id());
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-q", "1", "-v", "-C", "2", "-W", "30"])
+        .args(["-t", &format!("{root}/#")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub (mosquitto-clients) runs");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut s = sink(&format!(
+        "url = \"mqtt://127.0.0.1\"\ntopic = \"{root}/{{sensor}}/{{name}}\"\n"
+    ));
+    let mut batch = sample_readings(2);
+    batch[0].sensor = "a\tb\u{7f}".into();
+    batch[1].name = "line\nbreak\u{fffe}".into();
+    s.write(batch.clone())
+        .expect("published, not a dropped connection");
+    let mut out = String::new();
+    sub.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(sub.wait().unwrap().success(), "mosquitto_sub got 2 in time");
+    let topics: Vec<&str> = out.lines().map(|l| l.split_once(' ').unwrap().0).collect();
+    assert_eq!(
+        topics,
+        [
+            format!("{root}/a_b_/temperature"),
+            format!("{root}/s1/line_break_")
+        ]
+    );
+    let mut bad = sample_readings(3);
+    bad[1].value = gateway_sdk::Value::Float(f64::NAN);
+    let e = s.write(bad).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(
+        e.message().starts_with("reading 2 of 3 (") && e.message().contains("NaN"),
+        "{e}"
+    );
+}
