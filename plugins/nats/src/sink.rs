@@ -1,6 +1,8 @@
-//! The sink: each reading published to JetStream as SenML JSON, its id as `Nats-Msg-Id` (so
-//! that JetStream drops a re-delivered one within its duplicate window), on a subject made
-//! from the reading; a batch is done once JetStream acknowledged every reading of it.
+//! The sink: each reading published to JetStream as SenML JSON, its id and device as
+//! `Nats-Msg-Id` (so that JetStream drops a re-delivered one within its duplicate window, and
+//! no device can pre-claim another's ids), on a subject made from the reading; a batch is done
+//! once JetStream acknowledged every reading of it. A reading larger than the server takes
+//! (`max_payload`, which it answers by closing the connection) is refused for good.
 
 use crate::{config::SinkConfig, connect::Settings, subject::Template};
 use async_nats::jetstream::{self, stream::StorageType};
@@ -15,12 +17,31 @@ pub struct NatsSink {
     subject: Template,
     rt: tokio::runtime::Runtime,
     js: Option<jetstream::Context>,
+    /// The largest message the server takes (headers and payload), from its INFO.
+    max_payload: usize,
     table: String,
 }
 
-/// A reading's id as JetStream's message id: 32 hex digits.
+/// A reading's JetStream message id: its id in 32 hex digits, `@`, and its device (bytes
+/// outside printable ASCII, and `%`, as `%XX`). Ids are unique per device: the stores key
+/// readings by (device, id), and so does JetStream's de-duplication, or a device could send
+/// another's next id first and have that device's reading dropped as a duplicate.
 pub fn msg_id(r: &Reading) -> String {
-    format!("{:032x}", r.id.as_u128())
+    let mut id = format!("{:032x}@", r.id.as_u128());
+    for b in r.device.as_str().bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            id.push(b as char);
+        } else {
+            id.push_str(&format!("%{b:02X}"));
+        }
+    }
+    id
+}
+
+/// Bytes of a message's header block with `id` as its only header: `NATS/1.0\r\n`,
+/// `Nats-Msg-Id: ID\r\n`, `\r\n`. The server's `max_payload` counts it.
+fn header_bytes(id: &str) -> usize {
+    10 + 13 + id.len() + 2 + 2
 }
 
 impl Sink for NatsSink {
@@ -47,6 +68,7 @@ impl Sink for NatsSink {
             subject,
             rt,
             js: None,
+            max_payload: usize::MAX,
             table: ctx.info().table.to_string(),
         })
     }
@@ -58,6 +80,7 @@ impl Sink for NatsSink {
         let (settings, cfg) = (self.settings.clone(), self.cfg.clone());
         let js = self.rt.block_on(async move {
             let client = settings.connect().await?;
+            let max_payload = client.server_info().max_payload;
             let js = jetstream::new(client);
             // The stream is made where it is missing; one that is there is used as it is.
             js.get_or_create_stream(jetstream::stream::Config {
@@ -69,14 +92,21 @@ impl Sink for NatsSink {
             })
             .await
             .map_err(|e| PluginError::retry(format!("stream {}: {e}", cfg.stream)))?;
-            Ok::<_, PluginError>(js)
+            Ok::<_, PluginError>((js, max_payload))
         })?;
+        let (js, max_payload) = js;
+        if max_payload > 0 {
+            self.max_payload = max_payload;
+        }
         tracing::info!(table = %self.table, url = %self.cfg.connection.url, stream = %self.cfg.stream, "connected to NATS JetStream");
         self.js = Some(js);
         Ok(())
     }
 
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        if let Some(why) = gateway_senml::json_refusal(batch) {
+            return Err(PluginError::rejected(why));
+        }
         self.open()?;
         let js = self.js.clone().expect("opened");
         let timeout = self.cfg.ack_timeout;
@@ -90,6 +120,22 @@ impl Sink for NatsSink {
                 )
             })
             .collect();
+        if let Some(i) = messages
+            .iter()
+            .position(|(_, id, payload)| header_bytes(id) + payload.len() > self.max_payload)
+        {
+            let r = &batch[i];
+            return Err(PluginError::rejected(format!(
+                "reading {} of {} ({}/{}/{}) is {} bytes as a message, more than the server's max_payload of {}",
+                i + 1,
+                batch.len(),
+                r.device,
+                r.sensor,
+                r.name,
+                header_bytes(&messages[i].1) + messages[i].2.len(),
+                self.max_payload
+            )));
+        }
         let outcome = self.rt.block_on(async move {
             tokio::time::timeout(timeout, publish_all(&js, messages))
                 .await

@@ -141,6 +141,41 @@ fn what_the_sinks_did_not_store_is_delivered_again_and_what_they_did_is_not() {
     assert!(third.readings.is_empty(), "{} again", third.readings.len());
 }
 
+/// JetStream drops a message whose id it holds: the id carries the device, so one device
+/// cannot have another's reading dropped by sending its id first. What the server cannot take
+/// (over `max_payload`: it closes the connection) or JSON cannot carry is refused for good,
+/// naming the reading, and the sink goes on.
+#[test]
+fn ids_are_per_device_and_what_cannot_be_sent_is_refused_without_breaking_the_sink() {
+    let n = Nats::start();
+    let mut s = sink(&n);
+    let a = sample_readings(1);
+    let mut b = a.clone();
+    b[0].device = "other-device".into();
+    s.write(a.clone()).unwrap();
+    s.write(b).unwrap();
+    s.write(a).unwrap();
+    assert_eq!(
+        n.messages("READINGS"),
+        2,
+        "one per device; the repeat dropped"
+    );
+    let mut big = sample_readings(3);
+    big[2].value = gateway_sdk::Value::Bytes(vec![7; 800_000].into());
+    let e = s.write(big).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(
+        e.message().starts_with("reading 3 of 3 (")
+            && e.message().contains("max_payload of 1048576"),
+        "{e}"
+    );
+    let mut nan = sample_readings(2);
+    nan[0].value = gateway_sdk::Value::Float(f64::INFINITY);
+    let e = s.write(nan).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    s.write(sample_readings(5)).expect("the sink goes on");
+}
+
 #[test]
 fn a_message_that_is_not_a_reading_is_dropped_from_the_consumer() {
     let n = Nats::start();
