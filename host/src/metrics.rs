@@ -2,23 +2,36 @@
 //! (the process answers) and `/readyz` (running, not shutting down) for load balancers and
 //! Kubernetes probes; `gateway status` reads the same page for a person.
 //!
-//! A small HTTP/1.0 responder on one thread, std only: a Pi has no use for a web framework.
-//! Each connection gets one answer and is closed; a request must arrive within a second and
-//! fit in 8 KiB, so a slow or hostile client holds the thread that long at most. Bind it to
-//! loopback (the default address is) or to a network your scraper is on: it tells whoever can
-//! reach it how much the gateway moves, nothing more (no config values, no readings).
+//! A small HTTP/1.0 responder, std only: a Pi has no use for a web framework. Each connection
+//! gets one answer, on a thread of its own, and is closed. A request must arrive whole within
+//! 2 s and fit in 8 KiB, and the answer be taken within 5 s; at most 64 connections are served
+//! at once, at most 4 from one IP address, and one past either is closed at once. So a slow or
+//! hostile client (a slowloris trickling a byte a second) holds a few threads for seconds at
+//! most, and cannot keep a load balancer's probes from their answers. Bind it to loopback (the
+//! default address is) or to a network your scraper is on: it tells whoever can reach it how
+//! much the gateway moves, nothing more (no config values, no readings).
 
 use crate::{
     buffer::DiskBuffer,
     stats::{SinkStats, SourceStats, Views},
 };
 use std::{
+    collections::HashMap,
     fmt::Write as _,
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    sync::{atomic::Ordering, Arc},
-    time::Duration,
+    io::{self, Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::{Duration, Instant},
 };
+
+/// Most connections served at once.
+const MAX_CONNECTIONS: usize = 64;
+/// Most connections from one IP address served at once.
+const MAX_PER_ADDRESS: usize = 4;
+/// A request must arrive whole within this.
+const READ_DEADLINE: Duration = Duration::from_secs(2);
+/// An answer must be taken within this.
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What the page shows: every instance's counters, read when a scrape comes.
 #[derive(Clone)]
@@ -237,33 +250,111 @@ impl Registry {
     }
 }
 
-/// Binds `addr` and serves `registry` on a thread of its own, for the life of the process.
+/// The connections being served: how many, and from which addresses.
+#[derive(Default)]
+struct Slots(Mutex<(usize, HashMap<IpAddr, usize>)>);
+
+/// A connection's place among [`Slots`], given back when dropped.
+struct Slot(Arc<Slots>, IpAddr);
+
+impl Slots {
+    /// A place for a connection from `ip`, unless the limits are reached.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let mut g = self.0.lock().expect("metrics slots");
+        let (all, per) = &mut *g;
+        let mine = per.entry(ip).or_default();
+        if *all >= MAX_CONNECTIONS || *mine >= MAX_PER_ADDRESS {
+            if *mine == 0 {
+                per.remove(&ip);
+            }
+            return None;
+        }
+        *all += 1;
+        *mine += 1;
+        Some(Slot(self.clone(), ip))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut g = self.0 .0.lock().expect("metrics slots");
+        let (all, per) = &mut *g;
+        *all -= 1;
+        if let Some(n) = per.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Binds `addr` and serves `registry` for the life of the process: a thread accepts, and each
+/// connection is answered on a thread of its own (at most 64 at once, 4 per IP address).
 pub fn serve(addr: SocketAddr, registry: Registry) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
+    let registry = Arc::new(registry);
+    let slots = Arc::new(Slots::default());
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
             for conn in listener.incoming() {
-                match conn {
-                    Ok(c) => {
-                        if let Err(e) = respond(c, &registry) {
-                            tracing::debug!(error = %e, "metrics request failed");
-                        }
-                    }
+                let c = match conn {
+                    Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "metrics: accept failed");
                         std::thread::sleep(Duration::from_millis(100));
+                        continue;
                     }
+                };
+                let Some(slot) = c.peer_addr().ok().and_then(|p| slots.take(p.ip())) else {
+                    tracing::debug!(peer = ?c.peer_addr().ok(), "metrics: too many connections at once; closed");
+                    continue;
+                };
+                let registry = registry.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-conn".into())
+                    .stack_size(128 << 10)
+                    .spawn(move || {
+                        if let Err(e) = respond(c, &registry) {
+                            tracing::debug!(error = %e, "metrics request failed");
+                        }
+                        drop(slot);
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "metrics: no thread for a connection");
                 }
             }
         })?;
     Ok(bound)
 }
 
-fn respond(mut c: TcpStream, registry: &Registry) -> std::io::Result<()> {
-    c.set_read_timeout(Some(Duration::from_secs(1)))?;
-    c.set_write_timeout(Some(Duration::from_secs(5)))?;
+/// What is left of `deadline`, or a timeout error once it has passed.
+fn left(deadline: Instant) -> io::Result<Duration> {
+    let d = deadline.saturating_duration_since(Instant::now());
+    if d.is_zero() {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+    }
+    Ok(d)
+}
+
+/// Writes `bytes` whole before `deadline`.
+fn write_by(c: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        c.set_write_timeout(Some(left(deadline)?))?;
+        match c.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn respond(mut c: TcpStream, registry: &Registry) -> io::Result<()> {
+    let deadline = Instant::now() + READ_DEADLINE;
     let mut buf = [0u8; 8192];
     let mut n = 0;
     // Only the request line matters, but the whole head is read: closing with unread bytes
@@ -272,6 +363,7 @@ fn respond(mut c: TcpStream, registry: &Registry) -> std::io::Result<()> {
         && !buf[..n].windows(2).any(|w| w == b"\n\n")
         && n < buf.len()
     {
+        c.set_read_timeout(Some(left(deadline)?))?;
         let got = c.read(&mut buf[n..])?;
         if got == 0 {
             break;
@@ -290,9 +382,10 @@ fn respond(mut c: TcpStream, registry: &Registry) -> std::io::Result<()> {
         "HTTP/1.0 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    c.write_all(head.as_bytes())?;
+    let deadline = Instant::now() + WRITE_DEADLINE;
+    write_by(&mut c, head.as_bytes(), deadline)?;
     if method != "HEAD" {
-        c.write_all(body.as_bytes())?;
+        write_by(&mut c, body.as_bytes(), deadline)?;
     }
     Ok(())
 }
@@ -311,4 +404,87 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     Ok((code, body.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        Registry {
+            views: Views::default(),
+            plugins: Arc::default(),
+            ready: Arc::new(|| true),
+        }
+    }
+
+    /// A connection to `to` from loopback address `from`.
+    fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+        s.connect(&to.into()).unwrap();
+        s.into()
+    }
+
+    #[test]
+    fn slow_clients_neither_hold_a_connection_long_nor_keep_probes_from_their_answers() {
+        let addr = serve("127.0.0.1:0".parse().unwrap(), registry()).unwrap();
+        // A slowloris on another address: ten connections trickling a byte every 300 ms, and
+        // one that sends nothing.
+        let started = Instant::now();
+        let trickling: Vec<_> = (0..10)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut c = connect_from([127, 0, 0, 2], addr);
+                    for _ in 0..30 {
+                        if c.write_all(b"G").is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    // Closed by the server (an error or end of file) or still open at the end.
+                    c.set_read_timeout(Some(Duration::from_millis(100)))
+                        .unwrap();
+                    let mut b = [0u8; 64];
+                    let closed =
+                        !matches!(c.read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+                    (closed, started.elapsed())
+                })
+            })
+            .collect();
+        let _silent = connect_from([127, 0, 0, 3], addr);
+        std::thread::sleep(Duration::from_millis(200));
+        // The probe is answered meanwhile, several times.
+        for _ in 0..3 {
+            assert_eq!(get(addr, "/healthz").unwrap(), (200, "ok\n".to_owned()));
+        }
+        for t in trickling {
+            let (closed, after) = t.join().unwrap();
+            assert!(closed, "a trickling client was cut off");
+            assert!(after < Duration::from_secs(6), "{after:?}");
+        }
+    }
+
+    #[test]
+    fn connections_are_limited_in_all_and_per_address() {
+        let slots = Arc::new(Slots::default());
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let mine: Vec<Slot> = (0..MAX_PER_ADDRESS)
+            .map(|_| slots.take(a).unwrap())
+            .collect();
+        assert!(slots.take(a).is_none(), "per address");
+        let others: Vec<Slot> = (0..MAX_CONNECTIONS - MAX_PER_ADDRESS)
+            .map(|i| {
+                slots
+                    .take([10, 1, (i / 200) as u8, (i % 200) as u8].into())
+                    .unwrap()
+            })
+            .collect();
+        assert!(slots.take([10, 9, 9, 9].into()).is_none(), "in all");
+        drop(mine);
+        assert!(slots.take(a).is_some(), "given back");
+        drop(others);
+        assert_eq!(slots.0.lock().unwrap().0, 0);
+        assert!(slots.0.lock().unwrap().1.is_empty());
+    }
 }
