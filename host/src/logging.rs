@@ -6,8 +6,9 @@
 use crate::config::LogFormat;
 use gateway_sdk::abi::{HostLog, LogRecord};
 use std::{
+    borrow::Cow,
     collections::HashMap,
-    io::IsTerminal,
+    io::{self, IsTerminal, Write},
     sync::{Arc, RwLock},
 };
 use tracing::level_filters::LevelFilter;
@@ -36,17 +37,57 @@ pub fn init(format: LogFormat, level: LevelFilter, plugin_level: LevelFilter) {
     // Everything passes the builder's own level filter; `filter` decides.
     let builder = tracing_subscriber::fmt()
         .with_max_level(LevelFilter::TRACE)
-        .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
-        LogFormat::Text => builder.finish().with(filter).try_init(),
+        LogFormat::Text => builder
+            .with_writer(|| OneLine)
+            .finish()
+            .with(filter)
+            .try_init(),
         LogFormat::Json => builder
+            .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .finish()
             .with(filter)
             .try_init(),
     };
+}
+
+/// stderr, one line per event: the text format writes a field as it is, so a line break in
+/// one (a peer's name in a refusal, a server's message) would start what reads as a log line
+/// of its own, forged. Inside an event, `\n` and `\r` are written as those two characters.
+/// (tracing-subscriber writes each event with one `write_all`; JSON escapes them itself.)
+struct OneLine;
+
+impl Write for OneLine {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        io::stderr().lock().write_all(&one_line(buf))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+/// `event` with the line breaks before its last byte escaped.
+fn one_line(event: &[u8]) -> Cow<'_, [u8]> {
+    let body = event.strip_suffix(b"\n").unwrap_or(event);
+    if !body.iter().any(|&b| b == b'\n' || b == b'\r') {
+        return Cow::Borrowed(event);
+    }
+    let mut out = Vec::with_capacity(event.len() + 16);
+    for &b in body {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b => out.push(b),
+        }
+    }
+    if body.len() < event.len() {
+        out.push(b'\n');
+    }
+    Cow::Owned(out)
 }
 
 /// Per-instance levels for plugin events, and what plugin instances show on the metrics page.
@@ -149,5 +190,21 @@ impl HostLog for LibraryLog {
             4 => tracing::debug!(target: PLUGIN_TARGET, plugin = who, module, "{msg}"),
             _ => tracing::trace!(target: PLUGIN_TARGET, plugin = who, module, "{msg}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn an_event_is_one_line_whatever_its_fields_hold() {
+        assert_eq!(&*one_line(b"plain\n"), b"plain\n");
+        assert_eq!(&*one_line(b"no end"), b"no end");
+        assert_eq!(
+            &*one_line(b"a\nINFO forged\r\n"),
+            &b"a\\nINFO forged\\r\n"[..]
+        );
+        assert_eq!(&*one_line(b"a\n\n"), &b"a\\n\n"[..]);
     }
 }

@@ -428,6 +428,37 @@ fn a_refused_reading_does_not_take_the_others_of_a_merged_write_with_it() {
     assert!(lines[0].contains("=13 "), "{lines:?}");
 }
 
+/// A line break in what a log line quotes (a device's name in a sink's refusal) is written as
+/// `\n`: it cannot start a line of its own that reads as the gateway's.
+#[test]
+fn a_line_break_in_a_logged_value_cannot_forge_a_log_line() {
+    let s = Setup::new();
+    let out = s.path("out.txt");
+    let cfg = s.config(
+        "",
+        &format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 20\nwait_ack = false\ndevice = \"pi\\n2026-12-04T00:00:00Z  INFO forged: DTLS session established\"\n{}",
+            recorder("rec", out.to_str().unwrap(), &["seq"], "reject_value = 13")
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(20)).expect("exits");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    let refusal = err
+        .lines()
+        .find(|l| l.contains("simulated refusal of value 13"))
+        .unwrap_or_else(|| panic!("the refusal is logged: {err}"));
+    assert!(
+        refusal.contains("from pi\\n2026-12-04T00:00:00Z  INFO forged"),
+        "{refusal}"
+    );
+    assert!(
+        !err.lines().any(|l| l.starts_with("2026-12-04T00:00:00Z")),
+        "a forged line: {err}"
+    );
+}
+
 #[test]
 fn only_the_refused_reading_of_a_batch_is_dead_lettered_queued_or_buffered() {
     // One source batch of 40 readings, one of which the sink refuses for good: the batch is

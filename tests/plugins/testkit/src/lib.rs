@@ -279,12 +279,14 @@ fn lines(
         )));
     }
     if let Some(bad) = cfg.reject_value {
-        if batch
+        if let Some(r) = batch
             .iter()
-            .any(|r| r.value == gateway_sdk::Value::Int(bad))
+            .find(|r| r.value == gateway_sdk::Value::Int(bad))
         {
+            // Naming the reading's device, as a database's refusal may.
             return Err(PluginError::rejected(format!(
-                "simulated refusal of value {bad}"
+                "simulated refusal of value {bad} from {}",
+                r.device
             )));
         }
     }
