@@ -92,12 +92,16 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
     Ok((tls, host.to_owned(), port))
 }
 
-/// The TLS connector of `mqtts`: the broker's certificate checked against `ca_file` (or the
-/// system's store) and its name against the host.
+/// The TLS connector of `mqtts`: the broker's certificate checked against `ca_file` alone (or
+/// the system's store) and its name against the host.
 pub fn connector(t: &Tls) -> Result<SslConnector, String> {
     let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
     b.set_verify(SslVerifyMode::PEER);
     if let Some(ca) = &t.ca_file {
+        // The builder trusts the system's store; a CA file replaces it, or a certificate
+        // any public CA issued for the broker's name would pass as well.
+        let empty = openssl::x509::store::X509StoreBuilder::new().map_err(|e| e.to_string())?;
+        b.set_cert_store(empty.build());
         b.set_ca_file(ca)
             .map_err(|e| format!("tls_ca_file {}: {e}", ca.display()))?;
     }

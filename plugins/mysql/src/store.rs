@@ -138,7 +138,10 @@ impl Store {
             if cfg.tls {
                 let mut ssl = SslOpts::default();
                 if let Some(ca) = &cfg.tls_ca_file {
-                    ssl = ssl.with_root_certs(vec![ca.clone().into()]);
+                    // That CA alone, not the system's store beside it.
+                    ssl = ssl
+                        .with_root_certs(vec![ca.clone().into()])
+                        .with_disable_built_in_roots(true);
                 }
                 b = b.ssl_opts(ssl);
             }

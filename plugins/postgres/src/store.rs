@@ -124,9 +124,16 @@ impl Store {
                 let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())
                     .map_err(|e| PluginError::config(format!("tls: {e}")))?;
                 match &cfg.tls_ca_file {
-                    Some(ca) => b.set_ca_file(ca).map_err(|e| {
-                        PluginError::config(format!("tls_ca_file: {}: {e}", ca.display()))
-                    })?,
+                    Some(ca) => {
+                        // The builder trusts the system's store; the CA file replaces it, or
+                        // a certificate any public CA issued for the server's name would pass.
+                        let empty = openssl::x509::store::X509StoreBuilder::new()
+                            .map_err(|e| PluginError::config(format!("tls: {e}")))?;
+                        b.set_cert_store(empty.build());
+                        b.set_ca_file(ca).map_err(|e| {
+                            PluginError::config(format!("tls_ca_file: {}: {e}", ca.display()))
+                        })?
+                    }
                     None => b
                         .set_default_verify_paths()
                         .map_err(|e| PluginError::config(format!("tls: {e}")))?,
