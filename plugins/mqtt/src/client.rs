@@ -50,6 +50,13 @@ pub struct Tls {
 
 /// Parses `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`: (tls, host, port).
 pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
+    // Credentials in the URL are refused before anything else is, by messages that quote it.
+    if url.contains('@') {
+        return Err(
+            "put the user in username and the password in password_env or password_file, not in the URL"
+                .into(),
+        );
+    }
     let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
         (true, r)
     } else if let Some(r) = url.strip_prefix("mqtt://") {
@@ -60,12 +67,6 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
         ));
     };
     let rest = rest.trim_end_matches('/');
-    if rest.contains('@') {
-        return Err(
-            "put the user in username and the password in password_env or password_file, not in the URL"
-                .into(),
-        );
-    }
     if rest.contains('/') {
         return Err(format!("{url:?}: no path after the host"));
     }

@@ -199,6 +199,10 @@ fn settings_errors_name_their_key() {
     for (toml, want) in [
         ("url = \"mqtt://h\"\ntopik = \"x\"", "unknown field `topik`"),
         ("url = \"mqtt://u:p@h\"", "url: put the user in username"),
+        (
+            "url = \"http://u:secret@h\"",
+            "url: put the user in username",
+        ),
         ("url = \"http://h\"", "url: \"http://h\": give mqtt://"),
         ("url = \"mqtt://h\"\ntopic = \"a/+/b\"", "topic: "),
         (

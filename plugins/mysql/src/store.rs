@@ -409,6 +409,14 @@ impl Drop for Store {
 /// The URL of each server `url` lists: `mysql://USER@HOST1[:PORT],HOST2[:PORT]/DATABASE?...`
 /// gives `mysql://USER@HOST1[:PORT]/DATABASE?...` and so on, in order.
 pub fn split_hosts(url: &str) -> Result<Vec<String>, String> {
+    // A password in the URL is refused before anything else is, by messages that quote it.
+    let after_scheme = url.split_once("://").map_or(url, |(_, r)| r);
+    if after_scheme
+        .rsplit_once('@')
+        .is_some_and(|(user, _)| user.contains(':'))
+    {
+        return Err("put the password in password_env or password_file, not in the URL".into());
+    }
     let Some(rest) = url.strip_prefix("mysql://") else {
         return Err(format!(
             "{url:?}: give mysql://USER@HOST[:PORT][,HOST[:PORT]...]/DATABASE"

@@ -292,10 +292,22 @@ fn a_database_that_is_down_is_a_retryable_error_not_a_start_failure() {
 
 #[test]
 fn config_errors_say_what_is_wrong() {
-    let e = SinkHarness::new::<Mysql>("url = \"mysql://root:secret@h/db\"")
-        .err()
-        .unwrap();
-    assert!(e.message().contains("not in the URL"), "{e}");
+    // Whatever else is wrong, a password in the URL is refused without being quoted.
+    for url in [
+        "mysql://root:secret@h/db",
+        "mariadb://root:secret@h/db",
+        "mysql://root:secret@h,/db",
+        "mysql://root:sec/ret@h/db",
+    ] {
+        let e = SinkHarness::new::<Mysql>(&format!("url = {url:?}"))
+            .err()
+            .unwrap();
+        assert!(e.message().contains("not in the URL"), "{url}: {e}");
+        assert!(
+            !e.message().contains("secret") && !e.message().contains("sec/ret"),
+            "{e}"
+        );
+    }
     let e = SinkHarness::new::<Mysql>(
         "url = \"mysql://root@h/db\"\npassword_env = \"GATEWAY_NO_SUCH_VAR\"",
     )
