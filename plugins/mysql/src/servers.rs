@@ -14,7 +14,10 @@ use std::{
 pub enum Failure {
     /// The server's error, and what was being done.
     Db(String, mysql_async::Error),
-    /// A verdict that is the same on any server (a newer schema, a timeout).
+    /// This server did not answer in time (what, and the limit): a hung or black-holed server
+    /// is passed over for the next, as one that refuses connections is.
+    Timeout(String),
+    /// A verdict that is the same on any server (a newer schema).
     Plugin(PluginError),
 }
 
@@ -92,6 +95,14 @@ impl Servers {
                     last = Some(classify(&format!("{what} on {host}"), e));
                 }
                 Err(Failure::Db(what, e)) => return Err(classify(&what, e)),
+                Err(Failure::Timeout(what)) => {
+                    let e = PluginError::retry(format!("{what} on {host}"));
+                    if n == 1 {
+                        return Err(e);
+                    }
+                    tracing::warn!(server = %host, "this server did not answer in time ({what}); trying the next in url");
+                    last = Some(e);
+                }
                 Err(Failure::Plugin(e)) => return Err(e),
             }
         }

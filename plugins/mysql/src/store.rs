@@ -103,7 +103,19 @@ pub struct Store {
     table: String,
     /// The INSERT of a full chunk of [`ROWS_PER_INSERT`] rows, made once.
     insert_full: std::sync::Arc<str>,
+    connect_timeout: std::time::Duration,
     write_timeout: std::time::Duration,
+}
+
+/// A connection from `pool` within `limit` (`connect_timeout`): a server that takes the TCP
+/// connection but never greets must not hold the sink.
+async fn connect(pool: &Pool, limit: std::time::Duration) -> Result<mysql_async::Conn, Failure> {
+    match tokio::time::timeout(limit, pool.get_conn()).await {
+        Ok(c) => c.map_err(Failure::at("connecting")),
+        Err(_) => Err(Failure::Timeout(format!(
+            "connecting took longer than connect_timeout ({limit:?})"
+        ))),
+    }
 }
 
 fn valid_table(t: &str) -> bool {
@@ -156,6 +168,7 @@ impl Store {
             servers: Servers::new(pools),
             table: cfg.table.clone(),
             insert_full: insert_sql("INSERT IGNORE", &cfg.table, ROWS_PER_INSERT).into(),
+            connect_timeout: cfg.connect_timeout,
             write_timeout: cfg.write_timeout,
         })
     }
@@ -163,8 +176,9 @@ impl Store {
     /// Creates the tables or checks their version, then (re)creates the view, on the first
     /// server that takes writes.
     pub fn migrate(&self) -> Result<(), PluginError> {
-        self.servers
-            .run(&self.rt, |pool| migrate_on(pool, self.table.clone()))
+        self.servers.run(&self.rt, |pool| {
+            migrate_on(pool, self.table.clone(), self.connect_timeout)
+        })
     }
 
     /// Inserts a batch in one transaction (multi-row INSERT IGNORE); returns after COMMIT.
@@ -184,15 +198,15 @@ impl Store {
                 })
                 .collect()
         };
-        let limit = self.write_timeout;
+        let (limit, connect_limit) = (self.write_timeout, self.connect_timeout);
         self.servers.run(&self.rt, |pool| {
-            let fut = insert(pool, table.clone(), full.clone(), chunks);
+            let fut = insert(pool, table.clone(), full.clone(), chunks, connect_limit);
             async move {
                 match tokio::time::timeout(limit, fut).await {
                     Ok(r) => r,
-                    Err(_) => Err(Failure::Plugin(PluginError::retry(format!(
-                        "the batch was not committed within {limit:?}"
-                    )))),
+                    Err(_) => Err(Failure::Timeout(format!(
+                        "the batch was not committed within write_timeout ({limit:?})"
+                    ))),
                 }
             }
         })
@@ -200,9 +214,13 @@ impl Store {
 }
 
 /// The migration of [`Store::migrate`] on one server.
-async fn migrate_on(pool: Pool, table: String) -> Result<(), Failure> {
+async fn migrate_on(
+    pool: Pool,
+    table: String,
+    connect_limit: std::time::Duration,
+) -> Result<(), Failure> {
     let at = Failure::at;
-    let mut c = pool.get_conn().await.map_err(at("connecting"))?;
+    let mut c = connect(&pool, connect_limit).await?;
     c.query_drop("CREATE TABLE IF NOT EXISTS gateway_schema (tbl VARCHAR(64) NOT NULL PRIMARY KEY, version INT UNSIGNED NOT NULL) ENGINE=InnoDB")
         .await
         .map_err(at("creating gateway_schema"))?;
@@ -261,14 +279,15 @@ async fn insert(
     table: String,
     full: std::sync::Arc<str>,
     chunks: impl Fn() -> Vec<(usize, Vec<mysql_async::Value>)>,
+    connect_limit: std::time::Duration,
 ) -> Result<u64, Failure> {
-    match insert_once(&pool, &table, &full, chunks()).await {
+    match insert_once(&pool, &table, &full, chunks(), connect_limit).await {
         Err(Failure::Db(_, mysql_async::Error::Server(e))) if e.code == 1213 => {
             tracing::debug!("deadlock (or a Galera certification conflict); the batch goes again");
         }
         r => return r,
     }
-    insert_once(&pool, &table, &full, chunks()).await
+    insert_once(&pool, &table, &full, chunks(), connect_limit).await
 }
 
 async fn insert_once(
@@ -276,9 +295,10 @@ async fn insert_once(
     table: &str,
     full: &str,
     chunks: Vec<(usize, Vec<mysql_async::Value>)>,
+    connect_limit: std::time::Duration,
 ) -> Result<u64, Failure> {
     let at = Failure::at;
-    let mut c = pool.get_conn().await.map_err(at("connecting"))?;
+    let mut c = connect(pool, connect_limit).await?;
     let mut tx = c
         .start_transaction(Default::default())
         .await

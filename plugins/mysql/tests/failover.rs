@@ -34,6 +34,46 @@ fn a_server_that_is_down_is_passed_over_for_the_next_in_url() {
     assert!(e.message().contains("127.0.0.1:2"), "{e}");
 }
 
+/// A server that takes the TCP connection and then says nothing (hung, or behind a firewall
+/// that black-holes it) is passed over after `connect_timeout`, as a refusing one is; alone,
+/// it is a retryable error in time, not a sink that hangs.
+#[test]
+fn a_server_that_never_answers_is_passed_over_in_time() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    // Accepts and holds each connection, sending nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming() {
+            held.push(c);
+        }
+    });
+    let db = TestDb::new("silent");
+    let cfg = db
+        .config("connect_timeout = \"1s\"\nwrite_timeout = \"3s\"\n")
+        .replacen(
+            "mysql://root@",
+            &format!("mysql://root@127.0.0.1:{port},"),
+            1,
+        );
+    let mut sink = SinkHarness::new::<Mysql>(&cfg).unwrap();
+    let started = std::time::Instant::now();
+    sink.write(sample_readings(20)).unwrap();
+    assert_eq!(rows_here(&db), 20);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut alone = SinkHarness::new::<Mysql>(&format!(
+        "url = \"mysql://root@127.0.0.1:{port}/x\"\nconnect_timeout = \"1s\"\n"
+    ))
+    .unwrap();
+    let e = alone.write(sample_readings(1)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("connect_timeout"), "{e}");
+}
+
 /// Rows of `db.readings` on the machine's server.
 fn rows_here(db: &TestDb) -> u64 {
     db.query::<u64>("SELECT COUNT(*) FROM readings")[0]
