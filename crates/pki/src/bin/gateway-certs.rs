@@ -3,19 +3,28 @@
 //! ```text
 //! gateway certs init   [--dir DIR] [--force]            a CA: ca.pem, ca.key
 //! gateway certs server [--dir DIR] [--name NAME]...     server.pem, server.key (default names: localhost, 127.0.0.1)
-//! gateway certs device NAME [--dir DIR]                 device-NAME.pem, device-NAME.key (common name = NAME)
+//! gateway certs device NAME [--dir DIR] [--force]       device-NAME.pem, device-NAME.key (common name = NAME)
 //! gateway certs revoke NAME [--dir DIR] [--days N]      adds device-NAME.pem to crl.pem (signed by the CA)
 //! ```
 //! DIR defaults to `certs`. Keys are written with mode 0600.
 
 use gateway_pki::{issue_to, read_pair, revoke, Kind, Layout, PkiError};
-use std::{path::PathBuf, process::ExitCode};
+use openssl::{
+    asn1::Asn1Time,
+    x509::{X509Crl, X509},
+};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 const USAGE: &str = "usage:
   gateway certs init   [--dir DIR] [--force]          create a development CA (ca.pem, ca.key)
   gateway certs server [--dir DIR] [--name NAME]...   a server certificate for these DNS names / IPs
                                                       (default: localhost and 127.0.0.1)
-  gateway certs device NAME [--dir DIR]               a device certificate whose common name is NAME
+  gateway certs device NAME [--dir DIR] [--force]     a device certificate whose common name is NAME
+                                                      (one the CA issued that is still valid and
+                                                      not revoked is replaced only with --force)
   gateway certs revoke NAME [--dir DIR] [--days N]    revoke device NAME: add its certificate to
                                                       crl.pem, valid N days (default 30; issue it
                                                       again before then: an expired CRL locks
@@ -127,6 +136,18 @@ fn run(args: &[String]) -> Result<(), PkiError> {
                 .get(1)
                 .ok_or_else(|| PkiError(format!("device needs a NAME\n{USAGE}")))?;
             let (ca, ca_key) = ca()?;
+            if let Some(old) = still_in_force(&l.device(name), &ca, &l.crl())? {
+                if !force {
+                    return Err(PkiError(format!(
+                        "{} exists: {old}. If the device was lost or stolen, revoke it first (`gateway certs revoke {name}`), then issue the new one; a certificate that is replaced before it is revoked can no longer be revoked by name. --force replaces it anyway",
+                        l.device(name).display()
+                    )));
+                }
+                eprintln!(
+                    "replacing {}: {old}; it stays valid until it expires",
+                    l.device(name).display()
+                );
+            }
             issue_to(
                 &l.device(name),
                 &l.device_key(name),
@@ -159,4 +180,44 @@ fn run(args: &[String]) -> Result<(), PkiError> {
         _ => return Err(PkiError(USAGE.into())),
     }
     Ok(())
+}
+
+/// The certificate at `path`, if `ca` issued it and it is neither expired nor listed in the
+/// CRL at `crl`: its serial and end, in words. `None` when there is none, or it is of no use
+/// any more (another CA's, expired, revoked, unreadable).
+fn still_in_force(path: &Path, ca: &X509, crl: &Path) -> Result<Option<String>, PkiError> {
+    let Some(cert) = std::fs::read(path)
+        .ok()
+        .and_then(|p| X509::from_pem(&p).ok())
+    else {
+        return Ok(None);
+    };
+    let ours = ca
+        .public_key()
+        .and_then(|k| cert.verify(&k))
+        .unwrap_or(false);
+    let now = Asn1Time::days_from_now(0).map_err(|e| PkiError(format!("time: {e}")))?;
+    if !ours || cert.not_after() < now {
+        return Ok(None);
+    }
+    let serial = cert
+        .serial_number()
+        .to_bn()
+        .map_err(|e| PkiError(format!("serial: {e}")))?;
+    if let Ok(pem) = std::fs::read(crl) {
+        let list = X509Crl::from_pem(&pem)
+            .map_err(|e| PkiError(format!("the CRL {}: {e}", crl.display())))?;
+        for r in list.get_revoked().into_iter().flatten() {
+            if r.serial_number().to_bn().is_ok_and(|s| s == serial) {
+                return Ok(None);
+            }
+        }
+    }
+    let hex = serial
+        .to_hex_str()
+        .map_err(|e| PkiError(format!("serial: {e}")))?;
+    Ok(Some(format!(
+        "a certificate of this CA, serial {hex}, valid until {}, not revoked",
+        cert.not_after()
+    )))
 }
