@@ -423,15 +423,15 @@ impl Catalog {
     }
 
     /// Finds the library exporting plugin `id` of kind `kind`, among the files its name gives
-    /// ([`Catalog::conventional_paths`]) only. The error says what was looked at.
+    /// ([`Catalog::conventional_paths`]) only. The error says what was looked at. A library
+    /// there that is refused (another SDK, files others can change) is the error: one in a
+    /// later place is not loaded in its stead, or the stock plugin would silently stand in
+    /// for the one an operator put first (a patched build, say) once that one is refused.
     pub fn find(&mut self, id: &str, kind: PluginKind) -> Result<Found, String> {
         if let Some(found) = built_in(id, kind) {
             return found;
         }
         let candidates = self.conventional_paths(id);
-        // The library named after the plugin itself (in any directory).
-        let own = candidates[0].file_name().map(|f| f.to_owned());
-        let mut refused = Vec::new();
         let mut wrong_kind = None;
         for path in &candidates {
             if !path.exists() {
@@ -452,7 +452,7 @@ impl Catalog {
                         wrong_kind = Some((lib.file_name(), p.kind));
                     }
                 }
-                Err(e) => refused.push((path.clone(), format!("{}: {e}", path.display()))),
+                Err(e) => return Err(format!("plugin {id:?}: {}: {e}", path.display())),
             }
         }
         if let Some((file, k)) = wrong_kind {
@@ -461,13 +461,6 @@ impl Catalog {
                 k.name(),
                 kind.name()
             ));
-        }
-        // When the library named after the plugin was refused, that is the reason to give.
-        if let Some((_, reason)) = refused
-            .iter()
-            .find(|(p, _)| p.file_name().map(|f| f.to_owned()) == own)
-        {
-            return Err(format!("plugin {id:?}: {reason}"));
         }
         let mut names: Vec<String> = candidates
             .iter()
@@ -479,17 +472,11 @@ impl Catalog {
             })
             .collect();
         names.dedup();
-        let mut msg = format!(
+        Err(format!(
             "plugin {id:?}: no library in {} exports it (looked for {}; a library exports only ids named after its file)",
             self.shown(),
             names.join(" and ")
-        );
-        if !refused.is_empty() {
-            msg.push_str("; libraries that were refused: ");
-            let reasons: Vec<&str> = refused.iter().map(|(_, r)| r.as_str()).collect();
-            msg.push_str(&reasons.join("; "));
-        }
-        Err(msg)
+        ))
     }
 }
 

@@ -422,6 +422,43 @@ fn a_library_its_group_can_write_or_another_user_owns_is_refused() {
     }
 }
 
+/// plugin_dir's order decides which library provides a plugin: when the first one there is
+/// refused, that is the error, and the one in a later directory does not stand in for it.
+#[test]
+fn a_refused_library_is_not_replaced_by_one_further_down_plugin_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let first = private_plugins(&s);
+    let later = s.path("later");
+    std::fs::create_dir(&later).unwrap();
+    std::fs::set_permissions(&later, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::copy(first.join("libconsole.so"), later.join("libconsole.so")).unwrap();
+    std::fs::set_permissions(
+        first.join("libconsole.so"),
+        std::fs::Permissions::from_mode(0o775),
+    )
+    .unwrap();
+    let cfg = s.path("g.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nplugin_dir = [{:?}, {:?}]\n[sources.a]\nplugin = \"example\"\n[sinks.b]\nplugin = \"console\"\n",
+            first.display().to_string(),
+            later.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (status, _, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!status.success(), "the later copy stood in: {err}");
+    assert!(
+        err.contains(&format!(
+            "{} is writable by its group (mode 0775)",
+            first.join("libconsole.so").display()
+        )),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_symlink_is_judged_by_where_it_leads() {
     use std::os::unix::fs::PermissionsExt;
