@@ -27,7 +27,11 @@ fn package(triple: &str) -> PathBuf {
         return p.clone();
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
+    // Under a umask of 002, as a user with a private group has (Ubuntu's default): the package
+    // must not come out group-writable.
+    let out = Command::new("sh")
+        .args(["-c", "umask 002 && exec \"$0\" \"$@\""])
+        .arg(cargo)
         .current_dir(workspace())
         .args(["xtask", "deb", "--target", triple])
         .output()
@@ -133,6 +137,22 @@ fn the_amd64_package_holds_the_gateway_its_plugins_and_hardened_units() {
     assert!(
         listing.contains("-rw-r----- root/root") && listing.contains("./etc/gateway/client.toml"),
         "configs are not readable by every user:\n{listing}"
+    );
+    // Built under umask 002: still nothing its group may write (the loader refuses a plugin
+    // directory its group can write).
+    for line in listing.lines() {
+        let mode = line.split_whitespace().next().unwrap_or("");
+        if !mode.starts_with('l') {
+            assert_ne!(
+                mode.as_bytes().get(5),
+                Some(&b'w'),
+                "group-writable: {line}"
+            );
+        }
+    }
+    assert!(
+        listing.contains("drwxr-xr-x root/root") && listing.contains("./usr/lib/gateway/\n"),
+        "{listing}"
     );
 
     let s = Setup::new();

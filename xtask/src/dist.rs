@@ -268,6 +268,11 @@ pub const FILES: &[(&str, &str)] = &[
 /// `target/dist/gateway-TRIPLE`, which holds the files of [`FILES`], ready to copy to
 /// `/opt/gateway/`.
 pub fn dist(target: Option<&str>) -> Result<PathBuf> {
+    // What ships comes out the same whatever the builder's umask: under 002 (a user's private
+    // group, Ubuntu's default) the directories and libraries would be group-writable, which
+    // the installed gateway's loader refuses (`/usr/lib/gateway` writable by its group).
+    // SAFETY: umask has no preconditions; it sets this process's mask, which children inherit.
+    unsafe { libc::umask(0o022) };
     let host = host_triple()?;
     let t = self::target(target.unwrap_or(&host))?;
     let triple = t.triple;
