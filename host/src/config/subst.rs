@@ -146,13 +146,23 @@ pub fn substitute_value(
 }
 
 /// `msg` with every substituted value of 4 characters or more shown as its reference (shorter
-/// ones, such as a port number, would match too much text and are not secrets).
+/// ones, such as a port number, would match too much text and are not secrets), as it is and
+/// as a message may quote it escaped (serde shows a string with `{:?}`: a `"` or `\` in a
+/// password comes out as `\"` or `\\`).
 pub fn redact(msg: &str, secrets: &[Secret]) -> String {
     let mut out = msg.to_owned();
-    let mut by_length: Vec<&Secret> = secrets.iter().filter(|s| s.value.len() >= 4).collect();
-    by_length.sort_by_key(|s| std::cmp::Reverse(s.value.len()));
-    for s in by_length {
-        out = out.replace(&s.value, &s.shown_as);
+    let mut forms: Vec<(String, &str)> = Vec::new();
+    for s in secrets.iter().filter(|s| s.value.len() >= 4) {
+        let quoted = format!("{:?}", s.value);
+        let escaped = &quoted[1..quoted.len() - 1];
+        if escaped != s.value {
+            forms.push((escaped.to_owned(), &s.shown_as));
+        }
+        forms.push((s.value.clone(), &s.shown_as));
+    }
+    forms.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+    for (value, shown_as) in forms {
+        out = out.replace(&value, shown_as);
     }
     out
 }
@@ -201,5 +211,23 @@ mod tests {
             redact("invalid value: string \"s3cret-pw\"", &secrets),
             "invalid value: string \"${file:pw}\""
         );
+    }
+
+    #[test]
+    fn a_value_is_redacted_where_a_message_quotes_it_escaped() {
+        let secrets = [Secret {
+            value: "pa\"ss\\word".into(),
+            shown_as: "${PW}".into(),
+        }];
+        // serde quotes a string with `{:?}`: `"pa\"ss\\word"`.
+        let quoted = format!(
+            "invalid type: string {:?}, expected a number",
+            secrets[0].value
+        );
+        assert_eq!(
+            redact(&quoted, &secrets),
+            "invalid type: string \"${PW}\", expected a number"
+        );
+        assert_eq!(redact("raw pa\"ss\\word", &secrets), "raw ${PW}");
     }
 }
