@@ -117,6 +117,7 @@ pub struct SourceHarness {
     stop_deadline: Duration,
     ack_delay: Duration,
     clock: Option<Timestamp>,
+    answer: Option<ErrorKind>,
 }
 
 impl SourceHarness {
@@ -133,6 +134,7 @@ impl SourceHarness {
             stop_deadline: Duration::from_secs(5),
             ack_delay: Duration::ZERO,
             clock: None,
+            answer: None,
         }
     }
     /// The config file name errors show (default `test.toml`).
@@ -172,6 +174,13 @@ impl SourceHarness {
     /// once). On a simulated clock the delay moves the clock forward instead of taking time.
     pub fn ack_delay(mut self, d: Duration) -> Self {
         self.ack_delay = d;
+        self
+    }
+    /// Answers each batch with an error of `kind` instead of success, as the host does when
+    /// the sinks did not store it (`RETRY`, say) or refused it for good (`REJECTED`: the
+    /// readings are kept in a dead-letter file).
+    pub fn answer_with(mut self, kind: ErrorKind) -> Self {
+        self.answer = Some(kind);
         self
     }
     /// Runs the source on a simulated clock that starts at `start`: `wait_stop` returns at once
@@ -223,6 +232,7 @@ impl SourceHarness {
                 state: state.clone(),
                 want: self.want,
                 ack_delay: self.ack_delay,
+                answer: self.answer,
                 simulated: self.clock.is_some(),
                 stop_at_ns: self
                     .stop_at
@@ -311,6 +321,7 @@ struct HarnessCtx {
     state: Arc<(Mutex<Collected>, Condvar)>,
     want: usize,
     ack_delay: Duration,
+    answer: Option<ErrorKind>,
     simulated: bool,
     stop_at_ns: Option<u64>,
 }
@@ -358,12 +369,12 @@ impl HostSourceCtx for HarnessCtx {
             ack.done(if stopped {
                 RErr(stopped_error())
             } else {
-                ROk(())
+                answer(self.answer)
             });
             return ROk(());
         }
         let state = self.state.clone();
-        let delay = self.ack_delay;
+        let (delay, kind) = (self.ack_delay, self.answer);
         let t = std::thread::spawn(move || {
             let (lock, cv) = &*state;
             let guard = lock.lock().unwrap();
@@ -376,7 +387,7 @@ impl HostSourceCtx for HarnessCtx {
             ack.done(if stopped {
                 RErr(stopped_error())
             } else {
-                ROk(())
+                answer(kind)
             });
         });
         st.ack_threads.push(t);
@@ -406,6 +417,14 @@ fn stopped_error() -> PluginError {
         ErrorKind::STOPPED,
         "the harness stopped before the sink took the batch",
     )
+}
+
+/// A batch's answer: success, or an error of `kind` ([`SourceHarness::answer_with`]).
+fn answer(kind: Option<ErrorKind>) -> RResult<(), PluginError> {
+    match kind {
+        None => ROk(()),
+        Some(k) => RErr(PluginError::new(k, "the harness answers every batch so")),
+    }
 }
 
 /// Builds source `S` from `config_toml`, runs it until it emitted at least `n` readings (or

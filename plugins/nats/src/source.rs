@@ -10,7 +10,9 @@ use async_nats::jetstream::{
     AckKind, Message,
 };
 use futures_util::StreamExt;
-use gateway_sdk::{tracing, InitContext, PluginError, Reading, Source, SourceContext, Timestamp};
+use gateway_sdk::{
+    tracing, ErrorKind, InitContext, PluginError, Reading, Source, SourceContext, Timestamp,
+};
 use std::{
     collections::HashMap,
     sync::mpsc,
@@ -66,6 +68,13 @@ impl Source for NatsSource {
             };
             let kind = match &outcome {
                 Ok(()) => AckKind::Ack,
+                // Refused for good: the host kept what the sinks refused in their dead-letter
+                // files (and stored the rest). Delivered again, it would be refused again, for
+                // ever, with its whole fetch.
+                Err(e) if e.kind == ErrorKind::REJECTED => {
+                    tracing::warn!(messages = messages.len(), error = %e.message(), "the sinks refused readings of a batch for good (kept in their dead-letter files); acknowledged, not delivered again");
+                    AckKind::Ack
+                }
                 Err(e) => {
                     tracing::warn!(messages = messages.len(), error = %e.message(), "the sinks did not store a batch; JetStream will deliver it again");
                     AckKind::Nak(Some(Duration::from_secs(1)))

@@ -176,6 +176,36 @@ fn ids_are_per_device_and_what_cannot_be_sent_is_refused_without_breaking_the_si
     s.write(sample_readings(5)).expect("the sink goes on");
 }
 
+/// What the sinks refused for good the host kept in their dead-letter files: delivered again,
+/// it would be refused again, for ever. It is acknowledged; what they did not store (a retry)
+/// comes again.
+#[test]
+fn a_batch_refused_for_good_is_not_delivered_again_and_one_not_stored_is() {
+    let n = Nats::start();
+    sink(&n).write(sample_readings(5)).unwrap();
+    let retried = source(&n)
+        .answer_with(ErrorKind::RETRY)
+        .readings(5)
+        .run::<NatsSource>()
+        .unwrap();
+    assert_eq!(retried.readings.len(), 5);
+    let refused = source(&n)
+        .answer_with(ErrorKind::REJECTED)
+        .readings(5)
+        .run::<NatsSource>()
+        .unwrap();
+    assert_eq!(refused.readings.len(), 5, "delivered again after a retry");
+    let after = source(&n)
+        .timeout(Duration::from_secs(3))
+        .run::<NatsSource>()
+        .unwrap();
+    assert!(
+        after.readings.is_empty(),
+        "refused for good, yet delivered again: {}",
+        after.readings.len()
+    );
+}
+
 #[test]
 fn a_message_that_is_not_a_reading_is_dropped_from_the_consumer() {
     let n = Nats::start();
