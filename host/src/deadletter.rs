@@ -35,16 +35,24 @@ use std::{
 /// How many of the reading ids it kept last a [`DeadLetters`] remembers.
 const RECENT_IDS: usize = 4096;
 
-/// The ids of the readings kept last, oldest first.
+/// A reading's key: its id and device (ids are unique per device, as the stores key them; no
+/// device's refused reading may hide another's).
+type Key = ([u8; 16], String);
+
+fn key(r: &Reading) -> Key {
+    (r.id.0, r.device.as_str().to_owned())
+}
+
+/// The keys of the readings kept last, oldest first.
 #[derive(Debug, Default)]
 struct Recent {
-    ids: HashSet<[u8; 16]>,
-    order: VecDeque<[u8; 16]>,
+    ids: HashSet<Key>,
+    order: VecDeque<Key>,
 }
 
 impl Recent {
-    fn add(&mut self, id: [u8; 16]) {
-        if self.ids.insert(id) {
+    fn add(&mut self, id: Key) {
+        if self.ids.insert(id.clone()) {
             self.order.push_back(id);
             if self.order.len() > RECENT_IDS {
                 let old = self.order.pop_front().expect("not empty");
@@ -228,7 +236,7 @@ impl DeadLetters {
             let recent = self.recent.lock().expect("recent ids");
             readings
                 .iter()
-                .filter(|r| !recent.ids.contains(&r.id.0))
+                .filter(|r| !recent.ids.contains(&key(r)))
                 .cloned()
                 .collect()
         };
@@ -238,7 +246,7 @@ impl DeadLetters {
         let path = self.put(error, &new)?;
         let mut recent = self.recent.lock().expect("recent ids");
         for r in &new {
-            recent.add(r.id.0);
+            recent.add(key(r));
         }
         Ok(Some((path, new.len())))
     }
@@ -419,7 +427,12 @@ mod tests {
         assert_eq!(n, 1);
         let (_, back) = read(&second).unwrap();
         assert_eq!(back, rs[2..]);
-        assert_eq!(d.files().unwrap(), vec![first, second]);
+        // Another device's reading with the same id is its own.
+        let mut other = rs[0].clone();
+        other.device = "another-device".into();
+        let (third, n) = d.put_new("x", &[other]).unwrap().expect("another device's");
+        assert_eq!(n, 1);
+        assert_eq!(d.files().unwrap(), vec![first, second, third]);
     }
 
     #[test]
