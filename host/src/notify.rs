@@ -1,7 +1,8 @@
 //! systemd's readiness protocol (`Type=notify`, sd_notify(3)) without libsystemd: datagrams
 //! to the socket in `NOTIFY_SOCKET`. `READY=1` once every instance runs, `STOPPING=1` when the
 //! shutdown starts, `WATCHDOG=1` every half of `WATCHDOG_USEC` from the thread that waits for
-//! signals (so a wedged run loop stops the pings and systemd restarts the service), `STATUS=`
+//! signals (so a wedged run loop stops the pings and systemd restarts the service; while that
+//! thread reloads the config, a helper pings for it, for as long as a reload may take), `STATUS=`
 //! lines a person sees in `systemctl status`. Outside systemd nothing is sent.
 
 use std::{os::unix::net::UnixDatagram, time::Duration};

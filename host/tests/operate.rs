@@ -380,3 +380,82 @@ inputs = ["health"]
         gw.stderr()
     );
 }
+
+/// A reload waits for the instances it replaces to stop (up to shutdown_timeout): systemd's
+/// watchdog must keep hearing from the gateway meanwhile, or it kills it mid-reload.
+#[test]
+fn the_watchdog_hears_from_the_gateway_while_a_reload_waits() {
+    let s = Setup::new();
+    let sock_path = s.path("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // A sink whose writes take 3 s: replacing it waits for the one in progress.
+    let body = format!(
+        "[sources.seq]\nplugin = \"testkit-sequence\"\ninterval = \"10ms\"\n[sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\ndelay = \"3s\"\n",
+        s.path("out.txt").display().to_string()
+    );
+    let cfg = s.config("shutdown_timeout = \"5s\"", &body);
+    let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("GATEWAY_LOG")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(s.path("stdout.log")).unwrap())
+        .stderr(std::fs::File::create(s.path("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut gw = Running {
+        child,
+        stdout: s.path("stdout.log"),
+        stderr: s.path("stderr.log"),
+    };
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = sock.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no notification ({e}): {}",
+                std::fs::read_to_string(s.path("stderr.log")).unwrap_or_default()
+            )
+        });
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(next().starts_with("READY=1"));
+    // The first write is under way (it sleeps 3 s) once the sink has readings.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("delay = \"3s\"", "delay = \"3s\"\nbatch_size = 7"),
+    )
+    .unwrap();
+    gw.signal(libc::SIGHUP);
+    // From RELOADING to READY: pings every 200 ms (half of WATCHDOG_USEC), not one gap as
+    // long as the wait (the bound leaves room for a loaded machine's scheduling).
+    while !next().starts_with("RELOADING=1") {}
+    let (reloading, mut last, mut widest) = (Instant::now(), Instant::now(), Duration::ZERO);
+    loop {
+        let m = next();
+        let now = Instant::now();
+        widest = widest.max(now - last);
+        last = now;
+        if m.starts_with("READY=1") {
+            break;
+        }
+        assert_eq!(m, "WATCHDOG=1");
+    }
+    assert!(
+        reloading.elapsed() > Duration::from_millis(1000),
+        "the reload waited for the write in progress: {:?}",
+        reloading.elapsed()
+    );
+    assert!(
+        widest < Duration::from_millis(1200),
+        "{widest:?} without a ping during the reload"
+    );
+    gw.signal(libc::SIGTERM);
+    assert!(gw.wait(Duration::from_secs(20)).is_some());
+}

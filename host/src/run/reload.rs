@@ -26,7 +26,6 @@ use super::{
 use crate::{
     buffer::DiskBuffer,
     config::{Config, Gateway, Instance},
-    notify::Notifier,
     pipeline::source::{Routes, SinkPort},
     plan::{buffer_dir, Plan},
 };
@@ -170,7 +169,7 @@ pub(super) fn gateway_changes(old: &Gateway, new: &Gateway) -> Vec<&'static str>
 impl Graph {
     /// Re-reads the config and applies what changed (see the module's doc). Logs what it did
     /// and how long it took.
-    pub(super) fn reload(&mut self, notifier: &Notifier) {
+    pub(super) fn reload(&mut self) {
         let started = Instant::now();
         let path = self.config.path.clone();
         tracing::info!(config = %path.display(), "reload requested: reading and checking the config");
@@ -222,7 +221,7 @@ impl Graph {
             );
             return;
         }
-        self.apply(plan, &sources, &sinks, notifier);
+        self.apply(plan, &sources, &sinks);
         let what: Vec<String> = [sources.describe("sources"), sinks.describe("sinks")]
             .into_iter()
             .flatten()
@@ -242,7 +241,7 @@ impl Graph {
     /// and every source is routed as the config that is running says. A sink that cannot
     /// start (its disk buffer does not open) keeps its queue aside, unrouted, and is left out
     /// of the running config: the next reload starts it as a new one, on that queue.
-    fn apply(&mut self, plan: Plan, sources: &Changes, sinks: &Changes, notifier: &Notifier) {
+    fn apply(&mut self, plan: Plan, sources: &Changes, sinks: &Changes) {
         let Plan {
             config: mut new,
             sources: mut built_sources,
@@ -332,7 +331,6 @@ impl Graph {
             }
             lines.push((name, line, keep_writer));
         }
-        notifier.send("WATCHDOG=1");
         // The old buffers are released before they are opened again (the views held them).
         self.publish();
         for (name, mut line, keep_writer) in lines {
