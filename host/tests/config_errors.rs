@@ -85,3 +85,48 @@ fn missing_config_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// A password that leaves the machine without TLS is named in a warning, for each store and
+/// broker; one that stays on loopback is not.
+#[test]
+fn check_warns_of_passwords_sent_elsewhere_without_tls() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let pw = s.path("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pw = pw.display().to_string();
+    let body = format!(
+        r#"[sources.a]
+plugin = "example"
+[sinks.my]
+plugin = "mysql"
+url = "mysql://gw@db.example:3306/x"
+password_file = {pw:?}
+[sinks.pg]
+plugin = "postgres"
+url = "postgresql://gw@10.1.2.3/x"
+password_file = {pw:?}
+[sinks.bus]
+plugin = "nats"
+url = "nats://nats.example:4222"
+username = "gw"
+password_file = {pw:?}
+[sinks.here]
+plugin = "mysql"
+url = "mysql://gw@127.0.0.1:3306/x"
+password_file = {pw:?}
+"#
+    );
+    let cfg = s.config("", &body);
+    let (status, _, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    for want in [
+        "the password and the readings go to db.example:3306 without TLS",
+        "the password and the readings go to 10.1.2.3 without TLS",
+        "the credentials go to nats.example in clear text over nats://",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert!(!err.contains("go to 127.0.0.1"), "{err}");
+}

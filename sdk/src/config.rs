@@ -70,6 +70,20 @@ pub fn key_line(toml: &str, key: &str) -> Option<usize> {
     Some(toml[..span.start.min(toml.len())].matches('\n').count() + 1)
 }
 
+/// Whether `host` (a name or an address, IPv6 with or without brackets) is this machine's
+/// loopback, where traffic without TLS does not leave the machine: a sink that sends a
+/// password elsewhere without TLS says so in a warning.
+pub fn is_loopback(host: &str) -> bool {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
 /// `#[serde(with = "gateway_sdk::config::duration")]` for a `std::time::Duration` written as
 /// `"5s"`, `"250ms"`, `"1h 30m"`.
 pub mod duration {
@@ -130,6 +144,29 @@ mod tests {
     use super::*;
     use serde::Deserialize;
     use std::time::Duration;
+
+    #[test]
+    fn loopback_hosts_are_told_from_others() {
+        for h in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.8.9.1",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in [
+            "db.example",
+            "10.0.0.1",
+            "[fe80::1]",
+            "localhost.example",
+            "",
+        ] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
 
     #[derive(Deserialize, Debug)]
     #[serde(deny_unknown_fields)]

@@ -77,7 +77,7 @@ impl Sink for Mqtt {
             };
             Some(client::connector(&t).map_err(|e| PluginError::config(format!("[{table}] {e}")))?)
         } else {
-            if password.is_some() && !is_loopback(&host) {
+            if password.is_some() && !gateway_sdk::config::is_loopback(&host) {
                 tracing::warn!(
                     "[{table}] the password goes to {host} in clear text over mqtt://; use mqtts://"
                 );
@@ -167,13 +167,6 @@ impl Mqtt {
         }
         Ok(())
     }
-}
-
-fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|a| a.is_loopback())
 }
 
 gateway_sdk::export!(sinks: [Mqtt]);

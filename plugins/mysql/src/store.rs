@@ -142,6 +142,12 @@ impl Store {
                 ));
             }
             let host = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+            if !cfg.tls
+                && password.is_some()
+                && !gateway_sdk::config::is_loopback(opts.ip_or_hostname())
+            {
+                tracing::warn!("the password and the readings go to {host} without TLS: whoever sits between can take the password (caching_sha2_password fetches the server's RSA key unverified); set tls = true and tls_ca_file");
+            }
             let mut b = OptsBuilder::from_opts(opts)
                 .pass(password.clone())
                 .pool_opts(PoolOpts::default().with_constraints(

@@ -56,6 +56,20 @@ impl Settings {
                 "give one of username and password, token_env, credentials_file",
             ));
         }
+        if (user.is_some() || token.is_some()) && c.tls_ca_file.is_none() {
+            for u in c.url.split(',').map(str::trim) {
+                let Some(rest) = u.strip_prefix("nats://") else {
+                    continue;
+                };
+                let host = match rest.strip_prefix('[') {
+                    Some(r) => r.split(']').next().unwrap_or(r),
+                    None => rest.split([':', '/']).next().unwrap_or(rest),
+                };
+                if !gateway_sdk::config::is_loopback(host) {
+                    gateway_sdk::tracing::warn!("the credentials go to {host} in clear text over nats://, unless the server asks for TLS; use tls:// and tls_ca_file");
+                }
+            }
+        }
         Ok(Settings {
             url: c.url.clone(),
             user,

@@ -113,6 +113,15 @@ impl Store {
                 "url: put the password in password_env or password_file, not in the URL",
             ));
         }
+        if cfg.tls == "disable" && password.is_some() {
+            for h in pg.get_hosts() {
+                if let tokio_postgres::config::Host::Tcp(h) = h {
+                    if !gateway_sdk::config::is_loopback(h) {
+                        tracing::warn!("the password and the readings go to {h} without TLS: a server in the middle may ask for the password in clear text; set tls = \"verify-full\" and tls_ca_file");
+                    }
+                }
+            }
+        }
         if let Some(p) = password {
             pg.password(p);
         }
