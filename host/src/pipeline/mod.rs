@@ -41,10 +41,15 @@ impl AckTracker {
         })
     }
 
+    /// The source hears the first error, except that a refusal for good (`REJECTED`: the
+    /// refused readings are in a dead-letter file) gives way to another sink's failure to
+    /// store: a source told "refused" lets the batch go (the ingress answers 4.22, NATS
+    /// acknowledges), which must not happen while a sink still lacks it.
     fn done(&self, outcome: Result<(), PluginError>) {
         if let Err(e) = outcome {
             let mut first = self.error.lock().unwrap();
-            if first.is_none() {
+            let refused = |e: &PluginError| e.kind == ErrorKind::REJECTED;
+            if first.as_ref().is_none_or(|f| refused(f) && !refused(&e)) {
                 *first = Some(e);
             }
         }
@@ -93,4 +98,44 @@ pub struct Envelope {
     pub readings: Arc<RVec<Reading>>,
     /// This sink's share of the acknowledgement.
     pub ack: AckHandle,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi_stable::std_types::RResult;
+    use gateway_sdk::abi::{AckFfi, AckFfi_TO};
+
+    struct Heard(std::sync::mpsc::Sender<Option<ErrorKind>>);
+    impl AckFfi for Heard {
+        fn done(&mut self, outcome: RResult<(), PluginError>) {
+            let _ = self.0.send(outcome.into_result().err().map(|e| e.kind));
+        }
+    }
+
+    /// What a source hears of a batch two sinks answered so, in this order.
+    fn heard(first: Result<(), PluginError>, second: Result<(), PluginError>) -> Option<ErrorKind> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ack = AckFfi_TO::from_value(Heard(tx), abi_stable::sabi_trait::TD_Opaque);
+        let t = AckTracker::new(2, Some(ack));
+        AckHandle::new(t.clone()).done(first);
+        AckHandle::new(t).done(second);
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn a_refusal_for_good_gives_way_to_another_sinks_failure_to_store() {
+        let refused = || Err(PluginError::rejected("refused"));
+        let down = || Err(PluginError::retry("down"));
+        assert_eq!(heard(refused(), down()), Some(ErrorKind::RETRY));
+        assert_eq!(heard(down(), refused()), Some(ErrorKind::RETRY));
+        assert_eq!(heard(refused(), Ok(())), Some(ErrorKind::REJECTED));
+        assert_eq!(heard(Ok(()), Ok(())), None);
+        let stopped = || Err(PluginError::new(ErrorKind::STOPPED, "stopping"));
+        assert_eq!(
+            heard(down(), stopped()),
+            Some(ErrorKind::RETRY),
+            "the first"
+        );
+    }
 }
