@@ -97,18 +97,37 @@ fn metrics_health_and_status_describe_a_running_gateway() {
     );
 }
 
-#[test]
-fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
-    let s = Setup::new();
+/// The socket a `Type=notify` service's notifications reach, as systemd's.
+struct Systemd {
+    sock: UnixDatagram,
+    stderr: std::path::PathBuf,
+}
+
+impl Systemd {
+    /// The next notification.
+    fn next(&self) -> String {
+        let mut buf = [0u8; 512];
+        let n = self.sock.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no notification ({e}): {}",
+                std::fs::read_to_string(&self.stderr).unwrap_or_default()
+            )
+        });
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+/// `gateway run --config CFG` as systemd starts a `Type=notify` service with `WatchdogSec`
+/// (`watchdog_usec`).
+fn under_systemd(s: &Setup, cfg: &std::path::Path, watchdog_usec: &str) -> (Running, Systemd) {
     let sock_path = s.path("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let cfg = chain(&s, free_tcp_port());
     let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["run", "--config", cfg.to_str().unwrap()])
         .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "200000")
+        .env("WATCHDOG_USEC", watchdog_usec)
         .env_remove("WATCHDOG_PID")
         .env_remove("GATEWAY_LOG")
         .stdin(Stdio::null())
@@ -116,21 +135,21 @@ fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
         .stderr(std::fs::File::create(s.path("stderr.log")).unwrap())
         .spawn()
         .unwrap();
-    let mut gw = Running {
+    let gw = Running {
         child,
         stdout: s.path("stdout.log"),
         stderr: s.path("stderr.log"),
     };
-    let mut buf = [0u8; 512];
-    let mut next = || {
-        let n = sock.recv(&mut buf).unwrap_or_else(|e| {
-            panic!(
-                "no notification ({e}): {}",
-                std::fs::read_to_string(s.path("stderr.log")).unwrap_or_default()
-            )
-        });
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let stderr = s.path("stderr.log");
+    (gw, Systemd { sock, stderr })
+}
+
+#[test]
+fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
+    let s = Setup::new();
+    let cfg = chain(&s, free_tcp_port());
+    let (mut gw, systemd) = under_systemd(&s, &cfg, "200000");
+    let next = || systemd.next();
     let first = next();
     assert!(
         first.starts_with("READY=1\nSTATUS=running: 1 sources, 1 sinks"),
@@ -386,42 +405,14 @@ inputs = ["health"]
 #[test]
 fn the_watchdog_hears_from_the_gateway_while_a_reload_waits() {
     let s = Setup::new();
-    let sock_path = s.path("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
     // A sink whose writes take 3 s: replacing it waits for the one in progress.
     let body = format!(
         "[sources.seq]\nplugin = \"testkit-sequence\"\ninterval = \"10ms\"\n[sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\ndelay = \"3s\"\n",
         s.path("out.txt").display().to_string()
     );
     let cfg = s.config("shutdown_timeout = \"5s\"", &body);
-    let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "400000")
-        .env_remove("WATCHDOG_PID")
-        .env_remove("GATEWAY_LOG")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(s.path("stdout.log")).unwrap())
-        .stderr(std::fs::File::create(s.path("stderr.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut gw = Running {
-        child,
-        stdout: s.path("stdout.log"),
-        stderr: s.path("stderr.log"),
-    };
-    let mut buf = [0u8; 512];
-    let mut next = || {
-        let n = sock.recv(&mut buf).unwrap_or_else(|e| {
-            panic!(
-                "no notification ({e}): {}",
-                std::fs::read_to_string(s.path("stderr.log")).unwrap_or_default()
-            )
-        });
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let (mut gw, systemd) = under_systemd(&s, &cfg, "400000");
+    let next = || systemd.next();
     assert!(next().starts_with("READY=1"));
     // The first write is under way (it sleeps 3 s) once the sink has readings.
     std::thread::sleep(Duration::from_millis(500));
@@ -432,21 +423,30 @@ fn the_watchdog_hears_from_the_gateway_while_a_reload_waits() {
             .replace("delay = \"3s\"", "delay = \"3s\"\nbatch_size = 7"),
     )
     .unwrap();
+    // From the last ping before the reload to READY after it: pings every 200 ms (half of
+    // WATCHDOG_USEC), never a gap as long as the wait (the bound leaves room for a loaded
+    // machine's scheduling).
+    while next() != "WATCHDOG=1" {}
     gw.signal(libc::SIGHUP);
-    // From RELOADING to READY: pings every 200 ms (half of WATCHDOG_USEC), not one gap as
-    // long as the wait (the bound leaves room for a loaded machine's scheduling).
-    while !next().starts_with("RELOADING=1") {}
-    let (reloading, mut last, mut widest) = (Instant::now(), Instant::now(), Duration::ZERO);
+    let mut last_ping = Instant::now();
+    let mut widest = Duration::ZERO;
+    let mut reloading = None;
     loop {
         let m = next();
         let now = Instant::now();
-        widest = widest.max(now - last);
-        last = now;
-        if m.starts_with("READY=1") {
+        if m == "WATCHDOG=1" {
+            widest = widest.max(now - last_ping);
+            last_ping = now;
+        } else if m.starts_with("RELOADING=1") {
+            reloading = Some(now);
+        } else if m.starts_with("READY=1") {
+            widest = widest.max(now - last_ping);
             break;
+        } else {
+            panic!("{m}");
         }
-        assert_eq!(m, "WATCHDOG=1");
     }
+    let reloading = reloading.expect("RELOADING=1 before READY=1");
     assert!(
         reloading.elapsed() > Duration::from_millis(1000),
         "the reload waited for the write in progress: {:?}",

@@ -248,6 +248,8 @@ impl Graph {
                         let (done, finished) = crossbeam_channel::bounded::<()>(0);
                         if let Some(every) = notifier.watchdog_interval() {
                             scope.spawn(move || {
+                                // At once: the loop's last ping may be almost an interval old.
+                                notifier.send("WATCHDOG=1");
                                 let end = Instant::now() + longest;
                                 while Instant::now() < end {
                                     match finished.recv_timeout(every) {
