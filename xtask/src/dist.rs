@@ -313,5 +313,13 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
     // Replace rather than overwrite: a running gateway may have the old file mapped.
     let _ = std::fs::remove_file(to);
     std::fs::copy(from, to).with_context(|| format!("copy {}", from.display()))?;
+    // The copy keeps the source's mode, which an earlier build under another umask set.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if to.extension().is_some_and(|x| x == "so") {
+        0o644
+    } else {
+        0o755
+    };
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))?;
     Ok(())
 }
