@@ -797,36 +797,46 @@ fn a_fast_path_retransmits_after_its_measured_timeout_not_after_ack_timeout() {
     );
 }
 
-#[test]
-fn a_server_that_answers_each_block_with_2_04_still_gets_the_whole_body() {
-    // RFC 7959 2.5: a server may act on each block as it comes, and answer each with 2.04.
-    // Only the answer to the last block is the request's; the blocks before it must all go.
+/// What a scripted server saw of a block-wise POST of `body`, answering each block with a
+/// piggybacked `code` whose Block1 option is what `echo` makes of the block's; and the
+/// request's outcome.
+struct Scripted {
+    blocks: Vec<(Block, Vec<u8>)>,
+    outcome: Option<Result<Packet, ClientError>>,
+}
+
+fn scripted(
+    seed: u64,
+    body: Vec<u8>,
+    code: ResponseType,
+    echo: impl Fn(Block) -> Block,
+) -> Scripted {
     let now = Instant::now();
-    let mut client = Endpoint::new(Config::default(), Box::new(rng(5)));
-    let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let mut client = Endpoint::new(Config::default(), Box::new(rng(seed)));
     let req = request(
         RequestType::Post,
         "gpsflowtemp",
         Some(ContentFormat::SENML_CBOR),
-        body.clone(),
+        body,
     );
     let token = client.request(now, SERVER, req, true);
-    let mut got = Vec::new();
-    let mut outcome = None;
-    for _ in 0..10 {
+    let mut seen = Scripted {
+        blocks: Vec::new(),
+        outcome: None,
+    };
+    for _ in 0..40 {
         let Some((to, bytes)) = client.poll_transmit() else {
             break;
         };
         assert_eq!(to, SERVER);
         let sent = Packet::from_bytes(&bytes).unwrap();
         let b = Block::decode(sent.get_first_option(CoapOption::Block1).unwrap()).unwrap();
-        got.extend_from_slice(&sent.payload);
-        // The scripted server: a piggybacked 2.04 echoing the block, last one or not.
-        let mut answer = response(ResponseType::Changed, "");
+        seen.blocks.push((b, sent.payload.clone()));
+        let mut answer = response(code, "");
         answer.header.set_type(MessageType::Acknowledgement);
         answer.header.message_id = sent.header.message_id;
         answer.set_token(sent.get_token().to_vec());
-        answer.add_option(CoapOption::Block1, b.encode());
+        answer.add_option(CoapOption::Block1, echo(b).encode());
         client.handle_datagram(now, SERVER, &answer.to_bytes().unwrap());
         while let Some(ev) = client.poll_event() {
             if let Event::Response {
@@ -834,16 +844,27 @@ fn a_server_that_answers_each_block_with_2_04_still_gets_the_whole_body() {
             } = ev
             {
                 assert_eq!(t, token);
-                outcome = Some(result);
+                seen.outcome = Some(result);
             }
         }
-        if outcome.is_some() {
+        if seen.outcome.is_some() {
             break;
         }
     }
+    seen
+}
+
+#[test]
+fn a_server_that_answers_each_block_with_2_04_still_gets_the_whole_body() {
+    // RFC 7959 2.5: a server may act on each block as it comes, and answer each with 2.04.
+    // Only the answer to the last block is the request's; the blocks before it must all go.
+    let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let seen = scripted(5, body.clone(), ResponseType::Changed, |b| b);
+    let got: Vec<u8> = seen.blocks.iter().flat_map(|(_, p)| p.clone()).collect();
     assert_eq!(got.len(), body.len(), "every block went");
     assert!(got == body, "in order");
-    let r = outcome
+    let r = seen
+        .outcome
         .expect("an outcome")
         .expect("the last block's answer");
     assert_eq!(code(&r), ResponseType::Changed);
@@ -854,50 +875,30 @@ fn an_answer_about_another_block_ends_the_request_instead_of_skipping_a_block() 
     // The Block1 option of an answer names the block it acknowledges (RFC 7959 2.3). A server
     // whose answer to the second block names the first must not count as having the second,
     // and, when that block is the last, must not pass for the request's success.
-    let now = Instant::now();
-    let mut client = Endpoint::new(Config::default(), Box::new(rng(6)));
     let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
-    let req = request(
-        RequestType::Post,
-        "gpsflowtemp",
-        Some(ContentFormat::SENML_CBOR),
-        body,
-    );
-    let token = client.request(now, SERVER, req, true);
-    let mut nums = Vec::new();
-    let mut outcome = None;
-    for _ in 0..10 {
-        let Some((_, bytes)) = client.poll_transmit() else {
-            break;
-        };
-        let sent = Packet::from_bytes(&bytes).unwrap();
-        let b = Block::decode(sent.get_first_option(CoapOption::Block1).unwrap()).unwrap();
-        nums.push(b.num);
-        // The scripted server answers every block with 2.31 naming block 0.
-        let mut answer = response(ResponseType::Continue, "");
-        answer.header.set_type(MessageType::Acknowledgement);
-        answer.header.message_id = sent.header.message_id;
-        answer.set_token(sent.get_token().to_vec());
-        answer.add_option(CoapOption::Block1, Block { num: 0, ..b }.encode());
-        client.handle_datagram(now, SERVER, &answer.to_bytes().unwrap());
-        while let Some(ev) = client.poll_event() {
-            if let Event::Response {
-                token: t, result, ..
-            } = ev
-            {
-                assert_eq!(t, token);
-                outcome = Some(result);
-            }
-        }
-        if outcome.is_some() {
-            break;
-        }
-    }
+    let seen = scripted(6, body, ResponseType::Continue, |b| Block { num: 0, ..b });
+    let nums: Vec<u32> = seen.blocks.iter().map(|(b, _)| b.num).collect();
     assert_eq!(nums, [0, 1], "block 1 went once and nothing after it");
-    match outcome.expect("an outcome") {
+    match seen.outcome.expect("an outcome") {
         Err(ClientError::Protocol(e)) => {
             assert!(e.contains("block 0 but block 1"), "{e}");
         }
         other => panic!("a protocol error, not {other:?}"),
     }
+    // A server that asks for smaller blocks numbers its answer in its own size (RFC 7959
+    // 2.3): block 1 of 1024 bytes is block 8 of 128, the same place.
+    let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let seen = scripted(7, body.clone(), ResponseType::Changed, |b| match b.num {
+        1 if b.szx == 6 => Block {
+            num: 8,
+            szx: 3,
+            ..b
+        },
+        _ => b,
+    });
+    let got: Vec<u8> = seen.blocks.iter().flat_map(|(_, p)| p.clone()).collect();
+    assert!(got == body, "every byte once, in order");
+    assert_eq!(seen.blocks[2].0.num, 16, "on in 128-byte blocks");
+    let r = seen.outcome.expect("an outcome").expect("stored");
+    assert_eq!(code(&r), ResponseType::Changed);
 }

@@ -278,10 +278,13 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         let success = Code::of(&r).is_some_and(Code::is_success);
         // The Block1 option of an answer names the block it acknowledges (RFC 7959 2.3): an
         // answer about another block than the one in flight must not move the transfer on,
-        // or a block would be skipped (or the request taken as stored) on a stale answer.
+        // or a block would be skipped (or the request taken as stored) on a stale answer. A
+        // server that asks for smaller blocks numbers it in its size (the same byte offset);
+        // one that echoes our number is taken too.
         let sent = (ex.offset / size) as u32;
         if let (true, Some(Some(b))) = (ex.blockwise, block1_of(&r)) {
-            if b.num != sent {
+            let at = (b.num as usize).checked_shl(u32::from(b.szx) + 4);
+            if b.num != sent && at != Some(ex.offset) {
                 let e = format!(
                     "the answer acknowledges block {} but block {sent} was sent",
                     b.num
