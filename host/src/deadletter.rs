@@ -181,18 +181,32 @@ impl DeadLetters {
     }
 
     /// Bytes of the files in the directory (finished or not).
+    /// (A file removed meanwhile, by `gateway dead-letters resend` say, counts nothing.)
     fn count_bytes(&self) -> io::Result<u64> {
+        let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+        let mut total = 0;
         match std::fs::read_dir(&self.dir) {
-            Ok(d) => d.map(|e| Ok(e?.metadata()?.len())).sum::<io::Result<u64>>(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Ok(d) => {
+                for e in d {
+                    match e.and_then(|e| e.metadata()) {
+                        Ok(m) => total += m.len(),
+                        Err(e) if gone(&e) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(total)
+            }
+            Err(e) if gone(&e) => Ok(0),
             Err(e) => Err(e),
         }
     }
 
-    /// Takes `len` bytes of the directory's room, or says why there is none.
+    /// Takes `len` bytes of the directory's room, or says why there is none. An empty
+    /// directory takes a batch of any size: one larger than the limit could never be kept
+    /// otherwise, and would hold the sink for good.
     fn reserve(&self, len: u64) -> io::Result<()> {
         let mut used = self.used.lock().expect("dead-letter bytes");
-        let fits = |u: u64| u.saturating_add(len) <= self.max_size;
+        let fits = |u: u64| u == 0 || u.saturating_add(len) <= self.max_size;
         if !used.is_some_and(fits) {
             *used = Some(self.count_bytes()?);
         }
@@ -465,6 +479,13 @@ mod tests {
         // Room made by another process (`gateway dead-letters resend`) is seen.
         std::fs::remove_file(&kept[0]).unwrap();
         d.put("refused", &rs).expect("room again");
+        // A batch larger than the limit is kept in an empty directory, not held for good.
+        let big = gateway_sdk::testing::sample_readings(100);
+        let small = DeadLetters::new(dir.path().join("small"), "db", "mysql").with_max_size(100);
+        small
+            .put("refused", &big)
+            .expect("alone, whatever its size");
+        assert!(small.put("refused", &rs).is_err(), "but nothing beside it");
     }
 
     #[test]
