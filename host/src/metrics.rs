@@ -26,7 +26,7 @@ use std::{
 
 /// Most connections served at once.
 const MAX_CONNECTIONS: usize = 64;
-/// Most connections from one IP address served at once.
+/// Most connections from one IP address (an IPv6 address's /64) served at once.
 const MAX_PER_ADDRESS: usize = 4;
 /// A request must arrive whole within this.
 const READ_DEADLINE: Duration = Duration::from_secs(2);
@@ -250,6 +250,21 @@ impl Registry {
     }
 }
 
+/// The address a place counts against: an IPv4 address (an IPv4-mapped IPv6 one as such), or
+/// an IPv6 address's /64, which one host holds whole.
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// The connections being served: how many, and from which addresses.
 #[derive(Default)]
 struct Slots(Mutex<(usize, HashMap<IpAddr, usize>)>);
@@ -308,7 +323,7 @@ pub fn serve(addr: SocketAddr, registry: Registry) -> std::io::Result<SocketAddr
                         continue;
                     }
                 };
-                let Some(slot) = c.peer_addr().ok().and_then(|p| slots.take(p.ip())) else {
+                let Some(slot) = c.peer_addr().ok().and_then(|p| slots.take(bucket(p.ip()))) else {
                     tracing::debug!(peer = ?c.peer_addr().ok(), "metrics: too many connections at once; closed");
                     continue;
                 };
@@ -463,6 +478,17 @@ mod tests {
             assert!(closed, "a trickling client was cut off");
             assert!(after < Duration::from_secs(6), "{after:?}");
         }
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_64_and_a_mapped_address_as_ipv4() {
+        let a: IpAddr = "2001:db8:0:1::5".parse().unwrap();
+        let b: IpAddr = "2001:db8:0:1:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:0:2::5".parse().unwrap();
+        assert_eq!(bucket(a), bucket(b));
+        assert_ne!(bucket(a), bucket(c));
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(bucket(mapped), IpAddr::from([10, 0, 0, 7]));
     }
 
     #[test]

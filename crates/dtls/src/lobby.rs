@@ -13,7 +13,8 @@
 //! and a larger datagram would be someone parking junk behind one (up to 64 KiB a place).
 //! While there is room, any address may take any number of places: a fleet behind one NAT
 //! address reconnects through the lobby as a whole. Once it is full, places are shared out by
-//! IP address: a newcomer from an address holding fewer places than the one holding the most
+//! IP address (an IPv6 address by its /64): a newcomer from an address holding fewer places
+//! than the one holding the most
 //! takes the newest place of that one (whose device sends its ClientHello again later, as
 //! when the lobby is full). So one host, a real one but hostile, that fills the lobby with a
 //! port per place cannot lock the fleet's devices out of it during a reconnect storm.
@@ -29,6 +30,21 @@ use std::{
 /// The largest datagram that may wait; a larger ClientHello datagram is dropped (its sender
 /// tries again when its timer fires, as when the lobby is full).
 pub const MAX_WAITING_BYTES: usize = 2048;
+
+/// The address a place counts against: an IPv4 address (an IPv4-mapped IPv6 one as such), or
+/// an IPv6 address's /64, which one host holds whole.
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
 
 /// A ClientHello waiting for a slot.
 #[derive(Debug)]
@@ -101,7 +117,7 @@ impl Lobby {
     /// Bookkeeping for a place given up (taken, removed, expired or evicted).
     fn left(&mut self, peer: SocketAddr) {
         self.peers.remove(&peer);
-        self.count(peer.ip(), false);
+        self.count(bucket(peer.ip()), false);
     }
 
     /// In a full lobby, the newest place of the address holding the most, if that is more than
@@ -118,7 +134,11 @@ impl Lobby {
         else {
             return false;
         };
-        let Some(i) = self.queue.iter().rposition(|w| w.peer.ip() == heaviest) else {
+        let Some(i) = self
+            .queue
+            .iter()
+            .rposition(|w| bucket(w.peer.ip()) == heaviest)
+        else {
             return false;
         };
         let w = self.queue.remove(i).expect("found");
@@ -157,7 +177,7 @@ impl Lobby {
             }
             return true;
         }
-        if self.queue.len() >= self.capacity && !self.make_room_for(peer.ip()) {
+        if self.queue.len() >= self.capacity && !self.make_room_for(bucket(peer.ip())) {
             return false;
         }
         self.queue.push_back(Waiting {
@@ -167,7 +187,7 @@ impl Lobby {
             since: now,
         });
         self.peers.insert(peer);
-        self.count(peer.ip(), true);
+        self.count(bucket(peer.ip()), true);
         true
     }
 
@@ -322,6 +342,30 @@ mod tests {
             "the host's oldest place kept its turn; its newest ones went"
         );
         assert!(l.peers.is_empty() && l.per_ip.is_empty() && l.holding == [0]);
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_64() {
+        let t0 = Instant::now();
+        let mut l = Lobby::new(4);
+        let v6 = |last: u16| {
+            SocketAddr::from((
+                std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last),
+                5684,
+            ))
+        };
+        // One host, four addresses of its /64: four places of one address.
+        for n in 1..=4 {
+            assert!(l.offer(t0, v6(n), b"x", &hello(9)));
+        }
+        for n in 1..=3 {
+            assert!(l.offer(t0, addr(n), b"a", &hello(n)), "device {n} gets in");
+        }
+        assert!(!l.offer(t0, addr(4), b"a", &hello(4)), "one place each");
+        assert!(
+            !l.offer(t0, v6(99), b"x", &hello(9)),
+            "nor another of the /64"
+        );
     }
 
     #[test]
