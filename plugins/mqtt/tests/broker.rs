@@ -20,16 +20,23 @@ fn sink(extra: &str) -> SinkHarness {
     SinkHarness::new::<Mqtt>(extra).unwrap()
 }
 
-#[test]
-fn every_reading_is_published_at_qos_1_on_its_topic_as_senml() {
-    let root = format!("gwtest/{}", std::process::id());
-    let mut sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-q", "1", "-v", "-C", "500", "-W", "30"])
-        .args(["-t", &format!("{root}/#")])
+/// `mosquitto_sub` on `root/#`, printing topic and payload of the first `count` messages (30 s
+/// at most), once it has subscribed.
+fn subscribe(root: &str, count: usize) -> std::process::Child {
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-q", "1", "-v", "-W", "30"])
+        .args(["-C", &count.to_string(), "-t", &format!("{root}/#")])
         .stdout(Stdio::piped())
         .spawn()
         .expect("mosquitto_sub (mosquitto-clients) runs");
     std::thread::sleep(Duration::from_millis(500));
+    sub
+}
+
+#[test]
+fn every_reading_is_published_at_qos_1_on_its_topic_as_senml() {
+    let root = format!("gwtest/{}", std::process::id());
+    let mut sub = subscribe(&root, 500);
     let mut s = sink(&format!(
         "url = \"mqtt://127.0.0.1\"\ntopic = \"{root}/{{device}}/{{sensor}}/{{name}}\"\nmax_inflight = 16\n"
     ));
@@ -244,13 +251,7 @@ fn readme_sample_matches_sample_toml_and_parses() {
 #[test]
 fn readings_a_broker_or_json_cannot_take_are_published_safely_or_refused() {
     let root = format!("gwtest/{}-odd", std::process::id());
-    let mut sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-q", "1", "-v", "-C", "2", "-W", "30"])
-        .args(["-t", &format!("{root}/#")])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub (mosquitto-clients) runs");
-    std::thread::sleep(Duration::from_millis(500));
+    let mut sub = subscribe(&root, 2);
     let mut s = sink(&format!(
         "url = \"mqtt://127.0.0.1\"\ntopic = \"{root}/{{sensor}}/{{name}}\"\n"
     ));
