@@ -265,9 +265,10 @@ fn bucket(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The connections being served: how many, and from which addresses.
+/// The connections being served, per address (their sum is how many in all: at most 64
+/// addresses are ever listed).
 #[derive(Default)]
-struct Slots(Mutex<(usize, HashMap<IpAddr, usize>)>);
+struct Slots(Mutex<HashMap<IpAddr, usize>>);
 
 /// A connection's place among [`Slots`], given back when dropped.
 struct Slot(Arc<Slots>, IpAddr);
@@ -275,26 +276,20 @@ struct Slot(Arc<Slots>, IpAddr);
 impl Slots {
     /// A place for a connection from `ip`, unless the limits are reached.
     fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
-        let mut g = self.0.lock().expect("metrics slots");
-        let (all, per) = &mut *g;
-        let mine = per.entry(ip).or_default();
-        if *all >= MAX_CONNECTIONS || *mine >= MAX_PER_ADDRESS {
-            if *mine == 0 {
-                per.remove(&ip);
-            }
+        let mut per = self.0.lock().expect("metrics slots");
+        let all: usize = per.values().sum();
+        let mine = per.get(&ip).copied().unwrap_or(0);
+        if all >= MAX_CONNECTIONS || mine >= MAX_PER_ADDRESS {
             return None;
         }
-        *all += 1;
-        *mine += 1;
+        per.insert(ip, mine + 1);
         Some(Slot(self.clone(), ip))
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut g = self.0 .0.lock().expect("metrics slots");
-        let (all, per) = &mut *g;
-        *all -= 1;
+        let mut per = self.0 .0.lock().expect("metrics slots");
         if let Some(n) = per.get_mut(&self.1) {
             *n -= 1;
             if *n == 0 {
@@ -510,7 +505,7 @@ mod tests {
         drop(mine);
         assert!(slots.take(a).is_some(), "given back");
         drop(others);
-        assert_eq!(slots.0.lock().unwrap().0, 0);
-        assert!(slots.0.lock().unwrap().1.is_empty());
+        assert_eq!(slots.0.lock().unwrap().values().sum::<usize>(), 0);
+        assert!(slots.0.lock().unwrap().is_empty());
     }
 }

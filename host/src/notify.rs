@@ -5,7 +5,11 @@
 //! thread reloads the config, a helper pings for it, for as long as a reload may take), `STATUS=`
 //! lines a person sees in `systemctl status`. Outside systemd nothing is sent.
 
-use std::{os::unix::net::UnixDatagram, time::Duration};
+use std::{
+    os::unix::net::UnixDatagram,
+    sync::mpsc::RecvTimeoutError,
+    time::{Duration, Instant},
+};
 
 /// Where notifications go, if anywhere.
 pub struct Notifier {
@@ -53,5 +57,31 @@ impl Notifier {
     /// How often to send `WATCHDOG=1`, if systemd watches.
     pub fn watchdog_interval(&self) -> Option<Duration> {
         self.socket.as_ref().and(self.watchdog)
+    }
+
+    /// Runs `work` on this thread while a helper sends `WATCHDOG=1` for it, at once and then
+    /// every interval, for at most `longest` (so that work which really hangs still stops the
+    /// pings and systemd restarts the service).
+    pub fn pinging_while<T>(&self, longest: Duration, work: impl FnOnce() -> T) -> T {
+        let Some(every) = self.watchdog_interval() else {
+            return work();
+        };
+        std::thread::scope(|scope| {
+            let (done, finished) = std::sync::mpsc::channel::<()>();
+            scope.spawn(move || {
+                let end = Instant::now() + longest;
+                // At once: the caller's last ping may be almost an interval old.
+                self.send("WATCHDOG=1");
+                while Instant::now() < end {
+                    match finished.recv_timeout(every) {
+                        Err(RecvTimeoutError::Timeout) => self.send("WATCHDOG=1"),
+                        _ => return,
+                    }
+                }
+            });
+            let out = work();
+            drop(done);
+            out
+        })
     }
 }

@@ -241,29 +241,8 @@ impl Graph {
                 }
                 recv(signals.reload) -> _ => {
                     notifier.send("RELOADING=1\nSTATUS=reloading the config");
-                    // A reload waits for instances to stop (up to shutdown_timeout, twice): the
-                    // watchdog hears from a helper meanwhile, for as long as a reload may take.
-                    let longest = timeout * 2 + Duration::from_secs(10);
-                    std::thread::scope(|scope| {
-                        let (done, finished) = crossbeam_channel::bounded::<()>(0);
-                        if let Some(every) = notifier.watchdog_interval() {
-                            scope.spawn(move || {
-                                // At once: the loop's last ping may be almost an interval old.
-                                notifier.send("WATCHDOG=1");
-                                let end = Instant::now() + longest;
-                                while Instant::now() < end {
-                                    match finished.recv_timeout(every) {
-                                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                                            notifier.send("WATCHDOG=1")
-                                        }
-                                        _ => return,
-                                    }
-                                }
-                            });
-                        }
-                        self.reload();
-                        drop(done);
-                    });
+                    // A reload waits for instances to stop (up to shutdown_timeout, twice).
+                    notifier.pinging_while(timeout * 2 + Duration::from_secs(10), || self.reload());
                     notifier.send(&format!("READY=1\nSTATUS={}", self.status()));
                     // A reload may have removed the last source still running.
                     if opts.until_sources_finish && self.sources_done() {

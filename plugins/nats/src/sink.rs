@@ -8,7 +8,7 @@ use crate::{config::SinkConfig, connect::Settings, subject::Template};
 use async_nats::jetstream::{self, stream::StorageType};
 use futures_util::future::join_all;
 use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
-use std::time::Duration;
+use std::{fmt::Write as _, time::Duration};
 
 /// The sink.
 pub struct NatsSink {
@@ -32,7 +32,7 @@ pub fn msg_id(r: &Reading) -> String {
         if b.is_ascii_graphic() && b != b'%' {
             id.push(b as char);
         } else {
-            id.push_str(&format!("%{b:02X}"));
+            let _ = write!(id, "%{b:02X}");
         }
     }
     id
