@@ -129,6 +129,34 @@ fn a_config_error_at_write_time_holds_the_buffered_readings_until_the_sink_works
 }
 
 #[test]
+fn a_buffered_sink_that_says_it_stopped_while_the_gateway_runs_keeps_going() {
+    // Taken as final, STOPPED ended the buffered sink's thread for good: the buffer then
+    // filled behind a sink nobody wrote to.
+    let s = Setup::new();
+    let cfg = buffered(
+        &s,
+        (100, 10),
+        "stopped_first = 3\nrestart_backoff = \"10ms\"\nrestart_backoff_max = \"20ms\"",
+        r#"{ type = "disk" }"#,
+    );
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(30)).expect("exits");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        err.matches("the sink said it stopped, but the gateway runs")
+            .count(),
+        3,
+        "{err}"
+    );
+    let mut values = s.recorded("out.txt", "seq");
+    values.sort_unstable();
+    assert_contiguous(&values, "after the sink said it stopped");
+    assert_eq!(values.len(), 100, "{err}");
+    assert!(err.contains("everything in flight was delivered"), "{err}");
+}
+
+#[test]
 fn drop_oldest_keeps_the_limit_and_counts_every_reading_it_drops() {
     let s = Setup::new();
     let cfg = buffered(

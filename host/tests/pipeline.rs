@@ -185,6 +185,40 @@ fn retryable_failures_are_retried_with_backoff_and_nothing_is_lost() {
 }
 
 #[test]
+fn a_sink_that_says_it_stopped_while_the_gateway_runs_is_retried_and_nothing_is_lost() {
+    // STOPPED from a sink leaves its batch to the host's shutdown; while the gateway runs it
+    // is the sink's mistake: taken as final, it handed the batch back to the source as if the
+    // host were stopping, and the source ended with its readings stored nowhere.
+    let s = Setup::new();
+    let out = s.path("out.txt");
+    let cfg = s.config(
+        "",
+        &format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 40\nbatch_size = 4\n{}",
+            recorder(
+                "rec",
+                out.to_str().unwrap(),
+                &["seq"],
+                "stopped_first = 3\nrestart_backoff = \"10ms\"\nrestart_backoff_max = \"20ms\""
+            )
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(20)).expect("exits");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        err.matches("the sink said it stopped, but the gateway runs")
+            .count(),
+        3,
+        "{err}"
+    );
+    let values = s.recorded("out.txt", "seq");
+    assert_contiguous(&values, "a sink that said it stopped");
+    assert_eq!(values.len(), 40, "{err}");
+}
+
+#[test]
 fn a_slow_sink_holds_sources_back_and_memory_stays_bounded() {
     let s = Setup::new();
     let out = s.path("out.txt");

@@ -89,7 +89,8 @@ pub trait Source: Send + Sized + 'static {
 /// can help ([`ErrorKind`]): a retryable one is retried with backoff, a refusal for good
 /// ([`ErrorKind::REJECTED`]) goes to the sink's dead-letter file (the host writes a refused
 /// batch again in halves, so that only the readings refused go there), [`ErrorKind::STOPPED`]
-/// leaves the batch to the host's shutdown, and any other ([`ErrorKind::CONFIG`] included)
+/// leaves the batch to the host's shutdown (said while the host runs, the host rebuilds the
+/// instance and holds the batch), and any other ([`ErrorKind::CONFIG`] included)
 /// makes the host rebuild the instance with backoff while it holds the batch. A sink whose
 /// [`Sink::window`] is above 1 gets its batches through [`Sink::submit`] instead, several at once (`write` is still used to retry the parts of a
 /// batch it refused).

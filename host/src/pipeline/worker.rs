@@ -376,6 +376,19 @@ impl Worker {
         // the operator fixes what the error names. Settled, a buffered sink's records would
         // leave its disk buffer stored nowhere.
         let rebuild = e.kind.needs_restart() || e.kind == ErrorKind::CONFIG;
+        // STOPPED leaves a batch to the host's shutdown. Said while the gateway runs, the
+        // instance is broken (a client of its own closed, say): taken as final, it would hand
+        // the batch back to its source as if the host were stopping (or end a buffered
+        // sink's thread for good). The instance is rebuilt with backoff, the batch held.
+        if e.kind == ErrorKind::STOPPED && !self.shutdown.reached(Phase::Draining) {
+            return Failed::Restart(PluginError::new(
+                ErrorKind::FATAL,
+                format!(
+                    "the sink said it stopped, but the gateway runs: {}",
+                    e.message()
+                ),
+            ));
+        }
         if (e.kind.is_retryable() || rebuild) && self.giving_up() {
             if self.handover.load(Ordering::Relaxed) {
                 tracing::info!(readings = n, error = %e.message(), "write failed while a reload replaces the sink; the instance that replaces it writes them");

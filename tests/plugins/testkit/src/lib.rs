@@ -181,6 +181,10 @@ struct RecorderConfig {
     /// a newer schema does), counted from the first write, as `fail_first`.
     #[serde(default)]
     config_error_first: u64,
+    /// The first this-many writes fail with `ErrorKind::STOPPED` although the host runs (as a
+    /// faulty sink may), counted as `fail_first`.
+    #[serde(default)]
+    stopped_first: u64,
     /// The write with this number (1-based, counted across rebuilds) panics.
     panic_on_write: Option<u64>,
     /// The first this-many writes (after `fail_first`) refuse the batch for good.
@@ -266,6 +270,15 @@ fn lines(
             "simulated config error (write {call} of {} that fail)",
             cfg.config_error_first
         )));
+    }
+    if call <= cfg.stopped_first {
+        return Err(PluginError::new(
+            gateway_sdk::ErrorKind::STOPPED,
+            format!(
+                "simulated stop (write {call} of {} that fail)",
+                cfg.stopped_first
+            ),
+        ));
     }
     if call <= cfg.fail_first {
         return Err(PluginError::retry(format!(
