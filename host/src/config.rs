@@ -142,6 +142,16 @@ impl Instance {
         }
     }
 
+    /// Whether this is a sink that takes the readings of source `source` (its `inputs` name
+    /// it, or it has none: every source).
+    pub fn takes_from(&self, source: &str) -> bool {
+        self.sink_settings().is_some_and(|k| {
+            k.inputs
+                .as_ref()
+                .is_none_or(|i| i.iter().any(|n| n == source))
+        })
+    }
+
     /// `[sources.NAME]` or `[sinks.NAME]`, without the brackets.
     pub fn table(&self) -> String {
         format!("{}.{}", self.role.group(), self.name)
@@ -443,11 +453,7 @@ impl Config {
 
     /// The sinks that take readings from source `name`.
     pub fn sinks_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Instance> + 'a {
-        self.sinks.iter().filter(move |s| {
-            s.sink_settings()
-                .and_then(|k| k.inputs.as_ref())
-                .is_none_or(|i| i.iter().any(|n| n == name))
-        })
+        self.sinks.iter().filter(move |s| s.takes_from(name))
     }
 
     /// The sources feeding sink `sink`.

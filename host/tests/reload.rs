@@ -440,3 +440,153 @@ fn a_job_ends_once_a_reload_removed_its_last_running_source() {
         .stderr()
         .contains("every source finished: draining the sinks"));
 }
+
+#[test]
+fn a_sink_still_writing_when_a_reload_replaces_it_keeps_its_routes_and_is_replaced_after() {
+    // The slow sink's writes take 3 s; a reload that changes it in the middle of one cannot
+    // stop it within shutdown_timeout (1 s). Unrouted, as it was then, it was passed over: the
+    // source's readings were acknowledged once the quick sink alone took them.
+    let s = Setup::new();
+    let body = |delay: &str| {
+        format!(
+            r#"[sources.a]
+plugin = "testkit-sequence"
+interval = "10ms"
+stable_ids = true
+
+[sinks.slow]
+plugin = "testkit-recorder"
+path = {:?}
+delay = "{delay}"
+
+[sinks.quick]
+plugin = "testkit-recorder"
+path = {:?}
+"#,
+            s.path("slow.txt").display().to_string(),
+            s.path("quick.txt").display().to_string(),
+        )
+    };
+    let extra = "shutdown_timeout = \"1s\"";
+    let cfg = s.config(extra, &body("3s"));
+    let mut gw = Running::start(&s, &cfg, &[]);
+    wait_until(
+        "the slow sink wrote once",
+        &gw,
+        Duration::from_secs(20),
+        || !s.lines("slow.txt").is_empty(),
+    );
+    // Its next write has begun (batches queued during the first one).
+    std::thread::sleep(Duration::from_millis(300));
+    s.config(extra, &body("0s"));
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log("it keeps its queue and its routes", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    // The file is broken meanwhile: the replacement built by the reload starts anyway (the
+    // file is not read again).
+    std::fs::write(&cfg, "this is not TOML [").unwrap();
+    assert!(
+        gw.wait_for_log(
+            "the replacement of a sink the last reload left stuck started",
+            Duration::from_secs(20)
+        ),
+        "{}",
+        gw.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let status = gw.stop(Duration::from_secs(20));
+    let log = gw.stderr();
+    assert!(status.success(), "{log}");
+    assert_eq!(log.matches("reload applied").count(), 1, "{log}");
+    assert!(!log.contains("reload refused"), "{log}");
+    let (slow, quick) = (
+        distinct(&s, "slow.txt", "a"),
+        distinct(&s, "quick.txt", "a"),
+    );
+    assert!(quick.len() > 20, "{log}");
+    let missing: Vec<_> = quick
+        .iter()
+        .filter(|v| slow.binary_search(v).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} readings the quick sink stored never reached the slow one: {missing:?}\n{log}",
+        missing.len()
+    );
+    assert_contiguous(&slow, "a through the slow sink");
+}
+
+#[test]
+fn a_sink_whose_new_buffer_does_not_open_keeps_its_routes_until_a_reload_starts_it() {
+    // The reload gives the sink a disk buffer that cannot open (a file stands where its
+    // directory goes). The sink is not started; unrouted, as it was then, its source's readings
+    // were acknowledged by the other sink alone meanwhile, and never reached it.
+    let s = Setup::new();
+    let body = |buffer: &str| {
+        format!(
+            r#"[sources.a]
+plugin = "testkit-sequence"
+interval = "10ms"
+stable_ids = true
+
+[sinks.later]
+plugin = "testkit-recorder"
+path = {:?}
+{buffer}
+
+[sinks.quick]
+plugin = "testkit-recorder"
+path = {:?}
+"#,
+            s.path("later.txt").display().to_string(),
+            s.path("quick.txt").display().to_string(),
+        )
+    };
+    let extra = gateway_extra(&s);
+    let cfg = s.config(&extra, &body(""));
+    let mut gw = Running::start(&s, &cfg, &[]);
+    wait_until("readings flow", &gw, Duration::from_secs(20), || {
+        !s.lines("later.txt").is_empty()
+    });
+    let blocker = s.path("data/later/buffer");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, "not a directory").unwrap();
+    s.config(&extra, &body("buffer = { type = \"disk\" }"));
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log("its sources wait for it", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    // Meanwhile the source is held: the quick sink gets at most what the queue took.
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::remove_file(&blocker).unwrap();
+    gw.signal(libc::SIGHUP);
+    wait_until(
+        "the fixed reload starts the sink",
+        &gw,
+        Duration::from_secs(20),
+        || gw.stderr().matches("reload applied").count() >= 2,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let status = gw.stop(Duration::from_secs(20));
+    let log = gw.stderr();
+    assert!(status.success(), "{log}");
+    let (later, quick) = (
+        distinct(&s, "later.txt", "a"),
+        distinct(&s, "quick.txt", "a"),
+    );
+    let missing: Vec<_> = quick
+        .iter()
+        .filter(|v| later.binary_search(v).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} readings the quick sink stored never reached the other: {missing:?}\n{log}",
+        missing.len()
+    );
+    assert_contiguous(&later, "a through the sink that started late");
+}

@@ -99,8 +99,12 @@ struct Graph {
     next_id: u64,
     sources: IndexMap<String, SourceSlot>,
     sinks: IndexMap<String, SinkSlot>,
-    /// Queues of sinks a reload could not start, kept (unrouted) for the next reload.
-    parked: HashMap<String, Line>,
+    /// Queues of sinks a reload could not start, kept for the next reload with the sink's
+    /// declaration: still routed, so that their sources wait for them.
+    parked: HashMap<String, (Line, crate::config::Instance)>,
+    /// Sinks a reload could not replace (their thread was still in a plugin call), with
+    /// their replacements: started once their thread has ended ([`Graph::replace_stuck`]).
+    stuck: HashMap<String, reload::Stuck>,
     views: Views,
 }
 
@@ -123,6 +127,7 @@ impl Graph {
             sources: IndexMap::new(),
             sinks: IndexMap::new(),
             parked: HashMap::new(),
+            stuck: HashMap::new(),
             views: Views::default(),
         };
         for k in sinks {
@@ -150,10 +155,27 @@ impl Graph {
 
     /// The queues of the sinks that source `name` feeds, as the config says now.
     fn ports_for(&self, name: &str) -> Vec<SinkPort> {
+        let parked = self
+            .parked
+            .values()
+            .filter(|(_, decl)| decl.takes_from(name))
+            .map(|(line, _)| line.port.clone());
+        // A stuck sink runs under its old settings; the sources its replacement takes are
+        // routed to it already, so that none is passed over meanwhile.
+        let stuck = self
+            .stuck
+            .iter()
+            .filter(|(n, s)| {
+                s.built.decl.takes_from(name) && !self.config.sinks_of(name).any(|d| &&d.name == n)
+            })
+            .filter_map(|(n, _)| self.sinks.get(n))
+            .map(|k| k.line.port.clone());
         self.config
             .sinks_of(name)
             .filter_map(|k| self.sinks.get(&k.name))
             .map(|k| k.line.port.clone())
+            .chain(parked)
+            .chain(stuck)
             .collect()
     }
 
@@ -169,7 +191,14 @@ impl Graph {
         });
     }
 
+    /// The sinks, and the queues of those a reload could not start (what waits there is
+    /// not delivered: the shutdown and the metrics count it).
     fn sink_views(&self) -> Vec<SinkView> {
+        let parked = self.parked.iter().map(|(name, (line, _))| SinkView {
+            name: name.clone(),
+            stats: line.port.stats.clone(),
+            buffer: None,
+        });
         self.sinks
             .values()
             .map(|k| SinkView {
@@ -177,6 +206,7 @@ impl Graph {
                 stats: k.line.port.stats.clone(),
                 buffer: k.line.writer.as_ref().map(|w| w.buffer.clone()),
             })
+            .chain(parked)
             .collect()
     }
 
@@ -232,9 +262,15 @@ impl Graph {
             .map_or_else(crossbeam_channel::never, crossbeam_channel::tick);
         let timeout = self.config.gateway.shutdown_timeout;
         let exits = self.source_exits.clone();
+        let each_second = crossbeam_channel::tick(Duration::from_secs(1));
         loop {
             crossbeam_channel::select! {
                 recv(watchdog) -> _ => notifier.send("WATCHDOG=1"),
+                recv(each_second) -> _ => {
+                    if !self.stuck.is_empty() {
+                        notifier.pinging_while(timeout + Duration::from_secs(10), || self.replace_stuck());
+                    }
+                }
                 recv(signals.stop) -> _ => {
                     tracing::info!("shutdown requested: stopping the sources, then draining the sinks (at most {timeout:?}; a second signal exits at once)");
                     return false;

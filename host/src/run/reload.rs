@@ -208,10 +208,11 @@ impl Graph {
                 .get(&o.name)
                 .is_some_and(|s| s.files != file_stamps(o))
         });
+        // A sink an earlier reload could not replace is replaced now, changed or not.
         let sinks = Changes::of(&self.config.sinks, &plan.config.sinks, |o| {
-            self.sinks
-                .get(&o.name)
-                .is_some_and(|s| s.files != file_stamps(o))
+            self.sinks.get(&o.name).is_some_and(|s| {
+                s.files != file_stamps(o) || s.handover.load(std::sync::atomic::Ordering::Relaxed)
+            })
         });
         if sources.is_quiet() && sinks.is_quiet() {
             self.config = plan.config;
@@ -239,8 +240,12 @@ impl Graph {
     /// is asked to stop at once and waited for against one deadline (`shutdown_timeout`), so a
     /// reload takes at most about that long; then the successors and the new instances start,
     /// and every source is routed as the config that is running says. A sink that cannot
-    /// start (its disk buffer does not open) keeps its queue aside, unrouted, and is left out
-    /// of the running config: the next reload starts it as a new one, on that queue.
+    /// start (its disk buffer does not open) keeps its queue, still routed (its sources wait
+    /// for it), but is left out of the running config: the next reload starts it as a new
+    /// one, on that queue. A sink whose instance is still in a plugin call at the deadline
+    /// keeps its place, queue and routes under its old settings (and the routes of its new
+    /// ones); once the call returns, the replacement built here starts
+    /// ([`Graph::replace_stuck`]).
     fn apply(&mut self, plan: Plan, sources: &Changes, sinks: &Changes) {
         let Plan {
             config: mut new,
@@ -248,6 +253,18 @@ impl Graph {
             sinks: mut built_sinks,
         } = plan;
         let deadline = Instant::now() + self.config.gateway.shutdown_timeout;
+        // A replacement saved for a stuck sink gives way to this file's: the sink is replaced
+        // below again (its handover flag makes it changed), or stuck again.
+        self.stuck.clear();
+        // A sink parked by an earlier reload that the config no longer names goes, with what
+        // its queue holds (whose sources are told it was not delivered), once no source is
+        // routed to it any more.
+        let unparked: Vec<String> = self
+            .parked
+            .keys()
+            .filter(|name| !new.sinks.iter().any(|d| &d.name == *name))
+            .cloned()
+            .collect();
         // Sources keep only the routes to sinks that stay (kept or changed: their queues stay).
         for slot in self.sources.values() {
             let keep: Vec<SinkPort> = slot
@@ -255,15 +272,23 @@ impl Graph {
                 .get()
                 .iter()
                 .filter(|p| {
-                    !sinks.removed.iter().any(|n| {
-                        self.sinks
-                            .get(n)
-                            .is_some_and(|k| Arc::ptr_eq(&k.line.port.stats, &p.stats))
-                    })
+                    let going = |line: &Line| Arc::ptr_eq(&line.port.stats, &p.stats);
+                    !sinks
+                        .removed
+                        .iter()
+                        .any(|n| self.sinks.get(n).is_some_and(|k| going(&k.line)))
+                        && !unparked
+                            .iter()
+                            .any(|n| self.parked.get(n).is_some_and(|(l, _)| going(l)))
                 })
                 .cloned()
                 .collect();
             slot.routes.set(keep);
+        }
+        for name in unparked {
+            if let Some((line, _)) = self.parked.remove(&name) {
+                tracing::warn!(sink = %name, batches = line.rx.len(), "the sink a reload could not start is no longer in the config: its queue goes, and the sources of what it holds are told it was not delivered");
+            }
         }
         // Everything that goes is asked at once, then waited for against one deadline.
         let retiring: Vec<_> = sources
@@ -303,70 +328,46 @@ impl Graph {
         for old in replaced {
             let name = old.decl.name.clone();
             let old_buffer = old.decl.sink_settings().and_then(|s| s.buffer.clone());
-            let handed = old.finish_handover(deadline);
-            self.logger.metrics.forget(&name);
-            let Some(line) = handed else {
-                tracing::error!(sink = %name, "the sink did not stop within shutdown_timeout and still holds its queue: its replacement is not started; restart the gateway");
-                new.sinks.retain(|d| d.name != name);
-                continue;
-            };
-            let k = find(&built_sinks, &name);
-            if k.settings.queue_capacity != line.capacity {
-                tracing::warn!(sink = %name, "queue_capacity changed: the queue keeps {} batches until the next start", line.capacity);
-            }
-            // A buffer that the new config drops stays until the next start: it may hold
-            // readings, and only it can send them.
-            if line.writer.is_some() && k.settings.buffer.is_none() {
-                tracing::warn!(sink = %name, "the config no longer gives this sink a disk buffer: it keeps the one it has (and sends what it holds) until the next start");
-            }
-            let keep_writer = line.writer.as_ref().is_some_and(|w| {
-                k.settings.buffer.is_none()
-                    || (old_buffer == k.settings.buffer
-                        && w.record_readings == k.settings.batch_size)
-            });
-            if !keep_writer {
-                if let Some(w) = &line.writer {
-                    w.begin_stop();
+            let line = match old.finish_handover(deadline) {
+                Ok(line) => line,
+                Err(old) => {
+                    // Its thread holds the line until its plugin call returns. Unrouted, the
+                    // sink would be passed over: its sources' batches acknowledged once the
+                    // other sinks took them, stored nowhere here. It keeps its place, under
+                    // the settings it runs with, and its replacement, built from this file,
+                    // starts once that call has returned (Graph::replace_stuck).
+                    tracing::error!(sink = %name, "the sink did not stop within shutdown_timeout (it is still in a plugin call): it keeps its queue and its routes, so its sources wait for it; its replacement starts once that call has returned");
+                    if let Some(d) = new.sinks.iter_mut().find(|d| d.name == name) {
+                        *d = old.decl.clone();
+                    }
+                    let built = take(&mut built_sinks, &name);
+                    self.stuck.insert(name.clone(), Stuck { built, old_buffer });
+                    self.sinks.insert(name, *old);
+                    continue;
                 }
-            }
+            };
+            self.logger.metrics.forget(&name);
+            let keep_writer =
+                prepare_successor(&name, &line, find(&built_sinks, &name), &old_buffer);
             lines.push((name, line, keep_writer));
         }
         // The old buffers are released before they are opened again (the views held them).
         self.publish();
-        for (name, mut line, keep_writer) in lines {
-            let mut k = take(&mut built_sinks, &name);
-            if !keep_writer {
-                if let Some(mut w) = line.writer.take() {
-                    if !w.finish_stop(deadline) {
-                        tracing::error!(sink = %name, "the disk buffer's writer did not stop; the replacement is not started: restart the gateway");
-                        new.sinks.retain(|d| d.name != name);
-                        continue;
-                    }
-                }
-                match open_buffer(&new, &k.decl) {
-                    Ok(b) => k.buffer = b,
-                    Err(e) => {
-                        tracing::error!(sink = %name, "{e}; the sink is not started, its queue is kept aside: fix it and reload again");
-                        self.parked.insert(name.clone(), line);
-                        new.sinks.retain(|d| d.name != name);
-                        continue;
-                    }
-                }
-            }
-            let slot = self.starter_for(&new).sink(k, line, false);
-            self.sinks.insert(name, slot);
+        for (name, line, keep_writer) in lines {
+            let k = take(&mut built_sinks, &name);
+            self.start_successor(&mut new, name, line, k, keep_writer, deadline);
         }
         for name in &sinks.added {
             let mut k = take(&mut built_sinks, name);
             let (line, fresh) = match self.parked.remove(name) {
-                Some(line) => (line, false),
+                Some((line, _)) => (line, false),
                 None => (Line::new(k.settings.queue_capacity), true),
             };
             match open_buffer(&new, &k.decl) {
                 Ok(b) => k.buffer = b,
                 Err(e) => {
-                    tracing::error!(sink = %name, "{e}; the sink is not started: fix it and reload again");
-                    self.parked.insert(name.clone(), line);
+                    tracing::error!(sink = %name, "{e}; the sink is not started: its queue is kept, and its sources wait for it; fix it and reload again");
+                    self.parked.insert(name.clone(), (line, k.decl.clone()));
                     new.sinks.retain(|d| &d.name != name);
                     continue;
                 }
@@ -402,6 +403,106 @@ impl Graph {
         self.publish();
     }
 
+    /// Starts `k` on `line`, the queue its predecessor handed over, in the running config
+    /// `new`: with the predecessor's disk buffer (`keep_writer`), or with its own, opened
+    /// once the old writer has stopped. A sink that cannot start keeps its queue routed
+    /// (parked) and leaves `new`, for a later reload to start it.
+    fn start_successor(
+        &mut self,
+        new: &mut Config,
+        name: String,
+        mut line: Line,
+        mut k: BuiltSink,
+        keep_writer: bool,
+        deadline: Instant,
+    ) {
+        if !keep_writer {
+            if let Some(mut w) = line.writer.take() {
+                if !w.finish_stop(deadline) {
+                    // Its thread still reads the queue once it returns, in handover mode:
+                    // what it took then goes to the line's handover channel.
+                    tracing::error!(sink = %name, "the disk buffer's writer did not stop within shutdown_timeout; the sink is not started: its queue is kept, and its sources wait for it; reload again once the disk answers");
+                    self.parked.insert(name.clone(), (line, k.decl.clone()));
+                    new.sinks.retain(|d| d.name != name);
+                    return;
+                }
+            }
+            match open_buffer(new, &k.decl) {
+                Ok(b) => k.buffer = b,
+                Err(e) => {
+                    tracing::error!(sink = %name, "{e}; the sink is not started: its queue is kept, and its sources wait for it; fix it and reload again");
+                    self.parked.insert(name.clone(), (line, k.decl.clone()));
+                    new.sinks.retain(|d| d.name != name);
+                    return;
+                }
+            }
+        }
+        let slot = self.starter_for(new).sink(k, line, false);
+        self.sinks.insert(name, slot);
+    }
+
+    /// Starts the replacement of each sink a reload could not replace whose plugin call has
+    /// returned since: the one built from the file of that reload (the file is not read
+    /// again: an edit in progress is not applied, and one that does not check cannot keep
+    /// the replacement from starting).
+    pub(super) fn replace_stuck(&mut self) {
+        let now = Instant::now();
+        let mut ended = Vec::new();
+        for name in self.stuck.keys() {
+            if self.sinks.get_mut(name).is_none_or(|k| k.thread.wait(now)) {
+                ended.push(name.clone());
+            }
+        }
+        if ended.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let deadline = now + self.config.gateway.shutdown_timeout;
+        let mut new = self.config.clone();
+        let mut lines = Vec::new();
+        for name in ended {
+            let Some(Stuck { built, old_buffer }) = self.stuck.remove(&name) else {
+                continue;
+            };
+            let Some(old) = self.sinks.shift_remove(&name) else {
+                continue;
+            };
+            let line = match old.finish_handover(now) {
+                Ok(line) => line,
+                Err(old) => {
+                    self.sinks.insert(name.clone(), *old);
+                    self.stuck.insert(name, Stuck { built, old_buffer });
+                    continue;
+                }
+            };
+            self.logger.metrics.forget(&name);
+            if let Some(d) = new.sinks.iter_mut().find(|d| d.name == name) {
+                *d = built.decl.clone();
+            }
+            let keep_writer = prepare_successor(&name, &line, &built, &old_buffer);
+            lines.push((name, line, built, keep_writer));
+        }
+        self.publish();
+        let names: Vec<String> = lines.iter().map(|l| l.0.clone()).collect();
+        for (name, line, built, keep_writer) in lines {
+            self.start_successor(&mut new, name, line, built, keep_writer, deadline);
+        }
+        self.config = new;
+        for (name, slot) in &self.sources {
+            slot.routes.set(self.ports_for(name));
+        }
+        let order: HashMap<String, usize> = self
+            .config
+            .sinks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.name.clone(), i))
+            .collect();
+        self.sinks.sort_by_cached_key(|n, _| order.get(n).copied());
+        self.publish();
+        tracing::info!(sinks = ?names, "the replacement of a sink the last reload left stuck started in {:.1} ms", ms(started.elapsed()));
+    }
+
     fn starter_for<'a>(&'a mut self, config: &'a Config) -> super::slots::Starter<'a> {
         super::slots::Starter {
             config,
@@ -409,6 +510,50 @@ impl Graph {
             next_id: &mut self.next_id,
         }
     }
+}
+
+/// A sink built by a reload.
+pub(super) type BuiltSink = crate::plan::Built<
+    gateway_sdk::abi::SinkBox,
+    crate::plan::NewSink,
+    crate::config::SinkSettings,
+>;
+
+/// A sink a reload could not replace (its instance was still in a plugin call): its slot
+/// stays in the graph; this replaces it once that call returns.
+pub(super) struct Stuck {
+    /// Its replacement, built from the file of that reload.
+    pub built: BuiltSink,
+    /// The disk buffer settings it runs with.
+    pub old_buffer: Option<crate::config::BufferSettings>,
+}
+
+/// Says what the successor `k` of sink `name` keeps of the `line` handed over, and asks the
+/// line's disk buffer writer to stop if the successor opens its own; whether it keeps it.
+fn prepare_successor(
+    name: &str,
+    line: &Line,
+    k: &BuiltSink,
+    old_buffer: &Option<crate::config::BufferSettings>,
+) -> bool {
+    if k.settings.queue_capacity != line.capacity {
+        tracing::warn!(sink = %name, "queue_capacity changed: the queue keeps {} batches until the next start", line.capacity);
+    }
+    // A buffer that the new config drops stays until the next start: it may hold readings,
+    // and only it can send them.
+    if line.writer.is_some() && k.settings.buffer.is_none() {
+        tracing::warn!(sink = %name, "the config no longer gives this sink a disk buffer: it keeps the one it has (and sends what it holds) until the next start");
+    }
+    let keep_writer = line.writer.as_ref().is_some_and(|w| {
+        k.settings.buffer.is_none()
+            || (*old_buffer == k.settings.buffer && w.record_readings == k.settings.batch_size)
+    });
+    if !keep_writer {
+        if let Some(w) = &line.writer {
+            w.begin_stop();
+        }
+    }
+    keep_writer
 }
 
 /// The built instance named `name` in `built`.

@@ -358,11 +358,15 @@ impl SinkSlot {
         self.thread.shutdown.advance(Phase::Draining);
     }
 
-    /// Waits until `deadline` for the instance asked to hand over. Returns the line, or
-    /// `None` if the instance is still in a plugin call after the deadline and a short grace
-    /// (it is left behind, and so is its line).
-    pub fn finish_handover(mut self, deadline: Instant) -> Option<Line> {
-        self.thread.stop_by(deadline).then_some(self.line)
+    /// Waits until `deadline` for the instance asked to hand over. Returns the line, or the
+    /// slot itself if the instance is still in a plugin call after the deadline and a short
+    /// grace: its thread still holds the line, and ends once that call returns.
+    pub fn finish_handover(mut self, deadline: Instant) -> Result<Line, Box<SinkSlot>> {
+        if self.thread.stop_by(deadline) {
+            Ok(self.line)
+        } else {
+            Err(Box::new(self))
+        }
     }
 
     /// Asks a sink the config no longer has to stop: a plain one writes what is queued; a
