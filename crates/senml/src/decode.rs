@@ -441,11 +441,21 @@ fn field_of(key: Key<'_>, json: bool, i: usize) -> Result<Option<F>, DecodeError
         },
         Key::Name(name) if name == RID => Some(F::Rid),
         Key::Name(name) if name.ends_with('_') => {
-            return Err(DecodeError::MustUnderstand(i, name.into_owned()))
+            return Err(DecodeError::MustUnderstand(i, quoted(&name)))
         }
         Key::Name(name) if json => F::NAMED.into_iter().find(|f| f.name() == name),
         _ => None,
     })
+}
+
+/// A key the peer sent, for an error (which the peer is told and the log shows): quoted and
+/// escaped, and cut after 32 characters, so that a key of a megabyte costs a short answer.
+fn quoted(key: &str) -> String {
+    const SHOWN: usize = 32;
+    match key.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{:?}...", &key[..cut]),
+        None => format!("{key:?}"),
+    }
 }
 
 /// A field's value, of whatever type it came as; arrays and maps are skipped, not built. A

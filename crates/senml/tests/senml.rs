@@ -192,7 +192,21 @@ fn bad_packs_are_refused_with_a_reason() {
     );
     assert_eq!(
         decode_json(br#"[{"n":"s/x","v":1,"foo_":1}]"#, 10, NOW, "d"),
-        Err(DecodeError::MustUnderstand(0, "foo_".into()))
+        Err(DecodeError::MustUnderstand(0, "\"foo_\"".into()))
+    );
+    // The peer's key is quoted, escaped and cut: a megabyte of it is not echoed back, nor
+    // a line break into the log.
+    let key = format!("\\n{}_", "A".repeat(1 << 20));
+    let pack = format!(r#"[{{"n":"s/x","v":1,"{key}":1}}]"#);
+    let e = decode_json(pack.as_bytes(), 10, NOW, "d")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "record 0: field \"\\n{}\"... is not understood",
+            "A".repeat(31)
+        )
     );
     assert_eq!(
         decode_json(br#"[{"v":1}]"#, 10, NOW, "d"),

@@ -31,8 +31,20 @@ pub struct Refused {
 }
 
 impl Refused {
+    /// A refusal of the peer's request; `why` (which may quote it: a path, a SenML key) is
+    /// cut to [`MAX_WHY`] bytes for the answer and the log. Answers are kept for the exchange
+    /// lifetime (about 247 s): a whole echoed request would let a peer hold that much memory
+    /// per request it sends.
     pub(crate) fn bad(code: ResponseType, why: impl Into<String>) -> Refused {
-        let why = why.into();
+        let mut why = why.into();
+        if why.len() > MAX_WHY {
+            let mut cut = MAX_WHY;
+            while !why.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            why.truncate(cut);
+            why.push_str("...");
+        }
         Refused {
             reply: response(code, &why),
             why,
@@ -40,6 +52,9 @@ impl Refused {
         }
     }
 }
+
+/// Most bytes of a refusal's reason, as the peer is told it and the log shows it.
+pub const MAX_WHY: usize = 256;
 
 /// Where a request goes.
 #[derive(Debug, PartialEq)]
@@ -254,6 +269,40 @@ mod tests {
 
     fn code(p: &Packet) -> Code {
         Code::of(p).unwrap()
+    }
+
+    #[test]
+    fn a_refusal_quoting_the_request_is_cut_short() {
+        // A device name of 16 KiB from the path ("no readings of DEVICE"), echoed whole, was
+        // kept in the answer cache for the exchange lifetime, as was a SenML key of a
+        // megabyte: memory a peer held per request.
+        let long = format!("no readings of {}", "x".repeat(16 << 10));
+        let e = Refused::bad(ResponseType::NotFound, long);
+        assert_eq!(code(&e.reply), Code::new(4, 4));
+        assert_eq!(e.reply.payload.len(), MAX_WHY + 3);
+        assert!(
+            e.why.ends_with("...") && e.why.len() <= MAX_WHY + 3,
+            "{}",
+            e.why
+        );
+        assert_eq!(e.reply.payload, e.why.as_bytes());
+        // Cut on a character boundary.
+        let e = Refused::bad(ResponseType::BadRequest, format!("a{}", "é".repeat(200)));
+        assert_eq!(e.why.len(), MAX_WHY - 1 + 3);
+        let key = format!("{}_", "k".repeat(1 << 20));
+        let body = format!(r#"[{{"n":"s/x","v":1,"{key}":1}}]"#).into_bytes();
+        let post = request(RequestType::Post, "gpsflowtemp", None, body);
+        let e = decode(
+            &post,
+            "d",
+            10,
+            2 << 20,
+            Timestamp(0),
+            &mut senml::Labels::new(0),
+        )
+        .unwrap_err();
+        assert_eq!(code(&e.reply), Code::new(4, 0));
+        assert!(e.reply.payload.len() < 100, "{}", e.why);
     }
 
     #[test]
