@@ -372,7 +372,9 @@ impl SourceContext {
     /// [`SourceContext::emit_with`] that never waits: when a routed sink's queue is full it
     /// gives the batch back at once, with a retryable error, and `on_ack` is never called.
     /// Otherwise, as `emit_with`: `on_ack` is called exactly once, also when this returns an
-    /// error without the batch (the host took it and could not deliver it).
+    /// error without the batch (the host took it and could not deliver it). A queue that
+    /// another source fills in the meantime does not hold the call either: that sink's share
+    /// fails, and `on_ack` gets a retryable error once the other sinks are done.
     /// For a source that must not stall, such as a server that holds its clients' requests
     /// and tries again after the sinks' next write.
     pub fn try_emit_with<F>(&self, batch: Vec<Reading>, on_ack: F) -> Result<(), TryEmitError>

@@ -7,7 +7,7 @@ use abi_stable::{
     sabi_trait::TD_Opaque,
     std_types::{RErr, ROk, ROption, RResult, RVec},
 };
-use crossbeam_channel::{SendTimeoutError, Sender};
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use gateway_sdk::{
     abi::{AckBox, HostSourceCtx, HostSourceCtx_TO, SourceBox},
     ErrorKind, PluginError, Reading,
@@ -62,8 +62,18 @@ fn stopped(msg: &str) -> PluginError {
     PluginError::new(ErrorKind::STOPPED, msg)
 }
 
-impl HostSourceCtx for Emitter {
-    fn emit(&self, batch: RVec<Reading>, ack: ROption<AckBox>) -> RResult<(), PluginError> {
+impl Emitter {
+    /// Hands `batch` to every routed sink. `wait`: for room in a full queue (`emit`); else
+    /// (`try_emit`, whose caller checked for room, which another source may have taken since)
+    /// a sink whose queue is full gets the batch's acknowledgement failed with a retryable
+    /// error at once, so that the caller is never held by a sink (a write retried through an
+    /// outage could hold it for hours).
+    fn send(
+        &self,
+        batch: RVec<Reading>,
+        ack: ROption<AckBox>,
+        wait: bool,
+    ) -> RResult<(), PluginError> {
         if batch.is_empty() {
             if let abi_stable::std_types::RSome(mut a) = ack {
                 a.done(ROk(()));
@@ -89,6 +99,22 @@ impl HostSourceCtx for Emitter {
                 readings: readings.clone(),
                 ack: AckHandle::new(tracker.clone()),
             };
+            if !wait {
+                match tx.try_send(env) {
+                    Ok(()) => port.stats.accepted.fetch_add(n, Ordering::Relaxed),
+                    Err(TrySendError::Full(e)) => {
+                        port.stats.refused_full.fetch_add(1, Ordering::Relaxed);
+                        e.ack.done(Err(PluginError::retry(
+                            "a sink's queue filled while the batch was handed over; try again",
+                        )));
+                        0
+                    }
+                    Err(TrySendError::Disconnected(_)) => {
+                        return RErr(stopped("the sink stopped taking readings"));
+                    }
+                };
+                continue;
+            }
             let mut blocked_since = None;
             loop {
                 match tx.send_timeout(env, Duration::from_millis(100)) {
@@ -130,23 +156,30 @@ impl HostSourceCtx for Emitter {
         self.stats.readings.fetch_add(n, Ordering::Relaxed);
         ROk(())
     }
+}
+
+impl HostSourceCtx for Emitter {
+    fn emit(&self, batch: RVec<Reading>, ack: ROption<AckBox>) -> RResult<(), PluginError> {
+        self.send(batch, ack, true)
+    }
 
     fn try_emit(
         &self,
         batch: &mut RVec<Reading>,
         ack: &mut ROption<AckBox>,
     ) -> RResult<(), PluginError> {
-        // Sources share the queues, so another one may fill the room seen here: then `emit`
-        // waits, for as long as one write of that sink takes.
         if let Some(full) = self.sinks.get().iter().find(|p| p.tx.is_full()) {
             full.stats.refused_full.fetch_add(1, Ordering::Relaxed);
             return RErr(PluginError::retry(
                 "a sink's queue is full; try again once it has written",
             ));
         }
-        self.emit(
+        // Sources share the queues, so another one may fill the room seen here: that sink's
+        // share then fails the acknowledgement, rather than hold this source.
+        self.send(
             std::mem::take(batch),
             std::mem::replace(ack, abi_stable::std_types::RNone),
+            false,
         )
     }
 
@@ -253,7 +286,7 @@ impl SourceRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use abi_stable::std_types::RString;
+    use abi_stable::std_types::{RSome, RString};
     use gateway_sdk::{abi::InstanceInfo, testing::sample_readings, SourceContext};
     use std::sync::Mutex;
 
@@ -304,5 +337,62 @@ mod tests {
         ctx.try_emit_with(sample_readings(1), record(&calls))
             .expect("room again");
         assert_eq!(rx.len(), 1);
+    }
+
+    /// Records the outcome the host reports.
+    struct Outcome(Arc<Mutex<Option<Result<(), PluginError>>>>);
+
+    impl gateway_sdk::abi::AckFfi for Outcome {
+        fn done(&mut self, outcome: RResult<(), PluginError>) {
+            *self.0.lock().unwrap() = Some(outcome.into_result());
+        }
+    }
+
+    #[test]
+    fn try_emit_never_waits_for_a_queue_another_source_filled_after_its_check() {
+        // Between try_emit's check for room and its send, another source fills one sink's
+        // queue. Before, the send then waited for that sink, for as long as its write took: a
+        // write retried through a database outage held the ingress's worker (and every DTLS
+        // session on it) for the whole outage.
+        let port = |capacity| {
+            let (tx, rx) = crossbeam_channel::bounded(capacity);
+            let stats = Arc::<SinkStats>::default();
+            let port = SinkPort {
+                tx,
+                direct: Direct::new(stats.clone()),
+                stats,
+            };
+            (port, rx)
+        };
+        let ((roomy, roomy_rx), (full, _full_rx)) = (port(4), port(1));
+        let tracker = AckTracker::new(1, None);
+        let filler = Envelope {
+            readings: Arc::new(RVec::from(sample_readings(1))),
+            ack: AckHandle::new(tracker),
+        };
+        full.tx.try_send(filler).map_err(|_| ()).unwrap();
+        let emitter = Emitter {
+            sinks: Routes::new(vec![roomy, full.clone()]),
+            shutdown: Shutdown::new(),
+            stats: Arc::default(),
+        };
+        let seen = Arc::new(Mutex::new(None));
+        let ack = gateway_sdk::abi::AckFfi_TO::from_value(Outcome(seen.clone()), TD_Opaque);
+        let started = Instant::now();
+        let sent = emitter.send(RVec::from(sample_readings(2)), RSome(ack), false);
+        assert!(sent.is_ok(), "the batch is taken");
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "it did not wait"
+        );
+        assert_eq!(full.stats.refused_full.load(Ordering::Relaxed), 1);
+        assert!(
+            seen.lock().unwrap().is_none(),
+            "the roomy sink has not written yet"
+        );
+        roomy_rx.try_recv().unwrap().ack.done(Ok(()));
+        let outcome = seen.lock().unwrap().take().expect("acknowledged once");
+        let e = outcome.expect_err("a sink did not take it");
+        assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
     }
 }
