@@ -5,6 +5,12 @@
 use super::buffer::buffer_error;
 use super::*;
 
+/// Most readings per write (`batch_size`).
+pub const MAX_BATCH_SIZE: usize = 1_000_000;
+/// Most batches a sink's queue holds (`queue_capacity`): the queue's slots are allocated when
+/// it is made.
+pub const MAX_QUEUE_CAPACITY: usize = 65_536;
+
 pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -114,19 +120,38 @@ impl TableReader<'_> {
         })
     }
 
-    fn take_positive(&mut self, key: &str) -> Result<Option<usize>, ConfigError> {
+    /// A positive integer of at most `max` (a bound that keeps a typo from costing the
+    /// machine's memory at start).
+    fn take_positive(&mut self, key: &str, max: usize) -> Result<Option<usize>, ConfigError> {
         let line = self
             .entries
             .get_key_value(key)
             .map(|(k, _)| line_of(self.text, k.span().start));
         match self.take::<i64>(key, "a positive integer")? {
-            Some(n) if n >= 1 => Ok(Some(n as usize)),
+            Some(n) if n >= 1 && n as u64 <= max as u64 => Ok(Some(n as usize)),
             Some(n) => Err(self.err(
                 line.unwrap_or(self.line),
                 key,
-                format!("expected a positive integer, found {n}"),
+                format!("expected a positive integer of at most {max}, found {n}"),
             )),
             None => Ok(None),
+        }
+    }
+
+    /// A duration above zero: a backoff of zero would retry in a tight loop (doubling zero
+    /// stays zero).
+    fn take_backoff(&mut self, key: &str) -> Result<Option<Duration>, ConfigError> {
+        let line = self
+            .entries
+            .get_key_value(key)
+            .map(|(k, _)| line_of(self.text, k.span().start));
+        match self.take_duration(key)? {
+            Some(d) if d.is_zero() => Err(self.err(
+                line.unwrap_or(self.line),
+                key,
+                "a backoff of zero would retry in a tight loop; give at least \"1ms\"",
+            )),
+            d => Ok(d),
         }
     }
 }
@@ -205,29 +230,29 @@ fn instance_keys(
         )?
         .map(Into::into);
     let restart_backoff = r
-        .take_duration("restart_backoff")?
+        .take_backoff("restart_backoff")?
         .unwrap_or(default::RESTART_BACKOFF);
     let restart_backoff_max = r
-        .take_duration("restart_backoff_max")?
+        .take_backoff("restart_backoff_max")?
         .unwrap_or(default::RESTART_BACKOFF_MAX);
     let role = if is_sink {
         let mut sink = SinkSettings {
             inputs: r.take("inputs", "an array of source names, e.g. [\"temp\"]")?,
             ..SinkSettings::default()
         };
-        if let Some(v) = r.take_positive("batch_size")? {
+        if let Some(v) = r.take_positive("batch_size", MAX_BATCH_SIZE)? {
             sink.batch_size = v;
         }
         if let Some(v) = r.take_duration("batch_timeout")? {
             sink.batch_timeout = v;
         }
-        if let Some(v) = r.take_positive("queue_capacity")? {
+        if let Some(v) = r.take_positive("queue_capacity", MAX_QUEUE_CAPACITY)? {
             sink.queue_capacity = v;
         }
-        if let Some(v) = r.take_duration("retry_backoff")? {
+        if let Some(v) = r.take_backoff("retry_backoff")? {
             sink.retry_backoff = v;
         }
-        if let Some(v) = r.take_duration("retry_backoff_max")? {
+        if let Some(v) = r.take_backoff("retry_backoff_max")? {
             sink.retry_backoff_max = v;
         }
         sink.buffer = r.take_buffer()?;

@@ -83,7 +83,53 @@ fn wrong_type_names_table_key_and_expectation() {
         .unwrap_err()
         .0;
     assert!(
-        e.ends_with("queue_capacity: expected a positive integer, found 0"),
+        e.ends_with("queue_capacity: expected a positive integer of at most 65536, found 0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn settings_that_would_take_the_memory_or_spin_are_refused_with_their_key() {
+    // A queue's slots are allocated when it is made: a billion of them took 24 GB at start,
+    // while `gateway check` passed. A backoff of zero retried in a tight loop.
+    let sink = |kv: &str| {
+        parse(&format!(
+            "[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\n{kv}\n"
+        ))
+        .map(|_| ())
+        .map_err(|e| e.0)
+    };
+    let e = sink("queue_capacity = 1000000000").unwrap_err();
+    assert!(
+        e.ends_with("[sinks.b] queue_capacity: expected a positive integer of at most 65536, found 1000000000"),
+        "{e}"
+    );
+    sink("queue_capacity = 65536").unwrap();
+    let e = sink("batch_size = 1000001").unwrap_err();
+    assert!(
+        e.contains("[sinks.b] batch_size: expected a positive integer of at most 1000000"),
+        "{e}"
+    );
+    for key in [
+        "retry_backoff",
+        "retry_backoff_max",
+        "restart_backoff",
+        "restart_backoff_max",
+    ] {
+        let e = sink(&format!("{key} = \"0s\"")).unwrap_err();
+        assert!(
+            e.ends_with(&format!("[sinks.b] {key}: a backoff of zero would retry in a tight loop; give at least \"1ms\"")),
+            "{e}"
+        );
+        sink(&format!("{key} = \"1ms\"")).unwrap();
+    }
+    let e = parse(
+        "[sources.a]\nplugin = \"x\"\nrestart_backoff = \"0ms\"\n[sinks.b]\nplugin = \"y\"\n",
+    )
+    .unwrap_err()
+    .0;
+    assert!(
+        e.contains("[sources.a] restart_backoff: a backoff of zero"),
         "{e}"
     );
 }
