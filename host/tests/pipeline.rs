@@ -219,6 +219,38 @@ fn a_sink_that_says_it_stopped_while_the_gateway_runs_is_retried_and_nothing_is_
 }
 
 #[test]
+fn a_sink_asking_for_a_window_past_the_hosts_bound_gets_the_bound() {
+    // A window of a million batches held that many in memory before a source was held back.
+    let s = Setup::new();
+    let out = s.path("out.txt");
+    let cfg = s.config(
+        "",
+        &format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 40\nbatch_size = 4\n{}",
+            recorder("rec", out.to_str().unwrap(), &["seq"], "window = 1000000")
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(20)).expect("exits");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains(
+            "the sink asks to take more batches at once than the host allows; it takes 4096"
+        ) && err.contains("asked=1000000"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the sink takes several batches at once window=4096"),
+        "{err}"
+    );
+    let mut values = s.recorded("out.txt", "seq");
+    values.sort_unstable();
+    assert_contiguous(&values, "through a capped window");
+    assert_eq!(values.len(), 40, "{err}");
+}
+
+#[test]
 fn a_slow_sink_holds_sources_back_and_memory_stays_bounded() {
     let s = Setup::new();
     let out = s.path("out.txt");

@@ -29,6 +29,9 @@ use std::{
 /// bounded number of writes before the rest is dead-lettered as it is.
 const NARROW_WRITES: usize = 64;
 
+/// Most batches a sink takes at once, whatever its `window` says.
+pub(super) const MAX_WINDOW: usize = 4096;
+
 /// Builds a new instance of the sink's plugin.
 pub type SinkFactory = Box<dyn Fn() -> Result<SinkBox, PluginError> + Send>;
 
@@ -202,11 +205,21 @@ impl Worker {
         Settled::Parts(each)
     }
 
-    /// How many batches the instance takes at once ([`gateway_sdk::Sink::window`]).
+    /// How many batches the instance takes at once ([`gateway_sdk::Sink::window`]), at most
+    /// [`MAX_WINDOW`]: the batches in a window are held in memory, and a source is held back
+    /// only once they are all taken.
     pub(super) fn window(&self) -> usize {
-        self.instance
+        let asked = self
+            .instance
             .as_ref()
-            .map_or(1, |i| i.window().max(1) as usize)
+            .map_or(1, |i| i.window().max(1) as usize);
+        if asked > MAX_WINDOW {
+            tracing::warn!(
+                asked,
+                "the sink asks to take more batches at once than the host allows; it takes {MAX_WINDOW}"
+            );
+        }
+        asked.min(MAX_WINDOW)
     }
 
     /// Starts writing `batch` without waiting for it: `done` hears how it ended. Builds the
