@@ -590,3 +590,69 @@ path = {:?}
     );
     assert_contiguous(&later, "a through the sink that started late");
 }
+
+#[test]
+fn a_reload_that_gives_a_full_buffer_more_room_loses_none_of_what_its_writer_took() {
+    // The buffer is full (`when_full = "block"`, the default) behind a sink that is down, and
+    // the writer waits for room with batches it took from the queue. The reload that gives
+    // it more room asked the writer to stop, but its wait heeded only an abort: the reload
+    // waited out shutdown_timeout, then aborted it, and the batches it held were dropped.
+    let s = Setup::new();
+    let extra = format!("{}\nshutdown_timeout = \"2s\"", gateway_extra(&s));
+    let body = |sink: &str| {
+        format!(
+            r#"[sources.seq]
+plugin = "testkit-sequence"
+count = 20000
+batch_size = 10
+
+[sinks.rec]
+plugin = "testkit-recorder"
+path = {:?}
+retry_backoff = "20ms"
+retry_backoff_max = "50ms"
+{sink}
+"#,
+            s.path("out.txt").display().to_string(),
+        )
+    };
+    let cfg = s.config(
+        &extra,
+        &body("fail_first = 1000000\nbuffer = { type = \"disk\", max_size = \"256KiB\" }"),
+    );
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    assert!(
+        gw.wait_for_log("disk buffer is full", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    s.config(
+        &extra,
+        &body("buffer = { type = \"disk\", max_size = \"16MiB\" }"),
+    );
+    let started = Instant::now();
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log("reload applied", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    let took = started.elapsed();
+    let status = gw.wait(Duration::from_secs(60)).expect("the job ends");
+    let log = gw.stderr();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains(
+            "handing the batches not yet on disk to the instance that replaces this buffer"
+        ),
+        "{log}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "the reload waited {took:?}\n{log}"
+    );
+    let values = distinct(&s, "out.txt", "seq");
+    assert_contiguous(&values, "seq across the reload of a full buffer");
+    assert_eq!(values.len(), 20000, "{log}");
+}

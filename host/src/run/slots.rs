@@ -276,7 +276,7 @@ impl Starter<'_> {
         let shutdown = Shutdown::new();
         let writer = BufferWriter {
             rx: line.rx.clone(),
-            handed: line.handed.rx.clone(),
+            handed: line.handed.clone(),
             buffer: buffer.clone(),
             record_readings,
             shutdown: shutdown.clone(),
