@@ -61,6 +61,19 @@ fn put_label(out: &mut Vec<u8>, label: &Label, prev: Option<&Label>) {
     out.extend_from_slice(s);
 }
 
+/// At least the bytes [`encode`] writes for `r` (a label it writes as a marker counted
+/// whole), without encoding it: what a record is cut by.
+pub fn bound(r: &Reading) -> usize {
+    // A length's LEB128 takes at most 10 bytes.
+    let label = |l: &Label| 10 + l.as_str().len();
+    let value = match &r.value {
+        Value::Text(s) => 10 + s.len(),
+        Value::Bytes(b) => 10 + b.len(),
+        _ => 8,
+    };
+    16 + 8 + label(&r.device) + label(&r.sensor) + label(&r.name) + label(&r.unit) + 1 + value
+}
+
 /// Appends `readings` to `out`.
 pub fn encode(readings: &[Reading], out: &mut Vec<u8>) {
     let mut prev: Option<&Reading> = None;

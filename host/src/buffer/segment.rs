@@ -28,8 +28,12 @@ pub fn path(dir: &Path, first: u64) -> std::path::PathBuf {
 pub const MAGIC: &[u8; 8] = b"GWBUF1\n\0";
 /// Bytes of a record header.
 pub const HEADER: usize = 20;
-/// A record longer than this is taken for corruption.
-const MAX_RECORD: u32 = 256 << 20;
+/// A record longer than this is taken for corruption (a reader allocates a record's length).
+pub const MAX_RECORD: u32 = 256 << 20;
+/// A writer cuts a record once its readings' [`super::codec::bound`] would pass this, so that
+/// every record stays far below [`MAX_RECORD`] (only a single reading larger than this makes
+/// a record of its own, and one larger than `MAX_RECORD` is refused before it is written).
+pub const RECORD_BYTES: usize = 16 << 20;
 
 fn crc(seq: u64, count: u32, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();

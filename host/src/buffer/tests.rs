@@ -107,16 +107,64 @@ fn delivers_batches_in_order_and_forgets_them_once_acknowledged() {
     assert_eq!(b.pending(), 25);
     let mut reader = b.reader();
     let t = b.take(&mut reader, 10, NOW, NOW).unwrap();
-    // Both source batches went into one record of 5; the 20-reading batch is a record of its own.
+    // Both source batches went into one record of 5; the 20-reading batch, larger than a
+    // record, into two of 10.
     assert_eq!(values(&t), (0..5).collect::<Vec<_>>());
     b.ack(&mut reader, t);
     let t = b.take(&mut reader, 10, NOW, NOW).unwrap();
-    assert_eq!(values(&t), (5..25).collect::<Vec<_>>());
+    assert_eq!(values(&t), (5..15).collect::<Vec<_>>());
+    b.ack(&mut reader, t);
+    let t = b.take(&mut reader, 10, NOW, NOW).unwrap();
+    assert_eq!(values(&t), (15..25).collect::<Vec<_>>());
     b.ack(&mut reader, t);
     assert_eq!(b.pending(), 0);
     assert!(b.take(&mut reader, 10, NOW, NOW).is_none());
     drop(b);
     assert_eq!(open(dir.path()).pending(), 0);
+}
+
+#[test]
+fn a_batch_larger_than_a_record_may_be_is_cut_and_read_back_whole() {
+    // 40 readings of 1 MiB each, one source batch: as one record (40 MiB) it would be past
+    // no limit here, but a batch of 300 such readings (or millions of small ones) made a
+    // record over segment::MAX_RECORD, which the reader took for corruption and skipped after
+    // its source had been told it was stored. Records are now cut at RECORD_BYTES.
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path());
+    let big: Vec<Reading> = (0..40)
+        .map(|v| Reading {
+            value: Value::Text(format!("{v:08}{}", "x".repeat(1 << 20)).as_str().into()),
+            ..reading(v)
+        })
+        .collect();
+    b.append(&[&big], 1000, &never).unwrap();
+    drop(b);
+    // The records as written: a header (length first) and the payload, after the magic.
+    let file = std::fs::read(segment_file(dir.path())).unwrap();
+    let (mut at, mut records) = (super::segment::MAGIC.len(), 0);
+    while at < file.len() {
+        let len = u32::from_le_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+        assert!(
+            len <= super::segment::RECORD_BYTES,
+            "a record of {len} bytes"
+        );
+        at += super::segment::HEADER + len;
+        records += 1;
+    }
+    assert!(records >= 3, "{records}");
+    let b = open(dir.path());
+    assert_eq!(b.pending(), 40);
+    let mut reader = b.reader();
+    let mut got = Vec::new();
+    while let Some(t) = b.take(&mut reader, 1000, NOW, NOW) {
+        got.extend(t.readings.iter().map(|r| match &r.value {
+            Value::Text(s) => s[..8].parse::<i64>().unwrap(),
+            _ => unreachable!(),
+        }));
+        b.ack(&mut reader, t);
+    }
+    assert_same(&got, &(0..40).collect::<Vec<_>>());
+    assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 0);
 }
 
 #[test]

@@ -30,9 +30,24 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// How many of the first `readings` (at least one) fit a record of at most `max` readings
+/// and [`segment::RECORD_BYTES`], and the bytes they take at most.
+fn fitting(readings: &[Reading], max: usize) -> (usize, usize) {
+    let mut bytes = 0;
+    for (i, r) in readings.iter().enumerate() {
+        let b = codec::bound(r);
+        if i > 0 && (i >= max || bytes + b > segment::RECORD_BYTES) {
+            return (i, bytes);
+        }
+        bytes += b;
+    }
+    (readings.len(), bytes)
+}
+
 impl DiskBuffer {
-    /// Appends `batches` as records of at most `record_readings` readings each (a batch larger
-    /// than that is one record of its own), durably, before returning. Waits for space while
+    /// Appends `batches` as records of at most `record_readings` readings and
+    /// [`segment::RECORD_BYTES`] each (a batch larger than that is cut into several),
+    /// durably, before returning. Waits for space while
     /// the buffer is full and `when_full = "block"`, until `stop()` says to give up.
     pub fn append(
         &self,
@@ -62,12 +77,26 @@ impl DiskBuffer {
             group.clear();
             *n = 0;
         };
+        let mut group_bytes = 0;
         for b in batches.iter().filter(|b| !b.is_empty()) {
-            if group_n > 0 && group_n + b.len() > record_readings {
-                flush(&mut group, &mut group_n, &mut buf);
+            let mut rest: &[Reading] = b;
+            while !rest.is_empty() {
+                // A batch goes whole into a record if it fits one, else cut into pieces that
+                // do: a record longer than segment::MAX_RECORD would be read as corrupt.
+                let (n, bytes) = fitting(rest, record_readings);
+                let (piece, after) = rest.split_at(n);
+                if group_n > 0
+                    && (group_n + n > record_readings
+                        || group_bytes + bytes > segment::RECORD_BYTES)
+                {
+                    flush(&mut group, &mut group_n, &mut buf);
+                    group_bytes = 0;
+                }
+                group.push(piece);
+                group_n += n;
+                group_bytes += bytes;
+                rest = after;
             }
-            group.push(b);
-            group_n += b.len();
         }
         flush(&mut group, &mut group_n, &mut buf);
         if records == 0 {

@@ -6,10 +6,10 @@ use super::{
     sink::{poll_envelope, Next, IDLE_CHECK},
     Phase, Shutdown,
 };
-use crate::buffer::{AppendError, DiskBuffer};
+use crate::buffer::{codec, segment, AppendError, DiskBuffer};
 use crossbeam_channel::{Receiver, Sender};
 
-use gateway_sdk::Reading;
+use gateway_sdk::{PluginError, Reading};
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -39,6 +39,11 @@ pub struct BufferWriter {
     /// Set when a reload replaces the buffer: the thread stops after the append in progress,
     /// and what is queued stays queued for its successor.
     pub handover: Arc<AtomicBool>,
+}
+
+/// Whether `r` fits a disk buffer record.
+fn fits_a_record(r: &Reading) -> bool {
+    codec::bound(r) <= segment::MAX_RECORD as usize
 }
 
 impl BufferWriter {
@@ -72,6 +77,29 @@ impl BufferWriter {
                     Err(_) => break,
                 }
             }
+            // A reading larger than a record may be is refused for good, with its batch:
+            // written, it would be read back as corruption and skipped, after its source
+            // was told it was stored.
+            let (envelopes, too_large): (Vec<_>, Vec<_>) = envelopes
+                .into_iter()
+                .partition(|e| e.readings.iter().all(fits_a_record));
+            for e in too_large {
+                let largest = e.readings.iter().map(codec::bound).max().unwrap_or(0);
+                tracing::error!(
+                    readings = e.readings.len(),
+                    bytes = largest,
+                    "a reading is larger than a disk buffer record may be ({} MiB): its batch is refused",
+                    segment::MAX_RECORD >> 20
+                );
+                e.ack.done(Err(PluginError::rejected(format!(
+                    "a reading of {largest} bytes is larger than the disk buffer's records may be ({} MiB)",
+                    segment::MAX_RECORD >> 20
+                ))));
+            }
+            if envelopes.is_empty() {
+                continue;
+            }
+            let n = envelopes.iter().map(|e| e.readings.len()).sum::<usize>();
             let batches: Vec<&[Reading]> =
                 envelopes.iter().map(|e| e.readings.as_slice()).collect();
             let mut backoff = Duration::from_millis(100);
@@ -117,5 +145,98 @@ impl BufferWriter {
             }
         }
         drop(self.done);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        buffer::DiskBuffer,
+        config::{BufferSettings, WhenFull},
+        pipeline::{AckHandle, AckTracker, Envelope},
+    };
+    use abi_stable::{
+        sabi_trait::TD_Opaque,
+        std_types::{RResult, RVec},
+    };
+    use gateway_sdk::{
+        abi::{AckFfi, AckFfi_TO},
+        testing::sample_readings,
+        ErrorKind, Value,
+    };
+    use std::sync::Mutex;
+
+    type Seen = Arc<Mutex<Option<Result<(), PluginError>>>>;
+
+    struct Outcome(Seen);
+
+    impl AckFfi for Outcome {
+        fn done(&mut self, outcome: RResult<(), PluginError>) {
+            *self.0.lock().unwrap() = Some(outcome.into_result());
+        }
+    }
+
+    fn envelope(readings: Vec<Reading>) -> (Envelope, Seen) {
+        let seen = Seen::default();
+        let ack = AckFfi_TO::from_value(Outcome(seen.clone()), TD_Opaque);
+        let e = Envelope {
+            readings: Arc::new(RVec::from(readings)),
+            ack: AckHandle::new(AckTracker::new(1, Some(ack))),
+        };
+        (e, seen)
+    }
+
+    #[test]
+    fn a_reading_larger_than_a_record_is_refused_and_the_others_are_written() {
+        // Written, it made a record the reader takes for corruption (and skips), after its
+        // source had been told it was stored.
+        let dir = tempfile::tempdir().unwrap();
+        let settings = BufferSettings {
+            max_size: 1 << 30,
+            when_full: WhenFull::Block,
+            fsync: false,
+        };
+        let buffer = Arc::new(DiskBuffer::open(dir.path(), &settings).unwrap());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (done, writer_done) = crossbeam_channel::bounded::<()>(0);
+        let shutdown = Shutdown::new();
+        let writer = BufferWriter {
+            rx,
+            handed: super::super::sink::Handover::default(),
+            buffer: buffer.clone(),
+            record_readings: 100,
+            shutdown: shutdown.clone(),
+            done,
+            handover: Arc::default(),
+        };
+        let mut huge = sample_readings(2);
+        huge[1].value = Value::Text("x".repeat(segment::MAX_RECORD as usize).as_str().into());
+        let (big, big_seen) = envelope(huge);
+        let (small, small_seen) = envelope(sample_readings(3));
+        tx.send(big).unwrap();
+        tx.send(small).unwrap();
+        let thread = std::thread::spawn(move || writer.run("test"));
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while small_seen.lock().unwrap().is_none() || big_seen.lock().unwrap().is_none() {
+            assert!(std::time::Instant::now() < end, "both batches acknowledged");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        shutdown.advance(Phase::Draining);
+        assert!(matches!(
+            writer_done.recv_timeout(Duration::from_secs(10)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        ));
+        thread.join().unwrap();
+        let refused = big_seen.lock().unwrap().take().unwrap().unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::REJECTED);
+        assert!(
+            refused
+                .message()
+                .contains("larger than the disk buffer's records"),
+            "{refused}"
+        );
+        assert!(small_seen.lock().unwrap().take().unwrap().is_ok());
+        assert_eq!(buffer.pending(), 3, "only the small batch is on disk");
     }
 }
