@@ -40,11 +40,11 @@ fn pair() -> (Session, Session) {
     for _ in 0..20 {
         while let Some(d) = client.poll_transmit() {
             match (&mut server, parse_client_hello(&d)) {
-                (None, Some(ch)) if jar.check(now, peer, &ch) => {
+                (None, Some(ch)) if jar.check(now, peer, &ch, &[]) => {
                     server = Some(Session::server(&sctx, &d, &ch.cookie, 1232, now).unwrap());
                 }
                 (None, Some(ch)) => {
-                    let hvr = hello_verify_request(&ch, &jar.make(now, peer, &ch));
+                    let hvr = hello_verify_request(&ch, &jar.make(now, peer, &ch, &[]));
                     client.handle_datagram(now, &hvr);
                 }
                 (None, None) => {}

@@ -115,8 +115,8 @@ impl CookieJar {
         out
     }
 
-    fn mac(secret: &[u8], peer: SocketAddr, random: &[u8]) -> Vec<u8> {
-        hmac(secret, &[peer.to_string().as_bytes(), random]).as_ref()[..16].to_vec()
+    fn mac(secret: &[u8], peer: SocketAddr, random: &[u8], bound: &[u8]) -> Vec<u8> {
+        hmac(secret, &[peer.to_string().as_bytes(), random, bound]).as_ref()[..16].to_vec()
     }
 
     fn rotate(&mut self, now: Instant) {
@@ -133,18 +133,40 @@ impl CookieJar {
         }
     }
 
-    /// The cookie for `peer` and `ch`.
-    pub fn make(&mut self, now: Instant, peer: SocketAddr, ch: &ClientHello) -> Vec<u8> {
+    /// The cookie for `peer` and `ch`, bound to `bound` as well: the client random of the
+    /// association the address has now (empty if none). A cookie then proves that the peer
+    /// received it since that association began: a ClientHello recorded earlier (with a
+    /// cookie still within its lifetime) and sent again by someone who spoofs the address
+    /// cannot replace a live session (RFC 6347 §4.2.8: the old association stays until the
+    /// client has shown it is reachable).
+    pub fn make(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        ch: &ClientHello,
+        bound: &[u8],
+    ) -> Vec<u8> {
         self.rotate(now);
-        Self::mac(&self.secret, peer, &ch.random)
+        Self::mac(&self.secret, peer, &ch.random, bound)
     }
 
-    /// Whether `ch` carries a cookie this jar made for `peer`.
-    pub fn check(&mut self, now: Instant, peer: SocketAddr, ch: &ClientHello) -> bool {
+    /// Whether `ch` carries a cookie this jar made for `peer` and `bound`.
+    pub fn check(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        ch: &ClientHello,
+        bound: &[u8],
+    ) -> bool {
         self.rotate(now);
         !ch.cookie.is_empty()
-            && (same(&ch.cookie, &Self::mac(&self.secret, peer, &ch.random))
-                || same(&ch.cookie, &Self::mac(&self.previous, peer, &ch.random)))
+            && (same(
+                &ch.cookie,
+                &Self::mac(&self.secret, peer, &ch.random, bound),
+            ) || same(
+                &ch.cookie,
+                &Self::mac(&self.previous, peer, &ch.random, bound),
+            ))
     }
 }
 
@@ -182,14 +204,18 @@ mod tests {
         for at in [0, 299, 300, 301, 1000] {
             let now = t0 + Duration::from_secs(at);
             let with = ClientHello {
-                cookie: a.make(now, peer, &ch),
+                cookie: a.make(now, peer, &ch, &[]),
                 ..ch.clone()
             };
-            assert!(b.check(now, peer, &with), "at {at} s");
-            assert!(!other.check(now, peer, &with), "at {at} s");
+            assert!(b.check(now, peer, &with, &[]), "at {at} s");
+            assert!(
+                !b.check(now, peer, &with, &[9; 32]),
+                "bound to no association"
+            );
+            assert!(!other.check(now, peer, &with, &[]), "at {at} s");
             // Still taken one period later, not two.
-            assert!(b.check(now + life, peer, &with));
-            assert!(!b.check(now + 2 * life, peer, &with));
+            assert!(b.check(now + life, peer, &with, &[]));
+            assert!(!b.check(now + 2 * life, peer, &with, &[]));
         }
     }
 

@@ -591,9 +591,13 @@ impl Server {
     /// A ClientHello that begins a new association: answered statelessly until it carries a
     /// cookie made for its address, then given a session, making room if needed.
     fn on_new_hello(&mut self, now: Instant, peer: SocketAddr, d: &[u8], ch: &ClientHello) {
-        if !self.cookies.check(now, peer, ch) {
+        // Bound to the association the address has (see CookieJar::make): a recorded
+        // ClientHello with a cookie made before it began cannot end it.
+        let bound = self.peers.get(&peer).map(|p| p.random);
+        let bound = bound.as_ref().map_or(&[][..], |r| &r[..]);
+        if !self.cookies.check(now, peer, ch, bound) {
             // Stateless: one small datagram back, nothing kept.
-            let cookie = self.cookies.make(now, peer, ch);
+            let cookie = self.cookies.make(now, peer, ch, bound);
             self.out
                 .push_back((peer, hello_verify_request(ch, &cookie)));
             count(&self.stats.cookies_sent);

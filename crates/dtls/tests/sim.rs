@@ -101,6 +101,8 @@ struct Device {
     held: Option<Vec<Vec<u8>>>,
     /// The last datagram it sent.
     last: Option<Vec<u8>>,
+    /// Every datagram it sent, as someone on its path could record them.
+    sent: Vec<Vec<u8>>,
     /// Its next socket keeps the address of the last (a device that rebooted).
     keep_port: bool,
     done: HashMap<u64, Result<Packet, RequestError>>,
@@ -157,6 +159,7 @@ impl Net {
             budget: None,
             held: None,
             last: None,
+            sent: Vec::new(),
             keep_port: false,
             done: HashMap::new(),
         });
@@ -239,6 +242,7 @@ impl Net {
                             }
                             d.budget = d.budget.map(|n| n - 1);
                             d.last = Some(b.clone());
+                            d.sent.push(b.clone());
                             to_server.push((d.addr.unwrap(), b));
                         }
                     }
@@ -384,6 +388,51 @@ fn a_device_that_reboots_keeps_its_port_and_replaces_its_session() {
     assert_eq!(net.stat(|s| &s.sessions), 2);
     assert_eq!(net.stat(|s| &s.resumed), 0);
     assert_eq!(net.stat(|s| &s.chains_reused), 1);
+}
+
+/// Whether `d` is a ClientHello that carries a cookie (at epoch 0, one record).
+fn hello_with_cookie(d: &[u8]) -> bool {
+    // Record header 13 bytes, handshake header 12, then version (2) and random (32).
+    let sid = 13 + 12 + 2 + 32;
+    d.len() > sid + 1
+        && d[0] == 22
+        && d[13] == 1
+        && d.get(sid + 1 + usize::from(d[sid])).is_some_and(|&n| n > 0)
+}
+
+#[test]
+fn a_recorded_client_hello_sent_again_cannot_end_a_live_session() {
+    // RFC 6347 §4.2.8: an association stays until the client has shown it is reachable. A
+    // ClientHello with a cookie, recorded by someone on the device's path and sent again
+    // from its address while the cookie was within its lifetime (up to 10 min), ended the
+    // device's live session; sent again after each reconnection, it kept it out.
+    let pki = Pki::devices(&["pi-01"]);
+    let mut net = Net::new(pki.server_config());
+    let a = net.add(pki.device("pi-01"));
+    assert!(net.stored(a, b"1"));
+    let recorded = net.devices[a]
+        .sent
+        .iter()
+        .find(|d| hello_with_cookie(d))
+        .cloned()
+        .expect("the ClientHello that carried the cookie");
+    // The device reboots and keeps its port: its new handshake replaces the first session,
+    // its cookie being one the server made since.
+    net.advance(Duration::from_secs(3));
+    net.reboot(a, pki.device("pi-01"));
+    assert!(net.stored(a, b"2"));
+    assert_eq!(net.stat(|s| &s.replaced), 1);
+    // The recorded ClientHello, from the device's address, a minute later.
+    net.advance(Duration::from_secs(60));
+    let from = net.devices[a].addr.unwrap();
+    net.server.handle(net.now, from, &recorded);
+    net.settle();
+    assert_eq!(net.stat(|s| &s.replaced), 1, "the live session stays");
+    assert_eq!(net.server.sessions(), (1, 0));
+    let tag = net.post(a, b"3", Duration::from_secs(5));
+    net.advance(Duration::from_secs(1));
+    assert!(net.changed(a, tag), "{:?}", net.result(a, tag));
+    assert_eq!(net.stat(|s| &s.sessions), 2, "no handshake since");
 }
 
 #[test]

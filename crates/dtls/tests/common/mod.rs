@@ -113,12 +113,12 @@ impl Link {
         let mut got = Vec::new();
         while let Some(d) = self.client.poll_transmit() {
             match (&mut self.server, parse_client_hello(&d)) {
-                (None, Some(ch)) if self.jar.check(self.now, peer, &ch) => {
+                (None, Some(ch)) if self.jar.check(self.now, peer, &ch, &[]) => {
                     self.server =
                         Some(Session::server(&self.sctx, &d, &ch.cookie, 1232, self.now).unwrap());
                 }
                 (None, Some(ch)) => {
-                    let cookie = self.jar.make(self.now, peer, &ch);
+                    let cookie = self.jar.make(self.now, peer, &ch, &[]);
                     let hvr = hello_verify_request(&ch, &cookie);
                     got.extend(self.client.handle_datagram(self.now, &hvr));
                 }
