@@ -180,8 +180,26 @@ struct Held {
 }
 
 impl Weighed for Held {
+    /// The device of its readings (authorized: the peer's own); for peers without an
+    /// identity (all `anonymous`), the host they send from (an IPv6 host by its /64), so
+    /// that one of them cannot keep the others out.
+    type Owner = (gateway_sdk::Label, Option<std::net::IpAddr>);
     fn readings(&self) -> usize {
         self.readings.len()
+    }
+    fn owner(&self) -> Self::Owner {
+        let device = self
+            .readings
+            .first()
+            .map_or_else(|| gateway_sdk::Label::from(""), |r| r.device.clone());
+        let host = (device.as_str() == request::ANONYMOUS).then(|| match self.peer.ip() {
+            std::net::IpAddr::V6(a) => {
+                let s = a.segments();
+                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            v4 => v4,
+        });
+        (device, host)
     }
 }
 
@@ -423,7 +441,9 @@ impl<'a> Serving<'a> {
                 self.counters.held.fetch_add(1, Ordering::Relaxed);
             }
             Err(h) => {
-                let e = PluginError::retry("too many readings wait for the sinks");
+                let e = PluginError::retry(
+                    "too many readings (of all devices, or of this one) wait for the sinks",
+                );
                 self.unavailable(h.id, &h.keys, &e, h.since);
             }
         }
