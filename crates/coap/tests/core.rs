@@ -616,6 +616,61 @@ fn peers_holding_the_most_reassembly_make_room_for_one_holding_less() {
 }
 
 #[test]
+fn peers_holding_the_most_transfers_make_room_for_one_holding_fewer() {
+    // Sixteen peers (four identities of four sessions) with four transfers each held every
+    // block-wise slot of a worker, refreshing them with block 0: every other device's
+    // block-wise POST got 5.03.
+    let config = Config {
+        max_reassemblies: 8,
+        max_reassemblies_per_peer: 4,
+        ..Config::default()
+    };
+    let mut server: Endpoint<u8> = Endpoint::new(config, Box::new(rng(82)));
+    let now = Instant::now();
+    let mut mid = 0u16;
+    // Block `num` of peer `from`'s transfer `t`; the server's answer.
+    let mut block = |server: &mut Endpoint<u8>, from: u8, t: u8, num: u32| -> ResponseType {
+        mid += 1;
+        let mut p = request(RequestType::Post, "r", None, vec![from; 16]);
+        p.header.message_id = mid;
+        p.set_token(vec![from, t]);
+        let b = Block {
+            num,
+            more: true,
+            szx: 0,
+        };
+        p.add_option(CoapOption::Block1, b.encode());
+        server.handle_datagram(now, from, &p.to_bytes().unwrap());
+        let (_, answer) = server.poll_transmit().expect("an answer");
+        match Packet::from_bytes(&answer).unwrap().header.code {
+            MessageClass::Response(r) => r,
+            c => panic!("{c:?}"),
+        }
+    };
+    for t in 0..4 {
+        assert_eq!(block(&mut server, 1, t, 0), ResponseType::Continue);
+        assert_eq!(block(&mut server, 2, t, 0), ResponseType::Continue);
+    }
+    // All eight slots are held; peer 3's first transfer takes one of the busiest peer's.
+    assert_eq!(block(&mut server, 3, 0, 0), ResponseType::Continue);
+    assert_eq!(block(&mut server, 3, 1, 0), ResponseType::Continue);
+    assert_eq!(server.stats().reassembly_refusals, 2);
+    // Now each of peers 1 and 2 holds three, no more than peer 3 would with a third.
+    assert_eq!(
+        block(&mut server, 3, 2, 0),
+        ResponseType::ServiceUnavailable
+    );
+    // The transfers that gave way start again (4.08), the others go on.
+    let gone: Vec<_> = [(1u8, 0u8), (2, 0)]
+        .into_iter()
+        .chain((1..4).flat_map(|t| [(1, t), (2, t)]))
+        .filter(|&(p, t)| block(&mut server, p, t, 1) == ResponseType::RequestEntityIncomplete)
+        .collect();
+    assert_eq!(gone.len(), 2, "{gone:?}");
+    assert_eq!(block(&mut server, 3, 0, 1), ResponseType::Continue);
+}
+
+#[test]
 fn an_unknown_critical_option_gets_4_02_and_elective_ones_are_ignored() {
     let mut net = Net::new(Config::default(), 80);
     let mut critical = request(

@@ -132,7 +132,14 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 }
             }
             let per_peer = self.reassembly.keys().filter(|k| k.0 == peer).count();
-            if !self.reassembly.contains_key(&key)
+            let fresh = !self.reassembly.contains_key(&key);
+            if fresh
+                && per_peer < self.config.max_reassemblies_per_peer
+                && self.reassembly.len() >= self.config.max_reassemblies
+            {
+                self.share_transfers(peer, per_peer);
+            }
+            if fresh
                 && (self.reassembly.len() >= self.config.max_reassemblies
                     || per_peer >= self.config.max_reassemblies_per_peer)
             {
@@ -245,6 +252,33 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         resp.header.message_id = if con { mid } else { self.mid() };
         if let Ok(bytes) = self.send(peer, &resp) {
             self.cache_answer(peer, mid, bytes);
+        }
+    }
+
+    /// At the cap of block-wise transfers: the peer holding the most of them, if it holds
+    /// more than `peer` would with one more, gives up its oldest (its next block gets 4.08 and
+    /// it starts again), so that a few peers cannot keep every other's uploads out.
+    fn share_transfers(&mut self, peer: P, mine: usize) {
+        let mut held: HashMap<P, usize> = HashMap::new();
+        for k in self.reassembly.keys() {
+            *held.entry(k.0).or_default() += 1;
+        }
+        held.remove(&peer);
+        let Some((&top, &most)) = held.iter().max_by_key(|(_, n)| **n) else {
+            return;
+        };
+        if most <= mine + 1 {
+            return;
+        }
+        if let Some(k) = self
+            .reassembly
+            .iter()
+            .filter(|(k, _)| k.0 == top)
+            .min_by_key(|(_, r)| r.expires)
+            .map(|(k, _)| k.clone())
+        {
+            self.reassembly.remove(&k);
+            self.stats.reassembly_refusals += 1;
         }
     }
 
