@@ -10,6 +10,9 @@ use crate::message::{
 use coap_lite::{CoapOption, MessageType, Packet, ResponseType};
 use std::{collections::HashMap, hash::Hash, time::Instant};
 
+/// Entries looked at to forget one answered request, when the de-duplication memory is full.
+const DEDUP_TRIES: usize = 16;
+
 impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// Answers request `id` (from [`Event::Request`]). Piggybacked on the ACK if the request has
     /// not been acknowledged yet, otherwise sent as a separate CON response.
@@ -59,7 +62,10 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             return;
         }
         // At capacity, forget the oldest answered request (never one still being processed).
-        let mut tries = self.dedup_order.len();
+        // A few tries only: when the oldest are all still being processed (thousands of
+        // requests waiting for the sinks), a walk of the whole queue per request would cost
+        // O(n) each; the memory stays bounded by the requests in progress then.
+        let mut tries = self.dedup_order.len().min(DEDUP_TRIES);
         while self.dedup.len() >= self.config.dedup_capacity && tries > 0 {
             tries -= 1;
             let Some((_, p, m)) = self.dedup_order.pop_front() else {
