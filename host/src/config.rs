@@ -73,6 +73,8 @@ pub struct Gateway {
     pub stats_interval: Duration,
     /// Where Prometheus metrics, `/healthz` and `/readyz` are served (`None`: nowhere).
     pub metrics: Option<std::net::SocketAddr>,
+    /// How long a sink's plugin call may last before it is logged as stalled (0 = never).
+    pub stall_warning: Duration,
 }
 
 /// Whether an instance is a source or a sink, with what only sinks have.
@@ -192,6 +194,8 @@ pub mod default {
     pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
     /// `[gateway] stats_interval`.
     pub const STATS_INTERVAL: Duration = Duration::from_secs(60);
+    /// `[gateway] stall_warning`.
+    pub const STALL_WARNING: Duration = Duration::from_secs(30);
     /// `restart_backoff`.
     pub const RESTART_BACKOFF: Duration = Duration::from_secs(1);
     /// `restart_backoff_max`.
@@ -251,6 +255,7 @@ struct RawGateway {
     shutdown_timeout: Option<Spanned<String>>,
     stats_interval: Option<Spanned<String>>,
     metrics: Option<Spanned<String>>,
+    stall_warning: Option<Spanned<String>>,
 }
 
 /// A log level as written in the file.
@@ -587,6 +592,8 @@ fn gateway(file: &str, text: &str, base: &Path, g: RawGateway) -> Result<Gateway
         stats_interval: parsed(("stats_interval", g.stats_interval), &sub, &err, duration)?
             .unwrap_or(default::STATS_INTERVAL),
         metrics,
+        stall_warning: parsed(("stall_warning", g.stall_warning), &sub, &err, duration)?
+            .unwrap_or(default::STALL_WARNING),
     })
 }
 

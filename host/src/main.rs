@@ -46,7 +46,8 @@ enum Command {
         config: PathBuf,
     },
     /// What a running gateway is doing: each instance's counters, queues and disk buffers, read
-    /// from its `[gateway] metrics` address. Exits 1 if it cannot be reached or is shutting down.
+    /// from its `[gateway] metrics` address. Exits 1 if it cannot be reached, is shutting down,
+    /// or has a sink stuck in a plugin call (`[gateway] stall_warning`).
     Status {
         /// The config file of the running gateway.
         #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
@@ -230,7 +231,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     config.path.display()
                 );
             };
-            let (text, ready) = gateway_host::status::report(addr).map_err(anyhow::Error::msg)?;
+            let (text, ready) = gateway_host::status::report(addr, config.gateway.stall_warning)
+                .map_err(anyhow::Error::msg)?;
             print!("{text}");
             Ok(if ready {
                 ExitCode::SUCCESS

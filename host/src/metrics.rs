@@ -42,6 +42,8 @@ pub struct Registry {
     pub plugins: Arc<crate::plugin_metrics::PluginMetrics>,
     /// Whether the run is ready (running, not shutting down).
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// `[gateway] stall_warning` as the run took it (a reload does not change it).
+    pub stall_warning: std::time::Duration,
 }
 
 /// One metric family: its name, type and help, then its samples.
@@ -176,6 +178,14 @@ impl Registry {
             &sinks(&|s| get(&s.refused_full)),
         );
         family(&mut out, "gateway_sink_pending_readings", "gauge", "Readings a sink accepted and has not stored or refused yet (queue, disk buffer and writes in flight).", &sinks(&|s| s.pending() as f64));
+        family(
+            &mut out,
+            "gateway_stall_warning_seconds",
+            "gauge",
+            "[gateway] stall_warning as the running gateway took it: a sink call lasting longer is logged as stalled (0: never).",
+            &[(String::new(), self.stall_warning.as_secs_f64())],
+        );
+        family(&mut out, "gateway_sink_call_seconds", "gauge", "How long the sink's current call into its plugin (start, write, close) has lasted; 0: in none. Alert on it: a call past [gateway] stall_warning is logged as stalled.", &sinks(&|s| s.call().map_or(0.0, |(_, d)| d.as_secs_f64())));
         let buffers: Vec<(&String, &Arc<DiskBuffer>)> = now
             .sinks
             .iter()
@@ -425,6 +435,7 @@ mod tests {
             views: Views::default(),
             plugins: Arc::default(),
             ready: Arc::new(|| true),
+            stall_warning: std::time::Duration::from_secs(30),
         }
     }
 

@@ -1,6 +1,12 @@
 //! Per-instance counters, logged periodically and at shutdown.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        OnceLock,
+    },
+    time::{Duration, Instant},
+};
 
 /// A source's counters.
 #[derive(Debug, Default)]
@@ -66,6 +72,79 @@ pub struct SinkStats {
     /// Writes made on a source's thread, the sink being idle and quick (counted in `writes`
     /// too; see [`crate::pipeline::direct`]).
     pub direct: AtomicU64,
+    /// The plugin call the sink is in ([`SinkStats::in_call`]): when it began, in
+    /// milliseconds since [`epoch_ms`]'s epoch plus one, shifted left by [`CALL_BITS`], with
+    /// the call's kind and [`STALLED`] in the low bits; 0: in none.
+    call: AtomicU64,
+}
+
+/// A plugin call of a sink, as [`SinkStats::in_call`] marks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// Building the instance (its constructor: connecting to a database, say).
+    Start,
+    /// Writing a batch, or handing one over (`submit`).
+    Write,
+    /// Closing the instance.
+    Close,
+}
+
+impl Call {
+    fn bits(self) -> u64 {
+        match self {
+            Call::Start => 1,
+            Call::Write => 2,
+            Call::Close => 3,
+        }
+    }
+    fn of(bits: u64) -> Call {
+        match bits & 3 {
+            1 => Call::Start,
+            3 => Call::Close,
+            _ => Call::Write,
+        }
+    }
+}
+
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Call::Start => "start",
+            Call::Write => "write",
+            Call::Close => "close",
+        })
+    }
+}
+
+/// Low bits of [`SinkStats`]' call word: the kind (2 bits) and [`STALLED`].
+const CALL_BITS: u32 = 3;
+/// Set in the call word once the call was logged as stalled ([`SinkStats::stalled`]).
+const STALLED: u64 = 4;
+
+/// Milliseconds since the first time this was asked (a monotonic clock).
+fn epoch_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// A sink marked as in a plugin call until this is dropped; then, if the call was logged as
+/// stalled, its end is logged too.
+pub struct InCall<'a> {
+    stats: &'a SinkStats,
+}
+
+impl Drop for InCall<'_> {
+    fn drop(&mut self) {
+        let word = self.stats.call.swap(0, Ordering::Relaxed);
+        if word & STALLED != 0 {
+            let took = Duration::from_millis(epoch_ms().saturating_sub((word >> CALL_BITS) - 1));
+            tracing::info!(
+                "the sink's {} call returned after {} s; it had stalled",
+                Call::of(word),
+                took.as_secs()
+            );
+        }
+    }
 }
 
 fn get(c: &AtomicU64) -> u64 {
@@ -90,6 +169,45 @@ impl SinkStats {
     pub fn wrote(&self, n: usize) {
         self.written.fetch_add(n as u64, Ordering::Relaxed);
         self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Marks the sink as in `call` (a call into its plugin) until the guard is dropped, so that
+    /// one that does not return shows ([`SinkStats::call`], [`crate::run`]'s stall check).
+    pub fn in_call(&self, call: Call) -> InCall<'_> {
+        let word = ((epoch_ms() + 1) << CALL_BITS) | call.bits();
+        self.call.store(word, Ordering::Relaxed);
+        InCall { stats: self }
+    }
+
+    /// The plugin call the sink is in, and how long it has lasted; `None`: in none.
+    pub fn call(&self) -> Option<(Call, Duration)> {
+        Self::lasted(self.call.load(Ordering::Relaxed))
+    }
+
+    /// The call the sink is in if it has lasted `after` or longer, marked so that its end is
+    /// logged: which call, how long, and when it began (milliseconds of the process's
+    /// monotonic clock, which tells one call from the next); `None` if it is in none, or in a
+    /// shorter one.
+    pub fn stalled(&self, after: Duration) -> Option<(Call, Duration, u64)> {
+        let word = self.call.load(Ordering::Relaxed);
+        let (call, lasted) = Self::lasted(word).filter(|(_, l)| *l >= after)?;
+        // Marks this call only: if it ended meanwhile, the word changed and nothing is marked.
+        self.call
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                (now & !STALLED == word & !STALLED).then_some(now | STALLED)
+            })
+            .ok()
+            .map(|_| (call, lasted, word >> CALL_BITS))
+    }
+
+    fn lasted(word: u64) -> Option<(Call, Duration)> {
+        (word != 0).then(|| {
+            let since = (word >> CALL_BITS) - 1;
+            (
+                Call::of(word),
+                Duration::from_millis(epoch_ms().saturating_sub(since)),
+            )
+        })
     }
 
     /// Readings accepted but neither written nor rejected yet.

@@ -2,7 +2,7 @@
 //! `[gateway] metrics` from the config and asks that address; nothing is loaded or started.
 
 use crate::metrics;
-use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::Duration};
 
 /// Samples by metric name, then by instance label.
 type Samples = BTreeMap<String, BTreeMap<String, f64>>;
@@ -34,8 +34,10 @@ fn parse(text: &str) -> Samples {
     out
 }
 
-/// The report for the gateway at `addr`, and whether it is ready.
-pub fn report(addr: SocketAddr) -> Result<(String, bool), String> {
+/// The report for the gateway at `addr`, and whether it is well: ready, and no sink in a
+/// plugin call for the gateway's `[gateway] stall_warning` or longer (as its page says; from
+/// `stall_warning`, the config's, where it does not; zero: not looked at).
+pub fn report(addr: SocketAddr, stall_warning: Duration) -> Result<(String, bool), String> {
     let unreachable = |e: std::io::Error| {
         format!("cannot reach the gateway's metrics at {addr}: {e} (is `gateway run` running with this config?)")
     };
@@ -99,7 +101,22 @@ pub fn report(addr: SocketAddr) -> Result<(String, bool), String> {
             v("gateway_sink_restarts_total", &i)
         );
     }
-    Ok((out, ready))
+    // The running gateway's: a reload does not change it, the file may have since.
+    let stall_warning = m
+        .get("gateway_stall_warning_seconds")
+        .and_then(|s| s.get(""))
+        .map_or(stall_warning, |s| Duration::from_secs_f64(s.max(0.0)));
+    let mut stalled = false;
+    for (i, secs) in m.get("gateway_sink_call_seconds").into_iter().flatten() {
+        if !stall_warning.is_zero() && *secs >= stall_warning.as_secs_f64() {
+            stalled = true;
+            let _ = writeln!(
+                out,
+                "stalled: sink {i} has been in one plugin call for {secs:.0} s (stall_warning {stall_warning:?}); the gateway's log says more"
+            );
+        }
+    }
+    Ok((out, ready && !stalled))
 }
 
 #[cfg(test)]

@@ -459,3 +459,80 @@ fn the_watchdog_hears_from_the_gateway_while_a_reload_waits() {
     gw.signal(libc::SIGTERM);
     assert!(gw.wait(Duration::from_secs(20)).is_some());
 }
+
+#[test]
+fn a_sink_stuck_in_a_write_is_logged_shown_and_its_end_logged() {
+    // A sink hung in a plugin call (a write on a connection that neither answers nor fails)
+    // held its readings and sources without a word in the log or on the metrics page.
+    let s = Setup::new();
+    let port = free_tcp_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let body = format!(
+        "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 1\n[sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\ndelay = \"8s\"\n",
+        s.path("out.txt").display().to_string()
+    );
+    let cfg = s.config(
+        &format!("metrics = \"127.0.0.1:{port}\"\nstall_warning = \"1s\""),
+        &body,
+    );
+    let mut gw = Running::start(&s, &cfg, &[]);
+    let call_seconds = || {
+        let (_, text) = metrics::get(addr, "/metrics").ok()?;
+        metric(&text, "gateway_sink_call_seconds{instance=\"rec\"}")
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    while call_seconds().is_none_or(|s| s < 1.5) {
+        assert!(Instant::now() < end, "no call seen: {}", gw.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // status goes by the running gateway's setting, not by the file's (which a reload
+    // would not apply).
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("stall_warning = \"1s\"", "stall_warning = \"1h\""),
+    )
+    .unwrap();
+    let (status, out, err) = gateway(&["status", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        !status.success(),
+        "a stalled sink makes status fail: {out}{err}"
+    );
+    assert!(
+        out.contains("stalled: sink rec has been in one plugin call for"),
+        "{out}"
+    );
+    assert!(
+        gw.wait_for_log(
+            "the sink's write call has not returned for",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        gw.stderr()
+    );
+    // The write ends after 8 s: said once, the gauge back to 0, status well again.
+    assert!(
+        gw.wait_for_log(
+            "the sink's write call returned after",
+            Duration::from_secs(20)
+        ),
+        "{}",
+        gw.stderr()
+    );
+    assert_eq!(s.recorded("out.txt", "seq"), vec![0]);
+    assert_eq!(call_seconds(), Some(0.0));
+    let (status, out, _) = gateway(&["status", "--config", cfg.to_str().unwrap()]);
+    assert!(status.success() && !out.contains("stalled"), "{out}");
+    let err = gw.stderr();
+    assert!(err.contains("sink=rec"), "{err}");
+    assert_eq!(
+        err.matches("the sink's write call returned after").count(),
+        1,
+        "{err}"
+    );
+    // Warned past 1 s, then each time it has lasted twice as long (2, 4, 8 s), not every
+    // second (the checks run each second: the first may see 0.99 s).
+    let warnings = err.matches("has not returned for").count();
+    assert!((1..=4).contains(&warnings), "{warnings} warnings: {err}");
+    assert!(gw.stop(Duration::from_secs(20)).success());
+}

@@ -83,10 +83,12 @@ impl Direct {
         }
         let _in_sink = lent.span.enter();
         let started = Instant::now();
-        let outcome = lent
-            .instance
-            .write(RSlice::from_slice(readings))
-            .into_result();
+        let outcome = {
+            let _in_call = self.stats.in_call(crate::stats::Call::Write);
+            lent.instance
+                .write(RSlice::from_slice(readings))
+                .into_result()
+        };
         let took = started.elapsed();
         if took > QUICK || outcome.is_err() {
             lent.spoiled = true;

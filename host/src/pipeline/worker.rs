@@ -7,7 +7,11 @@ use super::{
     direct::{Lender, QUICK},
     Envelope, Phase, Shutdown,
 };
-use crate::{config::SinkSettings, deadletter::DeadLetters, stats::SinkStats};
+use crate::{
+    config::SinkSettings,
+    deadletter::DeadLetters,
+    stats::{Call, SinkStats},
+};
 use abi_stable::std_types::RSlice;
 use crossbeam_channel::Receiver;
 use gateway_sdk::{
@@ -159,7 +163,14 @@ impl Worker {
 
     pub(super) fn close(&mut self) {
         if let Some(mut inst) = self.instance.take() {
-            if let Err(e) = inst.close().into_result() {
+            let closed = {
+                let _in_call = self.stats.in_call(Call::Close);
+                let closed = inst.close().into_result();
+                // The plugin's destructor, too, may wait on what hangs.
+                drop(inst);
+                closed
+            };
+            if let Err(e) = closed {
                 tracing::warn!(error = %e, "closing the sink failed");
             }
         }
@@ -232,6 +243,7 @@ impl Worker {
             self.rebuild();
         }
         let inst = self.instance.as_mut().expect("built");
+        let _in_call = self.stats.in_call(Call::Write);
         inst.submit(RSlice::from_slice(batch), done).into_result()
     }
 
@@ -249,7 +261,10 @@ impl Worker {
         self.stats.restarts.fetch_add(1, Ordering::Relaxed);
         tracing::error!(kind = %e.kind, error = %e.message(), "sink failed; rebuilding it in {:?}", self.restart_delay);
         // Dropping the broken instance runs the plugin's destructor (guarded by the SDK).
-        self.instance = None;
+        if let Some(broken) = self.instance.take() {
+            let _in_call = self.stats.in_call(Call::Close);
+            drop(broken);
+        }
     }
 
     /// Counts and logs a retryable failure of a write of `n` readings at its `attempt`th try.
@@ -435,7 +450,10 @@ impl Worker {
                 continue;
             };
             let started = Instant::now();
-            let outcome = inst.write(RSlice::from_slice(batch)).into_result();
+            let outcome = {
+                let _in_call = self.stats.in_call(Call::Write);
+                inst.write(RSlice::from_slice(batch)).into_result()
+            };
             self.quick = outcome.is_ok() && started.elapsed() <= QUICK;
             match outcome {
                 Ok(()) => {
@@ -471,7 +489,11 @@ impl Worker {
             return;
         }
         self.restart_delay = (self.restart_delay * 2).min(self.restart_backoff_max);
-        match (self.factory)() {
+        let built = {
+            let _in_call = self.stats.in_call(Call::Start);
+            (self.factory)()
+        };
+        match built {
             Ok(inst) => {
                 tracing::info!(sink = %self.name, "sink rebuilt");
                 self.instance = Some(inst);

@@ -5,6 +5,7 @@
 
 mod reload;
 mod slots;
+mod stalls;
 
 use crate::{
     config::Config,
@@ -106,6 +107,8 @@ struct Graph {
     /// their replacements: started once their thread has ended ([`Graph::replace_stuck`]).
     stuck: HashMap<String, reload::Stuck>,
     views: Views,
+    /// Sinks whose plugin call does not return, as logged.
+    stalls: stalls::Stalls,
 }
 
 impl Graph {
@@ -129,6 +132,7 @@ impl Graph {
             parked: HashMap::new(),
             stuck: HashMap::new(),
             views: Views::default(),
+            stalls: stalls::Stalls::default(),
         };
         for k in sinks {
             let line = Line::new(k.settings.queue_capacity);
@@ -242,6 +246,7 @@ impl Graph {
             views: self.views.clone(),
             plugins: self.logger.metrics.clone(),
             ready: Arc::new(move || !phase.reached(Phase::Stopping)),
+            stall_warning: self.config.gateway.stall_warning,
         };
         match crate::metrics::serve(addr, registry) {
             Ok(bound) => {
@@ -267,6 +272,8 @@ impl Graph {
             crossbeam_channel::select! {
                 recv(watchdog) -> _ => notifier.send("WATCHDOG=1"),
                 recv(each_second) -> _ => {
+                    let views = self.sink_views();
+                    self.stalls.check(self.config.gateway.stall_warning, &views);
                     if !self.stuck.is_empty() {
                         notifier.pinging_while(timeout + Duration::from_secs(10), || self.replace_stuck());
                     }

@@ -163,6 +163,7 @@ pub(super) fn gateway_changes(old: &Gateway, new: &Gateway) -> Vec<&'static str>
     );
     differ("stats_interval", old.stats_interval != new.stats_interval);
     differ("metrics", old.metrics != new.metrics);
+    differ("stall_warning", old.stall_warning != new.stall_warning);
     keys
 }
 
