@@ -1,4 +1,4 @@
-//! Micro-benchmark of SenML CBOR encoding and decoding: `cargo run --release -p gateway-senml
+//! Micro-benchmark of SenML CBOR and JSON encoding and decoding: `cargo run --release -p gateway-senml
 //! --example senml_bench [ROUNDS] [ingress]`. The last figure (alone with `ingress`) decodes
 //! as the ingress does: packs of 20 readings of one sensor taken at one time (as `gateway-load`
 //! sends them), with the labels a server's worker keeps from one pack to the next. Under `valgrind --tool=callgrind` it gives
@@ -35,6 +35,23 @@ fn general(n: usize) {
     let dec = t.elapsed().as_secs_f64() / (n * 100) as f64;
     println!(
         "SenML CBOR: encode {:.2} us/reading, decode {:.2} us/reading ({} bytes per 100 readings)",
+        enc * 1e6,
+        dec * 1e6,
+        bytes.len()
+    );
+    let t = Instant::now();
+    for _ in 0..n {
+        bytes = senml::encode_json(&batch);
+    }
+    let enc = t.elapsed().as_secs_f64() / (n * 100) as f64;
+    let t = Instant::now();
+    for _ in 0..n {
+        let p = senml::decode_json(&bytes, 10_000, Timestamp::now(), "d").unwrap();
+        assert_eq!(p.readings.len(), 100);
+    }
+    let dec = t.elapsed().as_secs_f64() / (n * 100) as f64;
+    println!(
+        "SenML JSON: encode {:.2} us/reading, decode {:.2} us/reading ({} bytes per 100 readings)",
         enc * 1e6,
         dec * 1e6,
         bytes.len()

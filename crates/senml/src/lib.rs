@@ -239,8 +239,12 @@ pub fn encode_cbor(batch: &[Reading]) -> Vec<u8> {
     w.0
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// Appends `b` in lower-case hexadecimal.
+fn hex_into(out: &mut Vec<u8>, b: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for x in b {
+        out.extend_from_slice(&[DIGITS[usize::from(x >> 4)], DIGITS[usize::from(x & 15)]]);
+    }
 }
 
 fn base64url(b: &[u8]) -> String {
@@ -304,46 +308,81 @@ pub fn json_refusal(batch: &[Reading]) -> Option<String> {
     ))
 }
 
-/// Encodes a batch as SenML JSON. A value that is not a finite number becomes `null`: see
-/// [`json_refusal`].
+/// Encodes a batch as SenML JSON, straight into the bytes (no value tree in between), keys in
+/// the order `bn`, `bt`, `bu`, `n`, `u`, `t`, the value, `rid`. A value that is not a finite
+/// number becomes `null`: see [`json_refusal`].
 pub fn encode_json(batch: &[Reading]) -> Vec<u8> {
-    use serde_json::{json, Map, Value as J};
-    let arr: Vec<J> = records(batch)
-        .into_iter()
-        .map(|r| {
-            let mut m = Map::new();
-            if let Some(bn) = r.bn {
-                m.insert("bn".into(), J::String(bn.into_owned()));
+    /// Writes a scalar as serde_json writes it (strings escaped, floats shortest round trip,
+    /// NaN and infinities `null`).
+    fn scalar<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+        serde_json::to_writer(out, v).expect("JSON of a plain value");
+    }
+    let mut out = Vec::with_capacity(batch.len() * 112 + 2);
+    out.push(b'[');
+    for (i, r) in records(batch).into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut first = true;
+        let mut key = |out: &mut Vec<u8>, k: &str| {
+            out.extend_from_slice(if first { b"{\"" } else { b",\"" });
+            first = false;
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b"\":");
+        };
+        let text = |out: &mut Vec<u8>,
+                    key: &mut dyn FnMut(&mut Vec<u8>, &str),
+                    k,
+                    v: Option<Cow<'_, str>>| {
+            if let Some(v) = v {
+                key(out, k);
+                scalar(out, &*v);
             }
-            if let Some(bt) = r.bt {
-                m.insert("bt".into(), json!(bt));
+        };
+        text(&mut out, &mut key, "bn", r.bn);
+        if let Some(bt) = r.bt {
+            key(&mut out, "bt");
+            scalar(&mut out, &bt);
+        }
+        text(&mut out, &mut key, "bu", r.bu);
+        text(&mut out, &mut key, "n", r.n);
+        text(&mut out, &mut key, "u", r.u);
+        if let Some(t) = r.t {
+            key(&mut out, "t");
+            scalar(&mut out, &t);
+        }
+        match r.value.expect("value") {
+            Value::Float(v) => {
+                key(&mut out, "v");
+                scalar(&mut out, &v);
             }
-            if let Some(bu) = r.bu {
-                m.insert("bu".into(), J::String(bu.into_owned()));
+            Value::Int(v) => {
+                key(&mut out, "v");
+                scalar(&mut out, &v);
             }
-            if let Some(n) = r.n {
-                m.insert("n".into(), J::String(n.into_owned()));
+            Value::Bool(v) => {
+                key(&mut out, "vb");
+                scalar(&mut out, &v);
             }
-            if let Some(u) = r.u {
-                m.insert("u".into(), J::String(u.into_owned()));
+            Value::Text(v) => {
+                key(&mut out, "vs");
+                scalar(&mut out, v.as_str());
             }
-            if let Some(t) = r.t {
-                m.insert("t".into(), json!(t));
+            Value::Bytes(v) => {
+                key(&mut out, "vd");
+                scalar(&mut out, &base64url(&v));
             }
-            match r.value.expect("value") {
-                Value::Float(v) => m.insert("v".into(), json!(v)),
-                Value::Int(v) => m.insert("v".into(), json!(v)),
-                Value::Bool(v) => m.insert("vb".into(), J::Bool(v)),
-                Value::Text(v) => m.insert("vs".into(), J::String(v.into())),
-                Value::Bytes(v) => m.insert("vd".into(), J::String(base64url(&v))),
-            };
-            if let Some(rid) = r.rid {
-                m.insert(RID.into(), J::String(hex(&rid)));
-            }
-            J::Object(m)
-        })
-        .collect();
-    serde_json::to_vec(&arr).expect("JSON of plain values")
+        }
+        if let Some(rid) = r.rid {
+            key(&mut out, RID);
+            out.push(b'"');
+            hex_into(&mut out, &rid);
+            out.push(b'"');
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    out
 }
 
 /// A decoded pack: the readings, and how many records lacked an id.
@@ -404,33 +443,97 @@ mod tests {
         out
     }
 
-    #[test]
-    fn encode_cbor_writes_what_a_ciborium_value_tree_of_the_records_writes() {
+    /// 60 readings of two devices, alternating sensors, names that need escaping, units that
+    /// change and vanish, and every kind of value (NaN and infinity among the floats).
+    fn varied_batch() -> Vec<Reading> {
         let values = [
             Value::Float(21.5),
             Value::Float(0.1),
             Value::Int(-7),
             Value::Int(1 << 40),
             Value::Bool(true),
-            Value::Text("fix".into()),
+            Value::Text("fix \"q\"\n\u{e9}".into()),
             Value::Bytes(vec![1, 2, 3].into()),
+            Value::Float(f64::NAN),
+            Value::Float(f64::NEG_INFINITY),
+            Value::Float(-1e-300),
         ];
-        let mut batch = Vec::new();
-        for i in 0..60usize {
-            batch.push(Reading {
+        (0..60usize)
+            .map(|i| Reading {
                 id: ReadingId((i as u128 * 0x0123_4567_89ab_cdef).to_be_bytes()),
                 time: Timestamp(1_764_085_351_000_000 + (i as i64 % 7) * 250_000),
-                device: Label::from(["pi-01", "pi-02"][i / 30]),
+                device: Label::from(["pi-01", "pi-\"02\""][i / 30]),
                 sensor: Label::from(["28-0316a2791eff", "gps"][i % 2]),
                 name: Label::from(["temperature", "lat/lon", "100%"][i % 3]),
                 unit: Label::from(["Cel", "", "m/s"][(i / 4) % 3]),
                 value: values[i % values.len()].clone(),
-            });
-        }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn encode_cbor_writes_what_a_ciborium_value_tree_of_the_records_writes() {
+        let batch = varied_batch();
         for n in [1, 2, 5, 30, 31, 60] {
             assert_eq!(
                 encode_cbor(&batch[..n]),
                 ciborium_encoding(&batch[..n]),
+                "{n}"
+            );
+        }
+    }
+
+    /// The JSON encoder before the writer: a serde_json value tree of the same records.
+    fn value_tree_json(batch: &[Reading]) -> Vec<u8> {
+        use serde_json::{json, Map, Value as J};
+        let arr: Vec<J> = records(batch)
+            .into_iter()
+            .map(|r| {
+                let mut m = Map::new();
+                let text = |v: Cow<'_, str>| J::String(v.into_owned());
+                if let Some(bn) = r.bn {
+                    m.insert("bn".into(), text(bn));
+                }
+                if let Some(bt) = r.bt {
+                    m.insert("bt".into(), json!(bt));
+                }
+                if let Some(bu) = r.bu {
+                    m.insert("bu".into(), text(bu));
+                }
+                if let Some(n) = r.n {
+                    m.insert("n".into(), text(n));
+                }
+                if let Some(u) = r.u {
+                    m.insert("u".into(), text(u));
+                }
+                if let Some(t) = r.t {
+                    m.insert("t".into(), json!(t));
+                }
+                match r.value.unwrap() {
+                    Value::Float(v) => m.insert("v".into(), json!(v)),
+                    Value::Int(v) => m.insert("v".into(), json!(v)),
+                    Value::Bool(v) => m.insert("vb".into(), J::Bool(v)),
+                    Value::Text(v) => m.insert("vs".into(), J::String(v.into())),
+                    Value::Bytes(v) => m.insert("vd".into(), J::String(base64url(&v))),
+                };
+                if let Some(rid) = r.rid {
+                    let hex: String = rid.iter().map(|x| format!("{x:02x}")).collect();
+                    m.insert(RID.into(), J::String(hex));
+                }
+                J::Object(m)
+            })
+            .collect();
+        serde_json::to_vec(&arr).unwrap()
+    }
+
+    #[test]
+    fn encode_json_writes_what_a_serde_json_value_tree_of_the_records_writes() {
+        let batch = varied_batch();
+        for n in [0, 1, 2, 5, 30, 31, 60] {
+            let ours = encode_json(&batch[..n]);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(value_tree_json(&batch[..n])).unwrap(),
                 "{n}"
             );
         }
