@@ -215,6 +215,8 @@ pub fn decode_json_with(
     let failure = RefCell::new(None);
     let seed = PackSeed {
         max: max_records,
+        // A record of ours takes about 80 bytes of JSON; a guess too low costs a regrowth.
+        hint: (bytes.len() / 64).min(max_records).min(1024),
         failure: &failure,
         resolver: Resolver::new(now, default_device, labels),
     };
@@ -237,6 +239,8 @@ fn fail<E: de::Error>(failure: &RefCell<Option<DecodeError>>, e: DecodeError) ->
 /// A JSON pack: an array of records, each resolved into a reading as soon as it is read.
 struct PackSeed<'a> {
     max: usize,
+    /// Readings expected, for the vector's first allocation.
+    hint: usize,
     failure: &'a RefCell<Option<DecodeError>>,
     resolver: Resolver<'a>,
 }
@@ -254,7 +258,7 @@ impl<'de> Visitor<'de> for PackSeed<'_> {
         f.write_str("a SenML pack")
     }
     fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Pack, A::Error> {
-        let mut readings = Vec::new();
+        let mut readings = Vec::with_capacity(self.hint);
         loop {
             let i = readings.len();
             if i == self.max {
@@ -290,8 +294,8 @@ struct RecordSeed<'a> {
 }
 
 impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
-    type Value = Record<'static>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Record<'static>, D::Error> {
+    type Value = Record<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Record<'de>, D::Error> {
         d.deserialize_any(self)
     }
 }
@@ -299,14 +303,14 @@ impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
 /// The visit methods of everything but an object: the record is not a map.
 macro_rules! not_a_map {
     ($($name:ident($t:ty)),*) => {
-        $(fn $name<E: de::Error>(self, _: $t) -> Result<Record<'static>, E> {
+        $(fn $name<E: de::Error>(self, _: $t) -> Result<Record<'de>, E> {
             Err(fail(self.failure, DecodeError::NotAMap(self.i)))
         })*
     };
 }
 
 impl<'de> Visitor<'de> for RecordSeed<'_> {
-    type Value = Record<'static>;
+    type Value = Record<'de>;
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a SenML record")
     }
@@ -317,19 +321,19 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         visit_f64(f64),
         visit_str(&str)
     );
-    fn visit_unit<E: de::Error>(self) -> Result<Record<'static>, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<Record<'de>, E> {
         Err(fail(self.failure, DecodeError::NotAMap(self.i)))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Record<'static>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Record<'de>, A::Error> {
         Err(fail(self.failure, DecodeError::NotAMap(self.i)))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record<'static>, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record<'de>, A::Error> {
         let (i, failure) = (self.i, self.failure);
         let mut rec = Record::default();
-        while let Some(name) = map.next_key::<String>()? {
-            match field_of(Key::Name(name.into()), true, i).map_err(|e| fail(failure, e))? {
+        while let Some(field) = map.next_key_seed(KeySeed { i, failure })? {
+            match field {
                 Some(field) => {
-                    let v: Field<'static> = map.next_value()?;
+                    let v: Field<'de> = map.next_value()?;
                     set(&mut rec, field, v, true, i).map_err(|e| fail(failure, e))?;
                 }
                 None => {
@@ -341,6 +345,30 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
             return Err(fail(failure, DecodeError::NoValue(i)));
         }
         Ok(rec)
+    }
+}
+
+/// A JSON record's key, read as the field it names (`None`: one we skip) without making a
+/// string of it; a key that must be understood fails the record.
+struct KeySeed<'a> {
+    i: usize,
+    failure: &'a RefCell<Option<DecodeError>>,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<F>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<F>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<F>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a SenML field name")
+    }
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Option<F>, E> {
+        field_of(Key::Name(Cow::Borrowed(name)), true, self.i).map_err(|e| fail(self.failure, e))
     }
 }
 
@@ -542,40 +570,44 @@ fn set<'a>(
     Ok(())
 }
 
-impl<'de> de::Deserialize<'de> for Field<'static> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Field<'static>, D::Error> {
+/// A JSON field's value; a string without escapes is borrowed from the payload.
+impl<'de> de::Deserialize<'de> for Field<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Field<'de>, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Field<'static>;
+            type Value = Field<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a SenML field value")
             }
-            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Field<'static>, E> {
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Field<'de>, E> {
                 Ok(Field::Bool(b))
             }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Field<'static>, E> {
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Field<'de>, E> {
                 Ok(Field::Int(n.into()))
             }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Field<'static>, E> {
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Field<'de>, E> {
                 Ok(Field::Int(n.into()))
             }
-            fn visit_f64<E: de::Error>(self, x: f64) -> Result<Field<'static>, E> {
+            fn visit_f64<E: de::Error>(self, x: f64) -> Result<Field<'de>, E> {
                 Ok(Field::Num(x))
             }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Field<'static>, E> {
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Field<'de>, E> {
+                Ok(Field::Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Field<'de>, E> {
                 Ok(Field::Text(Cow::Owned(s.to_owned())))
             }
-            fn visit_string<E: de::Error>(self, s: String) -> Result<Field<'static>, E> {
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Field<'de>, E> {
                 Ok(Field::Text(Cow::Owned(s)))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<Field<'static>, E> {
+            fn visit_unit<E: de::Error>(self) -> Result<Field<'de>, E> {
                 Ok(Field::Other)
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field<'static>, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field<'de>, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(Field::Other)
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field<'static>, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field<'de>, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(Field::Other)
             }
