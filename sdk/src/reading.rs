@@ -208,13 +208,17 @@ impl ReadingId {
     }
     /// Parses the hyphenated or plain 32-hex-digit form.
     pub fn parse(s: &str) -> Option<Self> {
-        let hex: String = s.chars().filter(|c| *c != '-').collect();
-        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
+        // Digit by digit: no string is made (a server parses one per reading it takes).
+        let (mut v, mut digits) = (0u128, 0u32);
+        for b in s.bytes().filter(|b| *b != b'-') {
+            let d = char::from(b).to_digit(16)?;
+            digits += 1;
+            if digits > 32 {
+                return None;
+            }
+            v = v << 4 | u128::from(d);
         }
-        u128::from_str_radix(&hex, 16)
-            .ok()
-            .map(|v| ReadingId(v.to_be_bytes()))
+        (digits == 32).then(|| ReadingId(v.to_be_bytes()))
     }
 }
 
@@ -328,6 +332,30 @@ mod tests {
         assert_eq!(ReadingId::parse(&a.to_string()), Some(a));
         let other = IdGenerator::new();
         assert_ne!(other.next(t), a, "two generators start apart");
+    }
+
+    #[test]
+    fn ids_parse_plain_or_hyphenated_and_nothing_else() {
+        let want = ReadingId(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210u128.to_be_bytes());
+        for ok in [
+            "0123456789abcdeffedcba9876543210",
+            "0123456789ABCDEFFEDCBA9876543210",
+            "01234567-89ab-cdef-fedc-ba9876543210",
+            "-0123456789abcdeffedcba9876543210-",
+        ] {
+            assert_eq!(ReadingId::parse(ok), Some(want), "{ok}");
+        }
+        for bad in [
+            "",
+            "0123456789abcdeffedcba987654321",
+            "0123456789abcdeffedcba98765432100",
+            "0123456789abcdeffedcba987654321g",
+            "+123456789abcdeffedcba9876543210",
+            "0123456789abcdeffedcba987654321\u{e9}",
+            " 0123456789abcdeffedcba9876543210",
+        ] {
+            assert_eq!(ReadingId::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
