@@ -53,6 +53,17 @@ buffer = {buffer}
     )
 }
 
+/// [`buffered`] run as a job until the source has finished: the gateway's log, once it has
+/// exited successfully.
+fn buffered_job(s: &Setup, count_batch: (u64, u64), extra_rec: &str, buffer: &str) -> String {
+    let cfg = buffered(s, count_batch, extra_rec, buffer);
+    let mut gw = Running::start(s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(30)).expect("exits");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    err
+}
+
 #[test]
 fn readings_survive_kill_9_while_the_sink_is_down_and_a_torn_tail_is_cut_off() {
     let s = Setup::new();
@@ -104,16 +115,12 @@ fn a_config_error_at_write_time_holds_the_buffered_readings_until_the_sink_works
     // The sink's first writes fail with a config error (a table of a newer schema, say): the
     // host rebuilds it with backoff and holds the records, it does not settle them away.
     let s = Setup::new();
-    let cfg = buffered(
+    let err = buffered_job(
         &s,
         (100, 10),
         "config_error_first = 3\nrestart_backoff = \"10ms\"\nrestart_backoff_max = \"20ms\"",
         r#"{ type = "disk" }"#,
     );
-    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
-    let status = gw.wait(Duration::from_secs(30)).expect("exits");
-    let err = gw.stderr();
-    assert!(status.success(), "{err}");
     assert_eq!(
         err.matches("simulated config error").count(),
         3,
@@ -133,16 +140,12 @@ fn a_buffered_sink_that_says_it_stopped_while_the_gateway_runs_keeps_going() {
     // Taken as final, STOPPED ended the buffered sink's thread for good: the buffer then
     // filled behind a sink nobody wrote to.
     let s = Setup::new();
-    let cfg = buffered(
+    let err = buffered_job(
         &s,
         (100, 10),
         "stopped_first = 3\nrestart_backoff = \"10ms\"\nrestart_backoff_max = \"20ms\"",
         r#"{ type = "disk" }"#,
     );
-    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
-    let status = gw.wait(Duration::from_secs(30)).expect("exits");
-    let err = gw.stderr();
-    assert!(status.success(), "{err}");
     assert_eq!(
         err.matches("the sink said it stopped, but the gateway runs")
             .count(),

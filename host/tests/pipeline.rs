@@ -11,6 +11,27 @@ fn recorder(name: &str, file: &str, inputs: &[&str], extra: &str) -> String {
     )
 }
 
+/// `count` readings in batches of `batch` from a sequence into the recorder `rec` (with
+/// `extra` settings), run as a job until the source has finished: the gateway's log, once
+/// it has exited successfully.
+fn sequence_job(s: &Setup, (count, batch): (u64, u64), extra: &str) -> String {
+    let out = s.path("out.txt");
+    let cfg = s.config(
+        "",
+        &format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = {count}\nbatch_size = {batch}\n{}",
+            recorder("rec", out.to_str().unwrap(), &["seq"], extra)
+        ),
+    );
+    let mut gw = Running::start(s, &cfg, &["--until-sources-finish"]);
+    let status = gw
+        .wait(Duration::from_secs(20))
+        .expect("exits once the source finished");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    err
+}
+
 /// The readings `gateway dead-letters show` lists for `sink` of `cfg` (the header lines left
 /// out); the command must succeed.
 fn dead_lettered(cfg: &std::path::Path, sink: &str) -> Vec<String> {
@@ -122,25 +143,11 @@ fn an_idle_sink_writes_at_once_and_batches_form_during_writes() {
 #[test]
 fn a_sink_that_panics_is_rebuilt_and_nothing_is_lost() {
     let s = Setup::new();
-    let out = s.path("out.txt");
-    let cfg = s.config(
-        "",
-        &format!(
-            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 50\nbatch_size = 5\n{}",
-            recorder(
-                "rec",
-                out.to_str().unwrap(),
-                &["seq"],
-                "panic_on_write = 3\nrestart_backoff = \"20ms\""
-            )
-        ),
+    let err = sequence_job(
+        &s,
+        (50, 5),
+        "panic_on_write = 3\nrestart_backoff = \"20ms\"",
     );
-    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
-    let status = gw
-        .wait(Duration::from_secs(20))
-        .expect("exits once the source finished");
-    let err = gw.stderr();
-    assert!(status.success(), "{err}");
     assert!(
         err.contains("plugin panicked in write: recorder panics on write 3"),
         "{err}"
@@ -154,23 +161,11 @@ fn a_sink_that_panics_is_rebuilt_and_nothing_is_lost() {
 #[test]
 fn retryable_failures_are_retried_with_backoff_and_nothing_is_lost() {
     let s = Setup::new();
-    let out = s.path("out.txt");
-    let cfg = s.config(
-        "",
-        &format!(
-            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 40\nbatch_size = 4\n{}",
-            recorder(
-                "rec",
-                out.to_str().unwrap(),
-                &["seq"],
-                "fail_first = 5\nretry_backoff = \"10ms\"\nretry_backoff_max = \"40ms\""
-            )
-        ),
+    let err = sequence_job(
+        &s,
+        (40, 4),
+        "fail_first = 5\nretry_backoff = \"10ms\"\nretry_backoff_max = \"40ms\"",
     );
-    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
-    let status = gw.wait(Duration::from_secs(20)).expect("exits");
-    let err = gw.stderr();
-    assert!(status.success(), "{err}");
     assert_eq!(err.matches("write failed; retrying in").count(), 5, "{err}");
     assert!(
         err.contains("retrying in 10ms")
@@ -190,23 +185,11 @@ fn a_sink_that_says_it_stopped_while_the_gateway_runs_is_retried_and_nothing_is_
     // is the sink's mistake: taken as final, it handed the batch back to the source as if the
     // host were stopping, and the source ended with its readings stored nowhere.
     let s = Setup::new();
-    let out = s.path("out.txt");
-    let cfg = s.config(
-        "",
-        &format!(
-            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 40\nbatch_size = 4\n{}",
-            recorder(
-                "rec",
-                out.to_str().unwrap(),
-                &["seq"],
-                "stopped_first = 3\nrestart_backoff = \"10ms\"\nrestart_backoff_max = \"20ms\""
-            )
-        ),
+    let err = sequence_job(
+        &s,
+        (40, 4),
+        "stopped_first = 3\nrestart_backoff = \"10ms\"\nrestart_backoff_max = \"20ms\"",
     );
-    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
-    let status = gw.wait(Duration::from_secs(20)).expect("exits");
-    let err = gw.stderr();
-    assert!(status.success(), "{err}");
     assert_eq!(
         err.matches("the sink said it stopped, but the gateway runs")
             .count(),
@@ -222,18 +205,7 @@ fn a_sink_that_says_it_stopped_while_the_gateway_runs_is_retried_and_nothing_is_
 fn a_sink_asking_for_a_window_past_the_hosts_bound_gets_the_bound() {
     // A window of a million batches held that many in memory before a source was held back.
     let s = Setup::new();
-    let out = s.path("out.txt");
-    let cfg = s.config(
-        "",
-        &format!(
-            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 40\nbatch_size = 4\n{}",
-            recorder("rec", out.to_str().unwrap(), &["seq"], "window = 1000000")
-        ),
-    );
-    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
-    let status = gw.wait(Duration::from_secs(20)).expect("exits");
-    let err = gw.stderr();
-    assert!(status.success(), "{err}");
+    let err = sequence_job(&s, (40, 4), "window = 1000000");
     assert!(
         err.contains(
             "the sink asks to take more batches at once than the host allows; it takes 4096"
