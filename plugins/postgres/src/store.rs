@@ -71,10 +71,26 @@ pub fn classify(what: &str, e: &tokio_postgres::Error) -> PluginError {
                 || *c == SqlState::NOT_NULL_VIOLATION
                 || *c == SqlState::PROGRAM_LIMIT_EXCEEDED =>
         {
-            PluginError::rejected(format!("{what}: {e}"))
+            PluginError::rejected(format!("{what}: {}", with_causes(e)))
         }
-        _ => PluginError::retry(format!("{what}: {e}")),
+        _ => PluginError::retry(format!("{what}: {}", with_causes(e))),
     }
+}
+
+/// `e` with its causes: tokio-postgres leaves them out of its message, so a TLS failure said
+/// only "error performing TLS handshake", not that the certificate was refused and why.
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn valid_table(t: &str) -> bool {
@@ -328,10 +344,11 @@ async fn merge(
 /// fixed while the gateway runs, so it is retried too, but says what it was.
 fn classify_open(e: &tokio_postgres::Error) -> PluginError {
     match e.code() {
-        Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => {
-            PluginError::retry(format!("the user may not create or use the table: {e}"))
-        }
-        _ => PluginError::retry(format!("connecting to PostgreSQL: {e}")),
+        Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => PluginError::retry(format!(
+            "the user may not create or use the table: {}",
+            with_causes(e)
+        )),
+        _ => PluginError::retry(format!("connecting to PostgreSQL: {}", with_causes(e))),
     }
 }
 
