@@ -10,7 +10,9 @@
 //! - MariaDB on 127.0.0.1:3306 (root, no password), started if it does not answer;
 //! - PostgreSQL (`postgresql` where it is not installed) on its Unix socket, started if it does
 //!   not answer, with a role `root` and a database `test` (the postgres plugin's tests connect
-//!   through the socket as root, by peer authentication);
+//!   through the socket as root, by peer authentication), serving TLS on TCP (Debian's
+//!   default; turned on with Debian's snakeoil certificate where it is off: the plugin's TLS
+//!   tests connect to 127.0.0.1 with `verify-full`);
 //! - `nats-server` (the nats plugin's tests start servers of their own with it), `nginx` and
 //!   `libnginx-mod-stream` (the load-balancer test starts an nginx of its own);
 //! - Mosquitto (`mosquitto` where it is not installed) on 127.0.0.1:1883, started if it does
@@ -165,6 +167,66 @@ fn postgres(root: &Option<Vec<&'static str>>) -> Result<()> {
     Ok(())
 }
 
+/// What `sql` prints, run as root on database `test` through the socket.
+fn postgres_says(sql: &str) -> Result<String> {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "/var/run/postgresql",
+            "-U",
+            "root",
+            "-d",
+            "test",
+            "-Atc",
+            sql,
+        ])
+        .output()
+        .context("psql")?;
+    if !out.status.success() {
+        bail!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Debian's self-signed certificate, which its PostgreSQL serves by default.
+const SNAKEOIL: (&str, &str) = (
+    "/etc/ssl/certs/ssl-cert-snakeoil.pem",
+    "/etc/ssl/private/ssl-cert-snakeoil.key",
+);
+
+/// Turns on PostgreSQL's TLS where it is off (Debian's default is on, with its snakeoil
+/// certificate): the postgres plugin's TLS tests connect over TCP with `verify-full`.
+fn postgres_tls(root: &Option<Vec<&'static str>>) -> Result<()> {
+    if postgres_says("SHOW ssl")? == "on" {
+        return Ok(());
+    }
+    eprintln!("== turning on PostgreSQL's TLS with Debian's snakeoil certificate");
+    if !std::path::Path::new(SNAKEOIL.0).exists() {
+        let Some(prefix) = root else {
+            bail!(
+                "the postgres plugin's TLS tests need PostgreSQL to serve TLS
+  sudo make-ssl-cert generate-default-snakeoil, then run `cargo xtask test` again"
+            );
+        };
+        crate::run(root_command(
+            prefix,
+            &["make-ssl-cert", "generate-default-snakeoil"],
+        ))?;
+    }
+    postgres_says(&format!(
+        "ALTER SYSTEM SET ssl_cert_file = '{}'",
+        SNAKEOIL.0
+    ))?;
+    postgres_says(&format!("ALTER SYSTEM SET ssl_key_file = '{}'", SNAKEOIL.1))?;
+    postgres_says("ALTER SYSTEM SET ssl = on")?;
+    postgres_says("SELECT pg_reload_conf()")?;
+    std::thread::sleep(Duration::from_millis(500));
+    if postgres_says("SHOW ssl")? != "on" {
+        bail!("PostgreSQL's TLS stays off after `ALTER SYSTEM SET ssl = on` and a reload: its log says why (is {} readable by the postgres user?)", SNAKEOIL.1);
+    }
+    Ok(())
+}
+
 fn answers(addr: &str) -> bool {
     TcpStream::connect_timeout(&addr.parse().expect("an address"), Duration::from_secs(1)).is_ok()
 }
@@ -269,6 +331,7 @@ pub fn prepare(ci: bool) -> Result<()> {
         }
     }
     postgres(&root)?;
+    postgres_tls(&root)?;
     mosquitto(&root)?;
     if quiet("rustup", &["--version"]) {
         let installed = Command::new("rustup")

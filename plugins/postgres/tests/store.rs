@@ -170,3 +170,143 @@ fn a_table_dropped_while_it_runs_is_made_again() {
     assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "2");
     psql(&format!("DROP TABLE {t}"));
 }
+
+/// The certificate the machine's PostgreSQL serves on TCP (Debian's default: a self-signed
+/// "snakeoil" one, made for the host name at install time), and the DNS name it is for.
+fn served_certificate() -> (std::path::PathBuf, String) {
+    assert_eq!(
+        psql("SHOW ssl"),
+        "on",
+        "PostgreSQL serves no TLS (Debian's default is ssl = on): `cargo xtask test` turns it on"
+    );
+    let file = std::path::PathBuf::from(psql("SHOW ssl_cert_file"));
+    let file = if file.is_relative() {
+        std::path::PathBuf::from(psql("SHOW data_directory")).join(file)
+    } else {
+        file
+    };
+    let pem = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let cert = openssl::x509::X509::from_pem(&pem).unwrap();
+    let name = cert
+        .subject_alt_names()
+        .and_then(|names| names.iter().find_map(|n| n.dnsname().map(str::to_owned)))
+        .or_else(|| {
+            let cn = cert
+                .subject_name()
+                .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+                .next()?;
+            cn.data().to_string().ok()
+        })
+        .expect("the served certificate names a host");
+    (file, name)
+}
+
+/// A role that logs in with a password over TCP (where `pg_hba.conf` asks for one, as
+/// Debian's does for 127.0.0.1), and a file holding it.
+fn tls_role(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    static ROLE: std::sync::Once = std::sync::Once::new();
+    ROLE.call_once(|| {
+        psql(
+            "DO $$BEGIN CREATE ROLE gw_tls LOGIN PASSWORD 'gw-tls-test'; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END$$",
+        );
+        psql("GRANT CREATE ON SCHEMA public TO gw_tls");
+    });
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "gw-tls-test\n").unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    file
+}
+
+/// The sink on TCP with `tls = "verify-full"`, to the served certificate's name at
+/// 127.0.0.1 (`host` is the name checked, `hostaddr` where it connects).
+fn tls_sink(
+    table: &str,
+    name: &str,
+    ca: &std::path::Path,
+    password: &std::path::Path,
+) -> SinkHarness {
+    SinkHarness::new::<Postgres>(&format!(
+        "url = \"host={name} hostaddr=127.0.0.1 port=5432 user=gw_tls dbname=test\"\n\
+         password_file = {:?}\ntls = \"verify-full\"\ntls_ca_file = {:?}\ntable = {table:?}\n\
+         connect_timeout = \"5s\"\n",
+        password.display().to_string(),
+        ca.display().to_string()
+    ))
+    .unwrap()
+}
+
+#[test]
+fn tls_verify_full_stores_through_a_server_its_ca_file_vouches_for() {
+    let (cert, name) = served_certificate();
+    let dir = tempfile::tempdir().unwrap();
+    let password = tls_role(&dir);
+    let t = table("tls_ok");
+    let mut s = tls_sink(&t, &name, &cert, &password);
+    s.write(sample_readings(5)).unwrap();
+    assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "5");
+    // The session that wrote them is encrypted.
+    assert_ne!(
+        psql(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE ssl AND usename = 'gw_tls' AND application_name = 'gateway'"
+        ),
+        "0"
+    );
+    drop(s);
+    psql(&format!("DROP TABLE {t}"));
+}
+
+#[test]
+fn tls_verify_full_refuses_a_server_its_ca_file_does_not_vouch_for() {
+    use openssl::{
+        asn1::Asn1Time, ec::EcGroup, ec::EcKey, hash::MessageDigest, nid::Nid, pkey::PKey,
+        x509::X509NameBuilder, x509::X509,
+    };
+    let (served, name) = served_certificate();
+    let dir = tempfile::tempdir().unwrap();
+    let password = tls_role(&dir);
+    // Another CA with the same name: the CA file is the only one trusted, so a server whose
+    // certificate it did not issue is refused, whatever that certificate says.
+    let key = PKey::from_ec_key(
+        EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let mut subject = X509NameBuilder::new().unwrap();
+    subject.append_entry_by_text("CN", &name).unwrap();
+    let subject = subject.build();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&subject).unwrap();
+    b.set_issuer_name(&subject).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(1).unwrap())
+        .unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, b.build().to_pem().unwrap()).unwrap();
+
+    let t = table("tls_refused");
+    let mut s = tls_sink(&t, &name, &other, &password);
+    let e = s.write(sample_readings(1)).unwrap_err();
+    assert!(e.message().contains("certificate verify failed"), "{e}");
+    // The right CA, but a name the certificate is not for: refused too.
+    let mut s = SinkHarness::new::<Postgres>(&format!(
+        "url = \"host=127.0.0.1 port=5432 user=gw_tls dbname=test\"\npassword_file = {:?}\n\
+         tls = \"verify-full\"\ntls_ca_file = {:?}\ntable = {t:?}\nconnect_timeout = \"5s\"\n",
+        password.display().to_string(),
+        served.display().to_string()
+    ))
+    .unwrap();
+    let e = s.write(sample_readings(1)).unwrap_err();
+    assert!(e.message().contains("certificate verify failed"), "{e}");
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*) FROM pg_tables WHERE tablename = '{t}'"
+        )),
+        "0",
+        "nothing was made"
+    );
+}
