@@ -15,6 +15,8 @@ pub struct MariaDb {
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// Options the server is started with beside the usual ones ([`MariaDb::with_options`]).
+    options: Vec<String>,
 }
 
 impl MariaDb {
@@ -39,7 +41,14 @@ impl MariaDb {
             dir: dir.to_owned(),
             port: free_tcp_port(),
             child: None,
+            options: Vec::new(),
         }
+    }
+
+    /// Starts (and restarts) the server with `options` too: `--ssl-cert=...`, say.
+    pub fn with_options(mut self, options: &[String]) -> MariaDb {
+        self.options = options.to_vec();
+        self
     }
 
     /// Starts the server and waits until it answers (60 s at most).
@@ -61,6 +70,7 @@ impl MariaDb {
                 "--innodb-buffer-pool-size=64M",
                 "--innodb-log-file-size=64M",
             ])
+            .args(&self.options)
             .args(user())
             .stdout(Stdio::null())
             .stderr(log)
