@@ -312,3 +312,72 @@ fn readme_samples_match_sample_toml_and_parse() {
         }
     }
 }
+
+/// A CA and a server certificate it issued for `localhost`, in `dir`: the CA's file.
+fn pki(dir: &std::path::Path) -> std::path::PathBuf {
+    use gateway_pki::{issue_to, Kind};
+    let (ca, key) = issue_to(
+        &dir.join("ca.pem"),
+        &dir.join("ca.key"),
+        "gateway test CA",
+        Kind::Ca,
+        None,
+        0,
+        2,
+    )
+    .unwrap();
+    let names = ["localhost".to_owned()];
+    let server = (dir.join("server.pem"), dir.join("server.key"));
+    issue_to(
+        &server.0,
+        &server.1,
+        "localhost",
+        Kind::Server(&names),
+        Some((&ca, &key)),
+        0,
+        2,
+    )
+    .unwrap();
+    dir.join("ca.pem")
+}
+
+#[test]
+fn tls_stores_through_a_server_its_ca_file_vouches_for_and_refuses_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki(dir.path());
+    let file = |f: &str| dir.path().join(f).display().to_string();
+    let server = NatsServer::start_with(
+        dir.path().join("store"),
+        &[
+            "--tls".into(),
+            "--tlscert".into(),
+            file("server.pem"),
+            "--tlskey".into(),
+            file("server.key"),
+        ],
+    );
+    let tls = |host: &str, ca: &std::path::Path| {
+        SinkHarness::new::<NatsSink>(&format!(
+            "url = \"tls://{host}:{}\"\ntls_ca_file = {:?}\nack_timeout = \"3s\"\nconnect_timeout = \"3s\"\n",
+            server.port,
+            ca.display().to_string()
+        ))
+        .unwrap()
+    };
+    // Vouched for, under its name: JetStream acknowledges (stores) the readings.
+    tls("localhost", &ca).write(sample_readings(5)).unwrap();
+    // A name the certificate is not for, and another CA of the same name: refused.
+    let other = tempfile::tempdir().unwrap();
+    for (host, ca) in [("127.0.0.1", ca.clone()), ("localhost", pki(other.path()))] {
+        let e = tls(host, &ca).write(sample_readings(1)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::RETRY, "{host}: {e}");
+        assert!(
+            e.message().contains("cannot connect to NATS"),
+            "{host}: {e}"
+        );
+        assert!(
+            e.message().to_lowercase().contains("certificate"),
+            "{host}: {e}"
+        );
+    }
+}

@@ -13,6 +13,8 @@ use std::{
 pub struct NatsServer {
     child: Option<Child>,
     store: PathBuf,
+    /// Options it is started with beside the usual ones ([`NatsServer::start_with`]).
+    options: Vec<String>,
     /// Its client port.
     pub port: u16,
 }
@@ -22,9 +24,15 @@ impl NatsServer {
     /// here and handed to it could be taken meanwhile by another test's server, and this one
     /// would then talk to that one (and fail once that test kills it).
     pub fn start(store: PathBuf) -> NatsServer {
+        NatsServer::start_with(store, &[])
+    }
+
+    /// [`NatsServer::start`], with `options` too (`--tls`, say), kept for restarts.
+    pub fn start_with(store: PathBuf, options: &[String]) -> NatsServer {
         let mut n = NatsServer {
             child: None,
             store,
+            options: options.to_vec(),
             port: 0,
         };
         n.spawn("-1");
@@ -34,7 +42,8 @@ impl NatsServer {
         let end = Instant::now() + Duration::from_secs(10);
         n.port = loop {
             let port = std::fs::read_to_string(&file).ok().and_then(|t| {
-                let at = t.find("nats://127.0.0.1:")? + "nats://127.0.0.1:".len();
+                // A server with TLS lists its client port as tls://.
+                let at = t.find("://127.0.0.1:")? + "://127.0.0.1:".len();
                 t[at..]
                     .split(|c: char| !c.is_ascii_digit())
                     .next()?
@@ -65,6 +74,7 @@ impl NatsServer {
             .arg(&ports)
             .arg("-sd")
             .arg(&self.store)
+            .args(&self.options)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
