@@ -15,6 +15,7 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod notify;
+pub mod overdue;
 pub mod pipeline;
 pub mod plan;
 pub mod plugin_metrics;

@@ -8,6 +8,7 @@ use crate::{
     config::{Config, Instance, Role, SinkSettings},
     loader::{Catalog, Library},
     logging::HostLogger,
+    overdue::Overdue,
 };
 use gateway_sdk::{
     abi::{InstanceInfo, PluginKind, SinkBox, SourceBox},
@@ -92,6 +93,11 @@ pub(crate) fn buffer_dir(config: &Config, decl: &Instance) -> std::path::PathBuf
     data_dir(config, decl).join("buffer")
 }
 
+/// What [`Overdue`] calls an instance's constructor: `sink db: its start`.
+fn started(decl: &Instance) -> String {
+    format!("{} {}: its start", decl.role, decl.name)
+}
+
 /// Files what the plugin's constructor `new` made of `info`: into `built`, or, failing, into
 /// `errors`.
 fn build<T, F, S>(
@@ -141,6 +147,7 @@ impl Plan {
             }
         }
         let mut catalog = Catalog::new(&config.gateway.plugin_dirs, logger.clone());
+        let stall_warning = config.gateway.stall_warning;
         let mut errors = Vec::new();
         let mut sources = Vec::new();
         let mut sinks = Vec::new();
@@ -193,7 +200,10 @@ impl Plan {
                         .plugin
                         .new_source
                         .expect("source descriptor has new_source");
-                    let made = new(&info);
+                    let made = {
+                        let _watch = Overdue::watch(stall_warning, started(decl));
+                        new(&info)
+                    };
                     build(
                         (new, made),
                         info,
@@ -206,7 +216,10 @@ impl Plan {
                 }
                 Role::Sink(settings) => {
                     let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
-                    let made = new(&info);
+                    let made = {
+                        let _watch = Overdue::watch(stall_warning, started(decl));
+                        new(&info)
+                    };
                     build(
                         (new, made),
                         info,
@@ -319,6 +332,7 @@ pub fn build_sink(
     std::fs::create_dir_all(info.data_dir.as_str())
         .map_err(|e| format!("cannot create {}: {e}", info.data_dir))?;
     let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
+    let _watch = Overdue::watch(config.gateway.stall_warning, started(decl));
     new(&info)
         .into_result()
         .map_err(|e| located(decl, "could not be built", &e))

@@ -536,3 +536,26 @@ fn a_sink_stuck_in_a_write_is_logged_shown_and_its_end_logged() {
     assert!((1..=4).contains(&warnings), "{warnings} warnings: {err}");
     assert!(gw.stop(Duration::from_secs(20)).success());
 }
+
+#[test]
+fn a_sink_whose_start_hangs_is_named_in_the_log() {
+    // A constructor that hangs (a database that neither answers nor refuses) left a gateway
+    // that said "starting" and nothing more: the start is watched as a sink's calls are.
+    let s = Setup::new();
+    let body = format!(
+        "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 1\n[sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\nstart_delay = \"2500ms\"\n",
+        s.path("out.txt").display().to_string()
+    );
+    let cfg = s.config("stall_warning = \"1s\"", &body);
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(30)).expect("exits");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    let warned = err
+        .find("sink rec: its start has not returned for 1 s")
+        .expect(&err);
+    let returned = err.find("sink rec: its start returned after").expect(&err);
+    let running = err.find("gateway running").expect(&err);
+    assert!(warned < returned && returned < running, "{err}");
+    assert_eq!(s.recorded("out.txt", "seq"), vec![0]);
+}

@@ -174,6 +174,9 @@ struct RecorderConfig {
     path: String,
     #[serde(default, with = "duration")]
     delay: Duration,
+    /// How long building the instance takes (a constructor that connects somewhere slow).
+    #[serde(default, with = "duration")]
+    start_delay: Duration,
     /// The first this-many writes fail with a retryable error.
     #[serde(default)]
     fail_first: u64,
@@ -340,6 +343,7 @@ impl Sink for Recorder {
     const DESCRIPTION: &'static str = "test: appends readings to a file; can stall, fail or panic";
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
         let cfg: RecorderConfig = ctx.parse_config()?;
+        std::thread::sleep(cfg.start_delay);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
