@@ -14,7 +14,8 @@ use std::{io::Write as _, path::Path, process::Command, time::Instant};
 
 const ROWS: usize = 500_000;
 
-fn psql(sql: &str) -> Result<String> {
+/// What `sql` prints, run as root on database `test` through the Unix socket.
+pub(crate) fn psql(sql: &str) -> Result<String> {
     let out = Command::new("psql")
         .args([
             "-h",

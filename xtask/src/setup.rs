@@ -167,27 +167,6 @@ fn postgres(root: &Option<Vec<&'static str>>) -> Result<()> {
     Ok(())
 }
 
-/// What `sql` prints, run as root on database `test` through the socket.
-fn postgres_says(sql: &str) -> Result<String> {
-    let out = Command::new("psql")
-        .args([
-            "-h",
-            "/var/run/postgresql",
-            "-U",
-            "root",
-            "-d",
-            "test",
-            "-Atc",
-            sql,
-        ])
-        .output()
-        .context("psql")?;
-    if !out.status.success() {
-        bail!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 /// Debian's self-signed certificate, which its PostgreSQL serves by default.
 const SNAKEOIL: (&str, &str) = (
     "/etc/ssl/certs/ssl-cert-snakeoil.pem",
@@ -197,7 +176,7 @@ const SNAKEOIL: (&str, &str) = (
 /// Turns on PostgreSQL's TLS where it is off (Debian's default is on, with its snakeoil
 /// certificate): the postgres plugin's TLS tests connect over TCP with `verify-full`.
 fn postgres_tls(root: &Option<Vec<&'static str>>) -> Result<()> {
-    if postgres_says("SHOW ssl")? == "on" {
+    if crate::pg::psql("SHOW ssl")? == "on" {
         return Ok(());
     }
     eprintln!("== turning on PostgreSQL's TLS with Debian's snakeoil certificate");
@@ -213,15 +192,15 @@ fn postgres_tls(root: &Option<Vec<&'static str>>) -> Result<()> {
             &["make-ssl-cert", "generate-default-snakeoil"],
         ))?;
     }
-    postgres_says(&format!(
+    crate::pg::psql(&format!(
         "ALTER SYSTEM SET ssl_cert_file = '{}'",
         SNAKEOIL.0
     ))?;
-    postgres_says(&format!("ALTER SYSTEM SET ssl_key_file = '{}'", SNAKEOIL.1))?;
-    postgres_says("ALTER SYSTEM SET ssl = on")?;
-    postgres_says("SELECT pg_reload_conf()")?;
+    crate::pg::psql(&format!("ALTER SYSTEM SET ssl_key_file = '{}'", SNAKEOIL.1))?;
+    crate::pg::psql("ALTER SYSTEM SET ssl = on")?;
+    crate::pg::psql("SELECT pg_reload_conf()")?;
     std::thread::sleep(Duration::from_millis(500));
-    if postgres_says("SHOW ssl")? != "on" {
+    if crate::pg::psql("SHOW ssl")? != "on" {
         bail!("PostgreSQL's TLS stays off after `ALTER SYSTEM SET ssl = on` and a reload: its log says why (is {} readable by the postgres user?)", SNAKEOIL.1);
     }
     Ok(())

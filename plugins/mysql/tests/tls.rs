@@ -3,7 +3,6 @@
 //! a user that may log in over TLS only. The sink stores through a server its CA file vouches
 //! for, under the name it is for, and refuses any other.
 
-use gateway_pki::{issue_to, Kind};
 use gateway_sdk::testing::{sample_readings, SinkHarness};
 use gateway_test_support::mariadb::MariaDb;
 use mysql::Mysql;
@@ -11,27 +10,7 @@ use std::{os::unix::fs::PermissionsExt, path::Path};
 
 /// A CA and a server certificate it issued for `localhost`, in `dir`: the CA's file.
 fn pki(dir: &Path) -> std::path::PathBuf {
-    let (ca, ca_key) = issue_to(
-        &dir.join("ca.pem"),
-        &dir.join("ca.key"),
-        "gateway test CA",
-        Kind::Ca,
-        None,
-        0,
-        2,
-    )
-    .unwrap();
-    issue_to(
-        &dir.join("server.pem"),
-        &dir.join("server.key"),
-        "localhost",
-        Kind::Server(&["localhost".to_owned()]),
-        Some((&ca, &ca_key)),
-        0,
-        2,
-    )
-    .unwrap();
-    dir.join("ca.pem")
+    gateway_pki::ca_and_server(dir, &["localhost".to_owned()], 2).unwrap()
 }
 
 /// The sink as user `gw` (who may log in over TLS only) at `host`, trusting `ca` alone.

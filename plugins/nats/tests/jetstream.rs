@@ -315,30 +315,7 @@ fn readme_samples_match_sample_toml_and_parse() {
 
 /// A CA and a server certificate it issued for `localhost`, in `dir`: the CA's file.
 fn pki(dir: &std::path::Path) -> std::path::PathBuf {
-    use gateway_pki::{issue_to, Kind};
-    let (ca, key) = issue_to(
-        &dir.join("ca.pem"),
-        &dir.join("ca.key"),
-        "gateway test CA",
-        Kind::Ca,
-        None,
-        0,
-        2,
-    )
-    .unwrap();
-    let names = ["localhost".to_owned()];
-    let server = (dir.join("server.pem"), dir.join("server.key"));
-    issue_to(
-        &server.0,
-        &server.1,
-        "localhost",
-        Kind::Server(&names),
-        Some((&ca, &key)),
-        0,
-        2,
-    )
-    .unwrap();
-    dir.join("ca.pem")
+    gateway_pki::ca_and_server(dir, &["localhost".to_owned()], 2).unwrap()
 }
 
 #[test]
