@@ -231,8 +231,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     config.path.display()
                 );
             };
-            let (text, ready) = gateway_host::status::report(addr, config.gateway.stall_warning)
-                .map_err(anyhow::Error::msg)?;
+            let (text, ready) = gateway_host::status::report(addr).map_err(anyhow::Error::msg)?;
             print!("{text}");
             Ok(if ready {
                 ExitCode::SUCCESS

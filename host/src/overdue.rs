@@ -8,6 +8,19 @@
 use crossbeam_channel::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
+/// Moves `next`, when a stalled call is warned of again, to the first doubling past `lasted`:
+/// warnings at the setting, then each time the call has lasted twice as long.
+pub(crate) fn next_warning(next: &mut Duration, lasted: Duration) {
+    while *next <= lasted {
+        *next *= 2;
+    }
+}
+
+/// Logs the end of a call that was warned of as stalled (`what`: "the sink's write call").
+pub(crate) fn log_returned(what: &str, took: Duration) {
+    tracing::info!("{what} returned after {} s; it had stalled", took.as_secs());
+}
+
 /// Watches one call from another thread until dropped.
 pub struct Overdue {
     done: Option<crossbeam_channel::Sender<()>>,
@@ -40,16 +53,11 @@ impl Overdue {
                                 "{what} has not returned for {} s (stall_warning {after:?}): its plugin is stuck (a server that neither answers nor refuses, say); nothing else starts meanwhile; a plugin call cannot be interrupted: if it does not return, stop the gateway and fix what it waits for",
                                 began.elapsed().as_secs()
                             );
-                            while next <= began.elapsed() {
-                                next *= 2;
-                            }
+                            next_warning(&mut next, began.elapsed());
                         }
                         _ => {
                             if warned {
-                                tracing::info!(
-                                    "{what} returned after {} s; it had stalled",
-                                    began.elapsed().as_secs()
-                                );
+                                log_returned(&what, began.elapsed());
                             }
                             return;
                         }

@@ -138,11 +138,7 @@ impl Drop for InCall<'_> {
         let word = self.stats.call.swap(0, Ordering::Relaxed);
         if word & STALLED != 0 {
             let took = Duration::from_millis(epoch_ms().saturating_sub((word >> CALL_BITS) - 1));
-            tracing::info!(
-                "the sink's {} call returned after {} s; it had stalled",
-                Call::of(word),
-                took.as_secs()
-            );
+            crate::overdue::log_returned(&format!("the sink's {} call", Call::of(word)), took);
         }
     }
 }

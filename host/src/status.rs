@@ -35,9 +35,9 @@ fn parse(text: &str) -> Samples {
 }
 
 /// The report for the gateway at `addr`, and whether it is well: ready, and no sink in a
-/// plugin call for the gateway's `[gateway] stall_warning` or longer (as its page says; from
-/// `stall_warning`, the config's, where it does not; zero: not looked at).
-pub fn report(addr: SocketAddr, stall_warning: Duration) -> Result<(String, bool), String> {
+/// plugin call for the gateway's `[gateway] stall_warning` or longer (as its page says; zero:
+/// not looked at).
+pub fn report(addr: SocketAddr) -> Result<(String, bool), String> {
     let unreachable = |e: std::io::Error| {
         format!("cannot reach the gateway's metrics at {addr}: {e} (is `gateway run` running with this config?)")
     };
@@ -101,11 +101,12 @@ pub fn report(addr: SocketAddr, stall_warning: Duration) -> Result<(String, bool
             v("gateway_sink_restarts_total", &i)
         );
     }
-    // The running gateway's: a reload does not change it, the file may have since.
+    // The running gateway's: a reload does not change it, the file may have since. (A page
+    // without it has no call lengths either.)
     let stall_warning = m
         .get("gateway_stall_warning_seconds")
         .and_then(|s| s.get(""))
-        .map_or(stall_warning, |s| Duration::from_secs_f64(s.max(0.0)));
+        .map_or(Duration::ZERO, |s| Duration::from_secs_f64(s.max(0.0)));
     let mut stalled = false;
     for (i, secs) in m.get("gateway_sink_call_seconds").into_iter().flatten() {
         if !stall_warning.is_zero() && *secs >= stall_warning.as_secs_f64() {

@@ -49,6 +49,23 @@ fn distinct(s: &Setup, file: &str, sensor: &str) -> Vec<i64> {
     v
 }
 
+/// Checks that every reading of source `a` the sink writing `quick.txt` stored reached the
+/// one writing `other` (`who`) too, contiguous there; returns what `quick.txt` holds.
+fn assert_reached(s: &Setup, other: &str, who: &str, log: &str) -> Vec<i64> {
+    let (theirs, quick) = (distinct(s, other, "a"), distinct(s, "quick.txt", "a"));
+    let missing: Vec<_> = quick
+        .iter()
+        .filter(|v| theirs.binary_search(v).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} readings the quick sink stored never reached {who}: {missing:?}\n{log}",
+        missing.len()
+    );
+    assert_contiguous(&theirs, &format!("a through {who}"));
+    quick
+}
+
 fn wait_until(what: &str, gw: &Running, limit: Duration, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + limit;
     while !f() {
@@ -502,21 +519,8 @@ path = {:?}
     assert!(status.success(), "{log}");
     assert_eq!(log.matches("reload applied").count(), 1, "{log}");
     assert!(!log.contains("reload refused"), "{log}");
-    let (slow, quick) = (
-        distinct(&s, "slow.txt", "a"),
-        distinct(&s, "quick.txt", "a"),
-    );
+    let quick = assert_reached(&s, "slow.txt", "the slow one", &log);
     assert!(quick.len() > 20, "{log}");
-    let missing: Vec<_> = quick
-        .iter()
-        .filter(|v| slow.binary_search(v).is_err())
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} readings the quick sink stored never reached the slow one: {missing:?}\n{log}",
-        missing.len()
-    );
-    assert_contiguous(&slow, "a through the slow sink");
 }
 
 #[test]
@@ -575,20 +579,7 @@ path = {:?}
     let status = gw.stop(Duration::from_secs(20));
     let log = gw.stderr();
     assert!(status.success(), "{log}");
-    let (later, quick) = (
-        distinct(&s, "later.txt", "a"),
-        distinct(&s, "quick.txt", "a"),
-    );
-    let missing: Vec<_> = quick
-        .iter()
-        .filter(|v| later.binary_search(v).is_err())
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} readings the quick sink stored never reached the other: {missing:?}\n{log}",
-        missing.len()
-    );
-    assert_contiguous(&later, "a through the sink that started late");
+    assert_reached(&s, "later.txt", "the sink that started late", &log);
 }
 
 #[test]

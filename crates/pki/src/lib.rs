@@ -17,11 +17,7 @@ use openssl::{
         X509Crl, X509CrlBuilder, X509NameBuilder, X509RevokedBuilder, X509,
     },
 };
-use std::{
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
-};
+use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path};
 
 /// A private key.
 pub type Key = PKey<Private>;
@@ -178,33 +174,6 @@ pub fn issue_to(
     write_cert(cert_path, &cert)?;
     write_key(key_path, &key)?;
     Ok((cert, key))
-}
-
-/// A CA and a server certificate it issued for `names` (the first is its common name), both
-/// valid for `days`, written under `dir` as [`Layout`] names them: for tests that need a TLS
-/// server of their own. Returns the CA's file.
-pub fn ca_and_server(dir: &Path, names: &[String], days: i64) -> Result<PathBuf, PkiError> {
-    let at = Layout(dir);
-    let (ca, ca_key) = issue_to(
-        &at.ca(),
-        &at.ca_key(),
-        "gateway test CA",
-        Kind::Ca,
-        None,
-        0,
-        days,
-    )?;
-    let cn = names.first().map_or("localhost", String::as_str);
-    issue_to(
-        &at.server(),
-        &at.server_key(),
-        cn,
-        Kind::Server(names),
-        Some((&ca, &ca_key)),
-        0,
-        days,
-    )?;
-    Ok(at.ca())
 }
 
 /// Writes a certificate as PEM.

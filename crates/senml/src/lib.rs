@@ -312,10 +312,32 @@ pub fn json_refusal(batch: &[Reading]) -> Option<String> {
 /// the order `bn`, `bt`, `bu`, `n`, `u`, `t`, the value, `rid`. A value that is not a finite
 /// number becomes `null`: see [`json_refusal`].
 pub fn encode_json(batch: &[Reading]) -> Vec<u8> {
-    /// Writes a scalar as serde_json writes it (strings escaped, floats shortest round trip,
-    /// NaN and infinities `null`).
-    fn scalar<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
-        serde_json::to_writer(out, v).expect("JSON of a plain value");
+    /// One record's fields as they are written: `{"k":v,"k":v` (the caller closes it).
+    struct Fields<'a> {
+        out: &'a mut Vec<u8>,
+        first: bool,
+    }
+    impl Fields<'_> {
+        fn key(&mut self, k: &str) {
+            self.out
+                .extend_from_slice(if self.first { b"{\"" } else { b",\"" });
+            self.first = false;
+            self.out.extend_from_slice(k.as_bytes());
+            self.out.extend_from_slice(b"\":");
+        }
+        /// A field whose value serde_json writes (strings escaped, floats shortest round
+        /// trip, NaN and infinities `null`).
+        fn field<T: serde::Serialize + ?Sized>(&mut self, k: &str, v: &T) {
+            self.key(k);
+            serde_json::to_writer(&mut *self.out, v).expect("JSON of a plain value");
+        }
+        /// A field whose value is text that needs no escaping (hex, base64url).
+        fn plain(&mut self, k: &str, write: impl FnOnce(&mut Vec<u8>)) {
+            self.key(k);
+            self.out.push(b'"');
+            write(self.out);
+            self.out.push(b'"');
+        }
     }
     let mut out = Vec::with_capacity(batch.len() * 112 + 2);
     out.push(b'[');
@@ -323,61 +345,37 @@ pub fn encode_json(batch: &[Reading]) -> Vec<u8> {
         if i > 0 {
             out.push(b',');
         }
-        let mut first = true;
-        let mut key = |out: &mut Vec<u8>, k: &str| {
-            out.extend_from_slice(if first { b"{\"" } else { b",\"" });
-            first = false;
-            out.extend_from_slice(k.as_bytes());
-            out.extend_from_slice(b"\":");
+        let mut f = Fields {
+            out: &mut out,
+            first: true,
         };
-        let text = |out: &mut Vec<u8>,
-                    key: &mut dyn FnMut(&mut Vec<u8>, &str),
-                    k,
-                    v: Option<Cow<'_, str>>| {
-            if let Some(v) = v {
-                key(out, k);
-                scalar(out, &*v);
-            }
-        };
-        text(&mut out, &mut key, "bn", r.bn);
-        if let Some(bt) = r.bt {
-            key(&mut out, "bt");
-            scalar(&mut out, &bt);
+        if let Some(bn) = &r.bn {
+            f.field("bn", &**bn);
         }
-        text(&mut out, &mut key, "bu", r.bu);
-        text(&mut out, &mut key, "n", r.n);
-        text(&mut out, &mut key, "u", r.u);
+        if let Some(bt) = r.bt {
+            f.field("bt", &bt);
+        }
+        if let Some(bu) = &r.bu {
+            f.field("bu", &**bu);
+        }
+        if let Some(n) = &r.n {
+            f.field("n", &**n);
+        }
+        if let Some(u) = &r.u {
+            f.field("u", &**u);
+        }
         if let Some(t) = r.t {
-            key(&mut out, "t");
-            scalar(&mut out, &t);
+            f.field("t", &t);
         }
         match r.value.expect("value") {
-            Value::Float(v) => {
-                key(&mut out, "v");
-                scalar(&mut out, &v);
-            }
-            Value::Int(v) => {
-                key(&mut out, "v");
-                scalar(&mut out, &v);
-            }
-            Value::Bool(v) => {
-                key(&mut out, "vb");
-                scalar(&mut out, &v);
-            }
-            Value::Text(v) => {
-                key(&mut out, "vs");
-                scalar(&mut out, v.as_str());
-            }
-            Value::Bytes(v) => {
-                key(&mut out, "vd");
-                scalar(&mut out, &base64url(&v));
-            }
+            Value::Float(v) => f.field("v", &v),
+            Value::Int(v) => f.field("v", &v),
+            Value::Bool(v) => f.field("vb", &v),
+            Value::Text(v) => f.field("vs", v.as_str()),
+            Value::Bytes(v) => f.plain("vd", |out| out.extend_from_slice(base64url(&v).as_bytes())),
         }
         if let Some(rid) = r.rid {
-            key(&mut out, RID);
-            out.push(b'"');
-            hex_into(&mut out, &rid);
-            out.push(b'"');
+            f.plain(RID, |out| hex_into(out, &rid));
         }
         out.push(b'}');
     }

@@ -272,8 +272,10 @@ impl Graph {
             crossbeam_channel::select! {
                 recv(watchdog) -> _ => notifier.send("WATCHDOG=1"),
                 recv(each_second) -> _ => {
-                    let views = self.sink_views();
-                    self.stalls.check(self.config.gateway.stall_warning, &views);
+                    let after = self.config.gateway.stall_warning;
+                    if !after.is_zero() {
+                        self.stalls.check(after, &self.sink_views());
+                    }
                     if !self.stuck.is_empty() {
                         notifier.pinging_while(timeout + Duration::from_secs(10), || self.replace_stuck());
                     }

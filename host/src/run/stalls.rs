@@ -39,9 +39,7 @@ impl Stalls {
             if lasted < *next {
                 continue;
             }
-            while *next <= lasted {
-                *next *= 2;
-            }
+            crate::overdue::next_warning(next, lasted);
             tracing::warn!(
                 sink = %v.name,
                 pending = v.stats.pending(),

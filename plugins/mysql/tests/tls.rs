@@ -10,7 +10,8 @@ use std::{os::unix::fs::PermissionsExt, path::Path};
 
 /// A CA and a server certificate it issued for `localhost`, in `dir`: the CA's file.
 fn pki(dir: &Path) -> std::path::PathBuf {
-    gateway_pki::ca_and_server(dir, &["localhost".to_owned()], 2).unwrap()
+    gateway_test_support::coaps::ca_and_server(dir, "localhost", &["localhost".to_owned()]);
+    dir.join("ca.pem")
 }
 
 /// The sink as user `gw` (who may log in over TLS only) at `host`, trusting `ca` alone.

@@ -315,7 +315,8 @@ fn readme_samples_match_sample_toml_and_parse() {
 
 /// A CA and a server certificate it issued for `localhost`, in `dir`: the CA's file.
 fn pki(dir: &std::path::Path) -> std::path::PathBuf {
-    gateway_pki::ca_and_server(dir, &["localhost".to_owned()], 2).unwrap()
+    gateway_test_support::coaps::ca_and_server(dir, "localhost", &["localhost".to_owned()]);
+    dir.join("ca.pem")
 }
 
 #[test]

@@ -1,18 +1,14 @@
 //! For the coaps tests and benchmarks: certificates, ports, configs.
 
-use gateway_pki::{issue_to, Kind};
+use gateway_pki::{issue_to, Key, Kind};
+use openssl::x509::X509;
 use std::{net::UdpSocket, path::Path};
 
-/// A throwaway PKI in `dir`: a CA (`ca.pem`), a server certificate for `localhost` and
-/// `127.0.0.1` (`server.pem`), and one device certificate per `(file stem, common name)`
-/// (`STEM.pem`, `STEM.key`). Valid from yesterday for 30 days.
-pub fn pki(dir: &Path, devices: &[(&str, &str)]) {
+/// A throwaway CA in `dir` (`ca.pem`, `ca.key`) and a server certificate it issued for
+/// `names` under the common name `cn` (`server.pem`, `server.key`), valid from yesterday for
+/// 30 days: for a TLS server of a test's own. Returns the CA's certificate and key.
+pub fn ca_and_server(dir: &Path, cn: &str, names: &[String]) -> (X509, Key) {
     let d = |f: &str| dir.join(f);
-    let names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
     let ca = issue_to(
         &d("ca.pem"),
         &d("ca.key"),
@@ -24,20 +20,30 @@ pub fn pki(dir: &Path, devices: &[(&str, &str)]) {
     )
     .unwrap();
     let issuer = Some((&ca.0, &ca.1));
-    let server = Kind::Server(&names);
     issue_to(
         &d("server.pem"),
         &d("server.key"),
-        "server",
-        server,
+        cn,
+        Kind::Server(names),
         issuer,
         -1,
         30,
     )
     .unwrap();
+    ca
+}
+
+/// A throwaway PKI in `dir`: [`ca_and_server`] for `localhost`, `127.0.0.1` and `::1`, and
+/// one device certificate per `(file stem, common name)` (`STEM.pem`, `STEM.key`).
+pub fn pki(dir: &Path, devices: &[(&str, &str)]) {
+    let names = ["localhost", "127.0.0.1", "::1"].map(str::to_owned);
+    let ca = ca_and_server(dir, "server", &names);
     for (stem, cn) in devices {
-        let (cert, key) = (d(&format!("{stem}.pem")), d(&format!("{stem}.key")));
-        issue_to(&cert, &key, cn, Kind::Device, issuer, -1, 30).unwrap();
+        let (cert, key) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
+        issue_to(&cert, &key, cn, Kind::Device, Some((&ca.0, &ca.1)), -1, 30).unwrap();
     }
 }
 

@@ -137,18 +137,20 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                     return self.too_large(peer, mid, con, &token);
                 }
             }
-            let per_peer = self.reassembly.keys().filter(|k| k.0 == peer).count();
             let fresh = !self.reassembly.contains_key(&key);
-            if fresh
-                && per_peer < self.config.max_reassemblies_per_peer
-                && self.reassembly.len() >= self.config.max_reassemblies
-            {
+            let per_peer = if fresh {
+                self.reassembly.keys().filter(|k| k.0 == peer).count()
+            } else {
+                0
+            };
+            let (cap, per_peer_cap) = (
+                self.config.max_reassemblies,
+                self.config.max_reassemblies_per_peer,
+            );
+            if fresh && per_peer < per_peer_cap && self.reassembly.len() >= cap {
                 self.share_transfers(peer, per_peer);
             }
-            if fresh
-                && (self.reassembly.len() >= self.config.max_reassemblies
-                    || per_peer >= self.config.max_reassemblies_per_peer)
-            {
+            if fresh && (self.reassembly.len() >= cap || per_peer >= per_peer_cap) {
                 return self.answer_now(
                     peer,
                     mid,
