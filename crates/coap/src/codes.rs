@@ -14,6 +14,8 @@ pub struct Code {
 }
 
 impl Code {
+    /// 2.01 Created.
+    pub const CREATED: Code = Code::new(2, 1);
     /// 2.04 Changed.
     pub const CHANGED: Code = Code::new(2, 4);
     /// 2.05 Content.

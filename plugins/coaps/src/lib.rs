@@ -1,7 +1,7 @@
 //! `coaps`: the secure link between a Pi and the server, as two plugins. Each is exported by a
 //! library of its own (`uplink/` builds `libcoaps_uplink.so`, `ingress/` `libcoaps_ingress.so`).
 //! `coaps-uplink` (a sink, on the Pi) POSTs each batch as SenML over CoAP/DTLS 1.2 and returns
-//! only after the server answered 2.xx; `coaps-ingress` (a source, on the server) takes those
+//! only after the server answered 2.01 or 2.04; `coaps-ingress` (a source, on the server) takes those
 //! POSTs and answers 2.04 only once every sink it feeds stored them. I/O: UDP sockets, on a
 //! thread and tokio runtime of the plugin's own.
 

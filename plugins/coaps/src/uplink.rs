@@ -1,4 +1,4 @@
-//! `coaps-uplink`: POSTs each batch as SenML over CoAP/DTLS and returns only after a 2.xx.
+//! `coaps-uplink`: POSTs each batch as SenML over CoAP/DTLS and returns only after a 2.01 or 2.04.
 
 use crate::config::{parse_uri, UplinkConfig};
 use gateway_coap::{coap_lite::Packet, Code, Config as CoapConfig};
@@ -35,7 +35,9 @@ pub struct Uplink {
 /// What the server's answer means for the readings of a request.
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
-    /// Stored (2.01, 2.04 ...).
+    /// Stored: 2.01 Created or 2.04 Changed, the answers RFC 7252 §5.8.2 gives a POST that
+    /// did what it asked. Another 2.xx (2.03 Valid, 2.05 Content, 2.02 Deleted) is not one a
+    /// store sends: a proxy's cache or another resource answered, and is [`Self::Misconfigured`].
     Stored,
     /// Not now; the same request may succeed later (5.xx, 4.08, 4.29, lost answers).
     Retry,
@@ -54,12 +56,12 @@ enum Verdict {
 /// Judges a response code.
 fn verdict(code: Code) -> Verdict {
     match code {
-        c if c.is_success() => Verdict::Stored,
+        Code::CREATED | Code::CHANGED => Verdict::Stored,
         Code::BAD_REQUEST | Code::UNPROCESSABLE_ENTITY => Verdict::RefusedBatch,
         Code::REQUEST_ENTITY_TOO_LARGE => Verdict::TooLarge,
         // 5.xx, 4.08, 4.29, and 2.31 Continue as a final answer (not taken).
         c if c.is_retryable() => Verdict::Retry,
-        Code { class: 4, .. } => Verdict::Misconfigured,
+        Code { class: 2 | 4, .. } => Verdict::Misconfigured,
         _ => Verdict::Retry,
     }
 }
@@ -71,7 +73,7 @@ fn szx(block: usize) -> Option<u8> {
 impl Sink for Uplink {
     const ID: &'static str = "coaps-uplink";
     const DESCRIPTION: &'static str =
-        "POSTs readings as SenML over CoAP/DTLS 1.2; acknowledged on 2.xx";
+        "POSTs readings as SenML over CoAP/DTLS 1.2; acknowledged on 2.01 or 2.04";
 
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
         let mut cfg: UplinkConfig = ctx.parse_config()?;
@@ -164,7 +166,7 @@ impl Sink for Uplink {
         // batches in flight), the next going out as soon as any one finishes, so one slow
         // exchange (a lost datagram waits for its retransmission) does not hold the others
         // up. At the first failure nothing new of this batch goes out; what is in flight
-        // finishes. The batch is taken only when every request got a 2.xx. When some did not,
+        // finishes. The batch is taken only when every request got a 2.01 or 2.04. When some did not,
         // the host retries the batch: the parts the server already acknowledged are not sent
         // again (and if they were, the server would drop them by their ids).
         let pending: Vec<Reading>;
@@ -261,7 +263,7 @@ impl InFlight {
                     tracing::error!(
                         uri = %self.judge.uri,
                         error = %e.message(),
-                        "the server refuses this device: check the server's configuration and this one (certificate or PSK identity, uri); the readings are held and sent again in {:?}",
+                        "the server does not take this device's readings: check the server's configuration and this one (certificate or PSK identity, uri); the readings are held and sent again in {:?}",
                         self.judge.refusal_backoff
                     );
                     self.shared.lock().expect("uplink state").held = Some((
@@ -479,8 +481,7 @@ impl Judge {
             Verdict::TooLarge => Verdict::Misconfigured,
             v => v,
         };
-        let text = String::from_utf8_lossy(&resp.payload);
-        let what = format!("{code} {text}");
+        let what = format!("{code} {}", server_text(&resp.payload));
         match v {
             Verdict::Stored => Ok(()),
             Verdict::Retry => Err((
@@ -491,12 +492,39 @@ impl Judge {
                 PluginError::rejected(format!("the server refused these readings: {what}")),
                 v,
             )),
+            Verdict::Misconfigured if code.is_success() => Err((
+                PluginError::retry(format!(
+                    "the server answered the POST with {what}, which does not say it stored \
+                     the readings (2.01 or 2.04 does): is `uri` the ingress's resource, with no \
+                     caching proxy in between?"
+                )),
+                v,
+            )),
             Verdict::Misconfigured | Verdict::TooLarge => Err((
                 PluginError::retry(format!("the server refuses this device: {what}")),
                 v,
             )),
         }
     }
+}
+
+/// What the server said in an answer's payload, for a log line: at most 256 bytes of it, with
+/// line breaks and other control characters escaped, so that a server cannot write lines of its
+/// own into the device's log.
+fn server_text(payload: &[u8]) -> String {
+    const MAX: usize = 256;
+    let text = String::from_utf8_lossy(&payload[..payload.len().min(MAX)]);
+    let mut out: String = text
+        .chars()
+        .flat_map(|c| match c.is_control() {
+            true => c.escape_default().collect::<Vec<_>>(),
+            false => vec![c],
+        })
+        .collect();
+    if payload.len() > MAX {
+        out.push_str("...");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -517,6 +545,11 @@ mod tests {
             assert_eq!(verdict(4, detail), Verdict::Misconfigured, "4.{detail:02}");
         }
         assert_eq!(verdict(4, 13), Verdict::TooLarge);
+        // Success codes that do not say a POST was stored (RFC 7252 §5.8.2): a cache's 2.03,
+        // another resource's 2.05 or 2.02. The readings are held.
+        for detail in [2, 3, 5] {
+            assert_eq!(verdict(2, detail), Verdict::Misconfigured, "2.{detail:02}");
+        }
         for (c, d) in [(4, 8), (4, 29), (5, 0), (5, 3), (5, 4), (0, 0)] {
             assert_eq!(verdict(c, d), Verdict::Retry, "{c}.{d:02}");
         }
@@ -537,6 +570,32 @@ mod tests {
         // With room enough, requests are as large as allowed.
         let big = split_requests(&batch, 100, 16_000, senml::encode_cbor);
         assert_eq!(big.len(), 10);
+    }
+
+    #[test]
+    fn a_success_that_is_not_a_stored_post_holds_the_readings_and_the_server_writes_no_lines() {
+        let judge = Judge {
+            uri: "coaps://server/gpsflowtemp".into(),
+            refusal_backoff: Duration::from_secs(300),
+        };
+        let answer = |c: u8, d: u8, text: &[u8]| {
+            let mut p = Packet::new();
+            p.header.code = gateway_coap::coap_lite::MessageClass::from((c << 5) | d);
+            p.payload = text.to_vec();
+            judge.outcome(Ok(p), 10)
+        };
+        assert!(answer(2, 4, b"").is_ok());
+        assert!(answer(2, 1, b"").is_ok());
+        let (e, v) = answer(2, 5, b"cached").unwrap_err();
+        assert_eq!(v, Verdict::Misconfigured);
+        assert!(e.kind == gateway_sdk::ErrorKind::RETRY, "{e}");
+        assert!(e.message().contains("2.05 cached"), "{e}");
+        let (e, _) = answer(4, 3, b"no\nINFO gateway: forged\r\x1b[31m").unwrap_err();
+        let e = e.message();
+        assert!(!e.contains(['\n', '\r', '\x1b']), "{e:?}");
+        assert!(e.contains("no\\nINFO gateway: forged"), "{e}");
+        let (e, _) = answer(4, 3, &[b'x'; 100_000]).unwrap_err();
+        assert!(e.message().len() < 400, "{} bytes", e.message().len());
     }
 
     #[test]

@@ -558,3 +558,30 @@ fn a_503s_max_age_pauses_the_uplink_up_to_its_refusal_backoff() {
     assert!(next() - third < Duration::from_millis(300));
     assert!(t.elapsed() < Duration::from_millis(300));
 }
+
+#[test]
+fn a_cache_or_another_resource_answering_a_post_does_not_count_as_stored() {
+    use coap_lite::ResponseType::{Content, Valid};
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    // 2.05 is an answer to a GET, 2.03 to a request with an ETag (RFC 7252 §5.9.1): neither
+    // says that the POST's readings were stored.
+    let (port, arrived) = scripted_server(dir.path(), vec![(Content, None), (Valid, None)]);
+    let cfg = uplink_config(dir.path(), port, "refusal_backoff = \"100ms\"\n");
+    let mut uplink = SinkHarness::new::<Uplink>(&cfg).unwrap();
+    for code in ["2.05", "2.03"] {
+        let e = uplink.write(sample_readings(3)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+        assert!(
+            e.message().contains(code) && e.message().contains("does not say it stored"),
+            "{e}"
+        );
+        arrived.recv_timeout(Duration::from_secs(10)).unwrap();
+        // Held for refusal_backoff, as for a refusal.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(uplink.acknowledged().is_empty());
+    // A 2.04 does.
+    uplink.write(sample_readings(3)).unwrap();
+    assert_eq!(uplink.acknowledged().len(), 1);
+}
