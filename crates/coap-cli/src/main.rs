@@ -167,6 +167,9 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .map_err(anyhow::Error::msg)?;
     let server = resolve(&uri)?;
     let tls = settings(args)?;
+    if tls.ca_file.is_some() && tls.psk.is_some() {
+        bail!("give --ca or --psk-identity, not both: a PSK handshake shows no certificate, so --ca would check nothing");
+    }
     if tls.ca_file.is_none() && tls.psk.is_none() {
         bail!("give --ca (the server's certificate is checked against it) or --psk-identity");
     }

@@ -96,12 +96,14 @@ impl Default for Config {
 }
 
 impl Config {
-    /// MAX_TRANSMIT_SPAN + 2 * MAX_LATENCY + PROCESSING_DELAY (RFC 7252 §4.8.2).
+    /// MAX_TRANSMIT_SPAN + 2 * MAX_LATENCY + PROCESSING_DELAY (RFC 7252 §4.8.2), at most a
+    /// day whatever the settings (so that `now` plus it is always an `Instant`).
     pub fn exchange_lifetime(&self) -> Duration {
-        let span = self
-            .ack_timeout
-            .mul_f64(((1u64 << self.max_retransmit) - 1) as f64 * self.ack_random_factor);
-        span + Duration::from_secs(200) + self.ack_timeout
+        const DAY: Duration = Duration::from_secs(86_400);
+        let doublings = 2f64.powi(self.max_retransmit.min(64) as i32) - 1.0;
+        let span = self.ack_timeout.as_secs_f64() * doublings * self.ack_random_factor;
+        let span = Duration::try_from_secs_f64(span).unwrap_or(DAY);
+        (span + Duration::from_secs(200) + self.ack_timeout.min(DAY)).min(DAY)
     }
     fn block_size(&self) -> usize {
         1 << (self.block_szx.min(6) + 4)

@@ -342,6 +342,31 @@ fn a_slow_answer_goes_as_a_separate_response() {
 }
 
 #[test]
+fn the_exchange_lifetime_is_rfc_7252s_and_bounded_whatever_the_settings() {
+    assert_eq!(
+        Config::default().exchange_lifetime(),
+        Duration::from_secs(247)
+    );
+    // 2^64 retransmission waits overflowed a shift and then a Duration, at the first separate
+    // response (a panic in the client's thread).
+    for max_retransmit in [20, 63, 64, 200, u32::MAX] {
+        let config = Config {
+            max_retransmit,
+            ..Config::default()
+        };
+        assert!(config.exchange_lifetime() <= Duration::from_secs(86_400));
+        let mut net = Net::new(config, 5);
+        net.app = App::After(Duration::from_secs(5));
+        let token = net.post(b"slow".to_vec());
+        net.run_until(|n| !n.outcomes.is_empty());
+        assert!(
+            net.outcomes[&token].is_ok(),
+            "max_retransmit {max_retransmit}"
+        );
+    }
+}
+
+#[test]
 fn a_large_body_goes_block_wise_and_is_reassembled() {
     let mut net = Net::new(Config::default(), 9);
     let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();

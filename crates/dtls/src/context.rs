@@ -267,7 +267,7 @@ pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
         let unauthenticated = suites_where(&ctx, |f| f.starts_with("Au=") && f != "Au=PSK")?;
         if !unauthenticated.is_empty() {
             return Err(DtlsError::Config(format!(
-                "with a PSK and no ca_file, only the PSK can authenticate the server, but the cipher list also has {}, which would take any server's certificate unverified: list only PSK suites in ciphers, or set ca_file",
+                "with a PSK and no ca_file, only the PSK can authenticate the server, but the cipher list also has {}, which would take any server's certificate unverified: list only PSK suites in ciphers",
                 unauthenticated.join(", ")
             )));
         }

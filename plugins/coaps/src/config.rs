@@ -62,15 +62,15 @@ pub struct UplinkConfig {
     /// CoAP ACK_TIMEOUT.
     #[serde(default = "d2s", with = "duration")]
     pub ack_timeout: Duration,
-    /// CoAP MAX_RETRANSMIT.
+    /// CoAP MAX_RETRANSMIT (at most 20).
     #[serde(default = "four")]
     pub max_retransmit: u32,
     /// Set each request's first timeout from the measured round trip (CoCoA-style, never
     /// under 200 ms); `false`: `ack_timeout` for every request.
     #[serde(default = "yes")]
     pub adaptive_rto: bool,
-    /// How long one batch may take before the write fails (retryably) and the session is set
-    /// up again.
+    /// How long one request may take (every block of a block-wise one included) before the
+    /// write fails (retryably) and the session is set up again.
     #[serde(default = "d30s", with = "duration")]
     pub request_timeout: Duration,
     /// How long a DTLS handshake may take. Its flights are sent again after 1 s, then 1.5

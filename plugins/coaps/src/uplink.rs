@@ -66,6 +66,10 @@ fn verdict(code: Code) -> Verdict {
     }
 }
 
+/// The most retransmissions `max_retransmit` may ask for: the waits double each time, so 20
+/// already spans 2^20 times `ack_timeout`.
+const MAX_RETRANSMIT: u32 = 20;
+
 fn szx(block: usize) -> Option<u8> {
     (0..=6u8).find(|s| 1usize << (s + 4) == block)
 }
@@ -107,6 +111,26 @@ impl Sink for Uplink {
                 ))
             }
         };
+        if cfg.max_retransmit > MAX_RETRANSMIT {
+            return Err(bad(
+                "max_retransmit",
+                format!(
+                    "{} is more than {MAX_RETRANSMIT}: the last wait alone would be 2^{} times \
+                     ack_timeout (RFC 7252's default is 4)",
+                    cfg.max_retransmit, cfg.max_retransmit
+                ),
+            ));
+        }
+        if cfg.ca_file.is_some() && psk.is_some() {
+            // With a PSK the handshake is a PSK one: the server shows no certificate, and
+            // whoever holds the key can answer as the server, whatever the CA file says.
+            return Err(bad(
+                "ca_file",
+                "set with a PSK: a PSK handshake shows no certificate, so the CA file would check \
+                 nothing; use either a PSK or ca_file (with cert_file and key_file)"
+                    .into(),
+            ));
+        }
         if cfg.ca_file.is_none() && psk.is_none() {
             return Err(bad(
                 "ca_file",
@@ -556,23 +580,6 @@ mod tests {
     }
 
     #[test]
-    fn every_request_fits_one_datagram_and_keeps_the_batch_in_order() {
-        let batch = sample_readings(1000);
-        let limit = max_payload(1232);
-        let reqs = split_requests(&batch, 100, limit, senml::encode_cbor);
-        assert!(reqs.len() > 10, "100 readings do not fit 1132 bytes");
-        assert!(reqs.iter().all(|(_, p)| p.len() <= limit));
-        let ids: Vec<_> = reqs
-            .iter()
-            .flat_map(|(c, _)| c.iter().map(|r| r.id))
-            .collect();
-        assert_eq!(ids, batch.iter().map(|r| r.id).collect::<Vec<_>>());
-        // With room enough, requests are as large as allowed.
-        let big = split_requests(&batch, 100, 16_000, senml::encode_cbor);
-        assert_eq!(big.len(), 10);
-    }
-
-    #[test]
     fn a_success_that_is_not_a_stored_post_holds_the_readings_and_the_server_writes_no_lines() {
         let judge = Judge {
             uri: "coaps://server/gpsflowtemp".into(),
@@ -596,6 +603,23 @@ mod tests {
         assert!(e.contains("no\\nINFO gateway: forged"), "{e}");
         let (e, _) = answer(4, 3, &[b'x'; 100_000]).unwrap_err();
         assert!(e.message().len() < 400, "{} bytes", e.message().len());
+    }
+
+    #[test]
+    fn every_request_fits_one_datagram_and_keeps_the_batch_in_order() {
+        let batch = sample_readings(1000);
+        let limit = max_payload(1232);
+        let reqs = split_requests(&batch, 100, limit, senml::encode_cbor);
+        assert!(reqs.len() > 10, "100 readings do not fit 1132 bytes");
+        assert!(reqs.iter().all(|(_, p)| p.len() <= limit));
+        let ids: Vec<_> = reqs
+            .iter()
+            .flat_map(|(c, _)| c.iter().map(|r| r.id))
+            .collect();
+        assert_eq!(ids, batch.iter().map(|r| r.id).collect::<Vec<_>>());
+        // With room enough, requests are as large as allowed.
+        let big = split_requests(&batch, 100, 16_000, senml::encode_cbor);
+        assert_eq!(big.len(), 10);
     }
 
     #[test]

@@ -220,6 +220,27 @@ fn config_errors_name_the_key() {
             && e.message().contains("gateway certs init"),
         "{e}"
     );
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    let e = SinkHarness::new::<Uplink>(&uplink_config(dir.path(), 1, "max_retransmit = 21\n"))
+        .err()
+        .unwrap();
+    assert!(
+        e.message().contains("max_retransmit: 21 is more than 20"),
+        "{e}"
+    );
+    assert!(
+        SinkHarness::new::<Uplink>(&uplink_config(dir.path(), 1, "max_retransmit = 20\n")).is_ok()
+    );
+    // A PSK handshake shows no certificate: the CA file would check nothing.
+    let psk = "psk_identity = \"pi-01\"\npsk_key = \"00112233445566778899aabbccddeeff\"\n";
+    let e = SinkHarness::new::<Uplink>(&format!(
+        "uri = \"coaps://127.0.0.1:1/x\"\nca_file = {:?}\n{psk}",
+        dir.path().join("ca.pem").display().to_string()
+    ))
+    .err()
+    .unwrap();
+    assert!(e.message().contains("ca_file: set with a PSK"), "{e}");
     let e =
         run_source::<Ingress>("listen = \"127.0.0.1:0\"", 1, Duration::from_secs(1)).unwrap_err();
     assert!(
@@ -295,8 +316,7 @@ fn reading_ids_are_scoped_by_device_so_one_cannot_pre_claim_anothers() {
     std::thread::sleep(Duration::from_millis(300));
     let uplink = |who: &str| {
         SinkHarness::new::<Uplink>(&format!(
-            "uri = \"coaps://127.0.0.1:{port}/gpsflowtemp\"\nca_file = {:?}\npsk_identity = \"{who}\"\npsk_key = \"{key}\"\n",
-            dir.path().join("ca.pem").display().to_string()
+            "uri = \"coaps://127.0.0.1:{port}/gpsflowtemp\"\npsk_identity = \"{who}\"\npsk_key = \"{key}\"\n",
         ))
         .unwrap()
     };
@@ -351,14 +371,13 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
         move || run_source::<Ingress>(&icfg, 2, Duration::from_secs(20)).unwrap()
     });
     std::thread::sleep(Duration::from_millis(300));
-    let ca = dir.path().join("ca.pem").display().to_string();
     let uri = format!("coaps://127.0.0.1:{port}/gpsflowtemp");
     let mut readings = sample_readings(2);
     for r in &mut readings {
         r.device = gateway_sdk::Label::from("pi-01");
     }
     let mut from_file = SinkHarness::new::<Uplink>(&format!(
-        "uri = {uri:?}\nca_file = {ca:?}\npsk_identity = \"pi-01\"\npsk_key_file = {key_file:?}\n"
+        "uri = {uri:?}\npsk_identity = \"pi-01\"\npsk_key_file = {key_file:?}\n"
     ))
     .unwrap();
     from_file.write(readings).unwrap();
