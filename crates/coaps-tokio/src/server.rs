@@ -33,6 +33,8 @@ pub struct ServerOptions {
 /// What goes back into a running server.
 enum Out {
     Answer(RequestId, Packet),
+    /// An answer that registers its client (peer, token) for notifications.
+    Register(RequestId, SocketAddr, Token, Packet),
     Notify(SocketAddr, Token, Packet),
 }
 
@@ -45,6 +47,15 @@ impl Responder {
     /// registers its client for notifications.
     pub fn respond(&self, id: RequestId, packet: Packet) {
         let _ = self.0.send(Out::Answer(id, packet));
+    }
+
+    /// Answers request `id`, from `peer` with `token`, with `packet`, which registers its
+    /// client for notifications (it has an Observe option, the request `Observe: 0`). If the
+    /// request is no longer waiting (its peer's session ended before the answer came), nothing
+    /// is registered and the handler's [`Handler::deregistered`] is told, as for any
+    /// registration that ended: an application's own registry must not keep it.
+    pub fn register(&self, id: RequestId, peer: SocketAddr, token: Token, packet: Packet) {
+        let _ = self.0.send(Out::Register(id, peer, token, packet));
     }
 
     /// A responder that reaches no server (what it is given is dropped): for tests of what
@@ -408,7 +419,14 @@ async fn serve(
 /// An answer or a notification into the machine.
 fn give(machine: &mut Machine, handler: &mut impl Handler, out: Out) {
     match out {
-        Out::Answer(id, packet) => machine.respond(Instant::now(), id, packet),
+        Out::Answer(id, packet) => {
+            machine.respond(Instant::now(), id, packet);
+        }
+        Out::Register(id, peer, token, packet) => {
+            if !machine.respond(Instant::now(), id, packet) {
+                handler.deregistered(peer, token);
+            }
+        }
         Out::Notify(peer, token, packet) => {
             if !machine.notify(Instant::now(), peer, &token, packet) {
                 handler.deregistered(peer, token);

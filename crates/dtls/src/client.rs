@@ -610,8 +610,11 @@ impl Client {
                     }
                     // This client serves nothing: refuse what the server asks.
                     CoapEvent::Request { id, .. } => {
-                        self.endpoint
-                            .respond(now, id, response(ResponseType::MethodNotAllowed, ""))
+                        self.endpoint.respond(
+                            now,
+                            id,
+                            response(ResponseType::MethodNotAllowed, ""),
+                        );
                     }
                 }
             }

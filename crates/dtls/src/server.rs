@@ -334,9 +334,10 @@ impl Server {
     /// The application's answer to request `id` (after [`Server::poll_event`] gave it). An
     /// answer with an Observe option to a GET with `Observe: 0` registers its client (see
     /// [`gateway_coap::Endpoint::notify`]).
-    pub fn respond(&mut self, now: Instant, id: RequestId, packet: Packet) {
-        self.endpoint.respond(now, id, packet);
+    pub fn respond(&mut self, now: Instant, id: RequestId, packet: Packet) -> bool {
+        let waiting = self.endpoint.respond(now, id, packet);
         self.pump();
+        waiting
     }
 
     /// A notification to the client observing with `token` from `peer` (RFC 7641). `false`:

@@ -350,8 +350,7 @@ impl<'a> Serving<'a> {
                     let answer = latest::answer(&inc.packet, &readings, self.settings.max_block);
                     match answer {
                         Ok(p) => {
-                            let p = self.register(inc, device, sensor.as_deref(), p);
-                            self.answer(id, p, Instant::now());
+                            self.register(inc, device, sensor.as_deref(), p);
                             return;
                         }
                         Err(r) => Err(r),
@@ -388,25 +387,24 @@ impl<'a> Serving<'a> {
         }
     }
 
-    /// The answer `p` to a GET of last readings that asks to register (see [`registers`]):
+    /// Answers with `p` a GET of last readings that asks to register (see [`registers`]):
     /// registers its client if there is room, and the answer then carries an Observe option.
-    fn register(
-        &self,
-        inc: &Incoming,
-        device: &str,
-        sensor: Option<&str>,
-        mut p: Packet,
-    ) -> Packet {
+    /// Should the request's session have ended meanwhile (an alert in the same datagram), the
+    /// worker says so through [`Handler::deregistered`] and the registration goes.
+    fn register(&self, inc: &Incoming, device: &str, sensor: Option<&str>, mut p: Packet) {
         let mut observers = self.observers.lock().expect("observers");
         let added = observers.add(device, sensor, inc.peer, &inc.packet, &self.responder);
         self.counted(&observers);
-        if added {
-            p.add_option(CoapOption::Observe, encode_uint(0));
-            tracing::debug!(peer = %inc.peer, device, sensor, observers = observers.len(), "observer registered");
-        } else {
+        let now = Instant::now();
+        if !added {
             tracing::debug!(peer = %inc.peer, device, "observer not registered: no room");
+            return self.answer(inc.id, p, now);
         }
-        p
+        p.add_option(CoapOption::Observe, encode_uint(0));
+        tracing::debug!(peer = %inc.peer, device, sensor, observers = observers.len(), "observer registered");
+        self.counters.answered(&p, now);
+        let token = inc.packet.get_token().to_vec();
+        self.responder.register(inc.id, inc.peer, token, p);
     }
 
     /// Brings the observer figures up to date.

@@ -15,10 +15,12 @@ const DEDUP_TRIES: usize = 16;
 
 impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// Answers request `id` (from [`Event::Request`]). Piggybacked on the ACK if the request has
-    /// not been acknowledged yet, otherwise sent as a separate CON response.
-    pub fn respond(&mut self, now: Instant, id: RequestId, mut resp: Packet) {
+    /// not been acknowledged yet, otherwise sent as a separate CON response. `false`: the
+    /// request is not waiting (any more: its peer was forgotten meanwhile), and nothing is sent
+    /// or registered.
+    pub fn respond(&mut self, now: Instant, id: RequestId, mut resp: Packet) -> bool {
         let Some(p) = self.pending.remove(&id) else {
-            return;
+            return false;
         };
         resp.set_token(p.token.clone());
         self.observe_answer(now, p.peer, &p.token, p.observe, &mut resp);
@@ -43,6 +45,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 self.cache_answer(p.peer, p.mid, bytes);
             }
         }
+        true
     }
 
     pub(super) fn on_request(&mut self, now: Instant, peer: P, req: Packet) {

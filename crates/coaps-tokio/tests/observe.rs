@@ -1,0 +1,112 @@
+//! Observe registrations answered through a worker's [`Responder::register`]: the handler hears
+//! of every registration that ends, including one whose request was gone (its session ended)
+//! by the time the answer came, so that an application's own registry never keeps a client
+//! the server does not know.
+
+mod common;
+use common::*;
+use gateway_coap::{
+    coap_lite::{CoapOption, RequestType, ResponseType},
+    encode_uint, request, response, Token,
+};
+use gateway_coaps_tokio::{Bound, Client, Handler, Incoming, ServerStats};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+/// Hands each request to the test, and keeps what the worker says was deregistered.
+struct Registry {
+    requests: mpsc::Sender<Incoming>,
+    gone: Arc<Mutex<Vec<(SocketAddr, Token)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Handler for Registry {
+    fn request(&mut self, inc: Incoming) {
+        let _ = self.requests.send(inc);
+    }
+    fn tick(&mut self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+    }
+    fn deregistered(&mut self, peer: SocketAddr, token: Token) {
+        self.gone.lock().unwrap().push((peer, token));
+    }
+}
+
+fn observe_get() -> gateway_coap::coap_lite::Packet {
+    let mut p = request(RequestType::Get, "gpsflowtemp/pi-01", None, Vec::new());
+    p.add_option(CoapOption::Observe, encode_uint(0));
+    p
+}
+
+fn registering_answer() -> gateway_coap::coap_lite::Packet {
+    let mut p = response(ResponseType::Content, "21.5");
+    p.add_option(CoapOption::Observe, encode_uint(0));
+    p
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn no_session(stats: &ServerStats) -> bool {
+    stats.established_now.load(Ordering::Relaxed) == 0
+}
+
+#[test]
+fn a_registration_whose_session_ended_before_its_answer_is_handed_back() {
+    let pki = Pki::new();
+    let b = Bound::new(server_opts(&pki, "server")).unwrap();
+    let (addr, stats, responder) = (b.local_addr, b.stats.clone(), b.responder.clone());
+    let (tx, requests) = mpsc::channel();
+    let gone = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let registry = Registry {
+        requests: tx,
+        gone: gone.clone(),
+        stop: stop.clone(),
+    };
+    let worker = std::thread::spawn(move || b.run(Duration::from_millis(20), registry));
+    let is_gone = |peer: SocketAddr| gone.lock().unwrap().iter().any(|(p, _)| *p == peer);
+
+    // Registered while its session lives: answered with Observe, and deregistered only when
+    // the session ends.
+    let client = Client::start(client_opts(addr, &pki.path("ca.pem"), "localhost")).unwrap();
+    let asked = client.send(observe_get(), Duration::from_secs(5));
+    let inc = requests.recv_timeout(Duration::from_secs(5)).unwrap();
+    let token = inc.packet.get_token().to_vec();
+    responder.register(inc.id, inc.peer, token, registering_answer());
+    let answer = asked.wait().expect("the answer");
+    assert!(answer.get_first_option(CoapOption::Observe).is_some());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!is_gone(inc.peer), "a live registration was handed back");
+    drop(client);
+    wait_for("the session's end did not deregister", || is_gone(inc.peer));
+
+    // Its session ended (close_notify) while the answer was being made: nothing registers,
+    // and the handler hears of it. Before, the application kept the registration for good.
+    let client = Client::start(client_opts(addr, &pki.path("ca.pem"), "localhost")).unwrap();
+    let asked = client.send(observe_get(), Duration::from_millis(300));
+    let inc = requests.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(asked.wait().is_err(), "nothing answered it yet");
+    drop(client);
+    wait_for("the session did not end", || no_session(&stats));
+    assert!(!is_gone(inc.peer));
+    let token = inc.packet.get_token().to_vec();
+    responder.register(inc.id, inc.peer, token.clone(), registering_answer());
+    wait_for("a registration without its request was kept", || {
+        gone.lock().unwrap().contains(&(inc.peer, token.clone()))
+    });
+
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+}
