@@ -109,7 +109,7 @@ fn same(a: &Instance, b: &Instance) -> bool {
 }
 
 /// What an instance's files hold: each value of a key ending in `_file` (at any depth of its
-/// table), resolved as plugins resolve paths (relative to the file the table is in), with a
+/// table, tables in arrays too, as the ingress's `psk = [{ identity, key_file }]`), resolved as plugins resolve paths (relative to the file the table is in), with a
 /// hash of its contents (`None`: unreadable). Files over 16 MiB are stamped by size and
 /// modification time instead.
 pub(super) fn file_stamps(decl: &Instance) -> Vec<(PathBuf, Option<u64>)> {
@@ -122,6 +122,11 @@ pub(super) fn file_stamps(decl: &Instance) -> Vec<(PathBuf, Option<u64>)> {
                     out.push((p, stamp));
                 }
                 toml::Value::Table(t) => collect(t, base, out),
+                toml::Value::Array(a) => {
+                    for t in a.iter().filter_map(toml::Value::as_table) {
+                        collect(t, base, out);
+                    }
+                }
                 _ => {}
             }
         }
@@ -735,28 +740,36 @@ path = "more.jsonl"
     fn files_named_by_file_keys_are_stamped_by_their_contents() {
         let cfg = config(&BASE.replace(
             "path = \"out.jsonl\"",
-            "path = \"out.jsonl\"\n[sinks.out.tls]\nca_file = \"ca-under-test.pem\"",
+            "path = \"out.jsonl\"\npsk = [{ identity = \"pi-07\", key_file = \"k.hex\" }]\n[sinks.out.tls]\nca_file = \"ca-under-test.pem\"",
         ));
         let decl = &cfg.sinks[0];
         let dir = decl.file.parent().unwrap();
         let ca = dir.join("ca-under-test.pem");
         std::fs::write(&ca, "one").unwrap();
-        let first = file_stamps(decl);
+        let key = dir.join("k.hex");
+        std::fs::write(&key, "00112233").unwrap();
+        let stamps = || {
+            let mut s = file_stamps(decl);
+            s.sort();
+            s
+        };
+        let first = stamps();
+        let paths: Vec<_> = first.iter().map(|(p, _)| p.clone()).collect();
         assert_eq!(
-            first.len(),
-            1,
-            "only *_file keys, nested ones too: {first:?}"
+            paths,
+            [ca.clone(), key.clone()],
+            "only *_file keys, nested ones and ones in arrays of tables too: {first:?}"
         );
-        assert_eq!(first[0].0, ca);
-        assert_eq!(
-            file_stamps(decl),
-            first,
-            "the same contents, the same stamp"
-        );
+        assert_eq!(stamps(), first, "the same contents, the same stamp");
+        // A rotated PSK (a leaked key rewritten in its file) is a change.
+        std::fs::write(&key, "44556677").unwrap();
+        assert_ne!(stamps(), first);
+        std::fs::write(&key, "00112233").unwrap();
+        assert_eq!(stamps(), first);
         std::fs::write(&ca, "two").unwrap();
-        assert_ne!(file_stamps(decl), first);
+        assert_ne!(stamps(), first);
         std::fs::remove_file(&ca).unwrap();
-        assert_eq!(file_stamps(decl)[0].1, None);
+        assert_eq!(stamps()[0].1, None);
         let changed = |_: &Instance| true;
         assert_eq!(
             Changes::of(&cfg.sinks, &cfg.sinks, changed).changed,
