@@ -7,7 +7,9 @@ use common::*;
 use gateway_coap::coap_lite;
 use gateway_coaps_tokio::{Client, ClientOptions, RequestError, Server, ServerOptions};
 use gateway_dtls::{self as dtls, ClientSettings, DtlsError, Psk, Session, State};
-use gateway_pki::{issue_to, read_pair, revoke, Kind};
+use gateway_pki::{
+    issue_between, issue_to, new_key, read_pair, revoke, write_cert, write_key, Kind,
+};
 use openssl::ssl::{SslContextBuilder, SslMethod, SslVersion};
 use std::{
     collections::HashMap,
@@ -94,6 +96,73 @@ fn a_resumed_session_keeps_its_certificate_identity() {
         2,
         "both reconnections were abbreviated handshakes"
     );
+}
+
+#[test]
+fn no_session_outlives_its_device_certificate_busy_or_resumed() {
+    let pki = Pki::new();
+    // pi-02's certificate expires 3 s from now.
+    let (ca, ca_key) = read_pair(&pki.path("ca.pem"), &pki.path("ca.key")).unwrap();
+    let key = new_key().unwrap();
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    };
+    let now = unix(std::time::SystemTime::now());
+    let short = issue_between(
+        "pi-02",
+        &key,
+        Kind::Device,
+        Some((&ca, &ca_key)),
+        now - 60,
+        now + 3,
+    )
+    .unwrap();
+    write_cert(&pki.path("short.pem"), &short).unwrap();
+    write_key(&pki.path("short.key"), &key).unwrap();
+    let expiry = std::time::UNIX_EPOCH + Duration::from_secs((now + 3) as u64);
+
+    let mut server = Server::start(mutual(&pki)).unwrap();
+    let app = serve(&mut server);
+    let client = Client::start(device(server.local_addr, &pki, "short")).unwrap();
+    // Kept busy, the session never idles; after the certificate's notAfter nothing more gets
+    // in: the busy session ends, and the device's resumption of it is refused.
+    let mut stored_after_expiry = 0;
+    let mut refused = 0;
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let sent_at = std::time::SystemTime::now();
+        match client.request(post(b"x".to_vec()), Duration::from_millis(500)) {
+            Ok(r) if changed(&r) && sent_at > expiry + Duration::from_millis(200) => {
+                stored_after_expiry += 1
+            }
+            Ok(_) => {}
+            Err(_) => refused += 1,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        stored_after_expiry, 0,
+        "a request got in after the certificate expired"
+    );
+    assert!(refused > 0);
+    assert_eq!(
+        server.stats.expired.load(Ordering::Relaxed),
+        1,
+        "the busy session ended"
+    );
+    assert!(
+        server.stats.expired_resumptions.load(Ordering::Relaxed) >= 1,
+        "the device's resumption of its expired session was refused"
+    );
+    drop(client);
+    drop(server);
+    let seen = app.join().unwrap();
+    assert!(
+        seen.len() > 5,
+        "requests got in before the expiry: {}",
+        seen.len()
+    );
+    assert!(seen.iter().all(|(id, _)| id.as_deref() == Some("pi-02")));
 }
 
 #[test]

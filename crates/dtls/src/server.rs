@@ -40,7 +40,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 /// Server settings.
@@ -111,6 +111,11 @@ pub struct Stats {
     pub unauthenticated: AtomicU64,
     /// Sessions closed at once because the peer's identity is on the deny list.
     pub denied: AtomicU64,
+    /// Resumed sessions refused because the client certificate of the session they resume
+    /// has expired since.
+    pub expired_resumptions: AtomicU64,
+    /// Sessions ended because the client certificate their identity comes from expired.
+    pub expired: AtomicU64,
     /// Datagrams from addresses without a session, dropped.
     pub no_session: AtomicU64,
     /// ClientHellos that found the handshake capacity full (they wait in the lobby, or are
@@ -190,6 +195,9 @@ struct Peer {
     random: [u8; 32],
     /// Set when the session is established and admitted: the peer's authenticated identity.
     identity: Option<Arc<str>>,
+    /// When the certificate that identity comes from expires (the session then ends): a
+    /// session outlives no certificate, resumed or kept busy.
+    expires: Option<Instant>,
 }
 
 /// A CoAP-over-DTLS server, without sockets. See the module documentation.
@@ -383,11 +391,21 @@ impl Server {
         self.serve_lobby(now);
     }
 
-    /// Drops the sessions idle for `session_idle`, and notes when the next one can be.
+    /// Ends `peer`'s session: the certificate of its identity has expired.
+    fn end_expired(&mut self, peer: SocketAddr) {
+        count(&self.stats.expired);
+        let identity = self.peers.get(&peer).and_then(|p| p.identity.clone());
+        tracing::info!(%peer, identity = ?identity, "session ended: the client certificate of its identity has expired");
+        self.drop_peer(peer, true);
+    }
+
+    /// Drops the sessions idle for `session_idle` and those whose certificate has expired,
+    /// and notes when the next one can be.
     fn drop_idle(&mut self, now: Instant) {
         let idle_for = self.cfg.session_idle;
         let mut next: Option<Instant> = None;
         let mut idle = Vec::new();
+        let mut expired = Vec::new();
         // A session that observes is quiet by nature (notifications flow the other way, and
         // a device may post seldom): it stays. A client that went away is noticed by its CON
         // notifications going unacknowledged, and then its session may go idle.
@@ -396,11 +414,16 @@ impl Server {
             if !p.session.is_established() {
                 continue;
             }
+            if p.expires.is_some_and(|t| t <= now) {
+                expired.push(*a);
+                continue;
+            }
             let at = if observing.contains(a) {
                 now + idle_for
             } else {
                 p.session.last_activity() + idle_for
             };
+            let at = p.expires.map_or(at, |e| e.min(at));
             if at <= now {
                 idle.push(*a);
             } else {
@@ -408,6 +431,9 @@ impl Server {
             }
         }
         self.idle_check = next;
+        for a in expired {
+            self.end_expired(a);
+        }
         for a in idle {
             count(&self.stats.idle_evictions);
             tracing::info!(peer = %a, "idle session dropped");
@@ -565,6 +591,11 @@ impl Server {
             tracing::trace!(%peer, "datagram without a session dropped");
             return;
         };
+        if p.expires.is_some_and(|t| t <= now) {
+            // Its certificate expired before the timer that ends it ran.
+            self.end_expired(peer);
+            return;
+        }
         self.touched.insert(peer);
         let was_established = p.session.is_established();
         let heard = p.session.last_progress();
@@ -572,7 +603,7 @@ impl Server {
         if p.session.last_progress() != heard && self.parked.remove(&peer) {
             tracing::debug!(%peer, "a parked handshake moves again; it takes a slot back");
         }
-        if !was_established && p.session.is_established() && !self.admit(peer) {
+        if !was_established && p.session.is_established() && !self.admit(now, peer) {
             return;
         }
         if data.is_empty() {
@@ -686,6 +717,7 @@ impl Server {
                         session,
                         random: ch.random,
                         identity: None,
+                        expires: None,
                     },
                 );
             }
@@ -742,15 +774,29 @@ impl Server {
 
     /// A session was just established: it stays only if its peer has an identity the server
     /// accepts and there is room for it. `false` if it was closed.
-    fn admit(&mut self, peer: SocketAddr) -> bool {
+    fn admit(&mut self, now: Instant, peer: SocketAddr) -> bool {
         self.handshakes.remove(&peer);
         self.parked.remove(&peer);
         self.slot_freed = true;
         let p = self.peers.get(&peer).expect("the peer being admitted");
         let identity = p.session.peer_identity();
         let (resumed, cipher) = (p.session.resumed(), p.session.cipher().map(str::to_owned));
+        // A full handshake verified the certificate now; a resumed one carries the first
+        // handshake's, which may have expired since.
+        let expires = p.session.peer_not_after().map(|t| {
+            let left = t.duration_since(SystemTime::now()).unwrap_or_default();
+            now.checked_add(left)
+                .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400))
+        });
         let refused = self
             .refusal(identity.as_deref())
+            .or_else(|| match expires {
+                Some(t) if t <= now => {
+                    count(&self.stats.expired_resumptions);
+                    Some("the client certificate it resumes a session of has expired".into())
+                }
+                _ => None,
+            })
             .or_else(|| self.make_room(peer, identity.as_deref()));
         if let Some(why) = refused {
             tracing::warn!(%peer, identity = ?identity, "DTLS session refused: {why}");
@@ -768,8 +814,10 @@ impl Server {
                 *self.per_identity.entry(id.clone()).or_default() += 1;
             }
             p.identity = identity;
+            p.expires = expires;
             let idle_at = p.session.last_activity() + self.cfg.session_idle;
-            self.idle_check = Some(self.idle_check.map_or(idle_at, |t| t.min(idle_at)));
+            let check = expires.map_or(idle_at, |e| e.min(idle_at));
+            self.idle_check = Some(self.idle_check.map_or(check, |t| t.min(check)));
         }
         true
     }

@@ -22,7 +22,7 @@ use std::{
     collections::VecDeque,
     io::{self, Read, Write},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 /// In-memory datagrams: `read` hands OpenSSL one received datagram, `write` queues one.
@@ -164,6 +164,7 @@ enum Link {
 struct TakenOver {
     records: Established,
     identity: Option<String>,
+    not_after: Option<SystemTime>,
     resumed: bool,
     cipher: &'static str,
 }
@@ -427,6 +428,7 @@ impl Session {
         };
         let cipher = ssl.current_cipher().map_or("", |c| c.name());
         let (identity, resumed) = (identity_of(ssl), ssl.session_reused());
+        let not_after = not_after_of(ssl);
         // Freed without a close_notify, OpenSSL would take the session out of the cache, and
         // the device could not resume it.
         let both = ShutdownState::SENT | ShutdownState::RECEIVED;
@@ -435,6 +437,7 @@ impl Session {
         self.link = Link::Records(Box::new(TakenOver {
             records,
             identity,
+            not_after,
             resumed,
             cipher,
         }));
@@ -605,6 +608,20 @@ impl Session {
         }
     }
 
+    /// When the certificate the peer's identity comes from stops being valid (its notAfter),
+    /// read from the session as [`Session::peer_identity`] is: a resumed session has its
+    /// first handshake's certificate, which may have expired since. `None` without a verified
+    /// certificate (a PSK, or no identity).
+    pub fn peer_not_after(&self) -> Option<SystemTime> {
+        if !self.is_established() {
+            return None;
+        }
+        match &self.link {
+            Link::Tls(stream) => not_after_of(stream.ssl()),
+            Link::Records(t) => t.not_after,
+        }
+    }
+
     /// Whether the handshake was an abbreviated one, resuming an earlier session.
     pub fn resumed(&self) -> bool {
         match &self.link {
@@ -694,6 +711,21 @@ fn identity_of(ssl: &SslRef) -> Option<String> {
     }
     let cn = cn.data().to_string().ok()?;
     valid_identity(&cn).then_some(cn)
+}
+
+/// The notAfter of the verified client certificate (see [`Session::peer_not_after`]).
+fn not_after_of(ssl: &SslRef) -> Option<SystemTime> {
+    if ssl.psk_identity().is_some() || ssl.verify_result() != X509VerifyResult::OK {
+        return None;
+    }
+    let cert = ssl.peer_certificate()?;
+    let since_epoch = openssl::asn1::Asn1Time::from_unix(0)
+        .ok()?
+        .diff(cert.not_after())
+        .ok()?;
+    let secs = i64::from(since_epoch.days) * 86_400 + i64::from(since_epoch.secs);
+    // Before 1970: as expired as can be.
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
 }
 
 #[cfg(test)]

@@ -57,6 +57,30 @@ pub fn issue(
     not_before_days: i64,
     not_after_days: i64,
 ) -> Result<X509, PkiError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    issue_between(
+        cn,
+        key,
+        kind,
+        issuer,
+        now + not_before_days * 86400,
+        now + not_after_days * 86400,
+    )
+}
+
+/// [`issue`] with its validity to the second: from `not_before` to `not_after`, in seconds
+/// since the Unix epoch (a short-lived certificate, say).
+pub fn issue_between(
+    cn: &str,
+    key: &Key,
+    kind: Kind<'_>,
+    issuer: Option<(&X509, &Key)>,
+    not_before: i64,
+    not_after: i64,
+) -> Result<X509, PkiError> {
     let mut name = X509NameBuilder::new().map_err(e("name"))?;
     name.append_entry_by_nid(Nid::COMMONNAME, cn)
         .map_err(e("common name"))?;
@@ -73,14 +97,7 @@ pub fn issue(
     b.set_issuer_name(issuer.map(|(c, _)| c.subject_name()).unwrap_or(&name))
         .map_err(e("issuer"))?;
     b.set_pubkey(key).map_err(e("public key"))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (from, until) = (
-        x509_time(now + not_before_days * 86400)?,
-        x509_time(now + not_after_days * 86400)?,
-    );
+    let (from, until) = (x509_time(not_before)?, x509_time(not_after)?);
     b.set_not_before(&from).map_err(e("validity"))?;
     b.set_not_after(&until).map_err(e("validity"))?;
     let ski = SubjectKeyIdentifier::new()

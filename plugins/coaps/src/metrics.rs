@@ -34,7 +34,7 @@ pub fn of(c: &Counters, s: &ServerStats) -> Metrics {
         &[],
         s.handshaking_now.load(Relaxed).max(0) as f64,
     );
-    const HANDSHAKES: &str = "DTLS handshakes by result: ok (full) and resumed; failed by reason (a failure of an established session counts too); refused after the handshake (no identity, denied); evicted while stalled.";
+    const HANDSHAKES: &str = "DTLS handshakes by result: ok (full) and resumed; failed by reason (a failure of an established session counts too); refused after the handshake (no identity, denied, a resumption of a session whose client certificate has expired since); evicted while stalled.";
     let (all, resumed) = (get(&s.sessions), get(&s.resumed));
     m.counter(
         "gateway_dtls_handshakes_total",
@@ -56,7 +56,11 @@ pub fn of(c: &Counters, s: &ServerStats) -> Metrics {
             get(n),
         );
     }
-    for (reason, n) in [("no_identity", &s.unauthenticated), ("denied", &s.denied)] {
+    for (reason, n) in [
+        ("no_identity", &s.unauthenticated),
+        ("denied", &s.denied),
+        ("expired", &s.expired_resumptions),
+    ] {
         m.counter(
             "gateway_dtls_handshakes_total",
             HANDSHAKES,
@@ -76,11 +80,12 @@ pub fn of(c: &Counters, s: &ServerStats) -> Metrics {
         &[],
         get(&s.parked_handshakes),
     );
-    const DROPPED: &str = "DTLS sessions dropped by the server: to make room (the session caps), replaced by a new handshake from the same address, or idle.";
+    const DROPPED: &str = "DTLS sessions dropped by the server: to make room (the session caps), replaced by a new handshake from the same address, idle, or at the expiry of the client certificate its identity comes from.";
     for (reason, n) in [
         ("capacity", &s.evicted_sessions),
         ("replaced", &s.replaced),
         ("idle", &s.idle_evictions),
+        ("expired", &s.expired),
     ] {
         m.counter(
             "gateway_dtls_sessions_dropped_total",

@@ -463,6 +463,7 @@ impl<'a> Serving<'a> {
             handshake_failures = get(&s.handshake_failures),
             unauthenticated = get(&s.unauthenticated),
             denied = get(&s.denied),
+            expired = get(&s.expired) + get(&s.expired_resumptions),
             parked_handshakes = get(&s.parked_handshakes),
             evicted_handshakes = get(&s.evicted_handshakes),
             waited_for_slot = get(&s.from_lobby),
