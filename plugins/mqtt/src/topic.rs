@@ -63,10 +63,11 @@ impl Template {
         Ok(Template(parts))
     }
 
-    /// The topic of reading `r`. A value is one topic level whatever it holds: `/`, `+`, `#`
-    /// become `_` (a sensor named `a/b` cannot publish under another level), as do the
-    /// characters brokers refuse in a topic (control characters, Unicode non-characters), and
-    /// an empty one is `_`.
+    /// The topic of reading `r`. A value is one topic level whatever it holds, and two values
+    /// never make the same level: `/`, `+`, `#`, `%` and the characters brokers refuse in a
+    /// topic (control characters, Unicode non-characters) are percent-encoded (`a/b` is
+    /// `a%2Fb`, so a sensor cannot publish under another level, and devices `a/b` and `a_b`
+    /// keep topics of their own); an empty value is `_`, and a value that is `_` is `%5F`.
     pub fn render(&self, r: &Reading) -> String {
         let mut out = String::new();
         for p in &self.0 {
@@ -80,16 +81,29 @@ impl Template {
                 Part::Name => r.name.as_str(),
                 Part::Unit => r.unit.as_str(),
             };
-            if v.is_empty() {
-                out.push('_');
+            match v {
+                "" => out.push('_'),
+                "_" => out.push_str("%5F"),
+                v => {
+                    for c in v.chars() {
+                        match c {
+                            '/' | '+' | '#' | '%' => percent(&mut out, c),
+                            c if refused(c) => percent(&mut out, c),
+                            c => out.push(c),
+                        }
+                    }
+                }
             }
-            out.extend(v.chars().map(|c| match c {
-                '/' | '+' | '#' => '_',
-                c if refused(c) => '_',
-                c => c,
-            }));
         }
         out
+    }
+}
+
+/// Appends `c` percent-encoded: each byte of its UTF-8 as `%XX`.
+fn percent(out: &mut String, c: char) {
+    use std::fmt::Write;
+    for b in c.encode_utf8(&mut [0; 4]).bytes() {
+        let _ = write!(out, "%{b:02X}");
     }
 }
 
@@ -126,16 +140,22 @@ mod tests {
         );
         assert_eq!(
             t.render(&reading("pi-01", "../pi-02/#")),
-            "gateway/pi-01/.._pi-02__/temperature"
+            "gateway/pi-01/..%2Fpi-02%2F%23/temperature"
         );
         assert_eq!(
             t.render(&reading(
                 "pi\0-01",
                 "a\tb\u{7f}\u{9b}\u{fdd0}\u{fffe}\u{1ffff}é"
             )),
-            "gateway/pi_-01/a_b_____é/temperature",
+            "gateway/pi%00-01/a%09b%7F%C2%9B%EF%B7%90%EF%BF%BE%F0%9F%BF%BFé/temperature",
             "what a broker refuses in a topic"
         );
+        // Devices whose names differ keep topics of their own (before, `a/b` and `a_b` were
+        // one topic, and with `retain` one device's last value replaced the other's).
+        let names = ["a_b", "a/b", "a+b", "a#b", "a%2Fb", "_", ""];
+        let topics: std::collections::HashSet<_> =
+            names.iter().map(|d| t.render(&reading(d, "s"))).collect();
+        assert_eq!(topics.len(), names.len(), "{topics:?}");
         let t = Template::parse("{device}-{name}[{unit}]").unwrap();
         assert_eq!(t.render(&reading("pi", "s")), "pi-temperature[_]");
     }

@@ -267,8 +267,8 @@ fn readings_a_broker_or_json_cannot_take_are_published_safely_or_refused() {
     assert_eq!(
         topics,
         [
-            format!("{root}/a_b_/temperature"),
-            format!("{root}/s1/line_break_")
+            format!("{root}/a%09b%7F/temperature"),
+            format!("{root}/s1/line%0Abreak%EF%BF%BE")
         ]
     );
     let mut bad = sample_readings(3);

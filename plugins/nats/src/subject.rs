@@ -53,8 +53,10 @@ impl Template {
         Ok(Template(parts))
     }
 
-    /// The subject of reading `r`: each value one token (`.`, `*`, `>` and white space become
-    /// `_`; an empty value is `_`).
+    /// The subject of reading `r`: each value one token, and two values never the same token:
+    /// `.`, `*`, `>`, `%`, white space and control characters are percent-encoded (`pi.01` is
+    /// `pi%2E01`, `Pi 01` is `Pi%2001`, so neither is `pi_01`'s); an empty value is `_`, and a
+    /// value that is `_` is `%5F`.
     pub fn render(&self, r: &Reading) -> String {
         let mut out = String::new();
         for p in &self.0 {
@@ -67,16 +69,29 @@ impl Template {
                 Part::Sensor => r.sensor.as_str(),
                 Part::Name => r.name.as_str(),
             };
-            if v.is_empty() {
-                out.push('_');
+            match v {
+                "" => out.push('_'),
+                "_" => out.push_str("%5F"),
+                v => {
+                    for c in v.chars() {
+                        match c {
+                            '.' | '*' | '>' | '%' => percent(&mut out, c),
+                            c if c.is_whitespace() || c.is_control() => percent(&mut out, c),
+                            c => out.push(c),
+                        }
+                    }
+                }
             }
-            out.extend(v.chars().map(|c| match c {
-                '.' | '*' | '>' => '_',
-                c if c.is_whitespace() => '_',
-                c => c,
-            }));
         }
         out
+    }
+}
+
+/// Appends `c` percent-encoded: each byte of its UTF-8 as `%XX`.
+fn percent(out: &mut String, c: char) {
+    use std::fmt::Write;
+    for b in c.encode_utf8(&mut [0; 4]).bytes() {
+        let _ = write!(out, "%{b:02X}");
     }
 }
 
@@ -97,7 +112,18 @@ mod tests {
             unit: Label::from(""),
             value: Value::Float(1.0),
         };
-        assert_eq!(t.render(&r), "readings.pi-01.a_b___._");
+        assert_eq!(t.render(&r), "readings.pi-01.a%2Eb%20%3E%2A._");
+        // Devices whose names differ keep subjects of their own (before, all three were
+        // `pi_01`'s, and a consumer took one device's readings for another's).
+        let subject = |device: &str| {
+            let mut r = r.clone();
+            r.device = Label::from(device);
+            r.name = Label::from("t");
+            t.render(&r)
+        };
+        let names = ["pi_01", "pi.01", "pi 01", "pi%2E01", "_", ""];
+        let subjects: std::collections::HashSet<_> = names.iter().map(|d| subject(d)).collect();
+        assert_eq!(subjects.len(), names.len(), "{subjects:?}");
         for bad in ["", "a.*", "a.>", "a..b", ".a", "a b", "{dev}", "a.{device"] {
             assert!(Template::parse(bad).is_err(), "{bad}");
         }
