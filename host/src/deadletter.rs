@@ -312,8 +312,11 @@ impl DeadLetters {
     /// The dead-letter files, oldest first.
     pub fn files(&self) -> io::Result<Vec<PathBuf>> {
         let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.dir) {
+            // Regular files only: a FIFO named like one would hang every reader.
             Ok(d) => d
-                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.path())
                 .filter(|p| {
                     p.extension().is_some_and(|x| x == "jsonl")
                         && !p

@@ -377,8 +377,17 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DeadLetterCommand::Show { sink: name, .. } => {
+            // A file that cannot be read is named, and the others are still shown.
+            let mut unreadable = 0;
             for f in plan::dead_letters(&config, sink_of(&name)?).files()? {
-                let (h, readings) = deadletter::read(&f).map_err(|e| anyhow!(e))?;
+                let (h, readings) = match deadletter::read(&f) {
+                    Ok(letter) => letter,
+                    Err(e) => {
+                        unreadable += 1;
+                        eprintln!("gateway: unreadable dead-letter file {e}");
+                        continue;
+                    }
+                };
                 println!(
                     "# {}: refused at {}: {}",
                     f.display(),
@@ -389,7 +398,11 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                     println!("{r}");
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if unreadable == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         DeadLetterCommand::Resend { sink, .. } => {
             let decl = sink_of(&sink)?;
@@ -412,7 +425,15 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
             let mut instance = plan::build_sink(&config, decl, &logger).map_err(|e| anyhow!(e))?;
             let mut left = 0;
             for f in files {
-                let (_, readings) = deadletter::read(&f).map_err(|e| anyhow!(e))?;
+                // An unreadable file stays as it is, named; the others are still sent.
+                let readings = match deadletter::read(&f) {
+                    Ok((_, readings)) => readings,
+                    Err(e) => {
+                        left += 1;
+                        println!("{}: kept: unreadable: {e}", f.display());
+                        continue;
+                    }
+                };
                 let slice = abi_stable::std_types::RSlice::from_slice(&readings);
                 match instance.write(slice).into_result() {
                     Ok(()) => {

@@ -498,6 +498,83 @@ fn a_line_break_in_a_logged_value_cannot_forge_a_log_line() {
 }
 
 #[test]
+fn dead_letters_show_and_resend_name_a_bad_file_and_go_on_with_the_others() {
+    let s = Setup::new();
+    let out = s.path("out.txt");
+    let cfg = s.config(
+        "data_dir = \"data\"",
+        &format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 20\nbatch_size = 1\nwait_ack = false\n{}",
+            recorder("rec", out.to_str().unwrap(), &["seq"], "reject_value = 13")
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(20)).expect("exits");
+    assert!(status.success(), "{}", gw.stderr());
+    let dir = s.path("data/rec/dead-letter");
+    let real = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .expect("the refused reading's file");
+    // The same reading from before 1970 (a device's time is its own), one from the year
+    // 10000, a file that is not a dead letter, and a FIFO named like one.
+    let text = std::fs::read_to_string(&real).unwrap();
+    let at = |t: &str| {
+        let (head, rest) = text.split_once("\"time_us\":").unwrap();
+        let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+        format!("{head}\"time_us\":{t}{rest}")
+    };
+    std::fs::write(dir.join("0000000001-old.jsonl"), at("-1")).unwrap();
+    std::fs::write(dir.join("0000000002-far.jsonl"), at("253402300800000000")).unwrap();
+    std::fs::write(dir.join("0000000003-bad.jsonl"), "not a dead letter\n").unwrap();
+    let fifo = dir.join("0000000004-fifo.jsonl");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let run = |verb: &str| {
+        let (status, out, err) = gateway(&[
+            "dead-letters",
+            verb,
+            "--config",
+            cfg.to_str().unwrap(),
+            "rec",
+        ]);
+        assert!(!err.contains("panicked"), "{verb}: {err}");
+        (status, out, err)
+    };
+    // Before, `show` panicked at the first of these (exit 101) and stopped at an unreadable
+    // file, and a FIFO hung it.
+    let (status, shown, err) = run("show");
+    assert_eq!(status.code(), Some(1), "{shown}{err}");
+    assert!(err.contains("0000000003-bad.jsonl:1"), "{err}");
+    assert!(shown.contains("1969-12-31T23:59:59.999999Z"), "{shown}");
+    assert!(shown.contains("+10000-01-01T00:00:00.000000Z"), "{shown}");
+    assert_eq!(
+        shown.lines().filter(|l| l.contains("=13 ")).count(),
+        3,
+        "{shown}"
+    );
+    // Every readable file is offered to the sink again (which refuses 13 still), the ones
+    // after the bad file too; the bad one is kept, named.
+    let (status, out, _) = run("resend");
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("0000000003-bad.jsonl: kept: unreadable"),
+        "{out}"
+    );
+    let name = real.file_name().unwrap().to_str().unwrap();
+    assert!(out.contains(&format!("{name}: kept: ")), "{out}");
+    assert_eq!(
+        out.matches("simulated refusal of value 13").count(),
+        3,
+        "{out}"
+    );
+}
+
+#[test]
 fn only_the_refused_reading_of_a_batch_is_dead_lettered_queued_or_buffered() {
     // One source batch of 40 readings, one of which the sink refuses for good: the batch is
     // written again in halves until the bad reading is alone. From a disk buffer too, whose

@@ -130,14 +130,41 @@ impl Timestamp {
 }
 
 impl fmt::Display for Timestamp {
-    /// RFC 3339 with microseconds, e.g. `2026-11-25T15:42:31.123456Z`.
+    /// RFC 3339 with microseconds, e.g. `2026-11-25T15:42:31.123456Z`; a year outside 0 to
+    /// 9999 is written with its sign, ISO 8601's expanded form (`-0001-12-31T...`,
+    /// `+10000-01-01T...`). Any `i64` is a time: nothing here fails or panics.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (secs, micros) = (self.0.div_euclid(1_000_000), self.0.rem_euclid(1_000_000));
+        let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (y, m, d) = civil_from_days(days);
+        if (0..=9999).contains(&y) {
+            write!(f, "{y:04}")?;
+        } else {
+            write!(f, "{y:+05}")?;
+        }
         write!(
             f,
-            "{}",
-            humantime::format_rfc3339_micros(self.to_system_time())
+            "-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            sod / 3600,
+            sod / 60 % 60,
+            sod % 60
         )
     }
+}
+
+/// The proleptic Gregorian (year, month, day) of `days` since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// The value of a reading.
@@ -319,6 +346,36 @@ impl fmt::Display for Reading {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_timestamp_displays_and_rfc_3339_ones_as_humantime_does() {
+        for t in [
+            0,
+            1,
+            1_764_000_000_123_456,
+            253_402_300_799_999_999,
+            951_782_400_000_000,   // 2000-02-29
+            4_107_542_400_000_000, // 2100-03-01
+        ] {
+            let ours = Timestamp(t).to_string();
+            let theirs = humantime::format_rfc3339_micros(Timestamp(t).to_system_time());
+            assert_eq!(ours, theirs.to_string(), "{t}");
+        }
+        // Before 1970 humantime panicked; from the year 10000 it returned an error, which
+        // made `println!` panic (`gateway dead-letters show` of such a reading).
+        assert_eq!(Timestamp(-1).to_string(), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(
+            Timestamp(253_402_300_800_000_000).to_string(),
+            "+10000-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            Timestamp(-62_167_219_200_000_001).to_string(),
+            "-0001-12-31T23:59:59.999999Z"
+        );
+        for t in [i64::MIN, i64::MAX, -9_000_000_000_000_000_000] {
+            assert!(Timestamp(t).to_string().ends_with('Z'));
+        }
+    }
 
     #[test]
     fn ids_are_unique_and_version_7() {
