@@ -56,6 +56,10 @@ pub struct Bus {
     root: PathBuf,
     configured: Vec<Probe>,
     probes: BTreeMap<String, ProbeState>,
+    /// Probes that disappeared while their read had not returned: the flag that says when it
+    /// does. A probe that comes back takes it over, so that its hung read is not joined by
+    /// another thread on the same file each time the probe comes and goes.
+    lingering: BTreeMap<String, Arc<AtomicBool>>,
     missing_reported: BTreeMap<String, bool>,
     retries: u32,
     retry_delay: Duration,
@@ -73,6 +77,7 @@ impl Bus {
             root: cfg.root.clone(),
             configured: cfg.sensors.clone(),
             probes: BTreeMap::new(),
+            lingering: BTreeMap::new(),
             missing_reported: BTreeMap::new(),
             retries: cfg.retries,
             retry_delay: cfg.retry_delay,
@@ -145,19 +150,28 @@ impl Bus {
             .filter(|id| !present.iter().any(|(p, _)| p == *id))
             .cloned()
             .collect();
+        self.lingering.retain(|_, busy| busy.load(Ordering::SeqCst));
         for id in gone {
             tracing::warn!(probe = %id, "probe disappeared");
-            self.probes.remove(&id);
+            if let Some(st) = self.probes.remove(&id) {
+                if st.busy.load(Ordering::SeqCst) {
+                    self.lingering.insert(id, st.busy);
+                }
+            }
         }
         for (id, label) in &present {
             if !self.probes.contains_key(id) {
                 tracing::info!(probe = %id, sensor = %label, "probe found");
+                let busy = self
+                    .lingering
+                    .remove(id)
+                    .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
                 self.probes.insert(
                     id.clone(),
                     ProbeState {
                         path: self.root.join(id).join("w1_slave"),
                         label: label.clone(),
-                        busy: Arc::new(AtomicBool::new(false)),
+                        busy,
                         busy_since: Instant::now(),
                         rejects: BTreeMap::new(),
                         failing: false,
@@ -276,17 +290,32 @@ fn read_probe(path: &Path, retries: u32, delay: Duration) -> (ReadEnd, Vec<Rejec
         if attempt > 0 {
             std::thread::sleep(delay);
         }
-        match std::fs::read(path) {
-            Ok(bytes) => {
+        match read_capped(path) {
+            Ok(Some(bytes)) => {
                 let text = String::from_utf8_lossy(&bytes);
                 match parse_w1_slave(&text) {
                     Ok(c) => return (ReadEnd::Good(c, Timestamp::now()), rejects),
                     Err(r) => rejects.push(r),
                 }
             }
+            Ok(None) => rejects.push(Reject::Malformed),
             Err(e) => return (ReadEnd::Io(e.to_string()), rejects),
         }
     }
     let last = *rejects.last().expect("at least one attempt");
     (ReadEnd::Bad(last), rejects)
+}
+
+/// The most a `w1_slave` file is read: the driver writes about 75 bytes.
+const MAX_W1_SLAVE: u64 = 4096;
+
+/// The file at `path`, or `None` if it is longer than [`MAX_W1_SLAVE`] (not the driver's: a
+/// file of something else, or `/dev/zero` linked in its place), read no further than that.
+fn read_capped(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_W1_SLAVE + 1)
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= MAX_W1_SLAVE).then_some(bytes))
 }

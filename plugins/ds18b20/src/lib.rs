@@ -13,6 +13,25 @@ use config::Config;
 use gateway_sdk::{tracing, InitContext, Label, PluginError, Reading, Source, SourceContext};
 use std::time::Instant;
 
+/// The most retries of a bad read a round may make.
+const MAX_RETRIES: u32 = 10;
+
+/// Whether `name` can name a sensor on its way to a server: not empty, no control characters,
+/// at most 128 bytes (the ingress refuses the others, and the readings would all be
+/// dead-lettered on the device).
+fn sensor_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("an empty name".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("{name:?} has a control character"));
+    }
+    if name.len() > 128 {
+        return Err(format!("{} bytes; at most 128", name.len()));
+    }
+    Ok(())
+}
+
 /// The source.
 pub struct Ds18b20 {
     config: Config,
@@ -28,6 +47,18 @@ impl Source for Ds18b20 {
         if config.interval.is_zero() {
             return Err(ctx.config_error("interval", "must be more than 0s"));
         }
+        if config.read_timeout.is_zero() {
+            return Err(ctx.config_error("read_timeout", "must be more than 0s"));
+        }
+        if config.retries > MAX_RETRIES {
+            return Err(ctx.config_error(
+                "retries",
+                format!(
+                    "{} is more than {MAX_RETRIES}: a probe that reads badly that often is failing",
+                    config.retries
+                ),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, p) in config.sensors.iter().enumerate() {
             if !p.id.starts_with("28-") {
@@ -35,6 +66,11 @@ impl Source for Ds18b20 {
                     &format!("sensors.{i}.id"),
                     format!("{:?} is not a DS18B20 id (they start with \"28-\")", p.id),
                 ));
+            }
+            if let Some(alias) = &p.alias {
+                if let Err(why) = sensor_name(alias) {
+                    return Err(ctx.config_error(&format!("sensors.{i}.alias"), why));
+                }
             }
             let name = p.alias.as_deref().unwrap_or(&p.id);
             if !seen.insert(name) {

@@ -92,6 +92,79 @@ fn refuses_ids_that_are_not_ds18b20_and_duplicate_names() {
     assert!(e.message().contains("used twice"), "{e}");
     let e = run_source::<Ds18b20>("intervall = \"1s\"", 1, Duration::from_secs(1)).unwrap_err();
     assert!(e.message().contains("unknown field `intervall`"), "{e}");
+    // Names the server would refuse, and settings that would spin.
+    for (toml, says) in [
+        (
+            "sensors = [{ id = \"28-1\", alias = \"\" }]",
+            "sensors.0.alias",
+        ),
+        (
+            "sensors = [{ id = \"28-1\", alias = \"a\\u0007\" }]",
+            "control character",
+        ),
+        (
+            "retries = 4294967295",
+            "retries: 4294967295 is more than 10",
+        ),
+        (
+            "read_timeout = \"0s\"",
+            "read_timeout: must be more than 0s",
+        ),
+    ] {
+        let e = run_source::<Ds18b20>(toml, 1, Duration::from_secs(1)).unwrap_err();
+        assert!(e.message().contains(says), "{toml}: {e}");
+    }
+}
+
+#[test]
+fn a_w1_slave_that_never_ends_is_read_no_further_than_4_kib() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("28-00000000000a")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("28-00000000000a/w1_slave")).unwrap();
+    let cfg = config(&format!(
+        "root = {:?}\nretries = 1\nretry_delay = \"1ms\"\nread_timeout = \"2s\"",
+        dir.path().display().to_string()
+    ));
+    let mut bus = Bus::new(&cfg);
+    let started = Instant::now();
+    assert!(bus.round().is_empty());
+    // Before, the read went on until the gateway ran out of memory.
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        bus.reject_counts()["28-00000000000a"][&Reject::Malformed],
+        2
+    );
+}
+
+#[test]
+fn a_hung_probe_that_comes_and_goes_keeps_one_read_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = FifoTree::new(dir.path());
+    let id = "28-hhhhhhhhhhhh";
+    tree.probe(id, Behaviour::Hung);
+    let cfg = config(&format!(
+        "root = {:?}\nread_timeout = \"50ms\"",
+        dir.path().display().to_string()
+    ));
+    let mut bus = Bus::new(&cfg);
+    // Thread names are cut at 15 bytes in /proc: "w1:28-hhhhhhhhh".
+    let threads = || {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|c| c.trim_end() == "w1:28-hhhhhhhhh")
+            .count()
+    };
+    let (here, away) = (dir.path().join(id), dir.path().join("away"));
+    for _ in 0..5 {
+        bus.round();
+        std::fs::rename(&here, &away).unwrap();
+        bus.round();
+        std::fs::rename(&away, &here).unwrap();
+    }
+    bus.round();
+    // Before, each return of the probe started another thread on its hung file.
+    assert_eq!(threads(), 1);
 }
 
 #[test]
