@@ -35,6 +35,62 @@ fn gsv_in_view(line: &str) -> Option<(String, u16)> {
     Some((head[..2].to_owned(), n))
 }
 
+/// Whether every number of `s` is one a receiver can send. The `nmea` crate takes `nan`,
+/// `inf` and out-of-range values as they are written; a sentence with a good checksum can
+/// still carry them (a corrupted buffer, a spoofing device on the serial line).
+fn plausible(s: &ParseResult) -> bool {
+    fn within<T: Into<f64> + Copy>(v: Option<T>, lo: f64, hi: f64) -> bool {
+        v.is_none_or(|v| {
+            let v = v.into();
+            v.is_finite() && (lo..=hi).contains(&v)
+        })
+    }
+    let position =
+        |lat: Option<f64>, lon: Option<f64>| within(lat, -90.0, 90.0) && within(lon, -180.0, 180.0);
+    // u-blox 7 limits: 515 m/s (about 1,000 knots), 50,000 m of altitude.
+    let (knots, course) = (1_001.0, 360.0);
+    let dop = |v: Option<f32>| within(v, 0.0, 99.99);
+    match s {
+        ParseResult::RMC(r) => {
+            position(r.lat, r.lon)
+                && within(r.speed_over_ground, 0.0, knots)
+                && within(r.true_course, 0.0, course)
+        }
+        ParseResult::GGA(g) => {
+            position(g.latitude, g.longitude)
+                && within(g.altitude, -1_000.0, 50_000.0)
+                && dop(g.hdop)
+        }
+        ParseResult::GLL(g) => position(g.latitude, g.longitude),
+        ParseResult::VTG(v) => {
+            within(v.speed_over_ground, 0.0, knots) && within(v.true_course, 0.0, course)
+        }
+        ParseResult::GSA(g) => dop(g.pdop) && dop(g.hdop) && dop(g.vdop),
+        _ => true,
+    }
+}
+
+/// Whether the latitude and longitude fields of an RMC, GGA or GLL sentence have fewer than
+/// 60 minutes (`ddmm.mmmm`, `dddmm.mmmm`): the `nmea` crate adds 99 minutes as 1.65 degrees.
+fn minutes_below_60(line: &str) -> bool {
+    let body = line.split('*').next().unwrap_or("");
+    let fields: Vec<&str> = body.split(',').collect();
+    let (lat, lon) = match fields.first().map(|h| h.get(3..).unwrap_or("")) {
+        Some("RMC") => (3, 5),
+        Some("GGA") => (2, 4),
+        Some("GLL") => (1, 3),
+        _ => return true,
+    };
+    let ok = |i: usize, degree_digits: usize| {
+        let f = fields.get(i).copied().unwrap_or("");
+        f.is_empty()
+            || f.get(degree_digits..)
+                .and_then(|m| m.parse::<f64>().ok())
+                .is_some_and(|m| m < 60.0)
+    };
+    ok(lat, 2) && ok(lon, 3)
+}
+
 fn decode_line(line: &str, stats: &mut ReaderStats) -> Line {
     match checksum_ok(line) {
         Err(ChecksumError::Missing) => {
@@ -54,6 +110,10 @@ fn decode_line(line: &str, stats: &mut ReaderStats) -> Line {
     match nmea::parse_str(line) {
         Ok(ParseResult::TXT(_)) => {
             stats.ignored += 1;
+            Line::Dropped
+        }
+        Ok(s) if !plausible(&s) || !minutes_below_60(line) => {
+            stats.malformed += 1;
             Line::Dropped
         }
         Ok(s) => {

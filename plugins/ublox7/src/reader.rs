@@ -20,7 +20,9 @@ pub struct ReaderStats {
     pub no_checksum: u64,
     /// Sentences whose checksum does not match.
     pub bad_checksum: u64,
-    /// Sentences with a good checksum that the NMEA parser could not read.
+    /// Sentences with a good checksum that the NMEA parser could not read, or whose numbers
+    /// no receiver sends (NaN or infinite, a latitude past the poles, 60 or more minutes, a
+    /// speed or altitude beyond the receiver's limits).
     pub malformed: u64,
     /// Good sentences of a type this plugin does not use (TXT, ZDA, ...).
     pub ignored: u64,

@@ -206,6 +206,52 @@ fn over_long_lines_and_missing_checksums_are_dropped() {
     assert_eq!((d.stats().no_checksum, d.stats().too_long), (1, 1));
 }
 
+/// `body` (between `$` and `*`) as a sentence with its checksum.
+fn sentence(body: &str) -> String {
+    let sum = body.bytes().fold(0u8, |a, b| a ^ b);
+    format!("${body}*{sum:02X}\r\n")
+}
+
+#[test]
+fn numbers_no_receiver_sends_are_counted_and_never_emitted() {
+    let good_rmc = "GPRMC,143252.00,A,4002.10513,N,07531.20562,W,0.016,,241013,,,A";
+    let good_gga = "GPGGA,143252.00,4002.10513,N,07531.20562,W,1,07,1.72,183.8,M,-34.4,M,,";
+    for bad in [
+        // NaN and infinite altitudes, a NaN speed, an infinite hdop and course.
+        "GPGGA,143252.00,4002.10513,N,07531.20562,W,1,07,1.72,nan,M,-34.4,M,,",
+        "GPGGA,143252.00,4002.10513,N,07531.20562,W,1,07,1.72,1e39,M,-34.4,M,,",
+        "GPGGA,143252.00,4002.10513,N,07531.20562,W,1,07,inf,183.8,M,-34.4,M,,",
+        "GPRMC,143252.00,A,4002.10513,N,07531.20562,W,nan,,241013,,,A",
+        "GPVTG,inf,T,,M,0.016,N,0.030,K,A",
+        // Past the pole, and 99 minutes in a degree.
+        "GPRMC,143252.00,A,9902.10513,N,07531.20562,W,0.016,,241013,,,A",
+        "GPGGA,143252.00,4099.99000,N,07531.20562,W,1,07,1.72,183.8,M,-34.4,M,,",
+        "GPGLL,4002.10513,N,07571.20562,W,143252.00,A,A",
+    ] {
+        let bytes = format!(
+            "{}{}{}",
+            sentence(good_rmc),
+            sentence(bad),
+            sentence(good_gga)
+        );
+        let (epochs, d) = decode_all(bytes.as_bytes(), 64);
+        assert_eq!(d.stats().malformed, 1, "{bad}");
+        for e in &epochs {
+            for (name, _, v) in values(e) {
+                if let Value::Float(x) = v {
+                    assert!(x.is_finite(), "{bad}: {name} = {x}");
+                }
+            }
+            let lat = e.latitude.unwrap();
+            assert!((lat - (40.0 + 2.10513 / 60.0)).abs() < 1e-9, "{bad}: {lat}");
+        }
+    }
+    // The good ones alone pass.
+    let bytes = format!("{}{}", sentence(good_rmc), sentence(good_gga));
+    let (epochs, d) = decode_all(bytes.as_bytes(), 64);
+    assert_eq!((epochs.len(), d.stats().malformed), (1, 0));
+}
+
 #[test]
 fn never_panics_on_arbitrary_bytes() {
     // A cheap stand-in for the fuzz target, run on every test.
