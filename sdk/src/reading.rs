@@ -29,6 +29,22 @@ impl Label {
     pub fn new(s: &str) -> Self {
         Label(RArc::new(RString::from(s)))
     }
+    /// Checks a device or sensor name a plugin takes from its settings: one that can travel
+    /// to a server (the coaps ingress and the SenML encodings refuse the others, and every
+    /// reading would become a dead letter on the device) is not empty, holds no control
+    /// character and is at most 128 bytes. `Err` says why, for a config error.
+    pub fn check_name(name: &str) -> Result<(), String> {
+        if name.is_empty() {
+            return Err("an empty name".into());
+        }
+        if name.chars().any(char::is_control) {
+            return Err(format!("{name:?} holds a control character"));
+        }
+        if name.len() > 128 {
+            return Err(format!("{} bytes; at most 128", name.len()));
+        }
+        Ok(())
+    }
     /// The text.
     #[inline]
     pub fn as_str(&self) -> &str {

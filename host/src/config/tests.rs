@@ -63,6 +63,21 @@ fn unknown_gateway_key_names_file_line_and_key() {
 }
 
 #[test]
+fn a_device_name_no_server_would_take_is_refused() {
+    for (device, says) in [
+        ("", "must not be empty"),
+        ("pi\\u0007", "holds a control character"),
+        (&"x".repeat(129), "129 bytes; at most 128"),
+    ] {
+        let e = parse(&format!("[gateway]\ndevice = \"{device}\"\n"))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("[gateway] device: ") && e.contains(says), "{e}");
+    }
+    assert!(parse("[gateway]\ndevice = \"pi-01 (barn)\"\n").is_ok());
+}
+
+#[test]
 fn wrong_type_names_table_key_and_expectation() {
     let e = parse("[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\nbatch_size = \"big\"\n")
         .unwrap_err()

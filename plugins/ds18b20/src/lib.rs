@@ -16,22 +16,6 @@ use std::time::Instant;
 /// The most retries of a bad read a round may make.
 const MAX_RETRIES: u32 = 10;
 
-/// Whether `name` can name a sensor on its way to a server: not empty, no control characters,
-/// at most 128 bytes (the ingress refuses the others, and the readings would all be
-/// dead-lettered on the device).
-fn sensor_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("an empty name".into());
-    }
-    if name.chars().any(char::is_control) {
-        return Err(format!("{name:?} has a control character"));
-    }
-    if name.len() > 128 {
-        return Err(format!("{} bytes; at most 128", name.len()));
-    }
-    Ok(())
-}
-
 /// The source.
 pub struct Ds18b20 {
     config: Config,
@@ -68,7 +52,7 @@ impl Source for Ds18b20 {
                 ));
             }
             if let Some(alias) = &p.alias {
-                if let Err(why) = sensor_name(alias) {
+                if let Err(why) = Label::check_name(alias) {
                     return Err(ctx.config_error(&format!("sensors.{i}.alias"), why));
                 }
             }

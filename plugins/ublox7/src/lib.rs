@@ -12,7 +12,7 @@ pub mod readings;
 mod source;
 
 use config::Config;
-use gateway_sdk::{InitContext, PluginError, Source, SourceContext};
+use gateway_sdk::{InitContext, Label, PluginError, Source, SourceContext};
 
 /// The source.
 pub struct Ublox7 {
@@ -28,11 +28,29 @@ impl Source for Ublox7 {
         let mut config: Config = ctx.parse_config()?;
         config.replay = config.replay.map(|p| ctx.resolve_path(p));
         let table = &ctx.info().table;
-        if !(config.replay_speed > 0.0 && config.replay_speed.is_finite()) {
-            return Err(PluginError::config(format!(
-                "[{table}] replay_speed: must be a positive number"
-            )));
+        let bad = |key: &str, why: String| PluginError::config(format!("[{table}] {key}: {why}"));
+        if !(0.001..=1000.0).contains(&config.replay_speed) {
+            return Err(bad(
+                "replay_speed",
+                format!("{} is not from 0.001 to 1000", config.replay_speed),
+            ));
         }
+        // Zero would reopen a missing port in a tight loop, or end an epoch at every read.
+        for (key, d) in [
+            ("epoch_gap", config.epoch_gap),
+            ("reopen_backoff", config.reopen_backoff),
+        ] {
+            if d.is_zero() {
+                return Err(bad(key, "must be more than 0s".into()));
+            }
+        }
+        if config.reopen_backoff_max < config.reopen_backoff {
+            return Err(bad(
+                "reopen_backoff_max",
+                "must be at least reopen_backoff".into(),
+            ));
+        }
+        Label::check_name(&config.sensor).map_err(|why| bad("sensor", why))?;
         if config.baud == 0 {
             return Err(PluginError::config(format!(
                 "[{table}] baud: must be a positive number"

@@ -141,4 +141,25 @@ fn config_errors_name_the_key() {
             .contains("replay: /nonexistent.log is not a readable file"),
         "{e}"
     );
+    // Settings that would spin a core, panic the thread or refuse every reading at the server.
+    for (toml, says) in [
+        (
+            "reopen_backoff = \"0s\"",
+            "reopen_backoff: must be more than 0s",
+        ),
+        ("epoch_gap = \"0s\"", "epoch_gap: must be more than 0s"),
+        ("replay_speed = 1e-30", "is not from 0.001 to 1000"),
+        (
+            "reopen_backoff = \"1m\"",
+            "reopen_backoff_max: must be at least reopen_backoff",
+        ),
+        ("sensor = \"\"", "sensor: an empty name"),
+        (
+            "sensor = \"gps\\n\"",
+            "sensor: \"gps\\n\" holds a control character",
+        ),
+    ] {
+        let e = run_source::<Ublox7>(toml, 1, Duration::from_secs(1)).unwrap_err();
+        assert!(e.message().contains(says), "{toml}: {e}");
+    }
 }
