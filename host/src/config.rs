@@ -570,9 +570,7 @@ fn gateway(file: &str, text: &str, base: &Path, g: RawGateway) -> Result<Gateway
             // A name the server refuses would make every reading a dead letter.
             Some(d) => match gateway_sdk::Label::check_name(&d) {
                 Ok(()) => d,
-                Err(why) => {
-                    return Err(ConfigError(format!("{file}: [gateway] device: {why}")))
-                }
+                Err(why) => return Err(ConfigError(format!("{file}: [gateway] device: {why}"))),
             },
             None => hostname(),
         },

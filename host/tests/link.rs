@@ -291,6 +291,55 @@ fn certs_revoke_writes_a_crl_that_lists_the_device() {
     assert!(err.contains("device-pi-99.pem"), "{err}");
 }
 
+#[test]
+fn certs_keep_what_is_in_force_and_a_failed_write_changes_nothing() {
+    let s = Setup::new();
+    let certs = s.path("certs");
+    make_certs(&certs, "pi-07");
+    let dir = certs.to_str().unwrap();
+    let read = |f: &str| std::fs::read(certs.join(f)).unwrap();
+    // A server certificate still in force is replaced only with --force.
+    let server = read("server.pem");
+    let (status, _, err) = gateway(&["certs", "server", "--dir", dir]);
+    assert!(
+        !status.success() && err.contains("server.pem exists"),
+        "{err}"
+    );
+    assert_eq!(read("server.pem"), server);
+    let (status, _, err) = gateway(&["certs", "server", "--dir", dir, "--force"]);
+    assert!(status.success(), "{err}");
+    assert_ne!(read("server.pem"), server);
+    // A key that cannot be written (a directory in its place): the certificate in force is
+    // left as it was. Before, the new certificate was written first, without its key.
+    let device = read("device-pi-07.pem");
+    std::fs::remove_file(certs.join("device-pi-07.key")).unwrap();
+    std::fs::create_dir_all(certs.join("device-pi-07.key/sub")).unwrap();
+    let (status, _, err) = gateway(&["certs", "device", "pi-07", "--dir", dir, "--force"]);
+    assert!(!status.success(), "{err}");
+    assert_eq!(read("device-pi-07.pem"), device);
+    let left: Vec<_> = std::fs::read_dir(&certs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".new"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A link in a certificate's place is replaced, not written through.
+    let outside = s.path("outside.txt");
+    std::fs::write(&outside, "mine").unwrap();
+    std::os::unix::fs::symlink(&outside, certs.join("device-pi-08.pem")).unwrap();
+    let (status, _, err) = gateway(&["certs", "device", "pi-08", "--dir", dir]);
+    assert!(status.success(), "{err}");
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "mine");
+    // A name no ingress would take as an identity would lock the device out.
+    for name in [" pi-09", "pi-09 ", "pi\u{7}09", "a/b", ".hidden"] {
+        let (status, _, err) = gateway(&["certs", "device", name, "--dir", dir]);
+        assert!(
+            !status.success() && err.contains("cannot be a device identity"),
+            "{name:?}: {err}"
+        );
+    }
+}
+
 /// The ingress never makes its server wait for a sink: with the sink's queue holding one batch
 /// and each write taking 20 ms, eight requests in flight find the queue full. They wait in the
 /// ingress and go out after the sink's next write; none is refused, none is lost.

@@ -62,17 +62,8 @@ pub enum DtlsError {
     Other(String),
 }
 
-/// Whether `id` can be a device identity: 1 to 255 bytes, no control characters (a NUL would
-/// let `victim\0x` pass for `victim` wherever a C string is made of it), no U+FFFD (what a
-/// lossy conversion of bytes that are not text leaves, so two names could become one), and no
-/// white space at either end (MySQL's and MariaDB's PAD SPACE collations, `utf8mb4_bin`
-/// among them, compare `victim ` equal to `victim`: its rows would answer for the victim's).
-pub fn valid_identity(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 255
-        && id.trim() == id
-        && !id.chars().any(|c| c.is_control() || c == '\u{FFFD}')
-}
+/// Whether a name can be a device identity (defined beside the certificates that carry it).
+pub use gateway_pki::valid_identity;
 
 fn other(e: impl std::fmt::Display) -> DtlsError {
     DtlsError::Other(e.to_string())

@@ -19,6 +19,19 @@ use openssl::{
 };
 use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path};
 
+/// Whether `id` can be a device identity: 1 to 255 bytes, no control characters (a NUL would
+/// let `victim\0x` pass for `victim` wherever a C string is made of it), no U+FFFD (what a
+/// lossy conversion of bytes that are not text leaves, so two names could become one), and no
+/// white space at either end (MySQL's and MariaDB's PAD SPACE collations, `utf8mb4_bin`
+/// among them, compare `victim ` equal to `victim`: its rows would answer for the victim's).
+/// The DTLS server gives a peer whose certificate's common name is not one no identity.
+pub fn valid_identity(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 255
+        && id.trim() == id
+        && !id.chars().any(|c| c.is_control() || c == '\u{FFFD}')
+}
+
 /// A private key.
 pub type Key = PKey<Private>;
 
@@ -188,15 +201,44 @@ pub fn issue_to(
 ) -> Result<(X509, Key), PkiError> {
     let key = new_key()?;
     let cert = issue(cn, &key, kind, issuer, not_before_days, not_after_days)?;
-    write_cert(cert_path, &cert)?;
-    write_key(key_path, &key)?;
-    Ok((cert, key))
+    // Both are written beside their places first and then moved there, key first: a write
+    // that fails (a full disk, a directory in the way) leaves the pair that was there as it
+    // was, and a link at either place is replaced, not followed.
+    let (cert_tmp, key_tmp) = (beside(cert_path), beside(key_path));
+    let written = write_key(&key_tmp, &key).and_then(|()| write_cert(&cert_tmp, &cert));
+    let moved = written.and_then(|()| {
+        let rename = |from: &Path, to: &Path| {
+            std::fs::rename(from, to)
+                .map_err(|err| PkiError(format!("cannot write {}: {err}", to.display())))
+        };
+        rename(&key_tmp, key_path)?;
+        rename(&cert_tmp, cert_path)
+    });
+    if moved.is_err() {
+        let _ = std::fs::remove_file(&cert_tmp);
+        let _ = std::fs::remove_file(&key_tmp);
+    }
+    moved.map(|()| (cert, key))
+}
+
+/// A hidden temporary name beside `path`: `.NAME.new`.
+fn beside(path: &Path) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy());
+    path.with_file_name(format!(".{name}.new"))
 }
 
 /// Writes a certificate as PEM.
 pub fn write_cert(path: &Path, cert: &X509) -> Result<(), PkiError> {
     let pem = cert.to_pem().map_err(e("PEM"))?;
-    std::fs::write(path, pem)
+    // A new file: a link in its place is replaced, not followed.
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(&pem))
         .map_err(|err| PkiError(format!("cannot write {}: {err}", path.display())))
 }
 

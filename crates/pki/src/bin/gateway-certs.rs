@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! gateway certs init   [--dir DIR] [--force]            a CA: ca.pem, ca.key
-//! gateway certs server [--dir DIR] [--name NAME]...     server.pem, server.key (default names: localhost, 127.0.0.1)
+//! gateway certs server [--dir DIR] [--name NAME]... [--force]  server.pem, server.key (default names: localhost, 127.0.0.1)
 //! gateway certs device NAME [--dir DIR] [--force]       device-NAME.pem, device-NAME.key (common name = NAME)
 //! gateway certs revoke NAME [--dir DIR] [--days N]      adds device-NAME.pem to crl.pem (signed by the CA)
 //! ```
@@ -20,8 +20,11 @@ use std::{
 
 const USAGE: &str = "usage:
   gateway certs init   [--dir DIR] [--force]          create a development CA (ca.pem, ca.key)
-  gateway certs server [--dir DIR] [--name NAME]...   a server certificate for these DNS names / IPs
-                                                      (default: localhost and 127.0.0.1)
+  gateway certs server [--dir DIR] [--name NAME]... [--force]
+                                                      a server certificate for these DNS names / IPs
+                                                      (default: localhost and 127.0.0.1; one the CA
+                                                      issued that is still valid is replaced only
+                                                      with --force)
   gateway certs device NAME [--dir DIR] [--force]     a device certificate whose common name is NAME
                                                       (one the CA issued that is still valid and
                                                       not revoked is replaced only with --force)
@@ -116,6 +119,14 @@ fn run(args: &[String]) -> Result<(), PkiError> {
             if names.is_empty() {
                 names = vec!["localhost".into(), "127.0.0.1".into()];
             }
+            if let Some(old) = still_in_force(&l.server(), &ca, &l.crl())? {
+                if !force {
+                    return Err(PkiError(format!(
+                        "{} exists: {old}. --force replaces it and its key (a server still using them keeps working until it restarts)",
+                        l.server().display()
+                    )));
+                }
+            }
             issue_to(
                 &l.server(),
                 &l.server_key(),
@@ -135,6 +146,13 @@ fn run(args: &[String]) -> Result<(), PkiError> {
             let name = positional
                 .get(1)
                 .ok_or_else(|| PkiError(format!("device needs a NAME\n{USAGE}")))?;
+            // The common name is the device's identity: one the ingress would not take as one
+            // would lock the device out; a '/' would not make a file name.
+            if !gateway_pki::valid_identity(name) || name.contains('/') || name.starts_with('.') {
+                return Err(PkiError(format!(
+                    "{name:?} cannot be a device identity: 1 to 255 bytes, no control characters, no white space at either end, no '/', not starting with '.'"
+                )));
+            }
             let (ca, ca_key) = ca()?;
             if let Some(old) = still_in_force(&l.device(name), &ca, &l.crl())? {
                 if !force {
