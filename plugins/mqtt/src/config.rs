@@ -20,7 +20,7 @@ pub struct Config {
     /// Or from this file (its first line), relative to the config file.
     pub password_file: Option<PathBuf>,
     /// Where each reading goes: `{device}`, `{sensor}`, `{name}` and `{unit}` are replaced by
-    /// the reading's (with `/`, `+` and `#` in them made `_`).
+    /// the reading's (with `/`, `+`, `#` and `%` in them percent-encoded).
     #[serde(default = "topic")]
     pub topic: String,
     /// Publish retained: a new subscriber gets the last reading of each topic at once.
@@ -29,6 +29,11 @@ pub struct Config {
     /// PUBLISH packets sent and not acknowledged at most.
     #[serde(default = "inflight")]
     pub max_inflight: u16,
+    /// The largest PUBLISH (topic and payload) the broker takes, in bytes. MQTT 3.1.1 does
+    /// not say it, and a broker answers a larger one by closing the connection; a reading
+    /// that would make one is refused for good (a dead letter), not retried.
+    #[serde(default = "max_message")]
+    pub max_message_size: usize,
     /// The keep-alive told to the broker; an idle connection is checked (PINGREQ) after half
     /// of it.
     #[serde(default = "keep_alive", with = "duration")]
@@ -53,6 +58,9 @@ fn topic() -> String {
 }
 fn inflight() -> u16 {
     64
+}
+fn max_message() -> usize {
+    256 * 1024
 }
 fn keep_alive() -> Duration {
     Duration::from_secs(60)

@@ -17,6 +17,8 @@ use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
 pub struct Mqtt {
     settings: Settings,
     topic: topic::Template,
+    /// The largest PUBLISH (see [`config::Config::max_message_size`]).
+    max_message_size: usize,
     conn: Option<Connection>,
     table: String,
 }
@@ -106,6 +108,7 @@ impl Sink for Mqtt {
                 retain: cfg.retain,
             },
             topic,
+            max_message_size: cfg.max_message_size,
             conn: None,
             table,
         })
@@ -128,6 +131,25 @@ impl Sink for Mqtt {
                 )
             })
             .collect();
+        // MQTT 3.1.1 does not say how large a PUBLISH the broker takes, and it answers a
+        // larger one by closing the connection: retried, that would stall the sink for good.
+        let size = |(topic, payload): &(String, Vec<u8>)| 2 + topic.len() + 2 + payload.len();
+        if let Some(i) = messages
+            .iter()
+            .position(|m| size(m) > self.max_message_size)
+        {
+            let r = &batch[i];
+            return Err(PluginError::rejected(format!(
+                "reading {} of {} ({}/{}/{}) is {} bytes as a PUBLISH, more than max_message_size ({})",
+                i + 1,
+                batch.len(),
+                r.device,
+                r.sensor,
+                r.name,
+                size(&messages[i]),
+                self.max_message_size
+            )));
+        }
         // A connection that sat idle may have been dropped by the broker or a NAT on the way:
         // check it first, and set up a new one if it is gone.
         let stale = match self.conn.as_mut() {

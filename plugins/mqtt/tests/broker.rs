@@ -280,3 +280,29 @@ fn readings_a_broker_or_json_cannot_take_are_published_safely_or_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn a_reading_larger_than_the_broker_takes_is_refused_not_retried() {
+    let root = format!("gwtest/{}-big", std::process::id());
+    let mut sub = subscribe(&root, 1);
+    let mut s = sink(&format!(
+        "url = \"mqtt://127.0.0.1\"\ntopic = \"{root}/{{sensor}}/{{name}}\"\nmax_message_size = 1024\n"
+    ));
+    // A text reading of 2,000 control characters: 12,000 bytes once escaped as JSON. A broker
+    // with a limit closes the connection at it, and a retried batch stalled the sink for good.
+    let mut big = sample_readings(3);
+    big[1].value = gateway_sdk::Value::Text("\u{1}".repeat(2000).into());
+    let e = s.write(big).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(
+        e.message().starts_with("reading 2 of 3 (")
+            && e.message().contains("more than max_message_size (1024)"),
+        "{e}"
+    );
+    // The others go (the host writes them without the refused one).
+    s.write(sample_readings(1)).unwrap();
+    let mut out = String::new();
+    sub.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(sub.wait().unwrap().success(), "mosquitto_sub got 1 in time");
+    assert_eq!(out.lines().count(), 1, "{out}");
+}
