@@ -302,18 +302,22 @@ impl Client {
     /// A datagram from the server, on the current socket.
     pub fn handle(&mut self, now: Instant, datagram: &[u8]) {
         if let Some(l) = self.link.as_mut() {
+            let progress = l.session.last_progress();
+            for data in l.session.handle_datagram(now, datagram) {
+                l.heard = Some(now);
+                self.endpoint.handle_datagram(now, (), &data);
+            }
             // The answer to the first flight, before OpenSSL sent it again (its first timer
             // is 1 s): a round trip to the server that is not ambiguous. The first requests'
-            // retransmission timeout starts from it.
-            if let Some(at) = l.hello_at.take() {
+            // retransmission timeout starts from it. Only a datagram that moved the handshake
+            // on is that answer: any other (junk sent from the server's address to make the
+            // timeout tiny) is not.
+            if l.hello_at.is_some() && l.session.last_progress() != progress {
+                let at = l.hello_at.take().expect("checked");
                 let rtt = now.saturating_duration_since(at);
                 if rtt < crate::session::FIRST_FLIGHT_TIMEOUT {
                     self.endpoint.round_trip(now, (), rtt);
                 }
-            }
-            for data in l.session.handle_datagram(now, datagram) {
-                l.heard = Some(now);
-                self.endpoint.handle_datagram(now, (), &data);
             }
         }
         self.drive(now);

@@ -889,3 +889,22 @@ fn requests_keep_flowing_through_a_lossy_path() {
     );
     assert!(failed * 50 < ok, "{ok} stored, {failed} failed");
 }
+
+#[test]
+fn a_forged_datagram_before_the_servers_answer_does_not_set_the_round_trip() {
+    let pki = Pki::devices(&["pi-01"]);
+    let mut net = Net::new(pki.server_config());
+    net.latency = Duration::from_millis(250);
+    let a = net.add(pki.device("pi-01"));
+    let t = net.post(a, b"x", T);
+    // Junk from the server's address 1 ms after the ClientHello, before the real answer
+    // (500 ms away): before, its arrival was taken as the round trip, and the timeouts of a
+    // slow link's requests started from the 200 ms floor.
+    net.now += Duration::from_millis(1);
+    let now = net.now;
+    net.devices[a].client.handle(now, &[0x45; 20]);
+    net.advance(Duration::from_secs(5));
+    assert!(net.changed(a, t));
+    let rto = net.devices[a].client.figures().rto.expect("an estimate");
+    assert!(rto >= Duration::from_millis(500), "{rto:?}");
+}
