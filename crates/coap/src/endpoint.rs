@@ -108,6 +108,14 @@ impl Config {
     fn block_size(&self) -> usize {
         1 << (self.block_szx.min(6) + 4)
     }
+    /// How many round trips a request with a payload of `len` bytes takes at least: 1, or
+    /// one per block when it goes block-wise (RFC 7959 Block1).
+    pub fn exchanges_for(&self, len: usize) -> usize {
+        match len > self.max_payload.max(self.block_size()) {
+            true => len.div_ceil(self.block_size()),
+            false => 1,
+        }
+    }
 }
 
 /// A request token.

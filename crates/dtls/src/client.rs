@@ -247,7 +247,9 @@ impl Client {
     }
 
     /// Sends a confirmable request; its final response comes as an [`Event::Done`] with the tag
-    /// returned here, at the latest `timeout` from `now`. Several may be in flight at once.
+    /// returned here, at the latest `timeout` from `now` (from when it may start, with NSTART
+    /// requests in flight; `timeout` per block for a body that goes block-wise). Several may be
+    /// in flight at once.
     pub fn request(&mut self, now: Instant, packet: Packet, timeout: Duration) -> RequestTag {
         let tag = self.enqueue(now, packet, timeout, None);
         self.drive(now);
@@ -283,6 +285,14 @@ impl Client {
     ) -> RequestTag {
         let tag = self.next_tag;
         self.next_tag += 1;
+        // The caller's timeout is for one exchange: a block-wise request has one per block
+        // (else a large body on a slow link could never arrive, restarting from its first
+        // block at every try).
+        let exchanges = self.cfg.coap.exchanges_for(packet.payload.len());
+        const DAY: Duration = Duration::from_secs(86_400);
+        let timeout = timeout
+            .saturating_mul(u32::try_from(exchanges).unwrap_or(u32::MAX))
+            .min(timeout.max(DAY));
         let job = Job {
             tag,
             group,

@@ -69,7 +69,7 @@ pub struct UplinkConfig {
     /// under 200 ms); `false`: `ack_timeout` for every request.
     #[serde(default = "yes")]
     pub adaptive_rto: bool,
-    /// How long one request may take (every block of a block-wise one included) before the
+    /// How long one request may take (a block-wise one: this long per block) before the
     /// write fails (retryably) and the session is set up again.
     #[serde(default = "d30s", with = "duration")]
     pub request_timeout: Duration,

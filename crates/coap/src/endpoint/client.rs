@@ -14,8 +14,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     pub fn request(&mut self, now: Instant, peer: P, packet: Packet, confirmable: bool) -> Token {
         let token: Token = (self.rng)().to_be_bytes()[..6].to_vec();
         let szx = self.config.block_szx.min(6);
-        let blockwise =
-            packet.payload.len() > self.config.max_payload.max(self.config.block_size());
+        let blockwise = self.config.exchanges_for(packet.payload.len()) > 1;
         let body = packet.payload.clone();
         let ex = ClientExchange {
             started: false,
