@@ -411,12 +411,53 @@ fn respond(mut c: TcpStream, registry: &Registry) -> io::Result<()> {
 }
 
 /// `GET path` from `addr`: the status code and the body (for `gateway status` and tests).
+/// The whole answer must come within 10 s and hold at most 64 MiB: whatever listens there
+/// (another program on the port while the gateway is down) cannot hang the command.
 pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    get_within(addr, path, Duration::from_secs(10))
+}
+
+fn get_within(addr: SocketAddr, path: &str, within: Duration) -> std::io::Result<(u16, String)> {
+    const MAX: usize = 64 << 20;
+    let deadline = Instant::now() + within;
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2).min(within))?;
+    c.set_write_timeout(Some(within))?;
     c.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
-    let mut text = String::new();
-    c.read_to_string(&mut text)?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let late = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{addr} did not answer whole within {within:?}"),
+        )
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(late());
+        }
+        c.set_read_timeout(Some(left))?;
+        match c.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(late())
+            }
+            Err(e) => return Err(e),
+        }
+        if answer.len() > MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{addr} answered more than 64 MiB"),
+            ));
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let code = head
         .split_whitespace()
@@ -429,6 +470,23 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_that_trickles_its_answer_cannot_hang_a_get() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            // A byte every 50 ms, for ever (before, each byte restarted a 5 s read timeout).
+            while c.write_all(b"x").is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let t = Instant::now();
+        let e = get_within(addr, "/metrics", Duration::from_millis(500)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
 
     fn registry() -> Registry {
         Registry {
