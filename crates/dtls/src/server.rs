@@ -231,6 +231,9 @@ pub struct Server {
     early: VecDeque<Incoming>,
 }
 
+/// The certificate_expired alert (RFC 5246 §7.2.2).
+const CERTIFICATE_EXPIRED: u8 = 45;
+
 fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -396,7 +399,19 @@ impl Server {
         count(&self.stats.expired);
         let identity = self.peers.get(&peer).and_then(|p| p.identity.clone());
         tracing::info!(%peer, identity = ?identity, "session ended: the client certificate of its identity has expired");
-        self.drop_peer(peer, true);
+        self.drop_with_alert(peer, CERTIFICATE_EXPIRED);
+    }
+
+    /// Drops `peer`'s session with a fatal alert instead of close_notify: the device learns
+    /// why, and does not offer the session again (it would be refused at every resumption).
+    fn drop_with_alert(&mut self, peer: SocketAddr, alert: u8) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.session.close_fatal(alert);
+            while let Some(d) = p.session.poll_transmit() {
+                self.out.push_back((peer, d));
+            }
+        }
+        self.drop_peer(peer, false);
     }
 
     /// Drops the sessions idle for `session_idle` and those whose certificate has expired,
@@ -788,15 +803,14 @@ impl Server {
             now.checked_add(left)
                 .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400))
         });
+        if expires.is_some_and(|t| t <= now) {
+            count(&self.stats.expired_resumptions);
+            tracing::warn!(%peer, identity = ?identity, "DTLS session refused: the client certificate of the session it resumes has expired");
+            self.drop_with_alert(peer, CERTIFICATE_EXPIRED);
+            return false;
+        }
         let refused = self
             .refusal(identity.as_deref())
-            .or_else(|| match expires {
-                Some(t) if t <= now => {
-                    count(&self.stats.expired_resumptions);
-                    Some("the client certificate it resumes a session of has expired".into())
-                }
-                _ => None,
-            })
             .or_else(|| self.make_room(peer, identity.as_deref()));
         if let Some(why) = refused {
             tracing::warn!(%peer, identity = ?identity, "DTLS session refused: {why}");

@@ -672,6 +672,17 @@ impl Session {
         matches!(self.link, Link::Records(_))
     }
 
+    /// Sends a fatal alert (`description`, RFC 5246 §7.2) and ends the session: the peer
+    /// learns why, and a client does not offer the session again. A session OpenSSL still
+    /// carries sends close_notify instead (OpenSSL sends no alert of its caller's choosing).
+    pub fn close_fatal(&mut self, description: u8) {
+        if let (State::Established, Link::Records(t)) = (&self.state, &mut self.link) {
+            let _ = t.records.seal(record::ALERT, &[2, description]);
+            return self.fail(DtlsError::Closed);
+        }
+        self.close();
+    }
+
     /// Sends close_notify and ends the session.
     pub fn close(&mut self) {
         if self.state == State::Established {
