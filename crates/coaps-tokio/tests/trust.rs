@@ -318,7 +318,9 @@ fn pump(sock: &UdpSocket, s: &mut Session, done: impl Fn(&Session, usize) -> boo
                 received += 1;
                 s.handle_datagram(Instant::now(), &buf[..n]);
             }
-            Err(_) => s.handle_timeout(Instant::now()),
+            Err(_) => {
+                s.handle_timeout(Instant::now());
+            }
         }
     }
 }

@@ -134,8 +134,9 @@ impl Job {
 
 struct Link {
     session: Session,
-    /// When the first flight of the handshake went out, until the first answer came.
-    hello_at: Option<Instant>,
+    /// When the handshake's latest flight went out (`None` once OpenSSL sent one again: its
+    /// answer would not say which it answers), until the session is established.
+    flight_at: Option<Instant>,
     /// When the server last sent something this session could decrypt: proof it still knows
     /// the session.
     heard: Option<Instant>,
@@ -312,22 +313,27 @@ impl Client {
     /// A datagram from the server, on the current socket.
     pub fn handle(&mut self, now: Instant, datagram: &[u8]) {
         if let Some(l) = self.link.as_mut() {
-            let progress = l.session.last_progress();
+            let (progress, was_established) =
+                (l.session.last_progress(), l.session.is_established());
             for data in l.session.handle_datagram(now, datagram) {
                 l.heard = Some(now);
                 self.endpoint.handle_datagram(now, (), &data);
             }
-            // The answer to the first flight, before OpenSSL sent it again (its first timer
-            // is 1 s): a round trip to the server that is not ambiguous. The first requests'
-            // retransmission timeout starts from it. Only a datagram that moved the handshake
-            // on is that answer: any other (junk sent from the server's address to make the
-            // timeout tiny) is not.
-            if l.hello_at.is_some() && l.session.last_progress() != progress {
-                let at = l.hello_at.take().expect("checked");
-                let rtt = now.saturating_duration_since(at);
-                if rtt < crate::session::FIRST_FLIGHT_TIMEOUT {
-                    self.endpoint.round_trip(now, (), rtt);
+            if !was_established && l.session.is_established() {
+                // The server's Finished, the answer to the client's last flight: a round trip
+                // that is authenticated (a datagram anyone can forge, such as junk or a
+                // HelloVerifyRequest, completes no handshake) and not ambiguous when that
+                // flight went once, before OpenSSL's first timer (1 s). The first requests'
+                // retransmission timeout starts from it.
+                if let Some(at) = l.flight_at.take() {
+                    let rtt = now.saturating_duration_since(at);
+                    if rtt < crate::session::FIRST_FLIGHT_TIMEOUT {
+                        self.endpoint.round_trip(now, (), rtt);
+                    }
                 }
+            } else if l.session.last_progress() != progress {
+                // The handshake moved on: the client's next flight goes out now.
+                l.flight_at = Some(now);
             }
         }
         self.drive(now);
@@ -336,7 +342,9 @@ impl Client {
     /// Timers: DTLS and CoAP retransmissions, the handshake's and the requests' deadlines.
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(l) = self.link.as_mut() {
-            l.session.handle_timeout(now);
+            if l.session.handle_timeout(now) {
+                l.flight_at = None;
+            }
             l.session.check_deadline(now, self.cfg.handshake_timeout);
         }
         self.endpoint.handle_timeout(now);
@@ -542,7 +550,7 @@ impl Client {
                 self.out.push_back(Transmit::Connect);
                 self.link = Some(Link {
                     session,
-                    hello_at: Some(now),
+                    flight_at: Some(now),
                     heard: None,
                 });
                 self.established = false;

@@ -574,15 +574,18 @@ impl Session {
     }
 
     /// Retransmits the last flight if its timer expired; fails the session after too many.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    /// `true` if it retransmitted.
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
         if self.state != State::Handshaking {
-            return;
+            return false;
         }
-        if self.tls().is_some_and(|s| handle_timeout(s.ssl()) < 0) {
+        let r = self.tls().map_or(0, |s| handle_timeout(s.ssl()));
+        if r < 0 {
             self.fail(DtlsError::HandshakeTimeout(
                 now.saturating_duration_since(self.started),
             ));
         }
+        r > 0
     }
 
     /// Fails a handshake that has taken longer than `limit`.
