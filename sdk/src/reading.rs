@@ -32,13 +32,18 @@ impl Label {
     /// Checks a device or sensor name a plugin takes from its settings: one that can travel
     /// to a server (the coaps ingress and the SenML encodings refuse the others, and every
     /// reading would become a dead letter on the device) is not empty, holds no control
-    /// character and is at most 128 bytes. `Err` says why, for a config error.
+    /// character and no U+FFFD, has no white space at either end (a device name must be its
+    /// certificate's identity, which has none), and is at most 128 bytes. `Err` says why, for
+    /// a config error.
     pub fn check_name(name: &str) -> Result<(), String> {
         if name.is_empty() {
             return Err("an empty name".into());
         }
-        if name.chars().any(char::is_control) {
-            return Err(format!("{name:?} holds a control character"));
+        if name.chars().any(|c| c.is_control() || c == '\u{FFFD}') {
+            return Err(format!("{name:?} holds a control character or U+FFFD"));
+        }
+        if name.trim() != name {
+            return Err(format!("{name:?} has white space at an end"));
         }
         if name.len() > 128 {
             return Err(format!("{} bytes; at most 128", name.len()));

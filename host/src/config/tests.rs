@@ -67,6 +67,7 @@ fn a_device_name_no_server_would_take_is_refused() {
     for (device, says) in [
         ("", "must not be empty"),
         ("pi\\u0007", "holds a control character"),
+        ("pi-01 ", "has white space at an end"),
         (&"x".repeat(129), "129 bytes; at most 128"),
     ] {
         let e = parse(&format!("[gateway]\ndevice = \"{device}\"\n"))

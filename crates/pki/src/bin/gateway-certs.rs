@@ -148,9 +148,13 @@ fn run(args: &[String]) -> Result<(), PkiError> {
                 .ok_or_else(|| PkiError(format!("device needs a NAME\n{USAGE}")))?;
             // The common name is the device's identity: one the ingress would not take as one
             // would lock the device out; a '/' would not make a file name.
-            if !gateway_pki::valid_identity(name) || name.contains('/') || name.starts_with('.') {
+            if !gateway_pki::valid_identity(name)
+                || name.len() > 128
+                || name.contains('/')
+                || name.starts_with('.')
+            {
                 return Err(PkiError(format!(
-                    "{name:?} cannot be a device identity: 1 to 255 bytes, no control characters, no white space at either end, no '/', not starting with '.'"
+                    "{name:?} cannot be a device identity: 1 to 128 bytes (what a device's [gateway] device takes), no control characters, no white space at either end, no '/', not starting with '.'"
                 )));
             }
             let (ca, ca_key) = ca()?;
