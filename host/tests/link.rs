@@ -323,6 +323,18 @@ fn certs_keep_what_is_in_force_and_a_failed_write_changes_nothing() {
         .filter(|n| n.ends_with(".new"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    // The same with a directory in the certificate's place: the key is left as it was too
+    // (before, the key was moved in and the certificate's rename then failed).
+    std::fs::remove_dir_all(certs.join("device-pi-07.key")).unwrap();
+    std::fs::write(certs.join("device-pi-07.key"), "old key").unwrap();
+    std::fs::rename(certs.join("device-pi-07.pem"), s.path("kept.pem")).unwrap();
+    std::fs::create_dir_all(certs.join("device-pi-07.pem/sub")).unwrap();
+    let (status, _, err) = gateway(&["certs", "device", "pi-07", "--dir", dir, "--force"]);
+    assert!(
+        !status.success() && err.contains("a directory is in its place"),
+        "{err}"
+    );
+    assert_eq!(read("device-pi-07.key"), b"old key");
     // A link in a certificate's place is replaced, not written through.
     let outside = s.path("outside.txt");
     std::fs::write(&outside, "mine").unwrap();

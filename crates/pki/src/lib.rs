@@ -204,6 +204,16 @@ pub fn issue_to(
     // Both are written beside their places first and then moved there, key first: a write
     // that fails (a full disk, a directory in the way) leaves the pair that was there as it
     // was, and a link at either place is replaced, not followed.
+    for p in [cert_path, key_path] {
+        // A rename onto a directory fails: found now, not between the two renames (which
+        // would leave a new key beside the old certificate).
+        if p.is_dir() {
+            return Err(PkiError(format!(
+                "cannot write {}: a directory is in its place",
+                p.display()
+            )));
+        }
+    }
     let (cert_tmp, key_tmp) = (beside(cert_path), beside(key_path));
     let written = write_key(&key_tmp, &key).and_then(|()| write_cert(&cert_tmp, &cert));
     let moved = written.and_then(|()| {
@@ -238,7 +248,10 @@ pub fn write_cert(path: &Path, cert: &X509) -> Result<(), PkiError> {
         .create_new(true)
         .write(true)
         .open(path)
-        .and_then(|mut f| f.write_all(&pem))
+        .and_then(|mut f| {
+            f.write_all(&pem)?;
+            f.sync_all()
+        })
         .map_err(|err| PkiError(format!("cannot write {}: {err}", path.display())))
 }
 
@@ -253,6 +266,7 @@ pub fn write_key(path: &Path, key: &Key) -> Result<(), PkiError> {
         .open(path)
         .map_err(|err| PkiError(format!("cannot write {}: {err}", path.display())))?;
     f.write_all(&pem)
+        .and_then(|()| f.sync_all())
         .map_err(|err| PkiError(format!("cannot write {}: {err}", path.display())))
 }
 
