@@ -36,7 +36,7 @@ pub struct SinkConfig {
     #[serde(flatten)]
     pub connection: Connection,
     /// The subject of each reading: `{device}`, `{sensor}` and `{name}` are replaced (each by
-    /// one token: `.`, `*`, `>` and white space become `_`).
+    /// one token: `.`, `*`, `>`, `%`, white space and control characters are percent-encoded).
     #[serde(default = "subject")]
     pub subject: String,
     /// The stream that takes those subjects; made if it is not there.
