@@ -13,6 +13,9 @@ use client::{Connection, Settings};
 use config::Config;
 use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
 
+/// The largest packet MQTT can carry (its remaining length is at most 268,435,455 bytes).
+const MAX_PACKET: usize = 268_435_455;
+
 /// The sink.
 pub struct Mqtt {
     settings: Settings,
@@ -34,6 +37,15 @@ impl Sink for Mqtt {
         let bad = |key: &str, e: String| ctx.config_error(key, e);
         let (tls, host, port) = client::parse_url(&cfg.url).map_err(|e| bad("url", e))?;
         let topic = topic::Template::parse(&cfg.topic).map_err(|e| bad("topic", e))?;
+        if !(1024..=MAX_PACKET).contains(&cfg.max_message_size) {
+            return Err(bad(
+                "max_message_size",
+                format!(
+                    "{} is not from 1024 to {MAX_PACKET} (MQTT's largest packet)",
+                    cfg.max_message_size
+                ),
+            ));
+        }
         if cfg.max_inflight == 0 {
             return Err(bad("max_inflight", "at least 1".into()));
         }
@@ -133,7 +145,8 @@ impl Sink for Mqtt {
             .collect();
         // MQTT 3.1.1 does not say how large a PUBLISH the broker takes, and it answers a
         // larger one by closing the connection: retried, that would stall the sink for good.
-        let size = |(topic, payload): &(String, Vec<u8>)| 2 + topic.len() + 2 + payload.len();
+        // Fixed header (at most 5 bytes), topic length and topic, packet id, payload.
+        let size = |(topic, payload): &(String, Vec<u8>)| 5 + 2 + topic.len() + 2 + payload.len();
         if let Some(i) = messages
             .iter()
             .position(|m| size(m) > self.max_message_size)

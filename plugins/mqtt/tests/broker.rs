@@ -221,6 +221,10 @@ fn settings_errors_name_their_key() {
             "max_inflight: at least 1",
         ),
         (
+            "url = \"mqtt://h\"\nmax_message_size = 0",
+            "max_message_size: 0 is not from 1024 to 268435455",
+        ),
+        (
             "url = \"mqtt://h\"\npassword_env = \"HOME\"",
             "a password is given without a username",
         ),
