@@ -36,8 +36,9 @@ pub struct Uplink {
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     /// Stored: 2.01 Created or 2.04 Changed, the answers RFC 7252 §5.8.2 gives a POST that
-    /// did what it asked. Another 2.xx (2.03 Valid, 2.05 Content, 2.02 Deleted) is not one a
-    /// store sends: a proxy's cache or another resource answered, and is [`Self::Misconfigured`].
+    /// stored what it was sent. Another 2.xx says nothing was: 2.02 Deleted (a POST may delete,
+    /// §5.8.2 too), 2.03 Valid and 2.05 Content (answers to a request with an ETag, and to a
+    /// GET: a proxy's cache or another resource answered). Those are [`Self::Misconfigured`].
     Stored,
     /// Not now; the same request may succeed later (5.xx, 4.08, 4.29, lost answers).
     Retry,
@@ -533,14 +534,15 @@ impl Judge {
 }
 
 /// What the server said in an answer's payload, for a log line: at most 256 bytes of it, with
-/// line breaks and other control characters escaped, so that a server cannot write lines of its
-/// own into the device's log.
+/// line breaks and other control characters escaped, and the characters that move or reorder
+/// text (U+2028, U+2029, the bidirectional controls), so that a server cannot write lines of
+/// its own into the device's log or make one read as something else.
 fn server_text(payload: &[u8]) -> String {
     const MAX: usize = 256;
     let text = String::from_utf8_lossy(&payload[..payload.len().min(MAX)]);
     let mut out: String = text
         .chars()
-        .flat_map(|c| match c.is_control() {
+        .flat_map(|c| match c.is_control() || reorders(c) {
             true => c.escape_default().collect::<Vec<_>>(),
             false => vec![c],
         })
@@ -549,6 +551,12 @@ fn server_text(payload: &[u8]) -> String {
         out.push_str("...");
     }
     out
+}
+
+/// U+2028 and U+2029 (line and paragraph separators) and the bidirectional controls: not
+/// control characters to `char::is_control`, yet they break or reorder a line.
+fn reorders(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -597,9 +605,17 @@ mod tests {
         assert_eq!(v, Verdict::Misconfigured);
         assert!(e.kind == gateway_sdk::ErrorKind::RETRY, "{e}");
         assert!(e.message().contains("2.05 cached"), "{e}");
-        let (e, _) = answer(4, 3, b"no\nINFO gateway: forged\r\x1b[31m").unwrap_err();
+        let (e, _) = answer(
+            4,
+            3,
+            "no\nINFO gateway: forged\r\x1b[31m\u{2028}\u{202e}".as_bytes(),
+        )
+        .unwrap_err();
         let e = e.message();
-        assert!(!e.contains(['\n', '\r', '\x1b']), "{e:?}");
+        assert!(
+            !e.contains(['\n', '\r', '\x1b', '\u{2028}', '\u{202e}']),
+            "{e:?}"
+        );
         assert!(e.contains("no\\nINFO gateway: forged"), "{e}");
         let (e, _) = answer(4, 3, &[b'x'; 100_000]).unwrap_err();
         assert!(e.message().len() < 400, "{} bytes", e.message().len());
