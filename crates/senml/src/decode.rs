@@ -753,7 +753,10 @@ impl<'a> Resolver<'a> {
         let bt = self.bt;
         let t = r.t.unwrap_or(0.0);
         let secs = bt + t;
-        if !secs.is_finite() || secs.abs() > 9.0e12 || t.abs() > 9.0e12 {
+        // Each part bounded too: their microseconds are added as integers below, and a base
+        // time past i64's microseconds would saturate there (bt 1e13 with t -9e12 is in range
+        // as a sum, and was stored as 2.2e17 µs instead of 1e18).
+        if !secs.is_finite() || secs.abs() > 9.0e12 || t.abs() > 9.0e12 || bt.abs() > 9.0e12 {
             return Err(DecodeError::Time(i));
         }
         // Whole microseconds of each part, added exactly (adding the floats first loses them).

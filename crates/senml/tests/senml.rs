@@ -232,6 +232,12 @@ fn bad_packs_are_refused_with_a_reason() {
         decode_json(br#"[{"n":"s/x","v":1,"t":1e300}]"#, 10, NOW, "d"),
         Err(DecodeError::Time(0))
     );
+    // A base time past the range whose sum with `t` is within it: refused, not stored at a
+    // saturated time (2.2e17 µs for this one, before).
+    assert_eq!(
+        decode_json(br#"[{"bt":1e13,"n":"s/x","v":1,"t":-9e12}]"#, 10, NOW, "d"),
+        Err(DecodeError::Time(0))
+    );
 }
 
 /// Found by the fuzz smoke of `cargo xtask ci` (senml_json): a base name without the colon
