@@ -2,7 +2,8 @@
 //! `Nats-Msg-Id` (so that JetStream drops a re-delivered one within its duplicate window, and
 //! no device can pre-claim another's ids), on a subject made from the reading; a batch is done
 //! once JetStream acknowledged every reading of it. A reading larger than the server takes
-//! (`max_payload`, which it answers by closing the connection) is refused for good.
+//! (`max_payload`, which it answers by closing the connection, or the stream's max_msg_size,
+//! which JetStream refuses at every try) is refused for good.
 
 use crate::{config::SinkConfig, connect::Settings, subject::Template};
 use async_nats::jetstream::{self, stream::StorageType};
@@ -17,7 +18,8 @@ pub struct NatsSink {
     subject: Template,
     rt: tokio::runtime::Runtime,
     js: Option<jetstream::Context>,
-    /// The largest message the server takes (headers and payload), from its INFO.
+    /// The largest message (headers and payload): the server's max_payload, from its INFO, or
+    /// the stream's max_msg_size, the less.
     max_payload: usize,
     table: String,
 }
@@ -83,21 +85,30 @@ impl Sink for NatsSink {
             let max_payload = client.server_info().max_payload;
             let js = jetstream::new(client);
             // The stream is made where it is missing; one that is there is used as it is.
-            js.get_or_create_stream(jetstream::stream::Config {
-                name: cfg.stream.clone(),
-                subjects: cfg.stream_subjects.clone(),
-                storage: StorageType::File,
-                duplicate_window: cfg.duplicate_window,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| PluginError::retry(format!("stream {}: {e}", cfg.stream)))?;
-            Ok::<_, PluginError>((js, max_payload))
+            let stream = js
+                .get_or_create_stream(jetstream::stream::Config {
+                    name: cfg.stream.clone(),
+                    subjects: cfg.stream_subjects.clone(),
+                    storage: StorageType::File,
+                    duplicate_window: cfg.duplicate_window,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| PluginError::retry(format!("stream {}: {e}", cfg.stream)))?;
+            // A stream of its own may take less than the server (its max_msg_size): JetStream
+            // refuses a larger message at each try, which retried would stall the sink.
+            let max_msg = usize::try_from(stream.cached_info().config.max_message_size).ok();
+            Ok::<_, PluginError>((js, max_payload, max_msg))
         })?;
-        let (js, max_payload) = js;
-        if max_payload > 0 {
-            self.max_payload = max_payload;
-        }
+        let (js, max_payload, max_msg) = js;
+        self.max_payload = [
+            Some(max_payload).filter(|m| *m > 0),
+            max_msg.filter(|m| *m > 0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(usize::MAX);
         tracing::info!(table = %self.table, url = %self.cfg.connection.url, stream = %self.cfg.stream, "connected to NATS JetStream");
         self.js = Some(js);
         Ok(())
@@ -126,7 +137,7 @@ impl Sink for NatsSink {
         {
             let r = &batch[i];
             return Err(PluginError::rejected(format!(
-                "reading {} of {} ({}/{}/{}) is {} bytes as a message, more than the server's max_payload of {}",
+                "reading {} of {} ({}/{}/{}) is {} bytes as a message, more than the server's max_payload or the stream's max_msg_size ({})",
                 i + 1,
                 batch.len(),
                 r.device,

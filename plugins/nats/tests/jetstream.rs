@@ -166,7 +166,7 @@ fn ids_are_per_device_and_what_cannot_be_sent_is_refused_without_breaking_the_si
     assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
     assert!(
         e.message().starts_with("reading 3 of 3 (")
-            && e.message().contains("max_payload of 1048576"),
+            && e.message().contains("max_msg_size (1048576)"),
         "{e}"
     );
     let mut nan = sample_readings(2);
@@ -174,6 +174,41 @@ fn ids_are_per_device_and_what_cannot_be_sent_is_refused_without_breaking_the_si
     let e = s.write(nan).unwrap_err();
     assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
     s.write(sample_readings(5)).expect("the sink goes on");
+}
+
+/// A stream made beforehand with a max_msg_size below the server's max_payload: JetStream
+/// refuses a larger message at every try. Before, that was a retry for good, and the sink
+/// stalled for every device; now it is the reading's refusal.
+#[test]
+fn a_reading_larger_than_the_streams_max_msg_size_is_refused_not_retried() {
+    let n = Nats::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = async_nats::connect(n.url()).await.unwrap();
+        async_nats::jetstream::new(c)
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: "READINGS".into(),
+                subjects: vec!["readings.>".into()],
+                max_message_size: 1024,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    let mut s = sink(&n);
+    let mut big = sample_readings(2);
+    big[1].value = gateway_sdk::Value::Text("x".repeat(2000).into());
+    let e = s.write(big).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(
+        e.message().starts_with("reading 2 of 2 (") && e.message().contains("(1024)"),
+        "{e}"
+    );
+    s.write(sample_readings(3)).expect("the sink goes on");
+    assert_eq!(n.messages("READINGS"), 3);
 }
 
 /// What the sinks refused for good the host kept in their dead-letter files: delivered again,
