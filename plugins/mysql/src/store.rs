@@ -195,8 +195,7 @@ impl Store {
         // The rows and parameters of each INSERT, made here so the async part only moves them
         // (again for each try: the statements take them).
         let chunks = || -> Vec<(usize, Vec<mysql_async::Value>)> {
-            batch
-                .chunks(ROWS_PER_INSERT)
+            statements(batch)
                 .map(|c| {
                     let mut v = Vec::with_capacity(c.len() * COLUMN_COUNT);
                     c.iter().for_each(|r| row(r, &mut v));
@@ -280,6 +279,47 @@ async fn migrate_on(
 /// One batch in one transaction on `pool`; how many rows were new. Galera refuses a
 /// transaction that lost certification at COMMIT with a deadlock (1213, as InnoDB does a real
 /// one): it goes once more at once, on the same node.
+/// The most bytes of values one INSERT carries. A statement larger than the server's
+/// `max_allowed_packet` (4 MiB by default in MySQL 5.7, 16 MiB in MariaDB) is refused by the
+/// client at every try, so rows of large text or bytes go in several statements.
+const BYTES_PER_INSERT: usize = 1 << 20;
+
+/// A batch cut into INSERTs of at most [`ROWS_PER_INSERT`] rows and, but for a single row,
+/// [`BYTES_PER_INSERT`] bytes of values.
+fn statements(batch: &[Reading]) -> impl Iterator<Item = &[Reading]> {
+    let size = |r: &Reading| {
+        let value = match &r.value {
+            Value::Text(t) => t.len(),
+            Value::Bytes(b) => b.len(),
+            _ => 8,
+        };
+        32 + r.device.as_str().len()
+            + r.sensor.as_str().len()
+            + r.name.as_str().len()
+            + r.unit.as_str().len()
+            + value
+    };
+    let mut rest = batch;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let n = rest
+            .iter()
+            .take(ROWS_PER_INSERT)
+            .take_while(|r| {
+                bytes += size(r);
+                bytes <= BYTES_PER_INSERT
+            })
+            .count()
+            .max(1);
+        let (now, later) = rest.split_at(n);
+        rest = later;
+        Some(now)
+    })
+}
+
 async fn insert(
     pool: Pool,
     table: String,
