@@ -57,9 +57,9 @@ pub struct Bus {
     configured: Vec<Probe>,
     probes: BTreeMap<String, ProbeState>,
     /// Probes that disappeared while their read had not returned: the flag that says when it
-    /// does. A probe that comes back takes it over, so that its hung read is not joined by
+    /// does, and since when it has been busy. A probe that comes back takes both over, so that its hung read is not joined by
     /// another thread on the same file each time the probe comes and goes.
-    lingering: BTreeMap<String, Arc<AtomicBool>>,
+    lingering: BTreeMap<String, (Arc<AtomicBool>, Instant)>,
     missing_reported: BTreeMap<String, bool>,
     retries: u32,
     retry_delay: Duration,
@@ -150,29 +150,30 @@ impl Bus {
             .filter(|id| !present.iter().any(|(p, _)| p == *id))
             .cloned()
             .collect();
-        self.lingering.retain(|_, busy| busy.load(Ordering::SeqCst));
+        self.lingering
+            .retain(|_, (busy, _)| busy.load(Ordering::SeqCst));
         for id in gone {
             tracing::warn!(probe = %id, "probe disappeared");
             if let Some(st) = self.probes.remove(&id) {
                 if st.busy.load(Ordering::SeqCst) {
-                    self.lingering.insert(id, st.busy);
+                    self.lingering.insert(id, (st.busy, st.busy_since));
                 }
             }
         }
         for (id, label) in &present {
             if !self.probes.contains_key(id) {
                 tracing::info!(probe = %id, sensor = %label, "probe found");
-                let busy = self
+                let (busy, busy_since) = self
                     .lingering
                     .remove(id)
-                    .unwrap_or_else(|| Arc::new(AtomicBool::new(false)));
+                    .unwrap_or_else(|| (Arc::new(AtomicBool::new(false)), Instant::now()));
                 self.probes.insert(
                     id.clone(),
                     ProbeState {
                         path: self.root.join(id).join("w1_slave"),
                         label: label.clone(),
                         busy,
-                        busy_since: Instant::now(),
+                        busy_since,
                         rejects: BTreeMap::new(),
                         failing: false,
                         hung: false,
