@@ -100,6 +100,29 @@ pub(crate) fn has_control(s: &str) -> bool {
         || (b.contains(&0xc2) && s.chars().any(char::is_control))
 }
 
+/// Appends `value` to `out` as one token of a topic or subject (the MQTT and NATS sinks), so
+/// that two values never make the same token: `%` and the characters `special` picks are
+/// percent-encoded (each byte of their UTF-8 as `%XX`); an empty value is `_`, and a value
+/// that is `_` is `%5F`.
+pub fn push_token(out: &mut String, value: &str, special: impl Fn(char) -> bool) {
+    use std::fmt::Write;
+    match value {
+        "" => out.push('_'),
+        "_" => out.push_str("%5F"),
+        v => {
+            for c in v.chars() {
+                if c == '%' || special(c) {
+                    for b in c.encode_utf8(&mut [0; 4]).bytes() {
+                        let _ = write!(out, "%{b:02X}");
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+        }
+    }
+}
+
 fn escape(name: &str) -> std::borrow::Cow<'_, str> {
     if name.bytes().any(|b| b == b'%' || b == b'/') {
         name.replace('%', "%25").replace('/', "%2F").into()

@@ -81,29 +81,9 @@ impl Template {
                 Part::Name => r.name.as_str(),
                 Part::Unit => r.unit.as_str(),
             };
-            match v {
-                "" => out.push('_'),
-                "_" => out.push_str("%5F"),
-                v => {
-                    for c in v.chars() {
-                        match c {
-                            '/' | '+' | '#' | '%' => percent(&mut out, c),
-                            c if refused(c) => percent(&mut out, c),
-                            c => out.push(c),
-                        }
-                    }
-                }
-            }
+            gateway_senml::push_token(&mut out, v, |c| matches!(c, '/' | '+' | '#') || refused(c));
         }
         out
-    }
-}
-
-/// Appends `c` percent-encoded: each byte of its UTF-8 as `%XX`.
-fn percent(out: &mut String, c: char) {
-    use std::fmt::Write;
-    for b in c.encode_utf8(&mut [0; 4]).bytes() {
-        let _ = write!(out, "%{b:02X}");
     }
 }
 

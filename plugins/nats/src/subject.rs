@@ -69,29 +69,11 @@ impl Template {
                 Part::Sensor => r.sensor.as_str(),
                 Part::Name => r.name.as_str(),
             };
-            match v {
-                "" => out.push('_'),
-                "_" => out.push_str("%5F"),
-                v => {
-                    for c in v.chars() {
-                        match c {
-                            '.' | '*' | '>' | '%' => percent(&mut out, c),
-                            c if c.is_whitespace() || c.is_control() => percent(&mut out, c),
-                            c => out.push(c),
-                        }
-                    }
-                }
-            }
+            gateway_senml::push_token(&mut out, v, |c| {
+                matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control()
+            });
         }
         out
-    }
-}
-
-/// Appends `c` percent-encoded: each byte of its UTF-8 as `%XX`.
-fn percent(out: &mut String, c: char) {
-    use std::fmt::Write;
-    for b in c.encode_utf8(&mut [0; 4]).bytes() {
-        let _ = write!(out, "%{b:02X}");
     }
 }
 
