@@ -421,8 +421,8 @@ fn get_within(addr: SocketAddr, path: &str, within: Duration) -> std::io::Result
     const MAX: usize = 64 << 20;
     let deadline = Instant::now() + within;
     let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2).min(within))?;
-    c.set_write_timeout(Some(within))?;
-    c.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    write_by(&mut c, request.as_bytes(), deadline)?;
     let mut answer = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     let late = || {
@@ -432,11 +432,7 @@ fn get_within(addr: SocketAddr, path: &str, within: Duration) -> std::io::Result
         )
     };
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(late());
-        }
-        c.set_read_timeout(Some(left))?;
+        c.set_read_timeout(Some(left(deadline).map_err(|_| late())?))?;
         match c.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => answer.extend_from_slice(&chunk[..n]),

@@ -234,6 +234,17 @@ pub struct Server {
 /// The certificate_expired alert (RFC 5246 §7.2.2).
 const CERTIFICATE_EXPIRED: u8 = 45;
 
+/// What a session that is dropped sends its peer first.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// Nothing (a handshake given up, a session already ended, one replaced).
+    Silent,
+    /// close_notify: the peer may resume the session.
+    Notify,
+    /// A fatal alert: the peer learns why, and does not offer the session again.
+    Alert(u8),
+}
+
 fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -399,19 +410,7 @@ impl Server {
         count(&self.stats.expired);
         let identity = self.peers.get(&peer).and_then(|p| p.identity.clone());
         tracing::info!(%peer, identity = ?identity, "session ended: the client certificate of its identity has expired");
-        self.drop_with_alert(peer, CERTIFICATE_EXPIRED);
-    }
-
-    /// Drops `peer`'s session with a fatal alert instead of close_notify: the device learns
-    /// why, and does not offer the session again (it would be refused at every resumption).
-    fn drop_with_alert(&mut self, peer: SocketAddr, alert: u8) {
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.session.close_fatal(alert);
-            while let Some(d) = p.session.poll_transmit() {
-                self.out.push_back((peer, d));
-            }
-        }
-        self.drop_peer(peer, false);
+        self.drop_peer(peer, Ending::Alert(CERTIFICATE_EXPIRED));
     }
 
     /// Drops the sessions idle for `session_idle` and those whose certificate has expired,
@@ -452,7 +451,7 @@ impl Server {
         for a in idle {
             count(&self.stats.idle_evictions);
             tracing::info!(peer = %a, "idle session dropped");
-            self.drop_peer(a, true);
+            self.drop_peer(a, Ending::Notify);
         }
     }
 
@@ -528,9 +527,9 @@ impl Server {
         next.map(|n| n.max(now))
     }
 
-    /// Forgets a peer: its session, its handshake, its CoAP exchanges. With `close`, a
-    /// close_notify goes out first.
-    fn drop_peer(&mut self, peer: SocketAddr, close: bool) {
+    /// Forgets a peer: its session, its handshake, its CoAP exchanges; `ending` says what goes
+    /// out first.
+    fn drop_peer(&mut self, peer: SocketAddr, ending: Ending) {
         if self.handshakes.remove(&peer) {
             self.slot_freed = true;
         }
@@ -545,11 +544,19 @@ impl Server {
                     }
                 }
             }
-            if close {
-                p.session.close();
-                while let Some(d) = p.session.poll_transmit() {
-                    self.out.push_back((peer, d));
+            let said = match ending {
+                Ending::Silent => false,
+                Ending::Notify => {
+                    p.session.close();
+                    true
                 }
+                Ending::Alert(alert) => {
+                    p.session.close_fatal(alert);
+                    true
+                }
+            };
+            while let Some(d) = said.then(|| p.session.poll_transmit()).flatten() {
+                self.out.push_back((peer, d));
             }
         }
         self.endpoint.forget_peer(peer);
@@ -577,7 +584,7 @@ impl Server {
             }
         }
         for (peer, e) in closed {
-            self.drop_peer(peer, false);
+            self.drop_peer(peer, Ending::Silent);
             if e != DtlsError::Closed {
                 count(&self.stats.handshake_failures);
                 count(&self.stats.failures[failure_reason(&e)]);
@@ -655,7 +662,7 @@ impl Server {
             // (or a handshake) starts a new association: a device that rebooted keeps its port.
             tracing::info!(%peer, "peer started a new handshake; its old session is replaced");
             count(&self.stats.replaced);
-            self.drop_peer(peer, false);
+            self.drop_peer(peer, Ending::Silent);
         }
         let limits = self.limits();
         match admission::handshake(&self.in_progress(), peer.ip(), now, limits) {
@@ -716,7 +723,7 @@ impl Server {
             };
             count(&self.stats.evicted_handshakes);
             tracing::debug!(peer = %old, "parked handshake forgotten: too many are parked");
-            self.drop_peer(old, false);
+            self.drop_peer(old, Ending::Silent);
         }
     }
 
@@ -798,15 +805,17 @@ impl Server {
         let (resumed, cipher) = (p.session.resumed(), p.session.cipher().map(str::to_owned));
         // A full handshake verified the certificate now; a resumed one carries the first
         // handshake's, which may have expired since.
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
         let expires = p.session.peer_not_after().map(|t| {
-            let left = t.duration_since(SystemTime::now()).unwrap_or_default();
-            now.checked_add(left)
-                .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400))
+            now + t
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .min(CENTURY)
         });
         if expires.is_some_and(|t| t <= now) {
             count(&self.stats.expired_resumptions);
             tracing::warn!(%peer, identity = ?identity, "DTLS session refused: the client certificate of the session it resumes has expired");
-            self.drop_with_alert(peer, CERTIFICATE_EXPIRED);
+            self.drop_peer(peer, Ending::Alert(CERTIFICATE_EXPIRED));
             return false;
         }
         let refused = self
@@ -814,7 +823,7 @@ impl Server {
             .or_else(|| self.make_room(peer, identity.as_deref()));
         if let Some(why) = refused {
             tracing::warn!(%peer, identity = ?identity, "DTLS session refused: {why}");
-            self.drop_peer(peer, true);
+            self.drop_peer(peer, Ending::Notify);
             return false;
         }
         count(&self.stats.sessions);
@@ -888,7 +897,7 @@ impl Server {
         for old in evict {
             count(&self.stats.evicted_sessions);
             tracing::info!(peer = %old, newcomer = %peer, "least recently active session dropped to make room");
-            self.drop_peer(old, true);
+            self.drop_peer(old, Ending::Notify);
         }
         None
     }

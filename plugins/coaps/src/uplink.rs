@@ -533,12 +533,13 @@ impl Judge {
     }
 }
 
-/// What the server said in an answer's payload, for a log line: at most 256 bytes of it, with
+/// What the server said in an answer's payload, for a log line: at most
+/// [`MAX_WHY`](crate::request::MAX_WHY) bytes of it, as the ingress cuts its own, with
 /// line breaks and other control characters escaped, and the characters that move or reorder
 /// text (U+2028, U+2029, the bidirectional controls), so that a server cannot write lines of
 /// its own into the device's log or make one read as something else.
 fn server_text(payload: &[u8]) -> String {
-    const MAX: usize = 256;
+    const MAX: usize = crate::request::MAX_WHY;
     let text = String::from_utf8_lossy(&payload[..payload.len().min(MAX)]);
     let mut out: String = text
         .chars()
