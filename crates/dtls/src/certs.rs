@@ -14,18 +14,27 @@ use openssl::{
 };
 use std::path::Path;
 
-/// `CN=name` of a certificate (or its whole subject when it has no common name).
+/// `CN=name` of a certificate (or its whole subject when it has no common name). A name that
+/// holds a character a terminal or a log would act on (a control character, a bidirectional
+/// control) is written quoted, with Rust's escapes: a peer chooses what its certificate says,
+/// and this text goes into errors and logs.
 pub fn name_of(cert: &X509Ref) -> String {
     let subject = cert.subject_name();
-    match subject.entries_by_nid(Nid::COMMONNAME).next() {
-        Some(cn) => format!(
-            "CN={}",
+    let (prefix, name) = match subject.entries_by_nid(Nid::COMMONNAME).next() {
+        Some(cn) => (
+            "CN=",
             cn.data()
                 .to_string()
                 .map(|s| s.to_string())
-                .unwrap_or_default()
+                .unwrap_or_default(),
         ),
-        None => format!("{subject:?}"),
+        None => ("", format!("{subject:?}")),
+    };
+    let acts = |c: char| !matches!(c, '"' | '\\' | '\'') && c.escape_debug().len() > 1;
+    if name.chars().any(acts) {
+        format!("{prefix}{name:?}")
+    } else {
+        format!("{prefix}{name}")
     }
 }
 
@@ -280,5 +289,19 @@ mod tests {
         // A leaf that does not lead to the CA file goes alone.
         assert!(chain_to_send(&leaf, &[root]).is_empty());
         assert!(chain_to_send(&leaf, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_certificate_name_cannot_act_on_a_terminal_or_a_log() {
+        let k = key();
+        assert_eq!(
+            name_of(&cert("pi-01 \"x\"", &k, false, None)),
+            "CN=pi-01 \"x\""
+        );
+        let hostile = cert("\u{1b}]8;;http://x\u{7}a\nINFO b\u{202e}", &k, false, None);
+        assert_eq!(
+            name_of(&hostile),
+            "CN=\"\\u{1b}]8;;http://x\\u{7}a\\nINFO b\\u{202e}\""
+        );
     }
 }
