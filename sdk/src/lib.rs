@@ -25,6 +25,7 @@ mod reading;
 #[doc(hidden)]
 pub mod shim;
 pub mod testing;
+pub mod text;
 mod ticker;
 
 /// The README's Rust examples, compiled as doctests so that they stay true.

@@ -541,23 +541,11 @@ impl Judge {
 fn server_text(payload: &[u8]) -> String {
     const MAX: usize = crate::request::MAX_WHY;
     let text = String::from_utf8_lossy(&payload[..payload.len().min(MAX)]);
-    let mut out: String = text
-        .chars()
-        .flat_map(|c| match c.is_control() || reorders(c) {
-            true => c.escape_default().collect::<Vec<_>>(),
-            false => vec![c],
-        })
-        .collect();
+    let mut out = gateway_sdk::text::one_line(&text).into_owned();
     if payload.len() > MAX {
         out.push_str("...");
     }
     out
-}
-
-/// U+2028 and U+2029 (line and paragraph separators) and the bidirectional controls: not
-/// control characters to `char::is_control`, yet they break or reorder a line.
-fn reorders(c: char) -> bool {
-    matches!(c, '\u{200E}' | '\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
