@@ -120,11 +120,13 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // A request error's own text says it all; its source would repeat it.
-            if e.downcast_ref::<RequestError>().is_some() {
-                eprintln!("error: {e}");
+            // What a server or its certificate said can be part of it.
+            let text = if e.downcast_ref::<RequestError>().is_some() {
+                e.to_string()
             } else {
-                eprintln!("error: {e:#}");
-            }
+                format!("{e:#}")
+            };
+            eprintln!("error: {}", gateway_sdk::text::printable(&text));
             ExitCode::from(exit_for(&e))
         }
     }
@@ -353,7 +355,8 @@ fn print(args: &Args, answer: &Packet, body: &[u8]) -> anyhow::Result<u8> {
             out.write_all(show::payload(body, format).as_bytes())?;
         }
     } else {
-        eprintln!("{code} {}", String::from_utf8_lossy(body).trim_end());
+        let why = String::from_utf8_lossy(body);
+        eprintln!("{code} {}", gateway_sdk::text::one_line(why.trim_end()));
     }
     out.flush()?;
     Ok(match code.class {

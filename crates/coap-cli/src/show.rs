@@ -5,7 +5,10 @@ use gateway_coap::{
     coap_lite::{CoapOption, MessageType, Packet},
     ContentFormat,
 };
-use gateway_sdk::Timestamp;
+use gateway_sdk::{
+    text::{one_line, printable},
+    Timestamp,
+};
 
 /// Content-formats by the names people write (`--content-format`, `--accept`).
 const NAMED: &[(&str, u16)] = &[
@@ -157,12 +160,12 @@ pub fn payload(p: &[u8], format: Option<ContentFormat>) -> String {
                 out += &format!(
                     "{}  {}/{}  {} = {}{}{}\n",
                     r.time,
-                    r.device,
-                    r.sensor,
-                    r.name,
+                    one_line(&r.device),
+                    one_line(&r.sensor),
+                    one_line(&r.name),
                     r.value,
                     if r.unit.as_str().is_empty() { "" } else { " " },
-                    r.unit
+                    one_line(&r.unit)
                 );
             }
             out
@@ -170,11 +173,13 @@ pub fn payload(p: &[u8], format: Option<ContentFormat>) -> String {
         Some(Err(e)) => format!("(not valid SenML: {e})\n{}\n", hex(p)),
         None if format == Some(ContentFormat::LINK_FORMAT) => String::from_utf8_lossy(p)
             .split(',')
-            .map(|l| format!("{l}\n"))
+            .map(|l| format!("{}\n", one_line(l)))
             .collect(),
         None => match std::str::from_utf8(p) {
-            Ok(text) if !text.is_empty() && !text.ends_with('\n') => format!("{text}\n"),
-            Ok(text) => text.to_owned(),
+            Ok(text) if !text.is_empty() && !text.ends_with('\n') => {
+                format!("{}\n", printable(text))
+            }
+            Ok(text) => printable(text).into_owned(),
             Err(_) => format!("{}\n", hex(p)),
         },
     }
@@ -236,5 +241,32 @@ mod tests {
             "</a>;rt=x\n</b>\n"
         );
         assert_eq!(payload(&[0xff, 0x00], None), "ff00\n");
+    }
+
+    #[test]
+    fn a_server_cannot_write_escape_sequences_to_the_terminal() {
+        // OSC 52 sets the clipboard, CSI 2J clears the screen, U+202E reverses the text.
+        let text = b"x\x1b]52;c;ZXZpbA==\x07 y\x1b[2J\r\nok\t\xe2\x80\xae";
+        for format in [
+            None,
+            Some(ContentFormat::LINK_FORMAT),
+            Some(ContentFormat(0)),
+        ] {
+            let shown = payload(text, format);
+            assert!(
+                !shown.contains(['\x1b', '\x07', '\r', '\u{202e}']),
+                "{shown:?}"
+            );
+        }
+        assert_eq!(
+            payload(text, None),
+            "x\\u{1b}]52;c;ZXZpbA==\\u{7} y\\u{1b}[2J\\r\nok\t\\u{202e}\n"
+        );
+        let pack = "[{\"bn\":\"pi\u{202e}:\",\"n\":\"t1/temp\u{2028}\",\"u\":\"Cel\",\"v\":1}]";
+        let shown = payload(pack.as_bytes(), Some(ContentFormat::SENML_JSON));
+        assert!(
+            shown.contains("pi\\u{202e}/t1  temp\\u{2028} = 1 Cel"),
+            "{shown}"
+        );
     }
 }
