@@ -40,6 +40,7 @@ pub fn init(format: LogFormat, level: LevelFilter, plugin_level: LevelFilter) {
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Text => builder
+            .fmt_fields(text_fields())
             .with_writer(|| OneLine)
             .finish()
             .with(filter)
@@ -52,6 +53,34 @@ pub fn init(format: LogFormat, level: LevelFilter, plugin_level: LevelFilter) {
             .with(filter)
             .try_init(),
     };
+}
+
+/// How the text format writes fields: as tracing-subscriber's default does (the message as it
+/// is, the others `name=value`), each value passed through [`gateway_sdk::text::one_line`].
+/// The default escapes ESC only in the message, so a `%` field holding a peer's text (an
+/// error quoting a certificate's name or a reading's unit) could move the cursor, clear the
+/// screen or plant a link on the terminal of whoever reads the log, and no field escaped the
+/// bidirectional controls or the line separators.
+fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
+    use std::fmt::Write as _;
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(
+        |w: &mut tracing_subscriber::fmt::format::Writer<'_>,
+         field: &tracing::field::Field,
+         value: &dyn std::fmt::Debug| {
+            let mut text = String::new();
+            write!(text, "{value:?}")?;
+            let text = gateway_sdk::text::one_line(&text);
+            match field.name() {
+                "message" => w.write_str(&text),
+                name if w.has_ansi_escapes() => {
+                    write!(w, "\x1b[3m{name}\x1b[0m\x1b[2m=\x1b[0m{text}")
+                }
+                name => write!(w, "{name}={text}"),
+            }
+        },
+    )
+    .delimited(" ")
 }
 
 /// stderr, one line per event: the text format writes a field as it is, so a line break in
@@ -195,7 +224,45 @@ impl HostLog for LibraryLog {
 
 #[cfg(test)]
 mod tests {
-    use super::one_line;
+    use super::{one_line, text_fields};
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn no_field_can_act_on_a_terminal() {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let out = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(text_fields())
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let hostile = "a\x1b[2J\u{202e}b\x0e\u{2028}c";
+            tracing::warn!(error = %hostile, peer = ?hostile, n = 3, "refused {hostile}");
+        });
+        let line = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            !line.contains(['\x1b', '\u{202e}', '\x0e', '\u{2028}']),
+            "{line:?}"
+        );
+        assert!(
+            line.trim_end().ends_with(
+                r#"refused a\u{1b}[2J\u{202e}b\u{e}\u{2028}c error=a\u{1b}[2J\u{202e}b\u{e}\u{2028}c peer="a\u{1b}[2J\u{202e}b\u{e}\u{2028}c" n=3"#
+            ),
+            "{line}"
+        );
+    }
 
     #[test]
     fn an_event_is_one_line_whatever_its_fields_hold() {
