@@ -53,8 +53,9 @@ enum Command {
         #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
         config: PathBuf,
     },
-    /// Development certificates for the DTLS link: `certs init`, `certs server [--name N]...`,
-    /// `certs device NAME` (runs `gateway-certs`, installed next to `gateway`).
+    /// Certificates for the DTLS link: `certs init`, `certs server [--name N]...`, `certs device
+    /// NAME`, `certs request NAME` on a device and `certs sign FILE.csr` on the CA's machine,
+    /// `certs revoke NAME` (runs `gateway-certs`, installed next to `gateway`).
     #[command(disable_help_flag = true)]
     Certs {
         /// Arguments for gateway-certs (`--help` shows them).

@@ -8,13 +8,14 @@ use openssl::{
     ec::{EcGroup, EcKey},
     hash::MessageDigest,
     nid::Nid,
-    pkey::{PKey, Private},
+    pkey::{HasPublic, PKey, PKeyRef, Private},
     x509::{
         extension::{
             AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage,
             SubjectAlternativeName, SubjectKeyIdentifier,
         },
-        X509Crl, X509CrlBuilder, X509NameBuilder, X509RevokedBuilder, X509,
+        X509Crl, X509CrlBuilder, X509NameBuilder, X509Req, X509ReqBuilder, X509RevokedBuilder,
+        X509,
     },
 };
 use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path};
@@ -94,6 +95,24 @@ pub fn issue_between(
     not_before: i64,
     not_after: i64,
 ) -> Result<X509, PkiError> {
+    let signer = match issuer {
+        Some((ca, ca_key)) => (Some(ca), ca_key),
+        None => (None, key),
+    };
+    certify(cn, key, kind, signer, not_before, not_after)
+}
+
+/// A certificate for `cn` and the public key `public`, signed by `signer`'s key: the CA's
+/// (with its certificate), or `public`'s own (`None`, self-signed).
+fn certify<T: HasPublic>(
+    cn: &str,
+    public: &PKeyRef<T>,
+    kind: Kind<'_>,
+    signer: (Option<&X509>, &Key),
+    not_before: i64,
+    not_after: i64,
+) -> Result<X509, PkiError> {
+    let issuer = signer.0;
     let mut name = X509NameBuilder::new().map_err(e("name"))?;
     name.append_entry_by_nid(Nid::COMMONNAME, cn)
         .map_err(e("common name"))?;
@@ -107,14 +126,14 @@ pub fn issue_between(
     let serial = serial.to_asn1_integer().map_err(e("serial"))?;
     b.set_serial_number(&serial).map_err(e("serial"))?;
     b.set_subject_name(&name).map_err(e("subject"))?;
-    b.set_issuer_name(issuer.map(|(c, _)| c.subject_name()).unwrap_or(&name))
+    b.set_issuer_name(issuer.map(|c| c.subject_name()).unwrap_or(&name))
         .map_err(e("issuer"))?;
-    b.set_pubkey(key).map_err(e("public key"))?;
+    b.set_pubkey(public).map_err(e("public key"))?;
     let (from, until) = (x509_time(not_before)?, x509_time(not_after)?);
     b.set_not_before(&from).map_err(e("validity"))?;
     b.set_not_after(&until).map_err(e("validity"))?;
     let ski = SubjectKeyIdentifier::new()
-        .build(&b.x509v3_context(issuer.map(|i| &**i.0), None))
+        .build(&b.x509v3_context(issuer.map(|c| &**c), None))
         .map_err(e("ski"))?;
     b.append_extension(ski).map_err(e("ski"))?;
     match (&kind, issuer) {
@@ -137,7 +156,7 @@ pub fn issue_between(
             )
             .map_err(e("usage"))?;
         }
-        (kind, Some((ca, _))) => {
+        (kind, Some(ca)) => {
             b.append_extension(
                 BasicConstraints::new()
                     .critical()
@@ -182,9 +201,67 @@ pub fn issue_between(
             }
         }
     }
-    b.sign(issuer.map(|i| i.1).unwrap_or(key), MessageDigest::sha256())
+    b.sign(signer.1, MessageDigest::sha256())
         .map_err(e("signing"))?;
     Ok(b.build())
+}
+
+/// A certificate signing request for a device whose identity (common name) is `cn`, signed
+/// with its new `key`, as PEM: made on the device, so that its key never leaves it.
+pub fn request(cn: &str, key: &Key) -> Result<Vec<u8>, PkiError> {
+    let mut name = X509NameBuilder::new().map_err(e("name"))?;
+    name.append_entry_by_nid(Nid::COMMONNAME, cn)
+        .map_err(e("common name"))?;
+    let mut b = X509ReqBuilder::new().map_err(e("request"))?;
+    b.set_subject_name(&name.build()).map_err(e("request"))?;
+    b.set_pubkey(key).map_err(e("request"))?;
+    b.sign(key, MessageDigest::sha256()).map_err(e("request"))?;
+    b.build().to_pem().map_err(e("PEM"))
+}
+
+/// A device certificate for the request `pem` (see [`request`]), signed by `ca`, valid from a
+/// day ago for `days` days: the common name the request asks for, and its public key. The
+/// request must be signed by that key (its holder asked for it); nothing else of it (other
+/// names, extensions) is copied: the certificate is a device certificate whatever the
+/// request says. Returns the common name with the certificate, for the caller to check it.
+pub fn issue_for_request(
+    pem: &[u8],
+    ca: (&X509, &Key),
+    days: i64,
+) -> Result<(String, X509), PkiError> {
+    let req = X509Req::from_pem(pem).map_err(e("not a PEM certificate request"))?;
+    let public = req.public_key().map_err(e("the request's key"))?;
+    if !req.verify(&public).map_err(e("the request's signature"))? {
+        return Err(PkiError(
+            "the request is not signed by the key it holds".into(),
+        ));
+    }
+    let mut cns = req.subject_name().entries_by_nid(Nid::COMMONNAME);
+    let cn = match (cns.next(), cns.next()) {
+        (Some(cn), None) => cn
+            .data()
+            .to_string()
+            .map_err(e("the request's common name"))?
+            .to_string(),
+        _ => {
+            return Err(PkiError(
+                "the request must name exactly one common name (the device's identity)".into(),
+            ))
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let cert = certify(
+        &cn,
+        &public,
+        Kind::Device,
+        (Some(ca.0), ca.1),
+        now - 86400,
+        now + days * 86400,
+    )?;
+    Ok((cn, cert))
 }
 
 /// Makes a new key, issues a certificate for it (see [`issue`]), and writes both: the

@@ -76,3 +76,77 @@ fn a_device_certificate_in_force_is_not_replaced_unless_asked() {
     assert!(certs(d, &["init", "--force"]).0);
     assert!(certs(d, &["device", "pi-07"]).0);
 }
+
+/// A device's key is made on the device and never leaves it; the CA's key stays on the CA's
+/// machine: the device sends a request, the CA's machine signs it. Before, `device NAME` made
+/// the key next to the CA's, so the documented install put ca.key on every Pi.
+#[test]
+fn a_device_key_stays_on_the_device_and_the_ca_key_on_the_ca() {
+    let (ca_dir, dev_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ca, dev) = (ca_dir.path(), dev_dir.path());
+    assert!(certs(ca, &["init"]).0);
+    let (ok, err) = certs(dev, &["request", "pi-01"]);
+    assert!(ok, "{err}");
+    let csr = dev.join("device-pi-01.csr");
+    assert!(dev.join("device-pi-01.key").exists() && csr.exists());
+    let (ok, err) = certs(ca, &["sign", csr.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let names = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(dev), ["device-pi-01.csr", "device-pi-01.key"]);
+    assert_eq!(names(ca), ["ca.key", "ca.pem", "device-pi-01.pem"]);
+
+    // The certificate is for the device's own key, named as it asked, issued by the CA.
+    let cert = X509::from_pem(&std::fs::read(ca.join("device-pi-01.pem")).unwrap()).unwrap();
+    let key = openssl::pkey::PKey::private_key_from_pem(
+        &std::fs::read(dev.join("device-pi-01.key")).unwrap(),
+    )
+    .unwrap();
+    assert!(cert.public_key().unwrap().public_eq(&key));
+    let ca_cert = X509::from_pem(&std::fs::read(ca.join("ca.pem")).unwrap()).unwrap();
+    assert!(cert.verify(&ca_cert.public_key().unwrap()).unwrap());
+    let cn = cert
+        .subject_name()
+        .entries()
+        .next()
+        .unwrap()
+        .data()
+        .to_string();
+    assert_eq!(cn.unwrap(), "pi-01");
+
+    // The CA keeps its copy, so that revoke works by name there; a second request for a
+    // device in force is refused unless asked.
+    assert!(certs(dev, &["request", "pi-01"]).1.contains("--force"));
+    assert!(certs(dev, &["request", "pi-01", "--force"]).0);
+    let (ok, err) = certs(ca, &["sign", csr.to_str().unwrap()]);
+    assert!(!ok && err.contains("revoke it first"), "{err}");
+    assert!(certs(ca, &["revoke", "pi-01"]).0);
+    assert!(certs(ca, &["sign", csr.to_str().unwrap()]).0);
+
+    // A request whose signature is not by the key it holds (someone asking for a certificate
+    // of another's key) is refused, and so is one for a name that cannot be an identity.
+    let mut other = openssl::x509::X509NameBuilder::new().unwrap();
+    other.append_entry_by_text("CN", "pi-02").unwrap();
+    let mut req = openssl::x509::X509ReqBuilder::new().unwrap();
+    req.set_subject_name(&other.build()).unwrap();
+    req.set_pubkey(&key).unwrap();
+    let g = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+    let not_its_key =
+        openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&g).unwrap()).unwrap();
+    req.sign(&not_its_key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    let req = req.build();
+    let forged = dev.join("forged.csr");
+    std::fs::write(&forged, req.to_pem().unwrap()).unwrap();
+    let (ok, err) = certs(ca, &["sign", forged.to_str().unwrap()]);
+    assert!(!ok && err.contains("not signed by the key"), "{err}");
+    assert!(!ca.join("device-pi-02.pem").exists());
+    let (ok, err) = certs(dev, &["request", " pi-03"]);
+    assert!(!ok && err.contains("cannot be a device identity"), "{err}");
+}

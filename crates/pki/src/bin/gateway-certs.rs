@@ -5,10 +5,15 @@
 //! gateway certs server [--dir DIR] [--name NAME]... [--force]  server.pem, server.key (default names: localhost, 127.0.0.1)
 //! gateway certs device NAME [--dir DIR] [--force]       device-NAME.pem, device-NAME.key (common name = NAME)
 //! gateway certs revoke NAME [--dir DIR] [--days N]      adds device-NAME.pem to crl.pem (signed by the CA)
+//! gateway certs request NAME [--dir DIR] [--force]      on a device: device-NAME.key and device-NAME.csr
+//! gateway certs sign FILE.csr [--dir DIR] [--force]     on the CA's machine: device-NAME.pem for the request
 //! ```
 //! DIR defaults to `certs`. Keys are written with mode 0600.
 
-use gateway_pki::{issue_to, read_pair, revoke, Kind, Layout, PkiError};
+use gateway_pki::{
+    issue_for_request, issue_to, new_key, read_pair, request, revoke, write_key, Kind, Layout,
+    PkiError,
+};
 use openssl::{
     asn1::Asn1Time,
     x509::{X509Crl, X509},
@@ -33,7 +38,15 @@ const USAGE: &str = "usage:
                                                       again before then: an expired CRL locks
                                                       every device out); the ingress reads it as
                                                       client_crl_file at its next start
-DIR defaults to ./certs. Keys are written readable by their owner only.";
+  gateway certs request NAME [--dir DIR] [--force]    on the device: a new key (device-NAME.key,
+                                                      which never leaves it) and a request for its
+                                                      certificate (device-NAME.csr) to take to the CA
+  gateway certs sign FILE.csr [--dir DIR] [--force]   on the CA's machine: a device certificate for
+                                                      the request (DIR/device-NAME.pem, kept there
+                                                      for revoke NAME); copy it and ca.pem to the
+                                                      device
+DIR defaults to ./certs. Keys are written readable by their owner only. The CA's key (ca.key)
+belongs on the CA's machine alone: a device or server needs only ca.pem and its own pair.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -146,30 +159,9 @@ fn run(args: &[String]) -> Result<(), PkiError> {
             let name = positional
                 .get(1)
                 .ok_or_else(|| PkiError(format!("device needs a NAME\n{USAGE}")))?;
-            // The common name is the device's identity: one the ingress would not take as one
-            // would lock the device out; a '/' would not make a file name.
-            if !gateway_pki::valid_identity(name)
-                || name.len() > 128
-                || name.contains('/')
-                || name.starts_with('.')
-            {
-                return Err(PkiError(format!(
-                    "{name:?} cannot be a device identity: 1 to 128 bytes (what a device's [gateway] device takes), no control characters, no white space at either end, no '/', not starting with '.'"
-                )));
-            }
+            check_device_name(name)?;
             let (ca, ca_key) = ca()?;
-            if let Some(old) = still_in_force(&l.device(name), &ca, &l.crl())? {
-                if !force {
-                    return Err(PkiError(format!(
-                        "{} exists: {old}. If the device was lost or stolen, revoke it first (`gateway certs revoke {name}`), then issue the new one; a certificate that is replaced before it is revoked can no longer be revoked by name. --force replaces it anyway",
-                        l.device(name).display()
-                    )));
-                }
-                eprintln!(
-                    "replacing {}: {old}; it stays valid until it expires",
-                    l.device(name).display()
-                );
-            }
+            replacing(&l, name, &ca, force)?;
             issue_to(
                 &l.device(name),
                 &l.device_key(name),
@@ -199,9 +191,95 @@ fn run(args: &[String]) -> Result<(), PkiError> {
                 l.crl().display()
             );
         }
+        Some("request") => {
+            let name = positional
+                .get(1)
+                .ok_or_else(|| PkiError(format!("request needs a NAME\n{USAGE}")))?;
+            check_device_name(name)?;
+            let (key_path, csr_path) = (l.device_key(name), dir.join(format!("device-{name}.csr")));
+            if key_path.exists() && !force {
+                return Err(PkiError(format!(
+                    "{} exists; --force makes a new key in its place (the certificate of the old one stops working on this device once the new one is installed)",
+                    key_path.display()
+                )));
+            }
+            let key = new_key()?;
+            let pem = request(name, &key)?;
+            write_key(&key_path, &key)?;
+            write_public(&csr_path, &pem)?;
+            println!(
+                "key written: {} (it stays here); request written: {}\ntake the request to the CA's machine and run `gateway certs sign {}` there, then copy back device-{name}.pem and ca.pem",
+                key_path.display(),
+                csr_path.display(),
+                csr_path.file_name().unwrap_or_default().to_string_lossy()
+            );
+        }
+        Some("sign") => {
+            let file = positional
+                .get(1)
+                .ok_or_else(|| PkiError(format!("sign needs a FILE.csr\n{USAGE}")))?;
+            let pem =
+                std::fs::read(file).map_err(|e| PkiError(format!("cannot read {file}: {e}")))?;
+            let (ca, ca_key) = ca()?;
+            // Issued first, checked before anything is written: the name is the request's.
+            let (name, cert) = issue_for_request(&pem, (&ca, &ca_key), 825)
+                .map_err(|e| PkiError(format!("{file}: {e}")))?;
+            check_device_name(&name)?;
+            replacing(&l, &name, &ca, force)?;
+            gateway_pki::write_cert(&l.device(&name), &cert)?;
+            println!(
+                "device certificate for {name} written: {}; copy it and {} to the device's certificate directory",
+                l.device(&name).display(),
+                l.ca().display()
+            );
+        }
         _ => return Err(PkiError(USAGE.into())),
     }
     Ok(())
+}
+
+/// Refuses a device name the ingress would not take as an identity (that would lock the
+/// device out) or that would not make a file name.
+fn check_device_name(name: &str) -> Result<(), PkiError> {
+    if !gateway_pki::valid_identity(name)
+        || name.len() > 128
+        || name.contains('/')
+        || name.starts_with('.')
+    {
+        return Err(PkiError(format!(
+            "{name:?} cannot be a device identity: 1 to 128 bytes (what a device's [gateway] device takes), no control characters, no white space at either end, no '/', not starting with '.'"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses, unless `force`, to replace device `name`'s certificate while it is still in force.
+fn replacing(l: &Layout<'_>, name: &str, ca: &X509, force: bool) -> Result<(), PkiError> {
+    if let Some(old) = still_in_force(&l.device(name), ca, &l.crl())? {
+        if !force {
+            return Err(PkiError(format!(
+                "{} exists: {old}. If the device was lost or stolen, revoke it first (`gateway certs revoke {name}`), then issue the new one; a certificate that is replaced before it is revoked can no longer be revoked by name. --force replaces it anyway",
+                l.device(name).display()
+            )));
+        }
+        eprintln!(
+            "replacing {}: {old}; it stays valid until it expires",
+            l.device(name).display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes a public file (a request) as a new file: a link in its place is replaced.
+fn write_public(path: &Path, pem: &[u8]) -> Result<(), PkiError> {
+    use std::io::Write;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(pem))
+        .map_err(|e| PkiError(format!("cannot write {}: {e}", path.display())))
 }
 
 /// The certificate at `path`, if `ca` issued it and it is neither expired nor listed in the
