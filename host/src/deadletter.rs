@@ -294,7 +294,11 @@ impl DeadLetters {
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let written = (|| {
             std::fs::create_dir_all(&self.dir)?;
-            let mut file = File::create(&tmp)?;
+            let mut file = crate::own_files::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
             file.write_all(&text)?;
             file.sync_all()?;
             std::fs::rename(&tmp, &path)?;

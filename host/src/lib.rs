@@ -16,6 +16,7 @@ pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod overdue;
+pub mod own_files;
 pub mod pipeline;
 pub mod plan;
 pub mod plugin_metrics;

@@ -180,6 +180,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             until_sources_finish,
         } => {
             let config = Config::load(&config)?;
+            gateway_host::own_files::check_owner(&config.gateway.data_dir)
+                .map_err(|e| anyhow!(e))?;
             let level = log_level.unwrap_or(config.gateway.log_level);
             let format = if json {
                 LogFormat::Json
@@ -414,7 +416,13 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             // One resend at a time per sink.
-            let lock = std::fs::File::create(letters.dir().join(".resend.lock"))?;
+            gateway_host::own_files::check_owner(&config.gateway.data_dir)
+                .map_err(|e| anyhow!(e))?;
+            let lock = gateway_host::own_files::options()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(letters.dir().join(".resend.lock"))?;
             lock.try_lock()
                 .map_err(|_| anyhow!("another `gateway dead-letters resend {sink}` is running"))?;
             logging::init(

@@ -574,6 +574,65 @@ fn dead_letters_show_and_resend_name_a_bad_file_and_go_on_with_the_others() {
     );
 }
 
+/// data_dir is writable by the service's user, so a process running as that user can plant
+/// links there. An operator's `sudo gateway dead-letters resend` opened `.resend.lock` with
+/// create+truncate through such a link (truncating, say, /etc/shadow); root working in a
+/// directory of another user is refused in the first place.
+#[test]
+fn no_command_follows_a_link_planted_in_data_dir_nor_runs_as_root_there() {
+    let s = Setup::new();
+    let out = s.path("out.txt");
+    let cfg = s.config(
+        "data_dir = \"data\"",
+        &format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 20\nbatch_size = 1\nwait_ack = false\n{}",
+            recorder("rec", out.to_str().unwrap(), &["seq"], "reject_value = 13")
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(20)).expect("exits");
+    assert!(status.success(), "{}", gw.stderr());
+    let dir = s.path("data/rec/dead-letter");
+    let sentinel = s.path("shadow");
+    std::fs::write(&sentinel, "root:secret\n").unwrap();
+    std::os::unix::fs::symlink(&sentinel, dir.join(".resend.lock")).unwrap();
+    let (status, out, err) = gateway(&[
+        "dead-letters",
+        "resend",
+        "--config",
+        cfg.to_str().unwrap(),
+        "rec",
+    ]);
+    assert!(!status.success(), "{out}{err}");
+    assert_eq!(
+        std::fs::read_to_string(&sentinel).unwrap(),
+        "root:secret\n",
+        "{err}"
+    );
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        std::fs::remove_file(dir.join(".resend.lock")).unwrap();
+        std::os::unix::fs::chown(s.path("data"), Some(65534), Some(65534)).unwrap();
+        for args in [
+            vec![
+                "dead-letters",
+                "resend",
+                "--config",
+                cfg.to_str().unwrap(),
+                "rec",
+            ],
+            vec!["run", "--config", cfg.to_str().unwrap()],
+        ] {
+            let (status, out, err) = gateway(&args);
+            assert!(!status.success(), "{args:?}: {out}{err}");
+            assert!(
+                err.contains("this runs as root: run it as that user"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+}
+
 #[test]
 fn only_the_refused_reading_of_a_batch_is_dead_lettered_queued_or_buffered() {
     // One source batch of 40 readings, one of which the sink refuses for good: the batch is

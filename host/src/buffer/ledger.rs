@@ -8,7 +8,7 @@
 //! the other one counts.
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io,
     os::unix::fs::FileExt,
     path::Path,
@@ -26,7 +26,7 @@ pub struct Ledger {
 impl Ledger {
     /// Opens (creating) `dir/head`, and reads the head it holds (0 for a new buffer).
     pub fn open(dir: &Path) -> io::Result<(Ledger, u64)> {
-        let file = OpenOptions::new()
+        let file = crate::own_files::options()
             .read(true)
             .write(true)
             .create(true)

@@ -11,7 +11,6 @@ use super::{
 use crate::config::BufferSettings;
 use std::{
     collections::VecDeque,
-    fs::{File, OpenOptions},
     io,
     path::{Path, PathBuf},
     sync::{atomic::Ordering, Condvar, Mutex},
@@ -22,7 +21,11 @@ impl DiskBuffer {
     /// torn tails are cut off and counted, acknowledged segments removed.
     pub fn open(dir: &Path, settings: &BufferSettings) -> io::Result<DiskBuffer> {
         std::fs::create_dir_all(dir)?;
-        let lock = File::create(dir.join("lock"))?;
+        let lock = crate::own_files::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("lock"))?;
         if let Err(e) = lock.try_lock() {
             return Err(match e {
                 std::fs::TryLockError::WouldBlock => io::Error::new(
@@ -161,7 +164,7 @@ impl DiskBuffer {
                 reason = %scan.tail_problem.as_deref().unwrap_or_default(),
                 "disk buffer segment has a torn or corrupt tail (a crash or power cut mid-write); cutting it off"
             );
-            let file = OpenOptions::new().write(true).open(path)?;
+            let file = crate::own_files::options().write(true).open(path)?;
             file.set_len(scan.valid_end)?;
             file.sync_all()?;
         }

@@ -200,7 +200,7 @@ pub struct Scan {
 /// Reads every record of the segment at `path` whose first record is `first`. `Ok(None)` if the
 /// file is not a segment (bad magic).
 pub fn scan(path: &Path, first: u64, acked_below: u64) -> io::Result<Option<Scan>> {
-    let file = File::open(path)?;
+    let file = crate::own_files::open(path)?;
     let len = file.metadata()?.len();
     let mut r = BufReader::with_capacity(1 << 16, &file);
     let mut magic = [0u8; 8];
@@ -287,7 +287,7 @@ pub struct OpenSegment {
 impl OpenSegment {
     /// Opens the segment at `path` at its first record.
     pub fn open(path: &Path, first: u64) -> io::Result<OpenSegment> {
-        let mut file = BufReader::with_capacity(1 << 16, File::open(path)?);
+        let mut file = BufReader::with_capacity(1 << 16, crate::own_files::open(path)?);
         file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
         Ok(OpenSegment {
             first,

@@ -10,7 +10,7 @@ use super::{
 use crate::config::WhenFull;
 use gateway_sdk::Reading;
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, Write},
     path::Path,
     sync::atomic::Ordering,
@@ -187,7 +187,7 @@ impl DiskBuffer {
             st.next_seq
         };
         let path = segment::path(&self.dir, first);
-        let mut file = OpenOptions::new()
+        let mut file = crate::own_files::options()
             .write(true)
             .create(true)
             .truncate(true)

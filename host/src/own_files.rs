@@ -1,0 +1,92 @@
+//! Opening the files the gateway keeps in its `data_dir` (disk buffers, dead letters, their
+//! locks), which whoever the service runs as can write to.
+//!
+//! None of them is ever a link: one opened as a link would let a process running as the
+//! service's user (one a peer took over, say) plant `data_dir/.../lock -> /etc/shadow` and have
+//! an operator's `sudo gateway dead-letters resend` truncate or overwrite the link's target.
+//! So every such file is opened with `O_NOFOLLOW` (a link fails with `ELOOP`) and created
+//! readable by its owner only, whatever the umask: readings are a device's whereabouts.
+//! [`check_owner`] refuses, in the first place, root working in a directory that belongs to
+//! another user.
+
+use std::{
+    fs::OpenOptions,
+    io,
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
+    path::Path,
+};
+
+/// Options that open no link and create files with mode 0600.
+pub fn options() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.custom_flags(libc::O_NOFOLLOW).mode(0o600);
+    o
+}
+
+/// An existing file, for reading, not through a link.
+pub fn open(path: &Path) -> io::Result<std::fs::File> {
+    options().read(true).open(path)
+}
+
+/// Refuses to work as root in `dir` when `dir` belongs to another user: what root creates
+/// there the service could not open afterwards, and root would act on files that user
+/// controls. Says which user to run as.
+pub fn check_owner(dir: &Path) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    if me != 0 || meta.uid() == 0 {
+        return Ok(());
+    }
+    let owner = user_name(meta.uid()).unwrap_or_else(|| format!("uid {}", meta.uid()));
+    Err(format!(
+        "{} belongs to {owner}, and this runs as root: run it as that user (`sudo -u {owner} gateway ...`), so that root neither acts on files that user controls nor leaves files behind that the service cannot open",
+        dir.display()
+    ))
+}
+
+/// The name of user `uid`, from /etc/passwd.
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn a_link_in_place_of_an_own_file_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("shadow");
+        std::fs::write(&target, "root:secret\n").unwrap();
+        let link = dir.path().join("lock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&link)
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
+        assert!(open(&link).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "root:secret\n");
+
+        // A file of its own is created 0600 whatever the umask.
+        let own = dir.path().join("segment");
+        let mut f = options().write(true).create(true).open(&own).unwrap();
+        f.write_all(b"x").unwrap();
+        let mode = std::fs::metadata(&own).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mut s = String::new();
+        open(&own).unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "x");
+    }
+}
