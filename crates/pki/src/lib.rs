@@ -318,15 +318,19 @@ fn beside(path: &Path) -> std::path::PathBuf {
 
 /// Writes a certificate as PEM.
 pub fn write_cert(path: &Path, cert: &X509) -> Result<(), PkiError> {
-    let pem = cert.to_pem().map_err(e("PEM"))?;
-    // A new file: a link in its place is replaced, not followed.
+    write_public(path, &cert.to_pem().map_err(e("PEM"))?)
+}
+
+/// Writes `bytes` that anyone may read (a certificate, a request, a CRL) as a new file, synced:
+/// a link in its place is replaced, not followed.
+pub fn write_public(path: &Path, pem: &[u8]) -> Result<(), PkiError> {
     let _ = std::fs::remove_file(path);
     std::fs::OpenOptions::new()
         .create_new(true)
         .write(true)
         .open(path)
         .and_then(|mut f| {
-            f.write_all(&pem)?;
+            f.write_all(pem)?;
             f.sync_all()
         })
         .map_err(|err| PkiError(format!("cannot write {}: {err}", path.display())))
@@ -471,8 +475,9 @@ pub fn revoke(
     let pem = b.build().map_err(e("CRL"))?.to_pem().map_err(e("PEM"))?;
     // Written whole, then renamed: a server reading it never sees half a CRL.
     let tmp = crl_path.with_extension("tmp");
-    std::fs::write(&tmp, pem)
-        .and_then(|()| std::fs::rename(&tmp, crl_path))
+    // A new file (a link at `tmp` is replaced, not written through), then renamed.
+    write_public(&tmp, &pem)?;
+    std::fs::rename(&tmp, crl_path)
         .map_err(|err| PkiError(format!("cannot write {}: {err}", crl_path.display())))?;
     Ok(listed)
 }

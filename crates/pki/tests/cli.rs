@@ -126,7 +126,13 @@ fn a_device_key_stays_on_the_device_and_the_ca_key_on_the_ca() {
     assert!(certs(dev, &["request", "pi-01", "--force"]).0);
     let (ok, err) = certs(ca, &["sign", csr.to_str().unwrap()]);
     assert!(!ok && err.contains("revoke it first"), "{err}");
+    // A link where the CRL is written first (crl.tmp) is replaced, not written through.
+    let sentinel = ca.join("sentinel");
+    std::fs::write(&sentinel, "keep").unwrap();
+    std::os::unix::fs::symlink(&sentinel, ca.join("crl.tmp")).unwrap();
     assert!(certs(ca, &["revoke", "pi-01"]).0);
+    assert_eq!(std::fs::read_to_string(&sentinel).unwrap(), "keep");
+    std::fs::remove_file(&sentinel).unwrap();
     assert!(certs(ca, &["sign", csr.to_str().unwrap()]).0);
 
     // A request whose signature is not by the key it holds (someone asking for a certificate

@@ -11,8 +11,8 @@
 //! DIR defaults to `certs`. Keys are written with mode 0600.
 
 use gateway_pki::{
-    issue_for_request, issue_to, new_key, read_pair, request, revoke, write_key, Kind, Layout,
-    PkiError,
+    issue_for_request, issue_to, new_key, read_pair, request, revoke, write_key, write_public,
+    Kind, Layout, PkiError,
 };
 use openssl::{
     asn1::Asn1Time,
@@ -268,18 +268,6 @@ fn replacing(l: &Layout<'_>, name: &str, ca: &X509, force: bool) -> Result<(), P
         );
     }
     Ok(())
-}
-
-/// Writes a public file (a request) as a new file: a link in its place is replaced.
-fn write_public(path: &Path, pem: &[u8]) -> Result<(), PkiError> {
-    use std::io::Write;
-    let _ = std::fs::remove_file(path);
-    std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(pem))
-        .map_err(|e| PkiError(format!("cannot write {}: {e}", path.display())))
 }
 
 /// The certificate at `path`, if `ca` issued it and it is neither expired nor listed in the
