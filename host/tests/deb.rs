@@ -170,6 +170,16 @@ fn the_amd64_package_holds_the_gateway_its_plugins_and_hardened_units() {
         postinst.contains("install -d -o gateway -g gateway -m 0700 /etc/gateway/certs"),
         "{postinst}"
     );
+    // The password file exists, root's alone, before anyone edits it; an upgrade restarts a
+    // running role on the new files (a security fix applies without a manual restart).
+    assert!(
+        postinst.contains("install -m 0600 -o root -g root /dev/null /etc/gateway/server.env"),
+        "{postinst}"
+    );
+    assert!(
+        postinst.contains("systemctl try-restart gateway-client.service gateway-server.service"),
+        "{postinst}"
+    );
     // sh -n: the scripts parse.
     for script in ["postinst", "prerm", "postrm"] {
         let ok = Command::new("sh")

@@ -156,8 +156,21 @@ if [ "$1" = configure ]; then
     for f in /etc/gateway/client.toml /etc/gateway/server.toml; do
         if [ -f "$f" ]; then chgrp gateway "$f"; chmod 0640 "$f"; fi
     done
+    # The server role's database password (GATEWAY_DB_PASSWORD=...): systemd reads it as root,
+    # so the gateway's own check of a password file's mode never sees it. Made readable by
+    # root alone before anyone edits it (an editor under umask 022 would make it 0644).
+    if [ ! -e /etc/gateway/server.env ]; then
+        install -m 0600 -o root -g root /dev/null /etc/gateway/server.env
+    else
+        chmod go-rwx /etc/gateway/server.env
+    fi
     if [ -d /run/systemd/system ]; then
         systemctl --system daemon-reload >/dev/null || true
+        # An upgrade (configure with the old version in $2): a running role restarts on the
+        # new files, the OpenSSL linked into them included; a stopped one stays stopped.
+        if [ -n "$2" ]; then
+            systemctl try-restart gateway-client.service gateway-server.service >/dev/null 2>&1 || true
+        fi
     fi
     echo "gateway: edit /etc/gateway/client.toml (a Pi) or server.toml (a server), put the certificates in /etc/gateway/certs, then: systemctl enable --now gateway-client (or gateway-server)"
 fi
@@ -175,8 +188,12 @@ set -e
 if [ -d /run/systemd/system ]; then
     systemctl --system daemon-reload >/dev/null || true
 fi
-# On purge the configuration goes (dpkg removes the conffiles); /var/lib/gateway (disk buffers,
-# dead letters), /etc/gateway/certs (keys) and the gateway user stay: delete them by hand.
+# On purge the configuration goes (dpkg removes the conffiles, this the password file);
+# /var/lib/gateway (disk buffers, dead letters), /etc/gateway/certs (keys) and the gateway user
+# stay: delete them by hand.
+if [ "$1" = purge ]; then
+    rm -f /etc/gateway/server.env
+fi
 "#;
 
 fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
