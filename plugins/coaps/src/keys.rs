@@ -29,6 +29,12 @@ fn key(ctx: &InitContext, what: &str, hex: &str) -> Result<Vec<u8>, PluginError>
             format!("{what}: {} bytes; a PSK has at most {MAX_KEY}", key.len()),
         ));
     }
+    if guessable(&key) {
+        return Err(config(
+            ctx,
+            format!("{what}: the key's bytes run in a fixed step (all the same, or like the examples' 000102...0f or 00112233...ff): anyone can guess it; use random bytes (`openssl rand -hex 32`)"),
+        ));
+    }
     if key.len() < MIN_GOOD_KEY {
         tracing::warn!(
             "[{}] {what}: the key has {} bytes; use at least {MIN_GOOD_KEY} random bytes (`openssl rand -hex 32`)",
@@ -37,6 +43,15 @@ fn key(ctx: &InitContext, what: &str, hex: &str) -> Result<Vec<u8>, PluginError>
         );
     }
     Ok(key)
+}
+
+/// A key whose bytes go up or down by one fixed step (zero included): the examples of
+/// documentation and test vectors, the first thing an attacker tries.
+fn guessable(key: &[u8]) -> bool {
+    key.len() >= 2 && {
+        let step = key[1].wrapping_sub(key[0]);
+        key.windows(2).all(|w| w[1].wrapping_sub(w[0]) == step)
+    }
 }
 
 fn identity(ctx: &InitContext, what: &str, id: &str) -> Result<(), PluginError> {

@@ -297,7 +297,7 @@ fn a_client_with_neither_psk_nor_certificate_gets_nothing_in_where_psks_are_conf
         return;
     }
     let (run, printed) = anonymous_post(
-        "psk = [{ identity = \"sensor-42\", key = \"00112233445566778899aabbccddeeff\" }]\n",
+        "psk = [{ identity = \"sensor-42\", key = \"5f1c9e07a2d84b36e0917c5a3bf24d68\" }]\n",
     );
     assert!(run.readings.is_empty(), "stored: {:?}", run.readings);
     assert!(!printed.contains("2.04"), "{printed}");

@@ -233,7 +233,7 @@ fn config_errors_name_the_key() {
         SinkHarness::new::<Uplink>(&uplink_config(dir.path(), 1, "max_retransmit = 20\n")).is_ok()
     );
     // A PSK handshake shows no certificate: the CA file would check nothing.
-    let psk = "psk_identity = \"pi-01\"\npsk_key = \"00112233445566778899aabbccddeeff\"\n";
+    let psk = "psk_identity = \"pi-01\"\npsk_key = \"5f1c9e07a2d84b36e0917c5a3bf24d68\"\n";
     let e = SinkHarness::new::<Uplink>(&format!(
         "uri = \"coaps://127.0.0.1:1/x\"\nca_file = {:?}\n{psk}",
         dir.path().join("ca.pem").display().to_string()
@@ -305,7 +305,7 @@ fn reading_ids_are_scoped_by_device_so_one_cannot_pre_claim_anothers() {
     let dir = tempfile::tempdir().unwrap();
     certs(dir.path(), "test-device");
     let port = free_port();
-    let key = "00112233445566778899aabbccddeeff";
+    let key = "5f1c9e07a2d84b36e0917c5a3bf24d68";
     let icfg = format!(
         "{}[[psk]]\nidentity = \"test-device\"\nkey = \"{key}\"\n[[psk]]\nidentity = \"pi-02\"\nkey = \"{key}\"\n",
         ingress_config(dir.path(), port, "")
@@ -349,7 +349,7 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     certs(dir.path(), "test-device");
-    let key = "00112233445566778899aabbccddeeff";
+    let key = "5f1c9e07a2d84b36e0917c5a3bf24d68";
     let private = |name: &str, text: &str| {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
@@ -403,6 +403,28 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
             .contains("psk_key, psk_key_env and psk_key_file: give one of them"),
         "{e}"
     );
+
+    // The documentation's example key, and any other whose bytes run in a fixed step, is
+    // refused on either side: anyone can guess it (before, 16 bytes passed without a word).
+    for guessable in [
+        "000102030405060708090a0b0c0d0e0f",
+        "00112233445566778899aabbccddeeff",
+        "0000000000000000000000000000000000",
+        "fffefdfcfbfaf9f8f7f6f5f4f3f2f1f0",
+    ] {
+        let e = SinkHarness::new::<Uplink>(&format!(
+            "uri = {uri:?}\npsk_identity = \"pi-01\"\npsk_key = \"{guessable}\"\n"
+        ))
+        .err()
+        .unwrap();
+        assert!(e.message().contains("anyone can guess it"), "{e}");
+        let icfg = format!(
+            "{}[[psk]]\nidentity = \"pi-02\"\nkey = \"{guessable}\"\n",
+            ingress_config(dir.path(), free_port(), "")
+        );
+        let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+        assert!(e.message().contains("anyone can guess it"), "{e}");
+    }
 
     // Key files every local user can read, or others can change, are refused, naming the file
     // and the fix.
