@@ -196,12 +196,21 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             logging::init(format, level, logger.max_level());
             tracing::info!(config = %config.path.display(), version = env!("CARGO_PKG_VERSION"), "gateway starting");
+            // Bound before anything starts: a port another process holds (one that would then
+            // answer health checks and `gateway status` in the gateway's name) stops the start.
+            let metrics = match config.gateway.metrics {
+                Some(addr) => Some(std::net::TcpListener::bind(addr).with_context(|| {
+                    format!("[gateway] metrics = \"{addr}\": cannot listen there (another process, or another gateway, holds the port?); nothing was started")
+                })?),
+                None => None,
+            };
             let plan = Plan::build(config, &logger).map_err(|e| report(&e))?;
             let signals = signals()?;
             let summary = run::run(
                 plan,
                 &RunOptions {
                     until_sources_finish,
+                    metrics: std::sync::Mutex::new(metrics),
                 },
                 signals,
                 logger,

@@ -312,7 +312,13 @@ impl Drop for Slot {
 /// Binds `addr` and serves `registry` for the life of the process: a thread accepts, and each
 /// connection is answered on a thread of its own (at most 64 at once, 4 per IP address).
 pub fn serve(addr: SocketAddr, registry: Registry) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    serve_on(TcpListener::bind(addr)?, registry)
+}
+
+/// [`serve`] on a socket bound before (`gateway run` binds it before it starts anything, so
+/// that a port someone else holds stops the start instead of leaving the gateway without its
+/// page while another process answers in its name).
+pub fn serve_on(listener: TcpListener, registry: Registry) -> std::io::Result<SocketAddr> {
     let bound = listener.local_addr()?;
     let registry = Arc::new(registry);
     let slots = Arc::new(Slots::default());

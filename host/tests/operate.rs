@@ -559,3 +559,27 @@ fn a_sink_whose_start_hangs_is_named_in_the_log() {
     assert!(warned < returned && returned < running, "{err}");
     assert_eq!(s.recorded("out.txt", "seq"), vec![0]);
 }
+
+/// Another process on the metrics port would answer health checks and `gateway status` in the
+/// gateway's name ("running, 0 pending" while the buffer fills). Before, the gateway logged an
+/// error and ran on without its page; now it does not start.
+#[test]
+fn a_metrics_port_held_by_another_process_stops_the_start() {
+    let s = Setup::new();
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let cfg = chain(&s, port);
+    let mut gw = Running::start(&s, &cfg, &[]);
+    let status = gw
+        .wait(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("runs on without its metrics: {}", gw.stderr()));
+    let err = gw.stderr();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "[gateway] metrics = \"127.0.0.1:{port}\": cannot listen there"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("gateway running"), "{err}");
+}

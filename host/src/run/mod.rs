@@ -37,10 +37,13 @@ pub struct Signals {
 }
 
 /// How `run` should behave.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct RunOptions {
     /// Drain and exit once every source has finished on its own (finite sources, benchmarks).
     pub until_sources_finish: bool,
+    /// The metrics page's socket, bound to `[gateway] metrics` before the run (see
+    /// [`crate::metrics::serve_on`]); the run serves it.
+    pub metrics: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
 
 /// How a run ended.
@@ -61,7 +64,9 @@ pub fn run(plan: Plan, opts: &RunOptions, signals: Signals, logger: Arc<HostLogg
     let started = Instant::now();
     let mut graph = Graph::start(plan, logger);
     graph.log_stats_every();
-    graph.serve_metrics();
+    if let Some(listener) = opts.metrics.lock().ok().and_then(|mut m| m.take()) {
+        graph.serve_metrics(listener);
+    }
     tracing::info!(
         device = %graph.config.gateway.device,
         sources = graph.sources.len(),
@@ -237,10 +242,7 @@ impl Graph {
 
     /// Serves `[gateway] metrics`, if set (a port that cannot be bound is logged; the
     /// readings flow on without it).
-    fn serve_metrics(&self) {
-        let Some(addr) = self.config.gateway.metrics else {
-            return;
-        };
+    fn serve_metrics(&self, listener: std::net::TcpListener) {
         let phase = self.run.clone();
         let registry = Registry {
             views: self.views.clone(),
@@ -248,12 +250,12 @@ impl Graph {
             ready: Arc::new(move || !phase.reached(Phase::Stopping)),
             stall_warning: self.config.gateway.stall_warning,
         };
-        match crate::metrics::serve(addr, registry) {
+        match crate::metrics::serve_on(listener, registry) {
             Ok(bound) => {
                 tracing::info!("metrics at http://{bound}/metrics (and /healthz, /readyz)")
             }
             Err(e) => {
-                tracing::error!(%addr, error = %e, "cannot serve [gateway] metrics; running without them")
+                tracing::error!(error = %e, "cannot serve [gateway] metrics; running without them")
             }
         }
     }
