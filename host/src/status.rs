@@ -65,11 +65,15 @@ pub fn report(addr: SocketAddr) -> Result<(String, bool), String> {
             .map(|s| s.keys().cloned().collect())
             .unwrap_or_default()
     };
+    // Names as the page spells them, escaped for the terminal: whatever listens on the port
+    // chooses them.
+    let shown = |i: &str| gateway_sdk::text::one_line(i).into_owned();
     let _ = writeln!(out, "sources            readings     batches  restarts");
     for i in instances("gateway_source_readings_total") {
         let _ = writeln!(
             out,
-            "  {i:<16} {:>10} {:>10} {:>9}",
+            "  {:<16} {:>10} {:>10} {:>9}",
+            shown(&i),
             v("gateway_source_readings_total", &i),
             v("gateway_source_batches_total", &i),
             v("gateway_source_restarts_total", &i)
@@ -93,7 +97,8 @@ pub fn report(addr: SocketAddr) -> Result<(String, bool), String> {
         };
         let _ = writeln!(
             out,
-            "  {i:<16} {:>10} {:>10} {:>9} {:>9} {:>9}  {buffer}",
+            "  {:<16} {:>10} {:>10} {:>9} {:>9} {:>9}  {buffer}",
+            shown(&i),
             v("gateway_sink_written_total", &i),
             v("gateway_sink_pending_readings", &i),
             v("gateway_sink_retries_total", &i),
@@ -106,14 +111,18 @@ pub fn report(addr: SocketAddr) -> Result<(String, bool), String> {
     let stall_warning = m
         .get("gateway_stall_warning_seconds")
         .and_then(|s| s.get(""))
-        .map_or(Duration::ZERO, |s| Duration::from_secs_f64(s.max(0.0)));
+        .map_or(Duration::ZERO, |s| {
+            // Whatever the page says: this may not be the gateway's (1e300 panicked here).
+            Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
+        });
     let mut stalled = false;
     for (i, secs) in m.get("gateway_sink_call_seconds").into_iter().flatten() {
         if !stall_warning.is_zero() && *secs >= stall_warning.as_secs_f64() {
             stalled = true;
             let _ = writeln!(
                 out,
-                "stalled: sink {i} has been in one plugin call for {secs:.0} s (stall_warning {stall_warning:?}); the gateway's log says more"
+                "stalled: sink {} has been in one plugin call for {secs:.0} s (stall_warning {stall_warning:?}); the gateway's log says more",
+                shown(i)
             );
         }
     }
@@ -122,7 +131,36 @@ pub fn report(addr: SocketAddr) -> Result<(String, bool), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{parse, report};
+    use std::io::{Read, Write};
+
+    /// Whatever listens on the metrics port (the gateway may be down, and another local user
+    /// may hold the port) writes the page: an absurd figure must not panic `status`, and a
+    /// name must not write escape sequences to the terminal.
+    #[test]
+    fn a_hostile_page_neither_panics_status_nor_reaches_the_terminal_raw() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let page = "gateway_stall_warning_seconds 1e300\n\
+            gateway_sink_written_total{instance=\"db\u{1b}]0;pwned\u{7}\u{202e}\"} 5\n\
+            gateway_sink_call_seconds{instance=\"db\u{1b}]0;pwned\u{7}\u{202e}\"} 1e308\n\
+            gateway_source_readings_total{instance=\"\u{1b}[2J\"} 1\n";
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(2) {
+                let mut c = conn.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf);
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+            }
+        });
+        let (text, _well) = report(addr).unwrap();
+        assert!(!text.contains(['\u{1b}', '\u{7}', '\u{202e}']), "{text}");
+        assert!(text.contains("db\\u{1b}]0;pwned"), "{text}");
+    }
 
     #[test]
     fn samples_are_read_by_name_and_instance() {
