@@ -182,6 +182,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(&config)?;
             gateway_host::own_files::check_owner(&config.gateway.data_dir)
                 .map_err(|e| anyhow!(e))?;
+            gateway_host::own_files::private_umask();
             let level = log_level.unwrap_or(config.gateway.log_level);
             let format = if json {
                 LogFormat::Json
@@ -283,8 +284,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             logging::init(LogFormat::Text, LevelFilter::WARN, LevelFilter::WARN);
             let logger = HostLogger::new(LevelFilter::WARN);
             // The instances' data directories: a scratch directory, not the config's.
-            let scratch =
-                std::env::temp_dir().join(format!("gateway-test-plugin-{}", std::process::id()));
+            let scratch = gateway_host::own_files::scratch_dir("gateway-test-plugin")?;
             let report =
                 gateway_host::conformance::run(&config, &logger, &scratch, run_for, deadline);
             let _ = std::fs::remove_dir_all(&scratch);
@@ -427,6 +427,7 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
             // One resend at a time per sink.
             gateway_host::own_files::check_owner(&config.gateway.data_dir)
                 .map_err(|e| anyhow!(e))?;
+            gateway_host::own_files::private_umask();
             let lock = gateway_host::own_files::options()
                 .write(true)
                 .create(true)

@@ -47,6 +47,40 @@ pub fn check_owner(dir: &Path) -> Result<(), String> {
     ))
 }
 
+/// A new directory of this process's own under the temporary directory, mode 0700: never one
+/// that exists already (in /tmp another local user could have made it, with links in it).
+pub fn scratch_dir(prefix: &str) -> io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut last = None;
+    for attempt in 0..16u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{:08x}",
+            std::process::id(),
+            nanos ^ attempt.wrapping_mul(0x9E37_79B9)
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no scratch directory")))
+}
+
+/// Tightens the umask so that nothing this process creates is open to other users (the
+/// group's bits are left as the caller set them): a manual `gateway run` under umask 022 would
+/// otherwise leave the SQLite store and the data directories readable by every local user.
+pub fn private_umask() {
+    // SAFETY: umask has no preconditions; it is process-wide, set before threads start.
+    unsafe {
+        let old = libc::umask(0o077);
+        libc::umask(old | 0o007);
+    }
+}
+
 /// The name of user `uid`, from /etc/passwd.
 fn user_name(uid: u32) -> Option<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
@@ -88,5 +122,18 @@ mod tests {
         let mut s = String::new();
         open(&own).unwrap().read_to_string(&mut s).unwrap();
         assert_eq!(s, "x");
+    }
+
+    #[test]
+    fn a_scratch_directory_is_new_and_private() {
+        let (a, b) = (
+            scratch_dir("own-files-test").unwrap(),
+            scratch_dir("own-files-test").unwrap(),
+        );
+        assert_ne!(a, b);
+        for d in [&a, &b] {
+            assert_eq!(std::fs::metadata(d).unwrap().mode() & 0o777, 0o700);
+            std::fs::remove_dir(d).unwrap();
+        }
     }
 }

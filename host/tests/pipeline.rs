@@ -593,6 +593,21 @@ fn no_command_follows_a_link_planted_in_data_dir_nor_runs_as_root_there() {
     let status = gw.wait(Duration::from_secs(20)).expect("exits");
     assert!(status.success(), "{}", gw.stderr());
     let dir = s.path("data/rec/dead-letter");
+    // Under the test's umask (022 here), nothing of data_dir is open to other users: readings
+    // are a device's whereabouts.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let letter = std::fs::read_dir(&dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        for p in [s.path("data"), s.path("data/rec"), dir.clone(), letter] {
+            let mode = std::fs::metadata(&p).unwrap().mode();
+            assert_eq!(mode & 0o007, 0, "{} is {:o}", p.display(), mode & 0o777);
+        }
+    }
     let sentinel = s.path("shadow");
     std::fs::write(&sentinel, "root:secret\n").unwrap();
     std::os::unix::fs::symlink(&sentinel, dir.join(".resend.lock")).unwrap();
