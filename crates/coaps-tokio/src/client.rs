@@ -42,7 +42,7 @@ enum Cmd {
     /// Tell what the client counted so far, and its state.
     Figures(std_mpsc::Sender<Figures>),
     /// A registration (a GET with `Observe: 0`): its notifications go to the sender.
-    Observe(Job, std_mpsc::Sender<Notice>),
+    Observe(Job, Mailbox),
     /// Stop taking the notifications of the registration with this tag.
     Unobserve(u64),
 }
@@ -63,10 +63,54 @@ fn registered(answer: &Packet) -> bool {
         && gateway_coap::Code::of(answer).is_some_and(gateway_coap::Code::is_success)
 }
 
-/// An observation held ([`Client::observe`]): its notifications, in order.
+/// Notifications waiting for the observer at most: past it, the oldest goes. A state the
+/// server replaced is of no use (RFC 7641 §1.1: only the latest counts), and a server that
+/// notifies faster than the observer takes them (one busy fetching a block-wise notification,
+/// say) would otherwise fill the observer's memory without bound.
+pub const MAX_WAITING_NOTICES: usize = 64;
+
+/// Where the client's thread leaves an observation's notices; the observer takes them.
+/// Dropping it (the client's side) ends the observation for the observer once it has taken
+/// what was left.
+struct Mailbox(Arc<Notices>);
+
+#[derive(Default)]
+struct Notices {
+    /// Waiting notices, and whether the client's side is gone.
+    queue: std::sync::Mutex<(std::collections::VecDeque<Notice>, bool)>,
+    arrived: std::sync::Condvar,
+}
+
+impl Mailbox {
+    /// Leaves `n`, dropping the oldest notification past [`MAX_WAITING_NOTICES`]; `false` if
+    /// the observer is gone.
+    fn put(&self, n: Notice) -> bool {
+        let Ok(mut q) = self.0.queue.lock() else {
+            return false;
+        };
+        if q.0.len() >= MAX_WAITING_NOTICES {
+            q.0.pop_front();
+        }
+        q.0.push_back(n);
+        self.0.arrived.notify_one();
+        Arc::strong_count(&self.0) > 1
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        if let Ok(mut q) = self.0.queue.lock() {
+            q.1 = true;
+        }
+        self.0.arrived.notify_one();
+    }
+}
+
+/// An observation held ([`Client::observe`]): its notifications, in order (at most
+/// [`MAX_WAITING_NOTICES`] of the latest wait to be taken).
 pub struct Observation {
     tag: u64,
-    notices: std_mpsc::Receiver<Notice>,
+    notices: Arc<Notices>,
     tx: mpsc::UnboundedSender<Cmd>,
 }
 
@@ -74,10 +118,16 @@ impl Observation {
     /// The next notice, waiting at most `timeout`; `None` if none came in time (or the client
     /// stopped).
     pub fn next(&self, timeout: Duration) -> Option<Notice> {
-        match self.notices.recv_timeout(timeout) {
-            Ok(n) => Some(n),
-            Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => Some(Notice::Ended),
+        let q = self.notices.queue.lock().ok()?;
+        let (mut q, _) = self
+            .notices
+            .arrived
+            .wait_timeout_while(q, timeout, |q| q.0.is_empty() && !q.1)
+            .ok()?;
+        match q.0.pop_front() {
+            Some(n) => Some(n),
+            None if q.1 => Some(Notice::Ended),
+            None => None,
         }
     }
 
@@ -250,7 +300,8 @@ impl Client {
         packet.clear_option(gateway_coap::coap_lite::CoapOption::Observe);
         packet.add_option(gateway_coap::coap_lite::CoapOption::Observe, Vec::new());
         let (reply, rx) = std_mpsc::channel();
-        let (notes, notices) = std_mpsc::channel();
+        let notices = Arc::new(Notices::default());
+        let notes = Mailbox(notices.clone());
         let tag = self
             .next_tag
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -457,7 +508,7 @@ async fn client_loop(
     let mut sessions_then = 0u64;
     let mut replies: HashMap<RequestTag, (Reply, u64)> = HashMap::new();
     // Observations: the machine's tag, the caller's tag, where the notices go.
-    let mut observers: HashMap<RequestTag, std_mpsc::Sender<Notice>> = HashMap::new();
+    let mut observers: HashMap<RequestTag, Mailbox> = HashMap::new();
     let mut observer_tags: HashMap<u64, RequestTag> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     let mut open_cmds = true;
@@ -499,7 +550,7 @@ async fn client_loop(
                         let last = !registered(&packet);
                         let delivered = observers
                             .get(&tag)
-                            .is_some_and(|to| to.send(Notice::Notification(packet)).is_ok());
+                            .is_some_and(|to| to.put(Notice::Notification(packet)));
                         if last || !delivered {
                             observers.remove(&tag);
                             observer_tags.retain(|_, t| *t != tag);
@@ -511,7 +562,7 @@ async fn client_loop(
                     }
                     Event::Unobserved { tag } => {
                         if let Some(to) = observers.remove(&tag) {
-                            let _ = to.send(Notice::Ended);
+                            to.put(Notice::Ended);
                         }
                         observer_tags.retain(|_, t| *t != tag);
                     }

@@ -14,7 +14,7 @@ mod server;
 
 pub use client::{
     bind_for, carry_out, pick, Client, ClientOptions, Notice, Observation, Observer, Pending,
-    Reply, Tagged,
+    Reply, Tagged, MAX_WAITING_NOTICES,
 };
 pub use gateway_dtls::{
     client::{Config as ClientConfig, Figures as ClientFigures, RequestError},

@@ -110,3 +110,61 @@ fn a_registration_whose_session_ended_before_its_answer_is_handed_back() {
     stop.store(true, Ordering::Relaxed);
     worker.join().unwrap();
 }
+
+/// A server that notifies faster than the observer takes the notices (one busy fetching a
+/// block-wise notification, say) cannot fill the observer's memory: the latest
+/// MAX_WAITING_NOTICES wait, the oldest go (only the latest state counts, RFC 7641 §1.1).
+/// Before, every notification was queued without bound.
+#[test]
+fn an_observer_that_falls_behind_keeps_only_the_latest_notices() {
+    use gateway_coaps_tokio::{Notice, MAX_WAITING_NOTICES};
+    let pki = Pki::new();
+    let b = Bound::new(server_opts(&pki, "server")).unwrap();
+    let (addr, responder) = (b.local_addr, b.responder.clone());
+    let (tx, requests) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let registry = Registry {
+        requests: tx,
+        gone: Arc::default(),
+        stop: stop.clone(),
+    };
+    let worker = std::thread::spawn(move || b.run(Duration::from_millis(20), registry));
+    let client = Client::start(client_opts(addr, &pki.path("ca.pem"), "localhost")).unwrap();
+    let registering = std::thread::spawn({
+        let responder = responder.clone();
+        move || {
+            let inc = requests.recv_timeout(Duration::from_secs(5)).unwrap();
+            let token = inc.packet.get_token().to_vec();
+            responder.register(inc.id, inc.peer, token.clone(), registering_answer());
+            (inc.peer, token)
+        }
+    });
+    let (answer, observation) = client
+        .observe(observe_get(), Duration::from_secs(5))
+        .unwrap();
+    assert!(answer.get_first_option(CoapOption::Observe).is_some());
+    let observation = observation.expect("registered");
+    let (peer, token) = registering.join().unwrap();
+    const SENT: usize = 1000;
+    for i in 1..=SENT {
+        let mut p = response(ResponseType::Content, &i.to_string());
+        p.add_option(CoapOption::Observe, encode_uint(i as u32));
+        responder.notify(peer, token.clone(), p);
+    }
+    // The client's thread takes all of them while nobody reads.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut taken = Vec::new();
+    while let Some(Notice::Notification(p)) = observation.next(Duration::from_millis(300)) {
+        taken.push(String::from_utf8(p.payload).unwrap());
+    }
+    assert!(
+        !taken.is_empty() && taken.len() <= MAX_WAITING_NOTICES,
+        "{} notices waited",
+        taken.len()
+    );
+    assert_eq!(taken.last().map(String::as_str), Some("1000"), "{taken:?}");
+    drop(observation);
+    drop(client);
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+}
