@@ -244,6 +244,7 @@ fn transfer(
     method: RequestType,
     szx: u8,
 ) -> anyhow::Result<(Packet, Vec<u8>)> {
+    let mut blocks = 0u32;
     // The ETag of the first block, and how often a change of it made the transfer start again.
     let mut etag: Option<Vec<u8>> = None;
     let mut restarts = 0;
@@ -256,6 +257,15 @@ fn transfer(
         szx,
     });
     let answer = loop {
+        // A server chooses the block size: at 16 bytes a block, the 64 MiB cap alone would
+        // be four million exchanges. And Ctrl-C (or observe's --for) ends a transfer too.
+        blocks += 1;
+        if blocks > MAX_BLOCKS {
+            bail!("the answer took over {MAX_BLOCKS} blocks; stopped fetching it");
+        }
+        if stopping() {
+            bail!("stopped");
+        }
         let request = build(next);
         if args.verbose {
             eprintln!("> {}", show::request(&request));
@@ -324,6 +334,20 @@ fn transfer(
     Ok((answer, body))
 }
 
+/// The most blocks one answer may take (64 MiB in blocks of 1 KiB).
+const MAX_BLOCKS: u32 = 65_536;
+
+/// Set by Ctrl-C (SIGINT) or SIGTERM once `observe` catches them, or when its `--for` passed.
+fn stop_flag() -> &'static std::sync::Arc<std::sync::atomic::AtomicBool> {
+    static STOP: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+        std::sync::OnceLock::new();
+    STOP.get_or_init(Default::default)
+}
+
+fn stopping() -> bool {
+    stop_flag().load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// With `-v`, the DTLS session, once.
 fn show_session(args: &Args, client: &Client) {
     static SHOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -376,9 +400,21 @@ fn observe(
     build: &dyn Fn(Option<Block>) -> Packet,
     szx: u8,
 ) -> anyhow::Result<ExitCode> {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = stop_flag().clone();
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second one ends the process at once, whatever it is waiting for.
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())
+            .context("cannot catch Ctrl-C")?;
         signal_hook::flag::register(sig, stop.clone()).context("cannot catch Ctrl-C")?;
+    }
+    let until = args.r#for.map(|d| std::time::Instant::now() + d);
+    if let Some(t) = until {
+        // A state being fetched block by block when --for passes stops too.
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(t.saturating_duration_since(std::time::Instant::now()));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
     }
     let request = build(None);
     if args.verbose {
@@ -401,7 +437,11 @@ fn observe(
             }
         }
     };
-    let (first, body) = whole(answer)?;
+    let (first, body) = match whole(answer) {
+        // Ctrl-C or --for while the first state was fetched block by block.
+        Err(_) if stopping() => return Ok(ExitCode::SUCCESS),
+        r => r?,
+    };
     let code = print(args, &first, &body)?;
     let Some(observation) = observation else {
         if code == 0 {
@@ -410,7 +450,6 @@ fn observe(
         }
         return Ok(ExitCode::from(code));
     };
-    let until = args.r#for.map(|d| std::time::Instant::now() + d);
     let mut seen = 0u64;
     let code = loop {
         if stop.load(std::sync::atomic::Ordering::Relaxed)
@@ -431,7 +470,14 @@ fn observe(
                 // One without Observe, or an error, is the server's last.
                 let last = gateway_coap::observe_of(&p).is_none()
                     || !Code::of(&p).is_some_and(|c| c.is_success());
-                let (p, body) = whole(p)?;
+                let (p, body) = match whole(p) {
+                    // Ctrl-C or --for while a block-wise notification was fetched.
+                    Err(_) if stopping() => {
+                        observation.stop();
+                        break 0;
+                    }
+                    r => r?,
+                };
                 let code = print(args, &p, &body)?;
                 if last {
                     eprintln!("the server ended the observation");
