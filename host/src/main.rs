@@ -252,24 +252,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Certs { args } => {
-            let status = tool("gateway-certs", &args)?;
-            Ok(if status.success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-        Command::Coap { args } => {
-            let status = tool("gateway-coap", &args)?;
-            // The tool's exit codes say what happened (2.xx, 4.xx, 5.xx, no answer, handshake).
-            Ok(ExitCode::from(
-                status
-                    .code()
-                    .and_then(|c| u8::try_from(c).ok())
-                    .unwrap_or(1),
-            ))
-        }
+        // The tools' exit codes are the command's (`gateway coap`'s say what happened: 2.xx,
+        // 4.xx, 5.xx, no answer, handshake).
+        Command::Certs { args } => Err(tool("gateway-certs", &args)),
+        Command::Coap { args } => Err(tool("gateway-coap", &args)),
         Command::DeadLetters(cmd) => dead_letters(cmd),
         Command::TestPlugin {
             config,
@@ -348,12 +334,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `name`, a tool installed next to `gateway`, with `args`, and waits for it.
-fn tool(name: &str, args: &[String]) -> anyhow::Result<std::process::ExitStatus> {
+/// Runs the tool `name` installed next to `gateway` in this process's place (exec): its exit
+/// code is the command's, and a Ctrl-C reaches it alone, instead of ending `gateway` and
+/// leaving the tool running behind the shell's prompt. Returns only if it could not be run.
+fn tool(name: &str, args: &[String]) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
     let path = default_plugin_dir().join(name);
-    std::process::Command::new(&path)
-        .args(args)
-        .status()
-        .with_context(|| format!("cannot run {}", path.display()))
+    let e = std::process::Command::new(&path).args(args).exec();
+    anyhow!(e).context(format!("cannot run {}", path.display()))
 }
 
 fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {

@@ -378,6 +378,22 @@ fn observers_get_each_new_reading_and_are_told_when_the_device_is_forgotten() {
     let (status, _, err) = gateway(&args);
     assert_eq!(status.code(), Some(4), "{err}");
     assert!(err.starts_with("4.03"), "{err}");
+
+    // Ctrl-C to `gateway coap observe` ends the observation and the command, with the tool's
+    // exit code. Before, the wrapper died of the signal (no exit code) and left the tool
+    // running, its observation held, behind the shell's prompt.
+    post("23");
+    let mut args = vec!["coap", "observe", &probe];
+    args.extend(reader);
+    let mut third = Background::start(&s, "third", gw, &args);
+    third.wait_for("temperature = 23 Cel");
+    // SAFETY: kill with the id of a child of this process that has not been reaped.
+    assert_eq!(
+        unsafe { libc::kill(third.child.id() as i32, libc::SIGINT) },
+        0
+    );
+    assert_eq!(third.exit_code(), Some(0), "{:?}", third.output());
+    observers_become(metrics, 0);
 }
 
 #[test]
