@@ -21,6 +21,7 @@ pub mod client;
 pub mod context;
 pub mod hello;
 pub mod lobby;
+mod quiet;
 mod record;
 pub mod server;
 pub mod session;

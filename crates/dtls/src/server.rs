@@ -229,6 +229,10 @@ pub struct Server {
     gone: VecDeque<(SocketAddr, Token)>,
     /// Requests with the identity of the session they came in on, for [`Server::poll_event`].
     early: VecDeque<Incoming>,
+    /// The latest time handed in (for what has none of its own: the warnings' budget).
+    now: Instant,
+    /// Warnings about peers, a few a minute ([`crate::quiet`]).
+    quiet: crate::quiet::Quiet,
 }
 
 /// The certificate_expired alert (RFC 5246 §7.2.2).
@@ -322,6 +326,8 @@ impl Server {
             per_identity: HashMap::new(),
             gone: VecDeque::new(),
             early: VecDeque::new(),
+            now: shared.start,
+            quiet: Default::default(),
         }
     }
 
@@ -348,6 +354,7 @@ impl Server {
 
     /// A datagram from `peer`.
     pub fn handle(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) {
+        self.now = now;
         self.on_datagram(now, peer, datagram);
         self.pump();
         self.serve_lobby(now);
@@ -386,6 +393,7 @@ impl Server {
     /// the lobby. Only handshakes are looked at one by one; established sessions only when one
     /// may have become idle.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         for a in self.handshakes.iter() {
             if let Some(p) = self.peers.get_mut(a) {
                 if !self.parked.contains(a) {
@@ -588,7 +596,9 @@ impl Server {
             if e != DtlsError::Closed {
                 count(&self.stats.handshake_failures);
                 count(&self.stats.failures[failure_reason(&e)]);
-                tracing::warn!(%peer, error = %e, "DTLS session failed");
+                if self.quiet.allow(self.now) {
+                    tracing::warn!(%peer, error = %e, "DTLS session failed");
+                }
             } else {
                 tracing::debug!(%peer, "DTLS session closed by the peer");
             }
@@ -746,7 +756,9 @@ impl Server {
             Err(e) => {
                 count(&self.stats.handshake_failures);
                 count(&self.stats.failures[failure_reason(&e)]);
-                tracing::warn!(%peer, error = %e, "handshake refused");
+                if self.quiet.allow(now) {
+                    tracing::warn!(%peer, error = %e, "handshake refused");
+                }
             }
         }
     }
