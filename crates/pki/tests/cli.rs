@@ -133,6 +133,12 @@ fn a_device_key_stays_on_the_device_and_the_ca_key_on_the_ca() {
     assert!(certs(ca, &["revoke", "pi-01"]).0);
     assert_eq!(std::fs::read_to_string(&sentinel).unwrap(), "keep");
     std::fs::remove_file(&sentinel).unwrap();
+    // The server's certificate goes into the same CRL, beside the device's.
+    assert!(certs(ca, &["server"]).0);
+    let (ok, err) = certs(ca, &["revoke", "--server"]);
+    assert!(ok, "{err}");
+    assert_eq!(revoked(ca).len(), 2);
+    assert!(certs(ca, &["revoke"]).1.contains("a device NAME, or --server"));
     assert!(certs(ca, &["sign", csr.to_str().unwrap()]).0);
 
     // A request whose signature is not by the key it holds (someone asking for a certificate

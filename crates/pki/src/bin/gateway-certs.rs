@@ -5,6 +5,7 @@
 //! gateway certs server [--dir DIR] [--name NAME]... [--force]  server.pem, server.key (default names: localhost, 127.0.0.1)
 //! gateway certs device NAME [--dir DIR] [--force]       device-NAME.pem, device-NAME.key (common name = NAME)
 //! gateway certs revoke NAME [--dir DIR] [--days N]      adds device-NAME.pem to crl.pem (signed by the CA)
+//! gateway certs revoke --server [--dir DIR] [--days N]  adds server.pem to crl.pem (the uplink's crl_file)
 //! gateway certs request NAME [--dir DIR] [--force]      on a device: device-NAME.key and device-NAME.csr
 //! gateway certs sign FILE.csr [--dir DIR] [--force]     on the CA's machine: device-NAME.pem for the request
 //! ```
@@ -38,6 +39,10 @@ const USAGE: &str = "usage:
                                                       again before then: an expired CRL locks
                                                       every device out); the ingress reads it as
                                                       client_crl_file at its next start
+  gateway certs revoke --server [--dir DIR] [--days N]
+                                                      revoke the server certificate (its key was
+                                                      stolen, say): the devices refuse it once
+                                                      their uplink's crl_file holds this crl.pem
   gateway certs request NAME [--dir DIR] [--force]    on the device: a new key (device-NAME.key,
                                                       which never leaves it) and a request for its
                                                       certificate (device-NAME.csr) to take to the CA
@@ -63,6 +68,7 @@ fn run(args: &[String]) -> Result<(), PkiError> {
     let mut dir = PathBuf::from("certs");
     let mut names = Vec::new();
     let mut force = false;
+    let mut server = false;
     let mut days = 30i64;
     let mut positional = Vec::new();
     let mut it = args.iter();
@@ -80,6 +86,7 @@ fn run(args: &[String]) -> Result<(), PkiError> {
                     .ok_or_else(|| PkiError("--name needs a value".into()))?,
             ),
             "--force" => force = true,
+            "--server" => server = true,
             "--days" => {
                 days = it
                     .next()
@@ -177,17 +184,31 @@ fn run(args: &[String]) -> Result<(), PkiError> {
             );
         }
         Some("revoke") => {
-            let name = positional
-                .get(1)
-                .ok_or_else(|| PkiError(format!("revoke needs a NAME\n{USAGE}")))?;
+            let (path, what, readers) = match (server, positional.get(1)) {
+                (true, None) => (
+                    l.server(),
+                    "the server certificate".to_owned(),
+                    "copy it to every device (the uplink's crl_file) and reload them, then issue the server a new certificate (`gateway certs server`)",
+                ),
+                (false, Some(name)) => (
+                    l.device(name),
+                    format!("device {name}"),
+                    "copy it to the server and reload the ingress that reads it (client_crl_file)",
+                ),
+                _ => {
+                    return Err(PkiError(format!(
+                        "revoke needs a device NAME, or --server\n{USAGE}"
+                    )))
+                }
+            };
             let (ca, ca_key) = ca()?;
-            let pem = std::fs::read(l.device(name))
-                .map_err(|e| PkiError(format!("cannot read {}: {e}", l.device(name).display())))?;
+            let pem = std::fs::read(&path)
+                .map_err(|e| PkiError(format!("cannot read {}: {e}", path.display())))?;
             let cert = openssl::x509::X509::from_pem(&pem)
-                .map_err(|e| PkiError(format!("{}: {e}", l.device(name).display())))?;
+                .map_err(|e| PkiError(format!("{}: {e}", path.display())))?;
             let listed = revoke(&l.crl(), &ca, &ca_key, &[&cert], days)?;
             println!(
-                "device {name} revoked: {} lists {listed} certificate(s), valid {days} days; restart the ingress that reads it (client_crl_file)",
+                "{what} revoked: {} lists {listed} certificate(s), valid {days} days; {readers}",
                 l.crl().display()
             );
         }
