@@ -44,6 +44,9 @@ struct Args {
     /// the certificate.
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
+    /// CRLs (PEM) of --ca's CA: a server certificate they revoke is refused.
+    #[arg(long, value_name = "FILE", requires = "ca")]
+    crl: Option<PathBuf>,
     /// This client's certificate (PEM), for servers that authenticate devices.
     #[arg(long, value_name = "FILE", requires = "key")]
     cert: Option<PathBuf>,
@@ -544,6 +547,7 @@ fn settings(args: &Args) -> anyhow::Result<ClientSettings> {
     };
     Ok(ClientSettings {
         ca_file: args.ca.clone(),
+        crl_file: args.crl.clone(),
         cert: args.cert.clone().zip(args.key.clone()),
         psk,
         ciphers: args.ciphers.clone().unwrap_or_default(),

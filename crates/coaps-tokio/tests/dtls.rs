@@ -362,3 +362,39 @@ fn a_client_that_looks_the_server_up_again_reaches_it_at_its_new_address() {
     drop(server);
     assert_eq!(app.join().unwrap().len(), 1);
 }
+
+/// A server whose key was stolen: its certificate, revoked in a CRL the device holds
+/// (`crl_file`), is refused before it expires, whoever presents it. Before, the uplink had no
+/// CRL, and such a certificate was taken for up to 825 days. A CRL that does not list it, and
+/// no CRL, change nothing; a CRL without a CA file is a config error.
+#[test]
+fn a_revoked_server_certificate_is_refused_by_a_device_with_the_crl() {
+    use gateway_pki::{read_pair, revoke};
+    let pki = Pki::new();
+    let mut server = Server::start(server_opts(&pki, "server")).unwrap();
+    let _app = serve(&mut server);
+    let (ca, ca_key) = read_pair(&pki.path("ca.pem"), &pki.path("ca.key")).unwrap();
+    let read = |f: &str| openssl::x509::X509::from_pem(&std::fs::read(pki.path(f)).unwrap());
+    let (ours, other) = (read("server.pem").unwrap(), read("other.pem").unwrap());
+    revoke(&pki.path("other-crl.pem"), &ca, &ca_key, &[&other], 30).unwrap();
+    revoke(&pki.path("crl.pem"), &ca, &ca_key, &[&ours], 30).unwrap();
+    let with_crl = |crl: Option<&str>| {
+        let mut opts = client_opts(server.local_addr, &pki.path("ca.pem"), "localhost");
+        opts.client.tls.crl_file = crl.map(|f| pki.path(f));
+        Client::start(opts).unwrap()
+    };
+    for crl in [None, Some("other-crl.pem")] {
+        let ok = with_crl(crl).request(post(b"x".to_vec()), Duration::from_secs(5));
+        assert!(ok.is_ok_and(|r| changed(&r)), "{crl:?}");
+    }
+    let e = with_crl(Some("crl.pem"))
+        .request(post(b"secret".to_vec()), Duration::from_secs(5))
+        .unwrap_err();
+    assert_refused(&e, "certificate revoked (CN=server");
+
+    let mut opts = client_opts(server.local_addr, &pki.path("ca.pem"), "localhost");
+    opts.client.tls.ca_file = None;
+    opts.client.tls.crl_file = Some(pki.path("crl.pem"));
+    let e = gateway_dtls::context::client_context(&opts.client.tls).unwrap_err();
+    assert!(e.to_string().contains("crl_file needs ca_file"), "{e}");
+}

@@ -40,6 +40,9 @@ pub fn hex_key(s: &str) -> Option<Vec<u8>> {
 pub struct ClientSettings {
     /// CA file (PEM) the server's chain must lead to.
     pub ca_file: Option<PathBuf>,
+    /// CRLs (PEM) of `ca_file`'s CA: a server certificate they revoke is refused (a server
+    /// whose key was stolen, before its certificate expires).
+    pub crl_file: Option<PathBuf>,
     /// Client certificate and key (PEM), for mutual authentication.
     pub cert: Option<(PathBuf, PathBuf)>,
     /// PSK instead of certificates.
@@ -237,7 +240,15 @@ pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
             .map_err(|e| cfg_err(&format!("ca_file {}", ca.display()), reasons(&e)))?;
         // The CA file is read whole here; the system's trust store (below) is a directory
         // read as it goes, and is verified by OpenSSL every time.
-        crate::verified::install(&mut b, None, true);
+        let crls_until = match &s.crl_file {
+            Some(path) => add_crls(&mut b, "crl_file", path)?,
+            None => None,
+        };
+        crate::verified::install(&mut b, crls_until, true);
+    } else if s.crl_file.is_some() {
+        return Err(DtlsError::Config(
+            "crl_file needs ca_file (the CA whose revocations it lists)".into(),
+        ));
     } else if s.psk.is_none() {
         b.set_default_verify_paths()
             .map_err(|e| cfg_err("the system's trust store", e))?;
@@ -273,6 +284,31 @@ pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
         }
     }
     Ok(ctx)
+}
+
+/// Reads the CRLs of `path` (setting `key`) into the context's verify store and turns CRL
+/// checking on for the peer's certificate; returns the earliest next update of them (what
+/// bounds the verdicts the context keeps).
+fn add_crls(
+    b: &mut openssl::ssl::SslContextBuilder,
+    key: &str,
+    path: &std::path::Path,
+) -> Result<Option<i64>, DtlsError> {
+    let crls = certs::read_crls(key, path)?;
+    let store = b.cert_store_mut();
+    for crl in &crls {
+        // SAFETY: a valid store and CRL; the store takes its own reference.
+        if unsafe { X509_STORE_add_crl(store.as_ptr(), crl.as_ptr()) } != 1 {
+            return Err(cfg_err(
+                &format!("{key} {}", path.display()),
+                reasons(&openssl::error::ErrorStack::get()),
+            ));
+        }
+    }
+    store
+        .set_flags(X509VerifyFlags::CRL_CHECK)
+        .map_err(|e| cfg_err("CRL checking", e))?;
+    Ok(crate::verified::crls_until(&crls))
 }
 
 /// Builds the server context.
@@ -325,24 +361,10 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
         }
         b.set_verify(mode);
         // Read once: what the store checks is what bounds the verdicts kept on it.
-        let mut crls_until = None;
-        if let Some(path) = &s.client_crl_file {
-            let crls = certs::read_crls("client_crl_file", path)?;
-            let store = b.cert_store_mut();
-            for crl in &crls {
-                // SAFETY: a valid store and CRL; the store takes its own reference.
-                if unsafe { X509_STORE_add_crl(store.as_ptr(), crl.as_ptr()) } != 1 {
-                    return Err(cfg_err(
-                        &format!("client_crl_file {}", path.display()),
-                        reasons(&openssl::error::ErrorStack::get()),
-                    ));
-                }
-            }
-            store
-                .set_flags(X509VerifyFlags::CRL_CHECK)
-                .map_err(|e| cfg_err("CRL checking", e))?;
-            crls_until = crate::verified::crls_until(&crls);
-        }
+        let crls_until = match &s.client_crl_file {
+            Some(path) => add_crls(&mut b, "client_crl_file", path)?,
+            None => None,
+        };
         crate::verified::install(&mut b, crls_until, false);
     } else if s.require_client_cert {
         return Err(DtlsError::Config(

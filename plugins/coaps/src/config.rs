@@ -42,6 +42,8 @@ pub struct UplinkConfig {
     pub uri: String,
     /// CA certificate (PEM) the server's chain must lead to.
     pub ca_file: Option<PathBuf>,
+    /// CRLs (PEM) of `ca_file`'s CA: a server certificate they revoke is refused.
+    pub crl_file: Option<PathBuf>,
     /// This device's certificate (PEM), for servers that require one.
     pub cert_file: Option<PathBuf>,
     /// This device's private key (PEM).

@@ -95,6 +95,10 @@ impl Sink for Uplink {
         if let Some(p) = &mut cfg.ca_file {
             *p = ctx.trusted_file("ca_file", &*p)?;
         }
+        // And whoever can change the CRL file, which server certificates stay revoked.
+        if let Some(p) = &mut cfg.crl_file {
+            *p = ctx.trusted_file("crl_file", &*p)?;
+        }
         if let Some(p) = &mut cfg.cert_file {
             *p = ctx.resolve_path(&*p);
         }
@@ -141,6 +145,7 @@ impl Sink for Uplink {
         }
         let tls = ClientSettings {
             ca_file: cfg.ca_file.clone(),
+            crl_file: cfg.crl_file.clone(),
             cert,
             psk,
             ciphers: cfg.ciphers.clone().unwrap_or_default(),

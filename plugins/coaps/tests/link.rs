@@ -169,6 +169,28 @@ fn a_device_posting_for_another_device_is_refused_with_4_03() {
     drop(ingress); // it never gets a reading; the thread ends at its timeout
 }
 
+/// The uplink's `crl_file`: a server certificate the CA revoked (its key was stolen) is
+/// refused, and the readings are held, not sent.
+#[test]
+fn a_server_certificate_revoked_in_the_uplinks_crl_file_gets_no_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    let d = |f: &str| dir.path().join(f);
+    let (ca, ca_key) = gateway_pki::read_pair(&d("ca.pem"), &d("ca.key")).unwrap();
+    let (server, _) = gateway_pki::read_pair(&d("server.pem"), &d("server.key")).unwrap();
+    gateway_pki::revoke(&d("crl.pem"), &ca, &ca_key, &[&server], 30).unwrap();
+    let port = free_port();
+    let ingress = ingress_thread(ingress_config(dir.path(), port, ""), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let crl = format!("crl_file = {:?}\n", d("crl.pem"));
+    let mut uplink = SinkHarness::new::<Uplink>(&uplink_config(dir.path(), port, &crl)).unwrap();
+    let e = uplink.write(sample_readings(2)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("certificate revoked"), "{e}");
+    drop(uplink);
+    drop(ingress);
+}
+
 #[test]
 fn an_unknown_resource_is_a_4_04_and_holds_the_readings() {
     let dir = tempfile::tempdir().unwrap();
