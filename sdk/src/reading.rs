@@ -32,15 +32,21 @@ impl Label {
     /// Checks a device or sensor name a plugin takes from its settings: one that can travel
     /// to a server (the coaps ingress and the SenML encodings refuse the others, and every
     /// reading would become a dead letter on the device) is not empty, holds no control
-    /// character and no U+FFFD, has no white space at either end (a device name must be its
+    /// character, no character that reorders text ([`crate::text::is_unsafe`]) and no
+    /// U+FFFD, has no white space at either end (a device name must be its
     /// certificate's identity, which has none), and is at most 128 bytes. `Err` says why, for
     /// a config error.
     pub fn check_name(name: &str) -> Result<(), String> {
         if name.is_empty() {
             return Err("an empty name".into());
         }
-        if name.chars().any(|c| c.is_control() || c == '\u{FFFD}') {
-            return Err(format!("{name:?} holds a control character or U+FFFD"));
+        if name
+            .chars()
+            .any(|c| crate::text::is_unsafe(c) || c == '\u{FFFD}')
+        {
+            return Err(format!(
+                "{name:?} holds a control character, one that reorders text (a bidirectional control, U+2028, U+2029) or U+FFFD"
+            ));
         }
         if name.trim() != name {
             return Err(format!("{name:?} has white space at an end"));

@@ -262,11 +262,13 @@ mod tests {
             payload(text, None),
             "x\\u{1b}]52;c;ZXZpbA==\\u{7} y\\u{1b}[2J\\r\nok\t\\u{202e}\n"
         );
+        // Names that reorder text are not SenML the decoder takes: shown as bytes, in hex.
         let pack = "[{\"bn\":\"pi\u{202e}:\",\"n\":\"t1/temp\u{2028}\",\"u\":\"Cel\",\"v\":1}]";
         let shown = payload(pack.as_bytes(), Some(ContentFormat::SENML_JSON));
         assert!(
-            shown.contains("pi\\u{202e}/t1  temp\\u{2028} = 1 Cel"),
+            shown.starts_with("(not valid SenML: record 0: field bn"),
             "{shown}"
         );
+        assert!(!shown.contains(['\u{202e}', '\u{2028}']), "{shown}");
     }
 }

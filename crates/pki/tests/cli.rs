@@ -138,7 +138,9 @@ fn a_device_key_stays_on_the_device_and_the_ca_key_on_the_ca() {
     let (ok, err) = certs(ca, &["revoke", "--server"]);
     assert!(ok, "{err}");
     assert_eq!(revoked(ca).len(), 2);
-    assert!(certs(ca, &["revoke"]).1.contains("a device NAME, or --server"));
+    assert!(certs(ca, &["revoke"])
+        .1
+        .contains("a device NAME, or --server"));
     assert!(certs(ca, &["sign", csr.to_str().unwrap()]).0);
 
     // A request whose signature is not by the key it holds (someone asking for a certificate
@@ -159,6 +161,11 @@ fn a_device_key_stays_on_the_device_and_the_ca_key_on_the_ca() {
     let (ok, err) = certs(ca, &["sign", forged.to_str().unwrap()]);
     assert!(!ok && err.contains("not signed by the key"), "{err}");
     assert!(!ca.join("device-pi-02.pem").exists());
-    let (ok, err) = certs(dev, &["request", " pi-03"]);
-    assert!(!ok && err.contains("cannot be a device identity"), "{err}");
+    for name in [" pi-03", "pi-\u{202e}03", "pi\u{2028}03"] {
+        let (ok, err) = certs(dev, &["request", name]);
+        assert!(
+            !ok && err.contains("cannot be a device identity"),
+            "{name:?}: {err}"
+        );
+    }
 }

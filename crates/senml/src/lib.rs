@@ -83,8 +83,10 @@ pub enum DecodeError {
     #[error("record {0}: field {1} is longer than 255 bytes")]
     TooLong(usize, &'static str),
     /// A name or unit holding a control character (a line break in a name would forge log
-    /// lines, and brokers refuse it in a topic).
-    #[error("record {0}: field {1} holds a control character")]
+    /// lines, and brokers refuse it in a topic), or a character that reorders or breaks text
+    /// (a bidirectional control, U+2028, U+2029: a dashboard would show another name or
+    /// value than the one stored).
+    #[error("record {0}: field {1} holds a control character or one that reorders text")]
     Control(usize, &'static str),
     /// A value that is not a finite number (NaN or infinity): SenML JSON cannot carry it, and
     /// the stores refuse it.
@@ -92,12 +94,13 @@ pub enum DecodeError {
     NotFinite(usize),
 }
 
-/// Whether `s` holds a control character (C0, DEL or C1). Bytes first: a C1 character is
-/// encoded with a leading 0xC2, which names seldom hold.
+/// Whether `s` holds a control character (C0, DEL or C1) or one that reorders or breaks text
+/// ([`gateway_sdk::text::is_unsafe`]). Bytes first: a C1 character is encoded with a leading
+/// 0xC2, the others with a leading 0xE2, which names seldom hold.
 pub(crate) fn has_control(s: &str) -> bool {
     let b = s.as_bytes();
     b.iter().any(|&c| c < 0x20 || c == 0x7f)
-        || (b.contains(&0xc2) && s.chars().any(char::is_control))
+        || ((b.contains(&0xc2) || b.contains(&0xe2)) && s.chars().any(gateway_sdk::text::is_unsafe))
 }
 
 /// Appends `value` to `out` as one token of a topic or subject (the MQTT and NATS sinks), so

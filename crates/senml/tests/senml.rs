@@ -302,6 +302,11 @@ fn non_finite_values_and_control_characters_in_names_are_refused() {
         (r#"[{"n":"s/x","u":"C\u0000","v":1}]"#, "u"),
         (r#"[{"n":"s/x","bu":"\u009b31m","v":1}]"#, "bu"),
         (r#"[{"n":"s\u007f/x","v":1}]"#, "n"),
+        // Not control characters to char::is_control, yet they make a dashboard show another
+        // name or unit than the one stored: right-to-left override, line separator, isolates.
+        (r#"[{"n":"s/x\u202e1.0","v":1}]"#, "n"),
+        (r#"[{"bn":"d\u2028:","n":"s/x","v":1}]"#, "bn"),
+        (r#"[{"n":"s/x","u":"\u2066Cel\u2069","v":1}]"#, "u"),
     ] {
         assert_eq!(
             decode_json(pack.as_bytes(), 10, NOW, "d").unwrap_err(),

@@ -67,6 +67,8 @@ fn a_device_name_no_server_would_take_is_refused() {
     for (device, says) in [
         ("", "must not be empty"),
         ("pi\\u0007", "holds a control character"),
+        ("pi\\u202e10-ip", "one that reorders text"),
+        ("pi\\u2028", "one that reorders text"),
         ("pi-01 ", "has white space at an end"),
         (&"x".repeat(129), "129 bytes; at most 128"),
     ] {
