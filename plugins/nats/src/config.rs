@@ -71,6 +71,11 @@ pub struct SourceConfig {
     /// Only these subjects of the stream.
     #[serde(default = "filter")]
     pub filter_subject: String,
+    /// The subject each reading must have come on, as the sink that published it makes it
+    /// (its `subject`): a message whose readings would make another subject is refused, so
+    /// that NATS's publish permissions on subjects decide who may post as which device.
+    #[serde(default = "subject")]
+    pub subject: String,
     /// Messages fetched (and emitted) at once at most.
     #[serde(default = "five_hundred")]
     pub batch: usize,

@@ -56,18 +56,14 @@ impl Settings {
                 "give one of username and password, token_env, credentials_file",
             ));
         }
-        if (user.is_some() || token.is_some()) && c.tls_ca_file.is_none() {
-            for u in c.url.split(',').map(str::trim) {
-                let Some(rest) = u.strip_prefix("nats://") else {
-                    continue;
-                };
-                let host = match rest.strip_prefix('[') {
-                    Some(r) => r.split(']').next().unwrap_or(r),
-                    None => rest.split([':', '/']).next().unwrap_or(rest),
-                };
-                if !gateway_sdk::config::is_loopback(host) {
-                    gateway_sdk::tracing::warn!("the credentials go to {host} in clear text over nats://, unless the server asks for TLS; use tls:// and tls_ca_file");
-                }
+        let table = &ctx.info().table;
+        for (scheme, host) in remote_hosts(&c.url) {
+            if !ways.contains(&true) {
+                // Whoever may publish into the stream posts readings as any device; whoever
+                // may read it reads every device's.
+                gateway_sdk::tracing::warn!("[{table}] no credentials for {host}: whoever can reach that server can publish readings into the stream and read it; give username with password_file, token_env or credentials_file, and tls://");
+            } else if scheme == "nats" && c.tls_ca_file.is_none() {
+                gateway_sdk::tracing::warn!("[{table}] the credentials go to {host} in clear text over nats://, unless the server asks for TLS; use tls:// and tls_ca_file");
             }
         }
         Ok(Settings {
@@ -106,5 +102,32 @@ impl Settings {
         o.connect(self.url.replace(' ', "").as_str())
             .await
             .map_err(|e| PluginError::retry(format!("cannot connect to NATS at {}: {e}", self.url)))
+    }
+}
+
+/// The hosts of `urls` (comma-separated `nats://` and `tls://` URLs) that are not this
+/// machine, with their scheme.
+fn remote_hosts(urls: &str) -> Vec<(&str, &str)> {
+    urls.split(',')
+        .map(str::trim)
+        .filter_map(|u| {
+            let (scheme, rest) = u.split_once("://")?;
+            let host = match rest.strip_prefix('[') {
+                Some(r) => r.split(']').next().unwrap_or(r),
+                None => rest.split([':', '/']).next().unwrap_or(rest),
+            };
+            (!gateway_sdk::config::is_loopback(host)).then_some((scheme, host))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn remote_hosts_are_told_from_this_machine() {
+        assert_eq!(
+            super::remote_hosts("nats://127.0.0.1:4222, tls://[::1]:4222,nats://nats.example:4222,tls://[2001:db8::1]"),
+            [("nats", "nats.example"), ("tls", "2001:db8::1")]
+        );
     }
 }

@@ -1,9 +1,10 @@
 //! The source: a durable pull consumer of a JetStream stream. Each fetch is emitted as one
 //! batch; its messages are acknowledged only once every sink the source feeds stored the
 //! batch, and handed back for redelivery (NAK) if one could not. A message that is not a
-//! SenML reading is terminated (never delivered again), logged and counted.
+//! SenML reading, or whose readings are not the ones its subject names (a device posting
+//! as another), is terminated (never delivered again), logged and counted.
 
-use crate::{config::SourceConfig, connect::Settings};
+use crate::{config::SourceConfig, connect::Settings, subject::Template};
 use async_nats::jetstream::{
     self,
     consumer::{pull, AckPolicy, PullConsumer},
@@ -23,6 +24,7 @@ use std::{
 pub struct NatsSource {
     cfg: SourceConfig,
     settings: Settings,
+    subject: Template,
 }
 
 impl Source for NatsSource {
@@ -45,7 +47,19 @@ impl Source for NatsSource {
                 "a consumer name has no dots, wildcards or spaces",
             ));
         }
-        Ok(NatsSource { cfg, settings })
+        let subject = Template::parse(&cfg.subject).map_err(|e| ctx.config_error("subject", &e))?;
+        if !cfg.subject.contains("{device}") {
+            tracing::warn!(
+                "[{}] subject {:?} names no {{device}}: any publisher to the stream can post readings as any device",
+                ctx.info().table,
+                cfg.subject
+            );
+        }
+        Ok(NatsSource {
+            cfg,
+            settings,
+            subject,
+        })
     }
 
     fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError> {
@@ -60,6 +74,7 @@ impl Source for NatsSource {
         let (done_tx, done) = mpsc::channel::<(u64, Result<(), PluginError>)>();
         let mut next = 0u64;
         let mut terminated = 0u64;
+        let mut last_warned: Option<Instant> = None;
         let settle = |rt: &tokio::runtime::Runtime,
                       waiting: &mut HashMap<u64, Vec<Message>>,
                       (n, outcome): (u64, Result<(), PluginError>)| {
@@ -111,14 +126,19 @@ impl Source for NatsSource {
             let mut readings = Vec::with_capacity(messages.len());
             let mut keep = Vec::with_capacity(messages.len());
             for m in messages {
-                match decode(&m) {
+                match decode(&m, &self.subject) {
                     Ok(mut r) => {
                         readings.append(&mut r);
                         keep.push(m);
                     }
                     Err(why) => {
                         terminated += 1;
-                        tracing::warn!(subject = %m.subject, why = %why, terminated, "a message that is not a SenML reading was dropped from the consumer (TERM)");
+                        // Every one counted; a few a minute logged (a publisher could flood
+                        // the log otherwise).
+                        if last_warned.is_none_or(|t: Instant| t.elapsed() >= WARN_EVERY) {
+                            last_warned = Some(Instant::now());
+                            tracing::warn!(subject = %m.subject, why = %why, terminated, "a message that is not a SenML reading of its subject was dropped from the consumer (TERM)");
+                        }
                         let _ = rt.block_on(m.ack_with(AckKind::Term));
                     }
                 }
@@ -200,6 +220,9 @@ impl NatsSource {
     }
 }
 
+/// At most one warning about a terminated message this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// Up to `max` messages, waiting at most a second for the first.
 async fn fetch(consumer: &PullConsumer, max: usize) -> Result<Vec<Message>, PluginError> {
     let mut batch = consumer
@@ -220,12 +243,29 @@ async fn fetch(consumer: &PullConsumer, max: usize) -> Result<Vec<Message>, Plug
 }
 
 /// The readings of one message: SenML JSON (as the `nats` sink publishes), at most 64
-/// records; the device is the pack's own (`bn`), or `nats` when it names none.
-fn decode(m: &Message) -> Result<Vec<Reading>, String> {
-    let pack = gateway_senml::decode_json(&m.payload, 64, Timestamp::now(), "nats")
+/// records, each naming its device (the pack's `bn`) and making the message's subject with
+/// `subject`.
+fn decode(m: &Message, subject: &Template) -> Result<Vec<Reading>, String> {
+    let pack = gateway_senml::decode_json(&m.payload, 64, Timestamp::now(), "")
         .map_err(|e| e.to_string())?;
     if pack.readings.is_empty() {
         return Err("no records".into());
+    }
+    if pack.readings.iter().any(|r| r.device.is_empty()) {
+        return Err("a record names no device (no bn)".into());
+    }
+    if let Some(r) = pack
+        .readings
+        .iter()
+        .find(|r| subject.render(r) != m.subject.as_str())
+    {
+        return Err(format!(
+            "a reading of device {:?}, sensor {:?}, name {:?} came on another subject than its own ({})",
+            r.device.as_str(),
+            r.sensor.as_str(),
+            r.name.as_str(),
+            subject.render(r)
+        ));
     }
     Ok(pack.readings)
 }

@@ -260,6 +260,48 @@ fn a_message_that_is_not_a_reading_is_dropped_from_the_consumer() {
     );
 }
 
+/// Anyone the stream takes messages from could post as any device: the device is the pack's
+/// `bn`. A message is now taken only with the subject its readings make (the sink's template),
+/// so NATS's publish permissions on subjects decide who posts as whom. Before, both of these
+/// came out as readings of `victim` (and of `nats`).
+#[test]
+fn a_message_whose_readings_are_not_its_subjects_is_refused() {
+    let n = Nats::start();
+    let mut s = sink(&n);
+    s.write(sample_readings(1)).unwrap();
+    n.publish_raw(
+        "readings.mallory.t1.temperature",
+        br#"[{"bn":"victim:","n":"t1/temperature","u":"Cel","v":21.5}]"#,
+    );
+    n.publish_raw(
+        "readings.nats.t1.temperature",
+        br#"[{"n":"t1/temperature","u":"Cel","v":99}]"#,
+    );
+    n.publish_raw(
+        "readings.victim.t1.temperature",
+        br#"[{"bn":"victim:","n":"t1/temperature","u":"Cel","v":1},{"bn":"other:","n":"t1/temperature","u":"Cel","v":2}]"#,
+    );
+    // What the sink publishes, and a pack of its own subject, are taken.
+    n.publish_raw(
+        "readings.victim.t1.temperature",
+        br#"[{"bn":"victim:","n":"t1/temperature","u":"Cel","v":22}]"#,
+    );
+    let run = source(&n)
+        .timeout(Duration::from_secs(4))
+        .run::<NatsSource>()
+        .unwrap();
+    let devices: Vec<&str> = run.readings.iter().map(|r| r.device.as_str()).collect();
+    assert_eq!(run.readings.len(), 2, "{devices:?}");
+    assert!(devices.contains(&"victim"), "{devices:?}");
+    assert!(
+        run.readings
+            .iter()
+            .all(|r| r.device.as_str() != "victim" || r.value == gateway_sdk::Value::Int(22)),
+        "{:?}",
+        run.readings
+    );
+}
+
 #[test]
 fn both_ends_carry_on_across_a_restart_of_nats() {
     let mut n = Nats::start();
