@@ -223,7 +223,11 @@ impl NatsSource {
 /// At most one warning about a terminated message this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// Up to `max` messages, waiting at most a second for the first.
+/// Up to `max` messages, waiting at most a second for the first. An error status from the
+/// server (the consumer was deleted, the stream recreated, a request the consumer refuses)
+/// with nothing fetched is an error: the host builds the source again, with backoff, which
+/// makes the consumer again. (Before, it was a debug line and an empty fetch, at once and
+/// again: a silent busy loop while the readings piled up in the stream.)
 async fn fetch(consumer: &PullConsumer, max: usize) -> Result<Vec<Message>, PluginError> {
     let mut batch = consumer
         .fetch()
@@ -236,7 +240,13 @@ async fn fetch(consumer: &PullConsumer, max: usize) -> Result<Vec<Message>, Plug
     while let Some(m) = batch.next().await {
         match m {
             Ok(m) => out.push(m),
-            Err(e) => tracing::debug!(error = %e, "a fetch ended early"),
+            Err(e) if out.is_empty() => {
+                return Err(PluginError::retry(format!("fetching from JetStream: {e}")))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "a fetch ended early");
+                break;
+            }
         }
     }
     Ok(out)

@@ -302,6 +302,41 @@ fn a_message_whose_readings_are_not_its_subjects_is_refused() {
     );
 }
 
+/// The durable consumer deleted under a running source (an operator's mistake, a stream made
+/// again): each fetch ends at once with an error status. Before, that was a debug line and an
+/// empty fetch, again and again, a silent busy loop while the readings piled up; now the
+/// source ends with an error the host logs, and is built again (which makes the consumer).
+#[test]
+fn a_consumer_deleted_under_the_source_is_an_error_not_a_silent_spin() {
+    let n = Nats::start();
+    let mut s = sink(&n);
+    s.write(sample_readings(1)).unwrap();
+    let url = n.url();
+    let deleter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(2000));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let c = async_nats::connect(url).await.unwrap();
+            let js = async_nats::jetstream::new(c);
+            let stream = js.get_stream("READINGS").await.unwrap();
+            stream.delete_consumer("gateway-store").await.unwrap();
+        });
+    });
+    let started = std::time::Instant::now();
+    let run = source(&n)
+        .timeout(Duration::from_secs(20))
+        .run::<NatsSource>()
+        .unwrap();
+    deleter.join().unwrap();
+    let e = run.outcome.expect_err("the source ends with an error");
+    assert_eq!(e.kind, gateway_sdk::ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("fetching from JetStream"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
 #[test]
 fn both_ends_carry_on_across_a_restart_of_nats() {
     let mut n = Nats::start();
