@@ -194,7 +194,10 @@ impl Source for NatsSource {
 }
 
 impl NatsSource {
-    /// A connection and the durable pull consumer, made where it is missing.
+    /// A connection and the durable pull consumer, made where it is missing. One that exists
+    /// is used only with the settings this source relies on: with an acknowledgement policy
+    /// of none or all, a message would count as acknowledged before any sink stored it; with
+    /// another filter, the source would read other subjects than configured.
     async fn consumer(&self) -> Result<(async_nats::Client, PullConsumer), PluginError> {
         let client = self.settings.connect().await?;
         let js = jetstream::new(client.clone());
@@ -215,8 +218,29 @@ impl NatsSource {
                 },
             )
             .await
-            .map(|c| (client, c))
             .map_err(|e| PluginError::retry(format!("consumer {}: {e}", self.cfg.durable)))
+            .and_then(|c| {
+                let found = &c.cached_info().config;
+                let filters = match (found.filter_subject.as_str(), &found.filter_subjects[..]) {
+                    (f, []) => vec![f.to_owned()],
+                    (_, many) => many.to_vec(),
+                };
+                if found.ack_policy != AckPolicy::Explicit
+                    || filters != [self.cfg.filter_subject.clone()]
+                {
+                    return Err(PluginError::config(format!(
+                        "durable {:?}: the consumer exists in stream {} with ack policy {:?} and filter {:?}, but this source needs explicit acknowledgements and filter {:?} (a message would otherwise count as stored before any sink stored it): remove it (`nats consumer rm {} {}`) or give another durable",
+                        self.cfg.durable,
+                        self.cfg.stream,
+                        found.ack_policy,
+                        filters,
+                        self.cfg.filter_subject,
+                        self.cfg.stream,
+                        self.cfg.durable
+                    )));
+                }
+                Ok((client, c))
+            })
     }
 }
 

@@ -337,6 +337,47 @@ fn a_consumer_deleted_under_the_source_is_an_error_not_a_silent_spin() {
     assert!(started.elapsed() < Duration::from_secs(15));
 }
 
+/// A durable consumer someone made with another acknowledgement policy: with "none", a
+/// message counts as acknowledged when it is delivered, before any sink stored it, and the
+/// source's NAKs do nothing. Before, the source used it as it found it.
+#[test]
+fn a_durable_consumer_with_other_settings_is_refused_not_used() {
+    let n = Nats::start();
+    let mut s = sink(&n);
+    s.write(sample_readings(1)).unwrap();
+    let url = n.url();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(c);
+        let stream = js.get_stream("READINGS").await.unwrap();
+        stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("gateway-store".into()),
+                filter_subject: "readings.>".into(),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    let e = source(&n)
+        .timeout(Duration::from_secs(5))
+        .run::<NatsSource>()
+        .unwrap()
+        .outcome
+        .expect_err("refused");
+    assert_eq!(e.kind, gateway_sdk::ErrorKind::CONFIG, "{e}");
+    assert!(
+        e.message()
+            .contains("nats consumer rm READINGS gateway-store"),
+        "{e}"
+    );
+}
+
 #[test]
 fn both_ends_carry_on_across_a_restart_of_nats() {
     let mut n = Nats::start();
