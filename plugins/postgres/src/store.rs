@@ -129,14 +129,33 @@ impl Store {
                 "url: put the password in password_env or password_file, not in the URL",
             ));
         }
+        // The places connected to: host names (TCP) and addresses given as hostaddr.
+        let remote: Vec<String> = pg
+            .get_hosts()
+            .iter()
+            .filter_map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => Some(h.clone()),
+                _ => None,
+            })
+            .chain(pg.get_hostaddrs().iter().map(|a| a.to_string()))
+            .filter(|h| !gateway_sdk::config::is_loopback(h))
+            .collect();
         if cfg.tls == "disable" && password.is_some() {
-            for h in pg.get_hosts() {
-                if let tokio_postgres::config::Host::Tcp(h) = h {
-                    if !gateway_sdk::config::is_loopback(h) {
-                        tracing::warn!("the password and the readings go to {h} without TLS: a server in the middle may ask for the password in clear text; set tls = \"verify-full\" and tls_ca_file");
-                    }
-                }
+            for h in &remote {
+                tracing::warn!("the password and the readings go to {h} without TLS: a server in the middle may ask for the password in clear text; set tls = \"verify-full\" and tls_ca_file");
             }
+        }
+        // With hostaddr alone, tokio-postgres hands TLS an empty name, and only the chain
+        // would be checked: any certificate the CA (or, without tls_ca_file, any public CA)
+        // issued, for any name, would pass.
+        let names_tcp = pg
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, tokio_postgres::config::Host::Tcp(_)));
+        if cfg.tls == "verify-full" && !pg.get_hostaddrs().is_empty() && !names_tcp {
+            return Err(PluginError::config(
+                "url: tls = \"verify-full\" checks the server's certificate against its name: give host=NAME beside hostaddr (the name the certificate is for)",
+            ));
         }
         if let Some(p) = password {
             pg.password(p);

@@ -140,6 +140,12 @@ fn settings_errors_name_their_key() {
         ),
         ("url = \"host=/tmp\"\ntable = \"Readings; drop\"", "table: "),
         ("url = \"host=/tmp\"\ntls = \"prefer\"", "tls: \"prefer\""),
+        // hostaddr alone: TLS would get no name to check the certificate against (before,
+        // any certificate of the CA, for any name, passed).
+        (
+            "url = \"hostaddr=10.0.0.5 user=gw dbname=test\"\ntls = \"verify-full\"",
+            "give host=NAME beside hostaddr",
+        ),
     ] {
         let e = SinkHarness::new::<Postgres>(toml).unwrap_err();
         assert_eq!(e.kind, ErrorKind::CONFIG, "{toml}");
