@@ -61,14 +61,21 @@ pub fn create_table(table: &str) -> String {
 }
 
 /// How a database error should be handled: data the table cannot hold (a NUL byte in a text,
-/// say) is refused for good; everything else (a connection lost, a database starting, a
-/// serialization failure, a deadlock) may work later.
+/// say) or that its rules refuse (a CHECK, a foreign key, an exclusion constraint of a table
+/// made by hand, a trigger's `RAISE`) is refused for good, so that the host narrows the batch
+/// down to the reading at fault and keeps it as a dead letter; everything else (a connection
+/// lost, a database starting, a serialization failure, a deadlock, a missing grant) may work
+/// later. (Before, only class 22 was: one reading a CHECK refused held its batch, and every
+/// device's readings behind it, for ever.)
 pub fn classify(what: &str, e: &tokio_postgres::Error) -> PluginError {
     match e.code() {
-        // 22: data exceptions; 54000: a program limit (a key too long for its index).
+        // 22: data exceptions; 23: integrity constraints but a unique key (a duplicate, which
+        // the merge leaves out; one that still comes is a race worth another try); P0001: a
+        // trigger's RAISE EXCEPTION; 54000: a program limit (a key too long for its index).
         Some(c)
             if c.code().starts_with("22")
-                || *c == SqlState::NOT_NULL_VIOLATION
+                || (c.code().starts_with("23") && *c != SqlState::UNIQUE_VIOLATION)
+                || *c == SqlState::RAISE_EXCEPTION
                 || *c == SqlState::PROGRAM_LIMIT_EXCEEDED =>
         {
             PluginError::rejected(format!("{what}: {}", with_causes(e)))

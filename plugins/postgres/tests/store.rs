@@ -110,6 +110,40 @@ fn text_the_column_cannot_hold_is_refused_for_good_and_nothing_of_the_batch_is_s
     psql(&format!("DROP TABLE {t}"));
 }
 
+/// A table made or changed by hand may refuse a reading by its own rules: a CHECK, a
+/// trigger's RAISE. That reading is refused for good (the host narrows the batch to it and
+/// keeps it as a dead letter); before, it was retried for ever, and every device's readings
+/// waited behind it.
+#[test]
+fn a_reading_the_tables_own_rules_refuse_is_refused_for_good() {
+    let t = table("check");
+    let mut s = sink(&t);
+    s.write(sample_readings(1)).unwrap();
+    psql(&format!(
+        "ALTER TABLE {t} ADD CONSTRAINT small CHECK (value_float IS NULL OR value_float < 1000)"
+    ));
+    let e = s
+        .write(vec![
+            reading(Value::Float(1.0)),
+            reading(Value::Float(5000.0)),
+        ])
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(e.message().contains("small"), "{e}");
+    psql(&format!(
+        "CREATE FUNCTION {t}_no() RETURNS trigger AS $$ BEGIN IF NEW.device = 'blocked' THEN RAISE EXCEPTION 'device blocked'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER {t}_no BEFORE INSERT ON {t} FOR EACH ROW EXECUTE FUNCTION {t}_no()"
+    ));
+    let mut blocked = reading(Value::Float(2.0));
+    blocked.device = Label::from("blocked");
+    let e = s.write(vec![blocked]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    // The good ones still go in.
+    s.write(vec![reading(Value::Float(3.0))]).unwrap();
+    assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "2");
+    psql(&format!("DROP TABLE {t}; DROP FUNCTION {t}_no()"));
+}
+
 #[test]
 fn a_database_that_is_not_there_is_retried_and_nothing_is_made_when_built() {
     let t = table("down");
