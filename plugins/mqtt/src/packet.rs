@@ -98,6 +98,9 @@ pub const PINGREQ: [u8; 2] = [0xC0, 0x00];
 /// DISCONNECT.
 pub const DISCONNECT: [u8; 2] = [0xE0, 0x00];
 
+/// The largest packet taken from the broker.
+pub const MAX_INCOMING: usize = 64 * 1024;
+
 /// Reads one packet from the front of `buf`: the packet and its length, `Ok(None)` if more
 /// bytes are needed, an error if the bytes cannot be MQTT.
 pub fn read(buf: &[u8]) -> Result<Option<(Incoming, usize)>, String> {
@@ -119,6 +122,15 @@ pub fn read(buf: &[u8]) -> Result<Option<(Incoming, usize)>, String> {
             return Err("a remaining length longer than four bytes".into());
         }
     }
+    // A publisher expects CONNACK, PUBACK and PINGRESP, a few bytes each: a broker (or
+    // whoever sits in the middle of mqtt://) announcing more would have the sink buffer up to
+    // 256 MiB of it first.
+    if len > MAX_INCOMING {
+        return Err(format!(
+            "a packet of {len} bytes from the broker (type {}), where a publisher expects a few",
+            first >> 4
+        ));
+    }
     if buf.len() < i + len {
         return Ok(None);
     }
@@ -136,6 +148,18 @@ pub fn read(buf: &[u8]) -> Result<Option<(Incoming, usize)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_packet_larger_than_a_publisher_expects_is_refused_before_it_is_read() {
+        // A PUBLISH announcing 268,435,455 bytes: refused at its header, nothing buffered.
+        let e = read(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F]).unwrap_err();
+        assert!(e.contains("268435455 bytes"), "{e}");
+        // What a publisher gets still reads.
+        assert!(matches!(
+            read(&[0x40, 2, 0, 7]),
+            Ok(Some((Incoming::PubAck(7), 4)))
+        ));
+    }
 
     #[test]
     fn lengths_take_one_to_four_bytes() {
