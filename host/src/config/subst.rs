@@ -37,11 +37,19 @@ pub fn substitute(s: &str, base: &Path, secrets: &mut Vec<Secret>) -> Result<Str
             out.push('$');
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body
-                .find('}')
-                .ok_or_else(|| format!("`${{` without its closing `}}` in {s:?}"))?;
+            // The value is not quoted in these errors: it may be a password that happens to
+            // hold `${` (the error goes to the terminal and the journal).
+            let byte = s.len() - rest.len() + at;
+            let end = body.find('}').ok_or_else(|| {
+                format!("`${{` at byte {byte} of the value without its closing `}}` (write $$ for a literal $)")
+            })?;
             let reference = &body[..end];
-            let value = resolve(reference, base)?;
+            let value = resolve(reference, base).map_err(|e| match e {
+                Resolve::NotAReference => format!(
+                    "the `${{...}}` at byte {byte} of the value is not a reference: use ${{NAME}}, ${{NAME:-default}} or ${{file:PATH}} (write $$ for a literal $)"
+                ),
+                Resolve::Failed(e) => e,
+            })?;
             if !value.is_empty() {
                 secrets.push(Secret {
                     value: value.clone(),
@@ -59,13 +67,24 @@ pub fn substitute(s: &str, base: &Path, secrets: &mut Vec<Secret>) -> Result<Str
     Ok(out)
 }
 
-fn resolve(reference: &str, base: &Path) -> Result<String, String> {
+/// Why a reference gave no value.
+enum Resolve {
+    /// It is not one (its text is not repeated: it may be part of a secret).
+    NotAReference,
+    /// It is one, and this went wrong.
+    Failed(String),
+}
+
+fn resolve(reference: &str, base: &Path) -> Result<String, Resolve> {
+    let failed = Resolve::Failed;
     if let Some(path) = reference.strip_prefix("file:") {
         if path.is_empty() {
-            return Err("`${file:}` needs a path, e.g. ${file:/etc/gateway/db-password}".into());
+            return Err(failed(
+                "`${file:}` needs a path, e.g. ${file:/etc/gateway/db-password}".into(),
+            ));
         }
         let p = base.join(path);
-        let text = read_small(&p).map_err(|e| format!("`${{file:{path}}}`: {e}"))?;
+        let text = read_small(&p).map_err(|e| failed(format!("`${{file:{path}}}`: {e}")))?;
         let text = text
             .strip_suffix('\n')
             .map(|t| t.strip_suffix('\r').unwrap_or(t))
@@ -77,20 +96,18 @@ fn resolve(reference: &str, base: &Path) -> Result<String, String> {
         None => (reference, None),
     };
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(format!(
-            "`${{{reference}}}` is not a reference: use ${{NAME}}, ${{NAME:-default}} or ${{file:PATH}} (write $$ for a literal $)"
-        ));
+        return Err(Resolve::NotAReference);
     }
     match (std::env::var(name), default) {
         (Ok(v), Some(d)) if v.is_empty() => Ok(d.to_owned()),
         (Ok(v), _) => Ok(v),
         (Err(_), Some(d)) => Ok(d.to_owned()),
-        (Err(std::env::VarError::NotUnicode(_)), None) => Err(format!(
+        (Err(std::env::VarError::NotUnicode(_)), None) => Err(failed(format!(
             "`${{{name}}}`: the environment variable {name} is not valid UTF-8"
-        )),
-        (Err(std::env::VarError::NotPresent), None) => Err(format!(
+        ))),
+        (Err(std::env::VarError::NotPresent), None) => Err(failed(format!(
             "`${{{name}}}`: the environment variable {name} is not set (set it, or give a default: ${{{name}:-value}})"
-        )),
+        ))),
     }
 }
 
@@ -192,8 +209,21 @@ mod tests {
     fn bad_references_say_what_to_write() {
         let unset = sub("${GW_SUBST_UNSET_Y}").unwrap_err();
         assert!(unset.contains("GW_SUBST_UNSET_Y is not set"), "{unset}");
-        assert!(sub("${no closing").unwrap_err().contains("closing"));
-        assert!(sub("${a b}").unwrap_err().contains("not a reference"));
+        // A password that happens to hold `${` is not repeated in the error (it goes to the
+        // terminal and the journal); the error says where and what to write.
+        let open = sub("Xk9s3cr3t${q7").unwrap_err();
+        assert!(
+            open.contains("closing") && open.contains("byte 9"),
+            "{open}"
+        );
+        let not = sub("Xk9s3cr3t${q7 ab}").unwrap_err();
+        assert!(
+            not.contains("not a reference") && not.contains("$$"),
+            "{not}"
+        );
+        for e in [open, not] {
+            assert!(!e.contains("s3cr3t") && !e.contains("q7"), "{e}");
+        }
         let missing = sub("${file:missing}").unwrap_err();
         assert!(missing.contains("/nonexistent/missing"), "{missing}");
         let device = sub("${file:/dev/zero}").unwrap_err();
