@@ -223,6 +223,13 @@ fn instance_keys(
     let plugin: String = r.take("plugin", "a plugin id such as \"console\"")?.ok_or_else(|| {
         ConfigError(format!("{file}:{line}: [{}] plugin: missing; say which plugin runs this instance, e.g. plugin = \"console\"", r.table))
     })?;
+    // The id becomes part of a file name (libID.so in plugin_dir): no '/', no "..".
+    if !valid_name(&plugin) {
+        return Err(ConfigError(format!(
+            "{file}:{line}: [{}] plugin: {plugin:?} is not a plugin id: letters, digits, '-' and '_' only, e.g. plugin = \"console\"",
+            r.table
+        )));
+    }
     let log_level = r
         .take::<Level>(
             "log_level",

@@ -63,6 +63,23 @@ fn unknown_gateway_key_names_file_line_and_key() {
 }
 
 #[test]
+fn a_plugin_id_is_a_name_not_a_path() {
+    for id in ["../../tmp/evil", "a/b", "", "co nsole"] {
+        let e = parse(&format!("[sources.a]\nplugin = {id:?}\n"))
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("[sources.a] plugin: ") && e.contains("is not a plugin id"),
+            "{e}"
+        );
+    }
+    let ok = parse(
+        "[sources.a]\nplugin = \"coaps-ingress\"\n[sinks.b]\nplugin = \"testkit_recorder\"\n",
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.0));
+}
+
+#[test]
 fn a_device_name_no_server_would_take_is_refused() {
     for (device, says) in [
         ("", "must not be empty"),
