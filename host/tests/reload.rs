@@ -647,3 +647,48 @@ retry_backoff_max = "50ms"
     assert_contiguous(&values, "seq across the reload of a full buffer");
     assert_eq!(values.len(), 20000, "{log}");
 }
+
+/// A reload whose new instance's constructor does not return (a database that neither answers
+/// nor refuses): the reload is checked on a thread of its own, so a shutdown asked for
+/// meanwhile is answered, and what the sinks held is delivered. Before, the check ran in the
+/// main loop, and SIGTERM was never handled (under a watchdog, systemd killed the process and
+/// the queues in memory were lost).
+#[test]
+fn a_shutdown_during_a_reload_whose_constructor_hangs_is_answered() {
+    let s = Setup::new();
+    let out = s.path("out.txt").display().to_string();
+    let body = |extra: &str| {
+        format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ninterval = \"10ms\"\n[sinks.rec]\nplugin = \"testkit-recorder\"\npath = {out:?}\n{extra}"
+        )
+    };
+    let cfg = s.config("shutdown_timeout = \"3s\"", &body(""));
+    let mut gw = Running::start(&s, &cfg, &[]);
+    assert!(
+        gw.wait_for_log("gateway running", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    s.config(
+        "shutdown_timeout = \"3s\"",
+        &body(&format!(
+            "[sinks.hangs]\nplugin = \"testkit-recorder\"\npath = {:?}\nstart_delay = \"1h\"\n",
+            s.path("never.txt").display().to_string()
+        )),
+    );
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log("reload requested", Duration::from_secs(10)),
+        "{}",
+        gw.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    gw.signal(libc::SIGTERM);
+    let status = gw
+        .wait(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the shutdown was not answered: {}", gw.stderr()));
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("the reload is abandoned"), "{err}");
+    assert!(err.contains("everything in flight was delivered"), "{err}");
+}

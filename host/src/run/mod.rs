@@ -288,8 +288,17 @@ impl Graph {
                 }
                 recv(signals.reload) -> _ => {
                     notifier.send("RELOADING=1\nSTATUS=reloading the config");
-                    // A reload waits for instances to stop (up to shutdown_timeout, twice).
-                    notifier.pinging_while(timeout * 2 + Duration::from_secs(10), || self.reload());
+                    // A reload checks the new config (abandoned past `longest`, or when a
+                    // shutdown is asked for meanwhile), then waits for instances to stop (up
+                    // to shutdown_timeout, twice).
+                    let longest = timeout * 2 + Duration::from_secs(10);
+                    let go_on = notifier.pinging_while(longest * 2, || {
+                        self.reload(&signals.stop, longest)
+                    });
+                    if !go_on {
+                        tracing::info!("shutdown requested: stopping the sources, then draining the sinks (at most {timeout:?}; a second signal exits at once)");
+                        return false;
+                    }
                     notifier.send(&format!("READY=1\nSTATUS={}", self.status()));
                     // A reload may have removed the last source still running.
                     if opts.until_sources_finish && self.sources_done() {

@@ -172,41 +172,81 @@ pub(super) fn gateway_changes(old: &Gateway, new: &Gateway) -> Vec<&'static str>
     keys
 }
 
+/// Reads the config at `path` and checks it (libraries loaded, the new instances built),
+/// keeping the `running` `[gateway]` settings (a reload does not apply them: it says which
+/// changed). Logs why it is refused and gives `None` then.
+fn check(path: &Path, running: Gateway, logger: &Arc<crate::logging::HostLogger>) -> Option<Plan> {
+    let mut new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload refused, nothing changed: {e}");
+            return None;
+        }
+    };
+    let gateway = gateway_changes(&running, &new.gateway);
+    if !gateway.is_empty() {
+        tracing::warn!(
+            "reload: [gateway] {} changed; a reload does not apply [gateway] settings, a restart does (the running ones are kept)",
+            gateway.join(", ")
+        );
+    }
+    new.gateway = running;
+    match Plan::check(new, logger) {
+        Ok(p) => Some(p),
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!("{e}");
+            }
+            tracing::error!(
+                "reload refused, nothing changed: {} problem{} in {}",
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" },
+                path.display()
+            );
+            None
+        }
+    }
+}
+
 impl Graph {
     /// Re-reads the config and applies what changed (see the module's doc). Logs what it did
-    /// and how long it took.
-    pub(super) fn reload(&mut self) {
+    /// and how long it took. Reading and checking the new config (which loads libraries and
+    /// builds the new instances, whose constructors may hang) runs on a thread of its own,
+    /// watched here: a shutdown requested meanwhile (`stop`) abandons the reload and is
+    /// answered (`false`: stop now), and so does a check that takes longer than `longest`,
+    /// which leaves everything as it was.
+    pub(super) fn reload(
+        &mut self,
+        stop: &crossbeam_channel::Receiver<()>,
+        longest: Duration,
+    ) -> bool {
         let started = Instant::now();
         let path = self.config.path.clone();
         tracing::info!(config = %path.display(), "reload requested: reading and checking the config");
-        let mut new = match Config::load(&path) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!("reload refused, nothing changed: {e}");
-                return;
-            }
-        };
-        let gateway = gateway_changes(&self.config.gateway, &new.gateway);
-        if !gateway.is_empty() {
-            tracing::warn!(
-                "reload: [gateway] {} changed; a reload does not apply [gateway] settings, a restart does (the running ones are kept)",
-                gateway.join(", ")
-            );
+        let (tx, checked) = crossbeam_channel::bounded(1);
+        let running = self.config.gateway.clone();
+        let logger = self.logger.clone();
+        let spawned = std::thread::Builder::new()
+            .name("reload-check".into())
+            .spawn(move || {
+                let _ = tx.send(check(&path, running, &logger));
+            });
+        if let Err(e) = spawned {
+            tracing::error!("reload refused, nothing changed: cannot start its thread: {e}");
+            return true;
         }
-        new.gateway = self.config.gateway.clone();
-        let plan = match Plan::check(new, &self.logger) {
-            Ok(p) => p,
-            Err(errors) => {
-                for e in &errors {
-                    tracing::error!("{e}");
-                }
-                tracing::error!(
-                    "reload refused, nothing changed: {} problem{} in {}",
-                    errors.len(),
-                    if errors.len() == 1 { "" } else { "s" },
-                    path.display()
-                );
-                return;
+        let plan = crossbeam_channel::select! {
+            recv(checked) -> plan => match plan {
+                Ok(Some(plan)) => plan,
+                _ => return true,
+            },
+            recv(stop) -> _ => {
+                tracing::warn!("shutdown requested while the reload was still reading and checking the config: the reload is abandoned, nothing of it applied");
+                return false;
+            }
+            default(longest) => {
+                tracing::error!("reload abandoned, nothing changed: reading and checking the config took over {longest:?} (a plugin's constructor that does not return? the log names an instance overdue); the running config stays");
+                return true;
             }
         };
         let sources = Changes::of(&self.config.sources, &plan.config.sources, |o| {
@@ -226,7 +266,7 @@ impl Graph {
                 "reload: no instance changed ({:.1} ms)",
                 ms(started.elapsed())
             );
-            return;
+            return true;
         }
         self.apply(plan, &sources, &sinks);
         let what: Vec<String> = [sources.describe("sources"), sinks.describe("sinks")]
@@ -239,6 +279,7 @@ impl Graph {
             ms(started.elapsed()),
             what.join("; ")
         );
+        true
     }
 
     /// Stops what went or changed and starts what came or changed, in the order that keeps
