@@ -105,6 +105,11 @@ pub enum LoadError {
         /// The host's SDK version.
         host: String,
     },
+    /// Exported without the layout of its types (`#[unsafe_no_layout_constant]`, or a header
+    /// made by hand), so nothing could show that they are the host's: used anyway, a type that
+    /// differs would be read as the host's.
+    #[error("carries no layout of its types to check against this gateway's (it was exported with #[unsafe_no_layout_constant] or a header made by hand): export its plugins with `gateway_sdk::export!` and rebuild it against gateway-sdk {sdk}", sdk = gateway_sdk::SDK_VERSION)]
+    NoLayout,
     /// Built with an `abi_stable` whose library header this host cannot read.
     #[error("was built with {found}, but this gateway uses abi_stable {host}, which cannot read its library header: rebuild the plugin against gateway-sdk {sdk} (which brings abi_stable {host})", sdk = gateway_sdk::SDK_VERSION)]
     AbiStable {
@@ -286,10 +291,11 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
     };
     // `init_root_module` checks the layout too, but hands back only the text of its report, a
     // thousand lines; this check keeps the report's fields, to say which type differs and how.
-    if let Some(found) = header.layout() {
-        if let Some(difference) = layout::difference(PluginLibraryRef::LAYOUT, found) {
-            return Err(layout_error(difference));
-        }
+    // A library with no layout is refused: abi_stable checks nothing then, and neither could
+    // this.
+    let found = header.layout().ok_or(LoadError::NoLayout)?;
+    if let Some(difference) = layout::difference(PluginLibraryRef::LAYOUT, found) {
+        return Err(layout_error(difference));
     }
     let root = header
         .init_root_module::<PluginLibraryRef>()

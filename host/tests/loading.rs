@@ -99,6 +99,35 @@ fn plugin_whose_sdk_types_differ_is_refused_naming_the_type_both_versions_and_th
     );
 }
 
+/// A library exported without a layout: abi_stable checks nothing of its types then, and the
+/// loader did not either, so its patched `PluginKind` would have been used as the SDK's.
+#[test]
+fn a_plugin_without_a_layout_to_check_is_refused() {
+    let s = Setup::new();
+    let cfg = s.config(
+        "",
+        "[sources.c]\nplugin = \"example\"\n[sinks.out]\nplugin = \"unchecked\"\n",
+    );
+    let (status, _, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("libunchecked.so: carries no layout of its types to check")
+            && err.contains("gateway_sdk::export!"),
+        "{err}"
+    );
+    let dir = private_dir(&s, "unchecked");
+    std::fs::copy(
+        plugin_dir().join("libunchecked.so"),
+        dir.join("libunchecked.so"),
+    )
+    .unwrap();
+    let line = plugins_line(&dir, "libunchecked.so");
+    assert!(
+        line.starts_with("  libunchecked.so: refused: it carries no layout"),
+        "{line}"
+    );
+}
+
 #[test]
 fn missing_plugin_names_the_directory_and_the_file_looked_for() {
     let s = Setup::new();
