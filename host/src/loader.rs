@@ -138,17 +138,37 @@ pub enum LoadError {
 /// Checks that `path` (resolved through symlinks) and every directory above it can be changed
 /// only by root or by the user the gateway runs as: owned by one of them and not writable by
 /// group or others (a directory with the sticky bit, such as `/tmp`, may be writable by all,
-/// since then nobody can rename or delete what another user owns in it). Returns the resolved
-/// path, to be opened instead of `path`, or why it is refused and how to fix it.
+/// since then nobody can rename or delete what another user owns in it). The directories of
+/// `path` as it is written are checked too: one that holds a link (`libx.so -> libx-1.2.so`)
+/// decides where the link leads, and whoever can write it could point the link at another
+/// library. Returns the resolved path, to be opened instead of `path`, or why it is refused
+/// and how to fix it.
 pub fn trusted(path: &Path) -> Result<PathBuf, String> {
-    use std::os::unix::fs::MetadataExt;
     let real = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    trusted_chain(&real, path, Some(&real))?;
+    if real != path {
+        let written = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(dir) = written.parent() {
+            trusted_chain(dir, path, None)?;
+        }
+    }
+    Ok(real)
+}
+
+/// Checks `from` and every directory above it (following links: the directory a link leads
+/// to is what is checked, and the link's own directory is the next one up). `path` is the
+/// path asked about, `real` where it leads, for the messages.
+fn trusted_chain(from: &Path, path: &Path, real: Option<&Path>) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
     let me = gateway_uid();
-    let mut at = Some(real.as_path());
+    let mut at = Some(from);
     while let Some(p) = at {
         let m = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        let shown = if p == real && p != path {
+        let is_real = real == Some(p);
+        let shown = if is_real && p != path {
             format!("{} (where {} leads)", p.display(), path.display())
+        } else if real.is_none() && p == from {
+            format!("{} (which holds the link {})", p.display(), path.display())
         } else {
             p.display().to_string()
         };
@@ -160,7 +180,7 @@ pub fn trusted(path: &Path) -> Result<PathBuf, String> {
             ));
         }
         let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
-        if m.mode() & 0o022 != 0 && !(sticky_dir && p != real) {
+        if m.mode() & 0o022 != 0 && (is_real || !sticky_dir) {
             return Err(format!(
                 "{shown} is writable by {} (mode {:04o}); whoever can write it can run code inside the gateway: `chmod go-w {}`",
                 match (m.mode() & 0o020 != 0, m.mode() & 0o002 != 0) {
@@ -174,7 +194,7 @@ pub fn trusted(path: &Path) -> Result<PathBuf, String> {
         }
         at = p.parent();
     }
-    Ok(real)
+    Ok(())
 }
 
 /// The effective uid the gateway runs as.

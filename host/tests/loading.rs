@@ -424,6 +424,36 @@ fn a_plugin_directory_others_can_write_is_refused_with_the_fix() {
     );
 }
 
+/// A plugin directory of links (`libconsole.so -> ../real/libconsole.so`, as versioned
+/// installs make them): whoever can write the directory can point a link at another library.
+/// Before, only the link's target and the directories above the target were checked, so a
+/// directory of mode 0777 holding links passed.
+#[test]
+fn a_directory_others_can_write_is_refused_when_it_holds_links() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let real = private_plugins(&s);
+    let links = s.path("links");
+    std::fs::create_dir(&links).unwrap();
+    for f in ["libexample.so", "libconsole.so"] {
+        std::os::unix::fs::symlink(real.join(f), links.join(f)).unwrap();
+    }
+    std::fs::set_permissions(&links, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(
+        check_with(&s, &links).0,
+        "links in a private directory load"
+    );
+    std::fs::set_permissions(&links, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, err) = check_with(&s, &links);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("is not trusted")
+            && err.contains(&format!("{} (which holds the link", links.display()))
+            && err.contains("is writable by group and others (mode 0777)"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_library_its_group_can_write_or_another_user_owns_is_refused() {
     use std::os::unix::fs::PermissionsExt;
