@@ -233,7 +233,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let logger = HostLogger::new(LevelFilter::WARN);
             let plan = Plan::check(config, &logger).map_err(|e| report(&e))?;
             println!("{}: OK", path.display());
-            print!("{}", plan.describe());
+            // Library names and versions are a vendor's text: escaped for the terminal.
+            print!("{}", gateway_sdk::text::printable(&plan.describe()));
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { config } => {
@@ -297,26 +298,31 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("  (none)");
             }
             let mut refused = 0;
+            // File names and what a library says of itself are a vendor's text, and a
+            // loader's error can quote them: escaped for the terminal.
+            let shown = |t: &str| gateway_sdk::text::one_line(t).into_owned();
             for (path, r) in all {
-                let file = path.file_name().unwrap_or_default().to_string_lossy();
+                let file = shown(&path.file_name().unwrap_or_default().to_string_lossy());
                 match r {
                     Ok(lib) => {
                         println!(
                             "  {file}: {} {} (gateway-sdk {})",
-                            lib.name, lib.version, lib.sdk_version
+                            shown(&lib.name),
+                            shown(&lib.version),
+                            shown(&lib.sdk_version)
                         );
                         for p in &lib.plugins {
                             println!(
                                 "    {:<8} {:<16} {}",
                                 p.kind.name(),
-                                p.id.as_str(),
-                                p.description.as_str()
+                                shown(p.id.as_str()),
+                                shown(p.description.as_str())
                             );
                         }
                     }
                     Err(e) => {
                         refused += 1;
-                        println!("  {file}: refused: it {e}");
+                        println!("  {file}: refused: it {}", shown(&e.to_string()));
                     }
                 }
             }

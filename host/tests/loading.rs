@@ -238,6 +238,23 @@ fn plugins_line(dir: &Path, file: &str) -> String {
         .to_owned()
 }
 
+/// A vendor's directory may hold a file whose name holds escape sequences: `gateway plugins`
+/// printed it (and the loader's error quoting it) as it was, to the terminal.
+#[test]
+fn a_file_name_cannot_act_on_the_terminal_of_gateway_plugins() {
+    let s = Setup::new();
+    let dir = private_dir(&s, "vendor");
+    std::fs::write(
+        dir.join("lib\u{1b}]0;pwned\u{7}\u{1b}[2J.so"),
+        b"not a library",
+    )
+    .unwrap();
+    let (status, out, err) = gateway(&["plugins", "--plugin-dir", dir.to_str().unwrap()]);
+    assert!(!status.success(), "{out}{err}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(out.contains("lib\\u{1b}]0;pwned"), "{out}");
+}
+
 #[test]
 fn a_library_for_another_machine_is_refused_naming_both_machines() {
     let s = Setup::new();
