@@ -3,7 +3,7 @@
 //! its derive reads both from `CARGO_PKG_NAME` and `CARGO_PKG_VERSION`. The version is the one
 //! in `sdk/Cargo.toml`, so that this library follows the SDK when its version changes.
 
-fn main() {
+pub fn main() {
     let manifest = "../../../sdk/Cargo.toml";
     println!("cargo:rerun-if-changed={manifest}");
     let text = std::fs::read_to_string(manifest).expect("read sdk/Cargo.toml");
