@@ -41,13 +41,7 @@ impl Nats {
 
     /// The messages the stream holds now.
     fn messages(&self, stream: &str) -> u64 {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let c = async_nats::connect(self.url()).await.unwrap();
-            let js = async_nats::jetstream::new(c);
+        with_js(self.url(), |js| async move {
             let mut s = js.get_stream(stream).await.unwrap();
             s.info().await.unwrap().state.messages
         })
@@ -55,13 +49,7 @@ impl Nats {
 
     /// Publishes `payload` on `subject` as it is (not through the sink).
     fn publish_raw(&self, subject: &str, payload: &'static [u8]) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let c = async_nats::connect(self.url()).await.unwrap();
-            let js = async_nats::jetstream::new(c);
+        with_js(self.url(), |js| async move {
             js.publish(subject.to_owned(), payload.into())
                 .await
                 .unwrap()
@@ -69,6 +57,21 @@ impl Nats {
                 .unwrap();
         });
     }
+}
+
+/// Runs `f` with a JetStream context on the server at `url`, on a runtime of its own.
+fn with_js<T, F: std::future::Future<Output = T>>(
+    url: String,
+    f: impl FnOnce(async_nats::jetstream::Context) -> F,
+) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let c = async_nats::connect(url).await.unwrap();
+        f(async_nats::jetstream::new(c)).await
+    })
 }
 
 fn sink(n: &Nats) -> SinkHarness {
@@ -314,13 +317,7 @@ fn a_consumer_deleted_under_the_source_is_an_error_not_a_silent_spin() {
     let url = n.url();
     let deleter = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(2000));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let c = async_nats::connect(url).await.unwrap();
-            let js = async_nats::jetstream::new(c);
+        with_js(url, |js| async move {
             let stream = js.get_stream("READINGS").await.unwrap();
             stream.delete_consumer("gateway-store").await.unwrap();
         });
@@ -345,14 +342,7 @@ fn a_durable_consumer_with_other_settings_is_refused_not_used() {
     let n = Nats::start();
     let mut s = sink(&n);
     s.write(sample_readings(1)).unwrap();
-    let url = n.url();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let c = async_nats::connect(url).await.unwrap();
-        let js = async_nats::jetstream::new(c);
+    with_js(n.url(), |js| async move {
         let stream = js.get_stream("READINGS").await.unwrap();
         stream
             .create_consumer(async_nats::jetstream::consumer::pull::Config {
