@@ -497,9 +497,9 @@ fn a_line_break_in_a_logged_value_cannot_forge_a_log_line() {
     );
 }
 
-#[test]
-fn dead_letters_show_and_resend_name_a_bad_file_and_go_on_with_the_others() {
-    let s = Setup::new();
+/// A run of 20 readings into sink `rec` under `data/`, which refuses the one of value 13 for
+/// good: the config, and the sink's dead-letter directory holding that reading.
+fn one_dead_letter(s: &Setup) -> (std::path::PathBuf, std::path::PathBuf) {
     let out = s.path("out.txt");
     let cfg = s.config(
         "data_dir = \"data\"",
@@ -508,10 +508,16 @@ fn dead_letters_show_and_resend_name_a_bad_file_and_go_on_with_the_others() {
             recorder("rec", out.to_str().unwrap(), &["seq"], "reject_value = 13")
         ),
     );
-    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let mut gw = Running::start(s, &cfg, &["--until-sources-finish"]);
     let status = gw.wait(Duration::from_secs(20)).expect("exits");
     assert!(status.success(), "{}", gw.stderr());
-    let dir = s.path("data/rec/dead-letter");
+    (cfg, s.path("data/rec/dead-letter"))
+}
+
+#[test]
+fn dead_letters_show_and_resend_name_a_bad_file_and_go_on_with_the_others() {
+    let s = Setup::new();
+    let (cfg, dir) = one_dead_letter(&s);
     let real = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -581,18 +587,7 @@ fn dead_letters_show_and_resend_name_a_bad_file_and_go_on_with_the_others() {
 #[test]
 fn no_command_follows_a_link_planted_in_data_dir_nor_runs_as_root_there() {
     let s = Setup::new();
-    let out = s.path("out.txt");
-    let cfg = s.config(
-        "data_dir = \"data\"",
-        &format!(
-            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 20\nbatch_size = 1\nwait_ack = false\n{}",
-            recorder("rec", out.to_str().unwrap(), &["seq"], "reject_value = 13")
-        ),
-    );
-    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
-    let status = gw.wait(Duration::from_secs(20)).expect("exits");
-    assert!(status.success(), "{}", gw.stderr());
-    let dir = s.path("data/rec/dead-letter");
+    let (cfg, dir) = one_dead_letter(&s);
     // Under the test's umask (022 here), nothing of data_dir is open to other users: readings
     // are a device's whereabouts.
     {
