@@ -180,9 +180,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             until_sources_finish,
         } => {
             let config = Config::load(&config)?;
-            gateway_host::own_files::check_owner(&config.gateway.data_dir)
-                .map_err(|e| anyhow!(e))?;
-            gateway_host::own_files::private_umask();
+            gateway_host::own_files::enter(&config.gateway.data_dir).map_err(|e| anyhow!(e))?;
             let level = log_level.unwrap_or(config.gateway.log_level);
             let format = if json {
                 LogFormat::Json
@@ -209,9 +207,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let signals = signals()?;
             let summary = run::run(
                 plan,
-                &RunOptions {
+                RunOptions {
                     until_sources_finish,
-                    metrics: std::sync::Mutex::new(metrics),
+                    metrics,
                 },
                 signals,
                 logger,
@@ -339,7 +337,6 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Runs `name`, a tool installed next to `gateway`, with `args`, and waits for it.
 /// Runs the tool `name` installed next to `gateway` in this process's place (exec): its exit
 /// code is the command's, and a Ctrl-C reaches it alone, instead of ending `gateway` and
 /// leaving the tool running behind the shell's prompt. Returns only if it could not be run.
@@ -419,9 +416,7 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             // One resend at a time per sink.
-            gateway_host::own_files::check_owner(&config.gateway.data_dir)
-                .map_err(|e| anyhow!(e))?;
-            gateway_host::own_files::private_umask();
+            gateway_host::own_files::enter(&config.gateway.data_dir).map_err(|e| anyhow!(e))?;
             let lock = gateway_host::own_files::options()
                 .write(true)
                 .create(true)

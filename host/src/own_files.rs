@@ -6,8 +6,8 @@
 //! an operator's `sudo gateway dead-letters resend` truncate or overwrite the link's target.
 //! So every such file is opened with `O_NOFOLLOW` (a link fails with `ELOOP`) and created
 //! readable by its owner only, whatever the umask: readings are a device's whereabouts.
-//! [`check_owner`] refuses, in the first place, root working in a directory that belongs to
-//! another user.
+//! [`enter`] refuses, in the first place, root working in a directory that belongs to another
+//! user, and keeps what the process creates from other users.
 
 use std::{
     fs::OpenOptions,
@@ -26,6 +26,14 @@ pub fn options() -> OpenOptions {
 /// An existing file, for reading, not through a link.
 pub fn open(path: &Path) -> io::Result<std::fs::File> {
     options().read(true).open(path)
+}
+
+/// What a command that writes to `dir` (a `data_dir`) does first: [`check_owner`], then
+/// [`private_umask`].
+pub fn enter(dir: &Path) -> Result<(), String> {
+    check_owner(dir)?;
+    private_umask();
+    Ok(())
 }
 
 /// Refuses to work as root in `dir` when `dir` belongs to another user: what root creates

@@ -410,12 +410,11 @@ fn observe(
             .context("cannot catch Ctrl-C")?;
         signal_hook::flag::register(sig, stop.clone()).context("cannot catch Ctrl-C")?;
     }
-    let until = args.r#for.map(|d| std::time::Instant::now() + d);
-    if let Some(t) = until {
-        // A state being fetched block by block when --for passes stops too.
+    if let Some(d) = args.r#for {
+        // --for is a stop like Ctrl-C: a state being fetched block by block stops too.
         let stop = stop.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(t.saturating_duration_since(std::time::Instant::now()));
+            std::thread::sleep(d);
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         });
     }
@@ -455,9 +454,7 @@ fn observe(
     };
     let mut seen = 0u64;
     let code = loop {
-        if stop.load(std::sync::atomic::Ordering::Relaxed)
-            || until.is_some_and(|t| std::time::Instant::now() >= t)
-            || args.count.is_some_and(|n| seen >= n)
+        if stop.load(std::sync::atomic::Ordering::Relaxed) || args.count.is_some_and(|n| seen >= n)
         {
             observation.stop();
             break 0;

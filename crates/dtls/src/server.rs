@@ -229,8 +229,6 @@ pub struct Server {
     gone: VecDeque<(SocketAddr, Token)>,
     /// Requests with the identity of the session they came in on, for [`Server::poll_event`].
     early: VecDeque<Incoming>,
-    /// The latest time handed in (for what has none of its own: the warnings' budget).
-    now: Instant,
     /// Warnings about peers, a few a minute ([`crate::quiet`]).
     quiet: crate::quiet::Quiet,
 }
@@ -326,7 +324,6 @@ impl Server {
             per_identity: HashMap::new(),
             gone: VecDeque::new(),
             early: VecDeque::new(),
-            now: shared.start,
             quiet: Default::default(),
         }
     }
@@ -354,9 +351,8 @@ impl Server {
 
     /// A datagram from `peer`.
     pub fn handle(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) {
-        self.now = now;
         self.on_datagram(now, peer, datagram);
-        self.pump();
+        self.pump(now);
         self.serve_lobby(now);
     }
 
@@ -365,7 +361,7 @@ impl Server {
     /// [`gateway_coap::Endpoint::notify`]).
     pub fn respond(&mut self, now: Instant, id: RequestId, packet: Packet) -> bool {
         let waiting = self.endpoint.respond(now, id, packet);
-        self.pump();
+        self.pump(now);
         waiting
     }
 
@@ -373,7 +369,7 @@ impl Server {
     /// it is not registered (any more); stop notifying it.
     pub fn notify(&mut self, now: Instant, peer: SocketAddr, token: &[u8], packet: Packet) -> bool {
         let sent = self.endpoint.notify(now, peer, token, packet);
-        self.pump();
+        self.pump(now);
         sent
     }
 
@@ -393,7 +389,6 @@ impl Server {
     /// the lobby. Only handshakes are looked at one by one; established sessions only when one
     /// may have become idle.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = now;
         for a in self.handshakes.iter() {
             if let Some(p) = self.peers.get_mut(a) {
                 if !self.parked.contains(a) {
@@ -407,7 +402,7 @@ impl Server {
             self.drop_idle(now);
         }
         self.endpoint.handle_timeout(now);
-        self.pump();
+        self.pump(now);
         // A handshake may have stalled (and may now make room), or a waiting device given up.
         self.slot_freed = true;
         self.serve_lobby(now);
@@ -572,7 +567,7 @@ impl Server {
 
     /// Moves the CoAP endpoint's messages into their sessions, the sessions' records to the
     /// output, and forgets the sessions that ended.
-    fn pump(&mut self) {
+    fn pump(&mut self, now: Instant) {
         while let Some((peer, bytes)) = self.endpoint.poll_transmit() {
             if let Some(p) = self.peers.get_mut(&peer) {
                 let _ = p.session.send(&bytes);
@@ -596,7 +591,7 @@ impl Server {
             if e != DtlsError::Closed {
                 count(&self.stats.handshake_failures);
                 count(&self.stats.failures[failure_reason(&e)]);
-                if self.quiet.allow(self.now) {
+                if self.quiet.allow(now) {
                     tracing::warn!(%peer, error = %e, "DTLS session failed");
                 }
             } else {
@@ -802,7 +797,7 @@ impl Server {
             let waited = now.saturating_duration_since(w.since);
             tracing::debug!(peer = %w.peer, ?waited, "handshake starts after waiting for a slot");
             self.start_handshake(now, w.peer, &w.datagram, &w.hello);
-            self.pump();
+            self.pump(now);
         }
     }
 

@@ -78,18 +78,23 @@ pub fn issue(
     not_before_days: i64,
     not_after_days: i64,
 ) -> Result<X509, PkiError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
     issue_between(
         cn,
         key,
         kind,
         issuer,
-        now + not_before_days * 86400,
-        now + not_after_days * 86400,
+        days_from_now(not_before_days),
+        days_from_now(not_after_days),
     )
+}
+
+/// `days` days from now (negative: in the past), in seconds since the Unix epoch.
+fn days_from_now(days: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    now + days * 86400
 }
 
 /// [`issue`] with its validity to the second: from `not_before` to `not_after`, in seconds
@@ -256,17 +261,13 @@ pub fn issue_for_request(
             ))
         }
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
     let cert = certify(
         &cn,
         &public,
         Kind::Device,
         (Some(ca.0), ca.1),
-        now - 86400,
-        now + days * 86400,
+        days_from_now(-1),
+        days_from_now(days),
     )?;
     Ok((cn, cert))
 }
@@ -513,11 +514,15 @@ impl Layout<'_> {
     pub fn device(&self, name: &str) -> std::path::PathBuf {
         self.0.join(format!("device-{name}.pem"))
     }
+    /// `device-NAME.csr`: the request `gateway certs request` makes on the device.
+    pub fn device_request(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(format!("device-{name}.csr"))
+    }
     /// `device-NAME.key`.
     pub fn device_key(&self, name: &str) -> std::path::PathBuf {
         self.0.join(format!("device-{name}.key"))
     }
-    /// `crl.pem`: the devices revoked.
+    /// `crl.pem`: the certificates revoked (devices', and the server's).
     pub fn crl(&self) -> std::path::PathBuf {
         self.0.join("crl.pem")
     }

@@ -43,7 +43,7 @@ pub struct RunOptions {
     pub until_sources_finish: bool,
     /// The metrics page's socket, bound to `[gateway] metrics` before the run (see
     /// [`crate::metrics::serve_on`]); the run serves it.
-    pub metrics: std::sync::Mutex<Option<std::net::TcpListener>>,
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 /// How a run ended.
@@ -60,11 +60,16 @@ pub struct RunSummary {
 /// Runs the plan until `signals.stop` receives (or, with `until_sources_finish`, until every
 /// source finished), then shuts down; `signals.reload` re-reads the config and applies what
 /// changed (see `run/reload.rs`).
-pub fn run(plan: Plan, opts: &RunOptions, signals: Signals, logger: Arc<HostLogger>) -> RunSummary {
+pub fn run(
+    plan: Plan,
+    mut opts: RunOptions,
+    signals: Signals,
+    logger: Arc<HostLogger>,
+) -> RunSummary {
     let started = Instant::now();
     let mut graph = Graph::start(plan, logger);
     graph.log_stats_every();
-    if let Some(listener) = opts.metrics.lock().ok().and_then(|mut m| m.take()) {
+    if let Some(listener) = opts.metrics.take() {
         graph.serve_metrics(listener);
     }
     tracing::info!(
@@ -75,12 +80,12 @@ pub fn run(plan: Plan, opts: &RunOptions, signals: Signals, logger: Arc<HostLogg
     );
     let notifier = Notifier::from_env();
     notifier.send(&format!("READY=1\nSTATUS={}", graph.status()));
-    if graph.wait_for_stop(&signals, opts, &notifier) {
+    if graph.wait_for_stop(&signals, &opts, &notifier) {
         graph.wait_for_delivery(&signals.stop);
     }
     notifier.send("STOPPING=1\nSTATUS=shutting down: draining the sinks");
     let clean = graph.shut_down();
-    graph.summarize(started.elapsed(), clean, opts)
+    graph.summarize(started.elapsed(), clean, &opts)
 }
 
 /// Readings a sink accepted and has neither delivered, refused, nor dropped by its buffer's
@@ -270,6 +275,11 @@ impl Graph {
         let timeout = self.config.gateway.shutdown_timeout;
         let exits = self.source_exits.clone();
         let each_second = crossbeam_channel::tick(Duration::from_secs(1));
+        // A stop asked for by a signal, whether the loop or a reload's check heard it.
+        let stop = || {
+            tracing::info!("shutdown requested: stopping the sources, then draining the sinks (at most {timeout:?}; a second signal exits at once)");
+            false
+        };
         loop {
             crossbeam_channel::select! {
                 recv(watchdog) -> _ => notifier.send("WATCHDOG=1"),
@@ -282,10 +292,7 @@ impl Graph {
                         notifier.pinging_while(timeout + Duration::from_secs(10), || self.replace_stuck());
                     }
                 }
-                recv(signals.stop) -> _ => {
-                    tracing::info!("shutdown requested: stopping the sources, then draining the sinks (at most {timeout:?}; a second signal exits at once)");
-                    return false;
-                }
+                recv(signals.stop) -> _ => return stop(),
                 recv(signals.reload) -> _ => {
                     notifier.send("RELOADING=1\nSTATUS=reloading the config");
                     // A reload checks the new config (abandoned past `longest`, or when a
@@ -296,8 +303,7 @@ impl Graph {
                         self.reload(&signals.stop, longest)
                     });
                     if !go_on {
-                        tracing::info!("shutdown requested: stopping the sources, then draining the sinks (at most {timeout:?}; a second signal exits at once)");
-                        return false;
+                        return stop();
                     }
                     notifier.send(&format!("READY=1\nSTATUS={}", self.status()));
                     // A reload may have removed the last source still running.

@@ -226,7 +226,7 @@ impl NatsSource {
                     (_, many) => many.to_vec(),
                 };
                 if found.ack_policy != AckPolicy::Explicit
-                    || filters != [self.cfg.filter_subject.clone()]
+                    || filters != [self.cfg.filter_subject.as_str()]
                 {
                     return Err(PluginError::config(format!(
                         "durable {:?}: the consumer exists in stream {} with ack policy {:?} and filter {:?}, but this source needs explicit acknowledgements and filter {:?} (a message would otherwise count as stored before any sink stored it): remove it (`nats consumer rm {} {}`) or give another durable",

@@ -217,7 +217,7 @@ fn run(args: &[String]) -> Result<(), PkiError> {
                 .get(1)
                 .ok_or_else(|| PkiError(format!("request needs a NAME\n{USAGE}")))?;
             check_device_name(name)?;
-            let (key_path, csr_path) = (l.device_key(name), dir.join(format!("device-{name}.csr")));
+            let (key_path, csr_path) = (l.device_key(name), l.device_request(name));
             if key_path.exists() && !force {
                 return Err(PkiError(format!(
                     "{} exists; --force makes a new key in its place (the certificate of the old one stops working on this device once the new one is installed)",
