@@ -283,37 +283,14 @@ impl From<Level> for LevelFilter {
     }
 }
 
-/// Refuses a file that others than root, the gateway's user and the file's group can change:
-/// writable by every user, or owned by another user. Whoever can change the config, a fragment
-/// of it or a file it takes a value from decides where the readings go and whom the gateway
-/// trusts. Its group may write it: a umask of 002, as Debian gives a user of a private group,
-/// makes files so. The message starts with `what` (the file, as the caller names it) and says
-/// how to fix it.
-pub(crate) fn unchangeable_by_others(meta: &std::fs::Metadata, what: &str) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let mode = meta.mode();
-    if mode & 0o002 == 0 && !crate::loader::foreign_owner(meta) {
-        return Ok(());
-    }
-    let me = crate::loader::gateway_uid();
-    Err(format!(
-        "{what} can be changed by others (mode {:04o}, owner uid {}; the gateway runs as uid {me}): whoever can change it decides where the readings go and whom the gateway trusts; `chmod o-w` it and give it to root or the gateway's user",
-        mode & 0o7777,
-        meta.uid()
-    ))
-}
-
 /// Reads `what` (the config file, or a fragment) at `path`, if it passes
-/// [`unchangeable_by_others`].
+/// [`crate::trust::open_config`].
 pub(crate) fn read_config_file(path: &Path, what: &str) -> Result<String, ConfigError> {
     use std::io::Read;
-    let cannot =
-        |e: std::io::Error| ConfigError(format!("{}: cannot read {what}: {e}", path.display()));
-    let mut f = std::fs::File::open(path).map_err(cannot)?;
-    let meta = f.metadata().map_err(cannot)?;
-    unchangeable_by_others(&meta, &format!("{}: {what}", path.display())).map_err(ConfigError)?;
+    let (mut f, _) = crate::trust::open_config(path, what).map_err(ConfigError)?;
     let mut text = String::new();
-    f.read_to_string(&mut text).map_err(cannot)?;
+    f.read_to_string(&mut text)
+        .map_err(|e| ConfigError(format!("{}: cannot read {what}: {e}", path.display())))?;
     Ok(text)
 }
 
@@ -335,8 +312,14 @@ impl Config {
     /// the graph they make (a sample file of one plugin has no sink for its source): for
     /// `gateway test-plugin`.
     pub fn load_instances(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let cannot =
+            |e: std::io::Error| ConfigError(format!("cannot read {}: {e}", path.display()));
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut crate::trust::open_regular(path).map_err(cannot)?.0,
+            &mut text,
+        )
+        .map_err(cannot)?;
         Config::assemble_checked(path, &text, &[], false)
     }
 

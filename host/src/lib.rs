@@ -23,6 +23,7 @@ pub mod plugin_metrics;
 pub mod run;
 pub mod stats;
 pub mod status;
+pub mod trust;
 
 /// The README's Rust examples, compiled as doctests so that they stay true (the SDK's own
 /// README is the SDK crate's doctest).

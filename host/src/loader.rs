@@ -8,10 +8,10 @@
 //! exports several plugins. No other file is opened for it.
 //!
 //! Before anything is opened, the directory and the file are checked the way sshd's
-//! `StrictModes` checks a user's keys ([`trusted`]): whoever can write a library can run code
+//! `StrictModes` checks a user's keys ([`trust::library`]): whoever can write a library can run code
 //! inside the gateway, so only the administrator (root) or the gateway's own user may.
 
-use crate::logging::HostLogger;
+use crate::{logging::HostLogger, trust};
 use abi_stable::{
     library::{lib_header_from_path, AbiHeader, LibraryError},
     sabi_trait::TD_Opaque,
@@ -135,80 +135,6 @@ pub enum LoadError {
     Untrusted(String),
 }
 
-/// Checks that `path` (resolved through symlinks) and every directory above it can be changed
-/// only by root or by the user the gateway runs as: owned by one of them and not writable by
-/// group or others (a directory with the sticky bit, such as `/tmp`, may be writable by all,
-/// since then nobody can rename or delete what another user owns in it). The directories of
-/// `path` as it is written are checked too: one that holds a link (`libx.so -> libx-1.2.so`)
-/// decides where the link leads, and whoever can write it could point the link at another
-/// library. Returns the resolved path, to be opened instead of `path`, or why it is refused
-/// and how to fix it.
-pub fn trusted(path: &Path) -> Result<PathBuf, String> {
-    let real = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    trusted_chain(&real, path, Some(&real))?;
-    if real != path {
-        let written = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if let Some(dir) = written.parent() {
-            trusted_chain(dir, path, None)?;
-        }
-    }
-    Ok(real)
-}
-
-/// Checks `from` and every directory above it (following links: the directory a link leads
-/// to is what is checked, and the link's own directory is the next one up). `path` is the
-/// path asked about, `real` where it leads, for the messages.
-fn trusted_chain(from: &Path, path: &Path, real: Option<&Path>) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let me = gateway_uid();
-    let mut at = Some(from);
-    while let Some(p) = at {
-        let m = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        let is_real = real == Some(p);
-        let shown = if is_real && p != path {
-            format!("{} (where {} leads)", p.display(), path.display())
-        } else if real.is_none() && p == from {
-            format!("{} (which holds the link {})", p.display(), path.display())
-        } else {
-            p.display().to_string()
-        };
-        if foreign_owner(&m) {
-            return Err(format!(
-                "{shown} is owned by uid {}, neither root nor the user the gateway runs as (uid {me}); whoever owns it can run code inside the gateway: `chown root {}` (or the gateway's user)",
-                m.uid(),
-                p.display()
-            ));
-        }
-        let sticky_dir = m.is_dir() && m.mode() & 0o1000 != 0;
-        if m.mode() & 0o022 != 0 && (is_real || !sticky_dir) {
-            return Err(format!(
-                "{shown} is writable by {} (mode {:04o}); whoever can write it can run code inside the gateway: `chmod go-w {}`",
-                match (m.mode() & 0o020 != 0, m.mode() & 0o002 != 0) {
-                    (true, true) => "group and others",
-                    (true, false) => "its group",
-                    _ => "others",
-                },
-                m.mode() & 0o7777,
-                p.display()
-            ));
-        }
-        at = p.parent();
-    }
-    Ok(())
-}
-
-/// The effective uid the gateway runs as.
-pub(crate) fn gateway_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-/// Whether the file `meta` describes belongs to a user other than root and the gateway's.
-pub(crate) fn foreign_owner(meta: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    meta.uid() != 0 && meta.uid() != gateway_uid()
-}
-
 /// A library error's text on one line: its last lines, where `abi_stable` puts the cause.
 fn summarize(report: &str) -> String {
     let lines: Vec<&str> = report
@@ -264,7 +190,7 @@ fn refused_by_loader(file: &Path, loader_error: &str) -> LoadError {
 }
 
 /// Loads one library file and checks it; the file and the directories above it must pass
-/// [`trusted`] first.
+/// [`trust::library`] first.
 pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError> {
     if !path.exists() {
         return Err(LoadError::Open {
@@ -272,7 +198,7 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
             fix: "check the path, or put the plugin library there".into(),
         });
     }
-    let real = trusted(path).map_err(LoadError::Untrusted)?;
+    let real = trust::library(path).map_err(LoadError::Untrusted)?;
     if !real.is_file() {
         return Err(LoadError::Open {
             reason: "it is not a regular file".into(),

@@ -187,4 +187,105 @@ fn config_files_and_file_values_others_can_change_are_refused() {
     mode(&cfg, 0o664);
     let (ok, _, err) = check(&cfg);
     assert!(ok, "{err}");
+
+    // A directory others can write: they could put a config of their own in the file's place.
+    let dir = s.path("");
+    let dir = dir.display().to_string();
+    let dir = dir.trim_end_matches('/');
+    mode(s.path("").as_path(), 0o777);
+    let (ok, _, err) = check(&cfg);
+    assert!(
+        !ok && err.contains(&format!(
+            "{main}: the config file is in a directory others can change: {dir} (which holds {main}) is writable by others (mode 0777)"
+        )) && err.contains(&format!("`chmod o-w {dir}`")),
+        "{err}"
+    );
+    // With the sticky bit (as /tmp has) nobody can replace another user's file there; a
+    // directory its group may write is fine, as for the files.
+    for ok_mode in [0o1777, 0o775] {
+        mode(s.path("").as_path(), ok_mode);
+        let (ok, _, err) = check(&cfg);
+        assert!(ok, "{ok_mode:o}: {err}");
+    }
+    mode(s.path("").as_path(), 0o700);
+
+    // The same for the directory a `${file:...}` is in, and for where a link to it leads.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(elsewhere.path().join("interval"), "1s\n").unwrap();
+    std::fs::remove_file(s.path("interval")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path().join("interval"), s.path("interval")).unwrap();
+    let (ok, _, err) = check(&cfg);
+    assert!(ok, "{err}");
+    mode(elsewhere.path(), 0o777);
+    let (ok, _, err) = check(&cfg);
+    assert!(
+        !ok && err.contains("`${file:interval}`:")
+            && err.contains(&format!(
+                "{} (which holds {}) is writable by others (mode 0777)",
+                elsewhere.path().display(),
+                elsewhere.path().join("interval").display()
+            )),
+        "{err}"
+    );
+}
+
+/// `gateway check` with `cfg`, which must end within 10 s.
+fn check_in_time(cfg: &std::path::Path) -> (bool, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(10) {
+            child.kill().unwrap();
+            panic!(
+                "`gateway check --config {}` still runs after 10 s",
+                cfg.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_fifo_or_a_device_as_config_or_file_value_is_refused_at_once() {
+    let s = Setup::new();
+    let fifo = s.path("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Opening a FIFO for reading waits for a writer: `check` hung on it.
+    let (ok, err) = check_in_time(&fifo);
+    assert!(
+        !ok && err.contains(&format!(
+            "{}: cannot read the config file: not a regular file",
+            fifo.display()
+        )),
+        "{err}"
+    );
+    // /dev/zero never ends: `check` read it until the memory ran out.
+    let (ok, err) = check_in_time(std::path::Path::new("/dev/zero"));
+    assert!(
+        !ok && err.contains("/dev/zero: cannot read the config file: not a regular file"),
+        "{err}"
+    );
+    let cfg = s.config(
+        "",
+        "[sources.c]\nplugin = \"example\"\ninterval = \"${file:fifo}\"\n[sinks.o]\nplugin = \"console\"\n",
+    );
+    let (ok, err) = check_in_time(&cfg);
+    assert!(
+        !ok && err.contains("`${file:fifo}`:") && err.contains("not a regular file"),
+        "{err}"
+    );
 }

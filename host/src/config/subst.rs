@@ -120,12 +120,7 @@ const MAX_FILE: u64 = 64 * 1024;
 fn read_small(p: &Path) -> Result<String, String> {
     use std::io::Read;
     let cannot = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", p.display());
-    let f = std::fs::File::open(p).map_err(|e| cannot(&e))?;
-    let meta = f.metadata().map_err(|e| cannot(&e))?;
-    if !meta.is_file() {
-        return Err(cannot(&"not a regular file"));
-    }
-    super::unchangeable_by_others(&meta, &p.display().to_string())?;
+    let (f, meta) = crate::trust::open_config(p, "the file")?;
     if meta.len() > MAX_FILE {
         return Err(cannot(&format!(
             "{} bytes; at most {MAX_FILE} are read",
