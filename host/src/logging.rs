@@ -46,7 +46,7 @@ pub fn init(format: LogFormat, level: LevelFilter, plugin_level: LevelFilter) {
             .with(filter)
             .try_init(),
         LogFormat::Json => builder
-            .with_writer(std::io::stderr)
+            .with_writer(|| JsonLine)
             .json()
             .flatten_event(true)
             .finish()
@@ -117,6 +117,44 @@ fn one_line(event: &[u8]) -> Cow<'_, [u8]> {
         out.push(b'\n');
     }
     Cow::Owned(out)
+}
+
+/// stderr for the JSON format: serde_json escapes the C0 controls only, so DEL, the C1
+/// controls (U+009B acts as ESC `[` on some terminals) and the bidirectional controls and line
+/// separators of a peer's text reached whoever reads the log with `journalctl` or `tail` raw.
+/// Each is written as a `\uXXXX` escape, which a JSON parser reads back as the same character.
+struct JsonLine;
+
+impl Write for JsonLine {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        io::stderr().lock().write_all(&json_escaped(buf))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+/// `event` (serde_json's output) with the characters [`gateway_sdk::text::is_unsafe`] names,
+/// but those below U+0020 (serde_json has escaped all but the event's last line break), as
+/// `\uXXXX`.
+fn json_escaped(event: &[u8]) -> Cow<'_, [u8]> {
+    let bad = |c: char| c >= '\u{7f}' && gateway_sdk::text::is_unsafe(c);
+    let Ok(text) = std::str::from_utf8(event) else {
+        return Cow::Borrowed(event);
+    };
+    if !text.contains(bad) {
+        return Cow::Borrowed(event);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if bad(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out.into_bytes())
 }
 
 /// Per-instance levels for plugin events, and what plugin instances show on the metrics page.
@@ -224,7 +262,7 @@ impl HostLog for LibraryLog {
 
 #[cfg(test)]
 mod tests {
-    use super::{one_line, text_fields};
+    use super::{json_escaped, one_line, text_fields};
     use std::sync::{Arc, Mutex};
 
     #[test]
@@ -262,6 +300,24 @@ mod tests {
             ),
             "{line}"
         );
+    }
+
+    #[test]
+    fn the_json_format_escapes_what_serde_json_leaves_raw() {
+        let event = serde_json::json!({ "error": "a\u{202e}b\u{9b}2J\u{7f}\u{2028}c\u{e9}" });
+        let line = format!("{event}\n");
+        let escaped = json_escaped(line.as_bytes());
+        let escaped = std::str::from_utf8(&escaped).unwrap();
+        assert_eq!(
+            escaped,
+            "{\"error\":\"a\\u202eb\\u009b2J\\u007f\\u2028c\u{e9}\"}\n"
+        );
+        let back: serde_json::Value = serde_json::from_str(escaped).unwrap();
+        assert_eq!(back, event);
+        assert!(matches!(
+            json_escaped(b"{\"plain\":1}\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]
