@@ -186,6 +186,84 @@ fn no_session_outlives_its_device_certificate_busy_or_resumed() {
 }
 
 #[test]
+fn no_session_outlives_the_intermediate_ca_of_its_device() {
+    let pki = Pki::new();
+    // A sub-CA that expires 3 s from now issues pi-04 and pi-05 certificates good for 30 days;
+    // each device sends its certificate and the sub-CA's, the server trusts the root.
+    let (ca, ca_key) = read_pair(&pki.path("ca.pem"), &pki.path("ca.key")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let sub_key = new_key().unwrap();
+    let sub = issue_between(
+        "Sub CA",
+        &sub_key,
+        Kind::Ca,
+        Some((&ca, &ca_key)),
+        now - 60,
+        now + 3,
+    )
+    .unwrap();
+    for name in ["pi-04", "pi-05"] {
+        let key = new_key().unwrap();
+        let cert = issue_between(
+            name,
+            &key,
+            Kind::Device,
+            Some((&sub, &sub_key)),
+            now - 60,
+            now + 30 * 86_400,
+        )
+        .unwrap();
+        let mut pem = cert.to_pem().unwrap();
+        pem.extend(sub.to_pem().unwrap());
+        std::fs::write(pki.path(&format!("{name}.pem")), pem).unwrap();
+        write_key(&pki.path(&format!("{name}.key")), &key).unwrap();
+    }
+    let expiry = std::time::UNIX_EPOCH + Duration::from_secs((now + 3) as u64);
+
+    let mut opts = mutual(&pki);
+    opts.server.session_idle = Duration::from_millis(300);
+    let mut server = Server::start(opts).unwrap();
+    let _app = serve(&mut server);
+    // pi-04 stays busy; pi-05 goes quiet (its session idles out, resumable) and comes back
+    // after the sub-CA expired.
+    let busy = Client::start(device(server.local_addr, &pki, "pi-04")).unwrap();
+    let quiet = Client::start(device(server.local_addr, &pki, "pi-05")).unwrap();
+    assert_eq!(identity_of(&quiet), "1 Some(\"pi-05\")");
+    let (mut before, mut after) = (0, 0);
+    while std::time::SystemTime::now() < expiry + Duration::from_secs(2) {
+        let sent_at = std::time::SystemTime::now();
+        if let Ok(r) = busy.request(post(b"x".to_vec()), Duration::from_millis(500)) {
+            if changed(&r) && sent_at > expiry + Duration::from_millis(200) {
+                after += 1;
+            } else if changed(&r) {
+                before += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(before > 5, "requests got in before the expiry: {before}");
+    assert_eq!(after, 0, "a request got in after the sub-CA expired");
+    assert_eq!(
+        server.stats.expired.load(Ordering::Relaxed),
+        1,
+        "the busy session ended"
+    );
+    for _ in 0..3 {
+        assert!(quiet
+            .request(post(b"x".to_vec()), Duration::from_secs(2))
+            .is_err());
+    }
+    assert_eq!(
+        server.stats.expired_resumptions.load(Ordering::Relaxed),
+        1,
+        "the resumption after the expiry was refused"
+    );
+}
+
+#[test]
 fn a_resumed_session_keeps_its_psk_identity() {
     let pki = Pki::new();
     let mut opts = server_opts(&pki, "server");

@@ -611,10 +611,10 @@ impl Session {
         }
     }
 
-    /// When the certificate the peer's identity comes from stops being valid (its notAfter),
-    /// read from the session as [`Session::peer_identity`] is: a resumed session has its
-    /// first handshake's certificate, which may have expired since. `None` without a verified
-    /// certificate (a PSK, or no identity).
+    /// When the certificate the peer's identity comes from, or one of its issuers, stops being
+    /// valid (the earliest notAfter of the chain), read from the session as
+    /// [`Session::peer_identity`] is: a resumed session has its first handshake's chain, which
+    /// may have expired since. `None` without a verified certificate (a PSK, or no identity).
     pub fn peer_not_after(&self) -> Option<SystemTime> {
         if !self.is_established() {
             return None;
@@ -729,17 +729,25 @@ fn identity_of(ssl: &SslRef) -> Option<String> {
 
 /// The notAfter of the verified client certificate (see [`Session::peer_not_after`]).
 fn not_after_of(ssl: &SslRef) -> Option<SystemTime> {
+    use crate::verified::unix;
     if ssl.psk_identity().is_some() || ssl.verify_result() != X509VerifyResult::OK {
         return None;
     }
-    let cert = ssl.peer_certificate()?;
-    let since_epoch = openssl::asn1::Asn1Time::from_unix(0)
-        .ok()?
-        .diff(cert.not_after())
-        .ok()?;
-    let secs = i64::from(since_epoch.days) * 86_400 + i64::from(since_epoch.secs);
+    let leaf = unix(ssl.peer_certificate()?.not_after())?;
+    // The certificate's issuers end the session too (an intermediate CA may expire first): a
+    // full handshake has the verified chain, trust anchor included; a resumed session, the
+    // chain the peer sent when it was established (OpenSSL keeps it in the session).
+    let chain = ssl
+        .verified_chain()
+        .filter(|c| !c.is_empty())
+        .or_else(|| ssl.peer_cert_chain());
+    let end = chain
+        .into_iter()
+        .flatten()
+        .filter_map(|c| unix(c.not_after()))
+        .fold(leaf, i64::min);
     // Before 1970: as expired as can be.
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(end.max(0) as u64))
 }
 
 #[cfg(test)]
