@@ -126,6 +126,11 @@ impl Store {
     /// Checks the settings and builds the pool; connects (and migrates) lazily, on the first
     /// write, so that a database that is down does not stop the gateway from starting.
     pub fn new(cfg: &Config, password: Option<String>) -> Result<Store, PluginError> {
+        if cfg.tls_ca_file.is_some() && !cfg.tls {
+            return Err(PluginError::config(
+                "tls_ca_file is set but tls is not: the connection would be in clear; set tls = true",
+            ));
+        }
         if !valid_table(&cfg.table) {
             return Err(PluginError::config(format!(
                 "table: {:?} is not a plain table name",
@@ -141,6 +146,11 @@ impl Store {
                     "url: put the password in password_env or password_file, not in the URL",
                 ));
             }
+            if !cfg.tls && opts.ssl_opts().is_some() {
+                return Err(PluginError::config(
+                    "url: TLS is set with tls and tls_ca_file, not in the URL (require_ssl, verify_ca and verify_identity there could turn the verification off)",
+                ));
+            }
             let host = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
             if !cfg.tls
                 && password.is_some()
@@ -148,7 +158,12 @@ impl Store {
             {
                 tracing::warn!("the password and the readings go to {host} without TLS: whoever sits between can take the password (caching_sha2_password fetches the server's RSA key unverified); set tls = true and tls_ca_file");
             }
+            // Not prefer_socket (mysql_async's default): after logging in over TCP it asks the
+            // server for its `@@socket` and moves to that path on this machine, whatever host
+            // `url` names, so the readings could go to a local server instead (or, told a path
+            // by whoever answers, to a listener that gets the password in clear).
             let mut b = OptsBuilder::from_opts(opts)
+                .prefer_socket(false)
                 .pass(password.clone())
                 .pool_opts(PoolOpts::default().with_constraints(
                     PoolConstraints::new(0, cfg.pool_max.max(1)).expect("0 <= max"),

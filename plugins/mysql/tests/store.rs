@@ -350,6 +350,26 @@ fn config_errors_say_what_is_wrong() {
     assert!(e.message().contains("not a plain table name"), "{e}");
     let e = SinkHarness::new::<Mysql>("uri = \"x\"").err().unwrap();
     assert!(e.message().contains("unknown field `uri`"), "{e}");
+    // TLS is said with `tls`: the URL's own options could turn the verification off, and a CA
+    // file without `tls` would leave the connection in clear while looking verified.
+    let e =
+        SinkHarness::new::<Mysql>("url = \"mysql://root@h/db?require_ssl=true&verify_ca=false\"")
+            .err()
+            .unwrap();
+    assert_eq!(e.kind, ErrorKind::CONFIG, "{e}");
+    assert!(e.message().contains("not in the URL"), "{e}");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "").unwrap();
+    let e = SinkHarness::new::<Mysql>(&format!(
+        "url = \"mysql://root@h/db\"\ntls_ca_file = {:?}",
+        ca.display().to_string()
+    ))
+    .err()
+    .unwrap();
+    assert!(
+        e.message().contains("tls_ca_file is set but tls is not"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -394,4 +414,33 @@ fn url_lists_servers_in_order() {
     assert_eq!(split_hosts("mysql://db/x").unwrap(), ["mysql://db/x"]);
     assert!(split_hosts("mysql://gw@db1,,db2/x").is_err());
     assert!(split_hosts("postgres://x").is_err());
+}
+
+#[test]
+fn the_sink_stays_on_tcp_to_the_server_url_names() {
+    // mysql_async's prefer_socket moved the connection to the `@@socket` the server names, on
+    // this machine: the processlist showed it from `localhost`, not from 127.0.0.1.
+    let db = TestDb::new("tcp");
+    let user = TestUser::new(&format!("gw_test_tcp_{}", std::process::id()));
+    let _: Vec<u8> = db.query(&format!(
+        "GRANT ALL ON `{}`.* TO '{}'@'%'",
+        db.name, user.name
+    ));
+    let cfg = db.config_as(
+        &user.name,
+        Some(("GATEWAY_TEST_MYSQL_TCP_PASSWORD", user.password.clone())),
+        "",
+    );
+    let mut sink = SinkHarness::new::<Mysql>(&cfg).unwrap();
+    sink.write(sample_readings(2)).unwrap();
+    let hosts: Vec<String> = db.query(&format!(
+        "SELECT host FROM information_schema.processlist WHERE user = '{}'",
+        user.name
+    ));
+    assert!(!hosts.is_empty(), "the sink's connection is in the pool");
+    assert!(
+        hosts.iter().all(|h| !h.starts_with("localhost")),
+        "{hosts:?}"
+    );
+    drop(sink);
 }
