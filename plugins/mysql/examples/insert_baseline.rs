@@ -24,7 +24,7 @@ fn main() {
         let mut c = pool.get_conn().await.expect("connect");
         c.query_drop("DROP TABLE IF EXISTS baseline").await.unwrap();
         c.query_drop(create_table("baseline")).await.unwrap();
-        let sql = insert_sql("INSERT", "baseline", PER_INSERT);
+        let sql = insert_sql("baseline", PER_INSERT);
         let started = Instant::now();
         let mut done = 0;
         while done < rows {

@@ -77,18 +77,38 @@ pub fn create_view(table: &str) -> String {
 /// missing (1044, 1142, 1143) or a table of that name in the way (1347).
 const VIEW_REFUSED: [u16; 4] = [1044, 1142, 1143, 1347];
 
-/// `VERB INTO table (columns) VALUES (?, ...), ...` for `rows` rows (`VERB`: `INSERT` or
-/// `INSERT IGNORE`).
-pub fn insert_sql(verb: &str, table: &str, rows: usize) -> String {
+/// `INSERT INTO table (columns) VALUES (?, ...), ...` for `rows` rows: the plain multi-row
+/// INSERT (the baseline the benchmark compares with).
+pub fn insert_sql(table: &str, rows: usize) -> String {
     let placeholders = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
-    format!("{verb} INTO `{table}` ({COLUMNS}) VALUES {placeholders}")
+    format!("INSERT INTO `{table}` ({COLUMNS}) VALUES {placeholders}")
 }
+
+/// What the sink sends: [`insert_sql`] as `INSERT IGNORE`, which skips a row already stored
+/// under its key (a reading delivered again) with warning 1062. It skips a row a foreign key,
+/// CHECK constraint, NOT NULL or partition refuses with a warning too: [`insert_chunks`] reads
+/// the warnings and refuses the batch for any but 1062. (`ON DUPLICATE KEY UPDATE` would not
+/// need that, but it needs the UPDATE privilege, which would let whoever holds the gateway's
+/// password change stored readings.)
+pub fn store_sql(table: &str, rows: usize) -> String {
+    insert_sql(table, rows).replacen("INSERT", "INSERT IGNORE", 1)
+}
+
+/// The warnings a statement keeps for SHOW WARNINGS (the server's default is 64): one per
+/// row of a full INSERT, so none is missed.
+const WARNINGS_KEPT: usize = ROWS_PER_INSERT;
+
+/// Server errors that refuse a row for good: a value out of range (1264), wrong (1366, 1292)
+/// or too long (1406) for its column; NULL or no value for a column that needs one (1048,
+/// 1364); a foreign key with no parent row (1452); no partition for the row (1526); a CHECK
+/// constraint (MySQL 3819, MariaDB 4025).
+const REFUSED: [u16; 10] = [1264, 1366, 1406, 1292, 1048, 1364, 1452, 1526, 3819, 4025];
 
 /// How a MySQL error should be handled.
 pub fn classify(what: &str, e: mysql_async::Error) -> PluginError {
     match &e {
         // Data the table cannot hold: sending it again cannot help.
-        mysql_async::Error::Server(s) if matches!(s.code, 1264 | 1366 | 1406 | 1292) => {
+        mysql_async::Error::Server(s) if REFUSED.contains(&s.code) => {
             PluginError::rejected(format!("{what}: {e}"))
         }
         // Connection loss, deadlocks (1213), lock waits (1205), a database that is down: later.
@@ -164,6 +184,9 @@ impl Store {
             // by whoever answers, to a listener that gets the password in clear).
             let mut b = OptsBuilder::from_opts(opts)
                 .prefer_socket(false)
+                .setup(vec![format!(
+                    "SET SESSION max_error_count = {WARNINGS_KEPT}"
+                )])
                 .pass(password.clone())
                 .pool_opts(PoolOpts::default().with_constraints(
                     PoolConstraints::new(0, cfg.pool_max.max(1)).expect("0 <= max"),
@@ -188,7 +211,7 @@ impl Store {
             rt,
             servers: Servers::new(pools),
             table: cfg.table.clone(),
-            insert_full: insert_sql("INSERT IGNORE", &cfg.table, ROWS_PER_INSERT).into(),
+            insert_full: store_sql(&cfg.table, ROWS_PER_INSERT).into(),
             connect_timeout: cfg.connect_timeout,
             write_timeout: cfg.write_timeout,
         })
@@ -202,7 +225,7 @@ impl Store {
         })
     }
 
-    /// Inserts a batch in one transaction (multi-row INSERT IGNORE); returns after COMMIT.
+    /// Inserts a batch in one transaction ([`store_sql`]); returns after COMMIT.
     /// Returns how many rows were new.
     pub fn write(&self, batch: &[Reading]) -> Result<u64, PluginError> {
         let table = self.table.clone();
@@ -364,26 +387,70 @@ async fn insert_once(
         .start_transaction(Default::default())
         .await
         .map_err(at("BEGIN"))?;
+    match insert_chunks(&mut tx, table, full, chunks).await {
+        Ok(inserted) => {
+            tx.commit().await.map_err(at("COMMIT"))?;
+            Ok(inserted)
+        }
+        Err(e) => {
+            // At once: a transaction left for the pool to end holds its locks (a foreign key's
+            // on the parent row, say) until the connection is next used.
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// The INSERTs of a batch in `tx`; how many rows were new. A row skipped for anything but
+/// being there already (a warning other than 1062) refuses the batch for good.
+async fn insert_chunks(
+    tx: &mut mysql_async::Transaction<'_>,
+    table: &str,
+    full: &str,
+    chunks: Vec<(usize, Vec<mysql_async::Value>)>,
+) -> Result<u64, Failure> {
+    let at = Failure::at;
     let mut inserted = 0;
     for (rows, values) in chunks {
         let sql: std::borrow::Cow<'_, str> = if rows == ROWS_PER_INSERT {
             full.into()
         } else {
-            insert_sql("INSERT IGNORE", table, rows).into()
+            store_sql(table, rows).into()
         };
         tx.exec_drop(sql, mysql_async::Params::Positional(values))
             .await
             .map_err(at("INSERT"))?;
         inserted += tx.affected_rows();
+        let warnings = usize::from(tx.get_warnings());
+        if warnings == 0 {
+            continue;
+        }
+        let listed: Vec<(String, u32, String)> = tx
+            .query("SHOW WARNINGS")
+            .await
+            .map_err(at("SHOW WARNINGS"))?;
+        let refused = listed
+            .iter()
+            .find(|(level, code, _)| *code != 1062 && level != "Note");
+        if let Some((_, code, message)) = refused {
+            return Err(Failure::Plugin(PluginError::rejected(format!(
+                "INSERT: the server skipped a row: {message} ({code})"
+            ))));
+        }
+        if listed.len() < warnings {
+            return Err(Failure::Plugin(PluginError::rejected(format!(
+                "INSERT: the server skipped rows with {warnings} warnings, of which it lists {}: which rows were already stored cannot be told (a smaller batch can)",
+                listed.len()
+            ))));
+        }
     }
-    tx.commit().await.map_err(at("COMMIT"))?;
     Ok(inserted)
 }
 
 /// Checks that every reading fits its row whole: the device, sensor and name in 255 characters,
 /// the unit in 64, text and bytes in 65,535 bytes, a float finite. MySQL would otherwise cut
-/// a string to its column's size, or refuse a NaN, under INSERT IGNORE with a warning only,
-/// and the reading would be reported stored. A batch with one that does not fit is refused
+/// a string to its column's size with a warning only where its `sql_mode` is not strict, and
+/// the reading would be reported stored. A batch with one that does not fit is refused
 /// for good ([`PluginError::rejected`]: the host sends it to the dead letters, the ingress
 /// answers the device 4.xx), naming the reading and the limit.
 pub fn check(batch: &[Reading]) -> Result<(), PluginError> {

@@ -417,6 +417,33 @@ fn url_lists_servers_in_order() {
 }
 
 #[test]
+fn a_row_a_constraint_refuses_is_refused_not_skipped() {
+    // A table the user made, as the README allows, with a foreign key to the devices they
+    // registered: none yet.
+    let db = TestDb::new("fk");
+    let _: Vec<u8> = db.query("CREATE TABLE devices (name VARCHAR(255) COLLATE utf8mb4_bin PRIMARY KEY) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4");
+    let _: Vec<u8> = db.query(&mysql::store::create_table("readings"));
+    let _: Vec<u8> =
+        db.query("ALTER TABLE readings ADD FOREIGN KEY (device) REFERENCES devices (name)");
+    let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
+    // INSERT IGNORE skipped the rows with a warning and the batch was reported stored.
+    let e = sink.write(sample_readings(3)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(e.message().contains("(1452)"), "{e}");
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [0]);
+    // Registered, the device's readings go in (the refused write held no lock on `devices`),
+    // and a second delivery is still skipped.
+    let batch = sample_readings(3);
+    let device = batch[0].device.to_string();
+    let _: Vec<u8> = db.query(&format!("INSERT INTO devices VALUES ('{device}')"));
+    sink.write(batch.clone()).unwrap();
+    sink.write(batch).unwrap();
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [3]);
+}
+
+#[test]
 fn the_sink_stays_on_tcp_to_the_server_url_names() {
     // mysql_async's prefer_socket moved the connection to the `@@socket` the server names, on
     // this machine: the processlist showed it from `localhost`, not from 127.0.0.1.
