@@ -53,7 +53,12 @@ impl Sink for Mysql {
             tracing::info!("MySQL schema ready");
         }
         store::check(batch)?;
-        let new = self.store.write(batch)?;
+        let new = self.store.write(batch).inspect_err(|e| {
+            // The next write checks the schema again: a failover may have moved to a server
+            // that has no table yet (one `url` lists that is not a replica), where every insert
+            // would fail with "table doesn't exist" for ever.
+            self.migrated = e.kind == gateway_sdk::ErrorKind::REJECTED;
+        })?;
         if (new as usize) < batch.len() {
             tracing::debug!(
                 duplicates = batch.len() - new as usize,
