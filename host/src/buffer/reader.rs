@@ -13,6 +13,23 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Logs, at most once a minute for the cursor, that segment `first` could not be read.
+fn warn_unread(cur: &mut Cursor, first: u64, e: &std::io::Error) {
+    if cur
+        .warned
+        .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+    {
+        return;
+    }
+    cur.warned = Some(Instant::now());
+    tracing::error!(
+        segment = first,
+        record = cur.seq,
+        error = %e,
+        "disk buffer segment cannot be read; nothing is skipped, reading tries again"
+    );
+}
+
 /// What one [`DiskBuffer::take`] returned: readings from one or more records, in order.
 #[derive(Debug, Default)]
 pub struct Taken {
@@ -32,6 +49,8 @@ struct Cursor {
     open: Option<OpenSegment>,
     /// A record read but not taken (it did not fit in the write); it comes first next time.
     peeked: Option<(u64, Vec<Reading>)>,
+    /// When a read error was last logged: a disk that keeps failing is said once a minute.
+    warned: Option<Instant>,
 }
 
 impl Cursor {
@@ -40,6 +59,7 @@ impl Cursor {
             seq,
             open: None,
             peeked: None,
+            warned: None,
         }
     }
     /// The first record not taken yet.
@@ -221,7 +241,10 @@ impl DiskBuffer {
     }
 
     /// Reads the record at the cursor if there is one below `limit`. Damaged records are
-    /// skipped (and counted, unless the scan at open counted them).
+    /// skipped (and counted, unless the scan at open counted them). A segment that cannot be
+    /// opened or read for another reason than damage (too many open files, EIO from a flaky
+    /// SD card, a link planted in its place) is not skipped: nothing is read now, and the next
+    /// take tries again from the same record.
     fn read_next(
         &self,
         cur: &mut Cursor,
@@ -243,11 +266,17 @@ impl DiskBuffer {
             if cur.open.as_ref().map(|o| o.first) != Some(seg.first) {
                 match OpenSegment::open(&segment::path(&self.dir, seg.first), seg.first) {
                     Ok(o) => cur.open = Some(o),
-                    Err(_) => {
-                        // Dropped by `drop_oldest` meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        // Dropped by `drop_oldest` meanwhile, or removed by someone else.
+                        self.lost_segment(seg);
                         cur.seq = seg.end;
                         cur.open = None;
                         continue;
+                    }
+                    Err(e) => {
+                        cur.open = None;
+                        warn_unread(cur, seg.first, &e);
+                        return None;
                     }
                 }
             }
@@ -264,8 +293,10 @@ impl DiskBuffer {
                     (seg.end, false, why)
                 }
                 Err(Unreadable::Io(e)) => {
+                    // Read again from the segment's start next time.
                     cur.open = None;
-                    (seg.end, false, e.to_string())
+                    warn_unread(cur, seg.first, &e);
+                    return None;
                 }
             };
             if !counted {
@@ -283,6 +314,25 @@ impl DiskBuffer {
             }
             cur.seq = to;
         }
+    }
+
+    /// Counts and logs the records of `seg` as lost if its file went while the buffer still
+    /// holds it (not dropped by `drop_oldest`, which counts its own).
+    fn lost_segment(&self, seg: &SegmentView) {
+        let st = self.state.lock().unwrap();
+        if !st.segments.iter().any(|s| s.first == seg.first) {
+            return;
+        }
+        let lost = seg.end - seg.first.max(st.head);
+        drop(st);
+        self.stats
+            .corrupt_records
+            .fetch_add(lost, Ordering::Relaxed);
+        tracing::error!(
+            segment = seg.first,
+            records_lost = lost,
+            "disk buffer segment file is gone (removed by someone else?); its records are lost, reading goes on after it"
+        );
     }
 
     /// Marks everything in `taken` acknowledged: the sink stored it (or refused it for good).

@@ -269,7 +269,7 @@ pub enum Unreadable {
     },
     /// Nothing intact is left in the segment.
     Rest(String),
-    /// The file could not be read.
+    /// The file could not be read (not damage: nothing is skipped).
     Io(io::Error),
 }
 
@@ -304,8 +304,16 @@ impl OpenSegment {
         Ok(())
     }
 
-    /// After damage at the position: goes on at the next intact record.
+    /// After damage at the position: goes on at the next intact record. A read error that is
+    /// not damage (EIO, say: a flaky SD card) skips nothing: it is [`Unreadable::Io`], and the
+    /// record is read again later.
     fn recover(&mut self, why: io::Error) -> Unreadable {
+        if !matches!(
+            why.kind(),
+            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+        ) {
+            return Unreadable::Io(why);
+        }
         let file = self.file.get_ref();
         let found = file.metadata().and_then(|m| {
             let len = m.len();
