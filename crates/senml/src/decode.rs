@@ -10,7 +10,9 @@
 //! skipped, not built.
 //! What a payload costs is bounded by its size and `max_records`.
 
-use super::{cbor, label, unbase64url, unescape, DecodeError, Pack, Record, MAX_NAME, RID};
+use super::{
+    cbor, label, unbase64url, unescape, DecodeError, Pack, Record, MAX_NAME, MAX_VALUE, RID,
+};
 use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::{borrow::Cow, cell::RefCell, collections::HashSet};
@@ -542,7 +544,16 @@ fn set<'a>(
                 _ => return Err(wrong()),
             })
         }
-        F::Vs => r.value = Some(Value::Text((&*text(v)?).into())),
+        F::Vs => {
+            let s = text(v)?;
+            if s.len() > MAX_VALUE {
+                return Err(DecodeError::ValueTooLong(i));
+            }
+            if s.contains('\0') {
+                return Err(DecodeError::Nul(i));
+            }
+            r.value = Some(Value::Text((&*s).into()));
+        }
         F::Vb => {
             r.value = Some(Value::Bool(match v {
                 Field::Bool(b) => b,
@@ -551,10 +562,20 @@ fn set<'a>(
         }
         F::Vd => {
             let bytes = match (v, json) {
+                (Field::Bytes(b), false) if b.len() > MAX_VALUE => {
+                    return Err(DecodeError::ValueTooLong(i))
+                }
                 (Field::Bytes(b), false) => b.into_owned(),
+                // Base64 of more than MAX_VALUE bytes: not decoded.
+                (Field::Text(s), true) if s.len() > MAX_VALUE.div_ceil(3) * 4 => {
+                    return Err(DecodeError::ValueTooLong(i))
+                }
                 (Field::Text(s), true) => unbase64url(&s).ok_or_else(wrong)?,
                 _ => return Err(wrong()),
             };
+            if bytes.len() > MAX_VALUE {
+                return Err(DecodeError::ValueTooLong(i));
+            }
             r.value = Some(Value::Bytes(bytes.into()));
         }
         F::Rid => {

@@ -45,6 +45,12 @@ pub const RID: &str = "rid";
 /// must not multiply.
 pub const MAX_NAME: usize = 255;
 
+/// The longest text (`vs`, in bytes) or data (`vd`, decoded) value a record may carry: the
+/// stores' smallest columns for them (MySQL's TEXT and BLOB) hold 65,535 bytes. A larger value
+/// would be refused by the store after the request was taken, and put in the dead letters,
+/// whose directory one device could then fill for every device.
+pub const MAX_VALUE: usize = 65_535;
+
 /// Why a payload is not a SenML pack we can take.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -88,6 +94,12 @@ pub enum DecodeError {
     /// value than the one stored).
     #[error("record {0}: field {1} holds a control character or one that reorders text")]
     Control(usize, &'static str),
+    /// A text or data value longer than [`MAX_VALUE`] bytes.
+    #[error("record {0}: value is longer than 65,535 bytes")]
+    ValueTooLong(usize),
+    /// A text value holding U+0000, which PostgreSQL's text cannot store.
+    #[error("record {0}: text value holds U+0000")]
+    Nul(usize),
     /// A value that is not a finite number (NaN or infinity): SenML JSON cannot carry it, and
     /// the stores refuse it.
     #[error("record {0}: value is not a finite number")]

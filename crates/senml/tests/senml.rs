@@ -3,7 +3,7 @@
 use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
 use gateway_senml::{
     decode_cbor, decode_cbor_with, decode_json, decode_json_with, encode_cbor, encode_json,
-    DecodeError, Labels,
+    DecodeError, Labels, MAX_VALUE,
 };
 use proptest::prelude::*;
 
@@ -509,4 +509,46 @@ fn a_name_like_the_one_before_is_read_as_itself() {
         decode_cbor(&bad, 100, NOW, "peer").unwrap_err(),
         DecodeError::Syntax("CBOR")
     );
+}
+
+/// A store refuses a text or data value it cannot hold after the ingress took the request, and
+/// puts it in its dead letters: a device posting such values (1 MiB of NUL text, say) filled
+/// the dead-letter directory, and then the sink held every device's readings. The ingress
+/// refuses them first.
+#[test]
+fn a_value_no_store_can_hold_is_refused_at_decoding() {
+    let now = Timestamp(1_764_085_351_000_000);
+    let text = |s: &str| format!(r#"[{{"bn":"dev:","n":"s/t","vs":"{s}"}}]"#);
+    let at_limit = "x".repeat(MAX_VALUE);
+    assert!(decode_json(text(&at_limit).as_bytes(), 10, now, "peer").is_ok());
+    assert_eq!(
+        decode_json(text(&"x".repeat(MAX_VALUE + 1)).as_bytes(), 10, now, "peer").unwrap_err(),
+        DecodeError::ValueTooLong(0)
+    );
+    assert_eq!(
+        decode_json(text("a\\u0000b").as_bytes(), 10, now, "peer").unwrap_err(),
+        DecodeError::Nul(0)
+    );
+    // Data: base64url in JSON, a byte string in CBOR.
+    let data = |n: usize| {
+        vec![reading(
+            "dev",
+            "s",
+            "d",
+            "",
+            NOW.0,
+            Value::Bytes(vec![7u8; n].into()),
+            1,
+        )]
+    };
+    for n in [MAX_VALUE, MAX_VALUE + 1] {
+        let json = decode_json(&encode_json(&data(n)), 10, now, "peer");
+        let cbor = decode_cbor(&encode_cbor(&data(n)), 10, now, "peer");
+        if n == MAX_VALUE {
+            assert!(json.is_ok() && cbor.is_ok(), "{n}");
+        } else {
+            assert_eq!(json.unwrap_err(), DecodeError::ValueTooLong(0));
+            assert_eq!(cbor.unwrap_err(), DecodeError::ValueTooLong(0));
+        }
+    }
 }
