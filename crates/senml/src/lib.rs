@@ -180,9 +180,15 @@ pub(crate) struct Record<'a> {
 fn records(batch: &[Reading]) -> Vec<Record<'static>> {
     let mut out = Vec::with_capacity(batch.len());
     let (mut bn, mut bu): (Option<&str>, Option<&str>) = (None, None);
-    let bt = batch.first().map(|r| r.time.0).unwrap_or(0);
+    let mut bt = batch.first().map(|r| r.time.0).unwrap_or(0);
     for (i, r) in batch.iter().enumerate() {
         let mut rec = Record::default();
+        // Times as far apart as a decoder takes (±9e12 s each) differ by more than an i64 of
+        // microseconds holds, and by more than a `t` may be: such a record starts a new base.
+        if i > 0 && (i128::from(r.time.0) - i128::from(bt)).abs() > 9_000_000_000_000_000_000 {
+            bt = r.time.0;
+            rec.bt = Some(bt as f64 / 1e6);
+        }
         if bn != Some(r.device.as_str()) {
             rec.bn = Some(format!("{}:", r.device).into());
             bn = Some(r.device.as_str());
@@ -203,7 +209,7 @@ fn records(batch: &[Reading]) -> Vec<Record<'static>> {
             rec.u = Some(Cow::Borrowed(""));
         }
         rec.n = Some(format!("{}/{}", r.sensor, escape(&r.name)).into());
-        let dt = r.time.0 - bt;
+        let dt = r.time.0 - bt; // within ±9e18 (above)
         if dt != 0 {
             rec.t = Some(dt as f64 / 1e6);
         }

@@ -552,3 +552,34 @@ fn a_value_no_store_can_hold_is_refused_at_decoding() {
         }
     }
 }
+
+/// Found by review: two readings at the ends of the range a decoder takes (±9e12 s) differ by
+/// more than an i64 of microseconds: the encoder's `t` overflowed (a panic in debug builds,
+/// inside the ingress's observe locks; a wrong time in release).
+#[test]
+fn readings_at_both_ends_of_time_encode_and_decode_back() {
+    let far = 8_999_999_999_999_000_000i64;
+    let pack = vec![
+        reading("dev", "s", "a", "", -far, Value::Int(1), 1),
+        reading("dev", "s", "b", "", far, Value::Int(2), 2),
+        reading("dev", "s", "c", "", far - 1_000_000, Value::Int(3), 3),
+    ];
+    for (json, bytes) in [(true, encode_json(&pack)), (false, encode_cbor(&pack))] {
+        let back = if json {
+            decode_json(&bytes, 10, NOW, "peer")
+        } else {
+            decode_cbor(&bytes, 10, NOW, "peer")
+        }
+        .unwrap();
+        let times: Vec<i64> = back.readings.iter().map(|r| r.time.0).collect();
+        // A time before 1978 comes back relative to now (RFC 8428's rule for times below 2^28
+        // s); the others as they were, within a float's precision of seconds this large.
+        assert_eq!(times.len(), 3);
+        for (got, want) in times[1..].iter().zip([far, far - 1_000_000]) {
+            assert!(
+                (got - want).abs() < 10_000,
+                "json {json}: {got} against {want}"
+            );
+        }
+    }
+}
