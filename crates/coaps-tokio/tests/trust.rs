@@ -320,6 +320,44 @@ fn a_peer_without_an_identity_gets_no_data_in() {
 }
 
 #[test]
+fn a_certificate_message_over_16_kib_is_refused() {
+    // OpenSSL takes 100 KiB of certificates by default, and a cached session keeps what the
+    // peer sent: any device could pad its chain with unrelated certificates, and a peer with
+    // a cookie made OpenSSL buffer up to 100 KiB per out-of-order handshake message.
+    let pki = Pki::new();
+    let leaf = std::fs::read(pki.path("device.pem")).unwrap();
+    let ca = std::fs::read(pki.path("ca.pem")).unwrap();
+    let padded = |n: usize| {
+        let mut pem = leaf.clone();
+        for _ in 0..n {
+            pem.extend(&ca);
+        }
+        std::fs::write(pki.path("padded.pem"), pem).unwrap();
+        std::fs::copy(pki.path("device.key"), pki.path("padded.key")).unwrap();
+    };
+    let ca_der = openssl::x509::X509::from_pem(&ca)
+        .unwrap()
+        .to_der()
+        .unwrap()
+        .len();
+    let mut server = Server::start(mutual(&pki)).unwrap();
+    let _app = serve(&mut server);
+    // A few extra certificates: still under the limit, taken.
+    padded(2);
+    let c = Client::start(device(server.local_addr, &pki, "padded")).unwrap();
+    assert!(c
+        .request(post(b"x".to_vec()), Duration::from_secs(5))
+        .is_ok());
+    drop(c);
+    // Over 16 KiB of them: the handshake fails.
+    padded(16 * 1024 / ca_der + 1);
+    let c = Client::start(device(server.local_addr, &pki, "padded")).unwrap();
+    assert!(c
+        .request(post(b"x".to_vec()), Duration::from_secs(5))
+        .is_err());
+}
+
+#[test]
 fn a_denied_identity_is_refused_and_the_others_are_not() {
     let pki = Pki::new();
     issue_device(&pki, "pi-02");

@@ -157,8 +157,16 @@ fn load_identity(
     Ok(chain)
 }
 
+/// The largest certificate message a peer may send (OpenSSL's default is 100 KiB). A chain
+/// of three RSA-4096 certificates is about 6 KiB; our ECDSA ones are a few hundred bytes
+/// each. It also bounds what OpenSSL buffers for each handshake message that arrives out of
+/// order (to about 16.7 KiB, a record's size, instead of 100 KiB each, up to a dozen of them
+/// per handshake, for any peer that got a cookie), and the chain a cached session keeps.
+const MAX_CERT_LIST: libc::c_long = 16 * 1024;
+
 /// What every context of the link has: DTLS 1.2 at least, no renegotiation (a renegotiation
-/// could change the peer's identity under a session), no compression.
+/// could change the peer's identity under a session), no compression, and at most
+/// [`MAX_CERT_LIST`] bytes of certificates from the peer.
 fn base_context() -> Result<SslContextBuilder, DtlsError> {
     let mut b = SslContextBuilder::new(SslMethod::dtls())
         .map_err(|e| cfg_err("cannot create a DTLS context", e))?;
@@ -167,8 +175,20 @@ fn base_context() -> Result<SslContextBuilder, DtlsError> {
     b.set_options(
         SslOptions::NO_QUERY_MTU | SslOptions::NO_COMPRESSION | SslOptions::NO_RENEGOTIATION,
     );
+    // SAFETY: a valid SSL_CTX; SSL_CTX_set_max_cert_list is this ctrl (a macro in ssl.h).
+    unsafe {
+        openssl_sys::SSL_CTX_ctrl(
+            b.as_ptr(),
+            SSL_CTRL_SET_MAX_CERT_LIST,
+            MAX_CERT_LIST,
+            std::ptr::null_mut(),
+        )
+    };
     Ok(b)
 }
+
+/// `SSL_CTRL_SET_MAX_CERT_LIST` of ssl.h.
+const SSL_CTRL_SET_MAX_CERT_LIST: libc::c_int = 51;
 
 extern "C" {
     // Not exported by openssl-sys; part of libssl's public API.
