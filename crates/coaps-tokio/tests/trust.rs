@@ -320,6 +320,31 @@ fn a_peer_without_an_identity_gets_no_data_in() {
 }
 
 #[test]
+fn a_session_refused_for_its_identity_is_not_resumable() {
+    // Before, the refused session stayed in OpenSSL's session cache: peers without an identity
+    // could push the devices' sessions out of it, and each came back with an abbreviated
+    // handshake only to be refused again.
+    let pki = Pki::new();
+    let server = Server::start(mutual(&pki)).unwrap();
+    let c = Client::start(client_opts(
+        server.local_addr,
+        &pki.path("ca.pem"),
+        "localhost",
+    ))
+    .unwrap();
+    for _ in 0..3 {
+        assert!(c
+            .request(post(b"x".to_vec()), Duration::from_secs(3))
+            .is_err());
+    }
+    assert!(server.requests.try_recv().is_err(), "no data got in");
+    assert!(server.stats.unauthenticated.load(Ordering::Relaxed) >= 2);
+    let f = c.figures().unwrap();
+    assert!(f.handshakes >= 2, "{f:?}");
+    assert_eq!(f.resumed, 0, "a refused session was resumed: {f:?}");
+}
+
+#[test]
 fn a_certificate_message_over_16_kib_is_refused() {
     // OpenSSL takes 100 KiB of certificates by default, and a cached session keeps what the
     // peer sent: any device could pad its chain with unrelated certificates, and a peer with

@@ -825,10 +825,15 @@ impl Server {
             self.drop_peer(peer, Ending::Alert(CERTIFICATE_EXPIRED));
             return false;
         }
-        let refused = self
-            .refusal(identity.as_deref())
-            .or_else(|| self.make_room(peer, identity.as_deref()));
-        if let Some(why) = refused {
+        if let Some(why) = self.refusal(identity.as_deref()) {
+            // Out of the session cache too: a refused handshake would push the devices'
+            // sessions out of it, and resuming it would only be refused again.
+            p.session.forget_resumption(&self.ctx);
+            tracing::warn!(%peer, identity = ?identity, "DTLS session refused: {why}");
+            self.drop_peer(peer, Ending::Notify);
+            return false;
+        }
+        if let Some(why) = self.make_room(peer, identity.as_deref()) {
             tracing::warn!(%peer, identity = ?identity, "DTLS session refused: {why}");
             self.drop_peer(peer, Ending::Notify);
             return false;

@@ -163,6 +163,8 @@ enum Link {
 /// An established server session after [`Session::take_over`], with what it kept of OpenSSL's.
 struct TakenOver {
     records: Established,
+    /// OpenSSL's session, in the context's cache (for [`Session::forget_resumption`]).
+    cached: Option<openssl::ssl::SslSession>,
     identity: Option<String>,
     not_after: Option<SystemTime>,
     resumed: bool,
@@ -434,8 +436,10 @@ impl Session {
         let both = ShutdownState::SENT | ShutdownState::RECEIVED;
         // SAFETY: a valid SSL; this only sets its shutdown flags.
         unsafe { openssl_sys::SSL_set_shutdown(ssl.as_ptr(), both.bits()) };
+        let cached = ssl.session().map(openssl::ssl::SslSessionRef::to_owned);
         self.link = Link::Records(Box::new(TakenOver {
             records,
+            cached,
             identity,
             not_after,
             resumed,
@@ -684,6 +688,22 @@ impl Session {
             return self.fail(DtlsError::Closed);
         }
         self.close();
+    }
+
+    /// Takes a server session out of `ctx`'s session cache, so that it cannot be resumed: for
+    /// one refused after its handshake (no identity, a denied one), which would otherwise push
+    /// the sessions of the fleet's devices out of the cache. `ctx` must be the context the
+    /// session was made with.
+    pub fn forget_resumption(&self, ctx: &openssl::ssl::SslContextRef) {
+        let session = match &self.link {
+            Link::Tls(stream) => stream.ssl().session(),
+            Link::Records(t) => t.cached.as_deref(),
+        };
+        if let Some(session) = session {
+            // SAFETY: the session was made with `ctx` (the caller's promise), the only context
+            // whose cache may hold it.
+            unsafe { ctx.remove_session(session) };
+        }
     }
 
     /// Sends close_notify and ends the session.
