@@ -14,6 +14,14 @@ use openssl::{
 };
 use std::path::Path;
 
+/// The identity (see [`crate::certificate_identity`]) of the first certificate in the PEM file
+/// at `path`; `None` if it does not read or gives none.
+pub fn file_identity(path: &Path) -> Option<String> {
+    let pem = std::fs::read(path).ok()?;
+    let leaf = X509::from_pem(&pem).ok()?;
+    crate::certificate_identity(&leaf)
+}
+
 /// `CN=name` of a certificate (or its whole subject when it has no common name). A name that
 /// holds a character a terminal or a log would act on (a control character, a bidirectional
 /// control) is written quoted, with Rust's escapes: a peer chooses what its certificate says,

@@ -32,7 +32,7 @@ pub use context::{
     DEFAULT_MTU, DEFAULT_PSK_CIPHERS,
 };
 pub use hello::{hello_verify_request, parse_client_hello, ClientHello, CookieJar};
-pub use session::{Session, State};
+pub use session::{certificate_identity, Session, State};
 pub use verified::chains_reused;
 
 use std::time::Duration;

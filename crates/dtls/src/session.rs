@@ -738,6 +738,12 @@ fn identity_of(ssl: &SslRef) -> Option<String> {
         return None;
     }
     let cert = ssl.peer_certificate()?;
+    certificate_identity(&cert)
+}
+
+/// The identity a certificate gives its holder: its one common name, if that is a valid
+/// identity ([`valid_identity`]). What a server takes as the device of a peer that shows it.
+pub fn certificate_identity(cert: &openssl::x509::X509Ref) -> Option<String> {
     let mut cns = cert.subject_name().entries_by_nid(Nid::COMMONNAME);
     let cn = cns.next()?;
     if cns.next().is_some() {

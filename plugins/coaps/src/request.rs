@@ -3,8 +3,8 @@
 //!
 //! 1. [`route`]: which resource, which method (4.04, 4.05, or the discovery answer);
 //! 2. [`decode`]: content negotiation and SenML decoding (4.15, 4.13, 4.00);
-//! 3. [`authorize`]: a device speaks for itself only (4.03); a peer without an identity speaks
-//!    for the anonymous device;
+//! 3. [`authorize`]: a device speaks for itself only (4.00 for a reading of another; 4.03 for
+//!    the identity "anonymous"); a peer without an identity speaks for the anonymous device;
 //! 4. [`crate::seen::Seen::admit`]: readings stored already are dropped, and a pack that overlaps one still
 //!    being stored waits its turn (5.03);
 //! 5. [`stored`], [`not_stored`]: the answer once the sinks are done.
@@ -214,7 +214,11 @@ pub fn one_reading_of(readings: &[Reading], device: &str, sensor: &str) -> Resul
 
 /// A device speaks for itself only: every reading of an identified peer must carry its
 /// identity as the device; a peer without one (only with `allow_anonymous`) has its readings
-/// put under [`ANONYMOUS`], whatever base name it sent.
+/// put under [`ANONYMOUS`], whatever base name it sent. A reading of another device is refused
+/// with 4.00, for good (the uplink keeps it as a dead letter and sends the others): a 4.03
+/// would say the device itself is refused, and an uplink holds its readings on one, so a Pi
+/// renamed with readings of its old name in its buffer held them all, the new ones behind
+/// them, for ever. The identity "anonymous" itself is refused with 4.03.
 pub fn authorize(identity: Option<&str>, readings: &mut [Reading]) -> Result<(), Refused> {
     match identity {
         // The anonymous peers' device name is no device's identity.
@@ -224,7 +228,7 @@ pub fn authorize(identity: Option<&str>, readings: &mut [Reading]) -> Result<(),
         )),
         Some(who) => match readings.iter().find(|r| r.device.as_str() != who) {
             Some(r) => Err(Refused::bad(
-                ResponseType::Forbidden,
+                ResponseType::BadRequest,
                 format!(
                     "{who} may post readings only for itself, not for {}",
                     r.device
@@ -425,9 +429,11 @@ mod tests {
         let mut rs = sample_readings(2);
         let own = rs[0].device.to_string();
         assert!(authorize(Some(&own), &mut rs).is_ok());
+        // The readings are refused for good (4.00), not the device (4.03, which held them).
         let e = authorize(Some("other"), &mut rs).unwrap_err();
+        assert_eq!(code(&e.reply), Code::BAD_REQUEST);
+        let e = authorize(Some(ANONYMOUS), &mut rs).unwrap_err();
         assert_eq!(code(&e.reply), Code::new(4, 3));
-        assert!(authorize(Some(ANONYMOUS), &mut rs).is_err());
         authorize(None, &mut rs).unwrap();
         assert!(rs.iter().all(|r| r.device.as_str() == ANONYMOUS));
     }

@@ -71,6 +71,17 @@ fn verdict(code: Code) -> Verdict {
 /// already spans 2^20 times `ack_timeout`.
 const MAX_RETRANSMIT: u32 = 20;
 
+/// The identity the server will know this uplink by: its PSK identity, or its certificate's
+/// common name (`None` without either: an anonymous uplink, or a file that does not read,
+/// which the DTLS context has refused already).
+fn identity_of(tls: &ClientSettings) -> Option<String> {
+    if let Some(psk) = &tls.psk {
+        return Some(psk.identity.clone());
+    }
+    let (cert, _) = tls.cert.as_ref()?;
+    dtls::certs::file_identity(cert)
+}
+
 fn szx(block: usize) -> Option<u8> {
     (0..=6u8).find(|s| 1usize << (s + 4) == block)
 }
@@ -154,6 +165,14 @@ impl Sink for Uplink {
         // Surface bad files and cipher lists, and any combination that would not authenticate
         // the server, now, not at the first write.
         dtls::client_context(&tls).map_err(|e| PluginError::config(format!("[{table}] {e}")))?;
+        let device = ctx.info().device.to_string();
+        if let Some(who) = identity_of(&tls).filter(|who| *who != device) {
+            tracing::warn!(
+                identity = %who,
+                device = %device,
+                "the server will know this uplink as {who:?}, not as the gateway's device {device:?}: a gateway's coaps-ingress takes readings of {who:?} only from it and refuses the others for good (they go to the dead letters); make [gateway] device and the certificate's name (or the PSK identity) the same"
+            );
+        }
         Ok(Uplink {
             instance: ctx.instance().to_owned(),
             host,

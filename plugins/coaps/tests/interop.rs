@@ -112,6 +112,47 @@ fn libcoap_client_posts_senml_to_our_ingress_with_certificates() {
     );
 }
 
+/// A device speaks for itself only: readings of another device are refused with 4.00.
+#[test]
+fn libcoap_client_posting_for_another_device_gets_4_00() {
+    if !have_libcoap() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "pi-01"); // the certificate says pi-01; the readings test-device
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("batch.cbor"),
+        senml::encode_cbor(&sample_readings(2)),
+    )
+    .unwrap();
+    let cfg = ingress_config(dir.path(), port, "");
+    let ingress =
+        std::thread::spawn(move || run_source::<Ingress>(&cfg, 1, Duration::from_secs(3)).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let printed = coap_client(&[
+        "-m",
+        "post",
+        "-t",
+        "112",
+        "-f",
+        &d("batch.cbor"),
+        "-R",
+        &d("ca.pem"),
+        "-c",
+        &d("device.pem"),
+        "-j",
+        &d("device.key"),
+        &format!("coaps://127.0.0.1:{port}/gpsflowtemp"),
+    ]);
+    assert!(
+        printed.contains("4.00") && printed.contains("pi-01 may post readings only for itself"),
+        "coap-client printed: {printed}"
+    );
+    assert!(ingress.join().unwrap().readings.is_empty());
+}
+
 #[test]
 fn libcoap_client_with_psk_and_foreign_senml_json_gets_its_identity_as_device() {
     if !have_libcoap() {
