@@ -180,14 +180,25 @@ impl DeadLetters {
         DeadLetters { max_size, ..self }
     }
 
-    /// Bytes of the files in the directory (finished or not).
-    /// (A file removed meanwhile, by `gateway dead-letters resend` say, counts nothing.)
+    /// Bytes of the finished files in the directory. (A file removed meanwhile, by `gateway
+    /// dead-letters resend` say, counts nothing.) Not the `.NAME.tmp` files: one being written
+    /// now has its room reserved already, and one a crash left behind between its creation and
+    /// its rename, which `list` does not show, took room for good: with enough of them every
+    /// refusal held the sink, and `list` and `resend` showed nothing to free.
     fn count_bytes(&self) -> io::Result<u64> {
         let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+        let unfinished = |e: &std::fs::DirEntry| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with('.') && name.ends_with(".tmp")
+        };
         let mut total = 0;
         match std::fs::read_dir(&self.dir) {
             Ok(d) => {
                 for e in d {
+                    if e.as_ref().is_ok_and(unfinished) {
+                        continue;
+                    }
                     match e.and_then(|e| e.metadata()) {
                         Ok(m) => total += m.len(),
                         Err(e) if gone(&e) => {}
@@ -493,6 +504,17 @@ mod tests {
             .put("refused", &big)
             .expect("alone, whatever its size");
         assert!(small.put("refused", &rs).is_err(), "but nothing beside it");
+    }
+
+    #[test]
+    fn a_file_a_crash_left_unfinished_takes_no_room() {
+        // Created, then a crash before its rename: `list` does not show it, so its room was
+        // never freed, and every later refusal held the sink.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".x.jsonl.tmp"), vec![b'x'; 4096]).unwrap();
+        let d = DeadLetters::new(dir.path().to_path_buf(), "db", "mysql").with_max_size(4096);
+        d.put("refused", &gateway_sdk::testing::sample_readings(3))
+            .expect("room");
     }
 
     #[test]
