@@ -304,7 +304,7 @@ impl DeadLetters {
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let written = (|| {
-            std::fs::create_dir_all(&self.dir)?;
+            crate::own_files::create_dir_durably(&self.dir)?;
             let mut file = crate::own_files::options()
                 .write(true)
                 .create(true)

@@ -20,7 +20,7 @@ impl DiskBuffer {
     /// Opens (creating if needed) the buffer in `dir`, recovering what an earlier run left:
     /// torn tails are cut off and counted, acknowledged segments removed.
     pub fn open(dir: &Path, settings: &BufferSettings) -> io::Result<DiskBuffer> {
-        std::fs::create_dir_all(dir)?;
+        crate::own_files::create_dir_durably(dir)?;
         let lock = crate::own_files::options()
             .write(true)
             .create(true)
