@@ -533,7 +533,11 @@ impl Server {
     /// Forgets a peer: its session, its handshake, its CoAP exchanges; `ending` says what goes
     /// out first.
     fn drop_peer(&mut self, peer: SocketAddr, ending: Ending) {
-        if self.handshakes.remove(&peer) {
+        // A handshake that never completed has no CoAP state to forget: skipping the walk over
+        // the endpoint's maps keeps a failed handshake (two datagrams, no key work) from
+        // costing time in proportion to everything the server holds.
+        let handshaking = self.handshakes.remove(&peer);
+        if handshaking {
             self.slot_freed = true;
         }
         self.parked.remove(&peer);
@@ -562,7 +566,9 @@ impl Server {
                 self.out.push_back((peer, d));
             }
         }
-        self.endpoint.forget_peer(peer);
+        if !handshaking {
+            self.endpoint.forget_peer(peer);
+        }
     }
 
     /// Moves the CoAP endpoint's messages into their sessions, the sessions' records to the
