@@ -20,7 +20,11 @@ use openssl::{
 };
 use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path};
 
-/// Whether `id` can be a device identity: 1 to 255 bytes, no control characters (a NUL would
+/// The longest identity, in bytes (see [`valid_identity`]).
+pub const MAX_IDENTITY: usize = 254;
+
+/// Whether `id` can be a device identity: 1 to 254 bytes (a SenML base name, at most 255
+/// bytes, is the device and a `:`; a 255-byte identity could never post), no control characters (a NUL would
 /// let `victim\0x` pass for `victim` wherever a C string is made of it), no U+FFFD (what a
 /// lossy conversion of bytes that are not text leaves, so two names could become one), and no
 /// white space at either end (MySQL's and MariaDB's PAD SPACE collations, `utf8mb4_bin`
@@ -31,7 +35,7 @@ use std::{io::Write, os::unix::fs::OpenOptionsExt, path::Path};
 /// The DTLS server gives a peer whose certificate's common name is not one no identity.
 pub fn valid_identity(id: &str) -> bool {
     !id.is_empty()
-        && id.len() <= 255
+        && id.len() <= MAX_IDENTITY
         && id.trim() == id
         && !id.chars().any(|c| {
             c.is_control()

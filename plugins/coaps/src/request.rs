@@ -439,6 +439,24 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_identity_can_post_its_own_readings() {
+        // A SenML base name (255 bytes at most) is the device and a `:`: a 255-byte identity
+        // was valid for a certificate or a PSK, and every reading of it was refused.
+        let who = "x".repeat(gateway_dtls::MAX_IDENTITY);
+        assert!(gateway_dtls::valid_identity(&who));
+        let mut rs = sample_readings(2);
+        for r in &mut rs {
+            r.device = gateway_sdk::Label::from(who.as_str());
+        }
+        let now = gateway_sdk::Timestamp(1_764_085_351_000_000);
+        let mut back = senml::decode_cbor(&senml::encode_cbor(&rs), 10, now, &who)
+            .unwrap()
+            .readings;
+        authorize(Some(&who), &mut back).unwrap();
+        assert_eq!(back, rs);
+    }
+
+    #[test]
     fn a_refusal_for_good_is_4_22_and_anything_else_5_03() {
         let r = not_stored(&PluginError::rejected("table gone"), 7);
         assert_eq!(code(&r), Code::UNPROCESSABLE_ENTITY);
