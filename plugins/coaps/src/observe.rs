@@ -35,8 +35,41 @@ pub struct Observers {
     device_of: HashMap<(SocketAddr, Token), String>,
     per_peer: HashMap<SocketAddr, usize>,
     max: usize,
+    /// Each observed device's notification round: bumped by every [`Observers::plan`] that
+    /// touches it, so that [`Observers::deliver`] hands over the newest state only.
+    rounds: HashMap<String, u64>,
     /// Notifications handed to the workers.
     pub sent: u64,
+}
+
+/// The notifications [`Observers::plan`] found due, with the readings each state is made of:
+/// encoded by [`Notices::encode`] without the locks held (a state can be hundreds of KB of
+/// JSON), then handed over by [`Observers::deliver`].
+pub struct Notices {
+    jobs: Vec<Job>,
+}
+
+/// One state to send: one device, sensor (or all) and Accept, to its observers.
+struct Job {
+    device: String,
+    round: u64,
+    sensor: Option<String>,
+    accept: Option<Vec<u8>>,
+    readings: Option<Vec<Reading>>,
+    packet: Option<Packet>,
+    to: Vec<(SocketAddr, Token)>,
+}
+
+impl Notices {
+    /// Encodes each state (no lock needed: the readings are a copy).
+    pub fn encode(&mut self, max_block: usize) {
+        for job in &mut self.jobs {
+            job.packet = job
+                .readings
+                .take()
+                .and_then(|r| state(&r, job.accept.as_deref(), max_block));
+        }
+    }
 }
 
 impl Observers {
@@ -47,6 +80,7 @@ impl Observers {
             device_of: HashMap::new(),
             per_peer: HashMap::new(),
             max,
+            rounds: HashMap::new(),
             sent: 0,
         }
     }
@@ -113,16 +147,28 @@ impl Observers {
             ws.remove(&(peer, token.to_vec()));
             if ws.is_empty() {
                 self.by_device.remove(&device);
+                self.rounds.remove(&device);
             }
         }
     }
 
     /// Notifies the observers of the devices and sensors `fresh` readings touched with their
-    /// resource's new state from `table`. One encoding per distinct (sensor, Accept), however
-    /// many observe it.
+    /// resource's new state from `table`: [`Observers::plan`], [`Notices::encode`] and
+    /// [`Observers::deliver`] in one, all under the caller's locks.
     pub fn notify(&mut self, fresh: &[Reading], table: &Latest, max_block: usize) {
+        let mut notices = self.plan(fresh, table);
+        notices.encode(max_block);
+        self.deliver(notices);
+    }
+
+    /// The notifications `fresh` readings make due: the devices and sensors they touched, one
+    /// state per distinct (sensor, Accept) however many observe it, with its readings copied
+    /// from `table`. Call it under the table's lock, right after recording `fresh`, so that a
+    /// state is never older than a registration's answer that went before it.
+    pub fn plan(&mut self, fresh: &[Reading], table: &Latest) -> Notices {
+        let mut jobs = Vec::new();
         if self.by_device.is_empty() {
-            return;
+            return Notices { jobs };
         }
         let mut touched: Vec<(&str, &str)> = fresh
             .iter()
@@ -132,27 +178,60 @@ impl Observers {
         touched.dedup();
         let mut devices: Vec<&str> = touched.iter().map(|(d, _)| *d).collect();
         devices.dedup();
-        let mut sent = 0;
         for device in devices {
             let Some(watchers) = self.by_device.get(device) else {
                 continue;
             };
-            let mut encoded: Vec<((Option<&str>, Option<&[u8]>), Option<Packet>)> = Vec::new();
+            let round = self.rounds.entry(device.to_owned()).or_default();
+            *round += 1;
+            let first = jobs.len();
             for w in watchers.values() {
                 let sensor = w.sensor.as_deref();
                 if sensor.is_some_and(|s| !touched.contains(&(device, s))) {
                     continue;
                 }
-                let key = (sensor, w.accept.as_deref());
-                let i = match encoded.iter().position(|(k, _)| *k == key) {
-                    Some(i) => i,
+                let i = match jobs[first..]
+                    .iter()
+                    .position(|j: &Job| j.accept == w.accept && j.sensor.as_deref() == sensor)
+                {
+                    Some(i) => first + i,
                     None => {
-                        encoded.push((key, state(table, device, sensor, key.1, max_block)));
-                        encoded.len() - 1
+                        jobs.push(Job {
+                            device: device.to_owned(),
+                            round: *round,
+                            sensor: sensor.map(str::to_owned),
+                            accept: w.accept.clone(),
+                            readings: table.get(device, sensor),
+                            packet: None,
+                            to: Vec::new(),
+                        });
+                        jobs.len() - 1
                     }
                 };
-                if let Some(p) = &encoded[i].1 {
-                    w.to.notify(w.peer, w.token.clone(), p.clone());
+                jobs[i].to.push((w.peer, w.token.clone()));
+            }
+        }
+        Notices { jobs }
+    }
+
+    /// Hands the encoded `notices` to the workers of their observers: only the newest round of
+    /// each device (a worker that encoded an older state after a newer one leaves it), and
+    /// only to observers still registered.
+    pub fn deliver(&mut self, notices: Notices) {
+        let mut sent = 0;
+        for job in notices.jobs {
+            let Some(packet) = job.packet else {
+                continue;
+            };
+            if self.rounds.get(&job.device) != Some(&job.round) {
+                continue;
+            }
+            let Some(watchers) = self.by_device.get(&job.device) else {
+                continue;
+            };
+            for (peer, token) in job.to {
+                if let Some(w) = watchers.get(&(peer, token)) {
+                    w.to.notify(w.peer, w.token.clone(), packet.clone());
                     sent += 1;
                 }
             }
@@ -163,6 +242,7 @@ impl Observers {
     /// Tells the observers of `device` it is gone (a 4.04, which ends each observation), and
     /// forgets them.
     pub fn forgotten(&mut self, device: &str) {
+        self.rounds.remove(device);
         for w in self
             .by_device
             .remove(device)
@@ -182,22 +262,15 @@ impl Observers {
     }
 }
 
-/// A resource's state as a notification: what a GET with `accept` would answer, its first
-/// block if it is large. `None` if there is nothing to say (no readings, or a format the
+/// A resource's state (its `readings`) as a notification: what a GET with `accept` would
+/// answer, its first block if it is large. `None` if there is nothing to say (a format the
 /// registration's answer could not have had).
-fn state(
-    table: &Latest,
-    device: &str,
-    sensor: Option<&str>,
-    accept: Option<&[u8]>,
-    max_block: usize,
-) -> Option<Packet> {
-    let readings = table.get(device, sensor)?;
+fn state(readings: &[Reading], accept: Option<&[u8]>, max_block: usize) -> Option<Packet> {
     let mut get = Packet::new();
     if let Some(a) = accept {
         get.add_option(CoapOption::Accept, a.to_vec());
     }
-    let mut p = latest::answer(&get, &readings, max_block).ok()?;
+    let mut p = latest::answer(&get, readings, max_block).ok()?;
     p.add_option(CoapOption::Observe, encode_uint(0));
     Some(p)
 }
@@ -272,5 +345,32 @@ mod tests {
         assert_eq!(o.len(), 1);
         o.notify(&fresh, &table, 1024);
         assert_eq!(o.sent, 2);
+    }
+
+    #[test]
+    fn a_state_encoded_after_a_newer_one_is_not_sent() {
+        // Workers encode states without the locks: two requests' states may be ready in the
+        // other order. The older is left; each observer gets the newer once.
+        let to = Responder::detached();
+        let mut o = Observers::new(100);
+        o.add("pi-1", None, peer(1), &get(1), &to);
+        o.add("pi-1", Some("probe"), peer(2), &get(1), &to);
+        let mut table = Latest::new(10, 10, 1 << 20);
+        let fresh = [reading("pi-1", "probe")];
+        table.record(&fresh);
+        let mut older = o.plan(&fresh, &table);
+        let mut newer = o.plan(&fresh, &table);
+        newer.encode(1024);
+        o.deliver(newer);
+        assert_eq!(o.sent, 2);
+        older.encode(1024);
+        o.deliver(older);
+        assert_eq!(o.sent, 2, "the older state went after the newer");
+        // An observer gone meanwhile is not sent the state planned for it.
+        let mut later = o.plan(&fresh, &table);
+        o.remove(peer(2), &[1]);
+        later.encode(1024);
+        o.deliver(later);
+        assert_eq!(o.sent, 3);
     }
 }

@@ -552,17 +552,24 @@ impl Handler for Serving<'_> {
         self.counters
             .duplicates
             .fetch_add(duplicates as u64, Ordering::Relaxed);
-        {
+        let notices = {
             let mut table = self.latest.lock().expect("latest");
             table.record(&fresh);
             // The gauge is set under the observers' lock by every registration, which holds the
             // table's lock too: read here, it is exact, and a request spares the second lock
             // while nobody observes.
-            if self.counters.observers.load(Ordering::Relaxed) > 0 {
+            (self.counters.observers.load(Ordering::Relaxed) > 0).then(|| {
                 let mut observers = self.observers.lock().expect("observers");
-                observers.notify(&fresh, &table, self.settings.max_block);
-                self.counted(&observers);
-            }
+                observers.plan(&fresh, &table)
+            })
+        };
+        if let Some(mut notices) = notices {
+            // Encoded with no lock held: a device's state can be hundreds of KB of JSON, in
+            // several formats, and every worker needs these locks for every request.
+            notices.encode(self.settings.max_block);
+            let mut observers = self.observers.lock().expect("observers");
+            observers.deliver(notices);
+            self.counted(&observers);
         }
         if fresh.is_empty() {
             return self.answer(id, request::stored(), Instant::now());
