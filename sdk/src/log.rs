@@ -6,6 +6,11 @@
 //! and passes it on, tagged with the instance whose span is current (the SDK enters one around
 //! every call from the host). It also installs a panic hook that logs the panic message and
 //! location before the SDK turns the panic into an error.
+//!
+//! Events below the most verbose level the host wants from the library are dropped here,
+//! before they are formatted. That level changes when a reload sets an instance's `log_level`,
+//! and the host has no way to tell the library: it is read again when an instance is built
+//! and, at most once a second, when an event is logged ([`refresh_levels`]).
 
 use crate::abi::{HostLogBox, LogRecord};
 use abi_stable::std_types::RStr;
@@ -13,7 +18,11 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     fmt::Write as _,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicU64, AtomicU8, Ordering},
+        Arc, Mutex, OnceLock,
+    },
+    time::Instant,
 };
 use tracing::{
     field::{Field, Visit},
@@ -38,21 +47,59 @@ pub(crate) fn publish_metrics(instance: &str, families: &[crate::abi::MetricFami
     }
 }
 
-/// Installs the host's logger; later calls are ignored.
-pub(crate) fn init(host: HostLogBox) {
-    let max = match host.max_level() {
+/// The level filter of the host's level number (0 = off, 1 = error .. 5 = trace).
+fn filter_of(level: u8) -> LevelFilter {
+    match level {
         0 => LevelFilter::OFF,
         1 => LevelFilter::ERROR,
         2 => LevelFilter::WARN,
         3 => LevelFilter::INFO,
         4 => LevelFilter::DEBUG,
         _ => LevelFilter::TRACE,
-    };
+    }
+}
+
+/// The most verbose level the host wants from this library, as its level number.
+static MAX: AtomicU8 = AtomicU8::new(0);
+/// When [`MAX`] was last read from the host: milliseconds since [`EPOCH`].
+static CHECKED: AtomicU64 = AtomicU64::new(0);
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Reads the host's level again (`force`, or a second after the last time); if it changed,
+/// `tracing` asks the subscriber again which events it wants.
+pub(crate) fn refresh_levels(force: bool) {
+    let Some(host) = HOST.get() else { return };
+    let now = EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64;
+    let last = CHECKED.load(Ordering::Relaxed);
+    if !force && now.saturating_sub(last) < 1000 {
+        return;
+    }
+    if CHECKED
+        .compare_exchange(
+            last,
+            now.max(last + 1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        )
+        .is_err()
+    {
+        return; // another thread is at it
+    }
+    let level = host.max_level();
+    if MAX.swap(level, Ordering::Relaxed) != level {
+        tracing::callsite::rebuild_interest_cache();
+    }
+}
+
+/// Installs the host's logger; later calls are ignored.
+pub(crate) fn init(host: HostLogBox) {
+    let level = host.max_level();
     if HOST.set(host).is_err() {
         return;
     }
+    MAX.store(level, Ordering::Relaxed);
+    EPOCH.get_or_init(Instant::now);
     let subscriber = Forward {
-        max,
         spans: Mutex::new(Spans::default()),
     };
     let _ = tracing::subscriber::set_global_default(subscriber);
@@ -66,7 +113,6 @@ pub(crate) fn init(host: HostLogBox) {
 /// `tracing-subscriber`'s registry, which every plugin library would otherwise carry (its code
 /// and a 32 KB slab each).
 struct Forward {
-    max: LevelFilter,
     spans: Mutex<Spans>,
 }
 
@@ -121,11 +167,11 @@ impl Subscriber for Forward {
     }
 
     fn enabled(&self, meta: &Metadata<'_>) -> bool {
-        self.max >= *meta.level()
+        filter_of(MAX.load(Ordering::Relaxed)) >= *meta.level()
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(self.max)
+        Some(filter_of(MAX.load(Ordering::Relaxed)))
     }
 
     fn new_span(&self, attrs: &span::Attributes<'_>) -> span::Id {
@@ -164,6 +210,8 @@ impl Subscriber for Forward {
 
     fn event(&self, event: &Event<'_>) {
         let Some(host) = HOST.get() else { return };
+        // Only events that pass cost this: a disabled one never gets here.
+        refresh_levels(false);
         let mut fields = Fields::default();
         event.record(&mut fields);
         let instance = self.instance_of(parent(event.parent(), event.is_contextual()));

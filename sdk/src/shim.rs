@@ -100,6 +100,8 @@ fn instance_span(info: &InstanceInfo) -> tracing::Span {
 
 /// Builds a source instance from the host's description. `pub` for [`crate::testing`].
 pub extern "C" fn new_source<S: Source>(info: &InstanceInfo) -> RResult<SourceBox, PluginError> {
+    // An instance's `log_level` may have changed since the library last asked.
+    crate::log::refresh_levels(true);
     let span = instance_span(info);
     let _enter = span.enter();
     guarded("new", || {
@@ -117,6 +119,8 @@ pub extern "C" fn new_source<S: Source>(info: &InstanceInfo) -> RResult<SourceBo
 
 /// Builds a sink instance from the host's description.
 pub extern "C" fn new_sink<S: Sink>(info: &InstanceInfo) -> RResult<SinkBox, PluginError> {
+    // An instance's `log_level` may have changed since the library last asked.
+    crate::log::refresh_levels(true);
     let span = instance_span(info);
     let _enter = span.enter();
     guarded("new", || {
