@@ -46,7 +46,13 @@ struct ProbeState {
     rejects: BTreeMap<Reject, u64>,
     failing: bool,
     hung: bool,
+    /// A read of it has come after its round's `read_timeout` (said once).
+    late: bool,
 }
+
+/// What a read thread sends back: the round it was started in, the probe, how it ended and
+/// what it rejected.
+type Done = (u64, String, ReadEnd, Vec<Reject>);
 
 /// Counts of rejected reads per probe and reason.
 pub type RejectCounts = BTreeMap<String, BTreeMap<Reject, u64>>;
@@ -64,6 +70,12 @@ pub struct Bus {
     retries: u32,
     retry_delay: Duration,
     read_timeout: Duration,
+    /// Where the read threads send their results: one channel for every round, so that a read
+    /// that ends after its round's `read_timeout` is taken by the next round, not lost.
+    done_tx: mpsc::Sender<Done>,
+    done_rx: mpsc::Receiver<Done>,
+    /// The round being read.
+    round: u64,
 }
 
 fn is_ds18b20(name: &str) -> bool {
@@ -73,7 +85,11 @@ fn is_ds18b20(name: &str) -> bool {
 impl Bus {
     /// A bus for the config's root and probes.
     pub fn new(cfg: &Config) -> Self {
+        let (done_tx, done_rx) = mpsc::channel();
         Bus {
+            done_tx,
+            done_rx,
+            round: 0,
             root: cfg.root.clone(),
             configured: cfg.sensors.clone(),
             probes: BTreeMap::new(),
@@ -177,12 +193,14 @@ impl Bus {
                         rejects: BTreeMap::new(),
                         failing: false,
                         hung: false,
+                        late: false,
                     },
                 );
             }
         }
 
-        let (tx, rx) = mpsc::channel::<(String, ReadEnd, Vec<Reject>)>();
+        self.round += 1;
+        let round = self.round;
         let mut started = 0;
         for (id, st) in self.probes.iter_mut() {
             if st.busy.load(Ordering::SeqCst) {
@@ -198,8 +216,12 @@ impl Bus {
             }
             st.busy.store(true, Ordering::SeqCst);
             st.busy_since = Instant::now();
-            let (path, busy, tx, probe) =
-                (st.path.clone(), st.busy.clone(), tx.clone(), id.clone());
+            let (path, busy, tx, probe) = (
+                st.path.clone(),
+                st.busy.clone(),
+                self.done_tx.clone(),
+                id.clone(),
+            );
             let (retries, delay) = (self.retries, self.retry_delay);
             let spawned = std::thread::Builder::new()
                 .name(format!("w1:{id}"))
@@ -207,7 +229,7 @@ impl Bus {
                 .spawn(move || {
                     let (end, rejects) = read_probe(&path, retries, delay);
                     busy.store(false, Ordering::SeqCst);
-                    let _ = tx.send((probe, end, rejects));
+                    let _ = tx.send((round, probe, end, rejects));
                 });
             match spawned {
                 Ok(_) => started += 1,
@@ -217,19 +239,31 @@ impl Bus {
                 }
             }
         }
-        drop(tx);
-
         let deadline = Instant::now() + self.read_timeout;
         let mut out = Vec::new();
-        for _ in 0..started {
-            let Ok((id, end, rejects)) =
-                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            else {
+        // This round's reads, and any of an earlier round that ended after its timeout.
+        let mut waiting = started;
+        loop {
+            let next = if waiting > 0 {
+                self.done_rx
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .ok()
+            } else {
+                self.done_rx.try_recv().ok()
+            };
+            let Some((of_round, id, end, rejects)) = next else {
                 break;
             };
+            if of_round == round {
+                waiting -= 1;
+            }
             let Some(st) = self.probes.get_mut(&id) else {
                 continue;
             };
+            if of_round != round && !st.late {
+                st.late = true;
+                tracing::warn!(probe = %id, read_timeout = ?self.read_timeout, "probe is slower than read_timeout: its readings come a round late, timed when they were read; raise read_timeout");
+            }
             for r in &rejects {
                 *st.rejects.entry(*r).or_insert(0) += 1;
             }

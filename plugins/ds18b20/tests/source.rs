@@ -274,3 +274,38 @@ fn many_probes_are_read_concurrently_and_a_hung_one_delays_no_other() {
         }
     }
 }
+
+#[test]
+fn a_probe_slower_than_read_timeout_still_gives_its_readings_a_round_late() {
+    // Parasite-powered probes may take longer than read_timeout each. Before, a read that
+    // ended after its round's timeout was dropped with no log and no count, and the probe,
+    // busy no more by the next round, was neither hung nor failing: it never gave a reading.
+    let dir = tempfile::tempdir().unwrap();
+    let tree = FifoTree::new(dir.path());
+    tree.probe(
+        "28-000000000001",
+        Behaviour::Answers {
+            delay: Duration::from_millis(120),
+            texts: vec![format_w1_slave(21.5)],
+        },
+    );
+    let cfg = config(&format!(
+        "root = {:?}\nread_timeout = \"50ms\"",
+        dir.path().display().to_string()
+    ));
+    let mut bus = Bus::new(&cfg);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let started = Instant::now();
+        got.extend(bus.round());
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "a round waits read_timeout at most"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(got.len() >= 3, "{got:?}");
+    assert!(got.iter().all(|m| m.celsius == 21.5));
+    // Each timed when it was read, in order.
+    assert!(got.windows(2).all(|w| w[0].time < w[1].time), "{got:?}");
+}
