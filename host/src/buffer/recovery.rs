@@ -119,8 +119,8 @@ impl DiskBuffer {
     }
 
     /// Reads a segment's records: damage in the middle is skipped record by record, a torn
-    /// tail is cut off. A file that is not a segment (bad magic) is renamed `NAME.damaged` and
-    /// left out (`None`).
+    /// tail is cut off. A file that is not a segment (bad magic, and no intact record after it)
+    /// is renamed `NAME.damaged` (`NAME.N.damaged` if that is taken) and left out (`None`).
     fn scan(
         path: &Path,
         first: u64,
@@ -128,7 +128,14 @@ impl DiskBuffer {
         stats: &BufferStats,
     ) -> io::Result<Option<Segment>> {
         let Some(scan) = segment::scan(path, first, head)? else {
-            let aside = path.with_extension("seg.damaged");
+            // Never over an earlier one: each may hold what someone wants to look at.
+            let aside = (0..)
+                .map(|n| match n {
+                    0 => path.with_extension("seg.damaged"),
+                    n => path.with_extension(format!("seg.{n}.damaged")),
+                })
+                .find(|p| p.symlink_metadata().is_err())
+                .expect("a free name");
             stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 segment = %path.display(),
@@ -138,6 +145,12 @@ impl DiskBuffer {
             std::fs::rename(path, &aside)?;
             return Ok(None);
         };
+        if scan.magic_damaged {
+            tracing::warn!(
+                segment = %path.display(),
+                "disk buffer segment's magic is damaged, but its records are intact; reading them"
+            );
+        }
         for h in &scan.holes {
             stats
                 .corrupt_records

@@ -195,10 +195,12 @@ pub struct Scan {
     pub tail_problem: Option<String>,
     /// The file's length when it was scanned.
     pub len: u64,
+    /// The 8 bytes of magic are wrong, but the records after them read back intact.
+    pub magic_damaged: bool,
 }
 
 /// Reads every record of the segment at `path` whose first record is `first`. `Ok(None)` if the
-/// file is not a segment (bad magic).
+/// file is not a segment: bad magic, and no intact first record after it.
 pub fn scan(path: &Path, first: u64, acked_below: u64) -> io::Result<Option<Scan>> {
     let file = crate::own_files::open(path)?;
     let len = file.metadata()?.len();
@@ -207,12 +209,22 @@ pub fn scan(path: &Path, first: u64, acked_below: u64) -> io::Result<Option<Scan
     if len == 0 {
         return Ok(Some(Scan::default()));
     }
-    if r.read_exact(&mut magic).is_err() || &magic != MAGIC {
+    if r.read_exact(&mut magic).is_err() {
         return Ok(None);
+    }
+    let magic_damaged = &magic != MAGIC;
+    if magic_damaged {
+        // One flipped bit there cost every record of the segment. A file whose first record
+        // reads back intact (its checksum covers its sequence number) is a segment.
+        if !matches!(read_record(&mut r, first), Ok(Some(_))) {
+            return Ok(None);
+        }
+        r.seek(SeekFrom::Start(MAGIC.len() as u64))?;
     }
     let mut s = Scan {
         valid_end: MAGIC.len() as u64,
         len,
+        magic_damaged,
         ..Scan::default()
     };
     let mut expected = first;

@@ -602,3 +602,38 @@ fn a_segment_that_cannot_be_opened_or_read_is_not_skipped() {
         std::fs::create_dir(p).unwrap()
     });
 }
+
+#[test]
+fn a_flipped_bit_in_a_segments_magic_costs_no_record() {
+    // Before, the whole segment was moved aside as "not a segment".
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path());
+    fill(&b, 8, 10);
+    drop(b);
+    let seg = segment_file(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[0] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let b = open(dir.path());
+    assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 0);
+    assert_same(&drain_all(&b, 1000), &(0..80).collect::<Vec<i64>>());
+    drop(b);
+    // A file that is not a segment goes aside, never over an earlier one.
+    for round in 0..2 {
+        std::fs::write(
+            dir.path().join("00000000000099999999.seg"),
+            format!("not a segment, round {round}"),
+        )
+        .unwrap();
+        drop(open(dir.path()));
+    }
+    let kept = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    assert_eq!(
+        kept("00000000000099999999.seg.damaged"),
+        "not a segment, round 0"
+    );
+    assert_eq!(
+        kept("00000000000099999999.seg.1.damaged"),
+        "not a segment, round 1"
+    );
+}
