@@ -48,11 +48,33 @@ struct ProbeState {
     hung: bool,
     /// A read of it has come after its round's `read_timeout` (said once).
     late: bool,
+    /// When its failing was last said: once when it starts, then hourly (a dead probe read
+    /// every 5 s made 17,000 warnings a day).
+    failing_said: Option<Instant>,
 }
+
+/// How often a probe that keeps failing is said to.
+const FAILING_REMINDER: Duration = Duration::from_secs(3600);
 
 /// What a read thread sends back: the round it was started in, the probe, how it ended and
 /// what it rejected.
 type Done = (u64, String, ReadEnd, Vec<Reject>);
+
+impl ProbeState {
+    /// Marks the probe failing; whether to say so now (it just started, or an hour went by).
+    fn say_failing(&mut self) -> bool {
+        let now = Instant::now();
+        let say = !self.failing
+            || self
+                .failing_said
+                .is_none_or(|t| now.duration_since(t) >= FAILING_REMINDER);
+        self.failing = true;
+        if say {
+            self.failing_said = Some(now);
+        }
+        say
+    }
+}
 
 /// Counts of rejected reads per probe and reason.
 pub type RejectCounts = BTreeMap<String, BTreeMap<Reject, u64>>;
@@ -194,6 +216,7 @@ impl Bus {
                         failing: false,
                         hung: false,
                         late: false,
+                        failing_said: None,
                     },
                 );
             }
@@ -283,12 +306,14 @@ impl Bus {
                     });
                 }
                 ReadEnd::Bad(last) => {
-                    st.failing = true;
-                    tracing::warn!(probe = %id, reason = %last, attempts = rejects.len(), totals = %summary(&st.rejects), "probe failing: every read this round was rejected");
+                    if st.say_failing() {
+                        tracing::warn!(probe = %id, reason = %last, attempts = rejects.len(), totals = %summary(&st.rejects), "probe failing: every read this round was rejected (said again hourly while it fails)");
+                    }
                 }
                 ReadEnd::Io(e) => {
-                    st.failing = true;
-                    tracing::warn!(probe = %id, error = %e, "probe failing: cannot read w1_slave");
+                    if st.say_failing() {
+                        tracing::warn!(probe = %id, error = %e, "probe failing: cannot read w1_slave (said again hourly while it fails)");
+                    }
                 }
             }
         }
@@ -353,4 +378,31 @@ fn read_capped(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
         .take(MAX_W1_SLAVE + 1)
         .read_to_end(&mut bytes)?;
     Ok((bytes.len() as u64 <= MAX_W1_SLAVE).then_some(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_probe_is_said_once_then_hourly_and_again_after_it_recovers() {
+        let mut st = ProbeState {
+            path: PathBuf::new(),
+            label: Label::from("p"),
+            busy: Arc::default(),
+            busy_since: Instant::now(),
+            rejects: BTreeMap::new(),
+            failing: false,
+            hung: false,
+            late: false,
+            failing_said: None,
+        };
+        assert!(st.say_failing(), "it starts failing");
+        assert!(!st.say_failing(), "the next round");
+        st.failing_said = Some(Instant::now() - FAILING_REMINDER);
+        assert!(st.say_failing(), "an hour later");
+        assert!(!st.say_failing());
+        st.failing = false; // it read well
+        assert!(st.say_failing(), "fails again");
+    }
 }
