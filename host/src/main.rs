@@ -193,7 +193,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     logger.set_level(&d.name, l);
                 }
             }
-            logging::init(format, level, logger.max_level());
+            // Plugin events are filtered per instance where they come in (`LibraryLog`), at the
+            // levels a reload may change: the subscriber lets them all through, or a level
+            // raised by a reload above the start's would stay filtered out here.
+            logging::init(format, level, LevelFilter::TRACE);
             tracing::info!(config = %config.path.display(), version = env!("CARGO_PKG_VERSION"), "gateway starting");
             // Bound before anything starts: a port another process holds (one that would then
             // answer health checks and `gateway status` in the gateway's name) stops the start.

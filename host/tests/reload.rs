@@ -692,3 +692,32 @@ fn a_shutdown_during_a_reload_whose_constructor_hangs_is_answered() {
     assert!(err.contains("the reload is abandoned"), "{err}");
     assert!(err.contains("everything in flight was delivered"), "{err}");
 }
+
+/// A reload that makes an instance more verbose than any was at the start: its debug and trace
+/// events reach the log. Before, both the plugin library (its filter fixed when loaded) and the
+/// host's subscriber (its plugin level fixed at the start) dropped them.
+#[test]
+fn a_log_level_raised_by_a_reload_shows_the_instances_trace_events() {
+    let s = Setup::new();
+    let extra = gateway_extra(&s);
+    let text = |level: &str| {
+        format!(
+            "[sources.health]\nplugin = \"system\"\ninterval = \"100ms\"\ninclude = [\"load\"]\n{level}\n[sinks.out]\nplugin = \"testkit-recorder\"\npath = {:?}\n",
+            s.path("out.txt").display().to_string()
+        )
+    };
+    let cfg = s.config(&extra, &text(""));
+    let gw = Running::start(&s, &cfg, &[]);
+    wait_until("readings flow", &gw, Duration::from_secs(20), || {
+        std::fs::read_to_string(s.path("out.txt")).is_ok_and(|t| t.lines().count() > 2)
+    });
+    assert!(!gw.stderr().contains("round done"), "trace at info?");
+    s.config(&extra, &text("log_level = \"trace\""));
+    gw.signal(libc::SIGHUP);
+    wait_until(
+        "the source's trace events reach the log",
+        &gw,
+        Duration::from_secs(20),
+        || gw.stderr().contains("round done"),
+    );
+}
