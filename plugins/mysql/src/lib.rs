@@ -14,7 +14,8 @@ use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
 /// The sink.
 pub struct Mysql {
     store: store::Store,
-    migrated: bool,
+    /// The server (its index in `url`) the schema was last checked on.
+    migrated_on: Option<usize>,
 }
 
 fn password(cfg: &Config, ctx: &InitContext) -> Result<Option<String>, PluginError> {
@@ -42,23 +43,21 @@ impl Sink for Mysql {
         })?;
         Ok(Mysql {
             store,
-            migrated: false,
+            migrated_on: None,
         })
     }
 
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
-        if !self.migrated {
+        // The schema is checked on the server in use: at the first write, and again after a
+        // failover, or once the table went missing, to a server of `url` that is not a replica
+        // (where every insert would otherwise fail with "table doesn't exist" for ever).
+        if self.migrated_on != Some(self.store.current()) || self.store.take_table_missing() {
             self.store.migrate()?;
-            self.migrated = true;
+            self.migrated_on = Some(self.store.current());
             tracing::info!("MySQL schema ready");
         }
         store::check(batch)?;
-        let new = self.store.write(batch).inspect_err(|e| {
-            // The next write checks the schema again: a failover may have moved to a server
-            // that has no table yet (one `url` lists that is not a replica), where every insert
-            // would fail with "table doesn't exist" for ever.
-            self.migrated = e.kind == gateway_sdk::ErrorKind::REJECTED;
-        })?;
+        let new = self.store.write(batch)?;
         if (new as usize) < batch.len() {
             tracing::debug!(
                 duplicates = batch.len() - new as usize,

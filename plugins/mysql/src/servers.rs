@@ -63,6 +63,11 @@ impl Servers {
         }
     }
 
+    /// The server in use: its index in `url`.
+    pub fn current(&self) -> usize {
+        self.current.load(Ordering::Relaxed)
+    }
+
     /// The pools, for closing them.
     pub fn pools(&self) -> impl Iterator<Item = &Pool> {
         self.pools.iter().map(|(_, p)| p)

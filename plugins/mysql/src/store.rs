@@ -125,6 +125,8 @@ pub struct Store {
     insert_full: std::sync::Arc<str>,
     connect_timeout: std::time::Duration,
     write_timeout: std::time::Duration,
+    /// An insert found no table (1146) since [`Store::take_table_missing`] was last asked.
+    table_missing: std::sync::atomic::AtomicBool,
 }
 
 /// A connection from `pool` within `limit` (`connect_timeout`): a server that takes the TCP
@@ -214,15 +216,35 @@ impl Store {
             insert_full: store_sql(&cfg.table, ROWS_PER_INSERT).into(),
             connect_timeout: cfg.connect_timeout,
             write_timeout: cfg.write_timeout,
+            table_missing: Default::default(),
         })
     }
 
     /// Creates the tables or checks their version, then (re)creates the view, on the first
-    /// server that takes writes.
+    /// server that takes writes, within `write_timeout` on each.
     pub fn migrate(&self) -> Result<(), PluginError> {
+        let limit = self.write_timeout;
         self.servers.run(&self.rt, |pool| {
-            migrate_on(pool, self.table.clone(), self.connect_timeout)
+            let fut = migrate_on(pool, self.table.clone(), self.connect_timeout);
+            async move {
+                tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+                    Err(Failure::Timeout(format!(
+                        "the schema was not checked within write_timeout ({limit:?})"
+                    )))
+                })
+            }
         })
+    }
+
+    /// The server in use (its index in `url`).
+    pub fn current(&self) -> usize {
+        self.servers.current()
+    }
+
+    /// Whether an insert found no table since the last call.
+    pub fn take_table_missing(&self) -> bool {
+        self.table_missing
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Inserts a batch in one transaction ([`store_sql`]); returns after COMMIT.
@@ -242,15 +264,22 @@ impl Store {
                 .collect()
         };
         let (limit, connect_limit) = (self.write_timeout, self.connect_timeout);
+        let missing = &self.table_missing;
         self.servers.run(&self.rt, |pool| {
             let fut = insert(pool, table.clone(), full.clone(), chunks, connect_limit);
             async move {
-                match tokio::time::timeout(limit, fut).await {
+                let r = match tokio::time::timeout(limit, fut).await {
                     Ok(r) => r,
                     Err(_) => Err(Failure::Timeout(format!(
                         "the batch was not committed within write_timeout ({limit:?})"
                     ))),
+                };
+                if let Err(Failure::Db(_, mysql_async::Error::Server(e))) = &r {
+                    if e.code == 1146 {
+                        missing.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
+                r
             }
         })
     }
