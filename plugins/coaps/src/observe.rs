@@ -25,6 +25,8 @@ struct Watcher {
     /// registration's answer was.
     accept: Option<Vec<u8>>,
     to: Responder,
+    /// The round of the last state it was handed (see [`Observers::deliver`]).
+    delivered: u64,
 }
 
 /// The registry.
@@ -35,9 +37,9 @@ pub struct Observers {
     device_of: HashMap<(SocketAddr, Token), String>,
     per_peer: HashMap<SocketAddr, usize>,
     max: usize,
-    /// Each observed device's notification round: bumped by every [`Observers::plan`] that
-    /// touches it, so that [`Observers::deliver`] hands over the newest state only.
-    rounds: HashMap<String, u64>,
+    /// The last [`Observers::plan`]'s round: each plan takes the next, so that
+    /// [`Observers::deliver`] never hands an observer a state older than one it was handed.
+    round: u64,
     /// Notifications handed to the workers.
     pub sent: u64,
 }
@@ -80,7 +82,7 @@ impl Observers {
             device_of: HashMap::new(),
             per_peer: HashMap::new(),
             max,
-            rounds: HashMap::new(),
+            round: 0,
             sent: 0,
         }
     }
@@ -127,6 +129,8 @@ impl Observers {
                 sensor: sensor.map(str::to_owned),
                 accept: req.get_first_option(CoapOption::Accept).cloned(),
                 to: to.clone(),
+                // Nothing planned before it registered: its answer is newer.
+                delivered: self.round,
             },
         );
         true
@@ -147,7 +151,6 @@ impl Observers {
             ws.remove(&(peer, token.to_vec()));
             if ws.is_empty() {
                 self.by_device.remove(&device);
-                self.rounds.remove(&device);
             }
         }
     }
@@ -170,6 +173,8 @@ impl Observers {
         if self.by_device.is_empty() {
             return Notices { jobs };
         }
+        self.round += 1;
+        let round = self.round;
         let mut touched: Vec<(&str, &str)> = fresh
             .iter()
             .map(|r| (r.device.as_str(), r.sensor.as_str()))
@@ -182,8 +187,6 @@ impl Observers {
             let Some(watchers) = self.by_device.get(device) else {
                 continue;
             };
-            let round = self.rounds.entry(device.to_owned()).or_default();
-            *round += 1;
             let first = jobs.len();
             for w in watchers.values() {
                 let sensor = w.sensor.as_deref();
@@ -198,7 +201,7 @@ impl Observers {
                     None => {
                         jobs.push(Job {
                             device: device.to_owned(),
-                            round: *round,
+                            round,
                             sensor: sensor.map(str::to_owned),
                             accept: w.accept.clone(),
                             readings: table.get(device, sensor),
@@ -214,26 +217,28 @@ impl Observers {
         Notices { jobs }
     }
 
-    /// Hands the encoded `notices` to the workers of their observers: only the newest round of
-    /// each device (a worker that encoded an older state after a newer one leaves it), and
-    /// only to observers still registered.
+    /// Hands the encoded `notices` to the workers of their observers: to each observer still
+    /// registered as it was planned for, unless it was handed a newer state meanwhile (a
+    /// worker that encoded an older state after another's newer one leaves it).
     pub fn deliver(&mut self, notices: Notices) {
         let mut sent = 0;
         for job in notices.jobs {
             let Some(packet) = job.packet else {
                 continue;
             };
-            if self.rounds.get(&job.device) != Some(&job.round) {
-                continue;
-            }
-            let Some(watchers) = self.by_device.get(&job.device) else {
+            let Some(watchers) = self.by_device.get_mut(&job.device) else {
                 continue;
             };
-            for (peer, token) in job.to {
-                if let Some(w) = watchers.get(&(peer, token)) {
-                    w.to.notify(w.peer, w.token.clone(), packet.clone());
-                    sent += 1;
+            for key in job.to {
+                let Some(w) = watchers.get_mut(&key) else {
+                    continue;
+                };
+                if w.delivered >= job.round || w.sensor != job.sensor || w.accept != job.accept {
+                    continue;
                 }
+                w.delivered = job.round;
+                w.to.notify(w.peer, w.token.clone(), packet.clone());
+                sent += 1;
             }
         }
         self.sent += sent;
@@ -242,7 +247,6 @@ impl Observers {
     /// Tells the observers of `device` it is gone (a 4.04, which ends each observation), and
     /// forgets them.
     pub fn forgotten(&mut self, device: &str) {
-        self.rounds.remove(device);
         for w in self
             .by_device
             .remove(device)
@@ -348,27 +352,34 @@ mod tests {
     }
 
     #[test]
-    fn a_state_encoded_after_a_newer_one_is_not_sent() {
+    fn a_state_encoded_after_a_newer_one_is_not_sent_and_none_is_lost() {
         // Workers encode states without the locks: two requests' states may be ready in the
-        // other order. The older is left; each observer gets the newer once.
+        // other order. Each observer gets the newest state planned for it, once.
         let to = Responder::detached();
         let mut o = Observers::new(100);
         o.add("pi-1", None, peer(1), &get(1), &to);
         o.add("pi-1", Some("probe"), peer(2), &get(1), &to);
+        o.add("pi-1", Some("gps"), peer(3), &get(1), &to);
         let mut table = Latest::new(10, 10, 1 << 20);
-        let fresh = [reading("pi-1", "probe")];
-        table.record(&fresh);
-        let mut older = o.plan(&fresh, &table);
-        let mut newer = o.plan(&fresh, &table);
+        let (probe, gps) = ([reading("pi-1", "probe")], [reading("pi-1", "gps")]);
+        table.record(&probe);
+        let mut older = o.plan(&probe, &table);
+        table.record(&gps);
+        let mut newer = o.plan(&gps, &table);
         newer.encode(1024);
         o.deliver(newer);
-        assert_eq!(o.sent, 2);
+        assert_eq!(o.sent, 2, "the device's observer and the gps one");
         older.encode(1024);
         o.deliver(older);
-        assert_eq!(o.sent, 2, "the older state went after the newer");
-        // An observer gone meanwhile is not sent the state planned for it.
-        let mut later = o.plan(&fresh, &table);
+        // The probe's observer had no newer state: it gets this one. The device's observer
+        // got a newer one already.
+        assert_eq!(o.sent, 3);
+        // An observer gone meanwhile is not sent the state planned for it, nor one that
+        // registered again with its token after the plan (its answer was newer).
+        let mut later = o.plan(&probe, &table);
         o.remove(peer(2), &[1]);
+        o.remove(peer(1), &[1]);
+        o.add("pi-1", None, peer(1), &get(1), &to);
         later.encode(1024);
         o.deliver(later);
         assert_eq!(o.sent, 3);
