@@ -13,8 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Logs, at most once a minute for the cursor, that segment `first` could not be read.
+/// After segment `first` could not be read: tries it again in a second, and logs it at most
+/// once a minute for the cursor.
 fn warn_unread(cur: &mut Cursor, first: u64, e: &std::io::Error) {
+    cur.retry_at = Some(Instant::now() + Duration::from_secs(1));
     if cur
         .warned
         .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
@@ -26,7 +28,7 @@ fn warn_unread(cur: &mut Cursor, first: u64, e: &std::io::Error) {
         segment = first,
         record = cur.seq,
         error = %e,
-        "disk buffer segment cannot be read; nothing is skipped, reading tries again"
+        "disk buffer segment cannot be read; nothing is skipped, reading tries again every second (if the file is lost for good, removing it makes its records count as lost and reading go on)"
     );
 }
 
@@ -51,6 +53,9 @@ struct Cursor {
     peeked: Option<(u64, Vec<Reading>)>,
     /// When a read error was last logged: a disk that keeps failing is said once a minute.
     warned: Option<Instant>,
+    /// After a read error, when to try that segment again (not at every take's 10 ms poll:
+    /// each try opens the file and walks its record headers).
+    retry_at: Option<Instant>,
 }
 
 impl Cursor {
@@ -60,6 +65,7 @@ impl Cursor {
             open: None,
             peeked: None,
             warned: None,
+            retry_at: None,
         }
     }
     /// The first record not taken yet.
@@ -264,8 +270,14 @@ impl DiskBuffer {
                 continue;
             }
             if cur.open.as_ref().map(|o| o.first) != Some(seg.first) {
+                if cur.retry_at.is_some_and(|t| Instant::now() < t) {
+                    return None;
+                }
                 match OpenSegment::open(&segment::path(&self.dir, seg.first), seg.first) {
-                    Ok(o) => cur.open = Some(o),
+                    Ok(o) => {
+                        cur.open = Some(o);
+                        cur.retry_at = None;
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         // Dropped by `drop_oldest` meanwhile, or removed by someone else.
                         self.lost_segment(seg);
