@@ -166,7 +166,9 @@ impl Plan {
             let info = info_for(&config, decl);
             // `check` has no side effects: the directory is made only for a run.
             if for_run {
-                if let Err(e) = std::fs::create_dir_all(info.data_dir.as_str()) {
+                if let Err(e) = crate::own_files::create_dir_durably(std::path::Path::new(
+                    info.data_dir.as_str(),
+                )) {
                     errors.push(format!(
                         "{} cannot create its data directory {}: {e}",
                         at(decl),
@@ -329,7 +331,7 @@ pub fn build_sink(
     let mut catalog = Catalog::new(&config.gateway.plugin_dirs, logger.clone());
     let found = catalog.find(&decl.plugin, PluginKind::Sink)?;
     let info = info_for(config, decl);
-    std::fs::create_dir_all(info.data_dir.as_str())
+    crate::own_files::create_dir_durably(std::path::Path::new(info.data_dir.as_str()))
         .map_err(|e| format!("cannot create {}: {e}", info.data_dir))?;
     let new = found.plugin.new_sink.expect("sink descriptor has new_sink");
     let _watch = Overdue::watch(config.gateway.stall_warning, started(decl));
