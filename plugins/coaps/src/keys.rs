@@ -61,7 +61,7 @@ fn identity(ctx: &InitContext, what: &str, id: &str) -> Result<(), PluginError> 
         Err(config(
             ctx,
             format!(
-                "{what}: {id:?} is not a usable identity (1 to 255 bytes, no control characters, no spaces at either end)"
+                "{what}: {id:?} is not a usable identity (1 to 254 bytes, no control characters or text-reordering ones, no spaces at either end)"
             ),
         ))
     }
