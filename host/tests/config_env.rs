@@ -209,6 +209,21 @@ fn config_files_and_file_values_others_can_change_are_refused() {
     }
     mode(s.path("").as_path(), 0o700);
 
+    // conf.d: every file in it is read, so the sticky bit does not make others' write
+    // harmless there.
+    let d = s.path("conf.d");
+    std::fs::create_dir_all(&d).unwrap();
+    mode(&d, 0o1777);
+    let (ok, _, err) = check(&cfg);
+    assert!(
+        !ok && err.contains(&format!(
+            "{}: the fragment directory can be written by others (mode 1777",
+            d.display()
+        )),
+        "{err}"
+    );
+    mode(&d, 0o755);
+
     // The same for the directory a `${file:...}` is in, and for where a link to it leads.
     let elsewhere = tempfile::tempdir().unwrap();
     std::fs::write(elsewhere.path().join("interval"), "1s\n").unwrap();

@@ -14,6 +14,19 @@ pub fn read(main: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError> {
     let dir = main
         .parent()
         .map_or_else(|| PathBuf::from("conf.d"), |p| p.join("conf.d"));
+    // Every file in it is read: adding one is the attack, which the sticky bit (as /tmp has)
+    // does not stop. So no other user may write it at all, sticky or not.
+    if let Ok(meta) = std::fs::metadata(&dir) {
+        use std::os::unix::fs::MetadataExt;
+        if meta.mode() & 0o002 != 0 || crate::trust::foreign_owner(&meta) {
+            return Err(ConfigError(format!(
+                "{}: the fragment directory can be written by others (mode {:04o}, owner uid {}): whoever can add a fragment decides where the readings go and whom the gateway trusts; `chmod o-w` it and give it to root or the gateway's user",
+                dir.display(),
+                meta.mode() & 0o7777,
+                meta.uid()
+            )));
+        }
+    }
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
