@@ -170,6 +170,12 @@ impl Store {
         pg.connect_timeout(cfg.connect_timeout);
         pg.application_name("gateway");
         let tls = match cfg.tls.as_str() {
+            // A CA file the connection would not use: in clear, but looking verified.
+            "disable" if cfg.tls_ca_file.is_some() => {
+                return Err(PluginError::config(
+                    "tls_ca_file is set but tls = \"disable\": the connection would be in clear; set tls = \"verify-full\"",
+                ))
+            }
             "disable" => None,
             "verify-full" => {
                 let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())

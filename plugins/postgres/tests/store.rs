@@ -185,6 +185,22 @@ fn settings_errors_name_their_key() {
         assert_eq!(e.kind, ErrorKind::CONFIG, "{toml}");
         assert!(e.message().contains(want), "{toml}: {e}");
     }
+    // A CA file with TLS off was accepted and ignored: a connection in clear that looked
+    // verified.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "").unwrap();
+    let e = SinkHarness::new::<Postgres>(&format!(
+        "url = \"host=/tmp\"\ntls_ca_file = {:?}",
+        ca.display().to_string()
+    ))
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::CONFIG);
+    assert!(
+        e.message()
+            .contains("tls_ca_file is set but tls = \"disable\""),
+        "{e}"
+    );
 }
 
 #[test]
