@@ -86,8 +86,9 @@ pub fn insert_sql(table: &str, rows: usize) -> String {
 
 /// What the sink sends: [`insert_sql`] as `INSERT IGNORE`, which skips a row already stored
 /// under its key (a reading delivered again) with warning 1062. It skips a row a foreign key,
-/// CHECK constraint, NOT NULL or partition refuses with a warning too: [`insert_chunks`] reads
-/// the warnings and refuses the batch for any but 1062. (`ON DUPLICATE KEY UPDATE` would not
+/// CHECK constraint, NOT NULL or partition refuses with a warning too: `insert_chunks` reads
+/// the warnings and refuses the batch when more rows were skipped than 1062s say, or a value
+/// was altered. (`ON DUPLICATE KEY UPDATE` would not
 /// need that, but it needs the UPDATE privilege, which would let whoever holds the gateway's
 /// password change stored readings.)
 pub fn store_sql(table: &str, rows: usize) -> String {
@@ -95,7 +96,7 @@ pub fn store_sql(table: &str, rows: usize) -> String {
 }
 
 /// The warnings a statement keeps for SHOW WARNINGS (the server's default is 64): one per
-/// row of a full INSERT, so none is missed.
+/// row of a full INSERT, so that every skipped row's is seen.
 const WARNINGS_KEPT: usize = ROWS_PER_INSERT;
 
 /// Server errors that refuse a row for good: a value out of range (1264), wrong (1366, 1292)
@@ -449,7 +450,8 @@ async fn insert_chunks(
         tx.exec_drop(sql, mysql_async::Params::Positional(values))
             .await
             .map_err(at("INSERT"))?;
-        inserted += tx.affected_rows();
+        let stored = tx.affected_rows();
+        inserted += stored;
         let warnings = usize::from(tx.get_warnings());
         if warnings == 0 {
             continue;
@@ -458,19 +460,28 @@ async fn insert_chunks(
             .query("SHOW WARNINGS")
             .await
             .map_err(at("SHOW WARNINGS"))?;
-        let refused = listed
-            .iter()
-            .find(|(level, code, _)| *code != 1062 && level != "Note");
+        let skipped = rows.saturating_sub(stored as usize);
+        let again = listed.iter().filter(|(_, code, _)| *code == 1062).count();
+        // A row skipped for another reason than being there (a constraint), or one stored
+        // altered (a value cut or out of range, as a table of the user's own may make it).
+        let refused = listed.iter().find(|(level, code, _)| {
+            level != "Note"
+                && (REFUSED.contains(&(*code as u16)) || skipped > again && *code != 1062)
+        });
         if let Some((_, code, message)) = refused {
             return Err(Failure::Plugin(PluginError::rejected(format!(
-                "INSERT: the server skipped a row: {message} ({code})"
+                "INSERT: the server skipped or altered a row: {message} ({code})"
             ))));
         }
-        if listed.len() < warnings {
+        if skipped > again {
             return Err(Failure::Plugin(PluginError::rejected(format!(
-                "INSERT: the server skipped rows with {warnings} warnings, of which it lists {}: which rows were already stored cannot be told (a smaller batch can)",
+                "INSERT: the server skipped {skipped} rows and lists {again} of them as stored already (of {warnings} warnings, it lists {}): which were cannot be told (a smaller batch can)",
                 listed.len()
             ))));
+        }
+        // Anything else (a trigger's or a setting's warning) changed no row: said, not refused.
+        for (level, code, message) in listed.iter().filter(|(_, code, _)| *code != 1062) {
+            tracing::warn!(%level, code, "INSERT: the server warns: {message}");
         }
     }
     Ok(inserted)

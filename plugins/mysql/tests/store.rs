@@ -444,6 +444,24 @@ fn a_row_a_constraint_refuses_is_refused_not_skipped() {
 }
 
 #[test]
+fn a_warning_that_changes_no_row_does_not_refuse_the_batch() {
+    // A trigger of the user's own that warns at each insert (an audit, say): the rows are
+    // stored, so the batch is; only a skipped or altered row refuses it.
+    let db = TestDb::new("warns");
+    let _: Vec<u8> = db.query(&mysql::store::create_table("readings"));
+    let _: Vec<u8> = db.query(
+        "CREATE TRIGGER readings_audit BEFORE INSERT ON readings FOR EACH ROW SIGNAL SQLSTATE '01000' SET MESSAGE_TEXT = 'audited'",
+    );
+    let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
+    let batch = sample_readings(3);
+    sink.write(batch.clone()).unwrap();
+    // Delivered again: skipped as stored already, beside the trigger's warnings.
+    sink.write(batch).unwrap();
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [3]);
+}
+
+#[test]
 fn the_sink_stays_on_tcp_to_the_server_url_names() {
     // mysql_async's prefer_socket moved the connection to the `@@socket` the server names, on
     // this machine: the processlist showed it from `localhost`, not from 127.0.0.1.
