@@ -161,6 +161,9 @@ fn parse_reading(j: &J) -> Option<Reading> {
     })
 }
 
+/// How old an unfinished `.NAME.tmp` file must be to be taken for one a crash left.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl DeadLetters {
     /// The dead letters of sink instance `sink` (plugin `plugin`), kept in `dir`.
     pub fn new(dir: PathBuf, sink: &str, plugin: &str) -> Self {
@@ -180,7 +183,8 @@ impl DeadLetters {
         DeadLetters { max_size, ..self }
     }
 
-    /// Bytes of the finished files in the directory. (A file removed meanwhile, by `gateway
+    /// Bytes of the finished files in the directory (and unfinished ones older than
+    /// [`STALE_TMP`] are removed). (A file removed meanwhile, by `gateway
     /// dead-letters resend` say, counts nothing.) Not the `.NAME.tmp` files: one being written
     /// now has its room reserved already, and one a crash left behind between its creation and
     /// its rename, which `list` does not show, took room for good: with enough of them every
@@ -196,7 +200,16 @@ impl DeadLetters {
         match std::fs::read_dir(&self.dir) {
             Ok(d) => {
                 for e in d {
-                    if e.as_ref().is_ok_and(unfinished) {
+                    if let Some(e) = e.as_ref().ok().filter(|e| unfinished(e)) {
+                        // Left by a crash: no write takes an hour. (Not sooner: `resend` runs
+                        // beside the service, whose write may be in progress.)
+                        let stale = e
+                            .metadata()
+                            .and_then(|m| m.modified())
+                            .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > STALE_TMP));
+                        if stale {
+                            let _ = std::fs::remove_file(e.path());
+                        }
                         continue;
                     }
                     match e.and_then(|e| e.metadata()) {
@@ -515,6 +528,19 @@ mod tests {
         let d = DeadLetters::new(dir.path().to_path_buf(), "db", "mysql").with_max_size(4096);
         d.put("refused", &gateway_sdk::testing::sample_readings(3))
             .expect("room");
+        // One an hour old is taken for a crash's, and removed.
+        let old = dir.path().join(".x.jsonl.tmp");
+        let hour_ago = std::time::SystemTime::now() - STALE_TMP - std::time::Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        let big = DeadLetters::new(dir.path().to_path_buf(), "db", "mysql").with_max_size(1 << 20);
+        big.put("refused", &gateway_sdk::testing::sample_readings(1))
+            .unwrap();
+        assert!(!old.exists());
     }
 
     #[test]
