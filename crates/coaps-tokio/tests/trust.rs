@@ -256,9 +256,10 @@ fn no_session_outlives_the_intermediate_ca_of_its_device() {
             .request(post(b"x".to_vec()), Duration::from_secs(2))
             .is_err());
     }
-    assert_eq!(
-        server.stats.expired_resumptions.load(Ordering::Relaxed),
-        1,
+    // At least once: on loaded machines the device may retransmit its ClientHello, which the
+    // server takes as a resumption of its own, refused again.
+    assert!(
+        server.stats.expired_resumptions.load(Ordering::Relaxed) >= 1,
         "the resumption after the expiry was refused"
     );
 }
