@@ -41,12 +41,12 @@ pub fn init(format: LogFormat, level: LevelFilter, plugin_level: LevelFilter) {
     let _ = match format {
         LogFormat::Text => builder
             .fmt_fields(text_fields())
-            .with_writer(|| OneLine)
+            .with_writer(|| Stderr(one_line))
             .finish()
             .with(filter)
             .try_init(),
         LogFormat::Json => builder
-            .with_writer(|| JsonLine)
+            .with_writer(|| Stderr(json_escaped))
             .json()
             .flatten_event(true)
             .finish()
@@ -83,15 +83,14 @@ fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Sen
     .delimited(" ")
 }
 
-/// stderr, one line per event: the text format writes a field as it is, so a line break in
-/// one (a peer's name in a refusal, a server's message) would start what reads as a log line
-/// of its own, forged. Inside an event, `\n` and `\r` are written as those two characters.
-/// (tracing-subscriber writes each event with one `write_all`; JSON escapes them itself.)
-struct OneLine;
+/// stderr, each event passed through an escaping function first ([`one_line`] for the text
+/// format, [`json_escaped`] for JSON). tracing-subscriber writes each event with one
+/// `write_all`.
+struct Stderr(fn(&[u8]) -> Cow<'_, [u8]>);
 
-impl Write for OneLine {
+impl Write for Stderr {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        io::stderr().lock().write_all(&one_line(buf))?;
+        io::stderr().lock().write_all(&(self.0)(buf))?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -99,7 +98,10 @@ impl Write for OneLine {
     }
 }
 
-/// `event` with the line breaks before its last byte escaped.
+/// `event` with the line breaks before its last byte escaped: the text format writes a field
+/// as it is, so a line break in one (a peer's name in a refusal, a server's message) would
+/// start what reads as a log line of its own, forged. Inside an event, `\n` and `\r` are
+/// written as those two characters (JSON escapes them itself).
 fn one_line(event: &[u8]) -> Cow<'_, [u8]> {
     let body = event.strip_suffix(b"\n").unwrap_or(event);
     if !body.iter().any(|&b| b == b'\n' || b == b'\r') {
@@ -119,25 +121,12 @@ fn one_line(event: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-/// stderr for the JSON format: serde_json escapes the C0 controls only, so DEL, the C1
-/// controls (U+009B acts as ESC `[` on some terminals) and the bidirectional controls and line
-/// separators of a peer's text reached whoever reads the log with `journalctl` or `tail` raw.
-/// Each is written as a `\uXXXX` escape, which a JSON parser reads back as the same character.
-struct JsonLine;
-
-impl Write for JsonLine {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        io::stderr().lock().write_all(&json_escaped(buf))?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        io::stderr().flush()
-    }
-}
-
 /// `event` (serde_json's output) with the characters [`gateway_sdk::text::is_unsafe`] names,
 /// but those below U+0020 (serde_json has escaped all but the event's last line break), as
-/// `\uXXXX`.
+/// `\uXXXX`: serde_json escapes the C0 controls only, so DEL, the C1 controls (U+009B acts
+/// as ESC `[` on some terminals) and the bidirectional controls and line separators of a
+/// peer's text reached whoever reads the log with `journalctl` or `tail` raw. A JSON parser
+/// reads each escape back as the same character.
 fn json_escaped(event: &[u8]) -> Cow<'_, [u8]> {
     let bad = |c: char| c >= '\u{7f}' && gateway_sdk::text::is_unsafe(c);
     let Ok(text) = std::str::from_utf8(event) else {

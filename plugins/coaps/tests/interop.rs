@@ -68,6 +68,27 @@ fn our_uplink_posts_to_libcoap_server_with_psk() {
     uplink.write(sample_readings(10)).unwrap();
 }
 
+/// `coap-client` POSTs `dir/batch.cbor` to the ingress on `port` with the device certificate
+/// of `certs(dir, ...)`; what it printed.
+fn post_cbor_with_device_cert(dir: &std::path::Path, port: u16) -> String {
+    let d = |f: &str| dir.join(f).display().to_string();
+    coap_client(&[
+        "-m",
+        "post",
+        "-t",
+        "112",
+        "-f",
+        &d("batch.cbor"),
+        "-R",
+        &d("ca.pem"),
+        "-c",
+        &d("device.pem"),
+        "-j",
+        &d("device.key"),
+        &format!("coaps://127.0.0.1:{port}/gpsflowtemp"),
+    ])
+}
+
 #[test]
 fn libcoap_client_posts_senml_to_our_ingress_with_certificates() {
     if !have_libcoap() {
@@ -84,22 +105,7 @@ fn libcoap_client_posts_senml_to_our_ingress_with_certificates() {
         run_source::<Ingress>(&cfg, 7, Duration::from_secs(20)).unwrap()
     });
     std::thread::sleep(Duration::from_millis(300));
-    let d = |f: &str| dir.path().join(f).display().to_string();
-    let printed = coap_client(&[
-        "-m",
-        "post",
-        "-t",
-        "112",
-        "-f",
-        &d("batch.cbor"),
-        "-R",
-        &d("ca.pem"),
-        "-c",
-        &d("device.pem"),
-        "-j",
-        &d("device.key"),
-        &format!("coaps://127.0.0.1:{port}/gpsflowtemp"),
-    ]);
+    let printed = post_cbor_with_device_cert(dir.path(), port);
     let run = ingress.join().unwrap();
     assert!(
         run.reached,
@@ -130,22 +136,7 @@ fn libcoap_client_posting_for_another_device_gets_4_00() {
     let ingress =
         std::thread::spawn(move || run_source::<Ingress>(&cfg, 1, Duration::from_secs(3)).unwrap());
     std::thread::sleep(Duration::from_millis(300));
-    let d = |f: &str| dir.path().join(f).display().to_string();
-    let printed = coap_client(&[
-        "-m",
-        "post",
-        "-t",
-        "112",
-        "-f",
-        &d("batch.cbor"),
-        "-R",
-        &d("ca.pem"),
-        "-c",
-        &d("device.pem"),
-        "-j",
-        &d("device.key"),
-        &format!("coaps://127.0.0.1:{port}/gpsflowtemp"),
-    ]);
+    let printed = post_cbor_with_device_cert(dir.path(), port);
     assert!(
         printed.contains("4.00") && printed.contains("pi-01 may post readings only for itself"),
         "coap-client printed: {printed}"
