@@ -183,12 +183,11 @@ impl DeadLetters {
         DeadLetters { max_size, ..self }
     }
 
-    /// Bytes of the finished files in the directory (and unfinished ones older than
-    /// [`STALE_TMP`] are removed). (A file removed meanwhile, by `gateway
-    /// dead-letters resend` say, counts nothing.) Not the `.NAME.tmp` files: one being written
+    /// Bytes of the finished files in the directory (a file removed meanwhile, by `gateway
+    /// dead-letters resend` say, counts nothing). Not the `.NAME.tmp` files: one being written
     /// now has its room reserved already, and one a crash left behind between its creation and
-    /// its rename, which `list` does not show, took room for good: with enough of them every
-    /// refusal held the sink, and `list` and `resend` showed nothing to free.
+    /// its rename, which `list` does not show, would take room for good; those older than
+    /// [`STALE_TMP`] are removed.
     fn count_bytes(&self) -> io::Result<u64> {
         let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
         let unfinished = |e: &std::fs::DirEntry| {

@@ -135,10 +135,11 @@ fn json_escaped(event: &[u8]) -> Cow<'_, [u8]> {
     if !text.contains(bad) {
         return Cow::Borrowed(event);
     }
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
         if bad(c) {
-            out.push_str(&format!("\\u{:04x}", c as u32));
+            let _ = write!(out, "\\u{:04x}", c as u32);
         } else {
             out.push(c);
         }

@@ -66,7 +66,7 @@ pub fn library(path: &Path) -> Result<PathBuf, String> {
 pub(crate) fn open_config(path: &Path, what: &str) -> Result<(File, Metadata), String> {
     let cannot = |e: &dyn std::fmt::Display| format!("{}: cannot read {what}: {e}", path.display());
     let (f, meta) = open_regular(path).map_err(|e| cannot(&e))?;
-    if meta.mode() & 0o002 != 0 || foreign_owner(&meta) {
+    if others_may_change(&meta) {
         return Err(format!(
             "{}: {what} can be changed by others (mode {:04o}, owner uid {}; the gateway runs as uid {}): whoever can change it decides where the readings go and whom the gateway trusts; `chmod o-w` it and give it to root or the gateway's user",
             path.display(),
@@ -177,6 +177,12 @@ fn chain(from: &Path, first: &str, stake: Stake) -> Result<(), String> {
 pub(crate) fn gateway_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Whether others than root, the gateway's user and the group may change the config file or
+/// directory `meta` describes: writable by every user, or owned by another user.
+pub(crate) fn others_may_change(meta: &Metadata) -> bool {
+    meta.mode() & 0o002 != 0 || foreign_owner(meta)
 }
 
 /// Whether the file `meta` describes belongs to a user other than root and the gateway's.

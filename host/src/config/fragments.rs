@@ -18,7 +18,7 @@ pub fn read(main: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError> {
     // does not stop. So no other user may write it at all, sticky or not.
     if let Ok(meta) = std::fs::metadata(&dir) {
         use std::os::unix::fs::MetadataExt;
-        if meta.mode() & 0o002 != 0 || crate::trust::foreign_owner(&meta) {
+        if crate::trust::others_may_change(&meta) {
             return Err(ConfigError(format!(
                 "{}: the fragment directory can be written by others (mode {:04o}, owner uid {}): whoever can add a fragment decides where the readings go and whom the gateway trusts; `chmod o-w` it and give it to root or the gateway's user",
                 dir.display(),

@@ -48,13 +48,14 @@ pub struct Observers {
 /// encoded by [`Notices::encode`] without the locks held (a state can be hundreds of KB of
 /// JSON), then handed over by [`Observers::deliver`].
 pub struct Notices {
+    /// The plan's round (see [`Observers::deliver`]).
+    round: u64,
     jobs: Vec<Job>,
 }
 
 /// One state to send: one device, sensor (or all) and Accept, to its observers.
 struct Job {
     device: String,
-    round: u64,
     sensor: Option<String>,
     accept: Option<Vec<u8>>,
     readings: Option<Vec<Reading>>,
@@ -155,15 +156,6 @@ impl Observers {
         }
     }
 
-    /// Notifies the observers of the devices and sensors `fresh` readings touched with their
-    /// resource's new state from `table`: [`Observers::plan`], [`Notices::encode`] and
-    /// [`Observers::deliver`] in one, all under the caller's locks.
-    pub fn notify(&mut self, fresh: &[Reading], table: &Latest, max_block: usize) {
-        let mut notices = self.plan(fresh, table);
-        notices.encode(max_block);
-        self.deliver(notices);
-    }
-
     /// The notifications `fresh` readings make due: the devices and sensors they touched, one
     /// state per distinct (sensor, Accept) however many observe it, with its readings copied
     /// from `table`. Call it under the table's lock, right after recording `fresh`, so that a
@@ -171,10 +163,12 @@ impl Observers {
     pub fn plan(&mut self, fresh: &[Reading], table: &Latest) -> Notices {
         let mut jobs = Vec::new();
         if self.by_device.is_empty() {
-            return Notices { jobs };
+            return Notices {
+                round: self.round,
+                jobs,
+            };
         }
         self.round += 1;
-        let round = self.round;
         let mut touched: Vec<(&str, &str)> = fresh
             .iter()
             .map(|r| (r.device.as_str(), r.sensor.as_str()))
@@ -201,7 +195,6 @@ impl Observers {
                     None => {
                         jobs.push(Job {
                             device: device.to_owned(),
-                            round,
                             sensor: sensor.map(str::to_owned),
                             accept: w.accept.clone(),
                             readings: table.get(device, sensor),
@@ -214,14 +207,17 @@ impl Observers {
                 jobs[i].to.push((w.peer, w.token.clone()));
             }
         }
-        Notices { jobs }
+        Notices {
+            round: self.round,
+            jobs,
+        }
     }
 
     /// Hands the encoded `notices` to the workers of their observers: to each observer still
     /// registered as it was planned for, unless it was handed a newer state meanwhile (a
     /// worker that encoded an older state after another's newer one leaves it).
     pub fn deliver(&mut self, notices: Notices) {
-        let mut sent = 0;
+        let (mut sent, round) = (0, notices.round);
         for job in notices.jobs {
             let Some(packet) = job.packet else {
                 continue;
@@ -233,10 +229,10 @@ impl Observers {
                 let Some(w) = watchers.get_mut(&key) else {
                     continue;
                 };
-                if w.delivered >= job.round || w.sensor != job.sensor || w.accept != job.accept {
+                if w.delivered >= round || w.sensor != job.sensor || w.accept != job.accept {
                     continue;
                 }
-                w.delivered = job.round;
+                w.delivered = round;
                 w.to.notify(w.peer, w.token.clone(), packet.clone());
                 sent += 1;
             }
@@ -305,6 +301,15 @@ mod tests {
 
     fn peer(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    impl Observers {
+        /// Plan, encode and deliver in one, as a worker does.
+        fn notify(&mut self, fresh: &[Reading], table: &Latest, max_block: usize) {
+            let mut notices = self.plan(fresh, table);
+            notices.encode(max_block);
+            self.deliver(notices);
+        }
     }
 
     #[test]

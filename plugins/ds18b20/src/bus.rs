@@ -44,12 +44,11 @@ struct ProbeState {
     busy: Arc<AtomicBool>,
     busy_since: Instant,
     rejects: BTreeMap<Reject, u64>,
-    failing: bool,
     hung: bool,
     /// A read of it has come after its round's `read_timeout` (said once).
     late: bool,
-    /// When its failing was last said: once when it starts, then hourly (a dead probe read
-    /// every 5 s made 17,000 warnings a day).
+    /// While it fails: when that was last said, once when it starts, then hourly (a dead
+    /// probe read every 5 s made 17,000 warnings a day). `None` while it reads well.
     failing_said: Option<Instant>,
 }
 
@@ -64,11 +63,9 @@ impl ProbeState {
     /// Marks the probe failing; whether to say so now (it just started, or an hour went by).
     fn say_failing(&mut self) -> bool {
         let now = Instant::now();
-        let say = !self.failing
-            || self
-                .failing_said
-                .is_none_or(|t| now.duration_since(t) >= FAILING_REMINDER);
-        self.failing = true;
+        let say = self
+            .failing_said
+            .is_none_or(|t| now.duration_since(t) >= FAILING_REMINDER);
         if say {
             self.failing_said = Some(now);
         }
@@ -213,7 +210,6 @@ impl Bus {
                         busy,
                         busy_since,
                         rejects: BTreeMap::new(),
-                        failing: false,
                         hung: false,
                         late: false,
                         failing_said: None,
@@ -292,9 +288,8 @@ impl Bus {
             }
             match end {
                 ReadEnd::Good(celsius, time) => {
-                    if st.failing {
+                    if st.failing_said.take().is_some() {
                         tracing::info!(probe = %id, "probe reads again");
-                        st.failing = false;
                     }
                     if !rejects.is_empty() {
                         tracing::debug!(probe = %id, rejected = ?rejects, "good read after retrying");
@@ -392,7 +387,6 @@ mod tests {
             busy: Arc::default(),
             busy_since: Instant::now(),
             rejects: BTreeMap::new(),
-            failing: false,
             hung: false,
             late: false,
             failing_said: None,
@@ -402,7 +396,7 @@ mod tests {
         st.failing_said = Some(Instant::now() - FAILING_REMINDER);
         assert!(st.say_failing(), "an hour later");
         assert!(!st.say_failing());
-        st.failing = false; // it read well
+        st.failing_said = None; // it read well
         assert!(st.say_failing(), "fails again");
     }
 }

@@ -14,8 +14,6 @@ use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
 /// The sink.
 pub struct Mysql {
     store: store::Store,
-    /// The server (its index in `url`) the schema was last checked on.
-    migrated_on: Option<usize>,
 }
 
 fn password(cfg: &Config, ctx: &InitContext) -> Result<Option<String>, PluginError> {
@@ -41,21 +39,11 @@ impl Sink for Mysql {
         let store = store::Store::new(&cfg, pw).map_err(|e| {
             PluginError::new(e.kind, format!("[{}] {}", ctx.info().table, e.message()))
         })?;
-        Ok(Mysql {
-            store,
-            migrated_on: None,
-        })
+        Ok(Mysql { store })
     }
 
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
-        // The schema is checked on the server in use: at the first write, and again after a
-        // failover, or once the table went missing, to a server of `url` that is not a replica
-        // (where every insert would otherwise fail with "table doesn't exist" for ever).
-        if self.migrated_on != Some(self.store.current()) || self.store.take_table_missing() {
-            self.store.migrate()?;
-            self.migrated_on = Some(self.store.current());
-            tracing::info!("MySQL schema ready");
-        }
+        self.store.ensure_schema()?;
         store::check(batch)?;
         let new = self.store.write(batch)?;
         if (new as usize) < batch.len() {

@@ -88,12 +88,14 @@ pub fn insert_sql(table: &str, rows: usize) -> String {
 /// under its key (a reading delivered again) with warning 1062. It skips a row a foreign key,
 /// CHECK constraint, NOT NULL or partition refuses with a warning too: `insert_chunks` reads
 /// the warnings and refuses the batch when more rows were skipped than 1062s say, or a value
-/// was altered. (`ON DUPLICATE KEY UPDATE` would not
-/// need that, but it needs the UPDATE privilege, which would let whoever holds the gateway's
-/// password change stored readings.)
+/// was altered. (`ON DUPLICATE KEY UPDATE` would not need that, but it needs the UPDATE
+/// privilege, which would let whoever holds the gateway's password change stored readings.)
 pub fn store_sql(table: &str, rows: usize) -> String {
     insert_sql(table, rows).replacen("INSERT", "INSERT IGNORE", 1)
 }
+
+/// [`Store`]'s `schema_on` before the schema was checked on any server.
+const UNCHECKED: usize = usize::MAX;
 
 /// The warnings a statement keeps for SHOW WARNINGS (the server's default is 64): one per
 /// row of a full INSERT, so that every skipped row's is seen.
@@ -126,8 +128,9 @@ pub struct Store {
     insert_full: std::sync::Arc<str>,
     connect_timeout: std::time::Duration,
     write_timeout: std::time::Duration,
-    /// An insert found no table (1146) since [`Store::take_table_missing`] was last asked.
-    table_missing: std::sync::atomic::AtomicBool,
+    /// The server (its index in `url`) the schema was last checked on; [`UNCHECKED`] before
+    /// the first write, and after an insert found no table (1146).
+    schema_on: std::sync::atomic::AtomicUsize,
 }
 
 /// A connection from `pool` within `limit` (`connect_timeout`): a server that takes the TCP
@@ -217,7 +220,7 @@ impl Store {
             insert_full: store_sql(&cfg.table, ROWS_PER_INSERT).into(),
             connect_timeout: cfg.connect_timeout,
             write_timeout: cfg.write_timeout,
-            table_missing: Default::default(),
+            schema_on: UNCHECKED.into(),
         })
     }
 
@@ -237,15 +240,19 @@ impl Store {
         })
     }
 
-    /// The server in use (its index in `url`).
-    pub fn current(&self) -> usize {
-        self.servers.current()
-    }
-
-    /// Whether an insert found no table since the last call.
-    pub fn take_table_missing(&self) -> bool {
-        self.table_missing
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    /// Checks the schema on the server in use ([`Store::migrate`]) if it was not checked there:
+    /// at the first write, and again after a failover, or once an insert found no table, to a
+    /// server of `url` that is not a replica (where every insert would otherwise fail with
+    /// "table doesn't exist" for ever).
+    pub fn ensure_schema(&self) -> Result<(), PluginError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.schema_on.load(Relaxed) == self.servers.current() {
+            return Ok(());
+        }
+        self.migrate()?;
+        self.schema_on.store(self.servers.current(), Relaxed);
+        tracing::info!("MySQL schema ready");
+        Ok(())
     }
 
     /// Inserts a batch in one transaction ([`store_sql`]); returns after COMMIT.
@@ -265,7 +272,7 @@ impl Store {
                 .collect()
         };
         let (limit, connect_limit) = (self.write_timeout, self.connect_timeout);
-        let missing = &self.table_missing;
+        let schema_on = &self.schema_on;
         self.servers.run(&self.rt, |pool| {
             let fut = insert(pool, table.clone(), full.clone(), chunks, connect_limit);
             async move {
@@ -277,7 +284,7 @@ impl Store {
                 };
                 if let Err(Failure::Db(_, mysql_async::Error::Server(e))) = &r {
                     if e.code == 1146 {
-                        missing.store(true, std::sync::atomic::Ordering::Relaxed);
+                        schema_on.store(UNCHECKED, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 r
@@ -431,8 +438,9 @@ async fn insert_once(
     }
 }
 
-/// The INSERTs of a batch in `tx`; how many rows were new. A row skipped for anything but
-/// being there already (a warning other than 1062) refuses the batch for good.
+/// The INSERTs of a batch in `tx`; how many rows were new. More rows skipped than warnings
+/// 1062 (stored already) account for, or a warning that a value was altered, refuses the
+/// batch for good; any other warning is logged.
 async fn insert_chunks(
     tx: &mut mysql_async::Transaction<'_>,
     table: &str,
