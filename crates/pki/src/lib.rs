@@ -304,7 +304,9 @@ pub fn issue_to(
         }
     }
     let (cert_tmp, key_tmp) = (beside(cert_path), beside(key_path));
-    let written = write_key(&key_tmp, &key).and_then(|()| write_cert(&cert_tmp, &cert));
+    let written = key_pem(&key)
+        .and_then(|pem| write_new(&key_tmp, &pem, 0o600))
+        .and_then(|()| write_new(&cert_tmp, &cert.to_pem().map_err(e("PEM"))?, 0o644));
     let moved = written.and_then(|()| {
         let rename = |from: &Path, to: &Path| {
             std::fs::rename(from, to)
@@ -333,33 +335,56 @@ pub fn write_cert(path: &Path, cert: &X509) -> Result<(), PkiError> {
     write_public(path, &cert.to_pem().map_err(e("PEM"))?)
 }
 
-/// Writes `bytes` that anyone may read (a certificate, a request, a CRL) as a new file, synced:
-/// a link in its place is replaced, not followed.
+/// Writes `pem` that anyone may read (a certificate, a request, a CRL) in `path`'s place: a new
+/// file beside it, synced, then renamed there, so that a write that fails (a full disk) leaves
+/// what was there as it was, a reader never sees half a file, and a link in its place is
+/// replaced, not followed.
 pub fn write_public(path: &Path, pem: &[u8]) -> Result<(), PkiError> {
+    replace(path, pem, 0o644)
+}
+
+/// Writes a private key as PEM, readable by its owner only, in `path`'s place as
+/// [`write_public`] does: a key that was there stays whole until the new one is.
+pub fn write_key(path: &Path, key: &Key) -> Result<(), PkiError> {
+    replace(path, &key_pem(key)?, 0o600)
+}
+
+fn key_pem(key: &Key) -> Result<Vec<u8>, PkiError> {
+    key.private_key_to_pem_pkcs8().map_err(e("PEM"))
+}
+
+/// `bytes` as a new file beside `path` (mode `mode`), synced, then renamed onto `path`.
+fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    if path.is_dir() {
+        return Err(PkiError(format!(
+            "cannot write {}: a directory is in its place",
+            path.display()
+        )));
+    }
+    let tmp = beside(path);
+    let done = write_new(&tmp, bytes, mode).and_then(|()| {
+        std::fs::rename(&tmp, path)
+            .map_err(|err| PkiError(format!("cannot write {}: {err}", path.display())))
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
+}
+
+/// `bytes` as a new file at `path` (mode `mode`), synced: whatever was at `path` (a file a
+/// failed run left, a link) is removed first, not written through.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
     let _ = std::fs::remove_file(path);
     std::fs::OpenOptions::new()
         .create_new(true)
         .write(true)
+        .mode(mode)
         .open(path)
         .and_then(|mut f| {
-            f.write_all(pem)?;
+            f.write_all(bytes)?;
             f.sync_all()
         })
-        .map_err(|err| PkiError(format!("cannot write {}: {err}", path.display())))
-}
-
-/// Writes a private key as PEM, readable by its owner only.
-pub fn write_key(path: &Path, key: &Key) -> Result<(), PkiError> {
-    let pem = key.private_key_to_pem_pkcs8().map_err(e("PEM"))?;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|err| PkiError(format!("cannot write {}: {err}", path.display())))?;
-    f.write_all(&pem)
-        .and_then(|()| f.sync_all())
         .map_err(|err| PkiError(format!("cannot write {}: {err}", path.display())))
 }
 
@@ -486,11 +511,7 @@ pub fn revoke(
         .map_err(e("signing the CRL"))?;
     let pem = b.build().map_err(e("CRL"))?.to_pem().map_err(e("PEM"))?;
     // Written whole, then renamed: a server reading it never sees half a CRL.
-    let tmp = crl_path.with_extension("tmp");
-    // A new file (a link at `tmp` is replaced, not written through), then renamed.
-    write_public(&tmp, &pem)?;
-    std::fs::rename(&tmp, crl_path)
-        .map_err(|err| PkiError(format!("cannot write {}: {err}", crl_path.display())))?;
+    write_public(crl_path, &pem)?;
     Ok(listed)
 }
 

@@ -123,13 +123,22 @@ fn a_device_key_stays_on_the_device_and_the_ca_key_on_the_ca() {
     // The CA keeps its copy, so that revoke works by name there; a second request for a
     // device in force is refused unless asked.
     assert!(certs(dev, &["request", "pi-01"]).1.contains("--force"));
+    // A new key that cannot be written (here a directory where it is written first) leaves
+    // the old one as it was: the device keeps a working key.
+    let old_key = std::fs::read(dev.join("device-pi-01.key")).unwrap();
+    std::fs::create_dir(dev.join(".device-pi-01.key.new")).unwrap();
+    let (ok, err) = certs(dev, &["request", "pi-01", "--force"]);
+    assert!(!ok && err.contains("cannot write"), "{err}");
+    assert_eq!(std::fs::read(dev.join("device-pi-01.key")).unwrap(), old_key);
+    std::fs::remove_dir(dev.join(".device-pi-01.key.new")).unwrap();
     assert!(certs(dev, &["request", "pi-01", "--force"]).0);
+    assert_ne!(std::fs::read(dev.join("device-pi-01.key")).unwrap(), old_key);
     let (ok, err) = certs(ca, &["sign", csr.to_str().unwrap()]);
     assert!(!ok && err.contains("revoke it first"), "{err}");
-    // A link where the CRL is written first (crl.tmp) is replaced, not written through.
+    // A link where the CRL is written first (.crl.pem.new) is replaced, not written through.
     let sentinel = ca.join("sentinel");
     std::fs::write(&sentinel, "keep").unwrap();
-    std::os::unix::fs::symlink(&sentinel, ca.join("crl.tmp")).unwrap();
+    std::os::unix::fs::symlink(&sentinel, ca.join(".crl.pem.new")).unwrap();
     assert!(certs(ca, &["revoke", "pi-01"]).0);
     assert_eq!(std::fs::read_to_string(&sentinel).unwrap(), "keep");
     std::fs::remove_file(&sentinel).unwrap();
