@@ -147,21 +147,53 @@ fn json_escaped(event: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out.into_bytes())
 }
 
+/// The level `GATEWAY_LOG` gives plugin events (its directive for the target `plugin`, or its
+/// default level), when it is set and understood.
+fn plugin_level_in(spec: &str) -> Option<LevelFilter> {
+    use tracing::Level;
+    if spec.trim().is_empty() {
+        return None;
+    }
+    let targets = spec.parse::<Targets>().ok()?;
+    let level = [
+        Level::TRACE,
+        Level::DEBUG,
+        Level::INFO,
+        Level::WARN,
+        Level::ERROR,
+    ]
+    .into_iter()
+    .find(|l| targets.would_enable(PLUGIN_TARGET, l));
+    Some(level.map_or(LevelFilter::OFF, LevelFilter::from_level))
+}
+
 /// Per-instance levels for plugin events, and what plugin instances show on the metrics page.
 #[derive(Debug)]
 pub struct HostLogger {
     default: LevelFilter,
     levels: RwLock<HashMap<String, LevelFilter>>,
+    /// The level `GATEWAY_LOG` sets for every instance: it overrides the configured ones, as it
+    /// overrides the host's.
+    forced: Option<LevelFilter>,
     /// The plugins' metric families ([`gateway_sdk::metrics`]).
     pub metrics: Arc<crate::plugin_metrics::PluginMetrics>,
 }
 
 impl HostLogger {
-    /// Plugin events at `default` and above are logged unless an instance has its own level.
+    /// Plugin events at `default` and above are logged unless an instance has its own level,
+    /// or `GATEWAY_LOG` sets one for them all.
     pub fn new(default: LevelFilter) -> Arc<Self> {
+        let forced = std::env::var("GATEWAY_LOG")
+            .ok()
+            .and_then(|spec| plugin_level_in(&spec));
+        Self::with_forced(default, forced)
+    }
+
+    fn with_forced(default: LevelFilter, forced: Option<LevelFilter>) -> Arc<Self> {
         Arc::new(HostLogger {
             default,
             levels: RwLock::new(HashMap::new()),
+            forced,
             metrics: Arc::default(),
         })
     }
@@ -176,6 +208,9 @@ impl HostLogger {
 
     /// The most verbose level any instance uses: what plugins need to produce at all.
     pub fn max_level(&self) -> LevelFilter {
+        if let Some(forced) = self.forced {
+            return forced;
+        }
         self.levels
             .read()
             .unwrap()
@@ -185,6 +220,9 @@ impl HostLogger {
     }
 
     fn level_of(&self, instance: &str) -> LevelFilter {
+        if let Some(forced) = self.forced {
+            return forced;
+        }
         self.levels
             .read()
             .unwrap()
@@ -252,7 +290,34 @@ impl HostLog for LibraryLog {
 
 #[cfg(test)]
 mod tests {
-    use super::{json_escaped, one_line, text_fields};
+    use super::{json_escaped, one_line, plugin_level_in, text_fields, HostLogger};
+    use tracing::level_filters::LevelFilter;
+
+    #[test]
+    fn gateway_log_sets_the_level_of_every_plugin_instance() {
+        assert_eq!(
+            plugin_level_in("debug,plugin=trace"),
+            Some(LevelFilter::TRACE)
+        );
+        assert_eq!(plugin_level_in("debug"), Some(LevelFilter::DEBUG));
+        assert_eq!(plugin_level_in("info,plugin=off"), Some(LevelFilter::OFF));
+        assert_eq!(
+            plugin_level_in("gateway_host=trace"),
+            Some(LevelFilter::OFF)
+        );
+        assert_eq!(plugin_level_in(" "), None);
+        assert_eq!(plugin_level_in("plugin=loud"), None);
+
+        let logger = HostLogger::with_forced(LevelFilter::INFO, Some(LevelFilter::TRACE));
+        logger.set_level("quiet", LevelFilter::ERROR);
+        assert_eq!(logger.level_of("quiet"), LevelFilter::TRACE);
+        assert_eq!(logger.level_of("other"), LevelFilter::TRACE);
+        assert_eq!(logger.max_level(), LevelFilter::TRACE);
+        let logger = HostLogger::with_forced(LevelFilter::INFO, None);
+        logger.set_level("quiet", LevelFilter::ERROR);
+        assert_eq!(logger.level_of("quiet"), LevelFilter::ERROR);
+        assert_eq!(logger.level_of("other"), LevelFilter::INFO);
+    }
     use std::sync::{Arc, Mutex};
 
     #[test]
