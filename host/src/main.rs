@@ -39,7 +39,8 @@ enum Command {
         until_sources_finish: bool,
     },
     /// Check a config: parse it, load every plugin, build every instance, print the graph.
-    /// Exits non-zero on any problem, listing them all.
+    /// Exits non-zero on any problem, listing every plugin's and instance's problems (one in
+    /// the file's own syntax, `[gateway]` or the graph stops at the first).
     Check {
         /// The config file.
         #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
