@@ -555,7 +555,15 @@ fn gateway(file: &str, text: &str, base: &Path, g: RawGateway) -> Result<Gateway
                 Ok(()) => d,
                 Err(why) => return Err(ConfigError(format!("{file}: [gateway] device: {why}"))),
             },
-            None => hostname(),
+            None => {
+                let name = hostname();
+                if let Err(why) = gateway_sdk::Label::check_name(&name) {
+                    return Err(ConfigError(format!(
+                        "{file}: [gateway] device: not set, and the host name in /etc/hostname cannot be a device name: {why}; set device"
+                    )));
+                }
+                name
+            }
         },
         plugin_dirs,
         data_dir: resolve(
