@@ -38,7 +38,7 @@ const USAGE: &str = "usage:
                                                       crl.pem, valid N days (default 30; issue it
                                                       again before then: an expired CRL locks
                                                       every device out); the ingress reads it as
-                                                      client_crl_file at its next start
+                                                      client_crl_file at its next start or reload
   gateway certs revoke --server [--dir DIR] [--days N]
                                                       revoke the server certificate (its key was
                                                       stolen, say): the devices refuse it once
