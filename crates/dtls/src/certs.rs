@@ -80,28 +80,32 @@ fn read_pem(key: &str, path: &Path, make: &str) -> Result<Vec<X509>, DtlsError> 
     Ok(certs)
 }
 
-/// Refuses a certificate outside its validity period, with its dates; a certificate not yet
-/// valid is often this machine's clock (a Pi without network time starts in the past).
-fn check_dates(key: &str, path: &Path, cert: &X509Ref, renew: &str) -> Result<(), DtlsError> {
-    let now = Asn1Time::days_from_now(0).map_err(|e| config(e.to_string()))?;
+/// What is wrong with a certificate's dates, in words, when it is outside its validity period;
+/// a certificate not yet valid is often this machine's clock (a Pi without network time starts
+/// in the past). Said, not refused: the dates are the clock's business, which may be set a
+/// minute later, and a sink that could not be built would keep the whole gateway from starting
+/// (its sources unread, its buffer unfilled) where a handshake that fails only holds the
+/// readings until the certificate is renewed or the clock is right.
+pub fn date_problem(key: &str, path: &Path, cert: &X509Ref, renew: &str) -> Option<String> {
+    let now = Asn1Time::days_from_now(0).ok()?;
     if cert.not_after() < now {
-        return Err(config(format!(
+        return Some(format!(
             "{key} {}: the certificate {} expired on {}; {renew}",
             path.display(),
             name_of(cert),
             cert.not_after()
-        )));
+        ));
     }
     if cert.not_before() > now {
-        return Err(config(format!(
+        return Some(format!(
             "{key} {}: the certificate {} is not valid before {} and this machine's clock says {}: is the clock right (a Pi without network time starts in the past)?",
             path.display(),
             name_of(cert),
             cert.not_before(),
             &*now
-        )));
+        ));
     }
-    Ok(())
+    None
 }
 
 /// Checks an identity's certificate chain and key files: both readable, the certificate in its
@@ -119,7 +123,9 @@ pub fn check_identity(
     };
     let chain = read_pem("cert_file", cert, make)?;
     let leaf = &chain[0];
-    check_dates("cert_file", cert, leaf, make)?;
+    if let Some(problem) = date_problem("cert_file", cert, leaf, make) {
+        tracing::warn!("{problem}; DTLS handshakes with it fail until then");
+    }
     let key_pem = std::fs::read(key).map_err(|e| {
         config(format!(
             "key_file {}: {e}; the key is made together with cert_file {} ({make})",
@@ -148,24 +154,33 @@ pub fn check_identity(
     Ok((chain, pkey))
 }
 
-/// Checks a CA file: readable, PEM, and not every certificate in it expired (then nothing it
-/// vouches for could be verified). Its certificates.
+/// Checks a CA file: readable, PEM. Its certificates. When every one of them has expired by
+/// this machine's clock, nothing it vouches for can be verified: said, not refused (see
+/// [`date_problem`]).
 pub fn check_ca(key: &str, path: &Path) -> Result<Vec<X509>, DtlsError> {
     let certs = read_pem(
         key,
         path,
         "`gateway certs init` makes a development CA (see certs/README.md)",
     )?;
-    let now = Asn1Time::days_from_now(0).map_err(|e| config(e.to_string()))?;
-    if certs.iter().all(|c| c.not_after() < now) {
-        let names: Vec<String> = certs.iter().map(|c| describe(c)).collect();
-        return Err(config(format!(
-            "{key} {}: every CA certificate in it has expired ({}); nothing it issued can be verified",
-            path.display(),
-            names.join("; ")
-        )));
+    if let Some(problem) = ca_date_problem(key, path, &certs) {
+        tracing::warn!("{problem}");
     }
     Ok(certs)
+}
+
+/// What [`check_ca`] says when every certificate of a CA file has expired.
+pub fn ca_date_problem(key: &str, path: &Path, certs: &[X509]) -> Option<String> {
+    let now = Asn1Time::days_from_now(0).ok()?;
+    if !certs.iter().all(|c| c.not_after() < now) {
+        return None;
+    }
+    let names: Vec<String> = certs.iter().map(|c| describe(c)).collect();
+    Some(format!(
+        "{key} {}: every CA certificate in it has expired ({}) by this machine's clock; nothing it issued can be verified (DTLS handshakes fail) until it is replaced or the clock is right",
+        path.display(),
+        names.join("; ")
+    ))
 }
 
 /// The CRLs of a PEM file, read once: for the verify store and for how long a verification

@@ -191,6 +191,40 @@ fn a_server_certificate_revoked_in_the_uplinks_crl_file_gets_no_readings() {
     drop(ingress);
 }
 
+/// A device certificate outside its dates (here valid from tomorrow: a Pi whose clock is
+/// behind, before network time sets it) does not keep the uplink from being built, which
+/// would keep the whole gateway from starting and its sensors unread: the server refuses the
+/// handshake and the readings are held, to go up once the certificate or the clock is right.
+#[test]
+fn a_device_certificate_not_yet_valid_holds_the_readings_and_does_not_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    let d = |f: &str| dir.path().join(f);
+    let (ca, ca_key) = gateway_pki::read_pair(&d("ca.pem"), &d("ca.key")).unwrap();
+    gateway_pki::issue_to(
+        &d("device.pem"),
+        &d("device.key"),
+        "test-device",
+        gateway_pki::Kind::Device,
+        Some((&ca, &ca_key)),
+        1,
+        30,
+    )
+    .unwrap();
+    let port = free_port();
+    let _ingress = ingress_thread(ingress_config(dir.path(), port, ""), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut uplink = SinkHarness::new::<Uplink>(&uplink_config(
+        dir.path(),
+        port,
+        "handshake_timeout = \"3s\"\n",
+    ))
+    .expect("built: dates are said, not refused");
+    let e = uplink.write(sample_readings(2)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(uplink.acknowledged().is_empty());
+}
+
 #[test]
 fn an_unknown_resource_is_a_4_04_and_holds_the_readings() {
     let dir = tempfile::tempdir().unwrap();
