@@ -721,3 +721,55 @@ fn a_log_level_raised_by_a_reload_shows_the_instances_trace_events() {
         || gw.stderr().contains("round done"),
     );
 }
+
+#[test]
+fn a_source_whose_only_sink_a_reload_replaces_waits_for_the_new_one_and_loses_nothing() {
+    // `old` is removed and `new` added in its place: while `old` writes what it holds (its
+    // writes take 300 ms), the source has no sink. Its batches were taken then and given to
+    // none, and a source that does not wait for acknowledgements (`emit_nowait`, as the
+    // sensor sources' `emit_logged`) lost them: a gap between what `old` and `new` stored.
+    let s = Setup::new();
+    let body = |sink: &str, delay: &str| {
+        format!(
+            r#"[sources.a]
+plugin = "testkit-sequence"
+interval = "1ms"
+wait_ack = false
+stable_ids = true
+
+[sinks.{sink}]
+plugin = "testkit-recorder"
+path = {:?}
+delay = "{delay}"
+queue_capacity = 4
+"#,
+            s.path(&format!("{sink}.txt")).display().to_string(),
+        )
+    };
+    let extra = "shutdown_timeout = \"10s\"";
+    let cfg = s.config(extra, &body("old", "300ms"));
+    let mut gw = Running::start(&s, &cfg, &[]);
+    wait_until("old wrote", &gw, Duration::from_secs(20), || {
+        !s.lines("old.txt").is_empty()
+    });
+    s.config(extra, &body("new", "0s"));
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log("reload applied", Duration::from_secs(30)),
+        "{}",
+        gw.stderr()
+    );
+    wait_until("new wrote", &gw, Duration::from_secs(20), || {
+        distinct(&s, "new.txt", "a").len() > 100
+    });
+    let status = gw.stop(Duration::from_secs(20));
+    let log = gw.stderr();
+    assert!(status.success(), "{log}");
+    let (old, new) = (distinct(&s, "old.txt", "a"), distinct(&s, "new.txt", "a"));
+    let mut all: Vec<i64> = old.iter().chain(&new).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    assert!(!old.is_empty() && !new.is_empty(), "{log}");
+    assert_contiguous(&all, "a through old, then new");
+    assert!(!log.contains("gave up"), "{log}");
+}

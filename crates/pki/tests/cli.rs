@@ -129,10 +129,16 @@ fn a_device_key_stays_on_the_device_and_the_ca_key_on_the_ca() {
     std::fs::create_dir(dev.join(".device-pi-01.key.new")).unwrap();
     let (ok, err) = certs(dev, &["request", "pi-01", "--force"]);
     assert!(!ok && err.contains("cannot write"), "{err}");
-    assert_eq!(std::fs::read(dev.join("device-pi-01.key")).unwrap(), old_key);
+    assert_eq!(
+        std::fs::read(dev.join("device-pi-01.key")).unwrap(),
+        old_key
+    );
     std::fs::remove_dir(dev.join(".device-pi-01.key.new")).unwrap();
     assert!(certs(dev, &["request", "pi-01", "--force"]).0);
-    assert_ne!(std::fs::read(dev.join("device-pi-01.key")).unwrap(), old_key);
+    assert_ne!(
+        std::fs::read(dev.join("device-pi-01.key")).unwrap(),
+        old_key
+    );
     let (ok, err) = certs(ca, &["sign", csr.to_str().unwrap()]);
     assert!(!ok && err.contains("revoke it first"), "{err}");
     // A link where the CRL is written first (.crl.pem.new) is replaced, not written through.

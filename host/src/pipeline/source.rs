@@ -62,7 +62,40 @@ fn stopped(msg: &str) -> PluginError {
     PluginError::new(ErrorKind::STOPPED, msg)
 }
 
+/// Why a batch was not taken while a source had no sink.
+const NO_ROUTE: &str =
+    "no sink takes this source's readings at the moment (a reload is replacing them); try again";
+
 impl Emitter {
+    /// The sinks to hand a batch to. A source always has one, except while a reload replaces
+    /// its only sink by another (the removed one drains, then the new one starts): then
+    /// `wait` waits for it, as for room in a full queue; else `Err(None)` (not taken, try
+    /// again). Handed to no sink, a batch would count as given up by every sink at once, and
+    /// a source that does not wait for its acknowledgements would lose it. `Err(Some)`: the
+    /// gateway is shutting down.
+    fn routed(&self, wait: bool) -> Result<Arc<Vec<SinkPort>>, Option<PluginError>> {
+        let mut since = None;
+        loop {
+            let sinks = self.sinks.get();
+            if !sinks.is_empty() {
+                return Ok(sinks);
+            }
+            if !wait {
+                return Err(None);
+            }
+            let since = *since.get_or_insert_with(Instant::now);
+            if self.shutdown.reached(Phase::Draining)
+                || (self.shutdown.reached(Phase::Stopping)
+                    && since.elapsed() >= Duration::from_secs(1))
+            {
+                return Err(Some(stopped(
+                    "the gateway is shutting down and takes no more readings",
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Hands `batch` to every routed sink. `wait`: for room in a full queue (`emit`); else
     /// (`try_emit`, whose caller checked for room, which another source may have taken since)
     /// a sink whose queue is full gets the batch's acknowledgement failed with a retryable
@@ -86,7 +119,18 @@ impl Emitter {
             ));
         }
         let n = batch.len() as u64;
-        let sinks = self.sinks.get();
+        let sinks = match self.routed(wait) {
+            Ok(sinks) => sinks,
+            Err(Some(e)) => return RErr(e),
+            Err(None) => {
+                // No sink now (a reload replacing this source's only one): the batch is not
+                // taken, and its acknowledgement says to try again.
+                if let abi_stable::std_types::RSome(mut a) = ack {
+                    a.done(RErr(PluginError::retry(NO_ROUTE)));
+                }
+                return ROk(());
+            }
+        };
         let tracker = AckTracker::new(sinks.len(), ack.into_option());
         let readings = Arc::new(batch);
         for port in sinks.iter() {
@@ -168,7 +212,11 @@ impl HostSourceCtx for Emitter {
         batch: &mut RVec<Reading>,
         ack: &mut ROption<AckBox>,
     ) -> RResult<(), PluginError> {
-        if let Some(full) = self.sinks.get().iter().find(|p| p.tx.is_full()) {
+        let sinks = self.sinks.get();
+        if sinks.is_empty() {
+            return RErr(PluginError::retry(NO_ROUTE));
+        }
+        if let Some(full) = sinks.iter().find(|p| p.tx.is_full()) {
             full.stats.refused_full.fetch_add(1, Ordering::Relaxed);
             return RErr(PluginError::retry(
                 "a sink's queue is full; try again once it has written",
