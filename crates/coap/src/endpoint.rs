@@ -260,6 +260,10 @@ struct Reassembly {
     next_num: u32,
     szx: u8,
     expires: Instant,
+    /// What tells this transfer's blocks from another's beside the token: the Request-Tag
+    /// (RFC 9175) and the Content-Format of its block 0. A block whose differ belongs to
+    /// another operation.
+    matching: crate::message::Matching,
 }
 
 /// A CoAP endpoint: client and server at once, for peers identified by `P`.

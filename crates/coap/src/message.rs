@@ -39,6 +39,26 @@ pub(crate) fn refuse_options(req: &Packet) -> Option<(ResponseType, String)> {
     None
 }
 
+/// Request-Tag (RFC 9175): tells one block-wise operation from another of the same client.
+pub(crate) const REQUEST_TAG: u16 = 292;
+
+/// The values that tell a Block1 transfer's blocks from another transfer's to the same
+/// resource beside the token: its Request-Tag options and its Content-Format.
+pub(crate) fn matching_options(req: &Packet) -> Matching {
+    let of = |o: CoapOption| -> Vec<Vec<u8>> {
+        req.get_option(o)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
+    };
+    (
+        of(CoapOption::Unknown(REQUEST_TAG)),
+        of(CoapOption::ContentFormat),
+    )
+}
+
+/// Request-Tag values and Content-Format values (see [`matching_options`]).
+pub(crate) type Matching = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 /// Block1/Block2 option value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Block {

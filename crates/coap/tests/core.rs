@@ -982,3 +982,98 @@ fn an_answer_about_another_block_ends_the_request_instead_of_skipping_a_block() 
     let r = seen.outcome.expect("an outcome").expect("stored");
     assert_eq!(code(&r), ResponseType::Changed);
 }
+
+/// One peer's Block1 blocks, sent straight to a server endpoint: block `num` of 64 bytes of
+/// the token's value, with `token` and the Request-Tag `tag` (none when empty); the server's
+/// answer (`Changed` for a last block the application got).
+struct Blocks {
+    server: Endpoint<u8>,
+    mid: u16,
+}
+
+impl Blocks {
+    fn send(&mut self, now: Instant, token: u8, tag: &[u8], num: u32, more: bool) -> ResponseType {
+        self.mid += 1;
+        let mut p = request(RequestType::Post, "r", None, vec![token; 64]);
+        p.header.message_id = self.mid;
+        p.set_token(vec![token]);
+        p.add_option(CoapOption::Block1, Block { num, more, szx: 2 }.encode());
+        if !tag.is_empty() {
+            p.add_option(CoapOption::Unknown(292), tag.to_vec());
+        }
+        self.server.handle_datagram(now, 1, &p.to_bytes().unwrap());
+        // The last block goes to the application, which answers (2.04 here).
+        let Some((_, answer)) = self.server.poll_transmit() else {
+            return ResponseType::Changed;
+        };
+        match Packet::from_bytes(&answer).unwrap().header.code {
+            MessageClass::Response(r) => r,
+            c => panic!("{c:?}"),
+        }
+    }
+}
+
+#[test]
+fn blocks_of_two_transfers_are_never_spliced_into_one_body() {
+    let mut b = Blocks {
+        server: Endpoint::new(Config::default(), Box::new(rng(91))),
+        mid: 0,
+    };
+    let t0 = Instant::now();
+    // A (token 1, Request-Tag A) sends blocks 0-2; B (token 2, Request-Tag B) too, 200 s later.
+    for num in 0..3 {
+        assert_eq!(b.send(t0, 1, b"A", num, true), ResponseType::Continue);
+    }
+    let t1 = t0 + Duration::from_secs(200);
+    for num in 0..3 {
+        assert_eq!(b.send(t1, 2, b"B", num, true), ResponseType::Continue);
+    }
+    // A's transfer expires (EXCHANGE_LIFETIME after its last block); its next block is not
+    // taken as B's, which also expects block 3: 4.08, and A starts again.
+    let t2 = t0 + Duration::from_secs(250);
+    b.server.handle_timeout(t2);
+    assert_eq!(
+        b.send(t2, 1, b"A", 3, true),
+        ResponseType::RequestEntityIncomplete
+    );
+    // B goes on untouched, and its body is its own.
+    assert_eq!(b.send(t2, 2, b"B", 3, false), ResponseType::Changed);
+    let mut bodies = Vec::new();
+    while let Some(ev) = b.server.poll_event() {
+        if let Event::Request { packet, .. } = ev {
+            bodies.push(packet.payload);
+        }
+    }
+    assert_eq!(bodies, vec![vec![2u8; 256]]);
+}
+
+#[test]
+fn a_client_that_changes_its_token_between_blocks_is_followed_only_when_one_transfer_fits() {
+    let mut b = Blocks {
+        server: Endpoint::new(Config::default(), Box::new(rng(92))),
+        mid: 0,
+    };
+    let now = Instant::now();
+    // A new token for every block, one Request-Tag (as libcoap does): followed.
+    assert_eq!(b.send(now, 10, b"T", 0, true), ResponseType::Continue);
+    assert_eq!(b.send(now, 11, b"T", 1, true), ResponseType::Continue);
+    assert_eq!(b.send(now, 12, b"T", 2, false), ResponseType::Changed);
+    let delivered = std::iter::from_fn(|| b.server.poll_event())
+        .filter(|e| matches!(e, Event::Request { .. }))
+        .count();
+    assert_eq!(delivered, 1);
+    // Without a Request-Tag, two transfers that both expect block 1 leave a block of a third
+    // token ambiguous: 4.08 rather than a guess.
+    assert_eq!(b.send(now, 20, b"", 0, true), ResponseType::Continue);
+    assert_eq!(b.send(now, 21, b"", 0, true), ResponseType::Continue);
+    assert_eq!(
+        b.send(now, 22, b"", 1, true),
+        ResponseType::RequestEntityIncomplete
+    );
+    // A block whose Request-Tag differs from its transfer's belongs to another operation.
+    assert_eq!(b.send(now, 30, b"X", 0, true), ResponseType::Continue);
+    assert_eq!(
+        b.send(now, 30, b"Y", 1, true),
+        ResponseType::RequestEntityIncomplete
+    );
+}

@@ -2,7 +2,7 @@
 //! answers to them (piggybacked, separate, or RST).
 
 use super::{observe, ClientError, ClientExchange, Endpoint, Event, Token};
-use crate::message::{block1_of, empty, encode_uint, Block};
+use crate::message::{block1_of, empty, encode_uint, Block, REQUEST_TAG};
 use crate::Code;
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
 use std::{hash::Hash, time::Instant};
@@ -142,6 +142,11 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             };
             p.clear_option(CoapOption::Block1);
             p.add_option(CoapOption::Block1, block.encode());
+            // Request-Tag (RFC 9175): this transfer's token, which no other transfer of this
+            // client has while it runs, so that a server cannot take another transfer's
+            // blocks for this one's (after it forgot this one, say).
+            p.clear_option(CoapOption::Unknown(REQUEST_TAG));
+            p.add_option(CoapOption::Unknown(REQUEST_TAG), token.to_vec());
             if ex.offset == 0 {
                 p.add_option(CoapOption::Size1, encode_uint(ex.body.len() as u32));
             }

@@ -4,8 +4,8 @@
 
 use super::{Cached, Endpoint, Event, Pending, Reassembly, RequestId, Token};
 use crate::message::{
-    block1_of, decode_uint, empty, encode_uint, path_of, refuse_options, response, retry_later,
-    Block,
+    block1_of, decode_uint, empty, encode_uint, matching_options, path_of, refuse_options,
+    response, retry_later, Block,
 };
 use coap_lite::{CoapOption, MessageType, Packet, ResponseType};
 use std::{collections::HashMap, hash::Hash, time::Instant};
@@ -117,16 +117,19 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             return self.deliver(now, peer, mid, con, token, req, None);
         };
         // Block1: reassemble by peer, path and token; a client that changes its token between
-        // blocks (RFC 7959 allows it) is followed by peer and path.
+        // blocks (RFC 7959 allows it) is followed by peer, path, Request-Tag and
+        // Content-Format, where one transfer alone can be the one meant. Two transfers that
+        // could (a client that changes tokens and sends no Request-Tag, RFC 9175 3.3) are told
+        // "incomplete" rather than spliced into one body.
         let path = path_of(&req);
         let key = (peer, path.clone(), token.clone());
+        let matching = matching_options(&req);
         if b.num > 0 && !self.reassembly.contains_key(&key) {
-            if let Some(k) = self
-                .reassembly
-                .iter()
-                .find(|(k, r)| k.0 == peer && k.1 == path && r.next_num == b.num)
-                .map(|(k, _)| k.clone())
-            {
+            let mut candidates = self.reassembly.iter().filter(|(k, r)| {
+                k.0 == peer && k.1 == path && r.next_num == b.num && r.matching == matching
+            });
+            if let (Some((k, _)), None) = (candidates.next(), candidates.next()) {
+                let k = k.clone();
                 let r = self.reassembly.remove(&k).expect("present");
                 self.reassembly.insert(key.clone(), r);
             }
@@ -172,6 +175,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                     next_num: 0,
                     szx: b.szx,
                     expires: now + self.config.exchange_lifetime(),
+                    matching: matching.clone(),
                 },
             );
         }
@@ -184,7 +188,11 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 response(ResponseType::RequestEntityIncomplete, "block 0 missing"),
             );
         };
-        if b.num != r.next_num || b.szx != r.szx || (b.more && req.payload.len() != b.size()) {
+        if b.num != r.next_num
+            || b.szx != r.szx
+            || (b.more && req.payload.len() != b.size())
+            || r.matching != matching
+        {
             self.reassembly.remove(&key);
             return self.answer_now(
                 peer,
