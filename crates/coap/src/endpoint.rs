@@ -270,7 +270,10 @@ struct Reassembly {
 pub struct Endpoint<P: Copy + Eq + Hash> {
     config: Config,
     rng: Box<dyn FnMut() -> u64 + Send>,
-    next_mid: u16,
+    /// The last message id sent to each peer: ids are per peer (RFC 7252 4.4: not reused with
+    /// the same endpoint within EXCHANGE_LIFETIME), each starting at random, so that what is
+    /// sent to many peers does not bring one peer's ids round within its de-duplication time.
+    mids: HashMap<P, u16>,
     next_request: u64,
     out: VecDeque<(P, Vec<u8>)>,
     events: VecDeque<Event<P>>,
@@ -305,12 +308,11 @@ pub struct Endpoint<P: Copy + Eq + Hash> {
 
 impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// A new endpoint. `rng` provides message ids, tokens and retransmission jitter.
-    pub fn new(config: Config, mut rng: Box<dyn FnMut() -> u64 + Send>) -> Self {
-        let next_mid = rng() as u16;
+    pub fn new(config: Config, rng: Box<dyn FnMut() -> u64 + Send>) -> Self {
         Endpoint {
             config,
             rng,
-            next_mid,
+            mids: HashMap::default(),
             next_request: 0,
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -397,9 +399,11 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             .min()
     }
 
-    fn mid(&mut self) -> u16 {
-        self.next_mid = self.next_mid.wrapping_add(1);
-        self.next_mid
+    fn mid(&mut self, peer: P) -> u16 {
+        let rng = &mut self.rng;
+        let mid = self.mids.entry(peer).or_insert_with(|| rng() as u16);
+        *mid = mid.wrapping_add(1);
+        *mid
     }
 
     /// Most peers whose round trips are remembered (the least recently measured is forgotten).
@@ -618,6 +622,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// Forgets everything about `peer` (its session ended): pending exchanges fail with
     /// [`ClientError::Reset`], requests in progress are dropped.
     pub fn forget_peer(&mut self, peer: P) {
+        self.mids.remove(&peer);
         self.outgoing.retain(|(p, _), _| *p != peer);
         let gone: Vec<Token> = self
             .exchanges

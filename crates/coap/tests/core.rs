@@ -1077,3 +1077,33 @@ fn a_client_that_changes_its_token_between_blocks_is_followed_only_when_one_tran
         ResponseType::RequestEntityIncomplete
     );
 }
+
+#[test]
+fn message_ids_are_counted_per_peer_so_others_traffic_does_not_bring_them_round() {
+    // RFC 7252 4.4: an id is not reused with the same endpoint within EXCHANGE_LIFETIME. One
+    // counter for every peer came round for each after 65,536 messages to all of them (a
+    // server with many observers: seconds), and a peer dropped a new message as a duplicate.
+    let mut server: Endpoint<u8> = Endpoint::new(Config::default(), Box::new(rng(93)));
+    let now = Instant::now();
+    let mut mid = 0u16;
+    // A NON request of `peer`, answered NON (with an id of the server's): that id.
+    let mut exchange = |server: &mut Endpoint<u8>, peer: u8| -> u16 {
+        mid += 1;
+        let mut p = request(RequestType::Get, "r", None, Vec::new());
+        p.header.set_type(MessageType::NonConfirmable);
+        p.header.message_id = mid;
+        p.set_token(vec![peer]);
+        server.handle_datagram(now, peer, &p.to_bytes().unwrap());
+        let Some(Event::Request { id, .. }) = server.poll_event() else {
+            panic!("a request")
+        };
+        assert!(server.respond(now, id, response(ResponseType::Content, "")));
+        let (to, answer) = server.poll_transmit().expect("an answer");
+        assert_eq!(to, peer);
+        Packet::from_bytes(&answer).unwrap().header.message_id
+    };
+    let first = exchange(&mut server, 1);
+    let others: Vec<u16> = (0..50).map(|_| exchange(&mut server, 2)).collect();
+    assert_eq!(exchange(&mut server, 1), first.wrapping_add(1));
+    assert!(others.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+}

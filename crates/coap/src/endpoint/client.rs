@@ -119,7 +119,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     }
 
     pub(super) fn send_next_block(&mut self, now: Instant, peer: P, token: &Token) {
-        let mid = self.mid();
+        let mid = self.mid(peer);
         let Some(ex) = self.exchanges.get_mut(&(peer, token.clone())) else {
             return;
         };

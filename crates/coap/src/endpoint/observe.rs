@@ -93,7 +93,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             packet.clear_option(CoapOption::Observe);
             packet.set_token(token.to_vec());
             packet.header.set_type(MessageType::Confirmable);
-            packet.header.message_id = self.mid();
+            packet.header.message_id = self.mid(peer);
             let _ = self.send_con(now, peer, &packet, None);
             return true;
         }
@@ -116,7 +116,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// all acknowledged: NON, or CON every so often.
     fn send_notification(&mut self, now: Instant, peer: P, token: &[u8], mut packet: Packet) {
         let (every, after) = (self.config.observe_con_every, self.config.observe_con_after);
-        let mid = self.mid();
+        let mid = self.mid(peer);
         let Some(o) = self.observations.get_mut(&(peer, token.to_vec())) else {
             return;
         };
@@ -153,7 +153,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// Gives the key the message now has.
     pub(super) fn newest_state(&mut self, now: Instant, key: (P, u16), token: &[u8]) -> (P, u16) {
         let peer = key.0;
-        let mid = self.mid();
+        let mid = self.mid(peer);
         let Some(o) = self.observations.get_mut(&(peer, token.to_vec())) else {
             return key;
         };

@@ -36,11 +36,11 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             }
         } else if p.con {
             resp.header.set_type(MessageType::Confirmable);
-            resp.header.message_id = self.mid();
+            resp.header.message_id = self.mid(p.peer);
             let _ = self.send_con(now, p.peer, &resp, None);
         } else {
             resp.header.set_type(MessageType::NonConfirmable);
-            resp.header.message_id = self.mid();
+            resp.header.message_id = self.mid(p.peer);
             if let Ok(bytes) = self.send(p.peer, &resp) {
                 self.cache_answer(p.peer, p.mid, bytes);
             }
@@ -268,7 +268,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         } else {
             MessageType::NonConfirmable
         });
-        resp.header.message_id = if con { mid } else { self.mid() };
+        resp.header.message_id = if con { mid } else { self.mid(peer) };
         if let Ok(bytes) = self.send(peer, &resp) {
             self.cache_answer(peer, mid, bytes);
         }
