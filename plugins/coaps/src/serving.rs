@@ -308,10 +308,13 @@ impl<'a> Serving<'a> {
                     keys,
                     since,
                 }),
-                _ => {
+                Some(_) => {
                     self.unavailable(id, &keys, &e.error, since);
                     Ok(())
                 }
+                // The host took the batch and could not deliver it: the acknowledgement
+                // above answers the device (once), not this.
+                None => Ok(()),
             },
         }
     }
