@@ -14,7 +14,7 @@
 //! Base fields are repeated only when they change, so a batch of one device's readings carries
 //! its device name and time base once.
 
-use gateway_sdk::{Reading, Value};
+use gateway_sdk::{Reading, Timestamp, Value};
 use std::borrow::Cow;
 
 mod cbor;
@@ -333,10 +333,38 @@ fn unbase64url(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Why `batch` cannot be sent as SenML JSON, naming the first reading that cannot: JSON has
-/// no NaN or infinity (`encode_json` would write `null`, a reading without its value). A sink
-/// returns it as a rejection, and the host narrows the batch down to that reading.
+/// The first time SenML can carry as a time: RFC 8428 reads a time below 2^28 s (before
+/// 1978-07-04) as relative to the reader's clock.
+pub const FIRST_ABSOLUTE_TIME: Timestamp = Timestamp((1i64 << 28) * 1_000_000);
+
+/// Why `batch` cannot be sent as SenML (JSON or CBOR), naming the first reading that cannot:
+/// one timed before [`FIRST_ABSOLUTE_TIME`], which a server would store as "its now plus
+/// that much" (a clock that was not set when the reading was taken: a Pi without a real-time
+/// clock starts at 1970 on a system that keeps no time). A sink returns it as a rejection,
+/// and the host narrows the batch down to that reading, into the dead letters, with the time
+/// it has.
+pub fn time_refusal(batch: &[Reading]) -> Option<String> {
+    let i = batch.iter().position(|r| r.time < FIRST_ABSOLUTE_TIME)?;
+    let r = &batch[i];
+    Some(format!(
+        "reading {} of {} ({}/{}/{}) is timed {}, before 1978-07-04: the clock was not set when it was taken, and SenML would read such a time as relative to the receiver's clock",
+        i + 1,
+        batch.len(),
+        r.device,
+        r.sensor,
+        r.name,
+        r.time
+    ))
+}
+
+/// Why `batch` cannot be sent as SenML JSON, naming the first reading that cannot: as
+/// [`time_refusal`], and JSON has no NaN or infinity (`encode_json` would write `null`, a
+/// reading without its value). A sink returns it as a rejection, and the host narrows the
+/// batch down to that reading.
 pub fn json_refusal(batch: &[Reading]) -> Option<String> {
+    if let Some(why) = time_refusal(batch) {
+        return Some(why);
+    }
     let i = batch
         .iter()
         .position(|r| matches!(r.value, Value::Float(v) if !v.is_finite()))?;
@@ -511,6 +539,35 @@ mod tests {
                 value: values[i % values.len()].clone(),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_reading_timed_before_1978_is_refused_as_senml_would_read_it_as_relative() {
+        let now = Timestamp(1_764_085_351_000_000);
+        let mut batch: Vec<Reading> = varied_batch()
+            .into_iter()
+            .filter(|r| matches!(r.value, Value::Int(_)))
+            .take(3)
+            .collect();
+        assert!(time_refusal(&batch).is_none());
+        assert!(json_refusal(&batch).is_none());
+        // 30 s after boot on a clock that starts at 1970: the receiver made it its own now
+        // plus 30 s, silently.
+        batch[1].time = Timestamp(30_000_000);
+        let back = crate::decode_cbor(&encode_cbor(&batch), 10, now, "pi-01").unwrap();
+        assert_eq!(back.readings[1].time, Timestamp(now.0 + 30_000_000));
+        let why = time_refusal(&batch).expect("refused");
+        assert!(
+            why.starts_with("reading 2 of 3 ") && why.contains("before 1978-07-04"),
+            "{why}"
+        );
+        assert_eq!(json_refusal(&batch), Some(why));
+        batch[1].time = Timestamp(-5);
+        assert!(time_refusal(&batch).is_some());
+        batch[1].time = FIRST_ABSOLUTE_TIME;
+        assert!(time_refusal(&batch).is_none());
+        let back = crate::decode_cbor(&encode_cbor(&batch), 10, now, "pi-01").unwrap();
+        assert_eq!(back.readings[1].time, FIRST_ABSOLUTE_TIME);
     }
 
     #[test]

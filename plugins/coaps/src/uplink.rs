@@ -208,6 +208,11 @@ impl Sink for Uplink {
     }
 
     fn submit(&mut self, batch: &[Reading], done: Written) {
+        // Refused before anything goes out: the server would store such a time as its own
+        // clock's.
+        if let Some(why) = gateway_senml::time_refusal(batch) {
+            return done.finish(Err(PluginError::rejected(why)));
+        }
         if let Err(e) = self.ready() {
             return done.finish(Err(e));
         }

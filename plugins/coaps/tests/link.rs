@@ -225,6 +225,23 @@ fn a_device_certificate_not_yet_valid_holds_the_readings_and_does_not_stop_the_s
     assert!(uplink.acknowledged().is_empty());
 }
 
+/// A reading timed before 1978-07-04 (a clock not set yet) is refused for good before
+/// anything goes out, so the host puts it in the dead letters: sent, the server would have
+/// read its time as relative to its own clock and stored it as "now".
+#[test]
+fn a_reading_timed_before_1978_is_refused_for_good_and_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    // No server: nothing may be sent (a write would be retried, not refused).
+    let mut uplink =
+        SinkHarness::new::<Uplink>(&uplink_config(dir.path(), free_port(), "")).unwrap();
+    let mut batch = sample_readings(3);
+    batch[2].time = gateway_sdk::Timestamp(30_000_000);
+    let e = uplink.write(batch).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(e.message().contains("before 1978-07-04"), "{e}");
+}
+
 #[test]
 fn an_unknown_resource_is_a_4_04_and_holds_the_readings() {
     let dir = tempfile::tempdir().unwrap();
