@@ -71,7 +71,7 @@ fn located(decl: &Instance, what: &str, e: &PluginError) -> String {
 }
 
 /// An instance's own directory under `data_dir`.
-fn data_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
+pub(crate) fn data_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
     config.gateway.data_dir.join(&decl.name)
 }
 

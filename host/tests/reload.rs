@@ -773,3 +773,40 @@ queue_capacity = 4
     assert_contiguous(&all, "a through old, then new");
     assert!(!log.contains("gave up"), "{log}");
 }
+
+#[test]
+fn an_instance_a_reload_adds_finds_its_data_directory() {
+    // A start makes each instance's data directory (the SDK promises it is there when the
+    // instance runs); a reload did not, and a plugin keeping state there failed.
+    let s = Setup::new();
+    let body = |more: &str| {
+        format!(
+            r#"[sources.a]
+plugin = "testkit-sequence"
+interval = "10ms"
+{more}
+[sinks.rec]
+plugin = "testkit-recorder"
+path = {:?}
+"#,
+            s.path("rec.txt").display().to_string(),
+        )
+    };
+    let extra = gateway_extra(&s);
+    let cfg = s.config(&extra, &body(""));
+    let mut gw = Running::start(&s, &cfg, &[]);
+    wait_until("a recorded", &gw, Duration::from_secs(20), || {
+        !s.recorded("rec.txt", "a").is_empty()
+    });
+    let added = "\n[sources.c]\nplugin = \"testkit-sequence\"\ninterval = \"10ms\"\nrequire_data_dir = true\n";
+    s.config(&extra, &body(added));
+    gw.signal(libc::SIGHUP);
+    wait_until("c recorded", &gw, Duration::from_secs(20), || {
+        s.recorded("rec.txt", "c").len() > 5
+    });
+    let status = gw.stop(Duration::from_secs(20));
+    let log = gw.stderr();
+    assert!(status.success(), "{log}");
+    assert!(s.path("data").join("c").is_dir(), "{log}");
+    assert!(!log.contains("is not there"), "{log}");
+}

@@ -404,6 +404,21 @@ impl Graph {
             let k = take(&mut built_sinks, &name);
             self.start_successor(&mut new, name, line, k, keep_writer, deadline);
         }
+        for decl in new.sources.iter().chain(&new.sinks).filter(|d| {
+            let role = if matches!(d.role, crate::config::Role::Source) {
+                sources
+            } else {
+                sinks
+            };
+            role.added.contains(&d.name) || role.changed.contains(&d.name)
+        }) {
+            // As a start makes it (the SDK promises it is there when the instance runs); one
+            // that cannot be made is said here, and the instance's own errors follow.
+            let dir = crate::plan::data_dir(&new, decl);
+            if let Err(e) = crate::own_files::create_dir_durably(&dir) {
+                tracing::error!(instance = %decl.name, "cannot create its data directory {}: {e}", dir.display());
+            }
+        }
         for name in &sinks.added {
             let mut k = take(&mut built_sinks, name);
             let (line, fresh) = match self.parked.remove(name) {

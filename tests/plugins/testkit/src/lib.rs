@@ -51,6 +51,10 @@ struct SequenceConfig {
     /// The readings' device instead of the gateway's (one process standing in for many
     /// devices, each source into an uplink with that device's certificate).
     device: Option<String>,
+    /// Fail (fatal) when the instance's data directory is not there when it runs, as a
+    /// plugin that keeps state there would.
+    #[serde(default)]
+    require_data_dir: bool,
 }
 
 /// The id of value `v` of `instance` when `stable_ids` is set: FNV-1a of the name, then `v`.
@@ -76,6 +80,7 @@ fn yes() -> bool {
 pub struct Sequence {
     cfg: SequenceConfig,
     instance: String,
+    data_dir: std::path::PathBuf,
 }
 
 impl Source for Sequence {
@@ -89,9 +94,16 @@ impl Source for Sequence {
         Ok(Sequence {
             cfg,
             instance: ctx.instance().to_owned(),
+            data_dir: ctx.data_dir(),
         })
     }
     fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError> {
+        if self.cfg.require_data_dir && !self.data_dir.is_dir() {
+            return Err(PluginError::fatal(format!(
+                "the data directory {} is not there",
+                self.data_dir.display()
+            )));
+        }
         let sensor = Label::from(self.instance.as_str());
         let (name, unit) = (Label::from("seq"), Label::from(""));
         let mut next = *counters().lock().unwrap().get(&self.instance).unwrap_or(&0);
