@@ -198,6 +198,16 @@ impl HostLogger {
         })
     }
 
+    /// The instances' own levels.
+    pub fn levels(&self) -> HashMap<String, LevelFilter> {
+        self.levels.read().unwrap().clone()
+    }
+
+    /// Sets every instance's own level: those in `levels`, and no other.
+    pub fn set_levels(&self, levels: HashMap<String, LevelFilter>) {
+        *self.levels.write().unwrap() = levels;
+    }
+
     /// Sets the level of one instance's plugin events.
     pub fn set_level(&self, instance: &str, level: LevelFilter) {
         self.levels

@@ -141,11 +141,16 @@ impl Plan {
         logger: &Arc<HostLogger>,
         for_run: bool,
     ) -> Result<Plan, Vec<String>> {
-        for decl in config.sources.iter().chain(&config.sinks) {
-            if let Some(level) = decl.log_level {
-                logger.set_level(&decl.name, level);
-            }
-        }
+        // Before the instances are built, so that their libraries produce what the levels ask
+        // for from the start (a reload whose file does not check puts the levels back).
+        logger.set_levels(
+            config
+                .sources
+                .iter()
+                .chain(&config.sinks)
+                .filter_map(|d| d.log_level.map(|l| (d.name.clone(), l)))
+                .collect(),
+        );
         let mut catalog = Catalog::new(&config.gateway.plugin_dirs, logger.clone());
         let stall_warning = config.gateway.stall_warning;
         let mut errors = Vec::new();

@@ -697,7 +697,7 @@ fn a_shutdown_during_a_reload_whose_constructor_hangs_is_answered() {
 /// events reach the log. Before, both the plugin library (its filter fixed when loaded) and the
 /// host's subscriber (its plugin level fixed at the start) dropped them.
 #[test]
-fn a_log_level_raised_by_a_reload_shows_the_instances_trace_events() {
+fn a_log_level_raised_by_a_reload_shows_the_instances_trace_events_and_a_refused_one_not() {
     let s = Setup::new();
     let extra = gateway_extra(&s);
     let text = |level: &str| {
@@ -712,6 +712,23 @@ fn a_log_level_raised_by_a_reload_shows_the_instances_trace_events() {
         std::fs::read_to_string(s.path("out.txt")).is_ok_and(|t| t.lines().count() > 2)
     });
     assert!(!gw.stderr().contains("round done"), "trace at info?");
+    // A file that does not check changes nothing, the levels included.
+    s.config(
+        &extra,
+        &(text("log_level = \"trace\"") + "\n[sinks.x]\nplugin = \"no-such-plugin\"\n"),
+    );
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log("reload refused", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !gw.stderr().contains("round done"),
+        "a refused reload raised the level: {}",
+        gw.stderr()
+    );
     s.config(&extra, &text("log_level = \"trace\""));
     gw.signal(libc::SIGHUP);
     wait_until(

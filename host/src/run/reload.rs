@@ -226,6 +226,10 @@ impl Graph {
         let (tx, checked) = crossbeam_channel::bounded(1);
         let running = self.config.gateway.clone();
         let logger = self.logger.clone();
+        // The check sets the new file's levels before it builds the instances; a reload that
+        // is not applied puts the running ones back.
+        let levels = self.logger.levels();
+        let unapplied = |logger: &crate::logging::HostLogger| logger.set_levels(levels.clone());
         let spawned = std::thread::Builder::new()
             .name("reload-check".into())
             .spawn(move || {
@@ -238,13 +242,18 @@ impl Graph {
         let plan = crossbeam_channel::select! {
             recv(checked) -> plan => match plan {
                 Ok(Some(plan)) => plan,
-                _ => return true,
+                _ => {
+                    unapplied(&self.logger);
+                    return true;
+                }
             },
             recv(stop) -> _ => {
+                unapplied(&self.logger);
                 tracing::warn!("shutdown requested while the reload was still reading and checking the config: the reload is abandoned, nothing of it applied");
                 return false;
             }
             default(longest) => {
+                unapplied(&self.logger);
                 tracing::error!("reload abandoned, nothing changed: reading and checking the config took over {longest:?} (a plugin's constructor that does not return? the log names an instance overdue); the running config stays");
                 return true;
             }
