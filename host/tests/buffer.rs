@@ -379,3 +379,47 @@ fn a_job_drains_its_buffer_before_it_exits_and_says_what_a_down_sink_left_behind
     );
     assert!(s.recorded("out.txt", "seq").is_empty());
 }
+
+#[test]
+fn a_buffered_sink_waiting_to_be_rebuilt_lets_a_shutdown_end_at_once() {
+    // The sink fails to build again and again (a wrong password, say), so it waits 30 s
+    // between tries. A shutdown did not end that wait until the deadline (shutdown_timeout),
+    // and then counted the sink as not drained (exit 1), though its readings are on disk.
+    let s = Setup::new();
+    let cfg = s.config(
+        &format!(
+            "data_dir = {:?}\nshutdown_timeout = \"5s\"",
+            s.path("data").display().to_string()
+        ),
+        &format!(
+            r#"[sources.seq]
+plugin = "testkit-sequence"
+count = 20
+batch_size = 10
+
+[sinks.rec]
+plugin = "testkit-recorder"
+path = {:?}
+config_error_first = 1000
+restart_backoff = "30s"
+restart_backoff_max = "30s"
+buffer = {{ type = "disk" }}
+"#,
+            s.path("out.txt").display().to_string()
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &[]);
+    assert!(
+        gw.wait_for_log("simulated config error", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let status = gw.stop(Duration::from_secs(20));
+    let took = asked.elapsed();
+    let err = gw.stderr();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(took < Duration::from_secs(3), "{took:?}: {err}");
+    assert!(s.recorded("out.txt", "seq").is_empty());
+}

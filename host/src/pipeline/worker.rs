@@ -237,7 +237,7 @@ impl Worker {
     /// instance first if it failed; an error is the outcome (and `done` counts for nothing).
     pub(super) fn submit(&mut self, batch: &[Reading], done: AckBox) -> Result<(), PluginError> {
         while self.instance.is_none() {
-            if self.shutdown.reached(Phase::Aborting) {
+            if self.shutdown.reached(Phase::Aborting) || self.giving_up() {
                 return Err(PluginError::new(ErrorKind::STOPPED, "shutting down"));
             }
             self.rebuild();
@@ -446,6 +446,11 @@ impl Worker {
                 ));
             }
             let Some(inst) = self.instance.as_mut() else {
+                // No instance to write with while draining a buffered sink (or one a reload
+                // replaces): the readings stay on disk, or go to the successor.
+                if self.giving_up() {
+                    return Err(PluginError::new(ErrorKind::STOPPED, "shutting down"));
+                }
                 self.rebuild();
                 continue;
             };
@@ -484,8 +489,11 @@ impl Worker {
         }
     }
 
+    /// Builds the instance again after `restart_delay`. A shutdown ends the wait as it ends
+    /// a retry's ([`Worker::pause`]): a buffered sink that is draining builds nothing.
     fn rebuild(&mut self) {
-        if self.shutdown.wait_for(Phase::Aborting, self.restart_delay) {
+        self.pause(self.restart_delay);
+        if self.shutdown.reached(Phase::Aborting) || self.giving_up() {
             return;
         }
         self.restart_delay = (self.restart_delay * 2).min(self.restart_backoff_max);
