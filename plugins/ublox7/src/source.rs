@@ -84,7 +84,10 @@ fn stopped(e: &PluginError) -> bool {
 pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> {
     let mut out = Output::new(ctx, &cfg.sensor);
     let mut backoff = cfg.reopen_backoff;
-    let mut reported = false;
+    // When the GPS's absence was last said at warn; `None` while it sends. Said again hourly
+    // while it stays away, at debug in between, so that neither a receiver gone for months
+    // leaves one line in a year's log nor one that fails at every open floods it.
+    let mut said: Option<Instant> = None;
     let port_name = cfg.port.to_string_lossy().into_owned();
     loop {
         if ctx.is_stopping() {
@@ -99,9 +102,9 @@ pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> 
         let mut port = match port {
             Ok(p) => p,
             Err(e) => {
-                if !reported {
-                    tracing::warn!(port = %port_name, error = %e, "cannot open the GPS; retrying with backoff");
-                    reported = true;
+                if due(said) {
+                    tracing::warn!(port = %port_name, error = %e, "cannot open the GPS; retrying with backoff (said again hourly while it stays away)");
+                    said = Some(Instant::now());
                 } else {
                     tracing::debug!(port = %port_name, error = %e, "GPS still not there");
                 }
@@ -112,9 +115,11 @@ pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> 
                 continue;
             }
         };
-        tracing::info!(port = %port_name, baud = cfg.baud, "GPS opened");
-        reported = false;
-        backoff = cfg.reopen_backoff;
+        if said.is_none() {
+            tracing::info!(port = %port_name, baud = cfg.baud, "GPS opened");
+        } else {
+            tracing::debug!(port = %port_name, baud = cfg.baud, "GPS opened; waiting for it to send");
+        }
         let mut decoder = Decoder::default();
         let mut buf = [0u8; 1024];
         let mut last_byte = Instant::now();
@@ -135,6 +140,10 @@ pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> 
                 Ok(n) => {
                     zero_reads = 0;
                     last_byte = Instant::now();
+                    if said.take().is_some() {
+                        tracing::info!(port = %port_name, baud = cfg.baud, "GPS is back: reading it");
+                    }
+                    backoff = cfg.reopen_backoff;
                     for e in decoder.push(&buf[..n]) {
                         if let Err(err) = out.epoch(&e) {
                             return if stopped(&err) { Ok(()) } else { Err(err) };
@@ -154,15 +163,32 @@ pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> 
             }
             out.stats(decoder.stats(), false);
         };
+        // Closed before anything else: a receiver that comes back at once (a USB reset) gets
+        // its old device name again only if nothing holds the old one open.
+        drop(port);
         out.stats(decoder.stats(), true);
-        tracing::warn!(port = %port_name, reason = %gone, "GPS vanished; reopening with backoff");
+        if said.is_none() {
+            tracing::warn!(port = %port_name, reason = %gone, "GPS vanished; reopening with backoff");
+            said = Some(Instant::now());
+        } else if due(said) {
+            tracing::warn!(port = %port_name, reason = %gone, "the GPS opens but fails before it sends anything; reopening with backoff (said again hourly while it does)");
+            said = Some(Instant::now());
+        } else {
+            tracing::debug!(port = %port_name, reason = %gone, "GPS failed again before it sent anything");
+        }
         if let Some(e) = decoder.flush() {
             let _ = out.epoch(&e);
         }
         if ctx.wait_stop(backoff) {
             return Ok(());
         }
+        backoff = (backoff * 2).min(cfg.reopen_backoff_max);
     }
+}
+
+/// Whether a problem last said at `said` is to be said again (hourly while it lasts).
+fn due(said: Option<Instant>) -> bool {
+    said.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600))
 }
 
 /// Replays a recorded log: one epoch per second (divided by `replay_speed`), optionally looping.

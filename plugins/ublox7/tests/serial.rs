@@ -2,7 +2,7 @@
 //! and comes back.
 
 mod common;
-use common::{open_pty, stream, write_paced};
+use common::{open_pty, stream, write_paced, PTYS};
 use gateway_sdk::{testing::run_source, Value};
 use std::time::Duration;
 use ublox7::{decoder::Decoder, readings::values, Ublox7};
@@ -17,6 +17,7 @@ fn expected_readings(bytes: &[u8]) -> usize {
 
 #[test]
 fn a_full_log_through_a_pty_at_9600_baud_gives_every_fix() {
+    let _one = PTYS.lock().unwrap_or_else(|e| e.into_inner());
     let log = stream("gpsd-gr601-w.log");
     let want = expected_readings(&log);
     let mut pty = open_pty();
@@ -52,6 +53,7 @@ fn a_full_log_through_a_pty_at_9600_baud_gives_every_fix() {
 
 #[test]
 fn the_device_vanishing_and_coming_back_is_survived() {
+    let _one = PTYS.lock().unwrap_or_else(|e| e.into_inner());
     let log = stream("gpsd-gr601-w.log");
     let lines: Vec<&[u8]> = log.split_inclusive(|&b| b == b'\n').collect();
     // First half: up to the end of the 143255 epoch; second half: the rest.
@@ -162,4 +164,49 @@ fn config_errors_name_the_key() {
         let e = run_source::<Ublox7>(toml, 1, Duration::from_secs(1)).unwrap_err();
         assert!(e.message().contains(says), "{toml}: {e}");
     }
+}
+
+/// Whether this process holds `path` open (a pty whose master is closed shows as
+/// "PATH (deleted)").
+fn holds_open(path: &std::path::Path) -> bool {
+    let path = path.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|target| {
+            let target = target.to_string_lossy();
+            target == path || target == format!("{path} (deleted)")
+        })
+}
+
+#[test]
+fn a_vanished_device_is_closed_before_the_backoff_so_it_can_come_back_under_its_name() {
+    // A USB receiver that resets comes back at once; while the old device is held open, the
+    // kernel gives it another name (ttyACM1), which the source never opens.
+    let _one = PTYS.lock().unwrap_or_else(|e| e.into_inner());
+    let pty = open_pty();
+    let slave = pty.slave_path.clone();
+    let cfg = format!(
+        "port = {:?}\nepoch_gap = \"200ms\"\nreopen_backoff = \"5s\"\n",
+        slave.display().to_string()
+    );
+    let watcher = std::thread::spawn(move || {
+        let mut pty = pty;
+        std::thread::sleep(Duration::from_millis(300));
+        write_paced(&mut pty.master, b"$GPTXT,01,01,02,hello*00\r\n", 38400);
+        std::thread::sleep(Duration::from_millis(300));
+        let open_before = holds_open(&slave);
+        drop(pty);
+        // The source sees the hang-up at its next read (within 50 ms), then waits 5 s.
+        std::thread::sleep(Duration::from_millis(1000));
+        (open_before, holds_open(&slave))
+    });
+    let run = run_source::<Ublox7>(&cfg, 1_000, Duration::from_secs(2)).unwrap();
+    run.outcome.unwrap();
+    let (open_before, open_in_backoff) = watcher.join().unwrap();
+    assert!(open_before, "the source had the device open");
+    assert!(
+        !open_in_backoff,
+        "the vanished device is still held during the backoff"
+    );
 }

@@ -10,6 +10,10 @@ use std::{
     time::Duration,
 };
 
+/// Held by each test that opens ptys, one at a time: a test that looks for a pty's device
+/// among this process's open files must not find another test's that reuses its number.
+pub static PTYS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A pty pair: the test writes to `master` what a receiver would send; the plugin opens
 /// `slave_path`.
 pub struct Pty {
