@@ -499,6 +499,35 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
 
     /// Takes one datagram from `peer`.
     pub fn handle_datagram(&mut self, now: Instant, peer: P, bytes: &[u8]) {
+        match crate::message::format_error(bytes) {
+            None => {}
+            Some(e) => {
+                self.stats.malformed += 1;
+                // Past Ignore, the 4-byte header and the token are there.
+                let con = || (bytes[0] >> 4) & 3 == 0;
+                let mid = || u16::from_be_bytes([bytes[2], bytes[3]]);
+                match e {
+                    crate::message::FormatError::Ignore => {}
+                    crate::message::FormatError::Reject if con() => self.reset(peer, mid()),
+                    crate::message::FormatError::Reject => {}
+                    crate::message::FormatError::UnknownMethod => {
+                        // RFC 7252 5.8: a piggybacked 4.05 to a CON; a NON is dropped.
+                        let tkl = usize::from(bytes[0] & 0xf);
+                        if con() {
+                            let mut r = crate::message::response(
+                                coap_lite::ResponseType::MethodNotAllowed,
+                                "",
+                            );
+                            r.header.set_type(MessageType::Acknowledgement);
+                            r.header.message_id = mid();
+                            r.set_token(bytes[4..4 + tkl].to_vec());
+                            let _ = self.send(peer, &r);
+                        }
+                    }
+                }
+                return;
+            }
+        }
         let packet = match Packet::from_bytes(bytes) {
             Ok(p) if !matches!(p.header.code, MessageClass::Reserved(_)) => p,
             _ => {

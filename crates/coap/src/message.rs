@@ -134,6 +134,89 @@ pub(crate) fn empty(t: MessageType, mid: u16) -> Packet {
     p
 }
 
+/// What RFC 7252 says to do with a datagram whose format is wrong, read from its bytes before
+/// they are parsed (the parser takes some of these as messages).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum FormatError {
+    /// Dropped without an answer: a version other than 1 (RFC 7252 3: "silently ignored"), too
+    /// short for a header, or an Acknowledgement or Reset (never answered, 4.2).
+    Ignore,
+    /// A format error (3, 4.1, 4.2): answered with RST if it is Confirmable, else dropped.
+    Reject,
+    /// A request with a method code this endpoint does not know: 4.05 (5.8).
+    UnknownMethod,
+}
+
+/// Checks the framing of `bytes` (RFC 7252 3): version, token length, an Empty message with
+/// nothing after its header, a code its type may carry, options whose nibbles are not the
+/// reserved 15, and a payload marker followed by a payload.
+pub(crate) fn format_error(bytes: &[u8]) -> Option<FormatError> {
+    if bytes.len() < 4 || bytes[0] >> 6 != 1 {
+        return Some(FormatError::Ignore);
+    }
+    let (kind, tkl, code) = ((bytes[0] >> 4) & 3, usize::from(bytes[0] & 0xf), bytes[1]);
+    let (ack_or_reset, class, detail) = (kind >= 2, code >> 5, code & 0x1f);
+    let wrong = if ack_or_reset {
+        FormatError::Ignore
+    } else {
+        FormatError::Reject
+    };
+    if tkl > 8 || 4 + tkl > bytes.len() {
+        return Some(wrong);
+    }
+    match (class, detail) {
+        // Empty: the 4-byte header alone (4.1), and never a NON (4.3 leaves it unanswered:
+        // the caller does).
+        (0, 0) if bytes.len() != 4 => return Some(wrong),
+        (0, 0) => return None,
+        // A request: never in an ACK or RST (4.2). An unknown method gets 4.05 (5.8).
+        (0, _) if ack_or_reset => return Some(FormatError::Ignore),
+        (0, d) if d > 7 => return Some(FormatError::UnknownMethod),
+        // A response: never in a RST (4.2).
+        (2, _) | (4, _) | (5, _) if kind == 3 => return Some(FormatError::Ignore),
+        (2, _) | (4, _) | (5, _) | (0, _) => {}
+        // Classes 1, 3, 6, 7 are reserved.
+        _ => return Some(wrong),
+    }
+    // The options: each nibble 15 is reserved outside the payload marker, and a marker must be
+    // followed by at least one byte.
+    let mut at = 4 + tkl;
+    while at < bytes.len() {
+        let b = bytes[at];
+        at += 1;
+        if b == 0xff {
+            return (at == bytes.len()).then_some(wrong);
+        }
+        let mut ext = |nibble: u8| -> Option<usize> {
+            match nibble {
+                13 => {
+                    let v = *bytes.get(at)?;
+                    at += 1;
+                    Some(usize::from(v) + 13)
+                }
+                14 => {
+                    let v = bytes.get(at..at + 2)?;
+                    at += 2;
+                    Some(usize::from(u16::from_be_bytes([v[0], v[1]])) + 269)
+                }
+                15 => None,
+                n => Some(usize::from(n)),
+            }
+        };
+        let Some(_delta) = ext(b >> 4) else {
+            return Some(wrong);
+        };
+        let Some(len) = ext(b & 0xf) else {
+            return Some(wrong);
+        };
+        at += len;
+        if at > bytes.len() {
+            return Some(wrong);
+        }
+    }
+    None
+}
+
 /// Makes a response packet for `code` with a diagnostic payload.
 pub fn response(code: ResponseType, diagnostic: &str) -> Packet {
     let mut p = Packet::new();

@@ -1107,3 +1107,59 @@ fn message_ids_are_counted_per_peer_so_others_traffic_does_not_bring_them_round(
     assert_eq!(exchange(&mut server, 1), first.wrapping_add(1));
     assert!(others.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
 }
+
+#[test]
+fn message_format_errors_are_answered_as_rfc_7252_says() {
+    let mut server: Endpoint<u8> = Endpoint::new(Config::default(), Box::new(rng(94)));
+    let now = Instant::now();
+    let mut answer = |bytes: &[u8]| -> Option<Vec<u8>> {
+        server.handle_datagram(now, CLIENT, bytes);
+        assert!(server.poll_event().is_none(), "{bytes:02x?} was taken");
+        server.poll_transmit().map(|(_, b)| b)
+    };
+    // A version other than 1: silently ignored (3), even a CON GET.
+    assert_eq!(answer(&[0x80, 0x01, 0x12, 0x34]), None);
+    assert_eq!(answer(&[0x00, 0x01, 0x12, 0x34]), None);
+    // A payload marker with nothing after it is a format error (3): RST to a CON.
+    assert_eq!(
+        answer(&[0x40, 0x01, 0x12, 0x35, 0xff]),
+        Some(vec![0x70, 0x00, 0x12, 0x35])
+    );
+    // An option nibble of 15 outside the marker (3.1): RST.
+    assert_eq!(
+        answer(&[0x40, 0x01, 0x12, 0x3a, 0xf1, 0x00]),
+        Some(vec![0x70, 0x00, 0x12, 0x3a])
+    );
+    // An option running past the datagram: RST.
+    assert_eq!(
+        answer(&[0x40, 0x01, 0x12, 0x3b, 0xb5, b'a']),
+        Some(vec![0x70, 0x00, 0x12, 0x3b])
+    );
+    // An ACK carrying a request, a RST carrying a response, an Empty ACK with a token: never
+    // answered (4.2), never taken.
+    assert_eq!(answer(&[0x60, 0x01, 0x12, 0x36]), None);
+    assert_eq!(answer(&[0x70, 0x44, 0x12, 0x37]), None);
+    assert_eq!(answer(&[0x61, 0x00, 0x12, 0x38, 0x07]), None);
+    // An Empty CON with a token or bytes after its header is a format error (4.1): RST.
+    assert_eq!(
+        answer(&[0x41, 0x00, 0x12, 0x39, 0x07]),
+        Some(vec![0x70, 0x00, 0x12, 0x39])
+    );
+    // An unknown method code gets a piggybacked 4.05 (5.8), its token echoed; a NON nothing.
+    assert_eq!(
+        answer(&[0x41, 0x08, 0x12, 0x3c, 0x09]),
+        Some(vec![0x61, 0x85, 0x12, 0x3c, 0x09])
+    );
+    assert_eq!(answer(&[0x50, 0x1f, 0x12, 0x3d]), None);
+    // Classes 1, 3, 6 and 7 are reserved: RST to a CON.
+    assert_eq!(
+        answer(&[0x40, 0x21, 0x12, 0x3e]),
+        Some(vec![0x70, 0x00, 0x12, 0x3e])
+    );
+    assert_eq!(server.stats().malformed, 12);
+    // What is well formed still works: a GET with an option and a payload.
+    let mut ok = request(RequestType::Get, "r", None, b"x".to_vec());
+    ok.header.message_id = 0x1240;
+    server.handle_datagram(now, CLIENT, &ok.to_bytes().unwrap());
+    assert!(matches!(server.poll_event(), Some(Event::Request { .. })));
+}
