@@ -14,7 +14,12 @@ fn recorder(name: &str, file: &str, inputs: &[&str], extra: &str) -> String {
 /// `count` readings in batches of `batch` from a sequence into the recorder `rec` (with
 /// `extra` settings), run as a job until the source has finished: the gateway's log, once
 /// it has exited successfully.
-fn sequence_job(s: &Setup, (count, batch): (u64, u64), extra: &str) -> String {
+fn sequence_job(s: &Setup, count_batch: (u64, u64), extra: &str) -> String {
+    sequence_job_with(s, count_batch, extra, &["--until-sources-finish"])
+}
+
+/// [`sequence_job`] with the gateway's arguments `args`.
+fn sequence_job_with(s: &Setup, (count, batch): (u64, u64), extra: &str, args: &[&str]) -> String {
     let out = s.path("out.txt");
     let cfg = s.config(
         "",
@@ -23,7 +28,7 @@ fn sequence_job(s: &Setup, (count, batch): (u64, u64), extra: &str) -> String {
             recorder("rec", out.to_str().unwrap(), &["seq"], extra)
         ),
     );
-    let mut gw = Running::start(s, &cfg, &["--until-sources-finish"]);
+    let mut gw = Running::start(s, &cfg, args);
     let status = gw
         .wait(Duration::from_secs(20))
         .expect("exits once the source finished");
@@ -161,12 +166,21 @@ fn a_sink_that_panics_is_rebuilt_and_nothing_is_lost() {
 #[test]
 fn retryable_failures_are_retried_with_backoff_and_nothing_is_lost() {
     let s = Setup::new();
-    let err = sequence_job(
+    let err = sequence_job_with(
         &s,
         (40, 4),
         "fail_first = 5\nretry_backoff = \"10ms\"\nretry_backoff_max = \"40ms\"",
+        &["--until-sources-finish", "--log-level", "debug"],
     );
     assert_eq!(err.matches("write failed; retrying in").count(), 5, "{err}");
+    // A streak of failures is said at warn once a minute at most: here once, the others at
+    // debug (an outage of a week made tens of thousands of warnings a day).
+    let warned: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("retrying in"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{err}");
+    assert!(warned[0].contains("said once a minute"), "{err}");
     assert!(
         err.contains("retrying in 10ms")
             && err.contains("retrying in 20ms")
@@ -867,7 +881,12 @@ fn a_write_that_succeeds_brings_forward_the_retries_waiting_in_the_window() {
         ),
     );
     let started = std::time::Instant::now();
-    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    // At debug: every retry is said (at warn, one a minute).
+    let mut gw = Running::start(
+        &s,
+        &cfg,
+        &["--until-sources-finish", "--log-level", "debug"],
+    );
     let Some(status) = gw.wait(Duration::from_secs(20)) else {
         panic!("did not exit: {}", gw.stderr());
     };

@@ -96,7 +96,13 @@ pub(super) struct Worker {
     pub(super) lends: bool,
     /// The last write took at most [`QUICK`].
     quick: bool,
+    /// When a failed write was last said at warn, and the failures since (said at debug).
+    retries_said: Option<(Instant, u64)>,
 }
+
+/// How often failing writes of one sink are said at warn while they go on: an outage of a
+/// week with 16 writes in flight, each retried every 30 s, made 46,000 warnings a day.
+const RETRIES_SAID_EVERY: Duration = Duration::from_secs(60);
 
 impl Worker {
     /// A worker for `instance`.
@@ -126,6 +132,7 @@ impl Worker {
             dead_letters,
             lends: false,
             quick: false,
+            retries_said: None,
         }
     }
 
@@ -251,6 +258,8 @@ impl Worker {
     pub(super) fn wrote(&mut self, n: usize, attempts: u32) {
         self.stats.wrote(n);
         self.restart_delay = self.restart_backoff;
+        // A streak ended: the next failure is said at once.
+        self.retries_said = None;
         if attempts > 1 {
             tracing::info!(readings = n, attempts, "write succeeded after retrying");
         }
@@ -268,9 +277,25 @@ impl Worker {
     }
 
     /// Counts and logs a retryable failure of a write of `n` readings at its `attempt`th try.
-    pub(super) fn retrying(&self, n: usize, attempt: u32, e: &PluginError, backoff: Duration) {
+    /// The first failure of a streak is said at warn, then at most one a minute, with how
+    /// many failed since; the others at debug (the `retries` counter has them all).
+    pub(super) fn retrying(&mut self, n: usize, attempt: u32, e: &PluginError, backoff: Duration) {
         self.stats.retries.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(readings = n, attempt, error = %e.message(), "write failed; retrying in {backoff:?}");
+        match &mut self.retries_said {
+            Some((at, since)) if at.elapsed() < RETRIES_SAID_EVERY => {
+                *since += 1;
+                tracing::debug!(readings = n, attempt, error = %e.message(), "write failed; retrying in {backoff:?}");
+            }
+            said => {
+                let since = said.map_or(0, |(_, since)| since);
+                if since == 0 {
+                    tracing::warn!(readings = n, attempt, error = %e.message(), "write failed; retrying in {backoff:?} (while writes keep failing, this is said once a minute)");
+                } else {
+                    tracing::warn!(readings = n, attempt, error = %e.message(), failed_since = since, "writes still failing; retrying in {backoff:?}");
+                }
+                *said = Some((Instant::now(), 0));
+            }
+        }
     }
 
     /// [`Worker::write`], with what the sink refuses dead-lettered ([`Worker::narrow`]).
