@@ -207,7 +207,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?),
                 None => None,
             };
-            let plan = Plan::build(config, &logger).map_err(|e| report(&e))?;
+            // Under systemd the start timeout is extended while it runs (for at most an hour):
+            // reading a full disk buffer back can take longer than that timeout.
+            let plan = gateway_host::notify::Notifier::from_env()
+                .extending_start_while(std::time::Duration::from_secs(3600), || {
+                    Plan::build(config, &logger)
+                })
+                .map_err(|e| report(&e))?;
             let signals = signals()?;
             let summary = run::run(
                 plan,

@@ -2,8 +2,9 @@
 //! to the socket in `NOTIFY_SOCKET`. `READY=1` once every instance runs, `STOPPING=1` when the
 //! shutdown starts, `WATCHDOG=1` every half of `WATCHDOG_USEC` from the thread that waits for
 //! signals (so a wedged run loop stops the pings and systemd restarts the service; while that
-//! thread reloads the config, a helper pings for it, for as long as a reload may take), `STATUS=`
-//! lines a person sees in `systemctl status`. Outside systemd nothing is sent.
+//! thread reloads the config, a helper pings for it, for as long as a reload may take),
+//! `EXTEND_TIMEOUT_USEC=` while the start reads disk buffers back, `STATUS=` lines a person
+//! sees in `systemctl status`. Outside systemd nothing is sent.
 
 use std::{
     os::unix::net::UnixDatagram,
@@ -63,18 +64,47 @@ impl Notifier {
     /// every interval, for at most `longest` (so that work which really hangs still stops the
     /// pings and systemd restarts the service).
     pub fn pinging_while<T>(&self, longest: Duration, work: impl FnOnce() -> T) -> T {
-        let Some(every) = self.watchdog_interval() else {
+        match self.watchdog_interval() {
+            Some(every) => self.sending_while("WATCHDOG=1", every, longest, work),
+            None => work(),
+        }
+    }
+
+    /// Runs the start (`work`: disk buffers read back, instances built) while a helper tells
+    /// systemd, at once and then every 10 s, that it goes on (`EXTEND_TIMEOUT_USEC`, 30 s
+    /// each time), for at most `longest`. A full buffer read back after a power cut on a slow
+    /// SD card can take longer than systemd's start timeout (90 s): the start was killed and
+    /// begun again, for ever, with the sensors unread.
+    pub fn extending_start_while<T>(&self, longest: Duration, work: impl FnOnce() -> T) -> T {
+        if self.socket.is_none() {
             return work();
-        };
+        }
+        self.sending_while(
+            "EXTEND_TIMEOUT_USEC=30000000\nSTATUS=starting: reading the disk buffers back and building the instances",
+            Duration::from_secs(10),
+            longest,
+            work,
+        )
+    }
+
+    /// Runs `work` while a helper sends `state`, at once and then every `every`, for at most
+    /// `longest`.
+    fn sending_while<T>(
+        &self,
+        state: &str,
+        every: Duration,
+        longest: Duration,
+        work: impl FnOnce() -> T,
+    ) -> T {
         std::thread::scope(|scope| {
             let (done, finished) = std::sync::mpsc::channel::<()>();
             scope.spawn(move || {
                 let end = Instant::now() + longest;
-                // At once: the caller's last ping may be almost an interval old.
-                self.send("WATCHDOG=1");
+                // At once: the caller's last one may be almost an interval old.
+                self.send(state);
                 while Instant::now() < end {
                     match finished.recv_timeout(every) {
-                        Err(RecvTimeoutError::Timeout) => self.send("WATCHDOG=1"),
+                        Err(RecvTimeoutError::Timeout) => self.send(state),
                         _ => return,
                     }
                 }

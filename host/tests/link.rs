@@ -87,7 +87,10 @@ fn while_the_server_side_sink_fails_the_ingress_answers_5_03_and_nothing_is_lost
         .collect();
     assert_eq!(store_retries.len(), 3, "{err}");
     assert_eq!(
-        store_retries.iter().filter(|l| l.contains(" WARN ")).count(),
+        store_retries
+            .iter()
+            .filter(|l| l.contains(" WARN "))
+            .count(),
         1,
         "{err}"
     );

@@ -150,7 +150,19 @@ fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
     let cfg = chain(&s, free_tcp_port());
     let (mut gw, systemd) = under_systemd(&s, &cfg, "200000");
     let next = || systemd.next();
-    let first = next();
+    // While the start reads the buffers back and builds the instances, its timeout is
+    // extended (a full buffer on a slow SD card takes longer than systemd's 90 s); then READY.
+    let extend = next();
+    assert!(
+        extend.starts_with("EXTEND_TIMEOUT_USEC=30000000\nSTATUS=starting"),
+        "{extend}"
+    );
+    let first = loop {
+        let m = next();
+        if !m.starts_with("EXTEND_TIMEOUT_USEC") {
+            break m;
+        }
+    };
     assert!(
         first.starts_with("READY=1\nSTATUS=running: 1 sources, 1 sinks"),
         "{first}"
@@ -413,6 +425,7 @@ fn the_watchdog_hears_from_the_gateway_while_a_reload_waits() {
     let cfg = s.config("shutdown_timeout = \"5s\"", &body);
     let (mut gw, systemd) = under_systemd(&s, &cfg, "400000");
     let next = || systemd.next();
+    assert!(next().starts_with("EXTEND_TIMEOUT_USEC="));
     assert!(next().starts_with("READY=1"));
     // The first write is under way (it sleeps 3 s) once the sink has readings.
     std::thread::sleep(Duration::from_millis(500));
