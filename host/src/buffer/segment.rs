@@ -209,15 +209,28 @@ pub fn scan(path: &Path, first: u64, acked_below: u64) -> io::Result<Option<Scan
     if len == 0 {
         return Ok(Some(Scan::default()));
     }
-    if r.read_exact(&mut magic).is_err() {
-        return Ok(None);
+    // What cannot be read (EIO, say: often passing, on an ageing SD card) is an error, never
+    // "not a segment": that moves the file and its records out of the buffer for good.
+    let damage = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+        )
+    };
+    match r.read_exact(&mut magic) {
+        Ok(()) => {}
+        Err(e) if damage(&e) => return Ok(None),
+        Err(e) => return Err(e),
     }
     let magic_damaged = &magic != MAGIC;
     if magic_damaged {
         // One flipped bit there cost every record of the segment. A file whose first record
         // reads back intact (its checksum covers its sequence number) is a segment.
-        if !matches!(read_record(&mut r, first), Ok(Some(_))) {
-            return Ok(None);
+        match read_record(&mut r, first) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(None),
+            Err(e) if damage(&e) => return Ok(None),
+            Err(e) => return Err(e),
         }
         r.seek(SeekFrom::Start(MAGIC.len() as u64))?;
     }

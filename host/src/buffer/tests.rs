@@ -637,3 +637,18 @@ fn a_flipped_bit_in_a_segments_magic_costs_no_record() {
         "not a segment, round 1"
     );
 }
+
+#[test]
+fn a_segment_that_cannot_be_read_at_open_is_an_error_not_moved_aside() {
+    // A read that fails (EIO on an ageing SD card, often passing; here EISDIR, the error a
+    // test can make) was taken for "not a segment": the file was renamed .damaged and its
+    // records left the buffer for good. Now the open fails, naming the error, and the start
+    // is tried again.
+    let dir = tempfile::tempdir().unwrap();
+    let e = segment::scan(dir.path(), 0, 0).err().expect("an error");
+    assert_eq!(e.kind(), std::io::ErrorKind::IsADirectory, "{e}");
+    // Damage is still damage: a file too short for the magic is not a segment.
+    let short = dir.path().join("short.seg");
+    std::fs::write(&short, b"SEG").unwrap();
+    assert!(segment::scan(&short, 0, 0).unwrap().is_none());
+}
