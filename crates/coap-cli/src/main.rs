@@ -63,8 +63,9 @@ struct Args {
     /// An environment variable holding the PSK in hex.
     #[arg(long, value_name = "VAR", requires = "psk_identity")]
     psk_key_env: Option<String>,
-    /// OpenSSL cipher list (default: ECDHE-ECDSA/RSA with AES-GCM or ChaCha20-Poly1305, and
-    /// ECDHE-PSK with ChaCha20-Poly1305 or AES-CBC with a PSK: forward secrecy either way).
+    /// OpenSSL cipher list (default: ECDHE-ECDSA/RSA with AES-GCM or ChaCha20-Poly1305, then
+    /// ECDHE-ECDSA-AES128-CCM8; with a PSK, ECDHE-PSK with ChaCha20-Poly1305 or AES-CBC:
+    /// forward secrecy either way).
     #[arg(long, value_name = "LIST")]
     ciphers: Option<String>,
     /// The payload's Content-Format, by name (text, json, cbor, senml+json, senml+cbor,

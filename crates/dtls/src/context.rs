@@ -75,8 +75,10 @@ pub struct ServerSettings {
 }
 
 /// The default: ECDHE with AES-GCM (what the original deployment used) and ChaCha20-Poly1305
-/// (fast on a Pi 3, which has no AES instructions).
-pub const DEFAULT_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384";
+/// (fast on a Pi 3, which has no AES instructions); last, RFC 7252's mandatory suite for
+/// certificates, `ECDHE-ECDSA-AES128-CCM8` (RFC 7925's too), which constrained devices
+/// (tinydtls: RIOT, Contiki-NG, libcoap built with it) may be limited to.
+pub const DEFAULT_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-CCM8";
 /// The default with a PSK: ECDHE-PSK, so that a key that leaks later does not open what was
 /// recorded before (forward secrecy). OpenSSL has no ECDHE-PSK suite with AES-GCM; ChaCha20 is
 /// the fast one on a Pi without AES instructions. The plain-PSK suites, RFC 7925's
