@@ -41,11 +41,7 @@ fn a_device_limited_to_rfc_7252s_mandatory_suite_is_served_by_default() {
     // RFC 7252 9.1.3.3 (and RFC 7925): TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8, all a tinydtls
     // device may offer. The default server list has it (last); its records stay OpenSSL's.
     let pki = Pki::new();
-    let mut link = Link::new(
-        &pki.client("ECDHE-ECDSA-AES128-CCM8"),
-        pki.server(),
-        None,
-    );
+    let mut link = Link::new(&pki.client("ECDHE-ECDSA-AES128-CCM8"), pki.server(), None);
     link.handshake();
     assert_eq!(link.server().cipher(), Some("ECDHE-ECDSA-AES128-CCM8"));
     assert_eq!(link.server().peer_identity().as_deref(), Some("dev-1"));

@@ -141,6 +141,7 @@ pub fn decode_cbor_with(
             // checked (UTF-8, length) then.
             if let (Some(F::N), Some(n)) = (field, last_n) {
                 if r.skip_if_text(n) {
+                    mark(&mut rec, F::N, i)?;
                     rec.n = Some(Cow::Borrowed(n));
                     continue;
                 }
@@ -499,6 +500,17 @@ enum Field<'a> {
     Other,
 }
 
+/// Notes that record `i` has `field`; a field it had already is an error.
+#[inline]
+fn mark(r: &mut Record<'_>, field: F, i: usize) -> Result<(), DecodeError> {
+    let bit = 1u16 << field as u16;
+    if r.seen & bit != 0 {
+        return Err(DecodeError::Duplicate(i, field.name()));
+    }
+    r.seen |= bit;
+    Ok(())
+}
+
 /// Sets `field` of record `i` from `v`, checking its type.
 #[inline]
 fn set<'a>(
@@ -508,6 +520,10 @@ fn set<'a>(
     json: bool,
     i: usize,
 ) -> Result<(), DecodeError> {
+    mark(r, field, i)?;
+    if matches!(field, F::V | F::Vs | F::Vb | F::Vd) && r.value.is_some() {
+        return Err(DecodeError::TwoValues(i));
+    }
     let wrong = || DecodeError::FieldType(i, field.name());
     let text = |v: Field<'a>| match v {
         Field::Text(s) if matches!(field, F::Vs | F::Vd) => Ok(s),

@@ -104,6 +104,13 @@ pub enum DecodeError {
     /// the stores refuse it.
     #[error("record {0}: value is not a finite number")]
     NotFinite(usize),
+    /// A field given twice in one record: which one counts is not said (RFC 8428 2: a
+    /// record's fields are unique).
+    #[error("record {0}: field {1} appears twice")]
+    Duplicate(usize, &'static str),
+    /// More than one of `v`, `vs`, `vb`, `vd` (RFC 8428 4.2: exactly one value).
+    #[error("record {0} has more than one value (v, vs, vb, vd)")]
+    TwoValues(usize),
 }
 
 /// Whether `s` holds a control character (C0, DEL or C1) or one that reorders or breaks text
@@ -174,6 +181,8 @@ pub(crate) struct Record<'a> {
     t: Option<f64>,
     value: Option<Value>,
     rid: Option<[u8; 16]>,
+    /// Decoding: the fields met so far, one bit each (RFC 8428: a field appears once).
+    seen: u16,
 }
 
 /// The fields of a record, in the order they are written.

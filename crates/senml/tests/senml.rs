@@ -583,3 +583,49 @@ fn readings_at_both_ends_of_time_encode_and_decode_back() {
         }
     }
 }
+
+#[test]
+fn a_record_with_two_values_or_a_field_twice_is_refused() {
+    // RFC 8428 4.2: exactly one value; 2: a record's fields are unique. The last one won,
+    // silently: a device could not tell which of its values was stored.
+    assert_eq!(
+        decode_json(br#"[{"n":"s/x","v":1,"vs":"a"}]"#, 10, NOW, "d"),
+        Err(DecodeError::TwoValues(0))
+    );
+    assert_eq!(
+        decode_json(
+            br#"[{"n":"s/x","v":1},{"n":"s/y","vb":true,"v":2}]"#,
+            10,
+            NOW,
+            "d"
+        ),
+        Err(DecodeError::TwoValues(1))
+    );
+    assert_eq!(
+        decode_json(br#"[{"n":"s/x","v":1,"v":2}]"#, 10, NOW, "d"),
+        Err(DecodeError::Duplicate(0, "v"))
+    );
+    assert_eq!(
+        decode_json(br#"[{"n":"s/x","n":"s/y","v":1}]"#, 10, NOW, "d"),
+        Err(DecodeError::Duplicate(0, "n"))
+    );
+    // CBOR: {0: "s/x", 2: 1, 3: "a"}, and the name twice (the second the same as the one
+    // before, which is read by a shortcut).
+    let two_values = [
+        0x81, 0xa3, 0x00, 0x63, b's', b'/', b'x', 0x02, 0x01, 0x03, 0x61, b'a',
+    ];
+    assert_eq!(
+        decode_cbor(&two_values, 10, NOW, "d"),
+        Err(DecodeError::TwoValues(0))
+    );
+    let name_twice = [
+        0x82, 0xa2, 0x00, 0x63, b's', b'/', b'x', 0x02, 0x01, 0xa3, 0x00, 0x63, b's', b'/', b'y',
+        0x00, 0x63, b's', b'/', b'y', 0x02, 0x01,
+    ];
+    assert_eq!(
+        decode_cbor(&name_twice, 10, NOW, "d"),
+        Err(DecodeError::Duplicate(1, "n"))
+    );
+    // What is well formed still decodes.
+    assert!(decode_json(br#"[{"n":"s/x","v":1},{"n":"s/y","vs":"a"}]"#, 10, NOW, "d").is_ok());
+}
