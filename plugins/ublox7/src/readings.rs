@@ -52,11 +52,14 @@ pub fn values(e: &Epoch) -> Vec<(&'static str, &'static str, Value)> {
     if let Some(n) = e.satellites_in_view() {
         v.push(("satellites_in_view", "", Value::Int(i64::from(n))));
     }
-    if let Some(t) = e.gps_time() {
-        v.push(("gps_time", "s", Value::Float(t)));
-    }
     if !e.has_fix() {
         return v;
+    }
+    // Only with a fix: before one, a receiver's date and time may be its clock's guess (a
+    // u-blox 7 without a backup battery starts at 1980, and a week-number rollover puts it
+    // 19.6 years back), which nothing in the sentences tells from the satellites' time.
+    if let Some(t) = e.gps_time() {
+        v.push(("gps_time", "s", Value::Float(t)));
     }
     if let Some(n) = e.satellites_used {
         v.push(("satellites_used", "", Value::Int(i64::from(n))));

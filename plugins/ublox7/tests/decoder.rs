@@ -270,3 +270,31 @@ fn never_panics_on_arbitrary_bytes() {
         let _ = d.push(&b);
     }
 }
+
+#[test]
+fn gps_time_is_sent_with_a_fix_only() {
+    // Before a fix a receiver's date may be its own clock's guess: a u-blox 7 without a backup
+    // battery says 1980 (here, RMC status V, 1980-01-06), and it was stored as gps_time.
+    let no_fix = format!(
+        "{}{}",
+        sentence("GPRMC,000012.00,V,,,,,,,060180,,,N"),
+        sentence("GPGGA,000012.00,,,,,0,00,99.99,,,,,,")
+    );
+    let (epochs, _) = decode_all(no_fix.as_bytes(), 64);
+    assert_eq!(epochs.len(), 1);
+    let names: Vec<_> = values(&epochs[0]).iter().map(|(n, _, _)| *n).collect();
+    assert!(!names.contains(&"gps_time"), "{names:?}");
+    // With a fix it is there, from RMC's date and time.
+    let fix = format!(
+        "{}{}",
+        sentence("GPRMC,143252.00,A,4002.10513,N,07531.20562,W,0.016,,241013,,,A"),
+        sentence("GPGGA,143252.00,4002.10513,N,07531.20562,W,1,07,1.72,183.8,M,-34.4,M,,")
+    );
+    let (epochs, _) = decode_all(fix.as_bytes(), 64);
+    let v = values(&epochs[0]);
+    let t = v
+        .iter()
+        .find(|(n, _, _)| *n == "gps_time")
+        .expect("gps_time");
+    assert_eq!(t.2, Value::Float(1382625172.0));
+}
