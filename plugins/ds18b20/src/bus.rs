@@ -86,6 +86,9 @@ pub struct Bus {
     /// another thread on the same file each time the probe comes and goes.
     lingering: BTreeMap<String, (Arc<AtomicBool>, Instant)>,
     missing_reported: BTreeMap<String, bool>,
+    /// When a bus without any probe was last said (`None` while probes answer): said at
+    /// once, then hourly, as a bus found empty at start said nothing at all.
+    empty_said: Option<Instant>,
     retries: u32,
     retry_delay: Duration,
     read_timeout: Duration,
@@ -114,6 +117,7 @@ impl Bus {
             probes: BTreeMap::new(),
             lingering: BTreeMap::new(),
             missing_reported: BTreeMap::new(),
+            empty_said: None,
             retries: cfg.retries,
             retry_delay: cfg.retry_delay,
             read_timeout: cfg.read_timeout,
@@ -172,11 +176,22 @@ impl Bus {
     pub fn round(&mut self) -> Vec<Measurement> {
         let present = self.present();
         if present.is_empty() {
+            let listed = !self.missing_reported.get("").copied().unwrap_or(false);
             if !self.probes.is_empty() {
                 tracing::warn!("no DS18B20 probe is present any more");
+                self.empty_said = Some(Instant::now());
+            } else if listed
+                && self.configured.is_empty()
+                && self
+                    .empty_said
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(3600))
+            {
+                tracing::warn!(root = %self.root.display(), "no DS18B20 probe on the 1-Wire bus: check the wiring, the 4.7 kOhm pull-up and dtoverlay=w1-gpio (said again hourly while none is found)");
+                self.empty_said = Some(Instant::now());
             }
         } else {
             self.missing_reported.remove("");
+            self.empty_said = None;
         }
         // Appeared / disappeared.
         let gone: Vec<String> = self

@@ -8,7 +8,7 @@ use ds18b20::{
     w1::{format_scratchpad, format_w1_slave, Reject},
     Ds18b20,
 };
-use gateway_sdk::{testing::run_source, Value};
+use gateway_sdk::{testing::run_source, tracing, Value};
 use gateway_test_support::w1 as common;
 use std::time::{Duration, Instant};
 
@@ -308,4 +308,50 @@ fn a_probe_slower_than_read_timeout_still_gives_its_readings_a_round_late() {
     assert!(got.iter().all(|m| m.celsius == 21.5));
     // Each timed when it was read, in order.
     assert!(got.windows(2).all(|w| w[0].time < w[1].time), "{got:?}");
+}
+
+/// Counts WARN events of the thread it is the default of.
+struct CountWarnings(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl tracing::Subscriber for CountWarnings {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() == tracing::Level::WARN {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn a_bus_without_any_probe_is_said_once_not_silently_nor_every_round() {
+    // The overlay is loaded but no probe answers (a loose wire, no pull-up): before, the
+    // source said nothing after "reading DS18B20 probes", for ever.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("w1_bus_master1")).unwrap();
+    let cfg = config(&format!("root = {:?}", dir.path().display().to_string()));
+    let mut bus = Bus::new(&cfg);
+    let warnings = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let per_round: Vec<usize> =
+        tracing::subscriber::with_default(CountWarnings(warnings.clone()), || {
+            let mut per_round = Vec::new();
+            for round in 0..4 {
+                if round == 2 {
+                    write_probe(dir.path(), "28-000000000001", &format_w1_slave(21.5));
+                }
+                let before = warnings.load(std::sync::atomic::Ordering::SeqCst);
+                bus.round();
+                per_round.push(warnings.load(std::sync::atomic::Ordering::SeqCst) - before);
+            }
+            per_round
+        });
+    assert_eq!(per_round, [1, 0, 0, 0]);
 }
