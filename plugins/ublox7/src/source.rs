@@ -154,6 +154,12 @@ pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> 
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => break e.to_string(),
             }
+            // Open but silent (a receiver that hung, the wrong port, a getty on the UART):
+            // said after SILENT, then hourly; "GPS is back" when it sends again.
+            if last_byte.elapsed() >= SILENT && due(said) {
+                tracing::warn!(port = %port_name, "the GPS has sent nothing for {:?} since it was opened or last sent (a receiver that hung needs a power cycle; is it the right port?); said again hourly while it stays silent", SILENT);
+                said = Some(Instant::now());
+            }
             if last_byte.elapsed() >= cfg.epoch_gap {
                 if let Some(e) = decoder.flush() {
                     if let Err(err) = out.epoch(&e) {
@@ -185,6 +191,9 @@ pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> 
         backoff = (backoff * 2).min(cfg.reopen_backoff_max);
     }
 }
+
+/// How long an open GPS may send nothing before it is said.
+const SILENT: Duration = Duration::from_secs(10);
 
 /// Whether a problem last said at `said` is to be said again (hourly while it lasts).
 fn due(said: Option<Instant>) -> bool {
