@@ -19,9 +19,20 @@ const UNDERSTOOD: &[u16] = &[
 /// Proxy-Uri and Proxy-Scheme: this endpoint is no proxy (5.05).
 const PROXY: &[u16] = &[35, 39];
 
+/// The understood critical options that may appear once, and their values' lengths (RFC 7252
+/// 5.10, RFC 7959 2.1): one that appears again, or with a length out of its range, is treated
+/// as an unrecognized option (RFC 7252 5.4.5, 5.4.3), and, critical, gets 4.02.
+const ONCE: &[(u16, std::ops::RangeInclusive<usize>)] = &[
+    (3, 1..=255), // Uri-Host
+    (7, 0..=2),   // Uri-Port
+    (17, 0..=2),  // Accept
+    (23, 0..=3),  // Block2
+    (27, 0..=3),  // Block1
+];
+
 /// What a request with a critical option this endpoint does not understand gets, if it has one.
 pub(crate) fn refuse_options(req: &Packet) -> Option<(ResponseType, String)> {
-    for (opt, _) in req.options() {
+    for (opt, values) in req.options() {
         let n: u16 = *opt;
         if PROXY.contains(&n) {
             return Some((
@@ -34,6 +45,20 @@ pub(crate) fn refuse_options(req: &Packet) -> Option<(ResponseType, String)> {
                 ResponseType::BadOption,
                 format!("critical option {n} is not understood"),
             ));
+        }
+        if let Some((_, lengths)) = ONCE.iter().find(|(o, _)| *o == n) {
+            if values.len() > 1 {
+                return Some((
+                    ResponseType::BadOption,
+                    format!("critical option {n} appears more than once"),
+                ));
+            }
+            if values.iter().any(|v| !lengths.contains(&v.len())) {
+                return Some((
+                    ResponseType::BadOption,
+                    format!("critical option {n} has a value of a length it cannot have"),
+                ));
+            }
         }
     }
     None

@@ -1163,3 +1163,58 @@ fn message_format_errors_are_answered_as_rfc_7252_says() {
     server.handle_datagram(now, CLIENT, &ok.to_bytes().unwrap());
     assert!(matches!(server.poll_event(), Some(Event::Request { .. })));
 }
+
+#[test]
+fn a_critical_option_twice_or_of_a_wrong_length_gets_4_02_and_szx_7_gets_4_00() {
+    let mut server: Endpoint<u8> = Endpoint::new(Config::default(), Box::new(rng(95)));
+    let now = Instant::now();
+    let mut mid = 0x2000u16;
+    // The answer, if the endpoint gives one at once (else the application has the request).
+    let mut code = |server: &mut Endpoint<u8>, opts: &[(u16, Vec<u8>)]| -> Option<ResponseType> {
+        mid += 1;
+        let mut p = request(RequestType::Post, "r", None, b"x".to_vec());
+        p.header.message_id = mid;
+        for (n, v) in opts {
+            p.add_option(CoapOption::from(*n), v.clone());
+        }
+        server.handle_datagram(now, CLIENT, &p.to_bytes().unwrap());
+        let (_, answer) = server.poll_transmit()?;
+        match Packet::from_bytes(&answer).unwrap().header.code {
+            MessageClass::Response(r) => Some(r),
+            c => panic!("{c:?}"),
+        }
+    };
+    let bad = Some(ResponseType::BadOption);
+    // RFC 7252 5.4.5: a non-repeatable option given again is treated as unrecognized, and a
+    // critical one gets 4.02; 5.4.3: so does a value of a length it cannot have.
+    let b1 = |num: u32| {
+        (
+            27u16,
+            Block {
+                num,
+                more: true,
+                szx: 2,
+            }
+            .encode(),
+        )
+    };
+    assert_eq!(code(&mut server, &[b1(0), b1(1)]), bad);
+    assert_eq!(
+        code(&mut server, &[(3, b"a".to_vec()), (3, b"b".to_vec())]),
+        bad
+    );
+    assert_eq!(code(&mut server, &[(17, vec![0, 0, 50])]), bad);
+    assert_eq!(code(&mut server, &[(27, vec![0; 4])]), bad);
+    // RFC 7959 2.2: the reserved SZX 7 gets 4.00.
+    assert_eq!(
+        code(&mut server, &[(27, vec![0x0f])]),
+        Some(ResponseType::BadRequest)
+    );
+    assert!(server.poll_event().is_none());
+    // One of each, of lengths they may have: taken.
+    assert_eq!(
+        code(&mut server, &[(3, b"h".to_vec()), (17, vec![50])]),
+        None
+    );
+    assert!(matches!(server.poll_event(), Some(Event::Request { .. })));
+}

@@ -281,7 +281,13 @@ pub fn blockwise(
 ) -> Result<Packet, Refused> {
     let asked = req
         .get_first_option(CoapOption::Block2)
-        .map(|v| Block::decode(v).ok_or_else(|| Refused::bad(ResponseType::BadOption, "Block2")))
+        .map(|v| {
+            // A value too long is refused before (4.02); what is left is the reserved SZX 7,
+            // which RFC 7959 2.2 answers with 4.00.
+            Block::decode(v).ok_or_else(|| {
+                Refused::bad(ResponseType::BadRequest, "Block2 with the reserved SZX 7")
+            })
+        })
         .transpose()?;
     let mut r = response(ResponseType::Content, "");
     format.set(&mut r);

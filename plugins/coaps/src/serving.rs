@@ -505,6 +505,20 @@ impl Handler for Serving<'_> {
             Ok(Route::Readings) => None,
             Ok(Route::Put { device, sensor }) => Some((device, sensor)),
             Ok(Route::Discovery) => {
+                // Links come as link-format only: another Accept gets 4.06 (RFC 7252 5.10.4).
+                let accept = inc
+                    .packet
+                    .get_first_option(gateway_coap::coap_lite::CoapOption::Accept)
+                    .map(|v| gateway_coap::decode_uint(v));
+                if let Some(a) = accept {
+                    if a != Some(u32::from(gateway_coap::ContentFormat::LINK_FORMAT.0)) {
+                        let r = Refused::bad(
+                            gateway_coap::coap_lite::ResponseType::NotAcceptable,
+                            "discovery answers in link-format (40) only",
+                        );
+                        return self.refuse(id, peer, r);
+                    }
+                }
                 let devices = self.readable(identity);
                 let links = request::discovery(&self.settings.path, &devices);
                 // A reader of a large fleet gets many links: block by block.

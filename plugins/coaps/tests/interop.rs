@@ -252,6 +252,10 @@ fn bad_requests_get_the_right_code_and_discovery_lists_the_resource() {
         disc.contains("</gpsflowtemp>;rt=\"senml\";ct=\"110 112\""),
         "{disc}"
     );
+    // Links come as link-format only (RFC 7252 5.10.4): another Accept gets 4.06.
+    assert!(ask(&["-m", "get", "-A", "40"], ".well-known/core").contains("c:2.05"));
+    let json = ask(&["-m", "get", "-A", "50"], ".well-known/core");
+    assert!(json.contains("c:4.06"), "{json}");
     assert!(ask(&["-m", "get"], "gpsflowtemp").contains("c:4.05"));
     assert!(ask(&["-m", "post", "-t", "110", "-e", "[]"], "other").contains("c:4.04"));
     assert!(ask(&["-m", "post", "-t", "0", "-e", "hello"], "gpsflowtemp").contains("c:4.15"));

@@ -100,13 +100,14 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         let block1 = match block1_of(&req) {
             None => None,
             Some(Some(b)) => Some(b),
+            // SZX 7 is reserved: 4.00 (RFC 7959 2.2); a value too long was refused above.
             Some(None) => {
                 return self.answer_now(
                     peer,
                     mid,
                     con,
                     &token,
-                    response(ResponseType::BadOption, "bad Block1 option"),
+                    response(ResponseType::BadRequest, "Block1 with the reserved SZX 7"),
                 )
             }
         };
