@@ -540,6 +540,17 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             }
         };
         let mid = packet.header.message_id;
+        if matches!(packet.header.code, MessageClass::Response(_))
+            && crate::message::unknown_critical_in_response(&packet).is_some()
+        {
+            // Rejected (RFC 7252 5.4.1): a CON with RST; an ACK or NON is ignored, and the
+            // request goes on as if it had not come (retransmitted, then timed out).
+            self.stats.malformed += 1;
+            if packet.header.get_type() == MessageType::Confirmable {
+                self.reset(peer, mid);
+            }
+            return;
+        }
         match (packet.header.get_type(), &packet.header.code) {
             (MessageType::Acknowledgement | MessageType::Reset, MessageClass::Empty) => {
                 let is_reset = packet.header.get_type() == MessageType::Reset;

@@ -16,6 +16,19 @@ const UNDERSTOOD: &[u16] = &[
     27, // Block1
 ];
 
+/// The critical options a response may carry that this endpoint's client understands:
+/// Block1 and Block2 (RFC 7959).
+const UNDERSTOOD_IN_RESPONSES: &[u16] = &[23, 27];
+
+/// The first critical option of response `p` this endpoint does not understand: RFC 7252 5.4.1
+/// says such a response is rejected (a CON with RST, a piggybacked or NON one ignored), not
+/// taken (a 2.04 with an OSCORE option, say, is not a 2.04 this client can believe).
+pub(crate) fn unknown_critical_in_response(p: &Packet) -> Option<u16> {
+    p.options()
+        .map(|(n, _)| *n)
+        .find(|n| n % 2 == 1 && !UNDERSTOOD_IN_RESPONSES.contains(n))
+}
+
 /// Proxy-Uri and Proxy-Scheme: this endpoint is no proxy (5.05).
 const PROXY: &[u16] = &[35, 39];
 

@@ -1218,3 +1218,63 @@ fn a_critical_option_twice_or_of_a_wrong_length_gets_4_02_and_szx_7_gets_4_00() 
     );
     assert!(matches!(server.poll_event(), Some(Event::Request { .. })));
 }
+
+#[test]
+fn a_response_with_a_critical_option_the_client_does_not_know_is_rejected() {
+    // RFC 7252 5.4.1: such a response is rejected. A 2.04 carrying, say, an OSCORE option (9)
+    // or option 2049 was taken as "stored".
+    let mut client: Endpoint<u8> = Endpoint::new(Config::default(), Box::new(rng(96)));
+    let now = Instant::now();
+    let token = client.request(
+        now,
+        SERVER,
+        request(RequestType::Post, "x", None, vec![1]),
+        true,
+    );
+    let (_, sent) = client.poll_transmit().unwrap();
+    let mid = u16::from_be_bytes([sent[2], sent[3]]);
+    let answer = |t: MessageType, m: u16, option: Option<u16>| {
+        let mut p = response(ResponseType::Changed, "");
+        p.header.set_type(t);
+        p.header.message_id = m;
+        p.set_token(token.clone());
+        if let Some(n) = option {
+            p.add_option(CoapOption::from(n), vec![1]);
+        }
+        p.to_bytes().unwrap()
+    };
+    // Piggybacked: ignored; the request is still out.
+    client.handle_datagram(
+        now,
+        SERVER,
+        &answer(MessageType::Acknowledgement, mid, Some(2049)),
+    );
+    assert!(client.poll_event().is_none());
+    assert!(client.poll_transmit().is_none());
+    // A separate CON response: RST, not taken.
+    client.handle_datagram(
+        now,
+        SERVER,
+        &answer(MessageType::Confirmable, 0x5000, Some(9)),
+    );
+    let (_, rst) = client.poll_transmit().expect("a RST");
+    assert_eq!(rst, [0x70, 0x00, 0x50, 0x00]);
+    assert!(client.poll_event().is_none());
+    // An elective option it does not know is fine: the answer is taken.
+    client.handle_datagram(
+        now,
+        SERVER,
+        &answer(MessageType::Acknowledgement, mid, Some(2048)),
+    );
+    match client.poll_event() {
+        Some(Event::Response {
+            token: t,
+            result: Ok(p),
+            ..
+        }) => {
+            assert_eq!(t, token);
+            assert_eq!(code(&p), ResponseType::Changed);
+        }
+        other => panic!("{other:?}"),
+    }
+}
