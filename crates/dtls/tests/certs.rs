@@ -191,3 +191,36 @@ fn a_crl_file_that_is_missing_or_holds_no_crl_is_refused_by_name() {
     let broken = e("broken.pem");
     assert!(broken.contains("CRL 1 in it does not parse"), "{broken}");
 }
+
+#[test]
+fn the_chain_sent_after_a_certificate_not_yet_valid_is_built_all_the_same() {
+    // A Pi whose clock is behind at start: its certificate (issued by an intermediate CA) is
+    // not yet valid then. The chain to send was worked out once, by a verification that checked
+    // dates, and came out empty: the intermediate was never sent, and once the clock was right
+    // every handshake still failed ("unable to get local issuer certificate") until a restart.
+    use gateway_pki::{issue, new_key, Kind};
+    let (root_key, mid_key, leaf_key) =
+        (new_key().unwrap(), new_key().unwrap(), new_key().unwrap());
+    let root = issue("Root", &root_key, Kind::Ca, None, -10, 30).unwrap();
+    let mid = issue(
+        "Intermediate",
+        &mid_key,
+        Kind::Ca,
+        Some((&root, &root_key)),
+        -10,
+        30,
+    )
+    .unwrap();
+    let leaf = issue(
+        "pi-01",
+        &leaf_key,
+        Kind::Device,
+        Some((&mid, &mid_key)),
+        1,
+        30,
+    )
+    .unwrap();
+    let sent = gateway_dtls::certs::chain_to_send(&leaf, &[root, mid.clone()]);
+    assert_eq!(sent.len(), 1, "the intermediate, not the root");
+    assert_eq!(sent[0].to_der().unwrap(), mid.to_der().unwrap());
+}
