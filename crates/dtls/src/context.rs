@@ -135,7 +135,8 @@ fn settle_chain(
 }
 
 /// Loads a certificate chain and its private key (PEM), after [`certs::check_identity`] said
-/// what is wrong with them in words (missing, expired, not yet valid, not a pair): each file is
+/// what is wrong with them in words (missing, not PEM, not a pair; dates outside the validity
+/// period are a warning): each file is
 /// read once, so what was checked is what is used, even if the file changes meanwhile. The
 /// certificates of `cert`, leaf first.
 fn load_identity(
@@ -344,7 +345,11 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
     // Resumption from the session cache, not tickets: a ticket serialises the whole session,
     // client certificate included, at every full handshake. (An idle session's record buffers
     // are released by `Session`: SSL_MODE_RELEASE_BUFFERS does not release them for DTLS.)
-    b.set_options(SslOptions::COOKIE_EXCHANGE | SslOptions::NO_TICKET);
+    // The server's order of suites decides (its list starts with the suites the crate's own
+    // record layer protects, and ends with CCM8 for devices limited to it).
+    b.set_options(
+        SslOptions::COOKIE_EXCHANGE | SslOptions::NO_TICKET | SslOptions::CIPHER_SERVER_PREFERENCE,
+    );
     // Ties the sessions to this server: required for resumption with client certificates.
     b.set_session_id_context(b"gateway-coaps")
         .map_err(|e| cfg_err("session id context", e))?;

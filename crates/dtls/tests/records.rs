@@ -53,6 +53,24 @@ fn a_device_limited_to_rfc_7252s_mandatory_suite_is_served_by_default() {
 }
 
 #[test]
+fn the_servers_order_of_suites_decides() {
+    // A device that lists CCM8 first still gets what the server prefers (and the crate's own
+    // record layer with it), not the device's first choice.
+    let pki = Pki::new();
+    let mut link = Link::new(
+        &pki.client("ECDHE-ECDSA-AES128-CCM8:ECDHE-ECDSA-AES128-GCM-SHA256"),
+        pki.server(),
+        None,
+    );
+    link.handshake();
+    assert_eq!(
+        link.server().cipher(),
+        Some("ECDHE-ECDSA-AES128-GCM-SHA256")
+    );
+    assert!(link.server().taken_over());
+}
+
+#[test]
 fn a_suite_it_does_not_protect_stays_with_openssl() {
     let psk = |id: &str| Psk {
         identity: id.into(),
