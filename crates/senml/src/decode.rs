@@ -804,6 +804,12 @@ impl<'a> Resolver<'a> {
         } else {
             micros
         };
+        // A relative time that resolves before 1978 could not be sent on as SenML: another
+        // reader of it would take it as relative again (the stores keep it, the GET answers
+        // and the nats and mqtt sinks send it on).
+        if micros < crate::FIRST_ABSOLUTE_TIME.0 {
+            return Err(DecodeError::Time(i));
+        }
         let unit = match r.u {
             Some(u) => self.labels.get(&u),
             None => self.bu.clone(),

@@ -73,7 +73,8 @@ pub enum DecodeError {
     /// The resolved name leaves the device, sensor or measurement name empty.
     #[error("record {0}: name {1:?} does not give a device, sensor and measurement name")]
     Name(usize, String),
-    /// A time outside what a timestamp holds.
+    /// A time outside what a timestamp holds, or one that resolves before 1978-07-04 (which
+    /// SenML would read as relative when it is sent on).
     #[error("record {0}: time out of range")]
     Time(usize),
     /// A must-understand field (ending in `_`) or an unknown `bver`.

@@ -565,17 +565,26 @@ fn readings_at_both_ends_of_time_encode_and_decode_back() {
         reading("dev", "s", "c", "", far - 1_000_000, Value::Int(3), 3),
     ];
     for (json, bytes) in [(true, encode_json(&pack)), (false, encode_cbor(&pack))] {
-        let back = if json {
-            decode_json(&bytes, 10, NOW, "peer")
+        let decode = |bytes: &[u8]| {
+            if json {
+                decode_json(bytes, 10, NOW, "peer")
+            } else {
+                decode_cbor(bytes, 10, NOW, "peer")
+            }
+        };
+        // A time before 1978 reads back as relative to now (RFC 8428's rule for times below
+        // 2^28 s), and one that resolves before 1978 is refused: the first record.
+        assert_eq!(decode(&bytes), Err(DecodeError::Time(0)), "json {json}");
+        // The others come back as they were, within a float's precision of seconds this large.
+        let rest = if json {
+            encode_json(&pack[1..])
         } else {
-            decode_cbor(&bytes, 10, NOW, "peer")
-        }
-        .unwrap();
+            encode_cbor(&pack[1..])
+        };
+        let back = decode(&rest).unwrap();
         let times: Vec<i64> = back.readings.iter().map(|r| r.time.0).collect();
-        // A time before 1978 comes back relative to now (RFC 8428's rule for times below 2^28
-        // s); the others as they were, within a float's precision of seconds this large.
-        assert_eq!(times.len(), 3);
-        for (got, want) in times[1..].iter().zip([far, far - 1_000_000]) {
+        assert_eq!(times.len(), 2);
+        for (got, want) in times.iter().zip([far, far - 1_000_000]) {
             assert!(
                 (got - want).abs() < 10_000,
                 "json {json}: {got} against {want}"
@@ -628,4 +637,16 @@ fn a_record_with_two_values_or_a_field_twice_is_refused() {
     );
     // What is well formed still decodes.
     assert!(decode_json(br#"[{"n":"s/x","v":1},{"n":"s/y","vs":"a"}]"#, 10, NOW, "d").is_ok());
+}
+
+#[test]
+fn a_relative_time_that_resolves_before_1978_is_refused() {
+    // t = -1.7e9 s from now is 1972: stored, it was sent on (GET answers, the nats and mqtt
+    // sinks) as a time SenML reads as relative again.
+    assert_eq!(
+        decode_json(br#"[{"n":"s/x","v":1,"t":-1.7e9}]"#, 10, NOW, "d"),
+        Err(DecodeError::Time(0))
+    );
+    // An hour ago is fine.
+    assert!(decode_json(br#"[{"n":"s/x","v":1,"t":-3600}]"#, 10, NOW, "d").is_ok());
 }
