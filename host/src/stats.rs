@@ -76,6 +76,9 @@ pub struct SinkStats {
     /// milliseconds since [`epoch_ms`]'s epoch plus one, shifted left by [`CALL_BITS`], with
     /// the call's kind and [`STALLED`] in the low bits; 0: in none.
     call: AtomicU64,
+    /// When the oldest write the sink was handed (`submit`) and has not said the end of was
+    /// handed over, in milliseconds since [`epoch_ms`]'s epoch plus one; 0: none.
+    awaited: AtomicU64,
 }
 
 /// A plugin call of a sink, as [`SinkStats::in_call`] marks it.
@@ -202,6 +205,27 @@ impl SinkStats {
             (
                 Call::of(word),
                 Duration::from_millis(epoch_ms().saturating_sub(since)),
+            )
+        })
+    }
+
+    /// Notes when the oldest write handed over (`submit`) and not answered yet was handed
+    /// over; `None`: every one is answered.
+    pub fn awaiting(&self, since: Option<Instant>) {
+        let word = since.map_or(0, |t| {
+            epoch_ms().saturating_sub(t.elapsed().as_millis() as u64) + 1
+        });
+        self.awaited.store(word, Ordering::Relaxed);
+    }
+
+    /// How long the oldest write handed over and not answered has waited, and when it was
+    /// handed over (which tells one from the next); `None`: every one is answered.
+    pub fn awaited(&self) -> Option<(Duration, u64)> {
+        let word = self.awaited.load(Ordering::Relaxed);
+        (word != 0).then(|| {
+            (
+                Duration::from_millis(epoch_ms().saturating_sub(word - 1)),
+                word,
             )
         })
     }

@@ -596,3 +596,26 @@ fn a_metrics_port_held_by_another_process_stops_the_start() {
     );
     assert!(!err.contains("gateway running"), "{err}");
 }
+
+#[test]
+fn a_write_a_sink_keeps_without_answering_is_warned_of() {
+    // A sink that takes several batches at once (window) and keeps one without ever saying
+    // how it ended: no plugin call is stuck, so nothing was said, while the batches behind it
+    // waited (they are settled in order) and the sources were held back.
+    let s = Setup::new();
+    let body = format!(
+        "[sources.seq]\nplugin = \"testkit-sequence\"\ninterval = \"10ms\"\n[sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\nwindow = 2\nkeep_first = 1\n",
+        s.path("out.txt").display().to_string()
+    );
+    let cfg = s.config("stall_warning = \"1s\"", &body);
+    let mut gw = Running::start(&s, &cfg, &[]);
+    assert!(
+        gw.wait_for_log(
+            "the sink has not said how a write it was handed 1 s ago ended",
+            Duration::from_secs(20)
+        ),
+        "{}",
+        gw.stderr()
+    );
+    gw.stop(Duration::from_secs(20));
+}

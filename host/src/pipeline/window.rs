@@ -43,6 +43,8 @@ struct Flight<B> {
     settled: Option<Settled>,
     /// [`Window::succeeded`] when its attempt in flight started.
     seen: u64,
+    /// When its attempt in flight was handed over, while the sink has not answered it.
+    out_since: Option<Instant>,
 }
 
 /// The host's half of a submitted write: says how it ended, on the loop's channel. Dropped
@@ -85,6 +87,14 @@ struct Window<B> {
 /// is settled, a settlement says stop, or the shutdown aborts. What is still in flight then is
 /// dropped: a queued batch tells its source it was not taken, a buffered one stays on disk.
 pub(super) fn pump<I: Input>(input: &mut I, w: &mut Worker, shutdown: &Shutdown, window: usize) {
+    /// Clears what the stall check sees of the writes in flight when the loop ends.
+    struct Awaiting(std::sync::Arc<crate::stats::SinkStats>);
+    impl Drop for Awaiting {
+        fn drop(&mut self) {
+            self.0.awaiting(None);
+        }
+    }
+    let _awaiting = Awaiting(w.stats.clone());
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut win = Window {
         flights: VecDeque::new(),
@@ -110,6 +120,9 @@ pub(super) fn pump<I: Input>(input: &mut I, w: &mut Worker, shutdown: &Shutdown,
                 return;
             }
         }
+        // The oldest write the sink has not answered, for the stall check.
+        w.stats
+            .awaiting(win.flights.iter().filter_map(|f| f.out_since).min());
         let now = Instant::now();
         for i in 0..win.flights.len() {
             let f = &win.flights[i];
@@ -139,6 +152,7 @@ pub(super) fn pump<I: Input>(input: &mut I, w: &mut Worker, shutdown: &Shutdown,
                         retry_at: None,
                         settled: None,
                         seen: 0,
+                        out_since: None,
                     });
                     win.start(w, win.flights.len() - 1);
                     continue;
@@ -182,10 +196,13 @@ impl<B: Batch> Window<B> {
         f.ticket = ticket;
         f.attempts += 1;
         f.seen = self.succeeded;
+        f.out_since = Some(Instant::now());
         if let Err(e) = w.submit(f.batch.readings(), done) {
             // The instance did not take it: this is the outcome (whatever `done` says later
             // is for a ticket that no longer counts).
+            let f = &mut self.flights[i];
             f.ticket = 0;
+            f.out_since = None;
             self.ended(w, i, Err(e));
         }
     }
@@ -196,6 +213,7 @@ impl<B: Batch> Window<B> {
             return;
         };
         self.flights[i].ticket = 0;
+        self.flights[i].out_since = None;
         self.ended(w, i, outcome);
     }
 

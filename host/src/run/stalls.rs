@@ -14,6 +14,8 @@ pub(super) struct Stalls {
     /// By sink: when its stalled call began (which call it is), and how long that call must
     /// last before the next warning.
     next: HashMap<String, (u64, Duration)>,
+    /// The same for a write handed over (`submit`) that the sink has not answered.
+    unanswered: HashMap<String, (u64, Duration)>,
 }
 
 impl Stalls {
@@ -25,6 +27,35 @@ impl Stalls {
         }
         self.next
             .retain(|name, _| sinks.iter().any(|v| &v.name == name));
+        self.unanswered
+            .retain(|name, _| sinks.iter().any(|v| &v.name == name));
+        for v in sinks {
+            // A write handed over that the plugin keeps without saying how it ended: the
+            // batches behind it wait (they are settled in order), though no call is stuck.
+            match v.stats.awaited().filter(|(lasted, _)| *lasted >= after) {
+                None => {
+                    self.unanswered.remove(&v.name);
+                }
+                Some((lasted, began)) => {
+                    let (of, next) = self
+                        .unanswered
+                        .entry(v.name.clone())
+                        .or_insert((began, after));
+                    if *of != began {
+                        (*of, *next) = (began, after);
+                    }
+                    if lasted >= *next {
+                        crate::overdue::next_warning(next, lasted);
+                        tracing::warn!(
+                            sink = %v.name,
+                            pending = v.stats.pending(),
+                            "the sink has not said how a write it was handed {} s ago ended (stall_warning {after:?}): its plugin keeps it (a request that neither answers nor fails, say); the batches after it wait, and its sources are held back once its queue is full",
+                            lasted.as_secs()
+                        );
+                    }
+                }
+            }
+        }
         for v in sinks {
             let Some((call, lasted, began)) = v.stats.stalled(after) else {
                 self.next.remove(&v.name);
@@ -96,5 +127,29 @@ mod tests {
         stalls.check(after, views);
         assert!(stalls.next["db"].0 != began, "another call");
         assert!(stalls.next["db"].1 < Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_write_handed_over_and_not_answered_is_warned_of_though_no_call_is_stuck() {
+        let stats = Arc::new(SinkStats::default());
+        let view = SinkView {
+            name: "uplink".into(),
+            stats: stats.clone(),
+            buffer: None,
+        };
+        let views = std::slice::from_ref(&view);
+        let mut stalls = Stalls::default();
+        let after = Duration::from_millis(50);
+        stats.awaiting(Some(std::time::Instant::now()));
+        stalls.check(after, views);
+        assert!(stalls.unanswered.is_empty(), "not yet");
+        std::thread::sleep(Duration::from_millis(60));
+        stalls.check(after, views);
+        let (_, next) = stalls.unanswered["uplink"];
+        assert!(next > after, "warned, the next at a doubling: {next:?}");
+        assert!(stalls.next.is_empty(), "no call is stuck");
+        stats.awaiting(None);
+        stalls.check(after, views);
+        assert!(stalls.unanswered.is_empty(), "answered");
     }
 }

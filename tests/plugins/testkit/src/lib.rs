@@ -223,6 +223,10 @@ struct RecorderConfig {
     /// order; each write's line `write N` then carries ` inflight K`, the writes running then.
     #[serde(default = "one_batch")]
     window: usize,
+    /// With `window` above 1: the first this-many submitted writes are kept and never
+    /// answered (a plugin that loses track of a request) until the instance is dropped.
+    #[serde(default)]
+    keep_first: u64,
 }
 
 fn one_batch() -> usize {
@@ -237,6 +241,8 @@ pub struct Recorder {
     /// The lines kept with `hold_lines`.
     held: String,
     inflight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The writes `keep_first` keeps unanswered.
+    kept: Vec<Written>,
 }
 
 impl Recorder {
@@ -367,6 +373,7 @@ impl Sink for Recorder {
             file: Arc::new(Mutex::new(file)),
             held: Default::default(),
             inflight: Default::default(),
+            kept: Vec::new(),
         })
     }
 
@@ -387,6 +394,10 @@ impl Sink for Recorder {
 
     fn submit(&mut self, batch: &[Reading], done: Written) {
         let call = self.call();
+        if call <= self.cfg.keep_first {
+            self.kept.push(done);
+            return;
+        }
         let (cfg, file, inflight) = (self.cfg.clone(), self.file.clone(), self.inflight.clone());
         let batch = batch.to_vec();
         let running = inflight.fetch_add(1, Ordering::SeqCst) + 1;
