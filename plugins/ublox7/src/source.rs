@@ -84,10 +84,12 @@ fn stopped(e: &PluginError) -> bool {
 pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> {
     let mut out = Output::new(ctx, &cfg.sensor);
     let mut backoff = cfg.reopen_backoff;
-    // When the GPS's absence was last said at warn; `None` while it sends. Said again hourly
-    // while it stays away, at debug in between, so that neither a receiver gone for months
-    // leaves one line in a year's log nor one that fails at every open floods it.
-    let mut said: Option<Instant> = None;
+    // When the GPS's absence (it cannot be opened, or fails before it gives an epoch) was
+    // last said at warn; `None` while it works. Said again hourly while it lasts, at debug in
+    // between, so that neither a receiver gone for months leaves one line in a year's log nor
+    // one in a reset loop (which prints its boot banner each time) floods it. Only an epoch
+    // ends it, and only then does the reopening backoff start again from its first step.
+    let mut absent: Option<Instant> = None;
     let port_name = cfg.port.to_string_lossy().into_owned();
     loop {
         if ctx.is_stopping() {
@@ -102,9 +104,9 @@ pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> 
         let mut port = match port {
             Ok(p) => p,
             Err(e) => {
-                if due(said) {
+                if due(absent) {
                     tracing::warn!(port = %port_name, error = %e, "cannot open the GPS; retrying with backoff (said again hourly while it stays away)");
-                    said = Some(Instant::now());
+                    absent = Some(Instant::now());
                 } else {
                     tracing::debug!(port = %port_name, error = %e, "GPS still not there");
                 }
@@ -115,14 +117,16 @@ pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> 
                 continue;
             }
         };
-        if said.is_none() {
+        if absent.is_none() {
             tracing::info!(port = %port_name, baud = cfg.baud, "GPS opened");
         } else {
-            tracing::debug!(port = %port_name, baud = cfg.baud, "GPS opened; waiting for it to send");
+            tracing::debug!(port = %port_name, baud = cfg.baud, "GPS opened; waiting for an epoch");
         }
         let mut decoder = Decoder::default();
         let mut buf = [0u8; 1024];
         let mut last_byte = Instant::now();
+        // When this open port's silence was last said.
+        let mut silent: Option<Instant> = None;
         let mut zero_reads = 0;
         let gone = loop {
             if ctx.is_stopping() {
@@ -140,11 +144,14 @@ pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> 
                 Ok(n) => {
                     zero_reads = 0;
                     last_byte = Instant::now();
-                    if said.take().is_some() {
-                        tracing::info!(port = %port_name, baud = cfg.baud, "GPS is back: reading it");
+                    if silent.take().is_some() {
+                        tracing::info!(port = %port_name, "the GPS sends again");
                     }
-                    backoff = cfg.reopen_backoff;
                     for e in decoder.push(&buf[..n]) {
+                        if absent.take().is_some() {
+                            tracing::info!(port = %port_name, baud = cfg.baud, "GPS is back: reading it");
+                        }
+                        backoff = cfg.reopen_backoff;
                         if let Err(err) = out.epoch(&e) {
                             return if stopped(&err) { Ok(()) } else { Err(err) };
                         }
@@ -155,10 +162,10 @@ pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> 
                 Err(e) => break e.to_string(),
             }
             // Open but silent (a receiver that hung, the wrong port, a getty on the UART):
-            // said after SILENT, then hourly; "GPS is back" when it sends again.
-            if last_byte.elapsed() >= SILENT && due(said) {
+            // said after SILENT, then hourly; "sends again" when it does.
+            if last_byte.elapsed() >= SILENT && due(silent) {
                 tracing::warn!(port = %port_name, "the GPS has sent nothing for {:?} since it was opened or last sent (a receiver that hung needs a power cycle; is it the right port?); said again hourly while it stays silent", SILENT);
-                said = Some(Instant::now());
+                silent = Some(Instant::now());
             }
             if last_byte.elapsed() >= cfg.epoch_gap {
                 if let Some(e) = decoder.flush() {
@@ -173,14 +180,14 @@ pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> 
         // its old device name again only if nothing holds the old one open.
         drop(port);
         out.stats(decoder.stats(), true);
-        if said.is_none() {
+        if absent.is_none() {
             tracing::warn!(port = %port_name, reason = %gone, "GPS vanished; reopening with backoff");
-            said = Some(Instant::now());
-        } else if due(said) {
-            tracing::warn!(port = %port_name, reason = %gone, "the GPS opens but fails before it sends anything; reopening with backoff (said again hourly while it does)");
-            said = Some(Instant::now());
+            absent = Some(Instant::now());
+        } else if due(absent) {
+            tracing::warn!(port = %port_name, reason = %gone, "the GPS opens but fails before it gives an epoch; reopening with backoff (said again hourly while it does)");
+            absent = Some(Instant::now());
         } else {
-            tracing::debug!(port = %port_name, reason = %gone, "GPS failed again before it sent anything");
+            tracing::debug!(port = %port_name, reason = %gone, "GPS failed again before it gave an epoch");
         }
         if let Some(e) = decoder.flush() {
             let _ = out.epoch(&e);

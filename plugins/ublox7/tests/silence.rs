@@ -58,13 +58,14 @@ fn a_gps_that_opens_but_sends_nothing_is_said_and_its_return_too() {
     );
     let writer = std::thread::spawn(move || {
         let mut pty = pty;
-        // Silent for longer than the 10 s the source allows, then a sentence.
-        std::thread::sleep(Duration::from_millis(11_500));
+        // Silent for longer than the 10 s the source allows (with room for a slow start), then
+        // a sentence.
+        std::thread::sleep(Duration::from_millis(12_500));
         write_paced(&mut pty.master, b"$GPTXT,01,01,02,hello*00\r\n", 38400);
         std::thread::sleep(Duration::from_millis(1000));
         drop(pty);
     });
-    let run = run_source::<Ublox7>(&cfg, 1_000, Duration::from_secs(13)).unwrap();
+    let run = run_source::<Ublox7>(&cfg, 1_000, Duration::from_secs(14)).unwrap();
     run.outcome.unwrap();
     writer.join().unwrap();
     let said = said.lock().unwrap().clone();
@@ -74,7 +75,8 @@ fn a_gps_that_opens_but_sends_nothing_is_said_and_its_return_too() {
         .collect();
     assert_eq!(silent.len(), 1, "{said:#?}");
     assert!(
-        said.iter().any(|m| m.starts_with("INFO GPS is back")),
+        said.iter()
+            .any(|m| m.starts_with("INFO the GPS sends again")),
         "{said:#?}"
     );
 }
