@@ -290,12 +290,20 @@ pub fn issue_to(
 ) -> Result<(X509, Key), PkiError> {
     let key = new_key()?;
     let cert = issue(cn, &key, kind, issuer, not_before_days, not_after_days)?;
-    // Both are written beside their places first and then moved there, key first: a write
-    // that fails (a full disk, a directory in the way) leaves the pair that was there as it
-    // was, and a link at either place is replaced, not followed.
-    for p in [cert_path, key_path] {
-        // A rename onto a directory fails: found now, not between the two renames (which
-        // would leave a new key beside the old certificate).
+    let pem = cert.to_pem().map_err(e("PEM"))?;
+    replace_pair((key_path, &key_pem(&key)?), (cert_path, &pem))?;
+    Ok((cert, key))
+}
+
+/// Writes a key (mode 0600) and what goes with it (a certificate, a request: anyone may read
+/// it) in their places as one: both are written beside their places first and then moved
+/// there, key first, so that a write that fails (a full disk, a directory in the way) leaves
+/// the pair that was there as it was (the new key never beside the old certificate, nor the
+/// old key beside a request for a new one), and a link at either place is replaced, not
+/// followed.
+pub fn replace_pair(key: (&Path, &[u8]), public: (&Path, &[u8])) -> Result<(), PkiError> {
+    for p in [key.0, public.0] {
+        // A rename onto a directory fails: found now, not between the two renames.
         if p.is_dir() {
             return Err(PkiError(format!(
                 "cannot write {}: a directory is in its place",
@@ -303,23 +311,22 @@ pub fn issue_to(
             )));
         }
     }
-    let (cert_tmp, key_tmp) = (beside(cert_path), beside(key_path));
-    let written = key_pem(&key)
-        .and_then(|pem| write_new(&key_tmp, &pem, 0o600))
-        .and_then(|()| write_new(&cert_tmp, &cert.to_pem().map_err(e("PEM"))?, 0o644));
+    let (key_tmp, public_tmp) = (beside(key.0), beside(public.0));
+    let written =
+        write_new(&key_tmp, key.1, 0o600).and_then(|()| write_new(&public_tmp, public.1, 0o644));
     let moved = written.and_then(|()| {
         let rename = |from: &Path, to: &Path| {
             std::fs::rename(from, to)
                 .map_err(|err| PkiError(format!("cannot write {}: {err}", to.display())))
         };
-        rename(&key_tmp, key_path)?;
-        rename(&cert_tmp, cert_path)
+        rename(&key_tmp, key.0)?;
+        rename(&public_tmp, public.0)
     });
     if moved.is_err() {
-        let _ = std::fs::remove_file(&cert_tmp);
+        let _ = std::fs::remove_file(&public_tmp);
         let _ = std::fs::remove_file(&key_tmp);
     }
-    moved.map(|()| (cert, key))
+    moved
 }
 
 /// A hidden temporary name beside `path`: `.NAME.new`.
@@ -349,7 +356,8 @@ pub fn write_key(path: &Path, key: &Key) -> Result<(), PkiError> {
     replace(path, &key_pem(key)?, 0o600)
 }
 
-fn key_pem(key: &Key) -> Result<Vec<u8>, PkiError> {
+/// A private key as PEM (PKCS #8).
+pub fn key_pem(key: &Key) -> Result<Vec<u8>, PkiError> {
     key.private_key_to_pem_pkcs8().map_err(e("PEM"))
 }
 

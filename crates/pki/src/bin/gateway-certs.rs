@@ -12,8 +12,7 @@
 //! DIR defaults to `certs`. Keys are written with mode 0600.
 
 use gateway_pki::{
-    issue_for_request, issue_to, new_key, read_pair, request, revoke, write_key, write_public,
-    Kind, Layout, PkiError,
+    issue_for_request, issue_to, new_key, read_pair, request, revoke, Kind, Layout, PkiError,
 };
 use openssl::{
     asn1::Asn1Time,
@@ -226,8 +225,12 @@ fn run(args: &[String]) -> Result<(), PkiError> {
             }
             let key = new_key()?;
             let pem = request(name, &key)?;
-            write_key(&key_path, &key)?;
-            write_public(&csr_path, &pem)?;
+            // As one: a request that cannot be written leaves the old key (and its
+            // certificate) working, not a new key without its request.
+            gateway_pki::replace_pair(
+                (&key_path, &gateway_pki::key_pem(&key)?),
+                (&csr_path, &pem),
+            )?;
             println!(
                 "key written: {} (it stays here); request written: {}\ntake the request to the CA's machine and run `gateway certs sign {}` there, then copy back device-{name}.pem and ca.pem",
                 key_path.display(),
