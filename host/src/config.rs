@@ -453,12 +453,22 @@ impl Config {
     }
 }
 
+/// The host name /etc/hostname gives; `gateway` without one.
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
+        .as_deref()
+        .and_then(host_name_in)
         .unwrap_or_else(|| "gateway".to_owned())
+}
+
+/// The host name in the text of /etc/hostname: its first line that is not empty or a comment
+/// (hostname(5)).
+fn host_name_in(text: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
 }
 
 /// The directory the running binary is in.

@@ -342,3 +342,16 @@ fn gateway_levels_formats_and_durations_take_substitutions_and_name_the_key() {
         "{e}"
     );
 }
+
+#[test]
+fn the_host_name_is_the_first_line_of_etc_hostname_that_is_not_a_comment() {
+    // hostname(5) allows comments: the whole file (a newline in it) was taken as the device
+    // name, which the name check refuses.
+    assert_eq!(
+        super::host_name_in("# set by cloud-init\n\npi-01\n").as_deref(),
+        Some("pi-01")
+    );
+    assert_eq!(super::host_name_in("  pi-02  \n").as_deref(), Some("pi-02"));
+    assert_eq!(super::host_name_in("# only a comment\n"), None);
+    assert_eq!(super::host_name_in(""), None);
+}
