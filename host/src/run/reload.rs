@@ -407,12 +407,6 @@ impl Graph {
                 prepare_successor(&name, &line, find(&built_sinks, &name), &old_buffer);
             lines.push((name, line, keep_writer));
         }
-        // The old buffers are released before they are opened again (the views held them).
-        self.publish();
-        for (name, line, keep_writer) in lines {
-            let k = take(&mut built_sinks, &name);
-            self.start_successor(&mut new, name, line, k, keep_writer, deadline);
-        }
         for decl in new.sources.iter().chain(&new.sinks).filter(|d| {
             let role = if matches!(d.role, crate::config::Role::Source) {
                 sources
@@ -427,6 +421,12 @@ impl Graph {
             if let Err(e) = crate::own_files::create_dir_durably(&dir) {
                 tracing::error!(instance = %decl.name, "cannot create its data directory {}: {e}", dir.display());
             }
+        }
+        // The old buffers are released before they are opened again (the views held them).
+        self.publish();
+        for (name, line, keep_writer) in lines {
+            let k = take(&mut built_sinks, &name);
+            self.start_successor(&mut new, name, line, k, keep_writer, deadline);
         }
         for name in &sinks.added {
             let mut k = take(&mut built_sinks, name);
