@@ -1,7 +1,9 @@
 //! Opening a disk buffer: the directory lock, then what an earlier run left, checked segment by
 //! segment. A torn tail (a crash or a power cut mid-write) is cut off, a damaged record in the
 //! middle is skipped and counted, acknowledged segments are removed, and files that are not the
-//! buffer's own are left alone: nothing found there stops a start.
+//! buffer's own are left alone: no damage found there stops a start. A file that cannot be
+//! read (an I/O error, not damage) does: it is neither skipped nor set aside, and the start is
+//! tried again once the read works.
 
 use super::{
     disk::{BufferStats, DiskBuffer, Segment, State, WriterState},
