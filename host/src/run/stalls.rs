@@ -37,15 +37,7 @@ impl Stalls {
                     self.unanswered.remove(&v.name);
                 }
                 Some((lasted, began)) => {
-                    let (of, next) = self
-                        .unanswered
-                        .entry(v.name.clone())
-                        .or_insert((began, after));
-                    if *of != began {
-                        (*of, *next) = (began, after);
-                    }
-                    if lasted >= *next {
-                        crate::overdue::next_warning(next, lasted);
+                    if due(&mut self.unanswered, &v.name, began, lasted, after) {
                         tracing::warn!(
                             sink = %v.name,
                             pending = v.stats.pending(),
@@ -55,30 +47,41 @@ impl Stalls {
                     }
                 }
             }
-        }
-        for v in sinks {
             let Some((call, lasted, began)) = v.stats.stalled(after) else {
                 self.next.remove(&v.name);
                 continue;
             };
-            // Another call than the one warned of (the check missed the gap between them):
-            // it starts from the first warning.
-            let (of, next) = self.next.entry(v.name.clone()).or_insert((began, after));
-            if *of != began {
-                (*of, *next) = (began, after);
+            if due(&mut self.next, &v.name, began, lasted, after) {
+                tracing::warn!(
+                    sink = %v.name,
+                    pending = v.stats.pending(),
+                    "the sink's {call} call has not returned for {} s (stall_warning {after:?}): its plugin is stuck (a connection that neither answers nor fails, say); its readings wait, and its sources are held back once its queue is full; a plugin call cannot be interrupted: if it does not return, restart the gateway",
+                    lasted.as_secs()
+                );
             }
-            if lasted < *next {
-                continue;
-            }
-            crate::overdue::next_warning(next, lasted);
-            tracing::warn!(
-                sink = %v.name,
-                pending = v.stats.pending(),
-                "the sink's {call} call has not returned for {} s (stall_warning {after:?}): its plugin is stuck (a connection that neither answers nor fails, say); its readings wait, and its sources are held back once its queue is full; a plugin call cannot be interrupted: if it does not return, restart the gateway",
-                lasted.as_secs()
-            );
         }
     }
+}
+
+/// Whether sink `name`'s stall that `began` then and has lasted `lasted` is to be warned of
+/// now: past `after`, then past each doubling, as `warned` keeps. Another stall than the one
+/// warned of (the check missed the gap between them) starts from the first warning.
+fn due(
+    warned: &mut HashMap<String, (u64, Duration)>,
+    name: &str,
+    began: u64,
+    lasted: Duration,
+    after: Duration,
+) -> bool {
+    let (of, next) = warned.entry(name.to_owned()).or_insert((began, after));
+    if *of != began {
+        (*of, *next) = (began, after);
+    }
+    if lasted < *next {
+        return false;
+    }
+    crate::overdue::next_warning(next, lasted);
+    true
 }
 
 #[cfg(test)]
