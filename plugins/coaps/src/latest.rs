@@ -442,7 +442,10 @@ mod tests {
         let few = [reading("pi-01", "t1", "temperature", 1, 21.5)];
         let r = answer(&get(None, None), &few, 1024).unwrap();
         assert_eq!(ContentFormat::of(&r), Ok(Some(ContentFormat::SENML_JSON)));
-        let back = senml::decode_json(&r.payload, 10, gateway_sdk::Timestamp(0), "x").unwrap();
+        // The reading's time (1 µs after 1970) goes as a relative time: resolved against a
+        // now of today (one before 1978 is refused).
+        let now = gateway_sdk::Timestamp(1_764_085_351_000_000);
+        let back = senml::decode_json(&r.payload, 10, now, "x").unwrap();
         assert_eq!(back.readings[0].value, Value::Float(21.5));
         let r = answer(&get(Some(112), None), &few, 1024).unwrap();
         assert_eq!(ContentFormat::of(&r), Ok(Some(ContentFormat::SENML_CBOR)));
