@@ -71,8 +71,16 @@ fn located(decl: &Instance, what: &str, e: &PluginError) -> String {
 }
 
 /// An instance's own directory under `data_dir`.
-pub(crate) fn data_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
+fn data_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
     config.gateway.data_dir.join(&decl.name)
+}
+
+/// Makes instance `decl`'s own directory (durably), as a start and a reload do before it
+/// runs: the SDK promises it is there. `Err` says which directory could not be made.
+pub(crate) fn make_data_dir(config: &Config, decl: &Instance) -> Result<(), String> {
+    let dir = data_dir(config, decl);
+    crate::own_files::create_dir_durably(&dir)
+        .map_err(|e| format!("cannot create its data directory {}: {e}", dir.display()))
 }
 
 /// A sink's dead letters: `dead-letter/` in its data directory.
@@ -171,14 +179,8 @@ impl Plan {
             let info = info_for(&config, decl);
             // `check` has no side effects: the directory is made only for a run.
             if for_run {
-                if let Err(e) = crate::own_files::create_dir_durably(std::path::Path::new(
-                    info.data_dir.as_str(),
-                )) {
-                    errors.push(format!(
-                        "{} cannot create its data directory {}: {e}",
-                        at(decl),
-                        info.data_dir
-                    ));
+                if let Err(e) = make_data_dir(&config, decl) {
+                    errors.push(format!("{} {e}", at(decl)));
                     continue;
                 }
             }

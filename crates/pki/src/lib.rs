@@ -302,31 +302,7 @@ pub fn issue_to(
 /// old key beside a request for a new one), and a link at either place is replaced, not
 /// followed.
 pub fn replace_pair(key: (&Path, &[u8]), public: (&Path, &[u8])) -> Result<(), PkiError> {
-    for p in [key.0, public.0] {
-        // A rename onto a directory fails: found now, not between the two renames.
-        if p.is_dir() {
-            return Err(PkiError(format!(
-                "cannot write {}: a directory is in its place",
-                p.display()
-            )));
-        }
-    }
-    let (key_tmp, public_tmp) = (beside(key.0), beside(public.0));
-    let written =
-        write_new(&key_tmp, key.1, 0o600).and_then(|()| write_new(&public_tmp, public.1, 0o644));
-    let moved = written.and_then(|()| {
-        let rename = |from: &Path, to: &Path| {
-            std::fs::rename(from, to)
-                .map_err(|err| PkiError(format!("cannot write {}: {err}", to.display())))
-        };
-        rename(&key_tmp, key.0)?;
-        rename(&public_tmp, public.0)
-    });
-    if moved.is_err() {
-        let _ = std::fs::remove_file(&public_tmp);
-        let _ = std::fs::remove_file(&key_tmp);
-    }
-    moved
+    replace(&[(key.0, key.1, 0o600), (public.0, public.1, 0o644)])
 }
 
 /// A hidden temporary name beside `path`: `.NAME.new`.
@@ -347,13 +323,13 @@ pub fn write_cert(path: &Path, cert: &X509) -> Result<(), PkiError> {
 /// what was there as it was, a reader never sees half a file, and a link in its place is
 /// replaced, not followed.
 pub fn write_public(path: &Path, pem: &[u8]) -> Result<(), PkiError> {
-    replace(path, pem, 0o644)
+    replace(&[(path, pem, 0o644)])
 }
 
 /// Writes a private key as PEM, readable by its owner only, in `path`'s place as
 /// [`write_public`] does: a key that was there stays whole until the new one is.
 pub fn write_key(path: &Path, key: &Key) -> Result<(), PkiError> {
-    replace(path, &key_pem(key)?, 0o600)
+    replace(&[(path, &key_pem(key)?, 0o600)])
 }
 
 /// A private key as PEM (PKCS #8).
@@ -361,21 +337,33 @@ pub fn key_pem(key: &Key) -> Result<Vec<u8>, PkiError> {
     key.private_key_to_pem_pkcs8().map_err(e("PEM"))
 }
 
-/// `bytes` as a new file beside `path` (mode `mode`), synced, then renamed onto `path`.
-fn replace(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    if path.is_dir() {
-        return Err(PkiError(format!(
-            "cannot write {}: a directory is in its place",
-            path.display()
-        )));
+/// Each `(path, bytes, mode)` as a new file beside its path, synced; once all are written, each
+/// renamed onto its path, in order. What was written is removed if any step fails.
+fn replace(files: &[(&Path, &[u8], u32)]) -> Result<(), PkiError> {
+    for (path, _, _) in files {
+        // A rename onto a directory fails: found now, not between two renames.
+        if path.is_dir() {
+            return Err(PkiError(format!(
+                "cannot write {}: a directory is in its place",
+                path.display()
+            )));
+        }
     }
-    let tmp = beside(path);
-    let done = write_new(&tmp, bytes, mode).and_then(|()| {
-        std::fs::rename(&tmp, path)
-            .map_err(|err| PkiError(format!("cannot write {}: {err}", path.display())))
-    });
+    let tmps: Vec<_> = files.iter().map(|(path, _, _)| beside(path)).collect();
+    let done = files
+        .iter()
+        .zip(&tmps)
+        .try_for_each(|((_, bytes, mode), tmp)| write_new(tmp, bytes, *mode))
+        .and_then(|()| {
+            files.iter().zip(&tmps).try_for_each(|((path, _, _), tmp)| {
+                std::fs::rename(tmp, path)
+                    .map_err(|err| PkiError(format!("cannot write {}: {err}", path.display())))
+            })
+        });
     if done.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        for tmp in &tmps {
+            let _ = std::fs::remove_file(tmp);
+        }
     }
     done
 }

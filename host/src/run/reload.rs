@@ -417,9 +417,8 @@ impl Graph {
         }) {
             // As a start makes it (the SDK promises it is there when the instance runs); one
             // that cannot be made is said here, and the instance's own errors follow.
-            let dir = crate::plan::data_dir(&new, decl);
-            if let Err(e) = crate::own_files::create_dir_durably(&dir) {
-                tracing::error!(instance = %decl.name, "cannot create its data directory {}: {e}", dir.display());
+            if let Err(e) = crate::plan::make_data_dir(&new, decl) {
+                tracing::error!(instance = %decl.name, "{e}");
             }
         }
         // The old buffers are released before they are opened again (the views held them).
