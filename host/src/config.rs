@@ -21,7 +21,7 @@ mod subst;
 mod table;
 use buffer::RawBuffer;
 pub use buffer::{parse_size, BufferSettings, WhenFull};
-pub use subst::Secret;
+pub use subst::{redact_known, Secret};
 use table::{describe, instance};
 
 /// A configuration error, already worded for the person who wrote the file.
@@ -490,7 +490,7 @@ fn gateway(file: &str, text: &str, base: &Path, g: RawGateway) -> Result<Gateway
     };
     // Secrets have no business in these keys; nothing to redact.
     let sub = |key: &str, at: usize, v: &str| {
-        subst::substitute(v, base, &mut Vec::new()).map_err(|e| err(key, at, e))
+        subst::substitute_setting(v, base).map_err(|e| err(key, at, e))
     };
     let string = |key: &str, v: Option<Spanned<String>>| {
         v.map(|v| sub(key, v.span().start, v.get_ref())).transpose()

@@ -303,7 +303,7 @@ impl DeadLetters {
             "sink": self.sink,
             "plugin": self.plugin,
             "refused_at": now.to_string(),
-            "error": error,
+            "error": crate::config::redact_known(error),
             "readings": readings.len(),
         });
         let mut text = Vec::new();

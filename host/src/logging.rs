@@ -84,13 +84,22 @@ fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Sen
 }
 
 /// stderr, each event passed through an escaping function first ([`one_line`] for the text
-/// format, [`json_escaped`] for JSON). tracing-subscriber writes each event with one
-/// `write_all`.
+/// format, [`json_escaped`] for JSON), with the values `${...}` put into the config shown as
+/// their references ([`crate::config::redact_known`]): whatever wrote the line, the host or a
+/// plugin, and whatever it quotes (a plugin's error naming a URL with its password in it).
+/// tracing-subscriber writes each event with one `write_all`.
 struct Stderr(fn(&[u8]) -> Cow<'_, [u8]>);
 
 impl Write for Stderr {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        io::stderr().lock().write_all(&(self.0)(buf))?;
+        let event = match std::str::from_utf8(buf) {
+            Ok(text) => match crate::config::redact_known(text) {
+                Cow::Borrowed(_) => Cow::Borrowed(buf),
+                Cow::Owned(text) => Cow::Owned(text.into_bytes()),
+            },
+            Err(_) => Cow::Borrowed(buf),
+        };
+        io::stderr().lock().write_all(&(self.0)(&event))?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {

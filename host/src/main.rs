@@ -155,7 +155,8 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let e = format!("{e:#}");
+            eprintln!("error: {}", gateway_host::config::redact_known(&e));
             ExitCode::FAILURE
         }
     }
@@ -283,7 +284,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let report =
                 gateway_host::conformance::run(&config, &logger, &scratch, run_for, deadline);
             let _ = std::fs::remove_dir_all(&scratch);
-            print!("{}", report.text);
+            // A plugin's error may quote a value `${...}` put in (a URL with a password).
+            print!("{}", gateway_host::config::redact_known(&report.text));
             Ok(if report.failed == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -464,7 +466,8 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                     }
                     Err(e) => {
                         left += 1;
-                        println!("{}: kept: {} ({})", f.display(), e.message(), e.kind);
+                        let error = gateway_host::config::redact_known(e.message());
+                        println!("{}: kept: {error} ({})", f.display(), e.kind);
                         if e.kind.is_retryable() {
                             println!("the sink cannot take readings now; try again later");
                             break;

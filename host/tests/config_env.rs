@@ -73,6 +73,75 @@ fn a_substituted_value_is_never_shown_and_a_missing_one_names_the_key() {
     );
 }
 
+/// Nor at run time: not in what a plugin logs, not in the errors it returns (a retried write's,
+/// a refusal's), not in a dead-letter file's header, whoever writes the line.
+#[test]
+fn a_substituted_value_is_never_shown_at_run_time_either() {
+    let s = Setup::new();
+    std::env::set_var("GW_ENV_TEST_RUN_PW", "Xq7-run-time-secret");
+    std::fs::write(s.path("device"), "pi-secret-name\n").unwrap();
+    let cfg = s.config(
+        "data_dir = \"data\"",
+        &format!(
+            r#"[sources.seq]
+plugin = "testkit-sequence"
+count = 20
+batch_size = 1
+wait_ack = false
+device = "${{file:device}}"
+
+[sinks.rec]
+plugin = "testkit-recorder"
+path = {:?}
+batch_timeout = "5ms"
+fail_first = 2
+fail_message = "cannot connect to mysql://gw:${{GW_ENV_TEST_RUN_PW}}@db.example:3306"
+retry_backoff = "10ms"
+reject_value = 13
+"#,
+            s.path("out.txt").display().to_string()
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(30)).expect("exits");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert_eq!(s.recorded("out.txt", "seq").len(), 19, "{err}");
+    let said = |what: &str| err.lines().filter(|l| l.contains(what)).count();
+    // The plugin's own warning and the host's line about the retried write.
+    assert!(
+        said("mysql://gw:${GW_ENV_TEST_RUN_PW}@db.example:3306") >= 2,
+        "{err}"
+    );
+    assert!(
+        said("simulated refusal of value 13 from ${file:device}") >= 1,
+        "{err}"
+    );
+    assert!(
+        !err.contains("Xq7-run-time-secret") && !err.contains("pi-secret-name"),
+        "{err}"
+    );
+    let dir = s.path("data/rec/dead-letter");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let header = text.lines().next().unwrap();
+    assert!(
+        header.contains("simulated refusal of value 13 from ${file:device}")
+            && !header.contains("pi-secret-name"),
+        "{header}"
+    );
+    // The reading itself is kept as it was: its device is data, not a message.
+    assert!(
+        text.lines().nth(1).unwrap().contains("pi-secret-name"),
+        "{text}"
+    );
+}
+
 #[test]
 fn conf_d_fragments_add_instances_in_name_order_and_names_stay_unique() {
     let s = Setup::new();

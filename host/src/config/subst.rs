@@ -10,10 +10,12 @@
 //! - `$$` is a `$`; a `$` not followed by `{` or `$` stays as it is.
 //!
 //! Substitution happens once, on parsed values (a value can never add TOML syntax), and only
-//! in strings. The values put in are remembered per instance so that messages can show
-//! `${NAME}` instead of them: a secret is never logged.
+//! in strings. The values put in a source's or sink's table are remembered per instance so
+//! that messages can show `${NAME}` instead of them, and for the whole process ([`redact_known`]), so that neither the
+//! log (whoever wrote the line: the host, a plugin, an error a plugin returned at run time), nor
+//! a dead-letter header, nor `gateway test-plugin`'s report ever shows them.
 
-use std::path::Path;
+use std::{borrow::Cow, path::Path, sync::RwLock};
 
 /// A value put into the config, and what to show instead of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,13 +25,31 @@ pub struct Secret {
 }
 
 /// Substitutes every reference in `s`. `base` resolves relative `${file:...}` paths. Adds what
-/// it put in to `secrets`.
+/// it put in to `secrets`, and to the process's list ([`redact_known`]).
 pub fn substitute(s: &str, base: &Path, secrets: &mut Vec<Secret>) -> Result<String, String> {
+    let mut put_in = Vec::new();
+    let out = expand(s, base, &mut put_in)?;
+    for secret in put_in {
+        keep(secrets, secret);
+    }
+    Ok(out)
+}
+
+/// Substitutes every reference in a setting that holds no secret (a `[gateway]` key, such as
+/// `data_dir = "${STATE_DIRECTORY}"`): messages show what it became.
+pub fn substitute_setting(s: &str, base: &Path) -> Result<String, String> {
+    expand(s, base, &mut Vec::new())
+}
+
+/// [`substitute`], pushing what it put in to `put_in`: each reference's value, and the whole
+/// value shown as written.
+fn expand(s: &str, base: &Path, put_in: &mut Vec<Secret>) -> Result<String, String> {
     if !s.contains('$') {
         return Ok(s.to_owned());
     }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
+    let mut substituted = false;
     while let Some(at) = rest.find('$') {
         out.push_str(&rest[..at]);
         let after = &rest[at + 1..];
@@ -50,8 +70,9 @@ pub fn substitute(s: &str, base: &Path, secrets: &mut Vec<Secret>) -> Result<Str
                 ),
                 Resolve::Failed(e) => e,
             })?;
+            substituted = true;
             if !value.is_empty() {
-                secrets.push(Secret {
+                put_in.push(Secret {
                     value: value.clone(),
                     shown_as: format!("${{{reference}}}"),
                 });
@@ -64,7 +85,45 @@ pub fn substitute(s: &str, base: &Path, secrets: &mut Vec<Secret>) -> Result<Str
         }
     }
     out.push_str(rest);
+    // The whole value too, shown as written: where a value joins two references, or a
+    // reference and letters (`${USER}${PW}`), a message quoting it shows neither part as a
+    // word of its own.
+    if substituted {
+        put_in.push(Secret {
+            value: out.clone(),
+            shown_as: s.to_owned(),
+        });
+    }
     Ok(out)
+}
+
+/// Adds `secret` to `secrets` and to the process's [`redact_known`] list, once.
+fn keep(secrets: &mut Vec<Secret>, secret: Secret) {
+    if secret.value == secret.shown_as || secrets.contains(&secret) {
+        return;
+    }
+    let mut known = KNOWN.write().unwrap_or_else(|e| e.into_inner());
+    for form in forms(std::slice::from_ref(&secret)) {
+        if !known.contains(&form) {
+            known.push(form);
+        }
+    }
+    known.sort_by_key(|f| std::cmp::Reverse(f.0.len()));
+    drop(known);
+    secrets.push(secret);
+}
+
+/// Every value `${...}` has put into a config in this process, in each form a message may
+/// quote it ([`forms`]), the longest first. A value taken out of the config by a reload stays:
+/// an instance of the old config may still be logging.
+static KNOWN: RwLock<Vec<(String, String)>> = RwLock::new(Vec::new());
+
+/// `msg` with every value `${...}` has put into any config of this process shown as its
+/// reference, as [`redact`] does for one instance's. Borrowed when there is none in it: it
+/// runs on every line the log writes.
+pub fn redact_known(msg: &str) -> Cow<'_, str> {
+    let known = KNOWN.read().unwrap_or_else(|e| e.into_inner());
+    replace_forms(msg, &known)
 }
 
 /// Why a reference gave no value.
@@ -161,20 +220,67 @@ pub fn substitute_value(
 /// ones, such as a port number, would match too much text and are not secrets), as it is and
 /// as a message may quote it escaped (serde shows a string with `{:?}`: a `"` or `\` in a
 /// password comes out as `\"` or `\\`).
+///
+/// A value that starts (ends) with a letter or digit is replaced only where the text before
+/// (after) it is not one: a port such as `5684` is replaced in `0.0.0.0:5684` but not inside
+/// `156842`.
 pub fn redact(msg: &str, secrets: &[Secret]) -> String {
-    let mut out = msg.to_owned();
-    let mut forms: Vec<(String, &str)> = Vec::new();
+    replace_forms(msg, &forms(secrets)).into_owned()
+}
+
+/// The forms of each secret a message may hold, with what to show instead, the longest first.
+fn forms(secrets: &[Secret]) -> Vec<(String, String)> {
+    let mut forms = Vec::new();
     for s in secrets.iter().filter(|s| s.value.len() >= 4) {
         let quoted = format!("{:?}", s.value);
         let escaped = &quoted[1..quoted.len() - 1];
         if escaped != s.value {
-            forms.push((escaped.to_owned(), &s.shown_as));
+            forms.push((escaped.to_owned(), s.shown_as.clone()));
         }
-        forms.push((s.value.clone(), &s.shown_as));
+        forms.push((s.value.clone(), s.shown_as.clone()));
     }
-    forms.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+    forms.sort_by_key(|f| std::cmp::Reverse(f.0.len()));
+    forms
+}
+
+/// Whether `text` ends with a letter or digit that is text: the `m` closing a colour sequence
+/// (`ESC [ 0 m`, which the log writes before a field's value on a terminal) is not.
+fn ends_in_word(text: &str) -> bool {
+    match text.chars().next_back() {
+        Some('m') => !text.rfind("\x1b[").is_some_and(|esc| {
+            text[esc + 2..text.len() - 1]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b';')
+        }),
+        Some(c) => c.is_alphanumeric(),
+        None => false,
+    }
+}
+
+fn replace_forms<'a>(msg: &'a str, forms: &[(String, String)]) -> Cow<'a, str> {
+    let mut out = Cow::Borrowed(msg);
     for (value, shown_as) in forms {
-        out = out.replace(&value, shown_as);
+        if !out.contains(value.as_str()) {
+            continue;
+        }
+        let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
+        let (starts_word, ends_word) = (word(value.chars().next()), word(value.chars().last()));
+        let mut replaced = String::with_capacity(out.len());
+        let mut from = 0;
+        for (at, _) in out.match_indices(value.as_str()) {
+            let end = at + value.len();
+            if at < from
+                || (starts_word && ends_in_word(&out[..at]))
+                || (ends_word && word(out[end..].chars().next()))
+            {
+                continue;
+            }
+            replaced.push_str(&out[from..at]);
+            replaced.push_str(shown_as);
+            from = end;
+        }
+        replaced.push_str(&out[from..]);
+        out = Cow::Owned(replaced);
     }
     out
 }
@@ -235,6 +341,37 @@ mod tests {
         assert_eq!(
             redact("invalid value: string \"s3cret-pw\"", &secrets),
             "invalid value: string \"${file:pw}\""
+        );
+    }
+
+    #[test]
+    fn a_value_is_redacted_as_a_word_and_a_joined_value_as_a_whole() {
+        std::env::set_var("GW_SUBST_PORT", "5684");
+        std::env::set_var("GW_SUBST_USER", "gwuser");
+        std::env::set_var("GW_SUBST_PW", "pw9876");
+        let mut secrets = Vec::new();
+        let base = Path::new("/nonexistent");
+        substitute("${GW_SUBST_PORT}", base, &mut secrets).unwrap();
+        let joined = substitute("${GW_SUBST_USER}${GW_SUBST_PW}", base, &mut secrets).unwrap();
+        assert_eq!(joined, "gwuserpw9876");
+        assert_eq!(
+            redact("listening on 0.0.0.0:5684; 156842 readings", &secrets),
+            "listening on 0.0.0.0:${GW_SUBST_PORT}; 156842 readings"
+        );
+        assert_eq!(
+            redact("bad login gwuserpw9876.", &secrets),
+            "bad login ${GW_SUBST_USER}${GW_SUBST_PW}."
+        );
+        // The process-wide list holds them too, for every line the log writes.
+        assert_eq!(
+            redact_known("user gwuser, port 5684"),
+            "user ${GW_SUBST_USER}, port ${GW_SUBST_PORT}"
+        );
+        assert!(matches!(redact_known("nothing here"), Cow::Borrowed(_)));
+        // On a terminal a field's value follows a colour sequence ending in `m`.
+        assert_eq!(
+            redact_known("\x1b[3merror\x1b[0m\x1b[2m=\x1b[0mgwuser\x1b[0m; bm5684"),
+            "\x1b[3merror\x1b[0m\x1b[2m=\x1b[0m${GW_SUBST_USER}\x1b[0m; bm5684"
         );
     }
 

@@ -192,6 +192,10 @@ struct RecorderConfig {
     /// The first this-many writes fail with a retryable error.
     #[serde(default)]
     fail_first: u64,
+    /// What those failing writes say, logged at warn and returned, in place of the simulated
+    /// outage's message (a sink quoting its settings, as a database client may its URL).
+    #[serde(default)]
+    fail_message: Option<String>,
     /// The first this-many writes fail with a config error (as a sink that finds its table of
     /// a newer schema does), counted from the first write, as `fail_first`.
     #[serde(default)]
@@ -302,6 +306,10 @@ fn lines(
         ));
     }
     if call <= cfg.fail_first {
+        if let Some(msg) = &cfg.fail_message {
+            tracing::warn!("{msg}");
+            return Err(PluginError::retry(msg.clone()));
+        }
         return Err(PluginError::retry(format!(
             "simulated outage (write {call} of {} that fail)",
             cfg.fail_first
