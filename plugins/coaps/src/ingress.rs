@@ -149,7 +149,7 @@ impl Ingress {
             retry_after: self.cfg.retry_after,
             // Past separate_after the device has its empty ACK and waits for the answer.
             hold: self.cfg.separate_after * 2,
-            max_held: HELD_MAX,
+            max_held: (HELD_MAX, HELD_MAX_BYTES),
             logs,
             readers: self.cfg.readers.clone(),
             max_block: 1024,
@@ -170,6 +170,12 @@ impl Ingress {
 /// with one request each in flight, whose requests the sinks took within 160 ms, and the
 /// refusals' retries then took the CPU (6,300 requests/s stored instead of 31,000).
 const HELD_MAX: usize = 200_000;
+
+/// Most bytes those readings may take, per worker ([`crate::held::Weighed::bytes`]: a usual
+/// reading weighs 128 and its labels' text, about 170 in all): the bound for readings of long
+/// text values or long names, of which 200,000 could take gigabytes (a text value may be as
+/// large as the body, 1 MiB).
+const HELD_MAX_BYTES: usize = 64 << 20;
 
 /// Logs a warning for each setting that lets a peer in without an identity of its own, or
 /// under an identity the operator may not have meant to trust. `gateway check` shows them.

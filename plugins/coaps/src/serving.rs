@@ -124,9 +124,9 @@ pub struct Settings {
     pub retry_after: u32,
     /// How long an admitted request may wait for room in the sinks' queues.
     pub hold: Duration,
-    /// Most readings in the requests waiting for room (in this worker); a request that would
-    /// go past it gets a 5.03 at once.
-    pub max_held: usize,
+    /// Most readings, and most bytes of them ([`Weighed::bytes`]), in the requests waiting
+    /// for room (in this worker); a request that would go past either gets a 5.03 at once.
+    pub max_held: (usize, usize),
     /// Whether this worker logs the counters (one of them does).
     pub logs: bool,
     /// Identities that may read and forget every device's last readings.
@@ -187,6 +187,9 @@ impl Weighed for Held {
     fn readings(&self) -> usize {
         self.readings.len()
     }
+    fn bytes(&self) -> usize {
+        self.readings.iter().map(crate::held::reading_bytes).sum()
+    }
     fn owner(&self) -> Self::Owner {
         let device = self
             .readings
@@ -240,7 +243,7 @@ impl<'a> Serving<'a> {
             counters: together.counters.clone(),
             latest: together.latest.clone(),
             observers: together.observers.clone(),
-            held: Waiting::new(max_held),
+            held: Waiting::new(max_held.0, max_held.1),
             labels: gateway_senml::Labels::new(LABELS_KEPT),
             last_log: Instant::now(),
             last_publish: Instant::now(),
