@@ -305,7 +305,8 @@ pub fn replace_pair(key: (&Path, &[u8]), public: (&Path, &[u8])) -> Result<(), P
     replace(&[(key.0, key.1, 0o600), (public.0, public.1, 0o644)])
 }
 
-/// A hidden temporary name beside `path`: `.NAME.new`.
+/// A hidden temporary name beside `path`: `.NAME.new` (`gateway certs` runs one command at a
+/// time in a directory, so one left there is a failed run's).
 fn beside(path: &Path) -> std::path::PathBuf {
     let name = path
         .file_name()
@@ -338,7 +339,8 @@ pub fn key_pem(key: &Key) -> Result<Vec<u8>, PkiError> {
 }
 
 /// Each `(path, bytes, mode)` as a new file beside its path, synced; once all are written, each
-/// renamed onto its path, in order. What was written is removed if any step fails.
+/// renamed onto its path, in order, and the directories synced, so that what the command said
+/// it wrote is there after a power cut. What was written is removed if any step fails.
 fn replace(files: &[(&Path, &[u8], u32)]) -> Result<(), PkiError> {
     for (path, _, _) in files {
         // A rename onto a directory fails: found now, not between two renames.
@@ -365,7 +367,21 @@ fn replace(files: &[(&Path, &[u8], u32)]) -> Result<(), PkiError> {
             let _ = std::fs::remove_file(tmp);
         }
     }
-    done
+    done?;
+    let mut dirs: Vec<&Path> = files
+        .iter()
+        .map(|(path, _, _)| match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        })
+        .collect();
+    dirs.dedup();
+    for dir in dirs {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|err| PkiError(format!("cannot sync {}: {err}", dir.display())))?;
+    }
+    Ok(())
 }
 
 /// `bytes` as a new file at `path` (mode `mode`), synced: whatever was at `path` (a file a

@@ -95,6 +95,8 @@ fn a_device_key_stays_on_the_device_and_the_ca_key_on_the_ca() {
         let mut v: Vec<String> = std::fs::read_dir(d)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            // Each command locks its directory with `.lock`.
+            .filter(|n| n != ".lock")
             .collect();
         v.sort();
         v
@@ -183,4 +185,49 @@ fn a_device_key_stays_on_the_device_and_the_ca_key_on_the_ca() {
             "{name:?}: {err}"
         );
     }
+}
+
+/// Commands in one directory run one at a time: each `revoke` reads the CRL and writes it back
+/// with its serial added, and two at once each wrote theirs over the other's.
+#[test]
+fn revocations_made_at_once_are_all_in_the_crl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    assert!(certs(d, &["init"]).0);
+    let names: Vec<String> = (0..8).map(|i| format!("pi-{i:02}")).collect();
+    for n in &names {
+        assert!(certs(d, &["device", n]).0);
+    }
+    let serials: Vec<String> = names.iter().map(|n| serial(d, n)).collect();
+    let children: Vec<_> = names
+        .iter()
+        .map(|n| {
+            Command::new(env!("CARGO_BIN_EXE_gateway-certs"))
+                .args(["revoke", n, "--dir", d.to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut got = revoked(d);
+    got.sort();
+    let mut want = serials;
+    want.sort();
+    assert_eq!(got, want);
+    // No temporary file is left beside them.
+    let left: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".new"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

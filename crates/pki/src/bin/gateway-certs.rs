@@ -63,6 +63,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// `DIR/.lock`, locked for this process (waiting for another command in the directory to end).
+fn lock(dir: &std::path::Path) -> Result<std::fs::File, PkiError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(".lock");
+    let cannot = |e: std::io::Error| PkiError(format!("cannot lock {}: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(cannot)?;
+    file.lock().map_err(cannot)?;
+    Ok(file)
+}
+
 fn run(args: &[String]) -> Result<(), PkiError> {
     let mut dir = PathBuf::from("certs");
     let mut names = Vec::new();
@@ -105,6 +121,10 @@ fn run(args: &[String]) -> Result<(), PkiError> {
     }
     std::fs::create_dir_all(&dir)
         .map_err(|e| PkiError(format!("cannot create {}: {e}", dir.display())))?;
+    // One command at a time in a directory: two `revoke`s at once each read the CRL and wrote
+    // it back with only their own serial added, so the first revocation was lost although it
+    // had been said; two `init`s could pair one's key with the other's certificate.
+    let _lock = lock(&dir)?;
     let l = Layout(&dir);
     let ca = || {
         read_pair(&l.ca(), &l.ca_key())
