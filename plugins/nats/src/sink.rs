@@ -5,7 +5,11 @@
 //! (`max_payload`, which it answers by closing the connection, or the stream's max_msg_size,
 //! which JetStream refuses at every try) is refused for good.
 
-use crate::{config::SinkConfig, connect::Settings, subject::Template};
+use crate::{
+    config::SinkConfig,
+    connect::Settings,
+    subject::{self, Template},
+};
 use async_nats::jetstream::{self, stream::StorageType};
 use futures_util::future::join_all;
 use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
@@ -21,6 +25,8 @@ pub struct NatsSink {
     /// The largest message (headers and payload): the server's max_payload, from its INFO, or
     /// the stream's max_msg_size, the less.
     max_payload: usize,
+    /// The subject filters of the stream ([`stream_subjects`]).
+    stream_subjects: Vec<String>,
     table: String,
 }
 
@@ -71,6 +77,7 @@ impl Sink for NatsSink {
             rt,
             js: None,
             max_payload: usize::MAX,
+            stream_subjects: Vec::new(),
             table: ctx.info().table.to_string(),
         })
     }
@@ -98,9 +105,11 @@ impl Sink for NatsSink {
             // A stream of its own may take less than the server (its max_msg_size): JetStream
             // refuses a larger message at each try, which retried would stall the sink.
             let max_msg = usize::try_from(stream.cached_info().config.max_message_size).ok();
-            Ok::<_, PluginError>((js, max_payload, max_msg))
+            let subjects = stream_subjects(&stream.cached_info().config);
+            Ok::<_, PluginError>((js, max_payload, max_msg, subjects))
         })?;
-        let (js, max_payload, max_msg) = js;
+        let (js, max_payload, max_msg, subjects) = js;
+        self.stream_subjects = subjects;
         self.max_payload = [
             Some(max_payload).filter(|m| *m > 0),
             max_msg.filter(|m| *m > 0),
@@ -147,6 +156,7 @@ impl Sink for NatsSink {
                 self.max_payload
             )));
         }
+        self.check_subjects(batch, &messages)?;
         let outcome = self.rt.block_on(async move {
             tokio::time::timeout(timeout, publish_all(&js, messages))
                 .await
@@ -164,6 +174,71 @@ impl Sink for NatsSink {
             tracing::warn!(table = %self.table, error = %e.message(), "publishing failed; the batch will be sent again");
         }
         outcome
+    }
+}
+
+/// The subjects a stream takes: its own, or its name when it has none (as NATS does).
+fn stream_subjects(config: &jetstream::stream::Config) -> Vec<String> {
+    if config.subjects.is_empty() {
+        vec![config.name.clone()]
+    } else {
+        config.subjects.clone()
+    }
+}
+
+impl NatsSink {
+    /// Refuses the batch for good if a message's subject is none of the stream's: no stream
+    /// answers it, so JetStream would fail it at each try (no responders), and every reading
+    /// behind it would wait for ever (an existing stream whose subjects the template's devices
+    /// outgrew: `readings.pi-01.>` and a reading of `pi-02`). The stream's subjects are read
+    /// again first: an operator may just have added one.
+    fn check_subjects(
+        &mut self,
+        batch: &[Reading],
+        messages: &[(String, String, Vec<u8>)],
+    ) -> Result<(), PluginError> {
+        let outside = |subjects: &[String]| {
+            messages
+                .iter()
+                .position(|(subject, _, _)| !subjects.iter().any(|f| subject::matches(f, subject)))
+        };
+        if outside(&self.stream_subjects).is_none() {
+            return Ok(());
+        }
+        let js = self.js.clone().expect("opened");
+        let stream = self.cfg.stream.clone();
+        let info = self.rt.block_on(async move {
+            let mut s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+            s.info()
+                .await
+                .map(|i| i.config.clone())
+                .map_err(|e| e.to_string())
+        });
+        match info {
+            Ok(config) => self.stream_subjects = stream_subjects(&config),
+            Err(e) => {
+                self.js = None;
+                return Err(PluginError::retry(format!(
+                    "stream {}: {e}",
+                    self.cfg.stream
+                )));
+            }
+        }
+        let Some(i) = outside(&self.stream_subjects) else {
+            return Ok(());
+        };
+        let r = &batch[i];
+        Err(PluginError::rejected(format!(
+            "reading {} of {} ({}/{}/{}) goes to subject {}, which is none of stream {}'s subjects ({}): no stream would store it",
+            i + 1,
+            batch.len(),
+            r.device,
+            r.sensor,
+            r.name,
+            messages[i].0,
+            self.cfg.stream,
+            self.stream_subjects.join(", ")
+        )))
     }
 }
 

@@ -77,6 +77,21 @@ impl Template {
     }
 }
 
+/// Whether `subject` is one of those `filter` names, by NATS's rules: tokens separated by
+/// dots, `*` standing for one token, `>` (last) for one or more.
+pub fn matches(filter: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for f in filter.split('.') {
+        match (f, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (f, Some(s)) if f == s => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +123,22 @@ mod tests {
         assert_eq!(subjects.len(), names.len(), "{subjects:?}");
         for bad in ["", "a.*", "a.>", "a..b", ".a", "a b", "{dev}", "a.{device"] {
             assert!(Template::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn filters_match_as_nats_matches_them() {
+        for (filter, subject, yes) in [
+            ("readings.>", "readings.pi.t.temperature", true),
+            ("readings.>", "readings", false),
+            ("readings.pi-01.>", "readings.pi-02.t.temperature", false),
+            ("readings.*.t.*", "readings.pi.t.temperature", true),
+            ("readings.*.t.*", "readings.pi.t.temperature.x", false),
+            ("readings.*", "readings.pi.t", false),
+            ("READINGS", "READINGS", true),
+            ("readings.pi", "readings.pi%2E01", false),
+        ] {
+            assert_eq!(matches(filter, subject), yes, "{filter} {subject}");
         }
     }
 }

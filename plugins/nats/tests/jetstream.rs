@@ -214,6 +214,46 @@ fn a_reading_larger_than_the_streams_max_msg_size_is_refused_not_retried() {
     assert_eq!(n.messages("READINGS"), 3);
 }
 
+/// A reading whose subject none of an existing stream's takes is refused for good (the host
+/// keeps it in the dead-letter file and the others flow), not retried for ever behind a
+/// "no responders"; once the operator adds a subject, it is taken.
+#[test]
+fn a_reading_whose_subject_the_stream_does_not_take_is_refused_not_retried() {
+    let n = Nats::start();
+    let config = |subjects: &[&str]| async_nats::jetstream::stream::Config {
+        name: "READINGS".into(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    with_js(n.url(), |js| async move {
+        js.create_stream(config(&["readings.pi-01.>"]))
+            .await
+            .unwrap();
+    });
+    let mut s = sink(&n);
+    let started = std::time::Instant::now();
+    let e = s.write(sample_readings(2)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(
+        e.message().starts_with("reading 1 of 2 (test-device/")
+            && e.message().contains("readings.test-device.")
+            && e.message().contains("(readings.pi-01.>)"),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "not a timeout");
+    let mut ours = sample_readings(1);
+    ours[0].device = "pi-01".into();
+    s.write(ours).expect("a reading the stream takes");
+    with_js(n.url(), |js| async move {
+        js.update_stream(config(&["readings.pi-01.>", "readings.test-device.>"]))
+            .await
+            .unwrap();
+    });
+    s.write(sample_readings(2))
+        .expect("taken once the stream has the subject");
+    assert_eq!(n.messages("READINGS"), 3);
+}
+
 /// What the sinks refused for good the host kept in their dead-letter files: delivered again,
 /// it would be refused again, for ever. It is acknowledged; what they did not store (a retry)
 /// comes again.
