@@ -2,6 +2,8 @@
 //! every `interval` (60 s by default), so that they travel with the data (through a Pi's uplink
 //! to the server, into the database beside the temperatures). What the metrics page shows:
 //!
+//! - the host (sensor `host`): `clock_synchronized` (1 or 0, [`crate::clock`]; left out where
+//!   the kernel does not say);
 //! - per source (sensor `source:NAME`): `readings`, `restarts`;
 //! - per sink (`sink:NAME`): `written`, `pending`, `retries`, `rejected`, `restarts`;
 //! - per disk buffer (`buffer:NAME`): `readings`, `bytes` (By), `oldest_age` (s);
@@ -112,6 +114,14 @@ fn figures(ctx: &SourceContext) -> Vec<Reading> {
         ));
     };
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
+    if let Some(synced) = crate::clock::synchronized() {
+        add(
+            "host",
+            "clock_synchronized",
+            "",
+            f64::from(u8::from(synced)),
+        );
+    }
     for (name, s) in &now.sources {
         let sensor = format!("source:{name}");
         add(&sensor, "readings", "", get(&s.readings));

@@ -6,6 +6,7 @@
 //! handles signals. The `gateway` binary (`main.rs`) is a thin CLI over this library.
 
 pub mod buffer;
+pub mod clock;
 pub mod config;
 pub mod conformance;
 pub mod deadletter;

@@ -88,6 +88,15 @@ impl Registry {
             "1 while the gateway runs and is not shutting down.",
             &[(String::new(), f64::from(u8::from((self.ready)())))],
         );
+        if let Some(synced) = crate::clock::synchronized() {
+            family(
+                &mut out,
+                "gateway_clock_synchronized",
+                "gauge",
+                "1 while the kernel says the system clock is synchronised (NTP); 0: readings are stamped with a clock nothing has set (a Pi without a real-time clock after a power cut).",
+                &[(String::new(), f64::from(u8::from(synced)))],
+            );
+        }
         let sources = |f: &dyn Fn(&SourceStats) -> f64| -> Vec<(String, f64)> {
             now.sources
                 .iter()

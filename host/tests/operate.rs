@@ -71,6 +71,16 @@ fn metrics_health_and_status_describe_a_running_gateway() {
         text.contains("# TYPE gateway_sink_written_total counter"),
         "{text}"
     );
+    // The clock's state, as the log told it at the start (a container or a machine without
+    // NTP says 0).
+    let synced = metric(&text, "gateway_clock_synchronized").expect(&text);
+    assert_eq!(
+        synced == 0.0,
+        gw.stderr()
+            .contains("the system clock is not synchronised (no NTP yet"),
+        "{synced}: {}",
+        gw.stderr()
+    );
     assert_eq!(metrics::get(addr, "/healthz").unwrap().0, 200);
     assert_eq!(metrics::get(addr, "/readyz").unwrap().0, 200);
     assert_eq!(metrics::get(addr, "/nothing").unwrap().0, 404);
@@ -402,6 +412,7 @@ inputs = ["health"]
         "test/buffer:rec readings=0 ",
         "test/buffer:rec bytes=",
         "test/buffer:rec oldest_age=0 s ",
+        "test/host clock_synchronized=",
     ] {
         assert!(out.contains(want), "{want} in\n{out}");
     }

@@ -275,6 +275,8 @@ impl Graph {
         let timeout = self.config.gateway.shutdown_timeout;
         let exits = self.source_exits.clone();
         let each_second = crossbeam_channel::tick(Duration::from_secs(1));
+        let mut clock = crate::clock::Watch::default();
+        clock.check();
         // A stop asked for by a signal, whether the loop or a reload's check heard it.
         let stop = || {
             tracing::info!("shutdown requested: stopping the sources, then draining the sinks (at most {timeout:?}; a second signal exits at once)");
@@ -284,6 +286,7 @@ impl Graph {
             crossbeam_channel::select! {
                 recv(watchdog) -> _ => notifier.send("WATCHDOG=1"),
                 recv(each_second) -> _ => {
+                    clock.check();
                     let after = self.config.gateway.stall_warning;
                     if !after.is_zero() {
                         self.stalls.check(after, &self.sink_views());

@@ -1,0 +1,215 @@
+//! Whether the system clock can be trusted to stamp readings. A Raspberry Pi has no real-time
+//! clock: after a power cut it starts from the time `fake-hwclock` saved (or from 1970) and
+//! keeps counting from there until NTP sets it, and every reading stamped meanwhile carries
+//! that time. The host watches two things each second and says what it sees in its log and
+//! its figures (`gateway_clock_synchronized`, the `internal` source's `host` /
+//! `clock_synchronized`):
+//!
+//! - the kernel's synchronisation state (`adjtimex`: its return is not `TIME_ERROR` and
+//!   `STA_UNSYNC` is clear; what `timedatectl` shows as "System clock synchronized");
+//! - steps of the wall clock against the monotonic one: when NTP (or a person) sets the time,
+//!   the log says by how much, so whoever reads the readings taken before knows how far off
+//!   their times are.
+//!
+//! [`Watch::observe`] is the logic, without I/O or a clock of its own; [`Watch::check`] feeds
+//! it the system's values (one system call, two clock reads).
+
+use std::{
+    sync::atomic::{AtomicU8, Ordering},
+    time::{Duration, Instant, SystemTime},
+};
+
+/// A step of the wall clock at least this large is said.
+const STEP: Duration = Duration::from_secs(1);
+
+/// The kernel's last answer, for the figures: 0 not synchronised, 1 synchronised, 2 unknown.
+static SYNCED: AtomicU8 = AtomicU8::new(2);
+
+/// Whether the system clock was synchronised at the last check; `None` before the first, or
+/// where the kernel does not say.
+pub fn synchronized() -> Option<bool> {
+    match SYNCED.load(Ordering::Relaxed) {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
+/// What `adjtimex` (asking only) says: synchronised, unless it returns `TIME_ERROR` or sets
+/// `STA_UNSYNC`.
+pub fn synced_from(ret: i32, status: i32) -> bool {
+    ret != libc::TIME_ERROR && status & libc::STA_UNSYNC == 0
+}
+
+/// The kernel's synchronisation state now; `None` if it cannot be asked.
+fn kernel_synced() -> Option<bool> {
+    // SAFETY: `timex` is plain data; with `modes` 0 adjtimex only reads the kernel's state
+    // into it (no privilege needed).
+    let mut t: libc::timex = unsafe { std::mem::zeroed() };
+    let ret = unsafe { libc::adjtimex(&mut t) };
+    (ret >= 0).then(|| synced_from(ret, t.status))
+}
+
+/// What changed since the last observation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// At the first observation: the clock is not synchronised.
+    NotSyncedAtStart,
+    /// The kernel says the clock is synchronised now.
+    Synced,
+    /// The kernel says it is not any more.
+    Lost,
+    /// The wall clock moved by this many seconds more (or less) than the monotonic one.
+    Stepped(f64),
+}
+
+/// The watcher: what it saw last.
+#[derive(Debug, Default)]
+pub struct Watch {
+    synced: Option<bool>,
+    /// Wall clock minus monotonic clock at the last observation, in seconds.
+    offset: Option<(SystemTime, Instant)>,
+    started: bool,
+}
+
+impl Watch {
+    /// What changed, given the kernel's state and both clocks now.
+    pub fn observe(&mut self, synced: Option<bool>, wall: SystemTime, mono: Instant) -> Vec<Event> {
+        let mut events = Vec::new();
+        if let Some((then_wall, then_mono)) = self.offset {
+            let elapsed = mono.duration_since(then_mono).as_secs_f64();
+            let moved = match wall.duration_since(then_wall) {
+                Ok(d) => d.as_secs_f64(),
+                Err(e) => -e.duration().as_secs_f64(),
+            };
+            let step = moved - elapsed;
+            if step.abs() >= STEP.as_secs_f64() {
+                events.push(Event::Stepped(step));
+            }
+        }
+        self.offset = Some((wall, mono));
+        match (self.started, self.synced, synced) {
+            (false, _, Some(false)) => events.push(Event::NotSyncedAtStart),
+            (true, Some(false), Some(true)) => events.push(Event::Synced),
+            (true, Some(true), Some(false)) => events.push(Event::Lost),
+            _ => {}
+        }
+        self.started = true;
+        if synced.is_some() {
+            self.synced = synced;
+        }
+        events
+    }
+
+    /// Observes the system now: logs what changed and keeps the state for the figures.
+    pub fn check(&mut self) {
+        let synced = kernel_synced();
+        SYNCED.store(synced.map_or(2, u8::from), Ordering::Relaxed);
+        for e in self.observe(synced, SystemTime::now(), Instant::now()) {
+            log(&e, synced);
+        }
+    }
+}
+
+fn log(e: &Event, synced: Option<bool>) {
+    match e {
+        Event::NotSyncedAtStart => tracing::info!(
+            "the system clock is not synchronised (no NTP yet, or none runs here): readings are stamped with it as it is; a step when it is set will be logged"
+        ),
+        Event::Synced => tracing::info!("the system clock is synchronised now"),
+        Event::Lost => tracing::warn!(
+            "the system clock is no longer synchronised: readings are stamped with it as it is"
+        ),
+        Event::Stepped(s) => {
+            let by = span(s.abs().round() as u64);
+            let way = if *s > 0.0 { "forward" } else { "back" };
+            let who = if synced == Some(true) {
+                "it is synchronised"
+            } else {
+                "it is not synchronised"
+            };
+            tracing::warn!(
+                step_seconds = format_args!("{s:.1}"),
+                "the system clock was set {way} by {by} ({who}): readings taken before carry times off by that much"
+            );
+        }
+    }
+}
+
+/// `secs` as a person writes it: `3h 12m`, `59s`, `2d 4h`.
+fn span(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_state_is_read_as_timedatectl_reads_it() {
+        assert!(synced_from(libc::TIME_OK, 0));
+        assert!(!synced_from(libc::TIME_OK, libc::STA_UNSYNC));
+        assert!(!synced_from(libc::TIME_ERROR, 0));
+        assert!(synced_from(libc::TIME_INS, libc::STA_PLL));
+    }
+
+    #[test]
+    fn a_pi_booting_from_fake_hwclock_is_told_then_its_step_is_said() {
+        let (wall, mono) = (
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            Instant::now(),
+        );
+        let mut w = Watch::default();
+        assert_eq!(
+            w.observe(Some(false), wall, mono),
+            [Event::NotSyncedAtStart]
+        );
+        // A second later: nothing new.
+        let s = Duration::from_secs(1);
+        assert_eq!(w.observe(Some(false), wall + s, mono + s), []);
+        // NTP sets the clock 3 hours forward, and the kernel says so.
+        let later = wall + 2 * s + Duration::from_secs(3 * 3600);
+        let events = w.observe(Some(true), later, mono + 2 * s);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(matches!(events[0], Event::Stepped(x) if (x - 10_800.0).abs() < 0.01));
+        assert_eq!(events[1], Event::Synced);
+        // Set back by hand by a minute.
+        let events = w.observe(Some(true), later - Duration::from_secs(59), mono + 3 * s);
+        assert!(
+            matches!(events[..], [Event::Stepped(x)] if (x + 60.0).abs() < 0.01),
+            "{events:?}"
+        );
+        // The kernel loses it.
+        let events = w.observe(Some(false), later - Duration::from_secs(58), mono + 4 * s);
+        assert_eq!(events, [Event::Lost]);
+    }
+
+    #[test]
+    fn steps_are_said_in_days_hours_minutes_or_seconds() {
+        assert_eq!(span(59), "59s");
+        assert_eq!(span(61), "1m 1s");
+        assert_eq!(span(3 * 3600 + 12 * 60 + 5), "3h 12m");
+        assert_eq!(span(2 * 86_400 + 4 * 3600), "2d 4h");
+    }
+
+    #[test]
+    fn a_synchronised_clock_and_small_slews_say_nothing() {
+        let (wall, mono) = (SystemTime::now(), Instant::now());
+        let mut w = Watch::default();
+        assert_eq!(w.observe(Some(true), wall, mono), []);
+        let ms = Duration::from_millis(1);
+        assert_eq!(
+            w.observe(Some(true), wall + 1000 * ms + 300 * ms, mono + 1000 * ms),
+            []
+        );
+        // Where the kernel does not say, nothing is said either.
+        let mut w = Watch::default();
+        assert_eq!(w.observe(None, wall, mono), []);
+    }
+}
