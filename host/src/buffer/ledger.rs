@@ -15,12 +15,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// While writes of the ledger keep failing, how often that is said again.
+const FAILING_REMINDER: Duration = Duration::from_secs(3600);
+
 /// The open `head` file.
 pub struct Ledger {
     file: File,
     /// The slot the next write goes to.
     slot: u64,
     synced: Instant,
+    /// While writes fail: when that was last said, and the failures since.
+    failing: Option<(Instant, u64)>,
 }
 
 impl Ledger {
@@ -37,6 +42,7 @@ impl Ledger {
             file,
             slot: 0,
             synced: Instant::now(),
+            failing: None,
         };
         Ok((ledger, head))
     }
@@ -62,12 +68,88 @@ impl Ledger {
         let mut rec = [0u8; 16];
         rec[0..8].copy_from_slice(&head.to_le_bytes());
         rec[8..12].copy_from_slice(&crc32fast::hash(&head.to_le_bytes()).to_le_bytes());
-        if let Err(e) = self.file.write_at(&rec, slot * 16) {
-            tracing::warn!(error = %e, "recording the disk buffer's position failed; delivered readings may be sent again after a restart");
+        // Said when it starts, hourly while it lasts, and when it ends: a card remounted
+        // read-only fails every write, and the readings drained meanwhile would each have
+        // logged it (thousands of lines over the error that matters).
+        match (self.file.write_at(&rec, slot * 16), &mut self.failing) {
+            (Ok(_), None) => {}
+            (Ok(_), Some((_, n))) => {
+                tracing::info!(
+                    failures = *n,
+                    "recording the disk buffer's position works again"
+                );
+                self.failing = None;
+            }
+            (Err(e), None) => {
+                tracing::warn!(error = %e, "recording the disk buffer's position failed; delivered readings may be sent again after a restart (while it keeps failing, this is said hourly)");
+                self.failing = Some((Instant::now(), 1));
+            }
+            (Err(e), Some((said, n))) => {
+                *n += 1;
+                if said.elapsed() >= FAILING_REMINDER {
+                    tracing::warn!(error = %e, failures = *n, "recording the disk buffer's position still fails");
+                    *said = Instant::now();
+                }
+            }
         }
         if fsync && self.synced.elapsed() >= Duration::from_secs(1) {
             let _ = self.file.sync_data();
             self.synced = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_ledger_that_cannot_be_written_is_said_once_not_per_acknowledgement() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, head) = Ledger::open(dir.path()).unwrap();
+        assert_eq!(head, 0);
+        // As on a card remounted read-only: the file opens, every write fails.
+        let mut ledger = Ledger {
+            file: File::open(dir.path().join("head")).unwrap(),
+            slot: 0,
+            synced: Instant::now(),
+            failing: None,
+        };
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for head in 1..=1000 {
+                ledger.record(head, true);
+            }
+            // Writable again (the card replaced, the file system remounted).
+            ledger.file = crate::own_files::options()
+                .write(true)
+                .open(dir.path().join("head"))
+                .unwrap();
+            ledger.record(1001, true);
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("position failed").count(), 1, "{text}");
+        assert_eq!(text.matches("still fails").count(), 0, "{text}");
+        assert!(text.contains("works again failures=1000"), "{text}");
+        let (_, head) = Ledger::open(dir.path()).unwrap();
+        assert_eq!(head, 1001);
     }
 }
