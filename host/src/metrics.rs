@@ -220,7 +220,7 @@ impl Registry {
             "Bytes of a sink's disk buffer on disk.",
             &buffer(&|b| b.bytes() as f64),
         );
-        family(&mut out, "gateway_buffer_oldest_age_seconds", "gauge", "Age of the oldest segment still holding readings (an upper bound of the oldest reading's wait); 0 when empty.", &buffer(&|b| b.oldest_age().map_or(0.0, |d| d.as_secs_f64())));
+        family(&mut out, "gateway_buffer_oldest_age_seconds", "gauge", "How long the oldest reading not yet acknowledged has waited in the buffer (an upper bound, within about a second, on the monotonic clock); 0 when empty.", &buffer(&|b| b.oldest_age().map_or(0.0, |d| d.as_secs_f64())));
         family(
             &mut out,
             "gateway_buffer_dropped_total",

@@ -31,6 +31,7 @@ use std::{
     io,
     path::{Path, PathBuf},
     sync::{atomic::AtomicU64, Condvar, Mutex},
+    time::{Duration, Instant},
 };
 
 /// Counters of a disk buffer.
@@ -57,9 +58,6 @@ pub(super) struct Segment {
     pub(super) acked_readings: u64,
     /// Damaged records found at open, skipped when reading.
     pub(super) holes: Vec<Hole>,
-    /// When the segment was started (for a recovered one, its file's creation time): its
-    /// readings are no older.
-    pub(super) started: std::time::SystemTime,
 }
 
 impl Segment {
@@ -76,6 +74,138 @@ pub(super) struct State {
     pub(super) head: u64,
     /// Where `head` is recorded.
     pub(super) ledger: Ledger,
+    /// When the records were appended, coarsely.
+    pub(super) marks: Marks,
+}
+
+/// When records were appended, on the monotonic clock (a step of the wall clock, as NTP makes
+/// on a Pi after boot, changes nothing): one mark per second of appends at most, each saying
+/// that the records from its `seq` on were appended no earlier than it. The age of the mark
+/// covering the head is then an upper bound of the oldest unacknowledged reading's wait,
+/// within about a second. Past [`Marks::MAX`] every other mark goes (the bound stays one,
+/// coarser), so a week-long outage keeps 64 KiB of them at most.
+#[derive(Debug, Default)]
+pub(super) struct Marks(VecDeque<Mark>);
+
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    seq: u64,
+    /// When it was made, less `before`: for a segment found at open, its file's age then.
+    at: Instant,
+    before: Duration,
+}
+
+impl Marks {
+    const MAX: usize = 4096;
+    const EVERY: Duration = Duration::from_secs(1);
+
+    /// Records appended from `seq` on, now; marks below `head` are forgotten.
+    pub(super) fn appended(&mut self, seq: u64, head: u64) {
+        self.appended_at(seq, head, Instant::now());
+    }
+
+    fn appended_at(&mut self, seq: u64, head: u64, now: Instant) {
+        self.forget_below(head);
+        if self
+            .0
+            .back()
+            .is_some_and(|m| m.before.is_zero() && now.duration_since(m.at) < Self::EVERY)
+        {
+            return;
+        }
+        if self.0.len() >= Self::MAX {
+            let mut i = 0;
+            self.0.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+        }
+        self.0.push_back(Mark {
+            seq,
+            at: now,
+            before: Duration::ZERO,
+        });
+    }
+
+    /// Records from `seq` on found at open in a file made at `made` (by the wall clock).
+    pub(super) fn found(&mut self, seq: u64, made: std::time::SystemTime) {
+        self.0.push_back(Mark {
+            seq,
+            at: Instant::now(),
+            before: made.elapsed().unwrap_or_default(),
+        });
+    }
+
+    /// Forgets the marks that no record at or above `head` needs.
+    pub(super) fn forget_below(&mut self, head: u64) {
+        while self.0.len() >= 2 && self.0[1].seq <= head {
+            self.0.pop_front();
+        }
+    }
+
+    /// How long ago the record `head` was appended, at most.
+    pub(super) fn age_at(&self, head: u64) -> Duration {
+        self.age_then(head, Instant::now())
+    }
+
+    fn age_then(&self, head: u64, now: Instant) -> Duration {
+        self.0
+            .iter()
+            .take_while(|m| m.seq <= head)
+            .last()
+            .or(self.0.front())
+            .map_or(Duration::ZERO, |m| {
+                now.saturating_duration_since(m.at) + m.before
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_age_is_the_heads_append_not_the_segments() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut m = Marks::default();
+        // Records 0..10 at t0, 10..20 half a second later (no mark), 20..30 at t0 + 5 s.
+        m.appended_at(0, 0, t0);
+        m.appended_at(10, 0, t0 + s / 2);
+        m.appended_at(20, 0, t0 + 5 * s);
+        assert_eq!(m.0.len(), 2);
+        assert_eq!(m.age_then(0, t0 + 6 * s), 6 * s);
+        assert_eq!(m.age_then(15, t0 + 6 * s), 6 * s, "an upper bound");
+        // Once 0..20 are acknowledged, the age is that of record 20: 1 s, not 6.
+        m.forget_below(20);
+        assert_eq!(m.0.len(), 1);
+        assert_eq!(m.age_then(20, t0 + 6 * s), s);
+    }
+
+    #[test]
+    fn a_found_segment_counts_from_its_file_and_marks_stay_bounded() {
+        let mut m = Marks::default();
+        let hour = Duration::from_secs(3600);
+        m.found(0, std::time::SystemTime::now() - hour);
+        assert!(m.age_at(0) >= hour && m.age_at(0) < hour + Duration::from_secs(5));
+        // A file from the future (the clock was behind when it was made): no age yet, then
+        // growing.
+        let mut m = Marks::default();
+        m.found(0, std::time::SystemTime::now() + hour);
+        assert!(m.age_at(0) < Duration::from_secs(5));
+        // A week of appends, one a second: at most MAX marks, the bound still the oldest's.
+        let t0 = Instant::now();
+        let mut m = Marks::default();
+        for i in 0..604_800u64 {
+            m.appended_at(i, 0, t0 + Duration::from_secs(i));
+        }
+        assert!(m.0.len() <= Marks::MAX, "{}", m.0.len());
+        let end = t0 + Duration::from_secs(604_800);
+        assert_eq!(m.age_then(0, end), Duration::from_secs(604_800));
+        let age = m.age_then(600_000, end);
+        assert!(age >= Duration::from_secs(4_800), "{age:?}");
+        assert!(age < Duration::from_secs(4_800 + 604_800 / 1000), "{age:?}");
+    }
 }
 
 impl State {
@@ -156,13 +286,11 @@ impl DiskBuffer {
         self.state.lock().unwrap().pending()
     }
 
-    /// How long ago the oldest segment still holding unacknowledged readings was started: an
-    /// upper bound of the oldest reading's age in the buffer (its wait for the sink). `None`
-    /// when the buffer holds nothing.
+    /// How long the oldest reading not yet acknowledged has waited in the buffer, at most
+    /// (within about a second; see [`Marks`]). `None` when the buffer holds nothing.
     pub fn oldest_age(&self) -> Option<std::time::Duration> {
         let st = self.state.lock().unwrap();
-        let seg = st.segments.iter().find(|s| s.readings > s.acked_readings)?;
-        Some(seg.started.elapsed().unwrap_or_default())
+        (st.pending() > 0).then(|| st.marks.age_at(st.head))
     }
 
     /// Bytes on disk.

@@ -383,6 +383,8 @@ impl DiskBuffer {
                 reader.live = Some(live);
             }
         }
+        let head = st.head;
+        st.marks.forget_below(head);
         let removed = st.remove_delivered(&self.dir);
         // A full Block buffer whose only segment is now delivered: its writer rolls it away.
         let only_delivered = st.segments.len() == 1 && st.segments[0].end() <= st.head;

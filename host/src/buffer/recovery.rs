@@ -6,7 +6,7 @@
 //! tried again once the read works.
 
 use super::{
-    disk::{BufferStats, DiskBuffer, Segment, State, WriterState},
+    disk::{BufferStats, DiskBuffer, Marks, Segment, State, WriterState},
     ledger::Ledger,
     segment,
 };
@@ -40,6 +40,7 @@ impl DiskBuffer {
         let stats = BufferStats::default();
         let (ledger, mut head) = Ledger::open(dir)?;
         let mut segments = VecDeque::new();
+        let mut marks = Marks::default();
         for (first, path) in Self::segment_files(dir)? {
             let Some(seg) = Self::scan(&path, first, head, &stats)? else {
                 continue;
@@ -49,6 +50,11 @@ impl DiskBuffer {
                 std::fs::remove_file(&path)?;
                 continue;
             }
+            // Its records are no older than the file (made when its first was appended).
+            let made = std::fs::metadata(&path)
+                .and_then(|m| m.created().or_else(|_| m.modified()))
+                .unwrap_or_else(|_| std::time::SystemTime::now());
+            marks.found(seg.first, made);
             segments.push_back(seg);
         }
         let next_seq = segments.back().map_or(head, Segment::end).max(head);
@@ -62,6 +68,7 @@ impl DiskBuffer {
             next_seq,
             head,
             ledger,
+            marks,
         };
         let (pending, bytes) = (state.pending(), state.bytes());
         stats.recovered.store(pending, Ordering::Relaxed);
@@ -190,9 +197,6 @@ impl DiskBuffer {
             readings: scan.readings,
             acked_readings: scan.acked_readings,
             holes: scan.holes,
-            started: std::fs::metadata(path)
-                .and_then(|m| m.created().or_else(|_| m.modified()))
-                .unwrap_or_else(|_| std::time::SystemTime::now()),
         }))
     }
 }

@@ -98,6 +98,36 @@ fn segment_file(dir: &Path) -> std::path::PathBuf {
         .unwrap()
 }
 
+/// The oldest age is the wait of the oldest reading not acknowledged, not the age of its
+/// segment: before, a segment lasting weeks on a Pi reported weeks whenever a write was in
+/// flight, with the sink keeping up.
+#[test]
+fn the_oldest_age_is_the_oldest_unacknowledged_readings_not_its_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path());
+    assert_eq!(b.oldest_age(), None);
+    b.append(&[&batch(0, 5)], 10, &never).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    b.append(&[&batch(5, 5)], 10, &never).unwrap();
+    assert!(b.oldest_age().unwrap() >= Duration::from_millis(1200));
+    let mut reader = b.reader();
+    let t = b.take(&mut reader, 5, NOW, NOW).unwrap();
+    b.ack(&mut reader, t);
+    // The second batch, appended just now, is in flight in the same segment.
+    let t = b.take(&mut reader, 5, NOW, NOW).unwrap();
+    assert_eq!(values(&t), (5..10).collect::<Vec<_>>());
+    let age = b.oldest_age().unwrap();
+    assert!(age < Duration::from_millis(1000), "{age:?}");
+    b.ack(&mut reader, t);
+    assert_eq!(b.oldest_age(), None);
+    // Found at open, a reading counts from its segment's file.
+    b.append(&[&batch(10, 5)], 10, &never).unwrap();
+    drop(b);
+    std::thread::sleep(Duration::from_millis(1100));
+    let b = open(dir.path());
+    assert!(b.oldest_age().unwrap() >= Duration::from_millis(1100));
+}
+
 #[test]
 fn delivers_batches_in_order_and_forgets_them_once_acknowledged() {
     let dir = tempfile::tempdir().unwrap();

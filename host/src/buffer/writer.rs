@@ -206,7 +206,6 @@ impl DiskBuffer {
             readings: 0,
             acked_readings: 0,
             holes: Vec::new(),
-            started: std::time::SystemTime::now(),
         });
         Ok(())
     }
@@ -252,6 +251,8 @@ impl DiskBuffer {
         seg.records += records;
         seg.readings += readings;
         seg.bytes += buf.len() as u64;
+        let (seq, head) = (st.next_seq, st.head);
+        st.marks.appended(seq, head);
         st.next_seq += records;
         drop(st);
         self.stats.appended.fetch_add(readings, Ordering::Relaxed);
