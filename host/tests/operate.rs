@@ -621,7 +621,11 @@ fn a_write_a_sink_keeps_without_answering_is_warned_of() {
     let cfg = s.config("stall_warning = \"1s\"", &body);
     let mut gw = Running::start(&s, &cfg, &[]);
     let said = "the sink has not said how a write it was handed ";
-    assert!(gw.wait_for_log(said, Duration::from_secs(20)), "{}", gw.stderr());
+    assert!(
+        gw.wait_for_log(said, Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
     // At the first check of the main loop's once-a-second round past 1 s: 1 s, or 2 s when
     // the write was handed just after a round began.
     let err = gw.stderr();

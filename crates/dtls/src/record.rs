@@ -260,6 +260,8 @@ pub(crate) struct Opened {
     pub data: Vec<Vec<u8>>,
     /// The peer sent an alert: the association is over.
     pub alert: bool,
+    /// That alert was a close_notify (RFC 5246 §7.2.1): it is answered with one.
+    pub close_notify: bool,
     /// At least one record authenticated: the peer, not someone sending from its address,
     /// was heard.
     pub authentic: bool,
@@ -399,7 +401,10 @@ impl Established {
                     self.last_flight = None;
                     got.data.push(plaintext[..n].to_vec());
                 }
-                ALERT => got.alert = true,
+                ALERT => {
+                    got.alert = true;
+                    got.close_notify |= n == 2 && plaintext[1] == 0;
+                }
                 HANDSHAKE => self.resend_last_flight(now),
                 _ => {}
             }

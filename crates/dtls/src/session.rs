@@ -483,11 +483,18 @@ impl Session {
         };
         loop {
             match stream.ssl_read(buf) {
-                Ok(0) => return self.fail(DtlsError::Closed),
-                Ok(n) => received.push(buf[..n].to_vec()),
+                Ok(n) if n > 0 => received.push(buf[..n].to_vec()),
                 Err(e) if e.code() == ErrorCode::WANT_READ => return,
+                // The peer's close_notify: answered with ours (RFC 5246 §7.2.1). Freed without
+                // having sent one, OpenSSL would also take the session out of its cache, and
+                // a device that closed cleanly could not resume it.
+                Ok(_) => {
+                    let _ = stream.shutdown();
+                    return self.fail(DtlsError::Closed);
+                }
                 Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
-                    return self.fail(DtlsError::Closed)
+                    let _ = stream.shutdown();
+                    return self.fail(DtlsError::Closed);
                 }
                 Err(e) => return self.fail(other(e)),
             }
@@ -508,7 +515,10 @@ impl Session {
                 if opened.authentic {
                     self.last_activity = now;
                 }
-                if opened.alert {
+                if opened.close_notify {
+                    // Answered with ours (RFC 5246 §7.2.1), as OpenSSL answers it.
+                    self.close();
+                } else if opened.alert {
                     self.fail(DtlsError::Closed);
                 }
                 return opened.data;

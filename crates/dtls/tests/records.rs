@@ -194,10 +194,13 @@ fn a_taken_over_session_can_be_resumed_and_closed_from_either_side() {
     let mut first = Link::new(&cctx, sctx.clone(), None);
     first.handshake();
     let ticket = first.client.ssl_session().expect("a session to resume");
-    // The device closes: the server reads its close_notify.
+    // The device closes: the server reads its close_notify, and answers with its own.
     first.client.close();
     first.deliver_up();
     assert_eq!(*first.server().state(), State::Closed(DtlsError::Closed));
+    let bye = first.server_out();
+    assert_eq!(bye.len(), 1, "one close_notify");
+    assert_eq!(bye[0][0], 21, "an alert record");
 
     let mut second = Link::new(&cctx, sctx, Some(&ticket));
     second.handshake();
@@ -215,6 +218,30 @@ fn a_taken_over_session_can_be_resumed_and_closed_from_either_side() {
     let bye = second.server_out();
     assert!(second.deliver_down(&bye).is_empty());
     assert_eq!(*second.client.state(), State::Closed(DtlsError::Closed));
+}
+
+/// A session OpenSSL carries (CCM8, which the crate's records do not protect): the server
+/// answers the device's close_notify, and so keeps the session resumable. Before, it freed
+/// the session without one, OpenSSL took it out of the cache, and a constrained device that
+/// closed cleanly paid a full handshake (its energy and airtime) the next time.
+#[test]
+fn a_close_notify_is_answered_and_the_session_stays_resumable_with_ccm8() {
+    let pki = Pki::new();
+    let (cctx, sctx) = (pki.client("ECDHE-ECDSA-AES128-CCM8"), pki.server());
+    let mut first = Link::new(&cctx, sctx.clone(), None);
+    first.handshake();
+    assert!(!first.server().taken_over());
+    let ticket = first.client.ssl_session().expect("a session to resume");
+    first.client.close();
+    first.deliver_up();
+    assert_eq!(*first.server().state(), State::Closed(DtlsError::Closed));
+    let bye = first.server_out();
+    assert_eq!(bye.len(), 1, "one close_notify");
+    assert_eq!(bye[0][0], 21, "an alert record");
+    drop(first);
+    let mut second = Link::new(&cctx, sctx, Some(&ticket));
+    second.handshake();
+    assert!(second.server().resumed(), "the session was resumed");
 }
 
 #[test]
