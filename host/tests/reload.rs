@@ -698,6 +698,41 @@ fn a_shutdown_during_a_reload_whose_constructor_hangs_is_answered() {
     assert!(err.contains("everything in flight was delivered"), "{err}");
 }
 
+/// What a reload leaves over (here the sink built only to check the new config, the running
+/// one being kept) is dropped on a thread of its own: a plugin whose `Drop` takes its time
+/// does not hold the main loop, which answers signals. Before, the reload's end waited for it.
+#[test]
+fn a_slow_drop_of_what_a_reload_leaves_does_not_hold_the_main_loop() {
+    let s = Setup::new();
+    let out = s.path("out.txt").display().to_string();
+    let body = |interval: &str| {
+        format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ninterval = {interval:?}\n[sinks.rec]\nplugin = \"testkit-recorder\"\npath = {out:?}\ndrop_delay = \"5s\"\n"
+        )
+    };
+    let cfg = s.config("", &body("10ms"));
+    let mut gw = Running::start(&s, &cfg, &[]);
+    assert!(
+        gw.wait_for_log("gateway running", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    s.config("", &body("20ms"));
+    let asked = std::time::Instant::now();
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log("reload applied", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}: {}", gw.stderr());
+    assert!(gw.stderr().contains("kept=1"), "{}", gw.stderr());
+    gw.signal(libc::SIGTERM);
+    let status = gw.wait(Duration::from_secs(20)).expect("stops");
+    assert!(status.success(), "{}", gw.stderr());
+}
+
 /// A reload that makes an instance more verbose than any was at the start: its debug and trace
 /// events reach the log. Before, both the plugin library (its filter fixed when loaded) and the
 /// host's subscriber (its plugin level fixed at the start) dropped them.

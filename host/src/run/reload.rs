@@ -311,7 +311,7 @@ impl Graph {
         let deadline = Instant::now() + self.config.gateway.shutdown_timeout;
         // A replacement saved for a stuck sink gives way to this file's: the sink is replaced
         // below again (its handover flag makes it changed), or stuck again.
-        self.stuck.clear();
+        let stuck = std::mem::take(&mut self.stuck);
         // A sink parked by an earlier reload that the config no longer names goes, with what
         // its queue holds (whose sources are told it was not delivered), once no source is
         // routed to it any more.
@@ -341,9 +341,11 @@ impl Graph {
                 .collect();
             slot.routes.set(keep);
         }
+        let mut gone_lines = Vec::new();
         for name in unparked {
             if let Some((line, _)) = self.parked.remove(&name) {
                 tracing::warn!(sink = %name, batches = line.rx.len(), "the sink a reload could not start is no longer in the config: its queue goes, and the sources of what it holds are told it was not delivered");
+                gone_lines.push(line);
             }
         }
         // Everything that goes is asked at once, then waited for against one deadline.
@@ -471,6 +473,11 @@ impl Graph {
         self.sources.sort_by_cached_key(|n, _| so.get(n).copied());
         self.sinks.sort_by_cached_key(|n, _| ko.get(n).copied());
         self.publish();
+        // What is left (the instances built only to check the config, for those kept; a
+        // replacement given up; the queue of a parked sink that went) is dropped on a thread
+        // of its own: a plugin's `Drop` may take its time (a client closing its connection),
+        // and the main loop must go on answering signals meanwhile.
+        drop_elsewhere((built_sources, built_sinks, stuck, gone_lines));
     }
 
     /// Starts `k` on `line`, the queue its predecessor handed over, in the running config
@@ -680,6 +687,19 @@ fn open_buffer(config: &Config, decl: &Instance) -> Result<Option<Arc<DiskBuffer
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// Drops `leftovers` on a thread of its own, or here if none can be made. (The libraries are
+/// never unloaded, so their code outlives whatever drops.)
+fn drop_elsewhere<T: Send + 'static>(leftovers: T) {
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Some(leftovers)));
+    let theirs = held.clone();
+    let spawned = std::thread::Builder::new()
+        .name("reload-drop".into())
+        .spawn(move || drop(theirs.lock().unwrap_or_else(|e| e.into_inner()).take()));
+    if spawned.is_err() {
+        drop(held.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
 }
 
 #[cfg(test)]

@@ -231,6 +231,9 @@ struct RecorderConfig {
     /// answered (a plugin that loses track of a request) until the instance is dropped.
     #[serde(default)]
     keep_first: u64,
+    /// How long dropping the instance takes (a client that closes its connection politely).
+    #[serde(default, with = "duration")]
+    drop_delay: Duration,
 }
 
 fn one_batch() -> usize {
@@ -358,6 +361,7 @@ fn lines(
 
 impl Drop for Recorder {
     fn drop(&mut self) {
+        std::thread::sleep(self.cfg.drop_delay);
         if !self.held.is_empty() {
             let _ = self.file.lock().unwrap().write_all(self.held.as_bytes());
         }
