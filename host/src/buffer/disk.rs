@@ -287,7 +287,8 @@ impl DiskBuffer {
     }
 
     /// How long the oldest reading not yet acknowledged has waited in the buffer, at most
-    /// (within about a second; see [`Marks`]). `None` when the buffer holds nothing.
+    /// (within about a second: the buffer marks when records were appended, once a second at
+    /// most). `None` when the buffer holds nothing.
     pub fn oldest_age(&self) -> Option<std::time::Duration> {
         let st = self.state.lock().unwrap();
         (st.pending() > 0).then(|| st.marks.age_at(st.head))

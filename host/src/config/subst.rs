@@ -119,7 +119,7 @@ fn keep(secrets: &mut Vec<Secret>, secret: Secret) {
 static KNOWN: RwLock<Vec<(String, String)>> = RwLock::new(Vec::new());
 
 /// `msg` with every value `${...}` has put into any config of this process shown as its
-/// reference, as [`redact`] does for one instance's. Borrowed when there is none in it: it
+/// reference, as `redact` does for one instance's. Borrowed when there is none in it: it
 /// runs on every line the log writes.
 pub fn redact_known(msg: &str) -> Cow<'_, str> {
     let known = KNOWN.read().unwrap_or_else(|e| e.into_inner());
