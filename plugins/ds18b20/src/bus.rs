@@ -5,7 +5,7 @@ use crate::{
     config::{Config, Probe},
     w1::{parse_w1_slave, Reject},
 };
-use gateway_sdk::{tracing, Label, Timestamp};
+use gateway_sdk::{metrics::Metrics, tracing, Label, Timestamp};
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -86,6 +86,9 @@ pub struct Bus {
     /// another thread on the same file each time the probe comes and goes.
     lingering: BTreeMap<String, (Arc<AtomicBool>, Instant)>,
     missing_reported: BTreeMap<String, bool>,
+    /// Rejected reads since the start, per probe and reason: kept when a probe disappears, so
+    /// that the counters on the metrics page only grow.
+    rejected: RejectCounts,
     /// When a bus without any probe was last said (`None` while probes answer): said at
     /// once, then hourly, as a bus found empty at start said nothing at all.
     empty_said: Option<Instant>,
@@ -118,6 +121,7 @@ impl Bus {
             lingering: BTreeMap::new(),
             missing_reported: BTreeMap::new(),
             empty_said: None,
+            rejected: RejectCounts::new(),
             retries: cfg.retries,
             retry_delay: cfg.retry_delay,
             read_timeout: cfg.read_timeout,
@@ -300,6 +304,12 @@ impl Bus {
             }
             for r in &rejects {
                 *st.rejects.entry(*r).or_insert(0) += 1;
+                *self
+                    .rejected
+                    .entry(id.clone())
+                    .or_default()
+                    .entry(*r)
+                    .or_insert(0) += 1;
             }
             match end {
                 ReadEnd::Good(celsius, time) => {
@@ -331,12 +341,39 @@ impl Bus {
         out
     }
 
-    /// Rejected reads so far, per probe and reason.
+    /// Rejected reads since the start, per probe and reason (a probe that disappeared keeps
+    /// its counts).
     pub fn reject_counts(&self) -> RejectCounts {
-        self.probes
-            .iter()
-            .map(|(id, st)| (id.clone(), st.rejects.clone()))
-            .collect()
+        self.rejected.clone()
+    }
+
+    /// The bus's figures for the metrics page: the probes read, the rejected reads per probe
+    /// and reason, and the rounds the interval skipped (`missed`: a round that outlasted it).
+    pub fn metrics(&self, missed: u64) -> Metrics {
+        let mut m = Metrics::new();
+        m.gauge(
+            "gateway_ds18b20_probes",
+            "Probes on the bus (configured or found).",
+            &[],
+            self.probes.len() as f64,
+        );
+        for (probe, reasons) in &self.rejected {
+            for (reason, n) in reasons {
+                m.counter(
+                    "gateway_ds18b20_rejected_reads_total",
+                    "Reads of a probe rejected (and retried), by reason: a bus error, a bad CRC, the 85 C power-on value...",
+                    &[("probe", probe), ("reason", reason.key())],
+                    *n,
+                );
+            }
+        }
+        m.counter(
+            "gateway_ds18b20_missed_rounds_total",
+            "Rounds skipped because the one before outlasted the interval.",
+            &[],
+            missed,
+        );
+        m
     }
 
     /// The root directory.

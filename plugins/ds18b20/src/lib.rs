@@ -11,7 +11,7 @@ pub mod w1;
 
 use config::Config;
 use gateway_sdk::{tracing, InitContext, Label, PluginError, Reading, Source, SourceContext};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The most retries of a bad read a round may make.
 const MAX_RETRIES: u32 = 10;
@@ -77,6 +77,7 @@ impl Source for Ds18b20 {
         let (name, unit) = (Label::from("temperature"), Label::from("Cel"));
         tracing::info!(root = %bus.root().display(), interval = ?self.config.interval, "reading DS18B20 probes");
         let mut tick = ctx.every(self.config.interval);
+        let mut published: Option<Instant> = None;
         while tick.next() {
             let started = Instant::now();
             let batch: Vec<Reading> = bus
@@ -85,6 +86,10 @@ impl Source for Ds18b20 {
                 .map(|m| ctx.reading_at(m.time, &m.sensor, &name, &unit, m.celsius))
                 .collect();
             tracing::trace!(readings = batch.len(), took = ?started.elapsed(), "round done");
+            if published.is_none_or(|t| t.elapsed() >= PUBLISH_EVERY) {
+                bus.metrics(tick.missed()).publish(ctx.instance());
+                published = Some(Instant::now());
+            }
             if !batch.is_empty() {
                 ctx.emit_logged(batch)?;
             }
@@ -92,5 +97,8 @@ impl Source for Ds18b20 {
         Ok(())
     }
 }
+
+/// How often the bus's figures go to the metrics page, at most.
+const PUBLISH_EVERY: Duration = Duration::from_secs(5);
 
 gateway_sdk::export!(sources: [Ds18b20]);

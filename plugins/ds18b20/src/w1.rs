@@ -46,6 +46,20 @@ impl Reject {
         Reject::OutOfRange,
     ];
 
+    /// The reason as a metric's label value.
+    pub fn key(self) -> &'static str {
+        match self {
+            Reject::Empty => "empty",
+            Reject::Malformed => "malformed",
+            Reject::CrcNo => "crc_no",
+            Reject::CrcMismatch => "crc_mismatch",
+            Reject::AllZero => "all_zero",
+            Reject::PowerOnReset => "power_on_reset",
+            Reject::ParasitePower => "parasite_power",
+            Reject::OutOfRange => "out_of_range",
+        }
+    }
+
     /// A short name for logs and counters.
     pub fn name(self) -> &'static str {
         match self {

@@ -134,6 +134,32 @@ fn a_w1_slave_that_never_ends_is_read_no_further_than_4_kib() {
         bus.reject_counts()["28-00000000000a"][&Reject::Malformed],
         2
     );
+    // On the metrics page too, and kept once the probe is gone (a counter only grows).
+    std::fs::remove_dir_all(dir.path().join("28-00000000000a")).unwrap();
+    assert!(bus.round().is_empty());
+    let m = bus.metrics(3);
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        let f = m.families().iter().find(|f| f.name.as_str() == name)?;
+        f.samples
+            .iter()
+            .find(|s| {
+                s.labels.len() == labels.len()
+                    && s.labels
+                        .iter()
+                        .zip(labels)
+                        .all(|(l, (k, v))| l.0.as_str() == *k && l.1.as_str() == *v)
+            })
+            .map(|s| s.value)
+    };
+    assert_eq!(
+        value(
+            "gateway_ds18b20_rejected_reads_total",
+            &[("probe", "28-00000000000a"), ("reason", "malformed")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(value("gateway_ds18b20_probes", &[]), Some(0.0));
+    assert_eq!(value("gateway_ds18b20_missed_rounds_total", &[]), Some(3.0));
 }
 
 #[test]
