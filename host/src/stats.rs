@@ -79,6 +79,9 @@ pub struct SinkStats {
     /// When the oldest write the sink was handed (`submit`) and has not said the end of was
     /// handed over, in milliseconds since [`epoch_ms`]'s epoch plus one; 0: none.
     awaited: AtomicU64,
+    /// Readings the sink refused for good that wait for room in its dead-letter directory
+    /// (full, or not writable); 0: none. The sink takes nothing else meanwhile.
+    pub dead_letter_held: AtomicU64,
 }
 
 /// A plugin call of a sink, as [`SinkStats::in_call`] marks it.

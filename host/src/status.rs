@@ -116,6 +116,20 @@ pub fn report(addr: SocketAddr) -> Result<(String, bool), String> {
             Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
         });
     let mut stalled = false;
+    for (i, n) in m
+        .get("gateway_sink_dead_letter_held_readings")
+        .into_iter()
+        .flatten()
+    {
+        if *n > 0.0 {
+            stalled = true;
+            let _ = writeln!(
+                out,
+                "stalled: sink {} holds {n:.0} refused readings its dead-letter directory has no room for (see `gateway dead-letters list`); the gateway's log says more",
+                shown(i)
+            );
+        }
+    }
     for (i, secs) in m.get("gateway_sink_call_seconds").into_iter().flatten() {
         if !stall_warning.is_zero() && *secs >= stall_warning.as_secs_f64() {
             stalled = true;

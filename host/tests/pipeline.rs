@@ -697,8 +697,9 @@ fn only_the_refused_reading_of_a_batch_is_dead_lettered_queued_or_buffered() {
 fn a_refused_batch_that_cannot_be_dead_lettered_is_held_not_dropped() {
     let s = Setup::new();
     let out = s.path("out.txt");
+    let port = free_tcp_port();
     let cfg = s.config(
-        "",
+        &format!("metrics = \"127.0.0.1:{port}\""),
         &format!(
             "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 3\nbatch_size = 3\nwait_ack = false\n{}",
             recorder("rec", out.to_str().unwrap(), &["seq"], "reject_value = 1\nretry_backoff = \"50ms\"\nretry_backoff_max = \"100ms\"")
@@ -715,6 +716,19 @@ fn a_refused_batch_that_cannot_be_dead_lettered_is_held_not_dropped() {
     assert!(
         gw.wait(Duration::from_millis(500)).is_none(),
         "it holds, it does not finish"
+    );
+    // The page says so (the refused reading, after the halving), and so does `gateway status`.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_, page) = gateway_host::metrics::get(addr, "/metrics").unwrap();
+    assert!(
+        page.contains("gateway_sink_dead_letter_held_readings{instance=\"rec\"} 1\n"),
+        "{page}"
+    );
+    let (status, shown, _) = gateway(&["status", "--config", cfg.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(
+        shown.contains("stalled: sink rec holds 1 refused readings"),
+        "{shown}"
     );
     std::fs::remove_file(s.path("data/rec/dead-letter")).unwrap();
     let status = gw

@@ -21,7 +21,7 @@ use gateway_sdk::{
 use std::{
     ops::Range,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -372,6 +372,8 @@ impl Worker {
     ) -> Result<(), PluginError> {
         let n = batch.len() as u64;
         let mut backoff = self.settings.retry_backoff;
+        let held = &self.stats.dead_letter_held;
+        let _held = Unheld(held);
         loop {
             match self.dead_letters.put_new(e.message(), batch) {
                 Ok(None) => {
@@ -399,6 +401,7 @@ impl Worker {
                             "shutting down before the refused batch could be dead-lettered",
                         ));
                     }
+                    held.store(n, Ordering::Relaxed);
                     tracing::error!(
                         readings = n,
                         error = %e.message(),
@@ -535,5 +538,14 @@ impl Worker {
                 tracing::error!(error = %e, "rebuilding the sink failed; next try in {:?}", self.restart_delay)
             }
         }
+    }
+}
+
+/// Clears [`SinkStats::dead_letter_held`] when the batch it counts is kept, or given up.
+struct Unheld<'a>(&'a AtomicU64);
+
+impl Drop for Unheld<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Relaxed);
     }
 }
