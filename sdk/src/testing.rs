@@ -486,6 +486,86 @@ impl SinkHarness {
             }
         }
     }
+    /// Hands `batches` to the sink as the host does with a sink whose [`Sink::window`] is
+    /// above 1: through [`Sink::submit`], up to `window` of them in flight at once (the next
+    /// one handed over as soon as one ends), and returns how each ended, in order. A call
+    /// that fails itself (the plugin panicked in `submit`) ends its batch with that error,
+    /// whatever its [`crate::Written`] says after; a batch not answered within `timeout` of
+    /// the first hand-over ends with a retryable "not answered" error. What ended well is in
+    /// [`SinkHarness::acknowledged`], in the batches' order; the errors in
+    /// [`SinkHarness::failures`].
+    pub fn submit(
+        &mut self,
+        batches: Vec<Vec<Reading>>,
+        timeout: Duration,
+    ) -> Vec<Result<(), PluginError>> {
+        let window = self.sink.window().max(1) as usize;
+        let deadline = Instant::now() + timeout;
+        let (tx, rx) = mpsc::channel::<(usize, Result<(), PluginError>)>();
+        let mut outcomes: Vec<Option<Result<(), PluginError>>> = vec![None; batches.len()];
+        let mut in_flight = 0usize;
+        let take = |outcomes: &mut Vec<Option<Result<(), PluginError>>>,
+                    (i, outcome): (usize, Result<(), PluginError>)|
+         -> bool {
+            // Only the first word on a batch counts (a panicking `submit` also drops its
+            // `Written`, which then says "dropped").
+            let first = outcomes[i].is_none();
+            if first {
+                outcomes[i] = Some(outcome);
+            }
+            first
+        };
+        for (i, batch) in batches.iter().enumerate() {
+            while in_flight >= window {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(o) => in_flight -= usize::from(take(&mut outcomes, o)),
+                    Err(_) => break,
+                }
+            }
+            if in_flight >= window {
+                break;
+            }
+            let tx = tx.clone();
+            let done: AckBox = crate::abi::AckFfi_TO::from_value(
+                crate::context::AckCallback(
+                    Some(move |outcome| {
+                        let _ = tx.send((i, outcome));
+                    }),
+                    || PluginError::retry("the sink dropped the write without saying how it ended"),
+                ),
+                TD_Opaque,
+            );
+            in_flight += 1;
+            if let RErr(e) = self.sink.submit(RSlice::from_slice(batch), done) {
+                in_flight -= usize::from(take(&mut outcomes, (i, Err(e))));
+            }
+        }
+        drop(tx);
+        while outcomes.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(o) => {
+                    take(&mut outcomes, o);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut results = Vec::with_capacity(batches.len());
+        for (batch, outcome) in batches.into_iter().zip(outcomes) {
+            let outcome = outcome.unwrap_or_else(|| {
+                Err(PluginError::retry(format!(
+                    "not answered within {timeout:?}"
+                )))
+            });
+            match &outcome {
+                Ok(()) => self.acknowledged.push(batch),
+                Err(e) => self.failures.push(e.clone()),
+            }
+            results.push(outcome);
+        }
+        results
+    }
     /// Closes the sink, as the host does at shutdown.
     pub fn close(&mut self) -> Result<(), PluginError> {
         self.sink.close().into_result()
@@ -557,6 +637,134 @@ pub fn readme_sample_tables(readme: &str, sample: &str) -> Vec<(String, toml::Ta
 mod tests {
     use super::*;
     use crate::{InitContext, SourceContext};
+
+    /// A sink of window 3 that answers each batch from a thread of its own, the first of
+    /// every three last, refuses a batch whose first value is 13, never answers one whose
+    /// first value is 99, and panics on 66. It counts the batches in flight.
+    struct Windowed {
+        in_flight: Arc<std::sync::atomic::AtomicUsize>,
+        most: Arc<std::sync::atomic::AtomicUsize>,
+        kept: Vec<crate::Written>,
+    }
+
+    /// The most batches each `Windowed` had in flight at once, by its config's `name`.
+    fn most_in_flight(name: &str) -> Arc<std::sync::atomic::AtomicUsize> {
+        static MOST: Mutex<Vec<(String, Arc<std::sync::atomic::AtomicUsize>)>> =
+            Mutex::new(Vec::new());
+        let mut all = MOST.lock().unwrap();
+        if let Some((_, m)) = all.iter().find(|(n, _)| n == name) {
+            return m.clone();
+        }
+        let m = Arc::default();
+        all.push((name.to_owned(), Arc::clone(&m)));
+        m
+    }
+
+    impl Sink for Windowed {
+        const ID: &'static str = "windowed";
+        fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+            #[derive(serde::Deserialize)]
+            struct C {
+                name: String,
+            }
+            let c: C = ctx.parse_config()?;
+            Ok(Windowed {
+                in_flight: Arc::default(),
+                most: most_in_flight(&c.name),
+                kept: Vec::new(),
+            })
+        }
+        fn write(&mut self, _: &[Reading]) -> Result<(), PluginError> {
+            unreachable!("a windowed sink is handed batches through submit")
+        }
+        fn window(&self) -> usize {
+            3
+        }
+        fn submit(&mut self, batch: &[Reading], done: crate::Written) {
+            use std::sync::atomic::Ordering::SeqCst;
+            let first = match batch[0].value {
+                Value::Int(v) => v,
+                _ => 0,
+            };
+            if first == 66 {
+                panic!("a bug in submit");
+            }
+            if first == 99 {
+                self.kept.push(done);
+                return;
+            }
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            let in_flight = self.in_flight.clone();
+            std::thread::spawn(move || {
+                let slow = if first % 3 == 0 { 150 } else { 50 };
+                std::thread::sleep(Duration::from_millis(slow));
+                in_flight.fetch_sub(1, SeqCst);
+                done.finish(if first == 13 {
+                    Err(PluginError::rejected("thirteen"))
+                } else {
+                    Ok(())
+                });
+            });
+        }
+    }
+
+    fn batch_of(v: i64) -> Vec<Reading> {
+        let mut b = sample_readings(1);
+        b[0].value = Value::Int(v);
+        b
+    }
+
+    #[test]
+    fn submit_keeps_the_window_full_and_reports_each_batch_in_order() {
+        let mut h = SinkHarness::new::<Windowed>("name = \"order\"").unwrap();
+        let values = [0, 1, 2, 3, 13, 5, 6, 7];
+        let results = h.submit(
+            values.iter().map(|v| batch_of(*v)).collect(),
+            Duration::from_secs(10),
+        );
+        let kinds: Vec<Option<ErrorKind>> = results
+            .iter()
+            .map(|r| r.as_ref().err().map(|e| e.kind))
+            .collect();
+        let mut want = vec![None; 8];
+        want[4] = Some(ErrorKind::REJECTED);
+        assert_eq!(kinds, want);
+        assert_eq!(h.acknowledged().len(), 7);
+        assert_eq!(
+            h.acknowledged()[4][0].value,
+            Value::Int(5),
+            "in the batches' order"
+        );
+        assert_eq!(h.failures().len(), 1);
+        // The window was kept full, and never overfilled.
+        let most = most_in_flight("order").load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(most, 3);
+    }
+
+    #[test]
+    fn submit_says_a_panic_once_and_a_batch_never_answered() {
+        let mut h = SinkHarness::new::<Windowed>("name = \"kept\"").unwrap();
+        let results = h.submit(
+            vec![batch_of(1), batch_of(99), batch_of(2)],
+            Duration::from_millis(500),
+        );
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        let kept = results[1].as_ref().unwrap_err();
+        assert_eq!(kept.kind, ErrorKind::RETRY);
+        assert!(kept.message().contains("not answered within"), "{kept}");
+        // A panic is that batch's one outcome (its dropped `Written` says nothing more), and
+        // the instance is poisoned: the host rebuilds it.
+        let mut h = SinkHarness::new::<Windowed>("name = \"panics\"").unwrap();
+        let results = h.submit(
+            vec![batch_of(1), batch_of(66), batch_of(2)],
+            Duration::from_secs(5),
+        );
+        assert!(results[0].is_ok(), "{results:?}");
+        assert_eq!(results[1].as_ref().unwrap_err().kind, ErrorKind::PANIC);
+        assert_eq!(results[2].as_ref().unwrap_err().kind, ErrorKind::FATAL);
+        assert_eq!(h.failures().len(), 2);
+    }
 
     struct Ticker {
         batch: usize,
