@@ -21,7 +21,9 @@ mod subst;
 mod table;
 use buffer::RawBuffer;
 pub use buffer::{parse_size, BufferSettings, WhenFull};
-pub use subst::{redact_known, Secret};
+#[cfg(test)]
+pub(crate) use subst::substitute;
+pub use subst::{may_quote_known, redact_known, Secret};
 use table::{describe, instance};
 
 /// A configuration error, already worded for the person who wrote the file.

@@ -46,7 +46,12 @@ pub fn init(format: LogFormat, level: LevelFilter, plugin_level: LevelFilter) {
             .with(filter)
             .try_init(),
         LogFormat::Json => builder
-            .with_writer(|| Stderr(json_escaped))
+            .with_writer(|| {
+                Stderr(|event| match json_redacted(event) {
+                    Cow::Borrowed(event) => json_escaped(event),
+                    Cow::Owned(event) => Cow::Owned(json_escaped(&event).into_owned()),
+                })
+            })
             .json()
             .flatten_event(true)
             .finish()
@@ -70,6 +75,9 @@ fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Sen
          value: &dyn std::fmt::Debug| {
             let mut text = String::new();
             write!(text, "{value:?}")?;
+            // Values `${...}` put into the config, kept out (before escaping: a secret after
+            // a line break is still one word of its own).
+            let text = crate::config::redact_known(&text);
             let text = gateway_sdk::text::one_line(&text);
             match field.name() {
                 "message" => w.write_str(&text),
@@ -84,22 +92,19 @@ fn text_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Sen
 }
 
 /// stderr, each event passed through an escaping function first ([`one_line`] for the text
-/// format, [`json_escaped`] for JSON), with the values `${...}` put into the config shown as
-/// their references ([`crate::config::redact_known`]): whatever wrote the line, the host or a
-/// plugin, and whatever it quotes (a plugin's error naming a URL with its password in it).
-/// tracing-subscriber writes each event with one `write_all`.
+/// format, [`json_escaped`] for JSON). tracing-subscriber writes each event with one
+/// `write_all`.
+///
+/// The values `${...}` put into the config are shown as their references
+/// ([`crate::config::redact_known`]) in every field's value, whoever wrote the line (the host
+/// or a plugin) and whatever it quotes (a plugin's error naming a URL with its password in
+/// it); never in the time, level, target or field names: the text format's fields do it as
+/// they are written ([`text_fields`]), the JSON format's here ([`json_redacted`]).
 struct Stderr(fn(&[u8]) -> Cow<'_, [u8]>);
 
 impl Write for Stderr {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let event = match std::str::from_utf8(buf) {
-            Ok(text) => match crate::config::redact_known(text) {
-                Cow::Borrowed(_) => Cow::Borrowed(buf),
-                Cow::Owned(text) => Cow::Owned(text.into_bytes()),
-            },
-            Err(_) => Cow::Borrowed(buf),
-        };
-        io::stderr().lock().write_all(&(self.0)(&event))?;
+        io::stderr().lock().write_all(&(self.0)(buf))?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -127,6 +132,48 @@ fn one_line(event: &[u8]) -> Cow<'_, [u8]> {
     if body.len() < event.len() {
         out.push(b'\n');
     }
+    Cow::Owned(out)
+}
+
+/// `event` (one JSON object and a line break) with the values `${...}` put into the config
+/// shown as their references in every string but the time, level and target: decoded first, so
+/// that a value quoted with escapes (a `"` in a password, a line break before it) is found as
+/// it is, and encoded again by serde_json.
+fn json_redacted(event: &[u8]) -> Cow<'_, [u8]> {
+    let Ok(text) = std::str::from_utf8(event) else {
+        return Cow::Borrowed(event);
+    };
+    // Most lines quote none: those are written as they are, unparsed.
+    if !crate::config::may_quote_known(text) {
+        return Cow::Borrowed(event);
+    }
+    let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_str(text) else {
+        return Cow::Borrowed(event);
+    };
+    fn redact(v: &mut serde_json::Value, changed: &mut bool) {
+        match v {
+            serde_json::Value::String(s) => {
+                if let Cow::Owned(r) = crate::config::redact_known(s) {
+                    *s = r;
+                    *changed = true;
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| redact(v, changed)),
+            serde_json::Value::Object(o) => o.values_mut().for_each(|v| redact(v, changed)),
+            _ => {}
+        }
+    }
+    let mut changed = false;
+    for (key, v) in fields.iter_mut() {
+        if !matches!(key.as_str(), "timestamp" | "level" | "target") {
+            redact(v, &mut changed);
+        }
+    }
+    if !changed {
+        return Cow::Borrowed(event);
+    }
+    let mut out = serde_json::Value::Object(fields).to_string().into_bytes();
+    out.push(b'\n');
     Cow::Owned(out)
 }
 
@@ -309,7 +356,8 @@ impl HostLog for LibraryLog {
 
 #[cfg(test)]
 mod tests {
-    use super::{json_escaped, one_line, plugin_level_in, text_fields, HostLogger};
+    use super::{json_escaped, json_redacted, one_line, plugin_level_in, text_fields, HostLogger};
+    use std::borrow::Cow;
     use tracing::level_filters::LevelFilter;
 
     #[test]
@@ -403,5 +451,40 @@ mod tests {
             &b"a\\nINFO forged\\r\n"[..]
         );
         assert_eq!(&*one_line(b"a\n\n"), &b"a\\n\n"[..]);
+    }
+
+    #[test]
+    fn json_lines_keep_substituted_values_out_of_every_field_but_time_level_and_target() {
+        std::env::set_var("GW_LOG_JSON_PW", "pa\"ss9-secret");
+        std::env::set_var("GW_LOG_JSON_TOKEN", "Tk7secret");
+        let mut secrets = Vec::new();
+        let base = std::path::Path::new("/nonexistent");
+        crate::config::substitute("${GW_LOG_JSON_PW}", base, &mut secrets).unwrap();
+        crate::config::substitute("${GW_LOG_JSON_TOKEN}", base, &mut secrets).unwrap();
+        let line = serde_json::json!({
+            "timestamp": "2026-12-05T00:00:00Z",
+            "level": "WARN",
+            "target": "plugin",
+            // Quoted with `{:?}` (the `"` escaped), and after a line break.
+            "message": format!("refused {:?}", "pa\"ss9-secret"),
+            "error": "bad token:\nTk7secret",
+            "nested": ["Tk7secret"],
+        })
+        .to_string()
+            + "\n";
+        let out = json_redacted(line.as_bytes());
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            text.ends_with('\n') && text.matches('\n').count() == 1,
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["message"], "refused \"${GW_LOG_JSON_PW}\"");
+        assert_eq!(v["error"], "bad token:\n${GW_LOG_JSON_TOKEN}");
+        assert_eq!(v["nested"][0], "${GW_LOG_JSON_TOKEN}");
+        assert_eq!(v["level"], "WARN");
+        // A line quoting none is written as it is.
+        let plain = b"{\"message\":\"nothing\"}\n";
+        assert!(matches!(json_redacted(plain), Cow::Borrowed(_)));
     }
 }

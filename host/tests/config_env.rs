@@ -74,14 +74,26 @@ fn a_substituted_value_is_never_shown_and_a_missing_one_names_the_key() {
 }
 
 /// Nor at run time: not in what a plugin logs, not in the errors it returns (a retried write's,
-/// a refusal's), not in a dead-letter file's header, whoever writes the line.
+/// a refusal's), not in a dead-letter file's header, whoever writes the line; in either log
+/// format, after a line break too.
 #[test]
 fn a_substituted_value_is_never_shown_at_run_time_either() {
+    run_time_secrets_are_kept_out("text");
+}
+
+#[test]
+fn a_substituted_value_is_never_shown_in_the_json_log_either() {
+    let err = run_time_secrets_are_kept_out("json");
+    assert!(err.lines().all(|l| l.starts_with('{')), "{err}");
+}
+
+/// The run of both tests above, in log format `format`: its log.
+fn run_time_secrets_are_kept_out(format: &str) -> String {
     let s = Setup::new();
     std::env::set_var("GW_ENV_TEST_RUN_PW", "Xq7-run-time-secret");
     std::fs::write(s.path("device"), "pi-secret-name\n").unwrap();
     let cfg = s.config(
-        "data_dir = \"data\"",
+        &format!("data_dir = \"data\"\nlog_format = {format:?}"),
         &format!(
             r#"[sources.seq]
 plugin = "testkit-sequence"
@@ -95,7 +107,7 @@ plugin = "testkit-recorder"
 path = {:?}
 batch_timeout = "5ms"
 fail_first = 2
-fail_message = "cannot connect to mysql://gw:${{GW_ENV_TEST_RUN_PW}}@db.example:3306"
+fail_message = "cannot connect to mysql://gw:${{GW_ENV_TEST_RUN_PW}}@db.example:3306\n${{GW_ENV_TEST_RUN_PW}} refused"
 retry_backoff = "10ms"
 reject_value = 13
 "#,
@@ -140,6 +152,7 @@ reject_value = 13
         text.lines().nth(1).unwrap().contains("pi-secret-name"),
         "{text}"
     );
+    err
 }
 
 #[test]

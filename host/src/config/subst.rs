@@ -70,8 +70,11 @@ fn expand(s: &str, base: &Path, put_in: &mut Vec<Secret>) -> Result<String, Stri
                 ),
                 Resolve::Failed(e) => e,
             })?;
-            substituted = true;
-            if !value.is_empty() {
+            // A default is in the file for anyone to read: kept out of messages, it would only
+            // mangle them (`${DB_NAME:-gateway}` in every line saying "gateway").
+            let (value, from_outside) = value;
+            if from_outside && !value.is_empty() {
+                substituted = true;
                 put_in.push(Secret {
                     value: value.clone(),
                     shown_as: format!("${{{reference}}}"),
@@ -118,6 +121,18 @@ fn keep(secrets: &mut Vec<Secret>, secret: Secret) {
 /// an instance of the old config may still be logging.
 static KNOWN: RwLock<Vec<(String, String)>> = RwLock::new(Vec::new());
 
+/// Whether `text` (a JSON line) may quote a value [`redact_known`] would keep out: one appears
+/// in it as it is, or one holds a character JSON escapes (so that it would not appear as it is).
+pub fn may_quote_known(text: &str) -> bool {
+    let known = KNOWN.read().unwrap_or_else(|e| e.into_inner());
+    known.iter().any(|(form, _)| {
+        text.contains(form.as_str())
+            || form
+                .chars()
+                .any(|c| matches!(c, '"' | '\\') || c.is_control())
+    })
+}
+
 /// `msg` with every value `${...}` has put into any config of this process shown as its
 /// reference, as `redact` does for one instance's. Borrowed when there is none in it: it
 /// runs on every line the log writes.
@@ -134,7 +149,8 @@ enum Resolve {
     Failed(String),
 }
 
-fn resolve(reference: &str, base: &Path) -> Result<String, Resolve> {
+/// The value of `reference`, and whether it came from outside the file (not its default).
+fn resolve(reference: &str, base: &Path) -> Result<(String, bool), Resolve> {
     let failed = Resolve::Failed;
     if let Some(path) = reference.strip_prefix("file:") {
         if path.is_empty() {
@@ -148,7 +164,7 @@ fn resolve(reference: &str, base: &Path) -> Result<String, Resolve> {
             .strip_suffix('\n')
             .map(|t| t.strip_suffix('\r').unwrap_or(t))
             .unwrap_or(&text);
-        return Ok(text.to_owned());
+        return Ok((text.to_owned(), true));
     }
     let (name, default) = match reference.split_once(":-") {
         Some((n, d)) => (n, Some(d)),
@@ -158,9 +174,9 @@ fn resolve(reference: &str, base: &Path) -> Result<String, Resolve> {
         return Err(Resolve::NotAReference);
     }
     match (std::env::var(name), default) {
-        (Ok(v), Some(d)) if v.is_empty() => Ok(d.to_owned()),
-        (Ok(v), _) => Ok(v),
-        (Err(_), Some(d)) => Ok(d.to_owned()),
+        (Ok(v), Some(d)) if v.is_empty() => Ok((d.to_owned(), false)),
+        (Ok(v), _) => Ok((v, true)),
+        (Err(_), Some(d)) => Ok((d.to_owned(), false)),
         (Err(std::env::VarError::NotUnicode(_)), None) => Err(failed(format!(
             "`${{{name}}}`: the environment variable {name} is not valid UTF-8"
         ))),
@@ -221,9 +237,9 @@ pub fn substitute_value(
 /// as a message may quote it escaped (serde shows a string with `{:?}`: a `"` or `\` in a
 /// password comes out as `\"` or `\\`).
 ///
-/// A value that starts (ends) with a letter or digit is replaced only where the text before
-/// (after) it is not one: a port such as `5684` is replaced in `0.0.0.0:5684` but not inside
-/// `156842`.
+/// A value that starts (ends) with a letter, digit or `_` is replaced only where the text
+/// before (after) it is not one: a port such as `5684` is replaced in `0.0.0.0:5684` but not
+/// inside `156842`, a name `gateway` in `user gateway` but not in `gateway_host`.
 pub fn redact(msg: &str, secrets: &[Secret]) -> String {
     replace_forms(msg, &forms(secrets)).into_owned()
 }
@@ -243,18 +259,9 @@ fn forms(secrets: &[Secret]) -> Vec<(String, String)> {
     forms
 }
 
-/// Whether `text` ends with a letter or digit that is text: the `m` closing a colour sequence
-/// (`ESC [ 0 m`, which the log writes before a field's value on a terminal) is not.
-fn ends_in_word(text: &str) -> bool {
-    match text.chars().next_back() {
-        Some('m') => !text.rfind("\x1b[").is_some_and(|esc| {
-            text[esc + 2..text.len() - 1]
-                .bytes()
-                .all(|b| b.is_ascii_digit() || b == b';')
-        }),
-        Some(c) => c.is_alphanumeric(),
-        None => false,
-    }
+/// A character that continues a word: a value next to one is part of a longer word.
+fn word(c: Option<char>) -> bool {
+    c.is_some_and(|c| c.is_alphanumeric() || c == '_')
 }
 
 fn replace_forms<'a>(msg: &'a str, forms: &[(String, String)]) -> Cow<'a, str> {
@@ -263,14 +270,13 @@ fn replace_forms<'a>(msg: &'a str, forms: &[(String, String)]) -> Cow<'a, str> {
         if !out.contains(value.as_str()) {
             continue;
         }
-        let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
         let (starts_word, ends_word) = (word(value.chars().next()), word(value.chars().last()));
         let mut replaced = String::with_capacity(out.len());
         let mut from = 0;
         for (at, _) in out.match_indices(value.as_str()) {
             let end = at + value.len();
             if at < from
-                || (starts_word && ends_in_word(&out[..at]))
+                || (starts_word && word(out[..at].chars().next_back()))
                 || (ends_word && word(out[end..].chars().next()))
             {
                 continue;
@@ -368,11 +374,10 @@ mod tests {
             "user ${GW_SUBST_USER}, port ${GW_SUBST_PORT}"
         );
         assert!(matches!(redact_known("nothing here"), Cow::Borrowed(_)));
-        // On a terminal a field's value follows a colour sequence ending in `m`.
-        assert_eq!(
-            redact_known("\x1b[3merror\x1b[0m\x1b[2m=\x1b[0mgwuser\x1b[0m; bm5684"),
-            "\x1b[3merror\x1b[0m\x1b[2m=\x1b[0m${GW_SUBST_USER}\x1b[0m; bm5684"
-        );
+        assert_eq!(redact_known("gwuser_id 5684x"), "gwuser_id 5684x");
+        // A default is in the file: not kept out of messages.
+        substitute("${GW_SUBST_UNSET_Z:-gateway}", base, &mut secrets).unwrap();
+        assert_eq!(redact_known("gateway running"), "gateway running");
     }
 
     #[test]
