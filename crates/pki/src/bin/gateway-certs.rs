@@ -63,20 +63,39 @@ fn main() -> ExitCode {
     }
 }
 
-/// `DIR/.lock`, locked for this process (waiting for another command in the directory to end).
-fn lock(dir: &std::path::Path) -> Result<std::fs::File, PkiError> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// `DIR/.lock`, locked for this process (waiting for another command in the directory to
+/// end); `None` where this user can neither open nor make it (a directory it cannot write:
+/// the command's own message then says what is wrong). Opened for reading, so that a lock
+/// file another user made (`sudo gateway certs ...` once) locks for this one too.
+fn lock(dir: &std::path::Path) -> Result<Option<std::fs::File>, PkiError> {
+    use std::{io::ErrorKind, os::unix::fs::OpenOptionsExt};
     let path = dir.join(".lock");
     let cannot = |e: std::io::Error| PkiError(format!("cannot lock {}: {e}", path.display()));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(cannot)?;
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => match std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o644)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(cannot(e)),
+        },
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => return Ok(None),
+        Err(e) => return Err(cannot(e)),
+    };
     file.lock().map_err(cannot)?;
-    Ok(file)
+    Ok(Some(file))
 }
 
 fn run(args: &[String]) -> Result<(), PkiError> {
