@@ -25,8 +25,6 @@ pub struct NatsSink {
     /// The largest message (headers and payload): the server's max_payload, from its INFO, or
     /// the stream's max_msg_size, the less.
     max_payload: usize,
-    /// The subject filters of the stream ([`stream_subjects`]).
-    stream_subjects: Vec<String>,
     table: String,
 }
 
@@ -77,7 +75,6 @@ impl Sink for NatsSink {
             rt,
             js: None,
             max_payload: usize::MAX,
-            stream_subjects: Vec::new(),
             table: ctx.info().table.to_string(),
         })
     }
@@ -105,11 +102,9 @@ impl Sink for NatsSink {
             // A stream of its own may take less than the server (its max_msg_size): JetStream
             // refuses a larger message at each try, which retried would stall the sink.
             let max_msg = usize::try_from(stream.cached_info().config.max_message_size).ok();
-            let subjects = stream_subjects(&stream.cached_info().config);
-            Ok::<_, PluginError>((js, max_payload, max_msg, subjects))
+            Ok::<_, PluginError>((js, max_payload, max_msg))
         })?;
-        let (js, max_payload, max_msg, subjects) = js;
-        self.stream_subjects = subjects;
+        let (js, max_payload, max_msg) = js;
         self.max_payload = [
             Some(max_payload).filter(|m| *m > 0),
             max_msg.filter(|m| *m > 0),
@@ -156,17 +151,22 @@ impl Sink for NatsSink {
                 self.max_payload
             )));
         }
-        self.check_subjects(batch, &messages)?;
         let outcome = self.rt.block_on(async move {
             tokio::time::timeout(timeout, publish_all(&js, messages))
                 .await
                 .map_err(|_| {
-                    PluginError::retry(format!(
+                    Failed::Other(PluginError::retry(format!(
                         "JetStream did not acknowledge the batch within {}",
                         humantime(timeout)
-                    ))
+                    )))
                 })?
         });
+        let outcome = match outcome {
+            Ok(()) => Ok(()),
+            // No stream answered a subject: one the stream does not take is refused for good.
+            Err(Failed::NoStream(e)) => self.check_subjects(batch).and(Err(e)),
+            Err(Failed::Other(e)) => Err(e),
+        };
         if let Err(e) = &outcome {
             // A new connection for the next try: the batch goes again whole, and JetStream drops
             // the readings it already holds by their ids.
@@ -187,25 +187,22 @@ fn stream_subjects(config: &jetstream::stream::Config) -> Vec<String> {
 }
 
 impl NatsSink {
-    /// Refuses the batch for good if a message's subject is none of the stream's: no stream
-    /// answers it, so JetStream would fail it at each try (no responders), and every reading
-    /// behind it would wait for ever (an existing stream whose subjects the template's devices
-    /// outgrew: `readings.pi-01.>` and a reading of `pi-02`). The stream's subjects are read
-    /// again first: an operator may just have added one.
-    fn check_subjects(
-        &mut self,
-        batch: &[Reading],
-        messages: &[(String, String, Vec<u8>)],
-    ) -> Result<(), PluginError> {
-        let outside = |subjects: &[String]| {
-            messages
+    /// After JetStream said no stream takes a subject of the batch: refuses the batch for good
+    /// if a reading's subject is none of the stream's (read again: an operator may just have
+    /// added one), as JetStream would fail it at each try, and every reading behind it would
+    /// wait for ever (an existing stream whose subjects the template's devices outgrew:
+    /// `readings.pi-01.>` and a reading of `pi-02`). Asked only then, not before publishing:
+    /// an account's subject mapping may change the subject on its way to the stream.
+    fn check_subjects(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        let subjects: Vec<String> = batch.iter().map(|r| self.subject.render(r)).collect();
+        let outside = |filters: &[String]| {
+            subjects
                 .iter()
-                .position(|(subject, _, _)| !subjects.iter().any(|f| subject::matches(f, subject)))
+                .position(|subject| !filters.iter().any(|f| subject::matches(f, subject)))
         };
-        if outside(&self.stream_subjects).is_none() {
+        let Some(js) = self.js.clone() else {
             return Ok(());
-        }
-        let js = self.js.clone().expect("opened");
+        };
         let stream = self.cfg.stream.clone();
         let info = self.rt.block_on(async move {
             let mut s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
@@ -214,8 +211,8 @@ impl NatsSink {
                 .map(|i| i.config.clone())
                 .map_err(|e| e.to_string())
         });
-        match info {
-            Ok(config) => self.stream_subjects = stream_subjects(&config),
+        let filters = match info {
+            Ok(config) => stream_subjects(&config),
             Err(e) => {
                 self.js = None;
                 return Err(PluginError::retry(format!(
@@ -223,8 +220,8 @@ impl NatsSink {
                     self.cfg.stream
                 )));
             }
-        }
-        let Some(i) = outside(&self.stream_subjects) else {
+        };
+        let Some(i) = outside(&filters) else {
             return Ok(());
         };
         let r = &batch[i];
@@ -235,18 +232,26 @@ impl NatsSink {
             r.device,
             r.sensor,
             r.name,
-            messages[i].0,
+            subjects[i],
             self.cfg.stream,
-            self.stream_subjects.join(", ")
+            filters.join(", ")
         )))
     }
+}
+
+/// Why a publish failed.
+enum Failed {
+    /// JetStream said no stream takes a message's subject (no responders).
+    NoStream(PluginError),
+    /// Anything else.
+    Other(PluginError),
 }
 
 /// Publishes every message, then waits for every acknowledgement.
 async fn publish_all(
     js: &jetstream::Context,
     messages: Vec<(String, String, Vec<u8>)>,
-) -> Result<(), PluginError> {
+) -> Result<(), Failed> {
     let mut acks = Vec::with_capacity(messages.len());
     for (subject, id, payload) in messages {
         let mut headers = async_nats::HeaderMap::new();
@@ -254,11 +259,19 @@ async fn publish_all(
         let ack = js
             .publish_with_headers(subject, headers, payload.into())
             .await
-            .map_err(|e| PluginError::retry(format!("publishing: {e}")))?;
+            .map_err(|e| Failed::Other(PluginError::retry(format!("publishing: {e}"))))?;
         acks.push(ack);
     }
     for r in join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await {
-        r.map_err(|e| PluginError::retry(format!("JetStream did not store a reading: {e}")))?;
+        r.map_err(|e| {
+            let no_stream = e.kind() == jetstream::context::PublishErrorKind::StreamNotFound;
+            let e = PluginError::retry(format!("JetStream did not store a reading: {e}"));
+            if no_stream {
+                Failed::NoStream(e)
+            } else {
+                Failed::Other(e)
+            }
+        })?;
     }
     Ok(())
 }
