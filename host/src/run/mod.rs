@@ -116,6 +116,9 @@ struct Graph {
     /// Sinks a reload could not replace (their thread was still in a plugin call), with
     /// their replacements: started once their thread has ended ([`Graph::replace_stuck`]).
     stuck: HashMap<String, reload::Stuck>,
+    /// The threads dropping what reloads left over ([`reload`]'s `drop_elsewhere`): waited
+    /// for at shutdown, so that the process does not exit under a plugin's `Drop`.
+    dropping: Vec<std::thread::JoinHandle<()>>,
     views: Views,
     /// Sinks whose plugin call does not return, as logged.
     stalls: stalls::Stalls,
@@ -141,6 +144,7 @@ impl Graph {
             sinks: IndexMap::new(),
             parked: HashMap::new(),
             stuck: HashMap::new(),
+            dropping: Vec::new(),
             views: Views::default(),
             stalls: stalls::Stalls::default(),
         };
@@ -425,6 +429,17 @@ impl Graph {
             for t in threads.iter_mut() {
                 t.wait(grace);
             }
+        }
+        // What reloads left over is dropped by then, unless a plugin's `Drop` outlasts the
+        // deadline: the process does not exit under it, nor wait for it past the deadline.
+        let grace = Instant::now().max(deadline) + Duration::from_millis(500);
+        while self.dropping.iter().any(|h| !h.is_finished()) && Instant::now() < grace {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if self.dropping.iter().any(|h| !h.is_finished()) {
+            tracing::warn!(
+                "a plugin instance a reload left over is still being dropped; exiting anyway"
+            );
         }
         clean
     }

@@ -477,7 +477,13 @@ impl Graph {
         // replacement given up; the queue of a parked sink that went) is dropped on a thread
         // of its own: a plugin's `Drop` may take its time (a client closing its connection),
         // and the main loop must go on answering signals meanwhile.
-        drop_elsewhere((built_sources, built_sinks, stuck, gone_lines));
+        self.dropping.retain(|h| !h.is_finished());
+        self.dropping.extend(drop_elsewhere((
+            built_sources,
+            built_sinks,
+            stuck,
+            gone_lines,
+        )));
     }
 
     /// Starts `k` on `line`, the queue its predecessor handed over, in the running config
@@ -690,15 +696,20 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Drops `leftovers` on a thread of its own, or here if none can be made. (The libraries are
-/// never unloaded, so their code outlives whatever drops.)
-fn drop_elsewhere<T: Send + 'static>(leftovers: T) {
+/// never unloaded, so their code outlives whatever drops.) The thread, to wait for at
+/// shutdown.
+fn drop_elsewhere<T: Send + 'static>(leftovers: T) -> Option<std::thread::JoinHandle<()>> {
     let held = std::sync::Arc::new(std::sync::Mutex::new(Some(leftovers)));
     let theirs = held.clone();
     let spawned = std::thread::Builder::new()
         .name("reload-drop".into())
         .spawn(move || drop(theirs.lock().unwrap_or_else(|e| e.into_inner()).take()));
-    if spawned.is_err() {
-        drop(held.lock().unwrap_or_else(|e| e.into_inner()).take());
+    match spawned {
+        Ok(handle) => Some(handle),
+        Err(_) => {
+            drop(held.lock().unwrap_or_else(|e| e.into_inner()).take());
+            None
+        }
     }
 }
 
