@@ -403,7 +403,8 @@ impl Established {
                 }
                 ALERT => {
                     got.alert = true;
-                    got.close_notify |= n == 2 && plaintext[1] == 0;
+                    // Warning level (1), close_notify (0): a fatal alert ends it, unanswered.
+                    got.close_notify |= n == 2 && plaintext[..2] == [1, 0];
                 }
                 HANDSHAKE => self.resend_last_flight(now),
                 _ => {}
