@@ -83,7 +83,7 @@ pub(super) struct State {
 /// that the records from its `seq` on were appended no earlier than it. The age of the mark
 /// covering the head is then an upper bound of the oldest unacknowledged reading's wait,
 /// within about a second. Past [`Marks::MAX`] every other mark goes (the bound stays one,
-/// coarser), so a week-long outage keeps 64 KiB of them at most.
+/// coarser), so a week-long outage keeps 160 KiB of them at most.
 #[derive(Debug, Default)]
 pub(super) struct Marks(VecDeque<Mark>);
 
