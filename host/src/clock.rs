@@ -7,16 +7,21 @@
 //!
 //! - the kernel's synchronisation state (`adjtimex`: its return is not `TIME_ERROR` and
 //!   `STA_UNSYNC` is clear; what `timedatectl` shows as "System clock synchronized");
-//! - steps of the wall clock against the monotonic one: when NTP (or a person) sets the time,
-//!   the log says by how much, so whoever reads the readings taken before knows how far off
-//!   their times are.
+//! - steps of the wall clock against the time since boot (`CLOCK_BOOTTIME`, which counts a
+//!   suspend too, so a resumed machine is no step): when NTP (or a person) sets the time, the
+//!   log says by how much, so whoever reads the readings taken before knows how far off their
+//!   times are.
+//!
+//! Warnings come once a minute at most: a clock stepped again and again (two programs that
+//! both set it) is said once, with how many changes followed. Where the kernel's state cannot
+//! be read (a seccomp filter such as systemd's `ProtectClock`), that is said once at start.
 //!
 //! [`Watch::observe`] is the logic, without I/O or a clock of its own; [`Watch::check`] feeds
 //! it the system's values (one system call, two clock reads).
 
 use std::{
     sync::atomic::{AtomicU8, Ordering},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 /// A step of the wall clock at least this large is said.
@@ -41,14 +46,35 @@ pub fn synced_from(ret: i32, status: i32) -> bool {
     ret != libc::TIME_ERROR && status & libc::STA_UNSYNC == 0
 }
 
-/// The kernel's synchronisation state now; `None` if it cannot be asked.
-fn kernel_synced() -> Option<bool> {
-    // SAFETY: `timex` is plain data; with `modes` 0 adjtimex only reads the kernel's state
-    // into it (no privilege needed).
+/// The kernel's synchronisation state now, or why it cannot be asked.
+fn kernel_synced() -> Result<bool, std::io::Error> {
+    // SAFETY: `timex` is plain data, for which all zeroes is a valid value.
     let mut t: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid `timex`; with `modes` 0 adjtimex only reads the kernel's state into it
+    // (no privilege needed).
     let ret = unsafe { libc::adjtimex(&mut t) };
-    (ret >= 0).then(|| synced_from(ret, t.status))
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(synced_from(ret, t.status))
 }
+
+/// The time since boot, suspends included.
+fn since_boot() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid `timespec` to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// Warnings of the clock come this often at most.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// What changed since the last observation.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +85,7 @@ pub enum Event {
     Synced,
     /// The kernel says it is not any more.
     Lost,
-    /// The wall clock moved by this many seconds more (or less) than the monotonic one.
+    /// The wall clock moved by this many seconds more (or less) than the time since boot.
     Stepped(f64),
 }
 
@@ -67,17 +93,25 @@ pub enum Event {
 #[derive(Debug, Default)]
 pub struct Watch {
     synced: Option<bool>,
-    /// Wall clock minus monotonic clock at the last observation, in seconds.
-    offset: Option<(SystemTime, Instant)>,
+    /// Both clocks at the last observation: the wall clock, and the time since boot.
+    offset: Option<(SystemTime, Duration)>,
     started: bool,
+    /// When the last warning was said (time since boot), and the changes not said since.
+    warned: Option<Duration>,
+    unsaid: u32,
 }
 
 impl Watch {
-    /// What changed, given the kernel's state and both clocks now.
-    pub fn observe(&mut self, synced: Option<bool>, wall: SystemTime, mono: Instant) -> Vec<Event> {
+    /// What changed, given the kernel's state, the wall clock and the time since boot now.
+    pub fn observe(
+        &mut self,
+        synced: Option<bool>,
+        wall: SystemTime,
+        boot: Duration,
+    ) -> Vec<Event> {
         let mut events = Vec::new();
-        if let Some((then_wall, then_mono)) = self.offset {
-            let elapsed = mono.duration_since(then_mono).as_secs_f64();
+        if let Some((then_wall, then_boot)) = self.offset {
+            let elapsed = boot.saturating_sub(then_boot).as_secs_f64();
             let moved = match wall.duration_since(then_wall) {
                 Ok(d) => d.as_secs_f64(),
                 Err(e) => -e.duration().as_secs_f64(),
@@ -87,7 +121,7 @@ impl Watch {
                 events.push(Event::Stepped(step));
             }
         }
-        self.offset = Some((wall, mono));
+        self.offset = Some((wall, boot));
         match (self.started, self.synced, synced) {
             (false, _, Some(false)) => events.push(Event::NotSyncedAtStart),
             (true, Some(false), Some(true)) => events.push(Event::Synced),
@@ -103,35 +137,59 @@ impl Watch {
 
     /// Observes the system now: logs what changed and keeps the state for the figures.
     pub fn check(&mut self) {
-        let synced = kernel_synced();
+        let kernel = kernel_synced();
+        let synced = kernel.as_ref().ok().copied();
         SYNCED.store(synced.map_or(2, u8::from), Ordering::Relaxed);
-        for e in self.observe(synced, SystemTime::now(), Instant::now()) {
-            log(&e, synced);
+        if let (false, Err(e)) = (self.started, &kernel) {
+            tracing::info!(error = %e, "whether the system clock is synchronised cannot be read (adjtimex); gateway_clock_synchronized is left out, and only steps of the clock are said");
+        }
+        let boot = since_boot();
+        for e in self.observe(synced, SystemTime::now(), boot) {
+            self.log(&e, synced, boot);
         }
     }
-}
 
-fn log(e: &Event, synced: Option<bool>) {
-    match e {
-        Event::NotSyncedAtStart => tracing::info!(
-            "the system clock is not synchronised (no NTP yet, or none runs here): readings are stamped with it as it is; a step when it is set will be logged"
-        ),
-        Event::Synced => tracing::info!("the system clock is synchronised now"),
-        Event::Lost => tracing::warn!(
-            "the system clock is no longer synchronised: readings are stamped with it as it is"
-        ),
-        Event::Stepped(s) => {
-            let by = span(s.abs().round() as u64);
-            let way = if *s > 0.0 { "forward" } else { "back" };
-            let who = if synced == Some(true) {
-                "it is synchronised"
-            } else {
-                "it is not synchronised"
-            };
-            tracing::warn!(
-                step_seconds = format_args!("{s:.1}"),
-                "the system clock was set {way} by {by} ({who}): readings taken before carry times off by that much"
-            );
+    fn log(&mut self, e: &Event, synced: Option<bool>, boot: Duration) {
+        let warning = matches!(e, Event::Lost | Event::Stepped(_));
+        if warning
+            && self
+                .warned
+                .is_some_and(|t| boot.saturating_sub(t) < WARN_EVERY)
+        {
+            self.unsaid += 1;
+            tracing::debug!(event = ?e, "the system clock changed again (said with the next warning)");
+            return;
+        }
+        let unsaid = std::mem::take(&mut self.unsaid);
+        let since = if unsaid > 0 {
+            format!(" ({unsaid} more change(s) of the clock since the last warning)")
+        } else {
+            String::new()
+        };
+        match e {
+            Event::NotSyncedAtStart => tracing::info!(
+                "the system clock is not synchronised (no NTP yet, or none runs here): readings are stamped with it as it is; a step when it is set will be logged"
+            ),
+            Event::Synced => tracing::info!("the system clock is synchronised now{since}"),
+            Event::Lost => tracing::warn!(
+                "the system clock is no longer synchronised: readings are stamped with it as it is{since}"
+            ),
+            Event::Stepped(s) => {
+                let by = span(s.abs().round() as u64);
+                let way = if *s > 0.0 { "forward" } else { "back" };
+                let who = if synced == Some(true) {
+                    "it is synchronised"
+                } else {
+                    "it is not synchronised"
+                };
+                tracing::warn!(
+                    step_seconds = format_args!("{s:.1}"),
+                    "the system clock was set {way} by {by} ({who}): readings taken before carry times off by that much{since}"
+                );
+            }
+        }
+        if warning {
+            self.warned = Some(boot);
         }
     }
 }
@@ -163,7 +221,7 @@ mod tests {
     fn a_pi_booting_from_fake_hwclock_is_told_then_its_step_is_said() {
         let (wall, mono) = (
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-            Instant::now(),
+            Duration::from_secs(100),
         );
         let mut w = Watch::default();
         assert_eq!(
@@ -200,7 +258,7 @@ mod tests {
 
     #[test]
     fn a_synchronised_clock_and_small_slews_say_nothing() {
-        let (wall, mono) = (SystemTime::now(), Instant::now());
+        let (wall, mono) = (SystemTime::now(), Duration::from_secs(100));
         let mut w = Watch::default();
         assert_eq!(w.observe(Some(true), wall, mono), []);
         let ms = Duration::from_millis(1);
@@ -211,5 +269,28 @@ mod tests {
         // Where the kernel does not say, nothing is said either.
         let mut w = Watch::default();
         assert_eq!(w.observe(None, wall, mono), []);
+    }
+
+    #[test]
+    fn clock_warnings_come_once_a_minute_with_what_followed() {
+        let mut w = Watch::default();
+        let s = Duration::from_secs(1);
+        let boot = 100 * s;
+        w.log(&Event::Stepped(5.0), Some(true), boot);
+        assert_eq!(w.warned, Some(boot));
+        // Two more within the minute: counted, not said.
+        w.log(&Event::Stepped(-5.0), Some(true), boot + 10 * s);
+        w.log(&Event::Lost, Some(false), boot + 20 * s);
+        assert_eq!((w.unsaid, w.warned), (2, Some(boot)));
+        // A minute on, said again, with the two.
+        w.log(&Event::Stepped(3.0), Some(false), boot + 61 * s);
+        assert_eq!((w.unsaid, w.warned), (0, Some(boot + 61 * s)));
+    }
+
+    #[test]
+    fn the_time_since_boot_counts_on() {
+        let a = since_boot();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(since_boot() >= a + Duration::from_millis(20));
     }
 }

@@ -209,6 +209,8 @@ fn the_amd64_package_holds_the_gateway_its_plugins_and_hardened_units() {
             "ProtectHome=yes",
             "MemoryDenyWriteExecute=yes",
             "SystemCallFilter=@system-service",
+            // Read-only: no capability may change the clock.
+            "SystemCallFilter=adjtimex",
             "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
         ] {
             assert!(u.contains(line), "{line} in\n{u}");

@@ -86,7 +86,7 @@ ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
 ProtectControlGroups=yes
-ProtectClock=yes
+PrivateMounts=yes
 ProtectHostname=yes
 ProtectProc=invisible
 RestrictNamespaces=yes
@@ -98,6 +98,9 @@ RemoveIPC=yes
 SystemCallArchitectures=native
 SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources
+# adjtimex, to read whether the clock is synchronised (gateway_clock_synchronized); without
+# CAP_SYS_TIME the kernel refuses any change of the clock (ProtectClock would refuse the read).
+SystemCallFilter=adjtimex
 SystemCallErrorNumber=EPERM
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 {extra}
