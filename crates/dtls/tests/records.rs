@@ -187,6 +187,16 @@ fn a_lost_final_flight_is_sent_again_when_the_client_repeats_its_finished() {
     assert!(link.server().is_established());
 }
 
+/// The device closes: the server reads its close_notify, and answers with one of its own.
+fn device_closes(link: &mut Link) {
+    link.client.close();
+    link.deliver_up();
+    assert_eq!(*link.server().state(), State::Closed(DtlsError::Closed));
+    let bye = link.server_out();
+    assert_eq!(bye.len(), 1, "one close_notify");
+    assert_eq!(bye[0][0], 21, "an alert record");
+}
+
 #[test]
 fn a_taken_over_session_can_be_resumed_and_closed_from_either_side() {
     let pki = Pki::new();
@@ -194,13 +204,7 @@ fn a_taken_over_session_can_be_resumed_and_closed_from_either_side() {
     let mut first = Link::new(&cctx, sctx.clone(), None);
     first.handshake();
     let ticket = first.client.ssl_session().expect("a session to resume");
-    // The device closes: the server reads its close_notify, and answers with its own.
-    first.client.close();
-    first.deliver_up();
-    assert_eq!(*first.server().state(), State::Closed(DtlsError::Closed));
-    let bye = first.server_out();
-    assert_eq!(bye.len(), 1, "one close_notify");
-    assert_eq!(bye[0][0], 21, "an alert record");
+    device_closes(&mut first);
 
     let mut second = Link::new(&cctx, sctx, Some(&ticket));
     second.handshake();
@@ -232,12 +236,7 @@ fn a_close_notify_is_answered_and_the_session_stays_resumable_with_ccm8() {
     first.handshake();
     assert!(!first.server().taken_over());
     let ticket = first.client.ssl_session().expect("a session to resume");
-    first.client.close();
-    first.deliver_up();
-    assert_eq!(*first.server().state(), State::Closed(DtlsError::Closed));
-    let bye = first.server_out();
-    assert_eq!(bye.len(), 1, "one close_notify");
-    assert_eq!(bye[0][0], 21, "an alert record");
+    device_closes(&mut first);
     drop(first);
     let mut second = Link::new(&cctx, sctx, Some(&ticket));
     second.handshake();
