@@ -12,8 +12,10 @@
 //!   log says by how much, so whoever reads the readings taken before knows how far off their
 //!   times are.
 //!
-//! Warnings come once a minute at most: a clock stepped again and again (two programs that
-//! both set it) is said once, with how many changes followed. Where the kernel's state cannot
+//! Changes are said once a minute at most: a clock stepped again and again (two programs that
+//! both set it, chrony's `makestep` at boot) or a flapping state is said once, and what
+//! followed within the minute is said at its end (how many changes, the steps added up, the
+//! state then). Where the kernel's state cannot
 //! be read (a seccomp filter such as systemd's `ProtectClock`), that is said once at start.
 //!
 //! [`Watch::observe`] is the logic, without I/O or a clock of its own; [`Watch::check`] feeds
@@ -50,9 +52,11 @@ pub fn synced_from(ret: i32, status: i32) -> bool {
 fn kernel_synced() -> Result<bool, std::io::Error> {
     // SAFETY: `timex` is plain data, for which all zeroes is a valid value.
     let mut t: libc::timex = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid `timex`; with `modes` 0 adjtimex only reads the kernel's state into it
-    // (no privilege needed).
-    let ret = unsafe { libc::adjtimex(&mut t) };
+    // The system call itself: glibc's `adjtimex` makes `clock_adjtime` (since 2.32), which a
+    // service's seccomp filter allowing `adjtimex` (the packages' units) refuses.
+    // SAFETY: a valid `timex` of the kernel's layout for this target; with `modes` 0 the call
+    // only reads the kernel's state into it (no privilege needed).
+    let ret = unsafe { libc::syscall(libc::SYS_adjtimex, &mut t as *mut libc::timex) } as i32;
     if ret < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -96,9 +100,12 @@ pub struct Watch {
     /// Both clocks at the last observation: the wall clock, and the time since boot.
     offset: Option<(SystemTime, Duration)>,
     started: bool,
-    /// When the last warning was said (time since boot), and the changes not said since.
-    warned: Option<Duration>,
+    /// When a change was last said (time since boot).
+    said: Option<Duration>,
+    /// The changes not said since (within [`WARN_EVERY`] of it), and the steps among them in
+    /// seconds, added up.
     unsaid: u32,
+    unsaid_step: f64,
 }
 
 impl Watch {
@@ -147,32 +154,57 @@ impl Watch {
         for e in self.observe(synced, SystemTime::now(), boot) {
             self.log(&e, synced, boot);
         }
+        self.say_unsaid(synced, boot);
+    }
+
+    /// Whether a change now would come within [`WARN_EVERY`] of the last one said.
+    fn quiet(&self, boot: Duration) -> bool {
+        self.said
+            .is_some_and(|t| boot.saturating_sub(t) < WARN_EVERY)
+    }
+
+    /// Once [`WARN_EVERY`] has passed, says the changes kept back, if any: how many, the steps
+    /// added up, and whether the clock is synchronised now.
+    fn say_unsaid(&mut self, synced: Option<bool>, boot: Duration) {
+        if self.unsaid == 0 || self.quiet(boot) {
+            return;
+        }
+        let (n, step) = (
+            std::mem::take(&mut self.unsaid),
+            std::mem::take(&mut self.unsaid_step),
+        );
+        let way = if step >= 0.0 { "forward" } else { "back" };
+        let now = match synced {
+            Some(true) => "it is synchronised now",
+            Some(false) => "it is not synchronised now",
+            None => "whether it is synchronised cannot be read",
+        };
+        tracing::warn!(
+            changes = n,
+            step_seconds = format_args!("{step:.1}"),
+            "the system clock changed {n} more time(s) in the last minute, set {way} by {} in all ({now}): readings taken meanwhile may carry times off by that much",
+            span(step.abs().round() as u64)
+        );
+        self.said = Some(boot);
     }
 
     fn log(&mut self, e: &Event, synced: Option<bool>, boot: Duration) {
-        let warning = matches!(e, Event::Lost | Event::Stepped(_));
-        if warning
-            && self
-                .warned
-                .is_some_and(|t| boot.saturating_sub(t) < WARN_EVERY)
-        {
+        let change = !matches!(e, Event::NotSyncedAtStart);
+        if change && self.quiet(boot) {
             self.unsaid += 1;
-            tracing::debug!(event = ?e, "the system clock changed again (said with the next warning)");
+            if let Event::Stepped(s) = e {
+                self.unsaid_step += s;
+            }
+            tracing::debug!(event = ?e, "the system clock changed again (said within a minute)");
             return;
         }
-        let unsaid = std::mem::take(&mut self.unsaid);
-        let since = if unsaid > 0 {
-            format!(" ({unsaid} more change(s) of the clock since the last warning)")
-        } else {
-            String::new()
-        };
         match e {
             Event::NotSyncedAtStart => tracing::info!(
                 "the system clock is not synchronised (no NTP yet, or none runs here): readings are stamped with it as it is; a step when it is set will be logged"
             ),
-            Event::Synced => tracing::info!("the system clock is synchronised now{since}"),
+            Event::Synced => tracing::info!("the system clock is synchronised now"),
             Event::Lost => tracing::warn!(
-                "the system clock is no longer synchronised: readings are stamped with it as it is{since}"
+                "the system clock is no longer synchronised: readings are stamped with it as it is"
             ),
             Event::Stepped(s) => {
                 let by = span(s.abs().round() as u64);
@@ -184,12 +216,12 @@ impl Watch {
                 };
                 tracing::warn!(
                     step_seconds = format_args!("{s:.1}"),
-                    "the system clock was set {way} by {by} ({who}): readings taken before carry times off by that much{since}"
+                    "the system clock was set {way} by {by} ({who}): readings taken before carry times off by that much"
                 );
             }
         }
-        if warning {
-            self.warned = Some(boot);
+        if change {
+            self.said = Some(boot);
         }
     }
 }
@@ -272,19 +304,23 @@ mod tests {
     }
 
     #[test]
-    fn clock_warnings_come_once_a_minute_with_what_followed() {
+    fn clock_changes_are_said_once_a_minute_and_none_is_lost() {
         let mut w = Watch::default();
         let s = Duration::from_secs(1);
         let boot = 100 * s;
         w.log(&Event::Stepped(5.0), Some(true), boot);
-        assert_eq!(w.warned, Some(boot));
-        // Two more within the minute: counted, not said.
-        w.log(&Event::Stepped(-5.0), Some(true), boot + 10 * s);
+        assert_eq!(w.said, Some(boot));
+        // Three more within the minute (chrony's `makestep 1 3` steps twice at boot): kept.
+        w.log(&Event::Stepped(-2.0), Some(true), boot + 10 * s);
         w.log(&Event::Lost, Some(false), boot + 20 * s);
-        assert_eq!((w.unsaid, w.warned), (2, Some(boot)));
-        // A minute on, said again, with the two.
-        w.log(&Event::Stepped(3.0), Some(false), boot + 61 * s);
-        assert_eq!((w.unsaid, w.warned), (0, Some(boot + 61 * s)));
+        w.log(&Event::Synced, Some(true), boot + 21 * s);
+        w.say_unsaid(Some(true), boot + 30 * s);
+        assert_eq!((w.unsaid, w.said), (3, Some(boot)));
+        assert_eq!(w.unsaid_step, -2.0);
+        // A minute on, said even though nothing else changed.
+        w.say_unsaid(Some(true), boot + 61 * s);
+        assert_eq!((w.unsaid, w.said), (0, Some(boot + 61 * s)));
+        assert_eq!(w.unsaid_step, 0.0);
     }
 
     #[test]
