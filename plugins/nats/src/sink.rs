@@ -25,6 +25,11 @@ pub struct NatsSink {
     /// The largest message (headers and payload): the server's max_payload, from its INFO, or
     /// the stream's max_msg_size, the less.
     max_payload: usize,
+    /// The stream's subject filters, as read when connecting ([`stream_subjects`]).
+    filters: Vec<String>,
+    /// Whether the stream has stored a message whose subject none of its filters takes: the
+    /// account maps subjects on their way to it, and no reading is refused for its subject.
+    mapped: bool,
     table: String,
 }
 
@@ -75,6 +80,8 @@ impl Sink for NatsSink {
             rt,
             js: None,
             max_payload: usize::MAX,
+            filters: Vec::new(),
+            mapped: false,
             table: ctx.info().table.to_string(),
         })
     }
@@ -102,9 +109,11 @@ impl Sink for NatsSink {
             // A stream of its own may take less than the server (its max_msg_size): JetStream
             // refuses a larger message at each try, which retried would stall the sink.
             let max_msg = usize::try_from(stream.cached_info().config.max_message_size).ok();
-            Ok::<_, PluginError>((js, max_payload, max_msg))
+            let filters = stream_subjects(&stream.cached_info().config);
+            Ok::<_, PluginError>((js, max_payload, max_msg, filters))
         })?;
-        let (js, max_payload, max_msg) = js;
+        let (js, max_payload, max_msg, filters) = js;
+        self.filters = filters;
         self.max_payload = [
             Some(max_payload).filter(|m| *m > 0),
             max_msg.filter(|m| *m > 0),
@@ -162,9 +171,13 @@ impl Sink for NatsSink {
                 })?
         });
         let outcome = match outcome {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // One reading says it: an account maps a whole subject space.
+                self.note_mapping(&batch[..batch.len().min(1)], &[]);
+                Ok(())
+            }
             // No stream answered a subject: one the stream does not take is refused for good.
-            Err(Failed::NoStream(e)) => self.check_subjects(batch).and(Err(e)),
+            Err(Failed::NoStream(e, failed)) => self.check_subjects(batch, &failed).and(Err(e)),
             Err(Failed::Other(e)) => Err(e),
         };
         if let Err(e) = &outcome {
@@ -187,19 +200,31 @@ fn stream_subjects(config: &jetstream::stream::Config) -> Vec<String> {
 }
 
 impl NatsSink {
-    /// After JetStream said no stream takes a subject of the batch: refuses the batch for good
-    /// if a reading's subject is none of the stream's (read again: an operator may just have
-    /// added one), as JetStream would fail it at each try, and every reading behind it would
-    /// wait for ever (an existing stream whose subjects the template's devices outgrew:
-    /// `readings.pi-01.>` and a reading of `pi-02`). Asked only then, not before publishing:
-    /// an account's subject mapping may change the subject on its way to the stream.
-    fn check_subjects(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
-        let subjects: Vec<String> = batch.iter().map(|r| self.subject.render(r)).collect();
-        let outside = |filters: &[String]| {
-            subjects
-                .iter()
-                .position(|subject| !filters.iter().any(|f| subject::matches(f, subject)))
-        };
+    /// Notes that the account maps subjects when the stream stored a reading of `batch` (one
+    /// not in `failed`) whose subject none of its filters takes.
+    fn note_mapping(&mut self, batch: &[Reading], failed: &[usize]) {
+        if self.mapped {
+            return;
+        }
+        let outside = batch.iter().enumerate().any(|(i, r)| {
+            let subject = self.subject.render(r);
+            !failed.contains(&i) && !self.filters.iter().any(|f| subject::matches(f, &subject))
+        });
+        if outside {
+            self.mapped = true;
+            tracing::info!(table = %self.table, stream = %self.cfg.stream, "the stream stores subjects none of its filters takes (the account maps them): no reading is refused for its subject");
+        }
+    }
+
+    /// After JetStream said no stream takes the subjects of the readings `failed` of `batch`:
+    /// refuses the batch for good if one of those subjects is none of the stream's (read
+    /// again: an operator may just have added one), as JetStream would fail it at each try,
+    /// and every reading behind it would wait for ever (an existing stream whose subjects the
+    /// template's devices outgrew: `readings.pi-01.>` and a reading of `pi-02`). Not where
+    /// the account maps subjects on their way to the stream: there the filters say nothing of
+    /// what is published, and "no stream" is taken for a passing state (a stream's leader
+    /// being elected), retried.
+    fn check_subjects(&mut self, batch: &[Reading], failed: &[usize]) -> Result<(), PluginError> {
         let Some(js) = self.js.clone() else {
             return Ok(());
         };
@@ -211,7 +236,7 @@ impl NatsSink {
                 .map(|i| i.config.clone())
                 .map_err(|e| e.to_string())
         });
-        let filters = match info {
+        self.filters = match info {
             Ok(config) => stream_subjects(&config),
             Err(e) => {
                 self.js = None;
@@ -221,7 +246,16 @@ impl NatsSink {
                 )));
             }
         };
-        let Some(i) = outside(&filters) else {
+        self.note_mapping(batch, failed);
+        if self.mapped {
+            return Ok(());
+        }
+        let filters = &self.filters;
+        let Some((i, subject)) = failed
+            .iter()
+            .map(|&i| (i, self.subject.render(&batch[i])))
+            .find(|(_, subject)| !filters.iter().any(|f| subject::matches(f, subject)))
+        else {
             return Ok(());
         };
         let r = &batch[i];
@@ -232,17 +266,18 @@ impl NatsSink {
             r.device,
             r.sensor,
             r.name,
-            subjects[i],
+            subject,
             self.cfg.stream,
-            filters.join(", ")
+            self.filters.join(", ")
         )))
     }
 }
 
 /// Why a publish failed.
 enum Failed {
-    /// JetStream said no stream takes a message's subject (no responders).
-    NoStream(PluginError),
+    /// JetStream said no stream takes the subjects of these messages (no responders); the
+    /// others were stored.
+    NoStream(PluginError, Vec<usize>),
     /// Anything else.
     Other(PluginError),
 }
@@ -262,16 +297,25 @@ async fn publish_all(
             .map_err(|e| Failed::Other(PluginError::retry(format!("publishing: {e}"))))?;
         acks.push(ack);
     }
-    for r in join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await {
-        r.map_err(|e| {
-            let no_stream = e.kind() == jetstream::context::PublishErrorKind::StreamNotFound;
+    let mut no_stream = Vec::new();
+    let mut first = None;
+    let acks = join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
+    for (i, r) in acks.into_iter().enumerate() {
+        if let Err(e) = r {
+            let stream_not_found = e.kind() == jetstream::context::PublishErrorKind::StreamNotFound;
             let e = PluginError::retry(format!("JetStream did not store a reading: {e}"));
-            if no_stream {
-                Failed::NoStream(e)
-            } else {
-                Failed::Other(e)
+            if stream_not_found {
+                no_stream.push(i);
+                first.get_or_insert(Failed::NoStream(e, Vec::new()));
+            } else if !matches!(first, Some(Failed::Other(_))) {
+                first = Some(Failed::Other(e));
             }
-        })?;
+        }
+    }
+    match first {
+        None => {}
+        Some(Failed::NoStream(e, _)) => return Err(Failed::NoStream(e, no_stream)),
+        Some(other) => return Err(other),
     }
     Ok(())
 }
