@@ -64,36 +64,59 @@ fn main() -> ExitCode {
 }
 
 /// `DIR/.lock`, locked for this process (waiting for another command in the directory to
-/// end); `None` where this user can neither open nor make it (a directory it cannot write:
-/// the command's own message then says what is wrong). Opened for reading, so that a lock
-/// file another user made (`sudo gateway certs ...` once) locks for this one too.
+/// end). Opened for reading (a lock needs no more), so that a lock file another user made
+/// (`sudo gateway certs ...` once) locks for this one too; made readable by all; never
+/// followed if it is a link, nor waited on if it is a FIFO. Where this user can neither open
+/// nor make it, the command goes on unlocked, and says so.
 fn lock(dir: &std::path::Path) -> Result<Option<std::fs::File>, PkiError> {
-    use std::{io::ErrorKind, os::unix::fs::OpenOptionsExt};
+    use std::{
+        io::ErrorKind,
+        os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    };
     let path = dir.join(".lock");
     let cannot = |e: std::io::Error| PkiError(format!("cannot lock {}: {e}", path.display()));
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => match std::fs::OpenOptions::new()
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let opened = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(&path)
+    {
+        Err(e) if e.kind() == ErrorKind::NotFound => std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(flags)
             .mode(0o644)
             .open(&path)
+            .and_then(|f| {
+                // Whatever the umask took away: others must open it to lock.
+                f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+                Ok(f)
+            }),
+        other => other,
+    };
+    let file = match opened {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+            ) =>
         {
-            Ok(f) => f,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
-                ) =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(cannot(e)),
-        },
-        Err(e) if e.kind() == ErrorKind::PermissionDenied => return Ok(None),
+            eprintln!(
+                "gateway certs: not locking {} ({e}): another command in the directory at the same time could undo this one's changes",
+                path.display()
+            );
+            return Ok(None);
+        }
         Err(e) => return Err(cannot(e)),
     };
+    if !file.metadata().map_err(cannot)?.is_file() {
+        return Err(PkiError(format!(
+            "cannot lock {}: it is not a regular file",
+            path.display()
+        )));
+    }
     file.lock().map_err(cannot)?;
     Ok(Some(file))
 }
