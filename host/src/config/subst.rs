@@ -237,9 +237,10 @@ pub fn substitute_value(
 /// as a message may quote it escaped (serde shows a string with `{:?}`: a `"` or `\` in a
 /// password comes out as `\"` or `\\`).
 ///
-/// A value that starts (ends) with a letter, digit or `_` is replaced only where the text
-/// before (after) it is not one: a port such as `5684` is replaced in `0.0.0.0:5684` but not
-/// inside `156842`, a name `gateway` in `user gateway` but not in `gateway_host`.
+/// A value shorter than [`WORD_ONLY_BELOW`] characters, or a number, that starts (ends) with
+/// a letter, digit or `_` is replaced only where the text before (after) it is not one: a port
+/// such as `5684` is replaced in `0.0.0.0:5684` but not inside `156842`, a name `gateway` in
+/// `user gateway` but not in `gateway_host`. A longer value is replaced wherever it stands.
 pub fn redact(msg: &str, secrets: &[Secret]) -> String {
     replace_forms(msg, &forms(secrets)).into_owned()
 }
@@ -259,6 +260,9 @@ fn forms(secrets: &[Secret]) -> Vec<(String, String)> {
     forms
 }
 
+/// Values shorter than this many characters are replaced only as words of their own.
+const WORD_ONLY_BELOW: usize = 8;
+
 /// A character that continues a word: a value next to one is part of a longer word.
 fn word(c: Option<char>) -> bool {
     c.is_some_and(|c| c.is_alphanumeric() || c == '_')
@@ -270,7 +274,14 @@ fn replace_forms<'a>(msg: &'a str, forms: &[(String, String)]) -> Cow<'a, str> {
         if !out.contains(value.as_str()) {
             continue;
         }
-        let (starts_word, ends_word) = (word(value.chars().next()), word(value.chars().last()));
+        // A short value, or a number, could be part of any text: it is replaced only as a word
+        // of its own. A longer one is a secret wherever it stands (`key_<secret>`, `%40<secret>`).
+        let as_word = value.chars().count() < WORD_ONLY_BELOW
+            || value.chars().all(|c| c.is_ascii_digit() || c == '.');
+        let (starts_word, ends_word) = (
+            as_word && word(value.chars().next()),
+            as_word && word(value.chars().last()),
+        );
         let mut replaced = String::with_capacity(out.len());
         let mut from = 0;
         for (at, _) in out.match_indices(value.as_str()) {
@@ -375,6 +386,13 @@ mod tests {
         );
         assert!(matches!(redact_known("nothing here"), Cow::Borrowed(_)));
         assert_eq!(redact_known("gwuser_id 5684x"), "gwuser_id 5684x");
+        // A long value is a secret wherever it stands.
+        std::env::set_var("GW_SUBST_LONG", "Lk9long-secret");
+        substitute("${GW_SUBST_LONG}", base, &mut secrets).unwrap();
+        assert_eq!(
+            redact_known("key_Lk9long-secret %40Lk9long-secretx"),
+            "key_${GW_SUBST_LONG} %40${GW_SUBST_LONG}x"
+        );
         // A default is in the file: not kept out of messages.
         substitute("${GW_SUBST_UNSET_Z:-gateway}", base, &mut secrets).unwrap();
         assert_eq!(redact_known("gateway running"), "gateway running");
