@@ -431,7 +431,8 @@ impl Graph {
             }
         }
         // What reloads left over is dropped by then, unless a plugin's `Drop` outlasts the
-        // deadline: the process does not exit under it, nor wait for it past the deadline.
+        // deadline: the process does not exit under it, nor wait for it more than half a
+        // second past the deadline (and the sinks' own half second of grace).
         let grace = Instant::now().max(deadline) + Duration::from_millis(500);
         while self.dropping.iter().any(|h| !h.is_finished()) && Instant::now() < grace {
             std::thread::sleep(Duration::from_millis(10));
