@@ -35,7 +35,7 @@ pub trait Weighed {
     type Owner: Hash + Eq + Clone;
     /// The readings it holds.
     fn readings(&self) -> usize;
-    /// The memory they take, in bytes (an upper bound; the same each time it is asked).
+    /// The memory they take, in bytes (an upper bound).
     fn bytes(&self) -> usize;
     /// Whose it is.
     fn owner(&self) -> Self::Owner;
@@ -44,7 +44,9 @@ pub trait Weighed {
 /// The waiting requests, oldest first.
 #[derive(Debug)]
 pub struct Waiting<T: Weighed> {
-    queue: VecDeque<T>,
+    /// Each request with its owner and weight, as counted when it came in (weighing it reads
+    /// every reading: done once, not again when it goes).
+    queue: VecDeque<(T, T::Owner, Held)>,
     held: Held,
     max: Held,
     /// What one owner may hold (its requests apart).
@@ -122,31 +124,31 @@ impl<T: Weighed> Waiting<T> {
         let owner = r.owner();
         let held = self.owners.get(&owner).copied().unwrap_or_default();
         // A device holding nothing gets in with a request larger than its share.
-        if (held.requests > 0 && held.add(w).past(self.share)) || held.requests >= MAX_REQUESTS {
+        if (held.requests > 0 && held.add(w).past(self.share))
+            || held.requests >= self.share.requests
+        {
             return Err(r);
         }
-        self.owners.insert(owner, held.add(w));
+        self.owners.insert(owner.clone(), held.add(w));
         self.held = self.held.add(w);
-        self.queue.push_back(r);
+        self.queue.push_back((r, owner, w));
         Ok(())
     }
 
     /// Puts back first a request just taken that could not go yet (never refused: it was in
     /// the queue a moment ago).
     pub fn push_front(&mut self, r: T) {
-        let w = Held::of(&r);
-        let e = self.owners.entry(r.owner()).or_default();
+        let (w, owner) = (Held::of(&r), r.owner());
+        let e = self.owners.entry(owner.clone()).or_default();
         *e = e.add(w);
         self.held = self.held.add(w);
-        self.queue.push_front(r);
+        self.queue.push_front((r, owner, w));
     }
 
     /// Takes the oldest.
     pub fn pop_front(&mut self) -> Option<T> {
-        let r = self.queue.pop_front()?;
-        let w = Held::of(&r);
+        let (r, owner, w) = self.queue.pop_front()?;
         self.held = self.held.sub(w);
-        let owner = r.owner();
         if let Some(e) = self.owners.get_mut(&owner) {
             *e = e.sub(w);
             if e.requests == 0 {

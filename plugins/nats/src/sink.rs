@@ -297,25 +297,25 @@ async fn publish_all(
             .map_err(|e| Failed::Other(PluginError::retry(format!("publishing: {e}"))))?;
         acks.push(ack);
     }
-    let mut no_stream = Vec::new();
-    let mut first = None;
+    // Another failure is what the batch answers; "no stream" only when it is all there is.
+    let (mut no_stream, mut no_stream_error, mut other) = (Vec::new(), None, None);
     let acks = join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
     for (i, r) in acks.into_iter().enumerate() {
-        if let Err(e) = r {
-            let stream_not_found = e.kind() == jetstream::context::PublishErrorKind::StreamNotFound;
-            let e = PluginError::retry(format!("JetStream did not store a reading: {e}"));
-            if stream_not_found {
-                no_stream.push(i);
-                first.get_or_insert(Failed::NoStream(e, Vec::new()));
-            } else if !matches!(first, Some(Failed::Other(_))) {
-                first = Some(Failed::Other(e));
-            }
+        let Err(e) = r else { continue };
+        let stream_not_found = e.kind() == jetstream::context::PublishErrorKind::StreamNotFound;
+        let e = PluginError::retry(format!("JetStream did not store a reading: {e}"));
+        if stream_not_found {
+            no_stream.push(i);
+            no_stream_error.get_or_insert(e);
+        } else {
+            other.get_or_insert(e);
         }
     }
-    match first {
-        None => {}
-        Some(Failed::NoStream(e, _)) => return Err(Failed::NoStream(e, no_stream)),
-        Some(other) => return Err(other),
+    if let Some(e) = other {
+        return Err(Failed::Other(e));
+    }
+    if let Some(e) = no_stream_error {
+        return Err(Failed::NoStream(e, no_stream));
     }
     Ok(())
 }
