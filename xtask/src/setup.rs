@@ -262,9 +262,53 @@ fn mosquitto(root: &Option<Vec<&'static str>>) -> Result<()> {
     Ok(())
 }
 
+/// The free space the suite wants, in GiB, on the disk of the build and on the disk of the
+/// temporary directory: its builds (debug, release, the distribution build with its own
+/// OpenSSL, arm64, the fuzz targets) and the tests' data (MariaDB data directories, disk
+/// buffers) took 12.5 GiB at their peak in a CI run from an empty target directory.
+const ROOM_GIB: f64 = 16.0;
+
+/// The free space, in GiB, of the file system holding `path`.
+fn free_gib(path: &std::path::Path) -> Option<f64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs(3) fills `s`, a zeroed value of its own type, given a NUL-terminated
+    // path; `s` is read only when it says it did.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(c.as_ptr(), &mut s) } == 0)
+        .then(|| s.f_bavail as f64 * s.f_frsize as f64 / (1u64 << 30) as f64)
+}
+
+/// Says so when the build's disk or the temporary directory's has less room than the suite
+/// takes: a full disk fails a test far from its cause (InnoDB's "error 28", say).
+fn check_room() {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::root().join("target"));
+    let target = if target.exists() {
+        target
+    } else {
+        crate::root()
+    };
+    for (what, dir) in [
+        ("the build", target),
+        ("temporary files", std::env::temp_dir()),
+    ] {
+        match free_gib(&dir) {
+            Some(gib) if gib < ROOM_GIB => eprintln!(
+                "== warning: {gib:.1} GiB free for {what} ({}); the suite takes up to about 13 GiB: a test may fail for want of room",
+                dir.display()
+            ),
+            Some(gib) => eprintln!("== {gib:.0} GiB free for {what} ({})", dir.display()),
+            None => {}
+        }
+    }
+}
+
 /// Installs the missing packages and starts MariaDB (see the module's doc); `ci`: the CI
 /// tools too.
 pub fn prepare(ci: bool) -> Result<()> {
+    check_room();
     let mut missing: Vec<&str> = PACKAGES
         .iter()
         .copied()

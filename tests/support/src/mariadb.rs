@@ -80,10 +80,19 @@ impl MariaDb {
         let end = Instant::now() + Duration::from_secs(60);
         while self.try_query("SELECT 1").is_err() {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                let log = self.log();
+                // InnoDB says "failed with error 28" (ENOSPC) for a full disk, and no more.
+                let hint = if log.contains("error 28") {
+                    format!(
+                        "\n(error 28 is ENOSPC: the file system of {} is full)",
+                        self.dir.display()
+                    )
+                } else {
+                    String::new()
+                };
                 panic!(
-                    "the test's MariaDB on port {} ended ({status}):\n{}",
-                    self.port,
-                    self.log()
+                    "the test's MariaDB on port {} ended ({status}):\n{log}{hint}",
+                    self.port
                 );
             }
             assert!(
