@@ -223,12 +223,21 @@ fn buffer_values_are_read_by_serde_and_their_errors_name_the_key() {
         (b.max_size, b.when_full, b.fsync),
         (4096, WhenFull::Block, true)
     );
-    // As before serde: a memory buffer's other keys were never read.
-    assert!(sink(r#"{ type = "memory", size = 100 }"#).unwrap().sinks[0]
-        .sink_settings()
-        .unwrap()
-        .buffer
-        .is_none());
+    // A memory buffer takes no other key: one written beside it is refused, not ignored.
+    let e = sink(r#"{ type = "memory", max_size = "1GiB" }"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("buffer.max_size") && e.contains("a memory buffer takes no max_size"),
+        "{e}"
+    );
+    let e = sink(r#"{ type = "memory", size = 100 }"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("buffer.size") && e.contains("unknown key"),
+        "{e}"
+    );
     assert!(sink(r#"{ type = "memory" }"#).unwrap().sinks[0]
         .sink_settings()
         .unwrap()
