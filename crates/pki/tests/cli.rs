@@ -231,3 +231,44 @@ fn revocations_made_at_once_are_all_in_the_crl() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// What a command does not take is refused before anything is done, not ignored: `revoke
+/// pi-01 pi-02` revoked pi-01 alone and said only that, so pi-02 stayed trusted unnoticed.
+#[test]
+fn words_and_options_a_command_does_not_take_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(certs(d, &["init"]).0);
+    assert!(certs(d, &["device", "pi-01"]).0);
+    assert!(certs(d, &["device", "pi-02"]).0);
+    let (ok, err) = certs(d, &["revoke", "pi-01", "pi-02"]);
+    assert!(
+        !ok && err.contains("one NAME at a time") && err.contains("\"pi-02\" was not revoked"),
+        "{err}"
+    );
+    assert!(!d.join("crl.pem").exists(), "nothing revoked");
+    for (args, refused) in [
+        (
+            &["device", "pi-03", "--days", "5"][..],
+            "device does not take --days",
+        ),
+        (&["init", "--name", "x"][..], "init does not take --name"),
+        (
+            &["device", "pi-03", "--server"][..],
+            "device does not take --server",
+        ),
+        (&["server", "extra"][..], "\"extra\" is one too many"),
+        (
+            &["revoke", "pi-01", "--force"][..],
+            "revoke does not take --force",
+        ),
+    ] {
+        let (ok, err) = certs(d, args);
+        assert!(!ok && err.contains(refused), "{args:?}: {err}");
+    }
+    assert!(!d.join("device-pi-03.pem").exists());
+    // What each takes still works.
+    let (ok, err) = certs(d, &["revoke", "pi-01", "--days", "5"]);
+    assert!(ok, "{err}");
+    assert_eq!(revoked(d).len(), 1);
+}

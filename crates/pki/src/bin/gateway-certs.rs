@@ -128,8 +128,17 @@ fn run(args: &[String]) -> Result<(), PkiError> {
     let mut server = false;
     let mut days = 30i64;
     let mut positional = Vec::new();
+    // The options given, beside --dir (which every command takes), to refuse one that the
+    // command does not take rather than ignore it.
+    let mut given = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if let Some(o) = ["--name", "--force", "--server", "--days"]
+            .into_iter()
+            .find(|o| o == a)
+        {
+            given.push(o);
+        }
         match a.as_str() {
             "--dir" => {
                 dir = it
@@ -161,6 +170,7 @@ fn run(args: &[String]) -> Result<(), PkiError> {
             other => positional.push(other.to_owned()),
         }
     }
+    check_usage(&positional, &given)?;
     std::fs::create_dir_all(&dir)
         .map_err(|e| PkiError(format!("cannot create {}: {e}", dir.display())))?;
     // One command at a time in a directory: two `revoke`s at once each read the CRL and wrote
@@ -320,6 +330,35 @@ fn run(args: &[String]) -> Result<(), PkiError> {
             );
         }
         _ => return Err(PkiError(USAGE.into())),
+    }
+    Ok(())
+}
+
+/// Refuses what a command does not take: a second NAME (`revoke pi-01 pi-02` revoked pi-01
+/// alone and said only that), or an option it would ignore (`--days` outside `revoke`).
+fn check_usage(positional: &[String], given: &[&str]) -> Result<(), PkiError> {
+    let Some(cmd) = positional.first().map(String::as_str) else {
+        return Err(PkiError(USAGE.into()));
+    };
+    // Each command's most words after it, and the options it takes beside --dir.
+    let (most, options): (usize, &[&str]) = match cmd {
+        "init" => (0, &["--force"]),
+        "server" => (0, &["--name", "--force"]),
+        "device" | "request" | "sign" => (1, &["--force"]),
+        "revoke" => (1, &["--server", "--days"]),
+        _ => return Err(PkiError(USAGE.into())),
+    };
+    if let Some(extra) = positional.get(1 + most) {
+        let what = match cmd {
+            "revoke" => format!(
+                "revoke takes one NAME at a time; {extra:?} was not revoked: run `gateway certs revoke {extra}` for it"
+            ),
+            _ => format!("{cmd} takes {most} argument(s); {extra:?} is one too many"),
+        };
+        return Err(PkiError(format!("{what}\n{USAGE}")));
+    }
+    if let Some(o) = given.iter().find(|o| !options.contains(o)) {
+        return Err(PkiError(format!("{cmd} does not take {o}\n{USAGE}")));
     }
     Ok(())
 }
