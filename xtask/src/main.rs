@@ -309,18 +309,28 @@ fn fuzz_smoke() -> Result<()> {
     Ok(())
 }
 
-/// Creates the development certificates the quick start uses, unless they exist.
+/// Creates the development certificates the quick start uses that are missing: the CA only
+/// where there is none (one made with `gateway certs init` is kept, never replaced), and the
+/// server's and the quickstart device's where they are missing or the CA is new.
 fn ensure_certs(dir: &Path) -> Result<()> {
     let certs = root().join("certs");
-    if certs.join("ca.pem").exists() && certs.join("device-quickstart.pem").exists() {
+    let missing = |f: &str| !certs.join(f).exists();
+    let new_ca = missing("ca.pem");
+    let mut todo: Vec<&[&str]> = Vec::new();
+    if new_ca {
+        todo.push(&["init"]);
+    }
+    if new_ca || missing("server.pem") {
+        todo.push(&["server"]);
+    }
+    if new_ca || missing("device-quickstart.pem") {
+        todo.push(&["device", "quickstart"]);
+    }
+    if todo.is_empty() {
         return Ok(());
     }
-    eprintln!("creating development certificates under certs/ (first run)");
-    for args in [
-        &["init", "--force"][..],
-        &["server"],
-        &["device", "quickstart"],
-    ] {
+    eprintln!("creating the development certificates missing under certs/");
+    for args in todo {
         let mut c = Command::new(dir.join("gateway"));
         c.current_dir(root()).arg("certs").args(args);
         run(c)?;
