@@ -96,9 +96,13 @@ fn main() -> Result<()> {
             c.current_dir(root())
                 .args(["run", "--config", "gateway.toml"])
                 .args(&args[1..]);
-            // Let the gateway handle Ctrl-C itself: it drains before it exits.
-            let status = c.status()?;
-            std::process::exit(status.code().unwrap_or(1));
+            // The gateway takes this process's place: Ctrl-C reaches it alone (it drains
+            // before it exits), and its exit status is the command's. Waiting for it as a
+            // child, this process died of the same Ctrl-C at once, and the shell came back
+            // (status 130) while the gateway was still draining.
+            use std::os::unix::process::CommandExt;
+            let e = c.exec();
+            bail!("cannot start {}: {e}", dir.join("gateway").display());
         }
         Some("bench") => bench(),
         Some("test") => {
