@@ -131,7 +131,7 @@ fn figures(ctx: &SourceContext) -> Vec<Reading> {
         let sensor = format!("sink:{}", k.name);
         let s = &k.stats;
         add(&sensor, "written", "", get(&s.written));
-        add(&sensor, "pending", "", s.pending() as f64);
+        add(&sensor, "pending", "", k.pending() as f64);
         add(&sensor, "retries", "", get(&s.retries));
         add(&sensor, "rejected", "", get(&s.rejected));
         add(&sensor, "restarts", "", get(&s.restarts));

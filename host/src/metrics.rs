@@ -187,7 +187,7 @@ impl Registry {
             &sinks(&|s| get(&s.refused_full)),
         );
         family(&mut out, "gateway_sink_dead_letter_held_readings", "gauge", "Readings the sink refused for good that wait for room in its dead-letter directory (dead_letter_max_size reached, or the disk full or read-only); the sink takes nothing else meanwhile. Alert on it above 0.", &sinks(&|s| get(&s.dead_letter_held)));
-        family(&mut out, "gateway_sink_pending_readings", "gauge", "Readings a sink accepted and has not stored or refused yet (queue, disk buffer and writes in flight).", &sinks(&|s| s.pending() as f64));
+        family(&mut out, "gateway_sink_pending_readings", "gauge", "Readings a sink accepted and has not stored or refused yet (queue, disk buffer and writes in flight).", &now.sinks.iter().map(|s| (label("instance", &s.name), s.pending() as f64)).collect::<Vec<_>>());
         family(
             &mut out,
             "gateway_stall_warning_seconds",

@@ -28,6 +28,18 @@ pub struct SinkView {
     pub buffer: Option<std::sync::Arc<crate::buffer::DiskBuffer>>,
 }
 
+impl SinkView {
+    /// Readings the sink accepted and has neither stored, refused, nor dropped by its disk
+    /// buffer's `when_full = "drop_oldest"`: what is in its queue, its buffer and its writes.
+    pub fn pending(&self) -> u64 {
+        let dropped = self
+            .buffer
+            .as_ref()
+            .map_or(0, |b| b.stats.dropped.load(Ordering::Relaxed));
+        self.stats.pending().saturating_sub(dropped)
+    }
+}
+
 /// What a run holds now, for the metrics page and the periodic log: a reload replaces it.
 #[derive(Clone, Default)]
 pub struct Snapshot {
@@ -233,19 +245,20 @@ impl SinkStats {
         })
     }
 
-    /// Readings accepted but neither written nor rejected yet.
+    /// Readings accepted but neither written nor rejected yet, those a disk buffer dropped
+    /// included ([`SinkView::pending`] leaves them out).
     pub fn pending(&self) -> u64 {
         get(&self.accepted).saturating_sub(get(&self.written) + get(&self.rejected))
     }
 
-    /// Logs one line.
-    pub fn log(&self, name: &str) {
+    /// Logs one line; `pending` as [`SinkView::pending`] counts them.
+    pub fn log(&self, name: &str, pending: u64) {
         tracing::info!(
             sink = name,
             written = get(&self.written),
             writes = get(&self.writes),
             direct_writes = get(&self.direct),
-            pending = self.pending(),
+            pending,
             retries = get(&self.retries),
             rejected = get(&self.rejected),
             restarts = get(&self.restarts),

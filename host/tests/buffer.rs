@@ -183,6 +183,18 @@ fn drop_oldest_keeps_the_limit_and_counts_every_reading_it_drops() {
     assert!(field("bytes") <= 256 * 1024, "{stats}");
     assert!(field("dropped") > 0, "{stats}");
     assert_eq!(field("held") + field("dropped"), 20_000, "{stats}");
+    // What it dropped is no longer pending: the sink's pending figure (as the metrics page,
+    // the internal source and `gateway status` give it) is what the buffer still holds.
+    let sink = err
+        .lines()
+        .rev()
+        .find(|l| l.contains("sink stats"))
+        .expect("sink stats at shutdown");
+    assert_eq!(
+        log_u64(sink, " pending=").unwrap(),
+        field("held"),
+        "{sink}\n{stats}"
+    );
 }
 
 #[test]

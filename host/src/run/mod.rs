@@ -88,16 +88,6 @@ pub fn run(
     graph.summarize(started.elapsed(), clean, &opts)
 }
 
-/// Readings a sink accepted and has neither delivered, refused, nor dropped by its buffer's
-/// `when_full` policy.
-fn undelivered(s: &SinkView) -> u64 {
-    let dropped = s
-        .buffer
-        .as_ref()
-        .map_or(0, |b| b.stats.dropped.load(Ordering::Relaxed));
-    s.stats.pending().saturating_sub(dropped)
-}
-
 /// A running graph: a slot per instance, and what their threads report.
 struct Graph {
     config: Config,
@@ -359,7 +349,7 @@ impl Graph {
         let mut next_log = Instant::now() + Duration::from_secs(5);
         let views = self.sink_views();
         loop {
-            let left: u64 = views.iter().map(undelivered).sum();
+            let left: u64 = views.iter().map(SinkView::pending).sum();
             if left == 0 {
                 return;
             }
@@ -461,7 +451,7 @@ impl Graph {
             // Held on disk (sent after the next start) or dropped by `when_full` (counted and
             // logged when it happened): neither is lost here.
             let on_disk = s.buffer.as_ref().map_or(0, |b| b.pending());
-            let pending = undelivered(s).saturating_sub(on_disk);
+            let pending = s.pending().saturating_sub(on_disk);
             if let (Some(b), 1..) = (&s.buffer, on_disk) {
                 held.push(format!("{}: {on_disk} in {}", s.name, b.dir().display()));
                 held_total += on_disk;
@@ -503,7 +493,7 @@ impl Graph {
 fn log_stats(now: &Snapshot) {
     now.sources.iter().for_each(|(n, s)| s.log(n));
     for s in &now.sinks {
-        s.stats.log(&s.name);
+        s.stats.log(&s.name, s.pending());
         if let Some(b) = &s.buffer {
             crate::stats::log_buffer(&s.name, b);
         }
