@@ -378,9 +378,21 @@ impl Client {
             connected: self.is_connected(),
             coap: self.endpoint.stats().clone(),
             rto: self.endpoint.rto_estimate(&()),
-            in_flight: (self.waiting.len(), self.queued.len()),
+            in_flight: self.in_flight(),
             ..self.figures.clone()
         }
+    }
+
+    /// Requests sent on the session and not finished; and those waiting for a session or,
+    /// on one, for an NSTART slot (the CoAP endpoint holds them back: they have no deadline
+    /// yet: see `stamp`).
+    fn in_flight(&self) -> (usize, usize) {
+        let sent = self
+            .waiting
+            .values()
+            .filter(|j| j.deadline.is_some())
+            .count();
+        (sent, self.queued.len() + self.waiting.len() - sent)
     }
 
     /// Whether a session is established now.

@@ -805,6 +805,27 @@ fn a_request_waiting_for_its_slot_goes_on_the_next_session_not_the_stale_one() {
     assert_eq!(net.received.last().map(|r| &r.1[..]), Some(&b"3"[..]));
 }
 
+/// The client's figures tell the requests sent and not answered from those held back for an
+/// NSTART slot: the uplink's `requests_in_flight` and `requests_waiting` gauges.
+#[test]
+fn requests_held_for_an_nstart_slot_count_as_waiting_not_in_flight() {
+    let pki = Pki::devices(&["pi-01"]);
+    let mut net = Net::new(pki.server_config());
+    let coap = CoapConfig {
+        nstart: 2,
+        ..CoapConfig::default()
+    };
+    let a = net.add(pki.client_with("pi-01", coap));
+    assert!(net.stored(a, b"0"));
+    assert_eq!(net.devices[a].client.figures().in_flight, (0, 0));
+    // A server that answers nothing (restarted: it cannot read the session's records).
+    net.restart_server(pki.server_config());
+    for b in [b"1", b"2", b"3", b"4", b"5"] {
+        net.post(a, b, Duration::from_secs(30));
+    }
+    assert_eq!(net.devices[a].client.figures().in_flight, (2, 3));
+}
+
 #[test]
 fn a_reconnect_storm_waits_in_the_lobby_instead_of_for_retransmissions() {
     let names: Vec<String> = (0..12).map(|i| format!("pi-{i:02}")).collect();
