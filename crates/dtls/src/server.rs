@@ -114,6 +114,9 @@ pub struct Stats {
     /// Resumed sessions refused because the client certificate of the session they resume
     /// has expired since.
     pub expired_resumptions: AtomicU64,
+    /// Sessions refused after their handshake at the session cap (a peer without an identity
+    /// makes room only among those without one). Also counted in [`Stats::over_capacity`].
+    pub refused_at_capacity: AtomicU64,
     /// Sessions ended because the client certificate their identity comes from expired.
     pub expired: AtomicU64,
     /// Datagrams from addresses without a session, dropped.
@@ -907,6 +910,7 @@ impl Server {
             self.cfg.max_sessions,
         ) else {
             count(&self.stats.over_capacity);
+            count(&self.stats.refused_at_capacity);
             return Some(format!(
                 "at the session cap ({}), and a peer without an identity makes room only among those without one",
                 self.cfg.max_sessions

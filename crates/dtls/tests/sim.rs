@@ -559,6 +559,40 @@ fn the_session_cap_drops_the_least_recently_active() {
     assert_eq!(live, vec![None, Some("b"), Some("c")]);
 }
 
+/// A peer without an identity that finds the session cap reached, held by peers with one,
+/// is refused after its handshake, and counted as such.
+#[test]
+fn a_peer_without_an_identity_at_the_session_cap_is_refused_and_counted() {
+    let pki = Pki::devices(&["pi-01"]);
+    let mut settings = pki.server_settings();
+    settings.require_client_cert = false;
+    let mut net = Net::new(server::Config {
+        tls: settings,
+        max_sessions: 1,
+        require_identity: false,
+        ..pki.server_config()
+    });
+    let a = net.add(pki.device("pi-01"));
+    assert!(net.stored(a, b"1"));
+    // A client with no certificate of its own.
+    let anonymous = client::Config {
+        host: "localhost".into(),
+        verify_host: true,
+        tls: ClientSettings {
+            ca_file: Some(pki.path("ca.pem")),
+            mtu: 1232,
+            ..Default::default()
+        },
+        coap: CoapConfig::default(),
+        handshake_timeout: Duration::from_secs(10),
+    };
+    let b = net.add(Client::new(anonymous, seeded(99)).unwrap());
+    assert!(!net.stored(b, b"2"));
+    assert_eq!(net.stat(|s| &s.refused_at_capacity), 1);
+    assert_eq!(net.server.sessions().0, 1, "pi-01 keeps its session");
+    assert!(net.stored(a, b"3"));
+}
+
 #[test]
 fn one_identity_holds_at_most_its_share_of_sessions() {
     let pki = Pki::devices(&["leaked"]);
@@ -785,26 +819,6 @@ fn a_group_goes_out_nstart_at_a_time_and_stops_at_its_first_refusal() {
     assert_eq!(sent, [b"1" as &[u8], b"bad", b"3"]);
 }
 
-#[test]
-fn a_request_waiting_for_its_slot_goes_on_the_next_session_not_the_stale_one() {
-    let pki = Pki::devices(&["pi-01"]);
-    let mut net = Net::new(pki.server_config());
-    let a = net.add(pki.device("pi-01"));
-    assert!(net.stored(a, b"1"));
-    net.advance(Duration::from_secs(1));
-    net.restart_server(pki.server_config());
-    // NSTART 1: the second waits for the first, which the restarted server cannot answer.
-    let first = net.post(a, b"2", Duration::from_secs(5));
-    let second = net.post(a, b"3", Duration::from_secs(30));
-    net.advance(Duration::from_secs(6));
-    assert_eq!(
-        net.result(a, first),
-        Some(&Err(RequestError::Timeout(Duration::from_secs(5))))
-    );
-    assert!(net.changed(a, second), "{:?}", net.result(a, second));
-    assert_eq!(net.received.last().map(|r| &r.1[..]), Some(&b"3"[..]));
-}
-
 /// The client's figures tell the requests sent and not answered from those held back for an
 /// NSTART slot: the uplink's `requests_in_flight` and `requests_waiting` gauges.
 #[test]
@@ -824,6 +838,26 @@ fn requests_held_for_an_nstart_slot_count_as_waiting_not_in_flight() {
         net.post(a, b, Duration::from_secs(30));
     }
     assert_eq!(net.devices[a].client.figures().in_flight, (2, 3));
+}
+
+#[test]
+fn a_request_waiting_for_its_slot_goes_on_the_next_session_not_the_stale_one() {
+    let pki = Pki::devices(&["pi-01"]);
+    let mut net = Net::new(pki.server_config());
+    let a = net.add(pki.device("pi-01"));
+    assert!(net.stored(a, b"1"));
+    net.advance(Duration::from_secs(1));
+    net.restart_server(pki.server_config());
+    // NSTART 1: the second waits for the first, which the restarted server cannot answer.
+    let first = net.post(a, b"2", Duration::from_secs(5));
+    let second = net.post(a, b"3", Duration::from_secs(30));
+    net.advance(Duration::from_secs(6));
+    assert_eq!(
+        net.result(a, first),
+        Some(&Err(RequestError::Timeout(Duration::from_secs(5))))
+    );
+    assert!(net.changed(a, second), "{:?}", net.result(a, second));
+    assert_eq!(net.received.last().map(|r| &r.1[..]), Some(&b"3"[..]));
 }
 
 #[test]

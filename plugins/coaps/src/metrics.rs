@@ -34,7 +34,7 @@ pub fn of(c: &Counters, s: &ServerStats) -> Metrics {
         &[],
         s.handshaking_now.load(Relaxed).max(0) as f64,
     );
-    const HANDSHAKES: &str = "DTLS handshakes by result: ok (full) and resumed; failed by reason (a failure of an established session counts too); refused after the handshake (no identity, denied, a resumption of a session whose client certificate has expired since); evicted while stalled.";
+    const HANDSHAKES: &str = "DTLS handshakes by result: ok (full) and resumed; failed by reason (a failure of an established session counts too); refused after the handshake (no identity, denied, a resumption of a session whose client certificate has expired since, at the session cap); evicted while stalled.";
     let (all, resumed) = (get(&s.sessions), get(&s.resumed));
     m.counter(
         "gateway_dtls_handshakes_total",
@@ -60,6 +60,7 @@ pub fn of(c: &Counters, s: &ServerStats) -> Metrics {
         ("no_identity", &s.unauthenticated),
         ("denied", &s.denied),
         ("expired", &s.expired_resumptions),
+        ("capacity", &s.refused_at_capacity),
     ] {
         m.counter(
             "gateway_dtls_handshakes_total",
