@@ -2,9 +2,9 @@
 //! DELETE a URI, observe it (RFC 7641), or list a server's resources (`discover`), with the
 //! uplink's DTLS options;
 //! a large answer is fetched block by block (RFC 7959 Block2); SenML is shown as a table.
-//! Exit codes a script can use: 0 for 2.xx, 4 for 4.xx, 5 for 5.xx, 3 when no answer came, 2
-//! when the DTLS handshake failed, 6 when observe was answered without a registration, 1 for
-//! anything else (bad arguments, files).
+//! Exit codes a script can use: 0 for 2.xx, 4 for 4.xx, 5 for 5.xx, 3 when no answer came (or
+//! the server reset the request), 2 when the DTLS handshake failed, 6 when observe was answered
+//! without a registration, 1 for anything else (bad arguments, files).
 //!
 //! It does I/O: a UDP socket, the files its options name, stdin for `--payload-file -`.
 
@@ -120,7 +120,14 @@ enum Method {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // A usage error is "anything else" (1), not clap's 2, which here says the handshake failed.
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     match run(&args) {
         Ok(code) => code,
         Err(e) => {
@@ -137,7 +144,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// The exit code of a failure: 2 for DTLS, 3 for no answer, 1 otherwise.
+/// The exit code of a failure: 2 for DTLS, 3 for no answer (or a reset), 1 otherwise.
 fn exit_for(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<RequestError>() {
         Some(RequestError::Dtls(_)) => 2,
@@ -197,7 +204,8 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             handshake_timeout: args.timeout,
         },
     };
-    let client = Client::start(opts).map_err(|e| anyhow::Error::new(RequestError::Dtls(e)))?;
+    // Files and settings that cannot be used: no handshake was tried (exit 1, not 2).
+    let client = Client::start(opts).map_err(anyhow::Error::new)?;
     let method = match args.method {
         Method::Get | Method::Discover | Method::Observe => RequestType::Get,
         Method::Post => RequestType::Post,

@@ -161,6 +161,20 @@ fn bad_arguments_say_what_is_wrong() {
         "{}",
         text(&out.stderr)
     );
+    // Exit 2 says the handshake failed: neither a usage error nor a file that cannot be read
+    // (no handshake is tried) gives it.
+    let out = coap(&["get", "coaps://localhost/x", "--no-such-option"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let out = coap(&["get"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let out = coap(&["get", "coaps://localhost/x", "--ca", "/nonexistent/ca.pem"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/ca.pem"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(coap(&["--help"]).status.code(), Some(0));
 }
 
 #[test]
