@@ -48,7 +48,8 @@ enum Command {
     },
     /// What a running gateway is doing: each instance's counters, queues and disk buffers, read
     /// from its `[gateway] metrics` address. Exits 1 if it cannot be reached, is shutting down,
-    /// or has a sink stuck in a plugin call (`[gateway] stall_warning`).
+    /// has a sink stuck in a plugin call (`[gateway] stall_warning`), or a sink held by a full
+    /// dead-letter directory.
     Status {
         /// The config file of the running gateway.
         #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
@@ -56,7 +57,8 @@ enum Command {
     },
     /// Certificates for the DTLS link: `certs init`, `certs server [--name N]...`, `certs device
     /// NAME`, `certs request NAME` on a device and `certs sign FILE.csr` on the CA's machine,
-    /// `certs revoke NAME` (runs `gateway-certs`, installed next to `gateway`).
+    /// `certs revoke NAME` or `certs revoke --server` (runs `gateway-certs`, installed next to
+    /// `gateway`; `certs --help` shows every option, `--dir`, `--force` and `--days` among them).
     #[command(disable_help_flag = true)]
     Certs {
         /// Arguments for gateway-certs (`--help` shows them).
@@ -103,7 +105,7 @@ enum Command {
     Plugins {
         /// The directory (default: the `plugin_dir` directories of --config if given, else the
         /// directory of this binary).
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", conflicts_with = "config")]
         plugin_dir: Option<PathBuf>,
         /// Take the directory from this config file.
         #[arg(short, long, value_name = "FILE")]
