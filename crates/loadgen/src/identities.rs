@@ -52,8 +52,11 @@ impl Identities {
         let Some(ca_key) = &cli.ca_key else {
             bail!("say who the devices are: --ca-key (issue certificates), --certs-dir or --psk");
         };
-        let (ca, key) = read_pair(&cli.ca, ca_key)
-            .with_context(|| format!("reading the CA {} and its key", cli.ca.display()))?;
+        let Some(ca_file) = &cli.ca else {
+            bail!("--ca-key needs --ca, the CA's certificate");
+        };
+        let (ca, key) = read_pair(ca_file, ca_key)
+            .with_context(|| format!("reading the CA {} and its key", ca_file.display()))?;
         let dir = tempfile::tempdir()?;
         let started = std::time::Instant::now();
         for n in 0..cli.devices {
@@ -73,7 +76,7 @@ impl Identities {
         println!(
             "issued {} device certificates from {} in {:.1} s",
             cli.devices,
-            cli.ca.display(),
+            ca_file.display(),
             started.elapsed().as_secs_f64()
         );
         Ok(Identities::Certs {

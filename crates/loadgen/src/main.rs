@@ -55,7 +55,7 @@ enum Mode {
     after_help = "Examples:
   gateway-load --server 127.0.0.1:5684 --ca certs/ca.pem --ca-key certs/ca.key --devices 100
   gateway-load --server gw.example.org:5684 --ca ca.pem --certs-dir devices/ --readings 20
-  gateway-load --server 127.0.0.1:5684 --ca ca.pem --psk 73656372 --mode handshakes"
+  gateway-load --server 127.0.0.1:5684 --psk 73656372 --mode handshakes"
 )]
 struct Cli {
     /// The server, HOST:PORT.
@@ -64,9 +64,10 @@ struct Cli {
     /// The name checked against the server's certificate (default: the host of --server).
     #[arg(long)]
     host: Option<String>,
-    /// CA certificate (PEM) the server's certificate must lead to.
-    #[arg(long)]
-    ca: PathBuf,
+    /// CA certificate (PEM) the server's certificate must lead to; not needed with --psk
+    /// (a PSK handshake shows no certificate).
+    #[arg(long, required_unless_present = "psk")]
+    ca: Option<PathBuf>,
     /// Give each device a certificate of its own, issued by this key of --ca (a development
     /// CA; the certificates live in a temporary directory for the run).
     #[arg(long, conflicts_with_all = ["certs_dir", "psk"])]
@@ -181,7 +182,7 @@ pub(crate) fn client_config(cli: &Cli, host: &str, tls: ClientSettings) -> Confi
         host: host.to_owned(),
         verify_host: tls.psk.is_none(),
         tls: ClientSettings {
-            ca_file: Some(cli.ca.clone()),
+            ca_file: cli.ca.clone(),
             ciphers: cli.ciphers.clone(),
             mtu: DEFAULT_MTU,
             ..tls
