@@ -27,7 +27,7 @@
 //! - `soak [N]`: the zero-loss test, N times longer.
 //! - `dist [--target TRIPLE]`: the build for the Pi (static, trimmed OpenSSL; see `dist.rs`)
 //!   in `target/dist/gateway-TRIPLE/`, and its sizes.
-//! - `new-plugin NAME --source|--sink [--dir DIR]`: a plugin folder that builds and tests on
+//! - `new-plugin NAME --source|--sink [--dir DIR] [--what TEXT]`: a plugin folder that builds and tests on
 //!   its own, outside this repository (`template.rs`).
 //! - `sdk-package`: the SDK as a crate file, `target/package/gateway-sdk-VERSION.crate`.
 //! - `deb [--target TRIPLE]...`: Debian packages of that build, with systemd units for the Pi
@@ -205,7 +205,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | test [CARGO-TEST-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-pi | bench-e2e | bench-pg | bench-mqtt | bench-tiers [SECONDS] | bench-balancer [SECONDS] | soak [N] | dist [--target TRIPLE] | deb [--target TRIPLE]... | new-plugin NAME --source|--sink [--dir DIR] | sdk-package"
+                "usage: cargo xtask run [GATEWAY-RUN-ARGS] | test [CARGO-TEST-ARGS] | ci | bench | bench-ingress [SECONDS] | bench-lossy [SECONDS] | bench-reload [SECONDS] | bench-pi | bench-e2e | bench-pg | bench-mqtt | bench-tiers [SECONDS] | bench-balancer [SECONDS] | soak [N] | dist [--target TRIPLE] | deb [--target TRIPLE]... | new-plugin NAME --source|--sink [--dir DIR] [--what TEXT] | sdk-package"
             );
             std::process::exit(2);
         }
