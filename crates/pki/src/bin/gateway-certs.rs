@@ -350,9 +350,16 @@ fn check_usage(positional: &[String], given: &[&str]) -> Result<(), PkiError> {
     };
     if let Some(extra) = positional.get(1 + most) {
         let what = match cmd {
-            "revoke" => format!(
-                "revoke takes one NAME at a time; {extra:?} was not revoked: run `gateway certs revoke {extra}` for it"
-            ),
+            "revoke" => {
+                let each: Vec<String> = positional[1..]
+                    .iter()
+                    .map(|n| format!("`gateway certs revoke {n}`"))
+                    .collect();
+                format!(
+                    "revoke takes one NAME at a time: nothing was revoked; run {}",
+                    each.join(", then ")
+                )
+            }
             _ => format!("{cmd} takes {most} argument(s); {extra:?} is one too many"),
         };
         return Err(PkiError(format!("{what}\n{USAGE}")));
