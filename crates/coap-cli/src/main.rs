@@ -33,7 +33,7 @@ use std::{
     name = "gateway coap",
     version,
     about = "A CoAP-over-DTLS client: GET, POST, PUT, DELETE, observe, discover",
-    after_help = "Exit codes: 0 for a 2.xx answer, 4 for 4.xx, 5 for 5.xx, 3 when no answer came in time (or an observation's session was lost), 2 when the DTLS handshake failed, 6 when observe was answered without registering, 1 for anything else.\n\nExamples:\n  gateway coap get coaps://gw.example/.well-known/core --ca certs/ca.pem\n  gateway coap observe coaps://gw.example/gpsflowtemp/pi-01/ds18b20 --ca certs/ca.pem --cert certs/dash.pem --key certs/dash.key --count 10\n  gateway coap post coaps://gw.example/gpsflowtemp --ca certs/ca.pem --cert certs/pi-01.pem --key certs/pi-01.key -t senml+json -f readings.json"
+    after_help = "Exit codes: 0 for a 2.xx answer, 4 for 4.xx, 5 for 5.xx, 3 when no answer came in time (or an observation's session was lost, or the server reset the request), 2 when the DTLS handshake failed, 6 when observe was answered without registering, 1 for anything else (bad arguments, files that cannot be read).\n\nExamples:\n  gateway coap get coaps://gw.example/.well-known/core --ca certs/ca.pem\n  gateway coap observe coaps://gw.example/gpsflowtemp/pi-01/ds18b20 --ca certs/ca.pem --cert certs/dash.pem --key certs/dash.key --count 10\n  gateway coap post coaps://gw.example/gpsflowtemp --ca certs/ca.pem --cert certs/pi-01.pem --key certs/pi-01.key -t senml+json -f readings.json"
 )]
 struct Args {
     /// What to do.
