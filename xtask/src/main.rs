@@ -313,30 +313,58 @@ fn fuzz_smoke() -> Result<()> {
     Ok(())
 }
 
-/// Creates the development certificates the quick start uses that are missing: the CA only
-/// where there is none (one made with `gateway certs init` is kept, never replaced), and the
-/// server's and the quickstart device's where they are missing or the CA is new.
+/// Creates the development certificates the quick start uses where they are missing or
+/// unusable: the CA only where there is none (one made with `gateway certs init` is kept,
+/// never replaced); the server's and the quickstart device's where the certificate or its key
+/// is missing, or the certificate does not verify against `ca.pem` (another CA's, expired).
 fn ensure_certs(dir: &Path) -> Result<()> {
     let certs = root().join("certs");
     let missing = |f: &str| !certs.join(f).exists();
     let new_ca = missing("ca.pem");
-    let mut todo: Vec<&[&str]> = Vec::new();
+    // `openssl verify` checks the chain and the dates; without the tool, a certificate that is
+    // there counts as good.
+    let verifies = |pem: &str| {
+        Command::new("openssl")
+            .current_dir(&certs)
+            .args(["verify", "-CAfile", "ca.pem", pem])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_or(true, |s| s.success())
+    };
+    let mut todo: Vec<Vec<&str>> = Vec::new();
+    let mut issued = Vec::new();
     if new_ca {
-        todo.push(&["init"]);
+        todo.push(vec!["init"]);
     }
-    if new_ca || missing("server.pem") {
-        todo.push(&["server"]);
-    }
-    if new_ca || missing("device-quickstart.pem") {
-        todo.push(&["device", "quickstart"]);
+    for (stem, args) in [
+        ("server", &["server"][..]),
+        ("device-quickstart", &["device", "quickstart"]),
+    ] {
+        let (pem, key) = (format!("{stem}.pem"), format!("{stem}.key"));
+        if new_ca || missing(&pem) || missing(&key) || !verifies(&pem) {
+            let mut a = args.to_vec();
+            if !missing(&pem) {
+                // Unusable as it is (another CA's, expired, without its key): replaced.
+                a.push("--force");
+            }
+            todo.push(a);
+            issued.push(pem);
+        }
     }
     if todo.is_empty() {
         return Ok(());
     }
-    eprintln!("creating the development certificates missing under certs/");
+    if !new_ca && missing("ca.key") {
+        bail!(
+            "certs/ca.pem is there without its key certs/ca.key, and {} must be issued (missing, without its key, or not valid under that CA): put the CA's key there, or move ca.pem away so that a development CA is made",
+            issued.join(" and ")
+        );
+    }
+    eprintln!("creating the development certificates missing or unusable under certs/");
     for args in todo {
         let mut c = Command::new(dir.join("gateway"));
-        c.current_dir(root()).arg("certs").args(args);
+        c.current_dir(root()).arg("certs").args(&args);
         run(c)?;
     }
     Ok(())
