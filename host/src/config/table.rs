@@ -91,7 +91,7 @@ impl TableReader<'_> {
                     "max_size" | "when_full" | "fsync" => format!(
                         "a memory buffer takes no {key}: it is the sink's queue (queue_capacity bounds it); {key} is a disk buffer's"
                     ),
-                    _ => "unknown key; a buffer takes type, max_size, when_full and fsync".into(),
+                    _ => "unknown key; a memory buffer takes `type` alone".into(),
                 };
                 return Err(self.err(line, &format!("buffer.{key}"), msg));
             }

@@ -235,7 +235,7 @@ fn buffer_values_are_read_by_serde_and_their_errors_name_the_key() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("buffer.size") && e.contains("unknown key"),
+        e.contains("buffer.size") && e.contains("a memory buffer takes `type` alone"),
         "{e}"
     );
     assert!(sink(r#"{ type = "memory" }"#).unwrap().sinks[0]
