@@ -52,9 +52,8 @@ impl Identities {
         let Some(ca_key) = &cli.ca_key else {
             bail!("say who the devices are: --ca-key (issue certificates), --certs-dir or --psk");
         };
-        let Some(ca_file) = &cli.ca else {
-            bail!("--ca-key needs --ca, the CA's certificate");
-        };
+        // Given: --ca-key conflicts with --psk, without which --ca is required.
+        let ca_file = cli.ca.as_ref().expect("clap requires --ca without --psk");
         let (ca, key) = read_pair(ca_file, ca_key)
             .with_context(|| format!("reading the CA {} and its key", ca_file.display()))?;
         let dir = tempfile::tempdir()?;
