@@ -534,8 +534,24 @@ fn dedup_memory_is_bounded() {
         while server.poll_transmit().is_some() {}
     }
     assert_eq!(server.in_flight(), (0, 0));
-    // Nothing grows without bound: the cache holds at most its capacity (plus the one in hand).
-    assert!(server.stats().duplicates == 0);
+    assert_eq!(server.stats().duplicates, 0);
+    let again = |server: &mut Endpoint<u8>, i: u16| {
+        let mut p = request(RequestType::Post, "x", None, vec![]);
+        p.header.set_type(MessageType::NonConfirmable);
+        p.header.message_id = i;
+        server.handle_datagram(now, (i % 250) as u8, &p.to_bytes().unwrap());
+        let fresh = matches!(server.poll_event(), Some(Event::Request { .. }));
+        while server.poll_event().is_some() {}
+        while server.poll_transmit().is_some() {}
+        fresh
+    };
+    // The last message is still remembered: sent again, it is a duplicate...
+    assert!(!again(&mut server, 9_999));
+    assert_eq!(server.stats().duplicates, 1);
+    // ...and the first, 9,999 messages ago, was forgotten (the cache holds at most its
+    // capacity): it is taken as new.
+    assert!(again(&mut server, 0));
+    assert_eq!(server.stats().duplicates, 1);
 }
 
 #[test]

@@ -276,8 +276,9 @@ fn a_batch_refused_for_good_is_not_delivered_again_and_one_not_stored_is() {
         .run::<NatsSource>()
         .unwrap();
     assert_eq!(refused.readings.len(), 5, "delivered again after a retry");
+    // Watched past ack_wait (5 s): a message left unacknowledged would be delivered again.
     let after = source(&n)
-        .timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(7))
         .run::<NatsSource>()
         .unwrap();
     assert!(
@@ -296,8 +297,9 @@ fn a_message_that_is_not_a_reading_is_dropped_from_the_consumer() {
     s.write(sample_readings(2)).unwrap();
     let run = source(&n).readings(3).run::<NatsSource>().unwrap();
     assert_eq!(run.readings.len(), 3);
+    // Watched past ack_wait (5 s): a message left unacknowledged would be delivered again.
     let again = source(&n)
-        .timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(7))
         .run::<NatsSource>()
         .unwrap();
     assert!(
@@ -486,9 +488,11 @@ fn settings_errors_name_their_key() {
 
 #[test]
 fn readme_samples_match_sample_toml_and_parse() {
-    for (name, keys) in
-        readme_sample_tables(include_str!("../README.md"), include_str!("../sample.toml"))
-    {
+    let tables = readme_sample_tables(include_str!("../README.md"), include_str!("../sample.toml"));
+    // The sample's every table, twice (as written, and with its commented defaults), so that
+    // an empty block and file cannot pass.
+    assert_eq!(tables.len(), 4);
+    for (name, keys) in tables {
         if name.starts_with("sinks.") {
             let _: nats::config::SinkConfig =
                 keys.try_into().unwrap_or_else(|e| panic!("{name}: {e}"));
