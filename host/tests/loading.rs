@@ -495,6 +495,11 @@ fn a_library_its_group_can_write_or_another_user_owns_is_refused() {
             err.contains("is owned by uid 4321, neither root nor the user the gateway runs as"),
             "{err}"
         );
+    } else {
+        // Only root can give the library another owner; CI runs as root, so there this half
+        // must run, not pass unrun.
+        assert!(std::env::var("CI").is_err(), "CI runs the suite as root");
+        eprintln!("skipped: another user's library (needs root)");
     }
 }
 
