@@ -134,10 +134,16 @@ fn the_amd64_package_holds_the_gateway_its_plugins_and_hardened_units() {
     ] {
         assert!(listing.contains(line), "{line} in\n{listing}");
     }
-    assert!(
-        listing.contains("-rw-r----- root/root") && listing.contains("./etc/gateway/client.toml"),
-        "configs are not readable by every user:\n{listing}"
-    );
+    for config in ["./etc/gateway/client.toml", "./etc/gateway/server.toml"] {
+        let line = listing
+            .lines()
+            .find(|l| l.ends_with(config))
+            .unwrap_or_else(|| panic!("{config} in\n{listing}"));
+        assert!(
+            line.starts_with("-rw-r----- root/root"),
+            "{config} must not be readable by every user: {line}"
+        );
+    }
     // Built under umask 002: still nothing its group may write (the loader refuses a plugin
     // directory its group can write).
     for line in listing.lines() {

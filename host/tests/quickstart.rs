@@ -33,15 +33,17 @@ fn the_quick_start_config_checks_and_readings_flow_to_stdout() {
     let status = gw.stop(Duration::from_secs(10));
     let (out, err) = (gw.stdout(), gw.stderr());
     assert!(status.success(), "{err}");
-    let temps = out
+    // Each of the three probes, not one of them three times.
+    let probes: std::collections::HashSet<&str> = out
         .lines()
-        .filter(|l| {
-            l.contains("quickstart/28-5a1d") && l.contains(" temperature=") && l.contains(" Cel ")
-        })
-        .count();
-    assert!(
-        temps >= 3,
-        "three simulated probes read at least once:\n{out}"
+        .filter(|l| l.contains(" temperature=") && l.contains(" Cel "))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|who| who.starts_with("quickstart/28-5a1d"))
+        .collect();
+    assert_eq!(
+        probes.len(),
+        3,
+        "three simulated probes read at least once: {probes:?}\n{out}"
     );
     assert!(
         out.lines()

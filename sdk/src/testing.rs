@@ -944,8 +944,7 @@ mod tests {
         let values: Vec<_> = run.readings.iter().map(|r| r.value.clone()).collect();
         assert_eq!(values[0], Value::Int(1));
         assert_eq!(values[11], Value::Int(12));
-        let mut ids: Vec<_> = run.readings.iter().map(|r| r.id).collect();
-        ids.dedup();
+        let ids: std::collections::HashSet<_> = run.readings.iter().map(|r| r.id).collect();
         assert_eq!(ids.len(), 12, "ids unique");
     }
 

@@ -195,7 +195,10 @@ fn libcoap_client_with_a_wrong_psk_gets_nothing_in() {
     let ingress =
         std::thread::spawn(move || run_source::<Ingress>(&cfg, 1, Duration::from_secs(6)).unwrap());
     std::thread::sleep(Duration::from_millis(300));
+    // -v 6: coap-client prints the messages it gets, so an answer would show.
     let printed = coap_client(&[
+        "-v",
+        "6",
         "-m",
         "post",
         "-t",

@@ -65,6 +65,8 @@ fn explicit_probes_use_their_aliases_and_missing_ones_are_skipped() {
         dir.path().display().to_string()
     );
     let run = run_source::<Ds18b20>(&cfg, 2, Duration::from_secs(10)).unwrap();
+    // Readings came (an empty run would pass the check below), all of the one probe there.
+    assert!(run.reached, "{:?}", run.readings);
     assert!(
         run.readings
             .iter()

@@ -205,9 +205,11 @@ fn settings_errors_name_their_key() {
 
 #[test]
 fn readme_sample_matches_sample_toml_and_parses() {
-    for (name, keys) in
-        readme_sample_tables(include_str!("../README.md"), include_str!("../sample.toml"))
-    {
+    let tables = readme_sample_tables(include_str!("../README.md"), include_str!("../sample.toml"));
+    // The sample's every table, twice (as written, and with its commented defaults), so that
+    // an empty block and file cannot pass.
+    assert_eq!(tables.len(), 2);
+    for (name, keys) in tables {
         let c: Config = keys.try_into().unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(c.table, "readings");
     }
