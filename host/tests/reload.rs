@@ -733,6 +733,52 @@ fn a_slow_drop_of_what_a_reload_leaves_does_not_hold_the_main_loop() {
     assert!(status.success(), "{}", gw.stderr());
 }
 
+/// The same for the sink a reload adds whose disk buffer does not open (here its directory is
+/// a file): the sink is parked, and the instance built for it is dropped on a thread of its
+/// own. Before, the main thread dropped it, and "reload applied" waited for its `Drop`.
+#[test]
+fn a_slow_drop_of_a_sink_whose_buffer_does_not_open_does_not_hold_the_main_loop() {
+    let s = Setup::new();
+    let data = s.path("data").display().to_string();
+    let out = s.path("out.txt").display().to_string();
+    let seq = "[sources.seq]\nplugin = \"testkit-sequence\"\ninterval = \"10ms\"\n";
+    let rec = format!("[sinks.rec]\nplugin = \"testkit-recorder\"\npath = {out:?}\n");
+    let gateway = format!("data_dir = {data:?}");
+    let cfg = s.config(&gateway, &format!("{seq}{rec}"));
+    let mut gw = Running::start(&s, &cfg, &[]);
+    assert!(
+        gw.wait_for_log("gateway running", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    std::fs::create_dir_all(s.path("data/slow")).unwrap();
+    std::fs::write(s.path("data/slow/buffer"), "not a directory").unwrap();
+    let slow = format!(
+        "[sinks.slow]\nplugin = \"testkit-recorder\"\npath = {:?}\ndrop_delay = \"5s\"\nbuffer = {{ type = \"disk\" }}\n",
+        s.path("slow.txt").display().to_string()
+    );
+    s.config(&gateway, &format!("{seq}{rec}{slow}"));
+    let asked = std::time::Instant::now();
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log("reload applied", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    let took = asked.elapsed();
+    let err = gw.stderr();
+    assert!(err.contains("cannot open the disk buffer"), "{err}");
+    assert!(err.contains("the sink is not started"), "{err}");
+    assert!(took < Duration::from_secs(3), "{took:?}: {err}");
+    // It stops (the parked sink's queue is said undelivered, not waited for).
+    gw.signal(libc::SIGTERM);
+    assert!(
+        gw.wait(Duration::from_secs(20)).is_some(),
+        "{}",
+        gw.stderr()
+    );
+}
+
 /// A reload that makes an instance more verbose than any was at the start: its debug and trace
 /// events reach the log. Before, both the plugin library (its filter fixed when loaded) and the
 /// host's subscriber (its plugin level fixed at the start) dropped them.

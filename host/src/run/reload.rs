@@ -441,6 +441,8 @@ impl Graph {
                     tracing::error!(sink = %name, "{e}; the sink is not started: its queue is kept, and its sources wait for it; fix it and reload again");
                     self.parked.insert(name.clone(), (line, k.decl.clone()));
                     new.sinks.retain(|d| &d.name != name);
+                    // The instance built for it goes as the reload's other leftovers do.
+                    self.dropping.extend(drop_elsewhere(k));
                     continue;
                 }
             }
@@ -507,6 +509,7 @@ impl Graph {
                     tracing::error!(sink = %name, "the disk buffer's writer did not stop within shutdown_timeout; the sink is not started: its queue is kept, and its sources wait for it; reload again once the disk answers");
                     self.parked.insert(name.clone(), (line, k.decl.clone()));
                     new.sinks.retain(|d| d.name != name);
+                    self.dropping.extend(drop_elsewhere(k));
                     return;
                 }
             }
@@ -516,6 +519,7 @@ impl Graph {
                     tracing::error!(sink = %name, "{e}; the sink is not started: its queue is kept, and its sources wait for it; fix it and reload again");
                     self.parked.insert(name.clone(), (line, k.decl.clone()));
                     new.sinks.retain(|d| d.name != name);
+                    self.dropping.extend(drop_elsewhere(k));
                     return;
                 }
             }
