@@ -60,6 +60,19 @@ pub fn report(addr: SocketAddr) -> Result<(String, bool), String> {
         "gateway at {addr}: {}",
         if ready { "running" } else { "shutting down" }
     );
+    // The clock: readings are stamped with it (a Pi has no real-time clock).
+    match m.get("gateway_clock_synchronized").and_then(|s| s.get("")) {
+        Some(s) if *s > 0.0 => {
+            let _ = writeln!(out, "clock: synchronised");
+        }
+        Some(_) => {
+            let _ = writeln!(
+                out,
+                "clock: not synchronised (no NTP yet): readings carry the system clock's time, which may be off; the log says of each step"
+            );
+        }
+        None => {}
+    }
     let instances = |name: &str| -> Vec<String> {
         m.get(name)
             .map(|s| s.keys().cloned().collect())
@@ -86,11 +99,17 @@ pub fn report(addr: SocketAddr) -> Result<(String, bool), String> {
     let buffered = instances("gateway_buffer_readings");
     for i in instances("gateway_sink_written_total") {
         let buffer = if buffered.contains(&i) {
+            let dropped = v("gateway_buffer_dropped_total", &i);
             format!(
-                "{} readings, {} bytes, oldest {:.0} s",
+                "{} readings, {} bytes, oldest {:.0} s{}",
                 v("gateway_buffer_readings", &i),
                 v("gateway_buffer_bytes", &i),
-                v("gateway_buffer_oldest_age_seconds", &i)
+                v("gateway_buffer_oldest_age_seconds", &i),
+                if dropped > 0.0 {
+                    format!(", {dropped} dropped when full")
+                } else {
+                    String::new()
+                }
             )
         } else {
             "none".to_owned()

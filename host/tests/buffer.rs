@@ -168,8 +168,22 @@ fn drop_oldest_keeps_the_limit_and_counts_every_reading_it_drops() {
         "fail_first = 1000000",
         r#"{ type = "disk", max_size = "256KiB", when_full = "drop_oldest" }"#,
     );
+    // With a metrics page, for `gateway status`.
+    let addr = format!("127.0.0.1:{}", free_tcp_port());
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "data_dir = ",
+        &format!("metrics = {addr:?}\ndata_dir = "),
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
     let mut gw = Running::start(&s, &cfg, &[]);
     wait_file(&s, "emitted", "20000", &gw);
+    let (_, shown, _) = gateway(&["status", "--config", cfg.to_str().unwrap()]);
+    let rec = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("rec "))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(rec.contains("dropped when full"), "{shown}");
     let status = gw.stop(Duration::from_secs(20));
     let err = gw.stderr();
     assert!(status.success(), "{err}");

@@ -97,6 +97,12 @@ fn metrics_health_and_status_describe_a_running_gateway() {
         .find(|l| l.trim_start().starts_with("rec "))
         .expect(&out);
     assert!(rec.contains("300") && rec.contains("0 readings"), "{out}");
+    // The clock's state as the page gave it.
+    match metric(&text, "gateway_clock_synchronized") {
+        Some(s) if s > 0.0 => assert!(out.contains("clock: synchronised"), "{out}"),
+        Some(_) => assert!(out.contains("clock: not synchronised"), "{out}"),
+        None => assert!(!out.contains("clock:"), "{out}"),
+    }
     assert!(gw.stop(Duration::from_secs(20)).success());
 
     // Stopped: status says it cannot reach it, and fails.
