@@ -769,6 +769,14 @@ fn a_slow_drop_of_a_sink_whose_buffer_does_not_open_does_not_hold_the_main_loop(
     let err = gw.stderr();
     assert!(err.contains("cannot open the disk buffer"), "{err}");
     assert!(err.contains("the sink is not started"), "{err}");
+    let applied = err
+        .lines()
+        .find(|l| l.contains("reload applied"))
+        .unwrap_or_default();
+    assert!(
+        applied.contains("not started") && applied.contains(": slow"),
+        "{applied}"
+    );
     assert!(took < Duration::from_secs(3), "{took:?}: {err}");
     // It stops (the parked sink's queue is said undelivered, not waited for).
     gw.signal(libc::SIGTERM);

@@ -278,10 +278,25 @@ impl Graph {
             return true;
         }
         self.apply(plan, &sources, &sinks);
-        let what: Vec<String> = [sources.describe("sources"), sinks.describe("sinks")]
+        let mut what: Vec<String> = [sources.describe("sources"), sinks.describe("sinks")]
             .into_iter()
             .flatten()
             .collect();
+        // "added" is what the file asked; a sink whose disk buffer did not open is parked, not
+        // running, and the summary says so beside the error that said why.
+        let parked: Vec<&str> = sinks
+            .added
+            .iter()
+            .chain(&sinks.changed)
+            .filter(|n| self.parked.contains_key(*n))
+            .map(String::as_str)
+            .collect();
+        if !parked.is_empty() {
+            what.push(format!(
+                "not started (their queues are kept; see the error above): {}",
+                parked.join(", ")
+            ));
+        }
         tracing::info!(
             kept = sources.kept.len() + sinks.kept.len(),
             "reload applied in {:.1} ms: {}",
