@@ -74,6 +74,16 @@ fn wait_until(what: &str, gw: &Running, limit: Duration, mut f: impl FnMut() -> 
     }
 }
 
+/// Sends SIGHUP and waits (20 s at most) until the log says "reload applied".
+fn hup_until_applied(gw: &Running) {
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log("reload applied", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+}
+
 #[test]
 fn a_reload_rebuilds_only_what_changed_and_the_successor_takes_what_was_held() {
     let s = Setup::new();
@@ -99,12 +109,7 @@ fn a_reload_rebuilds_only_what_changed_and_the_successor_takes_what_was_held() {
         s.path("added.txt").display().to_string()
     );
     s.config(&gateway_extra(&s), &body(&s, "", &added));
-    gw.signal(libc::SIGHUP);
-    assert!(
-        gw.wait_for_log("reload applied", Duration::from_secs(20)),
-        "{}",
-        gw.stderr()
-    );
+    hup_until_applied(&gw);
     let log = gw.stderr();
     let line = log.lines().find(|l| l.contains("reload applied")).unwrap();
     assert!(
@@ -200,12 +205,7 @@ fn a_file_that_does_not_check_changes_nothing_and_says_why() {
         .replace("inputs = [\"b\"]", "inputs = [\"a\"]")
         .replacen("interval = \"10ms\"", "interval = \"5ms\"", 1);
     s.config(&format!("{extra}\nshutdown_timeout = \"7s\""), &text);
-    gw.signal(libc::SIGHUP);
-    assert!(
-        gw.wait_for_log("reload applied", Duration::from_secs(20)),
-        "{}",
-        gw.stderr()
-    );
+    hup_until_applied(&gw);
     let log = gw.stderr();
     assert!(
         log.contains("[gateway] shutdown_timeout changed; a reload does not apply"),
@@ -376,12 +376,7 @@ fn a_sink_whose_buffer_changes_reopens_it_and_a_plain_one_becoming_buffered_keep
             "inputs = [\"b\"]\nbuffer = { type = \"disk\" }",
         );
     s.config(&extra, &text);
-    gw.signal(libc::SIGHUP);
-    assert!(
-        gw.wait_for_log("reload applied", Duration::from_secs(20)),
-        "{}",
-        gw.stderr()
-    );
+    hup_until_applied(&gw);
     let line = gw
         .stderr()
         .lines()
@@ -628,12 +623,7 @@ retry_backoff_max = "50ms"
         &body("buffer = { type = \"disk\", max_size = \"16MiB\" }"),
     );
     let started = Instant::now();
-    gw.signal(libc::SIGHUP);
-    assert!(
-        gw.wait_for_log("reload applied", Duration::from_secs(20)),
-        "{}",
-        gw.stderr()
-    );
+    hup_until_applied(&gw);
     let took = started.elapsed();
     let status = gw.wait(Duration::from_secs(60)).expect("the job ends");
     let log = gw.stderr();
@@ -719,12 +709,7 @@ fn a_slow_drop_of_what_a_reload_leaves_does_not_hold_the_main_loop() {
     );
     s.config("", &body("20ms"));
     let asked = std::time::Instant::now();
-    gw.signal(libc::SIGHUP);
-    assert!(
-        gw.wait_for_log("reload applied", Duration::from_secs(20)),
-        "{}",
-        gw.stderr()
-    );
+    hup_until_applied(&gw);
     let took = asked.elapsed();
     assert!(took < Duration::from_secs(3), "{took:?}: {}", gw.stderr());
     assert!(gw.stderr().contains("kept=1"), "{}", gw.stderr());
@@ -759,12 +744,7 @@ fn a_slow_drop_of_a_sink_whose_buffer_does_not_open_does_not_hold_the_main_loop(
     );
     s.config(&gateway, &format!("{seq}{rec}{slow}"));
     let asked = std::time::Instant::now();
-    gw.signal(libc::SIGHUP);
-    assert!(
-        gw.wait_for_log("reload applied", Duration::from_secs(20)),
-        "{}",
-        gw.stderr()
-    );
+    hup_until_applied(&gw);
     let took = asked.elapsed();
     let err = gw.stderr();
     assert!(err.contains("cannot open the disk buffer"), "{err}");
