@@ -93,9 +93,15 @@ fn main() -> Result<()> {
             let dir = build(false)?;
             ensure_certs(&dir)?;
             let mut c = Command::new(dir.join("gateway"));
-            c.current_dir(root())
-                .args(["run", "--config", "gateway.toml"])
-                .args(&args[1..]);
+            c.current_dir(root()).arg("run");
+            // gateway.toml unless the user names another config (`-c client.toml`).
+            let named = args[1..]
+                .iter()
+                .any(|a| a == "-c" || a == "--config" || a.starts_with("--config="));
+            if !named {
+                c.args(["--config", "gateway.toml"]);
+            }
+            c.args(&args[1..]);
             // The gateway takes this process's place: Ctrl-C reaches it alone (it drains
             // before it exits), and its exit status is the command's. Waiting for it as a
             // child, this process died of the same Ctrl-C at once, and the shell came back
