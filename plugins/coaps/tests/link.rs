@@ -227,6 +227,9 @@ fn a_device_certificate_not_yet_valid_holds_the_readings_and_does_not_stop_the_s
     .expect("built: dates are said, not refused");
     let e = uplink.write(sample_readings(2)).unwrap_err();
     assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    // Retried because the server refused the certificate, not for any other reason (a port
+    // that cannot be reached would be retried too).
+    assert!(e.message().contains("bad certificate"), "{e}");
     assert!(uplink.acknowledged().is_empty());
 }
 
