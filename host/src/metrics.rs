@@ -13,7 +13,7 @@
 
 use crate::{
     buffer::DiskBuffer,
-    stats::{SinkStats, SourceStats, Views},
+    stats::{SinkStats, SinkView, SourceStats, Views},
 };
 use std::{
     collections::HashMap,
@@ -124,12 +124,13 @@ impl Registry {
             "Times a source was rebuilt after a failure.",
             &sources(&|s| get(&s.restarts)),
         );
-        let sinks = |f: &dyn Fn(&SinkStats) -> f64| -> Vec<(String, f64)> {
+        let views = |f: &dyn Fn(&SinkView) -> f64| -> Vec<(String, f64)> {
             now.sinks
                 .iter()
-                .map(|s| (label("instance", &s.name), f(&s.stats)))
+                .map(|s| (label("instance", &s.name), f(s)))
                 .collect()
         };
+        let sinks = |f: &dyn Fn(&SinkStats) -> f64| views(&|s| f(&s.stats));
         family(
             &mut out,
             "gateway_sink_accepted_total",
@@ -187,7 +188,7 @@ impl Registry {
             &sinks(&|s| get(&s.refused_full)),
         );
         family(&mut out, "gateway_sink_dead_letter_held_readings", "gauge", "Readings the sink refused for good that wait for room in its dead-letter directory (dead_letter_max_size reached, or the disk full or read-only); the sink takes nothing else meanwhile. Alert on it above 0.", &sinks(&|s| get(&s.dead_letter_held)));
-        family(&mut out, "gateway_sink_pending_readings", "gauge", "Readings a sink accepted and has not stored or refused yet (queue, disk buffer and writes in flight).", &now.sinks.iter().map(|s| (label("instance", &s.name), s.pending() as f64)).collect::<Vec<_>>());
+        family(&mut out, "gateway_sink_pending_readings", "gauge", "Readings a sink accepted and has not stored or refused yet (queue, disk buffer and writes in flight).", &views(&|s| s.pending() as f64));
         family(
             &mut out,
             "gateway_stall_warning_seconds",

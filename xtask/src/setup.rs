@@ -268,15 +268,17 @@ fn mosquitto(root: &Option<Vec<&'static str>>) -> Result<()> {
 /// buffers) took 12.5 GiB at their peak in a CI run from an empty target directory.
 const ROOM_GIB: f64 = 16.0;
 
-/// The free space, in GiB, of the file system holding `path`.
+/// The free space, in GiB, of the file system holding `path` (statvfs(3) through rustix, as
+/// the `system` plugin reads it, without unsafe code).
 fn free_gib(path: &std::path::Path) -> Option<f64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs(3) fills `s`, a zeroed value of its own type, given a NUL-terminated
-    // path; `s` is read only when it says it did.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statvfs(c.as_ptr(), &mut s) } == 0)
-        .then(|| s.f_bavail as f64 * s.f_frsize as f64 / (1u64 << 30) as f64)
+    let s = rustix::fs::statvfs(path).ok()?;
+    // The unit of f_bavail; a file system that leaves f_frsize at 0 means f_bsize.
+    let unit = if s.f_frsize == 0 {
+        s.f_bsize
+    } else {
+        s.f_frsize
+    };
+    Some(s.f_bavail as f64 * unit as f64 / (1u64 << 30) as f64)
 }
 
 /// Says so when the build's disk or the temporary directory's has less room than the suite

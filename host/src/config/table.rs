@@ -82,20 +82,17 @@ impl TableReader<'_> {
         };
         // A memory buffer is the queue itself: the disk buffer's keys mean nothing to it, and
         // one written beside it (a size the user believes bounds it) is refused, not ignored.
-        let memory = table.get("type").and_then(toml::Value::as_str) == Some("memory");
-        let other = table.keys().find(|k| *k != "type").cloned();
-        match (memory, other) {
-            (true, None) => return Ok(None),
-            (true, Some(key)) => {
-                let msg = match key.as_str() {
-                    "max_size" | "when_full" | "fsync" => format!(
-                        "a memory buffer takes no {key}: it is the sink's queue (queue_capacity bounds it); {key} is a disk buffer's"
-                    ),
-                    _ => "unknown key; a memory buffer takes `type` alone".into(),
-                };
-                return Err(self.err(line, &format!("buffer.{key}"), msg));
-            }
-            (false, _) => {}
+        if table.get("type").and_then(toml::Value::as_str) == Some("memory") {
+            let Some(key) = table.keys().find(|k| *k != "type") else {
+                return Ok(None);
+            };
+            let msg = match key.as_str() {
+                "max_size" | "when_full" | "fsync" => format!(
+                    "a memory buffer takes no {key}: it is the sink's queue (queue_capacity bounds it); {key} is a disk buffer's"
+                ),
+                _ => "unknown key; a memory buffer takes `type` alone".into(),
+            };
+            return Err(self.err(line, &format!("buffer.{key}"), msg));
         }
         match RawBuffer::deserialize(toml::Value::Table(table)) {
             Ok(raw) => raw.settings(),

@@ -454,10 +454,7 @@ impl Graph {
                 Ok(b) => k.buffer = b,
                 Err(e) => {
                     tracing::error!(sink = %name, "{e}; the sink is not started: its queue is kept, and its sources wait for it; fix it and reload again");
-                    self.parked.insert(name.clone(), (line, k.decl.clone()));
-                    new.sinks.retain(|d| &d.name != name);
-                    // The instance built for it goes as the reload's other leftovers do.
-                    self.dropping.extend(drop_elsewhere(k));
+                    self.park(&mut new, name, line, k);
                     continue;
                 }
             }
@@ -522,9 +519,7 @@ impl Graph {
                     // Its thread still reads the queue once it returns, in handover mode:
                     // what it took then goes to the line's handover channel.
                     tracing::error!(sink = %name, "the disk buffer's writer did not stop within shutdown_timeout; the sink is not started: its queue is kept, and its sources wait for it; reload again once the disk answers");
-                    self.parked.insert(name.clone(), (line, k.decl.clone()));
-                    new.sinks.retain(|d| d.name != name);
-                    self.dropping.extend(drop_elsewhere(k));
+                    self.park(new, &name, line, k);
                     return;
                 }
             }
@@ -532,15 +527,23 @@ impl Graph {
                 Ok(b) => k.buffer = b,
                 Err(e) => {
                     tracing::error!(sink = %name, "{e}; the sink is not started: its queue is kept, and its sources wait for it; fix it and reload again");
-                    self.parked.insert(name.clone(), (line, k.decl.clone()));
-                    new.sinks.retain(|d| d.name != name);
-                    self.dropping.extend(drop_elsewhere(k));
+                    self.park(new, &name, line, k);
                     return;
                 }
             }
         }
         let slot = self.starter_for(new).sink(k, line, false);
         self.sinks.insert(name, slot);
+    }
+
+    /// Parks sink `name`, which could not start: its queue `line` stays routed (its sources
+    /// wait for it) and it leaves the running config `new`, for a later reload to start it.
+    /// `k`, the instance built for it, is dropped as the reload's other leftovers are, on a
+    /// thread of its own.
+    fn park(&mut self, new: &mut Config, name: &str, line: Line, k: BuiltSink) {
+        self.parked.insert(name.to_owned(), (line, k.decl.clone()));
+        new.sinks.retain(|d| d.name != name);
+        self.dropping.extend(drop_elsewhere(k));
     }
 
     /// Starts the replacement of each sink a reload could not replace whose plugin call has

@@ -126,19 +126,10 @@ fn run(args: &[String]) -> Result<(), PkiError> {
     let mut names = Vec::new();
     let mut force = false;
     let mut server = false;
-    let mut days = 30i64;
+    let mut days = None;
     let mut positional = Vec::new();
-    // The options given, beside --dir (which every command takes), to refuse one that the
-    // command does not take rather than ignore it.
-    let mut given = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        if let Some(o) = ["--name", "--force", "--server", "--days"]
-            .into_iter()
-            .find(|o| o == a)
-        {
-            given.push(o);
-        }
         match a.as_str() {
             "--dir" => {
                 dir = it
@@ -154,11 +145,12 @@ fn run(args: &[String]) -> Result<(), PkiError> {
             "--force" => force = true,
             "--server" => server = true,
             "--days" => {
-                days = it
-                    .next()
-                    .and_then(|d| d.parse().ok())
-                    .filter(|d| *d > 0)
-                    .ok_or_else(|| PkiError("--days needs a number of days above 0".into()))?
+                days = Some(
+                    it.next()
+                        .and_then(|d| d.parse::<i64>().ok())
+                        .filter(|d| *d > 0)
+                        .ok_or_else(|| PkiError("--days needs a number of days above 0".into()))?,
+                )
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -170,7 +162,16 @@ fn run(args: &[String]) -> Result<(), PkiError> {
             other => positional.push(other.to_owned()),
         }
     }
+    // The options given beside --dir (which every command takes), to refuse one that the
+    // command does not take rather than ignore it.
+    let given = [
+        ("--name", !names.is_empty()),
+        ("--force", force),
+        ("--server", server),
+        ("--days", days.is_some()),
+    ];
     check_usage(&positional, &given)?;
+    let days = days.unwrap_or(30);
     std::fs::create_dir_all(&dir)
         .map_err(|e| PkiError(format!("cannot create {}: {e}", dir.display())))?;
     // One command at a time in a directory: two `revoke`s at once each read the CRL and wrote
@@ -336,7 +337,7 @@ fn run(args: &[String]) -> Result<(), PkiError> {
 
 /// Refuses what a command does not take: a second NAME (`revoke pi-01 pi-02` revoked pi-01
 /// alone and said only that), or an option it would ignore (`--days` outside `revoke`).
-fn check_usage(positional: &[String], given: &[&str]) -> Result<(), PkiError> {
+fn check_usage(positional: &[String], given: &[(&str, bool)]) -> Result<(), PkiError> {
     let Some(cmd) = positional.first().map(String::as_str) else {
         return Err(PkiError(USAGE.into()));
     };
@@ -364,7 +365,10 @@ fn check_usage(positional: &[String], given: &[&str]) -> Result<(), PkiError> {
         };
         return Err(PkiError(format!("{what}\n{USAGE}")));
     }
-    if let Some(o) = given.iter().find(|o| !options.contains(o)) {
+    if let Some((o, _)) = given
+        .iter()
+        .find(|(o, given)| *given && !options.contains(o))
+    {
         return Err(PkiError(format!("{cmd} does not take {o}\n{USAGE}")));
     }
     Ok(())
