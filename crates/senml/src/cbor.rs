@@ -148,6 +148,18 @@ impl<'a> Reader<'a> {
         Some(v)
     }
 
+    /// The next item if it is a map of fewer than 24 pairs (its size in its head byte),
+    /// consumed; `None`, with nothing consumed, for any other item.
+    #[inline]
+    pub fn small_map(&mut self) -> Option<u64> {
+        let head = *self.b.get(self.at)?;
+        if !(0xa0..=0xb7).contains(&head) {
+            return None;
+        }
+        self.at += 1;
+        Some(u64::from(head - 0xa0))
+    }
+
     /// Whether every byte has been read.
     pub fn done(&self) -> bool {
         self.at == self.b.len()

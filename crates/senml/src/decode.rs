@@ -1,9 +1,11 @@
 //! Decoding SenML packs, record by record, straight into readings. No I/O.
 //!
 //! Neither format is first turned into a value tree: JSON goes through a serde visitor, CBOR
-//! through [`super::cbor`]'s pull reader. In CBOR, a key that is a label in its head byte, the
-//! `rid` key, and a name that repeats the record before's (as in a pack of one sensor) are
-//! taken without it: byte comparisons instead of items built and text checked again. A record
+//! through [`super::cbor`]'s pull reader. In CBOR, a record's map of fewer than 24 fields, a
+//! key that is a label in its head byte, the `rid` key, a name that repeats the record
+//! before's (as in a pack of one sensor), a float `v` and a 16-byte `rid` are taken without
+//! it: byte comparisons instead of items built and text checked again. A base time is turned
+//! into microseconds once, and a record without `t` rounds nothing. A record
 //! without a value fails as soon as it is read (before its name is resolved: that error comes
 //! first), a record is resolved (base fields applied, name split) as soon as it is read, and
 //! decoding stops at record `max_records + 1`; a nested value in a field we do not use is
@@ -104,12 +106,16 @@ pub fn decode_cbor_with(
         if count.is_some_and(|n| i as u64 == n) {
             break;
         }
-        let item = r.item().ok_or(SYNTAX)?;
-        let pairs = match item {
-            cbor::Item::Break if count.is_none() => break,
-            _ if i == max_records => return Err(DecodeError::TooMany(max_records)),
-            cbor::Item::Map(n) => n,
-            _ => return Err(DecodeError::NotAMap(i)),
+        // A record of fewer than 24 fields is a map whose head byte holds its size.
+        let small = if i < max_records { r.small_map() } else { None };
+        let pairs = match small {
+            Some(n) => Some(n),
+            None => match r.item().ok_or(SYNTAX)? {
+                cbor::Item::Break if count.is_none() => break,
+                _ if i == max_records => return Err(DecodeError::TooMany(max_records)),
+                cbor::Item::Map(n) => n,
+                _ => return Err(DecodeError::NotAMap(i)),
+            },
         };
         let mut rec = Record::default();
         let mut seen = 0u64;
@@ -137,14 +143,36 @@ pub fn decode_cbor_with(
                     }
                 },
             };
-            // A pack's records mostly repeat the name before: then it is taken as it was
-            // checked (UTF-8, length) then.
-            if let (Some(F::N), Some(n)) = (field, last_n) {
-                if r.skip_if_text(n) {
-                    mark(&mut rec, F::N, i)?;
-                    rec.n = Some(Cow::Borrowed(n));
-                    continue;
+            // The fields of every record, taken without the general path when they come as
+            // they mostly do; each checked as `set` checks it, in the same order.
+            match field {
+                // A pack's records mostly repeat the name before: then it is taken as it was
+                // checked (UTF-8, length) then.
+                Some(F::N) => {
+                    if let Some(n) = last_n.filter(|n| r.skip_if_text(n)) {
+                        mark(&mut rec, F::N, i)?;
+                        rec.n = Some(Cow::Borrowed(n));
+                        continue;
+                    }
                 }
+                Some(F::V) => {
+                    if let Some(x) = r.float() {
+                        mark(&mut rec, F::V, i)?;
+                        if rec.value.is_some() {
+                            return Err(DecodeError::TwoValues(i));
+                        }
+                        rec.value = Some(Value::Float(x));
+                        continue;
+                    }
+                }
+                Some(F::Rid) => {
+                    if let Some(b) = r.short_bytes() {
+                        mark(&mut rec, F::Rid, i)?;
+                        rec.rid = Some(<[u8; 16]>::try_from(b).map_err(|_| DecodeError::Rid(i))?);
+                        continue;
+                    }
+                }
+                _ => {}
             }
             let value = cbor_field(&mut r).ok_or(SYNTAX)?;
             if let Some(field) = field {
@@ -687,6 +715,8 @@ struct Resolver<'a> {
     /// The device a `DEVICE:` base name names, made once per base name.
     bn_device: Option<Label>,
     bt: f64,
+    /// `bt` in whole microseconds, worked out once per base time.
+    bt_micros: i64,
     /// The base unit, made once per base unit (applied to every record after it).
     bu: Label,
     bv: f64,
@@ -709,6 +739,7 @@ impl<'a> Resolver<'a> {
             bn: String::new(),
             bn_device: None,
             bt: 0.0,
+            bt_micros: 0,
             bu: labels.get(""),
             bv: 0.0,
             labels,
@@ -729,6 +760,8 @@ impl<'a> Resolver<'a> {
         }
         if let Some(b) = r.bt {
             self.bt = b;
+            // Checked below, with each record's own time.
+            self.bt_micros = (b * 1e6).round() as i64;
         }
         if let Some(b) = r.bu {
             self.bu = self.labels.get(&b);
@@ -797,7 +830,13 @@ impl<'a> Resolver<'a> {
             return Err(DecodeError::Time(i));
         }
         // Whole microseconds of each part, added exactly (adding the floats first loses them).
-        let micros = (bt * 1e6).round() as i64 + (t * 1e6).round() as i64;
+        // (A pack of one time has no `t`: no rounding then.)
+        let t_micros = if t == 0.0 {
+            0
+        } else {
+            (t * 1e6).round() as i64
+        };
+        let micros = self.bt_micros + t_micros;
         // RFC 8428: times below 2^28 are relative to now.
         let micros = if secs < (1u64 << 28) as f64 {
             self.now.0 + micros

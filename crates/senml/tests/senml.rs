@@ -639,6 +639,61 @@ fn a_record_with_two_values_or_a_field_twice_is_refused() {
     assert!(decode_json(br#"[{"n":"s/x","v":1},{"n":"s/y","vs":"a"}]"#, 10, NOW, "d").is_ok());
 }
 
+/// The fields every record of our own has (a float `v`, a 16-byte `rid`, in a map of a few
+/// fields) are read by shortcuts; each is checked as the general path checks it.
+#[test]
+fn the_shortcut_fields_are_checked_as_any_other() {
+    const RID: [u8; 4] = [0x63, b'r', b'i', b'd'];
+    let cbor = |records: &[&[u8]]| {
+        let mut out = vec![0x80 | records.len() as u8];
+        for r in records {
+            out.extend_from_slice(r);
+        }
+        out
+    };
+    let name = [0x00, 0x63, b's', b'/', b'x'];
+    let half_one = [0xf9, 0x3c, 0x00];
+    let rid = |len: u8| {
+        let mut r = RID.to_vec();
+        r.push(0x40 | len);
+        r.extend(std::iter::repeat_n(7, usize::from(len)));
+        r
+    };
+    let record = |fields: &[&[u8]]| {
+        let mut r = vec![0xa0 | fields.len() as u8];
+        for f in fields {
+            r.extend_from_slice(f);
+        }
+        r
+    };
+    let v = [&[0x02][..], &half_one].concat();
+    let ok = record(&[&name, &v, &rid(16)]);
+    let pack = decode_cbor(&cbor(&[&ok]), 10, NOW, "d").unwrap();
+    assert_eq!(pack.readings[0].value, Value::Float(1.0));
+    assert_eq!(pack.readings[0].id.0, [7; 16]);
+    // A float `v` twice, a float `v` after `vs`, a rid twice, a rid of 15 bytes.
+    let vs = [0x03, 0x61, b'a'];
+    for (fields, error) in [
+        (vec![&name[..], &v, &v], DecodeError::Duplicate(0, "v")),
+        (vec![&name[..], &vs, &v], DecodeError::TwoValues(0)),
+        (
+            vec![&name[..], &v, &rid(16), &rid(16)],
+            DecodeError::Duplicate(0, "rid"),
+        ),
+        (vec![&name[..], &v, &rid(15)], DecodeError::Rid(0)),
+    ] {
+        assert_eq!(
+            decode_cbor(&cbor(&[&record(&fields)]), 10, NOW, "d"),
+            Err(error)
+        );
+    }
+    // A small map past the most records taken.
+    assert_eq!(
+        decode_cbor(&cbor(&[&ok, &ok]), 1, NOW, "d"),
+        Err(DecodeError::TooMany(1))
+    );
+}
+
 #[test]
 fn a_relative_time_that_resolves_before_1978_is_refused() {
     // t = -1.7e9 s from now is 1972: stored, it was sent on (GET answers, the nats and mqtt
