@@ -682,6 +682,11 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         }
         self.pending.retain(|_, p| p.peer != peer);
         self.dedup.retain(|(p, _), _| *p != peer);
+        // Its place in the expiry order too: left there, a peer's entries outlived its
+        // session by an exchange lifetime (247 s), a queue that sessions ending and starting
+        // again grew by every request, and each, expiring, took the cached answer of a later
+        // session's request of the same message id with it.
+        self.dedup_order.retain(|(_, p, _)| *p != peer);
         self.reassembly.retain(|(p, _, _), _| *p != peer);
         self.seen_responses.retain(|(p, _), _| *p != peer);
         self.observing.retain(|(p, _), _| *p != peer);

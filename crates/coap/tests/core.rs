@@ -554,6 +554,40 @@ fn dedup_memory_is_bounded() {
     assert_eq!(server.stats().duplicates, 1);
 }
 
+/// A peer forgotten (its session ended) leaves nothing in the expiry order: a later session
+/// from the same address that uses a message id again keeps its own entry for the whole
+/// exchange lifetime.
+#[test]
+fn a_forgotten_peers_message_ids_do_not_expire_a_later_sessions() {
+    let mut server: Endpoint<u8> = Endpoint::new(Config::default(), Box::new(rng(3)));
+    let lifetime = server.config().exchange_lifetime();
+    let t0 = Instant::now();
+    let send = |server: &mut Endpoint<u8>, now: Instant| {
+        let mut p = request(RequestType::Post, "x", None, vec![]);
+        p.header.set_type(MessageType::NonConfirmable);
+        p.header.message_id = 5;
+        server.handle_timeout(now);
+        server.handle_datagram(now, 1, &p.to_bytes().unwrap());
+        let mut fresh = false;
+        while let Some(e) = server.poll_event() {
+            if let Event::Request { id, .. } = e {
+                fresh = true;
+                server.respond(now, id, response(ResponseType::Changed, ""));
+            }
+        }
+        while server.poll_transmit().is_some() {}
+        fresh
+    };
+    assert!(send(&mut server, t0));
+    server.forget_peer(1);
+    // The next session, from the same address, uses message id 5 again: a new request.
+    let t1 = t0 + lifetime / 2;
+    assert!(send(&mut server, t1));
+    // Past the first session's lifetime, inside the second's: still a duplicate.
+    assert!(!send(&mut server, t0 + lifetime + Duration::from_secs(1)));
+    assert_eq!(server.stats().duplicates, 1);
+}
+
 #[test]
 fn one_peer_cannot_hold_more_than_its_share_of_reassembly() {
     let config = Config {
