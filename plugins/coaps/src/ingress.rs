@@ -37,6 +37,7 @@ impl Source for Ingress {
         if let Some(k) = &mut cfg.key_file {
             *k = ctx.private_file("key_file", &*k)?;
         }
+        identity_lists(&table, &cfg)?;
         let psk = crate::keys::ingress_psks(ctx, &cfg)?;
         if cfg.client_ca_file.is_none() && psk.is_empty() && !cfg.allow_anonymous {
             return Err(PluginError::config(format!(
@@ -176,6 +177,29 @@ const HELD_MAX: usize = 200_000;
 /// text values or long names, of which 200,000 could take gigabytes (a text value may be as
 /// large as the body, 1 MiB).
 const HELD_MAX_BYTES: usize = 64 << 20;
+
+/// `deny` and `readers` name identities as the handshake gives them: an entry that no
+/// identity can be (white space at an end, a control character, too long, empty) would match
+/// nobody, and an operator who denied `"pi-07 "` would see the thief's `pi-07` still come in.
+/// `"anonymous"` is the device of peers without an identity, never an identity itself.
+fn identity_lists(table: &str, cfg: &IngressConfig) -> Result<(), PluginError> {
+    for (key, list) in [("deny", &cfg.deny), ("readers", &cfg.readers)] {
+        for id in list {
+            if id == ANONYMOUS {
+                return Err(PluginError::config(format!(
+                    "[{table}] {key}: \"{ANONYMOUS}\" is the device of peers without an identity, not an identity; no handshake gives it (peers without one are refused unless allow_anonymous = true)"
+                )));
+            }
+            if !gateway_dtls::valid_identity(id) {
+                return Err(PluginError::config(format!(
+                    "[{table}] {key}: {id:?} can never be a device's identity, so it would match nobody: an identity is 1 to {} bytes, without white space at either end or control and bidirectional characters",
+                    gateway_dtls::MAX_IDENTITY
+                )));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Logs a warning for each setting that lets a peer in without an identity of its own, or
 /// under an identity the operator may not have meant to trust. `gateway check` shows them.

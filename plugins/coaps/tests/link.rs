@@ -336,6 +336,35 @@ fn config_errors_name_the_key() {
     )
     .unwrap_err();
     assert!(e.message().contains("cert_file and key_file"), "{e}");
+    // A deny or readers entry that no handshake can give would match nobody: a device denied
+    // as "pi-07 " came in as pi-07.
+    for (line, said) in [
+        (
+            "deny = [\"pi-07 \"]",
+            "deny: \"pi-07 \" can never be a device's identity",
+        ),
+        ("deny = [\"\"]", "deny: \"\" can never be"),
+        (
+            "readers = [\"a\\u0007\"]",
+            "readers: \"a\\u{7}\" can never be",
+        ),
+        (
+            "deny = [\"anonymous\"]",
+            "deny: \"anonymous\" is the device of peers without",
+        ),
+        (
+            "readers = [\"anonymous\"]",
+            "readers: \"anonymous\" is the device",
+        ),
+    ] {
+        let e = run_source::<Ingress>(
+            &format!("listen = \"127.0.0.1:0\"\nallow_anonymous = true\n{line}"),
+            1,
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(e.message().contains(said), "{line}: {e}");
+    }
 }
 
 #[test]
