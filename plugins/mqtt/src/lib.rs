@@ -37,6 +37,25 @@ impl Sink for Mqtt {
         let bad = |key: &str, e: String| ctx.config_error(key, e);
         let (tls, host, port) = client::parse_url(&cfg.url).map_err(|e| bad("url", e))?;
         let topic = topic::Template::parse(&cfg.topic).map_err(|e| bad("topic", e))?;
+        // Without the device in the topic, every device's reading of a sensor goes to one
+        // topic: a device posting under its own identity a sensor name another has would
+        // replace that one's retained reading, and a dashboard keyed on the topic would show
+        // it as the other's.
+        if !cfg.topic.contains("{device}") {
+            if cfg.retain {
+                return Err(bad(
+                    "topic",
+                    format!(
+                        "{:?} names no {{device}}, and retain = true: each device's retained reading would be replaced by any other device's of the same topic",
+                        cfg.topic
+                    ),
+                ));
+            }
+            tracing::warn!(
+                "[{table}] topic {:?} names no {{device}}: the readings of every device share its topics; a subscriber must take the device from each message's bn",
+                cfg.topic
+            );
+        }
         if !(1024..=MAX_PACKET).contains(&cfg.max_message_size) {
             return Err(bad(
                 "max_message_size",

@@ -221,6 +221,10 @@ fn settings_errors_name_their_key() {
             "max_inflight: at least 1",
         ),
         (
+            "url = \"mqtt://h\"\ntopic = \"home/{sensor}/{name}\"\nretain = true",
+            "names no {device}, and retain = true",
+        ),
+        (
             "url = \"mqtt://h\"\nmax_message_size = 0",
             "max_message_size: 0 is not from 1024 to 268435455",
         ),
