@@ -19,11 +19,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
 /// What a plugin is told when the host builds an instance.
 #[derive(Debug, Clone)]
 pub struct InitContext {
@@ -143,13 +138,13 @@ impl InitContext {
         })?;
         let mode = meta.permissions().mode();
         // Whoever can change a secret file can add a key of their own to it.
-        if mode & 0o022 != 0 || foreign_owner(&meta) {
+        if mode & 0o022 != 0 || crate::trust::foreign_owner(&meta) {
             return Err(PluginError::config(format!(
                 "[{table}] {key}: {} holds a secret but can be changed by others (mode {:04o}, owner uid {}; the gateway runs as uid {}): `chmod go-w {}` and give it to root or the gateway's user (check as the user the service runs as: `sudo -u USER gateway check`)",
                 path.display(),
                 mode & 0o7777,
                 meta.uid(),
-                current_uid(),
+                crate::trust::gateway_uid(),
                 path.display()
             )));
         }
@@ -169,8 +164,12 @@ impl InitContext {
     /// since whoever can add a certificate to it is trusted too. Writable by every user, or
     /// owned by a user other than root or the gateway's, is an error naming the fix; every
     /// user may read it, and its group may write it (with a umask of 002, as Debian gives a
-    /// user of a private group, files are made so). A file that does not exist passes: the
-    /// plugin says so when it loads it. `key` names the config key in the error.
+    /// user of a private group, files are made so). The directories that decide what the file
+    /// is are checked as the host checks its config's ([`crate::trust::directories`]): the
+    /// one that holds it and every one above, and, when `path` is a link, those of the link
+    /// (whoever can write the directory can put another file, or a link to the system's CA
+    /// bundle, in its place). A file that does not exist passes: the plugin says so when it
+    /// loads it. `key` names the config key in the error.
     pub fn trusted_file(
         &self,
         key: &str,
@@ -181,17 +180,24 @@ impl InitContext {
         let Ok(meta) = std::fs::metadata(&path) else {
             return Ok(path);
         };
-        if meta.permissions().mode() & 0o002 != 0 || foreign_owner(&meta) {
+        if meta.permissions().mode() & 0o002 != 0 || crate::trust::foreign_owner(&meta) {
             return Err(PluginError::config(format!(
                 "[{}] {key}: {} decides whom the gateway trusts but can be changed by others (mode {:04o}, owner uid {}; the gateway runs as uid {}): `chmod o-w {}` and give it to root or the gateway's user (check as the user the service runs as: `sudo -u USER gateway check`)",
                 self.info.table,
                 path.display(),
                 meta.permissions().mode() & 0o7777,
                 meta.uid(),
-                current_uid(),
+                crate::trust::gateway_uid(),
                 path.display()
             )));
         }
+        crate::trust::directories(&path, crate::trust::Stake::Config).map_err(|e| {
+            PluginError::config(format!(
+                "[{}] {key}: {} decides whom the gateway trusts, but is in a directory others can change: {e}",
+                self.info.table,
+                path.display()
+            ))
+        })?;
         Ok(path)
     }
 
@@ -208,18 +214,6 @@ impl InitContext {
     pub fn info(&self) -> &InstanceInfo {
         &self.info
     }
-}
-
-/// The effective uid the gateway runs as.
-fn current_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc_geteuid() }
-}
-
-/// Whether the file `meta` describes is owned by a user other than root and the gateway's.
-fn foreign_owner(meta: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    meta.uid() != 0 && meta.uid() != current_uid()
 }
 
 /// What a running source uses to hand readings to the host. Cheap to clone; clones may be used

@@ -27,6 +27,7 @@ pub mod shim;
 pub mod testing;
 pub mod text;
 mod ticker;
+pub mod trust;
 
 /// The README's Rust examples, compiled as doctests so that they stay true.
 #[cfg(doctest)]

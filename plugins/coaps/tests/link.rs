@@ -408,6 +408,34 @@ fn ca_files_others_can_change_are_refused_naming_the_fix() {
     assert!(SinkHarness::new::<Uplink>(&uplink).is_ok());
     mode(0o664);
     assert!(SinkHarness::new::<Uplink>(&uplink).is_ok());
+    // Whoever can write the directory can put another CA file in its place.
+    let dir_mode = |d: &std::path::Path, m: u32| {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    dir_mode(dir.path(), 0o777);
+    let e = SinkHarness::new::<Uplink>(&uplink).err().unwrap();
+    assert!(
+        e.message().contains("ca_file:")
+            && e.message().contains("is in a directory others can change")
+            && e.message().contains("is writable by others (mode 0777)"),
+        "{e}"
+    );
+    dir_mode(dir.path(), 0o700);
+    assert!(SinkHarness::new::<Uplink>(&uplink).is_ok());
+    // ...or point a link there at another file (the system's CA bundle, say): the link's
+    // directory decides too.
+    let open = tempfile::tempdir().unwrap();
+    dir_mode(open.path(), 0o777);
+    let link = open.path().join("ca.pem");
+    std::os::unix::fs::symlink(&ca, &link).unwrap();
+    let linked = format!(
+        "uri = \"coaps://127.0.0.1:5684/x\"\nca_file = {:?}\n",
+        link.display().to_string()
+    );
+    let e = SinkHarness::new::<Uplink>(&linked).err().unwrap();
+    assert!(e.message().contains("(which holds the link"), "{e}");
+    dir_mode(open.path(), 0o755);
+    assert!(SinkHarness::new::<Uplink>(&linked).is_ok());
 }
 
 #[test]
