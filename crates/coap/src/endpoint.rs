@@ -659,6 +659,14 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         self.seen_responses.retain(|_, t| *t > now);
     }
 
+    /// Sends `peer` a CoAP ping (an empty CON, RFC 7252 §4.3), retransmitted as any CON is:
+    /// a peer that is there answers it with RST, and is heard from. Nothing else follows
+    /// from the answer, or from none.
+    pub fn ping(&mut self, now: Instant, peer: P) {
+        let mid = self.mid(peer);
+        let _ = self.send_con(now, peer, &empty(MessageType::Confirmable, mid), None);
+    }
+
     /// Forgets everything about `peer` (its session ended): pending exchanges fail with
     /// [`ClientError::Reset`], requests in progress are dropped.
     pub fn forget_peer(&mut self, peer: P) {

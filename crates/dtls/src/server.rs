@@ -201,7 +201,15 @@ struct Peer {
     /// When the certificate that identity comes from expires (the session then ends): a
     /// session outlives no certificate, resumed or kept busy.
     expires: Option<Instant>,
+    /// An observing session: the last activity it was pinged after ([`OBSERVE_PROBE_AFTER`]).
+    probed: Option<Instant>,
 }
+
+/// How long an observing session may go without a datagram from its client before it is
+/// pinged (RFC 7641 §4.5 has a server make sure of its observers at least every 24 hours). A
+/// client that is there answers, and its session goes on; one that is gone does not, and its
+/// session is dropped `session_idle` later, its observations with it.
+pub const OBSERVE_PROBE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// A CoAP-over-DTLS server, without sockets. See the module documentation.
 pub struct Server {
@@ -426,11 +434,14 @@ impl Server {
         let mut next: Option<Instant> = None;
         let mut idle = Vec::new();
         let mut expired = Vec::new();
+        let mut probes = Vec::new();
         // A session that observes is quiet by nature (notifications flow the other way, and
-        // a device may post seldom): it stays. A client that went away is noticed by its CON
-        // notifications going unacknowledged, and then its session may go idle.
+        // a device may post seldom). A client that went away is noticed by its CON
+        // notifications going unacknowledged; one whose resources stay silent gets none, so
+        // after OBSERVE_PROBE_AFTER without a datagram from it, it is pinged: it answers, or
+        // its session goes idle_for later.
         let observing = self.endpoint.observing_peers();
-        for (a, p) in &self.peers {
+        for (a, p) in &mut self.peers {
             if !p.session.is_established() {
                 continue;
             }
@@ -438,10 +449,20 @@ impl Server {
                 expired.push(*a);
                 continue;
             }
+            let last = p.session.last_activity();
             let at = if observing.contains(a) {
-                now + idle_for
+                let probe_at = last + OBSERVE_PROBE_AFTER;
+                if p.probed != Some(last) {
+                    if probe_at <= now {
+                        p.probed = Some(last);
+                        probes.push(*a);
+                    } else {
+                        next = Some(next.map_or(probe_at, |n| n.min(probe_at)));
+                    }
+                }
+                probe_at + idle_for
             } else {
-                p.session.last_activity() + idle_for
+                last + idle_for
             };
             let at = p.expires.map_or(at, |e| e.min(at));
             if at <= now {
@@ -451,6 +472,10 @@ impl Server {
             }
         }
         self.idle_check = next;
+        for a in probes {
+            tracing::debug!(peer = %a, "observing session silent for a day: pinged");
+            self.endpoint.ping(now, a);
+        }
         for a in expired {
             self.end_expired(a);
         }
@@ -754,6 +779,7 @@ impl Server {
                         random: ch.random,
                         identity: None,
                         expires: None,
+                        probed: None,
                     },
                 );
             }

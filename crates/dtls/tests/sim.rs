@@ -6,8 +6,8 @@
 //! handshake datagram by accident, so it never fires.
 
 use gateway_coap::{
-    coap_lite::{MessageClass, Packet, RequestType, ResponseType},
-    request, response, Config as CoapConfig,
+    coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType},
+    encode_uint, request, response, Config as CoapConfig,
 };
 use gateway_dtls::{
     client::{self, Client, Event, RequestError, Transmit},
@@ -119,6 +119,8 @@ struct Net {
     /// the body.
     auto_answer: bool,
     answer: fn(&[u8]) -> ResponseType,
+    /// Auto answers to a GET register its client (they carry Observe).
+    observe: bool,
     received: Vec<(Option<String>, Vec<u8>)>,
     /// The share of datagrams lost, each way.
     loss: f64,
@@ -139,6 +141,7 @@ impl Net {
             next_port: 40_000,
             auto_answer: true,
             answer: |_| ResponseType::Changed,
+            observe: false,
             received: Vec::new(),
             loss: 0.0,
             latency: Duration::ZERO,
@@ -264,7 +267,13 @@ impl Net {
                     inc.packet.payload,
                 ));
                 if self.auto_answer {
-                    self.server.respond(self.now, inc.id, response(code, ""));
+                    let mut r = response(code, "");
+                    if self.observe
+                        && inc.packet.header.code == MessageClass::Request(RequestType::Get)
+                    {
+                        r.add_option(CoapOption::Observe, encode_uint(0));
+                    }
+                    self.server.respond(self.now, inc.id, r);
                 }
             }
             while let Some((to, b)) = self.server.poll_transmit() {
@@ -718,6 +727,56 @@ fn idle_sessions_and_slow_handshakes_are_dropped_on_time() {
     assert_eq!(net.server.sessions(), (0, 1));
     net.advance(Duration::from_millis(200));
     assert_eq!(net.server.sessions(), (0, 0));
+}
+
+/// RFC 7641 §4.5: an observer of a resource that stays silent gets no notification, so
+/// nothing would show it gone, and its session was exempt from the idle timeout: departed
+/// observers held their sessions and slots for ever. After a day without a datagram from its
+/// client, an observing session is pinged; a client that is there answers and stays.
+#[test]
+fn a_silent_observer_is_pinged_after_a_day_and_dropped_only_if_gone() {
+    let pki = Pki::devices(&["pi-01", "pi-02"]);
+    let mut cfg = pki.server_config();
+    cfg.session_idle = Duration::from_secs(60);
+    let mut net = Net::new(cfg);
+    net.observe = true;
+    let (here, gone) = (net.add(pki.device("pi-01")), net.add(pki.device("pi-02")));
+    for i in [here, gone] {
+        let mut get = request(RequestType::Get, "r", None, vec![]);
+        get.add_option(CoapOption::Observe, encode_uint(0));
+        let tag = net.devices[i].client.request(net.now, get, T);
+        net.settle();
+        assert!(net.changed(i, tag));
+    }
+    assert_eq!(net.server.observers(), 2);
+    // From now on nothing pi-02 sends arrives.
+    net.devices[gone].budget = Some(0);
+    let day = server::OBSERVE_PROBE_AFTER;
+    net.advance(day - Duration::from_secs(1));
+    assert_eq!(
+        net.server.sessions(),
+        (2, 0),
+        "observing sessions stay a day"
+    );
+    let sent = net.devices[here].sent.len();
+    net.advance(Duration::from_secs(2));
+    assert_eq!(
+        net.devices[here].sent.len(),
+        sent + 1,
+        "pi-01 answered the ping"
+    );
+    // pi-02's ping goes unanswered: its session goes session_idle later, with its
+    // observation; pi-01's stays.
+    net.advance(Duration::from_secs(60));
+    assert_eq!(net.server.sessions(), (1, 0));
+    assert_eq!(net.server.observers(), 1);
+    let gone_at = net.devices[gone].addr.unwrap();
+    assert!(std::iter::from_fn(|| net.server.poll_deregistered()).any(|(p, _)| p == gone_at));
+    assert_eq!(net.stat(|s| &s.idle_evictions), 1);
+    // A day after pi-01 answered, it is pinged again, and stays.
+    net.advance(day);
+    assert_eq!(net.server.sessions(), (1, 0));
+    assert_eq!(net.server.observers(), 1);
 }
 
 #[test]
