@@ -33,7 +33,7 @@ use crate::request::Refused;
 use gateway_coap::{retry_later, Keyed};
 use gateway_sdk::{Label, Reading};
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     hash::{BuildHasher, BuildHasherDefault},
 };
 
@@ -206,6 +206,59 @@ struct Flight {
     ids: Vec<u128>,
 }
 
+/// Flights of one device past which a new pack is checked against all their ids at once.
+const MANY_FLIGHTS: usize = 8;
+
+/// A device's packs being stored. With few of them (the usual case: a device has NSTART
+/// requests out), a new pack is checked against each in one pass over both sorted lists;
+/// past [`MANY_FLIGHTS`], against one set of all their ids, so that a device with a
+/// thousand held requests cannot make each new pack cost a thousand passes over it (under
+/// the lock every worker takes for every request).
+#[derive(Default)]
+struct InFlight {
+    flights: Vec<Flight>,
+    all: Option<BTreeSet<u128>>,
+}
+
+impl InFlight {
+    /// Whether `sorted` shares an id with a pack in flight.
+    fn meets(&self, sorted: &[u128]) -> bool {
+        match &self.all {
+            Some(all) => sorted.iter().any(|id| all.contains(id)),
+            None => self.flights.iter().any(|f| meet(&f.ids, sorted)),
+        }
+    }
+
+    fn push(&mut self, f: Flight) {
+        match &mut self.all {
+            Some(all) => all.extend(f.ids.iter().copied()),
+            None if self.flights.len() >= MANY_FLIGHTS => {
+                let all = self
+                    .flights
+                    .iter()
+                    .chain(std::iter::once(&f))
+                    .flat_map(|f| f.ids.iter().copied())
+                    .collect();
+                self.all = Some(all);
+            }
+            None => {}
+        }
+        self.flights.push(f);
+    }
+
+    /// Takes flight `no` out.
+    fn land(&mut self, no: u64) -> Option<Vec<u128>> {
+        let k = self.flights.iter().position(|f| f.no == no)?;
+        let f = self.flights.swap_remove(k);
+        if let Some(all) = &mut self.all {
+            for id in &f.ids {
+                all.remove(id);
+            }
+        }
+        Some(f.ids)
+    }
+}
+
 /// Whether two sorted lists share an id.
 fn meet(a: &[u128], b: &[u128]) -> bool {
     let (Some(af), Some(al), Some(bf), Some(bl)) = (a.first(), a.last(), b.first(), b.last())
@@ -237,7 +290,7 @@ pub struct Seen {
     newer: Generation,
     older: Generation,
     capacity: usize,
-    in_flight: ByTag<Vec<Flight>>,
+    in_flight: ByTag<InFlight>,
     flights: u64,
     /// Makes the device tags: keyed SipHash.
     tags: Keyed,
@@ -302,9 +355,7 @@ impl Seen {
     }
 
     fn in_flight_meets(&self, tag: Tag, sorted: &[u128]) -> bool {
-        self.in_flight
-            .get(&tag)
-            .is_some_and(|fs| fs.iter().any(|f| meet(&f.ids, sorted)))
+        self.in_flight.get(&tag).is_some_and(|f| f.meets(sorted))
     }
 
     /// Puts what `p` holds that was not stored in flight (none of it is in flight: checked).
@@ -378,12 +429,11 @@ impl Seen {
     /// Takes the flight `no` of `tag` out of flight.
     fn land(&mut self, tag: Tag, no: u64) -> Option<Vec<u128>> {
         let fs = self.in_flight.get_mut(&tag)?;
-        let k = fs.iter().position(|f| f.no == no)?;
-        let f = fs.swap_remove(k);
-        if fs.is_empty() {
+        let ids = fs.land(no)?;
+        if fs.flights.is_empty() {
             self.in_flight.remove(&tag);
         }
-        Some(f.ids)
+        Some(ids)
     }
 
     /// The readings of `keys` are stored: a repeat of them is dropped from now on.
@@ -575,6 +625,54 @@ mod tests {
         );
         let held = seen.newer.filled + seen.older.filled;
         assert!(held <= 3 * 16_384, "{held} slots");
+    }
+
+    /// Past MANY_FLIGHTS packs in flight, a device's new pack is checked against one set of
+    /// their ids: it finds the same overlaps, and what lands leaves it.
+    #[test]
+    fn many_packs_in_flight_are_checked_as_few_are() {
+        let mut seen = Seen::new(100_000);
+        let pack = |k: u128| -> Vec<Reading> {
+            // Pack k holds ids k, k + 1000, k + 2000: every pack spans the others' range.
+            (0..3).map(|j| with_id("pi-01", k + 1000 * j)).collect()
+        };
+        let mut flights = Vec::new();
+        for k in 0..200 {
+            let a = seen.admit(pack(k)).unwrap();
+            assert_eq!(a.fresh.len(), 3);
+            flights.push(a.keys);
+        }
+        let tag = seen.tag(&Label::new("pi-01"));
+        assert!(seen.in_flight[&tag].all.is_some());
+        // Interleaved with all of them, sharing no id: it goes in flight too.
+        let between = seen.admit(pack(500)).unwrap();
+        assert_eq!(between.fresh.len(), 3);
+        // One id of a pack in flight: it waits.
+        for id in [7, 1_007, 2_199] {
+            let e = seen.admit(vec![with_id("pi-01", id)]).unwrap_err();
+            assert_eq!(code(&e.reply), Code::new(5, 3), "{id}");
+        }
+        // Another device's same ids are its own.
+        assert_eq!(
+            seen.admit(vec![with_id("pi-02", 7)]).unwrap().fresh.len(),
+            1
+        );
+        // What failed is out of flight (sent again, it is taken); what was stored is a repeat.
+        seen.failed(&flights[7]);
+        seen.stored(&flights[8]);
+        let again = seen.admit(pack(7)).unwrap();
+        assert_eq!((again.fresh.len(), again.duplicates), (3, 0));
+        let repeat = seen.admit(pack(8)).unwrap();
+        assert_eq!((repeat.fresh.len(), repeat.duplicates), (0, 3));
+        // Once all land, nothing of the device is in flight.
+        for (k, keys) in flights.iter().enumerate() {
+            if k != 7 && k != 8 {
+                seen.failed(keys);
+            }
+        }
+        seen.failed(&between.keys);
+        seen.failed(&again.keys);
+        assert!(!seen.in_flight.contains_key(&tag));
     }
 
     #[test]
