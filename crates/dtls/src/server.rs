@@ -201,14 +201,17 @@ struct Peer {
     /// When the certificate that identity comes from expires (the session then ends): a
     /// session outlives no certificate, resumed or kept busy.
     expires: Option<Instant>,
-    /// An observing session: the last activity it was pinged after ([`OBSERVE_PROBE_AFTER`]).
-    probed: Option<Instant>,
+    /// An observing session pinged ([`OBSERVE_PROBE_AFTER`]): its last activity then, and
+    /// when the ping went.
+    probed: Option<(Instant, Instant)>,
 }
 
 /// How long an observing session may go without a datagram from its client before it is
 /// pinged (RFC 7641 §4.5 has a server make sure of its observers at least every 24 hours). A
 /// client that is there answers, and its session goes on; one that is gone does not, and its
-/// session is dropped `session_idle` later, its observations with it.
+/// session is dropped `session_idle` after the ping, its observations with it. The pings go
+/// out at the idle check, which runs at least every `session_idle` while a session observes:
+/// all that are due in one pass, up to `session_idle` late.
 pub const OBSERVE_PROBE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// A CoAP-over-DTLS server, without sockets. See the module documentation.
@@ -451,16 +454,20 @@ impl Server {
             }
             let last = p.session.last_activity();
             let at = if observing.contains(a) {
-                let probe_at = last + OBSERVE_PROBE_AFTER;
-                if p.probed != Some(last) {
-                    if probe_at <= now {
-                        p.probed = Some(last);
-                        probes.push(*a);
-                    } else {
-                        next = Some(next.map_or(probe_at, |n| n.min(probe_at)));
+                match p.probed {
+                    // Pinged since its client's last datagram: it had session_idle to answer.
+                    Some((before, sent)) if before == last => sent + idle_for,
+                    _ => {
+                        if last + OBSERVE_PROBE_AFTER <= now {
+                            p.probed = Some((last, now));
+                            probes.push(*a);
+                        }
+                        // Looked at again a session_idle on, as before there were pings: its
+                        // observations may have ended meanwhile (a CON notification given up),
+                        // and then it is idle as any session.
+                        now + idle_for
                     }
                 }
-                probe_at + idle_for
             } else {
                 last + idle_for
             };

@@ -741,12 +741,17 @@ fn a_silent_observer_is_pinged_after_a_day_and_dropped_only_if_gone() {
     let mut net = Net::new(cfg);
     net.observe = true;
     let (here, gone) = (net.add(pki.device("pi-01")), net.add(pki.device("pi-02")));
+    let mut tokens = Vec::new();
     for i in [here, gone] {
         let mut get = request(RequestType::Get, "r", None, vec![]);
         get.add_option(CoapOption::Observe, encode_uint(0));
         let tag = net.devices[i].client.request(net.now, get, T);
         net.settle();
         assert!(net.changed(i, tag));
+        let Some(Ok(answer)) = net.result(i, tag) else {
+            unreachable!()
+        };
+        tokens.push(answer.get_token().to_vec());
     }
     assert_eq!(net.server.observers(), 2);
     // From now on nothing pi-02 sends arrives.
@@ -759,15 +764,16 @@ fn a_silent_observer_is_pinged_after_a_day_and_dropped_only_if_gone() {
         "observing sessions stay a day"
     );
     let sent = net.devices[here].sent.len();
-    net.advance(Duration::from_secs(2));
+    // The ping goes at the next idle check (every session_idle, 60 s here).
+    net.advance(Duration::from_secs(61));
     assert_eq!(
         net.devices[here].sent.len(),
         sent + 1,
         "pi-01 answered the ping"
     );
-    // pi-02's ping goes unanswered: its session goes session_idle later, with its
+    // pi-02's ping goes unanswered: its session goes session_idle after it, with its
     // observation; pi-01's stays.
-    net.advance(Duration::from_secs(60));
+    net.advance(Duration::from_secs(61));
     assert_eq!(net.server.sessions(), (1, 0));
     assert_eq!(net.server.observers(), 1);
     let gone_at = net.devices[gone].addr.unwrap();
@@ -777,6 +783,15 @@ fn a_silent_observer_is_pinged_after_a_day_and_dropped_only_if_gone() {
     net.advance(day);
     assert_eq!(net.server.sessions(), (1, 0));
     assert_eq!(net.server.observers(), 1);
+    // An observation that ends (a last 4.04, as when a device's readings are forgotten)
+    // leaves a session that is idle as any: it goes session_idle on, not a day on.
+    let here_at = net.devices[here].addr.unwrap();
+    let last = response(ResponseType::NotFound, "");
+    assert!(net.server.notify(net.now, here_at, &tokens[0], last));
+    net.settle();
+    assert_eq!(net.server.observers(), 0);
+    net.advance(Duration::from_secs(121));
+    assert_eq!(net.server.sessions(), (0, 0));
 }
 
 #[test]
