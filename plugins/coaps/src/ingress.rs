@@ -181,13 +181,15 @@ const HELD_MAX_BYTES: usize = 64 << 20;
 /// `deny` and `readers` name identities as the handshake gives them: an entry that no
 /// identity can be (white space at an end, a control character, too long, empty) would match
 /// nobody, and an operator who denied `"pi-07 "` would see the thief's `pi-07` still come in.
-/// `"anonymous"` is the device of peers without an identity, never an identity itself.
+/// `"anonymous"` is reserved for the device of peers without an identity: a certificate or
+/// PSK identity of that name may neither post (4.03) nor read, so it is no reader (in `deny`
+/// it refuses that name at the handshake, as any entry does).
 fn identity_lists(table: &str, cfg: &IngressConfig) -> Result<(), PluginError> {
     for (key, list) in [("deny", &cfg.deny), ("readers", &cfg.readers)] {
         for id in list {
-            if id == ANONYMOUS {
+            if key == "readers" && id == ANONYMOUS {
                 return Err(PluginError::config(format!(
-                    "[{table}] {key}: \"{ANONYMOUS}\" is the device of peers without an identity, not an identity; no handshake gives it (peers without one are refused unless allow_anonymous = true)"
+                    "[{table}] readers: \"{ANONYMOUS}\" is reserved for the device of peers without an identity, which read nothing; a certificate or PSK identity of that name may neither post nor read"
                 )));
             }
             if !gateway_dtls::valid_identity(id) {

@@ -349,12 +349,8 @@ fn config_errors_name_the_key() {
             "readers: \"a\\u{7}\" can never be",
         ),
         (
-            "deny = [\"anonymous\"]",
-            "deny: \"anonymous\" is the device of peers without",
-        ),
-        (
             "readers = [\"anonymous\"]",
-            "readers: \"anonymous\" is the device",
+            "readers: \"anonymous\" is reserved",
         ),
     ] {
         let e = run_source::<Ingress>(
@@ -365,6 +361,16 @@ fn config_errors_name_the_key() {
         .unwrap_err();
         assert!(e.message().contains(said), "{line}: {e}");
     }
+    // "anonymous" in deny refuses a certificate or PSK identity of that name at the
+    // handshake, as before.
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "pi-01");
+    let e = run_source::<Ingress>(
+        &ingress_config(dir.path(), free_port(), "deny = [\"anonymous\"]\n"),
+        1,
+        Duration::from_millis(300),
+    );
+    assert!(e.is_ok(), "{e:?}");
 }
 
 #[test]
