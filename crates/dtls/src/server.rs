@@ -209,9 +209,10 @@ struct Peer {
 /// How long an observing session may go without a datagram from its client before it is
 /// pinged (RFC 7641 §4.5 has a server make sure of its observers at least every 24 hours). A
 /// client that is there answers, and its session goes on; one that is gone does not, and its
-/// session is dropped `session_idle` after the ping, its observations with it. The pings go
-/// out at the idle check, which runs at least every `session_idle` while a session observes:
-/// all that are due in one pass, up to `session_idle` late.
+/// session is dropped `session_idle` after the ping (or the ping's exchange lifetime, 247 s by
+/// default, if that is longer: the ping's retransmissions get their time), its observations
+/// with it. The pings go out at the idle check, which runs every `session_idle` (daily at
+/// least) while a session observes: all that are due in one pass, up to that much late.
 pub const OBSERVE_PROBE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// A CoAP-over-DTLS server, without sockets. See the module documentation.
@@ -434,6 +435,10 @@ impl Server {
     /// and notes when the next one can be.
     fn drop_idle(&mut self, now: Instant) {
         let idle_for = self.cfg.session_idle;
+        // A pinged client has at least the ping's whole retransmission span to answer.
+        let answer_for = idle_for.max(self.endpoint.config().exchange_lifetime());
+        // Observing sessions are looked at every session_idle, and at least daily.
+        let recheck = idle_for.min(OBSERVE_PROBE_AFTER);
         let mut next: Option<Instant> = None;
         let mut idle = Vec::new();
         let mut expired = Vec::new();
@@ -455,17 +460,17 @@ impl Server {
             let last = p.session.last_activity();
             let at = if observing.contains(a) {
                 match p.probed {
-                    // Pinged since its client's last datagram: it had session_idle to answer.
-                    Some((before, sent)) if before == last => sent + idle_for,
+                    // Pinged since its client's last datagram: it had its time to answer.
+                    Some((before, sent)) if before == last => sent + answer_for,
                     _ => {
                         if last + OBSERVE_PROBE_AFTER <= now {
                             p.probed = Some((last, now));
                             probes.push(*a);
                         }
-                        // Looked at again a session_idle on, as before there were pings: its
-                        // observations may have ended meanwhile (a CON notification given up),
-                        // and then it is idle as any session.
-                        now + idle_for
+                        // Looked at again a session_idle on (a day at most), as before there
+                        // were pings: its observations may have ended meanwhile (a CON
+                        // notification given up), and then it is idle as any session.
+                        now + recheck
                     }
                 }
             } else {
@@ -475,6 +480,8 @@ impl Server {
             if at <= now {
                 idle.push(*a);
             } else {
+                // Daily at least (session_idle may be longer): a session may come to observe.
+                let at = at.min(now + recheck);
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
@@ -892,7 +899,10 @@ impl Server {
             }
             p.identity = identity;
             p.expires = expires;
-            let idle_at = p.session.last_activity() + self.cfg.session_idle;
+            // Daily at least: a session that comes to observe is pinged after a day's silence
+            // however long session_idle is.
+            let idle_at =
+                p.session.last_activity() + self.cfg.session_idle.min(OBSERVE_PROBE_AFTER);
             let check = expires.map_or(idle_at, |e| e.min(idle_at));
             self.idle_check = Some(self.idle_check.map_or(check, |t| t.min(check)));
         }

@@ -771,9 +771,17 @@ fn a_silent_observer_is_pinged_after_a_day_and_dropped_only_if_gone() {
         sent + 1,
         "pi-01 answered the ping"
     );
-    // pi-02's ping goes unanswered: its session goes session_idle after it, with its
+    // pi-02's ping goes unanswered: its session goes once the ping's retransmissions had
+    // their time (its exchange lifetime, 247 s, longer than session_idle here), with its
     // observation; pi-01's stays.
-    net.advance(Duration::from_secs(61));
+    let lifetime = CoapConfig::default().exchange_lifetime();
+    net.advance(lifetime - Duration::from_secs(62));
+    assert_eq!(
+        net.server.sessions(),
+        (2, 0),
+        "a ping has its retransmissions' time"
+    );
+    net.advance(Duration::from_secs(62 + 61));
     assert_eq!(net.server.sessions(), (1, 0));
     assert_eq!(net.server.observers(), 1);
     let gone_at = net.devices[gone].addr.unwrap();
@@ -783,6 +791,23 @@ fn a_silent_observer_is_pinged_after_a_day_and_dropped_only_if_gone() {
     net.advance(day);
     assert_eq!(net.server.sessions(), (1, 0));
     assert_eq!(net.server.observers(), 1);
+    // With session_idle longer than a day, a silent observer is still pinged daily.
+    let mut cfg = pki.server_config();
+    cfg.session_idle = Duration::from_secs(7 * 24 * 3600);
+    let mut week = Net::new(cfg);
+    week.observe = true;
+    let w = week.add(pki.device("pi-01"));
+    let mut get = request(RequestType::Get, "r", None, vec![]);
+    get.add_option(CoapOption::Observe, encode_uint(0));
+    let tag = week.devices[w].client.request(week.now, get, T);
+    week.settle();
+    assert!(week.changed(w, tag));
+    let sent = week.devices[w].sent.len();
+    week.advance(2 * day);
+    assert!(
+        week.devices[w].sent.len() > sent,
+        "pinged within two days, not a week"
+    );
     // An observation that ends (a last 4.04, as when a device's readings are forgotten)
     // leaves a session that is idle as any: it goes session_idle on, not a day on.
     let here_at = net.devices[here].addr.unwrap();
