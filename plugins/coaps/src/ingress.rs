@@ -181,15 +181,16 @@ const HELD_MAX_BYTES: usize = 64 << 20;
 /// `deny` and `readers` name identities as the handshake gives them: an entry that no
 /// identity can be (white space at an end, a control character, too long, empty) would match
 /// nobody, and an operator who denied `"pi-07 "` would see the thief's `pi-07` still come in.
-/// `"anonymous"` is reserved for the device of peers without an identity: a certificate or
-/// PSK identity of that name may neither post (4.03) nor read, so it is no reader (in `deny`
-/// it refuses that name at the handshake, as any entry does).
+/// `"anonymous"` is reserved for the device of peers without an identity: a certificate whose
+/// common name is that may neither post (4.03) nor read, so it is no reader (in `deny` it
+/// refuses that certificate at the handshake, as any entry does; a PSK of that name is refused
+/// when the config loads).
 fn identity_lists(table: &str, cfg: &IngressConfig) -> Result<(), PluginError> {
     for (key, list) in [("deny", &cfg.deny), ("readers", &cfg.readers)] {
         for id in list {
             if key == "readers" && id == ANONYMOUS {
                 return Err(PluginError::config(format!(
-                    "[{table}] readers: \"{ANONYMOUS}\" is reserved for the device of peers without an identity, which read nothing; a certificate or PSK identity of that name may neither post nor read"
+                    "[{table}] readers: \"{ANONYMOUS}\" is reserved for the device of peers without an identity, which read nothing; a certificate whose common name is that may neither post nor read"
                 )));
             }
             if !gateway_dtls::valid_identity(id) {
