@@ -5,8 +5,8 @@
 //! directory above it, owned by root or the gateway's user, and not writable by others. I/O:
 //! `stat`, and `open` of the config files.
 
-use gateway_sdk::trust::{chain, written_dirs, Stake};
-pub(crate) use gateway_sdk::trust::{foreign_owner, gateway_uid};
+use gateway_sdk::trust::{chain, directories, written_dirs, Stake};
+pub(crate) use gateway_sdk::trust::{gateway_uid, others_may_change};
 use std::{
     fs::{File, Metadata},
     os::unix::fs::{MetadataExt, OpenOptionsExt},
@@ -52,16 +52,7 @@ pub(crate) fn open_config(path: &Path, what: &str) -> Result<(File, Metadata), S
         ));
     }
     let real = std::fs::canonicalize(path).map_err(|e| cannot(&e))?;
-    let dirs = match real.parent() {
-        Some(dir) => chain(
-            dir,
-            &format!("{} (which holds {})", dir.display(), real.display()),
-            Stake::Config,
-        )
-        .and_then(|()| written_dirs(path, &real, Stake::Config)),
-        None => Ok(()),
-    };
-    dirs.map_err(|e| {
+    directories(path, &real, Stake::Config).map_err(|e| {
         format!(
             "{}: {what} is in a directory others can change: {e}",
             path.display()
@@ -82,10 +73,4 @@ pub(crate) fn open_regular(path: &Path) -> std::io::Result<(File, Metadata)> {
         return Err(std::io::Error::other("not a regular file"));
     }
     Ok((f, meta))
-}
-
-/// Whether others than root, the gateway's user and the group may change the config file or
-/// directory `meta` describes: writable by every user, or owned by another user.
-pub(crate) fn others_may_change(meta: &Metadata) -> bool {
-    meta.mode() & 0o002 != 0 || foreign_owner(meta)
 }

@@ -180,7 +180,7 @@ impl InitContext {
         let Ok(meta) = std::fs::metadata(&path) else {
             return Ok(path);
         };
-        if meta.permissions().mode() & 0o002 != 0 || crate::trust::foreign_owner(&meta) {
+        if crate::trust::others_may_change(&meta) {
             return Err(PluginError::config(format!(
                 "[{}] {key}: {} decides whom the gateway trusts but can be changed by others (mode {:04o}, owner uid {}; the gateway runs as uid {}): `chmod o-w {}` and give it to root or the gateway's user (check as the user the service runs as: `sudo -u USER gateway check`)",
                 self.info.table,
@@ -191,7 +191,10 @@ impl InitContext {
                 path.display()
             )));
         }
-        crate::trust::directories(&path, crate::trust::Stake::Config).map_err(|e| {
+        let dirs = std::fs::canonicalize(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(|real| crate::trust::directories(&path, &real, crate::trust::Stake::Config));
+        dirs.map_err(|e| {
             PluginError::config(format!(
                 "[{}] {key}: {} decides whom the gateway trusts, but is in a directory others can change: {e}",
                 self.info.table,

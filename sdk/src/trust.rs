@@ -48,6 +48,12 @@ pub fn foreign_owner(meta: &Metadata) -> bool {
     meta.uid() != 0 && meta.uid() != gateway_uid()
 }
 
+/// Whether others than root, the gateway's user and the file's group may change the file or
+/// directory `meta` describes: writable by every user, or owned by another user.
+pub fn others_may_change(meta: &Metadata) -> bool {
+    meta.mode() & 0o002 != 0 || foreign_owner(meta)
+}
+
 /// When `path` is a link (`real` is where it leads), the directories of `path` as written:
 /// whoever can write the one holding the link decides where it leads.
 pub fn written_dirs(path: &Path, real: &Path, stake: Stake) -> Result<(), String> {
@@ -115,10 +121,10 @@ pub fn chain(from: &Path, first: &str, stake: Stake) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks the directories that decide what `path` (a file that exists) is: the one holding
-/// where it leads, every one above that, and, when `path` is a link, those of the link.
-pub fn directories(path: &Path, stake: Stake) -> Result<(), String> {
-    let real = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// Checks the directories that decide what `path` (a file that exists; `real` is where it
+/// leads, `std::fs::canonicalize(path)`) is: the one holding `real`, every one above that,
+/// and, when `path` is a link, those of the link.
+pub fn directories(path: &Path, real: &Path, stake: Stake) -> Result<(), String> {
     if let Some(dir) = real.parent() {
         chain(
             dir,
@@ -126,5 +132,5 @@ pub fn directories(path: &Path, stake: Stake) -> Result<(), String> {
             stake,
         )?;
     }
-    written_dirs(path, &real, stake)
+    written_dirs(path, real, stake)
 }

@@ -431,14 +431,20 @@ impl Server {
         self.drop_peer(peer, Ending::Alert(CERTIFICATE_EXPIRED));
     }
 
+    /// How often the idle check looks at established sessions: every `session_idle`, and at
+    /// least daily, so that a session that comes to observe is pinged after a day's silence
+    /// however long `session_idle` is.
+    fn recheck(&self) -> Duration {
+        self.cfg.session_idle.min(OBSERVE_PROBE_AFTER)
+    }
+
     /// Drops the sessions idle for `session_idle` and those whose certificate has expired,
     /// and notes when the next one can be.
     fn drop_idle(&mut self, now: Instant) {
         let idle_for = self.cfg.session_idle;
         // A pinged client has at least the ping's whole retransmission span to answer.
         let answer_for = idle_for.max(self.endpoint.config().exchange_lifetime());
-        // Observing sessions are looked at every session_idle, and at least daily.
-        let recheck = idle_for.min(OBSERVE_PROBE_AFTER);
+        let recheck = self.recheck();
         let mut next: Option<Instant> = None;
         let mut idle = Vec::new();
         let mut expired = Vec::new();
@@ -899,10 +905,7 @@ impl Server {
             }
             p.identity = identity;
             p.expires = expires;
-            // Daily at least: a session that comes to observe is pinged after a day's silence
-            // however long session_idle is.
-            let idle_at =
-                p.session.last_activity() + self.cfg.session_idle.min(OBSERVE_PROBE_AFTER);
+            let idle_at = p.session.last_activity() + self.recheck();
             let check = expires.map_or(idle_at, |e| e.min(idle_at));
             self.idle_check = Some(self.idle_check.map_or(check, |t| t.min(check)));
         }

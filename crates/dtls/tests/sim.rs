@@ -326,6 +326,20 @@ impl Net {
         self.settle();
     }
 
+    /// Device `i` registers to observe `r` (the answer carries Observe when `observe` is
+    /// set); its token.
+    fn observe_from(&mut self, i: usize) -> Vec<u8> {
+        let mut get = request(RequestType::Get, "r", None, vec![]);
+        get.add_option(CoapOption::Observe, encode_uint(0));
+        let tag = self.devices[i].client.request(self.now, get, T);
+        self.settle();
+        assert!(self.changed(i, tag));
+        let Some(Ok(answer)) = self.result(i, tag) else {
+            unreachable!()
+        };
+        answer.get_token().to_vec()
+    }
+
     /// POSTs `body` from device `i`; whether it was stored (2.04).
     fn stored(&mut self, i: usize, body: &[u8]) -> bool {
         let t = self.post(i, body, T);
@@ -741,18 +755,7 @@ fn a_silent_observer_is_pinged_after_a_day_and_dropped_only_if_gone() {
     let mut net = Net::new(cfg);
     net.observe = true;
     let (here, gone) = (net.add(pki.device("pi-01")), net.add(pki.device("pi-02")));
-    let mut tokens = Vec::new();
-    for i in [here, gone] {
-        let mut get = request(RequestType::Get, "r", None, vec![]);
-        get.add_option(CoapOption::Observe, encode_uint(0));
-        let tag = net.devices[i].client.request(net.now, get, T);
-        net.settle();
-        assert!(net.changed(i, tag));
-        let Some(Ok(answer)) = net.result(i, tag) else {
-            unreachable!()
-        };
-        tokens.push(answer.get_token().to_vec());
-    }
+    let tokens = [net.observe_from(here), net.observe_from(gone)];
     assert_eq!(net.server.observers(), 2);
     // From now on nothing pi-02 sends arrives.
     net.devices[gone].budget = Some(0);
@@ -797,11 +800,7 @@ fn a_silent_observer_is_pinged_after_a_day_and_dropped_only_if_gone() {
     let mut week = Net::new(cfg);
     week.observe = true;
     let w = week.add(pki.device("pi-01"));
-    let mut get = request(RequestType::Get, "r", None, vec![]);
-    get.add_option(CoapOption::Observe, encode_uint(0));
-    let tag = week.devices[w].client.request(week.now, get, T);
-    week.settle();
-    assert!(week.changed(w, tag));
+    week.observe_from(w);
     let sent = week.devices[w].sent.len();
     week.advance(2 * day);
     assert!(
