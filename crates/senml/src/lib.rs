@@ -186,13 +186,47 @@ pub(crate) struct Record<'a> {
     seen: u16,
 }
 
-/// The fields of a record, in the order they are written.
-fn records(batch: &[Reading]) -> Vec<Record<'static>> {
-    let mut out = Vec::with_capacity(batch.len());
+/// One record as it is written, borrowed from its reading: writing a pack copies each name
+/// once, into the output, and allocates nothing per record.
+struct Out<'b> {
+    /// `bn`: the device, written with a `:` after it.
+    bn: Option<&'b str>,
+    bt: Option<f64>,
+    bu: Option<&'b str>,
+    /// `n`: the sensor and the measurement name, written as `sensor/` and the escaped name.
+    n: (&'b str, &'b str),
+    u: Option<&'b str>,
+    t: Option<f64>,
+    value: &'b Value,
+    rid: [u8; 16],
+}
+
+impl Out<'_> {
+    /// `bn` as it is written.
+    fn bn(&self) -> Option<String> {
+        self.bn.map(|d| format!("{d}:"))
+    }
+    /// `n` as it is written.
+    fn n(&self) -> String {
+        format!("{}/{}", self.n.0, escape(self.n.1))
+    }
+}
+
+/// The records of a batch, fields in the order they are written.
+fn records(batch: &[Reading]) -> impl Iterator<Item = Out<'_>> {
     let (mut bn, mut bu): (Option<&str>, Option<&str>) = (None, None);
     let mut bt = batch.first().map(|r| r.time.0).unwrap_or(0);
-    for (i, r) in batch.iter().enumerate() {
-        let mut rec = Record::default();
+    batch.iter().enumerate().map(move |(i, r)| {
+        let mut rec = Out {
+            bn: None,
+            bt: None,
+            bu: None,
+            n: (r.sensor.as_str(), r.name.as_str()),
+            u: None,
+            t: None,
+            value: &r.value,
+            rid: r.id.0,
+        };
         // Times as far apart as a decoder takes (±9e12 s each) differ by more than an i64 of
         // microseconds holds, and by more than a `t` may be: such a record starts a new base.
         if i > 0 && (i128::from(r.time.0) - i128::from(bt)).abs() > 9_000_000_000_000_000_000 {
@@ -200,95 +234,94 @@ fn records(batch: &[Reading]) -> Vec<Record<'static>> {
             rec.bt = Some(bt as f64 / 1e6);
         }
         if bn != Some(r.device.as_str()) {
-            rec.bn = Some(format!("{}:", r.device).into());
+            rec.bn = Some(r.device.as_str());
             bn = Some(r.device.as_str());
         }
         if i == 0 {
             rec.bt = Some(bt as f64 / 1e6);
             if !r.unit.is_empty() {
-                rec.bu = Some(r.unit.to_string().into());
+                rec.bu = Some(r.unit.as_str());
                 bu = Some(r.unit.as_str());
             }
         } else if bu != Some(r.unit.as_str()) && !r.unit.is_empty() {
-            rec.u = Some(r.unit.to_string().into());
+            rec.u = Some(r.unit.as_str());
         }
         if i == 0 && r.unit.is_empty() {
             bu = None;
         } else if i > 0 && r.unit.is_empty() && bu.is_some() {
             // An empty unit after a base unit: say so explicitly.
-            rec.u = Some(Cow::Borrowed(""));
+            rec.u = Some("");
         }
-        rec.n = Some(format!("{}/{}", r.sensor, escape(&r.name)).into());
         let dt = r.time.0 - bt; // within ±9e18 (above)
         if dt != 0 {
             rec.t = Some(dt as f64 / 1e6);
         }
-        rec.value = Some(r.value.clone());
-        rec.rid = Some(r.id.0);
-        out.push(rec);
-    }
-    out
+        rec
+    })
 }
 
 /// Encodes a batch as SenML CBOR, straight into the bytes (no value tree in between).
 pub fn encode_cbor(batch: &[Reading]) -> Vec<u8> {
-    let recs = records(batch);
     let mut w = cbor::Writer(Vec::with_capacity(batch.len() * 48 + 32));
-    w.head(4, recs.len() as u64);
-    for r in recs {
-        let fields = [
-            r.bn.is_some(),
-            r.bt.is_some(),
-            r.bu.is_some(),
-            r.n.is_some(),
-        ];
-        let more = [r.u.is_some(), r.t.is_some(), true, r.rid.is_some()];
-        let pairs = fields.into_iter().chain(more).filter(|b| *b).count();
+    w.head(4, batch.len() as u64);
+    for r in records(batch) {
+        let optional = [r.bn.is_some(), r.bt.is_some(), r.bu.is_some()];
+        let more = [r.u.is_some(), r.t.is_some()];
+        // n, the value and rid are always there.
+        let pairs = 3 + optional.into_iter().chain(more).filter(|b| *b).count();
         w.head(5, pairs as u64);
-        let text = |w: &mut cbor::Writer, l: i64, v: Option<Cow<'_, str>>| {
+        let text = |w: &mut cbor::Writer, l: i64, v: Option<&str>| {
             if let Some(v) = v {
                 w.int(l.into());
-                w.text(&v);
+                w.text(v);
             }
         };
-        text(&mut w, label::BN, r.bn);
+        if let Some(device) = r.bn {
+            w.int(label::BN.into());
+            w.head(3, device.len() as u64 + 1);
+            w.0.extend_from_slice(device.as_bytes());
+            w.0.push(b':');
+        }
         if let Some(bt) = r.bt {
             w.int(label::BT.into());
             w.float(bt);
         }
         text(&mut w, label::BU, r.bu);
-        text(&mut w, label::N, r.n);
+        let (sensor, name) = r.n;
+        w.int(label::N.into());
+        w.head(3, (sensor.len() + 1 + escaped_len(name)) as u64);
+        w.0.extend_from_slice(sensor.as_bytes());
+        w.0.push(b'/');
+        w.0.extend_from_slice(escape(name).as_bytes());
         text(&mut w, label::U, r.u);
         if let Some(t) = r.t {
             w.int(label::T.into());
             w.float(t);
         }
-        match r.value.expect("value") {
+        match r.value {
             Value::Float(v) => {
                 w.int(label::V.into());
-                w.float(v);
+                w.float(*v);
             }
             Value::Int(v) => {
                 w.int(label::V.into());
-                w.int(v.into());
+                w.int((*v).into());
             }
             Value::Bool(v) => {
                 w.int(label::VB.into());
-                w.bool(v);
+                w.bool(*v);
             }
             Value::Text(v) => {
                 w.int(label::VS.into());
-                w.text(&v);
+                w.text(v);
             }
             Value::Bytes(v) => {
                 w.int(label::VD.into());
-                w.bytes(&v);
+                w.bytes(v);
             }
         }
-        if let Some(rid) = r.rid {
-            w.text(RID);
-            w.bytes(&rid);
-        }
+        w.text(RID);
+        w.bytes(&r.rid);
     }
     w.0
 }
@@ -423,7 +456,7 @@ pub fn encode_json(batch: &[Reading]) -> Vec<u8> {
     }
     let mut out = Vec::with_capacity(batch.len() * 112 + 2);
     out.push(b'[');
-    for (i, r) in records(batch).into_iter().enumerate() {
+    for (i, r) in records(batch).enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -431,34 +464,30 @@ pub fn encode_json(batch: &[Reading]) -> Vec<u8> {
             out: &mut out,
             first: true,
         };
-        if let Some(bn) = &r.bn {
-            f.field("bn", &**bn);
+        if let Some(bn) = r.bn() {
+            f.field("bn", bn.as_str());
         }
         if let Some(bt) = r.bt {
             f.field("bt", &bt);
         }
-        if let Some(bu) = &r.bu {
-            f.field("bu", &**bu);
+        if let Some(bu) = r.bu {
+            f.field("bu", bu);
         }
-        if let Some(n) = &r.n {
-            f.field("n", &**n);
-        }
-        if let Some(u) = &r.u {
-            f.field("u", &**u);
+        f.field("n", r.n().as_str());
+        if let Some(u) = r.u {
+            f.field("u", u);
         }
         if let Some(t) = r.t {
             f.field("t", &t);
         }
-        match r.value.expect("value") {
-            Value::Float(v) => f.field("v", &v),
-            Value::Int(v) => f.field("v", &v),
-            Value::Bool(v) => f.field("vb", &v),
+        match r.value {
+            Value::Float(v) => f.field("v", v),
+            Value::Int(v) => f.field("v", v),
+            Value::Bool(v) => f.field("vb", v),
             Value::Text(v) => f.field("vs", v.as_str()),
-            Value::Bytes(v) => f.plain("vd", |out| out.extend_from_slice(base64url(&v).as_bytes())),
+            Value::Bytes(v) => f.plain("vd", |out| out.extend_from_slice(base64url(v).as_bytes())),
         }
-        if let Some(rid) = r.rid {
-            f.plain(RID, |out| hex_into(out, &rid));
-        }
+        f.plain(RID, |out| hex_into(out, &r.rid));
         out.push(b'}');
     }
     out.push(b']');
@@ -482,13 +511,12 @@ mod tests {
     fn ciborium_encoding(batch: &[Reading]) -> Vec<u8> {
         use ciborium::value::Value as Cbor;
         let arr: Vec<Cbor> = records(batch)
-            .into_iter()
             .map(|r| {
                 let mut m: Vec<(Cbor, Cbor)> = Vec::new();
                 let k = |l: i64| Cbor::Integer(l.into());
-                let text = |v: Cow<'_, str>| Cbor::Text(v.into_owned());
-                if let Some(bn) = r.bn {
-                    m.push((k(label::BN), text(bn)));
+                let text = |v: &str| Cbor::Text(v.to_owned());
+                if let Some(bn) = r.bn() {
+                    m.push((k(label::BN), text(&bn)));
                 }
                 if let Some(bt) = r.bt {
                     m.push((k(label::BT), Cbor::Float(bt)));
@@ -496,8 +524,9 @@ mod tests {
                 if let Some(bu) = r.bu {
                     m.push((k(label::BU), text(bu)));
                 }
-                if let Some(n) = r.n {
-                    m.push((k(label::N), text(n)));
+                {
+                    let n = r.n();
+                    m.push((k(label::N), text(&n)));
                 }
                 if let Some(u) = r.u {
                     m.push((k(label::U), text(u)));
@@ -505,14 +534,15 @@ mod tests {
                 if let Some(t) = r.t {
                     m.push((k(label::T), Cbor::Float(t)));
                 }
-                m.push(match r.value.unwrap() {
+                m.push(match r.value.clone() {
                     Value::Float(v) => (k(label::V), Cbor::Float(v)),
                     Value::Int(v) => (k(label::V), Cbor::Integer(v.into())),
                     Value::Bool(v) => (k(label::VB), Cbor::Bool(v)),
                     Value::Text(v) => (k(label::VS), Cbor::Text(v.into())),
                     Value::Bytes(v) => (k(label::VD), Cbor::Bytes(v.into())),
                 });
-                if let Some(rid) = r.rid {
+                {
+                    let rid = r.rid;
                     m.push((Cbor::Text(RID.into()), Cbor::Bytes(rid.to_vec())));
                 }
                 Cbor::Map(m)
@@ -596,12 +626,11 @@ mod tests {
     fn value_tree_json(batch: &[Reading]) -> Vec<u8> {
         use serde_json::{json, Map, Value as J};
         let arr: Vec<J> = records(batch)
-            .into_iter()
             .map(|r| {
                 let mut m = Map::new();
-                let text = |v: Cow<'_, str>| J::String(v.into_owned());
-                if let Some(bn) = r.bn {
-                    m.insert("bn".into(), text(bn));
+                let text = |v: &str| J::String(v.to_owned());
+                if let Some(bn) = r.bn() {
+                    m.insert("bn".into(), text(&bn));
                 }
                 if let Some(bt) = r.bt {
                     m.insert("bt".into(), json!(bt));
@@ -609,8 +638,9 @@ mod tests {
                 if let Some(bu) = r.bu {
                     m.insert("bu".into(), text(bu));
                 }
-                if let Some(n) = r.n {
-                    m.insert("n".into(), text(n));
+                {
+                    let n = r.n();
+                    m.insert("n".into(), text(&n));
                 }
                 if let Some(u) = r.u {
                     m.insert("u".into(), text(u));
@@ -618,14 +648,15 @@ mod tests {
                 if let Some(t) = r.t {
                     m.insert("t".into(), json!(t));
                 }
-                match r.value.unwrap() {
+                match r.value.clone() {
                     Value::Float(v) => m.insert("v".into(), json!(v)),
                     Value::Int(v) => m.insert("v".into(), json!(v)),
                     Value::Bool(v) => m.insert("vb".into(), J::Bool(v)),
                     Value::Text(v) => m.insert("vs".into(), J::String(v.into())),
                     Value::Bytes(v) => m.insert("vd".into(), J::String(base64url(&v))),
                 };
-                if let Some(rid) = r.rid {
+                {
+                    let rid = r.rid;
                     let hex: String = rid.iter().map(|x| format!("{x:02x}")).collect();
                     m.insert(RID.into(), J::String(hex));
                 }
