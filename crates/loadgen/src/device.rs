@@ -9,7 +9,7 @@ use gateway_coap::{
 };
 use gateway_coaps_tokio::carry_out;
 use gateway_dtls::client::{Client, Config, Event, RequestError};
-use gateway_sdk::{IdGenerator, Label, Reading, Timestamp, Value};
+use gateway_sdk::{IdGenerator, Label, Reading, ReadingId, Timestamp, Value};
 use openssl::ssl::SslContext;
 use std::{
     net::SocketAddr,
@@ -42,10 +42,10 @@ pub struct Device {
     socket: Option<UdpSocket>,
     buf: Vec<u8>,
     name: Label,
-    /// The sensor, measurement and unit of every reading, made once: a reading costs the
-    /// load generator as little as it can, so that its CPU goes to the exchange.
-    labels: [Label; 3],
-    readings: usize,
+    /// The readings of a POST, made once and given new ids, times and values for each: a
+    /// reading costs the load generator as little as it can, so that its CPU goes to the
+    /// exchange.
+    batch: Vec<Reading>,
     ids: IdGenerator,
     path: String,
     timeout: Duration,
@@ -66,14 +66,26 @@ impl Device {
         path: &str,
         timeout: Duration,
     ) -> Device {
+        let [device, sensor, measurement, unit] =
+            [name, SENSOR, "temperature", "Cel"].map(Label::from);
+        let batch = (0..readings)
+            .map(|_| Reading {
+                id: ReadingId([0; 16]),
+                time: Timestamp(0),
+                device: device.clone(),
+                sensor: sensor.clone(),
+                name: measurement.clone(),
+                unit: unit.clone(),
+                value: Value::Float(0.0),
+            })
+            .collect();
         Device {
             machine: Client::with_context(cfg, ctx, gateway_dtls::rng()),
             server,
             socket: None,
             buf: vec![0; 65536],
-            name: Label::from(name),
-            labels: [SENSOR, "temperature", "Cel"].map(Label::from),
-            readings,
+            name: device,
+            batch,
             ids: IdGenerator::new(),
             path: path.to_owned(),
             timeout,
@@ -96,18 +108,12 @@ impl Device {
     /// [`Device::post`] with reading `i`'s value `value(i)`.
     pub async fn post_values(&mut self, value: impl Fn(usize) -> f64) -> Outcome {
         let now = Timestamp::now();
-        let batch: Vec<Reading> = (0..self.readings)
-            .map(|i| Reading {
-                id: self.ids.next(now),
-                time: now,
-                device: self.name.clone(),
-                sensor: self.labels[0].clone(),
-                name: self.labels[1].clone(),
-                unit: self.labels[2].clone(),
-                value: Value::Float(value(i)),
-            })
-            .collect();
-        let payload = gateway_senml::encode_cbor(&batch);
+        for (i, r) in self.batch.iter_mut().enumerate() {
+            r.id = self.ids.next(now);
+            r.time = now;
+            r.value = Value::Float(value(i));
+        }
+        let payload = gateway_senml::encode_cbor(&self.batch);
         let packet = request(
             RequestType::Post,
             &self.path,
