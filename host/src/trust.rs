@@ -5,7 +5,7 @@
 //! directory above it, owned by root or the gateway's user, and not writable by others. I/O:
 //! `stat`, and `open` of the config files.
 
-use gateway_sdk::trust::{chain, directories, written_dirs, Stake};
+use gateway_sdk::trust::{chain, directories, Stake};
 pub(crate) use gateway_sdk::trust::{gateway_uid, others_may_change};
 use std::{
     fs::{File, Metadata},
@@ -17,9 +17,9 @@ use std::{
 /// only by root or by the user the gateway runs as: owned by one of them and not writable by
 /// group or others (a directory with the sticky bit, such as `/tmp`, may be writable by all,
 /// since then nobody can rename or delete what another user owns in it). The directories of
-/// `path` as it is written are checked too: one that holds a link (`libx.so -> libx-1.2.so`)
-/// decides where the link leads, and whoever can write it could point the link at another
-/// library. Returns the resolved path, to be opened instead of `path`, or why it is refused
+/// `path` as it is written are checked too, and those of every link on the way: one that holds
+/// a link (`libx.so -> libx-1.2.so`) decides where the link leads, and whoever can write it
+/// could point the link at another library. Returns the resolved path, to be opened instead of `path`, or why it is refused
 /// and how to fix it.
 pub fn library(path: &Path) -> Result<PathBuf, String> {
     let real = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -29,7 +29,7 @@ pub fn library(path: &Path) -> Result<PathBuf, String> {
         format!("{} (where {} leads)", real.display(), path.display())
     };
     chain(&real, &first, Stake::Code)?;
-    written_dirs(path, &real, Stake::Code)?;
+    directories(path, Stake::Code)?;
     Ok(real)
 }
 
@@ -51,8 +51,7 @@ pub(crate) fn open_config(path: &Path, what: &str) -> Result<(File, Metadata), S
             gateway_uid()
         ));
     }
-    let real = std::fs::canonicalize(path).map_err(|e| cannot(&e))?;
-    directories(path, &real, Stake::Config).map_err(|e| {
+    directories(path, Stake::Config).map_err(|e| {
         format!(
             "{}: {what} is in a directory others can change: {e}",
             path.display()

@@ -166,9 +166,9 @@ impl InitContext {
     /// user may read it, and its group may write it (with a umask of 002, as Debian gives a
     /// user of a private group, files are made so). The directories that decide what the file
     /// is are checked as the host checks its config's ([`crate::trust::directories`]): the
-    /// one that holds it and every one above, and, when `path` is a link, those of the link
-    /// (whoever can write the directory can put another file, or a link to the system's CA
-    /// bundle, in its place). A file that does not exist passes: the plugin says so when it
+    /// one that holds it and every one above, and, for every link on the way to it, those of
+    /// the link (whoever can write the directory can put another file, or a link to the
+    /// system's CA bundle, in its place). A file that does not exist passes: the plugin says so when it
     /// loads it. `key` names the config key in the error.
     pub fn trusted_file(
         &self,
@@ -191,10 +191,7 @@ impl InitContext {
                 path.display()
             )));
         }
-        let dirs = std::fs::canonicalize(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))
-            .and_then(|real| crate::trust::directories(&path, &real, crate::trust::Stake::Config));
-        dirs.map_err(|e| {
+        crate::trust::directories(&path, crate::trust::Stake::Config).map_err(|e| {
             PluginError::config(format!(
                 "[{}] {key}: {} decides whom the gateway trusts, but is in a directory others can change: {e}",
                 self.info.table,

@@ -3,7 +3,12 @@
 //! user's keys. The host checks its plugin libraries and its config so;
 //! [`crate::InitContext::trusted_file`] checks a plugin's CA and CRL files so. I/O: `stat`.
 
-use std::{fs::Metadata, os::unix::fs::MetadataExt, path::Path};
+use std::{
+    collections::VecDeque,
+    fs::Metadata,
+    os::unix::fs::MetadataExt,
+    path::{Component, Path, PathBuf},
+};
 
 extern "C" {
     #[link_name = "geteuid"]
@@ -54,27 +59,6 @@ pub fn others_may_change(meta: &Metadata) -> bool {
     meta.mode() & 0o002 != 0 || foreign_owner(meta)
 }
 
-/// When `path` is a link (`real` is where it leads), the directories of `path` as written:
-/// whoever can write the one holding the link decides where it leads.
-pub fn written_dirs(path: &Path, real: &Path, stake: Stake) -> Result<(), String> {
-    if real == path {
-        return Ok(());
-    }
-    let written = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    match written.parent() {
-        Some(dir) => chain(
-            dir,
-            &format!(
-                "{} (which holds the link {})",
-                dir.display(),
-                path.display()
-            ),
-            stake,
-        ),
-        None => Ok(()),
-    }
-}
-
 /// Checks `from` and every directory above it (following links: the directory a link leads
 /// to is what is checked, and the link's own directory is the next one up): owned by root or
 /// the gateway's user, and not writable by those `stake` excludes (a directory with the sticky
@@ -121,16 +105,171 @@ pub fn chain(from: &Path, first: &str, stake: Stake) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks the directories that decide what `path` (a file that exists; `real` is where it
-/// leads, `std::fs::canonicalize(path)`) is: the one holding `real`, every one above that,
-/// and, when `path` is a link, those of the link.
-pub fn directories(path: &Path, real: &Path, stake: Stake) -> Result<(), String> {
-    if let Some(dir) = real.parent() {
-        chain(
-            dir,
-            &format!("{} (which holds {})", dir.display(), real.display()),
-            stake,
-        )?;
+/// How many links [`directories`] follows before it gives up, as the kernel's `ELOOP` limit.
+const MAX_LINKS: usize = 40;
+
+/// One step of a path being resolved.
+enum Step {
+    Root,
+    Parent,
+    Name(std::ffi::OsString),
+}
+
+fn steps(p: &Path) -> impl DoubleEndedIterator<Item = Step> + '_ {
+    p.components().filter_map(|c| match c {
+        Component::RootDir | Component::Prefix(_) => Some(Step::Root),
+        Component::CurDir => None,
+        Component::ParentDir => Some(Step::Parent),
+        Component::Normal(n) => Some(Step::Name(n.to_owned())),
+    })
+}
+
+/// Resolves `path` one name at a time, as the kernel does, and returns where it leads with
+/// every link met on the way (the link's own path, without links in it): the directory that
+/// holds a link decides where the link leads, wherever the link is, at the end or in the name
+/// of a directory.
+fn resolve(path: &Path) -> std::io::Result<(PathBuf, Vec<PathBuf>)> {
+    let mut todo: VecDeque<Step> = steps(&std::path::absolute(path)?).collect();
+    let (mut at, mut links) = (PathBuf::from("/"), Vec::new());
+    while let Some(step) = todo.pop_front() {
+        match step {
+            Step::Root => at = PathBuf::from("/"),
+            // `at` holds no link: its parent is the one the kernel takes.
+            Step::Parent => {
+                at.pop();
+            }
+            Step::Name(name) => {
+                let next = at.join(name);
+                if !std::fs::symlink_metadata(&next)?.file_type().is_symlink() {
+                    at = next;
+                    continue;
+                }
+                if links.len() == MAX_LINKS {
+                    return Err(std::io::Error::other("too many levels of symbolic links"));
+                }
+                let target = std::fs::read_link(&next)?;
+                for s in steps(&target).rev() {
+                    todo.push_front(s);
+                }
+                links.push(next);
+            }
+        }
     }
-    written_dirs(path, real, stake)
+    Ok((at, links))
+}
+
+/// Checks the directories that decide what `path` (a file that exists) is, and returns where
+/// it leads (as `std::fs::canonicalize`): the one that holds the file, and every one that
+/// holds a link met on the way to it (a link at the end, a link to a link, a link in the name
+/// of a directory), each with every directory above it. Whoever can write one of them can put
+/// another file, or a link to another file, in place of a name in it.
+pub fn directories(path: &Path, stake: Stake) -> Result<PathBuf, String> {
+    let (real, links) = resolve(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let holds = std::iter::once((&real, "")).chain(links.iter().map(|l| (l, "the link ")));
+    for (entry, what) in holds {
+        if let Some(dir) = entry.parent() {
+            chain(
+                dir,
+                &format!("{} (which holds {what}{})", dir.display(), entry.display()),
+                stake,
+            )?;
+        }
+    }
+    Ok(real)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    /// A directory of its own under the temporary directory, removed when dropped.
+    struct Scratch(PathBuf);
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let p = std::env::temp_dir().join(format!("gw-trust-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir(&p).unwrap();
+            Scratch(p)
+        }
+        fn dir(&self, name: &str, mode: u32) -> PathBuf {
+            let d = self.0.join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).unwrap();
+            d
+        }
+    }
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn every_link_on_the_way_has_its_directory_checked() {
+        let s = Scratch::new("links");
+        let etc = s.dir("etc", 0o755);
+        let shared = s.dir("shared", 0o777);
+        std::fs::write(etc.join("real.pem"), "ca").unwrap();
+        // ca.pem -> ../shared/hop.pem -> ../etc/real.pem: both ends are in `etc`, the middle
+        // link in a directory every user can write, who can point it at any file.
+        symlink("../etc/real.pem", shared.join("hop.pem")).unwrap();
+        symlink("../shared/hop.pem", etc.join("ca.pem")).unwrap();
+        let ca = etc.join("ca.pem");
+        let e = directories(&ca, Stake::Config).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "which holds the link {}",
+                shared.join("hop.pem").display()
+            )) && e.contains("writable by others (mode 0777)"),
+            "{e}"
+        );
+        // A link in the name of a directory: etc/x -> ../shared/y -> real, a directory in
+        // `etc`; `shared` holds the link `y`.
+        std::fs::create_dir(etc.join("real")).unwrap();
+        std::fs::write(etc.join("real/ca.pem"), "ca").unwrap();
+        symlink("../etc/real", shared.join("y")).unwrap();
+        symlink("../shared/y", etc.join("x")).unwrap();
+        let e = directories(&etc.join("x/ca.pem"), Stake::Config).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "which holds the link {}",
+                shared.join("y").display()
+            )),
+            "{e}"
+        );
+        // With `shared` closed, both pass, and lead where the kernel goes.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for p in [ca, etc.join("x/ca.pem"), etc.join("x/../real.pem")] {
+            assert_eq!(
+                directories(&p, Stake::Config).unwrap(),
+                std::fs::canonicalize(&p).unwrap(),
+                "{}",
+                p.display()
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_itself_in_a_directory_others_can_write_is_refused_and_a_loop_is_named() {
+        let s = Scratch::new("plain");
+        let open = s.dir("open", 0o777);
+        std::fs::write(open.join("ca.pem"), "ca").unwrap();
+        let e = directories(&open.join("ca.pem"), Stake::Config).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "{} (which holds {})",
+                open.display(),
+                open.join("ca.pem").display()
+            )),
+            "{e}"
+        );
+        let closed = s.dir("closed", 0o755);
+        symlink("b", closed.join("a")).unwrap();
+        symlink("a", closed.join("b")).unwrap();
+        let e = directories(&closed.join("a"), Stake::Config).unwrap_err();
+        assert!(e.contains("too many levels of symbolic links"), "{e}");
+        let e = directories(&closed.join("none"), Stake::Config).unwrap_err();
+        assert!(e.contains("No such file"), "{e}");
+    }
 }
