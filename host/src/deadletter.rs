@@ -24,7 +24,7 @@ use serde_json::{json, Value as J};
 use std::{
     collections::{HashSet, VecDeque},
     fs::File,
-    io::{self, BufRead, BufReader, Write},
+    io::{self, BufRead, BufReader, Read, Write},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -386,16 +386,52 @@ fn read_header(
     })
 }
 
+/// The longest line a dead-letter file may have: far more than a reading with the largest
+/// value a store takes, and a bound on what a reader holds for one line.
+const MAX_LINE: u64 = 16 << 20;
+
+/// The lines of the dead-letter file at `path`, opened as the files under `data_dir` are
+/// (never through a link, which the service's user could point at `/dev/zero` or a FIFO for
+/// an operator's `sudo gateway dead-letters show` to read for ever) and only if it is a
+/// regular file; a line longer than [`MAX_LINE`] is an error.
+fn lines(path: &Path) -> Result<impl Iterator<Item = io::Result<String>>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let cannot = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let f = crate::own_files::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| cannot(&e))?;
+    if !f.metadata().map_err(|e| cannot(&e))?.is_file() {
+        return Err(cannot(&"not a regular file"));
+    }
+    let mut r = BufReader::new(f);
+    Ok(std::iter::from_fn(move || {
+        let mut line = Vec::new();
+        match r.by_ref().take(MAX_LINE + 1).read_until(b'\n', &mut line) {
+            Ok(0) => None,
+            Ok(_) if line.len() as u64 > MAX_LINE => Some(Err(io::Error::other(format!(
+                "a line longer than {MAX_LINE} bytes"
+            )))),
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                Some(String::from_utf8(line).map_err(io::Error::other))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }))
+}
+
 /// Reads only the header of a dead-letter file (what `gateway dead-letters list` shows).
 pub fn header(path: &Path) -> Result<Header, String> {
-    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    read_header(path, &mut BufReader::new(f).lines())
+    read_header(path, &mut lines(path)?)
 }
 
 /// Reads a dead-letter file: its header and readings. The error names the line.
 pub fn read(path: &Path) -> Result<(Header, Vec<Reading>), String> {
-    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut lines = BufReader::new(f).lines();
+    let mut lines = lines(path)?;
     let header = read_header(path, &mut lines)?;
     let mut readings = Vec::with_capacity(header.readings.min(1 << 20));
     for (i, line) in lines.enumerate() {
@@ -553,5 +589,37 @@ mod tests {
         std::fs::write(&path, text.replacen("\"time_us\"", "\"tim\"", 1)).unwrap();
         let e = read(&path).unwrap_err();
         assert!(e.ends_with(":2: not a reading"), "{e}");
+    }
+
+    #[test]
+    fn a_reader_opens_no_link_no_fifo_and_no_endless_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DeadLetters::new(dir.path().join("dl"), "db", "mysql");
+        let path = d
+            .put("x", &gateway_sdk::testing::sample_readings(2))
+            .unwrap();
+        assert_eq!(header(&path).unwrap().readings, 2);
+        // The service's user swaps a listed file for a link (to /dev/zero, say): an operator's
+        // `sudo gateway dead-letters show` must not follow it.
+        let elsewhere = dir.path().join("elsewhere.jsonl");
+        std::fs::copy(&path, &elsewhere).unwrap();
+        let link = dir.path().join("dl/link.jsonl");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        for e in [header(&link).unwrap_err(), read(&link).unwrap_err()] {
+            assert!(e.contains("symbolic links"), "{e}");
+        }
+        // A FIFO is refused at once, not waited on for a writer.
+        let fifo = dir.path().join("dl/fifo.jsonl");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string; mkfifo has no other precondition.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = header(&fifo).unwrap_err();
+        assert!(e.ends_with("not a regular file"), "{e}");
+        // A line without end is read no further than MAX_LINE.
+        let long = dir.path().join("dl/long.jsonl");
+        let f = std::fs::File::create(&long).unwrap();
+        f.set_len(MAX_LINE + 2).unwrap();
+        let e = header(&long).unwrap_err();
+        assert!(e.contains("a line longer than 16777216 bytes"), "{e}");
     }
 }
