@@ -76,11 +76,34 @@ fn data_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
 }
 
 /// Makes instance `decl`'s own directory (durably), as a start and a reload do before it
-/// runs: the SDK promises it is there. `Err` says which directory could not be made.
+/// runs: the SDK promises it is there. `Err` says which directory could not be made, or
+/// which one others can change ([`trusted_data_dir`]).
 pub(crate) fn make_data_dir(config: &Config, decl: &Instance) -> Result<(), String> {
     let dir = data_dir(config, decl);
     crate::own_files::create_dir_durably(&dir)
-        .map_err(|e| format!("cannot create its data directory {}: {e}", dir.display()))
+        .map_err(|e| format!("cannot create its data directory {}: {e}", dir.display()))?;
+    trusted_data_dir(&dir)
+}
+
+/// Checks that only root and the gateway's user (and the directory's group) can change
+/// instance directory `dir`, the directories above it and those of any link on the way, as
+/// the config's are checked: whoever can write one of them can take the buffered and
+/// dead-lettered readings away, or put readings there that are sent under this gateway's
+/// identity after a restart. Where `dir` is not there yet (`gateway check` makes nothing),
+/// the nearest directory above it that is.
+fn trusted_data_dir(dir: &std::path::Path) -> Result<(), String> {
+    let Some(there) = dir.ancestors().find(|d| d.exists()) else {
+        return Ok(());
+    };
+    use gateway_sdk::trust::{chain, directories, Stake};
+    let checked = directories(there, Stake::Config)
+        .and_then(|real| chain(&real, &real.display().to_string(), Stake::Config));
+    checked.map_err(|e| {
+        format!(
+            "its data directory {} (its buffered and dead-lettered readings, sent under this gateway's identity) can be changed by others: {e}",
+            dir.display()
+        )
+    })
 }
 
 /// A sink's dead letters: `dead-letter/` in its data directory.
@@ -178,11 +201,13 @@ impl Plan {
             };
             let info = info_for(&config, decl);
             // `check` has no side effects: the directory is made only for a run.
-            if for_run {
-                if let Err(e) = make_data_dir(&config, decl) {
-                    errors.push(format!("{} {e}", at(decl)));
-                    continue;
-                }
+            let dir = match for_run {
+                true => make_data_dir(&config, decl),
+                false => trusted_data_dir(&data_dir(&config, decl)),
+            };
+            if let Err(e) = dir {
+                errors.push(format!("{} {e}", at(decl)));
+                continue;
             }
             let buffer = match decl.sink_settings().and_then(|s| s.buffer.as_ref()) {
                 Some(_) if !for_run => None,

@@ -386,3 +386,49 @@ fn a_fifo_or_a_device_as_config_or_file_value_is_refused_at_once() {
         "{err}"
     );
 }
+
+#[test]
+fn a_data_dir_others_can_change_is_refused() {
+    // Whoever can write it can take the buffered readings away, or put readings there that
+    // are sent under this gateway's identity after a restart.
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let shared = s.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let cfg = s.config(
+        "data_dir = \"shared/gw\"",
+        "[sources.c]\nplugin = \"example\"\n[sinks.o]\nplugin = \"console\"\n",
+    );
+    let refused = |err: &str| {
+        err.contains("its data directory")
+            && err.contains("can be changed by others")
+            && err.contains(&format!(
+                "{} is writable by others (mode 0777)",
+                shared.display()
+            ))
+    };
+    // `check` makes no directory: it checks the nearest one there is.
+    let (ok, _, err) = check(&cfg);
+    assert!(!ok && err.contains("its data directory"), "{err}");
+    assert!(!shared.join("gw").exists());
+    let (status, _, err) = gateway(&["run", "--config", cfg.to_str().unwrap()]);
+    assert!(!status.success() && refused(&err), "{err}");
+    // Nor a link there to a directory of the gateway's own: whoever can write `shared` can
+    // point the link elsewhere.
+    let own = s.path("own");
+    std::fs::create_dir_all(own.join("gw")).unwrap();
+    std::os::unix::fs::symlink("../own/gw", shared.join("link")).unwrap();
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("data_dir = \"shared/gw\"", "data_dir = \"shared/link\""),
+    )
+    .unwrap();
+    let (ok, _, err) = check(&cfg);
+    assert!(!ok && err.contains("which holds the link"), "{err}");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ok, _, err) = check(&cfg);
+    assert!(ok, "{err}");
+}
