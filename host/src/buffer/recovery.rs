@@ -157,7 +157,7 @@ impl DiskBuffer {
         if scan.magic_damaged {
             tracing::warn!(
                 segment = %path.display(),
-                "disk buffer segment's magic is damaged, but its records are intact; reading them"
+                "disk buffer segment's magic is damaged; reading the records that are intact"
             );
         }
         for h in &scan.holes {

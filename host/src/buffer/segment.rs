@@ -225,11 +225,19 @@ pub fn scan(path: &Path, first: u64, acked_below: u64) -> io::Result<Option<Scan
     let magic_damaged = &magic != MAGIC;
     if magic_damaged {
         // One flipped bit there cost every record of the segment. A file whose first record
-        // reads back intact (its checksum covers its sequence number) is a segment.
+        // reads back intact (its checksum covers its sequence number) is a segment; so is one
+        // with an intact record of its own further on: a lost page of an SD card, or a first
+        // page rewritten at a power cut, takes the magic and the first records with it, and
+        // only those are lost (a hole, below).
         match read_record(&mut r, first) {
             Ok(Some(_)) => {}
             Ok(None) => return Ok(None),
-            Err(e) if damage(&e) => return Ok(None),
+            Err(e) if damage(&e) => {
+                let max_seq = first + len / HEADER as u64 + 1;
+                if resync(&file, MAGIC.len() as u64, len, first, max_seq)?.is_none() {
+                    return Ok(None);
+                }
+            }
             Err(e) => return Err(e),
         }
         r.seek(SeekFrom::Start(MAGIC.len() as u64))?;

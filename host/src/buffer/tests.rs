@@ -671,6 +671,24 @@ fn a_flipped_bit_in_a_segments_magic_costs_no_record() {
 }
 
 #[test]
+fn a_lost_first_page_costs_only_the_records_on_it() {
+    // Damage over the magic and the first record (a lost page of an SD card) moved the whole
+    // segment aside, the intact records after it with it.
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path());
+    fill(&b, 10, 5);
+    drop(b);
+    let seg = segment_file(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[..segment::MAGIC.len() + segment::HEADER + 10].fill(0);
+    std::fs::write(&seg, &bytes).unwrap();
+    let b = open(dir.path());
+    assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 1);
+    assert_same(&drain_all(&b, 1000), &(5..50).collect::<Vec<i64>>());
+    assert!(seg.exists(), "read in place, not moved aside");
+}
+
+#[test]
 fn a_segment_that_cannot_be_read_at_open_is_an_error_not_moved_aside() {
     // A read that fails (EIO on an ageing SD card, often passing; here EISDIR, the error a
     // test can make) was taken for "not a segment": the file was renamed .damaged and its
