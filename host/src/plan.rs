@@ -124,6 +124,73 @@ pub(crate) fn buffer_dir(config: &Config, decl: &Instance) -> std::path::PathBuf
     data_dir(config, decl).join("buffer")
 }
 
+/// The disk buffer an earlier run left to sink `decl`, which the config gives none now (its
+/// `buffer` was removed): its readings were acknowledged to their sources as stored, and only
+/// this sink sends them, so it is opened, with the default settings, and the sink runs with it
+/// (and warns) until a start finds it empty. `None` when there is none or it holds nothing
+/// unsent.
+pub(crate) fn leftover_buffer(
+    config: &Config,
+    decl: &Instance,
+) -> Result<Option<DiskBuffer>, String> {
+    if decl.sink_settings().is_none() || !holds_segments(&buffer_dir(config, decl)) {
+        return Ok(None);
+    }
+    let dir = buffer_dir(config, decl);
+    let b = DiskBuffer::open(&dir, &crate::config::BufferSettings::default()).map_err(|e| {
+        format!(
+            "buffer: the config gives it none, and the disk buffer an earlier run left in {} cannot be opened: {e}",
+            dir.display()
+        )
+    })?;
+    if b.pending() == 0 {
+        return Ok(None);
+    }
+    tracing::warn!(
+        sink = %decl.name,
+        readings = b.pending(),
+        dir = %dir.display(),
+        "the config gives this sink no disk buffer, but an earlier run left readings in one; they were acknowledged as stored and only this sink sends them, so it runs with that buffer (default settings) until it is empty; to discard them instead, remove the directory while the gateway is stopped"
+    );
+    Ok(Some(b))
+}
+
+/// Whether `dir` holds segment files.
+fn holds_segments(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "seg"))
+    })
+}
+
+/// Warns of the disk buffers in `data_dir` that hold unsent readings under a name no sink of
+/// the config has (a sink renamed or removed): they were acknowledged as stored, and only a
+/// sink of that name sends them.
+fn warn_of_orphaned_buffers(config: &Config) {
+    let Ok(dirs) = std::fs::read_dir(&config.gateway.data_dir) else {
+        return;
+    };
+    for e in dirs.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let dir = e.path().join("buffer");
+        if config.sinks.iter().any(|s| s.name == name) || !holds_segments(&dir) {
+            continue;
+        }
+        // Opened as a start would (a torn tail is cut); one in use elsewhere is locked.
+        let Ok(b) = DiskBuffer::open(&dir, &crate::config::BufferSettings::default()) else {
+            continue;
+        };
+        if b.pending() > 0 {
+            tracing::warn!(
+                sink = %name,
+                readings = b.pending(),
+                dir = %dir.display(),
+                "a disk buffer holds readings of a sink the config no longer has (renamed or removed); they were acknowledged as stored and are sent only by a sink of that name: give one that name again to send them, or remove the directory to discard them"
+            );
+        }
+    }
+}
+
 /// What [`Overdue`] calls an instance's constructor: `sink db: its start`.
 fn started(decl: &Instance) -> String {
     format!("{} {}: its start", decl.role, decl.name)
@@ -211,7 +278,14 @@ impl Plan {
             }
             let buffer = match decl.sink_settings().and_then(|s| s.buffer.as_ref()) {
                 Some(_) if !for_run => None,
-                None => None,
+                None if !for_run => None,
+                None => match leftover_buffer(&config, decl) {
+                    Ok(b) => b.map(Arc::new),
+                    Err(e) => {
+                        errors.push(format!("{} {e}", at(decl)));
+                        continue;
+                    }
+                },
                 Some(settings) => {
                     let dir = buffer_dir(&config, decl);
                     match DiskBuffer::open(&dir, settings) {
@@ -265,6 +339,9 @@ impl Plan {
                     );
                 }
             }
+        }
+        if for_run {
+            warn_of_orphaned_buffers(&config);
         }
         if errors.is_empty() {
             Ok(Plan {

@@ -362,6 +362,76 @@ fn a_sink_with_a_window_keeps_writes_in_flight_and_kill_9_loses_nothing() {
 }
 
 #[test]
+fn a_buffer_the_config_no_longer_has_is_still_sent_and_an_orphaned_one_is_named() {
+    // The readings in a disk buffer were acknowledged to their source as stored. Before, a
+    // start whose config had dropped the sink's `buffer` never opened it again: they were
+    // never sent, and nothing said so.
+    let fill = |s: &Setup| {
+        let cfg = buffered(s, (300, 10), "fail_first = 1000000", r#"{ type = "disk" }"#);
+        let mut gw = Running::start(s, &cfg, &[]);
+        wait_file(s, "emitted", "300", &gw);
+        gw.signal(libc::SIGKILL);
+        gw.wait(Duration::from_secs(10)).expect("killed");
+        assert!(s.recorded("out.txt", "seq").is_empty());
+        cfg
+    };
+    let without_buffer = |cfg: &std::path::Path, sink: &str| {
+        let text = std::fs::read_to_string(cfg).unwrap();
+        let text: String = text
+            .lines()
+            .filter(|l| !l.starts_with("buffer = ") && !l.starts_with("fail_first"))
+            .map(|l| {
+                if l == "[sinks.rec]" {
+                    format!("[sinks.{sink}]\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(cfg, text).unwrap();
+    };
+    let s = Setup::new();
+    let cfg = fill(&s);
+    without_buffer(&cfg, "rec");
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(30)).expect("exits");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains(
+            "the config gives this sink no disk buffer, but an earlier run left readings in one"
+        ) && err.contains("readings=300"),
+        "{err}"
+    );
+    let values = s.recorded("out.txt", "seq");
+    assert_contiguous(&values, "from the buffer the config dropped");
+    assert_eq!(values.len(), 300, "{err}");
+    // Emptied: the next start runs the sink without it, and says nothing of it.
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(30)).expect("exits");
+    let err = gw.stderr();
+    assert!(
+        status.success() && !err.contains("earlier run left"),
+        "{err}"
+    );
+
+    // A sink renamed: only a sink of the old name sends them; the start names them.
+    let s = Setup::new();
+    let cfg = fill(&s);
+    without_buffer(&cfg, "renamed");
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw.wait(Duration::from_secs(30)).expect("exits");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("a disk buffer holds readings of a sink the config no longer has")
+            && err.contains("sink=rec ")
+            && err.contains("readings=300"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_job_drains_its_buffer_before_it_exits_and_says_what_a_down_sink_left_behind() {
     // The sink fails its first writes: the job waits for the retries and delivers everything.
     let s = Setup::new();

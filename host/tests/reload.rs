@@ -137,7 +137,7 @@ fn a_reload_rebuilds_only_what_changed_and_the_successor_takes_what_was_held() {
         "the unchanged sources ran on through the reload:\n{log}"
     );
     assert!(
-        log.contains("handing the disk buffer to the instance that replaces this one"),
+        log.contains("the disk buffer keeps them for the instance that replaces this one"),
         "{log}"
     );
     // Nothing lost: what the buffer held and the batch the plain sink was retrying reached

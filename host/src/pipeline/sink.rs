@@ -472,7 +472,7 @@ impl Input for Buffered {
         if self.handover.load(Ordering::Relaxed) {
             tracing::info!(
                 readings = left,
-                "handing the disk buffer to the instance that replaces this one"
+                "the disk buffer keeps them for the instance that replaces this one (for a sink removed from the config: for a start whose config has a sink of this name again)"
             );
         } else if left > 0 {
             tracing::info!(

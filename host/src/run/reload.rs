@@ -691,7 +691,7 @@ impl<T, F, S> Named for crate::plan::Built<T, F, S> {
 /// Opens sink `decl`'s disk buffer, if it has one.
 fn open_buffer(config: &Config, decl: &Instance) -> Result<Option<Arc<DiskBuffer>>, String> {
     let Some(settings) = decl.sink_settings().and_then(|s| s.buffer.as_ref()) else {
-        return Ok(None);
+        return crate::plan::leftover_buffer(config, decl).map(|b| b.map(Arc::new));
     };
     let dir = buffer_dir(config, decl);
     // A page of metrics being served may hold the old buffer (and its lock) for a moment.
