@@ -288,13 +288,17 @@ impl Store {
                         tracing::debug!("the batch holds readings stored before; merging it");
                         merge(client, &table, batch).await
                     }
-                    done => done,
+                    done => done.map(Ok),
                 }
             })
             .await
         });
         match outcome {
-            Ok(Ok(new)) => Ok(new),
+            Ok(Ok(Ok(new))) => Ok(new),
+            Ok(Ok(Err(refused))) => Err(PluginError::rejected(format!(
+                "{refused} of the batch's {} readings are refused by a unique index or an exclusion constraint of {table} other than the readings' own key (id, device, time_us); nothing of the batch is stored",
+                batch.len()
+            ))),
             Ok(Err(e)) => {
                 // A lost connection, or a table or schema gone (dropped, renamed): connect
                 // again, which makes the table again.
@@ -351,13 +355,14 @@ async fn copy(
     Ok(batch.len() as u64)
 }
 
-/// The batch through the staging table, rows stored before skipped, in one transaction; how
-/// many were new.
+/// The batch through the staging table, rows stored before skipped, in one transaction: how
+/// many were new, or (`Err`, nothing stored) how many rows a constraint other than the
+/// readings' key left out.
 async fn merge(
     client: &mut Client,
     table: &str,
     batch: &[Reading],
-) -> Result<u64, tokio_postgres::Error> {
+) -> Result<Result<u64, u64>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     copy_rows(&tx, STAGING, batch).await?;
     let new = tx
@@ -368,8 +373,28 @@ async fn merge(
             &[],
         )
         .await?;
+    if new < batch.len() as u64 {
+        // ON CONFLICT DO NOTHING leaves out a row any unique index or exclusion constraint
+        // refuses, not only one stored before under the readings' key: each row left out must
+        // be there now (stored before, or by another writer meanwhile), or it is stored
+        // nowhere. (A conflict target would make a table without that key fail every merge.)
+        let missing: i64 = tx
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM (SELECT DISTINCT id, device, time_us FROM {STAGING}) s \
+                     WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.id = s.id AND t.device = s.device AND t.time_us = s.time_us)"
+                ),
+                &[],
+            )
+            .await?
+            .get(0);
+        if missing > 0 {
+            tx.rollback().await?;
+            return Ok(Err(missing as u64));
+        }
+    }
     tx.commit().await?;
-    Ok(new)
+    Ok(Ok(new))
 }
 
 /// A failure to connect or make the tables: a wrong password or a missing database may be

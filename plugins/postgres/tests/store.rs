@@ -144,6 +144,34 @@ fn a_reading_the_tables_own_rules_refuse_is_refused_for_good() {
     psql(&format!("DROP TABLE {t}; DROP FUNCTION {t}_no()"));
 }
 
+/// A unique index or an exclusion constraint of a table made or changed by hand refuses a
+/// reading as a CHECK does; before, the merge of a re-delivered batch (ON CONFLICT DO NOTHING)
+/// left such a reading out and said the batch was stored.
+#[test]
+fn a_reading_another_unique_index_refuses_is_refused_even_beside_a_re_delivery() {
+    let t = table("unique");
+    let mut s = sink(&t);
+    let a = reading(Value::Float(1.0));
+    s.write(vec![a.clone()]).unwrap();
+    psql(&format!(
+        "CREATE UNIQUE INDEX {t}_one ON {t} (device, sensor, name, time_us)"
+    ));
+    // B: another reading of the same series at the same time, which that index refuses.
+    let mut b = reading(Value::Float(2.0));
+    b.time = a.time;
+    for batch in [vec![a.clone(), b.clone()], vec![b.clone()]] {
+        let e = s.write(batch).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+        assert!(e.message().contains("1 of the batch's"), "{e}");
+    }
+    // A re-delivery alone is still a duplicate, stored once.
+    s.write(vec![a.clone()]).unwrap();
+    let c = reading(Value::Float(3.0));
+    s.write(vec![a, c]).unwrap();
+    assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "2");
+    psql(&format!("DROP TABLE {t}"));
+}
+
 #[test]
 fn a_database_that_is_not_there_is_retried_and_nothing_is_made_when_built() {
     let t = table("down");
