@@ -162,11 +162,15 @@ impl Store {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO readings (id, time_us, device, sensor, name, unit, value_type, value_float, value_int, value_text, value_bytes)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    // Only a reading stored before is skipped: OR IGNORE would also skip, in
+                    // silence, a row a CHECK, a NOT NULL or another unique index added to the
+                    // table refuses.
+                    "INSERT INTO readings (id, time_us, device, sensor, name, unit, value_type, value_float, value_int, value_text, value_bytes)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT (id, device) DO NOTHING",
                 )
                 .map_err(|e| sql_error("INSERT", e))?;
-            for r in batch {
+            for (n, r) in batch.iter().enumerate() {
                 let (kind, f, i, t, b): (
                     &str,
                     Option<f64>,
@@ -194,7 +198,17 @@ impl Store {
                         t,
                         b
                     ])
-                    .map_err(|e| sql_error("INSERT", e))?;
+                    .map_err(|e| match e.sqlite_error_code() {
+                        Some(ErrorCode::ConstraintViolation) => PluginError::rejected(format!(
+                            "reading {} of {} ({}/{}/{}) is refused by a rule of the table: {e}",
+                            n + 1,
+                            batch.len(),
+                            r.device,
+                            r.sensor,
+                            r.name
+                        )),
+                        _ => sql_error("INSERT", e),
+                    })?;
             }
         }
         tx.commit().map_err(|e| sql_error("COMMIT", e))?;

@@ -141,6 +141,41 @@ fn a_reading_delivered_twice_is_stored_once() {
 }
 
 #[test]
+fn a_reading_a_rule_added_to_the_table_refuses_is_refused_not_skipped() {
+    // INSERT OR IGNORE skipped such a row in silence, counted as a duplicate: the batch was
+    // acknowledged as stored, and that reading was in no store.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.db");
+    let mut s = SinkHarness::new::<Sqlite>(&cfg(&path)).unwrap();
+    let batch = sample_readings(3);
+    s.write(batch[..1].to_vec()).unwrap();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("CREATE UNIQUE INDEX one ON readings (device, sensor, name, time_us); CREATE TRIGGER small BEFORE INSERT ON readings WHEN NEW.value_float > 1000 BEGIN SELECT RAISE(ABORT, 'too large'); END;")
+        .unwrap();
+    drop(c);
+    // Another reading of the first one's series at its time: the index refuses it.
+    let mut same = batch[1].clone();
+    (same.sensor, same.name, same.time) = (
+        batch[0].sensor.clone(),
+        batch[0].name.clone(),
+        batch[0].time,
+    );
+    let mut large = batch[2].clone();
+    large.value = Value::Float(5000.0);
+    for (bad, why) in [(same, "UNIQUE constraint failed"), (large, "too large")] {
+        let e = s.write(vec![batch[0].clone(), bad]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+        assert!(
+            e.message().starts_with("reading 2 of 2 ") && e.message().contains(why),
+            "{e}"
+        );
+    }
+    // A re-delivery is still a duplicate, stored once, beside a new reading.
+    s.write(vec![batch[0].clone(), batch[2].clone()]).unwrap();
+    assert_eq!(rows(&path).len(), 2);
+}
+
+#[test]
 fn a_newer_schema_is_refused_not_downgraded() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("r.db");
