@@ -80,6 +80,8 @@ fn data_dir(config: &Config, decl: &Instance) -> std::path::PathBuf {
 /// which one others can change ([`trusted_data_dir`]).
 pub(crate) fn make_data_dir(config: &Config, decl: &Instance) -> Result<(), String> {
     let dir = data_dir(config, decl);
+    // Checked before it is made too: making it follows the links on the way.
+    trusted_data_dir(&dir)?;
     crate::own_files::create_dir_durably(&dir)
         .map_err(|e| format!("cannot create its data directory {}: {e}", dir.display()))?;
     trusted_data_dir(&dir)
@@ -92,7 +94,8 @@ pub(crate) fn make_data_dir(config: &Config, decl: &Instance) -> Result<(), Stri
 /// identity after a restart. Where `dir` is not there yet (`gateway check` makes nothing),
 /// the nearest directory above it that is.
 fn trusted_data_dir(dir: &std::path::Path) -> Result<(), String> {
-    let Some(there) = dir.ancestors().find(|d| d.exists()) else {
+    let absolute = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let Some(there) = absolute.ancestors().find(|d| d.exists()) else {
         return Ok(());
     };
     use gateway_sdk::trust::{chain, directories, Stake};

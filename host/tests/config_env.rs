@@ -414,6 +414,8 @@ fn a_data_dir_others_can_change_is_refused() {
     assert!(!shared.join("gw").exists());
     let (status, _, err) = gateway(&["run", "--config", cfg.to_str().unwrap()]);
     assert!(!status.success() && refused(&err), "{err}");
+    // Checked before it is made: making it would follow links planted on the way.
+    assert!(!shared.join("gw").exists());
     // Nor a link there to a directory of the gateway's own: whoever can write `shared` can
     // point the link elsewhere.
     let own = s.path("own");
