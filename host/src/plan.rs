@@ -129,46 +129,55 @@ pub(crate) fn buffer_dir(config: &Config, decl: &Instance) -> std::path::PathBuf
 
 /// The disk buffer an earlier run left to sink `decl`, which the config gives none now (its
 /// `buffer` was removed): its readings were acknowledged to their sources as stored, and only
-/// this sink sends them, so it is opened, with the default settings, and the sink runs with it
-/// (and warns) until a start finds it empty. `None` when there is none or it holds nothing
-/// unsent.
+/// this sink sends them, so it is opened and the sink runs with it (and warns), until a start
+/// finds it empty. It is opened with the default settings, and room for what it holds besides:
+/// the sources wait for it no sooner than for a default buffer. `None` when there is none or it
+/// holds nothing unsent.
 pub(crate) fn leftover_buffer(
     config: &Config,
     decl: &Instance,
 ) -> Result<Option<DiskBuffer>, String> {
-    if decl.sink_settings().is_none() || !holds_segments(&buffer_dir(config, decl)) {
-        return Ok(None);
-    }
     let dir = buffer_dir(config, decl);
-    let b = DiskBuffer::open(&dir, &crate::config::BufferSettings::default()).map_err(|e| {
+    let cannot = |e: &dyn std::fmt::Display| {
         format!(
             "buffer: the config gives it none, and the disk buffer an earlier run left in {} cannot be opened: {e}",
             dir.display()
         )
-    })?;
-    if b.pending() == 0 {
+    };
+    if decl.sink_settings().is_none() || !dir.is_dir() {
         return Ok(None);
     }
+    if !DiskBuffer::holds_unsent(&dir).map_err(|e| cannot(&e))? {
+        return Ok(None);
+    }
+    let mut settings = crate::config::BufferSettings::default();
+    settings.max_size += segment_bytes(&dir);
+    let b = DiskBuffer::open(&dir, &settings).map_err(|e| cannot(&e))?;
     tracing::warn!(
         sink = %decl.name,
         readings = b.pending(),
         dir = %dir.display(),
-        "the config gives this sink no disk buffer, but an earlier run left readings in one; they were acknowledged as stored and only this sink sends them, so it runs with that buffer (default settings) until it is empty; to discard them instead, remove the directory while the gateway is stopped"
+        "the config gives this sink no disk buffer, but an earlier run left readings in one; they were acknowledged as stored and only this sink sends them, so it runs with that buffer (default settings) until a start finds it empty; to discard them instead, remove the directory while the gateway is stopped"
     );
     Ok(Some(b))
 }
 
-/// Whether `dir` holds segment files.
-fn holds_segments(dir: &std::path::Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|d| {
+/// Bytes of the segment files in `dir` (links not followed).
+fn segment_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |d| {
         d.flatten()
-            .any(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
     })
 }
 
-/// Warns of the disk buffers in `data_dir` that hold unsent readings under a name no sink of
-/// the config has (a sink renamed or removed): they were acknowledged as stored, and only a
-/// sink of that name sends them.
+/// Warns of the disk buffers in `data_dir` that hold unsent readings under a name no instance
+/// of the config has (a sink renamed or removed): they were acknowledged as stored, and only a
+/// sink of that name sends them. Read only, without the buffers' locks: another gateway may
+/// use the same `data_dir`.
 fn warn_of_orphaned_buffers(config: &Config) {
     let Ok(dirs) = std::fs::read_dir(&config.gateway.data_dir) else {
         return;
@@ -176,19 +185,20 @@ fn warn_of_orphaned_buffers(config: &Config) {
     for e in dirs.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let dir = e.path().join("buffer");
-        if config.sinks.iter().any(|s| s.name == name) || !holds_segments(&dir) {
+        let known = config
+            .sources
+            .iter()
+            .chain(&config.sinks)
+            .any(|d| d.name == name);
+        if known || !e.file_type().is_ok_and(|t| t.is_dir()) || !dir.is_dir() {
             continue;
         }
-        // Opened as a start would (a torn tail is cut); one in use elsewhere is locked.
-        let Ok(b) = DiskBuffer::open(&dir, &crate::config::BufferSettings::default()) else {
-            continue;
-        };
-        if b.pending() > 0 {
+        if DiskBuffer::holds_unsent(&dir).unwrap_or(false) {
             tracing::warn!(
                 sink = %name,
-                readings = b.pending(),
+                bytes = segment_bytes(&dir),
                 dir = %dir.display(),
-                "a disk buffer holds readings of a sink the config no longer has (renamed or removed); they were acknowledged as stored and are sent only by a sink of that name: give one that name again to send them, or remove the directory to discard them"
+                "a disk buffer holds unsent readings of a sink this config does not have; if it was this config's (renamed or removed), they were acknowledged as stored and only a sink of that name sends them: give one that name again to send them, or remove the directory to discard them (if another gateway uses this data_dir, it may be that one's)"
             );
         }
     }

@@ -47,7 +47,8 @@ impl Ledger {
         Ok((ledger, head))
     }
 
-    fn read(file: &File) -> io::Result<u64> {
+    /// The head `file` (a `head` file, opened for reading) holds; 0 if neither slot is valid.
+    pub(super) fn read(file: &File) -> io::Result<u64> {
         let mut buf = [0u8; 32];
         let n = file.read_at(&mut buf, 0)?;
         let mut best = 0;

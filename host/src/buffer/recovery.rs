@@ -100,6 +100,28 @@ impl DiskBuffer {
         })
     }
 
+    /// Whether the buffer in `dir` holds records not yet acknowledged, found without taking its
+    /// lock or changing anything (for a buffer that no sink of the config opens, which another
+    /// gateway may be using): the head from the ledger, and the newest segments, scanned only
+    /// where the head is inside one.
+    pub fn holds_unsent(dir: &Path) -> io::Result<bool> {
+        let head = match crate::own_files::open(&dir.join("head")) {
+            Ok(f) => Ledger::read(&f)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        for (first, path) in Self::segment_files(dir)?.iter().rev() {
+            if *first < head {
+                return Ok(segment::scan(path, *first, head)?
+                    .is_some_and(|s| s.readings > s.acked_readings));
+            }
+            if std::fs::metadata(path)?.len() > segment::MAGIC.len() as u64 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The segment files of `dir`, by first record. Anything else there (a stray file, a
     /// directory, a name that is not exactly a segment's) is logged and left alone.
     fn segment_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {

@@ -644,10 +644,10 @@ fn prepare_successor(
     if k.settings.queue_capacity != line.capacity {
         tracing::warn!(sink = %name, "queue_capacity changed: the queue keeps {} batches until the next start", line.capacity);
     }
-    // A buffer that the new config drops stays until the next start: it may hold readings,
-    // and only it can send them.
-    if line.writer.is_some() && k.settings.buffer.is_none() {
-        tracing::warn!(sink = %name, "the config no longer gives this sink a disk buffer: it keeps the one it has (and sends what it holds) until the next start");
+    // A buffer that the new config drops stays: it may hold readings, and only it can send
+    // them (a start opens it again while it holds some: `plan::leftover_buffer`).
+    if line.writer.is_some() && k.settings.buffer.is_none() && old_buffer.is_some() {
+        tracing::warn!(sink = %name, "the config no longer gives this sink a disk buffer: it keeps the one it has (and sends what it holds) for this run, and a start opens it again while it holds unsent readings");
     }
     let keep_writer = line.writer.as_ref().is_some_and(|w| {
         k.settings.buffer.is_none()
