@@ -386,14 +386,11 @@ fn read_header(
     })
 }
 
-/// The longest line a dead-letter file may have: far more than a reading with the largest
-/// value a store takes, and a bound on what a reader holds for one line.
-const MAX_LINE: u64 = 16 << 20;
-
 /// The lines of the dead-letter file at `path`, opened as the files under `data_dir` are
 /// (never through a link, which the service's user could point at `/dev/zero` or a FIFO for
 /// an operator's `sudo gateway dead-letters show` to read for ever) and only if it is a
-/// regular file; a line longer than [`MAX_LINE`] is an error.
+/// regular file; no further than its length when opened (a writer appending meanwhile does
+/// not make the reading endless).
 fn lines(path: &Path) -> Result<impl Iterator<Item = io::Result<String>>, String> {
     use std::os::unix::fs::OpenOptionsExt;
     let cannot = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
@@ -402,26 +399,11 @@ fn lines(path: &Path) -> Result<impl Iterator<Item = io::Result<String>>, String
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| cannot(&e))?;
-    if !f.metadata().map_err(|e| cannot(&e))?.is_file() {
+    let meta = f.metadata().map_err(|e| cannot(&e))?;
+    if !meta.is_file() {
         return Err(cannot(&"not a regular file"));
     }
-    let mut r = BufReader::new(f);
-    Ok(std::iter::from_fn(move || {
-        let mut line = Vec::new();
-        match r.by_ref().take(MAX_LINE + 1).read_until(b'\n', &mut line) {
-            Ok(0) => None,
-            Ok(_) if line.len() as u64 > MAX_LINE => Some(Err(io::Error::other(format!(
-                "a line longer than {MAX_LINE} bytes"
-            )))),
-            Ok(_) => {
-                if line.last() == Some(&b'\n') {
-                    line.pop();
-                }
-                Some(String::from_utf8(line).map_err(io::Error::other))
-            }
-            Err(e) => Some(Err(e)),
-        }
-    }))
+    Ok(BufReader::new(f.take(meta.len())).lines())
 }
 
 /// Reads only the header of a dead-letter file (what `gateway dead-letters list` shows).
@@ -592,7 +574,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_opens_no_link_no_fifo_and_no_endless_line() {
+    fn a_reader_opens_no_link_and_no_fifo() {
         let dir = tempfile::tempdir().unwrap();
         let d = DeadLetters::new(dir.path().join("dl"), "db", "mysql");
         let path = d
@@ -615,11 +597,5 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let e = header(&fifo).unwrap_err();
         assert!(e.ends_with("not a regular file"), "{e}");
-        // A line without end is read no further than MAX_LINE.
-        let long = dir.path().join("dl/long.jsonl");
-        let f = std::fs::File::create(&long).unwrap();
-        f.set_len(MAX_LINE + 2).unwrap();
-        let e = header(&long).unwrap_err();
-        assert!(e.contains("a line longer than 16777216 bytes"), "{e}");
     }
 }
