@@ -134,6 +134,23 @@ impl Store {
                 );
             }
         }
+        // A write skips a reading stored before by this key (ON CONFLICT (id, device)); a
+        // table remade by hand without it would fail every write.
+        let keyed: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM pragma_index_list('readings') l WHERE l.\"unique\" = 1 AND l.partial = 0 \
+                 AND (SELECT count(*) FROM pragma_index_info(l.name)) = 2 \
+                 AND (SELECT count(*) FROM pragma_index_info(l.name) WHERE name IN ('id', 'device')) = 2",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| sql_error("pragma_index_list", e))?;
+        if !keyed {
+            return Err(PluginError::config(format!(
+                "{}: the readings table has no unique key on (id, device), which tells a reading stored before from a new one: give it one (`CREATE UNIQUE INDEX readings_key ON readings (id, device)`), or let the plugin make the table (it does so when there is none)",
+                cfg.path.display()
+            )));
+        }
         Ok(Store {
             conn,
             duplicates: 0,
@@ -162,9 +179,9 @@ impl Store {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    // Only a reading stored before is skipped: OR IGNORE would also skip, in
-                    // silence, a row a CHECK, a NOT NULL or another unique index added to the
-                    // table refuses.
+                    // Only a reading stored before is skipped (the key is checked at open): OR
+                    // IGNORE would also skip, in silence, a row a CHECK, a NOT NULL or another
+                    // unique index added to the table refuses.
                     "INSERT INTO readings (id, time_us, device, sensor, name, unit, value_type, value_float, value_int, value_text, value_bytes)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                      ON CONFLICT (id, device) DO NOTHING",

@@ -173,6 +173,18 @@ fn a_reading_a_rule_added_to_the_table_refuses_is_refused_not_skipped() {
     // A re-delivery is still a duplicate, stored once, beside a new reading.
     s.write(vec![batch[0].clone(), batch[2].clone()]).unwrap();
     assert_eq!(rows(&path).len(), 2);
+    drop(s);
+    // A table remade by hand without the key that tells a re-delivery from a new reading is
+    // named at open, not retried at every write.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("CREATE TABLE r2 AS SELECT * FROM readings; DROP TABLE readings; ALTER TABLE r2 RENAME TO readings;")
+        .unwrap();
+    drop(c);
+    let e = SinkHarness::new::<Sqlite>(&cfg(&path))
+        .and_then(|mut s| s.write(batch[..1].to_vec()))
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FATAL, "{e}");
+    assert!(e.message().contains("no unique key on (id, device)"), "{e}");
 }
 
 #[test]
