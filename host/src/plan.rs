@@ -144,15 +144,19 @@ pub(crate) fn leftover_buffer(
             dir.display()
         )
     };
-    if decl.sink_settings().is_none() || !dir.is_dir() {
+    if decl.sink_settings().is_none() || !is_real_dir(&dir) {
         return Ok(None);
     }
     if !DiskBuffer::holds_unsent(&dir).map_err(|e| cannot(&e))? {
         return Ok(None);
     }
     let mut settings = crate::config::BufferSettings::default();
-    settings.max_size += segment_bytes(&dir);
+    settings.max_size = settings.max_size.saturating_add(segment_bytes(&dir));
     let b = DiskBuffer::open(&dir, &settings).map_err(|e| cannot(&e))?;
+    // What looked unsent may have been a torn tail, cut at open.
+    if b.pending() == 0 {
+        return Ok(None);
+    }
     tracing::warn!(
         sink = %decl.name,
         readings = b.pending(),
@@ -169,9 +173,13 @@ fn segment_bytes(dir: &std::path::Path) -> u64 {
             .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
             .filter_map(|e| e.metadata().ok())
             .filter(|m| m.is_file())
-            .map(|m| m.len())
-            .sum()
+            .fold(0, |sum, m| sum.saturating_add(m.len()))
     })
+}
+
+/// Whether `dir` is a directory, not a link to one.
+fn is_real_dir(dir: &std::path::Path) -> bool {
+    dir.symlink_metadata().is_ok_and(|m| m.is_dir())
 }
 
 /// Warns of the disk buffers in `data_dir` that hold unsent readings under a name no instance
@@ -190,7 +198,7 @@ fn warn_of_orphaned_buffers(config: &Config) {
             .iter()
             .chain(&config.sinks)
             .any(|d| d.name == name);
-        if known || !e.file_type().is_ok_and(|t| t.is_dir()) || !dir.is_dir() {
+        if known || !e.file_type().is_ok_and(|t| t.is_dir()) || !is_real_dir(&dir) {
             continue;
         }
         if DiskBuffer::holds_unsent(&dir).unwrap_or(false) {

@@ -14,6 +14,7 @@ use crate::config::BufferSettings;
 use std::{
     collections::VecDeque,
     io,
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::{atomic::Ordering, Condvar, Mutex},
 };
@@ -105,8 +106,14 @@ impl DiskBuffer {
     /// gateway may be using): the head from the ledger, and the newest segments, scanned only
     /// where the head is inside one.
     pub fn holds_unsent(dir: &Path) -> io::Result<bool> {
-        let head = match crate::own_files::open(&dir.join("head")) {
-            Ok(f) => Ledger::read(&f)?,
+        // Without waiting for a writer, should `head` be a FIFO.
+        let opened = crate::own_files::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(dir.join("head"));
+        let head = match opened {
+            Ok(f) if f.metadata()?.is_file() => Ledger::read(&f)?,
+            Ok(_) => return Err(io::Error::other("its head is not a regular file")),
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e),
         };

@@ -689,6 +689,27 @@ fn a_lost_first_page_costs_only_the_records_on_it() {
 }
 
 #[test]
+fn holds_unsent_tells_an_emptied_buffer_from_one_with_readings_and_waits_on_no_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(!DiskBuffer::holds_unsent(dir.path()).unwrap());
+    let b = open(dir.path());
+    fill(&b, 10, 5);
+    drop(b);
+    assert!(DiskBuffer::holds_unsent(dir.path()).unwrap());
+    let b = open(dir.path());
+    assert_eq!(drain_all(&b, 1000).len(), 50);
+    drop(b);
+    assert!(!DiskBuffer::holds_unsent(dir.path()).unwrap());
+    // A FIFO in the ledger's place: an error at once, not a wait for a writer.
+    std::fs::remove_file(dir.path().join("head")).unwrap();
+    let c = std::ffi::CString::new(dir.path().join("head").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string; mkfifo has no other precondition.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let e = DiskBuffer::holds_unsent(dir.path()).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+}
+
+#[test]
 fn a_segment_that_cannot_be_read_at_open_is_an_error_not_moved_aside() {
     // A read that fails (EIO on an ageing SD card, often passing; here EISDIR, the error a
     // test can make) was taken for "not a segment": the file was renamed .damaged and its
