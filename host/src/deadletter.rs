@@ -386,11 +386,18 @@ fn read_header(
     })
 }
 
+/// The longest header line a reader takes: a header is a few fields and the sink's error.
+const MAX_HEADER: u64 = 1 << 20;
+/// The longest reading line a reader takes: a reading of the largest value a disk buffer
+/// holds (256 MiB of bytes, written as hex), and room for its fields.
+const MAX_LINE: u64 = 2 * crate::buffer::segment::MAX_RECORD as u64 + (1 << 20);
+
 /// The lines of the dead-letter file at `path`, opened as the files under `data_dir` are
 /// (never through a link, which the service's user could point at `/dev/zero` or a FIFO for
 /// an operator's `sudo gateway dead-letters show` to read for ever) and only if it is a
-/// regular file; no further than its length when opened (a writer appending meanwhile does
-/// not make the reading endless).
+/// regular file, read no further than its length when opened; the first line no longer than
+/// [`MAX_HEADER`], the others than [`MAX_LINE`] (a sparse file is a regular file of any
+/// length without a newline).
 fn lines(path: &Path) -> Result<impl Iterator<Item = io::Result<String>>, String> {
     use std::os::unix::fs::OpenOptionsExt;
     let cannot = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
@@ -403,7 +410,26 @@ fn lines(path: &Path) -> Result<impl Iterator<Item = io::Result<String>>, String
     if !meta.is_file() {
         return Err(cannot(&"not a regular file"));
     }
-    Ok(BufReader::new(f.take(meta.len())).lines())
+    let mut r = BufReader::new(f.take(meta.len()));
+    let mut limit = MAX_HEADER;
+    Ok(std::iter::from_fn(move || {
+        let most = std::mem::replace(&mut limit, MAX_LINE);
+        let mut line = Vec::new();
+        match r.by_ref().take(most + 1).read_until(b'\n', &mut line) {
+            Ok(0) => None,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                Some(if line.len() as u64 > most {
+                    Err(io::Error::other(format!("a line longer than {most} bytes")))
+                } else {
+                    String::from_utf8(line).map_err(io::Error::other)
+                })
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }))
 }
 
 /// Reads only the header of a dead-letter file (what `gateway dead-letters list` shows).
@@ -597,5 +623,25 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let e = header(&fifo).unwrap_err();
         assert!(e.ends_with("not a regular file"), "{e}");
+        // A sparse file of a terabyte without a newline is a regular file: its first line is
+        // read no further than MAX_HEADER.
+        let sparse = dir.path().join("dl/sparse.jsonl");
+        std::fs::File::create(&sparse)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let e = header(&sparse).unwrap_err();
+        assert!(e.contains("a line longer than 1048576 bytes"), "{e}");
+        // A line of a dead letter may be longer than MAX_HEADER (a large value).
+        let big = d
+            .put(
+                "x",
+                &[gateway_sdk::Reading {
+                    value: Value::Bytes(vec![7u8; 3 << 20].into()),
+                    ..gateway_sdk::testing::sample_readings(1).remove(0)
+                }],
+            )
+            .unwrap();
+        assert_eq!(read(&big).unwrap().1.len(), 1);
     }
 }
