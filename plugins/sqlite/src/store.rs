@@ -140,7 +140,7 @@ impl Store {
             .query_row(
                 "SELECT count(*) > 0 FROM pragma_index_list('readings') l WHERE l.\"unique\" = 1 AND l.partial = 0 \
                  AND (SELECT count(*) FROM pragma_index_info(l.name)) = 2 \
-                 AND (SELECT count(*) FROM pragma_index_info(l.name) WHERE name IN ('id', 'device')) = 2",
+                 AND (SELECT count(DISTINCT lower(name)) FROM pragma_index_info(l.name) WHERE lower(name) IN ('id', 'device')) = 2",
                 [],
                 |r| r.get(0),
             )

@@ -185,6 +185,23 @@ fn a_reading_a_rule_added_to_the_table_refuses_is_refused_not_skipped() {
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::FATAL, "{e}");
     assert!(e.message().contains("no unique key on (id, device)"), "{e}");
+    // Nor is a key of `id` twice, which ON CONFLICT (id, device) would take: another device's
+    // reading of the same id would be skipped.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("CREATE UNIQUE INDEX twice ON readings (id, ID)")
+        .unwrap();
+    drop(c);
+    let e = SinkHarness::new::<Sqlite>(&cfg(&path))
+        .and_then(|mut s| s.write(batch[..1].to_vec()))
+        .unwrap_err();
+    assert!(e.message().contains("no unique key on (id, device)"), "{e}");
+    // A key the table's own spelling names (`Device`, `ID`) is one.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("CREATE UNIQUE INDEX spelled ON readings (Device, ID)")
+        .unwrap();
+    drop(c);
+    let mut s = SinkHarness::new::<Sqlite>(&cfg(&path)).unwrap();
+    s.write(batch[..1].to_vec()).unwrap();
 }
 
 #[test]
