@@ -10,7 +10,10 @@ use gateway_coap::{
 use gateway_sdk::Value;
 use gateway_sdk::{Label, Reading};
 use gateway_senml as senml;
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 /// Text and byte values longer than this are not kept (a GET answers from memory, and a device
 /// must not be able to pin the server's memory with large values).
@@ -28,6 +31,9 @@ pub struct Latest {
     bytes: usize,
     /// Bumped at every update: orders devices for eviction.
     clock: u64,
+    /// The devices held, sorted, as [`Latest::devices`] last made them; `None` since the set
+    /// changed.
+    sorted: Option<Arc<Vec<String>>>,
     /// Readings not kept: their device was full of other (sensor, name) pairs, or their value
     /// was longer than [`MAX_VALUE`].
     pub dropped: u64,
@@ -91,6 +97,7 @@ impl Latest {
             max_bytes,
             bytes: 0,
             clock: 0,
+            sorted: None,
             dropped: 0,
         }
     }
@@ -120,7 +127,10 @@ impl Latest {
                         self.lru.remove(&d.touched);
                         d
                     }
-                    None => self.devices.entry(r.device.clone()).or_default(),
+                    None => {
+                        self.sorted = None;
+                        self.devices.entry(r.device.clone()).or_default()
+                    }
                 };
                 d.touched = self.clock;
                 self.lru.insert(self.clock, r.device.clone());
@@ -164,6 +174,7 @@ impl Latest {
                 return;
             };
             if let Some(d) = self.devices.remove(&oldest) {
+                self.sorted = None;
                 self.bytes -= d.bytes;
             }
         }
@@ -198,6 +209,7 @@ impl Latest {
     pub fn forget(&mut self, device: &str) -> bool {
         match self.devices.remove(&Label::from(device)) {
             Some(d) => {
+                self.sorted = None;
                 self.lru.remove(&d.touched);
                 self.bytes -= d.bytes;
                 true
@@ -206,11 +218,16 @@ impl Latest {
         }
     }
 
-    /// The devices held, sorted.
-    pub fn devices(&self) -> Vec<String> {
-        let mut all: Vec<String> = self.devices.keys().map(|k| k.to_string()).collect();
-        all.sort();
-        all
+    /// The devices held, sorted: the same list until the set changes (a reader's discovery of
+    /// a large fleet asks for it block by block, under the lock every worker takes).
+    pub fn devices(&mut self) -> Arc<Vec<String>> {
+        self.sorted
+            .get_or_insert_with(|| {
+                let mut all: Vec<String> = self.devices.keys().map(|k| k.to_string()).collect();
+                all.sort();
+                Arc::new(all)
+            })
+            .clone()
     }
 
     /// Bytes the kept readings take, roughly.
@@ -268,15 +285,17 @@ pub fn answer(req: &Packet, readings: &[Reading], max_block: usize) -> Result<Pa
             ))
         }
     };
-    blockwise(req, format, body, max_block)
+    blockwise(req, format, &body, etag(&body), max_block)
 }
 
 /// `body` as an answer to `req`: whole when it fits in `max_block` and no block was asked for,
-/// else the block `req` asks for (RFC 7959 Block2, with Size2 and an ETag; 4.02 past the end).
+/// else the block `req` asks for (RFC 7959 Block2, with Size2 and `tag`, the body's
+/// [`etag`]; 4.02 past the end).
 pub fn blockwise(
     req: &Packet,
     format: ContentFormat,
-    body: Vec<u8>,
+    body: &[u8],
+    tag: [u8; 8],
     max_block: usize,
 ) -> Result<Packet, Refused> {
     let asked = req
@@ -292,7 +311,7 @@ pub fn blockwise(
     let mut r = response(ResponseType::Content, "");
     format.set(&mut r);
     if asked.is_none() && body.len() <= max_block {
-        r.payload = body;
+        r.payload = body.to_vec();
         return Ok(r);
     }
     let (num, size) = match asked {
@@ -313,7 +332,7 @@ pub fn blockwise(
         ));
     }
     let end = (start + size).min(body.len());
-    r.add_option(CoapOption::ETag, etag(&body).to_vec());
+    r.add_option(CoapOption::ETag, tag.to_vec());
     r.add_option(
         CoapOption::Block2,
         Block {
@@ -329,7 +348,7 @@ pub fn blockwise(
 }
 
 /// A representation's entity tag: 8 bytes of FNV-1a.
-fn etag(body: &[u8]) -> [u8; 8] {
+pub fn etag(body: &[u8]) -> [u8; 8] {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in body {
         h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
@@ -377,7 +396,7 @@ mod tests {
         assert!(l.get("pi-01", Some("t9")).is_none());
         assert!(l.get("pi-03", None).is_none());
         assert!(l.forget("pi-02") && !l.forget("pi-02"));
-        assert_eq!(l.devices(), ["pi-01"]);
+        assert_eq!(*l.devices(), ["pi-01"]);
     }
 
     #[test]
@@ -406,6 +425,27 @@ mod tests {
     }
 
     #[test]
+    fn the_sorted_devices_are_made_again_only_when_the_set_changes() {
+        let mut l = Latest::new(2, 4, 1 << 20);
+        l.record(&[
+            reading("b", "s1", "n", 1, 1.0),
+            reading("a", "s1", "n", 1, 1.0),
+        ]);
+        let first = l.devices();
+        assert_eq!(*first, ["a", "b"]);
+        // New readings of devices held: the same list.
+        l.record(&[reading("a", "s2", "n", 2, 2.0)]);
+        assert!(Arc::ptr_eq(&first, &l.devices()));
+        // A device added (and the oldest pushed out), one forgotten: made again.
+        l.record(&[reading("c", "s1", "n", 3, 1.0)]);
+        assert_eq!(*l.devices(), ["a", "c"]);
+        let second = l.devices();
+        assert!(l.forget("a"));
+        assert!(!Arc::ptr_eq(&second, &l.devices()));
+        assert_eq!(*l.devices(), ["c"]);
+    }
+
+    #[test]
     fn stays_within_its_bounds() {
         let mut l = Latest::new(2, 2, 1 << 20);
         l.record(&[
@@ -415,7 +455,7 @@ mod tests {
         l.record(&[reading("a", "s2", "n", 2, 1.0)]);
         // A third device pushes out the one updated longest ago (b).
         l.record(&[reading("c", "s1", "n", 3, 1.0)]);
-        assert_eq!(l.devices(), ["a", "c"]);
+        assert_eq!(*l.devices(), ["a", "c"]);
         // A third pair on a full device is dropped and counted.
         l.record(&[reading("a", "s3", "n", 4, 1.0)]);
         assert_eq!(l.get("a", None).unwrap().len(), 2);

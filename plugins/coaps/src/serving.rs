@@ -217,6 +217,8 @@ pub struct Serving<'a> {
     latest: Arc<Mutex<Latest>>,
     observers: Arc<Mutex<Observers>>,
     held: Waiting<Held>,
+    /// A reader's discovery answer (links and ETag), and the list of devices it was made of.
+    discovery: Option<(Arc<Vec<String>>, Arc<(Vec<u8>, [u8; 8])>)>,
     /// Device, sensor, measurement and unit names kept from one request to the next.
     labels: gateway_senml::Labels,
     last_log: Instant,
@@ -244,6 +246,7 @@ impl<'a> Serving<'a> {
             latest: together.latest.clone(),
             observers: together.observers.clone(),
             held: Waiting::new(max_held.0, max_held.1),
+            discovery: None,
             labels: gateway_senml::Labels::new(LABELS_KEPT),
             last_log: Instant::now(),
             last_publish: Instant::now(),
@@ -322,13 +325,31 @@ impl<'a> Serving<'a> {
         }
     }
 
-    /// The devices whose last readings `identity` may read, for discovery.
-    fn readable(&self, identity: Option<&str>) -> Vec<String> {
-        let table = self.latest.lock().expect("latest");
+    /// The discovery answer's links for `identity` (the devices whose last readings it may
+    /// read) and their ETag. A reader's, of every device, is made once per change of the
+    /// devices held: a reader of a large fleet asks for it block by block.
+    fn links(&mut self, identity: Option<&str>) -> Arc<(Vec<u8>, [u8; 8])> {
+        let made = |devices: &[String]| {
+            let links = request::discovery(&self.settings.path, devices).payload;
+            let tag = latest::etag(&links);
+            Arc::new((links, tag))
+        };
+        let mut table = self.latest.lock().expect("latest");
         match identity {
-            Some(who) if self.settings.readers.iter().any(|r| r == who) => table.devices(),
-            Some(who) if table.has(who) => vec![who.to_owned()],
-            _ => Vec::new(),
+            Some(who) if self.settings.readers.iter().any(|r| r == who) => {
+                let devices = table.devices();
+                drop(table);
+                match &self.discovery {
+                    Some((of, links)) if Arc::ptr_eq(of, &devices) => links.clone(),
+                    _ => {
+                        let links = made(&devices);
+                        self.discovery = Some((devices, links.clone()));
+                        links
+                    }
+                }
+            }
+            Some(who) if table.has(who) => made(&[who.to_owned()]),
+            _ => made(&[]),
         }
     }
 
@@ -522,13 +543,13 @@ impl Handler for Serving<'_> {
                         return self.refuse(id, peer, r);
                     }
                 }
-                let devices = self.readable(identity);
-                let links = request::discovery(&self.settings.path, &devices);
+                let links = self.links(identity);
                 // A reader of a large fleet gets many links: block by block.
                 return match latest::blockwise(
                     &inc.packet,
                     gateway_coap::ContentFormat::LINK_FORMAT,
-                    links.payload,
+                    &links.0,
+                    links.1,
                     self.settings.max_block,
                 ) {
                     Ok(r) => self.answer(id, r, Instant::now()),

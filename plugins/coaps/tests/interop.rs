@@ -218,6 +218,64 @@ fn libcoap_client_with_a_wrong_psk_gets_nothing_in() {
     assert!(!printed.contains("v:1 t:ACK c:2.04"), "{printed}");
 }
 
+/// A reader's discovery lists every device, block by block (RFC 7959, as libcoap asks for
+/// it), and a device added since is in the next one: the answer is made once per change of
+/// the devices held, not once per block.
+#[test]
+fn a_readers_discovery_comes_block_by_block_and_follows_the_devices() {
+    if !have_libcoap() {
+        return;
+    }
+    let port = free_port();
+    let psk: Vec<String> = (0..32)
+        .map(|i| format!("{{ identity = \"dev{i:02}\", key = \"73656372657450534b\" }}"))
+        .chain(["{ identity = \"dash\", key = \"73656372657450534b\" }".to_owned()])
+        .collect();
+    let cfg = format!(
+        "listen = \"127.0.0.1:{port}\"\nreaders = [\"dash\"]\npsk = [{}]\n",
+        psk.join(", ")
+    );
+    // 30 devices, a discovery, a 31st device, a discovery, and a last POST that ends the run.
+    let ingress = std::thread::spawn(move || {
+        run_source::<Ingress>(&cfg, 32, Duration::from_secs(60)).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let uri = |path: &str| format!("coaps://127.0.0.1:{port}/{path}");
+    let as_who = |who: &str, extra: &[&str], path: &str| {
+        let mut args = vec!["-k", "secretPSK", "-u", who];
+        args.extend_from_slice(extra);
+        let u = uri(path);
+        args.push(&u);
+        coap_client(&args)
+    };
+    let post = |who: &str| {
+        let out = as_who(
+            who,
+            &["-m", "post", "-t", "110", "-e", r#"[{"n":"t","v":1}]"#],
+            "gpsflowtemp",
+        );
+        assert!(!out.contains("4.") && !out.contains("5."), "{who}: {out}");
+    };
+    let links = || as_who("dash", &["-m", "get", "-b", "16"], ".well-known/core");
+    let listed = |text: &str| {
+        (0..32)
+            .filter(|i| text.contains(&format!("</gpsflowtemp/dev{i:02}>;")))
+            .count()
+    };
+    for i in 0..30 {
+        post(&format!("dev{i:02}"));
+    }
+    let first = links();
+    assert_eq!(listed(&first), 30, "{first}");
+    assert!(first.contains("</gpsflowtemp>;rt=\"senml\""), "{first}");
+    post("dev30");
+    let second = links();
+    assert_eq!(listed(&second), 31, "{second}");
+    post("dev31");
+    let run = ingress.join().unwrap();
+    assert!(run.reached, "{second}");
+}
+
 #[test]
 fn bad_requests_get_the_right_code_and_discovery_lists_the_resource() {
     if !have_libcoap() {
