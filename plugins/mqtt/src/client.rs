@@ -331,6 +331,10 @@ impl Connection {
         let mut out = Vec::with_capacity(64 * 1024);
         let mut next = messages.iter();
         let mut more = true;
+        // How long the broker may go without acknowledging anything: renewed only by a PUBACK
+        // of a message in flight, so that other packets (PINGRESP, a PUBACK of nothing sent)
+        // cannot hold a batch for ever.
+        let mut deadline = Instant::now() + s.ack_timeout;
         loop {
             out.clear();
             while more && inflight.len() < window {
@@ -353,10 +357,11 @@ impl Connection {
             }
             // Take every acknowledgement that is here (at least one), and refill the window at
             // once: the broker is never left without work.
-            let deadline = Instant::now() + s.ack_timeout;
             loop {
                 if let Incoming::PubAck(id) = self.next(deadline, !more)? {
-                    inflight.remove(&id);
+                    if inflight.remove(&id) {
+                        deadline = Instant::now() + s.ack_timeout;
+                    }
                 }
                 let buffered = matches!(packet::read(&self.buf[self.pos..]), Ok(Some(_)));
                 if !buffered || inflight.is_empty() {

@@ -76,6 +76,8 @@ enum Broker {
     AcksThenCloses(usize),
     /// Refuses the connection with this CONNACK code.
     Refuses(u8),
+    /// Acknowledges no PUBLISH, and sends a PINGRESP every 400 ms after the first, for 10 s.
+    Pings,
 }
 
 /// A broker on 127.0.0.1 that treats its connections as `plan` says; it counts the PUBLISH
@@ -130,6 +132,15 @@ fn serve(mut c: TcpStream, plan: Broker, acked: &Mutex<usize>) {
                 let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
                 let id = [body[2 + topic_len], body[3 + topic_len]];
                 published += 1;
+                if matches!(plan, Broker::Pings) {
+                    for _ in 0..25 {
+                        std::thread::sleep(Duration::from_millis(400));
+                        if c.write_all(&[0xD0, 0]).is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                }
                 if matches!(plan, Broker::AllBut(skip) if skip == u16::from_be_bytes(id)) {
                     continue;
                 }
@@ -171,6 +182,24 @@ fn a_batch_is_acknowledged_only_after_every_puback() {
     // Sent again whole on a new connection, it is done once all 100 are acknowledged.
     s.write(batch).unwrap();
     assert_eq!(*acked.lock().unwrap(), 199);
+}
+
+#[test]
+fn a_broker_that_sends_anything_but_a_puback_is_timed_out() {
+    // Each packet that was no PUBACK of a message in flight started ack_timeout again: a
+    // broker (or someone on its unencrypted path) sending a PINGRESP now and then held the
+    // batch, and the sink, for as long as it kept on.
+    let port = broker(vec![Broker::Pings], Arc::default());
+    let mut s = to(port, "");
+    let started = std::time::Instant::now();
+    let e = s.write(sample_readings(3)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("acknowledged nothing in time"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
