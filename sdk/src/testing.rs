@@ -49,6 +49,14 @@ pub fn instance_info_in(config_file: &str, instance: &str, config_toml: &str) ->
     }
 }
 
+/// Makes the instance's data directory after it is built, as the host does before it runs
+/// it ([`crate::InitContext::data_dir`]).
+fn made_data_dir(info: &InstanceInfo) -> Result<(), PluginError> {
+    let dir = info.data_dir.as_str();
+    std::fs::create_dir_all(dir)
+        .map_err(|e| PluginError::fatal(format!("cannot create the data directory {dir}: {e}")))
+}
+
 /// `n` readings of device `test-device`, sensor `s1`, `temperature` in `Cel`, values 0, 1, 2...
 pub fn sample_readings(n: usize) -> Vec<Reading> {
     let ids = IdGenerator::new();
@@ -196,6 +204,7 @@ impl SourceHarness {
     pub fn run<S: Source>(self) -> Result<SourceRun, PluginError> {
         let info = instance_info_in(&self.config_file, &self.instance, &self.config_toml);
         let source = shim::new_source::<S>(&info).into_result()?;
+        made_data_dir(&info)?;
         self.run_source(source)
     }
 
@@ -467,6 +476,7 @@ impl SinkHarness {
     pub fn new_in<S: Sink>(config_file: &str, config_toml: &str) -> Result<Self, PluginError> {
         let info = instance_info_in(config_file, "test", config_toml);
         let sink = shim::new_sink::<S>(&info).into_result()?;
+        made_data_dir(&info)?;
         Ok(SinkHarness {
             sink,
             acknowledged: Vec::new(),
