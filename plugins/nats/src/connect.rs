@@ -99,9 +99,20 @@ impl Settings {
         if let Some(ca) = &self.ca {
             o = o.add_root_certificates(ca.clone()).require_tls(true);
         }
-        o.connect(self.url.replace(' ', "").as_str())
+        // async-nats times the TCP connect only: a server that takes the connection and then
+        // says nothing (or a balancer with a dead backend) would hold the INFO, TLS and
+        // CONNECT exchange, and the sink or source with it, for ever.
+        match tokio::time::timeout(self.timeout, o.connect(self.url.replace(' ', "").as_str()))
             .await
-            .map_err(|e| PluginError::retry(format!("cannot connect to NATS at {}: {e}", self.url)))
+        {
+            Ok(connected) => connected.map_err(|e| {
+                PluginError::retry(format!("cannot connect to NATS at {}: {e}", self.url))
+            }),
+            Err(_) => Err(PluginError::retry(format!(
+                "cannot connect to NATS at {}: no answer within connect_timeout ({:?})",
+                self.url, self.timeout
+            ))),
+        }
     }
 }
 

@@ -179,6 +179,36 @@ fn ids_are_per_device_and_what_cannot_be_sent_is_refused_without_breaking_the_si
     s.write(sample_readings(5)).expect("the sink goes on");
 }
 
+/// async-nats times the TCP connect only: a server that takes the connection and says nothing
+/// (no INFO) held the sink's write, and the sink, for ever.
+#[test]
+fn a_server_that_takes_the_connection_and_says_nothing_is_timed_out() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let conns: Vec<_> = silent.incoming().take(1).collect();
+        std::thread::sleep(Duration::from_secs(5));
+        drop(conns);
+    });
+    let mut s = SinkHarness::new::<NatsSink>(&format!(
+        "url = \"nats://127.0.0.1:{port}\"\nconnect_timeout = \"1s\"\n"
+    ))
+    .unwrap();
+    let started = Instant::now();
+    let e = s.write(sample_readings(1)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(
+        e.message().contains("no answer within connect_timeout"),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    held.join().unwrap();
+}
+
 /// A stream made beforehand with a max_msg_size below the server's max_payload: JetStream
 /// refuses a larger message at every try. Before, that was a retry for good, and the sink
 /// stalled for every device; now it is the reading's refusal.
