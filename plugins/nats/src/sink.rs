@@ -13,6 +13,7 @@ use crate::{
 use async_nats::jetstream::{self, stream::StorageType};
 use futures_util::future::join_all;
 use gateway_sdk::{tracing, InitContext, PluginError, Reading, Sink};
+use ring::hmac;
 use std::{fmt::Write as _, time::Duration};
 
 /// The sink.
@@ -31,13 +32,19 @@ pub struct NatsSink {
     /// account maps subjects on their way to it, and no reading is refused for its subject.
     mapped: bool,
     table: String,
+    /// The instance's data directory, where the key of its message ids is kept.
+    data_dir: std::path::PathBuf,
+    /// The key of its message ids ([`msg_id`]), read or made at the first open.
+    key: Option<hmac::Key>,
 }
 
-/// A reading's JetStream message id: its id in 32 hex digits, `@`, and its device (bytes
-/// outside printable ASCII, and `%`, as `%XX`). Ids are unique per device: the stores key
-/// readings by (device, id), and so does JetStream's de-duplication, or a device could send
-/// another's next id first and have that device's reading dropped as a duplicate.
-pub fn msg_id(r: &Reading) -> String {
+/// A reading's JetStream message id: its id in 32 hex digits, `@`, its device (bytes outside
+/// printable ASCII, and `%`, as `%XX`), `#`, and 32 hex digits of an HMAC-SHA256 of those under
+/// `key`, the sink's own. JetStream drops a message whose id it saw in its duplicate window
+/// from anyone who publishes to the stream, on any subject: the stores key readings by (device,
+/// id), and so does this id, or a device could send another's next id first; the HMAC keeps a
+/// publisher without the key (on a subject of its own, say) from sending it first either.
+pub fn msg_id(key: &hmac::Key, r: &Reading) -> String {
     let mut id = format!("{:032x}@", r.id.as_u128());
     for b in r.device.as_str().bytes() {
         if b.is_ascii_graphic() && b != b'%' {
@@ -46,7 +53,76 @@ pub fn msg_id(r: &Reading) -> String {
             let _ = write!(id, "%{b:02X}");
         }
     }
+    let tag = hmac::sign(key, id.as_bytes());
+    id.push('#');
+    for b in &tag.as_ref()[..16] {
+        let _ = write!(id, "{b:02x}");
+    }
     id
+}
+
+/// The key of the sink's message ids: 32 random bytes in `msg-id.key` in its data directory,
+/// made at the first open and kept, so that a reading sent again after a restart carries the
+/// same id. Readable by the gateway's user only.
+fn msg_id_key(dir: &std::path::Path) -> Result<hmac::Key, PluginError> {
+    use std::{
+        io::{Read as _, Write as _},
+        os::unix::fs::OpenOptionsExt,
+    };
+    let path = dir.join("msg-id.key");
+    // Never through a link.
+    let open = |create: bool| {
+        let mut o = std::fs::OpenOptions::new();
+        o.custom_flags(libc::O_NOFOLLOW).mode(0o600);
+        if create {
+            o.write(true).create_new(true);
+        } else {
+            o.read(true);
+        }
+        o.open(&path)
+    };
+    let read = || {
+        let mut bytes = Vec::new();
+        open(false)?.read_to_end(&mut bytes).map(|_| bytes)
+    };
+    let cannot = |e: &dyn std::fmt::Display| {
+        PluginError::retry(format!(
+            "the key of its message ids, {}: {e}",
+            path.display()
+        ))
+    };
+    let bytes = match read() {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut fresh = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+                .map_err(|_| cannot(&"no random bytes"))?;
+            match open(true) {
+                Ok(mut f) => {
+                    f.write_all(&fresh)
+                        .and_then(|()| f.sync_all())
+                        .map_err(|e| cannot(&e))?;
+                    std::fs::File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| cannot(&e))?;
+                    fresh.to_vec()
+                }
+                // Made meanwhile by another open: that one is the key.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    read().map_err(|e| cannot(&e))?
+                }
+                Err(e) => return Err(cannot(&e)),
+            }
+        }
+        Err(e) => return Err(cannot(&e)),
+    };
+    if bytes.len() != 32 {
+        return Err(PluginError::config(format!(
+            "the key of its message ids, {}, is not 32 bytes: remove it while the gateway is stopped to make a new one (readings sent again within the stream's duplicate_window are then stored twice in the stream, not in the stores)",
+            path.display()
+        )));
+    }
+    Ok(hmac::Key::new(hmac::HMAC_SHA256, &bytes))
 }
 
 /// Bytes of a message's header block with `id` as its only header: `NATS/1.0\r\n`,
@@ -83,12 +159,17 @@ impl Sink for NatsSink {
             filters: Vec::new(),
             mapped: false,
             table: ctx.info().table.to_string(),
+            data_dir: ctx.data_dir(),
+            key: None,
         })
     }
 
     fn open(&mut self) -> Result<(), PluginError> {
         if self.js.is_some() {
             return Ok(());
+        }
+        if self.key.is_none() {
+            self.key = Some(msg_id_key(&self.data_dir)?);
         }
         let (settings, cfg) = (self.settings.clone(), self.cfg.clone());
         let js = self.rt.block_on(async move {
@@ -139,7 +220,7 @@ impl Sink for NatsSink {
             .map(|r| {
                 (
                     self.subject.render(r),
-                    msg_id(r),
+                    msg_id(self.key.as_ref().expect("opened"), r),
                     gateway_senml::encode_json(std::slice::from_ref(r)),
                 )
             })

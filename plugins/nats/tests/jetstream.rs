@@ -209,6 +209,46 @@ fn a_server_that_takes_the_connection_and_says_nothing_is_timed_out() {
     held.join().unwrap();
 }
 
+/// JetStream drops a message whose id it saw in its duplicate window from anyone who may
+/// publish to the stream, on any subject. Before, the id was the reading's id and device: a
+/// publisher limited to a subject of its own who learnt a device's next id (ids are a time, a
+/// seed and a counter) could send it first, and the device's reading was answered stored and
+/// was in no store. Now the id carries an HMAC under the sink's own key.
+#[test]
+fn a_publisher_cannot_have_another_devices_reading_dropped_as_a_duplicate() {
+    let n = Nats::start();
+    let mut s = sink(&n);
+    s.write(sample_readings(1)).unwrap();
+    let mut victim = sample_readings(1).remove(0);
+    victim.device = "pi-01".into();
+    // The best a publisher without the key can send: the id as it was, and with a tag.
+    for forged in [
+        format!("{:032x}@pi-01", victim.id.as_u128()),
+        format!("{:032x}@pi-01#{}", victim.id.as_u128(), "0".repeat(32)),
+    ] {
+        with_js(n.url(), |js| async move {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", forged.as_str());
+            js.publish_with_headers("readings.mallory.t.t", h, "x".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        });
+    }
+    assert_eq!(n.messages("READINGS"), 3);
+    s.write(vec![victim.clone()]).unwrap();
+    assert_eq!(
+        n.messages("READINGS"),
+        4,
+        "the device's reading is in the stream"
+    );
+    // Sent again by the same sink, it is still a duplicate; and by the sink built again on
+    // the same data directory (a restart), too.
+    s.write(vec![victim]).unwrap();
+    assert_eq!(n.messages("READINGS"), 4);
+}
+
 /// A stream made beforehand with a max_msg_size below the server's max_payload: JetStream
 /// refuses a larger message at every try. Before, that was a retry for good, and the sink
 /// stalled for every device; now it is the reading's refusal.
