@@ -595,9 +595,15 @@ fn row(r: &Reading, out: &mut Vec<mysql_async::Value>) {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        // Within connect_timeout: a connection a write timed out on goes back to the pool to
+        // be rolled back, and disconnect waits for that, which a server that stopped answering
+        // never lets happen; the sink's thread, and a reload that replaces it, would wait too.
+        let limit = self.connect_timeout;
         for pool in self.servers.pools() {
             let pool = pool.clone();
-            let _ = self.rt.block_on(async move { pool.disconnect().await });
+            let _ = self
+                .rt
+                .block_on(async move { tokio::time::timeout(limit, pool.disconnect()).await });
         }
     }
 }

@@ -9,7 +9,7 @@ use gateway_sdk::{
     ErrorKind,
 };
 use mysql::Mysql;
-use support::{OwnServer, TestDb, TestUser};
+use support::{admin_url, OwnServer, TestDb, TestUser};
 
 #[test]
 fn a_server_that_is_down_is_passed_over_for_the_next_in_url() {
@@ -169,4 +169,69 @@ fn a_server_without_the_table_gets_it_after_a_failed_write() {
     sink.write(sample_readings(4)).unwrap();
     let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
     assert_eq!(n, [4]);
+}
+
+/// A TCP relay from a port of its own to `to` that stops passing bytes on (holding both
+/// connections open) once `frozen` is set: a server that stopped answering mid-transaction.
+fn freezing_relay(to: &str, frozen: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::{io::Read, io::Write, sync::atomic::Ordering};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let to = to.to_owned();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(a) = c else { return };
+            let Ok(b) = std::net::TcpStream::connect(&to) else {
+                return;
+            };
+            for (mut from, mut into) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
+                let frozen = frozen.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        while frozen.load(Ordering::Relaxed) {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                        if into.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    port
+}
+
+/// A write that timed out left its connection to be rolled back, and dropping the sink (at a
+/// stop, or a reload that replaces it) waited for that for as long as the server said
+/// nothing: the sink's thread never returned.
+#[test]
+fn a_sink_whose_server_stopped_answering_mid_write_is_dropped_in_time() {
+    use std::sync::{atomic::Ordering, Arc};
+    let db = TestDb::new("frozen");
+    let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opts = mysql_async::Opts::from_url(&admin_url()).unwrap();
+    let upstream = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+    let port = freezing_relay(&upstream, frozen.clone());
+    let cfg = db
+        .config("connect_timeout = \"1s\"\nwrite_timeout = \"1s\"\n")
+        .replacen(&format!("@{upstream}"), &format!("@127.0.0.1:{port}"), 1);
+    assert!(cfg.contains(&format!("127.0.0.1:{port}")), "{cfg}");
+    let mut sink = SinkHarness::new::<Mysql>(&cfg).unwrap();
+    sink.write(sample_readings(5)).unwrap();
+    frozen.store(true, Ordering::Relaxed);
+    let e = sink.write(sample_readings(5)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(sink);
+        let _ = tx.send(());
+    });
+    let dropped = rx.recv_timeout(std::time::Duration::from_secs(6));
+    frozen.store(false, Ordering::Relaxed);
+    assert!(
+        dropped.is_ok(),
+        "the sink was still being dropped after 6 s"
+    );
 }
