@@ -85,7 +85,23 @@ impl InitContext {
     /// file holding it, relative to the config file; its first line, trimmed, is the secret).
     /// `key` is the name of the inline key, used in errors as `KEY`, `KEY_env` and `KEY_file`.
     /// A file must pass [`InitContext::private_file`]. `Ok(None)` when none of the three is given.
+    /// The value is kept out of every log message of the library from then on, whoever logs it
+    /// (a dependency tracing its connect options, say): it is shown as `<redacted>`.
     pub fn secret(
+        &self,
+        key: &str,
+        inline: Option<&str>,
+        env: Option<&str>,
+        file: Option<&std::path::Path>,
+    ) -> Result<Option<String>, PluginError> {
+        let value = self.read_secret(key, inline, env, file)?;
+        if let Some(v) = &value {
+            crate::log::keep_secret(v);
+        }
+        Ok(value)
+    }
+
+    fn read_secret(
         &self,
         key: &str,
         inline: Option<&str>,

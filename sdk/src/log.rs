@@ -108,6 +108,44 @@ pub(crate) fn init(host: HostLogBox) {
     }));
 }
 
+/// The secrets this library read through [`crate::InitContext::secret`]: no event carries
+/// them to the host, whoever logs it (a dependency that traces its connect options with the
+/// password in them, say).
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// What stands in a message for a secret.
+const REDACTED: &str = "<redacted>";
+
+/// Keeps `secret` out of every event this library passes on from now on ([`SECRETS`]). Values
+/// of fewer than 4 bytes are not kept: they would take words out of every message, and no
+/// secret is that short.
+pub(crate) fn keep_secret(secret: &str) {
+    if secret.len() < 4 {
+        return;
+    }
+    let mut all = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+    // As it is, and as `{:?}` writes it (a dependency's Debug of its options).
+    let debug = format!("{secret:?}");
+    for form in [secret.to_owned(), debug[1..debug.len() - 1].to_owned()] {
+        if !all.contains(&form) {
+            all.push(form);
+        }
+    }
+    // The longest first, so that one that holds another is taken out whole.
+    all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+}
+
+/// `message` without the secrets kept.
+fn redacted(mut message: String) -> String {
+    let all = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+    for secret in all.iter() {
+        if message.contains(secret.as_str()) {
+            message = message.replace(secret.as_str(), REDACTED);
+        }
+    }
+    message
+}
+
 /// A subscriber that keeps, for each live span, only the instance it belongs to (its own
 /// `instance` field or its parent's), and passes each event to the host. Smaller than
 /// `tracing-subscriber`'s registry, which every plugin library would otherwise carry (its code
@@ -217,6 +255,7 @@ impl Subscriber for Forward {
         let instance = self.instance_of(parent(event.parent(), event.is_contextual()));
         let mut message = fields.message;
         message.push_str(&fields.rest);
+        let message = redacted(message);
         let meta = event.metadata();
         host.log(LogRecord {
             level: level_number(meta.level()),

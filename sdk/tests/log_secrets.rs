@@ -1,0 +1,80 @@
+//! A secret a plugin reads through `InitContext::secret` never reaches the host's log, whoever
+//! logs it: a dependency that traces its connect options with the password in them, say. Its
+//! own test binary: it installs the library's global subscriber.
+
+use abi_stable::sabi_trait::TD_Opaque;
+use gateway_sdk::{
+    abi::{HostLog, HostLog_TO, LogRecord},
+    testing::SinkHarness,
+    InitContext, PluginError, Reading, Sink,
+};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Default)]
+struct Host {
+    got: Arc<Mutex<Vec<String>>>,
+}
+
+impl HostLog for Host {
+    fn max_level(&self) -> u8 {
+        5 // trace
+    }
+    fn log(&self, record: LogRecord<'_>) {
+        self.got
+            .lock()
+            .unwrap()
+            .push(record.message.as_str().to_owned());
+    }
+}
+
+/// Options as a client library keeps them, with a Debug that shows the password.
+#[derive(Debug)]
+#[allow(dead_code)]
+struct ConnectInfo {
+    user: String,
+    pass: String,
+}
+
+struct Leaky;
+
+impl Sink for Leaky {
+    const ID: &'static str = "leaky";
+    fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+        let pass = ctx
+            .secret("password", Some("S3cr3t\"Pw"), None, None)?
+            .expect("given");
+        let info = ConnectInfo {
+            user: "gw".into(),
+            pass,
+        };
+        tracing::trace!(target: "some_client::connection", ?info, "write operation: CONNECT");
+        tracing::info!("connecting as gw with S3cr3t\"Pw");
+        // A value too short to be a secret takes no words out of messages.
+        ctx.secret("token", Some("abc"), None, None)?;
+        tracing::info!("abc stays");
+        Ok(Leaky)
+    }
+    fn write(&mut self, _: &[Reading]) -> Result<(), PluginError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_secret_is_kept_out_of_every_log_message_whoever_logs_it() {
+    let host = Host::default();
+    let library = gateway_sdk::shim::library("secrets", "0", Vec::new);
+    (library.init())(HostLog_TO::from_value(host.clone(), TD_Opaque));
+    SinkHarness::new::<Leaky>("").unwrap();
+    let got = host.got.lock().unwrap().clone();
+    assert!(got.len() >= 3, "{got:?}");
+    assert!(got.iter().all(|m| !m.contains("S3cr3t")), "{got:?}");
+    assert!(
+        got.iter().any(|m| m.contains("pass: \"<redacted>\"")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().any(|m| m == "connecting as gw with <redacted>"),
+        "{got:?}"
+    );
+    assert!(got.iter().any(|m| m == "abc stays"), "{got:?}");
+}
