@@ -38,7 +38,7 @@ fn every_reading_is_published_at_qos_1_on_its_topic_as_senml() {
     let root = format!("gwtest/{}", std::process::id());
     let mut sub = subscribe(&root, 500);
     let mut s = sink(&format!(
-        "url = \"mqtt://127.0.0.1\"\ntopic = \"{root}/{{device}}/{{sensor}}/{{name}}\"\nmax_inflight = 16\n"
+        "url = \"mqtt://127.0.0.1\"\nclient_id = \"gw-1-{root}\"\ntopic = \"{root}/{{device}}/{{sensor}}/{{name}}\"\nmax_inflight = 16\n"
     ));
     let batch = sample_readings(500);
     s.write(batch[..200].to_vec()).unwrap();
@@ -292,7 +292,7 @@ fn readings_a_broker_or_json_cannot_take_are_published_safely_or_refused() {
     let root = format!("gwtest/{}-odd", std::process::id());
     let mut sub = subscribe(&root, 2);
     let mut s = sink(&format!(
-        "url = \"mqtt://127.0.0.1\"\ntopic = \"{root}/{{sensor}}/{{name}}\"\n"
+        "url = \"mqtt://127.0.0.1\"\nclient_id = \"gw-2-{root}\"\ntopic = \"{root}/{{sensor}}/{{name}}\"\n"
     ));
     let mut batch = sample_readings(2);
     batch[0].sensor = "a\tb\u{7f}".into();
@@ -325,7 +325,7 @@ fn a_reading_larger_than_the_broker_takes_is_refused_not_retried() {
     let root = format!("gwtest/{}-big", std::process::id());
     let mut sub = subscribe(&root, 1);
     let mut s = sink(&format!(
-        "url = \"mqtt://127.0.0.1\"\ntopic = \"{root}/{{sensor}}/{{name}}\"\nmax_message_size = 1024\n"
+        "url = \"mqtt://127.0.0.1\"\nclient_id = \"gw-3-{root}\"\ntopic = \"{root}/{{sensor}}/{{name}}\"\nmax_message_size = 1024\n"
     ));
     // A text reading of 2,000 control characters: 12,000 bytes once escaped as JSON. A broker
     // with a limit closes the connection at it, and a retried batch stalled the sink for good.
