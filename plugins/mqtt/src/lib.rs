@@ -56,6 +56,22 @@ impl Sink for Mqtt {
                 cfg.topic
             );
         }
+        // Two values in one level: pi/01-x and pi-01/x make one topic.
+        if let Some(two) = topic.shared_level() {
+            if cfg.retain {
+                return Err(bad(
+                    "topic",
+                    format!(
+                        "{:?} puts {two} in one topic level, and retain = true: device pi's sensor 01-x and device pi-01's sensor x would make one topic, and one would replace the other's retained reading; put a / between them",
+                        cfg.topic
+                    ),
+                ));
+            }
+            tracing::warn!(
+                "[{table}] topic {:?} puts {two} in one topic level: two readings of different devices or sensors can make one topic (pi with 01-x, pi-01 with x); a subscriber must take them from each message's bn and n",
+                cfg.topic
+            );
+        }
         if !(1024..=MAX_PACKET).contains(&cfg.max_message_size) {
             return Err(bad(
                 "max_message_size",

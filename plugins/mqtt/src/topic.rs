@@ -11,6 +11,19 @@ enum Part {
     Unit,
 }
 
+impl Part {
+    /// How the template writes it.
+    fn name(&self) -> &str {
+        match self {
+            Part::Text(s) => s,
+            Part::Device => "{device}",
+            Part::Sensor => "{sensor}",
+            Part::Name => "{name}",
+            Part::Unit => "{unit}",
+        }
+    }
+}
+
 /// A parsed template.
 #[derive(Debug, Clone)]
 pub struct Template(Vec<Part>);
@@ -61,6 +74,26 @@ impl Template {
             return Err(format!("{t:?}: topics that begin with $ are the broker's"));
         }
         Ok(Template(parts))
+    }
+
+    /// Two values in one topic level (`{device}-{sensor}`), the first of them: their text
+    /// can make the same level of two readings (`pi` and `01-x`, `pi-01` and `x`), so one
+    /// device's topic can be another's. `None` when each level holds one value at most.
+    pub fn shared_level(&self) -> Option<String> {
+        let mut in_level: Vec<&Part> = Vec::new();
+        for p in &self.0 {
+            match p {
+                Part::Text(s) if s.contains('/') => in_level.clear(),
+                Part::Text(_) => {}
+                value => {
+                    in_level.push(value);
+                    if let [a, b, ..] = in_level[..] {
+                        return Some(format!("{} and {}", a.name(), b.name()));
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// The topic of reading `r`. A value is one topic level whatever it holds, and two values
@@ -138,6 +171,32 @@ mod tests {
         assert_eq!(topics.len(), names.len(), "{topics:?}");
         let t = Template::parse("{device}-{name}[{unit}]").unwrap();
         assert_eq!(t.render(&reading("pi", "s")), "pi-temperature[_]");
+    }
+
+    #[test]
+    fn two_values_in_one_level_are_found() {
+        let level = |t: &str| Template::parse(t).unwrap().shared_level();
+        assert_eq!(
+            level("{device}-{name}[{unit}]").as_deref(),
+            Some("{device} and {name}")
+        );
+        assert_eq!(
+            level("gw/{device}{sensor}/x").as_deref(),
+            Some("{device} and {sensor}")
+        );
+        for one_each in [
+            "gateway/{device}/{sensor}/{name}",
+            "d-{device}/s_{sensor}",
+            "x",
+        ] {
+            assert_eq!(level(one_each), None, "{one_each}");
+        }
+        // The reason: two readings of different devices, one topic.
+        let t = Template::parse("{device}-{sensor}").unwrap();
+        assert_eq!(
+            t.render(&reading("pi", "01-x")),
+            t.render(&reading("pi-01", "x"))
+        );
     }
 
     #[test]

@@ -254,6 +254,10 @@ fn settings_errors_name_their_key() {
             "names no {device}, and retain = true",
         ),
         (
+            "url = \"mqtt://h\"\ntopic = \"home/{device}-{sensor}/{name}\"\nretain = true",
+            "puts {device} and {sensor} in one topic level, and retain = true",
+        ),
+        (
             "url = \"mqtt://h\"\nmax_message_size = 0",
             "max_message_size: 0 is not from 1024 to 268435455",
         ),
