@@ -48,6 +48,18 @@ impl Source for NatsSource {
             ));
         }
         let subject = Template::parse(&cfg.subject).map_err(|e| ctx.config_error("subject", &e))?;
+        // A reading is taken only on the subject it makes, and NATS permissions give a
+        // publisher whole tokens: with two values in one, device pi (sensor 01-x) and device
+        // pi-01 (sensor x) make one subject, and a publisher allowed one posts as the other.
+        if let Some(two) = subject.shared_token() {
+            return Err(ctx.config_error(
+                "subject",
+                format!(
+                    "{:?} puts {two} in one token: two readings of different devices or sensors could make one subject (pi with 01-x, pi-01 with x), and a publisher allowed one would post as the other; put a . between them",
+                    cfg.subject
+                ),
+            ));
+        }
         if !cfg.subject.contains("{device}") {
             tracing::warn!(
                 "[{}] subject {:?} names no {{device}}: any publisher to the stream can post readings as any device",

@@ -53,6 +53,30 @@ impl Template {
         Ok(Template(parts))
     }
 
+    /// Two values in one token (`{device}-{sensor}`), named: their text can make the same
+    /// token for two readings (`pi` and `01-x`, `pi-01` and `x`). `None` when each token holds
+    /// one value at most.
+    pub fn shared_token(&self) -> Option<String> {
+        let name = |p: &Part| match p {
+            Part::Device => "{device}",
+            Part::Sensor => "{sensor}",
+            Part::Name => "{name}",
+            Part::Text(_) => "",
+        };
+        let mut in_token: Option<&Part> = None;
+        for p in &self.0 {
+            match p {
+                Part::Text(s) if s.contains('.') => in_token = None,
+                Part::Text(_) => {}
+                value => match in_token {
+                    Some(first) => return Some(format!("{} and {}", name(first), name(value))),
+                    None => in_token = Some(value),
+                },
+            }
+        }
+        None
+    }
+
     /// The subject of reading `r`: each value one token, and two values never the same token:
     /// `.`, `*`, `>`, `%`, white space and control characters are percent-encoded (`pi.01` is
     /// `pi%2E01`, `Pi 01` is `Pi%2001`, so neither is `pi_01`'s); an empty value is `_`, and a
@@ -124,6 +148,21 @@ mod tests {
         for bad in ["", "a.*", "a.>", "a..b", ".a", "a b", "{dev}", "a.{device"] {
             assert!(Template::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn two_values_in_one_token_are_found() {
+        let token = |t: &str| Template::parse(t).unwrap().shared_token();
+        assert_eq!(
+            token("r.{device}-{sensor}.{name}").as_deref(),
+            Some("{device} and {sensor}")
+        );
+        assert_eq!(
+            token("r.{device}.{sensor}{name}").as_deref(),
+            Some("{sensor} and {name}")
+        );
+        assert_eq!(token("readings.{device}.{sensor}.{name}"), None);
+        assert_eq!(token("r.d-{device}.s_{sensor}"), None);
     }
 
     #[test]

@@ -554,6 +554,18 @@ fn settings_errors_name_their_key() {
         .run::<NatsSource>()
         .unwrap_err();
     assert!(e.message().contains("batch: at least 1"), "{e}");
+    // The source takes a reading only on the subject it makes, and NATS permissions give
+    // whole tokens: two values in one would let a publisher allowed one post as another
+    // device (pi with sensor 01-x, pi-01 with sensor x).
+    let e = SourceHarness::new("url = \"nats://h\"\nsubject = \"r.{device}-{sensor}.{name}\"")
+        .run::<NatsSource>()
+        .unwrap_err();
+    assert!(
+        e.message().contains(
+            "subject: \"r.{device}-{sensor}.{name}\" puts {device} and {sensor} in one token"
+        ),
+        "{e}"
+    );
 }
 
 #[test]
