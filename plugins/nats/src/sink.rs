@@ -63,27 +63,23 @@ pub fn msg_id(key: &hmac::Key, r: &Reading) -> String {
 
 /// The key of the sink's message ids: 32 random bytes in `msg-id.key` in its data directory,
 /// made at the first open and kept, so that a reading sent again after a restart carries the
-/// same id. Readable by the gateway's user only.
+/// same id. Readable by the gateway's user only, never read or made through a link, and made
+/// whole or not at all: written to a file of its own first, then linked into place, which
+/// fails if another open (the instance a reload builds, say) made it first.
 fn msg_id_key(dir: &std::path::Path) -> Result<hmac::Key, PluginError> {
     use std::{
         io::{Read as _, Write as _},
         os::unix::fs::OpenOptionsExt,
     };
     let path = dir.join("msg-id.key");
-    // Never through a link.
-    let open = |create: bool| {
-        let mut o = std::fs::OpenOptions::new();
-        o.custom_flags(libc::O_NOFOLLOW).mode(0o600);
-        if create {
-            o.write(true).create_new(true);
-        } else {
-            o.read(true);
-        }
-        o.open(&path)
-    };
     let read = || {
         let mut bytes = Vec::new();
-        open(false)?.read_to_end(&mut bytes).map(|_| bytes)
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)?
+            .read_to_end(&mut bytes)
+            .map(|_| bytes)
     };
     let cannot = |e: &dyn std::fmt::Display| {
         PluginError::retry(format!(
@@ -97,11 +93,19 @@ fn msg_id_key(dir: &std::path::Path) -> Result<hmac::Key, PluginError> {
             let mut fresh = [0u8; 32];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
                 .map_err(|_| cannot(&"no random bytes"))?;
-            match open(true) {
-                Ok(mut f) => {
-                    f.write_all(&fresh)
-                        .and_then(|()| f.sync_all())
-                        .map_err(|e| cannot(&e))?;
+            let tmp = dir.join(format!(".msg-id.key.{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut f| f.write_all(&fresh).and_then(|()| f.sync_all()));
+            let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {
                     std::fs::File::open(dir)
                         .and_then(|d| d.sync_all())
                         .map_err(|e| cannot(&e))?;
@@ -403,4 +407,39 @@ async fn publish_all(
 
 fn humantime(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_message_id_key_is_made_once_whole_and_never_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = &gateway_sdk::testing::sample_readings(1)[0];
+        let first = msg_id(&msg_id_key(dir.path()).unwrap(), r);
+        let file = dir.path().join("msg-id.key");
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!((meta.len(), meta.permissions().mode() & 0o777), (32, 0o600));
+        // Read back: the same ids (a reading sent again after a restart is a duplicate).
+        assert_eq!(msg_id(&msg_id_key(dir.path()).unwrap(), r), first);
+        assert!(first.starts_with(&format!("{:032x}@test-device#", r.id.as_u128())));
+        assert_eq!(first.len(), 32 + 1 + "test-device".len() + 1 + 32);
+        // Nothing left of the file it was written to first.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // Another key, other ids.
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(msg_id(&msg_id_key(other.path()).unwrap(), r), first);
+        // A key of another length is named, not used.
+        std::fs::write(&file, b"short").unwrap();
+        let e = msg_id_key(dir.path()).err().unwrap();
+        assert_eq!(e.kind, gateway_sdk::ErrorKind::CONFIG, "{e}");
+        assert!(e.message().contains("is not 32 bytes"), "{e}");
+        // A link in its place is not followed.
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(other.path().join("msg-id.key"), &file).unwrap();
+        let e = msg_id_key(dir.path()).err().unwrap();
+        assert!(e.message().contains("symbolic links"), "{e}");
+    }
 }
