@@ -101,7 +101,10 @@ impl InitContext {
         Ok(value)
     }
 
-    fn read_secret(
+    /// [`InitContext::secret`] without keeping the value out of the log: for values that
+    /// come by the thousand and that no dependency logs (the pre-shared keys of a fleet's
+    /// devices), which would make every log message searched for each of them.
+    pub fn read_secret(
         &self,
         key: &str,
         inline: Option<&str>,

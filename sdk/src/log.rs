@@ -112,19 +112,21 @@ pub(crate) fn init(host: HostLogBox) {
 /// them to the host, whoever logs it (a dependency that traces its connect options with the
 /// password in them, say).
 static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Whether [`SECRETS`] holds any: an event of a library without secrets takes no lock.
+static ANY_SECRET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// What stands in a message for a secret.
 const REDACTED: &str = "<redacted>";
 
-/// Keeps `secret` out of every event this library passes on from now on ([`SECRETS`]). Values
-/// of fewer than 4 bytes are not kept: they would take words out of every message, and no
-/// secret is that short.
+/// Keeps `secret` out of every event this library passes on from now on ([`SECRETS`]), as
+/// it is and as `{:?}` writes it (a dependency's Debug of its options). Values of fewer than 4
+/// bytes are not kept (no secret is that short); one of fewer than 8 is taken out only where
+/// it stands as a word of its own, as the host does (letters, digits and `_` continue a word).
 pub(crate) fn keep_secret(secret: &str) {
     if secret.len() < 4 {
         return;
     }
     let mut all = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
-    // As it is, and as `{:?}` writes it (a dependency's Debug of its options).
     let debug = format!("{secret:?}");
     for form in [secret.to_owned(), debug[1..debug.len() - 1].to_owned()] {
         if !all.contains(&form) {
@@ -133,17 +135,42 @@ pub(crate) fn keep_secret(secret: &str) {
     }
     // The longest first, so that one that holds another is taken out whole.
     all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    ANY_SECRET.store(true, Ordering::Relaxed);
 }
 
 /// `message` without the secrets kept.
-fn redacted(mut message: String) -> String {
+fn redacted(message: String) -> String {
+    if !ANY_SECRET.load(Ordering::Relaxed) {
+        return message;
+    }
     let all = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
-    for secret in all.iter() {
-        if message.contains(secret.as_str()) {
-            message = message.replace(secret.as_str(), REDACTED);
+    all.iter().fold(message, |m, secret| {
+        if !m.contains(secret.as_str()) {
+            m
+        } else if secret.len() >= 8 {
+            m.replace(secret.as_str(), REDACTED)
+        } else {
+            replace_words(&m, secret)
+        }
+    })
+}
+
+/// `text` with each `word` that stands as a word of its own replaced.
+fn replace_words(text: &str, word: &str) -> String {
+    let continues = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    for (at, _) in text.match_indices(word) {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        if !continues(before) && !continues(after) {
+            out.push_str(&text[from..at]);
+            out.push_str(REDACTED);
+            from = at + word.len();
         }
     }
-    message
+    out.push_str(&text[from..]);
+    out
 }
 
 /// A subscriber that keeps, for each live span, only the instance it belongs to (its own

@@ -49,9 +49,15 @@ impl Sink for Leaky {
         };
         tracing::trace!(target: "some_client::connection", ?info, "write operation: CONNECT");
         tracing::info!("connecting as gw with S3cr3t\"Pw");
-        // A value too short to be a secret takes no words out of messages.
+        // A value too short to be a secret takes no words out of messages; a short one is
+        // taken out where it stands as a word of its own only.
         ctx.secret("token", Some("abc"), None, None)?;
         tracing::info!("abc stays");
+        ctx.secret("user_password", Some("gate"), None, None)?;
+        tracing::info!("gateway with gate, gate_1 and (gate)");
+        // One read without being kept (a fleet's per-device keys) is not searched for.
+        ctx.read_secret("psk", Some("0011223344556677"), None, None)?;
+        tracing::info!("loaded 0011223344556677");
         Ok(Leaky)
     }
     fn write(&mut self, _: &[Reading]) -> Result<(), PluginError> {
@@ -77,4 +83,13 @@ fn a_secret_is_kept_out_of_every_log_message_whoever_logs_it() {
         "{got:?}"
     );
     assert!(got.iter().any(|m| m == "abc stays"), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|m| m == "gateway with <redacted>, gate_1 and (<redacted>)"),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().any(|m| m == "loaded 0011223344556677"),
+        "{got:?}"
+    );
 }
