@@ -102,15 +102,22 @@ impl Settings {
         // async-nats times the TCP connect only: a server that takes the connection and then
         // says nothing (or a balancer with a dead backend) would hold the INFO, TLS and
         // CONNECT exchange, and the sink or source with it, for ever.
-        match tokio::time::timeout(self.timeout, o.connect(self.url.replace(' ', "").as_str()))
-            .await
-        {
+        // async-nats gives each server of `url` connect_timeout for its TCP connect, one
+        // after another: the whole connect gets that for each, and once more for the rest.
+        let servers = self
+            .url
+            .split(',')
+            .filter(|u| !u.trim().is_empty())
+            .count()
+            .max(1);
+        let limit = self.timeout * (servers as u32 + 1);
+        match tokio::time::timeout(limit, o.connect(self.url.replace(' ', "").as_str())).await {
             Ok(connected) => connected.map_err(|e| {
                 PluginError::retry(format!("cannot connect to NATS at {}: {e}", self.url))
             }),
             Err(_) => Err(PluginError::retry(format!(
-                "cannot connect to NATS at {}: no answer within connect_timeout ({:?})",
-                self.url, self.timeout
+                "cannot connect to NATS at {}: no answer within {limit:?} (connect_timeout for each server, and once more)",
+                self.url
             ))),
         }
     }

@@ -198,11 +198,11 @@ fn a_server_that_takes_the_connection_and_says_nothing_is_timed_out() {
     let e = s.write(sample_readings(1)).unwrap_err();
     assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
     assert!(
-        e.message().contains("no answer within connect_timeout"),
+        e.message().contains("no answer within 2s (connect_timeout"),
         "{e}"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(4),
         "{:?}",
         started.elapsed()
     );
