@@ -93,8 +93,16 @@ fn msg_id_key(dir: &std::path::Path) -> Result<hmac::Key, PluginError> {
             let mut fresh = [0u8; 32];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
                 .map_err(|_| cannot(&"no random bytes"))?;
-            let tmp = dir.join(format!(".msg-id.key.{}", std::process::id()));
-            let _ = std::fs::remove_file(&tmp);
+            // A name of this open's own: two opens in one process (the harness's tests, an
+            // instance a reload builds) must not share it.
+            let mut nonce = [0u8; 8];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+                .map_err(|_| cannot(&"no random bytes"))?;
+            let tmp = dir.join(format!(
+                ".msg-id.key.{}.{:016x}",
+                std::process::id(),
+                u64::from_ne_bytes(nonce)
+            ));
             let written = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -102,7 +110,11 @@ fn msg_id_key(dir: &std::path::Path) -> Result<hmac::Key, PluginError> {
                 .mode(0o600)
                 .open(&tmp)
                 .and_then(|mut f| f.write_all(&fresh).and_then(|()| f.sync_all()));
-            let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(cannot(&e));
+            }
+            let linked = std::fs::hard_link(&tmp, &path);
             let _ = std::fs::remove_file(&tmp);
             match linked {
                 Ok(()) => {

@@ -245,7 +245,10 @@ fn a_publisher_cannot_have_another_devices_reading_dropped_as_a_duplicate() {
     );
     // Sent again by the same sink, it is still a duplicate; and by the sink built again on
     // the same data directory (a restart), too.
-    s.write(vec![victim]).unwrap();
+    s.write(vec![victim.clone()]).unwrap();
+    assert_eq!(n.messages("READINGS"), 4);
+    drop(s);
+    sink(&n).write(vec![victim]).unwrap();
     assert_eq!(n.messages("READINGS"), 4);
 }
 
