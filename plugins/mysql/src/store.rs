@@ -598,13 +598,22 @@ impl Drop for Store {
         // Within connect_timeout: a connection a write timed out on goes back to the pool to
         // be rolled back, and disconnect waits for that, which a server that stopped answering
         // never lets happen; the sink's thread, and a reload that replaces it, would wait too.
+        // All servers' pools at once, under one limit: one after another, three servers that
+        // stopped answering would take three times as long, past the host's shutdown_timeout.
         let limit = self.connect_timeout;
-        for pool in self.servers.pools() {
-            let pool = pool.clone();
-            let _ = self
-                .rt
-                .block_on(async move { tokio::time::timeout(limit, pool.disconnect()).await });
-        }
+        let pools: Vec<_> = self.servers.pools().cloned().collect();
+        self.rt.block_on(async move {
+            let all: Vec<_> = pools
+                .into_iter()
+                .map(|p| tokio::spawn(async move { p.disconnect().await }))
+                .collect();
+            let _ = tokio::time::timeout(limit, async {
+                for d in all {
+                    let _ = d.await;
+                }
+            })
+            .await;
+        });
     }
 }
 
