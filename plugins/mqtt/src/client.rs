@@ -331,9 +331,11 @@ impl Connection {
         let mut out = Vec::with_capacity(64 * 1024);
         let mut next = messages.iter();
         let mut more = true;
-        // How long the broker may go without acknowledging anything: renewed only by a PUBACK
-        // of a message in flight, so that other packets (PINGRESP, a PUBACK of nothing sent)
-        // cannot hold a batch for ever.
+        // How long the broker may go without acknowledging anything: counted from the end of
+        // each write (on a slow link a window of large messages takes long to send), which
+        // comes only at the start and after a PUBACK freed a place, and renewed by a PUBACK of
+        // a message in flight; other packets (PINGRESP, a PUBACK of nothing sent) cannot hold
+        // a batch for ever.
         let mut deadline = Instant::now() + s.ack_timeout;
         loop {
             out.clear();
@@ -351,6 +353,7 @@ impl Connection {
                     .write_all(&out)
                     .map_err(|e| retry("publishing", e))?;
                 self.last_io = Instant::now();
+                deadline = self.last_io + s.ack_timeout;
             }
             if inflight.is_empty() {
                 return Ok(());
