@@ -56,19 +56,23 @@ impl Sink for Mqtt {
                 cfg.topic
             );
         }
-        // Two values in one level: pi/01-x and pi-01/x make one topic.
-        if let Some(two) = topic.shared_level() {
+        // Two values in one level: pi/01-x and pi-01/x make one topic. With the device among
+        // them, one device's topic can be another's.
+        let shared = topic.shared_levels();
+        if let Some(level) = shared.iter().find(|l| l.contains("{device}")) {
             if cfg.retain {
                 return Err(bad(
                     "topic",
                     format!(
-                        "{:?} puts {two} in one topic level, and retain = true: device pi's sensor 01-x and device pi-01's sensor x would make one topic, and one would replace the other's retained reading; put a / between them",
+                        "{:?} puts {level} in one topic level, and retain = true: device pi's sensor 01-x and device pi-01's sensor x would make one topic, and one device's reading would replace the other's retained one; put a / between them",
                         cfg.topic
                     ),
                 ));
             }
+        }
+        for level in &shared {
             tracing::warn!(
-                "[{table}] topic {:?} puts {two} in one topic level: two readings of different devices or sensors can make one topic (pi with 01-x, pi-01 with x); a subscriber must take them from each message's bn and n",
+                "[{table}] topic {:?} puts {level} in one topic level: readings with different values there can make one topic (01-x with x, 01 with x-x); a subscriber must take them from each message's bn and n",
                 cfg.topic
             );
         }

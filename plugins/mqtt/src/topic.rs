@@ -76,24 +76,26 @@ impl Template {
         Ok(Template(parts))
     }
 
-    /// Two values in one topic level (`{device}-{sensor}`), the first of them: their text
-    /// can make the same level of two readings (`pi` and `01-x`, `pi-01` and `x`), so one
-    /// device's topic can be another's. `None` when each level holds one value at most.
-    pub fn shared_level(&self) -> Option<String> {
-        let mut in_level: Vec<&Part> = Vec::new();
+    /// The levels that hold two values or more (`{device}-{sensor}`), each as its values
+    /// joined by " and ": their text can make the same level of two readings (`pi` and `01-x`,
+    /// `pi-01` and `x`).
+    pub fn shared_levels(&self) -> Vec<String> {
+        let mut levels: Vec<Vec<&str>> = vec![Vec::new()];
         for p in &self.0 {
             match p {
-                Part::Text(s) if s.contains('/') => in_level.clear(),
-                Part::Text(_) => {}
-                value => {
-                    in_level.push(value);
-                    if let [a, b, ..] = in_level[..] {
-                        return Some(format!("{} and {}", a.name(), b.name()));
+                Part::Text(s) => {
+                    for _ in s.matches('/') {
+                        levels.push(Vec::new());
                     }
                 }
+                value => levels.last_mut().expect("one").push(value.name()),
             }
         }
-        None
+        levels
+            .into_iter()
+            .filter(|l| l.len() > 1)
+            .map(|l| l.join(" and "))
+            .collect()
     }
 
     /// The topic of reading `r`. A value is one topic level whatever it holds, and two values
@@ -175,21 +177,21 @@ mod tests {
 
     #[test]
     fn two_values_in_one_level_are_found() {
-        let level = |t: &str| Template::parse(t).unwrap().shared_level();
+        let levels = |t: &str| Template::parse(t).unwrap().shared_levels();
         assert_eq!(
-            level("{device}-{name}[{unit}]").as_deref(),
-            Some("{device} and {name}")
+            levels("{device}-{name}[{unit}]"),
+            ["{device} and {name} and {unit}"]
         );
         assert_eq!(
-            level("gw/{device}{sensor}/x").as_deref(),
-            Some("{device} and {sensor}")
+            levels("gw/{device}{sensor}/x-{name}.{unit}"),
+            ["{device} and {sensor}", "{name} and {unit}"]
         );
         for one_each in [
             "gateway/{device}/{sensor}/{name}",
             "d-{device}/s_{sensor}",
             "x",
         ] {
-            assert_eq!(level(one_each), None, "{one_each}");
+            assert!(levels(one_each).is_empty(), "{one_each}");
         }
         // The reason: two readings of different devices, one topic.
         let t = Template::parse("{device}-{sensor}").unwrap();

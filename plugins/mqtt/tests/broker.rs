@@ -274,6 +274,12 @@ fn settings_errors_name_their_key() {
         assert_eq!(e.kind, ErrorKind::CONFIG, "{toml}");
         assert!(e.message().contains(want), "{toml}: {e}");
     }
+    // Two values of one device in a level: its own readings only can share a topic, so
+    // retain is taken (with a warning).
+    SinkHarness::new::<Mqtt>(
+        "url = \"mqtt://h\"\ntopic = \"home/{device}/{sensor}-{name}\"\nretain = true",
+    )
+    .unwrap();
 }
 
 #[test]

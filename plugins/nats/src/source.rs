@@ -49,16 +49,25 @@ impl Source for NatsSource {
         }
         let subject = Template::parse(&cfg.subject).map_err(|e| ctx.config_error("subject", &e))?;
         // A reading is taken only on the subject it makes, and NATS permissions give a
-        // publisher whole tokens: with two values in one, device pi (sensor 01-x) and device
-        // pi-01 (sensor x) make one subject, and a publisher allowed one posts as the other.
-        if let Some(two) = subject.shared_token() {
+        // publisher whole tokens: with the device and another value in one, device pi (sensor
+        // 01-x) and device pi-01 (sensor x) make one subject, and a publisher allowed one
+        // posts as the other.
+        let shared = subject.shared_tokens();
+        if let Some(token) = shared.iter().find(|t| t.contains("{device}")) {
             return Err(ctx.config_error(
                 "subject",
                 format!(
-                    "{:?} puts {two} in one token: two readings of different devices or sensors could make one subject (pi with 01-x, pi-01 with x), and a publisher allowed one would post as the other; put a . between them",
+                    "{:?} puts {token} in one token: readings of two devices could make one subject (pi with sensor 01-x, pi-01 with sensor x), and a publisher allowed one would post as the other; put a . between them",
                     cfg.subject
                 ),
             ));
+        }
+        for token in &shared {
+            tracing::warn!(
+                "[{}] subject {:?} puts {token} in one token: readings with different values there can make one subject",
+                ctx.info().table,
+                cfg.subject
+            );
         }
         if !cfg.subject.contains("{device}") {
             tracing::warn!(

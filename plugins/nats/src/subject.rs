@@ -53,28 +53,30 @@ impl Template {
         Ok(Template(parts))
     }
 
-    /// Two values in one token (`{device}-{sensor}`), named: their text can make the same
-    /// token for two readings (`pi` and `01-x`, `pi-01` and `x`). `None` when each token holds
-    /// one value at most.
-    pub fn shared_token(&self) -> Option<String> {
-        let name = |p: &Part| match p {
-            Part::Device => "{device}",
-            Part::Sensor => "{sensor}",
-            Part::Name => "{name}",
-            Part::Text(_) => "",
-        };
-        let mut in_token: Option<&Part> = None;
+    /// The tokens that hold two values or more (`{device}-{sensor}`), each as its values
+    /// joined by " and ": their text can make the same token of two readings (`pi` and
+    /// `01-x`, `pi-01` and `x`).
+    pub fn shared_tokens(&self) -> Vec<String> {
+        let mut tokens: Vec<Vec<&str>> = vec![Vec::new()];
         for p in &self.0 {
-            match p {
-                Part::Text(s) if s.contains('.') => in_token = None,
-                Part::Text(_) => {}
-                value => match in_token {
-                    Some(first) => return Some(format!("{} and {}", name(first), name(value))),
-                    None => in_token = Some(value),
-                },
-            }
+            let value = match p {
+                Part::Text(s) => {
+                    for _ in s.matches('.') {
+                        tokens.push(Vec::new());
+                    }
+                    continue;
+                }
+                Part::Device => "{device}",
+                Part::Sensor => "{sensor}",
+                Part::Name => "{name}",
+            };
+            tokens.last_mut().expect("one").push(value);
         }
-        None
+        tokens
+            .into_iter()
+            .filter(|t| t.len() > 1)
+            .map(|t| t.join(" and "))
+            .collect()
     }
 
     /// The subject of reading `r`: each value one token, and two values never the same token:
@@ -152,17 +154,14 @@ mod tests {
 
     #[test]
     fn two_values_in_one_token_are_found() {
-        let token = |t: &str| Template::parse(t).unwrap().shared_token();
+        let tokens = |t: &str| Template::parse(t).unwrap().shared_tokens();
         assert_eq!(
-            token("r.{device}-{sensor}.{name}").as_deref(),
-            Some("{device} and {sensor}")
+            tokens("r.{device}-{sensor}.{name}"),
+            ["{device} and {sensor}"]
         );
-        assert_eq!(
-            token("r.{device}.{sensor}{name}").as_deref(),
-            Some("{sensor} and {name}")
-        );
-        assert_eq!(token("readings.{device}.{sensor}.{name}"), None);
-        assert_eq!(token("r.d-{device}.s_{sensor}"), None);
+        assert_eq!(tokens("r.{device}.{sensor}{name}"), ["{sensor} and {name}"]);
+        assert!(tokens("readings.{device}.{sensor}.{name}").is_empty());
+        assert!(tokens("r.d-{device}.s_{sensor}").is_empty());
     }
 
     #[test]
