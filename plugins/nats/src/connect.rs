@@ -102,15 +102,10 @@ impl Settings {
         // async-nats times the TCP connect only: a server that takes the connection and then
         // says nothing (or a balancer with a dead backend) would hold the INFO, TLS and
         // CONNECT exchange, and the sink or source with it, for ever.
-        // async-nats gives each server of `url` connect_timeout for its TCP connect, one
-        // after another: the whole connect gets that for each, and once more for the rest.
-        let servers = self
-            .url
-            .split(',')
-            .filter(|u| !u.trim().is_empty())
-            .count()
-            .max(1);
-        let limit = self.timeout * (servers as u32 + 1);
+        // async-nats gives each address of each server of `url` connect_timeout for its TCP
+        // connect, one after another: the whole connect gets that for each, and once more for
+        // the rest.
+        let limit = self.timeout * (addresses(&self.url, self.timeout).await + 1);
         match tokio::time::timeout(limit, o.connect(self.url.replace(' ', "").as_str())).await {
             Ok(connected) => connected.map_err(|e| {
                 PluginError::retry(format!("cannot connect to NATS at {}: {e}", self.url))
@@ -121,6 +116,28 @@ impl Settings {
             ))),
         }
     }
+}
+
+/// How many addresses the servers of `urls` (comma-separated URLs) have: each server's
+/// host looked up (within `limit`), one for a host that cannot be.
+async fn addresses(urls: &str, limit: std::time::Duration) -> u32 {
+    let mut n = 0u32;
+    for u in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let rest = u.split_once("://").map_or(u, |(_, r)| r);
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let with_port = if authority.ends_with(']') || !authority.contains(':') {
+            format!("{authority}:4222")
+        } else {
+            authority.to_owned()
+        };
+        let found = tokio::time::timeout(limit, tokio::net::lookup_host(with_port)).await;
+        n = n.saturating_add(match found {
+            Ok(Ok(addrs)) => u32::try_from(addrs.count()).unwrap_or(u32::MAX).max(1),
+            _ => 1,
+        });
+    }
+    n.clamp(1, 64)
 }
 
 /// The hosts of `urls` (comma-separated `nats://` and `tls://` URLs) that are not this
@@ -141,6 +158,22 @@ fn remote_hosts(urls: &str) -> Vec<(&str, &str)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn each_address_of_each_server_is_counted() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let n = |urls: &str| rt.block_on(super::addresses(urls, std::time::Duration::from_secs(2)));
+        assert_eq!(n("nats://127.0.0.1:4222"), 1);
+        assert_eq!(
+            n("nats://127.0.0.1:4222, tls://u@[::1]:4222,nats://127.0.0.1"),
+            3
+        );
+        // A name that does not resolve counts once.
+        assert_eq!(n("nats://no-such-host.invalid:4222"), 1);
+    }
+
     #[test]
     fn remote_hosts_are_told_from_this_machine() {
         assert_eq!(
