@@ -155,19 +155,30 @@ fn redacted(message: String) -> String {
     })
 }
 
-/// `text` with each `word` that stands as a word of its own replaced.
+/// `text` with each `word` that stands as a word of its own replaced, as the host replaces
+/// its short values: a side of `word` that is a letter, a digit or `_` may not touch another
+/// (a side that is punctuation may), and after a match that does not stand alone the search
+/// goes on from its next character, so that an overlapping one is not passed over.
 fn replace_words(text: &str, word: &str) -> String {
     let continues = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let (starts_word, ends_word) = (
+        continues(word.chars().next()),
+        continues(word.chars().next_back()),
+    );
     let mut out = String::with_capacity(text.len());
-    let mut from = 0;
-    for (at, _) in text.match_indices(word) {
-        let before = text[..at].chars().next_back();
-        let after = text[at + word.len()..].chars().next();
-        if !continues(before) && !continues(after) {
-            out.push_str(&text[from..at]);
-            out.push_str(REDACTED);
-            from = at + word.len();
+    let (mut from, mut search) = (0, 0);
+    while let Some(found) = text[search..].find(word) {
+        let at = search + found;
+        let end = at + word.len();
+        let touches = (starts_word && continues(text[..at].chars().next_back()))
+            || (ends_word && continues(text[end..].chars().next()));
+        if touches {
+            search = at + text[at..].chars().next().map_or(1, char::len_utf8);
+            continue;
         }
+        out.push_str(&text[from..at]);
+        out.push_str(REDACTED);
+        (from, search) = (end, end);
     }
     out.push_str(&text[from..]);
     out
@@ -377,5 +388,22 @@ fn level_number(level: &Level) -> u8 {
         Level::INFO => 3,
         Level::DEBUG => 4,
         Level::TRACE => 5,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_secret_is_replaced_where_it_stands_alone() {
+        assert_eq!(
+            replace_words("gateway with gate, gate_1 and (gate)", "gate"),
+            "gateway with <redacted>, gate_1 and (<redacted>)"
+        );
+        // A side that is punctuation may touch a word.
+        assert_eq!(replace_words("a-k9!b", "-k9!"), "a<redacted>b");
+        // An overlapping match after one that does not stand alone is found.
+        assert_eq!(replace_words("Xab-ab-ab ", "ab-ab"), "Xab-<redacted> ");
     }
 }
