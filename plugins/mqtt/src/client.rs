@@ -344,7 +344,12 @@ impl Connection {
                     more = false;
                     break;
                 };
-                let id = self.id();
+                // Past 65,535 messages ids come round again: never one still in flight, whose
+                // PUBACK would settle both.
+                let mut id = self.id();
+                while inflight.contains(&id) {
+                    id = self.id();
+                }
                 packet::publish(&mut out, topic, id, payload, s.retain);
                 inflight.insert(id);
             }
