@@ -399,18 +399,10 @@ const MAX_LINE: u64 = 2 * crate::buffer::segment::MAX_RECORD as u64 + (1 << 20);
 /// [`MAX_HEADER`], the others than [`MAX_LINE`] (a sparse file is a regular file of any
 /// length without a newline).
 fn lines(path: &Path) -> Result<impl Iterator<Item = io::Result<String>>, String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let cannot = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let f = crate::own_files::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| cannot(&e))?;
-    let meta = f.metadata().map_err(|e| cannot(&e))?;
-    if !meta.is_file() {
-        return Err(cannot(&"not a regular file"));
-    }
-    let mut r = BufReader::new(f.take(meta.len()));
+    let cannot = |e: io::Error| format!("{}: {e}", path.display());
+    let f = crate::own_files::open_regular(path).map_err(cannot)?;
+    let len = f.metadata().map_err(cannot)?.len();
+    let mut r = BufReader::new(f.take(len));
     let mut limit = MAX_HEADER;
     Ok(std::iter::from_fn(move || {
         let most = std::mem::replace(&mut limit, MAX_LINE);

@@ -28,6 +28,20 @@ pub fn open(path: &Path) -> io::Result<std::fs::File> {
     options().read(true).open(path)
 }
 
+/// An existing regular file, for reading, not through a link, and without waiting for a
+/// writer should it be a FIFO (what a process running as the service's user could put in a
+/// file's place for a reader to hang on); anything but a regular file is an error.
+pub fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+    let f = options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(f)
+}
+
 /// Creates `dir` and the directories above it that are missing, each one's entry made
 /// durable in its parent (fsync of the parent), so that a file synced inside it is not lost
 /// with its directory at a power cut: a batch acknowledged as buffered or dead-lettered on a

@@ -56,8 +56,13 @@ buffer = {buffer}
 /// [`buffered`] run as a job until the source has finished: the gateway's log, once it has
 /// exited successfully.
 fn buffered_job(s: &Setup, count_batch: (u64, u64), extra_rec: &str, buffer: &str) -> String {
-    let cfg = buffered(s, count_batch, extra_rec, buffer);
-    let mut gw = Running::start(s, &cfg, &["--until-sources-finish"]);
+    job(s, &buffered(s, count_batch, extra_rec, buffer))
+}
+
+/// `cfg` run as a job until its sources have finished: the gateway's log, once it has exited
+/// successfully.
+fn job(s: &Setup, cfg: &std::path::Path) -> String {
+    let mut gw = Running::start(s, cfg, &["--until-sources-finish"]);
     let status = gw.wait(Duration::from_secs(30)).expect("exits");
     let err = gw.stderr();
     assert!(status.success(), "{err}");
@@ -393,10 +398,7 @@ fn a_buffer_the_config_no_longer_has_is_still_sent_and_an_orphaned_one_is_named(
     let s = Setup::new();
     let cfg = fill(&s);
     without_buffer(&cfg, "rec");
-    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
-    let status = gw.wait(Duration::from_secs(30)).expect("exits");
-    let err = gw.stderr();
-    assert!(status.success(), "{err}");
+    let err = job(&s, &cfg);
     assert!(
         err.contains(
             "the config gives this sink no disk buffer, but an earlier run left readings in one"
@@ -407,22 +409,14 @@ fn a_buffer_the_config_no_longer_has_is_still_sent_and_an_orphaned_one_is_named(
     assert_contiguous(&values, "from the buffer the config dropped");
     assert_eq!(values.len(), 300, "{err}");
     // Emptied: the next start runs the sink without it, and says nothing of it.
-    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
-    let status = gw.wait(Duration::from_secs(30)).expect("exits");
-    let err = gw.stderr();
-    assert!(
-        status.success() && !err.contains("earlier run left"),
-        "{err}"
-    );
+    let err = job(&s, &cfg);
+    assert!(!err.contains("earlier run left"), "{err}");
 
     // A sink renamed: only a sink of the old name sends them; the start names them.
     let s = Setup::new();
     let cfg = fill(&s);
     without_buffer(&cfg, "renamed");
-    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
-    let status = gw.wait(Duration::from_secs(30)).expect("exits");
-    let err = gw.stderr();
-    assert!(status.success(), "{err}");
+    let err = job(&s, &cfg);
     assert!(
         err.contains("a disk buffer holds unsent readings of a sink this config does not have")
             && err.contains("sink=rec "),
@@ -432,16 +426,10 @@ fn a_buffer_the_config_no_longer_has_is_still_sent_and_an_orphaned_one_is_named(
     let s2 = Setup::new();
     let cfg = fill(&s2);
     without_buffer(&cfg, "rec");
-    let mut gw = Running::start(&s2, &cfg, &["--until-sources-finish"]);
-    assert!(gw.wait(Duration::from_secs(30)).expect("exits").success());
+    job(&s2, &cfg);
     without_buffer(&cfg, "renamed");
-    let mut gw = Running::start(&s2, &cfg, &["--until-sources-finish"]);
-    let status = gw.wait(Duration::from_secs(30)).expect("exits");
-    let err = gw.stderr();
-    assert!(
-        status.success() && !err.contains("unsent readings"),
-        "{err}"
-    );
+    let err = job(&s2, &cfg);
+    assert!(!err.contains("unsent readings"), "{err}");
 }
 
 #[test]

@@ -120,15 +120,15 @@ const REDACTED: &str = "<redacted>";
 
 /// Keeps `secret` out of every event this library passes on from now on ([`SECRETS`]), as
 /// it is and as `{:?}` writes it (a dependency's Debug of its options). Values of fewer than 4
-/// bytes are not kept (no secret is that short); one of fewer than 8 is taken out only where
-/// it stands as a word of its own, as the host does (letters, digits and `_` continue a word).
+/// bytes are not kept (no secret is that short); a short one, or a number, is taken out only
+/// where it stands as a word of its own ([`crate::text::replace_secret`]).
 pub(crate) fn keep_secret(secret: &str) {
-    if secret.len() < 4 {
+    let forms = crate::text::secret_forms(secret);
+    if forms.is_empty() {
         return;
     }
     let mut all = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
-    let debug = format!("{secret:?}");
-    for form in [secret.to_owned(), debug[1..debug.len() - 1].to_owned()] {
+    for form in forms {
         if !all.contains(&form) {
             all.push(form);
         }
@@ -138,50 +138,18 @@ pub(crate) fn keep_secret(secret: &str) {
     ANY_SECRET.store(true, Ordering::Relaxed);
 }
 
-/// `message` without the secrets kept.
+/// `message` without the secrets kept ([`crate::text::replace_secret`]).
 fn redacted(message: String) -> String {
     if !ANY_SECRET.load(Ordering::Relaxed) {
         return message;
     }
     let all = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
     all.iter().fold(message, |m, secret| {
-        if !m.contains(secret.as_str()) {
-            m
-        } else if secret.len() >= 8 {
-            m.replace(secret.as_str(), REDACTED)
-        } else {
-            replace_words(&m, secret)
+        match crate::text::replace_secret(&m, secret, REDACTED) {
+            std::borrow::Cow::Borrowed(_) => m,
+            std::borrow::Cow::Owned(r) => r,
         }
     })
-}
-
-/// `text` with each `word` that stands as a word of its own replaced, as the host replaces
-/// its short values: a side of `word` that is a letter, a digit or `_` may not touch another
-/// (a side that is punctuation may), and after a match that does not stand alone the search
-/// goes on from its next character, so that an overlapping one is not passed over.
-fn replace_words(text: &str, word: &str) -> String {
-    let continues = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
-    let (starts_word, ends_word) = (
-        continues(word.chars().next()),
-        continues(word.chars().next_back()),
-    );
-    let mut out = String::with_capacity(text.len());
-    let (mut from, mut search) = (0, 0);
-    while let Some(found) = text[search..].find(word) {
-        let at = search + found;
-        let end = at + word.len();
-        let touches = (starts_word && continues(text[..at].chars().next_back()))
-            || (ends_word && continues(text[end..].chars().next()));
-        if touches {
-            search = at + text[at..].chars().next().map_or(1, char::len_utf8);
-            continue;
-        }
-        out.push_str(&text[from..at]);
-        out.push_str(REDACTED);
-        (from, search) = (end, end);
-    }
-    out.push_str(&text[from..]);
-    out
 }
 
 /// A subscriber that keeps, for each live span, only the instance it belongs to (its own
@@ -393,17 +361,18 @@ fn level_number(level: &Level) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::text::replace_secret;
 
     #[test]
     fn a_short_secret_is_replaced_where_it_stands_alone() {
+        let r = |t: &str, w: &str| replace_secret(t, w, super::REDACTED).into_owned();
         assert_eq!(
-            replace_words("gateway with gate, gate_1 and (gate)", "gate"),
+            r("gateway with gate, gate_1 and (gate)", "gate"),
             "gateway with <redacted>, gate_1 and (<redacted>)"
         );
         // A side that is punctuation may touch a word.
-        assert_eq!(replace_words("a-k9!b", "-k9!"), "a<redacted>b");
+        assert_eq!(r("a-k9!b", "-k9!"), "a<redacted>b");
         // An overlapping match after one that does not stand alone is found.
-        assert_eq!(replace_words("Xab-ab-ab ", "ab-ab"), "Xab-<redacted> ");
+        assert_eq!(r("Xab-ab-ab ", "ab-ab"), "Xab-<redacted> ");
     }
 }

@@ -10,6 +10,63 @@
 
 use std::borrow::Cow;
 
+/// Secret values shorter than this many characters are replaced only as words of their own.
+pub const WORD_ONLY_BELOW: usize = 8;
+
+/// The forms in which a message may hold secret `value`: as it is, and as `{:?}` writes it (a
+/// `"` or `\` in a password comes out as `\"` or `\\` where a library shows its options with
+/// Debug). None for a value of fewer than 4 bytes: too short to be a secret, it would take
+/// words out of every message.
+pub fn secret_forms(value: &str) -> Vec<String> {
+    if value.len() < 4 {
+        return Vec::new();
+    }
+    let quoted = format!("{value:?}");
+    let escaped = &quoted[1..quoted.len() - 1];
+    let mut forms = vec![value.to_owned()];
+    if escaped != value {
+        forms.push(escaped.to_owned());
+    }
+    forms
+}
+
+/// `text` with `value` (a secret) written as `shown_as`. A short value, or a number, could be
+/// part of any text: it is replaced only where it stands as a word of its own (a side of it
+/// that is a letter, a digit or `_` may not touch another; a side that is punctuation may).
+/// A longer one is a secret wherever it stands (`key_<secret>`, `%40<secret>`). After a match
+/// that does not stand alone, the search goes on from its next character, so that an
+/// overlapping one is not passed over. The host's redaction of `${...}` values and a plugin
+/// library's of its secrets both use it.
+pub fn replace_secret<'a>(text: &'a str, value: &str, shown_as: &str) -> Cow<'a, str> {
+    if value.is_empty() || !text.contains(value) {
+        return Cow::Borrowed(text);
+    }
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let as_word = value.chars().count() < WORD_ONLY_BELOW
+        || value.chars().all(|c| c.is_ascii_digit() || c == '.');
+    let (starts_word, ends_word) = (
+        as_word && word(value.chars().next()),
+        as_word && word(value.chars().next_back()),
+    );
+    let mut out = String::with_capacity(text.len());
+    let (mut from, mut search) = (0, 0);
+    while let Some(found) = text[search..].find(value) {
+        let at = search + found;
+        let end = at + value.len();
+        if (starts_word && word(text[..at].chars().next_back()))
+            || (ends_word && word(text[end..].chars().next()))
+        {
+            search = at + text[at..].chars().next().map_or(1, char::len_utf8);
+            continue;
+        }
+        out.push_str(&text[from..at]);
+        out.push_str(shown_as);
+        (from, search) = (end, end);
+    }
+    out.push_str(&text[from..]);
+    Cow::Owned(out)
+}
+
 /// `text` with every control character (line breaks and tabs included), bidirectional control
 /// and line or paragraph separator escaped: for one line of a log or a terminal.
 pub fn one_line(text: &str) -> Cow<'_, str> {

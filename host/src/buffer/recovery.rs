@@ -14,7 +14,6 @@ use crate::config::BufferSettings;
 use std::{
     collections::VecDeque,
     io,
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::{atomic::Ordering, Condvar, Mutex},
 };
@@ -106,14 +105,8 @@ impl DiskBuffer {
     /// gateway may be using): the head from the ledger, and the newest segments, scanned only
     /// where the head is inside one.
     pub fn holds_unsent(dir: &Path) -> io::Result<bool> {
-        // Without waiting for a writer, should `head` be a FIFO.
-        let opened = crate::own_files::options()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(dir.join("head"));
-        let head = match opened {
-            Ok(f) if f.metadata()?.is_file() => Ledger::read(&f)?,
-            Ok(_) => return Err(io::Error::other("its head is not a regular file")),
+        let head = match crate::own_files::open_regular(&dir.join("head")) {
+            Ok(f) => Ledger::read(&f)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e),
         };

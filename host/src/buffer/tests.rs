@@ -257,10 +257,10 @@ fn a_flipped_bit_is_detected_and_garbage_files_do_not_stop_the_start() {
     b.append(&[&batch(4, 4)], 10, &never).unwrap();
     drop(b);
     let seg = segment_file(dir.path());
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let last = bytes.len() - 3;
-    bytes[last] ^= 0x10;
-    std::fs::write(&seg, &bytes).unwrap();
+    damage(&seg, |bytes| {
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x10;
+    });
     std::fs::write(
         dir.path().join("00000000000099999999.seg"),
         b"not a segment at all",
@@ -270,6 +270,13 @@ fn a_flipped_bit_is_detected_and_garbage_files_do_not_stop_the_start() {
     let b = open(dir.path());
     assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 2);
     assert_eq!(drain_all(&b, 1000), (0..4).collect::<Vec<_>>());
+}
+
+/// Changes the bytes of segment file `seg` as `f` does (damage, for a test).
+fn damage(seg: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut bytes = std::fs::read(seg).unwrap();
+    f(&mut bytes);
+    std::fs::write(seg, &bytes).unwrap();
 }
 
 /// Offsets of each record of a segment written by `fill` (records of equal size).
@@ -289,12 +296,12 @@ fn a_damaged_record_in_the_middle_costs_that_record_alone() {
     drop(b);
     let seg = segment_file(dir.path());
     let at = record_offsets(&seg, 10);
-    let mut bytes = std::fs::read(&seg).unwrap();
     // A flipped bit in the payload of record 3, and a wrecked header (its length) in record 6.
-    bytes[at[3] + 30] ^= 0x04;
-    bytes[at[6]] ^= 0xff;
-    bytes[at[6] + 1] ^= 0xff;
-    std::fs::write(&seg, &bytes).unwrap();
+    damage(&seg, |bytes| {
+        bytes[at[3] + 30] ^= 0x04;
+        bytes[at[6]] ^= 0xff;
+        bytes[at[6] + 1] ^= 0xff;
+    });
     let b = open(dir.path());
     assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 2);
     assert_eq!(b.pending(), 40, "8 intact records of 5");
@@ -643,9 +650,7 @@ fn a_flipped_bit_in_a_segments_magic_costs_no_record() {
     fill(&b, 8, 10);
     drop(b);
     let seg = segment_file(dir.path());
-    let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[0] ^= 0x01;
-    std::fs::write(&seg, &bytes).unwrap();
+    damage(&seg, |bytes| bytes[0] ^= 0x01);
     let b = open(dir.path());
     assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 0);
     assert_same(&drain_all(&b, 1000), &(0..80).collect::<Vec<i64>>());
@@ -679,9 +684,9 @@ fn a_lost_first_page_costs_only_the_records_on_it() {
     fill(&b, 10, 5);
     drop(b);
     let seg = segment_file(dir.path());
-    let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[..segment::MAGIC.len() + segment::HEADER + 10].fill(0);
-    std::fs::write(&seg, &bytes).unwrap();
+    damage(&seg, |bytes| {
+        bytes[..segment::MAGIC.len() + segment::HEADER + 10].fill(0)
+    });
     let b = open(dir.path());
     assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 1);
     assert_same(&drain_all(&b, 1000), &(5..50).collect::<Vec<i64>>());

@@ -237,7 +237,7 @@ pub fn substitute_value(
 /// as a message may quote it escaped (serde shows a string with `{:?}`: a `"` or `\` in a
 /// password comes out as `\"` or `\\`).
 ///
-/// A value shorter than [`WORD_ONLY_BELOW`] characters, or a number, that starts (ends) with
+/// A value shorter than [`gateway_sdk::text::WORD_ONLY_BELOW`] characters, or a number, that starts (ends) with
 /// a letter, digit or `_` is replaced only where the text before (after) it is not one: a port
 /// such as `5684` is replaced in `0.0.0.0:5684` but not inside `156842`, a name `gateway` in
 /// `user gateway` but not in `gateway_host`. A longer value is replaced wherever it stands.
@@ -247,59 +247,29 @@ pub fn redact(msg: &str, secrets: &[Secret]) -> String {
 
 /// The forms of each secret a message may hold, with what to show instead, the longest first.
 fn forms(secrets: &[Secret]) -> Vec<(String, String)> {
-    let mut forms = Vec::new();
-    for s in secrets.iter().filter(|s| s.value.len() >= 4) {
-        let quoted = format!("{:?}", s.value);
-        let escaped = &quoted[1..quoted.len() - 1];
-        if escaped != s.value {
-            forms.push((escaped.to_owned(), s.shown_as.clone()));
-        }
-        forms.push((s.value.clone(), s.shown_as.clone()));
-    }
+    let mut forms: Vec<(String, String)> = secrets
+        .iter()
+        .flat_map(|s| {
+            gateway_sdk::text::secret_forms(&s.value)
+                .into_iter()
+                .map(|f| (f, s.shown_as.clone()))
+        })
+        .collect();
     forms.sort_by_key(|f| std::cmp::Reverse(f.0.len()));
     forms
 }
 
-/// Values shorter than this many characters are replaced only as words of their own.
-const WORD_ONLY_BELOW: usize = 8;
-
-/// A character that continues a word: a value next to one is part of a longer word.
-fn word(c: Option<char>) -> bool {
-    c.is_some_and(|c| c.is_alphanumeric() || c == '_')
-}
-
 fn replace_forms<'a>(msg: &'a str, forms: &[(String, String)]) -> Cow<'a, str> {
-    let mut out = Cow::Borrowed(msg);
-    for (value, shown_as) in forms {
-        if !out.contains(value.as_str()) {
-            continue;
-        }
-        // A short value, or a number, could be part of any text: it is replaced only as a word
-        // of its own. A longer one is a secret wherever it stands (`key_<secret>`, `%40<secret>`).
-        let as_word = value.chars().count() < WORD_ONLY_BELOW
-            || value.chars().all(|c| c.is_ascii_digit() || c == '.');
-        let (starts_word, ends_word) = (
-            as_word && word(value.chars().next()),
-            as_word && word(value.chars().last()),
-        );
-        let mut replaced = String::with_capacity(out.len());
-        let mut from = 0;
-        for (at, _) in out.match_indices(value.as_str()) {
-            let end = at + value.len();
-            if at < from
-                || (starts_word && word(out[..at].chars().next_back()))
-                || (ends_word && word(out[end..].chars().next()))
+    forms
+        .iter()
+        .fold(
+            Cow::Borrowed(msg),
+            |out, (value, shown_as)| match gateway_sdk::text::replace_secret(&out, value, shown_as)
             {
-                continue;
-            }
-            replaced.push_str(&out[from..at]);
-            replaced.push_str(shown_as);
-            from = end;
-        }
-        replaced.push_str(&out[from..]);
-        out = Cow::Owned(replaced);
-    }
-    out
+                Cow::Borrowed(_) => out,
+                Cow::Owned(r) => Cow::Owned(r),
+            },
+        )
 }
 
 #[cfg(test)]

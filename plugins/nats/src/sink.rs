@@ -67,10 +67,7 @@ pub fn msg_id(key: &hmac::Key, r: &Reading) -> String {
 /// whole or not at all: written to a file of its own first, then linked into place, which
 /// fails if another open (the instance a reload builds, say) made it first.
 fn msg_id_key(dir: &std::path::Path) -> Result<hmac::Key, PluginError> {
-    use std::{
-        io::{Read as _, Write as _},
-        os::unix::fs::OpenOptionsExt,
-    };
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt};
     let path = dir.join("msg-id.key");
     let read = || {
         let mut bytes = Vec::new();
@@ -90,39 +87,20 @@ fn msg_id_key(dir: &std::path::Path) -> Result<hmac::Key, PluginError> {
     let bytes = match read() {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut fresh = [0u8; 32];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+            // The key, and a name of this open's own for the file it is written to first: two
+            // opens in one process (the harness's tests, an instance a reload builds) must not
+            // share it.
+            let mut random = [0u8; 40];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
                 .map_err(|_| cannot(&"no random bytes"))?;
-            // A name of this open's own: two opens in one process (the harness's tests, an
-            // instance a reload builds) must not share it.
-            let mut nonce = [0u8; 8];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-                .map_err(|_| cannot(&"no random bytes"))?;
+            let (key, nonce) = random.split_at(32);
             let tmp = dir.join(format!(
                 ".msg-id.key.{}.{:016x}",
                 std::process::id(),
-                u64::from_ne_bytes(nonce)
+                u64::from_ne_bytes(nonce.try_into().expect("8 bytes"))
             ));
-            let written = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .mode(0o600)
-                .open(&tmp)
-                .and_then(|mut f| f.write_all(&fresh).and_then(|()| f.sync_all()));
-            if let Err(e) = written {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(cannot(&e));
-            }
-            let linked = std::fs::hard_link(&tmp, &path);
-            let _ = std::fs::remove_file(&tmp);
-            match linked {
-                Ok(()) => {
-                    std::fs::File::open(dir)
-                        .and_then(|d| d.sync_all())
-                        .map_err(|e| cannot(&e))?;
-                    fresh.to_vec()
-                }
+            match link_new(dir, &tmp, &path, key) {
+                Ok(()) => key.to_vec(),
                 // Made meanwhile by another open: that one is the key.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     read().map_err(|e| cannot(&e))?
@@ -139,6 +117,29 @@ fn msg_id_key(dir: &std::path::Path) -> Result<hmac::Key, PluginError> {
         )));
     }
     Ok(hmac::Key::new(hmac::HMAC_SHA256, &bytes))
+}
+
+/// Writes `key` to `tmp` (a new file of this open's own, in `dir`), synced, and links it as
+/// `path`: the key is there whole or not at all. `AlreadyExists` if another open made `path`
+/// first. `tmp` is gone afterwards either way.
+fn link_new(
+    dir: &std::path::Path,
+    tmp: &std::path::Path,
+    path: &std::path::Path,
+    key: &[u8],
+) -> std::io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt};
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(tmp)
+        .and_then(|mut f| f.write_all(key).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::hard_link(tmp, path));
+    let _ = std::fs::remove_file(tmp);
+    made?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Bytes of a message's header block with `id` as its only header: `NATS/1.0\r\n`,

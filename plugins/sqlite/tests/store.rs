@@ -176,32 +176,26 @@ fn a_reading_a_rule_added_to_the_table_refuses_is_refused_not_skipped() {
     drop(s);
     // A table remade by hand without the key that tells a re-delivery from a new reading is
     // named at open, not retried at every write.
-    let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute_batch("CREATE TABLE r2 AS SELECT * FROM readings; DROP TABLE readings; ALTER TABLE r2 RENAME TO readings;")
-        .unwrap();
-    drop(c);
-    let e = SinkHarness::new::<Sqlite>(&cfg(&path))
-        .and_then(|mut s| s.write(batch[..1].to_vec()))
-        .unwrap_err();
+    let change = |sql: &str| {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap()
+    };
+    let first_write =
+        || SinkHarness::new::<Sqlite>(&cfg(&path)).and_then(|mut s| s.write(batch[..1].to_vec()));
+    change("CREATE TABLE r2 AS SELECT * FROM readings; DROP TABLE readings; ALTER TABLE r2 RENAME TO readings;");
+    let e = first_write().unwrap_err();
     assert_eq!(e.kind, ErrorKind::FATAL, "{e}");
     assert!(e.message().contains("no unique key on (id, device)"), "{e}");
     // Nor is a key of `id` twice, which ON CONFLICT (id, device) would take: another device's
     // reading of the same id would be skipped.
-    let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute_batch("CREATE UNIQUE INDEX twice ON readings (id, ID)")
-        .unwrap();
-    drop(c);
-    let e = SinkHarness::new::<Sqlite>(&cfg(&path))
-        .and_then(|mut s| s.write(batch[..1].to_vec()))
-        .unwrap_err();
+    change("CREATE UNIQUE INDEX twice ON readings (id, ID)");
+    let e = first_write().unwrap_err();
     assert!(e.message().contains("no unique key on (id, device)"), "{e}");
     // A key the table's own spelling names (`Device`, `ID`) is one.
-    let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute_batch("CREATE UNIQUE INDEX spelled ON readings (Device, ID)")
-        .unwrap();
-    drop(c);
-    let mut s = SinkHarness::new::<Sqlite>(&cfg(&path)).unwrap();
-    s.write(batch[..1].to_vec()).unwrap();
+    change("CREATE UNIQUE INDEX spelled ON readings (Device, ID)");
+    first_write().unwrap();
 }
 
 #[test]
