@@ -236,6 +236,9 @@ pub struct Server {
     lobby: Lobby,
     /// Set when a handshake slot may have freed: the lobby is looked at.
     slot_freed: bool,
+    /// When `handle_timeout` last looked at the lobby: every handshake stalled by then was
+    /// weighed for the first in line.
+    lobby_weighed: Option<Instant>,
     /// No established session can be idle before this (the idle scan is skipped until then).
     idle_check: Option<Instant>,
     /// Established sessions per identity.
@@ -335,6 +338,7 @@ impl Server {
             out: VecDeque::new(),
             lobby: Lobby::new(LOBBY_CAPACITY),
             slot_freed: false,
+            lobby_weighed: None,
             idle_check: None,
             per_identity: HashMap::new(),
             gone: VecDeque::new(),
@@ -421,6 +425,7 @@ impl Server {
         // A handshake may have stalled (and may now make room), or a waiting device given up.
         self.slot_freed = true;
         self.serve_lobby(now);
+        self.lobby_weighed = Some(now);
     }
 
     /// Ends `peer`'s session: the certificate of its identity has expired.
@@ -567,9 +572,13 @@ impl Server {
             if let Some(d) = s.timeout() {
                 at(now + d);
             }
-            if !self.lobby.is_empty() {
-                // When it stalls, it may make room for a waiting device.
-                at(s.last_progress() + STALLED_AFTER);
+            // When it stalls, it may make room for a waiting device. A stall the lobby was
+            // already weighed after weighs the same until something else changes (which has a
+            // timer or a datagram of its own): waking for it again would wake at once, for
+            // ever, while the first in line waits on its own host's limit.
+            let stalls = s.last_progress() + STALLED_AFTER;
+            if !self.lobby.is_empty() && self.lobby_weighed.is_none_or(|w| stalls > w) {
+                at(stalls);
             }
         }
         if let Some(t) = self.lobby.next_expiry(self.cfg.handshake_timeout) {

@@ -668,6 +668,55 @@ fn a_stalled_handshake_makes_room_after_750_ms() {
     assert_eq!(net.stat(|s| &s.failures[2]), 1, "it timed out");
 }
 
+/// A handshake of another host that stalled frees no slot for the device first in line, whose
+/// own host is at its limit: the server waits for what can change that (here the stall of its
+/// host's own handshake), instead of waking again at once, for ever (a worker's core spent).
+#[test]
+fn a_stall_that_frees_no_slot_for_the_first_in_line_does_not_wake_the_server_again_and_again() {
+    let pki = Pki::devices(&["pi-01", "pi-02", "stall"]);
+    let mut cfg = pki.server_config();
+    cfg.max_handshakes = 3;
+    cfg.max_handshakes_per_address = 1;
+    let mut net = Net::new(cfg);
+    // From 192.0.2.8: a handshake passes the cookie exchange, and its peer goes silent.
+    let mut c = pki.device("stall");
+    c.request(net.now, request(RequestType::Post, "r", None, vec![]), T);
+    assert_eq!(c.poll_transmit(), Some(Transmit::Connect));
+    let Some(Transmit::Datagram(hello)) = c.poll_transmit() else {
+        panic!("a ClientHello")
+    };
+    let from = SocketAddr::from(([192, 0, 2, 8], 1));
+    net.server.handle(net.now, from, &hello);
+    let (_, hvr) = net.server.poll_transmit().unwrap();
+    c.handle(net.now, &hvr);
+    let Some(Transmit::Datagram(with_cookie)) = c.poll_transmit() else {
+        panic!("the ClientHello with its cookie")
+    };
+    net.server.handle(net.now, from, &with_cookie);
+    while net.server.poll_transmit().is_some() {}
+    assert_eq!(net.server.sessions(), (0, 1));
+    net.advance(Duration::from_millis(800));
+    // Then pi-01 (10.0.0.1) starts a handshake and goes silent; pi-02, from the same host,
+    // waits in the lobby.
+    let a = net.add(pki.device("pi-01"));
+    net.devices[a].budget = Some(2);
+    net.post(a, b"x", T);
+    let b = net.add(pki.device("pi-02"));
+    let tag = net.post(b, b"y", T);
+    assert_eq!(net.server.waiting(), 1);
+    assert_eq!(net.server.sessions(), (0, 2));
+    net.server.handle_timeout(net.now);
+    let next = net.server.poll_timeout(net.now).expect("a timer");
+    assert!(
+        next > net.now,
+        "the stall at 192.0.2.8 was weighed already: nothing to do now"
+    );
+    // pi-01's own stall, 750 ms on, gives its slot to pi-02.
+    net.advance(Duration::from_millis(800));
+    assert!(net.changed(b, tag), "{:?}", net.result(b, tag));
+    assert_eq!(net.server.waiting(), 0);
+}
+
 #[test]
 fn a_slow_device_that_gave_up_its_slot_still_gets_in_when_it_answers() {
     let pki = Pki::devices(&["pi-01", "slow"]);
