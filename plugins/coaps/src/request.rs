@@ -11,7 +11,7 @@
 
 use gateway_coap::{
     coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType},
-    encode_uint, path_of, response, retry_later, ContentFormat,
+    encode_uint, response, retry_later, ContentFormat,
 };
 use gateway_sdk::{ErrorKind, Label, PluginError, Reading, Timestamp};
 use gateway_senml as senml;
@@ -87,18 +87,30 @@ pub enum Route {
 
 /// Routes a request by path and method. `path` is the readings resource, without slashes
 /// around it.
+///
+/// The request's Uri-Path options are taken one by one, never joined and split again: a
+/// device or sensor name may hold a `/` (a PSK identity, a name from a third party's CA), and
+/// `plant-3`'s sensor `pi-07` must not be the device `plant-3/pi-07`.
 pub fn route(req: &Packet, path: &str) -> Result<Route, Refused> {
     let MessageClass::Request(method) = req.header.code else {
         return Err(Refused::bad(ResponseType::BadRequest, "not a request"));
     };
-    let target = path_of(req);
-    if target == ".well-known/core" {
+    let target: Vec<String> = req
+        .get_option(CoapOption::UriPath)
+        .map(|l| {
+            l.iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if target == [".well-known", "core"] {
         if method != RequestType::Get {
             return Err(Refused::bad(ResponseType::MethodNotAllowed, "GET only"));
         }
         return Ok(Route::Discovery);
     }
-    if target == path {
+    let base: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if target == base {
         if method != RequestType::Post {
             return Err(Refused::bad(
                 ResponseType::MethodNotAllowed,
@@ -107,29 +119,29 @@ pub fn route(req: &Packet, path: &str) -> Result<Route, Refused> {
         }
         return Ok(Route::Readings);
     }
-    let below: Vec<&str> = match target.strip_prefix(path).and_then(|t| t.strip_prefix('/')) {
-        Some(rest) => rest.split('/').collect(),
+    let below = match target.get(..base.len()).filter(|head| *head == base) {
+        Some(_) => &target[base.len()..],
         None => return Err(Refused::bad(ResponseType::NotFound, "no such resource")),
     };
-    match (below.as_slice(), method) {
+    match (below, method) {
         ([device], RequestType::Get) => Ok(Route::Latest {
-            device: (*device).to_owned(),
+            device: device.clone(),
             sensor: None,
         }),
         ([device], RequestType::Delete) => Ok(Route::Forget {
-            device: (*device).to_owned(),
+            device: device.clone(),
         }),
         ([_], _) => Err(Refused::bad(
             ResponseType::MethodNotAllowed,
             "GET or DELETE only (POST readings to the collection)",
         )),
         ([device, sensor], RequestType::Get) => Ok(Route::Latest {
-            device: (*device).to_owned(),
-            sensor: Some((*sensor).to_owned()),
+            device: device.clone(),
+            sensor: Some(sensor.clone()),
         }),
         ([device, sensor], RequestType::Put) => Ok(Route::Put {
-            device: (*device).to_owned(),
-            sensor: (*sensor).to_owned(),
+            device: device.clone(),
+            sensor: sensor.clone(),
         }),
         ([_, _], _) => Err(Refused::bad(
             ResponseType::MethodNotAllowed,
@@ -139,12 +151,32 @@ pub fn route(req: &Packet, path: &str) -> Result<Route, Refused> {
     }
 }
 
+/// `name` as one segment of a URI path (RFC 3986): every byte but the unreserved characters
+/// percent-encoded, so that a `/` stays in its segment and a `>`, `,` or `"` cannot end a
+/// link of a discovery answer early.
+fn segment(name: &str) -> std::borrow::Cow<'_, str> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    if name.bytes().all(plain) {
+        return name.into();
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for b in name.bytes() {
+        if plain(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.into()
+}
+
 /// The answer to `GET /.well-known/core` (RFC 6690): the readings collection, and the last
 /// readings of each device in `devices` (those the peer may read).
 pub fn discovery(path: &str, devices: &[String]) -> Packet {
     let (j, c) = (ContentFormat::SENML_JSON.0, ContentFormat::SENML_CBOR.0);
     let mut links = format!("</{path}>;rt=\"senml\";ct=\"{j} {c}\";if=\"core.b\"");
     for d in devices {
+        let d = segment(d);
         links += &format!(",</{path}/{d}>;rt=\"senml.latest\";ct=\"{j} {c}\";if=\"core.rp\";obs");
     }
     let mut r = response(ResponseType::Content, &links);
@@ -388,6 +420,63 @@ mod tests {
             "</gpsflowtemp>;rt=\"senml\";ct=\"110 112\";if=\"core.b\",</gpsflowtemp/pi-01>;rt=\"senml.latest\";ct=\"110 112\";if=\"core.rp\";obs"
         );
         assert!(route(&post(".well-known/core"), "gpsflowtemp").is_err());
+    }
+
+    /// Found in an audit: the path was joined with `/` and split again, so device `plant-3`'s
+    /// sensor `pi-07` and the device `plant-3/pi-07` were one resource, and a reader of the
+    /// second was served the first's readings.
+    #[test]
+    fn a_slash_in_a_name_stays_in_its_segment() {
+        let with = |m: RequestType, segments: &[&str]| {
+            let mut p = request(m, "", None, vec![]);
+            for s in segments {
+                p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+            }
+            p
+        };
+        assert_eq!(
+            route(
+                &with(RequestType::Get, &["gpsflowtemp", "plant-3/pi-07"]),
+                "gpsflowtemp"
+            )
+            .unwrap(),
+            Route::Latest {
+                device: "plant-3/pi-07".into(),
+                sensor: None
+            }
+        );
+        assert_eq!(
+            route(
+                &with(RequestType::Put, &["gpsflowtemp", "plant-3", "pi-07/t"]),
+                "gpsflowtemp"
+            )
+            .unwrap(),
+            Route::Put {
+                device: "plant-3".into(),
+                sensor: "pi-07/t".into()
+            }
+        );
+        // One segment that reads like the collection's path is not the collection.
+        let e = route(&with(RequestType::Post, &["a/b"]), "a/b").unwrap_err();
+        assert_eq!(code(&e.reply), Code::new(4, 4));
+        assert_eq!(
+            route(&with(RequestType::Post, &["a", "b"]), "a/b").unwrap(),
+            Route::Readings
+        );
+        assert_eq!(
+            route(&with(RequestType::Get, &[".well-known/core"]), "x")
+                .unwrap_err()
+                .reply
+                .header
+                .code,
+            MessageClass::Response(ResponseType::NotFound)
+        );
+        // Discovery names each device by one segment, and nothing in a name ends its link.
+        let r = discovery("p", &["plant-3/pi-07".into(), "x>,<y\"\u{e9}".into()]);
+        let links = String::from_utf8(r.payload).unwrap();
+        assert!(links.contains("</p/plant-3%2Fpi-07>;"), "{links}");
+        assert!(links.contains("</p/x%3E%2C%3Cy%22%C3%A9>;"), "{links}");
+        assert_eq!(links.matches('<').count(), 3, "{links}");
     }
 
     #[test]
