@@ -436,6 +436,74 @@ fn a_revoked_device_certificate_is_refused() {
     assert_eq!(identity_of(&other), "1 Some(\"pi-02\")");
 }
 
+/// Found in an audit: OpenSSL's CRL check looked at the device's own certificate only, so a
+/// sub-CA revoked in the root's CRL (its key stolen: it mints any device name) still let the
+/// devices it issued in. A sub-CA that is not revoked still does.
+#[test]
+fn a_device_of_a_revoked_intermediate_ca_is_refused() {
+    let pki = Pki::new();
+    let (ca, ca_key) = read_pair(&pki.path("ca.pem"), &pki.path("ca.key")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut crls = Vec::new();
+    let mut subs = Vec::new();
+    for (n, sub_name) in ["Lost Sub CA", "Kept Sub CA"].into_iter().enumerate() {
+        let sub_key = new_key().unwrap();
+        let sub = issue_between(
+            sub_name,
+            &sub_key,
+            Kind::Ca,
+            Some((&ca, &ca_key)),
+            now - 60,
+            now + 30 * 86_400,
+        )
+        .unwrap();
+        let name = format!("pi-0{}", n + 4);
+        let key = new_key().unwrap();
+        let cert = issue_between(
+            &name,
+            &key,
+            Kind::Device,
+            Some((&sub, &sub_key)),
+            now - 60,
+            now + 30 * 86_400,
+        )
+        .unwrap();
+        let mut pem = cert.to_pem().unwrap();
+        pem.extend(sub.to_pem().unwrap());
+        std::fs::write(pki.path(&format!("{name}.pem")), pem).unwrap();
+        write_key(&pki.path(&format!("{name}.key")), &key).unwrap();
+        // Each sub-CA's own CRL revokes nothing.
+        let path = pki.path(&format!("sub-{n}.crl"));
+        revoke(&path, &sub, &sub_key, &[], 30).unwrap();
+        crls.push(std::fs::read(&path).unwrap());
+        subs.push(sub);
+    }
+    // The root's revokes the lost sub-CA.
+    revoke(&pki.path("root.crl"), &ca, &ca_key, &[&subs[0]], 30).unwrap();
+    crls.push(std::fs::read(pki.path("root.crl")).unwrap());
+    std::fs::write(pki.path("crl.pem"), crls.concat()).unwrap();
+
+    let mut opts = mutual(&pki);
+    opts.server.tls.client_crl_file = Some(pki.path("crl.pem"));
+    let mut server = Server::start(opts).unwrap();
+    let requests = std::mem::replace(&mut server.requests, std::sync::mpsc::sync_channel(0).1);
+    let c = Client::start(device(server.local_addr, &pki, "pi-04")).unwrap();
+    match c.request(post(b"x".to_vec()), Duration::from_secs(3)) {
+        Err(RequestError::Dtls(DtlsError::Handshake(why))) => {
+            assert!(why.contains("revoked"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(requests.try_recv().is_err());
+    server.requests = requests;
+    let _app = serve(&mut server);
+    let kept = Client::start(device(server.local_addr, &pki, "pi-05")).unwrap();
+    assert_eq!(identity_of(&kept), "1 Some(\"pi-05\")");
+}
+
 /// Feeds what `sock` receives into `s` and sends what `s` says, until `done(received)` holds.
 fn pump(sock: &UdpSocket, s: &mut Session, done: impl Fn(&Session, usize) -> bool) {
     sock.set_read_timeout(Some(Duration::from_millis(20)))

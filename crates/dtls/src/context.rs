@@ -263,11 +263,11 @@ pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
             .map_err(|e| cfg_err(&format!("ca_file {}", ca.display()), reasons(&e)))?;
         // The CA file is read whole here; the system's trust store (below) is a directory
         // read as it goes, and is verified by OpenSSL every time.
-        let crls_until = match &s.crl_file {
+        let crls = match &s.crl_file {
             Some(path) => add_crls(&mut b, "crl_file", path)?,
-            None => None,
+            None => Vec::new(),
         };
-        crate::verified::install(&mut b, crls_until, true);
+        crate::verified::install(&mut b, crls, true);
     } else if s.crl_file.is_some() {
         return Err(DtlsError::Config(
             "crl_file needs ca_file (the CA whose revocations it lists)".into(),
@@ -310,13 +310,14 @@ pub fn client_context(s: &ClientSettings) -> Result<SslContext, DtlsError> {
 }
 
 /// Reads the CRLs of `path` (setting `key`) into the context's verify store and turns CRL
-/// checking on for the peer's certificate; returns the earliest next update of them (what
-/// bounds the verdicts the context keeps).
+/// checking on for the peer's certificate; returns them (the earliest next update of them
+/// bounds the verdicts the context keeps, and [`crate::verified`] checks the chain's CA
+/// certificates against them).
 fn add_crls(
     b: &mut openssl::ssl::SslContextBuilder,
     key: &str,
     path: &std::path::Path,
-) -> Result<Option<i64>, DtlsError> {
+) -> Result<Vec<openssl::x509::X509Crl>, DtlsError> {
     let crls = certs::read_crls(key, path)?;
     let store = b.cert_store_mut();
     for crl in &crls {
@@ -331,7 +332,7 @@ fn add_crls(
     store
         .set_flags(X509VerifyFlags::CRL_CHECK)
         .map_err(|e| cfg_err("CRL checking", e))?;
-    Ok(crate::verified::crls_until(&crls))
+    Ok(crls)
 }
 
 /// Builds the server context.
@@ -388,11 +389,11 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
         }
         b.set_verify(mode);
         // Read once: what the store checks is what bounds the verdicts kept on it.
-        let crls_until = match &s.client_crl_file {
+        let crls = match &s.client_crl_file {
             Some(path) => add_crls(&mut b, "client_crl_file", path)?,
-            None => None,
+            None => Vec::new(),
         };
-        crate::verified::install(&mut b, crls_until, false);
+        crate::verified::install(&mut b, crls, false);
     } else if s.require_client_cert {
         return Err(DtlsError::Config(
             "require_client_cert needs client_ca_file".into(),

@@ -24,7 +24,7 @@ use openssl::{
     asn1::{Asn1Time, Asn1TimeRef},
     ssl::SslContextBuilder,
     stack::{Stack, StackRef},
-    x509::{X509Ref, X509StoreContext, X509StoreContextRef, X509},
+    x509::{CrlStatus, X509Crl, X509Ref, X509StoreContext, X509StoreContextRef, X509},
 };
 use openssl_sys::{stack_st_X509, SSL_CTX, X509 as RAW_X509, X509_STORE_CTX};
 use ring::digest;
@@ -55,12 +55,13 @@ const MAX_AGE_S: i64 = 3600;
 const LIMIT: usize = 65_536;
 
 /// The chains verified under one context (a server's, or a client's with a CA file).
-#[derive(Debug)]
 pub(crate) struct Verified {
     /// By the SHA-256 of the chain the device sent.
     verdicts: Mutex<HashMap<[u8; 32], Verdict>>,
     /// The earliest `nextUpdate` of the context's CRLs (Unix seconds), if any.
     crls_until: Option<i64>,
+    /// The context's CRLs, for the CA certificates of a chain (see [`ca_revoked`]).
+    crls: Vec<X509Crl>,
     /// A client context: the name each connection checks is part of the key.
     client: bool,
     /// Handshakes that reused a verdict; shared with a server's [`crate::server::Stats`].
@@ -89,11 +90,13 @@ fn index() -> openssl::ex_data::Index<openssl::ssl::SslContext, Verified> {
     *IDX.get_or_init(|| openssl::ssl::SslContext::new_ex_index().expect("ex index"))
 }
 
-/// Verify the peers' chains through a cache of verdicts from now on; `crls_until` is the
-/// earliest `nextUpdate` of the CRLs the context checks (Unix seconds); `client` for a client
-/// context, whose verdicts are also keyed by each connection's [`expected_name`].
-pub(crate) fn install(b: &mut SslContextBuilder, crls_until: Option<i64>, client: bool) {
-    b.set_ex_data(index(), Verified::new(crls_until, client));
+/// Verify the peers' chains through a cache of verdicts from now on; `crls` are the CRLs the
+/// context checks; `client` for a client context, whose verdicts are also keyed by each
+/// connection's [`expected_name`].
+pub(crate) fn install(b: &mut SslContextBuilder, crls: Vec<X509Crl>, client: bool) {
+    let mut v = Verified::new(crls_until(&crls), client);
+    v.crls = crls;
+    b.set_ex_data(index(), v);
     // SAFETY: a valid SSL_CTX; the callback finds its cache through the SSL it verifies for.
     unsafe { SSL_CTX_set_cert_verify_callback(b.as_ptr(), Some(verify), std::ptr::null_mut()) };
 }
@@ -118,10 +121,34 @@ pub(crate) fn unix(t: &Asn1TimeRef) -> Option<i64> {
 }
 
 /// The earliest `nextUpdate` (Unix seconds) of `crls`, if any has one.
-pub(crate) fn crls_until(crls: &[openssl::x509::X509Crl]) -> Option<i64> {
+fn crls_until(crls: &[X509Crl]) -> Option<i64> {
     crls.iter()
         .filter_map(|crl| crl.next_update().and_then(unix))
         .min()
+}
+
+/// Whether a CA certificate of the verified `chain` (leaf first) is revoked by one of `crls`
+/// its issuer signed. OpenSSL's `X509_V_FLAG_CRL_CHECK` looks at the leaf alone, and
+/// `CRL_CHECK_ALL` refuses every chain with a CA whose issuer has no CRL in the file: with
+/// this, an intermediate CA revoked in its issuer's CRL lets no certificate it issued in (a
+/// stolen sub-CA key mints any device name), and a file without such a CRL checks as before.
+fn ca_revoked(chain: &StackRef<X509>, crls: &[X509Crl]) -> bool {
+    if crls.is_empty() {
+        return false;
+    }
+    let chain: Vec<&X509Ref> = chain.iter().collect();
+    chain.windows(2).skip(1).any(|pair| {
+        let (ca, issuer) = (pair[0], pair[1]);
+        let Ok(key) = issuer.public_key() else {
+            return false;
+        };
+        crls.iter()
+            .filter(|crl| {
+                crl.issuer_name().try_cmp(ca.issuer_name()).ok() == Some(std::cmp::Ordering::Equal)
+            })
+            .filter(|crl| crl.verify(&key).unwrap_or(false))
+            .any(|crl| matches!(crl.get_by_serial(ca.serial_number()), CrlStatus::Revoked(_)))
+    })
 }
 
 fn unix_now() -> i64 {
@@ -149,6 +176,7 @@ impl Verified {
         Verified {
             verdicts: Mutex::new(HashMap::new()),
             crls_until,
+            crls: Vec::new(),
             client,
             reused: Arc::default(),
         }
@@ -238,6 +266,13 @@ impl Verified {
         }
         // SAFETY: the store context OpenSSL set up for this verification.
         let ok = unsafe { openssl_sys::X509_verify_cert(raw) };
+        if ok == 1 && ctx.chain().is_some_and(|c| ca_revoked(c, &self.crls)) {
+            // SAFETY: as above.
+            unsafe {
+                openssl_sys::X509_STORE_CTX_set_error(raw, openssl_sys::X509_V_ERR_CERT_REVOKED)
+            };
+            return 0;
+        }
         if ok == 1 && ctx.error() == openssl::x509::X509VerifyResult::OK {
             if let (Some(key), Some(chain)) = (key, ctx.chain()) {
                 self.keep(key, chain, now);
