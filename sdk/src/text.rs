@@ -79,11 +79,12 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     escape(text, |c| c == '\n' || c == '\t')
 }
 
-/// Whether `c` is escaped: a control character, or one that reorders or breaks a line (U+200E,
-/// U+200F, U+2028 to U+202E, U+2066 to U+2069).
+/// Whether `c` is escaped: a control character, or one that reorders or breaks a line (U+061C,
+/// U+200E, U+200F, U+2028 to U+202E, U+2066 to U+2069: Unicode's Bidi_Control set and the
+/// line and paragraph separators).
 pub fn is_unsafe(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 fn escape(text: &str, keep: impl Fn(char) -> bool) -> Cow<'_, str> {
@@ -114,6 +115,8 @@ mod tests {
             one_line("a\u{1b}]52;c;ZXZpbA==\u{7}b\nINFO x\r\u{202e}y\u{2028}\u{2066}\u{9b}\u{0e}"),
             "a\\u{1b}]52;c;ZXZpbA==\\u{7}b\\nINFO x\\r\\u{202e}y\\u{2028}\\u{2066}\\u{9b}\\u{e}"
         );
+        // The Arabic letter mark reorders as U+200F does.
+        assert_eq!(one_line("pi-\u{61c}01"), "pi-\\u{61c}01");
         assert_eq!(printable("a\n\tb\r\u{1b}[2J"), "a\n\tb\\r\\u{1b}[2J");
         // Quotes and backslashes are text, not escapes.
         assert_eq!(one_line(r#"say "\n""#), r#"say "\n""#);

@@ -103,6 +103,7 @@ mod tests {
             " pi-01",
             "pi-01\u{A0}",
             "\u{3000}pi-01",
+            "pi-\u{61C}01",
         ] {
             assert!(!valid_identity(bad), "{bad:?}");
         }

@@ -29,7 +29,7 @@ pub const MAX_IDENTITY: usize = 254;
 /// lossy conversion of bytes that are not text leaves, so two names could become one), and no
 /// white space at either end (MySQL's and MariaDB's PAD SPACE collations, `utf8mb4_bin`
 /// among them, compare `victim ` equal to `victim`: its rows would answer for the victim's).
-/// No bidirectional control or line separator either (U+200E, U+200F, U+2028 to U+202E,
+/// No bidirectional control or line separator either (U+061C, U+200E, U+200F, U+2028 to U+202E,
 /// U+2066 to U+2069: `pi-\u{202e}10` shows as another name than it is; the SenML decoders
 /// refuse them in names too, as `gateway_sdk::text::is_unsafe` says).
 /// The DTLS server gives a peer whose certificate's common name is not one no identity.
@@ -40,7 +40,7 @@ pub fn valid_identity(id: &str) -> bool {
         && !id.chars().any(|c| {
             c.is_control()
                 || c == '\u{FFFD}'
-                || matches!(c, '\u{200E}' | '\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+                || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
         })
 }
 

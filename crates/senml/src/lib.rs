@@ -116,11 +116,12 @@ pub enum DecodeError {
 
 /// Whether `s` holds a control character (C0, DEL or C1) or one that reorders or breaks text
 /// ([`gateway_sdk::text::is_unsafe`]). Bytes first: a C1 character is encoded with a leading
-/// 0xC2, the others with a leading 0xE2, which names seldom hold.
+/// 0xC2, U+061C with 0xD8, the others with a leading 0xE2, which names seldom hold.
 pub(crate) fn has_control(s: &str) -> bool {
     let b = s.as_bytes();
     b.iter().any(|&c| c < 0x20 || c == 0x7f)
-        || ((b.contains(&0xc2) || b.contains(&0xe2)) && s.chars().any(gateway_sdk::text::is_unsafe))
+        || ((b.contains(&0xc2) || b.contains(&0xd8) || b.contains(&0xe2))
+            && s.chars().any(gateway_sdk::text::is_unsafe))
 }
 
 /// Appends `value` to `out` as one token of a topic or subject (the MQTT and NATS sinks), so

@@ -307,6 +307,7 @@ fn non_finite_values_and_control_characters_in_names_are_refused() {
         (r#"[{"n":"s/x\u202e1.0","v":1}]"#, "n"),
         (r#"[{"bn":"d\u2028:","n":"s/x","v":1}]"#, "bn"),
         (r#"[{"n":"s/x","u":"\u2066Cel\u2069","v":1}]"#, "u"),
+        (r#"[{"n":"s/x\u061c1","v":1}]"#, "n"),
     ] {
         assert_eq!(
             decode_json(pack.as_bytes(), 10, NOW, "d").unwrap_err(),
