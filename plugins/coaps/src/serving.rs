@@ -195,13 +195,11 @@ impl Weighed for Held {
             .readings
             .first()
             .map_or_else(|| gateway_sdk::Label::from(""), |r| r.device.clone());
-        let host = (device.as_str() == request::ANONYMOUS).then(|| match self.peer.ip() {
-            std::net::IpAddr::V6(a) => {
-                let s = a.segments();
-                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-            v4 => v4,
-        });
+        // A host as the handshake limits count it: an IPv6 /64, or the IPv4 address of a
+        // mapped one (on a dual-stack listener every IPv4 peer comes as ::ffff:a.b.c.d, and
+        // its /64 would make all of them one owner).
+        let host = (device.as_str() == request::ANONYMOUS)
+            .then(|| gateway_dtls::admission::host_of(self.peer.ip()));
         (device, host)
     }
 }
@@ -679,5 +677,53 @@ impl Handler for Serving<'_> {
             crate::metrics::of(&self.counters, &self.stats).publish(self.ctx.instance());
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found in an audit: on a dual-stack listener an IPv4 peer comes as `::ffff:a.b.c.d`, and
+    /// its /64 made every anonymous IPv4 host one owner, so one of them could fill the queue's
+    /// share for all.
+    #[test]
+    fn anonymous_ipv4_hosts_on_a_dual_stack_listener_are_owners_of_their_own() {
+        let held = |peer: &str, device: &str| Held {
+            id: RequestId(1),
+            peer: peer.parse().unwrap(),
+            readings: vec![Reading {
+                id: gateway_sdk::ReadingId([1; 16]),
+                time: Timestamp(1),
+                device: gateway_sdk::Label::from(device),
+                sensor: gateway_sdk::Label::from("s"),
+                name: gateway_sdk::Label::from("t"),
+                unit: gateway_sdk::Label::from(""),
+                value: gateway_sdk::Value::Float(1.0),
+            }],
+            keys: Keys::default(),
+            since: Instant::now(),
+        };
+        let owner = |peer: &str| held(peer, ANONYMOUS).owner();
+        assert_ne!(
+            owner("[::ffff:192.0.2.1]:5000"),
+            owner("[::ffff:192.0.2.2]:5000")
+        );
+        assert_eq!(
+            owner("[::ffff:192.0.2.1]:5000"),
+            owner("192.0.2.1:6000"),
+            "one host, however it came"
+        );
+        assert_eq!(
+            owner("[2001:db8::1]:1"),
+            owner("[2001:db8::2]:2"),
+            "an IPv6 host by its /64"
+        );
+        assert_ne!(owner("[2001:db8::1]:1"), owner("[2001:db8:0:1::1]:1"));
+        // A device with an identity is its own owner, wherever it sends from.
+        assert_eq!(
+            held("[::ffff:192.0.2.1]:1", "pi-01").owner(),
+            held("192.0.2.9:1", "pi-01").owner()
+        );
     }
 }
