@@ -483,6 +483,41 @@ fn a_refused_reading_does_not_take_the_others_of_a_merged_write_with_it() {
     assert!(lines[0].contains("=13 "), "{lines:?}");
 }
 
+/// Found in an audit: a reading refused again, which a dead-letter file keeps already, was
+/// not counted as settled, so the sink's pending count never came back to 0 and the shutdown
+/// waited out its whole timeout, said readings were not delivered and exited 1.
+#[test]
+fn a_reading_refused_again_is_settled_and_the_shutdown_is_clean() {
+    let s = Setup::new();
+    let out = s.path("out.txt");
+    // The source waits for each reading's acknowledgement; refused, it fails, is restarted
+    // and sends value 13 again (the same id), until it is stopped.
+    let cfg = s.config(
+        "data_dir = \"data\"",
+        &format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ncount = 20\nbatch_size = 1\nwait_ack = true\nstable_ids = true\nrestart_backoff = \"20ms\"\nrestart_backoff_max = \"20ms\"\n{}",
+            recorder("rec", out.to_str().unwrap(), &["seq"], "reject_value = 13")
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &[]);
+    assert!(
+        gw.wait_for_log(
+            "sink refused readings again that a dead-letter file already keeps",
+            Duration::from_secs(20)
+        ),
+        "{}",
+        gw.stderr()
+    );
+    let status = gw.stop(Duration::from_secs(20));
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert!(!err.contains("not delivered"), "{err}");
+    assert!(err.contains("everything in flight was delivered"), "{err}");
+    assert_eq!(s.recorded("out.txt", "seq"), (0..13).collect::<Vec<i64>>());
+    let lines = dead_lettered(&cfg, "rec");
+    assert_eq!(lines.len(), 1, "kept once: {lines:?}");
+}
+
 /// A line break in what a log line quotes (a device's name in a sink's refusal) is written as
 /// `\n`: it cannot start a line of its own that reads as the gateway's.
 #[test]

@@ -375,7 +375,13 @@ impl Worker {
         let held = &self.stats.dead_letter_held;
         let _held = Unheld(held);
         loop {
-            match self.dead_letters.put_new(e.message(), batch) {
+            let kept = self.dead_letters.put_new(e.message(), batch);
+            if kept.is_ok() {
+                // Every reading of the batch is settled, each time it is refused: one refused
+                // again came again (accepted again), and a dead-letter file keeps it already.
+                self.stats.rejected.fetch_add(n, Ordering::Relaxed);
+            }
+            match kept {
                 Ok(None) => {
                     tracing::info!(
                         readings = n,
@@ -385,7 +391,6 @@ impl Worker {
                     return Err(e);
                 }
                 Ok(Some((path, n))) => {
-                    self.stats.rejected.fetch_add(n as u64, Ordering::Relaxed);
                     tracing::error!(
                         readings = n,
                         error = %e.message(),
