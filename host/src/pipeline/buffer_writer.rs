@@ -6,7 +6,11 @@ use super::{
     sink::{poll_envelope, Next, IDLE_CHECK},
     Phase, Shutdown,
 };
-use crate::buffer::{codec, segment, AppendError, DiskBuffer};
+use crate::{
+    buffer::{codec, segment, AppendError, DiskBuffer},
+    deadletter::DeadLetters,
+    stats::SinkStats,
+};
 use crossbeam_channel::{Receiver, Sender};
 
 use gateway_sdk::{PluginError, Reading};
@@ -39,6 +43,10 @@ pub struct BufferWriter {
     /// Set when a reload replaces the buffer: the thread stops after the append in progress,
     /// and what is queued stays queued for its successor.
     pub handover: Arc<AtomicBool>,
+    /// The sink's dead-letter directory: a reading too large for a record goes there.
+    pub dead_letters: DeadLetters,
+    /// The sink's counters: such a reading is counted as rejected.
+    pub stats: Arc<SinkStats>,
 }
 
 /// Whether `r` fits a disk buffer record.
@@ -77,25 +85,22 @@ impl BufferWriter {
                     Err(_) => break,
                 }
             }
-            // A reading larger than a record may be is refused for good, with its batch:
-            // written, it would be read back as corruption and skipped, after its source
-            // was told it was stored.
-            let (envelopes, too_large): (Vec<_>, Vec<_>) = envelopes
+            // A reading larger than a record may be is refused for good, into the sink's
+            // dead-letter directory: written, it would be read back as corruption and skipped,
+            // after its source was told it was stored. The others of its batch go on.
+            let mut refused: Vec<Option<PluginError>> = Vec::with_capacity(envelopes.len());
+            let envelopes: Vec<super::Envelope> = envelopes
                 .into_iter()
-                .partition(|e| e.readings.iter().all(fits_a_record));
-            for e in too_large {
-                let largest = e.readings.iter().map(codec::bound).max().unwrap_or(0);
-                tracing::error!(
-                    readings = e.readings.len(),
-                    bytes = largest,
-                    "a reading is larger than a disk buffer record may be ({} MiB): its batch is refused",
-                    segment::MAX_RECORD >> 20
-                );
-                e.ack.done(Err(PluginError::rejected(format!(
-                    "a reading of {largest} bytes is larger than the disk buffer's records may be ({} MiB)",
-                    segment::MAX_RECORD >> 20
-                ))));
-            }
+                .filter_map(|e| {
+                    if e.readings.iter().all(fits_a_record) {
+                        refused.push(None);
+                        return Some(e);
+                    }
+                    let (e, why) = self.refuse_too_large(e)?;
+                    refused.push(Some(why));
+                    Some(e)
+                })
+                .collect();
             if envelopes.is_empty() {
                 continue;
             }
@@ -140,11 +145,62 @@ impl BufferWriter {
                 // Else dropping the envelopes tells their sources the batches were not taken.
                 break;
             }
-            for e in envelopes {
-                e.ack.done(Ok(()));
+            for (e, refused) in envelopes.into_iter().zip(refused) {
+                e.ack.done(refused.map_or(Ok(()), Err));
             }
         }
         drop(self.done);
+    }
+
+    /// Keeps the readings of `e` too large for a record in the dead-letter directory: the
+    /// envelope with the others (to append, then acknowledge with the refusal returned), or
+    /// `None` when none is left (acknowledged here). When the dead-letter file cannot be
+    /// written, the batch is not taken (its source sends it again).
+    fn refuse_too_large(&self, e: super::Envelope) -> Option<(super::Envelope, PluginError)> {
+        let (fit, huge): (Vec<Reading>, Vec<Reading>) =
+            e.readings.iter().cloned().partition(fits_a_record);
+        let largest = huge.iter().map(codec::bound).max().unwrap_or(0);
+        let why = PluginError::rejected(format!(
+            "a reading of {largest} bytes is larger than the disk buffer's records may be ({} MiB)",
+            segment::MAX_RECORD >> 20
+        ));
+        match self.dead_letters.put(why.message(), &huge) {
+            Ok(path) => {
+                self.stats
+                    .rejected
+                    .fetch_add(huge.len() as u64, Ordering::Relaxed);
+                tracing::error!(
+                    readings = huge.len(),
+                    bytes = largest,
+                    kept_in = %path.display(),
+                    "a reading is larger than a disk buffer record may be ({} MiB): it is refused and kept in a dead-letter file; the others of its batch are buffered",
+                    segment::MAX_RECORD >> 20
+                );
+            }
+            Err(io) => {
+                tracing::error!(
+                    readings = huge.len(),
+                    bytes = largest,
+                    io_error = %io,
+                    dir = %self.dead_letters.dir().display(),
+                    "a reading is larger than a disk buffer record may be, and its dead-letter file cannot be written: its batch is not taken"
+                );
+                e.ack.done(Err(PluginError::retry(format!(
+                    "{}, and its dead-letter file cannot be written: {io}",
+                    why.message()
+                ))));
+                return None;
+            }
+        }
+        if fit.is_empty() {
+            e.ack.done(Err(why));
+            return None;
+        }
+        let rest = super::Envelope {
+            readings: Arc::new(fit.into()),
+            ack: e.ack,
+        };
+        Some((rest, why))
     }
 }
 
@@ -209,7 +265,11 @@ mod tests {
             shutdown: shutdown.clone(),
             done,
             handover: Arc::default(),
+            dead_letters: DeadLetters::new(dir.path().join("dead-letter"), "sink", "test"),
+            stats: Arc::default(),
         };
+        let stats = writer.stats.clone();
+        let letters = DeadLetters::new(dir.path().join("dead-letter"), "sink", "test");
         let mut huge = sample_readings(2);
         huge[1].value = Value::Text("x".repeat(segment::MAX_RECORD as usize).as_str().into());
         let (big, big_seen) = envelope(huge);
@@ -237,6 +297,15 @@ mod tests {
             "{refused}"
         );
         assert!(small_seen.lock().unwrap().take().unwrap().is_ok());
-        assert_eq!(buffer.pending(), 3, "only the small batch is on disk");
+        // Found in an audit: the reading beside the huge one was refused with it, and the
+        // two were in no dead-letter file.
+        assert_eq!(
+            buffer.pending(),
+            4,
+            "the small batch and the other of the big one"
+        );
+        let files = letters.files().unwrap();
+        assert_eq!(files.len(), 1, "the huge reading is kept");
+        assert_eq!(stats.rejected.load(Ordering::Relaxed), 1);
     }
 }

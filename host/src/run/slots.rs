@@ -220,7 +220,9 @@ impl Starter<'_> {
                     let recovered = buffer.stats.recovered.load(Ordering::Relaxed);
                     stats.accepted.fetch_add(recovered, Ordering::Relaxed);
                 }
-                line.writer = Some(self.writer(&name, buffer, &line, k.settings.batch_size));
+                let letters = dead_letters(self.config, &k.decl);
+                line.writer =
+                    Some(self.writer(&name, buffer, &line, letters, k.settings.batch_size));
             }
         }
         let input = match &line.writer {
@@ -269,6 +271,7 @@ impl Starter<'_> {
         name: &str,
         buffer: Arc<DiskBuffer>,
         line: &Line,
+        dead_letters: crate::deadletter::DeadLetters,
         record_readings: usize,
     ) -> Writer {
         let (done_tx, done) = crossbeam_channel::bounded(0);
@@ -282,6 +285,8 @@ impl Starter<'_> {
             shutdown: shutdown.clone(),
             done: done_tx,
             handover: handover.clone(),
+            dead_letters,
+            stats: line.port.stats.clone(),
         };
         let n = name.to_owned();
         let id = self.id();
