@@ -265,13 +265,30 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
         HostLogger::for_library(logger, &name),
         TD_Opaque,
     ));
+    let plugins = (root.plugins())().into_vec();
+    if let Some(bad) = plugins.iter().find(|p| !well_formed(p)) {
+        return Err(LoadError::Init(format!(
+            "its plugin {:?} is a {} without the constructor of one",
+            bad.id.as_str(),
+            bad.kind.name()
+        )));
+    }
     Ok(Library {
         path: path.to_path_buf(),
         name,
         version: root.version().to_string(),
         sdk_version: root.sdk_version().to_string(),
-        plugins: (root.plugins())().into_vec(),
+        plugins,
     })
+}
+
+/// Whether `p` has the constructor its kind needs (the export macro always gives it; a
+/// descriptor made by hand may not, and the host would fail on it when it builds one).
+fn well_formed(p: &PluginDescriptor) -> bool {
+    match p.kind {
+        PluginKind::Source => p.new_source.is_some(),
+        PluginKind::Sink => p.new_sink.is_some(),
+    }
 }
 
 /// Directories joined for a message: `a, b`.

@@ -49,6 +49,28 @@ fn plugin_built_against_an_incompatible_sdk_is_refused_naming_both_versions() {
     assert!(err.lines().count() < 10, "the message stays short: {err}");
 }
 
+/// Found in an audit: a library made by hand whose source had no constructor passed the load,
+/// and the host panicked when it built the source (a reload's check thread died without a
+/// word in the log).
+#[test]
+fn a_plugin_without_the_constructor_of_its_kind_is_refused_not_a_panic() {
+    let s = Setup::new();
+    let cfg = s.config(
+        "",
+        &format!("[sources.c]\nplugin = \"malformed\"\n{CONSOLE_SINK}"),
+    );
+    let (status, _, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains(
+            "libmalformed.so: failed to initialise: its plugin \"malformed\" is a source \
+             without the constructor of one"
+        ),
+        "{err}"
+    );
+}
+
 #[test]
 fn plugin_whose_sdk_types_differ_is_refused_naming_the_type_both_versions_and_the_fix() {
     let s = Setup::new();

@@ -59,6 +59,7 @@ const BUILT: &[(&str, &str)] = &[
     ("gateway-incompatible-plugin", "libincompatible.so"),
     ("gateway-mislaid-plugin", "libmislaid.so"),
     ("gateway-unchecked-plugin", "libunchecked.so"),
+    ("gateway-malformed-plugin", "libmalformed.so"),
     // The `gateway-certs` tool that `gateway certs` runs.
     ("gateway-pki", "gateway-certs"),
     // The client that `gateway coap` runs.
@@ -68,7 +69,7 @@ const BUILT: &[(&str, &str)] = &[
 ];
 
 /// The directory holding freshly built plugin libraries (built once per test binary; cargo
-/// makes the second build a no-op). The incompatible, mislaid and unchecked fixtures are not default
+/// makes the second build a no-op). The incompatible, mislaid, unchecked and malformed fixtures are not default
 /// members: a plain `cargo build` leaves them out, so `gateway plugins` does not list them next to
 /// a development build.
 pub fn plugin_dir() -> PathBuf {
