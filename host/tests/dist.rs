@@ -115,7 +115,7 @@ listen = "127.0.0.1:{port}"
 cert_file = "certs/server.pem"
 key_file = "certs/server.key"
 client_ca_file = "certs/ca.pem"
-psk = [{{ identity = "dev7", key = "73656372657450534b" }}]
+psk = [{{ identity = "dev7", key = "73656372657450534b2d6c6f6e672d656e6f756768" }}]
 
 [sinks.console]
 plugin = "console"
@@ -172,7 +172,7 @@ inputs = ["ingress"]
         "-f",
         &psk_json,
         "-k",
-        "secretPSK",
+        "secretPSK-long-enough",
         "-u",
         "dev7",
         &uri,

@@ -3,13 +3,15 @@
 
 use crate::config::{hex_key, IngressConfig, PskEntry, UplinkConfig};
 use gateway_dtls::{valid_identity, Psk};
-use gateway_sdk::{tracing, InitContext, PluginError};
+use gateway_sdk::{InitContext, PluginError};
 use std::{collections::HashMap, path::Path};
 
 /// The most key bytes OpenSSL takes for a PSK.
 const MAX_KEY: usize = 256;
-/// Fewer key bytes than this get a warning: 128 bits is the least a key should have.
-const MIN_GOOD_KEY: usize = 16;
+/// Fewer key bytes than this are refused: 128 bits is the least a key may have. Anyone on
+/// the path who sees one handshake (or who answers as the server once) can try every shorter
+/// key offline against its Finished message, and then pose as either end.
+const MIN_KEY: usize = 16;
 
 fn config(ctx: &InitContext, msg: String) -> PluginError {
     PluginError::config(format!("[{}] {msg}", ctx.info().table))
@@ -35,12 +37,11 @@ fn key(ctx: &InitContext, what: &str, hex: &str) -> Result<Vec<u8>, PluginError>
             format!("{what}: the key's bytes run in a fixed step (all the same, or like the examples' 000102...0f or 00112233...ff): anyone can guess it; use random bytes (`openssl rand -hex 32`)"),
         ));
     }
-    if key.len() < MIN_GOOD_KEY {
-        tracing::warn!(
-            "[{}] {what}: the key has {} bytes; use at least {MIN_GOOD_KEY} random bytes (`openssl rand -hex 32`)",
-            ctx.info().table,
-            key.len()
-        );
+    if key.len() < MIN_KEY {
+        return Err(config(
+            ctx,
+            format!("{what}: the key has {} bytes, and a PSK has at least {MIN_KEY} (a shorter one is found offline from one recorded handshake); use random bytes (`openssl rand -hex 32`)", key.len()),
+        ));
     }
     Ok(key)
 }

@@ -58,12 +58,12 @@ fn our_uplink_posts_to_libcoap_server_with_psk() {
         "-p",
         &p.to_string(),
         "-k",
-        "secretPSK",
+        "secretPSK-long-enough",
         "-d",
         "10",
     ]);
-    // "secretPSK" in hex.
-    let cfg = format!("uri = \"coaps://127.0.0.1:{}/gpsflowtemp\"\npsk_identity = \"pi-01\"\npsk_key = \"73656372657450534b\"\n", p + 1);
+    // "secretPSK-long-enough" in hex.
+    let cfg = format!("uri = \"coaps://127.0.0.1:{}/gpsflowtemp\"\npsk_identity = \"pi-01\"\npsk_key = \"73656372657450534b2d6c6f6e672d656e6f756768\"\n", p + 1);
     let mut uplink = SinkHarness::new::<Uplink>(&cfg).unwrap();
     uplink.write(sample_readings(10)).unwrap();
 }
@@ -151,7 +151,7 @@ fn libcoap_client_with_psk_and_foreign_senml_json_gets_its_identity_as_device() 
     }
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = format!("listen = \"127.0.0.1:{port}\"\npsk = [{{ identity = \"dev7\", key = \"73656372657450534b\" }}]\n");
+    let cfg = format!("listen = \"127.0.0.1:{port}\"\npsk = [{{ identity = \"dev7\", key = \"73656372657450534b2d6c6f6e672d656e6f756768\" }}]\n");
     let ingress = std::thread::spawn(move || {
         run_source::<Ingress>(&cfg, 2, Duration::from_secs(20)).unwrap()
     });
@@ -166,7 +166,7 @@ fn libcoap_client_with_psk_and_foreign_senml_json_gets_its_identity_as_device() 
         "-f",
         dir.path().join("p.json").to_str().unwrap(),
         "-k",
-        "secretPSK",
+        "secretPSK-long-enough",
         "-u",
         "dev7",
         &format!("coaps://127.0.0.1:{port}/gpsflowtemp"),
@@ -191,7 +191,7 @@ fn libcoap_client_with_a_wrong_psk_gets_nothing_in() {
         return;
     }
     let port = free_port();
-    let cfg = format!("listen = \"127.0.0.1:{port}\"\nhandshake_timeout = \"2s\"\npsk = [{{ identity = \"dev7\", key = \"73656372657450534b\" }}]\n");
+    let cfg = format!("listen = \"127.0.0.1:{port}\"\nhandshake_timeout = \"2s\"\npsk = [{{ identity = \"dev7\", key = \"73656372657450534b2d6c6f6e672d656e6f756768\" }}]\n");
     let ingress =
         std::thread::spawn(move || run_source::<Ingress>(&cfg, 1, Duration::from_secs(6)).unwrap());
     std::thread::sleep(Duration::from_millis(300));
@@ -228,8 +228,8 @@ fn a_readers_discovery_comes_block_by_block_and_follows_the_devices() {
     }
     let port = free_port();
     let psk: Vec<String> = (0..32)
-        .map(|i| format!("{{ identity = \"dev{i:02}\", key = \"73656372657450534b\" }}"))
-        .chain(["{ identity = \"dash\", key = \"73656372657450534b\" }".to_owned()])
+        .map(|i| format!("{{ identity = \"dev{i:02}\", key = \"73656372657450534b2d6c6f6e672d656e6f756768\" }}"))
+        .chain(["{ identity = \"dash\", key = \"73656372657450534b2d6c6f6e672d656e6f756768\" }".to_owned()])
         .collect();
     let cfg = format!(
         "listen = \"127.0.0.1:{port}\"\nreaders = [\"dash\"]\npsk = [{}]\n",
@@ -242,7 +242,7 @@ fn a_readers_discovery_comes_block_by_block_and_follows_the_devices() {
     std::thread::sleep(Duration::from_millis(300));
     let uri = |path: &str| format!("coaps://127.0.0.1:{port}/{path}");
     let as_who = |who: &str, extra: &[&str], path: &str| {
-        let mut args = vec!["-k", "secretPSK", "-u", who];
+        let mut args = vec!["-k", "secretPSK-long-enough", "-u", who];
         args.extend_from_slice(extra);
         let u = uri(path);
         args.push(&u);

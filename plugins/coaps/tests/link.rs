@@ -571,6 +571,23 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
         assert!(e.message().contains("anyone can guess it"), "{e}");
     }
 
+    // A key shorter than 16 bytes is refused on either side (before, only warned about): one
+    // recorded handshake lets anyone on the path find it offline.
+    for short in ["a5", "5f1c9e07a2d84b36e0917c5a3bf24d"] {
+        let e = SinkHarness::new::<Uplink>(&format!(
+            "uri = {uri:?}\npsk_identity = \"pi-01\"\npsk_key = \"{short}\"\n"
+        ))
+        .err()
+        .unwrap();
+        assert!(e.message().contains("a PSK has at least 16"), "{e}");
+        let icfg = format!(
+            "{}[[psk]]\nidentity = \"pi-02\"\nkey = \"{short}\"\n",
+            ingress_config(dir.path(), free_port(), "")
+        );
+        let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+        assert!(e.message().contains("a PSK has at least 16"), "{e}");
+    }
+
     // Key files every local user can read, or others can change, are refused, naming the file
     // and the fix.
     std::fs::set_permissions(
