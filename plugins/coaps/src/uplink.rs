@@ -127,6 +127,17 @@ impl Sink for Uplink {
                 ))
             }
         };
+        // A zero wait fails every request at once, and the readings would be held for ever
+        // with "no response within 0ns" instead of an error now.
+        for (key, d) in [
+            ("ack_timeout", cfg.ack_timeout),
+            ("request_timeout", cfg.request_timeout),
+            ("handshake_timeout", cfg.handshake_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(bad(key, "must be more than 0s".into()));
+            }
+        }
         if cfg.max_retransmit > MAX_RETRANSMIT {
             return Err(bad(
                 "max_retransmit",
@@ -209,8 +220,13 @@ impl Sink for Uplink {
 
     fn submit(&mut self, batch: &[Reading], done: Written) {
         // Refused before anything goes out: the server would store such a time as its own
-        // clock's.
-        if let Some(why) = gateway_senml::time_refusal(batch) {
+        // clock's, and SenML JSON would carry a NaN or an infinity as `null` (a reading
+        // without its value).
+        let refusal = match self.cfg.encoding {
+            crate::config::Encoding::Cbor => gateway_senml::time_refusal(batch),
+            crate::config::Encoding::Json => gateway_senml::json_refusal(batch),
+        };
+        if let Some(why) = refusal {
             return done.finish(Err(PluginError::rejected(why)));
         }
         if let Err(e) = self.ready() {

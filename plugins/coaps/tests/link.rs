@@ -248,6 +248,18 @@ fn a_reading_timed_before_1978_is_refused_for_good_and_not_sent() {
     let e = uplink.write(batch).unwrap_err();
     assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
     assert!(e.message().contains("before 1978-07-04"), "{e}");
+    // Found in an audit: SenML JSON carried a NaN as `null`, a reading without its value.
+    let mut json = SinkHarness::new::<Uplink>(&uplink_config(
+        dir.path(),
+        free_port(),
+        "encoding = \"json\"\n",
+    ))
+    .unwrap();
+    let mut batch = sample_readings(3);
+    batch[1].value = gateway_sdk::Value::Float(f64::NAN);
+    let e = json.write(batch).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(e.message().contains("which JSON cannot carry"), "{e}");
 }
 
 #[test]
@@ -313,6 +325,19 @@ fn config_errors_name_the_key() {
     assert!(
         SinkHarness::new::<Uplink>(&uplink_config(dir.path(), 1, "max_retransmit = 20\n")).is_ok()
     );
+    // Found in an audit: a zero wait held every reading for ever, each write failing with "no
+    // response within 0ns".
+    for key in ["ack_timeout", "request_timeout", "handshake_timeout"] {
+        let e =
+            SinkHarness::new::<Uplink>(&uplink_config(dir.path(), 1, &format!("{key} = \"0s\"\n")))
+                .err()
+                .unwrap();
+        assert!(
+            e.message()
+                .contains(&format!("{key}: must be more than 0s")),
+            "{e}"
+        );
+    }
     // A PSK handshake shows no certificate: the CA file would check nothing.
     let psk = "psk_identity = \"pi-01\"\npsk_key = \"5f1c9e07a2d84b36e0917c5a3bf24d68\"\n";
     let e = SinkHarness::new::<Uplink>(&format!(
