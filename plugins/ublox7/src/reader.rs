@@ -31,6 +31,22 @@ pub struct ReaderStats {
 }
 
 impl ReaderStats {
+    /// These counts and `other`'s added (the counts of a port closed before, and of the one
+    /// open now).
+    pub fn plus(&self, other: &ReaderStats) -> ReaderStats {
+        ReaderStats {
+            garbage_bytes: self.garbage_bytes + other.garbage_bytes,
+            cut_lines: self.cut_lines + other.cut_lines,
+            too_long: self.too_long + other.too_long,
+            bad_bytes: self.bad_bytes + other.bad_bytes,
+            no_checksum: self.no_checksum + other.no_checksum,
+            bad_checksum: self.bad_checksum + other.bad_checksum,
+            malformed: self.malformed + other.malformed,
+            ignored: self.ignored + other.ignored,
+            sentences: self.sentences + other.sentences,
+        }
+    }
+
     /// Everything dropped, as one number.
     pub fn dropped(&self) -> u64 {
         self.cut_lines

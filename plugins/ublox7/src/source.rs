@@ -13,6 +13,8 @@ pub struct Output<'a> {
     ctx: &'a SourceContext,
     labels: readings::Labels,
     last_stats: ReaderStats,
+    /// The counts of the ports closed before (each open starts a new decoder).
+    earlier: ReaderStats,
     last_log: Instant,
     last_valid: Option<bool>,
     /// Epochs emitted.
@@ -26,6 +28,7 @@ impl<'a> Output<'a> {
             ctx,
             labels: readings::Labels::new(sensor),
             last_stats: ReaderStats::default(),
+            earlier: ReaderStats::default(),
             last_log: Instant::now(),
             last_valid: None,
             epochs: 0,
@@ -51,9 +54,17 @@ impl<'a> Output<'a> {
         })
     }
 
-    /// Logs the decoder's counters when something was dropped since the last time (at most
+    /// The counts of the port now closed (`s`, its decoder's) go into the totals: a port
+    /// opened again starts a decoder whose counts start from zero.
+    pub fn closed(&mut self, s: &ReaderStats) {
+        self.earlier = self.earlier.plus(s);
+    }
+
+    /// Logs the totals since the start (the ports closed before, and `s`: the counts of the
+    /// decoder of the port open now) when something was dropped since the last time (at most
     /// once a minute, and always when `force`).
     pub fn stats(&mut self, s: &ReaderStats, force: bool) {
+        let s = &self.earlier.plus(s);
         if *s == self.last_stats || (!force && self.last_log.elapsed() < Duration::from_secs(60)) {
             return;
         }
@@ -180,6 +191,7 @@ pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> 
         // its old device name again only if nothing holds the old one open.
         drop(port);
         out.stats(decoder.stats(), true);
+        out.closed(decoder.stats());
         if absent.is_none() {
             tracing::warn!(port = %port_name, reason = %gone, "GPS vanished; reopening with backoff");
             absent = Some(Instant::now());

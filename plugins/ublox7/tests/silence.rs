@@ -2,50 +2,13 @@
 //! subscriber sees the source's thread).
 
 mod common;
-use common::{open_pty, write_paced};
-use gateway_sdk::{
-    testing::run_source,
-    tracing::{self, span, Event, Metadata, Subscriber},
-};
+use common::{open_pty, write_paced, Said};
+use gateway_sdk::{testing::run_source, tracing};
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 use ublox7::Ublox7;
-
-/// Keeps the messages of WARN and INFO events.
-struct Said(Arc<Mutex<Vec<String>>>);
-
-struct Message(String);
-
-impl tracing::field::Visit for Message {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
-        }
-    }
-}
-
-impl Subscriber for Said {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
-        span::Id::from_u64(1)
-    }
-    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
-    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let level = *event.metadata().level();
-        if level == tracing::Level::WARN || level == tracing::Level::INFO {
-            let mut m = Message(String::new());
-            event.record(&mut m);
-            self.0.lock().unwrap().push(format!("{level} {}", m.0));
-        }
-    }
-    fn enter(&self, _: &span::Id) {}
-    fn exit(&self, _: &span::Id) {}
-}
 
 #[test]
 fn a_gps_that_opens_but_sends_nothing_is_said_and_its_return_too() {

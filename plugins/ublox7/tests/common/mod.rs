@@ -75,3 +75,45 @@ pub fn stream(name: &str) -> Vec<u8> {
         .copied()
         .collect()
 }
+
+/// A log subscriber that keeps every WARN and INFO event as `LEVEL message field=value ...`
+/// (set as the process's global one: it sees the source's thread).
+pub struct Said(pub std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+struct Fields(String, String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        } else {
+            self.1 += &format!(" {}={value:?}", field.name());
+        }
+    }
+}
+
+use gateway_sdk::tracing::{self, span, Event, Metadata, Subscriber};
+
+impl Subscriber for Said {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+        span::Id::from_u64(1)
+    }
+    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let level = *event.metadata().level();
+        if level == tracing::Level::WARN || level == tracing::Level::INFO {
+            let mut m = Fields(String::new(), String::new());
+            event.record(&mut m);
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{level} {}{}", m.0, m.1));
+        }
+    }
+    fn enter(&self, _: &span::Id) {}
+    fn exit(&self, _: &span::Id) {}
+}
