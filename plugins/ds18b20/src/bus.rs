@@ -57,7 +57,10 @@ const FAILING_REMINDER: Duration = Duration::from_secs(3600);
 
 /// What a read thread sends back: the round it was started in, the probe, how it ended and
 /// what it rejected.
-type Done = (u64, String, ReadEnd, Vec<Reject>);
+/// A read's end: of which round, which probe (its id and its label when the read started:
+/// a probe that disappeared while its read lasted has no state left to name it), how it
+/// ended, what it rejected.
+type Done = (u64, String, Label, ReadEnd, Vec<Reject>);
 
 impl ProbeState {
     /// Marks the probe failing; whether to say so now (it just started, or an hour went by).
@@ -254,11 +257,12 @@ impl Bus {
             }
             st.busy.store(true, Ordering::SeqCst);
             st.busy_since = Instant::now();
-            let (path, busy, tx, probe) = (
+            let (path, busy, tx, probe, label) = (
                 st.path.clone(),
                 st.busy.clone(),
                 self.done_tx.clone(),
                 id.clone(),
+                st.label.clone(),
             );
             let (retries, delay) = (self.retries, self.retry_delay);
             let spawned = std::thread::Builder::new()
@@ -267,7 +271,7 @@ impl Bus {
                 .spawn(move || {
                     let (end, rejects) = read_probe(&path, retries, delay);
                     busy.store(false, Ordering::SeqCst);
-                    let _ = tx.send((round, probe, end, rejects));
+                    let _ = tx.send((round, probe, label, end, rejects));
                 });
             match spawned {
                 Ok(_) => started += 1,
@@ -289,13 +293,31 @@ impl Bus {
             } else {
                 self.done_rx.try_recv().ok()
             };
-            let Some((of_round, id, end, rejects)) = next else {
+            let Some((of_round, id, label, end, rejects)) = next else {
                 break;
             };
             if of_round == round {
                 waiting -= 1;
             }
+            if !rejects.is_empty() {
+                let counts = self.rejected.entry(id.clone()).or_default();
+                for r in &rejects {
+                    *counts.entry(*r).or_insert(0) += 1;
+                }
+            }
             let Some(st) = self.probes.get_mut(&id) else {
+                // The probe disappeared while this read lasted (unplugged): its rejections are
+                // counted above, and a good reading, taken while it was there, is kept.
+                match end {
+                    ReadEnd::Good(celsius, time) => out.push(Measurement {
+                        sensor: label,
+                        time,
+                        celsius,
+                    }),
+                    _ => {
+                        tracing::debug!(probe = %id, "the read of a probe that disappeared ended without a reading")
+                    }
+                }
                 continue;
             };
             if of_round != round && !st.late {
@@ -304,12 +326,6 @@ impl Bus {
             }
             for r in &rejects {
                 *st.rejects.entry(*r).or_insert(0) += 1;
-                *self
-                    .rejected
-                    .entry(id.clone())
-                    .or_default()
-                    .entry(*r)
-                    .or_insert(0) += 1;
             }
             match end {
                 ReadEnd::Good(celsius, time) => {

@@ -383,3 +383,42 @@ fn a_bus_without_any_probe_is_said_once_not_silently_nor_every_round() {
         });
     assert_eq!(per_round, [1, 0, 0, 0]);
 }
+
+/// Found in an audit: a read that ended after its probe disappeared (unplugged while a slow
+/// read lasted) was dropped without a word: its reading lost, its rejection not counted.
+#[test]
+fn a_read_that_ends_after_its_probe_disappeared_is_kept_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = FifoTree::new(dir.path());
+    let (good, bad) = ("28-000000000001", "28-000000000002");
+    tree.probe(
+        good,
+        Behaviour::Answers {
+            delay: Duration::from_millis(300),
+            texts: vec![format_w1_slave(21.5)],
+        },
+    );
+    tree.probe(
+        bad,
+        Behaviour::Answers {
+            delay: Duration::from_millis(300),
+            texts: vec![format_scratchpad([0xff; 9], false)],
+        },
+    );
+    let cfg = config(&format!(
+        "root = {:?}\nread_timeout = \"50ms\"\nretries = 0",
+        dir.path().display().to_string()
+    ));
+    let mut bus = Bus::new(&cfg);
+    assert!(bus.round().is_empty(), "the reads outlast read_timeout");
+    for id in [good, bad] {
+        std::fs::rename(dir.path().join(id), dir.path().join(format!("away-{id}"))).unwrap();
+    }
+    let mut got = bus.round();
+    std::thread::sleep(Duration::from_millis(500));
+    got.extend(bus.round());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].sensor.as_str(), good);
+    assert_eq!(got[0].celsius, 21.5);
+    assert_eq!(bus.reject_counts()[bad][&Reject::CrcNo], 1);
+}
