@@ -44,7 +44,7 @@ pub struct BufferWriter {
     /// and what is queued stays queued for its successor.
     pub handover: Arc<AtomicBool>,
     /// The sink's dead-letter directory: a reading too large for a record goes there.
-    pub dead_letters: DeadLetters,
+    pub dead_letters: Arc<DeadLetters>,
     /// The sink's counters: such a reading is counted as rejected.
     pub stats: Arc<SinkStats>,
 }
@@ -164,20 +164,28 @@ impl BufferWriter {
             "a reading of {largest} bytes is larger than the disk buffer's records may be ({} MiB)",
             segment::MAX_RECORD >> 20
         ));
-        match self.dead_letters.put(why.message(), &huge) {
-            Ok(path) => {
+        match self.dead_letters.put_new(why.message(), &huge) {
+            Ok(kept) => {
                 self.stats
                     .rejected
                     .fetch_add(huge.len() as u64, Ordering::Relaxed);
+                let kept_in = kept.map_or_else(
+                    || "(a file that kept it already)".to_owned(),
+                    |(path, _)| path.display().to_string(),
+                );
                 tracing::error!(
                     readings = huge.len(),
                     bytes = largest,
-                    kept_in = %path.display(),
+                    %kept_in,
                     "a reading is larger than a disk buffer record may be ({} MiB): it is refused and kept in a dead-letter file; the others of its batch are buffered",
                     segment::MAX_RECORD >> 20
                 );
             }
             Err(io) => {
+                // Not taken: nothing of it is pending here.
+                self.stats
+                    .accepted
+                    .fetch_sub(e.readings.len() as u64, Ordering::Relaxed);
                 tracing::error!(
                     readings = huge.len(),
                     bytes = largest,
@@ -265,20 +273,30 @@ mod tests {
             shutdown: shutdown.clone(),
             done,
             handover: Arc::default(),
-            dead_letters: DeadLetters::new(dir.path().join("dead-letter"), "sink", "test"),
+            dead_letters: Arc::new(DeadLetters::new(
+                dir.path().join("dead-letter"),
+                "sink",
+                "test",
+            )),
             stats: Arc::default(),
         };
         let stats = writer.stats.clone();
         let letters = DeadLetters::new(dir.path().join("dead-letter"), "sink", "test");
         let mut huge = sample_readings(2);
         huge[1].value = Value::Text("x".repeat(segment::MAX_RECORD as usize).as_str().into());
+        // The huge one alone comes again (its source sent it again): kept once.
+        let (again, again_seen) = envelope(vec![huge[1].clone()]);
         let (big, big_seen) = envelope(huge);
         let (small, small_seen) = envelope(sample_readings(3));
         tx.send(big).unwrap();
         tx.send(small).unwrap();
+        tx.send(again).unwrap();
         let thread = std::thread::spawn(move || writer.run("test"));
         let end = std::time::Instant::now() + Duration::from_secs(20);
-        while small_seen.lock().unwrap().is_none() || big_seen.lock().unwrap().is_none() {
+        while small_seen.lock().unwrap().is_none()
+            || big_seen.lock().unwrap().is_none()
+            || again_seen.lock().unwrap().is_none()
+        {
             assert!(std::time::Instant::now() < end, "both batches acknowledged");
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -305,7 +323,13 @@ mod tests {
             "the small batch and the other of the big one"
         );
         let files = letters.files().unwrap();
-        assert_eq!(files.len(), 1, "the huge reading is kept");
-        assert_eq!(stats.rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(files.len(), 1, "the huge reading is kept, once");
+        assert_eq!(
+            stats.rejected.load(Ordering::Relaxed),
+            2,
+            "settled each time"
+        );
+        let again = again_seen.lock().unwrap().take().unwrap().unwrap_err();
+        assert_eq!(again.kind, ErrorKind::REJECTED);
     }
 }

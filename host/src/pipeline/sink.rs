@@ -49,7 +49,7 @@ pub struct SinkRunner {
     /// Counters.
     pub stats: Arc<SinkStats>,
     /// Where batches the sink refuses for good are kept.
-    pub dead_letters: DeadLetters,
+    pub dead_letters: Arc<DeadLetters>,
     /// Set when a reload replaces this instance: it takes nothing more, and what it holds goes
     /// to its successor (see [`Handover`]).
     pub handover: Arc<AtomicBool>,

@@ -90,7 +90,7 @@ pub(super) struct Worker {
     /// and goes to the successor.
     handover: Arc<AtomicBool>,
     pub(super) stats: Arc<SinkStats>,
-    dead_letters: DeadLetters,
+    dead_letters: Arc<DeadLetters>,
     /// The instance may be lent to the sources while the sink waits ([`super::direct`]): it
     /// takes one batch at a time from its queue.
     pub(super) lends: bool,
@@ -115,7 +115,7 @@ impl Worker {
         shutdown: Shutdown,
         (buffered, handover): (bool, Arc<AtomicBool>),
         stats: Arc<SinkStats>,
-        dead_letters: DeadLetters,
+        dead_letters: Arc<DeadLetters>,
     ) -> Worker {
         Worker {
             name,

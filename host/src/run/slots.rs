@@ -166,6 +166,8 @@ pub(super) struct Writer {
     pub handover: Arc<AtomicBool>,
     /// Most readings per record (the sink's batch size when the writer started).
     pub record_readings: usize,
+    /// The sink's dead-letter directory, shared with the sink's runner.
+    pub dead_letters: Arc<crate::deadletter::DeadLetters>,
 }
 
 impl Writer {
@@ -220,11 +222,21 @@ impl Starter<'_> {
                     let recovered = buffer.stats.recovered.load(Ordering::Relaxed);
                     stats.accepted.fetch_add(recovered, Ordering::Relaxed);
                 }
-                let letters = dead_letters(self.config, &k.decl);
-                line.writer =
-                    Some(self.writer(&name, buffer, &line, letters, k.settings.batch_size));
+                line.writer = Some(self.writer(
+                    &name,
+                    buffer,
+                    &line,
+                    Arc::new(dead_letters(self.config, &k.decl)),
+                    k.settings.batch_size,
+                ));
             }
         }
+        // One dead-letter directory, one record of it: its size limit and the readings it
+        // keeps are the writer's and the sink's together.
+        let letters = match &line.writer {
+            Some(w) => w.dead_letters.clone(),
+            None => Arc::new(dead_letters(self.config, &k.decl)),
+        };
         let input = match &line.writer {
             None => SinkInput::Queue(QueueInput {
                 rx: line.rx.clone(),
@@ -250,7 +262,7 @@ impl Starter<'_> {
             input,
             shutdown: shutdown.clone(),
             stats,
-            dead_letters: dead_letters(self.config, &k.decl),
+            dead_letters: letters,
             handover: handover.clone(),
         };
         let id = self.id();
@@ -271,7 +283,7 @@ impl Starter<'_> {
         name: &str,
         buffer: Arc<DiskBuffer>,
         line: &Line,
-        dead_letters: crate::deadletter::DeadLetters,
+        dead_letters: Arc<crate::deadletter::DeadLetters>,
         record_readings: usize,
     ) -> Writer {
         let (done_tx, done) = crossbeam_channel::bounded(0);
@@ -285,7 +297,7 @@ impl Starter<'_> {
             shutdown: shutdown.clone(),
             done: done_tx,
             handover: handover.clone(),
-            dead_letters,
+            dead_letters: dead_letters.clone(),
             stats: line.port.stats.clone(),
         };
         let n = name.to_owned();
@@ -299,6 +311,7 @@ impl Starter<'_> {
             done,
             handover,
             record_readings,
+            dead_letters,
         }
     }
 
