@@ -38,6 +38,18 @@ impl Source for Ingress {
             *k = ctx.private_file("key_file", &*k)?;
         }
         identity_lists(&table, &cfg)?;
+        // A zero handshake timeout fails every handshake at its first timer, a zero idle
+        // limit drops every session: every device would be locked out, with no error now.
+        for (key, d) in [
+            ("handshake_timeout", cfg.handshake_timeout),
+            ("session_idle", cfg.session_idle),
+        ] {
+            if d.is_zero() {
+                return Err(PluginError::config(format!(
+                    "[{table}] {key}: must be more than 0s"
+                )));
+            }
+        }
         let psk = crate::keys::ingress_psks(ctx, &cfg)?;
         if cfg.client_ca_file.is_none() && psk.is_empty() && !cfg.allow_anonymous {
             return Err(PluginError::config(format!(

@@ -361,6 +361,19 @@ fn config_errors_name_the_key() {
     )
     .unwrap_err();
     assert!(e.message().contains("cert_file and key_file"), "{e}");
+    for key in ["handshake_timeout", "session_idle"] {
+        let e = run_source::<Ingress>(
+            &format!("listen = \"127.0.0.1:0\"\nallow_anonymous = true\n{key} = \"0s\""),
+            1,
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(
+            e.message()
+                .contains(&format!("{key}: must be more than 0s")),
+            "{e}"
+        );
+    }
     // A deny or readers entry that no handshake can give would match nobody: a device denied
     // as "pi-07 " came in as pi-07.
     for (line, said) in [
