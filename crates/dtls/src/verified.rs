@@ -217,14 +217,31 @@ impl Verified {
         v.insert(key, Verdict { until, rest });
     }
 
+    /// OpenSSL's `X509_verify_cert` on `ctx`, then the chain's CA certificates against the
+    /// context's CRLs ([`ca_revoked`]).
+    fn verify_chain(&self, ctx: &mut X509StoreContextRef) -> libc::c_int {
+        // SAFETY: the store context OpenSSL set up for this verification.
+        let ok = unsafe { openssl_sys::X509_verify_cert(ctx.as_ptr()) };
+        if ok == 1 && ctx.chain().is_some_and(|c| ca_revoked(c, &self.crls)) {
+            // SAFETY: as above.
+            unsafe {
+                openssl_sys::X509_STORE_CTX_set_error(
+                    ctx.as_ptr(),
+                    openssl_sys::X509_V_ERR_CERT_REVOKED,
+                )
+            };
+            return 0;
+        }
+        ok
+    }
+
     /// What the verification of `ctx` decides: a verdict kept for its exact chain (and, on a
     /// client, the `name` checked), or OpenSSL's `X509_verify_cert`, kept when it succeeds.
     fn decide(&self, ctx: &mut X509StoreContextRef, name: Option<&str>) -> libc::c_int {
         let name = match (self.client, name) {
             (false, _) => "",
             (true, Some(name)) => name,
-            // SAFETY: the store context OpenSSL set up for this verification.
-            (true, None) => return unsafe { openssl_sys::X509_verify_cert(ctx.as_ptr()) },
+            (true, None) => return self.verify_chain(ctx),
         };
         let raw = ctx.as_ptr();
         // SAFETY: the certificate and the untrusted chain (what the peer sent, its own
@@ -264,15 +281,7 @@ impl Verified {
             self.reused.fetch_add(1, Ordering::Relaxed);
             return 1;
         }
-        // SAFETY: the store context OpenSSL set up for this verification.
-        let ok = unsafe { openssl_sys::X509_verify_cert(raw) };
-        if ok == 1 && ctx.chain().is_some_and(|c| ca_revoked(c, &self.crls)) {
-            // SAFETY: as above.
-            unsafe {
-                openssl_sys::X509_STORE_CTX_set_error(raw, openssl_sys::X509_V_ERR_CERT_REVOKED)
-            };
-            return 0;
-        }
+        let ok = self.verify_chain(ctx);
         if ok == 1 && ctx.error() == openssl::x509::X509VerifyResult::OK {
             if let (Some(key), Some(chain)) = (key, ctx.chain()) {
                 self.keep(key, chain, now);
