@@ -152,12 +152,18 @@ pub(crate) fn block1_of(p: &Packet) -> Option<Option<Block>> {
         .map(|v| Block::decode(v))
 }
 
-/// The request's Uri-Path as one string without the leading `/`.
+/// The request's Uri-Path as one string without the leading `/`: its segments joined with
+/// `/`, a `%` or `/` within a segment percent-encoded, so that two paths are one string only
+/// if they are one path (`["a/b"]` is `a%2Fb`, `["a", "b"]` is `a/b`).
 pub fn path_of(p: &Packet) -> String {
     p.get_option(CoapOption::UriPath)
         .map(|l| {
             l.iter()
-                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .map(|s| {
+                    String::from_utf8_lossy(s)
+                        .replace('%', "%25")
+                        .replace('/', "%2F")
+                })
                 .collect::<Vec<_>>()
                 .join("/")
         })
@@ -306,6 +312,21 @@ pub fn request(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_path_is_one_string_only_if_it_is_one_path() {
+        let with = |segments: &[&str]| {
+            let mut p = Packet::new();
+            for s in segments {
+                p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+            }
+            path_of(&p)
+        };
+        assert_eq!(with(&["a", "b"]), "a/b");
+        assert_eq!(with(&["a/b"]), "a%2Fb");
+        assert_ne!(with(&["a%2Fb"]), with(&["a/b"]));
+        assert_eq!(with(&[]), "");
+    }
 
     #[test]
     fn only_a_503_or_429_with_max_age_asks_for_a_wait() {
