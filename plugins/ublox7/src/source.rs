@@ -257,6 +257,7 @@ pub fn run_replay(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> 
             }
         }
         out.stats(decoder.stats(), true);
+        out.closed(decoder.stats());
         if !cfg.replay_loop {
             tracing::info!(epochs = out.epochs, "replay finished");
             return Ok(());

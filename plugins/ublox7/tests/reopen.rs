@@ -44,7 +44,7 @@ fn what_a_port_opened_again_drops_is_said_with_the_totals() {
         drop(again);
         std::fs::remove_file(&link).unwrap();
     });
-    let run = run_source::<Ublox7>(&cfg, 1_000, Duration::from_millis(3_500)).unwrap();
+    let run = run_source::<Ublox7>(&cfg, 1_000, Duration::from_secs(5)).unwrap();
     run.outcome.unwrap();
     writer.join().unwrap();
     let said = said.lock().unwrap().clone();
