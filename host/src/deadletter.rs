@@ -85,8 +85,8 @@ pub struct DeadLetters {
     plugin: String,
     seq: AtomicU64,
     recent: Mutex<Recent>,
-    /// Most bytes the directory may hold.
-    max_size: u64,
+    /// Most bytes the directory may hold (a reload sets it anew: [`DeadLetters::set_max_size`]).
+    max_size: AtomicU64,
     /// Bytes it holds, as last counted and added to since (`None`: not counted yet). Files
     /// removed by `gateway dead-letters` are seen at the next count, made when a batch would
     /// not fit by this one.
@@ -173,14 +173,25 @@ impl DeadLetters {
             plugin: plugin.to_owned(),
             seq: AtomicU64::new(0),
             recent: Mutex::new(Recent::default()),
-            max_size: crate::config::default::DEAD_LETTER_MAX_SIZE,
+            max_size: AtomicU64::new(crate::config::default::DEAD_LETTER_MAX_SIZE),
             used: Mutex::new(None),
         }
     }
 
     /// The same, holding at most `max_size` bytes.
     pub fn with_max_size(self, max_size: u64) -> Self {
-        DeadLetters { max_size, ..self }
+        self.set_max_size(max_size);
+        self
+    }
+
+    /// Holds at most `max_size` bytes from now on (a reload that changed
+    /// `dead_letter_max_size` of a sink whose directory is shared on).
+    pub fn set_max_size(&self, max_size: u64) {
+        self.max_size.store(max_size, Ordering::Relaxed);
+    }
+
+    fn max_size(&self) -> u64 {
+        self.max_size.load(Ordering::Relaxed)
     }
 
     /// Bytes of the finished files in the directory (a file removed meanwhile, by `gateway
@@ -229,7 +240,8 @@ impl DeadLetters {
     /// otherwise, and would hold the sink for good.
     fn reserve(&self, len: u64) -> io::Result<()> {
         let mut used = self.used.lock().expect("dead-letter bytes");
-        let fits = |u: u64| u == 0 || u.saturating_add(len) <= self.max_size;
+        let max_size = self.max_size();
+        let fits = |u: u64| u == 0 || u.saturating_add(len) <= max_size;
         if !used.is_some_and(fits) {
             *used = Some(self.count_bytes()?);
         }
@@ -239,7 +251,7 @@ impl DeadLetters {
                 io::ErrorKind::StorageFull,
                 format!(
                     "the dead-letter directory holds {now} bytes and this batch needs {len} more, past its dead_letter_max_size of {}: resend or remove its files (`gateway dead-letters list`, `resend`)",
-                    self.max_size
+                    max_size
                 ),
             ));
         }
@@ -552,6 +564,9 @@ mod tests {
             .put("refused", &big)
             .expect("alone, whatever its size");
         assert!(small.put("refused", &rs).is_err(), "but nothing beside it");
+        // A reload that raised dead_letter_max_size makes room in the record it shares.
+        small.set_max_size(1 << 20);
+        small.put("refused", &rs).expect("room after the reload");
     }
 
     #[test]

@@ -232,9 +232,15 @@ impl Starter<'_> {
             }
         }
         // One dead-letter directory, one record of it: its size limit and the readings it
-        // keeps are the writer's and the sink's together.
+        // keeps are the writer's and the sink's together. A writer kept across a reload keeps
+        // its record, and takes the reloaded limit.
         let letters = match &line.writer {
-            Some(w) => w.dead_letters.clone(),
+            Some(w) => {
+                if let Some(s) = k.decl.sink_settings() {
+                    w.dead_letters.set_max_size(s.dead_letter_max_size);
+                }
+                w.dead_letters.clone()
+            }
             None => Arc::new(dead_letters(self.config, &k.decl)),
         };
         let input = match &line.writer {
