@@ -77,6 +77,10 @@ pub struct SinkStats {
     pub retries: AtomicU64,
     /// Readings the sink refused for good (dropped, counted).
     pub rejected: AtomicU64,
+    /// Readings accepted onto the queue and then handed back to their source not taken (a
+    /// buffered sink's writer that could not keep a refused reading in its dead-letter
+    /// directory): no longer pending.
+    pub returned: AtomicU64,
     /// Times the instance was rebuilt after a failure.
     pub restarts: AtomicU64,
     /// Batches a source offered without waiting (`try_emit`) while the queue was full.
@@ -248,7 +252,8 @@ impl SinkStats {
     /// Readings accepted but neither written nor rejected yet, those a disk buffer dropped
     /// included ([`SinkView::pending`] leaves them out).
     pub fn pending(&self) -> u64 {
-        get(&self.accepted).saturating_sub(get(&self.written) + get(&self.rejected))
+        get(&self.accepted)
+            .saturating_sub(get(&self.written) + get(&self.rejected) + get(&self.returned))
     }
 
     /// Logs one line; `pending` as [`SinkView::pending`] counts them.

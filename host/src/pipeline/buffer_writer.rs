@@ -169,23 +169,26 @@ impl BufferWriter {
                 self.stats
                     .rejected
                     .fetch_add(huge.len() as u64, Ordering::Relaxed);
-                let kept_in = kept.map_or_else(
-                    || "(a file that kept it already)".to_owned(),
-                    |(path, _)| path.display().to_string(),
-                );
-                tracing::error!(
-                    readings = huge.len(),
-                    bytes = largest,
-                    %kept_in,
-                    "a reading is larger than a disk buffer record may be ({} MiB): it is refused and kept in a dead-letter file; the others of its batch are buffered",
-                    segment::MAX_RECORD >> 20
-                );
+                match kept {
+                    Some((path, _)) => tracing::error!(
+                        readings = huge.len(),
+                        bytes = largest,
+                        kept_in = %path.display(),
+                        "a reading is larger than a disk buffer record may be ({} MiB): it is refused and kept in a dead-letter file; the others of its batch are buffered",
+                        segment::MAX_RECORD >> 20
+                    ),
+                    None => tracing::info!(
+                        readings = huge.len(),
+                        bytes = largest,
+                        "a reading larger than a disk buffer record may be came again; a dead-letter file keeps it already"
+                    ),
+                }
             }
             Err(io) => {
                 // Not taken: nothing of it is pending here.
                 self.stats
-                    .accepted
-                    .fetch_sub(e.readings.len() as u64, Ordering::Relaxed);
+                    .returned
+                    .fetch_add(e.readings.len() as u64, Ordering::Relaxed);
                 tracing::error!(
                     readings = huge.len(),
                     bytes = largest,
@@ -297,7 +300,7 @@ mod tests {
             || big_seen.lock().unwrap().is_none()
             || again_seen.lock().unwrap().is_none()
         {
-            assert!(std::time::Instant::now() < end, "both batches acknowledged");
+            assert!(std::time::Instant::now() < end, "every batch acknowledged");
             std::thread::sleep(Duration::from_millis(5));
         }
         shutdown.advance(Phase::Draining);
@@ -331,5 +334,59 @@ mod tests {
         );
         let again = again_seen.lock().unwrap().take().unwrap().unwrap_err();
         assert_eq!(again.kind, ErrorKind::REJECTED);
+    }
+
+    /// Review of 3febf6c: a batch the writer could not take (its refused reading could not be
+    /// kept) stayed counted as accepted, so the sink's pending count never came back to 0.
+    #[test]
+    fn a_batch_not_taken_because_its_dead_letter_cannot_be_kept_is_not_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = BufferSettings {
+            max_size: 1 << 30,
+            when_full: WhenFull::Block,
+            fsync: false,
+        };
+        let buffer = Arc::new(DiskBuffer::open(&dir.path().join("buffer"), &settings).unwrap());
+        // The dead-letter directory cannot be made: a file is in its place.
+        let blocked = dir.path().join("dead-letter");
+        std::fs::write(&blocked, "").unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (done, _writer_done) = crossbeam_channel::bounded::<()>(0);
+        let shutdown = Shutdown::new();
+        let stats: Arc<SinkStats> = Arc::default();
+        let writer = BufferWriter {
+            rx,
+            handed: super::super::sink::Handover::default(),
+            buffer: buffer.clone(),
+            record_readings: 100,
+            shutdown: shutdown.clone(),
+            done,
+            handover: Arc::default(),
+            dead_letters: Arc::new(DeadLetters::new(blocked, "sink", "test")),
+            stats: stats.clone(),
+        };
+        let mut huge = sample_readings(2);
+        huge[0].value = Value::Text("x".repeat(segment::MAX_RECORD as usize).as_str().into());
+        let (big, seen) = envelope(huge);
+        // As a source counts a batch it queued.
+        stats.accepted.fetch_add(2, Ordering::Relaxed);
+        tx.send(big).unwrap();
+        let thread = std::thread::spawn(move || writer.run("test"));
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        while seen.lock().unwrap().is_none() {
+            assert!(std::time::Instant::now() < end, "the batch acknowledged");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        shutdown.advance(Phase::Aborting);
+        thread.join().unwrap();
+        let e = seen.lock().unwrap().take().unwrap().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+        assert_eq!(buffer.pending(), 0, "nothing of it is buffered");
+        assert_eq!(stats.pending(), 0);
+        assert_eq!(
+            stats.accepted.load(Ordering::Relaxed),
+            2,
+            "a counter only grows"
+        );
     }
 }
