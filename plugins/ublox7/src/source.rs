@@ -256,7 +256,8 @@ pub fn run_replay(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> 
                 return if stopped(&err) { Ok(()) } else { Err(err) };
             }
         }
-        out.stats(decoder.stats(), true);
+        // A replay that loops says its totals at most once a minute, as a port does.
+        out.stats(decoder.stats(), !cfg.replay_loop);
         out.closed(decoder.stats());
         if !cfg.replay_loop {
             tracing::info!(epochs = out.epochs, "replay finished");
