@@ -254,17 +254,24 @@ mod tests {
         (e, seen)
     }
 
-    #[test]
-    fn a_reading_larger_than_a_record_is_refused_and_the_others_are_written() {
-        // Written, it made a record the reader takes for corruption (and skips), after its
-        // source had been told it was stored.
-        let dir = tempfile::tempdir().unwrap();
+    /// A writer, and what a test holds of it: its queue, its buffer, what disconnects when it
+    /// stops, its run's phase.
+    struct Rig {
+        writer: BufferWriter,
+        tx: crossbeam_channel::Sender<Envelope>,
+        buffer: Arc<DiskBuffer>,
+        writer_done: crossbeam_channel::Receiver<()>,
+        shutdown: Shutdown,
+    }
+
+    /// A writer onto a buffer in `dir/buffer`, its dead letters in `dir/dead-letter`.
+    fn rig(dir: &std::path::Path) -> Rig {
         let settings = BufferSettings {
             max_size: 1 << 30,
             when_full: WhenFull::Block,
             fsync: false,
         };
-        let buffer = Arc::new(DiskBuffer::open(dir.path(), &settings).unwrap());
+        let buffer = Arc::new(DiskBuffer::open(&dir.join("buffer"), &settings).unwrap());
         let (tx, rx) = crossbeam_channel::unbounded();
         let (done, writer_done) = crossbeam_channel::bounded::<()>(0);
         let shutdown = Shutdown::new();
@@ -276,13 +283,30 @@ mod tests {
             shutdown: shutdown.clone(),
             done,
             handover: Arc::default(),
-            dead_letters: Arc::new(DeadLetters::new(
-                dir.path().join("dead-letter"),
-                "sink",
-                "test",
-            )),
+            dead_letters: Arc::new(DeadLetters::new(dir.join("dead-letter"), "sink", "test")),
             stats: Arc::default(),
         };
+        Rig {
+            writer,
+            tx,
+            buffer,
+            writer_done,
+            shutdown,
+        }
+    }
+
+    #[test]
+    fn a_reading_larger_than_a_record_is_refused_and_the_others_are_written() {
+        // Written, it made a record the reader takes for corruption (and skips), after its
+        // source had been told it was stored.
+        let dir = tempfile::tempdir().unwrap();
+        let Rig {
+            writer,
+            tx,
+            buffer,
+            writer_done,
+            shutdown,
+        } = rig(dir.path());
         let stats = writer.stats.clone();
         let letters = DeadLetters::new(dir.path().join("dead-letter"), "sink", "test");
         let mut huge = sample_readings(2);
@@ -341,30 +365,16 @@ mod tests {
     #[test]
     fn a_batch_not_taken_because_its_dead_letter_cannot_be_kept_is_not_pending() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = BufferSettings {
-            max_size: 1 << 30,
-            when_full: WhenFull::Block,
-            fsync: false,
-        };
-        let buffer = Arc::new(DiskBuffer::open(&dir.path().join("buffer"), &settings).unwrap());
         // The dead-letter directory cannot be made: a file is in its place.
-        let blocked = dir.path().join("dead-letter");
-        std::fs::write(&blocked, "").unwrap();
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let (done, _writer_done) = crossbeam_channel::bounded::<()>(0);
-        let shutdown = Shutdown::new();
-        let stats: Arc<SinkStats> = Arc::default();
-        let writer = BufferWriter {
-            rx,
-            handed: super::super::sink::Handover::default(),
-            buffer: buffer.clone(),
-            record_readings: 100,
-            shutdown: shutdown.clone(),
-            done,
-            handover: Arc::default(),
-            dead_letters: Arc::new(DeadLetters::new(blocked, "sink", "test")),
-            stats: stats.clone(),
-        };
+        std::fs::write(dir.path().join("dead-letter"), "").unwrap();
+        let Rig {
+            writer,
+            tx,
+            buffer,
+            writer_done: _writer_done,
+            shutdown,
+        } = rig(dir.path());
+        let stats = writer.stats.clone();
         let mut huge = sample_readings(2);
         huge[0].value = Value::Text("x".repeat(segment::MAX_RECORD as usize).as_str().into());
         let (big, seen) = envelope(huge);
