@@ -44,6 +44,7 @@ pub use codes::{Code, ContentFormat, InvalidContentFormat};
 pub use endpoint::{observe_of, ClientError, Config, Endpoint, Event, RequestId, Stats, Token};
 pub use keyed::{Gathered, Keyed};
 pub use message::{
-    decode_uint, encode_uint, path_of, request, response, retry_after, retry_later, Block,
+    decode_uint, encode_uint, path_of, path_segment, request, response, retry_after, retry_later,
+    Block,
 };
 pub use uri::Uri;

@@ -153,21 +153,37 @@ pub(crate) fn block1_of(p: &Packet) -> Option<Option<Block>> {
 }
 
 /// The request's Uri-Path as one string without the leading `/`: its segments joined with
-/// `/`, a `%` or `/` within a segment percent-encoded, so that two paths are one string only
-/// if they are one path (`["a/b"]` is `a%2Fb`, `["a", "b"]` is `a/b`).
+/// `/`, each as [`path_segment`] writes it, so that two paths are one string only if they are
+/// one path (`["a/b"]` is `a%2Fb`, `["a", "b"]` is `a/b`).
 pub fn path_of(p: &Packet) -> String {
     p.get_option(CoapOption::UriPath)
         .map(|l| {
             l.iter()
-                .map(|s| {
-                    String::from_utf8_lossy(s)
-                        .replace('%', "%25")
-                        .replace('/', "%2F")
-                })
+                .map(|s| path_segment(s))
                 .collect::<Vec<_>>()
                 .join("/")
         })
         .unwrap_or_default()
+}
+
+/// `name` as one segment of a URI path (RFC 3986): every byte but the unreserved characters
+/// percent-encoded, so that a `/` stays in its segment, a `>`, `,` or `"` cannot end a link of
+/// a discovery answer early, and bytes that are not UTF-8 keep their own form.
+pub fn path_segment(name: &[u8]) -> std::borrow::Cow<'_, str> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    if name.iter().all(|&b| plain(b)) {
+        // All ASCII.
+        return std::str::from_utf8(name).unwrap_or_default().into();
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for &b in name {
+        if plain(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.into()
 }
 
 pub(crate) fn empty(t: MessageType, mid: u16) -> Packet {

@@ -11,7 +11,7 @@
 
 use gateway_coap::{
     coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType},
-    encode_uint, response, retry_later, ContentFormat,
+    encode_uint, path_segment, response, retry_later, ContentFormat,
 };
 use gateway_sdk::{ErrorKind, Label, PluginError, Reading, Timestamp};
 use gateway_senml as senml;
@@ -151,32 +151,13 @@ pub fn route(req: &Packet, path: &str) -> Result<Route, Refused> {
     }
 }
 
-/// `name` as one segment of a URI path (RFC 3986): every byte but the unreserved characters
-/// percent-encoded, so that a `/` stays in its segment and a `>`, `,` or `"` cannot end a
-/// link of a discovery answer early.
-fn segment(name: &str) -> std::borrow::Cow<'_, str> {
-    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
-    if name.bytes().all(plain) {
-        return name.into();
-    }
-    let mut out = String::with_capacity(name.len() + 8);
-    for b in name.bytes() {
-        if plain(b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out.into()
-}
-
 /// The answer to `GET /.well-known/core` (RFC 6690): the readings collection, and the last
 /// readings of each device in `devices` (those the peer may read).
 pub fn discovery(path: &str, devices: &[String]) -> Packet {
     let (j, c) = (ContentFormat::SENML_JSON.0, ContentFormat::SENML_CBOR.0);
     let mut links = format!("</{path}>;rt=\"senml\";ct=\"{j} {c}\";if=\"core.b\"");
     for d in devices {
-        let d = segment(d);
+        let d = path_segment(d.as_bytes());
         links += &format!(",</{path}/{d}>;rt=\"senml.latest\";ct=\"{j} {c}\";if=\"core.rp\";obs");
     }
     let mut r = response(ResponseType::Content, &links);
