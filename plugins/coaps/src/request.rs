@@ -95,22 +95,22 @@ pub fn route(req: &Packet, path: &str) -> Result<Route, Refused> {
     let MessageClass::Request(method) = req.header.code else {
         return Err(Refused::bad(ResponseType::BadRequest, "not a request"));
     };
-    let target: Vec<String> = req
-        .get_option(CoapOption::UriPath)
-        .map(|l| {
-            l.iter()
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    if target == [".well-known", "core"] {
+    // Compared as bytes, with nothing allocated on the way of every POST (a segment that is
+    // not UTF-8 equals no segment of the configured path).
+    let target = || {
+        req.get_option(CoapOption::UriPath)
+            .into_iter()
+            .flatten()
+            .map(Vec::as_slice)
+    };
+    let base = || path.split('/').filter(|s| !s.is_empty()).map(str::as_bytes);
+    if target().eq([b".well-known".as_slice(), b"core"]) {
         if method != RequestType::Get {
             return Err(Refused::bad(ResponseType::MethodNotAllowed, "GET only"));
         }
         return Ok(Route::Discovery);
     }
-    let base: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    if target == base {
+    if target().eq(base()) {
         if method != RequestType::Post {
             return Err(Refused::bad(
                 ResponseType::MethodNotAllowed,
@@ -119,10 +119,17 @@ pub fn route(req: &Packet, path: &str) -> Result<Route, Refused> {
         }
         return Ok(Route::Readings);
     }
-    let below = match target.get(..base.len()).filter(|head| *head == base) {
-        Some(_) => &target[base.len()..],
-        None => return Err(Refused::bad(ResponseType::NotFound, "no such resource")),
-    };
+    let depth = base().count();
+    if target().count() < depth || !target().zip(base()).all(|(t, b)| t == b) {
+        return Err(Refused::bad(ResponseType::NotFound, "no such resource"));
+    }
+    // The names below the collection (three at most: more is no resource either).
+    let below: Vec<String> = target()
+        .skip(depth)
+        .take(3)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    let below = below.as_slice();
     match (below, method) {
         ([device], RequestType::Get) => Ok(Route::Latest {
             device: device.clone(),
