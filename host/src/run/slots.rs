@@ -216,21 +216,6 @@ impl Starter<'_> {
     ) -> SinkSlot {
         let name = k.decl.name.clone();
         let stats = line.port.stats.clone();
-        if line.writer.is_none() {
-            if let Some(buffer) = k.buffer.clone() {
-                if fresh {
-                    let recovered = buffer.stats.recovered.load(Ordering::Relaxed);
-                    stats.accepted.fetch_add(recovered, Ordering::Relaxed);
-                }
-                line.writer = Some(self.writer(
-                    &name,
-                    buffer,
-                    &line,
-                    Arc::new(dead_letters(self.config, &k.decl)),
-                    k.settings.batch_size,
-                ));
-            }
-        }
         // One dead-letter directory, one record of it: its size limit and the readings it
         // keeps are the writer's and the sink's together. A writer kept across a reload keeps
         // its record, and takes the reloaded limit.
@@ -243,6 +228,16 @@ impl Starter<'_> {
             }
             None => Arc::new(dead_letters(self.config, &k.decl)),
         };
+        if line.writer.is_none() {
+            if let Some(buffer) = k.buffer.clone() {
+                if fresh {
+                    let recovered = buffer.stats.recovered.load(Ordering::Relaxed);
+                    stats.accepted.fetch_add(recovered, Ordering::Relaxed);
+                }
+                line.writer =
+                    Some(self.writer(&name, buffer, &line, letters.clone(), k.settings.batch_size));
+            }
+        }
         let input = match &line.writer {
             None => SinkInput::Queue(QueueInput {
                 rx: line.rx.clone(),
