@@ -260,16 +260,13 @@ fn forms(secrets: &[Secret]) -> Vec<(String, String)> {
 }
 
 fn replace_forms<'a>(msg: &'a str, forms: &[(String, String)]) -> Cow<'a, str> {
-    forms
-        .iter()
-        .fold(
-            Cow::Borrowed(msg),
-            |out, (value, shown_as)| match gateway_sdk::text::replace_secret(&out, value, shown_as)
-            {
-                Cow::Borrowed(_) => out,
-                Cow::Owned(r) => Cow::Owned(r),
-            },
-        )
+    let mut out = Cow::Borrowed(msg);
+    for (value, shown_as) in forms {
+        if let Cow::Owned(r) = gateway_sdk::text::replace_secret(&out, value, shown_as) {
+            out = Cow::Owned(r);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
