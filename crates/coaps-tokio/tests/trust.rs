@@ -185,30 +185,38 @@ fn no_session_outlives_its_device_certificate_busy_or_resumed() {
         .all(|(id, _)| matches!(id.as_deref(), Some("pi-02" | "pi-03"))));
 }
 
-#[test]
-fn no_session_outlives_the_intermediate_ca_of_its_device() {
-    let pki = Pki::new();
-    // A sub-CA that expires 3 s from now issues pi-04 and pi-05 certificates good for 30 days;
-    // each device sends its certificate and the sub-CA's, the server trusts the root.
-    let (ca, ca_key) = read_pair(&pki.path("ca.pem"), &pki.path("ca.key")).unwrap();
-    let now = std::time::SystemTime::now()
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs() as i64;
+        .as_secs() as i64
+}
+
+/// A sub-CA of the PKI's CA, good until `until` (Unix seconds), and its key; it issues each
+/// of `devices` a certificate good for 30 days, written with the sub-CA's after it (as a device
+/// sends its chain) to `NAME.pem`, its key to `NAME.key`.
+fn sub_ca(
+    pki: &Pki,
+    name: &str,
+    until: i64,
+    devices: &[&str],
+) -> (openssl::x509::X509, gateway_pki::Key) {
+    let (ca, ca_key) = read_pair(&pki.path("ca.pem"), &pki.path("ca.key")).unwrap();
+    let now = unix_now();
     let sub_key = new_key().unwrap();
     let sub = issue_between(
-        "Sub CA",
+        name,
         &sub_key,
         Kind::Ca,
         Some((&ca, &ca_key)),
         now - 60,
-        now + 3,
+        until,
     )
     .unwrap();
-    for name in ["pi-04", "pi-05"] {
+    for device in devices {
         let key = new_key().unwrap();
         let cert = issue_between(
-            name,
+            device,
             &key,
             Kind::Device,
             Some((&sub, &sub_key)),
@@ -218,9 +226,19 @@ fn no_session_outlives_the_intermediate_ca_of_its_device() {
         .unwrap();
         let mut pem = cert.to_pem().unwrap();
         pem.extend(sub.to_pem().unwrap());
-        std::fs::write(pki.path(&format!("{name}.pem")), pem).unwrap();
-        write_key(&pki.path(&format!("{name}.key")), &key).unwrap();
+        std::fs::write(pki.path(&format!("{device}.pem")), pem).unwrap();
+        write_key(&pki.path(&format!("{device}.key")), &key).unwrap();
     }
+    (sub, sub_key)
+}
+
+#[test]
+fn no_session_outlives_the_intermediate_ca_of_its_device() {
+    let pki = Pki::new();
+    // A sub-CA that expires 3 s from now issues pi-04 and pi-05 certificates good for 30 days;
+    // each device sends its certificate and the sub-CA's, the server trusts the root.
+    let now = unix_now();
+    sub_ca(&pki, "Sub CA", now + 3, &["pi-04", "pi-05"]);
     let expiry = std::time::UNIX_EPOCH + Duration::from_secs((now + 3) as u64);
 
     let mut opts = mutual(&pki);
@@ -449,38 +467,15 @@ fn revoked_and_kept(pki: &Pki, revoked: &str, kept: &str) {
 fn a_device_of_a_revoked_intermediate_ca_is_refused() {
     let pki = Pki::new();
     let (ca, ca_key) = read_pair(&pki.path("ca.pem"), &pki.path("ca.key")).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     let mut crls = Vec::new();
     let mut subs = Vec::new();
     for (n, sub_name) in ["Lost Sub CA", "Kept Sub CA"].into_iter().enumerate() {
-        let sub_key = new_key().unwrap();
-        let sub = issue_between(
+        let (sub, sub_key) = sub_ca(
+            &pki,
             sub_name,
-            &sub_key,
-            Kind::Ca,
-            Some((&ca, &ca_key)),
-            now - 60,
-            now + 30 * 86_400,
-        )
-        .unwrap();
-        let name = format!("pi-0{}", n + 4);
-        let key = new_key().unwrap();
-        let cert = issue_between(
-            &name,
-            &key,
-            Kind::Device,
-            Some((&sub, &sub_key)),
-            now - 60,
-            now + 30 * 86_400,
-        )
-        .unwrap();
-        let mut pem = cert.to_pem().unwrap();
-        pem.extend(sub.to_pem().unwrap());
-        std::fs::write(pki.path(&format!("{name}.pem")), pem).unwrap();
-        write_key(&pki.path(&format!("{name}.key")), &key).unwrap();
+            unix_now() + 30 * 86_400,
+            &[&format!("pi-0{}", n + 4)],
+        );
         // Each sub-CA's own CRL revokes nothing.
         let path = pki.path(&format!("sub-{n}.crl"));
         revoke(&path, &sub, &sub_key, &[], 30).unwrap();

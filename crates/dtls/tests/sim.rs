@@ -366,6 +366,28 @@ impl Net {
 
 const T: Duration = Duration::from_secs(30);
 
+/// The ClientHello a client sends first (no cookie), outside the simulated network.
+fn first_hello(net: &Net, c: &mut Client) -> Vec<u8> {
+    c.request(net.now, request(RequestType::Post, "r", None, vec![]), T);
+    assert_eq!(c.poll_transmit(), Some(Transmit::Connect));
+    let Some(Transmit::Datagram(hello)) = c.poll_transmit() else {
+        panic!("a ClientHello")
+    };
+    hello
+}
+
+/// `hello` sent from `from`: the server's cookie for that address, and the ClientHello `c`
+/// sends again with it.
+fn with_cookie(net: &mut Net, c: &mut Client, from: SocketAddr, hello: &[u8]) -> Vec<u8> {
+    net.server.handle(net.now, from, hello);
+    let (_, hvr) = net.server.poll_transmit().unwrap();
+    c.handle(net.now, &hvr);
+    let Some(Transmit::Datagram(with_cookie)) = c.poll_transmit() else {
+        panic!("the ClientHello again, with the cookie")
+    };
+    with_cookie
+}
+
 #[test]
 fn a_device_gets_in_under_its_certificate_name() {
     let pki = Pki::devices(&["pi-01"]);
@@ -521,11 +543,7 @@ fn a_client_hello_without_a_cookie_leaves_no_state() {
     let pki = Pki::devices(&["pi-01"]);
     let mut net = Net::new(pki.server_config());
     let mut c = pki.device("pi-01");
-    c.request(net.now, request(RequestType::Post, "r", None, vec![]), T);
-    assert_eq!(c.poll_transmit(), Some(Transmit::Connect));
-    let Some(Transmit::Datagram(hello)) = c.poll_transmit() else {
-        panic!("a ClientHello")
-    };
+    let hello = first_hello(&net, &mut c);
     assert!(parse_client_hello(&hello).unwrap().cookie.is_empty());
     // From a thousand (spoofed) addresses: a thousand small answers, and nothing kept.
     for port in 0..1000u16 {
@@ -539,12 +557,7 @@ fn a_client_hello_without_a_cookie_leaves_no_state() {
     assert_eq!(net.stat(|s| &s.cookies_sent), 1000);
     // The cookie made for one address does not open a session for another.
     let from = SocketAddr::from(([192, 0, 2, 7], 1));
-    net.server.handle(net.now, from, &hello);
-    let (_, hvr) = net.server.poll_transmit().unwrap();
-    c.handle(net.now, &hvr);
-    let Some(Transmit::Datagram(with_cookie)) = c.poll_transmit() else {
-        panic!("the ClientHello again, with the cookie")
-    };
+    let with_cookie = with_cookie(&mut net, &mut c, from, &hello);
     assert!(!parse_client_hello(&with_cookie).unwrap().cookie.is_empty());
     net.server
         .handle(net.now, SocketAddr::from(([192, 0, 2, 8], 1)), &with_cookie);
@@ -680,18 +693,9 @@ fn a_stall_that_frees_no_slot_for_the_first_in_line_does_not_wake_the_server_aga
     let mut net = Net::new(cfg);
     // From 192.0.2.8: a handshake passes the cookie exchange, and its peer goes silent.
     let mut c = pki.device("stall");
-    c.request(net.now, request(RequestType::Post, "r", None, vec![]), T);
-    assert_eq!(c.poll_transmit(), Some(Transmit::Connect));
-    let Some(Transmit::Datagram(hello)) = c.poll_transmit() else {
-        panic!("a ClientHello")
-    };
+    let hello = first_hello(&net, &mut c);
     let from = SocketAddr::from(([192, 0, 2, 8], 1));
-    net.server.handle(net.now, from, &hello);
-    let (_, hvr) = net.server.poll_transmit().unwrap();
-    c.handle(net.now, &hvr);
-    let Some(Transmit::Datagram(with_cookie)) = c.poll_transmit() else {
-        panic!("the ClientHello with its cookie")
-    };
+    let with_cookie = with_cookie(&mut net, &mut c, from, &hello);
     net.server.handle(net.now, from, &with_cookie);
     while net.server.poll_transmit().is_some() {}
     assert_eq!(net.server.sessions(), (0, 1));
