@@ -151,18 +151,17 @@ fn no_session_outlives_its_device_certificate_busy_or_resumed() {
         "a request got in after the certificate expired"
     );
     assert!(refused > 0);
-    assert_eq!(
-        server.stats.expired.load(Ordering::Relaxed),
-        1,
-        "the busy session ended"
-    );
-    // Ended with a certificate_expired alert, pi-02 does not offer its session again: its
-    // full handshakes fail on the expired certificate, and say so.
-    assert_eq!(server.stats.expired_resumptions.load(Ordering::Relaxed), 0);
+    let resumptions = busy_session_ended(&server);
+    // Told by a certificate_expired alert, pi-02 does not offer its session again: its full
+    // handshakes fail on the expired certificate, and say so.
     let e = busy
         .request(post(b"x".to_vec()), Duration::from_secs(2))
         .unwrap_err();
     assert!(e.to_string().contains("expired"), "{e}");
+    assert_eq!(
+        server.stats.expired_resumptions.load(Ordering::Relaxed),
+        resumptions
+    );
 
     // pi-03 resumes its session after the expiry: refused, once; it then makes full
     // handshakes, which fail.
@@ -171,7 +170,10 @@ fn no_session_outlives_its_device_certificate_busy_or_resumed() {
             .request(post(b"x".to_vec()), Duration::from_secs(2))
             .is_err());
     }
-    assert_eq!(server.stats.expired_resumptions.load(Ordering::Relaxed), 1);
+    assert!(
+        server.stats.expired_resumptions.load(Ordering::Relaxed) > resumptions,
+        "pi-03's resumption after the expiry was refused"
+    );
     drop((busy, quiet));
     drop(server);
     let seen = app.join().unwrap();
@@ -264,11 +266,7 @@ fn no_session_outlives_the_intermediate_ca_of_its_device() {
     }
     assert!(before > 5, "requests got in before the expiry: {before}");
     assert_eq!(after, 0, "a request got in after the sub-CA expired");
-    assert_eq!(
-        server.stats.expired.load(Ordering::Relaxed),
-        1,
-        "the busy session ended"
-    );
+    let resumptions = busy_session_ended(&server);
     for _ in 0..3 {
         assert!(quiet
             .request(post(b"x".to_vec()), Duration::from_secs(2))
@@ -277,9 +275,24 @@ fn no_session_outlives_the_intermediate_ca_of_its_device() {
     // At least once: on loaded machines the device may retransmit its ClientHello, which the
     // server takes as a resumption of its own, refused again.
     assert!(
-        server.stats.expired_resumptions.load(Ordering::Relaxed) >= 1,
-        "the resumption after the expiry was refused"
+        server.stats.expired_resumptions.load(Ordering::Relaxed) > resumptions,
+        "pi-05's resumption after the expiry was refused"
     );
+}
+
+/// Checks that the one busy session was ended at its certificate's expiry, and returns how
+/// many resumptions were refused so far. On a loaded machine a request of the busy device
+/// may time out just before the expiry with the server silent: its client then sets the
+/// session up again, offering the old one, and that resumption, after the expiry, is refused
+/// instead (more than once if the device sent its ClientHello again meanwhile).
+fn busy_session_ended(server: &Server) -> u64 {
+    let ended = server.stats.expired.load(Ordering::Relaxed);
+    let resumptions = server.stats.expired_resumptions.load(Ordering::Relaxed);
+    assert!(
+        ended <= 1 && ended + resumptions >= 1,
+        "the busy session ended: {ended} sessions ended, {resumptions} resumptions refused"
+    );
+    resumptions
 }
 
 #[test]
