@@ -237,6 +237,13 @@ impl Registry {
             "Damaged records found in a disk buffer and skipped.",
             &buffer(&|b| get(&b.stats.corrupt_records)),
         );
+        family(
+            &mut out,
+            "gateway_buffer_lost_total",
+            "counter",
+            "Readings in disk buffer records found damaged while reading, or in a segment file removed by someone else: never delivered.",
+            &buffer(&|b| get(&b.stats.lost)),
+        );
         let host: Vec<String> = out
             .lines()
             .filter_map(|l| Some(l.strip_prefix("# TYPE ")?.split(' ').next()?.to_owned()))

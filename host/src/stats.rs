@@ -29,14 +29,14 @@ pub struct SinkView {
 }
 
 impl SinkView {
-    /// Readings the sink accepted and has neither stored, refused, nor dropped by its disk
-    /// buffer's `when_full = "drop_oldest"`: what is in its queue, its buffer and its writes.
+    /// Readings the sink accepted and has neither stored, refused, dropped by its disk
+    /// buffer's `when_full = "drop_oldest"`, nor lost in records of that buffer found damaged
+    /// while reading: what is in its queue, its buffer and its writes.
     pub fn pending(&self) -> u64 {
-        let dropped = self
-            .buffer
-            .as_ref()
-            .map_or(0, |b| b.stats.dropped.load(Ordering::Relaxed));
-        self.stats.pending().saturating_sub(dropped)
+        let gone = self.buffer.as_ref().map_or(0, |b| {
+            b.stats.dropped.load(Ordering::Relaxed) + b.stats.lost.load(Ordering::Relaxed)
+        });
+        self.stats.pending().saturating_sub(gone)
     }
 }
 
@@ -283,6 +283,7 @@ pub fn log_buffer(name: &str, b: &crate::buffer::DiskBuffer) {
         recovered = get(&b.stats.recovered),
         dropped = get(&b.stats.dropped),
         corrupt_records = get(&b.stats.corrupt_records),
+        lost = get(&b.stats.lost),
         "disk buffer stats"
     );
 }

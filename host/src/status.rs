@@ -100,13 +100,19 @@ pub fn report(addr: SocketAddr) -> Result<(String, bool), String> {
     for i in instances("gateway_sink_written_total") {
         let buffer = if buffered.contains(&i) {
             let dropped = v("gateway_buffer_dropped_total", &i);
+            let lost = v("gateway_buffer_lost_total", &i);
             format!(
-                "{} readings, {} bytes, oldest {:.0} s{}",
+                "{} readings, {} bytes, oldest {:.0} s{}{}",
                 v("gateway_buffer_readings", &i),
                 v("gateway_buffer_bytes", &i),
                 v("gateway_buffer_oldest_age_seconds", &i),
                 if dropped > 0.0 {
                     format!(", {dropped} dropped when full")
+                } else {
+                    String::new()
+                },
+                if lost > 0.0 {
+                    format!(", {lost} lost to damage")
                 } else {
                     String::new()
                 }

@@ -41,6 +41,9 @@ pub struct BufferStats {
     pub dropped: AtomicU64,
     /// Records found torn or corrupt (at open or while reading) and skipped.
     pub corrupt_records: AtomicU64,
+    /// Readings of records skipped while reading (damage found then, a segment file removed
+    /// by someone else): counted once the head passes them, as settled, never delivered.
+    pub lost: AtomicU64,
     /// Bytes cut off or skipped with them.
     pub corrupt_bytes: AtomicU64,
     /// Readings found in the buffer at open, not yet acknowledged.
@@ -56,8 +59,10 @@ pub(super) struct Segment {
     pub(super) bytes: u64,
     pub(super) readings: u64,
     pub(super) acked_readings: u64,
-    /// Damaged records found at open, skipped when reading.
+    /// Damaged records found at open or while reading, skipped when reading.
     pub(super) holes: Vec<Hole>,
+    /// Its file was found removed by someone else (its records counted lost then).
+    pub(super) gone: bool,
 }
 
 impl Segment {
@@ -216,8 +221,13 @@ impl State {
         while self.segments.len() > 1 && self.segments[0].end() <= self.head {
             let seg = self.segments.pop_front().expect("checked");
             removed = true;
-            if let Err(e) = std::fs::remove_file(segment::path(dir, seg.first)) {
-                tracing::error!(error = %e, "removing a delivered disk buffer segment failed");
+            match std::fs::remove_file(segment::path(dir, seg.first)) {
+                // Removed by someone else (its records were counted lost when reading met it).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "removing a delivered disk buffer segment failed")
+                }
+                Ok(()) => {}
             }
         }
         removed

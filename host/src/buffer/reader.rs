@@ -79,6 +79,7 @@ struct SegmentView {
     first: u64,
     end: u64,
     holes: Vec<Hole>,
+    gone: bool,
 }
 
 struct Live {
@@ -150,6 +151,7 @@ impl DiskBuffer {
                         first: s.first,
                         end: s.end(),
                         holes: s.holes.clone(),
+                        gone: s.gone,
                     })
                     .collect();
                 (segs, st.next_seq)
@@ -273,15 +275,20 @@ impl DiskBuffer {
                 if cur.retry_at.is_some_and(|t| Instant::now() < t) {
                     return None;
                 }
-                match OpenSegment::open(&segment::path(&self.dir, seg.first), seg.first) {
+                let open = if seg.gone {
+                    Err(std::io::ErrorKind::NotFound.into())
+                } else {
+                    OpenSegment::open(&segment::path(&self.dir, seg.first), seg.first)
+                };
+                match open {
                     Ok(o) => {
                         cur.open = Some(o);
                         cur.retry_at = None;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         // Dropped by `drop_oldest` meanwhile, or removed by someone else.
-                        self.lost_segment(seg);
-                        cur.seq = seg.end;
+                        self.lost_segment(seg, cur.seq);
+                        cur.seq = seg.end.min(limit);
                         cur.open = None;
                         continue;
                     }
@@ -293,16 +300,20 @@ impl DiskBuffer {
                 }
             }
             let open = cur.open.as_mut().expect("opened above");
-            let (to, counted, why) = match open.read(cur.seq, &seg.holes) {
+            // Where reading goes on, whether the skip is new (not counted at open or when
+            // found), the damage to note, and why.
+            let (to, new, hole, why) = match open.read(cur.seq, &seg.holes) {
                 Ok(readings) => {
                     let seq = cur.seq;
                     cur.seq += 1;
                     return Some((seq, readings));
                 }
-                Err(Unreadable::Hole { to, new, why }) => (to.min(seg.end), !new, why),
+                Err(Unreadable::Hole { to, new, why }) => {
+                    (to.min(seg.end), new.is_some(), new, why)
+                }
                 Err(Unreadable::Rest(why)) => {
                     cur.open = None;
-                    (seg.end, false, why)
+                    (seg.end, true, None, why)
                 }
                 Err(Unreadable::Io(e)) => {
                     // Read again from the segment's start next time.
@@ -311,8 +322,11 @@ impl DiskBuffer {
                     return None;
                 }
             };
-            if !counted {
-                let skipped = to - cur.seq;
+            if let Some(hole) = hole {
+                self.note_hole(seg.first, hole);
+            }
+            if new {
+                let skipped = to.saturating_sub(cur.seq);
                 self.stats
                     .corrupt_records
                     .fetch_add(skipped, Ordering::Relaxed);
@@ -324,18 +338,41 @@ impl DiskBuffer {
                     "disk buffer record unreadable; skipping it, reading goes on after it"
                 );
             }
-            cur.seq = to;
+            cur.seq = cur.seq.max(to);
         }
     }
 
-    /// Counts and logs the records of `seg` as lost if its file went while the buffer still
-    /// holds it (not dropped by `drop_oldest`, which counts its own).
-    fn lost_segment(&self, seg: &SegmentView) {
-        let st = self.state.lock().unwrap();
-        if !st.segments.iter().any(|s| s.first == seg.first) {
-            return;
+    /// Notes damage found while reading segment `first`, so that a later walk through it (a
+    /// reader made anew, a read again after an I/O error) jumps over it, and counts it once.
+    fn note_hole(&self, first: u64, hole: Hole) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(s) = st.segments.iter_mut().find(|s| s.first == first) {
+            if !s
+                .holes
+                .iter()
+                .any(|h| h.from <= hole.from && hole.from < h.to)
+            {
+                s.holes.push(hole);
+                s.holes.sort_unstable_by_key(|h| h.from);
+            }
         }
-        let lost = seg.end - seg.first.max(st.head);
+    }
+
+    /// Counts and logs the records of `seg` from `from` on as lost, once, if its file went
+    /// while the buffer still holds it (not dropped by `drop_oldest`, which counts its own).
+    /// Those the reader took before are not: they were read.
+    fn lost_segment(&self, seg: &SegmentView, from: u64) {
+        let mut st = self.state.lock().unwrap();
+        let head = st.head;
+        let Some(s) = st
+            .segments
+            .iter_mut()
+            .find(|s| s.first == seg.first && !s.gone)
+        else {
+            return;
+        };
+        s.gone = true;
+        let lost = s.end().saturating_sub(from.max(head));
         drop(st);
         self.stats
             .corrupt_records
@@ -385,6 +422,16 @@ impl DiskBuffer {
         }
         let head = st.head;
         st.marks.forget_below(head);
+        // What the segments the head passed held beyond the readings acknowledged was in
+        // records skipped (damage found while reading, a file removed): lost, not pending.
+        let mut lost = 0;
+        for s in st.segments.iter_mut().filter(|s| s.end() <= head) {
+            lost += s.readings.saturating_sub(s.acked_readings);
+            s.acked_readings = s.readings;
+        }
+        if lost > 0 {
+            self.stats.lost.fetch_add(lost, Ordering::Relaxed);
+        }
         let removed = st.remove_delivered(&self.dir);
         // A full Block buffer whose only segment is now delivered: its writer rolls it away.
         let only_delivered = st.segments.len() == 1 && st.segments[0].end() <= st.head;

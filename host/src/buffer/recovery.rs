@@ -219,6 +219,7 @@ impl DiskBuffer {
             readings: scan.readings,
             acked_readings: scan.acked_readings,
             holes: scan.holes,
+            gone: false,
         }))
     }
 }

@@ -295,8 +295,8 @@ pub enum Unreadable {
     Hole {
         /// The first intact record after it.
         to: u64,
-        /// Found just now, not at open.
-        new: bool,
+        /// Found just now (not at open): the hole, for the reader to note.
+        new: Option<Hole>,
         /// Why.
         why: String,
     },
@@ -347,6 +347,7 @@ impl OpenSegment {
         ) {
             return Unreadable::Io(why);
         }
+        let (damaged, damaged_at) = (self.at, self.pos);
         let file = self.file.get_ref();
         let found = file.metadata().and_then(|m| {
             let len = m.len();
@@ -362,7 +363,12 @@ impl OpenSegment {
             Ok(Some((pos, to))) => match self.jump(pos, to) {
                 Ok(()) => Unreadable::Hole {
                     to,
-                    new: true,
+                    new: Some(Hole {
+                        from: damaged,
+                        to,
+                        resume: pos,
+                        bytes: pos - damaged_at,
+                    }),
                     why: why.to_string(),
                 },
                 Err(e) => Unreadable::Io(e),
@@ -383,7 +389,7 @@ impl OpenSegment {
                 // `seq` itself was lost: the scan found and counted it.
                 return Err(Unreadable::Hole {
                     to: self.at,
-                    new: false,
+                    new: None,
                     why: String::new(),
                 });
             }
@@ -400,7 +406,12 @@ impl OpenSegment {
                 }
                 Ok(None) => return Err(Unreadable::Rest("segment ends early".into())),
                 // Damage, or a read error there: that record is lost, not the rest.
-                Err(e) => return Err(self.recover(e)),
+                Err(e) => match self.recover(e) {
+                    // Damage before `seq` (met before, on a walk from an earlier start): walk
+                    // on from the intact record after it.
+                    Unreadable::Hole { to, .. } if to <= seq => {}
+                    other => return Err(other),
+                },
             }
         }
         let (count, payload) = match read_record(&mut self.file, seq) {
@@ -416,7 +427,12 @@ impl OpenSegment {
         self.at += 1;
         codec::decode(&payload, count as usize).map_err(|e| Unreadable::Hole {
             to: self.at,
-            new: true,
+            new: Some(Hole {
+                from: seq,
+                to: self.at,
+                resume: self.pos,
+                bytes: (HEADER + payload.len()) as u64,
+            }),
             why: format!("record {seq} does not decode: {e}"),
         })
     }

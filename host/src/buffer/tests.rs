@@ -335,6 +335,68 @@ fn damage_that_appears_while_running_costs_only_the_damaged_record() {
     let want: Vec<i64> = (0..30).filter(|v| !(10..15).contains(v)).collect();
     assert_same(&drain_all(&b, 5), &want);
     assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 1);
+    // Its readings are lost, not pending: before, they stayed in the buffer's pending count
+    // (and its oldest age) for good, and a shutdown waited for them and exited 1.
+    assert_eq!(b.stats.lost.load(Ordering::Relaxed), 5);
+    assert_eq!(b.pending(), 0);
+    assert!(b.oldest_age().is_none());
+}
+
+#[test]
+fn damage_met_while_running_is_counted_once_and_walked_past_by_a_new_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path());
+    fill(&b, 10, 5);
+    drop(b);
+    let b = open(dir.path());
+    let mut reader = b.reader();
+    let t = b.take(&mut reader, 25, NOW, NOW).unwrap();
+    assert_same(&values(&t), &(0..25).collect::<Vec<_>>());
+    b.ack(&mut reader, t);
+    // Damage in record 2's header (delivered) and record 7's payload.
+    let seg = segment_file(dir.path());
+    let at = record_offsets(&seg, 10);
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_at(&[0xff; 4], at[2] as u64 + 8).unwrap();
+    f.write_at(&[0xde, 0xad, 0xbe, 0xef], at[7] as u64 + 25)
+        .unwrap();
+    drop(f);
+    let want: Vec<i64> = (25..50).filter(|v| !(35..40).contains(v)).collect();
+    // A new reader (as after a reload, or a read again after an I/O error) walks the headers
+    // from the segment's start to the head, record 5. Before, the damage it met on the way
+    // was taken for record 5's: "attempt to subtract with overflow" (a wrapped count and a
+    // reader moved back, in a release build).
+    for _ in 0..2 {
+        let mut reader = b.reader();
+        let t = b.take(&mut reader, 1000, NOW, NOW).unwrap();
+        assert_same(&values(&t), &want);
+    }
+    // Record 7 counted once: the second reader jumped over it. Before, each reader counted it.
+    assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 1);
+    assert_eq!(drain_all(&b, 1000).len(), 20);
+    assert_eq!(b.stats.lost.load(Ordering::Relaxed), 5);
+    assert_eq!(b.pending(), 0);
+}
+
+#[test]
+fn a_segment_removed_while_written_costs_only_what_it_held() {
+    // The way out the log gives for a segment that cannot be read (EIO, say) is to remove it.
+    // Before, when it was the one being written, the writer went on appending to the removed
+    // file: every reading after it was acknowledged to its source, then lost.
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path());
+    fill(&b, 5, 10);
+    std::fs::remove_file(segment_file(dir.path())).unwrap();
+    assert!(drain_all(&b, 100).is_empty());
+    b.append(&[&batch(50, 50)], 50, &never).unwrap();
+    b.append(&[&batch(100, 50)], 50, &never).unwrap();
+    // A new reader (a reload) does not count the removed segment again.
+    assert_same(&drain_all(&b, 100), &(50..150).collect::<Vec<_>>());
+    assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 5);
+    assert_eq!(b.stats.lost.load(Ordering::Relaxed), 50);
+    assert_eq!(b.pending(), 0);
+    assert!(b.oldest_age().is_none());
 }
 
 #[test]

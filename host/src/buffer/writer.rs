@@ -206,6 +206,7 @@ impl DiskBuffer {
             readings: 0,
             acked_readings: 0,
             holes: Vec::new(),
+            gone: false,
         });
         Ok(())
     }
@@ -224,9 +225,15 @@ impl DiskBuffer {
                 .filter(|s| s.end() == st.next_seq)
                 .map(|s| (s.bytes, s.records))
         };
+        // A segment file someone removed (to get reading past it when it could not be read,
+        // say) is written on no more: what went into it would go with it, acknowledged.
+        let removed = w.file.as_ref().is_some_and(|f| {
+            use std::os::unix::fs::MetadataExt;
+            f.metadata().is_ok_and(|m| m.nlink() == 0)
+        });
         let size = match current {
             Some((bytes, records))
-                if w.file.is_some() && (records == 0 || bytes < self.segment_size) =>
+                if w.file.is_some() && !removed && (records == 0 || bytes < self.segment_size) =>
             {
                 bytes
             }
