@@ -39,24 +39,62 @@ impl DiskBuffer {
         }
         let stats = BufferStats::default();
         let (ledger, mut head) = Ledger::open(dir)?;
-        let mut segments = VecDeque::new();
+        let mut segments: VecDeque<Segment> = VecDeque::new();
         let mut marks = Marks::default();
-        for (first, path) in Self::segment_files(dir)? {
-            let Some(seg) = Self::scan(&path, first, head, &stats)? else {
+        let files = Self::segment_files(dir)?;
+        // Segments are contiguous as written: records missing between two left are counted
+        // lost (and cover what a cut tail or a file set aside between them cost). After the
+        // last segment left, a cut tail or a file set aside counts one record each.
+        let mut expected: Option<u64> = None;
+        let mut unknown_losses = 0;
+        for (i, (first, path)) in files.iter().enumerate() {
+            let first = *first;
+            // Below the head when the next one starts there: delivered, removed unread (a file
+            // that cannot be read then stops no start).
+            if files.get(i + 1).is_some_and(|(next, _)| *next <= head) {
+                std::fs::remove_file(path)?;
+                continue;
+            }
+            let Some((seg, torn)) = Self::scan(path, first, head, &stats)? else {
+                unknown_losses += 1;
                 continue;
             };
-            let fully_acked = seg.end() <= head;
-            if seg.records == 0 || fully_acked {
-                std::fs::remove_file(&path)?;
+            if seg.records == 0 {
+                unknown_losses += u64::from(torn);
+                std::fs::remove_file(path)?;
+                continue;
+            }
+            let from = expected.map(|e| e.max(head));
+            if let Some(from) = from.filter(|f| *f < first) {
+                stats
+                    .corrupt_records
+                    .fetch_add(first - from, Ordering::Relaxed);
+                tracing::error!(
+                    dir = %dir.display(),
+                    first_record = from,
+                    records = first - from,
+                    "disk buffer records missing between its segments (a segment file removed, emptied, cut short or set aside); counted lost, the buffer goes on without them"
+                );
+            }
+            if from.is_some() {
+                unknown_losses = 0;
+            }
+            unknown_losses += u64::from(torn);
+            expected = Some(seg.end());
+            if seg.end() <= head {
+                std::fs::remove_file(path)?;
                 continue;
             }
             // Its records are no older than the file (made when its first was appended).
-            let made = std::fs::metadata(&path)
+            let made = std::fs::metadata(path)
                 .and_then(|m| m.created().or_else(|_| m.modified()))
                 .unwrap_or_else(|_| std::time::SystemTime::now());
             marks.found(seg.first, made);
             segments.push_back(seg);
         }
+        stats
+            .corrupt_records
+            .fetch_add(unknown_losses, Ordering::Relaxed);
         let next_seq = segments.back().map_or(head, Segment::end).max(head);
         // The head can be older than every segment left (its file is not synced): start at the
         // first record there is.
@@ -149,15 +187,16 @@ impl DiskBuffer {
         Ok(found)
     }
 
-    /// Reads a segment's records: damage in the middle is skipped record by record, a torn
-    /// tail is cut off. A file that is not a segment (bad magic, and no intact record after it)
-    /// is renamed `NAME.damaged` (`NAME.N.damaged` if that is taken) and left out (`None`).
+    /// Reads a segment's records: damage in the middle is skipped record by record (and
+    /// counted), a torn tail is cut off (and said: `true`; the caller counts what it cost). A
+    /// file that is not a segment (bad magic, and no intact record after it) is renamed
+    /// `NAME.damaged` (`NAME.N.damaged` if that is taken) and left out (`None`).
     fn scan(
         path: &Path,
         first: u64,
         head: u64,
         stats: &BufferStats,
-    ) -> io::Result<Option<Segment>> {
+    ) -> io::Result<Option<(Segment, bool)>> {
         let Some(scan) = segment::scan(path, first, head)? else {
             // Never over an earlier one: each may hold what someone wants to look at.
             let aside = (0..)
@@ -167,7 +206,6 @@ impl DiskBuffer {
                 })
                 .find(|p| p.symlink_metadata().is_err())
                 .expect("a free name");
-            stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 segment = %path.display(),
                 moved_to = %aside.display(),
@@ -196,9 +234,9 @@ impl DiskBuffer {
             );
         }
         let len = scan.len;
-        if scan.valid_end < len {
+        let torn = scan.valid_end < len;
+        if torn {
             let cut = len - scan.valid_end;
-            stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
             stats.corrupt_bytes.fetch_add(cut, Ordering::Relaxed);
             tracing::warn!(
                 segment = %path.display(),
@@ -206,13 +244,13 @@ impl DiskBuffer {
                 bytes = cut,
                 records_kept = scan.records,
                 reason = %scan.tail_problem.as_deref().unwrap_or_default(),
-                "disk buffer segment has a torn or corrupt tail (a crash or power cut mid-write); cutting it off"
+                "disk buffer segment has a torn or corrupt tail (a crash or power cut mid-write, or damage); cutting it off"
             );
             let file = crate::own_files::options().write(true).open(path)?;
             file.set_len(scan.valid_end)?;
             file.sync_all()?;
         }
-        Ok(Some(Segment {
+        let seg = Segment {
             first,
             records: scan.records,
             bytes: scan.valid_end.min(len),
@@ -220,6 +258,7 @@ impl DiskBuffer {
             acked_readings: scan.acked_readings,
             holes: scan.holes,
             gone: false,
-        }))
+        };
+        Ok(Some((seg, torn)))
     }
 }

@@ -399,6 +399,85 @@ fn a_segment_removed_while_written_costs_only_what_it_held() {
     assert!(b.oldest_age().is_none());
 }
 
+/// The first record of segment file `p`, from its name.
+fn first_of(p: &Path) -> u64 {
+    p.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn records_missing_between_segments_at_open_are_counted_lost() {
+    // Before, a segment file removed (or emptied) between two others while the gateway was
+    // stopped cost its records without a word, and one cut short counted as one record.
+    for (what, harm) in [
+        (
+            "removed",
+            (|p| std::fs::remove_file(p).unwrap()) as fn(&Path),
+        ),
+        ("emptied", |p| {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_len(0)
+                .unwrap()
+        }),
+        ("cut short", |p| {
+            let f = std::fs::File::options().write(true).open(p).unwrap();
+            f.set_len(f.metadata().unwrap().len() / 2 + 7).unwrap()
+        }),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let b = DiskBuffer::open(dir.path(), &settings(512 << 10, WhenFull::Block)).unwrap();
+        fill(&b, 60, 100);
+        drop(b);
+        let files = segment_files(dir.path());
+        assert!(files.len() >= 3, "{files:?}");
+        let (second, third) = (first_of(&files[1]), first_of(&files[2]));
+        harm(&files[1]);
+        let b = DiskBuffer::open(dir.path(), &settings(512 << 10, WhenFull::Block)).unwrap();
+        let got = drain_all(&b, 1000);
+        let kept = got
+            .iter()
+            .filter(|v| (second * 100..third * 100).contains(&(**v as u64)))
+            .count() as u64;
+        assert_eq!(
+            got.len() as u64,
+            6000 - (third - second) * 100 + kept,
+            "{what}"
+        );
+        assert_eq!(
+            b.stats.corrupt_records.load(Ordering::Relaxed),
+            third - second - kept / 100,
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_delivered_segment_left_by_a_crash_is_removed_unread() {
+    // A crash between the head's write and the removal of the segments it passed leaves them.
+    // Before, each was read at the next start: one that could not be read (EIO) stopped the
+    // start of the whole gateway, and damage in one was counted (or moved aside) though
+    // nothing in it was wanted.
+    let dir = tempfile::tempdir().unwrap();
+    let b = DiskBuffer::open(dir.path(), &settings(512 << 10, WhenFull::Block)).unwrap();
+    fill(&b, 60, 100);
+    let first = segment_files(dir.path())[0].clone();
+    assert_eq!(drain_all(&b, 1000).len(), 6000);
+    drop(b);
+    assert!(!first.exists());
+    std::fs::write(&first, b"not a segment any more").unwrap();
+    let b = DiskBuffer::open(dir.path(), &settings(512 << 10, WhenFull::Block)).unwrap();
+    assert!(!first.exists());
+    assert!(segment_files(dir.path()).is_empty());
+    assert!(!dir
+        .path()
+        .join(format!("{}.damaged", first.display()))
+        .exists());
+    assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 0);
+    assert_eq!(b.pending(), 0);
+}
+
 #[test]
 fn stray_files_in_the_buffer_directory_never_stop_a_start() {
     let dir = tempfile::tempdir().unwrap();
