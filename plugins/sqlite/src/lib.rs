@@ -42,10 +42,18 @@ impl Sink for Sqlite {
     }
 
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
-        let store = self
-            .store
-            .as_mut()
-            .ok_or_else(|| PluginError::fatal("written before it was opened"))?;
+        // A file moved or deleted under the sink, or a table gone from it, is made again by
+        // opening the path again: the connection would fail at each write for ever, or write
+        // to a file nobody reads. The old one is closed first, so that its WAL is empty when
+        // a new file takes its name.
+        if let Some(store) = self.store.take_if(|s| s.reopen_needed()) {
+            tracing::warn!(path = %self.cfg.path.display(), "the database file was moved, replaced or deleted, or its readings table is gone: opening the path again");
+            store.close();
+        }
+        if self.store.is_none() {
+            self.open()?;
+        }
+        let store = self.store.as_mut().expect("opened");
         let before = store.duplicates;
         store.write(batch)?;
         if store.duplicates > before {

@@ -63,9 +63,26 @@ fn sql_error(what: &str, e: rusqlite::Error) -> PluginError {
     }
 }
 
+/// Whether `e` says the readings table is gone (renamed or dropped by another process): every
+/// write on this connection would fail so, and opening the file again makes it.
+fn table_gone(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("no such table"))
+}
+
+/// The device and inode of the file at `path`, if there is one.
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// An open database.
 pub struct Store {
     conn: Connection,
+    /// The configured path, and the file it named when opened ([`file_id`]).
+    path: std::path::PathBuf,
+    file: Option<(u64, u64)>,
+    /// Whether a write found the readings table gone ([`table_gone`]).
+    table_gone: bool,
     /// Readings that were already stored (duplicates), over the store's life.
     pub duplicates: u64,
 }
@@ -108,10 +125,12 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(|e| sql_error("sqlite_master", e))?;
-        let version = if version == 0 && has_table {
-            1
-        } else {
-            version
+        // A file without the table (renamed or dropped by another process, and the store
+        // opened again for it: see [`Store::reopen_needed`]) gets it again.
+        let version = match (version, has_table) {
+            (_, false) => 0,
+            (0, true) => 1,
+            (v, true) => v,
         };
         if version < SCHEMA_VERSION {
             let sql = match version {
@@ -153,8 +172,31 @@ impl Store {
         }
         Ok(Store {
             conn,
+            path: cfg.path.clone(),
+            file: file_id(&cfg.path),
+            table_gone: false,
             duplicates: 0,
         })
+    }
+
+    /// Whether the store must be closed ([`Store::close`]) and opened again: the file at its
+    /// path is not the one it has open (moved, replaced or deleted by another process, which
+    /// SQLite does not notice in WAL mode: its writes would go on to the old file), or a
+    /// write found the readings table gone. One `stat` per write.
+    pub fn reopen_needed(&self) -> bool {
+        self.table_gone || file_id(&self.path) != self.file
+    }
+
+    /// Closes the database, first moving what the WAL holds into it: SQLite does not do so at
+    /// close when the file was moved, which would leave the commits in a WAL file beside the
+    /// old name, in no database, and that WAL beside the path a new file is made at.
+    pub fn close(self) {
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "checkpoint before closing failed");
+        }
     }
 
     /// Stores a batch in one transaction; returns once it is committed. A batch with a NaN is
@@ -186,7 +228,10 @@ impl Store {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                      ON CONFLICT (id, device) DO NOTHING",
                 )
-                .map_err(|e| sql_error("INSERT", e))?;
+                .map_err(|e| {
+                    self.table_gone |= table_gone(&e);
+                    sql_error("INSERT", e)
+                })?;
             for (n, r) in batch.iter().enumerate() {
                 let (kind, f, i, t, b): (
                     &str,
@@ -224,7 +269,10 @@ impl Store {
                             r.sensor,
                             r.name
                         )),
-                        _ => sql_error("INSERT", e),
+                        _ => {
+                            self.table_gone |= table_gone(&e);
+                            sql_error("INSERT", e)
+                        }
                     })?;
             }
         }

@@ -296,6 +296,59 @@ fn version_1_is_migrated(recorded: i64) {
     assert_eq!(indexes, 2);
 }
 
+/// The readings table renamed (or dropped) by another process: every statement on the
+/// connection failed with "no such table", and the sink retried it for ever. Now the failing
+/// write drops the connection, and the next one opens the file again and makes the table.
+#[test]
+fn a_table_renamed_under_the_sink_is_made_again_at_the_next_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let batch = sample_readings(3);
+    let mut sink = SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap();
+    sink.write(batch[..1].to_vec()).unwrap();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("ALTER TABLE readings RENAME TO readings_old")
+        .unwrap();
+    let e = sink.write(batch[1..2].to_vec()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("no such table"), "{e}");
+    sink.write(batch[1..].to_vec())
+        .expect("opened again, the table made again");
+    assert_eq!(rows(&db).len(), 2);
+}
+
+/// The database file moved away, or deleted, under the sink: SQLite gives no error, and the
+/// sink wrote on, acknowledged, to the old file, and SQLite (which does not checkpoint a moved
+/// file at close) kept those commits in a WAL file beside the old name, in no database. Now
+/// the next write checkpoints the old file, closes it, and opens (makes) the file at `path`.
+#[test]
+fn a_database_file_moved_under_the_sink_is_made_again_at_its_path() {
+    for moved in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("r.db");
+        let old = dir.path().join("moved.db");
+        let batch = sample_readings(3);
+        let mut sink = SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap();
+        sink.write(batch[..1].to_vec()).unwrap();
+        if moved {
+            std::fs::rename(&db, &old).unwrap();
+        } else {
+            std::fs::remove_file(&db).unwrap();
+        }
+        sink.write(batch[1..].to_vec()).unwrap();
+        assert!(db.exists(), "moved {moved}: no file at the configured path");
+        assert_eq!(rows(&db).len(), 2, "moved {moved}");
+        if moved {
+            assert_eq!(
+                rows(&old).len(),
+                1,
+                "the moved file holds what it was given"
+            );
+        }
+    }
+}
+
 #[test]
 fn config_errors_name_the_key() {
     let e = SinkHarness::new::<Sqlite>("pth = \"x.db\"").err().unwrap();
