@@ -26,7 +26,8 @@ pub struct NatsSink {
     /// The largest message (headers and payload): the server's max_payload, from its INFO, or
     /// the stream's max_msg_size, the less.
     max_payload: usize,
-    /// The stream's subject filters, as read when connecting ([`stream_subjects`]).
+    /// The stream's subject filters, as last read ([`stream_subjects`]): when connecting, and
+    /// when they seem not to take a subject ([`NatsSink::note_mapping`], `check_subjects`).
     filters: Vec<String>,
     /// Whether the stream has stored a message whose subject none of its filters takes: the
     /// account maps subjects on their way to it, and no reading is refused for its subject.
@@ -271,7 +272,7 @@ impl Sink for NatsSink {
         let outcome = match outcome {
             Ok(()) => {
                 // One reading says it: an account maps a whole subject space.
-                self.note_mapping(&batch[..batch.len().min(1)], &[]);
+                self.note_mapping(&batch[..batch.len().min(1)], &[], false);
                 Ok(())
             }
             // No stream answered a subject: one the stream does not take is refused for good.
@@ -298,17 +299,45 @@ fn stream_subjects(config: &jetstream::stream::Config) -> Vec<String> {
 }
 
 impl NatsSink {
+    /// The stream's subject filters, read from JetStream now ([`stream_subjects`]).
+    fn stream_filters(&self) -> Result<Vec<String>, String> {
+        let js = self.js.clone().ok_or("not connected")?;
+        let stream = self.cfg.stream.clone();
+        self.rt.block_on(async move {
+            let mut s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+            s.info()
+                .await
+                .map(|i| stream_subjects(&i.config))
+                .map_err(|e| e.to_string())
+        })
+    }
+
     /// Notes that the account maps subjects when the stream stored a reading of `batch` (one
-    /// not in `failed`) whose subject none of its filters takes.
-    fn note_mapping(&mut self, batch: &[Reading], failed: &[usize]) {
+    /// not in `failed`) whose subject none of its filters takes. Unless `fresh` (just read),
+    /// the filters are read again first: they may be older than the operator's adding that
+    /// subject to the stream (`readings.pi-02.>` beside `readings.pi-01.>`), which is no
+    /// mapping, and `mapped`, once set, stays for the instance's life.
+    fn note_mapping(&mut self, batch: &[Reading], failed: &[usize], fresh: bool) {
         if self.mapped {
             return;
         }
-        let outside = batch.iter().enumerate().any(|(i, r)| {
-            let subject = self.subject.render(r);
-            !failed.contains(&i) && !self.filters.iter().any(|f| subject::matches(f, &subject))
-        });
-        if outside {
+        let outside = |sink: &Self| {
+            batch.iter().enumerate().any(|(i, r)| {
+                let subject = sink.subject.render(r);
+                !failed.contains(&i) && !sink.filters.iter().any(|f| subject::matches(f, &subject))
+            })
+        };
+        if !outside(self) {
+            return;
+        }
+        if !fresh {
+            match self.stream_filters() {
+                Ok(filters) => self.filters = filters,
+                // Not known now: the next reading stored outside them asks again.
+                Err(_) => return,
+            }
+        }
+        if outside(self) {
             self.mapped = true;
             tracing::info!(table = %self.table, stream = %self.cfg.stream, "the stream stores subjects none of its filters takes (the account maps them): no reading is refused for its subject");
         }
@@ -323,19 +352,11 @@ impl NatsSink {
     /// what is published, and "no stream" is taken for a passing state (a stream's leader
     /// being elected), retried.
     fn check_subjects(&mut self, batch: &[Reading], failed: &[usize]) -> Result<(), PluginError> {
-        let Some(js) = self.js.clone() else {
+        if self.js.is_none() {
             return Ok(());
-        };
-        let stream = self.cfg.stream.clone();
-        let info = self.rt.block_on(async move {
-            let mut s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
-            s.info()
-                .await
-                .map(|i| i.config.clone())
-                .map_err(|e| e.to_string())
-        });
-        self.filters = match info {
-            Ok(config) => stream_subjects(&config),
+        }
+        self.filters = match self.stream_filters() {
+            Ok(filters) => filters,
             Err(e) => {
                 self.js = None;
                 return Err(PluginError::retry(format!(
@@ -344,7 +365,7 @@ impl NatsSink {
                 )));
             }
         };
-        self.note_mapping(batch, failed);
+        self.note_mapping(batch, failed, true);
         if self.mapped {
             return Ok(());
         }

@@ -289,7 +289,8 @@ fn a_reading_larger_than_the_streams_max_msg_size_is_refused_not_retried() {
 
 /// A reading whose subject none of an existing stream's takes is refused for good (the host
 /// keeps it in the dead-letter file and the others flow), not retried for ever behind a
-/// "no responders"; once the operator adds a subject, it is taken.
+/// "no responders"; once the operator adds a subject, it is taken, and a reading of a subject
+/// the stream still does not take is refused as before.
 #[test]
 fn a_reading_whose_subject_the_stream_does_not_take_is_refused_not_retried() {
     let n = Nats::start();
@@ -328,6 +329,48 @@ fn a_reading_whose_subject_the_stream_does_not_take_is_refused_not_retried() {
     s.write(sample_readings(2))
         .expect("taken once the stream has the subject");
     assert_eq!(n.messages("READINGS"), 3);
+    // That reading was stored under a subject the filters the sink had (read before the
+    // operator's change) do not take. Before, the sink took it for a sign that the account
+    // maps subjects, and from then on refused none for its subject: pi-03's was retried for
+    // ever, and every reading behind it waited.
+    let mut theirs = sample_readings(1);
+    theirs[0].device = "pi-03".into();
+    let e = s.write(theirs).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(
+        e.message().contains("goes to subject readings.pi-03."),
+        "{e}"
+    );
+}
+
+/// Where the account maps subjects on their way to the stream (the sink publishes on `gw.`,
+/// the server maps pi-01's to `readings.pi-01.`), the stream's filters say nothing of what is
+/// published: once a reading was stored under a subject none of them takes, a "no responders"
+/// is taken for a passing state and retried, not refused.
+#[test]
+fn where_the_account_maps_subjects_none_is_refused_for_its_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        "mappings = { \"gw.pi-01.>\": \"readings.pi-01.>\" }\n",
+    )
+    .unwrap();
+    let server = NatsServer::start_with(
+        dir.path().join("store"),
+        &["-c".into(), conf.display().to_string()],
+    );
+    let mut s = SinkHarness::new::<NatsSink>(&format!(
+        "url = {:?}\nsubject = \"gw.{{device}}.{{sensor}}.{{name}}\"\nack_timeout = \"3s\"\n",
+        server.url()
+    ))
+    .unwrap();
+    let mut ours = sample_readings(1);
+    ours[0].device = "pi-01".into();
+    s.write(ours).expect("stored through the mapping");
+    let e = s.write(sample_readings(1)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("no stream found"), "{e}");
 }
 
 /// What the sinks refused for good the host kept in their dead-letter files: delivered again,
