@@ -102,7 +102,8 @@ impl Template {
     /// never make the same level: `/`, `+`, `#`, `%` and the characters brokers refuse in a
     /// topic (control characters, Unicode non-characters) are percent-encoded (`a/b` is
     /// `a%2Fb`, so a sensor cannot publish under another level, and devices `a/b` and `a_b`
-    /// keep topics of their own); an empty value is `_`, and a value that is `_` is `%5F`.
+    /// keep topics of their own); an empty value is `_`, and a value that is `_` is `%5F`. A
+    /// `$` that would begin the topic is `%24`: topics that begin with `$` are the broker's.
     pub fn render(&self, r: &Reading) -> String {
         let mut out = String::new();
         for p in &self.0 {
@@ -116,7 +117,13 @@ impl Template {
                 Part::Name => r.name.as_str(),
                 Part::Unit => r.unit.as_str(),
             };
+            let first = out.is_empty();
             gateway_senml::push_token(&mut out, v, |c| matches!(c, '/' | '+' | '#') || refused(c));
+            // `$SYS/...`: no `#` subscriber gets it, and brokers may refuse it. (`%` is
+            // encoded too, so `%24` comes from a `$` only.)
+            if first && out.starts_with('$') {
+                out.replace_range(..1, "%24");
+            }
         }
         out
     }
@@ -173,6 +180,22 @@ mod tests {
         assert_eq!(topics.len(), names.len(), "{topics:?}");
         let t = Template::parse("{device}-{name}[{unit}]").unwrap();
         assert_eq!(t.render(&reading("pi", "s")), "pi-temperature[_]");
+    }
+
+    /// Topics that begin with `$` are the broker's (`$SYS/...`): a `#` subscriber never gets
+    /// them, and brokers may refuse them. The template may not begin with one; before, a value
+    /// the template begins with could.
+    #[test]
+    fn a_value_that_would_begin_the_topic_with_a_dollar_is_encoded() {
+        let t = Template::parse("{device}/{sensor}/{name}").unwrap();
+        assert_eq!(t.render(&reading("$SYS", "s")), "%24SYS/s/temperature");
+        // Only at the start: elsewhere a `$` is a character like any other.
+        assert_eq!(t.render(&reading("pi$", "$s")), "pi$/$s/temperature");
+        let t = Template::parse("gw/{device}").unwrap();
+        assert_eq!(t.render(&reading("$SYS", "s")), "gw/$SYS");
+        // Still a topic of its own: `%` is encoded, so no other value renders `%24SYS`.
+        let t = Template::parse("{device}").unwrap();
+        assert_eq!(t.render(&reading("%24SYS", "s")), "%2524SYS");
     }
 
     #[test]

@@ -82,7 +82,8 @@ impl Template {
     /// The subject of reading `r`: each value one token, and two values never the same token:
     /// `.`, `*`, `>`, `%`, white space and control characters are percent-encoded (`pi.01` is
     /// `pi%2E01`, `Pi 01` is `Pi%2001`, so neither is `pi_01`'s); an empty value is `_`, and a
-    /// value that is `_` is `%5F`.
+    /// value that is `_` is `%5F`. A `$` that would begin the subject is `%24`: subjects that
+    /// begin with `$` are the system's (`$SYS`, `$JS.API`).
     pub fn render(&self, r: &Reading) -> String {
         let mut out = String::new();
         for p in &self.0 {
@@ -95,9 +96,16 @@ impl Template {
                 Part::Sensor => r.sensor.as_str(),
                 Part::Name => r.name.as_str(),
             };
+            let first = out.is_empty();
             gateway_senml::push_token(&mut out, v, |c| {
                 matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control()
             });
+            // `$JS.API...`, `$SYS...` are the server's own subjects (device `$JS`, sensor
+            // `API` would publish JetStream API requests). `%` is encoded too, so `%24` comes
+            // from a `$` only.
+            if first && out.starts_with('$') {
+                out.replace_range(..1, "%24");
+            }
         }
         out
     }
@@ -150,6 +158,30 @@ mod tests {
         for bad in ["", "a.*", "a.>", "a..b", ".a", "a b", "{dev}", "a.{device"] {
             assert!(Template::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Subjects that begin with `$` are the server's (`$SYS.`, `$JS.API.`): a reading must
+    /// not publish there. Before, a value the template begins with could begin one.
+    #[test]
+    fn a_value_that_would_begin_the_subject_with_a_dollar_is_encoded() {
+        let t = Template::parse("{device}.{sensor}.{name}").unwrap();
+        let r = |device: &str, sensor: &str| Reading {
+            id: ReadingId([0; 16]),
+            time: Timestamp(0),
+            device: Label::from(device),
+            sensor: Label::from(sensor),
+            name: Label::from("t"),
+            unit: Label::from(""),
+            value: Value::Float(1.0),
+        };
+        assert_eq!(t.render(&r("$SYS", "s")), "%24SYS.s.t");
+        // Only at the start: elsewhere a `$` is a character like any other.
+        assert_eq!(t.render(&r("pi$", "$s")), "pi$.$s.t");
+        let t = Template::parse("readings.{device}").unwrap();
+        assert_eq!(t.render(&r("$SYS", "s")), "readings.$SYS");
+        // Still a subject of its own: `%` is encoded, so no other value renders `%24SYS`.
+        let t = Template::parse("{device}").unwrap();
+        assert_eq!(t.render(&r("%24SYS", "s")), "%2524SYS");
     }
 
     #[test]
