@@ -311,12 +311,23 @@ async fn migrate_on(
         )
         .await
         .map_err(at("reading the schema version"))?;
+    // The record may outlive its table (dropped, or renamed to keep it aside): the table is
+    // looked for whatever the record says. Looked for, not made with IF NOT EXISTS at every
+    // check: that takes the CREATE privilege on the table even when it is there.
+    let tables: Option<u64> = c
+        .exec_first(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+            (table.as_str(),),
+        )
+        .await
+        .map_err(at("looking for the readings table"))?;
+    let exists = tables.unwrap_or(0) > 0;
     match version {
         Some(v) if v > SCHEMA_VERSION => return Err(Failure::Plugin(PluginError::config(format!(
             "table {table} has schema version {v}, newer than this plugin's {SCHEMA_VERSION}: upgrade the plugin (it will not downgrade a schema)"
         )))),
-        Some(SCHEMA_VERSION) => {}
-        Some(v) => {
+        Some(SCHEMA_VERSION) if exists => {}
+        Some(v) if exists => {
             // Version 1 to 2: the same rows, keyed by (id, device). One ALTER, which InnoDB
             // applies atomically. Device names compare byte for byte (the default collation
             // would make `Pi-07` and `pi-07` one device in the key).
@@ -328,13 +339,21 @@ async fn migrate_on(
                 .map_err(at("recording the schema version"))?;
             tracing::info!(table = %table, "migrated the schema from version {v} to {SCHEMA_VERSION}: readings are keyed by device and id");
         }
-        None => {
+        // No record (a table made by hand is used as it is), or a record without its table.
+        _ => {
             c.query_drop(create_table(&table))
                 .await
                 .map_err(at("creating the readings table"))?;
-            c.exec_drop("INSERT IGNORE INTO gateway_schema (tbl, version) VALUES (?, ?)", (table.as_str(), SCHEMA_VERSION))
+            let record = match version {
+                None => "INSERT IGNORE INTO gateway_schema (version, tbl) VALUES (?, ?)",
+                Some(_) => "UPDATE gateway_schema SET version = ? WHERE tbl = ?",
+            };
+            c.exec_drop(record, (SCHEMA_VERSION, table.as_str()))
                 .await
                 .map_err(at("recording the schema version"))?;
+            if version.is_some() {
+                tracing::warn!(table = %table, "the table was gone (dropped or renamed); made again, empty");
+            }
         }
     }
     // The view is no table data: it is replaced at every start, with no version of its own.

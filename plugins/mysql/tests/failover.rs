@@ -171,6 +171,26 @@ fn a_server_without_the_table_gets_it_after_a_failed_write() {
     assert_eq!(n, [4]);
 }
 
+/// The table renamed away (kept aside, say) while its schema record stays: the record alone
+/// said the schema was there, the view was made over a table that was not (1146), and every
+/// write failed for ever. The write after the failure makes the table and its view again.
+#[test]
+fn a_table_renamed_away_is_made_again_after_a_failed_write() {
+    let db = TestDb::new("renamed");
+    let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
+    sink.write(sample_readings(3)).unwrap();
+    let _: Vec<u8> = db.query("RENAME TABLE readings TO readings_2026");
+    let e = sink.write(sample_readings(4)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("1146"), "{e}");
+    sink.write(sample_readings(4)).unwrap();
+    let n: Vec<(u64, u64, u64)> = db.query(
+        "SELECT (SELECT COUNT(*) FROM readings), (SELECT COUNT(*) FROM readings_v),
+                (SELECT COUNT(*) FROM readings_2026)",
+    );
+    assert_eq!(n, [(4, 4, 3)]);
+}
+
 /// A TCP relay from a port of its own to `to` that stops passing bytes on (holding both
 /// connections open) once `frozen` is set: a server that stopped answering mid-transaction.
 fn freezing_relay(to: &str, frozen: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
