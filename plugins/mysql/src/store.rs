@@ -102,10 +102,15 @@ const UNCHECKED: usize = usize::MAX;
 const WARNINGS_KEPT: usize = ROWS_PER_INSERT;
 
 /// Server errors that refuse a row for good: a value out of range (1264), wrong (1366, 1292)
-/// or too long (1406) for its column; NULL or no value for a column that needs one (1048,
-/// 1364); a foreign key with no parent row (1452); no partition for the row (1526); a CHECK
-/// constraint (MySQL 3819, MariaDB 4025).
-const REFUSED: [u16; 10] = [1264, 1366, 1406, 1292, 1048, 1364, 1452, 1526, 3819, 4025];
+/// or too long (1406) for its column, or cut to fit it (1265: a string to a narrower column
+/// where `sql_mode` is not strict, and under INSERT IGNORE where it is; a value an ENUM does not
+/// list); NULL or no value for a column that needs one (1048, 1364, and 1263, NULL made the
+/// column's default); a foreign key with no parent row (1452); no partition for the row (1526);
+/// a CHECK constraint (MySQL 3819, MariaDB 4025). As warnings (under INSERT IGNORE) they say
+/// a row was skipped or stored altered; as a Note (1265 for a decimal rounded) they do not.
+const REFUSED: [u16; 12] = [
+    1264, 1366, 1406, 1265, 1292, 1048, 1364, 1263, 1452, 1526, 3819, 4025,
+];
 
 /// How a MySQL error should be handled.
 pub fn classify(what: &str, e: mysql_async::Error) -> PluginError {
@@ -458,8 +463,8 @@ async fn insert_once(
 }
 
 /// The INSERTs of a batch in `tx`; how many rows were new. More rows skipped than warnings
-/// 1062 (stored already) account for, or a warning that a value was altered, refuses the
-/// batch for good; any other warning is logged.
+/// 1062 (stored already) account for, a warning that a value was altered, or more warnings
+/// than SHOW WARNINGS lists, refuses the batch for good; any other warning is logged.
 async fn insert_chunks(
     tx: &mut mysql_async::Transaction<'_>,
     table: &str,
@@ -498,6 +503,14 @@ async fn insert_chunks(
         if let Some((_, code, message)) = refused {
             return Err(Failure::Plugin(PluginError::rejected(format!(
                 "INSERT: the server skipped or altered a row: {message} ({code})"
+            ))));
+        }
+        // SHOW WARNINGS lists max_error_count of them ([`WARNINGS_KEPT`]); a row may have
+        // several (a trigger's, a value cut), and one past the list cannot be checked.
+        if warnings > listed.len() {
+            return Err(Failure::Plugin(PluginError::rejected(format!(
+                "INSERT: the server has {warnings} warnings and lists {}: the others cannot be checked (a smaller batch can)",
+                listed.len()
             ))));
         }
         if skipped > again {

@@ -463,6 +463,75 @@ fn a_warning_that_changes_no_row_does_not_refuse_the_batch() {
     assert_eq!(n, [3]);
 }
 
+/// A readings table of the user's own: the plugin's, with each column definition of `changes`
+/// replaced.
+fn hand_made_table(db: &TestDb, changes: &[(&str, &str)]) {
+    let mut ddl = mysql::store::create_table("readings");
+    for (from, to) in changes {
+        assert!(ddl.contains(from), "{from}: {ddl}");
+        ddl = ddl.replace(from, to);
+    }
+    let _: Vec<u8> = db.query(&ddl);
+}
+
+const NARROW_UNIT: (&str, &str) = ("unit        VARCHAR(64)", "unit VARCHAR(4)");
+
+#[test]
+fn a_value_cut_to_fit_a_column_is_refused_not_stored_cut() {
+    // A unit column of 4 characters: INSERT IGNORE cut the unit to `abcd` with warning 1265
+    // (Data truncated), strict `sql_mode` or not, and the batch was reported stored.
+    let db = TestDb::new("cut");
+    hand_made_table(&db, &[NARROW_UNIT]);
+    let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
+    let mut batch = sample_readings(3);
+    batch[1].unit = Label::from("abcdefg");
+    let e = sink.write(batch.clone()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(e.message().contains("(1265)"), "{e}");
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [0], "nothing of the refused batch");
+    // Narrowed as the host does it: the others go in, the one cut alone is refused.
+    sink.write(batch[..1].to_vec()).unwrap();
+    let e = sink.write(batch[1..2].to_vec()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    sink.write(batch[2..].to_vec()).unwrap();
+    let units: Vec<String> = db.query("SELECT unit FROM readings");
+    assert_eq!(units, ["Cel", "Cel"]);
+}
+
+#[test]
+fn warnings_past_those_the_server_lists_refuse_the_batch() {
+    // Two Notes a row, which refuse nothing: a float rounded to a DECIMAL column, a trailing
+    // space cut from the sensor. A full INSERT (1,000 rows) makes 2,000 warnings, and SHOW
+    // WARNINGS lists the first 1,000 (max_error_count): the last row's unit, cut (1265), was
+    // among those unseen, and the batch was reported stored.
+    let db = TestDb::new("unlisted");
+    hand_made_table(
+        &db,
+        &[
+            NARROW_UNIT,
+            ("sensor      VARCHAR(255)", "sensor VARCHAR(2)"),
+            ("value_float DOUBLE", "value_float DECIMAL(10, 1)"),
+        ],
+    );
+    let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
+    let mut batch = sample_readings(1000);
+    for (i, r) in batch.iter_mut().enumerate() {
+        r.sensor = Label::from("s1 ");
+        r.value = Value::Float(i as f64 + 0.25);
+    }
+    batch[999].unit = Label::from("abcdefg");
+    let e = sink.write(batch.clone()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(e.message().contains("lists 1000"), "{e}");
+    // Half as many warnings, all listed: the host's narrowing gets past it.
+    sink.write(batch[..500].to_vec()).unwrap();
+    let e = sink.write(batch[500..].to_vec()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [500]);
+}
+
 #[test]
 fn the_sink_stays_on_tcp_to_the_server_url_names() {
     // mysql_async's prefer_socket moved the connection to the `@@socket` the server names, on
