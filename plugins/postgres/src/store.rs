@@ -84,6 +84,27 @@ pub fn classify(what: &str, e: &tokio_postgres::Error) -> PluginError {
     }
 }
 
+/// Whether the connection is given up after `e`, and made again before the next batch: the
+/// table or its schema gone (dropped, renamed: connecting again makes the table again); the
+/// server read-only now (25006: a primary demoted, or fenced with
+/// `default_transaction_read_only`), where connecting again, with several hosts and
+/// `target_session_attrs=read-write`, finds the one that takes writes; the server ending the
+/// session (class 08, 57P01 and 57P02); or an error of the client's own (no SQLSTATE: the
+/// connection lost, a protocol error). (tokio-postgres 0.7 happens to break the connection
+/// when a COPY is refused before it starts, rust-postgres issue 789, but the batch after still
+/// fails on it, and a tokio-postgres without that bug would keep it.)
+fn reconnects(e: &tokio_postgres::Error) -> bool {
+    let ends = [
+        SqlState::UNDEFINED_TABLE,
+        SqlState::INVALID_SCHEMA_NAME,
+        SqlState::READ_ONLY_SQL_TRANSACTION,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+    ];
+    e.code()
+        .is_none_or(|c| ends.contains(c) || c.code().starts_with("08"))
+}
+
 /// `e` with its causes: tokio-postgres leaves them out of its message, so a TLS failure said
 /// only "error performing TLS handshake", not that the certificate was refused and why.
 fn with_causes(e: &tokio_postgres::Error) -> String {
@@ -300,14 +321,7 @@ impl Store {
                 batch.len()
             ))),
             Ok(Err(e)) => {
-                // A lost connection, or a table or schema gone (dropped, renamed): connect
-                // again, which makes the table again.
-                let gone = matches!(
-                    e.code(),
-                    Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME
-                );
-                if gone || self.client.as_ref().is_some_and(|c| c.is_closed()) || e.code().is_none()
-                {
+                if reconnects(&e) || self.client.as_ref().is_some_and(|c| c.is_closed()) {
                     self.client = None;
                 }
                 Err(classify("writing a batch", &e))

@@ -1,7 +1,8 @@
 //! The sink against the machine's PostgreSQL (its Unix socket, as root, database `test`; `cargo
-//! xtask test` sets that up where it is missing): every value type round trips, a re-delivered
-//! batch is stored once, what a column cannot hold is refused for good, and settings errors name
-//! their key.
+//! xtask test` sets that up where it is missing) and, where a test changes a server-wide
+//! setting, against a server of its own beside it (`OwnServer`): every value type round trips,
+//! a re-delivered batch is stored once, what a column cannot hold is refused for good, a server
+//! that turns read-only is left for the next host, and settings errors name their key.
 
 use gateway_sdk::{
     testing::{readme_sample_tables, sample_readings, SinkHarness},
@@ -20,17 +21,14 @@ fn table(name: &str) -> String {
 }
 
 fn psql(sql: &str) -> String {
+    psql_at("/var/run/postgresql", sql)
+}
+
+/// `sql` as root on database `test` of the server whose Unix socket is in `socket_dir`.
+fn psql_at(socket_dir: &str, sql: &str) -> String {
     let out = Command::new("psql")
         .args([
-            "-h",
-            "/var/run/postgresql",
-            "-U",
-            "root",
-            "-d",
-            "test",
-            "-At",
-            "-c",
-            sql,
+            "-h", socket_dir, "-U", "root", "-d", "test", "-At", "-c", sql,
         ])
         .output()
         .expect("psql runs");
@@ -254,6 +252,152 @@ fn a_table_dropped_while_it_runs_is_made_again() {
     assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
     s.write(sample_readings(2)).unwrap();
     assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "2");
+    psql(&format!("DROP TABLE {t}"));
+}
+
+/// A PostgreSQL server of the test's own, from the machine's binaries (Debian's
+/// `/usr/lib/postgresql/VERSION/bin`), on a Unix socket in a temporary folder, with root as its
+/// superuser (no password) and a database `test`: one whose settings a test may change for the
+/// whole server without touching the tests that share the machine's. Stopped when dropped.
+struct OwnServer {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+}
+
+impl OwnServer {
+    fn start() -> OwnServer {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's binaries in /usr/lib/postgresql (Debian's postgresql)")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .max()
+            .map(|v| std::path::PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")))
+            .expect("a version folder in /usr/lib/postgresql");
+        let own = OwnServer {
+            dir: tempfile::tempdir().unwrap(),
+            bin,
+        };
+        if own.as_root() {
+            let id = |flag: &str| -> u32 {
+                let out = Command::new("id")
+                    .args([flag, "postgres"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+            };
+            std::os::unix::fs::chown(own.dir.path(), Some(id("-u")), Some(id("-g"))).unwrap();
+        }
+        let (data, dir) = (own.path("data"), own.socket());
+        own.run(
+            "initdb",
+            &["-D", &data, "-U", "root", "--auth=trust", "--no-sync"],
+        );
+        let options = format!("-k {dir} -c listen_addresses='' -c fsync=off");
+        let log = own.path("log");
+        own.run(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-o", &options, "-w", "start"],
+        );
+        own.run("createdb", &["-h", &dir, "-U", "root", "test"]);
+        own
+    }
+
+    /// The folder of its Unix socket: its `host` in a connection string.
+    fn socket(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    /// `sql` as root on its database `test`.
+    fn psql(&self, sql: &str) -> String {
+        psql_at(&self.socket(), sql)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// PostgreSQL will not run as root: then its programs run as `postgres`.
+    fn as_root(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").unwrap().uid() == 0
+    }
+
+    /// Its program `name`, as `postgres` when the test runs as root.
+    fn command(&self, name: &str) -> Command {
+        let program = self.bin.join(name);
+        if !self.as_root() {
+            return Command::new(program);
+        }
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    }
+
+    /// Its program `name` with `args`, which must succeed.
+    fn run(&self, name: &str, args: &[&str]) {
+        let out = self
+            .command(name)
+            .args(args)
+            .output()
+            .expect("PostgreSQL's programs run");
+        assert!(
+            out.status.success(),
+            "{name} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let data = self.path("data");
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// A server that turns read-only under a running sink (a primary demoted, or fenced with
+/// `default_transaction_read_only`, as managed services do when their disk is full) refuses
+/// its writes with 25006, and the sink connects again: with several hosts and
+/// `target_session_attrs=read-write`, to the next that takes writes. Before, the connection
+/// was kept and the next batch failed too, on what was left of it ("unexpected message from
+/// server" or "connection closed": tokio-postgres 0.7 breaks a connection whose COPY was
+/// refused before it started; without that bug, every batch would have gone to the read-only
+/// server for ever). That server is one of the test's own, so that the server-wide setting
+/// touches no other test; the next host is the machine's.
+#[test]
+fn a_server_that_turns_read_only_is_left_for_the_next_host() {
+    let t = table("readonly");
+    let own = OwnServer::start();
+    let mut s = SinkHarness::new::<Postgres>(&format!(
+        "url = \"host={},/var/run/postgresql user=root dbname=test target_session_attrs=read-write\"\n\
+         table = {t:?}\n",
+        own.socket()
+    ))
+    .unwrap();
+    s.write(sample_readings(3)).unwrap();
+    assert_eq!(own.psql(&format!("SELECT count(*) FROM {t}")), "3");
+    own.psql("ALTER SYSTEM SET default_transaction_read_only = on");
+    own.psql("SELECT pg_reload_conf()");
+    // The reload reaches the sink's session by a signal from the postmaster, a moment later
+    // (longer on a busy machine): batches may still go in until one is refused.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let e = loop {
+        match s.write(sample_readings(1)) {
+            Err(e) => break e,
+            Ok(()) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Ok(()) => panic!("the server took batches 10 s after it was made read-only"),
+        }
+    };
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("read-only"), "{e}");
+    s.write(sample_readings(2)).unwrap();
+    assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "2");
+    drop(s);
     psql(&format!("DROP TABLE {t}"));
 }
 
