@@ -10,9 +10,11 @@
 //!
 //! A record is durable once `append` returns (the segment is fdatasync'ed, and the directory too
 //! when a segment is created), unless the buffer was opened with `fsync = "never"`. At open, every
-//! segment is scanned: a torn tail (a crash mid-write, a power cut) is cut off and counted; a
-//! damaged record in the middle costs that record alone (counted, logged, skipped). Files that
-//! are not the buffer's own are left alone and never stop a start.
+//! segment not wholly delivered is scanned (one whose successor begins at or below the head is
+//! removed unread): a torn tail (a crash mid-write, a power cut) is cut off and counted; a
+//! damaged record in the middle costs that record alone (counted, logged, skipped); records
+//! missing between two segments are counted. Files that are not the buffer's own are left alone
+//! and never stop a start.
 //!
 //! The parts, each owning one concern: [`super::segment`] the segment file layout,
 //! [`super::ledger`] the head, `recovery` opening and checking what a run left,
@@ -75,8 +77,12 @@ pub(super) struct State {
     pub(super) segments: VecDeque<Segment>,
     /// Sequence number of the next record appended.
     pub(super) next_seq: u64,
-    /// Every record below this is acknowledged (or dropped).
+    /// Every record below this is acknowledged, dropped, or skipped by the reader (damaged,
+    /// or its file gone).
     pub(super) head: u64,
+    /// Records the reader skipped (damaged, in no segment, or their file gone), not yet passed
+    /// by the head.
+    pub(super) skipped: Vec<std::ops::Range<u64>>,
     /// Where `head` is recorded.
     pub(super) ledger: Ledger,
     /// When the records were appended, coarsely.
@@ -214,6 +220,20 @@ mod tests {
 }
 
 impl State {
+    /// Moves the head past the skipped records it has reached (never taken, so none is in
+    /// flight), and forgets those below it.
+    pub(super) fn pass_skipped(&mut self) {
+        while let Some(r) = self
+            .skipped
+            .iter()
+            .find(|r| r.start <= self.head && self.head < r.end)
+        {
+            self.head = r.end;
+        }
+        let head = self.head;
+        self.skipped.retain(|r| r.end > head);
+    }
+
     /// Removes the oldest segments whose records are all acknowledged, never the one being
     /// written; whether any went.
     pub(super) fn remove_delivered(&mut self, dir: &Path) -> bool {

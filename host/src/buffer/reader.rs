@@ -174,7 +174,20 @@ impl DiskBuffer {
                 std::thread::sleep((deadline - now).min(Duration::from_millis(10)));
             }
         }
-        (!taken.records.is_empty()).then_some(taken)
+        if taken.records.is_empty() {
+            // Only skipped records, maybe: at the head, nothing of them is in flight, and no
+            // acknowledgement may come to pass them.
+            let st = self.state.lock().unwrap();
+            if st
+                .skipped
+                .iter()
+                .any(|r| r.start <= st.head && st.head < r.end)
+            {
+                self.settle(st);
+            }
+            return None;
+        }
+        Some(taken)
     }
 
     fn read_lanes(
@@ -267,7 +280,8 @@ impl DiskBuffer {
                 .iter()
                 .find(|s| s.end > cur.seq && s.first < s.end)?;
             if seg.first > cur.seq {
-                cur.seq = seg.first;
+                // Records no segment holds (lost at open, or dropped meanwhile).
+                self.skip(cur, seg.first.min(limit));
                 cur.open = None;
                 continue;
             }
@@ -288,7 +302,7 @@ impl DiskBuffer {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         // Dropped by `drop_oldest` meanwhile, or removed by someone else.
                         self.lost_segment(seg, cur.seq);
-                        cur.seq = seg.end.min(limit);
+                        self.skip(cur, seg.end.min(limit));
                         cur.open = None;
                         continue;
                     }
@@ -300,20 +314,25 @@ impl DiskBuffer {
                 }
             }
             let open = cur.open.as_mut().expect("opened above");
-            // Where reading goes on, whether the skip is new (not counted at open or when
-            // found), the damage to note, and why.
-            let (to, new, hole, why) = match open.read(cur.seq, &seg.holes) {
+            // Where this lane's reading goes on (never past its limit: the records after it
+            // are the other lane's), how many records the damage cost if it is new (not
+            // counted at open or when found before), and why.
+            let (to, counted, why) = match open.read(cur.seq, &seg.holes) {
                 Ok(readings) => {
                     let seq = cur.seq;
                     cur.seq += 1;
                     return Some((seq, readings));
                 }
                 Err(Unreadable::Hole { to, new, why }) => {
-                    (to.min(seg.end), new.is_some(), new, why)
+                    let counted = new
+                        .filter(|h| self.note_hole(seg.first, *h))
+                        .map_or(0, |h| h.to - h.from);
+                    (to.min(seg.end), counted, why)
                 }
                 Err(Unreadable::Rest(why)) => {
                     cur.open = None;
-                    (seg.end, true, None, why)
+                    let to = seg.end.min(limit);
+                    (to, to.saturating_sub(cur.seq), why)
                 }
                 Err(Unreadable::Io(e)) => {
                     // Read again from the segment's start next time.
@@ -322,40 +341,48 @@ impl DiskBuffer {
                     return None;
                 }
             };
-            if let Some(hole) = hole {
-                self.note_hole(seg.first, hole);
-            }
-            if new {
-                let skipped = to.saturating_sub(cur.seq);
+            if counted > 0 {
                 self.stats
                     .corrupt_records
-                    .fetch_add(skipped, Ordering::Relaxed);
+                    .fetch_add(counted, Ordering::Relaxed);
                 tracing::error!(
                     segment = seg.first,
                     record = cur.seq,
-                    records_skipped = skipped,
+                    records_skipped = counted,
                     error = %why,
                     "disk buffer record unreadable; skipping it, reading goes on after it"
                 );
             }
-            cur.seq = cur.seq.max(to);
+            self.skip(cur, to.min(limit));
+        }
+    }
+
+    /// Moves `cur` on to `to` past records it did not read, noting them skipped: once the head
+    /// reaches them they are settled ([`State::pass_skipped`]), with nothing taken after them.
+    fn skip(&self, cur: &mut Cursor, to: u64) {
+        if to > cur.seq {
+            self.state.lock().unwrap().skipped.push(cur.seq..to);
+            cur.seq = to;
         }
     }
 
     /// Notes damage found while reading segment `first`, so that a later walk through it (a
-    /// reader made anew, a read again after an I/O error) jumps over it, and counts it once.
-    fn note_hole(&self, first: u64, hole: Hole) {
+    /// reader made anew, a read again after an I/O error, the other lane) jumps over it; `true`
+    /// if it was not noted before (it is to be counted).
+    fn note_hole(&self, first: u64, hole: Hole) -> bool {
         let mut st = self.state.lock().unwrap();
-        if let Some(s) = st.segments.iter_mut().find(|s| s.first == first) {
-            if !s
-                .holes
-                .iter()
-                .any(|h| h.from <= hole.from && hole.from < h.to)
-            {
-                s.holes.push(hole);
-                s.holes.sort_unstable_by_key(|h| h.from);
-            }
+        let Some(s) = st.segments.iter_mut().find(|s| s.first == first) else {
+            return false;
+        };
+        if s.holes
+            .iter()
+            .any(|h| h.from <= hole.from && hole.from < h.to)
+        {
+            return false;
         }
+        s.holes.push(hole);
+        s.holes.sort_unstable_by_key(|h| h.from);
+        true
     }
 
     /// Counts and logs the records of `seg` from `from` on as lost, once, if its file went
@@ -420,6 +447,13 @@ impl DiskBuffer {
                 reader.live = Some(live);
             }
         }
+        self.settle(st);
+    }
+
+    /// After the head moved: passes the skipped records at it, counts what the segments it
+    /// passed lost, removes them, and records the head.
+    fn settle(&self, mut st: std::sync::MutexGuard<'_, State>) {
+        st.pass_skipped();
         let head = st.head;
         st.marks.forget_below(head);
         // What the segments the head passed held beyond the readings acknowledged was in

@@ -50,8 +50,12 @@ impl DiskBuffer {
         for (i, (first, path)) in files.iter().enumerate() {
             let first = *first;
             // Below the head when the next one starts there: delivered, removed unread (a file
-            // that cannot be read then stops no start).
-            if files.get(i + 1).is_some_and(|(next, _)| *next <= head) {
+            // that cannot be read then stops no start). The next one's name counts only if it
+            // begins as that segment: a stray file named as one says nothing.
+            if files
+                .get(i + 1)
+                .is_some_and(|(next, p)| *next <= head && segment::begins_as(p, *next))
+            {
                 std::fs::remove_file(path)?;
                 continue;
             }
@@ -96,15 +100,22 @@ impl DiskBuffer {
             .corrupt_records
             .fetch_add(unknown_losses, Ordering::Relaxed);
         let next_seq = segments.back().map_or(head, Segment::end).max(head);
-        // The head can be older than every segment left (its file is not synced): start at the
-        // first record there is.
-        if let Some(s) = segments.front() {
-            head = head.max(s.first);
+        // The head can be older than every segment left (its file is synced once a second at
+        // most): start at the first record there is.
+        if let Some(s) = segments.front().filter(|s| s.first > head) {
+            tracing::warn!(
+                dir = %dir.display(),
+                first_record = head,
+                records = s.first - head,
+                "disk buffer records before its first segment are not there: delivered just before a crash (the head is saved once a second at most), or their segment file was removed while the gateway was stopped"
+            );
+            head = s.first;
         }
         let state = State {
             segments,
             next_seq,
             head,
+            skipped: Vec::new(),
             ledger,
             marks,
         };

@@ -56,6 +56,16 @@ pub fn write_record(buf: &mut Vec<u8>, seq: u64, count: u32, payload: impl FnOnc
     buf[start + 16..start + 20].copy_from_slice(&count.to_le_bytes());
 }
 
+/// Whether the file at `path` begins as segment `first` does: the magic, then a header with
+/// that sequence number. (A file named as a segment that is not one says nothing of where the
+/// buffer's records are.)
+pub fn begins_as(path: &Path, first: u64) -> bool {
+    let mut b = [0u8; MAGIC.len() + HEADER];
+    crate::own_files::open(path).is_ok_and(|f| f.read_exact_at(&mut b, 0).is_ok())
+        && &b[..MAGIC.len()] == MAGIC
+        && RecordHeader::parse(&b[MAGIC.len()..]).seq == first
+}
+
 /// A record's header.
 struct RecordHeader {
     len: u32,

@@ -343,6 +343,30 @@ fn damage_that_appears_while_running_costs_only_the_damaged_record() {
 }
 
 #[test]
+fn damage_in_the_last_records_is_settled_with_nothing_after_it() {
+    // The head moves on acknowledgements; records skipped at the end of the buffer had none
+    // after them, and stayed pending (a shutdown waited for them, then exited 1).
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path());
+    fill(&b, 6, 5);
+    drop(b);
+    let b = open(dir.path());
+    let seg = segment_file(dir.path());
+    let at = record_offsets(&seg, 6);
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_at(&[0xde, 0xad, 0xbe, 0xef], at[5] as u64 + 25)
+        .unwrap();
+    drop(f);
+    // The first write takes records 0..5; the next finds only the damaged one.
+    assert_same(&drain_all(&b, 25), &(0..25).collect::<Vec<_>>());
+    assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 1);
+    assert_eq!(b.stats.lost.load(Ordering::Relaxed), 5);
+    assert_eq!(b.pending(), 0);
+    assert!(b.oldest_age().is_none());
+}
+
+#[test]
 fn damage_met_while_running_is_counted_once_and_walked_past_by_a_new_reader() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(dir.path());
@@ -389,6 +413,9 @@ fn a_segment_removed_while_written_costs_only_what_it_held() {
     fill(&b, 5, 10);
     std::fs::remove_file(segment_file(dir.path())).unwrap();
     assert!(drain_all(&b, 100).is_empty());
+    // Settled though nothing came after them to acknowledge.
+    assert_eq!(b.stats.lost.load(Ordering::Relaxed), 50);
+    assert_eq!(b.pending(), 0);
     b.append(&[&batch(50, 50)], 50, &never).unwrap();
     b.append(&[&batch(100, 50)], 50, &never).unwrap();
     // A new reader (a reload) does not count the removed segment again.
@@ -451,6 +478,26 @@ fn records_missing_between_segments_at_open_are_counted_lost() {
             "{what}"
         );
     }
+}
+
+#[test]
+fn a_stray_file_named_as_a_segment_removes_nothing() {
+    // Records 0..12 in one segment, 0..8 delivered; a file that is no segment, named as if it
+    // held records from 5 on. Only a real segment after another says the other is delivered.
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(dir.path());
+    fill(&b, 12, 5);
+    let mut reader = b.reader();
+    let t = b.take(&mut reader, 40, NOW, NOW).unwrap();
+    b.ack(&mut reader, t);
+    drop(b);
+    std::fs::write(
+        dir.path().join("00000000000000000005.seg"),
+        b"not a segment, though named as one",
+    )
+    .unwrap();
+    let b = open(dir.path());
+    assert_same(&drain_all(&b, 1000), &(40..60).collect::<Vec<_>>());
 }
 
 #[test]

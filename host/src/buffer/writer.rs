@@ -168,8 +168,13 @@ impl DiskBuffer {
                         dropped_total = self.stats.dropped.load(Ordering::Relaxed),
                         "disk buffer is full: dropped its oldest readings (when_full = \"drop_oldest\")"
                     );
-                    if let Err(e) = std::fs::remove_file(segment::path(&self.dir, seg.first)) {
-                        tracing::error!(error = %e, "removing a dropped disk buffer segment failed");
+                    match std::fs::remove_file(segment::path(&self.dir, seg.first)) {
+                        // Removed by someone else (counted lost when reading met it).
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "removing a dropped disk buffer segment failed")
+                        }
+                        Ok(()) => {}
                     }
                 }
             }
@@ -218,40 +223,54 @@ impl DiskBuffer {
         records: u64,
         readings: u64,
     ) -> Result<(), AppendError> {
-        let current = {
-            let st = self.state.lock().unwrap();
-            st.segments
-                .back()
-                .filter(|s| s.end() == st.next_seq)
-                .map(|s| (s.bytes, s.records))
-        };
         // A segment file someone removed (to get reading past it when it could not be read,
         // say) is written on no more: what went into it would go with it, acknowledged.
-        let removed = w.file.as_ref().is_some_and(|f| {
-            use std::os::unix::fs::MetadataExt;
-            f.metadata().is_ok_and(|m| m.nlink() == 0)
-        });
-        let size = match current {
-            Some((bytes, records))
-                if w.file.is_some() && !removed && (records == 0 || bytes < self.segment_size) =>
-            {
-                bytes
-            }
-            _ => {
-                self.roll(w)?;
-                MAGIC.len() as u64
-            }
+        let removed = |w: &WriterState| {
+            w.file.as_ref().is_some_and(|f| {
+                use std::os::unix::fs::MetadataExt;
+                f.metadata().is_ok_and(|m| m.nlink() == 0)
+            })
         };
-        let file = w.file.as_mut().expect("a segment is open");
-        let written =
-            file.write_all(buf)
-                .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
-        if let Err(e) = written {
-            // Cut the torn bytes off, and write the retry into a new segment, so that no reader
-            // ever sees bytes at an offset change.
-            let _ = file.set_len(size);
-            w.file = None;
-            return Err(e.into());
+        for attempt in 0.. {
+            let current = {
+                let st = self.state.lock().unwrap();
+                st.segments
+                    .back()
+                    .filter(|s| s.end() == st.next_seq)
+                    .map(|s| (s.bytes, s.records))
+            };
+            let size = match current {
+                Some((bytes, records))
+                    if w.file.is_some()
+                        && !removed(w)
+                        && (records == 0 || bytes < self.segment_size) =>
+                {
+                    bytes
+                }
+                _ => {
+                    self.roll(w)?;
+                    MAGIC.len() as u64
+                }
+            };
+            let file = w.file.as_mut().expect("a segment is open");
+            let written =
+                file.write_all(buf)
+                    .and_then(|()| if self.fsync { file.sync_data() } else { Ok(()) });
+            if let Err(e) = written {
+                // Cut the torn bytes off, and write the retry into a new segment, so that no
+                // reader ever sees bytes at an offset change.
+                let _ = file.set_len(size);
+                w.file = None;
+                return Err(e.into());
+            }
+            // Removed between the check and the write: written again, once, into a new
+            // segment. The records keep their numbers; no reader reads them from the removed
+            // file, whose segment does not cover them.
+            if attempt == 0 && removed(w) {
+                w.file = None;
+                continue;
+            }
+            break;
         }
         let mut st = self.state.lock().unwrap();
         let seg = st.segments.back_mut().expect("the current segment");
