@@ -102,6 +102,24 @@ impl Sink for Uplink {
                 format!("{} is not a power of two from 16 to 1024", cfg.block_size),
             ));
         }
+        // A block that does not fit one datagram goes out in IP fragments, or not at all where
+        // the path drops them: every block-wise batch would fail.
+        let room = max_payload(cfg.mtu);
+        if cfg.block_size > room {
+            let fits = (4..=10).rev().map(|e| 1 << e).find(|b| *b <= room);
+            return Err(bad(
+                "block_size",
+                format!(
+                    "{} does not fit one datagram of mtu {} (a block of it carries {room} bytes at most): {}",
+                    cfg.block_size,
+                    cfg.mtu,
+                    match fits {
+                        Some(b) => format!("use block_size = {b} or less, or a larger mtu"),
+                        None => "the mtu is too small for any block".to_owned(),
+                    }
+                ),
+            ));
+        }
         // Whoever can change the CA file decides which server gets the readings.
         if let Some(p) = &mut cfg.ca_file {
             *p = ctx.trusted_file("ca_file", &*p)?;

@@ -338,6 +338,22 @@ fn config_errors_name_the_key() {
             "{e}"
         );
     }
+    // A block larger than a datagram of the path went out in IP fragments.
+    let e = SinkHarness::new::<Uplink>(&uplink_config(dir.path(), 1, "mtu = 576\n"))
+        .err()
+        .unwrap();
+    assert!(
+        e.message().contains(
+            "block_size: 1024 does not fit one datagram of mtu 576 (a block of it carries 476 bytes at most): use block_size = 256 or less"
+        ),
+        "{e}"
+    );
+    assert!(SinkHarness::new::<Uplink>(&uplink_config(
+        dir.path(),
+        1,
+        "mtu = 576\nblock_size = 256\n"
+    ))
+    .is_ok());
     // A PSK handshake shows no certificate: the CA file would check nothing.
     let psk = "psk_identity = \"pi-01\"\npsk_key = \"5f1c9e07a2d84b36e0917c5a3bf24d68\"\n";
     let e = SinkHarness::new::<Uplink>(&format!(
