@@ -194,6 +194,28 @@ mod tests {
     }
 
     #[test]
+    fn records_skipped_before_are_not_counted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = State {
+            segments: VecDeque::new(),
+            next_seq: 100,
+            head: 0,
+            skipped: vec![10..20, 15..30, 40..50],
+            ledger: Ledger::open(dir.path()).unwrap().0,
+            marks: Marks::default(),
+        };
+        assert_eq!(st.not_skipped(0..10), 10);
+        assert_eq!(st.not_skipped(5..35), 5 + 5);
+        assert_eq!(st.not_skipped(12..18), 0);
+        assert_eq!(st.not_skipped(35..60), 5 + 10);
+        // The head passes what it reaches, no further.
+        st.head = 10;
+        st.pass_skipped();
+        assert_eq!(st.head, 30);
+        assert_eq!(st.skipped, vec![40..50]);
+    }
+
+    #[test]
     fn a_found_segment_counts_from_its_file_and_marks_stay_bounded() {
         let mut m = Marks::default();
         let hour = Duration::from_secs(3600);
@@ -232,6 +254,25 @@ impl State {
         }
         let head = self.head;
         self.skipped.retain(|r| r.end > head);
+    }
+
+    /// How many of the records `r` no range of `skipped` covers.
+    pub(super) fn not_skipped(&self, r: std::ops::Range<u64>) -> u64 {
+        let mut over: Vec<_> = self
+            .skipped
+            .iter()
+            .filter(|o| o.start < r.end && r.start < o.end)
+            .map(|o| o.start.max(r.start)..o.end.min(r.end))
+            .collect();
+        over.sort_unstable_by_key(|o| o.start);
+        let (mut covered, mut at) = (0, r.start);
+        for o in over {
+            if o.end > at {
+                covered += o.end - o.start.max(at);
+                at = o.end;
+            }
+        }
+        r.end - r.start - covered
     }
 
     /// Removes the oldest segments whose records are all acknowledged, never the one being

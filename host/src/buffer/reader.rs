@@ -280,8 +280,8 @@ impl DiskBuffer {
                 .iter()
                 .find(|s| s.end > cur.seq && s.first < s.end)?;
             if seg.first > cur.seq {
-                // Records no segment holds (lost at open, or dropped meanwhile).
-                self.skip(cur, seg.first.min(limit));
+                // Records no segment holds (counted at open, or dropped meanwhile).
+                self.skip(cur, seg.first.min(limit), false);
                 cur.open = None;
                 continue;
             }
@@ -301,8 +301,8 @@ impl DiskBuffer {
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         // Dropped by `drop_oldest` meanwhile, or removed by someone else.
-                        self.lost_segment(seg, cur.seq);
-                        self.skip(cur, seg.end.min(limit));
+                        let lost = self.lost_segment(seg);
+                        self.skip(cur, seg.end.min(limit), lost);
                         cur.open = None;
                         continue;
                     }
@@ -314,25 +314,22 @@ impl DiskBuffer {
                 }
             }
             let open = cur.open.as_mut().expect("opened above");
-            // Where this lane's reading goes on (never past its limit: the records after it
-            // are the other lane's), how many records the damage cost if it is new (not
-            // counted at open or when found before), and why.
-            let (to, counted, why) = match open.read(cur.seq, &seg.holes) {
+            // Where reading goes on after the damage, and why.
+            let (to, why) = match open.read(cur.seq, &seg.holes) {
                 Ok(readings) => {
                     let seq = cur.seq;
                     cur.seq += 1;
                     return Some((seq, readings));
                 }
                 Err(Unreadable::Hole { to, new, why }) => {
-                    let counted = new
-                        .filter(|h| self.note_hole(seg.first, *h))
-                        .map_or(0, |h| h.to - h.from);
-                    (to.min(seg.end), counted, why)
+                    if let Some(hole) = new {
+                        self.note_hole(seg.first, hole);
+                    }
+                    (to.min(seg.end), why)
                 }
                 Err(Unreadable::Rest(why)) => {
                     cur.open = None;
-                    let to = seg.end.min(limit);
-                    (to, to.saturating_sub(cur.seq), why)
+                    (seg.end, why)
                 }
                 Err(Unreadable::Io(e)) => {
                     // Read again from the segment's start next time.
@@ -341,74 +338,68 @@ impl DiskBuffer {
                     return None;
                 }
             };
+            // Never past this lane's limit: the records after it are the other lane's.
+            let (from, counted) = (cur.seq, self.skip(cur, to.min(limit), true));
             if counted > 0 {
-                self.stats
-                    .corrupt_records
-                    .fetch_add(counted, Ordering::Relaxed);
                 tracing::error!(
                     segment = seg.first,
-                    record = cur.seq,
+                    record = from,
                     records_skipped = counted,
                     error = %why,
                     "disk buffer record unreadable; skipping it, reading goes on after it"
                 );
             }
-            self.skip(cur, to.min(limit));
         }
     }
 
     /// Moves `cur` on to `to` past records it did not read, noting them skipped: once the head
     /// reaches them they are settled ([`State::pass_skipped`]), with nothing taken after them.
-    fn skip(&self, cur: &mut Cursor, to: u64) {
-        if to > cur.seq {
-            self.state.lock().unwrap().skipped.push(cur.seq..to);
-            cur.seq = to;
+    /// If they are `lost` (damaged, or their file gone), those no reader skipped before (the
+    /// other lane, a reader before a reload, the scan at open) are counted; how many.
+    fn skip(&self, cur: &mut Cursor, to: u64, lost: bool) -> u64 {
+        if to <= cur.seq {
+            return 0;
         }
+        let mut st = self.state.lock().unwrap();
+        let new = if lost { st.not_skipped(cur.seq..to) } else { 0 };
+        st.skipped.push(cur.seq..to);
+        drop(st);
+        cur.seq = to;
+        self.stats.corrupt_records.fetch_add(new, Ordering::Relaxed);
+        new
     }
 
     /// Notes damage found while reading segment `first`, so that a later walk through it (a
-    /// reader made anew, a read again after an I/O error, the other lane) jumps over it; `true`
-    /// if it was not noted before (it is to be counted).
-    fn note_hole(&self, first: u64, hole: Hole) -> bool {
+    /// reader made anew, a read again after an I/O error, the other lane) jumps over it.
+    fn note_hole(&self, first: u64, hole: Hole) {
         let mut st = self.state.lock().unwrap();
-        let Some(s) = st.segments.iter_mut().find(|s| s.first == first) else {
-            return false;
-        };
-        if s.holes
-            .iter()
-            .any(|h| h.from <= hole.from && hole.from < h.to)
-        {
-            return false;
+        if let Some(s) = st.segments.iter_mut().find(|s| s.first == first) {
+            if !s
+                .holes
+                .iter()
+                .any(|h| h.from <= hole.from && hole.from < h.to)
+            {
+                s.holes.push(hole);
+                s.holes.sort_unstable_by_key(|h| h.from);
+            }
         }
-        s.holes.push(hole);
-        s.holes.sort_unstable_by_key(|h| h.from);
-        true
     }
 
-    /// Counts and logs the records of `seg` from `from` on as lost, once, if its file went
-    /// while the buffer still holds it (not dropped by `drop_oldest`, which counts its own).
-    /// Those the reader took before are not: they were read.
-    fn lost_segment(&self, seg: &SegmentView, from: u64) {
+    /// Whether `seg`, whose file is gone, is still the buffer's (not dropped by `drop_oldest`,
+    /// which counts its own): its records are lost. Said once.
+    fn lost_segment(&self, seg: &SegmentView) -> bool {
         let mut st = self.state.lock().unwrap();
-        let head = st.head;
-        let Some(s) = st
-            .segments
-            .iter_mut()
-            .find(|s| s.first == seg.first && !s.gone)
-        else {
-            return;
+        let Some(s) = st.segments.iter_mut().find(|s| s.first == seg.first) else {
+            return false;
         };
-        s.gone = true;
-        let lost = s.end().saturating_sub(from.max(head));
-        drop(st);
-        self.stats
-            .corrupt_records
-            .fetch_add(lost, Ordering::Relaxed);
-        tracing::error!(
-            segment = seg.first,
-            records_lost = lost,
-            "disk buffer segment file is gone (removed by someone else?); its records are lost, reading goes on after it"
-        );
+        if !s.gone {
+            s.gone = true;
+            tracing::error!(
+                segment = seg.first,
+                "disk buffer segment file is gone (removed by someone else?); its records are lost, reading goes on after it"
+            );
+        }
+        true
     }
 
     /// Marks everything in `taken` acknowledged: the sink stored it (or refused it for good).

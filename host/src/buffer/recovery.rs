@@ -111,11 +111,16 @@ impl DiskBuffer {
             );
             head = s.first;
         }
+        // The holes the scan found and counted: skipped, and not counted again.
+        let skipped = segments
+            .iter()
+            .flat_map(|s| s.holes.iter().map(|h| h.from..h.to))
+            .collect();
         let state = State {
             segments,
             next_seq,
             head,
-            skipped: Vec::new(),
+            skipped,
             ledger,
             marks,
         };

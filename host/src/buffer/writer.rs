@@ -161,6 +161,10 @@ impl DiskBuffer {
                     let seg = st.segments.pop_front().expect("two segments");
                     let lost = seg.readings.saturating_sub(seg.acked_readings);
                     st.head = st.head.max(seg.end());
+                    // Recorded, so that the next start does not take the records dropped for
+                    // ones gone without a word.
+                    let head = st.head;
+                    st.ledger.record(head, self.fsync);
                     self.stats.dropped.fetch_add(lost, Ordering::Relaxed);
                     tracing::warn!(
                         readings = lost,
