@@ -73,6 +73,14 @@ pub fn create_view(table: &str) -> String {
     )
 }
 
+/// How many unique keys of the table (`?`) hold a re-delivered reading back: keys whose columns
+/// are all among id, device and time_us (a re-delivery has the same id, device and time; a
+/// table partitioned on time_us must have it in every unique key). A key part that is an
+/// expression (MySQL 8's functional key parts) has no COLUMN_NAME, and does not count.
+const KEYED: &str = "SELECT COUNT(*) FROM (SELECT INDEX_NAME FROM information_schema.STATISTICS \
+     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND NON_UNIQUE = 0 GROUP BY INDEX_NAME \
+     HAVING SUM(COLUMN_NAME IS NULL OR LOWER(COLUMN_NAME) NOT IN ('id', 'device', 'time_us')) = 0) k";
+
 /// Server errors that mean the view cannot be made by this user or under this name: privileges
 /// missing (1044, 1142, 1143) or a table of that name in the way (1347).
 const VIEW_REFUSED: [u16; 4] = [1044, 1142, 1143, 1347];
@@ -134,8 +142,11 @@ pub struct Store {
     connect_timeout: std::time::Duration,
     write_timeout: std::time::Duration,
     /// The server (its index in `url`) the schema was last checked on; [`UNCHECKED`] before
-    /// the first write, and after an insert found no table (1146).
+    /// the first write, after an insert found no table (1146), and after a connection broke.
     schema_on: std::sync::atomic::AtomicUsize,
+    /// The most bytes one INSERT may take on the wire, from the `max_allowed_packet` the
+    /// schema check read ([`statement_limit`]).
+    statement_bytes: std::sync::atomic::AtomicUsize,
 }
 
 /// A connection from `pool` within `limit` (`connect_timeout`): a server that takes the TCP
@@ -226,14 +237,16 @@ impl Store {
             connect_timeout: cfg.connect_timeout,
             write_timeout: cfg.write_timeout,
             schema_on: UNCHECKED.into(),
+            statement_bytes: MAX_STATEMENT_BYTES.into(),
         })
     }
 
     /// Creates the tables or checks their version, then (re)creates the view, on the first
-    /// server that takes writes, within `write_timeout` on each.
+    /// server that takes writes, within `write_timeout` on each; reads that server's
+    /// `max_allowed_packet`.
     pub fn migrate(&self) -> Result<(), PluginError> {
         let limit = self.write_timeout;
-        self.servers.run(&self.rt, |pool| {
+        let packet = self.servers.run(&self.rt, |pool| {
             let fut = migrate_on(pool, self.table.clone(), self.connect_timeout);
             async move {
                 tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
@@ -242,13 +255,19 @@ impl Store {
                     )))
                 })
             }
-        })
+        })?;
+        self.statement_bytes.store(
+            statement_limit(packet),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
     }
 
     /// Checks the schema on the server in use ([`Store::migrate`]) if it was not checked there:
     /// at the first write, and again after a failover, or once an insert found no table, to a
     /// server of `url` that is not a replica (where every insert would otherwise fail with
-    /// "table doesn't exist" for ever).
+    /// "table doesn't exist" for ever), or once a connection broke (the server may have been
+    /// restarted with another `max_allowed_packet`, or lowered it: see [`Store::write`]).
     pub fn ensure_schema(&self) -> Result<(), PluginError> {
         use std::sync::atomic::Ordering::Relaxed;
         if self.schema_on.load(Relaxed) == self.servers.current() {
@@ -265,17 +284,12 @@ impl Store {
     pub fn write(&self, batch: &[Reading]) -> Result<u64, PluginError> {
         let table = self.table.clone();
         let full = self.insert_full.clone();
+        let bytes = self
+            .statement_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
         // The rows and parameters of each INSERT, made here so the async part only moves them
         // (again for each try: the statements take them).
-        let chunks = || -> Vec<(usize, Vec<mysql_async::Value>)> {
-            statements(batch)
-                .map(|c| {
-                    let mut v = Vec::with_capacity(c.len() * COLUMN_COUNT);
-                    c.iter().for_each(|r| row(r, &mut v));
-                    (c.len(), v)
-                })
-                .collect()
-        };
+        let chunks = || statements(batch, bytes);
         let (limit, connect_limit) = (self.write_timeout, self.connect_timeout);
         let schema_on = &self.schema_on;
         self.servers.run(&self.rt, |pool| {
@@ -287,10 +301,21 @@ impl Store {
                         "the batch was not committed within write_timeout ({limit:?})"
                     ))),
                 };
-                if let Err(Failure::Db(_, mysql_async::Error::Server(e))) = &r {
-                    if e.code == 1146 {
-                        schema_on.store(UNCHECKED, std::sync::atomic::Ordering::Relaxed);
+                // No table (1146): made again at the next check. A connection broken (an I/O
+                // error; the client's refusal of a statement larger than the connection's
+                // max_allowed_packet is one too, and drops it) or a statement the server found
+                // too large (1153): the server's value is read again at the next check, since
+                // it may have been lowered (it applies to connections made since) or the
+                // server restarted with another.
+                let check_again = match &r {
+                    Err(Failure::Db(_, mysql_async::Error::Server(e))) => {
+                        e.code == 1146 || e.code == 1153
                     }
+                    Err(Failure::Db(_, mysql_async::Error::Io(_))) => true,
+                    _ => false,
+                };
+                if check_again {
+                    schema_on.store(UNCHECKED, std::sync::atomic::Ordering::Relaxed);
                 }
                 r
             }
@@ -298,12 +323,12 @@ impl Store {
     }
 }
 
-/// The migration of [`Store::migrate`] on one server.
+/// The migration of [`Store::migrate`] on one server; returns the server's `max_allowed_packet`.
 async fn migrate_on(
     pool: Pool,
     table: String,
     connect_limit: std::time::Duration,
-) -> Result<(), Failure> {
+) -> Result<usize, Failure> {
     let at = Failure::at;
     let mut c = connect(&pool, connect_limit).await?;
     c.query_drop("CREATE TABLE IF NOT EXISTS gateway_schema (tbl VARCHAR(64) NOT NULL PRIMARY KEY, version INT UNSIGNED NOT NULL) ENGINE=InnoDB")
@@ -361,64 +386,96 @@ async fn migrate_on(
             }
         }
     }
+    // A table made by hand is used as it is, but not without a unique key on the reading:
+    // INSERT IGNORE would have nothing to skip a re-delivered reading on, and store it again.
+    let keys: Option<u64> = c
+        .exec_first(KEYED, (table.as_str(),))
+        .await
+        .map_err(at("looking for the readings table's key"))?;
+    if keys.unwrap_or(0) == 0 {
+        return Err(Failure::Plugin(PluginError::config(format!(
+            "table {table} has no unique key on the reading (its columns among id, device and time_us), which tells a reading stored before from a new one: without it every re-delivered reading would be stored again. Give it one (readings stored twice already must go first): ALTER TABLE `{table}` ADD UNIQUE KEY reading_id (id, device); with time_us too where the table is partitioned on it. Or let the plugin make the table (it does so when there is none)"
+        ))));
+    }
     // The view is no table data: it is replaced at every start, with no version of its own.
     // Storing readings does not need it, so a user not allowed to make it (CREATE VIEW, and
     // DROP for OR REPLACE) gets a warning, not a sink that stops.
     let view = view_name(&table);
     match c.query_drop(create_view(&table)).await {
-        Ok(()) => Ok(()),
+        Ok(()) => {}
         Err(mysql_async::Error::Server(e)) if VIEW_REFUSED.contains(&e.code) => {
             tracing::warn!(view = %view, "the view for Grafana was not made ({}); readings are stored all the same: grant CREATE VIEW and DROP on the database, or create it once as the README shows", e.message);
-            Ok(())
         }
-        Err(e) => Err(Failure::Db(format!("creating the view {view}"), e)),
+        Err(e) => return Err(Failure::Db(format!("creating the view {view}"), e)),
     }
+    // A connection's limit is the global value when it was made (the session's is read-only):
+    // the lower of the two holds for this connection and for those made from now on.
+    let packet: Option<u64> = c
+        .query_first("SELECT LEAST(@@SESSION.max_allowed_packet, @@GLOBAL.max_allowed_packet)")
+        .await
+        .map_err(at("reading max_allowed_packet"))?;
+    Ok(packet.map_or(0, |p| usize::try_from(p).unwrap_or(usize::MAX)))
+}
+
+/// The most bytes one INSERT takes on the wire, however large the server's
+/// `max_allowed_packet` (16 MiB by default in MariaDB, 64 MiB in MySQL 8): statements of large
+/// text or bytes gain nothing from being larger, and past 16 MiB the client would send the
+/// values apart (COM_STMT_SEND_LONG_DATA).
+const MAX_STATEMENT_BYTES: usize = 1 << 20;
+
+/// Bytes of `max_allowed_packet` a statement leaves unused: the server refuses a packet as
+/// large as its limit, not only a larger one, and a margin costs nothing.
+const PACKET_MARGIN: usize = 1024;
+
+/// The most bytes one INSERT may take on a server whose `max_allowed_packet` is `packet`: a
+/// statement larger is refused by the client (mysql_async checks it) at every try.
+fn statement_limit(packet: usize) -> usize {
+    packet
+        .saturating_sub(PACKET_MARGIN)
+        .min(MAX_STATEMENT_BYTES)
+}
+
+/// Bytes of a COM_STMT_EXECUTE before its rows: command, statement id, flags, iteration
+/// count, the "types follow" flag.
+const STATEMENT_HEAD: usize = 11;
+
+/// Bytes one row's values take in a COM_STMT_EXECUTE: each value's type (2 bytes), its bit in
+/// the NULL bitmap (11 bits a row, counted as 2 bytes), and the value in the binary protocol
+/// (a length prefix and the bytes of a string; 8 bytes of a number; nothing of a NULL).
+fn row_bytes(values: &[mysql_async::Value]) -> usize {
+    let values: u64 = values.iter().map(|v| v.bin_len()).sum();
+    2 * COLUMN_COUNT + 2 + usize::try_from(values).unwrap_or(usize::MAX)
+}
+
+/// A batch's rows and their values cut into INSERTs of at most [`ROWS_PER_INSERT`] rows and,
+/// but for a single row, `limit` bytes on the wire ([`statement_limit`]).
+fn statements(batch: &[Reading], limit: usize) -> Vec<(usize, Vec<mysql_async::Value>)> {
+    let capacity = |rows: usize| Vec::with_capacity(rows.min(ROWS_PER_INSERT) * COLUMN_COUNT);
+    let mut done = Vec::new();
+    let (mut rows, mut values, mut bytes) = (0, capacity(batch.len()), STATEMENT_HEAD);
+    for (i, r) in batch.iter().enumerate() {
+        let start = values.len();
+        row(r, &mut values);
+        let len = row_bytes(&values[start..]);
+        if rows > 0 && (rows == ROWS_PER_INSERT || bytes + len > limit) {
+            // This row begins the next statement.
+            let mut next = capacity(batch.len() - i);
+            next.extend(values.drain(start..));
+            done.push((rows, std::mem::replace(&mut values, next)));
+            (rows, bytes) = (0, STATEMENT_HEAD);
+        }
+        rows += 1;
+        bytes += len;
+    }
+    if rows > 0 {
+        done.push((rows, values));
+    }
+    done
 }
 
 /// One batch in one transaction on `pool`; how many rows were new. Galera refuses a
 /// transaction that lost certification at COMMIT with a deadlock (1213, as InnoDB does a real
 /// one): it goes once more at once, on the same node.
-/// The most bytes of values one INSERT carries. A statement larger than the server's
-/// `max_allowed_packet` (4 MiB by default in MySQL 5.7, 16 MiB in MariaDB) is refused by the
-/// client at every try, so rows of large text or bytes go in several statements.
-const BYTES_PER_INSERT: usize = 1 << 20;
-
-/// A batch cut into INSERTs of at most [`ROWS_PER_INSERT`] rows and, but for a single row,
-/// [`BYTES_PER_INSERT`] bytes of values.
-fn statements(batch: &[Reading]) -> impl Iterator<Item = &[Reading]> {
-    let size = |r: &Reading| {
-        let value = match &r.value {
-            Value::Text(t) => t.len(),
-            Value::Bytes(b) => b.len(),
-            _ => 8,
-        };
-        32 + r.device.as_str().len()
-            + r.sensor.as_str().len()
-            + r.name.as_str().len()
-            + r.unit.as_str().len()
-            + value
-    };
-    let mut rest = batch;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut bytes = 0;
-        let n = rest
-            .iter()
-            .take(ROWS_PER_INSERT)
-            .take_while(|r| {
-                bytes += size(r);
-                bytes <= BYTES_PER_INSERT
-            })
-            .count()
-            .max(1);
-        let (now, later) = rest.split_at(n);
-        rest = later;
-        Some(now)
-    })
-}
-
 async fn insert(
     pool: Pool,
     table: String,

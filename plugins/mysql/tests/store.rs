@@ -560,3 +560,58 @@ fn the_sink_stays_on_tcp_to_the_server_url_names() {
     );
     drop(sink);
 }
+
+#[test]
+fn a_table_made_by_hand_without_a_key_on_the_reading_is_refused_not_filled_twice() {
+    // The README lets users make the table themselves (TiDB, partitions); one without a unique
+    // key on the reading stored every re-delivered batch again: INSERT IGNORE had nothing to
+    // ignore on.
+    let db = TestDb::new("nokey");
+    hand_made_table(&db, &[("PRIMARY KEY (id, device),", "")]);
+    let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
+    let batch = sample_readings(3);
+    let twice = [sink.write(batch.clone()), sink.write(batch.clone())];
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [0], "nothing stored, let alone twice: {twice:?}");
+    let add = "ALTER TABLE `readings` ADD UNIQUE KEY reading_id (id, device)";
+    for e in twice {
+        let e = e.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::CONFIG, "{e}");
+        assert!(e.message().contains(add), "{e}");
+    }
+    // A unique key on columns that do not identify the reading does not count.
+    let _: Vec<u8> =
+        db.query("ALTER TABLE readings ADD UNIQUE KEY series (device, sensor, name, time_us)");
+    let e = sink.write(batch.clone()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::CONFIG, "{e}");
+    // The statement the error names is enough: the same sink goes on, and stores a batch once.
+    let _: Vec<u8> = db.query("ALTER TABLE readings DROP KEY series");
+    let _: Vec<u8> = db.query(add);
+    sink.write(batch.clone()).unwrap();
+    sink.write(batch).unwrap();
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [3]);
+}
+
+#[test]
+fn a_table_partitioned_on_time_keeps_its_key_with_the_time() {
+    // MySQL wants the partitioning column in every unique key: (id, device, time_us) still
+    // tells a re-delivery (same id, device and time) from a new reading.
+    let db = TestDb::new("parts");
+    hand_made_table(
+        &db,
+        &[(
+            "PRIMARY KEY (id, device),",
+            "PRIMARY KEY (id, device, time_us),",
+        )],
+    );
+    let _: Vec<u8> = db.query(
+        "ALTER TABLE readings PARTITION BY RANGE (time_us) (PARTITION p0 VALUES LESS THAN MAXVALUE)",
+    );
+    let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
+    let batch = sample_readings(3);
+    sink.write(batch.clone()).unwrap();
+    sink.write(batch).unwrap();
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [3]);
+}
