@@ -60,6 +60,19 @@ pub fn create_table(table: &str) -> String {
     )
 }
 
+/// Whether the table (`$1`) has a unique index that a re-delivered reading cannot get past: its
+/// columns among the readings' key (id, device, time_us; a re-delivery has the same id, device
+/// and time), checked at once (not deferred: COPY would not fail on it, and ON CONFLICT cannot
+/// use it), on every row (not partial), on the columns themselves (no expression), valid. A
+/// table made by hand may have none; then COPY stores a re-delivered batch again.
+/// (INCLUDE columns, past `indnkeyatts`, do not make rows unique and are not looked at.)
+const KEYED: &str = "SELECT EXISTS (SELECT 1 FROM pg_index i \
+     WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indimmediate AND i.indisvalid \
+     AND i.indpred IS NULL AND i.indexprs IS NULL \
+     AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+         WHERE k.n <= i.indnkeyatts AND a.attname NOT IN ('id', 'device', 'time_us')))";
+
 /// How a database error should be handled: data the table cannot hold (a NUL byte in a text,
 /// say) or that its rules refuse (a CHECK, a foreign key, an exclusion constraint of a table
 /// made by hand, a trigger's `RAISE`) is refused for good, so that the host narrows the batch
@@ -272,16 +285,17 @@ impl Store {
                 if !exists {
                     client.batch_execute(&create_table(&table)).await?;
                 }
+                let keyed: bool = client.query_one(KEYED, &[&table]).await?.get(0);
                 client
                     .batch_execute(&format!(
                     "CREATE TEMP TABLE IF NOT EXISTS {STAGING} (LIKE {table}) ON COMMIT DELETE ROWS"
                 ))
                     .await?;
-                Ok::<_, tokio_postgres::Error>(client)
+                Ok::<_, tokio_postgres::Error>((client, keyed))
             })
             .await
         });
-        let client = match client {
+        let (client, keyed) = match client {
             Ok(c) => c.map_err(|e| classify_open(&e))?,
             Err(_) => {
                 return Err(PluginError::retry(format!(
@@ -289,6 +303,13 @@ impl Store {
                 )))
             }
         };
+        // Not kept: the next open checks again, and goes on once the index is there.
+        if !keyed {
+            let t = &self.table;
+            return Err(PluginError::config(format!(
+                "table {t} has no unique index on the readings' key (its columns among id, device and time_us), which tells a reading stored before from a new one: without it every re-delivered reading would be stored again. Give it one: `CREATE UNIQUE INDEX {t}_key ON {t} (id, device, time_us)` (readings stored twice already must go first), or let the plugin make the table (it does so when there is none)"
+            )));
+        }
         self.client = Some(client);
         Ok(())
     }

@@ -170,6 +170,89 @@ fn a_reading_another_unique_index_refuses_is_refused_even_beside_a_re_delivery()
     psql(&format!("DROP TABLE {t}"));
 }
 
+/// A table made by hand (as TimescaleDB's hypertables often are) without a unique index on
+/// the readings' key stored a re-delivered batch again: its COPY met no key to fail on, so
+/// nothing went through the merge that skips readings stored before.
+#[test]
+fn a_table_made_by_hand_without_the_readings_key_is_refused_not_filled_twice() {
+    let t = table("nokey");
+    let ddl = postgres::store::create_table(&t);
+    let key = ",\n            PRIMARY KEY (id, device, time_us)";
+    assert!(ddl.contains(key), "{ddl}");
+    psql(&ddl.replace(key, ""));
+    let mut s = sink(&t);
+    let batch = sample_readings(3);
+    let twice = [s.write(batch.clone()), s.write(batch.clone())];
+    assert_eq!(
+        psql(&format!("SELECT count(*) FROM {t}")),
+        "0",
+        "nothing stored, let alone twice: {twice:?}"
+    );
+    let add = format!("CREATE UNIQUE INDEX {t}_key ON {t} (id, device, time_us)");
+    // Refused at open, as a setting is (CONFIG, which the SDK reports as a sink that cannot
+    // open, FATAL): the host builds the sink again after a backoff, holding the batch.
+    for e in twice {
+        let e = e.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FATAL, "{e}");
+        assert!(e.message().contains(&add), "{e}");
+    }
+    // Unique keys that do not hold every reading back by its key do not count: one on other
+    // columns, a partial one, and a deferrable one (which ON CONFLICT refuses to use: the
+    // merge of every re-delivered batch would fail).
+    for (make, undo) in [
+        (
+            format!("CREATE UNIQUE INDEX {t}_series ON {t} (device, sensor, name, time_us)"),
+            format!("DROP INDEX {t}_series"),
+        ),
+        (
+            format!(
+                "CREATE UNIQUE INDEX {t}_floats ON {t} (id, device) WHERE value_type = 'float'"
+            ),
+            format!("DROP INDEX {t}_floats"),
+        ),
+        (
+            format!(
+                "ALTER TABLE {t} ADD CONSTRAINT {t}_later UNIQUE (id, device, time_us) DEFERRABLE"
+            ),
+            format!("ALTER TABLE {t} DROP CONSTRAINT {t}_later"),
+        ),
+    ] {
+        psql(&make);
+        let e = s.write(batch.clone()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FATAL, "{make}: {e}");
+        psql(&undo);
+    }
+    // The statement the error names is enough: the same sink goes on, and stores a batch once.
+    psql(&add);
+    s.write(batch.clone()).unwrap();
+    s.write(batch).unwrap();
+    assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "3");
+    psql(&format!("DROP TABLE {t}"));
+}
+
+/// A table partitioned on the time (natively, or as a TimescaleDB hypertable) has the time in
+/// every unique index: its key (id, device, time_us) is the plugin's own.
+#[test]
+fn a_table_partitioned_on_time_is_used_with_its_key() {
+    let t = table("parts");
+    let ddl = postgres::store::create_table(&t);
+    let table_end = ");\n";
+    assert!(ddl.contains(table_end), "{ddl}");
+    psql(&ddl.replacen(
+        table_end,
+        &format!(
+            ") PARTITION BY RANGE (time_us);\nCREATE TABLE {t}_all PARTITION OF {t} DEFAULT;\n"
+        ),
+        1,
+    ));
+    let mut s = sink(&t);
+    let batch = sample_readings(3);
+    s.write(batch.clone()).unwrap();
+    s.write(batch).unwrap();
+    assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "3");
+    psql(&format!("DROP TABLE {t}"));
+}
+
 #[test]
 fn a_database_that_is_not_there_is_retried_and_nothing_is_made_when_built() {
     let t = table("down");
