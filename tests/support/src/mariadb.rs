@@ -23,8 +23,13 @@ impl MariaDb {
     /// Makes a data directory in `dir` (created if needed); the server is not started.
     pub fn init(dir: &Path) -> MariaDb {
         let data = dir.join("data");
-        std::fs::create_dir_all(dir).unwrap();
+        // Temporary files of its own: bootstraps running at once (tests in parallel) in one
+        // /tmp trip over each other's temporary tables ("Unknown table
+        // 'mysql.tmp_user_sys'").
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
         let out = Command::new("mariadb-install-db")
+            .env("TMPDIR", &tmp)
             .args(["--no-defaults", "--auth-root-authentication-method=normal"])
             .arg("--skip-test-db")
             .arg(format!("--datadir={}", data.display()))
@@ -65,6 +70,7 @@ impl MariaDb {
             .arg(format!("--socket={}", d("sock")))
             .arg(format!("--pid-file={}", d("pid")))
             .arg(format!("--port={}", self.port))
+            .arg(format!("--tmpdir={}", d("tmp")))
             .args(["--bind-address=127.0.0.1", "--skip-log-bin"])
             .args([
                 "--innodb-buffer-pool-size=64M",
