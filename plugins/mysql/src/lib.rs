@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod keys;
 pub mod servers;
 pub mod store;
 

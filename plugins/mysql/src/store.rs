@@ -2,6 +2,7 @@
 //! runtime. I/O: the database.
 
 use crate::config::Config;
+use crate::keys::{duplicate_key, missing, unique_keys, UniqueKey};
 use crate::servers::{Failure, Servers};
 use gateway_sdk::{tracing, PluginError, Reading, Value};
 use mysql_async::{prelude::*, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts};
@@ -73,14 +74,6 @@ pub fn create_view(table: &str) -> String {
     )
 }
 
-/// How many unique keys of the table (`?`) hold a re-delivered reading back: keys whose columns
-/// are all among id, device and time_us (a re-delivery has the same id, device and time; a
-/// table partitioned on time_us must have it in every unique key). A key part that is an
-/// expression (MySQL 8's functional key parts) has no COLUMN_NAME, and does not count.
-const KEYED: &str = "SELECT COUNT(*) FROM (SELECT INDEX_NAME FROM information_schema.STATISTICS \
-     WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND NON_UNIQUE = 0 GROUP BY INDEX_NAME \
-     HAVING SUM(COLUMN_NAME IS NULL OR LOWER(COLUMN_NAME) NOT IN ('id', 'device', 'time_us')) = 0) k";
-
 /// Server errors that mean the view cannot be made by this user or under this name: privileges
 /// missing (1044, 1142, 1143) or a table of that name in the way (1347).
 const VIEW_REFUSED: [u16; 4] = [1044, 1142, 1143, 1347];
@@ -94,13 +87,19 @@ pub fn insert_sql(table: &str, rows: usize) -> String {
 
 /// What the sink sends: [`insert_sql`] as `INSERT IGNORE`, which skips a row already stored
 /// under its key (a reading delivered again) with warning 1062. It skips a row a foreign key,
-/// CHECK constraint, NOT NULL or partition refuses with a warning too: `insert_chunks` reads
-/// the warnings and refuses the batch when more rows were skipped than 1062s say, or a value
-/// was altered. (`ON DUPLICATE KEY UPDATE` would not need that, but it needs the UPDATE
-/// privilege, which would let whoever holds the gateway's password change stored readings.)
+/// CHECK constraint, NOT NULL or partition refuses with a warning too, and a new reading
+/// another unique key of a table made by hand refuses with a 1062 too: `insert_chunks` reads
+/// the warnings and refuses the batch when more rows were skipped than 1062s say, a value was
+/// altered, or a row skipped on another key than the reading's is not in the table. (`ON
+/// DUPLICATE KEY UPDATE` would not need that, but it needs the UPDATE privilege, which would
+/// let whoever holds the gateway's password change stored readings.)
 pub fn store_sql(table: &str, rows: usize) -> String {
     insert_sql(table, rows).replacen("INSERT", "INSERT IGNORE", 1)
 }
+
+/// Server errors that refuse the sink a look at the table's rows: SELECT on the table (1142)
+/// or on a column (1143) not granted.
+const SELECT_REFUSED: [u16; 2] = [1142, 1143];
 
 /// [`Store`]'s `schema_on` before the schema was checked on any server.
 const UNCHECKED: usize = usize::MAX;
@@ -147,6 +146,9 @@ pub struct Store {
     /// The most bytes one INSERT may take on the wire, from the `max_allowed_packet` the
     /// schema check read ([`statement_limit`]).
     statement_bytes: std::sync::atomic::AtomicUsize,
+    /// The table's unique keys, as the schema check found them: a warning 1062 on one of them
+    /// that is on the reading is a reading stored already.
+    unique_keys: std::sync::Mutex<std::sync::Arc<[UniqueKey]>>,
 }
 
 /// A connection from `pool` within `limit` (`connect_timeout`): a server that takes the TCP
@@ -238,15 +240,16 @@ impl Store {
             write_timeout: cfg.write_timeout,
             schema_on: UNCHECKED.into(),
             statement_bytes: MAX_STATEMENT_BYTES.into(),
+            unique_keys: std::sync::Mutex::new(Vec::new().into()),
         })
     }
 
     /// Creates the tables or checks their version, then (re)creates the view, on the first
     /// server that takes writes, within `write_timeout` on each; reads that server's
-    /// `max_allowed_packet`.
+    /// `max_allowed_packet` and the table's unique keys.
     pub fn migrate(&self) -> Result<(), PluginError> {
         let limit = self.write_timeout;
-        let packet = self.servers.run(&self.rt, |pool| {
+        let (packet, keys) = self.servers.run(&self.rt, |pool| {
             let fut = migrate_on(pool, self.table.clone(), self.connect_timeout);
             async move {
                 tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
@@ -260,6 +263,7 @@ impl Store {
             statement_limit(packet),
             std::sync::atomic::Ordering::Relaxed,
         );
+        *self.unique_keys.lock().unwrap_or_else(|e| e.into_inner()) = keys.into();
         Ok(())
     }
 
@@ -282,18 +286,27 @@ impl Store {
     /// Inserts a batch in one transaction ([`store_sql`]); returns after COMMIT.
     /// Returns how many rows were new.
     pub fn write(&self, batch: &[Reading]) -> Result<u64, PluginError> {
-        let table = self.table.clone();
-        let full = self.insert_full.clone();
         let bytes = self
             .statement_bytes
             .load(std::sync::atomic::Ordering::Relaxed);
         // The rows and parameters of each INSERT, made here so the async part only moves them
         // (again for each try: the statements take them).
         let chunks = || statements(batch, bytes);
+        let keys = self
+            .unique_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let (limit, connect_limit) = (self.write_timeout, self.connect_timeout);
         let schema_on = &self.schema_on;
         self.servers.run(&self.rt, |pool| {
-            let fut = insert(pool, table.clone(), full.clone(), chunks, connect_limit);
+            let to = Target {
+                table: &self.table,
+                full: &self.insert_full,
+                keys: &keys,
+                batch,
+            };
+            let fut = insert(pool, to, chunks, connect_limit);
             async move {
                 let r = match tokio::time::timeout(limit, fut).await {
                     Ok(r) => r,
@@ -323,12 +336,13 @@ impl Store {
     }
 }
 
-/// The migration of [`Store::migrate`] on one server; returns the server's `max_allowed_packet`.
+/// The migration of [`Store::migrate`] on one server; returns the server's `max_allowed_packet`
+/// and the table's unique keys.
 async fn migrate_on(
     pool: Pool,
     table: String,
     connect_limit: std::time::Duration,
-) -> Result<usize, Failure> {
+) -> Result<(usize, Vec<UniqueKey>), Failure> {
     let at = Failure::at;
     let mut c = connect(&pool, connect_limit).await?;
     c.query_drop("CREATE TABLE IF NOT EXISTS gateway_schema (tbl VARCHAR(64) NOT NULL PRIMARY KEY, version INT UNSIGNED NOT NULL) ENGINE=InnoDB")
@@ -388,11 +402,12 @@ async fn migrate_on(
     }
     // A table made by hand is used as it is, but not without a unique key on the reading:
     // INSERT IGNORE would have nothing to skip a re-delivered reading on, and store it again.
-    let keys: Option<u64> = c
-        .exec_first(KEYED, (table.as_str(),))
+    // Their names are kept: a duplicate (1062) on one of them is a reading stored already, one
+    // on another unique key a new reading that key refuses (see `insert_chunks`).
+    let keys = unique_keys(&mut c, &table)
         .await
         .map_err(at("looking for the readings table's key"))?;
-    if keys.unwrap_or(0) == 0 {
+    if !keys.iter().any(|k| k.on_reading) {
         return Err(Failure::Plugin(PluginError::config(format!(
             "table {table} has no unique key on the reading (its columns among id, device and time_us), which tells a reading stored before from a new one: without it every re-delivered reading would be stored again. Give it one (readings stored twice already must go first): ALTER TABLE `{table}` ADD UNIQUE KEY reading_id (id, device); with time_us too where the table is partitioned on it. Or let the plugin make the table (it does so when there is none)"
         ))));
@@ -414,7 +429,8 @@ async fn migrate_on(
         .query_first("SELECT LEAST(@@SESSION.max_allowed_packet, @@GLOBAL.max_allowed_packet)")
         .await
         .map_err(at("reading max_allowed_packet"))?;
-    Ok(packet.map_or(0, |p| usize::try_from(p).unwrap_or(usize::MAX)))
+    let packet = packet.map_or(0, |p| usize::try_from(p).unwrap_or(usize::MAX));
+    Ok((packet, keys))
 }
 
 /// The most bytes one INSERT takes on the wire, however large the server's
@@ -473,29 +489,39 @@ fn statements(batch: &[Reading], limit: usize) -> Vec<(usize, Vec<mysql_async::V
     done
 }
 
+/// What a batch goes to, and the batch.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    table: &'a str,
+    /// The INSERT of a full statement ([`Store`]'s `insert_full`).
+    full: &'a str,
+    /// The table's unique keys, as the schema check found them.
+    keys: &'a [UniqueKey],
+    /// The readings, in the order of the statements' rows.
+    batch: &'a [Reading],
+}
+
 /// One batch in one transaction on `pool`; how many rows were new. Galera refuses a
 /// transaction that lost certification at COMMIT with a deadlock (1213, as InnoDB does a real
 /// one): it goes once more at once, on the same node.
 async fn insert(
     pool: Pool,
-    table: String,
-    full: std::sync::Arc<str>,
+    to: Target<'_>,
     chunks: impl Fn() -> Vec<(usize, Vec<mysql_async::Value>)>,
     connect_limit: std::time::Duration,
 ) -> Result<u64, Failure> {
-    match insert_once(&pool, &table, &full, chunks(), connect_limit).await {
+    match insert_once(&pool, to, chunks(), connect_limit).await {
         Err(Failure::Db(_, mysql_async::Error::Server(e))) if e.code == 1213 => {
             tracing::debug!("deadlock (or a Galera certification conflict); the batch goes again");
         }
         r => return r,
     }
-    insert_once(&pool, &table, &full, chunks(), connect_limit).await
+    insert_once(&pool, to, chunks(), connect_limit).await
 }
 
 async fn insert_once(
     pool: &Pool,
-    table: &str,
-    full: &str,
+    to: Target<'_>,
     chunks: Vec<(usize, Vec<mysql_async::Value>)>,
     connect_limit: std::time::Duration,
 ) -> Result<u64, Failure> {
@@ -505,7 +531,7 @@ async fn insert_once(
         .start_transaction(Default::default())
         .await
         .map_err(at("BEGIN"))?;
-    match insert_chunks(&mut tx, table, full, chunks).await {
+    match insert_chunks(&mut tx, to, chunks).await {
         Ok(inserted) => {
             tx.commit().await.map_err(at("COMMIT"))?;
             Ok(inserted)
@@ -520,21 +546,24 @@ async fn insert_once(
 }
 
 /// The INSERTs of a batch in `tx`; how many rows were new. More rows skipped than warnings
-/// 1062 (stored already) account for, a warning that a value was altered, or more warnings
-/// than SHOW WARNINGS lists, refuses the batch for good; any other warning is logged.
+/// 1062 (duplicates) account for, a warning that a value was altered, more warnings than SHOW
+/// WARNINGS lists, or a row skipped as a duplicate on another key than the reading's that is
+/// not in the table, refuses the batch for good; any other warning is logged.
 async fn insert_chunks(
     tx: &mut mysql_async::Transaction<'_>,
-    table: &str,
-    full: &str,
+    to: Target<'_>,
     chunks: Vec<(usize, Vec<mysql_async::Value>)>,
 ) -> Result<u64, Failure> {
     let at = Failure::at;
     let mut inserted = 0;
+    let mut first = 0;
     for (rows, values) in chunks {
+        let readings = &to.batch[first..first + rows];
+        first += rows;
         let sql: std::borrow::Cow<'_, str> = if rows == ROWS_PER_INSERT {
-            full.into()
+            to.full.into()
         } else {
-            store_sql(table, rows).into()
+            store_sql(to.table, rows).into()
         };
         tx.exec_drop(sql, mysql_async::Params::Positional(values))
             .await
@@ -572,9 +601,38 @@ async fn insert_chunks(
         }
         if skipped > again {
             return Err(Failure::Plugin(PluginError::rejected(format!(
-                "INSERT: the server skipped {skipped} rows and lists {again} of them as stored already (of {warnings} warnings, it lists {}): which were cannot be told (a smaller batch can)",
+                "INSERT: the server skipped {skipped} rows and lists {again} of them as duplicates (of {warnings} warnings, it lists {}): which were cannot be told (a smaller batch can)",
                 listed.len()
             ))));
+        }
+        // A duplicate on a key on the reading is that reading, stored already. One on another
+        // unique key of a table made by hand (its series and time, say) may be a new reading
+        // that key refuses, and is stored nowhere; or a reading stored already all the same,
+        // as the server names the first key a row collides on, which need not be the
+        // reading's. A key the message does not name plainly is such a key too. Then the
+        // statement's rows must all be in the table, or the batch is refused.
+        let other = listed.iter().find(|(_, code, message)| {
+            *code == 1062
+                && !duplicate_key(message, to.table, to.keys).is_some_and(|k| k.on_reading)
+        });
+        if let Some((_, code, message)) = other {
+            // Not allowed to read the table (SELECT, or a column's, refused): the rows cannot
+            // be checked, on any try.
+            let lost = match missing(tx, to.table, readings).await {
+                Ok(n) => n,
+                Err(mysql_async::Error::Server(e)) if SELECT_REFUSED.contains(&e.code) => {
+                    return Err(Failure::Plugin(PluginError::rejected(format!(
+                        "INSERT: the server skipped a row as a duplicate on a key not known as the reading's ({message} ({code})), and whether it is a reading stored already cannot be checked: {e} (grant the sink SELECT on {})",
+                        to.table
+                    ))));
+                }
+                Err(e) => return Err(Failure::Db("looking for the skipped rows".into(), e)),
+            };
+            if lost > 0 {
+                return Err(Failure::Plugin(PluginError::rejected(format!(
+                    "INSERT: {lost} of {rows} rows were skipped as duplicates on a key not known as the reading's and are not in the table (new readings that key refuses, stored nowhere): {message} ({code})"
+                ))));
+            }
         }
         // Anything else (a trigger's or a setting's warning) changed no row: said, not refused.
         for (level, code, message) in listed.iter().filter(|(_, code, _)| *code != 1062) {

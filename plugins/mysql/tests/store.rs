@@ -615,3 +615,219 @@ fn a_table_partitioned_on_time_keeps_its_key_with_the_time() {
     let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
     assert_eq!(n, [3]);
 }
+
+/// Readings for a table with a unique key besides the reading's, on (device, sensor, name,
+/// time_us): `a`; `b`, a new reading (its own id) at a's device, sensor, name and time; `c`,
+/// a new reading at another time.
+fn colliding_readings() -> (Reading, Reading, Reading) {
+    let r = sample_readings(3);
+    let a = r[0].clone();
+    let b = Reading {
+        id: r[1].id,
+        value: Value::Float(1.5),
+        ..a.clone()
+    };
+    let c = Reading {
+        time: Timestamp(a.time.0 + 1000),
+        ..r[2].clone()
+    };
+    (a, b, c)
+}
+
+/// The ids the table holds, in the order given.
+fn stored_ids(db: &TestDb, readings: &[&Reading]) -> Vec<bool> {
+    let ids: Vec<Vec<u8>> = db.query("SELECT id FROM readings");
+    readings
+        .iter()
+        .map(|r| ids.contains(&r.id.0.to_vec()))
+        .collect()
+}
+
+#[test]
+fn a_new_reading_skipped_on_another_unique_key_is_refused_not_lost() {
+    // A table of the user's own with the reading's key and one more: INSERT IGNORE skipped
+    // b, new, as a duplicate of a on that other key (1062, for key 'series'), and the batch
+    // counted it among the readings stored already: b was lost, the batch reported stored.
+    let db = TestDb::new("otherkey");
+    hand_made_table(&db, &[("KEY latest", "UNIQUE KEY series")]);
+    let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
+    let (a, b, c) = colliding_readings();
+    sink.write(vec![a.clone()]).unwrap();
+    let e = sink.write(vec![b.clone(), c.clone()]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(
+        e.message().contains("(1062)") && e.message().contains("'series'"),
+        "{e}"
+    );
+    assert_eq!(stored_ids(&db, &[&a, &b, &c]), [true, false, false]);
+    // One by one, as the host narrows it: c goes in, b alone is refused.
+    sink.write(vec![c.clone()]).unwrap();
+    let e = sink.write(vec![b.clone()]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    // A re-delivery is still stored already, on the reading's key (PRIMARY).
+    sink.write(vec![a.clone(), c.clone()]).unwrap();
+    assert_eq!(stored_ids(&db, &[&a, &b, &c]), [true, false, true]);
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [2]);
+}
+
+#[test]
+fn a_re_delivery_the_server_reports_on_another_key_still_counts_as_stored() {
+    // The reading's key added after another unique key (as the schema check's message says
+    // to): the server checks the keys in that order, and reports a re-delivered reading as a
+    // duplicate on the other key. The readings are there: the batch counts as stored, not
+    // refused (which would put readings stored already in the dead letters).
+    let db = TestDb::new("keyorder");
+    hand_made_table(
+        &db,
+        &[(
+            "PRIMARY KEY (id, device),",
+            "seq BIGINT AUTO_INCREMENT PRIMARY KEY, UNIQUE KEY series (device, sensor, name, time_us), UNIQUE KEY reading_id (id, device),",
+        )],
+    );
+    let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
+    let (a, b, c) = colliding_readings();
+    sink.write(vec![a.clone(), c.clone()]).unwrap();
+    sink.write(vec![a.clone(), c.clone()]).unwrap();
+    sink.write(vec![c.clone()]).unwrap();
+    // A new reading skipped on that key is refused all the same.
+    let e = sink.write(vec![c.clone(), b.clone()]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert_eq!(stored_ids(&db, &[&a, &b, &c]), [true, false, true]);
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [2]);
+}
+
+#[test]
+fn a_duplicate_is_told_by_the_key_its_message_ends_with() {
+    use mysql::keys::{duplicate_key, UniqueKey};
+    let key = |name: &str, on_reading| UniqueKey {
+        name: name.into(),
+        on_reading,
+    };
+    let keys = [
+        key("PRIMARY", true),
+        key("series", false),
+        key("se'r.ies", false),
+    ];
+    let told = |message: &str, table: &str| duplicate_key(message, table, &keys).map(|k| &*k.name);
+    // MariaDB and MySQL before 8.0.19; MySQL since, with the table.
+    let primary = Some("PRIMARY");
+    assert_eq!(
+        told("Duplicate entry '\u{1}-pi' for key 'PRIMARY'", "readings"),
+        primary
+    );
+    assert_eq!(
+        told(
+            "Duplicate entry 'x-pi' for key 'readings.PRIMARY'",
+            "readings"
+        ),
+        primary
+    );
+    assert_eq!(
+        told(
+            "Duplicate entry 'x-pi' for key 'readings.primary'",
+            "Readings"
+        ),
+        primary
+    );
+    assert_eq!(
+        told("Duplicate entry 'x' for key 'other.PRIMARY'", "readings"),
+        None
+    );
+    // Quotes and dots in the key's name, unescaped.
+    let odd = Some("se'r.ies");
+    assert_eq!(
+        told("Duplicate entry 'pi-1' for key 'se'r.ies'", "readings"),
+        odd
+    );
+    assert_eq!(
+        told(
+            "Duplicate entry 'pi-1' for key 'readings.se'r.ies'",
+            "readings"
+        ),
+        odd
+    );
+    // The entry (a device's name among the values) cannot name the key.
+    assert_eq!(
+        told(
+            "Duplicate entry 'pi' for key 'PRIMARY' for key 'series'",
+            "readings"
+        ),
+        Some("series")
+    );
+    assert_eq!(
+        told(
+            "Duplicate entry 'pi' for key 'series' for key 'PRIMARY'",
+            "readings"
+        ),
+        primary
+    );
+    // A key it does not know, a key's number, another language: none.
+    assert_eq!(
+        told("Duplicate entry 'x' for key 'added_later'", "readings"),
+        None
+    );
+    assert_eq!(told("Duplicate entry 'x' for key 1", "readings"), None);
+    assert_eq!(
+        told("Doppelter Eintrag 'x' für Schlüssel 'PRIMARY'", "readings"),
+        None
+    );
+    assert_eq!(told("", "readings"), None);
+    // A name that reads two ways: none.
+    let keys = [key("PRIMARY", true), key("readings.PRIMARY", false)];
+    let message = "Duplicate entry 'x' for key 'readings.PRIMARY'";
+    assert_eq!(duplicate_key(message, "readings", &keys), None);
+}
+
+#[test]
+fn a_re_delivery_on_the_readings_key_is_told_from_the_warning_alone() {
+    // A user who may insert into the table but not read it: a re-delivery on the plugin's
+    // own table (PRIMARY KEY (id, device)) is told stored already by its warning, without a
+    // look at the rows.
+    let db = TestDb::new("noselect");
+    let _: Vec<u8> = db.query(&mysql::store::create_table("readings"));
+    let _: Vec<u8> = db.query("CREATE TABLE gateway_schema (tbl VARCHAR(64) NOT NULL PRIMARY KEY, version INT UNSIGNED NOT NULL) ENGINE=InnoDB");
+    let user = TestUser::new(&format!("gw_test_noselect_{}", std::process::id()));
+    for grant in [
+        format!(
+            "GRANT INSERT, CREATE ON `{}`.* TO '{}'@'%'",
+            db.name, user.name
+        ),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE ON `{}`.gateway_schema TO '{}'@'%'",
+            db.name, user.name
+        ),
+    ] {
+        let _: Vec<u8> = db.query(&grant);
+    }
+    let cfg = db.config_as(
+        &user.name,
+        Some((
+            "GATEWAY_TEST_MYSQL_NOSELECT_PASSWORD",
+            user.password.clone(),
+        )),
+        "",
+    );
+    let mut sink = SinkHarness::new::<Mysql>(&cfg).unwrap();
+    let batch = sample_readings(3);
+    sink.write(batch.clone()).unwrap();
+    sink.write(batch.clone()).unwrap();
+    sink.write(batch[1..].to_vec()).unwrap();
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [3]);
+    // A unique key of the user's own, added since the schema check: a duplicate on it needs
+    // a look at the rows, which this user may not take. Refused, naming the grant.
+    let _: Vec<u8> = db.query("DELETE FROM readings");
+    let _: Vec<u8> =
+        db.query("ALTER TABLE readings ADD UNIQUE KEY series (device, sensor, name, time_us)");
+    let (a, b, _) = colliding_readings();
+    sink.write(vec![a]).unwrap();
+    let e = sink.write(vec![b]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(
+        e.message().contains("'series' (1062)")
+            && e.message().contains("grant the sink SELECT on readings"),
+        "{e}"
+    );
+}
