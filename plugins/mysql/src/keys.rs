@@ -10,17 +10,23 @@ use mysql_async::prelude::*;
 pub struct UniqueKey {
     /// Its name (`PRIMARY` for the primary key).
     pub name: String,
-    /// Whether its columns are all among id, device and time_us: a row it refuses has the id
-    /// (and the device, the time, as far as the key has them) of a row stored, and is that
-    /// reading, stored already (a re-delivery).
+    /// Whether it holds id and device, whole, and no other column but sensor, name, unit and
+    /// time_us (what a reading always has): a row it refuses has the id and the device of a
+    /// row stored, and is that reading, stored already (a re-delivery). (An id is unique only
+    /// within its device: a key without the device, or without the id, refuses new readings
+    /// too.)
     pub on_reading: bool,
 }
 
-/// The unique keys of the table (`?`), each with whether it is on the reading (a re-delivery
-/// has the same id, device and time; a table partitioned on time_us must have it in every
-/// unique key). A key part that is an expression (MySQL 8's functional key parts) has no
-/// COLUMN_NAME: such a key is not on the reading.
-const UNIQUE_KEYS: &str = "SELECT INDEX_NAME, SUM(COLUMN_NAME IS NULL OR LOWER(COLUMN_NAME) NOT IN ('id', 'device', 'time_us')) = 0 \
+/// The unique keys of the table (`?`), each with whether it is on the reading: id and device,
+/// whole, and maybe sensor, name, unit, time_us (a re-delivery has them all the same; a table
+/// partitioned on one of them must have it in every unique key). A key part that is an
+/// expression (MySQL 8's functional key parts) has no COLUMN_NAME, and one on a prefix of a
+/// column a SUB_PART: such a key is not on the reading.
+const UNIQUE_KEYS: &str = "SELECT INDEX_NAME, \
+     SUM(COLUMN_NAME IS NULL OR SUB_PART IS NOT NULL \
+         OR LOWER(COLUMN_NAME) NOT IN ('id', 'device', 'sensor', 'name', 'unit', 'time_us')) = 0 \
+     AND SUM(LOWER(COLUMN_NAME) = 'id') = 1 AND SUM(LOWER(COLUMN_NAME) = 'device') = 1 \
      FROM information_schema.STATISTICS \
      WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND NON_UNIQUE = 0 GROUP BY INDEX_NAME";
 

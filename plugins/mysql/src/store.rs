@@ -146,6 +146,9 @@ pub struct Store {
     /// The most bytes one INSERT may take on the wire, from the `max_allowed_packet` the
     /// schema check read ([`statement_limit`]).
     statement_bytes: std::sync::atomic::AtomicUsize,
+    /// The most bytes any one INSERT may take: the server's `max_allowed_packet` less
+    /// [`PACKET_MARGIN`] (a reading larger than that cannot be stored there).
+    packet_bytes: std::sync::atomic::AtomicUsize,
     /// The table's unique keys, as the schema check found them: a warning 1062 on one of them
     /// that is on the reading is a reading stored already.
     unique_keys: std::sync::Mutex<std::sync::Arc<[UniqueKey]>>,
@@ -240,6 +243,7 @@ impl Store {
             write_timeout: cfg.write_timeout,
             schema_on: UNCHECKED.into(),
             statement_bytes: MAX_STATEMENT_BYTES.into(),
+            packet_bytes: usize::MAX.into(),
             unique_keys: std::sync::Mutex::new(Vec::new().into()),
         })
     }
@@ -261,6 +265,10 @@ impl Store {
         })?;
         self.statement_bytes.store(
             statement_limit(packet),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.packet_bytes.store(
+            packet.saturating_sub(PACKET_MARGIN),
             std::sync::atomic::Ordering::Relaxed,
         );
         *self.unique_keys.lock().unwrap_or_else(|e| e.into_inner()) = keys.into();
@@ -291,7 +299,18 @@ impl Store {
             .load(std::sync::atomic::Ordering::Relaxed);
         // The rows and parameters of each INSERT, made here so the async part only moves them
         // (again for each try: the statements take them).
-        let chunks = || statements(batch, bytes);
+        let room = self.packet_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        let chunks = || {
+            statements(batch, bytes, room).map_err(|(i, len)| {
+                let r = &batch[i];
+                // Refused for good: halving leaves it alone, and it goes to the dead letters
+                // instead of holding every reading behind it, retried for ever.
+                Failure::Plugin(PluginError::rejected(format!(
+                    "reading {}/{}/{} takes {len} bytes in an INSERT, more than this server's max_allowed_packet lets one carry ({room} bytes, less a margin): it cannot be stored here",
+                    r.device, r.sensor, r.name
+                )))
+            })
+        };
         let keys = self
             .unique_keys
             .lock()
@@ -409,7 +428,7 @@ async fn migrate_on(
         .map_err(at("looking for the readings table's key"))?;
     if !keys.iter().any(|k| k.on_reading) {
         return Err(Failure::Plugin(PluginError::config(format!(
-            "table {table} has no unique key on the reading (its columns among id, device and time_us), which tells a reading stored before from a new one: without it every re-delivered reading would be stored again. Give it one (readings stored twice already must go first): ALTER TABLE `{table}` ADD UNIQUE KEY reading_id (id, device); with time_us too where the table is partitioned on it. Or let the plugin make the table (it does so when there is none)"
+            "table {table} has no unique key on the reading (on id and device, and no other column but sensor, name, unit or time_us), which tells a reading stored before from a new one: without it every re-delivered reading would be stored again. Give it one (readings stored twice already must go first): ALTER TABLE `{table}` ADD UNIQUE KEY reading_id (id, device); with time_us too where the table is partitioned on it. Or let the plugin make the table (it does so when there is none)"
         ))));
     }
     // The view is no table data: it is replaced at every start, with no version of its own.
@@ -464,8 +483,13 @@ fn row_bytes(values: &[mysql_async::Value]) -> usize {
 }
 
 /// A batch's rows and their values cut into INSERTs of at most [`ROWS_PER_INSERT`] rows and,
-/// but for a single row, `limit` bytes on the wire ([`statement_limit`]).
-fn statements(batch: &[Reading], limit: usize) -> Vec<(usize, Vec<mysql_async::Value>)> {
+/// but for a single row, `limit` bytes on the wire ([`statement_limit`]). The index and size of
+/// a reading that alone takes more than `room` bytes (the server's whole limit) instead.
+fn statements(
+    batch: &[Reading],
+    limit: usize,
+    room: usize,
+) -> Result<Vec<(usize, Vec<mysql_async::Value>)>, (usize, usize)> {
     let capacity = |rows: usize| Vec::with_capacity(rows.min(ROWS_PER_INSERT) * COLUMN_COUNT);
     let mut done = Vec::new();
     let (mut rows, mut values, mut bytes) = (0, capacity(batch.len()), STATEMENT_HEAD);
@@ -473,6 +497,9 @@ fn statements(batch: &[Reading], limit: usize) -> Vec<(usize, Vec<mysql_async::V
         let start = values.len();
         row(r, &mut values);
         let len = row_bytes(&values[start..]);
+        if STATEMENT_HEAD + len > room {
+            return Err((i, STATEMENT_HEAD + len));
+        }
         if rows > 0 && (rows == ROWS_PER_INSERT || bytes + len > limit) {
             // This row begins the next statement.
             let mut next = capacity(batch.len() - i);
@@ -486,7 +513,7 @@ fn statements(batch: &[Reading], limit: usize) -> Vec<(usize, Vec<mysql_async::V
     if rows > 0 {
         done.push((rows, values));
     }
-    done
+    Ok(done)
 }
 
 /// What a batch goes to, and the batch.
@@ -507,16 +534,16 @@ struct Target<'a> {
 async fn insert(
     pool: Pool,
     to: Target<'_>,
-    chunks: impl Fn() -> Vec<(usize, Vec<mysql_async::Value>)>,
+    chunks: impl Fn() -> Result<Vec<(usize, Vec<mysql_async::Value>)>, Failure>,
     connect_limit: std::time::Duration,
 ) -> Result<u64, Failure> {
-    match insert_once(&pool, to, chunks(), connect_limit).await {
+    match insert_once(&pool, to, chunks()?, connect_limit).await {
         Err(Failure::Db(_, mysql_async::Error::Server(e))) if e.code == 1213 => {
             tracing::debug!("deadlock (or a Galera certification conflict); the batch goes again");
         }
         r => return r,
     }
-    insert_once(&pool, to, chunks(), connect_limit).await
+    insert_once(&pool, to, chunks()?, connect_limit).await
 }
 
 async fn insert_once(
@@ -620,8 +647,9 @@ async fn insert_chunks(
             // be checked, on any try.
             let lost = match missing(tx, to.table, readings).await {
                 Ok(n) => n,
+                // Held, not refused: a grant stores the batch.
                 Err(mysql_async::Error::Server(e)) if SELECT_REFUSED.contains(&e.code) => {
-                    return Err(Failure::Plugin(PluginError::rejected(format!(
+                    return Err(Failure::Plugin(PluginError::config(format!(
                         "INSERT: the server skipped a row as a duplicate on a key not known as the reading's ({message} ({code})), and whether it is a reading stored already cannot be checked: {e} (grant the sink SELECT on {})",
                         to.table
                     ))));

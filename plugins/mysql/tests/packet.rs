@@ -1,7 +1,10 @@
 //! A batch larger than the server's `max_allowed_packet`, against a MariaDB of the test's own
 //! (`gateway_test_support::mariadb`) started with a small one.
 
-use gateway_sdk::testing::{sample_readings, SinkHarness};
+use gateway_sdk::{
+    testing::{sample_readings, SinkHarness},
+    ErrorKind,
+};
 use gateway_test_support::mariadb::MariaDb;
 use mysql::Mysql;
 
@@ -98,4 +101,30 @@ fn statements_fit_the_servers_max_allowed_packet_even_once_lowered() {
         "three tries, all refused: {tries:?}"
     );
     assert_eq!(db.query("SELECT COUNT(*) FROM big.readings"), "120");
+}
+
+/// A reading that alone takes more than the server's `max_allowed_packet` can never be stored
+/// there: it is refused for good (the host then keeps it as a dead letter, and stores the rest
+/// of its batch), where before the client refused its statement at every try and the sink
+/// stalled for ever.
+#[test]
+fn a_reading_larger_than_max_allowed_packet_is_refused_not_retried_for_ever() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = server_with_packet(&dir, 64 << 10);
+    let mut s = SinkHarness::new::<Mysql>(&format!(
+        "url = {:?}\nconnect_timeout = \"5s\"\n",
+        db.url("big")
+    ))
+    .unwrap();
+    let mut batch = texts(3);
+    batch[1].value = gateway_sdk::Value::Text("t".repeat(65_000).into());
+    let e = s.write(batch.clone()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(e.message().contains("max_allowed_packet"), "{e}");
+    // As the host's halving ends: the others stored, that one refused again.
+    s.write(vec![batch[0].clone()]).unwrap();
+    s.write(vec![batch[2].clone()]).unwrap();
+    let e = s.write(vec![batch[1].clone()]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert_eq!(db.query("SELECT COUNT(*) FROM big.readings"), "2");
 }

@@ -61,8 +61,10 @@ pub fn create_table(table: &str) -> String {
 }
 
 /// Whether the table (`$1`) has a unique index that a re-delivered reading cannot get past: its
-/// columns among the readings' key (id, device, time_us; a re-delivery has the same id, device
-/// and time), checked at once (not deferred: COPY would not fail on it, and ON CONFLICT cannot
+/// columns among those a reading always has the same when delivered again (id, device, sensor,
+/// name, unit, time_us: a TimescaleDB space dimension or a partition key on sensor must be in
+/// every unique index; a new reading such an index folds into a stored one is caught by the
+/// merge's check of rows missing), checked at once (not deferred: COPY would not fail on it, and ON CONFLICT cannot
 /// use it), on every row (not partial), on the columns themselves (no expression), valid. A
 /// table made by hand may have none; then COPY stores a re-delivered batch again.
 /// (INCLUDE columns, past `indnkeyatts`, do not make rows unique and are not looked at.)
@@ -71,7 +73,8 @@ const KEYED: &str = "SELECT EXISTS (SELECT 1 FROM pg_index i \
      AND i.indpred IS NULL AND i.indexprs IS NULL \
      AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-         WHERE k.n <= i.indnkeyatts AND a.attname NOT IN ('id', 'device', 'time_us')))";
+         WHERE k.n <= i.indnkeyatts \
+         AND a.attname NOT IN ('id', 'device', 'sensor', 'name', 'unit', 'time_us')))";
 
 /// How a database error should be handled: data the table cannot hold (a NUL byte in a text,
 /// say) or that its rules refuse (a CHECK, a foreign key, an exclusion constraint of a table
@@ -307,7 +310,7 @@ impl Store {
         if !keyed {
             let t = &self.table;
             return Err(PluginError::config(format!(
-                "table {t} has no unique index on the readings' key (its columns among id, device and time_us), which tells a reading stored before from a new one: without it every re-delivered reading would be stored again. Give it one: `CREATE UNIQUE INDEX {t}_key ON {t} (id, device, time_us)` (readings stored twice already must go first), or let the plugin make the table (it does so when there is none)"
+                "table {t} has no unique index on the readings' key (its columns among id, device, sensor, name, unit and time_us), which tells a reading stored before from a new one: without it every re-delivered reading would be stored again. Give it one: `CREATE UNIQUE INDEX {t}_key ON {t} (id, device, time_us)` (readings stored twice already must go first), or let the plugin make the table (it does so when there is none)"
             )));
         }
         self.client = Some(client);
