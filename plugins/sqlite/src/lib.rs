@@ -16,6 +16,8 @@ pub struct Sqlite {
     /// Opened by [`Sink::open`]; `new` touches no file, so that `gateway check` does not
     /// create the database.
     store: Option<store::Store>,
+    /// Whether a store was opened: only the first open makes the file's directory.
+    opened: bool,
 }
 
 impl Sink for Sqlite {
@@ -30,25 +32,39 @@ impl Sink for Sqlite {
             cfg,
             table: ctx.info().table.to_string(),
             store: None,
+            opened: false,
         })
     }
 
     fn open(&mut self) -> Result<(), PluginError> {
-        let store = store::Store::open(&self.cfg)
-            .map_err(|e| PluginError::new(e.kind, format!("[{}] {}", self.table, e.message())))?;
+        let store = store::Store::open(&self.cfg, !self.opened).map_err(|e| self.named(e))?;
         tracing::info!(path = %self.cfg.path.display(), "SQLite store open");
         self.store = Some(store);
+        self.opened = true;
         Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), PluginError> {
+        match self.store.take() {
+            Some(mut store) => store.checkpoint().map_err(|e| self.named(e)),
+            None => Ok(()),
+        }
     }
 
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
         // A file moved or deleted under the sink, or a table gone from it, is made again by
         // opening the path again: the connection would fail at each write for ever, or write
-        // to a file nobody reads. The old one is closed first, so that its WAL is empty when
-        // a new file takes its name.
-        if let Some(store) = self.store.take_if(|s| s.reopen_needed()) {
-            tracing::warn!(path = %self.cfg.path.display(), "the database file was moved, replaced or deleted, or its readings table is gone: opening the path again");
-            store.close();
+        // to a file nobody reads. The old one is checkpointed and closed first, so that its
+        // WAL is empty when a new file takes its name; while that cannot finish, it stays.
+        if let Some(store) = self.store.as_mut() {
+            if store
+                .reopen_needed()
+                .map_err(|e| Self::name(&self.table, e))?
+            {
+                tracing::warn!(path = %self.cfg.path.display(), "the database file was moved, replaced or deleted, or its readings table is gone: opening the path again");
+                store.checkpoint().map_err(|e| Self::name(&self.table, e))?;
+                self.store = None;
+            }
         }
         if self.store.is_none() {
             self.open()?;
@@ -63,6 +79,17 @@ impl Sink for Sqlite {
             );
         }
         Ok(())
+    }
+}
+
+impl Sqlite {
+    /// `e` with the instance's table name in front.
+    fn name(table: &str, e: PluginError) -> PluginError {
+        PluginError::new(e.kind, format!("[{table}] {}", e.message()))
+    }
+
+    fn named(&self, e: PluginError) -> PluginError {
+        Self::name(&self.table, e)
     }
 }
 

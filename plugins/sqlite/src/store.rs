@@ -69,10 +69,15 @@ fn table_gone(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("no such table"))
 }
 
-/// The device and inode of the file at `path`, if there is one.
-fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+/// The device and inode of the file at `path`.
+fn file_id(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    std::fs::metadata(path).map(|m| (m.dev(), m.ino()))
+}
+
+/// [`file_id`] where a file must be: any error is retryable.
+fn file_id_now(path: &std::path::Path) -> Result<(u64, u64), PluginError> {
+    file_id(path).map_err(|e| PluginError::retry(format!("cannot stat {}: {e}", path.display())))
 }
 
 /// An open database.
@@ -80,7 +85,10 @@ pub struct Store {
     conn: Connection,
     /// The configured path, and the file it named when opened ([`file_id`]).
     path: std::path::PathBuf,
-    file: Option<(u64, u64)>,
+    file: (u64, u64),
+    /// Whether the WAL was moved into the file since the last write ([`Store::checkpoint`]):
+    /// dropping the store then does not do it again.
+    checkpointed: bool,
     /// Whether a write found the readings table gone ([`table_gone`]).
     table_gone: bool,
     /// Readings that were already stored (duplicates), over the store's life.
@@ -88,15 +96,46 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating and migrating) the database.
-    pub fn open(cfg: &Config) -> Result<Store, PluginError> {
+    /// Opens (creating and migrating) the database. `make_dirs`: make its directory when
+    /// missing (the first open); otherwise a missing directory is retryable ("directory
+    /// gone"), as a card or stick unmounted under the path, which must not get a new database
+    /// on the filesystem under its mount point.
+    pub fn open(cfg: &Config, make_dirs: bool) -> Result<Store, PluginError> {
         if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                PluginError::config(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            if make_dirs {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    PluginError::config(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            } else {
+                match std::fs::metadata(dir) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        return Err(PluginError::retry(format!(
+                            "{} is not a directory (any more)",
+                            dir.display()
+                        )))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(PluginError::retry(format!(
+                            "directory gone: {} (unmounted?); it is made only at the first open",
+                            dir.display()
+                        )))
+                    }
+                    Err(e) => {
+                        return Err(PluginError::retry(format!(
+                            "cannot stat {}: {e}",
+                            dir.display()
+                        )))
+                    }
+                }
+            }
         }
         let conn = Connection::open(&cfg.path)
             .map_err(|e| PluginError::config(format!("cannot open {}: {e}", cfg.path.display())))?;
+        // The file SQLite opened (it opens, or makes, it in `Connection::open`): noted now,
+        // and checked again once the schema is in place, so that a file moved meanwhile is
+        // not taken for the one at the path.
+        let file = file_id_now(&cfg.path)?;
         conn.busy_timeout(cfg.busy_timeout)
             .map_err(|e| sql_error("busy_timeout", e))?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -170,33 +209,61 @@ impl Store {
                 cfg.path.display()
             )));
         }
-        Ok(Store {
+        let store = Store {
             conn,
             path: cfg.path.clone(),
-            file: file_id(&cfg.path),
+            file,
+            checkpointed: false,
             table_gone: false,
             duplicates: 0,
-        })
-    }
-
-    /// Whether the store must be closed ([`Store::close`]) and opened again: the file at its
-    /// path is not the one it has open (moved, replaced or deleted by another process, which
-    /// SQLite does not notice in WAL mode: its writes would go on to the old file), or a
-    /// write found the readings table gone. One `stat` per write.
-    pub fn reopen_needed(&self) -> bool {
-        self.table_gone || file_id(&self.path) != self.file
-    }
-
-    /// Closes the database, first moving what the WAL holds into it: SQLite does not do so at
-    /// close when the file was moved, which would leave the commits in a WAL file beside the
-    /// old name, in no database, and that WAL beside the path a new file is made at.
-    pub fn close(self) {
-        if let Err(e) = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        {
-            tracing::warn!(path = %self.path.display(), error = %e, "checkpoint before closing failed");
+        };
+        if file_id_now(&cfg.path)? != file {
+            return Err(PluginError::retry(format!(
+                "{} was moved, replaced or deleted while it was opened",
+                cfg.path.display()
+            )));
         }
+        Ok(store)
+    }
+
+    /// Whether the store must be checkpointed ([`Store::checkpoint`]), dropped and opened
+    /// again: the file at its path is not the one it has open (moved, replaced or deleted by
+    /// another process, which SQLite does not notice in WAL mode: its writes would go on to
+    /// the old file), or a write found the readings table gone. One `stat` per write; a stat
+    /// that fails otherwise than "not found" is retryable, and says nothing about the file.
+    pub fn reopen_needed(&self) -> Result<bool, PluginError> {
+        match file_id(&self.path) {
+            _ if self.table_gone => Ok(true),
+            Ok(id) => Ok(id != self.file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(PluginError::retry(format!(
+                "cannot stat {}: {e}",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// Moves all the WAL holds into the file and empties it (`PRAGMA wal_checkpoint(TRUNCATE)`).
+    /// SQLite does not do so at close when the file was moved, which would leave the commits
+    /// in a WAL file beside the old name, in no database, and beside the path a new file is
+    /// made at (which deletes it, or takes it as its own). Retryable when it did not finish:
+    /// another process reading the file holds it up (SQLite says so in the result row, not as
+    /// an error); then no new file may be opened at the path.
+    pub fn checkpoint(&mut self) -> Result<(), PluginError> {
+        let (busy, log, done): (i64, i64, i64) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(|e| sql_error("checkpoint", e))?;
+        if busy != 0 || log != done {
+            return Err(PluginError::retry(format!(
+                "checkpoint of {} not finished ({done} of {log} WAL frames moved; another process reading it holds it up): the file stays open until it can finish",
+                self.path.display()
+            )));
+        }
+        self.checkpointed = true;
+        Ok(())
     }
 
     /// Stores a batch in one transaction; returns once it is committed. A batch with a NaN is
@@ -276,8 +343,39 @@ impl Store {
                     })?;
             }
         }
+        self.checkpointed = false;
         tx.commit().map_err(|e| sql_error("COMMIT", e))?;
         self.duplicates += (batch.len() - inserted) as u64;
-        Ok(())
+        // The file moved, replaced or deleted while the batch was written: it went to a file
+        // nobody reads at the path. Retried, it goes to the file at the path (and is dropped
+        // there as a duplicate should the path still name this one).
+        match file_id(&self.path) {
+            Ok(id) if id == self.file => Ok(()),
+            Ok(_) => Err(PluginError::retry(format!(
+                "{} was moved or replaced during the write: it is written again to the file at the path",
+                self.path.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(PluginError::retry(format!(
+                "{} was moved or deleted during the write: it is written again to the file at the path",
+                self.path.display()
+            ))),
+            Err(e) => Err(PluginError::retry(format!(
+                "cannot stat {} after the write: {e}",
+                self.path.display()
+            ))),
+        }
+    }
+}
+
+impl Drop for Store {
+    /// Checkpoints, unless done since the last write ([`Store::checkpoint`]): the gateway
+    /// shutting down, reloading or rebuilding the sink after the file was moved would
+    /// otherwise leave its commits in a WAL beside the old name.
+    fn drop(&mut self) {
+        if !self.checkpointed {
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(path = %self.path.display(), error = %e.message(), "checkpoint at close failed");
+            }
+        }
     }
 }

@@ -349,6 +349,130 @@ fn a_database_file_moved_under_the_sink_is_made_again_at_its_path() {
     }
 }
 
+/// Whether the write-ahead log beside `db`'s name holds no commit (none, or emptied).
+fn wal_empty(db: &std::path::Path) -> bool {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(wal).map_or(true, |m| m.len() == 0)
+}
+
+/// The database file moved, then the sink closed (shut down, reloaded, rebuilt) before its
+/// next write: the connection was dropped without a checkpoint, SQLite skips its own for a
+/// moved file, and the commits stayed in a WAL beside the old name, which the next start's
+/// new file deletes (or takes). Now closing the store, and dropping it, checkpoints.
+#[test]
+fn a_file_moved_then_closed_before_the_next_write_keeps_its_readings() {
+    for close in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("r.db");
+        let old = dir.path().join("moved.db");
+        let mut sink = SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap();
+        sink.write(sample_readings(1)).unwrap();
+        std::fs::rename(&db, &old).unwrap();
+        if close {
+            sink.close().unwrap();
+        }
+        drop(sink);
+        assert!(wal_empty(&db), "close {close}: commits left in the WAL");
+        assert_eq!(rows(&old).len(), 1, "close {close}");
+    }
+}
+
+/// Another process holding a read snapshot on the moved file: the checkpoint before the
+/// sink opens the path again cannot finish (PRAGMA wal_checkpoint says so in its result,
+/// not as an error), and the new file would have taken (or deleted) the old WAL with the
+/// commits in it. Now that write fails, retried, the old file kept open until it can.
+#[test]
+fn a_checkpoint_a_reader_holds_up_keeps_the_moved_file_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let old = dir.path().join("moved.db");
+    let batch = sample_readings(3);
+    let mut sink =
+        SinkHarness::new::<Sqlite>(&format!("{}busy_timeout = \"50ms\"\n", cfg(&db))).unwrap();
+    sink.write(batch[..1].to_vec()).unwrap();
+    let reader = rusqlite::Connection::open(&db).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let n: i64 = reader
+        .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    sink.write(batch[1..2].to_vec()).unwrap();
+    std::fs::rename(&db, &old).unwrap();
+    let e = sink.write(batch[2..].to_vec()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("checkpoint"), "{e}");
+    assert!(
+        !db.exists(),
+        "a new file made while the old WAL holds commits"
+    );
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    sink.write(batch[2..].to_vec()).unwrap();
+    assert_eq!(rows(&db).len(), 1);
+    assert_eq!(rows(&old).len(), 2);
+}
+
+/// The database's directory gone (an SD card or USB stick unmounted under it): each reopen
+/// made it again, and a fresh database on the filesystem under the mount point. Now only the
+/// first open makes directories; later ones fail, retried, until it is back. A stat that
+/// fails otherwise than "not found" is retried without closing the file.
+#[test]
+fn a_directory_gone_is_not_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("sd");
+    let away = dir.path().join("away");
+    let db = sub.join("r.db");
+    let batch = sample_readings(2);
+    let mut sink = SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap();
+    sink.write(batch[..1].to_vec()).unwrap();
+    std::fs::rename(&sub, &away).unwrap();
+    // A file where the directory was: stat says "not a directory", not "not found".
+    std::fs::write(&sub, b"").unwrap();
+    let e = sink.write(batch[1..].to_vec()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    std::fs::remove_file(&sub).unwrap();
+    let e = sink.write(batch[1..].to_vec()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("directory gone"), "{e}");
+    assert!(!sub.exists(), "the directory was made again");
+    std::fs::rename(&away, &sub).unwrap();
+    sink.write(batch[1..].to_vec()).unwrap();
+    assert_eq!(rows(&db).len(), 2);
+}
+
+/// The file moved while a batch waited for another process's lock: the check before the
+/// write had passed, and the batch was committed to the moved file and acknowledged. Now a
+/// stat after the commit sees it, the write fails (retried), and the retry lands in the file
+/// at `path` (the key drops it should it reach the same file twice).
+#[test]
+fn a_file_moved_during_a_write_is_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let old = dir.path().join("moved.db");
+    let batch = sample_readings(2);
+    let mut sink = SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap();
+    sink.write(batch[..1].to_vec()).unwrap();
+    let locker = rusqlite::Connection::open(&db).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mover = {
+        let (db, old) = (db.clone(), old.clone());
+        std::thread::spawn(move || {
+            // Long enough for the write to pass its first check and wait for the lock.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            std::fs::rename(&db, &old).unwrap();
+            locker.execute_batch("COMMIT").unwrap();
+        })
+    };
+    let e = sink.write(batch[1..].to_vec()).unwrap_err();
+    mover.join().unwrap();
+    assert_eq!(e.kind, ErrorKind::RETRY, "{e}");
+    assert!(e.message().contains("moved"), "{e}");
+    sink.write(batch[1..].to_vec()).unwrap();
+    assert_eq!(rows(&db).len(), 1);
+    assert_eq!(rows(&old).len(), 2);
+}
+
 #[test]
 fn config_errors_name_the_key() {
     let e = SinkHarness::new::<Sqlite>("pth = \"x.db\"").err().unwrap();
