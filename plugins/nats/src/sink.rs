@@ -270,13 +270,14 @@ impl Sink for NatsSink {
                 })?
         });
         let outcome = match outcome {
-            Ok(()) => {
-                // One reading says it: an account maps a whole subject space.
-                self.note_mapping(&batch[..batch.len().min(1)], &[], false);
+            Ok(stored_by) => {
+                self.note_mapping(batch, &stored_by, false);
                 Ok(())
             }
             // No stream answered a subject: one the stream does not take is refused for good.
-            Err(Failed::NoStream(e, failed)) => self.check_subjects(batch, &failed).and(Err(e)),
+            Err(Failed::NoStream(e, failed, stored_by)) => {
+                self.check_subjects(batch, &failed, &stored_by).and(Err(e))
+            }
             Err(Failed::Other(e)) => Err(e),
         };
         if let Err(e) = &outcome {
@@ -312,19 +313,23 @@ impl NatsSink {
         })
     }
 
-    /// Notes that the account maps subjects when the stream stored a reading of `batch` (one
-    /// not in `failed`) whose subject none of its filters takes. Unless `fresh` (just read),
+    /// Notes that the account maps subjects when the stream stored a reading of `batch` whose
+    /// subject none of its filters takes: `stored_by` names the stream that acknowledged each
+    /// (none when not stored), and only the configured stream's count (another stream taking
+    /// a subject says nothing of a mapping to this one). Unless `fresh` (just read),
     /// the filters are read again first: they may be older than the operator's adding that
     /// subject to the stream (`readings.pi-02.>` beside `readings.pi-01.>`), which is no
     /// mapping, and `mapped`, once set, stays for the instance's life.
-    fn note_mapping(&mut self, batch: &[Reading], failed: &[usize], fresh: bool) {
+    fn note_mapping(&mut self, batch: &[Reading], stored_by: &[Option<String>], fresh: bool) {
         if self.mapped {
             return;
         }
         let outside = |sink: &Self| {
-            batch.iter().enumerate().any(|(i, r)| {
-                let subject = sink.subject.render(r);
-                !failed.contains(&i) && !sink.filters.iter().any(|f| subject::matches(f, &subject))
+            batch.iter().zip(stored_by).any(|(r, by)| {
+                by.as_deref() == Some(sink.cfg.stream.as_str()) && {
+                    let subject = sink.subject.render(r);
+                    !sink.filters.iter().any(|f| subject::matches(f, &subject))
+                }
             })
         };
         if !outside(self) {
@@ -351,7 +356,12 @@ impl NatsSink {
     /// the account maps subjects on their way to the stream: there the filters say nothing of
     /// what is published, and "no stream" is taken for a passing state (a stream's leader
     /// being elected), retried.
-    fn check_subjects(&mut self, batch: &[Reading], failed: &[usize]) -> Result<(), PluginError> {
+    fn check_subjects(
+        &mut self,
+        batch: &[Reading],
+        failed: &[usize],
+        stored_by: &[Option<String>],
+    ) -> Result<(), PluginError> {
         if self.js.is_none() {
             return Ok(());
         }
@@ -365,7 +375,7 @@ impl NatsSink {
                 )));
             }
         };
-        self.note_mapping(batch, failed, true);
+        self.note_mapping(batch, stored_by, true);
         if self.mapped {
             return Ok(());
         }
@@ -395,17 +405,18 @@ impl NatsSink {
 /// Why a publish failed.
 enum Failed {
     /// JetStream said no stream takes the subjects of these messages (no responders); the
-    /// others were stored.
-    NoStream(PluginError, Vec<usize>),
+    /// others were stored, by the streams named (per message, as [`publish_all`] gives them).
+    NoStream(PluginError, Vec<usize>, Vec<Option<String>>),
     /// Anything else.
     Other(PluginError),
 }
 
-/// Publishes every message, then waits for every acknowledgement.
+/// Publishes every message, then waits for every acknowledgement; gives the stream that
+/// stored each (from its PubAck).
 async fn publish_all(
     js: &jetstream::Context,
     messages: Vec<(String, String, Vec<u8>)>,
-) -> Result<(), Failed> {
+) -> Result<Vec<Option<String>>, Failed> {
     let mut acks = Vec::with_capacity(messages.len());
     for (subject, id, payload) in messages {
         let mut headers = async_nats::HeaderMap::new();
@@ -419,8 +430,15 @@ async fn publish_all(
     // Another failure is what the batch answers; "no stream" only when it is all there is.
     let (mut no_stream, mut no_stream_error, mut other) = (Vec::new(), None, None);
     let acks = join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
+    let mut stored_by = vec![None; acks.len()];
     for (i, r) in acks.into_iter().enumerate() {
-        let Err(e) = r else { continue };
+        let e = match r {
+            Ok(ack) => {
+                stored_by[i] = Some(ack.stream);
+                continue;
+            }
+            Err(e) => e,
+        };
         let stream_not_found = e.kind() == jetstream::context::PublishErrorKind::StreamNotFound;
         let e = PluginError::retry(format!("JetStream did not store a reading: {e}"));
         if stream_not_found {
@@ -434,9 +452,9 @@ async fn publish_all(
         return Err(Failed::Other(e));
     }
     if let Some(e) = no_stream_error {
-        return Err(Failed::NoStream(e, no_stream));
+        return Err(Failed::NoStream(e, no_stream, stored_by));
     }
-    Ok(())
+    Ok(stored_by)
 }
 
 fn humantime(d: Duration) -> String {

@@ -343,6 +343,44 @@ fn a_reading_whose_subject_the_stream_does_not_take_is_refused_not_retried() {
     );
 }
 
+/// Another stream taking a subject the configured one does not (`OTHER` with pi-02's beside
+/// `READINGS` with pi-01's): its acknowledgement of a pi-02 reading was taken for a sign that
+/// the account maps subjects to the configured stream, and from then on none was refused for
+/// its subject: pi-03's "no responders" was retried for ever. Only the configured stream's
+/// acknowledgements count now.
+#[test]
+fn a_reading_another_stream_stores_is_no_sign_of_a_mapping() {
+    let n = Nats::start();
+    let config = |name: &str, subject: &str| async_nats::jetstream::stream::Config {
+        name: name.into(),
+        subjects: vec![subject.into()],
+        ..Default::default()
+    };
+    with_js(n.url(), |js| async move {
+        js.create_stream(config("READINGS", "readings.pi-01.>"))
+            .await
+            .unwrap();
+        js.create_stream(config("OTHER", "readings.pi-02.>"))
+            .await
+            .unwrap();
+    });
+    let mut s =
+        SinkHarness::new::<NatsSink>(&format!("url = {:?}\nack_timeout = \"30s\"\n", n.url()))
+            .unwrap();
+    let mut theirs = sample_readings(1);
+    theirs[0].device = "pi-02".into();
+    s.write(theirs).expect("stored by the other stream");
+    assert_eq!(n.messages("OTHER"), 1);
+    let mut nobodys = sample_readings(1);
+    nobodys[0].device = "pi-03".into();
+    let e = s.write(nobodys).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(
+        e.message().contains("goes to subject readings.pi-03."),
+        "{e}"
+    );
+}
+
 /// Where the account maps subjects on their way to the stream (the sink publishes on `gw.`,
 /// the server maps pi-01's to `readings.pi-01.`), the stream's filters say nothing of what is
 /// published: once a reading was stored under a subject none of them takes, a "no responders"
