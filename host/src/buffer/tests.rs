@@ -317,21 +317,33 @@ fn a_damaged_record_in_the_middle_costs_that_record_alone() {
     assert_eq!(b.pending(), 0);
 }
 
+/// A buffer of `records` records of 5 readings in one segment, complete on disk (opened again:
+/// the next append goes into a new segment).
+fn written(dir: &Path, records: i64) -> DiskBuffer {
+    fill(&open(dir), records, 5);
+    open(dir)
+}
+
+/// Damages, while the buffer runs, the first segment of `dir` (`records` records written by
+/// [`written`]): `bytes` at `offset` into each record of `at`.
+fn damage_records(dir: &Path, records: usize, at: &[usize], offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let seg = segment_file(dir);
+    let starts = record_offsets(&seg, records);
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    for i in at {
+        f.write_at(bytes, starts[*i] as u64 + offset).unwrap();
+    }
+}
+
+/// Bytes that break a record's payload (its checksum).
+const SPOILED: [u8; 4] = [0xde, 0xad, 0xbe, 0xef];
+
 #[test]
 fn damage_that_appears_while_running_costs_only_the_damaged_record() {
     let dir = tempfile::tempdir().unwrap();
-    let b = open(dir.path());
-    fill(&b, 6, 5);
-    // Force the next append into a new segment: the first is complete on disk.
-    drop(b);
-    let b = open(dir.path());
-    let seg = segment_file(dir.path());
-    let at = record_offsets(&seg, 6);
-    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
-    use std::os::unix::fs::FileExt;
-    f.write_at(&[0xde, 0xad, 0xbe, 0xef], at[2] as u64 + 25)
-        .unwrap();
-    drop(f);
+    let b = written(dir.path(), 6);
+    damage_records(dir.path(), 6, &[2], 25, &SPOILED);
     let want: Vec<i64> = (0..30).filter(|v| !(10..15).contains(v)).collect();
     assert_same(&drain_all(&b, 5), &want);
     assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 1);
@@ -347,17 +359,8 @@ fn damage_in_the_last_records_is_settled_with_nothing_after_it() {
     // The head moves on acknowledgements; records skipped at the end of the buffer had none
     // after them, and stayed pending (a shutdown waited for them, then exited 1).
     let dir = tempfile::tempdir().unwrap();
-    let b = open(dir.path());
-    fill(&b, 6, 5);
-    drop(b);
-    let b = open(dir.path());
-    let seg = segment_file(dir.path());
-    let at = record_offsets(&seg, 6);
-    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
-    use std::os::unix::fs::FileExt;
-    f.write_at(&[0xde, 0xad, 0xbe, 0xef], at[5] as u64 + 25)
-        .unwrap();
-    drop(f);
+    let b = written(dir.path(), 6);
+    damage_records(dir.path(), 6, &[5], 25, &SPOILED);
     // The first write takes records 0..5; the next finds only the damaged one.
     assert_same(&drain_all(&b, 25), &(0..25).collect::<Vec<_>>());
     assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 1);
@@ -369,23 +372,14 @@ fn damage_in_the_last_records_is_settled_with_nothing_after_it() {
 #[test]
 fn damage_met_while_running_is_counted_once_and_walked_past_by_a_new_reader() {
     let dir = tempfile::tempdir().unwrap();
-    let b = open(dir.path());
-    fill(&b, 10, 5);
-    drop(b);
-    let b = open(dir.path());
+    let b = written(dir.path(), 10);
     let mut reader = b.reader();
     let t = b.take(&mut reader, 25, NOW, NOW).unwrap();
     assert_same(&values(&t), &(0..25).collect::<Vec<_>>());
     b.ack(&mut reader, t);
     // Damage in record 2's header (delivered) and record 7's payload.
-    let seg = segment_file(dir.path());
-    let at = record_offsets(&seg, 10);
-    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
-    use std::os::unix::fs::FileExt;
-    f.write_at(&[0xff; 4], at[2] as u64 + 8).unwrap();
-    f.write_at(&[0xde, 0xad, 0xbe, 0xef], at[7] as u64 + 25)
-        .unwrap();
-    drop(f);
+    damage_records(dir.path(), 10, &[2], 8, &[0xff; 4]);
+    damage_records(dir.path(), 10, &[7], 25, &SPOILED);
     let want: Vec<i64> = (25..50).filter(|v| !(35..40).contains(v)).collect();
     // A new reader (as after a reload, or a read again after an I/O error) walks the headers
     // from the segment's start to the head, record 5. Before, the damage it met on the way
