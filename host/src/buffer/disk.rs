@@ -241,19 +241,35 @@ mod tests {
     }
 }
 
+/// Removes segment `first`'s file (`what`: why it goes, for the log). One removed by someone
+/// else is no error: its records were counted lost when reading met it.
+pub(super) fn remove_segment(dir: &Path, first: u64, what: &str) {
+    match std::fs::remove_file(segment::path(dir, first)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            tracing::error!(error = %e, "removing a {what} disk buffer segment failed")
+        }
+        _ => {}
+    }
+}
+
 impl State {
     /// Moves the head past the skipped records it has reached (never taken, so none is in
     /// flight), and forgets those below it.
     pub(super) fn pass_skipped(&mut self) {
-        while let Some(r) = self
-            .skipped
-            .iter()
-            .find(|r| r.start <= self.head && self.head < r.end)
-        {
-            self.head = r.end;
+        while let Some(end) = self.skipped_at_head() {
+            self.head = end;
         }
         let head = self.head;
         self.skipped.retain(|r| r.end > head);
+    }
+
+    /// The end of a skipped range the head is in, if it is in one.
+    pub(super) fn skipped_at_head(&self) -> Option<u64> {
+        let head = self.head;
+        self.skipped
+            .iter()
+            .find(|r| r.start <= head && head < r.end)
+            .map(|r| r.end)
     }
 
     /// How many of the records `r` no range of `skipped` covers.
@@ -282,14 +298,7 @@ impl State {
         while self.segments.len() > 1 && self.segments[0].end() <= self.head {
             let seg = self.segments.pop_front().expect("checked");
             removed = true;
-            match std::fs::remove_file(segment::path(dir, seg.first)) {
-                // Removed by someone else (its records were counted lost when reading met it).
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "removing a delivered disk buffer segment failed")
-                }
-                Ok(()) => {}
-            }
+            remove_segment(dir, seg.first, "delivered");
         }
         removed
     }

@@ -178,11 +178,7 @@ impl DiskBuffer {
             // Only skipped records, maybe: at the head, nothing of them is in flight, and no
             // acknowledgement may come to pass them.
             let st = self.state.lock().unwrap();
-            if st
-                .skipped
-                .iter()
-                .any(|r| r.start <= st.head && st.head < r.end)
-            {
+            if st.skipped_at_head().is_some() {
                 self.settle(st);
             }
             return None;

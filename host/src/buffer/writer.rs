@@ -172,14 +172,7 @@ impl DiskBuffer {
                         dropped_total = self.stats.dropped.load(Ordering::Relaxed),
                         "disk buffer is full: dropped its oldest readings (when_full = \"drop_oldest\")"
                     );
-                    match std::fs::remove_file(segment::path(&self.dir, seg.first)) {
-                        // Removed by someone else (counted lost when reading met it).
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => {
-                            tracing::error!(error = %e, "removing a dropped disk buffer segment failed")
-                        }
-                        Ok(()) => {}
-                    }
+                    super::disk::remove_segment(&self.dir, seg.first, "dropped");
                 }
             }
         }
@@ -228,7 +221,9 @@ impl DiskBuffer {
         readings: u64,
     ) -> Result<(), AppendError> {
         // A segment file someone removed (to get reading past it when it could not be read,
-        // say) is written on no more: what went into it would go with it, acknowledged.
+        // say) is written on no more: what went into it would go with it, acknowledged. Looked
+        // at once an append is written (one fstat an append): then it is written again, once,
+        // into a new segment.
         let removed = |w: &WriterState| {
             w.file.as_ref().is_some_and(|f| {
                 use std::os::unix::fs::MetadataExt;
@@ -245,9 +240,7 @@ impl DiskBuffer {
             };
             let size = match current {
                 Some((bytes, records))
-                    if w.file.is_some()
-                        && !removed(w)
-                        && (records == 0 || bytes < self.segment_size) =>
+                    if w.file.is_some() && (records == 0 || bytes < self.segment_size) =>
                 {
                     bytes
                 }
@@ -267,7 +260,7 @@ impl DiskBuffer {
                 w.file = None;
                 return Err(e.into());
             }
-            // Removed between the check and the write: written again, once, into a new
+            // Removed (before the write or during it): written again, once, into a new
             // segment. The records keep their numbers; no reader reads them from the removed
             // file, whose segment does not cover them.
             if attempt == 0 && removed(w) {
