@@ -3,6 +3,7 @@
 //! hand-off on the way in), or on a thread of its own, requests out through a bounded channel
 //! ([`Server::start`]). Answers come back through [`Responder`] either way.
 
+use crate::mmsg;
 use crate::{busy::BusyPoll, grow_buffers, runtime};
 use gateway_coap::{coap_lite::Packet, RequestId, Token};
 use gateway_dtls::{
@@ -14,7 +15,7 @@ use std::{
     sync::{atomic::Ordering::Relaxed, mpsc as std_mpsc, Arc},
     time::{Duration, Instant},
 };
-use tokio::{net::UdpSocket, sync::mpsc, time::sleep_until};
+use tokio::{io::Interest, net::UdpSocket, sync::mpsc, time::sleep_until};
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -273,10 +274,6 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> Result<std::net::UdpSocket, DtlsE
     Ok(socket.into())
 }
 
-/// Datagrams read per wake-up before the machine's output is sent: under load one wake-up
-/// serves many peers.
-const BURST: usize = 64;
-
 /// A worker's socket, as tokio's and (when it busy-polls) as a plain non-blocking one.
 struct Sockets {
     tokio: UdpSocket,
@@ -286,7 +283,8 @@ struct Sockets {
 
 /// What a busy poll found.
 enum Polled {
-    Datagram(usize, SocketAddr),
+    /// Datagrams are in the batch.
+    Datagrams,
     Answer(Out),
     /// Nothing until its deadline; `full`: the deadline was the whole budget (not a timer).
     Nothing {
@@ -298,14 +296,14 @@ enum Polled {
 /// something first.
 fn poll_until(
     socket: &std::net::UdpSocket,
-    buf: &mut [u8],
+    batch: &mut mmsg::RecvBatch,
     answers: &mut mpsc::UnboundedReceiver<Out>,
     until: Instant,
     full: bool,
 ) -> Polled {
     loop {
-        match socket.recv_from(buf) {
-            Ok((n, peer)) => return Polled::Datagram(n, peer),
+        match mmsg::recv(socket, batch) {
+            Ok(_) => return Polled::Datagrams,
             // A failed read (an ICMP error of an earlier send, say) is tokio's to meet.
             Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
                 return Polled::Nothing { full: false }
@@ -331,7 +329,8 @@ async fn serve(
     tick_every: Duration,
     mut handler: impl Handler,
 ) {
-    let mut buf = vec![0u8; 65536];
+    let mut batch = mmsg::RecvBatch::default();
+    let mut sends: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let mut next_tick = Instant::now() + tick_every;
     let mut running = true;
     let mut gauges = Gauges::default();
@@ -343,21 +342,17 @@ async fn serve(
         let polled = match (&sockets.polled, sockets.busy.window()) {
             (Some(s), Some(w)) => {
                 let until = now + w;
-                poll_until(s, &mut buf, &mut answers, until.min(next), until <= next)
+                poll_until(s, &mut batch, &mut answers, until.min(next), until <= next)
             }
             _ => Polled::Nothing { full: false },
         };
         match polled {
-            Polled::Datagram(n, peer) => {
+            Polled::Datagrams => {
                 sockets.busy.found();
                 machine.stats().polled.fetch_add(1, Relaxed);
-                machine.handle(Instant::now(), peer, &buf[..n]);
-                let s = sockets.polled.as_ref().expect("polled");
-                for _ in 1..BURST {
-                    let Ok((n, peer)) = s.recv_from(&mut buf) else {
-                        break;
-                    };
-                    machine.handle(Instant::now(), peer, &buf[..n]);
+                let now = Instant::now();
+                for (d, peer) in batch.iter() {
+                    machine.handle(now, peer, d);
                 }
             }
             Polled::Answer(out) => {
@@ -372,12 +367,14 @@ async fn serve(
                 machine.stats().slept.fetch_add(1, Relaxed);
                 let socket = &sockets.tokio;
                 tokio::select! {
-                    r = socket.recv_from(&mut buf) => {
-                        if let Ok((n, peer)) = r {
-                            machine.handle(Instant::now(), peer, &buf[..n]);
-                            for _ in 1..BURST {
-                                let Ok((n, peer)) = socket.try_recv_from(&mut buf) else { break };
-                                machine.handle(Instant::now(), peer, &buf[..n]);
+                    r = socket.readable() => {
+                        if r.is_ok() {
+                            let got = socket.try_io(Interest::READABLE, || mmsg::recv(socket, &mut batch));
+                            if got.is_ok() {
+                                let now = Instant::now();
+                                for (d, peer) in batch.iter() {
+                                    machine.handle(now, peer, d);
+                                }
                             }
                         }
                     }
@@ -410,9 +407,23 @@ async fn serve(
         while let Some(inc) = machine.poll_event() {
             handler.request(inc);
         }
-        while let Some((peer, d)) = machine.poll_transmit() {
-            let _ = sockets.tokio.send_to(&d, peer).await;
+        sends.extend(std::iter::from_fn(|| machine.poll_transmit()));
+        let mut i = 0;
+        while i < sends.len() {
+            let s = &sockets.tokio;
+            match s.try_io(Interest::WRITABLE, || mmsg::send(s, &sends[i..])) {
+                Ok(n) => i += n.max(1),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if s.writable().await.is_err() {
+                        break;
+                    }
+                }
+                // The first datagram could not go (an ICMP error of an earlier send, say):
+                // it is lost as the network would lose it.
+                Err(_) => i += 1,
+            }
         }
+        sends.clear();
     }
 }
 
