@@ -3,6 +3,7 @@
 //! driver, without its thread and command channel, so that thousands of devices fit on a few
 //! threads).
 
+use crate::payload::Payload;
 use gateway_coap::{
     coap_lite::{Packet, RequestType},
     request, Code, ContentFormat,
@@ -46,6 +47,8 @@ pub struct Device {
     /// reading costs the load generator as little as it can, so that its CPU goes to the
     /// exchange.
     batch: Vec<Reading>,
+    /// The last POST's payload, rewritten for the next.
+    payload: Payload,
     ids: IdGenerator,
     path: String,
     timeout: Duration,
@@ -86,6 +89,7 @@ impl Device {
             buf: vec![0; 65536],
             name: device,
             batch,
+            payload: Payload::default(),
             ids: IdGenerator::new(),
             path: path.to_owned(),
             timeout,
@@ -113,7 +117,7 @@ impl Device {
             r.time = now;
             r.value = Value::Float(value(i));
         }
-        let payload = gateway_senml::encode_cbor(&self.batch);
+        let payload = self.payload.encode(&self.batch);
         let packet = request(
             RequestType::Post,
             &self.path,

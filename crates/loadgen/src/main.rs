@@ -13,6 +13,7 @@
 mod device;
 mod fanout;
 mod identities;
+mod payload;
 mod report;
 
 use anyhow::{bail, Context, Result};
