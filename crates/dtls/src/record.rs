@@ -1,20 +1,23 @@
-//! DTLS 1.2 records of an established server session with an AEAD suite (AES-GCM, RFC 5288;
-//! ChaCha20-Poly1305, RFC 7905), protected here instead of by OpenSSL. No I/O.
+//! DTLS 1.2 records of an established session with an AEAD suite (AES-GCM, RFC 5288;
+//! ChaCha20-Poly1305, RFC 7905), protected here instead of by OpenSSL, at either end. No I/O.
 //!
 //! Why: after the handshake an OpenSSL `SSL` object keeps about 30 KB per association (for DTLS
 //! it never frees its 22 KB handshake buffer, and the record buffers come back at every
-//! datagram), and a fleet server holds tens of thousands of mostly idle associations. The
-//! handshake stays OpenSSL's; once it is done, [`Established::take_over`] derives the record
-//! keys from the session's master secret (RFC 5246 §6.3) and the `SSL` object is freed. What is
-//! left per association is two keys (ring's AEAD, see [`Direction`]), the sequence numbers and
-//! the replay window.
+//! datagram), and a fleet server holds tens of thousands of mostly idle associations; at the
+//! client's end, OpenSSL's record path (its BIO, its cipher context set up again for every
+//! record) cost about as much CPU per request as the client's CoAP. The handshake stays
+//! OpenSSL's; once it is done, [`Established::take_over`] derives the record keys from the
+//! session's master secret (RFC 5246 §6.3) and the `SSL` object is freed. What is left per
+//! association is two keys (ring's AEAD, see [`Direction`]), the sequence numbers and the
+//! replay window.
 //!
 //! The record header (RFC 6347 §4.1) is written and parsed here only. Rules kept:
 //! - records that do not decrypt, of another epoch, or seen before (a 64-record sliding window,
 //!   §4.1.2.6) are dropped without an answer, as §4.1.2.7 says;
-//! - the server's last flight (ChangeCipherSpec, Finished) is kept until the client shows that
-//!   it has it (its first application record), and sent again when the client repeats its
-//!   Finished, as OpenSSL would;
+//! - the last flight (ChangeCipherSpec, Finished: the server's after a full handshake, the
+//!   client's after an abbreviated one) is kept until the peer shows that it has it (its first
+//!   application record), and sent again when the peer repeats its Finished, as OpenSSL would
+//!   (RFC 6347 §4.2.4);
 //! - renegotiation is refused (ignored), as the contexts say;
 //! - an alert ends the association.
 
@@ -262,6 +265,8 @@ pub(crate) struct Opened {
     pub alert: bool,
     /// That alert was a close_notify (RFC 5246 §7.2.1): it is answered with one.
     pub close_notify: bool,
+    /// That alert was a fatal one: its description (e.g. 45, certificate_expired).
+    pub fatal: Option<u8>,
     /// At least one record authenticated: the peer, not someone sending from its address,
     /// was heard.
     pub authentic: bool,
@@ -275,7 +280,8 @@ pub(crate) struct Established {
     write: Direction,
     write_seq: u64,
     window: ReplayWindow,
-    /// The server's last handshake flight, until the client shows it has it.
+    /// Our last handshake flight, until the peer shows it has it (its first application
+    /// record).
     last_flight: Option<Vec<Vec<u8>>>,
     last_resend: Option<Instant>,
     /// Datagrams to send.
@@ -283,14 +289,16 @@ pub(crate) struct Established {
 }
 
 impl Established {
-    /// Takes over a server session OpenSSL has just established, if its suite is one of ours:
-    /// derives the keys from `ssl`'s master secret and randoms. `next_write_seq` is the next
-    /// sequence number of the current epoch (OpenSSL's last record +1), `outbox` what OpenSSL
-    /// queued at completion and has not gone out yet: the server's final flight, also kept to
-    /// be sent again if the client repeats its Finished. `None` for a suite we do not protect
-    /// ourselves (the caller keeps OpenSSL then, and its outbox).
+    /// Takes over a session OpenSSL has just established (the client's end if `is_client`),
+    /// if its suite is one of ours: derives the keys from `ssl`'s master secret and randoms.
+    /// `next_write_seq` is the next sequence number of the current epoch (OpenSSL's last
+    /// record +1), `outbox` what OpenSSL queued at completion and has not gone out yet: the
+    /// final flight (the server's after a full handshake, the client's after an abbreviated
+    /// one), also kept to be sent again if the peer repeats its Finished. `None` for a suite
+    /// we do not protect ourselves (the caller keeps OpenSSL then, and its outbox).
     pub fn take_over(
         ssl: &SslRef,
+        is_client: bool,
         epoch: u16,
         next_write_seq: u64,
         outbox: &mut VecDeque<Vec<u8>>,
@@ -324,8 +332,12 @@ impl Established {
         let (client_key, rest) = block.split_at(k);
         let (server_key, rest) = rest.split_at(k);
         let (client_iv, server_iv) = rest.split_at(iv);
-        let read = Direction::new(aead, client_key, client_iv)?;
-        let write = Direction::new(aead, server_key, server_iv)?;
+        let ((read_key, read_iv), (write_key, write_iv)) = match is_client {
+            false => ((client_key, client_iv), (server_key, server_iv)),
+            true => ((server_key, server_iv), (client_key, client_iv)),
+        };
+        let read = Direction::new(aead, read_key, read_iv)?;
+        let write = Direction::new(aead, write_key, write_iv)?;
         block.fill(0);
         Some(Established {
             aead,
@@ -386,8 +398,8 @@ impl Established {
         let mut got = Opened::default();
         for (h, fragment) in records(datagram) {
             if h.epoch != self.epoch || !self.window.fresh(h.seq) {
-                // Epoch 0: the client's flight again (its Finished, at this epoch, follows),
-                // or a new ClientHello, which the server routes before the session sees it.
+                // Epoch 0: the peer's flight again (its Finished, at this epoch, follows), or
+                // a new ClientHello, which the server routes before the session sees it.
                 continue;
             }
             let Some(n) = self.decrypt(&h, fragment, plaintext) else {
@@ -397,7 +409,7 @@ impl Established {
             got.authentic = true;
             match h.content_type {
                 APPLICATION_DATA => {
-                    // The client has our Finished: the flight is not needed again.
+                    // The peer has our Finished: the flight is not needed again.
                     self.last_flight = None;
                     got.data.push(plaintext[..n].to_vec());
                 }
@@ -405,6 +417,9 @@ impl Established {
                     got.alert = true;
                     // Warning level (1), close_notify (0): a fatal alert ends it, unanswered.
                     got.close_notify |= n == 2 && plaintext[..2] == [1, 0];
+                    if n == 2 && plaintext[0] == 2 {
+                        got.fatal = Some(plaintext[1]);
+                    }
                 }
                 HANDSHAKE => self.resend_last_flight(now),
                 _ => {}
@@ -413,7 +428,7 @@ impl Established {
         got
     }
 
-    /// The client repeated its Finished: our last flight did not reach it.
+    /// The peer repeated its Finished: our last flight did not reach it.
     fn resend_last_flight(&mut self, now: Instant) {
         let Some(flight) = &self.last_flight else {
             return; // renegotiation, which is not offered
@@ -454,6 +469,37 @@ impl Established {
             .ok()
             .map(|_| len)
     }
+}
+
+/// An alert's description as OpenSSL words it (RFC 5246 §7.2, RFC 8446 §6), e.g. 45:
+/// "certificate expired".
+pub(crate) fn alert_name(description: u8) -> String {
+    let name = match description {
+        0 => "close notify",
+        10 => "unexpected message",
+        20 => "bad record mac",
+        21 => "decryption failed",
+        22 => "record overflow",
+        40 => "handshake failure",
+        42 => "bad certificate",
+        43 => "unsupported certificate",
+        44 => "certificate revoked",
+        45 => "certificate expired",
+        46 => "certificate unknown",
+        47 => "illegal parameter",
+        48 => "unknown ca",
+        49 => "access denied",
+        50 => "decode error",
+        51 => "decrypt error",
+        70 => "protocol version",
+        71 => "insufficient security",
+        80 => "internal error",
+        90 => "user canceled",
+        100 => "no renegotiation",
+        110 => "unsupported extension",
+        d => return format!("alert number {d}"),
+    };
+    name.to_owned()
 }
 
 /// The additional data of a record (RFC 5246 §6.2.3.3 with DTLS's epoch and sequence number).

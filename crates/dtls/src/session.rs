@@ -152,23 +152,26 @@ pub enum State {
 
 /// Who carries the records.
 enum Link {
-    /// OpenSSL: every handshake, a client's session, and a server session whose suite
-    /// [`record`] does not protect.
+    /// OpenSSL: every handshake, and a session whose suite [`record`] does not protect.
     Tls(SslStream<Datagrams>),
-    /// An established server session with an AEAD suite: its records are protected by
-    /// [`record`], and OpenSSL's object is gone.
+    /// An established session with an AEAD suite: its records are protected by [`record`],
+    /// and OpenSSL's object is gone.
     Records(Box<TakenOver>),
 }
 
-/// An established server session after [`Session::take_over`], with what it kept of OpenSSL's.
+/// An established session after [`Session::take_over`], with what it kept of OpenSSL's.
 struct TakenOver {
     records: Established,
-    /// OpenSSL's session, in the context's cache (for [`Session::forget_resumption`]).
+    /// OpenSSL's session: a server's, in the context's cache (for
+    /// [`Session::forget_resumption`]); a client's, to offer again ([`Session::ssl_session`]).
     cached: Option<openssl::ssl::SslSession>,
     identity: Option<String>,
     not_after: Option<SystemTime>,
     resumed: bool,
     cipher: &'static str,
+    version: &'static str,
+    /// A client's view of the server's certificate (see [`Session::peer_certificate`]).
+    peer: Option<String>,
 }
 
 /// One DTLS association with one peer.
@@ -402,7 +405,7 @@ impl Session {
                 }
             }
             PLAINTEXT.with_borrow_mut(|buf| self.read_all(buf, &mut received));
-            if !self.is_client && received.is_empty() && self.state == State::Established {
+            if received.is_empty() && self.state == State::Established {
                 self.take_over();
             }
         } else if self.state == State::Established {
@@ -412,11 +415,11 @@ impl Session {
         received
     }
 
-    /// A server session whose handshake has just completed hands its records to [`record`]
-    /// and frees OpenSSL's object (about 30 KB), if the suite is an AEAD one. What OpenSSL
-    /// queued at completion is the server's last flight, kept for a client that did not get
-    /// it. Nothing of the application was read through OpenSSL before (the caller checks), so
-    /// the replay window starts empty.
+    /// A session whose handshake has just completed hands its records to [`record`] and frees
+    /// OpenSSL's object (about 30 KB), if the suite is an AEAD one. What OpenSSL queued at
+    /// completion is our last flight, kept for a peer that did not get it. Nothing of the
+    /// application was read through OpenSSL before (the caller checks), so the replay window
+    /// starts empty.
     fn take_over(&mut self) {
         let Link::Tls(stream) = &mut self.link else {
             return;
@@ -424,13 +427,21 @@ impl Session {
         let (epoch, next_seq) = stream.get_ref().written;
         let mut outbox = std::mem::take(&mut stream.get_mut().outbox);
         let ssl = stream.ssl();
-        let Some(records) = Established::take_over(ssl, epoch, next_seq, &mut outbox) else {
+        let Some(records) =
+            Established::take_over(ssl, self.is_client, epoch, next_seq, &mut outbox)
+        else {
             stream.get_mut().outbox = outbox;
             return;
         };
         let cipher = ssl.current_cipher().map_or("", |c| c.name());
         let (identity, resumed) = (identity_of(ssl), ssl.session_reused());
         let not_after = not_after_of(ssl);
+        let version = ssl.version_str();
+        // Described once, for the client's figures; a server has no use for it.
+        let peer = match self.is_client {
+            true => ssl.peer_certificate().map(|c| crate::certs::describe(&c)),
+            false => None,
+        };
         // Freed without a close_notify, OpenSSL would take the session out of the cache, and
         // the device could not resume it.
         let both = ShutdownState::SENT | ShutdownState::RECEIVED;
@@ -444,6 +455,8 @@ impl Session {
             not_after,
             resumed,
             cipher,
+            version,
+            peer,
         }));
     }
 
@@ -518,6 +531,13 @@ impl Session {
                 if opened.close_notify {
                     // Answered with ours (RFC 5246 §7.2.1), as OpenSSL answers it.
                     self.close();
+                } else if let Some(d) = opened.fatal.filter(|_| self.is_client) {
+                    // Worded as OpenSSL worded it: the client does not offer a session the
+                    // server ended so again, and its log says why (certificate expired).
+                    let name = record::alert_name(d);
+                    self.fail(DtlsError::Other(format!(
+                        "the server sent the alert {name}"
+                    )));
                 } else if opened.alert {
                     self.fail(DtlsError::Closed);
                 }
@@ -656,23 +676,37 @@ impl Session {
     /// certificate again, which with OpenSSL 3.0 (its key decoders) was about a fifth of a
     /// client's CPU per full handshake.
     pub fn ssl_session(&self) -> Option<SslSession> {
-        let session = self.tls()?.ssl().session()?;
+        if !self.is_client {
+            return None;
+        }
+        let session = match &self.link {
+            Link::Tls(stream) => stream.ssl().session()?,
+            Link::Records(t) => t.cached.as_deref()?,
+        };
         // SAFETY: a valid session; the copy is a new one of our own, or NULL.
         let copy = unsafe { SSL_SESSION_dup(session.as_ptr()) };
         // SAFETY: a non-null session we own.
         (!copy.is_null()).then(|| unsafe { SslSession::from_ptr(copy) })
     }
 
-    /// The protocol version (`DTLSv1.2`) while OpenSSL carries the records.
+    /// The protocol version (`DTLSv1.2`).
     pub fn version(&self) -> Option<&'static str> {
-        self.tls().map(|s| s.ssl().version_str())
+        match &self.link {
+            Link::Tls(stream) => Some(stream.ssl().version_str()),
+            Link::Records(t) => Some(t.version),
+        }
     }
 
     /// The peer's certificate, described as [`crate::certs::describe`] does (`None` with a
-    /// PSK, or once OpenSSL no longer carries the records).
+    /// PSK, or for a server session once OpenSSL no longer carries the records).
     pub fn peer_certificate(&self) -> Option<String> {
-        let cert = self.tls()?.ssl().peer_certificate()?;
-        Some(crate::certs::describe(&cert))
+        match &self.link {
+            Link::Tls(stream) => {
+                let cert = stream.ssl().peer_certificate()?;
+                Some(crate::certs::describe(&cert))
+            }
+            Link::Records(t) => t.peer.clone(),
+        }
     }
 
     /// The negotiated cipher suite.
@@ -684,7 +718,7 @@ impl Session {
     }
 
     /// Whether an established session's records are protected by `record.rs` rather than by
-    /// OpenSSL (a server session with an AEAD suite).
+    /// OpenSSL (a session with an AEAD suite).
     pub fn taken_over(&self) -> bool {
         matches!(self.link, Link::Records(_))
     }

@@ -1,7 +1,7 @@
-//! A server session hands its records over from OpenSSL to the crate's own record layer once
-//! the handshake is done (see `Session::taken_over`). Tested against OpenSSL's client over
-//! in-memory datagrams: every AEAD suite, resumption, replays, tampering, reordering, a lost
-//! final flight, and closing from either side.
+//! An established session hands its records over from OpenSSL to the crate's own record layer
+//! once the handshake is done (see `Session::taken_over`), at either end. Tested end to end
+//! over in-memory datagrams: every AEAD suite, resumption, replays, tampering, reordering, a
+//! lost final flight of either end, and closing from either side.
 
 use gateway_dtls::{
     client_context, server_context, ClientSettings, DtlsError, Psk, ServerSettings, Session, State,
@@ -21,6 +21,17 @@ fn every_aead_suite_is_taken_over_and_carries_data_both_ways() {
     ] {
         let mut link = Link::new(&pki.client(suite), pki.server(), None);
         link.handshake();
+        assert!(
+            link.client.taken_over(),
+            "{suite}: the client's still OpenSSL's"
+        );
+        assert_eq!(link.client.cipher(), Some(suite));
+        assert_eq!(link.client.version(), Some("DTLSv1.2"));
+        let cert = link
+            .client
+            .peer_certificate()
+            .expect("the server's certificate");
+        assert!(cert.starts_with("CN=server"), "{cert}");
         let server = link.server();
         assert!(server.taken_over(), "{suite}: still OpenSSL's");
         assert_eq!(server.cipher(), Some(suite));
@@ -260,4 +271,106 @@ fn a_session_copied_before_a_link_ends_without_a_close_is_still_offered_and_resu
         "the copy was offered and resumed"
     );
     assert_eq!(second.server().peer_identity().as_deref(), Some("dev-1"));
+}
+
+#[test]
+fn replayed_and_tampered_records_are_dropped_by_the_client_too() {
+    let pki = Pki::new();
+    let mut link = Link::new(&pki.client(""), pki.server(), None);
+    link.handshake();
+    assert!(link.client.taken_over());
+    let now = link.now;
+    let mut sent = Vec::new();
+    for i in 0..3u8 {
+        link.server().send(&[i]).unwrap();
+        sent.extend(link.server_out());
+    }
+    for i in [2, 0, 1] {
+        assert_eq!(link.client.handle_datagram(now, &sent[i]), [vec![i as u8]]);
+    }
+    for d in &sent {
+        assert!(link.client.handle_datagram(now, d).is_empty(), "a replay");
+    }
+    link.server().send(b"fresh").unwrap();
+    let fresh = link.server_out().remove(0);
+    for at in [0, 3, 11, 13, 20, fresh.len() - 1] {
+        let mut bad = fresh.clone();
+        bad[at] ^= 0x40;
+        assert!(
+            link.client.handle_datagram(now, &bad).is_empty(),
+            "byte {at} changed"
+        );
+    }
+    assert_eq!(
+        link.client.handle_datagram(now, &fresh),
+        [b"fresh".to_vec()]
+    );
+    assert!(link.client.is_established());
+}
+
+/// After an abbreviated handshake the client sends the last flight: lost, the server repeats
+/// its own (on OpenSSL's timer), and the client, whose records are its own by then, must send
+/// its ChangeCipherSpec and Finished again.
+#[test]
+fn a_clients_lost_final_flight_is_sent_again_when_the_server_repeats_its_finished() {
+    let pki = Pki::new();
+    let (cctx, sctx) = (pki.client(""), pki.server());
+    let mut first = Link::new(&cctx, sctx.clone(), None);
+    first.handshake();
+    let ticket = first.client.ssl_session().expect("a session to resume");
+    device_closes(&mut first);
+
+    let mut link = Link::new(&cctx, sctx, Some(&ticket));
+    let mut lost = Vec::new();
+    for _ in 0..10 {
+        link.deliver_up();
+        let back = link.server_out();
+        link.deliver_down(&back);
+        if link.client.is_established() {
+            // The client's ChangeCipherSpec and Finished are lost.
+            lost = std::iter::from_fn(|| link.client.poll_transmit()).collect();
+            break;
+        }
+    }
+    assert!(!lost.is_empty(), "the client's last flight");
+    assert!(link.client.taken_over());
+    assert!(link.client.resumed());
+    assert_eq!(*link.server().state(), State::Handshaking);
+    let wait = link
+        .server()
+        .timeout()
+        .expect("the server's flight timer runs");
+    std::thread::sleep(wait + Duration::from_millis(20));
+    link.server().handle_timeout(Instant::now());
+    let again = link.server_out();
+    assert!(!again.is_empty(), "the server sends its flight again");
+    assert!(link.deliver_down(&again).is_empty());
+    let resent: Vec<Vec<u8>> = std::iter::from_fn(|| link.client.poll_transmit()).collect();
+    assert_eq!(
+        resent, lost,
+        "the client sends its last flight again, as it was"
+    );
+    let now = link.now;
+    for d in &resent {
+        link.server().handle_datagram(now, d);
+    }
+    assert!(
+        link.server().is_established(),
+        "{:?}",
+        link.server().state()
+    );
+    assert!(link.server().resumed());
+    let (at_server, at_client) = link.exchange(b"up", b"down");
+    assert_eq!(
+        (at_server, at_client),
+        (vec![b"up".to_vec()], vec![b"down".to_vec()])
+    );
+    // With the server's first record in, the flight is forgotten: the server's flight
+    // replayed later gets nothing back.
+    let later = link.now + Duration::from_secs(1);
+    for d in &again {
+        link.client.handle_datagram(later, d);
+    }
+    assert!(link.client.poll_transmit().is_none());
+    assert!(link.client.is_established());
 }
