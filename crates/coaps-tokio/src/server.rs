@@ -350,10 +350,7 @@ async fn serve(
             Polled::Datagrams => {
                 sockets.busy.found();
                 machine.stats().polled.fetch_add(1, Relaxed);
-                let now = Instant::now();
-                for (d, peer) in batch.iter() {
-                    machine.handle(now, peer, d);
-                }
+                handle_batch(&mut machine, &batch);
             }
             Polled::Answer(out) => {
                 sockets.busy.found();
@@ -371,10 +368,7 @@ async fn serve(
                         if r.is_ok() {
                             let got = socket.try_io(Interest::READABLE, || mmsg::recv(socket, &mut batch));
                             if got.is_ok() {
-                                let now = Instant::now();
-                                for (d, peer) in batch.iter() {
-                                    machine.handle(now, peer, d);
-                                }
+                                handle_batch(&mut machine, &batch);
                             }
                         }
                     }
@@ -424,6 +418,14 @@ async fn serve(
             }
         }
         sends.clear();
+    }
+}
+
+/// The datagrams just read into the machine, with the time they were read.
+fn handle_batch(machine: &mut Machine, batch: &mmsg::RecvBatch) {
+    let now = Instant::now();
+    for (d, peer) in batch.iter() {
+        machine.handle(now, peer, d);
     }
 }
 

@@ -169,7 +169,6 @@ struct TakenOver {
     not_after: Option<SystemTime>,
     resumed: bool,
     cipher: &'static str,
-    version: &'static str,
     /// A client's view of the server's certificate (see [`Session::peer_certificate`]).
     peer: Option<String>,
 }
@@ -436,7 +435,6 @@ impl Session {
         let cipher = ssl.current_cipher().map_or("", |c| c.name());
         let (identity, resumed) = (identity_of(ssl), ssl.session_reused());
         let not_after = not_after_of(ssl);
-        let version = ssl.version_str();
         // Described once, for the client's figures; a server has no use for it.
         let peer = match self.is_client {
             true => ssl.peer_certificate().map(|c| crate::certs::describe(&c)),
@@ -455,7 +453,6 @@ impl Session {
             not_after,
             resumed,
             cipher,
-            version,
             peer,
         }));
     }
@@ -693,7 +690,8 @@ impl Session {
     pub fn version(&self) -> Option<&'static str> {
         match &self.link {
             Link::Tls(stream) => Some(stream.ssl().version_str()),
-            Link::Records(t) => Some(t.version),
+            // `record` carries DTLS 1.2 only.
+            Link::Records(_) => Some("DTLSv1.2"),
         }
     }
 
