@@ -70,7 +70,8 @@ pub fn hello_verify_request(ch: &ClientHello, cookie: &[u8]) -> Vec<u8> {
 }
 
 /// Makes and checks stateless cookies: HMAC-SHA256 of the peer's address and the client random
-/// under a secret that rotates; a cookie from the previous secret is still accepted.
+/// under a secret that rotates, then the same bound to the address's association too (see
+/// [`CookieJar::make`]); a cookie from the previous secret is still accepted.
 ///
 /// The secret of each period is derived from a master secret and the period's number, so that
 /// the jars of several workers made from the same master and start agree on every secret:
@@ -115,8 +116,24 @@ impl CookieJar {
         out
     }
 
-    fn mac(secret: &[u8], peer: SocketAddr, random: &[u8], bound: &[u8]) -> Vec<u8> {
-        hmac(secret, &[peer.to_string().as_bytes(), random, bound]).as_ref()[..16].to_vec()
+    /// 16 bytes of HMAC over the peer's address, its random and `bound`.
+    fn mac(secret: &[u8], peer: &[u8], random: &[u8], bound: &[u8]) -> [u8; 16] {
+        let mut out = [0; 16];
+        out.copy_from_slice(&hmac(secret, &[peer, random, bound]).as_ref()[..16]);
+        out
+    }
+
+    /// The cookie under `secret`: a tag for the address and random alone, then one bound to
+    /// the association (the same when there is none).
+    fn cookie(secret: &[u8], peer: SocketAddr, random: &[u8], bound: &[u8]) -> Vec<u8> {
+        let peer = peer.to_string();
+        let free = Self::mac(secret, peer.as_bytes(), random, &[]);
+        let tied = if bound.is_empty() {
+            free
+        } else {
+            Self::mac(secret, peer.as_bytes(), random, bound)
+        };
+        [free, tied].concat()
     }
 
     fn rotate(&mut self, now: Instant) {
@@ -147,10 +164,14 @@ impl CookieJar {
         bound: &[u8],
     ) -> Vec<u8> {
         self.rotate(now);
-        Self::mac(&self.secret, peer, &ch.random, bound)
+        Self::cookie(&self.secret, peer, &ch.random, bound)
     }
 
-    /// Whether `ch` carries a cookie this jar made for `peer` and `bound`.
+    /// Whether `ch` carries a cookie this jar made for `peer` and `bound`. With no association
+    /// (`bound` empty), a cookie made while one lived is taken too: there is nothing left for
+    /// it to replace, and the client that got it is answered. Refused, it would be sent a
+    /// second HelloVerifyRequest, which OpenSSL's clients ignore (its message_seq is that of
+    /// the first): the device would send the same ClientHello until its handshake timeout.
     pub fn check(
         &mut self,
         now: Instant,
@@ -159,14 +180,19 @@ impl CookieJar {
         bound: &[u8],
     ) -> bool {
         self.rotate(now);
-        !ch.cookie.is_empty()
-            && (same(
-                &ch.cookie,
-                &Self::mac(&self.secret, peer, &ch.random, bound),
-            ) || same(
-                &ch.cookie,
-                &Self::mac(&self.previous, peer, &ch.random, bound),
-            ))
+        let Some((free, tied)) = ch
+            .cookie
+            .split_at_checked(16)
+            .filter(|(_, t)| t.len() == 16)
+        else {
+            return false;
+        };
+        let peer = peer.to_string();
+        [&self.secret, &self.previous].into_iter().any(|secret| {
+            same(free, &Self::mac(secret, peer.as_bytes(), &ch.random, &[]))
+                && (bound.is_empty()
+                    || same(tied, &Self::mac(secret, peer.as_bytes(), &ch.random, bound)))
+        })
     }
 }
 
@@ -213,6 +239,24 @@ mod tests {
                 "bound to no association"
             );
             assert!(!other.check(now, peer, &with, &[]), "at {at} s");
+            // Made while an association lived: taken by it, or once it has ended (nothing
+            // left to replace), and by no other.
+            let tied = ClientHello {
+                cookie: a.make(now, peer, &ch, &[9; 32]),
+                ..ch.clone()
+            };
+            assert!(b.check(now, peer, &tied, &[9; 32]));
+            assert!(b.check(now, peer, &tied, &[]));
+            assert!(!b.check(now, peer, &tied, &[8; 32]), "another association");
+            let mut forged = tied.clone();
+            forged.cookie[20] ^= 1;
+            assert!(
+                !b.check(now, peer, &forged, &[9; 32]),
+                "its second tag altered"
+            );
+            forged.cookie[20] ^= 1;
+            forged.cookie[3] ^= 1;
+            assert!(!b.check(now, peer, &forged, &[]), "its first tag altered");
             // Still taken one period later, not two.
             assert!(b.check(now + life, peer, &with, &[]));
             assert!(!b.check(now + 2 * life, peer, &with, &[]));

@@ -435,6 +435,47 @@ fn a_device_that_reboots_keeps_its_port_and_replaces_its_session() {
     assert_eq!(net.stat(|s| &s.chains_reused), 1);
 }
 
+#[test]
+fn a_cookie_made_while_an_old_session_lived_is_taken_once_it_has_ended() {
+    // A device that keeps its port (a reboot, a NAT) says hello while its old session still
+    // lives: the cookie is bound to that session. The old session ended (idle, or evicted)
+    // before the ClientHello came back with the cookie, which the server then refused with a
+    // second HelloVerifyRequest; an OpenSSL client ignores that one (its message_seq is 0
+    // again) and sent the same ClientHello until its handshake timeout (the load generator
+    // saw devices stall for its 30 s).
+    let pki = Pki::devices(&["pi-01"]);
+    let mut cfg = pki.server_config();
+    cfg.session_idle = Duration::from_secs(60);
+    let mut net = Net::new(cfg);
+    let a = net.add(pki.device("pi-01"));
+    assert!(net.stored(a, b"1"));
+    let from = net.devices[a].addr.unwrap();
+    let mut c = pki.device("pi-01");
+    let hello = first_hello(&net, &mut c);
+    let with_cookie = with_cookie(&mut net, &mut c, from, &hello);
+    assert_eq!(net.stat(|s| &s.cookies_sent), 2);
+    net.advance(Duration::from_secs(61));
+    assert_eq!(net.server.sessions(), (0, 0), "the old session ended");
+    net.server.handle(net.now, from, &with_cookie);
+    assert_eq!(net.stat(|s| &s.cookies_sent), 2, "no second cookie");
+    assert_eq!(net.server.sessions(), (0, 1), "its handshake starts");
+    // It completes: the client is answered with the server's flight, not a second cookie.
+    while let Some((to, d)) = net.server.poll_transmit() {
+        assert_eq!(to, from);
+        c.handle(net.now, &d);
+    }
+    while let Some(t) = c.poll_transmit() {
+        if let Transmit::Datagram(d) = t {
+            net.server.handle(net.now, from, &d);
+        }
+    }
+    while let Some((_, d)) = net.server.poll_transmit() {
+        c.handle(net.now, &d);
+    }
+    assert!(c.is_connected(), "the handshake completed");
+    assert_eq!(net.server.sessions(), (1, 0));
+}
+
 /// Whether `d` is a ClientHello that carries a cookie (at epoch 0, one record).
 fn hello_with_cookie(d: &[u8]) -> bool {
     // Record header 13 bytes, handshake header 12, then version (2) and random (32).
