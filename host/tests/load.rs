@@ -66,3 +66,60 @@ queue_capacity = 1
         "{text}"
     );
 }
+
+/// Each session the load generator opens, it closes with a close_notify, as a device that is
+/// done would: it never sent one (its close saw the machine closed before the alert went
+/// out), so the server under its handshake benchmark filled up with the sessions of devices
+/// long gone and evicted them to make room.
+#[test]
+fn gateway_load_closes_each_session_it_opens() {
+    let s = Setup::new();
+    let certs = s.path("certs");
+    make_certs(&certs, "test");
+    let c = |f: &str| certs.join(f).display().to_string();
+    let port = free_udp_port();
+    let server = s.config_named(
+        "server",
+        "server",
+        "stats_interval = \"0s\"\ndata_dir = \"server-data\"\nlog_level = \"debug\"",
+        &format!(
+            "{ingress}\n[sinks.null]\nplugin = \"testkit-null-sink\"\n",
+            ingress = ingress_source(&certs, port),
+        ),
+    );
+    let mut gw = Running::start_named(&s, "server", &server);
+    assert!(gw.wait_for_log("CoAP/DTLS ingress listening", Duration::from_secs(10)));
+    let out = Command::new(plugin_dir().join("gateway-load"))
+        .args([
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--host",
+            "localhost",
+        ])
+        .args(["--ca", &c("ca.pem"), "--ca-key", &c("ca.key")])
+        .args(["--devices", "2", "--mode", "handshakes", "--duration", "2s"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    // The last close_notify is on its way when the load generator exits.
+    let count = |l: &str, needle: &str| l.matches(needle).count();
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while count(&gw.stderr(), "DTLS session closed by the peer")
+        < count(&gw.stderr(), "DTLS session established")
+        && std::time::Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    gw.stop(Duration::from_secs(30));
+    let l = gw.stderr();
+    let (opened, closed) = (
+        count(&l, "DTLS session established"),
+        count(&l, "DTLS session closed by the peer"),
+    );
+    assert!(opened >= 4, "{opened} sessions\n{text}");
+    assert_eq!(
+        closed, opened,
+        "sessions the load generator left open\n{text}"
+    );
+}

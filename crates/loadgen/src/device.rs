@@ -188,9 +188,14 @@ impl Device {
     pub async fn close(mut self) {
         self.machine.close(Instant::now());
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while !self.machine.is_closed() {
+            // What the machine queued goes out before the closed machine is left: its last
+            // datagram is the close_notify.
+            loop {
                 if self.pump(None).await.is_some() {
                     continue;
+                }
+                if self.machine.is_closed() {
+                    break;
                 }
                 self.wait().await;
             }
