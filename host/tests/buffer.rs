@@ -478,6 +478,53 @@ fn a_job_drains_its_buffer_before_it_exits_and_says_what_a_down_sink_left_behind
 }
 
 #[test]
+fn a_signal_while_a_buffered_sink_cannot_deliver_exits_0_with_its_readings_on_disk() {
+    // The README: `run` exits 0 after a signal when what is left waits in a disk buffer. A
+    // sink whose write was still going at the deadline made the run unclean (exit 1,
+    // "readings undelivered"), though nothing was in memory: a Ctrl-C of a gateway whose
+    // uplink waited for an answer (its own ingress had stopped first) exited 1.
+    for (sink, waiting_for) in [
+        ("fail_first = 1000000", "write failed; retrying"),
+        ("delay = \"30s\"", "sink running"),
+    ] {
+        let s = Setup::new();
+        let cfg = buffered(&s, (200, 10), sink, r#"{ type = "disk" }"#);
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let text = text.replacen("[gateway]", "[gateway]\nshutdown_timeout = \"1s\"", 1);
+        std::fs::write(&cfg, text).unwrap();
+        let mut gw = Running::start(&s, &cfg, &[]);
+        assert!(gw.wait_for_log(waiting_for, Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(300));
+        let status = gw.stop(Duration::from_secs(15));
+        let err = gw.stderr();
+        assert!(status.success(), "{sink}: {err}");
+        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+        let dir = s.path("data/rec/buffer").display().to_string();
+        assert!(
+            last.contains("readings remain in disk buffers")
+                && last.contains("none is lost")
+                && last.contains(&format!("rec: 200 in {dir}")),
+            "{sink}: {last}"
+        );
+        assert!(s.recorded("out.txt", "seq").is_empty(), "{sink}");
+    }
+    // Without a disk buffer, the readings of that write are in memory only: they are
+    // undelivered, and the run is not clean.
+    let s = Setup::new();
+    let cfg = buffered(&s, (200, 10), "delay = \"30s\"", r#"{ type = "memory" }"#);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replacen("[gateway]", "[gateway]\nshutdown_timeout = \"1s\"", 1);
+    std::fs::write(&cfg, text).unwrap();
+    let mut gw = Running::start(&s, &cfg, &[]);
+    assert!(gw.wait_for_log("sink running", Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(300));
+    let status = gw.stop(Duration::from_secs(15));
+    let err = gw.stderr();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("readings not delivered at shutdown"), "{err}");
+}
+
+#[test]
 fn a_buffered_sink_waiting_to_be_rebuilt_lets_a_shutdown_end_at_once() {
     // The sink fails to build again and again (a wrong password, say), so it waits 30 s
     // between tries. A shutdown did not end that wait until the deadline (shutdown_timeout,
