@@ -5,6 +5,23 @@ mod support;
 use std::{process::Command, time::Duration};
 use support::*;
 
+/// `gateway-load` run against the ingress on 127.0.0.1:`port` with the CA of `certs`, and
+/// `args`, to its end.
+fn gateway_load(certs: &std::path::Path, port: u16, args: &[&str]) -> std::process::Output {
+    let c = |f: &str| certs.join(f).display().to_string();
+    Command::new(plugin_dir().join("gateway-load"))
+        .args([
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--host",
+            "localhost",
+        ])
+        .args(["--ca", &c("ca.pem"), "--ca-key", &c("ca.key")])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// The ingress answers 5.03 with `Max-Age: 60` to every request but the first (its sink fails
 /// and takes one batch at a time; the others wait 2 s for room, then are refused). Each device
 /// must then pause for the minute asked, not come back at once: in a 6 s run, at most one
@@ -14,7 +31,6 @@ fn gateway_load_pauses_for_a_503s_max_age() {
     let s = Setup::new();
     let certs = s.path("certs");
     make_certs(&certs, "test");
-    let c = |f: &str| certs.join(f).display().to_string();
     let port = free_udp_port();
     let server = s.server_config(&format!(
         r#"{ingress}retry_after = 60
@@ -30,17 +46,11 @@ queue_capacity = 1
     ));
     let mut gw = Running::start_named(&s, "server", &server);
     assert!(gw.wait_for_log("CoAP/DTLS ingress listening", Duration::from_secs(10)));
-    let out = Command::new(plugin_dir().join("gateway-load"))
-        .args([
-            "--server",
-            &format!("127.0.0.1:{port}"),
-            "--host",
-            "localhost",
-        ])
-        .args(["--ca", &c("ca.pem"), "--ca-key", &c("ca.key")])
-        .args(["--devices", "2", "--duration", "6s", "--timeout", "3s"])
-        .output()
-        .unwrap();
+    let out = gateway_load(
+        &certs,
+        port,
+        &["--devices", "2", "--duration", "6s", "--timeout", "3s"],
+    );
     gw.stop(Duration::from_secs(30));
     let text = String::from_utf8_lossy(&out.stdout);
     let result = text
@@ -76,7 +86,6 @@ fn gateway_load_closes_each_session_it_opens() {
     let s = Setup::new();
     let certs = s.path("certs");
     make_certs(&certs, "test");
-    let c = |f: &str| certs.join(f).display().to_string();
     let port = free_udp_port();
     let server = s.config_named(
         "server",
@@ -89,17 +98,11 @@ fn gateway_load_closes_each_session_it_opens() {
     );
     let mut gw = Running::start_named(&s, "server", &server);
     assert!(gw.wait_for_log("CoAP/DTLS ingress listening", Duration::from_secs(10)));
-    let out = Command::new(plugin_dir().join("gateway-load"))
-        .args([
-            "--server",
-            &format!("127.0.0.1:{port}"),
-            "--host",
-            "localhost",
-        ])
-        .args(["--ca", &c("ca.pem"), "--ca-key", &c("ca.key")])
-        .args(["--devices", "2", "--mode", "handshakes", "--duration", "2s"])
-        .output()
-        .unwrap();
+    let out = gateway_load(
+        &certs,
+        port,
+        &["--devices", "2", "--mode", "handshakes", "--duration", "2s"],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     // The last close_notify is on its way when the load generator exits.
