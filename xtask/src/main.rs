@@ -17,7 +17,8 @@
 //!   without it (`balancer.rs`).
 //! - `bench-mqtt`: the `mqtt` sink beside `mosquitto_pub` publishing as many messages at QoS 1
 //!   (`mqtt.rs`).
-//! - `bench-e2e`: only the MySQL figures (plain INSERTs, end to end, drain after an outage).
+//! - `bench-e2e`: only the MySQL figures (plain INSERTs, end to end, drain after an outage), with
+//!   the client host's resident memory through each.
 //! - `bench-ingress [SECONDS]`: the ingress under a fleet's load beside libcoap's server
 //!   (`fleet.rs`).
 //! - `bench-lossy [SECONDS]`: the link through a relay that drops 5, 10 and 25 % of datagrams
@@ -423,6 +424,56 @@ fn proc_kb(pid: u32, file: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// The resident memory of a process, read every 100 ms on a thread of its own until the
+/// process is gone or the sampler is dropped: the bench-e2e figure that the Pi side's RSS does
+/// not grow while readings pass through it.
+struct RssSampler {
+    samples: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, halt) = (samples.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+                match proc_kb(pid, "status", "VmRSS:") {
+                    Some(kb) => s.lock().unwrap().push(kb),
+                    None => return,
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        RssSampler { samples, stop }
+    }
+
+    /// The last reading, in kB.
+    fn now(&self) -> Option<u64> {
+        self.samples.lock().unwrap().last().copied()
+    }
+
+    /// The readings from `from` (an index from [`RssSampler::mark`]) on: first, last and
+    /// highest, in kB.
+    fn span(&self, from: usize) -> Option<(u64, u64, u64)> {
+        let s = self.samples.lock().unwrap();
+        let s = s.get(from..)?;
+        Some((*s.first()?, *s.last()?, *s.iter().max()?))
+    }
+
+    /// Where the next reading will go.
+    fn mark(&self) -> usize {
+        self.samples.lock().unwrap().len()
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 fn bench() -> Result<()> {
     let dir = build(true)?;
     let gateway = dir.join("gateway");
@@ -667,10 +718,13 @@ fn end_to_end(gateway: &Path) -> Result<()> {
     // Sustained: from the first 100,000 rows to the last, so that start-up (processes, the
     // DTLS handshake, creating the table) does not count.
     let n = 1_000_000;
-    let measured = wait_rows(100_000, Duration::from_secs(300))
-        .and_then(|first| Ok((first, wait_rows(n, Duration::from_secs(600))?)));
+    let rss = RssSampler::start(client.id());
+    let measured = wait_rows(100_000, Duration::from_secs(300)).and_then(|first| {
+        let from = rss.mark();
+        Ok((first, from, wait_rows(n, Duration::from_secs(600))?))
+    });
     let _ = client.wait();
-    let (first, took) = measured?;
+    let (first, from, took) = measured?;
     let rate = (n - 100_000) as f64 / took.as_secs_f64();
     println!(
         "   {n} readings from the client's source into MySQL rows; the first 100,000 after {:.2} s, the other 900,000 in {:.2} s = {rate:.0} readings/s sustained, {:.0} % of the baseline",
@@ -678,6 +732,11 @@ fn end_to_end(gateway: &Path) -> Result<()> {
         took.as_secs_f64(),
         100.0 * rate / baseline
     );
+    if let Some((at, last, peak)) = rss.span(from) {
+        println!(
+            "   the client host's (the Pi side's) RSS over those 900,000: {at} kB at the first, {last} kB at the last, {peak} kB at most (read every 100 ms)"
+        );
+    }
     let _ = stop(server);
 
     println!("== drain after a one-hour outage at 10 readings/s: 36,000 readings buffered on the Pi side (bench/outage-client.toml), then the server comes up");
@@ -703,6 +762,9 @@ fn end_to_end(gateway: &Path) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let rss = RssSampler::start(client.id());
+    std::thread::sleep(Duration::from_millis(150));
+    let buffered = rss.now();
     let server = start(gateway, "bench/e2e-server.toml", &[])?;
     let up = Instant::now();
     let first = wait_rows(1, Duration::from_secs(120));
@@ -710,6 +772,7 @@ fn end_to_end(gateway: &Path) -> Result<()> {
         wait_rows(36_000, Duration::from_secs(600))?;
         Ok((f, up.elapsed()))
     });
+    let drained = rss.span(0);
     let _ = stop(client);
     let _ = stop(server);
     let (first, all) = all?;
@@ -718,6 +781,11 @@ fn end_to_end(gateway: &Path) -> Result<()> {
         first.as_secs_f64(),
         all.as_secs_f64()
     );
+    if let (Some(buffered), Some((_, last, peak))) = (buffered, drained) {
+        println!(
+            "   the client host's RSS: {buffered} kB with the 36,000 buffered, {last} kB once they were stored, {peak} kB at most during the drain"
+        );
+    }
     Ok(())
 }
 
