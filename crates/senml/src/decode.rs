@@ -30,6 +30,11 @@ pub struct Labels {
     /// The labels of the pack being decoded: a pack names few distinct strings, and a short
     /// list beats hashing every field of every record.
     pack: Vec<Label>,
+    /// The empty label (a pack's unit until a record gives one).
+    empty: Label,
+    /// A pack's base name and last record name, kept from one pack to the next so that
+    /// decoding one allocates no text for them.
+    texts: (String, String),
 }
 
 impl Labels {
@@ -39,6 +44,8 @@ impl Labels {
             kept: HashSet::new(),
             capacity,
             pack: Vec::new(),
+            empty: Label::from(""),
+            texts: Default::default(),
         }
     }
 
@@ -730,21 +737,34 @@ struct Resolver<'a> {
     last: Option<(Label, Label)>,
 }
 
+impl Drop for Resolver<'_> {
+    fn drop(&mut self) {
+        // The buffers go back for the next pack.
+        self.labels.texts = (
+            std::mem::take(&mut self.bn),
+            std::mem::take(&mut self.last_rest),
+        );
+    }
+}
+
 impl<'a> Resolver<'a> {
     fn new(now: Timestamp, default_device: &'a str, labels: &'a mut Labels) -> Self {
         labels.pack.clear();
+        let (mut bn, mut last_rest) = std::mem::take(&mut labels.texts);
+        bn.clear();
+        last_rest.clear();
         Resolver {
             now,
             default_device,
-            bn: String::new(),
+            bn,
             bn_device: None,
             bt: 0.0,
             bt_micros: 0,
-            bu: labels.get(""),
+            bu: labels.empty.clone(),
             bv: 0.0,
             labels,
             derived: 0,
-            last_rest: String::new(),
+            last_rest,
             last: None,
         }
     }
@@ -756,7 +776,8 @@ impl<'a> Resolver<'a> {
                 .strip_suffix(':')
                 .filter(|d| !d.is_empty())
                 .map(|d| self.labels.get(d));
-            self.bn = b.into_owned();
+            self.bn.clear();
+            self.bn.push_str(&b);
         }
         if let Some(b) = r.bt {
             self.bt = b;

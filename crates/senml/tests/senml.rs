@@ -155,13 +155,13 @@ fn labels_kept_between_packs_are_shared_and_bounded() {
     let c = decode_cbor(&encode_cbor(&pack(3.0)), 10, NOW, "x").unwrap();
     assert_ne!(c.readings[0].sensor.as_ptr(), a.sensor.as_ptr());
     // A set that is full starts over: ever new names cost bounded memory.
-    let mut small = Labels::new(4);
+    let mut small = Labels::new(3);
     let first = decode_cbor_with(&encode_cbor(&pack(1.0)), 10, NOW, "x", &mut small).unwrap();
     let second = decode_cbor_with(&encode_cbor(&pack(1.0)), 10, NOW, "x", &mut small).unwrap();
     assert_ne!(
         first.readings[0].sensor.as_ptr(),
         second.readings[0].sensor.as_ptr(),
-        "five labels do not fit in four: the set started over"
+        "four labels do not fit in three: the set started over"
     );
 }
 
