@@ -332,6 +332,16 @@ impl Seen {
     /// Drops what was stored already, and repeats of an id within the pack; the rest goes in
     /// flight. A pack that overlaps one still in flight waits its turn (5.03, retry in 1 s).
     pub fn admit(&mut self, readings: Vec<Reading>) -> Result<Admitted, Refused> {
+        // One device's readings (what the ingress takes per request): one pack, as it came.
+        if let Some(first) = readings.first() {
+            if readings.iter().all(|r| r.device == first.device) {
+                let p = Pack::new(self.tag(&first.device), readings);
+                if self.in_flight_meets(p.tag, &p.ids) {
+                    return Err(wait());
+                }
+                return Ok(self.take_off(p));
+            }
+        }
         let packs: Vec<Pack> = by_device(readings)
             .into_iter()
             .map(|readings| Pack::new(self.tag(&readings[0].device), readings))
@@ -506,15 +516,8 @@ impl Pack {
     }
 }
 
-/// The readings per device, in the order the devices first appear (the ingress takes one
-/// device's per request: then the vector is moved as it is).
+/// The readings per device, in the order the devices first appear.
 fn by_device(readings: Vec<Reading>) -> Vec<Vec<Reading>> {
-    let Some(first) = readings.first().map(|r| r.device.clone()) else {
-        return Vec::new();
-    };
-    if readings.iter().all(|r| r.device == first) {
-        return vec![readings];
-    }
     let mut groups: Vec<Vec<Reading>> = Vec::new();
     for r in readings {
         match groups.iter_mut().find(|g| g[0].device == r.device) {
