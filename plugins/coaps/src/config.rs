@@ -216,7 +216,8 @@ pub struct IngressConfig {
     /// longest ago goes first); 0 keeps none.
     #[serde(default = "twenty_thousand")]
     pub last_values_devices: usize,
-    /// (sensor, name) pairs kept per device; readings of further pairs are not kept.
+    /// (sensor, name) pairs kept per device; readings of further pairs are not kept, nor
+    /// readings past 1 KiB per pair for the device, counted as its GET answer could write them.
     #[serde(default = "sixty_four")]
     pub last_values_per_device: usize,
     /// Bytes the table of last readings may take, roughly; past it, the device updated

@@ -80,10 +80,33 @@ fn series(r: &Reading) -> u64 {
     h
 }
 
-/// Roughly what keeping `r` costs.
+/// Roughly what keeping `r` costs: in memory, or in a GET answer, whichever is more. A value
+/// is counted as SenML JSON may write it, each control character as the six bytes of its
+/// `\u00XX` escape and bytes as their base64, and the names twice, so that a device's
+/// answer cannot grow much past what its share counts (1 KiB of text of control characters
+/// is 6 KiB of JSON).
 fn size_of(r: &Reading) -> usize {
-    96 + r.sensor.len() + r.name.len() + r.unit.len() + value_len(r)
+    let value = match &r.value {
+        Value::Text(t) => t
+            .bytes()
+            .map(|b| match b {
+                0..=0x1f | 0x7f => 6,
+                b'"' | b'\\' => 2,
+                _ => 1,
+            })
+            .sum(),
+        Value::Bytes(b) => b.len().div_ceil(3) * 4,
+        _ => 24,
+    };
+    96 + 2 * (r.sensor.len() + r.name.len() + r.unit.len()) + value
 }
+
+/// What one device's kept readings may take, counted as [`size_of`] counts them, per series
+/// the table keeps of it (8 at least, so that any one reading fits): with the default 64
+/// series, a device's GET answer stays within about 64 KiB however it fills its values, and
+/// so does the work of encoding it, which an Observe registration does under the lock every
+/// worker's POSTs take.
+pub const DEVICE_BYTES_PER_SERIES: usize = 1024;
 
 impl Latest {
     /// At most `max_devices` devices, `max_per_device` (sensor, name) pairs each, and about
@@ -138,6 +161,10 @@ impl Latest {
             }
             let d = self.devices.get_mut(&r.device).expect("touched above");
             let full = d.readings.len() >= self.max_per_device;
+            let cap = self
+                .max_per_device
+                .max(8)
+                .saturating_mul(DEVICE_BYTES_PER_SERIES);
             let tag = series(r);
             let held = d
                 .readings
@@ -147,12 +174,16 @@ impl Latest {
             match held {
                 Some(held) if held.time <= r.time => {
                     let (old, new) = (size_of(held), size_of(r));
+                    if d.bytes + new - old > cap {
+                        self.dropped += 1;
+                        continue;
+                    }
                     d.bytes = d.bytes + new - old;
                     self.bytes = self.bytes + new - old;
                     *held = r.clone();
                 }
                 Some(_) => {}
-                None if !full => {
+                None if !full && d.bytes + size_of(r) <= cap => {
                     let n = size_of(r);
                     d.bytes += n;
                     self.bytes += n;
@@ -371,6 +402,46 @@ mod tests {
             unit: Label::from("Cel"),
             value: Value::Float(v),
         }
+    }
+
+    #[test]
+    fn a_device_cannot_make_its_answer_much_larger_than_its_share() {
+        // 64 series of 1 KiB of control characters: their SenML JSON would be about 400 KiB,
+        // and every GET (or Observe registration, under the table's lock) encodes it.
+        let mut l = Latest::new(10, 64, 1 << 30);
+        let text = |i: usize| {
+            let mut r = reading("pi-01", "s", &format!("name-{i:02}"), 1, 0.0);
+            r.value = Value::Text("\u{1}".repeat(MAX_VALUE).into());
+            r
+        };
+        l.record(&(0..64).map(text).collect::<Vec<_>>());
+        let kept = l.get("pi-01", None).unwrap();
+        let json = senml::encode_json(&kept);
+        assert!(
+            json.len() <= 64 * DEVICE_BYTES_PER_SERIES,
+            "{} bytes of JSON",
+            json.len()
+        );
+        assert!((9..64).contains(&kept.len()), "{} kept", kept.len());
+        assert_eq!(l.dropped as usize, 64 - kept.len());
+        // A newer value of a kept series that would not fit is not taken either.
+        let mut bigger = text(0);
+        bigger.time = Timestamp(2);
+        let before = l.get("pi-01", None).unwrap().len();
+        l.record(&[reading("pi-01", "s", "name-00", 2, 1.0)]);
+        l.record(&[bigger]);
+        let now = l.get("pi-01", None).unwrap();
+        assert_eq!(now.len(), before);
+        // Numbers under long names: a full share of series fits.
+        let mut l = Latest::new(10, 64, 1 << 30);
+        let long = "x".repeat(100);
+        l.record(
+            &(0..64)
+                .map(|i| reading("pi-01", &long, &format!("{long}-{i:02}"), 1, 1.0))
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(l.get("pi-01", None).unwrap().len(), 64);
+        assert_eq!(l.dropped, 0);
     }
 
     #[test]
