@@ -830,6 +830,15 @@ fn nstart_holds_requests_back_in_order_and_a_waiting_one_can_be_cancelled() {
     // The fourth has not gone out: it can be cancelled; the first has: it cannot.
     assert_eq!(client.cancel(SERVER, &tokens[3]).unwrap().payload, [3]);
     assert!(client.cancel(SERVER, &tokens[0]).is_none());
+    // A block-wise one comes back whole too (its blocks are cut from one copy of the body).
+    let body: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+    let big = client.request(
+        now,
+        SERVER,
+        request(RequestType::Post, "x", None, body.clone()),
+        true,
+    );
+    assert_eq!(client.cancel(SERVER, &big).unwrap().payload, body);
     // The first answer frees a slot: the third goes, then (the fourth cancelled) the fifth.
     let answer = |p: &Packet| {
         let mut r = response(ResponseType::Changed, "");

@@ -11,11 +11,23 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// Sends a request; the outcome arrives as [`Event::Response`] with the returned token.
     /// A payload larger than one block goes out block-wise (Block1). With NSTART requests to
     /// `peer` in flight already, it waits for one of them to finish.
-    pub fn request(&mut self, now: Instant, peer: P, packet: Packet, confirmable: bool) -> Token {
+    pub fn request(
+        &mut self,
+        now: Instant,
+        peer: P,
+        mut packet: Packet,
+        confirmable: bool,
+    ) -> Token {
         let token: Token = (self.rng)().to_be_bytes()[..6].to_vec();
         let szx = self.config.block_szx.min(6);
         let blockwise = self.config.exchanges_for(packet.payload.len()) > 1;
-        let body = packet.payload.clone();
+        // One copy of the payload: a block-wise request's blocks are cut from `body`, any
+        // other goes as its packet holds it (a queue of a write's requests held two).
+        let body = if blockwise {
+            std::mem::take(&mut packet.payload)
+        } else {
+            Vec::new()
+        };
         let ex = ClientExchange {
             started: false,
             request: packet,
@@ -45,7 +57,12 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         if self.exchanges.get(&key).is_none_or(|e| e.started) {
             return None;
         }
-        self.release(None, peer, token).map(|ex| ex.request)
+        self.release(None, peer, token).map(|mut ex| {
+            if ex.blockwise {
+                ex.request.payload = ex.body;
+            }
+            ex.request
+        })
     }
 
     /// Forgets a client exchange: a started one gives its NSTART slot up (the next waiting
