@@ -7,6 +7,7 @@ mod rto;
 mod server;
 
 pub use observe::observe_of;
+pub use server::DEDUP_KEPT_PER_PEER;
 
 use crate::message::{empty, Block};
 use coap_lite::{MessageClass, MessageType, Packet};
@@ -40,7 +41,9 @@ pub struct Config {
     pub max_payload: usize,
     /// Largest request body (after reassembly) a server takes; larger ones get 4.13.
     pub max_body: usize,
-    /// Most requests remembered for de-duplication.
+    /// Most requests remembered for de-duplication. A full memory forgets the oldest, but not
+    /// the last [`DEDUP_KEPT_PER_PEER`] of a peer while it holds fewer than four times this
+    /// many: those stay for the exchange lifetime whatever the others send.
     pub dedup_capacity: usize,
     /// Most Block1 transfers reassembled at once.
     pub max_reassemblies: usize,
@@ -290,6 +293,9 @@ pub struct Endpoint<P: Copy + Eq + Hash> {
     /// Server de-duplication, by (peer, mid), with expiry order.
     dedup: HashMap<(P, u16), Cached>,
     dedup_order: VecDeque<(Instant, P, u16)>,
+    /// Per peer with entries in `dedup`: how many, and the message ids of its last
+    /// [`DEDUP_KEPT_PER_PEER`] requests, which a full memory keeps.
+    dedup_peers: HashMap<P, (usize, VecDeque<u16>)>,
     /// Separate responses already received (peer, mid), so a retransmission is only re-ACKed.
     seen_responses: HashMap<(P, u16), Instant>,
     pending: HashMap<RequestId, Pending<P>>,
@@ -323,6 +329,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             last_now: None,
             dedup: HashMap::default(),
             dedup_order: VecDeque::new(),
+            dedup_peers: HashMap::default(),
             seen_responses: HashMap::default(),
             pending: HashMap::default(),
             reassembly: HashMap::default(),
@@ -355,6 +362,11 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// Client exchanges and server requests in progress.
     pub fn in_flight(&self) -> (usize, usize) {
         (self.exchanges.len(), self.pending.len())
+    }
+
+    /// Requests remembered for de-duplication.
+    pub fn remembered(&self) -> usize {
+        self.dedup.len()
     }
 
     /// The next event for the application.
@@ -651,8 +663,8 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             if matches!(self.dedup.get(&(p, m)), Some(Cached::Processing)) {
                 // Still being processed: keep it, and look again a lifetime later.
                 self.dedup_order.push_back((now + lifetime, p, m));
-            } else {
-                self.dedup.remove(&(p, m));
+            } else if self.dedup.remove(&(p, m)).is_some() {
+                self.dedup_forgot(p);
             }
         }
         self.reassembly.retain(|_, r| r.expires > now);
@@ -690,6 +702,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         }
         self.pending.retain(|_, p| p.peer != peer);
         self.dedup.retain(|(p, _), _| *p != peer);
+        self.dedup_peers.remove(&peer);
         // Its place in the expiry order too: left there, a peer's entries outlived its
         // session by an exchange lifetime (247 s), a queue that sessions ending and starting
         // again grew by every request, and each, expiring, took the cached answer of a later

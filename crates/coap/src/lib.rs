@@ -41,7 +41,9 @@ mod uri;
 /// The message types of `coap-lite`, which this crate's API speaks.
 pub use coap_lite;
 pub use codes::{Code, ContentFormat, InvalidContentFormat};
-pub use endpoint::{observe_of, ClientError, Config, Endpoint, Event, RequestId, Stats, Token};
+pub use endpoint::{
+    observe_of, ClientError, Config, Endpoint, Event, RequestId, Stats, Token, DEDUP_KEPT_PER_PEER,
+};
 pub use keyed::{Gathered, Keyed};
 pub use message::{
     decode_uint, encode_uint, path_of, path_segment, request, response, retry_after, retry_later,

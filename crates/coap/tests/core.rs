@@ -6,6 +6,7 @@ use gateway_coap::coap_lite::{
 };
 use gateway_coap::{
     request, response, Block, ClientError, Config, ContentFormat, Endpoint, Event, Token,
+    DEDUP_KEPT_PER_PEER,
 };
 use std::{
     collections::HashMap,
@@ -552,6 +553,63 @@ fn dedup_memory_is_bounded() {
     // capacity): it is taken as new.
     assert!(again(&mut server, 0));
     assert_eq!(server.stats().duplicates, 1);
+}
+
+/// A full de-duplication memory forgets the oldest requests of the peers that send the most,
+/// never a peer's last few: a flood from one peer (or a busy fleet) cannot make a device's
+/// retransmission pass for a new request, which would store its readings twice.
+#[test]
+fn a_peers_last_requests_stay_remembered_whatever_others_send() {
+    let config = Config {
+        dedup_capacity: 100,
+        ..Config::default()
+    };
+    let mut server: Endpoint<u8> = Endpoint::new(config, Box::new(rng(3)));
+    let now = Instant::now();
+    // Sends a CON request; whether it was taken as new (and answered).
+    let send = |server: &mut Endpoint<u8>, peer: u8, mid: u16| {
+        let mut p = request(RequestType::Post, "x", None, vec![]);
+        p.header.message_id = mid;
+        server.handle_datagram(now, peer, &p.to_bytes().unwrap());
+        let mut fresh = false;
+        while let Some(e) = server.poll_event() {
+            if let Event::Request { id, .. } = e {
+                fresh = true;
+                server.respond(now, id, response(ResponseType::Changed, ""));
+            }
+        }
+        let answered = std::iter::from_fn(|| server.poll_transmit()).count();
+        assert_eq!(answered, 1, "one answer, new or cached");
+        fresh
+    };
+    for mid in 0..DEDUP_KEPT_PER_PEER as u16 {
+        assert!(send(&mut server, 1, mid));
+    }
+    for mid in 0..10_000 {
+        assert!(send(&mut server, 2, mid));
+    }
+    // Peer 1's retransmissions find their answers; peer 2's oldest were forgotten.
+    for mid in 0..DEDUP_KEPT_PER_PEER as u16 {
+        assert!(
+            !send(&mut server, 1, mid),
+            "peer 1's request {mid} taken twice"
+        );
+    }
+    assert_eq!(server.stats().duplicates, DEDUP_KEPT_PER_PEER as u64);
+    assert!(send(&mut server, 2, 0));
+    assert!(!send(&mut server, 2, 9_999));
+    // Kept requests are bounded too: at most four times the capacity in all.
+    for round in 0..8u16 {
+        for peer in 3..=255u8 {
+            assert!(send(&mut server, peer, 20_000 + round));
+            assert!(
+                server.remembered() <= 4 * 100 + 1,
+                "{}",
+                server.remembered()
+            );
+        }
+    }
+    assert!(server.remembered() > 200, "peers' last requests are kept");
 }
 
 /// A peer forgotten (its session ended) leaves nothing in the expiry order: a later session
