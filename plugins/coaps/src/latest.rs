@@ -101,11 +101,11 @@ fn size_of(r: &Reading) -> usize {
     96 + 2 * (r.sensor.len() + r.name.len() + r.unit.len()) + value
 }
 
-/// What one device's kept readings may take, counted as [`size_of`] counts them, per series
-/// the table keeps of it (8 at least, so that any one reading fits): with the default 64
-/// series, a device's GET answer stays within about 64 KiB however it fills its values, and
-/// so does the work of encoding it, which an Observe registration does under the lock every
-/// worker's POSTs take.
+/// What one device's kept readings may take, counted as a GET answer could write them, per
+/// series the table keeps of it (8 at least, so that any one reading fits): with the default
+/// 64 series, a device's GET answer stays within about 64 KiB however it fills its values,
+/// and so does the work of encoding it, which an Observe registration does under the lock
+/// every worker's POSTs take.
 pub const DEVICE_BYTES_PER_SERIES: usize = 1024;
 
 impl Latest {
