@@ -103,10 +103,15 @@ impl Config {
     /// day whatever the settings (so that `now` plus it is always an `Instant`).
     pub fn exchange_lifetime(&self) -> Duration {
         const DAY: Duration = Duration::from_secs(86_400);
+        (self.max_transmit_span() + Duration::from_secs(200) + self.ack_timeout.min(DAY)).min(DAY)
+    }
+    /// MAX_TRANSMIT_SPAN (RFC 7252 §4.8.2): the longest a sender goes on retransmitting one
+    /// CON message (45 s with the defaults); at most a day.
+    pub fn max_transmit_span(&self) -> Duration {
+        const DAY: Duration = Duration::from_secs(86_400);
         let doublings = 2f64.powi(self.max_retransmit.min(64) as i32) - 1.0;
         let span = self.ack_timeout.as_secs_f64() * doublings * self.ack_random_factor;
-        let span = Duration::try_from_secs_f64(span).unwrap_or(DAY);
-        (span + Duration::from_secs(200) + self.ack_timeout.min(DAY)).min(DAY)
+        Duration::try_from_secs_f64(span).unwrap_or(DAY).min(DAY)
     }
     fn block_size(&self) -> usize {
         1 << (self.block_szx.min(6) + 4)

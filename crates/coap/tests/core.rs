@@ -804,6 +804,65 @@ fn peers_holding_the_most_transfers_make_room_for_one_holding_fewer() {
 }
 
 #[test]
+fn a_transfer_without_a_block_for_a_retransmission_span_gives_way() {
+    // Peers that each hold one transfer and send a block every few minutes (the exchange
+    // lifetime, 247 s, is long) kept every other device's block-wise POST out with 5.03.
+    let config = Config {
+        max_reassemblies: 4,
+        ..Config::default()
+    };
+    let span = config.max_transmit_span();
+    let mut server: Endpoint<u8> = Endpoint::new(config, Box::new(rng(83)));
+    let t0 = Instant::now();
+    let mut mid = 0u16;
+    // Block `num` of peer `from`'s transfer at `now`; the server's answer.
+    let mut block = |server: &mut Endpoint<u8>, now: Instant, from: u8, num: u32| {
+        mid += 1;
+        let mut p = request(RequestType::Post, "r", None, vec![from; 16]);
+        p.header.message_id = mid;
+        p.set_token(vec![from]);
+        let b = Block {
+            num,
+            more: true,
+            szx: 0,
+        };
+        p.add_option(CoapOption::Block1, b.encode());
+        server.handle_datagram(now, from, &p.to_bytes().unwrap());
+        let (_, answer) = server.poll_transmit().expect("an answer");
+        match Packet::from_bytes(&answer).unwrap().header.code {
+            MessageClass::Response(r) => r,
+            c => panic!("{c:?}"),
+        }
+    };
+    for peer in 1..=4 {
+        assert_eq!(block(&mut server, t0, peer, 0), ResponseType::Continue);
+    }
+    assert_eq!(
+        block(&mut server, t0, 9, 0),
+        ResponseType::ServiceUnavailable
+    );
+    // Peers 2 to 4 go on; peer 1 has sent nothing for longer than a client retransmits.
+    let later = t0 + span + Duration::from_secs(1);
+    for peer in 2..=4 {
+        assert_eq!(
+            block(&mut server, later - Duration::from_secs(2), peer, 1),
+            ResponseType::Continue
+        );
+    }
+    assert_eq!(block(&mut server, later, 9, 0), ResponseType::Continue);
+    assert_eq!(
+        block(&mut server, later, 1, 1),
+        ResponseType::RequestEntityIncomplete
+    );
+    // Transfers with a recent block stay: the next newcomer waits.
+    assert_eq!(
+        block(&mut server, later, 10, 0),
+        ResponseType::ServiceUnavailable
+    );
+    assert_eq!(block(&mut server, later, 2, 2), ResponseType::Continue);
+}
+
+#[test]
 fn an_unknown_critical_option_gets_4_02_and_elective_ones_are_ignored() {
     let mut net = Net::new(Config::default(), 80);
     let mut critical = request(

@@ -196,7 +196,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 self.config.max_reassemblies_per_peer,
             );
             if fresh && per_peer < per_peer_cap && self.reassembly.len() >= cap {
-                self.share_transfers(peer, per_peer);
+                self.share_transfers(now, peer, per_peer);
             }
             if fresh && (self.reassembly.len() >= cap || per_peer >= per_peer_cap) {
                 return self.answer_now(
@@ -318,23 +318,30 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
 
     /// At the cap of block-wise transfers: the peer holding the most of them, if it holds
     /// more than `peer` would with one more, gives up its oldest (its next block gets 4.08 and
-    /// it starts again), so that a few peers cannot keep every other's uploads out.
-    fn share_transfers(&mut self, peer: P, mine: usize) {
+    /// it starts again), so that a few peers cannot keep every other's uploads out; if none
+    /// does, the transfer without a block for longest goes, once that is MAX_TRANSMIT_SPAN.
+    fn share_transfers(&mut self, now: Instant, peer: P, mine: usize) {
         let mut held: HashMap<P, usize> = HashMap::new();
         for k in self.reassembly.keys() {
             *held.entry(k.0).or_default() += 1;
         }
         held.remove(&peer);
-        let Some((&top, &most)) = held.iter().max_by_key(|(_, n)| **n) else {
-            return;
-        };
-        if most <= mine + 1 {
-            return;
-        }
+        let top = held
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .filter(|(_, &most)| most > mine + 1)
+            .map(|(&top, _)| top);
+        // Otherwise the transfer that has had no block the longest, once that is longer than
+        // a client goes on retransmitting one (MAX_TRANSMIT_SPAN): peers that each hold one
+        // transfer open with a block every few minutes do not keep everyone else's out.
+        let idle_since = now + self.config.exchange_lifetime() - self.config.max_transmit_span();
         if let Some(k) = self
             .reassembly
             .iter()
-            .filter(|(k, _)| k.0 == top)
+            .filter(|(k, r)| match top {
+                Some(top) => k.0 == top,
+                None => k.0 != peer && r.expires <= idle_since,
+            })
             .min_by_key(|(_, r)| r.expires)
             .map(|(k, _)| k.clone())
         {
