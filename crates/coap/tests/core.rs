@@ -695,6 +695,35 @@ fn reassembly_is_bounded_in_bytes_per_peer_and_overall() {
     assert!(got.contains(&ResponseType::ServiceUnavailable), "{got:?}");
 }
 
+/// Block `num` (more to follow, 2^(`szx` + 4) bytes) of the transfer with `token` that peer
+/// `from` POSTs to "r" at `now`, as message `mid`; the server's answer.
+fn post_block(
+    server: &mut Endpoint<u8>,
+    now: Instant,
+    from: u8,
+    token: &[u8],
+    mid: u16,
+    num: u32,
+    szx: u8,
+) -> ResponseType {
+    let mut p = request(RequestType::Post, "r", None, vec![from; 16 << szx]);
+    p.header.message_id = mid;
+    p.set_token(token.to_vec());
+    let b = Block {
+        num,
+        more: true,
+        szx,
+    };
+    p.add_option(CoapOption::Block1, b.encode());
+    server.handle_datagram(now, from, &p.to_bytes().unwrap());
+    let (to, answer) = server.poll_transmit().expect("an answer");
+    assert_eq!(to, from);
+    match Packet::from_bytes(&answer).unwrap().header.code {
+        MessageClass::Response(r) => r,
+        c => panic!("{c:?}"),
+    }
+}
+
 #[test]
 fn peers_holding_the_most_reassembly_make_room_for_one_holding_less() {
     let config = Config {
@@ -705,24 +734,9 @@ fn peers_holding_the_most_reassembly_make_room_for_one_holding_less() {
     let now = Instant::now();
     let mut mid = 0u16;
     // Block `num` (64 bytes, more to come) of peer `from`'s transfer; the server's answer.
-    let mut block = |server: &mut Endpoint<u8>, from: u8, num: u32| -> ResponseType {
+    let mut block = |server: &mut Endpoint<u8>, from: u8, num: u32| {
         mid += 1;
-        let mut p = request(RequestType::Post, "r", None, vec![from; 64]);
-        p.header.message_id = mid;
-        p.set_token(vec![from]);
-        let b = Block {
-            num,
-            more: true,
-            szx: 2,
-        };
-        p.add_option(CoapOption::Block1, b.encode());
-        server.handle_datagram(now, from, &p.to_bytes().unwrap());
-        let (to, answer) = server.poll_transmit().expect("an answer");
-        assert_eq!(to, from);
-        match Packet::from_bytes(&answer).unwrap().header.code {
-            MessageClass::Response(r) => r,
-            c => panic!("{c:?}"),
-        }
+        post_block(server, now, from, &[from], mid, num, 2)
     };
     // Peers 1 and 2 hold 448 bytes each; peer 1 sends one more block: 960 of 1000.
     for num in 0..7 {
@@ -762,23 +776,9 @@ fn peers_holding_the_most_transfers_make_room_for_one_holding_fewer() {
     let now = Instant::now();
     let mut mid = 0u16;
     // Block `num` of peer `from`'s transfer `t`; the server's answer.
-    let mut block = |server: &mut Endpoint<u8>, from: u8, t: u8, num: u32| -> ResponseType {
+    let mut block = |server: &mut Endpoint<u8>, from: u8, t: u8, num: u32| {
         mid += 1;
-        let mut p = request(RequestType::Post, "r", None, vec![from; 16]);
-        p.header.message_id = mid;
-        p.set_token(vec![from, t]);
-        let b = Block {
-            num,
-            more: true,
-            szx: 0,
-        };
-        p.add_option(CoapOption::Block1, b.encode());
-        server.handle_datagram(now, from, &p.to_bytes().unwrap());
-        let (_, answer) = server.poll_transmit().expect("an answer");
-        match Packet::from_bytes(&answer).unwrap().header.code {
-            MessageClass::Response(r) => r,
-            c => panic!("{c:?}"),
-        }
+        post_block(server, now, from, &[from, t], mid, num, 0)
     };
     for t in 0..4 {
         assert_eq!(block(&mut server, 1, t, 0), ResponseType::Continue);
@@ -818,21 +818,7 @@ fn a_transfer_without_a_block_for_a_retransmission_span_gives_way() {
     // Block `num` of peer `from`'s transfer at `now`; the server's answer.
     let mut block = |server: &mut Endpoint<u8>, now: Instant, from: u8, num: u32| {
         mid += 1;
-        let mut p = request(RequestType::Post, "r", None, vec![from; 16]);
-        p.header.message_id = mid;
-        p.set_token(vec![from]);
-        let b = Block {
-            num,
-            more: true,
-            szx: 0,
-        };
-        p.add_option(CoapOption::Block1, b.encode());
-        server.handle_datagram(now, from, &p.to_bytes().unwrap());
-        let (_, answer) = server.poll_transmit().expect("an answer");
-        match Packet::from_bytes(&answer).unwrap().header.code {
-            MessageClass::Response(r) => r,
-            c => panic!("{c:?}"),
-        }
+        post_block(server, now, from, &[from], mid, num, 0)
     };
     for peer in 1..=4 {
         assert_eq!(block(&mut server, t0, peer, 0), ResponseType::Continue);
