@@ -7,7 +7,7 @@
 use crate::latest::{self, Latest};
 use gateway_coap::{
     coap_lite::{CoapOption, Packet, ResponseType},
-    encode_uint, response, Token,
+    decode_uint, encode_uint, response, Token,
 };
 use gateway_coaps_tokio::Responder;
 use gateway_sdk::Reading;
@@ -21,8 +21,9 @@ struct Watcher {
     peer: SocketAddr,
     token: Token,
     sensor: Option<String>,
-    /// The Accept option of its registration, if any: each notification is encoded as the
-    /// registration's answer was.
+    /// The Accept option of its registration, if any, in its shortest form: each
+    /// notification is encoded as the registration's answer was, once for all the watchers
+    /// of one state that asked for the same format however they wrote it.
     accept: Option<Vec<u8>>,
     to: Responder,
     /// The round of the last state it was handed (see [`Observers::deliver`]).
@@ -128,7 +129,9 @@ impl Observers {
                 peer,
                 token,
                 sensor: sensor.map(str::to_owned),
-                accept: req.get_first_option(CoapOption::Accept).cloned(),
+                accept: req
+                    .get_first_option(CoapOption::Accept)
+                    .map(|a| decode_uint(a).map_or_else(|| a.clone(), encode_uint)),
                 to: to.clone(),
                 // Nothing planned before it registered: its answer is newer.
                 delivered: self.round,
@@ -354,6 +357,24 @@ mod tests {
         assert_eq!(o.len(), 1);
         o.notify(&fresh, &table, 1024);
         assert_eq!(o.sent, 2);
+    }
+
+    #[test]
+    fn one_format_written_two_ways_is_encoded_once() {
+        // Accept 110 as one byte and as two (a leading zero): one state, one encoding.
+        let to = Responder::detached();
+        let mut o = Observers::new(100);
+        for (port, accept) in [(1, vec![110]), (2, vec![0, 110]), (3, vec![112])] {
+            let mut g = get(1);
+            g.add_option(CoapOption::Accept, accept);
+            assert!(o.add("pi-1", None, peer(port), &g, &to));
+        }
+        let mut table = Latest::new(10, 10, 1 << 20);
+        let fresh = [reading("pi-1", "probe")];
+        table.record(&fresh);
+        let notices = o.plan(&fresh, &table);
+        assert_eq!(notices.jobs.len(), 2, "SenML JSON once, SenML CBOR once");
+        assert_eq!(notices.jobs.iter().map(|j| j.to.len()).sum::<usize>(), 3);
     }
 
     #[test]
