@@ -947,10 +947,18 @@ impl Server {
         {
             return None;
         }
+        // Under the session cap, only the identity's own cap was reached: only its own
+        // sessions can go, and the others are not looked at (a device at its cap that keeps
+        // opening sessions made every handshake gather all 20,000).
+        let own_only = sessions < self.cfg.max_sessions.max(1);
         let established: Vec<Established<'_>> = self
             .peers
             .iter()
-            .filter(|(a, _)| **a != peer && !self.handshakes.contains(a))
+            .filter(|(a, p)| {
+                (!own_only || p.identity.as_deref() == identity)
+                    && **a != peer
+                    && !self.handshakes.contains(a)
+            })
             .map(|(a, p)| Established {
                 peer: *a,
                 last: p.session.last_activity(),
