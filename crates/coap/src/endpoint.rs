@@ -669,7 +669,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 // Still being processed: keep it, and look again a lifetime later.
                 self.dedup_order.push_back((now + lifetime, p, m));
             } else if self.dedup.remove(&(p, m)).is_some() {
-                self.dedup_forgot(p);
+                self.dedup_leaves(p, m, false);
             }
         }
         self.reassembly.retain(|_, r| r.expires > now);

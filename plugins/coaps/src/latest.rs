@@ -131,6 +131,10 @@ impl Latest {
         if self.max_devices == 0 {
             return;
         }
+        let cap = self
+            .max_per_device
+            .max(8)
+            .saturating_mul(DEVICE_BYTES_PER_SERIES);
         // The device this call has just moved to the end of `lru`: the readings of a pack are
         // one device's, and it moves once.
         let mut touched: Option<&Label> = None;
@@ -161,19 +165,16 @@ impl Latest {
             }
             let d = self.devices.get_mut(&r.device).expect("touched above");
             let full = d.readings.len() >= self.max_per_device;
-            let cap = self
-                .max_per_device
-                .max(8)
-                .saturating_mul(DEVICE_BYTES_PER_SERIES);
             let tag = series(r);
             let held = d
                 .readings
                 .iter_mut()
                 .find(|(t, h)| *t == tag && h.name == r.name && h.sensor == r.sensor)
                 .map(|(_, h)| h);
+            let new = size_of(r);
             match held {
                 Some(held) if held.time <= r.time => {
-                    let (old, new) = (size_of(held), size_of(r));
+                    let old = size_of(held);
                     if d.bytes + new - old > cap {
                         self.dropped += 1;
                         continue;
@@ -183,10 +184,9 @@ impl Latest {
                     *held = r.clone();
                 }
                 Some(_) => {}
-                None if !full && d.bytes + size_of(r) <= cap => {
-                    let n = size_of(r);
-                    d.bytes += n;
-                    self.bytes += n;
+                None if !full && d.bytes + new <= cap => {
+                    d.bytes += new;
+                    self.bytes += new;
                     d.readings.push((tag, r.clone()));
                 }
                 None => self.dropped += 1,

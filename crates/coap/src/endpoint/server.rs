@@ -56,14 +56,18 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         true
     }
 
-    /// One entry of `peer` left the de-duplication memory.
-    pub(super) fn dedup_forgot(&mut self, peer: P) {
-        if let Some((n, _)) = self.dedup_peers.get_mut(&peer) {
-            *n -= 1;
-            if *n == 0 {
+    /// `peer`'s request `mid`, just taken out of the de-duplication memory, leaves it: `false`
+    /// if it is one of the peer's last [`DEDUP_KEPT_PER_PEER`] and `keep_last` says those stay
+    /// (the caller puts it back), else `true`, and the peer's count goes down.
+    pub(super) fn dedup_leaves(&mut self, peer: P, mid: u16, keep_last: bool) -> bool {
+        match self.dedup_peers.get_mut(&peer) {
+            Some((_, last)) if keep_last && last.contains(&mid) => return false,
+            Some((n, _)) if *n > 1 => *n -= 1,
+            _ => {
                 self.dedup_peers.remove(&peer);
             }
         }
+        true
     }
 
     pub(super) fn on_request(&mut self, now: Instant, peer: P, req: Packet) {
@@ -97,19 +101,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 continue;
             };
             let room = self.dedup.len() < 4 * self.config.dedup_capacity;
-            let kept = matches!(cached, Cached::Processing)
-                || match self.dedup_peers.get_mut(&p) {
-                    Some((_, last)) if room && last.contains(&m) => true,
-                    Some((n, _)) if *n > 1 => {
-                        *n -= 1;
-                        false
-                    }
-                    _ => {
-                        self.dedup_peers.remove(&p);
-                        false
-                    }
-                };
-            if kept {
+            if matches!(cached, Cached::Processing) || !self.dedup_leaves(p, m, room) {
                 // Looked at again a lifetime from now (the expiry order stays sorted).
                 self.dedup.insert((p, m), cached);
                 self.dedup_order
