@@ -243,6 +243,25 @@ struct ClientExchange {
     mid: u16,
 }
 
+/// A request in the de-duplication memory: of peer `P`, message id `u16`, in the peer's
+/// [`Remembering::life`].
+type DedupKey<P> = (P, u16, u64);
+
+/// What the de-duplication memory knows of one peer.
+struct Remembering {
+    /// Which life of the peer its entries belong to. A peer forgotten (its session ended) and
+    /// heard from again starts a new life: the entries of an earlier one, left where they are
+    /// until they expire or a full memory drops them, never match its requests. So forgetting
+    /// a peer costs one removal, not a walk of the whole memory (tens of thousands of entries
+    /// for every session that ends).
+    life: u64,
+    /// Entries of this life.
+    count: usize,
+    /// The message ids of its last [`DEDUP_KEPT_PER_PEER`] requests, which a full memory
+    /// keeps.
+    last: VecDeque<u16>,
+}
+
 enum Cached {
     /// The application is still working on it.
     Processing,
@@ -295,12 +314,13 @@ pub struct Endpoint<P: Copy + Eq + Hash> {
     /// when the application has seen the events (and could cancel it), with `last_now`.
     freed: Vec<P>,
     last_now: Option<Instant>,
-    /// Server de-duplication, by (peer, mid), with expiry order.
-    dedup: HashMap<(P, u16), Cached>,
-    dedup_order: VecDeque<(Instant, P, u16)>,
-    /// Per peer with entries in `dedup`: how many, and the message ids of its last
-    /// [`DEDUP_KEPT_PER_PEER`] requests, which a full memory keeps.
-    dedup_peers: HashMap<P, (usize, VecDeque<u16>)>,
+    /// Server de-duplication, by (peer, mid, life), with expiry order.
+    dedup: HashMap<DedupKey<P>, Cached>,
+    dedup_order: VecDeque<(Instant, DedupKey<P>)>,
+    /// Per peer with entries in `dedup` of its present life.
+    dedup_peers: HashMap<P, Remembering>,
+    /// The last life given to a peer.
+    lives: u64,
     /// Separate responses already received (peer, mid), so a retransmission is only re-ACKed.
     seen_responses: HashMap<(P, u16), Instant>,
     pending: HashMap<RequestId, Pending<P>>,
@@ -335,6 +355,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             dedup: HashMap::default(),
             dedup_order: VecDeque::new(),
             dedup_peers: HashMap::default(),
+            lives: 0,
             seen_responses: HashMap::default(),
             pending: HashMap::default(),
             reassembly: HashMap::default(),
@@ -369,7 +390,8 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         (self.exchanges.len(), self.pending.len())
     }
 
-    /// Requests remembered for de-duplication.
+    /// Entries of the de-duplication memory (a forgotten peer's included, until they expire
+    /// or a full memory drops them).
     pub fn remembered(&self) -> usize {
         self.dedup.len()
     }
@@ -408,7 +430,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             .values()
             .filter_map(|e| e.separate_deadline)
             .min();
-        let dedup = self.dedup_order.front().map(|(t, _, _)| *t);
+        let dedup = self.dedup_order.front().map(|(t, _)| *t);
         let reasm = self.reassembly.values().map(|r| r.expires).min();
         [retransmit, separate, waiting, dedup, reasm]
             .into_iter()
@@ -660,16 +682,16 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         }
         // Expiry.
         let lifetime = self.config.exchange_lifetime();
-        while let Some(&(t, p, m)) = self.dedup_order.front() {
+        while let Some(&(t, key)) = self.dedup_order.front() {
             if t > now {
                 break;
             }
             self.dedup_order.pop_front();
-            if matches!(self.dedup.get(&(p, m)), Some(Cached::Processing)) {
+            if matches!(self.dedup.get(&key), Some(Cached::Processing)) && self.lives_on(key) {
                 // Still being processed: keep it, and look again a lifetime later.
-                self.dedup_order.push_back((now + lifetime, p, m));
-            } else if self.dedup.remove(&(p, m)).is_some() {
-                self.dedup_leaves(p, m, false);
+                self.dedup_order.push_back((now + lifetime, key));
+            } else if self.dedup.remove(&key).is_some() {
+                self.dedup_leaves(key, false);
             }
         }
         self.reassembly.retain(|_, r| r.expires > now);
@@ -706,13 +728,10 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             });
         }
         self.pending.retain(|_, p| p.peer != peer);
-        self.dedup.retain(|(p, _), _| *p != peer);
+        // Its requests in the de-duplication memory end their life: they stay until they
+        // expire, or a full memory drops them first, but no later session of the peer's
+        // address matches them, nor does their expiry take a later session's entry with it.
         self.dedup_peers.remove(&peer);
-        // Its place in the expiry order too: left there, a peer's entries outlived its
-        // session by an exchange lifetime (247 s), a queue that sessions ending and starting
-        // again grew by every request, and each, expiring, took the cached answer of a later
-        // session's request of the same message id with it.
-        self.dedup_order.retain(|(_, p, _)| *p != peer);
         self.reassembly.retain(|(p, _, _), _| *p != peer);
         self.seen_responses.retain(|(p, _), _| *p != peer);
         self.observing.retain(|(p, _), _| *p != peer);

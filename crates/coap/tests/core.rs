@@ -646,6 +646,73 @@ fn a_forgotten_peers_message_ids_do_not_expire_a_later_sessions() {
     assert_eq!(server.stats().duplicates, 1);
 }
 
+/// What the memory holds of a forgotten peer stays only until it expires, or until a full
+/// memory needs the room: a request still in progress when its session ended (never answered
+/// now) does not stay for ever, and a full memory drops such entries before anyone's
+/// answered requests.
+#[test]
+fn a_forgotten_peers_requests_leave_the_memory_in_time() {
+    let config = Config {
+        dedup_capacity: 100,
+        ..Config::default()
+    };
+    let mut server: Endpoint<u8> = Endpoint::new(config, Box::new(rng(5)));
+    let lifetime = server.config().exchange_lifetime();
+    let t0 = Instant::now();
+    // A CON request from `peer`; answered if `answer`. Whether it was new.
+    let send = |server: &mut Endpoint<u8>, now: Instant, peer: u8, mid: u16, answer: bool| {
+        let mut p = request(RequestType::Post, "x", None, vec![]);
+        p.header.message_id = mid;
+        server.handle_timeout(now);
+        server.handle_datagram(now, peer, &p.to_bytes().unwrap());
+        let mut fresh = false;
+        while let Some(e) = server.poll_event() {
+            if let Event::Request { id, .. } = e {
+                fresh = true;
+                if answer {
+                    server.respond(now, id, response(ResponseType::Changed, ""));
+                }
+            }
+        }
+        while server.poll_transmit().is_some() {}
+        fresh
+    };
+    // Peer 1: 10 answered requests and 5 still in progress, then its session ends.
+    for mid in 0..15 {
+        assert!(send(&mut server, t0, 1, mid, mid < 10));
+    }
+    assert_eq!(server.in_flight().1, 5);
+    server.forget_peer(1);
+    assert_eq!(server.in_flight().1, 0);
+    // Its next session's requests are new, whatever their message ids.
+    for mid in 0..15 {
+        assert!(send(&mut server, t0, 1, mid, true), "request {mid}");
+    }
+    assert!(
+        !send(&mut server, t0, 1, 3, true),
+        "a repeat of this session's"
+    );
+    server.forget_peer(1);
+    // Past the lifetime nothing is left, the requests that were in progress included.
+    let t1 = t0 + lifetime + Duration::from_secs(1);
+    server.handle_timeout(t1);
+    assert_eq!(server.remembered(), 0);
+    // A full memory: a forgotten session's entries go first, then the oldest of the peer
+    // that sends the most, and its last ones stay.
+    for mid in 0..50 {
+        assert!(send(&mut server, t1, 1, mid, mid % 2 == 0));
+    }
+    server.forget_peer(1);
+    for mid in 0..100 {
+        assert!(send(&mut server, t1, 2, mid, true));
+        assert!(server.remembered() <= 100, "{}", server.remembered());
+    }
+    assert!(!send(&mut server, t1, 2, 99, true));
+    server.handle_timeout(t1 + lifetime + Duration::from_secs(1));
+    assert_eq!(server.remembered(), 0);
+    assert_eq!(server.stats().duplicates, 2);
+}
+
 #[test]
 fn one_peer_cannot_hold_more_than_its_share_of_reassembly() {
     let config = Config {

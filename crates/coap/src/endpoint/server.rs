@@ -2,13 +2,19 @@
 //! budgets, refused when they carry what this endpoint does not understand), handed to the
 //! application, and its answers out (piggybacked, or separate after an empty ACK).
 
-use super::{Cached, Endpoint, Event, Pending, Reassembly, RequestId, Token};
+use super::{
+    Cached, DedupKey, Endpoint, Event, Pending, Reassembly, Remembering, RequestId, Token,
+};
 use crate::message::{
     block1_of, decode_uint, empty, encode_uint, matching_options, path_of, refuse_options,
     response, retry_later, Block,
 };
 use coap_lite::{CoapOption, MessageType, Packet, ResponseType};
-use std::{collections::HashMap, hash::Hash, time::Instant};
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::Hash,
+    time::Instant,
+};
 
 /// Entries looked at to forget one answered request, when the de-duplication memory is full.
 const DEDUP_TRIES: usize = 16;
@@ -56,24 +62,42 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         true
     }
 
-    /// `peer`'s request `mid`, just taken out of the de-duplication memory, leaves it: `false`
-    /// if it is one of the peer's last [`DEDUP_KEPT_PER_PEER`] and `keep_last` says those stay
-    /// (the caller puts it back), else `true`, and the peer's count goes down.
-    pub(super) fn dedup_leaves(&mut self, peer: P, mid: u16, keep_last: bool) -> bool {
+    /// The request `key`, just taken out of the de-duplication memory, leaves it: `false` if
+    /// it is one of its peer's last [`DEDUP_KEPT_PER_PEER`] and `keep_last` says those stay
+    /// (the caller puts it back), else `true`, and the peer's count goes down (unless the key
+    /// is of a life since ended, which nobody counts).
+    pub(super) fn dedup_leaves(&mut self, (peer, mid, life): DedupKey<P>, keep_last: bool) -> bool {
         match self.dedup_peers.get_mut(&peer) {
-            Some((_, last)) if keep_last && last.contains(&mid) => return false,
-            Some((n, _)) if *n > 1 => *n -= 1,
-            _ => {
+            Some(r) if r.life != life => {}
+            Some(r) if keep_last && r.last.contains(&mid) => return false,
+            Some(r) if r.count > 1 => r.count -= 1,
+            Some(_) => {
                 self.dedup_peers.remove(&peer);
             }
+            None => {}
         }
         true
+    }
+
+    /// Whether `key` is of its peer's present life (not of a session since forgotten).
+    pub(super) fn lives_on(&self, (peer, _, life): DedupKey<P>) -> bool {
+        self.dedup_peers.get(&peer).is_some_and(|r| r.life == life)
     }
 
     pub(super) fn on_request(&mut self, now: Instant, peer: P, req: Packet) {
         let mid = req.header.message_id;
         let con = req.header.get_type() == MessageType::Confirmable;
-        if let Some(c) = self.dedup.get(&(peer, mid)) {
+        let lives = &mut self.lives;
+        let r = self.dedup_peers.entry(peer).or_insert_with(|| {
+            *lives += 1;
+            Remembering {
+                life: *lives,
+                count: 0,
+                last: VecDeque::new(),
+            }
+        });
+        let key = (peer, mid, r.life);
+        if let Some(c) = self.dedup.get(&key) {
             self.stats.duplicates += 1;
             match c {
                 Cached::Answer(bytes) => self.out.push_back((peer, bytes.clone())),
@@ -86,6 +110,12 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             }
             return;
         }
+        // Counted now, so that the peer stays while older entries leave below.
+        r.count += 1;
+        if r.last.len() == DEDUP_KEPT_PER_PEER {
+            r.last.pop_front();
+        }
+        r.last.push_back(mid);
         // At capacity, forget the oldest answered request (never one still being processed,
         // nor one of a peer's last DEDUP_KEPT_PER_PEER). A few tries only: when the oldest
         // are all kept (thousands of requests waiting for the sinks), a walk of the whole
@@ -94,29 +124,29 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         let mut tries = self.dedup_order.len().min(DEDUP_TRIES);
         while self.dedup.len() >= self.config.dedup_capacity && tries > 0 {
             tries -= 1;
-            let Some((_, p, m)) = self.dedup_order.pop_front() else {
+            let Some((_, old)) = self.dedup_order.pop_front() else {
                 break;
             };
-            let Some(cached) = self.dedup.remove(&(p, m)) else {
+            let Some(cached) = self.dedup.remove(&old) else {
                 continue;
             };
             let room = self.dedup.len() < 4 * self.config.dedup_capacity;
-            if matches!(cached, Cached::Processing) || !self.dedup_leaves(p, m, room) {
+            // A forgotten session's request leaves, even one in progress: nobody answers it.
+            let stays = if matches!(cached, Cached::Processing) {
+                self.lives_on(old)
+            } else {
+                !self.dedup_leaves(old, room)
+            };
+            if stays {
                 // Looked at again a lifetime from now (the expiry order stays sorted).
-                self.dedup.insert((p, m), cached);
+                self.dedup.insert(old, cached);
                 self.dedup_order
-                    .push_back((now + self.config.exchange_lifetime(), p, m));
+                    .push_back((now + self.config.exchange_lifetime(), old));
             }
         }
-        self.dedup.insert((peer, mid), Cached::Processing);
-        let (n, last) = self.dedup_peers.entry(peer).or_default();
-        *n += 1;
-        if last.len() == DEDUP_KEPT_PER_PEER {
-            last.pop_front();
-        }
-        last.push_back(mid);
+        self.dedup.insert(key, Cached::Processing);
         self.dedup_order
-            .push_back((now + self.config.exchange_lifetime(), peer, mid));
+            .push_back((now + self.config.exchange_lifetime(), key));
 
         let token = req.get_token().to_vec();
         if let Some((code, why)) = refuse_options(&req) {
@@ -276,7 +306,10 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
 
     /// Records the answer to a request the cache holds (one it evicted stays forgotten).
     pub(super) fn cache_answer(&mut self, peer: P, mid: u16, bytes: Vec<u8>) {
-        if let Some(c) = self.dedup.get_mut(&(peer, mid)) {
+        let Some(life) = self.dedup_peers.get(&peer).map(|r| r.life) else {
+            return;
+        };
+        if let Some(c) = self.dedup.get_mut(&(peer, mid, life)) {
             *c = Cached::Answer(bytes);
         }
     }
