@@ -37,6 +37,7 @@ pub enum Item<'a> {
 const MAX_DEPTH: usize = 64;
 
 /// Reads items off a slice. Every method returns `None` on malformed or truncated input.
+#[derive(Clone)]
 pub struct Reader<'a> {
     b: &'a [u8],
     at: usize,

@@ -108,10 +108,26 @@ pub fn decode_cbor_with(
     let mut readings = Vec::with_capacity(hint);
     // The last record name read, a slice of `bytes`.
     let mut last_n: Option<&str> = None;
+    // Whether the last record named `last_n` and had neither `t` nor `u`: a record of only
+    // that name, a value and a `rid` is then the last reading with another id and value.
+    let mut last_plain = false;
     loop {
         let i = readings.len();
         if count.is_some_and(|n| i as u64 == n) {
             break;
+        }
+        if let (true, Some(n), Some(last)) =
+            (last_plain && i < max_records, last_n, readings.last())
+        {
+            if let Some((past, x, rid)) = repeat(&r, n) {
+                let value = resolver.value(Value::Float(x), i)?;
+                r = past;
+                let mut next = Reading::clone(last);
+                next.id = ReadingId(rid);
+                next.value = value;
+                readings.push(next);
+                continue;
+            }
         }
         // A record of fewer than 24 fields is a map whose head byte holds its size.
         let small = if i < max_records { r.small_map() } else { None };
@@ -192,6 +208,9 @@ pub fn decode_cbor_with(
         if rec.value.is_none() {
             return Err(DecodeError::NoValue(i));
         }
+        last_plain = rec.t.is_none()
+            && rec.u.is_none()
+            && matches!((&rec.n, last_n), (Some(Cow::Borrowed(n)), Some(l)) if std::ptr::eq(*n, l));
         readings.push(resolver.push(i, rec)?);
     }
     if !r.done() {
@@ -201,6 +220,26 @@ pub fn decode_cbor_with(
         readings,
         derived_ids: resolver.derived,
     })
+}
+
+/// A record of exactly `n` (as the last one was named), a float value and a 16-byte `rid`, in
+/// the order the encoder writes them: the reader past it, its value and its `rid`. `None` for
+/// anything else, which the general path then reads from where `r` is.
+#[inline]
+fn repeat<'a>(r: &cbor::Reader<'a>, n: &str) -> Option<(cbor::Reader<'a>, f64, [u8; 16])> {
+    let mut f = r.clone();
+    if f.small_map()? != 3 || f.small_int()? != crate::label::N || !f.skip_if_text(n) {
+        return None;
+    }
+    if f.small_int()? != crate::label::V {
+        return None;
+    }
+    let x = f.float()?;
+    if !f.skip_if(RID_KEY) {
+        return None;
+    }
+    let rid = <[u8; 16]>::try_from(f.short_bytes()?).ok()?;
+    Some((f, x, rid))
 }
 
 /// A field's value read off the CBOR reader: containers are skipped, tags looked through.
@@ -769,6 +808,20 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    /// Record `i`'s value with the base value added, if it is a number, and finite.
+    #[inline]
+    fn value(&self, value: Value, i: usize) -> Result<Value, DecodeError> {
+        let value = match value {
+            Value::Float(v) if self.bv != 0.0 => Value::Float(v + self.bv),
+            Value::Int(v) if self.bv != 0.0 => Value::Float(v as f64 + self.bv),
+            other => other,
+        };
+        if matches!(value, Value::Float(v) if !v.is_finite()) {
+            return Err(DecodeError::NotFinite(i));
+        }
+        Ok(value)
+    }
+
     /// Record `i`, resolved.
     fn push(&mut self, i: usize, r: Record<'_>) -> Result<Reading, DecodeError> {
         if let Some(b) = r.bn {
@@ -830,17 +883,7 @@ impl<'a> Resolver<'a> {
                 labels
             }
         };
-        let mut value = r.value.ok_or(DecodeError::NoValue(i))?;
-        if self.bv != 0.0 {
-            value = match value {
-                Value::Float(v) => Value::Float(v + self.bv),
-                Value::Int(v) => Value::Float(v as f64 + self.bv),
-                other => other,
-            };
-        }
-        if matches!(value, Value::Float(v) if !v.is_finite()) {
-            return Err(DecodeError::NotFinite(i));
-        }
+        let value = self.value(r.value.ok_or(DecodeError::NoValue(i))?, i)?;
         let bt = self.bt;
         let t = r.t.unwrap_or(0.0);
         let secs = bt + t;

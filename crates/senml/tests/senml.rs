@@ -476,6 +476,120 @@ proptest! {
     }
 }
 
+/// A record of only the name before, a value and a `rid` is read as the reading before with
+/// that id and value, and only when that is what it is: the record before may have had its own
+/// time or unit (the base ones apply to the new record), a base value is added, a value that is
+/// not finite, or one record too many, is refused as on the general path, and a record that
+/// names its fields in another order is read alike.
+#[test]
+fn a_record_like_the_one_before_is_read_as_itself() {
+    use ciborium::value::Value as V;
+    let (bt, t0) = (1_764_085_351.0, 1_764_085_351_000_000i64);
+    let int = |i: i64| V::Integer(i.into());
+    let rid = |k: u8| (V::Text("rid".into()), V::Bytes(vec![k; 16]));
+    // {n: "s/a", v: x, rid}, in the encoder's order.
+    let plain = |x: f64, k: u8| {
+        V::Map(vec![
+            (int(0), V::Text("s/a".into())),
+            (int(2), V::Float(x)),
+            rid(k),
+        ])
+    };
+    let first = |extra: Vec<(V, V)>| {
+        let mut m = vec![
+            (int(-2), V::Text("d:".into())),
+            (int(-3), V::Float(bt)),
+            (int(-4), V::Text("Cel".into())),
+        ];
+        m.extend(extra);
+        m.push((int(0), V::Text("s/a".into())));
+        m.push((int(2), V::Float(1.0)));
+        m.push(rid(1));
+        V::Map(m)
+    };
+    let decode = |records: Vec<V>, max: usize| {
+        let mut short = Vec::new();
+        ciborium::into_writer(&V::Array(records), &mut short).unwrap();
+        let mut long = Vec::new();
+        write_long(&ciborium::from_reader(&short[..]).unwrap(), &mut long);
+        let a =
+            decode_cbor_with(&short, max, NOW, "peer", &mut Labels::new(10)).map(|p| p.readings);
+        let b = decode_cbor(&long, max, NOW, "peer").map(|p| p.readings);
+        assert_eq!(a, b, "the shortcut and the general path disagree");
+        a
+    };
+    let at = |t: i64, unit: &str, x: f64, k: u8| {
+        reading(
+            "d",
+            "s",
+            "a",
+            unit,
+            t,
+            Value::Float(x),
+            u128::from_be_bytes([k; 16]),
+        )
+    };
+    // The record before had its own time, or its own unit: the new one has the base ones.
+    let timed = decode(
+        vec![
+            first(vec![(int(6), V::Float(5.0))]),
+            plain(2.0, 2),
+            plain(3.0, 3),
+        ],
+        10,
+    );
+    assert_eq!(
+        timed.unwrap(),
+        [
+            at(t0 + 5_000_000, "Cel", 1.0, 1),
+            at(t0, "Cel", 2.0, 2),
+            at(t0, "Cel", 3.0, 3)
+        ]
+    );
+    let unit = decode(
+        vec![first(vec![(int(1), V::Text("%".into()))]), plain(2.0, 2)],
+        10,
+    );
+    assert_eq!(unit.unwrap(), [at(t0, "%", 1.0, 1), at(t0, "Cel", 2.0, 2)]);
+    // A base value is added to each.
+    let based = decode(
+        vec![first(vec![(int(-5), V::Float(10.0))]), plain(2.0, 2)],
+        10,
+    );
+    assert_eq!(
+        based.unwrap(),
+        [at(t0, "Cel", 11.0, 1), at(t0, "Cel", 12.0, 2)]
+    );
+    // Refused as the general path refuses them.
+    let nan = decode(
+        vec![first(vec![]), plain(2.0, 2), plain(f64::INFINITY, 3)],
+        10,
+    );
+    assert_eq!(nan.unwrap_err(), DecodeError::NotFinite(2));
+    let many = decode(vec![first(vec![]), plain(2.0, 2), plain(3.0, 3)], 2);
+    assert_eq!(many.unwrap_err(), DecodeError::TooMany(2));
+    // Another order, another name, an integer value: read by the general path, alike.
+    let reordered = V::Map(vec![
+        (int(2), V::Float(2.0)),
+        (int(0), V::Text("s/a".into())),
+        rid(2),
+    ]);
+    let other = V::Map(vec![
+        (int(0), V::Text("s/b".into())),
+        (int(2), V::Float(3.0)),
+        rid(3),
+    ]);
+    let whole = V::Map(vec![
+        (int(0), V::Text("s/b".into())),
+        (int(2), int(4)),
+        rid(4),
+    ]);
+    let got = decode(vec![first(vec![]), reordered, other, whole], 10).unwrap();
+    assert_eq!(got[1], at(t0, "Cel", 2.0, 2));
+    assert_eq!(got[2].name.as_str(), "b");
+    assert_eq!(got[3].value, Value::Int(4));
+}
+
 /// A name that repeats the one before only in its first bytes, or in another encoding, is read
 /// as what it is.
 #[test]
