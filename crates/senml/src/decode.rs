@@ -32,9 +32,15 @@ pub struct Labels {
     pack: Vec<Label>,
     /// The empty label (a pack's unit until a record gives one).
     empty: Label,
-    /// A pack's base name and last record name, kept from one pack to the next so that
-    /// decoding one allocates no text for them.
-    texts: (String, String),
+    /// A pack's base name, kept from one pack to the next so that decoding one allocates no
+    /// text for it.
+    bn: String,
+    /// The last record name after its device (`SENSOR/NAME`) and the sensor and name labels
+    /// it gave, and the last base unit and its label, kept from one pack to the next: a
+    /// device's packs, and mostly every device's, name the same ones, which then cost no
+    /// split, unescaping, checks or lookups.
+    names: (String, Option<(Label, Label)>),
+    unit: Option<(String, Label)>,
 }
 
 impl Labels {
@@ -45,7 +51,9 @@ impl Labels {
             capacity,
             pack: Vec::new(),
             empty: Label::from(""),
-            texts: Default::default(),
+            bn: String::new(),
+            names: Default::default(),
+            unit: None,
         }
     }
 
@@ -778,20 +786,18 @@ struct Resolver<'a> {
 
 impl Drop for Resolver<'_> {
     fn drop(&mut self) {
-        // The buffers go back for the next pack.
-        self.labels.texts = (
-            std::mem::take(&mut self.bn),
-            std::mem::take(&mut self.last_rest),
-        );
+        // The buffers, and the names last resolved, go back for the next pack.
+        self.labels.bn = std::mem::take(&mut self.bn);
+        self.labels.names = (std::mem::take(&mut self.last_rest), self.last.take());
     }
 }
 
 impl<'a> Resolver<'a> {
     fn new(now: Timestamp, default_device: &'a str, labels: &'a mut Labels) -> Self {
         labels.pack.clear();
-        let (mut bn, mut last_rest) = std::mem::take(&mut labels.texts);
+        let mut bn = std::mem::take(&mut labels.bn);
         bn.clear();
-        last_rest.clear();
+        let (last_rest, last) = std::mem::take(&mut labels.names);
         Resolver {
             now,
             default_device,
@@ -804,7 +810,7 @@ impl<'a> Resolver<'a> {
             labels,
             derived: 0,
             last_rest,
-            last: None,
+            last,
         }
     }
 
@@ -838,7 +844,14 @@ impl<'a> Resolver<'a> {
             self.bt_micros = (b * 1e6).round() as i64;
         }
         if let Some(b) = r.bu {
-            self.bu = self.labels.get(&b);
+            self.bu = match &self.labels.unit {
+                Some((text, label)) if *text == b => label.clone(),
+                _ => {
+                    let label = self.labels.get(&b);
+                    self.labels.unit = Some((b.into_owned(), label.clone()));
+                    label
+                }
+            };
         }
         if let Some(b) = r.bv {
             self.bv = b;

@@ -159,10 +159,55 @@ fn labels_kept_between_packs_are_shared_and_bounded() {
     let first = decode_cbor_with(&encode_cbor(&pack(1.0)), 10, NOW, "x", &mut small).unwrap();
     let second = decode_cbor_with(&encode_cbor(&pack(1.0)), 10, NOW, "x", &mut small).unwrap();
     assert_ne!(
-        first.readings[0].sensor.as_ptr(),
-        second.readings[0].sensor.as_ptr(),
+        first.readings[0].device.as_ptr(),
+        second.readings[0].device.as_ptr(),
         "four labels do not fit in three: the set started over"
     );
+    // Besides the set, only the last sensor and name, and the last base unit, stay from one
+    // pack to the next: another pack's names replace them.
+    let other = vec![reading(
+        "pi-01",
+        "gps",
+        "lat",
+        "lat",
+        NOW.0,
+        Value::Float(1.0),
+        8,
+    )];
+    let third = decode_cbor_with(&encode_cbor(&other), 10, NOW, "x", &mut small).unwrap();
+    let fourth = decode_cbor_with(&encode_cbor(&pack(1.0)), 10, NOW, "x", &mut small).unwrap();
+    assert_eq!(
+        (
+            third.readings[0].sensor.as_str(),
+            third.readings[0].unit.as_str()
+        ),
+        ("gps", "lat")
+    );
+    assert_eq!(fourth.readings, second.readings);
+    assert_ne!(
+        fourth.readings[0].sensor.as_ptr(),
+        second.readings[0].sensor.as_ptr(),
+        "the gps pack's names took their place"
+    );
+}
+
+proptest! {
+    /// Packs decoded one after another with the labels kept between them (the names, units
+    /// and devices of one pack reused by the next) give what each gives decoded alone.
+    #[test]
+    fn packs_decode_alike_with_labels_kept_or_not(
+        packs in proptest::collection::vec(arb_repetitive_batch(), 1..8),
+        capacity in 0..6usize,
+    ) {
+        let mut labels = Labels::new(capacity);
+        for batch in &packs {
+            let bytes = encode_cbor(batch);
+            let kept = decode_cbor_with(&bytes, 1000, NOW, "peer", &mut labels).unwrap();
+            prop_assert_eq!(&kept.readings, batch);
+            let json = decode_json_with(&encode_json(batch), 1000, NOW, "peer", &mut labels).unwrap();
+            prop_assert_eq!(&json.readings, batch);
+        }
+    }
 }
 
 #[test]
