@@ -295,9 +295,46 @@ fn meet(a: &[u128], b: &[u128]) -> bool {
 }
 
 /// The packs of an admitted request that are being stored, to settle with [`Seen::stored`] or
-/// [`Seen::failed`]: per device, its tag and the number of its flight.
+/// [`Seen::failed`]: per device, its tag and the number of its flight. A request's readings are
+/// mostly one device's: its key is held inline, so that making and copying the keys of such a
+/// request (it is copied once, for the acknowledgement) allocates nothing.
 #[derive(Debug, Clone, Default)]
-pub struct Keys(Vec<(Tag, u64)>);
+pub enum Keys {
+    /// Nothing in flight (every reading was a repeat).
+    #[default]
+    None,
+    /// One device's pack.
+    One((Tag, u64)),
+    /// Several devices' packs.
+    Many(Vec<(Tag, u64)>),
+}
+
+impl Keys {
+    fn push(&mut self, key: (Tag, u64)) {
+        *self = match std::mem::take(self) {
+            Keys::None => Keys::One(key),
+            Keys::One(first) => Keys::Many(vec![first, key]),
+            Keys::Many(mut all) => {
+                all.push(key);
+                Keys::Many(all)
+            }
+        };
+    }
+
+    fn extend(&mut self, other: Keys) {
+        for &key in other.all() {
+            self.push(key);
+        }
+    }
+
+    fn all(&self) -> &[(Tag, u64)] {
+        match self {
+            Keys::None => &[],
+            Keys::One(key) => std::slice::from_ref(key),
+            Keys::Many(all) => all,
+        }
+    }
+}
 
 /// Reading ids stored recently, and those in flight.
 #[derive(Default)]
@@ -369,7 +406,7 @@ impl Seen {
         let mut all = admitted.next().unwrap_or_default();
         for a in admitted {
             all.fresh.extend(a.fresh);
-            all.keys.0.extend(a.keys.0);
+            all.keys.extend(a.keys);
             all.duplicates += a.duplicates;
         }
         Ok(all)
@@ -410,7 +447,7 @@ impl Seen {
                 .entry(tag)
                 .or_default()
                 .push(Flight { no, ids: flight });
-            keys.0.push((tag, no));
+            keys.push((tag, no));
         }
         Admitted {
             duplicates: before - fresh.len(),
@@ -463,7 +500,7 @@ impl Seen {
 
     /// The readings of `keys` are stored: a repeat of them is dropped from now on.
     pub fn stored(&mut self, keys: &Keys) {
-        for &(tag, no) in &keys.0 {
+        for &(tag, no) in keys.all() {
             let Some(ids) = self.land(tag, no) else {
                 continue;
             };
@@ -499,7 +536,7 @@ impl Seen {
 
     /// The readings of `keys` were not stored: a repeat of them is taken again.
     pub fn failed(&mut self, keys: &Keys) {
-        for &(tag, no) in &keys.0 {
+        for &(tag, no) in keys.all() {
             self.land(tag, no);
         }
     }
@@ -740,6 +777,37 @@ mod tests {
         seen.failed(&next.keys);
         assert!(!seen.busy());
         assert_eq!(seen.admit(vec![rs[2].clone()]).unwrap().fresh.len(), 1);
+    }
+
+    /// A request with readings of several devices is settled for each of them: stored, each
+    /// device's repeats are dropped; failed, each is taken again.
+    #[test]
+    fn a_request_of_several_devices_is_settled_for_each() {
+        let mut seen = Seen::new(100);
+        let of = |device: &str, ids: &[u128]| -> Vec<Reading> {
+            ids.iter().map(|&id| with_id(device, id)).collect()
+        };
+        let mut request = of("pi-01", &[1, 2]);
+        request.extend(of("pi-02", &[1]));
+        request.extend(of("pi-03", &[5, 6]));
+        let first = seen.admit(request.clone()).unwrap();
+        assert_eq!(first.keys.all().len(), 3);
+        seen.failed(&first.keys);
+        assert!(!seen.busy());
+        let second = seen.admit(request.clone()).unwrap();
+        assert_eq!((second.fresh.len(), second.duplicates), (5, 0));
+        seen.stored(&second.keys);
+        assert!(!seen.busy());
+        for device in ["pi-01", "pi-02", "pi-03"] {
+            let again: Vec<Reading> = request
+                .iter()
+                .filter(|r| r.device.as_str() == device)
+                .cloned()
+                .collect();
+            let a = seen.admit(again).unwrap();
+            assert!(a.fresh.is_empty(), "{device}'s readings were stored");
+            assert!(a.keys.all().is_empty());
+        }
     }
 
     #[test]
