@@ -11,7 +11,7 @@ use gateway_sdk::Value;
 use gateway_sdk::{Label, Reading};
 use gateway_senml as senml;
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{HashMap, VecDeque},
     sync::Arc,
 };
 
@@ -22,8 +22,12 @@ pub const MAX_VALUE: usize = 1024;
 /// The table, shared by the ingress's workers.
 pub struct Latest {
     devices: HashMap<Label, Device>,
-    /// Devices by their last update, oldest first: the next to go.
-    lru: BTreeMap<u64, Label>,
+    /// Devices by their updates, oldest first: an entry per update, `(clock, device)`, of
+    /// which only a device's last (its [`Device::touched`]) counts; the first that counts is
+    /// the next to go. Appending an entry per update, and skipping the outdated ones when
+    /// they come to the front, costs less than moving the device in a sorted map each time;
+    /// the queue is compacted when it holds twice as many entries as there are devices.
+    lru: VecDeque<(u64, Label)>,
     max_devices: usize,
     max_per_device: usize,
     max_bytes: usize,
@@ -45,7 +49,8 @@ struct Device {
     /// `max_per_device`) side by side, found by comparing tags before labels. Nested maps
     /// took three hash lookups, and as many pointer chases, per reading.
     readings: Vec<(u64, Reading)>,
-    /// [`Latest::clock`] at the device's last update (its key in [`Latest::lru`]).
+    /// [`Latest::clock`] at the device's last update: which of its entries in [`Latest::lru`]
+    /// counts.
     touched: u64,
     bytes: usize,
 }
@@ -114,7 +119,7 @@ impl Latest {
     pub fn new(max_devices: usize, max_per_device: usize, max_bytes: usize) -> Latest {
         Latest {
             devices: HashMap::new(),
-            lru: BTreeMap::new(),
+            lru: VecDeque::new(),
             max_devices,
             max_per_device,
             max_bytes,
@@ -150,17 +155,19 @@ impl Latest {
             if touched != Some(&r.device) {
                 self.clock += 1;
                 let d = match self.devices.get_mut(&r.device) {
-                    Some(d) => {
-                        self.lru.remove(&d.touched);
-                        d
-                    }
+                    Some(d) => d,
                     None => {
                         self.sorted = None;
                         self.devices.entry(r.device.clone()).or_default()
                     }
                 };
                 d.touched = self.clock;
-                self.lru.insert(self.clock, r.device.clone());
+                self.lru.push_back((self.clock, r.device.clone()));
+                if self.lru.len() > 2 * self.devices.len() + 64 {
+                    let devices = &self.devices;
+                    self.lru
+                        .retain(|(t, device)| devices.get(device).is_some_and(|d| d.touched == *t));
+                }
                 touched = Some(&r.device);
             }
             let d = self.devices.get_mut(&r.device).expect("touched above");
@@ -201,10 +208,11 @@ impl Latest {
         while self.devices.len() > self.max_devices
             || (self.bytes > self.max_bytes && self.devices.len() > 1)
         {
-            let Some((_, oldest)) = self.lru.pop_first() else {
+            let Some((t, oldest)) = self.lru.pop_front() else {
                 return;
             };
-            if let Some(d) = self.devices.remove(&oldest) {
+            if self.devices.get(&oldest).is_some_and(|d| d.touched == t) {
+                let d = self.devices.remove(&oldest).expect("just found");
                 self.sorted = None;
                 self.bytes -= d.bytes;
             }
@@ -240,8 +248,8 @@ impl Latest {
     pub fn forget(&mut self, device: &str) -> bool {
         match self.devices.remove(&Label::from(device)) {
             Some(d) => {
+                // Its entries in `lru` are outdated now: skipped when they come to the front.
                 self.sorted = None;
-                self.lru.remove(&d.touched);
                 self.bytes -= d.bytes;
                 true
             }
@@ -534,6 +542,36 @@ mod tests {
         let mut off = Latest::new(0, 10, 1 << 20);
         off.record(&[reading("a", "s1", "n", 1, 1.0)]);
         assert!(off.devices().is_empty());
+    }
+
+    /// The device updated longest ago goes first, however often the others were updated in
+    /// between and whichever were forgotten, and the order's memory stays within twice the
+    /// devices held (plus a little).
+    #[test]
+    fn the_device_updated_longest_ago_goes_first() {
+        let mut l = Latest::new(3, 4, 1 << 20);
+        for d in ["a", "b", "c"] {
+            l.record(&[reading(d, "s", "n", 1, 1.0)]);
+        }
+        for t in 2..500 {
+            l.record(&[reading("a", "s", "n", t, 1.0)]);
+            l.record(&[reading("c", "s", "n", t, 1.0)]);
+            assert!(l.lru.len() <= 2 * 3 + 64 + 1, "{}", l.lru.len());
+        }
+        l.record(&[reading("d", "s", "n", 1, 1.0)]);
+        assert_eq!(*l.devices(), ["a", "c", "d"], "b was updated longest ago");
+        // Forgotten, a device's place in the order is skipped.
+        assert!(l.forget("a"));
+        l.record(&[reading("e", "s", "n", 1, 1.0)]);
+        assert_eq!(*l.devices(), ["c", "d", "e"]);
+        l.record(&[reading("c", "s", "n", 600, 1.0)]);
+        l.record(&[reading("f", "s", "n", 1, 1.0)]);
+        assert_eq!(*l.devices(), ["c", "e", "f"], "d was updated longest ago");
+        // A device forgotten and back is as new.
+        assert!(l.forget("e"));
+        l.record(&[reading("e", "s", "n", 2, 1.0)]);
+        l.record(&[reading("g", "s", "n", 1, 1.0)]);
+        assert_eq!(*l.devices(), ["e", "f", "g"]);
     }
 
     fn get(accept: Option<u16>, block2: Option<Block>) -> Packet {
