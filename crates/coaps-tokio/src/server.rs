@@ -385,18 +385,17 @@ async fn serve(
             running = handler.tick();
             gauges.update(&machine, running);
         }
-        let mut handled = false;
         while let Some(inc) = machine.poll_event() {
             handler.request(inc);
-            handled = true;
         }
         handler.flush();
         // Answers and notifications given meanwhile (by the handler at once, or by other
-        // threads), all at one time: reading the clock for each answer was one of the 7.5
-        // clock reads per request. Read again after the handler's work, which an inline sink
-        // can make long.
-        let now = if handled { Instant::now() } else { now };
+        // threads), all at one time, read when the first is taken (after the handler's work,
+        // which an inline sink can make long): reading the clock for each answer was one of
+        // the 7.5 clock reads per request.
+        let mut at = None;
         while let Ok(out) = answers.try_recv() {
+            let now = *at.get_or_insert_with(Instant::now);
             give(&mut machine, &mut handler, out, now);
         }
         while let Some((peer, token)) = machine.poll_deregistered() {

@@ -22,8 +22,9 @@ use std::{borrow::Cow, cell::RefCell, collections::HashSet};
 /// Labels kept from one pack to the next, so that a device's names, sent again in every pack,
 /// cost a reference count rather than an allocation each time: a decoder that takes many packs
 /// (a server's worker) keeps one and passes it to [`decode_cbor_with`] / [`decode_json_with`].
-/// It holds at most `capacity` labels, and starts over when full, so a peer that sends ever new
-/// names costs a bounded amount of memory.
+/// Its set holds at most `capacity` labels, and starts over when full, so a peer that sends ever
+/// new names costs a bounded amount of memory; beside the set it keeps only the last record name
+/// and base unit it resolved (whatever the capacity).
 pub struct Labels {
     kept: HashSet<Label>,
     capacity: usize,

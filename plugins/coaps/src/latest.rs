@@ -26,7 +26,8 @@ pub struct Latest {
     /// which only a device's last (its [`Device::touched`]) counts; the first that counts is
     /// the next to go. Appending an entry per update, and skipping the outdated ones when
     /// they come to the front, costs less than moving the device in a sorted map each time;
-    /// the queue is compacted when it holds twice as many entries as there are devices.
+    /// the queue is compacted when it holds more than twice as many entries as there are
+    /// devices, plus 64 (one update in about that many pays for walking it).
     lru: VecDeque<(u64, Label)>,
     max_devices: usize,
     max_per_device: usize,

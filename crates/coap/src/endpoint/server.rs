@@ -110,7 +110,9 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             }
             return;
         }
-        // Counted now, so that the peer stays while older entries leave below.
+        // Counted now, so that the peer stays while older entries leave below, and among its
+        // last requests: those the loop below keeps are its last DEDUP_KEPT_PER_PEER, this one
+        // included (the one before them is no longer kept, and may make room).
         r.count += 1;
         if r.last.len() == DEDUP_KEPT_PER_PEER {
             r.last.pop_front();
