@@ -241,8 +241,9 @@ pub struct Server {
     lobby_weighed: Option<Instant>,
     /// No established session can be idle before this (the idle scan is skipped until then).
     idle_check: Option<Instant>,
-    /// Established sessions per identity.
-    per_identity: HashMap<Arc<str>, usize>,
+    /// Established sessions per identity, by address: a device at its own cap makes room
+    /// among these few, without a look at the others.
+    per_identity: HashMap<Arc<str>, Vec<SocketAddr>>,
     /// Observers no longer registered, for [`Server::poll_deregistered`].
     gone: VecDeque<(SocketAddr, Token)>,
     /// Requests with the identity of the session they came in on, for [`Server::poll_event`].
@@ -601,9 +602,9 @@ impl Server {
         self.touched.remove(&peer);
         if let Some(mut p) = self.peers.remove(&peer) {
             if let Some(id) = &p.identity {
-                if let Some(n) = self.per_identity.get_mut(id) {
-                    *n -= 1;
-                    if *n == 0 {
+                if let Some(mine) = self.per_identity.get_mut(id) {
+                    mine.retain(|a| *a != peer);
+                    if mine.is_empty() {
                         self.per_identity.remove(id);
                     }
                 }
@@ -910,7 +911,7 @@ impl Server {
         if let Some(p) = self.peers.get_mut(&peer) {
             let identity: Option<Arc<str>> = identity.map(Arc::from);
             if let Some(id) = &identity {
-                *self.per_identity.entry(id.clone()).or_default() += 1;
+                self.per_identity.entry(id.clone()).or_default().push(peer);
             }
             p.identity = identity;
             p.expires = expires;
@@ -941,30 +942,39 @@ impl Server {
     fn make_room(&mut self, peer: SocketAddr, identity: Option<&str>) -> Option<String> {
         // Room for it without looking at every session: under both caps.
         let sessions = self.peers.len() - self.handshakes.len() - 1;
-        let mine = identity.map_or(0, |id| self.per_identity.get(id).copied().unwrap_or(0));
+        let own: &[SocketAddr] = identity
+            .and_then(|id| self.per_identity.get(id))
+            .map_or(&[], Vec::as_slice);
+        let mine = own.len();
         if sessions < self.cfg.max_sessions.max(1)
             && mine < self.cfg.max_sessions_per_identity.max(1)
         {
             return None;
         }
         // Under the session cap, only the identity's own cap was reached: only its own
-        // sessions can go, and the others are not looked at (a device at its cap that keeps
-        // opening sessions made every handshake gather all 20,000).
-        let own_only = sessions < self.cfg.max_sessions.max(1);
-        let established: Vec<Established<'_>> = self
-            .peers
-            .iter()
-            .filter(|(a, p)| {
-                (!own_only || p.identity.as_deref() == identity)
-                    && **a != peer
-                    && !self.handshakes.contains(a)
-            })
-            .map(|(a, p)| Established {
-                peer: *a,
-                last: p.session.last_activity(),
-                identity: p.identity.as_deref(),
-            })
-            .collect();
+        // sessions can go, found in its own list; the others are not looked at (a device at
+        // its cap that keeps opening sessions made every handshake visit all 20,000).
+        let established: Vec<Established<'_>> = if sessions < self.cfg.max_sessions.max(1) {
+            own.iter()
+                .filter(|a| **a != peer && !self.handshakes.contains(*a))
+                .filter_map(|a| self.peers.get_key_value(a))
+                .map(|(a, p)| Established {
+                    peer: *a,
+                    last: p.session.last_activity(),
+                    identity: p.identity.as_deref(),
+                })
+                .collect()
+        } else {
+            self.peers
+                .iter()
+                .filter(|(a, _)| **a != peer && !self.handshakes.contains(a))
+                .map(|(a, p)| Established {
+                    peer: *a,
+                    last: p.session.last_activity(),
+                    identity: p.identity.as_deref(),
+                })
+                .collect()
+        };
         let Some(evict) = admission::sessions_to_evict(
             &established,
             peer,

@@ -664,19 +664,38 @@ fn a_peer_without_an_identity_at_the_session_cap_is_refused_and_counted() {
     assert!(net.stored(a, b"3"));
 }
 
+/// One identity's sessions beyond its share replace its own least recently active ones,
+/// never another identity's.
 #[test]
 fn one_identity_holds_at_most_its_share_of_sessions() {
-    let pki = Pki::devices(&["leaked"]);
+    let pki = Pki::devices(&["leaked", "pi-01"]);
     let mut cfg = pki.server_config();
     cfg.max_sessions_per_identity = 2;
     let mut net = Net::new(cfg);
+    let other = net.add(pki.device("pi-01"));
+    assert!(net.stored(other, b"x"));
+    let mut leaked = Vec::new();
     for _ in 0..5 {
         let i = net.add(pki.device("leaked"));
         assert!(net.stored(i, b"x"));
+        leaked.push(i);
         net.advance(Duration::from_millis(100));
     }
-    assert_eq!(net.server.sessions(), (2, 0));
+    assert_eq!(net.server.sessions(), (3, 0));
     assert_eq!(net.stat(|s| &s.evicted_sessions), 3);
+    let connected: Vec<bool> = leaked
+        .iter()
+        .map(|&i| net.devices[i].client.is_connected())
+        .collect();
+    assert_eq!(
+        connected,
+        [false, false, false, true, true],
+        "the newest two stay"
+    );
+    assert!(
+        net.devices[other].client.is_connected(),
+        "another identity's stays"
+    );
 }
 
 #[test]
