@@ -681,18 +681,13 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             self.complete(now, peer, token, Err(ClientError::Timeout));
         }
         // Expiry.
-        let lifetime = self.config.exchange_lifetime();
         while let Some(&(t, key)) = self.dedup_order.front() {
             if t > now {
                 break;
             }
             self.dedup_order.pop_front();
-            if matches!(self.dedup.get(&key), Some(Cached::Processing)) && self.lives_on(key) {
-                // Still being processed: keep it, and look again a lifetime later.
-                self.dedup_order.push_back((now + lifetime, key));
-            } else if self.dedup.remove(&key).is_some() {
-                self.dedup_leaves(key, false);
-            }
+            // One still being processed stays, looked at again a lifetime later.
+            self.dedup_turn(now, key, false);
         }
         self.reassembly.retain(|_, r| r.expires > now);
         self.seen_responses.retain(|_, t| *t > now);

@@ -555,6 +555,33 @@ fn dedup_memory_is_bounded() {
     assert_eq!(server.stats().duplicates, 1);
 }
 
+/// `server` takes a POST from `peer` with message id `mid`, of `kind`, and answers it (2.04)
+/// if `answer`: whether it reached the application as a new request, and how many datagrams
+/// the server sent.
+fn post_to(
+    server: &mut Endpoint<u8>,
+    now: Instant,
+    peer: u8,
+    mid: u16,
+    kind: MessageType,
+    answer: bool,
+) -> (bool, usize) {
+    let mut p = request(RequestType::Post, "x", None, vec![]);
+    p.header.set_type(kind);
+    p.header.message_id = mid;
+    server.handle_datagram(now, peer, &p.to_bytes().unwrap());
+    let mut fresh = false;
+    while let Some(e) = server.poll_event() {
+        if let Event::Request { id, .. } = e {
+            fresh = true;
+            if answer {
+                server.respond(now, id, response(ResponseType::Changed, ""));
+            }
+        }
+    }
+    (fresh, std::iter::from_fn(|| server.poll_transmit()).count())
+}
+
 /// A full de-duplication memory forgets the oldest requests of the peers that send the most,
 /// never a peer's last few: a flood from one peer (or a busy fleet) cannot make a device's
 /// retransmission pass for a new request, which would store its readings twice.
@@ -568,17 +595,7 @@ fn a_peers_last_requests_stay_remembered_whatever_others_send() {
     let now = Instant::now();
     // Sends a CON request; whether it was taken as new (and answered).
     let send = |server: &mut Endpoint<u8>, peer: u8, mid: u16| {
-        let mut p = request(RequestType::Post, "x", None, vec![]);
-        p.header.message_id = mid;
-        server.handle_datagram(now, peer, &p.to_bytes().unwrap());
-        let mut fresh = false;
-        while let Some(e) = server.poll_event() {
-            if let Event::Request { id, .. } = e {
-                fresh = true;
-                server.respond(now, id, response(ResponseType::Changed, ""));
-            }
-        }
-        let answered = std::iter::from_fn(|| server.poll_transmit()).count();
+        let (fresh, answered) = post_to(server, now, peer, mid, MessageType::Confirmable, true);
         assert_eq!(answered, 1, "one answer, new or cached");
         fresh
     };
@@ -621,20 +638,8 @@ fn a_forgotten_peers_message_ids_do_not_expire_a_later_sessions() {
     let lifetime = server.config().exchange_lifetime();
     let t0 = Instant::now();
     let send = |server: &mut Endpoint<u8>, now: Instant| {
-        let mut p = request(RequestType::Post, "x", None, vec![]);
-        p.header.set_type(MessageType::NonConfirmable);
-        p.header.message_id = 5;
         server.handle_timeout(now);
-        server.handle_datagram(now, 1, &p.to_bytes().unwrap());
-        let mut fresh = false;
-        while let Some(e) = server.poll_event() {
-            if let Event::Request { id, .. } = e {
-                fresh = true;
-                server.respond(now, id, response(ResponseType::Changed, ""));
-            }
-        }
-        while server.poll_transmit().is_some() {}
-        fresh
+        post_to(server, now, 1, 5, MessageType::NonConfirmable, true).0
     };
     assert!(send(&mut server, t0));
     server.forget_peer(1);
@@ -661,21 +666,8 @@ fn a_forgotten_peers_requests_leave_the_memory_in_time() {
     let t0 = Instant::now();
     // A CON request from `peer`; answered if `answer`. Whether it was new.
     let send = |server: &mut Endpoint<u8>, now: Instant, peer: u8, mid: u16, answer: bool| {
-        let mut p = request(RequestType::Post, "x", None, vec![]);
-        p.header.message_id = mid;
         server.handle_timeout(now);
-        server.handle_datagram(now, peer, &p.to_bytes().unwrap());
-        let mut fresh = false;
-        while let Some(e) = server.poll_event() {
-            if let Event::Request { id, .. } = e {
-                fresh = true;
-                if answer {
-                    server.respond(now, id, response(ResponseType::Changed, ""));
-                }
-            }
-        }
-        while server.poll_transmit().is_some() {}
-        fresh
+        post_to(server, now, peer, mid, MessageType::Confirmable, answer).0
     };
     // Peer 1: 10 answered requests and 5 still in progress, then its session ends.
     for mid in 0..15 {

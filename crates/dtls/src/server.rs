@@ -946,33 +946,32 @@ impl Server {
             .and_then(|id| self.per_identity.get(id))
             .map_or(&[], Vec::as_slice);
         let mine = own.len();
-        if sessions < self.cfg.max_sessions.max(1)
-            && mine < self.cfg.max_sessions_per_identity.max(1)
-        {
+        let under_cap = sessions < self.cfg.max_sessions.max(1);
+        if under_cap && mine < self.cfg.max_sessions_per_identity.max(1) {
             return None;
         }
+        fn established<'a>((a, p): (&SocketAddr, &'a Peer)) -> Established<'a> {
+            Established {
+                peer: *a,
+                last: p.session.last_activity(),
+                identity: p.identity.as_deref(),
+            }
+        }
+        let candidate = |a: &SocketAddr| *a != peer && !self.handshakes.contains(a);
         // Under the session cap, only the identity's own cap was reached: only its own
         // sessions can go, found in its own list; the others are not looked at (a device at
         // its cap that keeps opening sessions made every handshake visit all 20,000).
-        let established: Vec<Established<'_>> = if sessions < self.cfg.max_sessions.max(1) {
+        let established: Vec<Established<'_>> = if under_cap {
             own.iter()
-                .filter(|a| **a != peer && !self.handshakes.contains(*a))
+                .filter(|a| candidate(a))
                 .filter_map(|a| self.peers.get_key_value(a))
-                .map(|(a, p)| Established {
-                    peer: *a,
-                    last: p.session.last_activity(),
-                    identity: p.identity.as_deref(),
-                })
+                .map(established)
                 .collect()
         } else {
             self.peers
                 .iter()
-                .filter(|(a, _)| **a != peer && !self.handshakes.contains(a))
-                .map(|(a, p)| Established {
-                    peer: *a,
-                    last: p.session.last_activity(),
-                    identity: p.identity.as_deref(),
-                })
+                .filter(|(a, _)| candidate(a))
+                .map(established)
                 .collect()
         };
         let Some(evict) = admission::sessions_to_evict(

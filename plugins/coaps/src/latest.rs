@@ -65,6 +65,11 @@ fn value_len(r: &Reading) -> usize {
     }
 }
 
+/// Whether the entry `(touched, device)` of [`Latest::lru`] counts: it is the device's last.
+fn counts(devices: &HashMap<Label, Device>, touched: u64, device: &Label) -> bool {
+    devices.get(device).is_some_and(|d| d.touched == touched)
+}
+
 /// Whether `next`, taken in after `r`, replaces it: the same series, as recent or more, and
 /// kept.
 fn replaces(next: &Reading, r: &Reading) -> bool {
@@ -166,8 +171,7 @@ impl Latest {
                 self.lru.push_back((self.clock, r.device.clone()));
                 if self.lru.len() > 2 * self.devices.len() + 64 {
                     let devices = &self.devices;
-                    self.lru
-                        .retain(|(t, device)| devices.get(device).is_some_and(|d| d.touched == *t));
+                    self.lru.retain(|(t, device)| counts(devices, *t, device));
                 }
                 touched = Some(&r.device);
             }
@@ -212,7 +216,7 @@ impl Latest {
             let Some((t, oldest)) = self.lru.pop_front() else {
                 return;
             };
-            if self.devices.get(&oldest).is_some_and(|d| d.touched == t) {
+            if counts(&self.devices, t, &oldest) {
                 let d = self.devices.remove(&oldest).expect("just found");
                 self.sorted = None;
                 self.bytes -= d.bytes;

@@ -66,7 +66,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// it is one of its peer's last [`DEDUP_KEPT_PER_PEER`] and `keep_last` says those stay
     /// (the caller puts it back), else `true`, and the peer's count goes down (unless the key
     /// is of a life since ended, which nobody counts).
-    pub(super) fn dedup_leaves(&mut self, (peer, mid, life): DedupKey<P>, keep_last: bool) -> bool {
+    fn dedup_leaves(&mut self, (peer, mid, life): DedupKey<P>, keep_last: bool) -> bool {
         match self.dedup_peers.get_mut(&peer) {
             Some(r) if r.life != life => {}
             Some(r) if keep_last && r.last.contains(&mid) => return false,
@@ -79,8 +79,32 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         true
     }
 
+    /// The turn of `key`, just taken off the front of the expiry order, has come (it expired,
+    /// or a full memory needs room): it stays, looked at again a lifetime from `now`, if it
+    /// is still being processed for its peer's present life, or if it is one of its peer's
+    /// last requests, `keep_last` says those stay and the memory holds fewer than four times
+    /// its capacity; otherwise it leaves. A forgotten session's request leaves, even one in
+    /// progress: nobody answers it.
+    pub(super) fn dedup_turn(&mut self, now: Instant, key: DedupKey<P>, keep_last: bool) {
+        let Some(cached) = self.dedup.remove(&key) else {
+            return;
+        };
+        let stays = if matches!(cached, Cached::Processing) {
+            self.lives_on(key)
+        } else {
+            let room = self.dedup.len() < 4 * self.config.dedup_capacity;
+            !self.dedup_leaves(key, keep_last && room)
+        };
+        if stays {
+            // The expiry order stays sorted: everything in it expires before this.
+            self.dedup.insert(key, cached);
+            self.dedup_order
+                .push_back((now + self.config.exchange_lifetime(), key));
+        }
+    }
+
     /// Whether `key` is of its peer's present life (not of a session since forgotten).
-    pub(super) fn lives_on(&self, (peer, _, life): DedupKey<P>) -> bool {
+    fn lives_on(&self, (peer, _, life): DedupKey<P>) -> bool {
         self.dedup_peers.get(&peer).is_some_and(|r| r.life == life)
     }
 
@@ -129,22 +153,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             let Some((_, old)) = self.dedup_order.pop_front() else {
                 break;
             };
-            let Some(cached) = self.dedup.remove(&old) else {
-                continue;
-            };
-            let room = self.dedup.len() < 4 * self.config.dedup_capacity;
-            // A forgotten session's request leaves, even one in progress: nobody answers it.
-            let stays = if matches!(cached, Cached::Processing) {
-                self.lives_on(old)
-            } else {
-                !self.dedup_leaves(old, room)
-            };
-            if stays {
-                // Looked at again a lifetime from now (the expiry order stays sorted).
-                self.dedup.insert(old, cached);
-                self.dedup_order
-                    .push_back((now + self.config.exchange_lifetime(), old));
-            }
+            self.dedup_turn(now, old, true);
         }
         self.dedup.insert(key, Cached::Processing);
         self.dedup_order
