@@ -22,6 +22,7 @@ pub mod context;
 pub mod hello;
 pub mod lobby;
 mod quiet;
+mod recency;
 mod record;
 pub mod server;
 pub mod session;

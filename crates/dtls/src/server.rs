@@ -27,6 +27,7 @@ use crate::{
     context::{server_context, ServerSettings},
     hello::{hello_verify_request, parse_client_hello, ClientHello, CookieJar},
     lobby::Lobby,
+    recency::Recency,
     session::{Session, State},
     DtlsError,
 };
@@ -204,6 +205,8 @@ struct Peer {
     /// An observing session pinged ([`OBSERVE_PROBE_AFTER`]): its last activity then, and
     /// when the ping went.
     probed: Option<(Instant, Instant)>,
+    /// Set when the session is admitted: its serial in [`Server::recency`] (0 before).
+    serial: u64,
 }
 
 /// How long an observing session may go without a datagram from its client before it is
@@ -244,6 +247,9 @@ pub struct Server {
     /// Established sessions per identity, by address: a device at its own cap makes room
     /// among these few, without a look at the others.
     per_identity: HashMap<Arc<str>, Vec<SocketAddr>>,
+    /// Established sessions by last activity: at the session cap, the least recently active
+    /// is found without a look at the others.
+    recency: Recency,
     /// Observers no longer registered, for [`Server::poll_deregistered`].
     gone: VecDeque<(SocketAddr, Token)>,
     /// Requests with the identity of the session they came in on, for [`Server::poll_event`].
@@ -342,6 +348,7 @@ impl Server {
             lobby_weighed: None,
             idle_check: None,
             per_identity: HashMap::new(),
+            recency: Recency::default(),
             gone: VecDeque::new(),
             early: VecDeque::new(),
             quiet: Default::default(),
@@ -810,6 +817,7 @@ impl Server {
                         identity: None,
                         expires: None,
                         probed: None,
+                        serial: 0,
                     },
                 );
             }
@@ -913,11 +921,28 @@ impl Server {
             if let Some(id) = &identity {
                 self.per_identity.entry(id.clone()).or_default().push(peer);
             }
+            p.serial = self
+                .recency
+                .admitted(peer, identity.is_none(), p.session.last_activity());
             p.identity = identity;
             p.expires = expires;
             let idle_at = p.session.last_activity() + self.recheck();
             let check = expires.map_or(idle_at, |e| e.min(idle_at));
             self.idle_check = Some(self.idle_check.map_or(check, |t| t.min(check)));
+        }
+        if self
+            .recency
+            .needs_compacting(self.peers.len() - self.handshakes.len())
+        {
+            self.recency.compact(
+                self.peers
+                    .iter()
+                    .filter(|(_, p)| p.serial != 0)
+                    .map(|(a, p)| {
+                        let last = p.session.last_activity();
+                        (*a, p.serial, p.identity.is_none(), last)
+                    }),
+            );
         }
         true
     }
@@ -940,54 +965,52 @@ impl Server {
     /// Drops the sessions that must make room for `peer`'s (see
     /// [`admission::sessions_to_evict`]); why it may not stay, if there is no room.
     fn make_room(&mut self, peer: SocketAddr, identity: Option<&str>) -> Option<String> {
-        // Room for it without looking at every session: under both caps.
+        // Room for it without looking at any session: under both caps.
         let sessions = self.peers.len() - self.handshakes.len() - 1;
         let own: &[SocketAddr] = identity
             .and_then(|id| self.per_identity.get(id))
             .map_or(&[], Vec::as_slice);
-        let mine = own.len();
-        let under_cap = sessions < self.cfg.max_sessions.max(1);
-        if under_cap && mine < self.cfg.max_sessions_per_identity.max(1) {
+        let max_sessions = self.cfg.max_sessions.max(1);
+        let per_identity = self.cfg.max_sessions_per_identity.max(1);
+        if sessions < max_sessions && own.len() < per_identity {
             return None;
         }
-        fn established<'a>((a, p): (&SocketAddr, &'a Peer)) -> Established<'a> {
-            Established {
-                peer: *a,
-                last: p.session.last_activity(),
-                identity: p.identity.as_deref(),
-            }
-        }
-        let candidate = |a: &SocketAddr| *a != peer && !self.handshakes.contains(a);
-        // Under the session cap, only the identity's own cap was reached: only its own
-        // sessions can go, found in its own list; the others are not looked at (a device at
-        // its cap that keeps opening sessions made every handshake visit all 20,000).
-        let established: Vec<Established<'_>> = if under_cap {
-            own.iter()
-                .filter(|a| candidate(a))
-                .filter_map(|a| self.peers.get_key_value(a))
-                .map(established)
-                .collect()
-        } else {
-            self.peers
+        // The identity's own least recently active sessions beyond its share, found in its
+        // own list, which is then at most that long (a device at its cap that keeps opening
+        // sessions made every handshake visit all 20,000)...
+        let mut evict = Vec::new();
+        if own.len() >= per_identity {
+            let own: Vec<Established<'_>> = own
                 .iter()
-                .filter(|(a, _)| candidate(a))
-                .map(established)
-                .collect()
-        };
-        let Some(evict) = admission::sessions_to_evict(
-            &established,
-            peer,
-            identity,
-            self.cfg.max_sessions_per_identity,
-            self.cfg.max_sessions,
-        ) else {
-            count(&self.stats.over_capacity);
-            count(&self.stats.refused_at_capacity);
-            return Some(format!(
-                "at the session cap ({}), and a peer without an identity makes room only among those without one",
-                self.cfg.max_sessions
-            ));
-        };
+                .filter(|a| **a != peer && !self.handshakes.contains(a))
+                .filter_map(|a| self.peers.get_key_value(a))
+                .map(|(a, p)| Established {
+                    peer: *a,
+                    last: p.session.last_activity(),
+                    identity: p.identity.as_deref(),
+                })
+                .collect();
+            evict = admission::sessions_to_evict(&own, peer, identity, per_identity, usize::MAX)
+                .unwrap_or_default();
+        }
+        // ...then, at the session cap, the least recently active of all (one without an
+        // identity first), found in `recency` without a look at the others.
+        while sessions - evict.len() >= max_sessions {
+            // A serial is given at admission: the newcomer, and handshakes, have none yet.
+            let peers = &self.peers;
+            let Some(old) = self.recency.least_recent(identity.is_none(), |a, serial| {
+                let p = peers.get(&a).filter(|p| p.serial == serial)?;
+                (!evict.contains(&a)).then(|| p.session.last_activity())
+            }) else {
+                count(&self.stats.over_capacity);
+                count(&self.stats.refused_at_capacity);
+                return Some(format!(
+                    "at the session cap ({}), and a peer without an identity makes room only among those without one",
+                    self.cfg.max_sessions
+                ));
+            };
+            evict.push(old);
+        }
         for old in evict {
             count(&self.stats.evicted_sessions);
             tracing::info!(peer = %old, newcomer = %peer, "least recently active session dropped to make room");

@@ -628,6 +628,18 @@ fn the_session_cap_drops_the_least_recently_active() {
         .map(|&i| net.server.identity(net.devices[i].addr.unwrap()))
         .collect();
     assert_eq!(live, vec![None, Some("b"), Some("c")]);
+    // `b` came before `c`, but was active since: `c` is the least recently active when `a`
+    // comes back.
+    net.advance(Duration::from_secs(1));
+    assert!(net.stored(ids[1], b"y"));
+    net.advance(Duration::from_secs(1));
+    assert!(net.stored(ids[0], b"z"));
+    assert_eq!(net.stat(|s| &s.evicted_sessions), 2);
+    let live: Vec<Option<&str>> = ids
+        .iter()
+        .map(|&i| net.server.identity(net.devices[i].addr.unwrap()))
+        .collect();
+    assert_eq!(live, vec![Some("a"), Some("b"), None]);
 }
 
 /// A peer without an identity that finds the session cap reached, held by peers with one,
