@@ -260,6 +260,10 @@ struct Remembering {
     /// The message ids of its last [`DEDUP_KEPT_PER_PEER`] requests, which a full memory
     /// keeps.
     last: VecDeque<u16>,
+    /// Its requests waiting for the application (each has an entry of this life, which stays
+    /// while it is processed: so does this record). Forgetting the peer takes these out of
+    /// [`Endpoint::pending`] without a walk over everyone's.
+    waiting: Vec<RequestId>,
 }
 
 enum Cached {
@@ -274,7 +278,6 @@ struct Pending<P> {
     mid: u16,
     token: Token,
     con: bool,
-    received: Instant,
     empty_acked: bool,
     /// The Block1 option of the last block, echoed in the response.
     block1: Option<Block>,
@@ -323,7 +326,12 @@ pub struct Endpoint<P: Copy + Eq + Hash> {
     lives: u64,
     /// Separate responses already received (peer, mid), so a retransmission is only re-ACKed.
     seen_responses: HashMap<(P, u16), Instant>,
-    pending: HashMap<RequestId, Pending<P>>,
+    pending: std::collections::HashMap<RequestId, Pending<P>, crate::keyed::Counted>,
+    /// CON requests waiting for the application, in the order they came, with when they get
+    /// an empty ACK if it has not answered by then (`separate_after`): the next one is at the
+    /// front, without a look at every request waiting (thousands behind a slow sink). An
+    /// entry whose request was answered meanwhile is dropped when it reaches the front.
+    separate: VecDeque<(Instant, RequestId)>,
     /// Block1 transfers by (peer, path, token).
     reassembly: HashMap<(P, String, Token), Reassembly>,
     /// Retransmission timeouts per peer, measured ([`Config::adaptive_rto`]).
@@ -357,7 +365,8 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             dedup_peers: HashMap::default(),
             lives: 0,
             seen_responses: HashMap::default(),
-            pending: HashMap::default(),
+            pending: std::collections::HashMap::default(),
+            separate: VecDeque::new(),
             reassembly: HashMap::default(),
             rto: HashMap::default(),
             observations: HashMap::default(),
@@ -419,12 +428,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// When `handle_timeout` should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let retransmit = self.outgoing.values().map(|o| o.next_at).min();
-        let separate = self
-            .pending
-            .values()
-            .filter(|p| p.con && !p.empty_acked)
-            .map(|p| p.received + self.config.separate_after)
-            .min();
+        let separate = self.separate.front().map(|(t, _)| *t);
         let waiting = self
             .exchanges
             .values()
@@ -653,22 +657,21 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             self.out.push_back((o.peer, o.bytes.clone()));
         }
         // Requests the application is slow to answer: acknowledge them now.
-        let slow: Vec<RequestId> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| {
-                p.con && !p.empty_acked && now >= p.received + self.config.separate_after
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in slow {
-            let p = self.pending.get_mut(&id).expect("present");
+        while let Some(&(t, id)) = self.separate.front() {
+            if t > now {
+                break;
+            }
+            self.separate.pop_front();
+            let Some(p) = self.pending.get_mut(&id) else {
+                continue;
+            };
             p.empty_acked = true;
             let (peer, mid) = (p.peer, p.mid);
             if let Ok(bytes) = self.send(peer, &empty(MessageType::Acknowledgement, mid)) {
                 self.cache_answer(peer, mid, bytes);
             }
         }
+        self.drop_answered();
         // Separate responses that never came.
         let late: Vec<(P, Token)> = self
             .exchanges
@@ -722,11 +725,16 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 result: Err(ClientError::Reset),
             });
         }
-        self.pending.retain(|_, p| p.peer != peer);
         // Its requests in the de-duplication memory end their life: they stay until they
         // expire, or a full memory drops them first, but no later session of the peer's
         // address matches them, nor does their expiry take a later session's entry with it.
-        self.dedup_peers.remove(&peer);
+        // Those waiting for the application are its own list.
+        if let Some(r) = self.dedup_peers.remove(&peer) {
+            for id in r.waiting {
+                self.pending.remove(&id);
+            }
+            self.drop_answered();
+        }
         self.reassembly.retain(|(p, _, _), _| *p != peer);
         self.seen_responses.retain(|(p, _), _| *p != peer);
         self.observing.retain(|(p, _), _| *p != peer);

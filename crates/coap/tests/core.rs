@@ -5,8 +5,8 @@ use gateway_coap::coap_lite::{
     CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType,
 };
 use gateway_coap::{
-    request, response, Block, ClientError, Config, ContentFormat, Endpoint, Event, Token,
-    DEDUP_KEPT_PER_PEER,
+    request, response, Block, ClientError, Config, ContentFormat, Endpoint, Event, RequestId,
+    Token, DEDUP_KEPT_PER_PEER,
 };
 use std::{
     collections::HashMap,
@@ -1498,4 +1498,83 @@ fn a_response_with_a_critical_option_the_client_does_not_know_is_rejected() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// `server` takes a CON POST from `peer` with message id `mid` and does not answer it yet:
+/// its request id.
+fn waiting_post(server: &mut Endpoint<u8>, now: Instant, peer: u8, mid: u16) -> RequestId {
+    let mut p = request(RequestType::Post, "x", None, vec![]);
+    p.header.set_type(MessageType::Confirmable);
+    p.header.message_id = mid;
+    server.handle_datagram(now, peer, &p.to_bytes().unwrap());
+    let mut got = None;
+    while let Some(e) = server.poll_event() {
+        if let Event::Request { id, .. } = e {
+            got = Some(id);
+        }
+    }
+    got.expect("a new request")
+}
+
+/// The next empty ACK is due for the oldest request still waiting, not for one answered
+/// meanwhile, and each waiting request gets its own in its turn: the timer is found without a
+/// look at every request waiting.
+#[test]
+fn empty_acks_go_to_the_requests_still_waiting_in_their_turn() {
+    let mut server: Endpoint<u8> = Endpoint::new(Config::default(), Box::new(rng(9)));
+    let after = server.config().separate_after;
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let ids: Vec<RequestId> = (0..3)
+        .map(|i| waiting_post(&mut server, at(100 * i), 1, i as u16))
+        .collect();
+    assert_eq!(server.poll_timeout(), Some(t0 + after));
+    // The first is answered (piggybacked): the second is next.
+    assert!(server.respond(at(250), ids[0], response(ResponseType::Changed, "")));
+    assert_eq!(server.poll_transmit().map(|(p, _)| p), Some(1));
+    assert_eq!(server.poll_timeout(), Some(at(100) + after));
+    // Its time: an empty ACK for it alone.
+    server.handle_timeout(at(100) + after);
+    let sent: Vec<Packet> = std::iter::from_fn(|| server.poll_transmit())
+        .map(|(_, b)| Packet::from_bytes(&b).unwrap())
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].header.get_type(), MessageType::Acknowledgement);
+    assert_eq!(sent[0].header.message_id, 1);
+    assert!(sent[0].payload.is_empty());
+    assert_eq!(server.poll_timeout(), Some(at(200) + after));
+    // The third is answered before its time: no timer is left for a request.
+    assert!(server.respond(at(300), ids[2], response(ResponseType::Changed, "")));
+    let dedup_expiry = t0 + server.config().exchange_lifetime();
+    assert_eq!(server.poll_timeout(), Some(dedup_expiry));
+    assert_eq!(server.in_flight().1, 1, "the second waits, acknowledged");
+}
+
+/// A session that ends takes its own requests waiting for the application with it, and no
+/// other peer's.
+#[test]
+fn a_forgotten_peer_takes_only_its_own_waiting_requests() {
+    let mut server: Endpoint<u8> = Endpoint::new(Config::default(), Box::new(rng(11)));
+    let t0 = Instant::now();
+    let mine: Vec<RequestId> = (0..4)
+        .map(|m| waiting_post(&mut server, t0, 1, m))
+        .collect();
+    let others: Vec<RequestId> = (0..2)
+        .map(|m| waiting_post(&mut server, t0, 2, m))
+        .collect();
+    assert!(server.respond(t0, mine[1], response(ResponseType::Changed, "")));
+    assert_eq!(server.in_flight().1, 5);
+    server.forget_peer(1);
+    assert_eq!(server.in_flight().1, 2);
+    for id in [mine[0], mine[2], mine[3]] {
+        assert!(!server.respond(t0, id, response(ResponseType::Changed, "")));
+    }
+    for id in others {
+        assert!(server.respond(t0, id, response(ResponseType::Changed, "")));
+    }
+    assert_eq!(server.in_flight(), (0, 0));
+    // The peer's next session's requests wait, and are answered, as anyone's.
+    let next = waiting_post(&mut server, t0, 1, 0);
+    assert_eq!(server.in_flight().1, 1);
+    assert!(server.respond(t0, next, response(ResponseType::Changed, "")));
 }

@@ -36,6 +36,15 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         let Some(p) = self.pending.remove(&id) else {
             return false;
         };
+        // The peer's life, for the answer's entry (looked up once with its waiting list).
+        let life = self.dedup_peers.get_mut(&p.peer).map(|r| {
+            // Answers mostly come in the order of the requests: it is first, or near.
+            if let Some(i) = r.waiting.iter().position(|w| *w == id) {
+                r.waiting.remove(i);
+            }
+            r.life
+        });
+        self.drop_answered();
         resp.set_token(p.token.clone());
         self.observe_answer(now, p.peer, &p.token, p.observe, &mut resp);
         if let Some(b) = p.block1 {
@@ -46,7 +55,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             resp.header.set_type(MessageType::Acknowledgement);
             resp.header.message_id = p.mid;
             if let Ok(bytes) = self.send(p.peer, &resp) {
-                self.cache_answer(p.peer, p.mid, bytes);
+                self.store_answer((p.peer, p.mid, life), bytes);
             }
         } else if p.con {
             resp.header.set_type(MessageType::Confirmable);
@@ -56,7 +65,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             resp.header.set_type(MessageType::NonConfirmable);
             resp.header.message_id = self.mid(p.peer);
             if let Ok(bytes) = self.send(p.peer, &resp) {
-                self.cache_answer(p.peer, p.mid, bytes);
+                self.store_answer((p.peer, p.mid, life), bytes);
             }
         }
         true
@@ -108,6 +117,18 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         self.dedup_peers.get(&peer).is_some_and(|r| r.life == life)
     }
 
+    /// Drops the entries at the front of [`Endpoint::separate`] whose requests were answered
+    /// (or forgotten), so that the front is the next empty ACK due. Answers mostly come in
+    /// the order of the requests, so the queue stays about as long as the requests waiting.
+    pub(super) fn drop_answered(&mut self) {
+        while let Some((_, id)) = self.separate.front() {
+            if self.pending.get(id).is_some_and(|p| !p.empty_acked) {
+                break;
+            }
+            self.separate.pop_front();
+        }
+    }
+
     pub(super) fn on_request(&mut self, now: Instant, peer: P, req: Packet) {
         let mid = req.header.message_id;
         let con = req.header.get_type() == MessageType::Confirmable;
@@ -118,6 +139,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 life: *lives,
                 count: 0,
                 last: VecDeque::new(),
+                waiting: Vec::new(),
             }
         });
         let key = (peer, mid, r.life);
@@ -317,10 +339,14 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
 
     /// Records the answer to a request the cache holds (one it evicted stays forgotten).
     pub(super) fn cache_answer(&mut self, peer: P, mid: u16, bytes: Vec<u8>) {
-        let Some(life) = self.dedup_peers.get(&peer).map(|r| r.life) else {
-            return;
-        };
-        if let Some(c) = self.dedup.get_mut(&(peer, mid, life)) {
+        let life = self.dedup_peers.get(&peer).map(|r| r.life);
+        self.store_answer((peer, mid, life), bytes);
+    }
+
+    /// [`Endpoint::cache_answer`] with the peer's life looked up already (`None`: it has no
+    /// entries).
+    fn store_answer(&mut self, (peer, mid, life): (P, u16, Option<u64>), bytes: Vec<u8>) {
+        if let Some(c) = life.and_then(|life| self.dedup.get_mut(&(peer, mid, life))) {
             *c = Cached::Answer(bytes);
         }
     }
@@ -433,6 +459,13 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         let observe = self.observe_request(peer, &token, &packet);
         self.next_request += 1;
         let id = RequestId(self.next_request);
+        if let Some(r) = self.dedup_peers.get_mut(&peer) {
+            r.waiting.push(id);
+        }
+        if con {
+            self.separate
+                .push_back((now + self.config.separate_after, id));
+        }
         self.pending.insert(
             id,
             Pending {
@@ -440,7 +473,6 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 mid,
                 token,
                 con,
-                received: now,
                 empty_acked: false,
                 block1,
                 observe,

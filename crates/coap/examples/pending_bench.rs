@@ -1,0 +1,61 @@
+//! What the requests a server's application has not answered yet (a slow sink: thousands of
+//! devices' requests waiting for it) cost every other request and every session that ends:
+//! `cargo run --release -p gateway-coap --example pending_bench [WAITING]`.
+//!
+//! WAITING peers (default 20,000) each leave one CON request unanswered; then 20,000 requests
+//! of other peers are answered at once, the server asked for its next timeout after each (as
+//! its driver does after every input), and 20,000 sessions without a request waiting end
+//! (`forget_peer`). Prints µs per request and per ended session.
+use gateway_coap::coap_lite::{MessageType, RequestType, ResponseType};
+use gateway_coap::{request, response, Config, Endpoint, Event};
+use std::time::Instant;
+
+const OTHERS: u32 = 20_000;
+
+fn main() {
+    let waiting: u32 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20_000);
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let rng = Box::new(move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    });
+    let mut server: Endpoint<u32> = Endpoint::new(Config::default(), rng);
+    let now = Instant::now();
+    // A CON POST from `peer`, answered at once if `answer`.
+    let post = |server: &mut Endpoint<u32>, peer: u32, answer: bool| {
+        let mut p = request(RequestType::Post, "x", None, vec![]);
+        p.header.set_type(MessageType::Confirmable);
+        p.header.message_id = peer as u16;
+        server.handle_datagram(now, peer, &p.to_bytes().expect("encodes"));
+        while let Some(e) = server.poll_event() {
+            if let (Event::Request { id, .. }, true) = (e, answer) {
+                server.respond(now, id, response(ResponseType::Changed, ""));
+            }
+        }
+        while server.poll_transmit().is_some() {}
+        std::hint::black_box(server.poll_timeout());
+    };
+    for peer in 0..waiting {
+        post(&mut server, peer, false);
+    }
+    assert_eq!(server.in_flight().1, waiting as usize);
+    let t = Instant::now();
+    for peer in waiting..waiting + OTHERS {
+        post(&mut server, peer, true);
+    }
+    let per_request = t.elapsed().as_secs_f64() * 1e6 / f64::from(OTHERS);
+    let t = Instant::now();
+    for peer in waiting..waiting + OTHERS {
+        server.forget_peer(peer);
+    }
+    let per_forget = t.elapsed().as_secs_f64() * 1e6 / f64::from(OTHERS);
+    assert_eq!(server.in_flight().1, waiting as usize);
+    println!(
+        "{waiting} requests waiting for the application: {per_request:.2} µs per answered request (with the next timeout asked), {per_forget:.2} µs per session that ends"
+    );
+}
