@@ -260,8 +260,9 @@ struct Remembering {
     /// The message ids of its last [`DEDUP_KEPT_PER_PEER`] requests, which a full memory
     /// keeps.
     last: VecDeque<u16>,
-    /// Its requests waiting for the application (each has an entry of this life, which stays
-    /// while it is processed: so does this record). Forgetting the peer takes these out of
+    /// Its requests waiting for the application. The record stays while there are any,
+    /// entries or not (an empty ACK turns a request's entry into an answer, which may leave
+    /// before the application answers). Forgetting the peer takes these out of
     /// [`Endpoint::pending`] without a walk over everyone's.
     waiting: Vec<RequestId>,
 }

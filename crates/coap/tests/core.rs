@@ -1578,3 +1578,29 @@ fn a_forgotten_peer_takes_only_its_own_waiting_requests() {
     assert_eq!(server.in_flight().1, 1);
     assert!(server.respond(t0, next, response(ResponseType::Changed, "")));
 }
+
+/// A request acknowledged with an empty ACK (its entry in the de-duplication memory is then
+/// an answer, which expires as any) and still not answered by the application is forgotten
+/// with its peer's session, however long it waited.
+#[test]
+fn a_request_acknowledged_long_ago_goes_with_its_forgotten_peer() {
+    let mut server: Endpoint<u8> = Endpoint::new(Config::default(), Box::new(rng(13)));
+    let t0 = Instant::now();
+    let id = waiting_post(&mut server, t0, 1, 7);
+    let acked = t0 + server.config().separate_after;
+    server.handle_timeout(acked);
+    assert_eq!(
+        server.poll_transmit().map(|(p, _)| p),
+        Some(1),
+        "the empty ACK"
+    );
+    // Its entry expires; the application has still not answered.
+    let later = acked + server.config().exchange_lifetime();
+    server.handle_timeout(later);
+    assert_eq!(server.remembered(), 0);
+    assert_eq!(server.in_flight().1, 1);
+    server.forget_peer(1);
+    assert_eq!(server.in_flight().1, 0);
+    assert!(!server.respond(later, id, response(ResponseType::Changed, "")));
+    assert!(server.poll_transmit().is_none());
+}

@@ -37,13 +37,20 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             return false;
         };
         // The peer's life, for the answer's entry (looked up once with its waiting list).
-        let life = self.dedup_peers.get_mut(&p.peer).map(|r| {
-            // Answers mostly come in the order of the requests: it is first, or near.
-            if let Some(i) = r.waiting.iter().position(|w| *w == id) {
-                r.waiting.remove(i);
+        let (life, done) = match self.dedup_peers.get_mut(&p.peer) {
+            Some(r) => {
+                // Answers mostly come in the order of the requests: it is first, or near.
+                if let Some(i) = r.waiting.iter().position(|w| *w == id) {
+                    r.waiting.remove(i);
+                }
+                (Some(r.life), r.count == 0 && r.waiting.is_empty())
             }
-            r.life
-        });
+            None => (None, false),
+        };
+        if done {
+            // Its entries left while it waited (see `dedup_leaves`): nothing of it is left.
+            self.dedup_peers.remove(&p.peer);
+        }
         self.drop_answered();
         resp.set_token(p.token.clone());
         self.observe_answer(now, p.peer, &p.token, p.observe, &mut resp);
@@ -79,7 +86,10 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         match self.dedup_peers.get_mut(&peer) {
             Some(r) if r.life != life => {}
             Some(r) if keep_last && r.last.contains(&mid) => return false,
-            Some(r) if r.count > 1 => r.count -= 1,
+            // A peer with requests still waiting keeps its record, entries or not: an empty
+            // ACK turned a waiting request's entry into an answer, which may leave before the
+            // application answers, and forgetting the peer must still find the request.
+            Some(r) if r.count > 1 || !r.waiting.is_empty() => r.count = r.count.saturating_sub(1),
             Some(_) => {
                 self.dedup_peers.remove(&peer);
             }
