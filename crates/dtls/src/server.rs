@@ -639,10 +639,12 @@ impl Server {
     /// Moves the CoAP endpoint's messages into their sessions, the sessions' records to the
     /// output, and forgets the sessions that ended.
     fn pump(&mut self, now: Instant) {
+        // A message's record goes out at once, with the session at hand: a second look-up of
+        // the peer (two keyed hashes) per answer is a few percent of a request's work.
         while let Some((peer, bytes)) = self.endpoint.poll_transmit() {
             if let Some(p) = self.peers.get_mut(&peer) {
                 let _ = p.session.send(&bytes);
-                self.touched.insert(peer);
+                Self::take_output(&mut self.out, &mut self.touched, peer, p);
             }
         }
         let mut closed = Vec::new();
@@ -671,6 +673,22 @@ impl Server {
         }
     }
 
+    /// Moves what `p`'s session has to send to the output; if it ended, it is looked at in
+    /// [`Server::pump`] (to be dropped).
+    fn take_output(
+        out: &mut VecDeque<(SocketAddr, Vec<u8>)>,
+        touched: &mut HashSet<SocketAddr, Keyed>,
+        peer: SocketAddr,
+        p: &mut Peer,
+    ) {
+        while let Some(d) = p.session.poll_transmit() {
+            out.push_back((peer, d));
+        }
+        if matches!(p.session.state(), State::Closed(_)) {
+            touched.insert(peer);
+        }
+    }
+
     fn on_datagram(&mut self, now: Instant, peer: SocketAddr, d: &[u8]) {
         if let Some(ch) = parse_client_hello(d) {
             // A retransmission of the ClientHello that began the session goes to its handshake
@@ -694,24 +712,30 @@ impl Server {
             self.end_expired(peer);
             return;
         }
-        self.touched.insert(peer);
         let was_established = p.session.is_established();
         let heard = p.session.last_progress();
         let data = p.session.handle_datagram(now, d);
+        // What it answers (a handshake flight, an alert) goes out now, with the session at
+        // hand, rather than after another look-up in `pump`.
+        Self::take_output(&mut self.out, &mut self.touched, peer, p);
         if p.session.last_progress() != heard && self.parked.remove(&peer) {
             tracing::debug!(%peer, "a parked handshake moves again; it takes a slot back");
-        }
-        if !was_established && p.session.is_established() && !self.admit(now, peer) {
-            return;
-        }
-        if data.is_empty() {
-            return;
         }
         // The requests in this datagram carry the identity of the session that decrypted them,
         // taken now: by the time the application polls, that session may have failed (an
         // alert after the data, in the same datagram) or been replaced by a new handshake from
         // the same address, and the address would then name another identity, or none.
-        let identity = self.peers.get(&peer).and_then(|p| p.identity.clone());
+        let mut identity = p.identity.clone();
+        if !was_established && p.session.is_established() {
+            if !self.admit(now, peer) {
+                return;
+            }
+            // Admission gave it its identity.
+            identity = self.peers.get(&peer).and_then(|p| p.identity.clone());
+        }
+        if data.is_empty() {
+            return;
+        }
         for app in data {
             self.endpoint.handle_datagram(now, peer, &app);
         }
