@@ -153,18 +153,26 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             }
         });
         let key = (peer, mid, r.life);
-        if let Some(c) = self.dedup.get(&key) {
-            self.stats.duplicates += 1;
-            match c {
-                Cached::Answer(bytes) => self.out.push_back((peer, bytes.clone())),
-                // Still working on it: say nothing yet. The answer goes piggybacked on the ACK
-                // as soon as it is ready (the client retransmits until then), or, past
-                // `separate_after`, an empty ACK goes out and the answer follows separately. An
-                // early empty ACK would turn every slow answer into a separate CON that costs
-                // a round trip more, and a whole server ACK_TIMEOUT when it is lost.
-                Cached::Processing => {}
+        // One look-up (one keyed hash of the key) finds a repeat or takes the new request's
+        // place; the room it needs is made below, among the older entries.
+        match self.dedup.entry(key) {
+            std::collections::hash_map::Entry::Occupied(c) => {
+                self.stats.duplicates += 1;
+                match c.get() {
+                    Cached::Answer(bytes) => self.out.push_back((peer, bytes.clone())),
+                    // Still working on it: say nothing yet. The answer goes piggybacked on the
+                    // ACK as soon as it is ready (the client retransmits until then), or, past
+                    // `separate_after`, an empty ACK goes out and the answer follows
+                    // separately. An early empty ACK would turn every slow answer into a
+                    // separate CON that costs a round trip more, and a whole server
+                    // ACK_TIMEOUT when it is lost.
+                    Cached::Processing => {}
+                }
+                return;
             }
-            return;
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Cached::Processing);
+            }
         }
         // Counted now, so that the peer stays while older entries leave below, and among its
         // last requests: those the loop below keeps are its last DEDUP_KEPT_PER_PEER, this one
@@ -180,14 +188,13 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         // queue per request would cost O(n) each; the memory stays bounded by the requests in
         // progress and the peers' last requests then.
         let mut tries = self.dedup_order.len().min(DEDUP_TRIES);
-        while self.dedup.len() >= self.config.dedup_capacity && tries > 0 {
+        while self.dedup.len() > self.config.dedup_capacity && tries > 0 {
             tries -= 1;
             let Some((_, old)) = self.dedup_order.pop_front() else {
                 break;
             };
             self.dedup_turn(now, old, true);
         }
-        self.dedup.insert(key, Cached::Processing);
         self.dedup_order
             .push_back((now + self.config.exchange_lifetime(), key));
 
