@@ -5,7 +5,7 @@
 //! each session ends and another takes its place and sends 16; prints µs per request while the
 //! sessions go on, per session that ends (`forget_peer`), and per request of the new ones.
 use gateway_coap::coap_lite::{RequestType, ResponseType};
-use gateway_coap::{request, response, Config, Endpoint, Event};
+use gateway_coap::{request, response, xorshift, Config, Endpoint, Event};
 use std::time::{Duration, Instant};
 
 const REQUESTS_PER_SESSION: u16 = 16;
@@ -15,13 +15,7 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(2000);
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let rng = Box::new(move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    });
+    let rng = xorshift(0x9E37_79B9_7F4A_7C15);
     let mut server: Endpoint<u32> = Endpoint::new(Config::default(), rng);
     let now = Instant::now();
     let session = |server: &mut Endpoint<u32>, peer: u32, first: u16| {

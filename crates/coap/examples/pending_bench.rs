@@ -7,7 +7,7 @@
 //! its driver does after every input), and 20,000 sessions without a request waiting end
 //! (`forget_peer`). Prints µs per request and per ended session.
 use gateway_coap::coap_lite::{MessageType, RequestType, ResponseType};
-use gateway_coap::{request, response, Config, Endpoint, Event};
+use gateway_coap::{request, response, xorshift, Config, Endpoint, Event};
 use std::time::Instant;
 
 const OTHERS: u32 = 20_000;
@@ -17,13 +17,7 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(20_000);
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let rng = Box::new(move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    });
+    let rng = xorshift(0x9E37_79B9_7F4A_7C15);
     let mut server: Endpoint<u32> = Endpoint::new(Config::default(), rng);
     let now = Instant::now();
     // A CON POST from `peer`, answered at once if `answer`.

@@ -50,3 +50,17 @@ pub use message::{
     Block,
 };
 pub use uri::Uri;
+
+/// An xorshift64 generator started at `seed` (made odd: never stuck at 0), as
+/// [`Endpoint::new`] takes for message ids, tokens and retransmission jitter. Seed it from a
+/// secure source where peers must not guess tokens (`gateway_dtls::rng` seeds it from
+/// OpenSSL); tests and benchmarks give a constant, so that a run repeats.
+pub fn xorshift(seed: u64) -> Box<dyn FnMut() -> u64 + Send> {
+    let mut x = seed | 1;
+    Box::new(move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    })
+}

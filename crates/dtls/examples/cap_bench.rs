@@ -9,7 +9,7 @@
 //! counted) for the last 500 below the cap and for those at the cap.
 use gateway_coap::{
     coap_lite::{RequestType, ResponseType},
-    request, response, Config as CoapConfig,
+    request, response, xorshift, Config as CoapConfig,
 };
 use gateway_dtls::{
     client::{self, Client, Event, Transmit},
@@ -25,16 +25,6 @@ use std::{
 
 /// Devices per identity (certificate): a few identities, so that each holds many sessions.
 const IDENTITIES: usize = 4;
-
-fn seeded(seed: u64) -> Box<dyn FnMut() -> u64 + Send> {
-    let mut x = seed | 1;
-    Box::new(move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    })
-}
 
 /// One device's handshake and POST; the server's time spent on it.
 fn connect(server: &mut Server, client: &mut Client, addr: SocketAddr) -> Duration {
@@ -108,7 +98,7 @@ fn main() {
         require_identity: true,
         deny: HashSet::new(),
     };
-    let mut server = Server::new(cfg, Instant::now(), seeded(99)).expect("the server");
+    let mut server = Server::new(cfg, Instant::now(), xorshift(99)).expect("the server");
     let contexts: Vec<client::Config> = stems
         .iter()
         .map(|s| client::Config {
@@ -128,7 +118,7 @@ fn main() {
     let started = Instant::now();
     for i in 0..sessions + at_cap {
         let mut client =
-            Client::new(contexts[i % IDENTITIES].clone(), seeded(i as u64)).expect("a client");
+            Client::new(contexts[i % IDENTITIES].clone(), xorshift(i as u64)).expect("a client");
         let addr = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 5683));
         let spent = connect(&mut server, &mut client, addr);
         if i >= sessions {

@@ -76,13 +76,7 @@ fn other(e: impl std::fmt::Display) -> DtlsError {
 pub fn rng() -> Box<dyn FnMut() -> u64 + Send> {
     let mut s = [0u8; 8];
     openssl::rand::rand_bytes(&mut s).expect("random bytes");
-    let mut x = u64::from_le_bytes(s) | 1;
-    Box::new(move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    })
+    gateway_coap::xorshift(u64::from_le_bytes(s))
 }
 
 #[cfg(test)]

@@ -81,13 +81,7 @@ impl Pki {
 }
 
 fn seeded(seed: u64) -> Box<dyn FnMut() -> u64 + Send> {
-    let mut x = seed | 1;
-    Box::new(move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    })
+    gateway_coap::xorshift(seed)
 }
 
 /// A device on the simulated network: its client, and the address its current socket has.
