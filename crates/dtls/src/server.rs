@@ -712,7 +712,7 @@ impl Server {
             self.end_expired(peer);
             return;
         }
-        let was_established = p.session.is_established();
+        let was_completed = p.session.handshake_completed();
         let heard = p.session.last_progress();
         let data = p.session.handle_datagram(now, d);
         // What it answers (a handshake flight, an alert) goes out now, with the session at
@@ -726,7 +726,10 @@ impl Server {
         // alert after the data, in the same datagram) or been replaced by a new handshake from
         // the same address, and the address would then name another identity, or none.
         let mut identity = p.identity.clone();
-        if !was_established && p.session.is_established() {
+        // Admitted when its handshake completes, even if it has ended since (a close_notify
+        // after data, in the datagram that completed it): its data then passes the same
+        // checks and carries its identity, and dropping it forgets its CoAP state.
+        if !was_completed && p.session.handshake_completed() {
             if !self.admit(now, peer) {
                 return;
             }

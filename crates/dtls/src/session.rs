@@ -177,6 +177,9 @@ struct TakenOver {
 pub struct Session {
     link: Link,
     state: State,
+    /// The handshake completed (the session may have ended since: a close_notify in the very
+    /// datagram that completed it).
+    completed: bool,
     is_client: bool,
     started: Instant,
     last_activity: Instant,
@@ -255,6 +258,7 @@ impl Session {
         let mut s = Session {
             link: Link::Tls(stream),
             state: State::Handshaking,
+            completed: false,
             is_client: true,
             started: now,
             last_activity: now,
@@ -308,6 +312,7 @@ impl Session {
         let mut s = Session {
             link: Link::Tls(stream),
             state: State::Handshaking,
+            completed: false,
             is_client: false,
             started: now,
             last_activity: now,
@@ -328,6 +333,13 @@ impl Session {
     /// Whether application data may flow.
     pub fn is_established(&self) -> bool {
         self.state == State::Established
+    }
+
+    /// Whether the handshake completed, whether or not the session has ended since (it may
+    /// end in the datagram that completed it, after data: a server must still admit it, and
+    /// give that data the session's identity).
+    pub fn handshake_completed(&self) -> bool {
+        self.completed
     }
 
     /// When the handshake started.
@@ -392,7 +404,10 @@ impl Session {
         };
         if self.state == State::Handshaking {
             match stream.do_handshake() {
-                Ok(()) => self.state = State::Established,
+                Ok(()) => {
+                    self.state = State::Established;
+                    self.completed = true;
+                }
                 Err(e) if e.code() == ErrorCode::WANT_READ || e.code() == ErrorCode::WANT_WRITE => {
                     return received
                 }
@@ -631,9 +646,9 @@ impl Session {
     /// one it was established with): the PSK identity, or the common name of a client
     /// certificate that passed verification. `None` for a peer that authenticated neither way,
     /// or whose name is empty or not UTF-8 (no lossy conversion: two names must never map to
-    /// one identity).
+    /// one identity), and before the handshake completed.
     pub fn peer_identity(&self) -> Option<String> {
-        if !self.is_established() {
+        if !self.completed {
             return None;
         }
         match &self.link {
@@ -647,7 +662,7 @@ impl Session {
     /// [`Session::peer_identity`] is: a resumed session has its first handshake's chain, which
     /// may have expired since. `None` without a verified certificate (a PSK, or no identity).
     pub fn peer_not_after(&self) -> Option<SystemTime> {
-        if !self.is_established() {
+        if !self.completed {
             return None;
         }
         match &self.link {

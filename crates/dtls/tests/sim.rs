@@ -13,7 +13,7 @@ use gateway_dtls::{
     client::{self, Client, Event, RequestError, Transmit},
     hello::parse_client_hello,
     server::{self, Server},
-    ClientSettings,
+    ClientSettings, Session,
 };
 use std::{
     collections::{HashMap, HashSet},
@@ -1188,4 +1188,67 @@ fn a_body_that_goes_block_wise_has_its_timeout_per_block() {
     assert!(net.changed(a, t), "{:?}", net.result(a, t));
     assert_eq!(net.received.len(), 1);
     assert_eq!(net.received[0].1.len(), 64 * 1024);
+}
+
+/// A datagram that completes a handshake may carry requests and a close_notify after the
+/// Finished (a peer may put several records in one datagram): the session is admitted all
+/// the same (identity, deny list, caps), its requests carry its identity, and it ends.
+/// Before, the session was closed by the time the handshake was looked at, so it was never
+/// admitted and its requests came without an identity, past the deny list.
+#[test]
+fn a_session_that_closes_in_the_datagram_completing_it_is_admitted_first() {
+    let pki = Pki::devices(&["pi-01"]);
+    let mut net = Net::new(pki.server_config());
+    let cctx = pki.client_as(&pki, "pi-01", "");
+    // A raw client session, driven by hand against the server until `done` says so; the
+    // datagrams it has then are left in it.
+    let run =
+        |net: &mut Net, c: &mut Session, from: SocketAddr, done: &dyn Fn(&Session) -> bool| {
+            for _ in 0..20 {
+                if done(c) {
+                    return;
+                }
+                while let Some(d) = c.poll_transmit() {
+                    net.server.handle(net.now, from, &d);
+                }
+                while let Some((to, d)) = net.server.poll_transmit() {
+                    if to == from {
+                        c.handle_datagram(net.now, &d);
+                    }
+                }
+            }
+            panic!("the handshake went no further: {:?}", c.state());
+        };
+    // A full handshake, and a close: the session stays resumable.
+    let first = SocketAddr::from(([10, 0, 0, 9], 4000));
+    let mut c = Session::client(&cctx, "localhost", 1232, true, None, net.now).unwrap();
+    run(&mut net, &mut c, first, &|c| c.is_established());
+    let resume = c.ssl_session().expect("a session to resume");
+    c.close();
+    while let Some(d) = c.poll_transmit() {
+        net.server.handle(net.now, first, &d);
+    }
+    assert_eq!(net.server.sessions(), (0, 0));
+    // It is resumed; the client's last flight, a request and its close_notify go in one
+    // datagram.
+    let from = SocketAddr::from(([10, 0, 0, 9], 4001));
+    let mut c = Session::client(&cctx, "localhost", 1232, true, Some(&resume), net.now).unwrap();
+    run(&mut net, &mut c, from, &|c| c.is_established());
+    let mut post = request(RequestType::Post, "r", None, b"second".to_vec());
+    post.header.message_id = 7;
+    c.send(&post.to_bytes().unwrap()).unwrap();
+    c.close();
+    let all: Vec<u8> = std::iter::from_fn(|| c.poll_transmit()).flatten().collect();
+    net.server.handle(net.now, from, &all);
+    net.settle();
+    assert_eq!(net.stat(|s| &s.resumed), 1, "a resumed session, admitted");
+    assert_eq!(net.stat(|s| &s.sessions), 2);
+    assert_eq!(
+        net.received
+            .iter()
+            .map(|(id, body)| (id.as_deref(), body.as_slice()))
+            .collect::<Vec<_>>(),
+        [(Some("pi-01"), &b"second"[..])]
+    );
+    assert_eq!(net.server.sessions(), (0, 0), "and it ended");
 }
