@@ -267,6 +267,14 @@ struct Remembering {
     waiting: Vec<RequestId>,
 }
 
+impl Remembering {
+    /// Whether it has nothing left to remember: no entry of its life, no request waiting. The
+    /// record then goes.
+    fn holds_nothing(&self) -> bool {
+        self.count == 0 && self.waiting.is_empty()
+    }
+}
+
 enum Cached {
     /// The application is still working on it.
     Processing,

@@ -566,20 +566,36 @@ fn post_to(
     kind: MessageType,
     answer: bool,
 ) -> (bool, usize) {
+    let id = post(server, now, peer, mid, kind);
+    if let (Some(id), true) = (id, answer) {
+        server.respond(now, id, response(ResponseType::Changed, ""));
+    }
+    (
+        id.is_some(),
+        std::iter::from_fn(|| server.poll_transmit()).count(),
+    )
+}
+
+/// `server` takes a POST from `peer` with message id `mid`, of `kind`: its request id, if it
+/// reached the application as a new request.
+fn post(
+    server: &mut Endpoint<u8>,
+    now: Instant,
+    peer: u8,
+    mid: u16,
+    kind: MessageType,
+) -> Option<RequestId> {
     let mut p = request(RequestType::Post, "x", None, vec![]);
     p.header.set_type(kind);
     p.header.message_id = mid;
     server.handle_datagram(now, peer, &p.to_bytes().unwrap());
-    let mut fresh = false;
+    let mut got = None;
     while let Some(e) = server.poll_event() {
         if let Event::Request { id, .. } = e {
-            fresh = true;
-            if answer {
-                server.respond(now, id, response(ResponseType::Changed, ""));
-            }
+            got = Some(id);
         }
     }
-    (fresh, std::iter::from_fn(|| server.poll_transmit()).count())
+    got
 }
 
 /// A full de-duplication memory forgets the oldest requests of the peers that send the most,
@@ -1503,17 +1519,7 @@ fn a_response_with_a_critical_option_the_client_does_not_know_is_rejected() {
 /// `server` takes a CON POST from `peer` with message id `mid` and does not answer it yet:
 /// its request id.
 fn waiting_post(server: &mut Endpoint<u8>, now: Instant, peer: u8, mid: u16) -> RequestId {
-    let mut p = request(RequestType::Post, "x", None, vec![]);
-    p.header.set_type(MessageType::Confirmable);
-    p.header.message_id = mid;
-    server.handle_datagram(now, peer, &p.to_bytes().unwrap());
-    let mut got = None;
-    while let Some(e) = server.poll_event() {
-        if let Event::Request { id, .. } = e {
-            got = Some(id);
-        }
-    }
-    got.expect("a new request")
+    post(server, now, peer, mid, MessageType::Confirmable).expect("a new request")
 }
 
 /// The next empty ACK is due for the oldest request still waiting, not for one answered

@@ -110,13 +110,8 @@ mod tests {
     #[test]
     fn finds_the_sessions_a_look_at_all_of_them_would() {
         let t0 = Instant::now();
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut rand = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = gateway_coap::xorshift(0x2545_f491_4f6c_dd1d);
+        let mut rand = move |n: u64| next() % n;
         let mut recency = Recency::default();
         let mut live: HashMap<SocketAddr, Live> = HashMap::new();
         let mut evictions = 0;

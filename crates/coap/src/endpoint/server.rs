@@ -43,7 +43,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
                 if let Some(i) = r.waiting.iter().position(|w| *w == id) {
                     r.waiting.remove(i);
                 }
-                (Some(r.life), r.count == 0 && r.waiting.is_empty())
+                (Some(r.life), r.holds_nothing())
             }
             None => (None, false),
         };
@@ -89,9 +89,11 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             // A peer with requests still waiting keeps its record, entries or not: an empty
             // ACK turned a waiting request's entry into an answer, which may leave before the
             // application answers, and forgetting the peer must still find the request.
-            Some(r) if r.count > 1 || !r.waiting.is_empty() => r.count = r.count.saturating_sub(1),
-            Some(_) => {
-                self.dedup_peers.remove(&peer);
+            Some(r) => {
+                r.count = r.count.saturating_sub(1);
+                if r.holds_nothing() {
+                    self.dedup_peers.remove(&peer);
+                }
             }
             None => {}
         }
