@@ -196,7 +196,7 @@ pub struct Client {
     link: Option<Link>,
     /// The last session established, offered again at the next connect.
     resume: Option<SslSession>,
-    /// Whether the current link's session was seen established.
+    /// Whether the current link's handshake was seen to complete.
     established: bool,
     queued: VecDeque<Job>,
     waiting: HashMap<Token, Job>,
@@ -313,13 +313,15 @@ impl Client {
     /// A datagram from the server, on the current socket.
     pub fn handle(&mut self, now: Instant, datagram: &[u8]) {
         if let Some(l) = self.link.as_mut() {
-            let (progress, was_established) =
-                (l.session.last_progress(), l.session.is_established());
+            let (progress, was_completed) =
+                (l.session.last_progress(), l.session.handshake_completed());
             for data in l.session.handle_datagram(now, datagram) {
                 l.heard = Some(now);
                 self.endpoint.handle_datagram(now, (), &data);
             }
-            if !was_established && l.session.is_established() {
+            // Completed, not established: the server's close_notify may follow its Finished in
+            // the same datagram.
+            if !was_completed && l.session.handshake_completed() {
                 // The server's Finished, the answer to the client's last flight: a round trip
                 // that is authenticated (a datagram anyone can forge, such as junk or a
                 // HelloVerifyRequest, completes no handshake) and not ambiguous when that
@@ -582,7 +584,9 @@ impl Client {
                 self.connect(now);
             }
             if let Some(l) = self.link.as_mut() {
-                if l.session.is_established() && !self.established {
+                // Even if the session ended in the datagram that completed it: it was set up,
+                // and it ended cleanly or not as any other (`on_link_closed`).
+                if l.session.handshake_completed() && !self.established {
                     self.established = true;
                     if l.session.resumed() {
                         self.figures.resumed += 1;

@@ -1252,3 +1252,78 @@ fn a_session_that_closes_in_the_datagram_completing_it_is_admitted_first() {
     );
     assert_eq!(net.server.sessions(), (0, 0), "and it ended");
 }
+
+/// A server that puts its close_notify in the datagram of its Finished (a peer may put
+/// several records in one datagram): the client's handshake is counted, and the session, which
+/// ended cleanly, is offered again at the next connect. Before, the client asked whether the
+/// session had just become *established*, which it no longer was: the handshake went
+/// uncounted and the session was thrown away, as after a failed one.
+#[test]
+fn a_session_the_server_closes_as_it_completes_is_counted_and_resumed() {
+    let pki = Pki::devices(&["pi-01"]);
+    let sctx = pki.server();
+    let mut c = pki.device("pi-01");
+    let now = Instant::now();
+    let mut jar = gateway_dtls::CookieJar::new(now, Duration::from_secs(60));
+    // Serves one session of `c` by hand until its handshake completes, then closes it; the
+    // server's last flight and its close_notify go to the client in one datagram.
+    let mut serve = |c: &mut Client| -> Session {
+        let peer = SocketAddr::from(([10, 0, 0, 1], 40_001));
+        let mut s: Option<Session> = None;
+        for _ in 0..20 {
+            let mut up = Vec::new();
+            while let Some(t) = c.poll_transmit() {
+                if let Transmit::Datagram(d) = t {
+                    up.push(d);
+                }
+            }
+            for d in up {
+                match (&mut s, parse_client_hello(&d)) {
+                    (None, Some(ch)) if jar.check(now, peer, &ch, &[]) => {
+                        s = Some(Session::server(&sctx, &d, &ch.cookie, 1232, now).unwrap());
+                    }
+                    (None, Some(ch)) => {
+                        let cookie = jar.make(now, peer, &ch, &[]);
+                        c.handle(now, &gateway_dtls::hello_verify_request(&ch, &cookie));
+                    }
+                    (None, None) => {}
+                    (Some(s), _) => {
+                        s.handle_datagram(now, &d);
+                    }
+                }
+            }
+            let Some(s) = s.as_mut() else { continue };
+            if s.is_established() {
+                s.close();
+            }
+            let down: Vec<u8> = std::iter::from_fn(|| s.poll_transmit()).flatten().collect();
+            if !down.is_empty() {
+                c.handle(now, &down);
+            }
+            if !s.is_established() && s.handshake_completed() {
+                break;
+            }
+        }
+        s.expect("a server session")
+    };
+    c.request(now, request(RequestType::Post, "r", None, vec![]), T);
+    let s = serve(&mut c);
+    assert!(s.handshake_completed() && !s.resumed());
+    let f = c.figures();
+    assert!(!f.connected, "the session ended");
+    assert_eq!(
+        (f.handshakes, f.resumed),
+        (1, 0),
+        "the handshake is counted"
+    );
+    assert!(f.session.is_some_and(|s| !s.resumed));
+    while c.poll_event().is_some() {}
+    // The request waiting for that session failed with it; the next one offers the session.
+    c.request(now, request(RequestType::Post, "r", None, vec![]), T);
+    let s = serve(&mut c);
+    assert!(
+        s.resumed(),
+        "the session that ended cleanly is offered again"
+    );
+    assert_eq!(c.figures().resumed, 1);
+}
