@@ -268,6 +268,38 @@ pub const FILES: &[(&str, &str)] = &[
 /// `target/dist/gateway-TRIPLE`, which holds the files of [`FILES`], ready to copy to
 /// `/opt/gateway/`.
 pub fn dist(target: Option<&str>) -> Result<PathBuf> {
+    let (triple, built) = build_with_openssl(
+        target,
+        &FILES
+            .iter()
+            .map(|(package, _)| *package)
+            .collect::<Vec<_>>(),
+    )?;
+    let target_dir = root().join("target").join("dist");
+    let out = target_dir.join(format!("gateway-{triple}"));
+    // Afresh, so that nothing of an earlier layout is left to be loaded.
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    for (_, name) in FILES {
+        copy(&built.join(name), &out.join(name))?;
+    }
+    Ok(out)
+}
+
+/// The load generator (`gateway-load`) as the distribution is built: release, with the
+/// trimmed static OpenSSL 3.5, for this machine. Its path.
+///
+/// The benchmarks run it on the machine of the server they measure, so what it spends per
+/// handshake is taken from the server: with OpenSSL 3.0 (Debian 12's), each certificate it
+/// parses builds a key decoder, a quarter of its CPU per handshake.
+pub fn load_generator() -> Result<PathBuf> {
+    let (_, built) = build_with_openssl(None, &["gateway-loadgen"])?;
+    Ok(built.join("gateway-load"))
+}
+
+/// Builds `packages` in release for `target` (default: this machine) against the trimmed
+/// static OpenSSL, under `target/dist`; the triple, and the directory the files are in.
+fn build_with_openssl(target: Option<&str>, packages: &[&str]) -> Result<(&'static str, PathBuf)> {
     // What ships comes out the same whatever the builder's umask: under 002 (a user's private
     // group, Ubuntu's default) the directories and libraries would be group-writable, which
     // the installed gateway's loader refuses (`/usr/lib/gateway` writable by its group).
@@ -284,9 +316,8 @@ pub fn dist(target: Option<&str>) -> Result<PathBuf> {
         triple.to_uppercase().replace('-', "_")
     );
     let mut c = cargo();
-    // Only the packages that ship.
     c.args(["build", "--release", "--target", triple])
-        .args(FILES.iter().flat_map(|(package, _)| ["-p", package]))
+        .args(packages.iter().flat_map(|package| ["-p", package]))
         .arg("--target-dir")
         .arg(&target_dir)
         .env("OPENSSL_DIR", &openssl)
@@ -298,15 +329,7 @@ pub fn dist(target: Option<&str>) -> Result<PathBuf> {
         c.env(&linker_var, format!("{}gcc", t.cross_prefix));
     }
     run(c)?;
-    let built = target_dir.join(triple).join("release");
-    let out = target_dir.join(format!("gateway-{triple}"));
-    // Afresh, so that nothing of an earlier layout is left to be loaded.
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out)?;
-    for (_, name) in FILES {
-        copy(&built.join(name), &out.join(name))?;
-    }
-    Ok(out)
+    Ok((triple, target_dir.join(triple).join("release")))
 }
 
 fn copy(from: &Path, to: &Path) -> Result<()> {

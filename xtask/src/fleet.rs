@@ -14,7 +14,10 @@
 //! The ingress runs `bench/ingress.toml` (its defaults, into the null sink); `GATEWAY` picks
 //! another build of the gateway (e.g. `target/dist/gateway-x86_64-unknown-linux-gnu/gateway`,
 //! with OpenSSL 3.5; copy `libtestkit.so` beside it for the null sink), `GATEWAY_LOAD` another
-//! build of the load generator, `IDLE_DEVICES` the sessions of the memory figure (default 2000),
+//! build of the load generator (by default it is built as the distribution is, with OpenSSL
+//! 3.5 linked in: it shares the machine with the server, and with Debian's OpenSSL 3.0 it
+//! spends a quarter more CPU per handshake, taken from whichever server it measures),
+//! `IDLE_DEVICES` the sessions of the memory figure (default 2000),
 //! `ROUNDS` how many times each requests and handshakes point runs, the servers taking turns
 //! (default 3; the median is printed, with each round's ratio), and `INGRESS_PARTS` which
 //! parts run (a comma-separated list of `requests`, `handshakes`,
@@ -231,8 +234,10 @@ fn load(
 
 /// The benchmark; `secs` per measurement.
 pub fn bench(dir: &Path, secs: u64) -> Result<()> {
-    let load_bin =
-        std::env::var_os("GATEWAY_LOAD").map_or_else(|| dir.join("gateway-load"), PathBuf::from);
+    let load_bin = match std::env::var_os("GATEWAY_LOAD") {
+        Some(bin) => PathBuf::from(bin),
+        None => crate::dist::load_generator()?,
+    };
     let gateway = std::env::var_os("GATEWAY").map_or_else(|| dir.join("gateway"), PathBuf::from);
     let with_libcoap = has("coap-server-openssl");
     if !with_libcoap {
@@ -258,6 +263,7 @@ pub fn bench(dir: &Path, secs: u64) -> Result<()> {
         Ok(())
     };
     println!("   gateway: {}", gateway.display());
+    println!("   load generator: {}", load_bin.display());
     if part("requests") {
         requests(&load_bin, &duration, rounds_of_each, &servers)?;
     }
