@@ -717,6 +717,9 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// [`ClientError::Reset`], requests in progress are dropped.
     pub fn forget_peer(&mut self, peer: P) {
         self.mids.remove(&peer);
+        // What was queued for it and not yet taken: it would go on whatever session has the
+        // peer's address next.
+        self.out.retain(|(p, _)| *p != peer);
         self.outgoing.retain(|(p, _), _| *p != peer);
         let gone: Vec<Token> = self
             .exchanges

@@ -1610,3 +1610,25 @@ fn a_request_acknowledged_long_ago_goes_with_its_forgotten_peer() {
     assert!(!server.respond(later, id, response(ResponseType::Changed, "")));
     assert!(server.poll_transmit().is_none());
 }
+
+/// What was queued for a peer and not yet taken when it is forgotten is not sent: its session
+/// ended, and the next to have its address would get it (a request the application was told
+/// had failed, or an answer for someone else).
+#[test]
+fn a_forgotten_peers_queued_datagrams_are_not_sent() {
+    let mut client: Endpoint<u8> = Endpoint::new(Config::default(), Box::new(rng(9)));
+    let now = Instant::now();
+    for peer in [1, 2, 1] {
+        client.request(
+            now,
+            peer,
+            request(RequestType::Post, "r", None, vec![peer]),
+            true,
+        );
+    }
+    client.forget_peer(1);
+    let out: Vec<u8> = std::iter::from_fn(|| client.poll_transmit())
+        .map(|(peer, _)| peer)
+        .collect();
+    assert_eq!(out, [2]);
+}
