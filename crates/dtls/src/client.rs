@@ -322,6 +322,9 @@ impl Client {
             // Completed, not established: the server's close_notify may follow its Finished in
             // the same datagram.
             if !was_completed && l.session.handshake_completed() {
+                // The server's Finished is word from it: a request whose clock ran out while
+                // the handshake went on did not go unanswered on this session.
+                l.heard = Some(now);
                 // The server's Finished, the answer to the client's last flight: a round trip
                 // that is authenticated (a datagram anyone can forge, such as junk or a
                 // HelloVerifyRequest, completes no handshake) and not ambiguous when that
@@ -511,6 +514,13 @@ impl Client {
     /// Closes the DTLS session (the next request reconnects) and forgets the CoAP exchanges
     /// with the server; the requests still waiting fail now, not at their deadlines.
     fn drop_session(&mut self, why: &str) {
+        // A session that ended in this very input (an alert, a close_notify) is not stale: it
+        // ended, and that is for `on_link_closed` (its error counted, a broken session not
+        // offered again).
+        if let Some(State::Closed(e)) = self.link.as_ref().map(|l| l.session.state().clone()) {
+            self.on_link_closed(e);
+            return;
+        }
         self.figures.stale += 1;
         // Requests still waiting for an NSTART slot never went out on this session: they wait
         // for the next one instead of failing with it.

@@ -1253,6 +1253,61 @@ fn a_session_that_closes_in_the_datagram_completing_it_is_admitted_first() {
     assert_eq!(net.server.sessions(), (0, 0), "and it ended");
 }
 
+/// Serves one session of `c` by hand with a raw server session on `sctx` until its handshake
+/// completes; `late` passes on the clock just before the server's last flight reaches the
+/// client, and with `close` the server closes the session as it completes (its close_notify
+/// in the datagram of its Finished: a peer may put several records in one datagram).
+fn serve_by_hand(
+    c: &mut Client,
+    sctx: &openssl::ssl::SslContext,
+    now: &mut Instant,
+    late: Duration,
+    close: bool,
+) -> Session {
+    let mut jar = gateway_dtls::CookieJar::new(*now, Duration::from_secs(60));
+    let peer = SocketAddr::from(([10, 0, 0, 1], 40_001));
+    let mut s: Option<Session> = None;
+    for _ in 0..20 {
+        let mut up = Vec::new();
+        while let Some(t) = c.poll_transmit() {
+            if let Transmit::Datagram(d) = t {
+                up.push(d);
+            }
+        }
+        for d in up {
+            match (&mut s, parse_client_hello(&d)) {
+                (None, Some(ch)) if jar.check(*now, peer, &ch, &[]) => {
+                    s = Some(Session::server(sctx, &d, &ch.cookie, 1232, *now).unwrap());
+                }
+                (None, Some(ch)) => {
+                    let cookie = jar.make(*now, peer, &ch, &[]);
+                    c.handle(*now, &gateway_dtls::hello_verify_request(&ch, &cookie));
+                }
+                (None, None) => {}
+                (Some(s), _) => {
+                    s.handle_datagram(*now, &d);
+                }
+            }
+        }
+        let Some(s) = s.as_mut() else { continue };
+        let completes = s.is_established();
+        if completes && close {
+            s.close();
+        }
+        let down: Vec<u8> = std::iter::from_fn(|| s.poll_transmit()).flatten().collect();
+        if !down.is_empty() {
+            if completes {
+                *now += late;
+            }
+            c.handle(*now, &down);
+        }
+        if completes {
+            break;
+        }
+    }
+    s.expect("a server session")
+}
+
 /// A server that puts its close_notify in the datagram of its Finished (a peer may put
 /// several records in one datagram): the client's handshake is counted, and the session, which
 /// ended cleanly, is offered again at the next connect. Before, the client asked whether the
@@ -1263,51 +1318,9 @@ fn a_session_the_server_closes_as_it_completes_is_counted_and_resumed() {
     let pki = Pki::devices(&["pi-01"]);
     let sctx = pki.server();
     let mut c = pki.device("pi-01");
-    let now = Instant::now();
-    let mut jar = gateway_dtls::CookieJar::new(now, Duration::from_secs(60));
-    // Serves one session of `c` by hand until its handshake completes, then closes it; the
-    // server's last flight and its close_notify go to the client in one datagram.
-    let mut serve = |c: &mut Client| -> Session {
-        let peer = SocketAddr::from(([10, 0, 0, 1], 40_001));
-        let mut s: Option<Session> = None;
-        for _ in 0..20 {
-            let mut up = Vec::new();
-            while let Some(t) = c.poll_transmit() {
-                if let Transmit::Datagram(d) = t {
-                    up.push(d);
-                }
-            }
-            for d in up {
-                match (&mut s, parse_client_hello(&d)) {
-                    (None, Some(ch)) if jar.check(now, peer, &ch, &[]) => {
-                        s = Some(Session::server(&sctx, &d, &ch.cookie, 1232, now).unwrap());
-                    }
-                    (None, Some(ch)) => {
-                        let cookie = jar.make(now, peer, &ch, &[]);
-                        c.handle(now, &gateway_dtls::hello_verify_request(&ch, &cookie));
-                    }
-                    (None, None) => {}
-                    (Some(s), _) => {
-                        s.handle_datagram(now, &d);
-                    }
-                }
-            }
-            let Some(s) = s.as_mut() else { continue };
-            if s.is_established() {
-                s.close();
-            }
-            let down: Vec<u8> = std::iter::from_fn(|| s.poll_transmit()).flatten().collect();
-            if !down.is_empty() {
-                c.handle(now, &down);
-            }
-            if !s.is_established() && s.handshake_completed() {
-                break;
-            }
-        }
-        s.expect("a server session")
-    };
+    let mut now = Instant::now();
     c.request(now, request(RequestType::Post, "r", None, vec![]), T);
-    let s = serve(&mut c);
+    let s = serve_by_hand(&mut c, &sctx, &mut now, Duration::ZERO, true);
     assert!(s.handshake_completed() && !s.resumed());
     let f = c.figures();
     assert!(!f.connected, "the session ended");
@@ -1320,10 +1333,81 @@ fn a_session_the_server_closes_as_it_completes_is_counted_and_resumed() {
     while c.poll_event().is_some() {}
     // The request waiting for that session failed with it; the next one offers the session.
     c.request(now, request(RequestType::Post, "r", None, vec![]), T);
-    let s = serve(&mut c);
+    let s = serve_by_hand(&mut c, &sctx, &mut now, Duration::ZERO, true);
     assert!(
         s.resumed(),
         "the session that ended cleanly is offered again"
     );
     assert_eq!(c.figures().resumed, 1);
+}
+
+/// A request whose clock ran out while the handshake went on, handed to CoAP as the server's
+/// Finished came in (before the client's timer ran): the session that just came up is not
+/// taken for a stale one. Before, nothing had been "heard" on it, so the late request looked
+/// unanswered, and the new session was dropped at once.
+#[test]
+fn a_session_that_comes_up_after_a_requests_deadline_is_kept() {
+    let pki = Pki::devices(&["pi-01"]);
+    let sctx = pki.server();
+    let mut c = pki.device("pi-01");
+    let mut now = Instant::now();
+    let a = c.request(
+        now,
+        request(RequestType::Post, "r", None, b"a".to_vec()),
+        Duration::from_secs(1),
+    );
+    let _s = serve_by_hand(&mut c, &sctx, &mut now, Duration::from_secs(2), false);
+    let f = c.figures();
+    assert_eq!(f.stale, 0, "not dropped as stale");
+    assert!(f.connected);
+    let mut done = HashMap::new();
+    while let Some(Event::Done { tag, result }) = c.poll_event() {
+        done.insert(tag, result);
+    }
+    assert!(
+        matches!(done.get(&a), Some(Err(RequestError::Timeout(_)))),
+        "{done:?}"
+    );
+}
+
+/// A session that ends (here a close_notify) in the input in which a request is found late
+/// and unanswered ends as any ended session does: not counted as stale, its requests failing
+/// with the session's end. Before, the stale rule dropped it first, so the end was never
+/// handled: a session a fatal alert broke would have been offered again.
+#[test]
+fn a_session_that_ends_as_a_request_is_found_late_ends_as_ended() {
+    let pki = Pki::devices(&["pi-01"]);
+    let sctx = pki.server();
+    let mut c = pki.device("pi-01");
+    let mut now = Instant::now();
+    let a = c.request(
+        now,
+        request(RequestType::Post, "r", None, b"a".to_vec()),
+        Duration::from_secs(1),
+    );
+    let b = c.request(now, request(RequestType::Post, "r", None, b"b".to_vec()), T);
+    let mut s = serve_by_hand(&mut c, &sctx, &mut now, Duration::ZERO, false);
+    assert!(c.figures().connected);
+    // `a` reaches the server, which does not answer; `b` waits for its NSTART slot.
+    while let Some(t) = c.poll_transmit() {
+        if let Transmit::Datagram(d) = t {
+            s.handle_datagram(now, &d);
+        }
+    }
+    now += Duration::from_secs(2);
+    s.close();
+    let bye: Vec<u8> = std::iter::from_fn(|| s.poll_transmit()).flatten().collect();
+    c.handle(now, &bye);
+    let f = c.figures();
+    assert!(!f.connected);
+    assert_eq!(f.stale, 0, "it ended, it was not dropped");
+    let mut done = HashMap::new();
+    while let Some(Event::Done { tag, result }) = c.poll_event() {
+        done.insert(tag, result);
+    }
+    assert!(done.get(&a).is_some_and(|r| r.is_err()), "{done:?}");
+    assert!(
+        matches!(done.get(&b), Some(Err(RequestError::Dtls(_)))),
+        "{done:?}"
+    );
 }
