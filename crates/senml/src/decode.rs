@@ -736,9 +736,17 @@ impl<'de> de::Deserialize<'de> for Field<'de> {
     }
 }
 
-/// An id for a record that came without one: a 128-bit FNV-1a of its content, so that the
-/// same record sent twice gets the same id.
-fn derived_id(device: &str, sensor: &str, name: &str, time: i64, value: &Value) -> ReadingId {
+/// An id for a record that came without one: a 128-bit FNV-1a of its content (device, sensor,
+/// name, time, unit, and the value with its type), so that the same record sent twice gets the
+/// same id, and records that differ in anything the reading keeps do not.
+fn derived_id(
+    device: &str,
+    sensor: &str,
+    name: &str,
+    time: i64,
+    unit: &str,
+    value: &Value,
+) -> ReadingId {
     let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
     let prime: u128 = 0x0000000001000000000000000000013B;
     let mut feed = |bytes: &[u8]| {
@@ -753,6 +761,16 @@ fn derived_id(device: &str, sensor: &str, name: &str, time: i64, value: &Value) 
     feed(sensor.as_bytes());
     feed(name.as_bytes());
     feed(&time.to_le_bytes());
+    feed(unit.as_bytes());
+    // The type too: 21 and 21.0 are different readings (an integer stays an integer).
+    let kind: u8 = match value {
+        Value::Float(_) => 1,
+        Value::Int(_) => 2,
+        Value::Bool(_) => 3,
+        Value::Text(_) => 4,
+        Value::Bytes(_) => 5,
+    };
+    feed(&[kind]);
     feed(value.to_string().as_bytes());
     let mut b = h.to_be_bytes();
     // Mark it as a UUID version 8 (custom), variant 10.
@@ -940,6 +958,7 @@ impl<'a> Resolver<'a> {
                     sensor.as_str(),
                     name.as_str(),
                     micros,
+                    unit.as_str(),
                     &value,
                 )
             }

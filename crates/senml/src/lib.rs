@@ -9,7 +9,8 @@
 //! - `v` (an integer stays an integer, a float a float), `vb`, `vs`, `vd`;
 //! - `rid` = the reading's 16-byte id (a byte string in CBOR, 32 hex digits in JSON). A record
 //!   without `rid` (from another SenML producer) gets an id derived from its content, so a
-//!   re-sent record still maps to the same id.
+//!   re-sent record still maps to the same id (if its time is absolute: a relative time
+//!   resolves against the receiver's clock).
 //!
 //! Base fields are repeated only when they change, so a batch of one device's readings carries
 //! its device name and time base once.

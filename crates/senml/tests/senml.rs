@@ -125,6 +125,20 @@ fn a_foreign_pack_without_ids_gets_stable_ids_and_the_peers_device() {
     assert_eq!(a.readings[2].value, Value::Bool(true));
 }
 
+/// Records without `rid` that differ only in their unit, or in their value's type, are
+/// different readings: before, their derived ids were the same, and the second was dropped as
+/// a repeat of the first (and answered as stored).
+#[test]
+fn foreign_records_that_differ_only_in_unit_or_type_get_different_ids() {
+    let pack = br#"[{"bn":"s/","bt":1.320067464e9,"n":"t","v":21,"u":"Cel"},
+                   {"n":"t","v":21,"u":"K"},{"n":"t","v":21.0,"u":"K"},{"n":"t","v":21,"u":"K"}]"#;
+    let a = decode_json(pack, 100, NOW, "device-7").unwrap();
+    let ids: Vec<_> = a.readings.iter().map(|r| r.id).collect();
+    assert_ne!(ids[0], ids[1], "another unit");
+    assert_ne!(ids[1], ids[2], "an integer and a float");
+    assert_eq!(ids[1], ids[3], "the same record");
+}
+
 #[test]
 fn labels_kept_between_packs_are_shared_and_bounded() {
     let pack = |v| {
