@@ -292,6 +292,23 @@ enum Polled {
     },
 }
 
+/// Hands the handler what the machine has for it: the observations that ended first, then the
+/// requests. An observation ends on an input (an RST, a GET of its token without `Observe: 0`)
+/// or on an answer; a registration starts only when its answer is given, after the requests
+/// are handed over. So every end handed over here is of a registration made before these
+/// requests, and a client that ends an observation and registers again on the same token in
+/// one datagram (or one batch) stays registered. Handed over after the requests, the old
+/// registration's end removed the new one from the handler's registry while the endpoint kept
+/// it: the client waited for notifications that never came.
+fn hand_over(machine: &mut Machine, handler: &mut impl Handler) {
+    while let Some((peer, token)) = machine.poll_deregistered() {
+        handler.deregistered(peer, token);
+    }
+    while let Some(inc) = machine.poll_event() {
+        handler.request(inc);
+    }
+}
+
 /// Polls `socket` (non-blocking) and `answers` until `until`, for [`BusyPoll`]: whichever has
 /// something first.
 fn poll_until(
@@ -385,9 +402,7 @@ async fn serve(
             running = handler.tick();
             gauges.update(&machine, running);
         }
-        while let Some(inc) = machine.poll_event() {
-            handler.request(inc);
-        }
+        hand_over(&mut machine, &mut handler);
         handler.flush();
         // Answers and notifications given meanwhile (by the handler at once, or by other
         // threads), all at one time, read when the first is taken (after the handler's work,
@@ -398,13 +413,8 @@ async fn serve(
             let now = *at.get_or_insert_with(Instant::now);
             give(&mut machine, &mut handler, out, now);
         }
-        while let Some((peer, token)) = machine.poll_deregistered() {
-            handler.deregistered(peer, token);
-        }
-        // Requests the machine met while looking for those.
-        while let Some(inc) = machine.poll_event() {
-            handler.request(inc);
-        }
+        // Registrations those answers ended, and requests the machine met meanwhile.
+        hand_over(&mut machine, &mut handler);
         sends.extend(std::iter::from_fn(|| machine.poll_transmit()));
         let mut i = 0;
         while i < sends.len() {

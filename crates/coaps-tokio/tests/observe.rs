@@ -168,3 +168,146 @@ fn an_observer_that_falls_behind_keeps_only_the_latest_notices() {
     stop.store(true, Ordering::Relaxed);
     worker.join().unwrap();
 }
+
+/// What the handler saw, in order: requests (their token and whether they register) and
+/// observations that ended.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Request(Vec<u8>, bool),
+    Ended(Vec<u8>),
+}
+
+/// Hands each request to the test and logs it with each end of an observation, in one order.
+struct Log {
+    requests: mpsc::Sender<Incoming>,
+    log: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Handler for Log {
+    fn request(&mut self, inc: Incoming) {
+        let registers = gateway_coap::observe_of(&inc.packet) == Some(0);
+        self.log
+            .lock()
+            .unwrap()
+            .push(Seen::Request(inc.packet.get_token().to_vec(), registers));
+        let _ = self.requests.send(inc);
+    }
+    fn tick(&mut self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+    }
+    fn deregistered(&mut self, _peer: SocketAddr, token: Token) {
+        self.log.lock().unwrap().push(Seen::Ended(token));
+    }
+}
+
+/// A client that ends its observation and registers again on the same token in one datagram
+/// (a GET without Observe, then a GET with `Observe: 0`, as RFC 7641 lets it) is told of the
+/// end before it is asked to register again, so an application's registry keeps the new
+/// registration. Before, the requests went first and the old registration's end after: the
+/// application dropped the client the endpoint still had registered, and it never got a
+/// notification again.
+#[test]
+fn an_observation_ended_and_made_again_in_one_datagram_stays_made() {
+    let pki = Pki::new();
+    let b = Bound::new(server_opts(&pki, "server")).unwrap();
+    let (addr, responder) = (b.local_addr, b.responder.clone());
+    let (tx, requests) = mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler = Log {
+        requests: tx,
+        log: log.clone(),
+        stop: stop.clone(),
+    };
+    let worker = std::thread::spawn(move || b.run(Duration::from_millis(20), handler));
+    // The test answers what comes: registrations with Observe, the rest with 2.05.
+    let answering = std::thread::spawn(move || {
+        while let Ok(inc) = requests.recv_timeout(Duration::from_secs(5)) {
+            if gateway_coap::observe_of(&inc.packet) == Some(0) {
+                let token = inc.packet.get_token().to_vec();
+                responder.register(inc.id, inc.peer, token, registering_answer());
+            } else {
+                responder.respond(inc.id, response(ResponseType::Content, "21.5"));
+            }
+        }
+    });
+
+    // A raw DTLS client on a UDP socket of its own, so that it can put two records in one
+    // datagram.
+    let ctx = gateway_dtls::client_context(&gateway_dtls::ClientSettings {
+        ca_file: Some(pki.path("ca.pem")),
+        mtu: 1232,
+        ..Default::default()
+    })
+    .unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.connect(addr).unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut s =
+        gateway_dtls::Session::client(&ctx, "localhost", 1232, true, None, Instant::now()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // Sends what the session queued (in one datagram with `together`) and returns the CoAP
+    // messages that came back within `wait`.
+    let mut exchange = |s: &mut gateway_dtls::Session, together: bool, wait: Duration| {
+        let out: Vec<Vec<u8>> = std::iter::from_fn(|| s.poll_transmit()).collect();
+        if together {
+            udp.send(&out.concat()).unwrap();
+        } else {
+            for d in out {
+                udp.send(&d).unwrap();
+            }
+        }
+        let mut got = Vec::new();
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if let Ok(n) = udp.recv(&mut buf) {
+                got.extend(s.handle_datagram(Instant::now(), &buf[..n]));
+                let back: Vec<Vec<u8>> = std::iter::from_fn(|| s.poll_transmit()).collect();
+                for d in back {
+                    udp.send(&d).unwrap();
+                }
+            }
+        }
+        got
+    };
+    for _ in 0..20 {
+        if s.is_established() {
+            break;
+        }
+        exchange(&mut s, false, Duration::from_millis(100));
+    }
+    assert!(s.is_established(), "{:?}", s.state());
+    let token = vec![7u8, 7, 7, 7];
+    let get = |mid: u16, observe: Option<u32>| {
+        let mut p = request(RequestType::Get, "gpsflowtemp/pi-01", None, Vec::new());
+        p.header.message_id = mid;
+        p.set_token(token.clone());
+        if let Some(o) = observe {
+            p.add_option(CoapOption::Observe, encode_uint(o));
+        }
+        p.to_bytes().unwrap()
+    };
+    s.send(&get(1, Some(0))).unwrap();
+    let got = exchange(&mut s, false, Duration::from_millis(500));
+    assert_eq!(got.len(), 1, "the registration's answer");
+    // The end and the new registration, in one datagram.
+    s.send(&get(2, None)).unwrap();
+    s.send(&get(3, Some(0))).unwrap();
+    let got = exchange(&mut s, true, Duration::from_millis(500));
+    assert_eq!(got.len(), 2, "both answered");
+    let log = log.lock().unwrap().clone();
+    assert_eq!(
+        log,
+        [
+            Seen::Request(token.clone(), true),
+            Seen::Ended(token.clone()),
+            Seen::Request(token.clone(), false),
+            Seen::Request(token.clone(), true),
+        ]
+    );
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+    answering.join().unwrap();
+}
