@@ -2,6 +2,8 @@
 //! any number of peers. See the crate documentation for the order in which to drain it.
 
 mod client;
+#[cfg(test)]
+mod due_tests;
 mod observe;
 mod rto;
 mod server;
@@ -227,6 +229,38 @@ struct Outgoing<P> {
     replaced: bool,
 }
 
+/// When a CON message awaiting its ACK is next due, by its key in `outgoing`: the entries of a
+/// min-heap, so that the next timeout and the messages due are found without walking every
+/// message in flight (a server's CON separate responses and notifications: one per device
+/// when a slow sink answers a fleet at once). An entry whose message has gone, or is due at
+/// another time since, is stale: skipped when met, and the heap is rebuilt when stale entries
+/// outnumber the live ones.
+struct Due<P> {
+    at: Instant,
+    key: (P, u16),
+}
+
+impl<P> PartialEq for Due<P> {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl<P> Eq for Due<P> {}
+
+impl<P> PartialOrd for Due<P> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<P> Ord for Due<P> {
+    /// Reversed: the earliest is the greatest, at the top of `BinaryHeap`.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.at.cmp(&self.at)
+    }
+}
+
 struct ClientExchange {
     /// Sent (it holds one of its peer's NSTART slots), or still waiting for a slot.
     started: bool,
@@ -318,6 +352,8 @@ pub struct Endpoint<P: Copy + Eq + Hash> {
     events: VecDeque<Event<P>>,
     /// CON messages awaiting their ACK, by (peer, mid).
     outgoing: HashMap<(P, u16), Outgoing<P>>,
+    /// When each of `outgoing` is due (and stale entries).
+    due: std::collections::BinaryHeap<Due<P>>,
     /// Client exchanges by (peer, token).
     exchanges: HashMap<(P, Token), ClientExchange>,
     /// Per peer: exchanges started, and those waiting for an NSTART slot, in order.
@@ -365,6 +401,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             out: VecDeque::new(),
             events: VecDeque::new(),
             outgoing: HashMap::default(),
+            due: std::collections::BinaryHeap::new(),
             exchanges: HashMap::default(),
             slots: HashMap::default(),
             freed: Vec::new(),
@@ -436,7 +473,9 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
 
     /// When `handle_timeout` should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let retransmit = self.outgoing.values().map(|o| o.next_at).min();
+        // The top may be stale (its message acknowledged since): then the answer is early,
+        // and the call to `handle_timeout` it brings finds nothing due and drops it.
+        let retransmit = self.due.peek().map(|d| d.at);
         let separate = self.separate.front().map(|(t, _)| *t);
         let waiting = self
             .exchanges
@@ -512,6 +551,32 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         }
     }
 
+    /// Message `key` of `outgoing` is due `at`.
+    fn schedule(&mut self, key: (P, u16), at: Instant) {
+        self.due.push(Due { at, key });
+    }
+
+    /// Drops the stale entries at the top of `due`, and rebuilds it when it holds more than
+    /// twice the messages in flight (plus a few): what `due` holds stays bounded by them.
+    fn prune_due(&mut self) {
+        while let Some(d) = self.due.peek() {
+            if self.outgoing.get(&d.key).is_some_and(|o| o.next_at == d.at) {
+                break;
+            }
+            self.due.pop();
+        }
+        if self.due.len() > 2 * self.outgoing.len() + 64 {
+            self.due = self
+                .outgoing
+                .iter()
+                .map(|(k, o)| Due {
+                    at: o.next_at,
+                    key: *k,
+                })
+                .collect();
+        }
+    }
+
     fn send(&mut self, peer: P, p: &Packet) -> Result<Vec<u8>, String> {
         let bytes = p.to_bytes_unlimited().map_err(|e| format!("{e:?}"))?;
         self.out.push_back((peer, bytes.clone()));
@@ -527,6 +592,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     ) -> Result<(), String> {
         let bytes = self.send(peer, p)?;
         let timeout = self.initial_timeout(now, peer);
+        self.schedule((peer, p.header.message_id), now + timeout);
         self.outgoing.insert(
             (peer, p.header.message_id),
             Outgoing {
@@ -551,6 +617,12 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
 
     /// Takes one datagram from `peer`.
     pub fn handle_datagram(&mut self, now: Instant, peer: P, bytes: &[u8]) {
+        self.take_datagram(now, peer, bytes);
+        // An ACK takes its message out of `outgoing`: the next timeout stays exact.
+        self.prune_due();
+    }
+
+    fn take_datagram(&mut self, now: Instant, peer: P, bytes: &[u8]) {
         match crate::message::format_error(bytes) {
             None => {}
             Some(e) => {
@@ -624,12 +696,13 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
     /// Retransmits, gives up, sends empty ACKs for slow requests, and forgets what expired.
     pub fn handle_timeout(&mut self, now: Instant) {
         // Retransmissions.
-        let due: Vec<(P, u16)> = self
-            .outgoing
-            .iter()
-            .filter(|(_, o)| o.next_at <= now)
-            .map(|(k, _)| *k)
-            .collect();
+        let mut due: Vec<(P, u16)> = Vec::new();
+        while self.due.peek().is_some_and(|d| d.at <= now) {
+            let d = self.due.pop().expect("peeked");
+            if self.outgoing.get(&d.key).is_some_and(|o| o.next_at == d.at) {
+                due.push(d.key);
+            }
+        }
         for key in due {
             let Some(o) = self.outgoing.get(&key) else {
                 continue;
@@ -664,7 +737,10 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
             o.next_at = now + o.timeout;
             self.stats.retransmissions += 1;
             self.out.push_back((o.peer, o.bytes.clone()));
+            let at = o.next_at;
+            self.schedule(key, at);
         }
+        self.prune_due();
         // Requests the application is slow to answer: acknowledge them now.
         while let Some(&(t, id)) = self.separate.front() {
             if t > now {
@@ -721,6 +797,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         // peer's address next.
         self.out.retain(|(p, _)| *p != peer);
         self.outgoing.retain(|(p, _), _| *p != peer);
+        self.prune_due();
         let gone: Vec<Token> = self
             .exchanges
             .keys()

@@ -90,6 +90,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         {
             self.outgoing
                 .retain(|_, o| o.peer != peer || o.token.as_ref() != Some(token));
+            self.prune_due();
         }
     }
 

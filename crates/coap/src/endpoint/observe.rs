@@ -172,6 +172,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         let Some(out) = self.outgoing.remove(&key) else {
             return key;
         };
+        self.schedule((peer, mid), out.next_at);
         self.outgoing.insert(
             (peer, mid),
             Outgoing {
