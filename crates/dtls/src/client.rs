@@ -613,7 +613,15 @@ impl Client {
                     self.resume = l.session.ssl_session();
                 }
                 if l.session.is_established() {
+                    // A request whose clock ran out while it waited (for the handshake, say)
+                    // stays queued, and times out below unsent: sent now, it would reach the
+                    // server after its caller was told it failed.
+                    let mut late = VecDeque::new();
                     while let Some(mut job) = self.queued.pop_front() {
+                        if job.deadline.is_some_and(|d| d <= now) {
+                            late.push_back(job);
+                            continue;
+                        }
                         // The endpoint keeps the request for its retransmissions; nothing else
                         // needs it.
                         let packet = std::mem::replace(&mut job.packet, Packet::new());
@@ -621,6 +629,7 @@ impl Client {
                         tracing::trace!(tag = job.tag, "request handed to CoAP");
                         self.waiting.insert(token, job);
                     }
+                    self.queued = late;
                 }
             }
             let mut stale = false;

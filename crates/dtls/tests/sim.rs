@@ -1341,10 +1341,11 @@ fn a_session_the_server_closes_as_it_completes_is_counted_and_resumed() {
     assert_eq!(c.figures().resumed, 1);
 }
 
-/// A request whose clock ran out while the handshake went on, handed to CoAP as the server's
-/// Finished came in (before the client's timer ran): the session that just came up is not
-/// taken for a stale one. Before, nothing had been "heard" on it, so the late request looked
-/// unanswered, and the new session was dropped at once.
+/// A request whose clock ran out while the handshake went on, as the server's Finished came in
+/// (before the client's timer ran): it times out unsent, the next request goes, and the
+/// session that just came up is not taken for a stale one. Before, the late request was handed
+/// to CoAP and sent after its caller was told it had failed, and nothing had been "heard" on
+/// the new session, so the late request looked unanswered and the session was dropped at once.
 #[test]
 fn a_session_that_comes_up_after_a_requests_deadline_is_kept() {
     let pki = Pki::devices(&["pi-01"]);
@@ -1356,10 +1357,22 @@ fn a_session_that_comes_up_after_a_requests_deadline_is_kept() {
         request(RequestType::Post, "r", None, b"a".to_vec()),
         Duration::from_secs(1),
     );
-    let _s = serve_by_hand(&mut c, &sctx, &mut now, Duration::from_secs(2), false);
+    c.request(now, request(RequestType::Post, "r", None, b"b".to_vec()), T);
+    let mut s = serve_by_hand(&mut c, &sctx, &mut now, Duration::from_secs(2), false);
     let f = c.figures();
     assert_eq!(f.stale, 0, "not dropped as stale");
     assert!(f.connected);
+    // What reaches the server: `b` only.
+    let mut bodies = Vec::new();
+    while let Some(t) = c.poll_transmit() {
+        if let Transmit::Datagram(d) = t {
+            for m in s.handle_datagram(now, &d) {
+                bodies.push(Packet::from_bytes(&m).unwrap().payload);
+            }
+        }
+    }
+    assert_eq!(bodies, [b"b".to_vec()]);
+    assert_eq!(c.figures().in_flight, (1, 0), "`b` in flight");
     let mut done = HashMap::new();
     while let Some(Event::Done { tag, result }) = c.poll_event() {
         done.insert(tag, result);
