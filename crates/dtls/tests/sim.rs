@@ -1308,6 +1308,23 @@ fn serve_by_hand(
     s.expect("a server session")
 }
 
+/// Queues on `c` a POST of "a" whose clock runs out after 1 s and one of "b" with the usual
+/// timeout; their tags.
+fn late_and_next(c: &mut Client, now: Instant) -> (u64, u64) {
+    let post = |body: &[u8]| request(RequestType::Post, "r", None, body.to_vec());
+    let a = c.request(now, post(b"a"), Duration::from_secs(1));
+    (a, c.request(now, post(b"b"), T))
+}
+
+/// The results of the requests `c` finished since last asked, by tag.
+fn finished(c: &mut Client) -> HashMap<u64, Result<Packet, RequestError>> {
+    let mut done = HashMap::new();
+    while let Some(Event::Done { tag, result }) = c.poll_event() {
+        done.insert(tag, result);
+    }
+    done
+}
+
 /// A server that puts its close_notify in the datagram of its Finished (a peer may put
 /// several records in one datagram): the client's handshake is counted, and the session, which
 /// ended cleanly, is offered again at the next connect. Before, the client asked whether the
@@ -1352,12 +1369,7 @@ fn a_session_that_comes_up_after_a_requests_deadline_is_kept() {
     let sctx = pki.server();
     let mut c = pki.device("pi-01");
     let mut now = Instant::now();
-    let a = c.request(
-        now,
-        request(RequestType::Post, "r", None, b"a".to_vec()),
-        Duration::from_secs(1),
-    );
-    c.request(now, request(RequestType::Post, "r", None, b"b".to_vec()), T);
+    let (a, _) = late_and_next(&mut c, now);
     let mut s = serve_by_hand(&mut c, &sctx, &mut now, Duration::from_secs(2), false);
     let f = c.figures();
     assert_eq!(f.stale, 0, "not dropped as stale");
@@ -1373,10 +1385,7 @@ fn a_session_that_comes_up_after_a_requests_deadline_is_kept() {
     }
     assert_eq!(bodies, [b"b".to_vec()]);
     assert_eq!(c.figures().in_flight, (1, 0), "`b` in flight");
-    let mut done = HashMap::new();
-    while let Some(Event::Done { tag, result }) = c.poll_event() {
-        done.insert(tag, result);
-    }
+    let done = finished(&mut c);
     assert!(
         matches!(done.get(&a), Some(Err(RequestError::Timeout(_)))),
         "{done:?}"
@@ -1393,12 +1402,7 @@ fn a_session_that_ends_as_a_request_is_found_late_ends_as_ended() {
     let sctx = pki.server();
     let mut c = pki.device("pi-01");
     let mut now = Instant::now();
-    let a = c.request(
-        now,
-        request(RequestType::Post, "r", None, b"a".to_vec()),
-        Duration::from_secs(1),
-    );
-    let b = c.request(now, request(RequestType::Post, "r", None, b"b".to_vec()), T);
+    let (a, b) = late_and_next(&mut c, now);
     let mut s = serve_by_hand(&mut c, &sctx, &mut now, Duration::ZERO, false);
     assert!(c.figures().connected);
     // `a` reaches the server, which does not answer; `b` waits for its NSTART slot.
@@ -1414,10 +1418,7 @@ fn a_session_that_ends_as_a_request_is_found_late_ends_as_ended() {
     let f = c.figures();
     assert!(!f.connected);
     assert_eq!(f.stale, 0, "it ended, it was not dropped");
-    let mut done = HashMap::new();
-    while let Some(Event::Done { tag, result }) = c.poll_event() {
-        done.insert(tag, result);
-    }
+    let done = finished(&mut c);
     assert!(done.get(&a).is_some_and(|r| r.is_err()), "{done:?}");
     assert!(
         matches!(done.get(&b), Some(Err(RequestError::Dtls(_)))),
