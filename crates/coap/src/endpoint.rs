@@ -556,13 +556,15 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         self.due.push(Due { at, key });
     }
 
+    /// Whether `d` still stands for its message: in flight, and due at `d.at`.
+    fn is_current(&self, d: &Due<P>) -> bool {
+        self.outgoing.get(&d.key).is_some_and(|o| o.next_at == d.at)
+    }
+
     /// Drops the stale entries at the top of `due`, and rebuilds it when it holds more than
     /// twice the messages in flight (plus a few): what `due` holds stays bounded by them.
     fn prune_due(&mut self) {
-        while let Some(d) = self.due.peek() {
-            if self.outgoing.get(&d.key).is_some_and(|o| o.next_at == d.at) {
-                break;
-            }
+        while self.due.peek().is_some_and(|d| !self.is_current(d)) {
             self.due.pop();
         }
         if self.due.len() > 2 * self.outgoing.len() + 64 {
@@ -699,7 +701,7 @@ impl<P: Copy + Eq + Hash> Endpoint<P> {
         let mut due: Vec<(P, u16)> = Vec::new();
         while self.due.peek().is_some_and(|d| d.at <= now) {
             let d = self.due.pop().expect("peeked");
-            if self.outgoing.get(&d.key).is_some_and(|o| o.next_at == d.at) {
+            if self.is_current(&d) {
                 due.push(d.key);
             }
         }

@@ -19,21 +19,49 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Hands each request to the test, and keeps what the worker says was deregistered.
+/// What the handler saw, in order: requests (their token and whether they register) and
+/// observations that ended.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Request(Vec<u8>, bool),
+    Ended(Vec<u8>),
+}
+
+/// Hands each request to the test, and keeps what the worker says was deregistered, and both
+/// in the order the handler saw them.
 struct Registry {
     requests: mpsc::Sender<Incoming>,
     gone: Arc<Mutex<Vec<(SocketAddr, Token)>>>,
+    log: Arc<Mutex<Vec<Seen>>>,
     stop: Arc<AtomicBool>,
+}
+
+impl Registry {
+    /// A registry handing requests to `requests`, nothing seen yet.
+    fn new(requests: mpsc::Sender<Incoming>) -> Registry {
+        Registry {
+            requests,
+            gone: Arc::default(),
+            log: Arc::default(),
+            stop: Arc::default(),
+        }
+    }
 }
 
 impl Handler for Registry {
     fn request(&mut self, inc: Incoming) {
+        let registers = gateway_coap::observe_of(&inc.packet) == Some(0);
+        self.log
+            .lock()
+            .unwrap()
+            .push(Seen::Request(inc.packet.get_token().to_vec(), registers));
         let _ = self.requests.send(inc);
     }
     fn tick(&mut self) -> bool {
         !self.stop.load(Ordering::Relaxed)
     }
     fn deregistered(&mut self, peer: SocketAddr, token: Token) {
+        self.log.lock().unwrap().push(Seen::Ended(token.clone()));
         self.gone.lock().unwrap().push((peer, token));
     }
 }
@@ -68,13 +96,8 @@ fn a_registration_whose_session_ended_before_its_answer_is_handed_back() {
     let b = Bound::new(server_opts(&pki, "server")).unwrap();
     let (addr, stats, responder) = (b.local_addr, b.stats.clone(), b.responder.clone());
     let (tx, requests) = mpsc::channel();
-    let gone = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let registry = Registry {
-        requests: tx,
-        gone: gone.clone(),
-        stop: stop.clone(),
-    };
+    let registry = Registry::new(tx);
+    let (gone, stop) = (registry.gone.clone(), registry.stop.clone());
     let worker = std::thread::spawn(move || b.run(Duration::from_millis(20), registry));
     let is_gone = |peer: SocketAddr| gone.lock().unwrap().iter().any(|(p, _)| *p == peer);
 
@@ -122,12 +145,8 @@ fn an_observer_that_falls_behind_keeps_only_the_latest_notices() {
     let b = Bound::new(server_opts(&pki, "server")).unwrap();
     let (addr, responder) = (b.local_addr, b.responder.clone());
     let (tx, requests) = mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    let registry = Registry {
-        requests: tx,
-        gone: Arc::default(),
-        stop: stop.clone(),
-    };
+    let registry = Registry::new(tx);
+    let stop = registry.stop.clone();
     let worker = std::thread::spawn(move || b.run(Duration::from_millis(20), registry));
     let client = Client::start(client_opts(addr, &pki.path("ca.pem"), "localhost")).unwrap();
     let registering = std::thread::spawn({
@@ -169,38 +188,6 @@ fn an_observer_that_falls_behind_keeps_only_the_latest_notices() {
     worker.join().unwrap();
 }
 
-/// What the handler saw, in order: requests (their token and whether they register) and
-/// observations that ended.
-#[derive(Debug, Clone, PartialEq)]
-enum Seen {
-    Request(Vec<u8>, bool),
-    Ended(Vec<u8>),
-}
-
-/// Hands each request to the test and logs it with each end of an observation, in one order.
-struct Log {
-    requests: mpsc::Sender<Incoming>,
-    log: Arc<Mutex<Vec<Seen>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Handler for Log {
-    fn request(&mut self, inc: Incoming) {
-        let registers = gateway_coap::observe_of(&inc.packet) == Some(0);
-        self.log
-            .lock()
-            .unwrap()
-            .push(Seen::Request(inc.packet.get_token().to_vec(), registers));
-        let _ = self.requests.send(inc);
-    }
-    fn tick(&mut self) -> bool {
-        !self.stop.load(Ordering::Relaxed)
-    }
-    fn deregistered(&mut self, _peer: SocketAddr, token: Token) {
-        self.log.lock().unwrap().push(Seen::Ended(token));
-    }
-}
-
 /// A client that ends its observation and registers again on the same token in one datagram
 /// (a GET without Observe, then a GET with `Observe: 0`, as RFC 7641 lets it) is told of the
 /// end before it is asked to register again, so an application's registry keeps the new
@@ -213,14 +200,9 @@ fn an_observation_ended_and_made_again_in_one_datagram_stays_made() {
     let b = Bound::new(server_opts(&pki, "server")).unwrap();
     let (addr, responder) = (b.local_addr, b.responder.clone());
     let (tx, requests) = mpsc::channel();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let handler = Log {
-        requests: tx,
-        log: log.clone(),
-        stop: stop.clone(),
-    };
-    let worker = std::thread::spawn(move || b.run(Duration::from_millis(20), handler));
+    let registry = Registry::new(tx);
+    let (log, stop) = (registry.log.clone(), registry.stop.clone());
+    let worker = std::thread::spawn(move || b.run(Duration::from_millis(20), registry));
     // The test answers what comes: registrations with Observe, the rest with 2.05.
     let answering = std::thread::spawn(move || {
         while let Ok(inc) = requests.recv_timeout(Duration::from_secs(5)) {
