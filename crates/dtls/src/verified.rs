@@ -151,6 +151,29 @@ fn ca_revoked(chain: &StackRef<X509>, crls: &[X509Crl]) -> bool {
     })
 }
 
+/// What the peer sent (its own certificate first), as the store context `raw` holds it.
+///
+/// # Safety
+/// `raw` is a valid store context; the stack is borrowed for as long as it is.
+unsafe fn sent<'a>(raw: *mut X509_STORE_CTX) -> Option<&'a StackRef<X509>> {
+    // SAFETY: the caller's promise.
+    let sent = unsafe { X509_STORE_CTX_get0_untrusted(raw) };
+    // SAFETY: a non-null untrusted stack of the store context.
+    (!sent.is_null()).then(|| unsafe { StackRef::<X509>::from_ptr(sent) })
+}
+
+/// Whether the peer sent no more certificates than the `chain` that was verified has, each of
+/// them on it (the trust anchor may be sent or not). A peer with a good certificate could otherwise pad
+/// its Certificate message with others, up to [`crate::context`]'s limit of 16 KiB: OpenSSL
+/// keeps every certificate sent, parsed, in the session and in the server's session cache,
+/// for hours after the session ended. RFC 5246 §7.4.2 has each certificate certify the one
+/// before it, so a peer that follows it sends nothing else.
+fn only_the_path(sent: Option<&StackRef<X509>>, chain: &StackRef<X509>) -> bool {
+    sent.is_none_or(|sent| {
+        sent.len() <= chain.len() && sent.iter().all(|c| chain.iter().any(|v| v == c))
+    })
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -218,21 +241,25 @@ impl Verified {
     }
 
     /// OpenSSL's `X509_verify_cert` on `ctx`, then the chain's CA certificates against the
-    /// context's CRLs ([`ca_revoked`]).
+    /// context's CRLs ([`ca_revoked`]), then what the peer sent against the chain
+    /// ([`only_the_path`]).
     fn verify_chain(&self, ctx: &mut X509StoreContextRef) -> libc::c_int {
         // SAFETY: the store context OpenSSL set up for this verification.
         let ok = unsafe { openssl_sys::X509_verify_cert(ctx.as_ptr()) };
-        if ok == 1 && ctx.chain().is_some_and(|c| ca_revoked(c, &self.crls)) {
-            // SAFETY: as above.
-            unsafe {
-                openssl_sys::X509_STORE_CTX_set_error(
-                    ctx.as_ptr(),
-                    openssl_sys::X509_V_ERR_CERT_REVOKED,
-                )
-            };
-            return 0;
+        if ok != 1 {
+            return ok;
         }
-        ok
+        let refused = match ctx.chain() {
+            Some(c) if ca_revoked(c, &self.crls) => openssl_sys::X509_V_ERR_CERT_REVOKED,
+            // SAFETY: the untrusted certificates belong to the store context for the call.
+            Some(c) if !only_the_path(unsafe { sent(ctx.as_ptr()) }, c) => {
+                openssl_sys::X509_V_ERR_CERT_CHAIN_TOO_LONG
+            }
+            _ => return ok,
+        };
+        // SAFETY: as above.
+        unsafe { openssl_sys::X509_STORE_CTX_set_error(ctx.as_ptr(), refused) };
+        0
     }
 
     /// What the verification of `ctx` decides: a verdict kept for its exact chain (and, on a
@@ -248,10 +275,9 @@ impl Verified {
         // certificate first) belong to the store context for the whole call.
         let (leaf, sent) = unsafe {
             let leaf = X509_STORE_CTX_get0_cert(raw);
-            let sent = X509_STORE_CTX_get0_untrusted(raw);
             (
                 (!leaf.is_null()).then(|| X509Ref::from_ptr(leaf)),
-                (!sent.is_null()).then(|| StackRef::<X509>::from_ptr(sent)),
+                sent(raw),
             )
         };
         let now = unix_now();

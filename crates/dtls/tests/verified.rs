@@ -84,3 +84,48 @@ fn a_new_context_verifies_again() {
     Link::new(&pki.client(""), second.clone(), None).handshake();
     assert_eq!(chains_reused(&second), Some(0));
 }
+
+/// A device that sends certificates besides its own chain is refused: OpenSSL keeps every
+/// certificate sent, parsed, in the session and in the server's session cache for hours, and
+/// a device padding its list up to the 16 KiB limit at every handshake would fill the
+/// server's memory. One that sends its chain's root as well, as RFC 5246 allows, gets in.
+#[test]
+fn a_certificate_list_with_certificates_off_the_chain_is_refused() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let server = pki.server();
+    let pem = |p: &Pki, f: &str| std::fs::read(p.path(f)).unwrap();
+    let (leaf, root, foreign) = (
+        pem(&pki, "dev-1.pem"),
+        pem(&pki, "ca.pem"),
+        pem(&other, "ca.pem"),
+    );
+    let sends = |name: &str, certs: &[&[u8]]| {
+        std::fs::write(pki.path(&format!("{name}.pem")), certs.concat()).unwrap();
+        std::fs::copy(pki.path("dev-1.key"), pki.path(&format!("{name}.key"))).unwrap();
+        let mut link = Link::new(&pki.client_as(&pki, name, ""), server.clone(), None);
+        let ok = link.try_handshake();
+        assert_eq!(
+            ok,
+            link.server().peer_identity().as_deref() == Some("dev-1")
+        );
+        ok
+    };
+    assert!(sends("alone", &[&leaf]));
+    assert!(sends("with-root", &[&leaf, &root]));
+    assert!(
+        !sends("padded", &[&leaf, &foreign]),
+        "a certificate off the chain was taken"
+    );
+    assert!(
+        !sends("repeated", &[&leaf, &leaf, &leaf]),
+        "the device's own certificate, sent again and again, was taken"
+    );
+    assert!(
+        !sends("root-twice", &[&leaf, &root, &root]),
+        "the root, sent twice, was taken"
+    );
+    // The refusals were not remembered as verdicts: only "alone" and "with-root", each once.
+    assert!(sends("alone", &[&leaf]));
+    assert_eq!(chains_reused(&server), Some(1));
+}
