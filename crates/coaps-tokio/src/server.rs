@@ -188,7 +188,7 @@ impl Bound {
     /// share what [`Shared`] says. Run each on a thread of its own.
     pub fn workers(opts: ServerOptions, n: usize) -> Result<Vec<Bound>, DtlsError> {
         let n = n.max(1);
-        let shared = Shared::new(&opts.server, Instant::now())?;
+        let shared = Shared::new(&opts.server, n, Instant::now())?;
         let mut addr = opts.bind;
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {

@@ -289,13 +289,26 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds and checks the DTLS context of `cfg` (certificate and key files are read) and
-    /// draws a cookie secret.
-    pub fn new(cfg: &Config, now: Instant) -> Result<Shared, DtlsError> {
+    /// Builds and checks the DTLS context of `cfg` (certificate and key files are read) for
+    /// `workers` workers with `cfg`'s caps each, and draws a cookie secret.
+    ///
+    /// The context's session cache keeps as many sessions as the workers may hold established
+    /// together (OpenSSL keeps 20,480 whatever the caps, each with the client's certificates,
+    /// for two hours after the session ended; a device that makes full handshakes again and
+    /// again adds one each time): a server sized for a few devices stays small.
+    pub fn new(cfg: &Config, workers: usize, now: Instant) -> Result<Shared, DtlsError> {
         let mut cookie_master = [0u8; 32];
         openssl::rand::rand_bytes(&mut cookie_master)
             .map_err(|e| DtlsError::Other(format!("random bytes: {e}")))?;
         let ctx = server_context(&cfg.tls)?;
+        let cached = cfg.max_sessions.saturating_mul(workers).clamp(64, 1 << 30);
+        // SAFETY: a valid context, not yet shared with anything.
+        unsafe {
+            openssl_sys::SSL_CTX_sess_set_cache_size(
+                foreign_types::ForeignType::as_ptr(&ctx),
+                cached as libc::c_long,
+            )
+        };
         let stats = Stats {
             chains_reused: crate::verified::reuse_counter(&ctx).unwrap_or_default(),
             ..Stats::default()
@@ -322,7 +335,7 @@ impl Server {
         now: Instant,
         rng: Box<dyn FnMut() -> u64 + Send>,
     ) -> Result<Server, DtlsError> {
-        let shared = Shared::new(&cfg, now)?;
+        let shared = Shared::new(&cfg, 1, now)?;
         Ok(Server::with_shared(cfg, &shared, rng))
     }
 

@@ -1200,40 +1200,15 @@ fn a_session_that_closes_in_the_datagram_completing_it_is_admitted_first() {
     let pki = Pki::devices(&["pi-01"]);
     let mut net = Net::new(pki.server_config());
     let cctx = pki.client_as(&pki, "pi-01", "");
-    // A raw client session, driven by hand against the server until `done` says so; the
-    // datagrams it has then are left in it.
-    let run =
-        |net: &mut Net, c: &mut Session, from: SocketAddr, done: &dyn Fn(&Session) -> bool| {
-            for _ in 0..20 {
-                if done(c) {
-                    return;
-                }
-                while let Some(d) = c.poll_transmit() {
-                    net.server.handle(net.now, from, &d);
-                }
-                while let Some((to, d)) = net.server.poll_transmit() {
-                    if to == from {
-                        c.handle_datagram(net.now, &d);
-                    }
-                }
-            }
-            panic!("the handshake went no further: {:?}", c.state());
-        };
     // A full handshake, and a close: the session stays resumable.
     let first = SocketAddr::from(([10, 0, 0, 9], 4000));
-    let mut c = Session::client(&cctx, "localhost", 1232, true, None, net.now).unwrap();
-    run(&mut net, &mut c, first, &|c| c.is_established());
-    let resume = c.ssl_session().expect("a session to resume");
-    c.close();
-    while let Some(d) = c.poll_transmit() {
-        net.server.handle(net.now, first, &d);
-    }
+    let resume = connect_and_close(&mut net, &cctx, first, None);
     assert_eq!(net.server.sessions(), (0, 0));
     // It is resumed; the client's last flight, a request and its close_notify go in one
     // datagram.
     let from = SocketAddr::from(([10, 0, 0, 9], 4001));
     let mut c = Session::client(&cctx, "localhost", 1232, true, Some(&resume), net.now).unwrap();
-    run(&mut net, &mut c, from, &|c| c.is_established());
+    assert!(connect_by_hand(&mut net, &mut c, from));
     let mut post = request(RequestType::Post, "r", None, b"second".to_vec());
     post.header.message_id = 7;
     c.send(&post.to_bytes().unwrap()).unwrap();
@@ -1257,6 +1232,72 @@ fn a_session_that_closes_in_the_datagram_completing_it_is_admitted_first() {
 /// completes; `late` passes on the clock just before the server's last flight reaches the
 /// client, and with `close` the server closes the session as it completes (its close_notify
 /// in the datagram of its Finished: a peer may put several records in one datagram).
+/// Drives a raw client session `c` from `from` against the server until it is established
+/// (true) or goes no further; the datagrams it has then are left in it.
+fn connect_by_hand(net: &mut Net, c: &mut Session, from: SocketAddr) -> bool {
+    for _ in 0..20 {
+        if c.is_established() {
+            return true;
+        }
+        while let Some(d) = c.poll_transmit() {
+            net.server.handle(net.now, from, &d);
+        }
+        while let Some((to, d)) = net.server.poll_transmit() {
+            if to == from {
+                c.handle_datagram(net.now, &d);
+            }
+        }
+    }
+    false
+}
+
+/// A raw client session of `cctx` from `from`, resuming `resume` if given: set up, then
+/// closed with a close_notify. The session, to resume.
+fn connect_and_close(
+    net: &mut Net,
+    cctx: &openssl::ssl::SslContext,
+    from: SocketAddr,
+    resume: Option<&openssl::ssl::SslSession>,
+) -> openssl::ssl::SslSession {
+    let mut c = Session::client(cctx, "localhost", 1232, true, resume, net.now).unwrap();
+    assert!(connect_by_hand(net, &mut c, from), "{:?}", c.state());
+    let session = c.ssl_session().expect("a session to resume");
+    c.close();
+    while let Some(d) = c.poll_transmit() {
+        net.server.handle(net.now, from, &d);
+    }
+    net.settle();
+    session
+}
+
+/// The server's session cache keeps as many sessions as the server may hold established (64
+/// at least), not OpenSSL's 20,480 whatever the caps: a device making full handshake after
+/// full handshake adds one each time, with its certificates, kept two hours after the
+/// session ended.
+#[test]
+fn the_session_cache_keeps_as_many_sessions_as_the_server_holds() {
+    let pki = Pki::devices(&["pi-01"]);
+    let mut cfg = pki.server_config();
+    cfg.max_sessions = 2;
+    let mut net = Net::new(cfg);
+    let cctx = pki.client_as(&pki, "pi-01", "");
+    let from = |n: u16| SocketAddr::from(([10, 0, 0, 9], 4000 + n));
+    let sessions: Vec<_> = (0..65)
+        .map(|n| connect_and_close(&mut net, &cctx, from(n), None))
+        .collect();
+    assert_eq!(net.stat(|s| &s.sessions), 65);
+    // The latest is resumed; the first was pushed out by the 64 after it.
+    connect_and_close(&mut net, &cctx, from(100), Some(&sessions[64]));
+    assert_eq!(net.stat(|s| &s.resumed), 1);
+    connect_and_close(&mut net, &cctx, from(101), Some(&sessions[0]));
+    assert_eq!(
+        net.stat(|s| &s.resumed),
+        1,
+        "a session pushed out was resumed"
+    );
+    assert_eq!(net.stat(|s| &s.sessions), 67);
+}
+
 fn serve_by_hand(
     c: &mut Client,
     sctx: &openssl::ssl::SslContext,
