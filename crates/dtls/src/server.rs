@@ -932,22 +932,32 @@ impl Server {
                 .unwrap_or_default()
                 .min(CENTURY)
         });
+        // Out of the session cache too, when the session is refused for what it is: a
+        // refused handshake would push the devices' sessions out of it, and resuming it
+        // would only be refused again. The warnings are a few a minute at most
+        // ([`crate::quiet`]): a peer with no credentials, or with a session that ran out,
+        // can be refused at every handshake.
         if expires.is_some_and(|t| t <= now) {
             count(&self.stats.expired_resumptions);
-            tracing::warn!(%peer, identity = ?identity, "DTLS session refused: the client certificate of the session it resumes has expired");
+            p.session.forget_resumption(&self.ctx);
+            if self.quiet.allow(now) {
+                tracing::warn!(%peer, identity = ?identity, "DTLS session refused: the client certificate of the session it resumes has expired");
+            }
             self.drop_peer(peer, Ending::Alert(CERTIFICATE_EXPIRED));
             return false;
         }
         if let Some(why) = self.refusal(identity.as_deref()) {
-            // Out of the session cache too: a refused handshake would push the devices'
-            // sessions out of it, and resuming it would only be refused again.
             p.session.forget_resumption(&self.ctx);
-            tracing::warn!(%peer, identity = ?identity, "DTLS session refused: {why}");
+            if self.quiet.allow(now) {
+                tracing::warn!(%peer, identity = ?identity, "DTLS session refused: {why}");
+            }
             self.drop_peer(peer, Ending::Notify);
             return false;
         }
         if let Some(why) = self.make_room(peer, identity.as_deref()) {
-            tracing::warn!(%peer, identity = ?identity, "DTLS session refused: {why}");
+            if self.quiet.allow(now) {
+                tracing::warn!(%peer, identity = ?identity, "DTLS session refused: {why}");
+            }
             self.drop_peer(peer, Ending::Notify);
             return false;
         }

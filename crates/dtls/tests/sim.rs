@@ -1298,6 +1298,53 @@ fn the_session_cache_keeps_as_many_sessions_as_the_server_holds() {
     assert_eq!(net.stat(|s| &s.sessions), 67);
 }
 
+/// A session refused at its resumption because the client certificate it was made with has
+/// expired leaves the server's session cache: offered again, it gets a full handshake, which
+/// the expired certificate fails, not another resumption refused. (The certificate's end is
+/// on the real clock: this test waits for it, a second at most.)
+#[test]
+fn a_session_refused_for_its_expired_certificate_is_not_resumed_again() {
+    let pki = Pki::devices(&["pi-01"]);
+    let (ca, ca_key) = gateway_pki::read_pair(&pki.path("ca.pem"), &pki.path("ca.key")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let key = gateway_pki::new_key().unwrap();
+    let kind = gateway_pki::Kind::Device;
+    let cert =
+        gateway_pki::issue_between("pi-01", &key, kind, Some((&ca, &ca_key)), now - 60, now + 1)
+            .unwrap();
+    gateway_pki::write_cert(&pki.path("pi-01.pem"), &cert).unwrap();
+    gateway_pki::write_key(&pki.path("pi-01.key"), &key).unwrap();
+    let mut net = Net::new(pki.server_config());
+    let cctx = pki.client_as(&pki, "pi-01", "");
+    let from = |n: u16| SocketAddr::from(([10, 0, 0, 9], 4000 + n));
+    let session = connect_and_close(&mut net, &cctx, from(0), None);
+    let expiry = std::time::UNIX_EPOCH + Duration::from_secs(now as u64 + 1);
+    if let Ok(left) = expiry.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(left + Duration::from_millis(50));
+    }
+    for n in 1..=2 {
+        let mut c =
+            Session::client(&cctx, "localhost", 1232, true, Some(&session), net.now).unwrap();
+        connect_by_hand(&mut net, &mut c, from(n));
+        // Its last flight, which completes a resumption at the server.
+        while let Some(d) = c.poll_transmit() {
+            net.server.handle(net.now, from(n), &d);
+        }
+        net.settle();
+    }
+    assert_eq!(net.server.sessions(), (0, 0));
+    assert_eq!(
+        net.stat(|s| &s.expired_resumptions),
+        1,
+        "the session was resumed again"
+    );
+    assert_eq!(net.stat(|s| &s.handshake_failures), 1, "the full handshake");
+    assert_eq!(net.stat(|s| &s.sessions), 1);
+}
+
 fn serve_by_hand(
     c: &mut Client,
     sctx: &openssl::ssl::SslContext,
