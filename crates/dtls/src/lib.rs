@@ -85,7 +85,14 @@ mod tests {
 
     #[test]
     fn an_identity_is_text_without_controls_or_spaces_at_its_ends() {
-        for ok in ["pi-01", "a", "Pi 01", "capteur-é", &"x".repeat(254)] {
+        for ok in [
+            "pi-01",
+            "a",
+            "Pi 01",
+            "capteur-é",
+            "机器-01",
+            &"x".repeat(254),
+        ] {
             assert!(valid_identity(ok), "{ok:?}");
         }
         for bad in [
@@ -99,6 +106,13 @@ mod tests {
             "pi-01\u{A0}",
             "\u{3000}pi-01",
             "pi-\u{61C}01",
+            "pi-01\u{200B}",
+            "pi-\u{AD}01",
+            "pi-01\u{FEFF}",
+            "pi-\u{2060}01",
+            "pi-01\u{FE0F}",
+            "pi-01\u{E0041}",
+            "pi-\u{2029}01",
         ] {
             assert!(!valid_identity(bad), "{bad:?}");
         }

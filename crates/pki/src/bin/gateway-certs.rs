@@ -383,7 +383,7 @@ fn check_device_name(name: &str) -> Result<(), PkiError> {
         || name.starts_with('.')
     {
         return Err(PkiError(format!(
-            "{name:?} cannot be a device identity: 1 to 128 bytes (what a device's [gateway] device takes), no control characters, no white space at either end, no '/', not starting with '.'"
+            "{name:?} cannot be a device identity: 1 to 128 bytes (what a device's [gateway] device takes), no control or invisible characters, no white space at either end, no '/', not starting with '.'"
         )));
     }
     Ok(())
