@@ -93,6 +93,13 @@ pub(crate) fn cookie_index() -> openssl::ex_data::Index<Ssl, Vec<u8>> {
     *IDX.get_or_init(|| Ssl::new_ex_index().expect("ex index"))
 }
 
+/// The PSK identity a client named that the server does not know, set on its connection (see
+/// [`server_context`]), so that the server can say so in its own log.
+pub(crate) fn unknown_psk_index() -> openssl::ex_data::Index<Ssl, String> {
+    static IDX: OnceLock<openssl::ex_data::Index<Ssl, String>> = OnceLock::new();
+    *IDX.get_or_init(|| Ssl::new_ex_index().expect("ex index"))
+}
+
 fn cfg_err(what: &str, e: impl std::fmt::Display) -> DtlsError {
     DtlsError::Config(format!("{what}: {e}"))
 }
@@ -405,18 +412,27 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
     }
     if !s.psk.is_empty() {
         let keys = s.psk.clone();
+        // An identity the server does not know gets a key nobody has, drawn for this context,
+        // instead of OpenSSL's unknown_psk_identity alert (RFC 4279 §2 allows either): its
+        // handshake then fails as a known identity's with a wrong key does, silently at the
+        // client's Finished, so that nobody can try names to learn which devices exist.
+        let mut unknown = [0u8; 32];
+        openssl::rand::rand_bytes(&mut unknown).map_err(|e| cfg_err("random bytes", e))?;
         // The identity is read from the session afterwards (`Session::peer_identity`), so that
         // a resumed session, which skips this callback, has it too.
-        b.set_psk_server_callback(move |_ssl, identity, key| {
-            let Some(k) = identity
+        b.set_psk_server_callback(move |ssl, identity, key| {
+            let known = identity
                 .and_then(|i| std::str::from_utf8(i).ok())
                 .and_then(|id| keys.get(id))
-            else {
-                return Ok(0);
+                .filter(|k| k.len() <= key.len());
+            let k = match known {
+                Some(k) => k.as_slice(),
+                None => {
+                    let name = String::from_utf8_lossy(identity.unwrap_or_default());
+                    ssl.set_ex_data(unknown_psk_index(), name.into_owned());
+                    &unknown
+                }
             };
-            if k.len() > key.len() {
-                return Ok(0);
-            }
             key[..k.len()].copy_from_slice(k);
             Ok(k.len())
         });

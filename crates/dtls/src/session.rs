@@ -359,7 +359,24 @@ impl Session {
 
     fn fail(&mut self, e: DtlsError) {
         if !matches!(self.state, State::Closed(_)) {
-            self.state = State::Closed(e);
+            self.state = State::Closed(self.unknown_psk(e));
+        }
+    }
+
+    /// `e`, or on a server whose peer named a PSK identity it does not know, that: the peer
+    /// was let on as if its key were wrong (see [`crate::context::server_context`]), but the
+    /// server's own log says why.
+    fn unknown_psk(&self, e: DtlsError) -> DtlsError {
+        let unknown = self
+            .tls()
+            .and_then(|s| s.ssl().ex_data(crate::context::unknown_psk_index()));
+        match (e, unknown) {
+            (DtlsError::HandshakeTimeout(_) | DtlsError::Handshake(_), Some(id)) => {
+                DtlsError::Handshake(format!(
+                    "the PSK identity {id:?} is not known here (the peer is not told: it sees a wrong key)"
+                ))
+            }
+            (e, _) => e,
         }
     }
 
