@@ -946,7 +946,9 @@ impl Server {
             self.drop_peer(peer, Ending::Alert(CERTIFICATE_EXPIRED));
             return false;
         }
-        if let Some(why) = self.refusal(identity.as_deref()) {
+        // A certificate's name that is also a PSK identity here would act as that device.
+        let by_certificate = expires.is_some();
+        if let Some(why) = self.refusal(identity.as_deref(), by_certificate) {
             p.session.forget_resumption(&self.ctx);
             if self.quiet.allow(now) {
                 tracing::warn!(%peer, identity = ?identity, "DTLS session refused: {why}");
@@ -997,12 +999,20 @@ impl Server {
         true
     }
 
-    /// Why a session with `identity` may not carry data, if it may not.
-    fn refusal(&self, identity: Option<&str>) -> Option<String> {
+    /// Why a session with `identity` (from a client certificate if `by_certificate`, else
+    /// from a PSK) may not carry data, if it may not.
+    fn refusal(&self, identity: Option<&str>, by_certificate: bool) -> Option<String> {
         match identity {
             Some(id) if self.cfg.deny.contains(id) => {
                 count(&self.stats.denied);
                 Some(format!("identity {id:?} is on the deny list"))
+            }
+            // PSK identities and certificate names are one namespace (a device is its name,
+            // whichever proved it): a certificate the CA issued for a PSK device's name, from
+            // a request a device made, say, would post, read and delete as that device.
+            Some(id) if by_certificate && self.cfg.tls.psk.contains_key(id) => {
+                count(&self.stats.denied);
+                Some(format!("the client certificate's name {id:?} is a PSK identity here, and only its key may act as it"))
             }
             None if self.cfg.require_identity => {
                 count(&self.stats.unauthenticated);

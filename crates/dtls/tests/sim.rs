@@ -670,6 +670,51 @@ fn a_peer_without_an_identity_at_the_session_cap_is_refused_and_counted() {
     assert!(net.stored(a, b"3"));
 }
 
+/// A client certificate named after one of the server's PSK identities is refused: the two
+/// are one namespace, and only that PSK's key may act as its device. The PSK device, and
+/// certificates with other names, get in.
+#[test]
+fn a_certificate_named_after_a_psk_identity_is_refused() {
+    let pki = Pki::devices(&["pi-01", "pi-02"]);
+    let key = b"0123456789abcdef".to_vec();
+    let mut cfg = pki.server_config();
+    cfg.tls.psk = [("pi-01".to_owned(), key.clone())].into();
+    let mut net = Net::new(cfg);
+    let impostor = net.add(pki.device("pi-01"));
+    assert!(
+        !net.stored(impostor, b"1"),
+        "a certificate acted as a PSK device"
+    );
+    assert_eq!(net.stat(|s| &s.denied), 1);
+    let other = net.add(pki.device("pi-02"));
+    assert!(net.stored(other, b"2"));
+    let psk = client::Config {
+        host: "localhost".into(),
+        verify_host: false,
+        tls: ClientSettings {
+            psk: Some(gateway_dtls::Psk {
+                identity: "pi-01".into(),
+                key,
+            }),
+            mtu: 1232,
+            ..Default::default()
+        },
+        coap: CoapConfig::default(),
+        handshake_timeout: Duration::from_secs(10),
+    };
+    let device = net.add(Client::new(psk, seeded(5)).unwrap());
+    assert!(net.stored(device, b"3"));
+    let got: Vec<(Option<&str>, &[u8])> = net
+        .received
+        .iter()
+        .map(|(id, body)| (id.as_deref(), body.as_slice()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(Some("pi-02"), &b"2"[..]), (Some("pi-01"), &b"3"[..])]
+    );
+}
+
 /// One identity's sessions beyond its share replace its own least recently active ones,
 /// never another identity's.
 #[test]
