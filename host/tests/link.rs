@@ -233,7 +233,7 @@ retry_backoff = "50ms"
 }
 
 #[test]
-fn check_warns_about_each_ingress_setting_that_lets_peers_in_without_their_own_identity() {
+fn check_warns_about_each_ingress_setting_that_weakens_it() {
     let s = Setup::new();
     let certs = s.path("certs");
     make_certs(&certs, "test");
@@ -256,7 +256,10 @@ fn check_warns_about_each_ingress_setting_that_lets_peers_in_without_their_own_i
     };
     let open = s.config(
         "",
-        &body("allow_anonymous = true", bundle.to_str().unwrap()),
+        &body(
+            "allow_anonymous = true\nciphers = \"ECDHE-ECDSA-AES128-GCM-SHA256:AES128-SHA\"",
+            bundle.to_str().unwrap(),
+        ),
     );
     let (status, _, err) = gateway(&["check", "--config", open.to_str().unwrap()]);
     assert!(status.success(), "warnings, not errors: {err}");
@@ -270,6 +273,10 @@ fn check_warns_about_each_ingress_setting_that_lets_peers_in_without_their_own_i
         err.contains(
             "holds 5 CA certificates: every certificate any of them issued gets readings in"
         ),
+        "{err}"
+    );
+    assert!(
+        err.contains("ciphers: AES128-SHA without forward secrecy"),
         "{err}"
     );
     let closed = s.config("", &body("", &c("ca.pem")));

@@ -244,6 +244,14 @@ fn refuse_null_suites(ctx: &SslContext) -> Result<(), DtlsError> {
     }
 }
 
+/// The suites of `ctx`'s cipher list without forward secrecy (OpenSSL's `Kx=RSA`, `Kx=PSK`,
+/// `Kx=RSAPSK`: no ephemeral key exchange): whoever gets the server's RSA key or the PSK later
+/// opens what was recorded before. `PSK-AES128-CCM8`, RFC 7925's suite for PSK devices, is one.
+/// For the plugins to warn about, at start and in `gateway check`.
+pub fn without_forward_secrecy(ctx: &SslContext) -> Vec<String> {
+    suites_where(ctx, |f| matches!(f, "Kx=RSA" | "Kx=PSK" | "Kx=RSAPSK")).unwrap_or_default()
+}
+
 /// Builds the client context. It always verifies the server: by its certificate chain (against
 /// `ca_file`) or by the PSK, never neither. With a PSK and no `ca_file`, every suite of the
 /// cipher list must be a PSK suite, or the context is refused. With `ca_file`, the server's

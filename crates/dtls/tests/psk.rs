@@ -1,10 +1,12 @@
-//! PSK handshakes: a peer cannot learn which identities a server knows. Real OpenSSL
-//! handshakes over in-memory datagrams.
+//! PSK handshakes: a peer cannot learn which identities a server knows; and the suites
+//! without forward secrecy (plain PSK among them) are named. Real OpenSSL handshakes over
+//! in-memory datagrams.
 
 mod common;
-use common::Link;
+use common::{Link, Pki};
 use gateway_dtls::{
-    client_context, server_context, ClientSettings, DtlsError, Psk, ServerSettings,
+    client_context, server_context, without_forward_secrecy, ClientSettings, DtlsError, Psk,
+    ServerSettings,
 };
 use std::time::Duration;
 
@@ -70,5 +72,33 @@ fn an_unknown_identity_looks_like_a_wrong_key_to_the_peer() {
     assert!(
         unknown_e.contains("the PSK identity \"dev-2\" is not known"),
         "{unknown_e}"
+    );
+}
+
+/// The suites of a cipher list without forward secrecy are named, for the plugins to warn
+/// about; the default lists have none.
+#[test]
+fn suites_without_forward_secrecy_are_named_and_the_defaults_have_none() {
+    let server = |ciphers: &str| {
+        server_context(&ServerSettings {
+            psk: [("dev-1".to_owned(), b"0123456789abcdef".to_vec())].into(),
+            ciphers: ciphers.into(),
+            mtu: 1232,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let none: Vec<String> = Vec::new();
+    assert_eq!(without_forward_secrecy(&server("")), none);
+    assert_eq!(
+        without_forward_secrecy(&server("ECDHE-PSK-CHACHA20-POLY1305:PSK-AES128-CCM8")),
+        vec!["PSK-AES128-CCM8"]
+    );
+    let pki = Pki::new();
+    assert_eq!(without_forward_secrecy(&pki.server()), none);
+    assert_eq!(without_forward_secrecy(&pki.client("")), none);
+    assert_eq!(
+        without_forward_secrecy(&pki.client("ECDHE-ECDSA-AES128-GCM-SHA256:AES128-SHA")),
+        vec!["AES128-SHA"]
     );
 }

@@ -67,8 +67,9 @@ impl Source for Ingress {
             ciphers: cfg.ciphers.clone().unwrap_or_default(),
             mtu: cfg.mtu,
         };
-        gateway_dtls::server_context(&tls)
+        let built = gateway_dtls::server_context(&tls)
             .map_err(|e| PluginError::config(format!("[{table}] {e}")))?;
+        crate::warn_without_forward_secrecy(&table, &gateway_dtls::without_forward_secrecy(&built));
         Ok(Ingress { cfg, tls })
     }
 

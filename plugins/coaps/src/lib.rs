@@ -19,3 +19,16 @@ mod uplink;
 
 pub use ingress::Ingress;
 pub use uplink::Uplink;
+
+/// Warns, naming them, about the `weak` suites of a cipher list (the `ciphers` setting), those
+/// without forward secrecy ([`gateway_dtls::without_forward_secrecy`]): they are there by
+/// configuration only (a tinydtls device may offer nothing but `PSK-AES128-CCM8`), and whoever
+/// sets them should know what they give up. `gateway check` shows it.
+fn warn_without_forward_secrecy(table: &str, weak: &[String]) {
+    if !weak.is_empty() {
+        gateway_sdk::tracing::warn!(
+            "[{table}] ciphers: {} without forward secrecy: a key that leaks later (the PSK, or the server's RSA key) opens every session recorded with them; list ECDHE suites first, and these only for devices that offer nothing else",
+            weak.join(", ")
+        );
+    }
+}

@@ -193,7 +193,9 @@ impl Sink for Uplink {
         };
         // Surface bad files and cipher lists, and any combination that would not authenticate
         // the server, now, not at the first write.
-        dtls::client_context(&tls).map_err(|e| PluginError::config(format!("[{table}] {e}")))?;
+        let built = dtls::client_context(&tls)
+            .map_err(|e| PluginError::config(format!("[{table}] {e}")))?;
+        crate::warn_without_forward_secrecy(&table, &gateway_dtls::without_forward_secrecy(&built));
         let device = ctx.info().device.to_string();
         if let Some(who) = identity_of(&tls).filter(|who| *who != device) {
             tracing::warn!(
