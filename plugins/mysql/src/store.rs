@@ -119,11 +119,22 @@ const REFUSED: [u16; 12] = [
     1264, 1366, 1406, 1265, 1292, 1048, 1364, 1263, 1452, 1526, 3819, 4025,
 ];
 
+/// Whether an error's SQLSTATE says the data is wrong, whatever its code: class 22 (a data
+/// exception), 23 (an integrity constraint violated) or 45 (a user-defined exception: a
+/// trigger of the user's own that refuses a row with `SIGNAL SQLSTATE '45000'`, error 1644,
+/// which INSERT IGNORE does not turn into a warning). Retried, such a batch would be refused
+/// again and again, and every reading behind it would wait; refused, the host splits it and
+/// dead-letters only the rows that are refused. A duplicate key (1062, 1586), which INSERT
+/// IGNORE skips, is not one: as an error it is a race worth another try.
+fn refused_class(e: &mysql_async::ServerError) -> bool {
+    ["22", "23", "45"].iter().any(|c| e.state.starts_with(c)) && !matches!(e.code, 1062 | 1586)
+}
+
 /// How a MySQL error should be handled.
 pub fn classify(what: &str, e: mysql_async::Error) -> PluginError {
     match &e {
         // Data the table cannot hold: sending it again cannot help.
-        mysql_async::Error::Server(s) if REFUSED.contains(&s.code) => {
+        mysql_async::Error::Server(s) if REFUSED.contains(&s.code) || refused_class(s) => {
             PluginError::rejected(format!("{what}: {e}"))
         }
         // Connection loss, deadlocks (1213), lock waits (1205), a database that is down: later.

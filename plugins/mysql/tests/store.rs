@@ -463,6 +463,31 @@ fn a_warning_that_changes_no_row_does_not_refuse_the_batch() {
     assert_eq!(n, [3]);
 }
 
+#[test]
+fn a_row_a_trigger_refuses_is_refused_not_retried() {
+    // A trigger of the user's own that refuses implausible values with SIGNAL SQLSTATE '45000'
+    // (error 1644), which INSERT IGNORE does not turn into a warning: retried, the batch
+    // would stop every reading behind it, for ever.
+    let db = TestDb::new("trigger");
+    let _: Vec<u8> = db.query(&mysql::store::create_table("readings"));
+    let _: Vec<u8> = db.query(
+        "CREATE TRIGGER readings_plausible BEFORE INSERT ON readings FOR EACH ROW BEGIN IF NEW.value_float > 1000 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'implausible'; END IF; END",
+    );
+    let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
+    let mut batch = sample_readings(3);
+    batch[1].value = Value::Float(5000.0);
+    let e = sink.write(batch.clone()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(e.message().contains("implausible"), "{e}");
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [0], "the batch is one transaction");
+    // The others, as the host sends them once it has split the batch, go in.
+    batch.remove(1);
+    sink.write(batch).unwrap();
+    let n: Vec<u64> = db.query("SELECT COUNT(*) FROM readings");
+    assert_eq!(n, [2]);
+}
+
 /// A readings table of the user's own: the plugin's, with each column definition of `changes`
 /// replaced.
 fn hand_made_table(db: &TestDb, changes: &[(&str, &str)]) {
