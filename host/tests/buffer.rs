@@ -525,6 +525,45 @@ fn a_signal_while_a_buffered_sink_cannot_deliver_exits_0_with_its_readings_on_di
 }
 
 #[test]
+fn a_signal_while_a_full_buffer_holds_the_sources_back_loses_nothing_queued() {
+    // A sink that is down behind a full buffer (`when_full = "block"`): the batches its writer
+    // holds and those queued for it are in memory only. At a signal no room is ever freed,
+    // and they were dropped at the deadline (exit 1, "readings not delivered at shutdown");
+    // they are written past max_size instead, and the run ends clean.
+    let s = Setup::new();
+    let cfg = buffered(
+        &s,
+        (1_000_000, 100),
+        "fail_first = 1000000",
+        r#"{ type = "disk", max_size = "256KiB", when_full = "block" }"#,
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replacen("[gateway]", "[gateway]\nshutdown_timeout = \"2s\"", 1);
+    std::fs::write(&cfg, text).unwrap();
+    let mut gw = Running::start(&s, &cfg, &[]);
+    assert!(gw.wait_for_log("disk buffer is full: holding", Duration::from_secs(30)));
+    std::thread::sleep(Duration::from_millis(300));
+    let status = gw.stop(Duration::from_secs(15));
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("writing what is queued past max_size"),
+        "{err}"
+    );
+    let emitted: u64 = std::fs::read_to_string(s.path("emitted"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    let dir = s.path("data/rec/buffer").display().to_string();
+    assert!(
+        last.contains("none is lost") && last.contains(&format!("rec: {emitted} in {dir}")),
+        "{emitted} emitted: {last}"
+    );
+}
+
+#[test]
 fn a_buffered_sink_waiting_to_be_rebuilt_lets_a_shutdown_end_at_once() {
     // The sink fails to build again and again (a wrong password, say), so it waits 30 s
     // between tries. A shutdown did not end that wait until the deadline (shutdown_timeout,

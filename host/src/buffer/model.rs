@@ -108,7 +108,7 @@ fn run(seed: u64, ops: usize) {
                     .collect();
                 let refs: Vec<&[_]> = readings.iter().map(Vec::as_slice).collect();
                 let per = 1 + rng.below(40) as usize;
-                b.append(&refs, per, &|| false).unwrap();
+                b.append(&refs, per, &|| false, &|| false).unwrap();
                 m.pending.extend(batches.into_iter().flatten());
             }
             // Take, if nothing is outstanding.
@@ -157,7 +157,7 @@ fn run(seed: u64, ops: usize) {
                 let before = segment_lengths(dir.path());
                 {
                     let b = open(false);
-                    b.append(&[&batch(m.next, n)], n as usize, &|| false)
+                    b.append(&[&batch(m.next, n)], n as usize, &|| false, &|| false)
                         .unwrap();
                 }
                 // One record: from where the newest segment ended (its magic, if it is new).

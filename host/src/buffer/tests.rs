@@ -84,7 +84,7 @@ fn never() -> bool {
 /// Appends `records` records of `per` readings each, numbered on from 0.
 fn fill(b: &DiskBuffer, records: i64, per: i64) {
     for i in 0..records {
-        b.append(&[&batch(i * per, per)], per as usize, &never)
+        b.append(&[&batch(i * per, per)], per as usize, &never, &never)
             .unwrap();
     }
 }
@@ -106,9 +106,9 @@ fn the_oldest_age_is_the_oldest_unacknowledged_readings_not_its_segments() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(dir.path());
     assert_eq!(b.oldest_age(), None);
-    b.append(&[&batch(0, 5)], 10, &never).unwrap();
+    b.append(&[&batch(0, 5)], 10, &never, &never).unwrap();
     std::thread::sleep(Duration::from_millis(2500));
-    b.append(&[&batch(5, 5)], 10, &never).unwrap();
+    b.append(&[&batch(5, 5)], 10, &never, &never).unwrap();
     assert!(b.oldest_age().unwrap() >= Duration::from_millis(2500));
     let mut reader = b.reader();
     let t = b.take(&mut reader, 5, NOW, NOW).unwrap();
@@ -123,7 +123,7 @@ fn the_oldest_age_is_the_oldest_unacknowledged_readings_not_its_segments() {
     b.ack(&mut reader, t);
     assert_eq!(b.oldest_age(), None);
     // Found at open, a reading counts from its segment's file.
-    b.append(&[&batch(10, 5)], 10, &never).unwrap();
+    b.append(&[&batch(10, 5)], 10, &never, &never).unwrap();
     drop(b);
     std::thread::sleep(Duration::from_millis(1100));
     let b = open(dir.path());
@@ -134,8 +134,9 @@ fn the_oldest_age_is_the_oldest_unacknowledged_readings_not_its_segments() {
 fn delivers_batches_in_order_and_forgets_them_once_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(dir.path());
-    b.append(&[&batch(0, 3), &batch(3, 2)], 10, &never).unwrap();
-    b.append(&[&batch(5, 20)], 10, &never).unwrap();
+    b.append(&[&batch(0, 3), &batch(3, 2)], 10, &never, &never)
+        .unwrap();
+    b.append(&[&batch(5, 20)], 10, &never, &never).unwrap();
     assert_eq!(b.pending(), 25);
     let mut reader = b.reader();
     let t = b.take(&mut reader, 10, NOW, NOW).unwrap();
@@ -169,7 +170,7 @@ fn a_batch_larger_than_a_record_may_be_is_cut_and_read_back_whole() {
             ..reading(v)
         })
         .collect();
-    b.append(&[&big], 1000, &never).unwrap();
+    b.append(&[&big], 1000, &never, &never).unwrap();
     drop(b);
     // The records as written: a header (length first) and the payload, after the magic.
     let file = std::fs::read(segment_file(dir.path())).unwrap();
@@ -222,7 +223,7 @@ fn a_torn_tail_is_cut_off_and_counted_and_the_buffer_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(dir.path());
     for i in 0..3 {
-        b.append(&[&batch(i * 4, 4)], 10, &never).unwrap();
+        b.append(&[&batch(i * 4, 4)], 10, &never, &never).unwrap();
     }
     drop(b);
     let seg = segment_file(dir.path());
@@ -234,7 +235,7 @@ fn a_torn_tail_is_cut_off_and_counted_and_the_buffer_goes_on() {
     let b = open(dir.path());
     assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 1);
     assert!(b.stats.corrupt_bytes.load(Ordering::Relaxed) > 0);
-    b.append(&[&batch(100, 2)], 10, &never).unwrap();
+    b.append(&[&batch(100, 2)], 10, &never, &never).unwrap();
     let mut got = drain_all(&b, 1000);
     got.sort();
     assert_eq!(got, vec![0, 1, 2, 3, 4, 5, 6, 7, 100, 101]);
@@ -253,8 +254,8 @@ fn a_torn_tail_is_cut_off_and_counted_and_the_buffer_goes_on() {
 fn a_flipped_bit_is_detected_and_garbage_files_do_not_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(dir.path());
-    b.append(&[&batch(0, 4)], 10, &never).unwrap();
-    b.append(&[&batch(4, 4)], 10, &never).unwrap();
+    b.append(&[&batch(0, 4)], 10, &never, &never).unwrap();
+    b.append(&[&batch(4, 4)], 10, &never, &never).unwrap();
     drop(b);
     let seg = segment_file(dir.path());
     damage(&seg, |bytes| {
@@ -410,8 +411,8 @@ fn a_segment_removed_while_written_costs_only_what_it_held() {
     // Settled though nothing came after them to acknowledge.
     assert_eq!(b.stats.lost.load(Ordering::Relaxed), 50);
     assert_eq!(b.pending(), 0);
-    b.append(&[&batch(50, 50)], 50, &never).unwrap();
-    b.append(&[&batch(100, 50)], 50, &never).unwrap();
+    b.append(&[&batch(50, 50)], 50, &never, &never).unwrap();
+    b.append(&[&batch(100, 50)], 50, &never, &never).unwrap();
     // A new reader (a reload) does not count the removed segment again.
     assert_same(&drain_all(&b, 100), &(50..150).collect::<Vec<_>>());
     assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 5);
@@ -535,7 +536,7 @@ fn stray_files_in_the_buffer_directory_never_stop_a_start() {
     let b = open(dir.path());
     assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 0);
     assert_eq!(drain_all(&b, 100), (0..12).collect::<Vec<_>>());
-    b.append(&[&batch(100, 2)], 10, &never).unwrap();
+    b.append(&[&batch(100, 2)], 10, &never, &never).unwrap();
     assert_eq!(drain_all(&b, 100), vec![100, 101]);
     for f in ["5.seg", "00000000000000000000.seg~", "README"] {
         assert!(d.join(f).exists(), "{f} is left alone");
@@ -549,7 +550,8 @@ fn drop_oldest_keeps_the_size_limit_and_counts_every_dropped_reading() {
     let b = DiskBuffer::open(dir.path(), &settings(max, WhenFull::DropOldest)).unwrap();
     let mut appended = 0;
     for i in 0..200 {
-        b.append(&[&batch(i * 100, 100)], 100, &never).unwrap();
+        b.append(&[&batch(i * 100, 100)], 100, &never, &never)
+            .unwrap();
         appended += 100;
         assert!(b.bytes() <= max, "{} bytes on disk", b.bytes());
     }
@@ -572,7 +574,8 @@ fn block_holds_the_writer_until_the_sink_makes_room() {
         let (b, done) = (b.clone(), done.clone());
         std::thread::spawn(move || {
             for i in 0..200 {
-                b.append(&[&batch(i * 100, 100)], 100, &never).unwrap();
+                b.append(&[&batch(i * 100, 100)], 100, &never, &never)
+                    .unwrap();
             }
             done.store(true, Ordering::SeqCst);
         })
@@ -606,9 +609,12 @@ fn block_with_room_for_about_one_segment_goes_on_once_everything_is_delivered() 
         let (b, done) = (b.clone(), done.clone());
         std::thread::spawn(move || {
             for i in 0..200 {
-                b.append(&[&batch(i * 100, 100)], 100, &|| {
-                    done.load(Ordering::SeqCst)
-                })
+                b.append(
+                    &[&batch(i * 100, 100)],
+                    100,
+                    &|| done.load(Ordering::SeqCst),
+                    &never,
+                )
                 .unwrap();
             }
         })
@@ -640,12 +646,37 @@ fn a_blocked_writer_gives_up_when_told_to_stop() {
     let b = DiskBuffer::open(dir.path(), &settings(64 << 10, WhenFull::Block)).unwrap();
     let mut i = 0;
     let outcome = loop {
-        match b.append(&[&batch(i * 100, 100)], 100, &|| true) {
+        match b.append(&[&batch(i * 100, 100)], 100, &|| true, &never) {
             Ok(()) => i += 1,
             Err(e) => break e,
         }
     };
     assert!(matches!(outcome, AppendError::Stopped), "{outcome}");
+}
+
+#[test]
+fn a_full_writer_told_to_write_past_its_limit_writes_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 64 << 10;
+    let b = DiskBuffer::open(dir.path(), &settings(max, WhenFull::Block)).unwrap();
+    let mut i = 0;
+    while b
+        .append(&[&batch(i * 100, 100)], 100, &|| true, &never)
+        .is_ok()
+    {
+        i += 1;
+    }
+    assert!(b.bytes() <= max, "{}", b.bytes());
+    // A run that drains: the rest goes past max_size instead of waiting for room.
+    for j in i..i + 3 {
+        b.append(&[&batch(j * 100, 100)], 100, &|| false, &|| true)
+            .unwrap();
+    }
+    assert!(b.bytes() > max, "{}", b.bytes());
+    assert_same(
+        &drain_all(&b, 1000),
+        &(0..(i + 3) * 100).collect::<Vec<_>>(),
+    );
 }
 
 #[test]
@@ -658,7 +689,7 @@ fn a_backlog_goes_out_oldest_first_with_new_readings_beside_it() {
     assert_eq!(values(&t), (0..40).collect::<Vec<_>>());
     b.ack(&mut reader, t);
     // The link came back with a backlog; a new reading arrives.
-    b.append(&[&batch(1000, 1)], 10, &never).unwrap();
+    b.append(&[&batch(1000, 1)], 10, &never, &never).unwrap();
     let t = b.take(&mut reader, 40, NOW, NOW).unwrap();
     let v = values(&t);
     assert_eq!(
@@ -690,7 +721,7 @@ fn backlog_and_live_lanes_merge_once_the_backlog_is_sent() {
         got.extend(values(&t));
         b.ack(&mut reader, t);
         if live < 10_010 {
-            b.append(&[&batch(live, 1)], 10, &never).unwrap();
+            b.append(&[&batch(live, 1)], 10, &never, &never).unwrap();
             live += 1;
         }
     }
@@ -714,7 +745,8 @@ fn the_live_lane_fills_whole_writes_once_the_backlog_is_all_taken() {
     // A sink with several writes in flight: nothing is acknowledged yet.
     let mut held = vec![b.take(&mut reader, 40, NOW, NOW).unwrap()];
     for i in 0..20 {
-        b.append(&[&batch(2000 + i * 10, 10)], 10, &never).unwrap();
+        b.append(&[&batch(2000 + i * 10, 10)], 10, &never, &never)
+            .unwrap();
     }
     let backlog_taken = |held: &[Taken]| held.iter().flat_map(values).filter(|v| *v < 1000).count();
     // The backlog's other 16 records go out, a quarter of each write given to the live lane;
@@ -740,7 +772,7 @@ fn take_waits_for_a_write_to_fill_until_the_batch_timeout() {
         let b = b.clone();
         std::thread::spawn(move || {
             for i in 0..5 {
-                b.append(&[&batch(i, 1)], 10, &never).unwrap();
+                b.append(&[&batch(i, 1)], 10, &never, &never).unwrap();
                 std::thread::sleep(Duration::from_millis(20));
             }
         })

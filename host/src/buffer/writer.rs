@@ -48,12 +48,15 @@ impl DiskBuffer {
     /// Appends `batches` as records of at most `record_readings` readings and
     /// [`segment::RECORD_BYTES`] each (a batch larger than that is cut into several),
     /// durably, before returning. Waits for space while
-    /// the buffer is full and `when_full = "block"`, until `stop()` says to give up.
+    /// the buffer is full and `when_full = "block"`, until `stop()` says to give up, or
+    /// `past_max()` says to write past `max_size` instead (a run that is draining: what is
+    /// queued is bounded, no more comes, and what is not written is lost).
     pub fn append(
         &self,
         batches: &[&[Reading]],
         record_readings: usize,
         stop: &dyn Fn() -> bool,
+        past_max: &dyn Fn() -> bool,
     ) -> Result<(), AppendError> {
         let mut w = self.writer.lock().unwrap();
         let w = &mut *w;
@@ -104,18 +107,20 @@ impl DiskBuffer {
             return Ok(());
         }
         let result = self
-            .make_room(w, buf.len() as u64, stop)
+            .make_room(w, buf.len() as u64, stop, past_max)
             .and_then(|()| self.write_records(w, &buf, records, readings));
         w.scratch = buf;
         result
     }
 
-    /// Waits for, or makes, room for `need` more bytes.
+    /// Waits for, or makes, room for `need` more bytes (see [`DiskBuffer::append`] for `stop`
+    /// and `past_max`).
     fn make_room(
         &self,
         w: &mut WriterState,
         need: u64,
         stop: &dyn Fn() -> bool,
+        past_max: &dyn Fn() -> bool,
     ) -> Result<(), AppendError> {
         let mut st = self.state.lock().unwrap();
         let mut warned = false;
@@ -132,6 +137,15 @@ impl DiskBuffer {
                         st = self.state.lock().unwrap();
                         st.remove_delivered(&self.dir);
                         continue;
+                    }
+                    if past_max() {
+                        tracing::warn!(
+                            bytes = st.bytes(),
+                            max_size = self.max_size,
+                            more = need,
+                            "disk buffer is full, and the gateway is stopping: writing what is queued past max_size, so that none of it is lost"
+                        );
+                        break;
                     }
                     if !warned {
                         tracing::warn!(

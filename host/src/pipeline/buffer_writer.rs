@@ -65,6 +65,11 @@ impl BufferWriter {
         // A reload that replaces the buffer ends a wait for room too (a full buffer with
         // `when_full = "block"` behind a sink that is down waits for hours).
         let stop = || aborting() || handing_over();
+        // Once the run drains, no source emits any more: what is queued here (bounded: the
+        // queue and one append's worth) is written past a full buffer's max_size rather than
+        // lost when the sink behind it cannot free room before the deadline. Not for a
+        // reload's handover, whose successor takes the queue.
+        let past_max = || self.shutdown.reached(Phase::Draining) && !stop();
         while !handing_over() {
             let first = match self.handed.rx.try_recv() {
                 Ok(e) => e,
@@ -109,7 +114,10 @@ impl BufferWriter {
                 envelopes.iter().map(|e| e.readings.as_slice()).collect();
             let mut backoff = Duration::from_millis(100);
             let written = loop {
-                match self.buffer.append(&batches, self.record_readings, &stop) {
+                match self
+                    .buffer
+                    .append(&batches, self.record_readings, &stop, &past_max)
+                {
                     Ok(()) => break true,
                     Err(AppendError::Io(e)) => {
                         tracing::error!(error = %e, readings = n, "could not write to the disk buffer; the sources are held back until it works again (retrying in {backoff:?})");

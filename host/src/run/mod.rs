@@ -374,23 +374,18 @@ impl Graph {
     /// after a short grace). `false` if a source did not stop in time; what the sinks still
     /// hold is judged by [`Graph::summarize`].
     fn shut_down(&mut self) -> bool {
-        let deadline = Instant::now() + self.config.gateway.shutdown_timeout;
+        let timeout = self.config.gateway.shutdown_timeout;
+        let deadline = Instant::now() + timeout;
+        // Sources have half of it: one that waits for the acknowledgement of a batch a sink
+        // holds (behind a full disk buffer, a sink that is down) must not take the time the
+        // sinks need to write what they hold, which is what acknowledges it.
+        let sources_until = Instant::now() + timeout / 2;
         self.run.advance(Phase::Stopping);
         for s in self.sources.values() {
             s.thread.shutdown.advance(Phase::Stopping);
         }
-        let mut not_stopped = 0;
         for s in self.sources.values_mut() {
-            if !s.thread.wait(deadline) {
-                not_stopped += 1;
-            }
-        }
-        let clean = not_stopped == 0;
-        if !clean {
-            tracing::error!(
-                not_stopped,
-                "some sources did not return within the shutdown timeout; their last batches may not be taken"
-            );
+            s.thread.wait(sources_until);
         }
         self.run.advance(Phase::Draining);
         for s in self.sources.values() {
@@ -425,6 +420,21 @@ impl Graph {
             for t in threads.iter_mut() {
                 t.wait(grace);
             }
+        }
+        // A source still waiting for an acknowledgement has it now (or learnt that its batch
+        // was not taken, when its sink gave up).
+        let grace = Instant::now().max(deadline) + Duration::from_millis(500);
+        let not_stopped = self
+            .sources
+            .values_mut()
+            .filter_map(|s| (!s.thread.wait(grace)).then_some(()))
+            .count();
+        let clean = not_stopped == 0;
+        if !clean {
+            tracing::error!(
+                not_stopped,
+                "some sources did not return within the shutdown timeout; their last batches may not be taken"
+            );
         }
         // What reloads left over is dropped by then, unless a plugin's `Drop` outlasts the
         // deadline: the process does not exit under it, nor wait for it more than half a
