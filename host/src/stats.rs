@@ -33,10 +33,9 @@ impl SinkView {
     /// buffer's `when_full = "drop_oldest"`, nor lost in records of that buffer found damaged
     /// while reading: what is in its queue, its buffer and its writes.
     pub fn pending(&self) -> u64 {
-        let gone = self.buffer.as_ref().map_or(0, |b| {
-            b.stats.dropped.load(Ordering::Relaxed) + b.stats.lost.load(Ordering::Relaxed)
-        });
-        self.stats.pending().saturating_sub(gone)
+        let gone = self.buffer.as_ref().map_or(0, |b| b.stats.gone());
+        let before = self.stats.buffer_gone.load(Ordering::Relaxed);
+        self.stats.pending().saturating_sub(gone + before)
     }
 }
 
@@ -98,6 +97,10 @@ pub struct SinkStats {
     /// Readings the sink refused for good that wait for room in its dead-letter directory
     /// (full, or not writable); 0: none. The sink takes nothing else meanwhile.
     pub dead_letter_held: AtomicU64,
+    /// Readings the sink's earlier disk buffers dropped (`when_full = "drop_oldest"`) or lost
+    /// in damaged records, before a reload opened the buffer again with new settings (the
+    /// buffer's own counters start again at 0): no longer pending.
+    pub buffer_gone: AtomicU64,
 }
 
 /// A plugin call of a sink, as [`SinkStats::in_call`] marks it.

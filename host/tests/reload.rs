@@ -643,6 +643,51 @@ retry_backoff_max = "50ms"
     assert_eq!(values.len(), 20000, "{log}");
 }
 
+#[test]
+fn a_reload_that_opens_a_buffer_again_keeps_counting_what_the_old_one_dropped() {
+    // A sink that is down behind a buffer that drops its oldest readings when full; a reload
+    // changes its max_size, which opens the buffer again with its counters at 0. The sink's
+    // own counters went on: the readings the old buffer dropped stayed pending for ever, and
+    // the stop that followed exited 1, "readings not delivered at shutdown".
+    let s = Setup::new();
+    let extra = format!("{}\nshutdown_timeout = \"2s\"", gateway_extra(&s));
+    let body = |max: &str| {
+        format!(
+            r#"[sources.seq]
+plugin = "testkit-sequence"
+count = 20000
+batch_size = 100
+emitted_path = {:?}
+
+[sinks.rec]
+plugin = "testkit-recorder"
+path = {:?}
+retry_backoff = "20ms"
+retry_backoff_max = "50ms"
+fail_first = 1000000
+buffer = {{ type = "disk", max_size = "{max}", when_full = "drop_oldest" }}
+"#,
+            s.path("emitted").display().to_string(),
+            s.path("out.txt").display().to_string(),
+        )
+    };
+    let cfg = s.config(&extra, &body("256KiB"));
+    let mut gw = Running::start(&s, &cfg, &[]);
+    wait_until(
+        "every reading emitted",
+        &gw,
+        Duration::from_secs(30),
+        || std::fs::read_to_string(s.path("emitted")).is_ok_and(|t| t.trim() == "20000"),
+    );
+    assert!(gw.stderr().contains("dropped its oldest readings"));
+    s.config(&extra, &body("512KiB"));
+    hup_until_applied(&gw);
+    let status = gw.stop(Duration::from_secs(20));
+    let log = gw.stderr();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("readings not delivered at shutdown"), "{log}");
+}
+
 /// A reload whose new instance's constructor does not return (a database that neither answers
 /// nor refuses): the reload is checked on a thread of its own, so a shutdown asked for
 /// meanwhile is answered, and what the sinks held is delivered. Before, the check ran in the

@@ -54,6 +54,14 @@ pub struct BufferStats {
     pub appended: AtomicU64,
 }
 
+impl BufferStats {
+    /// Readings that will never be delivered from the buffer: dropped or lost.
+    pub fn gone(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+            + self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct Segment {
     pub(super) first: u64,

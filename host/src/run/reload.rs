@@ -522,6 +522,13 @@ impl Graph {
                     self.park(new, &name, line, k);
                     return;
                 }
+                // The buffer opened again counts its drops and losses from 0; the line's
+                // counters, which go on, keep those of this one.
+                let gone = w.buffer.stats.gone();
+                line.port
+                    .stats
+                    .buffer_gone
+                    .fetch_add(gone, std::sync::atomic::Ordering::Relaxed);
             }
             match open_buffer(new, &k.decl) {
                 Ok(b) => k.buffer = b,
