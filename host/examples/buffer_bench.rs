@@ -67,7 +67,8 @@ fn main() {
     let mut appends = 0;
     for g in batches.chunks(group) {
         let refs: Vec<&[Reading]> = g.iter().map(Vec::as_slice).collect();
-        buf.append(&refs, 1000, &|| false, &|| false).expect("append");
+        buf.append(&refs, 1000, &|| false, &|| false)
+            .expect("append");
         appends += 1;
     }
     let t_in = started.elapsed().as_secs_f64();
@@ -107,7 +108,8 @@ fn main() {
         std::thread::spawn(move || {
             for g in batches.chunks(group) {
                 let refs: Vec<&[Reading]> = g.iter().map(Vec::as_slice).collect();
-                buf.append(&refs, 1000, &|| false, &|| false).expect("append");
+                buf.append(&refs, 1000, &|| false, &|| false)
+                    .expect("append");
             }
         })
     };

@@ -429,9 +429,21 @@ fn ratio(by_server: &[(&'static str, Vec<Outcome>)], figure: impl Fn(&Outcome) -
     text
 }
 
+/// The load generator's threads for the requests and handshakes figures: half the cores (one
+/// at least), the server the other half. With every core (gateway-load's own default), its
+/// threads took the cores the server needed, and handing devices between them cost more
+/// CPU per request than one thread spends: on 2 cores, the ingress measured 62,000-68,000
+/// requests/s at 500 devices x 20 readings with two threads and 73,000-86,000 with one, the
+/// handshakes 1,466/s and 1,620/s, libcoap (one thread) 51,600-53,000 and 51,500-54,400.
+fn load_threads() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).max(1).to_string()
+}
+
 /// Requests/s, latency and CPU at each load point, the median of `n` rounds.
 fn requests(load_bin: &Path, duration: &str, n: usize, servers: &Servers<'_>) -> Result<()> {
-    println!("   requests/s (p50 and p99 latency) per server, each device its own session, one CON POST in flight, the median of {n} round(s):");
+    let threads = load_threads();
+    println!("   requests/s (p50 and p99 latency) per server, each device its own session, one CON POST in flight, the load generator on {threads} thread(s), the median of {n} round(s):");
     for readings in ["1", "20"] {
         for devices in ["1", "10", "100", "500"] {
             let args = [
@@ -441,6 +453,8 @@ fn requests(load_bin: &Path, duration: &str, n: usize, servers: &Servers<'_>) ->
                 readings,
                 "--duration",
                 duration,
+                "--threads",
+                &threads,
             ];
             let by_server = rounds(n, servers, |s| load(load_bin, s, &args, |_| {}))?;
             let cells: Vec<String> = by_server
@@ -469,7 +483,8 @@ fn requests(load_bin: &Path, duration: &str, n: usize, servers: &Servers<'_>) ->
 
 /// Full handshakes/s, the median of `n` rounds.
 fn handshakes(load_bin: &Path, duration: &str, n: usize, servers: &Servers<'_>) -> Result<()> {
-    println!("   full handshakes/s (20 devices looping: handshake, one POST, close), the median of {n} round(s):");
+    let threads = load_threads();
+    println!("   full handshakes/s (20 devices looping: handshake, one POST, close; the load generator on {threads} thread(s)), the median of {n} round(s):");
     let args = [
         "--devices",
         "20",
@@ -477,6 +492,8 @@ fn handshakes(load_bin: &Path, duration: &str, n: usize, servers: &Servers<'_>) 
         "handshakes",
         "--duration",
         duration,
+        "--threads",
+        &threads,
     ];
     let by_server = rounds(n, servers, |s| load(load_bin, s, &args, |_| {}))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
