@@ -163,15 +163,31 @@ unsafe fn sent<'a>(raw: *mut X509_STORE_CTX) -> Option<&'a StackRef<X509>> {
 }
 
 /// Whether the peer sent no more certificates than the `chain` that was verified has, each of
-/// them on it (the trust anchor may be sent or not). A peer with a good certificate could otherwise pad
+/// them on it or another certificate of a CA on it ([`same_ca`]; the trust anchor may be sent
+/// or not). A peer with a good certificate could otherwise pad
 /// its Certificate message with others, up to [`crate::context`]'s limit of 16 KiB: OpenSSL
 /// keeps every certificate sent, parsed, in the session and in the server's session cache,
 /// for hours after the session ended. RFC 5246 §7.4.2 has each certificate certify the one
 /// before it, so a peer that follows it sends nothing else.
 fn only_the_path(sent: Option<&StackRef<X509>>, chain: &StackRef<X509>) -> bool {
     sent.is_none_or(|sent| {
-        sent.len() <= chain.len() && sent.iter().all(|c| chain.iter().any(|v| v == c))
+        sent.len() <= chain.len() && sent.iter().all(|c| chain.iter().any(|v| same_ca(v, c)))
     })
+}
+
+/// Whether `sent` is `on_chain`, or another certificate of the same CA: the same subject and
+/// key (a root cross-signed by an older one, which a peer sends during a CA's move while the
+/// trust store holds the new root itself; a CA certificate issued again with its key).
+fn same_ca(on_chain: &X509Ref, sent: &X509Ref) -> bool {
+    on_chain == sent
+        || (on_chain
+            .subject_name()
+            .try_cmp(sent.subject_name())
+            .is_ok_and(|o| o == std::cmp::Ordering::Equal)
+            && matches!(
+                (on_chain.public_key(), sent.public_key()),
+                (Ok(a), Ok(b)) if a.public_eq(&b)
+            ))
 }
 
 fn unix_now() -> i64 {

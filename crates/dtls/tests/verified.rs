@@ -7,6 +7,7 @@
 mod common;
 use common::{Link, Pki};
 use gateway_dtls::chains_reused;
+use gateway_pki::Kind;
 
 #[test]
 fn a_device_reconnecting_with_the_same_chain_is_not_verified_again() {
@@ -111,8 +112,27 @@ fn a_certificate_list_with_certificates_off_the_chain_is_refused() {
         );
         ok
     };
+    // The root cross-signed by an older one (a CA's move, the server trusting the new root
+    // itself): the same CA, another certificate of it.
+    let (ca, ca_key) = gateway_pki::read_pair(&pki.path("ca.pem"), &pki.path("ca.key")).unwrap();
+    let old_key = gateway_pki::new_key().unwrap();
+    let old = gateway_pki::issue("Old Root", &old_key, Kind::Ca, None, -1, 30).unwrap();
+    let name = ca
+        .subject_name()
+        .entries()
+        .next()
+        .unwrap()
+        .data()
+        .to_string()
+        .unwrap();
+    let cross = gateway_pki::issue(&name, &ca_key, Kind::Ca, Some((&old, &old_key)), -1, 30)
+        .unwrap()
+        .to_pem()
+        .unwrap();
     assert!(sends("alone", &[&leaf]));
     assert!(sends("with-root", &[&leaf, &root]));
+    assert!(sends("cross-signed", &[&leaf, &cross]));
+    // The other PKI's CA has the same name ("Test CA"), not the same key.
     assert!(
         !sends("padded", &[&leaf, &foreign]),
         "a certificate off the chain was taken"
@@ -125,7 +145,7 @@ fn a_certificate_list_with_certificates_off_the_chain_is_refused() {
         !sends("root-twice", &[&leaf, &root, &root]),
         "the root, sent twice, was taken"
     );
-    // The refusals were not remembered as verdicts: only "alone" and "with-root", each once.
+    // The refusals were not remembered as verdicts: only the three that got in, each once.
     assert!(sends("alone", &[&leaf]));
     assert_eq!(chains_reused(&server), Some(1));
 }
