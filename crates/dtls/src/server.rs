@@ -934,15 +934,15 @@ impl Server {
         });
         // Out of the session cache too, when the session is refused for what it is: a
         // refused handshake would push the devices' sessions out of it, and resuming it
-        // would only be refused again. The warnings are a few a minute at most
-        // ([`crate::quiet`]): a peer with no credentials, or with a session that ran out,
-        // can be refused at every handshake.
+        // would only be refused again. A refusal of a peer without an identity is warned
+        // about a few times a minute at most ([`crate::quiet`]): anyone can cause one at
+        // every handshake. One of a credential the server once took (denied, expired, a
+        // certificate named after a PSK device) is always said: that is the line an operator
+        // looks for, and a flood of anonymous failures must not hide it.
         if expires.is_some_and(|t| t <= now) {
             count(&self.stats.expired_resumptions);
             p.session.forget_resumption(&self.ctx);
-            if self.quiet.allow(now) {
-                tracing::warn!(%peer, identity = ?identity, "DTLS session refused: the client certificate of the session it resumes has expired");
-            }
+            tracing::warn!(%peer, identity = ?identity, "DTLS session refused: the client certificate of the session it resumes has expired");
             self.drop_peer(peer, Ending::Alert(CERTIFICATE_EXPIRED));
             return false;
         }
@@ -950,7 +950,7 @@ impl Server {
         let by_certificate = expires.is_some();
         if let Some(why) = self.refusal(identity.as_deref(), by_certificate) {
             p.session.forget_resumption(&self.ctx);
-            if self.quiet.allow(now) {
+            if identity.is_some() || self.quiet.allow(now) {
                 tracing::warn!(%peer, identity = ?identity, "DTLS session refused: {why}");
             }
             self.drop_peer(peer, Ending::Notify);

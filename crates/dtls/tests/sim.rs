@@ -1346,7 +1346,8 @@ fn the_session_cache_keeps_as_many_sessions_as_the_server_holds() {
 /// A session refused at its resumption because the client certificate it was made with has
 /// expired leaves the server's session cache: offered again, it gets a full handshake, which
 /// the expired certificate fails, not another resumption refused. (The certificate's end is
-/// on the real clock: this test waits for it, a second at most.)
+/// on the real clock, two whole seconds on: the session is made more than a second before
+/// it, and the test waits for it, two seconds at most.)
 #[test]
 fn a_session_refused_for_its_expired_certificate_is_not_resumed_again() {
     let pki = Pki::devices(&["pi-01"]);
@@ -1358,7 +1359,7 @@ fn a_session_refused_for_its_expired_certificate_is_not_resumed_again() {
     let key = gateway_pki::new_key().unwrap();
     let kind = gateway_pki::Kind::Device;
     let cert =
-        gateway_pki::issue_between("pi-01", &key, kind, Some((&ca, &ca_key)), now - 60, now + 1)
+        gateway_pki::issue_between("pi-01", &key, kind, Some((&ca, &ca_key)), now - 60, now + 2)
             .unwrap();
     gateway_pki::write_cert(&pki.path("pi-01.pem"), &cert).unwrap();
     gateway_pki::write_key(&pki.path("pi-01.key"), &key).unwrap();
@@ -1366,7 +1367,7 @@ fn a_session_refused_for_its_expired_certificate_is_not_resumed_again() {
     let cctx = pki.client_as(&pki, "pi-01", "");
     let from = |n: u16| SocketAddr::from(([10, 0, 0, 9], 4000 + n));
     let session = connect_and_close(&mut net, &cctx, from(0), None);
-    let expiry = std::time::UNIX_EPOCH + Duration::from_secs(now as u64 + 1);
+    let expiry = std::time::UNIX_EPOCH + Duration::from_secs(now as u64 + 2);
     if let Ok(left) = expiry.duration_since(std::time::SystemTime::now()) {
         std::thread::sleep(left + Duration::from_millis(50));
     }
