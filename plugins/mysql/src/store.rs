@@ -124,17 +124,20 @@ const REFUSED: [u16; 12] = [
 /// trigger of the user's own that refuses a row with `SIGNAL SQLSTATE '45000'`, error 1644,
 /// which INSERT IGNORE does not turn into a warning). Retried, such a batch would be refused
 /// again and again, and every reading behind it would wait; refused, the host splits it and
-/// dead-letters only the rows that are refused. A duplicate key (1062, 1586), which INSERT
-/// IGNORE skips, is not one: as an error it is a race worth another try.
+/// dead-letters only the rows that are refused. A duplicate key (1022, 1062, 1586), which
+/// INSERT IGNORE skips, is not one: as an error it is a race worth another try. For the
+/// INSERT of readings only: the same classes from the schema check or a migration are about
+/// the table, not the readings, and are retried.
 fn refused_class(e: &mysql_async::ServerError) -> bool {
-    ["22", "23", "45"].iter().any(|c| e.state.starts_with(c)) && !matches!(e.code, 1062 | 1586)
+    ["22", "23", "45"].iter().any(|c| e.state.starts_with(c))
+        && !matches!(e.code, 1022 | 1062 | 1586)
 }
 
 /// How a MySQL error should be handled.
 pub fn classify(what: &str, e: mysql_async::Error) -> PluginError {
     match &e {
         // Data the table cannot hold: sending it again cannot help.
-        mysql_async::Error::Server(s) if REFUSED.contains(&s.code) || refused_class(s) => {
+        mysql_async::Error::Server(s) if REFUSED.contains(&s.code) => {
             PluginError::rejected(format!("{what}: {e}"))
         }
         // Connection loss, deadlocks (1213), lock waits (1205), a database that is down: later.
@@ -605,7 +608,12 @@ async fn insert_chunks(
         };
         tx.exec_drop(sql, mysql_async::Params::Positional(values))
             .await
-            .map_err(at("INSERT"))?;
+            .map_err(|e| match &e {
+                mysql_async::Error::Server(s) if refused_class(s) => {
+                    Failure::Plugin(PluginError::rejected(format!("INSERT: {e}")))
+                }
+                _ => Failure::Db("INSERT".into(), e),
+            })?;
         let stored = tx.affected_rows();
         inserted += stored;
         let warnings = usize::from(tx.get_warnings());
