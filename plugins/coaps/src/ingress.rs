@@ -208,7 +208,7 @@ fn identity_lists(table: &str, cfg: &IngressConfig) -> Result<(), PluginError> {
             }
             if !gateway_dtls::valid_identity(id) {
                 return Err(PluginError::config(format!(
-                    "[{table}] {key}: {id:?} can never be a device's identity, so it would match nobody: an identity is 1 to {} bytes, without white space at either end or control and bidirectional characters",
+                    "[{table}] {key}: {id:?} can never be a device's identity, so it would match nobody: an identity is 1 to {} bytes, without white space at either end or control, bidirectional and invisible characters",
                     gateway_dtls::MAX_IDENTITY
                 )));
             }

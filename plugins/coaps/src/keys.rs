@@ -62,7 +62,7 @@ fn identity(ctx: &InitContext, what: &str, id: &str) -> Result<(), PluginError> 
         Err(config(
             ctx,
             format!(
-                "{what}: {id:?} is not a usable identity (1 to 254 bytes, no control characters or text-reordering ones, no spaces at either end)"
+                "{what}: {id:?} is not a usable identity (1 to 254 bytes, no control, text-reordering or invisible characters, no spaces at either end)"
             ),
         ))
     }
@@ -151,6 +151,8 @@ pub fn ingress_psks(
 fn psk_file_lines(path: &Path) -> Result<Vec<(String, String, String)>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("psk_file: cannot read {}: {e}", path.display()))?;
+    // A byte-order mark, as some editors save, is not part of the first identity.
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(&text);
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();

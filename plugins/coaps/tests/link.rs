@@ -555,9 +555,10 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         p.display().to_string()
     };
+    // Saved by an editor that starts the file with a byte-order mark: not part of pi-01.
     let psk_file = private(
         "psk.txt",
-        &format!("# the fleet\n\npi-01:{key}\nsensor-9:{key}00\n"),
+        &format!("\u{FEFF}pi-01:{key}\n# the fleet\n\nsensor-9:{key}00\n"),
     );
     let key_file = private("pi-01.key", &format!("{key}\n"));
     let port = free_port();
