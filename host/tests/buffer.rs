@@ -69,6 +69,16 @@ fn job(s: &Setup, cfg: &std::path::Path) -> String {
     err
 }
 
+/// `cfg` with `shutdown_timeout = timeout` in its `[gateway]` table, rewritten in place.
+fn with_shutdown_timeout(cfg: &std::path::Path, timeout: &str) {
+    let text = std::fs::read_to_string(cfg).unwrap().replacen(
+        "[gateway]",
+        &format!("[gateway]\nshutdown_timeout = {timeout:?}"),
+        1,
+    );
+    std::fs::write(cfg, text).unwrap();
+}
+
 #[test]
 fn readings_survive_kill_9_while_the_sink_is_down_and_a_torn_tail_is_cut_off() {
     let s = Setup::new();
@@ -489,9 +499,7 @@ fn a_signal_while_a_buffered_sink_cannot_deliver_exits_0_with_its_readings_on_di
     ] {
         let s = Setup::new();
         let cfg = buffered(&s, (200, 10), sink, r#"{ type = "disk" }"#);
-        let text = std::fs::read_to_string(&cfg).unwrap();
-        let text = text.replacen("[gateway]", "[gateway]\nshutdown_timeout = \"1s\"", 1);
-        std::fs::write(&cfg, text).unwrap();
+        with_shutdown_timeout(&cfg, "1s");
         let mut gw = Running::start(&s, &cfg, &[]);
         assert!(gw.wait_for_log(waiting_for, Duration::from_secs(10)));
         std::thread::sleep(Duration::from_millis(300));
@@ -512,9 +520,7 @@ fn a_signal_while_a_buffered_sink_cannot_deliver_exits_0_with_its_readings_on_di
     // undelivered, and the run is not clean.
     let s = Setup::new();
     let cfg = buffered(&s, (200, 10), "delay = \"30s\"", r#"{ type = "memory" }"#);
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let text = text.replacen("[gateway]", "[gateway]\nshutdown_timeout = \"1s\"", 1);
-    std::fs::write(&cfg, text).unwrap();
+    with_shutdown_timeout(&cfg, "1s");
     let mut gw = Running::start(&s, &cfg, &[]);
     assert!(gw.wait_for_log("sink running", Duration::from_secs(10)));
     std::thread::sleep(Duration::from_millis(300));
@@ -537,9 +543,7 @@ fn a_signal_while_a_full_buffer_holds_the_sources_back_loses_nothing_queued() {
         "fail_first = 1000000",
         r#"{ type = "disk", max_size = "256KiB", when_full = "block" }"#,
     );
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let text = text.replacen("[gateway]", "[gateway]\nshutdown_timeout = \"2s\"", 1);
-    std::fs::write(&cfg, text).unwrap();
+    with_shutdown_timeout(&cfg, "2s");
     let mut gw = Running::start(&s, &cfg, &[]);
     assert!(gw.wait_for_log("disk buffer is full: holding", Duration::from_secs(30)));
     std::thread::sleep(Duration::from_millis(300));

@@ -74,6 +74,26 @@ fn wait_until(what: &str, gw: &Running, limit: Duration, mut f: impl FnMut() -> 
     }
 }
 
+/// 20,000 readings of a `testkit-sequence` source (with `source`) into a `testkit-recorder`
+/// sink writing `out.txt` that retries quickly (with `sink`).
+fn seq_into_rec(s: &Setup, source: &str, sink: &str) -> String {
+    format!(
+        r#"[sources.seq]
+plugin = "testkit-sequence"
+count = 20000
+{source}
+
+[sinks.rec]
+plugin = "testkit-recorder"
+path = {:?}
+retry_backoff = "20ms"
+retry_backoff_max = "50ms"
+{sink}
+"#,
+        s.path("out.txt").display().to_string(),
+    )
+}
+
 /// Sends SIGHUP and waits (20 s at most) until the log says "reload applied".
 fn hup_until_applied(gw: &Running) {
     gw.signal(libc::SIGHUP);
@@ -590,23 +610,7 @@ fn a_reload_that_gives_a_full_buffer_more_room_loses_none_of_what_its_writer_too
     // waited out shutdown_timeout, then aborted it, and the batches it held were dropped.
     let s = Setup::new();
     let extra = format!("{}\nshutdown_timeout = \"2s\"", gateway_extra(&s));
-    let body = |sink: &str| {
-        format!(
-            r#"[sources.seq]
-plugin = "testkit-sequence"
-count = 20000
-batch_size = 10
-
-[sinks.rec]
-plugin = "testkit-recorder"
-path = {:?}
-retry_backoff = "20ms"
-retry_backoff_max = "50ms"
-{sink}
-"#,
-            s.path("out.txt").display().to_string(),
-        )
-    };
+    let body = |sink: &str| seq_into_rec(&s, "batch_size = 10", sink);
     let cfg = s.config(
         &extra,
         &body("fail_first = 1000000\nbuffer = { type = \"disk\", max_size = \"256KiB\" }"),
@@ -651,24 +655,15 @@ fn a_reload_that_opens_a_buffer_again_keeps_counting_what_the_old_one_dropped() 
     // the stop that followed exited 1, "readings not delivered at shutdown".
     let s = Setup::new();
     let extra = format!("{}\nshutdown_timeout = \"2s\"", gateway_extra(&s));
+    let source = format!(
+        "batch_size = 100\nemitted_path = {:?}",
+        s.path("emitted").display().to_string()
+    );
     let body = |max: &str| {
-        format!(
-            r#"[sources.seq]
-plugin = "testkit-sequence"
-count = 20000
-batch_size = 100
-emitted_path = {:?}
-
-[sinks.rec]
-plugin = "testkit-recorder"
-path = {:?}
-retry_backoff = "20ms"
-retry_backoff_max = "50ms"
-fail_first = 1000000
-buffer = {{ type = "disk", max_size = "{max}", when_full = "drop_oldest" }}
-"#,
-            s.path("emitted").display().to_string(),
-            s.path("out.txt").display().to_string(),
+        seq_into_rec(
+            &s,
+            &source,
+            &format!("fail_first = 1000000\nbuffer = {{ type = \"disk\", max_size = \"{max}\", when_full = \"drop_oldest\" }}"),
         )
     };
     let cfg = s.config(&extra, &body("256KiB"));

@@ -427,7 +427,8 @@ impl Graph {
         let not_stopped = self
             .sources
             .values_mut()
-            .filter_map(|s| (!s.thread.wait(grace)).then_some(()))
+            .map(|s| s.thread.wait(grace))
+            .filter(|stopped| !stopped)
             .count();
         let clean = not_stopped == 0;
         if !clean {
