@@ -216,8 +216,14 @@ pub fn scan(path: &Path, first: u64, acked_below: u64) -> io::Result<Option<Scan
     let len = file.metadata()?.len();
     let mut r = BufReader::with_capacity(1 << 16, &file);
     let mut magic = [0u8; 8];
-    if len == 0 {
-        return Ok(Some(Scan::default()));
+    if len < MAGIC.len() as u64 {
+        // Made, but its magic not (wholly) written: a crash, or a full disk, as the segment
+        // was started. Empty, not damage.
+        let mut head = Vec::new();
+        r.read_to_end(&mut head)?;
+        if MAGIC.starts_with(&head) {
+            return Ok(Some(Scan::default()));
+        }
     }
     // What cannot be read (EIO, say: often passing, on an ageing SD card) is an error, never
     // "not a segment": that moves the file and its records out of the buffer for good.

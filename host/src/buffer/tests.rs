@@ -946,4 +946,96 @@ fn a_segment_that_cannot_be_read_at_open_is_an_error_not_moved_aside() {
     let short = dir.path().join("short.seg");
     std::fs::write(&short, b"SEG").unwrap();
     assert!(segment::scan(&short, 0, 0).unwrap().is_none());
+    // But the start of the magic alone is a segment whose making was cut short (a crash, a
+    // full disk): empty, not damage.
+    std::fs::write(&short, &segment::MAGIC[..3]).unwrap();
+    let scan = segment::scan(&short, 0, 0)
+        .unwrap()
+        .expect("an empty segment");
+    assert_eq!((scan.records, scan.readings), (0, 0));
+}
+
+/// A file system of `bytes` (a tmpfs) mounted on a new temporary directory, unmounted when
+/// dropped. `None`, said on stderr, when this process may not mount one (not root: CI is).
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let c = |s: &str| std::ffi::CString::new(s).unwrap();
+        let (target, opts) = (
+            c(dir.path().to_str().unwrap()),
+            c(&format!("size={bytes},mode=0700")),
+        );
+        // SAFETY: valid C strings; mount(2) has no other precondition.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: geteuid(2) has no preconditions.
+            assert_ne!(
+                unsafe { libc::geteuid() },
+                0,
+                "mounting a tmpfs as root: {e}"
+            );
+            eprintln!("skipped: mounting a tmpfs needs root ({e})");
+            return None;
+        }
+        Some(SmallDisk(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.0.path().to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; a lazy unmount has no other precondition.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[test]
+fn drop_oldest_makes_room_on_a_full_file_system_too() {
+    // The file system filling before `max_size` (other files on it, a `max_size` larger than
+    // the disk) failed each append with ENOSPC, retried for ever: the sources were held back,
+    // and the newest readings lost, which is what `drop_oldest` is chosen to avoid.
+    let Some(disk) = SmallDisk::mount(1 << 20) else {
+        return;
+    };
+    let dir = disk.path().join("buffer");
+    std::fs::create_dir(&dir).unwrap();
+    // Segments of 256 KiB in a buffer allowed 2 MiB, on a disk of 1 MiB.
+    let b = DiskBuffer::open(&dir, &settings(2 << 20, WhenFull::DropOldest)).unwrap();
+    let mut appended = 0;
+    for i in 0..300 {
+        if let Err(e) = b.append(&[&batch(i * 100, 100)], 100, &never, &never) {
+            panic!("append {i} failed: {e:?}");
+        }
+        appended += 100;
+    }
+    let dropped = b.stats.dropped.load(Ordering::Relaxed);
+    assert!(dropped > 0 && b.bytes() < 1 << 20, "nothing dropped");
+    let got = drain_all(&b, 1000);
+    assert_eq!(got.len() as u64 + dropped, appended);
+    assert_eq!(*got.last().unwrap(), appended as i64 - 1);
+    assert!(
+        got.windows(2).all(|w| w[0] + 1 == w[1]),
+        "the newest, in order"
+    );
+    // Nothing of a segment cut short by the full disk is taken for damage at the next start.
+    drop(b);
+    let b = DiskBuffer::open(&dir, &settings(2 << 20, WhenFull::DropOldest)).unwrap();
+    assert_eq!(b.stats.corrupt_records.load(Ordering::Relaxed), 0);
+    assert_eq!(b.stats.corrupt_bytes.load(Ordering::Relaxed), 0);
+    assert_eq!(b.pending(), 0);
 }

@@ -4,7 +4,7 @@
 
 use super::{
     codec,
-    disk::{AppendError, DiskBuffer, Segment, WriterState},
+    disk::{AppendError, DiskBuffer, Segment, State, WriterState},
     segment::{self, MAGIC},
 };
 use crate::config::WhenFull;
@@ -25,6 +25,14 @@ const FULL_POLL: Duration = if cfg!(test) {
 } else {
     Duration::from_millis(100)
 };
+
+/// Whether `e` says that the file system has no room left (or the user's quota is used up).
+fn out_of_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -106,9 +114,24 @@ impl DiskBuffer {
             w.scratch = buf;
             return Ok(());
         }
-        let result = self
-            .make_room(w, buf.len() as u64, stop, past_max)
-            .and_then(|()| self.write_records(w, &buf, records, readings));
+        let write = |w: &mut WriterState| {
+            self.make_room(w, buf.len() as u64, stop, past_max)
+                .and_then(|()| self.write_records(w, &buf, records, readings))
+        };
+        let result = match write(w) {
+            // The file system filled before `max_size` did (other files share it): room is
+            // made there as `when_full` says, from the oldest segment, and the write tried once
+            // more. Not enough room yet: the caller's retry comes back here, and the next
+            // oldest goes (the reader may still hold the dropped one's file open).
+            Err(AppendError::Io(e))
+                if out_of_space(&e)
+                    && self.when_full == WhenFull::DropOldest
+                    && self.drop_oldest_for_space(w) =>
+            {
+                write(w)
+            }
+            r => r,
+        };
         w.scratch = buf;
         result
     }
@@ -172,25 +195,46 @@ impl DiskBuffer {
                             break;
                         }
                     }
-                    let seg = st.segments.pop_front().expect("two segments");
-                    let lost = seg.readings.saturating_sub(seg.acked_readings);
-                    st.head = st.head.max(seg.end());
-                    // Recorded, so that the next start does not take the records dropped for
-                    // ones gone without a word.
-                    let head = st.head;
-                    st.ledger.record(head, self.fsync);
-                    self.stats.dropped.fetch_add(lost, Ordering::Relaxed);
-                    tracing::warn!(
-                        readings = lost,
-                        bytes = seg.bytes,
-                        dropped_total = self.stats.dropped.load(Ordering::Relaxed),
-                        "disk buffer is full: dropped its oldest readings (when_full = \"drop_oldest\")"
-                    );
-                    super::disk::remove_segment(&self.dir, seg.first, "dropped");
+                    self.drop_oldest(&mut st, "disk buffer is full");
                 }
             }
         }
         Ok(())
+    }
+
+    /// Drops the oldest segment (`when_full = "drop_oldest"`), counting its readings not
+    /// acknowledged as dropped. `why` starts the warning.
+    fn drop_oldest(&self, st: &mut State, why: &str) {
+        let seg = st.segments.pop_front().expect("a segment to drop");
+        let lost = seg.readings.saturating_sub(seg.acked_readings);
+        st.head = st.head.max(seg.end());
+        // Recorded, so that the next start does not take the records dropped for ones gone
+        // without a word.
+        let head = st.head;
+        st.ledger.record(head, self.fsync);
+        self.stats.dropped.fetch_add(lost, Ordering::Relaxed);
+        tracing::warn!(
+            readings = lost,
+            bytes = seg.bytes,
+            dropped_total = self.stats.dropped.load(Ordering::Relaxed),
+            "{why}: dropped its oldest readings (when_full = \"drop_oldest\")"
+        );
+        super::disk::remove_segment(&self.dir, seg.first, "dropped");
+    }
+
+    /// After a write failed for want of room on the file system: drops the oldest segment
+    /// that holds records, even the one being written (its file is closed, and the next write
+    /// starts a new one). Whether there was one.
+    fn drop_oldest_for_space(&self, w: &mut WriterState) -> bool {
+        let mut st = self.state.lock().unwrap();
+        if st.segments.front().is_none_or(|s| s.records == 0) {
+            return false;
+        }
+        if st.segments.len() == 1 {
+            w.file = None;
+        }
+        self.drop_oldest(&mut st, "the file system of the disk buffer is full");
+        true
     }
 
     /// Starts a new segment at the next sequence number.
@@ -208,10 +252,17 @@ impl DiskBuffer {
             .create(true)
             .truncate(true)
             .open(&path)?;
-        file.write_all(MAGIC)?;
-        if self.fsync {
-            file.sync_data()?;
-            sync_dir(&self.dir)?;
+        let made = file.write_all(MAGIC).and_then(|()| {
+            if self.fsync {
+                file.sync_data()?;
+                sync_dir(&self.dir)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = made {
+            // A full disk, most often: no segment is left behind with half a header.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
         }
         w.file = Some(file);
         let mut st = self.state.lock().unwrap();
