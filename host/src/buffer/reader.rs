@@ -101,8 +101,11 @@ pub struct Reader {
 impl DiskBuffer {
     /// A reader that starts at the oldest unacknowledged record.
     pub fn reader(&self) -> Reader {
+        let mut st = self.state.lock().unwrap();
+        // What an earlier reader took is settled by nobody now.
+        st.in_flight.clear();
         Reader {
-            head: Cursor::at(self.state.lock().unwrap().head),
+            head: Cursor::at(st.head),
             live: None,
         }
     }
@@ -249,6 +252,14 @@ impl DiskBuffer {
         if !taken.readings.is_empty() && taken.readings.len() + readings.len() > max {
             cur.peeked = Some((seq, readings));
             return false;
+        }
+        {
+            let mut st = self.state.lock().unwrap();
+            if seq < st.head {
+                // Dropped by `drop_oldest` as it was read, and counted then: not sent.
+                return true;
+            }
+            st.in_flight.push((seq, readings.len() as u64));
         }
         let at = taken.readings.len();
         taken.readings.extend(readings);
@@ -402,6 +413,7 @@ impl DiskBuffer {
     /// Segments wholly acknowledged are removed.
     pub fn ack(&self, reader: &mut Reader, taken: Taken) {
         let mut st = self.state.lock().unwrap();
+        st.in_flight.retain(|(seq, _)| !taken.seqs.contains(seq));
         for (seq, range) in taken.seqs.iter().zip(&taken.records) {
             if *seq < st.head {
                 continue; // dropped meanwhile
@@ -435,6 +447,24 @@ impl DiskBuffer {
             }
         }
         self.settle(st);
+    }
+
+    /// Gives `taken` back unsettled (the shutdown stopped its write): its records stay on disk
+    /// for the next start, but those `drop_oldest` dropped meanwhile are dropped now.
+    pub fn untake(&self, taken: &Taken) {
+        let mut st = self.state.lock().unwrap();
+        st.in_flight.retain(|(seq, _)| !taken.seqs.contains(seq));
+        let dropped: u64 = (taken.seqs.iter().zip(&taken.records))
+            .filter(|(seq, _)| **seq < st.head)
+            .map(|(_, r)| r.len() as u64)
+            .sum();
+        if dropped > 0 {
+            self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+            tracing::warn!(
+                readings = dropped,
+                "readings of the disk buffer's oldest, dropped while their write was in progress, were not stored either: dropped (when_full = \"drop_oldest\")"
+            );
+        }
     }
 
     /// After the head moved: passes the skipped records at it, counts what the segments it

@@ -121,6 +121,7 @@ impl DiskBuffer {
             next_seq,
             head,
             skipped,
+            in_flight: Vec::new(),
             ledger,
             marks,
         };

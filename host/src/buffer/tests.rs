@@ -565,6 +565,45 @@ fn drop_oldest_keeps_the_size_limit_and_counts_every_dropped_reading() {
 }
 
 #[test]
+fn drop_oldest_counts_readings_in_flight_once() {
+    // The readings of a write in progress, when `drop_oldest` dropped their segment, were
+    // counted dropped at once, and written too when the write then stored them: the sink's
+    // pending count came out short. Now they count as the write settles.
+    for stored in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let b = DiskBuffer::open(dir.path(), &settings(256 << 10, WhenFull::DropOldest)).unwrap();
+        b.append(&[&batch(0, 100)], 100, &never, &never).unwrap();
+        let mut reader = b.reader();
+        let flying = b.take(&mut reader, 100, NOW, NOW).unwrap();
+        assert_eq!(values(&flying), (0..100).collect::<Vec<_>>());
+        let mut appended = 100;
+        for i in 1..200 {
+            b.append(&[&batch(i * 100, 100)], 100, &never, &never)
+                .unwrap();
+            appended += 100;
+        }
+        let dropped = b.stats.dropped.load(Ordering::Relaxed);
+        assert!(dropped > 0, "the first segment is dropped");
+        if stored {
+            b.ack(&mut reader, flying);
+            assert_eq!(b.stats.dropped.load(Ordering::Relaxed), dropped);
+        } else {
+            // A shutdown stopped the write: nothing keeps them any more.
+            b.untake(&flying);
+            assert_eq!(b.stats.dropped.load(Ordering::Relaxed), dropped + 100);
+        }
+        let mut rest = Vec::new();
+        while let Some(t) = b.take(&mut reader, 1000, NOW, NOW) {
+            rest.extend(values(&t));
+            b.ack(&mut reader, t);
+        }
+        let dropped = b.stats.dropped.load(Ordering::Relaxed);
+        let written = 100 * u64::from(stored) + rest.len() as u64;
+        assert_eq!(written + dropped, appended, "stored: {stored}");
+    }
+}
+
+#[test]
 fn block_holds_the_writer_until_the_sink_makes_room() {
     let dir = tempfile::tempdir().unwrap();
     let max = 256 << 10;

@@ -206,7 +206,17 @@ impl DiskBuffer {
     /// acknowledged as dropped. `why` starts the warning.
     fn drop_oldest(&self, st: &mut State, why: &str) {
         let seg = st.segments.pop_front().expect("a segment to drop");
-        let lost = seg.readings.saturating_sub(seg.acked_readings);
+        // Those of its readings a write is storing now are counted as that write settles.
+        let flying: u64 = st
+            .in_flight
+            .iter()
+            .filter(|(seq, _)| (seg.first..seg.end()).contains(seq))
+            .map(|(_, n)| n)
+            .sum();
+        let lost = seg
+            .readings
+            .saturating_sub(seg.acked_readings)
+            .saturating_sub(flying);
         st.head = st.head.max(seg.end());
         // Recorded, so that the next start does not take the records dropped for ones gone
         // without a word.

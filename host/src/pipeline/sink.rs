@@ -460,6 +460,7 @@ impl Input for Buffered {
     /// they stay on disk for the next start, and the sink stops.
     fn settle(&mut self, taken: Taken, outcome: Settled) -> bool {
         if outcome.stopped(taken.records.len()) {
+            self.input.buffer.untake(&taken);
             return false;
         }
         self.input.buffer.ack(&mut self.reader, taken);
