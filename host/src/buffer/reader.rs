@@ -449,14 +449,15 @@ impl DiskBuffer {
         self.settle(st);
     }
 
-    /// Gives `taken` back unsettled (the shutdown stopped its write): its records stay on disk
-    /// for the next start, but those `drop_oldest` dropped meanwhile are dropped now.
-    pub fn untake(&self, taken: &Taken) {
+    /// Gives `taken` back without acknowledging it (the shutdown stopped its write): its
+    /// records stay on disk for the next start, but those `drop_oldest` dropped meanwhile are
+    /// dropped now, unless `settled(i)` says the write stored (or refused) record `i`.
+    pub fn untake(&self, taken: &Taken, settled: impl Fn(usize) -> bool) {
         let mut st = self.state.lock().unwrap();
         st.in_flight.retain(|(seq, _)| !taken.seqs.contains(seq));
-        let dropped: u64 = (taken.seqs.iter().zip(&taken.records))
-            .filter(|(seq, _)| **seq < st.head)
-            .map(|(_, r)| r.len() as u64)
+        let dropped: u64 = (taken.seqs.iter().zip(&taken.records).enumerate())
+            .filter(|(i, (seq, _))| **seq < st.head && !settled(*i))
+            .map(|(_, (_, r))| r.len() as u64)
             .sum();
         if dropped > 0 {
             self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);

@@ -568,14 +568,18 @@ fn drop_oldest_keeps_the_size_limit_and_counts_every_dropped_reading() {
 fn drop_oldest_counts_readings_in_flight_once() {
     // The readings of a write in progress, when `drop_oldest` dropped their segment, were
     // counted dropped at once, and written too when the write then stored them: the sink's
-    // pending count came out short. Now they count as the write settles.
-    for stored in [true, false] {
+    // pending count came out short. Now they count as the write settles: stored, given back
+    // whole by a shutdown, or given back with its first record stored (a refused write done
+    // record by record, stopped after the first).
+    for stored_records in [2, 0, 1] {
         let dir = tempfile::tempdir().unwrap();
         let b = DiskBuffer::open(dir.path(), &settings(256 << 10, WhenFull::DropOldest)).unwrap();
-        b.append(&[&batch(0, 100)], 100, &never, &never).unwrap();
+        b.append(&[&batch(0, 50), &batch(50, 50)], 50, &never, &never)
+            .unwrap();
         let mut reader = b.reader();
         let flying = b.take(&mut reader, 100, NOW, NOW).unwrap();
         assert_eq!(values(&flying), (0..100).collect::<Vec<_>>());
+        assert_eq!(flying.records.len(), 2);
         let mut appended = 100;
         for i in 1..200 {
             b.append(&[&batch(i * 100, 100)], 100, &never, &never)
@@ -584,22 +588,24 @@ fn drop_oldest_counts_readings_in_flight_once() {
         }
         let dropped = b.stats.dropped.load(Ordering::Relaxed);
         assert!(dropped > 0, "the first segment is dropped");
-        if stored {
+        if stored_records == 2 {
             b.ack(&mut reader, flying);
-            assert_eq!(b.stats.dropped.load(Ordering::Relaxed), dropped);
         } else {
-            // A shutdown stopped the write: nothing keeps them any more.
-            b.untake(&flying);
-            assert_eq!(b.stats.dropped.load(Ordering::Relaxed), dropped + 100);
+            b.untake(&flying, |i| i < stored_records);
         }
+        let lost_in_flight = 50 * (2 - stored_records as u64);
+        assert_eq!(
+            b.stats.dropped.load(Ordering::Relaxed),
+            dropped + lost_in_flight
+        );
         let mut rest = Vec::new();
         while let Some(t) = b.take(&mut reader, 1000, NOW, NOW) {
             rest.extend(values(&t));
             b.ack(&mut reader, t);
         }
         let dropped = b.stats.dropped.load(Ordering::Relaxed);
-        let written = 100 * u64::from(stored) + rest.len() as u64;
-        assert_eq!(written + dropped, appended, "stored: {stored}");
+        let written = 50 * stored_records as u64 + rest.len() as u64;
+        assert_eq!(written + dropped, appended, "{stored_records} stored");
     }
 }
 

@@ -7,7 +7,7 @@
 
 use super::{
     direct::{Direct, Lender},
-    worker::{Settled, SinkFactory, Worker},
+    worker::{is_stopped, Settled, SinkFactory, Worker},
     Envelope, Phase, Shutdown,
 };
 use crate::{
@@ -135,10 +135,11 @@ pub(super) trait Input {
     }
     /// Hands on the outcome of `batch`; `false` to stop.
     fn settle(&mut self, batch: Self::Batch, outcome: Settled) -> bool;
-    /// Gives up `batch`, taken and not settled, at an abort: what is queued tells its
-    /// sources it was not taken (or goes to a successor), what is buffered stays on disk.
-    fn abandon(&mut self, batch: Self::Batch) {
-        drop(batch);
+    /// Gives up `batch`, taken and not settled in order (its write ended `outcome`, if it
+    /// ended), at an abort or behind a write that stopped: what is queued tells its sources it
+    /// was not taken (or goes to a successor), what is buffered stays on disk.
+    fn abandon(&mut self, batch: Self::Batch, outcome: Option<Settled>) {
+        drop((batch, outcome));
     }
     /// Says what is left, once the loop ended.
     fn finish(self, w: &Worker);
@@ -340,7 +341,7 @@ impl Input for Queue {
 
     fn settle(&mut self, batch: Gathered, outcome: Settled) -> bool {
         if self.handover.load(Ordering::Relaxed) && outcome.stopped(batch.parts().len()) {
-            self.abandon(batch);
+            self.abandon(batch, None);
             return false;
         }
         match batch {
@@ -355,7 +356,7 @@ impl Input for Queue {
 
     /// Handing over, the batch goes to the successor whole (the parts of it that were
     /// written are written again: sinks drop ids they already stored).
-    fn abandon(&mut self, batch: Gathered) {
+    fn abandon(&mut self, batch: Gathered, _: Option<Settled>) {
         if !self.handover.load(Ordering::Relaxed) {
             return;
         }
@@ -460,11 +461,22 @@ impl Input for Buffered {
     /// they stay on disk for the next start, and the sink stops.
     fn settle(&mut self, taken: Taken, outcome: Settled) -> bool {
         if outcome.stopped(taken.records.len()) {
-            self.input.buffer.untake(&taken);
+            self.abandon(taken, Some(outcome));
             return false;
         }
         self.input.buffer.ack(&mut self.reader, taken);
         true
+    }
+
+    /// The records stay on disk for the next start; those `drop_oldest` dropped meanwhile
+    /// (and their write did not store or refuse) are counted dropped now.
+    fn abandon(&mut self, taken: Taken, outcome: Option<Settled>) {
+        let settled = |i: usize| match &outcome {
+            Some(Settled::Whole(o)) => !is_stopped(o),
+            Some(Settled::Parts(each)) => each.get(i).is_some_and(|o| !is_stopped(o)),
+            None => false,
+        };
+        self.input.buffer.untake(&taken, settled);
     }
 
     fn finish(self, _: &Worker) {

@@ -107,7 +107,7 @@ pub(super) fn pump<I: Input>(input: &mut I, w: &mut Worker, shutdown: &Shutdown,
     loop {
         if shutdown.reached(Phase::Aborting) {
             for f in win.flights.drain(..) {
-                input.abandon(f.batch);
+                input.abandon(f.batch, f.settled);
             }
             return;
         }
@@ -115,7 +115,7 @@ pub(super) fn pump<I: Input>(input: &mut I, w: &mut Worker, shutdown: &Shutdown,
             let f = win.flights.pop_front().expect("front");
             if !input.settle(f.batch, f.settled.expect("settled")) {
                 for f in win.flights.drain(..) {
-                    input.abandon(f.batch);
+                    input.abandon(f.batch, f.settled);
                 }
                 return;
             }
