@@ -137,6 +137,28 @@ pub mod duration {
     pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*v).to_string())
     }
+
+    /// `#[serde(with = "gateway_sdk::config::duration::positive")]`: a duration as
+    /// [`duration`](self) reads it, 0 refused. For a timeout: one of 0 fails every try.
+    pub mod positive {
+        use serde::{Deserializer, Serializer};
+        use std::time::Duration;
+
+        /// Reads a human-readable duration above 0.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+            let v = super::deserialize(d)?;
+            if v.is_zero() {
+                return Err(serde::de::Error::custom(
+                    "a duration of 0 here would make every try fail; give one above 0, like \"10s\"",
+                ));
+            }
+            Ok(v)
+        }
+        /// Writes a human-readable duration.
+        pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+            super::serialize(v, s)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -39,10 +39,10 @@ pub struct Config {
     #[serde(default = "keep_alive", with = "duration")]
     pub keep_alive: Duration,
     /// How long connecting (TCP, TLS, CONNECT) may take.
-    #[serde(default = "connect", with = "duration")]
+    #[serde(default = "connect", with = "duration::positive")]
     pub connect_timeout: Duration,
     /// How long the broker may go without acknowledging anything while a batch is out.
-    #[serde(default = "ack", with = "duration")]
+    #[serde(default = "ack", with = "duration::positive")]
     pub ack_timeout: Duration,
     /// `mqtts`: a CA file (PEM) for the broker's certificate, when it is not in the system
     /// store. The broker's name is always checked against its certificate.

@@ -24,7 +24,7 @@ pub struct Connection {
     /// A CA file (PEM) for the server's certificate (TLS).
     pub tls_ca_file: Option<PathBuf>,
     /// How long connecting may take.
-    #[serde(default = "ten", with = "duration")]
+    #[serde(default = "ten", with = "duration::positive")]
     pub connect_timeout: Duration,
 }
 
@@ -50,7 +50,7 @@ pub struct SinkConfig {
     #[serde(default = "two_minutes", with = "duration")]
     pub duplicate_window: Duration,
     /// How long a batch may wait for JetStream's acknowledgements.
-    #[serde(default = "thirty", with = "duration")]
+    #[serde(default = "thirty", with = "duration::positive")]
     pub ack_timeout: Duration,
 }
 
@@ -84,7 +84,7 @@ pub struct SourceConfig {
     pub max_batches_in_flight: usize,
     /// How long JetStream waits for the acknowledgement of a message before it delivers it
     /// again (when the consumer is made).
-    #[serde(default = "sixty", with = "duration")]
+    #[serde(default = "sixty", with = "duration::positive")]
     pub ack_wait: Duration,
 }
 

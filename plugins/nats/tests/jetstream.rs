@@ -610,6 +610,9 @@ fn settings_errors_name_their_key() {
             "url = \"nats://h\"\nusername = \"u\"",
             "give username and a password together",
         ),
+        // A timeout of 0 failed every try, retried for ever.
+        ("url = \"nats://h\"\nack_timeout = \"0s\"", "above 0"),
+        ("url = \"nats://h\"\nconnect_timeout = \"0ms\"", "above 0"),
     ] {
         let e = SinkHarness::new::<NatsSink>(toml).unwrap_err();
         assert_eq!(e.kind, ErrorKind::CONFIG, "{toml}");

@@ -26,10 +26,10 @@ pub struct Config {
     #[serde(default = "table")]
     pub table: String,
     /// How long connecting may take.
-    #[serde(default = "connect", with = "duration")]
+    #[serde(default = "connect", with = "duration::positive")]
     pub connect_timeout: Duration,
     /// How long one batch may take before the write fails (retryably).
-    #[serde(default = "write", with = "duration")]
+    #[serde(default = "write", with = "duration::positive")]
     pub write_timeout: Duration,
 }
 
