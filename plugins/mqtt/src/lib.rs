@@ -130,10 +130,18 @@ impl Sink for Mqtt {
             };
             Some(client::connector(&t).map_err(|e| PluginError::config(format!("[{table}] {e}")))?)
         } else {
-            if password.is_some() && !gateway_sdk::config::is_loopback(&host) {
-                tracing::warn!(
-                    "[{table}] the password goes to {host} in clear text over mqtt://; use mqtts://"
-                );
+            if !gateway_sdk::config::is_loopback(&host) {
+                if password.is_some() {
+                    tracing::warn!(
+                        "[{table}] the password goes to {host} in clear text over mqtt://; use mqtts://"
+                    );
+                } else {
+                    // Whoever is on the path may also answer in the broker's place: a forged
+                    // PUBACK has a reading dropped from the buffer as stored.
+                    tracing::warn!(
+                        "[{table}] readings go to {host} over mqtt:// without TLS or credentials: anyone on the path can read them, or acknowledge them in the broker's place; use mqtts:// with tls_ca_file"
+                    );
+                }
             }
             None
         };
