@@ -97,7 +97,14 @@ impl Settings {
             })?;
         }
         if let Some(ca) = &self.ca {
-            o = o.add_root_certificates(ca.clone()).require_tls(true);
+            o = o.add_root_certificates(ca.clone());
+        }
+        if self.ca.is_some() || wants_tls(&self.url) {
+            // Else a server found through the cluster's gossip (its `connect_urls`, which
+            // async-nats dials as nats://) is spoken to in clear text when its INFO, which anyone
+            // on the path can write, says it takes no TLS: the credentials and the readings go
+            // in the clear, and a forged acknowledgement has a reading dropped as stored.
+            o = o.require_tls(true);
         }
         // async-nats times the TCP connect only: a server that takes the connection and then
         // says nothing (or a balancer with a dead backend) would hold the INFO, TLS and
@@ -142,6 +149,14 @@ async fn addresses(urls: &str, limit: std::time::Duration) -> u32 {
 
 /// The hosts of `urls` (comma-separated `nats://` and `tls://` URLs) that are not this
 /// machine, with their scheme.
+/// Whether a server of `urls` is given as `tls://`: then every connection must be TLS.
+fn wants_tls(urls: &str) -> bool {
+    urls.split(',').map(str::trim).any(|u| {
+        u.split_once("://")
+            .is_some_and(|(s, _)| s.eq_ignore_ascii_case("tls"))
+    })
+}
+
 fn remote_hosts(urls: &str) -> Vec<(&str, &str)> {
     urls.split(',')
         .map(str::trim)
@@ -172,6 +187,17 @@ mod tests {
         );
         // A name that does not resolve counts once.
         assert_eq!(n("nats://no-such-host.invalid:4222"), 1);
+    }
+
+    #[test]
+    fn a_tls_url_asks_tls_of_every_connection() {
+        assert!(super::wants_tls(
+            "nats://127.0.0.1:4222, TLS://nats.example:4222"
+        ));
+        assert!(super::wants_tls("tls://nats.example"));
+        assert!(!super::wants_tls(
+            "nats://nats.example:4222,nats.example:4223"
+        ));
     }
 
     #[test]
