@@ -193,7 +193,9 @@ impl Sink for NatsSink {
         let js = self.rt.block_on(async move {
             let client = settings.connect().await?;
             let max_payload = client.server_info().max_payload;
-            let js = jetstream::new(client);
+            let mut js = jetstream::new(client);
+            // async-nats waits 5 s for each acknowledgement otherwise, whatever ack_timeout says.
+            js.set_timeout(cfg.ack_timeout);
             // The stream is made where it is missing; one that is there is used as it is.
             let stream = js
                 .get_or_create_stream(jetstream::stream::Config {

@@ -349,6 +349,28 @@ fn a_reading_whose_subject_the_stream_does_not_take_is_refused_not_retried() {
 /// its subject: pi-03's "no responders" was retried for ever. Only the configured stream's
 /// acknowledgements count now.
 #[test]
+fn an_acknowledgement_may_take_all_of_ack_timeout() {
+    // async-nats gave up on each acknowledgement after its own 5 s, whatever ack_timeout said:
+    // a JetStream slower than that (a lagging replica, a slow disk) failed every batch.
+    let n = Nats::start();
+    let mut s =
+        SinkHarness::new::<NatsSink>(&format!("url = {:?}\nack_timeout = \"20s\"\n", n.url()))
+            .unwrap();
+    s.write(sample_readings(1)).expect("connected, stream made");
+    n.server.signal(libc::SIGSTOP);
+    let started = Instant::now();
+    let writing = std::thread::scope(|scope| {
+        let w = scope.spawn(|| s.write(sample_readings(3)));
+        std::thread::sleep(Duration::from_secs(6));
+        n.server.signal(libc::SIGCONT);
+        w.join().unwrap()
+    });
+    writing.expect("stored once NATS went on, within ack_timeout");
+    assert!(started.elapsed() >= Duration::from_secs(6));
+    assert_eq!(n.messages("READINGS"), 4);
+}
+
+#[test]
 fn a_reading_another_stream_stores_is_no_sign_of_a_mapping() {
     let n = Nats::start();
     let config = |name: &str, subject: &str| async_nats::jetstream::stream::Config {

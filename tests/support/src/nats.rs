@@ -109,6 +109,13 @@ impl NatsServer {
         }
     }
 
+    /// Sends it `signal` (SIGSTOP to make it stall, SIGCONT to let it go on).
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: kill(2) on the pid of our own child, which has not been waited for.
+        assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
+    }
+
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
