@@ -189,7 +189,7 @@ impl Sink for NatsSink {
         if self.key.is_none() {
             self.key = Some(msg_id_key(&self.data_dir)?);
         }
-        let (settings, cfg) = (self.settings.clone(), self.cfg.clone());
+        let (settings, cfg, table) = (self.settings.clone(), self.cfg.clone(), self.table.clone());
         let js = self.rt.block_on(async move {
             let client = settings.connect().await?;
             let max_payload = client.server_info().max_payload;
@@ -207,6 +207,12 @@ impl Sink for NatsSink {
                 })
                 .await
                 .map_err(|e| PluginError::retry(format!("stream {}: {e}", cfg.stream)))?;
+            if let Some(why) = stream_refusal(&stream.cached_info().config) {
+                return Err(PluginError::retry(format!("stream {}: {why}", cfg.stream)));
+            }
+            for why in stream_concerns(&stream.cached_info().config) {
+                tracing::warn!(table = %table, stream = %cfg.stream, "{why}");
+            }
             // A stream of its own may take less than the server (its max_msg_size): JetStream
             // refuses a larger message at each try, which retried would stall the sink.
             let max_msg = usize::try_from(stream.cached_info().config.max_message_size).ok();
@@ -463,10 +469,52 @@ fn humantime(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
+/// Why readings cannot go into a stream set up as `c`: they would be reported stored never.
+fn stream_refusal(c: &jetstream::stream::Config) -> Option<String> {
+    c.no_ack.then(|| {
+        "it is set no_ack, so JetStream acknowledges nothing published into it and no reading could be reported stored; turn no_ack off (nats stream edit)".into()
+    })
+}
+
+/// What of a stream set up as `c` can lose readings the sink was told were stored.
+fn stream_concerns(c: &jetstream::stream::Config) -> Vec<String> {
+    let mut why = Vec::new();
+    if c.storage == StorageType::Memory {
+        why.push(format!(
+            "the stream keeps its messages in memory{}: readings acknowledged to the gateway (and gone from its buffer) are lost if NATS restarts; file storage keeps them",
+            if c.num_replicas > 1 { ", replicated" } else { "" }
+        ));
+    }
+    if c.retention == jetstream::stream::RetentionPolicy::Interest {
+        why.push("the stream's retention is interest: a reading published while no consumer is bound to the stream is dropped at once, though acknowledged to the gateway; limits or workqueue retention keeps it".into());
+    }
+    why
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_stream_that_acknowledges_nothing_is_refused_and_one_that_may_lose_readings_is_said() {
+        let file = jetstream::stream::Config::default();
+        assert_eq!(file.storage, StorageType::File);
+        assert!(stream_refusal(&file).is_none() && stream_concerns(&file).is_empty());
+        let no_ack = jetstream::stream::Config {
+            no_ack: true,
+            ..Default::default()
+        };
+        assert!(stream_refusal(&no_ack).unwrap().contains("no_ack"));
+        let risky = jetstream::stream::Config {
+            storage: StorageType::Memory,
+            retention: jetstream::stream::RetentionPolicy::Interest,
+            ..Default::default()
+        };
+        let said = stream_concerns(&risky);
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(said[0].contains("in memory") && said[1].contains("interest"));
+    }
 
     #[test]
     fn the_message_id_key_is_made_once_whole_and_never_through_a_link() {

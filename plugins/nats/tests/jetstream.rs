@@ -371,6 +371,28 @@ fn an_acknowledgement_may_take_all_of_ack_timeout() {
 }
 
 #[test]
+fn a_stream_that_acknowledges_nothing_is_refused_at_once_not_timed_out() {
+    // A stream set no_ack answers no publish: every batch waited out ack_timeout and was sent
+    // again, for ever, with "did not acknowledge" as the only word of why.
+    let n = Nats::start();
+    with_js(n.url(), |js| async move {
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "READINGS".into(),
+            subjects: vec!["readings.>".into()],
+            no_ack: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    });
+    let mut s = sink(&n);
+    let started = Instant::now();
+    let e = s.write(sample_readings(2)).unwrap_err();
+    assert!(e.message().contains("no_ack"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{e}");
+}
+
+#[test]
 fn a_reading_another_stream_stores_is_no_sign_of_a_mapping() {
     let n = Nats::start();
     let config = |name: &str, subject: &str| async_nats::jetstream::stream::Config {
