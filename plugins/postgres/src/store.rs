@@ -33,15 +33,26 @@ const TYPES: [Type; 11] = [
 ];
 
 /// The staging table each connection makes for itself (temporary: seen by that session only,
-/// emptied at each commit).
-const STAGING: &str = "gateway_readings_in";
+/// emptied at each commit), named in its schema: a table of the same name elsewhere is not it.
+const STAGING: &str = "pg_temp.gateway_readings_in";
+
+/// `table` as SQL names it: quoted, so that a name that is a keyword (`user`, `order`) is a
+/// name. ([`valid_table`] lets through no character that quoting would change.)
+fn sql_name(table: &str) -> String {
+    format!("\"{table}\"")
+}
 
 /// `CREATE TABLE IF NOT EXISTS` for a readings table and its indexes. The primary key holds the
 /// time so that TimescaleDB can make the table a hypertable partitioned on `time_us`; a
 /// re-delivered reading has the same id, device and time, so it is still found.
 pub fn create_table(table: &str) -> String {
+    let (t, latest, by_time) = (
+        sql_name(table),
+        sql_name(&format!("{table}_latest")),
+        sql_name(&format!("{table}_by_time")),
+    );
     format!(
-        "CREATE TABLE IF NOT EXISTS {table} (
+        "CREATE TABLE IF NOT EXISTS {t} (
             id          bytea            NOT NULL,
             time_us     bigint           NOT NULL,
             device      text             NOT NULL,
@@ -55,8 +66,8 @@ pub fn create_table(table: &str) -> String {
             value_bytes bytea            NULL,
             PRIMARY KEY (id, device, time_us)
         );
-        CREATE INDEX IF NOT EXISTS {table}_latest ON {table} (device, sensor, name, time_us);
-        CREATE INDEX IF NOT EXISTS {table}_by_time ON {table} (time_us);"
+        CREATE INDEX IF NOT EXISTS {latest} ON {t} (device, sensor, name, time_us);
+        CREATE INDEX IF NOT EXISTS {by_time} ON {t} (time_us);"
     )
 }
 
@@ -138,7 +149,10 @@ fn with_causes(e: &tokio_postgres::Error) -> String {
 }
 
 fn valid_table(t: &str) -> bool {
-    !t.is_empty()
+    // The staging table's name: a session's temporary table comes first wherever a name is
+    // looked up, so every write would go into it, and be gone at its commit.
+    t != STAGING.trim_start_matches("pg_temp.")
+        && !t.is_empty()
         && t.len() <= 50
         && t.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && t.chars()
@@ -160,7 +174,7 @@ impl Store {
     pub fn new(cfg: &Config, password: Option<String>) -> Result<Store, PluginError> {
         if !valid_table(&cfg.table) {
             return Err(PluginError::config(format!(
-                "table: {:?} is not a plain lowercase table name (letters, digits, _; at most 50)",
+                "table: {:?} is not a plain lowercase table name (letters, digits, _; at most 50; not gateway_readings_in, the name of the plugin's staging table)",
                 cfg.table
             )));
         }
@@ -289,10 +303,14 @@ impl Store {
                     client.batch_execute(&create_table(&table)).await?;
                 }
                 let keyed: bool = client.query_one(KEYED, &[&table]).await?.get(0);
+                // The readings' columns alone, without the table's constraints: a column of the
+                // operator's own (NOT NULL, with a default the staging table would not copy)
+                // failed every merge of a batch sent again, as a refusal.
                 client
                     .batch_execute(&format!(
-                    "CREATE TEMP TABLE IF NOT EXISTS {STAGING} (LIKE {table}) ON COMMIT DELETE ROWS"
-                ))
+                        "CREATE TEMP TABLE IF NOT EXISTS {STAGING} ON COMMIT DELETE ROWS AS SELECT {COLUMNS} FROM {} WITH NO DATA",
+                        sql_name(&table)
+                    ))
                     .await?;
                 Ok::<_, tokio_postgres::Error>((client, keyed))
             })
@@ -310,7 +328,7 @@ impl Store {
         if !keyed {
             let t = &self.table;
             return Err(PluginError::config(format!(
-                "table {t} has no unique index on the readings' key (its columns among id, device, sensor, name, unit and time_us), which tells a reading stored before from a new one: without it every re-delivered reading would be stored again. Give it one: `CREATE UNIQUE INDEX {t}_key ON {t} (id, device, time_us)` (readings stored twice already must go first), or let the plugin make the table (it does so when there is none)"
+                "table {t} has no unique index on the readings' key (its columns among id, device, sensor, name, unit and time_us), which tells a reading stored before from a new one: without it every re-delivered reading would be stored again. Give it one: `CREATE UNIQUE INDEX \"{t}_key\" ON \"{t}\" (id, device, time_us)` (readings stored twice already must go first), or let the plugin make the table (it does so when there is none)"
             )));
         }
         self.client = Some(client);
@@ -322,7 +340,7 @@ impl Store {
     pub fn write(&mut self, batch: &[Reading]) -> Result<u64, PluginError> {
         self.open()?;
         let client = self.client.as_mut().expect("opened");
-        let table = self.table.clone();
+        let table = sql_name(&self.table);
         let timeout = self.write_timeout;
         let outcome = self.rt.block_on(async {
             tokio::time::timeout(timeout, async {

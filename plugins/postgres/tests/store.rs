@@ -94,6 +94,28 @@ fn a_batch_delivered_twice_is_stored_once() {
 }
 
 #[test]
+fn a_table_named_by_a_keyword_with_a_column_of_its_own_takes_a_batch_sent_again() {
+    // A table named `order` (a keyword) failed every statement as a syntax error, retried for
+    // ever. A NOT NULL column of the operator's own, with a default, failed the merge of every
+    // batch sent again: the staging table (LIKE the table) took its NOT NULL and not its
+    // default, and the readings stored before were refused and dead-lettered.
+    psql("DROP TABLE IF EXISTS \"order\"");
+    psql(
+        "CREATE TABLE \"order\" (id bytea NOT NULL, time_us bigint NOT NULL, device text NOT NULL, \
+         sensor text NOT NULL, name text NOT NULL, unit text NOT NULL, value_type text NOT NULL, \
+         value_float double precision, value_int bigint, value_text text, value_bytes bytea, \
+         received_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (id, device, time_us))",
+    );
+    let mut s = sink("order");
+    let batch = sample_readings(50);
+    s.write(batch[..20].to_vec()).unwrap();
+    s.write(batch.clone())
+        .expect("the batch sent again is merged");
+    assert_eq!(psql("SELECT count(*) FROM \"order\""), "50");
+    psql("DROP TABLE \"order\"");
+}
+
+#[test]
 fn text_the_column_cannot_hold_is_refused_for_good_and_nothing_of_the_batch_is_stored() {
     let t = table("nul");
     let mut s = sink(&t);
@@ -188,7 +210,7 @@ fn a_table_made_by_hand_without_the_readings_key_is_refused_not_filled_twice() {
         "0",
         "nothing stored, let alone twice: {twice:?}"
     );
-    let add = format!("CREATE UNIQUE INDEX {t}_key ON {t} (id, device, time_us)");
+    let add = format!("CREATE UNIQUE INDEX \"{t}_key\" ON \"{t}\" (id, device, time_us)");
     // Refused at open, as a setting is (CONFIG, which the SDK reports as a sink that cannot
     // open, FATAL): the host builds the sink again after a backoff, holding the batch.
     for e in twice {
@@ -291,6 +313,12 @@ fn settings_errors_name_their_key() {
             "url: put the password in password_env",
         ),
         ("url = \"host=/tmp\"\ntable = \"Readings; drop\"", "table: "),
+        // The staging table's name: every write went into the session's temporary table of
+        // that name, and was gone at its commit.
+        (
+            "url = \"host=/tmp\"\ntable = \"gateway_readings_in\"",
+            "not gateway_readings_in",
+        ),
         ("url = \"host=/tmp\"\ntls = \"prefer\"", "tls: \"prefer\""),
         // hostaddr alone: TLS would get no name to check the certificate against (before,
         // any certificate of the CA, for any name, passed).
