@@ -40,6 +40,52 @@ DROP TABLE readings;
 ALTER TABLE readings_v2 RENAME TO readings;
 ";
 
+/// The columns of a version 1 table, which the migration copies.
+const V1_COLUMNS: [&str; 11] = [
+    "id",
+    "time_us",
+    "device",
+    "sensor",
+    "name",
+    "unit",
+    "value_type",
+    "value_float",
+    "value_int",
+    "value_text",
+    "value_bytes",
+];
+
+/// What on the `readings` table of `conn` the migration from version 1 would lose (it copies
+/// [`V1_COLUMNS`] into a new table and drops the old one, with whatever else was on it): the
+/// columns, triggers, indexes and views the plugin did not make. `None`: nothing.
+fn not_version_1(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    let columns: Vec<String> = conn
+        .prepare("SELECT lower(name) FROM pragma_table_info('readings')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut found = Vec::new();
+    let extra: Vec<&String> = columns
+        .iter()
+        .filter(|c| !V1_COLUMNS.contains(&c.as_str()))
+        .collect();
+    if !extra.is_empty() {
+        found.push(format!("columns {extra:?}"));
+    }
+    if let Some(missing) = V1_COLUMNS.iter().find(|c| !columns.iter().any(|k| k == *c)) {
+        found.push(format!("no column {missing}"));
+    }
+    let others: Vec<String> = conn
+        .prepare(
+            "SELECT type || ' ' || name FROM sqlite_master WHERE name <> 'readings' \
+             AND name NOT IN ('readings_latest', 'readings_time') AND name NOT LIKE 'sqlite_autoindex_readings_%' \
+             AND (tbl_name = 'readings' OR (type = 'view' AND sql LIKE '%readings%'))",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    found.extend(others);
+    Ok((!found.is_empty()).then(|| found.join(", ")))
+}
+
 fn sql_error(what: &str, e: rusqlite::Error) -> PluginError {
     let transient = matches!(
         e.sqlite_error_code(),
@@ -138,8 +184,18 @@ impl Store {
         let file = file_id_now(&cfg.path)?;
         conn.busy_timeout(cfg.busy_timeout)
             .map_err(|e| sql_error("busy_timeout", e))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
+        let journal: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(|e| sql_error("journal_mode", e))?;
+        if !journal.eq_ignore_ascii_case("wal") {
+            // A file system without the shared memory WAL needs (some network ones): SQLite
+            // keeps the journal it had. Commits stay durable; a reader holds writes back.
+            tracing::warn!(
+                path = %cfg.path.display(),
+                journal = %journal,
+                "SQLite could not put this file in WAL mode (its file system may not support it): it keeps its {journal} journal; commits are still durable, but a reader of the file holds the sink's writes back"
+            );
+        }
         let sync = match cfg.synchronous {
             Sync::Full => "FULL",
             Sync::Normal => "NORMAL",
@@ -166,11 +222,21 @@ impl Store {
             .map_err(|e| sql_error("sqlite_master", e))?;
         // A file without the table (renamed or dropped by another process, and the store
         // opened again for it: see [`Store::reopen_needed`]) gets it again.
+        let recorded_version = version;
         let version = match (version, has_table) {
             (_, false) => 0,
             (0, true) => 1,
             (v, true) => v,
         };
+        if version == 1 {
+            if let Some(what) = not_version_1(&conn).map_err(|e| sql_error("sqlite_master", e))? {
+                return Err(PluginError::config(format!(
+                    "{}: the readings table is taken for schema version 1 (its user_version is {recorded}), but has what the plugin did not make ({what}); moving it to version 2 (keyed by id and device) would drop that. Make the table version 2 by hand (`PRIMARY KEY (id, device)`, then `PRAGMA user_version = 2`), or point path at a new file",
+                    cfg.path.display(),
+                    recorded = recorded_version
+                )));
+            }
+        }
         if version < SCHEMA_VERSION {
             let sql = match version {
                 0 => format!("{}\n{INDEXES}", readings_table("readings")),
@@ -328,7 +394,13 @@ impl Store {
                         b
                     ])
                     .map_err(|e| match e.sqlite_error_code() {
-                        Some(ErrorCode::ConstraintViolation) => PluginError::rejected(format!(
+                        // A rule of the table, a value longer than SQLite takes, or one of a
+                        // type a column declared STRICT refuses: the same at every try.
+                        Some(
+                            ErrorCode::ConstraintViolation
+                            | ErrorCode::TooBig
+                            | ErrorCode::TypeMismatch,
+                        ) => PluginError::rejected(format!(
                             "reading {} of {} ({}/{}/{}) is refused by a rule of the table: {e}",
                             n + 1,
                             batch.len(),
@@ -344,7 +416,14 @@ impl Store {
             }
         }
         self.checkpointed = false;
-        tx.commit().map_err(|e| sql_error("COMMIT", e))?;
+        tx.commit().map_err(|e| match e.sqlite_error_code() {
+            // A rule checked at commit (a deferred foreign key of the operator's own): the
+            // same at every try, so the host finds and refuses the readings that break it.
+            Some(ErrorCode::ConstraintViolation) => PluginError::rejected(format!(
+                "the batch breaks a rule of the table checked at commit (a deferred foreign key?): {e}"
+            )),
+            _ => sql_error("COMMIT", e),
+        })?;
         self.duplicates += (batch.len() - inserted) as u64;
         // The file moved, replaced or deleted while the batch was written: it went to a file
         // nobody reads at the path. Retried, it goes to the file at the path (and is dropped

@@ -147,7 +147,12 @@ fn a_reading_a_rule_added_to_the_table_refuses_is_refused_not_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.db");
     let mut s = SinkHarness::new::<Sqlite>(&cfg(&path)).unwrap();
-    let batch = sample_readings(3);
+    // Each at a time of its own: made within one microsecond (a fast machine), two readings
+    // of the series would break the index below by themselves.
+    let mut batch = sample_readings(3);
+    for (i, r) in batch.iter_mut().enumerate() {
+        r.time = gateway_sdk::Timestamp(r.time.0 + 1000 * i as i64);
+    }
     s.write(batch[..1].to_vec()).unwrap();
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute_batch("CREATE UNIQUE INDEX one ON readings (device, sensor, name, time_us); CREATE TRIGGER small BEFORE INSERT ON readings WHEN NEW.value_float > 1000 BEGIN SELECT RAISE(ABORT, 'too large'); END;")
@@ -250,6 +255,85 @@ fn a_version_1_database_is_migrated_with_every_row() {
     for recorded in [1, 0] {
         version_1_is_migrated(recorded);
     }
+}
+
+#[test]
+fn a_table_taken_for_version_1_with_more_on_it_is_left_alone_not_migrated() {
+    // A file whose schema version was never recorded is taken for version 1, and the migration
+    // copied the eleven columns and dropped the table: a column, trigger or index the
+    // operator added went with it, without a word.
+    for extra in [
+        "ALTER TABLE readings ADD COLUMN received_at INTEGER",
+        "CREATE TRIGGER audit AFTER INSERT ON readings BEGIN SELECT 1; END",
+        "CREATE INDEX by_unit ON readings (unit)",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("r.db");
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE readings (
+                id BLOB NOT NULL PRIMARY KEY, time_us INTEGER NOT NULL, device TEXT NOT NULL,
+                sensor TEXT NOT NULL, name TEXT NOT NULL, unit TEXT NOT NULL,
+                value_type TEXT NOT NULL, value_float REAL, value_int INTEGER, value_text TEXT,
+                value_bytes BLOB
+            ) WITHOUT ROWID;
+            INSERT INTO readings VALUES (x'01', 1, 'pi-01', 's', 'n', 'Cel', 'float', 1.5, NULL, NULL, NULL);",
+        )
+        .unwrap();
+        c.execute_batch(extra).unwrap();
+        drop(c);
+        let e = SinkHarness::new::<Sqlite>(&cfg(&db))
+            .and_then(|mut s| s.write(sample_readings(1)))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FATAL, "{extra}: {e}");
+        assert!(e.message().contains("would drop that"), "{extra}: {e}");
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let kept: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('readings', 'audit', 'by_unit')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            kept,
+            if extra.starts_with("ALTER") { 1 } else { 2 },
+            "{extra}"
+        );
+        assert_eq!(rows(&db).len(), 1);
+    }
+}
+
+#[test]
+fn a_reading_a_rule_checked_at_commit_refuses_is_refused_not_retried() {
+    // A deferred foreign key fails at COMMIT, not at the INSERT: that was taken for a passing
+    // error, retried for ever, and every reading behind the batch waited.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let mut s = SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap();
+    s.write(sample_readings(1)).unwrap();
+    drop(s);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE devices (name TEXT PRIMARY KEY);
+             INSERT INTO devices VALUES ('test-device');
+             CREATE TABLE r2 (id BLOB NOT NULL, time_us INTEGER NOT NULL,
+                device TEXT NOT NULL REFERENCES devices (name) DEFERRABLE INITIALLY DEFERRED,
+                sensor TEXT NOT NULL, name TEXT NOT NULL, unit TEXT NOT NULL, value_type TEXT NOT NULL,
+                value_float REAL, value_int INTEGER, value_text TEXT, value_bytes BLOB,
+                PRIMARY KEY (id, device)) WITHOUT ROWID;
+             INSERT INTO r2 SELECT * FROM readings; DROP TABLE readings; ALTER TABLE r2 RENAME TO readings;",
+        )
+        .unwrap();
+    let mut s = SinkHarness::new::<Sqlite>(&cfg(&db)).unwrap();
+    let mut stranger = sample_readings(2);
+    stranger[1].device = "pi-99".into();
+    let e = s.write(stranger).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(e.message().contains("checked at commit"), "{e}");
+    s.write(sample_readings(3)[2..].to_vec())
+        .expect("a known device's reading is stored");
 }
 
 /// A version 1 file whose `user_version` says `recorded` (0: a crash came between creating the
