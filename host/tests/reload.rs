@@ -603,6 +603,95 @@ path = {:?}
 }
 
 #[test]
+fn a_sink_parked_when_new_counts_what_its_buffer_recovered_once_started() {
+    // A sink a reload added, whose disk buffer could not open (another process held it), is
+    // parked; the reload that starts it later opens the buffer, which holds readings an earlier
+    // run left. Those were not counted as accepted (the line was not new any more): once
+    // written, the sink had written more than it accepted, and its pending count came out
+    // short, hiding readings still queued.
+    let s = Setup::new();
+    let port = free_tcp_port();
+    let extra = format!("{}\nmetrics = \"127.0.0.1:{port}\"", gateway_extra(&s));
+    let body = |later: bool| {
+        let sink = if later {
+            format!(
+                "[sinks.later]\nplugin = \"testkit-recorder\"\npath = {:?}\nbuffer = {{ type = \"disk\" }}\n",
+                s.path("later.txt").display().to_string()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            r#"[sources.a]
+plugin = "testkit-sequence"
+interval = "10ms"
+stable_ids = true
+
+[sinks.quick]
+plugin = "testkit-recorder"
+path = {:?}
+
+{sink}"#,
+            s.path("quick.txt").display().to_string(),
+        )
+    };
+    // What an earlier run left in the buffer, and a hold on it, as another gateway's.
+    let dir = s.path("data/later/buffer");
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        let settings = gateway_host::config::BufferSettings {
+            max_size: 1 << 30,
+            when_full: gateway_host::config::WhenFull::Block,
+            fsync: true,
+        };
+        let b = gateway_host::buffer::DiskBuffer::open(&dir, &settings).unwrap();
+        let left = gateway_sdk::testing::sample_readings(50);
+        b.append(&[&left], 100, &|| false, &|| false).unwrap();
+    }
+    let hold = std::fs::File::open(dir.join("lock")).unwrap();
+    hold.try_lock().unwrap();
+    let cfg = s.config(&extra, &body(false));
+    let mut gw = Running::start(&s, &cfg, &[]);
+    wait_until("readings flow", &gw, Duration::from_secs(20), || {
+        !s.lines("quick.txt").is_empty()
+    });
+    s.config(&extra, &body(true));
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_for_log("its sources wait for it", Duration::from_secs(20)),
+        "{}",
+        gw.stderr()
+    );
+    drop(hold);
+    gw.signal(libc::SIGHUP);
+    wait_until(
+        "the later sink wrote what its buffer held",
+        &gw,
+        Duration::from_secs(20),
+        || s.lines("later.txt").len() >= 60,
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_, text) = gateway_host::metrics::get(addr, "/metrics").unwrap();
+    let metric = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} in\n{text}"))
+    };
+    let accepted = metric("gateway_sink_accepted_total{instance=\"later\"}");
+    let written = metric("gateway_sink_written_total{instance=\"later\"}");
+    assert!(written >= 50.0, "{text}");
+    assert!(
+        accepted >= written,
+        "accepted {accepted} < written {written}"
+    );
+    assert!(
+        gw.stop(Duration::from_secs(20)).success(),
+        "{}",
+        gw.stderr()
+    );
+}
+
+#[test]
 fn a_reload_that_gives_a_full_buffer_more_room_loses_none_of_what_its_writer_took() {
     // The buffer is full (`when_full = "block"`, the default) behind a sink that is down, and
     // the writer waits for room with batches it took from the queue. The reload that gives

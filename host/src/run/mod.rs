@@ -140,7 +140,7 @@ impl Graph {
         };
         for k in sinks {
             let line = Line::new(k.settings.queue_capacity);
-            let slot = g.starter().sink(k, line, true);
+            let slot = g.starter().sink(k, line);
             g.sinks.insert(slot.decl.name.clone(), slot);
         }
         for s in sources {

@@ -446,9 +446,9 @@ impl Graph {
         }
         for name in &sinks.added {
             let mut k = take(&mut built_sinks, name);
-            let (line, fresh) = match self.parked.remove(name) {
-                Some((line, _)) => (line, false),
-                None => (Line::new(k.settings.queue_capacity), true),
+            let line = match self.parked.remove(name) {
+                Some((line, _)) => line,
+                None => Line::new(k.settings.queue_capacity),
             };
             match open_buffer(&new, &k.decl) {
                 Ok(b) => k.buffer = b,
@@ -458,7 +458,7 @@ impl Graph {
                     continue;
                 }
             }
-            let slot = self.starter_for(&new).sink(k, line, fresh);
+            let slot = self.starter_for(&new).sink(k, line);
             self.sinks.insert(name.clone(), slot);
         }
         self.config = new;
@@ -539,7 +539,7 @@ impl Graph {
                 }
             }
         }
-        let slot = self.starter_for(new).sink(k, line, false);
+        let slot = self.starter_for(new).sink(k, line);
         self.sinks.insert(name, slot);
     }
 

@@ -136,6 +136,10 @@ pub(super) struct Line {
     /// The queue's capacity, fixed when the line was made.
     pub capacity: usize,
     pub writer: Option<Writer>,
+    /// Whether what a disk buffer recovered is counted in the line's accepted readings: once,
+    /// for the first buffer the line has (a buffer opened again later holds what the line
+    /// accepted already).
+    pub recovered_counted: bool,
 }
 
 impl Line {
@@ -153,6 +157,7 @@ impl Line {
             handed: Handover::default(),
             capacity,
             writer: None,
+            recovered_counted: false,
         }
     }
 }
@@ -206,14 +211,10 @@ impl Starter<'_> {
     }
 
     /// Starts sink `k` on `line`. A buffered sink gets a writer thread unless the line has
-    /// one; its buffer is `k.buffer` (opened by the plan or the reload) or the writer's.
-    /// `fresh`: the line is new, so what the buffer recovered counts as accepted here.
-    pub fn sink(
-        &mut self,
-        k: Built<SinkBox, NewSink, SinkSettings>,
-        mut line: Line,
-        fresh: bool,
-    ) -> SinkSlot {
+    /// one; its buffer is `k.buffer` (opened by the plan or the reload) or the writer's. What
+    /// the line's first buffer recovered counts as accepted here (a line that was new when a
+    /// reload parked its sink has its first buffer only when a later reload starts it).
+    pub fn sink(&mut self, k: Built<SinkBox, NewSink, SinkSettings>, mut line: Line) -> SinkSlot {
         let name = k.decl.name.clone();
         let stats = line.port.stats.clone();
         // One dead-letter directory, one record of it: its size limit and the readings it
@@ -230,9 +231,10 @@ impl Starter<'_> {
         };
         if line.writer.is_none() {
             if let Some(buffer) = k.buffer.clone() {
-                if fresh {
+                if !line.recovered_counted {
                     let recovered = buffer.stats.recovered.load(Ordering::Relaxed);
                     stats.accepted.fetch_add(recovered, Ordering::Relaxed);
+                    line.recovered_counted = true;
                 }
                 line.writer =
                     Some(self.writer(&name, buffer, &line, letters.clone(), k.settings.batch_size));
