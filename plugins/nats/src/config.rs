@@ -83,8 +83,8 @@ pub struct SourceConfig {
     #[serde(default = "four")]
     pub max_batches_in_flight: usize,
     /// How long JetStream waits for the acknowledgement of a message before it delivers it
-    /// again (when the consumer is made).
-    #[serde(default = "sixty", with = "duration::positive")]
+    /// again (when the consumer is made); 0 leaves it to the server (30 s).
+    #[serde(default = "sixty", with = "duration")]
     pub ack_wait: Duration,
 }
 

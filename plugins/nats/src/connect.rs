@@ -147,8 +147,6 @@ async fn addresses(urls: &str, limit: std::time::Duration) -> u32 {
     n.clamp(1, 64)
 }
 
-/// The hosts of `urls` (comma-separated `nats://` and `tls://` URLs) that are not this
-/// machine, with their scheme.
 /// Whether a server of `urls` is given as `tls://`: then every connection must be TLS.
 fn wants_tls(urls: &str) -> bool {
     urls.split(',').map(str::trim).any(|u| {
@@ -157,6 +155,8 @@ fn wants_tls(urls: &str) -> bool {
     })
 }
 
+/// The hosts of `urls` (comma-separated `nats://` and `tls://` URLs) that are not this
+/// machine, with their scheme.
 fn remote_hosts(urls: &str) -> Vec<(&str, &str)> {
     urls.split(',')
         .map(str::trim)

@@ -194,8 +194,6 @@ impl Sink for NatsSink {
             let client = settings.connect().await?;
             let max_payload = client.server_info().max_payload;
             let mut js = jetstream::new(client);
-            // async-nats waits 5 s for each acknowledgement otherwise, whatever ack_timeout says.
-            js.set_timeout(cfg.ack_timeout);
             // The stream is made where it is missing; one that is there is used as it is.
             let stream = js
                 .get_or_create_stream(jetstream::stream::Config {
@@ -208,7 +206,7 @@ impl Sink for NatsSink {
                 .await
                 .map_err(|e| PluginError::retry(format!("stream {}: {e}", cfg.stream)))?;
             if let Some(why) = stream_refusal(&stream.cached_info().config) {
-                return Err(PluginError::retry(format!("stream {}: {why}", cfg.stream)));
+                return Err(PluginError::config(format!("stream {}: {why}", cfg.stream)));
             }
             for why in stream_concerns(&stream.cached_info().config) {
                 tracing::warn!(table = %table, stream = %cfg.stream, "{why}");
@@ -217,6 +215,11 @@ impl Sink for NatsSink {
             // refuses a larger message at each try, which retried would stall the sink.
             let max_msg = usize::try_from(stream.cached_info().config.max_message_size).ok();
             let filters = stream_subjects(&stream.cached_info().config);
+            // Each acknowledgement may take all of ack_timeout (async-nats waits 5 s for each
+            // otherwise, whatever ack_timeout says). Set after the stream is found: the
+            // requests of a connect keep their 5 s, so a JetStream that does not answer holds
+            // a connect (a reload, a stop) no longer than before.
+            js.set_timeout(cfg.ack_timeout);
             Ok::<_, PluginError>((js, max_payload, max_msg, filters))
         })?;
         let (js, max_payload, max_msg, filters) = js;
