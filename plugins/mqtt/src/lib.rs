@@ -139,7 +139,7 @@ impl Sink for Mqtt {
                     // Whoever is on the path may also answer in the broker's place: a forged
                     // PUBACK has a reading dropped from the buffer as stored.
                     tracing::warn!(
-                        "[{table}] readings go to {host} over mqtt:// without TLS or credentials: anyone on the path can read them, or acknowledge them in the broker's place; use mqtts:// with tls_ca_file"
+                        "[{table}] readings go to {host} over mqtt:// without TLS or a password: anyone on the path can read them, or acknowledge them in the broker's place; use mqtts:// with tls_ca_file"
                     );
                 }
             }
