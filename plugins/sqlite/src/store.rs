@@ -74,16 +74,31 @@ fn not_version_1(conn: &Connection) -> rusqlite::Result<Option<String>> {
     if let Some(missing) = V1_COLUMNS.iter().find(|c| !columns.iter().any(|k| k == *c)) {
         found.push(format!("no column {missing}"));
     }
-    let others: Vec<String> = conn
+    // Indexes of the operator's own on the table; triggers and views that name it, wherever
+    // they are (a trigger on another table that writes into it: the migration's rename fails
+    // on them).
+    let others: Vec<(String, String, String)> = conn
         .prepare(
-            "SELECT type || ' ' || name FROM sqlite_master WHERE name <> 'readings' \
-             AND name NOT IN ('readings_latest', 'readings_time') AND name NOT LIKE 'sqlite_autoindex_readings_%' \
-             AND (tbl_name = 'readings' OR (type = 'view' AND sql LIKE '%readings%'))",
+            "SELECT type, name, coalesce(sql, '') FROM sqlite_master WHERE (type = 'index' \
+             AND tbl_name = 'readings' AND name NOT IN ('readings_latest', 'readings_time') \
+             AND name NOT LIKE 'sqlite_autoindex_readings_%') OR type IN ('trigger', 'view')",
         )?
-        .query_map([], |r| r.get(0))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    found.extend(others);
+    found.extend(
+        others
+            .into_iter()
+            .filter(|(kind, _, sql)| kind == "index" || names_readings(sql))
+            .map(|(kind, name, _)| format!("{kind} {name}")),
+    );
     Ok((!found.is_empty()).then(|| found.join(", ")))
+}
+
+/// Whether `sql` names the `readings` table: the word itself, in any case or quotes (not
+/// `readings_archive`, not `readings_count`).
+fn names_readings(sql: &str) -> bool {
+    sql.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .any(|w| w.eq_ignore_ascii_case("readings"))
 }
 
 fn sql_error(what: &str, e: rusqlite::Error) -> PluginError {
@@ -231,7 +246,7 @@ impl Store {
         if version == 1 {
             if let Some(what) = not_version_1(&conn).map_err(|e| sql_error("sqlite_master", e))? {
                 return Err(PluginError::config(format!(
-                    "{}: the readings table is taken for schema version 1 (its user_version is {recorded}), but has what the plugin did not make ({what}); moving it to version 2 (keyed by id and device) would drop that. Make the table version 2 by hand (`PRIMARY KEY (id, device)`, then `PRAGMA user_version = 2`), or point path at a new file",
+                    "{}: the readings table is taken for schema version 1 (its user_version is {recorded}), but has what the plugin did not make ({what}); moving it to version 2 (keyed by id and device) would drop or break that. Make the table version 2 by hand (`PRIMARY KEY (id, device)`, then `PRAGMA user_version = 2`), or point path at a new file",
                     cfg.path.display(),
                     recorded = recorded_version
                 )));
