@@ -94,7 +94,7 @@ pub(super) struct State {
     /// Records the reader has taken and not yet settled, each with its readings: a segment
     /// `drop_oldest` drops under them does not count them dropped, as their write may still
     /// store them (counted when it does not: [`DiskBuffer::untake`]).
-    pub(super) in_flight: Vec<(u64, u64)>,
+    pub(super) in_flight: std::collections::BTreeMap<u64, u64>,
     /// Where `head` is recorded.
     pub(super) ledger: Ledger,
     /// When the records were appended, coarsely.
@@ -213,7 +213,7 @@ mod tests {
             next_seq: 100,
             head: 0,
             skipped: vec![10..20, 15..30, 40..50],
-            in_flight: Vec::new(),
+            in_flight: Default::default(),
             ledger: Ledger::open(dir.path()).unwrap().0,
             marks: Marks::default(),
         };

@@ -259,7 +259,7 @@ impl DiskBuffer {
                 // Dropped by `drop_oldest` as it was read, and counted then: not sent.
                 return true;
             }
-            st.in_flight.push((seq, readings.len() as u64));
+            st.in_flight.insert(seq, readings.len() as u64);
         }
         let at = taken.readings.len();
         taken.readings.extend(readings);
@@ -413,7 +413,9 @@ impl DiskBuffer {
     /// Segments wholly acknowledged are removed.
     pub fn ack(&self, reader: &mut Reader, taken: Taken) {
         let mut st = self.state.lock().unwrap();
-        st.in_flight.retain(|(seq, _)| !taken.seqs.contains(seq));
+        for seq in &taken.seqs {
+            st.in_flight.remove(seq);
+        }
         for (seq, range) in taken.seqs.iter().zip(&taken.records) {
             if *seq < st.head {
                 continue; // dropped meanwhile
@@ -454,7 +456,9 @@ impl DiskBuffer {
     /// dropped now, unless `settled(i)` says the write stored (or refused) record `i`.
     pub fn untake(&self, taken: &Taken, settled: impl Fn(usize) -> bool) {
         let mut st = self.state.lock().unwrap();
-        st.in_flight.retain(|(seq, _)| !taken.seqs.contains(seq));
+        for seq in &taken.seqs {
+            st.in_flight.remove(seq);
+        }
         let dropped: u64 = (taken.seqs.iter().zip(&taken.records).enumerate())
             .filter(|(i, (seq, _))| **seq < st.head && !settled(*i))
             .map(|(_, (_, r))| r.len() as u64)

@@ -121,7 +121,7 @@ impl DiskBuffer {
             next_seq,
             head,
             skipped,
-            in_flight: Vec::new(),
+            in_flight: Default::default(),
             ledger,
             marks,
         };

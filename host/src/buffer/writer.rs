@@ -209,8 +209,7 @@ impl DiskBuffer {
         // Those of its readings a write is storing now are counted as that write settles.
         let flying: u64 = st
             .in_flight
-            .iter()
-            .filter(|(seq, _)| (seg.first..seg.end()).contains(seq))
+            .range(seg.first..seg.end())
             .map(|(_, n)| n)
             .sum();
         let lost = seg
