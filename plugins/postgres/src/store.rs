@@ -87,6 +87,36 @@ const KEYED: &str = "SELECT EXISTS (SELECT 1 FROM pg_index i \
          WHERE k.n <= i.indnkeyatts \
          AND a.attname NOT IN ('id', 'device', 'sensor', 'name', 'unit', 'time_us')))";
 
+/// Each column of the table: its name, its type's oid and that type's name.
+const COLUMN_TYPES: &str = "SELECT a.attname::text, a.atttypid::oid, format_type(a.atttypid, a.atttypmod) \
+     FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped";
+
+/// What of the readings' columns is missing from `columns` (name, type oid, type name) or of
+/// another type than the binary COPY sends ([`TYPES`]; `varchar` for `text` too, whose binary
+/// form is the same).
+fn wrong_columns(columns: &[(String, u32, String)]) -> Vec<String> {
+    COLUMNS
+        .split(", ")
+        .zip(TYPES.iter())
+        .filter_map(|(name, want)| match columns.iter().find(|c| c.0 == name) {
+            None => Some(format!("no column {name}")),
+            Some((_, oid, _))
+                if *oid == want.oid() || (*want == Type::TEXT && *oid == Type::VARCHAR.oid()) =>
+            {
+                None
+            }
+            Some((_, _, got)) => {
+                let want = match *want {
+                    Type::INT8 => "bigint",
+                    Type::FLOAT8 => "double precision",
+                    ref t => t.name(),
+                };
+                Some(format!("{name} is {got}, not {want}"))
+            }
+        })
+        .collect()
+}
+
 /// How a database error should be handled: data the table cannot hold (a NUL byte in a text,
 /// say) or that its rules refuse (a CHECK, a foreign key, an exclusion constraint of a table
 /// made by hand, a trigger's `RAISE`) is refused for good, so that the host narrows the batch
@@ -303,6 +333,16 @@ impl Store {
                     client.batch_execute(&create_table(&table)).await?;
                 }
                 let keyed: bool = client.query_one(KEYED, &[&table]).await?.get(0);
+                let columns: Vec<(String, u32, String)> = client
+                    .query(COLUMN_TYPES, &[&table])
+                    .await?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect();
+                let wrong = wrong_columns(&columns);
+                if !wrong.is_empty() {
+                    return Ok((client, keyed, wrong));
+                }
                 // The readings' columns alone, without the table's constraints: a column of the
                 // operator's own (NOT NULL, with a default the staging table would not copy)
                 // failed every merge of a batch sent again, as a refusal.
@@ -312,11 +352,11 @@ impl Store {
                         sql_name(&table)
                     ))
                     .await?;
-                Ok::<_, tokio_postgres::Error>((client, keyed))
+                Ok::<_, tokio_postgres::Error>((client, keyed, wrong))
             })
             .await
         });
-        let (client, keyed) = match client {
+        let (client, keyed, wrong) = match client {
             Ok(c) => c.map_err(|e| classify_open(&e))?,
             Err(_) => {
                 return Err(PluginError::retry(format!(
@@ -324,7 +364,14 @@ impl Store {
                 )))
             }
         };
-        // Not kept: the next open checks again, and goes on once the index is there.
+        // Not kept: the next open checks again, and goes on once the table is fixed.
+        if !wrong.is_empty() {
+            return Err(PluginError::config(format!(
+                "table {}: {}; the sink writes the readings' columns with these types (see the plugin's README for the table it makes), and another type would read them as its own (a timestamptz time_us 30 years off) or refuse every reading",
+                self.table,
+                wrong.join(", ")
+            )));
+        }
         if !keyed {
             let t = &self.table;
             return Err(PluginError::config(format!(

@@ -116,6 +116,35 @@ fn a_table_named_by_a_keyword_with_a_column_of_its_own_takes_a_batch_sent_again(
 }
 
 #[test]
+fn a_table_made_by_hand_with_columns_of_other_types_is_refused_at_open() {
+    // The binary COPY sends each column as the type the plugin makes it: a timestamptz
+    // time_us read those bytes as its own (microseconds since 2000, not 1970), and every
+    // reading was stored 30 years off, in silence; a real value_float refused every float
+    // reading as bad data, dead-lettered.
+    let t = table("types_by_hand");
+    let ddl = postgres::store::create_table(&t);
+    for (from, to) in [
+        ("time_us     bigint ", "time_us     timestamptz "),
+        ("value_float double precision", "value_float real"),
+    ] {
+        assert!(ddl.contains(from), "{ddl}");
+        psql(&format!("DROP TABLE IF EXISTS {t}"));
+        psql(&ddl.replace(from, to));
+        let e = sink(&t).write(sample_readings(1)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FATAL, "{e}");
+        let column = from.split_whitespace().next().unwrap();
+        assert!(e.message().contains(&format!("{column} is ")), "{e}");
+        assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "0");
+    }
+    // varchar for text is the same on the wire.
+    psql(&format!("DROP TABLE IF EXISTS {t}"));
+    psql(&ddl.replace("unit        text ", "unit        varchar(16) "));
+    sink(&t).write(sample_readings(2)).unwrap();
+    assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "2");
+    psql(&format!("DROP TABLE {t}"));
+}
+
+#[test]
 fn text_the_column_cannot_hold_is_refused_for_good_and_nothing_of_the_batch_is_stored() {
     let t = table("nul");
     let mut s = sink(&t);
