@@ -34,11 +34,6 @@ buffer = {{ type = "disk" }}
     )
 }
 
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[test]
 fn metrics_health_and_status_describe_a_running_gateway() {
     let s = Setup::new();

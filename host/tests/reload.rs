@@ -672,13 +672,12 @@ path = {:?}
     );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (_, text) = gateway_host::metrics::get(addr, "/metrics").unwrap();
-    let metric = |series: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{series} in\n{text}"))
+    let series = |name: &str| {
+        metric(&text, &format!("{name}{{instance=\"later\"}}"))
+            .unwrap_or_else(|| panic!("{name} in\n{text}"))
     };
-    let accepted = metric("gateway_sink_accepted_total{instance=\"later\"}");
-    let written = metric("gateway_sink_written_total{instance=\"later\"}");
+    let accepted = series("gateway_sink_accepted_total");
+    let written = series("gateway_sink_written_total");
     assert!(written >= 50.0, "{text}");
     assert!(
         accepted >= written,

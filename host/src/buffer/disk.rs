@@ -315,6 +315,12 @@ impl State {
         }
         removed
     }
+    /// The records `seqs`, taken, are settled or given back: in flight no more.
+    pub(super) fn landed(&mut self, seqs: &[u64]) {
+        for seq in seqs {
+            self.in_flight.remove(seq);
+        }
+    }
     /// Whether a segment holds a record (delivered or not).
     pub(super) fn holds_records(&self) -> bool {
         self.segments.iter().any(|s| s.records > 0)

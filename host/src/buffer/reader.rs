@@ -413,9 +413,7 @@ impl DiskBuffer {
     /// Segments wholly acknowledged are removed.
     pub fn ack(&self, reader: &mut Reader, taken: Taken) {
         let mut st = self.state.lock().unwrap();
-        for seq in &taken.seqs {
-            st.in_flight.remove(seq);
-        }
+        st.landed(&taken.seqs);
         for (seq, range) in taken.seqs.iter().zip(&taken.records) {
             if *seq < st.head {
                 continue; // dropped meanwhile
@@ -456,9 +454,7 @@ impl DiskBuffer {
     /// dropped now, unless `settled(i)` says the write stored (or refused) record `i`.
     pub fn untake(&self, taken: &Taken, settled: impl Fn(usize) -> bool) {
         let mut st = self.state.lock().unwrap();
-        for seq in &taken.seqs {
-            st.in_flight.remove(seq);
-        }
+        st.landed(&taken.seqs);
         let dropped: u64 = (taken.seqs.iter().zip(&taken.records).enumerate())
             .filter(|(i, (seq, _))| **seq < st.head && !settled(*i))
             .map(|(_, (_, r))| r.len() as u64)

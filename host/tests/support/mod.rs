@@ -99,6 +99,12 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
+/// The value of `series` (its name and labels, as written) on a metrics page `text`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// A free local TCP port.
 pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

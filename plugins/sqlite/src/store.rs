@@ -33,14 +33,18 @@ CREATE INDEX IF NOT EXISTS readings_latest ON readings (device, sensor, name, ti
 CREATE INDEX IF NOT EXISTS readings_time ON readings (time_us);
 ";
 
-/// Version 1 to 2: the rows move to a table keyed by (id, device), in one transaction.
-const MIGRATE_V1: &str = "
-INSERT INTO readings_v2 SELECT id, time_us, device, sensor, name, unit, value_type, value_float, value_int, value_text, value_bytes FROM readings;
+/// Version 1 to 2: the rows (the [`V1_COLUMNS`]) move to a table keyed by (id, device), in
+/// one transaction.
+fn migrate_v1() -> String {
+    let columns = V1_COLUMNS.join(", ");
+    format!(
+        "INSERT INTO readings_v2 SELECT {columns} FROM readings;
 DROP TABLE readings;
-ALTER TABLE readings_v2 RENAME TO readings;
-";
+ALTER TABLE readings_v2 RENAME TO readings;"
+    )
+}
 
-/// The columns of a version 1 table, which the migration copies.
+/// The columns of a version 1 table, which the migration copies ([`migrate_v1`]).
 const V1_COLUMNS: [&str; 11] = [
     "id",
     "time_us",
@@ -255,7 +259,11 @@ impl Store {
         if version < SCHEMA_VERSION {
             let sql = match version {
                 0 => format!("{}\n{INDEXES}", readings_table("readings")),
-                _ => format!("{}\n{MIGRATE_V1}\n{INDEXES}", readings_table("readings_v2")),
+                _ => format!(
+                    "{}\n{}\n{INDEXES}",
+                    readings_table("readings_v2"),
+                    migrate_v1()
+                ),
             };
             let tx = conn
                 .unchecked_transaction()
