@@ -98,9 +98,9 @@ pub struct UplinkConfig {
     /// Local address to send from.
     #[serde(default = "any")]
     pub bind: SocketAddr,
-    /// After the server refuses the uplink as a whole (4.01, 4.03, 4.04, 4.05, 4.15, 4.13 to
-    /// several readings, a 2.xx other than 2.01 and 2.04 ...: one end is misconfigured for this
-    /// device), how long to hold the readings before trying again;
+    /// After the server refuses the uplink as a whole (4.01, 4.03, 4.04, 4.05, 4.15, a 2.xx
+    /// other than 2.01 and 2.04 ...: one end is misconfigured for this device), how long to
+    /// hold the readings before trying again;
     /// also the longest pause a 5.03's or 4.29's Max-Age gets.
     #[serde(default = "d5m", with = "duration")]
     pub refusal_backoff: Duration,

@@ -50,7 +50,8 @@ enum Verdict {
     /// `refusal_backoff`.
     Misconfigured,
     /// 4.13: too large for the server. For a request of one reading, that reading will never
-    /// fit (a refusal of it); for more, the server's limits are below ours (misconfigured).
+    /// fit (a refusal of it); for more, the server's limits (`max_records`, `max_body`) are
+    /// below ours: requests of half as many readings go from then on, and the batch again.
     TooLarge,
 }
 
@@ -362,6 +363,25 @@ impl InFlight {
                     ));
                     self.outcome = Err(e);
                 }
+                Err((e, Verdict::TooLarge)) => {
+                    // Requests of more readings than this one's half would be refused too:
+                    // none goes from now on (a batch narrowed by halves ends at a single
+                    // reading, which the server either takes or refuses for good).
+                    let half = (ids.len() / 2).max(1);
+                    let mut shared = self.shared.lock().expect("uplink state");
+                    if shared.most_readings.is_none_or(|m| half < m) {
+                        tracing::warn!(
+                            uri = %self.judge.uri,
+                            "the server refused a request of {} readings as too large (4.13): requests carry at most {half} from now on (lower `max_request_readings` to match the server's `max_records` and `max_body`)",
+                            ids.len()
+                        );
+                        shared.most_readings = Some(half);
+                    }
+                    drop(shared);
+                    if self.outcome.is_ok() {
+                        self.outcome = Err(e);
+                    }
+                }
                 Err((e, _)) if self.outcome.is_ok() => self.outcome = Err(e),
                 Err(_) => {}
             }
@@ -417,6 +437,9 @@ struct Shared {
     /// Set when the server asked for a pause (a 5.03's or 4.29's Max-Age): batches written
     /// meanwhile wait for its end, then go out.
     paused: Option<Instant>,
+    /// The most readings a request may carry, below `max_request_readings`: set when the
+    /// server refused a request of more as too large (4.13), to half of that request's.
+    most_readings: Option<usize>,
 }
 
 impl Shared {
@@ -532,9 +555,12 @@ impl Uplink {
     }
 
     fn requests<'a>(&self, batch: &'a [Reading]) -> Vec<(&'a [Reading], Vec<u8>)> {
+        let learned = self.shared.lock().expect("uplink state").most_readings;
         split_requests(
             batch,
-            self.cfg.max_request_readings,
+            learned.map_or(self.cfg.max_request_readings, |m| {
+                m.min(self.cfg.max_request_readings)
+            }),
             max_payload(self.cfg.mtu),
             |r| self.cfg.encoding.encode(r),
         )
@@ -567,8 +593,7 @@ impl Judge {
         };
         let code = Code::of(&resp).unwrap_or(Code::new(0, 0));
         let v = match verdict(code) {
-            Verdict::TooLarge if readings == 1 => Verdict::RefusedBatch,
-            Verdict::TooLarge => Verdict::Misconfigured,
+            Verdict::TooLarge if readings <= 1 => Verdict::RefusedBatch,
             v => v,
         };
         let what = format!("{code} {}", server_text(&resp.payload));
@@ -590,8 +615,16 @@ impl Judge {
                 )),
                 v,
             )),
-            Verdict::Misconfigured | Verdict::TooLarge => Err((
+            Verdict::Misconfigured => Err((
                 PluginError::retry(format!("the server refuses this device: {what}")),
+                v,
+            )),
+            Verdict::TooLarge => Err((
+                PluginError::retry(format!(
+                    "the server refused a request of {readings} readings as too large \
+                     ({what}); the batch goes again in requests of at most {}",
+                    readings / 2
+                )),
                 v,
             )),
         }

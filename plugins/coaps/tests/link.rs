@@ -718,6 +718,37 @@ fn a_reading_too_large_for_the_server_is_refused_alone_and_a_device_named_anonym
     );
 }
 
+#[test]
+fn a_server_taking_fewer_readings_per_request_gets_smaller_requests_not_a_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "test-device");
+    let port = free_port();
+    // The server takes at most 4 records a pack; the uplink sends up to 100 in a request.
+    let ingress = ingress_thread(ingress_config(dir.path(), port, "max_records = 4\n"), 23);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut uplink = SinkHarness::new::<Uplink>(&uplink_config(dir.path(), port, "")).unwrap();
+    let batch = sample_readings(23);
+    // Each 4.13 to a request of several readings halves the requests: 23 readings go as 12
+    // and 11 (what fits a datagram), then as requests of 5, then of 2, which the server takes.
+    // Every try fails retryably, none holds the readings for `refusal_backoff` (5 minutes),
+    // and no reading is refused.
+    let mut tries = 0;
+    while let Err(e) = uplink.write(batch.clone()) {
+        tries += 1;
+        assert!(e.kind.is_retryable(), "{e}");
+        assert!(
+            e.message().contains("4.13") && !e.message().contains("holding"),
+            "{e}"
+        );
+        assert!(tries < 3, "still refused after {tries} tries: {e}");
+    }
+    assert_eq!(tries, 2);
+    let got = ingress.join().unwrap();
+    let ids: HashSet<ReadingId> = got.iter().map(|r| r.id).collect();
+    assert_eq!(got.len(), 23, "each reading once");
+    assert_eq!(ids, batch.iter().map(|r| r.id).collect());
+}
+
 /// A server that answers its requests from `script` in turn (then 2.04), each a code and a
 /// Max-Age, and tells when each request arrived.
 fn scripted_server(
