@@ -13,7 +13,7 @@
 
 use crate::{logging::HostLogger, trust};
 use abi_stable::{
-    library::{lib_header_from_path, AbiHeader, LibraryError},
+    library::{lib_header_from_raw_library, AbiHeader, LibraryError, RawLibrary},
     sabi_trait::TD_Opaque,
     StableAbi,
 };
@@ -133,6 +133,10 @@ pub enum LoadError {
     /// administrator or the gateway's user.
     #[error("is not trusted: {0}")]
     Untrusted(String),
+    /// Built with `panic = "abort"`: a panic inside it would end the gateway, every other
+    /// plugin with it, instead of becoming an error of its instance.
+    #[error("was built with panic = \"abort\": one panic inside it would end the whole gateway, every other plugin with it, where a library that unwinds has the instance that panicked rebuilt; rebuild it with panic = \"unwind\" (Cargo's default: remove `panic = \"abort\"` from the [profile] of its workspace's Cargo.toml)")]
+    Aborts,
 }
 
 /// A library error's text on one line: its last lines, where `abi_stable` puts the cause.
@@ -206,7 +210,16 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
                 .into(),
         });
     }
-    let header = lib_header_from_path(&real).map_err(|e| match e {
+    let opened = |real: &Path| {
+        let raw = RawLibrary::load_at(real)?;
+        // SAFETY: the header lives as long as the library, which is never unloaded (`raw` is
+        // forgotten below); abi_stable checks its magic and version before using it.
+        let header = unsafe { lib_header_from_raw_library(&raw)? };
+        let unwinds = unwinds(&raw);
+        std::mem::forget(raw);
+        Ok((header, unwinds))
+    };
+    let (header, unwinds) = opened(&real).map_err(|e| match e {
         LibraryError::OpenError { err, .. } => refused_by_loader(&real, &err.to_string()),
         LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin,
         LibraryError::InvalidAbiHeader(h) => LoadError::AbiStable {
@@ -242,6 +255,16 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
     let found = header.layout().ok_or(LoadError::NoLayout)?;
     if let Some(difference) = layout::difference(PluginLibraryRef::LAYOUT, found) {
         return Err(layout_error(difference));
+    }
+    // Before any of its code runs (its root module is built next).
+    match unwinds {
+        Some(true) => {}
+        Some(false) => return Err(LoadError::Aborts),
+        None => tracing::warn!(
+            library = %real.display(),
+            "built against gateway-sdk {plugin_sdk}, which does not record whether it was built with panic = \"abort\": if it was, one panic inside it ends the whole gateway; rebuild it against gateway-sdk {} to have it checked",
+            gateway_sdk::SDK_VERSION
+        ),
     }
     let root = header
         .init_root_module::<PluginLibraryRef>()
@@ -280,6 +303,16 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
         sdk_version: root.sdk_version().to_string(),
         plugins,
     })
+}
+
+/// Whether the library unwinds a panic, as its [`abi::UNWINDS_SYMBOL`] says; `None` when it
+/// does not say (built against gateway-sdk 0.1.1 or older).
+fn unwinds(library: &RawLibrary) -> Option<bool> {
+    // SAFETY: the export macro defines the symbol as a `u8` static, which `get` gives as the
+    // address of; a library without it is an error, not a read.
+    let symbol = unsafe { library.get::<*const u8>(abi::UNWINDS_SYMBOL) }.ok()?;
+    // SAFETY: the address of a static of the library, which stays loaded.
+    Some(unsafe { **symbol } != 0)
 }
 
 /// Whether `p` has the constructor its kind needs (the export macro always gives it; a

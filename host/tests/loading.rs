@@ -353,6 +353,34 @@ fn a_library_built_with_another_abi_stable_is_refused_naming_both_versions() {
     );
 }
 
+/// With `panic = "abort"` the SDK cannot turn a panic in a plugin into an error: one panic
+/// would end the whole gateway. Such a library is refused before its code runs; the same
+/// library built as Cargo builds it (panics unwind) loads, with nothing to warn about.
+#[test]
+fn a_library_built_with_panic_abort_is_refused_and_the_same_one_unwinding_loads() {
+    let s = Setup::new();
+    let (aborts, unwinds) = (private_dir(&s, "aborts"), private_dir(&s, "unwinds"));
+    let built = built_dir().join("libaborting.so");
+    // One build after the other: both write the same file.
+    let args = ["-p", "gateway-aborting-plugin", "--lib"];
+    cargo("rustc", &[&args[..], &["--", "-C", "panic=abort"]].concat());
+    std::fs::copy(&built, aborts.join("libaborting.so")).unwrap();
+    cargo("build", &args);
+    std::fs::copy(&built, unwinds.join("libaborting.so")).unwrap();
+
+    assert_eq!(
+        plugins_line(&aborts, "libaborting.so"),
+        "  libaborting.so: refused: it was built with panic = \"abort\": one panic inside it \
+         would end the whole gateway, every other plugin with it, where a library that unwinds \
+         has the instance that panicked rebuilt; rebuild it with panic = \"unwind\" (Cargo's \
+         default: remove `panic = \"abort\"` from the [profile] of its workspace's Cargo.toml)"
+    );
+    let (status, out, err) = gateway(&["plugins", "--plugin-dir", unwinds.to_str().unwrap()]);
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("aborting"), "{out}");
+    assert!(!err.contains("panic"), "{err}");
+}
+
 #[test]
 fn a_library_exporting_no_plugin_module_is_refused_with_the_fix() {
     let s = Setup::new();

@@ -39,6 +39,15 @@ pub fn versions_compatible(host: &str, plugin: &str) -> bool {
     matches!((major(host), major(plugin)), (Some(h), Some(p)) if h == p)
 }
 
+/// The symbol by which a library built against this SDK says how it handles a panic: a `u8`,
+/// 1 where panics unwind (Cargo's default, `panic = "unwind"`: the SDK turns each into an
+/// error at the boundary), 0 where they abort (`panic = "abort"`: one panic would end the
+/// whole gateway, so the host refuses the library). [`export!`](crate::export) defines it from
+/// the plugin crate's own setting. A symbol of its own, outside the root module, so that
+/// libraries built before it (gateway-sdk 0.1.1 and older) still load, and libraries built
+/// after it load in older hosts: `abi_stable` refuses a root module shorter than the host's.
+pub const UNWINDS_SYMBOL: &[u8] = b"gateway_plugin_unwinds\0";
+
 /// Whether a plugin produces or takes readings.
 #[repr(u8)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]

@@ -186,6 +186,12 @@ macro_rules! __export_library {
             )
         }
 
+        /// How this library handles a panic (`gateway_sdk::abi::UNWINDS_SYMBOL`), from the
+        /// plugin crate's own `panic` setting.
+        #[no_mangle]
+        #[allow(non_upper_case_globals)]
+        pub static gateway_plugin_unwinds: u8 = if cfg!(panic = "unwind") { 1 } else { 0 };
+
         #[no_mangle]
         #[allow(non_upper_case_globals)]
         pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::abi_stable::library::LibHeader = {

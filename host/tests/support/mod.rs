@@ -26,19 +26,24 @@ fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn cargo_build(args: &[&str]) {
+/// Runs `cargo COMMAND ARGS` in the workspace, in the profile of the binary under test, so
+/// that what it builds lands next to it.
+pub fn cargo(command: &str, args: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // The same profile as the binary under test, so the libraries land next to it.
     let release = bin_dir().ends_with("release");
     let status = Command::new(cargo)
         .current_dir(workspace())
-        .arg("build")
+        .arg(command)
         .arg("--quiet")
         .args(release.then_some("--release"))
         .args(args)
         .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build {args:?} failed");
+        .expect("run cargo");
+    assert!(status.success(), "cargo {command} {args:?} failed");
+}
+
+fn cargo_build(args: &[&str]) {
+    cargo("build", args)
 }
 
 /// The packages the tests load, and the file each builds.
@@ -67,6 +72,11 @@ const BUILT: &[(&str, &str)] = &[
     // The load generator, which `load.rs` points at the real ingress.
     ("gateway-loadgen", "gateway-load"),
 ];
+
+/// The directory the binary under test is in, where cargo puts the libraries it builds.
+pub fn built_dir() -> PathBuf {
+    bin_dir()
+}
 
 /// The directory holding freshly built plugin libraries (built once per test binary; cargo
 /// makes the second build a no-op). The incompatible, mislaid, unchecked and malformed fixtures are not default
