@@ -491,9 +491,11 @@ impl Ack {
 pub struct Written(AckBox);
 
 impl Written {
-    /// Tells the host how the write ended.
+    /// Tells the host how the write ended. An error's message leaves without the secrets the
+    /// library read through [`InitContext::secret`].
     pub fn finish(mut self, outcome: Result<(), PluginError>) {
-        self.0.done(outcome.into());
+        self.0
+            .done(outcome.map_err(crate::log::redacted_error).into());
     }
 
     /// The host's side, as it crosses the ABI.

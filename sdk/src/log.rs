@@ -152,6 +152,17 @@ fn redacted(message: String) -> String {
     })
 }
 
+/// `error` without the secrets kept: an error's message crosses to the host, which writes it
+/// to its log, to `gateway check`'s output and to dead-letter files (a driver's error that
+/// quotes its connection URL, password and all, say).
+pub(crate) fn redacted_error(mut error: crate::PluginError) -> crate::PluginError {
+    if ANY_SECRET.load(Ordering::Relaxed) {
+        let message = std::mem::take(&mut error.message).into_string();
+        error.message = redacted(message).into();
+    }
+    error
+}
+
 /// A subscriber that keeps, for each live span, only the instance it belongs to (its own
 /// `instance` field or its parent's), and passes each event to the host. Smaller than
 /// `tracing-subscriber`'s registry, which every plugin library would otherwise carry (its code

@@ -87,10 +87,11 @@ pub(crate) fn panic_error(what: &str, payload: Box<dyn Any + Send>) -> PluginErr
     )
 }
 
+/// Runs `f`, its panic an error; an error leaves without the library's secrets in it.
 fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
     match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r.into(),
-        Err(payload) => RResult::RErr(panic_error(what, payload)),
+        Ok(r) => r.map_err(crate::log::redacted_error).into(),
+        Err(payload) => RResult::RErr(crate::log::redacted_error(panic_error(what, payload))),
     }
 }
 

@@ -8,7 +8,10 @@ use gateway_sdk::{
     testing::SinkHarness,
     InitContext, PluginError, Reading, Sink,
 };
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 #[derive(Clone, Default)]
 struct Host {
@@ -60,8 +63,23 @@ impl Sink for Leaky {
         tracing::info!("loaded 0011223344556677");
         Ok(Leaky)
     }
-    fn write(&mut self, _: &[Reading]) -> Result<(), PluginError> {
-        Ok(())
+    fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
+        // A driver's error that quotes the connection URL, password and all.
+        match batch.len() {
+            1 => Err(PluginError::retry(
+                "cannot connect to mysql://gw:S3cr3t\"Pw@db:3306/test",
+            )),
+            2 => panic!("lost S3cr3t\"Pw"),
+            _ => Ok(()),
+        }
+    }
+    fn window(&self) -> usize {
+        2
+    }
+    fn submit(&mut self, batch: &[Reading], done: gateway_sdk::Written) {
+        // An error given back later, from another thread.
+        let outcome = self.write(&batch[..batch.len().min(1)]);
+        std::thread::spawn(move || done.finish(outcome));
     }
 }
 
@@ -92,4 +110,30 @@ fn a_secret_is_kept_out_of_every_log_message_whoever_logs_it() {
         got.iter().any(|m| m == "loaded 0011223344556677"),
         "{got:?}"
     );
+}
+
+/// An error's message reaches the host's log, `gateway check` and dead-letter files: the
+/// secrets are taken out of it as out of log messages, whether the error is returned, a
+/// panic's, or given back later to a submitted batch.
+#[test]
+fn a_secret_is_kept_out_of_the_errors_the_host_is_given() {
+    let host = Host::default();
+    let library = gateway_sdk::shim::library("secrets", "0", Vec::new);
+    (library.init())(HostLog_TO::from_value(host, TD_Opaque));
+    let mut sink = SinkHarness::new::<Leaky>("").unwrap();
+    let readings = gateway_sdk::testing::sample_readings(2);
+    let e = sink.write(readings[..1].to_vec()).unwrap_err();
+    assert_eq!(
+        e.message(),
+        "cannot connect to mysql://gw:<redacted>@db:3306/test"
+    );
+    let outcomes = sink.submit(vec![readings[..1].to_vec()], Duration::from_secs(10));
+    let e = outcomes[0].clone().unwrap_err();
+    assert_eq!(
+        e.message(),
+        "cannot connect to mysql://gw:<redacted>@db:3306/test"
+    );
+    // Last: a panic leaves the instance poisoned.
+    let e = sink.write(readings.clone()).unwrap_err();
+    assert!(e.message().ends_with("lost <redacted>"), "{e}");
 }
