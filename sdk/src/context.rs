@@ -129,35 +129,95 @@ impl InitContext {
             });
         }
         let Some(file) = file else { return Ok(None) };
-        let path = self.private_file(&format!("{key}_file"), file)?;
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            PluginError::config(format!(
-                "[{table}] {key}_file: cannot read {}: {e}",
-                path.display()
-            ))
-        })?;
+        let (_, text) = self.read_private_file(&format!("{key}_file"), file)?;
         Ok(Some(text.lines().next().unwrap_or("").trim().to_owned()))
+    }
+
+    /// The text of a private file (a secret, a list of keys), checked as
+    /// [`InitContext::private_file`] checks one, and read from the file it checked: it is
+    /// opened once, and the open file is what is checked and read, so that nobody can put
+    /// another in its place between the check and the read. A FIFO or a device is refused
+    /// rather than waited on, and a file above 16 MiB rather than read. Returns the resolved
+    /// path (for messages) and the text. `key` names the config key in errors.
+    pub fn read_private_file(
+        &self,
+        key: &str,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<(PathBuf, String), PluginError> {
+        use std::{io::Read, os::unix::fs::OpenOptionsExt};
+        const MAX: u64 = 16 << 20;
+        // Linux's value on x86_64, ARM and aarch64.
+        const O_NONBLOCK: i32 = 0o4000;
+        let path = self.resolve_path(path);
+        let table = &self.info.table;
+        let failed = |e: &dyn std::fmt::Display| {
+            PluginError::config(format!("[{table}] {key}: {}: {e}", path.display()))
+        };
+        // Non-blocking: opening a FIFO for reading would wait for a writer.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| failed(&e))?;
+        let meta = file.metadata().map_err(|e| failed(&e))?;
+        self.private_meta(key, &path, &meta)?;
+        let mut bytes = Vec::new();
+        (&mut file)
+            .take(MAX + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| failed(&e))?;
+        if bytes.len() as u64 > MAX {
+            return Err(failed(&"larger than 16 MiB: not a file of secrets"));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| failed(&"not UTF-8 text"))?;
+        Ok((path, text))
     }
 
     /// `path` resolved as [`InitContext::resolve_path`] does, after checking that it is a file
     /// others can neither read nor change: a secret (a private key, a password, a list of keys)
     /// readable by every local user, writable by its group or others, or owned by a user other
     /// than root or the gateway's is an error, as ssh and PostgreSQL make it (mode 0600, or
-    /// 0640 for a group the service shares, is fine). `key` names the config key in the error.
+    /// 0640 for a group the service shares, is fine). So is one that is not a regular file (a
+    /// FIFO would hang whoever opens it), and one in a directory others can change, checked
+    /// as [`InitContext::trusted_file`] checks a CA file's (whoever can write the directory
+    /// can put a file of their own in its place). To read the file, use
+    /// [`InitContext::read_private_file`], which checks the file it reads. `key` names the
+    /// config key in the error.
     pub fn private_file(
         &self,
         key: &str,
         path: impl AsRef<std::path::Path>,
     ) -> Result<PathBuf, PluginError> {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let path = self.resolve_path(path);
-        let table = &self.info.table;
         let meta = std::fs::metadata(&path).map_err(|e| {
-            PluginError::config(format!("[{table}] {key}: {}: {e}", path.display()))
+            PluginError::config(format!(
+                "[{}] {key}: {}: {e}",
+                self.info.table,
+                path.display()
+            ))
         })?;
+        self.private_meta(key, &path, &meta)?;
+        Ok(path)
+    }
+
+    /// The checks of [`InitContext::private_file`], of the file `meta` describes, at `path`.
+    fn private_meta(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        meta: &std::fs::Metadata,
+    ) -> Result<(), PluginError> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let table = &self.info.table;
+        if !meta.is_file() {
+            return Err(PluginError::config(format!(
+                "[{table}] {key}: {} is not a regular file",
+                path.display()
+            )));
+        }
         let mode = meta.permissions().mode();
         // Whoever can change a secret file can add a key of their own to it.
-        if mode & 0o022 != 0 || crate::trust::foreign_owner(&meta) {
+        if mode & 0o022 != 0 || crate::trust::foreign_owner(meta) {
             return Err(PluginError::config(format!(
                 "[{table}] {key}: {} holds a secret but can be changed by others (mode {:04o}, owner uid {}; the gateway runs as uid {}): `chmod go-w {}` and give it to root or the gateway's user (check as the user the service runs as: `sudo -u USER gateway check`)",
                 path.display(),
@@ -175,7 +235,14 @@ impl InitContext {
                 path.display()
             )));
         }
-        Ok(path)
+        // Whoever can change a directory on the way can put another file in its place.
+        crate::trust::directories(path, crate::trust::Stake::Config).map_err(|e| {
+            PluginError::config(format!(
+                "[{table}] {key}: {} holds a secret, but is in a directory others can change: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(())
     }
 
     /// `path` resolved as [`InitContext::resolve_path`] does, after checking that others

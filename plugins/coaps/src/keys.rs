@@ -137,8 +137,8 @@ pub fn ingress_psks(
         add(what, id, k)?;
     }
     if let Some(file) = &cfg.psk_file {
-        let path = ctx.private_file("psk_file", file)?;
-        for (what, id, hex) in psk_file_lines(&path).map_err(|e| config(ctx, e))? {
+        let (path, text) = ctx.read_private_file("psk_file", file)?;
+        for (what, id, hex) in psk_file_lines(&path, &text).map_err(|e| config(ctx, e))? {
             let k = key(ctx, &what, &hex)?;
             add(what, &id, k)?;
         }
@@ -148,11 +148,9 @@ pub fn ingress_psks(
 
 /// The entries of a PSK file: `IDENTITY:HEXKEY` per line; blank lines and lines starting with
 /// `#` are skipped. Each entry comes with `FILE:LINE` for messages.
-fn psk_file_lines(path: &Path) -> Result<Vec<(String, String, String)>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("psk_file: cannot read {}: {e}", path.display()))?;
+fn psk_file_lines(path: &Path, text: &str) -> Result<Vec<(String, String, String)>, String> {
     // A byte-order mark, as some editors save, is not part of the first identity.
-    let text = text.strip_prefix('\u{FEFF}').unwrap_or(&text);
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
