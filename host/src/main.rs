@@ -9,6 +9,7 @@ use gateway_host::{
     plan::{self, Plan},
     run::{self, RunOptions},
 };
+use gateway_sdk::text::{one_line, printable};
 use std::{path::PathBuf, process::ExitCode};
 use tracing::level_filters::LevelFilter;
 
@@ -164,9 +165,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints each error, as text for a terminal: they quote plugins' messages, which may hold
+/// what a plugin read (a file, a server's answer), and the version strings of libraries.
 fn report(errors: &[String]) -> anyhow::Error {
     for e in errors {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", printable(e));
     }
     anyhow!(
         "{} problem{} found; nothing was started",
@@ -245,7 +248,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let plan = Plan::check(config, &logger).map_err(|e| report(&e))?;
             println!("{}: OK", path.display());
             // Library names and versions are a vendor's text: escaped for the terminal.
-            print!("{}", gateway_sdk::text::printable(&plan.describe()));
+            print!("{}", printable(&plan.describe()));
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { config } => {
@@ -312,7 +315,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut refused = 0;
             // File names and what a library says of itself are a vendor's text, and a
             // loader's error can quote them: escaped for the terminal.
-            let shown = |t: &str| gateway_sdk::text::one_line(t).into_owned();
+            let shown = |t: &str| one_line(t).into_owned();
             for (path, r) in all {
                 let file = shown(&path.file_name().unwrap_or_default().to_string_lossy());
                 match r {
@@ -382,7 +385,7 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                             f.display(),
                             h.readings,
                             h.refused_at,
-                            h.error
+                            one_line(&h.error)
                         ),
                         Err(e) => println!("{}  {}  unreadable: {e}", d.name, f.display()),
                     }
@@ -405,14 +408,16 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                         continue;
                     }
                 };
+                // The refusal is a peer's or a plugin's text, and the readings' labels and
+                // text values may come from a device far away.
                 println!(
                     "# {}: refused at {}: {}",
                     f.display(),
                     h.refused_at,
-                    h.error
+                    one_line(&h.error)
                 );
                 for r in readings {
-                    println!("{r}");
+                    println!("{}", one_line(&r.to_string()));
                 }
             }
             Ok(if unreadable == 0 {

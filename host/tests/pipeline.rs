@@ -566,6 +566,46 @@ fn one_dead_letter(s: &Setup) -> (std::path::PathBuf, std::path::PathBuf) {
     (cfg, s.path("data/rec/dead-letter"))
 }
 
+/// A dead letter's refusal is a peer's or a plugin's text, and its readings' labels may come
+/// from a device far away: `list` and `show` escape what would act on the terminal or start a
+/// line of its own.
+#[test]
+fn dead_letters_list_and_show_cannot_act_on_the_terminal() {
+    let s = Setup::new();
+    let (cfg, dir) = one_dead_letter(&s);
+    let real = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .expect("the refused reading's file");
+    let text = std::fs::read_to_string(&real).unwrap();
+    let (head, rest) = text.split_once('\n').unwrap();
+    let (before, after) = head.split_once("\"error\":\"").unwrap();
+    let head = format!("{before}\"error\":\"\\u001b]0;pwned\\u0007\\nINFO forged{after}");
+    let rest = rest.replacen("\"device\":\"", "\"device\":\"\\u001b[2J\\r", 1);
+    std::fs::write(&real, format!("{head}\n{rest}")).unwrap();
+    for verb in ["list", "show"] {
+        let mut args = vec!["dead-letters", verb, "--config", cfg.to_str().unwrap()];
+        if verb == "show" {
+            args.push("rec");
+        }
+        let (status, out, err) = gateway(&args);
+        assert!(status.success(), "{verb}: {out}{err}");
+        assert!(
+            out.contains("\\u{1b}]0;pwned\\u{7}\\nINFO forged"),
+            "{verb}: {out}"
+        );
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\u{7}') && !out.contains('\r'),
+            "{verb}: {out:?}"
+        );
+        assert!(!out.lines().any(|l| l.starts_with("INFO")), "{verb}: {out}");
+        if verb == "show" {
+            assert!(out.contains("\\u{1b}[2J\\r"), "{out}");
+        }
+    }
+}
+
 #[test]
 fn dead_letters_show_and_resend_name_a_bad_file_and_go_on_with_the_others() {
     let s = Setup::new();
