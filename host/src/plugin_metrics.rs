@@ -16,6 +16,10 @@ use std::{
 pub struct PluginMetrics {
     by_instance: Mutex<BTreeMap<String, Vec<MetricFamily>>>,
     warned: Mutex<HashSet<String>>,
+    /// The instances the running config has, once the graph has said ([`Self::keep_only`]):
+    /// what others publish (an instance a reload removed, whose threads publish once more on
+    /// their way out) is not kept.
+    live: Mutex<Option<HashSet<String>>>,
 }
 
 fn is_name(s: &str, colon: bool) -> bool {
@@ -37,12 +41,32 @@ fn value(v: f64) -> String {
 }
 
 impl PluginMetrics {
-    /// Replaces what `instance` shows.
+    /// Replaces what `instance` shows (nothing, if the running config has no such instance).
     pub fn publish(&self, instance: &str, families: Vec<MetricFamily>) {
+        let live = self.live.lock().unwrap();
+        if live.as_ref().is_some_and(|l| !l.contains(instance)) {
+            return;
+        }
         self.by_instance
             .lock()
             .unwrap()
             .insert(instance.to_owned(), families);
+    }
+
+    /// The instances of the running config are `names`: only they publish from now on, and
+    /// what others showed is dropped.
+    pub fn keep_only<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let names: HashSet<String> = names.into_iter().map(str::to_owned).collect();
+        let mut live = self.live.lock().unwrap();
+        self.by_instance
+            .lock()
+            .unwrap()
+            .retain(|instance, _| names.contains(instance));
+        self.warned
+            .lock()
+            .unwrap()
+            .retain(|w| w.split_once('/').is_some_and(|(i, _)| names.contains(i)));
+        *live = Some(names);
     }
 
     /// Every instance's families now.
@@ -106,9 +130,21 @@ impl PluginMetrics {
                 for s in &f.samples {
                     let mut labels = format!("instance=\"{}\"", escape(instance));
                     let mut bad = !matches!(s.suffix.as_str(), "" | "_bucket" | "_sum" | "_count");
+                    // A label name twice in a sample (a histogram's own `le` among the
+                    // plugin's labels, say) fails the whole scrape, the host's metrics too;
+                    // names starting `__` are Prometheus's own, and `le` is a histogram's
+                    // bucket bound, on its buckets only.
+                    let mut seen: Vec<&str> = Vec::with_capacity(s.labels.len());
                     for pair in &s.labels {
                         let (k, v) = (pair.0.as_str(), pair.1.as_str());
-                        bad |= !is_name(k, false) || k == "instance";
+                        bad |= !is_name(k, false)
+                            || k == "instance"
+                            || k.starts_with("__")
+                            || seen.contains(&k)
+                            || (k == "le"
+                                && f.kind == MetricKind::Histogram
+                                && s.suffix.as_str() != "_bucket");
+                        seen.push(k);
                         let _ = write!(labels, ",{k}=\"{}\"", escape(v));
                     }
                     if bad {
@@ -215,5 +251,53 @@ mod tests {
         let mut out = String::new();
         p.render(&mut out, &[]);
         assert!(!out.contains("in1") && out.contains("in2"), "{out}");
+    }
+
+    /// Prometheus refuses a whole page with a label name twice in a sample: the host's own
+    /// metrics would be lost with the plugin's.
+    #[test]
+    fn a_sample_naming_a_label_twice_is_left_out_not_the_page() {
+        let p = PluginMetrics::default();
+        let mut m = Metrics::new();
+        m.histogram(
+            "gateway_h",
+            "A histogram.",
+            &[("le", "x")],
+            &[(1.0, 1)],
+            1.0,
+            1,
+        )
+        .gauge("gateway_g", "Twice.", &[("a", "1"), ("a", "2")], 1.0)
+        .gauge("gateway_r", "Reserved.", &[("__name__", "x")], 1.0)
+        .gauge("gateway_ok", "Fine.", &[("a", "1")], 2.0);
+        p.publish("in", m.families().to_vec());
+        let mut out = String::new();
+        p.render(&mut out, &[]);
+        assert!(
+            !out.contains("le=\"x\"") && !out.contains("a=\"2\"") && !out.contains("__name__"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gateway_ok{instance=\"in\",a=\"1\"} 2\n"),
+            "{out}"
+        );
+    }
+
+    /// An instance a reload removed may publish once more on its way out (a plugin's
+    /// observer thread): it does not come back on the page.
+    #[test]
+    fn only_instances_of_the_running_config_are_shown() {
+        let p = PluginMetrics::default();
+        let mut m = Metrics::new();
+        m.gauge("gateway_g", "G.", &[], 1.0);
+        p.publish("old", m.families().to_vec());
+        p.publish("kept", m.families().to_vec());
+        p.keep_only(["kept", "new"]);
+        p.publish("old", m.families().to_vec());
+        p.publish("new", m.families().to_vec());
+        let mut out = String::new();
+        p.render(&mut out, &[]);
+        assert!(!out.contains("\"old\""), "{out}");
+        assert!(out.contains("\"kept\"") && out.contains("\"new\""), "{out}");
     }
 }

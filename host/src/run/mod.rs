@@ -149,8 +149,16 @@ impl Graph {
             g.sources.insert(slot.decl.name.clone(), slot);
         }
         g.publish();
+        g.keep_metrics_of(&g.config);
         crate::internal::install(g.views.clone(), g.logger.metrics.clone());
         g
+    }
+
+    /// Plugin metrics are kept only for the instances of `c`, the config that runs (a
+    /// removed instance's threads may publish on their way out).
+    fn keep_metrics_of(&self, c: &Config) {
+        let names = c.sources.iter().chain(&c.sinks).map(|d| d.name.as_str());
+        self.logger.metrics.keep_only(names);
     }
 
     fn starter(&mut self) -> Starter<'_> {

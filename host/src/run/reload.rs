@@ -324,6 +324,7 @@ impl Graph {
             sinks: mut built_sinks,
         } = plan;
         let deadline = Instant::now() + self.config.gateway.shutdown_timeout;
+        self.keep_metrics_of(&new);
         // A replacement saved for a stuck sink gives way to this file's: the sink is replaced
         // below again (its handover flag makes it changed), or stuck again.
         let stuck = std::mem::take(&mut self.stuck);
