@@ -13,7 +13,10 @@ use gateway_sdk::{
     ErrorKind, PluginError, Reading,
 };
 use std::{
-    sync::{atomic::Ordering, Arc, RwLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, RwLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -56,11 +59,18 @@ struct Emitter {
     sinks: Routes,
     shutdown: Shutdown,
     stats: Arc<SourceStats>,
+    /// Cleared when the `run` this context was given to returns: a thread of the plugin
+    /// that kept a clone of it (the instance's, after a failure and rebuild; a retired
+    /// one's, after a reload) emits nothing more, and is told to stop.
+    live: Arc<AtomicBool>,
 }
 
 fn stopped(msg: &str) -> PluginError {
     PluginError::new(ErrorKind::STOPPED, msg)
 }
+
+/// Why a batch emitted after its source's `run` returned is not taken.
+const RUN_ENDED: &str = "the run this source context was given to has returned: what is emitted through it is not taken (a source emits from `run`, or from threads that end before it returns)";
 
 /// Why a batch was not taken while a source had no sink.
 const NO_ROUTE: &str =
@@ -117,6 +127,9 @@ impl Emitter {
             return RErr(stopped(
                 "the gateway is shutting down and takes no more readings",
             ));
+        }
+        if !self.live.load(Ordering::Acquire) {
+            return RErr(stopped(RUN_ENDED));
         }
         let n = batch.len() as u64;
         let sinks = match self.routed(wait) {
@@ -212,6 +225,9 @@ impl HostSourceCtx for Emitter {
         batch: &mut RVec<Reading>,
         ack: &mut ROption<AckBox>,
     ) -> RResult<(), PluginError> {
+        if !self.live.load(Ordering::Acquire) {
+            return RErr(stopped(RUN_ENDED));
+        }
         let sinks = self.sinks.get();
         if sinks.is_empty() {
             return RErr(PluginError::retry(NO_ROUTE));
@@ -232,12 +248,14 @@ impl HostSourceCtx for Emitter {
     }
 
     fn is_stopping(&self) -> bool {
-        self.shutdown.reached(Phase::Stopping)
+        self.shutdown.reached(Phase::Stopping) || !self.live.load(Ordering::Acquire)
     }
 
     fn wait_stop(&self, timeout_ms: u64) -> bool {
-        self.shutdown
-            .wait_for(Phase::Stopping, Duration::from_millis(timeout_ms))
+        !self.live.load(Ordering::Acquire)
+            || self
+                .shutdown
+                .wait_for(Phase::Stopping, Duration::from_millis(timeout_ms))
     }
 }
 
@@ -289,17 +307,20 @@ impl SourceRunner {
                     }
                 },
             };
+            let live = Arc::new(AtomicBool::new(true));
             let ctx = HostSourceCtx_TO::from_value(
                 Emitter {
                     sinks: self.sinks.clone(),
                     shutdown: self.shutdown.clone(),
                     stats: self.stats.clone(),
+                    live: live.clone(),
                 },
                 TD_Opaque,
             );
             tracing::info!("source running");
             let started = Instant::now();
             let outcome = source.run(ctx).into_result();
+            live.store(false, Ordering::Release);
             drop(source);
             if self.shutdown.reached(Phase::Stopping) {
                 match outcome {
@@ -350,6 +371,7 @@ mod tests {
             }]),
             shutdown: Shutdown::new(),
             stats: Arc::default(),
+            live: Arc::new(AtomicBool::new(true)),
         };
         let info = InstanceInfo {
             instance: RString::from("test"),
@@ -361,6 +383,60 @@ mod tests {
         };
         let host = HostSourceCtx_TO::from_value(emitter, TD_Opaque);
         (SourceContext::new(host, &info), rx)
+    }
+
+    /// The context a source's `run` was given, kept by the test after `run` returned.
+    static KEPT: Mutex<Option<SourceContext>> = Mutex::new(None);
+
+    /// A source whose `run` keeps a clone of its context, as a thread of its own would, and
+    /// returns.
+    struct Keeper;
+
+    impl gateway_sdk::Source for Keeper {
+        const ID: &'static str = "keeper";
+        fn new(_: &gateway_sdk::InitContext) -> Result<Self, PluginError> {
+            Ok(Keeper)
+        }
+        fn run(&mut self, ctx: &SourceContext) -> Result<(), PluginError> {
+            assert!(!ctx.is_stopping());
+            *KEPT.lock().unwrap() = Some(ctx.clone());
+            Ok(())
+        }
+    }
+
+    /// Before, a plugin's thread that kept its context emitted into the sinks for ever: after
+    /// a reload removed the source, and beside its rebuilt instance after a failure.
+    #[test]
+    fn a_context_kept_past_the_end_of_its_run_emits_nothing_and_is_told_to_stop() {
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let stats = Arc::<SinkStats>::default();
+        let info = gateway_sdk::testing::instance_info("keeper", "");
+        let runner = SourceRunner {
+            name: "keeper".into(),
+            instance: gateway_sdk::shim::new_source::<Keeper>(&info)
+                .into_result()
+                .unwrap(),
+            factory: Box::new(|| Err(PluginError::fatal("not rebuilt"))),
+            sinks: Routes::new(vec![SinkPort {
+                tx,
+                direct: Direct::new(stats.clone()),
+                stats,
+            }]),
+            shutdown: Shutdown::new(),
+            stats: Arc::default(),
+            restart_backoff: Duration::from_millis(10),
+            restart_backoff_max: Duration::from_millis(10),
+        };
+        runner.run();
+        let ctx = KEPT.lock().unwrap().take().expect("run kept its context");
+        assert!(ctx.is_stopping());
+        assert!(ctx.wait_stop(Duration::from_secs(60)));
+        let e = ctx.emit(sample_readings(1)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::STOPPED, "{e}");
+        assert!(e.message().contains("has returned"), "{e}");
+        let e = ctx.try_emit_with(sample_readings(1), |_| {}).unwrap_err();
+        assert_eq!(e.error.kind, ErrorKind::STOPPED, "{}", e.error);
+        assert!(rx.is_empty(), "nothing reached the sink");
     }
 
     #[test]
@@ -423,6 +499,7 @@ mod tests {
             sinks: Routes::new(vec![roomy, full.clone()]),
             shutdown: Shutdown::new(),
             stats: Arc::default(),
+            live: Arc::new(AtomicBool::new(true)),
         };
         let seen = Arc::new(Mutex::new(None));
         let ack = gateway_sdk::abi::AckFfi_TO::from_value(Outcome(seen.clone()), TD_Opaque);
