@@ -230,6 +230,28 @@ fn suites_where(ctx: &SslContext, pick: impl Fn(&str) -> bool) -> Result<Vec<Str
         .collect())
 }
 
+/// The most bytes a DTLS 1.2 record adds to what it carries under any suite `ctx` may agree
+/// on: the record header (13), and for an AEAD suite an explicit nonce and a tag (24 at most),
+/// for a CBC one an IV, a MAC and up to a block of padding (16 + 20, 32 or 48 + 16). What fits
+/// a datagram of the path's MTU is the MTU less this and the protocol's own headers.
+pub fn record_overhead(ctx: &SslContext) -> usize {
+    // Whether a suite of `ctx` has a field that `pick` takes (if the list cannot be read: as
+    // if one had).
+    let any = |pick: &dyn Fn(&str) -> bool| suites_where(ctx, pick).map_or(true, |s| !s.is_empty());
+    let sizes = [("Mac=SHA1", 52), ("Mac=SHA256", 64), ("Mac=SHA384", 80)];
+    let mut most = 24;
+    for (mac, size) in sizes {
+        if any(&|f| f == mac) {
+            most = most.max(size);
+        }
+    }
+    // A MAC not named above: as much as the largest.
+    if any(&|f| f.starts_with("Mac=") && f != "Mac=AEAD" && !sizes.iter().any(|s| s.0 == f)) {
+        most = most.max(80);
+    }
+    13 + most
+}
+
 /// Refuses a cipher list with suites that encrypt nothing or authenticate nobody (`eNULL`,
 /// `aNULL`): either would hand the link to whoever sits on the path.
 fn refuse_null_suites(ctx: &SslContext) -> Result<(), DtlsError> {
@@ -461,6 +483,31 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
 mod tests {
     use super::*;
     use gateway_pki::{issue_to, Kind};
+
+    /// What a record adds is that of the costliest suite the list allows.
+    #[test]
+    fn a_records_overhead_is_that_of_the_costliest_suite() {
+        let psk = |ciphers: &str| ClientSettings {
+            psk: Some(Psk {
+                identity: "pi-01".into(),
+                key: vec![7; 16],
+            }),
+            ciphers: ciphers.into(),
+            ..Default::default()
+        };
+        let of = |s: &ClientSettings| record_overhead(&client_context(s).unwrap());
+        // AES-GCM, ChaCha20-Poly1305, AES-CCM8: AEAD.
+        let certs = ClientSettings {
+            ca_file: None,
+            ..Default::default()
+        };
+        assert_eq!(of(&certs), 13 + 24);
+        // The default PSK list ends with AES-CBC and SHA-256: 16 + 32 + 16.
+        assert_eq!(of(&psk("")), 13 + 64);
+        assert_eq!(of(&psk("ECDHE-PSK-CHACHA20-POLY1305")), 13 + 24);
+        assert_eq!(of(&psk("ECDHE-PSK-AES256-CBC-SHA384")), 13 + 80);
+        assert_eq!(of(&psk("ECDHE-PSK-AES128-CBC-SHA")), 13 + 52);
+    }
 
     /// A chain file (leaf, then intermediate) is loaded as read: the leaf as the certificate,
     /// the intermediate to go with it; a key that is not the leaf's is refused in words.

@@ -23,6 +23,8 @@ pub struct Uplink {
     host: String,
     port: u16,
     path: String,
+    /// What DTLS adds to a record at most ([`gateway_dtls::record_overhead`]).
+    record: usize,
     tls: ClientSettings,
     client: Option<Client>,
     /// Shared with the batches in flight.
@@ -103,24 +105,6 @@ impl Sink for Uplink {
                 format!("{} is not a power of two from 16 to 1024", cfg.block_size),
             ));
         }
-        // A block that does not fit one datagram goes out in IP fragments, or not at all where
-        // the path drops them: every block-wise batch would fail.
-        let room = max_payload(cfg.mtu);
-        if cfg.block_size > room {
-            let fits = (4..=10).rev().map(|e| 1 << e).find(|b| *b <= room);
-            return Err(bad(
-                "block_size",
-                format!(
-                    "{} does not fit one datagram of mtu {} (a block of it carries {room} bytes at most): {}",
-                    cfg.block_size,
-                    cfg.mtu,
-                    match fits {
-                        Some(b) => format!("use block_size = {b} or less, or a larger mtu"),
-                        None => "the mtu is too small for any block".to_owned(),
-                    }
-                ),
-            ));
-        }
         // Whoever can change the CA file decides which server gets the readings.
         if let Some(p) = &mut cfg.ca_file {
             *p = ctx.trusted_file("ca_file", &*p)?;
@@ -197,6 +181,26 @@ impl Sink for Uplink {
         let built = dtls::client_context(&tls)
             .map_err(|e| PluginError::config(format!("[{table}] {e}")))?;
         crate::warn_without_forward_secrecy(&table, &gateway_dtls::without_forward_secrecy(&built));
+        // What DTLS adds to a record under the costliest suite the list allows.
+        let record = gateway_dtls::record_overhead(&built);
+        // A block that does not fit one datagram goes out in IP fragments, or not at all where
+        // the path drops them: every block-wise batch would fail.
+        let room = max_payload(cfg.mtu, &path, record);
+        if cfg.block_size > room {
+            let fits = (4..=10).rev().map(|e| 1 << e).find(|b| *b <= room);
+            return Err(bad(
+                "block_size",
+                format!(
+                    "{} does not fit one datagram of mtu {} (a block of it carries {room} bytes at most): {}",
+                    cfg.block_size,
+                    cfg.mtu,
+                    match fits {
+                        Some(b) => format!("use block_size = {b} or less, or a larger mtu"),
+                        None => "the mtu is too small for any block".to_owned(),
+                    }
+                ),
+            ));
+        }
         let device = ctx.info().device.to_string();
         if let Some(who) = identity_of(&tls).filter(|who| *who != device) {
             tracing::warn!(
@@ -210,6 +214,7 @@ impl Sink for Uplink {
             host,
             port,
             path,
+            record,
             tls,
             client: None,
             shared: Default::default(),
@@ -488,10 +493,28 @@ fn split_requests(
     out
 }
 
-/// Largest CoAP payload that still fits one datagram of `mtu` bytes: DTLS (13 + 8 + 16 bytes
-/// with AES-GCM) and CoAP headers and options take the rest; a record carries at most 16 KiB.
-fn max_payload(mtu: u32) -> usize {
-    (mtu as usize).saturating_sub(100).min(16_000)
+/// Largest CoAP payload that still fits one datagram of `mtu` bytes with the options of a
+/// POST to `path`; a record carries at most 16 KiB. The rest of the datagram:
+/// - DTLS: `record` bytes ([`gateway_dtls::record_overhead`]: 37 with AES-GCM, 77 with
+///   AES-CBC and SHA-256, as the default PSK list allows);
+/// - CoAP: the header (4), a token (at most 8), the Uri-Path options (each segment, and a
+///   byte or three to say its length), Content-Format (2), the payload marker (1), and for a
+///   block-wise request Block1 and Size1 (at most 4 + 6).
+fn max_payload(mtu: u32, path: &str, record: usize) -> usize {
+    let segments: usize = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.len()
+                + match s.len() {
+                    0..=12 => 1,
+                    13..=268 => 2,
+                    _ => 3,
+                }
+        })
+        .sum();
+    let overhead = record + 4 + 8 + segments + 2 + 1 + 10;
+    (mtu as usize).saturating_sub(overhead).min(16_000)
 }
 
 impl Uplink {
@@ -536,7 +559,7 @@ impl Uplink {
                         max_retransmit: self.cfg.max_retransmit,
                         adaptive_rto: self.cfg.adaptive_rto,
                         block_szx: szx(self.cfg.block_size).unwrap_or(6),
-                        max_payload: max_payload(self.cfg.mtu),
+                        max_payload: max_payload(self.cfg.mtu, &self.path, self.record),
                         nstart: self.cfg.nstart.max(1),
                         ..CoapConfig::default()
                     },
@@ -561,7 +584,7 @@ impl Uplink {
             learned.map_or(self.cfg.max_request_readings, |m| {
                 m.min(self.cfg.max_request_readings)
             }),
-            max_payload(self.cfg.mtu),
+            max_payload(self.cfg.mtu, &self.path, self.record),
             |r| self.cfg.encoding.encode(r),
         )
     }
@@ -711,9 +734,9 @@ mod tests {
     #[test]
     fn every_request_fits_one_datagram_and_keeps_the_batch_in_order() {
         let batch = sample_readings(1000);
-        let limit = max_payload(1232);
+        let limit = max_payload(1232, "gpsflowtemp", 37);
         let reqs = split_requests(&batch, 100, limit, senml::encode_cbor);
-        assert!(reqs.len() > 10, "100 readings do not fit 1132 bytes");
+        assert!(reqs.len() > 10, "100 readings do not fit {limit} bytes");
         assert!(reqs.iter().all(|(_, p)| p.len() <= limit));
         let ids: Vec<_> = reqs
             .iter()
@@ -729,7 +752,12 @@ mod tests {
     fn a_single_reading_too_large_for_a_datagram_goes_alone() {
         let mut batch = sample_readings(3);
         batch[1].value = gateway_sdk::Value::Text("x".repeat(5000).into());
-        let reqs = split_requests(&batch, 100, max_payload(1232), senml::encode_cbor);
+        let reqs = split_requests(
+            &batch,
+            100,
+            max_payload(1232, "gpsflowtemp", 37),
+            senml::encode_cbor,
+        );
         assert_eq!(
             reqs.iter().map(|(c, _)| c.len()).collect::<Vec<_>>(),
             vec![1, 1, 1]

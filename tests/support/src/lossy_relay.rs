@@ -19,6 +19,8 @@ pub struct RelayCounts {
     pub dropped: AtomicU64,
     /// Datagrams passed on twice.
     pub duplicated: AtomicU64,
+    /// The size of the largest datagram passed on toward the server, in bytes.
+    pub largest_to_server: AtomicU64,
 }
 
 /// A UDP relay in front of `server_port` that drops (`loss`), duplicates (`dup`) and delays by
@@ -76,6 +78,11 @@ pub fn lossy_relay(
                     continue;
                 }
                 counts.passed.fetch_add(1, Ordering::Relaxed);
+                if to_server {
+                    counts
+                        .largest_to_server
+                        .fetch_max(d.len() as u64, Ordering::Relaxed);
+                }
                 let copies = if chance() < dup {
                     counts.duplicated.fetch_add(1, Ordering::Relaxed);
                     2
