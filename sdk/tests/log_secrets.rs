@@ -30,6 +30,20 @@ impl HostLog for Host {
     }
 }
 
+/// The host's logger, installed in the library once for the tests of this binary (a
+/// library takes the first it is given: a test of its own would see no message if another
+/// test's got in first).
+fn host() -> Host {
+    static HOST: std::sync::OnceLock<Host> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let host = Host::default();
+        let library = gateway_sdk::shim::library("secrets", "0", Vec::new);
+        (library.init())(HostLog_TO::from_value(host.clone(), TD_Opaque));
+        host
+    })
+    .clone()
+}
+
 /// Options as a client library keeps them, with a Debug that shows the password.
 #[derive(Debug)]
 #[allow(dead_code)]
@@ -85,9 +99,7 @@ impl Sink for Leaky {
 
 #[test]
 fn a_secret_is_kept_out_of_every_log_message_whoever_logs_it() {
-    let host = Host::default();
-    let library = gateway_sdk::shim::library("secrets", "0", Vec::new);
-    (library.init())(HostLog_TO::from_value(host.clone(), TD_Opaque));
+    let host = host();
     SinkHarness::new::<Leaky>("").unwrap();
     let got = host.got.lock().unwrap().clone();
     assert!(got.len() >= 3, "{got:?}");
@@ -117,9 +129,7 @@ fn a_secret_is_kept_out_of_every_log_message_whoever_logs_it() {
 /// panic's, or given back later to a submitted batch.
 #[test]
 fn a_secret_is_kept_out_of_the_errors_the_host_is_given() {
-    let host = Host::default();
-    let library = gateway_sdk::shim::library("secrets", "0", Vec::new);
-    (library.init())(HostLog_TO::from_value(host, TD_Opaque));
+    host();
     let mut sink = SinkHarness::new::<Leaky>("").unwrap();
     let readings = gateway_sdk::testing::sample_readings(2);
     let e = sink.write(readings[..1].to_vec()).unwrap_err();
