@@ -79,9 +79,10 @@ pub struct UplinkConfig {
     /// times longer each time up to 2 s: 30 s carries 99 % of handshakes through 25 % loss.
     #[serde(default = "d30s", with = "duration")]
     pub handshake_timeout: Duration,
-    /// Block size for batches larger than one datagram: 16..=1024, a power of two.
-    #[serde(default = "k1")]
-    pub block_size: usize,
+    /// Block size for a reading too large for one datagram: 16..=1024, a power of two, that
+    /// fits one datagram of `mtu` (by default the largest that does).
+    #[serde(default)]
+    pub block_size: Option<usize>,
     /// Path MTU for DTLS records. Payloads that fit go in one datagram; larger ones block-wise.
     #[serde(default = "mtu")]
     pub mtu: u32,
@@ -274,9 +275,6 @@ fn eight_requests() -> usize {
 }
 fn four_sessions() -> usize {
     4
-}
-fn k1() -> usize {
-    1024
 }
 fn mtu() -> u32 {
     gateway_dtls::DEFAULT_MTU

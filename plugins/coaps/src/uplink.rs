@@ -99,10 +99,10 @@ impl Sink for Uplink {
         let table = ctx.info().table.to_string();
         let bad = |key: &str, msg: String| PluginError::config(format!("[{table}] {key}: {msg}"));
         let (host, port, path) = parse_uri(&cfg.uri).map_err(|e| bad("uri", e))?;
-        if szx(cfg.block_size).is_none() {
+        if let Some(b) = cfg.block_size.filter(|b| szx(*b).is_none()) {
             return Err(bad(
                 "block_size",
-                format!("{} is not a power of two from 16 to 1024", cfg.block_size),
+                format!("{b} is not a power of two from 16 to 1024"),
             ));
         }
         // Whoever can change the CA file decides which server gets the readings.
@@ -186,20 +186,32 @@ impl Sink for Uplink {
         // A block that does not fit one datagram goes out in IP fragments, or not at all where
         // the path drops them: every block-wise batch would fail.
         let room = max_payload(cfg.mtu, &path, record);
-        if cfg.block_size > room {
-            let fits = (4..=10).rev().map(|e| 1 << e).find(|b| *b <= room);
-            return Err(bad(
-                "block_size",
-                format!(
-                    "{} does not fit one datagram of mtu {} (a block of it carries {room} bytes at most): {}",
-                    cfg.block_size,
-                    cfg.mtu,
-                    match fits {
-                        Some(b) => format!("use block_size = {b} or less, or a larger mtu"),
-                        None => "the mtu is too small for any block".to_owned(),
-                    }
-                ),
-            ));
+        let fits = (4..=10).rev().map(|e| 1 << e).find(|b| *b <= room);
+        match (cfg.block_size, fits) {
+            (Some(b), _) if b > room => {
+                return Err(bad(
+                    "block_size",
+                    format!(
+                        "{b} does not fit one datagram of mtu {} (a block of it carries {room} bytes at most): {}",
+                        cfg.mtu,
+                        match fits {
+                            Some(b) => format!("use block_size = {b} or less, or a larger mtu"),
+                            None => "the mtu is too small for any block".to_owned(),
+                        }
+                    ),
+                ))
+            }
+            (Some(_), _) => {}
+            (None, Some(b)) => cfg.block_size = Some(b),
+            (None, None) => {
+                return Err(bad(
+                    "mtu",
+                    format!(
+                        "{} leaves no room for a block of 16 bytes beside what DTLS and CoAP add to it",
+                        cfg.mtu
+                    ),
+                ))
+            }
         }
         let device = ctx.info().device.to_string();
         if let Some(who) = identity_of(&tls).filter(|who| *who != device) {
@@ -374,13 +386,13 @@ impl InFlight {
                     // reading, which the server either takes or refuses for good).
                     let half = (ids.len() / 2).max(1);
                     let mut shared = self.shared.lock().expect("uplink state");
-                    if shared.most_readings.is_none_or(|m| half < m) {
+                    if shared.most_readings.is_none_or(|(m, _)| half < m) {
                         tracing::warn!(
                             uri = %self.judge.uri,
-                            "the server refused a request of {} readings as too large (4.13): requests carry at most {half} from now on (lower `max_request_readings` to match the server's `max_records` and `max_body`)",
+                            "the server refused a request of {} readings as too large (4.13): requests carry at most {half} from now on, twice as many again after refusal_backoff without another (lower `max_request_readings` to match the server's `max_records` and `max_body`)",
                             ids.len()
                         );
-                        shared.most_readings = Some(half);
+                        shared.most_readings = Some((half, Instant::now()));
                     }
                     drop(shared);
                     if self.outcome.is_ok() {
@@ -442,9 +454,11 @@ struct Shared {
     /// Set when the server asked for a pause (a 5.03's or 4.29's Max-Age): batches written
     /// meanwhile wait for its end, then go out.
     paused: Option<Instant>,
-    /// The most readings a request may carry, below `max_request_readings`: set when the
-    /// server refused a request of more as too large (4.13), to half of that request's.
-    most_readings: Option<usize>,
+    /// The most readings a request may carry, below `max_request_readings`, and since when:
+    /// set when the server refused a request of more as too large (4.13), to half of that
+    /// request's; doubled after each `refusal_backoff` without another (the server's limits
+    /// may have grown, and one reading too large for them may have taken it down alone).
+    most_readings: Option<(usize, Instant)>,
 }
 
 impl Shared {
@@ -499,7 +513,7 @@ fn split_requests(
 ///   AES-CBC and SHA-256, as the default PSK list allows);
 /// - CoAP: the header (4), a token (at most 8), the Uri-Path options (each segment, and a
 ///   byte or three to say its length), Content-Format (2), the payload marker (1), and for a
-///   block-wise request Block1 and Size1 (at most 4 + 6).
+///   block-wise request Block1, Size1 and Request-Tag (at most 5 + 5 + 11).
 fn max_payload(mtu: u32, path: &str, record: usize) -> usize {
     let segments: usize = path
         .split('/')
@@ -513,7 +527,7 @@ fn max_payload(mtu: u32, path: &str, record: usize) -> usize {
                 }
         })
         .sum();
-    let overhead = record + 4 + 8 + segments + 2 + 1 + 10;
+    let overhead = record + 4 + 8 + segments + 2 + 1 + 22;
     (mtu as usize).saturating_sub(overhead).min(16_000)
 }
 
@@ -558,7 +572,7 @@ impl Uplink {
                         ack_timeout: self.cfg.ack_timeout,
                         max_retransmit: self.cfg.max_retransmit,
                         adaptive_rto: self.cfg.adaptive_rto,
-                        block_szx: szx(self.cfg.block_size).unwrap_or(6),
+                        block_szx: self.cfg.block_size.and_then(szx).unwrap_or(6),
                         max_payload: max_payload(self.cfg.mtu, &self.path, self.record),
                         nstart: self.cfg.nstart.max(1),
                         ..CoapConfig::default()
@@ -578,7 +592,17 @@ impl Uplink {
     }
 
     fn requests<'a>(&self, batch: &'a [Reading]) -> Vec<(&'a [Reading], Vec<u8>)> {
-        let learned = self.shared.lock().expect("uplink state").most_readings;
+        let learned = {
+            let mut shared = self.shared.lock().expect("uplink state");
+            if let Some((most, since)) = shared.most_readings {
+                if since.elapsed() >= self.judge.refusal_backoff {
+                    let doubled = most.saturating_mul(2);
+                    shared.most_readings = (doubled < self.cfg.max_request_readings)
+                        .then(|| (doubled, Instant::now()));
+                }
+            }
+            shared.most_readings.map(|(most, _)| most)
+        };
         split_requests(
             batch,
             learned.map_or(self.cfg.max_request_readings, |m| {
