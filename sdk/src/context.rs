@@ -146,8 +146,6 @@ impl InitContext {
     ) -> Result<(PathBuf, String), PluginError> {
         use std::{io::Read, os::unix::fs::OpenOptionsExt};
         const MAX: u64 = 16 << 20;
-        // Linux's value on x86_64, ARM and aarch64.
-        const O_NONBLOCK: i32 = 0o4000;
         let path = self.resolve_path(path);
         let table = &self.info.table;
         let failed = |e: &dyn std::fmt::Display| {
@@ -156,7 +154,7 @@ impl InitContext {
         // Non-blocking: opening a FIFO for reading would wait for a writer.
         let mut file = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(O_NONBLOCK)
+            .custom_flags(libc::O_NONBLOCK)
             .open(&path)
             .map_err(|e| failed(&e))?;
         let meta = file.metadata().map_err(|e| failed(&e))?;
