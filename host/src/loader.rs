@@ -262,7 +262,7 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
         Some(false) => return Err(LoadError::Aborts),
         None => tracing::warn!(
             library = %real.display(),
-            "built against gateway-sdk {plugin_sdk}, which does not record whether it was built with panic = \"abort\": if it was, one panic inside it ends the whole gateway; rebuild it against gateway-sdk {} to have it checked",
+            "the library does not record whether it was built with panic = \"abort\" (it says it was built against gateway-sdk {plugin_sdk}: 0.1.1 and older do not record it, nor a library exported without gateway_sdk::export!): if it was, one panic inside it ends the whole gateway; rebuild it against gateway-sdk {} with gateway_sdk::export! to have it checked",
             gateway_sdk::SDK_VERSION
         ),
     }

@@ -566,6 +566,15 @@ fn one_dead_letter(s: &Setup) -> (std::path::PathBuf, std::path::PathBuf) {
     (cfg, s.path("data/rec/dead-letter"))
 }
 
+/// The file in `dir` (a sink's dead-letter directory) that holds a refused reading.
+fn dead_letter_file(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .expect("the refused reading's file")
+}
+
 /// A dead letter's refusal is a peer's or a plugin's text, and its readings' labels may come
 /// from a device far away: `list` and `show` escape what would act on the terminal or start a
 /// line of its own.
@@ -573,11 +582,7 @@ fn one_dead_letter(s: &Setup) -> (std::path::PathBuf, std::path::PathBuf) {
 fn dead_letters_list_and_show_cannot_act_on_the_terminal() {
     let s = Setup::new();
     let (cfg, dir) = one_dead_letter(&s);
-    let real = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .expect("the refused reading's file");
+    let real = dead_letter_file(&dir);
     let text = std::fs::read_to_string(&real).unwrap();
     let (head, rest) = text.split_once('\n').unwrap();
     let (before, after) = head.split_once("\"error\":\"").unwrap();
@@ -610,11 +615,7 @@ fn dead_letters_list_and_show_cannot_act_on_the_terminal() {
 fn dead_letters_show_and_resend_name_a_bad_file_and_go_on_with_the_others() {
     let s = Setup::new();
     let (cfg, dir) = one_dead_letter(&s);
-    let real = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .expect("the refused reading's file");
+    let real = dead_letter_file(&dir);
     // The same reading from before 1970 (a device's time is its own), one from the year
     // 10000, a file that is not a dead letter, and a FIFO named like one.
     let text = std::fs::read_to_string(&real).unwrap();

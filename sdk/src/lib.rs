@@ -56,6 +56,9 @@ pub const SDK_VERSION: &str = abi::SDK_VERSION;
 ///
 /// `run` loops until the host asks it to stop, handing readings to the host with
 /// [`SourceContext::emit`]; [`SourceContext::every`] paces a sampling loop without drift.
+/// Threads of the source may emit through clones of its context while `run` runs (and while
+/// the instance is dropped after it); once it is gone, the host takes nothing more through
+/// them (their emits fail as stopped, and [`SourceContext::is_stopping`] says so).
 /// How `run` ends tells the host what to do:
 /// - `Ok(())` after the host asked to stop: a normal stop. `Ok(())` before that: the source has
 ///   nothing more to produce (a finite replay, say); it is not started again.

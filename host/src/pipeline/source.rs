@@ -59,8 +59,8 @@ struct Emitter {
     sinks: Routes,
     shutdown: Shutdown,
     stats: Arc<SourceStats>,
-    /// Cleared when the `run` this context was given to returns: a thread of the plugin
-    /// that kept a clone of it (the instance's, after a failure and rebuild; a retired
+    /// Cleared when the `run` this context was given to has returned and its instance is
+    /// dropped: a thread of the plugin that kept a clone of it (the instance's, after a failure and rebuild; a retired
     /// one's, after a reload) emits nothing more, and is told to stop.
     live: Arc<AtomicBool>,
 }
@@ -320,8 +320,9 @@ impl SourceRunner {
             tracing::info!("source running");
             let started = Instant::now();
             let outcome = source.run(ctx).into_result();
-            live.store(false, Ordering::Release);
+            // After the instance is dropped: a source may flush what it holds as it goes.
             drop(source);
+            live.store(false, Ordering::Release);
             if self.shutdown.reached(Phase::Stopping) {
                 match outcome {
                     Err(e) if e.kind != ErrorKind::STOPPED => {
@@ -359,16 +360,23 @@ mod tests {
     use gateway_sdk::{abi::InstanceInfo, testing::sample_readings, SourceContext};
     use std::sync::Mutex;
 
+    /// The port of a sink whose queue holds `capacity` batches, and the queue's end.
+    fn port(capacity: usize) -> (SinkPort, crossbeam_channel::Receiver<Envelope>) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let stats = Arc::<SinkStats>::default();
+        let port = SinkPort {
+            tx,
+            direct: Direct::new(stats.clone()),
+            stats,
+        };
+        (port, rx)
+    }
+
     /// A source context over an emitter with one sink whose queue holds one batch.
     fn context() -> (SourceContext, crossbeam_channel::Receiver<Envelope>) {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let stats = Arc::<SinkStats>::default();
+        let (port, rx) = port(1);
         let emitter = Emitter {
-            sinks: Routes::new(vec![SinkPort {
-                tx,
-                direct: Direct::new(stats.clone()),
-                stats,
-            }]),
+            sinks: Routes::new(vec![port]),
             shutdown: Shutdown::new(),
             stats: Arc::default(),
             live: Arc::new(AtomicBool::new(true)),
@@ -408,8 +416,7 @@ mod tests {
     /// a reload removed the source, and beside its rebuilt instance after a failure.
     #[test]
     fn a_context_kept_past_the_end_of_its_run_emits_nothing_and_is_told_to_stop() {
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        let stats = Arc::<SinkStats>::default();
+        let (port, rx) = port(4);
         let info = gateway_sdk::testing::instance_info("keeper", "");
         let runner = SourceRunner {
             name: "keeper".into(),
@@ -417,11 +424,7 @@ mod tests {
                 .into_result()
                 .unwrap(),
             factory: Box::new(|| Err(PluginError::fatal("not rebuilt"))),
-            sinks: Routes::new(vec![SinkPort {
-                tx,
-                direct: Direct::new(stats.clone()),
-                stats,
-            }]),
+            sinks: Routes::new(vec![port]),
             shutdown: Shutdown::new(),
             stats: Arc::default(),
             restart_backoff: Duration::from_millis(10),
@@ -478,16 +481,6 @@ mod tests {
         // queue. Before, the send then waited for that sink, for as long as its write took: a
         // write retried through a database outage held the ingress's worker (and every DTLS
         // session on it) for the whole outage.
-        let port = |capacity| {
-            let (tx, rx) = crossbeam_channel::bounded(capacity);
-            let stats = Arc::<SinkStats>::default();
-            let port = SinkPort {
-                tx,
-                direct: Direct::new(stats.clone()),
-                stats,
-            };
-            (port, rx)
-        };
         let ((roomy, roomy_rx), (full, _full_rx)) = (port(4), port(1));
         let tracker = AckTracker::new(1, None);
         let filler = Envelope {
