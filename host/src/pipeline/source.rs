@@ -77,6 +77,11 @@ const NO_ROUTE: &str =
     "no sink takes this source's readings at the moment (a reload is replacing them); try again";
 
 impl Emitter {
+    /// Whether the `run` this context was given to is over (see `live`).
+    fn run_ended(&self) -> bool {
+        !self.live.load(Ordering::Acquire)
+    }
+
     /// The sinks to hand a batch to. A source always has one, except while a reload replaces
     /// its only sink by another (the removed one drains, then the new one starts): then
     /// `wait` waits for it, as for room in a full queue; else `Err(None)` (not taken, try
@@ -128,7 +133,7 @@ impl Emitter {
                 "the gateway is shutting down and takes no more readings",
             ));
         }
-        if !self.live.load(Ordering::Acquire) {
+        if self.run_ended() {
             return RErr(stopped(RUN_ENDED));
         }
         let n = batch.len() as u64;
@@ -225,7 +230,7 @@ impl HostSourceCtx for Emitter {
         batch: &mut RVec<Reading>,
         ack: &mut ROption<AckBox>,
     ) -> RResult<(), PluginError> {
-        if !self.live.load(Ordering::Acquire) {
+        if self.run_ended() {
             return RErr(stopped(RUN_ENDED));
         }
         let sinks = self.sinks.get();
@@ -248,11 +253,11 @@ impl HostSourceCtx for Emitter {
     }
 
     fn is_stopping(&self) -> bool {
-        self.shutdown.reached(Phase::Stopping) || !self.live.load(Ordering::Acquire)
+        self.shutdown.reached(Phase::Stopping) || self.run_ended()
     }
 
     fn wait_stop(&self, timeout_ms: u64) -> bool {
-        !self.live.load(Ordering::Acquire)
+        self.run_ended()
             || self
                 .shutdown
                 .wait_for(Phase::Stopping, Duration::from_millis(timeout_ms))

@@ -278,7 +278,7 @@ impl Sink for Uplink {
         // the host retries the batch: the parts the server already acknowledged are not sent
         // again (and if they were, the server would drop them by their ids).
         let pending: Vec<Reading>;
-        let (todo, not_before) = {
+        let (todo, not_before, most) = {
             let mut shared = self.shared.lock().expect("uplink state");
             let todo = if shared.delivered.is_empty() {
                 batch
@@ -290,14 +290,20 @@ impl Sink for Uplink {
                     .collect();
                 &pending[..]
             };
-            (todo, shared.pause_end(Instant::now()))
+            let now = Instant::now();
+            let most = shared.most_readings(
+                now,
+                self.judge.refusal_backoff,
+                self.cfg.max_request_readings,
+            );
+            (todo, shared.pause_end(now), most)
         };
         if todo.is_empty() {
             let mut shared = self.shared.lock().expect("uplink state");
             shared.forget(batch.iter().map(|r| &r.id));
             return done.finish(Ok(()));
         }
-        let mut chunks = self.requests(todo);
+        let mut chunks = self.requests(todo, most);
         // Each payload goes out once; the chunks' ids stay for the bookkeeping.
         let payloads = chunks
             .iter_mut()
@@ -462,6 +468,19 @@ struct Shared {
 }
 
 impl Shared {
+    /// The most readings a request may carry now: `max` (`max_request_readings`), or less
+    /// while a 4.13 has lowered it; the lowered figure doubles after each `backoff` without
+    /// another.
+    fn most_readings(&mut self, now: Instant, backoff: Duration, max: usize) -> usize {
+        if let Some((most, since)) = self.most_readings {
+            if now.saturating_duration_since(since) >= backoff {
+                let doubled = most.saturating_mul(2);
+                self.most_readings = (doubled < max).then_some((doubled, now));
+            }
+        }
+        self.most_readings.map_or(max, |(most, _)| most.min(max))
+    }
+
     /// The end of the pause the server asked for, if it is still to come.
     fn pause_end(&mut self, now: Instant) -> Option<Instant> {
         self.paused = self.paused.filter(|t| *t > now);
@@ -591,23 +610,11 @@ impl Uplink {
         Ok(())
     }
 
-    fn requests<'a>(&self, batch: &'a [Reading]) -> Vec<(&'a [Reading], Vec<u8>)> {
-        let learned = {
-            let mut shared = self.shared.lock().expect("uplink state");
-            if let Some((most, since)) = shared.most_readings {
-                if since.elapsed() >= self.judge.refusal_backoff {
-                    let doubled = most.saturating_mul(2);
-                    shared.most_readings = (doubled < self.cfg.max_request_readings)
-                        .then(|| (doubled, Instant::now()));
-                }
-            }
-            shared.most_readings.map(|(most, _)| most)
-        };
+    /// `batch` as requests of at most `most` readings that each fit a datagram.
+    fn requests<'a>(&self, batch: &'a [Reading], most: usize) -> Vec<(&'a [Reading], Vec<u8>)> {
         split_requests(
             batch,
-            learned.map_or(self.cfg.max_request_readings, |m| {
-                m.min(self.cfg.max_request_readings)
-            }),
+            most,
             max_payload(self.cfg.mtu, &self.path, self.record),
             |r| self.cfg.encoding.encode(r),
         )
