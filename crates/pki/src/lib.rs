@@ -515,8 +515,34 @@ pub fn revoke(
     }
     let mut listed = 0;
     let mut serials = Vec::new();
-    if let Ok(pem) = std::fs::read(crl_path) {
-        let old = X509Crl::from_pem(&pem).map_err(e(&format!("the CRL {}", crl_path.display())))?;
+    // The CRL there lists every revocation so far: one that cannot be read, or that another
+    // CA signed, stops the command, for a new CRL without its entries would trust again every
+    // certificate it listed. Only a CRL that is not there at all means none yet.
+    let shown = crl_path.display();
+    let old = match std::fs::read(crl_path) {
+        Ok(pem) => Some(pem),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => {
+            return Err(PkiError(format!(
+                "cannot read the CRL {shown} ({err}): nothing was revoked. It lists the \
+                 certificates revoked so far, and a new CRL without them would trust them \
+                 again; run the command as a user that may read it"
+            )))
+        }
+    };
+    if let Some(pem) = old {
+        let old = X509Crl::from_pem(&pem).map_err(e(&format!("the CRL {shown}")))?;
+        let ours = old.issuer_name().try_cmp(ca.subject_name()).ok()
+            == Some(std::cmp::Ordering::Equal)
+            && old
+                .verify(ca.public_key().map_err(e("the CA's key"))?.as_ref())
+                .unwrap_or(false);
+        if !ours {
+            return Err(PkiError(format!(
+                "the CRL {shown} was not signed by this CA: nothing was revoked. Move it aside \
+                 if it belongs to another CA"
+            )));
+        }
         for r in old.get_revoked().into_iter().flatten() {
             let serial = r.serial_number().to_bn().map_err(e("serial"))?;
             serials.push(serial.to_vec());

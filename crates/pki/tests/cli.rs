@@ -273,3 +273,67 @@ fn words_and_options_a_command_does_not_take_are_refused() {
     assert!(ok, "{err}");
     assert_eq!(revoked(d).len(), 1);
 }
+
+/// A CRL that is there but cannot be read stops `revoke`: it used to be taken for "no CRL
+/// yet", and the new CRL, listing only the new revocation, trusted again every certificate
+/// revoked before (a CRL left root-only by an earlier `sudo gateway certs revoke`, then a
+/// revoke as the CA's owner). Root reads any file, so a link to itself stands in for the
+/// unreadable file here: reading it fails, and the rename that writes a CRL would replace it.
+#[test]
+fn a_crl_that_cannot_be_read_or_is_another_cas_stops_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(certs(d, &["init"]).0);
+    assert!(certs(d, &["device", "pi-01"]).0);
+    assert!(certs(d, &["device", "pi-02"]).0);
+    let crl = d.join("crl.pem");
+    std::os::unix::fs::symlink("crl.pem", &crl).unwrap();
+    let (ok, err) = certs(d, &["revoke", "pi-02"]);
+    assert!(
+        !ok && err.contains("cannot read the CRL") && err.contains("nothing was revoked"),
+        "{err}"
+    );
+    assert!(
+        crl.symlink_metadata().unwrap().is_symlink(),
+        "left as it was"
+    );
+
+    // A CRL another CA signed is not taken as this CA's.
+    std::fs::remove_file(&crl).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    assert!(certs(other.path(), &["init"]).0);
+    assert!(certs(other.path(), &["device", "pi-09"]).0);
+    assert!(certs(other.path(), &["revoke", "pi-09"]).0);
+    std::fs::copy(other.path().join("crl.pem"), &crl).unwrap();
+    let (ok, err) = certs(d, &["revoke", "pi-02"]);
+    assert!(!ok && err.contains("not signed by this CA"), "{err}");
+    assert_eq!(revoked(d), revoked(other.path()), "left as it was");
+
+    // This CA's own CRL is carried over.
+    std::fs::remove_file(&crl).unwrap();
+    assert!(certs(d, &["revoke", "pi-01"]).0);
+    assert!(certs(d, &["revoke", "pi-02"]).0);
+    let mut want = vec![serial(d, "pi-01"), serial(d, "pi-02")];
+    want.sort();
+    let mut got = revoked(d);
+    got.sort();
+    assert_eq!(got, want);
+}
+
+/// `init` replaces a CA only with --force, and a CA's key without its certificate is the CA
+/// still: it used to be overwritten when `ca.pem` alone was missing.
+#[test]
+fn init_keeps_a_ca_key_whose_certificate_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(certs(d, &["init"]).0);
+    let (ok, err) = certs(d, &["init"]);
+    assert!(!ok && err.contains("ca.pem exists; --force"), "{err}");
+    let key = std::fs::read(d.join("ca.key")).unwrap();
+    std::fs::remove_file(d.join("ca.pem")).unwrap();
+    let (ok, err) = certs(d, &["init"]);
+    assert!(!ok && err.contains("ca.key exists; --force"), "{err}");
+    assert_eq!(std::fs::read(d.join("ca.key")).unwrap(), key);
+    assert!(certs(d, &["init", "--force"]).0);
+    assert_ne!(std::fs::read(d.join("ca.key")).unwrap(), key);
+}

@@ -185,11 +185,14 @@ fn run(args: &[String]) -> Result<(), PkiError> {
     };
     match positional.first().map(String::as_str) {
         Some("init") => {
-            if l.ca().exists() && !force {
-                return Err(PkiError(format!(
-                    "{} exists; --force replaces it (and invalidates every certificate it signed)",
-                    l.ca().display()
-                )));
+            // The key alone is the CA too: its certificate can be issued again from it.
+            if let Some(there) = [l.ca(), l.ca_key()].into_iter().find(|p| p.exists()) {
+                if !force {
+                    return Err(PkiError(format!(
+                        "{} exists; --force replaces the CA (and invalidates every certificate it signed)",
+                        there.display()
+                    )));
+                }
             }
             issue_to(
                 &l.ca(),
