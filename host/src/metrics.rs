@@ -5,9 +5,11 @@
 //! A small HTTP/1.0 responder, std only: a Pi has no use for a web framework. Each connection
 //! gets one answer, on a thread of its own, and is closed. A request must arrive whole within
 //! 2 s and fit in 8 KiB, and the answer be taken within 5 s; at most 64 connections are served
-//! at once, at most 4 from one IP address, and one past either is closed at once. So a slow or
-//! hostile client (a slowloris trickling a byte a second) holds a few threads for seconds at
-//! most, and cannot keep a load balancer's probes from their answers. Bind it to loopback (the
+//! at once, at most 4 from one IP address; one past the address's limit is closed at once, and
+//! one past the 64 takes the place of the connection that has waited longest for its request.
+//! So a slow or hostile client (a slowloris trickling a byte a second, from as many addresses
+//! as it likes) holds a few threads for seconds at most, and cannot keep a load balancer's
+//! probes from their answers. Bind it to loopback (the
 //! default address is) or to a network your scraper is on: it tells whoever can reach it how
 //! much the gateway moves, nothing more (no config values, no readings).
 
@@ -293,35 +295,73 @@ fn bucket(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The connections being served, per address (their sum is how many in all: at most 64
-/// addresses are ever listed).
+/// The connections being served: how many per address, and which of them are still waiting
+/// for their request, oldest first.
 #[derive(Default)]
-struct Slots(Mutex<HashMap<IpAddr, usize>>);
+struct Slots(Mutex<Held>);
+
+#[derive(Default)]
+struct Held {
+    /// Connections per address (at most 64 addresses are ever listed).
+    per: HashMap<IpAddr, usize>,
+    /// Connections whose request has not arrived whole, oldest first, with a handle to shut
+    /// them: when every place is taken, the oldest makes way for a new connection.
+    waiting: std::collections::VecDeque<(u64, TcpStream)>,
+    /// Connections shut to make way and not yet ended: not counted in all.
+    leaving: std::collections::HashSet<u64>,
+    /// The next connection's number.
+    next: u64,
+}
 
 /// A connection's place among [`Slots`], given back when dropped.
-struct Slot(Arc<Slots>, IpAddr);
+struct Slot(Arc<Slots>, IpAddr, u64);
 
 impl Slots {
-    /// A place for a connection from `ip`, unless the limits are reached.
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
-        let mut per = self.0.lock().expect("metrics slots");
-        let all: usize = per.values().sum();
-        let mine = per.get(&ip).copied().unwrap_or(0);
-        if all >= MAX_CONNECTIONS || mine >= MAX_PER_ADDRESS {
+    /// A place for a connection from `ip`, unless it has 4 already, or all 64 are taken by
+    /// connections whose requests have come (`conn`, the connection's handle, lets it make
+    /// way in turn while its own request has not). When every place is taken, the
+    /// connection that has waited longest for its request is shut to make way: clients
+    /// that hold connections without asking (from more addresses than 64 / 4) cannot keep a
+    /// probe, which asks at once, from its answer.
+    fn take(self: &Arc<Self>, ip: IpAddr, conn: Option<TcpStream>) -> Option<Slot> {
+        let mut held = self.0.lock().expect("metrics slots");
+        let all = held.per.values().sum::<usize>() - held.leaving.len();
+        let mine = held.per.get(&ip).copied().unwrap_or(0);
+        if mine >= MAX_PER_ADDRESS {
             return None;
         }
-        per.insert(ip, mine + 1);
-        Some(Slot(self.clone(), ip))
+        if all >= MAX_CONNECTIONS {
+            let (oldest, c) = held.waiting.pop_front()?;
+            let _ = c.shutdown(std::net::Shutdown::Both);
+            held.leaving.insert(oldest);
+        }
+        held.per.insert(ip, mine + 1);
+        let id = held.next;
+        held.next += 1;
+        if let Some(c) = conn {
+            held.waiting.push_back((id, c));
+        }
+        Some(Slot(self.clone(), ip, id))
+    }
+}
+
+impl Slot {
+    /// The connection's request has come whole: it no longer makes way for others.
+    fn asked(&self) {
+        let mut held = self.0 .0.lock().expect("metrics slots");
+        held.waiting.retain(|(id, _)| *id != self.2);
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut per = self.0 .0.lock().expect("metrics slots");
-        if let Some(n) = per.get_mut(&self.1) {
+        let mut held = self.0 .0.lock().expect("metrics slots");
+        held.waiting.retain(|(id, _)| *id != self.2);
+        held.leaving.remove(&self.2);
+        if let Some(n) = held.per.get_mut(&self.1) {
             *n -= 1;
             if *n == 0 {
-                per.remove(&self.1);
+                held.per.remove(&self.1);
             }
         }
     }
@@ -352,7 +392,11 @@ pub fn serve_on(listener: TcpListener, registry: Registry) -> std::io::Result<So
                         continue;
                     }
                 };
-                let Some(slot) = c.peer_addr().ok().and_then(|p| slots.take(bucket(p.ip()))) else {
+                let place = c
+                    .peer_addr()
+                    .ok()
+                    .and_then(|p| slots.take(bucket(p.ip()), c.try_clone().ok()));
+                let Some(slot) = place else {
                     tracing::debug!(peer = ?c.peer_addr().ok(), "metrics: too many connections at once; closed");
                     continue;
                 };
@@ -361,10 +405,9 @@ pub fn serve_on(listener: TcpListener, registry: Registry) -> std::io::Result<So
                     .name("metrics-conn".into())
                     .stack_size(128 << 10)
                     .spawn(move || {
-                        if let Err(e) = respond(c, &registry) {
+                        if let Err(e) = respond(c, &registry, &slot) {
                             tracing::debug!(error = %e, "metrics request failed");
                         }
-                        drop(slot);
                     });
                 if let Err(e) = spawned {
                     tracing::warn!(error = %e, "metrics: no thread for a connection");
@@ -397,23 +440,32 @@ fn write_by(c: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Resul
     Ok(())
 }
 
-fn respond(mut c: TcpStream, registry: &Registry) -> io::Result<()> {
+/// Whether the head in `buf` has ended, looking only at what came after `from` (and the 3
+/// bytes before it, where an end may have begun): a client sending a byte at a time costs
+/// one look at each byte, not one at the whole head per byte.
+fn head_ended(buf: &[u8], from: usize) -> bool {
+    let tail = &buf[from.saturating_sub(3)..];
+    tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n")
+}
+
+fn respond(mut c: TcpStream, registry: &Registry, slot: &Slot) -> io::Result<()> {
     let deadline = Instant::now() + READ_DEADLINE;
     let mut buf = [0u8; 8192];
     let mut n = 0;
     // Only the request line matters, but the whole head is read: closing with unread bytes
     // would reset the connection under the answer.
-    while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n")
-        && !buf[..n].windows(2).any(|w| w == b"\n\n")
-        && n < buf.len()
-    {
+    loop {
         c.set_read_timeout(Some(left(deadline)?))?;
         let got = c.read(&mut buf[n..])?;
         if got == 0 {
             break;
         }
         n += got;
+        if head_ended(&buf[..n], n - got) || n == buf.len() {
+            break;
+        }
     }
+    slot.asked();
     let line = String::from_utf8_lossy(&buf[..n]);
     let mut parts = line.lines().next().unwrap_or("").split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -564,6 +616,41 @@ mod tests {
         }
     }
 
+    /// Clients on more addresses than 64 / 4 holding every place without asking (any local
+    /// user can connect from 127.0.0.2 to 127.0.0.17, a remote one from 16 IPv6 /64s) kept
+    /// every probe from its answer: each new connection was closed at once.
+    #[test]
+    fn clients_holding_every_place_without_asking_make_way_for_a_probe() {
+        let addr = serve("127.0.0.1:0".parse().unwrap(), registry()).unwrap();
+        let silent: Vec<TcpStream> = (0..(MAX_CONNECTIONS / MAX_PER_ADDRESS) as u8)
+            .flat_map(|a| (0..MAX_PER_ADDRESS).map(move |_| connect_from([127, 0, 1, a], addr)))
+            .collect();
+        assert_eq!(silent.len(), MAX_CONNECTIONS);
+        std::thread::sleep(Duration::from_millis(200));
+        for _ in 0..3 {
+            assert_eq!(get(addr, "/healthz").unwrap(), (200, "ok\n".to_owned()));
+        }
+        // The first ones made way: their connections were shut.
+        let mut first = &silent[0];
+        first
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        assert_eq!(first.read(&mut [0u8; 16]).unwrap(), 0, "shut");
+    }
+
+    #[test]
+    fn a_head_is_seen_to_end_wherever_its_end_falls() {
+        let head = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
+        for from in 0..head.len() {
+            assert!(head_ended(head, from), "{from}");
+            assert!(!head_ended(
+                &head[..head.len() - 1],
+                from.min(head.len() - 1)
+            ));
+        }
+        assert!(head_ended(b"GET /\n\n", 7));
+    }
+
     #[test]
     fn an_ipv6_host_counts_as_its_64_and_a_mapped_address_as_ipv4() {
         let a: IpAddr = "2001:db8:0:1::5".parse().unwrap();
@@ -580,21 +667,20 @@ mod tests {
         let slots = Arc::new(Slots::default());
         let a: IpAddr = [10, 0, 0, 1].into();
         let mine: Vec<Slot> = (0..MAX_PER_ADDRESS)
-            .map(|_| slots.take(a).unwrap())
+            .map(|_| slots.take(a, None).unwrap())
             .collect();
-        assert!(slots.take(a).is_none(), "per address");
+        assert!(slots.take(a, None).is_none(), "per address");
         let others: Vec<Slot> = (0..MAX_CONNECTIONS - MAX_PER_ADDRESS)
             .map(|i| {
                 slots
-                    .take([10, 1, (i / 200) as u8, (i % 200) as u8].into())
+                    .take([10, 1, (i / 200) as u8, (i % 200) as u8].into(), None)
                     .unwrap()
             })
             .collect();
-        assert!(slots.take([10, 9, 9, 9].into()).is_none(), "in all");
+        assert!(slots.take([10, 9, 9, 9].into(), None).is_none(), "in all");
         drop(mine);
-        assert!(slots.take(a).is_some(), "given back");
+        assert!(slots.take(a, None).is_some(), "given back");
         drop(others);
-        assert_eq!(slots.0.lock().unwrap().values().sum::<usize>(), 0);
-        assert!(slots.0.lock().unwrap().is_empty());
+        assert!(slots.0.lock().unwrap().per.is_empty());
     }
 }
