@@ -21,6 +21,7 @@ pub mod own_files;
 pub mod pipeline;
 pub mod plan;
 pub mod plugin_metrics;
+pub mod resend;
 pub mod run;
 pub mod stats;
 pub mod status;

@@ -132,7 +132,8 @@ enum DeadLetterCommand {
     },
     /// Write each of a sink's dead-letter files to the sink again, as the config builds it
     /// (the gateway may be running meanwhile). A file the sink takes is deleted; one it refuses
-    /// again is kept. Exits non-zero if any file is left.
+    /// is offered again in halves, and only the readings it refuses again are kept, in a new
+    /// file in its place. Exits non-zero if any file is left.
     Resend {
         /// The config file.
         #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
@@ -382,12 +383,17 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                         Ok(h) => println!(
                             "{}  {}  {} readings refused at {}: {}",
                             d.name,
-                            f.display(),
+                            one_line(&f.display().to_string()),
                             h.readings,
-                            h.refused_at,
+                            one_line(&h.refused_at),
                             one_line(&h.error)
                         ),
-                        Err(e) => println!("{}  {}  unreadable: {e}", d.name, f.display()),
+                        Err(e) => println!(
+                            "{}  {}  unreadable: {}",
+                            d.name,
+                            one_line(&f.display().to_string()),
+                            one_line(&e)
+                        ),
                     }
                 }
             }
@@ -404,7 +410,7 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                     Ok(letter) => letter,
                     Err(e) => {
                         unreadable += 1;
-                        eprintln!("gateway: unreadable dead-letter file {e}");
+                        eprintln!("gateway: unreadable dead-letter file {}", one_line(&e));
                         continue;
                     }
                 };
@@ -412,8 +418,8 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                 // text values may come from a device far away.
                 println!(
                     "# {}: refused at {}: {}",
-                    f.display(),
-                    h.refused_at,
+                    one_line(&f.display().to_string()),
+                    one_line(&h.refused_at),
                     one_line(&h.error)
                 );
                 for r in readings {
@@ -427,14 +433,15 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
             })
         }
         DeadLetterCommand::Resend { sink, .. } => {
+            use gateway_host::resend::{offer, settle, Settled};
             let decl = sink_of(&sink)?;
             let letters = plan::dead_letters(&config, decl);
-            let files = letters.files()?;
-            if files.is_empty() {
+            if letters.files()?.is_empty() {
                 println!("{sink}: no dead letters");
                 return Ok(ExitCode::SUCCESS);
             }
-            // One resend at a time per sink.
+            // One resend at a time per sink; the files are listed once it holds the lock, so
+            // that those another resend removed meanwhile are not named as unreadable.
             gateway_host::own_files::enter(&config.gateway.data_dir).map_err(|e| anyhow!(e))?;
             let lock = gateway_host::own_files::options()
                 .write(true)
@@ -443,6 +450,7 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                 .open(letters.dir().join(".resend.lock"))?;
             lock.try_lock()
                 .map_err(|_| anyhow!("another `gateway dead-letters resend {sink}` is running"))?;
+            let files = letters.files()?;
             logging::init(
                 config.gateway.log_format,
                 LevelFilter::WARN,
@@ -451,35 +459,65 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
             let logger = HostLogger::new(LevelFilter::WARN);
             let mut instance = plan::build_sink(&config, decl, &logger).map_err(|e| anyhow!(e))?;
             let mut left = 0;
+            // The sink's and the file's text may quote a peer far away.
+            let said = |e: &gateway_sdk::PluginError| {
+                one_line(&gateway_host::config::redact_known(e.message())).into_owned()
+            };
             for f in files {
+                let name = one_line(&f.display().to_string()).into_owned();
                 // An unreadable file stays as it is, named; the others are still sent.
-                let readings = match deadletter::read(&f) {
-                    Ok((_, readings)) => readings,
+                let (header, readings) = match deadletter::read(&f) {
+                    Ok(letter) => letter,
                     Err(e) => {
                         left += 1;
-                        println!("{}: kept: unreadable: {e}", f.display());
+                        println!("{name}: kept: unreadable: {}", one_line(&e));
                         continue;
                     }
                 };
-                let slice = abi_stable::std_types::RSlice::from_slice(&readings);
-                match instance.write(slice).into_result() {
-                    Ok(()) => {
-                        std::fs::remove_file(&f)?;
+                let offered = offer(&readings, |batch| {
+                    instance
+                        .write(abi_stable::std_types::RSlice::from_slice(batch))
+                        .into_result()
+                });
+                let kept: usize = offered.kept.iter().map(|r| r.len()).sum();
+                let why = offered
+                    .stopped
+                    .as_ref()
+                    .or(offered.refusal.as_ref())
+                    .map(|e| format!(": {} ({})", said(e), e.kind))
+                    .unwrap_or_default();
+                match settle(&letters, &f, &readings, &header.error, &offered) {
+                    Ok(Settled::Removed) => {
+                        println!("{name}: {} readings taken; file removed", offered.taken)
+                    }
+                    Ok(Settled::Kept) => {
+                        left += 1;
+                        println!("{name}: kept{why}");
+                    }
+                    Ok(Settled::Replaced(new)) => {
+                        left += 1;
                         println!(
-                            "{}: {} readings taken; file removed",
-                            f.display(),
-                            readings.len()
+                            "{name}: {} readings taken, {kept} kept in {}{why}",
+                            offered.taken,
+                            one_line(&new.display().to_string())
                         );
                     }
                     Err(e) => {
                         left += 1;
-                        let error = gateway_host::config::redact_known(e.message());
-                        println!("{}: kept: {error} ({})", f.display(), e.kind);
-                        if e.kind.is_retryable() {
-                            println!("the sink cannot take readings now; try again later");
-                            break;
-                        }
+                        println!(
+                            "{name}: {} readings taken, but the file could not be changed \
+                             ({e}): it stays whole, and the taken ones go again next time",
+                            offered.taken
+                        );
                     }
+                }
+                if let Some(e) = &offered.stopped {
+                    if e.kind.is_retryable() {
+                        println!("the sink cannot take readings now; try again later");
+                    } else {
+                        println!("the sink failed; the other files wait for the next resend");
+                    }
+                    break;
                 }
             }
             let _ = instance.close().into_result();

@@ -673,6 +673,56 @@ fn dead_letters_show_and_resend_name_a_bad_file_and_go_on_with_the_others() {
     );
 }
 
+/// A file the sink refuses whole because of one reading is offered again in halves: the good
+/// readings reach the sink, and the file keeps only the bad one. Before, one bad reading kept
+/// its whole file, and `resend` could never deliver the good ones.
+#[test]
+fn resend_delivers_the_good_readings_of_a_file_and_keeps_the_bad_one() {
+    let s = Setup::new();
+    let (cfg, dir) = one_dead_letter(&s);
+    let real = dead_letter_file(&dir);
+    let text = std::fs::read_to_string(&real).unwrap();
+    let (head, line) = text.split_once('\n').unwrap();
+    let mut head: serde_json::Value = serde_json::from_str(head).unwrap();
+    head["readings"] = 5.into();
+    let one: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    let id = one["id"].as_str().unwrap().to_owned();
+    let mut file = format!("{head}\n");
+    for v in [11, 12, 13, 14, 15] {
+        let mut r = one.clone();
+        r["value"] = serde_json::json!({ "int": v });
+        r["id"] = format!("{}{:02x}", &id[..id.len() - 2], v).into();
+        file.push_str(&format!("{r}\n"));
+    }
+    std::fs::write(&real, file).unwrap();
+    let out_file = s.path("out.txt");
+    let before = std::fs::read_to_string(&out_file).unwrap();
+    let (status, out, err) = gateway(&[
+        "dead-letters",
+        "resend",
+        "--config",
+        cfg.to_str().unwrap(),
+        "rec",
+    ]);
+    assert_eq!(status.code(), Some(1), "one reading is kept: {out}{err}");
+    assert!(
+        out.contains("4 readings taken, 1 kept in")
+            && out.contains("simulated refusal of value 13"),
+        "{out}"
+    );
+    let after = std::fs::read_to_string(&out_file).unwrap();
+    let taken: Vec<&str> = after[before.len()..]
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap())
+        .collect();
+    assert_eq!(taken, ["11", "12", "14", "15"], "in the file's order");
+    assert!(!real.exists(), "replaced");
+    let left = dead_letter_file(&dir);
+    let (_, kept) = gateway_host::deadletter::read(&left).unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].value, gateway_sdk::Value::Int(13));
+}
+
 /// data_dir is writable by the service's user, so a process running as that user can plant
 /// links there. An operator's `sudo gateway dead-letters resend` opened `.resend.lock` with
 /// create+truncate through such a link (truncating, say, /etc/shadow); root working in a

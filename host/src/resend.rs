@@ -1,0 +1,262 @@
+//! `gateway dead-letters resend`: offers a dead-letter file's readings to its sink again.
+//!
+//! A sink that refuses the file as a whole is offered halves of it, as the pipeline narrows
+//! down a refused batch: one bad reading no longer keeps the good ones of its file (the
+//! pipeline stops narrowing after 64 writes, so a file may hold some). What the sink takes
+//! leaves the file; what it refuses again, and what was not tried because the sink stopped
+//! taking readings, stays, in a new file that replaces the old one. Files are only read and
+//! written here; the sink does the rest of the I/O.
+
+use crate::deadletter::DeadLetters;
+use gateway_sdk::{ErrorKind, PluginError, Reading};
+use std::{
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+/// The most writes one file is given: enough to find a few bad readings among thousands
+/// (each halving takes two), not so many that a file the sink refuses whole (a table of the
+/// wrong schema) takes a write per reading.
+pub const MAX_WRITES: usize = 256;
+
+/// How offering readings to the sink went.
+#[derive(Debug)]
+pub struct Offered {
+    /// How many the sink took.
+    pub taken: usize,
+    /// The readings still to keep (refused again, or not tried), in the file's order.
+    pub kept: Vec<Range<usize>>,
+    /// The last refusal, if the sink refused any.
+    pub refusal: Option<PluginError>,
+    /// Why the sink stopped taking readings (an outage, or a failure), if it did: the
+    /// readings not tried yet are in `kept`, and the next files should wait.
+    pub stopped: Option<PluginError>,
+}
+
+/// Offers `readings` to `write`, halving what it refuses for good (depth first, first half
+/// first, so that what it takes reaches it in order) within [`MAX_WRITES`] writes.
+pub fn offer(
+    readings: &[Reading],
+    mut write: impl FnMut(&[Reading]) -> Result<(), PluginError>,
+) -> Offered {
+    let halves = |r: Range<usize>| {
+        let mid = r.start + r.len() / 2;
+        [mid..r.end, r.start..mid]
+    };
+    let mut out = Offered {
+        taken: 0,
+        kept: Vec::new(),
+        refusal: None,
+        stopped: None,
+    };
+    let mut todo = Vec::with_capacity(16);
+    todo.push(0..readings.len());
+    let mut writes = 0;
+    while let Some(r) = todo.pop() {
+        if r.is_empty() {
+            continue;
+        }
+        if out.stopped.is_some() {
+            out.kept.push(r);
+            continue;
+        }
+        writes += 1;
+        match write(&readings[r.clone()]) {
+            Ok(()) => out.taken += r.len(),
+            Err(e) if e.kind == ErrorKind::REJECTED => {
+                if r.len() > 1 && writes + todo.len() + 2 <= MAX_WRITES {
+                    todo.extend(halves(r));
+                } else {
+                    out.kept.push(r);
+                }
+                out.refusal = Some(e);
+            }
+            Err(e) => {
+                out.kept.push(r);
+                out.stopped = Some(e);
+            }
+        }
+    }
+    out.kept.sort_by_key(|r| r.start);
+    out
+}
+
+/// What became of a file.
+#[derive(Debug)]
+pub enum Settled {
+    /// The sink took every reading; the file is removed.
+    Removed,
+    /// The sink took none: the file stays as it was.
+    Kept,
+    /// The sink took some: the rest are in the new file, which replaces the old one.
+    Replaced(PathBuf),
+}
+
+/// Settles `file`, whose `readings` were offered (`offered`) and which said `error`: removes
+/// it, or keeps in its place what is still to keep. On an error the file stays as it was, and
+/// the readings taken go again with the rest next time (the sinks drop repeated ids).
+pub fn settle(
+    letters: &DeadLetters,
+    file: &Path,
+    readings: &[Reading],
+    error: &str,
+    offered: &Offered,
+) -> std::io::Result<Settled> {
+    if offered.taken == 0 {
+        return Ok(Settled::Kept);
+    }
+    if offered.kept.is_empty() {
+        std::fs::remove_file(file)?;
+        return Ok(Settled::Removed);
+    }
+    let rest: Vec<Reading> = offered
+        .kept
+        .iter()
+        .flat_map(|r| readings[r.clone()].iter().cloned())
+        .collect();
+    let why = offered.refusal.as_ref().map_or(error, |e| e.message());
+    // The new file is durably on disk before the old one goes: a crash between the two
+    // sends the taken readings again, never loses the others.
+    let new = letters.put(why, &rest)?;
+    if let Err(e) = std::fs::remove_file(file) {
+        let _ = std::fs::remove_file(&new);
+        return Err(e);
+    }
+    Ok(Settled::Replaced(new))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_sdk::{Label, ReadingId, Timestamp, Value};
+
+    fn readings(n: i64) -> Vec<Reading> {
+        (0..n)
+            .map(|v| {
+                let mut id = [0u8; 16];
+                id[8..].copy_from_slice(&v.to_be_bytes());
+                Reading {
+                    id: ReadingId(id),
+                    time: Timestamp(1_700_000_000_000_000 + v),
+                    device: Label::new("pi"),
+                    sensor: Label::new("seq"),
+                    name: Label::new("n"),
+                    unit: Label::new(""),
+                    value: Value::Int(v),
+                }
+            })
+            .collect()
+    }
+
+    fn values(rs: &[Reading]) -> Vec<i64> {
+        rs.iter()
+            .map(|r| match r.value {
+                Value::Int(v) => v,
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    /// A sink that refuses any batch holding a value in `bad`, and records what it takes.
+    fn refusing(
+        bad: &[i64],
+    ) -> (
+        impl FnMut(&[Reading]) -> Result<(), PluginError> + '_,
+        std::rc::Rc<std::cell::RefCell<Vec<i64>>>,
+    ) {
+        let got = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let g = got.clone();
+        let write = move |b: &[Reading]| {
+            let v = values(b);
+            if v.iter().any(|x| bad.contains(x)) {
+                return Err(PluginError::rejected("bad value"));
+            }
+            g.borrow_mut().extend(v);
+            Ok(())
+        };
+        (write, got)
+    }
+
+    #[test]
+    fn one_bad_reading_keeps_only_itself() {
+        let rs = readings(10);
+        let (write, got) = refusing(&[3]);
+        let o = offer(&rs, write);
+        assert_eq!(o.taken, 9);
+        assert_eq!(o.kept.len(), 1);
+        assert_eq!(o.kept[0], 3..4);
+        assert!(o.refusal.is_some() && o.stopped.is_none());
+        // In the file's order.
+        assert_eq!(*got.borrow(), [0, 1, 2, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn an_outage_keeps_what_was_not_tried_and_a_refusal_in_order() {
+        let rs = readings(8);
+        let mut calls = 0;
+        let o = offer(&rs, |b| {
+            calls += 1;
+            match calls {
+                // The whole, then its first half, are refused; the first quarter is taken;
+                // then the sink goes away.
+                1 | 2 => Err(PluginError::rejected("no")),
+                3 => Ok(()),
+                _ => Err(PluginError::retry(format!("down ({} readings)", b.len()))),
+            }
+        });
+        assert_eq!(o.taken, 2);
+        assert_eq!(o.kept, [2..4, 4..8]);
+        assert!(o.stopped.is_some_and(|e| e.kind.is_retryable()));
+        assert_eq!(calls, 4, "nothing after the outage");
+    }
+
+    #[test]
+    fn a_file_refused_whole_takes_a_bounded_number_of_writes() {
+        let rs = readings(100_000);
+        let mut calls = 0;
+        let o = offer(&rs, |_| {
+            calls += 1;
+            Err(PluginError::rejected("wrong schema"))
+        });
+        assert!(calls <= MAX_WRITES, "{calls}");
+        assert_eq!(o.taken, 0);
+        let kept: usize = o.kept.iter().map(|r| r.len()).sum();
+        assert_eq!(kept, rs.len());
+        assert!(
+            o.kept.windows(2).all(|w| w[0].end == w[1].start),
+            "in order"
+        );
+    }
+
+    #[test]
+    fn settling_keeps_the_rest_in_a_new_file_and_removes_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let letters = DeadLetters::new(dir.path().to_owned(), "rec", "testkit-recorder");
+        let rs = readings(6);
+        let old = letters.put("refused", &rs).unwrap();
+        let (write, _) = refusing(&[1, 4]);
+        let o = offer(&rs, write);
+        let Settled::Replaced(new) = settle(&letters, &old, &rs, "refused", &o).unwrap() else {
+            panic!("replaced")
+        };
+        assert!(!old.exists());
+        let (h, kept) = crate::deadletter::read(&new).unwrap();
+        assert_eq!(values(&kept), [1, 4]);
+        assert_eq!(h.error, "bad value");
+        // Nothing taken: the file stays; everything taken: it goes.
+        let (write, _) = refusing(&[1, 4]);
+        let o = offer(&kept, write);
+        assert!(matches!(
+            settle(&letters, &new, &kept, "x", &o).unwrap(),
+            Settled::Kept
+        ));
+        assert!(new.exists());
+        let (write, _) = refusing(&[]);
+        let o = offer(&kept, write);
+        assert!(matches!(
+            settle(&letters, &new, &kept, "x", &o).unwrap(),
+            Settled::Removed
+        ));
+        assert!(!new.exists());
+    }
+}
