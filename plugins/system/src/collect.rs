@@ -1,7 +1,9 @@
 //! One round of readings: reads the files of every included group under the root, hands them to
 //! the parsers in [`crate::sysfs`] and [`crate::procfs`], asks `statvfs` about the disks, and
 //! keeps what is good. Whatever is bad is skipped and counted ([`crate::reject`]); nothing a
-//! file holds can stop the source.
+//! file holds can stop the source. Each read and `statvfs` runs on a thread of its own and is
+//! waited for at most [`IO_TIMEOUT`]: one that hangs (a FIFO with no writer, a network
+//! filesystem whose server is gone) skips its subject, not the round, until it comes back.
 
 use crate::{
     config::{Config, Group},
@@ -11,10 +13,22 @@ use crate::{
 };
 use gateway_sdk::{Label, Value};
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io::Read,
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    time::{Duration, Instant},
 };
+
+/// How long a read or a `statvfs` is waited for. The kernel answers `/proc` and `/sys` in
+/// microseconds; one that takes a second is stuck.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often a wait looks whether the source is asked to stop.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// Where the files are, relative to the root.
 pub mod paths {
@@ -75,6 +89,21 @@ pub struct Collector {
     include: Vec<Group>,
     disks: Vec<PathBuf>,
     problems: Problems,
+    /// Subjects whose last read has not come back, with its flag, set when it does: no other
+    /// read of them starts meanwhile, so that one stuck file holds one thread, not one per
+    /// round.
+    hung: HashMap<String, Arc<AtomicBool>>,
+    /// Whether the source is asked to stop: a wait ends early then.
+    stopping: Stopping,
+}
+
+/// Says whether the source is asked to stop.
+struct Stopping(Box<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Stopping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stopping")
+    }
 }
 
 impl Collector {
@@ -85,7 +114,65 @@ impl Collector {
             include: cfg.include.clone(),
             disks,
             problems: Problems::default(),
+            hung: HashMap::new(),
+            stopping: Stopping(Box::new(|| false)),
         }
+    }
+
+    /// Ends each wait early once `stopping` says so (the source is asked to stop).
+    pub fn stop_when(mut self, stopping: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.stopping = Stopping(Box::new(stopping));
+        self
+    }
+
+    /// Runs `io` for `subject` on a thread of its own and waits for it at most [`IO_TIMEOUT`]
+    /// (less once the source is asked to stop). `None` when it did not come back in time, or
+    /// its last run still has not (counted as [`Reject::Hung`]), or no thread could be had.
+    fn bounded<T: Send + 'static>(
+        &mut self,
+        subject: &str,
+        io: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Option<std::io::Result<T>> {
+        if let Some(back) = self.hung.get(subject) {
+            if !back.load(Ordering::Acquire) {
+                self.problems
+                    .reject(subject, Reject::Hung, "the last read has not come back");
+                return None;
+            }
+            self.hung.remove(subject);
+        }
+        let back = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::sync_channel(1);
+        let flag = back.clone();
+        let spawned = std::thread::Builder::new()
+            .name("system-read".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                let r = io();
+                flag.store(true, Ordering::Release);
+                let _ = tx.send(r);
+            });
+        if let Err(e) = spawned {
+            self.problems.reject(subject, Reject::Unreadable, e);
+            return None;
+        }
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.min(STOP_POLL)) {
+                Ok(r) => return Some(r),
+                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() && !(self.stopping.0)() => {
+                }
+                Err(_) => break,
+            }
+        }
+        self.problems.reject(
+            subject,
+            Reject::Hung,
+            format_args!("no answer within {IO_TIMEOUT:?}; skipped until it comes back"),
+        );
+        self.hung.insert(subject.to_owned(), back);
+        None
     }
 
     /// Reads every included group once and returns the good values, group by group.
@@ -126,7 +213,11 @@ impl Collector {
     /// Reads `rel` under the root. A file that is not there is `None` when `absent_is_normal`
     /// says so (it is noted once at debug), a problem otherwise.
     fn read(&mut self, rel: &str, absent_is_normal: Option<&str>) -> Option<String> {
-        match (read_small(&self.root.join(rel)), absent_is_normal) {
+        let path = self.root.join(rel);
+        match (
+            self.bounded(rel, move || read_small(&path))?,
+            absent_is_normal,
+        ) {
             (Ok(text), _) => Some(text),
             (Err(e), Some(why)) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.problems.note_once(rel, why);
@@ -151,26 +242,29 @@ impl Collector {
 
     fn thermal(&mut self, out: &mut Vec<Measurement>) {
         let dir = self.root.join(paths::THERMAL);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let listed = self.bounded(paths::THERMAL, move || {
+            std::fs::read_dir(&dir)?
+                .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+                .collect::<std::io::Result<Vec<String>>>()
+        });
+        let entries = match listed {
+            None => return,
+            Some(Ok(e)) => e,
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.problems.note_once(
                     paths::THERMAL,
                     "no thermal zones on this machine: no temperatures",
                 );
                 return;
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 self.problems.reject(paths::THERMAL, Reject::Unreadable, e);
                 return;
             }
         };
         let mut zones: Vec<(u32, String)> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                sysfs::zone_index(&name).map(|i| (i, name))
-            })
+            .into_iter()
+            .filter_map(|name| sysfs::zone_index(&name).map(|i| (i, name)))
             .collect();
         zones.sort();
         if zones.is_empty() {
@@ -272,9 +366,11 @@ impl Collector {
     fn disk(&mut self, out: &mut Vec<Measurement>) {
         for path in self.disks.clone() {
             let subject = format!("disk {}", path.display());
-            let blocks = match disk::statvfs(&path) {
-                Ok(b) => b,
-                Err(e) => {
+            let on = path.clone();
+            let blocks = match self.bounded(&subject, move || disk::statvfs(&on)) {
+                None => continue,
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
                     self.problems.reject(&subject, Reject::Unreadable, e);
                     continue;
                 }

@@ -24,6 +24,10 @@ pub enum Reject {
     OutOfRange,
     /// A Wi-Fi signal level on a driver's own scale rather than in dBm.
     NotDbm,
+    /// The read (or `statvfs`) did not come back within [`crate::collect::IO_TIMEOUT`]: a FIFO
+    /// with no writer, a network filesystem whose server is gone, a dying SD card. The subject
+    /// is skipped until it comes back; the others are read meanwhile.
+    Hung,
 }
 
 impl Reject {
@@ -36,6 +40,7 @@ impl Reject {
             Reject::Missing => "missing field",
             Reject::OutOfRange => "out of range",
             Reject::NotDbm => "not in dBm",
+            Reject::Hung => "hung",
         }
     }
 }

@@ -91,7 +91,7 @@ fn reports_every_value_of_a_raspberry_pi_4() {
     let root = tree("pi4");
     let disk = tempfile::tempdir().unwrap();
     let cfg = format!(
-        "root = {}\ninterval = \"20ms\"\ndisk_paths = [{}]\n",
+        "root = {}\ninterval = \"100ms\"\ndisk_paths = [{}]\n",
         quoted(root.path()),
         quoted(disk.path())
     );
@@ -206,7 +206,7 @@ fn a_broken_tree_is_skipped_value_by_value_and_counted() {
 fn a_broken_tree_does_not_stop_the_source() {
     let root = tree("broken");
     let cfg = format!(
-        "root = {}\ninterval = \"10ms\"\ninclude = [\"thermal\", \"throttle\", \"load\", \"memory\", \"uptime\", \"wifi\"]\n",
+        "root = {}\ninterval = \"100ms\"\ninclude = [\"thermal\", \"throttle\", \"load\", \"memory\", \"uptime\", \"wifi\"]\n",
         quoted(root.path())
     );
     // Four good values per round: ten rounds.
@@ -277,7 +277,7 @@ fn zones_are_read_in_order_and_shared_types_are_told_apart() {
 fn include_turns_groups_off() {
     let root = tree("pi4");
     let cfg = format!(
-        "root = {}\ninterval = \"20ms\"\ninclude = [\"uptime\", \"load\"]\n",
+        "root = {}\ninterval = \"100ms\"\ninclude = [\"uptime\", \"load\"]\n",
         quoted(root.path())
     );
     let run = run_source::<System>(&cfg, 4, Duration::from_secs(10)).unwrap();
@@ -298,7 +298,7 @@ fn disk_defaults_to_the_gateways_data_directory() {
     let data_dir = std::env::temp_dir().join("gateway-sdk-test");
     std::fs::create_dir_all(&data_dir).unwrap();
     let run = run_source::<System>(
-        "interval = \"20ms\"\ninclude = [\"disk\"]",
+        "interval = \"100ms\"\ninclude = [\"disk\"]",
         2,
         Duration::from_secs(10),
     )
@@ -320,10 +320,12 @@ fn config_errors_name_the_file_line_table_and_key() {
             .message()
             .to_owned()
     };
-    assert_eq!(
-        err("\ninterval = \"0s\""),
-        "test.toml:2: [test.test] interval: must be more than 0s"
-    );
+    for short in ["0s", "99ms"] {
+        assert_eq!(
+            err(&format!("\ninterval = \"{short}\"")),
+            "test.toml:2: [test.test] interval: must be at least 100ms"
+        );
+    }
     assert!(
         err("include = []").starts_with("test.toml:1: [test.test] include: is empty"),
         "{}",
@@ -391,4 +393,95 @@ fn each_problem_is_warned_once_not_every_round() {
         });
     assert_eq!(per_round, [10, 0, 0], "one warning per distinct problem");
     assert_eq!(c.rejected(), 30, "but every occurrence is counted");
+}
+
+/// A FIFO with no writer where `/proc/uptime` is expected blocks its open for ever (as a
+/// network filesystem whose server is gone blocks `statvfs`). It stopped the whole source:
+/// no round ended, no reading of any group came, and a stop was not heard. Now that read is
+/// given up after a second and counted, its subject is skipped while it stays stuck (no
+/// second thread waits on it), and the other groups are read every round.
+#[test]
+fn a_read_that_hangs_skips_its_file_not_the_round() {
+    let root = tree("pi4");
+    let uptime = root.path().join("proc/uptime");
+    std::fs::remove_file(&uptime).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&uptime)
+        .status()
+        .unwrap()
+        .success());
+    let mut c = Collector::new(
+        &config(&format!(
+            "root = {}\ninclude = [\"load\", \"uptime\", \"memory\"]",
+            quoted(root.path())
+        )),
+        Vec::new(),
+    );
+    let t = std::time::Instant::now();
+    let first = rows_of(&c.round());
+    let took = t.elapsed();
+    assert!(
+        took >= system::collect::IO_TIMEOUT && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(first.iter().any(|r| r.0 == "load") && first.iter().any(|r| r.0 == "memory"));
+    assert!(!first.iter().any(|r| r.0 == "uptime"), "{first:?}");
+    // The next round does not wait on it again.
+    let t = std::time::Instant::now();
+    let second = rows_of(&c.round());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(first, second);
+    assert_eq!(
+        c.reject_counts()
+            .get(&("proc/uptime".to_owned(), Reject::Hung)),
+        Some(&2)
+    );
+    // Once a writer comes, the stuck read ends, and the next round tries the file again
+    // (a FIFO, it hangs again).
+    drop(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&uptime)
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let t = std::time::Instant::now();
+    c.round();
+    assert!(t.elapsed() >= system::collect::IO_TIMEOUT, "tried again");
+    assert_eq!(
+        c.reject_counts()
+            .get(&("proc/uptime".to_owned(), Reject::Hung)),
+        Some(&3)
+    );
+}
+
+/// The source hears a stop while a read hangs: it returns within the host's second.
+#[test]
+fn a_hung_read_does_not_hold_a_stop() {
+    let root = tree("pi4");
+    let uptime = root.path().join("proc/uptime");
+    std::fs::remove_file(&uptime).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&uptime)
+        .status()
+        .unwrap()
+        .success());
+    let cfg = format!(
+        "root = {}\ninterval = \"10s\"\ninclude = [\"uptime\", \"load\"]\n",
+        quoted(root.path())
+    );
+    let run = gateway_sdk::testing::SourceHarness::new(&cfg)
+        .stop_at(Duration::from_millis(300))
+        .run::<System>()
+        .unwrap();
+    run.outcome.unwrap();
+    assert!(
+        run.stop_latency < Duration::from_millis(500),
+        "{:?}",
+        run.stop_latency
+    );
 }
