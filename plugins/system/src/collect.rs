@@ -273,8 +273,8 @@ impl Collector {
                 "no thermal zones on this machine: no temperatures",
             );
         }
-        // (zone, type, °C) of the zones that read well.
-        let mut good: Vec<(String, String, f64)> = Vec::new();
+        // (zone, type, °C if it read well) of every zone listed.
+        let mut read: Vec<(String, String, Option<f64>)> = Vec::new();
         for (_, zone) in zones {
             let type_rel = format!("{}/{zone}/type", paths::THERMAL);
             let kind = match self.read(&type_rel, None) {
@@ -292,19 +292,20 @@ impl Collector {
                 None => zone.clone(),
             };
             let temp_rel = format!("{}/{zone}/temp", paths::THERMAL);
-            let Some(text) = self.read(&temp_rel, None) else {
-                continue;
-            };
-            if let Some(c) = self.keep(&temp_rel, sysfs::parse_temp(&text), &text) {
-                good.push((zone, kind, c));
-            }
+            let c = self
+                .read(&temp_rel, None)
+                .and_then(|text| self.keep(&temp_rel, sysfs::parse_temp(&text), &text));
+            read.push((zone, kind, c));
         }
-        // Two zones of one type (x86 boards often have several `acpitz`) are told apart by zone.
+        // Two zones of one type (x86 boards often have several `acpitz`) are told apart by
+        // zone; counted over every zone listed, not those that read well this round, so that
+        // a zone's name does not change while another of its type fails.
         let mut per_type: BTreeMap<&str, usize> = BTreeMap::new();
-        for (_, kind, _) in &good {
+        for (_, kind, _) in &read {
             *per_type.entry(kind).or_insert(0) += 1;
         }
-        for (zone, kind, c) in &good {
+        for (zone, kind, c) in &read {
+            let Some(c) = c else { continue };
             let sensor = match per_type[kind.as_str()] {
                 1 => kind.clone(),
                 _ => format!("{kind}:{zone}"),

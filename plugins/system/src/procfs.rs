@@ -207,7 +207,10 @@ pub fn parse_wireless(text: &str) -> Result<Vec<Result<Wireless, BadLine>>, Reje
             continue;
         };
         let interface = name.trim();
-        if interface.is_empty() || interface.contains(char::is_whitespace) {
+        // It becomes part of the readings' sensor: a label the SDK takes, without spaces.
+        if interface.contains(char::is_whitespace)
+            || gateway_sdk::Label::check_name(interface).is_err()
+        {
             out.push(Err(bad(Reject::Malformed)));
             continue;
         }
@@ -404,6 +407,18 @@ mod tests {
             })
         );
         assert_eq!(parse_wireless(""), Err(Reject::Empty));
+        // An interface name with a control or reordering character is no name.
+        for name in ["wl\u{1b}[2Jan0", "wlan\u{202e}0"] {
+            let text = format!("{WIRELESS_HEADER} {name}: 0000 70. -40. -256\n");
+            assert_eq!(
+                parse_wireless(&text).unwrap()[0],
+                Err(BadLine {
+                    line: 3,
+                    reject: Reject::Malformed
+                }),
+                "{name:?}"
+            );
+        }
         assert_eq!(
             parse_wireless("wlan0: 0000 70. -40. -256\n"),
             Err(Reject::Malformed)

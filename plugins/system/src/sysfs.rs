@@ -35,11 +35,16 @@ pub fn parse_temp(text: &str) -> Result<f64, Reject> {
     Ok(milli as f64 / 1000.0)
 }
 
-/// A thermal zone's name from its `type` file, if it holds one: printable, without spaces.
+/// A thermal zone's name from its `type` file, if it holds one: printable, without spaces,
+/// and a name the SDK takes for a label (no control or reordering character, no U+FFFD from
+/// bytes that were not UTF-8): it becomes the readings' sensor, shown on terminals and
+/// dashboards.
 pub fn parse_zone_type(text: &str) -> Option<&str> {
     let t = text.trim();
-    let fine =
-        !t.is_empty() && t.len() <= 64 && t.chars().all(|c| c.is_ascii_graphic() || !c.is_ascii());
+    let fine = !t.is_empty()
+        && t.len() <= 64
+        && t.chars().all(|c| c.is_ascii_graphic() || !c.is_ascii())
+        && gateway_sdk::Label::check_name(t).is_ok();
     fine.then_some(t)
 }
 
@@ -147,6 +152,10 @@ mod tests {
         assert_eq!(parse_zone_type("cpu-thermal\n"), Some("cpu-thermal"));
         assert_eq!(parse_zone_type("\n"), None);
         assert_eq!(parse_zone_type("two words"), None);
+        // What would act on a terminal or reorder a dashboard's text is no name.
+        assert_eq!(parse_zone_type("cpu\u{202e}lamreht\n"), None);
+        assert_eq!(parse_zone_type("cpu\u{fffd}\n"), None);
+        assert_eq!(parse_zone_type("cpu-\u{b0}C\n"), Some("cpu-\u{b0}C"));
         assert_eq!(zone_index("thermal_zone0"), Some(0));
         assert_eq!(zone_index("thermal_zone12"), Some(12));
         assert_eq!(zone_index("thermal_zone"), None);

@@ -271,6 +271,16 @@ fn zones_are_read_in_order_and_shared_types_are_told_apart() {
         ]
     );
     assert_eq!(c.rejected(), 0);
+    // A zone of the shared type that does not read this round leaves the other's name as it
+    // was: it became plain `acpitz` for that round, and its history split in two series.
+    std::fs::write(thermal.join("thermal_zone2/temp"), "").unwrap();
+    assert_eq!(
+        rows_of(&c.round()),
+        [
+            row("acpitz:thermal_zone0", "temperature", "Cel", 16.8),
+            row("x86_pkg_temp", "temperature", "Cel", 52.0),
+        ]
+    );
 }
 
 #[test]
