@@ -104,7 +104,12 @@ pub struct Bus {
     done_rx: mpsc::Receiver<Done>,
     /// The round being read.
     round: u64,
+    /// Whether the source is asked to stop: a round's wait for its reads ends early then.
+    stopping: Box<dyn Fn() -> bool + Send>,
 }
+
+/// How often a round's wait for its reads looks whether the source is asked to stop.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
 fn is_ds18b20(name: &str) -> bool {
     name.len() > 3 && name.starts_with("28-")
@@ -128,7 +133,16 @@ impl Bus {
             retries: cfg.retries,
             retry_delay: cfg.retry_delay,
             read_timeout: cfg.read_timeout,
+            stopping: Box::new(|| false),
         }
+    }
+
+    /// Ends each round's wait for its reads early once `stopping` says so (the source is
+    /// asked to stop): a stop is heard within 50 ms, not after `read_timeout`. The reads go
+    /// on, on their threads; a later round would take what they give.
+    pub fn stop_when(mut self, stopping: impl Fn() -> bool + Send + 'static) -> Self {
+        self.stopping = Box::new(stopping);
+        self
     }
 
     /// The ids present now (configured ones that exist, or every `28-*` device).
@@ -287,9 +301,16 @@ impl Bus {
         let mut waiting = started;
         loop {
             let next = if waiting > 0 {
-                self.done_rx
-                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                    .ok()
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.done_rx.recv_timeout(left.min(STOP_POLL)) {
+                    Ok(done) => Some(done),
+                    Err(mpsc::RecvTimeoutError::Timeout)
+                        if !left.is_zero() && !(self.stopping)() =>
+                    {
+                        continue
+                    }
+                    Err(_) => None,
+                }
             } else {
                 self.done_rx.try_recv().ok()
             };
@@ -422,7 +443,14 @@ fn read_probe(path: &Path, retries: u32, delay: Duration) -> (ReadEnd, Vec<Rejec
                 }
             }
             Ok(None) => rejects.push(Reject::Malformed),
-            Err(e) => return (ReadEnd::Io(e.to_string()), rejects),
+            // A bus error (EIO), a driver busy with another read (EINTR on older kernels):
+            // tried again as a rejected read is, and counted; the last one is said.
+            Err(e) => {
+                rejects.push(Reject::Io);
+                if attempt == retries {
+                    return (ReadEnd::Io(e.to_string()), rejects);
+                }
+            }
         }
     }
     let last = *rejects.last().expect("at least one attempt");

@@ -73,7 +73,8 @@ impl Source for Ds18b20 {
             0 => None,
             n => Some(sim::start(&self.config.root, n, self.config.interval / 2)?),
         };
-        let mut bus = bus::Bus::new(&self.config);
+        let stop = ctx.clone();
+        let mut bus = bus::Bus::new(&self.config).stop_when(move || stop.is_stopping());
         let (name, unit) = (Label::from("temperature"), Label::from("Cel"));
         tracing::info!(root = %bus.root().display(), interval = ?self.config.interval, "reading DS18B20 probes");
         let mut tick = ctx.every(self.config.interval);
@@ -90,7 +91,9 @@ impl Source for Ds18b20 {
                 bus.metrics(tick.missed()).publish(ctx.instance());
                 published = Some(Instant::now());
             }
-            if !batch.is_empty() {
+            // A stop heard during the round (it cut the wait for a slow probe short) ends
+            // the run.
+            if !batch.is_empty() && !ctx.is_stopping() {
                 ctx.emit_logged(batch)?;
             }
         }

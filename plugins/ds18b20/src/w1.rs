@@ -31,11 +31,14 @@ pub enum Reject {
     ParasitePower,
     /// Outside the DS18B20's range of -55..125 °C.
     OutOfRange,
+    /// `w1_slave` could not be read: a bus error (EIO), the driver busy (EINTR), the probe
+    /// gone. Not a parse of the file: counted and retried as one.
+    Io,
 }
 
 impl Reject {
     /// Every reason, for counters.
-    pub const ALL: [Reject; 8] = [
+    pub const ALL: [Reject; 9] = [
         Reject::Empty,
         Reject::Malformed,
         Reject::CrcNo,
@@ -44,6 +47,7 @@ impl Reject {
         Reject::PowerOnReset,
         Reject::ParasitePower,
         Reject::OutOfRange,
+        Reject::Io,
     ];
 
     /// The reason as a metric's label value.
@@ -57,6 +61,7 @@ impl Reject {
             Reject::PowerOnReset => "power_on_reset",
             Reject::ParasitePower => "parasite_power",
             Reject::OutOfRange => "out_of_range",
+            Reject::Io => "io",
         }
     }
 
@@ -71,6 +76,7 @@ impl Reject {
             Reject::PowerOnReset => "85 C power-on value",
             Reject::ParasitePower => "insufficient parasite power",
             Reject::OutOfRange => "out of range",
+            Reject::Io => "read error",
         }
     }
 }
