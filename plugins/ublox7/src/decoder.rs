@@ -35,6 +35,9 @@ fn gsv_in_view(line: &str) -> Option<(String, u16)> {
     Some((head[..2].to_owned(), n))
 }
 
+/// The most satellites a count may say (its NMEA field has two digits).
+const MAX_SATELLITES: u16 = 99;
+
 /// Whether every number of `s` is one a receiver can send. The `nmea` crate takes `nan`,
 /// `inf` and out-of-range values as they are written; a sentence with a good checksum can
 /// still carry them (a corrupted buffer, a spoofing device on the serial line).
@@ -60,6 +63,7 @@ fn plausible(s: &ParseResult) -> bool {
             position(g.latitude, g.longitude)
                 && within(g.altitude, -1_000.0, 50_000.0)
                 && dop(g.hdop)
+                && within(g.fix_satellites, 0.0, f64::from(MAX_SATELLITES))
         }
         ParseResult::GLL(g) => position(g.latitude, g.longitude),
         ParseResult::VTG(v) => {
@@ -81,12 +85,15 @@ fn minutes_below_60(line: &str) -> bool {
         Some("GLL") => (1, 3),
         _ => return true,
     };
+    // Digits and a point only: the crate's number parser takes a sign, and `48-7.038` read
+    // as 48 degrees minus 7 minutes.
     let ok = |i: usize, degree_digits: usize| {
         let f = fields.get(i).copied().unwrap_or("");
         f.is_empty()
-            || f.get(degree_digits..)
-                .and_then(|m| m.parse::<f64>().ok())
-                .is_some_and(|m| m < 60.0)
+            || f.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+                && f.get(degree_digits..)
+                    .and_then(|m| m.parse::<f64>().ok())
+                    .is_some_and(|m| m < 60.0)
     };
     ok(lat, 2) && ok(lon, 3)
 }
@@ -104,6 +111,10 @@ fn decode_line(line: &str, stats: &mut ReaderStats) -> Line {
         Ok(()) => {}
     }
     if let Some((talker, n)) = gsv_in_view(line) {
+        if n > MAX_SATELLITES {
+            stats.malformed += 1;
+            return Line::Dropped;
+        }
         stats.sentences += 1;
         return Line::InView(talker, n);
     }
@@ -122,6 +133,11 @@ fn decode_line(line: &str, stats: &mut ReaderStats) -> Line {
         }
         Err(Error::Unsupported(_) | Error::Unknown(_) | Error::DisabledSentence) => {
             stats.ignored += 1;
+            Line::Dropped
+        }
+        // Below the reader's MAX_LINE but above what the crate parses.
+        Err(Error::SentenceLength(_)) => {
+            stats.too_long += 1;
             Line::Dropped
         }
         Err(_) => {

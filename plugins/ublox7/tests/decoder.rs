@@ -204,6 +204,16 @@ fn over_long_lines_and_missing_checksums_are_dropped() {
     let (epochs, d) = decode_all(&bytes, 50);
     assert!(epochs.is_empty());
     assert_eq!((d.stats().no_checksum, d.stats().too_long), (1, 1));
+    // A line the reader takes (at most 120 bytes) but the `nmea` crate does not (above 102)
+    // is too long too, not malformed.
+    let long = sentence(&format!("GPTXT,01,01,02,{}", "x".repeat(90)));
+    assert!(
+        (103..=120).contains(&long.trim_end().len()),
+        "{}",
+        long.len()
+    );
+    let (_, d) = decode_all(long.as_bytes(), 50);
+    assert_eq!((d.stats().too_long, d.stats().malformed), (1, 0));
 }
 
 /// `body` (between `$` and `*`) as a sentence with its checksum.
@@ -227,6 +237,12 @@ fn numbers_no_receiver_sends_are_counted_and_never_emitted() {
         "GPRMC,143252.00,A,9902.10513,N,07531.20562,W,0.016,,241013,,,A",
         "GPGGA,143252.00,4099.99000,N,07531.20562,W,1,07,1.72,183.8,M,-34.4,M,,",
         "GPGLL,4002.10513,N,07571.20562,W,143252.00,A,A",
+        // A sign inside the minutes (the crate's numbers take one: 48 degrees minus 7
+        // minutes), and counts of satellites no two-digit field holds.
+        "GPGGA,143252.00,40-2.10513,N,07531.20562,W,1,07,1.72,183.8,M,-34.4,M,,",
+        "GPRMC,143252.00,A,4002.10513,N,075-31.20562,W,0.016,,241013,,,A",
+        "GPGGA,143252.00,4002.10513,N,07531.20562,W,1,100,1.72,183.8,M,-34.4,M,,",
+        "GPGSV,1,1,65535",
     ] {
         let bytes = format!(
             "{}{}{}",
