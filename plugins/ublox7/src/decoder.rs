@@ -150,14 +150,31 @@ fn decode_line(line: &str, stats: &mut ReaderStats) -> Line {
 impl Decoder {
     /// Feeds bytes; returns the epochs they completed.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<Epoch> {
+        self.feed(bytes, None)
+    }
+
+    /// Feeds bytes read at `now`; returns the epochs they completed, each with
+    /// [`Epoch::received`] the `now` of the bytes that completed its first sentence. A
+    /// receiver's burst lasts up to its whole second at 9600 baud, and its end is known only
+    /// when the line goes quiet or the next epoch starts: the first sentence is the closest
+    /// the gateway's clock gets to the fix's own time.
+    pub fn push_at(&mut self, bytes: &[u8], now: gateway_sdk::Timestamp) -> Vec<Epoch> {
+        self.feed(bytes, Some(now))
+    }
+
+    fn feed(&mut self, bytes: &[u8], now: Option<gateway_sdk::Timestamp>) -> Vec<Epoch> {
         let mut out = Vec::new();
         let assembler = &mut self.assembler;
-        self.reader
-            .push(bytes, |line, stats| match decode_line(line, stats) {
+        self.reader.push(bytes, |line, stats| {
+            match decode_line(line, stats) {
                 Line::Sentence(s) => out.extend(assembler.push(&s)),
                 Line::InView(talker, n) => assembler.in_view(&talker, n),
-                Line::Dropped => {}
-            });
+                Line::Dropped => return,
+            }
+            if let Some(now) = now {
+                assembler.stamp(now);
+            }
+        });
         out
     }
 

@@ -69,6 +69,9 @@ pub struct Epoch {
     pub pdop: Option<f64>,
     /// Sentences that made it up.
     pub sentences: u32,
+    /// When its first sentence was read, on the gateway's clock, if the caller said
+    /// ([`crate::decoder::Decoder::push_at`]): the epoch's readings are stamped with it.
+    pub received: Option<gateway_sdk::Timestamp>,
     has_rmc: bool,
 }
 
@@ -155,6 +158,14 @@ impl Assembler {
     pub fn in_view(&mut self, talker: &str, n: u16) {
         self.cur.in_view.insert(talker.to_owned(), n);
         self.cur.sentences += 1;
+    }
+
+    /// Notes `now` as when the epoch in progress was received, unless it has a time already
+    /// or no sentence yet.
+    pub fn stamp(&mut self, now: gateway_sdk::Timestamp) {
+        if self.cur.sentences > 0 && self.cur.received.is_none() {
+            self.cur.received = Some(now);
+        }
     }
 
     /// Ends the epoch in progress (the line went quiet); `None` if it is empty.

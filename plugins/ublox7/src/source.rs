@@ -37,7 +37,8 @@ impl<'a> Output<'a> {
 
     /// Emits one epoch as a batch. `Err` only when the host is stopping.
     pub fn epoch(&mut self, e: &Epoch) -> Result<(), PluginError> {
-        let batch = readings::readings(self.ctx, &self.labels, e, Timestamp::now());
+        let time = e.received.unwrap_or_else(Timestamp::now);
+        let batch = readings::readings(self.ctx, &self.labels, e, time);
         self.epochs += 1;
         if self.last_valid != Some(e.has_fix()) {
             let fix = e.fix_kind().map(|f| f.name()).unwrap_or("unknown");
@@ -158,7 +159,7 @@ pub fn run_serial(cfg: &Config, ctx: &SourceContext) -> Result<(), PluginError> 
                     if silent.take().is_some() {
                         tracing::info!(port = %port_name, "the GPS sends again");
                     }
-                    for e in decoder.push(&buf[..n]) {
+                    for e in decoder.push_at(&buf[..n], Timestamp::now()) {
                         if absent.take().is_some() {
                             tracing::info!(port = %port_name, baud = cfg.baud, "GPS is back: reading it");
                         }

@@ -210,3 +210,48 @@ fn a_vanished_device_is_closed_before_the_backoff_so_it_can_come_back_under_its_
         "the vanished device is still held during the backoff"
     );
 }
+
+/// An epoch's readings are stamped when its first sentence came, not when the epoch was seen
+/// to end: that is the next epoch's first sentence or `epoch_gap` of quiet, up to a whole
+/// second later at 9600 baud, and 10-30 m of error at 30 m/s for whoever joins the position
+/// to other sensors by time.
+#[test]
+fn an_epoch_is_stamped_when_its_first_sentence_came() {
+    let _one = PTYS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pty = open_pty();
+    let cfg = format!(
+        "port = {:?}\nepoch_gap = \"400ms\"\n",
+        pty.slave_path.display().to_string()
+    );
+    let sentence = |body: &str| {
+        let sum = body.bytes().fold(0u8, |a, b| a ^ b);
+        format!("${body}*{sum:02X}\r\n")
+    };
+    let first = format!(
+        "{}{}",
+        sentence("GPRMC,143252.00,A,4002.10513,N,07531.20562,W,0.016,,241013,,,A"),
+        sentence("GPGGA,143252.00,4002.10513,N,07531.20562,W,1,07,1.72,183.8,M,-34.4,M,,")
+    );
+    let second = sentence("GPRMC,143253.00,A,4002.10513,N,07531.20562,W,0.016,,241013,,,A");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        std::thread::sleep(Duration::from_millis(300));
+        tx.send(gateway_sdk::Timestamp::now()).unwrap();
+        pty.master.write_all(first.as_bytes()).unwrap();
+        // Less than epoch_gap: the first epoch ends only with the next one's RMC.
+        std::thread::sleep(Duration::from_millis(300));
+        pty.master.write_all(second.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        drop(pty);
+    });
+    let run = run_source::<Ublox7>(&cfg, 1, Duration::from_secs(10)).unwrap();
+    let written = rx.recv().unwrap();
+    let stamped = run.readings[0].time;
+    let late = stamped.as_micros() - written.as_micros();
+    assert!(
+        (0..150_000).contains(&late),
+        "stamped {late} µs after it was written"
+    );
+    writer.join().unwrap();
+}
