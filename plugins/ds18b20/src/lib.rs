@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 /// The most retries of a bad read a round may make.
 const MAX_RETRIES: u32 = 10;
 
+/// The most probes demo mode simulates.
+const MAX_SIMULATED: u32 = 64;
+
 /// The source.
 pub struct Ds18b20 {
     config: Config,
@@ -40,6 +43,27 @@ impl Source for Ds18b20 {
                 format!(
                     "{} is more than {MAX_RETRIES}: a probe that reads badly that often is failing",
                     config.retries
+                ),
+            ));
+        }
+        if config.simulate > MAX_SIMULATED {
+            return Err(ctx.config_error(
+                "simulate",
+                format!(
+                    "{} is more than {MAX_SIMULATED}: each simulated probe is a directory and a \
+                     read thread per round",
+                    config.simulate
+                ),
+            ));
+        }
+        // The simulator writes directories and files under root: never into the kernel's.
+        if config.simulate > 0 && config.root.starts_with("/sys") {
+            return Err(ctx.config_error(
+                "simulate",
+                format!(
+                    "writes simulated probes under root, which is {}: set root to a directory of \
+                     its own (the quick start uses \"data/w1\"), or drop simulate on a Pi",
+                    config.root.display()
                 ),
             ));
         }

@@ -112,6 +112,16 @@ fn refuses_ids_that_are_not_ds18b20_and_duplicate_names() {
             "read_timeout = \"0s\"",
             "read_timeout: must be more than 0s",
         ),
+        // Demo mode never writes into the kernel's tree (the default root), nor makes a
+        // directory and a thread per round for each of thousands of probes.
+        (
+            "simulate = 3",
+            "simulate: writes simulated probes under root",
+        ),
+        (
+            "root = \"/tmp/w1\"\nsimulate = 100000",
+            "simulate: 100000 is more than 64",
+        ),
     ] {
         let e = run_source::<Ds18b20>(toml, 1, Duration::from_secs(1)).unwrap_err();
         assert!(e.message().contains(says), "{toml}: {e}");
