@@ -310,6 +310,41 @@ impl DeadLetters {
             now.as_micros() % 1_000_000,
             self.seq.fetch_add(1, Ordering::Relaxed)
         );
+        let text = self.encode(now, error, readings)?;
+        let len = text.len() as u64;
+        self.reserve(len)?;
+        let path = self.dir.join(&name);
+        if let Err(e) = self.write_durably(&path, &text) {
+            self.unreserve(len);
+            return Err(e);
+        }
+        Ok(path)
+    }
+
+    /// Replaces dead-letter file `path` by one holding `readings` (some of its own: what a
+    /// resend did not deliver), refused with `error`, under the same name: the file keeps its
+    /// place among the others, and a crash leaves either the old file or the new one, never
+    /// both. Takes no room of `dead_letter_max_size`: it holds fewer readings than the file it
+    /// replaces, so it is never refused for a directory that is full.
+    pub fn replace(&self, path: &Path, error: &str, readings: &[Reading]) -> io::Result<()> {
+        let old = std::fs::symlink_metadata(path)?;
+        if !old.is_file() {
+            return Err(io::Error::other(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        let text = self.encode(Timestamp::now(), error, readings)?;
+        self.write_durably(path, &text)?;
+        if let Some(u) = self.used.lock().expect("dead-letter bytes").as_mut() {
+            *u = (*u + text.len() as u64).saturating_sub(old.len());
+        }
+        Ok(())
+    }
+
+    /// A dead-letter file's text: its header (refused at `now` with `error`), then a line per
+    /// reading.
+    fn encode(&self, now: Timestamp, error: &str, readings: &[Reading]) -> io::Result<Vec<u8>> {
         let header = json!({
             "gateway_dead_letter": 1,
             "sink": self.sink,
@@ -323,9 +358,16 @@ impl DeadLetters {
         for r in readings {
             writeln!(text, "{}", reading_json(r))?;
         }
-        let len = text.len() as u64;
-        self.reserve(len)?;
-        let path = self.dir.join(&name);
+        Ok(text)
+    }
+
+    /// Writes `text` as `path` in the directory: whole to `.NAME.tmp`, synced, renamed over
+    /// `path`, the directory synced. On an error no half file is left behind.
+    fn write_durably(&self, path: &Path, text: &[u8]) -> io::Result<()> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::other("a dead-letter file has a name"))?
+            .to_string_lossy();
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let written = (|| {
             crate::own_files::create_dir_durably(&self.dir)?;
@@ -334,18 +376,16 @@ impl DeadLetters {
                 .create(true)
                 .truncate(true)
                 .open(&tmp)?;
-            file.write_all(&text)?;
+            file.write_all(text)?;
             file.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
+            std::fs::rename(&tmp, path)?;
             File::open(&self.dir)?.sync_all()
         })();
-        if let Err(e) = written {
+        if written.is_err() {
             // A disk that is full leaves no half file behind per retry.
             let _ = std::fs::remove_file(&tmp);
-            self.unreserve(len);
-            return Err(e);
         }
-        Ok(path)
+        written
     }
 
     /// The dead-letter files, oldest first.

@@ -132,8 +132,9 @@ enum DeadLetterCommand {
     },
     /// Write each of a sink's dead-letter files to the sink again, as the config builds it
     /// (the gateway may be running meanwhile). A file the sink takes is deleted; one it refuses
-    /// is offered again in halves, and only the readings it refuses again are kept, in a new
-    /// file in its place. Exits non-zero if any file is left.
+    /// is offered again in halves, and the readings it refuses again (and those not tried
+    /// because it stopped taking readings) stay in the file. Exits non-zero if any file is
+    /// left.
     Resend {
         /// The config file.
         #[arg(short, long, default_value = "gateway.toml", value_name = "FILE")]
@@ -494,12 +495,11 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                         left += 1;
                         println!("{name}: kept{why}");
                     }
-                    Ok(Settled::Replaced(new)) => {
+                    Ok(Settled::Shrunk) => {
                         left += 1;
                         println!(
-                            "{name}: {} readings taken, {kept} kept in {}{why}",
-                            offered.taken,
-                            one_line(&new.display().to_string())
+                            "{name}: {} readings taken, {kept} kept in the file{why}",
+                            offered.taken
                         );
                     }
                     Err(e) => {

@@ -4,15 +4,13 @@
 //! down a refused batch: one bad reading no longer keeps the good ones of its file (the
 //! pipeline stops narrowing after 64 writes, so a file may hold some). What the sink takes
 //! leaves the file; what it refuses again, and what was not tried because the sink stopped
-//! taking readings, stays, in a new file that replaces the old one. Files are only read and
-//! written here; the sink does the rest of the I/O.
+//! taking readings, stays in it (rewritten whole under its own name, so that a crash leaves
+//! the old file or the new one). Files are only read and written here; the sink does the rest
+//! of the I/O.
 
 use crate::deadletter::DeadLetters;
 use gateway_sdk::{ErrorKind, PluginError, Reading};
-use std::{
-    ops::Range,
-    path::{Path, PathBuf},
-};
+use std::{ops::Range, path::Path};
 
 /// The most writes one file is given: enough to find a few bad readings among thousands
 /// (each halving takes two), not so many that a file the sink refuses whole (a table of the
@@ -84,17 +82,18 @@ pub fn offer(
 /// What became of a file.
 #[derive(Debug)]
 pub enum Settled {
-    /// The sink took every reading; the file is removed.
+    /// The sink took every reading (or the file held none); the file is removed.
     Removed,
     /// The sink took none: the file stays as it was.
     Kept,
-    /// The sink took some: the rest are in the new file, which replaces the old one.
-    Replaced(PathBuf),
+    /// The sink took some: the file now holds the rest.
+    Shrunk,
 }
 
 /// Settles `file`, whose `readings` were offered (`offered`) and which said `error`: removes
-/// it, or keeps in its place what is still to keep. On an error the file stays as it was, and
-/// the readings taken go again with the rest next time (the sinks drop repeated ids).
+/// it, or leaves in it what is still to keep (the last refusal then says why). On an error
+/// the file stays as it was, and the readings taken go again with the rest next time (the
+/// sinks drop repeated ids).
 pub fn settle(
     letters: &DeadLetters,
     file: &Path,
@@ -102,12 +101,12 @@ pub fn settle(
     error: &str,
     offered: &Offered,
 ) -> std::io::Result<Settled> {
-    if offered.taken == 0 {
-        return Ok(Settled::Kept);
-    }
     if offered.kept.is_empty() {
         std::fs::remove_file(file)?;
         return Ok(Settled::Removed);
+    }
+    if offered.taken == 0 {
+        return Ok(Settled::Kept);
     }
     let rest: Vec<Reading> = offered
         .kept
@@ -115,14 +114,8 @@ pub fn settle(
         .flat_map(|r| readings[r.clone()].iter().cloned())
         .collect();
     let why = offered.refusal.as_ref().map_or(error, |e| e.message());
-    // The new file is durably on disk before the old one goes: a crash between the two
-    // sends the taken readings again, never loses the others.
-    let new = letters.put(why, &rest)?;
-    if let Err(e) = std::fs::remove_file(file) {
-        let _ = std::fs::remove_file(&new);
-        return Err(e);
-    }
-    Ok(Settled::Replaced(new))
+    letters.replace(file, why, &rest)?;
+    Ok(Settled::Shrunk)
 }
 
 #[cfg(test)]
@@ -229,34 +222,48 @@ mod tests {
     }
 
     #[test]
-    fn settling_keeps_the_rest_in_a_new_file_and_removes_the_old() {
+    fn settling_keeps_the_rest_in_the_file_even_when_the_directory_is_full() {
         let dir = tempfile::tempdir().unwrap();
-        let letters = DeadLetters::new(dir.path().to_owned(), "rec", "testkit-recorder");
         let rs = readings(6);
-        let old = letters.put("refused", &rs).unwrap();
+        // A directory at its limit, as when a resend is most needed: the file alone fills it.
+        let letters =
+            DeadLetters::new(dir.path().to_owned(), "rec", "testkit-recorder").with_max_size(1);
+        let file = letters.put("refused", &rs).unwrap();
         let (write, _) = refusing(&[1, 4]);
         let o = offer(&rs, write);
-        let Settled::Replaced(new) = settle(&letters, &old, &rs, "refused", &o).unwrap() else {
-            panic!("replaced")
-        };
-        assert!(!old.exists());
-        let (h, kept) = crate::deadletter::read(&new).unwrap();
+        assert!(matches!(
+            settle(&letters, &file, &rs, "refused", &o).unwrap(),
+            Settled::Shrunk
+        ));
+        let (h, kept) = crate::deadletter::read(&file).unwrap();
         assert_eq!(values(&kept), [1, 4]);
         assert_eq!(h.error, "bad value");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "the same file, no other: {names:?}");
         // Nothing taken: the file stays; everything taken: it goes.
         let (write, _) = refusing(&[1, 4]);
         let o = offer(&kept, write);
         assert!(matches!(
-            settle(&letters, &new, &kept, "x", &o).unwrap(),
+            settle(&letters, &file, &kept, "x", &o).unwrap(),
             Settled::Kept
         ));
-        assert!(new.exists());
+        assert!(file.exists());
         let (write, _) = refusing(&[]);
         let o = offer(&kept, write);
         assert!(matches!(
-            settle(&letters, &new, &kept, "x", &o).unwrap(),
+            settle(&letters, &file, &kept, "x", &o).unwrap(),
             Settled::Removed
         ));
-        assert!(!new.exists());
+        assert!(!file.exists());
+        // A file holding no reading (edited by hand) goes too.
+        let empty = letters.put("refused", &[]).unwrap();
+        let o = offer(&[], |_| unreachable!("nothing to write"));
+        assert!(matches!(
+            settle(&letters, &empty, &[], "x", &o).unwrap(),
+            Settled::Removed
+        ));
     }
 }
