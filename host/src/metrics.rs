@@ -5,11 +5,11 @@
 //! A small HTTP/1.0 responder, std only: a Pi has no use for a web framework. Each connection
 //! gets one answer, on a thread of its own, and is closed. A request must arrive whole within
 //! 2 s and fit in 8 KiB, and the answer be taken within 5 s; at most 64 connections are served
-//! at once, at most 4 from one IP address; one past the address's limit is closed at once, and
-//! one past the 64 takes the place of the connection that has waited longest for its request.
-//! So a slow or hostile client (a slowloris trickling a byte a second, from as many addresses
-//! as it likes) holds a few threads for seconds at most, and cannot keep a load balancer's
-//! probes from their answers. Bind it to loopback (the
+//! at once, at most 4 from one IP address; one past either limit takes the place of the
+//! connection (of its address, or of any) that has waited longest for its request, if that one
+//! has waited 250 ms, and is closed otherwise. So a slow or hostile client (a slowloris
+//! trickling a byte a second, from one address or many) holds a few threads for seconds at
+//! most, and cannot keep a load balancer's probes, which ask at once, from their answers. Bind it to loopback (the
 //! default address is) or to a network your scraper is on: it tells whoever can reach it how
 //! much the gateway moves, nothing more (no config values, no readings).
 
@@ -304,42 +304,67 @@ struct Slots(Mutex<Held>);
 struct Held {
     /// Connections per address (at most 64 addresses are ever listed).
     per: HashMap<IpAddr, usize>,
-    /// Connections whose request has not arrived whole, oldest first, with a handle to shut
-    /// them: when every place is taken, the oldest makes way for a new connection.
-    waiting: std::collections::VecDeque<(u64, TcpStream)>,
-    /// Connections shut to make way and not yet ended: not counted in all.
-    leaving: std::collections::HashSet<u64>,
+    /// Connections whose request has not arrived whole, oldest first: when the places are
+    /// taken, one that has waited [`MIN_WAIT`] makes way for a new connection.
+    waiting: std::collections::VecDeque<Waiting>,
+    /// Connections shut to make way and not yet ended, and their addresses: not counted.
+    leaving: HashMap<u64, IpAddr>,
     /// The next connection's number.
     next: u64,
 }
+
+/// A connection waiting for its request.
+struct Waiting {
+    id: u64,
+    ip: IpAddr,
+    since: Instant,
+    /// A handle to shut it.
+    conn: TcpStream,
+}
+
+/// How long a connection must have waited for its request before it makes way: a client
+/// that asks at once (a probe, `gateway status`) is never shut by newcomers, however many.
+const MIN_WAIT: Duration = Duration::from_millis(250);
 
 /// A connection's place among [`Slots`], given back when dropped.
 struct Slot(Arc<Slots>, IpAddr, u64);
 
 impl Slots {
-    /// A place for a connection from `ip`, unless it has 4 already, or all 64 are taken by
-    /// connections whose requests have come (`conn`, the connection's handle, lets it make
-    /// way in turn while its own request has not). When every place is taken, the
-    /// connection that has waited longest for its request is shut to make way: clients
-    /// that hold connections without asking (from more addresses than 64 / 4) cannot keep a
-    /// probe, which asks at once, from its answer.
+    /// A place for a connection from `ip` (`conn`, its handle, lets it make way in turn
+    /// while its request has not come). Past 4 from its address, the one of that address that
+    /// has waited longest for its request (at least [`MIN_WAIT`]) is shut to make way; past 64
+    /// in all, the one of any address. With none to shut, the new connection is refused. So
+    /// clients that hold connections without asking, from one address or many, cannot keep a
+    /// probe that asks at once from its answer.
     fn take(self: &Arc<Self>, ip: IpAddr, conn: Option<TcpStream>) -> Option<Slot> {
         let mut held = self.0.lock().expect("metrics slots");
+        let held = &mut *held;
         let all = held.per.values().sum::<usize>() - held.leaving.len();
-        let mine = held.per.get(&ip).copied().unwrap_or(0);
-        if mine >= MAX_PER_ADDRESS {
-            return None;
+        let leaving_mine = held.leaving.values().filter(|a| **a == ip).count();
+        let mine = held.per.get(&ip).copied().unwrap_or(0) - leaving_mine;
+        let now = Instant::now();
+        let ripe = |w: &Waiting| now.saturating_duration_since(w.since) >= MIN_WAIT;
+        let victim = if mine >= MAX_PER_ADDRESS {
+            Some(held.waiting.iter().position(|w| w.ip == ip && ripe(w))?)
+        } else if all >= MAX_CONNECTIONS {
+            Some(held.waiting.iter().position(ripe)?)
+        } else {
+            None
+        };
+        if let Some(w) = victim.and_then(|i| held.waiting.remove(i)) {
+            let _ = w.conn.shutdown(std::net::Shutdown::Both);
+            held.leaving.insert(w.id, w.ip);
         }
-        if all >= MAX_CONNECTIONS {
-            let (oldest, c) = held.waiting.pop_front()?;
-            let _ = c.shutdown(std::net::Shutdown::Both);
-            held.leaving.insert(oldest);
-        }
-        held.per.insert(ip, mine + 1);
+        *held.per.entry(ip).or_insert(0) += 1;
         let id = held.next;
         held.next += 1;
-        if let Some(c) = conn {
-            held.waiting.push_back((id, c));
+        if let Some(conn) = conn {
+            held.waiting.push_back(Waiting {
+                id,
+                ip,
+                since: now,
+                conn,
+            });
         }
         Some(Slot(self.clone(), ip, id))
     }
@@ -349,14 +374,14 @@ impl Slot {
     /// The connection's request has come whole: it no longer makes way for others.
     fn asked(&self) {
         let mut held = self.0 .0.lock().expect("metrics slots");
-        held.waiting.retain(|(id, _)| *id != self.2);
+        held.waiting.retain(|w| w.id != self.2);
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut held = self.0 .0.lock().expect("metrics slots");
-        held.waiting.retain(|(id, _)| *id != self.2);
+        held.waiting.retain(|w| w.id != self.2);
         held.leaving.remove(&self.2);
         if let Some(n) = held.per.get_mut(&self.1) {
             *n -= 1;
@@ -626,7 +651,13 @@ mod tests {
             .flat_map(|a| (0..MAX_PER_ADDRESS).map(move |_| connect_from([127, 0, 1, a], addr)))
             .collect();
         assert_eq!(silent.len(), MAX_CONNECTIONS);
-        std::thread::sleep(Duration::from_millis(200));
+        // A connection that has just come does not make way: newcomers are refused.
+        let mut young = connect_from([127, 0, 2, 1], addr);
+        young
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        assert_eq!(young.read(&mut [0u8; 16]).unwrap(), 0, "refused");
+        std::thread::sleep(MIN_WAIT * 2);
         for _ in 0..3 {
             assert_eq!(get(addr, "/healthz").unwrap(), (200, "ok\n".to_owned()));
         }
@@ -636,6 +667,20 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(1)))
             .unwrap();
         assert_eq!(first.read(&mut [0u8; 16]).unwrap(), 0, "shut");
+    }
+
+    /// `gateway status` connects from 127.0.0.1, as any local user can: four connections from
+    /// there that never ask refused it for as long as they were held.
+    #[test]
+    fn clients_holding_an_address_s_places_make_way_for_a_probe_from_it() {
+        let addr = serve("127.0.0.1:0".parse().unwrap(), registry()).unwrap();
+        let _silent: Vec<TcpStream> = (0..MAX_PER_ADDRESS)
+            .map(|_| connect_from([127, 0, 0, 1], addr))
+            .collect();
+        std::thread::sleep(MIN_WAIT * 2);
+        for _ in 0..3 {
+            assert_eq!(get(addr, "/healthz").unwrap(), (200, "ok\n".to_owned()));
+        }
     }
 
     #[test]
