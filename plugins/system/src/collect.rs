@@ -89,13 +89,19 @@ pub struct Collector {
     include: Vec<Group>,
     disks: Vec<PathBuf>,
     problems: Problems,
-    /// Subjects whose last read has not come back, with its flag, set when it does: no other
-    /// read of them starts meanwhile, so that one stuck file holds one thread, not one per
-    /// round.
-    hung: HashMap<String, Arc<AtomicBool>>,
+    /// The last type each thermal zone read well: a zone whose type does not read this
+    /// round keeps its name.
+    zone_types: HashMap<String, String>,
     /// Whether the source is asked to stop: a wait ends early then.
     stopping: Stopping,
 }
+
+/// Reads that have not come back, by what they read (the root and the subject), with the flag
+/// each sets when it does: no other read of it starts meanwhile, so that one stuck file holds
+/// one thread, not one per round. For the whole process: a source rebuilt after a reload or a
+/// failure finds the reads its former self left stuck.
+static STUCK: std::sync::Mutex<BTreeMap<String, Arc<AtomicBool>>> =
+    std::sync::Mutex::new(BTreeMap::new());
 
 /// Says whether the source is asked to stop.
 struct Stopping(Box<dyn Fn() -> bool + Send + Sync>);
@@ -114,7 +120,7 @@ impl Collector {
             include: cfg.include.clone(),
             disks,
             problems: Problems::default(),
-            hung: HashMap::new(),
+            zone_types: HashMap::new(),
             stopping: Stopping(Box::new(|| false)),
         }
     }
@@ -127,19 +133,25 @@ impl Collector {
 
     /// Runs `io` for `subject` on a thread of its own and waits for it at most [`IO_TIMEOUT`]
     /// (less once the source is asked to stop). `None` when it did not come back in time, or
-    /// its last run still has not (counted as [`Reject::Hung`]), or no thread could be had.
+    /// its last run still has not (counted as [`Reject::Hung`], unless a stop cut the wait
+    /// short), or no thread could be had.
     fn bounded<T: Send + 'static>(
         &mut self,
         subject: &str,
         io: impl FnOnce() -> std::io::Result<T> + Send + 'static,
     ) -> Option<std::io::Result<T>> {
-        if let Some(back) = self.hung.get(subject) {
-            if !back.load(Ordering::Acquire) {
-                self.problems
-                    .reject(subject, Reject::Hung, "the last read has not come back");
-                return None;
+        let key = format!("{}\0{subject}", self.root.display());
+        {
+            let mut stuck = STUCK.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(back) = stuck.get(&key) {
+                if !back.load(Ordering::Acquire) {
+                    drop(stuck);
+                    self.problems
+                        .reject(subject, Reject::Hung, "the last read has not come back");
+                    return None;
+                }
+                stuck.remove(&key);
             }
-            self.hung.remove(subject);
         }
         let back = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::sync_channel(1);
@@ -157,21 +169,29 @@ impl Collector {
             return None;
         }
         let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
+        let stopped = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left.min(STOP_POLL)) {
                 Ok(r) => return Some(r),
-                Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() && !(self.stopping.0)() => {
-                }
-                Err(_) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) if left.is_zero() => break false,
+                Err(mpsc::RecvTimeoutError::Timeout) if (self.stopping.0)() => break true,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break false,
             }
+        };
+        // A read a stop cut short may only have been slow: it is not said to hang, but it is
+        // remembered, so that no second read of it starts while it lasts.
+        if !stopped {
+            self.problems.reject(
+                subject,
+                Reject::Hung,
+                format_args!("no answer within {IO_TIMEOUT:?}; skipped until it comes back"),
+            );
         }
-        self.problems.reject(
-            subject,
-            Reject::Hung,
-            format_args!("no answer within {IO_TIMEOUT:?}; skipped until it comes back"),
-        );
-        self.hung.insert(subject.to_owned(), back);
+        STUCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, back);
         None
     }
 
@@ -277,19 +297,28 @@ impl Collector {
         let mut read: Vec<(String, String, Option<f64>)> = Vec::new();
         for (_, zone) in zones {
             let type_rel = format!("{}/{zone}/type", paths::THERMAL);
+            // A type that does not read this round is the one it read last: a zone's name,
+            // and with it the names of the zones sharing its type, stay as they were.
             let kind = match self.read(&type_rel, None) {
                 Some(text) => match sysfs::parse_zone_type(&text) {
-                    Some(t) => t.to_owned(),
+                    Some(t) => Some(t.to_owned()),
                     None => {
                         self.problems.reject(
                             &type_rel,
                             Reject::Malformed,
                             format_args!("{:?}", excerpt(&text)),
                         );
-                        zone.clone()
+                        None
                     }
                 },
-                None => zone.clone(),
+                None => None,
+            };
+            let kind = match kind {
+                Some(k) => {
+                    self.zone_types.insert(zone.clone(), k.clone());
+                    k
+                }
+                None => self.zone_types.get(&zone).unwrap_or(&zone).clone(),
             };
             let temp_rel = format!("{}/{zone}/temp", paths::THERMAL);
             let c = self

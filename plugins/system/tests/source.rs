@@ -281,6 +281,17 @@ fn zones_are_read_in_order_and_shared_types_are_told_apart() {
             row("x86_pkg_temp", "temperature", "Cel", 52.0),
         ]
     );
+    // Nor does one whose type does not read: it keeps the type it read last.
+    std::fs::write(thermal.join("thermal_zone2/temp"), "27800\n").unwrap();
+    std::fs::write(thermal.join("thermal_zone2/type"), "").unwrap();
+    assert_eq!(
+        rows_of(&c.round()),
+        [
+            row("acpitz:thermal_zone0", "temperature", "Cel", 16.8),
+            row("acpitz:thermal_zone2", "temperature", "Cel", 27.8),
+            row("x86_pkg_temp", "temperature", "Cel", 52.0),
+        ]
+    );
 }
 
 #[test]
@@ -450,6 +461,28 @@ fn a_read_that_hangs_skips_its_file_not_the_round() {
             .get(&("proc/uptime".to_owned(), Reject::Hung)),
         Some(&2)
     );
+    // A collector built again (the source rebuilt after a reload) does not start another
+    // read of it either.
+    let mut again = Collector::new(
+        &config(&format!(
+            "root = {}\ninclude = [\"uptime\"]",
+            quoted(root.path())
+        )),
+        Vec::new(),
+    );
+    let t = std::time::Instant::now();
+    assert!(again.round().is_empty());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        again
+            .reject_counts()
+            .get(&("proc/uptime".to_owned(), Reject::Hung)),
+        Some(&1)
+    );
     // Once a writer comes, the stuck read ends, and the next round tries the file again
     // (a FIFO, it hangs again).
     drop(
@@ -467,6 +500,35 @@ fn a_read_that_hangs_skips_its_file_not_the_round() {
             .get(&("proc/uptime".to_owned(), Reject::Hung)),
         Some(&3)
     );
+}
+
+/// A read that a stop cuts short is not said to hang: it may only have been slow.
+#[test]
+fn a_read_cut_short_by_a_stop_is_not_counted_as_hung() {
+    let root = tree("pi4");
+    let uptime = root.path().join("proc/uptime");
+    std::fs::remove_file(&uptime).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&uptime)
+        .status()
+        .unwrap()
+        .success());
+    let mut c = Collector::new(
+        &config(&format!(
+            "root = {}\ninclude = [\"uptime\"]",
+            quoted(root.path())
+        )),
+        Vec::new(),
+    )
+    .stop_when(|| true);
+    let t = std::time::Instant::now();
+    assert!(c.round().is_empty());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(c.rejected(), 0, "{:?}", c.reject_counts());
 }
 
 /// The source hears a stop while a read hangs: it returns within the host's second.
