@@ -220,7 +220,7 @@ fn an_epoch_is_stamped_when_its_first_sentence_came() {
     let _one = PTYS.lock().unwrap_or_else(|e| e.into_inner());
     let mut pty = open_pty();
     let cfg = format!(
-        "port = {:?}\nepoch_gap = \"400ms\"\n",
+        "port = {:?}\nepoch_gap = \"1500ms\"\n",
         pty.slave_path.display().to_string()
     );
     let sentence = |body: &str| {
@@ -240,7 +240,7 @@ fn an_epoch_is_stamped_when_its_first_sentence_came() {
         tx.send(gateway_sdk::Timestamp::now()).unwrap();
         pty.master.write_all(first.as_bytes()).unwrap();
         // Less than epoch_gap: the first epoch ends only with the next one's RMC.
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(900));
         pty.master.write_all(second.as_bytes()).unwrap();
         std::thread::sleep(Duration::from_secs(2));
         drop(pty);
@@ -250,7 +250,8 @@ fn an_epoch_is_stamped_when_its_first_sentence_came() {
     let stamped = run.readings[0].time;
     let late = stamped.as_micros() - written.as_micros();
     assert!(
-        (0..150_000).contains(&late),
+        // The old stamp came 900 ms late; a busy machine may take a few hundred to read.
+        (0..450_000).contains(&late),
         "stamped {late} µs after it was written"
     );
     writer.join().unwrap();
