@@ -233,6 +233,24 @@ impl InitContext {
                 path.display()
             )));
         }
+        // The mode bits do not show a POSIX ACL's named users and groups.
+        for (what, verb) in [
+            (crate::trust::Acl::Write, "change"),
+            (crate::trust::Acl::Read, "read"),
+        ] {
+            let who = crate::trust::acl_grants(path, what).map_err(|e| {
+                PluginError::config(format!("[{table}] {key}: {}: {e}", path.display()))
+            })?;
+            if !who.is_empty() {
+                return Err(PluginError::config(format!(
+                    "[{table}] {key}: {} holds a secret but its ACL lets {} {verb} it (`getfacl {}`): `setfacl -b {}`",
+                    path.display(),
+                    who.join(", "),
+                    path.display(),
+                    path.display()
+                )));
+            }
+        }
         // Whoever can change a directory on the way can put another file in its place.
         crate::trust::directories(path, crate::trust::Stake::Config).map_err(|e| {
             PluginError::config(format!(
@@ -275,6 +293,9 @@ impl InitContext {
                 path.display()
             )));
         }
+        let shown = path.display().to_string();
+        crate::trust::no_acl_writers(&path, &shown, crate::trust::Stake::Config)
+            .map_err(|e| PluginError::config(format!("[{}] {key}: {e}", self.info.table)))?;
         crate::trust::directories(&path, crate::trust::Stake::Config).map_err(|e| {
             PluginError::config(format!(
                 "[{}] {key}: {} decides whom the gateway trusts, but is in a directory others can change: {e}",

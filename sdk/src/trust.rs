@@ -1,6 +1,7 @@
 //! Who may change a file the gateway trusts: the file and every directory above it, owned by
 //! root or the gateway's user and not writable by others, as sshd's `StrictModes` checks a
-//! user's keys. The host checks its plugin libraries and its config so;
+//! user's keys, and by their POSIX ACLs too (which the mode bits do not show). The host checks
+//! its plugin libraries and its config so;
 //! [`crate::InitContext::trusted_file`] checks a plugin's CA and CRL files so. I/O: `stat`.
 
 use std::{
@@ -59,6 +60,101 @@ pub fn others_may_change(meta: &Metadata) -> bool {
     meta.mode() & 0o002 != 0 || foreign_owner(meta)
 }
 
+/// What an access ACL entry may let do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acl {
+    /// Read the file (a secret).
+    Read,
+    /// Write the file, or add and remove names in the directory.
+    Write,
+}
+
+/// The users and groups beyond the owner and the owning group that the POSIX access ACL of
+/// `path` (following links) lets do `what` (after its mask), as `user 1001`, `group 27`: the
+/// mode bits do not show them (the group bits of a file with an ACL are its mask), so a
+/// check of the mode alone lets `setfacl -m u:mallory:rw` through. Root and the gateway's
+/// user are not listed. Empty when the file has no ACL, or its filesystem has none.
+pub fn acl_grants(path: &Path, what: Acl) -> std::io::Result<Vec<String>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("a path with a NUL byte"))?;
+    // An ACL holds at most a few dozen 8-byte entries; 64 KiB is the kernel's xattr limit.
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: both strings are NUL-terminated, and `buf` is valid for `buf.len()` bytes.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODATA | libc::ENOTSUP) => Ok(Vec::new()),
+            _ => Err(e),
+        };
+    }
+    Ok(acl_entries_granting(&buf[..n as usize], what))
+}
+
+/// [`acl_grants`] of the bytes of a `system.posix_acl_access` attribute: a version word (2),
+/// then entries of a tag, permissions and an id (little-endian u16, u16, u32).
+fn acl_entries_granting(xattr: &[u8], what: Acl) -> Vec<String> {
+    const USER: u16 = 0x02;
+    const GROUP: u16 = 0x08;
+    const MASK: u16 = 0x10;
+    let bit = match what {
+        Acl::Read => 4,
+        Acl::Write => 2,
+    };
+    let entries: Vec<(u16, u16, u32)> = xattr
+        .get(4..)
+        .unwrap_or_default()
+        .chunks_exact(8)
+        .map(|e| {
+            (
+                u16::from_le_bytes([e[0], e[1]]),
+                u16::from_le_bytes([e[2], e[3]]),
+                u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+            )
+        })
+        .collect();
+    let mask = entries.iter().find(|e| e.0 == MASK).map_or(7, |e| e.1);
+    let me = gateway_uid();
+    entries
+        .iter()
+        .filter(|(_, perm, _)| perm & mask & bit != 0)
+        .filter_map(|(tag, _, id)| match *tag {
+            USER if *id != 0 && *id != me => Some(format!("user {id}")),
+            GROUP if *id != 0 => Some(format!("group {id}")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The error for a file or directory whose ACL lets `who` write it.
+fn acl_refusal(shown: &str, p: &Path, who: &[String], stake: Stake) -> String {
+    format!(
+        "{shown} has an ACL that lets {} write it (`getfacl {}`); whoever can write it can {}: `setfacl -b {}`",
+        who.join(", "),
+        p.display(),
+        stake.what(),
+        p.display()
+    )
+}
+
+/// Checks that no ACL of `path` lets others write it: the error names them and the fix.
+pub fn no_acl_writers(path: &Path, shown: &str, stake: Stake) -> Result<(), String> {
+    let who = acl_grants(path, Acl::Write).map_err(|e| format!("{}: {e}", path.display()))?;
+    if who.is_empty() {
+        Ok(())
+    } else {
+        Err(acl_refusal(shown, path, &who, stake))
+    }
+}
+
 /// Checks `from` and every directory above it (following links: the directory a link leads
 /// to is what is checked, and the link's own directory is the next one up): owned by root or
 /// the gateway's user, and not writable by those `stake` excludes (a directory with the sticky
@@ -99,6 +195,9 @@ pub fn chain(from: &Path, first: &str, stake: Stake) -> Result<(), String> {
                 },
                 p.display()
             ));
+        }
+        if !sticky_dir {
+            no_acl_writers(p, &shown, stake)?;
         }
         at = p.parent();
     }
@@ -203,6 +302,65 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+
+    /// Gives `path` an access ACL that lets user 1001 and group 27 do `perm` (6: read and
+    /// write), with a mask of `mask`, as `setfacl -m u:1001:rw,g:27:rw,m::rw` would.
+    pub(crate) fn set_acl(path: &Path, perm: u16, mask: u16) {
+        use std::os::unix::ffi::OsStrExt;
+        const ANY: u32 = u32::MAX;
+        let mut x = 2u32.to_le_bytes().to_vec();
+        for (tag, p, id) in [
+            (0x01u16, 6u16, ANY),
+            (0x02, perm, 1001),
+            (0x04, 4, ANY),
+            (0x08, perm, 27),
+            (0x10, mask, ANY),
+            (0x20, 4, ANY),
+        ] {
+            x.extend(tag.to_le_bytes());
+            x.extend(p.to_le_bytes());
+            x.extend(id.to_le_bytes());
+        }
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings and a buffer of `x.len()` bytes.
+        let r = unsafe {
+            libc::setxattr(
+                c.as_ptr(),
+                c"system.posix_acl_access".as_ptr(),
+                x.as_ptr().cast(),
+                x.len(),
+                0,
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    }
+
+    /// `setfacl -m u:mallory:rw` on a directory of the config: the mode bits showed a group
+    /// that may write (the mask), which a config's directory may have, and it passed.
+    #[test]
+    fn an_acl_that_lets_others_write_is_refused_and_a_masked_one_passes() {
+        let s = Scratch::new("acl");
+        let etc = s.dir("etc", 0o755);
+        std::fs::write(etc.join("ca.pem"), "ca").unwrap();
+        set_acl(&etc, 6, 6);
+        let e = directories(&etc.join("ca.pem"), Stake::Config).unwrap_err();
+        assert!(
+            e.contains("has an ACL that lets user 1001, group 27 write it")
+                && e.contains(&format!("`setfacl -b {}`", etc.display())),
+            "{e}"
+        );
+        // The mask takes write away: nobody named may write.
+        set_acl(&etc, 6, 4);
+        directories(&etc.join("ca.pem"), Stake::Config).unwrap();
+        assert_eq!(
+            acl_grants(&etc, Acl::Read).unwrap(),
+            ["user 1001", "group 27"]
+        );
+        // A file without an ACL has none to tell.
+        assert!(acl_grants(&etc.join("ca.pem"), Acl::Write)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

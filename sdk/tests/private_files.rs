@@ -12,7 +12,10 @@ use std::{
 struct Scratch(std::path::PathBuf);
 impl Scratch {
     fn new() -> Scratch {
-        let p = std::env::temp_dir().join(format!("gw-private-{}", std::process::id()));
+        // One per test: the tests run at once.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("gw-private-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir(&p).unwrap();
         mode(&p, 0o700);
@@ -92,4 +95,49 @@ fn a_private_file_is_read_once_checked_and_never_waited_on() {
         .read_private_file("password_file", &inside)
         .unwrap_err();
     assert!(e.message().contains("every local user may read it"), "{e}");
+}
+
+/// `setfacl -m u:1001:r` on a secret file: the mode bits (0640, the ACL's mask in the group
+/// bits) said only its group may read it, and the key passed while user 1001 could read it.
+#[test]
+fn a_secret_whose_acl_lets_another_user_read_it_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = Scratch::new();
+    let secret = dir.path().join("device.key");
+    std::fs::write(&secret, "key").unwrap();
+    mode(&secret, 0o600);
+    ctx().read_private_file("key_file", &secret).unwrap();
+    const ANY: u32 = u32::MAX;
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, ANY),
+        (0x02, 4, 1001),
+        (0x04, 0, ANY),
+        (0x10, 4, ANY),
+        (0x20, 0, ANY),
+    ] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(id.to_le_bytes());
+    }
+    let c = std::ffi::CString::new(secret.as_os_str().as_bytes()).unwrap();
+    // SAFETY: NUL-terminated strings and a buffer of `acl.len()` bytes.
+    let r = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            c"system.posix_acl_access".as_ptr(),
+            acl.as_ptr().cast(),
+            acl.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&secret).unwrap().mode() & 0o777, 0o640);
+    let e = ctx().read_private_file("key_file", &secret).unwrap_err();
+    assert!(
+        e.message().contains("its ACL lets user 1001 read it")
+            && e.message().contains("setfacl -b"),
+        "{e}"
+    );
 }

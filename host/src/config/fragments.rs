@@ -26,6 +26,12 @@ pub fn read(main: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError> {
                 meta.uid()
             )));
         }
+        gateway_sdk::trust::no_acl_writers(
+            &dir,
+            &format!("{} (the fragment directory)", dir.display()),
+            gateway_sdk::trust::Stake::Config,
+        )
+        .map_err(ConfigError)?;
     }
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
