@@ -64,6 +64,13 @@ fn expand(s: &str, base: &Path, put_in: &mut Vec<Secret>) -> Result<String, Stri
                 format!("`${{` at byte {byte} of the value without its closing `}}` (write $$ for a literal $)")
             })?;
             let reference = &body[..end];
+            // `${A:-${B}}` ends at the first `}`: the default would be `${B` and the value
+            // the text `${B}`, used as the password it was meant to fetch.
+            if reference.contains("${") {
+                return Err(format!(
+                    "the `${{...}}` at byte {byte} of the value holds another: a reference's default is plain text (write $$ for a literal $)"
+                ));
+            }
             let value = resolve(reference, base).map_err(|e| match e {
                 Resolve::NotAReference => format!(
                     "the `${{...}}` at byte {byte} of the value is not a reference: use ${{NAME}}, ${{NAME:-default}} or ${{file:PATH}} (write $$ for a literal $)"
@@ -176,10 +183,12 @@ fn resolve(reference: &str, base: &Path) -> Result<(String, bool), Resolve> {
     match (std::env::var(name), default) {
         (Ok(v), Some(d)) if v.is_empty() => Ok((d.to_owned(), false)),
         (Ok(v), _) => Ok((v, true)),
-        (Err(_), Some(d)) => Ok((d.to_owned(), false)),
-        (Err(std::env::VarError::NotUnicode(_)), None) => Err(failed(format!(
+        // Set, but not text: an error with a default too (the default is for a variable
+        // that is not set, not for one that holds something else).
+        (Err(std::env::VarError::NotUnicode(_)), _) => Err(failed(format!(
             "`${{{name}}}`: the environment variable {name} is not valid UTF-8"
         ))),
+        (Err(_), Some(d)) => Ok((d.to_owned(), false)),
         (Err(std::env::VarError::NotPresent), None) => Err(failed(format!(
             "`${{{name}}}`: the environment variable {name} is not set (set it, or give a default: ${{{name}:-value}})"
         ))),
@@ -313,6 +322,20 @@ mod tests {
         assert!(missing.contains("/nonexistent/missing"), "{missing}");
         let device = sub("${file:/dev/zero}").unwrap_err();
         assert!(device.contains("not a regular file"), "{device}");
+        // A reference in a default: it was the literal text `${file:/etc/gw/pw}`, taken as
+        // the password, without a word.
+        let nested = sub("${GW_SUBST_UNSET_Z:-${file:/etc/gw/pw}}").unwrap_err();
+        assert!(
+            nested.contains("holds another") && nested.contains("byte 0"),
+            "{nested}"
+        );
+        // A variable set to what is not text is an error with a default too.
+        std::env::set_var(
+            "GW_SUBST_BYTES",
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff"),
+        );
+        let bytes = sub("${GW_SUBST_BYTES:-fallback}").unwrap_err();
+        assert!(bytes.contains("not valid UTF-8"), "{bytes}");
     }
 
     #[test]
