@@ -388,9 +388,17 @@ impl Config {
                 .find(|o| o.name == s.name && o.role.group() != s.role.group())
             {
                 if s.sink_settings().is_some() {
+                    let there = if other.file == s.file {
+                        format!("on line {}", other.line)
+                    } else {
+                        format!("at {}:{}", other.file.display(), other.line)
+                    };
                     return Err(ConfigError(format!(
-                        "{file}:{}: [sinks.{}] the name {:?} is already used by the source on line {}: instance names must be unique",
-                        s.line, s.name, s.name, other.line
+                        "{}:{}: [sinks.{}] the name {:?} is already used by the source {there}: instance names must be unique",
+                        s.file.display(),
+                        s.line,
+                        s.name,
+                        s.name,
                     )));
                 }
             }
@@ -406,7 +414,8 @@ impl Config {
                 if !self.sources.iter().any(|s| &s.name == input) {
                     let known: Vec<_> = self.sources.iter().map(|s| s.name.as_str()).collect();
                     return Err(ConfigError(format!(
-                        "{file}:{}: [sinks.{}] inputs: no source is named {input:?} (sources: {})",
+                        "{}:{}: [sinks.{}] inputs: no source is named {input:?} (sources: {})",
+                        sink.file.display(),
                         sink.line,
                         sink.name,
                         if known.is_empty() {
@@ -421,8 +430,10 @@ impl Config {
         for source in &self.sources {
             if self.sinks_of(&source.name).next().is_none() {
                 return Err(ConfigError(format!(
-                    "{file}:{}: [sources.{}] no sink takes this source's readings: name it in a sink's `inputs`",
-                    source.line, source.name
+                    "{}:{}: [sources.{}] no sink takes this source's readings: name it in a sink's `inputs`",
+                    source.file.display(),
+                    source.line,
+                    source.name
                 )));
             }
         }

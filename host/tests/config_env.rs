@@ -184,6 +184,37 @@ fn conf_d_fragments_add_instances_in_name_order_and_names_stay_unique() {
     let two = out.find("\n  two ").unwrap();
     assert!(one < two, "10-first before 20-second:\n{out}");
 
+    // A fragment's source no sink takes, and a fragment's sink whose input is missing: the
+    // errors name the fragment and its line, not the main file.
+    let only = s.config(
+        "",
+        "[sources.c]\nplugin = \"example\"\n\n[sinks.o]\nplugin = \"console\"\ninputs = [\"c\"]\n",
+    );
+    let frag = d.join("10-first.toml").display().to_string();
+    let (ok, _, err) = check(&only);
+    assert!(
+        !ok && err.contains(&format!("{frag}:2: [sources.one] no sink takes")),
+        "{err}"
+    );
+    std::fs::write(
+        d.join("50-sink.toml"),
+        "\n\n[sinks.late]\nplugin = \"console\"\ninputs = [\"nope\"]\n",
+    )
+    .unwrap();
+    let (ok, _, err) = check(&cfg);
+    let sink_frag = d.join("50-sink.toml").display().to_string();
+    assert!(
+        !ok && err.contains(&format!(
+            "{sink_frag}:3: [sinks.late] inputs: no source is named \"nope\""
+        )),
+        "{err}"
+    );
+    std::fs::remove_file(d.join("50-sink.toml")).unwrap();
+    let _ = s.config(
+        "",
+        "[sources.c]\nplugin = \"example\"\n\n[sinks.o]\nplugin = \"console\"\n",
+    );
+
     // The same name in a fragment: refused, naming both places.
     std::fs::write(d.join("40-dup.toml"), "[sources.c]\nplugin = \"example\"\n").unwrap();
     let (ok, _, err) = check(&cfg);
