@@ -131,13 +131,18 @@ pub(super) fn file_stamps(decl: &Instance) -> Vec<(PathBuf, Option<u64>)> {
             }
         }
     }
+    // Opened without waiting (a FIFO named by a `*_file` key would hold the run loop until
+    // a writer came) and only if it is a regular file; read at most 16 MiB.
     fn stamp(p: &Path) -> Option<u64> {
-        let meta = std::fs::metadata(p).ok()?;
+        use std::io::Read;
+        let (f, meta) = crate::trust::open_regular(p).ok()?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         if meta.len() > 16 << 20 {
             (meta.len(), meta.modified().ok()).hash(&mut h);
         } else {
-            std::fs::read(p).ok()?.hash(&mut h);
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            f.take(16 << 20).read_to_end(&mut bytes).ok()?;
+            bytes.hash(&mut h);
         }
         Some(h.finish())
     }
@@ -895,6 +900,16 @@ path = "more.jsonl"
         assert_ne!(stamps(), first);
         std::fs::remove_file(&ca).unwrap();
         assert_eq!(stamps()[0].1, None);
+        // A FIFO in its place is not waited on (it held the run loop until a writer came).
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&ca)
+            .status()
+            .unwrap()
+            .success());
+        let t = std::time::Instant::now();
+        assert_eq!(stamps()[0].1, None);
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        std::fs::remove_file(&ca).unwrap();
         let changed = |_: &Instance| true;
         assert_eq!(
             Changes::of(&cfg.sinks, &cfg.sinks, changed).changed,
