@@ -316,11 +316,59 @@ fn plugin_toml(text: &str, entries: &RawTable) -> String {
         let key = if valid_name(k.get_ref()) {
             k.get_ref().clone()
         } else {
-            toml::Value::String(k.get_ref().clone()).to_string()
+            one_line(&toml::Value::String(k.get_ref().clone()))
         };
-        lines[at] = format!("{key} = {}", v.get_ref());
+        lines[at] = format!("{key} = {}", one_line(v.get_ref()));
     }
     let mut out = lines.join("\n");
     out.push('\n');
     out
+}
+
+/// `v` as TOML on one line. `toml`'s own rendering writes a string holding a line break as a
+/// multi-line string, which moved every later key down, and the lines plugins name in their
+/// errors with them.
+fn one_line(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => {
+            let mut out = String::with_capacity(s.len() + 2);
+            out.push('"');
+            for c in s.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        }
+        toml::Value::Array(a) => {
+            let items: Vec<String> = a.iter().map(one_line).collect();
+            format!("[{}]", items.join(", "))
+        }
+        toml::Value::Table(t) => {
+            let items: Vec<String> = t
+                .iter()
+                .map(|(k, v)| {
+                    let key = if valid_name(k) {
+                        k.clone()
+                    } else {
+                        one_line(&toml::Value::String(k.clone()))
+                    };
+                    format!("{key} = {}", one_line(v))
+                })
+                .collect();
+            if items.is_empty() {
+                "{}".to_owned()
+            } else {
+                format!("{{ {} }}", items.join(", "))
+            }
+        }
+        other => other.to_string(),
+    }
 }

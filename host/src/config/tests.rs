@@ -51,6 +51,24 @@ fn plugin_keys_keep_their_lines() {
     assert_eq!(v["sensors"][0]["alias"].as_str(), Some("tank"));
 }
 
+/// A value holding a line break (`"a\nb"`, or what a `${file:...}` of two lines put in) was
+/// written as a multi-line string, and every later key of the table moved down: a plugin's
+/// error named the wrong line.
+#[test]
+fn a_value_with_line_breaks_moves_no_later_key() {
+    let c = parse(
+        "[sources.a]\nplugin = \"x\"\npem = \"one\\ntwo\\r\\n\\u0007\"\nlist = [\"a\\nb\", { \"k\\nk\" = \"v\\nv\" }]\nbad = 1\n[sinks.o]\nplugin = \"y\"\n",
+    )
+    .unwrap();
+    let lines: Vec<&str> = c.sources[0].plugin_toml.lines().collect();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert_eq!(lines[4], "bad = 1", "{lines:?}");
+    let v: toml::Table = toml::from_str(&c.sources[0].plugin_toml).unwrap();
+    assert_eq!(v["pem"].as_str(), Some("one\ntwo\r\n\u{7}"));
+    assert_eq!(v["list"][0].as_str(), Some("a\nb"));
+    assert_eq!(v["list"][1]["k\nk"].as_str(), Some("v\nv"));
+}
+
 #[test]
 fn unknown_gateway_key_names_file_line_and_key() {
     let e = parse("[gateway]\ndevice = \"x\"\nplugins = \"p\"\n")
