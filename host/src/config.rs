@@ -607,11 +607,17 @@ fn gateway(file: &str, text: &str, base: &Path, g: RawGateway) -> Result<Gateway
             duration,
         )?
         .unwrap_or(default::SHUTDOWN_TIMEOUT),
-        stats_interval: parsed(("stats_interval", g.stats_interval), &sub, &err, duration)?
-            .unwrap_or(default::STATS_INTERVAL),
+        // A line per instance every millisecond, or every sink call said to stall, would
+        // bury the log: these take whole seconds.
+        stats_interval: parsed(("stats_interval", g.stats_interval), &sub, &err, |v| {
+            duration(v).and_then(|d| at_least_a_second(d, true))
+        })?
+        .unwrap_or(default::STATS_INTERVAL),
         metrics,
-        stall_warning: parsed(("stall_warning", g.stall_warning), &sub, &err, duration)?
-            .unwrap_or(default::STALL_WARNING),
+        stall_warning: parsed(("stall_warning", g.stall_warning), &sub, &err, |v| {
+            duration(v).and_then(|d| at_least_a_second(d, false))
+        })?
+        .unwrap_or(default::STALL_WARNING),
     })
 }
 
@@ -629,6 +635,21 @@ fn parsed<T>(
         parse(&s).map_err(|e| err(key, at, e))
     })
     .transpose()
+}
+
+/// `d` if it is a second or more (or zero, where `zero_is_off`), else why not.
+fn at_least_a_second(d: Duration, zero_is_off: bool) -> Result<Duration, String> {
+    if d >= Duration::from_secs(1) || (zero_is_off && d.is_zero()) {
+        return Ok(d);
+    }
+    Err(format!(
+        "{d:?} is less than a second{}",
+        if zero_is_off {
+            " (\"0s\" turns it off)"
+        } else {
+            ""
+        }
+    ))
 }
 
 /// `log_level`'s words.

@@ -69,6 +69,34 @@ fn a_value_with_line_breaks_moves_no_later_key() {
     assert_eq!(v["list"][1]["k\nk"].as_str(), Some("v\nv"));
 }
 
+/// `stats_interval = "1ns"` logged every instance's counters without pause, and
+/// `stall_warning = "1ns"` said every sink call stalled.
+#[test]
+fn intervals_that_would_flood_the_log_are_refused() {
+    for (key, v, says) in [
+        (
+            "stats_interval",
+            "1ns",
+            "1ns is less than a second (\"0s\" turns it off)",
+        ),
+        ("stall_warning", "999ms", "999ms is less than a second"),
+        ("stall_warning", "0s", "0ns is less than a second"),
+    ] {
+        let e = parse(&format!("[gateway]\ndevice = \"x\"\n{key} = \"{v}\"\n"))
+            .unwrap_err()
+            .0;
+        assert!(e.contains(&format!(":3: [gateway] {key}: {says}")), "{e}");
+    }
+    for ok in [
+        "stats_interval = \"0s\"",
+        "stats_interval = \"1s\"",
+        "stall_warning = \"1s\"",
+    ] {
+        let text = format!("[gateway]\ndevice = \"x\"\n{ok}\n[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\n");
+        parse(&text).unwrap();
+    }
+}
+
 #[test]
 fn unknown_gateway_key_names_file_line_and_key() {
     let e = parse("[gateway]\ndevice = \"x\"\nplugins = \"p\"\n")
