@@ -215,6 +215,29 @@ fn conf_d_fragments_add_instances_in_name_order_and_names_stay_unique() {
         "[sources.c]\nplugin = \"example\"\n\n[sinks.o]\nplugin = \"console\"\n",
     );
 
+    // A FIFO or a link to nothing named like a fragment is refused by name, not skipped
+    // with the instances it was meant to hold.
+    let fifo = d.join("60-fifo.toml");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let (ok, _, err) = check(&cfg);
+    assert!(
+        !ok && err.contains(&format!("{}: cannot read the fragment", fifo.display())),
+        "{err}"
+    );
+    std::fs::remove_file(&fifo).unwrap();
+    let dangling = d.join("70-gone.toml");
+    std::os::unix::fs::symlink("/nonexistent/x.toml", &dangling).unwrap();
+    let (ok, _, err) = check(&cfg);
+    assert!(
+        !ok && err.contains(&format!("{}: cannot read the fragment", dangling.display())),
+        "{err}"
+    );
+    std::fs::remove_file(&dangling).unwrap();
+
     // The same name in a fragment: refused, naming both places.
     std::fs::write(d.join("40-dup.toml"), "[sources.c]\nplugin = \"example\"\n").unwrap();
     let (ok, _, err) = check(&cfg);

@@ -43,11 +43,23 @@ pub fn read(main: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError> {
             )))
         }
     };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
-        .collect();
+    // Every `*.toml` name is a fragment: one that is not a regular file (a FIFO, a link to
+    // nothing) is refused by name when it is read, not skipped without a word with the
+    // instances it was meant to hold.
+    let mut paths = Vec::new();
+    for e in entries {
+        let p = e
+            .map_err(|e| {
+                ConfigError(format!(
+                    "{}: cannot read the fragment directory: {e}",
+                    dir.display()
+                ))
+            })?
+            .path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            paths.push(p);
+        }
+    }
     paths.sort();
     paths
         .into_iter()
