@@ -19,7 +19,7 @@ use abi_stable::{
 };
 use gateway_sdk::abi::{self, HostLog_TO, PluginDescriptor, PluginKind, PluginLibraryRef};
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -193,6 +193,29 @@ fn refused_by_loader(file: &Path, loader_error: &str) -> LoadError {
     }
 }
 
+/// Which file each library path was loaded from (device, inode, modification time): the
+/// dynamic loader hands back a library already loaded under a path, even when another file is
+/// there now.
+static LOADED: std::sync::Mutex<BTreeMap<PathBuf, (u64, u64, i64)>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// The file at `real` now, as [`LOADED`] keeps it.
+fn file_identity(real: &Path) -> Option<(u64, u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(real).ok()?;
+    Some((m.dev(), m.ino(), m.mtime()))
+}
+
+/// Whether the library at `real` (a resolved path) was loaded by this process from a file
+/// that is no longer the one there: a plugin upgraded in place, whose new code a reload does
+/// not run (the process keeps the code it loaded first).
+pub fn replaced_since_loaded(real: &Path) -> bool {
+    let loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    loaded
+        .get(real)
+        .is_some_and(|was| file_identity(real).is_some_and(|now| now != *was))
+}
+
 /// Loads one library file and checks it; the file and the directories above it must pass
 /// [`trust::library`] first.
 pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError> {
@@ -210,6 +233,13 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
                 .into(),
         });
     }
+    if replaced_since_loaded(&real) {
+        tracing::warn!(
+            library = %real.display(),
+            "the plugin library was replaced on disk since the gateway loaded it; it keeps running the code it loaded then (the dynamic loader gives a library already loaded again): restart the gateway to run the new one"
+        );
+    }
+    let identity = file_identity(&real);
     let opened = |real: &Path| {
         let raw = RawLibrary::load_at(real)?;
         // SAFETY: the header lives as long as the library, which is never unloaded (`raw` is
@@ -236,6 +266,14 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
         },
         other => LoadError::Init(summarize(&other.to_string())),
     })?;
+    // Loaded (and never unloaded): the file it came from is the one its path keeps for good.
+    if let Some(id) = identity {
+        LOADED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(real.clone())
+            .or_insert(id);
+    }
     let plugin_sdk = header.version_strings().version.to_string();
     if !abi::versions_compatible(gateway_sdk::SDK_VERSION, &plugin_sdk) {
         return Err(LoadError::IncompatibleSdk {

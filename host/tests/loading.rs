@@ -691,3 +691,28 @@ fn plugin_dir_may_list_a_third_partys_directory_after_the_bundled_one() {
         "{err}"
     );
 }
+
+/// A plugin upgraded in place, then a reload: the dynamic loader hands back the library already
+/// loaded under that path, so the old code goes on running while the reload says nothing. The
+/// loader now tells a replaced file from the one it loaded (and warns).
+#[test]
+fn a_library_replaced_on_disk_after_it_was_loaded_is_told() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let dir = private_plugins(&s);
+    let lib = dir.join("libexample.so");
+    let real = std::fs::canonicalize(&lib).unwrap();
+    let logger = gateway_host::logging::HostLogger::new(tracing::level_filters::LevelFilter::WARN);
+    gateway_host::loader::load(&lib, &logger).unwrap();
+    assert!(!gateway_host::loader::replaced_since_loaded(&real));
+    // Loaded again from the same file: nothing to tell.
+    gateway_host::loader::load(&lib, &logger).unwrap();
+    assert!(!gateway_host::loader::replaced_since_loaded(&real));
+    // Upgraded as a package manager does: a new file renamed over the old name.
+    let new = dir.join(".libexample.so.new");
+    std::fs::copy(plugin_dir().join("libexample.so"), &new).unwrap();
+    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&new, &lib).unwrap();
+    assert!(gateway_host::loader::replaced_since_loaded(&real));
+    gateway_host::loader::load(&lib, &logger).unwrap();
+}
