@@ -47,8 +47,8 @@ enum Verdict {
     /// These readings will never be accepted (4.00 Bad Request, 4.22 Unprocessable Entity):
     /// the host keeps them in the dead-letter file.
     RefusedBatch,
-    /// The server refuses this device whatever it sends (4.01, 4.03, 4.04, 4.05, 4.15 ...):
-    /// its configuration or ours is wrong. The readings are held, and tried again after
+    /// The server refuses this device whatever it sends (4.01, 4.03, 4.04, 4.05, 4.15 ...,
+    /// 5.01, 5.05): its configuration or ours is wrong. The readings are held, and tried again after
     /// `refusal_backoff`.
     Misconfigured,
     /// 4.13: too large for the server. For a request of one reading, that reading will never
@@ -63,6 +63,13 @@ fn verdict(code: Code) -> Verdict {
         Code::CREATED | Code::CHANGED => Verdict::Stored,
         Code::BAD_REQUEST | Code::UNPROCESSABLE_ENTITY => Verdict::RefusedBatch,
         Code::REQUEST_ENTITY_TOO_LARGE => Verdict::TooLarge,
+        // 5.01 Not Implemented (no POST there) and 5.05 Proxying Not Supported (a Proxy-Uri
+        // the server does not forward) say the same of every request until the config
+        // changes: sent again at the retry backoff, they only load the server.
+        Code {
+            class: 5,
+            detail: 1 | 5,
+        } => Verdict::Misconfigured,
         // 5.xx, 4.08, 4.29, and 2.31 Continue as a final answer (not taken).
         c if c.is_retryable() => Verdict::Retry,
         Code { class: 2 | 4, .. } => Verdict::Misconfigured,
@@ -723,8 +730,12 @@ mod tests {
         for detail in [2, 3, 5] {
             assert_eq!(verdict(2, detail), Verdict::Misconfigured, "2.{detail:02}");
         }
-        for (c, d) in [(4, 8), (4, 29), (5, 0), (5, 3), (5, 4), (0, 0)] {
+        for (c, d) in [(4, 8), (4, 29), (5, 0), (5, 2), (5, 3), (5, 4), (0, 0)] {
             assert_eq!(verdict(c, d), Verdict::Retry, "{c}.{d:02}");
+        }
+        // What the server will answer to every request until a config changes.
+        for detail in [1, 5] {
+            assert_eq!(verdict(5, detail), Verdict::Misconfigured, "5.{detail:02}");
         }
     }
 
