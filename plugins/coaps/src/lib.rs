@@ -10,6 +10,7 @@ mod held;
 mod ingress;
 mod keys;
 pub mod latest;
+mod lookup;
 mod metrics;
 pub mod observe;
 pub mod request;

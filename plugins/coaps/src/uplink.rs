@@ -9,7 +9,6 @@ use gateway_dtls::{self as dtls, ClientSettings};
 use gateway_sdk::{tracing, InitContext, PluginError, Reading, ReadingId, Sink, Written};
 use std::{
     collections::HashSet,
-    net::ToSocketAddrs,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -27,6 +26,8 @@ pub struct Uplink {
     record: usize,
     tls: ClientSettings,
     client: Option<Client>,
+    /// The look-up of the server's name before the client starts.
+    lookup: crate::lookup::Lookup,
     /// Shared with the batches in flight.
     shared: Arc<Mutex<Shared>>,
     judge: Arc<Judge>,
@@ -236,6 +237,7 @@ impl Sink for Uplink {
             record,
             tls,
             client: None,
+            lookup: Default::default(),
             shared: Default::default(),
             judge: Arc::new(Judge {
                 uri: cfg.uri.clone(),
@@ -575,9 +577,10 @@ impl Uplink {
             }
         }
         if self.client.is_none() {
-            let addrs = (self.host.as_str(), self.port)
-                .to_socket_addrs()
-                .map_err(|e| PluginError::retry(format!("cannot resolve {}: {e}", self.host)))?;
+            let addrs = self
+                .lookup
+                .addrs(&self.host, self.port)
+                .map_err(PluginError::retry)?;
             let server = pick(addrs, self.cfg.bind).ok_or_else(|| {
                 PluginError::retry(format!(
                     "{} has no address that bind = {} can reach",
