@@ -610,12 +610,12 @@ fn gateway(file: &str, text: &str, base: &Path, g: RawGateway) -> Result<Gateway
         // A line per instance every millisecond, or every sink call said to stall, would
         // bury the log: these take whole seconds.
         stats_interval: parsed(("stats_interval", g.stats_interval), &sub, &err, |v| {
-            duration(v).and_then(|d| at_least_a_second(d, true))
+            duration(v).and_then(at_least_a_second)
         })?
         .unwrap_or(default::STATS_INTERVAL),
         metrics,
         stall_warning: parsed(("stall_warning", g.stall_warning), &sub, &err, |v| {
-            duration(v).and_then(|d| at_least_a_second(d, false))
+            duration(v).and_then(at_least_a_second)
         })?
         .unwrap_or(default::STALL_WARNING),
     })
@@ -637,19 +637,12 @@ fn parsed<T>(
     .transpose()
 }
 
-/// `d` if it is a second or more (or zero, where `zero_is_off`), else why not.
-fn at_least_a_second(d: Duration, zero_is_off: bool) -> Result<Duration, String> {
-    if d >= Duration::from_secs(1) || (zero_is_off && d.is_zero()) {
+/// `d` if it is a second or more, or zero (off), else why not.
+fn at_least_a_second(d: Duration) -> Result<Duration, String> {
+    if d >= Duration::from_secs(1) || d.is_zero() {
         return Ok(d);
     }
-    Err(format!(
-        "{d:?} is less than a second{}",
-        if zero_is_off {
-            " (\"0s\" turns it off)"
-        } else {
-            ""
-        }
-    ))
+    Err(format!("{d:?} is less than a second (\"0s\" turns it off)"))
 }
 
 /// `log_level`'s words.
