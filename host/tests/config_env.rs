@@ -237,6 +237,14 @@ fn conf_d_fragments_add_instances_in_name_order_and_names_stay_unique() {
         "{err}"
     );
     std::fs::remove_file(&dangling).unwrap();
+    // An editor's lock while a fragment is edited (Emacs: a link to nowhere named
+    // `.#NAME.toml`) is no fragment, nor a directory named like one.
+    std::os::unix::fs::symlink("user@host.1234", d.join(".#10-first.toml")).unwrap();
+    std::fs::create_dir(d.join("80-dir.toml")).unwrap();
+    let (ok, _, err) = check(&cfg);
+    assert!(ok, "{err}");
+    std::fs::remove_file(d.join(".#10-first.toml")).unwrap();
+    std::fs::remove_dir(d.join("80-dir.toml")).unwrap();
 
     // The same name in a fragment: refused, naming both places.
     std::fs::write(d.join("40-dup.toml"), "[sources.c]\nplugin = \"example\"\n").unwrap();

@@ -3,7 +3,8 @@
 //! A package, a provisioning tool or a third party adds an instance by dropping a file there,
 //! without editing the main file. A fragment holds `[sources.*]` and `[sinks.*]` tables only
 //! (`[gateway]` stays in the main file), and an instance name may be used once in all files.
-//! Only `*.toml` files are read: an editor's backup or a package manager's `.dpkg-old` is not.
+//! Only `*.toml` files are read, and not hidden ones: an editor's backup or lock, or a package
+//! manager's `.dpkg-old`, is not.
 
 use super::{ConfigError, Instance};
 use std::path::{Path, PathBuf};
@@ -43,20 +44,22 @@ pub fn read(main: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError> {
             )))
         }
     };
-    // Every `*.toml` name is a fragment: one that is not a regular file (a FIFO, a link to
-    // nothing) is refused by name when it is read, not skipped without a word with the
-    // instances it was meant to hold.
+    // Every `*.toml` name is a fragment but hidden ones (an editor's lock, `.#10-x.toml`, a
+    // link to nowhere while a fragment is edited) and directories: one that is no regular
+    // file (a FIFO, a link to nothing) is refused by name when it is read, not skipped
+    // without a word with the instances it was meant to hold.
     let mut paths = Vec::new();
     for e in entries {
-        let p = e
-            .map_err(|e| {
-                ConfigError(format!(
-                    "{}: cannot read the fragment directory: {e}",
-                    dir.display()
-                ))
-            })?
-            .path();
-        if p.extension().is_some_and(|x| x == "toml") {
+        let e = e.map_err(|e| {
+            ConfigError(format!(
+                "{}: cannot read the fragment directory: {e}",
+                dir.display()
+            ))
+        })?;
+        let name = e.file_name();
+        let hidden = name.as_encoded_bytes().starts_with(b".");
+        let p = e.path();
+        if !hidden && p.extension().is_some_and(|x| x == "toml") && !p.is_dir() {
             paths.push(p);
         }
     }
