@@ -51,7 +51,7 @@ pub(crate) fn open_config(path: &Path, what: &str) -> Result<(File, Metadata), S
             gateway_uid()
         ));
     }
-    gateway_sdk::trust::no_acl_writers(path, &path.display().to_string(), Stake::Config)?;
+    gateway_sdk::trust::no_acl_writers_of(&f, path, Stake::Config)?;
     directories(path, Stake::Config).map_err(|e| {
         format!(
             "{}: {what} is in a directory others can change: {e}",

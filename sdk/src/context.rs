@@ -158,7 +158,7 @@ impl InitContext {
             .open(&path)
             .map_err(|e| failed(&e))?;
         let meta = file.metadata().map_err(|e| failed(&e))?;
-        self.private_meta(key, &path, &meta)?;
+        self.private_meta(key, &path, &meta, Some(&file))?;
         let mut bytes = Vec::new();
         (&mut file)
             .take(MAX + 1)
@@ -194,16 +194,18 @@ impl InitContext {
                 path.display()
             ))
         })?;
-        self.private_meta(key, &path, &meta)?;
+        self.private_meta(key, &path, &meta, None)?;
         Ok(path)
     }
 
-    /// The checks of [`InitContext::private_file`], of the file `meta` describes, at `path`.
+    /// The checks of [`InitContext::private_file`], of the file `meta` describes, at `path`
+    /// (open as `file`, if it is: then its ACL is read from what is read).
     fn private_meta(
         &self,
         key: &str,
         path: &std::path::Path,
         meta: &std::fs::Metadata,
+        file: Option<&std::fs::File>,
     ) -> Result<(), PluginError> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let table = &self.info.table;
@@ -233,12 +235,18 @@ impl InitContext {
                 path.display()
             )));
         }
-        // The mode bits do not show a POSIX ACL's named users and groups.
-        for (what, verb) in [
-            (crate::trust::Acl::Write, "change"),
-            (crate::trust::Acl::Read, "read"),
+        // The mode bits do not show a POSIX ACL's named users and groups. As with the mode,
+        // the file's group and the gateway's may read it, and none but its owner change it.
+        let readers = [meta.gid(), crate::trust::gateway_gid()];
+        for (what, verb, groups) in [
+            (crate::trust::Acl::Write, "change", &[][..]),
+            (crate::trust::Acl::Read, "read", &readers[..]),
         ] {
-            let who = crate::trust::acl_grants(path, what).map_err(|e| {
+            let who = match file {
+                Some(f) => crate::trust::acl_grants_of(f, what, groups),
+                None => crate::trust::acl_grants(path, what, groups),
+            }
+            .map_err(|e| {
                 PluginError::config(format!("[{table}] {key}: {}: {e}", path.display()))
             })?;
             if !who.is_empty() {

@@ -69,26 +69,68 @@ pub enum Acl {
     Write,
 }
 
-/// The users and groups beyond the owner and the owning group that the POSIX access ACL of
-/// `path` (following links) lets do `what` (after its mask), as `user 1001`, `group 27`: the
-/// mode bits do not show them (the group bits of a file with an ACL are its mask), so a
-/// check of the mode alone lets `setfacl -m u:mallory:rw` through. Root and the gateway's
-/// user are not listed. Empty when the file has no ACL, or its filesystem has none.
-pub fn acl_grants(path: &Path, what: Acl) -> std::io::Result<Vec<String>> {
+/// The users and groups that the POSIX access ACL of `path` (following links) lets do `what`
+/// (after its mask), as `user 1001`, `group 27`, but root, the gateway's user, and the groups
+/// in `groups` (those the mode bits may let do it too: the file's own, the gateway's): the
+/// mode bits do not show them (the group bits of a file with an ACL are its mask), so a check
+/// of the mode alone lets `setfacl -m u:mallory:rw` through. Empty when the file has no ACL,
+/// or its filesystem has none (NFSv4 ACLs are not read).
+pub fn acl_grants(path: &Path, what: Acl, groups: &[u32]) -> std::io::Result<Vec<String>> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::other("a path with a NUL byte"))?;
+    acl_xattr(what, groups, |buf| {
+        // SAFETY: both strings are NUL-terminated, and `buf` is valid for `buf.len()` bytes.
+        unsafe {
+            libc::getxattr(
+                c.as_ptr(),
+                ACL_XATTR.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        }
+    })
+}
+
+/// [`acl_grants`] of a file already open: what is checked is what is read.
+pub fn acl_grants_of(
+    file: &std::fs::File,
+    what: Acl,
+    groups: &[u32],
+) -> std::io::Result<Vec<String>> {
+    use std::os::fd::AsRawFd;
+    acl_xattr(what, groups, |buf| {
+        // SAFETY: the descriptor is open for the call, the name is NUL-terminated, and `buf`
+        // is valid for `buf.len()` bytes.
+        unsafe {
+            libc::fgetxattr(
+                file.as_raw_fd(),
+                ACL_XATTR.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        }
+    })
+}
+
+/// The attribute that holds a POSIX access ACL.
+const ACL_XATTR: &std::ffi::CStr = c"system.posix_acl_access";
+
+/// The group the gateway runs as.
+pub fn gateway_gid() -> u32 {
+    // SAFETY: getegid has no preconditions and cannot fail.
+    unsafe { libc::getegid() }
+}
+
+/// Reads the ACL attribute with `get` and lists who it lets do `what`.
+fn acl_xattr(
+    what: Acl,
+    groups: &[u32],
+    get: impl FnOnce(&mut [u8]) -> libc::ssize_t,
+) -> std::io::Result<Vec<String>> {
     // An ACL holds at most a few dozen 8-byte entries; 64 KiB is the kernel's xattr limit.
     let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: both strings are NUL-terminated, and `buf` is valid for `buf.len()` bytes.
-    let n = unsafe {
-        libc::getxattr(
-            c.as_ptr(),
-            c"system.posix_acl_access".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let n = get(&mut buf);
     if n < 0 {
         let e = std::io::Error::last_os_error();
         return match e.raw_os_error() {
@@ -96,12 +138,12 @@ pub fn acl_grants(path: &Path, what: Acl) -> std::io::Result<Vec<String>> {
             _ => Err(e),
         };
     }
-    Ok(acl_entries_granting(&buf[..n as usize], what))
+    Ok(acl_entries_granting(&buf[..n as usize], what, groups))
 }
 
 /// [`acl_grants`] of the bytes of a `system.posix_acl_access` attribute: a version word (2),
 /// then entries of a tag, permissions and an id (little-endian u16, u16, u32).
-fn acl_entries_granting(xattr: &[u8], what: Acl) -> Vec<String> {
+fn acl_entries_granting(xattr: &[u8], what: Acl, groups: &[u32]) -> Vec<String> {
     const USER: u16 = 0x02;
     const GROUP: u16 = 0x08;
     const MASK: u16 = 0x10;
@@ -128,10 +170,19 @@ fn acl_entries_granting(xattr: &[u8], what: Acl) -> Vec<String> {
         .filter(|(_, perm, _)| perm & mask & bit != 0)
         .filter_map(|(tag, _, id)| match *tag {
             USER if *id != 0 && *id != me => Some(format!("user {id}")),
-            GROUP if *id != 0 => Some(format!("group {id}")),
+            GROUP if *id != 0 && !groups.contains(id) => Some(format!("group {id}")),
             _ => None,
         })
         .collect()
+}
+
+/// The groups that may write a file or directory of `gid` as `stake` allows its own group
+/// to: its own and the gateway's for the config; none for code.
+fn writer_groups(stake: Stake, gid: u32) -> Vec<u32> {
+    match stake {
+        Stake::Code => Vec::new(),
+        Stake::Config => vec![gid, gateway_gid()],
+    }
 }
 
 /// The error for a file or directory whose ACL lets `who` write it.
@@ -145,13 +196,33 @@ fn acl_refusal(shown: &str, p: &Path, who: &[String], stake: Stake) -> String {
     )
 }
 
-/// Checks that no ACL of `path` lets others write it: the error names them and the fix.
+/// Checks that no ACL of `path` lets others write it (beyond the groups `stake` allows):
+/// the error names them and the fix.
 pub fn no_acl_writers(path: &Path, shown: &str, stake: Stake) -> Result<(), String> {
-    let who = acl_grants(path, Acl::Write).map_err(|e| format!("{}: {e}", path.display()))?;
+    let gid = std::fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .gid();
+    let who = acl_grants(path, Acl::Write, &writer_groups(stake, gid))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     if who.is_empty() {
         Ok(())
     } else {
         Err(acl_refusal(shown, path, &who, stake))
+    }
+}
+
+/// [`no_acl_writers`] of a file already open at `path`.
+pub fn no_acl_writers_of(file: &std::fs::File, path: &Path, stake: Stake) -> Result<(), String> {
+    let gid = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .gid();
+    let who = acl_grants_of(file, Acl::Write, &writer_groups(stake, gid))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if who.is_empty() {
+        Ok(())
+    } else {
+        Err(acl_refusal(&path.display().to_string(), path, &who, stake))
     }
 }
 
@@ -304,17 +375,29 @@ mod tests {
         }
     }
 
-    /// Gives `path` an access ACL that lets user 1001 and group 27 do `perm` (6: read and
-    /// write), with a mask of `mask`, as `setfacl -m u:1001:rw,g:27:rw,m::rw` would.
-    pub(crate) fn set_acl(path: &Path, perm: u16, mask: u16) {
+    /// A user and a group that are neither root, the gateway's, nor the file's.
+    pub(crate) fn strangers() -> (u32, u32) {
+        let user = if gateway_uid() == 54321 { 54322 } else { 54321 };
+        let group = if gateway_gid() == 54327 { 54328 } else { 54327 };
+        (user, group)
+    }
+
+    /// Gives `path` an access ACL that lets the [`strangers`] and group `also` do `perm` (6:
+    /// read and write), with a mask of `mask`, as `setfacl -m u:U:rw,g:G:rw,m::rw` would;
+    /// `false` when its filesystem has no ACLs.
+    pub(crate) fn set_acl(path: &Path, perm: u16, mask: u16, also: u32) -> bool {
         use std::os::unix::ffi::OsStrExt;
         const ANY: u32 = u32::MAX;
+        let (user, group) = strangers();
+        let mut groups = [group, also];
+        groups.sort();
         let mut x = 2u32.to_le_bytes().to_vec();
         for (tag, p, id) in [
             (0x01u16, 6u16, ANY),
-            (0x02, perm, 1001),
+            (0x02, perm, user),
             (0x04, 4, ANY),
-            (0x08, perm, 27),
+            (0x08, perm, groups[0]),
+            (0x08, perm, groups[1]),
             (0x10, mask, ANY),
             (0x20, 4, ANY),
         ] {
@@ -327,13 +410,17 @@ mod tests {
         let r = unsafe {
             libc::setxattr(
                 c.as_ptr(),
-                c"system.posix_acl_access".as_ptr(),
+                ACL_XATTR.as_ptr(),
                 x.as_ptr().cast(),
                 x.len(),
                 0,
             )
         };
+        if r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTSUP) {
+            return false;
+        }
         assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        true
     }
 
     /// `setfacl -m u:mallory:rw` on a directory of the config: the mode bits showed a group
@@ -343,24 +430,56 @@ mod tests {
         let s = Scratch::new("acl");
         let etc = s.dir("etc", 0o755);
         std::fs::write(etc.join("ca.pem"), "ca").unwrap();
-        set_acl(&etc, 6, 6);
+        let own = std::fs::metadata(&etc).unwrap().gid();
+        if !set_acl(&etc, 6, 6, own) {
+            eprintln!("no ACLs on this filesystem: skipped");
+            return;
+        }
+        let (user, group) = strangers();
         let e = directories(&etc.join("ca.pem"), Stake::Config).unwrap_err();
         assert!(
-            e.contains("has an ACL that lets user 1001, group 27 write it")
-                && e.contains(&format!("`setfacl -b {}`", etc.display())),
+            e.contains(&format!(
+                "has an ACL that lets user {user}, group {group} write it"
+            )) && e.contains(&format!("`setfacl -b {}`", etc.display())),
             "{e}"
         );
         // The mask takes write away: nobody named may write.
-        set_acl(&etc, 6, 4);
+        set_acl(&etc, 6, 4, own);
         directories(&etc.join("ca.pem"), Stake::Config).unwrap();
+        // The directory's own group, named, may read as its mode bits would let it; as may
+        // the gateway's. Strangers may not.
         assert_eq!(
-            acl_grants(&etc, Acl::Read).unwrap(),
-            ["user 1001", "group 27"]
+            acl_grants(&etc, Acl::Read, &[own, gateway_gid()]).unwrap(),
+            [format!("user {user}"), format!("group {group}")]
         );
         // A file without an ACL has none to tell.
-        assert!(acl_grants(&etc.join("ca.pem"), Acl::Write)
+        assert!(acl_grants(&etc.join("ca.pem"), Acl::Write, &[])
             .unwrap()
             .is_empty());
+    }
+
+    /// A key shared with the service's group by ACL (`setfacl -m g:gateway:r`, as certbot's
+    /// keys often are) is what mode 0640 gives that group: the groups a check allows are no
+    /// strangers, read by path or from the open file.
+    #[test]
+    fn an_acl_naming_an_allowed_group_is_no_stranger() {
+        let s = Scratch::new("acl-own");
+        let d = s.dir("d", 0o755);
+        let key = d.join("k");
+        std::fs::write(&key, "k").unwrap();
+        let service = 54330;
+        if !set_acl(&key, 4, 4, service) {
+            return;
+        }
+        let (user, group) = strangers();
+        let strangers = [format!("user {user}"), format!("group {group}")];
+        assert_eq!(acl_grants(&key, Acl::Read, &[service]).unwrap(), strangers);
+        let f = std::fs::File::open(&key).unwrap();
+        assert_eq!(acl_grants_of(&f, Acl::Read, &[service]).unwrap(), strangers);
+        assert!(acl_grants(&key, Acl::Read, &[])
+            .unwrap()
+            .contains(&format!("group {service}")));
+        assert!(acl_grants(&key, Acl::Write, &[]).unwrap().is_empty());
     }
 
     #[test]
