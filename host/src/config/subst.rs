@@ -68,7 +68,7 @@ fn expand(s: &str, base: &Path, put_in: &mut Vec<Secret>) -> Result<String, Stri
             // the text `${B}`, used as the password it was meant to fetch.
             if reference.contains("${") {
                 return Err(format!(
-                    "the `${{...}}` at byte {byte} of the value holds another: a reference's default is plain text (write $$ for a literal $)"
+                    "the `${{...}}` at byte {byte} of the value holds another: a default is plain text, and cannot hold `${{` or `}}`"
                 ));
             }
             let value = resolve(reference, base).map_err(|e| match e {
