@@ -160,9 +160,16 @@ impl Collector {
             .name("system-read".into())
             .stack_size(64 << 10)
             .spawn(move || {
-                let r = io();
-                flag.store(true, Ordering::Release);
-                let _ = tx.send(r);
+                // Set however the read ends, a panic too: a subject whose flag is never set
+                // would never be read again in this process.
+                struct Back(Arc<AtomicBool>);
+                impl Drop for Back {
+                    fn drop(&mut self) {
+                        self.0.store(true, Ordering::Release);
+                    }
+                }
+                let _back = Back(flag);
+                let _ = tx.send(io());
             });
         if let Err(e) = spawned {
             self.problems.reject(subject, Reject::Unreadable, e);
