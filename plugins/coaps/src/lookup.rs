@@ -27,6 +27,10 @@ pub struct Lookup {
 impl Lookup {
     /// The addresses of `host`, waiting at most [`WAIT`].
     pub fn addrs(&mut self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        // An address needs no look-up, nor a thread.
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
         self.addrs_with(host, port, WAIT, |h, p| {
             (h.as_str(), p).to_socket_addrs().map(Iterator::collect)
         })
