@@ -651,12 +651,6 @@ mod tests {
             .flat_map(|a| (0..MAX_PER_ADDRESS).map(move |_| connect_from([127, 0, 1, a], addr)))
             .collect();
         assert_eq!(silent.len(), MAX_CONNECTIONS);
-        // A connection that has just come does not make way: newcomers are refused.
-        let mut young = connect_from([127, 0, 2, 1], addr);
-        young
-            .set_read_timeout(Some(Duration::from_secs(1)))
-            .unwrap();
-        assert_eq!(young.read(&mut [0u8; 16]).unwrap(), 0, "refused");
         std::thread::sleep(MIN_WAIT * 2);
         for _ in 0..3 {
             assert_eq!(get(addr, "/healthz").unwrap(), (200, "ok\n".to_owned()));
@@ -681,6 +675,38 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(get(addr, "/healthz").unwrap(), (200, "ok\n".to_owned()));
         }
+    }
+
+    /// A connection that has just come does not make way: while every place is young, a
+    /// newcomer is refused; once they have waited [`MIN_WAIT`], the oldest makes way.
+    #[test]
+    fn only_a_connection_that_has_waited_makes_way() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = l.local_addr().unwrap();
+        let slots = Arc::new(Slots::default());
+        let held: Vec<(Slot, TcpStream)> = (0..MAX_CONNECTIONS)
+            .map(|i| {
+                let client = TcpStream::connect(to).unwrap();
+                let (server, _) = l.accept().unwrap();
+                let ip = IpAddr::from([10, 2, (i / 200) as u8, (i % 200) as u8]);
+                (slots.take(ip, Some(server)).unwrap(), client)
+            })
+            .collect();
+        assert!(
+            slots.take([10, 9, 9, 9].into(), None).is_none(),
+            "all young"
+        );
+        std::thread::sleep(MIN_WAIT);
+        assert!(
+            slots.take([10, 9, 9, 9].into(), None).is_some(),
+            "one made way"
+        );
+        // The oldest: its connection was shut.
+        let mut oldest = &held[0].1;
+        oldest
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        assert_eq!(oldest.read(&mut [0u8; 4]).unwrap(), 0);
     }
 
     #[test]
