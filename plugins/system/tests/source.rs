@@ -416,13 +416,10 @@ fn each_problem_is_warned_once_not_every_round() {
     assert_eq!(c.rejected(), 30, "but every occurrence is counted");
 }
 
-/// A FIFO with no writer where `/proc/uptime` is expected blocks its open for ever (as a
-/// network filesystem whose server is gone blocks `statvfs`). It stopped the whole source:
-/// no round ended, no reading of any group came, and a stop was not heard. Now that read is
-/// given up after a second and counted, its subject is skipped while it stays stuck (no
-/// second thread waits on it), and the other groups are read every round.
-#[test]
-fn a_read_that_hangs_skips_its_file_not_the_round() {
+/// The Raspberry Pi 4 tree with a FIFO in place of `proc/uptime`: opening it for reading waits
+/// for a writer for ever, as a read on a dead network filesystem does. Returns the tree and the
+/// FIFO's path.
+fn pi4_with_fifo_uptime() -> (tempfile::TempDir, PathBuf) {
     let root = tree("pi4");
     let uptime = root.path().join("proc/uptime");
     std::fs::remove_file(&uptime).unwrap();
@@ -431,6 +428,17 @@ fn a_read_that_hangs_skips_its_file_not_the_round() {
         .status()
         .unwrap()
         .success());
+    (root, uptime)
+}
+
+/// A FIFO with no writer where `/proc/uptime` is expected blocks its open for ever (as a
+/// network filesystem whose server is gone blocks `statvfs`). It stopped the whole source:
+/// no round ended, no reading of any group came, and a stop was not heard. Now that read is
+/// given up after a second and counted, its subject is skipped while it stays stuck (no
+/// second thread waits on it), and the other groups are read every round.
+#[test]
+fn a_read_that_hangs_skips_its_file_not_the_round() {
+    let (root, uptime) = pi4_with_fifo_uptime();
     let mut c = Collector::new(
         &config(&format!(
             "root = {}\ninclude = [\"load\", \"uptime\", \"memory\"]",
@@ -505,14 +513,7 @@ fn a_read_that_hangs_skips_its_file_not_the_round() {
 /// A read that a stop cuts short is not said to hang: it may only have been slow.
 #[test]
 fn a_read_cut_short_by_a_stop_is_not_counted_as_hung() {
-    let root = tree("pi4");
-    let uptime = root.path().join("proc/uptime");
-    std::fs::remove_file(&uptime).unwrap();
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&uptime)
-        .status()
-        .unwrap()
-        .success());
+    let (root, _uptime) = pi4_with_fifo_uptime();
     let mut c = Collector::new(
         &config(&format!(
             "root = {}\ninclude = [\"uptime\"]",
@@ -534,14 +535,7 @@ fn a_read_cut_short_by_a_stop_is_not_counted_as_hung() {
 /// The source hears a stop while a read hangs: it returns within the host's second.
 #[test]
 fn a_hung_read_does_not_hold_a_stop() {
-    let root = tree("pi4");
-    let uptime = root.path().join("proc/uptime");
-    std::fs::remove_file(&uptime).unwrap();
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&uptime)
-        .status()
-        .unwrap()
-        .success());
+    let (root, _uptime) = pi4_with_fifo_uptime();
     let cfg = format!(
         "root = {}\ninterval = \"10s\"\ninclude = [\"uptime\", \"load\"]\n",
         quoted(root.path())
