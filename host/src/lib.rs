@@ -15,6 +15,7 @@ pub mod loader;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod narrow;
 pub mod notify;
 pub mod overdue;
 pub mod own_files;

@@ -8,75 +8,27 @@
 //! the old file or the new one). Files are only read and written here; the sink does the rest
 //! of the I/O.
 
-use crate::deadletter::DeadLetters;
-use gateway_sdk::{ErrorKind, PluginError, Reading};
-use std::{ops::Range, path::Path};
+use crate::{deadletter::DeadLetters, narrow::Narrowed};
+use gateway_sdk::{PluginError, Reading};
+use std::path::Path;
 
 /// The most writes one file is given: enough to find a few bad readings among thousands
 /// (each halving takes two), not so many that a file the sink refuses whole (a table of the
 /// wrong schema) takes a write per reading.
 pub const MAX_WRITES: usize = 256;
 
-/// How offering readings to the sink went.
-#[derive(Debug)]
-pub struct Offered {
-    /// How many the sink took.
-    pub taken: usize,
-    /// The readings still to keep (refused again, or not tried), in the file's order.
-    pub kept: Vec<Range<usize>>,
-    /// The last refusal, if the sink refused any.
-    pub refusal: Option<PluginError>,
-    /// Why the sink stopped taking readings (an outage, or a failure), if it did: the
-    /// readings not tried yet are in `kept`, and the next files should wait.
-    pub stopped: Option<PluginError>,
-}
-
-/// Offers `readings` to `write`, halving what it refuses for good (depth first, first half
-/// first, so that what it takes reaches it in order) within [`MAX_WRITES`] writes.
+/// Offers `readings` to `write` whole, then what it refuses for good in halves
+/// ([`crate::narrow::narrow`]) within [`MAX_WRITES`] writes.
 pub fn offer(
     readings: &[Reading],
-    mut write: impl FnMut(&[Reading]) -> Result<(), PluginError>,
-) -> Offered {
-    let halves = |r: Range<usize>| {
-        let mid = r.start + r.len() / 2;
-        [mid..r.end, r.start..mid]
-    };
-    let mut out = Offered {
-        taken: 0,
-        kept: Vec::new(),
-        refusal: None,
-        stopped: None,
-    };
-    let mut todo = Vec::with_capacity(16);
-    todo.push(0..readings.len());
-    let mut writes = 0;
-    while let Some(r) = todo.pop() {
-        if r.is_empty() {
-            continue;
-        }
-        if out.stopped.is_some() {
-            out.kept.push(r);
-            continue;
-        }
-        writes += 1;
-        match write(&readings[r.clone()]) {
-            Ok(()) => out.taken += r.len(),
-            Err(e) if e.kind == ErrorKind::REJECTED => {
-                if r.len() > 1 && writes + todo.len() + 2 <= MAX_WRITES {
-                    todo.extend(halves(r));
-                } else {
-                    out.kept.push(r);
-                }
-                out.refusal = Some(e);
-            }
-            Err(e) => {
-                out.kept.push(r);
-                out.stopped = Some(e);
-            }
-        }
-    }
-    out.kept.sort_by_key(|r| r.start);
-    out
+    write: impl FnMut(&[Reading]) -> Result<(), PluginError>,
+) -> Narrowed {
+    crate::narrow::narrow(
+        readings,
+        std::iter::once(0..readings.len()),
+        MAX_WRITES,
+        write,
+    )
 }
 
 /// What became of a file.
@@ -99,7 +51,7 @@ pub fn settle(
     file: &Path,
     readings: &[Reading],
     error: &str,
-    offered: &Offered,
+    offered: &Narrowed,
 ) -> std::io::Result<Settled> {
     if offered.kept.is_empty() {
         std::fs::remove_file(file)?;
@@ -121,24 +73,11 @@ pub fn settle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gateway_sdk::{Label, ReadingId, Timestamp, Value};
+    use gateway_sdk::Value;
 
+    /// Readings 0 to `n - 1`, each of value its number.
     fn readings(n: i64) -> Vec<Reading> {
-        (0..n)
-            .map(|v| {
-                let mut id = [0u8; 16];
-                id[8..].copy_from_slice(&v.to_be_bytes());
-                Reading {
-                    id: ReadingId(id),
-                    time: Timestamp(1_700_000_000_000_000 + v),
-                    device: Label::new("pi"),
-                    sensor: Label::new("seq"),
-                    name: Label::new("n"),
-                    unit: Label::new(""),
-                    value: Value::Int(v),
-                }
-            })
-            .collect()
+        crate::buffer::tests::batch(0, n)
     }
 
     fn values(rs: &[Reading]) -> Vec<i64> {

@@ -15,4 +15,4 @@ pub use reader::{Reader, Taken};
 #[cfg(test)]
 mod model;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

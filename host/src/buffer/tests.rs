@@ -12,7 +12,8 @@ use std::{
     time::Duration,
 };
 
-pub(super) fn reading(v: i64) -> Reading {
+/// Reading `v` of sensor `seq` of device `pi`: value, id and time from `v`.
+pub(crate) fn reading(v: i64) -> Reading {
     let mut id = [0u8; 16];
     id[8..].copy_from_slice(&v.to_be_bytes());
     Reading {
@@ -26,7 +27,8 @@ pub(super) fn reading(v: i64) -> Reading {
     }
 }
 
-pub(super) fn batch(from: i64, n: i64) -> Vec<Reading> {
+/// Readings `from` to `from + n - 1` ([`reading`]).
+pub(crate) fn batch(from: i64, n: i64) -> Vec<Reading> {
     (from..from + n).map(reading).collect()
 }
 

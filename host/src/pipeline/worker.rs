@@ -325,41 +325,24 @@ impl Worker {
             error = %e.message(),
             "the sink refused a batch; writing it again in halves, to keep only what it refuses"
         );
-        // Depth first, first half first: the readings the sink takes reach it in the batch's
-        // order (a retained MQTT topic keeps the last one written). Each range on the stack is
-        // written once; a refused one is split while the budget allows.
-        let halves = |r: Range<usize>| {
-            let mid = r.start + r.len() / 2;
-            [mid..r.end, r.start..mid]
-        };
-        let mut last = e;
-        let mut planned = 2;
-        let mut todo = Vec::with_capacity(16);
-        todo.extend(halves(0..batch.len()));
-        let mut refused: Vec<Range<usize>> = Vec::new();
-        while let Some(r) = todo.pop() {
-            match self.write(&batch[r.clone()]) {
-                Ok(()) => {}
-                Err(e) if e.kind == ErrorKind::REJECTED => {
-                    last = e;
-                    if r.len() > 1 && planned + 2 <= NARROW_WRITES {
-                        planned += 2;
-                        todo.extend(halves(r));
-                    } else {
-                        refused.push(r);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+        let n = crate::narrow::narrow(
+            batch,
+            crate::narrow::halves(0..batch.len()),
+            NARROW_WRITES,
+            |part| self.write(part),
+        );
+        if let Some(stopped) = n.stopped {
+            return Err(stopped);
         }
-        if refused.is_empty() {
+        if n.kept.is_empty() {
             return Ok(());
         }
-        let kept: Vec<Reading> = refused
+        let kept: Vec<Reading> = n
+            .kept
             .into_iter()
             .flat_map(|r| batch[r].iter().cloned())
             .collect();
-        self.dead_letter(&kept, last)
+        self.dead_letter(&kept, n.refusal.unwrap_or(e))
     }
 
     /// Keeps a batch the sink refused for good (`e`) in its dead-letter directory, and returns
