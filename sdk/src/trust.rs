@@ -2,7 +2,8 @@
 //! root or the gateway's user and not writable by others, as sshd's `StrictModes` checks a
 //! user's keys, and by their POSIX ACLs too (which the mode bits do not show). The host checks
 //! its plugin libraries and its config so;
-//! [`crate::InitContext::trusted_file`] checks a plugin's CA and CRL files so. I/O: `stat`.
+//! [`crate::InitContext::trusted_file`] checks a plugin's CA and CRL files so. I/O: `stat`,
+//! and `getxattr` for the ACLs.
 
 use std::{
     collections::VecDeque,
@@ -126,11 +127,19 @@ pub fn gateway_gid() -> u32 {
 fn acl_xattr(
     what: Acl,
     groups: &[u32],
-    get: impl FnOnce(&mut [u8]) -> libc::ssize_t,
+    get: impl Fn(&mut [u8]) -> libc::ssize_t,
 ) -> std::io::Result<Vec<String>> {
-    // An ACL holds at most a few dozen 8-byte entries; 64 KiB is the kernel's xattr limit.
-    let mut buf = vec![0u8; 64 * 1024];
-    let n = get(&mut buf);
+    // An ACL holds a few 8-byte entries: 4 KiB on the stack takes 511, and a larger one is
+    // read again into the kernel's limit for an attribute, 64 KiB.
+    let mut small = [0u8; 4096];
+    let mut large = Vec::new();
+    let mut n = get(&mut small);
+    let mut buf = &small[..];
+    if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE) {
+        large.resize(64 * 1024, 0);
+        n = get(&mut large);
+        buf = &large;
+    }
     if n < 0 {
         let e = std::io::Error::last_os_error();
         return match e.raw_os_error() {
@@ -176,24 +185,33 @@ fn acl_entries_granting(xattr: &[u8], what: Acl, groups: &[u32]) -> Vec<String> 
         .collect()
 }
 
-/// The groups that may write a file or directory of `gid` as `stake` allows its own group
-/// to: its own and the gateway's for the config; none for code.
-fn writer_groups(stake: Stake, gid: u32) -> Vec<u32> {
-    match stake {
-        Stake::Code => Vec::new(),
-        Stake::Config => vec![gid, gateway_gid()],
+/// Refuses a file or directory of group `gid` (shown as `shown` in the error, at `path`)
+/// whose ACL, read by `grants`, lets others write it: beyond root and the gateway's user, the
+/// groups `stake` lets write as the owning group may (the file's own and the gateway's for
+/// the config; none for code). The error names them and the fix.
+fn refuse_acl_writers(
+    shown: &str,
+    path: &Path,
+    stake: Stake,
+    gid: u32,
+    grants: impl FnOnce(&[u32]) -> std::io::Result<Vec<String>>,
+) -> Result<(), String> {
+    let groups = [gid, gateway_gid()];
+    let allowed = match stake {
+        Stake::Code => &groups[..0],
+        Stake::Config => &groups[..],
+    };
+    let who = grants(allowed).map_err(|e| format!("{}: {e}", path.display()))?;
+    if who.is_empty() {
+        return Ok(());
     }
-}
-
-/// The error for a file or directory whose ACL lets `who` write it.
-fn acl_refusal(shown: &str, p: &Path, who: &[String], stake: Stake) -> String {
-    format!(
+    Err(format!(
         "{shown} has an ACL that lets {} write it (`getfacl {}`); whoever can write it can {}: `setfacl -b {}`",
         who.join(", "),
-        p.display(),
+        path.display(),
         stake.what(),
-        p.display()
-    )
+        path.display()
+    ))
 }
 
 /// Checks that no ACL of `path` lets others write it (beyond the groups `stake` allows):
@@ -202,28 +220,19 @@ pub fn no_acl_writers(path: &Path, shown: &str, stake: Stake) -> Result<(), Stri
     let gid = std::fs::metadata(path)
         .map_err(|e| format!("{}: {e}", path.display()))?
         .gid();
-    let who = acl_grants(path, Acl::Write, &writer_groups(stake, gid))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if who.is_empty() {
-        Ok(())
-    } else {
-        Err(acl_refusal(shown, path, &who, stake))
-    }
+    refuse_acl_writers(shown, path, stake, gid, |g| acl_grants(path, Acl::Write, g))
 }
 
-/// [`no_acl_writers`] of a file already open at `path`.
+/// [`no_acl_writers`] of a file already open at `path`: what is checked is what is read.
 pub fn no_acl_writers_of(file: &std::fs::File, path: &Path, stake: Stake) -> Result<(), String> {
     let gid = file
         .metadata()
         .map_err(|e| format!("{}: {e}", path.display()))?
         .gid();
-    let who = acl_grants_of(file, Acl::Write, &writer_groups(stake, gid))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if who.is_empty() {
-        Ok(())
-    } else {
-        Err(acl_refusal(&path.display().to_string(), path, &who, stake))
-    }
+    let shown = path.display().to_string();
+    refuse_acl_writers(&shown, path, stake, gid, |g| {
+        acl_grants_of(file, Acl::Write, g)
+    })
 }
 
 /// Checks `from` and every directory above it (following links: the directory a link leads
@@ -268,7 +277,7 @@ pub fn chain(from: &Path, first: &str, stake: Stake) -> Result<(), String> {
             ));
         }
         if !sticky_dir {
-            no_acl_writers(p, &shown, stake)?;
+            refuse_acl_writers(&shown, p, stake, m.gid(), |g| acl_grants(p, Acl::Write, g))?;
         }
         at = p.parent();
     }
