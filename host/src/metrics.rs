@@ -9,9 +9,10 @@
 //! connection (of its address, or of any) that has waited longest for its request, if that one
 //! has waited 250 ms, and is closed otherwise. So a slow or hostile client (a slowloris
 //! trickling a byte a second, from one address or many) holds a few threads for seconds at
-//! most, and cannot keep a load balancer's probes, which ask at once, from their answers. Bind it to loopback (the
-//! default address is) or to a network your scraper is on: it tells whoever can reach it how
-//! much the gateway moves, nothing more (no config values, no readings).
+//! most, and cannot keep a load balancer's probes, which ask at once, from their answers.
+//! Bind it to loopback (the default address is) or to a network your scraper is on: it tells
+//! whoever can reach it how much the gateway moves, nothing more (no config values, no
+//! readings).
 
 use crate::{
     buffer::DiskBuffer,
@@ -307,8 +308,8 @@ struct Held {
     /// Connections whose request has not arrived whole, oldest first: when the places are
     /// taken, one that has waited [`MIN_WAIT`] makes way for a new connection.
     waiting: std::collections::VecDeque<Waiting>,
-    /// Connections shut to make way and not yet ended, and their addresses: not counted.
-    leaving: HashMap<u64, IpAddr>,
+    /// Connections shut to make way and not yet ended: no longer counted in `per`.
+    leaving: std::collections::HashSet<u64>,
     /// The next connection's number.
     next: u64,
 }
@@ -339,9 +340,8 @@ impl Slots {
     fn take(self: &Arc<Self>, ip: IpAddr, conn: Option<TcpStream>) -> Option<Slot> {
         let mut held = self.0.lock().expect("metrics slots");
         let held = &mut *held;
-        let all = held.per.values().sum::<usize>() - held.leaving.len();
-        let leaving_mine = held.leaving.values().filter(|a| **a == ip).count();
-        let mine = held.per.get(&ip).copied().unwrap_or(0) - leaving_mine;
+        let all = held.per.values().sum::<usize>();
+        let mine = held.per.get(&ip).copied().unwrap_or(0);
         let now = Instant::now();
         let ripe = |w: &Waiting| now.saturating_duration_since(w.since) >= MIN_WAIT;
         let victim = if mine >= MAX_PER_ADDRESS {
@@ -353,7 +353,8 @@ impl Slots {
         };
         if let Some(w) = victim.and_then(|i| held.waiting.remove(i)) {
             let _ = w.conn.shutdown(std::net::Shutdown::Both);
-            held.leaving.insert(w.id, w.ip);
+            held.leaving.insert(w.id);
+            held.let_go(w.ip);
         }
         *held.per.entry(ip).or_insert(0) += 1;
         let id = held.next;
@@ -370,6 +371,18 @@ impl Slots {
     }
 }
 
+impl Held {
+    /// One connection from `ip` fewer.
+    fn let_go(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per.remove(&ip);
+            }
+        }
+    }
+}
+
 impl Slot {
     /// The connection's request has come whole: it no longer makes way for others.
     fn asked(&self) {
@@ -382,12 +395,9 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut held = self.0 .0.lock().expect("metrics slots");
         held.waiting.retain(|w| w.id != self.2);
-        held.leaving.remove(&self.2);
-        if let Some(n) = held.per.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                held.per.remove(&self.1);
-            }
+        // One that made way was let go then.
+        if !held.leaving.remove(&self.2) {
+            held.let_go(self.1);
         }
     }
 }
