@@ -16,10 +16,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     io::Read,
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc, Arc,
-    },
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -96,12 +93,14 @@ pub struct Collector {
     stopping: Stopping,
 }
 
-/// Reads that have not come back, by what they read (the root and the subject), with the flag
-/// each sets when it does: no other read of it starts meanwhile, so that one stuck file holds
-/// one thread, not one per round. For the whole process: a source rebuilt after a reload or a
-/// failure finds the reads its former self left stuck.
-static STUCK: std::sync::Mutex<BTreeMap<String, Arc<AtomicBool>>> =
-    std::sync::Mutex::new(BTreeMap::new());
+/// Whether a read given up on has ended since.
+type Ended = Box<dyn Fn() -> bool + Send>;
+
+/// Reads that had not come back, by what they read (the root and the subject), each with how
+/// to tell whether it has ended: no other read of it starts meanwhile, so that one stuck file
+/// holds one thread, not one per round. For the whole process: a source rebuilt after a
+/// reload or a failure finds the reads its former self left stuck.
+static STUCK: std::sync::Mutex<BTreeMap<String, Ended>> = std::sync::Mutex::new(BTreeMap::new());
 
 /// Says whether the source is asked to stop.
 struct Stopping(Box<dyn Fn() -> bool + Send + Sync>);
@@ -143,8 +142,8 @@ impl Collector {
         let key = format!("{}\0{subject}", self.root.display());
         {
             let mut stuck = STUCK.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(back) = stuck.get(&key) {
-                if !back.load(Ordering::Acquire) {
+            if let Some(ended) = stuck.get(&key) {
+                if !ended() {
                     drop(stuck);
                     self.problems
                         .reject(subject, Reject::Hung, "the last read has not come back");
@@ -153,22 +152,12 @@ impl Collector {
                 stuck.remove(&key);
             }
         }
-        let back = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::sync_channel(1);
-        let flag = back.clone();
+        // However the read ends, a panic too, its sender is gone or has sent.
         let spawned = std::thread::Builder::new()
             .name("system-read".into())
             .stack_size(64 << 10)
             .spawn(move || {
-                // Set however the read ends, a panic too: a subject whose flag is never set
-                // would never be read again in this process.
-                struct Back(Arc<AtomicBool>);
-                impl Drop for Back {
-                    fn drop(&mut self) {
-                        self.0.store(true, Ordering::Release);
-                    }
-                }
-                let _back = Back(flag);
                 let _ = tx.send(io());
             });
         if let Err(e) = spawned {
@@ -195,10 +184,11 @@ impl Collector {
                 format_args!("no answer within {IO_TIMEOUT:?}; skipped until it comes back"),
             );
         }
+        let ended = move || !matches!(rx.try_recv(), Err(mpsc::TryRecvError::Empty));
         STUCK
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, back);
+            .insert(key, Box::new(ended));
         None
     }
 
