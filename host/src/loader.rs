@@ -210,10 +210,13 @@ fn file_identity(real: &Path) -> Option<(u64, u64, i64)> {
 /// that is no longer the one there: a plugin upgraded in place, whose new code a reload does
 /// not run (the process keeps the code it loaded first).
 pub fn replaced_since_loaded(real: &Path) -> bool {
+    replaced(real, file_identity(real))
+}
+
+/// Whether the library at `real`, now the file `now`, was loaded from another one.
+fn replaced(real: &Path, now: Option<(u64, u64, i64)>) -> bool {
     let loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
-    loaded
-        .get(real)
-        .is_some_and(|was| file_identity(real).is_some_and(|now| now != *was))
+    now.is_some_and(|now| loaded.get(real).is_some_and(|was| now != *was))
 }
 
 /// Loads one library file and checks it; the file and the directories above it must pass
@@ -233,13 +236,13 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
                 .into(),
         });
     }
-    if replaced_since_loaded(&real) {
+    let identity = file_identity(&real);
+    if replaced(&real, identity) {
         tracing::warn!(
             library = %real.display(),
             "the plugin library was replaced on disk since the gateway loaded it; it keeps running the code it loaded then (the dynamic loader gives a library already loaded again): restart the gateway to run the new one"
         );
     }
-    let identity = file_identity(&real);
     let opened = |real: &Path| {
         let raw = RawLibrary::load_at(real)?;
         // SAFETY: the header lives as long as the library, which is never unloaded (`raw` is
