@@ -265,6 +265,7 @@ pub fn issue_for_request(
 ) -> Result<(String, X509), PkiError> {
     let req = X509Req::from_pem(pem).map_err(e("not a PEM certificate request"))?;
     let public = req.public_key().map_err(e("the request's key"))?;
+    strong_enough(&public)?;
     if !req.verify(&public).map_err(e("the request's signature"))? {
         return Err(PkiError(
             "the request is not signed by the key it holds".into(),
@@ -292,6 +293,38 @@ pub fn issue_for_request(
         days_from_now(days),
     )?;
     Ok((cn, cert))
+}
+
+/// Refuses a key that a certificate of this CA must not vouch for: only EC keys on P-256,
+/// P-384 or P-521, Ed25519 and Ed448, and RSA keys of at least 2,048 bits are signed. A
+/// request is written by whoever holds the device; an RSA-512 or DSA key in it would be a
+/// certificate that anyone who factors or breaks the key can use as that device.
+fn strong_enough<T: HasPublic>(key: &PKeyRef<T>) -> Result<(), PkiError> {
+    use openssl::pkey::Id;
+    let refused = |what: String| {
+        Err(PkiError(format!(
+            "the request's key is {what}: only EC keys on P-256, P-384 or P-521, Ed25519, Ed448 and RSA keys of 2048 bits or more are signed; make a new request with `gateway certs request` (EC P-256)"
+        )))
+    };
+    match key.id() {
+        Id::EC => {
+            let ec = key.ec_key().map_err(e("the request's EC key"))?;
+            let curve = ec.group().curve_name();
+            match curve {
+                Some(Nid::X9_62_PRIME256V1 | Nid::SECP384R1 | Nid::SECP521R1) => Ok(()),
+                Some(n) => refused(format!(
+                    "on curve {}",
+                    n.short_name().unwrap_or("(unnamed)")
+                )),
+                None => refused("on explicit curve parameters".into()),
+            }
+        }
+        Id::ED25519 | Id::ED448 => Ok(()),
+        Id::RSA if key.bits() >= 2048 => Ok(()),
+        Id::RSA => refused(format!("RSA of {} bits", key.bits())),
+        Id::DSA => refused("DSA".into()),
+        other => refused(format!("of another type (OpenSSL's id {})", other.as_raw())),
+    }
 }
 
 /// Makes a new key, issues a certificate for it (see [`issue`]), and writes both: the

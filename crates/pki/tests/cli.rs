@@ -337,3 +337,54 @@ fn init_keeps_a_ca_key_whose_certificate_is_missing() {
     assert!(certs(d, &["init", "--force"]).0);
     assert_ne!(std::fs::read(d.join("ca.key")).unwrap(), key);
 }
+
+/// A request is written by whoever holds the device. One with a weak key (RSA-1024, an EC
+/// key on a 192-bit curve, DSA) was signed as readily as a P-256 one: a certificate that
+/// whoever breaks the key could use as that device. Now only strong keys are signed; an RSA
+/// key of 2,048 bits and a P-384 key still are.
+#[test]
+fn a_request_with_a_weak_key_is_not_signed() {
+    use openssl::{
+        ec::{EcGroup, EcKey},
+        nid::Nid,
+        pkey::{PKey, Private},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path();
+    assert!(certs(ca, &["init"]).0);
+    let ec = |nid: Nid| {
+        PKey::from_ec_key(EcKey::generate(&EcGroup::from_curve_name(nid).unwrap()).unwrap())
+            .unwrap()
+    };
+    let rsa = |bits: u32| PKey::from_rsa(openssl::rsa::Rsa::generate(bits).unwrap()).unwrap();
+    let dsa = || PKey::from_dsa(openssl::dsa::Dsa::generate(2048).unwrap()).unwrap();
+    let sign = |name: &str, key: &PKey<Private>| {
+        let mut n = openssl::x509::X509NameBuilder::new().unwrap();
+        n.append_entry_by_text("CN", name).unwrap();
+        let mut req = openssl::x509::X509ReqBuilder::new().unwrap();
+        req.set_subject_name(&n.build()).unwrap();
+        req.set_pubkey(key).unwrap();
+        req.sign(key, openssl::hash::MessageDigest::sha256())
+            .unwrap();
+        let path = ca.join(format!("{name}.csr"));
+        std::fs::write(&path, req.build().to_pem().unwrap()).unwrap();
+        certs(ca, &["sign", path.to_str().unwrap()])
+    };
+    for (name, key, what) in [
+        ("pi-rsa", rsa(1024), "RSA of 1024 bits"),
+        ("pi-p192", ec(Nid::X9_62_PRIME192V1), "on curve prime192v1"),
+        ("pi-dsa", dsa(), "DSA"),
+    ] {
+        let (ok, err) = sign(name, &key);
+        assert!(
+            !ok && err.contains(what) && err.contains("2048 bits or more"),
+            "{name}: {err}"
+        );
+        assert!(!ca.join(format!("device-{name}.pem")).exists(), "{name}");
+    }
+    for (name, key) in [("pi-rsa2048", rsa(2048)), ("pi-p384", ec(Nid::SECP384R1))] {
+        let (ok, err) = sign(name, &key);
+        assert!(ok, "{name}: {err}");
+        assert!(ca.join(format!("device-{name}.pem")).exists(), "{name}");
+    }
+}
