@@ -1,6 +1,6 @@
 //! Connecting to NATS with the configured credentials, on the plugin's own runtime.
 
-use crate::config::Connection;
+use crate::{config::Connection, denied::Denied};
 use gateway_sdk::{InitContext, PluginError};
 use std::path::PathBuf;
 
@@ -80,11 +80,23 @@ impl Settings {
         })
     }
 
-    /// Connects; a retryable error says why not.
-    pub async fn connect(&self) -> Result<async_nats::Client, PluginError> {
+    /// Connects; a retryable error says why not. The subjects the server refuses this
+    /// connection's publishes to are noted in `denied`, if given.
+    pub async fn connect(
+        &self,
+        denied: Option<&Denied>,
+    ) -> Result<async_nats::Client, PluginError> {
         let mut o = async_nats::ConnectOptions::new()
             .connection_timeout(self.timeout)
             .name("gateway");
+        if let Some(denied) = denied.cloned() {
+            o = o.event_callback(move |event| {
+                if let async_nats::Event::ServerError(async_nats::ServerError::Other(e)) = &event {
+                    denied.note_error(e, std::time::Instant::now());
+                }
+                std::future::ready(())
+            });
+        }
         if let Some((u, p)) = &self.user {
             o = o.user_and_password(u.clone(), p.clone());
         }

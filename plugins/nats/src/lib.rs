@@ -7,6 +7,7 @@
 
 pub mod config;
 mod connect;
+mod denied;
 pub mod sink;
 pub mod source;
 pub mod subject;

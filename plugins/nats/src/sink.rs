@@ -8,6 +8,7 @@
 use crate::{
     config::SinkConfig,
     connect::Settings,
+    denied::{self, Denied},
     subject::{self, Template},
 };
 use async_nats::jetstream::{self, stream::StorageType};
@@ -37,6 +38,8 @@ pub struct NatsSink {
     data_dir: std::path::PathBuf,
     /// The key of its message ids ([`msg_id`]), read or made at the first open.
     key: Option<hmac::Key>,
+    /// Subjects the server lately refused its publishes to (its permissions).
+    denied: Denied,
 }
 
 /// A reading's JetStream message id: its id in 32 hex digits, `@`, its device (bytes outside
@@ -179,6 +182,7 @@ impl Sink for NatsSink {
             table: ctx.info().table.to_string(),
             data_dir: ctx.data_dir(),
             key: None,
+            denied: Denied::default(),
         })
     }
 
@@ -190,8 +194,9 @@ impl Sink for NatsSink {
             self.key = Some(msg_id_key(&self.data_dir)?);
         }
         let (settings, cfg, table) = (self.settings.clone(), self.cfg.clone(), self.table.clone());
+        let denied = self.denied.clone();
         let js = self.rt.block_on(async move {
-            let client = settings.connect().await?;
+            let client = settings.connect(Some(&denied)).await?;
             let max_payload = client.server_info().max_payload;
             let mut js = jetstream::new(client);
             // The stream is made where it is missing; one that is there is used as it is.
@@ -270,6 +275,10 @@ impl Sink for NatsSink {
                 self.max_payload
             )));
         }
+        let subjects: Vec<String> = messages.iter().map(|(s, _, _)| s.clone()).collect();
+        if let Some(e) = self.refused_subject(batch, &subjects) {
+            return Err(e);
+        }
         let outcome = self.rt.block_on(async move {
             tokio::time::timeout(timeout, publish_all(&js, messages))
                 .await
@@ -289,15 +298,40 @@ impl Sink for NatsSink {
             Err(Failed::NoStream(e, failed, stored_by)) => {
                 self.check_subjects(batch, &failed, &stored_by).and(Err(e))
             }
-            Err(Failed::Other(e)) => Err(e),
+            // The server drops a publish its permissions refuse, and says so on the side:
+            // the acknowledgement only times out.
+            Err(Failed::Other(e)) => Err(self.refused_subject(batch, &subjects).unwrap_or(e)),
         };
         if let Err(e) = &outcome {
             // A new connection for the next try: the batch goes again whole, and JetStream drops
             // the readings it already holds by their ids.
             self.js = None;
-            tracing::warn!(table = %self.table, error = %e.message(), "publishing failed; the batch will be sent again");
+            if e.kind.is_retryable() {
+                tracing::warn!(table = %self.table, error = %e.message(), "publishing failed; the batch will be sent again");
+            }
         }
         outcome
+    }
+}
+
+impl NatsSink {
+    /// The refusal of `batch` when the server lately refused a publish to the subject of one
+    /// of its readings (`subjects`, in order): refused for good, or it would time out at
+    /// every try and hold every device's readings behind it.
+    fn refused_subject(&self, batch: &[Reading], subjects: &[String]) -> Option<PluginError> {
+        let now = std::time::Instant::now();
+        let i = subjects.iter().position(|s| self.denied.refuses(s, now))?;
+        let r = &batch[i];
+        Some(PluginError::rejected(format!(
+            "reading {} of {} ({}/{}/{}) goes to subject {}, which the server's publish permissions refuse this sink's user (it said so within the last {} s): allow the subject for the user, then `gateway dead-letters resend`",
+            i + 1,
+            batch.len(),
+            r.device,
+            r.sensor,
+            r.name,
+            subjects[i],
+            denied::REMEMBERED.as_secs()
+        )))
     }
 }
 

@@ -220,7 +220,7 @@ impl NatsSource {
     /// of none or all, a message would count as acknowledged before any sink stored it; with
     /// another filter, the source would read other subjects than configured.
     async fn consumer(&self) -> Result<(async_nats::Client, PullConsumer), PluginError> {
-        let client = self.settings.connect().await?;
+        let client = self.settings.connect(None).await?;
         let js = jetstream::new(client.clone());
         let stream = js
             .get_stream(&self.cfg.stream)

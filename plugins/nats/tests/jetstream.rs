@@ -762,3 +762,71 @@ fn tls_stores_through_a_server_its_ca_file_vouches_for_and_refuses_others() {
         );
     }
 }
+
+/// A user whose publish permissions do not take a device's subject: the server drops each
+/// such publish with an `-ERR` on the side, and its acknowledgement only times out. Before,
+/// that was a retry at every try, and the sink stalled for every device behind the one; now
+/// the reading is refused for good, at once after the first time, and the others flow.
+#[test]
+fn a_subject_the_users_permissions_refuse_is_refused_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nats.conf");
+    std::fs::write(
+        &conf,
+        r#"authorization { users = [ { user: "pi", password: "pw", permissions: {
+            publish: { allow: ["readings.pi-01.>", "$JS.API.>"] },
+            subscribe: { allow: ["_INBOX.>"] } } } ] }
+"#,
+    )
+    .unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "pw").unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let server = NatsServer::start_with(
+        dir.path().join("store"),
+        &["-c".into(), conf.display().to_string()],
+    );
+    let mut s = SinkHarness::new::<NatsSink>(&format!(
+        "url = {:?}\nusername = \"pi\"\npassword_file = {:?}\nack_timeout = \"2s\"\n",
+        server.url(),
+        pw.display().to_string()
+    ))
+    .unwrap();
+    let mut ours = sample_readings(2);
+    ours[0].device = "pi-01".into();
+    ours[1].device = "pi-01".into();
+    s.write(ours[..1].to_vec())
+        .expect("a subject the user may publish to");
+    // Theirs goes with ours: the batch times out once, and is refused for theirs.
+    let theirs = sample_readings(1).remove(0);
+    let e = s.write(vec![ours[1].clone(), theirs.clone()]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(
+        e.message().starts_with("reading 2 of 2 (test-device/")
+            && e.message()
+                .contains("goes to subject readings.test-device.")
+            && e.message().contains("publish permissions"),
+        "{e}"
+    );
+    // Narrowed by halves (as the host does): the refused reading alone is refused at once,
+    // without another wait for an acknowledgement, and ours is stored.
+    let started = Instant::now();
+    let e = s.write(vec![theirs]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::REJECTED, "{e}");
+    assert!(started.elapsed() < Duration::from_secs(1), "not a timeout");
+    s.write(vec![ours[1].clone()]).expect("ours is stored");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stored = rt.block_on(async {
+        let c = async_nats::ConnectOptions::with_user_and_password("pi".into(), "pw".into())
+            .connect(server.url())
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(c);
+        let mut s = js.get_stream("READINGS").await.unwrap();
+        s.info().await.unwrap().state.messages
+    });
+    assert_eq!(stored, 2);
+}
