@@ -295,7 +295,23 @@ fn transfer(
             body = response.payload.clone();
             break response;
         }
-        let block = show::block2(&response);
+        let block = match response.get_first_option(CoapOption::Block2) {
+            None => None,
+            Some(v) => Some(Block::decode(v).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the server's Block2 option cannot be read ({} bytes, {v:02x?})",
+                    v.len()
+                )
+            })?),
+        };
+        // Part of the body came block by block: the rest must too, or what is printed would
+        // be blocks of one answer and some other answer run together.
+        if block.is_none() && blocks > 1 && !body.is_empty() {
+            bail!(
+                "the server answered the request for the block at byte {} without a Block2 option; stopped: the body would not be the resource's",
+                body.len()
+            );
+        }
         if let Some(b) = block {
             // Each block says where it starts; sizes may change between blocks (RFC 7959 2.4).
             let offset = b.num as usize * b.size();
@@ -308,6 +324,12 @@ fn transfer(
             // The representation changed between blocks: start again, a few times at most.
             let tag = response.get_first_option(CoapOption::ETag).cloned();
             if b.num > 0 && tag != etag {
+                // Starting again sends the request whole once more: only a GET may be.
+                if method != RequestType::Get {
+                    bail!(
+                        "the answer changed between its blocks (another ETag); the request is not sent again, since the server may have acted on it already"
+                    );
+                }
                 restarts += 1;
                 if restarts > 3 {
                     bail!("the resource kept changing while its blocks were fetched");
@@ -322,6 +344,15 @@ fn transfer(
                 bail!(
                     "the server sent an empty block {} and said more follow",
                     b.num
+                );
+            }
+            // Every block but the last is exactly the block size (RFC 7959 2.2).
+            if b.more && response.payload.len() != b.size() {
+                bail!(
+                    "the server sent block {} of {} bytes and said more follow; a block is {} bytes but the last",
+                    b.num,
+                    response.payload.len(),
+                    b.size()
                 );
             }
         }

@@ -1,6 +1,9 @@
-//! `gateway coap` against a server that answers block-wise for ever, in the smallest blocks
-//! (16 bytes): a GET stops after a bounded number of blocks, and `observe --for` ends on time
-//! while such a notification is being fetched.
+//! `gateway coap` against servers that answer block-wise in ways it must not take: for ever,
+//! in the smallest blocks (16 bytes), where a GET stops after a bounded number of blocks and
+//! `observe --for` ends on time while such a notification is being fetched; and with blocks
+//! that do not make one answer (a later one without Block2, a short one, a POST's answer
+//! whose ETag changes), where it stops with an error rather than print a body that is not
+//! the resource's or send the POST again.
 
 use gateway_coap::{
     coap_lite::{CoapOption, ResponseType},
@@ -58,6 +61,15 @@ impl Handler for Endless {
 }
 
 fn endless_server(dir: &Path) -> (u16, Arc<AtomicBool>) {
+    serve(dir, |responder, stop| Endless { responder, stop })
+}
+
+/// A server on a port of its own, answering with the handler `make` makes, until the flag
+/// it gives is set.
+fn serve<H: Handler + Send + 'static>(
+    dir: &Path,
+    make: impl FnOnce(Responder, Arc<AtomicBool>) -> H,
+) -> (u16, Arc<AtomicBool>) {
     coaps::certs(dir, "pi-01");
     let b = Bound::new(ServerOptions {
         bind: "127.0.0.1:0".parse().unwrap(),
@@ -84,10 +96,7 @@ fn endless_server(dir: &Path) -> (u16, Arc<AtomicBool>) {
     .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let port = b.local_addr.port();
-    let handler = Endless {
-        responder: b.responder.clone(),
-        stop: stop.clone(),
-    };
+    let handler = make(b.responder.clone(), stop.clone());
     std::thread::spawn(move || b.run(Duration::from_millis(20), handler));
     (port, stop)
 }
@@ -123,4 +132,103 @@ fn a_server_that_sends_blocks_for_ever_is_stopped() {
         String::from_utf8_lossy(&out.stderr)
     );
     stop.store(true, Ordering::Relaxed);
+}
+
+/// How [`Tricky`] answers the request for a block past the first.
+#[derive(Clone, Copy)]
+enum Trick {
+    /// The whole of some other answer, without Block2.
+    NoBlock2,
+    /// Block 0 of 10 bytes, saying more follow.
+    Short,
+    /// Each block with another ETag (the answer to a POST, which must not be sent again).
+    NewEtag,
+}
+
+/// Answers block 0 (16 bytes, more follow) and then as its [`Trick`] says; counts the
+/// requests that carry a payload (POSTs sent whole).
+struct Tricky {
+    responder: Responder,
+    stop: Arc<AtomicBool>,
+    trick: Trick,
+    whole: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Handler for Tricky {
+    fn request(&mut self, inc: Incoming) {
+        if !inc.packet.payload.is_empty() {
+            self.whole.fetch_add(1, Ordering::Relaxed);
+        }
+        let num = inc
+            .packet
+            .get_first_option(CoapOption::Block2)
+            .and_then(|v| Block::decode(v))
+            .map_or(0, |b| b.num);
+        let code = if inc.packet.payload.is_empty() && num == 0 {
+            ResponseType::Content
+        } else {
+            ResponseType::Changed
+        };
+        let block = |p: &mut gateway_coap::coap_lite::Packet, more| {
+            p.add_option(CoapOption::Block2, Block { num, more, szx: 0 }.encode());
+        };
+        let p = match (num, self.trick) {
+            (0, Trick::Short) => {
+                let mut p = response(code, "0123456789");
+                block(&mut p, true);
+                p
+            }
+            (0, _) | (_, Trick::NewEtag) => {
+                let mut p = response(code, "0123456789abcdef");
+                block(&mut p, num == 0);
+                p.add_option(CoapOption::ETag, vec![num as u8]);
+                p
+            }
+            (_, _) => response(ResponseType::Content, "some other answer"),
+        };
+        self.responder.respond(inc.id, p);
+    }
+    fn tick(&mut self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn blocks_that_do_not_make_one_answer_are_an_error_and_a_post_is_not_sent_again() {
+    for (trick, method, said) in [
+        (Trick::NoBlock2, "get", "without a Block2 option"),
+        (Trick::Short, "get", "block 0 of 10 bytes"),
+        (Trick::NewEtag, "post", "the request is not sent again"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = whole.clone();
+        let (port, stop) = serve(dir.path(), move |responder, stop| Tricky {
+            responder,
+            stop,
+            trick,
+            whole: counted,
+        });
+        let uri = format!("coaps://localhost:{port}/r");
+        let ca = dir.path().join("ca.pem");
+        let out = Command::new(env!("CARGO_BIN_EXE_gateway-coap"))
+            .args([method, &uri, "--ca", ca.to_str().unwrap(), "-p", "reading"])
+            .args(if method == "get" {
+                &[][..]
+            } else {
+                &["-t", "text"][..]
+            })
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(said), "{said}: {err}");
+        assert!(
+            out.stdout.is_empty(),
+            "{said}: nothing printed as the answer"
+        );
+        if method == "post" {
+            assert_eq!(whole.load(Ordering::Relaxed), 1, "the POST went once");
+        }
+        stop.store(true, Ordering::Relaxed);
+    }
 }
