@@ -146,6 +146,7 @@ enum DeadLetterCommand {
 
 fn main() -> ExitCode {
     gateway_host::memory::limit_malloc_arenas();
+    gateway_host::memory::keep_out_of_core_dumps();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run { .. }) {
         // The commands that print (`plugins`, `check`, `status`, `dead-letters`) end quietly
@@ -171,7 +172,12 @@ fn main() -> ExitCode {
 /// what a plugin read (a file, a server's answer), and the version strings of libraries.
 fn report(errors: &[String]) -> anyhow::Error {
     for e in errors {
-        eprintln!("error: {}", printable(e));
+        // Each error was redacted with its own instance's secrets; another's may be in it
+        // too (a plugin quoting a file it read).
+        eprintln!(
+            "error: {}",
+            printable(&gateway_host::config::redact_known(e))
+        );
     }
     anyhow!(
         "{} problem{} found; nothing was started",

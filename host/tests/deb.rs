@@ -209,6 +209,7 @@ fn the_amd64_package_holds_the_gateway_its_plugins_and_hardened_units() {
             "ExecReload=/bin/kill -HUP $MAINPID",
             "User=gateway",
             "StateDirectory=gateway",
+            "LimitCORE=0",
             "NoNewPrivileges=yes",
             "CapabilityBoundingSet=\n",
             "ProtectSystem=strict",

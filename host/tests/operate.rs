@@ -641,3 +641,84 @@ fn a_write_a_sink_keeps_without_answering_is_warned_of() {
     );
     gw.stop(Duration::from_secs(20));
 }
+
+/// The gateway holds database passwords, PSKs and private keys in memory. A crash, or the
+/// watchdog's SIGABRT, wrote them to a core file (and systemd-coredump copies the environment,
+/// with `server.env`'s password, into the journal); any process of the gateway's user could
+/// read `/proc/PID/environ` and `/proc/PID/mem`. The gateway now makes itself not dumpable,
+/// which the kernel shows by giving the files of its `/proc/PID/` to root. Run as `nobody`, as a service
+/// runs as its own user (a process of root's is root's either way); `sleep`, run the same way,
+/// shows that they are its user's otherwise.
+#[test]
+fn a_running_gateway_is_not_dumpable() {
+    use std::os::unix::{fs::MetadataExt, process::CommandExt};
+    const NOBODY: u32 = 65534;
+    let s = Setup::new();
+    std::fs::set_permissions(
+        s.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let data = s.path("data");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::chown(&data, Some(NOBODY), Some(NOBODY)).unwrap();
+    let cfg = s.config(
+        &format!("data_dir = {:?}", data.display().to_string()),
+        "[sources.seq]\nplugin = \"testkit-sequence\"\ninterval = \"1s\"\n\n[sinks.null]\nplugin = \"testkit-null-sink\"\n",
+    );
+    // (`/proc/PID/` itself stays the process's user's, as procps relies on; what is in it
+    // goes to root.)
+    let owner = |pid: u32| std::fs::metadata(format!("/proc/{pid}/environ")).map(|m| m.uid());
+    let spawn = |cmd: &mut Command, env: Option<&str>| {
+        if let Some(v) = env {
+            cmd.env("GATEWAY_DUMPABLE", v);
+        } else {
+            cmd.env_remove("GATEWAY_DUMPABLE");
+        }
+        cmd.uid(NOBODY)
+            .gid(NOBODY)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut sleep = spawn(Command::new("sleep").arg("30"), None);
+    let gateway = |env| {
+        spawn(
+            Command::new(env!("CARGO_BIN_EXE_gateway"))
+                .args(["run", "--config"])
+                .arg(&cfg),
+            env,
+        )
+    };
+    let (mut gw, mut debug) = (gateway(None), gateway(Some("1")));
+    // Each has started (and made itself not dumpable, first thing) once it loaded a plugin.
+    let end = Instant::now() + Duration::from_secs(20);
+    let started = |pid: u32| {
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok()
+            && std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                .is_ok_and(|m| m.contains("testkit"))
+    };
+    while !(started(gw.id()) && started(debug.id())) {
+        assert!(
+            Instant::now() < end && gw.try_wait().unwrap().is_none(),
+            "the gateway did not start as nobody"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let owners = (
+        owner(gw.id()).unwrap(),
+        owner(debug.id()).unwrap(),
+        owner(sleep.id()).unwrap(),
+    );
+    for c in [&mut gw, &mut debug, &mut sleep] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert_eq!(
+        owners,
+        (0, NOBODY, NOBODY),
+        "(gateway, GATEWAY_DUMPABLE=1, sleep)"
+    );
+}

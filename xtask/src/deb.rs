@@ -76,6 +76,9 @@ Group=gateway
 StateDirectory=gateway
 StateDirectoryMode=0750
 UMask=0027
+# No core file of a process that holds the secrets (the gateway also makes itself not
+# dumpable; this covers what runs before that).
+LimitCORE=0
 NoNewPrivileges=yes
 CapabilityBoundingSet=
 AmbientCapabilities=
