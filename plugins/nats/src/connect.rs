@@ -43,12 +43,19 @@ impl Settings {
             _ => return Err(bad("username", "give username and a password together")),
         };
         let token = ctx.secret("token", None, c.token_env.as_deref(), None)?;
-        // A .creds file holds the NKey seed: a secret, checked as key files are.
-        let credentials = c
-            .credentials_file
-            .as_ref()
-            .map(|p| ctx.private_file("credentials_file", p))
-            .transpose()?;
+        // A .creds file holds the NKey seed: a secret, checked as key files are. Its user JWT
+        // authenticates on its own (a bearer JWT) and async-nats traces it with the connect
+        // options: both are kept out of the log.
+        let credentials = match &c.credentials_file {
+            Some(p) => {
+                let (path, text) = ctx.read_private_file("credentials_file", p)?;
+                for secret in creds_secrets(&text) {
+                    ctx.secret("credentials_file", Some(secret), None, None)?;
+                }
+                Some(path)
+            }
+            None => None,
+        };
         let ways = [user.is_some(), token.is_some(), credentials.is_some()];
         if ways.iter().filter(|w| **w).count() > 1 {
             return Err(bad(
@@ -137,6 +144,23 @@ impl Settings {
     }
 }
 
+/// The secrets of a NATS `.creds` file's text: what stands between its `-----BEGIN` and
+/// `-----END` lines (the user JWT and the NKey seed).
+fn creds_secrets(text: &str) -> Vec<&str> {
+    let mut inside = false;
+    let mut found = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with("-----BEGIN") {
+            inside = true;
+        } else if line.starts_with("-----END") || line.starts_with("------END") {
+            inside = false;
+        } else if inside && !line.is_empty() {
+            found.push(line);
+        }
+    }
+    found
+}
+
 /// How many addresses the servers of `urls` (comma-separated URLs) have: each server's
 /// host looked up (within `limit`), one for a host that cannot be.
 async fn addresses(urls: &str, limit: std::time::Duration) -> u32 {
@@ -185,6 +209,19 @@ fn remote_hosts(urls: &str) -> Vec<(&str, &str)> {
 
 #[cfg(test)]
 mod tests {
+    /// The layout `nsc generate creds` writes.
+    #[test]
+    fn a_creds_file_s_jwt_and_seed_are_its_secrets() {
+        let creds = "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.sig\n------END NATS USER JWT------\n\n************************* IMPORTANT *************************\nNKEY Seed printed below can be used to sign and prove identity.\nNKEYs are sensitive and should be treated as secrets.\n\n-----BEGIN USER NKEY SEED-----\nSUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4\n------END USER NKEY SEED------\n\n*************************************************************\n";
+        assert_eq!(
+            super::creds_secrets(creds),
+            [
+                "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.sig",
+                "SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4"
+            ]
+        );
+    }
+
     #[test]
     fn each_address_of_each_server_is_counted() {
         let rt = tokio::runtime::Builder::new_current_thread()
