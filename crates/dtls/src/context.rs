@@ -13,13 +13,23 @@ use openssl::{
 };
 use std::{collections::HashMap, path::PathBuf, sync::OnceLock};
 
-/// A pre-shared key.
-#[derive(Debug, Clone)]
+/// A pre-shared key. Its Debug shows the identity, never the key (settings that hold one are
+/// Debug-printed whole).
+#[derive(Clone)]
 pub struct Psk {
     /// The identity sent to the server.
     pub identity: String,
     /// The key bytes.
     pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Psk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Psk")
+            .field("identity", &self.identity)
+            .field("key", &format_args!("<{} bytes>", self.key.len()))
+            .finish()
+    }
 }
 
 /// Parses a key written in hex (surrounding blanks allowed); `None` for anything but an even,
@@ -483,6 +493,16 @@ pub fn server_context(s: &ServerSettings) -> Result<SslContext, DtlsError> {
 mod tests {
     use super::*;
     use gateway_pki::{issue_to, Kind};
+
+    #[test]
+    fn a_psk_s_debug_shows_its_identity_not_its_key() {
+        let psk = Psk {
+            identity: "pi-02".into(),
+            key: vec![0x5e, 0xc2, 0xe7, 0x01],
+        };
+        let shown = format!("{psk:?}");
+        assert_eq!(shown, "Psk { identity: \"pi-02\", key: <4 bytes> }");
+    }
 
     /// What a record adds is that of the costliest suite the list allows.
     #[test]
