@@ -148,7 +148,11 @@ fn json_redacted(event: &[u8]) -> Cow<'_, [u8]> {
         return Cow::Borrowed(event);
     }
     let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_str(text) else {
-        return Cow::Borrowed(event);
+        // Not one JSON object (it should always be): redacted as text rather than not at all.
+        return match crate::config::redact_known(text) {
+            Cow::Owned(r) => Cow::Owned(r.into_bytes()),
+            Cow::Borrowed(_) => Cow::Borrowed(event),
+        };
     };
     fn redact(v: &mut serde_json::Value, changed: &mut bool) {
         match v {
@@ -486,5 +490,11 @@ mod tests {
         // A line quoting none is written as it is.
         let plain = b"{\"message\":\"nothing\"}\n";
         assert!(matches!(json_redacted(plain), Cow::Borrowed(_)));
+        // A line that is not one JSON object is redacted as text, not written as it is.
+        let broken = "{\"message\":\"Tk7secret\"".as_bytes();
+        assert_eq!(
+            std::str::from_utf8(&json_redacted(broken)).unwrap(),
+            "{\"message\":\"${GW_LOG_JSON_TOKEN}\""
+        );
     }
 }
