@@ -129,3 +129,59 @@ fn gateway_load_closes_each_session_it_opens() {
         "sessions the load generator left open\n{text}"
     );
 }
+
+/// The load generator takes a PSK from a file or the environment, never from its command line
+/// (where `ps` shows it to every user): each device handshakes under its own name with it.
+#[test]
+fn gateway_load_takes_its_psk_from_a_file_or_the_environment() {
+    let s = Setup::new();
+    let port = free_udp_port();
+    let key = "5ec2e7a1b3c4d5e6f708192a3b4c5d6e";
+    let devices = s.path("psk.txt");
+    std::fs::write(&devices, format!("load-0:{key}\nload-1:{key}\n")).unwrap();
+    std::fs::set_permissions(
+        &devices,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let server = s.server_config(&format!(
+        "[sources.ingress]\nplugin = \"coaps-ingress\"\nlisten = \"127.0.0.1:{port}\"\npsk_file = {:?}\n\n[sinks.null]\nplugin = \"testkit-null-sink\"\n",
+        devices.display().to_string()
+    ));
+    let mut gw = Running::start_named(&s, "server", &server);
+    assert!(gw.wait_for_log("CoAP/DTLS ingress listening", Duration::from_secs(10)));
+    let file = s.path("load.psk");
+    std::fs::write(&file, format!("{key}\n")).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(plugin_dir().join("gateway-load"))
+            .args(["--server", &format!("127.0.0.1:{port}"), "--devices", "2"])
+            .args(["--duration", "1s", "--timeout", "3s"])
+            .args(args)
+            .env("GW_LOAD_PSK", key)
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["--psk-file", file.to_str().unwrap()][..],
+        &["--psk-env", "GW_LOAD_PSK"][..],
+    ] {
+        let out = run(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ok = text
+            .lines()
+            .find_map(|l| l.strip_prefix("result "))
+            .and_then(|r| r.split_whitespace().find_map(|kv| kv.strip_prefix("ok=")))
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(
+            out.status.success() && ok.is_some_and(|n| n > 0),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    gw.stop(Duration::from_secs(30));
+    let out = run(&["--psk", key]);
+    assert!(
+        !out.status.success(),
+        "a key on the command line is refused"
+    );
+}

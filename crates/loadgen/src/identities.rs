@@ -23,10 +23,26 @@ pub enum Identities {
 impl Identities {
     /// Reads, or makes, what `cli` asks for.
     pub fn new(cli: &Cli) -> Result<Identities> {
-        if let Some(hex) = &cli.psk {
+        let psk = match (&cli.psk_file, &cli.psk_env) {
+            (Some(file), _) => Some((
+                format!("--psk-file {}", file.display()),
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("--psk-file {}", file.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+            )),
+            (None, Some(var)) => Some((
+                format!("--psk-env {var}"),
+                std::env::var(var).with_context(|| format!("--psk-env {var}: not set"))?,
+            )),
+            (None, None) => None,
+        };
+        if let Some((from, hex)) = &psk {
             let hex = hex.trim();
             if hex.is_empty() || hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                bail!("--psk must be an even number of hex digits");
+                bail!("{from}: the key must be an even number of hex digits");
             }
             let key = (0..hex.len() / 2)
                 .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked"))
@@ -50,10 +66,10 @@ impl Identities {
             });
         }
         let Some(ca_key) = &cli.ca_key else {
-            bail!("say who the devices are: --ca-key (issue certificates), --certs-dir or --psk");
+            bail!("say who the devices are: --ca-key (issue certificates), --certs-dir, --psk-file or --psk-env");
         };
-        // Given: --ca-key conflicts with --psk, without which --ca is required.
-        let ca_file = cli.ca.as_ref().expect("clap requires --ca without --psk");
+        // Given: --ca-key conflicts with a PSK, without which --ca is required.
+        let ca_file = cli.ca.as_ref().expect("clap requires --ca without a PSK");
         let (ca, key) = read_pair(ca_file, ca_key)
             .with_context(|| format!("reading the CA {} and its key", ca_file.display()))?;
         let dir = tempfile::tempdir()?;

@@ -56,7 +56,7 @@ enum Mode {
     after_help = "Examples:
   gateway-load --server 127.0.0.1:5684 --ca certs/ca.pem --ca-key certs/ca.key --devices 100
   gateway-load --server gw.example.org:5684 --ca ca.pem --certs-dir devices/ --readings 20
-  gateway-load --server 127.0.0.1:5684 --psk 73656372 --mode handshakes"
+  gateway-load --server 127.0.0.1:5684 --psk-file load.psk --mode handshakes"
 )]
 struct Cli {
     /// The server, HOST:PORT.
@@ -65,20 +65,24 @@ struct Cli {
     /// The name checked against the server's certificate (default: the host of --server).
     #[arg(long)]
     host: Option<String>,
-    /// CA certificate (PEM) the server's certificate must lead to; not needed with --psk
+    /// CA certificate (PEM) the server's certificate must lead to; not needed with a PSK
     /// (a PSK handshake shows no certificate).
-    #[arg(long, required_unless_present = "psk")]
+    #[arg(long, required_unless_present_any = ["psk_file", "psk_env"])]
     ca: Option<PathBuf>,
     /// Give each device a certificate of its own, issued by this key of --ca (a development
     /// CA; the certificates live in a temporary directory for the run).
-    #[arg(long, conflicts_with_all = ["certs_dir", "psk"])]
+    #[arg(long, conflicts_with_all = ["certs_dir", "psk_file", "psk_env"])]
     ca_key: Option<PathBuf>,
     /// Each device's certificate and key: DIR/NAME.pem and DIR/NAME.key.
-    #[arg(long, conflicts_with = "psk")]
+    #[arg(long, conflicts_with_all = ["psk_file", "psk_env"])]
     certs_dir: Option<PathBuf>,
-    /// A PSK (hex) that every device uses, under its own name as the identity.
-    #[arg(long)]
-    psk: Option<String>,
+    /// A PSK that every device uses, under its own name as the identity: the first line of
+    /// this file, in hex (never on the command line, where `ps` shows it to every user).
+    #[arg(long, conflicts_with = "psk_env", value_name = "FILE")]
+    psk_file: Option<PathBuf>,
+    /// The PSK of --psk-file from this environment variable instead, in hex.
+    #[arg(long, value_name = "VAR")]
+    psk_env: Option<String>,
     /// Devices: device N is named PREFIX-N and is its own SenML device.
     #[arg(long, default_value_t = 10)]
     devices: usize,
