@@ -86,7 +86,8 @@ struct Args {
     /// The payload from a file; `-` reads stdin.
     #[arg(short = 'f', long, value_name = "FILE")]
     payload_file: Option<PathBuf>,
-    /// The block size asked for in a block-wise answer: 16 to 1024.
+    /// The block size, 16 to 1024: asked for in a block-wise answer, and used for a payload
+    /// that goes up block-wise (larger than it).
     #[arg(short = 'b', long, value_name = "BYTES", default_value_t = 1024)]
     block_size: u32,
     /// How long to wait for each answer (a handshake included).
@@ -166,6 +167,12 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 args.block_size
             )
         })?;
+    if args.method != Method::Observe && (args.count.is_some() || args.r#for.is_some()) {
+        bail!("--count and --for are for observe: a single request ends with its answer");
+    }
+    if args.timeout.is_zero() {
+        bail!("--timeout 0s: no answer could come in time; give how long to wait for each (10s by default)");
+    }
     let payload = payload(args)?;
     let content_format = args
         .content_format
@@ -200,7 +207,13 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
             host: uri.host.clone(),
             verify_host: tls.ca_file.is_some(),
             tls,
-            coap: Default::default(),
+            // -b is the block size both ways: a payload larger than it goes up block-wise
+            // (Block1) in blocks of that size, as libcoap's coap-client does.
+            coap: gateway_coap::Config {
+                block_szx: szx,
+                max_payload: gateway_coap::Config::default().max_payload.min(16 << szx),
+                ..Default::default()
+            },
             handshake_timeout: args.timeout,
         },
     };

@@ -5,6 +5,7 @@
 use gateway_test_support::{
     coaps,
     libcoap::{self, have_libcoap},
+    lossy_relay,
 };
 use std::{
     path::Path,
@@ -73,6 +74,42 @@ fn talks_to_libcoaps_server() {
         &body,
     ]);
     assert!(put.status.success(), "{}", text(&put.stderr));
+    // -b is the block size up too: through a relay, the PUT's datagrams stay small (the
+    // largest is the handshake's ClientHello), where they carried 1,024-byte blocks.
+    for (block, smaller, larger) in [("64", 0, 400), ("1024", 1000, 1500)] {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let counts = std::sync::Arc::new(lossy_relay::RelayCounts::default());
+        let relay = lossy_relay::lossy_relay(
+            server.1,
+            0.0,
+            0.0,
+            std::time::Duration::ZERO,
+            1,
+            stop.clone(),
+            counts.clone(),
+        );
+        let put = coap(&[
+            "put",
+            &format!("coaps://localhost:{relay}/example_data"),
+            "--ca",
+            ca,
+            "-t",
+            "text",
+            "-p",
+            &body,
+            "-b",
+            block,
+        ]);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(put.status.success(), "{}", text(&put.stderr));
+        let largest = counts
+            .largest_to_server
+            .load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (smaller..larger).contains(&largest),
+            "-b {block}: the largest datagram was {largest} bytes"
+        );
+    }
     let get = coap(&[
         "get",
         &format!("{base}/example_data"),
@@ -175,6 +212,36 @@ fn bad_arguments_say_what_is_wrong() {
         text(&out.stderr)
     );
     assert_eq!(coap(&["--help"]).status.code(), Some(0));
+    // Options that would do nothing are refused rather than ignored.
+    for (args, said) in [
+        (
+            &["get", "coaps://localhost/x", "--ca", "/x", "--count", "3"][..],
+            "for observe",
+        ),
+        (
+            &["put", "coaps://localhost/x", "--ca", "/x", "--for", "1s"][..],
+            "for observe",
+        ),
+        (
+            &[
+                "get",
+                "coaps://localhost/x",
+                "--ca",
+                "/x",
+                "--timeout",
+                "0s",
+            ][..],
+            "--timeout 0s",
+        ),
+    ] {
+        let out = coap(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(said),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
 }
 
 #[test]
