@@ -35,6 +35,12 @@ impl Uri {
                 ))
             }
         };
+        // RFC 7252 §6.1: a fragment is no part of a CoAP request, and a host has no user.
+        if rest.contains('#') {
+            return Err(format!(
+                "{text:?}: a CoAP URI has no #fragment (write # in a path or query as %23)"
+            ));
+        }
         let (authority, tail) = match rest.find(['/', '?']) {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -43,13 +49,30 @@ impl Uri {
             let (h, after) = v6
                 .split_once(']')
                 .ok_or_else(|| format!("{text:?}: unclosed [ in the host"))?;
-            (h, after.strip_prefix(':'))
+            let port = match after {
+                "" => None,
+                a => Some(a.strip_prefix(':').ok_or_else(|| {
+                    format!("{text:?}: {a:?} after the ] of the host: write [ADDRESS]:PORT")
+                })?),
+            };
+            (h, port)
         } else {
             match authority.rsplit_once(':') {
+                // `::1` would be host `:` and port 1: an IPv6 address goes in brackets.
+                Some((h, _)) if h.contains(':') => {
+                    return Err(format!(
+                        "{text:?}: write an IPv6 address in brackets, coaps://[{authority}]/PATH"
+                    ))
+                }
                 Some((h, p)) => (h, Some(p)),
                 None => (authority, None),
             }
         };
+        if host.contains('@') {
+            return Err(format!(
+                "{text:?}: a coaps:// URI has no user@ in its host; the device is known by its certificate or PSK identity"
+            ));
+        }
         if host.is_empty() {
             return Err(format!("{text:?}: no host"));
         }
@@ -86,7 +109,12 @@ fn decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
+            // Two hex digits; from_str_radix alone would take `+1` too.
+            let hex = b.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let hex = std::str::from_utf8(hex).ok()?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -121,6 +149,13 @@ mod tests {
             ("coaps://:5684/x", "no host"),
             ("coaps://h:99999/x", "not a port number"),
             ("coaps://h/%zz", "bad percent-encoding"),
+            ("coaps://h/%+1", "bad percent-encoding"),
+            ("coaps://h/%-1", "bad percent-encoding"),
+            ("coaps://h/x#top", "no #fragment"),
+            ("coaps://::1/x", "in brackets"),
+            ("coaps://fe80::1:5684/x", "in brackets"),
+            ("coaps://[::1]junk/x", "after the ]"),
+            ("coaps://pi@h/x", "no user@"),
         ] {
             let e = Uri::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
