@@ -44,9 +44,11 @@ pub(super) struct Observing {
     at: Instant,
 }
 
-/// The Observe option's value, if the packet has one that is a valid uint.
+/// The Observe option's value, if the packet has one that is a valid uint of at most 3 bytes
+/// (RFC 7641 §2: a longer one would skew the freshness check of §3.4, which counts in 24 bits).
 pub fn observe_of(p: &Packet) -> Option<u32> {
     p.get_first_option(CoapOption::Observe)
+        .filter(|v| v.len() <= 3)
         .and_then(|v| decode_uint(v))
 }
 
@@ -367,5 +369,17 @@ mod tests {
             fresher(9, t, 1, t + Duration::from_secs(129)),
             "128 s later anything is newer"
         );
+    }
+
+    #[test]
+    fn an_observe_value_is_at_most_three_bytes() {
+        let with = |v: Vec<u8>| {
+            let mut p = Packet::new();
+            p.add_option(CoapOption::Observe, v);
+            observe_of(&p)
+        };
+        assert_eq!(with(vec![]), Some(0));
+        assert_eq!(with(vec![0xff, 0xff, 0xff]), Some(SEQ_MASK));
+        assert_eq!(with(vec![1, 0, 0, 0]), None, "2^24 is no Observe value");
     }
 }
