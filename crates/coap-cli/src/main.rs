@@ -507,11 +507,37 @@ fn observe(
         return Ok(ExitCode::from(code));
     };
     let mut seen = 0u64;
+    // RFC 7641 §3.3.1: once the last state's Max-Age passed without a notification, the
+    // server (or the path to it) may have lost the observation without a word: a NAT mapping
+    // gone, a server restarted. A GET then shows whether it still answers on this session.
+    let mut fresh_until = std::time::Instant::now() + max_age(&first);
     let code = loop {
         if stop.load(std::sync::atomic::Ordering::Relaxed) || args.count.is_some_and(|n| seen >= n)
         {
             observation.stop();
             break 0;
+        }
+        if std::time::Instant::now() > fresh_until + LIVENESS_MARGIN {
+            let check = build(None);
+            if args.verbose {
+                eprintln!(
+                    "> {} (no notification within Max-Age: is the server there?)",
+                    show::request(&check)
+                );
+            }
+            match client.request(check, args.timeout) {
+                Ok(p) => {
+                    if args.verbose {
+                        eprintln!("< {}", show::message(&p));
+                    }
+                    fresh_until = std::time::Instant::now() + max_age(&p);
+                }
+                Err(e) => {
+                    eprintln!("the observation is lost: no notification within its Max-Age, and the server did not answer a GET ({e})");
+                    observation.stop();
+                    break 3;
+                }
+            }
         }
         match observation.next(Duration::from_millis(200)) {
             None => continue,
@@ -533,6 +559,7 @@ fn observe(
                     r => r?,
                 };
                 let code = print(args, &p, &body)?;
+                fresh_until = std::time::Instant::now() + max_age(&p);
                 if last {
                     eprintln!("the server ended the observation");
                     break code;
@@ -541,6 +568,19 @@ fn observe(
         }
     };
     Ok(ExitCode::from(code))
+}
+
+/// How long past a state's Max-Age `observe` waits for a notification before it asks the
+/// server whether it is still there.
+const LIVENESS_MARGIN: Duration = Duration::from_secs(5);
+
+/// A state's Max-Age (RFC 7252 §5.10.5: 60 s when not given).
+fn max_age(p: &Packet) -> Duration {
+    let secs = p
+        .get_first_option(CoapOption::MaxAge)
+        .and_then(|v| gateway_coap::decode_uint(v))
+        .unwrap_or(60);
+    Duration::from_secs(secs.into())
 }
 
 /// The server's address: the first the URI's host resolves to.

@@ -232,3 +232,64 @@ fn blocks_that_do_not_make_one_answer_are_an_error_and_a_post_is_not_sent_again(
         stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// Registers the first observer with a Max-Age of 1 s, then never answers again: a server
+/// that lost the observation without a word (restarted, or a NAT mapping gone).
+struct GoneQuiet {
+    responder: Responder,
+    stop: Arc<AtomicBool>,
+    answered: bool,
+}
+
+impl Handler for GoneQuiet {
+    fn request(&mut self, inc: Incoming) {
+        if std::mem::replace(&mut self.answered, true) {
+            return;
+        }
+        let mut p = response(ResponseType::Content, "21.5");
+        p.add_option(CoapOption::Observe, encode_uint(1));
+        p.add_option(CoapOption::MaxAge, encode_uint(1));
+        let token = inc.packet.get_token().to_vec();
+        self.responder.register(inc.id, inc.peer, token, p);
+    }
+    fn tick(&mut self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Before, `observe` waited for ever on an observation the server had lost: no notification,
+/// no alert, nothing to end it. Past the last state's Max-Age (and a margin) it now asks the
+/// server with a GET, and ends with exit 3 when no answer comes.
+#[test]
+fn an_observation_the_server_lost_without_a_word_ends_with_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, stop) = serve(dir.path(), |responder, stop| GoneQuiet {
+        responder,
+        stop,
+        answered: false,
+    });
+    let ca = dir.path().join("ca.pem");
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway-coap"))
+        .args(["observe", &format!("coaps://localhost:{port}/t")])
+        .args(["--ca", ca.to_str().unwrap(), "--timeout", "2s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "after {:?}: {err}",
+        started.elapsed()
+    );
+    assert!(err.contains("the observation is lost"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "21.5");
+}
