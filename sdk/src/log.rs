@@ -37,7 +37,9 @@ static HOST: OnceLock<HostLogBox> = OnceLock::new();
 /// Hands `instance`'s metric families to the host (nothing outside a host).
 pub(crate) fn publish_metrics(instance: &str, families: &[crate::abi::MetricFamily]) {
     if let Some(host) = HOST.get() {
-        let message = crate::metrics::encode(families);
+        // Label values are the plugin's to choose: one may quote what a secret-bearing
+        // setting holds, and the metrics page is read by whoever reaches it.
+        let message = redacted(crate::metrics::encode(families));
         host.log(LogRecord {
             level: 5,
             instance: RStr::from_str(instance),
@@ -234,9 +236,11 @@ impl Subscriber for Forward {
         attrs.record(&mut fields);
         let parent = parent(attrs.parent(), attrs.is_contextual());
         let mut spans = self.spans();
+        // A dependency's span may have a field of that name too: its value names the
+        // instance in the host's log.
         let instance = fields
             .instance
-            .map(Arc::from)
+            .map(|name| Arc::from(redacted(name)))
             .or_else(|| parent.and_then(|p| spans.live.get(&p)?.instance.clone()));
         spans.last += 1;
         let id = spans.last;
@@ -256,7 +260,7 @@ impl Subscriber for Forward {
         values.record(&mut fields);
         if let Some(name) = fields.instance {
             if let Some(data) = self.spans().live.get_mut(&span.into_u64()) {
-                data.instance = Some(name.into());
+                data.instance = Some(redacted(name).into());
             }
         }
     }

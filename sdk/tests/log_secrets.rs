@@ -16,6 +16,8 @@ use std::{
 #[derive(Clone, Default)]
 struct Host {
     got: Arc<Mutex<Vec<String>>>,
+    /// The instance each record names.
+    instances: Arc<Mutex<Vec<String>>>,
 }
 
 impl HostLog for Host {
@@ -27,6 +29,10 @@ impl HostLog for Host {
             .lock()
             .unwrap()
             .push(record.message.as_str().to_owned());
+        self.instances
+            .lock()
+            .unwrap()
+            .push(record.instance.as_str().to_owned());
     }
 }
 
@@ -75,6 +81,19 @@ impl Sink for Leaky {
         // One read without being kept (a fleet's per-device keys) is not searched for.
         ctx.read_secret("psk", Some("0011223344556677"), None, None)?;
         tracing::info!("loaded 0011223344556677");
+        // A dependency's span whose field is called `instance` names the instance of the
+        // records within it; a metric's label value is the plugin's to choose.
+        tracing::info_span!("pool", instance = "db S3cr3t\"Pw").in_scope(|| {
+            tracing::info!("in the pool's span");
+        });
+        let mut m = gateway_sdk::metrics::Metrics::new();
+        m.counter(
+            "leaky_connects_total",
+            "Connects.",
+            &[("url", "gw:S3cr3t\"Pw@db")],
+            1,
+        );
+        m.publish("leaky");
         Ok(Leaky)
     }
     fn write(&mut self, batch: &[Reading]) -> Result<(), PluginError> {
@@ -104,6 +123,19 @@ fn a_secret_is_kept_out_of_every_log_message_whoever_logs_it() {
     let got = host.got.lock().unwrap().clone();
     assert!(got.len() >= 3, "{got:?}");
     assert!(got.iter().all(|m| !m.contains("S3cr3t")), "{got:?}");
+    assert!(
+        got.iter().any(|m| m.contains("leaky_connects_total")),
+        "the metrics went too: {got:?}"
+    );
+    let instances = host.instances.lock().unwrap().clone();
+    assert!(
+        instances.iter().all(|i| !i.contains("S3cr3t")),
+        "{instances:?}"
+    );
+    assert!(
+        instances.iter().any(|i| i == "db <redacted>"),
+        "{instances:?}"
+    );
     assert!(
         got.iter().any(|m| m.contains("pass: \"<redacted>\"")),
         "{got:?}"
