@@ -13,21 +13,49 @@ use std::borrow::Cow;
 /// Secret values shorter than this many characters are replaced only as words of their own.
 pub const WORD_ONLY_BELOW: usize = 8;
 
-/// The forms in which a message may hold secret `value`: as it is, and as `{:?}` writes it (a
+/// The forms in which a message may hold secret `value`: as it is; as `{:?}` writes it (a
 /// `"` or `\` in a password comes out as `\"` or `\\` where a library shows its options with
-/// Debug). None for a value of fewer than 4 bytes: too short to be a secret, it would take
-/// words out of every message.
+/// Debug), and as `{:?}` writes that (options held in a struct that is Debug-printed in turn);
+/// and percent-encoded (RFC 3986, with upper- and lower-case hex digits), as a driver puts a
+/// password with `@` or `:` into the URL its error quotes. None for a value of fewer than 4
+/// bytes: too short to be a secret, it would take words out of every message.
 pub fn secret_forms(value: &str) -> Vec<String> {
     if value.len() < 4 {
         return Vec::new();
     }
-    let quoted = format!("{value:?}");
-    let escaped = &quoted[1..quoted.len() - 1];
+    let debug = |v: &str| {
+        let quoted = format!("{v:?}");
+        quoted[1..quoted.len() - 1].to_owned()
+    };
+    let escaped = debug(value);
+    let twice = debug(&escaped);
     let mut forms = vec![value.to_owned()];
-    if escaped != value {
-        forms.push(escaped.to_owned());
+    for form in [
+        escaped,
+        twice,
+        percent_encoded(value, b"0123456789ABCDEF"),
+        percent_encoded(value, b"0123456789abcdef"),
+    ] {
+        if !forms.contains(&form) {
+            forms.push(form);
+        }
     }
     forms
+}
+
+/// `value` with every byte but RFC 3986's unreserved characters written `%XX` in `digits`.
+fn percent_encoded(value: &str, digits: &[u8; 16]) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(digits[usize::from(b >> 4)]));
+            out.push(char::from(digits[usize::from(b & 15)]));
+        }
+    }
+    out
 }
 
 /// `text` with `value` (a secret) written as `shown_as`. A short value, or a number, could be
@@ -120,5 +148,22 @@ mod tests {
         assert_eq!(printable("a\n\tb\r\u{1b}[2J"), "a\n\tb\\r\\u{1b}[2J");
         // Quotes and backslashes are text, not escapes.
         assert_eq!(one_line(r#"say "\n""#), r#"say "\n""#);
+    }
+
+    #[test]
+    fn a_secret_is_known_escaped_escaped_twice_and_percent_encoded() {
+        let forms = secret_forms("p@ss:w\"d/ü");
+        for form in [
+            "p@ss:w\"d/ü",
+            "p@ss:w\\\"d/ü",
+            "p@ss:w\\\\\\\"d/ü",
+            "p%40ss%3Aw%22d%2F%C3%BC",
+            "p%40ss%3aw%22d%2f%c3%bc",
+        ] {
+            assert!(forms.iter().any(|f| f == form), "{form} in {forms:?}");
+        }
+        // A value that no encoding changes has one form.
+        assert_eq!(secret_forms("Tk7secret"), ["Tk7secret"]);
+        assert!(secret_forms("abc").is_empty());
     }
 }
