@@ -33,7 +33,7 @@ use std::{
     name = "gateway coap",
     version,
     about = "A CoAP-over-DTLS client: GET, POST, PUT, DELETE, observe, discover",
-    after_help = "Exit codes: 0 for a 2.xx answer, 4 for 4.xx, 5 for 5.xx, 3 when no answer came in time (or an observation's session was lost, or the server reset the request), 2 when the DTLS handshake failed, 6 when observe was answered without registering, 1 for anything else (bad arguments, files that cannot be read).\n\nExamples:\n  gateway coap get coaps://gw.example/.well-known/core --ca certs/ca.pem\n  gateway coap observe coaps://gw.example/gpsflowtemp/pi-01/ds18b20 --ca certs/ca.pem --cert certs/dash.pem --key certs/dash.key --count 10\n  gateway coap post coaps://gw.example/gpsflowtemp --ca certs/ca.pem --cert certs/pi-01.pem --key certs/pi-01.key -t senml+json -f readings.json"
+    after_help = "Exit codes: 0 for a 2.xx answer, 4 for 4.xx, 5 for 5.xx, 3 when no answer came in time (or an observation's session was lost, or the server reset the request), 2 when the DTLS handshake failed, 6 when observe was answered without registering, 1 for anything else (bad arguments, files that cannot be read, an answer CoAP does not allow).\n\nExamples:\n  gateway coap get coaps://gw.example/.well-known/core --ca certs/ca.pem\n  gateway coap observe coaps://gw.example/gpsflowtemp/pi-01/ds18b20 --ca certs/ca.pem --cert certs/dash.pem --key certs/dash.key --count 10\n  gateway coap post coaps://gw.example/gpsflowtemp --ca certs/ca.pem --cert certs/pi-01.pem --key certs/pi-01.key -t senml+json -f readings.json"
 )]
 struct Args {
     /// What to do.
@@ -145,11 +145,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// The exit code of a failure: 2 for DTLS, 3 for no answer (or a reset), 1 otherwise.
+/// The exit code of a failure: 2 for DTLS (a failed handshake; a server that refuses a device
+/// may also complete it and close the session at once), 3 for no answer (a timeout or a
+/// reset), 1 otherwise (a request that cannot be encoded, an answer CoAP does not allow).
 fn exit_for(e: &anyhow::Error) -> u8 {
+    use gateway_coap::ClientError;
     match e.downcast_ref::<RequestError>() {
         Some(RequestError::Dtls(_)) => 2,
-        Some(RequestError::Timeout(_) | RequestError::Coap(_)) => 3,
+        Some(
+            RequestError::Timeout(_)
+            | RequestError::Coap(ClientError::Timeout | ClientError::Reset),
+        ) => 3,
         _ => 1,
     }
 }
@@ -644,4 +650,43 @@ fn settings(args: &Args) -> anyhow::Result<ClientSettings> {
         ciphers: args.ciphers.clone().unwrap_or_default(),
         mtu: 1232,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_say_what_failed() {
+        use gateway_coap::ClientError;
+        use gateway_dtls::DtlsError;
+        let code = |e: RequestError| exit_for(&anyhow::Error::new(e));
+        assert_eq!(
+            code(RequestError::Dtls(DtlsError::Handshake("alert".into()))),
+            2
+        );
+        assert_eq!(
+            code(RequestError::Dtls(DtlsError::HandshakeTimeout(
+                Duration::ZERO
+            ))),
+            2
+        );
+        // How the ingress refuses a device without a certificate.
+        assert_eq!(code(RequestError::Dtls(DtlsError::Closed)), 2);
+        assert_eq!(code(RequestError::Timeout(Duration::ZERO)), 3);
+        assert_eq!(code(RequestError::Coap(ClientError::Reset)), 3);
+        assert_eq!(code(RequestError::Coap(ClientError::Timeout)), 3);
+        // Neither is "no answer": one was never sent, the other was an answer.
+        assert_eq!(
+            code(RequestError::Coap(ClientError::Encode("too long".into()))),
+            1
+        );
+        assert_eq!(
+            code(RequestError::Coap(ClientError::Protocol(
+                "2.31 as final".into()
+            ))),
+            1
+        );
+        assert_eq!(exit_for(&anyhow::anyhow!("no such file")), 1);
+    }
 }
