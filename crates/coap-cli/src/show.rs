@@ -170,18 +170,25 @@ pub fn payload(p: &[u8], format: Option<ContentFormat>) -> String {
             }
             out
         }
-        Some(Err(e)) => format!("(not valid SenML: {e})\n{}\n", hex(p)),
+        // What the server sent, as text where it is (SenML JSON that the ingress's rules
+        // refuse is still JSON to read), with why it is no table.
+        Some(Err(e)) => format!("(not valid SenML: {e})\n{}", text_or_hex(p)),
         None if format == Some(ContentFormat::LINK_FORMAT) => String::from_utf8_lossy(p)
             .split(',')
             .map(|l| format!("{}\n", one_line(l)))
             .collect(),
-        None => match std::str::from_utf8(p) {
-            Ok(text) if !text.is_empty() && !text.ends_with('\n') => {
-                format!("{}\n", printable(text))
-            }
-            Ok(text) => printable(text).into_owned(),
-            Err(_) => format!("{}\n", hex(p)),
-        },
+        None => text_or_hex(p),
+    }
+}
+
+/// `p` as text ending in a line break, made printable; in hex if it is not UTF-8.
+fn text_or_hex(p: &[u8]) -> String {
+    match std::str::from_utf8(p) {
+        Ok(text) if !text.is_empty() && !text.ends_with('\n') => {
+            format!("{}\n", printable(text))
+        }
+        Ok(text) => printable(text).into_owned(),
+        Err(_) => format!("{}\n", hex(p)),
     }
 }
 
@@ -241,6 +248,15 @@ mod tests {
             "</a>;rt=x\n</b>\n"
         );
         assert_eq!(payload(&[0xff, 0x00], None), "ff00\n");
+        // A pack the ingress's rules refuse (a record with a sum only) is still JSON to read:
+        // shown as text after why it is no table, not as hex.
+        let sum_only = br#"[{"n":"energy","s":12.5}]"#;
+        assert_eq!(
+            payload(sum_only, Some(ContentFormat::SENML_JSON))
+                .split_once(")\n")
+                .map(|(_, body)| body),
+            Some("[{\"n\":\"energy\",\"s\":12.5}]\n")
+        );
     }
 
     #[test]
