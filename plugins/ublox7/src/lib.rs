@@ -14,6 +14,12 @@ mod source;
 use config::Config;
 use gateway_sdk::{InitContext, Label, PluginError, Source, SourceContext};
 
+/// The rates a receiver's UART runs at (u-blox 7: 4800 to 115200; faster ones for other
+/// receivers): the only ones `baud` takes.
+pub const STANDARD_BAUDS: [u32; 9] = [
+    4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600,
+];
+
 /// The source.
 pub struct Ublox7 {
     config: Config,
@@ -51,9 +57,13 @@ impl Source for Ublox7 {
             ));
         }
         Label::check_name(&config.sensor).map_err(|why| bad("sensor", why))?;
-        if config.baud == 0 {
+        // A receiver's UART runs at one of the standard rates; another (96000 for 9600) would
+        // be read as noise, counted as bad bytes, and never say why.
+        if !STANDARD_BAUDS.contains(&config.baud) {
             return Err(PluginError::config(format!(
-                "[{table}] baud: must be a positive number"
+                "[{table}] baud: {} is not a rate a GPS receiver's UART runs at; give one of {}",
+                config.baud,
+                STANDARD_BAUDS.map(|b| b.to_string()).join(", ")
             )));
         }
         if let Some(p) = &config.replay {

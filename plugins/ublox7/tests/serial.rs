@@ -136,6 +136,17 @@ fn replay_feeds_the_same_parser_at_the_recorded_pace() {
 fn config_errors_name_the_key() {
     let e = run_source::<Ublox7>("bauds = 9600", 1, Duration::from_secs(1)).unwrap_err();
     assert!(e.message().contains("unknown field `bauds`"), "{e}");
+    // A typo for 9600 would have read noise and said only "bad bytes".
+    for baud in [0, 96000, 9601] {
+        let e =
+            run_source::<Ublox7>(&format!("baud = {baud}"), 1, Duration::from_secs(1)).unwrap_err();
+        assert!(
+            e.message().contains(&format!(
+                "baud: {baud} is not a rate a GPS receiver's UART runs at; give one of 4800, 9600,"
+            )),
+            "{e}"
+        );
+    }
     let e = run_source::<Ublox7>("replay = \"/nonexistent.log\"", 1, Duration::from_secs(1))
         .unwrap_err();
     assert!(
