@@ -279,15 +279,23 @@ impl Sink for NatsSink {
         if let Some(e) = self.refused_subject(batch, &subjects) {
             return Err(e);
         }
-        let outcome = self.rt.block_on(async move {
-            tokio::time::timeout(timeout, publish_all(&js, messages))
-                .await
-                .map_err(|_| {
-                    Failed::Other(PluginError::retry(format!(
-                        "JetStream did not acknowledge the batch within {}",
-                        humantime(timeout)
-                    )))
-                })?
+        let denied = self.denied.clone();
+        let outcome = self.rt.block_on(async {
+            tokio::select! {
+                acked = tokio::time::timeout(timeout, publish_all(&js, messages)) => {
+                    acked.map_err(|_| {
+                        Failed::Other(PluginError::retry(format!(
+                            "JetStream did not acknowledge the batch within {}",
+                            humantime(timeout)
+                        )))
+                    })?
+                }
+                // The server refused a reading's publish: its acknowledgement will not come,
+                // and the batch need not wait out ack_timeout for it (refused below).
+                _ = denied.until_refused(&subjects) => Err(Failed::Other(PluginError::retry(
+                    "the server refused a publish of the batch",
+                ))),
+            }
         });
         let outcome = match outcome {
             Ok(stored_by) => {
@@ -320,7 +328,7 @@ impl NatsSink {
     /// every try and hold every device's readings behind it.
     fn refused_subject(&self, batch: &[Reading], subjects: &[String]) -> Option<PluginError> {
         let now = std::time::Instant::now();
-        let i = subjects.iter().position(|s| self.denied.refuses(s, now))?;
+        let i = self.denied.first_refused(subjects, now)?;
         let r = &batch[i];
         Some(PluginError::rejected(format!(
             "reading {} of {} ({}/{}/{}) goes to subject {}, which the server's publish permissions refuse this sink's user (it said so within the last {} s): allow the subject for the user, then `gateway dead-letters resend`",
