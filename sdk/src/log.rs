@@ -38,8 +38,10 @@ static HOST: OnceLock<HostLogBox> = OnceLock::new();
 pub(crate) fn publish_metrics(instance: &str, families: &[crate::abi::MetricFamily]) {
     if let Some(host) = HOST.get() {
         // Label values are the plugin's to choose: one may quote what a secret-bearing
-        // setting holds, and the metrics page is read by whoever reaches it.
-        let message = redacted(crate::metrics::encode(families));
+        // setting holds, and the metrics page is read by whoever reaches it. Only they are
+        // redacted: a secret that is a number or a word of a metric's name would otherwise
+        // break a sample's value or the name.
+        let message = crate::metrics::encode_with(families, &|v| redacted(v.to_owned()));
         host.log(LogRecord {
             level: 5,
             instance: RStr::from_str(instance),
@@ -237,10 +239,12 @@ impl Subscriber for Forward {
         let parent = parent(attrs.parent(), attrs.is_contextual());
         let mut spans = self.spans();
         // A dependency's span may have a field of that name too: its value names the
-        // instance in the host's log.
+        // instance in the host's log, so it is redacted. The SDK's own span's is the
+        // instance's name from the config, which the host looks up (its log_level): kept.
+        let own = attrs.metadata().target().starts_with("gateway_sdk");
         let instance = fields
             .instance
-            .map(|name| Arc::from(redacted(name)))
+            .map(|name| Arc::from(if own { name } else { redacted(name) }))
             .or_else(|| parent.and_then(|p| spans.live.get(&p)?.instance.clone()));
         spans.last += 1;
         let id = spans.last;
@@ -260,7 +264,8 @@ impl Subscriber for Forward {
         values.record(&mut fields);
         if let Some(name) = fields.instance {
             if let Some(data) = self.spans().live.get_mut(&span.into_u64()) {
-                data.instance = Some(redacted(name).into());
+                let own = data.meta.target().starts_with("gateway_sdk");
+                data.instance = Some(if own { name } else { redacted(name) }.into());
             }
         }
     }

@@ -141,6 +141,11 @@ fn clean(s: &str) -> String {
 /// family, then a line `S<TAB>suffix<TAB>value<TAB>labels` per sample, the labels as
 /// `name<US>value` pairs each ended by `<RS>` (U+001F, U+001E). [`decode`] reads it back.
 pub fn encode(families: &[MetricFamily]) -> String {
+    encode_with(families, &|v| v.to_owned())
+}
+
+/// [`encode`], with each label value as `value` makes it (the library's secrets redacted).
+pub(crate) fn encode_with(families: &[MetricFamily], value: &dyn Fn(&str) -> String) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     for f in families {
@@ -153,7 +158,7 @@ pub fn encode(families: &[MetricFamily]) -> String {
         for s in &f.samples {
             let _ = write!(out, "S\t{}\t{}\t", clean(&s.suffix), s.value);
             for l in &s.labels {
-                let _ = write!(out, "{}\x1f{}\x1e", clean(&l.0), clean(&l.1));
+                let _ = write!(out, "{}\x1f{}\x1e", clean(&l.0), clean(&value(&l.1)));
             }
             out.push('\n');
         }

@@ -86,6 +86,9 @@ impl Sink for Leaky {
         tracing::info_span!("pool", instance = "db S3cr3t\"Pw").in_scope(|| {
             tracing::info!("in the pool's span");
         });
+        // A secret that is also a word of a metric's name leaves the name whole: only label
+        // values are redacted.
+        ctx.secret("api_key", Some("connects"), None, None)?;
         let mut m = gateway_sdk::metrics::Metrics::new();
         m.counter(
             "leaky_connects_total",
@@ -124,8 +127,9 @@ fn a_secret_is_kept_out_of_every_log_message_whoever_logs_it() {
     assert!(got.len() >= 3, "{got:?}");
     assert!(got.iter().all(|m| !m.contains("S3cr3t")), "{got:?}");
     assert!(
-        got.iter().any(|m| m.contains("leaky_connects_total")),
-        "the metrics went too: {got:?}"
+        got.iter()
+            .any(|m| m.contains("leaky_connects_total") && m.contains("gw:<redacted>@db")),
+        "the metrics went too, their names whole: {got:?}"
     );
     let instances = host.instances.lock().unwrap().clone();
     assert!(
@@ -178,4 +182,43 @@ fn a_secret_is_kept_out_of_the_errors_the_host_is_given() {
     // Last: a panic leaves the instance poisoned.
     let e = sink.write(readings.clone()).unwrap_err();
     assert!(e.message().ends_with("lost <redacted>"), "{e}");
+}
+
+/// A sink whose password is its own instance name ([sinks.mqtt] with the development password
+/// `mqtt`, say).
+struct Named;
+
+impl Sink for Named {
+    const ID: &'static str = "named";
+    fn new(ctx: &InitContext) -> Result<Self, PluginError> {
+        ctx.secret("password", Some("named-sink"), None, None)?;
+        tracing::info!("built");
+        Ok(Named)
+    }
+    fn write(&mut self, _batch: &[Reading]) -> Result<(), PluginError> {
+        Ok(())
+    }
+}
+
+/// The SDK's own span names the instance, from the config: the host looks its `log_level`
+/// up by that name, so it is not redacted even when a secret is the same text (a dependency's
+/// span with an `instance` field is).
+#[test]
+fn an_instance_s_own_name_stays_its_name_whatever_its_secrets() {
+    let host = host();
+    let info = gateway_sdk::testing::instance_info("named-sink", "");
+    for _ in 0..2 {
+        let _ = gateway_sdk::shim::new_sink::<Named>(&info)
+            .into_result()
+            .unwrap();
+    }
+    let got = host.got.lock().unwrap().clone();
+    let instances = host.instances.lock().unwrap().clone();
+    let built: Vec<&String> = got
+        .iter()
+        .zip(&instances)
+        .filter(|(m, _)| *m == "built")
+        .map(|(_, i)| i)
+        .collect();
+    assert_eq!(built, ["named-sink", "named-sink"], "{got:?} {instances:?}");
 }
