@@ -16,9 +16,11 @@ pub const WORD_ONLY_BELOW: usize = 8;
 /// The forms in which a message may hold secret `value`: as it is; as `{:?}` writes it (a
 /// `"` or `\` in a password comes out as `\"` or `\\` where a library shows its options with
 /// Debug), and as `{:?}` writes that (options held in a struct that is Debug-printed in turn);
-/// and percent-encoded (RFC 3986, with upper- and lower-case hex digits), as a driver puts a
-/// password with `@` or `:` into the URL its error quotes. None for a value of fewer than 4
-/// bytes: too short to be a secret, it would take words out of every message.
+/// and percent-encoded, as a driver puts a password with `@` or `:` into the URL its error
+/// quotes: every byte but RFC 3986's unreserved characters (upper- and lower-case hex digits),
+/// or only those the `url` crate encodes in a URL's user information (it leaves
+/// `!$%&'()*+,` as they are). None for a value of fewer than 4 bytes: too short to be a
+/// secret, it would take words out of every message.
 pub fn secret_forms(value: &str) -> Vec<String> {
     if value.len() < 4 {
         return Vec::new();
@@ -33,8 +35,9 @@ pub fn secret_forms(value: &str) -> Vec<String> {
     for form in [
         escaped,
         twice,
-        percent_encoded(value, b"0123456789ABCDEF"),
-        percent_encoded(value, b"0123456789abcdef"),
+        percent_encoded(value, b"0123456789ABCDEF", b"-._~"),
+        percent_encoded(value, b"0123456789abcdef", b"-._~"),
+        percent_encoded(value, b"0123456789ABCDEF", b"-._~!$%&'()*+,"),
     ] {
         if !forms.contains(&form) {
             forms.push(form);
@@ -43,11 +46,11 @@ pub fn secret_forms(value: &str) -> Vec<String> {
     forms
 }
 
-/// `value` with every byte but RFC 3986's unreserved characters written `%XX` in `digits`.
-fn percent_encoded(value: &str, digits: &[u8; 16]) -> String {
+/// `value` with every byte but ASCII letters, digits and `kept` written `%XX` in `digits`.
+fn percent_encoded(value: &str, digits: &[u8; 16], kept: &[u8]) -> String {
     let mut out = String::with_capacity(value.len());
     for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+        if b.is_ascii_alphanumeric() || kept.contains(&b) {
             out.push(char::from(b));
         } else {
             out.push('%');
@@ -160,6 +163,11 @@ mod tests {
             "p%40ss%3Aw%22d%2F%C3%BC",
             "p%40ss%3aw%22d%2f%c3%bc",
         ] {
+            assert!(forms.iter().any(|f| f == form), "{form} in {forms:?}");
+        }
+        // As the `url` crate writes a password into a URL's user information.
+        let forms = secret_forms("p@ss!(1)");
+        for form in ["p%40ss%21%281%29", "p%40ss!(1)"] {
             assert!(forms.iter().any(|f| f == form), "{form} in {forms:?}");
         }
         // A value that no encoding changes has one form.
