@@ -45,6 +45,11 @@ impl Uri {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
+        if authority.contains('@') {
+            return Err(format!(
+                "{text:?}: a coaps:// URI has no user@ in its host; the device is known by its certificate or PSK identity"
+            ));
+        }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6
                 .split_once(']')
@@ -68,11 +73,7 @@ impl Uri {
                 None => (authority, None),
             }
         };
-        if host.contains('@') {
-            return Err(format!(
-                "{text:?}: a coaps:// URI has no user@ in its host; the device is known by its certificate or PSK identity"
-            ));
-        }
+
         if host.is_empty() {
             return Err(format!("{text:?}: no host"));
         }
@@ -156,6 +157,7 @@ mod tests {
             ("coaps://fe80::1:5684/x", "in brackets"),
             ("coaps://[::1]junk/x", "after the ]"),
             ("coaps://pi@h/x", "no user@"),
+            ("coaps://pi@[::1]/x", "no user@"),
         ] {
             let e = Uri::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
