@@ -14,10 +14,10 @@ mod source;
 use config::Config;
 use gateway_sdk::{InitContext, Label, PluginError, Source, SourceContext};
 
-/// The rates a receiver's UART runs at (u-blox 7: 4800 to 115200; faster ones for other
+/// The rates a receiver's UART runs at (u-blox 7: 4800 to 115200; the others for other
 /// receivers): the only ones `baud` takes.
-pub const STANDARD_BAUDS: [u32; 9] = [
-    4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600,
+pub const STANDARD_BAUDS: [u32; 12] = [
+    1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200, 230400, 460800, 921600,
 ];
 
 /// The source.

@@ -142,7 +142,7 @@ fn config_errors_name_the_key() {
             run_source::<Ublox7>(&format!("baud = {baud}"), 1, Duration::from_secs(1)).unwrap_err();
         assert!(
             e.message().contains(&format!(
-                "baud: {baud} is not a rate a GPS receiver's UART runs at; give one of 4800, 9600,"
+                "baud: {baud} is not a rate a GPS receiver's UART runs at; give one of 1200, 2400, 4800, 9600,"
             )),
             "{e}"
         );
