@@ -212,11 +212,11 @@ fn blocks_that_do_not_make_one_answer_are_an_error_and_a_post_is_not_sent_again(
         let uri = format!("coaps://localhost:{port}/r");
         let ca = dir.path().join("ca.pem");
         let out = Command::new(env!("CARGO_BIN_EXE_gateway-coap"))
-            .args([method, &uri, "--ca", ca.to_str().unwrap(), "-p", "reading"])
+            .args([method, &uri, "--ca", ca.to_str().unwrap()])
             .args(if method == "get" {
                 &[][..]
             } else {
-                &["-t", "text"][..]
+                &["-t", "text", "-p", "reading"][..]
             })
             .output()
             .unwrap();
