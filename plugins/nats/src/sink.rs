@@ -263,14 +263,9 @@ impl Sink for NatsSink {
             .iter()
             .position(|(_, id, payload)| header_bytes(id) + payload.len() > self.max_payload)
         {
-            let r = &batch[i];
             return Err(PluginError::rejected(format!(
-                "reading {} of {} ({}/{}/{}) is {} bytes as a message, more than the server's max_payload or the stream's max_msg_size ({})",
-                i + 1,
-                batch.len(),
-                r.device,
-                r.sensor,
-                r.name,
+                "{} is {} bytes as a message, more than the server's max_payload or the stream's max_msg_size ({})",
+                which(batch, i),
                 header_bytes(&messages[i].1) + messages[i].2.len(),
                 self.max_payload
             )));
@@ -329,14 +324,9 @@ impl NatsSink {
     fn refused_subject(&self, batch: &[Reading], subjects: &[String]) -> Option<PluginError> {
         let now = std::time::Instant::now();
         let i = self.denied.first_refused(subjects, now)?;
-        let r = &batch[i];
         Some(PluginError::rejected(format!(
-            "reading {} of {} ({}/{}/{}) goes to subject {}, which the server's publish permissions refuse this sink's user (it said so within the last {} s): allow the subject for the user, then `gateway dead-letters resend`",
-            i + 1,
-            batch.len(),
-            r.device,
-            r.sensor,
-            r.name,
+            "{} goes to subject {}, which the server's publish permissions refuse this sink's user (it said so within the last {} s): allow the subject for the user, then `gateway dead-letters resend`",
+            which(batch, i),
             subjects[i],
             denied::REMEMBERED.as_secs()
         )))
@@ -440,19 +430,27 @@ impl NatsSink {
         else {
             return Ok(());
         };
-        let r = &batch[i];
         Err(PluginError::rejected(format!(
-            "reading {} of {} ({}/{}/{}) goes to subject {}, which is none of stream {}'s subjects ({}): no stream would store it",
-            i + 1,
-            batch.len(),
-            r.device,
-            r.sensor,
-            r.name,
+            "{} goes to subject {}, which is none of stream {}'s subjects ({}): no stream would store it",
+            which(batch, i),
             subject,
             self.cfg.stream,
             self.filters.join(", ")
         )))
     }
+}
+
+/// Reading `i` of `batch` as a refusal names it: `reading 2 of 20 (pi-02/t1/temperature)`.
+fn which(batch: &[Reading], i: usize) -> String {
+    let r = &batch[i];
+    format!(
+        "reading {} of {} ({}/{}/{})",
+        i + 1,
+        batch.len(),
+        r.device,
+        r.sensor,
+        r.name
+    )
 }
 
 /// Why a publish failed.
