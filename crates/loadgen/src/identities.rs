@@ -40,13 +40,8 @@ impl Identities {
             (None, None) => None,
         };
         if let Some((from, hex)) = &psk {
-            let hex = hex.trim();
-            if hex.is_empty() || hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                bail!("{from}: the key must be an even number of hex digits");
-            }
-            let key = (0..hex.len() / 2)
-                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked"))
-                .collect();
+            let key = gateway_dtls::hex_key(hex)
+                .with_context(|| format!("{from}: the key must be an even number of hex digits"))?;
             return Ok(Identities::Psk(key));
         }
         if let Some(dir) = &cli.certs_dir {
