@@ -216,6 +216,18 @@ impl Forward {
     }
 }
 
+/// The instance a span of `meta` names with its field `name`, as the host's log shows it. A
+/// dependency's span may have a field of that name too: its value is redacted. The SDK's own
+/// span's is the instance's name from the config, which the host looks up (its log_level):
+/// kept as it is.
+fn instance_shown(meta: &Metadata<'_>, name: String) -> Arc<str> {
+    if meta.target().starts_with("gateway_sdk") {
+        Arc::from(name)
+    } else {
+        Arc::from(redacted(name))
+    }
+}
+
 impl Subscriber for Forward {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
         if self.enabled(meta) {
@@ -237,15 +249,11 @@ impl Subscriber for Forward {
         let mut fields = Fields::default();
         attrs.record(&mut fields);
         let parent = parent(attrs.parent(), attrs.is_contextual());
-        let mut spans = self.spans();
-        // A dependency's span may have a field of that name too: its value names the
-        // instance in the host's log, so it is redacted. The SDK's own span's is the
-        // instance's name from the config, which the host looks up (its log_level): kept.
-        let own = attrs.metadata().target().starts_with("gateway_sdk");
-        let instance = fields
+        let named = fields
             .instance
-            .map(|name| Arc::from(if own { name } else { redacted(name) }))
-            .or_else(|| parent.and_then(|p| spans.live.get(&p)?.instance.clone()));
+            .map(|name| instance_shown(attrs.metadata(), name));
+        let mut spans = self.spans();
+        let instance = named.or_else(|| parent.and_then(|p| spans.live.get(&p)?.instance.clone()));
         spans.last += 1;
         let id = spans.last;
         spans.live.insert(
@@ -264,8 +272,7 @@ impl Subscriber for Forward {
         values.record(&mut fields);
         if let Some(name) = fields.instance {
             if let Some(data) = self.spans().live.get_mut(&span.into_u64()) {
-                let own = data.meta.target().starts_with("gateway_sdk");
-                data.instance = Some(if own { name } else { redacted(name) }.into());
+                data.instance = Some(instance_shown(data.meta, name));
             }
         }
     }
