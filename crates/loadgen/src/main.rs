@@ -158,10 +158,17 @@ fn run(cli: Cli) -> Result<bool> {
     let threads = cli
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()?;
+    // One thread: the devices run on the thread that waits for them, with no hand-offs
+    // between threads (a multi-thread runtime's one worker is a second thread).
+    let rt = match threads {
+        0 | 1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
     println!(
         "gateway-load: {} mode, {} devices, {} reading(s) per request, against {server}, {threads} threads",
         format!("{:?}", cli.mode).to_lowercase(),
