@@ -50,6 +50,9 @@ const RESEND_GAP: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {
     pub content_type: u8,
+    /// The record's protocol version, as it came: a record we open must say DTLS 1.2, since
+    /// the additional data it is authenticated with says so.
+    pub version: [u8; 2],
     pub epoch: u16,
     /// 48 bits.
     pub seq: u64,
@@ -63,7 +66,7 @@ impl Header {
 
     fn write(&self, len: usize, out: &mut Vec<u8>) {
         out.push(self.content_type);
-        out.extend_from_slice(&VERSION);
+        out.extend_from_slice(&self.version);
         out.extend_from_slice(&self.epoch_seq());
         out.extend_from_slice(&(len as u16).to_be_bytes());
     }
@@ -84,6 +87,7 @@ pub(crate) fn records(datagram: &[u8]) -> impl Iterator<Item = (Header, &[u8])> 
         let es = u64::from_be_bytes(es);
         let h = Header {
             content_type: rest[0],
+            version: [rest[1], rest[2]],
             epoch: (es >> 48) as u16,
             seq: es & ((1 << 48) - 1),
         };
@@ -365,6 +369,7 @@ impl Established {
         }
         let h = Header {
             content_type,
+            version: VERSION,
             epoch: self.epoch,
             seq: self.write_seq,
         };
@@ -397,9 +402,11 @@ impl Established {
     pub fn open(&mut self, now: Instant, datagram: &[u8], plaintext: &mut [u8]) -> Opened {
         let mut got = Opened::default();
         for (h, fragment) in records(datagram) {
-            if h.epoch != self.epoch || !self.window.fresh(h.seq) {
+            if h.epoch != self.epoch || h.version != VERSION || !self.window.fresh(h.seq) {
                 // Epoch 0: the peer's flight again (its Finished, at this epoch, follows), or
-                // a new ClientHello, which the server routes before the session sees it.
+                // a new ClientHello, which the server routes before the session sees it. A
+                // record of ours that says another version was changed on the way: its
+                // additional data (with our version) would not match what the peer sealed.
                 continue;
             }
             let Some(n) = self.decrypt(&h, fragment, plaintext) else {
@@ -579,6 +586,7 @@ mod tests {
         let mut d = Vec::new();
         Header {
             content_type: APPLICATION_DATA,
+            version: VERSION,
             epoch: 1,
             seq: 0x0102_0304_0506,
         }
@@ -586,6 +594,7 @@ mod tests {
         d.extend_from_slice(&[9, 9]);
         Header {
             content_type: ALERT,
+            version: VERSION,
             epoch: 1,
             seq: 7,
         }
