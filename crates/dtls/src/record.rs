@@ -427,6 +427,9 @@ impl Established {
                     if n == 2 && plaintext[0] == 2 {
                         got.fatal = Some(plaintext[1]);
                     }
+                    // The session ends here: what the datagram carries after the alert is
+                    // not taken (RFC 5246 §7.2.1).
+                    break;
                 }
                 HANDSHAKE => self.resend_last_flight(now),
                 _ => {}

@@ -374,3 +374,27 @@ fn a_clients_lost_final_flight_is_sent_again_when_the_server_repeats_its_finishe
     assert!(link.client.poll_transmit().is_none());
     assert!(link.client.is_established());
 }
+
+#[test]
+fn records_after_an_alert_in_the_same_datagram_are_not_taken() {
+    let pki = Pki::new();
+    let mut link = Link::new(&pki.client(""), pki.server(), None);
+    link.handshake();
+    assert!(link.server().taken_over());
+    link.client.send(b"before").unwrap();
+    let before = link.client.poll_transmit().unwrap();
+    link.client.send(b"after").unwrap();
+    let after = link.client.poll_transmit().unwrap();
+    link.client.close();
+    let close_notify = link.client.poll_transmit().unwrap();
+    let mut datagram = before;
+    datagram.extend_from_slice(&close_notify);
+    datagram.extend_from_slice(&after);
+    let now = link.now;
+    assert_eq!(
+        link.server().handle_datagram(now, &datagram),
+        [b"before".to_vec()],
+        "what follows the close_notify is not the session's"
+    );
+    assert!(!link.server().is_established());
+}
