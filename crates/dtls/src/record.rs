@@ -300,12 +300,18 @@ impl Established {
     /// final flight (the server's after a full handshake, the client's after an abbreviated
     /// one), also kept to be sent again if the peer repeats its Finished. `None` for a suite
     /// we do not protect ourselves (the caller keeps OpenSSL then, and its outbox).
+    ///
+    /// `already_read` are the records of the new epoch that OpenSSL was given (the peer's Finished,
+    /// and whatever came with it or was forged in its name): those that open with the new
+    /// keys go into the replay window, so that a copy of the peer's Finished, or of
+    /// application data OpenSSL read, is not taken again.
     pub fn take_over(
         ssl: &SslRef,
         is_client: bool,
         epoch: u16,
         next_write_seq: u64,
         outbox: &mut VecDeque<Vec<u8>>,
+        already_read: &[(Header, Vec<u8>)],
     ) -> Option<Established> {
         let cipher = ssl.current_cipher()?;
         let aead = Aead::of(cipher.cipher_nid()?)?;
@@ -343,7 +349,7 @@ impl Established {
         let read = Direction::new(aead, read_key, read_iv)?;
         let write = Direction::new(aead, write_key, write_iv)?;
         block.fill(0);
-        Some(Established {
+        let mut est = Established {
             aead,
             epoch,
             read,
@@ -353,7 +359,18 @@ impl Established {
             last_flight: (!outbox.is_empty()).then(|| outbox.iter().cloned().collect()),
             last_resend: None,
             outbox: std::mem::take(outbox),
-        })
+        };
+        let mut scratch = Vec::new();
+        for (h, fragment) in already_read {
+            if h.epoch != est.epoch || !est.window.fresh(h.seq) {
+                continue;
+            }
+            scratch.resize(fragment.len(), 0);
+            if est.decrypt(h, fragment, &mut scratch).is_some() {
+                est.window.mark(h.seq);
+            }
+        }
+        Some(est)
     }
 
     /// Protects `data` as one record of `content_type` and queues the datagram.

@@ -32,12 +32,34 @@ struct Datagrams {
     outbox: VecDeque<Vec<u8>>,
     /// The highest epoch OpenSSL wrote records in, and the next sequence number in it.
     written: (u16, u64),
+    /// The protected records (epoch 1 and later) OpenSSL was given during the handshake, at
+    /// most [`MAX_SEALED_READ`] bytes: at the take-over, those that open go into the replay
+    /// window.
+    sealed_read: Vec<(record::Header, Vec<u8>)>,
+    sealed_bytes: usize,
+    /// The handshake is over: no more records are kept.
+    sealed_done: bool,
 }
+
+/// The most bytes of protected records kept for the take-over's replay window (each counted
+/// as 64 at least). A handshake gives OpenSSL one such record, the peer's Finished (61 bytes
+/// with AES-GCM), or a few when the peer repeats its flight or sends data with it.
+const MAX_SEALED_READ: usize = 4096;
 
 impl Read for Datagrams {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.inbox.pop_front() {
             Some(d) => {
+                for (h, fragment) in record::records(&d) {
+                    let cost = fragment.len().max(64);
+                    if h.epoch > 0
+                        && !self.sealed_done
+                        && self.sealed_bytes + cost <= MAX_SEALED_READ
+                    {
+                        self.sealed_bytes += cost;
+                        self.sealed_read.push((h, fragment.to_vec()));
+                    }
+                }
                 let n = d.len().min(buf.len());
                 buf[..n].copy_from_slice(&d[..n]);
                 Ok(n)
@@ -436,7 +458,7 @@ impl Session {
                 }
             }
             PLAINTEXT.with_borrow_mut(|buf| self.read_all(buf, &mut received));
-            if received.is_empty() && self.state == State::Established {
+            if self.state == State::Established {
                 self.take_over();
             }
         } else if self.state == State::Established {
@@ -448,19 +470,26 @@ impl Session {
 
     /// A session whose handshake has just completed hands its records to [`record`] and frees
     /// OpenSSL's object (about 30 KB), if the suite is an AEAD one. What OpenSSL queued at
-    /// completion is our last flight, kept for a peer that did not get it. Nothing of the
-    /// application was read through OpenSSL before (the caller checks), so the replay window
-    /// starts empty.
+    /// completion is our last flight, kept for a peer that did not get it. The records of
+    /// the new epoch that OpenSSL read (the peer's Finished, and any application data that
+    /// came with it) start the replay window.
     fn take_over(&mut self) {
         let Link::Tls(stream) = &mut self.link else {
             return;
         };
         let (epoch, next_seq) = stream.get_ref().written;
         let mut outbox = std::mem::take(&mut stream.get_mut().outbox);
+        let sealed_read = std::mem::take(&mut stream.get_mut().sealed_read);
+        stream.get_mut().sealed_done = true;
         let ssl = stream.ssl();
-        let Some(records) =
-            Established::take_over(ssl, self.is_client, epoch, next_seq, &mut outbox)
-        else {
+        let Some(records) = Established::take_over(
+            ssl,
+            self.is_client,
+            epoch,
+            next_seq,
+            &mut outbox,
+            &sealed_read,
+        ) else {
             stream.get_mut().outbox = outbox;
             return;
         };

@@ -375,6 +375,102 @@ fn a_clients_lost_final_flight_is_sent_again_when_the_server_repeats_its_finishe
     assert!(link.client.is_established());
 }
 
+/// The handshake run by hand: every datagram the client sent, in order, and the link at its end.
+fn handshake_keeping_the_clients_datagrams(link: &mut Link) -> Vec<Vec<u8>> {
+    let mut up = Vec::new();
+    for _ in 0..20 {
+        let out: Vec<Vec<u8>> = std::iter::from_fn(|| link.client.poll_transmit()).collect();
+        for d in &out {
+            link.client_datagram(d);
+        }
+        up.extend(out);
+        let back = link.server_out();
+        link.deliver_down(&back);
+        if link.client.is_established() && link.server.as_ref().is_some_and(Session::is_established)
+        {
+            return up;
+        }
+    }
+    panic!("no handshake");
+}
+
+#[test]
+fn the_clients_finished_replayed_after_the_take_over_is_not_taken() {
+    let pki = Pki::new();
+    let mut link = Link::new(&pki.client(""), pki.server(), None);
+    let up = handshake_keeping_the_clients_datagrams(&mut link);
+    assert!(link.server().taken_over());
+    // The client's last datagram carries its Finished (epoch 1), which OpenSSL read before
+    // the take-over. Taken again, it would count as the client's (holding off the idle
+    // timeout) and have the server's last flight sent again.
+    let later = link.now + Duration::from_secs(1);
+    let finished = up.last().unwrap();
+    assert!(link.server().handle_datagram(later, finished).is_empty());
+    assert!(
+        link.server_out().is_empty(),
+        "the replayed Finished had the server's flight sent again"
+    );
+    let (at_server, _) = link.exchange(b"up", b"down");
+    assert_eq!(at_server, [b"up".to_vec()]);
+}
+
+/// In a resumed handshake the client's Finished comes last: a client may put its first
+/// request in the same datagram.
+#[test]
+fn data_that_comes_with_the_clients_finished_is_taken_once_and_the_session_taken_over() {
+    let pki = Pki::new();
+    let (cctx, sctx) = (pki.client(""), pki.server());
+    let mut first = Link::new(&cctx, sctx.clone(), None);
+    first.handshake();
+    let ticket = first.client.ssl_session().expect("a session to resume");
+    device_closes(&mut first);
+    let mut link = Link::new(&cctx, sctx, Some(&ticket));
+    // Until the client has the server's Finished; its own final flight is held back.
+    for _ in 0..20 {
+        if link.client.is_established() {
+            break;
+        }
+        link.deliver_up();
+        let back = link.server_out();
+        link.deliver_down(&back);
+    }
+    assert!(link.client.is_established());
+    assert!(!link.server().is_established());
+    let mut last: Vec<Vec<u8>> = std::iter::from_fn(|| link.client.poll_transmit()).collect();
+    link.client.send(b"early").unwrap();
+    let data = link.client.poll_transmit().unwrap();
+    // The Finished and the first request in one datagram.
+    let mut both = last.pop().expect("the client's final flight");
+    both.extend_from_slice(&data);
+    for d in &last {
+        link.client_datagram(d);
+    }
+    let now = link.now;
+    assert_eq!(
+        link.server().handle_datagram(now, &both),
+        [b"early".to_vec()]
+    );
+    assert!(link.server().is_established());
+    assert!(link.server().resumed());
+    assert!(
+        link.server().taken_over(),
+        "a session whose first data came with the Finished stayed with OpenSSL (30 KB)"
+    );
+    assert!(
+        link.server().handle_datagram(now, &both).is_empty(),
+        "a replay"
+    );
+    assert!(
+        link.server().handle_datagram(now, &data).is_empty(),
+        "a replay"
+    );
+    let (at_server, at_client) = link.exchange(b"up", b"down");
+    assert_eq!(
+        (at_server, at_client),
+        (vec![b"up".to_vec()], vec![b"down".to_vec()])
+    );
+}
+
 #[test]
 fn records_after_an_alert_in_the_same_datagram_are_not_taken() {
     let pki = Pki::new();

@@ -109,24 +109,31 @@ impl Link {
 
     /// Client datagrams to the server; returns the application data the server got.
     pub fn deliver_up(&mut self) -> Vec<Vec<u8>> {
-        let peer: SocketAddr = PEER.parse().unwrap();
         let mut got = Vec::new();
         while let Some(d) = self.client.poll_transmit() {
-            match (&mut self.server, parse_client_hello(&d)) {
-                (None, Some(ch)) if self.jar.check(self.now, peer, &ch, &[]) => {
-                    self.server =
-                        Some(Session::server(&self.sctx, &d, &ch.cookie, 1232, self.now).unwrap());
-                }
-                (None, Some(ch)) => {
-                    let cookie = self.jar.make(self.now, peer, &ch, &[]);
-                    let hvr = hello_verify_request(&ch, &cookie);
-                    got.extend(self.client.handle_datagram(self.now, &hvr));
-                }
-                (None, None) => {}
-                (Some(s), _) => got.extend(s.handle_datagram(self.now, &d)),
-            }
+            got.extend(self.client_datagram(&d));
         }
         got
+    }
+
+    /// One datagram of the client's to the server (a ClientHello without a server session
+    /// gets its cookie); returns the application data the server got.
+    pub fn client_datagram(&mut self, d: &[u8]) -> Vec<Vec<u8>> {
+        let peer: SocketAddr = PEER.parse().unwrap();
+        match (&mut self.server, parse_client_hello(d)) {
+            (None, Some(ch)) if self.jar.check(self.now, peer, &ch, &[]) => {
+                self.server =
+                    Some(Session::server(&self.sctx, d, &ch.cookie, 1232, self.now).unwrap());
+                Vec::new()
+            }
+            (None, Some(ch)) => {
+                let cookie = self.jar.make(self.now, peer, &ch, &[]);
+                let hvr = hello_verify_request(&ch, &cookie);
+                self.client.handle_datagram(self.now, &hvr)
+            }
+            (None, None) => Vec::new(),
+            (Some(s), _) => s.handle_datagram(self.now, d),
+        }
     }
 
     /// The server's datagrams, taken off its queue.
