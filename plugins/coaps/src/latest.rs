@@ -7,12 +7,12 @@ use gateway_coap::{
     coap_lite::{CoapOption, Packet, ResponseType},
     decode_uint, encode_uint, response, Block, ContentFormat,
 };
-use gateway_sdk::Value;
-use gateway_sdk::{Label, Reading};
+use gateway_sdk::{Label, Reading, Timestamp, Value};
 use gateway_senml as senml;
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
+    time::Duration,
 };
 
 /// Text and byte values longer than this are not kept (a GET answers from memory, and a device
@@ -42,7 +42,15 @@ pub struct Latest {
     /// Readings not kept: their device was full of other (sensor, name) pairs, or their value
     /// was longer than [`MAX_VALUE`].
     pub dropped: u64,
+    /// The server's clock, read only when a reading is older than the one kept (to see
+    /// whether the kept one is from the future).
+    now: fn() -> Timestamp,
 }
+
+/// How far ahead of the server's clock a kept reading may be and still hold off older ones: a
+/// reading dated later (a device's clock gone wrong, or a hostile device's year 99999) would
+/// otherwise stay its series' last for ever, every correct reading after it being older.
+pub const MAX_AHEAD: Duration = Duration::from_secs(3600);
 
 #[derive(Default)]
 struct Device {
@@ -133,11 +141,13 @@ impl Latest {
             clock: 0,
             sorted: None,
             dropped: 0,
+            now: Timestamp::now,
         }
     }
 
     /// Takes in readings (of any devices): for each (device, sensor, name) the one with the
-    /// latest time stays.
+    /// latest time stays, unless its time is more than [`MAX_AHEAD`] ahead of the server's
+    /// clock: then the next reading of its series takes its place.
     pub fn record(&mut self, readings: &[Reading]) {
         if self.max_devices == 0 {
             return;
@@ -184,8 +194,12 @@ impl Latest {
                 .find(|(t, h)| *t == tag && h.name == r.name && h.sensor == r.sensor)
                 .map(|(_, h)| h);
             let new = size_of(r);
+            let ahead = |t: Timestamp| {
+                let limit = (self.now)().0.saturating_add(MAX_AHEAD.as_micros() as i64);
+                t.0 > limit
+            };
             match held {
-                Some(held) if held.time <= r.time => {
+                Some(held) if held.time <= r.time || ahead(held.time) => {
                     let old = size_of(held);
                     if d.bytes + new - old > cap {
                         self.dropped += 1;
@@ -455,6 +469,37 @@ mod tests {
         );
         assert_eq!(l.get("pi-01", None).unwrap().len(), 64);
         assert_eq!(l.dropped, 0);
+    }
+
+    /// A reading dated far ahead of the server's clock does not stay its series' last for
+    /// ever: the next reading takes its place. One within [`MAX_AHEAD`] holds as before.
+    #[test]
+    fn a_reading_from_the_future_does_not_hold_its_series() {
+        const NOW: i64 = 1_800_000_000_000_000;
+        let hour = 3_600_000_000;
+        let mut l = Latest::new(10, 10, 1 << 20);
+        l.now = || Timestamp(NOW);
+        let kept = |l: &Latest| match l.get("pi-01", Some("t")).unwrap()[0].value {
+            Value::Float(v) => v,
+            _ => unreachable!(),
+        };
+        l.record(&[reading("pi-01", "t", "temperature", NOW + 2 * hour, 99.0)]);
+        assert_eq!(kept(&l), 99.0);
+        l.record(&[reading("pi-01", "t", "temperature", NOW, 21.0)]);
+        assert_eq!(
+            kept(&l),
+            21.0,
+            "the reading of two hours ahead held its place"
+        );
+        l.record(&[reading("pi-01", "t", "temperature", NOW - 10_000_000, 20.0)]);
+        assert_eq!(
+            kept(&l),
+            21.0,
+            "an older reading does not replace a current one"
+        );
+        l.record(&[reading("pi-01", "t", "temperature", NOW + hour / 2, 22.0)]);
+        l.record(&[reading("pi-01", "t", "temperature", NOW, 23.0)]);
+        assert_eq!(kept(&l), 22.0, "half an hour ahead is within MAX_AHEAD");
     }
 
     #[test]
