@@ -362,7 +362,8 @@ impl Established {
         };
         let mut scratch = Vec::new();
         for (h, fragment) in already_read {
-            if h.epoch != est.epoch || !est.window.fresh(h.seq) {
+            // As `open` takes records.
+            if h.epoch != est.epoch || h.version != VERSION || !est.window.fresh(h.seq) {
                 continue;
             }
             scratch.resize(fragment.len(), 0);

@@ -33,34 +33,52 @@ struct Datagrams {
     /// The highest epoch OpenSSL wrote records in, and the next sequence number in it.
     written: (u16, u64),
     /// The protected records (epoch 1 and later) OpenSSL was given during the handshake, at
-    /// most [`MAX_SEALED_READ`] bytes: at the take-over, those that open go into the replay
-    /// window.
+    /// most [`MAX_SEALED_READ`] of them and [`MAX_SEALED_BYTES`] with their bookkeeping: at
+    /// the take-over, those that open go into the replay window.
     sealed_read: Vec<(record::Header, Vec<u8>)>,
     sealed_bytes: usize,
+    /// A protected record OpenSSL was given could not be kept: the replay window cannot know
+    /// it, so the session stays with OpenSSL (whose own window does).
+    sealed_overflow: bool,
     /// The handshake is over: no more records are kept.
     sealed_done: bool,
 }
 
-/// The most bytes of protected records kept for the take-over's replay window (each counted
-/// as 64 at least). A handshake gives OpenSSL one such record, the peer's Finished (61 bytes
-/// with AES-GCM), or a few when the peer repeats its flight or sends data with it.
-const MAX_SEALED_READ: usize = 4096;
+/// The most protected records kept for the take-over's replay window. A handshake gives
+/// OpenSSL one such record, the peer's Finished, or a few when the peer repeats its flight or
+/// sends data with it.
+const MAX_SEALED_READ: usize = 16;
+/// The most bytes they may take, each counted with its bookkeeping and allocation.
+const MAX_SEALED_BYTES: usize = 4096;
+
+impl Datagrams {
+    /// Keeps a copy of the protected records of `d` (what OpenSSL is given of a datagram).
+    fn keep_sealed(&mut self, d: &[u8]) {
+        for (h, fragment) in record::records(d) {
+            if h.epoch == 0 {
+                continue;
+            }
+            let cost = std::mem::size_of::<(record::Header, Vec<u8>)>() + fragment.len() + 16;
+            if self.sealed_read.len() < MAX_SEALED_READ
+                && self.sealed_bytes + cost <= MAX_SEALED_BYTES
+            {
+                self.sealed_bytes += cost;
+                self.sealed_read.push((h, fragment.to_vec()));
+            } else {
+                self.sealed_overflow = true;
+            }
+        }
+    }
+}
 
 impl Read for Datagrams {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.inbox.pop_front() {
             Some(d) => {
-                for (h, fragment) in record::records(&d) {
-                    let cost = fragment.len().max(64);
-                    if h.epoch > 0
-                        && !self.sealed_done
-                        && self.sealed_bytes + cost <= MAX_SEALED_READ
-                    {
-                        self.sealed_bytes += cost;
-                        self.sealed_read.push((h, fragment.to_vec()));
-                    }
-                }
                 let n = d.len().min(buf.len());
+                if !self.sealed_done {
+                    self.keep_sealed(&d[..n]);
+                }
                 buf[..n].copy_from_slice(&d[..n]);
                 Ok(n)
             }
@@ -472,15 +490,23 @@ impl Session {
     /// OpenSSL's object (about 30 KB), if the suite is an AEAD one. What OpenSSL queued at
     /// completion is our last flight, kept for a peer that did not get it. The records of
     /// the new epoch that OpenSSL read (the peer's Finished, and any application data that
-    /// came with it) start the replay window.
+    /// came with it) start the replay window; if more came than are kept, OpenSSL keeps the
+    /// session.
     fn take_over(&mut self) {
         let Link::Tls(stream) = &mut self.link else {
             return;
         };
-        let (epoch, next_seq) = stream.get_ref().written;
-        let mut outbox = std::mem::take(&mut stream.get_mut().outbox);
-        let sealed_read = std::mem::take(&mut stream.get_mut().sealed_read);
-        stream.get_mut().sealed_done = true;
+        let link = stream.get_mut();
+        let sealed_read = std::mem::take(&mut link.sealed_read);
+        link.sealed_done = true;
+        if link.sealed_overflow {
+            // More protected records came during the handshake than are kept (junk sent in
+            // the peer's name, or a large first request with the Finished): a record the
+            // window would not know could be taken twice. OpenSSL carries the session.
+            return;
+        }
+        let (epoch, next_seq) = link.written;
+        let mut outbox = std::mem::take(&mut link.outbox);
         let ssl = stream.ssl();
         let Some(records) = Established::take_over(
             ssl,
