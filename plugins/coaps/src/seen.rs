@@ -31,7 +31,7 @@
 
 use crate::request::Refused;
 use gateway_coap::{coap_lite::ResponseType, retry_later, Keyed};
-use gateway_sdk::{Label, Reading};
+use gateway_sdk::{Label, Reading, Value};
 use std::{
     collections::{BTreeSet, HashMap, HashSet, VecDeque},
     hash::{BuildHasher, BuildHasherDefault},
@@ -573,13 +573,28 @@ impl Pack {
     }
 }
 
+/// Whether `a` and `b` are the same reading; a number is compared by its bits, so that a NaN
+/// sent twice is one reading sent twice.
+fn same(a: &Reading, b: &Reading) -> bool {
+    let values = match (&a.value, &b.value) {
+        (Value::Float(x), Value::Float(y)) => x.to_bits() == y.to_bits(),
+        (x, y) => x == y,
+    };
+    values
+        && a.time == b.time
+        && a.device == b.device
+        && a.sensor == b.sensor
+        && a.name == b.name
+        && a.unit == b.unit
+}
+
 /// Whether the readings that share an id are each the same reading (a repeat, which is dropped).
 fn same_id_same_reading(readings: &[Reading]) -> Result<(), Refused> {
     let mut order: Vec<usize> = (0..readings.len()).collect();
     order.sort_by_key(|&i| (readings[i].id, i));
     for w in order.windows(2) {
         let (a, b) = (&readings[w[0]], &readings[w[1]]);
-        if a.id == b.id && a != b {
+        if a.id == b.id && !same(a, b) {
             return Err(Refused::bad(
                 ResponseType::BadRequest,
                 format!(
@@ -624,7 +639,7 @@ fn wait() -> Refused {
 mod tests {
     use super::*;
     use gateway_coap::Code;
-    use gateway_sdk::{testing::sample_readings, IdGenerator, ReadingId, Timestamp, Value};
+    use gateway_sdk::{testing::sample_readings, IdGenerator, ReadingId, Timestamp};
 
     fn code(p: &coap_lite::Packet) -> Code {
         Code::of(p).unwrap()
@@ -921,12 +936,10 @@ mod tests {
         mixed.extend(pack);
         assert!(seen.admit(mixed).unwrap_err().bad);
         assert!(!seen.busy());
-        // The same reading twice is a repeat: taken once.
-        let twice = vec![
-            with_id("d", ids[0]),
-            with_id("d", ids[1]),
-            with_id("d", ids[0]),
-        ];
+        // The same reading twice is a repeat: taken once, a NaN too (NaN != NaN).
+        let mut nan = with_id("d", ids[0]);
+        nan.value = Value::Float(f64::NAN);
+        let twice = vec![nan.clone(), with_id("d", ids[1]), nan];
         let a = seen.admit(twice).unwrap();
         assert_eq!((a.fresh.len(), a.duplicates), (2, 1));
     }
