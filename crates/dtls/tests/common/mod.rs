@@ -181,6 +181,15 @@ impl Link {
         false
     }
 
+    /// Asserts that one message each way gets through.
+    pub fn carries_data_both_ways(&mut self) {
+        let (at_server, at_client) = self.exchange(b"up", b"down");
+        assert_eq!(
+            (at_server, at_client),
+            (vec![b"up".to_vec()], vec![b"down".to_vec()])
+        );
+    }
+
     /// One message each way; returns what each side got.
     pub fn exchange(&mut self, up: &[u8], down: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         self.client.send(up).unwrap();
