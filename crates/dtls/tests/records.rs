@@ -6,6 +6,7 @@
 use gateway_dtls::{
     client_context, server_context, ClientSettings, DtlsError, Psk, ServerSettings, Session, State,
 };
+use openssl::ssl::{SslContext, SslSession};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -196,14 +197,20 @@ fn device_closes(link: &mut Link) {
     assert_eq!(bye[0][0], 21, "an alert record");
 }
 
+/// A session of a first handshake, which the device then closed: one to resume.
+fn closed_session(cctx: &SslContext, sctx: &SslContext) -> SslSession {
+    let mut first = Link::new(cctx, sctx.clone(), None);
+    first.handshake();
+    let ticket = first.client.ssl_session().expect("a session to resume");
+    device_closes(&mut first);
+    ticket
+}
+
 #[test]
 fn a_taken_over_session_can_be_resumed_and_closed_from_either_side() {
     let pki = Pki::new();
     let (cctx, sctx) = (pki.client(""), pki.server());
-    let mut first = Link::new(&cctx, sctx.clone(), None);
-    first.handshake();
-    let ticket = first.client.ssl_session().expect("a session to resume");
-    device_closes(&mut first);
+    let ticket = closed_session(&cctx, &sctx);
 
     let mut second = Link::new(&cctx, sctx, Some(&ticket));
     second.handshake();
@@ -299,10 +306,7 @@ fn replayed_and_tampered_records_are_dropped_by_the_client_too() {
 fn a_clients_lost_final_flight_is_sent_again_when_the_server_repeats_its_finished() {
     let pki = Pki::new();
     let (cctx, sctx) = (pki.client(""), pki.server());
-    let mut first = Link::new(&cctx, sctx.clone(), None);
-    first.handshake();
-    let ticket = first.client.ssl_session().expect("a session to resume");
-    device_closes(&mut first);
+    let ticket = closed_session(&cctx, &sctx);
 
     let mut link = Link::new(&cctx, sctx, Some(&ticket));
     let mut lost = Vec::new();
@@ -407,10 +411,7 @@ fn the_clients_finished_replayed_after_the_take_over_is_not_taken() {
 fn data_that_comes_with_the_clients_finished_is_taken_once_and_the_session_taken_over() {
     let pki = Pki::new();
     let (cctx, sctx) = (pki.client(""), pki.server());
-    let mut first = Link::new(&cctx, sctx.clone(), None);
-    first.handshake();
-    let ticket = first.client.ssl_session().expect("a session to resume");
-    device_closes(&mut first);
+    let ticket = closed_session(&cctx, &sctx);
     let mut link = Link::new(&cctx, sctx, Some(&ticket));
     // Until the client has the server's Finished; its own final flight is held back.
     for _ in 0..20 {
