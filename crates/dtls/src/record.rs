@@ -362,8 +362,7 @@ impl Established {
         };
         let mut scratch = Vec::new();
         for (h, fragment) in already_read {
-            // As `open` takes records.
-            if h.epoch != est.epoch || h.version != VERSION || !est.window.fresh(h.seq) {
+            if !est.may_take(h) {
                 continue;
             }
             scratch.resize(fragment.len(), 0);
@@ -372,6 +371,15 @@ impl Established {
             }
         }
         Some(est)
+    }
+
+    /// Whether a record with header `h` is worth opening: of the current epoch, saying DTLS
+    /// 1.2, and not seen before. Epoch 0 is the peer's flight again (its Finished, at this
+    /// epoch, follows), or a new ClientHello, which the server routes before the session sees
+    /// it. A record that says another version was changed on the way: the additional data it
+    /// was sealed with says DTLS 1.2.
+    fn may_take(&self, h: &Header) -> bool {
+        h.epoch == self.epoch && h.version == VERSION && self.window.fresh(h.seq)
     }
 
     /// Protects `data` as one record of `content_type` and queues the datagram.
@@ -420,11 +428,7 @@ impl Established {
     pub fn open(&mut self, now: Instant, datagram: &[u8], plaintext: &mut [u8]) -> Opened {
         let mut got = Opened::default();
         for (h, fragment) in records(datagram) {
-            if h.epoch != self.epoch || h.version != VERSION || !self.window.fresh(h.seq) {
-                // Epoch 0: the peer's flight again (its Finished, at this epoch, follows), or
-                // a new ClientHello, which the server routes before the session sees it. A
-                // record of ours that says another version was changed on the way: its
-                // additional data (with our version) would not match what the peer sealed.
+            if !self.may_take(&h) {
                 continue;
             }
             let Some(n) = self.decrypt(&h, fragment, plaintext) else {
