@@ -131,14 +131,15 @@ fn gateway_load_closes_each_session_it_opens() {
 }
 
 /// The load generator takes a PSK from a file or the environment, never from its command line
-/// (where `ps` shows it to every user): each device handshakes under its own name with it.
+/// (where `ps` shows it to every user): each device handshakes under its own name with its own
+/// key, read from the server's own `psk_file`.
 #[test]
 fn gateway_load_takes_its_psk_from_a_file_or_the_environment() {
     let s = Setup::new();
     let port = free_udp_port();
-    let key = "5ec2e7a1b3c4d5e6f708192a3b4c5d6e";
+    let keys = "load-0:5ec2e7a1b3c4d5e6f708192a3b4c5d6e\nload-1:e1d2c3b4a5968778695a4b3c2d1e0f7a\n";
     let devices = s.path("psk.txt");
-    std::fs::write(&devices, format!("load-0:{key}\nload-1:{key}\n")).unwrap();
+    std::fs::write(&devices, keys).unwrap();
     std::fs::set_permissions(
         &devices,
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
@@ -150,20 +151,20 @@ fn gateway_load_takes_its_psk_from_a_file_or_the_environment() {
     ));
     let mut gw = Running::start_named(&s, "server", &server);
     assert!(gw.wait_for_log("CoAP/DTLS ingress listening", Duration::from_secs(10)));
-    let file = s.path("load.psk");
-    std::fs::write(&file, format!("{key}\n")).unwrap();
+    let file = devices.to_str().unwrap();
     let run = |args: &[&str]| {
         Command::new(plugin_dir().join("gateway-load"))
-            .args(["--server", &format!("127.0.0.1:{port}"), "--devices", "2"])
+            .args(["--server", &format!("127.0.0.1:{port}")])
             .args(["--duration", "1s", "--timeout", "3s"])
             .args(args)
-            .env("GW_LOAD_PSK", key)
+            .env("GW_LOAD_PSK", keys)
             .output()
             .unwrap()
     };
+    // The server's own file: each device has its key there, under its name.
     for args in [
-        &["--psk-file", file.to_str().unwrap()][..],
-        &["--psk-env", "GW_LOAD_PSK"][..],
+        &["--devices", "2", "--psk-file", file][..],
+        &["--devices", "2", "--psk-env", "GW_LOAD_PSK"][..],
     ] {
         let out = run(args);
         let text = String::from_utf8_lossy(&out.stdout);
@@ -179,7 +180,26 @@ fn gateway_load_takes_its_psk_from_a_file_or_the_environment() {
         );
     }
     gw.stop(Duration::from_secs(30));
-    let out = run(&["--psk", key]);
+    let refused = |args: &[&str], why: &str| {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{args:?}: {err}"
+        );
+    };
+    // A third device has no key; one key for every device is no longer a format.
+    refused(
+        &["--devices", "3", "--psk-file", file],
+        "no PSK for load-2 (device N is load-N): give each device a line load-2:HEXKEY",
+    );
+    let one = s.path("one.psk");
+    std::fs::write(&one, "5ec2e7a1b3c4d5e6f708192a3b4c5d6e\n").unwrap();
+    refused(
+        &["--psk-file", one.to_str().unwrap()],
+        "line 1: expected IDENTITY:HEXKEY, one line per device",
+    );
+    let out = run(&["--psk", "5ec2e7a1b3c4d5e6f708192a3b4c5d6e"]);
     assert!(
         !out.status.success()
             && String::from_utf8_lossy(&out.stderr).contains("unexpected argument '--psk'"),

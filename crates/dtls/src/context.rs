@@ -45,6 +45,25 @@ pub fn hex_key(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The entries of a PSK file, as `coaps-ingress`'s `psk_file` and `gateway-load --psk-file`
+/// read it: `IDENTITY:HEXKEY` per line (split at the last colon); blank lines and lines
+/// starting with `#` are skipped, and a byte-order mark (as some editors save) is not part of
+/// the first identity. Gives each entry's line number (from 1), identity and hex key as
+/// written, or the number of the first line without a colon.
+pub fn psk_file_entries(text: &str) -> Result<Vec<(usize, &str, &str)>, usize> {
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (id, hex) = line.rsplit_once(':').ok_or(n + 1)?;
+        out.push((n + 1, id, hex));
+    }
+    Ok(out)
+}
+
 /// Client side settings.
 #[derive(Debug, Clone, Default)]
 pub struct ClientSettings {

@@ -29,8 +29,9 @@ pub mod session;
 mod verified;
 
 pub use context::{
-    client_context, hex_key, record_overhead, server_context, without_forward_secrecy,
-    ClientSettings, Psk, ServerSettings, DEFAULT_CIPHERS, DEFAULT_MTU, DEFAULT_PSK_CIPHERS,
+    client_context, hex_key, psk_file_entries, record_overhead, server_context,
+    without_forward_secrecy, ClientSettings, Psk, ServerSettings, DEFAULT_CIPHERS, DEFAULT_MTU,
+    DEFAULT_PSK_CIPHERS,
 };
 pub use hello::{hello_verify_request, parse_client_hello, ClientHello, CookieJar};
 pub use session::{certificate_identity, Session, State};

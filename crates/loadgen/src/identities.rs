@@ -1,11 +1,11 @@
 //! Who each device is: a certificate of its own (issued for the run from a development CA, or
-//! read from a directory), or a PSK under its own name.
+//! read from a directory), or a PSK of its own under its own name.
 
 use crate::{client_config, Cli};
-use anyhow::{bail, Context, Result};
-use gateway_dtls::{client::Config, ClientSettings, Psk};
+use anyhow::{anyhow, bail, Context, Result};
+use gateway_dtls::{client::Config, hex_key, psk_file_entries, ClientSettings, Psk};
 use gateway_pki::{issue_to, read_pair, Kind};
-use std::path::PathBuf;
+use std::{collections::HashMap, path::PathBuf};
 
 /// Where the devices' credentials come from.
 pub enum Identities {
@@ -16,8 +16,8 @@ pub enum Identities {
         /// Removed when the run ends.
         _temporary: Option<tempfile::TempDir>,
     },
-    /// One key, each device under its own name.
-    Psk(Vec<u8>),
+    /// Each device's own key, by its name.
+    Psk(HashMap<String, Vec<u8>>),
 }
 
 impl Identities {
@@ -27,11 +27,7 @@ impl Identities {
             (Some(file), _) => Some((
                 format!("--psk-file {}", file.display()),
                 std::fs::read_to_string(file)
-                    .with_context(|| format!("--psk-file {}", file.display()))?
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned(),
+                    .with_context(|| format!("--psk-file {}", file.display()))?,
             )),
             (None, Some(var)) => Some((
                 format!("--psk-env {var}"),
@@ -39,10 +35,8 @@ impl Identities {
             )),
             (None, None) => None,
         };
-        if let Some((from, hex)) = &psk {
-            let key = gateway_dtls::hex_key(hex)
-                .with_context(|| format!("{from}: the key must be an even number of hex digits"))?;
-            return Ok(Identities::Psk(key));
+        if let Some((from, text)) = &psk {
+            return Ok(Identities::Psk(psk_keys(from, text)?));
         }
         if let Some(dir) = &cli.certs_dir {
             let first = dir.join(format!("{}-0.pem", cli.prefix));
@@ -112,16 +106,38 @@ impl Identities {
                     ..ClientSettings::default()
                 }
             }
-            Identities::Psk(key) => ClientSettings {
-                psk: Some(Psk {
-                    identity: name,
-                    key: key.clone(),
-                }),
-                ..ClientSettings::default()
-            },
+            Identities::Psk(keys) => {
+                let Some(key) = keys.get(&name) else {
+                    bail!("no PSK for {name} (device N is {}-N): give each device a line {name}:HEXKEY", cli.prefix);
+                };
+                ClientSettings {
+                    psk: Some(Psk {
+                        identity: name,
+                        key: key.clone(),
+                    }),
+                    ..ClientSettings::default()
+                }
+            }
         };
         Ok(client_config(cli, host, tls))
     }
+}
+
+/// The devices' keys from `text`, in the format of `coaps-ingress`'s `psk_file`
+/// (`IDENTITY:HEXKEY` per line), so that one file serves both ends.
+fn psk_keys(from: &str, text: &str) -> Result<HashMap<String, Vec<u8>>> {
+    let entries = psk_file_entries(text).map_err(|n| {
+        anyhow!("{from}: line {n}: expected IDENTITY:HEXKEY, one line per device, as coaps-ingress's psk_file (each device has a key of its own)")
+    })?;
+    entries
+        .into_iter()
+        .map(|(n, id, hex)| {
+            let key = hex_key(hex).with_context(|| {
+                format!("{from}: line {n}: the key must be an even number of hex digits")
+            })?;
+            Ok((id.to_owned(), key))
+        })
+        .collect()
 }
 
 /// Every device holds a socket: raise the soft limit of open files toward `want` (up to the

@@ -56,7 +56,7 @@ enum Mode {
     after_help = "Examples:
   gateway-load --server 127.0.0.1:5684 --ca certs/ca.pem --ca-key certs/ca.key --devices 100
   gateway-load --server gw.example.org:5684 --ca ca.pem --certs-dir devices/ --readings 20
-  gateway-load --server 127.0.0.1:5684 --psk-file load.psk --mode handshakes"
+  gateway-load --server 127.0.0.1:5684 --psk-file psk.txt --mode handshakes  (psk.txt: load-0:HEXKEY ...)"
 )]
 struct Cli {
     /// The server, HOST:PORT.
@@ -76,11 +76,12 @@ struct Cli {
     /// Each device's certificate and key: DIR/NAME.pem and DIR/NAME.key.
     #[arg(long, conflicts_with_all = ["psk_file", "psk_env"])]
     certs_dir: Option<PathBuf>,
-    /// A PSK that every device uses, under its own name as the identity: the first line of
-    /// this file, in hex (never on the command line, where `ps` shows it to every user).
+    /// Each device's PSK, under its own name as the identity: lines `NAME:HEXKEY` (device N is
+    /// PREFIX-N), the format of `coaps-ingress`'s `psk_file`, so one file serves both ends
+    /// (never on the command line, where `ps` shows it to every user).
     #[arg(long, conflicts_with = "psk_env", value_name = "FILE")]
     psk_file: Option<PathBuf>,
-    /// The PSK of --psk-file from this environment variable instead, in hex.
+    /// The lines of --psk-file from this environment variable instead.
     #[arg(long, value_name = "VAR")]
     psk_env: Option<String>,
     /// Devices: device N is named PREFIX-N and is its own SenML device.

@@ -2,9 +2,9 @@
 //! person typed. I/O: reads the files named in the config.
 
 use crate::config::{hex_key, IngressConfig, PskEntry, UplinkConfig};
-use gateway_dtls::{valid_identity, Psk};
+use gateway_dtls::{psk_file_entries, valid_identity, Psk};
 use gateway_sdk::{InitContext, PluginError};
-use std::{collections::HashMap, path::Path};
+use std::collections::HashMap;
 
 /// The most key bytes OpenSSL takes for a PSK.
 const MAX_KEY: usize = 256;
@@ -107,9 +107,10 @@ pub fn ingress_psks(
                 format!("{what}: \"anonymous\" is reserved for peers without an identity"),
             ));
         }
-        if keys.insert(id.to_owned(), k).is_some() {
+        if keys.contains_key(id) {
             return Err(config(ctx, format!("{what}: {id:?} is given twice")));
         }
+        keys.insert(id.to_owned(), k);
         Ok(())
     };
     for (
@@ -138,30 +139,14 @@ pub fn ingress_psks(
     }
     if let Some(file) = &cfg.psk_file {
         let (path, text) = ctx.read_private_file("psk_file", file)?;
-        for (what, id, hex) in psk_file_lines(&path, &text).map_err(|e| config(ctx, e))? {
-            let k = key(ctx, &what, &hex)?;
-            add(what, &id, k)?;
+        let at = |n: usize| format!("psk_file {}:{n}", path.display());
+        let entries = psk_file_entries(&text)
+            .map_err(|n| config(ctx, format!("{}: expected IDENTITY:HEXKEY", at(n))))?;
+        for (n, id, hex) in entries {
+            let what = format!("{} ({id:?})", at(n));
+            let k = key(ctx, &what, hex)?;
+            add(what, id, k)?;
         }
     }
     Ok(keys)
-}
-
-/// The entries of a PSK file: `IDENTITY:HEXKEY` per line; blank lines and lines starting with
-/// `#` are skipped. Each entry comes with `FILE:LINE` for messages.
-fn psk_file_lines(path: &Path, text: &str) -> Result<Vec<(String, String, String)>, String> {
-    // A byte-order mark, as some editors save, is not part of the first identity.
-    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let what = format!("psk_file {}:{}", path.display(), n + 1);
-        let (id, hex) = line
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{what}: expected IDENTITY:HEXKEY"))?;
-        out.push((what, id.to_owned(), hex.to_owned()));
-    }
-    Ok(out)
 }

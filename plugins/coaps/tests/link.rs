@@ -511,15 +511,16 @@ fn reading_ids_are_scoped_by_device_so_one_cannot_pre_claim_anothers() {
     certs(dir.path(), "test-device");
     let port = free_port();
     let key = "5f1c9e07a2d84b36e0917c5a3bf24d68";
+    let other = "c3a1f0e2d4b69587a7b8c9d0e1f20314";
     let icfg = format!(
-        "{}[[psk]]\nidentity = \"test-device\"\nkey = \"{key}\"\n[[psk]]\nidentity = \"pi-02\"\nkey = \"{key}\"\n",
+        "{}[[psk]]\nidentity = \"test-device\"\nkey = \"{key}\"\n[[psk]]\nidentity = \"pi-02\"\nkey = \"{other}\"\n",
         ingress_config(dir.path(), port, "")
     );
     let ingress = std::thread::spawn(move || {
         run_source::<Ingress>(&icfg, 6, Duration::from_secs(20)).unwrap()
     });
     std::thread::sleep(Duration::from_millis(300));
-    let uplink = |who: &str| {
+    let uplink = |who: &str, key: &str| {
         SinkHarness::new::<Uplink>(&format!(
             "uri = \"coaps://127.0.0.1:{port}/gpsflowtemp\"\npsk_identity = \"{who}\"\npsk_key = \"{key}\"\n",
         ))
@@ -531,8 +532,8 @@ fn reading_ids_are_scoped_by_device_so_one_cannot_pre_claim_anothers() {
     for r in &mut mine {
         r.device = gateway_sdk::Label::from("pi-02");
     }
-    uplink("pi-02").write(mine).unwrap();
-    uplink("test-device").write(theirs).unwrap();
+    uplink("pi-02", other).write(mine).unwrap();
+    uplink("test-device", key).write(theirs).unwrap();
     let run = ingress.join().unwrap();
     let mut devices: Vec<&str> = run.readings.iter().map(|r| r.device.as_str()).collect();
     devices.sort();
@@ -688,7 +689,7 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
     let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
     assert!(
         e.message()
-            .contains("psk.txt:1: must be an even number of hex digits"),
+            .contains("psk.txt:1 (\"pi-01\"): must be an even number of hex digits"),
         "{e}"
     );
 }
