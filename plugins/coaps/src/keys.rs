@@ -99,6 +99,9 @@ pub fn ingress_psks(
     cfg: &IngressConfig,
 ) -> Result<HashMap<String, Vec<u8>>, PluginError> {
     let mut keys = HashMap::new();
+    // Where each key was first given. A key two identities share lets whoever holds one of
+    // them handshake, post and read as the other: the server cannot tell them apart.
+    let mut given: HashMap<Vec<u8>, String> = HashMap::new();
     let mut add = |what: String, id: &str, k: Vec<u8>| {
         identity(ctx, &what, id)?;
         if id == "anonymous" {
@@ -110,6 +113,13 @@ pub fn ingress_psks(
         if keys.contains_key(id) {
             return Err(config(ctx, format!("{what}: {id:?} is given twice")));
         }
+        if let Some(first) = given.get(&k) {
+            return Err(config(
+                ctx,
+                format!("{what}: the same key as {first}; each identity needs a key of its own, or whoever holds the one can post and read as the other (`openssl rand -hex 32` makes one)"),
+            ));
+        }
+        given.insert(k.clone(), what);
         keys.insert(id.to_owned(), k);
         Ok(())
     };

@@ -685,6 +685,25 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
         e.message().contains("psk.txt:1: expected IDENTITY:HEXKEY"),
         "{e}"
     );
+    // Two identities with one key: whoever holds it could handshake as either, so it is
+    // refused wherever the second comes from, naming both places and never the key.
+    private("psk.txt", &format!("pi-01:{key}\n# a copy\npi-02:{key}\n"));
+    let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+    assert!(
+        e.message()
+            .contains("psk.txt:3 (\"pi-02\"): the same key as psk_file")
+            && e.message().contains("psk.txt:1 (\"pi-01\")")
+            && !e.message().contains(key),
+        "{e}"
+    );
+    private("psk.txt", &format!("pi-02:{key}\n"));
+    let both = format!("{icfg}[[psk]]\nidentity = \"pi-01\"\nkey = \"{key}\"\n");
+    let e = run_source::<Ingress>(&both, 1, Duration::from_secs(1)).unwrap_err();
+    assert!(
+        e.message()
+            .contains(":1 (\"pi-02\"): the same key as psk[0] (\"pi-01\")"),
+        "{e}"
+    );
     private("psk.txt", "pi-01:zz\n");
     let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
     assert!(
