@@ -257,7 +257,8 @@ fn check_warns_about_each_ingress_setting_that_weakens_it() {
     let open = s.config(
         "",
         &body(
-            "allow_anonymous = true\nciphers = \"ECDHE-ECDSA-AES128-GCM-SHA256:AES128-SHA\"",
+            // A passphrase in hex: "correct horse battery staple".
+            "allow_anonymous = true\nciphers = \"ECDHE-ECDSA-AES128-GCM-SHA256:AES128-SHA\"\npsk = [{ identity = \"pi-09\", key = \"636f727265637420686f727365206261747465727920737461706c65\" }]",
             bundle.to_str().unwrap(),
         ),
     );
@@ -277,6 +278,10 @@ fn check_warns_about_each_ingress_setting_that_weakens_it() {
     );
     assert!(
         err.contains("ciphers: AES128-SHA without forward secrecy"),
+        "{err}"
+    );
+    assert!(
+        err.contains("psk[0] (\"pi-09\"): the key's bytes are all printable text"),
         "{err}"
     );
     let closed = s.config("", &body("", &c("ca.pem")));

@@ -43,6 +43,15 @@ fn key(ctx: &InitContext, what: &str, hex: &str) -> Result<Vec<u8>, PluginError>
             format!("{what}: the key has {} bytes, and a PSK has at least {MIN_KEY} (a shorter one is found offline from one recorded handshake); use random bytes (`openssl rand -hex 32`)", key.len()),
         ));
     }
+    if key.iter().all(|b| (0x20..0x7f).contains(b)) {
+        // Taken (libcoap's examples and many devices use text keys), but said: a key found
+        // from one recorded handshake lets anyone pose as the device.
+        gateway_sdk::tracing::warn!(
+            "[{}] {what}: the key's bytes are all printable text (a passphrase in hex?): a text key is as strong as the text is unguessable, not as its {} bytes; use random bytes (`openssl rand -hex 32`)",
+            ctx.info().table,
+            key.len()
+        );
+    }
     Ok(key)
 }
 
