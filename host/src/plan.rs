@@ -29,6 +29,11 @@ pub(crate) struct Built<T, F, S = ()> {
     pub(crate) info: InstanceInfo,
     pub(crate) new: F,
     pub(crate) instance: T,
+    /// What the files it names held just before `instance` was built: a reload compares them
+    /// with what the files hold then. Taken here, not when the instance starts running (a
+    /// reload's successor starts after its predecessor stopped, up to `shutdown_timeout`
+    /// later), so that an edit made meanwhile, which `instance` never read, is seen.
+    pub(crate) files: crate::run::Files,
     /// The sink's disk buffer, opened (and recovered) at build time.
     pub(crate) buffer: Option<Arc<DiskBuffer>>,
 }
@@ -220,7 +225,11 @@ fn started(decl: &Instance) -> String {
 /// Files what the plugin's constructor `new` made of `info`: into `built`, or, failing, into
 /// `errors`.
 fn build<T, F, S>(
-    (new, made): (F, abi_stable::std_types::RResult<T, PluginError>),
+    (new, made, files): (
+        F,
+        abi_stable::std_types::RResult<T, PluginError>,
+        crate::run::Files,
+    ),
     info: InstanceInfo,
     library: Library,
     decl: &Instance,
@@ -236,6 +245,7 @@ fn build<T, F, S>(
             info,
             new,
             instance,
+            files,
             buffer,
         }),
         Err(e) => errors.push(located(decl, "could not be built", &e)),
@@ -323,6 +333,8 @@ impl Plan {
                 }
             };
             let what = decl;
+            // Before the constructor reads them: an edit made while it runs is a change.
+            let files = crate::run::file_stamps(decl);
             match &decl.role {
                 Role::Source => {
                     let new = found
@@ -334,7 +346,7 @@ impl Plan {
                         new(&info)
                     };
                     build(
-                        (new, made),
+                        (new, made, files),
                         info,
                         found.library,
                         what,
@@ -350,7 +362,7 @@ impl Plan {
                         new(&info)
                     };
                     build(
-                        (new, made),
+                        (new, made, files),
                         info,
                         found.library,
                         what,

@@ -1034,3 +1034,73 @@ path = {:?}
     assert!(s.path("data").join("c").is_dir(), "{log}");
     assert!(!log.contains("is not there"), "{log}");
 }
+
+/// A file an instance names, edited while a reload replaces that instance (after the reload
+/// built the successor, which read the file, and before the predecessor stopped): the next
+/// reload sees the edit and rebuilds the instance. Before, the successor's files were
+/// stamped when it started, after the edit it never read, and every later reload took the
+/// edit as applied (a rotated PSK file kept the old keys until a restart).
+#[test]
+fn a_file_edited_while_a_reload_replaces_its_instance_is_applied_by_the_next() {
+    let s = Setup::new();
+    let label = s.path("label.txt");
+    std::fs::write(&label, "A\n").unwrap();
+    let body = |path: &str, delay: &str| {
+        format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ninterval = \"10ms\"\n[sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\ndelay = {delay:?}\nlabel_file = {:?}\n",
+            s.path(path).display().to_string(),
+            label.display().to_string()
+        )
+    };
+    let cfg = s.config("", &body("old.txt", "4s"));
+    let mut gw = Running::start(&s, &cfg, &[]);
+    // The first write ends 4 s after the start, and the next begins: the reload's
+    // predecessor is then in a write for about 4 s.
+    wait_until("the first write", &gw, Duration::from_secs(20), || {
+        !s.lines("old.txt").is_empty()
+    });
+    s.config("", &body("new.txt", "10ms"));
+    gw.signal(libc::SIGHUP);
+    // The successor's constructor read the label and made new.txt.
+    wait_until("the successor built", &gw, Duration::from_secs(3), || {
+        s.path("new.txt").exists()
+    });
+    std::fs::write(&label, "B\n").unwrap();
+    assert!(
+        !gw.stderr().contains("reload applied"),
+        "the predecessor stopped before the edit: {}",
+        gw.stderr()
+    );
+    let labels = || -> Vec<String> {
+        let mut l: Vec<String> = s
+            .lines("new.txt")
+            .iter()
+            .filter_map(|l| l.split(' ').next().map(str::to_owned))
+            .collect();
+        l.dedup();
+        l
+    };
+    wait_until(
+        "the successor's writes",
+        &gw,
+        Duration::from_secs(20),
+        || labels() == ["A"],
+    );
+    let applied = || gw.stderr().matches("reload applied").count();
+    assert_eq!(applied(), 1, "{}", gw.stderr());
+    // The config is the same; the file is not what the running instance read.
+    gw.signal(libc::SIGHUP);
+    wait_until("the second reload", &gw, Duration::from_secs(20), || {
+        applied() == 2
+    });
+    let err = gw.stderr();
+    let second = err.lines().filter(|l| l.contains("reload applied")).nth(1);
+    assert!(
+        second.is_some_and(|l| l.contains("sinks: rebuilt rec")),
+        "{err}"
+    );
+    wait_until("the edit applied", &gw, Duration::from_secs(20), || {
+        labels() == ["A", "B"]
+    });
+    gw.stop(Duration::from_secs(20));
+}

@@ -7,6 +7,8 @@ mod reload;
 mod slots;
 mod stalls;
 
+pub(crate) use reload::{file_stamps, Files};
+
 use crate::{
     config::Config,
     logging::HostLogger,

@@ -108,12 +108,15 @@ fn same(a: &Instance, b: &Instance) -> bool {
         }
 }
 
+/// What the files an instance names held when it was built ([`file_stamps`]).
+pub(crate) type Files = Vec<(PathBuf, Option<u64>)>;
+
 /// What an instance's files hold: each value of a key ending in `_file` (at any depth of its
 /// table, tables in arrays too, as the ingress's `psk = [{ identity, key_file }]`), resolved as plugins resolve paths (relative to the file the table is in), with a
 /// hash of its contents (`None`: unreadable). Files over 16 MiB are stamped by size and
 /// modification time instead.
-pub(super) fn file_stamps(decl: &Instance) -> Vec<(PathBuf, Option<u64>)> {
-    fn collect(t: &toml::Table, base: &Path, out: &mut Vec<(PathBuf, Option<u64>)>) {
+pub(crate) fn file_stamps(decl: &Instance) -> Files {
+    fn collect(t: &toml::Table, base: &Path, out: &mut Files) {
         for (k, v) in t {
             match v {
                 toml::Value::String(s) if k.ends_with("_file") => {

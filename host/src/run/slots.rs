@@ -114,13 +114,10 @@ impl Thread {
     }
 }
 
-/// What the files an instance read at its start held ([`super::reload::file_stamps`]).
-pub(super) type Files = Vec<(std::path::PathBuf, Option<u64>)>;
-
 /// A running source.
 pub(super) struct SourceSlot {
     pub decl: Instance,
-    pub files: Files,
+    pub files: super::Files,
     pub stats: Arc<SourceStats>,
     pub routes: Routes,
     pub thread: Thread,
@@ -191,7 +188,7 @@ impl Writer {
 /// A running sink: its line and the instance's thread.
 pub(super) struct SinkSlot {
     pub decl: Instance,
-    pub files: Files,
+    pub files: super::Files,
     pub line: Line,
     pub thread: Thread,
     pub handover: Arc<AtomicBool>,
@@ -273,7 +270,7 @@ impl Starter<'_> {
             runner.run()
         });
         SinkSlot {
-            files: super::reload::file_stamps(&k.decl),
+            files: k.files,
             decl: k.decl,
             line,
             thread,
@@ -342,7 +339,7 @@ impl Starter<'_> {
             move || runner.run(),
         );
         SourceSlot {
-            files: super::reload::file_stamps(&s.decl),
+            files: s.files,
             decl: s.decl,
             stats,
             routes,

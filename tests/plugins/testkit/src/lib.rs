@@ -234,6 +234,12 @@ struct RecorderConfig {
     /// How long dropping the instance takes (a client that closes its connection politely).
     #[serde(default, with = "duration")]
     drop_delay: Duration,
+    /// A file the constructor reads (as a plugin reads a key or a certificate): its text,
+    /// trimmed, starts each reading's line, so that a test sees what the instance read.
+    label_file: Option<String>,
+    /// What `label_file` held when the instance was built.
+    #[serde(skip)]
+    label: String,
 }
 
 fn one_batch() -> usize {
@@ -354,6 +360,10 @@ fn lines(
         out.push('\n');
     }
     for r in batch {
+        if !cfg.label.is_empty() {
+            out.push_str(&cfg.label);
+            out.push(' ');
+        }
         out.push_str(&format!("{} {} {}\n", r.sensor, r.value, r.id));
     }
     Ok(())
@@ -372,7 +382,13 @@ impl Sink for Recorder {
     const ID: &'static str = "testkit-recorder";
     const DESCRIPTION: &'static str = "test: appends readings to a file; can stall, fail or panic";
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
-        let cfg: RecorderConfig = ctx.parse_config()?;
+        let mut cfg: RecorderConfig = ctx.parse_config()?;
+        if let Some(f) = &cfg.label_file {
+            cfg.label = std::fs::read_to_string(f)
+                .map_err(|e| PluginError::config(format!("cannot read {f}: {e}")))?
+                .trim()
+                .to_owned();
+        }
         std::thread::sleep(cfg.start_delay);
         let file = std::fs::OpenOptions::new()
             .create(true)
