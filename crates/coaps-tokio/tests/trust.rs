@@ -431,6 +431,30 @@ fn a_denied_identity_is_refused_and_the_others_are_not() {
     assert_eq!(identity_of(&other), "1 Some(\"pi-02\")");
 }
 
+/// PSK identities and certificate names are one namespace: a certificate the CA issued with
+/// a PSK device's name (from a request someone made, say) does not act as that device; its key
+/// does.
+#[test]
+fn a_certificate_named_after_a_psk_identity_is_refused_and_the_key_is_taken() {
+    let pki = Pki::new();
+    issue_device(&pki, "sensor-42");
+    let key = b"5f1c9e07a2d84b36".to_vec();
+    let mut opts = mutual(&pki);
+    opts.server.tls.psk = HashMap::from([("sensor-42".to_owned(), key.clone())]);
+    let mut server = Server::start(opts).unwrap();
+    let addr = server.local_addr;
+    shut_out(&server, device(addr, &pki, "sensor-42"));
+    assert_eq!(server.stats.denied.load(Ordering::Relaxed), 1);
+    assert_eq!(server.stats.sessions.load(Ordering::Relaxed), 0);
+    let _app = serve(&mut server);
+    let by_key = Client::start(psk_device(addr, "sensor-42", &key)).unwrap();
+    assert_eq!(identity_of(&by_key), "1 Some(\"sensor-42\")");
+    // Another name from the same CA is not affected.
+    issue_device(&pki, "pi-02");
+    let other = Client::start(device(addr, &pki, "pi-02")).unwrap();
+    assert_eq!(identity_of(&other), "1 Some(\"pi-02\")");
+}
+
 #[test]
 fn a_revoked_device_certificate_is_refused() {
     let pki = Pki::new();

@@ -888,7 +888,10 @@ fn not_after_of(ssl: &SslRef) -> Option<SystemTime> {
     if ssl.psk_identity().is_some() || ssl.verify_result() != X509VerifyResult::OK {
         return None;
     }
-    let leaf = unix(ssl.peer_certificate()?.not_after())?;
+    // A time that cannot be read is taken as past: such a certificate is refused as expired.
+    // `None` would say "no certificate", and the server would take the session for a PSK
+    // one, whose identity no certificate may claim.
+    let leaf = unix(ssl.peer_certificate()?.not_after()).unwrap_or(0);
     // The certificate's issuers end the session too (an intermediate CA may expire first): a
     // full handshake has the verified chain, trust anchor included; a resumed session, the
     // chain the peer sent when it was established (OpenSSL keeps it in the session).
@@ -899,7 +902,7 @@ fn not_after_of(ssl: &SslRef) -> Option<SystemTime> {
     let end = chain
         .into_iter()
         .flatten()
-        .filter_map(|c| unix(c.not_after()))
+        .map(|c| unix(c.not_after()).unwrap_or(0))
         .fold(leaf, i64::min);
     // Before 1970: as expired as can be.
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(end.max(0) as u64))
