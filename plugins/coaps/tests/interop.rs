@@ -263,7 +263,7 @@ fn a_readers_discovery_comes_block_by_block_and_follows_the_devices() {
     let port = free_port();
     // Each identity its own key (one key for two is refused): the text libcoap's `-k` takes,
     // in hex for the ingress.
-    let key = |who: &str| format!("secretPSK-of-{who}");
+    let key = |who: &str| format!("{who}.{who}.{who}.{who}");
     let hex = |text: String| text.bytes().map(|b| format!("{b:02x}")).collect::<String>();
     let psk: Vec<String> = (0..32)
         .map(|i| format!("dev{i:02}"))

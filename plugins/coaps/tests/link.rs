@@ -565,7 +565,9 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
     // Saved by an editor that starts the file with a byte-order mark: not part of pi-01.
     let psk_file = private(
         "psk.txt",
-        &format!("\u{FEFF}pi-01:{key}\n# the fleet\n\nsensor-9:{key}00\n"),
+        &format!(
+            "\u{FEFF}pi-01:{key}\n# the fleet\n\nsensor-9:88756fb54d62533774a81e9bc51d97cf3b\n"
+        ),
     );
     let key_file = private("pi-01.key", &format!("{key}\n"));
     let port = free_port();
@@ -696,6 +698,25 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
             && !e.message().contains(key),
         "{e}"
     );
+    // A key that ends (or starts) as another does: whoever holds the one is a few guesses
+    // from the other.
+    private("psk.txt", &format!("pi-01:{key}\npi-02:{key}00\n"));
+    let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+    assert!(
+        e.message()
+            .contains("(\"pi-02\"): a key whose first 16 bytes are those of the key of psk_file"),
+        "{e}"
+    );
+    // A line whose key has a colon after it: what comes before the last colon is key bytes,
+    // and no message shows them.
+    private("psk.txt", &format!("pi-01:{key}:\n"));
+    let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+    assert!(
+        e.message()
+            .contains("psk.txt:1: must be an even number of hex digits")
+            && !e.message().contains(key),
+        "{e}"
+    );
     private("psk.txt", &format!("pi-02:{key}\n"));
     let both = format!("{icfg}[[psk]]\nidentity = \"pi-01\"\nkey = \"{key}\"\n");
     let e = run_source::<Ingress>(&both, 1, Duration::from_secs(1)).unwrap_err();
@@ -708,7 +729,7 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
     let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
     assert!(
         e.message()
-            .contains("psk.txt:1 (\"pi-01\"): must be an even number of hex digits"),
+            .contains("psk.txt:1: must be an even number of hex digits"),
         "{e}"
     );
 }
