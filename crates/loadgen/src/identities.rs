@@ -129,15 +129,16 @@ fn psk_keys(from: &str, text: &str) -> Result<HashMap<String, Vec<u8>>> {
     let entries = psk_file_entries(text).map_err(|n| {
         anyhow!("{from}: line {n}: expected IDENTITY:HEXKEY, one line per device, as coaps-ingress's psk_file (each device has a key of its own)")
     })?;
-    entries
-        .into_iter()
-        .map(|(n, id, hex)| {
-            let key = hex_key(hex).with_context(|| {
-                format!("{from}: line {n}: the key must be an even number of hex digits")
-            })?;
-            Ok((id.to_owned(), key))
-        })
-        .collect()
+    let mut keys = HashMap::new();
+    for (n, id, hex) in entries {
+        let key = hex_key(hex).with_context(|| {
+            format!("{from}: line {n}: the key must be an even number of hex digits")
+        })?;
+        if keys.insert(id.to_owned(), key).is_some() {
+            bail!("{from}: line {n}: {id:?} is given twice");
+        }
+    }
+    Ok(keys)
 }
 
 /// Every device holds a socket: raise the soft limit of open files toward `want` (up to the

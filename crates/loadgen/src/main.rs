@@ -77,8 +77,9 @@ struct Cli {
     #[arg(long, conflicts_with_all = ["psk_file", "psk_env"])]
     certs_dir: Option<PathBuf>,
     /// Each device's PSK, under its own name as the identity: lines `NAME:HEXKEY` (device N is
-    /// PREFIX-N), the format of `coaps-ingress`'s `psk_file`, so one file serves both ends
-    /// (never on the command line, where `ps` shows it to every user).
+    /// PREFIX-N), the format of `coaps-ingress`'s `psk_file`, so one file of load devices
+    /// serves both ends (make one for the test: the fleet's file has every device's key).
+    /// Never on the command line, where `ps` shows it to every user.
     #[arg(long, conflicts_with = "psk_env", value_name = "FILE")]
     psk_file: Option<PathBuf>,
     /// The lines of --psk-file from this environment variable instead.
