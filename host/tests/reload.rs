@@ -1104,3 +1104,57 @@ fn a_file_edited_while_a_reload_replaces_its_instance_is_applied_by_the_next() {
     });
     gw.stop(Duration::from_secs(20));
 }
+
+/// A file edited before an instance fails and is built again: the rebuilt instance reads the
+/// edit, and a reload after the file is put back rebuilds it. Before, the slot kept the stamps
+/// of the first build, and that reload said "no instance changed" (an identity removed from a
+/// PSK file again kept its way in until a restart).
+#[test]
+fn a_file_read_again_by_a_rebuild_after_a_failure_is_what_a_reload_compares() {
+    let s = Setup::new();
+    let label = s.path("label.txt");
+    std::fs::write(&label, "A\n").unwrap();
+    let cfg = s.config(
+        "",
+        &format!(
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ninterval = \"10ms\"\n[sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\ndelay = \"2s\"\npanic_on_write = 3\nrestart_backoff = \"100ms\"\nlabel_file = {:?}\n",
+            s.path("out.txt").display().to_string(),
+            label.display().to_string()
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &[]);
+    let labels = || -> Vec<String> {
+        let mut l: Vec<String> = s
+            .lines("out.txt")
+            .iter()
+            .filter_map(|l| l.split(' ').next().map(str::to_owned))
+            .collect();
+        l.dedup();
+        l
+    };
+    // Write 1 is done and write 2 has 2 s to go; write 3 panics, and the rebuilt instance
+    // reads the label again.
+    wait_until("the first write", &gw, Duration::from_secs(20), || {
+        !labels().is_empty()
+    });
+    std::fs::write(&label, "B\n").unwrap();
+    wait_until(
+        "the rebuilt instance's writes",
+        &gw,
+        Duration::from_secs(30),
+        || labels() == ["A", "B"],
+    );
+    assert!(gw.stderr().contains("panic"), "{}", gw.stderr());
+    // Back as the first build read it: not what the running instance read.
+    std::fs::write(&label, "A\n").unwrap();
+    hup_until_applied(&gw);
+    assert!(
+        gw.stderr().contains("sinks: rebuilt rec"),
+        "{}",
+        gw.stderr()
+    );
+    wait_until("the file applied", &gw, Duration::from_secs(20), || {
+        labels() == ["A", "B", "A"]
+    });
+    gw.stop(Duration::from_secs(20));
+}

@@ -7,7 +7,7 @@ mod reload;
 mod slots;
 mod stalls;
 
-pub(crate) use reload::{file_stamps, Files};
+pub(crate) use reload::{file_stamps, Files, Stamps};
 
 use crate::{
     config::Config,

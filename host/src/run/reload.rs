@@ -15,7 +15,8 @@
 //!
 //! Files count as settings: an instance whose table is the same but one of whose files (every
 //! value of a key ending in `_file`: certificates, CRLs, keys, PSK files) holds something
-//! else than when it started is rebuilt, so that every DTLS session is authenticated against
+//! else than when the running instance was built (stamped just before its constructor ran)
+//! is rebuilt, so that every DTLS session is authenticated against
 //! the new files (a device revoked by a new CRL loses its session). Every `new` runs again for
 //! the check, so a file that no longer loads refuses the reload.
 
@@ -33,7 +34,7 @@ use std::{
     collections::HashMap,
     hash::{Hash, Hasher},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -52,7 +53,7 @@ pub(super) struct Changes {
 
 impl Changes {
     /// Compares the instances of one role; `files_changed` says whether a running instance's
-    /// files changed since it started.
+    /// files changed since it was built.
     pub fn of(
         old: &[Instance],
         new: &[Instance],
@@ -110,6 +111,38 @@ fn same(a: &Instance, b: &Instance) -> bool {
 
 /// What the files an instance names held when it was built ([`file_stamps`]).
 pub(crate) type Files = Vec<(PathBuf, Option<u64>)>;
+
+/// The [`Files`] of a running instance, shared with the factory that builds it again after a
+/// failure: each build stamps the files it is about to read, so that a reload compares the
+/// files with what the running instance read, not with what its first build did.
+#[derive(Clone)]
+pub(crate) struct Stamps {
+    files: Arc<Mutex<Files>>,
+    decl: Arc<Instance>,
+}
+
+impl Stamps {
+    /// The stamps of an instance built with `files`, twice: for its slot and its factory.
+    pub(crate) fn of(files: Files, decl: &Instance) -> (Stamps, Stamps) {
+        let s = Stamps {
+            files: Arc::new(Mutex::new(files)),
+            decl: Arc::new(decl.clone()),
+        };
+        (s.clone(), s)
+    }
+
+    /// Stamps the files again, before the instance is built again.
+    pub(crate) fn restamp(&self) {
+        let now = file_stamps(&self.decl);
+        *self.files.lock().unwrap_or_else(PoisonError::into_inner) = now;
+    }
+
+    /// Whether the files hold something else than they did when the running instance was
+    /// built, as `decl` names them now.
+    pub(crate) fn changed(&self, decl: &Instance) -> bool {
+        *self.files.lock().unwrap_or_else(PoisonError::into_inner) != file_stamps(decl)
+    }
+}
 
 /// What an instance's files hold: each value of a key ending in `_file` (at any depth of its
 /// table, tables in arrays too, as the ingress's `psk = [{ identity, key_file }]`), resolved as plugins resolve paths (relative to the file the table is in), with a
@@ -269,12 +302,12 @@ impl Graph {
         let sources = Changes::of(&self.config.sources, &plan.config.sources, |o| {
             self.sources
                 .get(&o.name)
-                .is_some_and(|s| s.files != file_stamps(o))
+                .is_some_and(|s| s.files.changed(o))
         });
         // A sink an earlier reload could not replace is replaced now, changed or not.
         let sinks = Changes::of(&self.config.sinks, &plan.config.sinks, |o| {
             self.sinks.get(&o.name).is_some_and(|s| {
-                s.files != file_stamps(o) || s.handover.load(std::sync::atomic::Ordering::Relaxed)
+                s.files.changed(o) || s.handover.load(std::sync::atomic::Ordering::Relaxed)
             })
         });
         if sources.is_quiet() && sinks.is_quiet() {

@@ -117,7 +117,7 @@ impl Thread {
 /// A running source.
 pub(super) struct SourceSlot {
     pub decl: Instance,
-    pub files: super::Files,
+    pub files: super::Stamps,
     pub stats: Arc<SourceStats>,
     pub routes: Routes,
     pub thread: Thread,
@@ -188,7 +188,7 @@ impl Writer {
 /// A running sink: its line and the instance's thread.
 pub(super) struct SinkSlot {
     pub decl: Instance,
-    pub files: super::Files,
+    pub files: super::Stamps,
     pub line: Line,
     pub thread: Thread,
     pub handover: Arc<AtomicBool>,
@@ -252,10 +252,14 @@ impl Starter<'_> {
         let handover = Arc::new(AtomicBool::new(false));
         let shutdown = Shutdown::new();
         let (new, info) = (k.new, k.info.clone());
+        let (files, stamped) = super::Stamps::of(k.files, &k.decl);
         let runner = SinkRunner {
             name: name.clone(),
             instance: k.instance,
-            factory: Box::new(move || new(&info).into_result()),
+            factory: Box::new(move || {
+                stamped.restamp();
+                new(&info).into_result()
+            }),
             settings: k.settings.clone(),
             restart_backoff: k.decl.restart_backoff,
             restart_backoff_max: k.decl.restart_backoff_max,
@@ -270,7 +274,7 @@ impl Starter<'_> {
             runner.run()
         });
         SinkSlot {
-            files: k.files,
+            files,
             decl: k.decl,
             line,
             thread,
@@ -320,10 +324,14 @@ impl Starter<'_> {
         let stats = Arc::new(SourceStats::default());
         let shutdown = Shutdown::new();
         let (new, info) = (s.new, s.info.clone());
+        let (files, stamped) = super::Stamps::of(s.files, &s.decl);
         let runner = SourceRunner {
             name: s.decl.name.clone(),
             instance: s.instance,
-            factory: Box::new(move || new(&info).into_result()),
+            factory: Box::new(move || {
+                stamped.restamp();
+                new(&info).into_result()
+            }),
             sinks: routes.clone(),
             shutdown: shutdown.clone(),
             stats: stats.clone(),
@@ -339,7 +347,7 @@ impl Starter<'_> {
             move || runner.run(),
         );
         SourceSlot {
-            files: s.files,
+            files,
             decl: s.decl,
             stats,
             routes,

@@ -384,8 +384,9 @@ impl Sink for Recorder {
     fn new(ctx: &InitContext) -> Result<Self, PluginError> {
         let mut cfg: RecorderConfig = ctx.parse_config()?;
         if let Some(f) = &cfg.label_file {
-            cfg.label = std::fs::read_to_string(f)
-                .map_err(|e| PluginError::config(format!("cannot read {f}: {e}")))?
+            let f = ctx.resolve_path(f);
+            cfg.label = std::fs::read_to_string(&f)
+                .map_err(|e| PluginError::config(format!("cannot read {}: {e}", f.display())))?
                 .trim()
                 .to_owned();
         }
