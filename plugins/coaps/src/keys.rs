@@ -34,7 +34,7 @@ fn key(ctx: &InitContext, what: &str, hex: &str) -> Result<Vec<u8>, PluginError>
     if guessable(&key) {
         return Err(config(
             ctx,
-            format!("{what}: the key's bytes run in a fixed step (all the same, or like the examples' 000102...0f or 00112233...ff): anyone can guess it; use random bytes (`openssl rand -hex 32`)"),
+            format!("{what}: the key's bytes run in a fixed step or repeat a short pattern (all the same, like the examples' 000102...0f or 00112233...ff, or deadbeefdeadbeef...): anyone can guess it; use random bytes (`openssl rand -hex 32`)"),
         ));
     }
     if key.len() < MIN_KEY {
@@ -51,8 +51,21 @@ fn key(ctx: &InitContext, what: &str, hex: &str) -> Result<Vec<u8>, PluginError>
 /// text keys), but warned about. A key of 32 hex digits or more written as text (random hex
 /// used as the bytes) has its 128 bits and is not.
 fn text_key(key: &[u8]) -> bool {
-    key.iter().all(|b| (0x20..0x7f).contains(b))
-        && !(key.len() >= 32 && key.iter().all(u8::is_ascii_hexdigit))
+    let random_hex = key.len() >= 32
+        && key.iter().all(u8::is_ascii_hexdigit)
+        && key
+            .iter()
+            .map(u8::to_ascii_lowercase)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            >= 10
+        && !(2..=key.len() / 2).any(|p| repeats(key, p));
+    key.iter().all(|b| (0x20..0x7f).contains(b)) && !random_hex
+}
+
+/// Whether `key` is one pattern of `period` bytes over and over.
+fn repeats(key: &[u8], period: usize) -> bool {
+    key.len() >= 2 * period && key.iter().zip(&key[period..]).all(|(a, b)| a == b)
 }
 
 /// Warns once about the `text` keys ([`text_key`]), naming the first few.
@@ -70,13 +83,15 @@ fn warn_of_text_keys(ctx: &InitContext, text: &[String]) {
     );
 }
 
-/// A key whose bytes go up or down by one fixed step (zero included): the examples of
-/// documentation and test vectors, the first thing an attacker tries.
+/// A key whose bytes go up or down by one fixed step (zero included), or that repeats a
+/// pattern of up to 4 bytes (`deadbeefdeadbeef...`): the examples of documentation and test
+/// vectors, the first thing an attacker tries.
 fn guessable(key: &[u8]) -> bool {
-    key.len() >= 2 && {
+    let stepping = key.len() >= 2 && {
         let step = key[1].wrapping_sub(key[0]);
         key.windows(2).all(|w| w[1].wrapping_sub(w[0]) == step)
-    }
+    };
+    stepping || (2..=4).any(|p| repeats(key, p))
 }
 
 fn identity(ctx: &InitContext, what: &str, id: &str) -> Result<(), PluginError> {
@@ -127,49 +142,17 @@ pub fn ingress_psks(
     cfg: &IngressConfig,
 ) -> Result<HashMap<String, Vec<u8>>, PluginError> {
     let mut keys = HashMap::new();
-    // Where each key's first and last 16 bytes were first given. A key two identities share
-    // lets whoever holds one of them handshake, post and read as the other: the server cannot
-    // tell them apart. One that starts or ends as another does (a byte added or changed at the
-    // other end) leaves a holder of the one a few guesses from the other.
-    // By the key's part: the entry's name for messages, and its identity.
-    let mut heads: HashMap<[u8; MIN_KEY], (String, String)> = HashMap::new();
-    let mut tails: HashMap<[u8; MIN_KEY], (String, String)> = HashMap::new();
+    // Each entry's name for messages, by number; where each identity and each 16-byte run of
+    // a key (the least a key has) was first given. A key two identities share lets whoever
+    // holds one of them handshake, post and read as the other: the server cannot tell them
+    // apart. One that holds 16 bytes of another's in a row (a copy with a byte added, changed
+    // at an end or shifted) leaves a holder of the one a few guesses from the other: a guard
+    // against copy-and-edit keys, for random keys never meet by chance.
+    let mut names: Vec<String> = Vec::new();
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut runs: HashMap<&[u8], usize> = HashMap::new();
     let mut text = Vec::new();
-    let mut add = |what: String, id: &str, k: Vec<u8>| {
-        identity(ctx, &what, id)?;
-        if id == "anonymous" {
-            return Err(config(
-                ctx,
-                format!("{what}: \"anonymous\" is reserved for peers without an identity"),
-            ));
-        }
-        if keys.contains_key(id) {
-            return Err(config(ctx, format!("{what}: {id:?} is given twice")));
-        }
-        // `key` checked the length: at least MIN_KEY bytes.
-        let head: [u8; MIN_KEY] = k[..MIN_KEY].try_into().expect("MIN_KEY bytes");
-        let tail: [u8; MIN_KEY] = k[k.len() - MIN_KEY..].try_into().expect("MIN_KEY bytes");
-        let shared = [(&heads, &head, "first"), (&tails, &tail, "last")]
-            .into_iter()
-            .find_map(|(given, part, end)| given.get(part).map(|first| (first, end)));
-        if let Some((first, end)) = shared {
-            let how = match keys[&first.1] == k {
-                true => "the same key as".to_owned(),
-                false => format!("a key whose {end} {MIN_KEY} bytes are those of the key of"),
-            };
-            return Err(config(
-                ctx,
-                format!("{what}: {how} {}; each identity needs a key of its own, or whoever holds the one can post and read as the other (`openssl rand -hex 32` makes one)", first.0),
-            ));
-        }
-        if text_key(&k) {
-            text.push(what.clone());
-        }
-        heads.insert(head, (what.clone(), id.to_owned()));
-        tails.insert(tail, (what, id.to_owned()));
-        keys.insert(id.to_owned(), k);
-        Ok(())
-    };
+    let mut all: Vec<(String, &str, Vec<u8>)> = Vec::new();
     for (
         i,
         PskEntry {
@@ -192,27 +175,89 @@ pub fn ingress_psks(
             )?
             .ok_or_else(|| config(ctx, format!("{what}: give key, key_env or key_file")))?;
         let k = key(ctx, &what, &hex)?;
-        add(what, id, k)?;
+        identity(ctx, &what, id)?;
+        all.push((what, id.as_str(), k));
     }
+    let psk_file;
     if let Some(file) = &cfg.psk_file {
         let (path, text) = ctx.read_private_file("psk_file", file)?;
+        psk_file = text;
         let at = |n: usize| format!("psk_file {}:{n}", path.display());
-        let entries = psk_file_entries(&text)
+        let entries = psk_file_entries(&psk_file)
             .map_err(|n| config(ctx, format!("{}: expected IDENTITY:HEXKEY", at(n))))?;
         for (n, id, hex) in entries {
-            // The line alone while the key is read: what comes before a line's last colon may
-            // hold key bytes (a key written as aa:bb:..., a colon after the key).
-            let k = key(ctx, &at(n), hex)?;
-            add(format!("{} ({id:?})", at(n)), id, k)?;
+            // A line is named by its place alone, never by its identity: what comes before its
+            // last colon may hold key bytes (a key written as aa:bb:..., OLDKEY:NEWKEY).
+            let what = at(n);
+            let k = key(ctx, &what, hex)?;
+            // A field of 32 hex digits or more (ID:OLDKEY:NEWKEY) is a key, not a name: it
+            // would show in the logs.
+            if id
+                .split(':')
+                .any(|f| f.len() >= 2 * MIN_KEY && f.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(config(ctx, format!("{what}: the identity holds a key (a field of {} hex digits or more): write one key per line, IDENTITY:HEXKEY", 2 * MIN_KEY)));
+            }
+            if !valid_identity(id) {
+                return Err(config(ctx, format!("{what}: not a usable identity (1 to 254 bytes, no control, text-reordering or invisible characters, no spaces at either end)")));
+            }
+            all.push((what, id, k));
+        }
+    }
+    for (n, (what, id, k)) in all.iter().enumerate() {
+        if *id == "anonymous" {
+            return Err(config(
+                ctx,
+                format!("{what}: \"anonymous\" is reserved for peers without an identity"),
+            ));
+        }
+        if let Some(&first) = ids.get(*id) {
+            return Err(config(
+                ctx,
+                format!("{what}: the identity of {} is given twice", names[first]),
+            ));
+        }
+        if let Some(&first) = k.windows(MIN_KEY).find_map(|run| runs.get(run)) {
+            let how = match all[first].2 == *k {
+                true => "the same key as",
+                false => "a key that holds 16 bytes in a row of the key of",
+            };
+            return Err(config(
+                ctx,
+                format!("{what}: {how} {}; each identity needs a key of its own, or whoever holds the one can post and read as the other (`openssl rand -hex 32` makes one)", names[first]),
+            ));
+        }
+        names.push(what.clone());
+        ids.insert((*id).to_owned(), n);
+        for run in k.windows(MIN_KEY) {
+            runs.entry(run).or_insert(n);
+        }
+        if text_key(k) {
+            text.push(what.clone());
         }
     }
     warn_of_text_keys(ctx, &text);
+    for (_, id, k) in all {
+        keys.insert(id.to_owned(), k);
+    }
     Ok(keys)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::text_key;
+    use super::{guessable, text_key};
+
+    #[test]
+    fn keys_that_step_or_repeat_a_short_pattern_are_guessable() {
+        assert!(guessable(&[7; 16]));
+        assert!(guessable(&(0..16).collect::<Vec<u8>>()));
+        assert!(guessable(&[0xde, 0xad, 0xbe, 0xef].repeat(4)));
+        assert!(guessable(&[0x5f, 0x1c].repeat(8)));
+        assert!(!guessable(&[
+            0x5f, 0x1c, 0x9e, 0x07, 0xa2, 0xd8, 0x4b, 0x36, 0xe0, 0x91, 0x7c, 0x5a, 0x3b, 0xf2,
+            0x4d, 0x68
+        ]));
+    }
 
     #[test]
     fn text_keys_are_told_from_random_ones() {
@@ -220,6 +265,10 @@ mod tests {
         assert!(text_key(b"secretPSK-long-enough"));
         // Random hex used as the key's bytes: 128 bits in 32 digits.
         assert!(!text_key(b"5f1c9e07a2d84b36e0917c5a3bf24d68"));
+        // Hex digits that are no random hex.
+        assert!(text_key(b"0123456789abcdef0123456789abcdef"));
+        assert!(text_key(b"deadbeefdeadbeefdeadbeefdeadbeef"));
+        assert!(text_key(b"00000000000000000000000000000001"));
         // Fewer hex digits than that are as weak as any short text.
         assert!(text_key(b"5f1c9e07a2d84b36"));
         assert!(!text_key(&[0x5f, 0x1c, 0x9e, 0x07, 0xa2, 0xd8, 0x4b, 0x36]));

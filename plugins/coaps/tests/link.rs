@@ -688,27 +688,27 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
         "{e}"
     );
     // Two identities with one key: whoever holds it could handshake as either, so it is
-    // refused wherever the second comes from, naming both places and never the key.
+    // refused wherever the second comes from, naming both places and never the key (nor a
+    // line's identity, which may hold key bytes).
     private("psk.txt", &format!("pi-01:{key}\n# a copy\npi-02:{key}\n"));
     let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
     assert!(
-        e.message()
-            .contains("psk.txt:3 (\"pi-02\"): the same key as psk_file")
-            && e.message().contains("psk.txt:1 (\"pi-01\")")
+        e.message().contains("psk.txt:3: the same key as psk_file")
+            && e.message().contains("psk.txt:1;")
             && !e.message().contains(key),
         "{e}"
     );
-    // A key that ends (or starts) as another does: whoever holds the one is a few guesses
-    // from the other.
-    private("psk.txt", &format!("pi-01:{key}\npi-02:{key}00\n"));
+    // A key that holds another's (here with a byte added at each end): whoever holds the one
+    // is a few guesses from the other.
+    private("psk.txt", &format!("pi-01:{key}\npi-02:ab{key}cd\n"));
     let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
     assert!(
         e.message()
-            .contains("(\"pi-02\"): a key whose first 16 bytes are those of the key of psk_file"),
+            .contains("psk.txt:2: a key that holds 16 bytes in a row of the key of psk_file"),
         "{e}"
     );
-    // A line whose key has a colon after it: what comes before the last colon is key bytes,
-    // and no message shows them.
+    // Lines where what comes before the last colon is key bytes: a colon after the key, and a
+    // rotation written inline. No message shows them.
     private("psk.txt", &format!("pi-01:{key}:\n"));
     let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
     assert!(
@@ -717,12 +717,21 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
             && !e.message().contains(key),
         "{e}"
     );
+    private(
+        "psk.txt",
+        &format!("pi-01:{key}:c3a1f0e2d4b69587a7b8c9d0e1f20314\n"),
+    );
+    let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+    assert!(
+        e.message().contains("psk.txt:1: the identity holds a key") && !e.message().contains(key),
+        "{e}"
+    );
     private("psk.txt", &format!("pi-02:{key}\n"));
     let both = format!("{icfg}[[psk]]\nidentity = \"pi-01\"\nkey = \"{key}\"\n");
     let e = run_source::<Ingress>(&both, 1, Duration::from_secs(1)).unwrap_err();
     assert!(
         e.message()
-            .contains(":1 (\"pi-02\"): the same key as psk[0] (\"pi-01\")"),
+            .contains("psk.txt:1: the same key as psk[0] (\"pi-01\")"),
         "{e}"
     );
     private("psk.txt", "pi-01:zz\n");
