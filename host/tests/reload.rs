@@ -1035,6 +1035,18 @@ path = {:?}
     assert!(!log.contains("is not there"), "{log}");
 }
 
+/// The labels (testkit-recorder's `label_file`) of `file`'s lines, in order, each run of one
+/// label once.
+fn labels(s: &Setup, file: &str) -> Vec<String> {
+    let mut l: Vec<String> = s
+        .lines(file)
+        .iter()
+        .filter_map(|l| l.split(' ').next().map(str::to_owned))
+        .collect();
+    l.dedup();
+    l
+}
+
 /// A file an instance names, edited while a reload replaces that instance (after the reload
 /// built the successor, which read the file, and before the predecessor stopped): the next
 /// reload sees the edit and rebuilds the instance. Before, the successor's files were
@@ -1052,10 +1064,10 @@ fn a_file_edited_while_a_reload_replaces_its_instance_is_applied_by_the_next() {
             label.display().to_string()
         )
     };
-    let cfg = s.config("", &body("old.txt", "4s"));
+    let cfg = s.config("", &body("old.txt", "6s"));
     let mut gw = Running::start(&s, &cfg, &[]);
-    // The first write ends 4 s after the start, and the next begins: the reload's
-    // predecessor is then in a write for about 4 s.
+    // The first write ends 6 s after the start, and the next begins: the reload's
+    // predecessor is then in a write for about 6 s.
     wait_until("the first write", &gw, Duration::from_secs(20), || {
         !s.lines("old.txt").is_empty()
     });
@@ -1071,15 +1083,7 @@ fn a_file_edited_while_a_reload_replaces_its_instance_is_applied_by_the_next() {
         "the predecessor stopped before the edit: {}",
         gw.stderr()
     );
-    let labels = || -> Vec<String> {
-        let mut l: Vec<String> = s
-            .lines("new.txt")
-            .iter()
-            .filter_map(|l| l.split(' ').next().map(str::to_owned))
-            .collect();
-        l.dedup();
-        l
-    };
+    let labels = || labels(&s, "new.txt");
     wait_until(
         "the successor's writes",
         &gw,
@@ -1117,34 +1121,35 @@ fn a_file_read_again_by_a_rebuild_after_a_failure_is_what_a_reload_compares() {
     let cfg = s.config(
         "",
         &format!(
-            "[sources.seq]\nplugin = \"testkit-sequence\"\ninterval = \"10ms\"\n[sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\ndelay = \"2s\"\npanic_on_write = 3\nrestart_backoff = \"100ms\"\nlabel_file = {:?}\n",
+            "[sources.seq]\nplugin = \"testkit-sequence\"\ninterval = \"10ms\"\n[sinks.rec]\nplugin = \"testkit-recorder\"\npath = {:?}\ndelay = \"5s\"\npanic_on_write = 3\nrestart_backoff = \"100ms\"\nlabel_file = {:?}\n",
             s.path("out.txt").display().to_string(),
             label.display().to_string()
         ),
     );
     let mut gw = Running::start(&s, &cfg, &[]);
-    let labels = || -> Vec<String> {
-        let mut l: Vec<String> = s
-            .lines("out.txt")
-            .iter()
-            .filter_map(|l| l.split(' ').next().map(str::to_owned))
-            .collect();
-        l.dedup();
-        l
-    };
-    // Write 1 is done and write 2 has 2 s to go; write 3 panics, and the rebuilt instance
+    let labels = || labels(&s, "out.txt");
+    // Write 1 is done and write 2 has 5 s to go; write 3 panics, and the rebuilt instance
     // reads the label again.
     wait_until("the first write", &gw, Duration::from_secs(20), || {
         !labels().is_empty()
     });
     std::fs::write(&label, "B\n").unwrap();
+    assert!(
+        !gw.stderr().contains("recorder panics on write"),
+        "write 2 ended before the edit: {}",
+        gw.stderr()
+    );
     wait_until(
         "the rebuilt instance's writes",
         &gw,
         Duration::from_secs(30),
         || labels() == ["A", "B"],
     );
-    assert!(gw.stderr().contains("panic"), "{}", gw.stderr());
+    assert!(
+        gw.stderr().contains("recorder panics on write 3"),
+        "{}",
+        gw.stderr()
+    );
     // Back as the first build read it: not what the running instance read.
     std::fs::write(&label, "A\n").unwrap();
     hup_until_applied(&gw);

@@ -140,7 +140,9 @@ impl Stamps {
     /// Whether the files hold something else than they did when the running instance was
     /// built, as `decl` names them now.
     pub(crate) fn changed(&self, decl: &Instance) -> bool {
-        *self.files.lock().unwrap_or_else(PoisonError::into_inner) != file_stamps(decl)
+        // Read before the lock: a rebuild's restamp does not wait for it.
+        let now = file_stamps(decl);
+        *self.files.lock().unwrap_or_else(PoisonError::into_inner) != now
     }
 }
 
