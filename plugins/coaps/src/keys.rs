@@ -142,13 +142,12 @@ pub fn ingress_psks(
     cfg: &IngressConfig,
 ) -> Result<HashMap<String, Vec<u8>>, PluginError> {
     let mut keys = HashMap::new();
-    // Each entry's name for messages, by number; where each identity and each 16-byte run of
-    // a key (the least a key has) was first given. A key two identities share lets whoever
+    // Where each identity and each 16-byte run of a key (the least a key has) was first
+    // given, by the entry's number in `all`. A key two identities share lets whoever
     // holds one of them handshake, post and read as the other: the server cannot tell them
     // apart. One that holds 16 bytes of another's in a row (a copy with a byte added, changed
     // at an end or shifted) leaves a holder of the one a few guesses from the other: a guard
     // against copy-and-edit keys, for random keys never meet by chance.
-    let mut names: Vec<String> = Vec::new();
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut runs: HashMap<&[u8], usize> = HashMap::new();
     let mut text = Vec::new();
@@ -214,7 +213,7 @@ pub fn ingress_psks(
         if let Some(&first) = ids.get(*id) {
             return Err(config(
                 ctx,
-                format!("{what}: the identity of {} is given twice", names[first]),
+                format!("{what}: the identity of {} is given twice", all[first].0),
             ));
         }
         if let Some(&first) = k.windows(MIN_KEY).find_map(|run| runs.get(run)) {
@@ -224,10 +223,9 @@ pub fn ingress_psks(
             };
             return Err(config(
                 ctx,
-                format!("{what}: {how} {}; each identity needs a key of its own, or whoever holds the one can post and read as the other (`openssl rand -hex 32` makes one)", names[first]),
+                format!("{what}: {how} {}; each identity needs a key of its own, or whoever holds the one can post and read as the other (`openssl rand -hex 32` makes one)", all[first].0),
             ));
         }
-        names.push(what.clone());
         ids.insert((*id).to_owned(), n);
         for run in k.windows(MIN_KEY) {
             runs.entry(run).or_insert(n);

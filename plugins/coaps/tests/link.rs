@@ -698,6 +698,17 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
             && !e.message().contains(key),
         "{e}"
     );
+    // One identity twice, with two keys: which would be its key?
+    private(
+        "psk.txt",
+        &format!("pi-01:{key}\npi-01:c3a1f0e2d4b69587a7b8c9d0e1f20314\n"),
+    );
+    let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+    assert!(
+        e.message().contains("psk.txt:2: the identity of psk_file")
+            && e.message().contains("psk.txt:1 is given twice"),
+        "{e}"
+    );
     // A key that holds another's (here with a byte added at each end): whoever holds the one
     // is a few guesses from the other.
     private("psk.txt", &format!("pi-01:{key}\npi-02:ab{key}cd\n"));
