@@ -5,6 +5,11 @@
 --   $__interval_ms                        the panel's bucket width, in milliseconds;
 --   ${device:sqlstring} (and probe, gps_device)  the chosen values, quoted: 'pi-01','pi-02';
 --   ${view}                               the view's name, asked for at import (readings_v).
+-- sqlstring doubles quotes but leaves backslashes, which MySQL reads as escapes (unless the
+-- server runs with NO_BACKSLASH_ESCAPES): a sensor name a device chose, such as
+-- x\' ) OR (1=1 -- , would end the string and run its own SQL in every panel that lists the
+-- probes. So the variables leave out every name with a backslash (CHAR(92)), and only their
+-- values are ever put into a panel's SQL.
 -- Time is filtered on time_us, which the indexes cover; the view's `time` column is only
 -- selected, for the time axis, never filtered on (it is computed row by row). Time series are
 -- bucketed by $__interval_ms on time_us, so every series has its points at the same instants
@@ -12,16 +17,22 @@
 -- panel is wide.
 
 -- variable: device
-SELECT DISTINCT device FROM ${view} ORDER BY device
+SELECT device FROM (SELECT DISTINCT device FROM ${view}) AS devices
+WHERE INSTR(device, CHAR(92)) = 0
+ORDER BY device
 
 -- variable: probe
 SELECT DISTINCT sensor
 FROM (SELECT DISTINCT device, sensor FROM ${view}
       WHERE device IN (${device:sqlstring}) AND name = 'temperature') AS probes
+WHERE INSTR(sensor, CHAR(92)) = 0
 ORDER BY sensor
 
 -- variable: gps_device
-SELECT DISTINCT device FROM ${view} WHERE sensor = 'gps' AND name = 'latitude' ORDER BY device
+SELECT device
+FROM (SELECT DISTINCT device FROM ${view} WHERE sensor = 'gps' AND name = 'latitude') AS gps
+WHERE INSTR(device, CHAR(92)) = 0
+ORDER BY device
 
 -- panel: Temperature per probe
 SELECT TIMESTAMPADD(MICROSECOND, bucket * $__interval_ms * 1000, TIMESTAMP'1970-01-01 00:00:00') AS time,

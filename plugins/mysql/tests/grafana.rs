@@ -591,3 +591,43 @@ fn the_dashboards_queries_use_an_index() {
         assert!(tables > 0, "{key}: reads no table?");
     }
 }
+
+/// Grafana's `sqlstring` doubles quotes but leaves backslashes, which MySQL reads as escapes:
+/// a sensor name a device chose, `x\' ) OR (1=1 -- `, would end the quoted string and run its
+/// own SQL in every panel that lists the probes (and a device name could do the same). The
+/// variables leave out every name with a backslash, so none reaches a panel's SQL, and the
+/// panels, fed what the variables list, show the other readings as before.
+#[test]
+fn a_name_with_a_backslash_never_reaches_the_dashboards_sql() {
+    let db = fill("grafana_backslash");
+    let evil = "x\\' ) OR (1=1 -- ";
+    let t = time_us(0, 0);
+    let reading = |n: u8, device: &str, sensor: &str, name: &str| Reading {
+        id: ReadingId([n; 16]),
+        time: Timestamp(t),
+        device: Label::from(device),
+        sensor: Label::from(sensor),
+        name: Label::from(name),
+        unit: Label::from("Cel"),
+        value: Value::Float(99.0),
+    };
+    let mut sink = SinkHarness::new::<Mysql>(&db.config("")).unwrap();
+    sink.write(vec![
+        reading(0xe1, "pi-01", evil, "temperature"),
+        reading(0xe2, "pi\\03", "28-0316a2791eff", "temperature"),
+        reading(0xe3, "pi\\03", "gps", "latitude"),
+    ])
+    .unwrap();
+    let sql = dashboard_sql(&dashboard());
+    let listed = |key: &str, m: &Macros<'_>| -> Vec<String> {
+        run(&db, &sql[key], m).iter().map(|r| col(r, 0)).collect()
+    };
+    assert_eq!(listed("variable: device", &WINDOW_ALL), ["pi-01", "pi-02"]);
+    assert_eq!(listed("variable: gps_device", &WINDOW_ALL), ["pi-01", "pi-02"]);
+    assert_eq!(listed("variable: probe", &WINDOW_ALL), WINDOW_ALL.probe);
+    // The panel, fed what the variables list: the three probes' ten one-minute buckets, as
+    // without the new rows.
+    let rows = run(&db, &sql["panel: Temperature per probe"], &WINDOW_ALL);
+    assert_eq!(rows.len(), 30);
+    assert!(rows.iter().all(|r| !col::<String>(r, 1).contains('\\')));
+}
