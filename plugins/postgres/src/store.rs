@@ -78,6 +78,9 @@ pub fn create_table(table: &str) -> String {
 /// merge's check of rows missing), checked at once (not deferred: COPY would not fail on it, and ON CONFLICT cannot
 /// use it), on every row (not partial), on the columns themselves (no expression), valid. A
 /// table made by hand may have none; then COPY stores a re-delivered batch again.
+/// The index must hold `device`: one on `id` (or the time) alone lets a device claim another's
+/// keys (reading ids are predictable), so that the other's readings meet a stored row and are
+/// refused.
 /// (INCLUDE columns, past `indnkeyatts`, do not make rows unique and are not looked at.)
 const KEYED: &str = "SELECT EXISTS (SELECT 1 FROM pg_index i \
      WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indimmediate AND i.indisvalid \
@@ -85,7 +88,10 @@ const KEYED: &str = "SELECT EXISTS (SELECT 1 FROM pg_index i \
      AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
          WHERE k.n <= i.indnkeyatts \
-         AND a.attname NOT IN ('id', 'device', 'sensor', 'name', 'unit', 'time_us')))";
+         AND a.attname NOT IN ('id', 'device', 'sensor', 'name', 'unit', 'time_us')) \
+     AND EXISTS (SELECT 1 FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+         WHERE k.n <= i.indnkeyatts AND a.attname = 'device'))";
 
 /// Each column of the table: its name, its type's oid and that type's name.
 const COLUMN_TYPES: &str = "SELECT a.attname::text, a.atttypid::oid, format_type(a.atttypid, a.atttypmod) \

@@ -249,8 +249,13 @@ fn a_table_made_by_hand_without_the_readings_key_is_refused_not_filled_twice() {
     }
     // Unique keys that do not hold every reading back by its key do not count: one on a
     // column a re-delivery need not repeat, a partial one, and a deferrable one (which ON
-    // CONFLICT refuses to use: the merge of every re-delivered batch would fail).
+    // CONFLICT refuses to use: the merge of every re-delivered batch would fail); nor one
+    // without the device, by which one device could claim another's reading ids.
     for (make, undo) in [
+        (
+            format!("CREATE UNIQUE INDEX {t}_ids ON {t} (id, time_us)"),
+            format!("DROP INDEX {t}_ids"),
+        ),
         (
             format!("CREATE UNIQUE INDEX {t}_kinds ON {t} (id, device, value_type)"),
             format!("DROP INDEX {t}_kinds"),
