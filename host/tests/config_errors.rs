@@ -130,3 +130,35 @@ password_file = {pw:?}
     }
     assert!(!err.contains("go to 127.0.0.1"), "{err}");
 }
+
+/// A NATS sink's subject under which two devices' readings can share a subject (no device in
+/// it, or the device and the sensor in one token) is warned about: a consumer that takes the
+/// device from the subject would take one's readings for the other's.
+#[test]
+fn check_warns_of_a_nats_subject_two_devices_can_share() {
+    let s = Setup::new();
+    let body = r#"[sources.a]
+plugin = "example"
+[sinks.flat]
+plugin = "nats"
+url = "nats://127.0.0.1:4222"
+subject = "readings.{sensor}.{name}"
+[sinks.joined]
+plugin = "nats"
+url = "nats://127.0.0.1:4222"
+subject = "readings.{device}-{sensor}.{name}"
+[sinks.apart]
+plugin = "nats"
+url = "nats://127.0.0.1:4222"
+"#;
+    let cfg = s.config("", body);
+    let (status, _, err) = gateway(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    for want in [
+        "[sinks.flat] subject \"readings.{sensor}.{name}\" names no {device}",
+        "[sinks.joined] subject \"readings.{device}-{sensor}.{name}\" puts {device} and {sensor} in one token",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert!(!err.contains("[sinks.apart] subject"), "{err}");
+}

@@ -152,6 +152,26 @@ fn header_bytes(id: &str) -> usize {
     10 + 13 + id.len() + 2 + 2
 }
 
+/// Warns about a subject under which two devices' readings can share a subject: without the
+/// device in it, or with the device and another value in one token (`{device}-{sensor}`: device
+/// pi's sensor 01-x and device pi-01's sensor x). JetStream keeps both, but a consumer that
+/// takes the device from the subject (as the `nats` source does, and NATS permissions by
+/// subject) would take one device's readings for the other's, and a stream limited per
+/// subject (`max_msgs_per_subject`) would drop the one for the other.
+fn warn_about_subject(ctx: &InitContext, text: &str, subject: &Template) {
+    let table = &ctx.info().table;
+    if !text.contains("{device}") {
+        tracing::warn!(
+            "[{table}] subject {text:?} names no {{device}}: the readings of every device share its subjects; a consumer must take the device from each message's bn, and a stream limited per subject keeps one device's readings in place of another's"
+        );
+    }
+    for token in subject.shared_tokens() {
+        tracing::warn!(
+            "[{table}] subject {text:?} puts {token} in one token: readings with different values there can make one subject (with the device among them, two devices' readings: pi with sensor 01-x, pi-01 with sensor x); put a . between them"
+        );
+    }
+}
+
 impl Sink for NatsSink {
     const ID: &'static str = "nats";
     const DESCRIPTION: &'static str =
@@ -161,6 +181,7 @@ impl Sink for NatsSink {
         let cfg: SinkConfig = ctx.parse_config()?;
         let settings = Settings::new(ctx, &cfg.connection)?;
         let subject = Template::parse(&cfg.subject).map_err(|e| ctx.config_error("subject", e))?;
+        warn_about_subject(ctx, &cfg.subject, &subject);
         if cfg.stream.is_empty() || cfg.stream.contains(['.', '*', '>', ' ']) {
             return Err(
                 ctx.config_error("stream", "a stream name has no dots, wildcards or spaces")
