@@ -93,6 +93,18 @@ const KEYED: &str = "SELECT EXISTS (SELECT 1 FROM pg_index i \
          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
          WHERE k.n <= i.indnkeyatts AND a.attname = 'device'))";
 
+/// The unique indexes of the table (`$1`) whose key holds no `device`. The merge's
+/// `ON CONFLICT DO NOTHING` skips a reading that meets any unique index: with one on `id` (or
+/// the time) alone, one device could post another's next reading ids first (they are
+/// predictable), and the other's readings would be skipped, found missing and refused.
+const UNSCOPED: &str =
+    "SELECT c.relname::text FROM pg_index j JOIN pg_class c ON c.oid = j.indexrelid \
+     WHERE j.indrelid = to_regclass($1) AND j.indisunique \
+     AND NOT EXISTS (SELECT 1 FROM unnest(j.indkey) WITH ORDINALITY AS k(attnum, n) \
+         JOIN pg_attribute a ON a.attrelid = j.indrelid AND a.attnum = k.attnum \
+         WHERE k.n <= j.indnkeyatts AND a.attname = 'device') \
+     ORDER BY 1";
+
 /// Each column of the table: its name, its type's oid and that type's name.
 const COLUMN_TYPES: &str = "SELECT a.attname::text, a.atttypid::oid, format_type(a.atttypid, a.atttypmod) \
      FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped";
@@ -339,6 +351,13 @@ impl Store {
                     client.batch_execute(&create_table(&table)).await?;
                 }
                 let keyed: bool = client.query_one(KEYED, &[&table]).await?.get(0);
+                let unscoped: Vec<String> = client
+                    .query(UNSCOPED, &[&table])
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let keyed = (keyed, unscoped);
                 let columns: Vec<(String, u32, String)> = client
                     .query(COLUMN_TYPES, &[&table])
                     .await?
@@ -378,10 +397,18 @@ impl Store {
                 wrong.join(", ")
             )));
         }
+        let (keyed, unscoped) = keyed;
+        if !unscoped.is_empty() {
+            return Err(PluginError::config(format!(
+                "table {}: the unique index(es) {} hold no device: a reading that meets one is skipped as stored, so one device could post another's next reading ids first and the other's readings would be refused; add device to them or drop them",
+                self.table,
+                unscoped.join(", ")
+            )));
+        }
         if !keyed {
             let t = &self.table;
             return Err(PluginError::config(format!(
-                "table {t} has no unique index on the readings' key (its columns among id, device, sensor, name, unit and time_us), which tells a reading stored before from a new one: without it every re-delivered reading would be stored again. Give it one: `CREATE UNIQUE INDEX \"{t}_key\" ON \"{t}\" (id, device, time_us)` (readings stored twice already must go first), or let the plugin make the table (it does so when there is none)"
+                "table {t} has no unique index on the readings' key (its columns among id, device, sensor, name, unit and time_us, device among them), which tells a reading stored before from a new one: without it every re-delivered reading would be stored again. Give it one: `CREATE UNIQUE INDEX \"{t}_key\" ON \"{t}\" (id, device, time_us)` (readings stored twice already must go first), or let the plugin make the table (it does so when there is none)"
             )));
         }
         self.client = Some(client);

@@ -290,8 +290,19 @@ fn a_table_made_by_hand_without_the_readings_key_is_refused_not_filled_twice() {
     psql(&format!(
         "CREATE UNIQUE INDEX {t}_series ON {t} (id, device, sensor)"
     ));
-    s.write(batch).unwrap();
+    s.write(batch.clone()).unwrap();
     assert_eq!(psql(&format!("SELECT count(*) FROM {t}")), "3");
+    // A unique index without the device beside the key: a reading that meets it would be
+    // skipped as stored (one device posting another's next ids first), so it is refused,
+    // named.
+    psql(&format!("CREATE UNIQUE INDEX {t}_ids ON {t} (id, time_us)"));
+    // Checked when the sink connects: a new one.
+    let e = sink(&t).write(batch).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FATAL, "{e}");
+    assert!(
+        e.message().contains(&format!("{t}_ids hold no device")),
+        "{e}"
+    );
     psql(&format!("DROP TABLE {t}"));
 }
 
