@@ -94,14 +94,16 @@ fn guessable(key: &[u8]) -> bool {
     stepping || (2..=4).any(|p| repeats(key, p))
 }
 
-fn identity(ctx: &InitContext, what: &str, id: &str) -> Result<(), PluginError> {
+/// `id` checked as an identity; `shown` is how the error names it (a `psk_file` line's
+/// identity is not shown: it may hold key bytes).
+fn identity(ctx: &InitContext, what: &str, id: &str, shown: &str) -> Result<(), PluginError> {
     if valid_identity(id) {
         Ok(())
     } else {
         Err(config(
             ctx,
             format!(
-                "{what}: {id:?} is not a usable identity (1 to 254 bytes, no control, text-reordering or invisible characters, no spaces at either end)"
+                "{what}: {shown} a usable identity (1 to 254 bytes, no control, text-reordering or invisible characters, no spaces at either end)"
             ),
         ))
     }
@@ -117,7 +119,7 @@ pub fn uplink_psk(ctx: &InitContext, cfg: &UplinkConfig) -> Result<Option<Psk>, 
     )?;
     match (&cfg.psk_identity, hex) {
         (Some(id), Some(hex)) => {
-            identity(ctx, "psk_identity", id)?;
+            identity(ctx, "psk_identity", id, &format!("{id:?} is not"))?;
             let key = key(ctx, "psk_key", &hex)?;
             if text_key(&key) {
                 warn_of_text_keys(ctx, &["psk_key".to_owned()]);
@@ -141,14 +143,13 @@ pub fn ingress_psks(
     ctx: &InitContext,
     cfg: &IngressConfig,
 ) -> Result<HashMap<String, Vec<u8>>, PluginError> {
-    let mut keys = HashMap::new();
     // Where each identity and each 16-byte run of a key (the least a key has) was first
     // given, by the entry's number in `all`. A key two identities share lets whoever
     // holds one of them handshake, post and read as the other: the server cannot tell them
     // apart. One that holds 16 bytes of another's in a row (a copy with a byte added, changed
     // at an end or shifted) leaves a holder of the one a few guesses from the other: a guard
     // against copy-and-edit keys, for random keys never meet by chance.
-    let mut ids: HashMap<String, usize> = HashMap::new();
+    let mut ids: HashMap<&str, usize> = HashMap::new();
     let mut runs: HashMap<&[u8], usize> = HashMap::new();
     let mut text = Vec::new();
     let mut all: Vec<(String, &str, Vec<u8>)> = Vec::new();
@@ -174,7 +175,7 @@ pub fn ingress_psks(
             )?
             .ok_or_else(|| config(ctx, format!("{what}: give key, key_env or key_file")))?;
         let k = key(ctx, &what, &hex)?;
-        identity(ctx, &what, id)?;
+        identity(ctx, &what, id, &format!("{id:?} is not"))?;
         all.push((what, id.as_str(), k));
     }
     let psk_file;
@@ -197,9 +198,7 @@ pub fn ingress_psks(
             {
                 return Err(config(ctx, format!("{what}: the identity holds a key (a field of {} hex digits or more): write one key per line, IDENTITY:HEXKEY", 2 * MIN_KEY)));
             }
-            if !valid_identity(id) {
-                return Err(config(ctx, format!("{what}: not a usable identity (1 to 254 bytes, no control, text-reordering or invisible characters, no spaces at either end)")));
-            }
+            identity(ctx, &what, id, "not")?;
             all.push((what, id, k));
         }
     }
@@ -210,7 +209,7 @@ pub fn ingress_psks(
                 format!("{what}: \"anonymous\" is reserved for peers without an identity"),
             ));
         }
-        if let Some(&first) = ids.get(*id) {
+        if let Some(&first) = ids.get(id) {
             return Err(config(
                 ctx,
                 format!("{what}: the identity of {} is given twice", all[first].0),
@@ -226,7 +225,7 @@ pub fn ingress_psks(
                 format!("{what}: {how} {}; each identity needs a key of its own, or whoever holds the one can post and read as the other (`openssl rand -hex 32` makes one)", all[first].0),
             ));
         }
-        ids.insert((*id).to_owned(), n);
+        ids.insert(id, n);
         for run in k.windows(MIN_KEY) {
             runs.entry(run).or_insert(n);
         }
@@ -235,10 +234,10 @@ pub fn ingress_psks(
         }
     }
     warn_of_text_keys(ctx, &text);
-    for (_, id, k) in all {
-        keys.insert(id.to_owned(), k);
-    }
-    Ok(keys)
+    Ok(all
+        .into_iter()
+        .map(|(_, id, k)| (id.to_owned(), k))
+        .collect())
 }
 
 #[cfg(test)]

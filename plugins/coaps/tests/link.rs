@@ -687,11 +687,15 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
         e.message().contains("psk.txt:1: expected IDENTITY:HEXKEY"),
         "{e}"
     );
+    // The error of an ingress whose psk_file holds `lines`.
+    let refused = |lines: &str| {
+        private("psk.txt", lines);
+        run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err()
+    };
     // Two identities with one key: whoever holds it could handshake as either, so it is
     // refused wherever the second comes from, naming both places and never the key (nor a
     // line's identity, which may hold key bytes).
-    private("psk.txt", &format!("pi-01:{key}\n# a copy\npi-02:{key}\n"));
-    let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+    let e = refused(&format!("pi-01:{key}\n# a copy\npi-02:{key}\n"));
     assert!(
         e.message().contains("psk.txt:3: the same key as psk_file")
             && e.message().contains("psk.txt:1;")
@@ -699,11 +703,9 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
         "{e}"
     );
     // One identity twice, with two keys: which would be its key?
-    private(
-        "psk.txt",
-        &format!("pi-01:{key}\npi-01:c3a1f0e2d4b69587a7b8c9d0e1f20314\n"),
-    );
-    let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+    let e = refused(&format!(
+        "pi-01:{key}\npi-01:c3a1f0e2d4b69587a7b8c9d0e1f20314\n"
+    ));
     assert!(
         e.message().contains("psk.txt:2: the identity of psk_file")
             && e.message().contains("psk.txt:1 is given twice"),
@@ -711,8 +713,7 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
     );
     // A key that holds another's (here with a byte added at each end): whoever holds the one
     // is a few guesses from the other.
-    private("psk.txt", &format!("pi-01:{key}\npi-02:ab{key}cd\n"));
-    let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+    let e = refused(&format!("pi-01:{key}\npi-02:ab{key}cd\n"));
     assert!(
         e.message()
             .contains("psk.txt:2: a key that holds 16 bytes in a row of the key of psk_file"),
@@ -720,19 +721,14 @@ fn psks_come_from_files_and_the_environment_and_readable_key_files_are_refused()
     );
     // Lines where what comes before the last colon is key bytes: a colon after the key, and a
     // rotation written inline. No message shows them.
-    private("psk.txt", &format!("pi-01:{key}:\n"));
-    let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+    let e = refused(&format!("pi-01:{key}:\n"));
     assert!(
         e.message()
             .contains("psk.txt:1: must be an even number of hex digits")
             && !e.message().contains(key),
         "{e}"
     );
-    private(
-        "psk.txt",
-        &format!("pi-01:{key}:c3a1f0e2d4b69587a7b8c9d0e1f20314\n"),
-    );
-    let e = run_source::<Ingress>(&icfg, 1, Duration::from_secs(1)).unwrap_err();
+    let e = refused(&format!("pi-01:{key}:c3a1f0e2d4b69587a7b8c9d0e1f20314\n"));
     assert!(
         e.message().contains("psk.txt:1: the identity holds a key") && !e.message().contains(key),
         "{e}"
