@@ -184,6 +184,10 @@ pub struct SinkSettings {
     /// Most bytes the sink's dead-letter directory may hold; a refused batch that would not
     /// fit is held (and its sources with it) until files are resent or removed.
     pub dead_letter_max_size: u64,
+    /// Most bytes the dead-letter files of one device may hold (`None`: an eighth of
+    /// `dead_letter_max_size`); what a device refused past it is neither kept nor held. The
+    /// gateway's own device has no share.
+    pub dead_letter_device_share: Option<u64>,
 }
 
 /// The default of every host key, named after the key.
@@ -229,6 +233,7 @@ impl Default for SinkSettings {
             retry_backoff_max: default::RETRY_BACKOFF_MAX,
             buffer: None,
             dead_letter_max_size: default::DEAD_LETTER_MAX_SIZE,
+            dead_letter_device_share: None,
         }
     }
 }

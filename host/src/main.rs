@@ -388,10 +388,13 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                     any = true;
                     match deadletter::header(&f) {
                         Ok(h) => println!(
-                            "{}  {}  {} readings refused at {}: {}",
+                            "{}  {}  {} readings{} refused at {}: {}",
                             d.name,
                             one_line(&f.display().to_string()),
                             h.readings,
+                            h.device
+                                .map(|d| format!(" of {}", one_line(&d)))
+                                .unwrap_or_default(),
                             one_line(&h.refused_at),
                             one_line(&h.error)
                         ),

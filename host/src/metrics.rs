@@ -173,8 +173,15 @@ impl Registry {
             &mut out,
             "gateway_sink_rejected_total",
             "counter",
-            "Readings a sink refused for good (kept in its dead-letter directory).",
+            "Readings a sink refused for good (kept in its dead-letter directory, but those counted in gateway_sink_rejected_not_kept_total).",
             &sinks(&|s| get(&s.rejected)),
+        );
+        family(
+            &mut out,
+            "gateway_sink_rejected_not_kept_total",
+            "counter",
+            "Readings a sink refused for good that its dead-letter directory did not keep, their device's files taking its share of it (dead_letter_device_share); their source was told they were refused. Alert on it above 0: a device sends what the store refuses.",
+            &sinks(&|s| get(&s.not_kept)),
         );
         family(
             &mut out,

@@ -120,9 +120,12 @@ pub fn dead_letters(config: &Config, decl: &Instance) -> crate::deadletter::Dead
         data_dir(config, decl).join("dead-letter"),
         &decl.name,
         &decl.plugin,
-    );
+    )
+    .with_own_device(&config.gateway.device);
     match decl.sink_settings() {
-        Some(s) => letters.with_max_size(s.dead_letter_max_size),
+        Some(s) => letters
+            .with_max_size(s.dead_letter_max_size)
+            .with_device_share(s.dead_letter_device_share),
         None => letters,
     }
 }

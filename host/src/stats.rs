@@ -76,6 +76,9 @@ pub struct SinkStats {
     pub retries: AtomicU64,
     /// Readings the sink refused for good (dropped, counted).
     pub rejected: AtomicU64,
+    /// Of those, readings its dead-letter directory did not keep: their device's files took
+    /// its share of it (`dead_letter_device_share`).
+    pub not_kept: AtomicU64,
     /// Readings accepted onto the queue and then handed back to their source not taken (a
     /// buffered sink's writer that could not keep a refused reading in its dead-letter
     /// directory): no longer pending.
@@ -269,6 +272,7 @@ impl SinkStats {
             pending,
             retries = get(&self.retries),
             rejected = get(&self.rejected),
+            rejected_not_kept = get(&self.not_kept),
             restarts = get(&self.restarts),
             refused_full = get(&self.refused_full),
             "sink stats"

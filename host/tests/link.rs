@@ -178,7 +178,7 @@ retry_backoff = "50ms"
         gateway(&["dead-letters", "list", "--config", client.to_str().unwrap()]);
     assert!(status.success());
     assert!(
-        listed.contains("uplink") && listed.contains("1 readings refused at"),
+        listed.contains("uplink") && listed.contains("1 readings of test refused at"),
         "{listed}"
     );
     let (_, shown, _) = gateway(&[

@@ -483,6 +483,72 @@ fn a_refused_reading_does_not_take_the_others_of_a_merged_write_with_it() {
     assert!(lines[0].contains("=13 "), "{lines:?}");
 }
 
+/// Found in a review: a device that sends readings a sink always refuses filled the sink's
+/// dead-letter directory, and then held the sink, and every other device with it, for good.
+/// Each device but the gateway's own now has a share of the directory: past it, its refused
+/// readings are counted and not kept, and the sink goes on.
+#[test]
+fn a_device_whose_readings_are_refused_cannot_hold_the_sink_for_the_others() {
+    let s = Setup::new();
+    let out = s.path("out.txt");
+    let cfg = s.config(
+        "data_dir = \"data\"",
+        &format!(
+            "[sources.evil]\nplugin = \"testkit-sequence\"\ncount = 300\nbatch_size = 1\nwait_ack = false\ndevice = \"evil\"\n\
+             [sources.good]\nplugin = \"testkit-sequence\"\ncount = 300\nbatch_size = 1\nwait_ack = false\ndevice = \"good\"\n{}",
+            recorder(
+                "rec",
+                out.to_str().unwrap(),
+                &["evil", "good"],
+                // 300 refused readings take about 120 KB of dead-letter files.
+                "reject_device = \"evil\"\ndead_letter_max_size = \"32KiB\""
+            )
+        ),
+    );
+    let mut gw = Running::start(&s, &cfg, &["--until-sources-finish"]);
+    let status = gw
+        .wait(Duration::from_secs(60))
+        .expect("the sink went on: the gateway finished");
+    let err = gw.stderr();
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        s.recorded("out.txt", "good"),
+        (0..300).collect::<Vec<i64>>()
+    );
+    assert!(s.recorded("out.txt", "evil").is_empty());
+    // What evil sent was kept up to its share, an eighth of the directory (4 KiB), and the
+    // rest counted and said once, naming it and why.
+    let dir = s.path("data/rec/dead-letter");
+    let bytes: u64 = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(bytes > 0 && bytes <= 4096, "{bytes}");
+    let kept = dead_lettered(&cfg, "rec");
+    assert!(
+        !kept.is_empty() && kept.iter().all(|l| l.contains("evil/")),
+        "{kept:?}"
+    );
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("that its dead-letter directory does not keep"))
+        .collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(
+        said[0].contains("evil")
+            && said[0].contains("past its share of 4096 (dead_letter_device_share)"),
+        "{}",
+        said[0]
+    );
+    let not_kept: usize = err
+        .lines()
+        .rev()
+        .find_map(|l| l.split("rejected_not_kept=").nth(1))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the sink's stats say what was not kept: {err}"));
+    assert_eq!(not_kept + kept.len(), 300, "{err}");
+}
+
 /// Found in an audit: a reading refused again, which a dead-letter file keeps already, was
 /// not counted as settled, so the sink's pending count never came back to 0 and the shutdown
 /// waited out its whole timeout, said readings were not delivered and exited 1.

@@ -276,6 +276,7 @@ fn instance_keys(
         if let Some(v) = r.take_size("dead_letter_max_size")? {
             sink.dead_letter_max_size = v;
         }
+        sink.dead_letter_device_share = r.take_size("dead_letter_device_share")?;
         Role::Sink(sink)
     } else if let Some((k, _)) = r.entries.get_key_value("inputs") {
         let l = line_of(text, k.span().start);

@@ -248,6 +248,27 @@ fn dead_letter_max_size_takes_sizes_and_names_its_key() {
 }
 
 #[test]
+fn dead_letter_device_share_takes_sizes_and_defaults_to_none() {
+    let share = |v: &str| {
+        parse(&format!(
+            "[sources.a]\nplugin = \"x\"\n[sinks.b]\nplugin = \"y\"\ndead_letter_device_share = {v}\n"
+        ))
+        .map(|c| c.sinks[0].sink_settings().unwrap().dead_letter_device_share)
+        .map_err(|e| e.0)
+    };
+    assert_eq!(share("\"8MiB\""), Ok(Some(8 << 20)));
+    let unset = parse(GOOD).unwrap().sinks[0]
+        .sink_settings()
+        .unwrap()
+        .dead_letter_device_share;
+    assert_eq!(unset, None);
+    assert_eq!(
+        share("0").unwrap_err(),
+        "/etc/gw/gateway.toml:5: [sinks.b] dead_letter_device_share: expected a size such as \"256MiB\", \"1GB\" or a number of bytes"
+    );
+}
+
+#[test]
 fn buffer_values_are_read_by_serde_and_their_errors_name_the_key() {
     let sink = |buffer: &str| {
         parse(&format!(

@@ -177,19 +177,31 @@ impl BufferWriter {
                 self.stats
                     .rejected
                     .fetch_add(huge.len() as u64, Ordering::Relaxed);
-                match kept {
-                    Some((path, _)) => tracing::error!(
-                        readings = huge.len(),
+                self.stats
+                    .not_kept
+                    .fetch_add(kept.not_kept() as u64, Ordering::Relaxed);
+                for (path, n) in &kept.files {
+                    tracing::error!(
+                        readings = n,
                         bytes = largest,
                         kept_in = %path.display(),
                         "a reading is larger than a disk buffer record may be ({} MiB): it is refused and kept in a dead-letter file; the others of its batch are buffered",
                         segment::MAX_RECORD >> 20
-                    ),
-                    None => tracing::info!(
-                        readings = huge.len(),
+                    );
+                }
+                if kept.again > 0 {
+                    tracing::info!(
+                        readings = kept.again,
                         bytes = largest,
                         "a reading larger than a disk buffer record may be came again; a dead-letter file keeps it already"
-                    ),
+                    );
+                }
+                for (device, n, why) in &kept.not_kept {
+                    tracing::warn!(
+                        %device,
+                        readings = n,
+                        "a reading is larger than a disk buffer record may be: it is refused, and not kept in a dead-letter file: {why}"
+                    );
                 }
             }
             Err(io) => {

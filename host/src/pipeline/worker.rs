@@ -19,6 +19,7 @@ use gateway_sdk::{
     ErrorKind, PluginError, Reading,
 };
 use std::{
+    collections::BTreeMap,
     ops::Range,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -98,11 +99,57 @@ pub(super) struct Worker {
     quick: bool,
     /// When a failed write was last said at warn, and the failures since (said at debug).
     retries_said: Option<(Instant, u64)>,
+    /// The readings not kept in the dead-letter directory, since they were last said.
+    not_kept_said: NotKeptSaid,
 }
 
 /// How often failing writes of one sink are said at warn while they go on: an outage of a
 /// week with 16 writes in flight, each retried every 30 s, made 46,000 warnings a day.
 const RETRIES_SAID_EVERY: Duration = Duration::from_secs(60);
+
+/// The readings a sink's dead-letter directory did not keep since they were last said.
+#[derive(Debug, Default)]
+struct NotKeptSaid {
+    /// When they were last said.
+    at: Option<Instant>,
+    /// How many since.
+    readings: u64,
+    /// Of which devices, with how many and why (the first [`NotKeptSaid::DEVICES`] devices).
+    by_device: BTreeMap<String, (u64, String)>,
+    /// Readings of the devices past those.
+    more: u64,
+}
+
+impl NotKeptSaid {
+    /// The most devices named.
+    const DEVICES: usize = 8;
+
+    fn add(&mut self, device: &str, n: u64, why: &str) {
+        self.readings += n;
+        if let Some((count, last)) = self.by_device.get_mut(device) {
+            *count += n;
+            why.clone_into(last);
+        } else if self.by_device.len() < Self::DEVICES {
+            self.by_device
+                .insert(device.to_owned(), (n, why.to_owned()));
+        } else {
+            self.more += n;
+        }
+    }
+
+    /// `"DEVICE": N (WHY); ...`, and how many readings of other devices.
+    fn devices(&self) -> String {
+        let mut out: Vec<String> = self
+            .by_device
+            .iter()
+            .map(|(d, (n, why))| format!("{d:?}: {n} ({why})"))
+            .collect();
+        if self.more > 0 {
+            out.push(format!("and {} readings of other devices", self.more));
+        }
+        out.join("; ")
+    }
+}
 
 impl Worker {
     /// A worker for `instance`.
@@ -133,6 +180,7 @@ impl Worker {
             lends: false,
             quick: false,
             retries_said: None,
+            not_kept_said: NotKeptSaid::default(),
         }
     }
 
@@ -345,9 +393,53 @@ impl Worker {
         self.dead_letter(&kept, n.refusal.unwrap_or(e))
     }
 
+    /// Says what the dead-letter directory did with readings the sink refused (`e`). Readings
+    /// it did not keep (their device past its share, or the directory full) are counted, and
+    /// said at most once a minute, naming each device since: a device may send them as fast
+    /// as it can.
+    fn said_kept(&mut self, kept: &crate::deadletter::Kept, e: &PluginError) {
+        for (path, n) in &kept.files {
+            tracing::error!(
+                readings = n,
+                error = %e.message(),
+                kept_in = %path.display(),
+                "sink refused the batch for good; its readings are kept in a dead-letter file (`gateway dead-letters` lists and resends them)"
+            );
+        }
+        if kept.files.is_empty() && kept.not_kept.is_empty() && kept.again > 0 {
+            tracing::info!(
+                readings = kept.again,
+                error = %e.message(),
+                "sink refused readings again that a dead-letter file already keeps (or that were counted as not kept)"
+            );
+        }
+        let not_kept = kept.not_kept() as u64;
+        if not_kept == 0 {
+            return;
+        }
+        self.stats.not_kept.fetch_add(not_kept, Ordering::Relaxed);
+        let said = &mut self.not_kept_said;
+        for (device, n, why) in &kept.not_kept {
+            said.add(device, *n as u64, why);
+        }
+        if said.at.is_none_or(|at| at.elapsed() >= RETRIES_SAID_EVERY) {
+            tracing::warn!(
+                readings = said.readings,
+                devices = %said.devices(),
+                error = %e.message(),
+                "sink refused readings for good that its dead-letter directory does not keep: they are counted (gateway_sink_rejected_not_kept_total), and their source is told they were refused (a device of a coaps-ingress keeps them); said at most once a minute"
+            );
+            *said = NotKeptSaid {
+                at: Some(Instant::now()),
+                ..NotKeptSaid::default()
+            };
+        }
+    }
+
     /// Keeps a batch the sink refused for good (`e`) in its dead-letter directory, and returns
     /// `e`. Until the file is on disk the batch is held (it is not lost because a disk is
-    /// full): the write is retried with backoff, until shutdown.
+    /// full): the write is retried with backoff, until shutdown. Readings of a device whose
+    /// files take its share of the directory are neither kept nor held ([`Worker::said_kept`]).
     pub(super) fn dead_letter(
         &mut self,
         batch: &[Reading],
@@ -355,7 +447,8 @@ impl Worker {
     ) -> Result<(), PluginError> {
         let n = batch.len() as u64;
         let mut backoff = self.settings.retry_backoff;
-        let held = &self.stats.dead_letter_held;
+        let stats = self.stats.clone();
+        let held = &stats.dead_letter_held;
         let _held = Unheld(held);
         loop {
             let kept = self.dead_letters.put_new(e.message(), batch);
@@ -365,21 +458,8 @@ impl Worker {
                 self.stats.rejected.fetch_add(n, Ordering::Relaxed);
             }
             match kept {
-                Ok(None) => {
-                    tracing::info!(
-                        readings = n,
-                        error = %e.message(),
-                        "sink refused readings again that a dead-letter file already keeps"
-                    );
-                    return Err(e);
-                }
-                Ok(Some((path, n))) => {
-                    tracing::error!(
-                        readings = n,
-                        error = %e.message(),
-                        kept_in = %path.display(),
-                        "sink refused the batch for good; its readings are kept in a dead-letter file (`gateway dead-letters` lists and resends them)"
-                    );
+                Ok(kept) => {
+                    self.said_kept(&kept, &e);
                     return Err(e);
                 }
                 Err(io) => {

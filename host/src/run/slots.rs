@@ -221,6 +221,7 @@ impl Starter<'_> {
             Some(w) => {
                 if let Some(s) = k.decl.sink_settings() {
                     w.dead_letters.set_max_size(s.dead_letter_max_size);
+                    w.dead_letters.set_device_share(s.dead_letter_device_share);
                 }
                 w.dead_letters.clone()
             }

@@ -105,10 +105,10 @@ impl Source for NatsSource {
             let kind = match &outcome {
                 Ok(()) => AckKind::Ack,
                 // Refused for good: the host kept what the sinks refused in their dead-letter
-                // files (and stored the rest). Delivered again, it would be refused again, for
-                // ever, with its whole fetch.
+                // files (and stored the rest), but for a device past its share of them.
+                // Delivered again, it would be refused again, for ever, with its whole fetch.
                 Err(e) if e.kind == ErrorKind::REJECTED => {
-                    tracing::warn!(messages = messages.len(), error = %e.message(), "the sinks refused readings of a batch for good (kept in their dead-letter files); acknowledged, not delivered again");
+                    tracing::warn!(messages = messages.len(), error = %e.message(), "the sinks refused readings of a batch for good (kept in their dead-letter files, unless their device's files take its share: see the host's log); acknowledged, not delivered again");
                     AckKind::Ack
                 }
                 Err(e) => {

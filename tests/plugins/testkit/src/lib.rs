@@ -211,6 +211,8 @@ struct RecorderConfig {
     reject_first: u64,
     /// Any batch holding a reading with this integer value is refused for good.
     reject_value: Option<i64>,
+    /// Any batch holding a reading of this device is refused for good.
+    reject_device: Option<String>,
     /// Before each write's readings, a line `write N` (N its readings), so that a test sees
     /// how the host batched them.
     #[serde(default)]
@@ -338,6 +340,13 @@ fn lines(
             return Err(PluginError::rejected(format!(
                 "simulated refusal of value {bad} from {}",
                 r.device
+            )));
+        }
+    }
+    if let Some(bad) = &cfg.reject_device {
+        if batch.iter().any(|r| r.device.as_str() == bad) {
+            return Err(PluginError::rejected(format!(
+                "simulated refusal of device {bad}"
             )));
         }
     }

@@ -2,11 +2,12 @@
 //! directory (`data_dir/INSTANCE/dead-letter/`) instead of being dropped, to be read and sent
 //! again with `gateway dead-letters`. Blocking file I/O.
 //!
-//! One file per refused batch, `SECONDS-MICROS-N.jsonl`, written whole and synced before it is
-//! renamed into place, so a reader never sees half of one. JSON Lines, readable with `jq`:
+//! One file per device of a refused batch, `SECONDS-MICROS-N-OWNER.jsonl` (OWNER: which device,
+//! see [`room`]), written whole and synced before it is renamed into place, so a reader never
+//! sees half of one. JSON Lines, readable with `jq`:
 //!
 //! ```text
-//! {"gateway_dead_letter":1,"sink":"db","plugin":"mysql","refused_at":"2026-12-01T10:00:00.000000Z","error":"...","readings":2}
+//! {"gateway_dead_letter":1,"sink":"db","plugin":"mysql","refused_at":"2026-12-01T10:00:00.000000Z","error":"...","readings":2,"device":"pi-01"}
 //! {"id":"0192...","time_us":1764583200000000,"device":"pi-01","sensor":"28-0001","name":"temperature","unit":"Cel","value":{"float":21.5}}
 //! ```
 //!
@@ -17,7 +18,12 @@
 //! The directory is bounded (`dead_letter_max_size`, 256 MiB by default): a peer whose every
 //! reading a sink refuses must not fill the disk that the buffers and stores share. A batch
 //! that would not fit is not dropped: `put` fails, and the sink holds the batch (and so its
-//! sources) until an operator resends or removes files with `gateway dead-letters`.
+//! sources) until an operator resends or removes files with `gateway dead-letters`. So that
+//! one device cannot hold the sink that way for every other, each device but the gateway's
+//! own has a share of the directory (`dead_letter_device_share`, an eighth of it by default):
+//! what a device refused past its share is not kept here, and not held either ([`room`]).
+
+mod room;
 
 use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
 use serde_json::{json, Value as J};
@@ -75,6 +81,8 @@ pub struct Header {
     pub error: String,
     /// How many readings follow.
     pub readings: usize,
+    /// Whose they are, when they are all of one device (files of earlier versions do not say).
+    pub device: Option<String>,
 }
 
 /// The dead-letter directory of one sink.
@@ -85,12 +93,41 @@ pub struct DeadLetters {
     plugin: String,
     seq: AtomicU64,
     recent: Mutex<Recent>,
+    /// The keys of the readings it did not keep last ([`Kept::not_kept`]).
+    dropped: Mutex<Recent>,
     /// Most bytes the directory may hold (a reload sets it anew: [`DeadLetters::set_max_size`]).
     max_size: AtomicU64,
-    /// Bytes it holds, as last counted and added to since (`None`: not counted yet). Files
-    /// removed by `gateway dead-letters` are seen at the next count, made when a batch would
-    /// not fit by this one.
-    used: Mutex<Option<u64>>,
+    /// Most bytes a device's files may hold; 0: an eighth of `max_size`.
+    share: AtomicU64,
+    /// The gateway's own device, which has no share.
+    own_device: Option<String>,
+    /// The bytes it holds ([`room::Room`]). Files removed by `gateway dead-letters` are seen at
+    /// the next count, made when a batch would not fit by this one.
+    room: Mutex<room::Room>,
+}
+
+/// What [`DeadLetters::put_new`] did with a refused batch.
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// The files it wrote (one per device), each with how many readings it keeps.
+    pub files: Vec<(PathBuf, usize)>,
+    /// Readings it did not keep because it kept them already, or did not keep them lately.
+    pub again: usize,
+    /// Readings it did not keep, by device (with why): their device's files take its share of
+    /// the directory (`dead_letter_device_share`), or the directory is full.
+    pub not_kept: Vec<(String, usize, String)>,
+}
+
+impl Kept {
+    /// Readings in the files written.
+    pub fn kept(&self) -> usize {
+        self.files.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Readings not kept.
+    pub fn not_kept(&self) -> usize {
+        self.not_kept.iter().map(|(_, n, _)| n).sum()
+    }
 }
 
 fn value(v: &Value) -> J {
@@ -161,9 +198,6 @@ fn parse_reading(j: &J) -> Option<Reading> {
     })
 }
 
-/// How old an unfinished `.NAME.tmp` file must be to be taken for one a crash left.
-const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
-
 impl DeadLetters {
     /// The dead letters of sink instance `sink` (plugin `plugin`), kept in `dir`.
     pub fn new(dir: PathBuf, sink: &str, plugin: &str) -> Self {
@@ -173,9 +207,42 @@ impl DeadLetters {
             plugin: plugin.to_owned(),
             seq: AtomicU64::new(0),
             recent: Mutex::new(Recent::default()),
+            dropped: Mutex::new(Recent::default()),
             max_size: AtomicU64::new(crate::config::default::DEAD_LETTER_MAX_SIZE),
-            used: Mutex::new(None),
+            share: AtomicU64::new(0),
+            own_device: None,
+            room: Mutex::new(room::Room::default()),
         }
+    }
+
+    /// The same, for a gateway whose own device is `device` (it has no share of the directory).
+    pub fn with_own_device(mut self, device: &str) -> Self {
+        self.own_device = Some(device.to_owned());
+        self
+    }
+
+    /// The same, each device holding at most `share` bytes (`None`: an eighth of the
+    /// directory's most).
+    pub fn with_device_share(self, share: Option<u64>) -> Self {
+        self.set_device_share(share);
+        self
+    }
+
+    /// Each device holds at most `share` bytes from now on (a reload).
+    pub fn set_device_share(&self, share: Option<u64>) {
+        self.share.store(share.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Most bytes the files of `device` may hold; `None` for the gateway's own device, which
+    /// has no share (and whose readings are held when the directory is full).
+    fn share_of(&self, device: &str) -> Option<u64> {
+        if self.own_device.as_deref() == Some(device) {
+            return None;
+        }
+        Some(match self.share.load(Ordering::Relaxed) {
+            0 => self.max_size() / 8,
+            s => s,
+        })
     }
 
     /// The same, holding at most `max_size` bytes.
@@ -194,131 +261,114 @@ impl DeadLetters {
         self.max_size.load(Ordering::Relaxed)
     }
 
-    /// Bytes of the finished files in the directory (a file removed meanwhile, by `gateway
-    /// dead-letters resend` say, counts nothing). Not the `.NAME.tmp` files: one being written
-    /// now has its room reserved already, and one a crash left behind between its creation and
-    /// its rename, which `list` does not show, would take room for good; those older than
-    /// [`STALE_TMP`] are removed.
-    fn count_bytes(&self) -> io::Result<u64> {
-        let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
-        let unfinished = |e: &std::fs::DirEntry| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with('.') && name.ends_with(".tmp")
-        };
-        let mut total = 0;
-        match std::fs::read_dir(&self.dir) {
-            Ok(d) => {
-                for e in d {
-                    if let Some(e) = e.as_ref().ok().filter(|e| unfinished(e)) {
-                        // Left by a crash: no write takes an hour. (Not sooner: `resend` runs
-                        // beside the service, whose write may be in progress.)
-                        let stale = e
-                            .metadata()
-                            .and_then(|m| m.modified())
-                            .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > STALE_TMP));
-                        if stale {
-                            let _ = std::fs::remove_file(e.path());
-                        }
-                        continue;
-                    }
-                    match e.and_then(|e| e.metadata()) {
-                        Ok(m) => total += m.len(),
-                        Err(e) if gone(&e) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(total)
-            }
-            Err(e) if gone(&e) => Ok(0),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Takes `len` bytes of the directory's room, or says why there is none. An empty
-    /// directory takes a batch of any size: one larger than the limit could never be kept
-    /// otherwise, and would hold the sink for good.
-    fn reserve(&self, len: u64) -> io::Result<()> {
-        let mut used = self.used.lock().expect("dead-letter bytes");
-        let max_size = self.max_size();
-        let fits = |u: u64| u == 0 || u.saturating_add(len) <= max_size;
-        if !used.is_some_and(fits) {
-            *used = Some(self.count_bytes()?);
-        }
-        let now = used.expect("counted");
-        if !fits(now) {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!(
-                    "the dead-letter directory holds {now} bytes and this batch needs {len} more, past its dead_letter_max_size of {}: resend or remove its files (`gateway dead-letters list`, `resend`)",
-                    max_size
-                ),
-            ));
-        }
-        *used = Some(now + len);
-        Ok(())
-    }
-
-    /// Gives back room taken for a file that was not written.
-    fn unreserve(&self, len: u64) {
-        if let Some(u) = self.used.lock().expect("dead-letter bytes").as_mut() {
-            *u = u.saturating_sub(len);
-        }
-    }
-
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Keeps the readings of a refused batch that this directory did not keep lately (among
-    /// its last 4,096 readings): the file and how many it holds, once it is durably on disk;
-    /// `None` when every one was kept already. A reading is refused again when the batch that
-    /// held it is narrowed down (`coaps-ingress`'s sink refuses it in each half a device sends
-    /// again that holds it): it is kept once.
-    pub fn put_new(
-        &self,
-        error: &str,
-        readings: &[Reading],
-    ) -> io::Result<Option<(PathBuf, usize)>> {
-        let new: Vec<Reading> = {
+    /// its last 4,096 readings), one file per device, each returned once durably on disk. A
+    /// reading is refused again when the batch that held it is narrowed down
+    /// (`coaps-ingress`'s sink refuses it in each half a device sends again that holds it): it
+    /// is kept once. Readings of a device whose files take its share, or of any device but the
+    /// gateway's own when the directory is full, are not kept (and that is not an error: see
+    /// [`Kept::not_kept`]); nor are they counted again when they come again. Fails when the
+    /// directory cannot be written, or has no room for readings of the gateway's own device:
+    /// the files written before are kept, and their readings are not kept again when the
+    /// batch comes again.
+    pub fn put_new(&self, error: &str, readings: &[Reading]) -> io::Result<Kept> {
+        let mut kept = Kept::default();
+        let mut devices: indexmap::IndexMap<&str, Vec<Reading>> = indexmap::IndexMap::new();
+        {
             let recent = self.recent.lock().expect("recent ids");
-            readings
-                .iter()
-                .filter(|r| !recent.ids.contains(&key(r)))
-                .cloned()
-                .collect()
-        };
-        if new.is_empty() {
-            return Ok(None);
+            let dropped = self.dropped.lock().expect("dropped ids");
+            for r in readings {
+                let k = key(r);
+                if recent.ids.contains(&k) || dropped.ids.contains(&k) {
+                    kept.again += 1;
+                } else {
+                    devices
+                        .entry(r.device.as_str())
+                        .or_default()
+                        .push(r.clone());
+                }
+            }
         }
-        let path = self.put(error, &new)?;
-        let mut recent = self.recent.lock().expect("recent ids");
-        for r in &new {
-            recent.add(key(r));
+        for (device, new) in devices {
+            match self.keep(error, Some(device), &new) {
+                Ok(path) => {
+                    let mut recent = self.recent.lock().expect("recent ids");
+                    for r in &new {
+                        recent.add(key(r));
+                    }
+                    kept.files.push((path, new.len()));
+                }
+                Err(room::NoRoom::Full(e) | room::NoRoom::Io(e)) => return Err(e),
+                Err(no) => {
+                    let mut dropped = self.dropped.lock().expect("dropped ids");
+                    for r in &new {
+                        dropped.add(key(r));
+                    }
+                    let why = no.not_kept().unwrap_or_default();
+                    kept.not_kept.push((device.to_owned(), new.len(), why))
+                }
+            }
         }
-        Ok(Some((path, new.len())))
+        Ok(kept)
     }
 
-    /// Keeps a refused batch: returns once its file is durably on disk. Fails, keeping
-    /// nothing, when the directory has no room for it (`dead_letter_max_size`).
+    /// Keeps a refused batch in one file: returns once it is durably on disk. Fails, keeping
+    /// nothing, when the directory has no room for it (`dead_letter_max_size`), or its device
+    /// (when all its readings are of one) no share left.
     pub fn put(&self, error: &str, readings: &[Reading]) -> io::Result<PathBuf> {
+        let device = readings.first().map(|r| r.device.as_str());
+        let one = device.filter(|d| readings.iter().all(|r| r.device.as_str() == *d));
+        self.keep(error, one, readings).map_err(|e| match e {
+            room::NoRoom::Full(e) | room::NoRoom::Io(e) => e,
+            no => io::Error::new(
+                io::ErrorKind::QuotaExceeded,
+                no.not_kept().unwrap_or_default(),
+            ),
+        })
+    }
+
+    /// Keeps `readings`, all of `device` if it is given, in one file.
+    fn keep(
+        &self,
+        error: &str,
+        device: Option<&str>,
+        readings: &[Reading],
+    ) -> Result<PathBuf, room::NoRoom> {
         let now = Timestamp::now();
+        let owner = device.map(room::owner);
+        let share = device.and_then(|d| self.share_of(d));
+        if let Some(no) = self.room().refuses(owner, share, self.max_size()) {
+            return Err(no);
+        }
         let name = format!(
-            "{:010}-{:06}-{}.jsonl",
+            "{:010}-{:06}-{}{}.jsonl",
             now.as_micros() / 1_000_000,
             now.as_micros() % 1_000_000,
-            self.seq.fetch_add(1, Ordering::Relaxed)
+            self.seq.fetch_add(1, Ordering::Relaxed),
+            owner.map(|o| format!("-{o:016x}")).unwrap_or_default(),
         );
-        let text = self.encode(now, error, readings)?;
+        let text = self
+            .encode(now, error, device, readings)
+            .map_err(room::NoRoom::Io)?;
         let len = text.len() as u64;
-        self.reserve(len)?;
+        self.room()
+            .reserve(&self.dir, len, owner, self.max_size(), share)?;
         let path = self.dir.join(&name);
         if let Err(e) = self.write_durably(&path, &text) {
-            self.unreserve(len);
-            return Err(e);
+            self.room().unreserve(len, owner);
+            return Err(room::NoRoom::Io(e));
         }
+        self.room().written(len, owner);
         Ok(path)
+    }
+
+    fn room(&self) -> std::sync::MutexGuard<'_, room::Room> {
+        self.room.lock().expect("dead-letter room")
     }
 
     /// Replaces dead-letter file `path` by one holding `readings` (some of its own: what a
@@ -334,18 +384,26 @@ impl DeadLetters {
                 path.display()
             )));
         }
-        let text = self.encode(Timestamp::now(), error, readings)?;
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let owner = room::owner_of(&name);
+        let device = readings.first().map(|r| r.device.as_str());
+        let device = device.filter(|d| owner.is_some_and(|o| room::owner(d) == o));
+        let text = self.encode(Timestamp::now(), error, device, readings)?;
         self.write_durably(path, &text)?;
-        if let Some(u) = self.used.lock().expect("dead-letter bytes").as_mut() {
-            *u = (*u + text.len() as u64).saturating_sub(old.len());
-        }
+        self.room().resize(old.len(), text.len() as u64, owner);
         Ok(())
     }
 
-    /// A dead-letter file's text: its header (refused at `now` with `error`), then a line per
-    /// reading.
-    fn encode(&self, now: Timestamp, error: &str, readings: &[Reading]) -> io::Result<Vec<u8>> {
-        let header = json!({
+    /// A dead-letter file's text: its header (refused at `now` with `error`, the readings all
+    /// of `device` if it is given), then a line per reading.
+    fn encode(
+        &self,
+        now: Timestamp,
+        error: &str,
+        device: Option<&str>,
+        readings: &[Reading],
+    ) -> io::Result<Vec<u8>> {
+        let mut header = json!({
             "gateway_dead_letter": 1,
             "sink": self.sink,
             "plugin": self.plugin,
@@ -353,6 +411,9 @@ impl DeadLetters {
             "error": crate::config::redact_known(error),
             "readings": readings.len(),
         });
+        if let Some(d) = device {
+            header["device"] = J::from(d);
+        }
         let mut text = Vec::new();
         writeln!(text, "{header}")?;
         for r in readings {
@@ -435,6 +496,7 @@ fn read_header(
         refused_at: text("refused_at"),
         error: text("error"),
         readings: h.get("readings").and_then(J::as_u64).unwrap_or(0) as usize,
+        device: h.get("device").and_then(J::as_str).map(str::to_owned),
     })
 }
 
@@ -552,26 +614,131 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = DeadLetters::new(dir.path().to_path_buf(), "db", "mysql");
         let rs = gateway_sdk::testing::sample_readings(3);
-        let (first, n) = d.put_new("x", &rs[..2]).unwrap().expect("new");
+        let one = |k: Kept| {
+            assert_eq!(k.files.len(), 1, "{k:?}");
+            k.files.into_iter().next().unwrap()
+        };
+        let (first, n) = one(d.put_new("x", &rs[..2]).unwrap());
         assert_eq!(n, 2);
-        assert!(d.put_new("x", &rs[1..2]).unwrap().is_none(), "kept already");
-        let (second, n) = d.put_new("x", &rs).unwrap().expect("one new");
+        let again = d.put_new("x", &rs[1..2]).unwrap();
+        assert!(again.files.is_empty() && again.again == 1, "kept already");
+        let (second, n) = one(d.put_new("x", &rs).unwrap());
         assert_eq!(n, 1);
         let (_, back) = read(&second).unwrap();
         assert_eq!(back, rs[2..]);
         // Another device's reading with the same id is its own.
         let mut other = rs[0].clone();
         other.device = "another-device".into();
-        let (third, n) = d.put_new("x", &[other]).unwrap().expect("another device's");
+        let (third, n) = one(d.put_new("x", &[other]).unwrap());
         assert_eq!(n, 1);
         assert_eq!(d.files().unwrap(), vec![first, second, third]);
+    }
+
+    #[test]
+    fn a_device_past_its_share_is_not_kept_nor_held_and_the_others_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let of = |device: &str, n: usize| -> Vec<Reading> {
+            let mut rs = gateway_sdk::testing::sample_readings(n);
+            for r in &mut rs {
+                r.device = device.into();
+            }
+            rs
+        };
+        let d = DeadLetters::new(dir.path().join("dl"), "db", "mysql")
+            .with_own_device("gw")
+            .with_max_size(100_000)
+            .with_device_share(Some(2_000));
+        // A batch of three devices: one file each, named and headed after its device.
+        let mixed: Vec<Reading> = [of("pi-01", 2), of("pi-02", 3), of("gw", 1)].concat();
+        let k = d.put_new("refused", &mixed).unwrap();
+        assert_eq!((k.kept(), k.files.len(), k.not_kept()), (6, 3, 0));
+        for ((path, n), (device, want)) in
+            k.files.iter().zip([("pi-01", 2), ("pi-02", 3), ("gw", 1)])
+        {
+            assert_eq!(*n, want);
+            let (h, back) = read(path).unwrap();
+            assert_eq!(h.device.as_deref(), Some(device));
+            assert!(back.iter().all(|r| r.device.as_str() == device));
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            assert_eq!(room::owner_of(&name), Some(room::owner(device)), "{name}");
+        }
+        // pi-01 sends what is refused until its share is taken: then its readings are not
+        // kept (and no error holds the sink), while pi-02's still are.
+        let mut taken = 0;
+        let (k, batch) = loop {
+            let batch = of("pi-01", 5);
+            let k = d.put_new("refused", &batch).unwrap();
+            if k.not_kept() > 0 {
+                break (k, batch);
+            }
+            taken += 1;
+            assert!(taken < 100, "pi-01 was never past its share");
+        };
+        assert_eq!(k.not_kept.len(), 1);
+        let (device, n, why) = &k.not_kept[0];
+        assert_eq!((device.as_str(), *n), ("pi-01", 5));
+        assert!(why.contains("past its share of 2000"), "{why}");
+        // Refused again (a device narrowing what it was refused), they are not counted again.
+        let again = d.put_new("refused", &batch[1..3]).unwrap();
+        assert_eq!((again.not_kept(), again.again), (0, 2));
+        assert_eq!(d.put_new("refused", &of("pi-02", 1)).unwrap().kept(), 1);
+        // The gateway's own device has no share.
+        for _ in 0..taken + 5 {
+            assert_eq!(d.put_new("refused", &of("gw", 5)).unwrap().kept(), 5);
+        }
+        // A reload that raises the share gives pi-01 room again.
+        d.set_device_share(Some(50_000));
+        assert_eq!(d.put_new("refused", &of("pi-01", 5)).unwrap().kept(), 5);
+        // Unset, it is an eighth of the directory.
+        d.set_device_share(None);
+        assert_eq!(d.share_of("pi-01"), Some(12_500));
+        assert_eq!(d.share_of("gw"), None);
+    }
+
+    #[test]
+    fn in_a_full_directory_only_the_gateways_own_readings_are_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = |device: &str| -> Vec<Reading> {
+            let mut rs = gateway_sdk::testing::sample_readings(1);
+            rs[0].device = device.into();
+            rs
+        };
+        let d = DeadLetters::new(dir.path().join("dl"), "db", "mysql")
+            .with_own_device("gw")
+            .with_max_size(4096)
+            .with_device_share(Some(4096));
+        let mut devices = 0;
+        while d
+            .put_new("refused", &one(&format!("pi-{devices}")))
+            .unwrap()
+            .kept()
+            == 1
+        {
+            devices += 1;
+            assert!(devices < 100, "never full");
+        }
+        // Full: another device's reading is refused, not held; the gateway's own is held
+        // (the error), as a mixed batch is, until an operator makes room.
+        let k = d.put_new("refused", &one("pi-new")).unwrap();
+        assert_eq!(k.not_kept(), 1);
+        assert!(k.not_kept[0].2.contains("dead_letter_max_size"), "{k:?}");
+        let e = d.put_new("refused", &one("gw")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        let e = d
+            .put("refused", &[one("pi-a"), one("pi-b")].concat())
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        std::fs::remove_file(&d.files().unwrap()[0]).unwrap();
+        assert_eq!(d.put_new("refused", &one("gw")).unwrap().kept(), 1);
     }
 
     #[test]
     fn the_directory_is_bounded_and_a_batch_past_its_room_is_an_error_not_a_loss() {
         let dir = tempfile::tempdir().unwrap();
         let rs = gateway_sdk::testing::sample_readings(10);
-        let d = DeadLetters::new(dir.path().join("dl"), "db", "mysql").with_max_size(4096);
+        let d = DeadLetters::new(dir.path().join("dl"), "db", "mysql")
+            .with_own_device("test-device")
+            .with_max_size(4096);
         let mut kept = Vec::new();
         let e = loop {
             match d.put("refused", &rs) {
@@ -599,7 +766,9 @@ mod tests {
         d.put("refused", &rs).expect("room again");
         // A batch larger than the limit is kept in an empty directory, not held for good.
         let big = gateway_sdk::testing::sample_readings(100);
-        let small = DeadLetters::new(dir.path().join("small"), "db", "mysql").with_max_size(100);
+        let small = DeadLetters::new(dir.path().join("small"), "db", "mysql")
+            .with_own_device("test-device")
+            .with_max_size(100);
         small
             .put("refused", &big)
             .expect("alone, whatever its size");
@@ -615,12 +784,15 @@ mod tests {
         // never freed, and every later refusal held the sink.
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(".x.jsonl.tmp"), vec![b'x'; 4096]).unwrap();
-        let d = DeadLetters::new(dir.path().to_path_buf(), "db", "mysql").with_max_size(4096);
+        let d = DeadLetters::new(dir.path().to_path_buf(), "db", "mysql")
+            .with_own_device("test-device")
+            .with_max_size(4096);
         d.put("refused", &gateway_sdk::testing::sample_readings(3))
             .expect("room");
         // One an hour old is taken for a crash's, and removed.
         let old = dir.path().join(".x.jsonl.tmp");
-        let hour_ago = std::time::SystemTime::now() - STALE_TMP - std::time::Duration::from_secs(1);
+        let hour_ago =
+            std::time::SystemTime::now() - room::STALE_TMP - std::time::Duration::from_secs(1);
         std::fs::File::options()
             .write(true)
             .open(&old)
