@@ -13,7 +13,8 @@
 //! What a payload costs is bounded by its size and `max_records`.
 
 use super::{
-    cbor, label, unbase64url, unescape, DecodeError, Pack, Record, MAX_NAME, MAX_VALUE, RID,
+    cbor, label, unbase64url, unescape, DecodeError, Pack, Record, MAX_NAME, MAX_UNIT, MAX_VALUE,
+    RID,
 };
 use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -611,6 +612,9 @@ fn set<'a>(
     let text = |v: Field<'a>| match v {
         Field::Text(s) if matches!(field, F::Vs | F::Vd) => Ok(s),
         Field::Text(s) if s.len() > MAX_NAME => Err(DecodeError::TooLong(i, field.name())),
+        Field::Text(s) if matches!(field, F::U | F::Bu) && s.len() > MAX_UNIT => {
+            Err(DecodeError::UnitTooLong(i, field.name()))
+        }
         Field::Text(s) if crate::has_control(&s) => Err(DecodeError::Control(i, field.name())),
         Field::Text(s) => Ok(s),
         _ => Err(wrong()),
@@ -650,6 +654,9 @@ fn set<'a>(
             }
             if s.contains('\0') {
                 return Err(DecodeError::Nul(i));
+            }
+            if crate::value_has_control(&s) {
+                return Err(DecodeError::ValueControl(i));
             }
             r.value = Some(Value::Text((&*s).into()));
         }

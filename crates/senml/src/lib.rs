@@ -46,6 +46,11 @@ pub const RID: &str = "rid";
 /// must not multiply.
 pub const MAX_NAME: usize = 255;
 
+/// The longest unit or base unit a record may carry, in bytes: the stores' smallest unit
+/// column (MySQL's) holds 64 characters. A longer one would be refused by the store after the
+/// request was taken, and put in the dead letters.
+pub const MAX_UNIT: usize = 64;
+
 /// The longest text (`vs`, in bytes) or data (`vd`, decoded) value a record may carry: the
 /// stores' smallest columns for them (MySQL's TEXT and BLOB) hold 65,535 bytes. A larger value
 /// would be refused by the store after the request was taken, and put in the dead letters,
@@ -90,6 +95,9 @@ pub enum DecodeError {
     /// A name or unit longer than [`MAX_NAME`] bytes.
     #[error("record {0}: field {1} is longer than 255 bytes")]
     TooLong(usize, &'static str),
+    /// A unit or base unit longer than [`MAX_UNIT`] bytes.
+    #[error("record {0}: field {1} is longer than 64 bytes")]
+    UnitTooLong(usize, &'static str),
     /// A name or unit holding a control character (a line break in a name would forge log
     /// lines, and brokers refuse it in a topic), or a character that reorders or breaks text
     /// (a bidirectional control, U+2028, U+2029: a dashboard would show another name or
@@ -102,6 +110,12 @@ pub enum DecodeError {
     /// A text value holding U+0000, which PostgreSQL's text cannot store.
     #[error("record {0}: text value holds U+0000")]
     Nul(usize),
+    /// A text value holding a control character other than tab, line feed and carriage
+    /// return (C0, DEL, C1): an escape sequence would drive the terminal of whoever reads the
+    /// store with `mysql` or `psql`, and each such character grows sixfold in JSON (`\u001b`),
+    /// past what a broker takes in one message.
+    #[error("record {0}: text value holds a control character other than tab, line feed or carriage return")]
+    ValueControl(usize),
     /// A value that is not a finite number (NaN or infinity): SenML JSON cannot carry it, and
     /// the stores refuse it.
     #[error("record {0}: value is not a finite number")]
@@ -118,6 +132,15 @@ pub enum DecodeError {
 /// Whether `s` holds a control character (C0, DEL or C1) or one that reorders or breaks text
 /// ([`gateway_sdk::text::is_unsafe`]). Bytes first: a C1 character is encoded with a leading
 /// 0xC2, U+061C with 0xD8, the others with a leading 0xE2, which names seldom hold.
+/// Whether text value `s` holds a control character other than tab, line feed and carriage
+/// return (see [`DecodeError::ValueControl`]).
+pub(crate) fn value_has_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter()
+        .any(|&c| (c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r')) || c == 0x7f)
+        || (b.contains(&0xc2) && s.chars().any(|c| ('\u{80}'..='\u{9f}').contains(&c)))
+}
+
 pub(crate) fn has_control(s: &str) -> bool {
     let b = s.as_bytes();
     b.iter().any(|&c| c < 0x20 || c == 0x7f)

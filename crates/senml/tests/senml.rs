@@ -299,6 +299,59 @@ fn bad_packs_are_refused_with_a_reason() {
     );
 }
 
+/// Found in a review: units of up to 255 bytes were taken, and MySQL's unit column holds 64
+/// characters, so a device could send readings that were taken and then refused by the store,
+/// into the dead letters.
+#[test]
+fn a_unit_longer_than_the_stores_column_is_refused() {
+    let now = Timestamp(1_764_085_351_000_000);
+    for field in ["u", "bu"] {
+        let pack = |len: usize| {
+            format!(
+                r#"[{{"bn":"dev:","n":"s","{field}":"{}","v":1}}]"#,
+                "c".repeat(len)
+            )
+        };
+        let taken = decode_json(pack(64).as_bytes(), 1000, now, "peer").unwrap();
+        assert_eq!(taken.readings[0].unit.as_str(), "c".repeat(64));
+        assert_eq!(
+            decode_json(pack(65).as_bytes(), 1000, now, "peer").unwrap_err(),
+            DecodeError::UnitTooLong(0, if field == "u" { "u" } else { "bu" })
+        );
+    }
+    assert_eq!(
+        DecodeError::UnitTooLong(0, "u").to_string(),
+        "record 0: field u is longer than 64 bytes"
+    );
+}
+
+/// Found in a review: text values took any character but U+0000, so a device could store an
+/// escape sequence for the terminal of whoever reads the table, and a value of control
+/// characters, six bytes each in JSON, made an MQTT message past the broker's size: refused by
+/// the sink after the request was taken.
+#[test]
+fn a_text_value_with_a_control_character_is_refused_but_lines_and_tabs_are_taken() {
+    let now = Timestamp(1_764_085_351_000_000);
+    let pack = |vs: &str| {
+        let vs = serde_json::to_string(vs).unwrap();
+        format!(r#"[{{"bn":"dev:","n":"s","vs":{vs}}}]"#)
+    };
+    let taken = decode_json(
+        pack("two\tcolumns\r\nand lines, \u{5d0}\u{200f}").as_bytes(),
+        10,
+        now,
+        "p",
+    );
+    assert_eq!(taken.unwrap().readings.len(), 1);
+    for bad in ["\u{1b}[2J", "a\u{7}", "\u{7f}", "x\u{9b}31m"] {
+        assert_eq!(
+            decode_json(pack(bad).as_bytes(), 10, now, "p").unwrap_err(),
+            DecodeError::ValueControl(0),
+            "{bad:?}"
+        );
+    }
+}
+
 /// Found by the fuzz smoke of `cargo xtask ci` (senml_json): a base name without the colon
 /// joins the name (up to 255 + 255 bytes), and `%` in a name grows threefold when escaped, so
 /// a pack that decoded gave readings that our own encoding could not send on. Such a pack is
