@@ -180,7 +180,7 @@ impl Registry {
             &mut out,
             "gateway_sink_rejected_not_kept_total",
             "counter",
-            "Readings a sink refused for good that its dead-letter directory did not keep, their device's files taking its share of it (dead_letter_device_share); their source was told they were refused. Alert on it above 0: a device sends what the store refuses.",
+            "Readings a sink refused for good that its dead-letter directory did not keep, their device's files taking its share of it (dead_letter_device_share) or the directory being full; their source was told they were refused. Alert on it above 0: a device sends what the store refuses.",
             &sinks(&|s| get(&s.not_kept)),
         );
         family(

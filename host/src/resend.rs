@@ -165,8 +165,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rs = readings(6);
         // A directory at its limit, as when a resend is most needed: the file alone fills it.
-        let letters =
-            DeadLetters::new(dir.path().to_owned(), "rec", "testkit-recorder").with_max_size(1);
+        let letters = DeadLetters::new(dir.path().to_owned(), "rec", "testkit-recorder")
+            .with_own_device("pi")
+            .with_max_size(1);
         let file = letters.put("refused", &rs).unwrap();
         let (write, _) = refusing(&[1, 4]);
         let o = offer(&rs, write);

@@ -77,7 +77,7 @@ pub struct SinkStats {
     /// Readings the sink refused for good (dropped, counted).
     pub rejected: AtomicU64,
     /// Of those, readings its dead-letter directory did not keep: their device's files took
-    /// its share of it (`dead_letter_device_share`).
+    /// its share of it (`dead_letter_device_share`), or the directory was full.
     pub not_kept: AtomicU64,
     /// Readings accepted onto the queue and then handed back to their source not taken (a
     /// buffered sink's writer that could not keep a refused reading in its dead-letter

@@ -68,6 +68,23 @@ impl Recent {
     }
 }
 
+/// At least how many bytes the file of `readings` takes (each line holds at least an id, a
+/// time and field names), found without making its text.
+fn least_len(readings: &[Reading]) -> u64 {
+    readings
+        .iter()
+        .map(|r| {
+            let value = match &r.value {
+                Value::Text(t) => t.len(),
+                Value::Bytes(b) => 2 * b.len(),
+                _ => 0,
+            };
+            let labels = r.device.len() + r.sensor.len() + r.name.len() + r.unit.len();
+            (100 + labels + value) as u64
+        })
+        .sum()
+}
+
 /// The first line of a dead-letter file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Header {
@@ -95,6 +112,9 @@ pub struct DeadLetters {
     recent: Mutex<Recent>,
     /// The keys of the readings it did not keep last ([`Kept::not_kept`]).
     dropped: Mutex<Recent>,
+    /// Files' texts made (for the tests: a refusal known from the count makes none).
+    #[cfg(test)]
+    encoded: AtomicU64,
     /// Most bytes the directory may hold (a reload sets it anew: [`DeadLetters::set_max_size`]).
     max_size: AtomicU64,
     /// Most bytes a device's files may hold; 0: an eighth of `max_size`.
@@ -116,6 +136,11 @@ pub struct Kept {
     /// Readings it did not keep, by device (with why): their device's files take its share of
     /// the directory (`dead_letter_device_share`), or the directory is full.
     pub not_kept: Vec<(String, usize, String)>,
+    /// Readings it could not keep now, to be held until it can (the directory full for the
+    /// gateway's own device, or not writable), and why.
+    pub held: usize,
+    /// Why (the first error), if any is held.
+    pub error: Option<io::Error>,
 }
 
 impl Kept {
@@ -208,6 +233,8 @@ impl DeadLetters {
             seq: AtomicU64::new(0),
             recent: Mutex::new(Recent::default()),
             dropped: Mutex::new(Recent::default()),
+            #[cfg(test)]
+            encoded: AtomicU64::new(0),
             max_size: AtomicU64::new(crate::config::default::DEAD_LETTER_MAX_SIZE),
             share: AtomicU64::new(0),
             own_device: None,
@@ -271,12 +298,11 @@ impl DeadLetters {
     /// reading is refused again when the batch that held it is narrowed down
     /// (`coaps-ingress`'s sink refuses it in each half a device sends again that holds it): it
     /// is kept once. Readings of a device whose files take its share, or of any device but the
-    /// gateway's own when the directory is full, are not kept (and that is not an error: see
-    /// [`Kept::not_kept`]); nor are they counted again when they come again. Fails when the
-    /// directory cannot be written, or has no room for readings of the gateway's own device:
-    /// the files written before are kept, and their readings are not kept again when the
-    /// batch comes again.
-    pub fn put_new(&self, error: &str, readings: &[Reading]) -> io::Result<Kept> {
+    /// gateway's own when the directory is full, are not kept ([`Kept::not_kept`]); nor are
+    /// they counted again when they come again. Readings of a device whose file cannot be
+    /// written, or of the gateway's own device when the directory is full, are held
+    /// ([`Kept::error`]): the batch is to come again, and then only those are tried.
+    pub fn put_new(&self, error: &str, readings: &[Reading]) -> Kept {
         let mut kept = Kept::default();
         let mut devices: indexmap::IndexMap<&str, Vec<Reading>> = indexmap::IndexMap::new();
         {
@@ -303,7 +329,11 @@ impl DeadLetters {
                     }
                     kept.files.push((path, new.len()));
                 }
-                Err(room::NoRoom::Full(e) | room::NoRoom::Io(e)) => return Err(e),
+                // Held: the others are settled all the same, and not again when it comes again.
+                Err(room::NoRoom::Full(e) | room::NoRoom::Io(e)) => {
+                    kept.held += new.len();
+                    kept.error.get_or_insert(e);
+                }
                 Err(no) => {
                     let mut dropped = self.dropped.lock().expect("dropped ids");
                     for r in &new {
@@ -314,7 +344,7 @@ impl DeadLetters {
                 }
             }
         }
-        Ok(kept)
+        kept
     }
 
     /// Keeps a refused batch in one file: returns once it is durably on disk. Fails, keeping
@@ -342,7 +372,8 @@ impl DeadLetters {
         let now = Timestamp::now();
         let owner = device.map(room::owner);
         let share = device.and_then(|d| self.share_of(d));
-        if let Some(no) = self.room().refuses(owner, share, self.max_size()) {
+        let least = least_len(readings);
+        if let Some(no) = self.room().refuses(least, owner, share, self.max_size()) {
             return Err(no);
         }
         let name = format!(
@@ -359,11 +390,8 @@ impl DeadLetters {
         self.room()
             .reserve(&self.dir, len, owner, self.max_size(), share)?;
         let path = self.dir.join(&name);
-        if let Err(e) = self.write_durably(&path, &text) {
-            self.room().unreserve(len, owner);
-            return Err(room::NoRoom::Io(e));
-        }
-        self.room().written(len, owner);
+        self.write_durably(&path, &text, Some((len, owner)))
+            .map_err(room::NoRoom::Io)?;
         Ok(path)
     }
 
@@ -389,7 +417,7 @@ impl DeadLetters {
         let device = readings.first().map(|r| r.device.as_str());
         let device = device.filter(|d| owner.is_some_and(|o| room::owner(d) == o));
         let text = self.encode(Timestamp::now(), error, device, readings)?;
-        self.write_durably(path, &text)?;
+        self.write_durably(path, &text, None)?;
         self.room().resize(old.len(), text.len() as u64, owner);
         Ok(())
     }
@@ -403,6 +431,8 @@ impl DeadLetters {
         device: Option<&str>,
         readings: &[Reading],
     ) -> io::Result<Vec<u8>> {
+        #[cfg(test)]
+        self.encoded.fetch_add(1, Ordering::Relaxed);
         let mut header = json!({
             "gateway_dead_letter": 1,
             "sink": self.sink,
@@ -424,12 +454,22 @@ impl DeadLetters {
 
     /// Writes `text` as `path` in the directory: whole to `.NAME.tmp`, synced, renamed over
     /// `path`, the directory synced. On an error no half file is left behind.
-    fn write_durably(&self, path: &Path, text: &[u8]) -> io::Result<()> {
+    ///
+    /// `reserved`: the room [`room::Room::reserve`] took for it (its length and owner), given
+    /// back if the file is not put in place, and marked written when it is, with the room held
+    /// (a count meanwhile would see it in place and as being written: twice).
+    fn write_durably(
+        &self,
+        path: &Path,
+        text: &[u8],
+        reserved: Option<(u64, Option<room::Owner>)>,
+    ) -> io::Result<()> {
         let name = path
             .file_name()
             .ok_or_else(|| io::Error::other("a dead-letter file has a name"))?
             .to_string_lossy();
         let tmp = self.dir.join(format!(".{name}.tmp"));
+        let mut placed = false;
         let written = (|| {
             crate::own_files::create_dir_durably(&self.dir)?;
             let mut file = crate::own_files::options()
@@ -439,13 +479,26 @@ impl DeadLetters {
                 .open(&tmp)?;
             file.write_all(text)?;
             file.sync_all()?;
-            std::fs::rename(&tmp, path)?;
+            match reserved {
+                Some((len, owner)) => {
+                    let mut room = self.room();
+                    std::fs::rename(&tmp, path)?;
+                    room.written(len, owner);
+                }
+                None => std::fs::rename(&tmp, path)?,
+            }
+            placed = true;
             File::open(&self.dir)?.sync_all()
         })();
-        if written.is_err() {
+        if written.is_err() && !placed {
             // A disk that is full leaves no half file behind per retry.
             let _ = std::fs::remove_file(&tmp);
+            if let Some((len, owner)) = reserved {
+                self.room().unreserve(len, owner);
+            }
         }
+        // (In place but its directory not synced, the file is counted, and written again by
+        // the retry: kept twice rather than not durably.)
         written
     }
 
@@ -566,6 +619,14 @@ pub fn read(path: &Path) -> Result<(Header, Vec<Reading>), String> {
 
 #[cfg(test)]
 mod tests {
+    impl Kept {
+        /// Asserts nothing is held.
+        fn settled(self) -> Kept {
+            assert!(self.error.is_none(), "{self:?}");
+            self
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -618,18 +679,18 @@ mod tests {
             assert_eq!(k.files.len(), 1, "{k:?}");
             k.files.into_iter().next().unwrap()
         };
-        let (first, n) = one(d.put_new("x", &rs[..2]).unwrap());
+        let (first, n) = one(d.put_new("x", &rs[..2]).settled());
         assert_eq!(n, 2);
-        let again = d.put_new("x", &rs[1..2]).unwrap();
+        let again = d.put_new("x", &rs[1..2]).settled();
         assert!(again.files.is_empty() && again.again == 1, "kept already");
-        let (second, n) = one(d.put_new("x", &rs).unwrap());
+        let (second, n) = one(d.put_new("x", &rs).settled());
         assert_eq!(n, 1);
         let (_, back) = read(&second).unwrap();
         assert_eq!(back, rs[2..]);
         // Another device's reading with the same id is its own.
         let mut other = rs[0].clone();
         other.device = "another-device".into();
-        let (third, n) = one(d.put_new("x", &[other]).unwrap());
+        let (third, n) = one(d.put_new("x", &[other]).settled());
         assert_eq!(n, 1);
         assert_eq!(d.files().unwrap(), vec![first, second, third]);
     }
@@ -650,7 +711,7 @@ mod tests {
             .with_device_share(Some(2_000));
         // A batch of three devices: one file each, named and headed after its device.
         let mixed: Vec<Reading> = [of("pi-01", 2), of("pi-02", 3), of("gw", 1)].concat();
-        let k = d.put_new("refused", &mixed).unwrap();
+        let k = d.put_new("refused", &mixed).settled();
         assert_eq!((k.kept(), k.files.len(), k.not_kept()), (6, 3, 0));
         for ((path, n), (device, want)) in
             k.files.iter().zip([("pi-01", 2), ("pi-02", 3), ("gw", 1)])
@@ -667,7 +728,7 @@ mod tests {
         let mut taken = 0;
         let (k, batch) = loop {
             let batch = of("pi-01", 5);
-            let k = d.put_new("refused", &batch).unwrap();
+            let k = d.put_new("refused", &batch).settled();
             if k.not_kept() > 0 {
                 break (k, batch);
             }
@@ -678,17 +739,24 @@ mod tests {
         let (device, n, why) = &k.not_kept[0];
         assert_eq!((device.as_str(), *n), ("pi-01", 5));
         assert!(why.contains("past its share of 2000"), "{why}");
+        // Once known past its share, pi-01's readings cost no file text.
+        let encoded = d.encoded.load(Ordering::Relaxed);
+        assert_eq!(
+            d.put_new("refused", &of("pi-01", 50)).settled().not_kept(),
+            50
+        );
+        assert_eq!(d.encoded.load(Ordering::Relaxed), encoded);
         // Refused again (a device narrowing what it was refused), they are not counted again.
-        let again = d.put_new("refused", &batch[1..3]).unwrap();
+        let again = d.put_new("refused", &batch[1..3]).settled();
         assert_eq!((again.not_kept(), again.again), (0, 2));
-        assert_eq!(d.put_new("refused", &of("pi-02", 1)).unwrap().kept(), 1);
+        assert_eq!(d.put_new("refused", &of("pi-02", 1)).settled().kept(), 1);
         // The gateway's own device has no share.
         for _ in 0..taken + 5 {
-            assert_eq!(d.put_new("refused", &of("gw", 5)).unwrap().kept(), 5);
+            assert_eq!(d.put_new("refused", &of("gw", 5)).settled().kept(), 5);
         }
         // A reload that raises the share gives pi-01 room again.
         d.set_device_share(Some(50_000));
-        assert_eq!(d.put_new("refused", &of("pi-01", 5)).unwrap().kept(), 5);
+        assert_eq!(d.put_new("refused", &of("pi-01", 5)).settled().kept(), 5);
         // Unset, it is an eighth of the directory.
         d.set_device_share(None);
         assert_eq!(d.share_of("pi-01"), Some(12_500));
@@ -708,28 +776,57 @@ mod tests {
             .with_max_size(4096)
             .with_device_share(Some(4096));
         let mut devices = 0;
-        while d
-            .put_new("refused", &one(&format!("pi-{devices}")))
-            .unwrap()
-            .kept()
-            == 1
-        {
+        let k = loop {
+            let k = d
+                .put_new("refused", &one(&format!("pi-{devices}")))
+                .settled();
+            if k.kept() == 0 {
+                break k;
+            }
             devices += 1;
             assert!(devices < 100, "never full");
-        }
-        // Full: another device's reading is refused, not held; the gateway's own is held
-        // (the error), as a mixed batch is, until an operator makes room.
-        let k = d.put_new("refused", &one("pi-new")).unwrap();
+        };
+        // The devices' files take at most seven eighths of the directory: past that another
+        // device's reading is refused, not held.
         assert_eq!(k.not_kept(), 1);
-        assert!(k.not_kept[0].2.contains("dead_letter_max_size"), "{k:?}");
-        let e = d.put_new("refused", &one("gw")).unwrap_err();
+        assert!(k.not_kept[0].2.contains("up to 3584"), "{k:?}");
+        let bytes = |d: &DeadLetters| -> u64 {
+            d.files()
+                .unwrap()
+                .iter()
+                .map(|p| p.metadata().unwrap().len())
+                .sum()
+        };
+        assert!(bytes(&d) <= 3584, "{}", bytes(&d));
+        // The gateway's own device has the rest, and past it is held (the error), as a batch
+        // of several devices is, until an operator makes room.
+        let mut own = 0;
+        let e = loop {
+            let k = d.put_new("refused", &one("gw"));
+            match k.error {
+                Some(e) => break e,
+                None => assert_eq!(k.kept(), 1),
+            }
+            own += 1;
+        };
+        assert!(own > 0, "the own device's eighth");
         assert_eq!(e.kind(), io::ErrorKind::StorageFull);
         let e = d
             .put("refused", &[one("pi-a"), one("pi-b")].concat())
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        // A batch of both: the other device's reading is settled (not kept) at once, the
+        // own device's held; when it comes again only the held one is tried, and the other is
+        // not counted twice.
+        let batch = [one("pi-new"), one("gw")].concat();
+        let k = d.put_new("refused", &batch);
+        assert_eq!((k.not_kept(), k.held, k.again), (1, 1, 0), "{k:?}");
+        assert!(k.error.is_some());
         std::fs::remove_file(&d.files().unwrap()[0]).unwrap();
-        assert_eq!(d.put_new("refused", &one("gw")).unwrap().kept(), 1);
+        let k = d.put_new("refused", &batch).settled();
+        assert_eq!((k.kept(), k.not_kept(), k.again), (1, 0, 1), "{k:?}");
+        assert_eq!(k.files.len(), 1);
+        assert_eq!(read(&k.files[0].0).unwrap().0.device.as_deref(), Some("gw"));
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! The room a dead-letter directory has: the bytes its files hold in all, and those of each
 //! device's files. Blocking file I/O (a count lists the directory).
 //!
-//! Two bounds hold a device that sends readings a sink always refuses:
-//! - the directory's, `dead_letter_max_size`: what does not fit is held (and the sink with
-//!   it) until an operator makes room, so that nothing is lost;
-//! - each device's share, `dead_letter_device_share`: what a device's files would take past
-//!   it is not kept and not held, its source is told the readings were refused. Without it
-//!   one device (one stolen key, one broken firmware) fills the directory, and then holds the
-//!   sink, and every device's readings with it, for good. A device of a `coaps-ingress` keeps
-//!   what the server refused in its own dead-letter directory. The gateway's own device has
-//!   no share: its readings have nowhere else to go.
+//! Three bounds hold a device that sends readings a sink always refuses:
+//! - the directory's, `dead_letter_max_size`: what of the gateway's own device does not fit
+//!   is held (and the sink with it) until an operator makes room, so that nothing is lost:
+//!   its readings have nowhere else to go;
+//! - each other device's share, `dead_letter_device_share`: what a device's files would take
+//!   past it is not kept and not held, its source is told the readings were refused. Without
+//!   it one device (one stolen key, one broken firmware) fills the directory, and then holds
+//!   the sink, and every device's readings with it, for good. A device of a `coaps-ingress`
+//!   keeps what the server refused in its own dead-letter directory;
+//! - the other devices' files fill the directory up to seven eighths at most
+//!   ([`shared_max`]): past that their refused readings are not kept either, and the gateway's
+//!   own device keeps the last eighth.
 //!
 //! A file's device is in its name, as the first 16 hex digits of the SHA-256 of the device's
 //! name (`SECONDS-MICROS-N-OWNER.jsonl`), so that a count reads no file: an attacker's files
@@ -81,8 +84,13 @@ impl Counted {
 
     fn sub(&mut self, len: u64, owner: Option<Owner>) {
         self.total = self.total.saturating_sub(len);
-        if let Some(u) = owner.and_then(|o| self.by_owner.get_mut(&o)) {
-            *u = u.saturating_sub(len);
+        if let Some(o) = owner {
+            if let Some(u) = self.by_owner.get_mut(&o) {
+                *u = u.saturating_sub(len);
+                if *u == 0 {
+                    self.by_owner.remove(&o);
+                }
+            }
         }
     }
 }
@@ -95,9 +103,10 @@ pub enum NoRoom {
     Full(io::Error),
     /// Its device's files take their share, `used` of `share` bytes: it is not kept.
     Share { used: u64, share: u64 },
-    /// The directory holds `total` of its `max` bytes, for a file of a device that has a
-    /// share: it is not kept either. (Held, it would hold the sink for every device, once the
-    /// files of a few devices at their shares fill the directory.)
+    /// The directory holds `total` bytes, and a file of a device with a share may fill it up
+    /// to `max` ([`shared_max`]): it is not kept either.
+    /// (Held, it would hold the sink for every device, once the files of a few devices at
+    /// their shares fill the directory.)
     Crowded { total: u64, max: u64 },
     /// The directory could not be counted.
     Io(io::Error),
@@ -111,7 +120,7 @@ impl NoRoom {
                 "its dead-letter files hold {used} bytes, past its share of {share} (dead_letter_device_share)"
             )),
             NoRoom::Crowded { total, max } => Some(format!(
-                "the dead-letter directory holds {total} bytes of its {max} (dead_letter_max_size)"
+                "the dead-letter directory holds {total} bytes, and other devices' files may fill it up to {max} (dead_letter_max_size, less an eighth kept for the gateway's own device)"
             )),
             NoRoom::Full(_) | NoRoom::Io(_) => None,
         }
@@ -130,21 +139,63 @@ pub struct Room {
     writing: Counted,
 }
 
+/// How full the files of devices with a share may make the directory: its last eighth is left
+/// to the gateway's own device, whose refused readings are held when it is full (eight devices
+/// at the default share would otherwise hold the sink through it).
+pub fn shared_max(max: u64) -> u64 {
+    max - max / 8
+}
+
+/// Whether `c` has room for a file of `len` bytes of `owner`, whose files may hold at most
+/// `share` (`None`: no share, held when the directory is full; an empty directory takes such a
+/// file of any size, since one larger than the bound could never be kept otherwise).
+fn verdict(
+    c: &Counted,
+    len: u64,
+    owner: Option<Owner>,
+    share: Option<u64>,
+    max: u64,
+) -> Result<(), NoRoom> {
+    if let (Some(o), Some(share)) = (owner, share) {
+        let used = c.of(o);
+        if used.saturating_add(len) > share {
+            return Err(NoRoom::Share { used, share });
+        }
+        let most = shared_max(max);
+        if c.total.saturating_add(len) > most {
+            return Err(NoRoom::Crowded {
+                total: c.total,
+                max: most,
+            });
+        }
+        return Ok(());
+    }
+    if c.total == 0 || c.total.saturating_add(len) <= max {
+        return Ok(());
+    }
+    Err(NoRoom::Full(io::Error::new(
+        io::ErrorKind::StorageFull,
+        format!(
+            "the dead-letter directory holds {} bytes and this batch needs {len} more, past its dead_letter_max_size of {max}: resend or remove its files (`gateway dead-letters list`, `resend`)",
+            c.total
+        ),
+    )))
+}
+
 impl Room {
     /// Whether the last count, trusted for [`RECOUNT_SHARE`], says a file of `owner` (of no
-    /// share when `share` is `None`) is not kept whatever its size: checked before the file's
-    /// text is made.
-    pub fn refuses(&self, owner: Option<Owner>, share: Option<u64>, max: u64) -> Option<NoRoom> {
+    /// share when `share` is `None`) of at least `least` bytes is not kept: checked before
+    /// the file's text is made, which costs what the batch holds.
+    pub fn refuses(
+        &self,
+        least: u64,
+        owner: Option<Owner>,
+        share: Option<u64>,
+        max: u64,
+    ) -> Option<NoRoom> {
         let c = self.counted.as_ref().filter(|_| self.fresh())?;
-        let (o, share) = (owner?, share?);
-        let used = c.of(o);
-        if used > 0 && used >= share {
-            return Some(NoRoom::Share { used, share });
-        }
-        (c.total > 0 && c.total >= max).then_some(NoRoom::Crowded {
-            total: c.total,
-            max,
-        })
+        share?;
+        verdict(c, least, owner, share, max).err()
     }
 
     fn fresh(&self) -> bool {
@@ -152,10 +203,9 @@ impl Room {
     }
 
     /// Takes `len` bytes of the room of `dir` (at most `max` in all) for a file of `owner`,
-    /// whose files may hold at most `share` bytes (`None`: the gateway's own device, or readings
-    /// of several devices, which have no share and are held when the directory is full). An
-    /// empty directory takes a file of any size, and a device that has no file there takes one
-    /// of any size: one larger than a bound could never be kept otherwise.
+    /// whose files may hold at most `share` bytes, and the files of all devices with a share
+    /// at most [`shared_max`] (`share` `None`: the gateway's own device, or readings of several
+    /// devices, which have no share and are held when the directory is full).
     ///
     /// The directory is counted again when a file that would be held does not fit (an
     /// operator may have made room); for one that would not be kept, at most every
@@ -168,16 +218,13 @@ impl Room {
         max: u64,
         share: Option<u64>,
     ) -> Result<(), NoRoom> {
-        let fits = |c: &Counted| c.total == 0 || c.total.saturating_add(len) <= max;
-        let shared = |c: &Counted| match (owner, share) {
-            (Some(o), Some(s)) => c.of(o) == 0 || c.of(o).saturating_add(len) <= s,
-            _ => true,
-        };
         let recount = match &self.counted {
             None => true,
-            Some(c) if fits(c) && shared(c) => false,
-            Some(_) if share.is_none() => true,
-            Some(_) => !self.fresh(),
+            Some(c) => match verdict(c, len, owner, share, max) {
+                Ok(()) => false,
+                Err(_) if share.is_none() => true,
+                Err(_) => !self.fresh(),
+            },
         };
         if recount {
             let mut c = count(dir).map_err(NoRoom::Io)?;
@@ -189,26 +236,7 @@ impl Room {
             self.at = Some(Instant::now());
         }
         let c = self.counted.as_mut().expect("counted");
-        if !shared(c) {
-            let used = owner.map_or(0, |o| c.of(o));
-            let share = share.unwrap_or(u64::MAX);
-            return Err(NoRoom::Share { used, share });
-        }
-        if !fits(c) {
-            if share.is_some() {
-                return Err(NoRoom::Crowded {
-                    total: c.total,
-                    max,
-                });
-            }
-            return Err(NoRoom::Full(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!(
-                    "the dead-letter directory holds {} bytes and this batch needs {len} more, past its dead_letter_max_size of {max}: resend or remove its files (`gateway dead-letters list`, `resend`)",
-                    c.total
-                ),
-            )));
-        }
+        verdict(c, len, owner, share, max)?;
         c.add(len, owner);
         self.writing.add(len, owner);
         Ok(())
@@ -320,56 +348,73 @@ mod tests {
     }
 
     #[test]
-    fn a_device_past_its_share_or_in_a_full_directory_is_refused_and_only_the_own_is_held() {
+    fn a_device_keeps_its_share_the_devices_seven_eighths_and_only_the_own_is_held() {
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path();
-        let (a, b, c) = (Some(owner("a")), Some(owner("b")), Some(owner("c")));
+        let devices: Vec<Option<Owner>> = (0..10).map(|i| Some(owner(&format!("d{i}")))).collect();
         let mut room = Room::default();
-        // Any size for a device with nothing there, then its share.
-        file(&mut room, dir, 700, a).unwrap();
-        match file(&mut room, dir, 1, a) {
-            Err(NoRoom::Share { used, share }) => assert_eq!((used, share), (700, 100)),
+        // A device's files hold its share at most, its first one too.
+        assert!(matches!(
+            file(&mut room, dir, 101, devices[0]),
+            Err(NoRoom::Share {
+                used: 0,
+                share: 100
+            })
+        ));
+        file(&mut room, dir, 60, devices[0]).unwrap();
+        file(&mut room, dir, 40, devices[0]).unwrap();
+        match file(&mut room, dir, 1, devices[0]) {
+            Err(
+                e @ NoRoom::Share {
+                    used: 100,
+                    share: 100,
+                },
+            ) => {
+                assert!(e.not_kept().unwrap().contains("dead_letter_device_share"))
+            }
             other => panic!("{other:?}"),
         }
-        // Another device has its own share, with the directory not full.
-        file(&mut room, dir, 60, b).unwrap();
-        file(&mut room, dir, 40, b).unwrap();
-        assert!(matches!(
-            file(&mut room, dir, 1, b),
-            Err(NoRoom::Share { used: 100, .. })
-        ));
-        // A file of no share has only the directory's bound, and past it is held.
-        file(&mut room, dir, 200, None).unwrap();
-        assert!(matches!(
-            file(&mut room, dir, 1, None),
-            Err(NoRoom::Full(_))
-        ));
-        // In a full directory a device within its share is not kept either, not held.
-        match file(&mut room, dir, 1, c) {
+        // The devices fill the directory up to seven eighths (875 bytes), then the next is not
+        // kept, though within its share.
+        for d in &devices[1..9] {
+            file(&mut room, dir, 95, *d).unwrap();
+        }
+        assert_eq!(room.counted.as_ref().unwrap().total, 860);
+        match file(&mut room, dir, 20, devices[9]) {
             Err(
                 e @ NoRoom::Crowded {
-                    total: 1000,
-                    max: 1000,
+                    total: 860,
+                    max: 875,
                 },
             ) => {
                 assert!(e.not_kept().unwrap().contains("dead_letter_max_size"))
             }
             other => panic!("{other:?}"),
         }
-        // Both are known from the count without making the file's text.
+        // The gateway's own device (no share) has the rest, then is held.
+        file(&mut room, dir, 140, None).unwrap();
         assert!(matches!(
-            room.refuses(a, Some(100), 1000),
+            file(&mut room, dir, 1, None),
+            Err(NoRoom::Full(_))
+        ));
+        // Both refusals are known from the count before the file's text is made.
+        assert!(matches!(
+            room.refuses(1, devices[0], Some(100), 1000),
             Some(NoRoom::Share { .. })
         ));
         assert!(matches!(
-            room.refuses(c, Some(100), 1000),
+            room.refuses(1, devices[9], Some(100), 1000),
             Some(NoRoom::Crowded { .. })
         ));
-        assert!(room.refuses(None, None, 1000).is_none());
+        assert!(
+            room.refuses(1, None, None, 1000).is_none(),
+            "held ones are counted again"
+        );
         // Room given back is room again.
-        room.unreserve(100, b);
-        room.reserve(dir, 1, b, 1000, Some(100))
-            .expect("room for b once its share and the directory have it");
+        room.unreserve(40, devices[0]);
+        room.unreserve(140, None);
+        room.reserve(dir, 1, devices[9], 1000, Some(100))
+            .expect("room for a device once the devices' part has it");
     }
 
     #[test]
@@ -378,8 +423,8 @@ mod tests {
         let dir = dir.path();
         let (a, c) = (Some(owner("a")), Some(owner("c")));
         let mut room = Room::default();
-        file(&mut room, dir, 200, a).unwrap();
-        file(&mut room, dir, 800, None).unwrap();
+        file(&mut room, dir, 100, a).unwrap();
+        file(&mut room, dir, 900, None).unwrap();
         let counted = room.at;
         // Each refusal of a device past its share, or of one in the full directory, takes the
         // count it has (a listing of 650,000 files per refused reading held every device).
@@ -408,10 +453,11 @@ mod tests {
         room.reserve(dir, 1, None, 1000, None).unwrap();
         let c = room.counted.as_ref().unwrap();
         assert_eq!((c.total, c.of(o)), (91, 90), "{c:?}");
-        // Not written after all: the room comes back, once.
+        // Not written after all: the room comes back, once, and the device is forgotten.
         room.unreserve(90, a);
         let c = room.counted.as_ref().unwrap();
-        assert_eq!((c.total, c.of(o)), (1, 0), "{c:?}");
+        assert_eq!((c.total, c.of(o), c.by_owner.len()), (1, 0, 0), "{c:?}");
+        assert!(room.writing.by_owner.is_empty());
     }
 
     #[test]

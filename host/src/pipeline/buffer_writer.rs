@@ -172,57 +172,54 @@ impl BufferWriter {
             "a reading of {largest} bytes is larger than the disk buffer's records may be ({} MiB)",
             segment::MAX_RECORD >> 20
         ));
-        match self.dead_letters.put_new(why.message(), &huge) {
-            Ok(kept) => {
-                self.stats
-                    .rejected
-                    .fetch_add(huge.len() as u64, Ordering::Relaxed);
-                self.stats
-                    .not_kept
-                    .fetch_add(kept.not_kept() as u64, Ordering::Relaxed);
-                for (path, n) in &kept.files {
-                    tracing::error!(
-                        readings = n,
-                        bytes = largest,
-                        kept_in = %path.display(),
-                        "a reading is larger than a disk buffer record may be ({} MiB): it is refused and kept in a dead-letter file; the others of its batch are buffered",
-                        segment::MAX_RECORD >> 20
-                    );
-                }
-                if kept.again > 0 {
-                    tracing::info!(
-                        readings = kept.again,
-                        bytes = largest,
-                        "a reading larger than a disk buffer record may be came again; a dead-letter file keeps it already"
-                    );
-                }
-                for (device, n, why) in &kept.not_kept {
-                    tracing::warn!(
-                        %device,
-                        readings = n,
-                        "a reading is larger than a disk buffer record may be: it is refused, and not kept in a dead-letter file: {why}"
-                    );
-                }
-            }
-            Err(io) => {
-                // Not taken: nothing of it is pending here.
-                self.stats
-                    .returned
-                    .fetch_add(e.readings.len() as u64, Ordering::Relaxed);
-                tracing::error!(
-                    readings = huge.len(),
-                    bytes = largest,
-                    io_error = %io,
-                    dir = %self.dead_letters.dir().display(),
-                    "a reading is larger than a disk buffer record may be, and its dead-letter file cannot be written: its batch is not taken"
-                );
-                e.ack.done(Err(PluginError::retry(format!(
-                    "{}, and its dead-letter file cannot be written: {io}",
-                    why.message()
-                ))));
-                return None;
-            }
+        let kept = self.dead_letters.put_new(why.message(), &huge);
+        self.stats
+            .not_kept
+            .fetch_add(kept.not_kept() as u64, Ordering::Relaxed);
+        for (path, n) in &kept.files {
+            tracing::error!(
+                readings = n,
+                bytes = largest,
+                kept_in = %path.display(),
+                "a reading is larger than a disk buffer record may be ({} MiB): it is refused and kept in a dead-letter file; the others of its batch are buffered",
+                segment::MAX_RECORD >> 20
+            );
         }
+        if kept.again > 0 {
+            tracing::info!(
+                readings = kept.again,
+                bytes = largest,
+                "a reading larger than a disk buffer record may be came again; a dead-letter file keeps it already (or it was counted as not kept)"
+            );
+        }
+        for (device, n, why) in &kept.not_kept {
+            tracing::warn!(
+                %device,
+                readings = n,
+                "a reading is larger than a disk buffer record may be: it is refused, and not kept in a dead-letter file: {why}"
+            );
+        }
+        if let Some(io) = kept.error {
+            // Not taken: nothing of it is pending here.
+            self.stats
+                .returned
+                .fetch_add(e.readings.len() as u64, Ordering::Relaxed);
+            tracing::error!(
+                readings = kept.held,
+                bytes = largest,
+                io_error = %io,
+                dir = %self.dead_letters.dir().display(),
+                "a reading is larger than a disk buffer record may be, and its dead-letter file cannot be written: its batch is not taken"
+            );
+            e.ack.done(Err(PluginError::retry(format!(
+                "{}, and its dead-letter file cannot be written: {io}",
+                why.message()
+            ))));
+            return None;
+        }
+        self.stats
+            .rejected
+            .fetch_add(huge.len() as u64, Ordering::Relaxed);
         if fit.is_empty() {
             e.ack.done(Err(why));
             return None;
@@ -303,7 +300,11 @@ mod tests {
             shutdown: shutdown.clone(),
             done,
             handover: Arc::default(),
-            dead_letters: Arc::new(DeadLetters::new(dir.join("dead-letter"), "sink", "test")),
+            // The gateway's own readings: a huge one, larger than any device's share, is kept.
+            dead_letters: Arc::new(
+                DeadLetters::new(dir.join("dead-letter"), "sink", "test")
+                    .with_own_device("test-device"),
+            ),
             stats: Arc::default(),
         };
         Rig {

@@ -110,8 +110,10 @@ const RETRIES_SAID_EVERY: Duration = Duration::from_secs(60);
 /// The readings a sink's dead-letter directory did not keep since they were last said.
 #[derive(Debug, Default)]
 struct NotKeptSaid {
-    /// When they were last said.
+    /// When the minute of the warnings began.
     at: Option<Instant>,
+    /// The devices named in it (at most [`NotKeptSaid::DEVICES`]): another is named at once.
+    named: std::collections::BTreeSet<String>,
     /// How many since.
     readings: u64,
     /// Of which devices, with how many and why (the first [`NotKeptSaid::DEVICES`] devices).
@@ -422,17 +424,28 @@ impl Worker {
         for (device, n, why) in &kept.not_kept {
             said.add(device, *n as u64, why);
         }
-        if said.at.is_none_or(|at| at.elapsed() >= RETRIES_SAID_EVERY) {
+        let minute_over = said.at.is_none_or(|at| at.elapsed() >= RETRIES_SAID_EVERY);
+        let unnamed = said.named.len() < NotKeptSaid::DEVICES
+            && kept.not_kept.iter().any(|(d, ..)| !said.named.contains(d));
+        if minute_over || unnamed {
             tracing::warn!(
                 readings = said.readings,
                 devices = %said.devices(),
                 error = %e.message(),
-                "sink refused readings for good that its dead-letter directory does not keep: they are counted (gateway_sink_rejected_not_kept_total), and their source is told they were refused (a device of a coaps-ingress keeps them); said at most once a minute"
+                "sink refused readings for good that its dead-letter directory does not keep: they are counted (gateway_sink_rejected_not_kept_total), and their source is told they were refused (a device of a coaps-ingress keeps them); said once a minute, and at once for each of the first 8 devices in it"
             );
-            *said = NotKeptSaid {
-                at: Some(Instant::now()),
-                ..NotKeptSaid::default()
-            };
+            if minute_over {
+                said.at = Some(Instant::now());
+                said.named.clear();
+            }
+            let names: Vec<String> = std::mem::take(&mut said.by_device).into_keys().collect();
+            for d in names {
+                if said.named.len() < NotKeptSaid::DEVICES {
+                    said.named.insert(d);
+                }
+            }
+            said.readings = 0;
+            said.more = 0;
         }
     }
 
@@ -452,35 +465,29 @@ impl Worker {
         let _held = Unheld(held);
         loop {
             let kept = self.dead_letters.put_new(e.message(), batch);
-            if kept.is_ok() {
+            self.said_kept(&kept, &e);
+            let Some(io) = kept.error else {
                 // Every reading of the batch is settled, each time it is refused: one refused
                 // again came again (accepted again), and a dead-letter file keeps it already.
                 self.stats.rejected.fetch_add(n, Ordering::Relaxed);
+                return Err(e);
+            };
+            if self.shutdown.reached(Phase::Aborting) || self.giving_up() {
+                return Err(PluginError::new(
+                    ErrorKind::STOPPED,
+                    "shutting down before the refused batch could be dead-lettered",
+                ));
             }
-            match kept {
-                Ok(kept) => {
-                    self.said_kept(&kept, &e);
-                    return Err(e);
-                }
-                Err(io) => {
-                    if self.shutdown.reached(Phase::Aborting) || self.giving_up() {
-                        return Err(PluginError::new(
-                            ErrorKind::STOPPED,
-                            "shutting down before the refused batch could be dead-lettered",
-                        ));
-                    }
-                    held.store(n, Ordering::Relaxed);
-                    tracing::error!(
-                        readings = n,
-                        error = %e.message(),
-                        dir = %self.dead_letters.dir().display(),
-                        io_error = %io,
-                        "sink refused the batch for good, and its dead-letter file cannot be written; holding the batch, retrying in {backoff:?}"
-                    );
-                    self.pause(backoff);
-                    backoff = (backoff * 2).min(self.settings.retry_backoff_max);
-                }
-            }
+            held.store(kept.held as u64, Ordering::Relaxed);
+            tracing::error!(
+                readings = kept.held,
+                error = %e.message(),
+                dir = %self.dead_letters.dir().display(),
+                io_error = %io,
+                "sink refused the batch for good, and its dead-letter file cannot be written; holding the batch, retrying in {backoff:?}"
+            );
+            self.pause(backoff);
+            backoff = (backoff * 2).min(self.settings.retry_backoff_max);
         }
     }
 
