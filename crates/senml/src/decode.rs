@@ -611,10 +611,10 @@ fn set<'a>(
     let wrong = || DecodeError::FieldType(i, field.name());
     let text = |v: Field<'a>| match v {
         Field::Text(s) if matches!(field, F::Vs | F::Vd) => Ok(s),
-        Field::Text(s) if s.len() > MAX_NAME => Err(DecodeError::TooLong(i, field.name())),
         Field::Text(s) if matches!(field, F::U | F::Bu) && s.len() > MAX_UNIT => {
             Err(DecodeError::UnitTooLong(i, field.name()))
         }
+        Field::Text(s) if s.len() > MAX_NAME => Err(DecodeError::TooLong(i, field.name())),
         Field::Text(s) if crate::has_control(&s) => Err(DecodeError::Control(i, field.name())),
         Field::Text(s) => Ok(s),
         _ => Err(wrong()),

@@ -95,7 +95,7 @@ pub enum DecodeError {
     /// A name or unit longer than [`MAX_NAME`] bytes.
     #[error("record {0}: field {1} is longer than 255 bytes")]
     TooLong(usize, &'static str),
-    /// A unit or base unit longer than [`MAX_UNIT`] bytes.
+    /// A unit or base unit longer than [`MAX_UNIT`] bytes (checked before [`MAX_NAME`]).
     #[error("record {0}: field {1} is longer than 64 bytes")]
     UnitTooLong(usize, &'static str),
     /// A name or unit holding a control character (a line break in a name would forge log
@@ -129,18 +129,21 @@ pub enum DecodeError {
     TwoValues(usize),
 }
 
+/// Whether text value `s` holds a control character other than tab, line feed and carriage
+/// return (see [`DecodeError::ValueControl`]). One pass over the bytes: in valid UTF-8 a C1
+/// character (U+0080 to U+009F) is 0xC2 followed by 0x80 to 0x9F.
+pub(crate) fn value_has_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        (c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r'))
+            || c == 0x7f
+            || (c == 0xc2 && b.get(i + 1).is_some_and(|&n| n < 0xa0))
+    })
+}
+
 /// Whether `s` holds a control character (C0, DEL or C1) or one that reorders or breaks text
 /// ([`gateway_sdk::text::is_unsafe`]). Bytes first: a C1 character is encoded with a leading
 /// 0xC2, U+061C with 0xD8, the others with a leading 0xE2, which names seldom hold.
-/// Whether text value `s` holds a control character other than tab, line feed and carriage
-/// return (see [`DecodeError::ValueControl`]).
-pub(crate) fn value_has_control(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.iter()
-        .any(|&c| (c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r')) || c == 0x7f)
-        || (b.contains(&0xc2) && s.chars().any(|c| ('\u{80}'..='\u{9f}').contains(&c)))
-}
-
 pub(crate) fn has_control(s: &str) -> bool {
     let b = s.as_bytes();
     b.iter().any(|&c| c < 0x20 || c == 0x7f)

@@ -323,6 +323,39 @@ fn a_unit_longer_than_the_stores_column_is_refused() {
         DecodeError::UnitTooLong(0, "u").to_string(),
         "record 0: field u is longer than 64 bytes"
     );
+    // In bytes, not characters (MySQL's column counts characters: what is taken fits).
+    let micro = |n: usize| format!(r#"[{{"bn":"dev:","n":"s","u":"{}","v":1}}]"#, "µ".repeat(n));
+    assert!(decode_json(micro(32).as_bytes(), 10, now, "peer").is_ok());
+    assert_eq!(
+        decode_json(micro(33).as_bytes(), 10, now, "peer").unwrap_err(),
+        DecodeError::UnitTooLong(0, "u")
+    );
+    // One of 300 bytes is a unit too long, not a name.
+    assert_eq!(
+        decode_json(pack_u(300).as_bytes(), 10, now, "peer").unwrap_err(),
+        DecodeError::UnitTooLong(0, "u")
+    );
+    // CBOR alike: as base unit (the first reading's unit) and as a later record's unit.
+    let r = |unit: &str, id: u128| reading("dev", "s", "a", unit, NOW.0, Value::Int(1), id);
+    let long = "c".repeat(65);
+    let at_limit = "c".repeat(64);
+    assert_eq!(
+        decode_cbor(&encode_cbor(&[r(&long, 1)]), 10, now, "dev").unwrap_err(),
+        DecodeError::UnitTooLong(0, "bu")
+    );
+    assert_eq!(
+        decode_cbor(&encode_cbor(&[r("Cel", 1), r(&long, 2)]), 10, now, "dev").unwrap_err(),
+        DecodeError::UnitTooLong(1, "u")
+    );
+    let back = decode_cbor(&encode_cbor(&[r(&at_limit, 1)]), 10, now, "dev").unwrap();
+    assert_eq!(back.readings[0].unit.as_str(), at_limit);
+}
+
+fn pack_u(len: usize) -> String {
+    format!(
+        r#"[{{"bn":"dev:","n":"s","u":"{}","v":1}}]"#,
+        "c".repeat(len)
+    )
 }
 
 /// Found in a review: text values took any character but U+0000, so a device could store an
@@ -343,13 +376,50 @@ fn a_text_value_with_a_control_character_is_refused_but_lines_and_tabs_are_taken
         "p",
     );
     assert_eq!(taken.unwrap().readings.len(), 1);
-    for bad in ["\u{1b}[2J", "a\u{7}", "\u{7f}", "x\u{9b}31m"] {
+    for bad in [
+        "\u{1b}[2J",
+        "a\u{7}",
+        "\u{7f}",
+        "x\u{9b}31m",
+        "\u{80}",
+        "\u{85}",
+        "\u{9f}",
+        "\u{b}",
+        "\u{c}",
+        "\u{1f}",
+    ] {
         assert_eq!(
             decode_json(pack(bad).as_bytes(), 10, now, "p").unwrap_err(),
             DecodeError::ValueControl(0),
             "{bad:?}"
         );
     }
+    // Characters whose UTF-8 starts as a C1 one's does are taken.
+    for good in ["\u{a0}", "21 °C", "5 µs", "é"] {
+        assert!(
+            decode_json(pack(good).as_bytes(), 10, now, "p").is_ok(),
+            "{good:?}"
+        );
+    }
+    // U+0000 is still said as such.
+    assert_eq!(
+        decode_json(pack("a\0\u{1b}").as_bytes(), 10, now, "p").unwrap_err(),
+        DecodeError::Nul(0)
+    );
+    // CBOR alike, in one piece and in chunks (the owned-string path).
+    let text = |t: &str| reading("dev", "s", "a", "", NOW.0, Value::Text(t.into()), 1);
+    let cbor = encode_cbor(&[text("\u{1b}[2J")]);
+    assert_eq!(
+        decode_cbor(&cbor, 10, now, "dev").unwrap_err(),
+        DecodeError::ValueControl(0)
+    );
+    let tree: ciborium::value::Value = ciborium::de::from_reader(&cbor[..]).unwrap();
+    let mut long = Vec::new();
+    write_long(&tree, &mut long);
+    assert_eq!(
+        decode_cbor(&long, 10, now, "dev").unwrap_err(),
+        DecodeError::ValueControl(0)
+    );
 }
 
 /// Found by the fuzz smoke of `cargo xtask ci` (senml_json): a base name without the colon
@@ -381,7 +451,7 @@ fn a_name_that_would_not_fit_when_sent_on_is_refused() {
 /// A value that is not a finite number, which SenML JSON cannot carry and the stores refuse,
 /// is refused where it comes in, as is a control character in a name or unit (a line break
 /// would forge log lines, and MQTT brokers drop the connection of a client that puts one in a
-/// topic). Text values may hold them.
+/// topic). Text values may hold tab, line feed and carriage return only.
 #[test]
 fn non_finite_values_and_control_characters_in_names_are_refused() {
     // [{0 (n): "s/x", 2 (v): v as a double}]

@@ -96,7 +96,7 @@ fn hostile_packs_cost_little_memory() {
     println!("10,000 records decoded in {} KiB", bytes >> 10);
 
     // A base unit (or base name) is applied to every record after it: a long one must not be
-    // copied into each. Names and units longer than 255 bytes are refused.
+    // copied into each. Names longer than 255 bytes, units longer than 64, are refused.
     let mut amplifier = br#"[{"n":"s/a","bu":""#.to_vec();
     amplifier.extend(std::iter::repeat_n(b'u', 400_000));
     amplifier.extend_from_slice(br#"","v":1}"#);
@@ -105,7 +105,7 @@ fn hostile_packs_cost_little_memory() {
     }
     amplifier.push(b']');
     let (r, bytes) = peak(|| decode_json(&amplifier, 10_000, now, "d"));
-    assert_eq!(r, Err(DecodeError::TooLong(0, "bu")));
+    assert_eq!(r, Err(DecodeError::UnitTooLong(0, "bu")));
     assert!(bytes < 2 * MIB, "{bytes} bytes for a long base unit");
     // At the limits, 10,000 records under one 64-byte base unit and 255-byte base name stay
     // small. (The
