@@ -23,7 +23,7 @@
 //! own has a share of the directory (`dead_letter_device_share`, an eighth of it by default):
 //! what a device refused past its share is not kept here, and not held either ([`room`]).
 
-mod room;
+pub mod room;
 
 use gateway_sdk::{Label, Reading, ReadingId, Timestamp, Value};
 use serde_json::{json, Value as J};
