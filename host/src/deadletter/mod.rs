@@ -85,6 +85,27 @@ fn least_len(readings: &[Reading]) -> u64 {
         .sum()
 }
 
+/// `readings` in parts of at most `most` bytes by [`least_len`] each, each of one reading at
+/// least (`None`: one part).
+fn parts(readings: &[Reading], most: Option<u64>) -> Vec<&[Reading]> {
+    let Some(most) = most else {
+        return vec![readings];
+    };
+    let (mut out, mut start, mut len) = (Vec::new(), 0, 0);
+    for (i, r) in readings.iter().enumerate() {
+        let l = least_len(std::slice::from_ref(r));
+        if i > start && len + l > most {
+            out.push(&readings[start..i]);
+            (start, len) = (i, 0);
+        }
+        len += l;
+    }
+    if start < readings.len() {
+        out.push(&readings[start..]);
+    }
+    out
+}
+
 /// The first line of a dead-letter file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Header {
@@ -137,8 +158,8 @@ pub struct Kept {
     /// the directory (`dead_letter_device_share`), or the directory is full.
     pub not_kept: Vec<(String, usize, String)>,
     /// Readings it could not keep now, to be held until it can (the directory full for the
-    /// gateway's own device, or not writable), and why.
-    pub held: usize,
+    /// gateway's own device, or not writable): the ones to offer again, alone.
+    pub held: Vec<Reading>,
     /// Why (the first error), if any is held.
     pub error: Option<io::Error>,
 }
@@ -301,7 +322,10 @@ impl DeadLetters {
     /// gateway's own when the directory is full, are not kept ([`Kept::not_kept`]); nor are
     /// they counted again when they come again. Readings of a device whose file cannot be
     /// written, or of the gateway's own device when the directory is full, are held
-    /// ([`Kept::error`]): the batch is to come again, and then only those are tried.
+    /// ([`Kept::held`], [`Kept::error`]): the caller offers those again, and only those (the
+    /// memories of readings kept and not kept hold 4,096 each; a batch may be larger). A
+    /// device's readings go into files of at most half its share each (by [`least_len`]), so
+    /// that a batch larger than its share is kept in part, not refused whole.
     pub fn put_new(&self, error: &str, readings: &[Reading]) -> Kept {
         let mut kept = Kept::default();
         let mut devices: indexmap::IndexMap<&str, Vec<Reading>> = indexmap::IndexMap::new();
@@ -320,27 +344,32 @@ impl DeadLetters {
                 }
             }
         }
-        for (device, new) in devices {
-            match self.keep(error, Some(device), &new) {
-                Ok(path) => {
-                    let mut recent = self.recent.lock().expect("recent ids");
-                    for r in &new {
-                        recent.add(key(r));
+        for (device, all) in devices {
+            for new in parts(&all, self.share_of(device).map(|s| s / 2)) {
+                match self.keep(error, Some(device), new) {
+                    Ok(path) => {
+                        let mut recent = self.recent.lock().expect("recent ids");
+                        for r in new {
+                            recent.add(key(r));
+                        }
+                        kept.files.push((path, new.len()));
                     }
-                    kept.files.push((path, new.len()));
-                }
-                // Held: the others are settled all the same, and not again when it comes again.
-                Err(room::NoRoom::Full(e) | room::NoRoom::Io(e)) => {
-                    kept.held += new.len();
-                    kept.error.get_or_insert(e);
-                }
-                Err(no) => {
-                    let mut dropped = self.dropped.lock().expect("dropped ids");
-                    for r in &new {
-                        dropped.add(key(r));
+                    // Held: the others are settled all the same.
+                    Err(room::NoRoom::Full(e) | room::NoRoom::Io(e)) => {
+                        kept.held.extend_from_slice(new);
+                        kept.error.get_or_insert(e);
                     }
-                    let why = no.not_kept().unwrap_or_default();
-                    kept.not_kept.push((device.to_owned(), new.len(), why))
+                    Err(no) => {
+                        let mut dropped = self.dropped.lock().expect("dropped ids");
+                        for r in new {
+                            dropped.add(key(r));
+                        }
+                        let why = no.not_kept().unwrap_or_default();
+                        match kept.not_kept.last_mut() {
+                            Some((d, n, _)) if d == device => *n += new.len(),
+                            _ => kept.not_kept.push((device.to_owned(), new.len(), why)),
+                        }
+                    }
                 }
             }
         }
@@ -441,8 +470,10 @@ impl DeadLetters {
             "error": crate::config::redact_known(error),
             "readings": readings.len(),
         });
+        // Redacted as the error is: a device name may come from `${file:...}` (the readings
+        // below keep it: it is their data, not a message).
         if let Some(d) = device {
-            header["device"] = J::from(d);
+            header["device"] = J::from(crate::config::redact_known(d).as_ref());
         }
         let mut text = Vec::new();
         writeln!(text, "{header}")?;
@@ -739,13 +770,16 @@ mod tests {
         let (device, n, why) = &k.not_kept[0];
         assert_eq!((device.as_str(), *n), ("pi-01", 5));
         assert!(why.contains("past its share of 2000"), "{why}");
-        // Once known past its share, pi-01's readings cost no file text.
+        // Once known past its share (not one more reading fits), pi-01's readings cost no
+        // file text (but for a last part of a reading or two, which the lower bound of its
+        // length may let through to be counted exactly).
+        while d.put_new("refused", &of("pi-01", 1)).settled().kept() == 1 {}
         let encoded = d.encoded.load(Ordering::Relaxed);
         assert_eq!(
             d.put_new("refused", &of("pi-01", 50)).settled().not_kept(),
             50
         );
-        assert_eq!(d.encoded.load(Ordering::Relaxed), encoded);
+        assert!(d.encoded.load(Ordering::Relaxed) <= encoded + 1);
         // Refused again (a device narrowing what it was refused), they are not counted again.
         let again = d.put_new("refused", &batch[1..3]).settled();
         assert_eq!((again.not_kept(), again.again), (0, 2));
@@ -761,6 +795,65 @@ mod tests {
         d.set_device_share(None);
         assert_eq!(d.share_of("pi-01"), Some(12_500));
         assert_eq!(d.share_of("gw"), None);
+    }
+
+    #[test]
+    fn a_batch_larger_than_a_devices_share_is_kept_in_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rs = gateway_sdk::testing::sample_readings(60);
+        for r in &mut rs {
+            r.device = "pi-01".into();
+        }
+        let d = DeadLetters::new(dir.path().join("dl"), "db", "mysql")
+            .with_max_size(1 << 20)
+            .with_device_share(Some(4096));
+        let k = d.put_new("refused", &rs).settled();
+        assert!(k.kept() > 0 && k.not_kept() > 0, "{k:?}");
+        assert_eq!(k.kept() + k.not_kept(), 60);
+        let bytes: u64 = k
+            .files
+            .iter()
+            .map(|(p, _)| p.metadata().unwrap().len())
+            .sum();
+        assert!(bytes <= 4096, "{bytes}");
+    }
+
+    #[test]
+    fn least_len_is_never_more_than_the_file() {
+        let d = DeadLetters::new(PathBuf::from("/nonexistent"), "", "");
+        let values = [
+            Value::Int(0),
+            Value::Bool(false),
+            Value::Float(f64::NAN),
+            Value::Float(0.0),
+            Value::Text("".into()),
+            Value::Text("\"\\\n\u{1}é".into()),
+            Value::Bytes(vec![].into()),
+            Value::Bytes(vec![0, 255].into()),
+        ];
+        for value in values {
+            for labels in ["", "a", "\"\u{1}é"] {
+                let r = Reading {
+                    id: ReadingId([0; 16]),
+                    time: Timestamp(0),
+                    device: labels.into(),
+                    sensor: labels.into(),
+                    name: labels.into(),
+                    unit: labels.into(),
+                    value: value.clone(),
+                };
+                let rs = [r];
+                let text = d.encode(Timestamp(0), "", None, &rs).unwrap();
+                let header = d.encode(Timestamp(0), "", None, &[]).unwrap();
+                let line = (text.len() - header.len()) as u64;
+                assert!(
+                    least_len(&rs) <= line,
+                    "{} > {line}: {:?}",
+                    least_len(&rs),
+                    rs[0]
+                );
+            }
+        }
     }
 
     #[test]
@@ -819,8 +912,10 @@ mod tests {
         // own device's held; when it comes again only the held one is tried, and the other is
         // not counted twice.
         let batch = [one("pi-new"), one("gw")].concat();
+        let one_gw = batch[1..].to_vec();
         let k = d.put_new("refused", &batch);
-        assert_eq!((k.not_kept(), k.held, k.again), (1, 1, 0), "{k:?}");
+        assert_eq!((k.not_kept(), k.held.len(), k.again), (1, 1, 0), "{k:?}");
+        assert_eq!(k.held, one_gw, "the own device's reading, to offer again");
         assert!(k.error.is_some());
         std::fs::remove_file(&d.files().unwrap()[0]).unwrap();
         let k = d.put_new("refused", &batch).settled();

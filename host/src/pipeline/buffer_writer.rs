@@ -205,7 +205,7 @@ impl BufferWriter {
                 .returned
                 .fetch_add(e.readings.len() as u64, Ordering::Relaxed);
             tracing::error!(
-                readings = kept.held,
+                readings = kept.held.len(),
                 bytes = largest,
                 io_error = %io,
                 dir = %self.dead_letters.dir().display(),

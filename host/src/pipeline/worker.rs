@@ -463,8 +463,10 @@ impl Worker {
         let stats = self.stats.clone();
         let held = &stats.dead_letter_held;
         let _held = Unheld(held);
+        // After a hold, only what is held is offered again: the rest is settled.
+        let mut pending = std::borrow::Cow::Borrowed(batch);
         loop {
-            let kept = self.dead_letters.put_new(e.message(), batch);
+            let kept = self.dead_letters.put_new(e.message(), &pending);
             self.said_kept(&kept, &e);
             let Some(io) = kept.error else {
                 // Every reading of the batch is settled, each time it is refused: one refused
@@ -478,9 +480,9 @@ impl Worker {
                     "shutting down before the refused batch could be dead-lettered",
                 ));
             }
-            held.store(kept.held as u64, Ordering::Relaxed);
+            held.store(kept.held.len() as u64, Ordering::Relaxed);
             tracing::error!(
-                readings = kept.held,
+                readings = kept.held.len(),
                 error = %e.message(),
                 dir = %self.dead_letters.dir().display(),
                 io_error = %io,
@@ -488,6 +490,7 @@ impl Worker {
             );
             self.pause(backoff);
             backoff = (backoff * 2).min(self.settings.retry_backoff_max);
+            pending = kept.held.into();
         }
     }
 
