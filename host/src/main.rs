@@ -392,8 +392,13 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                             d.name,
                             one_line(&f.display().to_string()),
                             h.readings,
+                            // Redacted as the header's error is (files of before it
+                            // was redacted when written hold it as it was).
                             h.device
-                                .map(|d| format!(" of {}", one_line(&d)))
+                                .map(|d| format!(
+                                    " of {}",
+                                    one_line(&gateway_host::config::redact_known(&d))
+                                ))
                                 .unwrap_or_default(),
                             one_line(&h.refused_at),
                             one_line(&h.error)

@@ -2,7 +2,7 @@
 //! directory (`data_dir/INSTANCE/dead-letter/`) instead of being dropped, to be read and sent
 //! again with `gateway dead-letters`. Blocking file I/O.
 //!
-//! One file per device of a refused batch, `SECONDS-MICROS-N-OWNER.jsonl` (OWNER: which device,
+//! Files of one device each per refused batch, `SECONDS-MICROS-N-OWNER.jsonl` (OWNER: which device,
 //! see [`room`]), written whole and synced before it is renamed into place, so a reader never
 //! sees half of one. JSON Lines, readable with `jq`:
 //!
@@ -150,7 +150,7 @@ pub struct DeadLetters {
 /// What [`DeadLetters::put_new`] did with a refused batch.
 #[derive(Debug, Default)]
 pub struct Kept {
-    /// The files it wrote (one per device), each with how many readings it keeps.
+    /// The files it wrote (each of one device), each with how many readings it keeps.
     pub files: Vec<(PathBuf, usize)>,
     /// Readings it did not keep because it kept them already, or did not keep them lately.
     pub again: usize,
@@ -315,7 +315,7 @@ impl DeadLetters {
     }
 
     /// Keeps the readings of a refused batch that this directory did not keep lately (among
-    /// its last 4,096 readings), one file per device, each returned once durably on disk. A
+    /// its last 4,096 readings), in files of one device each, returned once durably on disk. A
     /// reading is refused again when the batch that held it is narrowed down
     /// (`coaps-ingress`'s sink refuses it in each half a device sends again that holds it): it
     /// is kept once. Readings of a device whose files take its share, or of any device but the
@@ -324,7 +324,7 @@ impl DeadLetters {
     /// written, or of the gateway's own device when the directory is full, are held
     /// ([`Kept::held`], [`Kept::error`]): the caller offers those again, and only those (the
     /// memories of readings kept and not kept hold 4,096 each; a batch may be larger). A
-    /// device's readings go into files of at most half its share each (by [`least_len`]), so
+    /// device's readings go into files of at most half its share each (by `least_len`), so
     /// that a batch larger than its share is kept in part, not refused whole.
     pub fn put_new(&self, error: &str, readings: &[Reading]) -> Kept {
         let mut kept = Kept::default();
@@ -345,31 +345,53 @@ impl DeadLetters {
             }
         }
         for (device, all) in devices {
-            for new in parts(&all, self.share_of(device).map(|s| s / 2)) {
-                match self.keep(error, Some(device), new) {
-                    Ok(path) => {
-                        let mut recent = self.recent.lock().expect("recent ids");
-                        for r in new {
-                            recent.add(key(r));
+            // Parts in order; one refused for its device's share is tried again in halves
+            // (its length was a lower bound: escapes and the header make it longer), so that
+            // what fits is kept. Once a single reading is refused for the share, the device
+            // is full for this batch: the rest costs no text (nor does a device the last count
+            // says is past its share: `Room::refuses`).
+            let mut todo: Vec<&[Reading]> = parts(&all, self.share_of(device).map(|s| s / 2));
+            todo.reverse();
+            let mut full: Option<String> = None;
+            while let Some(new) = todo.pop() {
+                let why = match &full {
+                    Some(why) => why.clone(),
+                    None => match self.keep(error, Some(device), new) {
+                        Ok(path) => {
+                            let mut recent = self.recent.lock().expect("recent ids");
+                            for r in new {
+                                recent.add(key(r));
+                            }
+                            kept.files.push((path, new.len()));
+                            continue;
                         }
-                        kept.files.push((path, new.len()));
-                    }
-                    // Held: the others are settled all the same.
-                    Err(room::NoRoom::Full(e) | room::NoRoom::Io(e)) => {
-                        kept.held.extend_from_slice(new);
-                        kept.error.get_or_insert(e);
-                    }
-                    Err(no) => {
-                        let mut dropped = self.dropped.lock().expect("dropped ids");
-                        for r in new {
-                            dropped.add(key(r));
+                        // Held: the others are settled all the same.
+                        Err(room::NoRoom::Full(e) | room::NoRoom::Io(e)) => {
+                            kept.held.extend_from_slice(new);
+                            kept.error.get_or_insert(e);
+                            continue;
                         }
-                        let why = no.not_kept().unwrap_or_default();
-                        match kept.not_kept.last_mut() {
-                            Some((d, n, _)) if d == device => *n += new.len(),
-                            _ => kept.not_kept.push((device.to_owned(), new.len(), why)),
+                        Err(room::NoRoom::Share { .. }) if new.len() > 1 => {
+                            let (a, b) = new.split_at(new.len() / 2);
+                            todo.extend([b, a]);
+                            continue;
                         }
-                    }
+                        Err(no) => {
+                            let why = no.not_kept().unwrap_or_default();
+                            if matches!(no, room::NoRoom::Share { .. }) {
+                                full = Some(why.clone());
+                            }
+                            why
+                        }
+                    },
+                };
+                let mut dropped = self.dropped.lock().expect("dropped ids");
+                for r in new {
+                    dropped.add(key(r));
+                }
+                match kept.not_kept.last_mut() {
+                    Some((d, n, _)) if d == device => *n += new.len(),
+                    _ => kept.not_kept.push((device.to_owned(), new.len(), why)),
                 }
             }
         }
@@ -768,7 +790,9 @@ mod tests {
         };
         assert_eq!(k.not_kept.len(), 1);
         let (device, n, why) = &k.not_kept[0];
-        assert_eq!((device.as_str(), *n), ("pi-01", 5));
+        // (Refused whole, the batch was tried again in halves: what fit was kept.)
+        assert_eq!(device.as_str(), "pi-01");
+        assert_eq!(k.kept() + n, 5);
         assert!(why.contains("past its share of 2000"), "{why}");
         // Once known past its share (not one more reading fits), pi-01's readings cost no
         // file text (but for a last part of a reading or two, which the lower bound of its
@@ -816,6 +840,25 @@ mod tests {
             .map(|(p, _)| p.metadata().unwrap().len())
             .sum();
         assert!(bytes <= 4096, "{bytes}");
+    }
+
+    #[test]
+    fn a_part_longer_than_its_bound_said_is_kept_in_halves() {
+        // Text of control characters is six times as long escaped as least_len counts it:
+        // the parts cut by it are past the share, and their halves are kept.
+        let dir = tempfile::tempdir().unwrap();
+        let mut rs = gateway_sdk::testing::sample_readings(10);
+        for r in &mut rs {
+            r.device = "pi-01".into();
+            r.value = Value::Text("\u{1}".repeat(300).as_str().into());
+        }
+        let d = DeadLetters::new(dir.path().join("dl"), "db", "mysql")
+            .with_max_size(1 << 20)
+            .with_device_share(Some(4096));
+        let k = d.put_new("refused", &rs).settled();
+        assert!(k.kept() >= 1, "{k:?}");
+        assert_eq!(k.kept() + k.not_kept(), 10);
+        assert_eq!(k.not_kept.len(), 1, "one entry for the device: {k:?}");
     }
 
     #[test]
