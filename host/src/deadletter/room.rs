@@ -82,6 +82,13 @@ impl Counted {
         }
     }
 
+    fn merge(&mut self, other: &Counted) {
+        self.total += other.total;
+        for (o, n) in &other.by_owner {
+            *self.by_owner.entry(*o).or_default() += n;
+        }
+    }
+
     fn sub(&mut self, len: u64, owner: Option<Owner>) {
         self.total = self.total.saturating_sub(len);
         if let Some(o) = owner {
@@ -228,10 +235,7 @@ impl Room {
         };
         if recount {
             let mut c = count(dir).map_err(NoRoom::Io)?;
-            c.total += self.writing.total;
-            for (o, n) in &self.writing.by_owner {
-                *c.by_owner.entry(*o).or_default() += n;
-            }
+            c.merge(&self.writing);
             self.counted = Some(c);
             self.at = Some(Instant::now());
         }

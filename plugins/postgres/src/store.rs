@@ -80,7 +80,7 @@ pub fn create_table(table: &str) -> String {
 /// table made by hand may have none; then COPY stores a re-delivered batch again.
 /// The index must hold `device`: one on `id` (or the time) alone lets a device claim another's
 /// keys (reading ids are predictable), so that the other's readings meet a stored row and are
-/// refused.
+/// refused. [`UNSCOPED`], checked first, refuses every unique index without it.
 /// (INCLUDE columns, past `indnkeyatts`, do not make rows unique and are not looked at.)
 const KEYED: &str = "SELECT EXISTS (SELECT 1 FROM pg_index i \
      WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indimmediate AND i.indisvalid \
@@ -88,10 +88,7 @@ const KEYED: &str = "SELECT EXISTS (SELECT 1 FROM pg_index i \
      AND NOT EXISTS (SELECT 1 FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
          WHERE k.n <= i.indnkeyatts \
-         AND a.attname NOT IN ('id', 'device', 'sensor', 'name', 'unit', 'time_us')) \
-     AND EXISTS (SELECT 1 FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) \
-         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-         WHERE k.n <= i.indnkeyatts AND a.attname = 'device'))";
+         AND a.attname NOT IN ('id', 'device', 'sensor', 'name', 'unit', 'time_us')))";
 
 /// The unique indexes of the table (`$1`) whose key holds no `device`. The merge's
 /// `ON CONFLICT DO NOTHING` skips a reading that meets any unique index: with one on `id` (or
