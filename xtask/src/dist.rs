@@ -297,6 +297,26 @@ pub fn load_generator() -> Result<PathBuf> {
     Ok(built.join("gateway-load"))
 }
 
+/// The server side as the Debian package ships it (`cargo xtask deb`): release, with the
+/// trimmed static OpenSSL 3.5, for this machine; the gateway, the coaps ingress and the
+/// testkit's null sink, side by side (the gateway loads plugins from its own directory). The
+/// gateway's path.
+///
+/// The ingress benchmark measures this build by default: what a fleet server runs. The
+/// development build (`target/release`) links Debian 12's OpenSSL 3.0, which builds a key
+/// decoder for each certificate it parses and spends about twice the CPU per handshake.
+pub fn server() -> Result<PathBuf> {
+    let (_, built) = build_with_openssl(
+        None,
+        &[
+            "gateway",
+            "gateway-plugin-coaps-ingress",
+            "gateway-testkit-plugins",
+        ],
+    )?;
+    Ok(built.join("gateway"))
+}
+
 /// Builds `packages` in release for `target` (default: this machine) against the trimmed
 /// static OpenSSL, under `target/dist`; the triple, and the directory the files are in.
 fn build_with_openssl(target: Option<&str>, packages: &[&str]) -> Result<(&'static str, PathBuf)> {

@@ -11,9 +11,12 @@
 //! only come with a longer tail, some devices served at once and others kept waiting. The p99
 //! shows which.
 //!
-//! The ingress runs `bench/ingress.toml` (its defaults, into the null sink); `GATEWAY` picks
-//! another build of the gateway (e.g. `target/dist/gateway-x86_64-unknown-linux-gnu/gateway`,
-//! with OpenSSL 3.5; copy `libtestkit.so` beside it for the null sink), `GATEWAY_LOAD` another
+//! The ingress runs `bench/ingress.toml` (its defaults, into the null sink) in the build a
+//! server runs, the one the Debian package ships: release, with OpenSSL 3.5 linked in
+//! ([`crate::dist::server`], under `target/dist`). `GATEWAY` picks another build of the
+//! gateway (e.g. `target/release/gateway`, the development build, which links Debian 12's
+//! OpenSSL 3.0 and spends about twice the CPU per handshake; its plugins are found beside
+//! it), `GATEWAY_LOAD` another
 //! build of the load generator (by default it is built as the distribution is, with OpenSSL
 //! 3.5 linked in: it shares the machine with the server, and with Debian's OpenSSL 3.0 it
 //! spends a quarter more CPU per handshake, taken from whichever server it measures),
@@ -232,13 +235,17 @@ fn load(
     })
 }
 
-/// The benchmark; `secs` per measurement.
-pub fn bench(dir: &Path, secs: u64) -> Result<()> {
+/// The benchmark; `secs` per measurement. (`_dev`, the development build, made the
+/// certificates the configs name; the servers run the shipped build.)
+pub fn bench(_dev: &Path, secs: u64) -> Result<()> {
     let load_bin = match std::env::var_os("GATEWAY_LOAD") {
         Some(bin) => PathBuf::from(bin),
         None => crate::dist::load_generator()?,
     };
-    let gateway = std::env::var_os("GATEWAY").map_or_else(|| dir.join("gateway"), PathBuf::from);
+    let gateway = match std::env::var_os("GATEWAY") {
+        Some(bin) => PathBuf::from(bin),
+        None => crate::dist::server()?,
+    };
     let with_libcoap = has("coap-server-openssl");
     if !with_libcoap {
         println!("   (coap-server-openssl is not installed: apt-get install libcoap3-bin; the ingress alone)");
