@@ -9,6 +9,7 @@
 
 pub mod buffer_writer;
 pub mod direct;
+mod not_kept;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

@@ -19,7 +19,6 @@ use gateway_sdk::{
     ErrorKind, PluginError, Reading,
 };
 use std::{
-    collections::BTreeMap,
     ops::Range,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -100,58 +99,12 @@ pub(super) struct Worker {
     /// When a failed write was last said at warn, and the failures since (said at debug).
     retries_said: Option<(Instant, u64)>,
     /// The readings not kept in the dead-letter directory, since they were last said.
-    not_kept_said: NotKeptSaid,
+    not_kept_said: super::not_kept::NotKeptSaid,
 }
 
 /// How often failing writes of one sink are said at warn while they go on: an outage of a
 /// week with 16 writes in flight, each retried every 30 s, made 46,000 warnings a day.
 const RETRIES_SAID_EVERY: Duration = Duration::from_secs(60);
-
-/// The readings a sink's dead-letter directory did not keep since they were last said.
-#[derive(Debug, Default)]
-struct NotKeptSaid {
-    /// When the minute of the warnings began.
-    at: Option<Instant>,
-    /// The devices named in it (at most [`NotKeptSaid::DEVICES`]): another is named at once.
-    named: std::collections::BTreeSet<String>,
-    /// How many since.
-    readings: u64,
-    /// Of which devices, with how many and why (the first [`NotKeptSaid::DEVICES`] devices).
-    by_device: BTreeMap<String, (u64, String)>,
-    /// Readings of the devices past those.
-    more: u64,
-}
-
-impl NotKeptSaid {
-    /// The most devices named.
-    const DEVICES: usize = 8;
-
-    fn add(&mut self, device: &str, n: u64, why: &str) {
-        self.readings += n;
-        if let Some((count, last)) = self.by_device.get_mut(device) {
-            *count += n;
-            why.clone_into(last);
-        } else if self.by_device.len() < Self::DEVICES {
-            self.by_device
-                .insert(device.to_owned(), (n, why.to_owned()));
-        } else {
-            self.more += n;
-        }
-    }
-
-    /// `"DEVICE": N (WHY); ...`, and how many readings of other devices.
-    fn devices(&self) -> String {
-        let mut out: Vec<String> = self
-            .by_device
-            .iter()
-            .map(|(d, (n, why))| format!("{d:?}: {n} ({why})"))
-            .collect();
-        if self.more > 0 {
-            out.push(format!("and {} readings of other devices", self.more));
-        }
-        out.join("; ")
-    }
-}
 
 impl Worker {
     /// A worker for `instance`.
@@ -182,7 +135,7 @@ impl Worker {
             lends: false,
             quick: false,
             retries_said: None,
-            not_kept_said: NotKeptSaid::default(),
+            not_kept_said: Default::default(),
         }
     }
 
@@ -420,32 +373,13 @@ impl Worker {
             return;
         }
         self.stats.not_kept.fetch_add(not_kept, Ordering::Relaxed);
-        let said = &mut self.not_kept_said;
-        for (device, n, why) in &kept.not_kept {
-            said.add(device, *n as u64, why);
-        }
-        let minute_over = said.at.is_none_or(|at| at.elapsed() >= RETRIES_SAID_EVERY);
-        let unnamed = said.named.len() < NotKeptSaid::DEVICES
-            && kept.not_kept.iter().any(|(d, ..)| !said.named.contains(d));
-        if minute_over || unnamed {
+        if let Some(say) = self.not_kept_said.add(Instant::now(), &kept.not_kept) {
             tracing::warn!(
-                readings = said.readings,
-                devices = %said.devices(),
+                readings = say.readings,
+                devices = %say.devices,
                 error = %e.message(),
                 "sink refused readings for good that its dead-letter directory does not keep: they are counted (gateway_sink_rejected_not_kept_total), and their source is told they were refused (a device of a coaps-ingress keeps them); said once a minute, and at once for each of the first 8 devices in it"
             );
-            if minute_over {
-                said.at = Some(Instant::now());
-                said.named.clear();
-            }
-            let names: Vec<String> = std::mem::take(&mut said.by_device).into_keys().collect();
-            for d in names {
-                if said.named.len() < NotKeptSaid::DEVICES {
-                    said.named.insert(d);
-                }
-            }
-            said.readings = 0;
-            said.more = 0;
         }
     }
 
