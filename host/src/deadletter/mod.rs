@@ -489,7 +489,7 @@ impl DeadLetters {
             "sink": self.sink,
             "plugin": self.plugin,
             "refused_at": now.to_string(),
-            "error": crate::config::redact_known(error),
+            "error": bounded(&crate::config::redact_known(error)),
             "readings": readings.len(),
         });
         // Redacted as the error is: a device name may come from `${file:...}` (the readings
@@ -573,9 +573,32 @@ impl DeadLetters {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
-        files.sort();
+        // By the time and sequence number in the name, as numbers: the sequence number has
+        // no leading zeros (`...-10` sorts before `...-9` as text).
+        files.sort_by_cached_key(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            let mut parts = name.trim_end_matches(".jsonl").split('-');
+            let mut number = || parts.next().and_then(|n| n.parse::<u64>().ok());
+            ((number(), number(), number()), name.into_owned())
+        });
         Ok(files)
     }
+}
+
+/// The longest sink error a header keeps, in bytes: a third-party sink's error of any length
+/// must not make the header longer than a reader takes ([`MAX_HEADER`]).
+const MAX_ERROR: usize = 64 << 10;
+
+/// `error`, cut at a character boundary to at most [`MAX_ERROR`] bytes and said to be cut.
+fn bounded(error: &str) -> std::borrow::Cow<'_, str> {
+    if error.len() <= MAX_ERROR {
+        return error.into();
+    }
+    let mut end = MAX_ERROR;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [{} bytes more]", &error[..end], error.len() - end).into()
 }
 
 fn bad(path: &Path, n: usize, what: &str) -> String {
@@ -621,7 +644,9 @@ const MAX_LINE: u64 = 2 * crate::buffer::segment::MAX_RECORD as u64 + (1 << 20);
 fn lines(path: &Path) -> Result<impl Iterator<Item = io::Result<String>>, String> {
     let cannot = |e: io::Error| format!("{}: {e}", path.display());
     let f = crate::own_files::open_regular(path).map_err(cannot)?;
-    let len = f.metadata().map_err(cannot)?.len();
+    let meta = f.metadata().map_err(cannot)?;
+    trusted(path, &meta)?;
+    let len = meta.len();
     let mut r = BufReader::new(f.take(len));
     let mut limit = MAX_HEADER;
     Ok(std::iter::from_fn(move || {
@@ -644,6 +669,36 @@ fn lines(path: &Path) -> Result<impl Iterator<Item = io::Result<String>>, String
     }))
 }
 
+/// Refuses a dead-letter file that someone other than the gateway's user could have written:
+/// the gateway writes them with mode 0600, as the owner of their directory, and `resend`
+/// sends what they hold with the sink's credentials. A file another user (a member of a
+/// group-writable `data_dir`'s group, say) could write or put there could hold readings of
+/// any device, resent as if a device had sent them.
+fn trusted(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let dir_owner = path
+        .parent()
+        .and_then(|d| std::fs::metadata(d).ok())
+        .map(|m| m.uid());
+    if meta.uid() != me && Some(meta.uid()) != dir_owner {
+        return Err(format!(
+            "{}: belongs to uid {}, neither this user (uid {me}) nor the directory's owner: not a file the gateway wrote; look at it, and move it out of the directory",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{}: its group or other users may write it (mode {:04o}), and the gateway writes its dead-letter files with mode 0600: whoever could write it could have put readings of any device in it; check it, then `chmod go-w` it",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 /// Reads only the header of a dead-letter file (what `gateway dead-letters list` shows).
 pub fn header(path: &Path) -> Result<Header, String> {
     read_header(path, &mut lines(path)?)
@@ -654,10 +709,22 @@ pub fn read(path: &Path) -> Result<(Header, Vec<Reading>), String> {
     let mut lines = lines(path)?;
     let header = read_header(path, &mut lines)?;
     let mut readings = Vec::with_capacity(header.readings.min(1 << 20));
+    let owner = path
+        .file_name()
+        .and_then(|n| room::owner_of(&n.to_string_lossy()));
     for (i, line) in lines.enumerate() {
         let line = line.map_err(|e| bad(path, i + 2, &e.to_string()))?;
         let j: J = serde_json::from_str(&line).map_err(|e| bad(path, i + 2, &e.to_string()))?;
-        readings.push(parse_reading(&j).ok_or_else(|| bad(path, i + 2, "not a reading"))?);
+        let r = parse_reading(&j).ok_or_else(|| bad(path, i + 2, "not a reading"))?;
+        // A file of one device's readings (its name says whose) holds no other's.
+        if owner.is_some_and(|o| room::owner(&r.device) != o) {
+            return Err(bad(
+                path,
+                i + 2,
+                "a reading of another device than the file's name says",
+            ));
+        }
+        readings.push(r);
     }
     if readings.len() != header.readings {
         return Err(format!(

@@ -424,3 +424,104 @@ fn a_reader_opens_no_link_and_no_fifo() {
         .unwrap();
     assert_eq!(read(&big).unwrap().1.len(), 1);
 }
+
+/// Found in a review: a member of a group-writable `data_dir`'s group could drop or edit a
+/// file, and `resend` sent its readings, of any device, with the sink's credentials.
+#[test]
+fn a_file_that_others_could_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = DeadLetters::new(dir.path().join("dl"), "db", "mysql");
+    let path = d
+        .put("x", &gateway_sdk::testing::sample_readings(2))
+        .unwrap();
+    let mode = |m: u32| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m));
+    for m in [0o620, 0o602, 0o666] {
+        mode(m).unwrap();
+        for e in [header(&path).unwrap_err(), read(&path).unwrap_err()] {
+            assert!(
+                e.contains("its group or other users may write it"),
+                "{m:o}: {e}"
+            );
+        }
+    }
+    mode(0o640).unwrap();
+    assert_eq!(
+        read(&path).unwrap().1.len(),
+        2,
+        "readable by the group is fine"
+    );
+}
+
+#[test]
+fn a_devices_file_with_a_reading_of_another_device_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = DeadLetters::new(dir.path().to_path_buf(), "db", "mysql");
+    let rs = gateway_sdk::testing::sample_readings(2);
+    let path = d.put("x", &rs).unwrap();
+    assert!(room::owner_of(&path.file_name().unwrap().to_string_lossy()).is_some());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let device = format!("\"device\":{}", J::from(rs[1].device.as_str()));
+    assert!(text.matches(&device).count() >= 2, "{text}");
+    // The header and the first reading stay; the second reading becomes another device's.
+    let at = text.rfind(&device).unwrap();
+    let forged = format!(
+        "{}\"device\":\"victim\"{}",
+        &text[..at],
+        &text[at + device.len()..]
+    );
+    std::fs::write(&path, forged).unwrap();
+    let e = read(&path).unwrap_err();
+    assert!(
+        e.ends_with(":3: a reading of another device than the file's name says"),
+        "{e}"
+    );
+}
+
+#[test]
+fn files_are_listed_in_the_order_of_their_sequence_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = DeadLetters::new(dir.path().to_path_buf(), "db", "mysql");
+    // Within one microsecond the sequence number orders them; as text, 10 came before 9.
+    let names = [
+        "1764583200-000001-9.jsonl",
+        "1764583200-000001-10.jsonl",
+        "1764583200-000002-0-00000000000000ff.jsonl",
+        "1764583201-000000-1.jsonl",
+    ];
+    for n in names.iter().rev() {
+        std::fs::write(dir.path().join(n), "").unwrap();
+    }
+    let listed: Vec<String> = d
+        .files()
+        .unwrap()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(listed, names);
+}
+
+/// Found in a review: a third-party sink's error of any length went into the header whole,
+/// and a header longer than a reader takes made the file unreadable for `show` and `resend`.
+#[test]
+fn a_sink_error_of_any_length_leaves_a_readable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = DeadLetters::new(dir.path().to_path_buf(), "db", "mysql");
+    let error = "é".repeat(MAX_HEADER as usize);
+    let path = d
+        .put(&error, &gateway_sdk::testing::sample_readings(1))
+        .unwrap();
+    let (h, back) = read(&path).unwrap();
+    assert_eq!(back.len(), 1);
+    assert!(
+        h.error.starts_with("éé") && h.error.len() < MAX_ERROR + 64,
+        "{}",
+        h.error.len()
+    );
+    assert!(
+        h.error
+            .ends_with(&format!(" [{} bytes more]", error.len() - MAX_ERROR)),
+        "{}",
+        &h.error[h.error.len() - 40..]
+    );
+}
