@@ -373,7 +373,7 @@ fn tool(name: &str, args: &[String]) -> anyhow::Error {
 }
 
 fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
-    use gateway_host::deadletter;
+    use gateway_host::{config::redact_known, deadletter};
     let (DeadLetterCommand::List { config }
     | DeadLetterCommand::Show { config, .. }
     | DeadLetterCommand::Resend { config, .. }) = &cmd;
@@ -395,13 +395,10 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                             // Redacted as the header's error is (files of before it
                             // was redacted when written hold it as it was).
                             h.device
-                                .map(|d| format!(
-                                    " of {}",
-                                    one_line(&gateway_host::config::redact_known(&d))
-                                ))
+                                .map(|d| format!(" of {}", one_line(&redact_known(&d))))
                                 .unwrap_or_default(),
                             one_line(&h.refused_at),
-                            one_line(&h.error)
+                            one_line(&redact_known(&h.error))
                         ),
                         Err(e) => println!(
                             "{}  {}  unreadable: {}",
@@ -430,15 +427,17 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                     }
                 };
                 // The refusal is a peer's or a plugin's text, and the readings' labels and
-                // text values may come from a device far away.
+                // text values may come from a device far away. Secrets of the config are
+                // redacted as `list` and `resend` redact them (a device named by
+                // `${file:...}`; a file written before errors were redacted).
                 println!(
                     "# {}: refused at {}: {}",
                     one_line(&f.display().to_string()),
                     one_line(&h.refused_at),
-                    one_line(&h.error)
+                    one_line(&redact_known(&h.error))
                 );
                 for r in readings {
-                    println!("{}", one_line(&r.to_string()));
+                    println!("{}", one_line(&redact_known(&r.to_string())));
                 }
             }
             Ok(if unreadable == 0 {
@@ -475,9 +474,8 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
             let mut instance = plan::build_sink(&config, decl, &logger).map_err(|e| anyhow!(e))?;
             let mut left = 0;
             // The sink's and the file's text may quote a peer far away.
-            let said = |e: &gateway_sdk::PluginError| {
-                one_line(&gateway_host::config::redact_known(e.message())).into_owned()
-            };
+            let said =
+                |e: &gateway_sdk::PluginError| one_line(&redact_known(e.message())).into_owned();
             for f in files {
                 let name = one_line(&f.display().to_string()).into_owned();
                 // An unreadable file stays as it is, named; the others are still sent.

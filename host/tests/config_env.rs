@@ -152,6 +152,23 @@ reject_value = 13
         text.lines().nth(1).unwrap().contains("pi-secret-name"),
         "{text}"
     );
+    // What `gateway dead-letters` prints of it is a message: redacted, as `resend` does.
+    for cmd in [
+        &["dead-letters", "list"][..],
+        &["dead-letters", "show", "rec"],
+    ] {
+        let args: Vec<&str> = cmd
+            .iter()
+            .copied()
+            .chain(["--config", cfg.to_str().unwrap()])
+            .collect();
+        let (status, out, cli_err) = gateway(&args);
+        assert!(status.success(), "{cmd:?}: {cli_err}");
+        assert!(
+            out.contains("${file:device}") && !out.contains("pi-secret-name"),
+            "{cmd:?}: {out}"
+        );
+    }
     err
 }
 
