@@ -79,6 +79,7 @@ pub fn run(
                 continue;
             }
         };
+        logger.metrics.allow(&decl.name, &decl.plugin);
         report.check(
             true,
             format!(

@@ -306,6 +306,7 @@ impl HostLogger {
         LibraryLog {
             host: this.clone(),
             library: library.to_owned(),
+            plugins: Arc::default(),
         }
     }
 }
@@ -314,6 +315,16 @@ impl HostLogger {
 pub struct LibraryLog {
     host: Arc<HostLogger>,
     library: String,
+    /// The ids of the plugins the library exports, once the loader has read them: it speaks
+    /// only for their instances ([`crate::plugin_metrics::PluginMetrics::speaks_for`]).
+    plugins: Arc<std::sync::OnceLock<Vec<String>>>,
+}
+
+impl LibraryLog {
+    /// Where the loader puts the ids of the library's plugins.
+    pub fn plugins(&self) -> Arc<std::sync::OnceLock<Vec<String>>> {
+        self.plugins.clone()
+    }
 }
 
 fn level_number(l: LevelFilter) -> u8 {
@@ -334,16 +345,19 @@ impl HostLog for LibraryLog {
 
     fn log(&self, record: LogRecord<'_>) {
         let instance = record.instance.as_str();
+        let plugins = self.plugins.get().map_or(&[][..], Vec::as_slice);
+        // What a library says for an instance of another library's plugin is its own.
+        let own = !instance.is_empty() && self.host.metrics.speaks_for(instance, plugins);
         if record.target.as_str() == gateway_sdk::abi::METRICS_TARGET {
-            let families = gateway_sdk::metrics::decode(record.message.as_str());
-            self.host.metrics.publish(instance, families);
+            if own {
+                let families = gateway_sdk::metrics::decode(record.message.as_str());
+                self.host.metrics.publish(instance, families);
+            } else {
+                self.host.metrics.refuse_foreign(&self.library, instance);
+            }
             return;
         }
-        let who = if instance.is_empty() {
-            self.library.as_str()
-        } else {
-            instance
-        };
+        let who = if own { instance } else { self.library.as_str() };
         if record.level > level_number(self.host.level_of(who)) {
             return;
         }
@@ -496,5 +510,41 @@ mod tests {
             std::str::from_utf8(&json_redacted(broken)).unwrap(),
             "{\"message\":\"${GW_LOG_JSON_TOKEN}\""
         );
+    }
+
+    /// Found in a review: a library could publish metrics under any instance's name (and
+    /// erase the real ones), its log lines said to be that instance's.
+    #[test]
+    fn a_library_publishes_only_for_instances_of_its_own_plugins() {
+        use abi_stable::std_types::RStr;
+        use gateway_sdk::abi::{HostLog, LogRecord};
+        let host = HostLogger::with_forced(LevelFilter::INFO, None);
+        let log = HostLogger::for_library(&host, "libthief");
+        log.plugins().set(vec!["thief".into()]).unwrap();
+        host.metrics.allow("coaps-in", "coaps-ingress");
+        host.metrics.allow("mine", "thief");
+        let mut m = gateway_sdk::metrics::Metrics::new();
+        m.counter(
+            "gateway_dtls_handshakes_total",
+            "H.",
+            &[("result", "refused")],
+            0,
+        );
+        let text = gateway_sdk::metrics::encode(m.families());
+        for instance in ["coaps-in", "mine"] {
+            log.log(LogRecord {
+                level: 5,
+                instance: RStr::from_str(instance),
+                target: RStr::from_str(gateway_sdk::abi::METRICS_TARGET),
+                message: RStr::from_str(&text),
+            });
+        }
+        let shown: Vec<String> = host
+            .metrics
+            .snapshot()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(shown, ["mine"]);
     }
 }

@@ -6,9 +6,9 @@
 use crate::metrics::escape;
 use gateway_sdk::abi::{MetricFamily, MetricKind};
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt::Write as _,
-    sync::Mutex,
+    sync::{Mutex, RwLock},
 };
 
 /// Every instance's last published families.
@@ -20,6 +20,10 @@ pub struct PluginMetrics {
     /// what others publish (an instance a reload removed, whose threads publish once more on
     /// their way out) is not kept.
     live: Mutex<Option<HashSet<String>>>,
+    /// Which plugins each instance may be of, as the configs built so far say ([`Self::allow`];
+    /// [`Self::keep_only`] keeps the running config's): a library speaks (logs, publishes)
+    /// only for instances of the plugins it exports. `None` until an instance is built.
+    owners: RwLock<Option<HashMap<String, HashSet<String>>>>,
 }
 
 fn is_name(s: &str, colon: bool) -> bool {
@@ -53,10 +57,53 @@ impl PluginMetrics {
             .insert(instance.to_owned(), families);
     }
 
-    /// The instances of the running config are `names`: only they publish from now on, and
-    /// what others showed is dropped.
-    pub fn keep_only<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        let names: HashSet<String> = names.into_iter().map(str::to_owned).collect();
+    /// Instance `instance` is being built of plugin `plugin` (by the running config, or by
+    /// one a reload checks): the library that exports `plugin` may speak for it.
+    pub fn allow(&self, instance: &str, plugin: &str) {
+        self.owners
+            .write()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .entry(instance.to_owned())
+            .or_default()
+            .insert(plugin.to_owned());
+    }
+
+    /// Whether a library exporting `plugins` may speak for `instance`: a plugin of another
+    /// library could otherwise put its figures, or erase the real ones, under the name of an
+    /// instance it does not run (the coaps ingress's refused handshakes, say), and its log
+    /// lines under that instance's name. Before any instance is built (a tool that builds
+    /// none), every library may.
+    pub fn speaks_for(&self, instance: &str, plugins: &[String]) -> bool {
+        match &*self.owners.read().unwrap() {
+            None => true,
+            Some(owners) => owners
+                .get(instance)
+                .is_some_and(|of| plugins.iter().any(|p| of.contains(p))),
+        }
+    }
+
+    /// Says once that a library sent metrics for an instance it does not run.
+    pub fn refuse_foreign(&self, library: &str, instance: &str) {
+        self.refuse(
+            instance,
+            &format!("(any, from library {library})"),
+            "that library exports no plugin of this instance; it published under another instance's name",
+        );
+    }
+
+    /// The instances of the running config are `names`, each of its plugin: only they publish
+    /// from now on, each from the library of its plugin, and what others showed is dropped.
+    pub fn keep_only<'a>(&self, instances: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let mut owners: HashMap<String, HashSet<String>> = HashMap::new();
+        for (name, plugin) in instances {
+            owners
+                .entry(name.to_owned())
+                .or_default()
+                .insert(plugin.to_owned());
+        }
+        let names: HashSet<String> = owners.keys().cloned().collect();
+        *self.owners.write().unwrap() = Some(owners);
         let mut live = self.live.lock().unwrap();
         self.by_instance
             .lock()
@@ -292,12 +339,36 @@ mod tests {
         m.gauge("gateway_g", "G.", &[], 1.0);
         p.publish("old", m.families().to_vec());
         p.publish("kept", m.families().to_vec());
-        p.keep_only(["kept", "new"]);
+        p.keep_only([("kept", "k"), ("new", "n")]);
         p.publish("old", m.families().to_vec());
         p.publish("new", m.families().to_vec());
         let mut out = String::new();
         p.render(&mut out, &[]);
         assert!(!out.contains("\"old\""), "{out}");
         assert!(out.contains("\"kept\"") && out.contains("\"new\""), "{out}");
+    }
+
+    /// Found in a review: any library could publish under any instance's name.
+    #[test]
+    fn a_library_speaks_only_for_instances_of_its_own_plugins() {
+        let p = PluginMetrics::default();
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(
+            p.speaks_for("in", &ids(&["other"])),
+            "before any instance is built"
+        );
+        p.allow("in", "coaps-ingress");
+        assert!(p.speaks_for("in", &ids(&["coaps-uplink", "coaps-ingress"])));
+        assert!(!p.speaks_for("in", &ids(&["testkit-null"])));
+        assert!(!p.speaks_for("nobody", &ids(&["coaps-ingress"])));
+        // A reload that changes the plugin of "in": both may speak while it is checked and
+        // applied, then only the running config's.
+        p.allow("in", "mqtt");
+        assert!(
+            p.speaks_for("in", &ids(&["mqtt"])) && p.speaks_for("in", &ids(&["coaps-ingress"]))
+        );
+        p.keep_only([("in", "mqtt")]);
+        assert!(p.speaks_for("in", &ids(&["mqtt"])));
+        assert!(!p.speaks_for("in", &ids(&["coaps-ingress"])));
     }
 }
