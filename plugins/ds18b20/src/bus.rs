@@ -79,6 +79,14 @@ impl ProbeState {
 /// Counts of rejected reads per probe and reason.
 pub type RejectCounts = BTreeMap<String, BTreeMap<Reject, u64>>;
 
+/// The most probes whose rejected reads are counted under their own id (and shown as a series
+/// each on the metrics page, for the life of the process); the rejections of the others are
+/// counted under [`OTHER`]. A bus of 1-Wire probes holds a few dozen at most.
+pub const MAX_COUNTED: usize = 64;
+
+/// The probe under which the rejected reads of probes past [`MAX_COUNTED`] are counted.
+pub const OTHER: &str = "other";
+
 /// The probes of one w1 tree and their state.
 pub struct Bus {
     root: PathBuf,
@@ -321,7 +329,14 @@ impl Bus {
                 waiting -= 1;
             }
             if !rejects.is_empty() {
-                let counts = self.rejected.entry(id.clone()).or_default();
+                // A noisy or tampered bus lists phantom ids, each kept for good: past the
+                // first MAX_COUNTED probes, rejections are counted under "other".
+                let key = if self.rejected.len() < MAX_COUNTED || self.rejected.contains_key(&id) {
+                    id.clone()
+                } else {
+                    OTHER.to_owned()
+                };
+                let counts = self.rejected.entry(key).or_default();
                 for r in &rejects {
                     *counts.entry(*r).or_insert(0) += 1;
                 }

@@ -477,3 +477,32 @@ fn a_read_error_is_retried_and_counted() {
     let page = format!("{:?}", bus.metrics(0).families());
     assert!(page.contains("\"io\""), "{page}");
 }
+
+/// Found in a review: each id a noisy bus listed kept its rejection counters (and a series
+/// of them on the metrics page) for good, however many phantom ids came and went.
+#[test]
+fn rejections_of_phantom_ids_past_64_probes_are_counted_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&format!(
+        "root = {:?}\nretries = 0\nread_timeout = \"2s\"",
+        dir.path().display().to_string()
+    ));
+    let mut bus = Bus::new(&cfg);
+    // Ten phantoms a round, each gone by the next.
+    for wave in 0..8u64 {
+        for i in 0..10u64 {
+            let id = format!("28-{:012x}", wave * 10 + i);
+            std::fs::create_dir_all(dir.path().join(&id)).unwrap();
+            std::fs::write(dir.path().join(&id).join("w1_slave"), "noise\n").unwrap();
+        }
+        assert!(bus.round().is_empty());
+        for i in 0..10u64 {
+            std::fs::remove_dir_all(dir.path().join(format!("28-{:012x}", wave * 10 + i))).unwrap();
+        }
+    }
+    let counts = bus.reject_counts();
+    assert_eq!(counts.len(), 65, "{:?}", counts.keys());
+    let all: u64 = counts.values().flat_map(|r| r.values()).sum();
+    assert_eq!(all, 80, "every rejection counted: {counts:?}");
+    assert_eq!(counts["other"].values().sum::<u64>(), 16);
+}
