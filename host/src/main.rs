@@ -409,6 +409,16 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            // Those of a sink renamed or removed, which nothing else would show.
+            for (name, dir, files) in plan::orphaned_dead_letters(&config) {
+                any = true;
+                println!(
+                    "{}  {}  {files} files of a sink this config does not have: add a sink named {} again to show and resend them",
+                    one_line(&name),
+                    one_line(&dir.display().to_string()),
+                    one_line(&name),
+                );
+            }
             if !any {
                 println!("no dead letters");
             }

@@ -220,6 +220,46 @@ fn warn_of_orphaned_buffers(config: &Config) {
     }
 }
 
+/// The dead-letter directories in `data_dir` of sinks the config does not have (renamed or
+/// removed), with how many files each holds: `gateway dead-letters` works on the config's
+/// sinks only, so their readings would be seen by no one. Read only.
+pub fn orphaned_dead_letters(config: &Config) -> Vec<(String, std::path::PathBuf, usize)> {
+    let Ok(dirs) = std::fs::read_dir(&config.gateway.data_dir) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for e in dirs.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let dir = e.path().join("dead-letter");
+        if config.sinks.iter().any(|d| d.name == name)
+            || !e.file_type().is_ok_and(|t| t.is_dir())
+            || !is_real_dir(&dir)
+        {
+            continue;
+        }
+        let files = crate::deadletter::DeadLetters::new(dir.clone(), &name, "")
+            .files()
+            .map_or(0, |f| f.len());
+        if files > 0 {
+            found.push((name, dir, files));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Warns of [`orphaned_dead_letters`].
+fn warn_of_orphaned_dead_letters(config: &Config) {
+    for (name, dir, files) in orphaned_dead_letters(config) {
+        tracing::warn!(
+            sink = %name,
+            files,
+            dir = %dir.display(),
+            "dead-letter files of a sink this config does not have: `gateway dead-letters` shows and resends them only for a sink of that name; give one that name again, or move the files out (if another gateway uses this data_dir, they may be that one's)"
+        );
+    }
+}
+
 /// What [`Overdue`] calls an instance's constructor: `sink db: its start`.
 fn started(decl: &Instance) -> String {
     format!("{} {}: its start", decl.role, decl.name)
@@ -379,6 +419,7 @@ impl Plan {
         }
         if for_run {
             warn_of_orphaned_buffers(&config);
+            warn_of_orphaned_dead_letters(&config);
         }
         if errors.is_empty() {
             Ok(Plan {

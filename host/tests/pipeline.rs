@@ -654,7 +654,14 @@ fn dead_letters_list_and_show_cannot_act_on_the_terminal() {
     let (before, after) = head.split_once("\"error\":\"").unwrap();
     let head = format!("{before}\"error\":\"\\u001b]0;pwned\\u0007\\nINFO forged{after}");
     let rest = rest.replacen("\"device\":\"", "\"device\":\"\\u001b[2J\\r", 1);
-    std::fs::write(&real, format!("{head}\n{rest}")).unwrap();
+    // Under a name that says no device (as files of before the names did): one that says
+    // its device holds no reading of another.
+    std::fs::remove_file(&real).unwrap();
+    std::fs::write(
+        dir.join("1764583200-000000-0.jsonl"),
+        format!("{head}\n{rest}"),
+    )
+    .unwrap();
     for verb in ["list", "show"] {
         let mut args = vec!["dead-letters", verb, "--config", cfg.to_str().unwrap()];
         if verb == "show" {
@@ -1127,4 +1134,24 @@ fn a_write_that_succeeds_brings_forward_the_retries_waiting_in_the_window() {
         took < Duration::from_millis(5500),
         "drained in {took:?}: the retries waited out their backoff"
     );
+}
+
+/// Found in a review: the dead letters of a sink renamed or removed from the config were
+/// shown by no command (`list` walked the config's sinks only) and said by nothing.
+#[test]
+fn dead_letters_of_a_sink_the_config_no_longer_has_are_listed() {
+    let s = Setup::new();
+    let (cfg, _) = one_dead_letter(&s);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("[sinks.rec]", "[sinks.renamed]")).unwrap();
+    let (status, out, err) = gateway(&["dead-letters", "list", "--config", cfg.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains("rec  ")
+            && out.contains(
+                "1 files of a sink this config does not have: add a sink named rec again"
+            ),
+        "{out}"
+    );
+    assert!(!out.contains("no dead letters"), "{out}");
 }
