@@ -670,23 +670,27 @@ fn lines(path: &Path) -> Result<impl Iterator<Item = io::Result<String>>, String
 }
 
 /// Refuses a dead-letter file that someone other than the gateway's user could have written:
-/// the gateway writes them with mode 0600, as the owner of their directory, and `resend`
-/// sends what they hold with the sink's credentials. A file another user (a member of a
-/// group-writable `data_dir`'s group, say) could write or put there could hold readings of
-/// any device, resent as if a device had sent them.
+/// the gateway writes them with mode 0600, and `resend` sends what they hold with the sink's
+/// credentials. A file is taken if this user, root, or the owner of the `data_dir` it is in
+/// owns it (`DATA_DIR/SINK/dead-letter/FILE`: root's `show` of the service's files), and
+/// neither its group nor others may write it. Not the owner of its own directory: a member
+/// of a group-writable `data_dir`'s group could move `SINK` aside and make one of their own,
+/// files and all.
 fn trusted(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    let dir_owner = path
-        .parent()
+    let data_dir_owner = path
+        .ancestors()
+        .nth(3)
+        .filter(|d| !d.as_os_str().is_empty())
         .and_then(|d| std::fs::metadata(d).ok())
         .map(|m| m.uid());
-    if meta.uid() != me && Some(meta.uid()) != dir_owner {
+    let uid = meta.uid();
+    if uid != me && uid != 0 && Some(uid) != data_dir_owner {
         return Err(format!(
-            "{}: belongs to uid {}, neither this user (uid {me}) nor the directory's owner: not a file the gateway wrote; look at it, and move it out of the directory",
+            "{}: belongs to uid {uid}, not to this user (uid {me}), root or the owner of the data_dir: not a file the gateway wrote; look at it, and move it out of the directory",
             path.display(),
-            meta.uid()
         ));
     }
     if meta.mode() & 0o022 != 0 {

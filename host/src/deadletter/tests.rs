@@ -525,3 +525,31 @@ fn a_sink_error_of_any_length_leaves_a_readable_file() {
         &h.error[h.error.len() - 40..]
     );
 }
+
+/// Found in a review of the check above: a file was taken when the owner of its own
+/// directory owned it, and a member of a group-writable `data_dir`'s group could move a
+/// sink's directory aside and make one of their own, files and all. (As root only: making
+/// files of another user needs it.)
+#[test]
+fn a_file_of_another_user_is_refused_unless_the_data_dir_is_theirs() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to give files to another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = DeadLetters::new(data.join("rec/dead-letter"), "rec", "mysql");
+    let path = d
+        .put("x", &gateway_sdk::testing::sample_readings(1))
+        .unwrap();
+    let give = |p: &Path, uid: u32| std::os::unix::fs::chown(p, Some(uid), None).unwrap();
+    give(&path, 4242);
+    give(&data.join("rec"), 4242);
+    give(&data.join("rec/dead-letter"), 4242);
+    let e = read(&path).unwrap_err();
+    assert!(e.contains("belongs to uid 4242"), "{e}");
+    // The service's user owns the data_dir: root's `show` of its files.
+    give(&data, 4242);
+    assert_eq!(read(&path).unwrap().1.len(), 1);
+}
