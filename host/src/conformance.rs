@@ -79,7 +79,7 @@ pub fn run(
                 continue;
             }
         };
-        logger.metrics.allow(&decl.name, &decl.plugin);
+        logger.metrics.allow(&decl.name, &found.library.path);
         report.check(
             true,
             format!(

@@ -325,11 +325,11 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
             other => LoadError::Init(summarize(&other.to_string())),
         })?;
     let name = root.name().to_string();
-    let log = HostLogger::for_library(logger, &name);
-    let speaks_for = log.plugins();
-    (root.init())(HostLog_TO::from_value(log, TD_Opaque));
+    (root.init())(HostLog_TO::from_value(
+        HostLogger::for_library(logger, &name, path),
+        TD_Opaque,
+    ));
     let plugins = (root.plugins())().into_vec();
-    let _ = speaks_for.set(plugins.iter().map(|p| p.id.to_string()).collect());
     if let Some(bad) = plugins.iter().find(|p| !well_formed(p)) {
         return Err(LoadError::Init(format!(
             "its plugin {:?} is a {} without the constructor of one",

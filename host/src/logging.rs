@@ -301,12 +301,12 @@ impl HostLogger {
             .unwrap_or(self.default)
     }
 
-    /// The logger object handed to library `library`.
-    pub fn for_library(this: &Arc<Self>, library: &str) -> LibraryLog {
+    /// The logger object handed to library `library`, loaded from `path`.
+    pub fn for_library(this: &Arc<Self>, library: &str, path: &std::path::Path) -> LibraryLog {
         LibraryLog {
             host: this.clone(),
             library: library.to_owned(),
-            plugins: Arc::default(),
+            path: path.to_owned(),
         }
     }
 }
@@ -315,16 +315,9 @@ impl HostLogger {
 pub struct LibraryLog {
     host: Arc<HostLogger>,
     library: String,
-    /// The ids of the plugins the library exports, once the loader has read them: it speaks
-    /// only for their instances ([`crate::plugin_metrics::PluginMetrics::speaks_for`]).
-    plugins: Arc<std::sync::OnceLock<Vec<String>>>,
-}
-
-impl LibraryLog {
-    /// Where the loader puts the ids of the library's plugins.
-    pub fn plugins(&self) -> Arc<std::sync::OnceLock<Vec<String>>> {
-        self.plugins.clone()
-    }
+    /// Its file: it speaks only for the instances built from it
+    /// ([`crate::plugin_metrics::PluginMetrics::speaks_for`]).
+    path: std::path::PathBuf,
 }
 
 fn level_number(l: LevelFilter) -> u8 {
@@ -344,16 +337,23 @@ impl HostLog for LibraryLog {
     }
 
     fn log(&self, record: LogRecord<'_>) {
+        use crate::plugin_metrics::Speaks;
         let instance = record.instance.as_str();
-        let plugins = self.plugins.get().map_or(&[][..], Vec::as_slice);
-        // What a library says for an instance of another library's plugin is its own.
-        let own = !instance.is_empty() && self.host.metrics.speaks_for(instance, plugins);
+        // What a library says for an instance not built from it is its own.
+        let speaks = match instance {
+            "" => Speaks::Unknown,
+            _ => self.host.metrics.speaks_for(instance, &self.path),
+        };
+        let own = speaks == Speaks::Own;
         if record.target.as_str() == gateway_sdk::abi::METRICS_TARGET {
-            if own {
-                let families = gateway_sdk::metrics::decode(record.message.as_str());
-                self.host.metrics.publish(instance, families);
-            } else {
-                self.host.metrics.refuse_foreign(&self.library, instance);
+            match speaks {
+                Speaks::Own => {
+                    let families = gateway_sdk::metrics::decode(record.message.as_str());
+                    self.host.metrics.publish(instance, families);
+                }
+                Speaks::Foreign => self.host.metrics.refuse_foreign(&self.library, instance),
+                // No instance of that name: not shown, as one a reload removed is not.
+                Speaks::Unknown => {}
             }
             return;
         }
@@ -519,10 +519,13 @@ mod tests {
         use abi_stable::std_types::RStr;
         use gateway_sdk::abi::{HostLog, LogRecord};
         let host = HostLogger::with_forced(LevelFilter::INFO, None);
-        let log = HostLogger::for_library(&host, "libthief");
-        log.plugins().set(vec!["thief".into()]).unwrap();
-        host.metrics.allow("coaps-in", "coaps-ingress");
-        host.metrics.allow("mine", "thief");
+        let path = std::path::Path::new("/usr/lib/gateway/libthief.so");
+        let log = HostLogger::for_library(&host, "thief", path);
+        host.metrics.allow(
+            "coaps-in",
+            std::path::Path::new("/usr/lib/gateway/libcoaps_ingress.so"),
+        );
+        host.metrics.allow("mine", path);
         let mut m = gateway_sdk::metrics::Metrics::new();
         m.counter(
             "gateway_dtls_handshakes_total",

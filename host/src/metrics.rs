@@ -49,10 +49,10 @@ pub struct Registry {
     pub stall_warning: std::time::Duration,
 }
 
-/// One metric family: its name, type and help, then its samples.
 /// The host's families that its page shows only at times: kept from plugins all the same.
 const SOMETIMES: &[&str] = &["gateway_clock_synchronized"];
 
+/// One metric family: its name, type and help, then its samples.
 fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");

@@ -8,8 +8,20 @@ use gateway_sdk::abi::{MetricFamily, MetricKind};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt::Write as _,
+    path::{Path, PathBuf},
     sync::{Mutex, RwLock},
 };
+
+/// Whether a library may speak for an instance ([`PluginMetrics::speaks_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    /// It was built from that library.
+    Own,
+    /// It was built from others only: the library claims an instance it does not run.
+    Foreign,
+    /// No library was built for it (a name of no instance).
+    Unknown,
+}
 
 /// Every instance's last published families.
 #[derive(Debug, Default)]
@@ -20,10 +32,12 @@ pub struct PluginMetrics {
     /// what others publish (an instance a reload removed, whose threads publish once more on
     /// their way out) is not kept.
     live: Mutex<Option<HashSet<String>>>,
-    /// Which plugins each instance may be of, as the configs built so far say ([`Self::allow`];
-    /// [`Self::keep_only`] keeps the running config's): a library speaks (logs, publishes)
-    /// only for instances of the plugins it exports. `None` until an instance is built.
-    owners: RwLock<Option<HashMap<String, HashSet<String>>>>,
+    /// The libraries each instance has been built from in this process ([`Self::allow`]): a
+    /// library speaks (logs, publishes) only for those instances. Never pruned, so that an
+    /// instance a reload stops or replaces by another plugin's still speaks on its way out
+    /// (a reload check that fails leaves its libraries here too: only libraries the operator
+    /// named for that instance). `None` until an instance is built.
+    owners: RwLock<Option<HashMap<String, HashSet<PathBuf>>>>,
 }
 
 fn is_name(s: &str, colon: bool) -> bool {
@@ -57,29 +71,32 @@ impl PluginMetrics {
             .insert(instance.to_owned(), families);
     }
 
-    /// Instance `instance` is being built of plugin `plugin` (by the running config, or by
-    /// one a reload checks): the library that exports `plugin` may speak for it.
-    pub fn allow(&self, instance: &str, plugin: &str) {
+    /// Instance `instance` is being built from the library at `library` (for the running
+    /// config, or for one a reload checks): that library may speak for it.
+    pub fn allow(&self, instance: &str, library: &Path) {
         self.owners
             .write()
             .unwrap()
             .get_or_insert_with(HashMap::new)
             .entry(instance.to_owned())
             .or_default()
-            .insert(plugin.to_owned());
+            .insert(library.to_owned());
     }
 
-    /// Whether a library exporting `plugins` may speak for `instance`: a plugin of another
+    /// Whether the library at `library` may speak for `instance`: a plugin of another
     /// library could otherwise put its figures, or erase the real ones, under the name of an
     /// instance it does not run (the coaps ingress's refused handshakes, say), and its log
-    /// lines under that instance's name. Before any instance is built (a tool that builds
-    /// none), every library may.
-    pub fn speaks_for(&self, instance: &str, plugins: &[String]) -> bool {
+    /// lines under that instance's name. Bound to the library's file, not to the plugin ids
+    /// it says it exports (any library can say any id). `Own` before any instance is built
+    /// (a tool that builds none); `Unknown` for an instance no library was built for.
+    pub fn speaks_for(&self, instance: &str, library: &Path) -> Speaks {
         match &*self.owners.read().unwrap() {
-            None => true,
-            Some(owners) => owners
-                .get(instance)
-                .is_some_and(|of| plugins.iter().any(|p| of.contains(p))),
+            None => Speaks::Own,
+            Some(owners) => match owners.get(instance) {
+                None => Speaks::Unknown,
+                Some(libraries) if libraries.contains(library) => Speaks::Own,
+                Some(_) => Speaks::Foreign,
+            },
         }
     }
 
@@ -92,18 +109,10 @@ impl PluginMetrics {
         );
     }
 
-    /// The instances of the running config are `names`, each of its plugin: only they publish
-    /// from now on, each from the library of its plugin, and what others showed is dropped.
-    pub fn keep_only<'a>(&self, instances: impl IntoIterator<Item = (&'a str, &'a str)>) {
-        let mut owners: HashMap<String, HashSet<String>> = HashMap::new();
-        for (name, plugin) in instances {
-            owners
-                .entry(name.to_owned())
-                .or_default()
-                .insert(plugin.to_owned());
-        }
-        let names: HashSet<String> = owners.keys().cloned().collect();
-        *self.owners.write().unwrap() = Some(owners);
+    /// The instances of the running config are `names`: only they publish from now on, and
+    /// what others showed is dropped.
+    pub fn keep_only<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let names: HashSet<String> = names.into_iter().map(str::to_owned).collect();
         let mut live = self.live.lock().unwrap();
         self.by_instance
             .lock()
@@ -339,7 +348,7 @@ mod tests {
         m.gauge("gateway_g", "G.", &[], 1.0);
         p.publish("old", m.families().to_vec());
         p.publish("kept", m.families().to_vec());
-        p.keep_only([("kept", "k"), ("new", "n")]);
+        p.keep_only(["kept", "new"]);
         p.publish("old", m.families().to_vec());
         p.publish("new", m.families().to_vec());
         let mut out = String::new();
@@ -348,27 +357,31 @@ mod tests {
         assert!(out.contains("\"kept\"") && out.contains("\"new\""), "{out}");
     }
 
-    /// Found in a review: any library could publish under any instance's name.
+    /// Found in a review: any library could publish under any instance's name; then, that
+    /// a library could claim any plugin id.
     #[test]
-    fn a_library_speaks_only_for_instances_of_its_own_plugins() {
+    fn a_library_speaks_only_for_instances_built_from_it() {
         let p = PluginMetrics::default();
-        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(
-            p.speaks_for("in", &ids(&["other"])),
+        let (ingress, thief) = (
+            Path::new("/lib/libcoaps_ingress.so"),
+            Path::new("/lib/libthief.so"),
+        );
+        assert_eq!(
+            p.speaks_for("in", thief),
+            Speaks::Own,
             "before any instance is built"
         );
-        p.allow("in", "coaps-ingress");
-        assert!(p.speaks_for("in", &ids(&["coaps-uplink", "coaps-ingress"])));
-        assert!(!p.speaks_for("in", &ids(&["testkit-null"])));
-        assert!(!p.speaks_for("nobody", &ids(&["coaps-ingress"])));
-        // A reload that changes the plugin of "in": both may speak while it is checked and
-        // applied, then only the running config's.
-        p.allow("in", "mqtt");
-        assert!(
-            p.speaks_for("in", &ids(&["mqtt"])) && p.speaks_for("in", &ids(&["coaps-ingress"]))
-        );
-        p.keep_only([("in", "mqtt")]);
-        assert!(p.speaks_for("in", &ids(&["mqtt"])));
-        assert!(!p.speaks_for("in", &ids(&["coaps-ingress"])));
+        p.allow("in", ingress);
+        assert_eq!(p.speaks_for("in", ingress), Speaks::Own);
+        assert_eq!(p.speaks_for("in", thief), Speaks::Foreign);
+        assert_eq!(p.speaks_for("nobody", ingress), Speaks::Unknown);
+        // A reload that builds "in" from another library: both speak for it, the old one
+        // on its way out too, whatever the running config says.
+        let mqtt = Path::new("/lib/libmqtt.so");
+        p.allow("in", mqtt);
+        p.keep_only(["in"]);
+        assert_eq!(p.speaks_for("in", mqtt), Speaks::Own);
+        assert_eq!(p.speaks_for("in", ingress), Speaks::Own);
+        assert_eq!(p.speaks_for("in", thief), Speaks::Foreign);
     }
 }

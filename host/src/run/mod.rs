@@ -159,11 +159,7 @@ impl Graph {
     /// Plugin metrics are kept only for the instances of `c`, the config that runs (a
     /// removed instance's threads may publish on their way out).
     fn keep_metrics_of(&self, c: &Config) {
-        let names = c
-            .sources
-            .iter()
-            .chain(&c.sinks)
-            .map(|d| (d.name.as_str(), d.plugin.as_str()));
+        let names = c.sources.iter().chain(&c.sinks).map(|d| d.name.as_str());
         self.logger.metrics.keep_only(names);
     }
 
