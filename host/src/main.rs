@@ -497,6 +497,16 @@ fn dead_letters(cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
                         continue;
                     }
                 };
+                // Another sink's file (its directory reached through a link someone made):
+                // its readings are not sent with this sink's credentials.
+                if header.sink != sink {
+                    left += 1;
+                    println!(
+                        "{name}: kept: a dead letter of sink {}, not of {sink}",
+                        one_line(&header.sink)
+                    );
+                    continue;
+                }
                 let offered = offer(&readings, |batch| {
                     instance
                         .write(abi_stable::std_types::RSlice::from_slice(batch))

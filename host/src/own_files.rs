@@ -124,7 +124,7 @@ pub fn private_umask() {
 }
 
 /// The name of user `uid`, from /etc/passwd.
-fn user_name(uid: u32) -> Option<String> {
+pub(crate) fn user_name(uid: u32) -> Option<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let mut f = l.split(':');

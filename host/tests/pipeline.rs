@@ -1155,3 +1155,40 @@ fn dead_letters_of_a_sink_the_config_no_longer_has_are_listed() {
     );
     assert!(!out.contains("no dead letters"), "{out}");
 }
+
+/// Found in a review: whoever may write a group-writable `data_dir` could put a link in
+/// place of one sink's directory to another's, and `resend` sent the other sink's dead letters
+/// with this sink's credentials (and removed them from where they belonged).
+#[test]
+fn resend_sends_no_dead_letter_of_another_sink() {
+    let s = Setup::new();
+    let (cfg, dir) = one_dead_letter(&s);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let other = recorder("other", s.path("other.txt").to_str().unwrap(), &["seq"], "");
+    std::fs::write(&cfg, format!("{text}\n{other}")).unwrap();
+    let theirs = s.path("data/other/dead-letter");
+    std::fs::create_dir_all(&theirs).unwrap();
+    let file = dead_letter_file(&dir);
+    std::fs::copy(&file, theirs.join(file.file_name().unwrap())).unwrap();
+    let (status, out, err) = gateway(&[
+        "dead-letters",
+        "resend",
+        "other",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    assert!(
+        out.contains("kept: a dead letter of sink rec, not of other"),
+        "{out}"
+    );
+    assert!(
+        s.recorded("other.txt", "seq").is_empty(),
+        "nothing was sent"
+    );
+    assert_eq!(
+        std::fs::read_dir(&theirs).unwrap().count(),
+        2,
+        "the file and the lock stay"
+    );
+}

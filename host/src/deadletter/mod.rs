@@ -688,8 +688,9 @@ fn trusted(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
         .map(|m| m.uid());
     let uid = meta.uid();
     if uid != me && uid != 0 && Some(uid) != data_dir_owner {
+        let who = crate::own_files::user_name(uid).unwrap_or_else(|| format!("uid {uid}"));
         return Err(format!(
-            "{}: belongs to uid {uid}, not to this user (uid {me}), root or the owner of the data_dir: not a file the gateway wrote; look at it, and move it out of the directory",
+            "{}: belongs to {who}, not to this user, root or the owner of the data_dir: if the gateway runs as {who}, run this as that user (`sudo -u {who} gateway ...`); if not, the gateway did not write it: look at it before anything else",
             path.display(),
         ));
     }

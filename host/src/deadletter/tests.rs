@@ -548,7 +548,10 @@ fn a_file_of_another_user_is_refused_unless_the_data_dir_is_theirs() {
     give(&data.join("rec"), 4242);
     give(&data.join("rec/dead-letter"), 4242);
     let e = read(&path).unwrap_err();
-    assert!(e.contains("belongs to uid 4242"), "{e}");
+    assert!(
+        e.contains("belongs to uid 4242, not to this user, root or the owner of the data_dir"),
+        "{e}"
+    );
     // The service's user owns the data_dir: root's `show` of its files.
     give(&data, 4242);
     assert_eq!(read(&path).unwrap().1.len(), 1);
