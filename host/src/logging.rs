@@ -306,7 +306,7 @@ impl HostLogger {
         LibraryLog {
             host: this.clone(),
             library: library.to_owned(),
-            path: path.to_owned(),
+            file: crate::plugin_metrics::LibraryFile::of(path),
         }
     }
 }
@@ -317,7 +317,7 @@ pub struct LibraryLog {
     library: String,
     /// Its file: it speaks only for the instances built from it
     /// ([`crate::plugin_metrics::PluginMetrics::speaks_for`]).
-    path: std::path::PathBuf,
+    file: crate::plugin_metrics::LibraryFile,
 }
 
 fn level_number(l: LevelFilter) -> u8 {
@@ -342,7 +342,7 @@ impl HostLog for LibraryLog {
         // What a library says for an instance not built from it is its own.
         let speaks = match instance {
             "" => Speaks::Unknown,
-            _ => self.host.metrics.speaks_for(instance, &self.path),
+            _ => self.host.metrics.speaks_for(instance, &self.file),
         };
         let own = speaks == Speaks::Own;
         if record.target.as_str() == gateway_sdk::abi::METRICS_TARGET {
@@ -519,13 +519,14 @@ mod tests {
         use abi_stable::std_types::RStr;
         use gateway_sdk::abi::{HostLog, LogRecord};
         let host = HostLogger::with_forced(LevelFilter::INFO, None);
-        let path = std::path::Path::new("/usr/lib/gateway/libthief.so");
-        let log = HostLogger::for_library(&host, "thief", path);
-        host.metrics.allow(
-            "coaps-in",
-            std::path::Path::new("/usr/lib/gateway/libcoaps_ingress.so"),
-        );
-        host.metrics.allow("mine", path);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("libthief.so");
+        let ingress = dir.path().join("libcoaps_ingress.so");
+        std::fs::write(&path, "thief").unwrap();
+        std::fs::write(&ingress, "ingress").unwrap();
+        let log = HostLogger::for_library(&host, "thief", &path);
+        host.metrics.allow("coaps-in", &ingress);
+        host.metrics.allow("mine", &path);
         let mut m = gateway_sdk::metrics::Metrics::new();
         m.counter(
             "gateway_dtls_handshakes_total",

@@ -12,6 +12,28 @@ use std::{
     sync::{Mutex, RwLock},
 };
 
+/// A library's file as the kernel knows it (device and inode, through links), so that a
+/// library reached under two names (a link to it, two `plugin_dir` entries) is one; its path
+/// where the file cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LibraryFile {
+    /// Device and inode.
+    Inode(u64, u64),
+    /// The path, where the file's metadata cannot be had.
+    Path(PathBuf),
+}
+
+impl LibraryFile {
+    /// The file at `path`.
+    pub fn of(path: &Path) -> LibraryFile {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(path) {
+            Ok(m) => LibraryFile::Inode(m.dev(), m.ino()),
+            Err(_) => LibraryFile::Path(path.to_owned()),
+        }
+    }
+}
+
 /// Whether a library may speak for an instance ([`PluginMetrics::speaks_for`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Speaks {
@@ -37,7 +59,7 @@ pub struct PluginMetrics {
     /// instance a reload stops or replaces by another plugin's still speaks on its way out
     /// (a reload check that fails leaves its libraries here too: only libraries the operator
     /// named for that instance). `None` until an instance is built.
-    owners: RwLock<Option<HashMap<String, HashSet<PathBuf>>>>,
+    owners: RwLock<Option<HashMap<String, HashSet<LibraryFile>>>>,
 }
 
 fn is_name(s: &str, colon: bool) -> bool {
@@ -74,13 +96,14 @@ impl PluginMetrics {
     /// Instance `instance` is being built from the library at `library` (for the running
     /// config, or for one a reload checks): that library may speak for it.
     pub fn allow(&self, instance: &str, library: &Path) {
+        let file = LibraryFile::of(library);
         self.owners
             .write()
             .unwrap()
             .get_or_insert_with(HashMap::new)
             .entry(instance.to_owned())
             .or_default()
-            .insert(library.to_owned());
+            .insert(file);
     }
 
     /// Whether the library at `library` may speak for `instance`: a plugin of another
@@ -89,7 +112,7 @@ impl PluginMetrics {
     /// lines under that instance's name. Bound to the library's file, not to the plugin ids
     /// it says it exports (any library can say any id). `Own` before any instance is built
     /// (a tool that builds none); `Unknown` for an instance no library was built for.
-    pub fn speaks_for(&self, instance: &str, library: &Path) -> Speaks {
+    pub fn speaks_for(&self, instance: &str, library: &LibraryFile) -> Speaks {
         match &*self.owners.read().unwrap() {
             None => Speaks::Own,
             Some(owners) => match owners.get(instance) {
@@ -361,27 +384,38 @@ mod tests {
     /// a library could claim any plugin id.
     #[test]
     fn a_library_speaks_only_for_instances_built_from_it() {
-        let p = PluginMetrics::default();
-        let (ingress, thief) = (
-            Path::new("/lib/libcoaps_ingress.so"),
-            Path::new("/lib/libthief.so"),
+        let dir = tempfile::tempdir().unwrap();
+        let lib = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, name).unwrap();
+            path
+        };
+        let (ingress, thief, mqtt) = (
+            lib("libcoaps_ingress.so"),
+            lib("libthief.so"),
+            lib("libmqtt.so"),
         );
+        let file = |p: &Path| LibraryFile::of(p);
+        let p = PluginMetrics::default();
         assert_eq!(
-            p.speaks_for("in", thief),
+            p.speaks_for("in", &file(&thief)),
             Speaks::Own,
             "before any instance is built"
         );
-        p.allow("in", ingress);
-        assert_eq!(p.speaks_for("in", ingress), Speaks::Own);
-        assert_eq!(p.speaks_for("in", thief), Speaks::Foreign);
-        assert_eq!(p.speaks_for("nobody", ingress), Speaks::Unknown);
+        p.allow("in", &ingress);
+        assert_eq!(p.speaks_for("in", &file(&ingress)), Speaks::Own);
+        assert_eq!(p.speaks_for("in", &file(&thief)), Speaks::Foreign);
+        assert_eq!(p.speaks_for("nobody", &file(&ingress)), Speaks::Unknown);
+        // A library reached under another name (a link, another plugin_dir) is the same.
+        let link = dir.path().join("libcoaps_ingress_link.so");
+        std::os::unix::fs::symlink(&ingress, &link).unwrap();
+        assert_eq!(p.speaks_for("in", &file(&link)), Speaks::Own);
         // A reload that builds "in" from another library: both speak for it, the old one
         // on its way out too, whatever the running config says.
-        let mqtt = Path::new("/lib/libmqtt.so");
-        p.allow("in", mqtt);
+        p.allow("in", &mqtt);
         p.keep_only(["in"]);
-        assert_eq!(p.speaks_for("in", mqtt), Speaks::Own);
-        assert_eq!(p.speaks_for("in", ingress), Speaks::Own);
-        assert_eq!(p.speaks_for("in", thief), Speaks::Foreign);
+        assert_eq!(p.speaks_for("in", &file(&mqtt)), Speaks::Own);
+        assert_eq!(p.speaks_for("in", &file(&ingress)), Speaks::Own);
+        assert_eq!(p.speaks_for("in", &file(&thief)), Speaks::Foreign);
     }
 }
