@@ -688,9 +688,12 @@ fn trusted(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
         .map(|m| m.uid());
     let uid = meta.uid();
     if uid != me && uid != 0 && Some(uid) != data_dir_owner {
-        let who = crate::own_files::user_name(uid).unwrap_or_else(|| format!("uid {uid}"));
+        let (who, sudo) = match crate::own_files::user_name(uid) {
+            Some(name) => (name.clone(), name),
+            None => (format!("uid {uid}"), format!("'#{uid}'")),
+        };
         return Err(format!(
-            "{}: belongs to {who}, not to this user, root or the owner of the data_dir: if the gateway runs as {who}, run this as that user (`sudo -u {who} gateway ...`); if not, the gateway did not write it: look at it before anything else",
+            "{}: belongs to {who}, not to this user, root or the owner of the data_dir: if the gateway runs as {who}, run this as that user (`sudo -u {sudo} gateway ...`, or `systemd-run` as the README shows for a server); if not, the gateway did not write it: look at it before anything else",
             path.display(),
         ));
     }
