@@ -79,7 +79,7 @@ pub fn run(
                 continue;
             }
         };
-        logger.metrics.allow(&decl.name, &found.library.path);
+        logger.metrics.allow(&decl.name, &found.library.file);
         report.check(
             true,
             format!(

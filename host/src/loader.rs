@@ -11,6 +11,7 @@
 //! `StrictModes` checks a user's keys ([`trust::library`]): whoever can write a library can run code
 //! inside the gateway, so only the administrator (root) or the gateway's own user may.
 
+use crate::plugin_metrics::LibraryFile;
 use crate::{logging::HostLogger, trust};
 use abi_stable::{
     library::{lib_header_from_raw_library, AbiHeader, LibraryError, RawLibrary},
@@ -40,6 +41,9 @@ pub struct Library {
     pub sdk_version: String,
     /// The plugins it exports.
     pub plugins: Vec<PluginDescriptor>,
+    /// The file it was first loaded from, which the process runs for good: what its logs and
+    /// metrics are bound to ([`crate::plugin_metrics::PluginMetrics::allow`]).
+    pub file: LibraryFile,
 }
 
 impl Library {
@@ -269,14 +273,19 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
         },
         other => LoadError::Init(summarize(&other.to_string())),
     })?;
-    // Loaded (and never unloaded): the file it came from is the one its path keeps for good.
-    if let Some(id) = identity {
-        LOADED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(real.clone())
-            .or_insert(id);
-    }
+    // Loaded (and never unloaded): the file it came from is the one its path keeps for good,
+    // and the one its logs and metrics are known by, whatever is at the path now.
+    let file = match identity {
+        Some(id) => {
+            let (dev, ino, _) = *LOADED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(real.clone())
+                .or_insert(id);
+            LibraryFile::Inode(dev, ino)
+        }
+        None => LibraryFile::Path(real.clone()),
+    };
     let plugin_sdk = header.version_strings().version.to_string();
     if !abi::versions_compatible(gateway_sdk::SDK_VERSION, &plugin_sdk) {
         return Err(LoadError::IncompatibleSdk {
@@ -326,7 +335,7 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
         })?;
     let name = root.name().to_string();
     (root.init())(HostLog_TO::from_value(
-        HostLogger::for_library(logger, &name, path),
+        HostLogger::for_library(logger, &name, file.clone()),
         TD_Opaque,
     ));
     let plugins = (root.plugins())().into_vec();
@@ -343,6 +352,7 @@ pub fn load(path: &Path, logger: &Arc<HostLogger>) -> Result<Library, LoadError>
         version: root.version().to_string(),
         sdk_version: root.sdk_version().to_string(),
         plugins,
+        file,
     })
 }
 
@@ -543,6 +553,7 @@ fn built_in(id: &str, kind: PluginKind) -> Option<Result<Found, String>> {
             version: env!("CARGO_PKG_VERSION").into(),
             sdk_version: gateway_sdk::SDK_VERSION.into(),
             plugins: vec![plugin.clone()],
+            file: LibraryFile::Path(PathBuf::from("(built into gateway)")),
         },
         plugin,
     }))

@@ -301,12 +301,16 @@ impl HostLogger {
             .unwrap_or(self.default)
     }
 
-    /// The logger object handed to library `library`, loaded from `path`.
-    pub fn for_library(this: &Arc<Self>, library: &str, path: &std::path::Path) -> LibraryLog {
+    /// The logger object handed to library `library`, loaded from `file`.
+    pub fn for_library(
+        this: &Arc<Self>,
+        library: &str,
+        file: crate::plugin_metrics::LibraryFile,
+    ) -> LibraryLog {
         LibraryLog {
             host: this.clone(),
             library: library.to_owned(),
-            file: crate::plugin_metrics::LibraryFile::of(path),
+            file,
         }
     }
 }
@@ -524,9 +528,10 @@ mod tests {
         let ingress = dir.path().join("libcoaps_ingress.so");
         std::fs::write(&path, "thief").unwrap();
         std::fs::write(&ingress, "ingress").unwrap();
-        let log = HostLogger::for_library(&host, "thief", &path);
-        host.metrics.allow("coaps-in", &ingress);
-        host.metrics.allow("mine", &path);
+        use crate::plugin_metrics::LibraryFile;
+        let log = HostLogger::for_library(&host, "thief", LibraryFile::of(&path));
+        host.metrics.allow("coaps-in", &LibraryFile::of(&ingress));
+        host.metrics.allow("mine", &LibraryFile::of(&path));
         let mut m = gateway_sdk::metrics::Metrics::new();
         m.counter(
             "gateway_dtls_handshakes_total",

@@ -340,7 +340,7 @@ impl Plan {
                     continue;
                 }
             };
-            logger.metrics.allow(&decl.name, &found.library.path);
+            logger.metrics.allow(&decl.name, &found.library.file);
             let info = info_for(&config, decl);
             // `check` has no side effects: the directory is made only for a run.
             let dir = match for_run {
@@ -517,7 +517,7 @@ pub fn build_sink(
 ) -> Result<SinkBox, String> {
     let mut catalog = Catalog::new(&config.gateway.plugin_dirs, logger.clone());
     let found = catalog.find(&decl.plugin, PluginKind::Sink)?;
-    logger.metrics.allow(&decl.name, &found.library.path);
+    logger.metrics.allow(&decl.name, &found.library.file);
     let info = info_for(config, decl);
     crate::own_files::create_dir_durably(std::path::Path::new(info.data_dir.as_str()))
         .map_err(|e| format!("cannot create {}: {e}", info.data_dir))?;

@@ -24,7 +24,8 @@ pub enum LibraryFile {
 }
 
 impl LibraryFile {
-    /// The file at `path`.
+    /// The file at `path` now (the loader keeps instead the file a library was first loaded
+    /// from, [`crate::loader::Library::file`]).
     pub fn of(path: &Path) -> LibraryFile {
         use std::os::unix::fs::MetadataExt;
         match std::fs::metadata(path) {
@@ -93,10 +94,10 @@ impl PluginMetrics {
             .insert(instance.to_owned(), families);
     }
 
-    /// Instance `instance` is being built from the library at `library` (for the running
+    /// Instance `instance` is being built from the library file `library` (for the running
     /// config, or for one a reload checks): that library may speak for it.
-    pub fn allow(&self, instance: &str, library: &Path) {
-        let file = LibraryFile::of(library);
+    pub fn allow(&self, instance: &str, library: &LibraryFile) {
+        let file = library.clone();
         self.owners
             .write()
             .unwrap()
@@ -402,7 +403,7 @@ mod tests {
             Speaks::Own,
             "before any instance is built"
         );
-        p.allow("in", &ingress);
+        p.allow("in", &file(&ingress));
         assert_eq!(p.speaks_for("in", &file(&ingress)), Speaks::Own);
         assert_eq!(p.speaks_for("in", &file(&thief)), Speaks::Foreign);
         assert_eq!(p.speaks_for("nobody", &file(&ingress)), Speaks::Unknown);
@@ -412,7 +413,7 @@ mod tests {
         assert_eq!(p.speaks_for("in", &file(&link)), Speaks::Own);
         // A reload that builds "in" from another library: both speak for it, the old one
         // on its way out too, whatever the running config says.
-        p.allow("in", &mqtt);
+        p.allow("in", &file(&mqtt));
         p.keep_only(["in"]);
         assert_eq!(p.speaks_for("in", &file(&mqtt)), Speaks::Own);
         assert_eq!(p.speaks_for("in", &file(&ingress)), Speaks::Own);
