@@ -190,23 +190,31 @@ fn is_real_dir(dir: &std::path::Path) -> bool {
     dir.symlink_metadata().is_ok_and(|m| m.is_dir())
 }
 
-/// Warns of the disk buffers in `data_dir` that hold unsent readings under a name no instance
-/// of the config has (a sink renamed or removed): they were acknowledged as stored, and only a
-/// sink of that name sends them. Read only, without the buffers' locks: another gateway may
-/// use the same `data_dir`.
-fn warn_of_orphaned_buffers(config: &Config) {
+/// The directories in `data_dir` (real ones, not links) with the names they have there: one
+/// per instance that has run. Read only, without any lock: another gateway may use the same
+/// `data_dir`.
+fn instance_dirs(config: &Config) -> Vec<(String, std::path::PathBuf)> {
     let Ok(dirs) = std::fs::read_dir(&config.gateway.data_dir) else {
-        return;
+        return Vec::new();
     };
-    for e in dirs.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let dir = e.path().join("buffer");
+    dirs.flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .collect()
+}
+
+/// Warns of the disk buffers among `dirs` ([`instance_dirs`]) that hold unsent readings under
+/// a name no instance of the config has (a sink renamed or removed): they were acknowledged as
+/// stored, and only a sink of that name sends them.
+fn warn_of_orphaned_buffers(config: &Config, dirs: &[(String, std::path::PathBuf)]) {
+    for (name, dir) in dirs {
         let known = config
             .sources
             .iter()
             .chain(&config.sinks)
-            .any(|d| d.name == name);
-        if known || !e.file_type().is_ok_and(|t| t.is_dir()) || !is_real_dir(&dir) {
+            .any(|d| &d.name == name);
+        let dir = dir.join("buffer");
+        if known || !is_real_dir(&dir) {
             continue;
         }
         if DiskBuffer::holds_unsent(&dir).unwrap_or(false) {
@@ -224,33 +232,35 @@ fn warn_of_orphaned_buffers(config: &Config) {
 /// removed), with how many files each holds: `gateway dead-letters` works on the config's
 /// sinks only, so their readings would be seen by no one. Read only.
 pub fn orphaned_dead_letters(config: &Config) -> Vec<(String, std::path::PathBuf, usize)> {
-    let Ok(dirs) = std::fs::read_dir(&config.gateway.data_dir) else {
-        return Vec::new();
-    };
+    orphaned_dead_letters_in(config, &instance_dirs(config))
+}
+
+/// [`orphaned_dead_letters`] among `dirs` ([`instance_dirs`]).
+fn orphaned_dead_letters_in(
+    config: &Config,
+    dirs: &[(String, std::path::PathBuf)],
+) -> Vec<(String, std::path::PathBuf, usize)> {
     let mut found = Vec::new();
-    for e in dirs.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let dir = e.path().join("dead-letter");
-        if config.sinks.iter().any(|d| d.name == name)
-            || !e.file_type().is_ok_and(|t| t.is_dir())
-            || !is_real_dir(&dir)
-        {
+    for (name, dir) in dirs {
+        let dir = dir.join("dead-letter");
+        if config.sinks.iter().any(|d| &d.name == name) || !is_real_dir(&dir) {
             continue;
         }
-        let files = crate::deadletter::DeadLetters::new(dir.clone(), &name, "")
+        let files = crate::deadletter::DeadLetters::new(dir.clone(), name, "")
             .files()
             .map_or(0, |f| f.len());
         if files > 0 {
-            found.push((name, dir, files));
+            found.push((name.clone(), dir, files));
         }
     }
     found.sort();
     found
 }
 
-/// Warns of [`orphaned_dead_letters`].
-fn warn_of_orphaned_dead_letters(config: &Config) {
-    for (name, dir, files) in orphaned_dead_letters(config) {
+/// Warns of the dead letters among `dirs` of sinks the config does not have
+/// ([`orphaned_dead_letters`]).
+fn warn_of_orphaned_dead_letters(config: &Config, dirs: &[(String, std::path::PathBuf)]) {
+    for (name, dir, files) in orphaned_dead_letters_in(config, dirs) {
         tracing::warn!(
             sink = %name,
             files,
@@ -418,8 +428,10 @@ impl Plan {
             }
         }
         if for_run {
-            warn_of_orphaned_buffers(&config);
-            warn_of_orphaned_dead_letters(&config);
+            // One look at data_dir for both.
+            let dirs = instance_dirs(&config);
+            warn_of_orphaned_buffers(&config, &dirs);
+            warn_of_orphaned_dead_letters(&config, &dirs);
         }
         if errors.is_empty() {
             Ok(Plan {

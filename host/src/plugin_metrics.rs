@@ -8,7 +8,7 @@ use gateway_sdk::abi::{MetricFamily, MetricKind};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt::Write as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Mutex, RwLock},
 };
 
@@ -23,10 +23,11 @@ pub enum LibraryFile {
     Path(PathBuf),
 }
 
+#[cfg(test)]
 impl LibraryFile {
     /// The file at `path` now (the loader keeps instead the file a library was first loaded
     /// from, [`crate::loader::Library::file`]).
-    pub fn of(path: &Path) -> LibraryFile {
+    pub fn of(path: &std::path::Path) -> LibraryFile {
         use std::os::unix::fs::MetadataExt;
         match std::fs::metadata(path) {
             Ok(m) => LibraryFile::Inode(m.dev(), m.ino()),
@@ -97,14 +98,13 @@ impl PluginMetrics {
     /// Instance `instance` is being built from the library file `library` (for the running
     /// config, or for one a reload checks): that library may speak for it.
     pub fn allow(&self, instance: &str, library: &LibraryFile) {
-        let file = library.clone();
         self.owners
             .write()
             .unwrap()
             .get_or_insert_with(HashMap::new)
             .entry(instance.to_owned())
             .or_default()
-            .insert(file);
+            .insert(library.clone());
     }
 
     /// Whether the library at `library` may speak for `instance`: a plugin of another
@@ -257,6 +257,7 @@ impl PluginMetrics {
 mod tests {
     use super::*;
     use gateway_sdk::metrics::Metrics;
+    use std::path::Path;
 
     #[test]
     fn families_of_several_instances_merge_under_one_help_and_type() {

@@ -678,8 +678,6 @@ fn lines(path: &Path) -> Result<impl Iterator<Item = io::Result<String>>, String
 /// files and all.
 fn trusted(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
     let data_dir_owner = path
         .ancestors()
         .nth(3)
@@ -687,7 +685,7 @@ fn trusted(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
         .and_then(|d| std::fs::metadata(d).ok())
         .map(|m| m.uid());
     let uid = meta.uid();
-    if uid != me && uid != 0 && Some(uid) != data_dir_owner {
+    if gateway_sdk::trust::foreign_owner(meta) && Some(uid) != data_dir_owner {
         let (who, sudo) = match crate::own_files::user_name(uid) {
             Some(name) => (name.clone(), name),
             None => (format!("uid {uid}"), format!("'#{uid}'")),
@@ -720,17 +718,22 @@ pub fn read(path: &Path) -> Result<(Header, Vec<Reading>), String> {
     let owner = path
         .file_name()
         .and_then(|n| room::owner_of(&n.to_string_lossy()));
+    // The last device found to be the file's: its readings follow one another.
+    let mut checked: Option<gateway_sdk::Label> = None;
     for (i, line) in lines.enumerate() {
         let line = line.map_err(|e| bad(path, i + 2, &e.to_string()))?;
         let j: J = serde_json::from_str(&line).map_err(|e| bad(path, i + 2, &e.to_string()))?;
         let r = parse_reading(&j).ok_or_else(|| bad(path, i + 2, "not a reading"))?;
         // A file of one device's readings (its name says whose) holds no other's.
-        if owner.is_some_and(|o| room::owner(&r.device) != o) {
-            return Err(bad(
-                path,
-                i + 2,
-                "a reading of another device than the file's name says",
-            ));
+        if let Some(o) = owner.filter(|_| checked.as_ref() != Some(&r.device)) {
+            if room::owner(&r.device) != o {
+                return Err(bad(
+                    path,
+                    i + 2,
+                    "a reading of another device than the file's name says",
+                ));
+            }
+            checked = Some(r.device.clone());
         }
         readings.push(r);
     }

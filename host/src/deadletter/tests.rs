@@ -10,6 +10,15 @@ impl Kept {
     }
 }
 
+/// A dead-letter directory at `dir` and the file it keeps of two readings refused.
+fn two_readings_in(dir: PathBuf) -> (DeadLetters, PathBuf) {
+    let d = DeadLetters::new(dir, "db", "mysql");
+    let path = d
+        .put("x", &gateway_sdk::testing::sample_readings(2))
+        .unwrap();
+    (d, path)
+}
+
 #[test]
 fn every_value_type_survives_the_round_trip() {
     let dir = tempfile::tempdir().unwrap();
@@ -369,10 +378,7 @@ fn a_file_a_crash_left_unfinished_takes_no_room() {
 #[test]
 fn a_damaged_file_is_an_error_that_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
-    let d = DeadLetters::new(dir.path().to_path_buf(), "db", "mysql");
-    let path = d
-        .put("x", &gateway_sdk::testing::sample_readings(2))
-        .unwrap();
+    let (_, path) = two_readings_in(dir.path().to_path_buf());
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replacen("\"time_us\"", "\"tim\"", 1)).unwrap();
     let e = read(&path).unwrap_err();
@@ -382,10 +388,7 @@ fn a_damaged_file_is_an_error_that_names_the_line() {
 #[test]
 fn a_reader_opens_no_link_and_no_fifo() {
     let dir = tempfile::tempdir().unwrap();
-    let d = DeadLetters::new(dir.path().join("dl"), "db", "mysql");
-    let path = d
-        .put("x", &gateway_sdk::testing::sample_readings(2))
-        .unwrap();
+    let (d, path) = two_readings_in(dir.path().join("dl"));
     assert_eq!(header(&path).unwrap().readings, 2);
     // The service's user swaps a listed file for a link (to /dev/zero, say): an operator's
     // `sudo gateway dead-letters show` must not follow it.
@@ -431,10 +434,7 @@ fn a_reader_opens_no_link_and_no_fifo() {
 fn a_file_that_others_could_write_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let d = DeadLetters::new(dir.path().join("dl"), "db", "mysql");
-    let path = d
-        .put("x", &gateway_sdk::testing::sample_readings(2))
-        .unwrap();
+    let (_, path) = two_readings_in(dir.path().join("dl"));
     let mode = |m: u32| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m));
     for m in [0o620, 0o602, 0o666] {
         mode(m).unwrap();
