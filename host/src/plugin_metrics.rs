@@ -47,6 +47,9 @@ pub enum Speaks {
     Unknown,
 }
 
+/// The libraries each instance may speak for.
+pub type Bindings = HashMap<String, HashSet<LibraryFile>>;
+
 /// Every instance's last published families.
 #[derive(Debug, Default)]
 pub struct PluginMetrics {
@@ -56,12 +59,13 @@ pub struct PluginMetrics {
     /// what others publish (an instance a reload removed, whose threads publish once more on
     /// their way out) is not kept.
     live: Mutex<Option<HashSet<String>>>,
-    /// The libraries each instance has been built from in this process ([`Self::allow`]): a
-    /// library speaks (logs, publishes) only for those instances. Never pruned, so that an
-    /// instance a reload stops or replaces by another plugin's still speaks on its way out
-    /// (a reload check that fails leaves its libraries here too: only libraries the operator
-    /// named for that instance). `None` until an instance is built.
-    owners: RwLock<Option<HashMap<String, HashSet<LibraryFile>>>>,
+    /// The libraries each instance is built from ([`Self::allow`]): a library speaks (logs,
+    /// publishes) only for those instances. While a reload checks and applies a file, an
+    /// instance it gives to another library has both, so that the one it stops still speaks
+    /// on its way out; once it is applied ([`Self::bind_only`]), or refused
+    /// ([`Self::set_bindings`]), only the running config's are left. `None` until an instance
+    /// is built.
+    owners: RwLock<Option<Bindings>>,
 }
 
 fn is_name(s: &str, colon: bool) -> bool {
@@ -101,10 +105,36 @@ impl PluginMetrics {
         self.owners
             .write()
             .unwrap()
-            .get_or_insert_with(HashMap::new)
+            .get_or_insert_with(Bindings::new)
             .entry(instance.to_owned())
             .or_default()
             .insert(library.clone());
+    }
+
+    /// The bindings now, for [`Self::set_bindings`] to put back.
+    pub fn bindings(&self) -> Option<Bindings> {
+        self.owners.read().unwrap().clone()
+    }
+
+    /// Puts back bindings taken with [`Self::bindings`]: a reload that is not applied leaves
+    /// the libraries its check built instances from without a say. (A check abandoned while
+    /// it still builds instances binds them when it gets there: libraries the operator named
+    /// for those instances.)
+    pub fn set_bindings(&self, bindings: Option<Bindings>) {
+        *self.owners.write().unwrap() = bindings;
+    }
+
+    /// The instances that run now were built from these libraries, and no others: a reload
+    /// has stopped (or given up on) what it replaced. A library that ran an instance before,
+    /// and still runs another, no longer speaks for the first: a name a reload gave to another
+    /// plugin is that plugin's alone. (An instance the reload left behind, still in a plugin
+    /// call past `shutdown_timeout`, speaks under its library's name from now on.)
+    pub fn bind_only(&self, running: impl IntoIterator<Item = (String, LibraryFile)>) {
+        let mut owners = Bindings::new();
+        for (instance, library) in running {
+            owners.entry(instance).or_default().insert(library);
+        }
+        *self.owners.write().unwrap() = Some(owners);
     }
 
     /// Whether the library at `library` may speak for `instance`: a plugin of another
@@ -414,10 +444,24 @@ mod tests {
         assert_eq!(p.speaks_for("in", &file(&link)), Speaks::Own);
         // A reload that builds "in" from another library: both speak for it, the old one
         // on its way out too, whatever the running config says.
+        let before = p.bindings();
         p.allow("in", &file(&mqtt));
         p.keep_only(["in"]);
         assert_eq!(p.speaks_for("in", &file(&mqtt)), Speaks::Own);
         assert_eq!(p.speaks_for("in", &file(&ingress)), Speaks::Own);
         assert_eq!(p.speaks_for("in", &file(&thief)), Speaks::Foreign);
+        // Refused: as before.
+        p.set_bindings(before);
+        assert_eq!(p.speaks_for("in", &file(&mqtt)), Speaks::Foreign);
+        assert_eq!(p.speaks_for("in", &file(&ingress)), Speaks::Own);
+        // Applied: the new library's alone, though the old one runs another instance.
+        p.allow("in", &file(&mqtt));
+        p.bind_only([
+            ("in".to_owned(), file(&mqtt)),
+            ("other".to_owned(), file(&ingress)),
+        ]);
+        assert_eq!(p.speaks_for("in", &file(&mqtt)), Speaks::Own);
+        assert_eq!(p.speaks_for("in", &file(&ingress)), Speaks::Foreign);
+        assert_eq!(p.speaks_for("other", &file(&ingress)), Speaks::Own);
     }
 }

@@ -1163,3 +1163,71 @@ fn a_file_read_again_by_a_rebuild_after_a_failure_is_what_a_reload_compares() {
     });
     gw.stop(Duration::from_secs(20));
 }
+
+/// Found in a review of session 50's bindings: they were never removed, so a library that ran
+/// an instance before a reload gave its name to another plugin went on speaking for it (its
+/// metrics shown as that instance's) while it ran any other instance.
+#[test]
+fn a_name_a_reload_gives_to_another_plugin_is_that_plugins_alone() {
+    let s = Setup::new();
+    let port = free_tcp_port();
+    let extra = format!("{}\nmetrics = \"127.0.0.1:{port}\"", gateway_extra(&s));
+    let body = |x: &str| {
+        format!(
+            r#"[sources.x]
+{x}
+interval = "10ms"
+
+[sources.thief]
+plugin = "testkit-sequence"
+interval = "10ms"
+publish_as = "x"
+
+[sinks.rec]
+plugin = "testkit-recorder"
+path = {:?}
+"#,
+            s.path("out.txt").display().to_string()
+        )
+    };
+    let cfg = s.config(&extra, &body("plugin = \"testkit-sequence\""));
+    let gw = Running::start(&s, &cfg, &[]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let shown = || {
+        gateway_host::metrics::get(addr, "/metrics")
+            .map(|(_, text)| text.contains("testkit_emitted_total{instance=\"x\"}"))
+            .unwrap_or(false)
+    };
+    // While the testkit library runs `x`, what it publishes for `x` is shown.
+    wait_until(
+        "the thief's figures shown as x's",
+        &gw,
+        Duration::from_secs(20),
+        shown,
+    );
+
+    s.config(&extra, &body("plugin = \"example\""));
+    hup_until_applied(&gw);
+    assert!(
+        gw.wait_for_log(
+            "it published under another instance's name",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        gw.stderr()
+    );
+    // The thief publishes every 10 ms; `x` forgot what it showed when the reload stopped it.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!shown(), "{}", gw.stderr());
+    // The thief still runs, and `x` is the example's.
+    let thief = s.lines("out.txt").len();
+    wait_until(
+        "x and the thief go on",
+        &gw,
+        Duration::from_secs(10),
+        || {
+            let lines = s.lines("out.txt");
+            lines.len() > thief + 10 && lines.iter().any(|l| l.contains("counter"))
+        },
+    );
+}

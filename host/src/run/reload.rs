@@ -269,10 +269,15 @@ impl Graph {
         let (tx, checked) = crossbeam_channel::bounded(1);
         let running = self.config.gateway.clone();
         let logger = self.logger.clone();
-        // The check sets the new file's levels before it builds the instances; a reload that
-        // is not applied puts the running ones back.
+        // The check sets the new file's levels, and binds instances to the libraries it builds
+        // them from, before it builds them; a reload that is not applied puts the running ones
+        // back.
         let levels = self.logger.levels();
-        let unapplied = |logger: &crate::logging::HostLogger| logger.set_levels(levels.clone());
+        let bindings = self.logger.metrics.bindings();
+        let unapplied = |logger: &crate::logging::HostLogger| {
+            logger.set_levels(levels.clone());
+            logger.metrics.set_bindings(bindings.clone());
+        };
         let spawned = std::thread::Builder::new()
             .name("reload-check".into())
             .spawn(move || {
@@ -312,7 +317,9 @@ impl Graph {
                 s.files.changed(o) || s.handover.load(std::sync::atomic::Ordering::Relaxed)
             })
         });
+        let libraries = plan.libraries();
         if sources.is_quiet() && sinks.is_quiet() {
+            self.logger.metrics.bind_only(libraries);
             self.config = plan.config;
             tracing::info!(
                 "reload: no instance changed ({:.1} ms)",
@@ -321,6 +328,7 @@ impl Graph {
             return true;
         }
         self.apply(plan, &sources, &sinks);
+        self.logger.metrics.bind_only(libraries);
         let mut what: Vec<String> = [sources.describe("sources"), sinks.describe("sinks")]
             .into_iter()
             .flatten()

@@ -55,6 +55,9 @@ struct SequenceConfig {
     /// plugin that keeps state there would.
     #[serde(default)]
     require_data_dir: bool,
+    /// After each emit, publish `testkit_emitted_total` as this instance's metrics (a library
+    /// that speaks for an instance it may not run).
+    publish_as: Option<String>,
 }
 
 /// The id of value `v` of `instance` when `stable_ids` is set: FNV-1a of the name, then `v`.
@@ -163,6 +166,11 @@ impl Source for Sequence {
             }
             next += n;
             emitted_here += n;
+            if let Some(instance) = &self.cfg.publish_as {
+                let mut m = gateway_sdk::metrics::Metrics::new();
+                m.counter("testkit_emitted_total", "Readings emitted.", &[], next);
+                m.publish(instance);
+            }
             counters()
                 .lock()
                 .unwrap()
