@@ -18,8 +18,9 @@ use gateway_coap::{
 };
 use gateway_coaps_tokio::{Client, ClientOptions, Notice};
 use gateway_dtls::{
+    checked_key,
     client::{Config as ClientConfig, RequestError},
-    hex_key, ClientSettings, Psk,
+    text_key, ClientSettings, Psk,
 };
 use std::{
     io::{Read as _, Write as _},
@@ -630,15 +631,28 @@ fn settings(args: &Args) -> anyhow::Result<ClientSettings> {
                     .unwrap_or("")
                     .trim()
                     .to_owned(),
-                (None, Some(var)) => std::env::var(var)
-                    .with_context(|| format!("the environment variable {var} is not set"))?,
+                // Not `env::var`'s error: it quotes a value that is not UTF-8, the key.
+                (None, Some(var)) => match std::env::var_os(var) {
+                    None => bail!("the environment variable {var} is not set"),
+                    Some(v) => v.into_string().map_err(|_| {
+                        anyhow::anyhow!(
+                            "the environment variable {var} is not text: it holds the key in hex"
+                        )
+                    })?,
+                },
                 _ => bail!(
                     "--psk-identity takes its key from one of --psk-key-file and --psk-key-env"
                 ),
             };
+            // As the uplink takes keys: one anyone could guess, or find offline from the
+            // handshake of whoever answers, is not used.
+            let key = checked_key(&hex).map_err(|e| anyhow::anyhow!("the PSK: {e}"))?;
+            if text_key(&key) {
+                eprintln!("warning: the PSK's bytes are all printable text (a passphrase in hex?): a text key is as strong as the text is hard to guess, not as long as it is");
+            }
             Some(Psk {
                 identity: id.clone(),
-                key: hex_key(&hex).context("the PSK is not an even number of hex digits")?,
+                key,
             })
         }
     };
@@ -655,6 +669,36 @@ fn settings(args: &Args) -> anyhow::Result<ClientSettings> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found in a review: the tool took any key (`--psk-key-env` with `01`), which whoever
+    /// answers the handshake finds offline; and quoted a key that is not text in its error.
+    #[test]
+    fn a_psk_the_uplink_would_refuse_is_refused() {
+        let with_key = |var: &str, key: &std::ffi::OsStr| {
+            std::env::set_var(var, key);
+            let args = Args::try_parse_from([
+                "gateway-coap",
+                "get",
+                "coaps://127.0.0.1/x",
+                "--psk-identity",
+                "pi-01",
+                "--psk-key-env",
+                var,
+            ])
+            .unwrap();
+            settings(&args).map(|s| s.psk.unwrap().key)
+        };
+        let err = |var: &str, key: &str| format!("{:#}", with_key(var, key.as_ref()).unwrap_err());
+        assert!(err("GW_CLI_K1", "01").contains("at least 16"));
+        assert!(err("GW_CLI_K2", "000102030405060708090a0b0c0d0e0f").contains("fixed step"));
+        assert!(err("GW_CLI_K3", "x1").contains("hex digits"));
+        let good = "5f1c9e07a2d84b36e0917c5a3bf24d68";
+        assert_eq!(with_key("GW_CLI_K4", good.as_ref()).unwrap().len(), 16);
+        use std::os::unix::ffi::OsStrExt;
+        let binary = std::ffi::OsStr::from_bytes(b"\xff\xfesecret-bytes");
+        let e = format!("{:#}", with_key("GW_CLI_K5", binary).unwrap_err());
+        assert!(e.contains("is not text") && !e.contains("secret"), "{e}");
+    }
 
     #[test]
     fn exit_codes_say_what_failed() {

@@ -21,6 +21,7 @@ pub mod client;
 pub mod context;
 pub mod hello;
 pub mod lobby;
+pub mod psk;
 mod quiet;
 mod recency;
 mod record;
@@ -34,6 +35,7 @@ pub use context::{
     DEFAULT_PSK_CIPHERS,
 };
 pub use hello::{hello_verify_request, parse_client_hello, ClientHello, CookieJar};
+pub use psk::{checked_key, text_key, MAX_KEY, MIN_KEY};
 pub use session::{certificate_identity, Session, State};
 pub use verified::chains_reused;
 
