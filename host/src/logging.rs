@@ -199,7 +199,10 @@ fn json_escaped(event: &[u8]) -> Cow<'_, [u8]> {
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
         if bad(c) {
-            let _ = write!(out, "\\u{:04x}", c as u32);
+            // A character past U+FFFF (the tags) is written as its UTF-16 pair, as JSON has it.
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
         } else {
             out.push(c);
         }
@@ -448,13 +451,14 @@ mod tests {
 
     #[test]
     fn the_json_format_escapes_what_serde_json_leaves_raw() {
-        let event = serde_json::json!({ "error": "a\u{202e}b\u{9b}2J\u{7f}\u{2028}c\u{e9}" });
+        // A character past U+FFFF (a tag) as its UTF-16 pair, as JSON writes it.
+        let event = serde_json::json!({ "error": "a\u{202e}b\u{9b}2J\u{7f}\u{2028}c\u{e9}\u{200b}\u{e0041}" });
         let line = format!("{event}\n");
         let escaped = json_escaped(line.as_bytes());
         let escaped = std::str::from_utf8(&escaped).unwrap();
         assert_eq!(
             escaped,
-            "{\"error\":\"a\\u202eb\\u009b2J\\u007f\\u2028c\u{e9}\"}\n"
+            "{\"error\":\"a\\u202eb\\u009b2J\\u007f\\u2028c\u{e9}\\u200b\\udb40\\udc41\"}\n"
         );
         let back: serde_json::Value = serde_json::from_str(escaped).unwrap();
         assert_eq!(back, event);

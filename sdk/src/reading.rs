@@ -32,8 +32,8 @@ impl Label {
     /// Checks a device or sensor name a plugin takes from its settings: one that can travel
     /// to a server (the coaps ingress and the SenML encodings refuse the others, and every
     /// reading would become a dead letter on the device) is not empty, holds no control
-    /// character, no character that reorders text ([`crate::text::is_unsafe`]) and no
-    /// U+FFFD, has no white space at either end (a device name must be its
+    /// character, no character that reorders text or is shown as nothing
+    /// ([`crate::text::is_unsafe`]) and no U+FFFD, has no white space at either end (a device name must be its
     /// certificate's identity, which has none), and is at most 128 bytes. `Err` says why, for
     /// a config error.
     pub fn check_name(name: &str) -> Result<(), String> {
@@ -45,7 +45,7 @@ impl Label {
             .any(|c| crate::text::is_unsafe(c) || c == '\u{FFFD}')
         {
             return Err(format!(
-                "{name:?} holds a control character, one that reorders text (a bidirectional control, U+2028, U+2029) or U+FFFD"
+                "{name:?} holds a control character, one that reorders text (a bidirectional control, U+2028, U+2029), one shown as nothing (U+200B, U+FEFF, ...) or U+FFFD"
             ));
         }
         if name.trim() != name {

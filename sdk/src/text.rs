@@ -98,8 +98,8 @@ pub fn replace_secret<'a>(text: &'a str, value: &str, shown_as: &str) -> Cow<'a,
     Cow::Owned(out)
 }
 
-/// `text` with every control character (line breaks and tabs included), bidirectional control
-/// and line or paragraph separator escaped: for one line of a log or a terminal.
+/// `text` with every character [`is_unsafe`] names (line breaks and tabs included) escaped:
+/// for one line of a log or a terminal.
 pub fn one_line(text: &str) -> Cow<'_, str> {
     escape(text, |_| false)
 }
@@ -110,12 +110,26 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     escape(text, |c| c == '\n' || c == '\t')
 }
 
-/// Whether `c` is escaped: a control character, or one that reorders or breaks a line (U+061C,
-/// U+200E, U+200F, U+2028 to U+202E, U+2066 to U+2069: Unicode's Bidi_Control set and the
-/// line and paragraph separators).
+/// Whether `c` is escaped (and refused in names): a control character, one that breaks a line
+/// (U+2028, U+2029), or one a screen shows as nothing ([`invisible`], which holds the
+/// characters that reorder text): `pi-01\u{200b}` and `pi-\u{202e}10` show as names they are
+/// not.
 pub fn is_unsafe(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || invisible(c)
+}
+
+/// Whether `c` is one of Unicode's default-ignorable code points (the derived property
+/// Default_Ignorable_Code_Point of Unicode 15): characters a font shows as nothing, such as
+/// U+00AD SOFT HYPHEN, U+200B ZERO WIDTH SPACE, U+2060 WORD JOINER, U+FEFF, the variation
+/// selectors and the tags, and the bidirectional controls (U+061C, U+200E, U+200F, U+202A to
+/// U+202E, U+2066 to U+2069).
+pub fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}'..='\u{1160}' | '\u{17B4}'..='\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}' | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
 fn escape(text: &str, keep: impl Fn(char) -> bool) -> Cow<'_, str> {
@@ -151,6 +165,13 @@ mod tests {
         assert_eq!(printable("a\n\tb\r\u{1b}[2J"), "a\n\tb\\r\\u{1b}[2J");
         // Quotes and backslashes are text, not escapes.
         assert_eq!(one_line(r#"say "\n""#), r#"say "\n""#);
+        // Found in a review: characters a screen shows as nothing made `pi\u{200b}-01` look
+        // like `pi-01` in `gateway coap discover` and `gateway dead-letters show`.
+        assert_eq!(
+            one_line("pi\u{200b}-01\u{feff}\u{ad}\u{2060}\u{e0041}"),
+            "pi\\u{200b}-01\\u{feff}\\u{ad}\\u{2060}\\u{e0041}"
+        );
+        assert!(crate::Label::check_name("pi\u{200b}-01").is_err());
     }
 
     #[test]

@@ -30,9 +30,8 @@ pub const MAX_IDENTITY: usize = 254;
 /// white space at either end (MySQL's and MariaDB's PAD SPACE collations, `utf8mb4_bin`
 /// among them, compare `victim ` equal to `victim`: its rows would answer for the victim's).
 /// No bidirectional control or line separator either (U+061C, U+200E, U+200F, U+2028 to U+202E,
-/// U+2066 to U+2069: `pi-\u{202e}10` shows as another name than it is; the SenML decoders
-/// refuse them in names too, as `gateway_sdk::text::is_unsafe` says). No invisible character
-/// either ([`invisible`]): `pi-01\u{200b}` is another device that every screen shows as `pi-01`,
+/// U+2066 to U+2069: `pi-\u{202e}10` shows as another name than it is), and no invisible
+/// character ([`invisible`]): `pi-01\u{200b}` is another device that every screen shows as `pi-01`,
 /// and `gateway certs sign`, which takes the name from a device's request, would have issued
 /// it while `pi-01` was in force.
 /// The DTLS server gives a peer whose certificate's common name is not one no identity.
@@ -48,19 +47,7 @@ pub fn valid_identity(id: &str) -> bool {
         })
 }
 
-/// Whether `c` is one of Unicode's default-ignorable code points (the derived property
-/// Default_Ignorable_Code_Point of Unicode 15): characters a font shows as nothing, such as
-/// U+00AD SOFT HYPHEN, U+200B ZERO WIDTH SPACE, U+2060 WORD JOINER, U+FEFF, the variation
-/// selectors and the tags, and the bidirectional controls (U+061C, U+200E, U+200F, U+202A to
-/// U+202E, U+2066 to U+2069).
-pub fn invisible(c: char) -> bool {
-    matches!(c,
-        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}'..='\u{1160}' | '\u{17B4}'..='\u{17B5}'
-        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
-        | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}' | '\u{1BCA0}'..='\u{1BCA3}'
-        | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
-}
+pub use gateway_sdk::text::invisible;
 
 /// A private key.
 pub type Key = PKey<Private>;

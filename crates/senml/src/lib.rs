@@ -100,9 +100,9 @@ pub enum DecodeError {
     UnitTooLong(usize, &'static str),
     /// A name or unit holding a control character (a line break in a name would forge log
     /// lines, and brokers refuse it in a topic), or a character that reorders or breaks text
-    /// (a bidirectional control, U+2028, U+2029: a dashboard would show another name or
-    /// value than the one stored).
-    #[error("record {0}: field {1} holds a control character or one that reorders text")]
+    /// or is shown as nothing (a bidirectional control, U+2028, U+2029, U+200B: a dashboard
+    /// would show another name or value than the one stored).
+    #[error("record {0}: field {1} holds a control character, or one that reorders text or is shown as nothing")]
     Control(usize, &'static str),
     /// A text or data value longer than [`MAX_VALUE`] bytes.
     #[error("record {0}: value is longer than 65,535 bytes")]
@@ -141,14 +141,14 @@ pub(crate) fn value_has_control(s: &str) -> bool {
     })
 }
 
-/// Whether `s` holds a control character (C0, DEL or C1) or one that reorders or breaks text
-/// ([`gateway_sdk::text::is_unsafe`]). Bytes first: a C1 character is encoded with a leading
-/// 0xC2, U+061C with 0xD8, the others with a leading 0xE2, which names seldom hold.
+/// Whether `s` holds a control character (C0, DEL or C1), one that breaks a line, or one a
+/// screen shows as nothing, the text-reordering ones among them
+/// ([`gateway_sdk::text::is_unsafe`]). Bytes first: the others are not ASCII, which names
+/// seldom hold.
 pub(crate) fn has_control(s: &str) -> bool {
     let b = s.as_bytes();
     b.iter().any(|&c| c < 0x20 || c == 0x7f)
-        || ((b.contains(&0xc2) || b.contains(&0xd8) || b.contains(&0xe2))
-            && s.chars().any(gateway_sdk::text::is_unsafe))
+        || (!b.is_ascii() && s.chars().any(gateway_sdk::text::is_unsafe))
 }
 
 /// Appends `value` to `out` as one token of a topic or subject (the MQTT and NATS sinks), so

@@ -485,11 +485,16 @@ fn non_finite_values_and_control_characters_in_names_are_refused() {
         (r#"[{"n":"s/x","bu":"\u009b31m","v":1}]"#, "bu"),
         (r#"[{"n":"s\u007f/x","v":1}]"#, "n"),
         // Not control characters to char::is_control, yet they make a dashboard show another
-        // name or unit than the one stored: right-to-left override, line separator, isolates.
+        // name or unit than the one stored: right-to-left override, line separator, isolates,
+        // invisible characters.
         (r#"[{"n":"s/x\u202e1.0","v":1}]"#, "n"),
         (r#"[{"bn":"d\u2028:","n":"s/x","v":1}]"#, "bn"),
         (r#"[{"n":"s/x","u":"\u2066Cel\u2069","v":1}]"#, "u"),
         (r#"[{"n":"s/x\u061c1","v":1}]"#, "n"),
+        // Shown as nothing: `s/x\u200b` would be another sensor that looks like `s/x`.
+        (r#"[{"n":"s/x\u200b","v":1}]"#, "n"),
+        (r#"[{"n":"s/x","u":"C\u00ad","v":1}]"#, "u"),
+        (r#"[{"bn":"d\ufeff:","n":"s/x","v":1}]"#, "bn"),
     ] {
         assert_eq!(
             decode_json(pack.as_bytes(), 10, NOW, "d").unwrap_err(),
