@@ -297,7 +297,7 @@ fn transfer(
             bail!("the answer took over {MAX_BLOCKS} blocks; stopped fetching it");
         }
         if stopping() {
-            bail!("stopped");
+            return Err(Stopped.into());
         }
         let request = build(next);
         if args.verbose {
@@ -500,47 +500,71 @@ fn observe(
             }
         }
     };
+    // The exit code once --count, --for or Ctrl-C ends the observation: 0, or that of the
+    // last state that could not be shown (a block of it answered with an error).
+    let mut failed = 0;
     let (first, body) = match whole(answer) {
         // Ctrl-C or --for while the first state was fetched block by block.
-        Err(_) if stopping() => return Ok(ExitCode::SUCCESS),
+        Err(e) if e.is::<Stopped>() => return Ok(ExitCode::SUCCESS),
         r => r?,
     };
     let code = print(args, &first, &body)?;
-    let Some(observation) = observation else {
+    let Some(mut observation) = observation else {
         if code == 0 {
             eprintln!("the server answered without registering this client (no Observe option)");
             return Ok(ExitCode::from(6));
         }
         return Ok(ExitCode::from(code));
     };
+    if code != 0 {
+        failed = code;
+    }
     let mut seen = 0u64;
     // RFC 7641 §3.3.1: once the last state's Max-Age passed without a notification, the
     // server (or the path to it) may have lost the observation without a word: a NAT mapping
-    // gone, a server restarted. A GET then shows whether it still answers on this session.
+    // gone, a server restarted. The client registers again: the answer shows whether the
+    // server is still there, and still keeps this client among the resource's observers.
     let mut fresh_until = std::time::Instant::now() + max_age(&first);
     let code = loop {
         if stop.load(std::sync::atomic::Ordering::Relaxed) || args.count.is_some_and(|n| seen >= n)
         {
             observation.stop();
-            break 0;
+            break failed;
         }
         if std::time::Instant::now() > fresh_until + LIVENESS_MARGIN {
             let check = build(None);
             if args.verbose {
                 eprintln!(
-                    "> {} (no notification within Max-Age: is the server there?)",
+                    "> {} Observe: 0 (no notification within Max-Age: registering again)",
                     show::request(&check)
                 );
             }
-            match client.request(check, args.timeout) {
-                Ok(p) => {
-                    if args.verbose {
-                        eprintln!("< {}", show::message(&p));
+            match client.observe(check, args.timeout) {
+                Ok((p, again)) => {
+                    let Some(again) = again else {
+                        // Not registered any more: the resource gone (4.04), or a server that
+                        // no longer lets this client observe it.
+                        if args.verbose {
+                            eprintln!("< {}", show::message(&p));
+                        }
+                        let code = print(args, &p, &p.payload)?;
+                        eprintln!("the observation is lost: no notification within its Max-Age, and the server did not register this client again");
+                        break if code == 0 { 6 } else { code };
+                    };
+                    // The new registration replaces the old one, which is given up.
+                    observation = again;
+                    let (p, body) = match whole(p) {
+                        Err(e) if e.is::<Stopped>() => break failed,
+                        r => r?,
+                    };
+                    let code = print(args, &p, &body)?;
+                    if code != 0 {
+                        failed = code;
                     }
                     fresh_until = std::time::Instant::now() + max_age(&p);
                 }
                 Err(e) => {
-                    eprintln!("the observation is lost: no notification within its Max-Age, and the server did not answer a GET ({e})");
+                    eprintln!("the observation is lost: no notification within its Max-Age, and the server did not answer a new registration ({e})");
                     observation.stop();
                     break 3;
                 }
@@ -559,13 +583,17 @@ fn observe(
                     || !Code::of(&p).is_some_and(|c| c.is_success());
                 let (p, body) = match whole(p) {
                     // Ctrl-C or --for while a block-wise notification was fetched.
-                    Err(_) if stopping() => {
+                    Err(e) if e.is::<Stopped>() => {
                         observation.stop();
-                        break 0;
+                        break failed;
                     }
                     r => r?,
                 };
+                // A notification whose blocks were answered with an error was not shown.
                 let code = print(args, &p, &body)?;
+                if code != 0 {
+                    failed = code;
+                }
                 fresh_until = std::time::Instant::now() + max_age(&p);
                 if last {
                     eprintln!("the server ended the observation");
@@ -576,6 +604,18 @@ fn observe(
     };
     Ok(ExitCode::from(code))
 }
+
+/// Ctrl-C, or observe's `--for`, ended a transfer: not a failure of the server's.
+#[derive(Debug)]
+struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped")
+    }
+}
+
+impl std::error::Error for Stopped {}
 
 /// How long past a state's Max-Age `observe` waits for a notification before it asks the
 /// server whether it is still there.

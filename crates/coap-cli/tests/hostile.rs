@@ -293,3 +293,119 @@ fn an_observation_the_server_lost_without_a_word_ends_with_exit_3() {
     assert!(err.contains("the observation is lost"), "{err}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "21.5");
 }
+
+/// Registers the first observer with a Max-Age of 1 s, then forgets it (a server restarted
+/// behind the same session, say) and answers every later request with a state, registering
+/// no one.
+struct Forgetful {
+    responder: Responder,
+    stop: Arc<AtomicBool>,
+    answered: bool,
+}
+
+impl Handler for Forgetful {
+    fn request(&mut self, inc: Incoming) {
+        if std::mem::replace(&mut self.answered, true) {
+            self.responder
+                .respond(inc.id, response(ResponseType::Content, "22.0"));
+            return;
+        }
+        let mut p = response(ResponseType::Content, "21.5");
+        p.add_option(CoapOption::Observe, encode_uint(1));
+        p.add_option(CoapOption::MaxAge, encode_uint(1));
+        let token = inc.packet.get_token().to_vec();
+        self.responder.register(inc.id, inc.peer, token, p);
+    }
+    fn tick(&mut self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs `gateway coap observe` on `port` with `args`, for 30 s at most: its exit code, stdout
+/// and stderr.
+fn observe(dir: &Path, port: u16, args: &[&str]) -> (Option<i32>, String, String) {
+    let ca = dir.join("ca.pem");
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway-coap"))
+        .args(["observe", &format!("coaps://localhost:{port}/t")])
+        .args(["--ca", ca.to_str().unwrap()])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Found in a review: the check past Max-Age was a plain GET, and any answer renewed the
+/// wait, so a server that had forgotten the observer but still answered kept the tool
+/// waiting for ever. It now registers again, and an answer that does not register ends it.
+#[test]
+fn a_server_that_forgot_the_observer_but_still_answers_ends_the_observation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, stop) = serve(dir.path(), |responder, stop| Forgetful {
+        responder,
+        stop,
+        answered: false,
+    });
+    let (code, out, err) = observe(dir.path(), port, &["--timeout", "2s"]);
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(code, Some(6), "{err}");
+    assert!(err.contains("did not register this client again"), "{err}");
+    // The answer is the state it is now.
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["21.5", "22.0"], "{err}");
+}
+
+/// Registers with the first block of a state (16 bytes, more to come), and answers every
+/// other request with 5.03: a state that can never be fetched whole.
+struct BrokenBlocks {
+    responder: Responder,
+    stop: Arc<AtomicBool>,
+}
+
+impl Handler for BrokenBlocks {
+    fn request(&mut self, inc: Incoming) {
+        if inc.packet.get_first_option(CoapOption::Observe).is_none() {
+            self.responder.respond(
+                inc.id,
+                response(ResponseType::ServiceUnavailable, "overloaded"),
+            );
+            return;
+        }
+        let mut p = response(ResponseType::Content, "0123456789abcdef");
+        let first = Block {
+            num: 0,
+            more: true,
+            szx: 0,
+        };
+        p.add_option(CoapOption::Block2, first.encode());
+        p.add_option(CoapOption::Observe, encode_uint(1));
+        let token = inc.packet.get_token().to_vec();
+        self.responder.register(inc.id, inc.peer, token, p);
+    }
+    fn tick(&mut self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Found in a review: a state whose blocks were answered with an error was said on stderr,
+/// and the observation then ended by --for exited 0.
+#[test]
+fn a_state_whose_blocks_fail_gives_its_code_when_the_observation_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, stop) = serve(dir.path(), |responder, stop| BrokenBlocks {
+        responder,
+        stop,
+    });
+    let (code, out, err) = observe(dir.path(), port, &["--for", "2s"]);
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(code, Some(5), "{err}");
+    assert!(err.contains("5.03 overloaded"), "{err}");
+    assert!(out.is_empty(), "{out}");
+}
