@@ -78,7 +78,10 @@ fn option_value(n: u16, v: &[u8]) -> String {
     let uint = || v.iter().fold(0u64, |a, &b| (a << 8) | u64::from(b));
     match n {
         3 | 8 | 11 | 15 | 20 => format!("{:?}", String::from_utf8_lossy(v)),
-        12 | 17 => format!("{}", ContentFormat(uint() as u16)),
+        // At most 2 bytes (RFC 7252 5.10): a longer one is shown as it came, not cut to
+        // one of the formats it is not.
+        12 | 17 if v.len() <= 2 => format!("{}", ContentFormat(uint() as u16)),
+        12 | 17 => format!("(bad: {} bytes, {})", v.len(), hex(v)),
         23 | 27 => match gateway_coap::Block::decode(v) {
             Some(b) => format!("{}/{}/{}", b.num, if b.more { 1 } else { 0 }, b.size()),
             None => "(bad)".into(),
@@ -173,12 +176,29 @@ pub fn payload(p: &[u8], format: Option<ContentFormat>) -> String {
         // What the server sent, as text where it is (SenML JSON that the ingress's rules
         // refuse is still JSON to read), with why it is no table.
         Some(Err(e)) => format!("(not valid SenML: {e})\n{}", text_or_hex(p)),
-        None if format == Some(ContentFormat::LINK_FORMAT) => String::from_utf8_lossy(p)
-            .split(',')
+        None if format == Some(ContentFormat::LINK_FORMAT) => links(&String::from_utf8_lossy(p))
             .map(|l| format!("{}\n", one_line(l)))
             .collect(),
         None => text_or_hex(p),
     }
+}
+
+/// The links of a link-format body (RFC 6690): split at the commas between them, not at
+/// those in a quoted value or a `<...>` target (`title="a,</admin>"` is one link's title).
+fn links(text: &str) -> impl Iterator<Item = &str> {
+    let (mut quoted, mut target, mut escaped) = (false, false, false);
+    text.split(move |c: char| {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' if !target => quoted = !quoted,
+            '<' if !quoted => target = true,
+            '>' if !quoted => target = false,
+            ',' => return !quoted && !target,
+            _ => {}
+        }
+        false
+    })
 }
 
 /// `p` as text ending in a line break, made printable; in hex if it is not UTF-8.
@@ -247,6 +267,14 @@ mod tests {
             payload(b"</a>;rt=x,</b>", Some(ContentFormat::LINK_FORMAT)),
             "</a>;rt=x\n</b>\n"
         );
+        // Found in a review: a comma in a quoted value showed a link that is not there.
+        assert_eq!(
+            payload(
+                br#"</a>;title="x,</admin>",</b,c>;rt="q\",</z>",</d>"#,
+                Some(ContentFormat::LINK_FORMAT)
+            ),
+            "</a>;title=\"x,</admin>\"\n</b,c>;rt=\"q\\\",</z>\"\n</d>\n"
+        );
         assert_eq!(payload(&[0xff, 0x00], None), "ff00\n");
         // A pack the ingress's rules refuse (a record with a sum only) is still JSON to read:
         // shown as text after why it is no table, not as hex.
@@ -257,6 +285,14 @@ mod tests {
                 .map(|(_, body)| body),
             Some("[{\"n\":\"energy\",\"s\":12.5}]\n")
         );
+    }
+
+    /// Found in a review: a Content-Format of 3 bytes was cut to its last two, and 0x01006E
+    /// showed as application/senml+json.
+    #[test]
+    fn a_content_format_longer_than_two_bytes_is_shown_as_it_came() {
+        assert_eq!(option_value(12, &[0x6e]), "application/senml+json");
+        assert_eq!(option_value(12, &[1, 0, 0x6e]), "(bad: 3 bytes, 01006e)");
     }
 
     #[test]
