@@ -130,6 +130,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
         }
     };
+    warnings_to_stderr();
     match run(&args) {
         Ok(code) => code,
         Err(e) => {
@@ -144,6 +145,30 @@ fn main() -> ExitCode {
             ExitCode::from(exit_for(&e))
         }
     }
+}
+
+/// Shows the warnings of the libraries under the tool on stderr, made printable: a CA or a
+/// device certificate that expired or is not valid yet (the handshake fails then, and the
+/// warning says why), a server name that cannot be looked up again.
+fn warnings_to_stderr() {
+    struct Printable;
+    impl std::io::Write for Printable {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let text = String::from_utf8_lossy(buf);
+            std::io::stderr().write_all(gateway_sdk::text::printable(&text).as_bytes())?;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            std::io::stderr().flush()
+        }
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(|| Printable)
+        .with_ansi(false)
+        .with_target(false)
+        .without_time()
+        .try_init();
 }
 
 /// The exit code of a failure: 2 for DTLS (a failed handshake; a server that refuses a device

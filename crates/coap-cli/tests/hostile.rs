@@ -409,3 +409,29 @@ fn a_state_whose_blocks_fail_gives_its_code_when_the_observation_ends() {
     assert!(err.contains("5.03 overloaded"), "{err}");
     assert!(out.is_empty(), "{out}");
 }
+
+/// Found in a review: the tool set up no log output, so what the DTLS library warns of (a CA
+/// file whose certificates all expired) was dropped, and a failed handshake (exit 2) was all
+/// the operator saw.
+#[test]
+fn a_ca_that_expired_is_said_before_the_handshake_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, stop) = serve(dir.path(), |responder, stop| Forgetful {
+        responder,
+        stop,
+        answered: false,
+    });
+    let old = dir.path().join("old-ca.pem");
+    let key = dir.path().join("old-ca.key");
+    let kind = gateway_pki::Kind::Ca;
+    gateway_pki::issue_to(&old, &key, "Old CA", kind, None, -20, -10).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway-coap"))
+        .args(["get", &format!("coaps://localhost:{port}/t")])
+        .args(["--ca", old.to_str().unwrap(), "--timeout", "2s"])
+        .output()
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("WARN") && err.contains("expired"), "{err}");
+}
