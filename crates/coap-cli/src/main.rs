@@ -534,7 +534,7 @@ fn observe(
         r => r?,
     };
     let code = print(args, &first, &body)?;
-    let Some(mut observation) = observation else {
+    let Some(observation) = observation else {
         if code == 0 {
             eprintln!("the server answered without registering this client (no Observe option)");
             return Ok(ExitCode::from(6));
@@ -547,8 +547,7 @@ fn observe(
     let mut seen = 0u64;
     // RFC 7641 §3.3.1: once the last state's Max-Age passed without a notification, the
     // server (or the path to it) may have lost the observation without a word: a NAT mapping
-    // gone, a server restarted. The client registers again: the answer shows whether the
-    // server is still there, and still keeps this client among the resource's observers.
+    // gone, a server restarted. A GET then shows whether it still answers on this session.
     let mut fresh_until = std::time::Instant::now() + max_age(&first);
     let code = loop {
         if stop.load(std::sync::atomic::Ordering::Relaxed) || args.count.is_some_and(|n| seen >= n)
@@ -557,39 +556,33 @@ fn observe(
             break failed;
         }
         if std::time::Instant::now() > fresh_until + LIVENESS_MARGIN {
+            // A plain GET, not a new registration: that would take a token of its own, and
+            // the old one would stay registered on the server until its next notification
+            // (a server keeps a few per client).
             let check = build(None);
             if args.verbose {
                 eprintln!(
-                    "> {} Observe: 0 (no notification within Max-Age: registering again)",
+                    "> {} (no notification within Max-Age: is the server there?)",
                     show::request(&check)
                 );
             }
-            match client.observe(check, args.timeout) {
-                Ok((p, again)) => {
-                    let Some(again) = again else {
-                        // Not registered any more: the resource gone (4.04), or a server that
-                        // no longer lets this client observe it.
-                        if args.verbose {
-                            eprintln!("< {}", show::message(&p));
-                        }
+            match client.request(check, args.timeout) {
+                Ok(p) => {
+                    if args.verbose {
+                        eprintln!("< {}", show::message(&p));
+                    }
+                    // An error (4.04: the resource is gone) ends the observation with its
+                    // code: no notification will come.
+                    if !Code::of(&p).is_some_and(|c| c.is_success()) {
                         let code = print(args, &p, &p.payload)?;
-                        eprintln!("the observation is lost: no notification within its Max-Age, and the server did not register this client again");
-                        break if code == 0 { 6 } else { code };
-                    };
-                    // The new registration replaces the old one, which is given up.
-                    observation = again;
-                    let (p, body) = match whole(p) {
-                        Err(e) if e.is::<Stopped>() => break failed,
-                        r => r?,
-                    };
-                    let code = print(args, &p, &body)?;
-                    if code != 0 {
-                        failed = code;
+                        eprintln!("the observation is lost: no notification within its Max-Age, and the server answered a GET with an error");
+                        observation.stop();
+                        break code;
                     }
                     fresh_until = std::time::Instant::now() + max_age(&p);
                 }
                 Err(e) => {
-                    eprintln!("the observation is lost: no notification within its Max-Age, and the server did not answer a new registration ({e})");
+                    eprintln!("the observation is lost: no notification within its Max-Age, and the server did not answer a GET ({e})");
                     observation.stop();
                     break 3;
                 }

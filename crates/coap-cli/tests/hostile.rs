@@ -294,20 +294,19 @@ fn an_observation_the_server_lost_without_a_word_ends_with_exit_3() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "21.5");
 }
 
-/// Registers the first observer with a Max-Age of 1 s, then forgets it (a server restarted
-/// behind the same session, say) and answers every later request with a state, registering
-/// no one.
-struct Forgetful {
+/// Registers the first observer with a Max-Age of 1 s, then answers every later request with
+/// 4.04: the resource is gone, and no notification says so.
+struct Gone {
     responder: Responder,
     stop: Arc<AtomicBool>,
     answered: bool,
 }
 
-impl Handler for Forgetful {
+impl Handler for Gone {
     fn request(&mut self, inc: Incoming) {
         if std::mem::replace(&mut self.answered, true) {
             self.responder
-                .respond(inc.id, response(ResponseType::Content, "22.0"));
+                .respond(inc.id, response(ResponseType::NotFound, "no such sensor"));
             return;
         }
         let mut p = response(ResponseType::Content, "21.5");
@@ -343,23 +342,22 @@ fn observe(dir: &Path, port: u16, args: &[&str]) -> (Option<i32>, String, String
     (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
-/// Found in a review: the check past Max-Age was a plain GET, and any answer renewed the
-/// wait, so a server that had forgotten the observer but still answered kept the tool
-/// waiting for ever. It now registers again, and an answer that does not register ends it.
+/// Found in a review: any answer to the check past Max-Age renewed the wait, a 4.04 too, so
+/// an observation of a resource that had gone waited for ever.
 #[test]
-fn a_server_that_forgot_the_observer_but_still_answers_ends_the_observation() {
+fn an_observation_whose_resource_is_gone_ends_with_its_code() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, stop) = serve(dir.path(), |responder, stop| Forgetful {
+    let (port, stop) = serve(dir.path(), |responder, stop| Gone {
         responder,
         stop,
         answered: false,
     });
     let (code, out, err) = observe(dir.path(), port, &["--timeout", "2s"]);
     stop.store(true, Ordering::Relaxed);
-    assert_eq!(code, Some(6), "{err}");
-    assert!(err.contains("did not register this client again"), "{err}");
-    // The answer is the state it is now.
-    assert_eq!(out.lines().collect::<Vec<_>>(), ["21.5", "22.0"], "{err}");
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("4.04 no such sensor"), "{err}");
+    assert!(err.contains("answered a GET with an error"), "{err}");
+    assert_eq!(out.trim(), "21.5", "{err}");
 }
 
 /// Registers with the first block of a state (16 bytes, more to come), and answers every
@@ -416,7 +414,7 @@ fn a_state_whose_blocks_fail_gives_its_code_when_the_observation_ends() {
 #[test]
 fn a_ca_that_expired_is_said_before_the_handshake_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, stop) = serve(dir.path(), |responder, stop| Forgetful {
+    let (port, stop) = serve(dir.path(), |responder, stop| Gone {
         responder,
         stop,
         answered: false,
