@@ -303,8 +303,9 @@ fn transfer(
     szx: u8,
 ) -> anyhow::Result<(Packet, Vec<u8>)> {
     let mut blocks = 0u32;
-    // The ETag of the first block, and how often a change of it made the transfer start again.
-    let mut etag: Option<Vec<u8>> = None;
+    // The ETag and Content-Format of the first block, and how often a change of them made the
+    // transfer start again.
+    let mut etag: Option<(Option<Vec<u8>>, Option<Vec<u8>>)> = None;
     let mut restarts = 0;
     let mut body = Vec::new();
     // Asking for smaller blocks than the usual 1024 bytes starts with the first one (RFC 7959
@@ -367,12 +368,18 @@ fn transfer(
                 );
             }
             // The representation changed between blocks: start again, a few times at most.
-            let tag = response.get_first_option(CoapOption::ETag).cloned();
-            if b.num > 0 && tag != etag {
+            // Without an ETag, a change of Content-Format between blocks says so too.
+            let tag = (
+                response.get_first_option(CoapOption::ETag).cloned(),
+                response
+                    .get_first_option(CoapOption::ContentFormat)
+                    .cloned(),
+            );
+            if b.num > 0 && Some(&tag) != etag.as_ref() {
                 // Starting again sends the request whole once more: only a GET may be.
                 if method != RequestType::Get {
                     bail!(
-                        "the answer changed between its blocks (another ETag); the request is not sent again, since the server may have acted on it already"
+                        "the answer changed between its blocks (another ETag or Content-Format); the request is not sent again, since the server may have acted on it already"
                     );
                 }
                 restarts += 1;
@@ -384,7 +391,7 @@ fn transfer(
                 etag = None;
                 continue;
             }
-            etag = tag;
+            etag = Some(tag);
             if b.more && response.payload.is_empty() {
                 bail!(
                     "the server sent an empty block {} and said more follow",

@@ -143,6 +143,8 @@ enum Trick {
     Short,
     /// Each block with another ETag (the answer to a POST, which must not be sent again).
     NewEtag,
+    /// No ETag, and the blocks after the first in another Content-Format.
+    NewFormat,
 }
 
 /// Answers block 0 (16 bytes, more follow) and then as its [`Trick`] says; counts the
@@ -178,6 +180,13 @@ impl Handler for Tricky {
                 block(&mut p, true);
                 p
             }
+            (_, Trick::NewFormat) => {
+                let mut p = response(code, "0123456789abcdef");
+                block(&mut p, num == 0);
+                let format = if num == 0 { vec![] } else { vec![50] };
+                p.add_option(CoapOption::ContentFormat, format);
+                p
+            }
             (0, _) | (_, Trick::NewEtag) => {
                 let mut p = response(code, "0123456789abcdef");
                 block(&mut p, num == 0);
@@ -199,6 +208,8 @@ fn blocks_that_do_not_make_one_answer_are_an_error_and_a_post_is_not_sent_again(
         (Trick::NoBlock2, "get", "without a Block2 option"),
         (Trick::Short, "get", "block 0 of 10 bytes"),
         (Trick::NewEtag, "post", "the request is not sent again"),
+        // Found in a review: without an ETag, blocks of two representations made one body.
+        (Trick::NewFormat, "get", "kept changing"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let whole = Arc::new(std::sync::atomic::AtomicUsize::new(0));
