@@ -306,16 +306,6 @@ fn build<T, F, S>(
 }
 
 impl Plan {
-    /// Each instance's name and the library file it was built from.
-    pub(crate) fn libraries(&self) -> Vec<(String, crate::plugin_metrics::LibraryFile)> {
-        let sources = self.sources.iter().map(|b| (&b.decl, &b.library));
-        let sinks = self.sinks.iter().map(|b| (&b.decl, &b.library));
-        sources
-            .chain(sinks)
-            .map(|(decl, library)| (decl.name.clone(), library.file.clone()))
-            .collect()
-    }
-
     /// Loads the plugins, builds every instance and opens (recovers) the sinks' disk buffers,
     /// ready to run. Returns every problem found, not just the first.
     pub fn build(config: Config, logger: &Arc<HostLogger>) -> Result<Plan, Vec<String>> {

@@ -128,7 +128,8 @@ impl PluginMetrics {
     /// has stopped (or given up on) what it replaced. A library that ran an instance before,
     /// and still runs another, no longer speaks for the first: a name a reload gave to another
     /// plugin is that plugin's alone. (An instance the reload left behind, still in a plugin
-    /// call past `shutdown_timeout`, speaks under its library's name from now on.)
+    /// call past `shutdown_timeout`, speaks under its library's name from now on, unless its
+    /// successor runs from the same library.)
     pub fn bind_only(&self, running: impl IntoIterator<Item = (String, LibraryFile)>) {
         let mut owners = Bindings::new();
         for (instance, library) in running {

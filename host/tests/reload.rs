@@ -1231,3 +1231,74 @@ path = {:?}
         },
     );
 }
+
+/// Found in a review of the bindings a reload sets: they were taken from the file the reload
+/// read, so a kept instance whose plugin name now led to another library file (a link an
+/// upgrade re-pointed) lost its voice: what it published was refused as another library's.
+#[test]
+fn a_kept_instance_speaks_as_the_library_it_runs_from_after_a_reload() {
+    let s = Setup::new();
+    let port = free_tcp_port();
+    let dir = s.path("plugins");
+    std::fs::create_dir(&dir).unwrap();
+    let original = plugin_dir().join("libtestkit.so");
+    for copy in ["libtestkit-1.so", "libtestkit-2.so"] {
+        std::fs::copy(&original, dir.join(copy)).unwrap();
+    }
+    let link = dir.join("libtestkit.so");
+    std::os::unix::fs::symlink("libtestkit-1.so", &link).unwrap();
+    let write = |sink_extra: &str| {
+        let text = format!(
+            r#"[gateway]
+device = "test"
+plugin_dir = {:?}
+stats_interval = "0s"
+metrics = "127.0.0.1:{port}"
+{}
+
+[sources.x]
+plugin = "testkit-sequence"
+interval = "10ms"
+publish_as = "x"
+
+[sinks.rec]
+plugin = "testkit-recorder"
+path = {:?}
+{sink_extra}
+"#,
+            dir.display().to_string(),
+            gateway_extra(&s),
+            s.path("out.txt").display().to_string()
+        );
+        let p = s.path("gateway.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let gw = Running::start(&s, &write(""), &[]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let emitted = || {
+        gateway_host::metrics::get(addr, "/metrics")
+            .ok()
+            .and_then(|(_, text)| metric(&text, "testkit_emitted_total{instance=\"x\"}"))
+    };
+    wait_until("x's figures shown", &gw, Duration::from_secs(20), || {
+        emitted().is_some()
+    });
+
+    // An upgrade re-points the link; a reload changes the sink only, so `x` is kept and runs
+    // the code it was built from.
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("libtestkit-2.so", &link).unwrap();
+    write("retry_backoff = \"20ms\"");
+    hup_until_applied(&gw);
+    let before = emitted().unwrap();
+    wait_until("x's figures go on", &gw, Duration::from_secs(10), || {
+        emitted().is_some_and(|now| now > before + 20.0)
+    });
+    assert!(
+        !gw.stderr()
+            .contains("published under another instance's name"),
+        "{}",
+        gw.stderr()
+    );
+}

@@ -317,9 +317,8 @@ impl Graph {
                 s.files.changed(o) || s.handover.load(std::sync::atomic::Ordering::Relaxed)
             })
         });
-        let libraries = plan.libraries();
         if sources.is_quiet() && sinks.is_quiet() {
-            self.logger.metrics.bind_only(libraries);
+            self.bind_running();
             self.config = plan.config;
             tracing::info!(
                 "reload: no instance changed ({:.1} ms)",
@@ -328,7 +327,7 @@ impl Graph {
             return true;
         }
         self.apply(plan, &sources, &sinks);
-        self.logger.metrics.bind_only(libraries);
+        self.bind_running();
         let mut what: Vec<String> = [sources.describe("sources"), sinks.describe("sinks")]
             .into_iter()
             .flatten()
@@ -664,7 +663,23 @@ impl Graph {
             .collect();
         self.sinks.sort_by_cached_key(|n, _| order.get(n).copied());
         self.publish();
+        self.bind_running();
         tracing::info!(sinks = ?names, "the replacement of a sink the last reload left stuck started in {:.1} ms", ms(started.elapsed()));
+    }
+
+    /// Each running instance may speak only as the library it was built from: what a reload
+    /// stopped has stopped (or was given up on), so a library that ran an instance before no
+    /// longer speaks for its name. From the slots, not the file: a kept instance runs what it
+    /// was built from when the file names another library file now (a link an upgrade
+    /// re-pointed), a stuck sink what it ran before, and a parked sink runs nothing.
+    fn bind_running(&self) {
+        let sources = self.sources.values().map(|s| (&s.decl, &s.library));
+        let sinks = self.sinks.values().map(|k| (&k.decl, &k.library));
+        self.logger.metrics.bind_only(
+            sources
+                .chain(sinks)
+                .map(|(decl, library)| (decl.name.clone(), library.clone())),
+        );
     }
 
     fn starter_for<'a>(&'a mut self, config: &'a Config) -> super::slots::Starter<'a> {

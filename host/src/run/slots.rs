@@ -117,6 +117,8 @@ impl Thread {
 /// A running source.
 pub(super) struct SourceSlot {
     pub decl: Instance,
+    /// The library file its instance was built from: the one that speaks for it.
+    pub library: crate::plugin_metrics::LibraryFile,
     pub files: super::Stamps,
     pub stats: Arc<SourceStats>,
     pub routes: Routes,
@@ -188,6 +190,8 @@ impl Writer {
 /// A running sink: its line and the instance's thread.
 pub(super) struct SinkSlot {
     pub decl: Instance,
+    /// The library file its instance was built from: the one that speaks for it.
+    pub library: crate::plugin_metrics::LibraryFile,
     pub files: super::Stamps,
     pub line: Line,
     pub thread: Thread,
@@ -276,6 +280,7 @@ impl Starter<'_> {
         });
         SinkSlot {
             files,
+            library: k.library.file.clone(),
             decl: k.decl,
             line,
             thread,
@@ -349,6 +354,7 @@ impl Starter<'_> {
         );
         SourceSlot {
             files,
+            library: s.library.file.clone(),
             decl: s.decl,
             stats,
             routes,
