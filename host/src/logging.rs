@@ -181,14 +181,14 @@ fn json_redacted(event: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-/// `event` (serde_json's output) with the characters [`gateway_sdk::text::is_unsafe`] names,
+/// `event` (serde_json's output) with the characters [`gateway_sdk::text::shown_escaped`] names,
 /// but those below U+0020 (serde_json has escaped all but the event's last line break), as
 /// `\uXXXX`: serde_json escapes the C0 controls only, so DEL, the C1 controls (U+009B acts
 /// as ESC `[` on some terminals) and the bidirectional controls and line separators of a
 /// peer's text reached whoever reads the log with `journalctl` or `tail` raw. A JSON parser
 /// reads each escape back as the same character.
 fn json_escaped(event: &[u8]) -> Cow<'_, [u8]> {
-    let bad = |c: char| c >= '\u{7f}' && gateway_sdk::text::is_unsafe(c);
+    let bad = |c: char| c >= '\u{7f}' && gateway_sdk::text::shown_escaped(c);
     let Ok(text) = std::str::from_utf8(event) else {
         return Cow::Borrowed(event);
     };

@@ -98,8 +98,8 @@ pub fn replace_secret<'a>(text: &'a str, value: &str, shown_as: &str) -> Cow<'a,
     Cow::Owned(out)
 }
 
-/// `text` with every character [`is_unsafe`] names (line breaks and tabs included) escaped:
-/// for one line of a log or a terminal.
+/// `text` with every character [`shown_escaped`] names (line breaks and tabs included)
+/// escaped: for one line of a log or a terminal.
 pub fn one_line(text: &str) -> Cow<'_, str> {
     escape(text, |_| false)
 }
@@ -110,12 +110,28 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     escape(text, |c| c == '\n' || c == '\t')
 }
 
-/// Whether `c` is escaped (and refused in names): a control character, one that breaks a line
-/// (U+2028, U+2029), or one a screen shows as nothing ([`invisible`], which holds the
-/// characters that reorder text): `pi-01\u{200b}` and `pi-\u{202e}10` show as names they are
-/// not.
+/// Whether `c` is refused in names: a control character, one that breaks a line (U+2028,
+/// U+2029), or one a screen shows as nothing ([`invisible`], which holds the characters that
+/// reorder text): `pi-01\u{200b}` and `pi-\u{202e}10` show as names they are not. Not the
+/// invisible characters ordinary text is written with ([`joins`]): the joiners of Persian and
+/// the Indic scripts, an emoji's variation selector. Those are escaped where text is shown
+/// ([`shown_escaped`]).
 pub fn is_unsafe(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || invisible(c)
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || (invisible(c) && !joins(c))
+}
+
+/// Whether `c` is one of the invisible characters that ordinary text is written with: U+200C
+/// ZERO WIDTH NON-JOINER and U+200D ZERO WIDTH JOINER (Persian, the Indic scripts, emoji
+/// sequences) and the variation selectors (U+FE00 to U+FE0F, U+E0100 to U+E01EF: `🌡️`).
+pub fn joins(c: char) -> bool {
+    matches!(c, '\u{200C}' | '\u{200D}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}')
+}
+
+/// Whether `c` is escaped where text is shown ([`one_line`], [`printable`]): what
+/// [`is_unsafe`] refuses, and every other [`invisible`] character, so that `pi\u{200d}-01`
+/// never shows as `pi-01`.
+pub fn shown_escaped(c: char) -> bool {
+    is_unsafe(c) || invisible(c)
 }
 
 /// Whether `c` is one of Unicode's default-ignorable code points (the derived property
@@ -133,7 +149,7 @@ pub fn invisible(c: char) -> bool {
 }
 
 fn escape(text: &str, keep: impl Fn(char) -> bool) -> Cow<'_, str> {
-    let bad = |c: char| is_unsafe(c) && !keep(c);
+    let bad = |c: char| shown_escaped(c) && !keep(c);
     let Some(first) = text.find(bad) else {
         return Cow::Borrowed(text);
     };
@@ -172,6 +188,12 @@ mod tests {
             "pi\\u{200b}-01\\u{feff}\\u{ad}\\u{2060}\\u{e0041}"
         );
         assert!(crate::Label::check_name("pi\u{200b}-01").is_err());
+        // Found in a review: joiners and variation selectors are ordinary text (a name
+        // 0.1.2 took must still load), but are shown escaped.
+        for name in ["می\u{200c}خواهم", "🌡\u{fe0f}", "👩\u{200d}🔬"] {
+            assert!(crate::Label::check_name(name).is_ok(), "{name}");
+        }
+        assert_eq!(one_line("pi\u{200d}-01\u{fe0f}"), "pi\\u{200d}-01\\u{fe0f}");
     }
 
     #[test]

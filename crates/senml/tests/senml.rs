@@ -506,6 +506,16 @@ fn non_finite_values_and_control_characters_in_names_are_refused() {
     let text = decode_json(text, 10, NOW, "d").unwrap();
     assert_eq!(text.readings[0].value, Value::Text("two\nlines".into()));
     assert_eq!(text.readings[0].unit.as_str(), "\u{b0}C");
+    // Joiners and variation selectors are ordinary text (Persian, emoji), not refused.
+    let joined =
+        "[{\"n\":\"s/\u{1f321}\u{fe0f}\",\"v\":1},{\"n\":\"s/\u{645}\u{200c}\u{645}\",\"v\":2}]";
+    assert_eq!(
+        decode_json(joined.as_bytes(), 10, NOW, "d")
+            .unwrap()
+            .readings
+            .len(),
+        2
+    );
 }
 
 /// A record whose name repeats the one before reuses its sensor and name; a new base name
