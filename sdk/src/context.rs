@@ -144,31 +144,19 @@ impl InitContext {
         key: &str,
         path: impl AsRef<std::path::Path>,
     ) -> Result<(PathBuf, String), PluginError> {
-        use std::{io::Read, os::unix::fs::OpenOptionsExt};
-        const MAX: u64 = 16 << 20;
         let path = self.resolve_path(path);
-        let table = &self.info.table;
-        let failed = |e: &dyn std::fmt::Display| {
-            PluginError::config(format!("[{table}] {key}: {}: {e}", path.display()))
-        };
-        // Non-blocking: opening a FIFO for reading would wait for a writer.
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&path)
-            .map_err(|e| failed(&e))?;
-        let meta = file.metadata().map_err(|e| failed(&e))?;
-        self.private_meta(key, &path, &meta, Some(&file))?;
-        let mut bytes = Vec::new();
-        (&mut file)
-            .take(MAX + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| failed(&e))?;
-        if bytes.len() as u64 > MAX {
-            return Err(failed(&"larger than 16 MiB: not a file of secrets"));
-        }
-        let text = String::from_utf8(bytes).map_err(|_| failed(&"not UTF-8 text"))?;
+        let text =
+            crate::trust::read_private(&path, false).map_err(|e| self.private_error(key, e))?;
         Ok((path, text))
+    }
+
+    /// A private file's problem as a config error: `[TABLE] KEY: PROBLEM`, and how to check
+    /// the file as the service's user.
+    fn private_error(&self, key: &str, problem: String) -> PluginError {
+        PluginError::config(format!(
+            "[{}] {key}: {problem} (check as the user the service runs as: `sudo -u USER gateway check`)",
+            self.info.table
+        ))
     }
 
     /// `path` resolved as [`InitContext::resolve_path`] does, after checking that it is a file
@@ -187,86 +175,10 @@ impl InitContext {
         path: impl AsRef<std::path::Path>,
     ) -> Result<PathBuf, PluginError> {
         let path = self.resolve_path(path);
-        let meta = std::fs::metadata(&path).map_err(|e| {
-            PluginError::config(format!(
-                "[{}] {key}: {}: {e}",
-                self.info.table,
-                path.display()
-            ))
-        })?;
-        self.private_meta(key, &path, &meta, None)?;
+        let meta = std::fs::metadata(&path)
+            .map_err(|e| self.private_error(key, format!("{}: {e}", path.display())))?;
+        crate::trust::private(&path, &meta, None, false).map_err(|e| self.private_error(key, e))?;
         Ok(path)
-    }
-
-    /// The checks of [`InitContext::private_file`], of the file `meta` describes, at `path`
-    /// (open as `file`, if it is: then its ACL is read from what is read).
-    fn private_meta(
-        &self,
-        key: &str,
-        path: &std::path::Path,
-        meta: &std::fs::Metadata,
-        file: Option<&std::fs::File>,
-    ) -> Result<(), PluginError> {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let table = &self.info.table;
-        if !meta.is_file() {
-            return Err(PluginError::config(format!(
-                "[{table}] {key}: {} is not a regular file",
-                path.display()
-            )));
-        }
-        let mode = meta.permissions().mode();
-        // Whoever can change a secret file can add a key of their own to it.
-        if mode & 0o022 != 0 || crate::trust::foreign_owner(meta) {
-            return Err(PluginError::config(format!(
-                "[{table}] {key}: {} holds a secret but can be changed by others (mode {:04o}, owner uid {}; the gateway runs as uid {}): `chmod go-w {}` and give it to root or the gateway's user (check as the user the service runs as: `sudo -u USER gateway check`)",
-                path.display(),
-                mode & 0o7777,
-                meta.uid(),
-                crate::trust::gateway_uid(),
-                path.display()
-            )));
-        }
-        if mode & 0o007 != 0 {
-            return Err(PluginError::config(format!(
-                "[{table}] {key}: {} holds a secret but every local user may read it (mode {:04o}): `chmod o-rwx {}`",
-                path.display(),
-                mode & 0o7777,
-                path.display()
-            )));
-        }
-        // The mode bits do not show a POSIX ACL's named users and groups. As with the mode,
-        // the file's group and the gateway's may read it, and none but its owner change it.
-        let readers = [meta.gid(), crate::trust::gateway_gid()];
-        for (what, verb, groups) in [
-            (crate::trust::Acl::Write, "change", &[][..]),
-            (crate::trust::Acl::Read, "read", &readers[..]),
-        ] {
-            let who = match file {
-                Some(f) => crate::trust::acl_grants_of(f, what, groups),
-                None => crate::trust::acl_grants(path, what, groups),
-            }
-            .map_err(|e| {
-                PluginError::config(format!("[{table}] {key}: {}: {e}", path.display()))
-            })?;
-            if !who.is_empty() {
-                return Err(PluginError::config(format!(
-                    "[{table}] {key}: {} holds a secret but its ACL lets {} {verb} it (`getfacl {}`): `setfacl -b {}`",
-                    path.display(),
-                    who.join(", "),
-                    path.display(),
-                    path.display()
-                )));
-            }
-        }
-        // Whoever can change a directory on the way can put another file in its place.
-        crate::trust::directories(path, crate::trust::Stake::Config).map_err(|e| {
-            PluginError::config(format!(
-                "[{table}] {key}: {} holds a secret, but is in a directory others can change: {e}",
-                path.display()
-            ))
-        })?;
-        Ok(())
     }
 
     /// `path` resolved as [`InitContext::resolve_path`] does, after checking that others

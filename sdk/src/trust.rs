@@ -357,6 +357,105 @@ pub fn directories(path: &Path, stake: Stake) -> Result<PathBuf, String> {
     Ok(real)
 }
 
+/// Checks that the file `meta` describes, at `path` (open as `file`, if it is: then its ACL
+/// is read from what is read), is a secret only its owner can change and no other user can
+/// read: a private key, a password, a list of keys readable by every local user, writable by
+/// its group or others, or owned by a user other than root or the gateway's, is refused, as
+/// ssh and PostgreSQL refuse them (mode 0600, or 0640 for a group the service shares, is
+/// fine). So is one that is not a regular file (a FIFO would hang whoever opens it), and one
+/// in a directory others can change (whoever can write it can put a file of their own in its
+/// place). `any_owner`: a file of any owner passes (a tool an operator runs, as root say, on
+/// a key of the service's user); the rest of the checks stay. `Err` names the problem and its
+/// fix.
+pub fn private(
+    path: &Path,
+    meta: &Metadata,
+    file: Option<&std::fs::File>,
+    any_owner: bool,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let mode = meta.permissions().mode();
+    // Whoever can change a secret file can add a key of their own to it.
+    if mode & 0o022 != 0 || (!any_owner && foreign_owner(meta)) {
+        return Err(format!(
+            "{} holds a secret but can be changed by others (mode {:04o}, owner uid {}; the gateway runs as uid {}): `chmod go-w {}` and give it to root or the gateway's user",
+            path.display(),
+            mode & 0o7777,
+            meta.uid(),
+            gateway_uid(),
+            path.display()
+        ));
+    }
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "{} holds a secret but every local user may read it (mode {:04o}): `chmod o-rwx {}`",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        ));
+    }
+    // The mode bits do not show a POSIX ACL's named users and groups. As with the mode, the
+    // file's group and the gateway's may read it, and none but its owner change it.
+    let readers = [meta.gid(), gateway_gid()];
+    for (what, verb, groups) in [
+        (Acl::Write, "change", &[][..]),
+        (Acl::Read, "read", &readers[..]),
+    ] {
+        let who = match file {
+            Some(f) => acl_grants_of(f, what, groups),
+            None => acl_grants(path, what, groups),
+        }
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        if !who.is_empty() {
+            return Err(format!(
+                "{} holds a secret but its ACL lets {} {verb} it (`getfacl {}`): `setfacl -b {}`",
+                path.display(),
+                who.join(", "),
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    // Whoever can change a directory on the way can put another file in its place.
+    directories(path, Stake::Config).map_err(|e| {
+        format!(
+            "{} holds a secret, but is in a directory others can change: {e}",
+            path.display()
+        )
+    })?;
+    Ok(())
+}
+
+/// The text of the private file at `path`, checked as [`private`] checks one, and read from
+/// the file it checked: it is opened once, and the open file is what is checked and read, so
+/// that nobody can put another in its place between the check and the read. A FIFO or a
+/// device is refused rather than waited on, and a file above 16 MiB rather than read.
+pub fn read_private(path: &Path, any_owner: bool) -> Result<String, String> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    const MAX: u64 = 16 << 20;
+    let failed = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    // Non-blocking: opening a FIFO for reading would wait for a writer.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| failed(&e))?;
+    let meta = file.metadata().map_err(|e| failed(&e))?;
+    private(path, &meta, Some(&file), any_owner)?;
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| failed(&e))?;
+    if bytes.len() as u64 > MAX {
+        return Err(failed(&"larger than 16 MiB: not a file of secrets"));
+    }
+    String::from_utf8(bytes).map_err(|_| failed(&"not UTF-8 text"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

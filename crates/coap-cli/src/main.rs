@@ -689,8 +689,11 @@ fn settings(args: &Args) -> anyhow::Result<ClientSettings> {
         None => None,
         Some(id) => {
             let hex = match (&args.psk_key_file, &args.psk_key_env) {
-                (Some(f), None) => std::fs::read_to_string(f)
-                    .with_context(|| format!("cannot read {}", f.display()))?
+                // As the uplink reads its key file: one that others may change (and put a
+                // key they know in) or read is refused. Of any owner: an operator may run
+                // this as root on the service's key.
+                (Some(f), None) => gateway_sdk::trust::read_private(f, true)
+                    .map_err(|e| anyhow::anyhow!("--psk-key-file {e}"))?
                     .lines()
                     .next()
                     .unwrap_or("")
@@ -721,6 +724,13 @@ fn settings(args: &Args) -> anyhow::Result<ClientSettings> {
             })
         }
     };
+    if let Some(key) = &args.key {
+        // The device's private key, held to what the uplink holds its key_file to.
+        let meta =
+            std::fs::metadata(key).with_context(|| format!("cannot read {}", key.display()))?;
+        gateway_sdk::trust::private(key, &meta, None, true)
+            .map_err(|e| anyhow::anyhow!("--key {e}"))?;
+    }
     Ok(ClientSettings {
         ca_file: args.ca.clone(),
         crl_file: args.crl.clone(),
@@ -763,6 +773,53 @@ mod tests {
         let binary = std::ffi::OsStr::from_bytes(b"\xff\xfesecret-bytes");
         let e = format!("{:#}", with_key("GW_CLI_K5", binary).unwrap_err());
         assert!(e.contains("is not text") && !e.contains("secret"), "{e}");
+    }
+
+    /// Found in a review: the tool read --psk-key-file and --key whatever their modes, where
+    /// the uplink refuses a key file others may change (and put a key they know in) or read.
+    #[test]
+    fn a_key_file_others_may_change_or_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pi-01.psk");
+        std::fs::write(&file, "5f1c9e07a2d84b36e0917c5a3bf24d68\n").unwrap();
+        let with_mode = |mode: u32| {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let args = Args::try_parse_from([
+                "gateway-coap",
+                "get",
+                "coaps://127.0.0.1/x",
+                "--psk-identity",
+                "pi-01",
+                "--psk-key-file",
+                file.to_str().unwrap(),
+            ])
+            .unwrap();
+            settings(&args).map(|s| s.psk.unwrap().key.len())
+        };
+        assert_eq!(with_mode(0o600).unwrap(), 16);
+        assert!(format!("{:#}", with_mode(0o664).unwrap_err()).contains("changed by others"));
+        assert!(format!("{:#}", with_mode(0o604).unwrap_err()).contains("every local user"));
+        let key = dir.path().join("device.key");
+        std::fs::write(&key, "not read here").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let args = Args::try_parse_from([
+            "gateway-coap",
+            "get",
+            "coaps://127.0.0.1/x",
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "device.pem",
+            "--key",
+            key.to_str().unwrap(),
+        ])
+        .unwrap();
+        let e = format!("{:#}", settings(&args).unwrap_err());
+        assert!(
+            e.starts_with("--key") && e.contains("every local user"),
+            "{e}"
+        );
     }
 
     #[test]
