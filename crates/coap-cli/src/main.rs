@@ -147,28 +147,35 @@ fn main() -> ExitCode {
     }
 }
 
-/// Shows the warnings of the libraries under the tool on stderr, made printable: a CA or a
+/// Shows the warnings of the libraries under the tool on stderr, one line each: a CA or a
 /// device certificate that expired or is not valid yet (the handshake fails then, and the
-/// warning says why), a server name that cannot be looked up again.
+/// warning says why), a server name that cannot be looked up again. Not the DTLS client's
+/// "session ended": the tool says that itself, with what it means for the request.
 fn warnings_to_stderr() {
-    struct Printable;
-    impl std::io::Write for Printable {
+    use tracing_subscriber::{filter::filter_fn, prelude::*};
+    /// Writes each event (one line) with what a terminal would act on escaped.
+    struct OneLine;
+    impl std::io::Write for OneLine {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             let text = String::from_utf8_lossy(buf);
-            std::io::stderr().write_all(gateway_sdk::text::printable(&text).as_bytes())?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            let line = format!("{}\n", gateway_sdk::text::one_line(text));
+            std::io::stderr().write_all(line.as_bytes())?;
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             std::io::stderr().flush()
         }
     }
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_writer(|| Printable)
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(|| OneLine)
         .with_ansi(false)
         .with_target(false)
         .without_time()
-        .try_init();
+        .with_filter(filter_fn(|m| {
+            *m.level() <= tracing::Level::WARN && m.target() != "gateway_dtls::client"
+        }));
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 /// The exit code of a failure: 2 for DTLS (a failed handshake; a server that refuses a device
