@@ -145,8 +145,8 @@ impl InitContext {
         path: impl AsRef<std::path::Path>,
     ) -> Result<(PathBuf, String), PluginError> {
         let path = self.resolve_path(path);
-        let text =
-            crate::trust::read_private(&path, false).map_err(|e| self.private_error(key, e))?;
+        let text = crate::trust::read_private(&path, crate::trust::Owners::Gateway)
+            .map_err(|e| self.private_error(key, e))?;
         Ok((path, text))
     }
 
@@ -177,7 +177,8 @@ impl InitContext {
         let path = self.resolve_path(path);
         let meta = std::fs::metadata(&path)
             .map_err(|e| self.private_error(key, format!("{}: {e}", path.display())))?;
-        crate::trust::private(&path, &meta, None, false).map_err(|e| self.private_error(key, e))?;
+        crate::trust::private(&path, &meta, None, crate::trust::Owners::Gateway)
+            .map_err(|e| self.private_error(key, e))?;
         Ok(path)
     }
 

@@ -364,22 +364,48 @@ pub fn directories(path: &Path, stake: Stake) -> Result<PathBuf, String> {
 /// ssh and PostgreSQL refuse them (mode 0600, or 0640 for a group the service shares, is
 /// fine). So is one that is not a regular file (a FIFO would hang whoever opens it), and one
 /// in a directory others can change (whoever can write it can put a file of their own in its
-/// place). `any_owner`: a file of any owner passes (a tool an operator runs, as root say, on
-/// a key of the service's user); the rest of the checks stay. `Err` names the problem and its
-/// fix.
+/// place). `owners` says whose files are taken, and which directories checked. `Err` names
+/// the problem and its fix.
 pub fn private(
     path: &Path,
     meta: &Metadata,
     file: Option<&std::fs::File>,
-    any_owner: bool,
+    owners: Owners,
 ) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     if !meta.is_file() {
         return Err(format!("{} is not a regular file", path.display()));
     }
     let mode = meta.permissions().mode();
+    // The directory that holds it, for an operator's tool.
+    let dir = match owners {
+        Owners::Gateway => None,
+        Owners::Operator => {
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            let parent = parent.unwrap_or(Path::new("."));
+            Some(std::fs::metadata(parent).map_err(|e| format!("{}: {e}", parent.display()))?)
+        }
+    };
+    if let Some(dir) = &dir {
+        let uid = meta.uid();
+        if uid != 0 && uid != gateway_uid() && uid != dir.uid() {
+            return Err(format!(
+                "{} holds a secret but belongs to uid {uid}, neither this user, root nor the owner of its directory: its owner could have put a key they know in it",
+                path.display()
+            ));
+        }
+        // Sticky (/tmp): others may not move this file away or put another in its place.
+        let sticky = dir.permissions().mode() & 0o1000 != 0;
+        if dir.permissions().mode() & 0o022 != 0 && !sticky {
+            return Err(format!(
+                "{} holds a secret, but its directory may be changed by others (mode {:04o}): whoever may write it can put another file in its place",
+                path.display(),
+                dir.permissions().mode() & 0o7777
+            ));
+        }
+    }
     // Whoever can change a secret file can add a key of their own to it.
-    if mode & 0o022 != 0 || (!any_owner && foreign_owner(meta)) {
+    if mode & 0o022 != 0 || (owners == Owners::Gateway && foreign_owner(meta)) {
         return Err(format!(
             "{} holds a secret but can be changed by others (mode {:04o}, owner uid {}; the gateway runs as uid {}): `chmod go-w {}` and give it to root or the gateway's user",
             path.display(),
@@ -420,20 +446,34 @@ pub fn private(
         }
     }
     // Whoever can change a directory on the way can put another file in its place.
-    directories(path, Stake::Config).map_err(|e| {
-        format!(
-            "{} holds a secret, but is in a directory others can change: {e}",
-            path.display()
-        )
-    })?;
+    if owners == Owners::Gateway {
+        directories(path, Stake::Config).map_err(|e| {
+            format!(
+                "{} holds a secret, but is in a directory others can change: {e}",
+                path.display()
+            )
+        })?;
+    }
     Ok(())
+}
+
+/// Whose private files [`private`] takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owners {
+    /// The gateway's: root's or its own user's, in directories only they can change, all the
+    /// way up ([`directories`]).
+    Gateway,
+    /// A tool an operator runs: root's, this user's, or the owner's of the directory that
+    /// holds it (the service's key in the service's directory, which root may use), in a
+    /// directory its group and other users may not change (or a sticky one, as `/tmp`).
+    Operator,
 }
 
 /// The text of the private file at `path`, checked as [`private`] checks one, and read from
 /// the file it checked: it is opened once, and the open file is what is checked and read, so
 /// that nobody can put another in its place between the check and the read. A FIFO or a
 /// device is refused rather than waited on, and a file above 16 MiB rather than read.
-pub fn read_private(path: &Path, any_owner: bool) -> Result<String, String> {
+pub fn read_private(path: &Path, owners: Owners) -> Result<String, String> {
     use std::{io::Read, os::unix::fs::OpenOptionsExt};
     const MAX: u64 = 16 << 20;
     let failed = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
@@ -444,7 +484,7 @@ pub fn read_private(path: &Path, any_owner: bool) -> Result<String, String> {
         .open(path)
         .map_err(|e| failed(&e))?;
     let meta = file.metadata().map_err(|e| failed(&e))?;
-    private(path, &meta, Some(&file), any_owner)?;
+    private(path, &meta, Some(&file), owners)?;
     let mut bytes = Vec::new();
     (&mut file)
         .take(MAX + 1)

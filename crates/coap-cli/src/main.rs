@@ -22,6 +22,7 @@ use gateway_dtls::{
     client::{Config as ClientConfig, RequestError},
     text_key, ClientSettings, Psk,
 };
+use gateway_sdk::trust::Owners;
 use std::{
     io::{Read as _, Write as _},
     path::PathBuf,
@@ -697,9 +698,8 @@ fn settings(args: &Args) -> anyhow::Result<ClientSettings> {
         Some(id) => {
             let hex = match (&args.psk_key_file, &args.psk_key_env) {
                 // As the uplink reads its key file: one that others may change (and put a
-                // key they know in) or read is refused. Of any owner: an operator may run
-                // this as root on the service's key.
-                (Some(f), None) => gateway_sdk::trust::read_private(f, true)
+                // key they know in) or read is refused. Root may use the service's key.
+                (Some(f), None) => gateway_sdk::trust::read_private(f, Owners::Operator)
                     .map_err(|e| anyhow::anyhow!("--psk-key-file {e}"))?
                     .lines()
                     .next()
@@ -735,7 +735,7 @@ fn settings(args: &Args) -> anyhow::Result<ClientSettings> {
         // The device's private key, held to what the uplink holds its key_file to.
         let meta =
             std::fs::metadata(key).with_context(|| format!("cannot read {}", key.display()))?;
-        gateway_sdk::trust::private(key, &meta, None, true)
+        gateway_sdk::trust::private(key, &meta, None, Owners::Operator)
             .map_err(|e| anyhow::anyhow!("--key {e}"))?;
     }
     Ok(ClientSettings {
@@ -827,6 +827,19 @@ mod tests {
             e.starts_with("--key") && e.contains("every local user"),
             "{e}"
         );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(settings(&args).is_ok());
+        // Found in a review: root's run on the service's key (in the service's directory)
+        // is taken, another user's file in a directory not theirs is not (it may have put a
+        // key it knows in /tmp). Only root can make files of other users.
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata(dir.path()).unwrap().uid() == 0 {
+            std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+            let e = format!("{:#}", with_mode(0o600).unwrap_err());
+            assert!(e.contains("neither this user, root nor the owner"), "{e}");
+            std::os::unix::fs::chown(dir.path(), Some(65534), None).unwrap();
+            assert_eq!(with_mode(0o600).unwrap(), 16);
+        }
     }
 
     #[test]
