@@ -579,13 +579,13 @@ fn gateway(file: &str, text: &str, base: &Path, g: RawGateway) -> Result<Gateway
                 )))
             }
             // A name the server refuses would make every reading a dead letter.
-            Some(d) => match gateway_sdk::Label::check_name(&d) {
+            Some(d) => match gateway_sdk::Label::check_device(&d) {
                 Ok(()) => d,
                 Err(why) => return Err(ConfigError(format!("{file}: [gateway] device: {why}"))),
             },
             None => {
                 let name = hostname();
-                if let Err(why) = gateway_sdk::Label::check_name(&name) {
+                if let Err(why) = gateway_sdk::Label::check_device(&name) {
                     return Err(ConfigError(format!(
                         "{file}: [gateway] device: not set, and the host name in /etc/hostname cannot be a device name: {why}; set device"
                     )));

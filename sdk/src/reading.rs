@@ -56,6 +56,21 @@ impl Label {
         }
         Ok(())
     }
+    /// Checks a device name: as [`Label::check_name`], and without any invisible character,
+    /// the joiners and variation selectors that name may hold included
+    /// ([`crate::text::invisible`]): a device's name is its certificate's identity, which
+    /// holds none, so a device named so could never send a reading.
+    pub fn check_device(name: &str) -> Result<(), String> {
+        Self::check_name(name)?;
+        match name.chars().find(|&c| crate::text::invisible(c)) {
+            Some(c) => Err(format!(
+                "{name:?} holds U+{:04X}, which a screen shows as nothing: a device's name is its certificate's identity, which holds no such character",
+                c as u32
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The text.
     #[inline]
     pub fn as_str(&self) -> &str {

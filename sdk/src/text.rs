@@ -194,6 +194,9 @@ mod tests {
             assert!(crate::Label::check_name(name).is_ok(), "{name}");
         }
         assert_eq!(one_line("pi\u{200d}-01\u{fe0f}"), "pi\\u{200d}-01\\u{fe0f}");
+        // Not in a device's name, which is its certificate's identity.
+        assert!(crate::Label::check_device("pi\u{200d}01").is_err());
+        assert!(crate::Label::check_device("pi-01").is_ok());
     }
 
     #[test]

@@ -138,6 +138,9 @@ fn a_device_name_no_server_would_take_is_refused() {
         ("pi\\u2028", "one that reorders text"),
         ("pi-01 ", "has white space at an end"),
         (&"x".repeat(129), "129 bytes; at most 128"),
+        ("pi\\u200b01", "one shown as nothing"),
+        // A sensor's name may hold a joiner; a device's, its certificate's identity, not.
+        ("pi\\u200d01", "holds U+200D"),
     ] {
         let e = parse(&format!("[gateway]\ndevice = \"{device}\"\n"))
             .unwrap_err()
