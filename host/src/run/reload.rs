@@ -648,6 +648,8 @@ impl Graph {
         self.publish();
         let names: Vec<String> = lines.iter().map(|l| l.0.clone()).collect();
         for (name, line, built, keep_writer) in lines {
+            // Its library speaks for it from its start: the others may take a while.
+            self.logger.metrics.allow(&name, &built.library.file);
             self.start_successor(&mut new, name, line, built, keep_writer, deadline);
         }
         self.config = new;
