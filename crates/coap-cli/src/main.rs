@@ -131,7 +131,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
         }
     };
-    warnings_to_stderr();
+    warnings_to_stderr(args.verbose);
     match run(&args) {
         Ok(code) => code,
         Err(e) => {
@@ -150,9 +150,10 @@ fn main() -> ExitCode {
 
 /// Shows the warnings of the libraries under the tool on stderr, one line each: a CA or a
 /// device certificate that expired or is not valid yet (the handshake fails then, and the
-/// warning says why), a server name that cannot be looked up again. Not the DTLS client's
-/// "session ended": the tool says that itself, with what it means for the request.
-fn warnings_to_stderr() {
+/// warning says why), a server name that cannot be looked up again. The DTLS client's
+/// "session ended", which says why, with `-v` only: the tool says what it means for the
+/// request itself.
+fn warnings_to_stderr(verbose: bool) {
     use tracing_subscriber::{filter::filter_fn, prelude::*};
     /// Writes each event (one line) with what a terminal would act on escaped.
     struct OneLine;
@@ -173,8 +174,8 @@ fn warnings_to_stderr() {
         .with_ansi(false)
         .with_target(false)
         .without_time()
-        .with_filter(filter_fn(|m| {
-            *m.level() <= tracing::Level::WARN && m.target() != "gateway_dtls::client"
+        .with_filter(filter_fn(move |m| {
+            *m.level() <= tracing::Level::WARN && (verbose || m.target() != "gateway_dtls::client")
         }));
     let _ = tracing_subscriber::registry().with(layer).try_init();
 }
@@ -597,9 +598,15 @@ fn observe(
                     fresh_until = std::time::Instant::now() + max_age(&p);
                 }
                 Err(e) => {
-                    eprintln!("the observation is lost: no notification within its Max-Age, and the server did not answer a GET ({e})");
+                    // As any request's failure: 3 for no answer, 2 for a handshake refused
+                    // (a certificate revoked meanwhile).
+                    let e = anyhow::Error::new(e);
+                    eprintln!(
+                        "the observation is lost: no notification within its Max-Age, and the server did not answer a GET ({})",
+                        gateway_sdk::text::one_line(&e.to_string())
+                    );
                     observation.stop();
-                    break 3;
+                    break exit_for(&e);
                 }
             }
         }

@@ -77,7 +77,8 @@ fn option_name(n: u16) -> String {
 fn option_value(n: u16, v: &[u8]) -> String {
     let uint = || v.iter().fold(0u64, |a, &b| (a << 8) | u64::from(b));
     match n {
-        3 | 8 | 11 | 15 | 20 => format!("{:?}", String::from_utf8_lossy(v)),
+        // Debug escapes controls and quotes; one_line what it leaves (U+3164, a selector).
+        3 | 8 | 11 | 15 | 20 => one_line(&format!("{:?}", String::from_utf8_lossy(v))).into_owned(),
         // At most 2 bytes (RFC 7252 5.10): a longer one is shown as it came, not cut to
         // one of the formats it is not.
         12 | 17 if v.len() <= 2 => format!("{}", ContentFormat(uint() as u16)),
@@ -293,6 +294,11 @@ mod tests {
     fn a_content_format_longer_than_two_bytes_is_shown_as_it_came() {
         assert_eq!(option_value(12, &[0x6e]), "application/senml+json");
         assert_eq!(option_value(12, &[1, 0, 0x6e]), "(bad: 3 bytes, 01006e)");
+        // A Location-Path that shows as another: Debug leaves a Hangul filler as it is.
+        assert_eq!(
+            option_value(8, "pi\u{3164}-01".as_bytes()),
+            "\"pi\\u{3164}-01\""
+        );
     }
 
     #[test]
