@@ -378,31 +378,8 @@ pub fn private(
     }
     let mode = meta.permissions().mode();
     // The directory that holds it, for an operator's tool.
-    let dir = match owners {
-        Owners::Gateway => None,
-        Owners::Operator => {
-            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-            let parent = parent.unwrap_or(Path::new("."));
-            Some(std::fs::metadata(parent).map_err(|e| format!("{}: {e}", parent.display()))?)
-        }
-    };
-    if let Some(dir) = &dir {
-        let uid = meta.uid();
-        if uid != 0 && uid != gateway_uid() && uid != dir.uid() {
-            return Err(format!(
-                "{} holds a secret but belongs to uid {uid}, neither this user, root nor the owner of its directory: its owner could have put a key they know in it",
-                path.display()
-            ));
-        }
-        // Sticky (/tmp): others may not move this file away or put another in its place.
-        let sticky = dir.permissions().mode() & 0o1000 != 0;
-        if dir.permissions().mode() & 0o022 != 0 && !sticky {
-            return Err(format!(
-                "{} holds a secret, but its directory may be changed by others (mode {:04o}): whoever may write it can put another file in its place",
-                path.display(),
-                dir.permissions().mode() & 0o7777
-            ));
-        }
+    if owners == Owners::Operator {
+        operator_may_use(path, meta, "holds a secret", 0o022)?;
     }
     // Whoever can change a secret file can add a key of their own to it.
     if mode & 0o022 != 0 || (owners == Owners::Gateway && foreign_owner(meta)) {
@@ -455,6 +432,61 @@ pub fn private(
         })?;
     }
     Ok(())
+}
+
+/// The checks of [`Owners::Operator`] for the file `meta` describes, at `path`: its owner is
+/// root, this user or the owner of the directory that holds it, and that directory's group and
+/// other users may not write it (`dir_write`: the bits that count), unless it is sticky, as
+/// `/tmp`. `what` says what the file is, for the message.
+fn operator_may_use(
+    path: &Path,
+    meta: &Metadata,
+    what: &str,
+    dir_write: u32,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let parent = parent.unwrap_or(Path::new("."));
+    let dir = std::fs::metadata(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let uid = meta.uid();
+    if uid != 0 && uid != gateway_uid() && uid != dir.uid() {
+        return Err(format!(
+            "{} {what} but belongs to uid {uid}, neither this user, root nor the owner of its directory: its owner could have put what they like in it",
+            path.display()
+        ));
+    }
+    // Sticky (/tmp): others may not move this file away or put another in its place.
+    let mode = dir.permissions().mode();
+    if mode & dir_write != 0 && mode & 0o1000 == 0 {
+        return Err(format!(
+            "{} {what}, but its directory may be changed by others (mode {:04o}): whoever may write it can put another file in its place",
+            path.display(),
+            mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Checks, for a tool an operator runs, a file that decides whom it trusts (a CA or CRL
+/// file): every user may read it, and its group may write it, as
+/// [`crate::InitContext::trusted_file`] takes one, but not every user; its owner and
+/// directory as [`Owners::Operator`] takes them. Whoever can add a certificate to it can pose
+/// as the server. A file that does not exist passes: the tool says so when it loads it.
+pub fn operator_may_trust(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let what = "decides whom this tool trusts";
+    if meta.permissions().mode() & 0o002 != 0 {
+        return Err(format!(
+            "{} {what} but every user may change it (mode {:04o}): `chmod o-w {}`",
+            path.display(),
+            meta.permissions().mode() & 0o7777,
+            path.display()
+        ));
+    }
+    operator_may_use(path, &meta, what, 0o002)
 }
 
 /// Whose private files [`private`] takes.

@@ -738,6 +738,14 @@ fn settings(args: &Args) -> anyhow::Result<ClientSettings> {
             })
         }
     };
+    // As the uplink takes its CA and CRL files: whoever can add a certificate to them (or
+    // take a revocation out) can pose as the server.
+    for (option, file) in [("--ca", &args.ca), ("--crl", &args.crl)] {
+        if let Some(file) = file {
+            gateway_sdk::trust::operator_may_trust(file)
+                .map_err(|e| anyhow::anyhow!("{option} {e}"))?;
+        }
+    }
     if let Some(key) = &args.key {
         // The device's private key, held to what the uplink holds its key_file to.
         let meta =
@@ -836,6 +844,25 @@ mod tests {
         );
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(settings(&args).is_ok());
+        // A CA file every user may change: whoever can add a CA to it can pose as the server.
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not read here").unwrap();
+        std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let ca_args = Args::try_parse_from([
+            "gateway-coap",
+            "get",
+            "coaps://127.0.0.1/x",
+            "--ca",
+            ca.to_str().unwrap(),
+        ])
+        .unwrap();
+        let e = format!("{:#}", settings(&ca_args).unwrap_err());
+        assert!(
+            e.starts_with("--ca") && e.contains("every user may change"),
+            "{e}"
+        );
+        std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o664)).unwrap();
+        assert!(settings(&ca_args).is_ok());
         // Found in a review: root's run on the service's key (in the service's directory)
         // is taken, another user's file in a directory not theirs is not (it may have put a
         // key it knows in /tmp). Only root can make files of other users.
