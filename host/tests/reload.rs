@@ -1164,6 +1164,14 @@ fn a_file_read_again_by_a_rebuild_after_a_failure_is_what_a_reload_compares() {
     gw.stop(Duration::from_secs(20));
 }
 
+/// What the metrics page on `port` shows of `testkit_emitted_total` for instance `x`
+/// (`publish_as = "x"`), if it shows it.
+fn emitted_by_x(port: u16) -> Option<f64> {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (_, text) = gateway_host::metrics::get(addr, "/metrics").ok()?;
+    metric(&text, "testkit_emitted_total{instance=\"x\"}")
+}
+
 /// Found in a review of session 50's bindings: they were never removed, so a library that ran
 /// an instance before a reload gave its name to another plugin went on speaking for it (its
 /// metrics shown as that instance's) while it ran any other instance.
@@ -1192,12 +1200,7 @@ path = {:?}
     };
     let cfg = s.config(&extra, &body("plugin = \"testkit-sequence\""));
     let gw = Running::start(&s, &cfg, &[]);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let shown = || {
-        gateway_host::metrics::get(addr, "/metrics")
-            .map(|(_, text)| text.contains("testkit_emitted_total{instance=\"x\"}"))
-            .unwrap_or(false)
-    };
+    let shown = || emitted_by_x(port).is_some();
     // While the testkit library runs `x`, what it publishes for `x` is shown.
     wait_until(
         "the thief's figures shown as x's",
@@ -1275,12 +1278,7 @@ path = {:?}
         p
     };
     let gw = Running::start(&s, &write(""), &[]);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let emitted = || {
-        gateway_host::metrics::get(addr, "/metrics")
-            .ok()
-            .and_then(|(_, text)| metric(&text, "testkit_emitted_total{instance=\"x\"}"))
-    };
+    let emitted = || emitted_by_x(port);
     wait_until("x's figures shown", &gw, Duration::from_secs(20), || {
         emitted().is_some()
     });

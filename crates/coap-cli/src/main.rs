@@ -767,22 +767,19 @@ fn settings(args: &Args) -> anyhow::Result<ClientSettings> {
 mod tests {
     use super::*;
 
+    /// A `get` of the tool with the options `more`.
+    fn get(more: &[&str]) -> Args {
+        let base = ["gateway-coap", "get", "coaps://127.0.0.1/x"];
+        Args::try_parse_from(base.iter().chain(more)).unwrap()
+    }
+
     /// Found in a review: the tool took any key (`--psk-key-env` with `01`), which whoever
     /// answers the handshake finds offline; and quoted a key that is not text in its error.
     #[test]
     fn a_psk_the_uplink_would_refuse_is_refused() {
         let with_key = |var: &str, key: &std::ffi::OsStr| {
             std::env::set_var(var, key);
-            let args = Args::try_parse_from([
-                "gateway-coap",
-                "get",
-                "coaps://127.0.0.1/x",
-                "--psk-identity",
-                "pi-01",
-                "--psk-key-env",
-                var,
-            ])
-            .unwrap();
+            let args = get(&["--psk-identity", "pi-01", "--psk-key-env", var]);
             settings(&args).map(|s| s.psk.unwrap().key)
         };
         let err = |var: &str, key: &str| format!("{:#}", with_key(var, key.as_ref()).unwrap_err());
@@ -807,16 +804,12 @@ mod tests {
         std::fs::write(&file, "5f1c9e07a2d84b36e0917c5a3bf24d68\n").unwrap();
         let with_mode = |mode: u32| {
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
-            let args = Args::try_parse_from([
-                "gateway-coap",
-                "get",
-                "coaps://127.0.0.1/x",
+            let args = get(&[
                 "--psk-identity",
                 "pi-01",
                 "--psk-key-file",
                 file.to_str().unwrap(),
-            ])
-            .unwrap();
+            ]);
             settings(&args).map(|s| s.psk.unwrap().key.len())
         };
         assert_eq!(with_mode(0o600).unwrap(), 16);
@@ -825,18 +818,14 @@ mod tests {
         let key = dir.path().join("device.key");
         std::fs::write(&key, "not read here").unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let args = Args::try_parse_from([
-            "gateway-coap",
-            "get",
-            "coaps://127.0.0.1/x",
+        let args = get(&[
             "--ca",
             "ca.pem",
             "--cert",
             "device.pem",
             "--key",
             key.to_str().unwrap(),
-        ])
-        .unwrap();
+        ]);
         let e = format!("{:#}", settings(&args).unwrap_err());
         assert!(
             e.starts_with("--key") && e.contains("every local user"),
@@ -848,14 +837,7 @@ mod tests {
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, "not read here").unwrap();
         std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let ca_args = Args::try_parse_from([
-            "gateway-coap",
-            "get",
-            "coaps://127.0.0.1/x",
-            "--ca",
-            ca.to_str().unwrap(),
-        ])
-        .unwrap();
+        let ca_args = get(&["--ca", ca.to_str().unwrap()]);
         let e = format!("{:#}", settings(&ca_args).unwrap_err());
         assert!(
             e.starts_with("--ca") && e.contains("every user may change"),

@@ -49,8 +49,7 @@ impl Handler for Endless {
         );
         if observing {
             p.add_option(CoapOption::Observe, encode_uint(1));
-            let token = inc.packet.get_token().to_vec();
-            self.responder.register(inc.id, inc.peer, token, p);
+            register(&self.responder, inc, p);
         } else {
             self.responder.respond(inc.id, p);
         }
@@ -58,6 +57,12 @@ impl Handler for Endless {
     fn tick(&mut self) -> bool {
         !self.stop.load(Ordering::Relaxed)
     }
+}
+
+/// Answers `inc` with `p` (which carries an Observe option), registering its client.
+fn register(responder: &Responder, inc: Incoming, p: gateway_coap::coap_lite::Packet) {
+    let token = inc.packet.get_token().to_vec();
+    responder.register(inc.id, inc.peer, token, p);
 }
 
 fn endless_server(dir: &Path) -> (u16, Arc<AtomicBool>) {
@@ -285,8 +290,7 @@ impl Handler for Gone {
         let mut p = response(ResponseType::Content, "21.5");
         p.add_option(CoapOption::Observe, encode_uint(1));
         p.add_option(CoapOption::MaxAge, encode_uint(1));
-        let token = inc.packet.get_token().to_vec();
-        self.responder.register(inc.id, inc.peer, token, p);
+        register(&self.responder, inc, p);
     }
     fn tick(&mut self) -> bool {
         !self.stop.load(Ordering::Relaxed)
@@ -358,8 +362,7 @@ impl Handler for BrokenBlocks {
         };
         p.add_option(CoapOption::Block2, first.encode());
         p.add_option(CoapOption::Observe, encode_uint(1));
-        let token = inc.packet.get_token().to_vec();
-        self.responder.register(inc.id, inc.peer, token, p);
+        register(&self.responder, inc, p);
     }
     fn tick(&mut self) -> bool {
         !self.stop.load(Ordering::Relaxed)
