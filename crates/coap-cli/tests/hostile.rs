@@ -255,12 +255,7 @@ fn blocks_that_do_not_make_one_answer_are_an_error_and_a_post_is_not_sent_again(
 #[test]
 fn an_observation_the_server_lost_without_a_word_ends_with_exit_3() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, stop) = serve(dir.path(), |responder, stop| Gone {
-        responder,
-        stop,
-        answered: false,
-        later: None,
-    });
+    let (port, stop) = gone_server(dir.path(), None);
     let (code, out, err) = observe(dir.path(), port, &["--timeout", "2s"]);
     stop.store(true, Ordering::Relaxed);
     assert_eq!(code, Some(3), "{err}");
@@ -276,6 +271,16 @@ struct Gone {
     stop: Arc<AtomicBool>,
     answered: bool,
     later: Option<ResponseType>,
+}
+
+/// A [`Gone`] server on a port of its own.
+fn gone_server(dir: &Path, later: Option<ResponseType>) -> (u16, Arc<AtomicBool>) {
+    serve(dir, |responder, stop| Gone {
+        responder,
+        stop,
+        answered: false,
+        later,
+    })
 }
 
 impl Handler for Gone {
@@ -324,12 +329,7 @@ fn observe(dir: &Path, port: u16, args: &[&str]) -> (Option<i32>, String, String
 #[test]
 fn an_observation_whose_resource_is_gone_ends_with_its_code() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, stop) = serve(dir.path(), |responder, stop| Gone {
-        responder,
-        stop,
-        answered: false,
-        later: Some(ResponseType::NotFound),
-    });
+    let (port, stop) = gone_server(dir.path(), Some(ResponseType::NotFound));
     let (code, out, err) = observe(dir.path(), port, &["--timeout", "2s"]);
     stop.store(true, Ordering::Relaxed);
     assert_eq!(code, Some(4), "{err}");
@@ -391,12 +391,7 @@ fn a_state_whose_blocks_fail_gives_its_code_when_the_observation_ends() {
 #[test]
 fn a_ca_that_expired_is_said_before_the_handshake_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, stop) = serve(dir.path(), |responder, stop| Gone {
-        responder,
-        stop,
-        answered: false,
-        later: Some(ResponseType::NotFound),
-    });
+    let (port, stop) = gone_server(dir.path(), Some(ResponseType::NotFound));
     let old = dir.path().join("old-ca.pem");
     let key = dir.path().join("old-ca.key");
     let kind = gateway_pki::Kind::Ca;
